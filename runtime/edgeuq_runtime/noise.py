@@ -1,0 +1,101 @@
+"""Noise specifications and samplers: the contract between export and runtime.
+
+A stochastic graph never draws random numbers itself (TVM has no random ops and
+imports ONNX Dropout as identity). Every random tensor is a graph input described
+by a :class:`NoiseSpec`; the runtime draws it from a seeded numpy generator.
+
+Kinds
+-----
+``dropout_mask``
+    Inverted-dropout keep mask: each element is ``0`` with probability ``p`` and
+    ``1/(1-p)`` otherwise, so that ``E[mask] = 1``. Params: ``p`` in ``[0, 1)``.
+``standard_normal``
+    i.i.d. N(0, 1) noise (reparameterised Gaussian layers). No params.
+``uniform``
+    i.i.d. U(0, 1) noise (e.g. Gumbel-softmax layers turn it into Gumbel noise
+    inside the graph). No params.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from .errors import ManifestError
+
+__all__ = ["NoiseSpec", "NOISE_SAMPLERS", "sample_noise", "noise_specs_from_json"]
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """One random graph input: per-sample ``shape`` (batch axis excluded)."""
+
+    name: str
+    kind: str
+    shape: Tuple[int, ...]
+    params: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise ManifestError(f"noise input needs a non-empty name, got {self.name!r}")
+        if self.kind not in NOISE_SAMPLERS:
+            raise ManifestError(
+                f"noise input {self.name!r}: unknown kind {self.kind!r}; "
+                f"known kinds: {sorted(NOISE_SAMPLERS)}"
+            )
+        shape = tuple(int(d) for d in self.shape)
+        if any(d <= 0 for d in shape):
+            raise ManifestError(f"noise input {self.name!r}: shape {shape} has a non-positive axis")
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "params", dict(self.params))
+        if self.kind == "dropout_mask":
+            p = self.params.get("p")
+            if p is None or not (0.0 <= float(p) < 1.0):
+                raise ManifestError(f"noise input {self.name!r}: dropout_mask needs 0 <= p < 1, got {p!r}")
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "shape": list(self.shape), "params": dict(self.params)}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> "NoiseSpec":
+        try:
+            return cls(name=obj["name"], kind=obj["kind"], shape=tuple(obj["shape"]), params=obj.get("params", {}))
+        except (KeyError, TypeError) as exc:
+            raise ManifestError(f"malformed noise entry {obj!r}: {exc}") from exc
+
+
+def _dropout_mask(rng: np.random.Generator, shape: Tuple[int, ...], params: Mapping[str, float]) -> np.ndarray:
+    p = float(params["p"])
+    keep = rng.random(shape, dtype=np.float32) >= p
+    return keep.astype(np.float32) * np.float32(1.0 / (1.0 - p))
+
+
+def _standard_normal(rng: np.random.Generator, shape: Tuple[int, ...], params: Mapping[str, float]) -> np.ndarray:
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def _uniform(rng: np.random.Generator, shape: Tuple[int, ...], params: Mapping[str, float]) -> np.ndarray:
+    return rng.random(shape, dtype=np.float32)
+
+
+NOISE_SAMPLERS: Dict[str, Callable[[np.random.Generator, Tuple[int, ...], Mapping[str, float]], np.ndarray]] = {
+    "dropout_mask": _dropout_mask,
+    "standard_normal": _standard_normal,
+    "uniform": _uniform,
+}
+
+
+def sample_noise(specs: Sequence[NoiseSpec], n: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """Draw every noise input for ``n`` stacked samples: arrays of shape ``(n, *spec.shape)``."""
+    if n <= 0:
+        raise ValueError(f"number of noise draws must be positive, got {n}")
+    return {s.name: NOISE_SAMPLERS[s.kind](rng, (n,) + s.shape, s.params) for s in specs}
+
+
+def noise_specs_from_json(items: Sequence[Mapping[str, Any]]) -> Tuple[NoiseSpec, ...]:
+    specs = tuple(NoiseSpec.from_json(o) for o in items)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ManifestError(f"duplicate noise input names: {names}")
+    return specs
