@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import ManifestError
 
-__all__ = ["NoiseSpec", "NOISE_SAMPLERS", "sample_noise", "noise_specs_from_json"]
+__all__ = ["NoiseSpec", "NOISE_SAMPLERS", "NOISE_MEANS", "sample_noise", "mean_noise", "noise_specs_from_json"]
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,40 @@ NOISE_SAMPLERS: Dict[str, Callable[[np.random.Generator, Tuple[int, ...], Mappin
 }
 
 
+def _ones(shape: Tuple[int, ...], params: Mapping[str, float]) -> np.ndarray:
+    return np.ones(shape, dtype=np.float32)
+
+
+def _zeros(shape: Tuple[int, ...], params: Mapping[str, float]) -> np.ndarray:
+    return np.zeros(shape, dtype=np.float32)
+
+
+def _halves(shape: Tuple[int, ...], params: Mapping[str, float]) -> np.ndarray:
+    return np.full(shape, 0.5, dtype=np.float32)
+
+
+#: The expectation of each kind, used for deterministic (noise-free) inference:
+#: an inverted-dropout mask has mean 1, N(0, 1) has mean 0, U(0, 1) has mean 0.5.
+#: Every kind in NOISE_SAMPLERS must have an entry here.
+NOISE_MEANS: Dict[str, Callable[[Tuple[int, ...], Mapping[str, float]], np.ndarray]] = {
+    "dropout_mask": _ones,
+    "standard_normal": _zeros,
+    "uniform": _halves,
+}
+
+
 def sample_noise(specs: Sequence[NoiseSpec], n: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
     """Draw every noise input for ``n`` stacked samples: arrays of shape ``(n, *spec.shape)``."""
     if n <= 0:
         raise ValueError(f"number of noise draws must be positive, got {n}")
     return {s.name: NOISE_SAMPLERS[s.kind](rng, (n,) + s.shape, s.params) for s in specs}
+
+
+def mean_noise(specs: Sequence[NoiseSpec], n: int) -> Dict[str, np.ndarray]:
+    """Every noise input at its mean (see NOISE_MEANS), shape ``(n, *spec.shape)``."""
+    if n <= 0:
+        raise ValueError(f"number of noise rows must be positive, got {n}")
+    return {s.name: NOISE_MEANS[s.kind]((n,) + s.shape, s.params) for s in specs}
 
 
 def noise_specs_from_json(items: Sequence[Mapping[str, Any]]) -> Tuple[NoiseSpec, ...]:

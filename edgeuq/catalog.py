@@ -1,0 +1,494 @@
+"""Compute targets, boards and compile recipes: descriptors kept as TOML data.
+
+Three kinds of descriptor, one TOML file each, whose ``name`` equals the file
+stem::
+
+    kind      repo folder   in the wheel                       dataclass
+    targets   targets/      edgeuq/_descriptors/targets/       ComputeTarget
+    boards    boards/       edgeuq/_descriptors/boards/        Board
+    recipes   compile/      edgeuq/_descriptors/recipes/       Recipe
+
+Where they are found, in order:
+
+1. the built-in descriptors: ``importlib.resources.files("edgeuq") /
+   "_descriptors" / kind`` when that exists (an installed wheel), else the
+   repository folder next to the package (a source or editable checkout);
+2. every directory in ``$EDGEUQ_DESCRIPTORS_DIR`` (``os.pathsep``-separated),
+   each with optional ``targets/``, ``boards/`` and ``compile/`` subfolders, for
+   a user's own boards. A name defined twice, in any two places, is an error:
+   nothing is silently shadowed.
+
+Every problem raises :class:`DescriptorError` naming the file and the field.
+Unknown keys are rejected. A board's targets must exist; a recipe's boards
+must exist. A recipe's sections (``data``, ``model``, ...) stay plain dicts,
+parsed and checked by the stage that owns them.
+
+No code in the package names a particular board or target: adding one is
+adding a TOML file.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import os
+import tomllib
+from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Union
+
+import edgeuq
+
+__all__ = [
+    "ENV_VAR",
+    "DescriptorError",
+    "UnknownDescriptorError",
+    "ComputeTarget",
+    "Budgets",
+    "Board",
+    "Recipe",
+    "Catalog",
+    "descriptor_dirs",
+    "read_descriptor",
+    "load_targets",
+    "load_boards",
+    "load_recipes",
+    "get_target",
+    "get_board",
+    "get_recipe",
+    "validate_all",
+    "format_targets_table",
+    "format_boards_table",
+]
+
+ENV_VAR = "EDGEUQ_DESCRIPTORS_DIR"
+TARGET_KINDS = ("cpu", "gpu", "fpga")
+RECIPE_SECTIONS = ("data", "model", "train", "uq", "bundle")
+# kind -> folder name in the repository and in $EDGEUQ_DESCRIPTORS_DIR
+_FOLDERS = {"targets": "targets", "boards": "boards", "recipes": "compile"}
+
+Source = Union[Path, Traversable]
+
+
+class DescriptorError(ValueError):
+    """A descriptor file is unreadable, malformed or inconsistent."""
+
+    def __init__(self, source: Any, message: str, field: Optional[str] = None):
+        self.source = str(source)
+        self.field = field
+        where = f"{self.source}: field '{field}'" if field else self.source
+        super().__init__(f"{where}: {message}")
+
+
+class UnknownDescriptorError(DescriptorError, LookupError):
+    """A target, board or recipe name that no descriptor defines."""
+
+
+# ----------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class ComputeTarget:
+    """One compute target: a CPU family, a GPU arch or an FPGA part.
+
+    ``tvm`` is a TVM JSON target dict (``{"kind": "llvm", "mtriple": ...}``),
+    empty for FPGA targets. ``cross_compiler`` is None when the host compiles
+    natively. ``fpga_part`` and ``clock_mhz`` are set for, and only for, FPGAs.
+    """
+
+    name: str
+    kind: str
+    description: str
+    arch: str
+    tvm: dict = field(default_factory=dict)
+    cross_compiler: Optional[str] = None
+    onnxruntime_providers: tuple = ()
+    fpga_part: Optional[str] = None
+    clock_mhz: Optional[float] = None
+    notes: str = ""
+    source: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """What a board affords one input: latency (all samples), weights, samples."""
+
+    latency_ms: float
+    weight_bytes: int
+    mc_samples: int
+
+
+@dataclass(frozen=True)
+class Board:
+    """A board: its compute targets, memory, runtime executor and budgets."""
+
+    name: str
+    description: str
+    targets: tuple
+    memory_mb: int
+    executor: str
+    budgets: Budgets
+    notes: str = ""
+    source: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A compile recipe. Sections are plain dicts, each parsed by its stage."""
+
+    name: str
+    description: str
+    task: str
+    data: dict
+    model: dict
+    train: dict
+    uq: dict
+    bundle: dict
+    boards: tuple
+    source: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Everything :func:`validate_all` loaded, keyed by name."""
+
+    targets: dict
+    boards: dict
+    recipes: dict
+
+
+# ------------------------------------------------------------- field checkers
+# A checker takes (value, src, field) and returns the normalised value or raises.
+
+
+def _fail(src, name, expected, value) -> DescriptorError:
+    return DescriptorError(src, f"expected {expected}, got {type(value).__name__} {value!r}", name)
+
+
+def _str(value, src, name):
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(src, name, "a non-empty string", value)
+    return value
+
+
+def _text(value, src, name):  # a string that may be empty (notes)
+    if not isinstance(value, str):
+        raise _fail(src, name, "a string", value)
+    return value
+
+
+def _pos_int(value, src, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise _fail(src, name, "an integer > 0", value)
+    return value
+
+
+def _pos_num(value, src, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise _fail(src, name, "a finite number > 0", value)
+    return float(value)
+
+
+def _table(value, src, name):
+    if not isinstance(value, dict):
+        raise _fail(src, name, "a table", value)
+    return copy.deepcopy(value)
+
+
+def _str_list(*, nonempty: bool) -> Callable:
+    def check(value, src, name):
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise _fail(src, name, "a list of non-empty strings", value)
+        if nonempty and not value:
+            raise DescriptorError(src, "must list at least one entry", name)
+        dup = sorted({v for v in value if value.count(v) > 1})
+        if dup:
+            raise DescriptorError(src, f"duplicate entries {dup}", name)
+        return tuple(value)
+
+    return check
+
+
+def _one_of(choices) -> Callable:
+    def check(value, src, name):
+        if value not in choices:
+            raise DescriptorError(src, f"must be one of {list(choices)}, got {value!r}", name)
+        return value
+
+    return check
+
+
+def _tvm_dict(value, src, name):
+    value = _table(value, src, name)
+    if value and not (isinstance(value.get("kind"), str) and value["kind"]):
+        raise DescriptorError(src, "a TVM target dict needs a string 'kind' (e.g. \"llvm\")", f"{name}.kind")
+    for key, v in value.items():
+        ok = isinstance(v, (str, int, float, bool)) or (
+            isinstance(v, list) and all(isinstance(x, (str, int, float, bool)) for x in v)
+        )
+        if not ok:
+            raise _fail(src, f"{name}.{key}", "a string, number, bool or list of them", v)
+    return value
+
+
+_REQUIRED = object()
+
+
+def _parse(raw: dict, spec: dict, src, prefix: str = "") -> dict:
+    """Check ``raw`` against ``spec`` {key: (checker, default or _REQUIRED)}."""
+    unknown = sorted(set(raw) - set(spec))
+    if unknown:
+        raise DescriptorError(
+            src, f"unknown key (allowed: {', '.join(sorted(spec))})", prefix + unknown[0]
+        )
+    out = {}
+    for key, (check, default) in spec.items():
+        if key in raw:
+            out[key] = check(raw[key], src, prefix + key)
+        elif default is _REQUIRED:
+            raise DescriptorError(src, "missing required key", prefix + key)
+        else:
+            out[key] = default
+    return out
+
+
+_TARGET_SPEC = {
+    "name": (_str, _REQUIRED),
+    "kind": (_one_of(TARGET_KINDS), _REQUIRED),
+    "description": (_str, _REQUIRED),
+    "arch": (_str, _REQUIRED),
+    "tvm": (_tvm_dict, {}),
+    "cross_compiler": (_str, None),
+    "onnxruntime_providers": (_str_list(nonempty=False), ()),
+    "fpga_part": (_str, None),
+    "clock_mhz": (_pos_num, None),
+    "notes": (_text, ""),
+}
+_BUDGET_SPEC = {
+    "latency_ms": (_pos_num, _REQUIRED),
+    "weight_bytes": (_pos_int, _REQUIRED),
+    "mc_samples": (_pos_int, _REQUIRED),
+}
+_BOARD_SPEC = {
+    "name": (_str, _REQUIRED),
+    "description": (_str, _REQUIRED),
+    "targets": (_str_list(nonempty=True), _REQUIRED),
+    "memory_mb": (_pos_int, _REQUIRED),
+    "executor": (_str, _REQUIRED),
+    "budgets": (_table, _REQUIRED),
+    "notes": (_text, ""),
+}
+_RECIPE_SPEC = {
+    "name": (_str, _REQUIRED),
+    "description": (_str, _REQUIRED),
+    "task": (_str, _REQUIRED),
+    "boards": (_str_list(nonempty=True), _REQUIRED),
+    **{section: (_table, _REQUIRED) for section in RECIPE_SECTIONS},
+}
+
+
+def _make_target(raw: dict, src) -> ComputeTarget:
+    f = _parse(raw, _TARGET_SPEC, src)
+    if f["kind"] == "fpga":
+        for key in ("fpga_part", "clock_mhz"):
+            if f[key] is None:
+                raise DescriptorError(src, "required when kind = \"fpga\"", key)
+    else:
+        if not f["tvm"]:
+            raise DescriptorError(src, f"required (a TVM target dict) when kind = {f['kind']!r}", "tvm")
+        for key in ("fpga_part", "clock_mhz"):
+            if f[key] is not None:
+                raise DescriptorError(src, f"only allowed when kind = \"fpga\", not {f['kind']!r}", key)
+    return ComputeTarget(**f, source=str(src))
+
+
+def _make_board(raw: dict, src) -> Board:
+    f = _parse(raw, _BOARD_SPEC, src)
+    f["budgets"] = Budgets(**_parse(f["budgets"], _BUDGET_SPEC, src, prefix="budgets."))
+    return Board(**f, source=str(src))
+
+
+def _make_recipe(raw: dict, src) -> Recipe:
+    return Recipe(**_parse(raw, _RECIPE_SPEC, src), source=str(src))
+
+
+_MAKERS = {"targets": _make_target, "boards": _make_board, "recipes": _make_recipe}
+
+
+# -------------------------------------------------------------------- reading
+
+
+def _builtin_dir(kind: str, package_root: Optional[Source] = None,
+                 repo_root: Optional[Path] = None) -> Optional[Source]:
+    """The built-in folder for ``kind``: the wheel's package data, else the repo's."""
+    pkg = importlib.resources.files("edgeuq") if package_root is None else package_root
+    packaged = pkg / "_descriptors" / kind
+    if packaged.is_dir():
+        return packaged
+    repo = Path(edgeuq.__file__).resolve().parents[1] if repo_root is None else Path(repo_root)
+    local = repo / _FOLDERS[kind]
+    return local if local.is_dir() else None
+
+
+def descriptor_dirs(kind: str) -> list:
+    """Folders searched for ``kind`` ("targets", "boards" or "recipes"), in order."""
+    if kind not in _FOLDERS:
+        raise ValueError(f"unknown descriptor kind {kind!r}; expected one of {sorted(_FOLDERS)}")
+    dirs = []
+    builtin = _builtin_dir(kind)
+    if builtin is not None:
+        dirs.append(builtin)
+    for entry in os.environ.get(ENV_VAR, "").split(os.pathsep):
+        if not entry:
+            continue
+        root = Path(entry).expanduser()
+        if not root.is_dir():
+            raise DescriptorError(root, f"{ENV_VAR} names a directory that does not exist")
+        if (root / _FOLDERS[kind]).is_dir():
+            dirs.append(root / _FOLDERS[kind])
+    return dirs
+
+
+def _read_toml(src: Source) -> dict:
+    try:
+        text = src.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DescriptorError(src, f"cannot read: {exc}") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise DescriptorError(src, f"not valid TOML: {exc}") from exc
+
+
+def read_descriptor(kind: str, path: Union[str, Source]):
+    """Parse and check one file on its own (no cross references)."""
+    if kind not in _MAKERS:
+        raise ValueError(f"unknown descriptor kind {kind!r}; expected one of {sorted(_MAKERS)}")
+    src = Path(path) if isinstance(path, str) else path
+    return _MAKERS[kind](_read_toml(src), src)
+
+
+def _load(kind: str) -> dict:
+    found: dict = {}
+    for folder in descriptor_dirs(kind):
+        for src in sorted(folder.iterdir(), key=lambda p: p.name):
+            if not (src.name.endswith(".toml") and src.is_file()):
+                continue
+            item = read_descriptor(kind, src)
+            stem = src.name[: -len(".toml")]
+            if item.name != stem:
+                raise DescriptorError(src, f"must equal the file name stem {stem!r}, got {item.name!r}", "name")
+            if item.name in found:
+                raise DescriptorError(src, f"{item.name!r} is already defined in {found[item.name].source}", "name")
+            found[item.name] = item
+    return dict(sorted(found.items()))
+
+
+def _check_refs(item, field_name: str, known: Mapping, what: str) -> None:
+    for ref in getattr(item, field_name):
+        if ref not in known:
+            raise DescriptorError(
+                item.source, f"unknown {what} {ref!r}; known {what}s: {', '.join(known) or '(none)'}", field_name
+            )
+
+
+def load_targets() -> dict:
+    """All compute targets, ``{name: ComputeTarget}`` sorted by name."""
+    return _load("targets")
+
+
+def load_boards(targets: Optional[Mapping] = None) -> dict:
+    """All boards, ``{name: Board}``; every board's targets must exist."""
+    targets = load_targets() if targets is None else targets
+    boards = _load("boards")
+    for board in boards.values():
+        _check_refs(board, "targets", targets, "target")
+    return boards
+
+
+def load_recipes(boards: Optional[Mapping] = None) -> dict:
+    """All compile recipes, ``{name: Recipe}``; every recipe's boards must exist."""
+    boards = load_boards() if boards is None else boards
+    recipes = _load("recipes")
+    for recipe in recipes.values():
+        _check_refs(recipe, "boards", boards, "board")
+    return recipes
+
+
+def _lookup(items: Mapping, name: str, what: str):
+    if name not in items:
+        raise UnknownDescriptorError(
+            f"{what} {name!r}", f"not found; known {what}s: {', '.join(items) or '(none)'}"
+        )
+    return items[name]
+
+
+def get_target(name: str) -> ComputeTarget:
+    return _lookup(load_targets(), name, "target")
+
+
+def get_board(name: str) -> Board:
+    return _lookup(load_boards(), name, "board")
+
+
+def get_recipe(name_or_path: Union[str, os.PathLike]) -> Recipe:
+    """A recipe by name, or from a ``.toml`` file path (its boards must exist)."""
+    text = os.fspath(name_or_path)
+    if isinstance(name_or_path, os.PathLike) or text.endswith(".toml") or os.sep in text:
+        path = Path(text)
+        if not path.is_file():
+            raise DescriptorError(path, "no such recipe file")
+        recipe = read_descriptor("recipes", path)
+        _check_refs(recipe, "boards", load_boards(), "board")
+        return recipe
+    return _lookup(load_recipes(), text, "recipe")
+
+
+def validate_all() -> Catalog:
+    """Load every descriptor and resolve every cross reference, or raise."""
+    targets = load_targets()
+    boards = load_boards(targets)
+    recipes = load_recipes(boards)
+    return Catalog(targets=targets, boards=boards, recipes=recipes)
+
+
+# --------------------------------------------------------------------- tables
+
+
+def _table_text(headers: list, rows: list) -> str:
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _tvm_text(t: ComputeTarget) -> str:
+    if t.kind == "fpga":
+        return f"part {t.fpga_part} @ {t.clock_mhz:g} MHz"
+    opts = [f"-{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in t.tvm.items() if k != "kind"]
+    return " ".join([str(t.tvm.get("kind", "-"))] + opts)
+
+
+def format_targets_table(targets: Optional[Mapping] = None) -> str:
+    """Plain-text table of compute targets (``edgeuq targets``)."""
+    targets = load_targets() if targets is None else targets
+    rows = [
+        [t.name, t.kind, t.arch, _tvm_text(t), t.cross_compiler or "-",
+         ",".join(t.onnxruntime_providers) or "-", t.description]
+        for t in targets.values()
+    ]
+    return _table_text(["NAME", "KIND", "ARCH", "TVM TARGET / FPGA", "CROSS COMPILER", "ORT PROVIDERS",
+                        "DESCRIPTION"], rows)
+
+
+def format_boards_table(boards: Optional[Mapping] = None) -> str:
+    """Plain-text table of boards (``edgeuq boards``)."""
+    boards = load_boards() if boards is None else boards
+    rows = [
+        [b.name, ",".join(b.targets), b.executor, b.memory_mb, f"{b.budgets.latency_ms:g}",
+         b.budgets.weight_bytes, b.budgets.mc_samples, b.description]
+        for b in boards.values()
+    ]
+    return _table_text(["NAME", "TARGETS", "EXECUTOR", "MEMORY MB", "LATENCY MS", "WEIGHT BYTES",
+                        "MC SAMPLES", "DESCRIPTION"], rows)

@@ -1,0 +1,193 @@
+"""ONNX export with all randomness as explicit graph inputs, split into
+a deterministic trunk graph and a stochastic head graph.
+
+trunk.onnx : signal (B, L)                           -> features (B, *feature_shape)
+head.onnx  : features (N, *feature_shape), noise_k (N, *shape_k) ... -> logits (N, C)
+
+N = S * B when the runtime stacks S samples (s-major). Dropout masks are plain
+``Mul`` inputs, so every backend (ONNX Runtime, TVM, hls4ml) runs the same graph.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from edgeuq_runtime.noise import NoiseSpec, noise_specs_from_json, sample_noise
+
+from ..models import SignalTransformer
+from ..training import Checkpoint
+
+__all__ = ["OnnxArtifact", "export_onnx", "load_onnx_artifact", "INPUT_NAME", "FEATURE_NAME", "LOGITS_NAME"]
+
+INPUT_NAME = "signal"
+FEATURE_NAME = "features"
+LOGITS_NAME = "logits"
+OPSET = 17
+_META = "export.json"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class OnnxArtifact:
+    directory: Path
+    trunk_file: str
+    head_file: str
+    input_length: int
+    feature_shape: Tuple[int, ...]
+    noise: Tuple[NoiseSpec, ...]
+    class_names: Tuple[str, ...]
+    sample_rate_hz: float
+    normalization: str
+    sha256: Mapping[str, str]
+    opset: int = OPSET
+    input_name: str = INPUT_NAME
+    feature_name: str = FEATURE_NAME
+    logits_name: str = LOGITS_NAME
+
+    @property
+    def trunk_path(self) -> Path:
+        return self.directory / self.trunk_file
+
+    @property
+    def head_path(self) -> Path:
+        return self.directory / self.head_file
+
+    def to_json(self) -> dict:
+        return {
+            "trunk_file": self.trunk_file, "head_file": self.head_file, "input_length": self.input_length,
+            "feature_shape": list(self.feature_shape), "noise": [s.to_json() for s in self.noise],
+            "class_names": list(self.class_names), "sample_rate_hz": self.sample_rate_hz,
+            "normalization": self.normalization, "sha256": dict(self.sha256), "opset": self.opset,
+            "input_name": self.input_name, "feature_name": self.feature_name, "logits_name": self.logits_name,
+        }
+
+
+class _HeadGraph(nn.Module):
+    """Positional-argument wrapper so every noise tensor becomes a named graph input."""
+
+    def __init__(self, model: SignalTransformer, names: Tuple[str, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, features: torch.Tensor, *noise: torch.Tensor) -> torch.Tensor:
+        return self.model.head_forward(features, dict(zip(self.names, noise)))
+
+
+class _TrunkGraph(nn.Module):
+    def __init__(self, model: SignalTransformer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.trunk(x)
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list, outputs: list) -> None:
+    axes = {name: {0: "batch"} for name in inputs + outputs}
+    # A fresh wrapper is in training mode; the exporter restores that mode on
+    # exit, which would switch the wrapped model's dropout back on.
+    module.eval()
+    torch.onnx.export(
+        module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
+        opset_version=OPSET, dynamo=False, do_constant_folding=True,
+    )
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def export_onnx(
+    checkpoint: Checkpoint,
+    out_dir: Path,
+    model: Optional[SignalTransformer] = None,
+    verify: bool = True,
+    atol: float = 1e-4,
+) -> OnnxArtifact:
+    """Export ``checkpoint`` to ``out_dir``/{trunk,head}.onnx and write export.json.
+
+    With ``verify`` the graphs are run on ONNX Runtime against PyTorch with the
+    same noise and the export fails loudly if they disagree beyond ``atol``.
+    """
+    model = model if model is not None else checkpoint.load_model()
+    model.eval()
+    model.set_sampling(False)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specs = model.noise_specs()
+    if not specs:
+        raise ValueError("model has no stochastic layer: set stochastic_blocks or stochastic_head")
+    names = tuple(s.name for s in specs)
+    cfg = model.cfg
+    x = torch.randn(2, cfg.input_length)
+    with torch.no_grad():
+        feats = model.trunk(x)
+    noise = {k: torch.from_numpy(v) for k, v in sample_noise(specs, 2, np.random.default_rng(0)).items()}
+    _export(_TrunkGraph(model), (x,), out_dir / "trunk.onnx", [INPUT_NAME], [FEATURE_NAME])
+    _export(
+        _HeadGraph(model, names), (feats, *[noise[n] for n in names]), out_dir / "head.onnx",
+        [FEATURE_NAME, *names], [LOGITS_NAME],
+    )
+    art = OnnxArtifact(
+        directory=out_dir, trunk_file="trunk.onnx", head_file="head.onnx", input_length=cfg.input_length,
+        feature_shape=tuple(model.feature_shape()), noise=specs, class_names=checkpoint.class_names,
+        sample_rate_hz=checkpoint.sample_rate_hz, normalization=checkpoint.normalization,
+        sha256={f: _sha256(out_dir / f) for f in ("trunk.onnx", "head.onnx")},
+    )
+    (out_dir / _META).write_text(json.dumps(art.to_json(), indent=2, sort_keys=True))
+    if verify:
+        err = max_abs_difference(model, art, batch=3, samples=4, seed=1)
+        if err > atol:
+            raise RuntimeError(f"exported graphs disagree with PyTorch: max |logit diff| {err:.2e} > {atol:.0e}")
+    return art
+
+
+def load_onnx_artifact(directory: Path) -> OnnxArtifact:
+    directory = Path(directory)
+    meta_path = directory / _META
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"no ONNX export at {directory}: {_META} missing")
+    m = json.loads(meta_path.read_text())
+    art = OnnxArtifact(
+        directory=directory, trunk_file=m["trunk_file"], head_file=m["head_file"], input_length=m["input_length"],
+        feature_shape=tuple(m["feature_shape"]), noise=noise_specs_from_json(m["noise"]),
+        class_names=tuple(m["class_names"]), sample_rate_hz=m["sample_rate_hz"],
+        normalization=m["normalization"], sha256=m["sha256"], opset=m["opset"],
+    )
+    for f, digest in art.sha256.items():
+        if _sha256(directory / f) != digest:
+            raise ValueError(f"{directory / f} does not match the sha256 recorded in {_META}")
+    return art
+
+
+def run_onnx(art: OnnxArtifact, x: np.ndarray, noise: Mapping[str, np.ndarray], samples: int) -> np.ndarray:
+    """Logits (S*B, C) from ONNX Runtime, features tiled s-major (reference path for tests)."""
+    import onnxruntime as ort
+
+    trunk = ort.InferenceSession(str(art.trunk_path), providers=["CPUExecutionProvider"])
+    head = ort.InferenceSession(str(art.head_path), providers=["CPUExecutionProvider"])
+    feats = trunk.run([art.feature_name], {art.input_name: x.astype(np.float32)})[0]
+    tiled = np.tile(feats, (samples,) + (1,) * (feats.ndim - 1))
+    feeds: Dict[str, np.ndarray] = {art.feature_name: tiled, **noise}
+    return head.run([art.logits_name], feeds)[0]
+
+
+def max_abs_difference(model: SignalTransformer, art: OnnxArtifact, batch: int, samples: int, seed: int) -> float:
+    """Largest |logit| difference between PyTorch and ONNX Runtime given identical noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, art.input_length)).astype(np.float32)
+    noise = sample_noise(art.noise, batch * samples, rng)
+    ort_logits = run_onnx(art, x, noise, samples)
+    with torch.no_grad():
+        feats = model.trunk(torch.from_numpy(x)).repeat((samples,) + (1,) * len(art.feature_shape))
+        torch_logits = model.head_forward(feats, {k: torch.from_numpy(v) for k, v in noise.items()}).numpy()
+    return float(np.max(np.abs(ort_logits - torch_logits)))

@@ -1,0 +1,92 @@
+"""Small validators shared by the manifest classes. Every failure is a ManifestError
+whose message starts with the dotted name of the offending field."""
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from typing import Any, Iterator, Mapping, Sequence, Tuple
+
+from .errors import ManifestError
+
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def fail(field: str, problem: str) -> ManifestError:
+    return ManifestError(f"{field}: {problem}")
+
+
+@contextlib.contextmanager
+def prefixed(prefix: str) -> Iterator[None]:
+    """Re-raise a ManifestError from a nested object with ``prefix.`` prepended."""
+    try:
+        yield
+    except ManifestError as exc:
+        raise ManifestError(f"{prefix}.{exc}") from None
+
+
+def text(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise fail(field, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def positive_int(field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise fail(field, f"must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def positive_float(field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise fail(field, f"must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def names(field: str, value: Any, min_len: int = 0) -> Tuple[str, ...]:
+    """A tuple of unique non-empty strings (a bare string is refused)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise fail(field, f"must be a list of strings, got {value!r}")
+    out = tuple(text(f"{field}[{i}]", v) for i, v in enumerate(value))
+    if len(out) < min_len:
+        raise fail(field, f"needs at least {min_len} entries, got {len(out)}: {list(out)}")
+    dupes = sorted({v for v in out if out.count(v) > 1})
+    if dupes:
+        raise fail(field, f"names must be unique, duplicated: {dupes}")
+    return out
+
+
+def relpath(field: str, value: Any) -> str:
+    """A portable bundle-relative path: forward slashes, no '..', not absolute."""
+    path = text(field, value)
+    if "\\" in path:
+        raise fail(field, f"must use forward slashes, got {path!r}")
+    if path.startswith("/") or _DRIVE.match(path):
+        raise fail(field, f"must be relative to the bundle directory, got absolute path {path!r}")
+    parts = path.split("/")
+    if ".." in parts:
+        raise fail(field, f"must not contain '..', got {path!r}")
+    if any(p in ("", ".") for p in parts):
+        raise fail(field, f"must be a normalised relative path, got {path!r}")
+    return path
+
+
+def sha256_hex(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not _SHA256.match(value):
+        raise fail(field, f"must be a sha256 digest of 64 hex characters, got {value!r}")
+    return value.lower()
+
+
+def obj(field: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise fail(field, f"must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def key(field: str, mapping: Any, name: str) -> Any:
+    """``mapping[name]`` or a ManifestError naming ``field.name`` as missing."""
+    obj(field, mapping)
+    if name not in mapping:
+        raise fail(f"{field}.{name}" if field else name, "missing")
+    return mapping[name]

@@ -1,0 +1,141 @@
+"""Reading and writing bundle directories (``manifest.json`` plus the files it hashes)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Union
+
+from . import _checks as c
+from .errors import BundleError, IntegrityError, ManifestError
+from .manifest import Manifest
+
+__all__ = ["MANIFEST_FILE", "Bundle", "sha256_file", "load_bundle", "write_bundle"]
+
+MANIFEST_FILE = "manifest.json"
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (constant memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle directory and its parsed manifest."""
+
+    root: Path
+    manifest: Manifest
+
+    def path(self, name: str) -> Path:
+        """Absolute path of the bundle-relative file ``name`` (must be a safe relative path)."""
+        try:
+            return self.root / c.relpath("file", name)
+        except ManifestError as exc:
+            raise BundleError(f"bad bundle file name: {exc}") from None
+
+
+def load_bundle(root: PathLike, verify: bool = True) -> Bundle:
+    """Parse ``root/manifest.json`` and check that every listed file exists.
+
+    With ``verify`` (the default) every file's sha256 is also compared with the
+    manifest; a mismatch raises :class:`IntegrityError`.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise BundleError(f"bundle directory {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise BundleError(f"bundle path {str(root)!r} is not a directory")
+    manifest_path = root / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise BundleError(f"no {MANIFEST_FILE} in bundle directory {str(root)!r}")
+    try:
+        text = manifest_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"cannot read {manifest_path}: {exc}") from None
+    try:
+        manifest = Manifest.loads(text)
+    except ManifestError as exc:
+        raise ManifestError(f"{manifest_path}: {exc}") from None
+    bundle = Bundle(root=root, manifest=manifest)
+    for name, expected in manifest.files.items():
+        path = bundle.path(name)
+        if not path.is_file():
+            raise BundleError(f"bundle file {name!r} listed in {MANIFEST_FILE} is missing from {str(root)!r}")
+        if verify:
+            actual = sha256_file(path)
+            if actual != expected:
+                raise IntegrityError(
+                    f"bundle file {name!r} is corrupted or modified: sha256 expected {expected[:12]}..., "
+                    f"actual {actual[:12]}..."
+                )
+    return bundle
+
+
+def _write_manifest_atomically(root: Path, manifest: Manifest) -> None:
+    text = manifest.dumps()
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=root)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, root / MANIFEST_FILE)
+    except BaseException:
+        with_suppressed_unlink(tmp)
+        raise
+
+
+def with_suppressed_unlink(path: PathLike) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def write_bundle(root: PathLike, manifest: Manifest, sources: Mapping[str, PathLike],
+                 overwrite: bool = False) -> Bundle:
+    """Create a bundle: copy ``sources`` (bundle name -> source file) into ``root``, hash
+    the copies into ``manifest.files`` and write ``manifest.json`` atomically.
+
+    ``sources`` must include both graph files. A non-empty ``root`` is refused unless
+    ``overwrite``; then any old ``manifest.json`` is removed first, so a failure part-way
+    never leaves a manifest that does not describe the files next to it. Other files
+    already in ``root`` are left alone.
+    """
+    root = Path(root)
+    names = {c.relpath(f"sources[{k!r}]", k): Path(v) for k, v in sources.items()}
+    if MANIFEST_FILE in names:
+        raise BundleError(f"sources must not include {MANIFEST_FILE!r}; it is written from the manifest")
+    for role in ("trunk", "head"):
+        graph_file = getattr(manifest, role).file
+        if graph_file not in names:
+            raise BundleError(f"sources lack the {role} graph file {graph_file!r} (graphs.{role}.file)")
+    for name, src in names.items():
+        if not src.is_file():
+            raise BundleError(f"source for bundle file {name!r} does not exist or is not a file: {str(src)!r}")
+    if root.exists() and not root.is_dir():
+        raise BundleError(f"bundle path {str(root)!r} exists and is not a directory")
+    if root.is_dir() and any(root.iterdir()) and not overwrite:
+        raise BundleError(f"bundle directory {str(root)!r} is not empty; pass overwrite=True to replace it")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MANIFEST_FILE).unlink(missing_ok=True)
+    hashes = {}
+    for name, src in names.items():
+        dest = root / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not (dest.exists() and os.path.samefile(src, dest)):
+            shutil.copyfile(src, dest)
+        hashes[name] = sha256_file(dest)
+    sealed = dataclasses.replace(manifest, files=hashes)
+    _write_manifest_atomically(root, sealed)
+    return Bundle(root=root, manifest=sealed)

@@ -1,0 +1,246 @@
+"""The bundle manifest (``manifest.json``): what the graphs are and how to feed them.
+
+A bundle is a directory holding two ONNX graphs and this manifest:
+
+* the **trunk** maps the normalised input window to features; it is deterministic
+  and runs once per batch;
+* the **head** maps ``(features, *noise inputs)`` to logits; it runs on ``S * B`` rows,
+  row ``s * B + b`` being sample ``s`` of input ``b`` (s-major tiling).
+
+Every validation problem raises :class:`ManifestError` whose message starts with the
+dotted JSON name of the field (``input.length``, ``graphs.head.inputs``, ...).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Tuple
+
+from . import _checks as c
+from .errors import ManifestError
+from .noise import NoiseSpec, noise_specs_from_json
+from .preprocess import NORMALIZATIONS
+
+__all__ = ["MANIFEST_VERSION", "SUPPORTED_VERSIONS", "FORMAT", "InputSpec", "GraphSpec", "Manifest"]
+
+MANIFEST_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({1})
+FORMAT = "edgeuq-bundle"
+SUPPORTED_DTYPES = ("float32",)
+_TOP_KEYS = {"format", "manifest_version", "model", "input", "classes", "default_samples", "noise",
+             "graphs", "backend", "files", "metadata"}
+
+
+def _only(where: str, data: Mapping[str, Any], allowed: set) -> None:
+    extra = sorted(set(data) - allowed)
+    if extra:
+        raise c.fail(where or "manifest", f"unknown keys {extra}; allowed: {sorted(allowed)}")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The model input: one window of ``length`` samples per batch row."""
+
+    length: int
+    sample_rate_hz: float
+    name: str = "signal"
+    dtype: str = "float32"
+    normalization: str = "zscore"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", c.text("input.name", self.name))
+        object.__setattr__(self, "length", c.positive_int("input.length", self.length))
+        object.__setattr__(self, "sample_rate_hz", c.positive_float("input.sample_rate_hz", self.sample_rate_hz))
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise c.fail("input.dtype", f"must be one of {list(SUPPORTED_DTYPES)}, got {self.dtype!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise c.fail("input.normalization", f"must be one of {sorted(NORMALIZATIONS)}, got {self.normalization!r}")
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"name": self.name, "length": self.length, "dtype": self.dtype,
+                "sample_rate_hz": self.sample_rate_hz, "normalization": self.normalization}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "InputSpec":
+        c.obj("input", data)
+        _only("input", data, {"name", "length", "dtype", "sample_rate_hz", "normalization"})
+        return cls(length=c.key("input", data, "length"), sample_rate_hz=c.key("input", data, "sample_rate_hz"),
+                   name=data.get("name", "signal"), dtype=data.get("dtype", "float32"),
+                   normalization=data.get("normalization", "zscore"))
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph file of the bundle and its input/output tensor names, in order."""
+
+    file: str
+    inputs: Tuple[str, ...]
+    outputs: Tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "file", c.relpath("file", self.file))
+        object.__setattr__(self, "inputs", c.names("inputs", self.inputs, min_len=1))
+        object.__setattr__(self, "outputs", c.names("outputs", self.outputs, min_len=1))
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"file": self.file, "inputs": list(self.inputs), "outputs": list(self.outputs)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "graph") -> "GraphSpec":
+        """Parse one graph entry; ``where`` (e.g. ``graphs.trunk``) prefixes error messages."""
+        c.obj(where, data)
+        _only(where, data, {"file", "inputs", "outputs"})
+        args = {k: c.key(where, data, k) for k in ("file", "inputs", "outputs")}
+        with c.prefixed(where):
+            return cls(**args)
+
+
+def _check_version(fmt: Any, version: Any) -> None:
+    if fmt != FORMAT:
+        raise c.fail("format", f"must be {FORMAT!r}, got {fmt!r}: not an edgeuq bundle manifest")
+    if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
+        raise c.fail("manifest_version", f"unsupported version {version!r}; this runtime supports "
+                     f"manifest_version {sorted(SUPPORTED_VERSIONS)} (upgrade edgeuq_runtime for newer bundles)")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the runtime needs to know about a bundle.
+
+    ``files`` maps bundle-relative paths to sha256 digests. A manifest built in code
+    may leave it empty (a *draft*); :func:`edgeuq_runtime.bundle.write_bundle` fills it
+    in. The JSON form always has it: :meth:`to_json` refuses a draft.
+    """
+
+    model_name: str
+    model_version: str
+    input: InputSpec
+    class_names: Tuple[str, ...]
+    default_samples: int
+    noise: Tuple[NoiseSpec, ...]
+    trunk: GraphSpec
+    head: GraphSpec
+    feature_name: str
+    logits_name: str
+    backend: str = "onnxruntime"
+    files: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+    manifest_version: int = MANIFEST_VERSION
+
+    def __post_init__(self) -> None:
+        _check_version(self.format, self.manifest_version)
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        put("model_name", c.text("model.name", self.model_name))
+        put("model_version", c.text("model.version", self.model_version))
+        if not isinstance(self.input, InputSpec):
+            raise c.fail("input", f"must be an InputSpec, got {type(self.input).__name__}")
+        put("class_names", c.names("classes", self.class_names, min_len=2))
+        put("default_samples", c.positive_int("default_samples", self.default_samples))
+        if isinstance(self.noise, (str, bytes)) or not all(isinstance(n, NoiseSpec) for n in self.noise):
+            raise c.fail("noise", f"must be a sequence of NoiseSpec, got {self.noise!r}")
+        put("noise", tuple(self.noise))
+        c.names("noise", [n.name for n in self.noise])
+        for role in ("trunk", "head"):
+            if not isinstance(getattr(self, role), GraphSpec):
+                raise c.fail(f"graphs.{role}", f"must be a GraphSpec, got {type(getattr(self, role)).__name__}")
+        put("feature_name", c.text("graphs.feature_name", self.feature_name))
+        put("logits_name", c.text("graphs.logits_name", self.logits_name))
+        put("backend", c.text("backend", self.backend))
+        c.obj("files", self.files)
+        put("files", {c.relpath(f"files[{k!r}]", k): c.sha256_hex(f"files[{k!r}]", v)
+                      for k, v in sorted(self.files.items())})
+        c.obj("metadata", self.metadata)
+        try:  # a JSON round trip both validates and detaches the caller's objects
+            put("metadata", json.loads(json.dumps(dict(self.metadata), allow_nan=False)))
+        except (TypeError, ValueError) as exc:
+            raise c.fail("metadata", f"must be JSON-serialisable: {exc}") from None
+        self._check_consistency()
+
+    def _check_consistency(self) -> None:
+        if self.trunk.inputs != (self.input.name,):
+            raise c.fail("graphs.trunk.inputs", f"must be exactly [{self.input.name!r}] (input.name), "
+                         f"got {list(self.trunk.inputs)}")
+        if self.feature_name not in self.trunk.outputs:
+            raise c.fail("graphs.trunk.outputs", f"must contain feature_name {self.feature_name!r}, "
+                         f"got {list(self.trunk.outputs)}")
+        expected = (self.feature_name,) + tuple(n.name for n in self.noise)
+        if self.head.inputs != expected:
+            raise c.fail("graphs.head.inputs", f"must be [feature_name, *noise names] = {list(expected)}, "
+                         f"got {list(self.head.inputs)}")
+        if self.logits_name not in self.head.outputs:
+            raise c.fail("graphs.head.outputs", f"must contain logits_name {self.logits_name!r}, "
+                         f"got {list(self.head.outputs)}")
+        if self.files:
+            for role in ("trunk", "head"):
+                f = getattr(self, role).file
+                if f not in self.files:
+                    raise c.fail("files", f"graph file {f!r} (graphs.{role}.file) is not listed; "
+                                 f"listed: {sorted(self.files)}")
+
+    @property
+    def is_draft(self) -> bool:
+        """True while ``files`` is empty (no hashes yet)."""
+        return not self.files
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_json(self) -> Dict[str, Any]:
+        """The JSON object of ``manifest.json`` (see :meth:`dumps` for the text)."""
+        if self.is_draft:
+            raise c.fail("files", "draft manifest has no file hashes; write it with write_bundle()")
+        return {
+            "format": self.format,
+            "manifest_version": self.manifest_version,
+            "model": {"name": self.model_name, "version": self.model_version},
+            "input": self.input.to_json(),
+            "classes": list(self.class_names),
+            "default_samples": self.default_samples,
+            "noise": [n.to_json() for n in self.noise],
+            "graphs": {"trunk": self.trunk.to_json(), "head": self.head.to_json(),
+                       "feature_name": self.feature_name, "logits_name": self.logits_name},
+            "backend": self.backend,
+            "files": dict(self.files),
+            "metadata": json.loads(json.dumps(self.metadata)),
+        }
+
+    def dumps(self) -> str:
+        """Stable, human-readable text: sorted keys, indent 2, trailing newline."""
+        return json.dumps(self.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+    @classmethod
+    def loads(cls, text: str) -> "Manifest":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"manifest is not valid JSON: {exc}") from None
+        return cls.from_json(data)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Manifest":
+        c.obj("manifest", data)
+        _check_version(data.get("format"), data.get("manifest_version"))
+        _only("", data, _TOP_KEYS)
+        model = c.obj("model", c.key("", data, "model"))
+        _only("model", model, {"name", "version"})
+        graphs = c.obj("graphs", c.key("", data, "graphs"))
+        _only("graphs", graphs, {"trunk", "head", "feature_name", "logits_name"})
+        noise = c.key("", data, "noise")
+        if not isinstance(noise, list):
+            raise c.fail("noise", f"must be a list, got {type(noise).__name__}")
+        trunk = GraphSpec.from_json(c.key("graphs", graphs, "trunk"), "graphs.trunk")
+        head = GraphSpec.from_json(c.key("graphs", graphs, "head"), "graphs.head")
+        files = c.obj("files", c.key("", data, "files"))
+        if not files:
+            raise c.fail("files", "must list every bundle file with its sha256, got {}")
+        return cls(
+            model_name=c.key("model", model, "name"), model_version=c.key("model", model, "version"),
+            input=InputSpec.from_json(c.key("", data, "input")), class_names=c.key("", data, "classes"),
+            default_samples=c.key("", data, "default_samples"), noise=noise_specs_from_json(noise),
+            trunk=trunk, head=head, feature_name=c.key("graphs", graphs, "feature_name"),
+            logits_name=c.key("graphs", graphs, "logits_name"), backend=c.key("", data, "backend"),
+            files=files, metadata=data.get("metadata", {}),
+            format=data["format"], manifest_version=data["manifest_version"],
+        )
