@@ -91,15 +91,11 @@ def _write_manifest_atomically(root: Path, manifest: Manifest) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, root / MANIFEST_FILE)
     except BaseException:
-        with_suppressed_unlink(tmp)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
         raise
-
-
-def with_suppressed_unlink(path: PathLike) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def write_bundle(root: PathLike, manifest: Manifest, sources: Mapping[str, PathLike],
@@ -127,15 +123,18 @@ def write_bundle(root: PathLike, manifest: Manifest, sources: Mapping[str, PathL
         raise BundleError(f"bundle path {str(root)!r} exists and is not a directory")
     if root.is_dir() and any(root.iterdir()) and not overwrite:
         raise BundleError(f"bundle directory {str(root)!r} is not empty; pass overwrite=True to replace it")
-    root.mkdir(parents=True, exist_ok=True)
-    (root / MANIFEST_FILE).unlink(missing_ok=True)
-    hashes = {}
-    for name, src in names.items():
-        dest = root / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if not (dest.exists() and os.path.samefile(src, dest)):
-            shutil.copyfile(src, dest)
-        hashes[name] = sha256_file(dest)
-    sealed = dataclasses.replace(manifest, files=hashes)
-    _write_manifest_atomically(root, sealed)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / MANIFEST_FILE).unlink(missing_ok=True)
+        hashes = {}
+        for name, src in names.items():
+            dest = root / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not (dest.exists() and os.path.samefile(src, dest)):
+                shutil.copyfile(src, dest)
+            hashes[name] = sha256_file(dest)
+        sealed = dataclasses.replace(manifest, files=hashes)
+        _write_manifest_atomically(root, sealed)
+    except OSError as exc:
+        raise BundleError(f"cannot write bundle {str(root)!r}: {exc}") from exc
     return Bundle(root=root, manifest=sealed)

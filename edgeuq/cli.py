@@ -1,0 +1,199 @@
+"""`edgeuq` command line: a thin layer over the Python API."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+__all__ = ["main"]
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from .demo_report import demo_tables, write_demo_report
+    from .pipeline import run_demo
+    from .report import format_table
+
+    overrides = {"duration_s": a.duration} if a.duration else None
+    res = run_demo(Path(a.out), recipe=a.recipe, epochs=a.epochs, samples=a.samples,
+                   synthetic_overrides=overrides, progress=not a.no_progress)
+    report = write_demo_report(res)
+    h, rows, lh, lrows = demo_tables(res)
+    print()
+    print(format_table(h, rows))
+    print()
+    print(format_table(lh, lrows))
+    print(f"\nreport: {report}  (plots: {res.out_dir / 'reliability.png'}, {res.out_dir / 'epistemic_hist.png'})")
+    return 0
+
+
+def _load_training_data(a: argparse.Namespace, recipe):
+    from .data import load_cwru, load_signals, split_in_domain
+    from .pipeline import prepare_data
+
+    if a.data is None:
+        return prepare_data(recipe).splits
+    d = recipe.data
+    path = Path(a.data)
+    window, hop, fs = int(d["window"]), int(d["hop"]), float(d["fs_hz"])
+    if path.is_dir() and (path / "MANIFEST.csv").is_file():
+        records = load_cwru(path)
+    else:
+        records = load_signals(path, fs=a.fs, key=a.key, target_fs=fs)
+    return split_in_domain(records, window, hop, class_names=tuple(d["classes"]), target_fs=fs)
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from .catalog import get_recipe
+    from .models import ModelConfig
+    from .pipeline import train_stage
+    from .training import TrainConfig
+
+    rec = get_recipe(a.recipe)
+    splits = _load_training_data(a, rec)
+    print(f"train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} windows")
+    cfg = ModelConfig.from_dict(rec.model, input_length=splits.window, num_classes=len(splits.class_names))
+    ck = train_stage(splits, cfg, TrainConfig.from_dict(rec.train, epochs=a.epochs), Path(a.out),
+                     progress=not a.no_progress, log=print)
+    print(f"checkpoint: {ck.directory} (sha256 {ck.sha256[:12]}…, best epoch {ck.metrics['best_epoch']})")
+    return 0
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from .export import export_onnx
+    from .training import load_checkpoint
+
+    art = export_onnx(load_checkpoint(Path(a.checkpoint)), Path(a.out))
+    print(f"exported {art.trunk_path} and {art.head_path}; {len(art.noise)} noise inputs: "
+          + ", ".join(f"{s.name}{list(s.shape)}" for s in art.noise))
+    return 0
+
+
+def _cmd_bundle(a: argparse.Namespace) -> int:
+    from .bundle import build_bundle
+    from .export import load_onnx_artifact
+
+    art = load_onnx_artifact(Path(a.onnx))
+    b = build_bundle(art, Path(a.out), a.name, a.version, default_samples=a.samples, overwrite=a.overwrite)
+    print(f"bundle {b.root}: {b.manifest.model_name} {b.manifest.model_version}, "
+          f"{len(b.manifest.files)} files hashed, default S={b.manifest.default_samples}")
+    return 0
+
+
+def _cmd_predict(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from edgeuq_runtime import UncertaintyRuntime
+
+    from .data import load_signals, sliding_windows
+    from .report import format_table
+    from edgeuq_runtime.preprocess import normalize
+
+    rt = UncertaintyRuntime(Path(a.bundle), seed=a.seed)
+    spec = rt.manifest.input
+    records = load_signals(Path(a.input), fs=a.fs, key=a.key, target_fs=spec.sample_rate_hz)
+    hop = a.hop or spec.length
+    rows, out = [], []
+    for rec in records:
+        x = sliding_windows(rec.signal, spec.length, hop)
+        res = rt.predict(x, samples=a.samples)
+        for i, r in enumerate(res.to_rows()):
+            name = rec.meta.get("record_id", "signal")
+            rows.append([name, i * hop, r["prediction"], r["confidence"], r["total"], r["aleatoric"], r["epistemic"]])
+            out.append({"record": name, "start": i * hop, **r})
+    print(format_table(("record", "start", "prediction", "confidence", "total", "aleatoric", "epistemic"), rows))
+    print(f"\n{len(rows)} windows, S={a.samples or rt.default_samples}, bundle {rt.manifest.model_name} "
+          f"{rt.manifest.model_version}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=2))
+        print(f"json: {a.json}")
+    return 0
+
+
+def _cmd_list(kind: str):
+    def run(a: argparse.Namespace) -> int:
+        from . import catalog
+
+        if kind == "boards":
+            print(catalog.format_boards_table())
+        elif kind == "targets":
+            print(catalog.format_targets_table())
+        else:
+            for r in catalog.load_recipes().values():
+                print(f"{r.name:<20} {r.description}")
+        return 0
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgeuq", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train, export, bundle and run the runtime on the synthetic default")
+    d.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    d.add_argument("--recipe", default="bearing-demo", help="recipe name or .toml path")
+    d.add_argument("--epochs", type=int, help="override the recipe's epoch count")
+    d.add_argument("--samples", type=int, help="MC samples S (default: recipe)")
+    d.add_argument("--duration", type=float, help="seconds of synthetic signal per record")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=_cmd_demo)
+
+    t = sub.add_parser("train", help="train a model from a recipe")
+    t.add_argument("--recipe", default="bearing-demo")
+    t.add_argument("--data", help="CWRU folder (with MANIFEST.csv), a signal file or a folder of them; "
+                                   "default: the recipe's synthetic data")
+    t.add_argument("--fs", type=float, help="sample rate of .npy/.csv inputs")
+    t.add_argument("--key", help="variable name inside .mat inputs")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--out", required=True, help="checkpoint directory")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("export", help="export a checkpoint to trunk/head ONNX graphs")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=_cmd_export)
+
+    b = sub.add_parser("bundle", help="build a verified runtime bundle from an ONNX export")
+    b.add_argument("--onnx", required=True, help="directory written by `edgeuq export`")
+    b.add_argument("--out", required=True)
+    b.add_argument("--name", default="edgeuq-model")
+    b.add_argument("--version", default="0.1.0")
+    b.add_argument("--samples", type=int, default=16, help="default MC samples S")
+    b.add_argument("--overwrite", action="store_true")
+    b.set_defaults(func=_cmd_bundle)
+
+    r = sub.add_parser("predict", help="run a bundle on a signal file or folder (.npz/.npy/.csv/.mat)")
+    r.add_argument("--bundle", required=True)
+    r.add_argument("--input", required=True)
+    r.add_argument("--fs", type=float, help="sample rate of .npy/.csv inputs (resampled to the model's)")
+    r.add_argument("--key", help="variable name inside .mat inputs")
+    r.add_argument("--samples", type=int)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--hop", type=int, help="window step in samples (default: non-overlapping)")
+    r.add_argument("--json", help="also write per-window results as JSON")
+    r.set_defaults(func=_cmd_predict)
+
+    for kind in ("boards", "targets", "recipes"):
+        sub.add_parser(kind, help=f"list the {kind} shipped as data").set_defaults(func=_cmd_list(kind))
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from edgeuq_runtime.errors import RuntimeUQError
+
+    from .catalog import DescriptorError
+    from .data._errors import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (RuntimeUQError, DescriptorError, DataError, FileNotFoundError, ValueError) as exc:
+        print(f"edgeuq {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

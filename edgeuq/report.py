@@ -1,0 +1,45 @@
+"""Plain-text tables and the markdown demo report."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, List, Mapping, Optional, Sequence
+
+__all__ = ["format_table", "write_markdown_report"]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+    return str(v)
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence], markdown: bool = False) -> str:
+    """Align a table for the terminal, or as a GitHub markdown table."""
+    cells: List[List[str]] = [[_fmt(c) for c in r] for r in rows]
+    heads = [str(h) for h in headers]
+    if markdown:
+        lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in cells]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(heads)]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([line(heads), "  ".join("-" * w for w in widths)] + [line(r) for r in cells])
+
+
+def write_markdown_report(
+    path: Path,
+    title: str,
+    sections: Mapping[str, str],
+    images: Optional[Mapping[str, Path]] = None,
+) -> Path:
+    """Write ``sections`` (heading -> markdown body) and relative image links."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = [f"# {title}", ""]
+    for heading, body in sections.items():
+        parts += [f"## {heading}", "", body.rstrip(), ""]
+    for caption, img in (images or {}).items():
+        rel = Path(img).resolve().relative_to(path.parent.resolve()) if Path(img).is_absolute() else Path(img)
+        parts += [f"## {caption}", "", f"![{caption}]({rel.as_posix()})", ""]
+    path.write_text("\n".join(parts))
+    return path

@@ -1,0 +1,61 @@
+"""Graph executors: a tiny registry mapping a backend name to a graph loader.
+
+A loader takes ``(path, threads)`` and returns a :class:`GraphRunner`. Backends
+register themselves eagerly by name, but import their heavy dependency (e.g.
+``onnxruntime``) lazily inside the loader, so ``import edgeuq_runtime`` stays cheap
+and works on devices that only have another backend installed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, Optional, Protocol, Sequence, TypeVar, Union, runtime_checkable
+
+import numpy as np
+
+from ..errors import BackendError
+
+__all__ = ["GraphRunner", "GraphLoader", "EXECUTORS", "register_executor", "load_graph"]
+
+
+@runtime_checkable
+class GraphRunner(Protocol):
+    """A loaded graph: named inputs in, named outputs out (numpy arrays)."""
+
+    @property
+    def input_names(self) -> Sequence[str]: ...
+
+    @property
+    def output_names(self) -> Sequence[str]: ...
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]: ...
+
+
+GraphLoader = Callable[[Path, Optional[int]], GraphRunner]
+EXECUTORS: Dict[str, GraphLoader] = {}
+_L = TypeVar("_L", bound=GraphLoader)
+
+
+def register_executor(name: str) -> Callable[[_L], _L]:
+    """Decorator: register ``loader(path, threads) -> GraphRunner`` under ``name``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"executor name must be a non-empty string, got {name!r}")
+
+    def decorate(loader: _L) -> _L:
+        EXECUTORS[name] = loader
+        return loader
+
+    return decorate
+
+
+def load_graph(backend: str, path: Union[str, Path], threads: Optional[int] = None) -> GraphRunner:
+    """Load the graph at ``path`` with the executor registered as ``backend``."""
+    try:
+        loader = EXECUTORS[backend]
+    except KeyError:
+        raise BackendError(f"unknown backend {backend!r}; known backends: {sorted(EXECUTORS)}") from None
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise BackendError(f"threads must be None or an integer >= 1, got {threads!r}")
+    return loader(Path(path), threads)
+
+
+from . import onnxruntime as _onnxruntime  # noqa: E402,F401  (registers "onnxruntime"; imports nothing heavy)

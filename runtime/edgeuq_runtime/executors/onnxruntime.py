@@ -1,0 +1,77 @@
+"""The ``onnxruntime`` executor (CPUExecutionProvider).
+
+``onnxruntime`` itself is imported only when a graph is loaded; a missing install
+raises :class:`BackendError` with the pip command to fix it.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from ..errors import BackendError
+from . import register_executor
+
+__all__ = ["OrtGraph", "load_onnxruntime"]
+
+
+def _import_ort() -> Any:
+    try:
+        return importlib.import_module("onnxruntime")
+    except ImportError as exc:
+        raise BackendError(
+            f"backend 'onnxruntime' needs the onnxruntime package ({exc}); "
+            "install it with: pip install 'edgeuq-runtime[onnxruntime]'"
+        ) from None
+
+
+class OrtGraph:
+    """An ONNX graph loaded in an onnxruntime InferenceSession."""
+
+    def __init__(self, session: Any, path: Path) -> None:
+        self._session = session
+        self.path = path
+        self._inputs = tuple(i.name for i in session.get_inputs())
+        self._outputs = tuple(o.name for o in session.get_outputs())
+        #: Declared input shapes; symbolic (dynamic) axes are None.
+        self.input_shapes: Dict[str, Tuple[Optional[int], ...]] = {
+            i.name: tuple(d if isinstance(d, int) else None for d in (i.shape or ()))
+            for i in session.get_inputs()
+        }
+
+    @property
+    def input_names(self) -> Tuple[str, ...]:
+        return self._inputs
+
+    @property
+    def output_names(self) -> Tuple[str, ...]:
+        return self._outputs
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        try:
+            values = self._session.run(None, feeds)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise BackendError(f"graph {self.path.name!r} ({self.path}) failed to run: {exc}") from exc
+        return dict(zip(self._outputs, values))
+
+    def __repr__(self) -> str:
+        return f"OrtGraph({str(self.path)!r}, inputs={list(self._inputs)}, outputs={list(self._outputs)})"
+
+
+@register_executor("onnxruntime")
+def load_onnxruntime(path: Path, threads: Optional[int] = None) -> OrtGraph:
+    """Load ``path`` on the CPU provider with full graph optimisation."""
+    ort = _import_ort()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only; warnings would go to the device's stderr
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # InvalidProtobuf, NoSuchFile, Fail, ...
+        raise BackendError(f"could not load graph {path.name!r} ({path}) with onnxruntime: {exc}") from exc
+    return OrtGraph(session, path)

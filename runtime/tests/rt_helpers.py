@@ -1,0 +1,96 @@
+"""Helpers for the runtime tests: a tiny two-graph bundle built with onnx.helper (no torch, no edgeuq).
+
+trunk: signal (B, 16) -> features = signal @ W            W: (16, 8)
+head:  features (N, 8), mask_0 (N, 8) -> logits = (features * mask_0) @ V    V: (8, 3)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeuq_runtime import GraphSpec, InputSpec, Manifest, NoiseSpec
+
+L, F, C = 16, 8, 3
+CLASSES = ("rest", "walk", "run")
+
+
+def _save(nodes, name, inputs, outputs, inits, path: Path) -> Path:
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="rt-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def make_trunk(path: Path, W: np.ndarray, input_name: str = "signal") -> Path:
+    vi = helper.make_tensor_value_info
+    return _save(
+        [helper.make_node("MatMul", [input_name, "W"], ["features"])], "trunk",
+        [vi(input_name, TensorProto.FLOAT, ["B", L])], [vi("features", TensorProto.FLOAT, ["B", F])],
+        [numpy_helper.from_array(W.astype(np.float32), "W")], path,
+    )
+
+
+def make_head(path: Path, V: np.ndarray) -> Path:
+    vi = helper.make_tensor_value_info
+    return _save(
+        [helper.make_node("Mul", ["features", "mask_0"], ["masked"]),
+         helper.make_node("MatMul", ["masked", "V"], ["logits"])], "head",
+        [vi("features", TensorProto.FLOAT, ["N", F]), vi("mask_0", TensorProto.FLOAT, ["N", F])],
+        [vi("logits", TensorProto.FLOAT, ["N", C])],
+        [numpy_helper.from_array(V.astype(np.float32), "V")], path,
+    )
+
+
+def make_manifest(**overrides: Any) -> Manifest:
+    """A draft manifest matching the tiny graphs; keyword overrides replace fields."""
+    fields: Dict[str, Any] = dict(
+        model_name="tiny-har", model_version="1.0.0",
+        input=InputSpec(length=L, sample_rate_hz=50.0),
+        class_names=CLASSES, default_samples=16,
+        noise=(NoiseSpec("mask_0", "dropout_mask", (F,), {"p": 0.5}),),
+        trunk=GraphSpec("trunk.onnx", ("signal",), ("features",)),
+        head=GraphSpec("head.onnx", ("features", "mask_0"), ("logits",)),
+        feature_name="features", logits_name="logits",
+        metadata={"created_by": "rt-tests", "recipe": "tiny", "metrics": {"acc": 0.5}, "target": "cpu"},
+    )
+    fields.update(overrides)
+    return Manifest(**fields)
+
+
+@dataclass
+class Tiny:
+    dir: Path
+    manifest: Manifest
+    W: np.ndarray
+    V: np.ndarray
+
+    def zscore(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        return (x - x.mean(-1, keepdims=True)) / np.maximum(x.std(-1, keepdims=True), np.float32(1e-8))
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        return self.zscore(x) @ self.W
+
+    def logits(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return (features * mask) @ self.V
+
+
+BuildFn = Callable[..., Tiny]
+
+
+def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def entropy(p: np.ndarray) -> np.ndarray:
+    p = np.asarray(p, dtype=np.float64)
+    return -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)).sum(-1)

@@ -1,0 +1,24 @@
+"""Shared pytest fixtures (append new fixtures; do not remove others)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def cwru_data_dir() -> Path:
+    """CWRU data folder: $EDGEUQ_CWRU_DIR, else <repo>/../shared/data/cwru."""
+    env = os.environ.get("EDGEUQ_CWRU_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cwru"
+
+
+@pytest.fixture(scope="session")
+def cwru_dir() -> Path:
+    """The CWRU 12k drive-end folder; skips the test when it is absent."""
+    root = cwru_data_dir()
+    if not (root / "12k_DE").is_dir():
+        pytest.skip(f"CWRU data not found at {root} (set EDGEUQ_CWRU_DIR)")
+    return root
