@@ -26,8 +26,9 @@ Labels
 -> "outer_race"``, ``B``/``Ball -> "ball"`` (:data:`edgeuq.data.BEARING_CLASSES`).
 Record meta: ``record_id`` (``"cwru_<nnn>"``), ``file_number``, ``load_hp``,
 ``severity`` (fault width, inches; 0 for normal), ``rpm`` (measured, from the
-file or manifest; nominal when absent), ``rpm_nominal``, ``fault_type`` (the
-raw CWRU name), ``or_position``, ``de_key``, ``fs_original``, ``source`` (path).
+file or manifest; nominal when absent), ``rpm_nominal`` (manifest, else the
+CWRU speed table), ``fault_type`` (the raw CWRU name), ``or_position``,
+``de_key``, ``fs_original``, ``source`` (path).
 
 Please cite the CWRU Bearing Data Center when using this data.
 """
@@ -44,6 +45,7 @@ import scipy.io
 
 from ._dataset import SignalRecord
 from ._errors import DataError, DataIntegrityError
+from .synthetic import shaft_rpm
 from .windowing import resample
 
 __all__ = ["load_cwru", "parse_cwru_filename", "CWRU_FAULT_LABELS"]
@@ -256,6 +258,8 @@ def load_cwru(
                 raise DataError(
                     f"{path}: {key} has {signal.size} samples, manifest de_length says {int(expected_len)}"
                 )
+        if rpm_nominal is None and 0.0 <= info["load_hp"] <= 3.0:
+            rpm_nominal = shaft_rpm(info["load_hp"])
         rpm = rpm_file if rpm_file is not None else rpm_manifest
         if rpm is None:
             rpm = rpm_nominal

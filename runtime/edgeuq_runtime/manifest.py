@@ -137,9 +137,10 @@ class Manifest:
             raise c.fail("input", f"must be an InputSpec, got {type(self.input).__name__}")
         put("class_names", c.names("classes", self.class_names, min_len=2))
         put("default_samples", c.positive_int("default_samples", self.default_samples))
-        if isinstance(self.noise, (str, bytes)) or not all(isinstance(n, NoiseSpec) for n in self.noise):
+        noise = tuple(self.noise) if isinstance(self.noise, (list, tuple)) else (None,)
+        if not all(isinstance(n, NoiseSpec) for n in noise):
             raise c.fail("noise", f"must be a sequence of NoiseSpec, got {self.noise!r}")
-        put("noise", tuple(self.noise))
+        put("noise", noise)
         c.names("noise", [n.name for n in self.noise])
         for role in ("trunk", "head"):
             if not isinstance(getattr(self, role), GraphSpec):
