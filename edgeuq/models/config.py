@@ -28,6 +28,8 @@ class ModelConfig:
     stochastic_blocks: Tuple[int, ...] = (2,)
     stochastic_head: bool = True
     scheme: str = "mc_dropout"
+    embed: str = "conv"
+    stem_channels: int = 32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stochastic_blocks", tuple(sorted({int(b) for b in self.stochastic_blocks})))
@@ -45,6 +47,10 @@ class ModelConfig:
         bad = [b for b in self.stochastic_blocks if not 0 <= b < self.depth]
         if bad:
             problems.append(f"stochastic_blocks {bad} out of range for depth {self.depth}")
+        if self.embed not in ("conv", "linear"):
+            problems.append(f"unknown embed {self.embed!r}; use 'conv' or 'linear'")
+        if self.embed == "conv" and self.patch % 8:
+            problems.append(f"the conv patch embedding needs patch divisible by 8, got {self.patch}")
         if self.scheme != "mc_dropout":
             problems.append(f"unknown stochastic scheme {self.scheme!r}; available: ['mc_dropout']")
         if problems:

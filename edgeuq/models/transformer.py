@@ -1,6 +1,6 @@
 """A small transformer encoder classifier for 1-D signal windows.
 
-patch embedding -> sinusoidal positions -> pre-norm encoder blocks -> LayerNorm
+(convolutional) patch embedding -> sinusoidal positions -> pre-norm encoder blocks -> LayerNorm
 -> mean pool -> MLP head. Blocks listed in ``ModelConfig.stochastic_blocks``
 and (optionally) the head carry :class:`MCDropout` layers; other blocks use
 ordinary dropout (training only).
@@ -46,6 +46,29 @@ class _Drop(nn.Module):
 
 def _dropout(stochastic: bool, name: str, p: float, shape: Tuple[int, ...]) -> nn.Module:
     return MCDropout(name, p, shape) if stochastic else _Drop(p)
+
+
+class ConvPatchEmbed(nn.Module):
+    """Convolutional patch embedding: three strided convolutions (stride 4, 2,
+    patch/8) turn each ``patch`` samples into one token. The first layer's wide
+    kernel can learn a band-pass around structural resonances and the GELU a
+    rectifier, i.e. an envelope detector, which raw linear patches lack."""
+
+    def __init__(self, patch: int, channels: int, dim: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv1d(1, channels, kernel_size=32, stride=4, padding=14)
+        self.c2 = nn.Conv1d(channels, channels, kernel_size=5, stride=2, padding=2)
+        self.c3 = nn.Conv1d(channels, dim, kernel_size=patch // 8, stride=patch // 8)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c3(self.act(self.c2(self.act(self.c1(x)))))
+
+
+def _embedding(cfg: ModelConfig) -> nn.Module:
+    if cfg.embed == "conv":
+        return ConvPatchEmbed(cfg.patch, cfg.stem_channels, cfg.d_model)
+    return nn.Conv1d(1, cfg.d_model, kernel_size=cfg.patch, stride=cfg.patch)
 
 
 class SelfAttention(nn.Module):
@@ -109,7 +132,7 @@ class SignalTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Conv1d(1, cfg.d_model, kernel_size=cfg.patch, stride=cfg.patch)
+        self.embed = _embedding(cfg)
         self.register_buffer("positions", sinusoidal_positions(cfg.tokens, cfg.d_model), persistent=False)
         self.blocks = nn.ModuleList(EncoderBlock(cfg, i) for i in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.d_model)
