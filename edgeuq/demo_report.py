@@ -38,11 +38,12 @@ def write_demo_report(result: DemoResult) -> Path:
     ref = result.evaluations[ref_name]
     rel = plot_reliability_diagram(
         ref.result.probs, ref.labels, out / "reliability.png",
-        title=f"Reliability, {ref_name} (S={result.samples}, runtime on ONNX Runtime)",
+        title=f"Reliability: {ref_name}, S={result.samples}",
     )
     hist = plot_uncertainty_histograms(
         {k: v.result.epistemic for k, v in result.evaluations.items()}, out / "epistemic_hist.png",
         xlabel="epistemic uncertainty: mutual information (nats)",
+        title="Epistemic uncertainty by data set (device runtime)", log_y=True,
     )
     h, rows, lh, lrows = demo_tables(result)
     ck = result.checkpoint

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
@@ -99,10 +100,15 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list, outputs: l
     # A fresh wrapper is in training mode; the exporter restores that mode on
     # exit, which would switch the wrapped model's dropout back on.
     module.eval()
-    torch.onnx.export(
-        module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
-        opset_version=OPSET, dynamo=False, do_constant_folding=True,
-    )
+    with warnings.catch_warnings():
+        # The TorchScript exporter is chosen on purpose (no onnxscript dependency,
+        # plain Mul/MatMul graphs that TVM and hls4ml import); silence its notice.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
+            opset_version=OPSET, dynamo=False, do_constant_folding=True,
+        )
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 

@@ -59,10 +59,10 @@ def plot_reliability_diagram(probs, labels, path: PathLike, title: str = "Reliab
 
 
 def plot_uncertainty_histograms(scores_by_set: Mapping[str, np.ndarray], path: PathLike, xlabel: str,
-                                title: str = "", bins: int = 30) -> Path:
+                                title: str = "", bins: int = 30, log_y: bool = False) -> Path:
     """Overlaid, density-normalised histograms of a score per data set (e.g.
-    epistemic MI in-distribution vs OOD), on shared bin edges. Returns the
-    PNG path."""
+    epistemic MI in-distribution vs OOD), on shared bin edges; ``log_y`` shows
+    the tails of heavily skewed scores. Returns the PNG path."""
     if not scores_by_set:
         raise ValueError("scores_by_set is empty")
     data = {name: _check_scores(np.ravel(s), f"scores_by_set[{name!r}]") for name, s in scores_by_set.items()}
@@ -77,6 +77,8 @@ def plot_uncertainty_histograms(scores_by_set: Mapping[str, np.ndarray], path: P
     for name, s in data.items():
         ax.hist(s, bins=edges, density=True, histtype="stepfilled", alpha=0.35, label=f"{name} (n={s.size})")
         ax.hist(s, bins=edges, density=True, histtype="step", linewidth=1.2, color=ax.patches[-1].get_facecolor()[:3])
-    ax.set(xlabel=xlabel, ylabel="density", title=title)
+    ax.set(xlabel=xlabel, ylabel="density" + (" (log scale)" if log_y else ""), title=title)
+    if log_y:
+        ax.set_yscale("log")
     ax.legend()
     return _save(fig, path)
