@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from . import _checks as c
 from .errors import ManifestError
@@ -71,28 +71,46 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """One graph file of the bundle and its input/output tensor names, in order."""
+    """One graph file of the bundle and its input/output tensor names, in order.
+
+    ``backend`` names the executor for this graph (default: the manifest's
+    ``backend``), so a board can run the trunk on its CPU and the head elsewhere
+    (GPU, FPGA). ``options`` are JSON values handed to that executor's loader
+    (e.g. ``{"device": "cuda"}``).
+    """
 
     file: str
     inputs: Tuple[str, ...]
     outputs: Tuple[str, ...]
+    backend: Optional[str] = None
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "file", c.relpath("file", self.file))
         object.__setattr__(self, "inputs", c.names("inputs", self.inputs, min_len=1))
         object.__setattr__(self, "outputs", c.names("outputs", self.outputs, min_len=1))
+        if self.backend is not None:
+            c.text("backend", self.backend)
+        if not isinstance(self.options, Mapping):
+            raise c.fail("options", f"must be an object, got {self.options!r}")
+        object.__setattr__(self, "options", dict(self.options))
 
     def to_json(self) -> Dict[str, Any]:
-        return {"file": self.file, "inputs": list(self.inputs), "outputs": list(self.outputs)}
+        out: Dict[str, Any] = {"file": self.file, "inputs": list(self.inputs), "outputs": list(self.outputs)}
+        if self.backend is not None:
+            out["backend"] = self.backend
+        if self.options:
+            out["options"] = dict(self.options)
+        return out
 
     @classmethod
     def from_json(cls, data: Any, where: str = "graph") -> "GraphSpec":
         """Parse one graph entry; ``where`` (e.g. ``graphs.trunk``) prefixes error messages."""
         c.obj(where, data)
-        _only(where, data, {"file", "inputs", "outputs"})
+        _only(where, data, {"file", "inputs", "outputs", "backend", "options"})
         args = {k: c.key(where, data, k) for k in ("file", "inputs", "outputs")}
         with c.prefixed(where):
-            return cls(**args)
+            return cls(**args, backend=data.get("backend"), options=data.get("options", {}))
 
 
 def _check_version(fmt: Any, version: Any) -> None:

@@ -68,8 +68,10 @@ class UncertaintyRuntime:
         self._rng = _make_rng(seed)
         self._bundle: Bundle = load_bundle(bundle_dir, verify=verify)
         m = self._bundle.manifest
-        self._trunk = load_graph(m.backend, self._bundle.path(m.trunk.file), threads)
-        self._head = load_graph(m.backend, self._bundle.path(m.head.file), threads)
+        self._trunk = load_graph(m.trunk.backend or m.backend, self._bundle.path(m.trunk.file), threads,
+                                 m.trunk.options)
+        self._head = load_graph(m.head.backend or m.backend, self._bundle.path(m.head.file), threads,
+                                m.head.options)
         _check_graph("trunk", m.trunk, self._trunk)
         _check_graph("head", m.head, self._head)
         _check_shape("trunk", self._trunk, m.input.name, (m.input.length,), "input.length")

@@ -27,14 +27,14 @@ def test_register_custom_executor(tmp_path):
     seen = {}
 
     @register_executor("echo-test")
-    def load_echo(path, threads):
-        seen.update(path=path, threads=threads)
+    def load_echo(path, threads, options):
+        seen.update(path=path, threads=threads, options=options)
         return Echo()
 
     try:
-        runner = load_graph("echo-test", tmp_path / "g.bin", threads=3)
+        runner = load_graph("echo-test", tmp_path / "g.bin", threads=3, options={"device": "x"})
         assert isinstance(runner, GraphRunner)
-        assert seen == {"path": tmp_path / "g.bin", "threads": 3}
+        assert seen == {"path": tmp_path / "g.bin", "threads": 3, "options": {"device": "x"}}
         assert runner.run({"a": np.ones(2)})["a"].tolist() == [1.0, 1.0]
     finally:
         EXECUTORS.pop("echo-test")
@@ -81,3 +81,8 @@ def test_import_is_light():
             "assert 'onnxruntime' in edgeuq_runtime.EXECUTORS; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_onnxruntime_refuses_options(tiny):
+    with pytest.raises(BackendError, match="takes no graph options"):
+        load_graph("onnxruntime", tiny.dir / "trunk.onnx", options={"device": "cuda"})

@@ -140,3 +140,15 @@ def test_replace_revalidates():
     m = sealed()
     with pytest.raises(ManifestError, match="default_samples"):
         dataclasses.replace(m, default_samples=-1)
+
+
+def test_graph_backend_and_options_roundtrip():
+    from edgeuq_runtime.manifest import GraphSpec
+
+    g = GraphSpec(file="head.so", inputs=("features", "m"), outputs=("logits",), backend="tvm",
+                  options={"device": "cuda"})
+    again = GraphSpec.from_json(g.to_json())
+    assert again == g and again.backend == "tvm" and again.options == {"device": "cuda"}
+    assert "backend" not in GraphSpec(file="t.onnx", inputs=("a",), outputs=("b",)).to_json()
+    with pytest.raises(ManifestError, match="graphs.head.*options"):
+        GraphSpec.from_json({"file": "h", "inputs": ["a"], "outputs": ["b"], "options": [1]}, where="graphs.head")

@@ -1,6 +1,6 @@
 """Graph executors: a tiny registry mapping a backend name to a graph loader.
 
-A loader takes ``(path, threads)`` and returns a :class:`GraphRunner`. Backends
+A loader takes ``(path, threads, options)`` and returns a :class:`GraphRunner`. Backends
 register themselves eagerly by name, but import their heavy dependency (e.g.
 ``onnxruntime``) lazily inside the loader, so ``import edgeuq_runtime`` stays cheap
 and works on devices that only have another backend installed.
@@ -8,7 +8,7 @@ and works on devices that only have another backend installed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Optional, Protocol, Sequence, TypeVar, Union, runtime_checkable
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Sequence, TypeVar, Union, runtime_checkable
 
 import numpy as np
 
@@ -30,13 +30,13 @@ class GraphRunner(Protocol):
     def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]: ...
 
 
-GraphLoader = Callable[[Path, Optional[int]], GraphRunner]
+GraphLoader = Callable[[Path, Optional[int], Mapping[str, Any]], GraphRunner]
 EXECUTORS: Dict[str, GraphLoader] = {}
 _L = TypeVar("_L", bound=GraphLoader)
 
 
 def register_executor(name: str) -> Callable[[_L], _L]:
-    """Decorator: register ``loader(path, threads) -> GraphRunner`` under ``name``."""
+    """Decorator: register ``loader(path, threads, options) -> GraphRunner`` under ``name``."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"executor name must be a non-empty string, got {name!r}")
 
@@ -47,15 +47,17 @@ def register_executor(name: str) -> Callable[[_L], _L]:
     return decorate
 
 
-def load_graph(backend: str, path: Union[str, Path], threads: Optional[int] = None) -> GraphRunner:
-    """Load the graph at ``path`` with the executor registered as ``backend``."""
+def load_graph(backend: str, path: Union[str, Path], threads: Optional[int] = None,
+               options: Optional[Mapping[str, Any]] = None) -> GraphRunner:
+    """Load the graph at ``path`` with the executor registered as ``backend``;
+    ``options`` (from the manifest's graph entry) go to the loader unchanged."""
     try:
         loader = EXECUTORS[backend]
     except KeyError:
         raise BackendError(f"unknown backend {backend!r}; known backends: {sorted(EXECUTORS)}") from None
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise BackendError(f"threads must be None or an integer >= 1, got {threads!r}")
-    return loader(Path(path), threads)
+    return loader(Path(path), threads, dict(options or {}))
 
 
 from . import onnxruntime as _onnxruntime  # noqa: E402,F401  (registers "onnxruntime"; imports nothing heavy)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -61,8 +61,10 @@ class OrtGraph:
 
 
 @register_executor("onnxruntime")
-def load_onnxruntime(path: Path, threads: Optional[int] = None) -> OrtGraph:
-    """Load ``path`` on the CPU provider with full graph optimisation."""
+def load_onnxruntime(path: Path, threads: Optional[int] = None, options: Optional[Mapping[str, Any]] = None) -> OrtGraph:
+    """Load ``path`` on the CPU provider with full graph optimisation (no options)."""
+    if options:
+        raise BackendError(f"backend 'onnxruntime' takes no graph options, got {dict(options)!r} for {path.name}")
     ort = _import_ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
