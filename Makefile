@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgeuq-installed
+FULL   := $(VENV)/.edgeuq-full-installed
 
 .PHONY: demo test install bench clean
 
@@ -16,12 +17,20 @@ $(STAMP): pyproject.toml runtime/pyproject.toml
 	$(BIN)/python -m pip install --quiet -e "runtime[onnxruntime,test]" -e ".[test]"
 	touch $(STAMP)
 
-install: $(STAMP)
+# The tests also need the lowering toolchains: TVM + hls4ml extras, cross compilers and
+# qemu (Debian packages), and the device runtime's own pynq environment (numpy<2).
+$(FULL): $(STAMP) scripts/setup_toolchains.sh scripts/setup_pynq_env.sh
+	$(BIN)/python -m pip install --quiet -e ".[test,tvm,fpga]"
+	bash scripts/setup_toolchains.sh
+	bash scripts/setup_pynq_env.sh
+	touch $(FULL)
+
+install: $(FULL)
 
 demo: $(STAMP)
 	$(BIN)/edgeuq demo
 
-test: $(STAMP)
+test: $(FULL)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 __all__ = ["main"]
+
+# Stage packages that add their own subcommands: each module has register(subparsers),
+# which adds parsers whose ``func`` runs the command (imports stay inside ``func``).
+_COMMAND_MODULES: List[str] = []
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
@@ -178,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for kind in ("boards", "targets", "recipes"):
         sub.add_parser(kind, help=f"list the {kind} shipped as data").set_defaults(func=_cmd_list(kind))
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return p
 
 
