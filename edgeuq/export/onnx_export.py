@@ -9,7 +9,6 @@ N = S * B when the runtime stacks S samples (s-major). Dropout masks are plain
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import onnx
 import torch
 from torch import nn
 
+from edgeuq_runtime.bundle import sha256_file as _sha256
 from edgeuq_runtime.noise import NoiseSpec, noise_specs_from_json, sample_noise
 
 from ..models import SignalTransformer
@@ -33,10 +33,6 @@ FEATURE_NAME = "features"
 LOGITS_NAME = "logits"
 OPSET = 17
 _META = "export.json"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """Model configuration: architecture plus which parts are stochastic."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Tuple
+
+from ..settings import settings_from_dict
 
 __all__ = ["ModelConfig"]
 
@@ -76,11 +78,4 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model settings {sorted(unknown)}; known: {sorted(known)}")
-        merged = {**d, **overrides}
-        if "stochastic_blocks" in merged:
-            merged["stochastic_blocks"] = tuple(merged["stochastic_blocks"])
-        return cls(**merged)
+        return settings_from_dict(cls, d, "model", **overrides)

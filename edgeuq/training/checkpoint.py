@@ -1,13 +1,14 @@
 """Checkpoint artifact: weights + everything needed to rebuild and deploy the model."""
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Tuple
 
 import torch
+
+from edgeuq_runtime.bundle import sha256_file as _sha256
 
 from ..models import ModelConfig, SignalTransformer
 
@@ -16,14 +17,6 @@ __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMA
 CHECKPOINT_FORMAT = 1
 _WEIGHTS = "model.pt"
 _META = "checkpoint.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """Training settings."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
+
+from ..settings import settings_from_dict
 
 __all__ = ["TrainConfig"]
 
@@ -28,8 +30,4 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown training settings {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{**d, **{k: v for k, v in overrides.items() if v is not None}})
+        return settings_from_dict(cls, d, "training", **overrides)
