@@ -45,6 +45,8 @@ __all__ = [
     "UnknownDescriptorError",
     "ComputeTarget",
     "Budgets",
+    "GraphPlacement",
+    "BoardGraphs",
     "Board",
     "Recipe",
     "Catalog",
@@ -63,6 +65,7 @@ __all__ = [
 
 ENV_VAR = "EDGEUQ_DESCRIPTORS_DIR"
 TARGET_KINDS = ("cpu", "gpu", "fpga")
+GRAPH_ROLES = ("trunk", "head")
 RECIPE_SECTIONS = ("data", "model", "train", "uq", "bundle")
 # kind -> folder name in the repository and in $EDGEUQ_DESCRIPTORS_DIR
 _FOLDERS = {"targets": "targets", "boards": "boards", "recipes": "compile"}
@@ -93,7 +96,10 @@ class ComputeTarget:
 
     ``tvm`` is a TVM JSON target dict (``{"kind": "llvm", "mtriple": ...}``),
     empty for FPGA targets. ``cross_compiler`` is None when the host compiles
-    natively. ``fpga_part`` and ``clock_mhz`` are set for, and only for, FPGAs.
+    natively; ``qemu`` names the user-mode emulator that runs its binaries on
+    this host (checks only, never timings). ``fpga_part`` and ``clock_mhz`` are
+    set for, and only for, FPGAs. ``cuda_host`` (GPU targets, from ``[cuda]
+    host``) names the CPU target that runs the host side (kernel launches).
     """
 
     name: str
@@ -105,8 +111,35 @@ class ComputeTarget:
     onnxruntime_providers: tuple = ()
     fpga_part: Optional[str] = None
     clock_mhz: Optional[float] = None
+    qemu: Optional[str] = None
+    cuda_host: Optional[str] = None
     notes: str = ""
     source: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class GraphPlacement:
+    """Where one graph of the model runs on a board, and how it gets there.
+
+    ``target``: one of the board's targets; ``executor``: the runtime executor
+    named in the bundle manifest (``edgeuq_runtime.executors``); ``lowering``: the
+    lowering backend that produces it (``edgeuq.lower.LOWERERS``).
+    """
+
+    target: str
+    executor: str
+    lowering: str
+
+
+@dataclass(frozen=True)
+class BoardGraphs:
+    """The placement of the trunk and the head graphs (``[graphs.trunk]``, ``[graphs.head]``)."""
+
+    trunk: GraphPlacement
+    head: GraphPlacement
+
+    def items(self) -> tuple:
+        return (("trunk", self.trunk), ("head", self.head))
 
 
 @dataclass(frozen=True)
@@ -120,7 +153,13 @@ class Budgets:
 
 @dataclass(frozen=True)
 class Board:
-    """A board: its compute targets, memory, runtime executor and budgets."""
+    """A board: its compute targets, memory, runtime executor and budgets.
+
+    ``graphs`` says which target runs the trunk and which the head, with which
+    executor and lowering backend. Without a ``[graphs]`` table both graphs run on
+    the first target with the board's ``executor``, lowered by the backend of
+    the same name.
+    """
 
     name: str
     description: str
@@ -128,6 +167,7 @@ class Board:
     memory_mb: int
     executor: str
     budgets: Budgets
+    graphs: BoardGraphs
     notes: str = ""
     source: str = field(default="", compare=False)
 
@@ -262,7 +302,15 @@ _TARGET_SPEC = {
     "onnxruntime_providers": (_str_list(nonempty=False), ()),
     "fpga_part": (_str, None),
     "clock_mhz": (_pos_num, None),
+    "qemu": (_str, None),
+    "cuda": (_table, None),
     "notes": (_text, ""),
+}
+_CUDA_SPEC = {"host": (_str, _REQUIRED)}
+_PLACEMENT_SPEC = {
+    "target": (_str, _REQUIRED),
+    "executor": (_str, None),
+    "lowering": (_str, None),
 }
 _BUDGET_SPEC = {
     "latency_ms": (_pos_num, _REQUIRED),
@@ -276,6 +324,7 @@ _BOARD_SPEC = {
     "memory_mb": (_pos_int, _REQUIRED),
     "executor": (_str, _REQUIRED),
     "budgets": (_table, _REQUIRED),
+    "graphs": (_table, None),
     "notes": (_text, ""),
 }
 _RECIPE_SPEC = {
@@ -289,6 +338,13 @@ _RECIPE_SPEC = {
 
 def _make_target(raw: dict, src) -> ComputeTarget:
     f = _parse(raw, _TARGET_SPEC, src)
+    cuda = f.pop("cuda")
+    if cuda is not None:
+        if f["kind"] != "gpu" or f["tvm"].get("kind") != "cuda":
+            raise DescriptorError(src, "only allowed for a gpu target whose tvm kind is \"cuda\"", "cuda")
+        f["cuda_host"] = _parse(cuda, _CUDA_SPEC, src, prefix="cuda.")["host"]
+    elif f["kind"] == "gpu" and f["tvm"].get("kind") == "cuda":
+        raise DescriptorError(src, "a CUDA target needs [cuda] host = \"<cpu target>\" (the host-code CPU)", "cuda")
     if f["kind"] == "fpga":
         for key in ("fpga_part", "clock_mhz"):
             if f[key] is None:
@@ -302,9 +358,28 @@ def _make_target(raw: dict, src) -> ComputeTarget:
     return ComputeTarget(**f, source=str(src))
 
 
+def _make_placement(raw: Any, board: dict, role: str, src) -> GraphPlacement:
+    where = f"graphs.{role}"
+    if raw is None:
+        raw = {"target": board["targets"][0]}
+    elif not isinstance(raw, dict):
+        raise _fail(src, where, "a table", raw)
+    p = _parse(raw, _PLACEMENT_SPEC, src, prefix=where + ".")
+    if p["target"] not in board["targets"]:
+        raise DescriptorError(src, f"{p['target']!r} is not one of the board's targets {list(board['targets'])}",
+                              where + ".target")
+    executor = p["executor"] or board["executor"]
+    return GraphPlacement(target=p["target"], executor=executor, lowering=p["lowering"] or executor)
+
+
 def _make_board(raw: dict, src) -> Board:
     f = _parse(raw, _BOARD_SPEC, src)
     f["budgets"] = Budgets(**_parse(f["budgets"], _BUDGET_SPEC, src, prefix="budgets."))
+    graphs = f["graphs"] or {}
+    unknown = sorted(set(graphs) - set(GRAPH_ROLES))
+    if unknown:
+        raise DescriptorError(src, f"unknown graph (allowed: {', '.join(GRAPH_ROLES)})", f"graphs.{unknown[0]}")
+    f["graphs"] = BoardGraphs(**{role: _make_placement(graphs.get(role), f, role, src) for role in GRAPH_ROLES})
     return Board(**f, source=str(src))
 
 
@@ -393,8 +468,15 @@ def _check_refs(item, field_name: str, known: Mapping, what: str) -> None:
 
 
 def load_targets() -> dict:
-    """All compute targets, ``{name: ComputeTarget}`` sorted by name."""
-    return _load("targets")
+    """All compute targets, ``{name: ComputeTarget}`` sorted by name; a CUDA
+    target's ``[cuda] host`` must name a cpu target."""
+    targets = _load("targets")
+    for t in targets.values():
+        if t.cuda_host is not None and (t.cuda_host not in targets or targets[t.cuda_host].kind != "cpu"):
+            cpus = [n for n, c in targets.items() if c.kind == "cpu"]
+            raise DescriptorError(t.source, f"{t.cuda_host!r} is not a cpu target; cpu targets: {', '.join(cpus)}",
+                                  "cuda.host")
+    return targets
 
 
 def load_boards(targets: Optional[Mapping] = None) -> dict:
@@ -467,6 +549,8 @@ def _tvm_text(t: ComputeTarget) -> str:
     if t.kind == "fpga":
         return f"part {t.fpga_part} @ {t.clock_mhz:g} MHz"
     opts = [f"-{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in t.tvm.items() if k != "kind"]
+    if t.cuda_host:
+        opts.append(f"(host {t.cuda_host})")
     return " ".join([str(t.tvm.get("kind", "-"))] + opts)
 
 
@@ -474,21 +558,25 @@ def format_targets_table(targets: Optional[Mapping] = None) -> str:
     """Plain-text table of compute targets (``edgeuq targets``)."""
     targets = load_targets() if targets is None else targets
     rows = [
-        [t.name, t.kind, t.arch, _tvm_text(t), t.cross_compiler or "-",
+        [t.name, t.kind, t.arch, _tvm_text(t), t.cross_compiler or "-", t.qemu or "-",
          ",".join(t.onnxruntime_providers) or "-", t.description]
         for t in targets.values()
     ]
-    return _table_text(["NAME", "KIND", "ARCH", "TVM TARGET / FPGA", "CROSS COMPILER", "ORT PROVIDERS",
+    return _table_text(["NAME", "KIND", "ARCH", "TVM TARGET / FPGA", "CROSS COMPILER", "EMULATOR", "ORT PROVIDERS",
                         "DESCRIPTION"], rows)
+
+
+def _graphs_text(b: Board) -> str:
+    return " ".join(f"{role}={p.target}:{p.executor}" for role, p in b.graphs.items())
 
 
 def format_boards_table(boards: Optional[Mapping] = None) -> str:
     """Plain-text table of boards (``edgeuq boards``)."""
     boards = load_boards() if boards is None else boards
     rows = [
-        [b.name, ",".join(b.targets), b.executor, b.memory_mb, f"{b.budgets.latency_ms:g}",
+        [b.name, ",".join(b.targets), b.executor, _graphs_text(b), b.memory_mb, f"{b.budgets.latency_ms:g}",
          b.budgets.weight_bytes, b.budgets.mc_samples, b.description]
         for b in boards.values()
     ]
-    return _table_text(["NAME", "TARGETS", "EXECUTOR", "MEMORY MB", "LATENCY MS", "WEIGHT BYTES",
+    return _table_text(["NAME", "TARGETS", "EXECUTOR", "GRAPHS", "MEMORY MB", "LATENCY MS", "WEIGHT BYTES",
                         "MC SAMPLES", "DESCRIPTION"], rows)

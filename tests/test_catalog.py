@@ -290,3 +290,78 @@ def test_tables_list_everything():
         assert any(line.split()[0] == name for line in boards_table.splitlines()[2:]), name
     assert len(targets_table.splitlines()) == 2 + len(_names("targets"))
     assert len(boards_table.splitlines()) == 2 + len(_names("boards"))
+
+
+# ------------------------------------------- the lowering issue: boards, targets, placement
+
+REQUIRED_TARGETS = {"x86-64", "cortex-a72", "cortex-a53", "cortex-a57", "cortex-a78ae", "cortex-a9",
+                    "cuda-sm53", "cuda-sm72", "cuda-sm87", "xc7z020", "xczu7ev", "xck26"}
+REQUIRED_BOARDS = {"x86-host", "raspberry-pi-4", "jetson-nano", "jetson-orin-nano", "pynq-z2", "zcu104", "kv260"}
+
+
+def test_required_targets_and_boards_exist():
+    cat = catalog.validate_all()
+    assert REQUIRED_TARGETS <= set(cat.targets) and REQUIRED_BOARDS <= set(cat.boards)
+
+
+def test_target_semantics():
+    cat = catalog.validate_all()
+    for t in cat.targets.values():
+        if t.kind == "cpu":
+            assert t.tvm["kind"] == "llvm" and t.tvm.get("mtriple")
+            assert (t.cross_compiler is None) == (t.arch == "x86_64")
+            assert (t.qemu is None) == (t.arch == "x86_64")
+        elif t.kind == "gpu":
+            assert t.tvm == {"kind": "cuda", "arch": t.arch} and cat.targets[t.cuda_host].kind == "cpu"
+        else:
+            assert t.fpga_part and t.clock_mhz and not t.tvm
+    assert cat.targets["cortex-a9"].tvm["mfloat-abi"] == "hard"   # else the link fails (VFP register args)
+
+
+def test_board_placements_resolve():
+    for board in catalog.validate_all().boards.values():
+        for role, p in board.graphs.items():
+            assert p.target in board.targets, (board.name, role)
+            assert p.executor and p.lowering
+        kinds = {catalog.get_target(p.target).kind for _, p in board.graphs.items()}
+        if "fpga" in kinds:
+            assert board.graphs.head.lowering == "hls4ml" and board.graphs.head.executor == "pynq"
+
+
+def test_board_without_graphs_defaults_to_first_target(user_dir):
+    user_dir("boards", "b-user", _board("b-user", _a_builtin_target()))
+    b = catalog.get_board("b-user")
+    assert b.graphs.trunk == b.graphs.head == catalog.GraphPlacement(_a_builtin_target(), "onnxruntime",
+                                                                     "onnxruntime")
+
+
+def test_board_graph_on_a_foreign_target_rejected(user_dir):
+    extra = '[graphs.head]\ntarget = "cortex-a9"\n'
+    path = user_dir("boards", "b-user", _board("b-user", "x86-64", extra=extra))
+    _expect(path, "graphs.head.target", "not one of the board's targets")
+
+
+def test_board_unknown_graph_rejected(user_dir):
+    path = user_dir("boards", "b-user", _board("b-user", "x86-64", extra='[graphs.middle]\ntarget = "x86-64"\n'))
+    _expect(path, "graphs.middle", "unknown graph")
+
+
+def test_board_graph_unknown_key_rejected(user_dir):
+    extra = '[graphs.trunk]\ntarget = "x86-64"\nspeed = "fast"\n'
+    path = user_dir("boards", "b-user", _board("b-user", "x86-64", extra=extra))
+    _expect(path, "graphs.trunk.speed", "unknown key")
+
+
+def test_cuda_target_needs_a_cpu_host(user_dir):
+    text = 'name = "g-user"\nkind = "gpu"\ndescription = "d"\narch = "sm_80"\n[tvm]\nkind = "cuda"\narch = "sm_80"\n'
+    path = user_dir("targets", "g-user", text)
+    _expect(path, "cuda", "needs [cuda] host")
+    path = user_dir("targets", "g-user", text + '[cuda]\nhost = "xc7z020"\n')
+    _expect(path, "cuda.host", "not a cpu target")
+    user_dir("targets", "g-user", text + '[cuda]\nhost = "x86-64"\n')
+    assert catalog.get_target("g-user").cuda_host == "x86-64"
+
+
+def test_cuda_table_only_for_cuda_targets(user_dir):
+    path = user_dir("targets", "t-user", GOOD_TARGET + '[cuda]\nhost = "x86-64"\n')
+    _expect(path, "cuda", "only allowed for a gpu target")

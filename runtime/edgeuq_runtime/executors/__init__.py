@@ -62,3 +62,4 @@ def load_graph(backend: str, path: Union[str, Path], threads: Optional[int] = No
 
 from . import onnxruntime as _onnxruntime  # noqa: E402,F401  (registers "onnxruntime"; imports nothing heavy)
 from . import pynq as _pynq  # noqa: E402,F401  (registers "pynq"; pynq itself is imported only by its loader)
+from . import tvm as _tvm  # noqa: E402,F401  (registers "tvm"; tvm itself is imported only by its loader)

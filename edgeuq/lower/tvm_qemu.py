@@ -1,0 +1,122 @@
+"""Run cross-compiled TVM libraries under qemu user-mode emulation and compare with the host.
+
+* **aarch64**: a sysroot with Debian's arm64 Python 3.11 and the aarch64 TVM/numpy
+  wheels (``<toolchains>/aarch64-py311``). The emulated Python loads each library
+  through the runtime's own ``tvm`` executor (``edgeuq_runtime`` is pure Python +
+  numpy), so the check covers the device code path, chunking and padding included.
+* **armv7**: not run (see ``ARMV7_GAP``): no armv7 wheels exist for TVM or numpy, and
+  the TVM C++ runtime sources shipped in the x86 wheel lack the serializer headers
+  (``tvm/support/io.h``, ``serializer.h``, ``support/bytes_io.h``, ...) that the
+  Relax VM executable loader needs, so a cross-built runtime cannot be produced from
+  the wheel alone. armv7 libraries are cross-compiled and linked (hard-float ABI)
+  and labelled "compile only".
+
+Both are compared with ONNX Runtime here on the same inputs and noise. Emulated
+runs are never timed: qemu's speed says nothing about the board.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+
+import edgeuq_runtime
+
+from .tvm_targets import ToolchainError, toolchains_dir
+
+__all__ = ["check_under_qemu", "aarch64_sysroot", "run_aarch64", "QEMU_TIMEOUT_S"]
+
+QEMU_TIMEOUT_S = 600
+ARMV7_GAP = ("no TVM runtime for armv7 on this host: PyPI has no armv7 TVM wheel, and the runtime sources in the "
+             "x86 wheel lack the serializer headers (tvm/support/io.h, serializer.h) needed to cross-build one")
+
+_AARCH64_SCRIPT = r"""
+import json, sys
+job = json.load(open(sys.argv[1]))
+sys.path[:0] = job["paths"]
+import numpy as np
+from edgeuq_runtime.executors.tvm import load_tvm
+from pathlib import Path
+import platform
+for g in job["graphs"]:
+    graph = load_tvm(Path(g["library"]), None, g["options"])
+    feeds = dict(np.load(g["inputs"]))
+    np.savez(g["outputs"], **graph.run(feeds))
+print("ran", len(job["graphs"]), "graphs on", platform.machine())
+"""
+
+
+def aarch64_sysroot() -> Path:
+    """The aarch64 Python sysroot, or a ToolchainError saying how to make it."""
+    root = toolchains_dir() / "aarch64-py311"
+    if not (root / ".done").is_file():
+        raise ToolchainError(f"no aarch64 Python sysroot at {root}; run: bash scripts/setup_toolchains.sh")
+    return root
+
+
+def _qemu(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise ToolchainError(f"{name} not found; run: bash scripts/setup_toolchains.sh (installs qemu-user-static)")
+    return path
+
+
+def _run(cmd: list, what: str) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=QEMU_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{what} timed out after {QEMU_TIMEOUT_S} s") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-3000:]}")
+    return proc.stdout
+
+
+def run_aarch64(graphs: list, workdir: Path) -> list:
+    """Run ``[{library, options, feeds}]`` under qemu-aarch64; returns one output dict per graph."""
+    root, qemu = aarch64_sysroot(), _qemu("qemu-aarch64-static")
+    runtime_pkg = str(Path(edgeuq_runtime.__file__).resolve().parents[1])
+    job: Dict[str, Any] = {"paths": [str(root / "site"), runtime_pkg], "graphs": []}
+    for i, g in enumerate(graphs):
+        np.savez(workdir / f"in{i}.npz", **g["feeds"])
+        job["graphs"].append({"library": str(g["library"]), "options": g["options"],
+                              "inputs": str(workdir / f"in{i}.npz"), "outputs": str(workdir / f"out{i}.npz")})
+    (workdir / "job.json").write_text(json.dumps(job))
+    (workdir / "run.py").write_text(_AARCH64_SCRIPT)
+    _run([qemu, "-L", str(root), str(root / "usr" / "bin" / "python3.11"), str(workdir / "run.py"),
+          str(workdir / "job.json")], "qemu-aarch64 run")
+    return [dict(np.load(workdir / f"out{i}.npz")) for i in range(len(graphs))]
+
+
+def check_under_qemu(art: Any, target: Any, builds: Mapping[str, Any], atol: Optional[float] = None) -> Dict:
+    """Run every built graph of ``target`` under qemu and compare with ONNX Runtime."""
+    from .tvm_check import max_error, ort_outputs, reference_feeds, tolerance
+
+    arch = target.arch
+    if arch == "armv7":
+        raise ToolchainError(ARMV7_GAP)
+    if arch != "aarch64":
+        raise ToolchainError(f"no qemu check for arch {arch!r}")
+    feeds = reference_feeds(art)
+    graphs = [{"library": b.library, "options": b.options, "feeds": feeds[role]} for role, b in builds.items()]
+    with tempfile.TemporaryDirectory(prefix="edgeuq-qemu-") as tmp:
+        outs = run_aarch64(graphs, Path(tmp))
+    result: Dict[str, Any] = {"method": f"qemu-{arch}", "emulator": target.qemu, "max_abs_err": {}, "tolerance": {},
+                              "latency_ms": None, "note": "emulated: not timed"}
+    for (role, b), got in zip(builds.items(), outs):
+        ref = ort_outputs(Path(art.trunk_path if role == "trunk" else art.head_path), feeds[role])
+        err, tol = max_error(got, ref), tolerance(ref, atol)
+        result["max_abs_err"][role], result["tolerance"][role] = err, tol
+        if not err <= tol:
+            from .tvm import TvmNumericsError
+
+            raise TvmNumericsError(f"{role} library {b.library.name} for {target.name} differs under qemu from "
+                                   f"ONNX Runtime by {err:.3g} > tolerance {tol:.3g}")
+    return result
+
+

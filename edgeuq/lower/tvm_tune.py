@@ -1,0 +1,195 @@
+"""MetaSchedule tuning for the TVM lowering, with a per-target database reused across runs.
+
+Why a custom builder and runner: MetaSchedule's stock ``LocalBuilder`` starts a
+fresh pool of worker processes for every batch of candidates, and each worker
+spends ~25 s importing ``tvm.s_tir.tensor_intrin`` on a 2-core machine, against
+a 30 s build timeout (build errors and ~35 s per task). Building and timing in
+the main process, one candidate after another, has none of that start-up cost
+(measured: see ``docs/targets.md``). The cost is isolation: a candidate that
+crashes would take the process down, which has not been seen on CPU targets.
+
+The database is MetaSchedule's JSON database (``database_workload.json`` +
+``database_tuning_record.json``) in one folder per target; tuning appends to it,
+and compiling with ``tune_trials=0`` applies whatever it already holds, so a
+second ``edgeuq compile`` of the same graphs reuses the tuned schedules.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+__all__ = ["TuneReport", "tune_and_compile", "open_database", "database_size", "matching_records", "prepare_for_tuning"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TuneReport:
+    """What tuning did for one graph."""
+
+    trials_requested: int
+    tasks: int
+    records_before: int
+    records_after: int
+    seconds: float
+    database: str
+
+    @property
+    def state(self) -> str:
+        """``tuned`` (trials run now), ``reused`` (database records applied) or ``untuned``."""
+        if self.trials_requested > 0:
+            return "tuned"
+        return "reused" if self.records_before > 0 else "untuned"
+
+    def to_json(self) -> dict:
+        return {"state": self.state, "trials": self.trials_requested, "tasks": self.tasks,
+                "records": self.records_after, "seconds": round(self.seconds, 2), "database": self.database}
+
+
+def _ms() -> Any:
+    from tvm.s_tir import meta_schedule as ms  # heavy import: only when tuning is used
+
+    return ms
+
+
+def open_database(db_dir: Path) -> Any:
+    """The JSON tuning database in ``db_dir`` (created when missing)."""
+    ms = _ms()
+    db_dir = Path(db_dir)
+    db_dir.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(path_workload=str(db_dir / "database_workload.json"),
+                                    path_tuning_record=str(db_dir / "database_tuning_record.json"))
+
+
+def database_size(db_dir: Path) -> int:
+    """Number of tuning records stored in ``db_dir`` (0 when there is no database)."""
+    path = Path(db_dir) / "database_tuning_record.json"
+    if not path.is_file():
+        return 0
+    return sum(1 for line in path.read_text().splitlines() if line.strip())
+
+
+def _make_in_process_builder() -> Any:
+    ms = _ms()
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        """Builds each candidate in this process (no worker start-up, no build timeout)."""
+
+        def build(self, build_inputs: List[Any]) -> List[Any]:
+            out = []
+            for bi in build_inputs:
+                try:
+                    with warnings.catch_warnings():  # default_build calls the deprecated tvm.build
+                        warnings.simplefilter("ignore", DeprecationWarning)
+                        lib = default_build(bi.mod, bi.target, None)
+                    out.append(BuilderResult(default_export(lib), None))
+                except Exception as exc:  # a failed candidate is a result, not a crash
+                    out.append(BuilderResult(None, f"InProcessBuilder: {type(exc).__name__}: {exc}"))
+            return out
+
+    del ms
+    return InProcessBuilder()
+
+
+def _make_in_process_runner(number: int = 3, repeat: int = 1, min_repeat_ms: int = 20) -> Any:
+    import tvm
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, PyRunner
+    from tvm.s_tir.meta_schedule.runner.local_runner import (
+        LocalRunnerFuture, default_alloc_argument, default_run_evaluator,
+    )
+    from tvm.ir.utils import derived_object
+
+    config = EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
+
+    @derived_object
+    class InProcessRunner(PyRunner):
+        """Times each built candidate in this process with ``time_evaluator``."""
+
+        def run(self, runner_inputs: List[Any]) -> List[Any]:
+            futures = []
+            for ri in runner_inputs:
+                try:
+                    mod = tvm.runtime.load_module(ri.artifact_path)
+                    dev = tvm.runtime.device(ri.device_type, 0)
+                    args = default_alloc_argument(dev, tuple(a.as_json() for a in ri.args_info), 1)
+                    futures.append(LocalRunnerFuture(res=default_run_evaluator(mod, dev, config, args)))
+                except Exception as exc:
+                    futures.append(LocalRunnerFuture(error_message=f"InProcessRunner: {exc}"))
+            return futures
+
+    return InProcessRunner()
+
+
+def _tunable(task: Any) -> bool:
+    """Tasks whose inputs are all floating point. Gather-like tasks (``take``) read integer
+    indices, which the measurement fills with random values: out-of-bounds reads that
+    crash the process. They are cheap and keep their default schedule."""
+    func = next(iter(task.dispatched[0].functions.values()))
+    return all("float" in str(getattr(p, "dtype", "float32")) for p in func.params)
+
+
+def prepare_for_tuning(mod: Any, target: Any) -> Any:
+    """Legalize and fuse (the "zero" pipeline): MetaSchedule finds tasks only after it."""
+    import tvm
+    from tvm import relax
+
+    with target:
+        seq = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                        relax.transform.CanonicalizeBindings(), relax.get_pipeline("zero")])
+        return seq(mod)
+
+
+def tune_and_compile(mod: Any, target: Any, db_dir: Path, trials: int,
+                     progress: Optional[Callable[[str], None]] = None) -> tuple:
+    """Tune ``mod`` (static shapes) for ``trials`` MetaSchedule trials (0: reuse the
+    database only) and compile it with the database applied.
+
+    Returns ``(executable, TuneReport)``. Functions with no record fall back to the
+    default schedule (GPU: dlight rules).
+    """
+    ms = _ms()
+    say = progress or (lambda msg: log.info(msg))
+    before = database_size(db_dir)
+    start = time.perf_counter()
+    db = open_database(db_dir)
+    mod = prepare_for_tuning(mod, target)
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    tunable = [t for t in tasks if _tunable(t)]
+    if trials > 0 and tunable:
+        say(f"tuning {len(tunable)} of {len(tasks)} tasks, {trials} trials in all (database {db_dir}, "
+            f"{before} records before)")
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            extracted_tasks=tunable, work_dir=str(db_dir), space="post-order-apply", strategy="evolutionary", seed=0)
+        ms.tune.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=str(db_dir), max_trials_global=trials,
+            max_trials_per_task=max(8, -(-trials // len(tunable))), num_trials_per_iter=min(64, max(8, trials)),
+            builder=_make_in_process_builder(), runner=_make_in_process_runner(), database=db,
+            cost_model="xgb", task_scheduler="round-robin",
+        )
+    import tvm
+    from tvm import relax
+
+    with target, db, tvm.transform.PassContext(opt_level=3):
+        mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    executable = tvm.compile(mod, target=target)
+    report = TuneReport(trials_requested=trials, tasks=len(tasks), records_before=before,
+                        records_after=database_size(db_dir), seconds=time.perf_counter() - start,
+                        database=str(db_dir))
+    say(f"tuning state {report.state}: {report.records_after} records, {report.seconds:.1f} s")
+    return executable, report
+
+
+def matching_records(mod: Any, target: Any, db_dir: Path) -> int:
+    """How many of ``mod``'s tuning tasks (static shapes) have a workload in the database."""
+    ms = _ms()
+    db = open_database(db_dir)
+    tasks = ms.relax_integration.extract_tasks(prepare_for_tuning(mod, target), target)
+    return sum(1 for t in tasks if db.has_workload(t.dispatched[0]))

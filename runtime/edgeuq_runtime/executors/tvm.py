@@ -1,0 +1,184 @@
+"""The ``tvm`` executor: a Relax VM over a library exported by TVM (``*.so``).
+
+``tvm`` is imported only when a graph is loaded (the ``apache-tvm`` wheel, or a
+TVM runtime built for the board). The manifest's graph ``options`` say how to
+call the library, because a compiled library carries no tensor names:
+
+``inputs`` / ``outputs``
+    tensor names in the order of the function's parameters / results (required);
+``shapes`` / ``dtypes``
+    per-input shape without the batch axis, and dtype (default float32);
+``batch``
+    ``null`` (the library takes any batch: symbolic shapes) or an integer: the
+    library was compiled (and tuned) for exactly that many rows. Larger feeds run
+    in chunks of ``batch`` rows and the last chunk is zero-padded; the padded rows
+    are dropped from the outputs, so results never depend on the chunking;
+``device``
+    ``"cpu"`` (default) or ``"cuda"``;
+``cuda_kernels``
+    ``{source sha256: file}``: precompiled kernel binaries next to the library.
+    TVM keeps CUDA kernels as source and compiles them when the library loads;
+    this executor answers that request with the shipped cubin, so the board
+    needs no CUDA compiler. A source without a binary is an error;
+``entry``
+    the VM function to call (default ``"main"``).
+
+``threads`` sizes TVM's CPU thread pool (one pool per process: the last loader wins).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from ..errors import BackendError
+from . import register_executor
+
+__all__ = ["TvmGraph", "load_tvm", "OPTION_KEYS", "ensure_registered"]
+
+OPTION_KEYS = frozenset({"inputs", "outputs", "shapes", "dtypes", "batch", "device", "cuda_kernels", "entry"})
+_CUDA_BINARIES: Dict[str, bytes] = {}  # source sha256 -> cubin, served to TVM's compile hook
+
+
+def _import_tvm() -> Any:
+    try:
+        return importlib.import_module("tvm")
+    except ImportError as exc:
+        raise BackendError(
+            f"backend 'tvm' needs the TVM runtime ({exc}); install it with: "
+            "pip install apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1"
+        ) from None
+
+
+def _serve_cuda_binary(code: str, *_: Any) -> bytes:
+    key = hashlib.sha256(code.encode("utf-8")).hexdigest()
+    try:
+        return _CUDA_BINARIES[key]
+    except KeyError:
+        raise BackendError(f"no precompiled CUDA kernels for source {key[:12]}... in the bundle "
+                           f"(known: {[k[:12] for k in _CUDA_BINARIES]}); recompile the bundle for this GPU") from None
+
+
+def _register_cuda_kernels(path: Path, kernels: Mapping[str, str]) -> None:
+    import tvm_ffi  # comes with the TVM runtime
+
+    for key, name in kernels.items():
+        f = path.parent / name
+        if not f.is_file():
+            raise BackendError(f"CUDA kernel binary {name!r} listed for graph {path.name!r} is missing ({f})")
+        _CUDA_BINARIES[str(key)] = f.read_bytes()
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", _serve_cuda_binary, override=True)
+
+
+def _names(options: Mapping[str, Any], key: str, path: Path) -> Tuple[str, ...]:
+    value = options.get(key)
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
+        raise BackendError(f"backend 'tvm' needs option {key!r} (a list of tensor names) for graph {path.name!r}, "
+                           f"got {value!r}")
+    return tuple(value)
+
+
+class TvmGraph:
+    """A TVM library loaded in a Relax VM, called with named numpy arrays."""
+
+    def __init__(self, vm: Any, tvm: Any, device: Any, path: Path, options: Mapping[str, Any]) -> None:
+        self._vm, self._tvm, self._device, self.path = vm, tvm, device, path
+        self._inputs = _names(options, "inputs", path)
+        self._outputs = _names(options, "outputs", path)
+        self._entry = str(options.get("entry", "main"))
+        batch = options.get("batch")
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise BackendError(f"backend 'tvm' option 'batch' must be null or an integer >= 1, got {batch!r}")
+        self.batch: Optional[int] = batch
+        shapes = options.get("shapes") or {}
+        self._dtypes = {n: np.dtype((options.get("dtypes") or {}).get(n, "float32")) for n in self._inputs}
+        #: Declared input shapes (batch axis first; None = any batch).
+        self.input_shapes: Dict[str, Tuple[Optional[int], ...]] = {
+            n: (None, *[int(d) for d in shapes[n]]) for n in self._inputs if n in shapes
+        }
+
+    @property
+    def input_names(self) -> Tuple[str, ...]:
+        return self._inputs
+
+    @property
+    def output_names(self) -> Tuple[str, ...]:
+        return self._outputs
+
+    def _call(self, arrays: List[np.ndarray]) -> List[np.ndarray]:
+        args = [self._tvm.runtime.tensor(a, self._device) for a in arrays]
+        out = self._vm[self._entry](*args)
+        outs = list(out) if isinstance(out, (list, tuple)) or type(out).__name__ == "Array" else [out]
+        if len(outs) != len(self._outputs):
+            raise BackendError(f"graph {self.path.name!r} returned {len(outs)} outputs, options name "
+                               f"{len(self._outputs)}: {list(self._outputs)}")
+        return [o.numpy() for o in outs]
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        missing = [n for n in self._inputs if n not in feeds]
+        if missing:
+            raise BackendError(f"graph {self.path.name!r} needs inputs {list(self._inputs)}; missing {missing}")
+        arrays = [np.ascontiguousarray(feeds[n], dtype=self._dtypes[n]) for n in self._inputs]
+        rows = {a.shape[0] if a.ndim else -1 for a in arrays}
+        if len(rows) != 1 or -1 in rows:
+            raise BackendError(f"graph {self.path.name!r}: inputs must share one batch axis, got shapes "
+                               f"{[a.shape for a in arrays]}")
+        n = rows.pop()
+        try:
+            if self.batch is None:
+                values = self._call(arrays)
+            else:
+                parts = []
+                for r0 in range(0, n, self.batch):
+                    chunk = [a[r0:r0 + self.batch] for a in arrays]
+                    short = self.batch - chunk[0].shape[0]
+                    if short:
+                        chunk = [np.concatenate([c, np.zeros((short, *c.shape[1:]), c.dtype)]) for c in chunk]
+                    parts.append([v[: self.batch - short] for v in self._call(chunk)])
+                values = [np.concatenate([p[i] for p in parts]) for i in range(len(self._outputs))]
+        except BackendError:
+            raise
+        except Exception as exc:  # TVM raises its own error types
+            raise BackendError(f"graph {self.path.name!r} ({self.path}) failed to run on TVM: {exc}") from exc
+        return dict(zip(self._outputs, values))
+
+    def __repr__(self) -> str:
+        return (f"TvmGraph({str(self.path)!r}, inputs={list(self._inputs)}, outputs={list(self._outputs)}, "
+                f"batch={self.batch})")
+
+
+@register_executor("tvm")
+def load_tvm(path: Path, threads: Optional[int] = None, options: Optional[Mapping[str, Any]] = None) -> TvmGraph:
+    """Load the TVM library ``path`` into a Relax VM (see the module docstring for ``options``)."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - OPTION_KEYS)
+    if unknown:
+        raise BackendError(f"backend 'tvm': unknown graph options {unknown} for {path.name}; "
+                           f"known: {sorted(OPTION_KEYS)}")
+    tvm = _import_tvm()
+    kind = options.get("device", "cpu")
+    if kind not in ("cpu", "cuda"):
+        raise BackendError(f"backend 'tvm' option 'device' must be 'cpu' or 'cuda', got {kind!r}")
+    if threads is not None:
+        tvm.get_global_func("runtime.config_threadpool")(0, int(threads))
+    if kind == "cuda":
+        _register_cuda_kernels(path, options.get("cuda_kernels") or {})
+    try:
+        device = tvm.runtime.device(kind, 0)
+        if kind == "cuda" and not device.exist:
+            raise BackendError(f"graph {path.name!r} was compiled for CUDA, but no CUDA device is present")
+        lib = tvm.runtime.load_module(str(path))
+        vm = importlib.import_module("tvm.runtime.vm").VirtualMachine(lib, device)
+    except BackendError:
+        raise
+    except Exception as exc:
+        raise BackendError(f"could not load graph {path.name!r} ({path}) with TVM: {exc}") from exc
+    return TvmGraph(vm, tvm, device, path, options)
+
+
+def ensure_registered() -> None:
+    """(Re-)register this executor as "tvm" (idempotent; for callers that import it on demand)."""
+    register_executor("tvm")(load_tvm)

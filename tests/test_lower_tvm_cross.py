@@ -1,0 +1,154 @@
+"""Cross targets: aarch64 libraries run under qemu-aarch64 through the runtime's executor and
+agree with ONNX Runtime; CUDA kernels are compiled to cubins for every CUDA target (run only
+where a GPU exists); armv7 libraries are cross-built and linked only."""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+tvm = pytest.importorskip("tvm")
+
+from edgeuq.catalog import get_target, load_targets  # noqa: E402
+from edgeuq.export import export_onnx  # noqa: E402
+from edgeuq.lower import lower  # noqa: E402
+import edgeuq.lower.tvm  # noqa: E402,F401  (registers the "tvm" lowering)
+from edgeuq.lower.tvm_targets import ToolchainError, toolchains_dir  # noqa: E402
+from edgeuq.models import ModelConfig, SignalTransformer  # noqa: E402
+from edgeuq.training import save_checkpoint  # noqa: E402
+
+TINY = dict(input_length=128, num_classes=3, patch=16, d_model=16, heads=2, depth=2, ffn=16, stochastic_blocks=(1,))
+CUDA_TARGETS = sorted(n for n, t in load_targets().items() if t.kind == "gpu")
+ELF_MAGIC = b"\x7fELF"
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_executor_registry():
+    """Leave the runtime's executor registry as found (other tests expect "tvm" unregistered
+    until the runtime package registers it itself)."""
+    from edgeuq_runtime.executors import EXECUTORS
+
+    saved = dict(EXECUTORS)
+    yield
+    EXECUTORS.clear()
+    EXECUTORS.update(saved)
+
+
+
+def _need(tool: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.fail(f"{tool} missing: run bash scripts/setup_toolchains.sh (make test does)")
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny-cross")
+    m = SignalTransformer(ModelConfig(**TINY)).eval()
+    return export_onnx(save_checkpoint(m, root / "ck", ("a", "b", "c"), 12000.0), root / "onnx")
+
+
+@pytest.mark.slow
+def test_aarch64_under_qemu_matches_onnxruntime(art, tmp_path):
+    _need("aarch64-linux-gnu-g++")
+    _need("qemu-aarch64-static")
+    res = lower("tvm", art, get_target("cortex-a72"), tmp_path, samples=4, check="require")
+    check = res.metadata["check"]
+    assert check["method"] == "qemu-aarch64" and check["latency_ms"] is None
+    for role in ("trunk", "head"):
+        assert check["max_abs_err"][role] <= check["tolerance"][role]
+        assert getattr(res, role).file.read_bytes()[:4] == ELF_MAGIC
+        assert getattr(res, role).file.read_bytes()[18] == 183           # e_machine EM_AARCH64
+
+
+def test_aarch64_qemu_check_can_fail(art, tmp_path):
+    """Wrong outputs under qemu are reported, not averaged away."""
+    _need("qemu-aarch64-static")
+    from edgeuq.lower import tvm_qemu
+    from edgeuq.lower.tvm import GraphBuild, TvmNumericsError
+
+    res = lower("tvm", art, get_target("cortex-a53"), tmp_path, check="none", graphs=["head"])
+    build = GraphBuild("head", res.head.file, dict(res.head.options), None, {}, None, 0.0)
+    real = tvm_qemu.run_aarch64
+
+    def corrupted(graphs, workdir):
+        return [{k: v + 0.5 for k, v in out.items()} for out in real(graphs, workdir)]
+
+    tvm_qemu.run_aarch64 = corrupted
+    try:
+        with pytest.raises(TvmNumericsError, match="under qemu"):
+            tvm_qemu.check_under_qemu(art, get_target("cortex-a53"), {"head": build})
+    finally:
+        tvm_qemu.run_aarch64 = real
+
+
+def test_armv7_cross_compiles_hard_float(art, tmp_path):
+    """armv7 (Cortex-A9) libraries are cross-built and linked for the hard-float ABI; they are
+    not run here (no armv7 TVM runtime: ARMV7_GAP) and say so."""
+    _need("arm-linux-gnueabihf-g++")
+    from edgeuq.lower.tvm_qemu import ARMV7_GAP
+
+    res = lower("tvm", art, get_target("cortex-a9"), tmp_path, samples=4)
+    assert res.metadata["check"] == {"method": "compile only", "reason": ARMV7_GAP}
+    for role in ("trunk", "head"):
+        elf = getattr(res, role).file.read_bytes()
+        assert elf[:4] == ELF_MAGIC and elf[4] == 1                          # 32-bit ELF
+        assert int.from_bytes(elf[18:20], "little") == 40                   # e_machine EM_ARM
+        assert int.from_bytes(elf[36:40], "little") & 0x400                 # EF_ARM_ABI_FLOAT_HARD
+    with pytest.raises(ToolchainError, match="no TVM runtime for armv7"):
+        lower("tvm", art, get_target("cortex-a9"), tmp_path / "req", check="require", graphs=["head"])
+
+
+@pytest.mark.parametrize("name", CUDA_TARGETS)
+def test_cuda_kernels_compiled_into_the_artifact(art, tmp_path, name):
+    _need("nvcc")
+    _need(get_target(get_target(name).cuda_host).cross_compiler)
+    res = lower("tvm", art, get_target(name), tmp_path, samples=4)
+    arch = get_target(name).arch
+    assert res.metadata["check"]["method"] == "compile only"
+    for role in ("trunk", "head"):
+        g = getattr(res, role)
+        cubin = tmp_path / g.options["cuda_kernels"][next(iter(g.options["cuda_kernels"]))]
+        assert g.options["device"] == "cuda" and cubin.name == f"{role}.{arch}.cubin"
+        assert cubin.read_bytes()[:4] == ELF_MAGIC and cubin.stat().st_size > 1000
+        assert cubin.name in res.extra_files
+        meta = res.metadata["graphs"][role]["cuda"]
+        assert meta["kernels"] > 5 and meta["method"] in ("nvcc", "ptx-retarget")
+
+
+def test_missing_ptxas_is_a_clear_error(monkeypatch, tmp_path):
+    from edgeuq.lower import tvm_cuda
+
+    _need("nvcc")
+    monkeypatch.setattr(tvm_cuda, "ptxas_path", lambda: None)
+    with pytest.raises(ToolchainError, match="sm_53 is not supported by the installed nvcc"):
+        tvm_cuda.compile_kernels("__global__ void k() {}", "sm_53", tmp_path / "k.cubin")
+
+
+def test_cuda_runs_where_a_gpu_exists(art, tmp_path):
+    if not tvm.cuda(0).exist:
+        pytest.skip("no CUDA GPU on this host (the CUDA compile is tested above)")
+    from edgeuq.lower.tvm_check import max_error, ort_outputs, reference_feeds
+    from edgeuq_runtime.executors.tvm import load_tvm
+
+    major, minor = tvm.cuda(0).compute_version.split(".")
+    target = dataclasses.replace(get_target("cuda-sm87"), arch=f"sm_{major}{minor}", cuda_host="x86-64",
+                                 tvm={"kind": "cuda", "arch": f"sm_{major}{minor}"})
+    res = lower("tvm", art, target, tmp_path, check="none")
+    feeds = reference_feeds(art)
+    for role in ("trunk", "head"):
+        g = getattr(res, role)
+        got = load_tvm(g.file, None, g.options).run(feeds[role])
+        ref = ort_outputs(art.trunk_path if role == "trunk" else art.head_path, feeds[role])
+        assert max_error(got, ref) < 1e-3
+
+
+def test_toolchains_dir_is_git_ignored():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    assert ".toolchains/" in (repo / ".gitignore").read_text().split()
+    assert toolchains_dir().name in (".toolchains", "toolchains")
+    assert np.dtype("float32").itemsize == 4
