@@ -4,8 +4,9 @@
 #   2. an aarch64 sysroot with Python 3.11 (Debian arm64 debs) + the aarch64 TVM/numpy wheels,
 #      so cross-compiled aarch64 libraries run under qemu-aarch64 through the real runtime;
 #   3. ptxas from CUDA 12.9 (PyPI wheel): nvcc 13 dropped sm_53/sm_72, ptxas 12.9 still has them;
-# (armv7: the libraries are cross-compiled and linked only; no TVM runtime can be built for armv7
-#  from the wheels -- see ARMV7_GAP in edgeuq/lower/tvm_qemu.py.)
+#   4. the TVM C++ runtime + a small Relax VM driver cross-built for armv7 hard-float from the
+#      runtime sources shipped in the wheels (edgeuq/lower/native/), so Cortex-A9 libraries run
+#      under qemu-arm (PyPI has no armv7 TVM wheel).
 # Everything but the Debian packages goes to $EDGEUQ_TOOLCHAINS (default: <repo>/.toolchains,
 # git-ignored). Runs as root from `make test` (CI) on a fresh machine.
 set -euo pipefail
@@ -70,3 +71,19 @@ else
 fi
 
 log "all toolchains ready in $(( $(date +%s) - t_all )) s ($TC)"
+
+# --- 4. armv7: a TVM C++ runtime + driver, cross-built for qemu-arm ------------------------------
+# No armv7 TVM wheel exists: edgeuq.lower.tvm_armv7 cross-compiles the runtime sources shipped in
+# the installed apache-tvm / apache-tvm-ffi wheels (Relax VM, library loader, CPU device) plus
+# edgeuq/lower/native/ (missing support headers + tvm_vm_driver.cc) with arm-linux-gnueabihf-g++
+# (hard-float) into $TC/armv7-tvm-runtime. From scratch ~2.5-3.5 min on 2 cores; skipped while the
+# sources, flags and wheel versions are unchanged (stamp in .done).
+ARMV7RT=$TC/armv7-tvm-runtime
+t=$(date +%s)
+if EDGEUQ_TOOLCHAINS="$TC" "$PY" -c "import sys; from edgeuq.lower.tvm_armv7 import up_to_date; sys.exit(0 if up_to_date() else 1)"; then
+  log "armv7 TVM runtime driver present ($ARMV7RT)"
+else
+  log "cross-building the armv7 TVM runtime driver into $ARMV7RT"
+  EDGEUQ_TOOLCHAINS="$TC" "$PY" -m edgeuq.lower.tvm_armv7
+  log "armv7 TVM runtime driver ready in $(( $(date +%s) - t )) s"
+fi

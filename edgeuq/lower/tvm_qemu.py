@@ -4,12 +4,14 @@
   wheels (``<toolchains>/aarch64-py311``). The emulated Python loads each library
   through the runtime's own ``tvm`` executor (``edgeuq_runtime`` is pure Python +
   numpy), so the check covers the device code path, chunking and padding included.
-* **armv7**: not run (see ``ARMV7_GAP``): no armv7 wheels exist for TVM or numpy, and
-  the TVM C++ runtime sources shipped in the x86 wheel lack the serializer headers
-  (``tvm/support/io.h``, ``serializer.h``, ``support/bytes_io.h``, ...) that the
-  Relax VM executable loader needs, so a cross-built runtime cannot be produced from
-  the wheel alone. armv7 libraries are cross-compiled and linked (hard-float ABI)
-  and labelled "compile only".
+* **armv7**: no armv7 wheels exist for TVM, numpy or onnxruntime, so each library is run by
+  ``tvm_vm_driver``, a small C++ program statically linked with the TVM C++ runtime (Relax VM +
+  library loader) cross-built from the runtime sources shipped in the wheels, plus edgeuq's own
+  replacements for the few support headers the wheels omit (:mod:`.tvm_armv7`, built into
+  ``<toolchains>/armv7-tvm-runtime`` by ``scripts/setup_toolchains.sh``). Fixed-batch libraries
+  are chunked and zero-padded here exactly like the runtime's executor does. Without the driver
+  the libraries are cross-compiled and linked (hard-float ABI) and labelled "compile only"
+  (``ARMV7_GAP``).
 
 Both are compared with ONNX Runtime here on the same inputs and noise. Emulated
 runs are never timed: qemu's speed says nothing about the board.
@@ -30,11 +32,11 @@ import edgeuq_runtime
 
 from .tvm_targets import ToolchainError, toolchains_dir
 
-__all__ = ["check_under_qemu", "aarch64_sysroot", "run_aarch64", "QEMU_TIMEOUT_S"]
+__all__ = ["check_under_qemu", "aarch64_sysroot", "run_aarch64", "run_armv7_graph", "ARMV7_GAP", "QEMU_TIMEOUT_S"]
 
 QEMU_TIMEOUT_S = 600
-ARMV7_GAP = ("no TVM runtime for armv7 on this host: PyPI has no armv7 TVM wheel, and the runtime sources in the "
-             "x86 wheel lack the serializer headers (tvm/support/io.h, serializer.h) needed to cross-build one")
+ARMV7_GAP = ("no TVM runtime for armv7 on this host: PyPI has no armv7 TVM wheel, and the cross-built C++ runtime "
+             "driver (edgeuq.lower.tvm_armv7; built by scripts/setup_toolchains.sh) is missing")
 
 _AARCH64_SCRIPT = r"""
 import json, sys
@@ -93,21 +95,70 @@ def run_aarch64(graphs: list, workdir: Path) -> list:
     return [dict(np.load(workdir / f"out{i}.npz")) for i in range(len(graphs))]
 
 
+def run_armv7_graph(library: Path, options: Mapping[str, Any], feeds: Mapping[str, np.ndarray],
+                    workdir: Path, cpu: Optional[str] = None) -> Dict[str, np.ndarray]:
+    """Run one armv7 library under qemu-arm through ``tvm_vm_driver``, honouring the graph
+    options (input order, dtypes, fixed ``batch`` chunking with zero padding, ``entry``);
+    ``cpu``: the qemu CPU model to emulate (e.g. "cortex-a9"; default qemu's "max")."""
+    from .tvm_armv7 import run_armv7
+
+    inputs, outputs = list(options["inputs"]), list(options["outputs"])
+    dtypes = options.get("dtypes") or {}
+    arrays = [np.ascontiguousarray(feeds[n], dtype=np.dtype(dtypes.get(n, "float32"))) for n in inputs]
+    entry, batch = str(options.get("entry", "main")), options.get("batch")
+
+    def call(chunk: list) -> list:
+        outs = run_armv7(Path(library), chunk, workdir, entry=entry, timeout=QEMU_TIMEOUT_S, cpu=cpu)
+        if len(outs) != len(outputs):
+            raise RuntimeError(f"{Path(library).name} returned {len(outs)} outputs under qemu-arm, options name "
+                               f"{len(outputs)}: {outputs}")
+        return outs
+
+    if batch is None:
+        values = call(arrays)
+    else:
+        n, parts = arrays[0].shape[0], []
+        for r0 in range(0, n, batch):
+            chunk = [a[r0:r0 + batch] for a in arrays]
+            short = batch - chunk[0].shape[0]
+            if short:
+                chunk = [np.concatenate([c, np.zeros((short, *c.shape[1:]), c.dtype)]) for c in chunk]
+            parts.append([v[: batch - short] for v in call(chunk)])
+        values = [np.concatenate([p[i] for p in parts]) for i in range(len(outputs))]
+    return dict(zip(outputs, values))
+
+
 def check_under_qemu(art: Any, target: Any, builds: Mapping[str, Any], atol: Optional[float] = None) -> Dict:
     """Run every built graph of ``target`` under qemu and compare with ONNX Runtime."""
     from .tvm_check import max_error, ort_outputs, reference_feeds, tolerance
 
     arch = target.arch
+    qemu_cpu = None
     if arch == "armv7":
-        raise ToolchainError(ARMV7_GAP)
-    if arch != "aarch64":
+        from .tvm_armv7 import QEMU_CPUS, driver_path
+
+        mcpu = (getattr(target, "tvm", None) or {}).get("mcpu")
+        qemu_cpu = mcpu if mcpu in QEMU_CPUS else None
+
+        try:
+            driver_path()
+        except ToolchainError as exc:
+            raise ToolchainError(f"{ARMV7_GAP} ({exc})") from None
+        _qemu("qemu-arm-static")
+    elif arch != "aarch64":
         raise ToolchainError(f"no qemu check for arch {arch!r}")
     feeds = reference_feeds(art)
     graphs = [{"library": b.library, "options": b.options, "feeds": feeds[role]} for role, b in builds.items()]
     with tempfile.TemporaryDirectory(prefix="edgeuq-qemu-") as tmp:
-        outs = run_aarch64(graphs, Path(tmp))
+        if arch == "armv7":
+            outs = [run_armv7_graph(g["library"], g["options"], g["feeds"], Path(tmp), cpu=qemu_cpu) for g in graphs]
+        else:
+            outs = run_aarch64(graphs, Path(tmp))
     result: Dict[str, Any] = {"method": f"qemu-{arch}", "emulator": target.qemu, "max_abs_err": {}, "tolerance": {},
                               "latency_ms": None, "note": "emulated: not timed"}
+    if arch == "armv7":
+        result["runner"] = "tvm_vm_driver (TVM C++ runtime cross-built from the wheels' sources)"
+        result["qemu_cpu"] = qemu_cpu or "max"
     for (role, b), got in zip(builds.items(), outs):
         ref = ort_outputs(Path(art.trunk_path if role == "trunk" else art.head_path), feeds[role])
         err, tol = max_error(got, ref), tolerance(ref, atol)
