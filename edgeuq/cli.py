@@ -12,7 +12,7 @@ __all__ = ["main"]
 
 # Stage packages that add their own subcommands: each module has register(subparsers),
 # which adds parsers whose ``func`` runs the command (imports stay inside ``func``).
-_COMMAND_MODULES: List[str] = []
+_COMMAND_MODULES: List[str] = ["edgeuq.fisher.cli", "edgeuq.quantize.cli", "edgeuq.lower.cli", "edgeuq.uq_cli"]
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:

@@ -12,7 +12,11 @@ from edgeuq_runtime import UncertaintyRuntime, UncertaintyResult
 
 from .uq import auroc, classification_metrics
 
-__all__ = ["SetEvaluation", "evaluate_sets", "run_runtime"]
+__all__ = [
+    "SetEvaluation", "evaluate_sets", "run_runtime",
+    "EvalInputs", "load_eval_inputs", "set_metrics", "ood_metrics", "BundleEvaluation", "evaluate_bundle",
+    "write_evaluation_plots", "SELECTIVE_COVERAGE",
+]
 
 
 @dataclass(frozen=True)
@@ -89,3 +93,178 @@ def evaluate_sets(
             }
             out[name] = SetEvaluation(name, ev.result, ev.labels, {**ev.metrics, **ood})
     return out
+
+
+# ----------------------------------------------------------------------------------------
+# `edgeuq evaluate`: a bundle on any dataset in the generic formats, optionally vs an OOD set
+# ----------------------------------------------------------------------------------------
+
+#: Coverage at which selective accuracy is reported.
+SELECTIVE_COVERAGE = 0.9
+
+
+@dataclass(frozen=True, eq=False)
+class EvalInputs:
+    """Model-ready inputs: float32 windows or int64 token ids, labels (-1 = unknown)."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    description: str = ""
+
+    @property
+    def labelled(self) -> bool:
+        return bool(len(self.y)) and bool(np.all(self.y >= 0))
+
+
+def load_eval_inputs(path: Path, rt: UncertaintyRuntime, fs: Optional[float] = None, key: Optional[str] = None,
+                     hop: Optional[int] = None, allow_unknown: bool = False) -> EvalInputs:
+    """Read ``path`` for the bundle loaded in ``rt``.
+
+    Signal bundles: a CWRU folder (with ``MANIFEST.csv``), or a file / folder of
+    ``.npz`` (``signal``, ``fs``, optional ``label``), ``.npy``/``.csv`` (give
+    ``fs``) or ``.mat`` (give ``key``); resampled to the bundle's rate and cut
+    into windows of its length every ``hop`` samples (default: non-overlapping).
+    Token bundles: a TSV with a header (``sentence`` or ``text`` column, optional
+    ``label`` column), tokenized with the bundle's tokenizer. Labels must be the
+    bundle's class names (or indices) unless ``allow_unknown`` (then -1).
+    """
+    from .data import load_cwru, load_signals, read_text_tsv, window_records
+
+    path = Path(path)
+    m = rt.manifest
+    name = path.name if path.is_dir() else f"{path.parent.name}/{path.name}"
+    if m.input.is_tokens:
+        ds = read_text_tsv(path, m.class_names, allow_unknown=allow_unknown)
+        return EvalInputs(name, rt.tokenize(ds.texts), ds.y, f"{len(ds)} texts from {path}")
+    rate, length = m.input.sample_rate_hz, m.input.length
+    if path.is_dir() and (path / "MANIFEST.csv").is_file():
+        records = load_cwru(path, target_fs=rate)
+    else:
+        records = load_signals(path, fs=fs, key=key, target_fs=rate)
+    ds = window_records(records, length, hop or length, class_names=m.class_names, allow_unknown=allow_unknown)
+    if len(ds) == 0:
+        raise ValueError(f"{path}: no window of {length} samples at {rate:g} Hz fits in the signals")
+    return EvalInputs(name, ds.x, ds.y, f"{len(ds)} windows of {length} from {len(records)} record(s) in {path}")
+
+
+def set_metrics(result: UncertaintyResult, labels: np.ndarray) -> Dict[str, float]:
+    """Uncertainty means, plus (all labels known) accuracy, NLL, Brier, ECE, AURC and
+    accuracy at 90 % coverage (ranked by max p̄)."""
+    out: Dict[str, float] = {
+        "mean_total": float(result.total.mean()),
+        "mean_aleatoric": float(result.aleatoric.mean()),
+        "mean_epistemic": float(result.epistemic.mean()),
+    }
+    labels = np.asarray(labels)
+    if len(labels) and labels.min() >= 0:
+        from .uq import aurc, selective_accuracy
+
+        out.update(classification_metrics(result.probs, labels).to_dict())
+        correct = result.prediction == labels
+        out["aurc"] = aurc(result.confidence, correct)
+        out["acc_at_90"] = selective_accuracy(result.probs, labels, SELECTIVE_COVERAGE)
+    return out
+
+
+def ood_metrics(reference: UncertaintyResult, ood: UncertaintyResult) -> Dict[str, float]:
+    """AUROC / AUPR / FPR at 95 % TPR of mutual information and total entropy (OOD positive)."""
+    from .uq import aupr, fpr_at_95_tpr
+
+    out: Dict[str, float] = {}
+    for tag, attr in (("mi", "epistemic"), ("total", "total")):
+        s_in, s_out = getattr(reference, attr), getattr(ood, attr)
+        out[f"auroc_{tag}"] = auroc(s_in, s_out)
+        out[f"aupr_{tag}"] = aupr(s_in, s_out)
+        out[f"fpr95_{tag}"] = fpr_at_95_tpr(s_in, s_out)
+    return out
+
+
+@dataclass(frozen=True)
+class BundleEvaluation:
+    """Result of :func:`evaluate_bundle`: the data set, optionally an OOD set, and OOD metrics."""
+
+    bundle: str
+    model: str
+    samples: int
+    data: SetEvaluation
+    ood: Optional[SetEvaluation] = None
+    ood_metrics: Mapping[str, float] = field(default_factory=dict)
+    descriptions: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        sets = {"data": {"name": self.data.name, "n": self.data.n, **dict(self.data.metrics)}}
+        if self.ood is not None:
+            sets["ood"] = {"name": self.ood.name, "n": self.ood.n, **dict(self.ood.metrics)}
+        return {"bundle": self.bundle, "model": self.model, "samples": self.samples, "sets": sets,
+                "ood_metrics": dict(self.ood_metrics), "descriptions": dict(self.descriptions)}
+
+    def table(self) -> tuple:
+        """(headers, rows) of the printed table."""
+        keys = ("n", "accuracy", "nll", "brier", "ece", "aurc", "acc_at_90", "mean_total", "mean_aleatoric",
+                "mean_epistemic")
+        rows = []
+        for role, ev in (("data", self.data), ("ood", self.ood)):
+            if ev is None:
+                continue
+            m = {"n": ev.n, **dict(ev.metrics)}
+            rows.append([f"{role}: {ev.name}", *[m.get(k, "n/a") for k in keys]])
+        return ("set", *keys), rows
+
+    def ood_table(self) -> tuple:
+        rows = [[score, *[self.ood_metrics[f"{m}_{tag}"] for m in ("auroc", "aupr", "fpr95")]]
+                for score, tag in (("mutual information (epistemic)", "mi"), ("total entropy", "total"))]
+        return ("OOD score", "AUROC", "AUPR", "FPR@95%TPR"), rows
+
+
+def evaluate_bundle(
+    bundle_dir: Path,
+    data: Path,
+    ood: Optional[Path] = None,
+    samples: Optional[int] = None,
+    seed: int = 0,
+    fs: Optional[float] = None,
+    key: Optional[str] = None,
+    hop: Optional[int] = None,
+    progress: bool = True,
+) -> BundleEvaluation:
+    """Run the device runtime on ``data`` (and ``ood``) and score it (see :func:`load_eval_inputs`)."""
+    rt = UncertaintyRuntime(bundle_dir, seed=seed)
+    s = samples or rt.default_samples
+    inputs = load_eval_inputs(data, rt, fs=fs, key=key, hop=hop)
+    res = run_runtime(rt, inputs.x, s, seed, progress=progress, desc=f"runtime: {inputs.name}")
+    data_eval = SetEvaluation(inputs.name, res, inputs.y, set_metrics(res, inputs.y))
+    descriptions = {"data": inputs.description}
+    ood_eval, ood_m = None, {}
+    if ood is not None:
+        o = load_eval_inputs(ood, rt, fs=fs, key=key, hop=hop, allow_unknown=True)
+        o_res = run_runtime(rt, o.x, s, seed + 1, progress=progress, desc=f"runtime: {o.name}")
+        ood_eval = SetEvaluation(o.name, o_res, o.y, set_metrics(o_res, o.y))
+        ood_m = ood_metrics(res, o_res)
+        descriptions["ood"] = o.description
+    return BundleEvaluation(str(bundle_dir), rt.manifest.model_name, s, data_eval, ood_eval, ood_m, descriptions)
+
+
+def write_evaluation_plots(ev: BundleEvaluation, out_dir: Path) -> Dict[str, Path]:
+    """Reliability diagram and accuracy-vs-coverage (labelled data), and histograms of
+    MI and total entropy in vs out (with an OOD set). Returns name -> PNG path."""
+    from .uq import accuracy_coverage_curve, plot_accuracy_coverage, plot_reliability_diagram
+    from .uq import plot_uncertainty_histograms
+
+    out_dir = Path(out_dir)
+    paths: Dict[str, Path] = {}
+    r, y = ev.data.result, ev.data.labels
+    if len(y) and y.min() >= 0:
+        paths["reliability"] = plot_reliability_diagram(r.probs, y, out_dir / "reliability.png",
+                                                        title=f"{ev.model} on {ev.data.name}")
+        curves = {"ranked by confidence (max p̄)": accuracy_coverage_curve(r.probs, y),
+                  "ranked by -MI (epistemic)": accuracy_coverage_curve(r.probs, y, -r.epistemic),
+                  "ranked by -total entropy": accuracy_coverage_curve(r.probs, y, -r.total)}
+        paths["accuracy_coverage"] = plot_accuracy_coverage(curves, out_dir / "accuracy_coverage.png",
+                                                            title=f"Accuracy vs coverage: {ev.data.name}")
+    if ev.ood is not None:
+        for attr, label in (("epistemic", "mutual information (nats)"), ("total", "total entropy (nats)")):
+            sets = {f"in: {ev.data.name}": getattr(r, attr), f"out: {ev.ood.name}": getattr(ev.ood.result, attr)}
+            paths[f"hist_{attr}"] = plot_uncertainty_histograms(
+                sets, out_dir / f"{attr}_hist.png", xlabel=label, title=f"{ev.model}: {label}, in vs out", log_y=True)
+    return paths

@@ -33,7 +33,7 @@ from .training import Checkpoint, TrainConfig, save_checkpoint, train_model
 
 __all__ = [
     "DemoData", "DemoResult", "prepare_data", "train_stage", "export_stage", "bundle_stage",
-    "latency_stage", "run_demo",
+    "latency_stage", "run_demo", "scheme_train_stage", "UQ_TRAIN_KEYS",
 ]
 
 Log = Callable[[str], None]
@@ -193,3 +193,49 @@ def run_demo(
     result = DemoResult(out_dir, ckpt, art, bundle, evals, lat, s, timings, data.description)
     (out_dir / "results.json").write_text(json.dumps(result.summary(), indent=2, sort_keys=True, default=float))
     return result
+
+
+# ----------------------------------------------------------------------------------------
+# Any stochastic scheme (ModelConfig.scheme): training + post-hoc fitting in one stage
+# ----------------------------------------------------------------------------------------
+
+#: Keys of a recipe's free-form [uq] table read by :func:`scheme_train_stage`.
+UQ_TRAIN_KEYS = ("kl_weight", "val_samples", "temperature_scaling", "laplace_samples", "samples")
+
+
+def scheme_train_stage(
+    splits: Splits, model_cfg: ModelConfig, train_cfg: TrainConfig, out_dir: Path,
+    uq: Optional[Mapping[str, Any]] = None, progress: bool = True, log: Log = _quiet,
+) -> Checkpoint:
+    """Train a model of any scheme and save its checkpoint (the recipe's ``[uq]`` table
+    configures the Bayesian parts):
+
+    * mc_dropout / variational / hsa: :func:`edgeuq.bayes.fit_model` with
+      ``kl_weight`` (default 1: the per-example ELBO) and ``val_samples``;
+    * ensemble: ``ensemble_members`` members, seeds ``seed + m``;
+    * laplace: the MAP network, then the last-layer posterior with the prior
+      precision tuned on the validation split;
+    * ``temperature_scaling = true``: a temperature fitted on the validation
+      predictive (``samples`` draws) is installed in the head.
+    """
+    from .bayes import calibrate_temperature, fit_laplace, fit_model, train_ensemble
+
+    uq = dict(uq or {})
+    x, y, xv, yv = splits.train.x, splits.train.y, splits.val.x, splits.val.y
+    torch.manual_seed(train_cfg.seed)
+    metrics: Dict[str, Any] = {"scheme": model_cfg.scheme}
+    if model_cfg.scheme == "ensemble":
+        model, results = train_ensemble(model_cfg, x, y, xv, yv, train_cfg, progress=progress, log=log)
+        metrics["members"] = [r.to_dict() for r in results]
+    else:
+        model = SignalTransformer(model_cfg)
+        kl = float(uq.get("kl_weight", 1.0)) if model_cfg.scheme == "variational" else 0.0
+        res = fit_model(model, x, y, xv, yv, train_cfg, kl_weight=kl, val_samples=int(uq.get("val_samples", 4)),
+                        progress=progress, log=log)
+        metrics.update(best_epoch=res.best_epoch, best_val_nll=res.best_val_nll, epochs_run=len(res.history),
+                       val_acc=res.history[res.best_epoch - 1].val_acc)
+        if model_cfg.scheme == "laplace":
+            metrics["laplace"] = fit_laplace(model, x, xv, yv, samples=int(uq.get("laplace_samples", 64))).to_dict()
+    if uq.get("temperature_scaling", False):
+        metrics["temperature"] = calibrate_temperature(model, xv, yv, samples=int(uq.get("samples", 16))).to_dict()
+    return save_checkpoint(model, out_dir, splits.class_names, splits.fs, "zscore", metrics=metrics)

@@ -8,6 +8,7 @@
   dataset (CWRU-like drive-end signals; no download needed).
 * :mod:`~edgeuq.data.cwru` -- the CWRU 12 kHz drive-end recordings.
 * :mod:`~edgeuq.data.signals` -- a user's own ``.npz/.npy/.csv/.mat`` signals.
+* :mod:`~edgeuq.data.text` -- labelled text (SST-2, TREC, any TSV) and word tokenization.
 """
 from ._dataset import (
     BEARING_CLASSES,
@@ -30,6 +31,16 @@ from .synthetic import (
     simulate_bearing_signal,
     synthetic_ood_dataset,
     synthetic_records,
+)
+from .text import (
+    SST2_CLASSES,
+    TextDataset,
+    TokenDataset,
+    build_word_tokenizer,
+    load_sst2,
+    load_trec,
+    read_text_tsv,
+    tokenize_dataset,
 )
 from .windowing import (
     add_noise,
@@ -77,4 +88,13 @@ __all__ = [
     "load_signal_file",
     "load_signals",
     "SUPPORTED_EXTENSIONS",
+    # text
+    "SST2_CLASSES",
+    "TextDataset",
+    "TokenDataset",
+    "read_text_tsv",
+    "load_sst2",
+    "load_trec",
+    "build_word_tokenizer",
+    "tokenize_dataset",
 ]

@@ -10,6 +10,7 @@ N = S * B when the runtime stacks S samples (s-major). Dropout masks are plain
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from ..training import Checkpoint
 __all__ = ["OnnxArtifact", "export_onnx", "load_onnx_artifact", "INPUT_NAME", "FEATURE_NAME", "LOGITS_NAME"]
 
 INPUT_NAME = "signal"
+TOKEN_INPUT_NAME = "tokens"  # int64 token ids of text models (ModelConfig.embed == "token")
+TOKENIZER_FILE = "tokenizer.json"  # next to a text model's checkpoint; copied into the export and bundle
 FEATURE_NAME = "features"
 LOGITS_NAME = "logits"
 OPSET = 17
@@ -51,6 +54,13 @@ class OnnxArtifact:
     input_name: str = INPUT_NAME
     feature_name: str = FEATURE_NAME
     logits_name: str = LOGITS_NAME
+    input_dtype: str = "float32"
+    vocab_size: Optional[int] = None
+    tokenizer_file: Optional[str] = None
+
+    @property
+    def tokenizer_path(self) -> Optional[Path]:
+        return None if self.tokenizer_file is None else self.directory / self.tokenizer_file
 
     @property
     def trunk_path(self) -> Path:
@@ -67,6 +77,8 @@ class OnnxArtifact:
             "class_names": list(self.class_names), "sample_rate_hz": self.sample_rate_hz,
             "normalization": self.normalization, "sha256": dict(self.sha256), "opset": self.opset,
             "input_name": self.input_name, "feature_name": self.feature_name, "logits_name": self.logits_name,
+            **({"input_dtype": self.input_dtype, "vocab_size": self.vocab_size, "tokenizer_file": self.tokenizer_file}
+               if self.input_dtype != "float32" else {}),
         }
 
 
@@ -130,20 +142,33 @@ def export_onnx(
         raise ValueError("model has no stochastic layer: set stochastic_blocks or stochastic_head")
     names = tuple(s.name for s in specs)
     cfg = model.cfg
-    x = torch.randn(2, cfg.input_length)
+    tokens = cfg.embed == "token"
+    input_name = TOKEN_INPUT_NAME if tokens else INPUT_NAME
+    x = torch.from_numpy(example_input(cfg.input_length, cfg.vocab_size if tokens else None, 2,
+                                       np.random.default_rng(0)))
     with torch.no_grad():
         feats = model.trunk(x)
     noise = {k: torch.from_numpy(v) for k, v in sample_noise(specs, 2, np.random.default_rng(0)).items()}
-    _export(_TrunkGraph(model), (x,), out_dir / "trunk.onnx", [INPUT_NAME], [FEATURE_NAME])
+    _export(_TrunkGraph(model), (x,), out_dir / "trunk.onnx", [input_name], [FEATURE_NAME])
     _export(
         _HeadGraph(model, names), (feats, *[noise[n] for n in names]), out_dir / "head.onnx",
         [FEATURE_NAME, *names], [LOGITS_NAME],
     )
+    files = ["trunk.onnx", "head.onnx"]
+    token_fields: Dict[str, object] = {}
+    if tokens:
+        token_fields = {"input_name": input_name, "input_dtype": "int64", "vocab_size": cfg.vocab_size}
+        src = Path(checkpoint.directory) / TOKENIZER_FILE
+        if src.is_file():
+            if src.resolve() != (out_dir / TOKENIZER_FILE).resolve():
+                shutil.copyfile(src, out_dir / TOKENIZER_FILE)
+            token_fields["tokenizer_file"] = TOKENIZER_FILE
+            files.append(TOKENIZER_FILE)
     art = OnnxArtifact(
         directory=out_dir, trunk_file="trunk.onnx", head_file="head.onnx", input_length=cfg.input_length,
         feature_shape=tuple(model.feature_shape()), noise=specs, class_names=checkpoint.class_names,
         sample_rate_hz=checkpoint.sample_rate_hz, normalization=checkpoint.normalization,
-        sha256={f: _sha256(out_dir / f) for f in ("trunk.onnx", "head.onnx")},
+        sha256={f: _sha256(out_dir / f) for f in files}, **token_fields,
     )
     (out_dir / _META).write_text(json.dumps(art.to_json(), indent=2, sort_keys=True))
     if verify:
@@ -164,6 +189,8 @@ def load_onnx_artifact(directory: Path) -> OnnxArtifact:
         feature_shape=tuple(m["feature_shape"]), noise=noise_specs_from_json(m["noise"]),
         class_names=tuple(m["class_names"]), sample_rate_hz=m["sample_rate_hz"],
         normalization=m["normalization"], sha256=m["sha256"], opset=m["opset"],
+        input_name=m.get("input_name", INPUT_NAME), input_dtype=m.get("input_dtype", "float32"),
+        vocab_size=m.get("vocab_size"), tokenizer_file=m.get("tokenizer_file"),
     )
     for f, digest in art.sha256.items():
         if _sha256(directory / f) != digest:
@@ -177,16 +204,27 @@ def run_onnx(art: OnnxArtifact, x: np.ndarray, noise: Mapping[str, np.ndarray], 
 
     trunk = ort.InferenceSession(str(art.trunk_path), providers=["CPUExecutionProvider"])
     head = ort.InferenceSession(str(art.head_path), providers=["CPUExecutionProvider"])
-    feats = trunk.run([art.feature_name], {art.input_name: x.astype(np.float32)})[0]
+    feats = trunk.run([art.feature_name], {art.input_name: x.astype(np.dtype(art.input_dtype))})[0]
     tiled = np.tile(feats, (samples,) + (1,) * (feats.ndim - 1))
     feeds: Dict[str, np.ndarray] = {art.feature_name: tiled, **noise}
     return head.run([art.logits_name], feeds)[0]
 
 
+def example_input(length: int, vocab_size: Optional[int], batch: int, rng: np.random.Generator) -> np.ndarray:
+    """Random model input: float32 windows, or (``vocab_size`` given) int64 token ids whose
+    rows end in padding (id 0) of varying length, so masking is exercised."""
+    if vocab_size is None:
+        return rng.standard_normal((batch, length)).astype(np.float32)
+    ids = rng.integers(1, vocab_size, size=(batch, length))
+    for i in range(batch):
+        ids[i, max(1, length - 1 - (i * length) // (batch + 1)):] = 0
+    return ids.astype(np.int64)
+
+
 def max_abs_difference(model: SignalTransformer, art: OnnxArtifact, batch: int, samples: int, seed: int) -> float:
     """Largest |logit| difference between PyTorch and ONNX Runtime given identical noise."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, art.input_length)).astype(np.float32)
+    x = example_input(art.input_length, art.vocab_size, batch, rng)
     noise = sample_noise(art.noise, batch * samples, rng)
     ort_logits = run_onnx(art, x, noise, samples)
     with torch.no_grad():

@@ -9,6 +9,7 @@ from .metrics import (
     ClassificationMetrics,
     ReliabilityBins,
     accuracy,
+    accuracy_coverage_curve,
     aupr,
     aurc,
     auroc,
@@ -20,7 +21,8 @@ from .metrics import (
     reliability_bins,
     selective_accuracy,
 )
-from .plots import plot_reliability_diagram, plot_uncertainty_histograms
+from .calibration import TemperatureFit, fit_temperature, tempered_nll, tempered_probs
+from .plots import plot_accuracy_coverage, plot_reliability_diagram, plot_uncertainty_histograms
 
 __all__ = [
     "UncertaintyResult",
@@ -42,4 +44,10 @@ __all__ = [
     "selective_accuracy",
     "plot_reliability_diagram",
     "plot_uncertainty_histograms",
+    "plot_accuracy_coverage",
+    "accuracy_coverage_curve",
+    "TemperatureFit",
+    "fit_temperature",
+    "tempered_nll",
+    "tempered_probs",
 ]

@@ -34,6 +34,7 @@ __all__ = [
     "fpr_at_95_tpr",
     "selective_accuracy",
     "aurc",
+    "accuracy_coverage_curve",
     "ClassificationMetrics",
     "classification_metrics",
 ]
@@ -263,6 +264,18 @@ def aurc(confidence, correct) -> float:
     conf, c = _check_selective(confidence, correct)
     k = np.arange(1, len(conf) + 1)
     return float(np.mean(_expected_errors_at_k(conf, c) / k))
+
+
+def accuracy_coverage_curve(probs, labels, confidence: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(coverage, accuracy) when keeping the k most confident inputs, k = 1..N.
+
+    ``confidence`` defaults to max p̄ (e.g. pass ``-epistemic``); ties averaged.
+    """
+    p, y = _check_probs_labels(probs, labels)
+    conf = p.max(axis=1) if confidence is None else confidence
+    conf, correct = _check_selective(conf, p.argmax(axis=1) == y)
+    k = np.arange(1, len(conf) + 1)
+    return k / len(conf), 1.0 - _expected_errors_at_k(conf, correct) / k
 
 
 # ------------------------------------------------------------------- summary

@@ -13,7 +13,7 @@ import numpy as np
 
 from .metrics import _check_scores, reliability_bins
 
-__all__ = ["plot_reliability_diagram", "plot_uncertainty_histograms"]
+__all__ = ["plot_reliability_diagram", "plot_uncertainty_histograms", "plot_accuracy_coverage"]
 
 PathLike = Union[str, Path]
 
@@ -80,5 +80,27 @@ def plot_uncertainty_histograms(scores_by_set: Mapping[str, np.ndarray], path: P
     ax.set(xlabel=xlabel, ylabel="density" + (" (log scale)" if log_y else ""), title=title)
     if log_y:
         ax.set_yscale("log")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_accuracy_coverage(curves: Mapping[str, tuple], path: PathLike, title: str = "Accuracy vs coverage") -> Path:
+    """One line per ranking (name -> (coverage, accuracy) from
+    :func:`edgeuq.uq.accuracy_coverage_curve`): accuracy on the most confident
+    fraction of inputs kept. Returns the PNG path."""
+    if not curves:
+        raise ValueError("curves is empty")
+    fig = _new_figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    lowest = 1.0
+    for name, (coverage, acc) in curves.items():
+        coverage, acc = np.asarray(coverage, dtype=float), np.asarray(acc, dtype=float)
+        if coverage.shape != acc.shape or coverage.ndim != 1 or coverage.size == 0:
+            raise ValueError(f"curve {name!r}: coverage and accuracy must be 1-D arrays of one length")
+        ax.plot(coverage, acc, label=name)
+        lowest = min(lowest, float(acc[len(acc) // 10:].min()) if acc.size > 10 else float(acc.min()))
+    ax.set(xlabel="coverage (fraction of inputs kept)", ylabel="accuracy on kept inputs", title=title,
+           xlim=(0, 1), ylim=(max(0.0, lowest - 0.02), 1.005))
+    ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)

@@ -26,7 +26,7 @@ __all__ = ["MANIFEST_VERSION", "SUPPORTED_VERSIONS", "FORMAT", "InputSpec", "Gra
 MANIFEST_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
 FORMAT = "edgeuq-bundle"
-SUPPORTED_DTYPES = ("float32",)
+SUPPORTED_DTYPES = ("float32", "int64")
 _TOP_KEYS = {"format", "manifest_version", "model", "input", "classes", "default_samples", "noise",
              "graphs", "backend", "files", "metadata"}
 
@@ -39,13 +39,24 @@ def _only(where: str, data: Mapping[str, Any], allowed: set) -> None:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The model input: one window of ``length`` samples per batch row."""
+    """The model input: one window of ``length`` samples per batch row.
+
+    ``dtype`` ``"float32"`` (signal windows, the default) or ``"int64"`` (token
+    ids of a text model). Token input needs ``vocab_size`` (ids must lie in
+    ``[0, vocab_size)``) and ``normalization = "none"``; ``tokenizer`` optionally
+    names the bundle file holding the tokenizer JSON (it must then be listed in
+    ``files``). For text, ``sample_rate_hz`` is 1 (one token per step).
+    The two optional keys appear in the JSON only when set, so float manifests
+    are unchanged.
+    """
 
     length: int
     sample_rate_hz: float
     name: str = "signal"
     dtype: str = "float32"
     normalization: str = "zscore"
+    vocab_size: Optional[int] = None
+    tokenizer: Optional[str] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", c.text("input.name", self.name))
@@ -55,18 +66,41 @@ class InputSpec:
             raise c.fail("input.dtype", f"must be one of {list(SUPPORTED_DTYPES)}, got {self.dtype!r}")
         if self.normalization not in NORMALIZATIONS:
             raise c.fail("input.normalization", f"must be one of {sorted(NORMALIZATIONS)}, got {self.normalization!r}")
+        if self.dtype == "int64":
+            object.__setattr__(self, "vocab_size", c.positive_int("input.vocab_size", self.vocab_size))
+            if self.vocab_size < 2:
+                raise c.fail("input.vocab_size", f"must be >= 2 for token input, got {self.vocab_size}")
+            if self.normalization != "none":
+                raise c.fail("input.normalization", f"must be 'none' for int64 token input, got {self.normalization!r}")
+            if self.tokenizer is not None:
+                object.__setattr__(self, "tokenizer", c.relpath("input.tokenizer", self.tokenizer))
+        else:
+            for key in ("vocab_size", "tokenizer"):
+                if getattr(self, key) is not None:
+                    raise c.fail(f"input.{key}", f"only applies to int64 token input, not dtype {self.dtype!r}")
+
+    @property
+    def is_tokens(self) -> bool:
+        return self.dtype == "int64"
 
     def to_json(self) -> Dict[str, Any]:
-        return {"name": self.name, "length": self.length, "dtype": self.dtype,
-                "sample_rate_hz": self.sample_rate_hz, "normalization": self.normalization}
+        out: Dict[str, Any] = {"name": self.name, "length": self.length, "dtype": self.dtype,
+                               "sample_rate_hz": self.sample_rate_hz, "normalization": self.normalization}
+        if self.vocab_size is not None:
+            out["vocab_size"] = self.vocab_size
+        if self.tokenizer is not None:
+            out["tokenizer"] = self.tokenizer
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> "InputSpec":
         c.obj("input", data)
-        _only("input", data, {"name", "length", "dtype", "sample_rate_hz", "normalization"})
+        _only("input", data, {"name", "length", "dtype", "sample_rate_hz", "normalization", "vocab_size",
+                              "tokenizer"})
         return cls(length=c.key("input", data, "length"), sample_rate_hz=c.key("input", data, "sample_rate_hz"),
                    name=data.get("name", "signal"), dtype=data.get("dtype", "float32"),
-                   normalization=data.get("normalization", "zscore"))
+                   normalization=data.get("normalization", "zscore"), vocab_size=data.get("vocab_size"),
+                   tokenizer=data.get("tokenizer"))
 
 
 @dataclass(frozen=True)
@@ -196,6 +230,9 @@ class Manifest:
                 if f not in self.files:
                     raise c.fail("files", f"graph file {f!r} (graphs.{role}.file) is not listed; "
                                  f"listed: {sorted(self.files)}")
+            if self.input.tokenizer is not None and self.input.tokenizer not in self.files:
+                raise c.fail("files", f"tokenizer file {self.input.tokenizer!r} (input.tokenizer) is not listed; "
+                             f"listed: {sorted(self.files)}")
 
     @property
     def is_draft(self) -> bool:

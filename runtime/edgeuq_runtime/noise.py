@@ -14,6 +14,13 @@ Kinds
 ``uniform``
     i.i.d. U(0, 1) noise (e.g. Gumbel-softmax layers turn it into Gumbel noise
     inside the graph). No params.
+``categorical``
+    One-hot draws of a uniform categorical over the last axis: every row of
+    ``shape[-1] = k`` entries is ``1`` at one index drawn uniformly from
+    ``0..k-1`` and ``0`` elsewhere. Params: ``k`` (an integer >= 2, equal to
+    ``shape[-1]``). Used by deep ensembles: each sample picks one member, so S
+    samples are S draws from the ensemble's uniform mixture. Its mean ``1/k``
+    averages the members' logits (the deterministic pass).
 """
 from __future__ import annotations
 
@@ -53,6 +60,12 @@ class NoiseSpec:
             p = self.params.get("p")
             if p is None or not (0.0 <= float(p) < 1.0):
                 raise ManifestError(f"noise input {self.name!r}: dropout_mask needs 0 <= p < 1, got {p!r}")
+        if self.kind == "categorical":
+            k = self.params.get("k")
+            if isinstance(k, bool) or not isinstance(k, (int, float)) or int(k) != k or k < 2:
+                raise ManifestError(f"noise input {self.name!r}: categorical needs an integer k >= 2, got {k!r}")
+            if not shape or shape[-1] != int(k):
+                raise ManifestError(f"noise input {self.name!r}: categorical shape {shape} must end with k = {int(k)}")
 
     def to_json(self) -> Dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "shape": list(self.shape), "params": dict(self.params)}
@@ -79,10 +92,17 @@ def _uniform(rng: np.random.Generator, shape: Tuple[int, ...], params: Mapping[s
     return rng.random(shape, dtype=np.float32)
 
 
+def _categorical(rng: np.random.Generator, shape: Tuple[int, ...], params: Mapping[str, float]) -> np.ndarray:
+    k = int(params["k"])
+    index = rng.integers(0, k, size=shape[:-1])
+    return np.eye(k, dtype=np.float32)[index]
+
+
 NOISE_SAMPLERS: Dict[str, Callable[[np.random.Generator, Tuple[int, ...], Mapping[str, float]], np.ndarray]] = {
     "dropout_mask": _dropout_mask,
     "standard_normal": _standard_normal,
     "uniform": _uniform,
+    "categorical": _categorical,
 }
 
 
@@ -98,13 +118,19 @@ def _halves(shape: Tuple[int, ...], params: Mapping[str, float]) -> np.ndarray:
     return np.full(shape, 0.5, dtype=np.float32)
 
 
+def _uniform_categorical(shape: Tuple[int, ...], params: Mapping[str, float]) -> np.ndarray:
+    return np.full(shape, 1.0 / int(params["k"]), dtype=np.float32)
+
+
 #: The expectation of each kind, used for deterministic (noise-free) inference:
-#: an inverted-dropout mask has mean 1, N(0, 1) has mean 0, U(0, 1) has mean 0.5.
+#: an inverted-dropout mask has mean 1, N(0, 1) has mean 0, U(0, 1) has mean 0.5,
+#: a one-hot uniform categorical over k has mean 1/k.
 #: Every kind in NOISE_SAMPLERS must have an entry here.
 NOISE_MEANS: Dict[str, Callable[[Tuple[int, ...], Mapping[str, float]], np.ndarray]] = {
     "dropout_mask": _ones,
     "standard_normal": _zeros,
     "uniform": _halves,
+    "categorical": _uniform_categorical,
 }
 
 

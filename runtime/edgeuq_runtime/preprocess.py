@@ -7,7 +7,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["validate_windows", "zscore_windows", "NORMALIZATIONS", "normalize"]
+__all__ = ["validate_windows", "validate_tokens", "zscore_windows", "NORMALIZATIONS", "normalize"]
 
 
 def validate_windows(x: Any, length: int) -> np.ndarray:
@@ -47,6 +47,39 @@ def validate_windows(x: Any, length: int) -> np.ndarray:
             f"input contains non-finite values ({n_nan} NaN, {n_inf} inf); first at window {r}, sample {c}"
         )
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def validate_tokens(x: Any, length: int, vocab_size: int) -> np.ndarray:
+    """Return token ids ``x`` as an int64 array of shape (batch, length), or raise InputError.
+
+    Accepts one sequence of shape (length,) or a batch (batch, length) of any
+    integer dtype (signed or unsigned); every id must lie in ``[0, vocab_size)``.
+    Floating, boolean and object arrays are refused: token ids are never rounded.
+    """
+    if isinstance(x, (list, tuple)):
+        try:
+            x = np.asarray(x)
+        except ValueError as exc:
+            raise InputError(f"token ids are a ragged sequence, not a (batch, {length}) array: {exc}") from exc
+    if not isinstance(x, np.ndarray):
+        raise InputError(f"token ids must be a numpy array of shape (batch, {length}), got {type(x).__name__}")
+    if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.integer):
+        raise InputError(f"token ids must have an integer dtype, got {x.dtype}; tokenize text with the bundle's "
+                         "tokenizer (UncertaintyRuntime.tokenize)")
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise InputError(f"token ids must have shape ({length},) or (batch, {length}), got {x.shape}")
+    if x.shape[0] == 0:
+        raise InputError(f"token id batch is empty: shape {x.shape}")
+    if x.shape[1] != length:
+        raise InputError(f"token sequences must have {length} ids (pad or truncate), got shape {x.shape}")
+    bad = (x < 0) | (x >= vocab_size)
+    if bad.any():
+        r, c = (int(v) for v in np.argwhere(bad)[0])
+        raise InputError(f"token ids must lie in [0, {vocab_size}) (the vocabulary size); "
+                         f"{int(bad.sum())} do not, first at sequence {r}, position {c}: {int(x[r, c])}")
+    return np.ascontiguousarray(x, dtype=np.int64)
 
 
 def zscore_windows(x: np.ndarray, eps: float = 1e-8) -> np.ndarray:

@@ -7,7 +7,7 @@ Not thread-safe: give each thread its own runtime (or pass ``seed`` per call).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -16,7 +16,8 @@ from .errors import BackendError, InputError, ManifestError
 from .executors import GraphRunner, load_graph
 from .manifest import GraphSpec, Manifest
 from .noise import mean_noise, sample_noise
-from .preprocess import normalize, validate_windows
+from .preprocess import normalize, validate_tokens, validate_windows
+from .tokenizer import WordTokenizer
 from .uncertainty import UncertaintyResult, decompose, softmax
 
 __all__ = ["UncertaintyRuntime"]
@@ -65,6 +66,7 @@ class UncertaintyRuntime:
     def __init__(self, bundle_dir: PathLike, threads: Optional[int] = None, seed: Any = None,
                  verify: bool = True, max_batch: int = 4096) -> None:
         self._max_batch = _positive_int("max_batch", max_batch)
+        self._tokenizer: Optional[WordTokenizer] = None
         self._rng = _make_rng(seed)
         self._bundle: Bundle = load_bundle(bundle_dir, verify=verify)
         m = self._bundle.manifest
@@ -104,10 +106,39 @@ class UncertaintyRuntime:
         return self._max_batch
 
     # -- stages ---------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> WordTokenizer:
+        """The bundle's tokenizer (token-input bundles that ship one; loaded once)."""
+        spec = self.manifest.input
+        if spec.tokenizer is None:
+            raise InputError(f"bundle {self.manifest.model_name!r} has no tokenizer (input dtype {spec.dtype}); "
+                             "pass numeric input to predict()")
+        if self._tokenizer is None:
+            tok = WordTokenizer.load(self._bundle.path(spec.tokenizer))
+            if tok.vocab_size != spec.vocab_size or tok.max_length != spec.length:
+                raise ManifestError(f"tokenizer {spec.tokenizer!r} has vocab {tok.vocab_size} and max_length "
+                                    f"{tok.max_length}, but {MANIFEST_FILE} input declares vocab_size "
+                                    f"{spec.vocab_size} and length {spec.length}")
+            self._tokenizer = tok
+        return self._tokenizer
+
+    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+        """Token ids (B, input.length) of ``texts`` with the bundle's tokenizer."""
+        return self.tokenizer.encode_batch(texts)
+
+    def _validate(self, x: Any) -> np.ndarray:
+        spec = self.manifest.input
+        if spec.is_tokens:
+            return validate_tokens(x, spec.length, int(spec.vocab_size))
+        return normalize(validate_windows(x, spec.length), spec.normalization)
+
     def trunk_features(self, x: Any) -> np.ndarray:
-        """Validate, normalise and run the trunk once: features of shape (B, ...)."""
+        """Validate, normalise and run the trunk once: features of shape (B, ...).
+
+        Signal bundles take float windows (B, length); token bundles take integer
+        ids (B, length) in [0, vocab_size) (see :meth:`tokenize`)."""
         m = self.manifest
-        windows = normalize(validate_windows(x, m.input.length), m.input.normalization)
+        windows = self._validate(x)
         features = self._trunk.run({m.input.name: windows})[m.feature_name]
         if features.ndim < 1 or features.shape[0] != windows.shape[0]:
             raise BackendError(f"trunk graph {m.trunk.file!r} returned {m.feature_name!r} of shape "
@@ -163,6 +194,10 @@ class UncertaintyRuntime:
         b = features.shape[0]
         noise = sample_noise(self.manifest.noise, s * b, rng)
         return self._decompose(self._head_tiled(features, noise, s), s, b)
+
+    def predict_text(self, texts: Sequence[str], samples: Optional[int] = None, seed: Any = None) -> UncertaintyResult:
+        """Tokenize ``texts`` with the bundled tokenizer, then :meth:`predict`."""
+        return self.predict(self.tokenize(texts), samples=samples, seed=seed)
 
     def deterministic(self, x: Any) -> UncertaintyResult:
         """One pass with every noise input at its mean (dropout off): S = 1, epistemic = 0."""

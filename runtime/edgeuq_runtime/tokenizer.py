@@ -1,0 +1,141 @@
+"""A word-level tokenizer in pure Python: text -> fixed-length int64 token ids.
+
+The host builds the vocabulary from its training texts and writes it into the
+bundle as JSON (``input.tokenizer`` in the manifest names the file); the device
+loads the same JSON with :meth:`WordTokenizer.load` and produces the same ids.
+Host and device run this one implementation, so equal JSON means equal ids.
+
+Algorithm (``version`` 1)
+-------------------------
+1. Unicode NFKC normalisation, then ``str.lower()`` when ``lowercase``.
+2. Split into tokens with the regular expression ``\\w+|[^\\w\\s]``: runs of
+   word characters, and every other non-space character on its own
+   (punctuation such as ``'`` ``,`` ``?`` is one token per character).
+3. Map each token to its id in ``vocab``; unknown tokens map to ``unk``.
+4. Truncate to ``max_length`` ids, then pad with ``pad`` on the right.
+
+``vocab[0]`` is the padding token and ``vocab[1]`` the unknown token; a model
+masks positions whose id is the padding id.
+
+JSON form::
+
+    {"format": "edgeuq-word-tokenizer", "version": 1, "lowercase": true,
+     "max_length": 64, "vocab": ["[PAD]", "[UNK]", "the", ...]}
+"""
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import InputError, ManifestError
+
+__all__ = ["WordTokenizer", "TOKENIZER_FORMAT", "PAD_TOKEN", "UNK_TOKEN", "split_words"]
+
+TOKENIZER_FORMAT = "edgeuq-word-tokenizer"
+TOKENIZER_VERSION = 1
+PAD_TOKEN = "[PAD]"
+UNK_TOKEN = "[UNK]"
+_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+
+
+def split_words(text: str, lowercase: bool = True) -> List[str]:
+    """Steps 1-2 of the algorithm: normalised tokens of ``text``."""
+    if not isinstance(text, str):
+        raise InputError(f"text must be a string, got {type(text).__name__}")
+    norm = unicodedata.normalize("NFKC", text)
+    if lowercase:
+        norm = norm.lower()
+    return _TOKEN_RE.findall(norm)
+
+
+@dataclass(frozen=True)
+class WordTokenizer:
+    """Vocabulary + fixed length. ``vocab[0]`` pads, ``vocab[1]`` is unknown."""
+
+    vocab: Tuple[str, ...]
+    max_length: int
+    lowercase: bool = True
+
+    def __post_init__(self) -> None:
+        vocab = tuple(self.vocab)
+        if len(vocab) < 3 or vocab[0] != PAD_TOKEN or vocab[1] != UNK_TOKEN:
+            raise ManifestError(f"tokenizer vocab must start with [{PAD_TOKEN!r}, {UNK_TOKEN!r}] and hold at least "
+                                f"one word, got {list(vocab[:3])}")
+        if not all(isinstance(t, str) and t for t in vocab):
+            raise ManifestError("tokenizer vocab entries must be non-empty strings")
+        if len(set(vocab)) != len(vocab):
+            raise ManifestError("tokenizer vocab has duplicate entries")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
+            raise ManifestError(f"tokenizer max_length must be an integer >= 1, got {self.max_length!r}")
+        object.__setattr__(self, "vocab", vocab)
+        object.__setattr__(self, "_index", {t: i for i, t in enumerate(vocab)})
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def pad_id(self) -> int:
+        return 0
+
+    @property
+    def unk_id(self) -> int:
+        return 1
+
+    def tokens(self, text: str) -> List[str]:
+        return split_words(text, self.lowercase)
+
+    def encode(self, text: str) -> List[int]:
+        """Ids of ``text``, truncated and right-padded to ``max_length``."""
+        index: Dict[str, int] = self._index  # type: ignore[attr-defined]
+        ids = [index.get(t, 1) for t in self.tokens(text)][: self.max_length]
+        return ids + [0] * (self.max_length - len(ids))
+
+    def encode_batch(self, texts: Iterable[str]) -> np.ndarray:
+        """int64 array of shape (len(texts), max_length)."""
+        if isinstance(texts, str):
+            raise InputError("encode_batch needs a sequence of strings, got one string (wrap it in a list)")
+        rows = [self.encode(t) for t in texts]
+        if not rows:
+            raise InputError("encode_batch got no texts")
+        return np.asarray(rows, dtype=np.int64)
+
+    def decode(self, ids: Sequence[int]) -> List[str]:
+        """Tokens of non-padding ids (for inspection)."""
+        return [self.vocab[int(i)] for i in ids if int(i) != 0]
+
+    # -- JSON ---------------------------------------------------------------------------
+    def to_json(self) -> Dict[str, Any]:
+        return {"format": TOKENIZER_FORMAT, "version": TOKENIZER_VERSION, "lowercase": self.lowercase,
+                "max_length": self.max_length, "vocab": list(self.vocab)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "WordTokenizer":
+        if not isinstance(data, Mapping) or data.get("format") != TOKENIZER_FORMAT:
+            raise ManifestError(f"not an {TOKENIZER_FORMAT} JSON object")
+        if data.get("version") != TOKENIZER_VERSION:
+            raise ManifestError(f"unsupported tokenizer version {data.get('version')!r}; "
+                                f"this runtime supports {TOKENIZER_VERSION}")
+        try:
+            return cls(vocab=tuple(data["vocab"]), max_length=data["max_length"], lowercase=bool(data["lowercase"]))
+        except KeyError as exc:
+            raise ManifestError(f"tokenizer JSON lacks {exc}") from None
+
+    def save(self, path: Union[str, Path]) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_json(), ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "WordTokenizer":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"cannot read tokenizer {str(path)!r}: {exc}") from None
+        return cls.from_json(data)
