@@ -10,7 +10,8 @@ from edgeuq.bayes import fit_model
 from edgeuq.data import (
     DataError, build_word_tokenizer, load_sst2, load_trec, read_text_tsv, tokenize_dataset,
 )
-from edgeuq.export import TOKENIZER_FILE, bundle_artifact, export_onnx, max_abs_difference
+from edgeuq.bundle import build_bundle
+from edgeuq.export import TOKENIZER_FILE, export_onnx, max_abs_difference
 from edgeuq.models import ModelConfig, SignalTransformer, mc_sample_probs
 from edgeuq.training import TrainConfig, save_checkpoint
 from edgeuq_runtime import UncertaintyRuntime
@@ -96,7 +97,7 @@ def text_bundle(tmp_path_factory):
     ck = save_checkpoint(m, d / "ck", CLASSES, 1.0, "none")
     tok.save(ck.directory / TOKENIZER_FILE)
     art = export_onnx(ck, d / "onnx")
-    bundle = bundle_artifact(art, d / "bundle", "toy-sst", "0.1.0", default_samples=8)
+    bundle = build_bundle(art, d / "bundle", "toy-sst", "0.1.0", default_samples=8)
     return m, tok, art, bundle, (vtexts, vy)
 
 

@@ -9,7 +9,8 @@ import torch
 from edgeuq.cli import main
 from edgeuq.data import build_word_tokenizer
 from edgeuq.evaluate import evaluate_bundle, ood_metrics, set_metrics
-from edgeuq.export import TOKENIZER_FILE, bundle_artifact, export_onnx
+from edgeuq.bundle import build_bundle
+from edgeuq.export import TOKENIZER_FILE, export_onnx
 from edgeuq.models import ModelConfig, SignalTransformer
 from edgeuq.training import save_checkpoint
 from edgeuq.uq import auroc, nll
@@ -35,7 +36,7 @@ def signal_bundle(tmp_path_factory):
     m = SignalTransformer(ModelConfig(input_length=128, num_classes=3, patch=16, d_model=16, heads=2, depth=2,
                                       ffn=16, dropout=0.3, stochastic_blocks=(1,)))
     art = export_onnx(save_checkpoint(m, d / "ck", CLASSES, FS), d / "onnx")
-    return bundle_artifact(art, d / "bundle", "tiny", "0.1.0", default_samples=8).root
+    return build_bundle(art, d / "bundle", "tiny", "0.1.0", default_samples=8).root
 
 
 def _signals(folder, n_files, fs, seed, labels=CLASSES):
@@ -102,7 +103,7 @@ def test_evaluate_text_bundle_on_tsv(tmp_path, capsys):
                                       stochastic_blocks=(0,)))
     ck = save_checkpoint(m, tmp_path / "ck", ("negative", "positive"), 1.0, "none")
     tok.save(ck.directory / TOKENIZER_FILE)
-    bundle = bundle_artifact(export_onnx(ck, tmp_path / "onnx"), tmp_path / "bundle", "txt", "0.1.0")
+    bundle = build_bundle(export_onnx(ck, tmp_path / "onnx"), tmp_path / "bundle", "txt", "0.1.0")
     (tmp_path / "in.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(texts)))
     (tmp_path / "ood.tsv").write_text("text\tlabel_coarse\nwhat is a film ?\tDESC\nwho ?\tHUM\n")
     out = tmp_path / "t.json"

@@ -13,7 +13,8 @@ import torch
 from edgeuq_runtime import UncertaintyRuntime
 
 from ..evaluate import ood_metrics, run_runtime, set_metrics
-from ..export import bundle_artifact, export_onnx
+from ..bundle import build_bundle
+from ..export import export_onnx
 from ..profile import measure_latency
 from ..training import Checkpoint
 from .schemes import temperature_checkpoint, trained_checkpoint
@@ -50,7 +51,7 @@ class VariantResult:
 
 def _bundle(ck: Checkpoint, out: Path, name: str, samples: int):
     art = export_onnx(ck, out / "onnx", verify=True)
-    return bundle_artifact(art, out / "bundle", name, "0.1.0", default_samples=samples, overwrite=True)
+    return build_bundle(art, out / "bundle", name, "0.1.0", default_samples=samples, overwrite=True)
 
 
 def evaluate_variant(task: Task, variant: str, ck: Checkpoint, out: Path, s: BenchmarkSettings,

@@ -22,14 +22,25 @@ def build_bundle(
     metadata: Optional[Mapping[str, Any]] = None,
     overwrite: bool = False,
 ) -> Bundle:
-    """Copy the trunk and head graphs into ``out_dir`` with a hashed manifest,
-    then load the result back with full verification."""
+    """Copy the trunk and head graphs (and, for a token model, the tokenizer
+    vocabulary) into ``out_dir`` with a hashed manifest, then load the result
+    back with full verification.
+
+    Signal models declare float32 input with their normalization; token models
+    declare ``int64`` input, ``vocab_size``, no normalization, and ship the
+    tokenizer JSON so the device turns text into the host's exact token ids.
+    """
+    tokens = art.input_dtype != "float32"
+    sources = {"trunk.onnx": art.trunk_path, "head.onnx": art.head_path}
+    if tokens and art.tokenizer_path is not None:
+        sources[art.tokenizer_file] = art.tokenizer_path
     manifest = Manifest(
         model_name=model_name,
         model_version=model_version,
         input=InputSpec(
             name=art.input_name, length=art.input_length, sample_rate_hz=art.sample_rate_hz,
-            normalization=art.normalization,
+            dtype=art.input_dtype, normalization="none" if tokens else art.normalization,
+            vocab_size=art.vocab_size if tokens else None, tokenizer=art.tokenizer_file if tokens else None,
         ),
         class_names=tuple(art.class_names),
         default_samples=int(default_samples),
@@ -43,5 +54,5 @@ def build_bundle(
         backend="onnxruntime",
         metadata={"created_by": f"edgeuq {__version__}", "opset": art.opset, **dict(metadata or {})},
     )
-    write_bundle(Path(out_dir), manifest, {"trunk.onnx": art.trunk_path, "head.onnx": art.head_path}, overwrite=overwrite)
+    write_bundle(Path(out_dir), manifest, sources, overwrite=overwrite)
     return load_bundle(Path(out_dir), verify=True)

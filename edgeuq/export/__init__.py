@@ -4,10 +4,9 @@ from .onnx_export import (
     max_abs_difference, run_onnx,
 )
 from .onnx_export import TOKEN_INPUT_NAME, TOKENIZER_FILE, example_input
-from .text_bundle import bundle_artifact
 
 __all__ = [
     "OnnxArtifact", "export_onnx", "load_onnx_artifact", "max_abs_difference", "run_onnx",
     "INPUT_NAME", "FEATURE_NAME", "LOGITS_NAME",
-    "TOKEN_INPUT_NAME", "TOKENIZER_FILE", "example_input", "bundle_artifact",
+    "TOKEN_INPUT_NAME", "TOKENIZER_FILE", "example_input",
 ]
