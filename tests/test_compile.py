@@ -144,3 +144,20 @@ def test_fpga_board_trunk_on_tvm_head_on_hls4ml(tmp_path):
     assert res.bundle.path(m.trunk.file).read_bytes()[18] == 40          # EM_ARM: the Cortex-A9 library
     assert set(m.metadata["lowering"]) == {"tvm:cortex-a9", "hls4ml:xc7z020"}
     assert res.report["latency_ms"]["measured"] is None and "not measured" in res.report["latency_ms"]["how"]
+
+
+def test_fpga_head_takes_precisions_from_a_quant_plan(tmp_path):
+    """`--quant-plan`: the plan's head precisions become the hls4ml head's per-layer types."""
+    pytest.importorskip("hls4ml")
+    from edgeuq.lower.compile import lowering_options
+
+    plan = {"fc1": "ap_fixed<14,6>", "fc2": "ap_fixed<18,8>"}
+    assert lowering_options("hls4ml", ["head"], 0, 4, None, print, plan) == {"precision": plan}
+    assert lowering_options("hls4ml", ["head"], 0, 4, None, print, None) == {}
+    torch.manual_seed(0)
+    m = SignalTransformer(ModelConfig(**{**TINY, "stochastic_blocks": ()})).eval()
+    art = export_onnx(save_checkpoint(m, tmp_path / "ck", ("a", "b", "c"), 12000.0), tmp_path / "onnx")
+    res = compile_board("pynq-z2", art, tmp_path / "b", fpga_precision=plan)
+    meta = res.bundle.manifest.metadata["lowering"]["hls4ml:xc7z020"]
+    assert meta["precision_plan"] == plan
+    assert "14,6" in json.dumps(meta["precision"]) and "18,8" in json.dumps(meta["precision"])

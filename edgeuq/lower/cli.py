@@ -62,10 +62,16 @@ def _compile(a: argparse.Namespace) -> int:
 
     say = _progress(a.quiet)
     art = _onnx_artifact(a, say)
+    precision = None
+    if a.quant_plan:
+        from ..quantize import load_quant_plan, plan_to_hls4ml_precision
+
+        precision = plan_to_hls4ml_precision(load_quant_plan(Path(a.quant_plan)))
+        say(f"FPGA head precisions from {a.quant_plan}: {precision}")
     res = compile_board(a.board, art, Path(a.out), tune_trials=a.tune, samples=a.samples,
                         tuning_root=Path(a.tuning_db) if a.tuning_db else None, model_name=a.name,
                         model_version=a.version, workdir=Path(a.workdir) if a.workdir else None,
-                        overwrite=a.overwrite, progress=say)
+                        overwrite=a.overwrite, progress=say, fpga_precision=precision)
     m = res.bundle.manifest
     print(f"bundle {res.bundle.root} for board {res.board}: trunk={m.trunk.file} ({m.trunk.backend}), "
           f"head={m.head.file} ({m.head.backend}), {len(m.files)} files, S={m.default_samples}")
@@ -92,6 +98,8 @@ def register(sub: Any) -> None:
     c.add_argument("--samples", type=int, help="MC samples S (default: the board's mc_samples budget)")
     c.add_argument("--tuning-db", help="folder of per-target tuning databases (default <toolchains>/tuning)")
     c.add_argument("--workdir", help="keep intermediate build files here (default: a temporary folder)")
+    c.add_argument("--quant-plan", help="quant_plan.json (or a folder holding it) from `edgeuq quantize`: "
+                                        "its head precisions become the FPGA head's ap_fixed types")
     c.add_argument("--name", default="edgeuq-model")
     c.add_argument("--version", default="0.1.0")
     c.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")

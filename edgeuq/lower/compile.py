@@ -67,8 +67,12 @@ def _lowerer(name: str, board: Board, roles: list) -> None:
 
 
 def lowering_options(name: str, roles: list, tune_trials: int, samples: int, tuning_root: Optional[Path],
-                     progress: Callable[[str], None]) -> Dict[str, Any]:
-    """Options passed to a lowering backend: the TVM ones for "tvm", none for the others."""
+                     progress: Callable[[str], None],
+                     fpga_precision: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+    """Options passed to a lowering backend: the TVM ones for "tvm", the per-layer
+    ``ap_fixed`` precisions (from a quantization plan) for "hls4ml", none otherwise."""
+    if name == "hls4ml":
+        return {"precision": dict(fpga_precision)} if fpga_precision else {}
     if name != "tvm":
         return {}
     return {"graphs": roles, "tune_trials": tune_trials, "samples": samples, "tuning_root": tuning_root,
@@ -83,8 +87,14 @@ def _graph_file(role: str, graph: CompiledGraph) -> str:
 def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, samples: Optional[int] = None,
                   tuning_root: Optional[Path] = None, model_name: str = "edgeuq-model", model_version: str = "0.1.0",
                   workdir: Optional[Path] = None, overwrite: bool = False,
-                  progress: Optional[Callable[[str], None]] = None) -> CompileResult:
-    """Lower ``art`` for every graph placement of ``board`` and write one bundle to ``out_dir``."""
+                  progress: Optional[Callable[[str], None]] = None,
+                  fpga_precision: Optional[Mapping[str, str]] = None) -> CompileResult:
+    """Lower ``art`` for every graph placement of ``board`` and write one bundle to ``out_dir``.
+
+    ``fpga_precision`` (``{layer: "ap_fixed<W,I>"}``, e.g. from
+    :func:`edgeuq.quantize.plan_to_hls4ml_precision`) sets the FPGA head's
+    per-layer fixed-point types; without it hls4ml's defaults apply.
+    """
     board = board if isinstance(board, Board) else get_board(str(board))
     say = progress or (lambda msg: None)
     samples = int(samples or board.budgets.mc_samples)
@@ -103,7 +113,7 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
             target = get_target(target_name)
             say(f"[{board.name}] lowering {'+'.join(roles)} with {name} for {target_name}")
             result = lower(name, art, target, work / f"{name}-{target_name}",
-                           **lowering_options(name, roles, tune_trials, samples, tuning_root, say))
+                           **lowering_options(name, roles, tune_trials, samples, tuning_root, say, fpga_precision))
             for role in roles:
                 graphs[role] = getattr(result, role)
                 expected = getattr(board.graphs, role).executor
