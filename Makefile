@@ -37,4 +37,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/mc_overhead.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) .venv-pynq .toolchains runs

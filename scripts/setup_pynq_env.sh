@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device runtime's own environment for the PYNQ executor: runtime/.venv-pynq.
+# The device runtime's own environment for the PYNQ executor: .venv-pynq.
 #
 # pynq 4.0 pins numpy<2 and grpcio/protobuf versions that break the host's onnx,
 # so it cannot live in .venv. This environment holds what a PYNQ board's Python
@@ -11,11 +11,11 @@
 #
 # Idempotent: a stamp holds a hash of this script and runtime/pyproject.toml; when it
 # matches and the imports work, nothing is done. Safe to run as root on a fresh machine.
-# Environment: PYTHON (default python3, >= 3.9), EDGEUQ_PYNQ_ENV (default runtime/.venv-pynq).
+# Environment: PYTHON (default python3, >= 3.9), EDGEUQ_PYNQ_ENV (default .venv-pynq).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ENV_DIR="${EDGEUQ_PYNQ_ENV:-runtime/.venv-pynq}"
+ENV_DIR="${EDGEUQ_PYNQ_ENV:-.venv-pynq}"
 PY="${PYTHON:-python3}"
 STAMP="$ENV_DIR/.edgeuq-pynq-installed"
 # onnx (for the runtime's test helpers) must be a release whose generated code accepts

@@ -1,4 +1,4 @@
-"""Run the PYNQ executor tests in the runtime's own environment (runtime/.venv-pynq).
+"""Run the PYNQ executor tests in the runtime's own environment (.venv-pynq).
 
 pynq 4.0 needs numpy<2 and cannot live in the host environment, so its tests run in
 a subprocess with that environment's Python (created by scripts/setup_pynq_env.sh,
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-ENV_PYTHON = REPO / "runtime" / ".venv-pynq" / "bin" / "python"
+ENV_PYTHON = REPO / ".venv-pynq" / "bin" / "python"
 PYNQ_TESTS = sorted(str(p.relative_to(REPO)) for p in (REPO / "runtime" / "tests").glob("test_rt_pynq*.py"))
 
 

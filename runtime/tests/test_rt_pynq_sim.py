@@ -1,6 +1,6 @@
 """The ``pynq`` executor on a **simulated** PYNQ device (edgeuq_runtime.pynq_sim).
 
-Runs in the runtime's own environment (runtime/.venv-pynq: numpy<2 + pynq 4.0, made by
+Runs in the runtime's own environment (.venv-pynq: numpy<2 + pynq 4.0, made by
 scripts/setup_pynq_env.sh); where pynq is absent the whole module is skipped.
 
 Two groups:
