@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from ..models import SignalTransformer
 from .config import TrainConfig
 
-__all__ = ["EpochStats", "TrainResult", "train_model", "predict_logits"]
+__all__ = ["EpochStats", "TrainResult", "train_model", "predict_logits", "run_epochs", "check_dataset"]
 
 
 @dataclass(frozen=True)
@@ -50,42 +50,44 @@ def predict_logits(model: SignalTransformer, x: np.ndarray, batch_size: int = 25
     return torch.cat(outs)
 
 
-def _check_dataset(name: str, x: np.ndarray, y: np.ndarray, model: SignalTransformer) -> None:
+def check_dataset(name: str, x: np.ndarray, y: np.ndarray, model: SignalTransformer) -> None:
+    """Refuse empty sets, a wrong input length, mismatched labels, labels out of range,
+    and non-integer inputs for a token model."""
     if len(x) == 0:
         raise ValueError(f"{name} set is empty")
     if x.ndim != 2 or x.shape[1] != model.cfg.input_length:
-        raise ValueError(f"{name} windows have shape {x.shape}, model expects (N, {model.cfg.input_length})")
+        raise ValueError(f"{name} inputs have shape {x.shape}, model expects (N, {model.cfg.input_length})")
     if len(y) != len(x):
-        raise ValueError(f"{name}: {len(x)} windows but {len(y)} labels")
+        raise ValueError(f"{name}: {len(x)} inputs but {len(y)} labels")
     if y.min() < 0 or y.max() >= model.cfg.num_classes:
         raise ValueError(f"{name} labels must be in [0, {model.cfg.num_classes}), got [{y.min()}, {y.max()}]")
+    if model.cfg.embed == "token" and not np.issubdtype(x.dtype, np.integer):
+        raise ValueError(f"{name} inputs of a token model must be integer ids, got {x.dtype}")
 
 
-def train_model(
-    model: SignalTransformer,
+def run_epochs(
+    model: torch.nn.Module,
     x_train: np.ndarray,
     y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    cfg: TrainConfig = TrainConfig(),
+    cfg: TrainConfig,
+    param_groups: Iterable,
+    validate: Callable[[], Tuple[float, float]],
+    extra_loss: Optional[Callable[[], torch.Tensor]] = None,
     progress: bool = True,
-    log=None,
+    log: Optional[Callable[[str], None]] = None,
 ) -> TrainResult:
-    """AdamW + cosine schedule; keeps the weights of the epoch with the lowest
-    validation NLL and stops after ``patience`` epochs without improvement."""
-    _check_dataset("training", x_train, y_train, model)
-    _check_dataset("validation", x_val, y_val, model)
+    """The loop every trainer shares: AdamW + one-cycle schedule, gradient clipping,
+    cross-entropy (+ ``extra_loss()``), ``validate() -> (nll, acc)`` after each epoch;
+    keeps the weights of the epoch with the lowest validation NLL and stops after
+    ``patience`` epochs without improvement."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     order_rng = np.random.default_rng(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15
-    )
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train.astype(np.int64))
-    yv = torch.from_numpy(y_val.astype(np.int64))
+    opt = torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = math.ceil(len(x_train) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
+    xt, yt = torch.from_numpy(np.ascontiguousarray(x_train)), torch.from_numpy(y_train.astype(np.int64))
     best_state, best_nll, best_epoch, bad_epochs = None, math.inf, -1, 0
     history: List[EpochStats] = []
     stopped_early = False
@@ -93,11 +95,13 @@ def train_model(
         model.train()
         perm = torch.from_numpy(order_rng.permutation(len(xt)))
         total, correct, loss_sum = 0, 0, 0.0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for step in bar:
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             logits = model(xt[idx])
             loss = F.cross_entropy(logits, yt[idx])
+            if extra_loss is not None:
+                loss = loss + extra_loss()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -107,15 +111,13 @@ def train_model(
             correct += int((logits.argmax(-1) == yt[idx]).sum())
             total += len(idx)
             bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
-        val_logits = predict_logits(model, x_val)
-        val_nll = float(F.cross_entropy(val_logits, yv))
-        val_acc = float((val_logits.argmax(-1) == yv).float().mean())
+        val_nll, val_acc = validate()
         stats = EpochStats(epoch + 1, loss_sum / total, correct / total, val_nll, val_acc)
         history.append(stats)
         if log is not None:
             log(
                 f"epoch {stats.epoch:>2}: train loss {stats.train_loss:.4f} acc {stats.train_acc:.3f} | "
-                f"val nll {stats.val_nll:.4f} acc {stats.val_acc:.3f}"
+                f"val nll {stats.val_nll:.4f} acc {stats.val_acc:.4f}"
             )
         if val_nll < best_nll - 1e-5:
             best_state, best_nll, best_epoch, bad_epochs = copy.deepcopy(model.state_dict()), val_nll, epoch + 1, 0
@@ -128,3 +130,26 @@ def train_model(
         model.load_state_dict(best_state)
     model.eval()
     return TrainResult(tuple(history), best_epoch, best_nll, stopped_early)
+
+
+def train_model(
+    model: SignalTransformer,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    cfg: TrainConfig = TrainConfig(),
+    progress: bool = True,
+    log=None,
+) -> TrainResult:
+    """Cross-entropy training with early stopping on the deterministic pass's
+    validation NLL (see :func:`run_epochs`)."""
+    check_dataset("training", x_train, y_train, model)
+    check_dataset("validation", x_val, y_val, model)
+    yv = torch.from_numpy(y_val.astype(np.int64))
+
+    def validate() -> Tuple[float, float]:
+        val_logits = predict_logits(model, x_val)
+        return float(F.cross_entropy(val_logits, yv)), float((val_logits.argmax(-1) == yv).float().mean())
+
+    return run_epochs(model, x_train, y_train, cfg, model.parameters(), validate, progress=progress, log=log)
