@@ -28,7 +28,7 @@ from edgeuq.bundle import build_bundle
 from edgeuq.catalog import get_recipe
 from edgeuq.export import export_onnx
 from edgeuq.models import ModelConfig, SignalTransformer
-from edgeuq.profile import measure_latency
+from edgeuq.profile import measure
 from edgeuq.report import format_table
 from edgeuq.training import save_checkpoint
 from edgeuq_runtime import UncertaintyRuntime
@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--recipe", default="bearing-demo")
+    ap.add_argument("--json", help="also write the table for scripts/render_tables.py (e.g. results/mc_overhead.json)")
     a = ap.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -70,8 +71,8 @@ def main(argv=None) -> int:
             model.set_sampling(True)
             return torch.stack([torch.softmax(model(x), -1) for _ in range(s)])
 
-        base = measure_latency("deterministic pass", det, repeats=a.repeats)
-        rt_det = measure_latency("runtime deterministic", lambda: rt.deterministic(x_np), repeats=a.repeats)
+        base = measure(det, repeats=a.repeats, name="deterministic pass")
+        rt_det = measure(lambda: rt.deterministic(x_np), repeats=a.repeats, name="runtime deterministic")
         rows = [["PyTorch deterministic pass (1 forward)"] + [f"{base.median_ms:.3f} (1.0x)"] * len(a.samples),
                 ["runtime deterministic pass (ORT, mean masks)"]
                 + [f"{rt_det.median_ms:.3f} ({rt_det.ratio_to(base):.2f}x)"] * len(a.samples)]
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
         for label, make in methods:
             row = [label]
             for s in a.samples:
-                st = measure_latency(f"{label} S={s}", make(s), repeats=max(5, a.repeats // (1 + s // 8)))
+                st = measure(make(s), repeats=max(5, a.repeats // (1 + s // 8)), name=f"{label} S={s}")
                 row.append(f"{st.median_ms:.3f} ({st.ratio_to(base):.2f}x)")
             rows.append(row)
         model.set_sampling(False)
@@ -92,7 +93,20 @@ def main(argv=None) -> int:
           f"stochastic blocks {list(cfg.stochastic_blocks)} + head={cfg.stochastic_head} "
           f"(trunk = blocks before {cfg.split_index}); untrained weights")
     print("median ms (ratio to the PyTorch deterministic pass, same run)\n")
-    print(format_table(["method"] + [f"S={s}" for s in a.samples], rows))
+    headers = ["method"] + [f"S={s}" for s in a.samples]
+    print(format_table(headers, rows))
+    if a.json:
+        import datetime
+        import json
+        import platform
+
+        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+        doc = {"command": "python bench/mc_overhead.py --json results/mc_overhead.json",
+               "provenance": f"measured {when}, {platform.machine()}, 1 thread, medians of one run",
+               "headers": headers, "rows": rows}
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"json: {a.json}")
     return 0
 
 

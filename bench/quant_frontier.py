@@ -29,6 +29,7 @@ compound fault as OOD.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -42,7 +43,8 @@ import numpy as np
 from edgeuq.catalog import get_recipe
 from edgeuq.data import load_cwru, split_in_domain, window_records
 from edgeuq.evaluate import evaluate_sets
-from edgeuq.fisher import FisherConfig, estimate_fisher, hutchinson_trace, load_fisher_report
+from edgeuq.artifact import ArtifactError, cached, digest_of
+from edgeuq.fisher import FisherConfig, FisherReport, estimate_fisher, hutchinson_trace
 from edgeuq.models import ModelConfig
 from edgeuq.pipeline import prepare_data, train_stage
 from edgeuq.profile import measure_latency
@@ -103,8 +105,12 @@ def train_or_load(task: Task, rec, out: Path, epochs: int, log) -> object:
     tag = {"task": task.description, "epochs": epochs, "config": cfg.to_dict()}
     tag_file = out / "checkpoint.tag.json"
     if (ck_dir / "checkpoint.json").is_file() and tag_file.is_file() and json.loads(tag_file.read_text()) == tag:
-        log(f"checkpoint: cached {ck_dir}")
-        return load_checkpoint(ck_dir)
+        try:
+            ck = load_checkpoint(ck_dir)
+            log(f"checkpoint: cached {ck_dir}")
+            return ck
+        except ArtifactError as exc:  # an older format or a damaged file: train again
+            log(f"checkpoint: not reusing {ck_dir} ({exc})")
     t = time.perf_counter()
     tcfg = TrainConfig.from_dict(rec.train, epochs=epochs)
     ck = train_stage(sp, cfg, tcfg, ck_dir, progress=True, log=log)
@@ -117,13 +123,14 @@ def train_or_load(task: Task, rec, out: Path, epochs: int, log) -> object:
 def cached_fisher(ck, x, y, labels: str, out: Path, noise_samples: int, log):
     d = out / f"fisher-{labels}"
     cfg = FisherConfig(labels=labels, noise_samples=noise_samples)
-    if (d / "fisher.json").is_file():
-        rep = load_fisher_report(d)
-        if rep.meta.get("checkpoint_sha256") == ck.sha256 and rep.n_samples == len(x) and rep.config == cfg:
-            log(f"fisher ({labels}): cached {d}")
-            return rep
+    key = digest_of(ck, cfg.to_dict(), len(x), hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest())
+    rep = cached(FisherReport, d, key)  # same checkpoint, settings and windows: reuse
+    if rep is not None:
+        log(f"fisher ({labels}): cached {d}")
+        return rep
     t = time.perf_counter()
-    rep = estimate_fisher(ck.load_model(), x, y, cfg, structures=False, meta={"checkpoint_sha256": ck.sha256}).save(d)
+    rep = estimate_fisher(ck.load_model(), x, y, cfg, structures=False,
+                          meta={"checkpoint_sha256": ck.sha256}).save(d, inputs=key)
     log(f"fisher ({labels}): {time.perf_counter() - t:.0f} s on {len(x)} windows x {noise_samples} noise draws")
     return rep
 
@@ -302,6 +309,8 @@ def main(argv=None) -> int:
             diffs = np.array([sign * (fn(f_out, it, io) - np.median([fn(o, it, io) for o in o_outs]))
                               for it, io in boots])
             lo, hi = np.percentile(diffs, [2.5, 97.5])
+            if not (np.isfinite(lo) and np.isfinite(hi)):  # never let a NaN pass as "no difference"
+                raise RuntimeError(f"{k}: non-finite bootstrap interval comparing fisher-true with {other} at {b} B")
             if lo > 0:
                 tally[0] += 1
             elif hi < 0:

@@ -12,7 +12,9 @@ __all__ = ["main"]
 
 # Stage packages that add their own subcommands: each module has register(subparsers),
 # which adds parsers whose ``func`` runs the command (imports stay inside ``func``).
-_COMMAND_MODULES: List[str] = ["edgeuq.fisher.cli", "edgeuq.quantize.cli", "edgeuq.lower.cli", "edgeuq.uq_cli"]
+_COMMAND_MODULES: List[str] = ["edgeuq.fisher.cli", "edgeuq.quantize.cli", "edgeuq.lower.cli", "edgeuq.uq_cli",
+                               "edgeuq.compress.cli", "edgeuq.ota.cli", "edgeuq.calibrate.cli",
+                               "edgeuq.text.cli", "edgeuq.profile.cli"]
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
@@ -34,34 +36,27 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 
 def _load_training_data(a: argparse.Namespace, recipe):
-    from .data import load_cwru, load_signals, split_in_domain
-    from .pipeline import prepare_data
+    """Kept for callers of the old private name; use ``edgeuq.cli_args.load_training_splits``."""
+    from .cli_args import load_training_splits
 
-    if a.data is None:
-        return prepare_data(recipe).splits
-    d = recipe.data
-    path = Path(a.data)
-    window, hop, fs = int(d["window"]), int(d["hop"]), float(d["fs_hz"])
-    if path.is_dir() and (path / "MANIFEST.csv").is_file():
-        records = load_cwru(path)
-    else:
-        records = load_signals(path, fs=a.fs, key=a.key, target_fs=fs)
-    return split_in_domain(records, window, hop, class_names=tuple(d["classes"]), target_fs=fs)
+    return load_training_splits(a, recipe)
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
     from .catalog import get_recipe
+    from .cli_args import load_training_splits
     from .models import ModelConfig
     from .pipeline import train_stage
     from .training import TrainConfig
 
     rec = get_recipe(a.recipe)
-    splits = _load_training_data(a, rec)
+    splits = load_training_splits(a, rec)
     print(f"train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} windows")
     cfg = ModelConfig.from_dict(rec.model, input_length=splits.window, num_classes=len(splits.class_names))
-    ck = train_stage(splits, cfg, TrainConfig.from_dict(rec.train, epochs=a.epochs), Path(a.out),
+    ck = train_stage(splits, cfg, TrainConfig.from_dict(rec.train, epochs=a.epochs), Path(a.out), uq=rec.uq,
                      progress=not a.no_progress, log=print)
-    print(f"checkpoint: {ck.directory} (sha256 {ck.sha256[:12]}…, best epoch {ck.metrics['best_epoch']})")
+    fitted = {k: ck.metrics[k] for k in ("best_epoch", "laplace", "temperature") if k in ck.metrics}
+    print(f"checkpoint: {ck.directory} (scheme {cfg.scheme}, sha256 {ck.sha256[:12]}…) {json.dumps(fitted)[:200]}")
     return 0
 
 
@@ -133,6 +128,8 @@ def _cmd_list(kind: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli_args import add_data_arguments
+
     p = argparse.ArgumentParser(prog="edgeuq", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -145,12 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_cmd_demo)
 
-    t = sub.add_parser("train", help="train a model from a recipe")
+    t = sub.add_parser("train", aliases=["train-uq"],  # train-uq: deprecated name of the same command
+                       help="train a model of any stochastic scheme from a recipe (ELBO, ensembles, Laplace, "
+                            "temperature); train-uq is a deprecated alias")
     t.add_argument("--recipe", default="bearing-demo")
-    t.add_argument("--data", help="CWRU folder (with MANIFEST.csv), a signal file or a folder of them; "
-                                   "default: the recipe's synthetic data")
-    t.add_argument("--fs", type=float, help="sample rate of .npy/.csv inputs")
-    t.add_argument("--key", help="variable name inside .mat inputs")
+    add_data_arguments(t)
     t.add_argument("--epochs", type=int)
     t.add_argument("--out", required=True, help="checkpoint directory")
     t.add_argument("--no-progress", action="store_true")

@@ -8,7 +8,10 @@ from .pipeline import DemoResult
 from .report import format_table, write_markdown_report
 from .uq import plot_reliability_diagram, plot_uncertainty_histograms
 
-__all__ = ["demo_tables", "write_demo_report"]
+__all__ = ["demo_tables", "demo_tables_json", "write_demo_report", "DEMO_TABLES_COMMAND"]
+
+#: How the README's demo tables are regenerated (scripts/render_tables.py prints it under them).
+DEMO_TABLES_COMMAND = "make demo && python scripts/render_tables.py --update demo=runs/demo/tables.json"
 
 _SET_HEADERS = ("set", "n", "accuracy", "ECE", "NLL", "Brier", "mean total", "mean aleatoric",
                 "mean epistemic (MI)", "OOD AUROC (MI)", "OOD AUROC (total)")
@@ -32,8 +35,28 @@ def demo_tables(result: DemoResult) -> Tuple[Tuple[str, ...], List[list], Tuple[
     return _SET_HEADERS, rows, lat_headers, lat_rows
 
 
+def demo_tables_json(result: DemoResult) -> dict:
+    """The demo's two tables in the format ``scripts/render_tables.py`` reads."""
+    import datetime
+    import platform
+
+    h, rows, lh, lrows = demo_tables(result)
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    return {
+        "command": DEMO_TABLES_COMMAND,
+        "provenance": f"measured by `edgeuq demo` on {when}, {platform.machine()}, S = {result.samples}",
+        "tables": {"sets": {"headers": list(h), "rows": rows}, "latency": {"headers": list(lh), "rows": lrows}},
+    }
+
+
 def write_demo_report(result: DemoResult) -> Path:
     out = result.out_dir
+    import json
+
+    tables = out / "tables.json"
+    tmp = out / ".tables.json.tmp"
+    tmp.write_text(json.dumps(demo_tables_json(result), indent=2))
+    tmp.replace(tables)
     ref_name = next(iter(result.evaluations))
     ref = result.evaluations[ref_name]
     rel = plot_reliability_diagram(

@@ -10,12 +10,13 @@ from tqdm.auto import tqdm
 
 from edgeuq_runtime import UncertaintyRuntime, UncertaintyResult
 
+from .data.sources import DataOptions
 from .uq import auroc, classification_metrics
 
 __all__ = [
     "SetEvaluation", "evaluate_sets", "run_runtime",
     "EvalInputs", "load_eval_inputs", "set_metrics", "ood_metrics", "BundleEvaluation", "evaluate_bundle",
-    "write_evaluation_plots", "SELECTIVE_COVERAGE",
+    "write_evaluation_plots", "SELECTIVE_COVERAGE", "EVAL_SPLITS",
 ]
 
 
@@ -117,35 +118,58 @@ class EvalInputs:
         return bool(len(self.y)) and bool(np.all(self.y >= 0))
 
 
+EVAL_SPLITS = ("auto", "test", "all")
+
+
 def load_eval_inputs(path: Path, rt: UncertaintyRuntime, fs: Optional[float] = None, key: Optional[str] = None,
-                     hop: Optional[int] = None, allow_unknown: bool = False) -> EvalInputs:
+                     hop: Optional[int] = None, allow_unknown: bool = False, split: str = "auto",
+                     options: Optional[DataOptions] = None) -> EvalInputs:
     """Read ``path`` for the bundle loaded in ``rt``.
 
     Signal bundles: a CWRU folder (with ``MANIFEST.csv``), or a file / folder of
     ``.npz`` (``signal``, ``fs``, optional ``label``), ``.npy``/``.csv`` (give
     ``fs``) or ``.mat`` (give ``key``); resampled to the bundle's rate and cut
     into windows of its length every ``hop`` samples (default: non-overlapping).
-    Token bundles: a TSV with a header (``sentence`` or ``text`` column, optional
-    ``label`` column), tokenized with the bundle's tokenizer. Labels must be the
-    bundle's class names (or indices) unless ``allow_unknown`` (then -1).
+    ``split``: ``"test"`` keeps only the held-out segment of each record (the last
+    15 % in time, exactly the test split ``edgeuq train`` makes of the same data),
+    ``"all"`` every window; ``"auto"`` is ``"test"`` for a CWRU folder (a model is
+    usually trained on it) and ``"all"`` for other files. The description says which.
+    Token bundles: a TSV (with a header naming ``sentence``/``text`` and ``label``, or
+    without one: text in column 0, label in column 1), tokenized with the bundle's
+    tokenizer. Labels are placed among the bundle's class names forgivingly (case
+    and separators; ``options.label_map`` for other spellings); the rest raise
+    :class:`~edgeuq.data.labels.UnknownLabelsError` unless ``allow_unknown`` (-1).
     """
-    from .data import load_cwru, load_signals, read_text_tsv, window_records
+    from .data import read_text_tsv, split_in_domain, window_records
+    from .data.sources import load_records, relabel_records
 
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
+    opts = options if options is not None else DataOptions(fs=fs, key=key)
     path = Path(path)
     m = rt.manifest
     name = path.name if path.is_dir() else f"{path.parent.name}/{path.name}"
     if m.input.is_tokens:
-        ds = read_text_tsv(path, m.class_names, allow_unknown=allow_unknown)
+        ds = read_text_tsv(path, m.class_names, text_column=opts.text_column, label_column=opts.label_column,
+                           allow_unknown=allow_unknown, label_map=opts.label_map)
         return EvalInputs(name, rt.tokenize(ds.texts), ds.y, f"{len(ds)} texts from {path}")
     rate, length = m.input.sample_rate_hz, m.input.length
-    if path.is_dir() and (path / "MANIFEST.csv").is_file():
-        records = load_cwru(path, target_fs=rate)
+    records, src = load_records(path, opts, rate)
+    records = relabel_records(records, m.class_names, opts.label_map, allow_unknown=allow_unknown, where=str(path))
+    use = ("test" if src.name == "cwru" else "all") if split == "auto" else split
+    step = hop or length
+    if use == "test":
+        ds = split_in_domain(records, length, step, class_names=m.class_names, allow_unknown=allow_unknown).test
+        what = (f"held-out test split (last 15 % in time of each record, as `edgeuq train` splits it; "
+                f"--split all scores every window)")
     else:
-        records = load_signals(path, fs=fs, key=key, target_fs=rate)
-    ds = window_records(records, length, hop or length, class_names=m.class_names, allow_unknown=allow_unknown)
+        ds = window_records(records, length, step, class_names=m.class_names, allow_unknown=allow_unknown)
+        what = "all windows" + (" (including any a model trained on this folder saw; --split test for the "
+                                "held-out split)" if src.name == "cwru" else "")
     if len(ds) == 0:
         raise ValueError(f"{path}: no window of {length} samples at {rate:g} Hz fits in the signals")
-    return EvalInputs(name, ds.x, ds.y, f"{len(ds)} windows of {length} from {len(records)} record(s) in {path}")
+    return EvalInputs(name, ds.x, ds.y,
+                      f"{len(ds)} windows of {length} from {len(records)} record(s) in {path}: {what}")
 
 
 def set_metrics(result: UncertaintyResult, labels: np.ndarray) -> Dict[str, float]:
@@ -167,13 +191,17 @@ def set_metrics(result: UncertaintyResult, labels: np.ndarray) -> Dict[str, floa
     return out
 
 
-def ood_metrics(reference: UncertaintyResult, ood: UncertaintyResult) -> Dict[str, float]:
-    """AUROC / AUPR / FPR at 95 % TPR of mutual information and total entropy (OOD positive)."""
+def ood_metrics(reference: UncertaintyResult, ood: UncertaintyResult, extra_in: Optional[Mapping] = None,
+                extra_out: Optional[Mapping] = None) -> Dict[str, float]:
+    """AUROC / AUPR / FPR at 95 % TPR of mutual information and total entropy (OOD positive), and
+    of any ``extra`` scores given for both sets (a calibrated bundle's ``density`` and ``combined``)."""
     from .uq import aupr, fpr_at_95_tpr
 
     out: Dict[str, float] = {}
-    for tag, attr in (("mi", "epistemic"), ("total", "total")):
-        s_in, s_out = getattr(reference, attr), getattr(ood, attr)
+    extra = [(k, k) for k in (extra_in or {}) if k in (extra_out or {})]
+    for tag, attr in (("mi", "epistemic"), ("total", "total"), *extra):
+        s_in, s_out = ((extra_in[attr], extra_out[attr]) if attr in (extra_in or {}) else
+                       (getattr(reference, attr), getattr(ood, attr)))
         out[f"auroc_{tag}"] = auroc(s_in, s_out)
         out[f"aupr_{tag}"] = aupr(s_in, s_out)
         out[f"fpr95_{tag}"] = fpr_at_95_tpr(s_in, s_out)
@@ -213,7 +241,10 @@ class BundleEvaluation:
 
     def ood_table(self) -> tuple:
         rows = [[score, *[self.ood_metrics[f"{m}_{tag}"] for m in ("auroc", "aupr", "fpr95")]]
-                for score, tag in (("mutual information (epistemic)", "mi"), ("total entropy", "total"))]
+                for score, tag in (("mutual information (epistemic)", "mi"), ("total entropy", "total"),
+                                   ("density (-log p of trunk features)", "density"),
+                                   ("combined (max z of MI, density)", "combined"))
+                if f"auroc_{tag}" in self.ood_metrics]
         return ("OOD score", "AUROC", "AUPR", "FPR@95%TPR"), rows
 
 
@@ -227,20 +258,25 @@ def evaluate_bundle(
     key: Optional[str] = None,
     hop: Optional[int] = None,
     progress: bool = True,
+    split: str = "auto",
+    options: Optional[DataOptions] = None,
 ) -> BundleEvaluation:
     """Run the device runtime on ``data`` (and ``ood``) and score it (see :func:`load_eval_inputs`)."""
     rt = UncertaintyRuntime(bundle_dir, seed=seed)
     s = samples or rt.default_samples
-    inputs = load_eval_inputs(data, rt, fs=fs, key=key, hop=hop)
+    inputs = load_eval_inputs(data, rt, fs=fs, key=key, hop=hop, split=split, options=options)
     res = run_runtime(rt, inputs.x, s, seed, progress=progress, desc=f"runtime: {inputs.name}")
     data_eval = SetEvaluation(inputs.name, res, inputs.y, set_metrics(res, inputs.y))
     descriptions = {"data": inputs.description}
     ood_eval, ood_m = None, {}
     if ood is not None:
-        o = load_eval_inputs(ood, rt, fs=fs, key=key, hop=hop, allow_unknown=True)
+        o = load_eval_inputs(ood, rt, fs=fs, key=key, hop=hop, allow_unknown=True, split="all", options=options)
         o_res = run_runtime(rt, o.x, s, seed + 1, progress=progress, desc=f"runtime: {o.name}")
         ood_eval = SetEvaluation(o.name, o_res, o.y, set_metrics(o_res, o.y))
-        ood_m = ood_metrics(res, o_res)
+        from .calibrate.scores import calibrated_extra_scores  # density + combined of a calibrated bundle
+
+        ood_m = ood_metrics(res, o_res, calibrated_extra_scores(rt, inputs.x, res.epistemic),
+                            calibrated_extra_scores(rt, o.x, o_res.epistemic))
         descriptions["ood"] = o.description
     return BundleEvaluation(str(bundle_dir), rt.manifest.model_name, s, data_eval, ood_eval, ood_m, descriptions)
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
 import numpy as np
-import torch
 
 from edgeuq_runtime import UncertaintyRuntime
 from edgeuq_runtime.bundle import Bundle
@@ -27,14 +26,19 @@ from .data import (
 )
 from .evaluate import SetEvaluation, evaluate_sets
 from .export import OnnxArtifact, export_onnx
-from .models import ModelConfig, SignalTransformer
+from .models import ModelConfig
 from .profile import LatencyStats, measure_latency
-from .training import Checkpoint, TrainConfig, save_checkpoint, train_model
+from .schemes import get_scheme
+from .schemes.base import FitContext
+from .training import Checkpoint, TrainConfig, save_checkpoint
 
 __all__ = [
     "DemoData", "DemoResult", "prepare_data", "train_stage", "export_stage", "bundle_stage",
-    "latency_stage", "run_demo", "scheme_train_stage", "UQ_TRAIN_KEYS",
+    "latency_stage", "run_demo", "UQ_TRAIN_KEYS", "scheme_train_stage",
 ]
+
+#: Keys of a recipe's free-form [uq] table read by :func:`train_stage`.
+UQ_TRAIN_KEYS = ("kl_weight", "val_samples", "temperature_scaling", "laplace_samples", "samples")
 
 Log = Callable[[str], None]
 
@@ -87,17 +91,25 @@ def prepare_data(recipe: Recipe, synthetic_overrides: Optional[Mapping[str, Any]
 
 
 def train_stage(
-    splits: Splits, model_cfg: ModelConfig, train_cfg: TrainConfig, out_dir: Path, progress: bool = True,
-    log: Log = _quiet,
+    splits: Splits, model_cfg: ModelConfig, train_cfg: TrainConfig, out_dir: Path,
+    uq: Optional[Mapping[str, Any]] = None, progress: bool = True, log: Log = _quiet,
 ) -> Checkpoint:
-    torch.manual_seed(train_cfg.seed)
-    model = SignalTransformer(model_cfg)
-    res = train_model(
-        model, splits.train.x, splits.train.y, splits.val.x, splits.val.y, train_cfg, progress=progress, log=log
-    )
-    metrics = {"best_epoch": res.best_epoch, "best_val_nll": res.best_val_nll, "epochs_run": len(res.history),
-               "val_acc": res.history[res.best_epoch - 1].val_acc}
-    return save_checkpoint(model, out_dir, splits.class_names, splits.fs, "zscore", metrics=metrics)
+    """Train a model of any scheme and save its checkpoint: the scheme's fitting hook
+    (:meth:`edgeuq.schemes.base.Scheme.fit`) with the recipe's ``[uq]`` table:
+
+    * ``kl_weight`` (default 1: the per-example ELBO of variational layers);
+    * ``val_samples``: samples of the validation predictive used for early stopping
+      (default 0: the deterministic pass);
+    * ensemble: its members, seeds ``seed + m``; laplace: the MAP network, then the
+      last-layer posterior with the prior precision tuned on the validation split
+      (``laplace_samples`` draws);
+    * ``temperature_scaling = true``: a temperature fitted on the validation
+      predictive (``samples`` draws) is installed in the head.
+    """
+    ctx = FitContext(splits.train.x, splits.train.y, splits.val.x, splits.val.y, train_cfg, dict(uq or {}),
+                     progress=progress, log=log)
+    out = get_scheme(model_cfg.scheme).fit(model_cfg, ctx)
+    return save_checkpoint(out.model, out_dir, splits.class_names, splits.fs, "zscore", metrics=out.metrics)
 
 
 def export_stage(ckpt: Checkpoint, out_dir: Path) -> OnnxArtifact:
@@ -173,7 +185,7 @@ def run_demo(
     model_cfg = ModelConfig.from_dict(rec.model, input_length=sp.window, num_classes=len(sp.class_names))
     train_cfg = TrainConfig.from_dict(rec.train, epochs=epochs)
     t = time.perf_counter()
-    ckpt = train_stage(sp, model_cfg, train_cfg, out_dir / "checkpoint", progress=progress, log=log)
+    ckpt = train_stage(sp, model_cfg, train_cfg, out_dir / "checkpoint", uq=rec.uq, progress=progress, log=log)
     timings["train"] = time.perf_counter() - t
     log(f"train: best epoch {ckpt.metrics['best_epoch']} (val acc {ckpt.metrics['val_acc']:.4f}) -> {ckpt.directory}")
 
@@ -195,47 +207,5 @@ def run_demo(
     return result
 
 
-# ----------------------------------------------------------------------------------------
-# Any stochastic scheme (ModelConfig.scheme): training + post-hoc fitting in one stage
-# ----------------------------------------------------------------------------------------
-
-#: Keys of a recipe's free-form [uq] table read by :func:`scheme_train_stage`.
-UQ_TRAIN_KEYS = ("kl_weight", "val_samples", "temperature_scaling", "laplace_samples", "samples")
-
-
-def scheme_train_stage(
-    splits: Splits, model_cfg: ModelConfig, train_cfg: TrainConfig, out_dir: Path,
-    uq: Optional[Mapping[str, Any]] = None, progress: bool = True, log: Log = _quiet,
-) -> Checkpoint:
-    """Train a model of any scheme and save its checkpoint (the recipe's ``[uq]`` table
-    configures the Bayesian parts):
-
-    * mc_dropout / variational / hsa: :func:`edgeuq.bayes.fit_model` with
-      ``kl_weight`` (default 1: the per-example ELBO) and ``val_samples``;
-    * ensemble: ``ensemble_members`` members, seeds ``seed + m``;
-    * laplace: the MAP network, then the last-layer posterior with the prior
-      precision tuned on the validation split;
-    * ``temperature_scaling = true``: a temperature fitted on the validation
-      predictive (``samples`` draws) is installed in the head.
-    """
-    from .bayes import calibrate_temperature, fit_laplace, fit_model, train_ensemble
-
-    uq = dict(uq or {})
-    x, y, xv, yv = splits.train.x, splits.train.y, splits.val.x, splits.val.y
-    torch.manual_seed(train_cfg.seed)
-    metrics: Dict[str, Any] = {"scheme": model_cfg.scheme}
-    if model_cfg.scheme == "ensemble":
-        model, results = train_ensemble(model_cfg, x, y, xv, yv, train_cfg, progress=progress, log=log)
-        metrics["members"] = [r.to_dict() for r in results]
-    else:
-        model = SignalTransformer(model_cfg)
-        kl = float(uq.get("kl_weight", 1.0)) if model_cfg.scheme == "variational" else 0.0
-        res = fit_model(model, x, y, xv, yv, train_cfg, kl_weight=kl, val_samples=int(uq.get("val_samples", 4)),
-                        progress=progress, log=log)
-        metrics.update(best_epoch=res.best_epoch, best_val_nll=res.best_val_nll, epochs_run=len(res.history),
-                       val_acc=res.history[res.best_epoch - 1].val_acc)
-        if model_cfg.scheme == "laplace":
-            metrics["laplace"] = fit_laplace(model, x, xv, yv, samples=int(uq.get("laplace_samples", 64))).to_dict()
-    if uq.get("temperature_scaling", False):
-        metrics["temperature"] = calibrate_temperature(model, xv, yv, samples=int(uq.get("samples", 16))).to_dict()
-    return save_checkpoint(model, out_dir, splits.class_names, splits.fs, "zscore", metrics=metrics)
+#: Deprecated name of :func:`train_stage` (which now covers every scheme).
+scheme_train_stage = train_stage

@@ -1,6 +1,7 @@
 """Plain-text tables and the markdown demo report."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable, List, Mapping, Optional, Sequence
 
@@ -32,14 +33,17 @@ def write_markdown_report(
     sections: Mapping[str, str],
     images: Optional[Mapping[str, Path]] = None,
 ) -> Path:
-    """Write ``sections`` (heading -> markdown body) and relative image links."""
+    """Write ``sections`` (heading -> markdown body) and image links relative to the
+    report's own folder (so they work wherever the folder is opened or moved)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     parts = [f"# {title}", ""]
     for heading, body in sections.items():
         parts += [f"## {heading}", "", body.rstrip(), ""]
     for caption, img in (images or {}).items():
-        rel = Path(img).resolve().relative_to(path.parent.resolve()) if Path(img).is_absolute() else Path(img)
+        rel = Path(os.path.relpath(Path(img).resolve(), path.parent.resolve()))
         parts += [f"## {caption}", "", f"![{caption}]({rel.as_posix()})", ""]
-    path.write_text("\n".join(parts))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(parts))
+    tmp.replace(path)
     return path

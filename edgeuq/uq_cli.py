@@ -1,4 +1,4 @@
-"""CLI commands of the uncertainty work: ``edgeuq train-uq``, ``evaluate`` and ``benchmark-uq``.
+"""CLI commands of the uncertainty work: ``edgeuq evaluate`` and ``benchmark-uq`` (``train`` covers every scheme).
 
 Registered through ``edgeuq.cli._COMMAND_MODULES``; imports stay inside the
 command functions so ``edgeuq --help`` stays fast.
@@ -13,11 +13,21 @@ __all__ = ["register"]
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from .cli_args import data_options
+    from .data import DataError
+    from .data.labels import UnknownLabelsError
     from .evaluate import evaluate_bundle, write_evaluation_plots
     from .report import format_table
 
-    ev = evaluate_bundle(Path(a.bundle), Path(a.data), ood=Path(a.ood) if a.ood else None, samples=a.samples,
-                         seed=a.seed, fs=a.fs, key=a.key, hop=a.hop, progress=not a.no_progress)
+    try:
+        ev = evaluate_bundle(Path(a.bundle), Path(a.data), ood=Path(a.ood) if a.ood else None, samples=a.samples,
+                             seed=a.seed, fs=a.fs, key=a.key, hop=a.hop, progress=not a.no_progress,
+                             split=a.split, options=data_options(a))
+    except UnknownLabelsError as exc:
+        example = ",".join(f"{lab}=<class>" for lab in exc.labels[:2])
+        raise DataError(
+            f"labels {list(exc.labels)[:8]} are not among the bundle's classes {list(exc.class_names)}; "
+            f"translate them with --label-map '{example}' (or a .json/.toml file)") from None
     print(f"bundle {ev.bundle} ({ev.model}), S = {ev.samples}")
     for role, text in ev.descriptions.items():
         print(f"  {role}: {text}")
@@ -39,24 +49,6 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train_uq(a: argparse.Namespace) -> int:
-    from .catalog import get_recipe
-    from .cli import _load_training_data
-    from .models import ModelConfig
-    from .pipeline import scheme_train_stage
-    from .training import TrainConfig
-
-    rec = get_recipe(a.recipe)
-    splits = _load_training_data(a, rec)
-    print(f"train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} windows")
-    cfg = ModelConfig.from_dict(rec.model, input_length=splits.window, num_classes=len(splits.class_names))
-    ck = scheme_train_stage(splits, cfg, TrainConfig.from_dict(rec.train, epochs=a.epochs), Path(a.out), uq=rec.uq,
-                            progress=not a.no_progress, log=print)
-    extra = {k: ck.metrics[k] for k in ("laplace", "temperature") if k in ck.metrics}
-    print(f"checkpoint: {ck.directory} (scheme {cfg.scheme}, sha256 {ck.sha256[:12]}…) {json.dumps(extra)[:200]}")
-    return 0
-
-
 def _cmd_benchmark(a: argparse.Namespace) -> int:
     from .benchmark import BenchmarkSettings, run_benchmark
 
@@ -69,28 +61,21 @@ def _cmd_benchmark(a: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    t = sub.add_parser("train-uq", help="train any stochastic scheme from a recipe (ELBO, ensembles, Laplace, "
-                                        "temperature)")
-    t.add_argument("--recipe", required=True, help="recipe name or .toml path (e.g. cwru-variational)")
-    t.add_argument("--data", help="CWRU folder (with MANIFEST.csv) or signal file(s); default: synthetic")
-    t.add_argument("--fs", type=float, help="sample rate of .npy/.csv inputs")
-    t.add_argument("--key", help="variable name inside .mat inputs")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--out", required=True, help="checkpoint directory")
-    t.add_argument("--no-progress", action="store_true")
-    t.set_defaults(func=_cmd_train_uq)
+    from .cli_args import add_data_arguments, add_text_column_arguments
 
     e = sub.add_parser("evaluate", help="score a bundle on a dataset (and OOD metrics against a second one)")
     e.add_argument("--bundle", required=True)
-    e.add_argument("--data", required=True, help="signals: a CWRU folder, or .npz/.npy/.csv/.mat file(s) "
-                                                 "(labels from the files); text bundles: a TSV")
+    g = add_data_arguments(e, required=True, help="signals: a CWRU folder, or .npz/.npy/.csv/.mat file(s) "
+                                                  "(labels from the files); text bundles: a TSV")
+    add_text_column_arguments(g)
+    g.add_argument("--split", choices=("auto", "test", "all"), default="auto",
+                   help="which windows to score: 'test' = the held-out time segment `edgeuq train` keeps out of "
+                        "training, 'all' = every window; 'auto' (default) = test for a CWRU folder, all otherwise")
     e.add_argument("--ood", help="out-of-distribution data in the same formats (labels ignored)")
     e.add_argument("--json", help="write all metrics as JSON here (plots next to it unless --plots)")
     e.add_argument("--plots", help="directory for reliability / histogram / accuracy-vs-coverage PNGs")
     e.add_argument("--samples", type=int, help="MC samples S (default: the bundle's)")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--fs", type=float, help="sample rate of .npy/.csv inputs (resampled to the model's)")
-    e.add_argument("--key", help="variable name inside .mat inputs")
     e.add_argument("--hop", type=int, help="window step in samples (default: non-overlapping)")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=_cmd_evaluate)

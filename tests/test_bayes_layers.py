@@ -5,13 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from edgeuq.bayes.laplace_fit import laplace_logit_samples
-from edgeuq.models.hsa import GumbelNoise, HierarchicalStochasticAttention, gumbel_softmax
-from edgeuq.models.laplace import (
-    LastLayerLaplace, full_ggn, ggn_terms, laplace_factor_full, laplace_factors_kron,
+from edgeuq.models.layers import gumbel_from_uniform
+from edgeuq.schemes.hsa import GumbelNoise, HierarchicalStochasticAttention, gumbel_softmax
+from edgeuq.schemes.laplace import (
+    LastLayerLaplace, full_ggn, ggn_terms, laplace_factor_full, laplace_factors_kron, laplace_logit_samples,
 )
-from edgeuq.models.stochastic import gumbel_from_uniform
-from edgeuq.models.variational import BayesLinear, gaussian_kl
+from edgeuq.schemes.variational import BayesLinear, gaussian_kl
 
 
 def bayes_layer(seed=0, n_in=4, n_out=3) -> BayesLinear:
@@ -108,7 +107,7 @@ def test_gumbel_noise_layer_mean_is_a_constant_shift():
 
 def test_hsa_mixes_centroids_and_low_temperature_picks_one():
     torch.manual_seed(0)
-    att = HierarchicalStochasticAttention(8, 2, 5, centroids=6, tau1=1.0, tau2=1e-3, name="b0").eval()
+    att = HierarchicalStochasticAttention(8, 2, 4, 5, centroids=6, tau1=1.0, tau2=1e-3, name="b0").eval()
     x = torch.randn(3, 5, 8)
     q, k, v = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
     noise = {"b0_attn_gumbel": torch.rand(3, 2, 5, 5), "b0_centroid_gumbel": torch.rand(3, 2, 5, 6)}

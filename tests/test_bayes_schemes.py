@@ -9,11 +9,11 @@ import torch
 
 from edgeuq.bayes import sample_logits, with_temperature
 from edgeuq.export import export_onnx, max_abs_difference, run_onnx
-from edgeuq.models import ModelConfig, SignalTransformer, mc_sample_probs
+from edgeuq.models import DeployableModel, ModelConfig, SignalTransformer, build_model, mc_sample_probs
 from edgeuq.models.config import BLOCK_DROPOUT_POSITIONS
-from edgeuq.models.ensemble import EnsembleTransformer
-from edgeuq.models.laplace import LastLayerLaplace
-from edgeuq.models.variational import BayesLinear
+from edgeuq.schemes.ensemble import EnsembleTransformer
+from edgeuq.schemes.laplace import LastLayerLaplace
+from edgeuq.schemes.variational import BayesLinear
 from edgeuq.training import save_checkpoint
 from edgeuq_runtime.noise import mean_noise, sample_noise
 
@@ -36,29 +36,29 @@ SCHEMES = {
     "mc-all-positions-block0": dict(stochastic_blocks=(0,), block_dropout_positions=BLOCK_DROPOUT_POSITIONS),
     "mc-attn-probs-only-head-hidden": dict(stochastic_blocks=(1,), block_dropout_positions=("attn_probs",),
                                            head_dropout_positions=("head_hidden",)),
-    "variational-attn-block0": dict(scheme="variational", stochastic_blocks=(0,), bayes_positions=("attn",),
+    "variational-attn-block0": dict(scheme="variational", stochastic_blocks=(0,), scheme_options={"positions": ("attn",)},
                                     stochastic_head=False),
     "variational-all": dict(scheme="variational", stochastic_blocks=(0, 1)),
     "variational-head-only": dict(scheme="variational", stochastic_blocks=()),
-    "hsa-block1": dict(scheme="hsa", stochastic_blocks=(1,), stochastic_head=False, hsa_tau1=0.7, hsa_tau2=0.5),
+    "hsa-block1": dict(scheme="hsa", stochastic_blocks=(1,), stochastic_head=False, scheme_options={"tau1": 0.7, "tau2": 0.5}),
     "hsa-block0+mc-head": dict(scheme="hsa", stochastic_blocks=(0,)),
-    "ensemble-3": dict(scheme="ensemble", stochastic_blocks=(), ensemble_members=3),
+    "ensemble-3": dict(scheme="ensemble", stochastic_blocks=(), scheme_options={"members": 3}),
     "laplace-kron": dict(scheme="laplace", stochastic_blocks=()),
-    "laplace-full": dict(scheme="laplace", stochastic_blocks=(), laplace_structure="full"),
+    "laplace-full": dict(scheme="laplace", stochastic_blocks=(), scheme_options={"structure": "full"}),
     "mc-temperature": dict(stochastic_blocks=(1,), temperature=2.5),
     "tokens-mc": dict(stochastic_blocks=(1,), **TOKENS),
     "tokens-mc-maxpool": dict(stochastic_blocks=(1,), pool="max", **TOKENS),
     "signal-head-only-maxpool": dict(stochastic_blocks=(), pool="max"),
     "tokens-variational": dict(scheme="variational", stochastic_blocks=(0,), **TOKENS),
     "tokens-hsa": dict(scheme="hsa", stochastic_blocks=(1,), stochastic_head=False, **TOKENS),
-    "tokens-ensemble": dict(scheme="ensemble", stochastic_blocks=(), ensemble_members=2, **TOKENS),
+    "tokens-ensemble": dict(scheme="ensemble", stochastic_blocks=(), scheme_options={"members": 2}, **TOKENS),
     "tokens-laplace-head-only": dict(scheme="laplace", stochastic_blocks=(), **TOKENS),
 }
 
 
 def build(kw) -> SignalTransformer:
     torch.manual_seed(0)
-    m = SignalTransformer(ModelConfig(**{**TINY, **kw})).eval()
+    m = build_model(ModelConfig(**{**TINY, **kw})).eval()
     for layer in m.modules():
         if isinstance(layer, LastLayerLaplace):  # a non-trivial posterior so the noise matters
             p, c = layer.in_features + 1, layer.out_features
@@ -176,7 +176,7 @@ def test_temperature_is_a_constant_in_the_head(tmp_path):
 
 def test_ensemble_samples_are_members_and_mean_averages_logits():
     m = build(SCHEMES["ensemble-3"])
-    assert isinstance(m, EnsembleTransformer) and isinstance(m, SignalTransformer)
+    assert isinstance(m, EnsembleTransformer) and isinstance(m, DeployableModel)
     x = torch.from_numpy(_x(m, 2))
     with torch.no_grad():
         members = torch.stack([mem(x) for mem in m.members])        # (M, B, C)
@@ -195,9 +195,9 @@ def test_ensemble_samples_are_members_and_mean_averages_logits():
 @pytest.mark.parametrize("kw, match", [
     (dict(scheme="bayes"), "unknown stochastic scheme"),
     (dict(block_dropout_positions=("attn_logits",)), "block_dropout_positions has unknown"),
-    (dict(scheme="ensemble"), "ensemble_members >= 2"),
-    (dict(scheme="ensemble", ensemble_members=3, stochastic_blocks=(1,)), "deterministic members"),
-    (dict(ensemble_members=3), "applies to scheme 'ensemble' only"),
+    (dict(scheme="ensemble", scheme_options={"members": 1}), "members >= 2"),
+    (dict(scheme="ensemble", scheme_options={"members": 3}, stochastic_blocks=(1,)), "deterministic members"),
+    (dict(scheme_options={"members": 3}), "unknown scheme_options"),
     (dict(scheme="laplace"), "last-layer"),
     (dict(scheme="hsa", stochastic_blocks=()), "at least one stochastic block"),
     (dict(temperature=0.0), "temperature must be > 0"),

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from edgeuq.bayes import (
-    calibrate_temperature, fit_laplace, fit_model, head_features, predictive_probs, sample_logits, train_ensemble,
-    uses_sampling, with_temperature,
-)
+from edgeuq.bayes import calibrate_temperature, fit_model, predictive_probs, sample_logits, uses_sampling, with_temperature
 from edgeuq.models import ModelConfig, SignalTransformer
-from edgeuq.models.variational import kl_divergence
+from edgeuq.schemes import get_scheme
+from edgeuq.schemes.base import FitContext
+from edgeuq.schemes.laplace import fit_laplace, head_features
+from edgeuq.schemes.variational import kl_divergence
 from edgeuq.training import TrainConfig
 from edgeuq.uq import nll
 
@@ -69,8 +69,10 @@ def test_hsa_and_mc_dropout_train(data):
 
 def test_ensemble_members_differ_and_laplace_and_temperature_fit(data):
     xt, yt, xv, yv = data
-    cfg = ModelConfig(**TINY, scheme="ensemble", stochastic_blocks=(), ensemble_members=2)
-    ens, results = train_ensemble(cfg, xt, yt, xv, yv, TrainConfig(epochs=4, batch_size=32, lr=3e-3), progress=False)
+    cfg = ModelConfig(**TINY, scheme="ensemble", stochastic_blocks=(), scheme_options={"members": 2})
+    out = get_scheme("ensemble").train(cfg, FitContext(xt, yt, xv, yv, TrainConfig(epochs=4, batch_size=32, lr=3e-3),
+                                                       progress=False))
+    ens, results = out.model, out.runs
     assert len(results) == 2 and _acc(ens, xv, yv) > 0.9
     w0, w1 = (m.head.fc2.weight for m in ens.members)
     assert not torch.allclose(w0, w1)                    # different seeds -> different members
@@ -111,10 +113,10 @@ def test_fit_model_rejects_bad_inputs(data):
 
 
 @pytest.mark.parametrize("scheme_kw", [dict(scheme="laplace", stochastic_blocks=()),
-                                       dict(scheme="ensemble", stochastic_blocks=(), ensemble_members=2)])
-def test_scheme_train_stage_saves_a_loadable_checkpoint(data, tmp_path, scheme_kw):
+                                       dict(scheme="ensemble", stochastic_blocks=(), scheme_options={"members": 2})])
+def test_train_stage_saves_a_loadable_checkpoint_of_any_scheme(data, tmp_path, scheme_kw):
     from edgeuq.data import Splits, WindowDataset
-    from edgeuq.pipeline import scheme_train_stage
+    from edgeuq.pipeline import train_stage
     from edgeuq.training import load_checkpoint
 
     xt, yt, xv, yv = data
@@ -122,7 +124,7 @@ def test_scheme_train_stage_saves_a_loadable_checkpoint(data, tmp_path, scheme_k
     ds = lambda x, y: WindowDataset(x, y, names, 1000.0)  # noqa: E731
     splits = Splits(ds(xt, yt), ds(xv, yv), ds(xv, yv))
     cfg = ModelConfig(**TINY, **scheme_kw)
-    ck = scheme_train_stage(splits, cfg, TrainConfig(epochs=2, batch_size=32, lr=3e-3), tmp_path / "ck",
+    ck = train_stage(splits, cfg, TrainConfig(epochs=2, batch_size=32, lr=3e-3), tmp_path / "ck",
                             uq={"temperature_scaling": True, "samples": 8, "laplace_samples": 16})
     assert ck.metrics["scheme"] == cfg.scheme and "temperature" in ck.metrics
     assert ("laplace" in ck.metrics) == (cfg.scheme == "laplace")
@@ -134,9 +136,13 @@ def test_scheme_train_stage_saves_a_loadable_checkpoint(data, tmp_path, scheme_k
 def test_uq_recipes_build_valid_configs():
     from edgeuq.catalog import load_recipes
 
-    recipes = {n: r for n, r in load_recipes().items() if n.startswith("cwru-")}
-    assert {"cwru-mc-dropout", "cwru-variational", "cwru-hsa", "cwru-ensemble", "cwru-laplace"} <= set(recipes)
-    for name, r in recipes.items():
+    recipes = load_recipes()
+    expected = {"cwru-mc-dropout": "mc_dropout", "cwru-variational": "variational", "cwru-hsa": "hsa",
+                "cwru-ensemble": "ensemble", "cwru-laplace": "laplace"}
+    assert set(expected) <= set(recipes)
+    for name, scheme in expected.items():
+        r = recipes[name]
         cfg = ModelConfig.from_dict(r.model, input_length=int(r.data["window"]), num_classes=len(r.data["classes"]))
-        assert cfg.scheme in name.replace("-", "_") or (cfg.scheme == "mc_dropout" and "mc-dropout" in name)
+        assert cfg.scheme == scheme and isinstance(cfg.scheme_options, get_scheme(scheme).options_type)
+        assert "scheme_options" in r.model or scheme == "mc_dropout"     # options as a nested table
         assert set(r.uq) <= {"samples", "kl_weight", "val_samples", "temperature_scaling", "laplace_samples"}

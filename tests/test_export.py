@@ -74,3 +74,23 @@ def test_deterministic_model_refuses_export(tmp_path):
     ck = save_checkpoint(m, tmp_path / "ck", ("a", "b", "c"), 12000.0)
     with pytest.raises(ValueError, match="no stochastic layer"):
         export_onnx(ck, tmp_path / "onnx")
+
+
+@pytest.mark.parametrize("err", [float("nan"), 1.0])
+def test_failed_verification_writes_nothing_that_loads(tmp_path, monkeypatch, err):
+    """A NaN error must fail like a large one, and a failed export must leave no artifact behind."""
+    import edgeuq.export.onnx_export as ox
+    from edgeuq.artifact import ArtifactNotFound
+
+    m = SignalTransformer(ModelConfig(**TINY, stochastic_blocks=(1,))).eval()
+    ck = save_checkpoint(m, tmp_path / "ck", ("a", "b", "c"), 12000.0)
+    monkeypatch.setattr(ox, "max_abs_difference", lambda *a, **k: err)
+    with pytest.raises(RuntimeError, match="disagree with PyTorch"):
+        export_onnx(ck, tmp_path / "onnx", model=m)
+    assert not (tmp_path / "onnx").exists()
+    with pytest.raises(ArtifactNotFound):
+        load_onnx_artifact(tmp_path / "onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no staging folder left
+    monkeypatch.setattr(ox, "max_abs_difference", lambda *a, **k: 0.0)
+    art = export_onnx(ck, tmp_path / "onnx", model=m)
+    assert art.inputs == ck.digest and load_onnx_artifact(tmp_path / "onnx").digest == art.digest

@@ -90,7 +90,7 @@ def test_report_round_trip_and_tamper_detection(tmp_path):
     data = bytearray((tmp_path / "r" / "fisher.npz").read_bytes())
     data[-10] ^= 0xFF
     (tmp_path / "r" / "fisher.npz").write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="does not match the sha256"):
+    with pytest.raises(ValueError, match="fisher.npz changed since saving: it does not match the sha256"):
         load_fisher_report(tmp_path / "r")
     with pytest.raises(FileNotFoundError, match="fisher.json missing"):
         load_fisher_report(tmp_path / "nowhere")
@@ -133,7 +133,7 @@ def test_quantize_command_builds_a_bundle_and_refuses_an_unmeetable_budget(setup
     assert rc == 0
     text = capsys.readouterr().out
     assert "precision" in text and "hls4ml_precision.json" in text
-    plan = json.loads((setup["root"] / "b" / "quant_plan.json").read_text())
+    plan = json.loads((setup["root"] / "b" / "quant_plan.json").read_text())["meta"]
     assert plan["total_bytes"] <= budget and plan["budget"] == {"kind": "bytes", "value": budget}
     assert plan["provenance"]["checkpoint_sha256"] == setup["ck"].sha256
     rt = UncertaintyRuntime(setup["root"] / "b", seed=0)

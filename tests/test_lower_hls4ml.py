@@ -9,6 +9,7 @@ import atexit
 import ctypes
 import functools
 import json
+import re
 import shutil
 import tarfile
 import tempfile
@@ -18,18 +19,23 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("hls4ml")
+from require_extras import require_extra
+
+require_extra("hls4ml", "fpga")
 
 from edgeuq.catalog import ComputeTarget  # noqa: E402
 from edgeuq.export import export_onnx  # noqa: E402
-from edgeuq.lower import LOWERERS, lower  # noqa: E402
-from edgeuq.lower import hls4ml as hl  # noqa: E402
-from edgeuq.lower.fpga_estimate import choose_reuse_factors, estimate  # noqa: E402
-from edgeuq.lower.fpga_fixed import parse_fixed, quantize  # noqa: E402
-from edgeuq.lower.fpga_head import (  # noqa: E402
+from edgeuq.lower import get_lowerer, lower  # noqa: E402
+from edgeuq.lower.hls4ml import Hls4mlLowerer, Hls4mlOptions  # noqa: E402
+from edgeuq.lower.hls4ml import lowerer as hl  # noqa: E402
+from edgeuq.lower.hls4ml.estimate import choose_reuse_factors, estimate  # noqa: E402
+from edgeuq.lower.hls4ml.fixed import parse_fixed, quantize  # noqa: E402
+from edgeuq.lower.hls4ml.head import (  # noqa: E402
     DenseLayer, HeadSpec, HeadStructureError, build_hardware_module, read_head_spec, resolve_types,
 )
-from edgeuq.lower.hls4ml_checks import FpgaPitfallError, check_dense_layout, check_layernorm, check_softmax  # noqa: E402
+from edgeuq.lower.hls4ml.pitfalls import (  # noqa: E402
+    FpgaPitfallError, check_dense_layout, check_layernorm, check_softmax,
+)
 from edgeuq.models import ModelConfig, SignalTransformer  # noqa: E402
 from edgeuq.training import save_checkpoint  # noqa: E402
 
@@ -85,7 +91,7 @@ def _csim(lib_path: Path, function: str, rows: np.ndarray, n_out: int) -> np.nda
 
 def test_registered_and_head_goes_to_pynq(tiny):
     _, art, compiled, workdir = tiny
-    assert LOWERERS["hls4ml"] is hl.compile_hls4ml
+    assert isinstance(get_lowerer("hls4ml"), Hls4mlLowerer) and get_lowerer("hls4ml").Options is Hls4mlOptions
     assert compiled.target == "fpga-test"
     assert compiled.trunk.backend == "onnxruntime" and Path(compiled.trunk.file) == art.trunk_path
     assert compiled.head.backend == "pynq" and compiled.head.file == workdir / "head.fpga.json"
@@ -100,11 +106,16 @@ def test_registered_and_head_goes_to_pynq(tiny):
         assert name.startswith("fpga/") and Path(path).is_file(), name
     assert {"fpga/README.md", "fpga/estimate.json", "fpga/axi_stream_driver.py", "fpga/canary.npz",
             "fpga/edgeuq_head_hls.tar.gz", desc["csim"]["library"]} <= set(compiled.extra_files)
-    json.dumps(compiled.metadata)  # JSON-clean for the manifest
+    json.dumps(compiled.to_json())  # JSON-clean for the manifest
 
 
 def test_csim_checked_against_quantized_and_float_references(tiny):
-    checks = tiny[2].metadata["checks"]
+    ev = tiny[2].evidence
+    checks = ev.detail["checks"]
+    assert ev.how == "c-simulation" and ev.latency_ms is None and "simulated" in ev.reason
+    assert ev.max_error == checks["csim_vs_quantized_reference"]["max_abs_error"]
+    assert ev.tolerance == checks["tolerance"]
+    assert ev.estimates["fpga_resources"]["fits"] is True and "estimate" in ev.estimates["fpga_resources"]["how"]
     q, f = checks["csim_vs_quantized_reference"], checks["csim_vs_float_head"]
     assert q["max_abs_error"] <= checks["tolerance"] < 0.5
     assert q["argmax_agreement"] >= 0.98
@@ -172,15 +183,19 @@ def test_precision_plan_sets_per_layer_types(tiny, tmp_path):
     assert p["fc2"]["weight"] == "ap_fixed<12,5>" and p["fc2"]["result"] == "ap_fixed<18,8>"
     assert p["fc1"]["accum"] == "ap_fixed<32,12>"  # accumulators stay wide
     assert c.metadata["precision_plan"] == plan and c.metadata["reuse_factor"] == {"fc1": 1, "fc2": 1}
-    firmware = (tmp_path / "q" / "edgeuq_head_hls" / "firmware" / "parameters.h").read_text()
-    firmware += (tmp_path / "q" / "edgeuq_head_hls" / "firmware" / "defines.h").read_text()
-    assert "ap_fixed<10,4> weight2_t" in firmware or "ap_fixed<10,4>" in firmware
-    assert "ap_fixed<18,8>" in firmware
-    checks = c.metadata["checks"]
+    defines = (tmp_path / "q" / "edgeuq_head_hls" / "firmware" / "defines.h").read_text()
+    typedefs = {name: t for t, name in re.findall(r"typedef (.+?) (\w+);", defines)}
+    # the firmware's own per-layer types: each dense layer's weights, biases and the result as planned
+    assert (typedefs["fc1_weight_t"], typedefs["fc1_bias_t"]) == ("ap_fixed<10,4>", "ap_fixed<10,4>")
+    assert (typedefs["fc2_weight_t"], typedefs["fc2_bias_t"]) == ("ap_fixed<12,5>", "ap_fixed<12,5>")
+    assert typedefs["result_t"] == "ap_fixed<18,8>" and typedefs["fc2_accum_t"] == "ap_fixed<32,12>"
+    params = (tmp_path / "q" / "edgeuq_head_hls" / "firmware" / "parameters.h").read_text()
+    assert "typedef fc1_weight_t weight_t;" in params and "typedef fc2_weight_t weight_t;" in params
+    checks = c.evidence.detail["checks"]
     assert checks["csim_vs_quantized_reference"]["max_abs_error"] <= checks["tolerance"]
     # coarser weights: further from the float head than the default 16-bit build
     assert (checks["quantized_reference_vs_float_head"]["max_abs_error"]
-            > default.metadata["checks"]["quantized_reference_vs_float_head"]["max_abs_error"])
+            > default.evidence.detail["checks"]["quantized_reference_vs_float_head"]["max_abs_error"])
 
 
 def test_numerics_check_catches_the_untransposed_weight_pitfall(tiny, tmp_path, monkeypatch):
@@ -346,7 +361,8 @@ def test_ultrascale_part_uses_the_mpsoc_template_adapted_to_the_part(tiny, tmp_p
     assert f"-part {part}" in design and "set_property board_part my:board:part0:1.0" in design
     assert "zynq_ultra_ps_e" in design
     assert 'set clock_period 5.0' in (hls / "project.tcl").read_text()
-    assert meta["checks"]["csim_vs_quantized_reference"]["max_abs_error"] <= meta["checks"]["tolerance"]
+    checks = c.evidence.detail["checks"]
+    assert checks["csim_vs_quantized_reference"]["max_abs_error"] <= checks["tolerance"]
 
 
 def test_trunk_pytorch_frontend_does_not_convert(tmp_path):

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 
-tvm = pytest.importorskip("tvm")
+from require_extras import require_extra
+
+tvm = require_extra("tvm", "tvm")
 
 from edgeuq.catalog import get_target, load_targets  # noqa: E402
 from edgeuq.export import export_onnx  # noqa: E402
 from edgeuq.lower import lower  # noqa: E402
-import edgeuq.lower.tvm  # noqa: E402,F401  (registers the "tvm" lowering)
-from edgeuq.lower.tvm_targets import ToolchainError, toolchains_dir  # noqa: E402
+from edgeuq.lower.toolchain import ToolchainError, toolchains_dir  # noqa: E402
 from edgeuq.models import ModelConfig, SignalTransformer  # noqa: E402
 from edgeuq.training import save_checkpoint  # noqa: E402
 
@@ -56,10 +58,11 @@ def test_aarch64_under_qemu_matches_onnxruntime(art, tmp_path):
     _need("aarch64-linux-gnu-g++")
     _need("qemu-aarch64-static")
     res = lower("tvm", art, get_target("cortex-a72"), tmp_path, samples=4, check="require")
-    check = res.metadata["check"]
-    assert check["method"] == "qemu-aarch64" and check["latency_ms"] is None
+    ev = res.evidence
+    assert ev.how == "qemu" and ev.label == "qemu-aarch64" and ev.latency_ms is None
+    assert ev.detail["qemu_cpu"] == "cortex-a72"                              # pinned, not qemu's "max"
     for role in ("trunk", "head"):
-        assert check["max_abs_err"][role] <= check["tolerance"][role]
+        assert ev.detail["max_abs_err"][role] <= ev.detail["tolerance"][role]
         assert getattr(res, role).file.read_bytes()[:4] == ELF_MAGIC
         assert getattr(res, role).file.read_bytes()[18] == 183           # e_machine EM_AARCH64
 
@@ -67,15 +70,15 @@ def test_aarch64_under_qemu_matches_onnxruntime(art, tmp_path):
 def test_aarch64_qemu_check_can_fail(art, tmp_path):
     """Wrong outputs under qemu are reported, not averaged away."""
     _need("qemu-aarch64-static")
-    from edgeuq.lower import tvm_qemu
     from edgeuq.lower.tvm import GraphBuild, TvmNumericsError
+    from edgeuq.lower.tvm import qemu as tvm_qemu
 
     res = lower("tvm", art, get_target("cortex-a53"), tmp_path, check="none", graphs=["head"])
     build = GraphBuild("head", res.head.file, dict(res.head.options), None, {}, None, 0.0)
     real = tvm_qemu.run_aarch64
 
-    def corrupted(graphs, workdir):
-        return [{k: v + 0.5 for k, v in out.items()} for out in real(graphs, workdir)]
+    def corrupted(graphs, workdir, cpu):
+        return [{k: v + 0.5 for k, v in out.items()} for out in real(graphs, workdir, cpu)]
 
     tvm_qemu.run_aarch64 = corrupted
     try:
@@ -86,7 +89,7 @@ def test_aarch64_qemu_check_can_fail(art, tmp_path):
 
 
 def _armv7_driver_built() -> bool:
-    from edgeuq.lower.tvm_armv7 import driver_path
+    from edgeuq.lower.tvm.armv7 import driver_path
 
     try:
         driver_path()
@@ -95,16 +98,17 @@ def _armv7_driver_built() -> bool:
         return False
 
 
-def test_armv7_cross_compiles_hard_float(art, tmp_path, monkeypatch):
+def test_armv7_cross_compiles_hard_float(art, tmp_path, monkeypatch, capsys):
     """armv7 (Cortex-A9) libraries are cross-built and linked for the hard-float ABI; without the
     armv7 runtime driver they are labelled "compile only" (ARMV7_GAP), and check="require" fails."""
     _need("arm-linux-gnueabihf-g++")
-    from edgeuq.lower.tvm_qemu import ARMV7_GAP
+    from edgeuq.lower.tvm.qemu import ARMV7_GAP
 
     monkeypatch.setenv("EDGEUQ_TOOLCHAINS", str(tmp_path / "no-toolchains"))   # hide the driver
     res = lower("tvm", art, get_target("cortex-a9"), tmp_path, samples=4)
-    assert res.metadata["check"]["method"] == "compile only"
-    assert res.metadata["check"]["reason"].startswith(ARMV7_GAP)
+    assert res.evidence.how == "compile-only" and res.evidence.max_error is None
+    assert ARMV7_GAP in res.evidence.reason and "check='auto'" in res.evidence.reason
+    assert "WARNING: evidence downgraded to compile-only" in capsys.readouterr().err   # said loudly
     for role in ("trunk", "head"):
         elf = getattr(res, role).file.read_bytes()
         assert elf[:4] == ELF_MAGIC and elf[4] == 1                          # 32-bit ELF
@@ -115,7 +119,7 @@ def test_armv7_cross_compiles_hard_float(art, tmp_path, monkeypatch):
 
 
 def test_armv7_tensor_file_roundtrip(tmp_path):
-    from edgeuq.lower.tvm_armv7 import read_tensors, write_tensors
+    from edgeuq.lower.tvm.armv7 import read_tensors, write_tensors
 
     arrays = [np.arange(12, dtype=np.float32).reshape(3, 4), np.array([-1, 7], dtype=np.int64),
               np.float32(2.5).reshape(()), np.zeros((0, 3), np.float32)]
@@ -134,15 +138,15 @@ def test_armv7_under_qemu_matches_onnxruntime(art, tmp_path):
     _need("qemu-arm-static")
     if not _armv7_driver_built():
         pytest.fail("armv7 tvm_vm_driver missing: run bash scripts/setup_toolchains.sh (make test does)")
-    from edgeuq.lower.tvm_check import max_error, ort_outputs, reference_feeds
-    from edgeuq.lower.tvm_qemu import run_armv7_graph
+    from edgeuq.lower.tvm.numerics import max_error, ort_outputs, reference_feeds
+    from edgeuq.lower.tvm.qemu import run_armv7_graph
 
     res = lower("tvm", art, get_target("cortex-a9"), tmp_path, samples=4, check="require")
-    check = res.metadata["check"]
-    assert check["method"] == "qemu-armv7" and check["latency_ms"] is None
-    assert check["qemu_cpu"] == "cortex-a9"                                  # not qemu's permissive "max"
+    ev = res.evidence
+    assert ev.label == "qemu-armv7" and ev.latency_ms is None
+    assert ev.detail["qemu_cpu"] == "cortex-a9"                                  # not qemu's permissive "max"
     for role in ("trunk", "head"):
-        assert check["max_abs_err"][role] <= min(check["tolerance"][role], 1e-4)
+        assert ev.detail["max_abs_err"][role] <= min(ev.detail["tolerance"][role], 1e-4)
         assert int.from_bytes(getattr(res, role).file.read_bytes()[18:20], "little") == 40   # EM_ARM
     # Chunked in 2-row pieces (last one zero-padded): same numbers as ONNX Runtime.
     feeds = reference_feeds(art)
@@ -158,8 +162,8 @@ def test_armv7_qemu_check_can_fail(art, tmp_path, monkeypatch):
     _need("qemu-arm-static")
     if not _armv7_driver_built():
         pytest.skip("armv7 tvm_vm_driver not built (scripts/setup_toolchains.sh builds it)")
-    from edgeuq.lower import tvm_qemu
     from edgeuq.lower.tvm import GraphBuild, TvmNumericsError
+    from edgeuq.lower.tvm import qemu as tvm_qemu
 
     res = lower("tvm", art, get_target("cortex-a9"), tmp_path, check="none", graphs=["head"])
     build = GraphBuild("head", res.head.file, dict(res.head.options), None, {}, None, 0.0)
@@ -176,7 +180,7 @@ def test_cuda_kernels_compiled_into_the_artifact(art, tmp_path, name):
     _need(get_target(get_target(name).cuda_host).cross_compiler)
     res = lower("tvm", art, get_target(name), tmp_path, samples=4)
     arch = get_target(name).arch
-    assert res.metadata["check"]["method"] == "compile only"
+    assert res.evidence.how == "compile-only" and "no GPU" in res.evidence.reason
     for role in ("trunk", "head"):
         g = getattr(res, role)
         cubin = tmp_path / g.options["cuda_kernels"][next(iter(g.options["cuda_kernels"]))]
@@ -188,7 +192,7 @@ def test_cuda_kernels_compiled_into_the_artifact(art, tmp_path, name):
 
 
 def test_missing_ptxas_is_a_clear_error(monkeypatch, tmp_path):
-    from edgeuq.lower import tvm_cuda
+    from edgeuq.lower.tvm import cuda as tvm_cuda
 
     _need("nvcc")
     monkeypatch.setattr(tvm_cuda, "ptxas_path", lambda: None)
@@ -199,7 +203,7 @@ def test_missing_ptxas_is_a_clear_error(monkeypatch, tmp_path):
 def test_cuda_runs_where_a_gpu_exists(art, tmp_path):
     if not tvm.cuda(0).exist:
         pytest.skip("no CUDA GPU on this host (the CUDA compile is tested above)")
-    from edgeuq.lower.tvm_check import max_error, ort_outputs, reference_feeds
+    from edgeuq.lower.tvm.numerics import max_error, ort_outputs, reference_feeds
     from edgeuq_runtime.executors.tvm import load_tvm
 
     major, minor = tvm.cuda(0).compute_version.split(".")
@@ -214,10 +218,37 @@ def test_cuda_runs_where_a_gpu_exists(art, tmp_path):
         assert max_error(got, ref) < 1e-3
 
 
-def test_toolchains_dir_is_git_ignored():
+def test_toolchains_dir_is_git_ignored(monkeypatch, tmp_path):
+    """The cache defaults to <repo>/.toolchains in a checkout, git ignores it, and
+    $EDGEUQ_TOOLCHAINS overrides it."""
+    import subprocess
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    assert ".toolchains/" in (repo / ".gitignore").read_text().split()
-    assert toolchains_dir().name in (".toolchains", "toolchains")
-    assert np.dtype("float32").itemsize == 4
+    monkeypatch.delenv("EDGEUQ_TOOLCHAINS", raising=False)
+    assert toolchains_dir() == repo / ".toolchains"
+    probe = ".toolchains/some-sysroot/lib.so"
+    ignored = subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", "--no-index", probe])
+    assert ignored.returncode == 0, f"{probe} is not git-ignored"
+    monkeypatch.setenv("EDGEUQ_TOOLCHAINS", str(tmp_path / "tc"))
+    assert toolchains_dir() == tmp_path / "tc"
+
+
+def test_aarch64_qemu_cpu_is_pinned_per_target_and_unknown_refused():
+    """Each aarch64 target's mcpu maps to a qemu CPU model (never the permissive "max"); an
+    mcpu qemu cannot emulate is refused with a clear error instead of running on "max"."""
+    from edgeuq.lower.tvm.qemu import qemu_cpu
+
+    for t in load_targets().values():
+        if t.kind == "cpu" and t.arch in ("aarch64", "armv7"):
+            cpu = qemu_cpu(t)
+            assert cpu != "max" and cpu.split("-")[0] in ("cortex", "neoverse", "a64fx")
+    assert qemu_cpu(get_target("cortex-a53")) == "cortex-a53"
+    odd = dataclasses.replace(get_target("cortex-a72"), tvm={**get_target("cortex-a72").tvm, "mcpu": "cortex-x9"})
+    with pytest.raises(ValueError, match="no qemu-aarch64 CPU model known for mcpu 'cortex-x9'"):
+        qemu_cpu(odd)
+    if shutil.which("qemu-aarch64-static"):   # the names are qemu's own
+        listed = subprocess.run(["qemu-aarch64-static", "-cpu", "help"], capture_output=True, text=True).stdout
+        for t in load_targets().values():
+            if t.kind == "cpu" and t.arch == "aarch64":
+                assert qemu_cpu(t) in listed.split()

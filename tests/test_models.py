@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgeuq.models import MCDropout, ModelConfig, SignalTransformer, mc_sample_probs, tile_samples
+from edgeuq.models import ModelConfig, SignalTransformer, mc_sample_probs, tile_samples
+from edgeuq.schemes.mc_dropout import MCDropout
 from edgeuq.training import TrainConfig, load_checkpoint, predict_logits, save_checkpoint, train_model
 
 TINY = dict(input_length=128, num_classes=3, patch=16, d_model=16, heads=2, depth=2, ffn=16, dropout=0.2, stochastic_blocks=(1,))
@@ -125,3 +126,140 @@ def test_checkpoint_roundtrip_and_tamper_detection(tmp_path):
         loaded.load_model()
     with pytest.raises(FileNotFoundError, match="checkpoint.json"):
         load_checkpoint(tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------ per-block architecture
+
+from edgeuq.models import BlockShape, build_model  # noqa: E402
+from edgeuq.models.attention import SelfAttention  # noqa: E402
+
+UNEVEN = dict(input_length=128, num_classes=3, patch=16, d_model=16, heads=2, depth=2, ffn=16, dropout=0.2,
+              stochastic_blocks=(1,),
+              blocks=({"heads": 3, "head_dim": 6, "ffn": 7}, {"heads": 1, "head_dim": 12, "ffn": 24}))
+
+
+def test_block_shapes_default_to_the_uniform_model_and_round_trip():
+    cfg = ModelConfig(**TINY)
+    assert cfg.blocks == () and cfg.block_shape(0) == cfg.block_shape(1) == BlockShape(2, 8, 16)
+    uneven = ModelConfig(**UNEVEN)
+    assert uneven.block_shape(0) == BlockShape(3, 6, 7) and uneven.block_shape(1) == BlockShape(1, 12, 24)
+    assert ModelConfig.from_dict(uneven.to_dict()) == uneven
+    assert uneven.to_dict()["blocks"] == [{"heads": 3, "head_dim": 6, "ffn": 7}, {"heads": 1, "head_dim": 12, "ffn": 24}]
+    import tomllib
+
+    recipe = tomllib.loads("""
+[model]
+d_model = 16
+depth = 2
+[[model.blocks]]
+heads = 3
+head_dim = 6
+ffn = 7
+[[model.blocks]]
+heads = 1
+head_dim = 12
+ffn = 24
+""")["model"]
+    assert ModelConfig.from_dict(recipe, input_length=128, num_classes=3, patch=16, heads=2, ffn=16,
+                                 dropout=0.2, stochastic_blocks=(1,)) == uneven
+    with pytest.raises(IndexError):
+        uneven.block_shape(2)
+
+
+@pytest.mark.parametrize("blocks, match", [
+    (({"heads": 2, "head_dim": 8, "ffn": 16},), "block shapes for depth 2"),
+    (({"heads": 0, "head_dim": 8, "ffn": 16},) * 2, "heads must be an integer >= 1"),
+    (({"heads": 2, "head_dim": 8, "ffn": 0},) * 2, "ffn must be an integer >= 1"),
+    (({"heads": 2, "head_dim": 8},) * 2, "missing"),
+    (({"heads": 2, "head_dim": 8, "ffn": 4, "width": 3},) * 2, "unknown"),
+])
+def test_block_shapes_are_validated(blocks, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**{**TINY, "blocks": blocks})
+
+
+def _reference_attention(x, qkv_w, qkv_b, proj_w, proj_b, heads, head_dim):
+    """softmax(q k^T / sqrt(head_dim)) v per head, in numpy float64 (a second implementation)."""
+    x = x.astype(np.float64)
+    qkv = x @ qkv_w.T.astype(np.float64) + qkv_b
+    b, t, _ = x.shape
+    inner = heads * head_dim
+    q, k, v = qkv[..., :inner], qkv[..., inner:2 * inner], qkv[..., 2 * inner:]
+    out = np.zeros((b, t, inner))
+    for h in range(heads):
+        sl = slice(h * head_dim, (h + 1) * head_dim)
+        s = q[..., sl] @ np.swapaxes(k[..., sl], 1, 2) / np.sqrt(head_dim)
+        a = np.exp(s - s.max(-1, keepdims=True))
+        a /= a.sum(-1, keepdims=True)
+        out[..., sl] = a @ v[..., sl]
+    return out @ proj_w.T.astype(np.float64) + proj_b
+
+
+def test_attention_with_its_own_head_dim_matches_a_reference():
+    torch.manual_seed(0)
+    att = SelfAttention(16, 2, 5).eval()          # head_dim 5 != d_model // heads = 8
+    assert att.qkv.weight.shape == (30, 16) and att.proj.weight.shape == (16, 10)
+    x = torch.randn(2, 6, 16)
+    with torch.no_grad():
+        got = att(x).numpy()
+    ref = _reference_attention(x.numpy(), att.qkv.weight.detach().numpy(), att.qkv.bias.detach().numpy(),
+                               att.proj.weight.detach().numpy(), att.proj.bias.detach().numpy(), 2, 5)
+    err = float(np.abs(got - ref).max())
+    assert err <= 1e-5, err
+
+
+@pytest.mark.parametrize("scheme_kw", [
+    dict(stochastic_blocks=(0, 1), block_dropout_positions=("attn_probs", "attn_out", "ffn_hidden", "ffn_out")),
+    dict(scheme="variational", stochastic_blocks=(0, 1)),
+    dict(scheme="hsa", stochastic_blocks=(0, 1), scheme_options={"centroids": 4}),
+], ids=["mc_dropout", "variational", "hsa"])
+def test_uneven_blocks_build_widths_and_noise_per_block(scheme_kw):
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(**{**UNEVEN, **scheme_kw})).eval()
+    sd = m.state_dict()
+    t = m.cfg.tokens
+    for i, (heads, head_dim, ffn) in enumerate([(3, 6, 7), (1, 12, 24)]):
+        assert sd[f"blocks.{i}.attn.qkv.weight"].shape == (3 * heads * head_dim, 16)
+        assert sd[f"blocks.{i}.attn.proj.weight"].shape == (16, heads * head_dim)
+        assert sd[f"blocks.{i}.fc1.weight"].shape == (ffn, 16) and sd[f"blocks.{i}.fc2.weight"].shape == (16, ffn)
+    shapes = {s.name: s.shape for s in m.noise_specs()}
+    if m.cfg.scheme == "mc_dropout":
+        assert shapes["block0_attn_probs"] == (3, t, t) and shapes["block1_attn_probs"] == (1, t, t)
+        assert shapes["block0_ffn_hidden"] == (t, 7) and shapes["block1_ffn_hidden"] == (t, 24)
+    elif m.cfg.scheme == "variational":
+        assert shapes["block0_attn_qkv"] == (t, 54) and shapes["block1_attn_qkv"] == (t, 36)
+        assert shapes["block0_ffn_fc1"] == (t, 7) and shapes["block1_ffn_fc2"] == (t, 16)
+    else:
+        assert shapes["block0_attn_gumbel"] == (3, t, t) and shapes["block1_centroid_gumbel"] == (1, t, 4)
+        assert sd["blocks.0.attn.centroids"].shape == (3, 4, 6)
+    x = torch.randn(2, 128)
+    with torch.no_grad():
+        assert m(x).shape == (2, 3) and torch.isfinite(m(x)).all()
+
+
+@pytest.mark.parametrize("scheme_kw", [
+    dict(stochastic_blocks=(1,), block_dropout_positions=("attn_probs", "attn_out", "ffn_hidden", "ffn_out")),
+    dict(scheme="variational", stochastic_blocks=(0,)),
+    dict(scheme="hsa", stochastic_blocks=(1,), scheme_options={"centroids": 4}),
+], ids=["mc_dropout", "variational", "hsa"])
+def test_uneven_blocks_export_and_onnx_runtime_matches_pytorch(scheme_kw, tmp_path):
+    from edgeuq.export import export_onnx, run_onnx
+    from edgeuq_runtime.noise import sample_noise
+
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(**{**UNEVEN, **scheme_kw})).eval()
+    ck = save_checkpoint(m, tmp_path / "ck", ("a", "b", "c"), 1000.0)
+    art = export_onnx(ck, tmp_path / "onnx", verify=False)   # compared here, independently
+    assert load_checkpoint(tmp_path / "ck").config == m.cfg
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 128)).astype(np.float32)
+    s = 4
+    noise = sample_noise(art.noise, s * 2, rng)
+    onnx_logits = run_onnx(art, x, noise, s)
+    with torch.no_grad():
+        feats = tile_samples(m.trunk(torch.from_numpy(x)), s)
+        torch_logits = m.head_forward(feats, {k: torch.from_numpy(v) for k, v in noise.items()}).numpy()
+    err = float(np.abs(onnx_logits - torch_logits).max())
+    assert err <= 1e-4, err
+    # the noise matters (a broken noise input would give the same logits for every sample)
+    assert float(np.abs(torch_logits.reshape(s, 2, -1) - torch_logits.reshape(s, 2, -1)[:1]).max()) > 1e-3

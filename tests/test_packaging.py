@@ -32,6 +32,8 @@ def test_wheel_contains_descriptors_and_native_sources(tmp_path):
     for kind, folder in (("targets", "targets"), ("boards", "boards"), ("recipes", "compile")):
         for f in (ROOT / folder).glob("*.toml"):
             assert f"edgeuq/_descriptors/{kind}/{f.name}" in names
-    for f in (ROOT / "edgeuq" / "lower" / "native").rglob("*"):
-        if f.is_file():
-            assert f.relative_to(ROOT).as_posix() in names, f
+    toolchain = ROOT / "edgeuq" / "lower" / "toolchain"
+    shipped = [f for f in toolchain.rglob("*") if f.is_file() and f.suffix in (".cc", ".h", ".sh")]
+    assert len(shipped) >= 8, shipped          # the armv7 driver's sources, its headers and the set-up script
+    for f in shipped:
+        assert f.relative_to(ROOT).as_posix() in names, f

@@ -38,7 +38,9 @@ def _env_python() -> Path:
 
 def _build_fixture(root: Path) -> Path:
     """bundle/ (trunk.onnx + head.fpga.json + fpga/...), reference.npz and report.json in ``root``."""
-    pytest.importorskip("hls4ml")
+    from require_extras import require_extra
+
+    require_extra("hls4ml", "fpga")
     import onnxruntime as ort
 
     from edgeuq_runtime import GraphSpec, InputSpec, Manifest, write_bundle
@@ -56,7 +58,7 @@ def _build_fixture(root: Path) -> Path:
         head=GraphSpec(head_file, (art.feature_name, *[n.name for n in art.noise]), (art.logits_name,),
                        backend=compiled.head.backend, options=compiled.head.options),
         feature_name=art.feature_name, logits_name=art.logits_name,
-        metadata={"target": compiled.target, "fpga": compiled.metadata["checks"]},
+        metadata={"target": compiled.target, "fpga": compiled.evidence.detail["checks"]},
     )
     sources = {"trunk.onnx": compiled.trunk.file, head_file: compiled.head.file, **compiled.extra_files}
     write_bundle(root / "bundle", manifest, sources)
@@ -73,7 +75,7 @@ def _build_fixture(root: Path) -> Path:
     probs = (probs / probs.sum(-1, keepdims=True)).reshape(samples, len(windows), -1).mean(0)
     np.savez(root / "reference.npz", windows=windows, seed=seed, samples=samples, float_logits=logits,
              float_prediction=probs.argmax(-1))
-    (root / "report.json").write_text(json.dumps(compiled.metadata["checks"], indent=2))
+    (root / "report.json").write_text(json.dumps(compiled.evidence.detail["checks"], indent=2))
     return root
 
 

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+from edgeuq.artifact import ArtifactError
 from edgeuq.quantize import Budget, BudgetError, LayerCosts, QuantLayer, allocate, load_quant_plan
 from edgeuq.quantize import plan_to_hls4ml_precision
 from edgeuq.quantize.hls4ml import ap_fixed_for
@@ -98,7 +99,7 @@ def test_plan_json_round_trip_and_hash(tmp_path):
     for c in again.layers:
         assert set(c.sensitivities) == set(PRECISIONS) and c.sensitivity == c.sensitivities[c.precision]
     (tmp_path / "quant_plan.json").write_text('{"format": 99}')
-    with pytest.raises(ValueError, match="unsupported plan format"):
+    with pytest.raises(ArtifactError, match="kind None, expected 'quant_plan'"):
         load_quant_plan(tmp_path)
 
 

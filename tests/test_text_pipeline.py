@@ -15,7 +15,7 @@ from edgeuq.export import TOKENIZER_FILE, export_onnx, max_abs_difference
 from edgeuq.models import ModelConfig, SignalTransformer, mc_sample_probs
 from edgeuq.training import TrainConfig, save_checkpoint
 from edgeuq_runtime import UncertaintyRuntime
-from edgeuq_runtime.noise import sample_noise
+from edgeuq_runtime.noise import sample_noise_tiled
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -64,14 +64,28 @@ def test_read_tsv_labels_by_index_or_name(tmp_path):
     ds = read_text_tsv(p, CLASSES)
     assert ds.texts == ("good film", "bad film") and ds.y.tolist() == [1, 0]
     p.write_text("sentence\tlabel\ngood film\tmaybe\n")
-    with pytest.raises(DataError, match="not classes"):
+    with pytest.raises(DataError, match="not among the classes"):
         read_text_tsv(p, CLASSES)
     assert read_text_tsv(p, CLASSES, allow_unknown=True).y.tolist() == [-1]
     p.write_text("text\tother\nwhat is it ?\tx\n")
     assert read_text_tsv(p, CLASSES).y.tolist() == [-1]
     p.write_text("words\nx\n")
     with pytest.raises(DataError, match="no text column"):
-        read_text_tsv(p, CLASSES)
+        read_text_tsv(p, CLASSES, header=True)
+
+
+def test_read_tsv_without_header_and_forgiving_labels(tmp_path):
+    p = tmp_path / "b.tsv"
+    p.write_text("great film\t1\nawful film\tNEGATIVE\nfine film\tPositive\n")  # no header row
+    ds = read_text_tsv(p, CLASSES)
+    assert ds.texts == ("great film", "awful film", "fine film") and ds.y.tolist() == [1, 0, 1]
+    p.write_text("good\tmeh\tpos\nbad\tugh\tneg\n")  # columns by index, labels through a map
+    ds = read_text_tsv(p, CLASSES, text_column=0, label_column=2, label_map={"pos": "positive", "neg": "negative"})
+    assert ds.texts == ("good", "bad") and ds.y.tolist() == [1, 0]
+    with pytest.raises(DataError, match=r"labels \['neg', 'pos'\] are not among the classes"):
+        read_text_tsv(p, CLASSES, label_column=2)
+    p.write_text("only text here\nand more\n")  # one column: unlabelled
+    assert read_text_tsv(p, CLASSES).y.tolist() == [-1, -1]
 
 
 def test_vocabulary_is_frequency_ordered_with_min_freq():
@@ -113,7 +127,7 @@ def test_token_model_export_bundle_and_runtime_agree(text_bundle):
     ids = rt.tokenize(vtexts)
     assert np.array_equal(ids, tok.encode_batch(vtexts))
     r = rt.predict_text(vtexts, samples=6, seed=5)
-    noise = sample_noise(rt.manifest.noise, 6 * len(vtexts), np.random.default_rng(5))
+    noise = sample_noise_tiled(rt.manifest.noise, 6, len(vtexts), np.random.default_rng(5))  # what predict draws
     p_torch = mc_sample_probs(m, torch.from_numpy(ids), 6, noise=noise).numpy()
     assert np.abs(r.samples - p_torch).max() < 1e-5
     assert float(np.mean(r.prediction == vy)) > 0.9  # the toy sentiment is learnt

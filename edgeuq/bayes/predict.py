@@ -8,13 +8,13 @@ import torch
 
 from edgeuq_runtime.noise import mean_noise, sample_noise
 
-from ..models import SignalTransformer, tile_samples
+from ..models import DeployableModel, tile_samples
 
 __all__ = ["sample_logits", "predictive_probs"]
 
 
 @torch.no_grad()
-def sample_logits(model: SignalTransformer, x: np.ndarray, samples: Optional[int], seed: int = 0,
+def sample_logits(model: DeployableModel, x: np.ndarray, samples: Optional[int], seed: int = 0,
                   batch_size: int = 128) -> np.ndarray:
     """Logits of shape (S, N, C): trunk once per batch, head on S stacked samples.
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..models import SignalTransformer
+from ..models import DeployableModel
 from ..uq.calibration import TemperatureFit, fit_temperature
 from .predict import sample_logits
 from .train import uses_sampling
@@ -14,13 +14,13 @@ from .train import uses_sampling
 __all__ = ["calibrate_temperature", "with_temperature"]
 
 
-def with_temperature(model: SignalTransformer, temperature: float) -> SignalTransformer:
+def with_temperature(model: DeployableModel, temperature: float) -> DeployableModel:
     """Set ``model.cfg.temperature`` (the head divides its logits by it; exported as a constant)."""
     model.cfg = dataclasses.replace(model.cfg, temperature=float(temperature))
     return model
 
 
-def calibrate_temperature(model: SignalTransformer, x_val: np.ndarray, y_val: np.ndarray, samples: int = 16,
+def calibrate_temperature(model: DeployableModel, x_val: np.ndarray, y_val: np.ndarray, samples: int = 16,
                           seed: int = 0, logits: Optional[np.ndarray] = None) -> TemperatureFit:
     """Fit T on the validation predictive (S fixed draws) and install it in ``model``.
 

@@ -10,13 +10,14 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from ..bayes import calibrate_temperature, fit_laplace, fit_model, train_ensemble
+from ..bayes import calibrate_temperature, fit_model
 from ..export import TOKENIZER_FILE
 from ..models import ModelConfig, SignalTransformer
-from ..models.config import BLOCK_DROPOUT_POSITIONS
-from ..models.ensemble import member_config
+from ..schemes import get_scheme
+from ..schemes.base import FitContext
+from ..artifact import ArtifactError
 from ..training import Checkpoint, TrainConfig, load_checkpoint, save_checkpoint
-from .settings import SCHEME_NAMES, BenchmarkSettings
+from .settings import BenchmarkSettings
 from .tasks import Task
 
 __all__ = ["scheme_config", "trained_checkpoint", "temperature_checkpoint"]
@@ -24,30 +25,17 @@ __all__ = ["scheme_config", "trained_checkpoint", "temperature_checkpoint"]
 Log = Callable[[str], None]
 
 
-def scheme_config(scheme: str, task: Task, s: BenchmarkSettings) -> ModelConfig:
-    """The ModelConfig of ``scheme`` on ``task`` (architecture from the settings)."""
+def scheme_config(variant: str, task: Task, s: BenchmarkSettings) -> ModelConfig:
+    """The ModelConfig of ``variant`` on ``task`` (architecture from the settings,
+    scheme and options from ``s.variants``)."""
+    if variant not in s.variants:
+        raise ValueError(f"unknown scheme {variant!r}; known: {list(s.variants)}")
     text = task.tokenizer is not None
     base = dict(s.text_model if text else s.bearing_model)
     base.update(input_length=task.input_length, num_classes=len(task.class_names))
     if text:
         base["vocab_size"] = task.tokenizer.vocab_size
-    if scheme == "mc_dropout":
-        extra: dict = {}
-    elif scheme == "mc_dropout_attn":
-        extra = dict(block_dropout_positions=BLOCK_DROPOUT_POSITIONS)
-    elif scheme == "variational":
-        extra = dict(scheme="variational", vi_prior_sigma=s.vi_prior_sigma)
-    elif scheme == "hsa":
-        extra = dict(scheme="hsa", stochastic_head=False, hsa_tau1=s.hsa_tau1, hsa_tau2=s.hsa_tau2,
-                     hsa_centroids=s.hsa_centroids)
-    elif scheme == "ensemble":
-        extra = dict(scheme="ensemble", stochastic_blocks=(), ensemble_members=s.ensemble_members)
-    elif scheme == "laplace":
-        extra = dict(scheme="laplace", stochastic_blocks=(), stochastic_head=True,
-                     laplace_structure=s.laplace_structure)
-    else:
-        raise ValueError(f"unknown scheme {scheme!r}; known: {list(SCHEME_NAMES)}")
-    return ModelConfig(**{**base, **extra})
+    return ModelConfig.from_dict({**base, **s.variants[variant]})
 
 
 def _train_cfg(task: Task, s: BenchmarkSettings) -> TrainConfig:
@@ -60,13 +48,16 @@ def _key(*parts) -> str:
 
 def _cached(directory: Path, key: str) -> Optional[Checkpoint]:
     if (directory / "checkpoint.json").is_file():
-        ck = load_checkpoint(directory)
+        try:
+            ck = load_checkpoint(directory)
+        except ArtifactError:  # written by an older edgeuq, or damaged: train again
+            return None
         if ck.metrics.get("cache_key") == key:
             return ck
     return None
 
 
-def _save(model: SignalTransformer, directory: Path, task: Task, key: str, metrics: dict) -> Checkpoint:
+def _save(model: torch.nn.Module, directory: Path, task: Task, key: str, metrics: dict) -> Checkpoint:
     ck = save_checkpoint(model, directory, task.class_names, task.fs, task.normalization,
                          metrics={**metrics, "cache_key": key})
     if task.tokenizer is not None:
@@ -74,16 +65,17 @@ def _save(model: SignalTransformer, directory: Path, task: Task, key: str, metri
     return ck
 
 
-def _member(task: Task, s: BenchmarkSettings, root: Path, m: int, progress: bool, log: Log) -> SignalTransformer:
-    """Ensemble member m (deterministic network, seed + m), cached on its own."""
-    cfg = member_config(scheme_config("ensemble", task, s))
+def _member(cfg: ModelConfig, task: Task, s: BenchmarkSettings, root: Path, m: int, progress: bool,
+            log: Log) -> SignalTransformer:
+    """Deterministic network m (seed + m), cached on its own under ``<task>/ensemble/member<m>``:
+    the ensemble's members, and member 0 is the MAP network of the Laplace variant."""
     tcfg = dataclasses.replace(_train_cfg(task, s), seed=_train_cfg(task, s).seed + m)
     directory = root / task.name / "ensemble" / f"member{m}"
     key = _key(cfg.to_dict(), tcfg.to_dict(), task.description, "member")
     ck = _cached(directory, key)
     if ck is not None:
         return ck.load_model()
-    log(f"  training ensemble member {m + 1}/{s.ensemble_members}")
+    log(f"  training ensemble member {m + 1}")
     t0 = time.perf_counter()
     torch.manual_seed(tcfg.seed)
     model = SignalTransformer(cfg)
@@ -92,43 +84,31 @@ def _member(task: Task, s: BenchmarkSettings, root: Path, m: int, progress: bool
     return model
 
 
-def trained_checkpoint(scheme: str, task: Task, s: BenchmarkSettings, root: Path, progress: bool = True,
+def trained_checkpoint(variant: str, task: Task, s: BenchmarkSettings, root: Path, progress: bool = True,
                        log: Log = print) -> Checkpoint:
-    """The trained model of ``scheme`` on ``task``, from ``root/<task>/<scheme>/checkpoint`` when
-    its cache key (configs + data description) matches, else trained now and saved there."""
-    cfg = scheme_config(scheme, task, s)
+    """The trained model of ``variant`` on ``task``, from ``root/<task>/<variant>/checkpoint`` when
+    its cache key (configs + data description) matches, else trained now by its scheme's
+    fitting hook (deterministic members come from the shared member cache) and saved there."""
+    cfg = scheme_config(variant, task, s)
     tcfg = _train_cfg(task, s)
-    directory = root / task.name / scheme / "checkpoint"
-    extra = {"kl_weight": s.kl_weight, "val_samples": s.val_samples} if scheme != "ensemble" else {}
-    if scheme in ("ensemble", "laplace"):
-        extra["members"] = s.ensemble_members
-    key = _key(cfg.to_dict(), tcfg.to_dict(), task.description, scheme, extra)
+    directory = root / task.name / variant / "checkpoint"
+    uq = {"kl_weight": s.kl_weight, "val_samples": s.val_samples}
+    key = _key(cfg.to_dict(), tcfg.to_dict(), task.description, variant, uq)
     ck = _cached(directory, key)
     if ck is not None:
-        log(f"{task.name}/{scheme}: cached")
+        log(f"{task.name}/{variant}: cached")
         return ck
-    log(f"{task.name}/{scheme}: training")
+    log(f"{task.name}/{variant}: training")
     t0 = time.perf_counter()
-    metrics: Dict[str, object] = {}
-    if scheme == "ensemble":
-        members = [_member(task, s, root, m, progress, log) for m in range(s.ensemble_members)]
-        model, _ = train_ensemble(cfg, *task.train, *task.val, tcfg, progress=progress, members=members)
-    elif scheme == "laplace":
-        model = SignalTransformer(cfg)
-        missing, unexpected = model.load_state_dict(_member(task, s, root, 0, progress, log).state_dict(),
-                                                    strict=False)
-        if unexpected or any(not k.startswith("head.fc2.") for k in missing):
-            raise RuntimeError(f"member weights do not fit the Laplace model: {missing} {unexpected}")
-        metrics["laplace"] = fit_laplace(model, task.train[0], *task.val).to_dict()
-    else:
-        torch.manual_seed(tcfg.seed)
-        model = SignalTransformer(cfg)
-        res = fit_model(model, *task.train, *task.val, tcfg, kl_weight=s.kl_weight if scheme == "variational" else 0.0,
-                        val_samples=s.val_samples, progress=progress, log=log)
-        metrics["train"] = res.to_dict()
+    ctx = FitContext(*task.train, *task.val, tcfg, uq, progress=progress, log=log,
+                     member=lambda m_cfg, m: (_member(m_cfg, task, s, root, m, progress, log), None))
+    out = get_scheme(cfg.scheme).train(cfg, ctx)
+    metrics: Dict[str, object] = dict(out.metrics)
+    if len(out.runs) == 1:
+        metrics["train"] = out.runs[0].to_dict()
     metrics["train_s"] = time.perf_counter() - t0
-    log(f"{task.name}/{scheme}: done in {metrics['train_s']:.0f} s")
-    return _save(model, directory, task, key, metrics)
+    log(f"{task.name}/{variant}: done in {metrics['train_s']:.0f} s")
+    return _save(out.model, directory, task, key, metrics)
 
 
 def temperature_checkpoint(base: Checkpoint, scheme: str, task: Task, s: BenchmarkSettings,

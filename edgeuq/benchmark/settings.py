@@ -7,9 +7,25 @@ from typing import Any, Dict, Tuple
 
 __all__ = ["BenchmarkSettings", "SCHEME_NAMES"]
 
-#: Schemes compared side by side. "laplace" is fitted post hoc on ensemble member 0
-#: (a deterministic network), so it needs the ensemble's first member.
-SCHEME_NAMES: Tuple[str, ...] = ("mc_dropout", "mc_dropout_attn", "variational", "hsa", "ensemble", "laplace")
+
+def _variants(members: int = 3) -> Dict[str, Dict[str, Any]]:
+    """Each compared variant as overrides of the task's model config: the scheme, its
+    ``scheme_options`` and its stochastic sites. "laplace" is fitted post hoc on ensemble
+    member 0 (a deterministic network; the members are cached and shared)."""
+    return {
+        "mc_dropout": {},
+        "mc_dropout_attn": {"block_dropout_positions": ["attn_probs", "attn_out", "ffn_hidden", "ffn_out"]},
+        "variational": {"scheme": "variational", "scheme_options": {"prior_sigma": 0.1}},
+        "hsa": {"scheme": "hsa", "stochastic_head": False,
+                "scheme_options": {"tau1": 1.0, "tau2": 1.0, "centroids": 16}},
+        "ensemble": {"scheme": "ensemble", "stochastic_blocks": [], "scheme_options": {"members": members}},
+        "laplace": {"scheme": "laplace", "stochastic_blocks": [], "stochastic_head": True,
+                    "scheme_options": {"structure": "kron"}},
+    }
+
+
+#: Variants compared side by side (keys of ``BenchmarkSettings.variants``).
+SCHEME_NAMES: Tuple[str, ...] = tuple(_variants())
 
 
 def _bearing_model() -> Dict[str, Any]:
@@ -44,14 +60,9 @@ class BenchmarkSettings:
                                                                     weight_decay=1e-2, patience=2, seed=0))
     text_max_train: int = 40000      # random subset of the 60,614 training phrases (0: all), for CPU time
     text_schemes: Tuple[str, ...] = ("mc_dropout", "variational", "hsa", "ensemble", "laplace")
-    # schemes
-    ensemble_members: int = 3
+    # schemes: model-config overrides per variant (scheme, scheme_options, stochastic sites)
+    variants: Dict[str, Dict[str, Any]] = field(default_factory=_variants)
     kl_weight: float = 1.0
-    vi_prior_sigma: float = 0.1
-    hsa_tau1: float = 1.0
-    hsa_tau2: float = 1.0
-    hsa_centroids: int = 16
-    laplace_structure: str = "kron"
     # evaluation
     samples: int = 32
     val_samples: int = 4
@@ -71,5 +82,5 @@ class BenchmarkSettings:
             bearing_train=dict(epochs=2, batch_size=64, lr=2e-3, weight_decay=1e-2, patience=2, seed=0),
             text_length=24, text_model={**_text_model(), "d_model": 16, "ffn": 32, "heads": 2},
             text_train=dict(epochs=1, batch_size=128, lr=2e-3, weight_decay=1e-2, patience=1, seed=0),
-            text_max_train=3000, text_schemes=("mc_dropout", "ensemble", "laplace"), ensemble_members=2, samples=8, latency_samples=(1, 8), latency_repeats=5,
+            text_max_train=3000, text_schemes=("mc_dropout", "ensemble", "laplace"), variants=_variants(members=2), samples=8, latency_samples=(1, 8), latency_repeats=5,
         )

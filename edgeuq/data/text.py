@@ -18,13 +18,14 @@ import csv
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from edgeuq_runtime.tokenizer import PAD_TOKEN, UNK_TOKEN, WordTokenizer, split_words
 
 from ._errors import DataError
+from .labels import LabelMapper, UnknownLabelsError
 
 __all__ = [
     "SST2_CLASSES", "TextDataset", "TokenDataset", "read_text_tsv", "load_sst2", "load_trec",
@@ -83,42 +84,79 @@ class TokenDataset:
         return int(self.x.shape[0])
 
 
-def read_text_tsv(path: str | Path, class_names: Sequence[str], text_column: Optional[str] = None,
-                  label_column: Optional[str] = None, allow_unknown: bool = False) -> TextDataset:
-    """Read a TSV with a header. The text column is ``text_column`` or the first of
-    ``sentence``/``text``; the label column is ``label_column`` or ``label`` when
-    present (values: class indices or names). Labels outside ``class_names``
-    raise, or become -1 with ``allow_unknown``. Without a label column every
+def _column(spec: Optional[str | int], col: dict, header: Optional[list], path: Path, what: str) -> Optional[int]:
+    """A column given by header name or 0-based index -> its index."""
+    if spec is None:
+        return None
+    text = str(spec).strip()
+    if text in col:
+        return col[text]
+    if text.lstrip("-").isdigit():
+        return int(text)
+    raise DataError(f"{path}: {what} column {text!r} is not a header name "
+                    + (f"(header {header})" if header is not None else "(the file has no header row)")
+                    + " nor a 0-based column index")
+
+
+def read_text_tsv(path: str | Path, class_names: Sequence[str], text_column: Optional[str | int] = None,
+                  label_column: Optional[str | int] = None, allow_unknown: bool = False,
+                  label_map: Optional[Mapping[str, str]] = None, header: Optional[bool] = None) -> TextDataset:
+    """Read a tab-separated file of texts and (optionally) labels.
+
+    With a header row (detected when it names ``sentence``, ``text`` or ``label``, or
+    a column given by name; ``header`` forces it) the text column is ``text_column`` or
+    the first of ``sentence``/``text``, the label column ``label_column`` or ``label``
+    when present. Without one, text is column 0 and the label column 1 (when rows have
+    two fields). Columns may also be given as 0-based indices. Labels are class
+    indices or names, placed forgivingly (case, separators, then ``label_map``);
+    others raise, or become -1 with ``allow_unknown``. Without a label column every
     label is -1."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"text file not found: {path}")
     names = tuple(class_names)
+    mapper = LabelMapper(names, dict(label_map or {}))
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError(f"{path}: empty file") from None
         rows = [r for r in reader if r and any(c.strip() for c in r)]
-    col = {h.strip(): i for i, h in enumerate(header)}
-    tcol = text_column or next((c for c in _TEXT_COLUMNS if c in col), None)
-    if tcol is None or tcol not in col:
-        raise DataError(f"{path}: no text column ({text_column or ' or '.join(_TEXT_COLUMNS)}) in header {header}")
-    lcol = label_column or ("label" if "label" in col else None)
-    if lcol is not None and lcol not in col:
-        raise DataError(f"{path}: label column {lcol!r} not in header {header}")
+    if not rows:
+        raise DataError(f"{path}: empty file")
+    first = [h.strip() for h in rows[0]]
+    named = {str(c).strip() for c in (text_column, label_column) if c is not None}
+    if header is None:
+        header = any(h in (*_TEXT_COLUMNS, "label") or h in named for h in first)
+    head = first if header else None
+    col = {h: i for i, h in enumerate(first)} if header else {}
+    body = rows[1:] if header else rows
+    first_line = 2 if header else 1
+    tidx = _column(text_column, col, head, path, "text")
+    if tidx is None:
+        if header:
+            tname = next((c for c in _TEXT_COLUMNS if c in col), None)
+            if tname is None:
+                raise DataError(f"{path}: no text column ({' or '.join(_TEXT_COLUMNS)}) in header {head}; "
+                                "name it, or give the text column (name or 0-based index)")
+            tidx = col[tname]
+        else:
+            tidx = 0
+    lidx = _column(label_column, col, head, path, "label")
+    if lidx is None and label_column is None:
+        if header:
+            lidx = col.get("label")
+        elif body and min(len(r) for r in body) >= 2:
+            lidx = 1 if tidx != 1 else 0
     texts, labels, unknown = [], [], set()
-    for n, row in enumerate(rows, start=2):
-        if len(row) <= col[tcol]:
-            raise DataError(f"{path}:{n}: row has {len(row)} fields, text column {tcol!r} missing")
-        texts.append(row[col[tcol]].strip())
-        if lcol is None:
+    for n, row in enumerate(body, start=first_line):
+        if len(row) <= tidx:
+            raise DataError(f"{path}:{n}: row has {len(row)} fields, text column {tidx} missing")
+        texts.append(row[tidx].strip())
+        if lidx is None:
             labels.append(-1)
             continue
-        raw = row[col[lcol]].strip() if len(row) > col[lcol] else ""
-        if raw in names:
-            labels.append(names.index(raw))
+        raw = row[lidx].strip() if len(row) > lidx else ""
+        placed = mapper.resolve(raw) if raw else None
+        if placed is not None:
+            labels.append(names.index(placed))
         elif raw.lstrip("-").isdigit() and 0 <= int(raw) < len(names):
             labels.append(int(raw))
         elif allow_unknown:
@@ -126,7 +164,7 @@ def read_text_tsv(path: str | Path, class_names: Sequence[str], text_column: Opt
         else:
             unknown.add(raw)
     if unknown:
-        raise DataError(f"{path}: labels {sorted(unknown)[:5]} are not classes {list(names)} (nor indices)")
+        raise UnknownLabelsError(str(path), sorted(unknown), names)
     if not texts:
         raise DataError(f"{path}: no rows")
     return TextDataset(tuple(texts), np.asarray(labels, dtype=np.int64), names, path.stem)

@@ -164,7 +164,7 @@ def _label_index(record: SignalRecord, class_names: tuple[str, ...], allow_unkno
             return -1
         raise DataError(
             f"{record.record_id}: label {record.label!r} is not one of the class names {class_names}; "
-            "pass allow_unknown=True to keep it as unlabelled (-1)"
+            "translate it with a label map (e.g. InnerRace=inner_race) or keep it unlabelled"
         ) from None
 
 
@@ -297,7 +297,7 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
         raise DataError(f"fractions must be (train, val, test), got {fractions!r}")
     if any(not math.isfinite(f) or f <= 0 for f in fr):
         raise DataError(f"fractions must all be positive, got {fractions!r}")
-    if abs(sum(fr) - 1.0) > 1e-6:
+    if not abs(sum(fr) - 1.0) <= 1e-6:  # NaN-safe
         raise DataError(f"fractions must sum to 1, got {fractions!r} (sum {sum(fr):g})")
     return fr  # type: ignore[return-value]
 

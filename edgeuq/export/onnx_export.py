@@ -9,21 +9,20 @@ N = S * B when the runtime stacks S samples (s-major). Dropout masks are plain
 """
 from __future__ import annotations
 
-import json
 import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from edgeuq_runtime.bundle import sha256_file as _sha256
 from edgeuq_runtime.noise import NoiseSpec, noise_specs_from_json, sample_noise
 
+from ..artifact import Artifact, ArtifactWriter
 from ..models import SignalTransformer
 from ..training import Checkpoint
 
@@ -39,8 +38,13 @@ _META = "export.json"
 
 
 @dataclass(frozen=True)
-class OnnxArtifact:
-    directory: Path
+class OnnxArtifact(Artifact):
+    """The exported trunk/head graph pair (``export.json`` is the envelope)."""
+
+    KIND: ClassVar[str] = "onnx_export"
+    FORMAT_VERSION: ClassVar[int] = 2
+    META_FILE: ClassVar[str] = _META
+
     trunk_file: str
     head_file: str
     input_length: int
@@ -49,7 +53,6 @@ class OnnxArtifact:
     class_names: Tuple[str, ...]
     sample_rate_hz: float
     normalization: str
-    sha256: Mapping[str, str]
     opset: int = OPSET
     input_name: str = INPUT_NAME
     feature_name: str = FEATURE_NAME
@@ -59,27 +62,45 @@ class OnnxArtifact:
     tokenizer_file: Optional[str] = None
 
     @property
+    def sha256(self) -> Mapping[str, str]:
+        """File name -> sha256 of every file of the export (``digest`` also covers the metadata)."""
+        return self.files
+
+    @property
     def tokenizer_path(self) -> Optional[Path]:
-        return None if self.tokenizer_file is None else self.directory / self.tokenizer_file
+        return None if self.tokenizer_file is None else self.file_path(self.tokenizer_file)
 
     @property
     def trunk_path(self) -> Path:
-        return self.directory / self.trunk_file
+        return self.file_path(self.trunk_file)
 
     @property
     def head_path(self) -> Path:
-        return self.directory / self.head_file
+        return self.file_path(self.head_file)
 
-    def to_json(self) -> dict:
+    def payload_files(self) -> Tuple[str, ...]:
+        return (self.trunk_file, self.head_file) + ((self.tokenizer_file,) if self.tokenizer_file else ())
+
+    def to_meta(self) -> dict:
         return {
             "trunk_file": self.trunk_file, "head_file": self.head_file, "input_length": self.input_length,
             "feature_shape": list(self.feature_shape), "noise": [s.to_json() for s in self.noise],
             "class_names": list(self.class_names), "sample_rate_hz": self.sample_rate_hz,
-            "normalization": self.normalization, "sha256": dict(self.sha256), "opset": self.opset,
+            "normalization": self.normalization, "opset": self.opset,
             "input_name": self.input_name, "feature_name": self.feature_name, "logits_name": self.logits_name,
-            **({"input_dtype": self.input_dtype, "vocab_size": self.vocab_size, "tokenizer_file": self.tokenizer_file}
-               if self.input_dtype != "float32" else {}),
+            "input_dtype": self.input_dtype, "vocab_size": self.vocab_size, "tokenizer_file": self.tokenizer_file,
         }
+
+    @classmethod
+    def from_meta(cls, m: Mapping[str, Any], **base: Any) -> "OnnxArtifact":
+        return cls(
+            trunk_file=m["trunk_file"], head_file=m["head_file"], input_length=int(m["input_length"]),
+            feature_shape=tuple(m["feature_shape"]), noise=noise_specs_from_json(m["noise"]),
+            class_names=tuple(m["class_names"]), sample_rate_hz=float(m["sample_rate_hz"]),
+            normalization=m["normalization"], opset=int(m["opset"]), input_name=m["input_name"],
+            feature_name=m["feature_name"], logits_name=m["logits_name"], input_dtype=m["input_dtype"],
+            vocab_size=m["vocab_size"], tokenizer_file=m["tokenizer_file"], **base,
+        )
 
 
 class _HeadGraph(nn.Module):
@@ -136,7 +157,6 @@ def export_onnx(
     model.eval()
     model.set_sampling(False)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     specs = model.noise_specs()
     if not specs:
         raise ValueError("model has no stochastic layer: set stochastic_blocks or stochastic_head")
@@ -149,53 +169,35 @@ def export_onnx(
     with torch.no_grad():
         feats = model.trunk(x)
     noise = {k: torch.from_numpy(v) for k, v in sample_noise(specs, 2, np.random.default_rng(0)).items()}
-    _export(_TrunkGraph(model), (x,), out_dir / "trunk.onnx", [input_name], [FEATURE_NAME])
-    _export(
-        _HeadGraph(model, names), (feats, *[noise[n] for n in names]), out_dir / "head.onnx",
-        [FEATURE_NAME, *names], [LOGITS_NAME],
-    )
-    files = ["trunk.onnx", "head.onnx"]
-    token_fields: Dict[str, object] = {}
-    if tokens:
-        token_fields = {"input_name": input_name, "input_dtype": "int64", "vocab_size": cfg.vocab_size}
-        src = Path(checkpoint.directory) / TOKENIZER_FILE
-        if src.is_file():
-            if src.resolve() != (out_dir / TOKENIZER_FILE).resolve():
-                shutil.copyfile(src, out_dir / TOKENIZER_FILE)
-            token_fields["tokenizer_file"] = TOKENIZER_FILE
-            files.append(TOKENIZER_FILE)
-    art = OnnxArtifact(
-        directory=out_dir, trunk_file="trunk.onnx", head_file="head.onnx", input_length=cfg.input_length,
-        feature_shape=tuple(model.feature_shape()), noise=specs, class_names=checkpoint.class_names,
-        sample_rate_hz=checkpoint.sample_rate_hz, normalization=checkpoint.normalization,
-        sha256={f: _sha256(out_dir / f) for f in files}, **token_fields,
-    )
-    (out_dir / _META).write_text(json.dumps(art.to_json(), indent=2, sort_keys=True))
-    if verify:
-        err = max_abs_difference(model, art, batch=3, samples=4, seed=1)
-        if err > atol:
-            raise RuntimeError(f"exported graphs disagree with PyTorch: max |logit diff| {err:.2e} > {atol:.0e}")
-    return art
+    with ArtifactWriter(out_dir) as w:
+        _export(_TrunkGraph(model), (x,), w.path / "trunk.onnx", [input_name], [FEATURE_NAME])
+        _export(
+            _HeadGraph(model, names), (feats, *[noise[n] for n in names]), w.path / "head.onnx",
+            [FEATURE_NAME, *names], [LOGITS_NAME],
+        )
+        token_fields: Dict[str, object] = {}
+        if tokens:
+            token_fields = {"input_name": input_name, "input_dtype": "int64", "vocab_size": cfg.vocab_size}
+            src = Path(checkpoint.directory) / TOKENIZER_FILE
+            if src.is_file():
+                shutil.copyfile(src, w.path / TOKENIZER_FILE)
+                token_fields["tokenizer_file"] = TOKENIZER_FILE
+        art = OnnxArtifact(
+            trunk_file="trunk.onnx", head_file="head.onnx", input_length=cfg.input_length,
+            feature_shape=tuple(model.feature_shape()), noise=specs, class_names=checkpoint.class_names,
+            sample_rate_hz=checkpoint.sample_rate_hz, normalization=checkpoint.normalization,
+            directory=w.path, inputs=checkpoint.digest, **token_fields,
+        )
+        if verify:  # before anything reaches out_dir: a failed export leaves nothing that loads
+            err = max_abs_difference(model, art, batch=3, samples=4, seed=1)
+            if not err <= atol:  # NaN-safe
+                raise RuntimeError(f"exported graphs disagree with PyTorch: max |logit diff| {err:.2e} > {atol:.0e}")
+        return w.commit(art)
 
 
 def load_onnx_artifact(directory: Path) -> OnnxArtifact:
-    directory = Path(directory)
-    meta_path = directory / _META
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"no ONNX export at {directory}: {_META} missing")
-    m = json.loads(meta_path.read_text())
-    art = OnnxArtifact(
-        directory=directory, trunk_file=m["trunk_file"], head_file=m["head_file"], input_length=m["input_length"],
-        feature_shape=tuple(m["feature_shape"]), noise=noise_specs_from_json(m["noise"]),
-        class_names=tuple(m["class_names"]), sample_rate_hz=m["sample_rate_hz"],
-        normalization=m["normalization"], sha256=m["sha256"], opset=m["opset"],
-        input_name=m.get("input_name", INPUT_NAME), input_dtype=m.get("input_dtype", "float32"),
-        vocab_size=m.get("vocab_size"), tokenizer_file=m.get("tokenizer_file"),
-    )
-    for f, digest in art.sha256.items():
-        if _sha256(directory / f) != digest:
-            raise ValueError(f"{directory / f} does not match the sha256 recorded in {_META}")
-    return art
+    """Load and verify an export (raises ArtifactError naming the problem)."""
+    return OnnxArtifact.load(Path(directory))
 
 
 def run_onnx(art: OnnxArtifact, x: np.ndarray, noise: Mapping[str, np.ndarray], samples: int) -> np.ndarray:

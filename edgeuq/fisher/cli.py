@@ -9,15 +9,17 @@ __all__ = ["register"]
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """``--recipe``, the shared data group (``--data --fs --key --label-map``) and ``--max-windows``."""
+    from ..cli_args import add_data_arguments as shared
+
     p.add_argument("--recipe", default="bearing-demo", help="recipe (synthetic data and window hop)")
-    p.add_argument("--data", help="CWRU folder (with MANIFEST.csv), a signal file or a folder of them; "
-                                  "default: the recipe's synthetic data")
-    p.add_argument("--fs", type=float, help="sample rate of .npy/.csv inputs")
-    p.add_argument("--key", help="variable name inside .mat inputs")
-    p.add_argument("--max-windows", type=int, default=512, help="calibration windows (random subset; default 512)")
+    g = shared(p)
+    g.add_argument("--max-windows", type=int, default=512, help="calibration windows (random subset; default 512)")
 
 
 def _run(a: argparse.Namespace) -> int:
+    from ..artifact import digest_of
+    from ..cli_args import data_options, data_path
     from ..report import format_table
     from ..training import load_checkpoint
     from .config import FisherConfig
@@ -26,15 +28,16 @@ def _run(a: argparse.Namespace) -> int:
     from .plot import SENSITIVITY_HEADERS, plot_sensitivity, sensitivity_rows
 
     ckpt = load_checkpoint(Path(a.checkpoint))
-    data = calibration_data(ckpt, a.recipe, Path(a.data) if a.data else None, a.fs, a.key,
-                            max_windows=a.max_windows, seed=a.seed)
+    data = calibration_data(ckpt, a.recipe, data_path(a), max_windows=a.max_windows, seed=a.seed,
+                            options=data_options(a))
     cfg = FisherConfig(labels="empirical" if a.empirical else "true", noise_samples=a.noise_samples,
                        batch_size=a.batch_size, seed=a.seed, progress=not a.no_progress)
     model = ckpt.load_model()
     report = estimate_fisher(model, data.x, data.y, cfg, kfac=a.kfac, hessian_probes=a.hessian_probes,
                              meta={"checkpoint_sha256": ckpt.sha256, "checkpoint": str(ckpt.directory),
                                    "data": data.description})
-    saved = report.save(Path(a.out))
+    key = digest_of(ckpt, cfg.to_dict(), data.description, a.kfac, a.hessian_probes)
+    saved = report.save(Path(a.out), inputs=key)
     png = plot_sensitivity(saved, Path(a.out) / "sensitivity.png")
     print(f"{saved.labels} Fisher over {data.description}"
           + (f", {cfg.noise_samples} noise draws each" if report.meta.get("stochastic") else ""))

@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..data.sources import DataOptions, resolve_data_source
 from ..training import Checkpoint
 
 __all__ = ["CalibrationData", "calibration_data"]
@@ -30,10 +31,12 @@ def calibration_data(
     split: str = "train",
     max_windows: int = 512,
     seed: int = 0,
+    options: Optional[DataOptions] = None,
 ) -> CalibrationData:
     """Windows of ``split`` ("train", "val" or "test"), at most ``max_windows`` (random, seeded)."""
     from ..catalog import get_recipe
-    from ..data import load_cwru, load_signals, split_in_domain
+    from ..data import split_in_domain
+    from ..data.sources import load_records, relabel_records
     from ..pipeline import prepare_data
 
     rec = get_recipe(recipe)
@@ -47,13 +50,12 @@ def calibration_data(
         where = f"synthetic data of recipe {rec.name!r}"
     else:
         path = Path(data)
-        if path.is_dir() and (path / "MANIFEST.csv").is_file():
-            records = load_cwru(path)
-            where = f"CWRU folder {path}"
-        else:
-            records = load_signals(path, fs=fs, key=key, target_fs=checkpoint.sample_rate_hz)
-            where = f"signals from {path}"
-        records = [r for r in records if r.label in classes]
+        opts = options if options is not None else DataOptions(fs=fs, key=key)
+        cwru = resolve_data_source(path).name == "cwru"  # CWRU: native rate here, resampled when windowed
+        records, src = load_records(path, opts, None if cwru else checkpoint.sample_rate_hz)
+        where = f"CWRU folder {path}" if src.name == "cwru" else f"signals from {path}"
+        records = [r for r in relabel_records(records, classes, opts.label_map, allow_unknown=True)
+                   if r.label in classes]
         if not records:
             raise ValueError(f"no record in {path} has one of the checkpoint's classes {list(classes)}")
         splits = split_in_domain(records, window, int(rec.data["hop"]), class_names=classes,

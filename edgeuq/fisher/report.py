@@ -4,27 +4,25 @@
 activation ranges), settings and provenance, and the sha256 of ``fisher.npz``;
 ``fisher.npz`` holds the arrays: the per-parameter diagonal (``diag/<param>``),
 structure scores (``struct/<name>``) and K-FAC factors (``kfac/<layer>/A|G``).
-Loading verifies the hash; ``FisherReport.sha256`` is the hash of
-``fisher.json`` and so covers both files.
+It is an :class:`edgeuq.artifact.Artifact`: loading verifies both files, and
+``FisherReport.sha256`` (= ``digest``) covers both.
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from ..artifact import Artifact, ArtifactWriter
 from .activations import ActivationStats
 from .config import FisherConfig
 from .kfac import KFACFactors
 
 __all__ = ["LayerFisher", "StructureScores", "FisherReport", "load_fisher_report", "REPORT_FORMAT"]
 
-REPORT_FORMAT = 1
+
 _JSON = "fisher.json"
 _NPZ = "fisher.npz"
 
@@ -65,7 +63,11 @@ class StructureScores:
 
 
 @dataclass(frozen=True, eq=False)
-class FisherReport:
+class FisherReport(Artifact):
+    KIND: ClassVar[str] = "fisher_report"
+    FORMAT_VERSION: ClassVar[int] = 2
+    META_FILE: ClassVar[str] = _JSON
+
     layers: Tuple[LayerFisher, ...]
     config: FisherConfig
     n_samples: int
@@ -74,8 +76,11 @@ class FisherReport:
     structures: Mapping[str, StructureScores] = field(default_factory=dict)
     kfac: Mapping[str, KFACFactors] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)   # checkpoint sha256, data description, timings
-    directory: Optional[Path] = None
-    sha256: str = ""
+
+    @property
+    def sha256(self) -> str:
+        """The report's digest (covers ``fisher.json`` and ``fisher.npz``); empty before saving."""
+        return self.digest
 
     @property
     def labels(self) -> str:
@@ -99,9 +104,11 @@ class FisherReport:
             arrays[f"kfac/{k}/G"] = f.G
         return arrays
 
-    def to_json(self, npz_sha256: str) -> dict:
+    def payload_files(self) -> Tuple[str, ...]:
+        return (_NPZ,)
+
+    def to_meta(self) -> dict:
         return {
-            "format": REPORT_FORMAT,
             "labels": self.labels,
             "config": self.config.to_dict(),
             "n_samples": self.n_samples,
@@ -112,59 +119,35 @@ class FisherReport:
             "kfac": {k: {"include_bias": f.include_bias} for k, f in self.kfac.items()},
             "meta": dict(self.meta),
             "arrays": _NPZ,
-            "arrays_sha256": npz_sha256,
         }
 
-    def save(self, directory: Path) -> "FisherReport":
-        """Write ``fisher.npz`` then ``fisher.json`` (each atomically); return the saved report."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        np.savez(buf, **self._arrays())
-        data = buf.getvalue()
-        tmp = directory / (_NPZ + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(directory / _NPZ)
-        text = json.dumps(self.to_json(hashlib.sha256(data).hexdigest()), indent=2, sort_keys=True)
-        tmp = directory / (_JSON + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(directory / _JSON)
-        return load_fisher_report(directory)
+    @classmethod
+    def from_meta(cls, d: Mapping[str, Any], **base: Any) -> "FisherReport":
+        with np.load(Path(base["directory"]) / d["arrays"]) as z:
+            arrays = {k: z[k] for k in z.files}
+        diag = {k[5:]: v for k, v in arrays.items() if k.startswith("diag/")}
+        structures = {k: StructureScores(k, s["kind"], s["module"], arrays[f"struct/{k}"])
+                      for k, s in d["structures"].items()}
+        kfac = {k: KFACFactors(arrays[f"kfac/{k}/A"], arrays[f"kfac/{k}/G"], bool(v["include_bias"]))
+                for k, v in d["kfac"].items()}
+        return cls(
+            layers=tuple(LayerFisher.from_dict(x) for x in d["layers"]),
+            config=FisherConfig.from_dict(d["config"]),
+            n_samples=int(d["n_samples"]),
+            param_traces={k: float(v) for k, v in d["param_traces"].items()},
+            diag=diag, structures=structures, kfac=kfac, meta=d.get("meta", {}), **base,
+        )
+
+    def save(self, directory: Path, inputs: str = "") -> "FisherReport":
+        """Write ``fisher.npz`` and ``fisher.json`` atomically; return the saved, verified report."""
+        with ArtifactWriter(Path(directory)) as w:
+            np.savez(w.path / _NPZ, **self._arrays())
+            return w.commit(replace(self, inputs=inputs or self.inputs))
 
 
 def load_fisher_report(directory: Path) -> FisherReport:
-    """Load and verify a FisherReport directory."""
-    directory = Path(directory)
-    jpath = directory / _JSON
-    if not jpath.is_file():
-        raise FileNotFoundError(f"no Fisher report at {directory}: {_JSON} missing")
-    raw = jpath.read_bytes()
-    try:
-        d = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{jpath} is not valid JSON: {exc}") from exc
-    if d.get("format") != REPORT_FORMAT:
-        raise ValueError(f"{jpath}: unsupported Fisher report format {d.get('format')!r}")
-    npath = directory / d["arrays"]
-    if not npath.is_file():
-        raise FileNotFoundError(f"Fisher report arrays missing: {npath}")
-    data = npath.read_bytes()
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != d["arrays_sha256"]:
-        raise ValueError(f"{npath} does not match the sha256 recorded in {jpath}: {actual[:12]}… != "
-                         f"{d['arrays_sha256'][:12]}…")
-    with np.load(io.BytesIO(data)) as z:
-        arrays = {k: z[k] for k in z.files}
-    diag = {k[5:]: v for k, v in arrays.items() if k.startswith("diag/")}
-    structures = {k: StructureScores(k, s["kind"], s["module"], arrays[f"struct/{k}"])
-                  for k, s in d["structures"].items()}
-    kfac = {k: KFACFactors(arrays[f"kfac/{k}/A"], arrays[f"kfac/{k}/G"], bool(v["include_bias"]))
-            for k, v in d["kfac"].items()}
-    return FisherReport(
-        layers=tuple(LayerFisher.from_dict(x) for x in d["layers"]),
-        config=FisherConfig.from_dict(d["config"]),
-        n_samples=int(d["n_samples"]),
-        param_traces={k: float(v) for k, v in d["param_traces"].items()},
-        diag=diag, structures=structures, kfac=kfac, meta=d.get("meta", {}),
-        directory=directory, sha256=hashlib.sha256(raw).hexdigest(),
-    )
+    """Load and verify a FisherReport directory (raises ArtifactError naming the problem)."""
+    return FisherReport.load(Path(directory))
+
+
+REPORT_FORMAT = FisherReport.FORMAT_VERSION

@@ -1,55 +1,81 @@
-"""Model configuration: architecture plus which parts are stochastic."""
+"""Model configuration: architecture (per block), the stochastic scheme and its options."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Tuple
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping, Tuple, final
 
+from ..schemes.registry import get_scheme, registered_schemes
 from ..settings import settings_from_dict
 
-__all__ = ["ModelConfig", "SCHEMES", "BLOCK_DROPOUT_POSITIONS", "HEAD_DROPOUT_POSITIONS", "BAYES_POSITIONS"]
+__all__ = ["ModelConfig", "BlockShape", "BLOCK_DROPOUT_POSITIONS", "HEAD_DROPOUT_POSITIONS"]
 
-#: Stochastic schemes (one layer module each under edgeuq/models/).
-SCHEMES = ("mc_dropout", "variational", "hsa", "ensemble", "laplace")
 #: Dropout sites of an encoder block; ``attn_probs`` drops attention weights (opt-in).
 BLOCK_DROPOUT_POSITIONS = ("attn_probs", "attn_out", "ffn_hidden", "ffn_out")
 HEAD_DROPOUT_POSITIONS = ("head_in", "head_hidden")
-#: Linear layers of a stochastic block that the variational scheme makes Bayesian.
-BAYES_POSITIONS = ("attn", "ffn")
-_TUPLE_FIELDS = ("block_dropout_positions", "head_dropout_positions", "bayes_positions")
+_TUPLE_FIELDS = ("block_dropout_positions", "head_dropout_positions")
 
 
+@final
+@dataclass(frozen=True)
+class BlockShape:
+    """Widths of one encoder block: attention ``heads`` x ``head_dim`` and the FFN's hidden width."""
+
+    heads: int
+    head_dim: int
+    ffn: int
+
+    def __post_init__(self) -> None:
+        for name in ("heads", "head_dim", "ffn"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"BlockShape.{name} must be an integer >= 1, got {value!r}")
+
+    @property
+    def inner(self) -> int:
+        """Width of the concatenated head outputs (heads * head_dim)."""
+        return self.heads * self.head_dim
+
+    @classmethod
+    def from_value(cls, value: Any) -> "BlockShape":
+        if isinstance(value, BlockShape):
+            return value
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"heads", "head_dim", "ffn"}
+            missing = {"heads", "head_dim", "ffn"} - set(value)
+            if unknown or missing:
+                raise ValueError(f"a block needs exactly heads, head_dim and ffn; unknown {sorted(unknown)}, "
+                                 f"missing {sorted(missing)}")
+            return cls(**value)
+        raise ValueError(f"a block is a table with heads, head_dim and ffn, got {value!r}")
+
+
+@final
 @dataclass(frozen=True)
 class ModelConfig:
-    """A 1-D signal transformer classifier.
+    """A 1-D signal (or token) transformer classifier.
 
-    ``stochastic_blocks`` lists the encoder blocks whose dropout stays on at
-    inference (MC dropout); ``stochastic_head`` does the same for the classifier
-    head. The deterministic trunk ends at the first stochastic layer: everything
-    before it runs once per input, everything after it S times.
+    ``stochastic_blocks`` lists the encoder blocks that are stochastic at inference;
+    ``stochastic_head`` does the same for the classifier head. The deterministic
+    trunk ends at the first stochastic layer: everything before it runs once per
+    input, everything after it S times.
 
-    Everything below ``stem_channels`` is opt-in; the defaults reproduce the
-    original MC-dropout model (same modules, noise names and ONNX graphs).
-
-    * ``scheme``: ``mc_dropout``; ``variational`` (mean-field Gaussian weights,
-      local reparameterization, in the ``bayes_positions`` of stochastic blocks
-      and in the head's two linears when ``stochastic_head``); ``hsa``
-      (hierarchical stochastic attention in stochastic blocks, Gumbel-softmax
-      temperatures ``hsa_tau1`` over values and ``hsa_tau2`` over
-      ``hsa_centroids`` learnable centroids; the head, when stochastic, keeps
-      MC dropout); ``ensemble`` (``ensemble_members`` deterministic members,
-      one picked per sample); ``laplace`` (last-layer Laplace on ``head.fc2``,
-      ``laplace_structure`` ``kron`` or ``full``; fitted after training).
+    * ``scheme``: a registered stochastic scheme (``edgeuq.schemes``; built in:
+      ``mc_dropout``, ``variational``, ``hsa``, ``ensemble``, ``laplace``) and
+      ``scheme_options``, that scheme's own frozen options dataclass (a table
+      ``[model.scheme_options]`` in recipes; defaults when omitted). The scheme
+      builds the stochastic layers at each site and validates the config.
+    * ``blocks``: per-block widths (:class:`BlockShape`), one per block; empty =
+      every block has ``heads`` heads of ``d_model // heads`` and FFN width ``ffn``.
+      :meth:`block_shape` gives the effective shape of block i.
     * ``block_dropout_positions`` / ``head_dropout_positions``: which dropout
-      sites of a stochastic block / the head are MC (``mc_dropout`` and, for the
-      head, ``hsa``); the others are ordinary training-time dropout.
+      sites of a stochastic block / the head are MC dropout (schemes that use MC
+      dropout there); the others are ordinary training-time dropout.
       ``attn_probs`` (dropout on attention weights) exists only when listed.
     * ``temperature``: logits are divided by it inside the head graph
       (post-hoc temperature scaling; 1 adds no operation).
     * ``embed="token"`` with ``vocab_size``: a text model on int64 token ids
       (``patch`` 1, id 0 = padding, masked in attention and pooling).
-    * ``pool``: how token features become one vector, ``mean`` or ``max``
-      (over non-padding tokens; max keeps a strong local cue from being diluted
-      by many neutral tokens, e.g. sentiment words in long sentences).
+    * ``pool``: how token features become one vector, ``mean`` or ``max``.
     """
 
     input_length: int
@@ -63,35 +89,36 @@ class ModelConfig:
     stochastic_blocks: Tuple[int, ...] = (2,)
     stochastic_head: bool = True
     scheme: str = "mc_dropout"
+    scheme_options: Any = None
     embed: str = "conv"
     stem_channels: int = 32
     block_dropout_positions: Tuple[str, ...] = ("attn_out", "ffn_hidden", "ffn_out")
     head_dropout_positions: Tuple[str, ...] = ("head_in", "head_hidden")
-    bayes_positions: Tuple[str, ...] = ("attn", "ffn")
-    vi_prior_sigma: float = 0.1
-    vi_init_sigma: float = 1e-3
-    hsa_centroids: int = 16
-    hsa_tau1: float = 1.0
-    hsa_tau2: float = 1.0
-    ensemble_members: int = 1
-    laplace_structure: str = "kron"
     temperature: float = 1.0
     vocab_size: int = 0
     pool: str = "mean"
+    blocks: Tuple[BlockShape, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stochastic_blocks", tuple(sorted({int(b) for b in self.stochastic_blocks})))
         for name in _TUPLE_FIELDS:
             object.__setattr__(self, name, tuple(str(v) for v in getattr(self, name)))
+        if isinstance(self.blocks, (str, bytes, Mapping)):
+            raise ValueError(f"invalid ModelConfig: blocks must be a list of block tables, got {self.blocks!r}")
+        object.__setattr__(self, "blocks", tuple(BlockShape.from_value(b) for b in self.blocks))
+        scheme = get_scheme(self.scheme)
+        object.__setattr__(self, "scheme_options", scheme.options_from(self.scheme_options))
         problems = []
         if self.input_length <= 0 or self.patch <= 0 or self.input_length % self.patch:
             problems.append(f"input_length ({self.input_length}) must be a positive multiple of patch ({self.patch})")
         if self.num_classes < 2:
             problems.append(f"num_classes must be >= 2, got {self.num_classes}")
-        if self.d_model % self.heads:
+        if self.depth < 1 or self.ffn < 1 or self.heads < 1:
+            problems.append("depth, heads and ffn must be >= 1")
+        elif not self.blocks and self.d_model % self.heads:
             problems.append(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
-        if self.depth < 1 or self.ffn < 1:
-            problems.append("depth and ffn must be >= 1")
+        if self.blocks and len(self.blocks) != self.depth:
+            problems.append(f"blocks lists {len(self.blocks)} block shapes for depth {self.depth}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         bad = [b for b in self.stochastic_blocks if not 0 <= b < self.depth]
@@ -101,16 +128,15 @@ class ModelConfig:
             problems.append(f"unknown embed {self.embed!r}; use 'conv', 'linear' or 'token'")
         if self.embed == "conv" and self.patch % 8:
             problems.append(f"the conv patch embedding needs patch divisible by 8, got {self.patch}")
-        problems += self._scheme_problems()
+        problems += self._common_problems()
+        problems += scheme.problems(self)
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
 
-    def _scheme_problems(self) -> list:
+    def _common_problems(self) -> list:
         problems = []
-        if self.scheme not in SCHEMES:
-            return [f"unknown stochastic scheme {self.scheme!r}; available: {list(SCHEMES)}"]
         for name, allowed in (("block_dropout_positions", BLOCK_DROPOUT_POSITIONS),
-                              ("head_dropout_positions", HEAD_DROPOUT_POSITIONS), ("bayes_positions", BAYES_POSITIONS)):
+                              ("head_dropout_positions", HEAD_DROPOUT_POSITIONS)):
             bad = sorted(set(getattr(self, name)) - set(allowed))
             if bad:
                 problems.append(f"{name} has unknown entries {bad}; allowed: {list(allowed)}")
@@ -125,30 +151,15 @@ class ModelConfig:
             problems.append(f"pool must be 'mean' or 'max', got {self.pool!r}")
         if not self.temperature > 0:
             problems.append(f"temperature must be > 0, got {self.temperature}")
-        if self.scheme == "ensemble":
-            if self.ensemble_members < 2:
-                problems.append(f"scheme 'ensemble' needs ensemble_members >= 2, got {self.ensemble_members}")
-            if self.stochastic_blocks:
-                problems.append("scheme 'ensemble' has deterministic members: set stochastic_blocks = []")
-        elif self.ensemble_members != 1:
-            problems.append(f"ensemble_members applies to scheme 'ensemble' only (got {self.ensemble_members} "
-                            f"with {self.scheme!r})")
-        if self.scheme == "laplace":
-            if self.stochastic_blocks or not self.stochastic_head:
-                problems.append("scheme 'laplace' is last-layer: set stochastic_blocks = [] and stochastic_head = true")
-            if self.laplace_structure not in ("kron", "full"):
-                problems.append(f"laplace_structure must be 'kron' or 'full', got {self.laplace_structure!r}")
-        if self.scheme == "hsa":
-            if not self.stochastic_blocks:
-                problems.append("scheme 'hsa' needs at least one stochastic block")
-            if self.hsa_centroids < 1 or not (self.hsa_tau1 > 0 and self.hsa_tau2 > 0):
-                problems.append("hsa_centroids must be >= 1 and hsa_tau1, hsa_tau2 > 0")
-        if self.scheme == "variational":
-            if not (self.vi_prior_sigma > 0 and self.vi_init_sigma > 0):
-                problems.append("vi_prior_sigma and vi_init_sigma must be > 0")
-            if self.stochastic_blocks and not self.bayes_positions:
-                problems.append("scheme 'variational' with stochastic blocks needs bayes_positions")
         return problems
+
+    def block_shape(self, index: int) -> BlockShape:
+        """The effective widths of block ``index`` (the uniform default when ``blocks`` is empty)."""
+        if not 0 <= index < self.depth:
+            raise IndexError(f"block {index} out of range for depth {self.depth}")
+        if self.blocks:
+            return self.blocks[index]
+        return BlockShape(self.heads, self.d_model // self.heads, self.ffn)
 
     @property
     def tokens(self) -> int:
@@ -164,12 +175,39 @@ class ModelConfig:
         return bool(self.stochastic_blocks) or self.stochastic_head
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["stochastic_blocks"] = list(self.stochastic_blocks)
         for name in _TUPLE_FIELDS:
             d[name] = list(d[name])
+        d["scheme_options"] = get_scheme(self.scheme).options_to_dict(self.scheme_options)
+        d["blocks"] = [asdict(b) for b in self.blocks]
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> "ModelConfig":
-        return settings_from_dict(cls, d, "model", **overrides)
+        """From a recipe's ``[model]`` table or a checkpoint's config. Flat per-scheme fields of
+        older checkpoints and recipes (``vi_prior_sigma``, ``hsa_tau1``, ``ensemble_members``,
+        ``laplace_structure``, ``bayes_positions``, ...) are mapped to ``scheme_options``."""
+        return settings_from_dict(cls, _map_legacy_fields(d, overrides.get("scheme")), "model", **overrides)
+
+
+def _map_legacy_fields(d: Mapping[str, Any], scheme_override: Any) -> Mapping[str, Any]:
+    d = dict(d)
+    target = get_scheme(scheme_override or d.get("scheme", "mc_dropout"))
+    found = {}
+    for owner in registered_schemes():
+        for old, (option, default) in owner.legacy_fields.items():
+            if old not in d:
+                continue
+            value = d.pop(old)
+            if owner is target:
+                found[option] = value
+            elif value != default and not (isinstance(default, tuple) and list(value) == list(default)):
+                raise ValueError(f"invalid ModelConfig: {old} applies to scheme {owner.name!r} only "
+                                 f"(got {value!r} with scheme {target.name!r})")
+    if found:
+        if d.get("scheme_options") is not None:
+            raise ValueError(f"invalid ModelConfig: give either scheme_options or the old flat fields "
+                             f"{sorted(found)}, not both")
+        d["scheme_options"] = found
+    return d

@@ -1,37 +1,38 @@
-"""A small transformer encoder classifier for 1-D signal windows.
+"""A small transformer encoder classifier for 1-D signal windows (or token ids).
 
 (convolutional) patch embedding -> sinusoidal positions -> pre-norm encoder blocks -> LayerNorm
--> mean pool -> MLP head. Blocks listed in ``ModelConfig.stochastic_blocks``
-and (optionally) the head carry :class:`MCDropout` layers; other blocks use
-ordinary dropout (training only).
-
-Other schemes (``ModelConfig.scheme``) swap in their own layer modules at the
-same places: :class:`~edgeuq.models.variational.BayesLinear` for the linears,
-:class:`~edgeuq.models.hsa.HierarchicalStochasticAttention` for the attention,
-:class:`~edgeuq.models.laplace.LastLayerLaplace` for ``head.fc2``; ``ensemble``
-builds an :class:`~edgeuq.models.ensemble.EnsembleTransformer`. With
-``embed="token"`` the input is int64 token ids (id 0 = padding, masked); when a
-block is stochastic the trunk appends the padding mask to the token features as
-one extra channel, (T, d + 1), so the head graph needs no extra input.
+-> mean pool -> MLP head. The stochastic scheme (``ModelConfig.scheme``, a plug-in
+from :mod:`edgeuq.schemes`) builds the layer at each site: the attention, the
+linears and dropouts of each block, and the head's dropouts, linear and output
+layer (see :class:`edgeuq.schemes.base.Scheme`); each block has its own widths
+(``ModelConfig.block_shape``). With ``embed="token"`` the input is int64 token
+ids (id 0 = padding, masked); when a block is stochastic the trunk appends the
+padding mask to the token features as one extra channel, (T, d + 1), so the
+head graph needs no extra input.
 
 The model is split for deployment at the first stochastic layer:
 ``trunk(x)`` runs once per input, ``head(features, noise)`` runs S times.
+:class:`DeployableModel` is that contract; a scheme may build its own model
+class on it (the ensemble does). Build any model with :func:`build_model`.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from abc import ABC, abstractmethod
+from typing import List, Optional, Tuple, final
 
 import torch
 from torch import nn
 
 from edgeuq_runtime.noise import NoiseSpec
 
+from ..schemes.registry import get_scheme
+from .attention import MASK_BIAS, key_padding_bias
 from .config import ModelConfig
-from .mc_dropout import MCDropout, NoiseDict
-from .stochastic import apply_layer, is_stochastic_layer
+from .layers import NoiseDict, apply_layer, is_stochastic_layer
 
-__all__ = ["SignalTransformer", "sinusoidal_positions"]
+__all__ = ["DeployableModel", "SignalTransformer", "build_model", "sinusoidal_positions", "masked_mean",
+           "pool_tokens", "key_padding_bias", "MASK_BIAS"]
 
 
 def sinusoidal_positions(tokens: int, dim: int) -> torch.Tensor:
@@ -43,21 +44,7 @@ def sinusoidal_positions(tokens: int, dim: int) -> torch.Tensor:
     return pe
 
 
-class _Drop(nn.Module):
-    """Ordinary dropout with the MCDropout call signature (deterministic blocks)."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.drop = nn.Dropout(p)
-
-    def forward(self, x: torch.Tensor, noise: Optional[NoiseDict] = None) -> torch.Tensor:
-        return self.drop(x)
-
-
-def _dropout(stochastic: bool, name: str, p: float, shape: Tuple[int, ...]) -> nn.Module:
-    return MCDropout(name, p, shape) if stochastic else _Drop(p)
-
-
+@final
 class ConvPatchEmbed(nn.Module):
     """Convolutional patch embedding: three strided convolutions (stride 4, 2,
     patch/8) turn each ``patch`` samples into one token. The first layer's wide
@@ -83,15 +70,6 @@ def _embedding(cfg: ModelConfig) -> nn.Module:
     return nn.Conv1d(1, cfg.d_model, kernel_size=cfg.patch, stride=cfg.patch)
 
 
-#: Added to the attention scores of padded keys (large, but finite for low-precision backends).
-MASK_BIAS = -1e4
-
-
-def key_padding_bias(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """(B, T) 1/0 token mask -> (B, 1, 1, T) additive attention bias (None stays None)."""
-    return None if mask is None else ((1.0 - mask) * MASK_BIAS)[:, None, None, :]
-
-
 def masked_mean(h: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """Mean over tokens (axis 1), counting only unmasked tokens when a mask is given."""
     if mask is None:
@@ -109,83 +87,24 @@ def pool_tokens(h: torch.Tensor, mask: Optional[torch.Tensor], how: str) -> torc
     return torch.amax(h, dim=1)
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention written with plain ops (exports to MatMul/Softmax).
-
-    ``qkv``/``proj`` may be given (e.g. BayesLinear); ``drop_probs`` (MC dropout on
-    the attention weights) exists only when given.
-    """
-
-    def __init__(self, dim: int, heads: int, qkv: Optional[nn.Module] = None, proj: Optional[nn.Module] = None,
-                 drop_probs: Optional[nn.Module] = None) -> None:
-        super().__init__()
-        self.heads = heads
-        self.head_dim = dim // heads
-        self.qkv = qkv if qkv is not None else nn.Linear(dim, 3 * dim)
-        self.proj = proj if proj is not None else nn.Linear(dim, dim)
-        if drop_probs is not None:
-            self.drop_probs = drop_probs
-
-    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, noise: Optional[NoiseDict],
-                  key_bias: Optional[torch.Tensor]) -> torch.Tensor:
-        scores = (q @ k.transpose(-2, -1)) * (self.head_dim ** -0.5)
-        if key_bias is not None:
-            scores = scores + key_bias
-        att = torch.softmax(scores, dim=-1)
-        if hasattr(self, "drop_probs"):
-            att = self.drop_probs(att, noise)
-        return att @ v
-
-    def forward(self, x: torch.Tensor, noise: Optional[NoiseDict] = None,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        b, t, d = x.shape
-        qkv = apply_layer(self.qkv, x, noise).reshape(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        out = self.attention(q, k, v, noise, key_padding_bias(mask)).transpose(1, 2).reshape(b, t, d)
-        return apply_layer(self.proj, out, noise)
-
-
-def _linear(cfg: ModelConfig, bayes: bool, name: str, n_in: int, n_out: int, shape: Tuple[int, ...]) -> nn.Module:
-    if not bayes:
-        return nn.Linear(n_in, n_out)
-    from .variational import BayesLinear
-
-    return BayesLinear(name, n_in, n_out, shape, cfg.vi_prior_sigma, cfg.vi_init_sigma)
-
-
-def _attention(cfg: ModelConfig, index: int, stochastic: bool) -> nn.Module:
-    t, d = cfg.tokens, cfg.d_model
-    if stochastic and cfg.scheme == "hsa":
-        from .hsa import HierarchicalStochasticAttention
-
-        return HierarchicalStochasticAttention(d, cfg.heads, t, cfg.hsa_centroids, cfg.hsa_tau1, cfg.hsa_tau2,
-                                               f"block{index}")
-    bayes = stochastic and cfg.scheme == "variational" and "attn" in cfg.bayes_positions
-    qkv = _linear(cfg, bayes, f"block{index}_attn_qkv", d, 3 * d, (t, 3 * d)) if bayes else None
-    proj = _linear(cfg, bayes, f"block{index}_attn_proj", d, d, (t, d)) if bayes else None
-    probs = None
-    if stochastic and cfg.scheme == "mc_dropout" and "attn_probs" in cfg.block_dropout_positions:
-        probs = MCDropout(f"block{index}_attn_probs", cfg.dropout, (cfg.heads, t, t))
-    return SelfAttention(d, cfg.heads, qkv=qkv, proj=proj, drop_probs=probs)
-
-
+@final
 class EncoderBlock(nn.Module):
+    """Pre-norm block; the scheme builds each site, widths from ``cfg.block_shape(index)``."""
+
     def __init__(self, cfg: ModelConfig, index: int) -> None:
         super().__init__()
+        scheme = get_scheme(cfg.scheme)
         stochastic = index in cfg.stochastic_blocks
-        mc = stochastic and cfg.scheme == "mc_dropout"
-        bayes_ffn = stochastic and cfg.scheme == "variational" and "ffn" in cfg.bayes_positions
-        pos = cfg.block_dropout_positions
-        t, d = cfg.tokens, cfg.d_model
+        t, d, ffn = cfg.tokens, cfg.d_model, cfg.block_shape(index).ffn
         self.norm1 = nn.LayerNorm(d)
-        self.attn = _attention(cfg, index, stochastic)
-        self.drop_attn = _dropout(mc and "attn_out" in pos, f"block{index}_attn_out", cfg.dropout, (t, d))
+        self.attn = scheme.attention(cfg, index, stochastic)
+        self.drop_attn = scheme.block_dropout(cfg, index, "attn_out", (t, d), stochastic)
         self.norm2 = nn.LayerNorm(d)
-        self.fc1 = _linear(cfg, bayes_ffn, f"block{index}_ffn_fc1", d, cfg.ffn, (t, cfg.ffn))
+        self.fc1 = scheme.block_linear(cfg, index, "ffn_fc1", d, ffn, stochastic)
         self.act = nn.GELU()
-        self.drop_hidden = _dropout(mc and "ffn_hidden" in pos, f"block{index}_ffn_hidden", cfg.dropout, (t, cfg.ffn))
-        self.fc2 = _linear(cfg, bayes_ffn, f"block{index}_ffn_fc2", cfg.ffn, d, (t, d))
-        self.drop_ffn = _dropout(mc and "ffn_out" in pos, f"block{index}_ffn_out", cfg.dropout, (t, d))
+        self.drop_hidden = scheme.block_dropout(cfg, index, "ffn_hidden", (t, ffn), stochastic)
+        self.fc2 = scheme.block_linear(cfg, index, "ffn_fc2", ffn, d, stochastic)
+        self.drop_ffn = scheme.block_dropout(cfg, index, "ffn_out", (t, d), stochastic)
 
     def forward(self, x: torch.Tensor, noise: Optional[NoiseDict] = None,
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -194,44 +113,64 @@ class EncoderBlock(nn.Module):
         return x + self.drop_ffn(apply_layer(self.fc2, h, noise), noise)
 
 
+@final
 class ClassifierHead(nn.Module):
-    """LayerNorm'd pooled features -> dropout -> Linear -> GELU -> dropout -> Linear."""
+    """LayerNorm'd pooled features -> dropout -> Linear -> GELU -> dropout -> output layer."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        scheme = get_scheme(cfg.scheme)
         d = cfg.d_model
-        mc = cfg.stochastic_head and cfg.scheme in ("mc_dropout", "hsa")
-        bayes = cfg.stochastic_head and cfg.scheme == "variational"
-        pos = cfg.head_dropout_positions
-        self.drop_in = _dropout(mc and "head_in" in pos, "head_in", cfg.dropout, (d,))
-        self.fc1 = _linear(cfg, bayes, "head_fc1", d, d, (d,))
+        self.drop_in = scheme.head_dropout(cfg, "head_in", (d,))
+        self.fc1 = scheme.head_linear(cfg, "fc1", d, d)
         self.act = nn.GELU()
-        self.drop_hidden = _dropout(mc and "head_hidden" in pos, "head_hidden", cfg.dropout, (d,))
-        if cfg.scheme == "laplace":
-            from .laplace import LastLayerLaplace
-
-            self.fc2: nn.Module = LastLayerLaplace("head_laplace", d, cfg.num_classes, cfg.laplace_structure)
-        else:
-            self.fc2 = _linear(cfg, bayes, "head_fc2", d, cfg.num_classes, (cfg.num_classes,))
+        self.drop_hidden = scheme.head_dropout(cfg, "head_hidden", (d,))
+        self.fc2 = scheme.head_output(cfg, d, cfg.num_classes)
 
     def forward(self, z: torch.Tensor, noise: Optional[NoiseDict] = None) -> torch.Tensor:
         h = self.act(apply_layer(self.fc1, self.drop_in(z, noise), noise))
         return apply_layer(self.fc2, self.drop_hidden(h, noise), noise)
 
 
-class SignalTransformer(nn.Module):
-    def __new__(cls, *args, **kwargs):
-        # scheme "ensemble" builds an EnsembleTransformer (a subclass), so that
-        # SignalTransformer(cfg) -- e.g. in Checkpoint.load_model -- covers every scheme.
-        cfg = args[0] if args else kwargs.get("cfg")
-        if cls is SignalTransformer and getattr(cfg, "scheme", None) == "ensemble":
-            from .ensemble import EnsembleTransformer
+class DeployableModel(nn.Module, ABC):
+    """The deployment contract: ``trunk`` once per input, ``head_forward`` S times with
+    every noise input given; noise specs in registration order of the stochastic layers."""
 
-            cls = EnsembleTransformer
-        return super().__new__(cls)
+    cfg: ModelConfig
 
+    @abstractmethod
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic prefix: inputs -> features at the split point."""
+
+    @abstractmethod
+    def head_forward(self, features: torch.Tensor, noise: Optional[NoiseDict] = None) -> torch.Tensor:
+        """Stochastic suffix: features -> logits; ``noise`` supplies every noise input."""
+
+    @abstractmethod
+    def feature_shape(self) -> Tuple[int, ...]:
+        """Per-input shape of the trunk output."""
+
+    def forward(self, x: torch.Tensor, noise: Optional[NoiseDict] = None) -> torch.Tensor:
+        return self.head_forward(self.trunk(x), noise)
+
+    def stochastic_layers(self) -> List[nn.Module]:
+        """Stochastic layers in registration order (= noise input order)."""
+        return [m for m in self.modules() if is_stochastic_layer(m)]
+
+    def noise_specs(self) -> Tuple[NoiseSpec, ...]:
+        return get_scheme(self.cfg.scheme).noise_specs(self)
+
+    def set_sampling(self, on: bool) -> None:
+        """Turn MC sampling of the stochastic layers on/off outside training."""
+        for m in self.stochastic_layers():
+            m.sampling = on
+
+
+@final
+class SignalTransformer(DeployableModel):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        get_scheme(cfg.scheme).check_model_class(type(self))
         self.cfg = cfg
         self.embed = _embedding(cfg)
         self.register_buffer("positions", sinusoidal_positions(cfg.tokens, cfg.d_model), persistent=False)
@@ -275,17 +214,6 @@ class SignalTransformer(nn.Module):
             logits = logits / self.cfg.temperature
         return logits
 
-    def forward(self, x: torch.Tensor, noise: Optional[NoiseDict] = None) -> torch.Tensor:
-        return self.head_forward(self.trunk(x), noise)
-
-    # -- stochastic layers ------------------------------------------------
-    def stochastic_layers(self) -> List[nn.Module]:
-        """MCDropout and StochasticLayer modules, in registration order (= noise input order)."""
-        return [m for m in self.modules() if is_stochastic_layer(m)]
-
-    def noise_specs(self) -> Tuple[NoiseSpec, ...]:
-        return tuple(m.noise_spec() for m in self.stochastic_layers())
-
     def feature_shape(self) -> Tuple[int, ...]:
         """Per-input shape of the trunk output."""
         if self.cfg.split_index == self.cfg.depth:
@@ -294,7 +222,7 @@ class SignalTransformer(nn.Module):
             return (self.cfg.tokens, self.cfg.d_model + 1)  # + the padding-mask channel
         return (self.cfg.tokens, self.cfg.d_model)
 
-    def set_sampling(self, on: bool) -> None:
-        """Turn MC sampling of the stochastic layers on/off outside training."""
-        for m in self.stochastic_layers():
-            m.sampling = on
+
+def build_model(cfg: ModelConfig) -> DeployableModel:
+    """The model of ``cfg``, built by its scheme (e.g. an EnsembleTransformer for ``ensemble``)."""
+    return get_scheme(cfg.scheme).build_model(cfg)

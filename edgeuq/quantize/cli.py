@@ -9,6 +9,7 @@ __all__ = ["register"]
 
 
 def _run(a: argparse.Namespace) -> int:
+    from ..cli_args import data_options, data_path
     from ..fisher import load_fisher_report
     from ..fisher.data import calibration_data
     from ..report import format_table
@@ -21,8 +22,8 @@ def _run(a: argparse.Namespace) -> int:
     report = load_fisher_report(Path(a.fisher))
     budget = Budget("bytes", float(a.budget_bytes)) if a.budget_bytes is not None else Budget("ms", float(a.budget_ms))
     settings = QuantSettings(calibration_windows=a.max_windows)
-    data = calibration_data(ckpt, a.recipe, Path(a.data) if a.data else None, a.fs, a.key,
-                            max_windows=a.max_windows, seed=a.seed)
+    data = calibration_data(ckpt, a.recipe, data_path(a), max_windows=a.max_windows, seed=a.seed,
+                            options=data_options(a))
     res = quantize_checkpoint(ckpt, report, budget, Path(a.out), data.x, work_dir=Path(a.work) if a.work else None,
                               samples=a.samples, name=a.name, version=a.version, settings=settings,
                               progress=not a.no_progress)

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from edgeuq_runtime.noise import sample_noise
 
 from ..export import OnnxArtifact
+from ..profile import measure
 from .layers import QuantLayer, attribute_initializers, node_layer_name
 from .onnx_apply import CalibrationSet, apply_assignment, load_graphs
 from .precision import PRECISIONS, QuantSettings
@@ -120,8 +121,8 @@ def profile_layers(path: Path, feeds: Mapping[str, np.ndarray], layer_names: Seq
     with tempfile.TemporaryDirectory(prefix="edgeuq-prof-") as tmp:
         opt = Path(tmp) / "optimized.onnx"
         sess = _optimized_session(path, opt, threads, str(Path(tmp) / "profile"))
-        for _ in range(warmup + repeats):
-            sess.run(None, dict(feeds))
+        # the project's one harness drives the runs; ORT's profiler attributes each run's time to nodes
+        measure(lambda: sess.run(None, dict(feeds)), warmup=warmup, repeats=repeats)
         events = json.loads(Path(sess.end_profiling()).read_text())
         owners = _node_owners(onnx.load(str(opt)), set(layer_names))
     per_node: Dict[str, List[float]] = defaultdict(list)
@@ -166,7 +167,10 @@ def measure_costs(
     key = _cache_key(art, layers, settings, latency, samples, threads, repeats)
     cache = Path(cache_dir) / f"layer-costs-{key}.json" if cache_dir is not None else None
     if cache is not None and cache.is_file():
-        return LayerCosts.from_json(json.loads(cache.read_text()))
+        try:
+            return LayerCosts.from_json(json.loads(cache.read_text()))
+        except (ValueError, KeyError, TypeError):  # a damaged cache entry is recomputed, never trusted
+            pass
     names = [lay.name for lay in layers]
     nbytes: Dict[str, Dict[str, int]] = {n: {} for n in names}
     nms: Dict[str, Dict[str, float]] = {n: {} for n in names}
@@ -205,5 +209,7 @@ def measure_costs(
     costs = LayerCosts(nbytes, int(fixed_bytes or 0), nms if latency else {}, fixed_ms, samples if latency else 0)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(costs.to_json(), indent=2, sort_keys=True))
+        tmp = cache.with_name(f".{cache.name}.tmp")
+        tmp.write_text(json.dumps(costs.to_json(), indent=2, sort_keys=True))
+        tmp.replace(cache)
     return costs

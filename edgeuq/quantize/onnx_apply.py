@@ -22,8 +22,6 @@ manifest and the runtime are unchanged.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import shutil
 import tempfile
@@ -38,13 +36,13 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeuq_runtime.noise import sample_noise
 from edgeuq_runtime.preprocess import normalize
 
+from ..artifact import ArtifactWriter
 from ..export import OnnxArtifact
 from .layers import QuantLayer
 from .precision import PRECISIONS, QuantSettings
 
 __all__ = ["CalibrationSet", "apply_assignment", "load_graphs", "check_assignment", "pack_int4"]
 
-_META = "export.json"
 
 
 @dataclass(frozen=True, eq=False)
@@ -275,10 +273,6 @@ def _quantize_graph(src: Path, dst: Path, layers: Sequence[QuantLayer], assignme
     onnx.save(model, str(dst))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def apply_assignment(
     art: OnnxArtifact,
     layers: Sequence[QuantLayer],
@@ -287,22 +281,20 @@ def apply_assignment(
     out_dir: Path,
     settings: QuantSettings = QuantSettings(),
 ) -> OnnxArtifact:
-    """Write quantized ``trunk.onnx``/``head.onnx`` (+ ``export.json``) to ``out_dir``."""
+    """Write quantized ``trunk.onnx``/``head.onnx`` (+ ``export.json``) to ``out_dir`` atomically;
+    the result is an :class:`OnnxArtifact` recording ``art.digest`` as its input."""
     check_assignment(layers, assignment)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="edgeuq-quant-") as tmpd:
+    with ArtifactWriter(out_dir) as w, tempfile.TemporaryDirectory(prefix="edgeuq-quant-") as tmpd:
         tmp = Path(tmpd)
         trunk_layers = [lay for lay in layers if lay.graph == "trunk"]
         head_layers = [lay for lay in layers if lay.graph == "head"]
-        trunk_out = out_dir / art.trunk_file
+        trunk_out = w.path / art.trunk_file
         _quantize_graph(art.trunk_path, trunk_out, trunk_layers, assignment,
                         lambda: [{art.input_name: xb} for xb in _input_batches(art, calib, settings)], settings, tmp)
-        _quantize_graph(art.head_path, out_dir / art.head_file, head_layers, assignment,
+        _quantize_graph(art.head_path, w.path / art.head_file, head_layers, assignment,
                         lambda: _head_feeds(art, trunk_out, calib, settings), settings, tmp)
-    for f in art.sha256:
-        if f not in (art.trunk_file, art.head_file) and (art.directory / f).resolve() != (out_dir / f).resolve():
-            shutil.copyfile(art.directory / f, out_dir / f)
-    qart = dataclasses.replace(art, directory=out_dir, sha256={f: _sha256(out_dir / f) for f in art.sha256})
-    (out_dir / _META).write_text(json.dumps(qart.to_json(), indent=2, sort_keys=True))
-    return qart
+        for f in art.payload_files():
+            if f not in (art.trunk_file, art.head_file):
+                shutil.copyfile(art.file_path(f), w.path / f)
+        return w.commit(dataclasses.replace(art, directory=w.path, inputs=art.digest))

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional, Tuple
 import numpy as np
 import onnx
 
-from edgeuq_runtime.bundle import Bundle, load_bundle, write_bundle
+from edgeuq_runtime.bundle import Bundle
 
 from ..bundle import build_bundle
 from ..export import OnnxArtifact, export_onnx
@@ -106,17 +106,6 @@ def plan_from_assignment(prep: PreparedModel, assignment: Mapping[str, str], sen
                      prep.settings, {"checkpoint_sha256": prep.checkpoint.sha256})
 
 
-def _bundle_with_extras(qart: OnnxArtifact, out_dir: Path, name: str, version: str, samples: int,
-                        extras: Mapping[str, Path], metadata: Mapping[str, Any]) -> Bundle:
-    with tempfile.TemporaryDirectory(prefix="edgeuq-qbundle-") as tmp:
-        draft = build_bundle(qart, Path(tmp) / "b", name, version, default_samples=samples, metadata=metadata)
-        manifest = dataclasses.replace(draft.manifest, files={})
-        sources = {f: Path(tmp) / "b" / f for f in draft.manifest.files}
-        sources.update({k: Path(v) for k, v in extras.items()})
-        write_bundle(Path(out_dir), manifest, sources, overwrite=True)
-    return load_bundle(Path(out_dir), verify=True)
-
-
 @dataclass(frozen=True, eq=False)
 class QuantizeResult:
     plan: QuantPlan
@@ -145,9 +134,9 @@ def build_quantized(prep: PreparedModel, plan: QuantPlan, out_dir: Path, work_di
                                  "total_bytes": plan.total_bytes, "fp32_bytes": plan.fp32_bytes,
                                  "plan_sha256": plan.sha256, "precisions": plan.assignment()},
                 **dict(metadata or {})}
-        bundle = _bundle_with_extras(qart, out_dir, name, version, samples,
-                                     {PLAN_FILE: plan_path, HLS4ML_FILE: hls_path}, meta)
-    plan = dataclasses.replace(plan, path=out_dir / PLAN_FILE)
+        bundle = build_bundle(qart, out_dir, name, version, default_samples=samples, metadata=meta, overwrite=True,
+                              extra_files={PLAN_FILE: plan_path, HLS4ML_FILE: hls_path})
+    plan = dataclasses.replace(plan, directory=out_dir, meta_file=PLAN_FILE)
     if work_dir is None:  # the graphs now live in the bundle
         qart = dataclasses.replace(qart, directory=out_dir)
     return QuantizeResult(plan, qart, bundle, hls)

@@ -11,15 +11,14 @@ back end needs. A budget below the smallest achievable model raises
 """
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
 
+from ..artifact import Artifact, ArtifactWriter
 from .costs import LayerCosts
 from .layers import QuantLayer, bias_array, weight_array
 from .precision import QuantSettings
@@ -29,7 +28,6 @@ from .solver import BudgetError, solve_mckp
 __all__ = ["Budget", "LayerChoice", "QuantPlan", "allocate", "make_plan", "load_quant_plan", "PLAN_FORMAT",
            "BudgetError"]
 
-PLAN_FORMAT = 1
 BUDGET_KINDS = ("bytes", "ms")
 
 
@@ -76,7 +74,13 @@ class LayerChoice:
 
 
 @dataclass(frozen=True)
-class QuantPlan:
+class QuantPlan(Artifact):
+    """One JSON file (``quant_plan.json``, the envelope; no payload files)."""
+
+    KIND: ClassVar[str] = "quant_plan"
+    FORMAT_VERSION: ClassVar[int] = 2
+    META_FILE: ClassVar[str] = "quant_plan.json"
+
     method: str
     budget: Budget
     layers: Tuple[LayerChoice, ...]
@@ -88,8 +92,17 @@ class QuantPlan:
     predicted_ms: Optional[float] = None
     settings: Mapping[str, Any] = field(default_factory=dict)
     provenance: Mapping[str, Any] = field(default_factory=dict)   # fisher / checkpoint hashes, ...
-    path: Optional[Path] = None
-    sha256: str = ""
+    meta_file: str = field(default="quant_plan.json", compare=False)
+
+    @property
+    def path(self) -> Optional[Path]:  # type: ignore[override]
+        """The plan's JSON file, once saved."""
+        return None if self.directory is None else Path(self.directory) / self.meta_file
+
+    @property
+    def sha256(self) -> str:
+        """The plan's digest; empty before saving."""
+        return self.digest
 
     def assignment(self) -> Dict[str, str]:
         return {c.name: c.precision for c in self.layers}
@@ -98,9 +111,9 @@ class QuantPlan:
     def compression(self) -> float:
         return self.fp32_bytes / self.total_bytes
 
-    def to_json(self) -> dict:
+    def to_meta(self) -> dict:
         return {
-            "format": PLAN_FORMAT, "method": self.method,
+            "method": self.method,
             "budget": {"kind": self.budget.kind, "value": self.budget.value},
             "layers": [c.to_dict() for c in self.layers], "total_bytes": self.total_bytes,
             "fp32_bytes": self.fp32_bytes, "min_bytes": self.min_bytes, "fixed_bytes": self.fixed_bytes,
@@ -108,36 +121,36 @@ class QuantPlan:
             "settings": dict(self.settings), "provenance": dict(self.provenance),
         }
 
-    def save(self, path: Path) -> "QuantPlan":
+    def to_json(self) -> dict:
+        return self.to_meta()
+
+    @classmethod
+    def from_meta(cls, d: Mapping[str, Any], **base: Any) -> "QuantPlan":
+        return cls(
+            method=d["method"], budget=Budget(d["budget"]["kind"], float(d["budget"]["value"])),
+            layers=tuple(LayerChoice.from_dict(c) for c in d["layers"]), total_bytes=int(d["total_bytes"]),
+            fp32_bytes=int(d["fp32_bytes"]), min_bytes=int(d["min_bytes"]), fixed_bytes=int(d["fixed_bytes"]),
+            predicted_loss=float(d["predicted_loss"]), predicted_ms=d.get("predicted_ms"),
+            settings=d.get("settings", {}), provenance=d.get("provenance", {}), **base,
+        )
+
+    def save(self, path: Path, inputs: str = "") -> "QuantPlan":
+        """Write the plan atomically to ``path`` (a ``.json`` file, or a folder: ``quant_plan.json``
+        in it); return it as loaded back."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True))
-        tmp.replace(path)
-        return load_quant_plan(path)
+        directory, name = (path.parent, path.name) if path.suffix == ".json" else (path, self.META_FILE)
+        with ArtifactWriter(directory) as w:
+            saved = w.commit(replace(self, inputs=inputs or self.inputs), meta_file=name)
+        return replace(saved, meta_file=name)
 
 
 def load_quant_plan(path: Path) -> QuantPlan:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "quant_plan.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no quantization plan at {path}")
-    raw = path.read_bytes()
-    try:
-        d = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if d.get("format") != PLAN_FORMAT:
-        raise ValueError(f"{path}: unsupported plan format {d.get('format')!r}")
-    return QuantPlan(
-        method=d["method"], budget=Budget(d["budget"]["kind"], float(d["budget"]["value"])),
-        layers=tuple(LayerChoice.from_dict(c) for c in d["layers"]), total_bytes=int(d["total_bytes"]),
-        fp32_bytes=int(d["fp32_bytes"]), min_bytes=int(d["min_bytes"]), fixed_bytes=int(d["fixed_bytes"]),
-        predicted_loss=float(d["predicted_loss"]), predicted_ms=d.get("predicted_ms"),
-        settings=d.get("settings", {}), provenance=d.get("provenance", {}), path=path,
-        sha256=hashlib.sha256(raw).hexdigest(),
-    )
+    """Load and verify a plan (its ``.json`` file or a folder holding ``quant_plan.json``)."""
+    env = QuantPlan.envelope_path(Path(path))
+    return replace(QuantPlan.load(env), meta_file=env.name)
+
+
+PLAN_FORMAT = QuantPlan.FORMAT_VERSION
 
 
 def allocate(

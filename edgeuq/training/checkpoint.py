@@ -1,52 +1,67 @@
 """Checkpoint artifact: weights + everything needed to rebuild and deploy the model."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Tuple
+from typing import Any, ClassVar, Dict, Mapping, Tuple
 
 import torch
 
-from edgeuq_runtime.bundle import sha256_file as _sha256
-
-from ..models import ModelConfig, SignalTransformer
+from ..artifact import Artifact, ArtifactWriter
+from ..models import ModelConfig, SignalTransformer, build_model
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
 
-CHECKPOINT_FORMAT = 1
 _WEIGHTS = "model.pt"
-_META = "checkpoint.json"
 
 
 @dataclass(frozen=True)
-class Checkpoint:
-    """A trained model on disk: ``<dir>/model.pt`` + ``<dir>/checkpoint.json``."""
+class Checkpoint(Artifact):
+    """A trained model on disk: ``<dir>/model.pt`` + ``<dir>/checkpoint.json`` (the envelope)."""
 
-    directory: Path
+    KIND: ClassVar[str] = "checkpoint"
+    FORMAT_VERSION: ClassVar[int] = 2
+    META_FILE: ClassVar[str] = "checkpoint.json"
+
     config: ModelConfig
     class_names: Tuple[str, ...]
     sample_rate_hz: float
     normalization: str
-    sha256: str
     metrics: Mapping[str, Any] = field(default_factory=dict)
+
+    def payload_files(self) -> Tuple[str, ...]:
+        return (_WEIGHTS,)
+
+    def to_meta(self) -> Dict[str, Any]:
+        return {"config": self.config.to_dict(), "class_names": list(self.class_names),
+                "sample_rate_hz": self.sample_rate_hz, "normalization": self.normalization,
+                "weights": _WEIGHTS, "metrics": dict(self.metrics)}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], **base: Any) -> "Checkpoint":
+        return cls(config=ModelConfig.from_dict(meta["config"]), class_names=tuple(meta["class_names"]),
+                   sample_rate_hz=float(meta["sample_rate_hz"]), normalization=meta["normalization"],
+                   metrics=meta.get("metrics", {}), **base)
 
     @property
     def weights_path(self) -> Path:
-        return self.directory / _WEIGHTS
+        return self.file_path(_WEIGHTS)
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the weights file (``digest`` covers the weights and the metadata)."""
+        return self.files[_WEIGHTS]
 
     def load_model(self) -> SignalTransformer:
-        actual = _sha256(self.weights_path)
-        if actual != self.sha256:
-            raise ValueError(
-                f"checkpoint weights {self.weights_path} changed since saving: "
-                f"sha256 {actual[:12]}… != recorded {self.sha256[:12]}…"
-            )
-        model = SignalTransformer(self.config)
+        self.verify_files()
+        model = build_model(self.config)
         state = torch.load(self.weights_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
         model.eval()
         return model
+
+
+CHECKPOINT_FORMAT = Checkpoint.FORMAT_VERSION
 
 
 def save_checkpoint(
@@ -56,58 +71,20 @@ def save_checkpoint(
     sample_rate_hz: float,
     normalization: str = "zscore",
     metrics: Mapping[str, Any] | None = None,
+    inputs: str = "",
 ) -> Checkpoint:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write ``model`` atomically to ``directory`` and return the verified Checkpoint.
+    Other files already in ``directory`` (e.g. ``tokenizer.json``) are kept."""
     if len(class_names) != model.cfg.num_classes:
         raise ValueError(f"{len(class_names)} class names for a {model.cfg.num_classes}-class model")
-    tmp = directory / (_WEIGHTS + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(directory / _WEIGHTS)
-    ckpt = Checkpoint(
-        directory=directory,
-        config=model.cfg,
-        class_names=tuple(class_names),
-        sample_rate_hz=float(sample_rate_hz),
-        normalization=normalization,
-        sha256=_sha256(directory / _WEIGHTS),
-        metrics=dict(metrics or {}),
-    )
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "config": ckpt.config.to_dict(),
-        "class_names": list(ckpt.class_names),
-        "sample_rate_hz": ckpt.sample_rate_hz,
-        "normalization": ckpt.normalization,
-        "weights": _WEIGHTS,
-        "sha256": ckpt.sha256,
-        "metrics": ckpt.metrics,
-    }
-    tmp_meta = directory / (_META + ".tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    tmp_meta.replace(directory / _META)
-    return ckpt
+    ckpt = Checkpoint(config=model.cfg, class_names=tuple(class_names), sample_rate_hz=float(sample_rate_hz),
+                      normalization=normalization, metrics=dict(metrics or {}), inputs=inputs)
+    with ArtifactWriter(Path(directory)) as w:
+        torch.save(model.state_dict(), w.path / _WEIGHTS)
+        return w.commit(ckpt)
 
 
 def load_checkpoint(directory: Path) -> Checkpoint:
-    directory = Path(directory)
-    meta_path = directory / _META
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {directory}: {_META} missing")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{meta_path} is not valid JSON: {exc}") from exc
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{meta_path}: unsupported checkpoint format {meta.get('format')!r}")
-    if not (directory / _WEIGHTS).is_file():
-        raise FileNotFoundError(f"checkpoint weights missing: {directory / _WEIGHTS}")
-    return Checkpoint(
-        directory=directory,
-        config=ModelConfig.from_dict(meta["config"]),
-        class_names=tuple(meta["class_names"]),
-        sample_rate_hz=float(meta["sample_rate_hz"]),
-        normalization=meta["normalization"],
-        sha256=meta["sha256"],
-        metrics=meta.get("metrics", {}),
-    )
+    """Load and verify the checkpoint in ``directory`` (raises ArtifactError naming the problem)."""
+    return Checkpoint.load(Path(directory))
+

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, final
 
 from ..settings import settings_from_dict
 
 __all__ = ["TrainConfig"]
 
 
+@final
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 15

@@ -1,22 +1,71 @@
-"""Training with progress bars and validation-based early stopping."""
+"""Training with progress and validation-based early stopping; the loss is a function of the batch.
+
+:func:`run_epochs` is the loop every trainer shares. Its ``loss_fn(model, batch)``
+returns a :class:`LossOut` (the loss to minimise and the logits used for the
+running accuracy); :func:`cross_entropy_loss` is the default, a scheme may give
+its own (the ELBO of the variational scheme), and distillation can bring a
+teacher's outputs in through ``batch.index`` (the rows of the training arrays).
+Progress: a tqdm bar per epoch when stdout and stderr are terminals, else one
+line per epoch (no bars in logs).
+"""
 from __future__ import annotations
 
 import copy
 import math
+import sys
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple, final
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..models import SignalTransformer
+from torch import nn
+
 from .config import TrainConfig
 
-__all__ = ["EpochStats", "TrainResult", "train_model", "predict_logits", "run_epochs", "check_dataset"]
+__all__ = [
+    "EpochStats", "TrainResult", "train_model", "predict_logits", "run_epochs", "check_dataset", "Batch", "LossOut",
+    "LossFn", "cross_entropy_loss", "deterministic_validation",
+]
 
 
+@final
+@dataclass(frozen=True)
+class Batch:
+    """One training batch: inputs, labels and ``index``, the rows of the training arrays
+    (a LongTensor) -- e.g. to look up a teacher's precomputed outputs."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+
+
+@final
+@dataclass(frozen=True)
+class LossOut:
+    """The loss to minimise and the logits of the forward pass (for the running accuracy)."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+
+
+LossFn = Callable[[nn.Module, Batch], LossOut]
+
+
+def cross_entropy_loss(model: nn.Module, batch: Batch) -> LossOut:
+    """Mean cross-entropy of ``model(batch.x)`` (stochastic layers draw in training mode)."""
+    logits = model(batch.x)
+    return LossOut(F.cross_entropy(logits, batch.y), logits)
+
+
+def _bars_wanted(progress: bool) -> bool:
+    """tqdm bars only on a terminal: in logs (redirected output) they become a flood."""
+    return progress and sys.stdout.isatty() and sys.stderr.isatty()
+
+
+@final
 @dataclass(frozen=True)
 class EpochStats:
     epoch: int
@@ -26,6 +75,7 @@ class EpochStats:
     val_acc: float
 
 
+@final
 @dataclass(frozen=True)
 class TrainResult:
     history: tuple
@@ -43,14 +93,14 @@ class TrainResult:
 
 
 @torch.no_grad()
-def predict_logits(model: SignalTransformer, x: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> torch.Tensor:
     """Deterministic logits (stochastic layers at their mean)."""
     model.eval()
     outs = [model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)]
     return torch.cat(outs)
 
 
-def check_dataset(name: str, x: np.ndarray, y: np.ndarray, model: SignalTransformer) -> None:
+def check_dataset(name: str, x: np.ndarray, y: np.ndarray, model: nn.Module) -> None:
     """Refuse empty sets, a wrong input length, mismatched labels, labels out of range,
     and non-integer inputs for a token model."""
     if len(x) == 0:
@@ -72,14 +122,16 @@ def run_epochs(
     cfg: TrainConfig,
     param_groups: Iterable,
     validate: Callable[[], Tuple[float, float]],
-    extra_loss: Optional[Callable[[], torch.Tensor]] = None,
+    loss_fn: LossFn = cross_entropy_loss,
     progress: bool = True,
     log: Optional[Callable[[str], None]] = None,
 ) -> TrainResult:
     """The loop every trainer shares: AdamW + one-cycle schedule, gradient clipping,
-    cross-entropy (+ ``extra_loss()``), ``validate() -> (nll, acc)`` after each epoch;
-    keeps the weights of the epoch with the lowest validation NLL and stops after
-    ``patience`` epochs without improvement."""
+    ``loss_fn(model, batch)`` (cross-entropy by default), ``validate() -> (nll, acc)``
+    after each epoch; keeps the weights of the epoch with the lowest validation NLL
+    and stops after ``patience`` epochs without improvement. ``log`` gets one line
+    per epoch; with ``progress`` and no ``log``, that line is printed when no
+    progress bar is drawn (output is not a terminal)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -91,17 +143,17 @@ def run_epochs(
     best_state, best_nll, best_epoch, bad_epochs = None, math.inf, -1, 0
     history: List[EpochStats] = []
     stopped_early = False
+    bars = _bars_wanted(progress)
+    epoch_line = log if log is not None else (print if progress and not bars else None)
     for epoch in range(cfg.epochs):
         model.train()
         perm = torch.from_numpy(order_rng.permutation(len(xt)))
         total, correct, loss_sum = 0, 0, 0.0
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not bars, leave=False)
         for step in bar:
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            logits = model(xt[idx])
-            loss = F.cross_entropy(logits, yt[idx])
-            if extra_loss is not None:
-                loss = loss + extra_loss()
+            out = loss_fn(model, Batch(xt[idx], yt[idx], idx))
+            logits, loss = out.logits, out.loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -114,8 +166,8 @@ def run_epochs(
         val_nll, val_acc = validate()
         stats = EpochStats(epoch + 1, loss_sum / total, correct / total, val_nll, val_acc)
         history.append(stats)
-        if log is not None:
-            log(
+        if epoch_line is not None:
+            epoch_line(
                 f"epoch {stats.epoch:>2}: train loss {stats.train_loss:.4f} acc {stats.train_acc:.3f} | "
                 f"val nll {stats.val_nll:.4f} acc {stats.val_acc:.4f}"
             )
@@ -133,7 +185,7 @@ def run_epochs(
 
 
 def train_model(
-    model: SignalTransformer,
+    model: nn.Module,
     x_train: np.ndarray,
     y_train: np.ndarray,
     x_val: np.ndarray,
@@ -146,10 +198,16 @@ def train_model(
     validation NLL (see :func:`run_epochs`)."""
     check_dataset("training", x_train, y_train, model)
     check_dataset("validation", x_val, y_val, model)
+    return run_epochs(model, x_train, y_train, cfg, model.parameters(), deterministic_validation(model, x_val, y_val),
+                      progress=progress, log=log)
+
+
+def deterministic_validation(model: nn.Module, x_val: np.ndarray, y_val: np.ndarray) -> Callable[[], Tuple[float, float]]:
+    """``validate() -> (cross-entropy, accuracy)`` of the deterministic pass on the validation set."""
     yv = torch.from_numpy(y_val.astype(np.int64))
 
     def validate() -> Tuple[float, float]:
         val_logits = predict_logits(model, x_val)
         return float(F.cross_entropy(val_logits, yv)), float((val_logits.argmax(-1) == yv).float().mean())
 
-    return run_epochs(model, x_train, y_train, cfg, model.parameters(), validate, progress=progress, log=log)
+    return validate

@@ -12,13 +12,17 @@ imported lazily when a graph is loaded.
 """
 __version__ = "0.1.0"
 
+import importlib as _importlib
+
 from .bundle import MANIFEST_FILE, Bundle, load_bundle, sha256_file, write_bundle
 from .errors import BackendError, BundleError, InputError, IntegrityError, ManifestError, RuntimeUQError
-from .executors import EXECUTORS, GraphRunner, load_graph, register_executor
-from .manifest import FORMAT, MANIFEST_VERSION, SUPPORTED_VERSIONS, GraphSpec, InputSpec, Manifest
-from .noise import NOISE_MEANS, NOISE_SAMPLERS, NoiseSpec, mean_noise, sample_noise
-from .preprocess import NORMALIZATIONS, normalize, validate_windows
+from .executors import EXECUTORS, MAX_THREADS, GraphRunner, load_graph, register_executor
+from .manifest import (FORMAT, MANIFEST_VERSION, MAX_SAMPLES, SUPPORTED_VERSIONS, GraphSpec, InputSpec, Manifest,
+                       register_manifest_section)
+from .noise import NOISE_MEANS, NOISE_SAMPLERS, NoiseSpec, mean_noise, sample_noise, sample_noise_tiled
+from .preprocess import NORMALIZATIONS, input_quality, normalize, validate_windows
 from .session import UncertaintyRuntime
+from . import calibration as _calibration  # noqa: F401,E402 - registers the "calibration" manifest section
 from .uncertainty import UncertaintyResult, decompose, entropy, softmax
 
 __all__ = [
@@ -28,12 +32,31 @@ __all__ = [
     # bundles and manifests
     "Bundle", "load_bundle", "write_bundle", "sha256_file", "MANIFEST_FILE",
     "Manifest", "InputSpec", "GraphSpec", "MANIFEST_VERSION", "SUPPORTED_VERSIONS", "FORMAT",
+    "register_manifest_section", "MAX_SAMPLES",
     # noise contract
-    "NoiseSpec", "NOISE_SAMPLERS", "NOISE_MEANS", "sample_noise", "mean_noise",
+    "NoiseSpec", "NOISE_SAMPLERS", "NOISE_MEANS", "sample_noise", "mean_noise", "sample_noise_tiled",
     # preprocessing
-    "validate_windows", "normalize", "NORMALIZATIONS",
+    "validate_windows", "normalize", "NORMALIZATIONS", "input_quality",
     # executors
-    "EXECUTORS", "GraphRunner", "load_graph", "register_executor",
+    "EXECUTORS", "GraphRunner", "load_graph", "register_executor", "MAX_THREADS",
     # errors
     "RuntimeUQError", "BundleError", "ManifestError", "IntegrityError", "InputError", "BackendError",
 ]
+
+#: Modules that register optional manifest sections (``register_manifest_section``) when
+#: imported; imported here so that a manifest holding their section parses wherever the
+#: runtime is used. A module that is not installed is skipped.
+_SECTION_MODULES = ("calibration", "ota.canaries")
+
+
+def _load_section_modules() -> None:
+    for name in _SECTION_MODULES:
+        full = f"{__name__}.{name}"
+        try:
+            _importlib.import_module(full)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not full.startswith(exc.name):
+                raise
+
+
+_load_section_modules()

@@ -28,30 +28,60 @@ def prefixed(prefix: str) -> Iterator[None]:
 
 def text(field: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise fail(field, f"must be a non-empty string, got {value!r}")
+        raise fail(field, f"must be a non-empty string, got {_show(value)}")
+    if len(value) > MAX_TEXT:
+        raise fail(field, f"must be at most {MAX_TEXT} characters, got {len(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise fail(field, f"must be valid Unicode text (no lone surrogates), got {_show(value)}") from None
     return value
 
 
-def positive_int(field: str, value: Any) -> int:
+#: Longest string any manifest field may hold.
+MAX_TEXT = 4096
+#: Largest integer any manifest field may hold (bigger ones are refused, never truncated).
+MAX_INT = 2 ** 31 - 1
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """repr() cut to ``limit`` characters (a refused value may be huge)."""
+    try:
+        text_ = repr(value) if not isinstance(value, int) or abs(value) < 10 ** 60 else f"<integer of {len(str(abs(value)))} digits>"
+    except (ValueError, RecursionError):
+        text_ = f"<{type(value).__name__}>"
+    return text_ if len(text_) <= limit else text_[:limit] + "..."
+
+
+def positive_int(field: str, value: Any, maximum: int = MAX_INT) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise fail(field, f"must be an integer >= 1, got {value!r}")
+        raise fail(field, f"must be an integer >= 1, got {_show(value)}")
+    if value > maximum:
+        raise fail(field, f"must be an integer <= {maximum}, got {_show(value)}")
     return int(value)
 
 
 def positive_float(field: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise fail(field, f"must be a finite number > 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise fail(field, f"must be a finite number > 0, got {_show(value)}")
+    try:
+        ok = math.isfinite(value) and value > 0 and math.isfinite(float(value))
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise fail(field, f"must be a finite number > 0, got {_show(value)}")
     return float(value)
 
 
 def names(field: str, value: Any, min_len: int = 0) -> Tuple[str, ...]:
     """A tuple of unique non-empty strings (a bare string is refused)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise fail(field, f"must be a list of strings, got {value!r}")
+        raise fail(field, f"must be a list of strings, got {_show(value)}")
     out = tuple(text(f"{field}[{i}]", v) for i, v in enumerate(value))
     if len(out) < min_len:
         raise fail(field, f"needs at least {min_len} entries, got {len(out)}: {list(out)}")
-    dupes = sorted({v for v in out if out.count(v) > 1})
+    seen: set = set()
+    dupes = sorted({v for v in out if v in seen or seen.add(v)})
     if dupes:
         raise fail(field, f"names must be unique, duplicated: {dupes}")
     return out
@@ -60,6 +90,8 @@ def names(field: str, value: Any, min_len: int = 0) -> Tuple[str, ...]:
 def relpath(field: str, value: Any) -> str:
     """A portable bundle-relative path: forward slashes, no '..', not absolute."""
     path = text(field, value)
+    if len(path) > 1024 or any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+        raise fail(field, f"must be a path of at most 1024 printable characters, got {_show(path)}")
     if "\\" in path:
         raise fail(field, f"must use forward slashes, got {path!r}")
     if path.startswith("/") or _DRIVE.match(path):
@@ -74,7 +106,7 @@ def relpath(field: str, value: Any) -> str:
 
 def sha256_hex(field: str, value: Any) -> str:
     if not isinstance(value, str) or not _SHA256.match(value):
-        raise fail(field, f"must be a sha256 digest of 64 hex characters, got {value!r}")
+        raise fail(field, f"must be a sha256 digest of 64 hex characters, got {_show(value)}")
     return value.lower()
 
 

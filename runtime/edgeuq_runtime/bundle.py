@@ -8,13 +8,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Mapping, Optional, Union
 
 from . import _checks as c
 from .errors import BundleError, IntegrityError, ManifestError
-from .manifest import Manifest
+from .manifest import MAX_MANIFEST_BYTES, Manifest
 
-__all__ = ["MANIFEST_FILE", "Bundle", "sha256_file", "load_bundle", "write_bundle"]
+__all__ = ["MANIFEST_FILE", "Bundle", "sha256_file", "sha256_bytes", "load_bundle", "write_bundle",
+           "safe_bundle_path"]
 
 MANIFEST_FILE = "manifest.json"
 PathLike = Union[str, "os.PathLike[str]"]
@@ -29,19 +30,60 @@ def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def safe_bundle_path(root: PathLike, name: str) -> Path:
+    """``root/name`` after checking that ``name`` is a safe relative path, that no component
+    of it is a symbolic link and that it resolves inside ``root`` (raises BundleError)."""
+    root = Path(root)
+    try:
+        rel = c.relpath("file", name)
+    except ManifestError as exc:
+        raise BundleError(f"bad bundle file name: {exc}") from None
+    path = root
+    for part in rel.split("/"):
+        path = path / part
+        if path.is_symlink():
+            raise BundleError(f"bundle file {name!r}: {str(path)!r} is a symbolic link; bundles must hold "
+                              "real files (a link could point anywhere)")
+    try:
+        resolved, base = path.resolve(), root.resolve()
+    except (OSError, RuntimeError) as exc:
+        raise BundleError(f"bundle file {name!r}: cannot resolve {str(path)!r}: {exc}") from None
+    if base != resolved and base not in resolved.parents:
+        raise BundleError(f"bundle file {name!r} resolves to {str(resolved)!r}, outside the bundle {str(base)!r}")
+    return path
+
+
 @dataclass(frozen=True)
 class Bundle:
-    """A bundle directory and its parsed manifest."""
+    """A bundle directory, its parsed manifest and its identity.
+
+    ``digest`` is the sha256 of the exact ``manifest.json`` bytes: since the manifest
+    holds the sha256 of every other file, it identifies the whole bundle (a deployment
+    pins it; ``python -m edgeuq_runtime info`` prints it). None only for a Bundle built
+    by hand.
+    """
 
     root: Path
     manifest: Manifest
+    digest: Optional[str] = None
 
     def path(self, name: str) -> Path:
-        """Absolute path of the bundle-relative file ``name`` (must be a safe relative path)."""
-        try:
-            return self.root / c.relpath("file", name)
-        except ManifestError as exc:
-            raise BundleError(f"bad bundle file name: {exc}") from None
+        """Absolute path of the bundle-relative file ``name``: a safe relative path, no
+        symbolic link on the way, inside the bundle directory."""
+        return safe_bundle_path(self.root, name)
+
+    def listed_path(self, name: str, purpose: str) -> Path:
+        """As :meth:`path`, and ``name`` must be listed (hashed) in the manifest's ``files``:
+        for every file an executor opens (``purpose`` names it in the error)."""
+        path = self.path(name)
+        if name not in self.manifest.files:
+            raise BundleError(f"{purpose} {name!r} is not listed in {MANIFEST_FILE} files; every file the runtime "
+                              f"opens must be listed with its sha256 (listed: {sorted(self.manifest.files)})")
+        return path
 
 
 def load_bundle(root: PathLike, verify: bool = True) -> Bundle:
@@ -50,27 +92,38 @@ def load_bundle(root: PathLike, verify: bool = True) -> Bundle:
     With ``verify`` (the default) every file's sha256 is also compared with the
     manifest; a mismatch raises :class:`IntegrityError`.
     """
-    root = Path(root)
-    if not root.exists():
-        raise BundleError(f"bundle directory {str(root)!r} does not exist")
-    if not root.is_dir():
-        raise BundleError(f"bundle path {str(root)!r} is not a directory")
-    manifest_path = root / MANIFEST_FILE
+    try:
+        root = Path(root)
+        if not root.exists():
+            raise BundleError(f"bundle directory {str(root)!r} does not exist")
+        if not root.is_dir():
+            raise BundleError(f"bundle path {str(root)!r} is not a directory")
+    except (OSError, ValueError) as exc:  # e.g. a name with a NUL byte, a path too long
+        raise BundleError(f"bad bundle path {str(root)[:200]!r}: {exc}") from None
+    manifest_path = safe_bundle_path(root, MANIFEST_FILE)
     if not manifest_path.is_file():
         raise BundleError(f"no {MANIFEST_FILE} in bundle directory {str(root)!r}")
     try:
-        text = manifest_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        with open(manifest_path, "rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
         raise BundleError(f"cannot read {manifest_path}: {exc}") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{manifest_path}: manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{manifest_path}: manifest is not UTF-8 text: {exc}") from None
     try:
         manifest = Manifest.loads(text)
     except ManifestError as exc:
         raise ManifestError(f"{manifest_path}: {exc}") from None
-    bundle = Bundle(root=root, manifest=manifest)
+    bundle = Bundle(root=root, manifest=manifest, digest=sha256_bytes(raw))
     for name, expected in manifest.files.items():
         path = bundle.path(name)
         if not path.is_file():
-            raise BundleError(f"bundle file {name!r} listed in {MANIFEST_FILE} is missing from {str(root)!r}")
+            what = "is not a regular file" if path.exists() else "is missing"
+            raise BundleError(f"bundle file {name!r} listed in {MANIFEST_FILE} {what} in {str(root)!r}")
         if verify:
             actual = sha256_file(path)
             if actual != expected:
@@ -81,7 +134,8 @@ def load_bundle(root: PathLike, verify: bool = True) -> Bundle:
     return bundle
 
 
-def _write_manifest_atomically(root: Path, manifest: Manifest) -> None:
+def _write_manifest_atomically(root: Path, manifest: Manifest) -> str:
+    """Write ``manifest.json`` (temp file + rename); returns the digest of the bytes written."""
     text = manifest.dumps()
     fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=root)
     try:
@@ -90,6 +144,7 @@ def _write_manifest_atomically(root: Path, manifest: Manifest) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, root / MANIFEST_FILE)
+        return sha256_bytes(text.encode("utf-8"))
     except BaseException:
         try:
             os.unlink(tmp)
@@ -128,13 +183,13 @@ def write_bundle(root: PathLike, manifest: Manifest, sources: Mapping[str, PathL
         (root / MANIFEST_FILE).unlink(missing_ok=True)
         hashes = {}
         for name, src in names.items():
-            dest = root / name
+            dest = safe_bundle_path(root, name)
             dest.parent.mkdir(parents=True, exist_ok=True)
             if not (dest.exists() and os.path.samefile(src, dest)):
                 shutil.copyfile(src, dest)
             hashes[name] = sha256_file(dest)
         sealed = dataclasses.replace(manifest, files=hashes)
-        _write_manifest_atomically(root, sealed)
+        digest = _write_manifest_atomically(root, sealed)
     except OSError as exc:
         raise BundleError(f"cannot write bundle {str(root)!r}: {exc}") from exc
-    return Bundle(root=root, manifest=sealed)
+    return Bundle(root=root, manifest=sealed, digest=digest)

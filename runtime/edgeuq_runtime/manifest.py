@@ -13,15 +13,20 @@ dotted JSON name of the field (``input.length``, ``graphs.head.inputs``, ...).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import numpy as np
 
 from . import _checks as c
 from .errors import ManifestError
 from .noise import NoiseSpec, noise_specs_from_json
 from .preprocess import NORMALIZATIONS
 
-__all__ = ["MANIFEST_VERSION", "SUPPORTED_VERSIONS", "FORMAT", "InputSpec", "GraphSpec", "Manifest"]
+__all__ = ["MANIFEST_VERSION", "SUPPORTED_VERSIONS", "FORMAT", "InputSpec", "GraphSpec", "Manifest",
+           "MAX_SAMPLES", "MAX_MANIFEST_BYTES", "MAX_JSON_DEPTH", "MAX_INPUT_LENGTH", "register_manifest_section",
+           "MANIFEST_SECTIONS", "parse_json_strict"]
 
 MANIFEST_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
@@ -29,6 +34,117 @@ FORMAT = "edgeuq-bundle"
 SUPPORTED_DTYPES = ("float32", "int64")
 _TOP_KEYS = {"format", "manifest_version", "model", "input", "classes", "default_samples", "noise",
              "graphs", "backend", "files", "metadata"}
+
+#: Most samples S one call may draw (``default_samples`` and ``predict(samples=...)``).
+MAX_SAMPLES = 4096
+#: Largest manifest.json accepted, in bytes, and deepest JSON nesting.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_JSON_DEPTH = 32
+#: Longest input window (samples or tokens).
+MAX_INPUT_LENGTH = 1 << 24
+_MAX_DIGITS = 19  # integers beyond int64 are refused while parsing, before Python builds them
+
+
+# -- optional manifest sections --------------------------------------------------------------------
+#: key -> (parse(json_value, where) -> object, to_json(object) -> json_value)
+MANIFEST_SECTIONS: Dict[str, Tuple[Callable[[Any, str], Any], Callable[[Any], Any]]] = {}
+
+
+def register_manifest_section(key: str, parse: Callable[[Any, str], Any], to_json: Callable[[Any], Any]) -> None:
+    """Allow the optional top-level manifest key ``key``: ``parse(value, key)`` turns its JSON
+    value into an object kept in :attr:`Manifest.sections` (raising :class:`ManifestError`
+    naming the field on bad input) and ``to_json(obj)`` writes it back. A key whose parser
+    is not registered is refused as unknown. Re-registering a key replaces its parser."""
+    if not isinstance(key, str) or not key or key in _TOP_KEYS:
+        raise ValueError(f"manifest section key must be a new non-empty string (not one of {sorted(_TOP_KEYS)}), "
+                         f"got {key!r}")
+    if not callable(parse) or not callable(to_json):
+        raise TypeError("register_manifest_section needs callables parse(value, where) and to_json(obj)")
+    MANIFEST_SECTIONS[key] = (parse, to_json)
+
+
+def _parse_section(key: str, value: Any) -> Any:
+    parse, _ = MANIFEST_SECTIONS[key]
+    try:
+        return parse(value, key)
+    except ManifestError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError, RecursionError) as exc:
+        raise c.fail(key, f"malformed section ({type(exc).__name__}: {exc})") from None
+
+
+# -- strict JSON ---------------------------------------------------------------------------------------
+def _json_depth(text: str) -> int:
+    """Deepest bracket nesting of JSON ``text``, brackets inside strings ignored. Vectorised,
+    linear time and no recursion, so it is safe on hostile input before ``json.loads`` recurses
+    (for invalid JSON it is exact up to the first error, where the parser stops anyway)."""
+    arr = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    n = arr.size
+    if not n:
+        return 0
+    back = arr == ord("\\")
+    quotes = np.flatnonzero(arr == ord('"'))
+    inside = np.zeros(n, dtype=bool)
+    if quotes.size:
+        last_plain = np.maximum.accumulate(np.where(back, -1, np.arange(n)))
+        prev = quotes - 1
+        run = np.where(prev >= 0, prev - last_plain[np.maximum(prev, 0)], 0)  # backslashes just before
+        real = quotes[run % 2 == 0]                                             # unescaped quotes
+        toggles = np.zeros(n, dtype=np.int8)
+        toggles[real] = 1
+        inside = (np.cumsum(toggles, dtype=np.int64) % 2) == 1
+    step = ((arr == ord("[")) | (arr == ord("{"))).astype(np.int64) - ((arr == ord("]")) | (arr == ord("}")))
+    step[inside] = 0
+    return int(max(0, np.cumsum(step).max()))
+
+
+def _parse_int(s: str) -> int:
+    digits = s.lstrip("-")
+    if len(digits) > _MAX_DIGITS:
+        raise ManifestError(f"manifest holds an integer of {len(digits)} digits (at most {_MAX_DIGITS} allowed)")
+    return int(s)
+
+
+def _parse_float(s: str) -> float:
+    value = float(s)
+    if not math.isfinite(value):
+        raise ManifestError(f"manifest holds a number {s[:40]!r} that overflows a float")
+    return value
+
+
+def _parse_constant(s: str) -> Any:
+    raise ManifestError(f"manifest holds {s}, which is not JSON (NaN and Infinity are refused)")
+
+
+def _no_duplicates(pairs: Any) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ManifestError(f"manifest repeats the key {k[:80]!r} in one object")
+        out[k] = v
+    return out
+
+
+def parse_json_strict(text: str, what: str = "manifest", max_bytes: int = MAX_MANIFEST_BYTES,
+                      max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` for untrusted bundle files: size and nesting capped, integers beyond
+    int64, NaN/Infinity and repeated keys refused. Every failure is a ManifestError."""
+    if not isinstance(text, str):
+        raise ManifestError(f"{what} must be text, got {type(text).__name__}")
+    if len(text) > max_bytes:
+        raise ManifestError(f"{what} is larger than {max_bytes} bytes ({len(text)} characters)")
+    depth = _json_depth(text)
+    if depth > max_depth:
+        raise ManifestError(f"{what} nests JSON {depth} levels deep (at most {max_depth} allowed)")
+    try:
+        return json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant,
+                          object_pairs_hook=_no_duplicates)
+    except ManifestError as exc:
+        raise ManifestError(f"{what}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{what} is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # e.g. lone surrogates, residual limits
+        raise ManifestError(f"{what} is not valid JSON: {type(exc).__name__}: {exc}") from None
 
 
 def _only(where: str, data: Mapping[str, Any], allowed: set) -> None:
@@ -60,12 +176,13 @@ class InputSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", c.text("input.name", self.name))
-        object.__setattr__(self, "length", c.positive_int("input.length", self.length))
+        object.__setattr__(self, "length", c.positive_int("input.length", self.length, MAX_INPUT_LENGTH))
         object.__setattr__(self, "sample_rate_hz", c.positive_float("input.sample_rate_hz", self.sample_rate_hz))
-        if self.dtype not in SUPPORTED_DTYPES:
-            raise c.fail("input.dtype", f"must be one of {list(SUPPORTED_DTYPES)}, got {self.dtype!r}")
-        if self.normalization not in NORMALIZATIONS:
-            raise c.fail("input.normalization", f"must be one of {sorted(NORMALIZATIONS)}, got {self.normalization!r}")
+        if not isinstance(self.dtype, str) or self.dtype not in SUPPORTED_DTYPES:
+            raise c.fail("input.dtype", f"must be one of {list(SUPPORTED_DTYPES)}, got {c._show(self.dtype)}")
+        if not isinstance(self.normalization, str) or self.normalization not in NORMALIZATIONS:
+            raise c.fail("input.normalization",
+                         f"must be one of {sorted(NORMALIZATIONS)}, got {c._show(self.normalization)}")
         if self.dtype == "int64":
             object.__setattr__(self, "vocab_size", c.positive_int("input.vocab_size", self.vocab_size))
             if self.vocab_size < 2:
@@ -126,8 +243,12 @@ class GraphSpec:
         if self.backend is not None:
             c.text("backend", self.backend)
         if not isinstance(self.options, Mapping):
-            raise c.fail("options", f"must be an object, got {self.options!r}")
-        object.__setattr__(self, "options", dict(self.options))
+            raise c.fail("options", f"must be an object, got {c._show(self.options)}")
+        try:  # JSON values only; a round trip validates and detaches the caller's objects
+            options = json.loads(json.dumps(dict(self.options), allow_nan=False))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise c.fail("options", f"must be JSON-serialisable: {exc}") from None
+        object.__setattr__(self, "options", options)
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"file": self.file, "inputs": list(self.inputs), "outputs": list(self.outputs)}
@@ -148,10 +269,10 @@ class GraphSpec:
 
 
 def _check_version(fmt: Any, version: Any) -> None:
-    if fmt != FORMAT:
-        raise c.fail("format", f"must be {FORMAT!r}, got {fmt!r}: not an edgeuq bundle manifest")
-    if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
-        raise c.fail("manifest_version", f"unsupported version {version!r}; this runtime supports "
+    if not isinstance(fmt, str) or fmt != FORMAT:
+        raise c.fail("format", f"must be {FORMAT!r}, got {c._show(fmt)}: not an edgeuq bundle manifest")
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:
+        raise c.fail("manifest_version", f"unsupported version {c._show(version)}; this runtime supports "
                      f"manifest_version {sorted(SUPPORTED_VERSIONS)} (upgrade edgeuq_runtime for newer bundles)")
 
 
@@ -179,6 +300,8 @@ class Manifest:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     manifest_version: int = MANIFEST_VERSION
+    #: Optional sections registered with :func:`register_manifest_section` (key -> parsed object).
+    sections: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_version(self.format, self.manifest_version)
@@ -188,7 +311,7 @@ class Manifest:
         if not isinstance(self.input, InputSpec):
             raise c.fail("input", f"must be an InputSpec, got {type(self.input).__name__}")
         put("class_names", c.names("classes", self.class_names, min_len=2))
-        put("default_samples", c.positive_int("default_samples", self.default_samples))
+        put("default_samples", c.positive_int("default_samples", self.default_samples, MAX_SAMPLES))
         noise = tuple(self.noise) if isinstance(self.noise, (list, tuple)) else (None,)
         if not all(isinstance(n, NoiseSpec) for n in noise):
             raise c.fail("noise", f"must be a sequence of NoiseSpec, got {self.noise!r}")
@@ -201,13 +324,21 @@ class Manifest:
         put("logits_name", c.text("graphs.logits_name", self.logits_name))
         put("backend", c.text("backend", self.backend))
         c.obj("files", self.files)
-        put("files", {c.relpath(f"files[{k!r}]", k): c.sha256_hex(f"files[{k!r}]", v)
-                      for k, v in sorted(self.files.items())})
+        files = {c.relpath(f"files[{c._show(k)}]", k): c.sha256_hex(f"files[{k!r}]", v)
+                 for k, v in self.files.items()}
+        if "manifest.json" in files:
+            raise c.fail("files", "must not list 'manifest.json' (a file cannot hold its own hash)")
+        put("files", dict(sorted(files.items())))
         c.obj("metadata", self.metadata)
         try:  # a JSON round trip both validates and detaches the caller's objects
             put("metadata", json.loads(json.dumps(dict(self.metadata), allow_nan=False)))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise c.fail("metadata", f"must be JSON-serialisable: {exc}") from None
+        c.obj("sections", self.sections)
+        for key in self.sections:
+            if key not in MANIFEST_SECTIONS:
+                raise c.fail(str(key), f"unknown manifest section; registered sections: {sorted(MANIFEST_SECTIONS)}")
+        put("sections", dict(sorted(self.sections.items())))
         self._check_consistency()
 
     def _check_consistency(self) -> None:
@@ -260,6 +391,7 @@ class Manifest:
             "backend": self.backend,
             "files": dict(self.files),
             "metadata": json.loads(json.dumps(self.metadata)),
+            **{key: MANIFEST_SECTIONS[key][1](value) for key, value in self.sections.items()},
         }
 
     def dumps(self) -> str:
@@ -268,17 +400,16 @@ class Manifest:
 
     @classmethod
     def loads(cls, text: str) -> "Manifest":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"manifest is not valid JSON: {exc}") from None
-        return cls.from_json(data)
+        """Parse manifest text strictly (see :func:`parse_json_strict`: size, depth, integer
+        and NaN limits) and validate every field."""
+        return cls.from_json(parse_json_strict(text, "manifest"))
 
     @classmethod
     def from_json(cls, data: Any) -> "Manifest":
         c.obj("manifest", data)
         _check_version(data.get("format"), data.get("manifest_version"))
-        _only("", data, _TOP_KEYS)
+        _only("", data, _TOP_KEYS | set(MANIFEST_SECTIONS))
+        sections = {k: _parse_section(k, data[k]) for k in sorted(data) if k in MANIFEST_SECTIONS}
         model = c.obj("model", c.key("", data, "model"))
         _only("model", model, {"name", "version"})
         graphs = c.obj("graphs", c.key("", data, "graphs"))
@@ -286,6 +417,9 @@ class Manifest:
         noise = c.key("", data, "noise")
         if not isinstance(noise, list):
             raise c.fail("noise", f"must be a list, got {type(noise).__name__}")
+        metadata = data.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise c.fail("metadata", f"must be a JSON object, got {type(metadata).__name__}")
         trunk = GraphSpec.from_json(c.key("graphs", graphs, "trunk"), "graphs.trunk")
         head = GraphSpec.from_json(c.key("graphs", graphs, "head"), "graphs.head")
         files = c.obj("files", c.key("", data, "files"))
@@ -297,6 +431,6 @@ class Manifest:
             default_samples=c.key("", data, "default_samples"), noise=noise_specs_from_json(noise),
             trunk=trunk, head=head, feature_name=c.key("graphs", graphs, "feature_name"),
             logits_name=c.key("graphs", graphs, "logits_name"), backend=c.key("", data, "backend"),
-            files=files, metadata=data.get("metadata", {}),
-            format=data["format"], manifest_version=data["manifest_version"],
+            files=files, metadata=metadata,
+            format=data["format"], manifest_version=data["manifest_version"], sections=sections,
         )

@@ -31,7 +31,13 @@ import numpy as np
 
 from .errors import ManifestError
 
-__all__ = ["NoiseSpec", "NOISE_SAMPLERS", "NOISE_MEANS", "sample_noise", "mean_noise", "noise_specs_from_json"]
+__all__ = ["NoiseSpec", "NOISE_SAMPLERS", "NOISE_MEANS", "sample_noise", "mean_noise", "noise_specs_from_json",
+           "sample_noise_for_sample", "sample_noise_samples", "sample_noise_tiled", "MAX_NOISE_ELEMENTS"]
+
+#: Bounds on one noise input: elements per row and axes (a manifest asking for more is refused).
+MAX_NOISE_ELEMENTS = 1 << 24
+MAX_NOISE_RANK = 8
+_PARAMS = {"dropout_mask": {"p"}, "standard_normal": set(), "uniform": set(), "categorical": {"k"}}
 
 
 @dataclass(frozen=True)
@@ -44,38 +50,72 @@ class NoiseSpec:
     params: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.name or not isinstance(self.name, str):
+        if not isinstance(self.name, str) or not self.name.strip():
             raise ManifestError(f"noise input needs a non-empty name, got {self.name!r}")
-        if self.kind not in NOISE_SAMPLERS:
+        where = f"noise {self.name!r}"
+        if not isinstance(self.kind, str) or self.kind not in NOISE_SAMPLERS:
             raise ManifestError(
-                f"noise input {self.name!r}: unknown kind {self.kind!r}; "
+                f"{where}.kind: unknown kind {self.kind!r}; "
                 f"known kinds: {sorted(NOISE_SAMPLERS)}"
             )
+        if isinstance(self.shape, (str, bytes)) or not isinstance(self.shape, (list, tuple)):
+            raise ManifestError(f"{where}.shape: must be a list of integers, got {self.shape!r}")
+        if len(self.shape) > MAX_NOISE_RANK:
+            raise ManifestError(f"{where}.shape: at most {MAX_NOISE_RANK} axes, got {len(self.shape)}")
+        for d in self.shape:
+            if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
+                raise ManifestError(f"{where}.shape: every axis must be an integer, got {d!r} in {list(self.shape)!r}")
+            if not 1 <= d <= MAX_NOISE_ELEMENTS:
+                raise ManifestError(f"{where}.shape: shape {list(self.shape)} has an axis outside "
+                                    f"[1, {MAX_NOISE_ELEMENTS}]")
         shape = tuple(int(d) for d in self.shape)
-        if any(d <= 0 for d in shape):
-            raise ManifestError(f"noise input {self.name!r}: shape {shape} has a non-positive axis")
+        if int(np.prod(shape, dtype=object)) > MAX_NOISE_ELEMENTS:
+            raise ManifestError(f"{where}.shape: {list(shape)} has more than {MAX_NOISE_ELEMENTS} elements per row")
         object.__setattr__(self, "shape", shape)
-        object.__setattr__(self, "params", dict(self.params))
+        if not isinstance(self.params, Mapping):
+            raise ManifestError(f"{where}.params: must be an object, got {self.params!r}")
+        params = dict(self.params)
+        allowed = _PARAMS[self.kind]
+        unknown = sorted(str(k) for k in params if k not in allowed)
+        if unknown:
+            raise ManifestError(f"{where}.params: unknown keys {unknown} for kind {self.kind!r}; "
+                                f"allowed: {sorted(allowed)}")
         if self.kind == "dropout_mask":
-            p = self.params.get("p")
-            if p is None or not (0.0 <= float(p) < 1.0):
-                raise ManifestError(f"noise input {self.name!r}: dropout_mask needs 0 <= p < 1, got {p!r}")
+            p = params.get("p")
+            if (isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating))
+                    or not (0.0 <= float(p) < 1.0)):
+                raise ManifestError(f"{where}.params.p: dropout_mask needs a number 0 <= p < 1, got {p!r}")
+            params["p"] = float(p) if isinstance(p, (np.integer, np.floating)) else p
         if self.kind == "categorical":
-            k = self.params.get("k")
-            if isinstance(k, bool) or not isinstance(k, (int, float)) or int(k) != k or k < 2:
-                raise ManifestError(f"noise input {self.name!r}: categorical needs an integer k >= 2, got {k!r}")
+            k = params.get("k")
+            if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 2:
+                raise ManifestError(f"{where}.params.k: categorical needs an integer k >= 2, got {k!r}")
+            params["k"] = int(k)
             if not shape or shape[-1] != int(k):
-                raise ManifestError(f"noise input {self.name!r}: categorical shape {shape} must end with k = {int(k)}")
+                raise ManifestError(f"{where}.shape: categorical shape {list(shape)} must end with k = {int(k)}")
+        object.__setattr__(self, "params", params)
 
     def to_json(self) -> Dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "shape": list(self.shape), "params": dict(self.params)}
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> "NoiseSpec":
+    def from_json(cls, obj: Any, where: str = "noise") -> "NoiseSpec":
+        """Parse one JSON noise entry strictly: keys name, kind, shape and (optional) params."""
+        if not isinstance(obj, Mapping):
+            raise ManifestError(f"{where}: malformed noise entry: must be an object, got {type(obj).__name__}")
+        unknown = sorted(str(k) for k in obj if k not in ("name", "kind", "shape", "params"))
+        if unknown:
+            raise ManifestError(f"{where}: malformed noise entry: unknown keys {unknown}; "
+                                "allowed: ['kind', 'name', 'params', 'shape']")
+        missing = [k for k in ("name", "kind", "shape") if k not in obj]
+        if missing:
+            raise ManifestError(f"{where}: malformed noise entry: missing {missing}")
+        if not isinstance(obj["shape"], list):
+            raise ManifestError(f"{where}.shape: must be a list of integers, got {obj['shape']!r}")
         try:
             return cls(name=obj["name"], kind=obj["kind"], shape=tuple(obj["shape"]), params=obj.get("params", {}))
-        except (KeyError, TypeError) as exc:
-            raise ManifestError(f"malformed noise entry {obj!r}: {exc}") from exc
+        except ManifestError as exc:
+            raise ManifestError(f"{where}: {exc}") from None
 
 
 def _dropout_mask(rng: np.random.Generator, shape: Tuple[int, ...], params: Mapping[str, float]) -> np.ndarray:
@@ -148,9 +188,78 @@ def mean_noise(specs: Sequence[NoiseSpec], n: int) -> Dict[str, np.ndarray]:
     return {s.name: NOISE_MEANS[s.kind]((n,) + s.shape, s.params) for s in specs}
 
 
-def noise_specs_from_json(items: Sequence[Mapping[str, Any]]) -> Tuple[NoiseSpec, ...]:
-    specs = tuple(NoiseSpec.from_json(o) for o in items)
+def sample_noise_for_sample(specs: Sequence[NoiseSpec], batch: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """Every noise input of ONE sample for ``batch`` inputs, shape ``(batch, *spec.shape)``,
+    drawn spec by spec in manifest order. The runtime draws a call's noise by calling this
+    once per sample, in sample order, so the draws never depend on how rows are chunked."""
+    return sample_noise(specs, batch, rng)
+
+
+# -- drawing several samples at once, exactly as sample by sample -------------------------------------
+# Kinds built on one primitive stream of float32 draws. numpy draws these element by element from
+# the bit generator, so n draws in one call equal the same n draws split over several calls; then
+# the noise of k consecutive samples (each sample: every spec for its B rows, in manifest order) is
+# one primitive call, sliced. Checked once per process (_splits_exactly); otherwise sample by sample.
+_PRIMITIVE = {"dropout_mask": "uniform", "uniform": "uniform", "standard_normal": "normal"}
+_DRAW = {"uniform": lambda rng, n: rng.random(n, dtype=np.float32),
+         "normal": lambda rng, n: rng.standard_normal(n, dtype=np.float32)}
+_SPLITS: Dict[str, bool] = {}
+
+
+def _splits_exactly(primitive: str) -> bool:
+    if primitive not in _SPLITS:
+        draw = _DRAW[primitive]
+        one, many = np.random.default_rng(20240607), np.random.default_rng(20240607)
+        whole = draw(one, 37)
+        parts = np.concatenate([draw(many, 5), draw(many, 1), draw(many, 31)])
+        _SPLITS[primitive] = bool(np.array_equal(whole, parts) and np.array_equal(draw(one, 7), draw(many, 7)))
+    return _SPLITS[primitive]
+
+
+def _finish(spec: NoiseSpec, u: np.ndarray) -> np.ndarray:
+    if spec.kind == "dropout_mask":
+        p = float(spec.params["p"])
+        return (u >= p).astype(np.float32) * np.float32(1.0 / (1.0 - p))
+    return np.ascontiguousarray(u)
+
+
+def sample_noise_samples(specs: Sequence[NoiseSpec], samples: int, batch: int,
+                         rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """The noise of ``samples`` consecutive samples, rows ``s * batch + b``: exactly what
+    ``samples`` calls of :func:`sample_noise_for_sample` draw, in fewer numpy calls where
+    every spec uses the same primitive stream (e.g. all dropout masks)."""
+    prims = {_PRIMITIVE.get(s.kind) for s in specs}
+    if samples > 1 and len(prims) == 1 and None not in prims and _splits_exactly(next(iter(prims))):
+        sizes = [batch * int(np.prod(s.shape, dtype=np.int64)) for s in specs]
+        flat = _DRAW[next(iter(prims))](rng, samples * sum(sizes)).reshape(samples, sum(sizes))
+        out, off = {}, 0
+        for spec, n in zip(specs, sizes):
+            out[spec.name] = _finish(spec, flat[:, off:off + n].reshape((samples * batch,) + spec.shape))
+            off += n
+        return out
+    draws = [sample_noise_for_sample(specs, batch, rng) for _ in range(samples)]
+    if samples == 1:
+        return draws[0]
+    return {s.name: np.concatenate([d[s.name] for d in draws], axis=0) for s in specs}
+
+
+def sample_noise_tiled(specs: Sequence[NoiseSpec], samples: int, batch: int,
+                       rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """The noise ``UncertaintyRuntime.predict`` draws from ``rng`` for ``samples`` x ``batch``
+    rows, stacked s-major (row ``s * batch + b``): shape ``(samples * batch, *spec.shape)``.
+    Written sample by sample (the definition); the runtime draws the same values in chunks of
+    whole samples (:func:`sample_noise_samples`). Memory grows with ``samples * batch``."""
+    if samples <= 0 or batch <= 0:
+        raise ValueError(f"samples and batch must be positive, got {samples} and {batch}")
+    parts = [sample_noise_for_sample(specs, batch, rng) for _ in range(samples)]
+    return {s.name: np.concatenate([p[s.name] for p in parts], axis=0) for s in specs}
+
+
+def noise_specs_from_json(items: Any) -> Tuple[NoiseSpec, ...]:
+    if not isinstance(items, list):
+        raise ManifestError(f"noise: must be a list, got {type(items).__name__}")
+    specs = tuple(NoiseSpec.from_json(o, f"noise[{i}]") for i, o in enumerate(items))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise ManifestError(f"duplicate noise input names: {names}")
+        raise ManifestError(f"noise: names must be unique, duplicated: {sorted({n for n in names if names.count(n) > 1})}")
     return specs

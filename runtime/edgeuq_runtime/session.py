@@ -1,39 +1,60 @@
 """Multi-sample uncertainty inference on a bundle: trunk once, head on S*B rows.
 
 Row ``s * B + b`` of every head input is sample ``s`` of input ``b`` (s-major tiling,
-``np.tile`` of the features along axis 0). All noise for a call is drawn up front
-from one numpy Generator, so chunking the head never changes the result.
+``np.tile`` of the features along axis 0). A call's noise is drawn sample by sample,
+in order, from one numpy Generator (:func:`~edgeuq_runtime.noise.sample_noise_for_sample`),
+and the head runs on whole samples at a time, at most ``max_batch`` rows per run: memory
+is bounded by ``max_batch`` and the result never depends on it.
 Not thread-safe: give each thread its own runtime (or pass ``seed`` per call).
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .bundle import MANIFEST_FILE, Bundle, PathLike, load_bundle
-from .errors import BackendError, InputError, ManifestError
-from .executors import GraphRunner, load_graph
-from .manifest import GraphSpec, Manifest
-from .noise import mean_noise, sample_noise
-from .preprocess import normalize, validate_tokens, validate_windows
+from .errors import BackendError, BundleError, InputError, ManifestError
+from .executors import MAX_THREADS, GraphRunner, files_opened, load_graph
+from .manifest import MAX_SAMPLES, GraphSpec, Manifest
+from .noise import mean_noise, sample_noise_for_sample, sample_noise_samples
+from .preprocess import input_quality, normalize, validate_signal, validate_tokens
 from .tokenizer import WordTokenizer
 from .uncertainty import UncertaintyResult, decompose, softmax
 
-__all__ = ["UncertaintyRuntime"]
+__all__ = ["UncertaintyRuntime", "MAX_SAMPLES", "MAX_THREADS", "MAX_BATCH", "DEFAULT_MAX_BATCH"]
+
+#: Largest ``max_batch`` (rows per graph run), and the default: it bounds a call's peak memory
+#: (e.g. about 0.2 GB instead of 0.6 GB for a 256 x 16 call on a CWRU attention model;
+#: runtime/bench/memory.py) at no cost in throughput for the models edgeuq builds.
+MAX_BATCH = 1 << 20
+DEFAULT_MAX_BATCH = 1024
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+def _positive_int(name: str, value: Any, maximum: Optional[int] = None, hint: str = "") -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name} must be an integer >= 1, got {str(value)[:60]}")
+    if maximum is not None and value > maximum:
+        raise InputError(f"{name} must be an integer >= 1 and <= {maximum}, got {str(value)[:60]}{hint}")
     return int(value)
 
 
+def _check_threads(threads: Any) -> Optional[int]:
+    if threads is None:
+        return None
+    return _positive_int("threads", threads, MAX_THREADS, " (threads for the backend's thread pool)")
+
+
 def _make_rng(seed: Any) -> np.random.Generator:
+    if isinstance(seed, int) and not isinstance(seed, bool) and seed.bit_length() > 256:
+        raise InputError(f"seed must be None or a non-negative integer below 2**256, got an integer of "
+                         f"{seed.bit_length()} bits")
     try:
         return np.random.default_rng(seed)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"seed must be None or a non-negative integer, got {seed!r} ({exc})") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InputError(f"seed must be None or a non-negative integer, got {str(seed)[:60]} ({exc})") from None
 
 
 def _check_graph(role: str, spec: GraphSpec, runner: GraphRunner) -> None:
@@ -55,30 +76,81 @@ def _check_shape(role: str, runner: GraphRunner, name: str, tail: Tuple[int, ...
                             f"{MANIFEST_FILE} {field} implies [batch, {', '.join(map(str, tail))}]")
 
 
+def _inside(root: Path, path: Path, what: str) -> str:
+    """``path`` (absolute, or relative to the working directory like ``root``) as a
+    bundle-relative name, or BundleError."""
+    base = os.path.abspath(root)
+    full = os.path.abspath(os.fspath(path))
+    rel = os.path.relpath(full, base)
+    if rel == os.curdir or rel.split(os.sep)[0] == os.pardir or os.path.isabs(rel):
+        raise BundleError(f"{what} {os.fspath(path)!r} lies outside the bundle {str(root)!r}; every file the "
+                          "runtime opens must be inside the bundle and listed in its manifest")
+    return rel.replace(os.sep, "/")
+
+
 class UncertaintyRuntime:
     """Load a bundle once; :meth:`predict` returns prediction plus uncertainty.
 
     ``seed`` seeds the session's generator, which advances between calls; a
     per-call ``seed`` overrides it for that call only. ``max_batch`` caps the rows
-    fed to the head in one run (larger S*B runs in chunks, same result).
+    fed to a graph in one run (larger inputs and S*B run in chunks, same result);
+    it bounds the memory a call takes. ``threads`` (1..MAX_THREADS) sizes the
+    backends' thread pools.
+
+    Loading checks the bundle against its artifacts: graph input/output names,
+    static input shapes, and one run of the trunk and head on a neutral window (a
+    zero signal, or unknown-token ids) whose logits must have one entry per class.
     """
 
     def __init__(self, bundle_dir: PathLike, threads: Optional[int] = None, seed: Any = None,
-                 verify: bool = True, max_batch: int = 4096) -> None:
-        self._max_batch = _positive_int("max_batch", max_batch)
+                 verify: bool = True, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        self._max_batch = _positive_int("max_batch", max_batch, MAX_BATCH)
+        threads = _check_threads(threads)
         self._tokenizer: Optional[WordTokenizer] = None
         self._rng = _make_rng(seed)
         self._bundle: Bundle = load_bundle(bundle_dir, verify=verify)
         m = self._bundle.manifest
-        self._trunk = load_graph(m.trunk.backend or m.backend, self._bundle.path(m.trunk.file), threads,
-                                 m.trunk.options)
-        self._head = load_graph(m.head.backend or m.backend, self._bundle.path(m.head.file), threads,
-                                m.head.options)
+        self._trunk = self._load_graph("trunk", m.trunk, threads)
+        self._head = self._load_graph("head", m.head, threads)
         _check_graph("trunk", m.trunk, self._trunk)
         _check_graph("head", m.head, self._head)
         _check_shape("trunk", self._trunk, m.input.name, (m.input.length,), "input.length")
         for spec in m.noise:
             _check_shape("head", self._head, spec.name, spec.shape, f"noise {spec.name!r} shape")
+        self._check_logits_static()
+        self._check_by_running()
+
+    # -- loading ----------------------------------------------------------------------------
+    def _load_graph(self, role: str, spec: GraphSpec, threads: Optional[int]) -> GraphRunner:
+        m, bundle = self._bundle.manifest, self._bundle
+        backend = spec.backend or m.backend
+        path = bundle.listed_path(spec.file, f"{role} graph file")
+        for extra in files_opened(backend, path, spec.options):
+            name = _inside(bundle.root, extra, f"file opened by the {backend!r} executor for the {role} graph:")
+            bundle.listed_path(name, f"file opened by the {backend!r} executor for the {role} graph:")
+        return load_graph(backend, path, threads, spec.options)
+
+    def _check_logits_static(self) -> None:
+        m = self.manifest
+        declared = getattr(self._head, "output_shapes", {}).get(m.logits_name)
+        if declared and (len(declared) != 2 or declared[-1] not in (None, m.num_classes)):
+            raise ManifestError(f"head graph {m.head.file!r} declares {m.logits_name!r} of shape {list(declared)} "
+                                f"(None = dynamic), but {MANIFEST_FILE} classes lists {m.num_classes} names")
+
+    def _check_by_running(self) -> None:
+        """One row through both graphs: the logits must have one entry per class."""
+        m = self.manifest
+        spec = m.input
+        x = np.ones((1, spec.length), np.int64) if spec.is_tokens else np.zeros((1, spec.length), np.float32)
+        try:
+            features = self._run_trunk(x if spec.is_tokens else normalize(x, spec.normalization))
+            logits = self._run_head(features, mean_noise(m.noise, 1), check=False)
+        except BackendError as exc:
+            raise BackendError(f"load-time check run of bundle {str(self._bundle.root)!r} failed: {exc}") from None
+        if logits.shape != (1, m.num_classes):
+            raise ManifestError(f"head graph {m.head.file!r} returns {m.logits_name!r} of shape "
+                                f"{list(logits.shape)} for one row, but {MANIFEST_FILE} classes lists "
+                                f"{m.num_classes} names ({list(m.class_names)[:8]})")
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -88,6 +160,11 @@ class UncertaintyRuntime:
     @property
     def manifest(self) -> Manifest:
         return self._bundle.manifest
+
+    @property
+    def bundle_digest(self) -> Optional[str]:
+        """sha256 of the bundle's manifest.json bytes: the identity of what this runtime runs."""
+        return self._bundle.digest
 
     @property
     def class_names(self) -> Tuple[str, ...]:
@@ -114,7 +191,7 @@ class UncertaintyRuntime:
             raise InputError(f"bundle {self.manifest.model_name!r} has no tokenizer (input dtype {spec.dtype}); "
                              "pass numeric input to predict()")
         if self._tokenizer is None:
-            tok = WordTokenizer.load(self._bundle.path(spec.tokenizer))
+            tok = WordTokenizer.load(self._bundle.listed_path(spec.tokenizer, "tokenizer file"))
             if tok.vocab_size != spec.vocab_size or tok.max_length != spec.length:
                 raise ManifestError(f"tokenizer {spec.tokenizer!r} has vocab {tok.vocab_size} and max_length "
                                     f"{tok.max_length}, but {MANIFEST_FILE} input declares vocab_size "
@@ -126,74 +203,121 @@ class UncertaintyRuntime:
         """Token ids (B, input.length) of ``texts`` with the bundle's tokenizer."""
         return self.tokenizer.encode_batch(texts)
 
-    def _validate(self, x: Any) -> np.ndarray:
+    def _prepare(self, x: Any) -> Tuple[np.ndarray, Optional[Tuple[str, ...]]]:
+        """Validated, normalised graph input (B, length) and the input-quality flags."""
         spec = self.manifest.input
         if spec.is_tokens:
-            return validate_tokens(x, spec.length, int(spec.vocab_size))
-        return normalize(validate_windows(x, spec.length), spec.normalization)
+            return validate_tokens(x, spec.length, int(spec.vocab_size)), None
+        windows = validate_signal(x, spec.length)
+        return normalize(windows, spec.normalization), input_quality(windows)
+
+    def _run_trunk(self, windows: np.ndarray) -> np.ndarray:
+        m = self.manifest
+        parts = []
+        for r0 in range(0, windows.shape[0], self._max_batch):
+            chunk = windows[r0:r0 + self._max_batch]
+            out = self._trunk.run({m.input.name: chunk})
+            if m.feature_name not in out:
+                raise BackendError(f"trunk graph {m.trunk.file!r} returned no {m.feature_name!r}")
+            features = np.asarray(out[m.feature_name])
+            if features.ndim < 1 or features.shape[0] != chunk.shape[0]:
+                raise BackendError(f"trunk graph {m.trunk.file!r} returned {m.feature_name!r} of shape "
+                                   f"{features.shape} for a batch of {chunk.shape[0]}")
+            parts.append(features)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     def trunk_features(self, x: Any) -> np.ndarray:
         """Validate, normalise and run the trunk once: features of shape (B, ...).
 
         Signal bundles take float windows (B, length); token bundles take integer
-        ids (B, length) in [0, vocab_size) (see :meth:`tokenize`)."""
+        ids (B, length) in [0, vocab_size) (see :meth:`tokenize`). The trunk runs on
+        at most ``max_batch`` rows at a time."""
+        return self._run_trunk(self._prepare(x)[0])
+
+    def _run_head(self, features: np.ndarray, noise: Mapping[str, np.ndarray], check: bool = True) -> np.ndarray:
         m = self.manifest
-        windows = self._validate(x)
-        features = self._trunk.run({m.input.name: windows})[m.feature_name]
-        if features.ndim < 1 or features.shape[0] != windows.shape[0]:
-            raise BackendError(f"trunk graph {m.trunk.file!r} returned {m.feature_name!r} of shape "
-                               f"{features.shape} for a batch of {windows.shape[0]}")
-        return features
+        n = features.shape[0]
+        feeds: Dict[str, np.ndarray] = {m.feature_name: features}
+        feeds.update(noise)
+        out = self._head.run(feeds)
+        if m.logits_name not in out:
+            raise BackendError(f"head graph {m.head.file!r} returned no {m.logits_name!r}")
+        logits = np.asarray(out[m.logits_name])
+        if check and logits.shape != (n, m.num_classes):
+            raise BackendError(f"head graph {m.head.file!r} returned {m.logits_name!r} of shape {logits.shape}, "
+                               f"expected {(n, m.num_classes)}")
+        return logits
 
     def head_logits(self, features: np.ndarray, noise: Mapping[str, np.ndarray]) -> np.ndarray:
         """Run the head once on ``features`` (N, ...) and noise (N, *shape): logits (N, C)."""
         m = self.manifest
         features = np.ascontiguousarray(features, dtype=np.float32)
         n = features.shape[0] if features.ndim else 0
+        if n < 1:
+            raise InputError(f"features must have shape (N, ...) with N >= 1, got {features.shape}")
         expected = [s.name for s in m.noise]
-        if sorted(noise) != sorted(expected):
-            raise InputError(f"noise inputs must be exactly {expected}, got {sorted(noise)}")
-        feeds: Dict[str, np.ndarray] = {m.feature_name: features}
+        if not isinstance(noise, Mapping) or sorted(noise) != sorted(expected):
+            raise InputError(f"noise inputs must be exactly {expected}, got "
+                             f"{sorted(noise) if isinstance(noise, Mapping) else type(noise).__name__}")
+        feeds: Dict[str, np.ndarray] = {}
         for spec in m.noise:
             arr = np.ascontiguousarray(noise[spec.name], dtype=np.float32)
             if arr.shape != (n,) + spec.shape:
                 raise InputError(f"noise {spec.name!r} must have shape {(n,) + spec.shape}, got {arr.shape}")
             feeds[spec.name] = arr
-        logits = self._head.run(feeds)[m.logits_name]
-        if logits.shape != (n, m.num_classes):
-            raise BackendError(f"head graph {m.head.file!r} returned {m.logits_name!r} of shape {logits.shape}, "
-                               f"expected {(n, m.num_classes)}")
-        return logits
+        return self._run_head(features, feeds)
 
-    def _head_tiled(self, features: np.ndarray, noise: Mapping[str, np.ndarray], samples: int) -> np.ndarray:
-        b = features.shape[0]
-        total = samples * b
-        if total <= self._max_batch:
-            return self.head_logits(np.tile(features, (samples,) + (1,) * (features.ndim - 1)), noise)
-        # Whole samples per chunk when they fit; else plain row chunks. Row r is input r % B.
-        step = (self._max_batch // b) * b if b <= self._max_batch else self._max_batch
-        parts = []
-        for r0 in range(0, total, step):
-            r1 = min(r0 + step, total)
-            rows = np.arange(r0, r1) % b
-            parts.append(self.head_logits(features[rows], {k: v[r0:r1] for k, v in noise.items()}))
-        return np.concatenate(parts, axis=0)
+    def sample_logits(self, features: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
+        """Logits of ``samples`` stochastic head passes over ``features`` (B, ...): shape (S, B, C).
 
-    def _decompose(self, logits: np.ndarray, samples: int, batch: int) -> UncertaintyResult:
+        Noise is drawn from ``rng`` sample by sample, in order, and the head runs on whole
+        samples, at most ``max_batch`` rows per run (one sample's rows in chunks when B is
+        larger). So memory is bounded by ``max_batch``, the result never depends on it, and
+        calling this with k1 and then k2 samples from the same generator draws exactly the
+        k1 + k2 samples one call would (adaptive sampling)."""
+        s = _positive_int("samples", samples, MAX_SAMPLES, " (the most samples one call may draw)")
+        if not isinstance(rng, np.random.Generator):
+            raise InputError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        if features.ndim < 1 or features.shape[0] < 1:
+            raise InputError(f"features must have shape (B, ...) with B >= 1, got {features.shape}")
+        m = self.manifest
+        b, c = features.shape[0], m.num_classes
+        out = np.empty((s, b, c), dtype=np.float32)
+        if b <= self._max_batch:
+            per_chunk = self._max_batch // b
+            for s0 in range(0, s, per_chunk):
+                n = min(per_chunk, s - s0)
+                noise = sample_noise_samples(m.noise, n, b, rng)
+                tiled = features if n == 1 else np.tile(features, (n,) + (1,) * (features.ndim - 1))
+                out[s0:s0 + n] = self._run_head(tiled, noise).reshape(n, b, c)
+        else:
+            for si in range(s):
+                noise = sample_noise_for_sample(m.noise, b, rng)
+                for r0 in range(0, b, self._max_batch):
+                    r1 = min(r0 + self._max_batch, b)
+                    out[si, r0:r1] = self._run_head(features[r0:r1], {k: v[r0:r1] for k, v in noise.items()})
+        return out
+
+    def _decompose(self, logits: np.ndarray, flags: Optional[Tuple[str, ...]]) -> UncertaintyResult:
         if not np.all(np.isfinite(logits)):
-            raise BackendError(f"head graph {self.manifest.head.file!r} produced non-finite logits")
-        probs = softmax(logits.astype(np.float64).reshape(samples, batch, -1), axis=-1)
-        return decompose(probs, self.class_names)
+            rows = sorted({int(r) for r in np.argwhere(~np.isfinite(logits))[:, 1]})
+            raise BackendError(f"head graph {self.manifest.head.file!r} produced non-finite logits for input rows "
+                               f"{rows[:10]}")
+        probs = softmax(logits.astype(np.float64), axis=-1)
+        return decompose(probs, self.class_names, input_flags=flags, bundle_digest=self.bundle_digest)
 
     # -- public inference -------------------------------------------------------------------
     def predict(self, x: Any, samples: Optional[int] = None, seed: Any = None) -> UncertaintyResult:
-        """S stochastic passes of the head over one trunk pass; ``samples`` defaults to the manifest's."""
-        s = self.default_samples if samples is None else _positive_int("samples", samples)
+        """S stochastic passes of the head over one trunk pass; ``samples`` defaults to the manifest's
+        (at most MAX_SAMPLES). Rows whose window is flat or clipped carry an input flag
+        (``result.input_flags``) and are not diagnosed."""
+        s = self.default_samples if samples is None else \
+            _positive_int("samples", samples, MAX_SAMPLES, " (the most samples one call may draw)")
         rng = self._rng if seed is None else _make_rng(seed)
-        features = self.trunk_features(x)
-        b = features.shape[0]
-        noise = sample_noise(self.manifest.noise, s * b, rng)
-        return self._decompose(self._head_tiled(features, noise, s), s, b)
+        windows, flags = self._prepare(x)
+        features = self._run_trunk(windows)
+        return self._decompose(self.sample_logits(features, s, rng), flags)
 
     def predict_text(self, texts: Sequence[str], samples: Optional[int] = None, seed: Any = None) -> UncertaintyResult:
         """Tokenize ``texts`` with the bundled tokenizer, then :meth:`predict`."""
@@ -201,11 +325,18 @@ class UncertaintyRuntime:
 
     def deterministic(self, x: Any) -> UncertaintyResult:
         """One pass with every noise input at its mean (dropout off): S = 1, epistemic = 0."""
-        features = self.trunk_features(x)
+        windows, flags = self._prepare(x)
+        features = self._run_trunk(windows)
         b = features.shape[0]
-        return self._decompose(self._head_tiled(features, mean_noise(self.manifest.noise, b), 1), 1, b)
+        logits = np.empty((1, b, self.manifest.num_classes), dtype=np.float32)
+        for r0 in range(0, b, self._max_batch):
+            r1 = min(r0 + self._max_batch, b)
+            logits[0, r0:r1] = self._run_head(np.ascontiguousarray(features[r0:r1], dtype=np.float32),
+                                              mean_noise(self.manifest.noise, r1 - r0))
+        return self._decompose(logits, flags)
 
     def __repr__(self) -> str:
         m = self.manifest
         return (f"UncertaintyRuntime({str(self._bundle.root)!r}, model={m.model_name!r} v{m.model_version}, "
-                f"classes={len(m.class_names)}, default_samples={m.default_samples}, backend={m.backend!r})")
+                f"classes={len(m.class_names)}, default_samples={m.default_samples}, backend={m.backend!r}, "
+                f"digest={(self.bundle_digest or '')[:12]})")

@@ -134,8 +134,14 @@ class WordTokenizer:
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "WordTokenizer":
+        """The tokenizer JSON at ``path``; a ``"kind": "wordpiece"`` JSON loads as
+        :class:`~edgeuq_runtime.wordpiece.WordPieceTokenizer` (same encode API)."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ManifestError(f"cannot read tokenizer {str(path)!r}: {exc}") from None
+        if isinstance(data, Mapping) and data.get("kind") == "wordpiece":
+            from .wordpiece import WordPieceTokenizer
+
+            return WordPieceTokenizer.from_json(data)  # type: ignore[return-value]
         return cls.from_json(data)

@@ -11,7 +11,7 @@ Entropies are in nats.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -37,6 +37,13 @@ class UncertaintyResult:
     """Per-input prediction and uncertainty, all arrays with a leading batch axis.
 
     ``samples`` holds the S probability vectors, shape (S, batch, classes).
+
+    ``input_flags`` (one string per row, or None when unknown) is ``""`` for a usable
+    input window and names the problem otherwise (``"flat"``: constant window, e.g. a
+    dead sensor; ``"clipped"``: saturated). A flagged row is **not a diagnosis**: its
+    numbers are what the model says about a meaningless window; :meth:`labels` and
+    :meth:`to_rows` give ``None`` as its prediction. ``bundle_digest`` is the sha256 of
+    the bundle's ``manifest.json`` that produced the result (its identity).
     """
 
     probs: np.ndarray
@@ -47,23 +54,38 @@ class UncertaintyResult:
     epistemic: np.ndarray
     samples: np.ndarray
     class_names: Optional[Sequence[str]] = None
+    input_flags: Optional[Tuple[str, ...]] = None
+    bundle_digest: Optional[str] = None
 
     @property
     def num_samples(self) -> int:
         return int(self.samples.shape[0])
 
+    @property
+    def diagnosed(self) -> np.ndarray:
+        """Boolean (batch,): True where the input was usable (no input flag)."""
+        if self.input_flags is None:
+            return np.ones(len(self.prediction), dtype=bool)
+        return np.array([not f for f in self.input_flags], dtype=bool)
+
     def labels(self) -> list:
+        """Class name (or index without names) per row; None for a flagged input row."""
+        ok = self.diagnosed
         if self.class_names is None:
-            return [int(i) for i in self.prediction]
-        return [self.class_names[int(i)] for i in self.prediction]
+            return [int(i) if ok[r] else None for r, i in enumerate(self.prediction)]
+        return [self.class_names[int(i)] if ok[r] else None for r, i in enumerate(self.prediction)]
 
     def to_rows(self) -> list:
-        """One JSON-friendly dict per input."""
+        """One JSON-friendly dict per input (``prediction``/``class_index`` None for a flagged
+        input, whose ``input_flag`` says why)."""
         names = self.labels()
+        ok = self.diagnosed
+        flags = self.input_flags or ("",) * len(names)
         return [
             {
                 "prediction": names[i],
-                "class_index": int(self.prediction[i]),
+                "class_index": int(self.prediction[i]) if ok[i] else None,
+                "input_flag": flags[i] or None,
                 "confidence": float(self.confidence[i]),
                 "total": float(self.total[i]),
                 "aleatoric": float(self.aleatoric[i]),
@@ -74,7 +96,8 @@ class UncertaintyResult:
         ]
 
 
-def decompose(sample_probs: np.ndarray, class_names: Optional[Sequence[str]] = None) -> UncertaintyResult:
+def decompose(sample_probs: np.ndarray, class_names: Optional[Sequence[str]] = None,
+              input_flags: Optional[Sequence[str]] = None, bundle_digest: Optional[str] = None) -> UncertaintyResult:
     """Decompose S sampled probability vectors of shape (S, batch, classes)."""
     sp = np.asarray(sample_probs, dtype=np.float64)
     if sp.ndim != 3:
@@ -97,4 +120,6 @@ def decompose(sample_probs: np.ndarray, class_names: Optional[Sequence[str]] = N
         epistemic=epistemic,
         samples=sp,
         class_names=tuple(class_names) if class_names is not None else None,
+        input_flags=tuple(input_flags) if input_flags is not None else None,
+        bundle_digest=bundle_digest,
     )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgeuq_runtime import write_bundle
-from rt_helpers import C, F, L, BuildFn, Tiny, make_head, make_manifest, make_trunk  # noqa: F401
+from rt_helpers import C, F, L, BuildFn, Tiny, in_ci, make_head, make_manifest, make_trunk, require_extra  # noqa: F401
 
 
 @pytest.fixture

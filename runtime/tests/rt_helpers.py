@@ -5,12 +5,16 @@ head:  features (N, 8), mask_0 (N, 8) -> logits = (features * mask_0) @ V    V: 
 """
 from __future__ import annotations
 
+import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Dict
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeuq_runtime import GraphSpec, InputSpec, Manifest, NoiseSpec
@@ -94,3 +98,21 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
 def entropy(p: np.ndarray) -> np.ndarray:
     p = np.asarray(p, dtype=np.float64)
     return -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)).sum(-1)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def require_extra(module: str, why: str, needed: bool = True) -> ModuleType:
+    """Import ``module`` for a test module; when it is missing, skip on a developer machine
+    but FAIL under ``CI=true`` where ``needed`` (an extra that ``make test`` installs into
+    this environment must be there). Use at module level instead of ``importorskip``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        msg = f"{module!r} is not importable ({exc}): {why}"
+        if needed and in_ci():
+            pytest.fail(f"CI=true and {msg}", pytrace=False)
+        pytest.skip(msg, allow_module_level=True)
+        raise  # unreachable

@@ -76,3 +76,56 @@ def test_bad_samples_exit_2(tiny, windows, tmp_path):
     x = tmp_path / "x.npy"
     np.save(x, windows)
     assert_one_line_error(cli("predict", tiny.dir, x, "--samples", 0), "samples must be an integer >= 1")
+
+
+def test_info_prints_the_bundle_digest(tiny):
+    import hashlib
+
+    proc = cli("info", tiny.dir)
+    digest = hashlib.sha256((tiny.dir / "manifest.json").read_bytes()).hexdigest()
+    assert proc.returncode == 0 and f"digest:    {digest}" in proc.stdout
+
+
+def test_predict_json_records_the_bundle_digest_and_flags(tiny, windows, tmp_path):
+    import hashlib
+
+    x = tmp_path / "x.npy"
+    data = windows.astype(np.float64)
+    data[1] = 5.0  # a flat window
+    np.save(x, data)
+    out = json.loads(cli("predict", tiny.dir, x, "--samples", 3, "--seed", 0, "--json").stdout)
+    assert out["bundle_digest"] == hashlib.sha256((tiny.dir / "manifest.json").read_bytes()).hexdigest()
+    assert out["results"][1]["input_flag"] == "flat" and out["results"][1]["prediction"] is None
+    assert out["results"][0]["input_flag"] is None and out["results"][0]["prediction"] in CLASSES
+    table = cli("predict", tiny.dir, x, "--samples", 3, "--seed", 0)
+    assert "(flat input)" in table.stdout and "1 flagged input(s) not diagnosed" in table.stdout
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--samples", "100000"], "samples must be an integer >= 1 and <= 4096"),
+    (["--samples", str(2 ** 63)], "samples must be an integer >= 1 and <= 4096"),
+    (["--samples", "9" * 5000], "expected an integer"),
+    (["--samples", "abc"], "expected an integer"),
+    (["--seed", "-1"], "seed must be None or a non-negative integer"),
+    (["--threads", "1000"], "threads must be an integer >= 1 and <= 256"),
+    (["--threads", "1000000"], "threads must be an integer >= 1 and <= 256"),
+    (["--colour"], "unrecognized arguments"),
+])
+def test_bad_arguments_one_line_exit_2(tiny, windows, tmp_path, args, match):
+    x = tmp_path / "x.npy"
+    np.save(x, windows)
+    assert_one_line_error(cli("predict", tiny.dir, x, *args), match)
+
+
+def test_missing_subcommand_and_bundle_one_line(tmp_path):
+    assert_one_line_error(cli(), "required")
+    assert_one_line_error(cli("predict"), "required")
+    assert_one_line_error(cli("nonsense", tmp_path), "invalid choice")
+
+
+def test_npy_header_claiming_huge_shape_is_refused(tiny, tmp_path):
+    x = tmp_path / "huge.npy"
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (10000000000, 16), }"
+    raw = b"\x93NUMPY\x01\x00" + len(header.ljust(118) + b"\n").to_bytes(2, "little") + header.ljust(118) + b"\n"
+    x.write_bytes(raw + b"\x00" * 64)
+    assert_one_line_error(cli("predict", tiny.dir, x), "cannot read input")

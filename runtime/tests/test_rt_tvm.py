@@ -2,18 +2,23 @@
 matches the ONNX Runtime bundle given the same seed (dynamic and fixed batch)."""
 from __future__ import annotations
 
-import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pytest
 
-from edgeuq_runtime import BackendError, GraphSpec, UncertaintyRuntime, write_bundle
+from edgeuq_runtime import BackendError, BundleError, GraphSpec, UncertaintyRuntime, write_bundle
 from edgeuq_runtime.executors import EXECUTORS, load_graph
-from rt_helpers import C, F, L, make_head, make_manifest, make_trunk
+from edgeuq_runtime.noise import sample_noise_tiled
+from edgeuq_runtime.preprocess import zscore_windows
+from rt_helpers import C, F, L, make_head, make_manifest, make_trunk, softmax
 
-tvm = pytest.importorskip("tvm")
+from rt_helpers import require_extra  # noqa: E402
+
+tvm = require_extra("tvm", "the TVM extra (pip install -e '.[tvm]'), installed by make test")
 
 IN = {"trunk": {"signal": (L,)}, "head": {"features": (F,), "mask_0": (F,)}}
 OUT = {"trunk": ["features"], "head": ["logits"]}
@@ -56,11 +61,11 @@ def graphs(tmp_path_factory):
         for role, path in onnx_files.items():
             lib = src / f"{role}-{batch}.so"
             libs[role, batch] = (lib, _compile(path, role, batch if role == "trunk" else (batch and 3 * batch), lib))
-    return onnx_files, libs
+    return onnx_files, libs, (W, V)
 
 
 def _tvm_bundle(tmp_path, graphs, batch):
-    onnx_files, libs = graphs
+    onnx_files, libs, _ = graphs
     (tl, to), (hl, ho) = libs["trunk", batch], libs["head", batch]
     m = make_manifest(backend="tvm", trunk=GraphSpec("trunk.so", ("signal",), ("features",), options=to),
                       head=GraphSpec("head.so", ("features", "mask_0"), ("logits",), options=ho))
@@ -68,22 +73,36 @@ def _tvm_bundle(tmp_path, graphs, batch):
 
 
 def _ort_bundle(tmp_path, graphs):
-    onnx_files, _ = graphs
+    onnx_files, _, _ = graphs
     return write_bundle(tmp_path / "ort", make_manifest(), {"trunk.onnx": onnx_files["trunk"],
                                                            "head.onnx": onnx_files["head"]}).root
 
 
-def test_registered(_tvm_registered):
-    assert EXECUTORS["tvm"] is _tvm_registered.load_tvm
+def test_registered_on_plain_import_without_importing_tvm():
+    """``import edgeuq_runtime`` alone registers "tvm" (the loader from the tvm module) and
+    does not import TVM itself; checked in a fresh interpreter, where no fixture has run."""
+    code = ("import sys, edgeuq_runtime as e; from edgeuq_runtime.executors import tvm as t; "
+            "print(e.EXECUTORS['tvm'] is t.load_tvm, 'tvm' in sys.modules, e.EXECUTOR_FILES['tvm'] is t.tvm_files "
+            "if hasattr(e, 'EXECUTOR_FILES') else e.executors.EXECUTOR_FILES['tvm'] is t.tvm_files)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False", "True"]
 
 
 @pytest.mark.parametrize("batch", [None, 2], ids=["dynamic-batch", "fixed-batch"])
 def test_runtime_matches_onnxruntime(tmp_path, graphs, batch, windows):
     """Same seed, same noise: TVM and ONNX Runtime bundles give the same uncertainty."""
     rt_tvm = UncertaintyRuntime(_tvm_bundle(tmp_path, graphs, batch), seed=3)
+    ref_rng = np.random.default_rng(3)  # advances with rt_tvm's session generator
     rt_ort = UncertaintyRuntime(_ort_bundle(tmp_path, graphs), seed=3)
+    W, V = graphs[2]
     for x, s in ((windows, 8), (windows[:1], 5), (windows[:3], 1)):   # odd sizes: chunks + padding
         a, b = rt_tvm.predict(x, samples=s), rt_ort.predict(x, samples=s)
+        # independent float64 reference with the noise the runtime draws for this call
+        mask = sample_noise_tiled(rt_tvm.manifest.noise, s, len(x), ref_rng)["mask_0"].astype(np.float64)
+        z = zscore_windows(x).astype(np.float64) @ W.astype(np.float64)
+        expected = softmax((np.tile(z, (s, 1)) * mask) @ V.astype(np.float64)).reshape(s, len(x), C)
+        np.testing.assert_allclose(a.samples, expected, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(a.samples, b.samples, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(a.epistemic, b.epistemic, rtol=1e-4, atol=1e-6)
         assert (a.prediction == b.prediction).all()
@@ -92,7 +111,7 @@ def test_runtime_matches_onnxruntime(tmp_path, graphs, batch, windows):
 
 
 def test_fixed_batch_chunks_and_pads(graphs):
-    _, libs = graphs
+    _, libs, _ = graphs
     lib, opts = libs["trunk", 2]
     g = load_graph("tvm", lib, None, opts)
     assert g.batch == 2 and g.input_shapes["signal"] == (None, L)
@@ -104,7 +123,7 @@ def test_fixed_batch_chunks_and_pads(graphs):
 
 def test_wrong_library_is_caught(tmp_path, graphs, windows):
     """A head compiled from other weights must not agree: the comparison can fail."""
-    onnx_files, libs = graphs
+    onnx_files, libs, _ = graphs
     other = make_head(tmp_path / "other.onnx", np.ones((F, C), np.float32))
     lib = tmp_path / "other.so"
     opts = _compile(other, "head", None, lib)
@@ -145,6 +164,41 @@ def test_cuda_graph_without_gpu_is_a_clear_error(graphs):
 def test_missing_input_is_reported(graphs):
     lib, opts = graphs[1]["head", None]
     g = load_graph("tvm", lib, None, opts)
+    feats = np.random.default_rng(1).standard_normal((2, F)).astype(np.float32)
     with pytest.raises(BackendError, match="missing \\['mask_0'\\]"):
-        g.run({"features": np.zeros((1, F), np.float32)})
-    assert dataclasses.is_dataclass(GraphSpec)
+        g.run({"features": feats})
+    V = graphs[2][1]
+    mask = np.random.default_rng(2).random((2, F)).astype(np.float32)
+    np.testing.assert_allclose(g.run({"features": feats, "mask_0": mask})["logits"], (feats * mask) @ V,
+                               rtol=1e-5, atol=1e-5)  # the complete feed runs and is right
+
+
+def test_parameter_names_come_from_the_library(graphs):
+    """Options naming the head's inputs in the wrong order are refused: the names are read from
+    the compiled library, not trusted from the manifest's own options."""
+    lib, opts = graphs[1]["head", None]
+    g = load_graph("tvm", lib, None, opts)
+    assert g.library_inputs == ("features", "mask_0")
+    with pytest.raises(BackendError, match=r"takes parameters \['features', 'mask_0'\], but option 'inputs' says "
+                                           r"\['mask_0', 'features'\]"):
+        load_graph("tvm", lib, None, {**opts, "inputs": ["mask_0", "features"]})
+
+
+@pytest.mark.parametrize("kernels, match", [
+    ({"ab" * 32: "../outside.cubin"}, "outside the bundle"),
+    ({"ab" * 32: "/etc/passwd"}, "outside the bundle"),
+    ({"ab" * 32: "kern.cubin"}, "'kern.cubin' is not listed"),
+])
+def test_cuda_kernel_files_must_be_listed_and_inside(tmp_path, graphs, kernels, match):
+    """Every file the executor opens is checked before loading, with or without verification."""
+    onnx_files, libs, _ = graphs
+    (tl, to), (hl, ho) = libs["trunk", None], libs["head", None]
+    m = make_manifest(backend="tvm", trunk=GraphSpec("trunk.so", ("signal",), ("features",), options=to),
+                      head=GraphSpec("head.so", ("features", "mask_0"), ("logits",),
+                                     options={**ho, "device": "cuda", "cuda_kernels": kernels}))
+    root = write_bundle(tmp_path / "cuda", m, {"trunk.so": tl, "head.so": hl}).root
+    (root / "kern.cubin").write_bytes(b"not listed")
+    (tmp_path / "outside.cubin").write_bytes(b"outside")
+    for verify in (True, False):
+        with pytest.raises(BundleError, match=match):
+            UncertaintyRuntime(root, verify=verify)

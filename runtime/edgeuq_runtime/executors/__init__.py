@@ -8,13 +8,18 @@ and works on devices that only have another backend installed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Sequence, TypeVar, Union, runtime_checkable
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Sequence, Tuple, TypeVar, Union, runtime_checkable
 
 import numpy as np
 
 from ..errors import BackendError
 
-__all__ = ["GraphRunner", "GraphLoader", "EXECUTORS", "register_executor", "load_graph"]
+__all__ = ["GraphRunner", "GraphLoader", "EXECUTORS", "register_executor", "load_graph", "EXECUTOR_FILES",
+           "register_executor_files", "files_opened", "MAX_THREADS"]
+
+#: Largest ``threads`` a loader accepts (more would only oversubscribe the CPU; huge values
+#: hang or crash thread pools).
+MAX_THREADS = 256
 
 
 @runtime_checkable
@@ -33,6 +38,27 @@ class GraphRunner(Protocol):
 GraphLoader = Callable[[Path, Optional[int], Mapping[str, Any]], GraphRunner]
 EXECUTORS: Dict[str, GraphLoader] = {}
 _L = TypeVar("_L", bound=GraphLoader)
+FilesFn = Callable[[Path, Mapping[str, Any]], Sequence[Path]]
+#: backend -> files(graph_path, options): every file besides the graph that its loader opens.
+#: UncertaintyRuntime requires each to be listed (hashed) in the manifest and inside the bundle.
+EXECUTOR_FILES: Dict[str, FilesFn] = {}
+_F = TypeVar("_F", bound=FilesFn)
+
+
+def register_executor_files(name: str) -> Callable[[_F], _F]:
+    """Decorator: register ``files(graph_path, options) -> [paths]`` for backend ``name``."""
+
+    def decorate(fn: _F) -> _F:
+        EXECUTOR_FILES[name] = fn
+        return fn
+
+    return decorate
+
+
+def files_opened(backend: str, path: Union[str, Path], options: Optional[Mapping[str, Any]] = None) -> Tuple[Path, ...]:
+    """The extra files the ``backend`` loader opens for the graph at ``path`` (may be empty)."""
+    fn = EXECUTOR_FILES.get(backend)
+    return tuple(Path(p) for p in fn(Path(path), dict(options or {}))) if fn is not None else ()
 
 
 def register_executor(name: str) -> Callable[[_L], _L]:
@@ -55,8 +81,9 @@ def load_graph(backend: str, path: Union[str, Path], threads: Optional[int] = No
         loader = EXECUTORS[backend]
     except KeyError:
         raise BackendError(f"unknown backend {backend!r}; known backends: {sorted(EXECUTORS)}") from None
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise BackendError(f"threads must be None or an integer >= 1, got {threads!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+                                or threads > MAX_THREADS):
+        raise BackendError(f"threads must be None or an integer >= 1 and <= {MAX_THREADS}, got {threads!r}")
     return loader(Path(path), threads, dict(options or {}))
 
 

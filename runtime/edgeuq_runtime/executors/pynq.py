@@ -20,60 +20,104 @@ true: program the bitstream when loading).
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from ..errors import BackendError
-from . import register_executor
+from . import register_executor, register_executor_files
 
 __all__ = ["PynqHead", "HeadDescriptor", "read_descriptor", "load_pynq", "DESCRIPTOR_FORMAT"]
 
 DESCRIPTOR_FORMAT = "edgeuq-pynq-head"
 _OPTIONS = {"bitfile", "dma", "max_rows", "download"}
 _WORD = 4  # float32 on the stream
+_MAX_DESCRIPTOR = 1 << 20
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int
 
 
 class HeadDescriptor:
-    """The parsed ``edgeuq-pynq-head`` descriptor."""
+    """The parsed ``edgeuq-pynq-head`` descriptor (every field type-checked, nothing coerced)."""
 
     def __init__(self, path: Path, data: Mapping[str, Any]) -> None:
         self.path = path
         where = f"pynq head descriptor {path.name!r}"
         if not isinstance(data, Mapping) or data.get("format") != DESCRIPTOR_FORMAT:
             raise BackendError(f"{where} ({path}) is not an {DESCRIPTOR_FORMAT!r} file")
-        if data.get("version") != 1:
-            raise BackendError(f"{where}: unsupported version {data.get('version')!r} (this runtime reads 1)")
-        try:
-            self.inputs: Tuple[Tuple[str, int], ...] = tuple((str(i["name"]), int(i["size"])) for i in data["inputs"])
-            self.outputs: Tuple[Tuple[str, int], ...] = tuple((str(o["name"]), int(o["size"])) for o in data["outputs"])
-            stream = data["stream"]
-            self.bitfile = str(data["bitfile"])
-            self.dma = str(data["dma"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BackendError(f"{where}: missing or malformed field ({exc!r})") from None
+        if not _is_int(data.get("version")) or data.get("version") != 1:
+            raise BackendError(f"{where}: unsupported version {str(data.get('version'))[:40]} (this runtime reads 1)")
+
+        def ports(key: str) -> Tuple[Tuple[str, int], ...]:
+            items = data.get(key)
+            if not isinstance(items, list) or not items:
+                raise BackendError(f"{where}: {key!r} must be a non-empty list of {{name, size}} objects")
+            out = []
+            for i, item in enumerate(items):
+                if (not isinstance(item, Mapping) or not isinstance(item.get("name"), str) or not item["name"]
+                        or not _is_int(item.get("size")) or not 1 <= item["size"] <= 1 << 24):
+                    raise BackendError(f"{where}: {key}[{i}] must be {{'name': str, 'size': integer 1..2**24}}, "
+                                       f"got {str(item)[:80]}")
+                out.append((item["name"], int(item["size"])))
+            return tuple(out)
+
+        self.inputs: Tuple[Tuple[str, int], ...] = ports("inputs")
+        self.outputs: Tuple[Tuple[str, int], ...] = ports("outputs")
+        if len({n for n, _ in self.inputs}) != len(self.inputs):
+            raise BackendError(f"{where}: input names must be unique, got {[n for n, _ in self.inputs]}")
+        stream = data.get("stream")
+        if not isinstance(stream, Mapping):
+            raise BackendError(f"{where}: 'stream' must be an object, got {type(stream).__name__}")
+        for key in ("bitfile", "dma"):
+            if not isinstance(data.get(key), str) or not data.get(key):
+                raise BackendError(f"{where}: {key!r} must be a non-empty string, got {str(data.get(key))[:80]}")
+        self.bitfile = data["bitfile"]
+        self.dma = data["dma"]
         if stream.get("dtype") != "float32":
-            raise BackendError(f"{where}: stream dtype {stream.get('dtype')!r} is not supported (float32 only)")
+            raise BackendError(f"{where}: stream dtype {str(stream.get('dtype'))[:40]} is not supported (float32 only)")
         if len(self.outputs) != 1:
             raise BackendError(f"{where}: exactly one output expected, got {[o[0] for o in self.outputs]}")
         self.words_in = sum(s for _, s in self.inputs)
         self.words_out = self.outputs[0][1]
-        if int(stream.get("words_in", -1)) != self.words_in or int(stream.get("words_out", -1)) != self.words_out:
-            raise BackendError(f"{where}: stream widths {stream} disagree with the inputs/outputs "
+        if (not _is_int(stream.get("words_in")) or not _is_int(stream.get("words_out"))
+                or stream["words_in"] != self.words_in or stream["words_out"] != self.words_out):
+            raise BackendError(f"{where}: stream widths {str(dict(stream))[:120]} disagree with the inputs/outputs "
                                f"({self.words_in} in, {self.words_out} out)")
-        if any(s < 1 for _, s in self.inputs) or self.words_out < 1:
-            raise BackendError(f"{where}: sizes must be >= 1")
         self.raw = dict(data)
 
 
 def read_descriptor(path: Path) -> HeadDescriptor:
+    from ..errors import ManifestError
+    from ..manifest import parse_json_strict
+
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        with open(path, "rb") as fh:
+            raw = fh.read(_MAX_DESCRIPTOR + 1)
+        if len(raw) > _MAX_DESCRIPTOR:
+            raise BackendError(f"pynq head descriptor {str(path)!r} is larger than {_MAX_DESCRIPTOR} bytes")
+        data = parse_json_strict(raw.decode("utf-8"), "pynq head descriptor", max_bytes=_MAX_DESCRIPTOR)
+    except (OSError, UnicodeDecodeError, ManifestError) as exc:
         raise BackendError(f"cannot read pynq head descriptor {str(path)!r}: {exc}") from None
     return HeadDescriptor(Path(path), data)
+
+
+def _bitfile(path: Path, desc: HeadDescriptor, opts: Mapping[str, Any]) -> Path:
+    name = opts.get("bitfile", desc.bitfile)
+    if not isinstance(name, str) or not name:
+        raise BackendError(f"backend 'pynq' option 'bitfile' must be a non-empty string, got {str(name)[:80]}")
+    bitfile = Path(name)
+    return bitfile if bitfile.is_absolute() else desc.path.parent / bitfile
+
+
+@register_executor_files("pynq")
+def pynq_files(path: Path, options: Mapping[str, Any]) -> List[Path]:
+    """The bitstream the overlay loads, and its ``.hwh`` hardware description where present."""
+    bit = _bitfile(path, read_descriptor(Path(path)), options)
+    hwh = bit.with_suffix(".hwh")
+    return [bit, hwh] if hwh.exists() or hwh.is_symlink() else [bit]
 
 
 def _import_pynq() -> Any:
@@ -193,9 +237,7 @@ def load_pynq(path: Path, threads: Optional[int] = None, options: Optional[Mappi
         raise BackendError(f"backend 'pynq': unknown options {unknown} for {Path(path).name}; known: {sorted(_OPTIONS)}")
     desc = read_descriptor(Path(path))
     pynq = _import_pynq()
-    bitfile = Path(opts.get("bitfile", desc.bitfile))
-    if not bitfile.is_absolute():
-        bitfile = desc.path.parent / bitfile
+    bitfile = _bitfile(Path(path), desc, opts)
     if not bitfile.is_file():
         raise BackendError(
             f"bitstream {str(bitfile)!r} for the pynq head is missing: synthesise the HLS project shipped in the "

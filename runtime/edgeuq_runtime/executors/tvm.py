@@ -5,9 +5,12 @@ TVM runtime built for the board). The manifest's graph ``options`` say how to
 call the library, because a compiled library carries no tensor names:
 
 ``inputs`` / ``outputs``
-    tensor names in the order of the function's parameters / results (required);
+    tensor names in the order of the function's parameters / results (required).
+    The library itself records its parameter names: where the VM exposes them they
+    are the graph's input names and ``inputs`` must agree with them exactly;
 ``shapes`` / ``dtypes``
-    per-input shape without the batch axis, and dtype (default float32);
+    per-input shape without the batch axis (a list of integers), and dtype
+    (default float32);
 ``batch``
     ``null`` (the library takes any batch: symbolic shapes) or an integer: the
     library was compiled (and tuned) for exactly that many rows. Larger feeds run
@@ -16,7 +19,8 @@ call the library, because a compiled library carries no tensor names:
 ``device``
     ``"cpu"`` (default) or ``"cuda"``;
 ``cuda_kernels``
-    ``{source sha256: file}``: precompiled kernel binaries next to the library.
+    ``{source sha256: file}``: precompiled kernel binaries, a path relative to the
+    library's folder (they must be listed in the bundle's ``files``).
     TVM keeps CUDA kernels as source and compiles them when the library loads;
     this executor answers that request with the shipped cubin, so the board
     needs no CUDA compiler. A source without a binary is an error;
@@ -35,7 +39,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from ..errors import BackendError
-from . import register_executor
+from . import register_executor, register_executor_files
 
 __all__ = ["TvmGraph", "load_tvm", "OPTION_KEYS", "ensure_registered"]
 
@@ -62,11 +66,27 @@ def _serve_cuda_binary(code: str, *_: Any) -> bytes:
                            f"(known: {[k[:12] for k in _CUDA_BINARIES]}); recompile the bundle for this GPU") from None
 
 
+def _kernel_files(path: Path, kernels: Any) -> Dict[str, Path]:
+    if not isinstance(kernels, Mapping) or not all(isinstance(k, str) and isinstance(v, str) and v
+                                                   for k, v in kernels.items()):
+        raise BackendError(f"backend 'tvm' option 'cuda_kernels' must map source sha256 -> file name (strings), "
+                           f"got {str(kernels)[:200]} for graph {path.name!r}")
+    return {k: path.parent / v for k, v in kernels.items()}
+
+
+@register_executor_files("tvm")
+def tvm_files(path: Path, options: Mapping[str, Any]) -> List[Path]:
+    """The CUDA kernel binaries a CUDA graph loads (none on the CPU)."""
+    if options.get("device", "cpu") != "cuda":
+        return []
+    return list(_kernel_files(path, options.get("cuda_kernels") or {}).values())
+
+
 def _register_cuda_kernels(path: Path, kernels: Mapping[str, str]) -> None:
     import tvm_ffi  # comes with the TVM runtime
 
-    for key, name in kernels.items():
-        f = path.parent / name
+    for key, f in _kernel_files(path, kernels).items():
+        name = f.name
         if not f.is_file():
             raise BackendError(f"CUDA kernel binary {name!r} listed for graph {path.name!r} is missing ({f})")
         _CUDA_BINARIES[str(key)] = f.read_bytes()
@@ -81,6 +101,18 @@ def _names(options: Mapping[str, Any], key: str, path: Path) -> Tuple[str, ...]:
     return tuple(value)
 
 
+def _library_params(vm: Any, entry: str) -> Optional[Tuple[str, ...]]:
+    """Parameter names of ``entry`` as recorded in the compiled library (Relax VM), or None."""
+    arity = getattr(vm, "_get_function_arity", None)
+    name = getattr(vm, "_get_function_param_name", None)
+    if arity is None or name is None:
+        return None
+    try:
+        return tuple(str(name(entry, i)) for i in range(int(arity(entry))))
+    except Exception:  # an older VM or a function it cannot describe: fall back to the options
+        return None
+
+
 class TvmGraph:
     """A TVM library loaded in a Relax VM, called with named numpy arrays."""
 
@@ -88,16 +120,39 @@ class TvmGraph:
         self._vm, self._tvm, self._device, self.path = vm, tvm, device, path
         self._inputs = _names(options, "inputs", path)
         self._outputs = _names(options, "outputs", path)
-        self._entry = str(options.get("entry", "main"))
+        entry = options.get("entry", "main")
+        if not isinstance(entry, str) or not entry:
+            raise BackendError(f"backend 'tvm' option 'entry' must be a function name, got {entry!r}")
+        self._entry = entry
+        #: The parameter names recorded in the library itself (None where the VM cannot tell).
+        self.library_inputs: Optional[Tuple[str, ...]] = _library_params(vm, entry)
+        if self.library_inputs is not None and self.library_inputs != self._inputs:
+            raise BackendError(f"graph {path.name!r}: the library's function {entry!r} takes parameters "
+                               f"{list(self.library_inputs)}, but option 'inputs' says {list(self._inputs)}")
         batch = options.get("batch")
-        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-            raise BackendError(f"backend 'tvm' option 'batch' must be null or an integer >= 1, got {batch!r}")
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 1 << 20):
+            raise BackendError(f"backend 'tvm' option 'batch' must be null or an integer >= 1 (<= 2**20), "
+                               f"got {str(batch)[:40]}")
         self.batch: Optional[int] = batch
         shapes = options.get("shapes") or {}
-        self._dtypes = {n: np.dtype((options.get("dtypes") or {}).get(n, "float32")) for n in self._inputs}
+        dtypes = options.get("dtypes") or {}
+        if not isinstance(shapes, Mapping) or not isinstance(dtypes, Mapping):
+            raise BackendError(f"backend 'tvm' options 'shapes' and 'dtypes' must be objects keyed by input name "
+                               f"for graph {path.name!r}")
+        self._dtypes = {}
+        for n in self._inputs:
+            dt = dtypes.get(n, "float32")
+            if dt not in ("float32", "float16", "float64", "int32", "int64"):
+                raise BackendError(f"backend 'tvm' option dtypes[{n!r}] must be a numeric dtype name, got {dt!r}")
+            self._dtypes[n] = np.dtype(dt)
+        for n, shape in shapes.items():
+            if (n not in self._inputs or not isinstance(shape, list)
+                    or not all(type(d) is int and 1 <= d <= 2 ** 31 - 1 for d in shape)):
+                raise BackendError(f"backend 'tvm' option shapes[{n!r}] must be a list of integers >= 1 for an input "
+                                   f"in {list(self._inputs)}, got {str(shape)[:80]}")
         #: Declared input shapes (batch axis first; None = any batch).
         self.input_shapes: Dict[str, Tuple[Optional[int], ...]] = {
-            n: (None, *[int(d) for d in shapes[n]]) for n in self._inputs if n in shapes
+            n: (None, *shapes[n]) for n in self._inputs if n in shapes
         }
 
     @property

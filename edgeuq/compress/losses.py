@@ -1,0 +1,101 @@
+"""Distillation losses that carry uncertainty, not only the mean prediction.
+
+Pure functions of tensors; shapes: student logits ``(K, B, C)`` (K stochastic
+samples of the student, K = 1 for a deterministic student), teacher per-sample
+probabilities ``(S, B, C)``.
+
+* :func:`mean_kl` — τ² · KL(p̄_T^τ ‖ p̄_S^τ), the teacher's mean predictive at
+  temperature τ against the student's mean predictive (Bayesian dark knowledge).
+* :func:`uncertainty_matching` — (MI_T − MI_S)² + (E H_T − E H_S)²: the student's
+  epistemic (mutual information) and aleatoric (expected entropy) parts of the
+  predictive entropy matched to the teacher's (Vadera & Marlin).
+* :func:`dirichlet_nll` — EnD² (Malinin et al. 2020): −mean log Dir(π_s | α) of
+  the teacher's sample probability vectors under the student's Dirichlet α.
+* :func:`dirichlet_mutual_information` — closed-form epistemic part of a Dirichlet.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "EPS", "entropy", "decompose", "mean_kl", "uncertainty_matching", "dirichlet_nll",
+    "dirichlet_mutual_information", "check_teacher_probs",
+]
+
+#: Probability floor inside logs.
+EPS = 1e-8
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy over the last axis (nats)."""
+    return -(p * torch.log(p.clamp_min(EPS))).sum(-1)
+
+
+def decompose(probs: torch.Tensor):
+    """(S, B, C) sample probabilities -> (mean (B, C), total H[p̄], expected entropy E H, MI), each (B,)."""
+    mean = probs.mean(0)
+    total = entropy(mean)
+    expected = entropy(probs).mean(0)
+    return mean, total, expected, (total - expected).clamp_min(0.0)
+
+
+def check_teacher_probs(teacher: torch.Tensor, batch: int, classes: int) -> None:
+    if teacher.dim() != 3 or teacher.shape[1] != batch or teacher.shape[2] != classes:
+        raise ValueError(f"teacher probabilities must have shape (S, {batch}, {classes}), got {tuple(teacher.shape)}")
+
+
+def _check_student(student_logits: torch.Tensor) -> None:
+    if student_logits.dim() != 3:
+        raise ValueError(f"student logits must have shape (K, B, C), got {tuple(student_logits.shape)}")
+
+
+def mean_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """τ² · mean over the batch of KL(p̄_T^τ ‖ p̄_S^τ).
+
+    p̄^τ: the sample mean of softmax(logits / τ) for the student; for the
+    teacher, softmax(log p̄_T / τ) (its mean predictive sharpened or softened).
+    """
+    _check_student(student_logits)
+    check_teacher_probs(teacher_probs, student_logits.shape[1], student_logits.shape[2])
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    t = float(temperature)
+    p_t = torch.softmax(torch.log(teacher_probs.mean(0).clamp_min(EPS)) / t, dim=-1)
+    p_s = torch.softmax(student_logits / t, dim=-1).mean(0)
+    kl = (p_t * (torch.log(p_t.clamp_min(EPS)) - torch.log(p_s.clamp_min(EPS)))).sum(-1)
+    return (t * t) * kl.mean()
+
+
+def uncertainty_matching(student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of (MI_T − MI_S)² + (E H_T − E H_S)² (nats²)."""
+    _check_student(student_logits)
+    check_teacher_probs(teacher_probs, student_logits.shape[1], student_logits.shape[2])
+    _, _, eh_s, mi_s = decompose(torch.softmax(student_logits, dim=-1))
+    _, _, eh_t, mi_t = decompose(teacher_probs)
+    return ((mi_t - mi_s) ** 2 + (eh_t - eh_s) ** 2).mean()
+
+
+def dirichlet_nll(alpha: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """EnD²: −mean over batch and teacher samples of log Dir(π_s | α), α of shape (B, C).
+
+    Teacher probabilities are smoothed by EPS and renormalised (a Dirichlet
+    density is undefined on the simplex boundary).
+    """
+    if alpha.dim() != 2:
+        raise ValueError(f"alpha must have shape (B, C), got {tuple(alpha.shape)}")
+    check_teacher_probs(teacher_probs, alpha.shape[0], alpha.shape[1])
+    if not bool((alpha > 0).all()):
+        raise ValueError("Dirichlet concentrations must be > 0")
+    c = alpha.shape[1]
+    pi = (teacher_probs + EPS) / (1.0 + c * EPS)
+    log_norm = torch.lgamma(alpha.sum(-1)) - torch.lgamma(alpha).sum(-1)  # (B,)
+    log_density = log_norm[None] + ((alpha[None] - 1.0) * torch.log(pi)).sum(-1)  # (S, B)
+    return -log_density.mean()
+
+
+def dirichlet_mutual_information(alpha: torch.Tensor) -> torch.Tensor:
+    """MI between label and categorical π ~ Dir(α): H[E π] − E H[Cat(π)], shape (B,)."""
+    a0 = alpha.sum(-1, keepdim=True)
+    p = alpha / a0
+    expected_entropy = -(p * (torch.digamma(alpha + 1.0) - torch.digamma(a0 + 1.0))).sum(-1)
+    return entropy(p) - expected_entropy

@@ -1,0 +1,259 @@
+"""``edgeuq search``: multi-objective compression search against measured latency.
+
+Optuna's NSGA-II (ask/tell) over
+
+* ``keep{i}``: the fraction of block i's heads and FFN neurons kept (Fisher-ranked
+  within the block, least-squares mask tuning, physical removal — see :mod:`.kwon`);
+* ``stochastic_from``: the first stochastic block (``depth`` = only the head is
+  stochastic); MC dropout at inference needs no retraining, so every choice reuses
+  the weights (MC-dropout checkpoints; other schemes keep their own stochastic part);
+* ``bytes_fraction``: 1 = fp32, else the bytes budget (fraction of the fp32 graphs)
+  handed to the exact multiple-choice knapsack of :mod:`edgeuq.quantize`;
+* ``samples``: S.
+
+Objectives: S-sample latency of one window measured through the device runtime on
+this host (min), accuracy (max), OOD AUROC of mutual information (max), graph bytes
+(min). Constraints (≤ 0 feasible): the board's ``latency_ms``, ``weight_bytes`` and
+``mc_samples`` budgets. The journal file (``JournalFileBackend``) makes an interrupted
+search resume where it stopped; Fisher-guided configurations (Kwon's global search at
+a few MACs budgets) are enqueued first. Why optuna rather than pymoo: ask/tell with a
+resumable journal and ``enqueue_trial`` are built in, and every variable here is
+categorical. The Pareto set is recomputed from the trials with :func:`.pareto.non_dominated`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..artifact import Artifact, ArtifactWriter
+from .pareto import non_dominated
+
+__all__ = ["SearchSpace", "SearchBudgets", "TrialRecord", "OBJECTIVES", "run_search", "pareto_trials",
+           "choose_for_board", "SearchResult", "save_search_result", "plot_pareto"]
+
+#: (metric, sense) in the order given to optuna.
+OBJECTIVES: Tuple[Tuple[str, str], ...] = (("latency_ms", "min"), ("accuracy", "max"), ("ood_auroc", "max"),
+                                           ("bytes", "min"))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    depth: int
+    keep_ratios: Tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    stochastic_from: Tuple[int, ...] = ()
+    bytes_fractions: Tuple[float, ...] = (1.0, 0.5, 0.3)
+    samples: Tuple[int, ...] = (8, 16, 32)
+
+    def __post_init__(self) -> None:
+        if self.depth < 1:
+            raise ValueError("depth must be >= 1")
+        if not self.stochastic_from:
+            object.__setattr__(self, "stochastic_from", tuple(range(self.depth + 1)))
+        for name in ("keep_ratios", "stochastic_from", "bytes_fractions", "samples"):
+            if not getattr(self, name):
+                raise ValueError(f"search space {name} is empty")
+        if any(not 0 < r <= 1 for r in self.keep_ratios + self.bytes_fractions):
+            raise ValueError("keep ratios and bytes fractions must be in (0, 1]")
+
+    def suggest(self, trial) -> Dict[str, Any]:
+        """Every variable in every trial (NSGA-II samples conditional parameters independently)."""
+        p: Dict[str, Any] = {f"keep{i}": trial.suggest_categorical(f"keep{i}", list(self.keep_ratios))
+                             for i in range(self.depth)}
+        p["stochastic_from"] = trial.suggest_categorical("stochastic_from", list(self.stochastic_from))
+        p["bytes_fraction"] = trial.suggest_categorical("bytes_fraction", list(self.bytes_fractions))
+        p["samples"] = trial.suggest_categorical("samples", list(self.samples))
+        return p
+
+
+@dataclass(frozen=True)
+class SearchBudgets:
+    latency_ms: float = math.inf
+    weight_bytes: float = math.inf
+    mc_samples: float = math.inf
+
+    def violations(self, m: Mapping[str, float]) -> List[float]:
+        """≤ 0 where met (optuna's constraint convention); NaN metrics count as violated."""
+        out = []
+        for value, budget in ((m["latency_ms"], self.latency_ms), (m["bytes"], self.weight_bytes),
+                              (m["samples"], self.mc_samples)):
+            v = float(value) - float(budget)
+            out.append(1e30 if math.isnan(v) else min(max(v, -1e30), 1e30))  # finite for optuna
+        return out
+
+    def met(self, m: Mapping[str, float]) -> bool:
+        return all(v <= 0 for v in self.violations(m))
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    number: int
+    params: Mapping[str, Any]
+    metrics: Mapping[str, float]
+    feasible: bool
+    artifact: str = ""
+
+    def objectives(self) -> List[float]:
+        return [float(self.metrics[k]) for k, _ in OBJECTIVES]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+Evaluate = Callable[[int, Mapping[str, Any]], Tuple[Mapping[str, float], str]]
+
+
+def _study(journal: Path, seed: int, population: int, budgets: SearchBudgets, name: str):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)  # constraints: set_constraint
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    return optuna.create_study(study_name=name, storage=storage, sampler=sampler, load_if_exists=True,
+                               directions=["minimize" if s == "min" else "maximize" for _, s in OBJECTIVES])
+
+
+def _records(study) -> List[TrialRecord]:
+    import optuna
+
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        out.append(TrialRecord(t.number, dict(t.params), dict(t.user_attrs["metrics"]),
+                               all(v <= 0 for v in t.user_attrs["constraints"]), t.user_attrs.get("artifact", "")))
+    return out
+
+
+def run_search(space: SearchSpace, evaluate: Evaluate, budgets: SearchBudgets, n_trials: int, journal: Path,
+               seed: int = 0, population: int = 8, enqueue: Sequence[Mapping[str, Any]] = (),
+               study_name: str = "edgeuq-compress", log: Callable[[str], None] = print) -> List[TrialRecord]:
+    """Run until the journal holds ``n_trials`` finished trials (resuming a previous run); return them all.
+
+    ``evaluate(number, params) -> (metrics, artifact path)``; metrics need ``latency_ms``,
+    ``accuracy``, ``ood_auroc``, ``bytes`` and ``samples``. A trial whose evaluation raises
+    is recorded as failed (and logged) and does not count.
+    """
+    import optuna
+
+    study = _study(Path(journal), seed, population, budgets, study_name)
+    if not study.trials:
+        for p in enqueue:
+            study.enqueue_trial(dict(p))
+    done = len(_records(study))
+    if done:
+        log(f"search: resuming, {done} trials already in {journal}")
+    failures = 0
+    while done < n_trials:
+        trial = study.ask()
+        params = space.suggest(trial)
+        try:
+            metrics, artifact = evaluate(trial.number, params)
+        except Exception as exc:  # noqa: BLE001 -- one bad configuration must not end the search
+            failures += 1
+            log(f"trial {trial.number} failed: {type(exc).__name__}: {exc}")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            if failures > max(5, n_trials):
+                raise RuntimeError("search: too many failed trials") from exc
+            continue
+        metrics = {k: float(v) for k, v in metrics.items()}
+        trial.set_user_attr("metrics", metrics)
+        violations = budgets.violations(metrics)
+        trial.set_user_attr("constraints", violations)
+        for key, v in zip(("latency_ms", "weight_bytes", "mc_samples"), violations):
+            trial.set_constraint(key, v)
+        trial.set_user_attr("artifact", str(artifact))
+        study.tell(trial, [metrics[k] for k, _ in OBJECTIVES])
+        done += 1
+        log(f"trial {trial.number} ({done}/{n_trials}) {params}: " + ", ".join(
+            f"{k} {metrics[k]:.4g}" for k, _ in OBJECTIVES) + ("" if budgets.met(metrics) else "  [over budget]"))
+    return _records(study)
+
+
+def pareto_trials(records: Sequence[TrialRecord]) -> List[TrialRecord]:
+    """The feasible trials no other feasible trial dominates."""
+    feasible = [r for r in records if r.feasible]
+    if not feasible:
+        return []
+    idx = non_dominated(np.array([r.objectives() for r in feasible]), [s for _, s in OBJECTIVES])
+    return [feasible[i] for i in idx]
+
+
+def choose_for_board(pareto: Sequence[TrialRecord]) -> Optional[TrialRecord]:
+    """The board's pick: best OOD AUROC, then accuracy, then lowest latency."""
+    if not pareto:
+        return None
+    return max(pareto, key=lambda r: (round(r.metrics["ood_auroc"], 3), round(r.metrics["accuracy"], 3),
+                                      -r.metrics["latency_ms"]))
+
+
+def plot_pareto(records: Sequence[TrialRecord], pareto: Sequence[TrialRecord], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    front = {r.number for r in pareto}
+    for ax, key, label in ((axes[0], "ood_auroc", "OOD AUROC (MI)"), (axes[1], "accuracy", "accuracy")):
+        for r in records:
+            on = r.number in front
+            ax.scatter(r.metrics["latency_ms"], r.metrics[key], s=18 + 40 * on,
+                       c="tab:red" if on else ("tab:gray" if r.feasible else "lightgray"),
+                       marker="o" if r.feasible else "x", zorder=3 if on else 2)
+        ax.set_xscale("log")
+        ax.set_xlabel("S-sample latency, one window (ms, measured)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_title(title, fontsize=9)
+    axes[1].set_title("red: Pareto (feasible), grey: feasible, x: over budget", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+@dataclass(frozen=True)
+class SearchResult(Artifact):
+    """Every trial, the Pareto set and the board's pick; ``pareto.png`` is hashed with it."""
+
+    KIND: ClassVar[str] = "compress_search"
+    FORMAT_VERSION: ClassVar[int] = 1
+    META_FILE: ClassVar[str] = "search.json"
+
+    board: str = ""
+    budgets: Mapping[str, float] = field(default_factory=dict)
+    trials: Tuple[Mapping[str, Any], ...] = ()
+    pareto: Tuple[int, ...] = ()
+    chosen: Optional[int] = None
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def payload_files(self) -> Tuple[str, ...]:
+        return ("pareto.png",)
+
+    def to_meta(self) -> dict:
+        return {"board": self.board, "budgets": {k: (v if math.isfinite(v) else None) for k, v in self.budgets.items()},
+                "trials": list(self.trials), "pareto": list(self.pareto), "chosen": self.chosen, "info": dict(self.info)}
+
+    @classmethod
+    def from_meta(cls, meta, **base) -> "SearchResult":
+        budgets = {k: (math.inf if v is None else float(v)) for k, v in meta["budgets"].items()}
+        return cls(board=meta["board"], budgets=budgets, trials=tuple(meta["trials"]), pareto=tuple(meta["pareto"]),
+                   chosen=meta["chosen"], info=meta.get("info", {}), **base)
+
+
+def save_search_result(out_dir: Path, board: str, budgets: SearchBudgets, records: Sequence[TrialRecord],
+                       pareto: Sequence[TrialRecord], chosen: Optional[TrialRecord], info: Mapping[str, Any],
+                       title: str) -> SearchResult:
+    with ArtifactWriter(out_dir) as w:
+        plot_pareto(records, pareto, w.path / "pareto.png", title)
+        res = SearchResult(board=board, budgets=asdict(budgets), trials=tuple(r.to_dict() for r in records),
+                           pareto=tuple(r.number for r in pareto), chosen=None if chosen is None else chosen.number,
+                           info=dict(info))
+        return w.commit(res)

@@ -1,0 +1,109 @@
+"""`edgeuq keys` and `edgeuq publish` (registered through edgeuq.cli's command-module hook)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, List
+
+__all__ = ["register"]
+
+
+def _role_ints(items: List[str], what: str) -> Dict[str, int]:
+    out = {}
+    for item in items or []:
+        role, _, n = item.partition("=")
+        if not n.isdigit():
+            raise SystemExit(f"error: {what} must look like ROLE=N, got {item!r}")
+        out[role] = int(n)
+    return out
+
+
+def _cmd_keys(a: argparse.Namespace) -> int:
+    from .keys import ROLES, generate_keys, rotate_key
+
+    if a.action == "generate":
+        index = generate_keys(Path(a.keydir), _role_ints(a.threshold, "--threshold"), _role_ints(a.count, "--count"))
+    elif a.action == "rotate":
+        if not a.role:
+            raise SystemExit("error: keys rotate needs a ROLE")
+        index = rotate_key(Path(a.keydir), a.role, a.new_threshold, a.new_count)
+    else:
+        index = json.loads((Path(a.keydir) / "keys.json").read_text())
+    for role in ROLES:
+        e = index["roles"][role]
+        print(f"{role:<10} threshold {e['threshold']}  current {[k['keyid'][:12] for k in e['current']]}  "
+              f"retired {len(e['retired'])}")
+    if a.action == "rotate":
+        print("the next `edgeuq publish` signs a new root version with the old and the new root keys")
+    return 0
+
+
+def _cmd_publish(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .canaries import add_canaries, synthetic_windows
+    from .publish import publish_bundle
+    from .repository import EXPIRY_DAYS
+
+    bundle = Path(a.bundle)
+    if not a.allow_unknown_board:
+        from ..catalog import get_board
+
+        get_board(a.board)  # a typo would publish to a channel no device reads
+    if a.canaries or a.synthetic_canaries:
+        from edgeuq_runtime import load_bundle
+
+        length = load_bundle(bundle, verify=True).manifest.input.length
+        windows = (np.load(a.canaries, allow_pickle=False) if a.canaries
+                   else synthetic_windows(length, a.synthetic_canaries, seed=a.canary_seed))
+        spec = add_canaries(bundle, windows, seed=a.canary_seed, mi_tolerance=a.mi_tolerance,
+                            latency_budget_ms=a.latency_budget_ms)
+        print(f"canaries: {len(spec.expected_class)} windows, classes {list(spec.expected_class)}, "
+              f"MI tolerance {spec.mi_tolerance:g} nats, latency budget {spec.latency_budget_ms:g} ms")
+    expiry = dict(EXPIRY_DAYS)
+    for role in expiry:
+        v = getattr(a, f"expire_{role}")
+        if v is not None:
+            expiry[role] = v
+    res = publish_bundle(bundle, Path(a.repo), Path(a.keys), a.board, release=a.release,
+                         delta_max_ratio=a.delta_max_ratio, expiry_days=expiry)
+    print(f"published release {res.release}: {res.target} ({res.full_bytes} bytes), root v{res.root_version}, "
+          f"targets v{res.targets_version}")
+    for p, n in res.deltas.items():
+        print(f"  delta {p}: {n} bytes ({n / res.full_bytes:.1%} of full)")
+    for p, n in res.skipped_deltas.items():
+        print(f"  no delta {p}: patch {n} bytes is not below {a.delta_max_ratio:.0%} of full")
+    print(f"serve {Path(a.repo) / 'metadata'} and {Path(a.repo) / 'targets'} from any static server; ship "
+          f"{Path(a.repo) / 'metadata' / '1.root.json'} with the devices")
+    return 0
+
+
+def register(sub) -> None:
+    k = sub.add_parser("keys", help="TUF signing keys (ed25519 per role): generate, rotate, show")
+    k.add_argument("action", choices=["generate", "rotate", "show"])
+    k.add_argument("keydir")
+    k.add_argument("role", nargs="?", help="role to rotate (root, targets, snapshot, timestamp)")
+    k.add_argument("--threshold", action="append", metavar="ROLE=N", help="generate: signatures needed")
+    k.add_argument("--count", action="append", metavar="ROLE=N", help="generate: keys per role")
+    k.add_argument("--new-threshold", type=int, help="rotate: new threshold")
+    k.add_argument("--new-count", type=int, help="rotate: number of new keys")
+    k.set_defaults(func=_cmd_keys)
+    p = sub.add_parser("publish", help="sign a bundle release into a static TUF repository (deltas, channel)")
+    p.add_argument("bundle")
+    p.add_argument("--repo", required=True, help="repository directory (created on first publish)")
+    p.add_argument("--keys", required=True, help="key directory from `edgeuq keys generate`")
+    p.add_argument("--board", required=True, help="board this release is for")
+    p.add_argument("--allow-unknown-board", action="store_true",
+                   help="publish for a board name that is not in the board catalog")
+    p.add_argument("--release", type=int, help="release number (default: newest + 1)")
+    p.add_argument("--canaries", help=".npy of canary windows (n, length) to add to the bundle first")
+    p.add_argument("--synthetic-canaries", type=int, default=0, metavar="N",
+                   help="add N canary windows from the synthetic bearing generator")
+    p.add_argument("--canary-seed", type=int, default=0)
+    p.add_argument("--mi-tolerance", type=float, default=0.01, help="allowed |MI - expected| on the device (nats)")
+    p.add_argument("--latency-budget-ms", type=float, help="per-window budget (default max(50, 10x host))")
+    p.add_argument("--delta-max-ratio", type=float, default=0.5, help="publish a delta only below this share of full")
+    for role in ("root", "targets", "snapshot", "timestamp"):
+        p.add_argument(f"--expire-{role}", type=float, help=f"days until {role} metadata expires")
+    p.set_defaults(func=_cmd_publish)

@@ -1,0 +1,207 @@
+"""TVM graphs on a board over TVM RPC, and per-kernel tables of TVM graphs on this host.
+
+Remote (``location="remote"``): connect to a board's ``tvm.rpc`` server directly
+(``--remote HOST:PORT``) or through a tracker (``--tracker HOST:PORT --key K``),
+upload each of the bundle's compiled libraries, load it in a
+``relax.VirtualMachine`` on ``remote.cpu()``, set its inputs and time it with
+``time_evaluator("invoke_stateful")`` (one time per repeat, after warm-up calls).
+Only the graphs are timed remotely: the runtime's numpy stages (validation,
+normalisation, noise drawing, decomposition) run in the board's Python and are not
+reachable over RPC; the report says so.
+
+Host: :func:`tvm_kernel_table` times every VM call instruction (kernels and VM
+builtins) of a library loaded here, through ``vm.set_instrument``. TVM 0.27 has no
+Relax VM profiler, and an instrument is a local Python function that cannot be sent
+over RPC, so there is no per-kernel table for remote boards (the report says so).
+
+TVM RPC is unauthenticated remote code execution: run the server bound to 127.0.0.1
+on the board and reach it through an SSH tunnel (``docs/profile.md``).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from edgeuq_runtime.bundle import load_bundle
+from edgeuq_runtime.noise import sample_noise_for_sample
+
+from .harness import LatencyStats
+from .report import stats_dict
+
+__all__ = ["parse_address", "connect", "graph_inputs", "profile_remote", "tvm_kernel_table", "REMOTE_NOTES",
+           "RemoteProfile"]
+
+REMOTE_NOTES = (
+    "remote: only the TVM graphs are timed (time_evaluator over RPC); validate_normalize, noise and decompose run "
+    "in numpy in the board's Python and are not measured over RPC - run `edgeuq profile --bundle B` on the board "
+    "(location host) for them",
+    "remote: no per-kernel table - TVM 0.27 has no Relax VM profiler and vm.set_instrument takes a local Python "
+    "function, which cannot be sent over RPC",
+)
+
+
+def parse_address(text: str, what: str = "--remote") -> Tuple[str, int]:
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{what} must be HOST:PORT (e.g. 127.0.0.1:9090), got {text!r}")
+    return host, int(port)
+
+
+def connect(remote: Optional[str] = None, tracker: Optional[str] = None, key: Optional[str] = None,
+            timeout_s: int = 60) -> Tuple[Any, str]:
+    """An RPC session and a description of where it leads (``"rpc 127.0.0.1:9090"``,
+    ``"tracker host:9190 key rasp4"``)."""
+    if (remote is None) == (tracker is None):
+        raise ValueError("give exactly one of --remote HOST:PORT or --tracker HOST:PORT --key K")
+    if tracker is not None and not key:
+        raise ValueError("--tracker needs --key (the device key the board's server registered)")
+    host, port = parse_address(tracker, "--tracker") if tracker is not None else parse_address(remote, "--remote")
+    from tvm import rpc
+
+    if tracker is not None:
+        return rpc.connect_tracker(host, port).request(key, session_timeout=timeout_s), \
+            f"tracker {host}:{port} key {key}"
+    return rpc.connect(host, port, session_timeout=timeout_s), f"rpc {host}:{port}"
+
+
+def graph_inputs(bundle: Any, role: str, samples: int, batch: int, seed: int = 0) -> List[np.ndarray]:
+    """Inputs of the ``role`` graph in the order of the library's parameters (option ``inputs``):
+    the trunk gets ``batch`` N(0, 1) windows (z-scored), the head ``samples * batch`` rows of
+    features and noise drawn from the manifest's noise specs."""
+    m = bundle.manifest
+    spec = m.trunk if role == "trunk" else m.head
+    opts = spec.options or {}
+    names = list(opts.get("inputs") or spec.inputs)
+    shapes = opts.get("shapes") or {}
+    dtypes = opts.get("dtypes") or {}
+    rng = np.random.default_rng(seed)
+    if role == "trunk":
+        if m.input.is_tokens:
+            x = rng.integers(1, max(2, int(m.input.vocab_size)), size=(batch, m.input.length))
+        else:
+            x = rng.standard_normal((batch, m.input.length))
+            x = (x - x.mean(axis=1, keepdims=True)) / x.std(axis=1, keepdims=True)
+        return [np.ascontiguousarray(x, dtype=dtypes.get(names[0], "int64" if m.input.is_tokens else "float32"))]
+    rows = samples * batch
+    noise: Dict[str, List[np.ndarray]] = {}
+    for _ in range(samples):
+        for k, v in sample_noise_for_sample(m.noise, batch, rng).items():
+            noise.setdefault(k, []).append(v)
+    feeds = {k: np.concatenate(v, axis=0) for k, v in noise.items()}
+    if m.feature_name not in shapes:
+        raise ValueError(f"bundle {bundle.root}: the head's options give no shape for {m.feature_name!r}")
+    feeds[m.feature_name] = rng.standard_normal((rows, *shapes[m.feature_name]))
+    return [np.ascontiguousarray(feeds[n], dtype=dtypes.get(n, "float32")) for n in names]
+
+
+class RemoteProfile(dict):
+    """``{str(S): {role: stats}}`` plus ``outputs`` (role -> first output of the last call, for checks)."""
+
+    outputs: Dict[str, np.ndarray]
+
+
+def _fixed_batch_rows(opts: Mapping[str, Any], rows: int) -> Tuple[int, int]:
+    """(rows per call, calls) for a library compiled for a fixed batch (the executor chunks and pads)."""
+    batch = opts.get("batch")
+    if batch is None:
+        return rows, 1
+    return int(batch), -(-rows // int(batch))
+
+
+def profile_remote(session: Any, bundle_dir: Any, samples: Sequence[int], *, warmup: int = 3, repeats: int = 30,
+                   batch: int = 1, seed: int = 0) -> Tuple[RemoteProfile, Dict[str, str], List[str]]:
+    """Time the bundle's TVM graphs on the remote CPU; returns (times, backends, notes)."""
+    from tvm import relax, runtime
+
+    bundle = load_bundle(bundle_dir, verify=True)
+    m = bundle.manifest
+    dev = session.cpu()
+    backends = {"trunk": m.trunk.backend or m.backend, "head": m.head.backend or m.backend}
+    notes: List[str] = list(REMOTE_NOTES)
+    vms: Dict[str, Any] = {}
+    for role, spec in (("trunk", m.trunk), ("head", m.head)):
+        if backends[role] != "tvm":
+            notes.append(f"remote: the {role} graph runs on {backends[role]!r}, not a TVM library: not timed over "
+                         f"RPC (run `edgeuq profile --bundle B` on the board)")
+            continue
+        if (spec.options or {}).get("device", "cpu") != "cpu":
+            notes.append(f"remote: the {role} graph is a {spec.options.get('device')} library; only CPU libraries "
+                         "are timed over RPC here")
+            continue
+        path = bundle.listed_path(spec.file, f"{role} graph")
+        session.upload(str(path), target=f"edgeuq-{role}-{path.name}")
+        vms[role] = relax.VirtualMachine(session.load_module(f"edgeuq-{role}-{path.name}"), dev)
+    if not vms:
+        raise ValueError(f"bundle {bundle.root} has no CPU TVM library to time over RPC (graphs run on "
+                         f"{sorted(set(backends.values()))}); run `edgeuq profile --bundle B` on the board instead")
+    out = RemoteProfile()
+    out.outputs = {}
+    for s in samples:
+        per: Dict[str, Dict[str, float]] = {}
+        for role, vm in vms.items():
+            spec = m.trunk if role == "trunk" else m.head
+            opts = spec.options or {}
+            entry = opts.get("entry", "main")
+            rows = batch if role == "trunk" else int(s) * batch
+            per_call, calls = _fixed_batch_rows(opts, rows)
+            if per_call == rows:
+                arrays = graph_inputs(bundle, role, int(s) if role == "head" else 1, batch, seed)
+            else:  # a fixed-batch library: one call of its batch (values do not change its time)
+                arrays = graph_inputs(bundle, role, 1, per_call, seed)
+            vm.set_input(entry, *[runtime.tensor(a, dev) for a in arrays])
+            for _ in range(warmup):
+                vm.invoke_stateful(entry)
+            timer = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=repeats)
+            res = timer(entry)
+            times = [float(t) * 1e3 * calls for t in res.results]
+            per[role] = stats_dict(LatencyStats.from_samples(times, f"{role} S={s}"))
+            got = vm.get_outputs(entry)
+            first = got[0] if isinstance(got, (list, tuple)) or type(got).__name__ == "Array" else got
+            out.outputs[role] = first.numpy()
+            if calls > 1:
+                notes.append(f"remote: {role} S={s}: library compiled for batch {per_call}; one call timed and "
+                             f"multiplied by the {calls} calls the executor makes")
+        out[str(s)] = per
+    return out, backends, notes
+
+
+def tvm_kernel_table(library: Any, arrays: Sequence[np.ndarray], *, warmup: int = 3, repeats: int = 20,
+                     entry: str = "main") -> Tuple[List[Dict[str, Any]], int]:
+    """Per-kernel rows of a TVM library run here: every VM call instruction timed through
+    ``vm.set_instrument`` over ``repeats`` calls after ``warmup`` (dropped). Times include the
+    Python callback (about a microsecond per instruction). Rows: ``name`` (the function's
+    symbol), ``op`` (``kernel`` or ``vm builtin``), ``calls_per_run``, ``us_per_run``, ``share``."""
+    import tvm
+    from tvm import relax
+
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), dev)
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays]
+    acc: Dict[str, List[float]] = {}      # symbol -> kernel µs summed per kept run
+    calls: Dict[str, int] = {}
+    started: Dict[str, List[float]] = {}
+    state = {"run": 0}
+
+    def instrument(func: Any, symbol: str, before: bool, ret: Any, *rest: Any) -> None:
+        now = time.perf_counter()
+        if before:
+            started.setdefault(symbol, []).append(now)
+            return
+        t0 = started[symbol].pop()
+        run = state["run"] - warmup
+        if run >= 0:
+            acc.setdefault(symbol, [0.0] * repeats)[run] += (now - t0) * 1e6
+            calls[symbol] = calls.get(symbol, 0) + 1
+
+    vm.set_instrument(instrument)
+    for i in range(warmup + repeats):
+        state["run"] = i
+        vm[entry](*args)
+    total = sum(sum(v) for v in acc.values())
+    rows = [{"name": k, "op": "vm builtin" if k.startswith("vm.builtin.") else "kernel",
+             "calls_per_run": calls[k] / repeats, "us_per_run": sum(v) / repeats, "median_us": float(np.median(v)),
+             "share": sum(v) / total if total > 0 else 0.0} for k, v in acc.items()]
+    rows.sort(key=lambda r: (-r["us_per_run"], r["name"]))
+    return rows, repeats

@@ -1,0 +1,108 @@
+"""Cache of frozen-layer outputs: run the frozen lower encoder layers once over
+a data set and keep each sentence's hidden states (trimmed to its length,
+float16), so fine-tuning runs only the trainable top layers. Written atomically
+as one ``.npz``; :func:`cache_key` names a cache by weights, ids and layer."""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .bert import BertEncoder
+
+__all__ = ["HiddenCache", "cache_hidden", "cache_key", "progress"]
+
+
+@dataclass(frozen=True)
+class HiddenCache:
+    """Hidden states entering layer ``start`` for N sentences, trimmed per sentence."""
+
+    start: int
+    states: np.ndarray     # (sum of lengths, d) float16
+    offsets: np.ndarray    # (N + 1,) int64
+    labels: np.ndarray     # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: Sequence[int]) -> "HiddenCache":
+        index = np.asarray(index, dtype=np.int64)
+        lengths = self.offsets[index + 1] - self.offsets[index]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        states = np.concatenate([self.states[self.offsets[i]:self.offsets[i + 1]] for i in index]) if len(index) \
+            else self.states[:0]
+        return HiddenCache(self.start, states, offsets, self.labels[index])
+
+    def batch(self, index: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        lengths = [int(self.offsets[i + 1] - self.offsets[i]) for i in index]
+        t = max(lengths)
+        d = self.states.shape[1]
+        h = np.zeros((len(index), t, d), dtype=np.float32)
+        m = np.zeros((len(index), t), dtype=np.float32)
+        for row, (i, n) in enumerate(zip(index, lengths)):
+            h[row, :n] = self.states[self.offsets[i]:self.offsets[i] + n]
+            m[row, :n] = 1.0
+        return torch.from_numpy(h), torch.from_numpy(m)
+
+
+def progress(msg: str) -> None:
+    end = "\r" if sys.stdout.isatty() else "\n"
+    print(msg, end=end, flush=True)
+
+
+def _length_order(ids: np.ndarray, pad_id: int) -> Tuple[np.ndarray, np.ndarray]:
+    lengths = (ids != pad_id).sum(axis=1)
+    return lengths, np.argsort(lengths, kind="stable")
+
+
+def cache_key(encoder: BertEncoder, ids: np.ndarray, start: int) -> str:
+    h = hashlib.sha256()
+    for p in encoder.parameters():
+        h.update(p.detach().numpy().tobytes())
+    h.update(ids.tobytes())
+    h.update(str(start).encode())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def cache_hidden(encoder: BertEncoder, ids: np.ndarray, labels: np.ndarray, start: int,
+                 path: Optional[Path] = None, batch_size: int = 64, name: str = "cache") -> HiddenCache:
+    """Run the frozen layers 0..start-1 once; load from ``path`` when it exists."""
+    if path is not None and Path(path).is_file():
+        z = np.load(path)
+        return HiddenCache(int(z["start"]), z["states"], z["offsets"], z["labels"])
+    enc = encoder.eval()
+    pad = encoder.cfg.pad_token_id
+    lengths, order = _length_order(ids, pad)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    states = np.zeros((int(offsets[-1]), encoder.cfg.hidden_size), dtype=np.float16)
+    t0 = time.time()
+    nb = math.ceil(len(ids) / batch_size)
+    for b in range(nb):
+        idx = order[b * batch_size:(b + 1) * batch_size]
+        t = int(lengths[idx].max())
+        x = torch.from_numpy(ids[idx, :t])
+        h, _ = enc(x, stop=start)
+        h = h.numpy()
+        for row, i in enumerate(idx):
+            states[offsets[i]:offsets[i + 1]] = h[row, :lengths[i]]
+        if b % 50 == 0 or b == nb - 1:
+            progress(f"[{name}] frozen layers 0..{start - 1}: batch {b + 1}/{nb} ({time.time() - t0:.0f}s)")
+    cache = HiddenCache(start, states, offsets, np.asarray(labels, dtype=np.int64))
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, start=start, states=states, offsets=offsets, labels=cache.labels)
+        os.replace(tmp, path)
+    return cache
+
+

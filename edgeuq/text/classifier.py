@@ -1,0 +1,110 @@
+"""A pretrained BERT encoder with a stochastic classification head.
+
+    ids -> BertEncoder (all layers) -> masked mean pool -> features (d,)      trunk, once per input
+    features -> drop_in -> fc1 -> GELU -> drop_hidden -> fc2 -> logits        head, S times
+
+The stochastic part lives in the head, so the trunk (the whole encoder,
+~99 % of the compute) runs once and the head S times:
+
+``mc_dropout``
+    ``drop_in`` / ``drop_hidden`` are :class:`~edgeuq.schemes.mc_dropout.MCDropout`
+    whose keep masks are head-graph inputs (``dropout_mask`` noise).
+``laplace``
+    ``fc2`` is :class:`~edgeuq.schemes.laplace.LastLayerLaplace` (K-FAC GGN
+    posterior, ``standard_normal`` noise input of C entries); the dropouts are
+    training-only.
+
+Both schemes share one set of trained weights (training uses dropout; the
+Laplace posterior is fitted afterwards), so a single fine-tuning run gives both
+heads. Fine-tuning trains the top ``train_layers`` encoder layers and the head;
+the layers below are frozen and their outputs cached (``edgeuq.text.finetune``).
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from edgeuq_runtime.noise import NoiseSpec
+
+from ..models.layers import NoiseDict
+from ..schemes.laplace import LastLayerLaplace
+from ..schemes.mc_dropout import MCDropout
+from .bert import BertConfig, BertEncoder, masked_mean_pool
+
+__all__ = ["TextClassifier", "TEXT_SCHEMES"]
+
+#: The head's stochastic layers per scheme (the others are training-time only).
+_STOCHASTIC_SITES = {"mc_dropout": ("drop_in", "drop_hidden"), "laplace": ("fc2",)}
+TEXT_SCHEMES = tuple(_STOCHASTIC_SITES)
+
+
+class TextClassifier(nn.Module):
+    def __init__(self, cfg: BertConfig, num_classes: int = 2, hidden: int = 256, dropout: float = 0.1,
+                 head_dropout: float = 0.2, scheme: str = "mc_dropout") -> None:
+        super().__init__()
+        if _STOCHASTIC_SITES.get(scheme) is None:
+            raise ValueError(f"text scheme must be one of {TEXT_SCHEMES}, got {scheme!r}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.cfg = cfg
+        self.scheme = scheme
+        self.num_classes = int(num_classes)
+        self.hidden = int(hidden)
+        self.head_dropout = float(head_dropout)
+        d = cfg.hidden_size
+        self.encoder = BertEncoder(cfg, dropout=dropout)
+        self.drop_in = MCDropout("head_in", head_dropout, (d,))
+        self.fc1 = nn.Linear(d, hidden)
+        self.drop_hidden = MCDropout("head_hidden", head_dropout, (hidden,))
+        self.fc2 = LastLayerLaplace("head_laplace", hidden, num_classes, structure="kron")
+
+    # -- split -----------------------------------------------------------------------
+    @property
+    def feature_dim(self) -> int:
+        return self.cfg.hidden_size
+
+    def trunk(self, ids: torch.Tensor) -> torch.Tensor:
+        h, mask = self.encoder(ids)
+        return masked_mean_pool(h, mask)
+
+    def trunk_from_hidden(self, h: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
+        """Features from cached hidden states entering layer ``start``."""
+        return masked_mean_pool(self.encoder.run_layers(h, mask, start), mask)
+
+    def _stochastic(self) -> List[nn.Module]:
+        return [getattr(self, name) for name in _STOCHASTIC_SITES[self.scheme]]
+
+    def noise_specs(self) -> List[NoiseSpec]:
+        return [m.noise_spec() for m in self._stochastic()]
+
+    def set_sampling(self, on: bool) -> None:
+        for m in self._stochastic():
+            m.sampling = bool(on)
+
+    def head_forward(self, feats: torch.Tensor, noise: Optional[NoiseDict] = None) -> torch.Tensor:
+        sites = _STOCHASTIC_SITES[self.scheme]
+
+        def noise_of(name: str) -> Optional[NoiseDict]:
+            return noise if name in sites else None
+
+        x = self.drop_in(feats, noise_of("drop_in"))
+        x = self.drop_hidden(nn.functional.gelu(self.fc1(x)), noise_of("drop_hidden"))
+        return self.fc2(x, noise_of("fc2"))
+
+    def last_layer_input(self, feats: torch.Tensor) -> torch.Tensor:
+        """Input of ``fc2`` in the deterministic pass (Laplace fitting)."""
+        return nn.functional.gelu(self.fc1(feats))
+
+    def forward(self, ids: torch.Tensor, noise: Optional[NoiseDict] = None) -> torch.Tensor:
+        return self.head_forward(self.trunk(ids), noise)
+
+    def config_json(self) -> dict:
+        return {"bert": self.cfg.to_json(), "num_classes": self.num_classes, "hidden": self.hidden,
+                "head_dropout": self.head_dropout, "scheme": self.scheme}
+
+    @classmethod
+    def from_config_json(cls, data: dict) -> "TextClassifier":
+        return cls(BertConfig.from_json(data["bert"]), num_classes=data["num_classes"], hidden=data["hidden"],
+                   head_dropout=data["head_dropout"], scheme=data["scheme"])

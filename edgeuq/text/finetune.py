@@ -1,0 +1,174 @@
+"""Fine-tune a pretrained text classifier on CPU in minutes.
+
+The lower ``L - train_layers`` encoder layers are frozen; their outputs are
+computed once and cached to disk (trimmed to each sentence's length, float16,
+one ``.npz`` per split, written atomically and keyed by a hash of the weights,
+the token ids and the layer index). Training then runs only the top
+``train_layers`` layers and the head on the cached states. Afterwards the
+last-layer Laplace posterior (K-FAC GGN) is fitted on the training features and
+its prior precision chosen by validation NLL (the project's scheme,
+:mod:`edgeuq.schemes.laplace`).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..schemes.laplace import laplace_factors_kron
+from .cache import HiddenCache, progress as _progress
+from .classifier import TextClassifier
+
+__all__ = ["FinetuneConfig", "finetune", "fit_text_laplace", "features_from_cache", "sample_probs"]
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    train_layers: int = 1
+    epochs: int = 2
+    batch_size: int = 32
+    lr_encoder: float = 5e-5
+    lr_head: float = 1e-3
+    weight_decay: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.train_layers < 0:
+            raise ValueError(f"train_layers must be >= 0, got {self.train_layers}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+
+
+def _batches(cache: HiddenCache, batch_size: int, rng: Optional[np.random.Generator]) -> List[np.ndarray]:
+    """Length-bucketed batches (shuffled buckets when ``rng`` is given)."""
+    lengths = np.diff(cache.offsets)
+    if rng is None:
+        order = np.argsort(lengths, kind="stable")
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    order = rng.permutation(len(lengths))
+    chunks = [order[i:i + batch_size * 50] for i in range(0, len(order), batch_size * 50)]
+    out = []
+    for c in chunks:
+        c = c[np.argsort(lengths[c], kind="stable")]
+        out += [c[i:i + batch_size] for i in range(0, len(c), batch_size)]
+    rng.shuffle(out)
+    return out
+
+
+@torch.no_grad()
+def features_from_cache(model: TextClassifier, cache: HiddenCache, batch_size: int = 128) -> np.ndarray:
+    """Deterministic trunk features (N, d) from a cache."""
+    model.eval()
+    out = np.zeros((len(cache), model.feature_dim), dtype=np.float32)
+    for idx in _batches(cache, batch_size, None):
+        h, m = cache.batch(idx)
+        out[idx] = model.trunk_from_hidden(h, m, cache.start).numpy()
+    return out
+
+
+def finetune(model: TextClassifier, train: HiddenCache, cfg: FinetuneConfig,
+             val: Optional[HiddenCache] = None) -> Dict[str, list]:
+    """Train layers ``train.start``.. and the head with cross-entropy (AdamW, linear decay)."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+    enc_params = [p for layer in list(model.encoder.layers)[train.start:] for p in layer.parameters()]
+    for p in enc_params:
+        p.requires_grad_(True)
+    head_params = list(model.fc1.parameters()) + [model.fc2.weight, model.fc2.bias]
+    groups = [{"params": head_params, "lr": cfg.lr_head}]
+    if enc_params:
+        groups.append({"params": enc_params, "lr": cfg.lr_encoder})
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.06 * steps)) * max(0.0, 1 - s / steps))
+    history: Dict[str, list] = {"train_loss": [], "val_acc": []}
+    t0 = time.time()
+    for epoch in range(cfg.epochs):
+        model.train()
+        model.encoder.embeddings.eval()
+        total, n = 0.0, 0
+        batches = _batches(train, cfg.batch_size, rng)
+        for b, idx in enumerate(batches):
+            h, m = train.batch(idx)
+            y = torch.from_numpy(train.labels[idx])
+            logits = model.head_forward(model.trunk_from_hidden(h, m, train.start))
+            loss = nn.functional.cross_entropy(logits, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+            n += len(idx)
+            if b % 100 == 0 and sys.stdout.isatty():
+                _progress(f"epoch {epoch + 1}/{cfg.epochs} step {b + 1}/{len(batches)} loss {total / n:.4f}")
+        history["train_loss"].append(total / max(n, 1))
+        msg = f"epoch {epoch + 1}/{cfg.epochs}: train loss {total / max(n, 1):.4f}"
+        if val is not None:
+            feats = features_from_cache(model, val)
+            with torch.no_grad():
+                pred = model.head_forward(torch.from_numpy(feats)).argmax(-1).numpy()
+            acc = float(np.mean(pred == val.labels))
+            history["val_acc"].append(acc)
+            msg += f", val acc {acc:.4f}"
+        print(msg + f" ({time.time() - t0:.0f}s)", flush=True)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return history
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@torch.no_grad()
+def fit_text_laplace(model: TextClassifier, train_feats: np.ndarray, val_feats: np.ndarray, val_labels: np.ndarray,
+                     grid: Sequence[float] = tuple(float(v) for v in np.logspace(-2, 5, 15)), samples: int = 64,
+                     seed: int = 0) -> dict:
+    """K-FAC last-layer Laplace on ``fc2``: GGN from the training features, prior
+    precision by validation NLL of the MC predictive (fixed eps, all grid points)."""
+    layer = model.fc2
+    phi_tr = model.last_layer_input(torch.from_numpy(train_feats)).double()
+    phi_va = model.last_layer_input(torch.from_numpy(val_feats)).double()
+    w, b = layer.weight.detach().double(), layer.bias.detach().double()
+    probs_tr = torch.softmax(phi_tr @ w.T + b, -1).numpy()
+    z_va = (phi_va @ w.T + b).numpy()
+    xt = np.concatenate([phi_va.numpy(), np.ones((len(phi_va), 1))], axis=1)
+    eps = np.random.default_rng(seed).standard_normal((samples, len(xt), layer.out_features))
+    nlls = []
+    for tau in grid:
+        a_inv, g_chol = laplace_factors_kron(phi_tr.numpy(), probs_tr, tau)
+        scale = np.sqrt(np.einsum("ni,ij,nj->n", xt, a_inv, xt))[None, :, None]
+        p = _softmax(z_va[None] + scale * (eps @ g_chol.T)).mean(0)
+        nlls.append(float(-np.mean(np.log(np.clip(p[np.arange(len(p)), val_labels], 1e-12, None)))))
+    best = int(np.nanargmin(nlls))
+    a_inv, g_chol = laplace_factors_kron(phi_tr.numpy(), probs_tr, grid[best])
+    layer.set_posterior(grid[best], a_inv=a_inv, g_chol=g_chol)
+    return {"prior_precision": float(grid[best]), "grid": list(grid), "val_nll": nlls}
+
+
+@torch.no_grad()
+def sample_probs(model: TextClassifier, feats: np.ndarray, samples: int, seed: int = 0) -> np.ndarray:
+    """(S, N, C) softmax probabilities of the head with noise drawn like the runtime
+    (numpy, seeded; the model's scheme decides which noise)."""
+    from edgeuq_runtime.noise import sample_noise
+
+    rng = np.random.default_rng(seed)
+    specs = model.noise_specs()
+    f = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
+    out = []
+    for _ in range(samples):
+        noise = {k: torch.from_numpy(v.astype(np.float32)) for k, v in sample_noise(specs, len(feats), rng).items()}
+        out.append(torch.softmax(model.head_forward(f, noise), -1).numpy())
+    return np.stack(out)

@@ -1,0 +1,53 @@
+"""A bundle as one file: a deterministic, uncompressed tar (byte-identical on host and device).
+
+Uncompressed so that a head-only retrain changes only the head's bytes and a bsdiff
+delta stays small. Unpacking never touches the disk: members are checked by the pure
+core (plain files at safe relative paths only) and returned as bytes.
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from .core import check_archive_members
+from .errors import UpdateRefused
+
+__all__ = ["pack_bundle", "unpack_bundle", "MAX_BUNDLE_BYTES"]
+
+MAX_BUNDLE_BYTES = 1 << 30
+MANIFEST = "manifest.json"
+
+
+def pack_bundle(bundle_dir: Path) -> bytes:
+    """manifest.json plus every file it lists, sorted, with zeroed owner/time/mode metadata."""
+    bundle_dir = Path(bundle_dir)
+    files = json.loads((bundle_dir / MANIFEST).read_text(encoding="utf-8"))["files"]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in [MANIFEST] + sorted(files):
+            data = (bundle_dir / name).read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def unpack_bundle(data: bytes) -> Dict[str, bytes]:
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            members = tar.getmembers()
+            listing: List[Tuple[str, str, int]] = [(m.name, "file" if m.isfile() else "other", m.size) for m in members]
+            names = check_archive_members(listing, MAX_BUNDLE_BYTES)
+            out = {}
+            for m, name in zip(members, names):
+                fh = tar.extractfile(m)
+                out[name] = fh.read() if fh is not None else b""
+                if len(out[name]) != m.size:
+                    raise UpdateRefused("archive", f"archive entry {name!r} is truncated")
+            return out
+    except tarfile.TarError as exc:
+        raise UpdateRefused("archive", f"not a valid bundle archive: {exc}") from None

@@ -1,0 +1,199 @@
+"""The per-target lowering table (README.md, docs/targets.md), written from compile evidence.
+
+    python scripts/target_table.py collect [--targets NAME ...]   # lower + record evidence (~10 min)
+    python scripts/target_table.py render                         # evidence -> table JSON -> markdown
+    python scripts/target_table.py all                            # both
+
+``collect`` lowers the ``bearing-demo`` architecture (random weights: numerics and speed do
+not depend on training) for every (lowering backend, target) pair that some board in
+``boards/`` places a graph on, and writes each lowering's typed evidence
+(:class:`edgeuq.lower.Evidence`), compile time and artifact size to
+``results/lowering_evidence.json``. ``render`` turns that into the table JSON
+``results/lowering.json`` and runs ``scripts/render_tables.py`` on README.md and
+docs/targets.md, which rewrites their ``<!-- table:lowering -->`` regions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_JSON = ROOT / "results" / "lowering_evidence.json"
+TABLE_JSON = ROOT / "results" / "lowering.json"
+DOCS = (ROOT / "README.md", ROOT / "docs" / "targets.md")
+SAMPLES = 16
+
+
+def placements() -> List[tuple]:
+    """Sorted unique (lowering, target) pairs that the boards use."""
+    from edgeuq.catalog import load_boards
+
+    pairs = {(p.lowering, p.target) for b in load_boards().values() for _, p in b.graphs.items()}
+    return sorted(pairs, key=lambda p: (p[1], p[0]))
+
+
+def _demo_artifact(work: Path, head_only: bool) -> Any:
+    import torch
+
+    from edgeuq.catalog import get_recipe
+    from edgeuq.export import export_onnx
+    from edgeuq.models import ModelConfig, SignalTransformer
+    from edgeuq.training import save_checkpoint
+
+    torch.manual_seed(0)
+    rec = get_recipe("bearing-demo")
+    model = dict(rec.model)
+    if head_only:
+        model["stochastic_blocks"] = []
+    cfg = ModelConfig.from_dict(model, input_length=int(rec.data["window"]), num_classes=len(rec.data["classes"]))
+    ck = save_checkpoint(SignalTransformer(cfg).eval(), work / "ck", tuple(rec.data["classes"]),
+                         float(rec.data["fs_hz"]))
+    return export_onnx(ck, work / "onnx")
+
+
+def collect(out: Path, only: List[str]) -> Dict[str, Any]:
+    from edgeuq.catalog import get_target
+    from edgeuq.lower import CompileSettings, get_lowerer
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgeuq-targets-") as tmp:
+        arts = {}
+        for lowering, target_name in placements():
+            if only and target_name not in only:
+                continue
+            target = get_target(target_name)
+            lw = get_lowerer(lowering)
+            roles = ["head"] if target.kind == "fpga" else ["trunk", "head"]
+            head_only = target.kind == "fpga"
+            if head_only not in arts:
+                arts[head_only] = _demo_artifact(Path(tmp) / f"model-{int(head_only)}", head_only)
+            art = arts[head_only]
+            print(f"[{lowering}:{target_name}] lowering {'+'.join(roles)}", flush=True)
+            t0 = time.perf_counter()
+            row: Dict[str, Any] = {"target": target_name, "kind": target.kind, "arch": target.arch,
+                                   "part": target.fpga_part, "lowering": lowering, "graphs": roles,
+                                   "model": "bearing-demo" + (" (head-only stochastic)" if head_only else "")}
+            try:
+                res = lw.lower(art, target, Path(tmp) / f"{lowering}-{target_name}",
+                               lw.options_for(CompileSettings(samples=SAMPLES), roles))
+            except Exception as exc:  # recorded, not hidden: the table says it failed and why
+                row.update(compiled=False, error=f"{type(exc).__name__}: {exc}"[:500])
+            else:
+                files = [getattr(res, r).file for r in roles] + list(res.extra_files.values())
+                row.update(compiled=True, seconds=round(time.perf_counter() - t0, 1),
+                           bytes=sum(Path(f).stat().st_size for f in files),
+                           evidence=res.evidence.to_json(), tuning=res.metadata.get("tuning"))
+            rows.append(row)
+    import edgeuq
+
+    doc = {"kind": "edgeuq-target-evidence", "version": 1, "samples": SAMPLES,
+           "host": {"machine": platform.machine(), "processor": _cpu_name(), "cores": os.cpu_count(),
+                    "python": platform.python_version()},
+           "edgeuq": edgeuq.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "rows": rows}
+    if only and out.is_file():  # a partial run replaces only its own rows
+        done = {(r["lowering"], r["target"]) for r in rows}
+        kept = [r for r in json.loads(out.read_text())["rows"] if (r["lowering"], r["target"]) not in done]
+        doc["rows"] = sorted(kept + rows, key=lambda r: (r["target"], r["lowering"]))
+    try:
+        import tvm
+
+        doc["tvm"] = tvm.__version__
+    except ImportError:
+        pass
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp_out, out)
+    print(f"wrote {out} ({len(rows)} rows)")
+    return doc
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _mb(n: Any) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f} MB"
+
+
+def table_rows(doc: Dict[str, Any]) -> List[List[str]]:
+    """One row per (lowering, target) of ``doc`` (the JSON written by :func:`collect`)."""
+    out = []
+    for r in doc["rows"]:
+        arch = r["arch"] if r["kind"] != "fpga" else f"FPGA {r['part']}"
+        what = f"{r['lowering']} ({'+'.join(r['graphs'])})"
+        if not r["compiled"]:
+            out.append([r["target"], arch, what, f"NO: {r['error']}", "-", "-", "-", "-", "-"])
+            continue
+        ev = r["evidence"]
+        how = ev["label"] + (f" (`-cpu {ev['detail'].get('qemu_cpu')}`)" if ev["how"] == "qemu" else "")
+        if ev["how"] == "compile-only" and ev["reason"]:
+            how += f": {ev['reason']}"
+        err = "-" if ev["max_error"] is None else f"{ev['max_error']:.2g} (tol {ev['tolerance']:.2g})"
+        if ev["latency_ms"] is not None:
+            lat = f"{ev['latency_ms']:.2f} ms (this host)"
+        else:
+            lat = "not measured" + (f" ({ev['reason']})" if ev["how"] != "compile-only" and ev["reason"] else "")
+        for name, est in (ev.get("estimates") or {}).items():
+            if "fits" in est:
+                lat += f"; {name.replace('_', ' ')} fit: {est['fits']} (estimate)"
+        out.append([r["target"], arch, what, f"yes ({r['seconds']:.0f} s)", how, _mb(r["bytes"]), err,
+                    ev["reference"] or "-", lat])
+    return out
+
+
+def render(json_path: Path, docs=DOCS) -> None:
+    doc = json.loads(json_path.read_text())
+    host = doc["host"]
+    table = {
+        "command": "python scripts/target_table.py all",
+        "provenance": (f"measured {doc['created'][:10]} on {host['processor']}, {host['cores']} cores; edgeuq "
+                       f"{doc['edgeuq']}, TVM {doc.get('tvm', '-')}; bearing-demo architecture, random weights, "
+                       f"untuned; raw evidence in results/{json_path.name}"),
+        "headers": ["target", "arch", "lowering (graphs)", "compiled", "checked how", "artifact",
+                    "max err (tolerance)", "reference", f"latency (1 window, S={doc['samples']})"],
+        "rows": table_rows(doc),
+        "note": ("Latency is measured only where the code runs natively on this host; emulated, simulated "
+                 "and compile-only artifacts say \"not measured\", and FPGA resource fit is an analytic "
+                 "estimate."),
+    }
+    TABLE_JSON.parent.mkdir(parents=True, exist_ok=True)
+    tmp = TABLE_JSON.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(table, indent=2) + "\n")
+    os.replace(tmp, TABLE_JSON)
+    print(f"wrote {TABLE_JSON} ({len(table['rows'])} rows)")
+    import subprocess
+
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "render_tables.py"), *map(str, docs)], check=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=("collect", "render", "all"))
+    p.add_argument("--out", "--json", dest="json", type=Path, default=DEFAULT_JSON)
+    p.add_argument("--targets", nargs="*", default=[], help="only these targets (collect)")
+    a = p.parse_args(argv)
+    if a.command in ("collect", "all"):
+        collect(a.json, a.targets)
+    if a.command in ("render", "all"):
+        render(a.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""`edgeuq diagnose`: a host signal file streamed through the device runtime's loop (JSON lines,
+one decision per window, alarms, summary), the simulated sensor, and bad input kept running."""
+import json
+
+import numpy as np
+
+from edgeuq.cli import main
+from test_calibrate import calibrated, trained  # noqa: F401  (module-scoped fixtures: a tiny trained bundle)
+
+
+def _lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_diagnose_signal_file(calibrated, tmp_path, capsys):
+    dest, res = calibrated
+    from edgeuq.data import synthetic_records
+    from edgeuq.data.synthetic import SyntheticBearingConfig
+
+    cfg = SyntheticBearingConfig(fs=12000.0, duration_s=2.0, loads=(0.0,), seed=5)
+    rec = synthetic_records(cfg, kinds=("outer_race",))[0]
+    sig = np.asarray(rec.signal, dtype=np.float32).copy()
+    sig[3000:3100] = np.nan                        # a NaN burst: flagged, never a crash
+    np.savez(tmp_path / "x.npz", signal=sig, fs=rec.fs)
+    out = tmp_path / "d.jsonl"
+    # the host loaders refuse a file with NaN (a clear error) ...
+    assert main(["diagnose", "--bundle", str(dest), "--input", str(tmp_path / "x.npz")]) == 2
+    assert "non-finite" in capsys.readouterr().err
+    # ... the stream's own file source plays it and flags the windows
+    assert main(["diagnose", "--bundle", str(dest), "--source", f"file:{tmp_path / 'x.npz'}", "--hop", "512",
+                 "--alarm", "2/3", "--out", str(out)]) == 0
+    recs = _lines(out)
+    dec = [r for r in recs if r["type"] == "decision"]
+    assert len(dec) == (len(sig) - 1024) // 512 + 1
+    assert [d["window"] for d in dec] == list(range(len(dec)))
+    bad = [d for d in dec if "nonfinite_input" in d["flags"]]
+    holding = [i for i in range(len(dec)) if 512 * i < 3100 and 512 * i + 1024 > 3000]   # windows 4, 5, 6
+    assert [d["window"] for d in bad] == holding and all(d["abstain"] and d["class"] is None for d in bad)
+    good = [d for d in dec if not d["flags"]]
+    assert all(d["density"] is not None and d["set"] is not None and d["samples"] == 8 for d in good)
+    summ = recs[-1]
+    assert summ["type"] == "summary" and summ["windows"] == len(dec) and summ["flagged"] == 3
+    assert "windows" in capsys.readouterr().err
+    clean = tmp_path / "c.npz"
+    np.savez(clean, signal=np.nan_to_num(sig), fs=rec.fs)
+    assert main(["diagnose", "--bundle", str(dest), "--input", str(clean), "--quiet", "--out", str(out)]) == 0
+    recs = _lines(out)
+    assert recs[-1]["type"] == "summary" and recs[-1]["windows"] == len(sig) // 1024
+    assert all(r["type"] in ("alarm", "summary") for r in recs)
+
+
+def test_diagnose_simulated_sensor_adaptive(calibrated, tmp_path):
+    dest, res = calibrated
+    out = tmp_path / "s.jsonl"
+    assert main(["diagnose", "--bundle", str(dest), "--source", "sim:ball", "--max-seconds", "1.0", "--adaptive",
+                 "--out", str(out)]) == 0
+    recs = _lines(out)
+    dec = [r for r in recs if r["type"] == "decision"]
+    assert len(dec) == 11 and all(r.get("simulated") for r in dec)
+    s_max = res.calibration.adaptive.s_max
+    assert all(res.calibration.adaptive.s_min <= d["samples"] <= s_max for d in dec)
+    assert recs[-1]["adaptive"] is True
