@@ -20,15 +20,21 @@ accuracy and ECE (in-domain test), cross-load accuracy, OOD AUROC of mutual info
 S-sample latency of one window and its ratio to one deterministic pass of the same bundle,
 the ratio of the teacher's naive PyTorch MC loop (S full forwards) to it, and the ONNX bytes
 and their ratio to the fp32 teacher. Writes ``OUT/compress_frontier.json`` and prints a
-markdown table.
+markdown table; ``--tables-json results/compress_frontier.json`` also writes the table for
+``scripts/render_tables.py`` (docs/compress.md), and ``--from-json OUT/compress_frontier.json``
+re-renders an earlier run's table without running anything.
 
     python bench/compress_frontier.py [--cwru ../shared/data/cwru] [--out bench_out/compress]
+                                      [--tables-json results/compress_frontier.json]
+    python bench/compress_frontier.py --from-json OUT/compress_frontier.json \\
+        --tables-json results/compress_frontier.json --command "..." --provenance "..."
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import platform
 import sys
 import time
 from dataclasses import replace
@@ -152,6 +158,39 @@ def naive_mc_loop(ck, x1: np.ndarray, samples: int):
     return run
 
 
+def frontier_table(summary: dict):
+    """(headers, rows) of the frontier table from a run's ``compress_frontier.json`` (what the run prints)."""
+    rows = summary["rows"]
+    distill_teacher = summary.get("distill_teacher") or next(
+        (r["distill_teacher"] for r in rows if r.get("distill_teacher")), None)  # older runs: only on student rows
+    if distill_teacher is None:
+        raise ValueError("compress_frontier.json names no distillation teacher (no 'distill_teacher')")
+    samples = summary["samples"]
+    headers = ["model", "acc", "ECE", "cross-load acc", "OOD AUROC (MI)", "OOD AUROC (H)", "MI ρ vs teacher",
+               f"S={samples} ms", "det ms", "S/det", f"naive {distill_teacher} loop / S", "bytes", "teacher/bytes"]
+    table = [[r["name"], f"{r['accuracy']:.4f}", f"{r['ece']:.4f}", f"{r['cross_load_accuracy']:.4f}",
+              f"{r['ood_auroc_mi']:.3f}", f"{r['ood_auroc_total']:.3f}",
+              f"{r['mi_spearman_vs_teacher']:.3f}" if "mi_spearman_vs_teacher" in r else "-",
+              f"{r['mc_ms']:.3f}", f"{r['det_ms']:.3f}", f"{r['mc_over_det']:.2f}x", f"{r['naive_over_mc']:.1f}x",
+              f"{r['bytes']:,}", f"{r['bytes_ratio']:.1f}x"] for r in rows]
+    return headers, table
+
+
+def tables_json(summary: dict, command: str, provenance: str) -> dict:
+    """The frontier table in scripts/render_tables.py's format (``results/compress_frontier.json``)."""
+    headers, rows = frontier_table(summary)
+    return {"command": command, "provenance": provenance, "headers": headers, "rows": rows}
+
+
+def write_tables_json(summary: dict, path: Path, command: str, provenance: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(tables_json(summary, command, provenance), indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    print(f"tables: {path}")
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cwru", type=Path, help="CWRU folder (MANIFEST.csv + 12k_DE/); synthetic data without it")
@@ -173,7 +212,17 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-samples", type=int, default=32)
     ap.add_argument("--synthetic-duration", type=float, default=10.0)
     ap.add_argument("--quick", action="store_true", help="tiny budgets (smoke run, numbers not meaningful)")
+    ap.add_argument("--tables-json", help="also write the table for scripts/render_tables.py "
+                                          "(e.g. results/compress_frontier.json)")
+    ap.add_argument("--from-json", type=Path, metavar="RUN_JSON",
+                    help="run nothing: print (and with --tables-json write) the table of an earlier run's "
+                         "compress_frontier.json")
+    ap.add_argument("--command", help="with --from-json: the command that produced RUN_JSON (recorded in the "
+                                      "tables JSON as how to regenerate it)")
+    ap.add_argument("--provenance", help="with --from-json: where RUN_JSON came from (date, machine, run)")
     a = ap.parse_args(argv)
+    if a.from_json is not None:
+        return _from_json(a)
 
     torch.set_num_threads(1)
     t_start = time.perf_counter()
@@ -274,16 +323,11 @@ def main(argv=None) -> int:
     for r in rows:
         r["naive_over_mc"] = ref_naive / r["mc_ms"]
         r["bytes_ratio"] = fp32_teacher_bytes / r["bytes"]
-    headers = ["model", "acc", "ECE", "cross-load acc", "OOD AUROC (MI)", "OOD AUROC (H)", "MI ρ vs teacher",
-               f"S={a.samples} ms", "det ms", "S/det", f"naive {a.distill_teacher} loop / S", "bytes", "teacher/bytes"]
-    table = [[r["name"], f"{r['accuracy']:.4f}", f"{r['ece']:.4f}", f"{r['cross_load_accuracy']:.4f}",
-              f"{r['ood_auroc_mi']:.3f}", f"{r['ood_auroc_total']:.3f}",
-              f"{r['mi_spearman_vs_teacher']:.3f}" if "mi_spearman_vs_teacher" in r else "-",
-              f"{r['mc_ms']:.3f}", f"{r['det_ms']:.3f}", f"{r['mc_over_det']:.2f}x", f"{r['naive_over_mc']:.1f}x",
-              f"{r['bytes']:,}", f"{r['bytes_ratio']:.1f}x"] for r in rows]
     summary = {"load_average": os.getloadavg(), "data": f"{source}; {desc}", "samples": a.samples, "threads": 1, "repeats": a.repeats,
-               "teacher_naive_mc_ms": naive, "rows": rows, "quick": a.quick,
-               "elapsed_s": time.perf_counter() - t_start}
+               "teacher_naive_mc_ms": naive, "distill_teacher": a.distill_teacher, "rows": rows, "quick": a.quick,
+               "elapsed_s": time.perf_counter() - t_start,
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "compress_frontier.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
@@ -291,8 +335,28 @@ def main(argv=None) -> int:
     print(f"\n{source}; {desc}")
     print(f"one window, 1 thread, medians of {a.repeats} interleaved rounds (load average at the end: "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores); all metrics through edgeuq_runtime (ONNX Runtime)\n")
-    print(format_table(headers, table, markdown=True))
+    print(format_table(*frontier_table(summary), markdown=True))
     print(f"\nJSON: {out / 'compress_frontier.json'}")
+    if a.tables_json:
+        cmd = "python bench/compress_frontier.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        prov = (f"measured {summary['date']} on {summary['machine']} (load average {summary['load_average'][0]:.1f}), "
+                f"1 thread; quick smoke run, numbers not meaningful" if a.quick else
+                f"measured {summary['date']} on {summary['machine']} (load average {summary['load_average'][0]:.1f}), "
+                f"1 thread")
+        write_tables_json(summary, Path(a.tables_json), cmd, prov)
+    return 0
+
+
+def _from_json(a) -> int:
+    """Re-render an earlier run's table without rerunning anything."""
+    summary = json.loads(a.from_json.read_text())
+    print(format_table(*frontier_table(summary), markdown=True))
+    if a.tables_json:
+        if not a.command or not a.provenance:
+            print("--from-json with --tables-json needs --command and --provenance (how the run was made, and "
+                  "when/where)", file=sys.stderr)
+            return 2
+        write_tables_json(summary, Path(a.tables_json), a.command, a.provenance)
     return 0
 
 

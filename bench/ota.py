@@ -16,17 +16,21 @@ the real installer against a file:// repository, once with deltas and once witho
 of --repeats installs. The publisher's default publishes a delta only when it is at most
 50% of the full archive; here every delta is published so its size can be reported.
 
-    python bench/ota.py [--repeats 3] [--out runs/bench/ota]
+    python bench/ota.py [--repeats 3] [--out runs/bench/ota] [--tables-json results/ota.json]
+    python bench/ota.py --from-json runs/bench/ota/ota.json --tables-json results/ota.json \\
+        --command "..." --provenance "..."     # re-render an earlier run's table
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import platform
 import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +101,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("runs/bench/ota"))
+    ap.add_argument("--tables-json", type=Path, help="also write the table for scripts/render_tables.py "
+                                                     "(e.g. results/ota.json)")
+    ap.add_argument("--from-json", type=Path, metavar="OTA_JSON",
+                    help="run nothing: print (and with --tables-json write) the table of an earlier run's ota.json")
+    ap.add_argument("--command", help="with --from-json: the command that produced OTA_JSON")
+    ap.add_argument("--provenance", help="with --from-json: when and where OTA_JSON was measured")
     a = ap.parse_args(argv)
+    if a.from_json is not None:
+        return _from_json(a)
     rng = np.random.default_rng(0)
     base = {"W1": rng.standard_normal((L, H)) / np.sqrt(L), "W2": rng.standard_normal((H, F)) / np.sqrt(H),
             "V1": rng.standard_normal((F, F)) / np.sqrt(F), "V2": rng.standard_normal((F, C)) / np.sqrt(F)}
@@ -153,14 +165,7 @@ def main(argv=None) -> int:
             assert OtaUpdater(dev, config=cfg).update()["release"] == n
             mark_good(dev)
 
-    hdr = ["update", "full tar", "delta", "delta/full", "fetched full", "fetched delta", "fetch ratio",
-           "install full s", "install delta s"]
-    for r in results:
-        rows.append([r["update"], f"{r['full_bytes'] / 1e6:.3f} MB", f"{r['delta_bytes'] / 1e6:.3f} MB",
-                     f"{r['delta_bytes'] / r['full_bytes']:.3f}", f"{r['full_fetched_bytes'] / 1e6:.3f} MB",
-                     f"{r['delta_fetched_bytes'] / 1e6:.3f} MB",
-                     f"{r['delta_fetched_bytes'] / r['full_fetched_bytes']:.3f}",
-                     f"{r['full_seconds']:.3f}", f"{r['delta_seconds']:.3f}"])
+    hdr, rows = ota_table(results)
     widths = [max(len(str(x)) for x in col) for col in zip(hdr, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     print(line(hdr))
@@ -176,11 +181,58 @@ def main(argv=None) -> int:
         print(f"  {r['update']}: delta path download+verify {p['download_verify']:.3f} s, canaries {p['canaries']:.3f} s, "
               f"slot write+commit {p['install']:.3f} s")
     a.out.mkdir(parents=True, exist_ok=True)
+    doc = {"model": {"L": L, "H": H, "F": F, "C": C, "weights": "seeded random, not trained"},
+           "repeats": a.repeats, "results": results, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
     tmpf = a.out / "ota.json.tmp"
-    tmpf.write_text(json.dumps({"model": {"L": L, "H": H, "F": F, "C": C, "weights": "seeded random, not trained"},
-                                "repeats": a.repeats, "results": results}, indent=2))
+    tmpf.write_text(json.dumps(doc, indent=2))
     os.replace(tmpf, a.out / "ota.json")
     print(f"wrote {a.out / 'ota.json'}")
+    if a.tables_json:
+        cmd = "python bench/ota.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_tables_json(doc, a.tables_json, cmd, f"measured {doc['date']} on {doc['machine']} (shared), "
+                                                   f"median of {a.repeats} installs")
+    return 0
+
+
+def ota_table(results):
+    """(headers, rows) of the cost table from the ``results`` list of ``ota.json`` (what the run prints)."""
+    hdr = ["update", "full tar", "delta", "delta/full", "fetched full", "fetched delta", "fetch ratio",
+           "install full s", "install delta s"]
+    rows = [[r["update"], f"{r['full_bytes'] / 1e6:.3f} MB", f"{r['delta_bytes'] / 1e6:.3f} MB",
+             f"{r['delta_bytes'] / r['full_bytes']:.3f}", f"{r['full_fetched_bytes'] / 1e6:.3f} MB",
+             f"{r['delta_fetched_bytes'] / 1e6:.3f} MB", f"{r['delta_fetched_bytes'] / r['full_fetched_bytes']:.3f}",
+             f"{r['full_seconds']:.3f}", f"{r['delta_seconds']:.3f}"] for r in results]
+    return hdr, rows
+
+
+def tables_json(doc: dict, command: str, provenance: str) -> dict:
+    """The cost table of an ``ota.json`` in scripts/render_tables.py's format (``results/ota.json``)."""
+    hdr, rows = ota_table(doc["results"])
+    return {"command": command, "provenance": provenance, "headers": hdr, "rows": rows}
+
+
+def write_tables_json(doc: dict, path: Path, command: str, provenance: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(tables_json(doc, command, provenance), indent=2) + "\n")
+    os.replace(tmp, path)
+    print(f"tables: {path}")
+    return path
+
+
+def _from_json(a) -> int:
+    """Re-render an earlier run's table without installing anything."""
+    doc = json.loads(a.from_json.read_text())
+    hdr, rows = ota_table(doc["results"])
+    for line in ["| " + " | ".join(hdr) + " |", "|" + "|".join("---" for _ in hdr) + "|",
+                 *("| " + " | ".join(r) + " |" for r in rows)]:
+        print(line)
+    if a.tables_json:
+        if not a.command or not a.provenance:
+            print("--from-json with --tables-json needs --command and --provenance", file=sys.stderr)
+            return 2
+        write_tables_json(doc, a.tables_json, a.command, a.provenance)
     return 0
 
 

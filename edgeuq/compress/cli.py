@@ -1,7 +1,9 @@
-"""``edgeuq distill`` / ``edgeuq prune`` / ``edgeuq search``: the compression stages."""
+"""``edgeuq distill`` / ``edgeuq prune`` / ``edgeuq search`` (+ ``search-table``): the compression stages."""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from ..cli_args import add_data_arguments
@@ -136,15 +138,19 @@ def _cmd_search(a: argparse.Namespace) -> int:
     res = save_search_result(out / "result", board.name, budgets, records_, front, pick,
                              {"checkpoint": str(ck.directory), "checkpoint_sha256": ck.sha256, "data": source,
                               "latency_measured_on": "this host, edgeuq_runtime (ONNX Runtime), 1 thread"}, title)
-    headers = ["trial", *[f"keep{i}" for i in range(ck.config.depth)], "stochastic from", "bytes frac", "S",
-               "latency ms", "accuracy", "OOD AUROC", "bytes"]
-    rows = [[r.number, *[r.params[f"keep{i}"] for i in range(ck.config.depth)], r.params["stochastic_from"],
-             r.params["bytes_fraction"], r.params["samples"], f"{r.metrics['latency_ms']:.3f}",
-             f"{r.metrics['accuracy']:.4f}", f"{r.metrics['ood_auroc']:.3f}", f"{int(r.metrics['bytes']):,}"]
-            for r in sorted(front, key=lambda r: r.metrics["latency_ms"])]
+    trials = [r.to_dict() for r in records_]
+    headers, rows = pareto_table(trials, [r.number for r in front])
     print(f"\nPareto set ({len(front)} of {len(records_)} trials, {sum(r.feasible for r in records_)} within "
           f"{board.name}'s budgets; objectives {[k for k, _ in OBJECTIVES]}):")
     print(format_table(headers, rows, markdown=True))
+    if a.tables_json:
+        import time
+
+        cmd = "edgeuq search " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "edgeuq search ..."
+        prov = (f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on this host "
+                f"({platform.machine()}, {os.cpu_count()} cores), ONNX Runtime, 1 thread; "
+                f"search result {res.directory}")
+        _write_search_tables(res.to_meta(), Path(a.tables_json), cmd, prov)
     if pick is None:
         print(f"no trial meets {board.name}'s budgets; no bundle chosen")
         return 1
@@ -154,6 +160,72 @@ def _cmd_search(a: argparse.Namespace) -> int:
     shutil.copytree(pick.artifact, dest)
     print(f"\nchosen for {board.name}: trial {pick.number} -> {dest}; result {res.directory} "
           f"(plot {res.directory / 'pareto.png'})")
+    return 0
+
+
+def pareto_table(trials, pareto) -> tuple:
+    """(headers, rows) of the Pareto set, fastest first, from the trial dicts of a ``compress_search`` result
+    (``search.json`` meta ``trials`` / ``pareto``): what ``edgeuq search`` prints."""
+    by_number = {int(t["number"]): t for t in trials}
+    missing = [n for n in pareto if int(n) not in by_number]
+    if missing:
+        raise ValueError(f"Pareto trials {missing} are not among the result's trials")
+    front = [by_number[int(n)] for n in pareto]
+    depth = len([k for k in (front[0]["params"] if front else {}) if k.startswith("keep")])
+    headers = ["trial", *[f"keep{i}" for i in range(depth)], "stochastic from", "bytes frac", "S",
+               "latency ms", "accuracy", "OOD AUROC", "bytes"]
+    rows = [[t["number"], *[t["params"][f"keep{i}"] for i in range(depth)], t["params"]["stochastic_from"],
+             t["params"]["bytes_fraction"], t["params"]["samples"], f"{t['metrics']['latency_ms']:.3f}",
+             f"{t['metrics']['accuracy']:.4f}", f"{t['metrics']['ood_auroc']:.3f}", f"{int(t['metrics']['bytes']):,}"]
+            for t in sorted(front, key=lambda t: t["metrics"]["latency_ms"])]
+    return headers, rows
+
+
+def search_tables_json(meta, command: str, provenance: str) -> dict:
+    """The Pareto table of a ``compress_search`` result in scripts/render_tables.py's format."""
+    headers, rows = pareto_table(meta["trials"], meta["pareto"])
+    n, ok = len(meta["trials"]), sum(bool(t["feasible"]) for t in meta["trials"])
+    return {"command": command, "provenance": provenance, "headers": headers, "rows": rows,
+            "note": f"{n} trials, {ok} within {meta['board']}'s budgets, {len(meta['pareto'])} on the Pareto front; "
+                    + (f"board's pick: trial {meta['chosen']}." if meta.get("chosen") is not None
+                       else "no trial within the budgets, none picked.")}
+
+
+def _write_search_tables(meta, path: Path, command: str, provenance: str) -> Path:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(search_tables_json(meta, command, provenance), indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    print(f"tables: {path}")
+    return path
+
+
+def _cmd_search_table(a: argparse.Namespace) -> int:
+    import json
+
+    from ..report import format_table
+
+    path = Path(a.result)
+    path = path / "search.json" if path.is_dir() else path
+    if not path.is_file():
+        print(f"edgeuq search-table: {path} not found (expected a search result folder or its search.json)",
+              file=sys.stderr)
+        return 2
+    doc = json.loads(path.read_text())
+    if doc.get("kind") != "compress_search":
+        print(f"edgeuq search-table: {path} is a {doc.get('kind')!r} artifact, not a compress_search result",
+              file=sys.stderr)
+        return 2
+    meta = doc["meta"]
+    print(format_table(*pareto_table(meta["trials"], meta["pareto"]), markdown=True))
+    if a.tables_json:
+        if not a.command or not a.provenance:
+            print("edgeuq search-table: --tables-json needs --command and --provenance (how the search was run, "
+                  "and when/where)", file=sys.stderr)
+            return 2
+        _write_search_tables(meta, Path(a.tables_json), a.command, a.provenance)
     return 0
 
 
@@ -221,4 +293,14 @@ def register(subparsers) -> None:
     p.add_argument("--calibration", type=int, default=256)
     p.add_argument("--repeats", type=int, default=30, help="timed repeats per latency measurement")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tables-json", help="also write the Pareto table for scripts/render_tables.py "
+                                         "(e.g. results/compress_search.json)")
     p.set_defaults(func=_cmd_search)
+
+    p = subparsers.add_parser("search-table", help="print the Pareto table of a saved search result (and write it "
+                                                   "for scripts/render_tables.py) without searching again")
+    p.add_argument("result", help="search result folder (OUT/result) or its search.json")
+    p.add_argument("--tables-json", help="write the table here (e.g. results/compress_search.json)")
+    p.add_argument("--command", help="the `edgeuq search` command that produced the result (recorded in the JSON)")
+    p.add_argument("--provenance", help="when and where the search ran (recorded in the JSON)")
+    p.set_defaults(func=_cmd_search_table)

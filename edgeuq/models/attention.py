@@ -40,6 +40,7 @@ class AttentionBase(nn.Module, ABC):
         self.heads = heads
         self.head_dim = head_dim
         inner = heads * head_dim
+        self.dim = dim
         self.qkv = qkv if qkv is not None else nn.Linear(dim, 3 * inner)
         self.proj = proj if proj is not None else nn.Linear(inner, dim)
 
@@ -57,7 +58,8 @@ class AttentionBase(nn.Module, ABC):
         out = self.attention(q, k, v, noise, key_padding_bias(mask)).transpose(1, 2)
         # ``d`` (traced from the input's shape) when the widths agree keeps the exported graph of
         # uniform models exactly as it was; a narrower (pruned) block reshapes to its own width.
-        out = out.reshape(b, t, d if inner == d else inner)
+        # (The comparison is on the configured ints, so torch.fx tracing still works.)
+        out = out.reshape(b, t, d if inner == self.dim else inner)
         return apply_layer(self.proj, out, noise)
 
 

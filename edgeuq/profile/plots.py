@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, List, Sequence
 
+from .stage_names import ordered_stages as _ordered
+
 __all__ = ["write_plots", "plot_stages", "plot_vs_samples", "plot_targets"]
 
 STAGES_PNG = "stages.png"
@@ -22,8 +24,6 @@ def _plt() -> Any:
 
 
 def _stage_names(report: Any) -> List[str]:
-    from .report import _ordered
-
     names: List[str] = []
     for per in report.stages.values():
         names += [n for n in _ordered(per) if n not in names and n != "sum of stages"]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Union
 
 from ..artifact import Artifact, ArtifactError, ArtifactWriter
+from .stage_names import STAGES, ordered_stages as _ordered
 
 __all__ = ["LatencyReport", "LOCATIONS", "STAGES", "save_latency_report", "load_latency_report", "stage_table",
            "samples_table", "operator_table", "targets_table"]
@@ -27,7 +28,6 @@ __all__ = ["LatencyReport", "LOCATIONS", "STAGES", "save_latency_report", "load_
 #: Where a report's times were taken (see the module docstring).
 LOCATIONS = ("host", "remote", "emulated")
 #: The stages of one inference, in order (a report may hold a subset; ``notes`` say why).
-STAGES = ("validate_normalize", "trunk", "noise", "head", "decompose")
 _STAT_KEYS = ("median_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms", "repeats")
 
 
@@ -151,13 +151,6 @@ def load_latency_report(path: Union[str, Path]) -> LatencyReport:
 
 def _fmt(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.3f}"
-
-
-def _ordered(names: Any) -> List[str]:
-    """Stage names in inference order (STAGES first, then others, "sum of stages" last)."""
-    names = list(names)
-    rank = {n: i for i, n in enumerate(STAGES)}
-    return sorted(names, key=lambda n: (n == "sum of stages", rank.get(n, len(STAGES)), n))
 
 
 def stage_table(report: LatencyReport, samples: Optional[int] = None) -> Tuple[List[str], List[List[str]]]:

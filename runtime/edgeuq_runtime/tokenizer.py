@@ -54,6 +54,17 @@ def split_words(text: str, lowercase: bool = True) -> List[str]:
     return _TOKEN_RE.findall(norm)
 
 
+
+def encode_texts(encode: Any, texts: Iterable[str]) -> np.ndarray:
+    """int64 ids (len(texts), max_length) from a tokenizer's one-text ``encode`` (shared by the
+    word and WordPiece tokenizers); refuses a bare string and an empty batch."""
+    if isinstance(texts, str):
+        raise InputError("encode_batch needs a sequence of strings, got one string (wrap it in a list)")
+    rows = [encode(t) for t in texts]
+    if not rows:
+        raise InputError("encode_batch got no texts")
+    return np.asarray(rows, dtype=np.int64)
+
 @dataclass(frozen=True)
 class WordTokenizer:
     """Vocabulary + fixed length. ``vocab[0]`` pads, ``vocab[1]`` is unknown."""
@@ -99,12 +110,7 @@ class WordTokenizer:
 
     def encode_batch(self, texts: Iterable[str]) -> np.ndarray:
         """int64 array of shape (len(texts), max_length)."""
-        if isinstance(texts, str):
-            raise InputError("encode_batch needs a sequence of strings, got one string (wrap it in a list)")
-        rows = [self.encode(t) for t in texts]
-        if not rows:
-            raise InputError("encode_batch got no texts")
-        return np.asarray(rows, dtype=np.int64)
+        return encode_texts(self.encode, texts)
 
     def decode(self, ids: Sequence[int]) -> List[str]:
         """Tokens of non-padding ids (for inspection)."""

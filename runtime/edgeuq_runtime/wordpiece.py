@@ -50,6 +50,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError, ManifestError
+from .tokenizer import encode_texts
 
 __all__ = ["WordPieceTokenizer", "WORDPIECE_FORMAT", "load_tokenizer", "bert_normalize", "bert_pre_tokenize"]
 
@@ -243,12 +244,7 @@ class WordPieceTokenizer:
 
     def encode_batch(self, texts: Iterable[str]) -> np.ndarray:
         """int64 array of shape (len(texts), max_length)."""
-        if isinstance(texts, str):
-            raise InputError("encode_batch needs a sequence of strings, got one string (wrap it in a list)")
-        rows = [self.encode(t) for t in texts]
-        if not rows:
-            raise InputError("encode_batch got no texts")
-        return np.asarray(rows, dtype=np.int64)
+        return encode_texts(self.encode, texts)
 
     def decode(self, ids: Sequence[int]) -> List[str]:
         """Tokens of non-padding ids (for inspection)."""
