@@ -24,6 +24,18 @@ def cwru_dir() -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models train faster on one torch thread (and do not oversubscribe a shared CI box);
+    a module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # Optional extras (tvm, hls4ml): skipped on a developer machine, a FAILURE under CI=true.
 # Test modules import the helper as ``from require_extras import require_extra``.
 from require_extras import in_ci, require_extra  # noqa: E402,F401

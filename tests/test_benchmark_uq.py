@@ -11,13 +11,7 @@ from edgeuq.benchmark.tables import format_tables
 from edgeuq.cli import build_parser
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models train faster on one thread (and do not oversubscribe a shared CI box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _toy(n, seed, length=128):

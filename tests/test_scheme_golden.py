@@ -26,12 +26,7 @@ BUILD = json.loads((DATA / "scheme_build_golden.json").read_text())
 TRAIN = json.loads((DATA / "scheme_train_golden.json").read_text())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sha(t):

@@ -18,13 +18,7 @@ from edgeuq_runtime import UncertaintyRuntime
 from edgeuq_runtime.noise import sample_noise_tiled
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models train faster on one thread (and do not oversubscribe a shared CI box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CLASSES = ("negative", "positive")

@@ -18,13 +18,7 @@ from edgeuq.training import save_checkpoint
 from edgeuq.uq import auroc, nll
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models train faster on one thread (and do not oversubscribe a shared CI box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CLASSES = ("normal", "inner_race", "outer_race")
