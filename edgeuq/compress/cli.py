@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..cli_args import add_data_arguments
+from ..cli_args import add_data_arguments, add_progress_argument
 
 __all__ = ["register"]
 
@@ -251,7 +251,7 @@ def register(subparsers) -> None:
     p.add_argument("--teacher-samples", type=int, default=32, help="teacher samples per transfer window")
     p.add_argument("--student-samples", type=int, default=8, help="student head samples per window per step")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    add_progress_argument(p)
     p.set_defaults(func=_cmd_distill)
 
     p = subparsers.add_parser("prune", help="Fisher-guided structured pruning of heads and FFN neurons "
@@ -273,7 +273,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-tune", action="store_true")
     p.add_argument("--distill-epochs", type=int, default=0, help="then distil from the unpruned model (0: no)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    add_progress_argument(p)
     p.set_defaults(func=_cmd_prune)
 
     p = subparsers.add_parser("search", help="NSGA-II search over pruning, stochastic part, bit allocation and S "
@@ -283,7 +283,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder: result/ (search.json, pareto.png), trials/, "
                                                 "bundle-<board>/")
     p.add_argument("--recipe", default="bearing-demo", help="recipe of the data (window, hop, synthetic settings)")
-    p.add_argument("--data", help="CWRU folder (with MANIFEST.csv); default: the recipe's synthetic data")
+    add_data_arguments(p)
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--population", type=int, default=8)
     p.add_argument("--journal", help="optuna journal file (default OUT/search.journal); rerun to resume")
