@@ -6,6 +6,7 @@ head:  features (N, 8), mask_0 (N, 8) -> logits = (features * mask_0) @ V    V: 
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,3 +117,20 @@ def require_extra(module: str, why: str, needed: bool = True) -> ModuleType:
             pytest.fail(f"CI=true and {msg}", pytrace=False)
         pytest.skip(msg, allow_module_level=True)
         raise  # unreachable
+
+
+def ref_flag(row) -> str:
+    """Brute-force input-quality flag of one window (a plain-Python loop, the tests' reference
+    for ``edgeuq_runtime.preprocess.input_quality``): "flat", "clipped" or ""."""
+    if len(set(row)) == 1:
+        return "flat"
+    need = max(3, math.ceil(0.05 * len(row)))
+    for extreme in (max(row), min(row)):
+        hits = [v == extreme for v in row]
+        run = best = 0
+        for h in hits:
+            run = run + 1 if h else 0
+            best = max(best, run)
+        if sum(hits) >= need and best >= 3:
+            return "clipped"
+    return ""

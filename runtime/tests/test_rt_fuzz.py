@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import pytest
 
-from rt_helpers import C, F, L, in_ci, require_extra, softmax
+from rt_helpers import C, F, L, in_ci, ref_flag, require_extra, softmax
 
 hypothesis = require_extra("hypothesis", "the runtime's test extra (pip install -e 'runtime[test]')")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -96,21 +96,6 @@ def ref_zscore(row: np.ndarray) -> np.ndarray:
     if var == 0:
         return np.zeros(n)
     return np.array([(1.0 if x > 0 else -1.0) * math.sqrt(float(x * x / var)) for x in d])
-
-
-def ref_flag(row: List[float]) -> str:
-    if len(set(row)) == 1:
-        return "flat"
-    need = max(3, math.ceil(0.05 * len(row)))
-    for extreme in (max(row), min(row)):
-        hits = [v == extreme for v in row]
-        run = best = 0
-        for h in hits:
-            run = run + 1 if h else 0
-            best = max(best, run)
-        if sum(hits) >= need and best >= 3:
-            return "clipped"
-    return ""
 
 
 def ref_valid_windows(x: Any) -> Optional[np.ndarray]:
