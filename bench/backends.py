@@ -1,22 +1,37 @@
 """Backends on x86, one run: TVM (untuned, tuned) vs ONNX Runtime vs PyTorch on the trunk and head.
 
-    python bench/backends.py [--trials 256] [--samples 16] [--batch 1] [--threads 1] [--repeats 50]
-                             [--targets x86-64 host] [--json results/backends.json]
+    python bench/backends.py [--trials 0] [--samples 16] [--batch 1] [--threads 1] [--repeats 50]
+                             [--targets x86-64 host] [--tuning-db DIR]
+                             [--json results/backends.json] [--kernels-json results/backends_kernels.json]
 
 The model is the demo recipe's architecture (bearing-demo: conv patch embedding, d=64,
 3 blocks, last block + head stochastic) with random weights (speed does not depend on
 training), or ``--checkpoint DIR``. The trunk runs on ``batch`` windows, the head on
 ``samples * batch`` rows (one S-sample inference). Every backend gets the same inputs
-and threads. TVM tuned: MetaSchedule with ``--trials`` new trials per graph, added to
-the per-target database under ``<toolchains>/tuning`` (so repeated runs keep improving;
-``--trials 0`` only reuses it). ``--targets``: TVM target descriptors to compare in the same
-run (``host``: the best host-ISA descriptor for this CPU from /proc/cpuinfo, e.g.
-``x86-64-avx512``). Prints medians and ratios to ONNX Runtime.
+and threads, and all are timed interleaved (one call of each, then again), so drift in
+this shared machine's speed hits every row alike.
+
+Per TVM target descriptor (``--targets``; ``host`` = the best host-ISA descriptor for this
+CPU from /proc/cpuinfo, e.g. ``x86-64-avx512``):
+
+* ``tvm untuned``: default schedules, dynamic batch, no database at all;
+* ``tvm tuned``: what ``edgeuq compile`` gives with ``--tune N``: the tuning database that
+  ships with the package for the demo architecture (``edgeuq/lower/tvm/tuning/<target>``),
+  plus the records in ``--tuning-db`` (default: a fresh empty folder) and ``--trials`` new
+  MetaSchedule trials per graph added to it (default 0: the shipped database only). The row
+  names its tuning state (``tuned (shipped database)``, ``tuned``, ``reused``).
+
+Every TVM library is checked against ONNX Runtime on the same inputs (a mismatch above
+1e-3 fails the run). One run writes both tables (``--json``, ``--kernels-json``; ``''``
+skips) for ``scripts/render_tables.py``: the latency table with ratios to ONNX Runtime,
+and where the TVM time goes (Relax VM instrument: compiled kernels vs VM builtins).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -24,23 +39,63 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _write_json(path: str, doc: dict) -> None:
+    out = Path(path)
+    if not out.is_absolute():
+        out = ROOT / out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}")
+
+
+def _kernel_row(role: str, label: str, table: list) -> list:
+    kernels = [r for r in table if r["op"] == "kernel"]
+    builtins = [r for r in table if r["op"] != "kernel"]
+    k_ms = sum(r["us_per_run"] for r in kernels) / 1e3
+    b_ms = sum(r["us_per_run"] for r in builtins) / 1e3
+    total = k_ms + b_ms
+    heavy = sum(r["us_per_run"] for r in kernels if any(s in r["name"] for s in ("matmul", "conv"))) / 1e3
+    top = ", ".join(f"{r['name'][:28]} {r['us_per_run'] / 1e3:.2f}" for r in kernels[:3])
+    return [role, label, f"{sum(r['calls_per_run'] for r in kernels):.0f}", f"{k_ms:.3f}",
+            f"{sum(r['calls_per_run'] for r in builtins):.0f}", f"{b_ms:.3f}",
+            f"{100 * heavy / total:.0f} %" if total > 0 else "-", top]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="checkpoint directory (default: demo architecture, random weights)")
-    p.add_argument("--trials", type=int, default=256, help="new MetaSchedule trials per graph (0: reuse database)")
+    p.add_argument("--trials", type=int, default=0,
+                   help="new MetaSchedule trials per graph on top of the shipped database (default 0)")
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--tuning-db", help="folder of per-target databases (default <toolchains>/tuning)")
-    p.add_argument("--json", help="also write the table for scripts/render_tables.py (e.g. results/backends.json)")
-    p.add_argument("--targets", nargs="+", default=["x86-64"],
-                   help="TVM target descriptors (default x86-64; 'host' = detected host ISA)")
+    p.add_argument("--tuning-db", help="folder of per-target user databases (default: a fresh empty folder)")
+    p.add_argument("--json", default="results/backends.json", help="latency table JSON ('' to skip)")
+    p.add_argument("--kernels-json", default="results/backends_kernels.json",
+                   help="where-the-TVM-time-goes table JSON ('' to skip)")
+    p.add_argument("--targets", nargs="+", default=["x86-64", "host"],
+                   help="TVM target descriptors (default x86-64 host; 'host' = detected host ISA)")
     a = p.parse_args(argv)
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads))
+    load_before = os.getloadavg()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
     import onnxruntime as ort
     import torch
@@ -49,8 +104,11 @@ def main(argv=None) -> int:
     from edgeuq.export import export_onnx
     from edgeuq.lower import lower
     from edgeuq.lower.tvm.numerics import max_error
-    from edgeuq.profile import measure_stages
+    from edgeuq.lower.tvm.targets import cpu_flags, detect_host_target
+    from edgeuq.lower.tvm.tune import shipped_dir
     from edgeuq.models import ModelConfig, SignalTransformer
+    from edgeuq.profile import measure_stages
+    from edgeuq.profile.tvm_rpc import tvm_kernel_table
     from edgeuq.report import format_table
     from edgeuq.training import load_checkpoint, save_checkpoint
     from edgeuq_runtime.executors.tvm import load_tvm
@@ -68,29 +126,44 @@ def main(argv=None) -> int:
         ck = save_checkpoint(SignalTransformer(cfg), work / "ck", tuple(rec.data["classes"]), float(rec.data["fs_hz"]))
     model = ck.load_model().eval()
     art = export_onnx(ck, work / "onnx")
-    from edgeuq.lower.tvm.targets import detect_host_target
 
     names = list(dict.fromkeys(detect_host_target() if t == "host" else t for t in a.targets))
-    db = Path(a.tuning_db) if a.tuning_db else None
+    db = Path(a.tuning_db) if a.tuning_db else work / "user-db"
     print(f"model: d={model.cfg.d_model} depth={model.cfg.depth} L={model.cfg.input_length}; trunk batch {a.batch}, "
-          f"head rows {a.samples * a.batch}; {a.threads} thread(s); tuning +{a.trials} trials per graph; "
-          f"targets {names}", flush=True)
-    builds, compile_s = {}, {}
+          f"head rows {a.samples * a.batch}; {a.threads} thread(s); tuned = shipped database + {db} "
+          f"+ {a.trials} new trials per graph; targets {names}", flush=True)
+    builds, notes = {}, []
     for name in names:
         target = get_target(name)
         t0 = time.perf_counter()
         builds[f"tvm untuned {name}"] = lower("tvm", art, target, work / f"untuned-{name}", samples=a.samples,
-                                              batch=a.batch, check="none", tuning_root=work / "no-db")
-        compile_s[f"tvm untuned {name}"] = time.perf_counter() - t0
+                                              batch=a.batch, check="none", tuning_root=work / "no-db",
+                                              shipped_database=False)
+        notes.append(f"tvm untuned {name}: compiled in {time.perf_counter() - t0:.1f} s")
         t0 = time.perf_counter()
         tuned = lower("tvm", art, target, work / f"tuned-{name}", samples=a.samples, batch=a.batch,
                       tune_trials=a.trials, tuning_root=db, check="none",
                       progress=lambda m: print("  " + m, flush=True))
-        if tuned.metadata["tuning"] == "untuned":   # no trials and no database records: same as the untuned build
-            print(f"  {name}: nothing tuned (no trials, no database records): no 'tuned' row")
+        state = tuned.metadata["tuning"]
+        if state == "untuned":   # no shipped database, no user records, no trials: same as the untuned build
+            notes.append(f"{name}: nothing tuned (no shipped database for this target, no records, no trials): "
+                         "no 'tuned' row")
+            print("  " + notes[-1])
             continue
-        builds[f"tvm tuned {name}"] = tuned
-        compile_s[f"tvm tuned {name}"] = time.perf_counter() - t0
+        label = f"tvm {state} {name}"
+        builds[label] = tuned
+        sd = shipped_dir(name)
+        if sd is not None and (sd / "provenance.json").is_file():
+            prov = json.loads((sd / "provenance.json").read_text())
+            tpt = prov.get("trials_per_task", {})
+            notes.append(f"shipped database {name}: tuned {prov.get('tuned')} on {prov.get('cpu')}, "
+                         f"{prov.get('records_measured')} trials over {prov.get('tasks')} tasks "
+                         f"({tpt.get('min')}-{tpt.get('max')} per task), {prov.get('shipped_records')} records shipped")
+        graphs = tuned.metadata["graphs"]
+        notes.append(f"{label}: compiled in {time.perf_counter() - t0:.1f} s; " + ", ".join(
+            f"{r} batch {m['batch']}, {m['tuning'].get('shipped_tasks', 0)} of {m['tuning'].get('tasks', '?')} tasks "
+            f"from the shipped database ({'yes' if shipped_dir(name) else 'none'}), "
+            f"{m['tuning'].get('records', 0)} user records" for r, m in graphs.items()))
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((a.batch, art.input_length)).astype(np.float32)
@@ -101,7 +174,7 @@ def main(argv=None) -> int:
     feeds = {"trunk": {art.input_name: x}, "head": {art.feature_name: tiled, **sample_noise(art.noise, rows_n, rng)}}
     so = ort.SessionOptions()
     so.intra_op_num_threads = so.inter_op_num_threads = a.threads
-    rows = []
+    rows, kernel_rows, failures = [], [], []
     for role in ("trunk", "head"):
         path = art.trunk_path if role == "trunk" else art.head_path
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -111,9 +184,11 @@ def main(argv=None) -> int:
             g = getattr(res, role)
             graph = load_tvm(g.file, a.threads, g.options)
             err = max_error(graph.run(feeds[role]), ref)
-            runs[label] = lambda gr=graph, f=feeds[role]: gr.run(f)
             if not err <= 1e-3:
-                print(f"WARNING: {label} {role} differs from ONNX Runtime by {err:.3g}")
+                failures.append(f"{label} {role} differs from ONNX Runtime by {err:.3g}")
+            runs[label] = lambda gr=graph, f=feeds[role]: gr.run(f)
+            arrays = [feeds[role][n] for n in g.options["inputs"]]
+            kernel_rows.append(_kernel_row(role, label, tvm_kernel_table(g.file, arrays, warmup=3, repeats=20)[0]))
         tf = {k: torch.from_numpy(v) for k, v in feeds[role].items()}
         with torch.no_grad():
             if role == "trunk":
@@ -124,33 +199,40 @@ def main(argv=None) -> int:
             stats = measure_stages(runs, warmup=5, repeats=a.repeats)   # interleaved: drift hits all alike
             ms = {k: stats[k].median_ms for k in runs}
         for k, v in ms.items():
-            rows.append([role, k, round(v, 3), round(v / ms["onnxruntime"], 2)])
+            rows.append([role, k, f"{v:.3f}", f"{v / ms['onnxruntime']:.2f}"])
+    if failures:
+        print("FAILED numerics:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    headers = ["graph", "backend", "median ms", "x ONNX Runtime"]
+    k_headers = ["graph", "TVM build", "kernel calls", "kernels ms", "VM builtin calls", "builtins ms",
+                 "matmul+conv share", "top kernels (ms)"]
     print()
-    print(format_table(("graph", "backend", "median ms", "x ONNX Runtime"), rows))
+    print(format_table(headers, rows))
     print()
-    notes = []
-    for label, res in builds.items():
-        graphs = res.metadata["graphs"]
-        notes.append(f"compile {label}: {compile_s[label]:.1f} s ({res.metadata['tuning']}; "
-                     + ", ".join(f"{r}: {m['tuning'].get('records', 0)} records" for r, m in graphs.items()) + ")")
-        print(notes[-1])
-    if a.json:
-        import json
-        import platform
+    print(format_table(k_headers, kernel_rows))
+    print()
+    for n in notes:
+        print(n)
+    load_after = os.getloadavg()
+    import onnxruntime
+    import tvm
 
-        cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                    if l.startswith("model name")), platform.processor())
-        argv_s = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
-        doc = {"command": f"python bench/backends.py {argv_s}".strip(),
-               "provenance": (f"measured {time.strftime('%Y-%m-%d', time.gmtime())} on {cpu}, {os.cpu_count()} cores "
-                              f"(shared), {a.threads} thread(s), one run; trunk {a.batch} window(s), head "
-                              f"{rows_n} rows; tuning +{a.trials} trials per graph"),
-               "headers": ["graph", "backend", "median ms", "x ONNX Runtime"],
-               "rows": [[r[0], r[1], f"{r[2]:.3f}", f"{r[3]:.2f}"] for r in rows],
-               "note": "; ".join(notes)}
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"wrote {a.json}")
+    isa = "AVX-512" if "avx512f" in cpu_flags() else "AVX2" if "avx2" in cpu_flags() else "no AVX2"
+    argv_s = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
+    command = f"python bench/backends.py {argv_s}".strip()
+    provenance = (f"measured {started} on {_cpu_name()} ({isa}), {os.cpu_count()} cores shared with other jobs "
+                  f"(load average {load_before[0]:.2f} before, {load_after[0]:.2f} after), {a.threads} thread(s), "
+                  f"one run; trunk {a.batch} window(s), head {rows_n} rows; medians of {a.repeats} interleaved calls; "
+                  f"tuned = shipped database + {a.trials} new trials per graph; TVM {tvm.__version__}, "
+                  f"ONNX Runtime {onnxruntime.__version__}, torch {torch.__version__}")
+    if a.json:
+        _write_json(a.json, {"command": command, "provenance": provenance, "headers": headers, "rows": rows,
+                             "note": "; ".join(notes)})
+    if a.kernels_json:
+        _write_json(a.kernels_json, {
+            "command": command, "provenance": provenance + "; per-instruction times from vm.set_instrument over 20 "
+                                                          "calls after 3 (each includes ~1 us of Python callback)",
+            "headers": k_headers, "rows": kernel_rows})
     return 0
 
 

@@ -106,6 +106,18 @@ def main(argv=None) -> int:
     ap.add_argument("--student-epochs", type=int, default=6)
     ap.add_argument("--student-teacher", choices=("mc_dropout", "laplace"), default="laplace",
                     help="which teacher head labels the transfer set")
+    ap.add_argument("--student-scheme", choices=("mc_dropout", "laplace"), default="laplace",
+                    help="the student's stochastic head: MC dropout (distilled with kl+uq) or a last-layer Laplace "
+                         "posterior fitted on its own features after distillation (distilled with kl)")
+    ap.add_argument("--student-augment", type=int, default=0, metavar="COPIES",
+                    help="add COPIES augmented copies of each transfer phrase (word masking + n-gram sampling, "
+                         "Tang et al. 2019), labelled by the teacher only")
+    ap.add_argument("--student-d-model", type=int, default=64)
+    ap.add_argument("--student-depth", type=int, default=2)
+    ap.add_argument("--student-ffn", type=int, default=128)
+    ap.add_argument("--calibrate-phrases", type=int, default=4000,
+                    help="training phrases that fit each bundle's density model (edgeuq calibrate; the teacher's "
+                         "trunk is slow on one thread, so a random subset)")
     ap.add_argument("--tables-json", type=Path, help="also write both tables for scripts/render_tables.py "
                                                      "(e.g. results/text_teacher.json)")
     ap.add_argument("--from-json", type=Path, metavar="RESULTS_JSON",
@@ -172,7 +184,7 @@ def main(argv=None) -> int:
     if a.student_only:  # teacher.pt and results.json of an earlier run; only the student stage runs
         results = json.loads((a.out / "results.json").read_text())
         model.scheme = a.student_teacher
-        results["student"] = _student(a, model, pre, tok, full_cache, ids_train, train.y, val,
+        results["student"] = _student(a, model, pre, tok, full_cache, ids_train, train.y, train.texts, val,
                                       _features(model, tok.encode_batch(val.texts)), sst["test"],
                                       {"trec_test": trec_test})
         results["student"]["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -225,7 +237,7 @@ def main(argv=None) -> int:
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
     if a.student:
-        results["student"] = _student(a, model, pre, tok, full_cache, ids_train, train.y, val, feats["val"],
+        results["student"] = _student(a, model, pre, tok, full_cache, ids_train, train.y, train.texts, val, feats["val"],
                                       sst["test"], {"trec_test": trec_test, "trec_train": trec_train})
     tmp = a.out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=1))
@@ -273,14 +285,19 @@ def teacher_table(results: dict):
     return headers, rows
 
 
+def _opt(row: dict, key: str):
+    """A score that only a calibrated bundle has: its value, or None ("–": not measured in that run)."""
+    return f"{row[key]:.3f}" if key in row else None
+
+
 def student_table(runs):
     """(headers, rows) of teacher vs student on the device runtime; ``runs``: [(run label, results.json), ...],
     each with a ``student`` section (one teacher row and one student row per run)."""
     samples = {r["samples"] for _, r in runs}
     if len(samples) != 1:
         raise ValueError(f"student runs with different S {sorted(samples)} cannot share one table")
-    headers = ["model", "acc", "ECE", "AUROC MI", "AUROC total H", "det ms", f"S={samples.pop()} ms", "ratio",
-               "bundle MB"]
+    headers = ["model", "acc", "ECE", "AUROC MI", "AUROC total H", "AUROC density", "AUROC combined", "det ms",
+               f"S={samples.pop()} ms", "ratio", "bundle MB"]
     rows = []
     for label, res in runs:
         st = res.get("student")
@@ -288,12 +305,19 @@ def student_table(runs):
             raise ValueError(f"run {label}: its results.json has no student section")
         epochs = (f", {st['epochs']} epochs" + (f", best epoch {st['best_epoch']}" if st.get("best_epoch") else "")
                   if st.get("epochs") else "")
+        cfg = st.get("config", {})
+        arch = (f"d {cfg['d_model']}, depth {cfg['depth']}, {HEAD_NAMES.get(cfg.get('scheme', 'mc_dropout'))} head, "
+                if cfg else "")
         for name, r in ((f"teacher, {HEAD_NAMES.get(st['teacher_head'], st['teacher_head'])} head (run {label})",
                          st["teacher"]),
-                        (f"student {label}: {st['phrases']:,} phrases{epochs} (distillation {st['distill_s']:.0f} s)",
+                        (f"student {label}: {arch}{st['phrases']:,} phrases"
+                         + (f" + {st['augmented']:,} augmented" if st.get("augmented") else "")
+                         + f"{epochs} (distillation "
+                         f"{st['distill_s']:.0f} s)",
                          st["student"])):
             rows.append([name, f"{r['acc']:.4f}", f"{r['ece']:.4f}", f"{r['auroc_trec_test_mi']:.3f}",
-                         f"{r['auroc_trec_test_total']:.3f}", f"{r['det_ms']:.2f}", f"{r['mc_ms']:.2f}",
+                         f"{r['auroc_trec_test_total']:.3f}", _opt(r, "auroc_trec_test_density"),
+                         _opt(r, "auroc_trec_test_combined"), f"{r['det_ms']:.2f}", f"{r['mc_ms']:.2f}",
                          f"{r['ratio']:.2f}", f"{r['bytes'] / 1e6:.2f}"])
     return headers, rows
 
@@ -350,8 +374,20 @@ def _from_json(a) -> int:
     return 0
 
 
+def _calibrate(bundle_dir, fit_ids, fit_y, cal_ids, cal_y, samples: int) -> None:
+    """``edgeuq calibrate`` on a text bundle, in place: density on ``fit_ids``' trunk features,
+    conformal and abstention thresholds on the held-out ``cal_ids``."""
+    from edgeuq.calibrate.fit import CalibrationOptions, calibrate_bundle
+
+    t0 = time.time()
+    calibrate_bundle(Path(bundle_dir), cal_ids, cal_y, fit_ids, fit_y, CalibrationOptions(samples=samples),
+                     log=lambda m: print(m, flush=True))
+    print(f"calibrated {bundle_dir} in {time.time() - t0:.0f}s", flush=True)
+
+
 def _runtime_eval(bundle_dir, test, ood: dict, samples: int, lat_texts) -> dict:
     """Accuracy, ECE, OOD AUROC (MI, total entropy, 1 - max p) and latency measured on the device runtime."""
+    from edgeuq.calibrate.scores import calibrated_extra_scores
     from edgeuq.uq import auroc, expected_calibration_error, nll
     from edgeuq_runtime import UncertaintyRuntime, load_bundle
 
@@ -359,22 +395,27 @@ def _runtime_eval(bundle_dir, test, ood: dict, samples: int, lat_texts) -> dict:
     r = rt.predict_text(list(test.texts), samples=samples, seed=3)
     row = {"acc": float(np.mean(r.prediction == test.y)), "ece": expected_calibration_error(r.probs, test.y),
            "nll": nll(r.probs, test.y)}
+    extra_in = calibrated_extra_scores(rt, rt.tokenize(list(test.texts)), r.epistemic)
     for name, ds in ood.items():
         o = rt.predict_text(list(ds.texts), samples=samples, seed=4)
         row[f"auroc_{name}_mi"] = auroc(r.epistemic, o.epistemic)
         row[f"auroc_{name}_total"] = auroc(r.total, o.total)
         row[f"auroc_{name}_maxp"] = auroc(1 - r.probs.max(-1), 1 - o.probs.max(-1))
+        extra_out = calibrated_extra_scores(rt, rt.tokenize(list(ds.texts)), o.epistemic)
+        for score in ("density", "combined"):  # only on a calibrated bundle; absent, never guessed
+            if extra_in and score in extra_in:
+                row[f"auroc_{name}_{score}"] = auroc(extra_in[score], extra_out[score])
     b = load_bundle(bundle_dir)
     row["bytes"] = int(sum((b.root / f).stat().st_size for f in b.manifest.files))
     row.update(_latency(rt, lat_texts, samples))
     return row
 
 
-def _student(a, teacher, pre, tok, cache, ids_train, y_train, val, val_feats, test, ood) -> dict:
+def _student(a, teacher, pre, tok, cache, ids_train, y_train, train_texts, val, val_feats, test, ood) -> dict:
     from edgeuq.bundle import build_bundle
     from edgeuq.compress.distill import DistillConfig
     from edgeuq.export import TOKENIZER_FILE, export_onnx
-    from edgeuq.text.distill import distill_text_student, student_config, teacher_transfer_sets
+    from edgeuq.text.distill import distill_text_student, fit_student_laplace, student_config, teacher_transfer_sets
 
     rng = np.random.default_rng(a.seed + 7)
     idx = np.sort(rng.permutation(len(cache))[:a.student_phrases])
@@ -382,28 +423,54 @@ def _student(a, teacher, pre, tok, cache, ids_train, y_train, val, val_feats, te
     t0 = time.time()
     labelled = teacher_transfer_sets(teacher, cache.subset(idx), ids_train[idx], val_feats, tok.encode_batch(val.texts),
                                      samples=16, seed=a.seed)
+    y_transfer = y_train[idx]
+    if a.student_augment:  # teacher-only labels on masked / n-gram copies (label -1: no human label)
+        from edgeuq.compress.transfer import TransferSet
+        from edgeuq.text.augment import AugmentConfig, augment_texts
+        from edgeuq.text.finetune import sample_probs
+
+        aug_ids = tok.encode_batch(augment_texts([train_texts[i] for i in idx],
+                                                 AugmentConfig(copies=a.student_augment, seed=a.seed)))
+        aug_probs = sample_probs(teacher, _features(teacher, aug_ids), 16, seed=a.seed + 3).astype(np.float32)
+        tr, va = labelled
+        labelled = (TransferSet(np.concatenate([tr.x, aug_ids]), np.concatenate([tr.probs, aug_probs], axis=1)), va)
+        y_transfer = np.concatenate([y_transfer, np.full(len(aug_ids), -1, dtype=np.int64)])
     t_label = time.time() - t0
-    print(f"student: transfer set of {len(idx)} phrases labelled by the {a.student_teacher} teacher "
-          f"(S=16) in {t_label:.0f}s", flush=True)
-    scfg = student_config(tok.vocab_size, tok.max_length)
-    dcfg = DistillConfig(epochs=a.student_epochs, batch_size=64, lr=2e-3, patience=3, seed=a.seed)
+    print(f"student: transfer set of {len(idx)} phrases (+ {len(y_transfer) - len(idx)} augmented copies) labelled "
+          f"by the {a.student_teacher} teacher (S=16) in {t_label:.0f}s", flush=True)
+    scfg = student_config(tok.vocab_size, tok.max_length, d_model=a.student_d_model, depth=a.student_depth,
+                          ffn=a.student_ffn, scheme=a.student_scheme)
+    # a Laplace student does not sample while it learns (its posterior comes after): match the teacher's mean
+    dcfg = DistillConfig(loss="kl+uq" if a.student_scheme == "mc_dropout" else "kl", epochs=a.student_epochs,
+                         batch_size=64, lr=2e-3, patience=3, seed=a.seed)
     t0 = time.time()
     ck = distill_text_student(teacher, f"MiniLM teacher ({a.student_teacher}) {a.out / 'teacher.pt'}",
-                              pre.weights_sha256, labelled, y_train[idx], val.y, scfg, a.out / "student",
+                              pre.weights_sha256, labelled, y_transfer, val.y, scfg, a.out / "student",
                               ("negative", "positive"), cfg=dcfg, log=lambda m: print(m, flush=True))
+    val_ids = tok.encode_batch(val.texts)
+    fit_idx = idx[rng.permutation(len(idx))[:10000]]
+    if a.student_scheme == "laplace":
+        ck = fit_student_laplace(ck, ids_train[fit_idx], val_ids, val.y, log=lambda m: print(m, flush=True))
     t_distill = time.time() - t0
     tok.save(Path(ck.directory) / TOKENIZER_FILE)
     art = export_onnx(ck, a.out / "student" / "onnx")
     bundle = build_bundle(art, a.out / "student" / "bundle", "minilm-sst2-student", "1", default_samples=a.samples,
                           overwrite=True)
     lat_texts = list(test.texts[:32])
+    cal_idx = np.sort(rng.permutation(len(ids_train))[:a.calibrate_phrases])
+    teacher_bundle = a.out / f"bundle-{a.student_teacher}"
+    for b in (bundle.root, teacher_bundle):
+        _calibrate(b, ids_train[cal_idx], y_train[cal_idx], val_ids, val.y, a.samples)
     row = _runtime_eval(bundle.root, test, ood, a.samples, lat_texts)
-    trow = _runtime_eval(a.out / f"bundle-{a.student_teacher}", test, ood, a.samples, lat_texts)
+    trow = _runtime_eval(teacher_bundle, test, ood, a.samples, lat_texts)
     best = dict(ck.metrics).get("distill", {}).get("best_epoch")
     return {"teacher_head": a.student_teacher, "phrases": int(len(idx)), "label_s": t_label,
+            "augmented": int(len(y_transfer) - len(idx)),
             "epochs": a.student_epochs, "best_epoch": best,
             "distill_s": t_distill, "config": {"d_model": scfg.d_model, "depth": scfg.depth, "heads": scfg.heads,
-                                               "ffn": scfg.ffn}, "student": row, "teacher": trow,
+                                               "ffn": scfg.ffn, "scheme": scfg.scheme, "loss": dcfg.loss},
+            "laplace": dict(ck.metrics).get("laplace"), "calibrate_phrases": int(len(cal_idx)),
+            "student": row, "teacher": trow,
             "bundle": str(bundle.root)}
 
 
@@ -412,12 +479,14 @@ def _print_side_by_side(results: dict) -> None:
     print(f"\nTeacher vs student on the device runtime (SST-2 test, OOD = TREC test; S = {results['samples']}, "
           f"one thread, batch 32; student: d={st['config']['d_model']}, depth {st['config']['depth']}, "
           f"{st['phrases']} teacher-labelled phrases, distillation {st['distill_s']:.0f}s)")
-    print(f"{'model':<22}{'acc':>7}{'ECE':>7}{'AUROC MI':>10}{'AUROC H':>9}{'det ms':>8}{'S ms':>8}{'ratio':>7}"
-          f"{'MB':>7}")
-    for name, r in ((f"teacher ({st['teacher_head']})", st["teacher"]), ("student (mc_dropout)", st["student"])):
+    print(f"{'model':<22}{'acc':>7}{'ECE':>7}{'AUROC MI':>10}{'AUROC H':>9}{'density':>9}{'combined':>9}"
+          f"{'det ms':>8}{'S ms':>8}{'ratio':>7}{'MB':>7}")
+    scheme = st.get("config", {}).get("scheme", "mc_dropout")
+    for name, r in ((f"teacher ({st['teacher_head']})", st["teacher"]), (f"student ({scheme})", st["student"])):
         print(f"{name:<22}{r['acc']:>7.4f}{r['ece']:>7.4f}{r['auroc_trec_test_mi']:>10.3f}"
-              f"{r['auroc_trec_test_total']:>9.3f}{r['det_ms']:>8.2f}{r['mc_ms']:>8.2f}{r['ratio']:>7.2f}"
-              f"{r['bytes'] / 1e6:>7.2f}")
+              f"{r['auroc_trec_test_total']:>9.3f}{_opt(r, 'auroc_trec_test_density') or '-':>9}"
+              f"{_opt(r, 'auroc_trec_test_combined') or '-':>9}{r['det_ms']:>8.2f}{r['mc_ms']:>8.2f}"
+              f"{r['ratio']:>7.2f}{r['bytes'] / 1e6:>7.2f}")
 
 
 if __name__ == "__main__":

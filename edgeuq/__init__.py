@@ -69,6 +69,9 @@ _API: Dict[str, Tuple[str, str]] = {
     "quantize_checkpoint": ("edgeuq.quantize", "quantize_checkpoint"),
     "compile_board": ("edgeuq.lower.compile", "compile_board"),
     "distill_stage": ("edgeuq.compress.stages", "distill_stage"),
+    "train_text_teacher": ("edgeuq.text.pipeline", "train_text_teacher"),
+    "TeacherOptions": ("edgeuq.text.pipeline", "TeacherOptions"),
+    "TextTeacher": ("edgeuq.text.pipeline", "TextTeacher"),
     "evaluate_bundle": ("edgeuq.evaluate", "evaluate_bundle"),
     "evaluate_sets": ("edgeuq.evaluate", "evaluate_sets"),
     # profiling

@@ -46,6 +46,7 @@ __all__ = [
     "ComputeTarget",
     "Budgets",
     "GraphPlacement",
+    "PlacementPolicy",
     "BoardGraphs",
     "Board",
     "Recipe",
@@ -129,6 +130,30 @@ class GraphPlacement:
     target: str
     executor: str
     lowering: str
+    #: Other placements ``edgeuq compile`` may measure against this one (``candidates = [{target,
+    #: executor, lowering}, ...]``); this placement is the board's default (kept when not measured).
+    candidates: tuple = ()
+
+    def options(self) -> tuple:
+        """Every placement to consider: this one (the default) first, then the candidates."""
+        return (GraphPlacement(self.target, self.executor, self.lowering),) + tuple(
+            c for c in self.candidates if (c.target, c.executor, c.lowering) != (self.target, self.executor,
+                                                                                   self.lowering))
+
+
+@dataclass(frozen=True)
+class PlacementPolicy:
+    """How ``edgeuq compile`` measures a board's candidate placements (``[placement]``).
+
+    ``measure_on_host``: the board *is* the machine that runs ``edgeuq compile`` (e.g. the
+    development host used as a board), so candidates are timed here; otherwise only over TVM
+    RPC to the board (``--remote``/``--tracker``), and without it the default is kept
+    ("not measured"). ``warmup``/``repeats``: of the one latency harness.
+    """
+
+    measure_on_host: bool = False
+    warmup: int = 3
+    repeats: int = 20
 
 
 @dataclass(frozen=True)
@@ -169,6 +194,7 @@ class Board:
     budgets: Budgets
     graphs: BoardGraphs
     notes: str = ""
+    placement: PlacementPolicy = field(default_factory=PlacementPolicy)
     source: str = field(default="", compare=False)
 
 
@@ -249,6 +275,18 @@ def _str_list(*, nonempty: bool) -> Callable:
     return check
 
 
+def _bool(value, src, name):
+    if not isinstance(value, bool):
+        raise _fail(src, name, "true or false", value)
+    return value
+
+
+def _list(value, src, name):
+    if not isinstance(value, list):
+        raise _fail(src, name, "a list", value)
+    return copy.deepcopy(value)
+
+
 def _one_of(choices) -> Callable:
     def check(value, src, name):
         if value not in choices:
@@ -311,6 +349,13 @@ _PLACEMENT_SPEC = {
     "target": (_str, _REQUIRED),
     "executor": (_str, None),
     "lowering": (_str, None),
+    "candidates": (_list, ()),
+}
+_CANDIDATE_SPEC = {k: v for k, v in _PLACEMENT_SPEC.items() if k != "candidates"}
+_POLICY_SPEC = {
+    "measure_on_host": (_bool, False),
+    "warmup": (_pos_int, 3),
+    "repeats": (_pos_int, 20),
 }
 _BUDGET_SPEC = {
     "latency_ms": (_pos_num, _REQUIRED),
@@ -325,6 +370,7 @@ _BOARD_SPEC = {
     "executor": (_str, _REQUIRED),
     "budgets": (_table, _REQUIRED),
     "graphs": (_table, None),
+    "placement": (_table, None),
     "notes": (_text, ""),
 }
 _RECIPE_SPEC = {
@@ -369,7 +415,22 @@ def _make_placement(raw: Any, board: dict, role: str, src) -> GraphPlacement:
         raise DescriptorError(src, f"{p['target']!r} is not one of the board's targets {list(board['targets'])}",
                               where + ".target")
     executor = p["executor"] or board["executor"]
-    return GraphPlacement(target=p["target"], executor=executor, lowering=p["lowering"] or executor)
+    candidates = []
+    for i, c in enumerate(p["candidates"]):
+        at = f"{where}.candidates[{i}]"
+        if not isinstance(c, dict):
+            raise _fail(src, at, "a table {target, executor, lowering}", c)
+        c = _parse(c, _CANDIDATE_SPEC, src, prefix=at + ".")
+        if c["target"] not in board["targets"]:
+            raise DescriptorError(src, f"{c['target']!r} is not one of the board's targets {list(board['targets'])}",
+                                  at + ".target")
+        ex = c["executor"] or board["executor"]
+        cand = GraphPlacement(target=c["target"], executor=ex, lowering=c["lowering"] or ex)
+        if cand in candidates:
+            raise DescriptorError(src, f"duplicate candidate {cand.target}:{cand.executor}", at)
+        candidates.append(cand)
+    return GraphPlacement(target=p["target"], executor=executor, lowering=p["lowering"] or executor,
+                          candidates=tuple(candidates))
 
 
 def _make_board(raw: dict, src) -> Board:
@@ -380,6 +441,7 @@ def _make_board(raw: dict, src) -> Board:
     if unknown:
         raise DescriptorError(src, f"unknown graph (allowed: {', '.join(GRAPH_ROLES)})", f"graphs.{unknown[0]}")
     f["graphs"] = BoardGraphs(**{role: _make_placement(graphs.get(role), f, role, src) for role in GRAPH_ROLES})
+    f["placement"] = PlacementPolicy(**_parse(f["placement"] or {}, _POLICY_SPEC, src, prefix="placement."))
     return Board(**f, source=str(src))
 
 
@@ -567,7 +629,8 @@ def format_targets_table(targets: Optional[Mapping] = None) -> str:
 
 
 def _graphs_text(b: Board) -> str:
-    return " ".join(f"{role}={p.target}:{p.executor}" for role, p in b.graphs.items())
+    return " ".join(f"{role}={p.target}:{p.executor}" + "".join(f"|{c.target}:{c.executor}" for c in p.candidates)
+                    for role, p in b.graphs.items())
 
 
 def format_boards_table(boards: Optional[Mapping] = None) -> str:

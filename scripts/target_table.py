@@ -1,8 +1,19 @@
-"""The per-target lowering table (README.md, docs/targets.md), written from compile evidence.
+"""The per-target tables (README.md, docs/targets.md, docs/profile.md), written from compile
+evidence and ``edgeuq profile`` reports, never by hand.
 
     python scripts/target_table.py collect [--targets NAME ...]   # lower + record evidence (~10 min)
-    python scripts/target_table.py render                         # evidence -> table JSON -> markdown
-    python scripts/target_table.py all                            # both
+    python scripts/target_table.py profile                        # demo bundles profiled: host + localhost RPC
+    python scripts/target_table.py render                         # evidence + reports -> table JSON -> markdown
+    python scripts/target_table.py all                            # collect, then render
+
+``profile`` compiles the ``bearing-demo`` architecture (random weights) for ``x86-host`` twice: with
+the board's default placement (TVM libraries for x86-64) and with placement by measurement
+(``edgeuq compile``'s default); it profiles the TVM bundle on this host and over a TVM RPC server it
+starts on 127.0.0.1, and the measured-placement bundle on this host, and stores each
+``LatencyReport`` (no plots, no per-operator tables: small) under ``results/profile/<name>/``.
+``render`` adds to the lowering table a column with the latency those reports measured for each
+target (labelled host / TVM RPC / emulated; "not measured" where no report covers it) and writes
+the per-report stage table ``results/profiles.json`` (``<!-- table:profiles -->``).
 
 ``collect`` lowers the ``bearing-demo`` architecture (random weights: numerics and speed do
 not depend on training) for every (lowering backend, target) pair that some board in
@@ -30,6 +41,10 @@ DEFAULT_JSON = ROOT / "results" / "lowering_evidence.json"
 TABLE_JSON = ROOT / "results" / "lowering.json"
 DOCS = (ROOT / "README.md", ROOT / "docs" / "targets.md")
 SAMPLES = 16
+PROFILE_DIR = ROOT / "results" / "profile"
+PROFILE_JSON = ROOT / "results" / "profiles.json"
+PROFILE_DOCS = (ROOT / "docs" / "profile.md",)
+PROFILE_COMMAND = "python scripts/target_table.py profile && python scripts/target_table.py render"
 
 
 def placements() -> List[tuple]:
@@ -157,8 +172,105 @@ def table_rows(doc: Dict[str, Any]) -> List[List[str]]:
     return out
 
 
+def load_profiles(folder: Path = PROFILE_DIR) -> List[Any]:
+    """Every LatencyReport stored under ``folder`` (each verified on load), sorted by folder name."""
+    from edgeuq.profile.report import LatencyReport
+
+    if not folder.is_dir():
+        return []
+    return [LatencyReport.load(d) for d in sorted(folder.iterdir()) if (d / LatencyReport.META_FILE).is_file()]
+
+
+def profile_cell(reports: List[Any], target: str, graphs: List[str], samples: int = SAMPLES,
+                 lowering: str = "") -> str:
+    """What the profile reports measured for graphs ``graphs`` compiled for ``target`` (by ``lowering``,
+    when given) at S=``samples``:
+    the end-to-end median where the report has it, else the graphs' medians (TVM RPC times the graphs
+    only), each with its source label; "not measured" when no report covers the target."""
+    from edgeuq.profile.report import source_label
+
+    parts = []
+    for r in reports:
+        per = r.stages.get(str(samples))
+        if per is None or not graphs or any(r.targets.get(g) != target for g in graphs):
+            continue
+        if lowering and any(r.lowerings.get(g) != lowering for g in graphs):
+            continue
+        e2e = r.end_to_end.get(str(samples))
+        if e2e is not None:
+            parts.append(f"{source_label(r)}: {e2e['median_ms']:.2f} ms end to end")
+        else:
+            got = [f"{g} {per[g]['median_ms']:.2f}" for g in graphs if g in per]
+            parts.append(f"{source_label(r)}: " + (" + ".join(got) + " ms (graphs only)" if got else "not measured"))
+    return "; ".join(parts) or "not measured"
+
+
+def render_profiles(reports: List[Any], docs=PROFILE_DOCS, samples: int = SAMPLES) -> None:
+    """``results/profiles.json`` (one row per report, stage by stage) and its docs regions."""
+    from edgeuq.profile.report import profile_table
+
+    if not reports:
+        print(f"no profile reports under {PROFILE_DIR}: run `{PROFILE_COMMAND}` first")
+        return
+    places = "; ".join(f"results/profile/{Path(r.directory).name}: {r.measured_where}" for r in reports)
+    env = next((r.environment for r in reports if r.location == "host"), reports[0].environment)
+    cpu = f"{env.get('processor', '?')}, {env.get('cores', '?')} cores shared with other jobs"
+    provenance = (f"measured {env.get('measured_utc', '?')[:10]} by edgeuq profile on {cpu}, 1 thread, 1 window, "
+                  f"{reports[0].repeats} repeats after {reports[0].warmup} warm-up; bearing-demo architecture, "
+                  f"random weights, untuned; {places}")
+    table = profile_table(reports, samples, PROFILE_COMMAND, provenance=provenance)
+    _write_json(PROFILE_JSON, table)
+    import subprocess
+
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "render_tables.py"), *map(str, docs)], check=True)
+
+
+def _write_json(path: Path, doc: Dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+
+
+def profile(out: Path = PROFILE_DIR, samples=(1, SAMPLES), repeats: int = 30, warmup: int = 5) -> None:
+    """Compile the demo architecture for x86-host (default placement = TVM; and placement by
+    measurement), profile on this host and over a localhost TVM RPC server; reports under ``out``."""
+    import shutil
+
+    from tvm import rpc
+
+    from edgeuq.lower.compile import compile_board
+    from edgeuq.profile.cli import profile_bundle
+
+    with tempfile.TemporaryDirectory(prefix="edgeuq-profile-") as tmp:
+        art = _demo_artifact(Path(tmp) / "model", head_only=False)
+        runs = ROOT / "runs" / "target-table"
+        bundles = {}
+        for name, placement in (("x86-host-tvm", "default"), ("x86-host-measured", "auto")):
+            print(f"[profile] compiling {name} (placement {placement})", flush=True)
+            res = compile_board("x86-host", art, runs / name, samples=SAMPLES, placement=placement,
+                                tuning_root=Path(tmp) / "db", overwrite=True, progress=lambda m: print("  " + m))
+            bundles[name] = res.bundle.root
+        jobs = [("host-x86-host-tvm", bundles["x86-host-tvm"], None),
+                ("rpc-x86-host-tvm", bundles["x86-host-tvm"], "rpc"),
+                ("host-x86-host-measured", bundles["x86-host-measured"], None)]
+        srv = rpc.Server("127.0.0.1", port=9090, port_end=9199)
+        try:
+            for name, bundle, via in jobs:
+                dest = out / name
+                if dest.exists():
+                    shutil.rmtree(dest)
+                print(f"[profile] {name}", flush=True)
+                profile_bundle(bundle, dest, samples=samples, warmup=warmup, repeats=repeats, operators=False,
+                               plot=False, remote=f"127.0.0.1:{srv.port}" if via == "rpc" else None)
+        finally:
+            srv.terminate()
+
+
 def render(json_path: Path, docs=DOCS) -> None:
     doc = json.loads(json_path.read_text())
+    reports = load_profiles()
     host = doc["host"]
     table = {
         "command": "python scripts/target_table.py all",
@@ -166,11 +278,15 @@ def render(json_path: Path, docs=DOCS) -> None:
                        f"{doc['edgeuq']}, TVM {doc.get('tvm', '-')}; bearing-demo architecture, random weights, "
                        f"untuned; raw evidence in results/{json_path.name}"),
         "headers": ["target", "arch", "lowering (graphs)", "compiled", "checked how", "artifact",
-                    "max err (tolerance)", "reference", f"latency (1 window, S={doc['samples']})"],
-        "rows": table_rows(doc),
+                    "max err (tolerance)", "reference", f"latency (1 window, S={doc['samples']})",
+                    f"profiled (edgeuq profile, S={doc['samples']})"],
+        "rows": [row + [profile_cell(reports, r["target"], r["graphs"], doc["samples"], r["lowering"])]
+                 for row, r in zip(table_rows(doc), doc["rows"])],
         "note": ("Latency is measured only where the code runs natively on this host; emulated, simulated "
                  "and compile-only artifacts say \"not measured\", and FPGA resource fit is an analytic "
-                 "estimate."),
+                 "estimate. \"profiled\" comes from the edgeuq profile reports in results/profile/ (host, "
+                 "TVM RPC, or emulated qemu: not board times; regenerate them with "
+                 f"`{PROFILE_COMMAND}`), \"not measured\" where no report covers the target."),
     }
     TABLE_JSON.parent.mkdir(parents=True, exist_ok=True)
     tmp = TABLE_JSON.with_suffix(".json.tmp")
@@ -180,16 +296,19 @@ def render(json_path: Path, docs=DOCS) -> None:
     import subprocess
 
     subprocess.run([sys.executable, str(ROOT / "scripts" / "render_tables.py"), *map(str, docs)], check=True)
+    render_profiles(reports)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("collect", "render", "all"))
+    p.add_argument("command", choices=("collect", "profile", "render", "all"))
     p.add_argument("--out", "--json", dest="json", type=Path, default=DEFAULT_JSON)
     p.add_argument("--targets", nargs="*", default=[], help="only these targets (collect)")
     a = p.parse_args(argv)
     if a.command in ("collect", "all"):
         collect(a.json, a.targets)
+    if a.command == "profile":
+        profile()
     if a.command in ("render", "all"):
         render(a.json)
     return 0

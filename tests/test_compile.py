@@ -77,7 +77,8 @@ def test_cli_compiles_x86_host_from_checkpoint(tiny, tmp_path, capsys):
     ck, _ = tiny
     out = tmp_path / "bundle"
     rc = main(["compile", "--board", "x86-host", "--checkpoint", str(ck.directory), "--out", str(out),
-               "--samples", "4", "--json", str(tmp_path / "r.json"), "--quiet", "--tuning-db", str(tmp_path / "db")])
+               "--samples", "4", "--json", str(tmp_path / "r.json"), "--quiet", "--tuning-db", str(tmp_path / "db"),
+               "--placement", "default"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "board x86-host" in text and "latency_ms" in text and "budgets met" in text

@@ -43,7 +43,7 @@ def tvm_bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("profile-tvm")
     art = export_onnx(save_checkpoint(SignalTransformer(ModelConfig(**TINY)).eval(), root / "ck", ("a", "b", "c"),
                                       12000.0), root / "onnx")
-    res = compile_board("x86-host", art, root / "bundle", samples=4, tuning_root=root / "db")
+    res = compile_board("x86-host", art, root / "bundle", samples=4, tuning_root=root / "db", placement="default")
     return res.bundle.root
 
 

@@ -3,6 +3,8 @@ on a tiny random encoder (fast) and on the packaged all-MiniLM-L6-v2 weights
 (integration); exported ONNX graphs vs PyTorch; the runtime runs the bundle."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -270,3 +272,47 @@ def test_distillation_through_the_compression_stage(tmp_path):
     assert ck.metrics["distill"]["teacher"] == "tiny" and ck.metrics["distill"]["best_epoch"] >= 1
     student = ck.load_model()
     assert student.cfg.embed == "token" and student.cfg.vocab_size == TINY.vocab_size
+
+
+def test_laplace_student_posterior_is_fitted_and_kept_in_its_checkpoint(tmp_path):
+    from edgeuq.compress.distill import DistillConfig
+    from edgeuq.schemes.laplace import fit_laplace
+    from edgeuq.text.cache import cache_hidden
+    from edgeuq.text.distill import STUDENT_PRIOR_GRID, distill_text_student, fit_student_laplace, student_config
+    from edgeuq.text.distill import teacher_transfer_sets
+    from edgeuq.training import load_checkpoint
+
+    teacher = _tiny_classifier("laplace")
+    ids, y = _toy_task(192, 0)
+    vids, vy = _toy_task(64, 1)
+    cache = cache_hidden(teacher.encoder, ids, y, start=1)
+    with torch.no_grad():
+        vfeats = teacher.trunk(torch.from_numpy(vids)).numpy()
+    labelled = teacher_transfer_sets(teacher, cache, ids, vfeats, vids, samples=2)
+    cfg = student_config(TINY.vocab_size, 10, d_model=8, depth=1, heads=2, ffn=16, scheme="laplace")
+    ck = distill_text_student(teacher, "tiny", "0" * 64, labelled, y, vy, cfg, tmp_path / "student",
+                              ("negative", "positive"), cfg=DistillConfig(loss="kl", epochs=1, batch_size=32),
+                              log=lambda m: None, init_from_teacher=False)
+    (Path(ck.directory) / "tokenizer.json").write_text("{}")
+    before = ck.load_model()
+    assert not before.head.fc2.fitted
+    fitted = fit_student_laplace(ck, ids, vids, vy, log=lambda m: None)
+    # a second path: the plain scheme fit on the pre-fit weights, same grid
+    ref = fit_laplace(before, ids, vids, vy, prior_grid=STUDENT_PRIOR_GRID)  # fits `before` in place
+    again = load_checkpoint(ck.directory)
+    model = again.load_model()
+    assert model.head.fc2.fitted
+    assert again.metrics["laplace"]["prior_precision"] == ref.prior_precision
+    for name, buf in before.head.fc2.state_dict().items():
+        got = model.head.fc2.state_dict()[name]
+        assert float((got.double() - buf.double()).abs().max()) <= 1e-6, name
+    assert (Path(ck.directory) / "tokenizer.json").read_text() == "{}"  # other files survive the rewrite
+    assert fitted.digest == again.digest and "distill" in again.metrics
+    mc = distill_text_student(teacher, "tiny", "0" * 64, labelled, y, vy,
+                              student_config(TINY.vocab_size, 10, d_model=8, depth=1, heads=2, ffn=16),
+                              tmp_path / "mc", ("negative", "positive"), cfg=DistillConfig(epochs=1, batch_size=32),
+                              log=lambda m: None, init_from_teacher=False)
+    with pytest.raises(ValueError, match="laplace"):
+        fit_student_laplace(mc, ids, vids, vy)
+    with pytest.raises(ValueError, match="scheme"):
+        student_config(TINY.vocab_size, 10, scheme="ensemble")

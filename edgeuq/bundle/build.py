@@ -46,8 +46,10 @@ def default_graphs(art: OnnxArtifact) -> Dict[str, BundleGraph]:
 
 def manifest_for(art: OnnxArtifact, model_name: str, model_version: str, default_samples: int = 16,
                  graphs: Optional[Mapping[str, BundleGraph]] = None, backend: str = "onnxruntime",
-                 metadata: Optional[Mapping[str, Any]] = None) -> Manifest:
-    """The manifest of ``art`` (``files`` are filled in by ``write_bundle``).
+                 metadata: Optional[Mapping[str, Any]] = None,
+                 sections: Optional[Mapping[str, Any]] = None) -> Manifest:
+    """The manifest of ``art`` (``files`` are filled in by ``write_bundle``); ``sections``: optional
+    registered manifest sections (e.g. ``placement``).
 
     Signal models declare float32 input with their normalization; token models
     declare ``int64`` input, ``vocab_size``, no normalization and the tokenizer file.
@@ -76,18 +78,20 @@ def manifest_for(art: OnnxArtifact, model_name: str, model_version: str, default
         logits_name=art.logits_name,
         backend=backend,
         metadata={"created_by": f"edgeuq {__version__}", "opset": art.opset, **dict(metadata or {})},
+        sections=dict(sections or {}),
     )
 
 
 def write_artifact_bundle(art: OnnxArtifact, out_dir: Path, model_name: str, model_version: str,
                           default_samples: int = 16, graphs: Optional[Mapping[str, BundleGraph]] = None,
                           extra_files: Optional[Mapping[str, Path]] = None, backend: str = "onnxruntime",
-                          metadata: Optional[Mapping[str, Any]] = None, overwrite: bool = False) -> Bundle:
+                          metadata: Optional[Mapping[str, Any]] = None, overwrite: bool = False,
+                          sections: Optional[Mapping[str, Any]] = None) -> Bundle:
     """Write ``art``'s bundle: its graphs (``graphs``, default the ONNX pair), the tokenizer of a
     token model, ``extra_files`` (bundle name -> host path), one hashed manifest; then load it
     back with full verification."""
     graphs = dict(graphs or default_graphs(art))
-    manifest = manifest_for(art, model_name, model_version, default_samples, graphs, backend, metadata)
+    manifest = manifest_for(art, model_name, model_version, default_samples, graphs, backend, metadata, sections)
     sources: Dict[str, Path] = {g.file: Path(g.source) for g in graphs.values()}
     if manifest.input.tokenizer is not None:
         sources[manifest.input.tokenizer] = Path(art.tokenizer_path)

@@ -25,10 +25,10 @@ import numpy as np
 from edgeuq_runtime.tokenizer import PAD_TOKEN, UNK_TOKEN, WordTokenizer, split_words
 
 from ._errors import DataError
-from .labels import LabelMapper, UnknownLabelsError
+from .labels import LabelMapper, UnknownLabelsError, normalize_label
 
 __all__ = [
-    "SST2_CLASSES", "TextDataset", "TokenDataset", "read_text_tsv", "load_sst2", "load_trec",
+    "SST2_CLASSES", "TextDataset", "TokenDataset", "read_text_tsv", "discover_class_names", "load_sst2", "load_trec",
     "build_word_tokenizer", "tokenize_dataset",
 ]
 
@@ -98,9 +98,29 @@ def _column(spec: Optional[str | int], col: dict, header: Optional[list], path: 
                     + " nor a 0-based column index")
 
 
-def read_text_tsv(path: str | Path, class_names: Sequence[str], text_column: Optional[str | int] = None,
+def discover_class_names(raw_labels: Iterable[str], label_map: Optional[Mapping[str, str]] = None,
+                         where: str = "data") -> tuple[str, ...]:
+    """Class names read off a file's labels: class indices ``0..K-1`` -> ``("0", ..., "K-1")``;
+    names (after ``label_map``) -> their normalized spellings, sorted (``Positive`` and
+    ``positive`` are one class). A mix of indices and names is refused."""
+    label_map = dict(label_map or {})
+    raws = {r.strip() for r in raw_labels if r.strip()}
+    if not raws:
+        raise DataError(f"{where}: no labels to take the class names from")
+    mapped = {label_map[r] if r in label_map else normalize_label(r) for r in raws}
+    numeric = {r for r in mapped if r.isdigit()}
+    if numeric and numeric != mapped:
+        raise DataError(f"{where}: labels mix class indices {sorted(numeric)[:4]} and names "
+                        f"{sorted(mapped - numeric)[:4]}; give the class names")
+    if numeric:
+        return tuple(str(i) for i in range(max(int(r) for r in numeric) + 1))
+    return tuple(sorted(mapped))
+
+
+def read_text_tsv(path: str | Path, class_names: Optional[Sequence[str]], text_column: Optional[str | int] = None,
                   label_column: Optional[str | int] = None, allow_unknown: bool = False,
-                  label_map: Optional[Mapping[str, str]] = None, header: Optional[bool] = None) -> TextDataset:
+                  label_map: Optional[Mapping[str, str]] = None, header: Optional[bool] = None,
+                  delimiter: str = "\t") -> TextDataset:
     """Read a tab-separated file of texts and (optionally) labels.
 
     With a header row (detected when it names ``sentence``, ``text`` or ``label``, or
@@ -110,14 +130,13 @@ def read_text_tsv(path: str | Path, class_names: Sequence[str], text_column: Opt
     two fields). Columns may also be given as 0-based indices. Labels are class
     indices or names, placed forgivingly (case, separators, then ``label_map``);
     others raise, or become -1 with ``allow_unknown``. Without a label column every
-    label is -1."""
+    label is -1. ``class_names=None`` takes them from the labels (:func:`discover_class_names`).
+    ``delimiter=","`` reads CSV (with CSV quoting; TSV is read verbatim, unquoted)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"text file not found: {path}")
-    names = tuple(class_names)
-    mapper = LabelMapper(names, dict(label_map or {}))
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's byte-order mark
+        reader = csv.reader(fh, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
         rows = [r for r in reader if r and any(c.strip() for c in r)]
     if not rows:
         raise DataError(f"{path}: empty file")
@@ -145,6 +164,12 @@ def read_text_tsv(path: str | Path, class_names: Sequence[str], text_column: Opt
             lidx = col.get("label")
         elif body and min(len(r) for r in body) >= 2:
             lidx = 1 if tidx != 1 else 0
+    if class_names is None:
+        if lidx is None:
+            raise DataError(f"{path}: no label column to take the class names from; give the label column")
+        class_names = discover_class_names((r[lidx] for r in body if len(r) > lidx), label_map, str(path))
+    names = tuple(class_names)
+    mapper = LabelMapper(names, dict(label_map or {}))
     texts, labels, unknown = [], [], set()
     for n, row in enumerate(body, start=first_line):
         if len(row) <= tidx:

@@ -85,11 +85,19 @@ def _compile(a: argparse.Namespace) -> int:
     res = compile_board(a.board, art, Path(a.out), tune_trials=a.tune, samples=a.samples,
                         tuning_root=Path(a.tuning_db) if a.tuning_db else None, model_name=a.name,
                         model_version=a.version, workdir=Path(a.workdir) if a.workdir else None,
-                        overwrite=a.overwrite, progress=say, precision=precision)
+                        overwrite=a.overwrite, progress=say, precision=precision, placement=a.placement,
+                        remote=a.remote, tracker=a.tracker, key=a.key)
     m = res.bundle.manifest
     print(f"bundle {res.bundle.root} for board {res.board}: trunk={m.trunk.file} ({m.trunk.backend}), "
           f"head={m.head.file} ({m.head.backend}), {len(m.files)} files, S={m.default_samples}")
     print(format_table(("check", "value", "budget", "ok", "how"), summary_rows(res.report, m.metadata["lowering"])))
+    if "placement" in res.report:
+        from .placement import placement_rows
+
+        pl = res.report["placement"]
+        print(f"placement ({pl['measured']}: {pl['where']}; median/p90 of {pl['repeats']} repeats after "
+              f"{pl['warmup']} warm-up, trunk 1 window, head S={pl['samples']} rows)")
+        print(format_table(*placement_rows(pl)))
     print(verdict(res.report))
     if a.json:
         Path(a.json).write_text(json.dumps({"report": res.report, "manifest": m.to_json()}, indent=2))
@@ -112,6 +120,15 @@ def register(sub: Any) -> None:
     c.add_argument("--workdir", help="keep intermediate build files here (default: a temporary folder)")
     c.add_argument("--quant-plan", help="quant_plan.json (or a folder holding it) from `edgeuq quantize`: "
                                         "its head precisions become the FPGA head's ap_fixed types")
+    c.add_argument("--placement", choices=("auto", "default"), default="auto",
+                   help="auto (default): lower every candidate placement the board lists, time them (here only when "
+                        "the board is this host, else over --remote/--tracker) and keep the fastest per graph; "
+                        "default: only the board's default placements")
+    where = c.add_mutually_exclusive_group()
+    where.add_argument("--remote", metavar="HOST:PORT", help="the board's TVM RPC server, to time candidate "
+                                                             "placements there (bind it to 127.0.0.1, SSH tunnel)")
+    where.add_argument("--tracker", metavar="HOST:PORT", help="a TVM RPC tracker (with --key)")
+    c.add_argument("--key", help="device key on the tracker")
     c.add_argument("--name", default="edgeuq-model")
     c.add_argument("--version", default="0.1.0")
     c.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")

@@ -11,6 +11,12 @@ executor, its loader options, the target, and each lowering's metadata and
 budgets: weight bytes measured from the graphs' weights; latency measured end to end
 through ``UncertaintyRuntime`` only when every graph runs natively here, otherwise
 "not measured" (never counted as met); estimates (e.g. FPGA resources) are labelled so.
+
+A board may offer several placements per graph (``candidates`` in ``[graphs.<role>]``):
+every candidate is lowered and checked, then timed where that is honest (this host only
+when the board is this host, else over TVM RPC with ``remote``/``tracker``) and the fastest
+kept per graph (:mod:`edgeuq.lower.placement`); the choice and its figures, or "not
+measured" and why, go into the manifest's ``placement`` section and the report.
 """
 from __future__ import annotations
 
@@ -54,63 +60,142 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
                   tuning_root: Optional[Path] = None, model_name: str = "edgeuq-model", model_version: str = "0.1.0",
                   workdir: Optional[Path] = None, overwrite: bool = False,
                   progress: Optional[Callable[[str], None]] = None,
-                  precision: Optional[Mapping[str, str]] = None) -> CompileResult:
+                  precision: Optional[Mapping[str, str]] = None, placement: str = "auto",
+                  remote: Optional[str] = None, tracker: Optional[str] = None, key: Optional[str] = None,
+                  measurer: Any = None) -> CompileResult:
     """Lower ``art`` for every graph placement of ``board`` and write one bundle to ``out_dir``.
 
     ``precision`` (``{layer: "ap_fixed<W,I>"}``, e.g. from
     :func:`edgeuq.quantize.plan_to_hls4ml_precision`) is handed to every lowering
     through :class:`CompileSettings`; backends that quantize (the FPGA head) use it.
+
+    ``placement``: ``"auto"`` lowers and measures the board's candidate placements and keeps
+    the fastest per graph (where measurable: see the module docstring); ``"default"`` builds
+    only the board's default placements. ``remote``/``tracker``+``key``: a TVM RPC server on
+    the board to time candidates there. ``measurer``: an :class:`edgeuq.lower.placement.Measurer`
+    to use instead (tests inject one).
     """
+    from .placement import choose, graph_feeds, placement_record
+
+    if placement not in ("auto", "default"):
+        raise ValueError(f"placement must be 'auto' or 'default', got {placement!r}")
     board = board if isinstance(board, Board) else get_board(str(board))
     say = progress or (lambda msg: None)
     samples = int(samples or board.budgets.mc_samples)
     settings = CompileSettings(samples=samples, tune_trials=int(tune_trials or 0),
                                tuning_root=Path(tuning_root) if tuning_root is not None else None,
                                precision=dict(precision) if precision else None, progress=say)
+    plan = {role: (p.options() if placement == "auto" else p.options()[:1]) for role, p in board.graphs.items()}
+    choice = any(len(opts) > 1 for opts in plan.values())
     groups: Dict[tuple, list] = {}
-    for role, p in board.graphs.items():
-        groups.setdefault((p.lowering, p.target), []).append(role)
+    for role, opts in plan.items():
+        for p in opts:
+            roles = groups.setdefault((p.lowering, p.target), [])
+            if role not in roles:
+                roles.append(role)
+    defaults = {(p.lowering, p.target) for _, p in board.graphs.items()}
     lowerers = {name: _lowerer(name, board, roles) for (name, _), roles in groups.items()}
     tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="edgeuq-compile-")
     work = Path(workdir) if workdir is not None else Path(tmp.name)
     try:
-        graphs: Dict[str, CompiledGraph] = {}
-        extra: Dict[str, Path] = {}
         lowered: Dict[str, CompiledArtifact] = {}
+        failed: Dict[str, str] = {}
         for (name, target_name), roles in groups.items():
             target = get_target(target_name)
             say(f"[{board.name}] lowering {'+'.join(roles)} with {name} for {target_name}")
             lw = lowerers[name]
-            result = lw.lower(art, target, work / f"{name}-{target_name}", lw.options_for(settings, roles))
+            try:
+                result = lw.lower(art, target, work / f"{name}-{target_name}", lw.options_for(settings, roles))
+            except Exception as exc:  # a candidate that fails is recorded; the board's default must build
+                if (name, target_name) in defaults:
+                    raise
+                failed[f"{name}:{target_name}"] = f"{type(exc).__name__}: {exc}"[:500]
+                say(f"[{board.name}] candidate {name}:{target_name} failed: {failed[f'{name}:{target_name}']}")
+                continue
             for role in roles:
-                graphs[role] = getattr(result, role)
-                expected = getattr(board.graphs, role).executor
-                if graphs[role].backend != expected:
+                expected = {p.executor for p in plan[role] if (p.lowering, p.target) == (name, target_name)}
+                got = getattr(result, role).backend
+                if got not in expected:
+                    declared = " or ".join(map(repr, sorted(expected)))
                     raise ValueError(f"board {board.name!r}: lowering {name!r} produced the {role} graph for "
-                                     f"executor {graphs[role].backend!r}, but the board declares {expected!r}")
-            extra.update(result.extra_files)
+                                     f"executor {got!r}, but the board declares {declared}")
             lowered[f"{name}:{target_name}"] = result
+        options = {role: [_option(p, i == 0, lowered, failed, role) for i, p in enumerate(opts)]
+                   for role, opts in plan.items()}
+        section = {}
+        if choice:
+            m = measurer or _measurer(board, remote, tracker, key)
+            feeds = graph_feeds(art, samples)
+            chosen = {}
+            for role, opts in options.items():
+                chosen[role] = choose(role, opts, m, feeds[role])
+                say(f"[{board.name}] {role}: {chosen[role].executor} on {chosen[role].target} "
+                    f"({chosen[role].chosen_by})")
+            section = {"placement": placement_record(chosen, m, samples)}
+            pick = {role: f"{g.lowering}:{g.target}" for role, g in chosen.items()}
+        else:
+            pick = {role: f"{opts[0].lowering}:{opts[0].target}" for role, opts in plan.items()}
+        graphs: Dict[str, CompiledGraph] = {role: getattr(lowered[k], role) for role, k in pick.items()}
+        used = {k: [r for r in ("trunk", "head") if pick[r] == k] for k in dict.fromkeys(pick.values())}
+        extra: Dict[str, Path] = {}
+        for k in used:
+            extra.update(lowered[k].extra_files)
         bundle_graphs = {role: BundleGraph(g.bundle_file(role), g.file, g.backend, dict(g.options))
                          for role, g in graphs.items()}
         files = [g.file for g in bundle_graphs.values()]
         clash = set(files) & set(extra)
         if clash or len(set(files)) != 2:
             raise ValueError(f"bundle file names collide: {sorted(clash) or sorted(files)}")
-        records = {f"{n}:{t}": {**lowered[f"{n}:{t}"].to_json(), "roles": roles} for (n, t), roles in groups.items()}
+        records = {k: {**lowered[k].to_json(), "roles": roles} for k, roles in used.items()}
         metadata = {"board": board.name,
-                    "targets": {role: {"target": p.target, "lowering": p.lowering, "executor": p.executor}
-                                for role, p in board.graphs.items()},
+                    "targets": {role: {"target": lowered[k].target, "lowering": k.split(":", 1)[0],
+                                       "executor": graphs[role].backend} for role, k in pick.items()},
                     "lowering": records}
         if overwrite and Path(out_dir).exists():
             shutil.rmtree(out_dir)
         bundle = write_artifact_bundle(art, Path(out_dir), model_name, model_version, samples, graphs=bundle_graphs,
-                                       extra_files=extra, backend=board.executor, metadata=metadata)
+                                       extra_files=extra, metadata=metadata,
+                                       backend=graphs["trunk"].backend if len({g.backend for g in graphs.values()}) == 1
+                                       else board.executor,
+                                       sections=section)
         say(f"[{board.name}] bundle {out_dir}: {len(bundle.manifest.files)} files")
-        report = budget_report(board, art, bundle, {k: r.evidence for k, r in lowered.items()}, samples)
+        report = budget_report(board, art, bundle, {k: lowered[k].evidence for k in used}, samples)
+        if section:
+            report["placement"] = section["placement"].to_json()
     finally:
         if tmp is not None:
             tmp.cleanup()
     return CompileResult(board=board.name, bundle=bundle, report=report)
+
+
+def _option(p: Any, default: bool, lowered: Mapping[str, CompiledArtifact], failed: Mapping[str, str],
+            role: str) -> Any:
+    from .placement import Option
+
+    k = f"{p.lowering}:{p.target}"
+    if k in failed:
+        return Option(p.executor, p.target, p.lowering, default, error=failed[k])
+    ev = lowered[k].evidence
+    return Option(p.executor, p.target, p.lowering, default, graph=getattr(lowered[k], role), check=ev.label,
+                  native=ev.how == "native")
+
+
+def _measurer(board: Board, remote: Optional[str], tracker: Optional[str], key: Optional[str]) -> Any:
+    """Where the board's candidates can honestly be timed: on the board over TVM RPC, here when the
+    board is this host, otherwise nowhere ("not measured", with the reason)."""
+    from .placement import HostMeasurer, NotMeasured, RemoteMeasurer
+
+    pol = board.placement
+    if remote is not None or tracker is not None:
+        from ..profile.tvm_rpc import connect
+
+        session, where = connect(remote, tracker, key)
+        return RemoteMeasurer(session, where, warmup=pol.warmup, repeats=pol.repeats)
+    if pol.measure_on_host:
+        return HostMeasurer(warmup=pol.warmup, repeats=pol.repeats)
+    return NotMeasured(f"board {board.name!r} is not this host ([placement] measure_on_host = false) and no "
+                       "--remote/--tracker was given to time it on the board", warmup=pol.warmup,
+                       repeats=pol.repeats)
 
 
 def weight_bytes(art: Any) -> int:
@@ -149,7 +234,7 @@ def overall_ok(report: Mapping[str, Any]) -> Optional[bool]:
     """False if any measured budget is missed; None if none is missed but one is not measured
     (never "met"); True only when every budget was measured and met. Estimates do not count
     as measurements."""
-    oks = [v.get("ok") for k, v in report.items() if isinstance(v, dict) and k != "estimates"]
+    oks = [v.get("ok") for k, v in report.items() if isinstance(v, dict) and k not in ("estimates", "placement")]
     if any(ok is False for ok in oks):
         return False
     return None if any(ok is None for ok in oks) else True

@@ -62,6 +62,26 @@ def _operators_here(profiler: Any, samples: int, warmup: int, repeats: int, seed
     return tables, sources, notes
 
 
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _graph_targets(manifest: Any, key: str = "target") -> Dict[str, str]:
+    """``{role: target}`` (or ``lowering``) as ``edgeuq compile`` recorded it in the manifest
+    metadata (empty otherwise)."""
+    recorded = (manifest.metadata or {}).get("targets") or {}
+    return {role: str(v[key]) for role, v in recorded.items() if isinstance(v, dict) and isinstance(v.get(key), str)}
+
+
 def profile_bundle(bundle: Any, out_dir: Optional[Path] = None, *, samples: Sequence[int] = (1, 8, 32),
                    warmup: int = 5, repeats: int = 50, board: Optional[str] = None, remote: Optional[str] = None,
                    tracker: Optional[str] = None, key: Optional[str] = None, operators: bool = True,
@@ -130,11 +150,18 @@ def profile_bundle(bundle: Any, out_dir: Optional[Path] = None, *, samples: Sequ
         notes += more
         env = {"rpc": where}
         location = "remote"
+    import time
+
+    env = {**env, "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if location == "host":
+        import os
+
+        env["processor"], env["cores"] = _cpu_name(), os.cpu_count()
     report = LatencyReport(
         location=location, where=where, bundle=str(Path(bundle)), bundle_digest=b.digest or "",
         backends=backends, samples=samples, warmup=int(warmup), repeats=int(repeats), stages=stages,
         end_to_end=e2e, operators=tables, operator_sources=sources, board=board, batch=1, notes=tuple(notes),
-        environment=env,
+        environment=env, targets=_graph_targets(b.manifest), lowerings=_graph_targets(b.manifest, "lowering"),
         inputs=digest_of(b.digest, location, where, list(samples), int(warmup), int(repeats), seed))
     if out_dir is None:
         return report

@@ -23,7 +23,7 @@ from ..artifact import Artifact, ArtifactError, ArtifactWriter
 from .stage_names import STAGES, ordered_stages as _ordered
 
 __all__ = ["LatencyReport", "LOCATIONS", "STAGES", "save_latency_report", "load_latency_report", "stage_table",
-           "samples_table", "operator_table", "targets_table"]
+           "samples_table", "operator_table", "targets_table", "source_label", "profile_table", "graph_places"]
 
 #: Where a report's times were taken (see the module docstring).
 LOCATIONS = ("host", "remote", "emulated")
@@ -74,6 +74,11 @@ class LatencyReport(Artifact):
     notes: Tuple[str, ...] = ()
     plots: Tuple[str, ...] = ()
     environment: Mapping[str, Any] = field(default_factory=dict)
+    #: The compute target each graph was compiled for (``{"trunk": "x86-64", ...}``, from the bundle's
+    #: manifest metadata; empty for bundles that do not record it).
+    targets: Mapping[str, str] = field(default_factory=dict)
+    #: The lowering backend that produced each graph (``{"trunk": "tvm", ...}``), likewise.
+    lowerings: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.location not in LOCATIONS:
@@ -109,7 +114,8 @@ class LatencyReport(Artifact):
             "end_to_end": {str(s): dict(v) for s, v in self.end_to_end.items()},
             "operators": {g: [dict(r) for r in rows] for g, rows in self.operators.items()},
             "operator_sources": dict(self.operator_sources), "notes": list(self.notes), "plots": list(self.plots),
-            "environment": dict(self.environment),
+            "environment": dict(self.environment), "targets": dict(self.targets),
+            "lowerings": dict(self.lowerings),
         }
 
     @classmethod
@@ -123,7 +129,8 @@ class LatencyReport(Artifact):
             end_to_end={str(s): dict(v) for s, v in meta.get("end_to_end", {}).items()},
             operators={g: tuple(dict(r) for r in rows) for g, rows in meta.get("operators", {}).items()},
             operator_sources=dict(meta.get("operator_sources", {})), notes=tuple(meta.get("notes", ())),
-            plots=tuple(meta.get("plots", ())), environment=dict(meta.get("environment", {})), **base)
+            plots=tuple(meta.get("plots", ())), environment=dict(meta.get("environment", {})),
+            targets=dict(meta.get("targets", {})), lowerings=dict(meta.get("lowerings", {})), **base)
 
 
 def save_latency_report(report: LatencyReport, out_dir: Union[str, Path], plot: bool = True) -> LatencyReport:
@@ -222,3 +229,49 @@ def targets_table(reports: Any, samples: int, command: str = "edgeuq profile") -
     return {"command": command, "headers": headers, "rows": rows,
             "provenance": "measured by edgeuq profile: " + "; ".join(places),
             "note": "remote (TVM RPC) reports time the graphs only; emulated times are not board times"}
+
+
+def source_label(report: LatencyReport) -> str:
+    """Short label of where a report's times come from, for tables: ``host``, ``TVM RPC (localhost)``,
+    ``TVM RPC``, or ``emulated qemu (not board times)``."""
+    if report.location == "host":
+        return "host"
+    if report.location == "remote":
+        local = any(h in report.where for h in ("127.0.0.1", "localhost", "[::1]"))
+        return "TVM RPC (localhost)" if local else "TVM RPC"
+    return "emulated qemu (not board times)"
+
+
+def graph_places(report: LatencyReport) -> str:
+    """``trunk: tvm@x86-64, head: onnxruntime@x86-64`` (the target where the report records it)."""
+    def one(role: str) -> str:
+        t = report.targets.get(role)
+        return f"{report.backends.get(role, '-')}" + (f"@{t}" if t else "")
+    return f"trunk: {one('trunk')}, head: {one('head')}"
+
+
+def profile_table(reports: Any, samples: int, command: str, provenance: str = "") -> Dict[str, Any]:
+    """Per-stage latency of one inference at ``samples`` from several reports, one row per report, in
+    the ``results/NAME.json`` form ``scripts/render_tables.py`` renders: board, graphs (executor@target),
+    source label, the median of each stage, the sum of stages and end to end (median and p99).
+    A figure a report lacks is "not measured" (e.g. the numpy stages over TVM RPC)."""
+    nm = "not measured"
+    headers = ["board", "graphs", "measured on", *[f"{st} p50 ms" for st in STAGES], "sum of stages p50 ms",
+               f"end-to-end p50 ms (S={samples})", f"end-to-end p99 ms (S={samples})"]
+    rows = []
+    for r in reports:
+        per = r.stages.get(str(samples))
+        if per is None:
+            raise ValueError(f"report {r.directory or r.bundle} has no figures for S={samples} "
+                             f"(it has S = {list(r.samples)})")
+        e2e = r.end_to_end.get(str(samples))
+        cells = [_fmt(per[st]["median_ms"]) if st in per else nm for st in STAGES]
+        total = per.get("sum of stages")
+        rows.append([r.board or "-", graph_places(r), source_label(r), *cells,
+                     _fmt(total["median_ms"]) if total else nm,
+                     _fmt(e2e["median_ms"]) if e2e else nm, _fmt(e2e["p99_ms"]) if e2e else nm])
+    labels = "; ".join(f"{source_label(r)} = {r.measured_where}" for r in reports)
+    return {"command": command, "headers": headers, "rows": rows,
+            "provenance": provenance or f"measured by edgeuq profile: {labels}",
+            "note": ("TVM RPC reports time the graphs only (the numpy stages run in the board's Python, out of "
+                     "RPC's reach); emulated (qemu) times are not board times; \"not measured\" is never a zero.")}

@@ -31,7 +31,7 @@ from .harness import LatencyStats
 from .report import stats_dict
 
 __all__ = ["parse_address", "connect", "graph_inputs", "profile_remote", "tvm_kernel_table", "REMOTE_NOTES",
-           "RemoteProfile"]
+           "RemoteProfile", "time_remote_library"]
 
 REMOTE_NOTES = (
     "remote: only the TVM graphs are timed (time_evaluator over RPC); validate_normalize, noise and decompose run "
@@ -165,6 +165,27 @@ def profile_remote(session: Any, bundle_dir: Any, samples: Sequence[int], *, war
                              f"multiplied by the {calls} calls the executor makes")
         out[str(s)] = per
     return out, backends, notes
+
+
+def time_remote_library(session: Any, library: Any, arrays: Sequence[np.ndarray], *, entry: str = "main",
+                        warmup: int = 3, repeats: int = 20, calls: int = 1, name: str = "") -> LatencyStats:
+    """Upload one TVM library to the RPC ``session``, run it on ``arrays`` there and time it with
+    ``time_evaluator("invoke_stateful")`` (one time per repeat, after ``warmup`` calls); each time is
+    multiplied by ``calls`` (a fixed-batch library called that many times per inference)."""
+    from pathlib import Path as _Path
+
+    from tvm import relax, runtime
+
+    path = _Path(library)
+    dev = session.cpu()
+    remote_name = f"edgeuq-{path.parent.name}-{path.name}"
+    session.upload(str(path), target=remote_name)
+    vm = relax.VirtualMachine(session.load_module(remote_name), dev)
+    vm.set_input(entry, *[runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays])
+    for _ in range(warmup):
+        vm.invoke_stateful(entry)
+    res = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=repeats)(entry)
+    return LatencyStats.from_samples([float(t) * 1e3 * calls for t in res.results], name)
 
 
 def tvm_kernel_table(library: Any, arrays: Sequence[np.ndarray], *, warmup: int = 3, repeats: int = 20,

@@ -1,10 +1,18 @@
-"""``edgeuq text-tokenizer``: write the device WordPiece tokenizer of the packaged
+"""Text commands.
+
+``edgeuq text-tokenizer``: write the device WordPiece tokenizer of the packaged
 MiniLM (or a model folder) and optionally check it against the ``tokenizers``
-library on the texts of TSV files (first column, header skipped)."""
+library on the texts of TSV files (first column, header skipped).
+
+``edgeuq text-teacher``: fine-tune the packaged MiniLM on a labelled TSV/CSV file,
+fit the last-layer Laplace posterior, write one device bundle per scheme and a
+``text_teacher`` artifact with the held-out and OOD metrics
+(:func:`edgeuq.text.pipeline.train_text_teacher`)."""
 from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from pathlib import Path
 
 __all__ = ["register"]
@@ -38,7 +46,101 @@ def _cmd_tokenizer(a: argparse.Namespace) -> int:
     return 0 if bad == 0 else 1
 
 
+def _require_text_extra(model) -> None:
+    """Fail early, naming the extra, when the packaged weights or safetensors are missing."""
+    import importlib.util
+
+    from .pretrained import TextExtraMissing, locate_packaged_model
+
+    if importlib.util.find_spec("safetensors") is None:
+        raise TextExtraMissing("safetensors is not installed; install edgeuq's text extra (pip install 'edgeuq[text]')")
+    if model is None:
+        locate_packaged_model()
+
+
+def _metric_rows(art) -> list:
+    rows = []
+    for scheme, m in art.metrics.items():
+        ood = m.get("ood", {})
+        rows.append([scheme, m["rows"], f"{m['accuracy']:.4f}", f"{m['ece']:.4f}", f"{m['nll']:.3f}",
+                     "; ".join(f"{k[4:] if k.startswith('ood:') else k}: {v['auroc_mi']:.3f} / {v['auroc_total']:.3f}"
+                               for k, v in ood.items()) or "-",
+                     str(art.bundle_path(scheme))])
+    return rows
+
+
+def _cmd_teacher(a: argparse.Namespace) -> int:
+    from ..cli_args import data_options
+    from .pretrained import TextExtraMissing
+
+    try:
+        _require_text_extra(a.model)
+        from ..report import format_table
+        from .pipeline import TeacherOptions, train_text_teacher
+
+        opts = TeacherOptions(train_layers=a.train_layers, epochs=a.epochs, lr=a.lr, lr_head=a.lr_head,
+                              batch=a.batch, max_length=a.max_length, train_limit=a.train_limit,
+                              train_subset=a.train_subset, val_limit=a.val_limit, laplace_rows=a.laplace_rows,
+                              held_out=a.held_out,
+                              seed=a.seed, samples=a.samples, schemes=tuple(a.scheme), threads=a.threads)
+        classes = [c.strip() for c in a.classes.split(",") if c.strip()] if a.classes else None
+        art = train_text_teacher(Path(a.train), Path(a.out), opts, val=a.val, test=a.test, ood=a.ood or (),
+                                 class_names=classes, data_options=data_options(a), model=a.model, name=a.name,
+                                 force=a.force)
+    except TextExtraMissing as exc:
+        print(f"edgeuq text-teacher: error: {exc}", file=sys.stderr)
+        return 2
+    print()
+    print(format_table(("scheme", "held-out rows", "acc", "ECE", "NLL", "OOD AUROC MI / total H", "bundle"),
+                       _metric_rows(art)))
+    print(f"\ntext_teacher {art.directory} (digest {art.digest[:12]}…); metrics from the device runtime, "
+          f"S={art.options['samples']}")
+    return 0
+
+
 def register(subparsers) -> None:
+    from ..cli_args import add_text_column_arguments
+
+    t = subparsers.add_parser(
+        "text-teacher", help="fine-tune the pretrained text encoder (text extra) on a labelled TSV/CSV file: "
+                             "Laplace / MC-dropout heads, device bundles, held-out and OOD metrics")
+    t.add_argument("--train", required=True, help="labelled training texts (.tsv, or .csv)")
+    t.add_argument("--val", help="labelled validation texts (Laplace prior precision; default: held out of --train)")
+    t.add_argument("--test", help="labelled test texts for the metrics (default: held out of --train)")
+    t.add_argument("--ood", nargs="+", metavar="FILE", help="out-of-distribution text files (OOD AUROC)")
+    t.add_argument("--out", required=True, help="artifact folder (its cache/ is reused by a re-run)")
+    g = t.add_argument_group("data")
+    add_text_column_arguments(g)
+    g.add_argument("--label-map", metavar="MAP",
+                   help="translate your labels to class names: 'pos=positive,neg=negative' or a .json/.toml file "
+                        "(case and separators are matched anyway)")
+    g.add_argument("--classes", help="class names in index order, comma-separated (default: the training "
+                                     "labels, sorted; class indices 0..K-1 when the labels are numbers)")
+    g.add_argument("--held-out", type=float, default=0.1,
+                   help="share of --train held out for each of a missing --val / --test (default 0.1)")
+    g.add_argument("--train-limit", type=int, default=0, help="use the first N training rows (0 = all)")
+    g.add_argument("--train-subset", type=int, default=0, help="fine-tune on a random N of them (0 = all)")
+    g.add_argument("--val-limit", type=int, default=0, help="use a random N of the validation rows (0 = all)")
+    m = t.add_argument_group("model and training")
+    m.add_argument("--model", help="model folder or .zip with config.json, model.safetensors, tokenizer.json "
+                                   "(default: the packaged all-MiniLM-L6-v2)")
+    m.add_argument("--train-layers", type=int, default=2, help="top encoder layers trained (default 2)")
+    m.add_argument("--epochs", type=int, default=1)
+    m.add_argument("--lr", type=float, default=5e-5, help="learning rate of the encoder layers")
+    m.add_argument("--lr-head", type=float, default=1e-3)
+    m.add_argument("--batch", type=int, default=32)
+    m.add_argument("--max-length", type=int, default=64, help="WordPiece ids per text incl. [CLS]/[SEP]")
+    m.add_argument("--laplace-rows", type=int, default=10000, help="training rows of the Laplace GGN (0 = all)")
+    m.add_argument("--seed", type=int, default=0)
+    u = t.add_argument_group("uncertainty and bundles")
+    u.add_argument("--scheme", nargs="+", default=["laplace", "mc_dropout"],
+                   help="one bundle per scheme: laplace, mc_dropout (default: both)")
+    u.add_argument("--samples", type=int, default=32, help="MC samples S of the bundles and metrics")
+    u.add_argument("--threads", type=int, default=1, help="device-runtime threads in the evaluation")
+    u.add_argument("--name", default="text-teacher", help="bundle model name prefix")
+    u.add_argument("--force", action="store_true", help="recompute even when an artifact of the same inputs exists")
+    t.set_defaults(func=_cmd_teacher)
+
     p = subparsers.add_parser("text-tokenizer", help="write (and check) the device WordPiece tokenizer of the "
                                                      "pretrained text encoder (text extra)")
     p.add_argument("--model", help="model folder or .zip (default: the packaged all-MiniLM-L6-v2)")

@@ -26,20 +26,29 @@ from ..compress.stages import Teacher, distill_stage
 from ..compress.transfer import TransferSet
 from ..data.text import TokenDataset
 from ..models import ModelConfig, build_model
-from ..training import Checkpoint
+from ..training import Checkpoint, save_checkpoint
 from .cache import HiddenCache
 from .classifier import TextClassifier
-from .finetune import features_from_cache, sample_probs
+from .finetune import TEXT_PRIOR_GRID, features_from_cache, sample_probs
 
-__all__ = ["student_config", "init_embeddings", "teacher_transfer_sets", "distill_text_student"]
+__all__ = ["STUDENT_SCHEMES", "student_config", "init_embeddings", "teacher_transfer_sets", "distill_text_student",
+           "fit_student_laplace", "STUDENT_PRIOR_GRID"]
+
+
+#: Schemes a text student may use: stochastic in the head only (trunk once, head S times).
+STUDENT_SCHEMES = ("mc_dropout", "laplace")
 
 
 def student_config(vocab_size: int, max_length: int, d_model: int = 64, depth: int = 2, heads: int = 4,
-                   ffn: int = 128, dropout: float = 0.1) -> ModelConfig:
-    """A small token transformer whose only stochastic part is the MC-dropout head."""
-    return ModelConfig(input_length=max_length, num_classes=2, patch=1, embed="token", vocab_size=vocab_size,
-                       d_model=d_model, heads=heads, depth=depth, ffn=ffn, dropout=dropout, stochastic_blocks=(),
-                       stochastic_head=True, scheme="mc_dropout")
+                   ffn: int = 128, dropout: float = 0.1, scheme: str = "mc_dropout",
+                   num_classes: int = 2) -> ModelConfig:
+    """A small token transformer whose only stochastic part is its head: MC dropout, or a
+    last-layer Laplace posterior fitted after distillation (:func:`fit_student_laplace`)."""
+    if scheme not in STUDENT_SCHEMES:
+        raise ValueError(f"student scheme must be one of {STUDENT_SCHEMES}, got {scheme!r}")
+    return ModelConfig(input_length=max_length, num_classes=num_classes, patch=1, embed="token",
+                       vocab_size=vocab_size, d_model=d_model, heads=heads, depth=depth, ffn=ffn, dropout=dropout,
+                       stochastic_blocks=(), stochastic_head=True, scheme=scheme)
 
 
 @torch.no_grad()
@@ -103,3 +112,27 @@ def distill_text_student(teacher: TextClassifier, teacher_source: str, teacher_d
     t = Teacher(teacher_source, teacher_digest, _no_relabel, teacher.num_classes)
     return distill_stage(t, student_cfg, splits, Path(out_dir), cfg=cfg, progress=progress, log=log,
                          init=student, labelled=labelled)
+
+
+#: Prior precisions tried for a student's Laplace posterior (the text heads' grid).
+STUDENT_PRIOR_GRID = TEXT_PRIOR_GRID
+
+
+def fit_student_laplace(ck: Checkpoint, x_fit: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                        prior_grid: Sequence[float] = STUDENT_PRIOR_GRID,
+                        log: Callable[[str], None] = print) -> Checkpoint:
+    """Fit the last-layer Laplace posterior (K-FAC GGN of the student's own last layer on
+    ``x_fit``, prior precision by validation NLL) of a distilled ``laplace`` student and
+    rewrite its checkpoint (same folder, atomically) with the fit in its metrics."""
+    from ..schemes.laplace import fit_laplace
+
+    if ck.config.scheme != "laplace":
+        raise ValueError(f"the student's scheme is {ck.config.scheme!r}; a Laplace posterior needs 'laplace'")
+    model = ck.load_model()
+    fit = fit_laplace(model, np.asarray(x_fit), np.asarray(x_val), np.asarray(y_val), prior_grid=prior_grid)
+    edge = " (the grid's edge)" if fit.prior_precision in (min(prior_grid), max(prior_grid)) else ""
+    log(f"student Laplace: GGN on {fit.n_train} phrases, prior precision {fit.prior_precision:g}{edge} "
+        f"(validation NLL {min(fit.val_nll):.4f})")
+    metrics = {**dict(ck.metrics), "laplace": fit.to_dict()}
+    return save_checkpoint(model, ck.directory, ck.class_names, ck.sample_rate_hz, ck.normalization, metrics=metrics,
+                           inputs=ck.inputs)

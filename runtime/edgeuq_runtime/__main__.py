@@ -59,6 +59,11 @@ def _info(args: argparse.Namespace) -> int:
     lines += [f"  {name}  {digest[:16]}" for name, digest in m.files.items()]
     if m.sections:
         lines.append(f"sections:  {', '.join(sorted(m.sections))}")
+    placed = (m.sections or {}).get("placement")
+    if placed is not None:
+        lines += [f"placement: {role} on {g.executor} ({g.target}): {g.chosen_by}"
+                  + (f", {g.chosen.median_ms:.3f} ms median" if g.chosen.median_ms is not None else "")
+                  + f" [{placed.measured}]" for role, g in placed.graphs.items()]
     if m.metadata:
         lines.append(f"metadata:  {', '.join(sorted(m.metadata))}")
     print("\n".join(lines))

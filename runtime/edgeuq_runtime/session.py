@@ -20,6 +20,7 @@ from .errors import BackendError, BundleError, InputError, ManifestError
 from .executors import MAX_THREADS, GraphRunner, files_opened, load_graph
 from .manifest import MAX_SAMPLES, GraphSpec, Manifest
 from .noise import mean_noise, sample_noise_for_sample, sample_noise_samples
+from .placement import check_placement
 from .preprocess import input_quality, normalize, validate_signal, validate_tokens
 from .tokenizer import WordTokenizer
 from .uncertainty import UncertaintyResult, decompose, softmax
@@ -110,6 +111,7 @@ class UncertaintyRuntime:
         self._rng = _make_rng(seed)
         self._bundle: Bundle = load_bundle(bundle_dir, verify=verify)
         m = self._bundle.manifest
+        check_placement(m)  # graphs run on the executors the bundle's placement section chose
         self._trunk = self._load_graph("trunk", m.trunk, threads)
         self._head = self._load_graph("head", m.head, threads)
         _check_graph("trunk", m.trunk, self._trunk)
@@ -156,6 +158,11 @@ class UncertaintyRuntime:
     @property
     def bundle(self) -> Bundle:
         return self._bundle
+
+    @property
+    def graph_runners(self) -> Dict[str, GraphRunner]:
+        """The loaded graphs, ``{"trunk": runner, "head": runner}``: the executor objects in use."""
+        return {"trunk": self._trunk, "head": self._head}
 
     @property
     def manifest(self) -> Manifest:

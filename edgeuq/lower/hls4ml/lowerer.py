@@ -149,18 +149,24 @@ def _check_target(target) -> None:
 
 
 def _probe_inputs(art, spec: HeadSpec, rows: int, seed: int, calibration: Optional[np.ndarray]) -> Dict[str, np.ndarray]:
-    """Features from the trunk on (calibration or z-scored random) windows, noise from the noise specs."""
+    """Features from the trunk on (calibration or z-scored random) windows, or token ids for a token
+    model, and noise from the noise specs."""
     import onnxruntime as ort
     from edgeuq_runtime.noise import sample_noise
     from edgeuq_runtime.preprocess import normalize
 
     rng = np.random.default_rng(seed)
     n_win = max(1, min(rows, 64))
-    if calibration is None:
-        windows = rng.standard_normal((n_win, art.input_length)).astype(np.float32)
+    dtype = np.dtype(getattr(art, "input_dtype", "float32"))
+    if dtype.kind in "iu":  # a token model: random (or calibration) token ids, no normalization
+        ids = rng.integers(1, int(art.vocab_size), size=(n_win, art.input_length)) if calibration is None \
+            else np.asarray(calibration).reshape(-1, art.input_length)[:n_win]
+        windows = ids.astype(dtype)
+    elif calibration is None:
+        windows = normalize(rng.standard_normal((n_win, art.input_length)).astype(np.float32), art.normalization)
     else:
-        windows = np.asarray(calibration, np.float32).reshape(-1, art.input_length)[:n_win]
-    windows = normalize(windows, art.normalization)
+        windows = normalize(np.asarray(calibration, np.float32).reshape(-1, art.input_length)[:n_win],
+                            art.normalization)
     trunk = ort.InferenceSession(str(art.trunk_path), providers=["CPUExecutionProvider"])
     feats = trunk.run([art.feature_name], {art.input_name: windows})[0]
     feats = feats[np.arange(rows) % len(feats)]

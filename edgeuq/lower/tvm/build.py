@@ -56,7 +56,7 @@ def import_onnx(onnx_path: Path, inputs: Sequence[tuple], batch: Optional[int]) 
 
 
 def build_graph(role: str, onnx_path: Path, target: Any, workdir: Path, batch: Optional[int], trials: int,
-                db_dir: Path, say: Callable[[str], None]) -> GraphBuild:
+                db_dir: Path, say: Callable[[str], None], shipped: Optional[Path] = None) -> GraphBuild:
     import tvm
 
     from .cuda import compile_kernels, cuda_source
@@ -68,11 +68,16 @@ def build_graph(role: str, onnx_path: Path, target: Any, workdir: Path, batch: O
     mod = import_onnx(onnx_path, inputs, batch)
     if batch is None:
         say(f"{role}: compiling for {target.name} (default schedules, dynamic batch)")
+        if target.kind == "cpu":
+            from .fastmath import fast_math_legalize
+
+            with tt:
+                mod = fast_math_legalize()(mod)
         ex = tvm.compile(mod, target=tt)
         tuning = {"state": "untuned", "trials": 0}
     else:
         say(f"{role}: compiling for {target.name} (batch {batch}, {trials} tuning trials)")
-        ex, report = tune_and_compile(mod, tt, db_dir, trials, progress=say)
+        ex, report = tune_and_compile(mod, tt, db_dir, trials, progress=say, shipped=shipped)
         tuning = report.to_json()
     lib = workdir / f"{role}.so"
     cc = cross_compiler(target)
@@ -91,14 +96,16 @@ def build_graph(role: str, onnx_path: Path, target: Any, workdir: Path, batch: O
     return GraphBuild(role, lib, options, batch, tuning, cuda, time.perf_counter() - start)
 
 
-def has_records(onnx_path: Path, target: Any, db_dir: Path, batch: int) -> bool:
-    """True when the target's tuning database holds a record for any task of this graph."""
+def has_records(onnx_path: Path, target: Any, db_dir: Path, batch: int, shipped: Optional[Path] = None) -> bool:
+    """True when the target's tuning database (or the ``shipped`` one) holds a record for any
+    task of this graph."""
     from .tune import database_size, matching_records
 
-    if database_size(db_dir) == 0:
+    if database_size(db_dir) == 0 and shipped is None:
         return False
     inputs, _ = graph_io(onnx_path)
-    return matching_records(import_onnx(onnx_path, inputs, batch), tvm_target(target, num_cores=1), db_dir) > 0
+    return matching_records(import_onnx(onnx_path, inputs, batch), tvm_target(target, num_cores=1), db_dir,
+                            shipped) > 0
 
 
 def overall_state(builds: Dict[str, GraphBuild]) -> str:

@@ -12,6 +12,12 @@ batch: the trunk for ``batch`` windows (default 1, one window at a time), the he
 for ``samples * batch`` rows. The ``tvm`` executor chunks and zero-pads other
 batch sizes (see ``edgeuq_runtime.executors.tvm``).
 
+A tuning database for the demo architecture ships with the package per x86 target
+(:func:`.tune.shipped_dir`); with ``tune_trials=0`` it is applied when its tasks match
+these graphs (the evidence's tuning state then says ``tuned (shipped database)``), and
+the libraries are compiled for the fixed batch it was tuned for. ``shipped_database=False``
+ignores it (a plain untuned build).
+
 Tuning runs only where the code runs (this host's own CPU); for cross and CUDA
 targets it needs the device (a MetaSchedule RPC runner), so they are compiled
 with the default schedules (CUDA: dlight GPU rules) and say so.
@@ -33,6 +39,7 @@ from ..base import CompiledArtifact, CompiledGraph, CompileSettings, Lowerer, op
 from .build import ROLES, GraphBuild, build_graph, has_records, overall_state
 from .check import CHECK_MODES, check_artifact
 from .targets import compiler_versions, is_native, tuning_dir, tvm_target
+from .tune import shipped_dir
 
 __all__ = ["TvmLowerer", "TvmOptions", "compile_tvm"]
 
@@ -49,7 +56,8 @@ class TvmOptions:
     (trunk rows of a tuned library), ``graphs`` (roles to compile; the other graph is
     passed through as ONNX for onnxruntime), ``check`` (``"auto"``, ``"none"`` or
     ``"require"``), ``atol``, ``threads`` (for the latency check), ``progress`` (a
-    ``str -> None`` callable).
+    ``str -> None`` callable), ``shipped_database`` (apply the package's tuning database
+    for the target when its tasks match the graphs; default True).
     """
 
     tune_trials: int = 0
@@ -61,6 +69,7 @@ class TvmOptions:
     atol: Optional[float] = None
     threads: Optional[int] = None
     progress: Optional[Callable[[str], None]] = None
+    shipped_database: bool = True
 
     def __post_init__(self) -> None:
         graphs = tuple(self.graphs or ROLES)
@@ -100,13 +109,14 @@ class TvmLowerer(Lowerer):
             say(notes[-1])
             trials = 0
         db_dir = tuning_dir(target.name, options.tuning_root)
+        shipped = shipped_dir(target.name) if options.shipped_database else None
         builds: Dict[str, GraphBuild] = {}
         for role in options.graphs:
             onnx_path = Path(art.trunk_path if role == "trunk" else art.head_path)
             batch: Optional[int] = trunk_batch if role == "trunk" else samples * trunk_batch
-            if trials == 0 and not has_records(onnx_path, target, db_dir, batch):
+            if trials == 0 and not has_records(onnx_path, target, db_dir, batch, shipped):
                 batch = None
-            builds[role] = build_graph(role, onnx_path, target, workdir, batch, trials, db_dir, say)
+            builds[role] = build_graph(role, onnx_path, target, workdir, batch, trials, db_dir, say, shipped)
         evidence = check_artifact(art, target, builds, mode=options.check, samples=samples, atol=options.atol,
                                   threads=options.threads, progress=say)
         graphs = {role: (CompiledGraph(file=b.library, backend="tvm", options=b.options) if b is not None else

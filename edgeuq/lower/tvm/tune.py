@@ -12,17 +12,34 @@ The database is MetaSchedule's JSON database (``database_workload.json`` +
 ``database_tuning_record.json``) in one folder per target; tuning appends to it,
 and compiling with ``tune_trials=0`` applies whatever it already holds, so a
 second ``edgeuq compile`` of the same graphs reuses the tuned schedules.
+
+Shipped database: the package carries a pruned database (the best record per task) for
+the demo architecture (``bearing-demo``: trunk on 1 window, head on 16 rows) per x86
+target, in ``edgeuq/lower/tvm/tuning/<target>/`` (:func:`shipped_dir`). Tuning tasks
+are keyed by the structure of the fused kernels, not by weights, so it applies to any
+trained model of that architecture; compiling applies it together with the user's
+database (the faster record per task wins) and reports state ``tuned (shipped
+database)`` when only shipped records matched. Regenerate it with
+``python -m edgeuq.lower.tvm.shipped`` (see that module).
 """
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
-__all__ = ["TuneReport", "tune_and_compile", "open_database", "database_size", "matching_records", "prepare_for_tuning"]
+__all__ = ["TuneReport", "tune_and_compile", "open_database", "database_size", "matching_records", "prepare_for_tuning",
+           "shipped_dir", "SHIPPED_ROOT", "SHIPPED_STATE"]
+
+#: Per-target pruned databases that ship with the package (``<target name>/database_*.json``).
+SHIPPED_ROOT = Path(__file__).resolve().parent / "tuning"
+#: The tuning state of a graph whose schedules came from the shipped database only.
+SHIPPED_STATE = "tuned (shipped database)"
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +54,25 @@ class TuneReport:
     records_after: int
     seconds: float
     database: str
+    user_tasks: int = 0            # tasks of this graph with a workload in the user's database
+    shipped_tasks: int = 0         # tasks of this graph with a record in the shipped database
+    shipped_database: str = ""     # the shipped database folder consulted ("" when none)
 
     @property
     def state(self) -> str:
-        """``tuned`` (trials run now), ``reused`` (database records applied) or ``untuned``."""
+        """``tuned`` (trials run now), ``reused`` (the user's database matched), ``tuned (shipped
+        database)`` (only the shipped database matched) or ``untuned``."""
         if self.trials_requested > 0:
             return "tuned"
-        return "reused" if self.records_before > 0 else "untuned"
+        if self.records_before > 0 and self.user_tasks > 0:
+            return "reused"
+        return SHIPPED_STATE if self.shipped_tasks > 0 else "untuned"
 
     def to_json(self) -> dict:
         return {"state": self.state, "trials": self.trials_requested, "tasks": self.tasks,
-                "records": self.records_after, "seconds": round(self.seconds, 2), "database": self.database}
+                "records": self.records_after, "seconds": round(self.seconds, 2), "database": self.database,
+                "user_tasks": self.user_tasks, "shipped_tasks": self.shipped_tasks,
+                "shipped_database": self.shipped_database}
 
 
 def _ms() -> Any:
@@ -71,6 +96,31 @@ def database_size(db_dir: Path) -> int:
     if not path.is_file():
         return 0
     return sum(1 for line in path.read_text().splitlines() if line.strip())
+
+
+def shipped_dir(target_name: str) -> Optional[Path]:
+    """The shipped database folder of a target, or None when the package has none for it."""
+    d = SHIPPED_ROOT / str(target_name)
+    return d if database_size(d) > 0 and (d / "database_workload.json").is_file() else None
+
+
+class _ReadOnlyCopy:
+    """A JSON database opened on a private copy of a (possibly read-only, installed) folder:
+    MetaSchedule may append workloads to the files it opens."""
+
+    def __init__(self, src: Path) -> None:
+        self._tmp = Path(tempfile.mkdtemp(prefix="edgeuq-shipped-db-"))
+        for name in ("database_workload.json", "database_tuning_record.json"):
+            shutil.copyfile(Path(src) / name, self._tmp / name)
+        self.db = open_database(self._tmp)
+
+    def close(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def _has_record(db: Any, task: Any) -> bool:
+    mod = task.dispatched[0]
+    return bool(db.has_workload(mod)) and len(db.get_top_k(db.commit_workload(mod), 1)) > 0
 
 
 def _make_in_process_builder() -> Any:
@@ -137,20 +187,24 @@ def _tunable(task: Any) -> bool:
 
 
 def prepare_for_tuning(mod: Any, target: Any) -> Any:
-    """Legalize and fuse (the "zero" pipeline): MetaSchedule finds tasks only after it."""
+    """Legalize and fuse (the "zero" pipeline): MetaSchedule finds tasks only after it. CPU
+    targets legalize softmax / erf / exp through vectorizable versions (:mod:`.fastmath`)."""
     import tvm
     from tvm import relax
 
+    from .fastmath import fast_math_legalize
+
+    first = [fast_math_legalize()] if target.kind.name == "llvm" else [relax.transform.DecomposeOpsForInference()]
     with target:
-        seq = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
-                                        relax.transform.CanonicalizeBindings(), relax.get_pipeline("zero")])
+        seq = tvm.transform.Sequential([*first, relax.transform.CanonicalizeBindings(), relax.get_pipeline("zero")])
         return seq(mod)
 
 
 def tune_and_compile(mod: Any, target: Any, db_dir: Path, trials: int,
-                     progress: Optional[Callable[[str], None]] = None) -> tuple:
+                     progress: Optional[Callable[[str], None]] = None, shipped: Optional[Path] = None) -> tuple:
     """Tune ``mod`` (static shapes) for ``trials`` MetaSchedule trials (0: reuse the
-    database only) and compile it with the database applied.
+    database only) and compile it with the database applied; ``shipped`` (a folder from
+    :func:`shipped_dir`) is applied too, read-only: per task the faster record wins.
 
     Returns ``(executable, TuneReport)``. Functions with no record fall back to the
     default schedule (GPU: dlight rules).
@@ -163,6 +217,27 @@ def tune_and_compile(mod: Any, target: Any, db_dir: Path, trials: int,
     mod = prepare_for_tuning(mod, target)
     tasks = ms.relax_integration.extract_tasks(mod, target)
     tunable = [t for t in tasks if _tunable(t)]
+    user_tasks = sum(1 for t in tasks if db.has_workload(t.dispatched[0])) if before else 0
+    copy = _ReadOnlyCopy(Path(shipped)) if shipped is not None else None
+    try:
+        shipped_tasks = sum(1 for t in tasks if _has_record(copy.db, t)) if copy is not None else 0
+        if copy is not None:
+            say(f"shipped tuning database {shipped}: records for {shipped_tasks} of {len(tasks)} tasks")
+        executable = _tune_then_compile(ms, mod, target, db, db_dir, trials, tunable, tasks, before, say,
+                                        copy.db if copy is not None and shipped_tasks else None)
+    finally:
+        if copy is not None:
+            copy.close()
+    report = TuneReport(trials_requested=trials, tasks=len(tasks), records_before=before,
+                        records_after=database_size(db_dir), seconds=time.perf_counter() - start,
+                        database=str(db_dir), user_tasks=user_tasks, shipped_tasks=shipped_tasks,
+                        shipped_database=str(shipped) if shipped is not None else "")
+    say(f"tuning state {report.state}: {report.records_after} records, {report.seconds:.1f} s")
+    return executable, report
+
+
+def _tune_then_compile(ms: Any, mod: Any, target: Any, db: Any, db_dir: Path, trials: int, tunable: list,
+                       tasks: list, before: int, say: Callable[[str], None], shipped_db: Any) -> Any:
     if trials > 0 and tunable:
         say(f"tuning {len(tunable)} of {len(tasks)} tasks, {trials} trials in all (database {db_dir}, "
             f"{before} records before)")
@@ -177,19 +252,22 @@ def tune_and_compile(mod: Any, target: Any, db_dir: Path, trials: int,
     import tvm
     from tvm import relax
 
-    with target, db, tvm.transform.PassContext(opt_level=3):
+    apply = ms.database.UnionDatabase(db, shipped_db) if shipped_db is not None else db
+    with target, apply, tvm.transform.PassContext(opt_level=3):
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-    executable = tvm.compile(mod, target=target)
-    report = TuneReport(trials_requested=trials, tasks=len(tasks), records_before=before,
-                        records_after=database_size(db_dir), seconds=time.perf_counter() - start,
-                        database=str(db_dir))
-    say(f"tuning state {report.state}: {report.records_after} records, {report.seconds:.1f} s")
-    return executable, report
+    return tvm.compile(mod, target=target)
 
 
-def matching_records(mod: Any, target: Any, db_dir: Path) -> int:
-    """How many of ``mod``'s tuning tasks (static shapes) have a workload in the database."""
+def matching_records(mod: Any, target: Any, db_dir: Path, shipped: Optional[Path] = None) -> int:
+    """How many of ``mod``'s tuning tasks (static shapes) have a workload in the user's database
+    or a record in the ``shipped`` one."""
     ms = _ms()
-    db = open_database(db_dir)
     tasks = ms.relax_integration.extract_tasks(prepare_for_tuning(mod, target), target)
-    return sum(1 for t in tasks if db.has_workload(t.dispatched[0]))
+    dbs = [open_database(db_dir)] if database_size(db_dir) > 0 else []
+    copy = _ReadOnlyCopy(Path(shipped)) if shipped is not None else None
+    try:
+        return sum(1 for t in tasks if any(db.has_workload(t.dispatched[0]) for db in dbs)
+                   or (copy is not None and _has_record(copy.db, t)))
+    finally:
+        if copy is not None:
+            copy.close()

@@ -1,0 +1,181 @@
+"""Regenerate the tuning database that ships with the package for the demo architecture.
+
+    python -m edgeuq.lower.tvm.shipped --target x86-64-avx512 [--trials-per-task 64] [--light-trials 8]
+                                       [--work DIR] [--prune-only]
+
+The demo architecture (recipe ``bearing-demo``: conv patch embedding, d=64, 3 blocks,
+last block + head stochastic) is exported with random weights (tuning tasks depend on
+shapes, not on weights), the trunk for 1 window and the head for ``samples`` rows
+(16: one S=16 inference), the shapes :class:`~edgeuq.lower.tvm.TvmOptions` compiles by
+default. The tasks that dominate the time (``matmul`` and ``conv`` kernels: 80-90 % of
+the untuned time, see ``docs/targets.md``) get ``--trials-per-task`` MetaSchedule
+trials first, the others (transposes, layer norms, means, softmax last)
+``--light-trials``. Softmax is last because one of its candidates once kept the
+in-process builder (LLVM) busy for more than 5 minutes: with ``timeout`` it can only cost
+the end of a run. All records go to a work database (``--work``, kept across runs, so
+an interrupted run resumes with what it measured); the package copy is pruned to the
+best record per task (``Database.dump_pruned``), a few hundred kB, in
+``edgeuq/lower/tvm/tuning/<target>/``.
+
+Tuning is CPU-heavy (about 1.5 s per trial on one core): run it with ``nice`` and
+``timeout``; records are written as they are measured, then run ``--prune-only``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from .tune import SHIPPED_ROOT, database_size
+
+__all__ = ["HEAVY_KERNELS", "demo_graphs", "demo_tasks", "tune_demo", "prune_into", "write_provenance", "main"]
+
+#: Kernel-name fragments of the tasks that get the full trial budget.
+HEAVY_KERNELS = ("matmul", "conv")
+
+
+def demo_graphs(workdir: Path, recipe: str = "bearing-demo") -> Any:
+    """The recipe's architecture with random weights, exported to ONNX (an ``OnnxArtifact``)."""
+    import torch
+
+    from ...catalog import get_recipe
+    from ...export import export_onnx
+    from ...models import ModelConfig, SignalTransformer
+    from ...training import save_checkpoint
+
+    torch.manual_seed(0)
+    rec = get_recipe(recipe)
+    cfg = ModelConfig.from_dict(rec.model, input_length=int(rec.data["window"]), num_classes=len(rec.data["classes"]))
+    ck = save_checkpoint(SignalTransformer(cfg), Path(workdir) / "ck", tuple(rec.data["classes"]),
+                         float(rec.data["fs_hz"]))
+    return export_onnx(ck, Path(workdir) / "onnx")
+
+
+def demo_tasks(art: Any, target: Any, samples: int = 16, batch: int = 1) -> List[Any]:
+    """The tunable MetaSchedule tasks of both graphs at the shapes the lowering compiles."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from .build import graph_io, import_onnx
+    from .tune import _tunable, prepare_for_tuning
+
+    tasks = []
+    for path, rows in ((Path(art.trunk_path), batch), (Path(art.head_path), samples * batch)):
+        mod = prepare_for_tuning(import_onnx(path, graph_io(path)[0], rows), target)
+        tasks += [t for t in ms.relax_integration.extract_tasks(mod, target) if _tunable(t)]
+    return tasks
+
+
+def tune_demo(tasks: Sequence[Any], db_dir: Path, heavy_trials: int, light_trials: int,
+              say=print) -> None:
+    """Tune the heavy tasks, then the light ones, into the JSON database ``db_dir``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from .tune import _make_in_process_builder, _make_in_process_runner, open_database
+
+    db = open_database(db_dir)
+    heavy = [t for t in tasks if any(k in t.task_name for k in HEAVY_KERNELS)]
+    light = sorted((t for t in tasks if t not in heavy), key=lambda t: "softmax" in t.task_name)
+    for group, n in ((heavy, heavy_trials), (light, light_trials)):
+        if not group or n <= 0:
+            continue
+        say(f"{time.strftime('%H:%M:%S')} tuning {len(group)} tasks x {n} trials: "
+            f"{sorted({t.task_name for t in group})}")
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            extracted_tasks=group, work_dir=str(db_dir), space="post-order-apply", strategy="evolutionary", seed=0)
+        ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db_dir),
+                           max_trials_global=n * len(group), max_trials_per_task=n, num_trials_per_iter=16,
+                           builder=_make_in_process_builder(), runner=_make_in_process_runner(), database=db,
+                           cost_model="xgb", task_scheduler="round-robin")
+
+
+def prune_into(work_db: Path, dest: Path) -> int:
+    """Write the best record per workload of ``work_db`` to ``dest`` (replaced); returns its size."""
+    from .tune import open_database
+
+    import json
+    import shutil
+
+    dest = Path(dest)
+    staging = Path(tempfile.mkdtemp(prefix=".shipped-", dir=dest.parent if dest.parent.is_dir() else None))
+    source = Path(tempfile.mkdtemp(prefix="edgeuq-work-db-"))
+    for name in ("database_workload.json", "database_tuning_record.json"):
+        # a tuning run stopped by `timeout` may leave a half-written last line: keep whole lines only
+        lines = []
+        for line in (Path(work_db) / name).read_text().splitlines():
+            try:
+                json.loads(line)
+            except ValueError:
+                continue
+            lines.append(line)
+        (source / name).write_text("".join(line + "\n" for line in lines))
+    open_database(source).dump_pruned(open_database(staging))
+    shutil.rmtree(source, ignore_errors=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("database_workload.json", "database_tuning_record.json"):
+        (staging / name).replace(dest / name)
+    staging.rmdir()
+    return database_size(dest)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", required=True, help="target descriptor (e.g. x86-64, x86-64-avx512)")
+    p.add_argument("--trials-per-task", type=int, default=64)
+    p.add_argument("--light-trials", type=int, default=8)
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--work", help="work database folder (default: a folder under the system temp dir)")
+    p.add_argument("--prune-only", action="store_true", help="only copy the work database's best records")
+    a = p.parse_args(argv)
+    from ...catalog import get_target
+    from .targets import tvm_target
+
+    work = Path(a.work) if a.work else Path(tempfile.gettempdir()) / f"edgeuq-tune-{a.target}"
+    if not a.prune_only:
+        target = tvm_target(get_target(a.target), num_cores=1)
+        with tempfile.TemporaryDirectory(prefix="edgeuq-demo-") as tmp:
+            tasks = demo_tasks(demo_graphs(Path(tmp)), target, samples=a.samples)
+            tune_demo(tasks, work, a.trials_per_task, a.light_trials)
+    if database_size(work) == 0:
+        print(f"no records in {work}", file=sys.stderr)
+        return 1
+    n = prune_into(work, SHIPPED_ROOT / a.target)
+    write_provenance(work, SHIPPED_ROOT / a.target, a.target)
+    print(f"{SHIPPED_ROOT / a.target}: {n} records (best per task) from {database_size(work)} in {work}")
+    return 0
+
+
+def write_provenance(work_db: Path, dest: Path, target: str) -> dict:
+    """``provenance.json`` next to a shipped database: when, where, and how many trials per task."""
+    import json
+    import os
+    import platform
+    from collections import Counter
+
+    measured = Counter()
+    for line in (Path(work_db) / "database_tuning_record.json").read_text().splitlines():
+        try:
+            measured[json.loads(line)[0]] += 1
+        except ValueError:
+            continue
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                   if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    doc = {"target": target, "architecture": "bearing-demo (trunk 1 window, head 16 rows)",
+           "tuned": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu, "cores": os.cpu_count(),
+           "records_measured": sum(measured.values()), "tasks": len(measured),
+           "trials_per_task": {"min": min(measured.values(), default=0), "max": max(measured.values(), default=0)},
+           "shipped_records": database_size(dest), "command": f"python -m edgeuq.lower.tvm.shipped --target {target}"}
+    tmp = Path(dest) / "provenance.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(Path(dest) / "provenance.json")
+    return doc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""The text-teacher stage: a labelled text file in, a versioned artifact with device bundles out.
+
+    pretrained MiniLM (edgeuq.text.pretrained) + train/val/test/OOD files (edgeuq.text.datasets)
+      -> WordPiece ids -> frozen lower layers cached (edgeuq.text.cache; reused on re-run)
+      -> fine-tune the top ``train_layers`` layers + head (edgeuq.text.finetune; a line per epoch)
+      -> last-layer Laplace posterior (K-FAC GGN, prior precision by validation NLL)
+      -> one device bundle per scheme (edgeuq.text.export; ONNX Runtime == PyTorch checked)
+      -> metrics of each bundle on the device runtime (held-out accuracy, ECE, NLL; OOD AUROC)
+      -> TextTeacher artifact (edgeuq.artifact: staged, fsynced, renamed; hashed; envelope last)
+
+Nothing is lost on failure: the frozen-layer caches (``OUT/cache/*.npz``) and the
+fine-tuned weights (``OUT/cache/finetuned-*.pt``) are written atomically as soon as
+they exist and keyed by what they were made from, so a re-run after a failed
+export or evaluation resumes there; the artifact itself appears only complete.
+A run whose inputs (weights, data files, options) match a stored artifact returns
+it without recomputing (:func:`edgeuq.artifact.cached`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..artifact import Artifact, ArtifactWriter, cached, digest_of
+from ..data.sources import DataOptions
+from .classifier import TEXT_SCHEMES, TextClassifier
+from .datasets import TextSplits, text_splits
+
+__all__ = ["TeacherOptions", "TextTeacher", "train_text_teacher", "load_text_teacher", "TEACHER_FILE"]
+
+TEACHER_FILE = "teacher.pt"
+_TOKENIZER_FILE = "tokenizer.json"
+PathLike = Union[str, Path]
+
+
+@dataclass(frozen=True)
+class TeacherOptions:
+    """How the teacher is fine-tuned, fitted and bundled (``edgeuq text-teacher`` flags)."""
+
+    train_layers: int = 2           # top encoder layers trained; the rest frozen and cached
+    epochs: int = 1
+    lr: float = 5e-5                # encoder layers
+    lr_head: float = 1e-3
+    batch: int = 32
+    max_length: int = 64            # WordPiece ids incl. [CLS]/[SEP]
+    train_limit: int = 0            # use the first N training rows (0 = all)
+    train_subset: int = 0           # fine-tune on a random N of the (cached) rows (0 = all)
+    val_limit: int = 0              # use a random N of the validation rows (0 = all)
+    laplace_rows: int = 10000       # training rows whose features fit the Laplace GGN (0 = all)
+    held_out: float = 0.1           # share of the training file held out per missing --val / --test
+    hidden: int = 256               # head width
+    head_dropout: float = 0.2
+    seed: int = 0
+    samples: int = 32               # S of the bundles and of the evaluation
+    schemes: Tuple[str, ...] = ("laplace", "mc_dropout")
+    threads: int = 1                # runtime threads in the evaluation
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schemes", tuple(self.schemes))
+        problems = []
+        for name in ("epochs", "batch", "max_length", "samples", "hidden", "threads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                problems.append(f"{name} must be a positive integer, got {v!r}")
+        for name in ("train_layers", "train_limit", "train_subset", "val_limit", "laplace_rows", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                problems.append(f"{name} must be an integer >= 0, got {v!r}")
+        for name in ("lr", "lr_head"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 < v < 1):  # NaN-safe
+                problems.append(f"{name} must lie in (0, 1), got {v!r}")
+        if not (0 <= self.head_dropout < 1):
+            problems.append(f"head_dropout must lie in [0, 1), got {self.head_dropout!r}")
+        if not (0 < self.held_out < 0.5):
+            problems.append(f"held_out must lie in (0, 0.5), got {self.held_out!r}")
+        if self.max_length < 3:
+            problems.append(f"max_length must be >= 3 ([CLS], a token, [SEP]), got {self.max_length}")
+        bad = [s for s in self.schemes if s not in TEXT_SCHEMES]
+        if bad or not self.schemes or len(set(self.schemes)) != len(self.schemes):
+            problems.append(f"schemes must be distinct names among {list(TEXT_SCHEMES)}, got {list(self.schemes)}")
+        if problems:
+            raise ValueError("invalid TeacherOptions: " + "; ".join(problems))
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["schemes"] = list(self.schemes)
+        return d
+
+
+@dataclass(frozen=True)
+class TextTeacher(Artifact):
+    """A fine-tuned text teacher: weights, tokenizer, one verified device bundle per scheme,
+    and the metrics of each bundle on the device runtime."""
+
+    KIND: ClassVar[str] = "text_teacher"
+    FORMAT_VERSION: ClassVar[int] = 1
+    META_FILE: ClassVar[str] = "text_teacher.json"
+
+    base: str
+    weights_sha256: str
+    model_config: Mapping[str, Any]
+    class_names: Tuple[str, ...]
+    max_length: int
+    options: Mapping[str, Any]
+    data: Mapping[str, Any]
+    history: Mapping[str, Any]
+    laplace: Optional[Mapping[str, Any]]
+    metrics: Mapping[str, Any]
+    bundles: Mapping[str, str]                       # scheme -> folder inside the artifact
+    bundle_files: Tuple[str, ...] = ()               # every bundle file (hashed here too)
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    def payload_files(self) -> Tuple[str, ...]:
+        return (TEACHER_FILE, _TOKENIZER_FILE, *self.bundle_files)
+
+    def to_meta(self) -> Dict[str, Any]:
+        return {"base": self.base, "weights_sha256": self.weights_sha256, "model_config": dict(self.model_config),
+                "class_names": list(self.class_names), "max_length": self.max_length, "options": dict(self.options),
+                "data": dict(self.data), "history": dict(self.history),
+                "laplace": None if self.laplace is None else dict(self.laplace), "metrics": dict(self.metrics),
+                "bundles": dict(self.bundles), "bundle_files": list(self.bundle_files),
+                "timings": dict(self.timings)}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], **base: Any) -> "TextTeacher":
+        return cls(base=meta["base"], weights_sha256=meta["weights_sha256"], model_config=meta["model_config"],
+                   class_names=tuple(meta["class_names"]), max_length=int(meta["max_length"]),
+                   options=meta["options"], data=meta["data"], history=meta["history"], laplace=meta["laplace"],
+                   metrics=meta["metrics"], bundles=meta["bundles"], bundle_files=tuple(meta["bundle_files"]),
+                   timings=meta["timings"], **base)
+
+    def bundle_path(self, scheme: str) -> Path:
+        if scheme not in self.bundles:
+            raise KeyError(f"no {scheme!r} bundle in {self.directory} (has {sorted(self.bundles)})")
+        return self.file_path(self.bundles[scheme])
+
+    def load_model(self, scheme: Optional[str] = None) -> TextClassifier:
+        """The fine-tuned classifier (Laplace posterior included), set to ``scheme``."""
+        cfg = dict(self.model_config)
+        if scheme is not None:
+            cfg["scheme"] = scheme
+        model = TextClassifier.from_config_json(cfg)
+        model.load_state_dict(torch.load(self.file_path(TEACHER_FILE), map_location="cpu", weights_only=True))
+        return model.eval()
+
+
+def load_text_teacher(path: PathLike, verify: bool = True) -> TextTeacher:
+    return TextTeacher.load(path, verify=verify)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _save_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _runtime_metrics(bundle_dir: Path, test, oods: Sequence, samples: int, threads: int, seed: int) -> dict:
+    """Accuracy, ECE, NLL on the held-out texts and OOD AUROC (MI, total entropy, 1 - max p),
+    all from the device runtime running the bundle."""
+    from edgeuq_runtime import UncertaintyRuntime
+
+    from ..uq import auroc, expected_calibration_error, nll
+
+    rt = UncertaintyRuntime(bundle_dir, threads=threads, seed=seed)
+    r = rt.predict_text(list(test.texts), samples=samples, seed=seed)
+    row: Dict[str, Any] = {"rows": len(test), "accuracy": float(np.mean(r.prediction == test.y)),
+                           "ece": float(expected_calibration_error(r.probs, test.y)),
+                           "nll": float(nll(r.probs, test.y)), "samples": int(samples),
+                           "how": "device runtime (UncertaintyRuntime.predict_text) on the bundle"}
+    ood = {}
+    for i, ds in enumerate(oods):
+        o = rt.predict_text(list(ds.texts), samples=samples, seed=seed + 1 + i)
+        ood[ds.name] = {"rows": len(ds), "auroc_mi": float(auroc(r.epistemic, o.epistemic)),
+                        "auroc_total": float(auroc(r.total, o.total)),
+                        "auroc_maxp": float(auroc(1 - r.probs.max(-1), 1 - o.probs.max(-1)))}
+    if ood:
+        row["ood"] = ood
+    return row
+
+
+def _bundle_files(root: Path, folder: str) -> Tuple[str, ...]:
+    return tuple(sorted(f"{folder}/{p.relative_to(root).as_posix()}" for p in root.rglob("*") if p.is_file()))
+
+
+# ----------------------------------------------------------------------------- the stage
+def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions = TeacherOptions(), *,
+                       val: Optional[PathLike] = None, test: Optional[PathLike] = None, ood: Sequence[PathLike] = (),
+                       class_names: Optional[Sequence[str]] = None, data_options: DataOptions = DataOptions(),
+                       model: Optional[PathLike] = None, name: str = "text-teacher",
+                       log: Callable[[str], None] = print, force: bool = False) -> TextTeacher:
+    """Fine-tune the packaged MiniLM (or the model folder/zip ``model``) on a labelled text
+    file and write a :class:`TextTeacher` artifact to ``out`` (see the module docstring)."""
+    from .cache import cache_hidden, cache_key
+    from .export import export_text_bundle
+    from .finetune import FinetuneConfig, features_from_cache, finetune, fit_text_laplace
+    from .pretrained import load_pretrained
+    from .wordpiece import wordpiece_from_tokenizer_json
+
+    out = Path(out)
+    t_start = time.time()
+    torch.manual_seed(options.seed)
+    splits: TextSplits = text_splits(Path(train), Path(val) if val else None, Path(test) if test else None,
+                                     [Path(p) for p in ood], class_names, data_options, options.held_out,
+                                     options.seed)
+    pre = load_pretrained(model)
+    if options.train_layers > pre.config.num_hidden_layers:
+        raise ValueError(f"train_layers {options.train_layers} exceeds the encoder's "
+                         f"{pre.config.num_hidden_layers} layers")
+    if options.max_length > pre.config.max_position_embeddings:
+        raise ValueError(f"max_length {options.max_length} exceeds the encoder's "
+                         f"{pre.config.max_position_embeddings} positions")
+    key = digest_of("text_teacher", pre.weights_sha256, splits.sources, list(splits.class_names), options.to_dict(),
+                    {"text_column": data_options.text_column, "label_column": data_options.label_column,
+                     "label_map": dict(data_options.label_map)}, name)
+    if not force:
+        hit = cached(TextTeacher, out, key)
+        if hit is not None:
+            log(f"{out}: up to date (a text_teacher made from the same weights, data and options)")
+            return hit
+    names = splits.class_names
+    if options.val_limit and options.val_limit < len(splits.val):
+        keep = np.sort(np.random.default_rng(options.seed).permutation(len(splits.val))[:options.val_limit])
+        splits = replace(splits, val=splits.val.subset(keep))
+    log(f"data: train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} rows, "
+        f"classes {list(names)}" + "".join(f", {d.name} {len(d)}" for d in splits.ood))
+    train_ds = splits.train
+    if options.train_limit and options.train_limit < len(train_ds):
+        train_ds = train_ds.subset(np.arange(options.train_limit))
+
+    tok = wordpiece_from_tokenizer_json(pre.tokenizer_json, options.max_length)
+    torch.manual_seed(options.seed)
+    teacher = TextClassifier(pre.config, num_classes=len(names), hidden=options.hidden,
+                             head_dropout=options.head_dropout, scheme="mc_dropout")
+    teacher.encoder.load_bert_state(pre.state)
+    teacher.eval()
+    start = pre.config.num_hidden_layers - options.train_layers
+    cache_dir = out / "cache"
+    t0 = time.time()
+    caches, cache_keys = {}, {}
+    for split, ds in (("train", train_ds), ("val", splits.val)):
+        ids = tok.encode_batch(list(ds.texts))
+        ck = cache_keys[split] = cache_key(teacher.encoder, ids, start)
+        caches[split] = cache_hidden(teacher.encoder, ids, ds.y, start, path=cache_dir / f"{split}-{ck}.npz",
+                                     name=f"{name} {split}")
+    t_cache = time.time() - t0
+    log(f"frozen layers 0..{start - 1}: cached {len(caches['train'])} + {len(caches['val'])} rows "
+        f"under {cache_dir} ({t_cache:.0f}s)")
+    train_cache = caches["train"]
+    if options.train_subset and options.train_subset < len(train_cache):
+        pick = np.sort(np.random.default_rng(options.seed).permutation(len(train_cache))[:options.train_subset])
+        train_cache = train_cache.subset(pick)
+
+    cfg = FinetuneConfig(train_layers=options.train_layers, epochs=options.epochs, batch_size=options.batch,
+                         lr_encoder=options.lr, lr_head=options.lr_head, seed=options.seed)
+    trained_on = {k: options.to_dict()[k] for k in ("train_layers", "epochs", "lr", "lr_head", "batch", "max_length",
+                                                     "train_limit", "train_subset", "val_limit", "hidden",
+                                                     "head_dropout", "seed")}
+    tuned = cache_dir / ("finetuned-" + digest_of(cache_keys, train_ds.y.tolist(), splits.val.y.tolist(),
+                                                  list(names), trained_on)[:16] + ".pt")
+    t0 = time.time()
+    if tuned.is_file():
+        saved = torch.load(tuned, map_location="cpu", weights_only=True)
+        teacher.load_state_dict(saved["state"])
+        history = json.loads(saved["history"])
+        log(f"fine-tuned weights reused from {tuned}")
+    else:
+        log(f"fine-tuning layers {start}..{pre.config.num_hidden_layers - 1} + head on {len(train_cache)} rows, "
+            f"{options.epochs} epoch(s)")
+        history = finetune(teacher, train_cache, cfg, val=caches["val"])
+        _save_atomic({"state": teacher.state_dict(), "history": json.dumps(history)}, tuned)
+    t_train = time.time() - t0
+    teacher.eval()
+
+    val_feats = features_from_cache(teacher, caches["val"])
+    laplace = None
+    if "laplace" in options.schemes:
+        fit_cache = train_cache
+        if options.laplace_rows and options.laplace_rows < len(fit_cache):
+            fit_cache = fit_cache.subset(
+                np.sort(np.random.default_rng(options.seed + 1).permutation(len(fit_cache))[:options.laplace_rows]))
+        teacher.scheme = "laplace"
+        laplace = fit_text_laplace(teacher, features_from_cache(teacher, fit_cache), val_feats, splits.val.y,
+                                   seed=options.seed)
+        log(f"last-layer Laplace (K-FAC GGN on {len(fit_cache)} rows): prior precision "
+            f"{laplace['prior_precision']:g} by validation NLL")
+
+    t0 = time.time()
+    with ArtifactWriter(out) as w:
+        torch.save(teacher.state_dict(), w.path / TEACHER_FILE)
+        tok.save(w.path / _TOKENIZER_FILE)
+        bundles, files, metrics = {}, [], {}
+        check = list(splits.test.texts[:8])
+        for scheme in options.schemes:
+            teacher.scheme = scheme
+            folder = f"bundle-{scheme}"
+            b = export_text_bundle(teacher, tok, w.path / folder, names, f"{name}-{scheme}",
+                                   default_samples=options.samples, check_texts=check,
+                                   metadata={"base": pre.name, "weights_sha256": pre.weights_sha256,
+                                             "stage": "text_teacher"})
+            bundles[scheme] = folder
+            files += _bundle_files(b.root, folder)
+            metrics[scheme] = _runtime_metrics(b.root, splits.test, splits.ood, options.samples, options.threads,
+                                               options.seed)
+            m = metrics[scheme]
+            log(f"[{scheme}] held-out acc {m['accuracy']:.4f}, ECE {m['ece']:.4f}, NLL {m['nll']:.3f}"
+                + "".join(f", {k} AUROC MI {v['auroc_mi']:.3f} / H {v['auroc_total']:.3f}"
+                          for k, v in m.get("ood", {}).items()))
+        teacher.scheme = options.schemes[0]
+        data = {"splits": splits.sources, "rows": {"train": len(train_cache), "val": len(splits.val),
+                                                   "test": len(splits.test)},
+                "text_column": data_options.text_column, "label_column": data_options.label_column,
+                "label_map": dict(data_options.label_map)}
+        art = TextTeacher(base=pre.name, weights_sha256=pre.weights_sha256, model_config=teacher.config_json(),
+                          class_names=tuple(names), max_length=options.max_length, options=options.to_dict(),
+                          data=data, history=history, laplace=laplace, metrics=metrics, bundles=bundles,
+                          bundle_files=tuple(files),
+                          timings={"cache_s": round(t_cache, 3), "train_s": round(t_train, 3),
+                                   "export_eval_s": round(time.time() - t0, 3),
+                                   "total_s": round(time.time() - t_start, 3)},
+                          inputs=key)
+        committed = w.commit(art)
+    log(f"text teacher -> {out} ({len(files) + 2} files hashed; bundles: "
+        + ", ".join(f"{s}: {out / f}" for s, f in bundles.items()) + ")")
+    return committed

@@ -1,0 +1,77 @@
+"""A tiny randomly initialised BERT of MiniLM's architecture, saved as a model folder
+(config.json, model.safetensors, WordPiece tokenizer.json) that ``load_pretrained``
+reads like the packaged one, and a tiny sentiment corpus with non-SST label spellings."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeuq.text.bert import BertConfig, BertEncoder
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+POSITIVE = ["good", "great", "fun", "superb"]
+NEGATIVE = ["bad", "dull", "awful", "boring"]
+FILLER = ["the", "film", "is", "a", "plot", "very", "movie", "story", "was", "quite"]
+QUESTIONS = ["what", "where", "who", "city", "capital", "year", "?"]
+WORDS = POSITIVE + NEGATIVE + FILLER + QUESTIONS + ["##s", "!", ",", "."]
+
+
+def tiny_config(max_positions: int = 24) -> BertConfig:
+    return BertConfig(vocab_size=len(SPECIALS) + len(WORDS), hidden_size=32, num_hidden_layers=2,
+                      num_attention_heads=4, intermediate_size=48, max_position_embeddings=max_positions)
+
+
+def tokenizer_json() -> dict:
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": vocab[t], "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for t in SPECIALS],
+        "normalizer": {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True,
+                       "strip_accents": None, "lowercase": True},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", vocab["[SEP]"]],
+                           "cls": ["[CLS]", vocab["[CLS]"]]},
+        "decoder": None,
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                  "max_input_chars_per_word": 100, "vocab": vocab},
+    }
+
+
+def write_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """A model folder ``load_pretrained(folder)`` reads (safetensors of a random encoder)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = tiny_config()
+    torch.manual_seed(seed)
+    enc = BertEncoder(cfg)
+    (folder / "config.json").write_text(json.dumps(cfg.to_json()))
+    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer_json()))
+    return folder
+
+
+def sentiment_rows(n: int, seed: int, pos_label: str = "Thumbs-Up", neg_label: str = "thumbs down"):
+    """(text, label) rows: a sentiment word among filler words decides the label."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        y = int(rng.integers(0, 2))
+        words = list(rng.choice(FILLER, int(rng.integers(2, 6)))) + [str(rng.choice(POSITIVE if y else NEGATIVE))]
+        rng.shuffle(words)
+        rows.append((" ".join(words), pos_label if y else neg_label))
+    return rows
+
+
+def questions(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(QUESTIONS[:-1], int(rng.integers(2, 5)))) + " ?" for _ in range(n)]
+
+
+def write_tsv(path: Path, header, rows) -> Path:
+    path.write_text("\t".join(header) + "\n" + "".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
+    return path
