@@ -3,8 +3,10 @@ MC dropout and last-layer Laplace heads, OOD against TREC, device bundles.
 
     nice -n 10 .venv/bin/python bench/text_teacher.py [--train-layers 2] [--epochs 1] \\
         [--tables-json results/text_teacher.json]
-    python bench/text_teacher.py --from-json runs/text_teacher/results.json \\
-        [--earlier-student-json OLD_RESULTS.json ...] --tables-json results/text_teacher.json \\
+    ... --reuse-teacher --student-only --student [--student-scheme laplace] [--student-d-model 128] \\
+        [--student-augment 1]                 # a student of an earlier teacher run
+    python bench/text_teacher.py --from-json RUN1/results.json [RUN2/results.json ...] \\
+        --tables-json results/text_teacher.json \\
         --command "..." --provenance "..."      # re-render earlier runs' tables, run nothing
 
 Needs the ``text`` extra (packaged all-MiniLM-L6-v2) and ../shared/data/text
@@ -112,6 +114,9 @@ def main(argv=None) -> int:
     ap.add_argument("--student-augment", type=int, default=0, metavar="COPIES",
                     help="add COPIES augmented copies of each transfer phrase (word masking + n-gram sampling, "
                          "Tang et al. 2019), labelled by the teacher only")
+    ap.add_argument("--reuse-student", action="store_true",
+                    help="with --student: take the distilled student checkpoint an earlier run left in "
+                         "--out/student/checkpoint (same options) instead of distilling again")
     ap.add_argument("--student-d-model", type=int, default=64)
     ap.add_argument("--student-depth", type=int, default=2)
     ap.add_argument("--student-ffn", type=int, default=128)
@@ -120,12 +125,9 @@ def main(argv=None) -> int:
                          "trunk is slow on one thread, so a random subset)")
     ap.add_argument("--tables-json", type=Path, help="also write both tables for scripts/render_tables.py "
                                                      "(e.g. results/text_teacher.json)")
-    ap.add_argument("--from-json", type=Path, metavar="RESULTS_JSON",
-                    help="run nothing: print (and with --tables-json write) the tables of an earlier run's "
-                         "results.json (teacher table, and its student if it has one)")
-    ap.add_argument("--earlier-student-json", type=Path, nargs="*", default=[], metavar="RESULTS_JSON",
-                    help="with --from-json: results.json copies of earlier student runs, listed first in the "
-                         "student table (runs A, B, ...)")
+    ap.add_argument("--from-json", type=Path, nargs="+", metavar="RESULTS_JSON",
+                    help="run nothing: print (and with --tables-json write) the tables of earlier runs' "
+                         "results.json (each run's teacher heads; the student of each run that has one)")
     ap.add_argument("--command", help="with --from-json: the commands that produced the JSON files")
     ap.add_argument("--provenance", help="with --from-json: when and where they were measured")
     a = ap.parse_args(argv)
@@ -176,10 +178,11 @@ def main(argv=None) -> int:
     if a.reuse_teacher:
         model.load_state_dict(torch.load(a.out / "teacher.pt"))
         model.eval()
-        history = json.loads((a.out / "results.json").read_text())["history"]
+        prior = a.out / "results.json"  # absent when the earlier run stopped after saving the teacher
+        history = json.loads(prior.read_text())["history"] if prior.is_file() else None
     else:
         history = finetune(model, cache, cfg)
-    t_train = time.time() - t0
+    t_train = None if a.reuse_teacher else time.time() - t0
 
     if a.student_only:  # teacher.pt and results.json of an earlier run; only the student stage runs
         results = json.loads((a.out / "results.json").read_text())
@@ -244,7 +247,8 @@ def main(argv=None) -> int:
     tmp.replace(a.out / "results.json")
 
     print(f"\nMiniLM-L6 teacher, SST-2 ({len(cache)} phrases, top {a.train_layers} layers + head, {a.epochs} epoch(s); "
-          f"cache {t_cache:.0f}s, training {t_train:.0f}s), S = {a.samples}, OOD = TREC")
+          f"cache {t_cache:.0f}s, training " + (f"{t_train:.0f}s" if t_train is not None else "in an earlier run")
+          + f"), S = {a.samples}, OOD = TREC")
     hdr = (f"{'head':<14}{'acc':>7}{'ECE':>7}{'NLL':>7}{'AUROC MI':>10}{'AUROC H':>9}{'AUROC 1-p':>11}"
            f"{'(trec-train MI/H)':>19}{'rt acc':>8}{'det ms':>8}{'S ms':>7}{'ratio':>7}{'MB':>6}")
     print(hdr)
@@ -313,7 +317,7 @@ def student_table(runs):
                         (f"student {label}: {arch}{st['phrases']:,} phrases"
                          + (f" + {st['augmented']:,} augmented" if st.get("augmented") else "")
                          + f"{epochs} (distillation "
-                         f"{st['distill_s']:.0f} s)",
+                         + (f"{st['distill_s']:.0f} s)" if st.get("distill_s") is not None else "in an earlier run)"),
                          st["student"])):
             rows.append([name, f"{r['acc']:.4f}", f"{r['ece']:.4f}", f"{r['auroc_trec_test_mi']:.3f}",
                          f"{r['auroc_trec_test_total']:.3f}", _opt(r, "auroc_trec_test_density"),
@@ -322,14 +326,24 @@ def student_table(runs):
     return headers, rows
 
 
-def tables_json(results: dict, command: str, provenance: str, earlier_students=()) -> dict:
-    """Both tables in scripts/render_tables.py's format: ``teacher`` from ``results``; ``student`` from the
-    earlier student runs' results.json (runs A, B, ...) then ``results``' own student, if any."""
-    runs = [r for r in (*earlier_students, results) if r.get("student")]
-    t = {"teacher": dict(zip(("headers", "rows"), teacher_table(results)))}
-    if runs:
+def _fine_tune_label(results: dict) -> str:
+    return (f"top {results['train_layers']} layers, {results['epochs']} epoch(s), "
+            f"{results['train_phrases']:,} phrases")
+
+
+def tables_json(runs, command: str, provenance: str) -> dict:
+    """Both tables in scripts/render_tables.py's format from one or more results.json: ``teacher``
+    (every run's heads, labelled by its fine-tuning when there are several) and ``student``
+    (every run that has a student section: runs A, B, ...)."""
+    runs = list(runs)
+    headers, rows = teacher_table(runs[0])
+    if len(runs) > 1:
+        rows = [[f"{_fine_tune_label(r)}: {row[0]}", *row[1:]] for r in runs for row in teacher_table(r)[1]]
+    t = {"teacher": {"headers": headers, "rows": rows}}
+    students = [r for r in runs if r.get("student")]
+    if students:
         t["student"] = dict(zip(("headers", "rows"), student_table(
-            [(chr(ord("A") + i), r) for i, r in enumerate(runs)])))
+            [(chr(ord("A") + i), r) for i, r in enumerate(students)])))
     return {"command": command, "provenance": provenance, "tables": t}
 
 
@@ -348,7 +362,7 @@ def _maybe_write_tables(a, argv, results: dict) -> None:
     when = results.get("student", {}).get("date") if a.student_only else results.get("date")
     prov = f"measured {when or time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores (shared), " \
            "one thread"
-    _write_tables(a.tables_json, tables_json(results, cmd, prov))
+    _write_tables(a.tables_json, tables_json([results], cmd, prov))
 
 
 def _print_markdown(headers, rows) -> None:
@@ -360,9 +374,7 @@ def _print_markdown(headers, rows) -> None:
 
 def _from_json(a) -> int:
     """Re-render earlier runs' tables without running anything."""
-    results = json.loads(a.from_json.read_text())
-    earlier = [json.loads(p.read_text()) for p in a.earlier_student_json]
-    doc = tables_json(results, a.command or "-", a.provenance or "-", earlier)
+    doc = tables_json([json.loads(p.read_text()) for p in a.from_json], a.command or "-", a.provenance or "-")
     for name, t in doc["tables"].items():
         print(f"\n{name}:")
         _print_markdown(t["headers"], t["rows"])
@@ -421,6 +433,8 @@ def _student(a, teacher, pre, tok, cache, ids_train, y_train, train_texts, val, 
     idx = np.sort(rng.permutation(len(cache))[:a.student_phrases])
     teacher.scheme = a.student_teacher
     t0 = time.time()
+    if a.reuse_student:
+        return _student_rest(a, tok, None, None, idx, rng, ids_train, y_train, val, test, ood, None, None)
     labelled = teacher_transfer_sets(teacher, cache.subset(idx), ids_train[idx], val_feats, tok.encode_batch(val.texts),
                                      samples=16, seed=a.seed)
     y_transfer = y_train[idx]
@@ -447,11 +461,34 @@ def _student(a, teacher, pre, tok, cache, ids_train, y_train, train_texts, val, 
     ck = distill_text_student(teacher, f"MiniLM teacher ({a.student_teacher}) {a.out / 'teacher.pt'}",
                               pre.weights_sha256, labelled, y_transfer, val.y, scfg, a.out / "student",
                               ("negative", "positive"), cfg=dcfg, log=lambda m: print(m, flush=True))
+    return _student_rest(a, tok, ck, dcfg, idx, rng, ids_train, y_train, val, test, ood, t_label, t0,
+                         augmented=int(len(y_transfer) - len(idx)))
+
+
+def _student_rest(a, tok, ck, dcfg, idx, rng, ids_train, y_train, val, test, ood, t_label, t0, augmented=0):
+    """After distillation (or with --reuse-student, from the checkpoint an earlier run left): the
+    student's Laplace posterior, export, bundle, calibration of both bundles, device-runtime evaluation."""
+    from edgeuq.bundle import build_bundle
+    from edgeuq.export import TOKENIZER_FILE, export_onnx
+    from edgeuq.text.distill import fit_student_laplace, student_config
+    from edgeuq.training import load_checkpoint
+
+    scfg = student_config(tok.vocab_size, tok.max_length, d_model=a.student_d_model, depth=a.student_depth,
+                          ffn=a.student_ffn, scheme=a.student_scheme)
+    if ck is None:
+        ck = load_checkpoint(a.out / "student" / "checkpoint")
+        if ck.config != scfg:
+            raise SystemExit(f"--reuse-student: {a.out / 'student' / 'checkpoint'} is a different student "
+                             f"({ck.config}) than the options describe")
+        from edgeuq.compress.transfer import load_transfer_set
+
+        augmented = len(load_transfer_set(a.out / "student" / "transfer")) - len(idx)
+        print(f"student: reusing {ck.directory} (distilled by an earlier run)", flush=True)
     val_ids = tok.encode_batch(val.texts)
     fit_idx = idx[rng.permutation(len(idx))[:10000]]
-    if a.student_scheme == "laplace":
+    if a.student_scheme == "laplace" and "laplace" not in dict(ck.metrics):
         ck = fit_student_laplace(ck, ids_train[fit_idx], val_ids, val.y, log=lambda m: print(m, flush=True))
-    t_distill = time.time() - t0
+    t_distill = None if t0 is None else time.time() - t0
     tok.save(Path(ck.directory) / TOKENIZER_FILE)
     art = export_onnx(ck, a.out / "student" / "onnx")
     bundle = build_bundle(art, a.out / "student" / "bundle", "minilm-sst2-student", "1", default_samples=a.samples,
@@ -464,11 +501,12 @@ def _student(a, teacher, pre, tok, cache, ids_train, y_train, train_texts, val, 
     row = _runtime_eval(bundle.root, test, ood, a.samples, lat_texts)
     trow = _runtime_eval(teacher_bundle, test, ood, a.samples, lat_texts)
     best = dict(ck.metrics).get("distill", {}).get("best_epoch")
+    loss = (dcfg.loss if dcfg is not None else dict(ck.metrics).get("distill", {}).get("config", {}).get("loss"))
     return {"teacher_head": a.student_teacher, "phrases": int(len(idx)), "label_s": t_label,
-            "augmented": int(len(y_transfer) - len(idx)),
+            "augmented": augmented,
             "epochs": a.student_epochs, "best_epoch": best,
             "distill_s": t_distill, "config": {"d_model": scfg.d_model, "depth": scfg.depth, "heads": scfg.heads,
-                                               "ffn": scfg.ffn, "scheme": scfg.scheme, "loss": dcfg.loss},
+                                               "ffn": scfg.ffn, "scheme": scfg.scheme, "loss": loss},
             "laplace": dict(ck.metrics).get("laplace"), "calibrate_phrases": int(len(cal_idx)),
             "student": row, "teacher": trow,
             "bundle": str(bundle.root)}
@@ -478,7 +516,7 @@ def _print_side_by_side(results: dict) -> None:
     st = results["student"]
     print(f"\nTeacher vs student on the device runtime (SST-2 test, OOD = TREC test; S = {results['samples']}, "
           f"one thread, batch 32; student: d={st['config']['d_model']}, depth {st['config']['depth']}, "
-          f"{st['phrases']} teacher-labelled phrases, distillation {st['distill_s']:.0f}s)")
+          f"{st['phrases']} teacher-labelled phrases)")
     print(f"{'model':<22}{'acc':>7}{'ECE':>7}{'AUROC MI':>10}{'AUROC H':>9}{'density':>9}{'combined':>9}"
           f"{'det ms':>8}{'S ms':>8}{'ratio':>7}{'MB':>7}")
     scheme = st.get("config", {}).get("scheme", "mc_dropout")

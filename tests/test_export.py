@@ -36,6 +36,26 @@ def test_torch_and_onnx_agree_given_same_noise(exported):
     assert max_abs_difference(m, art, batch=4, samples=6, seed=3) < 1e-4
 
 
+def test_relative_difference_is_the_absolute_one_over_the_logit_scale(exported):
+    m, art = exported
+    with torch.no_grad():  # large logits: where float32 error grows and the export check must scale
+        for p in m.head.parameters():
+            p.mul_(300.0)
+    err = max_abs_difference(m, art, batch=4, samples=6, seed=3)  # the graphs still hold the old weights
+    rel = max_abs_difference(m, art, batch=4, samples=6, seed=3, relative=True)
+    rng = np.random.default_rng(3)
+    from edgeuq.export.onnx_export import example_input
+
+    x = example_input(art.input_length, art.vocab_size, 4, rng)
+    noise = sample_noise(art.noise, 4 * 6, rng)
+    with torch.no_grad():
+        feats = m.trunk(torch.from_numpy(x)).repeat((6,) + (1,) * len(art.feature_shape))
+        z = m.head_forward(feats, {k: torch.from_numpy(v) for k, v in noise.items()}).numpy()
+    scale = max(1.0, float(np.abs(z).max()))
+    assert scale > 1.0 and err > 1.0
+    assert abs(rel - err / scale) <= 1e-12 * max(1.0, err)
+
+
 def test_head_samples_differ(exported):
     _, art = exported
     rng = np.random.default_rng(0)

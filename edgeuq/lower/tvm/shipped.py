@@ -54,30 +54,34 @@ def demo_graphs(workdir: Path, recipe: str = "bearing-demo") -> Any:
     return export_onnx(ck, Path(workdir) / "onnx")
 
 
-def demo_tasks(art: Any, target: Any, samples: int = 16, batch: int = 1) -> List[Any]:
-    """The tunable MetaSchedule tasks of both graphs at the shapes the lowering compiles."""
+def demo_tasks(art: Any, target: Any, samples: int = 16, batch: int = 1,
+               graphs: Sequence[str] = ("trunk", "head")) -> List[Any]:
+    """The tunable MetaSchedule tasks of the graphs at the shapes the lowering compiles."""
     from tvm.s_tir import meta_schedule as ms
 
     from .build import graph_io, import_onnx
     from .tune import _tunable, prepare_for_tuning
 
     tasks = []
-    for path, rows in ((Path(art.trunk_path), batch), (Path(art.head_path), samples * batch)):
+    chosen = {"trunk": (Path(art.trunk_path), batch), "head": (Path(art.head_path), samples * batch)}
+    for path, rows in (chosen[g] for g in graphs):
         mod = prepare_for_tuning(import_onnx(path, graph_io(path)[0], rows), target)
         tasks += [t for t in ms.relax_integration.extract_tasks(mod, target) if _tunable(t)]
     return tasks
 
 
 def tune_demo(tasks: Sequence[Any], db_dir: Path, heavy_trials: int, light_trials: int,
-              say=print) -> None:
-    """Tune the heavy tasks, then the light ones, into the JSON database ``db_dir``."""
+              say=print, heavy: Sequence[str] = HEAVY_KERNELS) -> None:
+    """Tune the heavy tasks (names containing one of ``heavy``), then the light ones, into the
+    JSON database ``db_dir``."""
     from tvm.s_tir import meta_schedule as ms
 
     from .tune import _make_in_process_builder, _make_in_process_runner, open_database
 
     db = open_database(db_dir)
-    heavy = [t for t in tasks if any(k in t.task_name for k in HEAVY_KERNELS)]
-    light = sorted((t for t in tasks if t not in heavy), key=lambda t: "softmax" in t.task_name)
+    light = sorted((t for t in tasks if not any(k in t.task_name for k in heavy)),
+                   key=lambda t: "softmax" in t.task_name)
+    heavy = [t for t in tasks if any(k in t.task_name for k in heavy)]
     for group, n in ((heavy, heavy_trials), (light, light_trials)):
         if not group or n <= 0:
             continue
@@ -128,6 +132,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--work", help="work database folder (default: a folder under the system temp dir)")
     p.add_argument("--prune-only", action="store_true", help="only copy the work database's best records")
+    p.add_argument("--graphs", nargs="+", default=["trunk", "head"], choices=["trunk", "head"],
+                   help="graphs whose tasks are tuned (default both)")
+    p.add_argument("--only", nargs="+", help="tune only tasks whose kernel name contains one of these (all "
+                                             "get --trials-per-task)")
     a = p.parse_args(argv)
     from ...catalog import get_target
     from .targets import tvm_target
@@ -136,8 +144,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not a.prune_only:
         target = tvm_target(get_target(a.target), num_cores=1)
         with tempfile.TemporaryDirectory(prefix="edgeuq-demo-") as tmp:
-            tasks = demo_tasks(demo_graphs(Path(tmp)), target, samples=a.samples)
-            tune_demo(tasks, work, a.trials_per_task, a.light_trials)
+            tasks = demo_tasks(demo_graphs(Path(tmp)), target, samples=a.samples, graphs=a.graphs)
+            if a.only:
+                tasks = [t for t in tasks if any(k in t.task_name for k in a.only)]
+                tune_demo(tasks, work, a.trials_per_task, 0, heavy=tuple(a.only))
+            else:
+                tune_demo(tasks, work, a.trials_per_task, a.light_trials)
     if database_size(work) == 0:
         print(f"no records in {work}", file=sys.stderr)
         return 1
