@@ -427,7 +427,7 @@ def _student(a, teacher, pre, tok, cache, ids_train, y_train, train_texts, val, 
     from edgeuq.bundle import build_bundle
     from edgeuq.compress.distill import DistillConfig
     from edgeuq.export import TOKENIZER_FILE, export_onnx
-    from edgeuq.text.distill import distill_text_student, fit_student_laplace, student_config, teacher_transfer_sets
+    from edgeuq.text.distill import distill_text_student, student_config, student_loss, teacher_transfer_sets
 
     rng = np.random.default_rng(a.seed + 7)
     idx = np.sort(rng.permutation(len(cache))[:a.student_phrases])
@@ -455,7 +455,7 @@ def _student(a, teacher, pre, tok, cache, ids_train, y_train, train_texts, val, 
     scfg = student_config(tok.vocab_size, tok.max_length, d_model=a.student_d_model, depth=a.student_depth,
                           ffn=a.student_ffn, scheme=a.student_scheme)
     # a Laplace student does not sample while it learns (its posterior comes after): match the teacher's mean
-    dcfg = DistillConfig(loss="kl+uq" if a.student_scheme == "mc_dropout" else "kl", epochs=a.student_epochs,
+    dcfg = DistillConfig(loss=student_loss(scfg), epochs=a.student_epochs,
                          batch_size=64, lr=2e-3, patience=3, seed=a.seed)
     t0 = time.time()
     ck = distill_text_student(teacher, f"MiniLM teacher ({a.student_teacher}) {a.out / 'teacher.pt'}",

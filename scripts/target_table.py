@@ -217,7 +217,8 @@ def render_profiles(reports: List[Any], docs=PROFILE_DOCS, samples: int = SAMPLE
     cpu = f"{env.get('processor', '?')}, {env.get('cores', '?')} cores shared with other jobs"
     provenance = (f"measured {env.get('measured_utc', '?')[:10]} by edgeuq profile on {cpu}, 1 thread, 1 window, "
                   f"{reports[0].repeats} repeats after {reports[0].warmup} warm-up; bearing-demo architecture, "
-                  f"random weights, untuned; {places}")
+                  f"random weights; TVM libraries compiled with the shipped tuning database where it has the "
+                  f"target (x86-64, x86-64-avx512), 0 new trials; {places}")
     table = profile_table(reports, samples, PROFILE_COMMAND, provenance=provenance)
     _write_json(PROFILE_JSON, table)
     import subprocess
@@ -268,6 +269,13 @@ def profile(out: Path = PROFILE_DIR, samples=(1, SAMPLES), repeats: int = 30, wa
             srv.terminate()
 
 
+def _tuning_states(rows: List[Dict[str, Any]]) -> str:
+    """``x86-64: tuned (shipped database); others untuned`` from the evidence rows' tuning states."""
+    states = {r["target"]: r.get("tuning") or "untuned" for r in rows if r.get("lowering") == "tvm"}
+    special = [f"{t}: {st}" for t, st in sorted(states.items()) if st != "untuned"]
+    return "; ".join(special + (["others untuned"] if len(special) < len(states) else [])) or "untuned"
+
+
 def render(json_path: Path, docs=DOCS) -> None:
     doc = json.loads(json_path.read_text())
     reports = load_profiles()
@@ -276,7 +284,8 @@ def render(json_path: Path, docs=DOCS) -> None:
         "command": "python scripts/target_table.py all",
         "provenance": (f"measured {doc['created'][:10]} on {host['processor']}, {host['cores']} cores; edgeuq "
                        f"{doc['edgeuq']}, TVM {doc.get('tvm', '-')}; bearing-demo architecture, random weights, "
-                       f"untuned; raw evidence in results/{json_path.name}"),
+                       f"TVM tuning per target: {_tuning_states(doc['rows'])}; raw evidence in "
+                       f"results/{json_path.name}"),
         "headers": ["target", "arch", "lowering (graphs)", "compiled", "checked how", "artifact",
                     "max err (tolerance)", "reference", f"latency (1 window, S={doc['samples']})",
                     f"profiled (edgeuq profile, S={doc['samples']})"],

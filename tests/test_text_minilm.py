@@ -279,6 +279,7 @@ def test_laplace_student_posterior_is_fitted_and_kept_in_its_checkpoint(tmp_path
     from edgeuq.schemes.laplace import fit_laplace
     from edgeuq.text.cache import cache_hidden
     from edgeuq.text.distill import STUDENT_PRIOR_GRID, distill_text_student, fit_student_laplace, student_config
+    from edgeuq.text.distill import student_loss
     from edgeuq.text.distill import teacher_transfer_sets
     from edgeuq.training import load_checkpoint
 
@@ -314,5 +315,8 @@ def test_laplace_student_posterior_is_fitted_and_kept_in_its_checkpoint(tmp_path
                               log=lambda m: None, init_from_teacher=False)
     with pytest.raises(ValueError, match="laplace"):
         fit_student_laplace(mc, ids, vids, vy)
-    with pytest.raises(ValueError, match="scheme"):
-        student_config(TINY.vocab_size, 10, scheme="ensemble")
+    with pytest.raises(ValueError, match="bogus"):
+        student_config(TINY.vocab_size, 10, scheme="bogus")
+    # the loss follows whether the stochastic layers sample while the student learns
+    assert student_loss(cfg) == "kl"
+    assert student_loss(student_config(TINY.vocab_size, 10, d_model=8, depth=1, heads=2, ffn=16)) == "kl+uq"

@@ -33,11 +33,13 @@ from ..schemes.laplace import LastLayerLaplace
 from ..schemes.mc_dropout import MCDropout
 from .bert import BertConfig, BertEncoder, masked_mean_pool
 
-__all__ = ["TextClassifier", "TEXT_SCHEMES"]
+__all__ = ["TextClassifier", "TEXT_SCHEMES", "POSTERIOR_SCHEMES"]
 
 #: The head's stochastic layers per scheme (the others are training-time only).
 _STOCHASTIC_SITES = {"mc_dropout": ("drop_in", "drop_hidden"), "laplace": ("fc2",)}
 TEXT_SCHEMES = tuple(_STOCHASTIC_SITES)
+#: Schemes whose stochastic layer is a posterior fitted after training (the last layer, ``fc2``).
+POSTERIOR_SCHEMES = tuple(name for name, sites in _STOCHASTIC_SITES.items() if "fc2" in sites)
 
 
 class TextClassifier(nn.Module):

@@ -31,24 +31,30 @@ from .cache import HiddenCache
 from .classifier import TextClassifier
 from .finetune import TEXT_PRIOR_GRID, features_from_cache, sample_probs
 
-__all__ = ["STUDENT_SCHEMES", "student_config", "init_embeddings", "teacher_transfer_sets", "distill_text_student",
+__all__ = ["student_config", "student_loss", "init_embeddings", "teacher_transfer_sets", "distill_text_student",
            "fit_student_laplace", "STUDENT_PRIOR_GRID"]
-
-
-#: Schemes a text student may use: stochastic in the head only (trunk once, head S times).
-STUDENT_SCHEMES = ("mc_dropout", "laplace")
 
 
 def student_config(vocab_size: int, max_length: int, d_model: int = 64, depth: int = 2, heads: int = 4,
                    ffn: int = 128, dropout: float = 0.1, scheme: str = "mc_dropout",
                    num_classes: int = 2) -> ModelConfig:
-    """A small token transformer whose only stochastic part is its head: MC dropout, or a
-    last-layer Laplace posterior fitted after distillation (:func:`fit_student_laplace`)."""
-    if scheme not in STUDENT_SCHEMES:
-        raise ValueError(f"student scheme must be one of {STUDENT_SCHEMES}, got {scheme!r}")
+    """A small token transformer whose only stochastic part is its head (trunk once, head S
+    times): e.g. ``mc_dropout``, or ``laplace`` (a last-layer posterior fitted after
+    distillation, :func:`fit_student_laplace`). The scheme registry validates ``scheme``."""
     return ModelConfig(input_length=max_length, num_classes=num_classes, patch=1, embed="token",
                        vocab_size=vocab_size, d_model=d_model, heads=heads, depth=depth, ffn=ffn, dropout=dropout,
                        stochastic_blocks=(), stochastic_head=True, scheme=scheme)
+
+
+def student_loss(cfg: ModelConfig) -> str:
+    """The distillation loss for a student: ``kl+uq`` (match the teacher's mean and its uncertainty)
+    when its stochastic layers sample while it learns, ``kl`` (the mean) when they do not (a
+    post-hoc posterior such as last-layer Laplace has nothing to match yet)."""
+    from ..models.layers import StochasticLayer
+
+    model = build_model(cfg)
+    samples = any(m.sample_in_training for m in model.modules() if isinstance(m, StochasticLayer))
+    return "kl+uq" if samples else "kl"
 
 
 @torch.no_grad()
@@ -126,9 +132,7 @@ def fit_student_laplace(ck: Checkpoint, x_fit: np.ndarray, x_val: np.ndarray, y_
     rewrite its checkpoint (same folder, atomically) with the fit in its metrics."""
     from ..schemes.laplace import fit_laplace
 
-    if ck.config.scheme != "laplace":
-        raise ValueError(f"the student's scheme is {ck.config.scheme!r}; a Laplace posterior needs 'laplace'")
-    model = ck.load_model()
+    model = ck.load_model()  # fit_laplace refuses a model without a last-layer Laplace head
     fit = fit_laplace(model, np.asarray(x_fit), np.asarray(x_val), np.asarray(y_val), prior_grid=prior_grid)
     edge = " (the grid's edge)" if fit.prior_precision in (min(prior_grid), max(prior_grid)) else ""
     log(f"student Laplace: GGN on {fit.n_train} phrases, prior precision {fit.prior_precision:g}{edge} "

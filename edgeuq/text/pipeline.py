@@ -29,7 +29,7 @@ import torch
 
 from ..artifact import Artifact, ArtifactWriter, cached, digest_of
 from ..data.sources import DataOptions
-from .classifier import TEXT_SCHEMES, TextClassifier
+from .classifier import POSTERIOR_SCHEMES, TEXT_SCHEMES, TextClassifier
 from .datasets import TextSplits, text_splits
 
 __all__ = ["TeacherOptions", "TextTeacher", "train_text_teacher", "load_text_teacher", "TEACHER_FILE"]
@@ -136,10 +136,11 @@ class TextTeacher(Artifact):
                    metrics=meta["metrics"], bundles=meta["bundles"], bundle_files=tuple(meta["bundle_files"]),
                    timings=meta["timings"], **base)
 
-    def bundle_path(self, scheme: str) -> Path:
-        if scheme not in self.bundles:
-            raise KeyError(f"no {scheme!r} bundle in {self.directory} (has {sorted(self.bundles)})")
-        return self.file_path(self.bundles[scheme])
+    def bundle_path(self, name: str) -> Path:
+        """The bundle of scheme ``name``."""
+        if name not in self.bundles:
+            raise KeyError(f"no {name!r} bundle in {self.directory} (has {sorted(self.bundles)})")
+        return self.file_path(self.bundles[name])
 
     def load_model(self, scheme: Optional[str] = None) -> TextClassifier:
         """The fine-tuned classifier (Laplace posterior included), set to ``scheme``."""
@@ -284,12 +285,13 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
 
     val_feats = features_from_cache(teacher, caches["val"])
     laplace = None
-    if "laplace" in options.schemes:
+    posterior = next((s for s in options.schemes if s in POSTERIOR_SCHEMES), None)
+    if posterior is not None:
         fit_cache = train_cache
         if options.laplace_rows and options.laplace_rows < len(fit_cache):
             fit_cache = fit_cache.subset(
                 np.sort(np.random.default_rng(options.seed + 1).permutation(len(fit_cache))[:options.laplace_rows]))
-        teacher.scheme = "laplace"
+        teacher.scheme = posterior
         laplace = fit_text_laplace(teacher, features_from_cache(teacher, fit_cache), val_feats, splits.val.y,
                                    seed=options.seed)
         log(f"last-layer Laplace (K-FAC GGN on {len(fit_cache)} rows): prior precision "
