@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -41,16 +40,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _write_json(path: str, doc: dict) -> None:
@@ -219,10 +208,12 @@ def main(argv=None) -> int:
     import onnxruntime
     import tvm
 
+    from edgeuq.profile.harness import cpu_name
+
     isa = "AVX-512" if "avx512f" in cpu_flags() else "AVX2" if "avx2" in cpu_flags() else "no AVX2"
     argv_s = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
     command = f"python bench/backends.py {argv_s}".strip()
-    provenance = (f"measured {started} on {_cpu_name()} ({isa}), {os.cpu_count()} cores shared with other jobs "
+    provenance = (f"measured {started} on {cpu_name()} ({isa}), {os.cpu_count()} cores shared with other jobs "
                   f"(load average {load_before[0]:.2f} before, {load_after[0]:.2f} after), {a.threads} thread(s), "
                   f"one run; trunk {a.batch} window(s), head {rows_n} rows; medians of {a.repeats} interleaved calls; "
                   f"tuned = shipped database + {a.trials} new trials per graph; TVM {tvm.__version__}, "

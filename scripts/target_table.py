@@ -108,9 +108,10 @@ def collect(out: Path, only: List[str]) -> Dict[str, Any]:
                            evidence=res.evidence.to_json(), tuning=res.metadata.get("tuning"))
             rows.append(row)
     import edgeuq
+    from edgeuq.profile.harness import cpu_name
 
     doc = {"kind": "edgeuq-target-evidence", "version": 1, "samples": SAMPLES,
-           "host": {"machine": platform.machine(), "processor": _cpu_name(), "cores": os.cpu_count(),
+           "host": {"machine": platform.machine(), "processor": cpu_name(), "cores": os.cpu_count(),
                     "python": platform.python_version()},
            "edgeuq": edgeuq.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "rows": rows}
@@ -130,16 +131,6 @@ def collect(out: Path, only: List[str]) -> Dict[str, Any]:
     os.replace(tmp_out, out)
     print(f"wrote {out} ({len(rows)} rows)")
     return doc
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _mb(n: Any) -> str:

@@ -36,6 +36,19 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _restore_executor_registry():
+    """Every test module leaves the runtime's executor registry as it found it (compiling or
+    loading a TVM bundle registers the "tvm" executor; other modules expect it unregistered
+    until the runtime package registers it itself)."""
+    from edgeuq_runtime.executors import EXECUTORS
+
+    saved = dict(EXECUTORS)
+    yield
+    EXECUTORS.clear()
+    EXECUTORS.update(saved)
+
+
 # Optional extras (tvm, hls4ml): skipped on a developer machine, a FAILURE under CI=true.
 # Test modules import the helper as ``from require_extras import require_extra``.
 from require_extras import in_ci, require_extra  # noqa: E402,F401

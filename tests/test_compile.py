@@ -38,18 +38,6 @@ weight_bytes = {weights}
 mc_samples = 4
 """
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_executor_registry():
-    """Leave the runtime's executor registry as found (other tests expect "tvm" unregistered
-    until the runtime package registers it itself)."""
-    from edgeuq_runtime.executors import EXECUTORS
-
-    saved = dict(EXECUTORS)
-    yield
-    EXECUTORS.clear()
-    EXECUTORS.update(saved)
-
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

@@ -24,16 +24,6 @@ from edgeuq_runtime.preprocess import zscore_windows  # noqa: E402
 KEPT_HEADS = (np.array([1.0, 0.0, 1.0, 1.0]), np.array([0.0, 1.0, 0.0, 0.0]))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_executor_registry():
-    from edgeuq_runtime.executors import EXECUTORS
-
-    saved = dict(EXECUTORS)
-    yield
-    EXECUTORS.clear()
-    EXECUTORS.update(saved)
-
-
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
     cfg = ModelConfig(input_length=128, num_classes=3, patch=16, d_model=16, heads=4, depth=2, ffn=24,

@@ -26,18 +26,6 @@ from edgeuq_runtime import UncertaintyRuntime  # noqa: E402
 
 TINY = dict(input_length=128, num_classes=3, patch=16, d_model=16, heads=2, depth=2, ffn=16, stochastic_blocks=(1,))
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_executor_registry():
-    """Leave the runtime's executor registry as found (other tests expect "tvm" unregistered
-    until the runtime package registers it itself)."""
-    from edgeuq_runtime.executors import EXECUTORS
-
-    saved = dict(EXECUTORS)
-    yield
-    EXECUTORS.clear()
-    EXECUTORS.update(saved)
-
-
 
 def export_tiny(root, seed=0):
     torch.manual_seed(seed)

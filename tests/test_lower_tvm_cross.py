@@ -27,18 +27,6 @@ TINY = dict(input_length=128, num_classes=3, patch=16, d_model=16, heads=2, dept
 CUDA_TARGETS = sorted(n for n, t in load_targets().items() if t.kind == "gpu")
 ELF_MAGIC = b"\x7fELF"
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_executor_registry():
-    """Leave the runtime's executor registry as found (other tests expect "tvm" unregistered
-    until the runtime package registers it itself)."""
-    from edgeuq_runtime.executors import EXECUTORS
-
-    saved = dict(EXECUTORS)
-    yield
-    EXECUTORS.clear()
-    EXECUTORS.update(saved)
-
-
 
 def _need(tool: str) -> None:
     if shutil.which(tool) is None:

@@ -21,16 +21,6 @@ from edgeuq.lower.tvm.tune import SHIPPED_ROOT, SHIPPED_STATE, database_size, sh
 SHIPPED_TARGETS = ("x86-64", "x86-64-avx512")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_executor_registry():
-    from edgeuq_runtime.executors import EXECUTORS
-
-    saved = dict(EXECUTORS)
-    yield
-    EXECUTORS.clear()
-    EXECUTORS.update(saved)
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     # other weights than the ones the database was tuned with: tasks depend on shapes only

@@ -34,16 +34,6 @@ TINY = dict(input_length=128, num_classes=3, patch=16, d_model=16, heads=2, dept
 RUNNER = {"onnxruntime": OrtGraph, "tvm": TvmGraph}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_executor_registry():
-    from edgeuq_runtime.executors import EXECUTORS
-
-    saved = dict(EXECUTORS)
-    yield
-    EXECUTORS.clear()
-    EXECUTORS.update(saved)
-
-
 @pytest.fixture(scope="module")
 def art(tmp_path_factory):
     torch.manual_seed(0)

@@ -41,16 +41,6 @@ def _need_sysroot() -> None:
         pytest.skip(msg)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_executor_registry():
-    from edgeuq_runtime.executors import EXECUTORS
-
-    saved = dict(EXECUTORS)
-    yield
-    EXECUTORS.clear()
-    EXECUTORS.update(saved)
-
-
 @pytest.fixture(scope="module")
 def pi_bundle(tmp_path_factory):
     _need_sysroot()

@@ -26,16 +26,6 @@ from edgeuq_runtime.bundle import load_bundle  # noqa: E402
 TINY = dict(input_length=128, num_classes=3, patch=16, d_model=16, heads=2, depth=2, ffn=16, stochastic_blocks=(1,))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_executor_registry():
-    from edgeuq_runtime.executors import EXECUTORS
-
-    saved = dict(EXECUTORS)
-    yield
-    EXECUTORS.clear()
-    EXECUTORS.update(saved)
-
-
 @pytest.fixture(scope="module")
 def tvm_bundle(tmp_path_factory):
     """A tiny model compiled for the x86-host board (TVM libraries for trunk and head)."""

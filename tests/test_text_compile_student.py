@@ -28,16 +28,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TEXTS = [f"the film is {w}" for w in POSITIVE] + ["what year ?", "a dull , boring plot", ""]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_executor_registry():
-    from edgeuq_runtime.executors import EXECUTORS
-
-    saved = dict(EXECUTORS)
-    yield
-    EXECUTORS.clear()
-    EXECUTORS.update(saved)
-
-
 def test_the_recipe_describes_a_head_only_stochastic_token_student():
     cfg = text_student_config()
     rec = text_recipe()

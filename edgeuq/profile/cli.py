@@ -62,19 +62,6 @@ def _operators_here(profiler: Any, samples: int, warmup: int, repeats: int, seed
     return tables, sources, notes
 
 
-def _cpu_name() -> str:
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _graph_targets(manifest: Any, key: str = "target") -> Dict[str, str]:
     """``{role: target}`` (or ``lowering``) as ``edgeuq compile`` recorded it in the manifest
     metadata (empty otherwise)."""
@@ -93,6 +80,8 @@ def profile_bundle(bundle: Any, out_dir: Optional[Path] = None, *, samples: Sequ
     import socket
 
     from edgeuq_runtime.bundle import load_bundle
+
+    from .harness import cpu_name
 
     from ..artifact import digest_of
     from .report import LatencyReport, save_latency_report
@@ -156,7 +145,7 @@ def profile_bundle(bundle: Any, out_dir: Optional[Path] = None, *, samples: Sequ
     if location == "host":
         import os
 
-        env["processor"], env["cores"] = _cpu_name(), os.cpu_count()
+        env["processor"], env["cores"] = cpu_name(), os.cpu_count()
     report = LatencyReport(
         location=location, where=where, bundle=str(Path(bundle)), bundle_digest=b.digest or "",
         backends=backends, samples=samples, warmup=int(warmup), repeats=int(repeats), stages=stages,

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["LatencyStats", "measure", "measure_latency", "measure_stages", "StageTimer", "percentile"]
+__all__ = ["LatencyStats", "measure", "measure_latency", "measure_stages", "StageTimer", "percentile", "cpu_name"]
 
 
 def percentile(sorted_ms: Sequence[float], q: float) -> float:
@@ -145,3 +145,17 @@ class StageTimer:
 
     def total(self) -> float:
         return float(sum(self.seconds.values()))
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows: for provenance lines."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

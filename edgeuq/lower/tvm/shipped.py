@@ -163,7 +163,6 @@ def write_provenance(work_db: Path, dest: Path, target: str) -> dict:
     """``provenance.json`` next to a shipped database: when, where, and how many trials per task."""
     import json
     import os
-    import platform
     from collections import Counter
 
     measured = Counter()
@@ -172,12 +171,9 @@ def write_provenance(work_db: Path, dest: Path, target: str) -> dict:
             measured[json.loads(line)[0]] += 1
         except ValueError:
             continue
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from ...profile.harness import cpu_name
+
+    cpu = cpu_name()
     doc = {"target": target, "architecture": "bearing-demo (trunk 1 window, head 16 rows)",
            "tuned": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu, "cores": os.cpu_count(),
            "records_measured": sum(measured.values()), "tasks": len(measured),
