@@ -312,7 +312,7 @@ def student_table(runs):
         cfg = st.get("config", {})
         arch = (f"d {cfg['d_model']}, depth {cfg['depth']}, {HEAD_NAMES.get(cfg.get('scheme', 'mc_dropout'))} head, "
                 if cfg else "")
-        for name, r in ((f"teacher, {HEAD_NAMES.get(st['teacher_head'], st['teacher_head'])} head (run {label})",
+        for name, r in ((f"teacher of student {label} ({HEAD_NAMES.get(st['teacher_head'], st['teacher_head'])} head)",
                          st["teacher"]),
                         (f"student {label}: {arch}{st['phrases']:,} phrases"
                          + (f" + {st['augmented']:,} augmented" if st.get("augmented") else "")
@@ -336,9 +336,13 @@ def tables_json(runs, command: str, provenance: str) -> dict:
     (every run's heads, labelled by its fine-tuning when there are several) and ``student``
     (every run that has a student section: runs A, B, ...)."""
     runs = list(runs)
-    headers, rows = teacher_table(runs[0])
-    if len(runs) > 1:
-        rows = [[f"{_fine_tune_label(r)}: {row[0]}", *row[1:]] for r in runs for row in teacher_table(r)[1]]
+    teachers = []  # one teacher's rows once, however many student runs reused it
+    for r in runs:
+        if not any(t["rows"] == r["rows"] and t.get("runtime") == r.get("runtime") for t in teachers):
+            teachers.append(r)
+    headers, rows = teacher_table(teachers[0])
+    if len(teachers) > 1:
+        rows = [[f"{_fine_tune_label(r)}: {row[0]}", *row[1:]] for r in teachers for row in teacher_table(r)[1]]
     t = {"teacher": {"headers": headers, "rows": rows}}
     students = [r for r in runs if r.get("student")]
     if students:
