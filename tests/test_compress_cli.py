@@ -6,55 +6,19 @@ import pytest
 
 from edgeuq.cli import main
 from edgeuq.training import load_checkpoint
+from tiny_recipes import tiny_recipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-RECIPE = """
-name = "{name}"
-description = "tiny compression CLI test recipe"
-task = "bearing"
-boards = ["x86-host"]
-[data]
-source = "synthetic"
-window = 1024
-hop = 512
-fs_hz = 12000
-classes = ["normal", "inner_race", "outer_race", "ball"]
-ood_kind = "compound"
-shift_snr_db = 0.0
-[data.synthetic]
-duration_s = 1.0
-loads = [0, 2]
-seed = 3
-[model]
-patch = 64
-d_model = 16
-heads = {heads}
-depth = {depth}
-ffn = {ffn}
-dropout = 0.1
-stochastic_blocks = {blocks}
-stochastic_head = true
-[train]
-epochs = 1
-batch_size = 32
-lr = 3e-3
-weight_decay = 1e-2
-patience = 2
-seed = 0
-[uq]
-samples = 4
-[bundle]
-model_name = "{name}"
-model_version = "0.0.1"
-"""
+DESCRIPTION = "tiny compression CLI test recipe"
+
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     root = tmp_path_factory.mktemp("compress-cli")
     rec = root / "tiny-teacher.toml"
-    rec.write_text(RECIPE.format(name="tiny-teacher", heads=4, depth=2, ffn=32, blocks="[1]"))
+    rec.write_text(tiny_recipe("tiny-teacher", DESCRIPTION, heads=4, depth=2, ffn=32, blocks=(1,)))
     ck = root / "teacher"
     assert main(["train", "--recipe", str(rec), "--out", str(ck), "--no-progress"]) == 0
     return rec, ck
@@ -63,7 +27,7 @@ def teacher(tmp_path_factory):
 def test_cli_distill_writes_a_head_only_stochastic_student(teacher, tmp_path):
     _, ck = teacher
     rec = tmp_path / "tiny-student.toml"
-    rec.write_text(RECIPE.format(name="tiny-student", heads=2, depth=1, ffn=16, blocks="[]"))
+    rec.write_text(tiny_recipe("tiny-student", DESCRIPTION, heads=2, depth=1, ffn=16, blocks=()))
     out = tmp_path / "student"
     assert main(["distill", "--teacher", str(ck), "--student-recipe", str(rec), "--out", str(out), "--epochs", "1",
                  "--teacher-samples", "4", "--student-samples", "2", "--no-progress"]) == 0

@@ -11,46 +11,10 @@ import pytest
 from edgeuq.catalog import get_recipe
 from edgeuq.cli import main
 from edgeuq_runtime import UncertaintyRuntime, load_bundle
+from tiny_recipes import tiny_recipe
 
-TINY_RECIPE = """
-name = "tiny-bearing"
-description = "tiny test recipe"
-task = "bearing"
-boards = ["x86-host"]
-[data]
-source = "synthetic"
-window = 1024
-hop = 512
-fs_hz = 12000
-classes = ["normal", "inner_race", "outer_race", "ball"]
-ood_kind = "compound"
-shift_snr_db = 0.0
-[data.synthetic]
-duration_s = 1.0
-loads = [0, 2]
-seed = 3
-[model]
-patch = 64
-d_model = 16
-heads = 2
-depth = 2
-ffn = 32
-dropout = 0.1
-stochastic_blocks = [1]
-stochastic_head = true
-[train]
-epochs = 2
-batch_size = 32
-lr = 3e-3
-weight_decay = 1e-2
-patience = 2
-seed = 0
-[uq]
-samples = 4
-[bundle]
-model_name = "tiny-bearing"
-model_version = "0.0.1"
-"""
+TINY_RECIPE = tiny_recipe("tiny-bearing", epochs=2)
+
 
 
 @pytest.fixture(scope="module")
@@ -231,10 +195,10 @@ def test_cli_train_covers_every_scheme(command, tmp_path, capsys):
     from edgeuq.training import load_checkpoint
 
     recipe = tmp_path / "tiny-variational.toml"
-    recipe.write_text(TINY_RECIPE.replace('name = "tiny-bearing"', 'name = "tiny-variational"').replace(
-        "stochastic_head = true\n", 'stochastic_head = true\nscheme = "variational"\n'
-                                   '[model.scheme_options]\nprior_sigma = 0.2\npositions = ["ffn"]\n').replace(
-        "[uq]\nsamples = 4\n", "[uq]\nsamples = 4\nval_samples = 2\ntemperature_scaling = true\n"))
+    recipe.write_text(tiny_recipe(
+        "tiny-variational", epochs=2,
+        model_extra='scheme = "variational"\n[model.scheme_options]\nprior_sigma = 0.2\npositions = ["ffn"]\n',
+        uq_extra="val_samples = 2\ntemperature_scaling = true\n"))
     ck_dir = tmp_path / "ck"
     assert main([command, "--recipe", str(recipe), "--out", str(ck_dir), "--epochs", "1", "--no-progress"]) == 0
     assert "scheme variational" in capsys.readouterr().out

@@ -7,44 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_recipes import tiny_recipe
 
-RECIPE = """
-name = "tiny-frontier"
-description = "tiny recipe for the quantization frontier smoke test"
-task = "bearing"
-boards = ["x86-host"]
-[data]
-source = "synthetic"
-window = 512
-hop = 512
-fs_hz = 12000
-classes = ["normal", "inner_race", "outer_race", "ball"]
-ood_kind = "compound"
-shift_snr_db = 0.0
-[data.synthetic]
-duration_s = 1.0
-loads = [0, 2]
-seed = 2
-[model]
-patch = 32
-d_model = 16
-heads = 2
-depth = 2
-ffn = 32
-stochastic_blocks = [1]
-stochastic_head = true
-[train]
-epochs = 1
-batch_size = 32
-lr = 3e-3
-patience = 2
-seed = 0
-[uq]
-samples = 4
-[bundle]
-model_name = "tiny-frontier"
-model_version = "0.0.1"
-"""
+RECIPE = tiny_recipe("tiny-frontier", "tiny recipe for the quantization frontier smoke test", window=512, seed=2,
+                     patch=32, dropout=None, weight_decay=None)
 
 
 @pytest.mark.slow
