@@ -42,14 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _write_json(path: str, doc: dict) -> None:
+def _out(path: str) -> Path:
     out = Path(path)
-    if not out.is_absolute():
-        out = ROOT / out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(out)
+    return out if out.is_absolute() else ROOT / out
     print(f"wrote {out}")
 
 
@@ -77,16 +72,21 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--quick", action="store_true", help="fewer repeats (15); the JSON says mode quick")
     p.add_argument("--tuning-db", help="folder of per-target user databases (default: a fresh empty folder)")
     p.add_argument("--json", default="results/backends.json", help="latency table JSON ('' to skip)")
     p.add_argument("--kernels-json", default="results/backends_kernels.json",
                    help="where-the-TVM-time-goes table JSON ('' to skip)")
-    p.add_argument("--targets", nargs="+", default=["x86-64", "host"],
+    p.add_argument("--targets", nargs="+", default=["x86-64", "x86-64-avx2", "host"],
                    help="TVM target descriptors (default x86-64 host; 'host' = detected host ISA)")
     a = p.parse_args(argv)
     os.environ.setdefault("TVM_NUM_THREADS", str(a.threads))
-    load_before = os.getloadavg()
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    from edgeuq.provenance import command_line, start, write_results
+
+    if a.quick:
+        a.repeats = min(a.repeats, 15)
+    run_prov = start("quick" if a.quick else "full", a.threads)
+    command = command_line("bench/backends.py", argv)
 
     import onnxruntime as ort
     import torch
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     from edgeuq.export import export_onnx
     from edgeuq.lower import lower
     from edgeuq.lower.tvm.numerics import max_error
-    from edgeuq.lower.tvm.targets import cpu_flags, detect_host_target
+    from edgeuq.lower.tvm.targets import detect_host_target
     from edgeuq.lower.tvm.tune import shipped_dir
     from edgeuq.models import ModelConfig, SignalTransformer
     from edgeuq.profile import measure_stages
@@ -204,29 +204,15 @@ def main(argv=None) -> int:
     print()
     for n in notes:
         print(n)
-    load_after = os.getloadavg()
-    import onnxruntime
-    import tvm
-
-    from edgeuq.profile.harness import cpu_name
-
-    isa = "AVX-512" if "avx512f" in cpu_flags() else "AVX2" if "avx2" in cpu_flags() else "no AVX2"
-    argv_s = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
-    command = f"python bench/backends.py {argv_s}".strip()
-    provenance = (f"measured {started} on {cpu_name()} ({isa}), {os.cpu_count()} cores shared with other jobs "
-                  f"(load average {load_before[0]:.2f} before, {load_after[0]:.2f} after), {a.threads} thread(s), "
-                  f"one run; trunk {a.batch} window(s), head {rows_n} rows; medians of {a.repeats} interleaved calls; "
-                  f"tuned = shipped database + {a.trials} new trials per graph; TVM {tvm.__version__}, "
-                  f"ONNX Runtime {onnxruntime.__version__}, torch {torch.__version__}")
+    details = (f"trunk {a.batch} window(s), head {rows_n} rows; medians of {a.repeats} interleaved calls; "
+               f"tuned = shipped database + {a.trials} new trials per graph")
     if a.json:
-        _write_json(a.json, {"command": command, "provenance": provenance, "headers": headers, "rows": rows,
-                             "note": "; ".join(notes)})
+        write_results(_out(a.json), {"headers": headers, "rows": rows, "note": "; ".join(notes)}, command,
+                      {**run_prov, "note": details})
     if a.kernels_json:
-        _write_json(a.kernels_json, {
-            "command": command, "provenance": provenance + "; per-instruction times from vm.set_instrument, medians "
-                                                          "over 20 calls after 3 (each includes ~1 us of Python "
-                                                          "callback)",
-            "headers": k_headers, "rows": kernel_rows})
+        write_results(_out(a.kernels_json), {"headers": k_headers, "rows": kernel_rows}, command,
+                      {**run_prov, "note": details + "; per-instruction times from vm.set_instrument, medians over 20 "
+                                                 "calls after 3 (each includes ~1 us of Python callback)"})
     return 0
 
 

@@ -27,14 +27,13 @@ re-renders an earlier run's table without running anything.
     python bench/compress_frontier.py [--cwru ../shared/data/cwru] [--out bench_out/compress]
                                       [--tables-json results/compress_frontier.json]
     python bench/compress_frontier.py --from-json OUT/compress_frontier.json \\
-        --tables-json results/compress_frontier.json --command "..." --provenance "..."
+        --tables-json results/compress_frontier.json   (its own command and provenance)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import replace
@@ -176,17 +175,15 @@ def frontier_table(summary: dict):
     return headers, table
 
 
-def tables_json(summary: dict, command: str, provenance: str) -> dict:
-    """The frontier table in scripts/render_tables.py's format (``results/compress_frontier.json``)."""
+def write_tables_json(summary: dict, path: Path) -> Path:
+    """The frontier table in scripts/render_tables.py's format (``results/compress_frontier.json``),
+    with the command and provenance the run recorded."""
+    from edgeuq.provenance import write_results
+
+    if "command" not in summary or "provenance" not in summary:
+        raise SystemExit("the run JSON has no command/provenance record (written by an older version): rerun")
     headers, rows = frontier_table(summary)
-    return {"command": command, "provenance": provenance, "headers": headers, "rows": rows}
-
-
-def write_tables_json(summary: dict, path: Path, command: str, provenance: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(tables_json(summary, command, provenance), indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_results(path, {"headers": headers, "rows": rows}, summary["command"], summary["provenance"])
     print(f"tables: {path}")
     return path
 
@@ -217,12 +214,13 @@ def main(argv=None) -> int:
     ap.add_argument("--from-json", type=Path, metavar="RUN_JSON",
                     help="run nothing: print (and with --tables-json write) the table of an earlier run's "
                          "compress_frontier.json")
-    ap.add_argument("--command", help="with --from-json: the command that produced RUN_JSON (recorded in the "
-                                      "tables JSON as how to regenerate it)")
-    ap.add_argument("--provenance", help="with --from-json: where RUN_JSON came from (date, machine, run)")
     a = ap.parse_args(argv)
     if a.from_json is not None:
         return _from_json(a)
+    from edgeuq.provenance import command_line, finish, start
+
+    prov = start("quick" if a.quick else "full", 1)
+    command = command_line("bench/compress_frontier.py", argv)
 
     torch.set_num_threads(1)
     t_start = time.perf_counter()
@@ -325,9 +323,8 @@ def main(argv=None) -> int:
         r["bytes_ratio"] = fp32_teacher_bytes / r["bytes"]
     summary = {"load_average": os.getloadavg(), "data": f"{source}; {desc}", "samples": a.samples, "threads": 1, "repeats": a.repeats,
                "teacher_naive_mc_ms": naive, "distill_teacher": a.distill_teacher, "rows": rows, "quick": a.quick,
-               "elapsed_s": time.perf_counter() - t_start,
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+               "elapsed_s": time.perf_counter() - t_start, "command": command,
+               "provenance": finish(prov, note="quick smoke run: tiny budgets" if a.quick else None)}
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "compress_frontier.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
@@ -338,12 +335,7 @@ def main(argv=None) -> int:
     print(format_table(*frontier_table(summary), markdown=True))
     print(f"\nJSON: {out / 'compress_frontier.json'}")
     if a.tables_json:
-        cmd = "python bench/compress_frontier.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        prov = (f"measured {summary['date']} on {summary['machine']} (load average {summary['load_average'][0]:.1f}), "
-                f"1 thread; quick smoke run, numbers not meaningful" if a.quick else
-                f"measured {summary['date']} on {summary['machine']} (load average {summary['load_average'][0]:.1f}), "
-                f"1 thread")
-        write_tables_json(summary, Path(a.tables_json), cmd, prov)
+        write_tables_json(summary, Path(a.tables_json))
     return 0
 
 
@@ -352,11 +344,7 @@ def _from_json(a) -> int:
     summary = json.loads(a.from_json.read_text())
     print(format_table(*frontier_table(summary), markdown=True))
     if a.tables_json:
-        if not a.command or not a.provenance:
-            print("--from-json with --tables-json needs --command and --provenance (how the run was made, and "
-                  "when/where)", file=sys.stderr)
-            return 2
-        write_tables_json(summary, Path(a.tables_json), a.command, a.provenance)
+        write_tables_json(summary, Path(a.tables_json))
     return 0
 
 

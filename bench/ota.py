@@ -17,20 +17,19 @@ of --repeats installs. The publisher's default publishes a delta only when it is
 50% of the full archive; here every delta is published so its size can be reported.
 
     python bench/ota.py [--repeats 3] [--out runs/bench/ota] [--tables-json results/ota.json]
-    python bench/ota.py --from-json runs/bench/ota/ota.json --tables-json results/ota.json \\
-        --command "..." --provenance "..."     # re-render an earlier run's table
+    python bench/ota.py --from-json runs/bench/ota/ota.json --tables-json results/ota.json
+                                           # re-render an earlier run's table (its own command and provenance)
+    python bench/ota.py --quick ...        # 2 installs per case instead of --repeats (mode quick)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -105,11 +104,16 @@ def main(argv=None) -> int:
                                                      "(e.g. results/ota.json)")
     ap.add_argument("--from-json", type=Path, metavar="OTA_JSON",
                     help="run nothing: print (and with --tables-json write) the table of an earlier run's ota.json")
-    ap.add_argument("--command", help="with --from-json: the command that produced OTA_JSON")
-    ap.add_argument("--provenance", help="with --from-json: when and where OTA_JSON was measured")
+    ap.add_argument("--quick", action="store_true", help="2 installs per case (mode quick)")
     a = ap.parse_args(argv)
     if a.from_json is not None:
         return _from_json(a)
+    from edgeuq.provenance import command_line, start
+
+    if a.quick:
+        a.repeats = min(a.repeats, 2)
+    prov = start("quick" if a.quick else "full", 1, note=f"median of {a.repeats} installs per case")
+    command = command_line("bench/ota.py", argv)
     rng = np.random.default_rng(0)
     base = {"W1": rng.standard_normal((L, H)) / np.sqrt(L), "W2": rng.standard_normal((H, F)) / np.sqrt(H),
             "V1": rng.standard_normal((F, F)) / np.sqrt(F), "V2": rng.standard_normal((F, C)) / np.sqrt(F)}
@@ -181,17 +185,16 @@ def main(argv=None) -> int:
         print(f"  {r['update']}: delta path download+verify {p['download_verify']:.3f} s, canaries {p['canaries']:.3f} s, "
               f"slot write+commit {p['install']:.3f} s")
     a.out.mkdir(parents=True, exist_ok=True)
+    from edgeuq.provenance import finish
+
     doc = {"model": {"L": L, "H": H, "F": F, "C": C, "weights": "seeded random, not trained"},
-           "repeats": a.repeats, "results": results, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+           "repeats": a.repeats, "results": results, "command": command, "provenance": finish(prov)}
     tmpf = a.out / "ota.json.tmp"
     tmpf.write_text(json.dumps(doc, indent=2))
     os.replace(tmpf, a.out / "ota.json")
     print(f"wrote {a.out / 'ota.json'}")
     if a.tables_json:
-        cmd = "python bench/ota.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_tables_json(doc, a.tables_json, cmd, f"measured {doc['date']} on {doc['machine']} (shared), "
-                                                   f"median of {a.repeats} installs")
+        write_tables_json(doc, a.tables_json)
     return 0
 
 
@@ -206,17 +209,15 @@ def ota_table(results):
     return hdr, rows
 
 
-def tables_json(doc: dict, command: str, provenance: str) -> dict:
-    """The cost table of an ``ota.json`` in scripts/render_tables.py's format (``results/ota.json``)."""
+def write_tables_json(doc: dict, path: Path) -> Path:
+    """The cost table of an ``ota.json`` in scripts/render_tables.py's format (``results/ota.json``),
+    with the command and provenance the run recorded."""
+    from edgeuq.provenance import write_results
+
+    if "command" not in doc or "provenance" not in doc:
+        raise SystemExit(f"{path}: the run JSON has no command/provenance record: rerun bench/ota.py")
     hdr, rows = ota_table(doc["results"])
-    return {"command": command, "provenance": provenance, "headers": hdr, "rows": rows}
-
-
-def write_tables_json(doc: dict, path: Path, command: str, provenance: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(tables_json(doc, command, provenance), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_results(path, {"headers": hdr, "rows": rows}, doc["command"], doc["provenance"])
     print(f"tables: {path}")
     return path
 
@@ -229,10 +230,7 @@ def _from_json(a) -> int:
                  *("| " + " | ".join(r) + " |" for r in rows)]:
         print(line)
     if a.tables_json:
-        if not a.command or not a.provenance:
-            print("--from-json with --tables-json needs --command and --provenance", file=sys.stderr)
-            return 2
-        write_tables_json(doc, a.tables_json, a.command, a.provenance)
+        write_tables_json(doc, a.tables_json)
     return 0
 
 

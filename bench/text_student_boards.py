@@ -14,9 +14,7 @@ compile fails gets a row saying why. Default boards: the ``text-student`` recipe
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -72,6 +70,7 @@ def main(argv=None) -> int:
     p.add_argument("--boards", nargs="+", help="boards (default: the text-student recipe's)")
     p.add_argument("--samples", type=int, help="S (default: each board's budget)")
     p.add_argument("--json", type=Path, help="write the table for scripts/render_tables.py")
+    p.add_argument("--quick", action="store_true", help="only the recipe's first board (mode quick)")
     a = p.parse_args(argv)
 
     from edgeuq.export import TOKENIZER_FILE, export_onnx
@@ -80,11 +79,17 @@ def main(argv=None) -> int:
     from edgeuq.text.recipe import text_recipe
     from edgeuq.training import load_checkpoint
 
+    from edgeuq.provenance import command_line, start
+
+    prov = start("quick" if a.quick else "full", 1)
+    command = command_line("bench/text_student_boards.py", argv)
     ck = load_checkpoint(a.checkpoint)
     if not (Path(ck.directory) / TOKENIZER_FILE).is_file():
         print(f"{a.checkpoint}: no {TOKENIZER_FILE} next to the checkpoint (the device tokenizer)", file=sys.stderr)
         return 2
     boards = a.boards or list(text_recipe().boards)
+    if a.quick and not a.boards:
+        boards = boards[:1]
     work = Path(tempfile.mkdtemp(prefix="edgeuq-text-boards-"))
     art = export_onnx(ck, work / "onnx")
     rows = []
@@ -102,18 +107,12 @@ def main(argv=None) -> int:
         print(f"[{board}] {time.time() - t0:.0f}s", flush=True)
     print(format_table(HEADERS, rows))
     if a.json:
+        from edgeuq.provenance import finish, write_results
+
         cfg = ck.config
-        doc = {"command": "python bench/text_student_boards.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "provenance": (f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
-                              f"{os.cpu_count()} cores (shared), one thread; student d {cfg.d_model}, depth "
-                              f"{cfg.depth}, {cfg.scheme} head, vocabulary {cfg.vocab_size}, ids of "
-                              f"{cfg.input_length}; qemu and C simulation check numerics only, their times are not "
-                              "board times"),
-               "headers": HEADERS, "rows": rows}
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = a.json.with_name(a.json.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-        tmp.replace(a.json)
+        note = (f"student d {cfg.d_model}, depth {cfg.depth}, {cfg.scheme} head, vocabulary {cfg.vocab_size}, ids of "
+                f"{cfg.input_length}; qemu and C simulation check numerics only, their times are not board times")
+        write_results(a.json, {"headers": HEADERS, "rows": rows}, command, finish(prov, note=note))
         print(f"table: {a.json}")
     return 0
 

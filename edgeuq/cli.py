@@ -20,12 +20,14 @@ _COMMAND_MODULES: List[str] = ["edgeuq.fisher.cli", "edgeuq.quantize.cli", "edge
 def _cmd_demo(a: argparse.Namespace) -> int:
     from .demo_report import demo_tables, write_demo_report
     from .pipeline import run_demo
+    from .provenance import start
     from .report import format_table
 
+    prov = start("full", 1)
     overrides = {"duration_s": a.duration} if a.duration else None
     res = run_demo(Path(a.out), recipe=a.recipe, epochs=a.epochs, samples=a.samples,
                    synthetic_overrides=overrides, progress=not a.no_progress)
-    report = write_demo_report(res)
+    report = write_demo_report(res, prov)
     h, rows, lh, lrows = demo_tables(res)
     print()
     print(format_table(h, rows))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 from .pipeline import DemoResult
 from .report import format_table, write_markdown_report
@@ -35,27 +35,26 @@ def demo_tables(result: DemoResult) -> Tuple[Tuple[str, ...], List[list], Tuple[
     return _SET_HEADERS, rows, lat_headers, lat_rows
 
 
-def demo_tables_json(result: DemoResult) -> dict:
-    """The demo's two tables in the format ``scripts/render_tables.py`` reads."""
-    import datetime
-    import platform
+def demo_tables_json(result: DemoResult, prov: Optional[Mapping[str, Any]] = None) -> dict:
+    """The demo's two tables in the format ``scripts/render_tables.py`` reads; ``prov`` is the
+    record :func:`edgeuq.provenance.start` took when the demo began (else one taken now)."""
+    from .provenance import finish, start
 
     h, rows, lh, lrows = demo_tables(result)
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     return {
         "command": DEMO_TABLES_COMMAND,
-        "provenance": f"measured by `edgeuq demo` on {when}, {platform.machine()}, S = {result.samples}",
+        "provenance": finish(prov if prov is not None else start("full", 1), note=f"edgeuq demo, S = {result.samples}"),
         "tables": {"sets": {"headers": list(h), "rows": rows}, "latency": {"headers": list(lh), "rows": lrows}},
     }
 
 
-def write_demo_report(result: DemoResult) -> Path:
+def write_demo_report(result: DemoResult, prov: Optional[Mapping[str, Any]] = None) -> Path:
     out = result.out_dir
     import json
 
     tables = out / "tables.json"
     tmp = out / ".tables.json.tmp"
-    tmp.write_text(json.dumps(demo_tables_json(result), indent=2))
+    tmp.write_text(json.dumps(demo_tables_json(result, prov), indent=2))
     tmp.replace(tables)
     ref_name = next(iter(result.evaluations))
     ref = result.evaluations[ref_name]

@@ -4,7 +4,7 @@ evidence and ``edgeuq profile`` reports, never by hand.
     python scripts/target_table.py collect [--targets NAME ...]   # lower + record evidence (~10 min)
     python scripts/target_table.py profile                        # demo bundles profiled: host + localhost RPC
     python scripts/target_table.py render                         # evidence + reports -> table JSON -> markdown
-    python scripts/target_table.py all                            # collect, then render
+    python scripts/target_table.py all [--quick]                  # collect, profile, then render (make bench)
 
 ``profile`` compiles the ``bearing-demo`` architecture (random weights) for ``x86-host`` twice: with
 the board's default placement (TVM libraries for x86-64) and with placement by measurement
@@ -44,7 +44,7 @@ SAMPLES = 16
 PROFILE_DIR = ROOT / "results" / "profile"
 PROFILE_JSON = ROOT / "results" / "profiles.json"
 PROFILE_DOCS = (ROOT / "docs" / "profile.md",)
-PROFILE_COMMAND = "python scripts/target_table.py profile && python scripts/target_table.py render"
+PROFILE_COMMAND = "python scripts/target_table.py all"
 
 
 def placements() -> List[tuple]:
@@ -74,7 +74,7 @@ def _demo_artifact(work: Path, head_only: bool) -> Any:
     return export_onnx(ck, work / "onnx")
 
 
-def collect(out: Path, only: List[str]) -> Dict[str, Any]:
+def collect(out: Path, only: List[str], command: str = "", prov: Any = None) -> Dict[str, Any]:
     from edgeuq.catalog import get_target
     from edgeuq.lower import CompileSettings, get_lowerer
 
@@ -110,11 +110,15 @@ def collect(out: Path, only: List[str]) -> Dict[str, Any]:
     import edgeuq
     from edgeuq.profile.harness import cpu_name
 
+    from edgeuq.provenance import finish
+
     doc = {"kind": "edgeuq-target-evidence", "version": 1, "samples": SAMPLES,
            "host": {"machine": platform.machine(), "processor": cpu_name(), "cores": os.cpu_count(),
                     "python": platform.python_version()},
            "edgeuq": edgeuq.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "rows": rows}
+    if prov is not None:
+        doc["command"], doc["provenance"] = command, finish(prov)
     if only and out.is_file():  # a partial run replaces only its own rows
         done = {(r["lowering"], r["target"]) for r in rows}
         kept = [r for r in json.loads(out.read_text())["rows"] if (r["lowering"], r["target"]) not in done]
@@ -206,12 +210,19 @@ def render_profiles(reports: List[Any], docs=PROFILE_DOCS, samples: int = SAMPLE
     places = "; ".join(f"results/profile/{Path(r.directory).name}: {r.measured_where}" for r in reports)
     env = next((r.environment for r in reports if r.location == "host"), reports[0].environment)
     cpu = f"{env.get('processor', '?')}, {env.get('cores', '?')} cores shared with other jobs"
-    provenance = (f"measured {env.get('measured_utc', '?')[:10]} by edgeuq profile on {cpu}, 1 thread, 1 window, "
-                  f"{reports[0].repeats} repeats after {reports[0].warmup} warm-up; bearing-demo architecture, "
-                  f"random weights; TVM libraries compiled with the shipped tuning database where it has the "
-                  f"target (x86-64, x86-64-avx512), 0 new trials; {places}")
-    table = profile_table(reports, samples, PROFILE_COMMAND, provenance=provenance)
-    _write_json(PROFILE_JSON, table)
+    run = PROFILE_DIR / "provenance.json"
+    if not run.is_file():
+        raise SystemExit(f"{run} not found: the profile reports were not made by `{PROFILE_COMMAND}`; rerun it")
+    rec = json.loads(run.read_text())
+    note = (f"edgeuq profile on {cpu}, 1 thread, 1 window, {reports[0].repeats} repeats after {reports[0].warmup} "
+            f"warm-up; bearing-demo architecture, random weights; TVM libraries compiled with the shipped tuning "
+            f"database where it has the target, 0 new trials; {places}")
+    table = profile_table(reports, samples, rec["command"])
+    from edgeuq.provenance import write_results
+
+    write_results(PROFILE_JSON, {k: v for k, v in table.items() if k not in ("command", "provenance")},
+                  rec["command"], {**rec["provenance"], "note": note})
+    print(f"wrote {PROFILE_JSON}")
     import subprocess
 
     subprocess.run([sys.executable, str(ROOT / "scripts" / "render_tables.py"), *map(str, docs)], check=True)
@@ -225,7 +236,8 @@ def _write_json(path: Path, doc: Dict[str, Any]) -> None:
     print(f"wrote {path}")
 
 
-def profile(out: Path = PROFILE_DIR, samples=(1, SAMPLES), repeats: int = 30, warmup: int = 5) -> None:
+def profile(out: Path = PROFILE_DIR, samples=(1, SAMPLES), repeats: int = 30, warmup: int = 5,
+            command: str = PROFILE_COMMAND, prov: Any = None) -> None:
     """Compile the demo architecture for x86-host (default placement = TVM; and placement by
     measurement), profile on this host and over a localhost TVM RPC server; reports under ``out``."""
     import shutil
@@ -258,6 +270,10 @@ def profile(out: Path = PROFILE_DIR, samples=(1, SAMPLES), repeats: int = 30, wa
                                plot=False, remote=f"127.0.0.1:{srv.port}" if via == "rpc" else None)
         finally:
             srv.terminate()
+    if prov is not None:
+        from edgeuq.provenance import finish
+
+        _write_json(out / "provenance.json", {"command": command, "provenance": finish(prov)})
 
 
 def _tuning_states(rows: List[Dict[str, Any]]) -> str:
@@ -271,12 +287,14 @@ def render(json_path: Path, docs=DOCS) -> None:
     doc = json.loads(json_path.read_text())
     reports = load_profiles()
     host = doc["host"]
+    if "provenance" not in doc:
+        raise SystemExit(f"{json_path} has no provenance record: rerun `python scripts/target_table.py all`")
     table = {
-        "command": "python scripts/target_table.py all",
-        "provenance": (f"measured {doc['created'][:10]} on {host['processor']}, {host['cores']} cores; edgeuq "
-                       f"{doc['edgeuq']}, TVM {doc.get('tvm', '-')}; bearing-demo architecture, random weights, "
-                       f"TVM tuning per target: {_tuning_states(doc['rows'])}; raw evidence in "
-                       f"results/{json_path.name}"),
+        "command": doc["command"],
+        "provenance": {**doc["provenance"], "note": (
+            f"{host['processor']}, edgeuq {doc['edgeuq']}, TVM {doc.get('tvm', '-')}; bearing-demo architecture, "
+            f"random weights, TVM tuning per target: {_tuning_states(doc['rows'])}; raw evidence in "
+            f"results/{json_path.name}")},
         "headers": ["target", "arch", "lowering (graphs)", "compiled", "checked how", "artifact",
                     "max err (tolerance)", "reference", f"latency (1 window, S={doc['samples']})",
                     f"profiled (edgeuq profile, S={doc['samples']})"],
@@ -304,11 +322,17 @@ def main(argv=None) -> int:
     p.add_argument("command", choices=("collect", "profile", "render", "all"))
     p.add_argument("--out", "--json", dest="json", type=Path, default=DEFAULT_JSON)
     p.add_argument("--targets", nargs="*", default=[], help="only these targets (collect)")
+    p.add_argument("--quick", action="store_true", help="profile with 10 repeats after 2 warm-up (mode quick)")
     a = p.parse_args(argv)
+    from edgeuq.provenance import command_line, start
+
+    prov = start("quick" if a.quick else "full", 1)
+    command = command_line("scripts/target_table.py", argv)
+    repeats, warmup = (10, 2) if a.quick else (30, 5)
     if a.command in ("collect", "all"):
-        collect(a.json, a.targets)
-    if a.command == "profile":
-        profile()
+        collect(a.json, a.targets, command, prov)
+    if a.command in ("profile", "all"):
+        profile(repeats=repeats, warmup=warmup, command=command, prov=prov)
     if a.command in ("render", "all"):
         render(a.json)
     return 0

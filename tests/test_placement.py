@@ -18,7 +18,9 @@ from edgeuq.catalog import DescriptorError, read_descriptor  # noqa: E402
 from edgeuq.bundle import build_bundle  # noqa: E402
 from edgeuq.export import export_onnx  # noqa: E402
 from edgeuq.lower.compile import compile_board  # noqa: E402
+from edgeuq.catalog import get_target  # noqa: E402
 from edgeuq.lower.placement import HostMeasurer, Option, choose  # noqa: E402
+from edgeuq.lower.tvm.targets import is_native  # noqa: E402
 from edgeuq.models import ModelConfig, SignalTransformer  # noqa: E402
 from edgeuq.profile.harness import LatencyStats  # noqa: E402
 from edgeuq.training import save_checkpoint  # noqa: E402
@@ -30,6 +32,8 @@ from edgeuq_runtime.placement import parse_placement  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+#: Whether this host runs AVX-512 code (honours EDGEUQ_HOST_ISA, so CI runs both branches on one machine).
+HOST_RUNS_AVX512 = is_native(get_target("x86-64-avx512"))
 TINY = dict(input_length=128, num_classes=3, patch=16, d_model=16, heads=2, depth=2, ffn=16, stochastic_blocks=(1,))
 RUNNER = {"onnxruntime": OrtGraph, "tvm": TvmGraph}
 
@@ -195,7 +199,11 @@ def test_unmeasured_board_keeps_the_default_and_says_not_measured(art, remote_bo
     for role in ("trunk", "head"):
         g = rec.graphs[role]
         assert g.chosen_by == "board default" and (g.executor, g.target) == ("tvm", "x86-64")
-        assert all(c.status == "not measured" and c.median_ms is None and c.repeats is None for c in g.candidates)
+        for c in g.candidates:
+            assert c.median_ms is None and c.repeats is None, c
+            # AVX-512 code on a host without AVX-512 cannot even be checked here: excluded, never run
+            want = "excluded" if c.target == "x86-64-avx512" and not HOST_RUNS_AVX512 else "not measured"
+            assert c.status == want, (c, HOST_RUNS_AVX512)
         assert "not measured" in g.reason
     assert (res.bundle.manifest.trunk.backend, res.bundle.manifest.head.backend) == ("tvm", "tvm")
     _assert_runs_on_recorded_executors(res.bundle.root)
@@ -215,9 +223,17 @@ def test_remote_placement_times_tvm_libraries_over_rpc(art, remote_board, tmp_pa
     rec = res.bundle.manifest.sections["placement"]
     assert rec.measured == "remote" and rec.where == f"rpc 127.0.0.1:{srv.port}"
     trunk = rec.graphs["trunk"]
-    assert all(c.status == "measured" and c.median_ms > 0 for c in trunk.candidates)
-    assert trunk.chosen_by == "fastest measured"
-    assert trunk.chosen.median_ms == min(c.median_ms for c in trunk.candidates)
+    # the RPC server is this host: AVX-512 code is timed only where this CPU runs it (else excluded,
+    # and with one usable candidate left there is nothing to time: the default stays, "not measured")
+    if HOST_RUNS_AVX512:
+        assert all(c.status == "measured" and c.median_ms > 0 for c in trunk.candidates)
+        assert trunk.chosen_by == "fastest measured"
+        assert trunk.chosen.median_ms == min(c.median_ms for c in trunk.candidates)
+    else:
+        status = {c.target: c.status for c in trunk.candidates}
+        assert status == {"x86-64": "not measured", "x86-64-avx512": "excluded"}, trunk.candidates
+        assert "only one usable placement" in trunk.candidates[0].reason
+        assert trunk.chosen_by == "board default" and trunk.target == "x86-64"
     head = rec.graphs["head"]
     assert head.chosen_by == "board default" and head.executor == "tvm"
     ort = next(c for c in head.candidates if c.executor == "onnxruntime")

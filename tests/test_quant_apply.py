@@ -162,6 +162,7 @@ def test_quantized_bundle_runs_in_the_runtime_with_the_same_outputs(tiny):
     assert np.abs(r0.probs - r1.probs).max() < 0.05
 
 
+@pytest.mark.isa_kernels
 def test_uniform_int8_and_fp16_stay_close_to_fp32(tiny):
     prep, root = tiny["prep"], tiny["root"]
     x = tiny["x"][:8]
@@ -177,6 +178,9 @@ def test_uniform_int8_and_fp16_stay_close_to_fp32(tiny):
 
         outs[p] = run_onnx(art, normalize(x, "zscore"), noise, samples=2)
     scale = np.abs(outs["fp32"]).max()
+    print({p: float(np.abs(outs[p] - outs["fp32"]).max() / scale) for p in outs})  # relative errors (pytest -s)
+    # int8 keeps working on CPUs without VNNI (AVX2): weights in the 7-bit range (reduce_range) avoid the
+    # int16 saturation of the u8 x s8 kernels there; CI runs this test under an AVX2 CPU model (qemu)
     assert np.abs(outs["fp16"] - outs["fp32"]).max() < 1e-2 * scale
     assert np.abs(outs["int8"] - outs["fp32"]).max() < 0.1 * scale
     assert np.abs(outs["int4"] - outs["fp32"]).max() < 0.5 * scale

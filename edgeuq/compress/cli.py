@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -111,6 +110,12 @@ def _cmd_search(a: argparse.Namespace) -> int:
                          save_search_result)
     from .variants import VariantBuilder, fisher_guided_seeds
 
+    from ..provenance import finish, start
+
+    prov = start("quick" if a.quick else "full", 1)
+    command = "edgeuq search " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "edgeuq search ..."
+    if a.quick:
+        a.trials, a.population, a.repeats = min(a.trials, 6), min(a.population, 4), min(a.repeats, 10)
     board = get_board(a.board)
     budgets = SearchBudgets(board.budgets.latency_ms, board.budgets.weight_bytes, board.budgets.mc_samples)
     rec = get_recipe(a.recipe)
@@ -137,20 +142,16 @@ def _cmd_search(a: argparse.Namespace) -> int:
              f"ONNX Runtime, 1 thread), not on the board unless it is this machine")
     res = save_search_result(out / "result", board.name, budgets, records_, front, pick,
                              {"checkpoint": str(ck.directory), "checkpoint_sha256": ck.sha256, "data": source,
-                              "latency_measured_on": "this host, edgeuq_runtime (ONNX Runtime), 1 thread"}, title)
+                              "latency_measured_on": "this host, edgeuq_runtime (ONNX Runtime), 1 thread",
+                              "command": command, "provenance": finish(prov, note=f"search result {out / 'result'}")},
+                             title)
     trials = [r.to_dict() for r in records_]
     headers, rows = pareto_table(trials, [r.number for r in front])
     print(f"\nPareto set ({len(front)} of {len(records_)} trials, {sum(r.feasible for r in records_)} within "
           f"{board.name}'s budgets; objectives {[k for k, _ in OBJECTIVES]}):")
     print(format_table(headers, rows, markdown=True))
     if a.tables_json:
-        import time
-
-        cmd = "edgeuq search " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "edgeuq search ..."
-        prov = (f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on this host "
-                f"({platform.machine()}, {os.cpu_count()} cores), ONNX Runtime, 1 thread; "
-                f"search result {res.directory}")
-        _write_search_tables(res.to_meta(), Path(a.tables_json), cmd, prov)
+        _write_search_tables(res.to_meta(), Path(a.tables_json))
     if pick is None:
         print(f"no trial meets {board.name}'s budgets; no bundle chosen")
         return 1
@@ -181,23 +182,24 @@ def pareto_table(trials, pareto) -> tuple:
     return headers, rows
 
 
-def search_tables_json(meta, command: str, provenance: str) -> dict:
-    """The Pareto table of a ``compress_search`` result in scripts/render_tables.py's format."""
+def search_tables_json(meta) -> dict:
+    """The Pareto table of a ``compress_search`` result in scripts/render_tables.py's format (without
+    the command and provenance, which the result's ``info`` carries)."""
     headers, rows = pareto_table(meta["trials"], meta["pareto"])
     n, ok = len(meta["trials"]), sum(bool(t["feasible"]) for t in meta["trials"])
-    return {"command": command, "provenance": provenance, "headers": headers, "rows": rows,
+    return {"headers": headers, "rows": rows,
             "note": f"{n} trials, {ok} within {meta['board']}'s budgets, {len(meta['pareto'])} on the Pareto front; "
                     + (f"board's pick: trial {meta['chosen']}." if meta.get("chosen") is not None
                        else "no trial within the budgets, none picked.")}
 
 
-def _write_search_tables(meta, path: Path, command: str, provenance: str) -> Path:
-    import json
+def _write_search_tables(meta, path: Path) -> Path:
+    from ..provenance import write_results
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(search_tables_json(meta, command, provenance), indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    info = meta.get("info") or {}
+    if "command" not in info or "provenance" not in info:
+        raise SystemExit(f"{path}: the search result records no command/provenance (an older result): rerun the search")
+    write_results(path, search_tables_json(meta), info["command"], info["provenance"])
     print(f"tables: {path}")
     return path
 
@@ -221,11 +223,7 @@ def _cmd_search_table(a: argparse.Namespace) -> int:
     meta = doc["meta"]
     print(format_table(*pareto_table(meta["trials"], meta["pareto"]), markdown=True))
     if a.tables_json:
-        if not a.command or not a.provenance:
-            print("edgeuq search-table: --tables-json needs --command and --provenance (how the search was run, "
-                  "and when/where)", file=sys.stderr)
-            return 2
-        _write_search_tables(meta, Path(a.tables_json), a.command, a.provenance)
+        _write_search_tables(meta, Path(a.tables_json))
     return 0
 
 
@@ -295,12 +293,12 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tables-json", help="also write the Pareto table for scripts/render_tables.py "
                                          "(e.g. results/compress_search.json)")
+    p.add_argument("--quick", action="store_true", help="at most 6 trials, population 4, 10 repeats (the results "
+                                                        "JSON says mode quick)")
     p.set_defaults(func=_cmd_search)
 
     p = subparsers.add_parser("search-table", help="print the Pareto table of a saved search result (and write it "
                                                    "for scripts/render_tables.py) without searching again")
     p.add_argument("result", help="search result folder (OUT/result) or its search.json")
     p.add_argument("--tables-json", help="write the table here (e.g. results/compress_search.json)")
-    p.add_argument("--command", help="the `edgeuq search` command that produced the result (recorded in the JSON)")
-    p.add_argument("--provenance", help="when and where the search ran (recorded in the JSON)")
     p.set_defaults(func=_cmd_search_table)

@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Regenerate every ``results/*.json`` from the command it names, then the tables in the docs.
+
+    python scripts/bench_all.py --mode quick     # make bench-quick: smoke-sized runs (about an hour on 2 cores)
+    python scripts/bench_all.py --mode full      # make bench: the reported runs (several hours on 2 cores)
+    python scripts/bench_all.py --mode quick --only ota stream   # some of them
+
+Each benchmark writes its own JSON with the provenance record of ``edgeuq.provenance``
+(mode, date, commit, CPU and ISA, threads, load) and the command that reruns it; nothing here
+writes a number. Logs go to ``runs/bench/logs/NAME.log``; a failed benchmark is reported and the
+others still run (exit status 1 at the end). Run from the repository root with the project's venv
+on PATH (the Makefile does).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+CWRU = "../shared/data/cwru"
+TEXT = "../shared/data/text"
+
+
+@dataclass(frozen=True)
+class Bench:
+    name: str
+    command: str                      # run from the repository root; {quick} -> the mode's extra arguments
+    quick: str = "--quick"            # extra arguments in quick mode ("" = none)
+    full: str = ""                    # extra arguments in full mode
+    writes: Sequence[str] = ()        # results files it (re)writes
+    needs: Sequence[str] = ()         # benchmarks whose output it reads
+
+
+BENCHES: List[Bench] = [
+    Bench("backends", "python bench/backends.py {mode}", writes=("backends", "backends_kernels")),
+    Bench("mc_overhead", "python bench/mc_overhead.py --json results/mc_overhead.json {mode}", writes=("mc_overhead",)),
+    Bench("ota", "python bench/ota.py --tables-json results/ota.json {mode}", full="--repeats 5", writes=("ota",)),
+    Bench("stream", f"python bench/stream.py --cwru {CWRU} --alpha 0.01 --json results/stream.json {{mode}}",
+          quick="--hours 0.1", full="--hours 1", writes=("stream",)),
+    Bench("targets", "python scripts/target_table.py all {mode}", writes=("lowering", "lowering_evidence", "profiles")),
+    Bench("benchmark_uq", f"python bench/uq_benchmark.py --cwru {CWRU} --text {TEXT} --out runs/bench/benchmark-uq "
+                          "--no-progress --summary-json results/benchmark_uq.json {mode}", writes=("benchmark_uq",)),
+    Bench("compress_frontier", f"python bench/compress_frontier.py --cwru {CWRU} --teachers mc_dropout hsa "
+                               "--distill-teacher mc_dropout --prune-flops 0.5 0.25 --out runs/bench/compress_frontier "
+                               "--tables-json results/compress_frontier.json {mode}", writes=("compress_frontier",)),
+    Bench("compress_search", f"edgeuq search --board x86-host --teacher "
+                             "runs/bench/compress_frontier/models/compress_frontier/mc_dropout/checkpoint "
+                             f"--data {CWRU} --recipe cwru-mc-dropout --out runs/bench/search "
+                             "--tables-json results/compress_search.json {mode}", full="--trials 24 --population 8",
+          writes=("compress_search",), needs=("compress_frontier",)),
+    Bench("text_teacher", "python bench/text_teacher.py --out runs/bench/text_teacher --student "
+                          "--tables-json results/text_teacher.json {mode}",
+          full="--train-layers 4 --epochs 2 --lr-encoder 8e-5 --student-phrases 60614 --student-epochs 4 "
+               "--student-augment 1", writes=("text_teacher",)),
+    Bench("text_student_boards", "python bench/text_student_boards.py --checkpoint "
+                                 "runs/bench/text_teacher/student/checkpoint --json results/text_student_boards.json "
+                                 "{mode}", writes=("text_student_boards",), needs=("text_teacher",)),
+    Bench("demo", "edgeuq demo --out runs/demo --no-progress && python scripts/render_tables.py --update "
+                  "demo=runs/demo/tables.json", quick="", writes=("demo",)),
+]
+
+
+def command_for(b: Bench, mode: str) -> str:
+    return b.command.format(mode=b.quick if mode == "quick" else b.full).strip()
+
+
+def run(names: Sequence[str], mode: str, env: Optional[Dict[str, str]] = None) -> int:
+    logs = ROOT / "runs" / "bench" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    status: Dict[str, str] = {}
+    for b in [b for b in BENCHES if b.name in names]:
+        missing = [n for n in b.needs if status.get(n, "ok") != "ok"]
+        if missing:
+            status[b.name] = f"skipped: needs {', '.join(missing)}, which failed"
+            print(f"[bench] {b.name}: {status[b.name]}", flush=True)
+            continue
+        cmd = command_for(b, mode)
+        log = logs / f"{b.name}.log"
+        print(f"[bench] {time.strftime('%H:%M:%S')} {b.name}: {cmd}  (log {log.relative_to(ROOT)})", flush=True)
+        t0 = time.perf_counter()
+        with open(log, "w") as f:
+            rc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                env=env).returncode
+        took = time.perf_counter() - t0
+        status[b.name] = "ok" if rc == 0 else f"FAILED (exit {rc}; see {log.relative_to(ROOT)})"
+        print(f"[bench] {b.name}: {status[b.name]} in {took:.0f} s", flush=True)
+    rc = subprocess.run([sys.executable, str(ROOT / "scripts" / "render_tables.py")], cwd=ROOT).returncode
+    print("\n[bench] summary:")
+    for name, st in status.items():
+        print(f"  {name:22s} {st}")
+    failed = [n for n, st in status.items() if st != "ok"]
+    return 1 if failed or rc != 0 else 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=("quick", "full"), required=True)
+    ap.add_argument("--only", nargs="+", choices=[b.name for b in BENCHES], help="only these benchmarks")
+    ap.add_argument("--list", action="store_true", help="print the commands and exit")
+    a = ap.parse_args(argv)
+    names = a.only or [b.name for b in BENCHES]
+    if a.list:
+        for b in BENCHES:
+            if b.name in names:
+                print(f"{b.name:22s} {command_for(b, a.mode)}")
+        return 0
+    env = dict(os.environ)
+    venv_bin = Path(sys.executable).parent
+    env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', '')}"   # `python` / `edgeuq` = this interpreter's
+    return run(names, a.mode, env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
