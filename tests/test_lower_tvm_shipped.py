@@ -84,6 +84,8 @@ def test_shipped_database_applied_to_demo_graphs_and_matches_onnxruntime(demo, s
         assert tuning["shipped_database"] == str(shipped_dir(name))
         assert tuning["shipped_tasks"] >= 8 and tuning["shipped_tasks"] <= tuning["tasks"]
         assert getattr(res, role).options["batch"] == rows          # static shapes the database was tuned for
+    shipped = md["shipped_database"]        # which database: the one tuned for exactly this target
+    assert shipped["used"] and shipped["target"] == name == shipped["folder"] and shipped["records_measured"] > 0
     ev = res.evidence
     assert is_native(target) and ev.how == "native"
     for role in ("trunk", "head"):
@@ -92,6 +94,7 @@ def test_shipped_database_applied_to_demo_graphs_and_matches_onnxruntime(demo, s
     plain = lower("tvm", demo, target, tmp_path / "plain", tuning_root=tmp_path / "empty-db", samples=16,
                   check="none", shipped_database=False, graphs=["trunk"])
     assert plain.metadata["tuning"] == "untuned" and plain.trunk.options["batch"] is None
+    assert plain.metadata["shipped_database"] == {"used": False, "why": "switched off (shipped_database=False)"}
 
 
 def test_executor_inputs_in_place_staged_or_read_only_give_the_same_results(demo, shipped_builds):

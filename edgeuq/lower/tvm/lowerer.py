@@ -30,6 +30,7 @@ holds what that needs (:mod:`.qemu`); otherwise the artifact is labelled
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,9 +132,25 @@ class TvmLowerer(Lowerer):
             "graphs": {r: {"batch": b.batch, "tuning": b.tuning, "cuda": b.cuda, "seconds": round(b.seconds, 2),
                            "bytes": b.library.stat().st_size} for r, b in builds.items()},
             "tuning": overall_state(builds), "notes": notes,
+            "shipped_database": _shipped_record(target.name, shipped, options.shipped_database),
         }
         return CompiledArtifact(target=target.name, trunk=graphs["trunk"], head=graphs["head"], evidence=evidence,
                                 extra_files=extra, metadata=metadata)
+
+
+def _shipped_record(target_name: str, shipped: Optional[Path], enabled: bool) -> Dict[str, Any]:
+    """Which shipped tuning database the build consulted: its target (the ISA it was tuned for, which
+    must be this target's), when, where and how many trials; or why none."""
+    if not enabled:
+        return {"used": False, "why": "switched off (shipped_database=False)"}
+    if shipped is None:
+        return {"used": False, "why": f"the package ships no tuning database for {target_name}"}
+    prov_file = Path(shipped) / "provenance.json"
+    prov = json.loads(prov_file.read_text()) if prov_file.is_file() else {}
+    if prov.get("target", target_name) != target_name:
+        raise ValueError(f"shipped database {shipped} was tuned for {prov.get('target')!r}, not {target_name!r}")
+    return {"used": True, "target": target_name, "folder": Path(shipped).name,
+            **{k: prov[k] for k in ("tuned", "cpu", "records_measured", "tasks") if k in prov}}
 
 
 def compile_tvm(art: Any, target: Any, workdir: Path, **options: Any) -> CompiledArtifact:
