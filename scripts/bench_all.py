@@ -40,6 +40,8 @@ class Bench:
 BENCHES: List[Bench] = [
     Bench("backends", "python bench/backends.py {mode}", writes=("backends", "backends_kernels")),
     Bench("mc_overhead", "python bench/mc_overhead.py --json results/mc_overhead.json {mode}", writes=("mc_overhead",)),
+    Bench("runtime_memory", "python bench/runtime_memory.py --json results/runtime_memory.json {mode}",
+          writes=("runtime_memory",)),
     Bench("ota", "python bench/ota.py --tables-json results/ota.json {mode}", full="--repeats 5", writes=("ota",)),
     Bench("stream", f"python bench/stream.py --cwru {CWRU} --alpha 0.01 --json results/stream.json {{mode}}",
           quick="--hours 0.1", full="--hours 1", writes=("stream",)),
@@ -54,6 +56,8 @@ BENCHES: List[Bench] = [
                              f"--data {CWRU} --recipe cwru-mc-dropout --out runs/bench/search "
                              "--tables-json results/compress_search.json {mode}", full="--trials 24 --population 8",
           writes=("compress_search",), needs=("compress_frontier",)),
+    Bench("quant_frontier", f"python bench/quant_frontier.py --data cwru --cwru {CWRU} --out runs/bench/quant_frontier "
+                            "--tables-json results/quant_frontier.json {mode}", writes=("quant_frontier",)),
     Bench("text_teacher", "python bench/text_teacher.py --out runs/bench/text_teacher --student "
                           "--tables-json results/text_teacher.json {mode}",
           full="--train-layers 4 --epochs 2 --lr-encoder 8e-5 --student-phrases 60614 --student-epochs 4 "

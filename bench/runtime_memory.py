@@ -11,7 +11,9 @@ runtime's arena shrinkage after runs of >= 256 rows, at max_batch 4096 (the old 
 1024 (the new one). Prints one table; numbers are measured in this run (timings on a shared
 machine are noisy).
 
-    .venv/bin/python runtime/bench/memory.py [--batch 256] [--samples 16]
+    python bench/runtime_memory.py [--batch 256] [--samples 16] [--json results/runtime_memory.json]
+
+(``--json`` writes the table for ``scripts/render_tables.py``, rendered in runtime/README.md.)
 """
 from __future__ import annotations
 
@@ -95,16 +97,23 @@ def child(bundle: str, shrink: bool, max_batch: int, batch: int, samples: int) -
             "latency_ms": 1e3 * float(np.median(times))}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--bundle", help="measure this bundle (e.g. the demo's) instead of the built one")
     ap.add_argument("--child", nargs=3, metavar=("BUNDLE", "SHRINK", "MAX_BATCH"), help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    ap.add_argument("--json", type=Path, help="write the table for scripts/render_tables.py")
+    ap.add_argument("--quick", action="store_true", help="the mode recorded in the JSON (the run is already short)")
+    a = ap.parse_args(argv)
     if a.child:
         print(json.dumps(child(a.child[0], a.child[1] == "1", int(a.child[2]), a.batch, a.samples)))
         return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from edgeuq.provenance import command_line, start, write_results
+
+    prov = start("quick" if a.quick else "full", 1)
+    command = command_line("bench/runtime_memory.py", argv)
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(a.bundle) if a.bundle else build(Path(tmp))
         rows = []
@@ -123,6 +132,16 @@ def main() -> None:
     for name, mb, r in rows:
         print(f"{name:<20} {mb:>9} {r['before']:>10.1f} {r['after']:>9.1f} {r['after'] - r['before']:>8.1f} "
               f"{r['peak']:>7.1f} {r['big_s']:>10.2f} {r['latency_ms']:>7.2f}")
+    if a.json:
+        table = {"headers": ["ORT arena", "max_batch", "RSS before MiB", "retained after the call MiB", "peak MiB",
+                             "big call s", "B=1, S=16 ms"],
+                 "rows": [[name, mb, f"{r['before']:.1f}", f"{r['after'] - r['before']:.1f}", f"{r['peak']:.1f}",
+                           f"{r['big_s']:.2f}", f"{r['latency_ms']:.2f}"] for name, mb, r in rows],
+                 "note": f"one call of {a.batch} windows x S={a.samples} in a fresh process per row; bundle "
+                         f"{a.bundle or 'built here (L=1024, 64 features, MLP head, one dropout mask)'}; latency: "
+                         "median of 30 calls"}
+        write_results(a.json, table, command, prov)
+        print(f"table: {a.json}")
 
 
 if __name__ == "__main__":
