@@ -95,6 +95,9 @@ def release_meta(bundle: Path, release: int, **over: Any) -> Dict[str, Any]:
     meta = {"board": BOARD, "model": MODEL, "model_version": m["model"]["version"], "release": release,
             "runtime_abi": 1, "canary_sha256": m["files"].get(canary["file"]) if canary else "0" * 64,
             "manifest_sha256": sha256_file(bundle / "manifest.json")}
+    from edgeuq_runtime import load_bundle
+    from edgeuq_runtime.ota import core
+    meta.update(core.contract_of(load_bundle(bundle, verify=False).manifest))  # the signed model contract
     meta.update(over)
     return meta
 
