@@ -252,11 +252,13 @@ def expect_refused(dev: Path, fetcher: Any, reasons: set, repo_url: str = MEM, c
 class RepoHTTPServer:
     """Serves a repository directory; ``behaviour[path_suffix]`` makes a file misbehave:
     ``endless``, ``truncate`` (claims the full length, sends half, closes), ``slow`` (stalls),
-    ``500``, ``redirect``."""
+    ``500``, ``redirect``, ``drip`` (body one byte every 0.5 s), ``drip-headers`` (status line
+    and headers one byte every 0.5 s), ``delay`` (wait ``delay_s`` then serve)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.behaviour: Dict[str, str] = {}
+        self.delay_s = 4.0
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -274,6 +276,18 @@ class RepoHTTPServer:
                     self.send_header("Location", "http://198.51.100.1/" + rel)
                     self.end_headers()
                     return
+                if mode == "drip-headers":  # the status line itself, one byte every 0.5 s
+                    try:
+                        for b in b"HTTP/1.1 200 OK\r\nX-Drip: " + b"z" * 10000:
+                            self.wfile.write(bytes([b]))
+                            self.wfile.flush()
+                            time.sleep(0.5)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    self.close_connection = True
+                    return
+                if mode == "delay":
+                    time.sleep(outer.delay_s)
                 if mode == "endless":
                     self.send_response(200)
                     self.end_headers()
@@ -291,6 +305,16 @@ class RepoHTTPServer:
                 if mode == "truncate":
                     self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()
+                    self.close_connection = True
+                    return
+                if mode == "drip":  # the body, one byte every 0.5 s (never a read timeout)
+                    try:
+                        for i in range(len(data)):
+                            self.wfile.write(data[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(0.5)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
                     self.close_connection = True
                     return
                 if mode == "slow":
