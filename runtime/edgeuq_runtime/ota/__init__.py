@@ -3,7 +3,7 @@
 * :mod:`.core` — the pure verification core (no IO): release rules, archive and bundle
   checks, canary checks, the boot decision.
 * :mod:`.updater` — :class:`OtaUpdater` on ``tuf.ngclient.Updater`` with a shipped bootstrap root.
-* :mod:`.fetchers` — HTTP (urllib3) and file transports behind tuf's one-method interface.
+* :mod:`.fetchers` — HTTP (http.client, wall-clock deadline) and file transports behind tuf's one-method interface.
 * :mod:`.slots` — A/B slots, fsync, atomic symlink flip, pending record, mark-good, rollback,
   and :func:`current_bundle`, the bundle the runtime must load.
 * :mod:`.serve` — :func:`open_runtime` (boot + load) and :func:`serve_window` (predict and
