@@ -59,6 +59,8 @@ CASE_TABLE = [
      "serves current, staging untouched"),
     ("test_lock_released_by_killed_holder", "concurrency", "updater killed -9 while holding the lock",
      "next update runs"),
+    ("test_served_window_during_update_is_not_blocked", "concurrency",
+     "service reports a window while an update holds the lock", "not blocked, not counted ('busy')"),
     ("test_republish_same_bundle_is_noop_cli", "republish", "operator republishes the same bundle (real CLIs)",
      "device: up to date, nothing written"),
     ("test_rejected_stays_rejected_cli", "republish", "second `rollback` after a rollback",
@@ -910,3 +912,18 @@ def test_local_corruption_repaired(world, two_slot_template, tmp_path, name):
     out = update(dev, sim)
     assert out["status"] == "installed" and out["release"] == 3
     assert _digest(world.bundles[serves]) in _slot_digests(dev).values()
+
+
+def test_served_window_during_update_is_not_blocked(world, tmp_path):
+    """A first install on trial keeps serving while an update (that may replace it) holds the lock."""
+    from edgeuq_runtime.ota import slots
+    _, dev = _first_install(world, tmp_path)
+    got = {}
+    with slots.update_lock(dev):
+        th = threading.Thread(target=lambda: got.update(r=record_window(dev, True), t=time.monotonic()))
+        t0 = time.monotonic()
+        th.start()
+        th.join()
+    assert got["r"] == "busy" and got["t"] - t0 < 5.0
+    assert read_state(dev)["pending"]["healthy"] == 0
+    assert record_window(dev, True) == "pending" and read_state(dev)["pending"]["healthy"] == 1

@@ -388,6 +388,8 @@ def _event(state: Dict[str, Any], **kw: Any) -> None:
 
 #: Seconds boot / rollback / mark-good wait for a running update before giving up.
 LOCK_WAIT_S = 10.0
+#: Seconds a served window waits to be counted before it is skipped (serving never blocks).
+SERVICE_LOCK_WAIT_S = 0.5
 
 
 def commit(root: Path, slot: str, info: Mapping[str, Any], attempts: int, healthy_needed: int) -> None:
@@ -622,30 +624,40 @@ def record_window(root: Path, healthy: bool) -> str:
     """Report one window served by a pending release: N healthy ones mark it good; an
     unhealthy one (non-finite output, runtime error) rolls it back (or, on a first install
     with nothing to roll back to, leaves the device without a model: ``no-model``).
-    Returns the status word."""
+    Returns the status word (``busy``: an update holds the lock; the window is not counted)."""
     root = Path(root)
     state = read_state(root)
     pending = state.get("pending")
     if not pending or pending.get("slot") != link_slot(root):
         return "good"
-    with update_lock(root, LOCK_WAIT_S, "recording a served window"):
-        state = read_state(root)
-        pending = state.get("pending")
-        link = link_slot(root)
-        if not pending or pending.get("slot") != link:
-            return "good"
-        if not healthy:
-            if not _has_fallback(root, state, link):
-                _fail_without_fallback(root, state, "unhealthy window in service")
-                return "no-model"
-            _do_rollback(root, state, "unhealthy window in service", "service")
-            return "rolled-back"
-        pending["healthy"] = int(pending.get("healthy", 0)) + 1
-        if pending["healthy"] >= int(pending.get("healthy_needed", 1)):
-            mark_good(root)
-            return "good"
-        write_state(root, state, "service.count")
-        return "pending"
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(update_lock(root, SERVICE_LOCK_WAIT_S, "recording a served window"))
+        except UpdateBusy:
+            # an update replacing this (first-install) trial is running: serving is never
+            # blocked or failed by it; this window is not counted
+            return "busy"
+        return _record_window_locked(root, healthy)
+
+
+def _record_window_locked(root: Path, healthy: bool) -> str:
+    state = read_state(root)
+    pending = state.get("pending")
+    link = link_slot(root)
+    if not pending or pending.get("slot") != link:
+        return "good"
+    if not healthy:
+        if not _has_fallback(root, state, link):
+            _fail_without_fallback(root, state, "unhealthy window in service")
+            return "no-model"
+        _do_rollback(root, state, "unhealthy window in service", "service")
+        return "rolled-back"
+    pending["healthy"] = int(pending.get("healthy", 0)) + 1
+    if pending["healthy"] >= int(pending.get("healthy_needed", 1)):
+        mark_good(root)
+        return "good"
+    write_state(root, state, "service.count")
+    return "pending"
 
 
 def status(root: Path) -> Dict[str, Any]:
