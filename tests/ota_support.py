@@ -253,12 +253,14 @@ class RepoHTTPServer:
     """Serves a repository directory; ``behaviour[path_suffix]`` makes a file misbehave:
     ``endless``, ``truncate`` (claims the full length, sends half, closes), ``slow`` (stalls),
     ``500``, ``redirect``, ``drip`` (body one byte every 0.5 s), ``drip-headers`` (status line
-    and headers one byte every 0.5 s), ``delay`` (wait ``delay_s`` then serve)."""
+    and headers one byte every 0.5 s), ``delay`` (wait ``delay_s`` then serve), ``gate`` (the
+    body one byte a second until ``gate`` is set, then the rest)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.behaviour: Dict[str, str] = {}
         self.delay_s = 4.0
+        self.gate = threading.Event()
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -316,6 +318,18 @@ class RepoHTTPServer:
                     except (BrokenPipeError, ConnectionResetError):
                         pass
                     self.close_connection = True
+                    return
+                if mode == "gate":  # one byte a second until the test opens the gate, then the rest
+                    i = 0
+                    try:
+                        while not outer.gate.is_set() and i < len(data) - 1:
+                            self.wfile.write(data[i:i + 1])
+                            self.wfile.flush()
+                            i += 1
+                            outer.gate.wait(1.0)
+                        self.wfile.write(data[i:])
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
                     return
                 if mode == "slow":
                     self.wfile.write(data[:10])

@@ -292,8 +292,8 @@ def _point_device_at(dev: Path, url: str) -> None:
 def test_two_updater_processes_cli(world, tmp_path):
     sim, dev, www = _http_device(world, tmp_path)
     with RepoHTTPServer(www) as srv:
-        srv.behaviour[sim.url_of(core.bundle_target_path(BOARD, MODEL, 2))] = "delay"
-        srv.delay_s = 8.0
+        # the first updater's bundle download is held open until the second one has finished
+        srv.behaviour[sim.url_of(core.bundle_target_path(BOARD, MODEL, 2))] = "gate"
         _point_device_at(dev, srv.url)
         a = _spawn_update(dev)
         t0 = time.monotonic()
@@ -302,6 +302,8 @@ def test_two_updater_processes_cli(world, tmp_path):
             time.sleep(0.02)
         b = _spawn_update(dev)
         out_b, err_b = b.communicate(timeout=180)
+        assert a.poll() is None, "the first updater finished before the second one ran"
+        srv.gate.set()
         out_a, err_a = a.communicate(timeout=180)
     assert a.returncode == 0 and "installed release 2" in out_a, err_a
     assert b.returncode == 2 and "another update is running" in err_b, (out_b, err_b)

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import MetaFile, Metadata, Root, Snapshot, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
@@ -161,7 +162,7 @@ class TufRepository:
         try:
             previous.verify_delegate(Root.type, new_md)
             new_md.verify_delegate(Root.type, new_md)
-        except Exception as exc:  # tuf UnsignedMetadataError
+        except UnsignedMetadataError as exc:
             raise RootRotationError(f"root v{new.version} would not verify on devices: {exc}") from None
         self.root = new_md
         self.roots[new.version] = new_md.to_bytes(_SER)

@@ -15,9 +15,9 @@ device can always find and load its committed bundle.
 """
 from .canaries import CanarySpec, canaries_of, parse_canaries, run_canaries
 from .core import RUNTIME_ABI, SUPPORTED_ABIS, DeviceIdentity
-from .errors import OtaError, SlotError, UpdateRefused
+from .errors import OtaError, SlotError, UpdateBusy, UpdateRefused
 from .slots import boot, current_bundle, mark_good, record_window, rollback, status
 
 __all__ = ["current_bundle", "boot", "mark_good", "record_window", "rollback", "status", "CanarySpec",
            "canaries_of", "parse_canaries", "run_canaries", "RUNTIME_ABI", "SUPPORTED_ABIS", "DeviceIdentity",
-           "OtaError", "SlotError", "UpdateRefused"]
+           "OtaError", "SlotError", "UpdateBusy", "UpdateRefused"]

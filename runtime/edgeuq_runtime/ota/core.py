@@ -521,6 +521,8 @@ def verify_root_chain(trusted: Any, newer: Sequence[Any]) -> List[Any]:
     """Walk root versions ``trusted.version + 1 ...`` (tuf ``Metadata[Root]`` objects in order):
     each must be signed by a threshold of the previous root's keys and of its own, with the
     next version number. Returns the accepted prefix (stops at the first gap or failure)."""
+    from tuf.api.exceptions import UnsignedMetadataError
+
     out = []
     cur = trusted
     for md in newer:
@@ -529,7 +531,7 @@ def verify_root_chain(trusted: Any, newer: Sequence[Any]) -> List[Any]:
         try:
             cur.verify_delegate("root", md)
             md.verify_delegate("root", md)
-        except Exception:  # tuf UnsignedMetadataError: not a trusted successor
+        except UnsignedMetadataError:  # not a trusted successor: the chain stops here
             break
         out.append(md)
         cur = md

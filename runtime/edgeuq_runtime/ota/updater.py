@@ -159,11 +159,12 @@ class OtaUpdater:
     def _trusted(self):
         """The newest root this device verified (its trust store), else the shipped root."""
         from tuf.api.metadata import Metadata, Root
+        from tuf.api.serialization import DeserializationError
 
         for version, data in sorted(trusted_roots(self.root).items(), reverse=True):
             try:
                 md = Metadata[Root].from_bytes(data)
-            except Exception:  # a torn file (cannot happen with durable writes): use an older one
+            except DeserializationError:  # a torn file (cannot happen with durable writes): use an older one
                 continue
             if md.signed.version == version:
                 return md, data
@@ -177,6 +178,7 @@ class OtaUpdater:
         fsynced) is re-verified step by step against the newest persisted root and written
         durably into the trust store, so a lost cache never falls back to the shipped root."""
         from tuf.api.metadata import Metadata, Root
+        from tuf.api.serialization import DeserializationError
 
         trusted, _ = self._trusted()
         hist = self.root / "tuf" / "root_history"
@@ -186,7 +188,7 @@ class OtaUpdater:
             data = (hist / f"{v}.root.json").read_bytes()
             try:
                 newer.append(Metadata[Root].from_bytes(data))
-            except Exception:
+            except DeserializationError:  # tuf verified it before caching; a torn copy ends the walk
                 break
             raw[v] = data
             v += 1
