@@ -253,8 +253,10 @@ class OtaUpdater:
         (self.root / "staging").mkdir(parents=True)
         slots.crashpoint("stage.mkdir")
         up = self._updater()
-        self._guard("refreshing TUF metadata", up.refresh)
-        self._persist_roots()
+        try:
+            self._guard("refreshing TUF metadata", up.refresh)
+        finally:  # roots verified before a later refusal (say, an expired timestamp) are kept too
+            self._persist_roots()
         _, channel = self._download(up, core.channel_target_path(self.device.board, self.device.model), "channel.json")
         number, path = core.parse_channel(channel, self.device)
         current = (state.get("slots") or {}).get(link or "", {}) if link else {}
