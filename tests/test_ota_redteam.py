@@ -83,6 +83,8 @@ CASE_TABLE = [
     ("test_status_mark_good_cli", "lock-out", "`status --mark-good` on a first install", "good, floor 1"),
     ("test_rollback_without_previous_slot_cli", "lock-out", "`rollback` on a first install",
      "exit 2, clear message, update still accepted"),
+    ("test_factory_install_then_update_and_rollback_cli", "lock-out", "first install from a factory image",
+     "confirmed at once; wrong model and a second factory install refused; OTA update + rollback work"),
     ("test_trust_store_survives_lost_tuf_cache", "trust", "tuf/ cache lost, retired root key signs an attack",
      "refused [signature] (reference: without the trust store it installs)"),
     ("test_rotated_root_persisted_even_when_the_refresh_is_refused", "trust",
@@ -947,3 +949,34 @@ def test_rotated_root_persisted_even_when_the_refresh_is_refused(world, tmp_path
     sim.publish(timestamp=-1.0)
     expect_refused(dev, sim, {"expired"})
     assert (dev / TRUSTED_ROOTS / "2.root.json").read_bytes() == sim.repo.roots[2]
+
+
+def test_factory_install_then_update_and_rollback_cli(disk_repo, tmp_path):
+    """First-install path: a factory image is confirmed from the start, so the first OTA
+    release already has a fallback."""
+    tmp, b = disk_repo
+    own = tmp_path / "own"
+    own.mkdir()
+    shutil.copytree(tmp / "keys", own / "keys")
+    repo = own / "repo"
+    assert _publish(own, repo, b["r1"]).returncode == 0
+    dev = own / "dev"
+    common = ["--root", str(dev), "--repo", repo.as_uri(), "--board", BOARD, "--trust-root",
+              str(repo / "metadata" / "1.root.json")]
+    r = _cli("factory-install", *common, "--model", "other-model", "--bundle", str(b["r1"]), "--release", "1")
+    assert r.returncode == 2 and "this device runs 'other-model'" in r.stderr, r.stderr
+    assert not dev.exists()  # nothing stored for a refused factory image
+    r = _cli("factory-install", *common, "--model", MODEL, "--bundle", str(b["r1"]), "--release", "1")
+    assert r.returncode == 0 and "marked good" in r.stdout, r.stderr
+    st = read_state(dev)
+    assert st["good"] == "a" and st["floor"] == 1 and st["pending"] is None
+    r = _cli("factory-install", *common, "--model", MODEL, "--bundle", str(b["r1"]), "--release", "1")
+    assert r.returncode == 2 and "already has a model" in r.stderr
+    r = _cli("update", "--root", str(dev))  # release 1 is the factory bundle itself: nothing to do
+    assert r.returncode == 0 and "up to date" in r.stdout, (r.stdout, r.stderr)
+    assert _publish(own, repo, b["r2"]).returncode == 0
+    r = _cli("update", "--root", str(dev))
+    assert r.returncode == 0 and "installed release 2" in r.stdout and "via delta" in r.stdout, (r.stdout, r.stderr)
+    r = _cli("rollback", "--root", str(dev))
+    assert r.returncode == 0 and "slot a" in r.stdout
+    assert _digest(boot(dev).bundle) == _digest(b["r1"])

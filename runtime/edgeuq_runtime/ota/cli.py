@@ -112,6 +112,31 @@ def _rollback(a: argparse.Namespace) -> int:
     return 0
 
 
+def _factory(a: argparse.Namespace) -> int:
+    from .factory import install_factory
+    try:
+        from .updater import DEVICE_FILE, provision
+    except ImportError as exc:
+        raise OtaError(f"OTA needs the ota extra (pip install 'edgeuq-runtime[ota]'): {exc}") from None
+    root = _root(a)
+    repo = Path(a.repo).resolve().as_uri() if "://" not in a.repo else a.repo
+    from ..bundle import load_bundle
+    model = load_bundle(Path(a.bundle), verify=True).manifest.model_name  # refuse before storing anything
+    if model != a.model:
+        raise OtaError(f"factory bundle is model {model!r}, this device runs {a.model!r}; nothing stored")
+    if not (root / DEVICE_FILE).exists():
+        from .fetchers import fetcher_for
+        try:
+            fetcher_for(repo)
+        except ValueError as exc:
+            raise OtaError(str(exc)) from None
+        provision(root, a.board, a.model, repo, Path(a.trust_root).read_bytes())
+    out = install_factory(root, Path(a.bundle), a.release, a.model)
+    print(f"factory image: release {out['release']} ({out['model_version']}) in slot {out['slot']}, marked good "
+          f"(version floor {out['release']}); bundle {out['bundle_digest'][:16]}")
+    return 0
+
+
 def register(sub) -> None:
     up = sub.add_parser("update", help="fetch, verify (TUF), canary-check and install a newer bundle (A/B slots)")
     up.add_argument("--root", help="device state directory (default $EDGEUQ_OTA_ROOT)")
@@ -132,6 +157,15 @@ def register(sub) -> None:
     st.add_argument("--mark-good", action="store_true",
                     help="confirm the release on trial (e.g. a first install checked by hand): it becomes the floor")
     st.set_defaults(func=_status)
+    fi = sub.add_parser("factory-install", help="write a factory bundle as the first, confirmed release")
+    fi.add_argument("--root")
+    fi.add_argument("--bundle", required=True, help="bundle directory from the factory image")
+    fi.add_argument("--release", type=int, required=True, help="its release number (becomes the version floor)")
+    fi.add_argument("--repo", required=True, help="repository URL the device updates from")
+    fi.add_argument("--board", required=True)
+    fi.add_argument("--model", required=True)
+    fi.add_argument("--trust-root", required=True, help="bootstrap root.json shipped with the device")
+    fi.set_defaults(func=_factory)
     rb = sub.add_parser("rollback", help="flip back to the previous verified slot")
     rb.add_argument("--root")
     rb.add_argument("--reason", default="operator request")
