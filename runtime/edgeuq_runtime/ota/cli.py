@@ -5,6 +5,7 @@
     python -m edgeuq_runtime update --root /var/lib/edgeuq      # later: identity is stored
     python -m edgeuq_runtime status --root /var/lib/edgeuq [--mark-good]
     python -m edgeuq_runtime rollback --root /var/lib/edgeuq
+    python -m edgeuq_runtime factory-install --root ... --bundle DIR --release N --repo ... --board ... --model ...
 
 Every verb that changes the device takes its update lock (a second concurrent update exits
 with "another update is running" after ``--lock-wait`` seconds) and repairs local corruption
