@@ -95,6 +95,9 @@ def release_meta(bundle: Path, release: int, **over: Any) -> Dict[str, Any]:
     meta = {"board": BOARD, "model": MODEL, "model_version": m["model"]["version"], "release": release,
             "runtime_abi": 1, "canary_sha256": m["files"].get(canary["file"]) if canary else "0" * 64,
             "manifest_sha256": sha256_file(bundle / "manifest.json")}
+    from edgeuq_runtime import load_bundle
+    from edgeuq_runtime.ota import core
+    meta.update(core.contract_of(load_bundle(bundle, verify=False).manifest))  # the signed model contract
     meta.update(over)
     return meta
 
@@ -249,11 +252,15 @@ def expect_refused(dev: Path, fetcher: Any, reasons: set, repo_url: str = MEM, c
 class RepoHTTPServer:
     """Serves a repository directory; ``behaviour[path_suffix]`` makes a file misbehave:
     ``endless``, ``truncate`` (claims the full length, sends half, closes), ``slow`` (stalls),
-    ``500``, ``redirect``."""
+    ``500``, ``redirect``, ``drip`` (body one byte every 0.5 s), ``drip-headers`` (status line
+    and headers one byte every 0.5 s), ``delay`` (wait ``delay_s`` then serve), ``gate`` (the
+    body one byte a second until ``gate`` is set, then the rest)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.behaviour: Dict[str, str] = {}
+        self.delay_s = 4.0
+        self.gate = threading.Event()
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -271,6 +278,18 @@ class RepoHTTPServer:
                     self.send_header("Location", "http://198.51.100.1/" + rel)
                     self.end_headers()
                     return
+                if mode == "drip-headers":  # the status line itself, one byte every 0.5 s
+                    try:
+                        for b in b"HTTP/1.1 200 OK\r\nX-Drip: " + b"z" * 10000:
+                            self.wfile.write(bytes([b]))
+                            self.wfile.flush()
+                            time.sleep(0.5)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    self.close_connection = True
+                    return
+                if mode == "delay":
+                    time.sleep(outer.delay_s)
                 if mode == "endless":
                     self.send_response(200)
                     self.end_headers()
@@ -289,6 +308,28 @@ class RepoHTTPServer:
                     self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()
                     self.close_connection = True
+                    return
+                if mode == "drip":  # the body, one byte every 0.5 s (never a read timeout)
+                    try:
+                        for i in range(len(data)):
+                            self.wfile.write(data[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(0.5)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    self.close_connection = True
+                    return
+                if mode == "gate":  # one byte a second until the test opens the gate, then the rest
+                    i = 0
+                    try:
+                        while not outer.gate.is_set() and i < len(data) - 1:
+                            self.wfile.write(data[i:i + 1])
+                            self.wfile.flush()
+                            i += 1
+                            outer.gate.wait(1.0)
+                        self.wfile.write(data[i:])
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
                     return
                 if mode == "slow":
                     self.wfile.write(data[:10])

@@ -124,7 +124,7 @@ def targets_custom_edited(w, sim, dev):
                   lambda o: o["signed"]["targets"][_r2_path()]["custom"]["edgeuq"].update(runtime_abi=1, release=2))
     sim.edit_json("metadata/2.targets.json",
                   lambda o: o["signed"]["targets"][_r2_path()]["hashes"].update(sha256="ab" * 32))
-    return {"signature"}, FAST
+    return {"signature", "metadata-hash"}, FAST
 
 
 def expired_timestamp(w, sim, dev):
@@ -187,14 +187,14 @@ def mix_and_match_old_targets(w, sim, dev):
     old = sim.files["metadata/1.targets.json"]
     sim.release(w.bundles["r2"])
     sim.files["metadata/2.targets.json"] = old
-    return {"rollback"}, FAST
+    return {"rollback", "metadata-hash"}, FAST
 
 
 def mix_and_match_old_snapshot(w, sim, dev):
     old = sim.files["metadata/1.snapshot.json"]
     sim.release(w.bundles["r2"])
     sim.files["metadata/2.snapshot.json"] = old
-    return {"rollback"}, FAST
+    return {"rollback", "metadata-hash"}, FAST
 
 
 def wrong_board(w, sim, dev):
@@ -445,9 +445,17 @@ def delta_garbage_patch(w, sim, dev):
 
 
 def root_rotation_not_signed_by_old_root(w, sim, dev):
+    """An attacker-built root v2 signed by the new key only (`sync_keys` refuses to make one)."""
     new = fresh_keys(w.tmp / "rot1", "k")
-    keys = swap_role(w.keys, "root", new)
-    sim.repo.sync_keys(keys)  # retired_root of `keys` is empty: only the new key signs
+    root = sim.repo.root.signed
+    for kid in list(root.roles["root"].keyids):
+        root.revoke_key(kid, "root")
+    root.add_key(new.signers["root"][0].public_key, "root")
+    root.version += 1
+    sim.repo.root.signatures.clear()
+    sim.repo.root.sign(new.signers["root"][0])
+    from tuf.api.serialization.json import JSONSerializer
+    sim.repo.roots[root.version] = sim.repo.root.to_bytes(JSONSerializer())
     sim.release(w.bundles["r2"])
     return {"signature"}, FAST
 

@@ -108,7 +108,7 @@ def test_http_tampered_metadata(world, tmp_path):
     def edit(sim, www):
         p = www / "metadata" / "2.targets.json"
         p.write_bytes(p.read_bytes().replace(b'"tiny-har"', b'"tiny-haR"', 1))
-    _case(world, tmp_path, {"signature"}, edit=edit)
+    _case(world, tmp_path, {"signature", "metadata-hash"}, edit=edit)
 
 
 def test_http_canary_failure(world, tmp_path):

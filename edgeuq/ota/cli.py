@@ -39,13 +39,47 @@ def _cmd_keys(a: argparse.Namespace) -> int:
     return 0
 
 
+def _print_expiry(repo, warn_days: float) -> None:
+    from .repository import expiry_report
+
+    for role, when, left, warn in expiry_report(repo, warn_days):
+        line = f"  {role:<10} expires {when.isoformat()} ({left:.2f} days)"
+        if warn:
+            line += f"  WARNING: within {warn_days:g} days; run `edgeuq publish --refresh` (or rotate) before then"
+        print(line)
+
+
+def _expiry_days(a: argparse.Namespace) -> Dict[str, float]:
+    from .repository import EXPIRY_DAYS
+
+    expiry = dict(EXPIRY_DAYS)
+    for role in expiry:
+        v = getattr(a, f"expire_{role}")
+        if v is not None:
+            expiry[role] = v
+    return expiry
+
+
 def _cmd_publish(a: argparse.Namespace) -> int:
     import numpy as np
 
     from .canaries import add_canaries, synthetic_windows
     from .publish import publish_bundle
-    from .repository import EXPIRY_DAYS
 
+    if a.refresh:
+        from .publish import refresh_repository
+
+        if a.bundle:
+            raise SystemExit("error: publish --refresh re-signs snapshot and timestamp only; give no bundle")
+        repo = refresh_repository(Path(a.repo), Path(a.keys), _expiry_days(a))
+        print(f"refreshed {a.repo}: snapshot v{repo.snapshot.signed.version}, timestamp "
+              f"v{repo.timestamp.signed.version}, targets v{repo.targets.signed.version} unchanged")
+        _print_expiry(repo, a.warn_days)
+        return 0
+    if not a.bundle:
+        raise SystemExit("error: publish needs a BUNDLE directory (or --refresh)")
+    if not a.board:
+        raise SystemExit("error: publish needs --board")
     bundle = Path(a.bundle)
     if not a.allow_unknown_board:
         from ..catalog import get_board
@@ -61,11 +95,7 @@ def _cmd_publish(a: argparse.Namespace) -> int:
                             latency_budget_ms=a.latency_budget_ms)
         print(f"canaries: {len(spec.expected_class)} windows, classes {list(spec.expected_class)}, "
               f"MI tolerance {spec.mi_tolerance:g} nats, latency budget {spec.latency_budget_ms:g} ms")
-    expiry = dict(EXPIRY_DAYS)
-    for role in expiry:
-        v = getattr(a, f"expire_{role}")
-        if v is not None:
-            expiry[role] = v
+    expiry = _expiry_days(a)
     res = publish_bundle(bundle, Path(a.repo), Path(a.keys), a.board, release=a.release,
                          delta_max_ratio=a.delta_max_ratio, expiry_days=expiry)
     print(f"published release {res.release}: {res.target} ({res.full_bytes} bytes), root v{res.root_version}, "
@@ -74,6 +104,9 @@ def _cmd_publish(a: argparse.Namespace) -> int:
         print(f"  delta {p}: {n} bytes ({n / res.full_bytes:.1%} of full)")
     for p, n in res.skipped_deltas.items():
         print(f"  no delta {p}: patch {n} bytes is not below {a.delta_max_ratio:.0%} of full")
+    from .repository import TufRepository
+
+    _print_expiry(TufRepository.load(Path(a.repo)), a.warn_days)
     print(f"serve {Path(a.repo) / 'metadata'} and {Path(a.repo) / 'targets'} from any static server; ship "
           f"{Path(a.repo) / 'metadata' / '1.root.json'} with the devices")
     return 0
@@ -90,10 +123,14 @@ def register(sub) -> None:
     k.add_argument("--new-count", type=int, help="rotate: number of new keys")
     k.set_defaults(func=_cmd_keys)
     p = sub.add_parser("publish", help="sign a bundle release into a static TUF repository (deltas, channel)")
-    p.add_argument("bundle")
+    p.add_argument("bundle", nargs="?", help="bundle directory (omit with --refresh)")
+    p.add_argument("--refresh", action="store_true",
+                   help="only re-sign snapshot and timestamp (targets untouched); run before the timestamp expires")
+    p.add_argument("--warn-days", type=float, default=7.0,
+                   help="warn when a role's metadata expires within this many days (default 7)")
     p.add_argument("--repo", required=True, help="repository directory (created on first publish)")
     p.add_argument("--keys", required=True, help="key directory from `edgeuq keys generate`")
-    p.add_argument("--board", required=True, help="board this release is for")
+    p.add_argument("--board", help="board this release is for (required unless --refresh)")
     p.add_argument("--allow-unknown-board", action="store_true",
                    help="publish for a board name that is not in the board catalog")
     p.add_argument("--release", type=int, help="release number (default: newest + 1)")

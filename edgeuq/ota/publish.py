@@ -24,7 +24,7 @@ from edgeuq_runtime.ota.canaries import canaries_of
 from .keys import KeySet, load_keys
 from .repository import EXPIRY_DAYS, TufRepository
 
-__all__ = ["PublishResult", "add_release", "publish_bundle", "make_delta"]
+__all__ = ["PublishResult", "add_release", "publish_bundle", "make_delta", "refresh_repository"]
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,15 @@ def add_release(repo: TufRepository, bundle_dir: Path, board: str, *, release: O
     number = top + 1 if release is None else int(release)
     if number <= top:
         raise ValueError(f"release {number} is not above the newest published release {top} of {board}/{model}")
+    if number > top + core.MAX_RELEASE_STEP:
+        raise ValueError(f"release {number} is more than {core.MAX_RELEASE_STEP} above the newest published release "
+                         f"{top} of {board}/{model}; devices refuse such a jump (it would raise their floor for good)")
     data = archive.pack_bundle(bundle.root)
     path = core.bundle_target_path(board, model, number)
     meta = {"board": board, "model": model, "model_version": m.model_version, "release": number,
             "runtime_abi": int(runtime_abi), "canary_sha256": m.files[spec.file],
             "manifest_sha256": sha256_file(bundle.root / "manifest.json")}
+    meta.update(core.contract_of(m))  # model, model_version, manifest_version, input, classes
     meta.update(custom_override or {})
     result_tf = repo.add_target(path, data, {core.CUSTOM_KEY: meta})
     deltas, skipped = {}, {}
@@ -112,3 +116,16 @@ def publish_bundle(bundle_dir: Path, repo_dir: Path, keydir: Path, board: str, *
     repo.save(repo_dir)
     return PublishResult(**{**res.__dict__, "root_version": repo.root.signed.version,
                             "targets_version": repo.targets.signed.version})
+
+
+def refresh_repository(repo_dir: Path, keydir: Path, expiry_days: Mapping[str, float] = EXPIRY_DAYS) -> TufRepository:
+    """Re-sign snapshot and timestamp (targets untouched, no new release): run it before the
+    timestamp expires. Needs only the snapshot and timestamp keys."""
+    keys: KeySet = load_keys(keydir)
+    repo_dir = Path(repo_dir)
+    if not (repo_dir / "metadata" / "timestamp.json").exists():
+        raise FileNotFoundError(f"no repository in {str(repo_dir)!r} (metadata/timestamp.json missing)")
+    repo = TufRepository.load(repo_dir)
+    repo.refresh(keys, expiry_days)
+    repo.save(repo_dir)
+    return repo

@@ -15,18 +15,35 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import MetaFile, Metadata, Root, Snapshot, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
 from .keys import ROLES, KeySet
 
-__all__ = ["EXPIRY_DAYS", "TufRepository", "target_file_name"]
+__all__ = ["EXPIRY_DAYS", "TufRepository", "target_file_name", "RootRotationError", "expiry_report"]
 
 #: Default lifetime per role (days): a timestamp must be re-signed daily to stay fresh.
 EXPIRY_DAYS: Dict[str, float] = {"root": 365.0, "targets": 90.0, "snapshot": 7.0, "timestamp": 1.0}
 _SER = JSONSerializer(compact=False)
+
+
+class RootRotationError(ValueError):
+    """A new root version would not be trusted by devices (old-root threshold not met)."""
+
+
+def expiry_report(repo: "TufRepository", warn_days: float, now: Optional[datetime] = None) -> List[Tuple[str, datetime, float, bool]]:
+    """(role, expires, days left, warn) per top-level role; ``warn`` when fewer than
+    ``warn_days`` days are left (a device refuses expired metadata: re-sign in time)."""
+    now = now or datetime.now(timezone.utc)
+    out = []
+    for role, md in (("root", repo.root), ("targets", repo.targets), ("snapshot", repo.snapshot),
+                     ("timestamp", repo.timestamp)):
+        left = (md.signed.expires - now).total_seconds() / 86400.0
+        out.append((role, md.signed.expires, left, not left >= warn_days))
+    return out
 
 
 def _expiry(days: float) -> datetime:
@@ -108,43 +125,83 @@ class TufRepository:
     # -- keys ------------------------------------------------------------------------------------
     def sync_keys(self, keys: KeySet, expiry_days: Mapping[str, float] = EXPIRY_DAYS) -> bool:
         """If the key directory's keys or thresholds differ from the root's, sign a new root
-        version with the new root keys *and* the old ones still in the key directory."""
+        version with the new root keys *and* the old ones still in the key directory.
+
+        Refuses (:class:`RootRotationError`, nothing changed) unless the new root is signed by
+        a threshold of the *previous* root's keys and of its own: a root that devices would
+        refuse is never published (every device would be locked out of every later update)."""
         root = self.root.signed
         want = {r: ({k.keyid for k in keys.public(r)}, keys.thresholds[r]) for r in ROLES}
         have = {r: (set(root.roles[r].keyids), root.roles[r].threshold) for r in ROLES}
         if want == have:
             return False
         old_ids = set(root.roles["root"].keyids)
-        for role in ROLES:
-            for keyid in list(root.roles[role].keyids):
-                root.revoke_key(keyid, role)
-            for key in keys.public(role):
-                root.add_key(key, role)
-            root.roles[role].threshold = keys.thresholds[role]
-        root.version += 1
-        root.expires = _expiry(expiry_days["root"])
-        self.root.signatures.clear()
+        old_threshold = root.roles["root"].threshold
         signers = list(keys.signers["root"]) + [s for s in keys.retired_root if s.public_key.keyid in old_ids]
+        have_old = {s.public_key.keyid for s in signers} & old_ids
+        if len(have_old) < old_threshold:
+            missing = sorted(k[:12] for k in old_ids - have_old)
+            raise RootRotationError(
+                f"root v{root.version + 1} needs signatures from {old_threshold} of the {len(old_ids)} keys of root "
+                f"v{root.version}, only {len(have_old)} available (missing key ids {missing}); put the retired "
+                "root key file(s) back in the key directory (keys.json lists them as retired) and publish again")
+        previous = Metadata[Root].from_bytes(self.root.to_bytes(_SER))
+        new_md = Metadata[Root].from_bytes(self.root.to_bytes(_SER))
+        new = new_md.signed
+        for role in ROLES:
+            for keyid in list(new.roles[role].keyids):
+                new.revoke_key(keyid, role)
+            for key in keys.public(role):
+                new.add_key(key, role)
+            new.roles[role].threshold = keys.thresholds[role]
+        new.version += 1
+        new.expires = _expiry(expiry_days["root"])
+        new_md.signatures.clear()
         for s in signers:
-            self.root.sign(s, append=True)
-        self.roots[root.version] = self.root.to_bytes(_SER)
+            new_md.sign(s, append=True)
+        try:
+            previous.verify_delegate(Root.type, new_md)
+            new_md.verify_delegate(Root.type, new_md)
+        except UnsignedMetadataError as exc:
+            raise RootRotationError(f"root v{new.version} would not verify on devices: {exc}") from None
+        self.root = new_md
+        self.roots[new.version] = new_md.to_bytes(_SER)
         return True
 
     def publish(self, keys: KeySet, expiry_days: Mapping[str, float] = EXPIRY_DAYS) -> None:
         """New versions of targets, snapshot and timestamp, each signed by its role's keys."""
-        t, s, ts = self.targets.signed, self.snapshot.signed, self.timestamp.signed
+        t = self.targets.signed
         t.version += 1
         t.expires = _expiry(expiry_days["targets"])
+        self._sign(self.targets, keys, "targets")
+        self.refresh(keys, expiry_days)
+
+    def refresh(self, keys: KeySet, expiry_days: Mapping[str, float] = EXPIRY_DAYS) -> None:
+        """New snapshot and timestamp versions (targets untouched): what an operator runs
+        before the 1-day timestamp expires. The snapshot names the targets metadata with its
+        length and sha256, the timestamp names the snapshot the same way, so a targets-key
+        holder re-signing different content under the same version is caught."""
+        import hashlib
+
+        s, ts = self.snapshot.signed, self.timestamp.signed
+        tbytes = self.targets.to_bytes(_SER)
         s.version += 1
         s.expires = _expiry(expiry_days["snapshot"])
-        s.meta["targets.json"] = MetaFile(version=t.version)
+        s.meta["targets.json"] = MetaFile(version=self.targets.signed.version, length=len(tbytes),
+                                          hashes={"sha256": hashlib.sha256(tbytes).hexdigest()})
+        self._sign(self.snapshot, keys, "snapshot")
+        sbytes = self.snapshot.to_bytes(_SER)
         ts.version += 1
         ts.expires = _expiry(expiry_days["timestamp"])
-        ts.snapshot_meta = MetaFile(version=s.version)
-        for md, role in ((self.targets, "targets"), (self.snapshot, "snapshot"), (self.timestamp, "timestamp")):
-            md.signatures.clear()
-            for signer in keys.signers[role]:
-                md.sign(signer, append=True)
+        ts.snapshot_meta = MetaFile(version=s.version, length=len(sbytes),
+                                    hashes={"sha256": hashlib.sha256(sbytes).hexdigest()})
+        self._sign(self.timestamp, keys, "timestamp")
+
+    @staticmethod
+    def _sign(md: Metadata, keys: KeySet, role: str) -> None:
+        md.signatures.clear()
+        for signer in keys.signers[role]:
+            md.sign(signer, append=True)
 
     # -- output ----------------------------------------------------------------------------------
     def metadata_files(self) -> Dict[str, bytes]:

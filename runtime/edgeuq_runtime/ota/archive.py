@@ -36,12 +36,23 @@ def pack_bundle(bundle_dir: Path) -> bytes:
     return buf.getvalue()
 
 
-def unpack_bundle(data: bytes) -> Dict[str, bytes]:
+def _kind(m: tarfile.TarInfo) -> str:
+    if m.issparse():  # a sparse member expands far beyond its bytes in the archive
+        return "sparse"
+    if m.pax_headers:  # pax headers can redefine name and size; the packer never writes them
+        return "pax"
+    return "file" if m.type in (tarfile.REGTYPE, tarfile.AREGTYPE) else "other"
+
+
+def unpack_bundle(data: bytes, max_total: int = MAX_BUNDLE_BYTES) -> Dict[str, bytes]:
+    """Members are listed and checked (kinds, paths, duplicates, declared sizes) before one
+    byte is extracted: their sizes together may not exceed the archive itself (it is
+    uncompressed) nor ``max_total``."""
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             members = tar.getmembers()
-            listing: List[Tuple[str, str, int]] = [(m.name, "file" if m.isfile() else "other", m.size) for m in members]
-            names = check_archive_members(listing, MAX_BUNDLE_BYTES)
+            listing: List[Tuple[str, str, int]] = [(m.name, _kind(m), m.size) for m in members]
+            names = check_archive_members(listing, min(max_total, len(data)))
             out = {}
             for m, name in zip(members, names):
                 fh = tar.extractfile(m)

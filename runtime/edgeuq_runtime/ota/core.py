@@ -22,6 +22,8 @@ __all__ = [
     "bundle_target_path", "channel_target_path", "delta_target_path", "parse_channel",
     "check_release", "check_delta", "check_hashes", "check_archive_members", "check_bundle_files",
     "check_canaries", "CanaryReport", "BootDecision", "decide_boot", "sha256_bytes",
+    "MAX_RELEASE_STEP", "contract_of", "check_contract", "compare_versions", "check_delta_header",
+    "DELTA_MAGIC", "normalize_state", "rebuild_state", "choose_slot", "verify_root_chain",
 ]
 
 #: Version of the bundle contract this runtime executes (manifest v1 + executors). A
@@ -30,6 +32,9 @@ RUNTIME_ABI = 1
 SUPPORTED_ABIS: FrozenSet[int] = frozenset({RUNTIME_ABI})
 #: Key of the edgeuq block in a TUF target's ``custom`` metadata.
 CUSTOM_KEY = "edgeuq"
+#: A signed release number may exceed the version floor (or, before any release was marked
+#: good, zero) by at most this much: a signed 2**62 must not raise the floor forever.
+MAX_RELEASE_STEP = 1 << 16
 _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -82,6 +87,7 @@ class Release:
     manifest_sha256: str
     length: int
     sha256: str
+    contract: Optional[Mapping[str, Any]] = None  # signed model/input contract (see contract_of)
 
 
 @dataclass(frozen=True)
@@ -151,18 +157,23 @@ def check_release(path: str, length: int, hashes: Mapping[str, str], custom: Map
     if release <= floor:
         raise UpdateRefused("floor", f"release {release} is not above the version floor {floor} "
                             "(older or equal to a release already marked good)")
+    if release > floor + MAX_RELEASE_STEP:
+        raise UpdateRefused("release-step", f"release {release} jumps more than {MAX_RELEASE_STEP} above the "
+                            f"version floor {floor}; a release number that large would raise the floor for good")
     if path != bundle_target_path(device.board, device.model, release):
         raise UpdateRefused("metadata", f"target path {path!r} does not match its release {release}")
     sha = _hex64("sha256", hashes.get("sha256"))
-    if sha in set(rejected):
+    manifest_sha = _hex64("manifest_sha256", meta["manifest_sha256"])
+    bad = set(rejected)
+    if sha in bad or manifest_sha in bad:
         raise UpdateRefused("rejected", f"release {release} ({sha[:12]}...) was rolled back on this device before")
     version = meta["model_version"]
     if not isinstance(version, str) or not version:
         raise UpdateRefused("metadata", f"model_version must be a non-empty string, got {version!r}")
     return Release(path=path, release=release, board=meta["board"], model=meta["model"], model_version=version,
                    runtime_abi=abi, canary_sha256=_hex64("canary_sha256", meta["canary_sha256"]),
-                   manifest_sha256=_hex64("manifest_sha256", meta["manifest_sha256"]),
-                   length=_int("length", length), sha256=sha)
+                   manifest_sha256=manifest_sha, length=_int("length", length), sha256=sha,
+                   contract=_signed_contract(meta))
 
 
 def check_delta(path: str, length: int, hashes: Mapping[str, str], custom: Mapping[str, Any],
@@ -176,27 +187,53 @@ def check_delta(path: str, length: int, hashes: Mapping[str, str], custom: Mappi
     if meta.get("result_sha256") != release.sha256:
         raise UpdateRefused("delta", f"delta {path!r} produces {str(meta.get('result_sha256'))[:12]}..., "
                             f"not the signed release {release.sha256[:12]}...")
+    declared = meta.get("result_length")
+    if declared is not None and _int("delta.result_length", declared) != release.length:
+        raise UpdateRefused("delta", f"delta {path!r} declares a result of {declared} bytes, the signed release "
+                            f"has {release.length}")
     return DeltaInfo(path=path, base_release=_int("delta.base_release", meta.get("base_release")),
                      base_sha256=base_sha256, result_sha256=release.sha256, length=_int("length", length),
                      sha256=_hex64("sha256", hashes.get("sha256")))
 
 
 def check_archive_members(members: Sequence[Tuple[str, str, int]], max_total: int) -> List[str]:
-    """``members``: (name, kind, size) per tar entry; only plain files at safe relative paths."""
+    """``members``: (name, kind, size) per tar entry; only plain files at safe relative paths.
+
+    Linear time (a set of names and a set of parent directories), so 20,000 members cost
+    milliseconds; a name that is also another member's directory (``x`` and ``x/y``) and
+    any kind other than a plain, non-sparse file are refused; the declared sizes must fit
+    ``max_total`` (the caller passes the signed archive length: an uncompressed tar cannot
+    hold more file bytes than it has).
+    """
     names: List[str] = []
+    seen: set = set()
+    parents: set = set()
     total = 0
     for name, kind, size in members:
-        norm = posixpath.normpath(name)
+        norm = posixpath.normpath(name) if isinstance(name, str) and name else ""
         if (kind != "file" or not name or name.startswith("/") or "\\" in name or norm != name
-                or norm.startswith("..") or norm == "."):
-            raise UpdateRefused("archive", f"archive entry {name!r} ({kind}) is not a plain file at a safe relative path")
-        if name in names:
+                or norm.startswith("..") or norm == "." or "\0" in name):
+            raise UpdateRefused("archive", f"archive entry {str(name)[:200]!r} ({kind}) is not a plain file at a "
+                                "safe relative path")
+        if name in seen:
             raise UpdateRefused("archive", f"archive entry {name!r} appears twice")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise UpdateRefused("archive", f"archive entry {name!r} has a bad size {size!r}")
         total += size
         if total > max_total:
-            raise UpdateRefused("archive", f"archive expands beyond {max_total} bytes")
+            raise UpdateRefused("archive", f"archive entries declare more than {max_total} bytes")
+        seen.add(name)
         names.append(name)
-    if "manifest.json" not in names:
+        head = name
+        while "/" in head:
+            head = head.rsplit("/", 1)[0]
+            if head in parents:
+                break
+            parents.add(head)
+    clash = sorted(seen & parents)
+    if clash:
+        raise UpdateRefused("archive", f"archive entry {clash[0]!r} is both a file and a directory of another entry")
+    if "manifest.json" not in seen:
         raise UpdateRefused("archive", "archive has no manifest.json")
     return names
 
@@ -281,3 +318,221 @@ def decide_boot(state: Mapping[str, Any], link: Optional[str]) -> BootDecision:
     if left <= 0:
         return BootDecision("rollback", pending.get("previous"))
     return BootDecision("count", link, left - 1)
+
+
+# -- the model contract: signed metadata vs the bundle manifest vs the running bundle ------------
+_CONTRACT_KEYS = ("model", "model_version", "manifest_version", "input", "classes")
+
+
+def contract_of(manifest: Any) -> Dict[str, Any]:
+    """The contract a bundle manifest declares (what a device application depends on):
+    model name and version, manifest format version, input (length, dtype, vocab) and the
+    number of classes. Integers and strings only (it is also signed as TUF custom metadata)."""
+    inp = manifest.input
+    spec: Dict[str, Any] = {"length": int(inp.length), "dtype": str(inp.dtype)}
+    if getattr(inp, "vocab_size", None) is not None:
+        spec["vocab_size"] = int(inp.vocab_size)
+    return {"model": manifest.model_name, "model_version": manifest.model_version,
+            "manifest_version": int(manifest.manifest_version), "input": spec,
+            "classes": len(manifest.class_names)}
+
+
+def _signed_contract(meta: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    if "input" not in meta and "manifest_version" not in meta and "classes" not in meta:
+        return None
+    return {k: meta.get(k) for k in _CONTRACT_KEYS}
+
+
+def compare_versions(a: str, b: str) -> Optional[int]:
+    """-1, 0, 1 for dotted numeric versions (``1.2`` == ``1.2.0``; a ``-suffix``/``+suffix``
+    is ignored for ordering); None when either is not of that form."""
+    def parse(v: Any) -> Optional[Tuple[int, ...]]:
+        if not isinstance(v, str):
+            return None
+        core_part = v.split("+", 1)[0].split("-", 1)[0]
+        parts = core_part.split(".")
+        if not parts or not all(p.isdigit() and len(p) <= 18 for p in parts):
+            return None
+        nums = [int(p) for p in parts]
+        while len(nums) > 1 and nums[-1] == 0:
+            nums.pop()
+        return tuple(nums)
+    pa, pb = parse(a), parse(b)
+    if pa is None or pb is None:
+        return None
+    return (pa > pb) - (pa < pb)
+
+
+def check_contract(signed: Optional[Mapping[str, Any]], bundle: Mapping[str, Any],
+                   running: Optional[Mapping[str, Any]], device: DeviceIdentity) -> None:
+    """Before any slot is written: the bundle's manifest must say exactly what the signed
+    metadata says, be for this device's model, and keep the running bundle's contract
+    (same input and classes, model version not lower). ``running`` is None on a first install."""
+    if signed is None:
+        raise UpdateRefused("metadata", "signed target lacks the model contract (model_version, manifest_version, "
+                            "input, classes); republish it with this edgeuq")
+    for key in _CONTRACT_KEYS:
+        if signed.get(key) != bundle.get(key):
+            raise UpdateRefused("contract", f"bundle manifest {key} {bundle.get(key)!r} differs from the signed "
+                                f"{key} {signed.get(key)!r}")
+    if bundle["model"] != device.model:
+        raise UpdateRefused("model", f"bundle is model {bundle['model']!r}, this device runs {device.model!r}")
+    if running is None:
+        return
+    if bundle["model"] != running.get("model"):
+        raise UpdateRefused("model", f"bundle is model {bundle['model']!r}, the running bundle is "
+                            f"{running.get('model')!r}")
+    for key in ("input", "classes"):
+        if bundle[key] != running.get(key):
+            raise UpdateRefused("input-contract", f"bundle {key} {bundle[key]!r} differs from the running bundle's "
+                                f"{running.get(key)!r}; applications feed it the running contract (publish a "
+                                "different model name for a new contract)")
+    order = compare_versions(bundle["model_version"], running.get("model_version"))
+    if order is None and bundle["model_version"] != running.get("model_version"):
+        raise UpdateRefused("model-version", f"cannot order model version {bundle['model_version']!r} against "
+                            f"the running {running.get('model_version')!r} (use dotted numbers)")
+    if order is not None and order < 0:
+        raise UpdateRefused("model-version", f"model version {bundle['model_version']} is older than the running "
+                            f"{running.get('model_version')}")
+
+
+# -- deltas: the output size is known before patching --------------------------------------------
+DELTA_MAGIC = b"BSDIFF40"
+
+
+def _offtin(b: bytes) -> int:
+    y = int.from_bytes(b[:8], "little")
+    return -(y & ~(1 << 63)) if y & (1 << 63) else y
+
+
+def check_delta_header(patch: bytes, result_length: int, patch_length: int) -> Tuple[int, int, int]:
+    """Parse a bsdiff4 header; the declared output length must be the signed result length
+    and the block lengths must fit the patch. Returns (control, diff, output) lengths."""
+    if len(patch) < 32 or patch[:8] != DELTA_MAGIC:
+        raise UpdateRefused("delta", "delta is not a bsdiff4 patch (bad magic or too short)")
+    control, diff, out = _offtin(patch[8:16]), _offtin(patch[16:24]), _offtin(patch[24:32])
+    if out != result_length:
+        raise UpdateRefused("delta", f"delta declares an output of {out} bytes, the signed release has "
+                            f"{result_length}; not patching")
+    if control < 0 or diff < 0 or 32 + control + diff > patch_length:
+        raise UpdateRefused("delta", f"delta block lengths ({control}, {diff}) do not fit its {patch_length} bytes")
+    return control, diff, out
+
+
+# -- the persisted device state: validation and repair ---------------------------------------------
+_SLOT_NAMES = ("a", "b")
+_HEX = set("0123456789abcdef")
+
+
+def _is_hex64(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and not set(v) - _HEX
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def normalize_state(obj: Any, version: int) -> Tuple[Optional[Dict[str, Any]], List[str]]:
+    """Validate a parsed ``state.json``. Returns (state, problems): a field that is garbage is
+    reset to its safe value and named in ``problems``; None when the whole object is unusable
+    (then :func:`rebuild_state` recreates it from the verified slots)."""
+    if not isinstance(obj, dict) or obj.get("state_version") != version:
+        return None, ["state is not a state object of this version"]
+    problems: List[str] = []
+    out: Dict[str, Any] = {"state_version": version}
+    slots_ = obj.get("slots")
+    if not isinstance(slots_, dict) or set(slots_) - set(_SLOT_NAMES) or \
+            not all(isinstance(v, dict) for v in slots_.values()):
+        return None, ["slot records are garbage"]
+    out["slots"] = {k: dict(v) for k, v in slots_.items()}
+    floor = obj.get("floor", 0)
+    if not _is_count(floor):
+        return None, [f"version floor is garbage ({floor!r})"]
+    out["floor"] = floor
+    good = obj.get("good")
+    if good is not None and good not in _SLOT_NAMES:
+        problems.append(f"good slot {good!r} is not a slot")
+        good = None
+    out["good"] = good
+    rejected = obj.get("rejected", [])
+    if not isinstance(rejected, list) or not all(_is_hex64(r) for r in rejected):
+        problems.append("rejected list is garbage; rebuilt from the slot records")
+        rejected = [r for r in (rejected if isinstance(rejected, list) else []) if _is_hex64(r)]
+    out["rejected"] = rejected
+    history = obj.get("history", [])
+    out["history"] = history if isinstance(history, list) else []
+    pending = obj.get("pending")
+    if pending is not None:
+        ok = (isinstance(pending, dict) and pending.get("slot") in _SLOT_NAMES
+              and pending.get("previous") in (None,) + _SLOT_NAMES and pending.get("previous") != pending.get("slot")
+              and _is_count(pending.get("attempts_left")) and _is_count(pending.get("healthy", 0))
+              and _is_count(pending.get("healthy_needed", 1))
+              and (pending.get("release") is None or _is_count(pending.get("release"))))
+        if not ok:
+            problems.append(f"trial record is garbage ({str(pending)[:80]}); dropped")
+            pending = None
+    out["pending"] = pending
+    return out, problems
+
+
+def rebuild_state(records: Mapping[str, Optional[Mapping[str, Any]]], version: int) -> Dict[str, Any]:
+    """A state from the records kept next to each verified slot (``records[slot]`` is None for
+    a slot that does not verify). The floor becomes the highest release still on the device
+    that was marked good (conservative: a downgrade stays refused); rejected digests come back
+    from the records that say so; no trial is pending (nothing unconfirmed is counted twice)."""
+    state: Dict[str, Any] = {"state_version": version, "slots": {}, "good": None, "floor": 0, "pending": None,
+                             "rejected": [], "history": [{"event": "state-rebuilt"}]}
+    for slot in _SLOT_NAMES:
+        rec = records.get(slot)
+        if not isinstance(rec, Mapping):
+            continue
+        info = {k: rec[k] for k in ("release", "model_version", "sha256", "manifest_sha256", "target") if k in rec}
+        state["slots"][slot] = info
+        ident = rec.get("sha256") if _is_hex64(rec.get("sha256")) else rec.get("manifest_sha256")
+        if rec.get("rejected") and _is_hex64(ident) and ident not in state["rejected"]:
+            state["rejected"].append(ident)
+        if rec.get("good") and _is_count(rec.get("release")) and not rec.get("rejected"):
+            if rec["release"] >= state["floor"]:
+                state["floor"], state["good"] = rec["release"], slot
+    return state
+
+
+def choose_slot(state: Mapping[str, Any], verified: Mapping[str, Optional[str]]) -> Optional[str]:
+    """The slot to serve when ``current`` is missing or broken: ``verified[slot]`` is the slot's
+    manifest digest (None when it does not verify). Prefer the good slot, then the highest
+    release; never a rejected bundle."""
+    rejected = set(state.get("rejected") or ())
+    records = state.get("slots") or {}
+
+    def usable(s: str) -> bool:
+        d = verified.get(s)
+        return d is not None and d not in rejected and (records.get(s) or {}).get("sha256") not in rejected
+
+    if state.get("good") in _SLOT_NAMES and usable(state["good"]):
+        return state["good"]
+    cands = [s for s in _SLOT_NAMES if usable(s)]
+    def rel(s: str) -> int:
+        r = (records.get(s) or {}).get("release")
+        return r if _is_count(r) else -1
+    return max(cands, key=lambda s: (rel(s), s == "a"), default=None)
+
+
+def verify_root_chain(trusted: Any, newer: Sequence[Any]) -> List[Any]:
+    """Walk root versions ``trusted.version + 1 ...`` (tuf ``Metadata[Root]`` objects in order):
+    each must be signed by a threshold of the previous root's keys and of its own, with the
+    next version number. Returns the accepted prefix (stops at the first gap or failure)."""
+    from tuf.api.exceptions import UnsignedMetadataError
+
+    out = []
+    cur = trusted
+    for md in newer:
+        if md.signed.version != cur.signed.version + 1:
+            break
+        try:
+            cur.verify_delegate("root", md)
+            md.verify_delegate("root", md)
+        except UnsignedMetadataError:  # not a trusted successor: the chain stops here
+            break
+        out.append(md)
+        cur = md
+    return out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..errors import RuntimeUQError
 
-__all__ = ["OtaError", "UpdateRefused", "SlotError"]
+__all__ = ["OtaError", "UpdateRefused", "UpdateBusy", "SlotError"]
 
 
 class OtaError(RuntimeUQError):
@@ -25,3 +25,10 @@ class UpdateRefused(OtaError):
 
 class SlotError(OtaError):
     """The slot layout on the device is unusable (no verified bundle in any slot)."""
+
+
+class UpdateBusy(UpdateRefused):
+    """Another process holds the device's update lock (an update, rollback or mark-good runs)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("busy", detail)

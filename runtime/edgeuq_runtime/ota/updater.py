@@ -22,10 +22,12 @@ from ..manifest import Manifest
 from . import archive, canaries, core, slots
 from .errors import OtaError, UpdateRefused
 
-__all__ = ["UpdateConfig", "OtaUpdater", "provision", "DEVICE_FILE", "ROOT_FILE"]
+__all__ = ["UpdateConfig", "OtaUpdater", "provision", "DEVICE_FILE", "ROOT_FILE", "TRUSTED_ROOTS",
+           "bounded_patch", "trusted_roots"]
 
 DEVICE_FILE = "device.json"
 ROOT_FILE = "trust/root.json"
+TRUSTED_ROOTS = "trust/roots"   # every root version this device verified, durably (newest bootstraps)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class UpdateConfig:
     delta: bool = True           # use a signed bsdiff delta when one fits the installed archive
     threads: Optional[int] = 1   # backend threads for the canary run
     http_timeout: Optional[float] = None
+    lock_wait_s: float = 0.0     # wait this long for another running update, then refuse [busy]
 
 
 def provision(root: Path, board: str, model: str, repo_url: str, root_json: bytes) -> None:
@@ -54,6 +57,61 @@ def provision(root: Path, board: str, model: str, repo_url: str, root_json: byte
     slots.write_file_durable(root / DEVICE_FILE, cfg.encode(), "provision.device")
     slots.fsync_dir(root / "trust")
     slots.fsync_dir(root)
+
+
+def trusted_roots(root: Path) -> Dict[int, bytes]:
+    """Root versions this device verified and persisted (version -> bytes); unreadable ones are skipped."""
+    out: Dict[int, bytes] = {}
+    d = Path(root) / TRUSTED_ROOTS
+    if d.is_dir():
+        for p in d.glob("*.root.json"):
+            head = p.name.split(".", 1)[0]
+            if head.isdigit():
+                try:
+                    out[int(head)] = p.read_bytes()
+                except OSError:
+                    continue
+    return out
+
+
+def _bounded_bz2(data: bytes, limit: int, what: str) -> bytes:
+    import bz2
+
+    dec = bz2.BZ2Decompressor()
+    try:
+        out = dec.decompress(data, max_length=limit + 1)
+    except (OSError, ValueError, EOFError) as exc:
+        raise UpdateRefused("delta", f"delta {what} block is not bzip2: {exc}") from None
+    if len(out) > limit:
+        raise UpdateRefused("delta", f"delta {what} block expands beyond {limit} bytes; not patching")
+    if not dec.eof:
+        raise UpdateRefused("delta", f"delta {what} block is truncated")
+    return out
+
+
+def bounded_patch(base: bytes, patch: bytes, result_length: int) -> bytes:
+    """bsdiff4 patching with every size known before memory is spent: the declared output
+    must be the signed result length, and each bzip2 block is decompressed with a cap."""
+    import bsdiff4.core
+
+    n_control, n_diff, out = core.check_delta_header(patch, result_length, len(patch))
+    control = _bounded_bz2(patch[32:32 + n_control], 24 * (out // 8 + 4096), "control")
+    if len(control) % 24:
+        raise UpdateRefused("delta", "delta control block is not a list of (add, copy, seek) triples")
+    diff = _bounded_bz2(patch[32 + n_control:32 + n_control + n_diff], out, "diff")
+    extra = _bounded_bz2(patch[32 + n_control + n_diff:], out, "extra")
+    triples = [tuple(core._offtin(control[i + 8 * k:i + 8 * k + 8]) for k in range(3))  # noqa: SLF001
+               for i in range(0, len(control), 24)]
+    if sum(t[0] for t in triples) != len(diff) or sum(t[1] for t in triples) != len(extra) or \
+            sum(t[0] + t[1] for t in triples) != out or any(t[0] < 0 or t[1] < 0 for t in triples):
+        raise UpdateRefused("delta", "delta control triples do not add up to the declared output")
+    try:
+        data = bsdiff4.core.patch(base, out, control, diff, extra)
+    except Exception as exc:  # the C core raises ValueError / SystemError on a bad patch
+        raise UpdateRefused("delta", f"delta does not apply: {type(exc).__name__}: {exc}") from None
+    if len(data) != out:
+        raise UpdateRefused("delta", f"delta produced {len(data)} bytes, declared {out}")
+    return data
 
 
 def _tuf_reason(exc: BaseException) -> str:
@@ -96,7 +154,47 @@ class OtaUpdater:
         (self.root / "tuf").mkdir(parents=True, exist_ok=True)
         return Updater(metadata_dir=str(self.root / "tuf"), metadata_base_url=f"{self.repo_url}/metadata/",
                        target_dir=str(self.root / "staging"), target_base_url=f"{self.repo_url}/targets/",
-                       fetcher=self.fetcher, bootstrap=self.bootstrap)
+                       fetcher=self.fetcher, bootstrap=self._bootstrap())
+
+    def _trusted(self):
+        """The newest root this device verified (its trust store), else the shipped root."""
+        from tuf.api.metadata import Metadata, Root
+        from tuf.api.serialization import DeserializationError
+
+        for version, data in sorted(trusted_roots(self.root).items(), reverse=True):
+            try:
+                md = Metadata[Root].from_bytes(data)
+            except DeserializationError:  # a torn file (cannot happen with durable writes): use an older one
+                continue
+            if md.signed.version == version:
+                return md, data
+        return Metadata[Root].from_bytes(self.bootstrap), self.bootstrap
+
+    def _bootstrap(self) -> bytes:
+        return self._trusted()[1]
+
+    def _persist_roots(self) -> None:
+        """After a refresh: every newer root tuf walked (tuf/root_history, a cache that is not
+        fsynced) is re-verified step by step against the newest persisted root and written
+        durably into the trust store, so a lost cache never falls back to the shipped root."""
+        from tuf.api.metadata import Metadata, Root
+        from tuf.api.serialization import DeserializationError
+
+        trusted, _ = self._trusted()
+        hist = self.root / "tuf" / "root_history"
+        newer, raw = [], {}
+        v = trusted.signed.version + 1
+        while (hist / f"{v}.root.json").is_file():
+            data = (hist / f"{v}.root.json").read_bytes()
+            try:
+                newer.append(Metadata[Root].from_bytes(data))
+            except DeserializationError:  # tuf verified it before caching; a torn copy ends the walk
+                break
+            raw[v] = data
+            v += 1
+        for md in core.verify_root_chain(trusted, newer):
+            ver = md.signed.version
+            slots.persist_file(self.root / TRUSTED_ROOTS / f"{ver}.root.json", raw[ver], f"trust.root[{ver}]")
 
     def _guard(self, what: str, fn, *args):
         try:
@@ -110,7 +208,10 @@ class OtaUpdater:
             detail = f"{what}: {type(exc).__name__}: {exc}"
             if exc.__cause__ is not None:
                 detail += f" ({type(exc.__cause__).__name__}: {exc.__cause__})"
-            raise UpdateRefused(_tuf_reason(exc), detail) from None
+            reason = _tuf_reason(exc)
+            if reason == "target-hash" and what.startswith("refreshing"):
+                reason = "metadata-hash"  # snapshot/timestamp name the hash and length of what they list
+            raise UpdateRefused(reason, detail) from None
 
     def _download(self, up, path: str, name: str):
         info = self._guard(f"looking up target {path!r}", up.get_targetinfo, path)
@@ -127,22 +228,40 @@ class OtaUpdater:
     def update(self) -> Dict[str, Any]:
         """Check the repository and install a newer release if there is one. Returns a record
         (status ``installed`` or ``up-to-date``, release, slot, bytes, timings); raises
-        :class:`UpdateRefused` (nothing changed) on any failed rule."""
+        :class:`UpdateRefused` (nothing changed) on any failed rule, ``[busy]`` when another
+        update holds the device lock."""
+        with slots.update_lock(self.root, self.config.lock_wait_s, "this update"):
+            return self._update()
+
+    def _running(self, link: Optional[str]) -> Optional[Dict[str, Any]]:
+        if link is None:
+            return None
+        try:
+            return core.contract_of(load_bundle(slots.Layout(self.root).slot(link), verify=True).manifest)
+        except RuntimeUQError:
+            return None
+
+    def _update(self) -> Dict[str, Any]:
         t0 = time.perf_counter()
+        slots.repair(self.root)
         state = slots.read_state(self.root)
         link = slots.link_slot(self.root)
-        if state.get("pending") and state["pending"].get("slot") == link:
-            raise UpdateRefused("pending", f"release {state['pending'].get('release')} is still on trial; "
+        pending = state.get("pending")
+        if pending and pending.get("slot") == link and slots._has_fallback(self.root, state, link):  # noqa: SLF001
+            raise UpdateRefused("pending", f"release {pending.get('release')} is still on trial; "
                                 "mark it good or roll it back before installing another")
-        slots.cleanup(self.root)
         (self.root / "staging").mkdir(parents=True)
         slots.crashpoint("stage.mkdir")
         up = self._updater()
-        self._guard("refreshing TUF metadata", up.refresh)
+        try:
+            self._guard("refreshing TUF metadata", up.refresh)
+        finally:  # roots verified before a later refusal (say, an expired timestamp) are kept too
+            self._persist_roots()
         _, channel = self._download(up, core.channel_target_path(self.device.board, self.device.model), "channel.json")
         number, path = core.parse_channel(channel, self.device)
         current = (state.get("slots") or {}).get(link or "", {}) if link else {}
-        if link and current.get("release") == number:
+        running_digest = slots._digest(self.root, link)  # noqa: SLF001
+        if link and current.get("release") == number and running_digest is not None:
             shutil.rmtree(self.root / "staging", ignore_errors=True)
             return {"status": "up-to-date", "release": number, "slot": link, "bytes": self.fetcher.bytes}
         info = self._guard(f"looking up target {path!r}", up.get_targetinfo, path)
@@ -150,10 +269,17 @@ class OtaUpdater:
             raise UpdateRefused("metadata", f"channel names {path!r}, which is not in the signed targets metadata")
         release = core.check_release(path, info.length, info.hashes, info.custom, self.device,
                                      int(state.get("floor", 0)), state.get("rejected", ()))
+        if running_digest is not None and (release.manifest_sha256 == running_digest
+                                           or release.sha256 == current.get("sha256")):
+            # the same bundle republished under a new release number: nothing to write
+            shutil.rmtree(self.root / "staging", ignore_errors=True)
+            return {"status": "up-to-date", "release": current.get("release"), "signed_release": release.release,
+                    "slot": link, "bytes": self.fetcher.bytes, "same_bundle": True}
         data, used_delta = self._fetch_release(up, info, release, link, current)
         t_dl = time.perf_counter()
-        files = archive.unpack_bundle(data)
+        files = archive.unpack_bundle(data, max_total=release.length)
         manifest = self._manifest(files)
+        core.check_contract(release.contract, core.contract_of(manifest), self._running(link), self.device)
         spec = canaries.canaries_of(manifest)
         actual = {n: core.sha256_bytes(b) for n, b in files.items()}
         core.check_bundle_files(list(files), actual["manifest.json"], manifest.files, actual, release,
@@ -165,9 +291,9 @@ class OtaUpdater:
             (stage_dir / name).write_bytes(blob)
         report = canaries.run_canaries(stage_dir, threads=self.config.threads)
         t_can = time.perf_counter()
-        slot = slots.write_slot(self.root, files)
         record = {"release": release.release, "model_version": release.model_version, "sha256": release.sha256,
                   "manifest_sha256": release.manifest_sha256, "target": release.path}
+        slot = slots.write_slot(self.root, files, info=record)
         slots.commit(self.root, slot, record, self.config.attempts, self.config.healthy_needed)
         shutil.rmtree(self.root / "staging", ignore_errors=True)
         slots.crashpoint("stage.cleaned")
@@ -198,12 +324,7 @@ class OtaUpdater:
                                          core.sha256_bytes(base), release)
                 if delta is not None:
                     _, patch = self._download(up, dpath, "delta.bsdiff")
-                    import bsdiff4
-
-                    try:
-                        data = bsdiff4.patch(base, patch)
-                    except Exception as exc:
-                        raise UpdateRefused("delta", f"delta {dpath!r} does not apply: {exc}") from None
+                    data = bounded_patch(base, patch, info.length)
                     core.check_hashes(f"{release.path} (from delta)", core.sha256_bytes(data), len(data),
                                       info.length, info.hashes)
                     return data, True
