@@ -20,22 +20,30 @@ def _role_ints(items: List[str], what: str) -> Dict[str, int]:
 
 
 def _cmd_keys(a: argparse.Namespace) -> int:
-    from .keys import ROLES, generate_keys, rotate_key
+    from .keys import ROLES, generate_keys, migrate_keys, read_index, rotate_key
 
+    pwf = Path(a.passphrase_file) if a.passphrase_file else None
     if a.action == "generate":
-        index = generate_keys(Path(a.keydir), _role_ints(a.threshold, "--threshold"), _role_ints(a.count, "--count"))
+        index = generate_keys(Path(a.keydir), _role_ints(a.threshold, "--threshold"), _role_ints(a.count, "--count"),
+                              passphrase_file=pwf)
     elif a.action == "rotate":
         if not a.role:
             raise SystemExit("error: keys rotate needs a ROLE")
-        index = rotate_key(Path(a.keydir), a.role, a.new_threshold, a.new_count)
+        index = rotate_key(Path(a.keydir), a.role, a.new_threshold, a.new_count, passphrase_file=pwf)
+    elif a.action == "migrate":
+        index = migrate_keys(Path(a.keydir), passphrase_file=pwf)
+        print(f"migrated {a.keydir}: private keys encrypted, one folder per role; keep root/ and targets/ offline")
     else:
-        index = json.loads((Path(a.keydir) / "keys.json").read_text())
+        index = read_index(Path(a.keydir))
     for role in ROLES:
         e = index["roles"][role]
         print(f"{role:<10} threshold {e['threshold']}  current {[k['keyid'][:12] for k in e['current']]}  "
               f"retired {len(e['retired'])}")
-    if a.action == "rotate":
-        print("the next `edgeuq publish` signs a new root version with the old and the new root keys")
+    if a.action == "rotate" and a.role == "root":
+        print("the next `edgeuq publish` signs a new root version with the old and the new root keys: keep the "
+              "retired root key files (root/) at hand for it")
+    elif a.action == "rotate":
+        print("the next `edgeuq publish` signs a new root version listing the new key (it loads the root keys)")
     return 0
 
 
@@ -67,7 +75,8 @@ def _cmd_publish(a: argparse.Namespace) -> int:
         if v is not None:
             expiry[role] = v
     res = publish_bundle(bundle, Path(a.repo), Path(a.keys), a.board, release=a.release,
-                         delta_max_ratio=a.delta_max_ratio, expiry_days=expiry)
+                         delta_max_ratio=a.delta_max_ratio, expiry_days=expiry,
+                         passphrase_file=Path(a.passphrase_file) if a.passphrase_file else None)
     print(f"published release {res.release}: {res.target} ({res.full_bytes} bytes), root v{res.root_version}, "
           f"targets v{res.targets_version}")
     for p, n in res.deltas.items():
@@ -81,13 +90,15 @@ def _cmd_publish(a: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     k = sub.add_parser("keys", help="TUF signing keys (ed25519 per role): generate, rotate, show")
-    k.add_argument("action", choices=["generate", "rotate", "show"])
+    k.add_argument("action", choices=["generate", "rotate", "show", "migrate"])
     k.add_argument("keydir")
     k.add_argument("role", nargs="?", help="role to rotate (root, targets, snapshot, timestamp)")
     k.add_argument("--threshold", action="append", metavar="ROLE=N", help="generate: signatures needed")
     k.add_argument("--count", action="append", metavar="ROLE=N", help="generate: keys per role")
     k.add_argument("--new-threshold", type=int, help="rotate: new threshold")
     k.add_argument("--new-count", type=int, help="rotate: number of new keys")
+    k.add_argument("--passphrase-file", help="file holding the key passphrase (default: $EDGEUQ_OTA_PASSPHRASE "
+                   "or a prompt)")
     k.set_defaults(func=_cmd_keys)
     p = sub.add_parser("publish", help="sign a bundle release into a static TUF repository (deltas, channel)")
     p.add_argument("bundle")
@@ -106,4 +117,6 @@ def register(sub) -> None:
     p.add_argument("--delta-max-ratio", type=float, default=0.5, help="publish a delta only below this share of full")
     for role in ("root", "targets", "snapshot", "timestamp"):
         p.add_argument(f"--expire-{role}", type=float, help=f"days until {role} metadata expires")
+    p.add_argument("--passphrase-file", help="file holding the key passphrase (default: $EDGEUQ_OTA_PASSPHRASE "
+                   "or a prompt)")
     p.set_defaults(func=_cmd_publish)
