@@ -120,3 +120,5 @@ def register(sub) -> None:
     p.add_argument("--passphrase-file", help="file holding the key passphrase (default: $EDGEUQ_OTA_PASSPHRASE "
                    "or a prompt)")
     p.set_defaults(func=_cmd_publish)
+    from .rollout_cli import register as register_rollout  # h4 hook: `edgeuq rollout ...`
+    register_rollout(sub)

@@ -141,6 +141,10 @@ class OtaUpdater:
         self._guard("refreshing TUF metadata", up.refresh)
         _, channel = self._download(up, core.channel_target_path(self.device.board, self.device.model), "channel.json")
         number, path = core.parse_channel(channel, self.device)
+        from .rollout import gate  # staged rollouts (h4 hook): not in this stage / halted -> stay or roll back
+        held = gate(self, up, number, path, state, link)
+        if held is not None:
+            return held
         current = (state.get("slots") or {}).get(link or "", {}) if link else {}
         if link and current.get("release") == number:
             shutil.rmtree(self.root / "staging", ignore_errors=True)
