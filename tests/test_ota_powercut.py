@@ -58,8 +58,10 @@ def world(tmp_path_factory):
 
 def _prepare(world: World, scenario: str, dev: Path) -> None:
     shutil.copytree(world.fresh if scenario == "first-install" else world.good, dev, symlinks=True)
-    if scenario in ("trial", "rollback"):
+    if scenario in ("trial", "rollback", "rollback-good"):
         assert OtaUpdater(dev, config=CFG).update()["release"] == 3
+    if scenario == "rollback-good":  # r3 marked good, then rolled back (what a halted rollout does)
+        mark_good(dev)
 
 
 def _operation(scenario: str, dev: Path) -> None:
@@ -69,7 +71,7 @@ def _operation(scenario: str, dev: Path) -> None:
         boot(dev)
         assert record_window(dev, True) == "pending"
         assert record_window(dev, True) == "good"
-    elif scenario == "rollback":
+    elif scenario in ("rollback", "rollback-good"):
         rollback(dev, "power-cut test")
     else:
         raise ValueError(scenario)
@@ -125,7 +127,8 @@ def _check(world: World, scenario: str, dev: Path) -> List[str]:
         if out["status"] not in ("installed", "up-to-date"):
             problems.append(f"next update ended {out['status']}")
     except UpdateRefused as exc:
-        if exc.reason not in ("pending", "rejected"):
+        # r3 rolled back after it was marked good is both rejected and at the version floor
+        if exc.reason not in ("pending", "rejected") + (("floor",) if scenario == "rollback-good" else ()):
             problems.append(f"next update refused: {exc}")
     except (OtaError, OSError, ValueError) as exc:
         problems.append(f"next update raised {type(exc).__name__}: {exc}")
@@ -139,7 +142,7 @@ def _check(world: World, scenario: str, dev: Path) -> List[str]:
     return problems
 
 
-SCENARIOS = ("install", "trial", "rollback", "first-install")
+SCENARIOS = ("install", "trial", "rollback", "rollback-good", "first-install")
 RESULTS: Dict[str, dict] = {}
 
 

@@ -284,6 +284,36 @@ def test_fleet_good_release_is_promoted_through_every_stage(fleet, tmp_path):
     assert st["rollout"]["percent"] == 100
 
 
+def test_halt_of_a_first_install_keeps_serving_and_device_cli_reports_it(fleet, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    shutil.copytree(fleet.repo, repo)
+    dev = tmp_path / "dev"
+    provision(dev, BOARD, MODEL, repo.as_uri(), (repo / "metadata" / "1.root.json").read_bytes())
+    set_rollout_identity(dev, "first-one")
+    _, spec = R.publish_staged(fleet.bad, repo, fleet.keys, BOARD, percent=100)
+    assert OtaUpdater(dev, config=CFG).update()["status"] == "installed"
+    mark_good(dev)
+    R.halt(repo, fleet.keys, BOARD, MODEL)
+    out = OtaUpdater(dev, config=CFG).update()
+    assert out["status"] == "halted-no-fallback" and "no other slot" in out["detail"]
+    assert _serving(dev) == fleet.digest["bad"], "nothing else to serve: it keeps serving"
+    # the device CLI prints a rollout outcome instead of failing on it
+    other = tmp_path / "other"
+    shutil.copytree(fleet.template, other, symlinks=True)
+    dj = json.loads((other / "device.json").read_text())
+    dj["repo_url"] = repo.as_uri()
+    (other / "device.json").write_text(json.dumps(dj))
+    runtime = str(Path(__file__).resolve().parents[1] / "runtime")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([runtime, os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "edgeuq_runtime", "update", "--root", str(other)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("not-in-rollout: release 1"), (r.stdout, r.stderr)
+
+
 def test_cli_rollout_status_promote_halt(fleet, tmp_path, capsys):
     from edgeuq.cli import main as edgeuq_main
 

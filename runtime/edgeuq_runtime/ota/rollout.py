@@ -17,7 +17,11 @@ set of devices, and raising the percentage only adds devices (no device leaves a
 * not in the rollout (or halted) and not running it: the device stays where it is
   (``status: not-in-rollout``), nothing is downloaded beyond metadata;
 * running a release whose rollout is **halted**: the device rolls back to its previous slot
-  (the digest is then rejected, never reinstalled).
+  (the digest is then rejected, never reinstalled); with no previous slot (a first install) it
+  keeps serving and says so (``status: halted-no-fallback``).
+
+A device on trial (``pending``) is refused by the updater before the rollout is read: it rolls
+back through its trial (attempts, unhealthy windows) or once marked good, at its next poll.
 
 The device's rollout identity (``device_id`` and ``groups``) lives in ``rollout-id.json`` in
 the device root; a random id is created (durably) on first use.
@@ -34,7 +38,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .core import _name
-from .errors import UpdateRefused
+from .errors import SlotError, UpdateRefused
 
 __all__ = ["RolloutSpec", "rollout_target_path", "parse_rollout", "bucket", "in_rollout", "rollout_identity",
            "set_rollout_identity", "gate", "IDENTITY_FILE"]
@@ -165,7 +169,11 @@ def gate(updater: Any, up: Any, number: int, path: str, state: Dict[str, Any], l
     current = (state.get("slots") or {}).get(link or "", {}) if link else {}
     if current.get("sha256") == spec.sha256:
         if spec.halted:
-            res = slots.rollback(updater.root, f"rollout of release {number} halted")
+            try:
+                res = slots.rollback(updater.root, f"rollout of release {number} halted")
+            except SlotError as exc:  # a first install: nothing verified to go back to
+                return {"status": "halted-no-fallback", "release": current.get("release"), "slot": link,
+                        "bytes": updater.fetcher.bytes, "rollout": info, "detail": str(exc)}
             after = slots.read_state(updater.root)
             return {"status": "rolled-back", "release": (after.get("slots") or {}).get(res.slot, {}).get("release"),
                     "slot": res.slot, "bytes": updater.fetcher.bytes, "rollout": info}
