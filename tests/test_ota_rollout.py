@@ -322,7 +322,11 @@ def test_cli_rollout_status_promote_halt(fleet, tmp_path, capsys):
     base = ["--repo", str(repo), "--board", BOARD, "--model", MODEL]
     assert edgeuq_main(["rollout", "status", *base]) == 0
     assert "none for this release" in capsys.readouterr().out
-    R.publish_staged(fleet.good, repo, fleet.keys, BOARD, percent=5, stages=(5, 25))
+    assert edgeuq_main(["publish", str(fleet.good), "--repo", str(repo), "--keys", str(fleet.keys), "--board", BOARD,
+                        "--allow-unknown-board", "--rollout-percent", "5", "--rollout-stages", "5,25"]) == 0
+    assert "staged rollout: 5 % of devices, stages [5.0, 25.0]" in capsys.readouterr().out
+    assert edgeuq_main(["rollout", "status", *base]) == 0
+    assert "rollout of release 2" in capsys.readouterr().out
     assert edgeuq_main(["rollout", "promote", *base, "--keys", str(fleet.keys)]) == 0
     assert "25 %" in capsys.readouterr().out
     assert edgeuq_main(["rollout", "promote", *base, "--keys", str(fleet.keys)]) == 0

@@ -74,9 +74,17 @@ def _cmd_publish(a: argparse.Namespace) -> int:
         v = getattr(a, f"expire_{role}")
         if v is not None:
             expiry[role] = v
-    res = publish_bundle(bundle, Path(a.repo), Path(a.keys), a.board, release=a.release,
-                         delta_max_ratio=a.delta_max_ratio, expiry_days=expiry,
-                         passphrase_file=Path(a.passphrase_file) if a.passphrase_file else None)
+    pwf = Path(a.passphrase_file) if a.passphrase_file else None
+    if a.rollout_percent is not None:  # h4 hook: release + staged rollout in one signed publish
+        from .rollout import publish_staged
+
+        res, spec = publish_staged(bundle, Path(a.repo), Path(a.keys), a.board, percent=a.rollout_percent,
+                                   stages=a.rollout_stages or (), groups=a.rollout_group or (), passphrase_file=pwf,
+                                   expiry_days=expiry, release=a.release, delta_max_ratio=a.delta_max_ratio)
+        print(f"staged rollout: {spec.percent:g} % of devices, stages {list(spec.stages)}")
+    else:
+        res = publish_bundle(bundle, Path(a.repo), Path(a.keys), a.board, release=a.release,
+                             delta_max_ratio=a.delta_max_ratio, expiry_days=expiry, passphrase_file=pwf)
     print(f"published release {res.release}: {res.target} ({res.full_bytes} bytes), root v{res.root_version}, "
           f"targets v{res.targets_version}")
     for p, n in res.deltas.items():
@@ -119,6 +127,9 @@ def register(sub) -> None:
         p.add_argument(f"--expire-{role}", type=float, help=f"days until {role} metadata expires")
     p.add_argument("--passphrase-file", help="file holding the key passphrase (default: $EDGEUQ_OTA_PASSPHRASE "
                    "or a prompt)")
+    p.add_argument("--rollout-percent", type=float, help="staged rollout: share of devices that take this release")
+    p.add_argument("--rollout-stages", type=lambda s: [float(x) for x in s.split(",")], help="e.g. 5,25,100")
+    p.add_argument("--rollout-group", action="append", help="staged rollout: only devices in this group")
     p.set_defaults(func=_cmd_publish)
     from .rollout_cli import register as register_rollout  # h4 hook: `edgeuq rollout ...`
     register_rollout(sub)

@@ -195,7 +195,8 @@ def _signed_change(repo_dir: Path, keydir: Path, change: Callable[[TufRepository
 
 def publish_staged(bundle_dir: Path, repo_dir: Path, keydir: Path, board: str, *, percent: float,
                    stages: Sequence[float] = (), groups: Sequence[str] = (), passphrase: Any = None,
-                   passphrase_file: Optional[Path] = None, **release_kw: Any) -> Tuple[Any, RolloutSpec]:
+                   passphrase_file: Optional[Path] = None, expiry_days: Mapping[str, float] = EXPIRY_DAYS,
+                   **release_kw: Any) -> Tuple[Any, RolloutSpec]:
     """Add a release *and* its rollout in one signed publish (no moment where it goes to 100 %)."""
     from .publish import add_release
 
@@ -207,7 +208,7 @@ def publish_staged(bundle_dir: Path, repo_dir: Path, keydir: Path, board: str, *
         box["res"] = add_release(repo, Path(bundle_dir), board, **release_kw)
         model = box["res"].target.split("/")[2]
         return set_rollout(repo, board, model, percent, stages=stages, groups=groups)
-    spec = _signed_change(repo_dir, keydir, change, passphrase, passphrase_file)
+    spec = _signed_change(repo_dir, keydir, change, passphrase, passphrase_file, expiry_days)
     return box["res"], spec
 
 
