@@ -254,3 +254,21 @@ def test_cli_generate_show_rotate_migrate_with_passphrase_file(tmp_path, capsys,
     _legacy_dir(tmp_path / "old")
     assert edgeuq_main(["keys", "migrate", str(tmp_path / "old"), "--passphrase-file", str(pwf)]) == 0
     assert load_keys(tmp_path / "old", roles=["timestamp"], passphrase_file=pwf).loaded == ("timestamp",)
+
+
+def test_targets_rotation_loads_the_current_root_but_no_retired_key(tmp_path, bundles, loaded):
+    kd, repo = tmp_path / "k", tmp_path / "repo"
+    generate_keys(kd, passphrase=PW)
+    publish_bundle(bundles[0], repo, kd, BOARD, passphrase=PW)
+    dev = _device(repo, tmp_path / "dev")
+    assert OtaUpdater(dev, config=CFG).update()["release"] == 1
+    mark_good(dev)
+    rotate_key(kd, "targets", passphrase=PW)
+    loaded.clear()
+    assert publish_bundle(bundles[1], repo, kd, BOARD, passphrase=PW).root_version == 2
+    assert sorted(p.name for p in loaded) == ["root-1.pem", "snapshot-1.pem", "targets-2.pem", "timestamp-1.pem"]
+    assert OtaUpdater(dev, config=CFG).update()["release"] == 2
+    # a re-sign of snapshot + timestamp while a rotation is pending needs root, not targets
+    rotate_key(kd, "snapshot", passphrase=PW)
+    assert K.keys_for_publish(kd, repo, passphrase=PW, roles=("snapshot", "timestamp")).loaded == (
+        "root", "snapshot", "timestamp")

@@ -19,6 +19,7 @@ from ota_support import BOARD, CANARY_WINDOWS, MODEL, make_bundle, weights
 from edgeuq.ota.keys import generate_keys
 from edgeuq.ota.publish import publish_bundle
 from edgeuq_runtime import UncertaintyRuntime, load_bundle, sha256_file
+from edgeuq_runtime.errors import RuntimeUQError
 from edgeuq_runtime.ota import boot, mark_good, record_window, rollback
 from edgeuq_runtime.ota.errors import OtaError, SlotError, UpdateRefused
 from edgeuq_runtime.ota.slots import SLOTS, read_state
@@ -95,8 +96,8 @@ def _slot_digests(dev: Path) -> Dict[str, str]:
     for s in SLOTS:
         try:
             out[s] = sha256_file(load_bundle(dev / "slots" / s, verify=True).root / "manifest.json")
-        except Exception:  # noqa: BLE001 - an unverifiable slot simply holds no bundle
-            pass
+        except (RuntimeUQError, OSError):  # an unverifiable slot holds no bundle
+            continue
     return out
 
 

@@ -405,8 +405,8 @@ def keys_for_publish(keydir: Path, repo_dir: Path, passphrase: Passphrase = None
         have = {r: (set(root["roles"][r]["keyids"]), int(root["roles"][r]["threshold"])) for r in ROLES}
         if want == have:
             return load_keys(keydir, roles, passphrase, passphrase_file, role_dirs=role_dirs)
-    if root is None:
-        return load_keys(keydir, tuple(ROLES), passphrase, passphrase_file, retired_root=[], role_dirs=role_dirs)
+    if root is None:  # the first publish signs root v1 and every role's first version
+        return load_keys(keydir, ROLES, passphrase, passphrase_file, retired_root=[], role_dirs=role_dirs)
     # a rotation: the new root needs a threshold of the old root keys too
     old_ids = set(root["roles"]["root"]["keyids"])
     old_threshold = int(root["roles"]["root"]["threshold"])
@@ -426,5 +426,5 @@ def keys_for_publish(keydir: Path, repo_dir: Path, passphrase: Passphrase = None
     if absent:
         warnings.warn(f"retired root key files {[str(rdir / Path(e['file']).name) for e in absent]} are missing; "
                       f"the old root's threshold {old_threshold} is still met without them", UserWarning)
-    return load_keys(keydir, tuple(ROLES) if set(roles) <= set(ROLES) else roles, passphrase, passphrase_file,
+    return load_keys(keydir, tuple(r for r in ROLES if r == "root" or r in roles), passphrase, passphrase_file,
                      retired_root=[e["keyid"] for e in present], role_dirs=role_dirs)
