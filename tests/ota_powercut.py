@@ -63,6 +63,7 @@ class FsRecorder:
         self.data: Dict[int, bytes] = {}
         self.children: Dict[int, Dict[str, int]] = {}
         self.events: List[Event] = []
+        self.touched: set = set()   # (kind, relative path) of every change a wrapped call made
         self._active = False
         self._real: Dict[str, Any] = {}
         # the initial tree is durable as it is
@@ -114,6 +115,11 @@ class FsRecorder:
                     stack.append(p)
         return out
 
+    def _touch(self, kind: str, *paths: Optional[Path]) -> None:
+        for p in paths:
+            if p is not None:
+                self.touched.add((kind, str(p.relative_to(self.root))))
+
     def _under(self, path: Any, dir_fd: Optional[int] = None) -> Optional[Path]:
         if isinstance(path, int):
             return None
@@ -158,6 +164,7 @@ class FsRecorder:
                 return real(file, mode, *a, **kw)
             existed = os.path.lexists(p)
             fh = real(file, mode, *a, **kw)
+            self._touch("open-write", p)
             if not existed or "w" in mode:
                 self._created(p, existed)
                 self._record(f"open({p.relative_to(self.root)}, {mode})")
@@ -177,6 +184,8 @@ class FsRecorder:
             p = self._under(path, dir_fd) if self._active else None
             existed = p is not None and os.path.lexists(p)
             fd = r["os.open"](path, flags, mode, dir_fd=dir_fd)
+            if p is not None and flags & (os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_RDWR):
+                self._touch("open-write", p)
             if p is not None and flags & (os.O_CREAT | os.O_TRUNC) and (not existed or flags & os.O_TRUNC):
                 self._created(p, existed)
                 self._record(f"os.open({p.relative_to(self.root)})")
@@ -199,8 +208,11 @@ class FsRecorder:
 
         def two(name: str) -> Callable:
             def fn(src: Any, dst: Any, *, src_dir_fd: Optional[int] = None, dst_dir_fd: Optional[int] = None) -> None:
+                ps = self._under(src, src_dir_fd) if self._active else None
+                pd = self._under(dst, dst_dir_fd) if self._active else None
                 r[name](src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
-                if self._active and (self._under(src, src_dir_fd) or self._under(dst, dst_dir_fd)):
+                self._touch("rename", ps, pd)
+                if ps is not None or pd is not None:
                     self._record(f"{name}({src} -> {dst})")
             return fn
 
@@ -208,6 +220,7 @@ class FsRecorder:
             def fn(path: Any, *a: Any, dir_fd: Optional[int] = None, **kw: Any) -> None:
                 p = self._under(path, dir_fd) if self._active else None
                 r[name](path, *a, dir_fd=dir_fd, **kw)
+                self._touch({"os.unlink": "unlink", "os.remove": "unlink"}.get(name, name[3:]), p)
                 if p is not None:
                     if name == "os.mkdir":
                         self._created(p, existed=False)
@@ -217,6 +230,7 @@ class FsRecorder:
         def symlink(src: Any, dst: Any, target_is_directory: bool = False, *, dir_fd: Optional[int] = None) -> None:
             r["os.symlink"](src, dst, target_is_directory, dir_fd=dir_fd)
             p = self._under(dst, dir_fd) if self._active else None
+            self._touch("symlink", p)
             if p is not None:
                 self._new_vid(os.lstat(p), "link", os.readlink(p))
                 self._record(f"os.symlink({p.relative_to(self.root)} -> {src})")

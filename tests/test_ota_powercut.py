@@ -6,6 +6,7 @@ serves, keeps its known-good model, and takes the next update."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 from typing import Dict, List
@@ -219,6 +220,66 @@ def test_harness_catches_an_unsafe_in_place_overwrite(world, tmp_path, monkeypat
         for variant in VARIANTS:
             found += _check(world, "install", rec.crash_state(k, variant, tmp_path / "cs" / f"{k}-{variant}"))
     assert any("known-good release r2 is in no verified slot" in p for p in found), found
+
+
+_STRACE_MUTATE = re.compile(r'^\d+ +(openat|rename|renameat2?|unlink|unlinkat|mkdir|mkdirat|symlink|symlinkat|rmdir)'
+                            r'\((.*)\) += (-?\d+)')
+
+
+def test_recorder_sees_every_mutation_strace_sees(world, tmp_path):
+    """Independent reference for the harness: the kernel's view (strace) of the same install. Every
+    (operation, path) under the device root that a system call made -- open for writing, rename,
+    unlink, rmdir, mkdir, symlink -- must have gone through the recorder (so the harness does not
+    miss a write path)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    strace = shutil.which("strace")
+    if strace is None:
+        print("SKIPPED: strace is not installed; the recorder was not cross-checked against the kernel's view")
+        pytest.skip("strace not installed")
+    dev = tmp_path / "dev"
+    _prepare(world, "install", dev)
+    log = tmp_path / "strace.log"
+    child = Path(__file__).with_name("ota_powercut_child.py")
+    runtime = str(Path(__file__).resolve().parents[1] / "runtime")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([runtime, str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([strace, "-f", "-qq", "-e", "trace=openat,rename,renameat,renameat2,unlink,unlinkat,mkdir,"
+                        "mkdirat,symlink,symlinkat,rmdir", "-o", str(log), sys.executable, str(child), str(dev)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0 and "ptrace" in r.stderr:
+        print(f"SKIPPED: strace cannot trace here ({r.stderr.strip()[:200]})")
+        pytest.skip("ptrace not permitted")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads(r.stdout.strip().splitlines()[-1])
+    assert rec["status"] == "installed"
+    root = rec["root"]
+    mutated, unresolved = set(), []
+    for line in log.read_text().splitlines():
+        m = _STRACE_MUTATE.match(line)
+        if not m or int(m.group(3)) < 0:
+            continue
+        call, args = m.group(1), m.group(2)
+        if call == "openat" and not re.search(r"O_CREAT|O_TRUNC|O_WRONLY|O_RDWR", args):
+            continue
+        paths = re.findall(r'"((?:[^"\\]|\\.)*)"', args)
+        if call in ("symlink", "symlinkat"):
+            paths = paths[1:]  # the link, not its target
+        kind = ("open-write" if call == "openat" else "rename" if call.startswith("rename") else
+                "rmdir" if call == "rmdir" or "AT_REMOVEDIR" in args else "unlink" if call.startswith("unlink") else
+                "mkdir" if call.startswith("mkdir") else "symlink")
+        for p in paths:
+            if p.startswith(root + "/"):
+                mutated.add((kind, p[len(root) + 1:]))
+            elif not p.startswith("/") and not args.startswith("AT_FDCWD"):
+                unresolved.append(line)
+    assert not unresolved, unresolved[:5]
+    assert len(mutated) > 20, sorted(mutated)
+    missed = sorted(mutated - {tuple(t) for t in rec["touched"]})
+    assert not missed, f"the recorder missed writes the kernel saw: {missed}"
 
 
 def test_recorder_models_unsynced_data_and_directory_entries(tmp_path, monkeypatch):
