@@ -242,6 +242,7 @@ def test_fleet_bad_release_halts_itself_after_the_first_stage(fleet, tmp_path):
     v = st["verdict"]
     assert v["action"] == "halt" and "abstention rate" in v["reasons"][0]
     assert v["new"]["devices"] == len(updated) and v["old"]["devices"] == FLEET  # baseline: all on r1
+    assert st["canary"]["devices"] == len(updated) and st["canary"]["errors"] == 0, "canaries passed everywhere"
     with pytest.raises(R.RolloutError, match="halted"):
         R.promote(repo, fleet.keys, BOARD, MODEL)
     # next poll: the updated devices roll back, nobody else moves; a further poll changes nothing
@@ -327,6 +328,13 @@ def test_cli_rollout_status_promote_halt(fleet, tmp_path, capsys):
     assert "staged rollout: 5 % of devices, stages [5.0, 25.0]" in capsys.readouterr().out
     assert edgeuq_main(["rollout", "status", *base]) == 0
     assert "rollout of release 2" in capsys.readouterr().out
+    (tmp_path / "reports").mkdir()
+    assert edgeuq_main(["rollout", "evaluate", *base, "--keys", str(fleet.keys), "--reports",
+                        str(tmp_path / "reports")]) == 0
+    assert "verdict: wait" in capsys.readouterr().out
+    assert edgeuq_main(["rollout", "status", *base, "--reports", str(tmp_path / "reports")]) == 0
+    out = capsys.readouterr().out
+    assert "canaries on the new release: 0 devices" in out and "verdict: wait" in out
     assert edgeuq_main(["rollout", "promote", *base, "--keys", str(fleet.keys)]) == 0
     assert "25 %" in capsys.readouterr().out
     assert edgeuq_main(["rollout", "promote", *base, "--keys", str(fleet.keys)]) == 0

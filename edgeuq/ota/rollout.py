@@ -255,6 +255,7 @@ def status(repo_dir: Path, board: str, model: str, drop_dir: Optional[Path] = No
     if drop_dir is not None and spec is not None:
         reports, problems = read_reports(Path(drop_dir))
         out["verdict"] = evaluate(reports, spec, policy).to_json()
+        out["canary"] = asdict(aggregate(reports, lambda r: r["sha256"] == spec.sha256, phase="canary"))
         out["reports"], out["refused_reports"] = len(reports), problems
     return out
 

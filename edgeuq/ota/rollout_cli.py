@@ -53,6 +53,9 @@ def _cmd(a: argparse.Namespace) -> int:
                 print(f"  {side}: {g['devices']} devices, {g['windows']} windows, abstain {rate(g['abstain_rate'])}, "
                       f"OOD {rate(g['ood_rate'])}, errors {g['errors']}, p50 {g['latency_p50_ms']} ms, "
                       f"p99 {g['latency_p99_ms']} ms")
+            c = st["canary"]
+            print(f"  canaries on the new release: {c['devices']} devices, {c['windows']} windows, "
+                  f"{c['errors']} failed")
             print(f"verdict: {v['action']}" + "".join(f"\n  - {r}" for r in v["reasons"]))
             for p in st["refused_reports"]:
                 print(f"  refused report {p}")
