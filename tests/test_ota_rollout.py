@@ -61,6 +61,19 @@ def test_bucket_is_the_documented_hash_uniform_and_monotone_in_percent():
     assert len(other & members[10]) < 60
 
 
+def test_identity_is_created_once_and_a_damaged_one_is_replaced_loudly(tmp_path):
+    from edgeuq_runtime.ota.rollout import IDENTITY_FILE, rollout_identity
+
+    first = rollout_identity(tmp_path)
+    assert rollout_identity(tmp_path) == first and len(first[0]) == 32
+    set_rollout_identity(tmp_path, "dev-7", ["canary"])
+    assert rollout_identity(tmp_path) == ("dev-7", ("canary",))
+    (tmp_path / IDENTITY_FILE).write_text('{"device_id": ')
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        new = rollout_identity(tmp_path)
+    assert new[0] not in ("dev-7", first[0]) and rollout_identity(tmp_path) == new
+
+
 def test_groups_and_halt():
     spec = RolloutSpec(release=2, sha256=SHA_A, percent=100, groups=("canary",))
     assert in_rollout(spec, "x", ["canary", "lab"]) and not in_rollout(spec, "x", ["field"])

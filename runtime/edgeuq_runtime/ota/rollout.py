@@ -24,7 +24,8 @@ A device on trial (``pending``) is refused by the updater before the rollout is 
 back through its trial (attempts, unhealthy windows) or once marked good, at its next poll.
 
 The device's rollout identity (``device_id`` and ``groups``) lives in ``rollout-id.json`` in
-the device root; a random id is created (durably) on first use.
+the device root; a random id is created (durably) on first use, and again (with a warning)
+when the file is unreadable, so a damaged identity never locks the device out of updates.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import json
 import math
 import os
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -129,7 +131,12 @@ def rollout_identity(root: Path) -> Tuple[str, Tuple[str, ...]]:
         set_rollout_identity(root, device_id)
         return device_id, ()
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UpdateRefused("rollout", f"{path} is unreadable ({exc}); rewrite it with set_rollout_identity") from None
+        # a torn or garbled identity must not lock the device out of updates: start a new one, loudly
+        device_id = uuid.uuid4().hex
+        warnings.warn(f"{path} was unreadable ({exc}); this device now has the new rollout id {device_id}",
+                      RuntimeWarning, stacklevel=2)
+        set_rollout_identity(root, device_id)
+        return device_id, ()
 
 
 def set_rollout_identity(root: Path, device_id: str, groups: Sequence[str] = ()) -> None:
