@@ -13,6 +13,7 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import shutil
 import sys
 import tarfile
@@ -48,6 +49,8 @@ from edgeuq_runtime.ota.slots import link_slot, read_state  # noqa: E402
 from edgeuq_runtime.ota.updater import OtaUpdater, UpdateConfig, provision  # noqa: E402
 
 BOARD, MODEL = "test-board", "tiny-har"
+# private keys are encrypted at rest; the suite's keys use this passphrase (never a real one)
+os.environ.setdefault("EDGEUQ_OTA_PASSPHRASE", "edgeuq-test-passphrase")
 MEM = "mem://repo"
 FAST = UpdateConfig(attempts=2, healthy_needed=3, threads=1)
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Dict, List
 
@@ -20,22 +19,30 @@ def _role_ints(items: List[str], what: str) -> Dict[str, int]:
 
 
 def _cmd_keys(a: argparse.Namespace) -> int:
-    from .keys import ROLES, generate_keys, rotate_key
+    from .keys import ROLES, generate_keys, migrate_keys, read_index, rotate_key
 
+    pwf = Path(a.passphrase_file) if a.passphrase_file else None
     if a.action == "generate":
-        index = generate_keys(Path(a.keydir), _role_ints(a.threshold, "--threshold"), _role_ints(a.count, "--count"))
+        index = generate_keys(Path(a.keydir), _role_ints(a.threshold, "--threshold"), _role_ints(a.count, "--count"),
+                              passphrase_file=pwf)
     elif a.action == "rotate":
         if not a.role:
             raise SystemExit("error: keys rotate needs a ROLE")
-        index = rotate_key(Path(a.keydir), a.role, a.new_threshold, a.new_count)
+        index = rotate_key(Path(a.keydir), a.role, a.new_threshold, a.new_count, passphrase_file=pwf)
+    elif a.action == "migrate":
+        index = migrate_keys(Path(a.keydir), passphrase_file=pwf)
+        print(f"migrated {a.keydir}: private keys encrypted, one folder per role; keep root/ and targets/ offline")
     else:
-        index = json.loads((Path(a.keydir) / "keys.json").read_text())
+        index = read_index(Path(a.keydir))
     for role in ROLES:
         e = index["roles"][role]
         print(f"{role:<10} threshold {e['threshold']}  current {[k['keyid'][:12] for k in e['current']]}  "
               f"retired {len(e['retired'])}")
-    if a.action == "rotate":
-        print("the next `edgeuq publish` signs a new root version with the old and the new root keys")
+    if a.action == "rotate" and a.role == "root":
+        print("the next `edgeuq publish` signs a new root version with the old and the new root keys: keep the "
+              "retired root key files (root/) at hand for it")
+    elif a.action == "rotate":
+        print("the next `edgeuq publish` signs a new root version listing the new key (it loads the root keys)")
     return 0
 
 
@@ -71,7 +78,8 @@ def _cmd_publish(a: argparse.Namespace) -> int:
 
         if a.bundle:
             raise SystemExit("error: publish --refresh re-signs snapshot and timestamp only; give no bundle")
-        repo = refresh_repository(Path(a.repo), Path(a.keys), _expiry_days(a))
+        repo = refresh_repository(Path(a.repo), Path(a.keys), _expiry_days(a),
+                                  passphrase_file=Path(a.passphrase_file) if a.passphrase_file else None)
         print(f"refreshed {a.repo}: snapshot v{repo.snapshot.signed.version}, timestamp "
               f"v{repo.timestamp.signed.version}, targets v{repo.targets.signed.version} unchanged")
         _print_expiry(repo, a.warn_days)
@@ -96,8 +104,17 @@ def _cmd_publish(a: argparse.Namespace) -> int:
         print(f"canaries: {len(spec.expected_class)} windows, classes {list(spec.expected_class)}, "
               f"MI tolerance {spec.mi_tolerance:g} nats, latency budget {spec.latency_budget_ms:g} ms")
     expiry = _expiry_days(a)
-    res = publish_bundle(bundle, Path(a.repo), Path(a.keys), a.board, release=a.release,
-                         delta_max_ratio=a.delta_max_ratio, expiry_days=expiry)
+    pwf = Path(a.passphrase_file) if a.passphrase_file else None
+    if a.rollout_percent is not None:  # release + staged rollout in one signed publish
+        from .rollout import publish_staged
+
+        res, spec = publish_staged(bundle, Path(a.repo), Path(a.keys), a.board, percent=a.rollout_percent,
+                                   stages=a.rollout_stages or (), groups=a.rollout_group or (), passphrase_file=pwf,
+                                   expiry_days=expiry, release=a.release, delta_max_ratio=a.delta_max_ratio)
+        print(f"staged rollout: {spec.percent:g} % of devices, stages {list(spec.stages)}")
+    else:
+        res = publish_bundle(bundle, Path(a.repo), Path(a.keys), a.board, release=a.release,
+                             delta_max_ratio=a.delta_max_ratio, expiry_days=expiry, passphrase_file=pwf)
     print(f"published release {res.release}: {res.target} ({res.full_bytes} bytes), root v{res.root_version}, "
           f"targets v{res.targets_version}")
     for p, n in res.deltas.items():
@@ -114,13 +131,15 @@ def _cmd_publish(a: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     k = sub.add_parser("keys", help="TUF signing keys (ed25519 per role): generate, rotate, show")
-    k.add_argument("action", choices=["generate", "rotate", "show"])
+    k.add_argument("action", choices=["generate", "rotate", "show", "migrate"])
     k.add_argument("keydir")
     k.add_argument("role", nargs="?", help="role to rotate (root, targets, snapshot, timestamp)")
     k.add_argument("--threshold", action="append", metavar="ROLE=N", help="generate: signatures needed")
     k.add_argument("--count", action="append", metavar="ROLE=N", help="generate: keys per role")
     k.add_argument("--new-threshold", type=int, help="rotate: new threshold")
     k.add_argument("--new-count", type=int, help="rotate: number of new keys")
+    k.add_argument("--passphrase-file", help="file holding the key passphrase (default: $EDGEUQ_OTA_PASSPHRASE "
+                   "or a prompt)")
     k.set_defaults(func=_cmd_keys)
     p = sub.add_parser("publish", help="sign a bundle release into a static TUF repository (deltas, channel)")
     p.add_argument("bundle", nargs="?", help="bundle directory (omit with --refresh)")
@@ -143,4 +162,11 @@ def register(sub) -> None:
     p.add_argument("--delta-max-ratio", type=float, default=0.5, help="publish a delta only below this share of full")
     for role in ("root", "targets", "snapshot", "timestamp"):
         p.add_argument(f"--expire-{role}", type=float, help=f"days until {role} metadata expires")
+    p.add_argument("--passphrase-file", help="file holding the key passphrase (default: $EDGEUQ_OTA_PASSPHRASE "
+                   "or a prompt)")
+    p.add_argument("--rollout-percent", type=float, help="staged rollout: share of devices that take this release")
+    p.add_argument("--rollout-stages", type=lambda s: [float(x) for x in s.split(",")], help="e.g. 5,25,100")
+    p.add_argument("--rollout-group", action="append", help="staged rollout: only devices in this group")
     p.set_defaults(func=_cmd_publish)
+    from .rollout_cli import register as register_rollout  # h4 hook: `edgeuq rollout ...`
+    register_rollout(sub)

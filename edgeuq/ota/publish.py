@@ -21,7 +21,7 @@ from edgeuq_runtime import load_bundle, sha256_file
 from edgeuq_runtime.ota import archive, core
 from edgeuq_runtime.ota.canaries import canaries_of
 
-from .keys import KeySet, load_keys
+from .keys import KeySet, keys_for_publish
 from .repository import EXPIRY_DAYS, TufRepository
 
 __all__ = ["PublishResult", "add_release", "publish_bundle", "make_delta", "refresh_repository"]
@@ -100,10 +100,12 @@ def add_release(repo: TufRepository, bundle_dir: Path, board: str, *, release: O
 
 def publish_bundle(bundle_dir: Path, repo_dir: Path, keydir: Path, board: str, *, release: Optional[int] = None,
                    runtime_abi: int = core.RUNTIME_ABI, delta_max_ratio: float = 0.5,
-                   expiry_days: Mapping[str, float] = EXPIRY_DAYS) -> PublishResult:
+                   expiry_days: Mapping[str, float] = EXPIRY_DAYS, passphrase=None,
+                   passphrase_file: Optional[Path] = None) -> PublishResult:
     """Load (or create) the repository in ``repo_dir``, rotate the root if the keys changed,
     add the release, sign every role, and write the static tree (timestamp last)."""
-    keys: KeySet = load_keys(keydir)
+    # only the keys this publish needs (root only for a first publish or a rotation) -- h4 hook
+    keys: KeySet = keys_for_publish(keydir, repo_dir, passphrase=passphrase, passphrase_file=passphrase_file)
     repo_dir = Path(repo_dir)
     if (repo_dir / "metadata" / "timestamp.json").exists():
         repo = TufRepository.load(repo_dir)
@@ -118,10 +120,12 @@ def publish_bundle(bundle_dir: Path, repo_dir: Path, keydir: Path, board: str, *
                             "targets_version": repo.targets.signed.version})
 
 
-def refresh_repository(repo_dir: Path, keydir: Path, expiry_days: Mapping[str, float] = EXPIRY_DAYS) -> TufRepository:
+def refresh_repository(repo_dir: Path, keydir: Path, expiry_days: Mapping[str, float] = EXPIRY_DAYS,
+                       passphrase=None, passphrase_file: Optional[Path] = None) -> TufRepository:
     """Re-sign snapshot and timestamp (targets untouched, no new release): run it before the
-    timestamp expires. Needs only the snapshot and timestamp keys."""
-    keys: KeySet = load_keys(keydir)
+    timestamp expires. Loads only the snapshot and timestamp keys (root and targets stay offline)."""
+    keys: KeySet = keys_for_publish(keydir, repo_dir, passphrase=passphrase, passphrase_file=passphrase_file,
+                                    roles=("snapshot", "timestamp"))
     repo_dir = Path(repo_dir)
     if not (repo_dir / "metadata" / "timestamp.json").exists():
         raise FileNotFoundError(f"no repository in {str(repo_dir)!r} (metadata/timestamp.json missing)")

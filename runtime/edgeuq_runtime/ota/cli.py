@@ -60,6 +60,8 @@ def _update(a: argparse.Namespace) -> int:
               "(same digest); nothing written")
     elif out["status"] == "up-to-date":
         print(f"up to date: release {out['release']} in slot {out['slot']}")
+    elif out["status"] != "installed":  # staged rollouts (h4 hook): not-in-rollout, rolled-back, halted-no-fallback
+        print(f"{out['status']}: release {out.get('release')} in slot {out.get('slot')} (rollout {out.get('rollout')})")
     else:
         c = out["canaries"]
         print(f"installed release {out['release']} ({out['model_version']}) into slot {out['slot']} "

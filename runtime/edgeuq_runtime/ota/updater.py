@@ -259,6 +259,10 @@ class OtaUpdater:
             self._persist_roots()
         _, channel = self._download(up, core.channel_target_path(self.device.board, self.device.model), "channel.json")
         number, path = core.parse_channel(channel, self.device)
+        from .rollout import gate  # staged rollouts (h4 hook): not in this stage / halted -> stay or roll back
+        held = gate(self, up, number, path, state, link)
+        if held is not None:
+            return held
         current = (state.get("slots") or {}).get(link or "", {}) if link else {}
         running_digest = slots._digest(self.root, link)  # noqa: SLF001
         if link and current.get("release") == number and running_digest is not None:
