@@ -18,7 +18,7 @@ from edgeuq.lower.tvm.shipped import demo_graphs, prune_into  # noqa: E402
 from edgeuq.lower.tvm.targets import detect_host_target, is_native  # noqa: E402
 from edgeuq.lower.tvm.tune import SHIPPED_ROOT, SHIPPED_STATE, database_size, shipped_dir  # noqa: E402
 
-SHIPPED_TARGETS = ("x86-64", "x86-64-avx512")
+SHIPPED_TARGETS = ("x86-64", "x86-64-avx2", "x86-64-avx512")
 
 
 @pytest.fixture(scope="module")

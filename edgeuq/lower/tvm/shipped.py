@@ -178,7 +178,10 @@ def write_provenance(work_db: Path, dest: Path, target: str) -> dict:
            "tuned": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu, "cores": os.cpu_count(),
            "records_measured": sum(measured.values()), "tasks": len(measured),
            "trials_per_task": {"min": min(measured.values(), default=0), "max": max(measured.values(), default=0)},
-           "shipped_records": database_size(dest), "command": f"python -m edgeuq.lower.tvm.shipped --target {target}"}
+           "shipped_records": database_size(dest), "command": f"python -m edgeuq.lower.tvm.shipped --target {target}",
+           "note": "trials are timed on the tuning host while it runs whatever else it runs; the load average when "
+                   "the database was written says how busy it was (tasks absent here use TVM's default schedules)",
+           "load_average_when_written": [round(v, 2) for v in os.getloadavg()]}
     tmp = Path(dest) / "provenance.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(Path(dest) / "provenance.json")
