@@ -10,9 +10,11 @@ Not thread-safe: give each thread its own runtime (or pass ``seed`` per call).
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -20,7 +22,7 @@ from .bundle import MANIFEST_FILE, Bundle, PathLike, load_bundle
 from .errors import BackendError, BundleError, InputError, ManifestError
 from .executors import MAX_THREADS, GraphRunner, files_opened, load_graph
 from .manifest import MAX_SAMPLES, GraphSpec, Manifest
-from .noise import mean_noise, sample_noise_rows
+from .noise import mean_noise, sample_noise_rows, words_per_row
 from .placement import check_placement
 from .preprocess import input_quality, normalize, validate_signal, validate_tokens
 from .tokenizer import WordTokenizer
@@ -33,6 +35,34 @@ __all__ = ["UncertaintyRuntime", "MAX_SAMPLES", "MAX_THREADS", "MAX_BATCH", "DEF
 #: runtime/bench/memory.py) at no cost in throughput for the models edgeuq builds.
 MAX_BATCH = 1 << 20
 DEFAULT_MAX_BATCH = 1024
+
+
+#: A call that drew at least this many bytes of raw noise hands the C heap's free memory back to
+#: the OS when it ends (glibc ``malloc_trim``). Why: after freeing a large buffer glibc raises its
+#: mmap threshold (up to 32 MiB), so the next chunks' buffers come from the heap and stay mapped
+#: when freed; one 256 x 16 call on the demo bundle kept 120 MiB of RSS that way, 16 MiB with the
+#: trim (runtime/bench/memory.py). Small (latency-bound) calls never trim.
+TRIM_NOISE_BYTES = 8 << 20
+_TRIM: List[Any] = []
+
+
+def _malloc_trim() -> bool:
+    """glibc's ``malloc_trim(0)`` where the C library has it (a no-op elsewhere): True if it ran."""
+    if not _TRIM:
+        fn = None
+        if sys.platform.startswith("linux"):
+            try:
+                fn = getattr(ctypes.CDLL(None), "malloc_trim", None)
+            except OSError:  # no C library handle: nothing to trim with
+                fn = None
+            if fn is not None:
+                fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+        _TRIM.append(fn)
+    fn = _TRIM[0]
+    if fn is None:
+        return False
+    fn(0)
+    return True
 
 
 def _positive_int(name: str, value: Any, maximum: Optional[int] = None, hint: str = "") -> int:
@@ -307,6 +337,8 @@ class UncertaintyRuntime:
                 for r0 in range(0, b, self._max_batch):
                     r1 = min(r0 + self._max_batch, b)
                     out[si, r0:r1] = self._run_head(features[r0:r1], sample_noise_rows(m.noise, r1 - r0, rng))
+        if s * b * words_per_row(m.noise) * 8 >= TRIM_NOISE_BYTES:
+            _malloc_trim()
         return out
 
     def _decompose(self, logits: np.ndarray, flags: Optional[Tuple[str, ...]]) -> UncertaintyResult:

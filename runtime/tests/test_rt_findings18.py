@@ -303,3 +303,31 @@ def test_info_runs_the_load_time_checks(build_bundle):
     ok = build_bundle("ok")
     proc = cli("info", ok.dir)
     assert proc.returncode == 0 and "one row -> 3 logits OK" in proc.stdout, proc.stderr
+
+
+def test_large_calls_hand_free_heap_back_small_calls_do_not(tiny, monkeypatch):
+    """The RSS a large call leaves behind is glibc's free heap (finding: +117 MB on the demo bundle);
+    a call that drew >= TRIM_NOISE_BYTES of raw noise trims it, a small call never pays for that."""
+    import edgeuq_runtime.session as session
+    from edgeuq_runtime.noise import words_per_row
+
+    calls = []
+    monkeypatch.setattr(session, "_malloc_trim", lambda: calls.append(1) or True)
+    rt = UncertaintyRuntime(tiny.dir, seed=0, max_batch=64)
+    row_bytes = 8 * words_per_row(rt.manifest.noise)
+    monkeypatch.setattr(session, "TRIM_NOISE_BYTES", 100 * 16 * row_bytes)
+    x = np.random.default_rng(0).standard_normal((100, L)).astype(np.float32)
+    rt.predict(x[:99], samples=16)
+    assert calls == []
+    rt.predict(x, samples=16)
+    assert calls == [1]
+
+
+def test_malloc_trim_runs_on_glibc():
+    import platform
+
+    from edgeuq_runtime.session import _malloc_trim
+
+    if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
+        pytest.skip("not glibc: malloc_trim may be absent (the runtime then skips the trim)")
+    assert _malloc_trim() is True
