@@ -141,7 +141,7 @@ def ref_noise_rows(specs, rows: int, rng: np.random.Generator) -> Dict[str, np.n
     in plain Python from the documented layout: each head row takes, spec by spec in manifest order,
     whole 64-bit words of ``rng.bit_generator.random_raw``, read little-endian: 16 bits per dropout
     element (keep where u16 >= round(p * 65536), kept value 65536 / (65536 - t)), 32 bits per uniform
-    element ((u >> 8) / 2**24), 32 + 32 bits per pair of normals (Box-Muller), 32 bits per categorical
+    element ((u >> 8) / 2**24), 32 + 32 bits per pair of normals (Box-Muller on 24-bit uniforms), 32 bits per categorical
     one-hot row (index (u * k) >> 32)."""
     out: Dict[str, list] = {s.name: [] for s in specs}
     for _ in range(rows):
@@ -161,8 +161,8 @@ def ref_noise_rows(specs, rows: int, rng: np.random.Generator) -> Dict[str, np.n
             elif s.kind == "standard_normal":
                 row = []
                 for a, b in zip(vals[0::2], vals[1::2]):
-                    r = math.sqrt(-2 * math.log((a + 1) / 2 ** 32))
-                    row += [r * math.cos(2 * math.pi * b / 2 ** 32), r * math.sin(2 * math.pi * b / 2 ** 32)]
+                    r = math.sqrt(-2 * math.log(((a >> 8) + 1) / 2 ** 24))
+                    row += [r * math.cos(2 * math.pi * (b >> 8) / 2 ** 24), r * math.sin(2 * math.pi * (b >> 8) / 2 ** 24)]
                 row = row[:e]
             else:
                 k = int(s.params["k"])

@@ -67,7 +67,7 @@ def test_stream_matches_the_brute_force_reference():
     for s in MIXED:
         assert got[s.name].shape == (9, *s.shape) and got[s.name].dtype == np.float32
         assert got[s.name].flags.c_contiguous
-        tol = 2e-6 if s.kind == "standard_normal" else 0.0  # float64 math -> float32; the rest exact
+        tol = 2e-5 if s.kind == "standard_normal" else 0.0  # float32 log/cos/sin (|z| <= 5.8); the rest exact
         assert float(np.max(np.abs(got[s.name] - ref[s.name].astype(np.float32)))) <= tol, s.name
     # and the generator advanced by exactly rows x words_per_row raw words
     g = np.random.default_rng(3)
