@@ -254,16 +254,18 @@ def dropout_threshold(p: float) -> Tuple[int, float]:
     return t, t / full
 
 
-def _decode(spec: NoiseSpec, seg: np.ndarray, rows: int) -> np.ndarray:
-    """Noise of ``spec`` for ``rows`` rows from its words ``seg`` (rows, words) little-endian."""
+def _decode(spec: NoiseSpec, raw: np.ndarray, off: int, rows: int) -> np.ndarray:
+    """Noise of ``spec`` for ``rows`` rows from its words at ``off`` of each row of ``raw`` (rows,
+    words per row), little-endian; the dtype views are taken on the whole C-contiguous ``raw``
+    (then sliced), which every numpy version allows."""
     n = _count(spec)
     if spec.kind == "dropout_mask":
         t, p_eff = dropout_threshold(spec.params["p"])
-        u = seg.view("<u2")[:, :n]
+        u = raw.view("<u2")[:, 4 * off:4 * off + n]
         mask = np.greater_equal(u, t).astype(np.float32)
         mask *= np.float32(1.0 / (1.0 - p_eff))
         return mask.reshape((rows,) + spec.shape)
-    u32 = seg.view("<u4")[:, :n]
+    u32 = raw.view("<u4")[:, 2 * off:2 * off + n]
     if spec.kind == "uniform":
         out = (u32 >> np.uint32(8)).astype(np.float32)
         out *= np.float32(2.0 ** -24)
@@ -297,7 +299,7 @@ def sample_noise_rows(specs: Sequence[NoiseSpec], rows: int, rng: np.random.Gene
     layout = row_layout(specs)
     width = sum(w for _, w in layout)
     raw = rng.bit_generator.random_raw(rows * width).astype("<u8", copy=False).reshape(rows, width)
-    return {spec.name: _decode(spec, raw[:, off:off + w], rows) for spec, (off, w) in zip(specs, layout)}
+    return {spec.name: _decode(spec, raw, off, rows) for spec, (off, _) in zip(specs, layout)}
 
 
 def sample_noise_for_sample(specs: Sequence[NoiseSpec], batch: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
