@@ -53,12 +53,8 @@ def run_runtime(
     for i, start in enumerate(tqdm(range(0, len(x), chunk), desc=desc, disable=not progress, leave=False)):
         seed_i = int(rng_seeds[i].generate_state(1)[0])
         parts.append(rt.predict(x[start : start + chunk], samples=samples, seed=seed_i))
-    cat = lambda name, axis=0: np.concatenate([getattr(p, name) for p in parts], axis=axis)  # noqa: E731
-    return UncertaintyResult(
-        probs=cat("probs"), prediction=cat("prediction"), confidence=cat("confidence"), total=cat("total"),
-        aleatoric=cat("aleatoric"), epistemic=cat("epistemic"), samples=cat("samples", axis=1),
-        class_names=parts[0].class_names,
-    )
+    # keeps the input flags (a flagged row: prediction -1, NaN numbers) and the bundle digest
+    return UncertaintyResult.concatenate(parts)
 
 
 def evaluate_sets(

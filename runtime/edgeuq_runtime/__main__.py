@@ -15,7 +15,7 @@ from typing import List, NoReturn, Optional
 import numpy as np
 
 from . import __version__
-from .bundle import MANIFEST_FILE, load_bundle
+from .bundle import MANIFEST_FILE
 from .errors import InputError, RuntimeUQError
 from .executors import MAX_THREADS
 from .manifest import MAX_SAMPLES
@@ -38,8 +38,17 @@ def _int_arg(text: str) -> int:
     return int(text)
 
 
+def _printable(text: str) -> str:
+    """``text`` safe for any console: characters the console cannot encode are escaped."""
+    enc = getattr(sys.stdout, "encoding", None) or "utf-8"
+    return text.encode(enc, "backslashreplace").decode(enc, "replace")
+
+
 def _info(args: argparse.Namespace) -> int:
-    bundle = load_bundle(args.bundle, verify=True)
+    # the same load-time checks as predict: hashes, graphs load, names and static shapes match the
+    # manifest, one neutral row through trunk and head gives one logit per class
+    rt = UncertaintyRuntime(args.bundle, threads=1)
+    bundle = rt.bundle
     m = bundle.manifest
     noise = ", ".join(f"{n.name} {n.kind}{list(n.shape)}{n.params or ''}" for n in m.noise) or "(none)"
     lines = [
@@ -54,6 +63,7 @@ def _info(args: argparse.Namespace) -> int:
         f"trunk:     {m.trunk.file} {list(m.trunk.inputs)} -> {list(m.trunk.outputs)}",
         f"head:      {m.head.file} {list(m.head.inputs)} -> {list(m.head.outputs)}",
         f"files:     {len(m.files)} verified (sha256 OK)",
+        f"checks:    graphs load; inputs/outputs and static shapes match; one row -> {m.num_classes} logits OK",
         f"digest:    {bundle.digest}  (sha256 of {MANIFEST_FILE}: this bundle's identity)",
     ]
     lines += [f"  {name}  {digest[:16]}" for name, digest in m.files.items()]
@@ -66,7 +76,7 @@ def _info(args: argparse.Namespace) -> int:
                   + f" [{placed.measured}]" for role, g in placed.graphs.items()]
     if m.metadata:
         lines.append(f"metadata:  {', '.join(sorted(m.metadata))}")
-    print("\n".join(lines))
+    print(_printable("\n".join(lines)))
     return 0
 
 
@@ -98,9 +108,10 @@ def _predict(args: argparse.Namespace) -> int:
     shown = [r["prediction"] if r["prediction"] is not None else f"({r['input_flag']} input)" for r in rows]
     width = max(10, *(len(p) for p in shown))
     print(f"{'#':>4}  {'prediction':<{width}}  {'confidence':>10}  {'total':>8}  {'aleatoric':>9}  {'epistemic':>9}")
+    num = lambda v, w: f"{'-':>{w}}" if v is None else f"{v:>{w}.4f}"  # noqa: E731  (None: flagged row)
     for i, (r, p) in enumerate(zip(rows, shown)):
-        print(f"{i:>4}  {p:<{width}}  {r['confidence']:>10.4f}  {r['total']:>8.4f}  "
-              f"{r['aleatoric']:>9.4f}  {r['epistemic']:>9.4f}")
+        print(_printable(f"{i:>4}  {p:<{width}}  {num(r['confidence'], 10)}  {num(r['total'], 8)}  "
+                         f"{num(r['aleatoric'], 9)}  {num(r['epistemic'], 9)}"))
     flagged = sum(r["input_flag"] is not None for r in rows)
     note = f"; {flagged} flagged input(s) not diagnosed" if flagged else ""
     print(f"({result.num_samples} samples; entropies in nats{note}; bundle {rt.bundle_digest})")
@@ -111,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m edgeuq_runtime", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"edgeuq_runtime {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    info = sub.add_parser("info", help="print the manifest summary and digest, verify file hashes")
+    info = sub.add_parser("info", help="print the manifest summary and digest after the runtime's load-time "
+                                       "checks (file hashes, graphs, one check run)")
     info.add_argument("bundle")
     info.set_defaults(func=_info)
     pred = sub.add_parser("predict", help="predict with uncertainty for windows in a .npy file")

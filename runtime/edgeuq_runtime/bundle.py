@@ -61,10 +61,11 @@ def safe_bundle_path(root: PathLike, name: str) -> Path:
 class Bundle:
     """A bundle directory, its parsed manifest and its identity.
 
-    ``digest`` is the sha256 of the exact ``manifest.json`` bytes: since the manifest
+    ``digest`` is the sha256 of the exact ``manifest.json`` bytes read: since the manifest
     holds the sha256 of every other file, it identifies the whole bundle (a deployment
-    pins it; ``python -m edgeuq_runtime info`` prints it). None only for a Bundle built
-    by hand.
+    pins it; ``python -m edgeuq_runtime info`` prints it) once those files are verified.
+    None for a bundle loaded with ``verify=False`` (its files may differ from what the
+    manifest names, so no identity is claimed) and for a Bundle built by hand.
     """
 
     root: Path
@@ -90,7 +91,9 @@ def load_bundle(root: PathLike, verify: bool = True) -> Bundle:
     """Parse ``root/manifest.json`` and check that every listed file exists.
 
     With ``verify`` (the default) every file's sha256 is also compared with the
-    manifest; a mismatch raises :class:`IntegrityError`.
+    manifest; a mismatch raises :class:`IntegrityError`. Without it the files are not
+    read, so the bundle's ``digest`` is None (unverified: never the identity the
+    manifest claims).
     """
     try:
         root = Path(root)
@@ -118,7 +121,7 @@ def load_bundle(root: PathLike, verify: bool = True) -> Bundle:
         manifest = Manifest.loads(text)
     except ManifestError as exc:
         raise ManifestError(f"{manifest_path}: {exc}") from None
-    bundle = Bundle(root=root, manifest=manifest, digest=sha256_bytes(raw))
+    bundle = Bundle(root=root, manifest=manifest, digest=sha256_bytes(raw) if verify else None)
     for name, expected in manifest.files.items():
         path = bundle.path(name)
         if not path.is_file():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -26,7 +27,7 @@ from .preprocess import NORMALIZATIONS
 
 __all__ = ["MANIFEST_VERSION", "SUPPORTED_VERSIONS", "FORMAT", "InputSpec", "GraphSpec", "Manifest",
            "MAX_SAMPLES", "MAX_MANIFEST_BYTES", "MAX_JSON_DEPTH", "MAX_INPUT_LENGTH", "register_manifest_section",
-           "MANIFEST_SECTIONS", "parse_json_strict"]
+           "MANIFEST_SECTIONS", "parse_json_strict", "refused_in_tree"]
 
 MANIFEST_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
@@ -98,22 +99,77 @@ def _json_depth(text: str) -> int:
     return int(max(0, np.cumsum(step).max()))
 
 
-def _parse_int(s: str) -> int:
+class _Refused:
+    """Placeholder the JSON hooks return for a value the manifest refuses (an integer beyond int64,
+    a float that overflows, NaN/Infinity): the parsed tree is then walked to name its field."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _parse_int(s: str) -> Any:
     digits = s.lstrip("-")
-    if len(digits) > _MAX_DIGITS:
-        raise ManifestError(f"manifest holds an integer of {len(digits)} digits (at most {_MAX_DIGITS} allowed)")
+    if len(digits) > _MAX_DIGITS:  # refused before Python builds the integer
+        return _Refused(f"holds an integer of {len(digits)} digits (at most {_MAX_DIGITS} allowed)")
     return int(s)
 
 
-def _parse_float(s: str) -> float:
+def _parse_float(s: str) -> Any:
     value = float(s)
     if not math.isfinite(value):
-        raise ManifestError(f"manifest holds a number {s[:40]!r} that overflows a float")
+        return _Refused(f"holds a number {s[:40]!r} that overflows a float")
     return value
 
 
 def _parse_constant(s: str) -> Any:
-    raise ManifestError(f"manifest holds {s}, which is not JSON (NaN and Infinity are refused)")
+    return _Refused(f"holds {s}, which is not JSON (NaN and Infinity are refused)")
+
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _child(path: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    if _PLAIN_KEY.match(key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{ascii(key)}]"
+
+
+def _valid_text(value: str) -> bool:
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def refused_in_tree(value: Any, path: str = "") -> Optional[Tuple[str, str]]:
+    """First ``(field path, problem)`` in a parsed JSON tree, in document order: a refused
+    number, or a string (value or key) that is not valid Unicode text (a lone surrogate such
+    as ``"\\ud800"`` cannot be encoded, printed or written back). None when all is well."""
+    stack = [(value, path)]
+    while stack:
+        v, p = stack.pop()
+        if isinstance(v, _Refused):
+            return p or "(top level)", v.problem
+        if isinstance(v, str):
+            if not _valid_text(v):
+                return p or "(top level)", f"holds {ascii(v)[:80]}, which is not valid Unicode text (lone surrogate)"
+        elif isinstance(v, dict):
+            items = []
+            for k, x in v.items():
+                if isinstance(k, str) and not _valid_text(k):
+                    return _child(p, k), "key is not valid Unicode text (lone surrogate)"
+                items.append((x, _child(p, k)))
+            stack.extend(reversed(items))
+        elif isinstance(v, list):
+            stack.extend(reversed([(x, _child(p, i)) for i, x in enumerate(v)]))
+    return None
 
 
 def _no_duplicates(pairs: Any) -> Dict[str, Any]:
@@ -128,7 +184,9 @@ def _no_duplicates(pairs: Any) -> Dict[str, Any]:
 def parse_json_strict(text: str, what: str = "manifest", max_bytes: int = MAX_MANIFEST_BYTES,
                       max_depth: int = MAX_JSON_DEPTH) -> Any:
     """``json.loads`` for untrusted bundle files: size and nesting capped, integers beyond
-    int64, NaN/Infinity and repeated keys refused. Every failure is a ManifestError."""
+    int64, NaN/Infinity, floats that overflow, strings that are not valid Unicode (lone
+    surrogates) and repeated keys refused. Every failure is a ManifestError; a refused value
+    is named by its field path (``what: graphs.head.inputs[2].shape[0]: ...``)."""
     if not isinstance(text, str):
         raise ManifestError(f"{what} must be text, got {type(text).__name__}")
     if len(text) > max_bytes:
@@ -137,14 +195,18 @@ def parse_json_strict(text: str, what: str = "manifest", max_bytes: int = MAX_MA
     if depth > max_depth:
         raise ManifestError(f"{what} nests JSON {depth} levels deep (at most {max_depth} allowed)")
     try:
-        return json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant,
+        tree = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant,
                           object_pairs_hook=_no_duplicates)
     except ManifestError as exc:
         raise ManifestError(f"{what}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{what} is not valid JSON: {exc}") from None
-    except (ValueError, RecursionError) as exc:  # e.g. lone surrogates, residual limits
+    except (ValueError, RecursionError) as exc:  # e.g. residual limits
         raise ManifestError(f"{what} is not valid JSON: {type(exc).__name__}: {exc}") from None
+    bad = refused_in_tree(tree)
+    if bad is not None:
+        raise ManifestError(f"{what}: {bad[0]}: {bad[1]}")
+    return tree
 
 
 def _only(where: str, data: Mapping[str, Any], allowed: set) -> None:
@@ -248,6 +310,9 @@ class GraphSpec:
             options = json.loads(json.dumps(dict(self.options), allow_nan=False))
         except (TypeError, ValueError, RecursionError) as exc:
             raise c.fail("options", f"must be JSON-serialisable: {exc}") from None
+        bad = refused_in_tree(options, "options")
+        if bad is not None:
+            raise c.fail(*bad)
         object.__setattr__(self, "options", options)
 
     def to_json(self) -> Dict[str, Any]:
@@ -334,6 +399,9 @@ class Manifest:
             put("metadata", json.loads(json.dumps(dict(self.metadata), allow_nan=False)))
         except (TypeError, ValueError, RecursionError) as exc:
             raise c.fail("metadata", f"must be JSON-serialisable: {exc}") from None
+        bad = refused_in_tree(self.metadata, "metadata")
+        if bad is not None:
+            raise c.fail(*bad)
         c.obj("sections", self.sections)
         for key in self.sections:
             if key not in MANIFEST_SECTIONS:

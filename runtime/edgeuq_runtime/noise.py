@@ -24,6 +24,7 @@ Kinds
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
@@ -32,7 +33,8 @@ import numpy as np
 from .errors import ManifestError
 
 __all__ = ["NoiseSpec", "NOISE_SAMPLERS", "NOISE_MEANS", "sample_noise", "mean_noise", "noise_specs_from_json",
-           "sample_noise_for_sample", "sample_noise_samples", "sample_noise_tiled", "MAX_NOISE_ELEMENTS"]
+           "sample_noise_for_sample", "sample_noise_samples", "sample_noise_tiled", "sample_noise_rows",
+           "row_layout", "words_per_row", "dropout_threshold", "MAX_NOISE_ELEMENTS"]
 
 #: Bounds on one noise input: elements per row and axes (a manifest asking for more is refused).
 MAX_NOISE_ELEMENTS = 1 << 24
@@ -195,60 +197,133 @@ def sample_noise_for_sample(specs: Sequence[NoiseSpec], batch: int, rng: np.rand
     return sample_noise(specs, batch, rng)
 
 
-# -- drawing several samples at once, exactly as sample by sample -------------------------------------
-# Kinds built on one primitive stream of float32 draws. numpy draws these element by element from
-# the bit generator, so n draws in one call equal the same n draws split over several calls; then
-# the noise of k consecutive samples (each sample: every spec for its B rows, in manifest order) is
-# one primitive call, sliced. Checked once per process (_splits_exactly); otherwise sample by sample.
-_PRIMITIVE = {"dropout_mask": "uniform", "uniform": "uniform", "standard_normal": "normal"}
-_DRAW = {"uniform": lambda rng, n: rng.random(n, dtype=np.float32),
-         "normal": lambda rng, n: rng.standard_normal(n, dtype=np.float32)}
-_SPLITS: Dict[str, bool] = {}
+# -- the runtime's noise stream ----------------------------------------------------------------------
+# What UncertaintyRuntime.predict feeds its head. Every head row (row s * B + b: sample s of input b)
+# takes a FIXED number of 64-bit words from the generator's bit generator (``random_raw``), laid out
+# spec by spec in manifest order, each spec's part padded to whole words:
+#
+#   dropout_mask     16 bits per element: keep where u16 >= t, t = min(round(p * 65536), 65535);
+#                    the mask is 0 or 1 / (1 - p_eff) with p_eff = t / 65536 (the probability really
+#                    used, |p_eff - p| <= 2**-17), so E[mask] = 1 exactly;
+#   uniform          32 bits per element: (u32 >> 8) * 2**-24, exact float32 values in [0, 1);
+#   standard_normal  64 bits per pair of elements, Box-Muller in float32 from two 24-bit uniforms:
+#                    r = sqrt(-2 ln u1), u1 = ((a >> 8) + 1) * 2**-24 in (0, 1], angle
+#                    2 pi (b >> 8) * 2**-24; the pair is (r cos, r sin); |z| <= 5.77 by
+#                    construction (a tail of probability 8e-9 is cut); float32 log/cos/sin are
+#                    numpy's SIMD kernels, so values may differ in the last bits between ISAs;
+#   categorical      32 bits per one-hot row: index (u32 * k) >> 32 (bias <= k * 2**-32).
+#
+# Rows are consecutive draws of whole words, so the noise of rows [r0, r1) is the next
+# (r1 - r0) * words_per_row words whatever the chunking: n rows at once equal the same rows drawn
+# in any split (by samples or by row chunks), memory is bounded by the chunk, and all kinds of a
+# chunk come from ONE raw draw. Words are read little-endian on every host.
+_BITS = {"dropout_mask": 16, "uniform": 32, "standard_normal": 32, "categorical": 32}
+_THRESHOLD_BITS = 16
 
 
-def _splits_exactly(primitive: str) -> bool:
-    if primitive not in _SPLITS:
-        draw = _DRAW[primitive]
-        one, many = np.random.default_rng(20240607), np.random.default_rng(20240607)
-        whole = draw(one, 37)
-        parts = np.concatenate([draw(many, 5), draw(many, 1), draw(many, 31)])
-        _SPLITS[primitive] = bool(np.array_equal(whole, parts) and np.array_equal(draw(one, 7), draw(many, 7)))
-    return _SPLITS[primitive]
+def _count(spec: NoiseSpec) -> int:
+    """Random values per row of ``spec`` (elements, pairs x 2, or one-hot rows)."""
+    e = math.prod(spec.shape)
+    if spec.kind == "standard_normal":
+        return 2 * ((e + 1) // 2)
+    if spec.kind == "categorical":
+        return e // int(spec.params["k"])
+    return e
 
 
-def _finish(spec: NoiseSpec, u: np.ndarray) -> np.ndarray:
+def row_layout(specs: Sequence[NoiseSpec]) -> Tuple[Tuple[int, int], ...]:
+    """(first word, words) of each spec inside one row's words, manifest order."""
+    out, off = [], 0
+    for spec in specs:
+        words = -(-_count(spec) * _BITS[spec.kind] // 64)
+        out.append((off, words))
+        off += words
+    return tuple(out)
+
+
+def words_per_row(specs: Sequence[NoiseSpec]) -> int:
+    """How many 64-bit words one head row's noise takes from the bit generator."""
+    return sum(w for _, w in row_layout(specs))
+
+
+def dropout_threshold(p: float) -> Tuple[int, float]:
+    """The 16-bit threshold ``t`` a dropout mask of probability ``p`` uses and ``p_eff = t / 65536``,
+    the drop probability really drawn (a u16 below ``t`` drops)."""
+    full = 1 << _THRESHOLD_BITS
+    t = min(int(round(float(p) * full)), full - 1)
+    return t, t / full
+
+
+def _decode(spec: NoiseSpec, raw: np.ndarray, off: int, rows: int) -> np.ndarray:
+    """Noise of ``spec`` for ``rows`` rows from its words at ``off`` of each row of ``raw`` (rows,
+    words per row), little-endian; the dtype views are taken on the whole C-contiguous ``raw``
+    (then sliced), which every numpy version allows."""
+    n = _count(spec)
     if spec.kind == "dropout_mask":
-        p = float(spec.params["p"])
-        return (u >= p).astype(np.float32) * np.float32(1.0 / (1.0 - p))
-    return np.ascontiguousarray(u)
+        t, p_eff = dropout_threshold(spec.params["p"])
+        u = raw.view("<u2")[:, 4 * off:4 * off + n]
+        mask = np.greater_equal(u, t).astype(np.float32)
+        mask *= np.float32(1.0 / (1.0 - p_eff))
+        return mask.reshape((rows,) + spec.shape)
+    u32 = raw.view("<u4")[:, 2 * off:2 * off + n]
+    if spec.kind == "uniform":
+        out = (u32 >> np.uint32(8)).astype(np.float32)
+        out *= np.float32(2.0 ** -24)
+        return out.reshape((rows,) + spec.shape)
+    if spec.kind == "standard_normal":  # Box-Muller in float32 (numpy's SIMD log/sqrt/cos/sin)
+        r = (u32[:, 0::2] >> np.uint32(8)).astype(np.float32)
+        r += np.float32(1.0)
+        r *= np.float32(2.0 ** -24)
+        np.log(r, out=r)
+        r *= np.float32(-2.0)
+        np.sqrt(r, out=r)
+        angle = (u32[:, 1::2] >> np.uint32(8)).astype(np.float32)
+        angle *= np.float32(2.0 * np.pi * 2.0 ** -24)
+        z = np.empty((rows, n), dtype=np.float32)
+        np.multiply(r, np.cos(angle), out=z[:, 0::2])
+        np.multiply(r, np.sin(angle), out=z[:, 1::2])
+        e = math.prod(spec.shape)
+        return (z if e == n else np.ascontiguousarray(z[:, :e])).reshape((rows,) + spec.shape)
+    k = int(spec.params["k"])  # categorical
+    index = (u32.astype(np.uint64) * np.uint64(k)) >> np.uint64(32)
+    return np.eye(k, dtype=np.float32)[index].reshape((rows,) + spec.shape)
+
+
+def sample_noise_rows(specs: Sequence[NoiseSpec], rows: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """The next ``rows`` head rows of the runtime's noise stream (see above), every spec,
+    shape ``(rows, *spec.shape)`` float32, C-contiguous: one ``random_raw`` draw."""
+    if rows <= 0:
+        raise ValueError(f"number of noise rows must be positive, got {rows}")
+    if not specs:
+        return {}
+    layout = row_layout(specs)
+    width = sum(w for _, w in layout)
+    raw = rng.bit_generator.random_raw(rows * width).astype("<u8", copy=False).reshape(rows, width)
+    return {spec.name: _decode(spec, raw, off, rows) for spec, (off, _) in zip(specs, layout)}
+
+
+def sample_noise_for_sample(specs: Sequence[NoiseSpec], batch: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """Every noise input of ONE sample for ``batch`` inputs, shape ``(batch, *spec.shape)``: the
+    next ``batch`` rows of the runtime's stream (row chunks of a sample are the same draws)."""
+    return sample_noise_rows(specs, batch, rng)
 
 
 def sample_noise_samples(specs: Sequence[NoiseSpec], samples: int, batch: int,
                          rng: np.random.Generator) -> Dict[str, np.ndarray]:
     """The noise of ``samples`` consecutive samples, rows ``s * batch + b``: exactly what
-    ``samples`` calls of :func:`sample_noise_for_sample` draw, in fewer numpy calls where
-    every spec uses the same primitive stream (e.g. all dropout masks)."""
-    prims = {_PRIMITIVE.get(s.kind) for s in specs}
-    if samples > 1 and len(prims) == 1 and None not in prims and _splits_exactly(next(iter(prims))):
-        sizes = [batch * int(np.prod(s.shape, dtype=np.int64)) for s in specs]
-        flat = _DRAW[next(iter(prims))](rng, samples * sum(sizes)).reshape(samples, sum(sizes))
-        out, off = {}, 0
-        for spec, n in zip(specs, sizes):
-            out[spec.name] = _finish(spec, flat[:, off:off + n].reshape((samples * batch,) + spec.shape))
-            off += n
-        return out
-    draws = [sample_noise_for_sample(specs, batch, rng) for _ in range(samples)]
-    if samples == 1:
-        return draws[0]
-    return {s.name: np.concatenate([d[s.name] for d in draws], axis=0) for s in specs}
+    ``samples`` calls of :func:`sample_noise_for_sample` draw, in one draw."""
+    if samples <= 0 or batch <= 0:
+        raise ValueError(f"samples and batch must be positive, got {samples} and {batch}")
+    return sample_noise_rows(specs, samples * batch, rng)
 
 
 def sample_noise_tiled(specs: Sequence[NoiseSpec], samples: int, batch: int,
                        rng: np.random.Generator) -> Dict[str, np.ndarray]:
     """The noise ``UncertaintyRuntime.predict`` draws from ``rng`` for ``samples`` x ``batch``
     rows, stacked s-major (row ``s * batch + b``): shape ``(samples * batch, *spec.shape)``.
-    Written sample by sample (the definition); the runtime draws the same values in chunks of
-    whole samples (:func:`sample_noise_samples`). Memory grows with ``samples * batch``."""
+    Written sample by sample (the definition); the runtime draws the same rows in chunks of
+    whole samples or of rows (same values, see the stream above). Memory grows with
+    ``samples * batch``."""
     if samples <= 0 or batch <= 0:
         raise ValueError(f"samples and batch must be positive, got {samples} and {batch}")
     parts = [sample_noise_for_sample(specs, batch, rng) for _ in range(samples)]

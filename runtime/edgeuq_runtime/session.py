@@ -1,17 +1,20 @@
 """Multi-sample uncertainty inference on a bundle: trunk once, head on S*B rows.
 
 Row ``s * B + b`` of every head input is sample ``s`` of input ``b`` (s-major tiling,
-``np.tile`` of the features along axis 0). A call's noise is drawn sample by sample,
-in order, from one numpy Generator (:func:`~edgeuq_runtime.noise.sample_noise_for_sample`),
-and the head runs on whole samples at a time, at most ``max_batch`` rows per run: memory
-is bounded by ``max_batch`` and the result never depends on it.
+``np.tile`` of the features along axis 0). A call's noise is the next S*B rows of the
+runtime's noise stream (:mod:`edgeuq_runtime.noise`: a fixed number of raw words per row,
+drawn from one numpy Generator's bit generator), in row order, and the head runs on at most
+``max_batch`` rows per run (whole samples, or one sample's rows in chunks): noise memory is
+bounded by ``max_batch`` and the result never depends on it.
 Not thread-safe: give each thread its own runtime (or pass ``seed`` per call).
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,7 +22,7 @@ from .bundle import MANIFEST_FILE, Bundle, PathLike, load_bundle
 from .errors import BackendError, BundleError, InputError, ManifestError
 from .executors import MAX_THREADS, GraphRunner, files_opened, load_graph
 from .manifest import MAX_SAMPLES, GraphSpec, Manifest
-from .noise import mean_noise, sample_noise_for_sample, sample_noise_samples
+from .noise import mean_noise, sample_noise_rows, words_per_row
 from .placement import check_placement
 from .preprocess import input_quality, normalize, validate_signal, validate_tokens
 from .tokenizer import WordTokenizer
@@ -29,9 +32,37 @@ __all__ = ["UncertaintyRuntime", "MAX_SAMPLES", "MAX_THREADS", "MAX_BATCH", "DEF
 
 #: Largest ``max_batch`` (rows per graph run), and the default: it bounds a call's peak memory
 #: (e.g. about 0.2 GB instead of 0.6 GB for a 256 x 16 call on a CWRU attention model;
-#: runtime/bench/memory.py) at no cost in throughput for the models edgeuq builds.
+#: bench/runtime_memory.py) at no cost in throughput for the models edgeuq builds.
 MAX_BATCH = 1 << 20
 DEFAULT_MAX_BATCH = 1024
+
+
+#: A call that drew at least this many bytes of raw noise hands the C heap's free memory back to
+#: the OS when it ends (glibc ``malloc_trim``). Why: after freeing a large buffer glibc raises its
+#: mmap threshold (up to 32 MiB), so the next chunks' buffers come from the heap and stay mapped
+#: when freed; one 256 x 16 call on the demo bundle kept 120 MiB of RSS that way, 16 MiB with the
+#: trim (bench/runtime_memory.py). Small (latency-bound) calls never trim.
+TRIM_NOISE_BYTES = 8 << 20
+_TRIM: List[Any] = []
+
+
+def _malloc_trim() -> bool:
+    """glibc's ``malloc_trim(0)`` where the C library has it (a no-op elsewhere): True if it ran."""
+    if not _TRIM:
+        fn = None
+        if sys.platform.startswith("linux"):
+            try:
+                fn = getattr(ctypes.CDLL(None), "malloc_trim", None)
+            except OSError:  # no C library handle: nothing to trim with
+                fn = None
+            if fn is not None:
+                fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+        _TRIM.append(fn)
+    fn = _TRIM[0]
+    if fn is None:
+        return False
+    fn(0)
+    return True
 
 
 def _positive_int(name: str, value: Any, maximum: Optional[int] = None, hint: str = "") -> int:
@@ -170,7 +201,8 @@ class UncertaintyRuntime:
 
     @property
     def bundle_digest(self) -> Optional[str]:
-        """sha256 of the bundle's manifest.json bytes: the identity of what this runtime runs."""
+        """sha256 of the bundle's manifest.json bytes: the identity of what this runtime runs; None
+        when loaded with ``verify=False`` (files unverified: no identity is claimed)."""
         return self._bundle.digest
 
     @property
@@ -277,9 +309,10 @@ class UncertaintyRuntime:
     def sample_logits(self, features: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
         """Logits of ``samples`` stochastic head passes over ``features`` (B, ...): shape (S, B, C).
 
-        Noise is drawn from ``rng`` sample by sample, in order, and the head runs on whole
-        samples, at most ``max_batch`` rows per run (one sample's rows in chunks when B is
-        larger). So memory is bounded by ``max_batch``, the result never depends on it, and
+        Noise is the next S*B rows of ``rng``'s noise stream (:func:`~edgeuq_runtime.noise.sample_noise_rows`),
+        row ``s * B + b`` in order, and the head runs on whole samples, at most ``max_batch`` rows
+        per run (one sample's rows in chunks when B is larger, drawing just those rows). So the
+        noise takes memory bounded by ``max_batch``, the result never depends on it, and
         calling this with k1 and then k2 samples from the same generator draws exactly the
         k1 + k2 samples one call would (adaptive sampling)."""
         s = _positive_int("samples", samples, MAX_SAMPLES, " (the most samples one call may draw)")
@@ -295,15 +328,17 @@ class UncertaintyRuntime:
             per_chunk = self._max_batch // b
             for s0 in range(0, s, per_chunk):
                 n = min(per_chunk, s - s0)
-                noise = sample_noise_samples(m.noise, n, b, rng)
+                noise = sample_noise_rows(m.noise, n * b, rng)
                 tiled = features if n == 1 else np.tile(features, (n,) + (1,) * (features.ndim - 1))
                 out[s0:s0 + n] = self._run_head(tiled, noise).reshape(n, b, c)
-        else:
+                del noise, tiled
+        else:  # one sample's rows in chunks: the next rows of the same stream (noise.py), O(max_batch)
             for si in range(s):
-                noise = sample_noise_for_sample(m.noise, b, rng)
                 for r0 in range(0, b, self._max_batch):
                     r1 = min(r0 + self._max_batch, b)
-                    out[si, r0:r1] = self._run_head(features[r0:r1], {k: v[r0:r1] for k, v in noise.items()})
+                    out[si, r0:r1] = self._run_head(features[r0:r1], sample_noise_rows(m.noise, r1 - r0, rng))
+        if s * b * words_per_row(m.noise) * 8 >= TRIM_NOISE_BYTES:
+            _malloc_trim()
         return out
 
     def _decompose(self, logits: np.ndarray, flags: Optional[Tuple[str, ...]]) -> UncertaintyResult:

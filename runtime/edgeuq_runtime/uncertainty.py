@@ -11,11 +11,14 @@ Entropies are in nats.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["UncertaintyResult", "entropy", "softmax", "decompose"]
+__all__ = ["UncertaintyResult", "entropy", "softmax", "decompose", "NO_PREDICTION"]
+
+#: ``prediction`` of a flagged row (not a class index).
+NO_PREDICTION = -1
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -40,10 +43,13 @@ class UncertaintyResult:
 
     ``input_flags`` (one string per row, or None when unknown) is ``""`` for a usable
     input window and names the problem otherwise (``"flat"``: constant window, e.g. a
-    dead sensor; ``"clipped"``: saturated). A flagged row is **not a diagnosis**: its
-    numbers are what the model says about a meaningless window; :meth:`labels` and
-    :meth:`to_rows` give ``None`` as its prediction. ``bundle_digest`` is the sha256 of
-    the bundle's ``manifest.json`` that produced the result (its identity).
+    dead sensor; ``"clipped"``: saturated). A flagged row is **not a diagnosis**, and no
+    diagnosis can be read from it: its ``prediction`` is ``-1`` and its ``probs``,
+    ``confidence``, ``total``, ``aleatoric``, ``epistemic`` and ``samples`` are NaN (set
+    on construction, whoever builds the result); :meth:`labels` and :meth:`to_rows` give
+    ``None``. Select usable rows with :attr:`diagnosed` (e.g. ``r.select(r.diagnosed)``).
+    ``bundle_digest`` is the sha256 of the bundle's ``manifest.json`` that produced the
+    result (its identity; None when the bundle's files were not verified).
     """
 
     probs: np.ndarray
@@ -56,6 +62,28 @@ class UncertaintyResult:
     class_names: Optional[Sequence[str]] = None
     input_flags: Optional[Tuple[str, ...]] = None
     bundle_digest: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.input_flags is None:
+            return
+        flags = tuple(self.input_flags)
+        n = len(self.prediction)
+        if len(flags) != n or not all(isinstance(f, str) for f in flags):
+            raise ValueError(f"input_flags must hold one string per row ({n}), got {len(flags)}")
+        object.__setattr__(self, "input_flags", flags)
+        bad = np.array([bool(f) for f in flags], dtype=bool)
+        if not bad.any():
+            return
+        pred = np.array(self.prediction, copy=True)
+        pred[bad] = NO_PREDICTION
+        object.__setattr__(self, "prediction", pred)
+        for name in ("probs", "confidence", "total", "aleatoric", "epistemic"):
+            arr = np.array(getattr(self, name), dtype=np.float64, copy=True)
+            arr[bad] = np.nan
+            object.__setattr__(self, name, arr)
+        samples = np.array(self.samples, dtype=np.float64, copy=True)
+        samples[:, bad] = np.nan
+        object.__setattr__(self, "samples", samples)
 
     @property
     def num_samples(self) -> int:
@@ -76,24 +104,58 @@ class UncertaintyResult:
         return [self.class_names[int(i)] if ok[r] else None for r, i in enumerate(self.prediction)]
 
     def to_rows(self) -> list:
-        """One JSON-friendly dict per input (``prediction``/``class_index`` None for a flagged
-        input, whose ``input_flag`` says why)."""
+        """One JSON-friendly dict per input. A flagged input has ``prediction``, ``class_index``,
+        ``confidence``, the entropies and ``probs`` None (never NaN, which is not JSON) and its
+        ``input_flag`` says why."""
         names = self.labels()
         ok = self.diagnosed
         flags = self.input_flags or ("",) * len(names)
-        return [
-            {
+        rows = []
+        for i in range(len(names)):
+            num = (lambda v: float(v)) if ok[i] else (lambda v: None)  # noqa: E731
+            rows.append({
                 "prediction": names[i],
                 "class_index": int(self.prediction[i]) if ok[i] else None,
                 "input_flag": flags[i] or None,
-                "confidence": float(self.confidence[i]),
-                "total": float(self.total[i]),
-                "aleatoric": float(self.aleatoric[i]),
-                "epistemic": float(self.epistemic[i]),
-                "probs": [float(v) for v in self.probs[i]],
-            }
-            for i in range(len(names))
-        ]
+                "confidence": num(self.confidence[i]),
+                "total": num(self.total[i]),
+                "aleatoric": num(self.aleatoric[i]),
+                "epistemic": num(self.epistemic[i]),
+                "probs": [float(v) for v in self.probs[i]] if ok[i] else None,
+            })
+        return rows
+
+    def select(self, rows: Any) -> "UncertaintyResult":
+        """The result restricted to ``rows`` (a boolean mask or indices over the batch)."""
+        idx = np.arange(len(self.prediction))[np.asarray(rows)]
+        return UncertaintyResult(
+            probs=self.probs[idx], prediction=self.prediction[idx], confidence=self.confidence[idx],
+            total=self.total[idx], aleatoric=self.aleatoric[idx], epistemic=self.epistemic[idx],
+            samples=self.samples[:, idx], class_names=self.class_names,
+            input_flags=None if self.input_flags is None else tuple(self.input_flags[i] for i in idx),
+            bundle_digest=self.bundle_digest)
+
+    @classmethod
+    def concatenate(cls, results: Sequence["UncertaintyResult"]) -> "UncertaintyResult":
+        """Rows of several results (same classes and number of samples) in order. Flags carry
+        over (a result without flags counts as unflagged); the digest is kept when all agree."""
+        results = list(results)
+        if not results:
+            raise ValueError("concatenate needs at least one result")
+        first = results[0]
+        for r in results[1:]:
+            if r.class_names != first.class_names or r.samples.shape[0] != first.samples.shape[0] \
+                    or r.samples.shape[2] != first.samples.shape[2]:
+                raise ValueError("concatenate needs results with the same class names, samples and classes")
+        flags = None
+        if any(r.input_flags is not None for r in results):
+            flags = tuple(f for r in results for f in (r.input_flags or ("",) * len(r.prediction)))
+        digests = {r.bundle_digest for r in results}
+        cat = lambda name: np.concatenate([getattr(r, name) for r in results])  # noqa: E731
+        return cls(probs=cat("probs"), prediction=cat("prediction"), confidence=cat("confidence"),
+                   total=cat("total"), aleatoric=cat("aleatoric"), epistemic=cat("epistemic"),
+                   samples=np.concatenate([r.samples for r in results], axis=1), class_names=first.class_names,
+                   input_flags=flags, bundle_digest=digests.pop() if len(digests) == 1 else None)
 
 
 def decompose(sample_probs: np.ndarray, class_names: Optional[Sequence[str]] = None,

@@ -134,3 +134,38 @@ def ref_flag(row) -> str:
         if sum(hits) >= need and best >= 3:
             return "clipped"
     return ""
+
+
+def ref_noise_rows(specs, rows: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """Brute-force reference of the runtime's noise stream (edgeuq_runtime.noise), element by element
+    in plain Python from the documented layout: each head row takes, spec by spec in manifest order,
+    whole 64-bit words of ``rng.bit_generator.random_raw``, read little-endian: 16 bits per dropout
+    element (keep where u16 >= round(p * 65536), kept value 65536 / (65536 - t)), 32 bits per uniform
+    element ((u >> 8) / 2**24), 32 + 32 bits per pair of normals (Box-Muller on 24-bit uniforms), 32 bits per categorical
+    one-hot row (index (u * k) >> 32)."""
+    out: Dict[str, list] = {s.name: [] for s in specs}
+    for _ in range(rows):
+        for s in specs:
+            e = int(np.prod(s.shape))
+            bits = 16 if s.kind == "dropout_mask" else 32
+            count = 2 * ((e + 1) // 2) if s.kind == "standard_normal" else \
+                e // int(s.params["k"]) if s.kind == "categorical" else e
+            words = -(-count * bits // 64)
+            raw = b"".join(int(w).to_bytes(8, "little") for w in rng.bit_generator.random_raw(words))
+            vals = [int.from_bytes(raw[i * bits // 8:(i + 1) * bits // 8], "little") for i in range(count)]
+            if s.kind == "dropout_mask":
+                t = min(round(s.params["p"] * 65536), 65535)
+                row = [65536 / (65536 - t) if v >= t else 0.0 for v in vals]
+            elif s.kind == "uniform":
+                row = [(v >> 8) / 2 ** 24 for v in vals]
+            elif s.kind == "standard_normal":
+                row = []
+                for a, b in zip(vals[0::2], vals[1::2]):
+                    r = math.sqrt(-2 * math.log(((a >> 8) + 1) / 2 ** 24))
+                    row += [r * math.cos(2 * math.pi * (b >> 8) / 2 ** 24), r * math.sin(2 * math.pi * (b >> 8) / 2 ** 24)]
+                row = row[:e]
+            else:
+                k = int(s.params["k"])
+                row = [1.0 if j == (v * k) >> 32 else 0.0 for v in vals for j in range(k)]
+            out[s.name].append(np.array(row, dtype=np.float64).reshape(s.shape))
+    return {name: np.stack(v) for name, v in out.items()}

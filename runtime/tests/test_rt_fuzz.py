@@ -127,7 +127,7 @@ def ref_valid_windows(x: Any) -> Optional[np.ndarray]:
 
 
 def ref_probs(W: np.ndarray, V: np.ndarray, manifest: Manifest, x: np.ndarray, samples: int,
-              seed: int) -> Tuple[np.ndarray, Tuple[str, ...]]:
+              seed: int, mask_flagged: bool = True) -> Tuple[np.ndarray, Tuple[str, ...]]:
     """(S, B, C) float64 probabilities and the flags, for the tiny graphs and ``manifest``'s
     normalisation and noise (the runtime's documented noise contract)."""
     if manifest.input.normalization == "zscore":
@@ -139,11 +139,18 @@ def ref_probs(W: np.ndarray, V: np.ndarray, manifest: Manifest, x: np.ndarray, s
     mask = np.ones((samples * len(x), F)) if not manifest.noise else noise[manifest.noise[0].name].astype(np.float64)
     logits = (np.tile(feats, (samples, 1)) * mask) @ V.astype(np.float64)
     flags = tuple(ref_flag([float(_fraction(v)) if x.dtype.itemsize > 8 else float(v) for v in r]) for r in x)
-    return softmax(logits).reshape(samples, len(x), -1), flags
+    probs = softmax(logits).reshape(samples, len(x), -1)
+    if mask_flagged and manifest.input.normalization == "zscore":  # a flagged row: no diagnosis, NaN
+        probs[:, [bool(f) for f in flags]] = np.nan
+    return probs, flags
 
 
 def close(a: np.ndarray, b: np.ndarray) -> bool:
-    err = float(np.max(np.abs(np.asarray(a, np.float64) - b))) if np.size(b) else 0.0
+    """Equal NaN positions (flagged rows) and, elsewhere, within 5e-4."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or not np.array_equal(np.isnan(a), np.isnan(b)):
+        return False
+    err = float(np.max(np.abs(a - b)[~np.isnan(b)], initial=0.0))
     return err <= 5e-4  # NaN-safe: a NaN error is not <= anything
 
 
@@ -293,23 +300,27 @@ def _check_input_case(rt: UncertaintyRuntime, W, V, x: Any, samples: Any, seed: 
         assert args_ok, f"invalid arguments accepted: samples={samples!r} seed={seed!r}"
         s = m.default_samples if samples is None else int(samples)
         probs, flags = ref_probs(W, V, m, valid, s, seed)
+        if m.input.normalization != "zscore":  # flags are checked on the zscore bundle; here: masked rows
+            probs[:, ~r.diagnosed] = np.nan
         assert r.samples.shape == probs.shape and close(r.samples, probs), "wrong probabilities"
         if m.input.normalization == "zscore":
             assert r.input_flags == flags, (r.input_flags, flags)
         assert r.bundle_digest == rt.bundle_digest
         assert [lab is None for lab in r.labels()] == [bool(f) for f in r.input_flags]
+        assert np.array_equal(r.prediction < 0, ~r.diagnosed) and np.isnan(r.probs[~r.diagnosed]).all()
     elif method == "deterministic":
         det = Manifest(**{**{f: getattr(m, f) for f in ("model_name", "model_version", "input", "class_names",
                                                          "default_samples", "trunk", "head", "feature_name",
                                                          "logits_name", "files")},
                           "noise": (NoiseSpec("mask_0", "dropout_mask", (F,), {"p": 0.0}),)})
         probs, _ = ref_probs(W, V, det, valid, 1, 0)  # p = 0: the mask is all ones = the mean
+        probs[:, ~r.diagnosed] = np.nan  # flagged rows (flags checked under predict) carry no numbers
         assert close(r.samples, probs), "wrong deterministic probabilities"
-        assert np.all(r.epistemic == 0)
+        assert np.all(r.epistemic[r.diagnosed] == 0) and np.isnan(r.epistemic[~r.diagnosed]).all()
     else:
         assert args_ok and samples is not None or samples is None
         s = 3 if samples is None else int(samples)
-        probs, _ = ref_probs(W, V, m, valid, s, seed)
+        probs, _ = ref_probs(W, V, m, valid, s, seed, mask_flagged=False)  # raw logits: no flags
         assert lg.shape == (s, len(valid), C) and close(softmax(lg), probs), "wrong sample_logits"
     return "answered"
 
@@ -583,8 +594,11 @@ def _check_bundle_case(case: Dict[str, Any], bundle: Path, outside: Path, verify
     assert not link, f"silent acceptance of {case['op']} (verify={verify})"
     assert not (tampered and verify), f"silent acceptance of tampered file ({case['op']})"
     manifest_bytes = (bundle / "manifest.json").read_bytes()
-    assert rt.bundle_digest == hashlib.sha256(manifest_bytes).hexdigest() == r.bundle_digest
-    if manifest_bytes.decode("utf-8", "replace") != original:
+    if not verify:  # files unverified: no identity is claimed (never the manifest's stale one)
+        assert rt.bundle_digest is None and r.bundle_digest is None
+    else:
+        assert rt.bundle_digest == hashlib.sha256(manifest_bytes).hexdigest() == r.bundle_digest
+    if verify and manifest_bytes.decode("utf-8", "replace") != original:
         assert rt.bundle_digest != hashlib.sha256(original.encode()).hexdigest()
     m = rt.manifest
     if tampered:  # verify=False and a changed graph: documented as unchecked; the answer is the graph's

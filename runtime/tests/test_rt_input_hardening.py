@@ -16,7 +16,7 @@ import pytest
 from edgeuq_runtime import (MAX_SAMPLES, InputError, InputSpec, ManifestError, UncertaintyRuntime, input_quality,
                             sample_noise_tiled)
 from edgeuq_runtime.preprocess import zscore_windows
-from rt_helpers import CLASSES, C, L, ref_flag, softmax
+from rt_helpers import CLASSES, C, L, ref_flag, ref_noise_rows, softmax
 
 
 @pytest.fixture
@@ -263,8 +263,8 @@ def test_no_noise_leaks_into_float16_or_list_input(rt, windows):
 
 @pytest.mark.parametrize("second", ["standard_normal", "uniform"], ids=["mixed-kinds", "one-primitive"])
 def test_two_noise_inputs_are_drawn_per_sample_whatever_max_batch(tmp_path, second):
-    """With several noise inputs, sample s draws each of them for its B rows, in manifest order,
-    before sample s + 1 (the documented order): checked against a float64 reference, for any
+    """With several noise inputs, row s * B + b draws each of them in manifest order, rows in order
+    (the documented stream): checked against a brute-force float64 reference, for any
     max_batch, and k1 + k2 samples from one generator equal one call of k1 + k2."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -292,17 +292,15 @@ def test_two_noise_inputs_are_drawn_per_sample_whatever_max_batch(tmp_path, seco
                                             "head.onnx": tmp_path / "head.onnx"}).root
     x = rng.standard_normal((5, L))
     S = 6
-    # reference: per sample, mask then eps for the 5 rows, from one generator
-    g_ref = np.random.default_rng(4)
-    masks, eps = [], []
-    for _ in range(S):
-        masks.append((g_ref.random((5, 8), dtype=np.float32) >= 0.3).astype(np.float64) / 0.7)
-        draw = g_ref.standard_normal if second == "standard_normal" else g_ref.random
-        eps.append(draw((5, 8), dtype=np.float32).astype(np.float64))
+    # reference: the documented stream, brute force: per sample, per row, mask words then eps words
+    ref = ref_noise_rows(noise, S * 5, np.random.default_rng(4))
+    masks = list(ref["mask_0"].reshape(S, 5, 8))
+    eps = list(ref["eps_1"].reshape(S, 5, 8))
     z = np.stack([exact_zscore(r) for r in x]) @ W.astype(np.float64)
     expected = softmax(np.stack([(z * mk + e) @ V.astype(np.float64) for mk, e in zip(masks, eps)]))
     tiled = sample_noise_tiled(noise, S, 5, np.random.default_rng(4))
     np.testing.assert_allclose(tiled["mask_0"], np.concatenate(masks), rtol=1e-6)
+    np.testing.assert_allclose(tiled["eps_1"], np.concatenate(eps), rtol=1e-5, atol=1e-6)
     for max_batch in (1024, 5, 3, 12):
         rt = UncertaintyRuntime(root, max_batch=max_batch)
         np.testing.assert_allclose(rt.predict(x, samples=S, seed=4).samples, expected, rtol=1e-4, atol=1e-5)

@@ -47,3 +47,80 @@ def test_chunked_draw_equals_the_sample_by_sample_definition(kinds):
         assert got.shape == (21, *s.shape) and got.dtype == np.float32
         assert first[s.name].flags.c_contiguous and second[s.name].flags.c_contiguous  # fed to graphs as is
         np.testing.assert_array_equal(got, ref[s.name])
+
+
+# -- the runtime's noise stream (noise.sample_noise_rows): brute-force layout and distributions ---------------
+from rt_helpers import ref_noise_rows  # noqa: E402
+
+from edgeuq_runtime.noise import dropout_threshold, sample_noise_rows, words_per_row  # noqa: E402
+
+MIXED = [NoiseSpec("d", "dropout_mask", (3, 5), {"p": 0.3}), NoiseSpec("n", "standard_normal", (7,)),
+         NoiseSpec("u", "uniform", (3,)), NoiseSpec("c", "categorical", (2, 5), {"k": 5}),
+         NoiseSpec("e", "dropout_mask", (1,), {"p": 0.1})]
+
+
+def test_stream_matches_the_brute_force_reference():
+    """Every kind, odd sizes (padding to whole words), several rows: element by element in plain
+    Python from the documented layout (rt_helpers.ref_noise_rows)."""
+    got = sample_noise_rows(MIXED, 9, np.random.default_rng(3))
+    ref = ref_noise_rows(MIXED, 9, np.random.default_rng(3))
+    for s in MIXED:
+        assert got[s.name].shape == (9, *s.shape) and got[s.name].dtype == np.float32
+        assert got[s.name].flags.c_contiguous
+        tol = 2e-5 if s.kind == "standard_normal" else 0.0  # float32 log/cos/sin (|z| <= 5.8); the rest exact
+        assert float(np.max(np.abs(got[s.name] - ref[s.name].astype(np.float32)))) <= tol, s.name
+    # and the generator advanced by exactly rows x words_per_row raw words
+    g = np.random.default_rng(3)
+    sample_noise_rows(MIXED, 9, g)
+    h = np.random.default_rng(3)
+    h.bit_generator.random_raw(9 * words_per_row(MIXED))
+    assert g.bit_generator.random_raw() == h.bit_generator.random_raw()
+
+
+@pytest.mark.parametrize("splits", [(1,) * 12, (5, 7), (11, 1), (3, 4, 5)])
+def test_stream_is_chunk_invariant(splits):
+    whole = sample_noise_rows(MIXED, 12, np.random.default_rng(8))
+    g = np.random.default_rng(8)
+    parts = [sample_noise_rows(MIXED, n, g) for n in splits]
+    for s in MIXED:
+        np.testing.assert_array_equal(np.concatenate([p[s.name] for p in parts]), whole[s.name])
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.3, 0.5, 0.9, 1e-6, 0.99999])
+def test_dropout_stream_mean_is_one_and_rate_is_p_eff(p):
+    n = 400_000
+    spec = NoiseSpec("m", "dropout_mask", (100,), {"p": p})
+    m = sample_noise_rows([spec], n // 100, np.random.default_rng(1))["m"].ravel()
+    t, p_eff = dropout_threshold(p)
+    assert abs(p_eff - p) <= 2.0 ** -17 and t == min(round(p * 65536), 65535)
+    values = np.unique(m)
+    keep = np.float32(1.0 / (1.0 - p_eff))
+    assert set(values.tolist()) <= {0.0, float(keep)}
+    drop_rate = float(np.mean(m == 0))
+    se = np.sqrt(max(p_eff * (1 - p_eff), 1e-12) / n)
+    assert abs(drop_rate - p_eff) <= 5 * se + 1e-12, (drop_rate, p_eff)       # binomial standard error
+    # E[mask] = 1 exactly (float32 rounding of 1/(1-p_eff) aside); Var = p_eff / (1 - p_eff)
+    assert abs(m.astype(np.float64).mean() - 1.0) <= 5 * np.sqrt(p_eff / (1 - p_eff) / n) + 1e-6
+    if 0 < p_eff:
+        var = m.astype(np.float64).var()
+        assert abs(var / (p_eff / (1 - p_eff)) - 1) <= 5 * np.sqrt(2 / n) + 5 * np.sqrt(1 / (n * p_eff * (1 - p_eff)))
+
+
+def test_uniform_normal_categorical_stream_moments():
+    n = 200_000
+    specs = [NoiseSpec("u", "uniform", (10,)), NoiseSpec("z", "standard_normal", (9,)),
+             NoiseSpec("c", "categorical", (4,), {"k": 4})]
+    d = sample_noise_rows(specs, n // 10, np.random.default_rng(2))
+    u, z, c = d["u"].ravel().astype(np.float64), d["z"].ravel().astype(np.float64), d["c"]
+    assert 0.0 <= u.min() and u.max() < 1.0
+    assert abs(u.mean() - 0.5) <= 5 * np.sqrt(1 / 12 / len(u)) and abs(u.var() - 1 / 12) <= 5 * np.sqrt(1 / 180 / len(u))
+    assert abs(z.mean()) <= 5 / np.sqrt(len(z)) and abs(z.var() - 1) <= 5 * np.sqrt(2 / len(z))
+    assert abs(np.mean(z ** 4) - 3) <= 5 * np.sqrt(96 / len(z))                     # Var[z^4] = 105 - 9
+    assert abs(np.mean(np.abs(z) > 1.96) - 0.05) <= 5 * np.sqrt(0.05 * 0.95 / len(z))
+    assert np.all(c.sum(-1) == 1) and set(np.unique(c).tolist()) == {0.0, 1.0}
+    freq = c.reshape(-1, 4).mean(0)
+    assert np.all(np.abs(freq - 0.25) <= 5 * np.sqrt(0.25 * 0.75 / (n // 10)))
+    # pairs of the same row (Box-Muller cos/sin) are uncorrelated
+    zz = d["z"].astype(np.float64)
+    r = np.corrcoef(zz[:, 0], zz[:, 1])[0, 1]
+    assert abs(r) <= 5 / np.sqrt(len(zz))

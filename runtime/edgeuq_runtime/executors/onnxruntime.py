@@ -17,7 +17,7 @@ from . import register_executor
 __all__ = ["OrtGraph", "load_onnxruntime", "SHRINK_ROWS"]
 
 #: Runs of at least this many rows shrink ONNX Runtime's CPU arena when they end
-#: (runtime/bench/memory.py measures the effect).
+#: (bench/runtime_memory.py measures the effect).
 SHRINK_ROWS = 256
 
 
