@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     from edgeuq.lower.tvm.targets import detect_host_target
     from edgeuq.lower.tvm.tune import shipped_dir
     from edgeuq.models import ModelConfig, SignalTransformer
-    from edgeuq.profile import measure_stages
+    from edgeuq.profile import measure_stages, paired_ratio
     from edgeuq.profile.tvm_rpc import tvm_kernel_table
     from edgeuq.report import format_table
     from edgeuq.training import load_checkpoint, save_checkpoint
@@ -187,14 +187,16 @@ def main(argv=None) -> int:
             else:
                 noise = {s.name: tf[s.name] for s in art.noise}
                 runs["pytorch"] = lambda: model.head_forward(tf[art.feature_name], noise)
-            stats = measure_stages(runs, warmup=5, repeats=a.repeats)   # interleaved: drift hits all alike
-            ms = {k: stats[k].median_ms for k in runs}
-        for k, v in ms.items():
-            rows.append([role, k, f"{v:.3f}", f"{v / ms['onnxruntime']:.2f}"])
+            # interleaved in a seeded random order per round: neither drift nor position favours one
+            stats = measure_stages(runs, warmup=5, repeats=a.repeats)
+        for k in runs:
+            r = paired_ratio(stats[k], stats["onnxruntime"])   # per-round ratio, median + 95 % bootstrap CI
+            rows.append([role, k, f"{stats[k].median_ms:.3f}",
+                         "1.00" if k == "onnxruntime" else f"{r.median:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"])
     if failures:
         print("FAILED numerics:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1
-    headers = ["graph", "backend", "median ms", "x ONNX Runtime"]
+    headers = ["graph", "backend", "median ms", "x ONNX Runtime (paired median [95 % CI])"]
     k_headers = ["graph", "TVM build", "kernel calls", "kernels ms", "VM builtin calls", "builtins ms",
                  "matmul+conv share", "top kernels (ms)"]
     print()

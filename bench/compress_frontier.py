@@ -18,8 +18,11 @@ Every model is exported, bundled and run by ``edgeuq_runtime.UncertaintyRuntime(
 accuracy and ECE (in-domain test), cross-load accuracy, OOD AUROC of mutual information
 (and of total entropy), Spearman correlation of MI with the distillation teacher's MI,
 S-sample latency of one window and its ratio to one deterministic pass of the same bundle,
-the ratio of the teacher's naive PyTorch MC loop (S full forwards) to it, and the ONNX bytes
-and their ratio to the fp32 teacher. Writes ``OUT/compress_frontier.json`` and prints a
+the distillation teacher's S-sample call over this model's (same runtime, same S), both ratios
+paired per round with 95 % bootstrap intervals (every call timed in the same rounds, random order
+per round), the teacher's naive PyTorch MC loop (S full forwards; milliseconds only -- a ratio of it
+to a student would mix distillation, trunk-once and engine effects), and the ONNX bytes and their
+ratio to the fp32 teacher. Writes ``OUT/compress_frontier.json`` and prints a
 markdown table; ``--tables-json results/compress_frontier.json`` also writes the table for
 ``scripts/render_tables.py`` (docs/compress.md), and ``--from-json OUT/compress_frontier.json``
 re-renders an earlier run's table without running anything.
@@ -55,7 +58,7 @@ from edgeuq.compress.transfer import TransferConfig
 from edgeuq.evaluate import run_runtime
 from edgeuq.export import export_onnx
 from edgeuq.models import ModelConfig
-from edgeuq.profile import measure_stages
+from edgeuq.profile import measure_stages, paired_ratio
 from edgeuq.report import format_table
 from edgeuq.training import save_checkpoint
 from edgeuq.uq import auroc, expected_calibration_error
@@ -113,10 +116,14 @@ def evaluate(name, ck, out: Path, splits, cross, ood, samples, repeats, teacher_
 RUNTIMES: dict = {}
 
 
-def time_all(rows, x1: np.ndarray, samples: int, repeats: int, naive: dict) -> None:
+def time_all(rows, x1: np.ndarray, samples: int, repeats: int, naive: dict, reference: str = "") -> None:
     """Every bundle's deterministic pass and S-sample call, and each teacher's naive PyTorch
-    loop, timed round-robin (one call of each per round), so that the load of a shared machine
-    drifts over all of them alike; medians per stage."""
+    loop, timed round by round (one call of each per round, in a seeded random order per round),
+    so that neither the load of a shared machine nor the position in a round favours one of them.
+    Per row: medians, ``mc_over_det`` = the paired median of per-round S-sample / deterministic
+    ratios (same bundle) with its 95 % bootstrap interval, and -- when ``reference`` names a row --
+    ``reference_over_mc`` = that row's S-sample call / this row's (same runtime, same S: the
+    effect of distillation / pruning alone), paired likewise."""
     stages = {}
     for r in rows:
         rt = RUNTIMES[r["name"]]
@@ -124,10 +131,15 @@ def time_all(rows, x1: np.ndarray, samples: int, repeats: int, naive: dict) -> N
         stages[r["name"] + " | mc"] = (lambda rt=rt: rt.predict(x1, samples=samples))
     stages.update({f"naive {k}": fn for k, fn in naive.items()})
     stats = measure_stages(stages, warmup=5, repeats=repeats)
+    ref = stats.get(reference + " | mc") if reference else None
     for r in rows:
         det, mc = stats[r["name"] + " | det"], stats[r["name"] + " | mc"]
-        r.update(det_ms=det.median_ms, mc_ms=mc.median_ms, mc_over_det=mc.median_ms / det.median_ms,
-                 det_p90_ms=det.p90_ms, mc_p90_ms=mc.p90_ms)
+        pr = paired_ratio(mc, det)
+        r.update(det_ms=det.median_ms, mc_ms=mc.median_ms, mc_over_det=pr.median,
+                 mc_over_det_ci=[pr.ci_low, pr.ci_high], det_p90_ms=det.p90_ms, mc_p90_ms=mc.p90_ms)
+        if ref is not None:
+            rr = paired_ratio(ref, mc)
+            r.update(reference_over_mc=rr.median, reference_over_mc_ci=[rr.ci_low, rr.ci_high])
     for k in naive:
         naive[k] = stats[f"naive {k}"].median_ms
 
@@ -157,6 +169,15 @@ def naive_mc_loop(ck, x1: np.ndarray, samples: int):
     return run
 
 
+def _paired(row: dict, key: str) -> str:
+    """``1.23x [1.10, 1.31]`` for a paired ratio; older runs without an interval: ``1.23x (unpaired)``;
+    absent: ``-``."""
+    if key not in row:
+        return "-"
+    ci = row.get(key + "_ci")
+    return f"{row[key]:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{row[key]:.2f}x (unpaired)"
+
+
 def frontier_table(summary: dict):
     """(headers, rows) of the frontier table from a run's ``compress_frontier.json`` (what the run prints)."""
     rows = summary["rows"]
@@ -166,11 +187,12 @@ def frontier_table(summary: dict):
         raise ValueError("compress_frontier.json names no distillation teacher (no 'distill_teacher')")
     samples = summary["samples"]
     headers = ["model", "acc", "ECE", "cross-load acc", "OOD AUROC (MI)", "OOD AUROC (H)", "MI ρ vs teacher",
-               f"S={samples} ms", "det ms", "S/det", f"naive {distill_teacher} loop / S", "bytes", "teacher/bytes"]
+               f"S={samples} ms", "det ms", "S/det [95 % CI]", f"{distill_teacher} S / S [95 % CI]", "bytes",
+               "teacher/bytes"]
     table = [[r["name"], f"{r['accuracy']:.4f}", f"{r['ece']:.4f}", f"{r['cross_load_accuracy']:.4f}",
               f"{r['ood_auroc_mi']:.3f}", f"{r['ood_auroc_total']:.3f}",
               f"{r['mi_spearman_vs_teacher']:.3f}" if "mi_spearman_vs_teacher" in r else "-",
-              f"{r['mc_ms']:.3f}", f"{r['det_ms']:.3f}", f"{r['mc_over_det']:.2f}x", f"{r['naive_over_mc']:.1f}x",
+              f"{r['mc_ms']:.3f}", f"{r['det_ms']:.3f}", _paired(r, "mc_over_det"), _paired(r, "reference_over_mc"),
               f"{r['bytes']:,}", f"{r['bytes_ratio']:.1f}x"] for r in rows]
     return headers, table
 
@@ -311,15 +333,14 @@ def main(argv=None) -> int:
         print(f"evaluated {row['name']}")
 
     print(f"timing {len(rows)} bundles and {len(naive)} naive loops, interleaved, {a.repeats} rounds")
-    time_all(rows, x1, a.samples, a.repeats, naive)
+    time_all(rows, x1, a.samples, a.repeats, naive, reference=f"teacher {a.distill_teacher}")
     for r in rows:
         if r["name"].startswith("teacher "):
             r["teacher_naive_mc_ms"] = naive[r["name"][len("teacher "):]]
     fp32_teacher_bytes = rows[0]["bytes"] if a.distill_teacher not in teachers else \
         next(r["bytes"] for r in rows if r["name"] == f"teacher {a.distill_teacher}")
-    ref_naive = naive[a.distill_teacher]
-    for r in rows:
-        r["naive_over_mc"] = ref_naive / r["mc_ms"]
+    for r in rows:  # (no "naive loop / S" ratio: it would mix distillation, trunk-once and engine effects;
+        #              bench/mc_overhead.py reports each of them separately)
         r["bytes_ratio"] = fp32_teacher_bytes / r["bytes"]
     summary = {"load_average": os.getloadavg(), "data": f"{source}; {desc}", "samples": a.samples, "threads": 1, "repeats": a.repeats,
                "teacher_naive_mc_ms": naive, "distill_teacher": a.distill_teacher, "rows": rows, "quick": a.quick,

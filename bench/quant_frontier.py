@@ -16,7 +16,7 @@ the device runtime* (ONNX Runtime, S MC samples, the same noise for every model)
 
 Prints one table (accuracy, NLL, ECE, OOD AUROC of mutual information, median
 runtime latency of one window with S samples on one thread, ratios to fp32
-measured in the same run), where Fisher-guided is and is not the best at equal
+paired per round: every model timed in the same rounds, random order per round), where Fisher-guided is and is not the best at equal
 size, and the size reduction reached within 0.5 pt accuracy and 1 pt ECE of
 fp32; writes quant_frontier.png and results.json.
 
@@ -38,7 +38,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -51,7 +51,7 @@ from edgeuq.artifact import ArtifactError, cached, digest_of
 from edgeuq.fisher import FisherConfig, FisherReport, estimate_fisher, hutchinson_trace
 from edgeuq.models import ModelConfig
 from edgeuq.pipeline import prepare_data, train_stage
-from edgeuq.profile import measure_latency
+from edgeuq.profile import measure_stages, paired_ratio
 from edgeuq.quantize import (
     Budget, QuantSettings, build_quantized, plan_for, plan_from_assignment, prepare_model, sensitivity_for,
     uniform_assignment,
@@ -246,19 +246,29 @@ def main(argv=None) -> int:
     log(f"evaluating {len(uniq)} distinct quantized models ({len(rows)} plans) on {len(test)} test + {len(ood)} OOD "
         f"windows, S={a.samples}, through the device runtime (same MC noise for every model)")
     outputs: Dict[tuple, Outputs] = {}
+    runtimes: Dict[tuple, UncertaintyRuntime] = {}
     for i, (key, plan) in enumerate(uniq.items()):
         res = build_quantized(prep, plan, out / "bundles" / f"m{i:03d}", samples=a.samples)
         ev = evaluate_sets(res.bundle.root, {"test": test, "ood": ood}, samples=a.samples, seed=0, progress=False)
-        rt = UncertaintyRuntime(res.bundle.root, threads=1, seed=0)
-        lat = measure_latency("predict", lambda: rt.predict(x1, samples=a.samples), repeats=a.latency_repeats)
+        runtimes[key] = UncertaintyRuntime(res.bundle.root, threads=1, seed=0)
         outputs[key] = Outputs(ev["test"].result.probs, ev["test"].result.epistemic, ev["ood"].result.probs,
-                               ev["ood"].result.epistemic, lat.median_ms, plan.total_bytes)
+                               ev["ood"].result.epistemic, float("nan"), plan.total_bytes)
         o = outputs[key]
         log(f"  [{i + 1}/{len(uniq)}] {plan.total_bytes} B  acc {accuracy(o, test.y):.4f}  nll {nll(o, test.y):.5f}  "
-            f"auroc {auroc_mi(o):.3f}  {lat.median_ms:.2f} ms  ({summarize_precisions(plan.assignment())})")
+            f"auroc {auroc_mi(o):.3f}  ({summarize_precisions(plan.assignment())})")
     log(f"evaluation: {time.perf_counter() - t:.0f} s")
+    # latency: every model's S-sample call in the same rounds (seeded random order per round), so the
+    # "x fp32" ratio is paired per round (median of per-round ratios), not two runs minutes apart
+    fp32_key = key_of(rows[0][2])
+    names = {key: f"m{i:03d}" for i, key in enumerate(runtimes)}
+    lat = measure_stages({names[k]: (lambda rt=rt: rt.predict(x1, samples=a.samples)) for k, rt in runtimes.items()},
+                         warmup=3, repeats=a.latency_repeats)
+    for k in runtimes:
+        pr = paired_ratio(lat[names[k]], lat[names[fp32_key]])
+        outputs[k] = replace(outputs[k], latency_ms=lat[names[k]].median_ms, latency_ratio=pr.median)
+    log(f"latency: {len(runtimes)} models timed together, {a.latency_repeats} rounds in random order per round")
 
-    ref = outputs[key_of(rows[0][2])]
+    ref = outputs[fp32_key]
     y = test.y
     metric_fns = {
         "accuracy": lambda o, it, io: accuracy(o, y, it),
@@ -273,7 +283,7 @@ def main(argv=None) -> int:
 
     def summary(o: Outputs) -> dict:
         return {**{k: fn(o, full_t, full_o) for k, fn in metric_fns.items()}, "latency_ms": o.latency_ms,
-                "bytes": o.bytes}
+                "latency_x_fp32": o.latency_ratio, "bytes": o.bytes}
 
     merged: List[Tuple[str, Optional[int], dict, str, List[Outputs]]] = []
     for label, b, plan in rows:
@@ -293,7 +303,7 @@ def main(argv=None) -> int:
         table_rows.append([label, "-" if b is None else f"{b / 1024:.1f}", int(r["bytes"]),
                            f"{fp32_bytes / r['bytes']:.2f}", f"{100 * r['accuracy']:.2f}", f"{r['nll']:.5f}",
                            f"{100 * r['ece']:.3f}", f"{r['auroc']:.4f}", f"{r['kl']:.2e}", f"{r['dmi']:.2e}",
-                           f"{r['latency_ms']:.2f}", f"{r['latency_ms'] / base['latency_ms']:.2f}", prec])
+                           f"{r['latency_ms']:.2f}", f"{r['latency_x_fp32']:.2f}", prec])
         records.append({"method": label, "budget_bytes": b, **r, "precisions": prec})
     heads = ("method", "budget KiB", "bytes", "x smaller", "acc %", "NLL", "ECE %", "AUROC(MI)", "KL->fp32",
              "|dMI|", "latency ms", "x fp32 lat", "precisions")
@@ -302,7 +312,8 @@ def main(argv=None) -> int:
     print(f"fp32 model {fp32_bytes} bytes; S={a.samples}; {len(test)} test / {len(ood)} OOD windows; KL->fp32 = mean "
           f"KL(fp32 predictive || quantized predictive), |dMI| = mean |change of mutual information|, both over "
           f"test+OOD windows; latency = median of {a.latency_repeats} runtime predict() calls on one window, "
-          f"1 thread, ONNX Runtime, ratio to fp32 from this run")
+          f"1 thread, ONNX Runtime, all models timed in the same rounds (random order per round); x fp32 lat = "
+          f"paired median of per-round ratios")
     print(format_table(heads, table_rows))
 
     # ---- Fisher-guided (true) vs each alternative at equal size: paired bootstrap over windows
@@ -396,6 +407,7 @@ class Outputs:
     ood_mi: np.ndarray
     latency_ms: float
     bytes: int
+    latency_ratio: float = float("nan")   # paired median of per-round latency / fp32 latency
 
 
 def key_of(plan) -> tuple:

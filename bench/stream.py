@@ -119,7 +119,9 @@ def stream_run(bundle: Path, base: np.ndarray, rate: float, seconds: float, hop:
         "cpu_s": cpu, "rtf_cpu": s["signal_seconds"] / cpu, "cpu_ms_per_window": 1e3 * cpu / max(1, s["windows"]),
         "p50_ms": s["latency_p50_ms"], "p99_ms": s["latency_p99_ms"], "max_ms": s["latency_max_ms"],
         "deadline_ms": s["deadline_ms"], "late": s["late"], "mean_S": s["mean_samples"],
+        # errors (the model raised) are counted apart from abstentions and published in the table
         "abstained_frac": s["abstained"] / max(1, s["windows"]), "errors": s["errors"],
+        "error_examples": s.get("error_examples", []),
         "rss_warm_mb": state["rss_warm"] / 2**20, "rss_end_mb": rss_end / 2**20,
         "rss_growth_mb": (max(rss_end, state["rss_max"]) - state["rss_warm"]) / 2**20,
     }
@@ -226,7 +228,7 @@ def demo_adaptive_rows(work: Path, samples: int, alpha: float, far: float) -> Li
 
 
 STREAM_KEYS = ["mode", "windows", "signal_hours", "rtf_compute", "rtf_wall", "rtf_cpu", "cpu_ms_per_window", "p50_ms",
-               "p99_ms", "max_ms", "deadline_ms", "late", "mean_S", "abstained_frac", "rss_growth_mb"]
+               "p99_ms", "max_ms", "deadline_ms", "late", "mean_S", "abstained_frac", "errors", "rss_growth_mb"]
 OOD_KEYS = ["ood_set", "AUROC MI", "AUROC total entropy", "AUROC density", "AUROC combined", "FPR95 MI",
             "FPR95 density", "FPR95 combined"]
 
@@ -350,7 +352,11 @@ def main(argv=None) -> int:
                                if float(r.meta["load_hp"]) != 3.0 and abs(float(r.meta["severity"]) - 0.021) > 1e-6])
         for adaptive in (False, True):
             r = stream_run(cal_bundle, base, 12000.0, a.hours * 3600, a.hop, adaptive, a.samples)
-            print(f"stream {r['mode']}: {r['windows']} windows, RTF {r['rtf_compute']}, late {r['late']}")
+            print(f"stream {r['mode']}: {r['windows']} windows, RTF {r['rtf_compute']}, late {r['late']}, "
+                  f"errors {r['errors']}")
+            if r["errors"]:
+                print(f"WARNING: stream {r['mode']}: {r['errors']} window(s) raised instead of deciding "
+                      f"(not abstentions): {r['error_examples']}", file=sys.stderr)
             streams.append(r)
     doc = {"bench": "stream", "hours": a.hours, "hop": a.hop, "samples": a.samples, "alpha": a.alpha,
            "false_alarm_rate": a.far, "calibration": res.to_json()["calibration"], "streams": streams,

@@ -76,15 +76,16 @@ def _evaluate(probs_s: np.ndarray, labels: np.ndarray, ood: dict) -> dict:
 
 
 def _latency(rt, texts, samples: int, repeats: int = 5) -> dict:
+    """Deterministic and S-sample calls timed in the same rounds (random order per round, one
+    warm-up round discarded); ``ratio`` is the paired median of the per-round ratios."""
+    from edgeuq.profile import measure_stages, paired_ratio
+
     ids = rt.tokenize(texts)
-    rt.deterministic(ids)
-    rt.predict(ids, samples=samples, seed=0)
-    det, mc = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter(); rt.deterministic(ids); det.append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); rt.predict(ids, samples=samples, seed=0); mc.append(time.perf_counter() - t0)
-    d, m = float(np.median(det)), float(np.median(mc))
-    return {"det_ms": 1e3 * d / len(texts), "mc_ms": 1e3 * m / len(texts), "ratio": m / d}
+    st = measure_stages({"det": lambda: rt.deterministic(ids), "mc": lambda: rt.predict(ids, samples=samples, seed=0)},
+                        warmup=1, repeats=repeats)
+    r = paired_ratio(st["mc"], st["det"])
+    return {"det_ms": st["det"].median_ms / len(texts), "mc_ms": st["mc"].median_ms / len(texts), "ratio": r.median,
+            "ratio_ci": [r.ci_low, r.ci_high], "latency_rounds": repeats}
 
 
 def main(argv=None) -> int:

@@ -77,6 +77,9 @@ _API: Dict[str, Tuple[str, str]] = {
     # profiling
     "measure": ("edgeuq.profile", "measure"),
     "measure_stages": ("edgeuq.profile", "measure_stages"),
+    "compare": ("edgeuq.profile", "compare"),
+    "paired_ratio": ("edgeuq.profile", "paired_ratio"),
+    "PairedRatio": ("edgeuq.profile", "PairedRatio"),
     "LatencyStats": ("edgeuq.profile", "LatencyStats"),
     "StageTimer": ("edgeuq.profile", "StageTimer"),
     "LatencyReport": ("edgeuq.profile.report", "LatencyReport"),

@@ -27,7 +27,7 @@ from .data import (
 from .evaluate import SetEvaluation, evaluate_sets
 from .export import OnnxArtifact, export_onnx
 from .models import ModelConfig
-from .profile import LatencyStats, measure_latency
+from .profile import LatencyStats, measure_stages
 from .schemes import get_scheme
 from .schemes.base import FitContext
 from .training import Checkpoint, TrainConfig, save_checkpoint
@@ -127,12 +127,15 @@ def bundle_stage(art: OnnxArtifact, out_dir: Path, recipe: Recipe, samples: int,
 
 def latency_stage(bundle_dir: Path, window: np.ndarray, samples: int, threads: int = 1,
                   repeats: int = 50) -> Dict[str, LatencyStats]:
-    """Median latency of one deterministic pass vs S-sample inference (one window)."""
+    """Latency of one deterministic pass and of S-sample inference (one window), timed in the same
+    rounds in a seeded random order per round: ``samples_ms[i]`` of both come from round ``i``, so
+    :func:`edgeuq.profile.paired_ratio` gives their paired ratio."""
     rt = UncertaintyRuntime(bundle_dir, threads=threads, seed=0)
     x = window[None, :]
-    det = measure_latency("deterministic pass (S=1, mean masks)", lambda: rt.deterministic(x), repeats=repeats)
-    mc = measure_latency(f"S={samples} sample inference", lambda: rt.predict(x, samples=samples), repeats=repeats)
-    return {"deterministic": det, "mc": mc}
+    det_name, mc_name = "deterministic pass (S=1, mean masks)", f"S={samples} sample inference"
+    st = measure_stages({det_name: lambda: rt.deterministic(x), mc_name: lambda: rt.predict(x, samples=samples)},
+                        warmup=3, repeats=repeats)
+    return {"deterministic": st[det_name], "mc": st[mc_name]}
 
 
 @dataclass(frozen=True)

@@ -113,3 +113,46 @@ def test_variant_builder_builds_the_requested_widths_and_stochastic_part(tmp_pat
     seeds = fisher_guided_seeds(b, space)
     assert seeds and all(set(s) == {"keep0", "keep1", "stochastic_from", "bytes_fraction", "samples"} for s in seeds)
     assert all(s[f"keep{i}"] in space.keep_ratios for s in seeds for i in range(2))
+
+
+def test_failed_trials_are_counted_listed_with_reasons_and_saved(tmp_path):
+    from edgeuq.compress.search import FailedTrial, run_search_with_failures
+
+    space = SearchSpace(depth=2, keep_ratios=(0.25, 0.5, 1.0), bytes_fractions=(1.0, 0.3), samples=(4, 16, 32))
+    budgets = SearchBudgets(latency_ms=1.0, weight_bytes=60_000, mc_samples=16)
+    raised = {}
+
+    def evaluate(number, params):
+        if params["samples"] == 32:  # this configuration cannot be built
+            raised[number] = dict(params)
+            raise RuntimeError(f"export failed for S={params['samples']}")
+        return _fake_metrics(params), f"trial{number}"
+
+    lines = []
+    journal = tmp_path / "search.journal"
+    records, failed = run_search_with_failures(space, evaluate, budgets, 10, journal, seed=0, population=4,
+                                               log=lines.append)
+    assert len(records) == 10 and raised  # failures do not count towards the 10
+    # every failure is listed, with its parameters and reason -- against what the trial function saw
+    assert {f.number: dict(f.params) for f in failed} == raised
+    assert all(isinstance(f, FailedTrial) and f.error == "RuntimeError: export failed for S=32" for f in failed)
+    assert not {f.number for f in failed} & {r.number for r in records}
+    summary = lines[-1]
+    assert summary.startswith(f"search: 10 trials finished, {len(raised)} failed")
+    assert all(f"failed trial {n} " in summary for n in raised)
+    # resuming reads the earlier failures back from the journal
+    again, failed_again = run_search_with_failures(space, evaluate, budgets, 10, journal, seed=0, population=4,
+                                                   log=lambda s: None)
+    assert len(again) == 10 and [f.to_dict() for f in failed_again] == [f.to_dict() for f in failed]
+    # the artifact keeps the count and the reasons
+    front = pareto_trials(records)
+    res = save_search_result(tmp_path / "result", "test-board", budgets, records, front, choose_for_board(front),
+                             {}, "fake", failed=failed)
+    back = SearchResult.load(tmp_path / "result")
+    meta = back.to_meta()
+    assert "failed_trials" in (tmp_path / "result" / "search.json").read_text()
+    assert meta["failed_count"] == len(raised) and back.failed == res.failed
+    assert [t["error"] for t in meta["failed_trials"]] == ["RuntimeError: export failed for S=32"] * len(raised)
+    from edgeuq.compress.cli import search_tables_json
+
+    assert f"{len(raised)} failed" in search_tables_json(meta, "cmd", "prov")["note"]

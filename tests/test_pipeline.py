@@ -159,7 +159,8 @@ def test_bench_script_prints_table():
     out = subprocess.run([sys.executable, str(bench), "--samples", "1", "4", "--repeats", "3"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    for row in ("deterministic pass", "runtime S-sample", "batched forward", "naive MC-dropout loop"):
+    for row in ("runtime S-sample / runtime deterministic", "PyTorch naive loop (S forwards)",
+                "PyTorch trunk once + S head rows batched / runtime S-sample", "teacher / student"):
         assert row in out.stdout
     assert "S=4" in out.stdout
 

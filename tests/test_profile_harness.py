@@ -61,10 +61,10 @@ def test_measure_latency_is_measure_with_a_name():
     assert "samples_ms" not in d and len(real.to_dict(samples=True)["samples_ms"]) == 5
 
 
-def test_measure_stages_interleaves_and_totals():
+def test_measure_stages_interleaves_in_a_seeded_random_order_and_totals():
     order = []
     clock = ScriptedClock([1.0])
-    durations = {"trunk": 3.0, "head": 5.0}
+    durations = {"trunk": 3.0, "head": 5.0, "noise": 1.0}
 
     def stage(name):
         def run():
@@ -72,10 +72,21 @@ def test_measure_stages_interleaves_and_totals():
             clock.t += durations[name] / 1e3
         return run
 
-    out = measure_stages({k: stage(k) for k in durations}, warmup=1, repeats=4, clock=clock)
-    assert order == ["trunk", "head"] * 5  # interleaved, warm-up round first
+    out = measure_stages({k: stage(k) for k in durations}, warmup=1, repeats=4, clock=clock, seed=7)
+    names = list(durations)
+    rng = np.random.default_rng(7)  # independent reference: one permutation per round, warm-up round first
+    expected = [names[i] for _ in range(5) for i in rng.permutation(3)]
+    assert order == expected
+    assert len({tuple(order[i:i + 3]) for i in range(0, 15, 3)}) > 1  # the order really changes between rounds
     assert out["trunk"].median_ms == pytest.approx(3.0) and out["head"].median_ms == pytest.approx(5.0)
-    assert out["total"].median_ms == pytest.approx(8.0) and out["total"].repeats == 4
+    assert out["total"].median_ms == pytest.approx(9.0) and out["total"].repeats == 4
+
+
+def test_measure_stages_without_shuffle_keeps_pipeline_order():
+    order = []
+    stages = {k: (lambda k=k: order.append(k)) for k in ("vn", "trunk", "head")}
+    measure_stages(stages, warmup=1, repeats=3, shuffle=False)
+    assert order == ["vn", "trunk", "head"] * 4
 
 
 def test_stage_timer_accumulates_per_stage():

@@ -106,8 +106,8 @@ def _cmd_search(a: argparse.Namespace) -> int:
     from ..report import format_table
     from ..training import load_checkpoint
     from .data import compress_data
-    from .search import (OBJECTIVES, SearchBudgets, SearchSpace, choose_for_board, pareto_trials, run_search,
-                         save_search_result)
+    from .search import (OBJECTIVES, SearchBudgets, SearchSpace, choose_for_board, pareto_trials,
+                         run_search_with_failures, save_search_result)
     from .variants import VariantBuilder, fisher_guided_seeds
 
     from ..provenance import finish, start
@@ -134,20 +134,27 @@ def _cmd_search(a: argparse.Namespace) -> int:
                         else (ck.config.split_index,),
                         bytes_fractions=tuple(a.bytes_fractions), samples=tuple(a.samples))
     seeds = fisher_guided_seeds(builder, space)
-    records_ = run_search(space, builder, budgets, a.trials, Path(a.journal) if a.journal else out / "search.journal",
-                          seed=a.seed, population=a.population, enqueue=seeds, study_name=f"edgeuq-{board.name}")
+    records_, failed = run_search_with_failures(
+        space, builder, budgets, a.trials, Path(a.journal) if a.journal else out / "search.journal",
+        seed=a.seed, population=a.population, enqueue=seeds, study_name=f"edgeuq-{board.name}")
     front = pareto_trials(records_)
     pick = choose_for_board(front)
-    title = (f"{board.name}: {len(records_)} trials; latency measured on this host ({platform.machine()}, "
-             f"ONNX Runtime, 1 thread), not on the board unless it is this machine")
+    title = (f"{board.name}: {len(records_)} trials, {len(failed)} failed; latency measured on this host "
+             f"({platform.machine()}, ONNX Runtime, 1 thread), not on the board unless it is this machine")
     res = save_search_result(out / "result", board.name, budgets, records_, front, pick,
                              {"checkpoint": str(ck.directory), "checkpoint_sha256": ck.sha256, "data": source,
                               "latency_measured_on": "this host, edgeuq_runtime (ONNX Runtime), 1 thread",
                               "command": command, "provenance": finish(prov, note=f"search result {out / 'result'}")},
-                             title)
+                             title, failed=failed)
     trials = [r.to_dict() for r in records_]
     headers, rows = pareto_table(trials, [r.number for r in front])
-    print(f"\nPareto set ({len(front)} of {len(records_)} trials, {sum(r.feasible for r in records_)} within "
+    if failed:
+        print(f"WARNING: {len(failed)} trial(s) failed (not counted; reasons in {res.directory / 'search.json'}):",
+              file=sys.stderr)
+        for f in failed:
+            print(f"  trial {f.number} {dict(f.params)}: {f.error}", file=sys.stderr)
+    print(f"\nPareto set ({len(front)} of {len(records_)} trials, {len(failed)} failed, "
+          f"{sum(r.feasible for r in records_)} within "
           f"{board.name}'s budgets; objectives {[k for k, _ in OBJECTIVES]}):")
     print(format_table(headers, rows, markdown=True))
     if a.tables_json:
@@ -187,8 +194,16 @@ def search_tables_json(meta) -> dict:
     the command and provenance, which the result's ``info`` carries)."""
     headers, rows = pareto_table(meta["trials"], meta["pareto"])
     n, ok = len(meta["trials"]), sum(bool(t["feasible"]) for t in meta["trials"])
+<<<<<<< HEAD
     return {"headers": headers, "rows": rows,
             "note": f"{n} trials, {ok} within {meta['board']}'s budgets, {len(meta['pareto'])} on the Pareto front; "
+=======
+    failed = (f"{meta['failed_count']} failed (evaluation raised; reasons in search.json)"
+              if "failed_count" in meta else "failed trials not recorded by this (older) result")
+    return {"command": command, "provenance": provenance, "headers": headers, "rows": rows,
+            "note": f"{n} trials, {failed}, {ok} within {meta['board']}'s budgets, {len(meta['pareto'])} on the "
+                    f"Pareto front; "
+>>>>>>> h1-harness
                     + (f"board's pick: trial {meta['chosen']}." if meta.get("chosen") is not None
                        else "no trial within the budgets, none picked.")}
 

@@ -32,7 +32,8 @@ import numpy as np
 from ..artifact import Artifact, ArtifactWriter
 from .pareto import non_dominated
 
-__all__ = ["SearchSpace", "SearchBudgets", "TrialRecord", "OBJECTIVES", "run_search", "pareto_trials",
+__all__ = ["SearchSpace", "SearchBudgets", "TrialRecord", "FailedTrial", "OBJECTIVES", "run_search",
+           "run_search_with_failures", "pareto_trials",
            "choose_for_board", "SearchResult", "save_search_result", "plot_pareto"]
 
 #: (metric, sense) in the order given to optuna.
@@ -103,6 +104,18 @@ class TrialRecord:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class FailedTrial:
+    """A trial whose evaluation raised: counted and listed with its reason, never dropped silently."""
+
+    number: int
+    params: Mapping[str, Any]
+    error: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 Evaluate = Callable[[int, Mapping[str, Any]], Tuple[Mapping[str, float], str]]
 
 
@@ -129,14 +142,32 @@ def _records(study) -> List[TrialRecord]:
     return out
 
 
+def _failed(study) -> List[FailedTrial]:
+    import optuna
+
+    return [FailedTrial(t.number, dict(t.params), str(t.user_attrs.get("error", "unknown: no reason recorded")))
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))]
+
+
 def run_search(space: SearchSpace, evaluate: Evaluate, budgets: SearchBudgets, n_trials: int, journal: Path,
                seed: int = 0, population: int = 8, enqueue: Sequence[Mapping[str, Any]] = (),
                study_name: str = "edgeuq-compress", log: Callable[[str], None] = print) -> List[TrialRecord]:
-    """Run until the journal holds ``n_trials`` finished trials (resuming a previous run); return them all.
+    """:func:`run_search_with_failures` without the failed trials (which it still logs)."""
+    return run_search_with_failures(space, evaluate, budgets, n_trials, journal, seed=seed, population=population,
+                                    enqueue=enqueue, study_name=study_name, log=log)[0]
+
+
+def run_search_with_failures(space: SearchSpace, evaluate: Evaluate, budgets: SearchBudgets, n_trials: int,
+                             journal: Path, seed: int = 0, population: int = 8,
+                             enqueue: Sequence[Mapping[str, Any]] = (), study_name: str = "edgeuq-compress",
+                             log: Callable[[str], None] = print) -> Tuple[List[TrialRecord], List[FailedTrial]]:
+    """Run until the journal holds ``n_trials`` finished trials (resuming a previous run); return them all,
+    and every failed trial of the journal (this run's and earlier ones) with its reason.
 
     ``evaluate(number, params) -> (metrics, artifact path)``; metrics need ``latency_ms``,
     ``accuracy``, ``ood_auroc``, ``bytes`` and ``samples``. A trial whose evaluation raises
-    is recorded as failed (and logged) and does not count.
+    is recorded as failed with its reason (in the journal, the log and the returned list) and
+    does not count towards ``n_trials``; more than ``max(5, n_trials)`` failures in one run end it.
     """
     import optuna
 
@@ -153,9 +184,11 @@ def run_search(space: SearchSpace, evaluate: Evaluate, budgets: SearchBudgets, n
         params = space.suggest(trial)
         try:
             metrics, artifact = evaluate(trial.number, params)
-        except Exception as exc:  # noqa: BLE001 -- one bad configuration must not end the search
+        except Exception as exc:  # noqa: BLE001 -- one bad configuration must not end the search; counted below
             failures += 1
-            log(f"trial {trial.number} failed: {type(exc).__name__}: {exc}")
+            reason = f"{type(exc).__name__}: {exc}"
+            log(f"trial {trial.number} failed: {reason}")
+            trial.set_user_attr("error", reason)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             if failures > max(5, n_trials):
                 raise RuntimeError("search: too many failed trials") from exc
@@ -171,7 +204,11 @@ def run_search(space: SearchSpace, evaluate: Evaluate, budgets: SearchBudgets, n
         done += 1
         log(f"trial {trial.number} ({done}/{n_trials}) {params}: " + ", ".join(
             f"{k} {metrics[k]:.4g}" for k, _ in OBJECTIVES) + ("" if budgets.met(metrics) else "  [over budget]"))
-    return _records(study)
+    records, failed = _records(study), _failed(study)
+    log(f"search: {len(records)} trials finished, {len(failed)} failed"
+        + (f" ({failures} in this run)" if failed else "")
+        + "".join(f"\n  failed trial {f.number} {dict(f.params)}: {f.error}" for f in failed))
+    return records, failed
 
 
 def pareto_trials(records: Sequence[TrialRecord]) -> List[TrialRecord]:
@@ -233,27 +270,30 @@ class SearchResult(Artifact):
     pareto: Tuple[int, ...] = ()
     chosen: Optional[int] = None
     info: Mapping[str, Any] = field(default_factory=dict)
+    failed: Tuple[Mapping[str, Any], ...] = ()   # trials whose evaluation raised, with the reason
 
     def payload_files(self) -> Tuple[str, ...]:
         return ("pareto.png",)
 
     def to_meta(self) -> dict:
         return {"board": self.board, "budgets": {k: (v if math.isfinite(v) else None) for k, v in self.budgets.items()},
-                "trials": list(self.trials), "pareto": list(self.pareto), "chosen": self.chosen, "info": dict(self.info)}
+                "trials": list(self.trials), "pareto": list(self.pareto), "chosen": self.chosen, "info": dict(self.info),
+                "failed_count": len(self.failed), "failed_trials": list(self.failed)}
 
     @classmethod
     def from_meta(cls, meta, **base) -> "SearchResult":
         budgets = {k: (math.inf if v is None else float(v)) for k, v in meta["budgets"].items()}
         return cls(board=meta["board"], budgets=budgets, trials=tuple(meta["trials"]), pareto=tuple(meta["pareto"]),
-                   chosen=meta["chosen"], info=meta.get("info", {}), **base)
+                   chosen=meta["chosen"], info=meta.get("info", {}), failed=tuple(meta.get("failed_trials", ())),
+                   **base)
 
 
 def save_search_result(out_dir: Path, board: str, budgets: SearchBudgets, records: Sequence[TrialRecord],
                        pareto: Sequence[TrialRecord], chosen: Optional[TrialRecord], info: Mapping[str, Any],
-                       title: str) -> SearchResult:
+                       title: str, failed: Sequence[FailedTrial] = ()) -> SearchResult:
     with ArtifactWriter(out_dir) as w:
         plot_pareto(records, pareto, w.path / "pareto.png", title)
         res = SearchResult(board=board, budgets=asdict(budgets), trials=tuple(r.to_dict() for r in records),
                            pareto=tuple(r.number for r in pareto), chosen=None if chosen is None else chosen.number,
-                           info=dict(info))
+                           info=dict(info), failed=tuple(f.to_dict() for f in failed))
         return w.commit(res)

@@ -144,7 +144,10 @@ def profile_host(profiler: StageProfiler, samples: Sequence[int], *, warmup: int
     e2e: Dict[str, Dict[str, float]] = {}
     notes: List[str] = []
     for s in samples:
-        per = measure_stages(profiler.stage_callables(x, int(s), seed), warmup=warmup, repeats=repeats)
+        # shuffle=False: the stages are one pipeline (each reads the previous one's output), so they
+        # run in predict's order; they are a breakdown of one call, never compared with each other.
+        per = measure_stages(profiler.stage_callables(x, int(s), seed), warmup=warmup, repeats=repeats,
+                             shuffle=False)
         stages[str(s)] = {k: stats_dict(v) for k, v in per.items() if k != "total"}
         stages[str(s)]["sum of stages"] = stats_dict(per["total"])
         e2e[str(s)] = stats_dict(measure(lambda: profiler.rt.predict(x, samples=int(s), seed=seed),

@@ -206,7 +206,34 @@ def test_model_errors_give_error_records(tiny):
     dec = [r for r in recs if r["type"] == "decision"]
     assert len(dec) == 30 and stats.errors == 1
     assert dec[7]["reasons"] == ["error"] and "backend fell over" in dec[7]["error"]
-    assert dec[8]["class"] is not None
+    assert dec[7]["status"] == "error" and dec[7]["abstain"] is None and dec[7]["class"] is None
+    assert dec[8]["class"] is not None and dec[8]["status"] == "ok"
+    # the error is not an abstention: brute-force count of the abstaining "ok" records
+    assert stats.abstained == sum(1 for d in dec if d["status"] == "ok" and d["abstain"])
+    summary = [r for r in recs if r["type"] == "summary"][0]
+    assert summary["errors"] == 1 and summary["error_examples"] == ["RuntimeError: backend fell over"]
+
+
+class _Broken(Diagnoser):
+    def decide(self, window):
+        raise ValueError("model graph is corrupt\nsecond line")
+
+
+def test_an_erroring_model_gives_error_records_and_zero_abstentions(tiny):
+    rt = UncertaintyRuntime(tiny.dir)
+    sig = np.random.default_rng(6).standard_normal(16 * 12).astype(np.float32)
+    recs = []
+    alarm = Hysteresis(2, 3, "normal")
+    stats = run_stream(_Broken(rt, samples=4), ArraySource(sig, 50.0), recs.append, hop=16, alarm=alarm)
+    dec = [r for r in recs if r["type"] == "decision"]
+    assert len(dec) == 12 and stats.windows == 12
+    assert stats.errors == 12 and stats.abstained == 0 and stats.decided == 0
+    assert all(d["status"] == "error" and d["abstain"] is None and d["class"] is None for d in dec)
+    assert all(d["error"] == "ValueError: model graph is corrupt" for d in dec)
+    summary = [r for r in recs if r["type"] == "summary"][0]
+    assert summary["errors"] == 12 and summary["abstained"] == 0 and summary["decided"] == 0
+    assert summary["error_examples"] == ["ValueError: model graph is corrupt"]  # distinct messages, bounded
+    assert not [r for r in recs if r["type"] == "alarm"]  # errors raise no fault alarm either
 
 
 def test_stalled_pipe_reports_and_gives_up(tiny):

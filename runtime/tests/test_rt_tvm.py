@@ -179,6 +179,7 @@ def test_parameter_names_come_from_the_library(graphs):
     lib, opts = graphs[1]["head", None]
     g = load_graph("tvm", lib, None, opts)
     assert g.library_inputs == ("features", "mask_0")
+    assert g.evidence == {"input_order": "checked: the library's parameters are ['features', 'mask_0']"}
     with pytest.raises(BackendError, match=r"takes parameters \['features', 'mask_0'\], but option 'inputs' says "
                                            r"\['mask_0', 'features'\]"):
         load_graph("tvm", lib, None, {**opts, "inputs": ["mask_0", "features"]})

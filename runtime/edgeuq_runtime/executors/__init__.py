@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import BackendError
 
 __all__ = ["GraphRunner", "GraphLoader", "EXECUTORS", "register_executor", "load_graph", "EXECUTOR_FILES",
-           "register_executor_files", "files_opened", "MAX_THREADS"]
+           "register_executor_files", "files_opened", "MAX_THREADS", "graph_evidence"]
 
 #: Largest ``threads`` a loader accepts (more would only oversubscribe the CPU; huge values
 #: hang or crash thread pools).
@@ -33,6 +33,13 @@ class GraphRunner(Protocol):
     def output_names(self) -> Sequence[str]: ...
 
     def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]: ...
+
+
+def graph_evidence(runner: Any) -> Dict[str, str]:
+    """What a loaded graph's executor did or could not do at load time (its optional ``evidence``
+    mapping, e.g. ``{"input_order": "not checked: ..."}``); empty for executors that record none."""
+    ev = getattr(runner, "evidence", None)
+    return {str(k): str(v) for k, v in dict(ev).items()} if ev else {}
 
 
 GraphLoader = Callable[[Path, Optional[int], Mapping[str, Any]], GraphRunner]

@@ -6,6 +6,7 @@ raises :class:`BackendError` with the pip command to fix it.
 from __future__ import annotations
 
 import importlib
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -34,10 +35,14 @@ def _import_ort() -> Any:
 class OrtGraph:
     """An ONNX graph loaded in an onnxruntime InferenceSession."""
 
-    def __init__(self, session: Any, path: Path, shrink: Any = None) -> None:
+    def __init__(self, session: Any, path: Path, shrink: Any = None, arena_shrink: Optional[str] = None) -> None:
         self._session = session
         self.path = path
         self._shrink = shrink
+        #: Whether runs of >= SHRINK_ROWS rows hand the CPU arena back ("enabled ...") or why not
+        #: ("unavailable: ..."); part of :attr:`evidence`.
+        self.arena_shrink: str = arena_shrink or (
+            f"enabled for runs of >= {SHRINK_ROWS} rows" if shrink is not None else "not requested")
         self._inputs = tuple(i.name for i in session.get_inputs())
         self._outputs = tuple(o.name for o in session.get_outputs())
         #: Declared input shapes; symbolic (dynamic) axes are None.
@@ -54,6 +59,11 @@ class OrtGraph:
     @property
     def input_names(self) -> Tuple[str, ...]:
         return self._inputs
+
+    @property
+    def evidence(self) -> Dict[str, str]:
+        """What this executor did or could not do when loading the graph (for info/evidence output)."""
+        return {"arena_shrink": self.arena_shrink}
 
     @property
     def output_names(self) -> Tuple[str, ...]:
@@ -93,6 +103,11 @@ def load_onnxruntime(path: Path, threads: Optional[int] = None, options: Optiona
     shrink = ort.RunOptions()
     try:
         shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-    except Exception:  # an onnxruntime without the option: keep the arena as it is
+    except Exception as exc:  # noqa: BLE001 - an onnxruntime without the option: said and recorded, not hidden
         shrink = None
+        why = (f"unavailable: this onnxruntime ({getattr(ort, '__version__', '?')}) refused run option "
+               f"memory.enable_memory_arena_shrinkage ({type(exc).__name__}: {exc}); large runs keep their arena "
+               f"memory until the session is closed")
+        warnings.warn(f"graph {path.name!r}: arena shrinkage {why}", RuntimeWarning, stacklevel=2)
+        return OrtGraph(session, path, None, arena_shrink=why)
     return OrtGraph(session, path, shrink)

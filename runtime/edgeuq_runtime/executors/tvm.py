@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -101,16 +102,17 @@ def _names(options: Mapping[str, Any], key: str, path: Path) -> Tuple[str, ...]:
     return tuple(value)
 
 
-def _library_params(vm: Any, entry: str) -> Optional[Tuple[str, ...]]:
-    """Parameter names of ``entry`` as recorded in the compiled library (Relax VM), or None."""
+def _library_params(vm: Any, entry: str) -> Tuple[Optional[Tuple[str, ...]], str]:
+    """Parameter names of ``entry`` as recorded in the compiled library (Relax VM), or None with
+    the reason the VM cannot tell."""
     arity = getattr(vm, "_get_function_arity", None)
     name = getattr(vm, "_get_function_param_name", None)
     if arity is None or name is None:
-        return None
+        return None, "this TVM's VirtualMachine cannot report function parameter names"
     try:
-        return tuple(str(name(entry, i)) for i in range(int(arity(entry))))
-    except Exception:  # an older VM or a function it cannot describe: fall back to the options
-        return None
+        return tuple(str(name(entry, i)) for i in range(int(arity(entry)))), ""
+    except Exception as exc:  # noqa: BLE001 - an older VM or a function it cannot describe: reported by the caller
+        return None, f"the library could not describe function {entry!r} ({type(exc).__name__}: {exc})"
 
 
 class TvmGraph:
@@ -127,10 +129,19 @@ class TvmGraph:
             raise BackendError(f"backend 'tvm' option 'entry' must be a function name, got {entry!r}")
         self._entry = entry
         #: The parameter names recorded in the library itself (None where the VM cannot tell).
-        self.library_inputs: Optional[Tuple[str, ...]] = _library_params(vm, entry)
+        self.library_inputs: Optional[Tuple[str, ...]]
+        self.library_inputs, why = _library_params(vm, entry)
         if self.library_inputs is not None and self.library_inputs != self._inputs:
             raise BackendError(f"graph {path.name!r}: the library's function {entry!r} takes parameters "
                                f"{list(self.library_inputs)}, but option 'inputs' says {list(self._inputs)}")
+        #: "checked: ..." or "not checked: <why>" -- the input-order check's outcome (see :attr:`evidence`).
+        self.input_order_check: str
+        if self.library_inputs is None:
+            self.input_order_check = (f"not checked: {why}; the input order {list(self._inputs)} is taken from "
+                                      f"the manifest's options unverified")
+            warnings.warn(f"graph {path.name!r}: input order {self.input_order_check}", RuntimeWarning, stacklevel=3)
+        else:
+            self.input_order_check = f"checked: the library's parameters are {list(self.library_inputs)}"
         batch = options.get("batch")
         if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 1 << 20):
             raise BackendError(f"backend 'tvm' option 'batch' must be null or an integer >= 1 (<= 2**20), "
@@ -156,6 +167,11 @@ class TvmGraph:
         self.input_shapes: Dict[str, Tuple[Optional[int], ...]] = {
             n: (None, *shapes[n]) for n in self._inputs if n in shapes
         }
+
+    @property
+    def evidence(self) -> Dict[str, str]:
+        """What this executor did or could not check when loading the graph (for info/evidence output)."""
+        return {"input_order": self.input_order_check}
 
     @property
     def input_names(self) -> Tuple[str, ...]:

@@ -1,7 +1,9 @@
 """The streaming loop: source -> ring buffer -> one decision per window (with its deadline)
 -> JSON-lines records, alarms with hysteresis, and a summary. Nothing a window or the
 source does stops the loop: bad windows give flagged decisions, model errors give error
-decisions, a stalled or closed source gives a status record."""
+decisions (``status: "error"`` with the message; counted in ``errors``, never as abstentions:
+an erroring model must not look like a cautious one), a stalled or closed source gives a
+status record."""
 from __future__ import annotations
 
 import math
@@ -50,7 +52,7 @@ class StreamStats:
     decided: int = 0          # the model ran
     abstained: int = 0
     flagged: int = 0          # quality flags
-    errors: int = 0
+    errors: int = 0           # the model raised: no decision (not an abstention)
     late: int = 0
     samples_sum: int = 0
     stalls: int = 0
@@ -59,12 +61,21 @@ class StreamStats:
     signal_seconds: float = 0.0
     compute_seconds: float = 0.0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    error_examples: list = field(default_factory=list)   # the first few error messages (bounded)
+
+    #: how many distinct error messages the summary keeps
+    MAX_ERROR_EXAMPLES = 5
+
+    def record_error(self, message: str) -> None:
+        self.errors += 1
+        if len(self.error_examples) < self.MAX_ERROR_EXAMPLES and message not in self.error_examples:
+            self.error_examples.append(message)
 
     def to_json(self) -> Dict[str, Any]:
         ms = lambda v: None if math.isnan(v) else round(v * 1e3, 4)  # noqa: E731
         return {
             "windows": self.windows, "decided": self.decided, "abstained": self.abstained, "flagged": self.flagged,
-            "errors": self.errors, "late": self.late, "stalls": self.stalls, "closes": self.closes,
+            "errors": self.errors, "error_examples": list(self.error_examples), "late": self.late, "stalls": self.stalls, "closes": self.closes,
             "alarms": self.alarms,
             "mean_samples": round(self.samples_sum / self.decided, 4) if self.decided else None,
             "signal_seconds": round(self.signal_seconds, 4), "compute_seconds": round(self.compute_seconds, 4),
@@ -118,22 +129,25 @@ def run_stream(diagnoser: Any, source: Source, emit: Emit, hop: Optional[int] = 
             t0 = clock()
             try:
                 d = diagnoser.decide(window)
-                rec = d.to_json()
+                rec = {"status": "ok", **d.to_json()}
                 if d.flags:
                     stats.flagged += 1
                 if d.samples:
                     stats.decided += 1
                     stats.samples_sum += d.samples
-            except Exception as exc:  # noqa: BLE001 - a window must never stop the service
-                stats.errors += 1
-                rec = {"class": None, "abstain": True, "reasons": ["error"], "flags": [], "samples": 0,
-                       "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+            except Exception as exc:  # noqa: BLE001 - a window must never stop the service: counted, emitted
+                message = (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0]
+                stats.record_error(message)
+                # an error is not an abstention: no class, no abstain verdict, the message
+                rec = {"status": "error", "class": None, "abstain": None, "reasons": ["error"], "flags": [],
+                       "samples": 0, "error": message}
             t1 = clock()
             latency = t1 - min(chunk.t_available, t0)
             late = latency > budget
             stats.windows += 1
             stats.late += late
-            stats.abstained += bool(rec["abstain"])
+            ok = rec["status"] == "ok"
+            stats.abstained += ok and bool(rec["abstain"])
             stats.compute_seconds += t1 - t0
             stats.latency.add(latency)
             stats.signal_seconds = win.window_end(index) / rate
@@ -147,7 +161,7 @@ def run_stream(diagnoser: Any, source: Source, emit: Emit, hop: Optional[int] = 
                     rec["simulated"] = True
                 emit(rec)
             if alarm is not None:
-                changed = alarm.update(None if rec["abstain"] else rec["class"])
+                changed = alarm.update(rec["class"] if ok and not rec["abstain"] else None)
                 if changed is not None:
                     stats.alarms += 1
                     emit({"type": "alarm", "state": changed, "window": index,
