@@ -155,4 +155,4 @@ def test_failed_trials_are_counted_listed_with_reasons_and_saved(tmp_path):
     assert [t["error"] for t in meta["failed_trials"]] == ["RuntimeError: export failed for S=32"] * len(raised)
     from edgeuq.compress.cli import search_tables_json
 
-    assert f"{len(raised)} failed" in search_tables_json(meta, "cmd", "prov")["note"]
+    assert f"{len(raised)} failed" in search_tables_json(meta)["note"]

@@ -194,16 +194,11 @@ def search_tables_json(meta) -> dict:
     the command and provenance, which the result's ``info`` carries)."""
     headers, rows = pareto_table(meta["trials"], meta["pareto"])
     n, ok = len(meta["trials"]), sum(bool(t["feasible"]) for t in meta["trials"])
-<<<<<<< HEAD
-    return {"headers": headers, "rows": rows,
-            "note": f"{n} trials, {ok} within {meta['board']}'s budgets, {len(meta['pareto'])} on the Pareto front; "
-=======
     failed = (f"{meta['failed_count']} failed (evaluation raised; reasons in search.json)"
               if "failed_count" in meta else "failed trials not recorded by this (older) result")
-    return {"command": command, "provenance": provenance, "headers": headers, "rows": rows,
+    return {"headers": headers, "rows": rows,
             "note": f"{n} trials, {failed}, {ok} within {meta['board']}'s budgets, {len(meta['pareto'])} on the "
                     f"Pareto front; "
->>>>>>> h1-harness
                     + (f"board's pick: trial {meta['chosen']}." if meta.get("chosen") is not None
                        else "no trial within the budgets, none picked.")}
 
