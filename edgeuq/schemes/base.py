@@ -214,6 +214,10 @@ class Scheme(ABC):
         return bool(self.noise_specs(model))
 
     # -- training -------------------------------------------------------------------
+    def decay_exempt(self, param_name: str) -> bool:
+        """True for a parameter trained without weight decay (e.g. a posterior scale)."""
+        return False
+
     def loss_fn(self, model: nn.Module, kl_weight: float, n_train: int) -> Callable:
         """The training loss of a batch (``edgeuq.training.loop.LossFn``); cross-entropy by default."""
         from ..training.loop import cross_entropy_loss
