@@ -156,7 +156,7 @@ def load_eval_inputs(path: Path, rt: UncertaintyRuntime, fs: Optional[float] = N
     rate, length = m.input.sample_rate_hz, m.input.length
     records, src = load_records(path, opts, rate)
     records = relabel_records(records, m.class_names, opts.label_map, allow_unknown=allow_unknown, where=str(path))
-    use = ("test" if src.name == "cwru" else "all") if split == "auto" else split
+    use = ("test" if src.held_out_split else "all") if split == "auto" else split
     step = hop or length
     if use == "test":
         ds = split_in_domain(records, length, step, class_names=m.class_names, allow_unknown=allow_unknown).test
@@ -165,7 +165,7 @@ def load_eval_inputs(path: Path, rt: UncertaintyRuntime, fs: Optional[float] = N
     else:
         ds = window_records(records, length, step, class_names=m.class_names, allow_unknown=allow_unknown)
         what = "all windows" + (" (including any a model trained on this folder saw; --split test for the "
-                                "held-out split)" if src.name == "cwru" else "")
+                                "held-out split)" if src.held_out_split else "")
     if len(ds) == 0:
         raise ValueError(f"{path}: no window of {length} samples at {rate:g} Hz fits in the signals")
     return EvalInputs(name, ds.x, ds.y,

@@ -9,6 +9,9 @@ It is filled in three ways, and only these:
    ``scan_package(__name__, __path__)``, which imports every module *inside that package*. The
    package therefore depends on its plug-ins, never the other way round, and no module names
    another package to import dynamically (an import-linter contract sees every edge);
+   A registry whose built-ins are heavy (the lowerers) instead names its own ``package``: a
+   missing name ``n`` imports ``<package>.n`` if that module exists, and nothing else (the
+   registry object lives in that same package, so this is still an edge inside one package);
 3. **entry points** for third-party plug-ins: the group ``edgeuq.<kind>`` (e.g.
    ``[project.entry-points."edgeuq.scheme"] toy = "toy_pkg.toy"``); each entry point's module is
    imported (its decorator registers) the first time a name is missing or the names are listed.
@@ -60,8 +63,11 @@ class Registry(Mapping, Generic[T]):
 
     def __init__(self, kind: str, *, instantiate: bool = False,
                  check: Optional[Callable[[str, Any], None]] = None,
-                 error: type = RegistryError, name_attr: Optional[str] = "name") -> None:
+                 error: type = RegistryError, name_attr: Optional[str] = "name",
+                 package: Optional[str] = None, label: Optional[str] = None) -> None:
         self.kind = kind
+        self.label = label or kind
+        self.package = package
         self.group = ENTRY_POINT_PREFIX + kind
         self._items: Dict[str, T] = {}
         self._instantiate = instantiate
@@ -77,8 +83,8 @@ class Registry(Mapping, Generic[T]):
         if self._check is not None:
             self._check(name, value)
         old = self._items.get(name)
-        if old is not None and not replace and type(old) is not type(value) and old is not value:
-            raise RegistryError(f"{self.kind} {name!r} is already registered ({_describe(old)})")
+        if old is not None and not replace and old is not value:
+            raise RegistryError(f"{self.label} {name!r} is already registered ({_describe(old)})")
         self._items[name] = value
         return value
 
@@ -92,7 +98,7 @@ class Registry(Mapping, Generic[T]):
             value = obj() if self._instantiate and isinstance(obj, type) else obj
             old = self._items.get(name)
             if old is not None and (type(old) if self._instantiate else old) is not obj:
-                raise RegistryError(f"{self.kind} {name!r} is already registered by {_describe(old)}")
+                raise RegistryError(f"{self.label} {name!r} is already registered by {_describe(old)}")
             self.add(name, value, replace=True)
             return obj
 
@@ -116,6 +122,18 @@ class Registry(Mapping, Generic[T]):
                 self.add(ep.name, obj() if self._instantiate and isinstance(obj, type) else obj)
         return tuple(seen)
 
+    def _import_from_package(self, name: str) -> None:
+        """``<package>.<name>`` imported when the registry has a ``package`` and that module
+        exists (an ImportError inside it propagates: the plug-in is there but broken)."""
+        if not self.package or not isinstance(name, str) or not name.isidentifier():
+            return
+        module = f"{self.package}.{name}"
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
     # -- lookup ---------------------------------------------------------------------
     def get(self, name: str, default: Any = ...) -> T:  # type: ignore[override]
         """The plug-in ``name``; an unknown name raises naming every known one."""
@@ -123,13 +141,14 @@ class Registry(Mapping, Generic[T]):
             return self._items[name]
         except (KeyError, TypeError):
             pass
+        self._import_from_package(name)
         self.load_entry_points()
         try:
             return self._items[name]
         except (KeyError, TypeError):
             if default is not ...:
                 return default
-            raise self._error(f"unknown {self.kind} {name!r}; known: {sorted(self._items)}") from None
+            raise self._error(f"unknown {self.label} {name!r}; known: {sorted(self._items)}") from None
 
     def names(self) -> Tuple[str, ...]:
         self.load_entry_points()
