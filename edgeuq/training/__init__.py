@@ -11,12 +11,12 @@ from typing import Any, Dict
 
 _API: Dict[str, str] = {
     "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
-    "TrainConfig": "config",
+    "TrainConfig": "config", "UqConfig": "config",
     "EpochStats": "loop", "TrainResult": "loop", "predict_logits": "loop", "train_model": "loop",
 }
 
 __all__ = [
-    "Checkpoint", "load_checkpoint", "save_checkpoint", "TrainConfig",
+    "Checkpoint", "load_checkpoint", "save_checkpoint", "TrainConfig", "UqConfig",
     "EpochStats", "TrainResult", "predict_logits", "train_model",
 ]
 
