@@ -25,6 +25,7 @@ from .data import (
     SyntheticBearingConfig, WindowDataset, Splits, add_noise, synthetic_records, split_in_domain, window_records,
 )
 from .evaluate import SetEvaluation, evaluate_sets
+from .data.sources import DATA_SOURCES
 from .export import OnnxArtifact, export_onnx
 from .models import ModelConfig
 from .profile import LatencyStats, measure_latency
@@ -66,8 +67,9 @@ def prepare_data(recipe: Recipe, synthetic_overrides: Optional[Mapping[str, Any]
     """The embedded default: synthetic bearing records, a time-disjoint split,
     an unseen-fault set and an additive-noise shifted copy of the test set."""
     data = recipe.data
-    if data.get("source", "synthetic") != "synthetic":
-        raise ValueError(f"recipe {recipe.name!r}: the demo runs on source='synthetic', got {data.get('source')!r}")
+    if "source" in data and not DATA_SOURCES.get(data["source"]).takes_no_path:
+        raise ValueError(f"recipe {recipe.name!r}: the demo runs on the recipe's embedded data (a source that takes "
+                         f"no path, e.g. source='synthetic'), got {data.get('source')!r}")
     classes = tuple(data["classes"])
     window, hop = int(data["window"]), int(data["hop"])
     cfg = _synthetic_config(recipe, synthetic_overrides or {})
