@@ -3,18 +3,13 @@ runtime's ``input_flags`` and ``bundle_digest``, and do not depend on the runtim
 (the old hand-stitched chunks, reseeded per chunk, depended on the chunk size)."""
 import numpy as np
 import pytest
-import torch
 
-from edgeuq.bundle import build_bundle
 from edgeuq.evaluate import evaluate_sets
-from edgeuq.export import export_onnx
-from edgeuq.models import ModelConfig, SignalTransformer
-from edgeuq.training import save_checkpoint
 from edgeuq_runtime import UncertaintyRuntime
+from test_uq_evaluate import signal_bundle  # noqa: F401  (the tiny 3-class signal bundle fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-CLASSES = ("a", "b", "c")
 FIELDS = ("probs", "total", "aleatoric", "epistemic", "confidence")
 
 
@@ -24,18 +19,13 @@ class _Set:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    d = tmp_path_factory.mktemp("evalrt")
-    torch.manual_seed(0)
-    m = SignalTransformer(ModelConfig(input_length=64, num_classes=3, patch=8, d_model=16, heads=2, depth=2,
-                                      ffn=16, dropout=0.3, stochastic_blocks=(1,)))
-    art = export_onnx(save_checkpoint(m, d / "ck", CLASSES, 1000.0), d / "onnx")
-    return build_bundle(art, d / "bundle", "tiny", "0.1.0", default_samples=4).root
+def bundle(signal_bundle):
+    return signal_bundle
 
 
 @pytest.fixture(scope="module")
 def data():
-    x = np.random.default_rng(0).standard_normal((11, 64)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((11, 128)).astype(np.float32)
     x[4] = 0.5                                   # a flat window (a dead sensor)
     return _Set(x, np.arange(11) % 3)
 
