@@ -32,7 +32,7 @@ def train_cwru_bundle(work: Path, cwru_dir: Path, log=print) -> Path:
     from edgeuq.catalog import get_recipe
     from edgeuq.export import export_onnx
     from edgeuq.models import ModelConfig
-    from edgeuq.pipeline import scheme_train_stage
+    from edgeuq.pipeline import train_stage
     from edgeuq.training import TrainConfig, load_checkpoint
 
     work = Path(work)
@@ -49,8 +49,7 @@ def train_cwru_bundle(work: Path, cwru_dir: Path, log=print) -> Path:
         ck = load_checkpoint(ck_dir)
     else:
         cfg = ModelConfig.from_dict(rec.model, input_length=sp.window, num_classes=len(sp.class_names))
-        ck = scheme_train_stage(sp, cfg, TrainConfig.from_dict(rec.train), ck_dir, uq=rec.uq, progress=False,
-                                log=log)
+        ck = train_stage(sp, cfg, TrainConfig.from_dict(rec.train), ck_dir, uq=rec.uq, progress=False, log=log)
     art = export_onnx(ck, work / "onnx", verify=True)
     build_bundle(art, bundle_dir, "cwru-mc-dropout-stream", "0.1.0", default_samples=32, overwrite=True)
     (work / "prep.json").write_text(json.dumps({"metrics": ck.metrics}, indent=2, default=str))

@@ -80,9 +80,8 @@ class Task:
 
 def load_task(kind: str, cwru: Path, rec) -> Task:
     window, hop = int(rec.data["window"]), int(rec.data["hop"])
-    if kind == "auto":
-        kind = "cwru" if (cwru / "12k_DE").is_dir() else "synthetic"
-    if kind == "cwru":
+    use_cwru = {"auto": (cwru / "12k_DE").is_dir(), "cwru": True, "synthetic": False}[kind]
+    if use_cwru:
         records = load_cwru(cwru)
         classes = ("normal", "inner_race", "outer_race")
         known = [r for r in records if r.label in classes]

@@ -33,6 +33,11 @@ class SetEvaluation:
     def n(self) -> int:
         return int(len(self.labels))
 
+    @property
+    def flagged(self) -> int:
+        """Rows the runtime flagged as unusable input (``result.input_flags``: flat, clipped)."""
+        return int(np.sum(~self.result.diagnosed))
+
     def summary(self) -> Dict[str, float]:
         r = self.result
         return {
@@ -45,16 +50,22 @@ class SetEvaluation:
 
 
 def run_runtime(
-    rt: UncertaintyRuntime, x: np.ndarray, samples: int, seed: int, chunk: int = 256, progress: bool = False, desc: str = ""
+    rt: UncertaintyRuntime, x: np.ndarray, samples: int, seed: int, progress: bool = False, desc: str = ""
 ) -> UncertaintyResult:
-    """Run ``rt.predict`` in chunks (bounded memory) and stitch the results."""
-    parts = []
-    rng_seeds = np.random.SeedSequence(seed).spawn(max(1, -(-len(x) // chunk)))
-    for i, start in enumerate(tqdm(range(0, len(x), chunk), desc=desc, disable=not progress, leave=False)):
-        seed_i = int(rng_seeds[i].generate_state(1)[0])
-        parts.append(rt.predict(x[start : start + chunk], samples=samples, seed=seed_i))
-    # keeps the input flags (a flagged row: prediction -1, NaN numbers) and the bundle digest
-    return UncertaintyResult.concatenate(parts)
+    """``rt.predict`` over the whole set, in one call: the runtime bounds memory itself (at most
+    ``max_batch`` rows per graph run) and its result never depends on ``max_batch``, so the
+    result is the runtime's own, ``input_flags`` and ``bundle_digest`` included (stitching
+    chunks by hand, reseeded per chunk, made results depend on the chunk size)."""
+    with tqdm(total=len(x), desc=desc, disable=not progress, leave=False) as bar:
+        result = rt.predict(x, samples=samples, seed=seed)
+        bar.update(len(x))
+    return result
+
+
+def _runtime(bundle_dir: Path, seed: int, max_batch: Optional[int]) -> UncertaintyRuntime:
+    if max_batch is None:
+        return UncertaintyRuntime(bundle_dir, seed=seed)
+    return UncertaintyRuntime(bundle_dir, seed=seed, max_batch=max_batch)
 
 
 def evaluate_sets(
@@ -64,14 +75,16 @@ def evaluate_sets(
     seed: int = 0,
     reference: Optional[str] = None,
     progress: bool = True,
+    max_batch: Optional[int] = None,
 ) -> Dict[str, SetEvaluation]:
     """Evaluate WindowDataset-like objects (``.x``, ``.y``) through the runtime.
 
     Labelled sets (all labels >= 0) get accuracy/NLL/Brier/ECE. With
     ``reference`` naming the in-distribution set, every other set also gets the
-    OOD AUROC of epistemic (MI) and total uncertainty against it.
+    OOD AUROC of epistemic (MI) and total uncertainty against it. ``max_batch`` (the runtime's
+    rows per graph run; its default when None) bounds memory and never changes a result.
     """
-    rt = UncertaintyRuntime(bundle_dir, seed=seed)
+    rt = _runtime(bundle_dir, seed, max_batch)
     s = samples or rt.default_samples
     out: Dict[str, SetEvaluation] = {}
     for name, ds in sets.items():
@@ -152,7 +165,7 @@ def load_eval_inputs(path: Path, rt: UncertaintyRuntime, fs: Optional[float] = N
     rate, length = m.input.sample_rate_hz, m.input.length
     records, src = load_records(path, opts, rate)
     records = relabel_records(records, m.class_names, opts.label_map, allow_unknown=allow_unknown, where=str(path))
-    use = ("test" if src.name == "cwru" else "all") if split == "auto" else split
+    use = ("test" if src.held_out_split else "all") if split == "auto" else split
     step = hop or length
     if use == "test":
         ds = split_in_domain(records, length, step, class_names=m.class_names, allow_unknown=allow_unknown).test
@@ -161,7 +174,7 @@ def load_eval_inputs(path: Path, rt: UncertaintyRuntime, fs: Optional[float] = N
     else:
         ds = window_records(records, length, step, class_names=m.class_names, allow_unknown=allow_unknown)
         what = "all windows" + (" (including any a model trained on this folder saw; --split test for the "
-                                "held-out split)" if src.name == "cwru" else "")
+                                "held-out split)" if src.held_out_split else "")
     if len(ds) == 0:
         raise ValueError(f"{path}: no window of {length} samples at {rate:g} Hz fits in the signals")
     return EvalInputs(name, ds.x, ds.y,
@@ -217,10 +230,13 @@ class BundleEvaluation:
     descriptions: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        sets = {"data": {"name": self.data.name, "n": self.data.n, **dict(self.data.metrics)}}
+        sets = {"data": {"name": self.data.name, "n": self.data.n, "flagged_inputs": self.data.flagged,
+                         **dict(self.data.metrics)}}
         if self.ood is not None:
-            sets["ood"] = {"name": self.ood.name, "n": self.ood.n, **dict(self.ood.metrics)}
-        return {"bundle": self.bundle, "model": self.model, "samples": self.samples, "sets": sets,
+            sets["ood"] = {"name": self.ood.name, "n": self.ood.n, "flagged_inputs": self.ood.flagged,
+                           **dict(self.ood.metrics)}
+        return {"bundle": self.bundle, "bundle_digest": self.data.result.bundle_digest, "model": self.model,
+                "samples": self.samples, "sets": sets,
                 "ood_metrics": dict(self.ood_metrics), "descriptions": dict(self.descriptions)}
 
     def table(self) -> tuple:
@@ -256,9 +272,10 @@ def evaluate_bundle(
     progress: bool = True,
     split: str = "auto",
     options: Optional[DataOptions] = None,
+    max_batch: Optional[int] = None,
 ) -> BundleEvaluation:
     """Run the device runtime on ``data`` (and ``ood``) and score it (see :func:`load_eval_inputs`)."""
-    rt = UncertaintyRuntime(bundle_dir, seed=seed)
+    rt = _runtime(bundle_dir, seed, max_batch)
     s = samples or rt.default_samples
     inputs = load_eval_inputs(data, rt, fs=fs, key=key, hop=hop, split=split, options=options)
     res = run_runtime(rt, inputs.x, s, seed, progress=progress, desc=f"runtime: {inputs.name}")

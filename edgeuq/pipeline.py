@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
@@ -25,20 +25,21 @@ from .data import (
     SyntheticBearingConfig, WindowDataset, Splits, add_noise, synthetic_records, split_in_domain, window_records,
 )
 from .evaluate import SetEvaluation, evaluate_sets
+from .data.sources import DATA_SOURCES
 from .export import OnnxArtifact, export_onnx
 from .models import ModelConfig
 from .profile import LatencyStats, measure_stages
 from .schemes import get_scheme
 from .schemes.base import FitContext
-from .training import Checkpoint, TrainConfig, save_checkpoint
+from .training import Checkpoint, TrainConfig, UqConfig, save_checkpoint
 
 __all__ = [
     "DemoData", "DemoResult", "prepare_data", "train_stage", "export_stage", "bundle_stage",
-    "latency_stage", "run_demo", "UQ_TRAIN_KEYS", "scheme_train_stage",
+    "latency_stage", "run_demo", "UQ_TRAIN_KEYS",
 ]
 
-#: Keys of a recipe's free-form [uq] table read by :func:`train_stage`.
-UQ_TRAIN_KEYS = ("kl_weight", "val_samples", "temperature_scaling", "laplace_samples", "samples")
+#: Keys of a recipe's [uq] table (:class:`edgeuq.training.config.UqConfig`, read strictly).
+UQ_TRAIN_KEYS = tuple(f.name for f in fields(UqConfig))
 
 Log = Callable[[str], None]
 
@@ -66,8 +67,9 @@ def prepare_data(recipe: Recipe, synthetic_overrides: Optional[Mapping[str, Any]
     """The embedded default: synthetic bearing records, a time-disjoint split,
     an unseen-fault set and an additive-noise shifted copy of the test set."""
     data = recipe.data
-    if data.get("source", "synthetic") != "synthetic":
-        raise ValueError(f"recipe {recipe.name!r}: the demo runs on source='synthetic', got {data.get('source')!r}")
+    if "source" in data and not DATA_SOURCES.get(data["source"]).takes_no_path:
+        raise ValueError(f"recipe {recipe.name!r}: the demo runs on the recipe's embedded data (a source that takes "
+                         f"no path, e.g. source='synthetic'), got {data.get('source')!r}")
     classes = tuple(data["classes"])
     window, hop = int(data["window"]), int(data["hop"])
     cfg = _synthetic_config(recipe, synthetic_overrides or {})
@@ -175,7 +177,7 @@ def run_demo(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     timings: Dict[str, float] = {}
-    s = int(samples or rec.uq.get("samples", 16))
+    s = int(samples or UqConfig.from_dict(rec.uq).samples)
 
     t = time.perf_counter()
     data = prepare_data(rec, synthetic_overrides)
@@ -209,6 +211,3 @@ def run_demo(
     (out_dir / "results.json").write_text(json.dumps(result.summary(), indent=2, sort_keys=True, default=float))
     return result
 
-
-#: Deprecated name of :func:`train_stage` (which now covers every scheme).
-scheme_train_stage = train_stage

@@ -1,6 +1,6 @@
 """CLI commands of the uncertainty work: ``edgeuq evaluate`` and ``benchmark-uq`` (``train`` covers every scheme).
 
-Registered through ``edgeuq.cli._COMMAND_MODULES``; imports stay inside the
+Registered through ``edgeuq.cli._command_modules``; imports stay inside the
 command functions so ``edgeuq --help`` stays fast.
 """
 from __future__ import annotations

@@ -278,7 +278,7 @@ def profile(out: Path = PROFILE_DIR, samples=(1, SAMPLES), repeats: int = 30, wa
 
 def _tuning_states(rows: List[Dict[str, Any]]) -> str:
     """``x86-64: tuned (shipped database); others untuned`` from the evidence rows' tuning states."""
-    states = {r["target"]: r.get("tuning") or "untuned" for r in rows if r.get("lowering") == "tvm"}
+    states = {r["target"]: r["tuning"] for r in rows if r.get("tuning") is not None}  # lowerers that tune
     special = [f"{t}: {st}" for t, st in sorted(states.items()) if st != "untuned"]
     return "; ".join(special + (["others untuned"] if len(special) < len(states) else [])) or "untuned"
 

@@ -34,6 +34,32 @@ def _type_checking_nodes(tree: ast.AST) -> Set[int]:
     return skip
 
 
+def _is_dynamic_import(node: ast.Call) -> bool:
+    f = node.func
+    return ((isinstance(f, ast.Attribute) and f.attr == "import_module")
+            or (isinstance(f, ast.Name) and f.id in ("import_module", "__import__")))
+
+
+def _dynamic_import_target(node: ast.Call):
+    """The module a dynamic import names when it is a string literal, else None."""
+    if _is_dynamic_import(node) and node.args and isinstance(node.args[0], ast.Constant) \
+            and isinstance(node.args[0].value, str):
+        return node.args[0].value
+    return None
+
+
+#: the only places that import modules by a computed name: package facades loading their own
+#: children lazily (PEP 562) and the registry's package scan (a package importing its own modules)
+DYNAMIC_IMPORT_ALLOWED = {"edgeuq/__init__.py", "edgeuq/_lazy.py", "edgeuq/registry.py"}
+
+
+def dynamic_imports(path: Path) -> List[int]:
+    """Lines of dynamic imports (importlib.import_module / __import__) whose target is not a literal."""
+    tree = ast.parse(path.read_text(), str(path))
+    return [n.lineno for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and _is_dynamic_import(n) and _dynamic_import_target(n) is None]
+
+
 def imports_of(name: str, path: Path, modules: Dict[str, Path]) -> Set[str]:
     """edgeuq modules that ``name`` imports (a ``from P import x`` names the submodule P.x when it is one)."""
     tree = ast.parse(path.read_text(), str(path))
@@ -47,6 +73,10 @@ def imports_of(name: str, path: Path, modules: Dict[str, Path]) -> Set[str]:
             for alias in node.names:
                 if alias.name.split(".")[0] == "edgeuq":
                     out.add(alias.name)
+        elif isinstance(node, ast.Call) and _dynamic_import_target(node) is not None:
+            target = _dynamic_import_target(node)
+            if target.split(".")[0] == "edgeuq":        # importlib.import_module("edgeuq.x"): an edge too
+                out.add(target)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = name.split(".") if is_pkg else name.split(".")[:-1]
@@ -159,3 +189,25 @@ def test_missing_extra_skips_locally_and_fails_under_ci(monkeypatch):
     with pytest.raises(pytest.fail.Exception, match="CI=true: optional extra 'no_such_extra_mod'"):
         require_extra("no_such_extra_mod", "tvm")
     assert require_extra("json").dumps([1]) == "[1]"           # present: the module itself
+
+
+def test_import_graph_sees_literal_dynamic_imports_and_flags_computed_ones(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("import importlib\nfrom importlib import import_module\n"
+                   "def f(name):\n    importlib.import_module('edgeuq.lower.tvm')\n"
+                   "    import_module(f'edgeuq.lower.{name}')\n    __import__(name)\n    importlib.import_module('os')\n")
+    modules = {m: Path() for m in ("edgeuq.lower", "edgeuq.lower.tvm", "edgeuq.x")}
+    assert imports_of("edgeuq.x", src, modules) == {"edgeuq.lower", "edgeuq.lower.tvm"}
+    assert dynamic_imports(src) == [5, 6]
+
+
+def test_no_hidden_dynamic_import_outside_the_facades_and_the_registry():
+    """A module imported by a computed name is an edge no static tool sees (the scheme registry
+    once imported its built-ins that way, hiding a circle): only the lazy package facades and
+    the registry's package scan may do it."""
+    offenders = []
+    for p in sorted(PKG.rglob("*.py")):
+        rel = p.relative_to(ROOT).as_posix()
+        if "__pycache__" not in p.parts and rel not in DYNAMIC_IMPORT_ALLOWED:
+            offenders += [f"{rel}:{line}" for line in dynamic_imports(p)]
+    assert offenders == [], "imports by a computed name: " + ", ".join(offenders)

@@ -23,7 +23,7 @@ BUILTIN = {"mc_dropout", "variational", "hsa", "ensemble", "laplace"}
 _COMPARE = {"==", "!="}
 
 
-def scheme_comparisons(source: str, names) -> list:
+def scheme_comparisons(source: str, names, words=("scheme",)) -> list:
     """(line, text) of every comparison that tells schemes apart: ``<...scheme...> ==/!=/in/not in``,
     ``== <...scheme...>``, and a scheme-name string literal next to ``==``, ``!=`` or ``in``.
     Comments and docstrings are ignored (tokens); ``for scheme in ...`` is not a comparison."""
@@ -43,7 +43,7 @@ def scheme_comparisons(source: str, names) -> list:
         prv = toks[i - 1].string if i else ""
         nxt = toks[i + 1].string if i + 1 < len(toks) else ""
         hit = False
-        if t.type == tokenize.NAME and "scheme" in t.string.lower():
+        if t.type == tokenize.NAME and any(w in t.string.lower() for w in words):
             hit = nxt in _COMPARE or prv in _COMPARE or (nxt in ("in", "not") and not in_for_target(i))
         elif t.type == tokenize.STRING:
             try:

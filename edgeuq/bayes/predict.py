@@ -8,7 +8,8 @@ import torch
 
 from edgeuq_runtime.noise import mean_noise, sample_noise
 
-from ..models import DeployableModel, tile_samples
+from ..models.sampling import tile_samples
+from ..models.transformer import DeployableModel
 
 __all__ = ["sample_logits", "predictive_probs"]
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..models import DeployableModel
+from ..models.transformer import DeployableModel
 from ..uq.calibration import TemperatureFit, fit_temperature
 from .predict import sample_logits
 from .train import uses_sampling

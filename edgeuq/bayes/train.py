@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..schemes.registry import get_scheme
-from ..training import TrainConfig, TrainResult
-from ..training.loop import LossFn, check_dataset, deterministic_validation, run_epochs
+from ..models.scheme_slot import SCHEMES
+from ..training.config import TrainConfig
+from ..training.loop import LossFn, TrainResult, check_dataset, deterministic_validation, run_epochs
 from ..uq import nll
 from .predict import predictive_probs, sample_logits
 
@@ -19,14 +19,16 @@ __all__ = ["fit_model", "uses_sampling"]
 def uses_sampling(model: nn.Module) -> bool:
     """True when the model's prediction is a sampled predictive (MC dropout, VI, HSA,
     ensembles, a fitted Laplace head); False for deterministic models and an unfitted Laplace head."""
-    return get_scheme(model.cfg.scheme).uses_sampling(model)
+    return SCHEMES.get(model.cfg.scheme).uses_sampling(model)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list:
-    """No weight decay on posterior scales (``*_rho``): decay would inflate sigma."""
+    """No weight decay on the parameters the scheme exempts (posterior scales: decay would
+    inflate sigma); :meth:`edgeuq.schemes.base.Scheme.decay_exempt` decides."""
+    scheme = SCHEMES.get(model.cfg.scheme)
     decay, free = [], []
     for name, p in model.named_parameters():
-        (free if name.endswith("_rho") else decay).append(p)
+        (free if scheme.decay_exempt(name) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}] + ([{"params": free, "weight_decay": 0.0}] if free else [])
 
 
@@ -62,7 +64,7 @@ def fit_model(
     if val_samples < 0:
         raise ValueError(f"val_samples must be >= 0, got {val_samples}")
     if loss_fn is None:
-        loss_fn = get_scheme(model.cfg.scheme).loss_fn(model, kl_weight, len(x_train))
+        loss_fn = SCHEMES.get(model.cfg.scheme).loss_fn(model, kl_weight, len(x_train))
     if val_samples == 0:
         validate = deterministic_validation(model, x_val, y_val)
     else:

@@ -85,7 +85,7 @@ def _records(a: argparse.Namespace, recipe):
         from ..data.sources import load_records, resolve_data_source
 
         path = Path(a.data)
-        native = resolve_data_source(path).name == "cwru"  # CWRU keeps its rates, as in `edgeuq train`
+        native = resolve_data_source(path).native_rates  # e.g. CWRU keeps its rates, as in `edgeuq train`
         records, src = load_records(path, data_options(a), None if native else float(d["fs_hz"]))
         return records, f"{src.name} ({path})"
     from ..data import SyntheticBearingConfig, synthetic_records

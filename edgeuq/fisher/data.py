@@ -51,9 +51,9 @@ def calibration_data(
     else:
         path = Path(data)
         opts = options if options is not None else DataOptions(fs=fs, key=key)
-        cwru = resolve_data_source(path).name == "cwru"  # CWRU: native rate here, resampled when windowed
-        records, src = load_records(path, opts, None if cwru else checkpoint.sample_rate_hz)
-        where = f"CWRU folder {path}" if src.name == "cwru" else f"signals from {path}"
+        native = resolve_data_source(path).native_rates  # e.g. CWRU: native rates here, resampled when windowed
+        records, src = load_records(path, opts, None if native else checkpoint.sample_rate_hz)
+        where = f"{src.describe} {path}"
         records = [r for r in relabel_records(records, classes, opts.label_map, allow_unknown=True)
                    if r.label in classes]
         if not records:

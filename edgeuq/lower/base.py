@@ -2,8 +2,10 @@
 
 A backend is a subpackage or module ``edgeuq.lower.<name>`` that defines a
 :class:`Lowerer` subclass and registers it with ``@register_lowerer``; the
-registry imports ``edgeuq.lower.<name>`` the first time a board asks for
-``lowering = "<name>"`` (no directory scanning, no backend named anywhere else).
+registry (an :class:`edgeuq.registry.Registry` with ``package="edgeuq.lower"``) imports
+``edgeuq.lower.<name>`` the first time a board asks for ``lowering = "<name>"`` (heavy
+backends stay unimported until used; no backend named anywhere else); a backend in another
+distribution declares an ``edgeuq.lowerer`` entry point.
 Copy ``edgeuq/lower/onnxruntime.py`` (the smallest backend) to add one.
 
 Every lowering returns a :class:`CompiledArtifact` whose :class:`Evidence` says
@@ -13,7 +15,6 @@ remote), against what, with which error and latency (None = not measured).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import shutil
 from abc import ABC, abstractmethod
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 from ..artifact import Artifact, ArtifactWriter
+from ..registry import Registry
 
 __all__ = [
     "CompiledGraph", "CompiledArtifact", "Evidence", "EVIDENCE_KINDS", "CompileSettings", "Lowerer",
@@ -211,7 +213,18 @@ class LoweringNotAvailable(LookupError, ValueError):
     """A board names a lowering backend that is not registered (or cannot be imported)."""
 
 
-LOWERERS: Dict[str, Lowerer] = {}
+def _check_lowerer(name: str, lw: Any) -> None:
+    cls = type(lw)
+    if not isinstance(lw, Lowerer):
+        raise TypeError(f"register_lowerer({name!r}) decorates a Lowerer subclass, got {lw!r}")
+    if not (dataclasses.is_dataclass(cls.Options) and cls.Options.__dataclass_params__.frozen):
+        raise TypeError(f"{cls.__name__}.Options must be a frozen dataclass")
+
+
+#: name -> registered lowerer instance
+LOWERERS: Registry[Lowerer] = Registry("lowerer", instantiate=True, check=_check_lowerer,
+                                       error=LoweringNotAvailable, package=__package__,
+                                       label="lowering backend")
 L = TypeVar("L", bound=Type[Lowerer])
 
 
@@ -221,27 +234,19 @@ def register_lowerer(name: str) -> Callable[[L], L]:
     def deco(cls: L) -> L:
         if not (isinstance(cls, type) and issubclass(cls, Lowerer)):
             raise TypeError(f"register_lowerer({name!r}) decorates a Lowerer subclass, got {cls!r}")
-        if not (dataclasses.is_dataclass(cls.Options) and cls.Options.__dataclass_params__.frozen):
-            raise TypeError(f"{cls.__name__}.Options must be a frozen dataclass")
-        cls.name = name
-        LOWERERS[name] = cls()
-        return cls
+        return LOWERERS.register(name)(cls)
 
     return deco
 
 
 def get_lowerer(name: str) -> Lowerer:
     """The registered lowerer ``name``, importing ``edgeuq.lower.<name>`` on first use."""
-    if name not in LOWERERS:
-        module = f"{__package__}.{name}"
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise LoweringNotAvailable(f"lowering backend {name!r} could not be imported: {exc}") from exc
-    if name not in LOWERERS:
-        raise LoweringNotAvailable(f"unknown lowering backend {name!r}; registered: {sorted(LOWERERS)}")
-    return LOWERERS[name]
+    try:
+        return LOWERERS.get(name)
+    except LoweringNotAvailable:
+        raise
+    except ImportError as exc:
+        raise LoweringNotAvailable(f"lowering backend {name!r} could not be imported: {exc}") from exc
 
 
 def options_from_kwargs(options_cls: Type[O], backend: str, kwargs: Mapping[str, Any]) -> O:

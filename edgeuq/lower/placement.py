@@ -132,13 +132,13 @@ class RemoteMeasurer(Measurer):
         self.session, self.where, self.warmup, self.repeats = session, where, int(warmup), int(repeats)
 
     def measure(self, role: str, options: Sequence[Option], feeds: Mapping[str, np.ndarray]) -> Dict[tuple, Timing]:
-        from ..profile.tvm_rpc import time_remote_library
+        from ..profile.tvm_rpc import rpc_timeable, time_remote_library
 
         out: Dict[tuple, Timing] = {}
         rows = next(iter(feeds.values())).shape[0]
         for o in options:
             opts = dict(o.graph.options)
-            if o.graph.backend != "tvm" or opts.get("device", "cpu") != "cpu":
+            if not rpc_timeable(o.graph.backend, opts):
                 out[o.key] = (f"not measured: the {o.graph.backend} graph is not a CPU TVM library, which is all "
                               "TVM RPC can time on the board (run `edgeuq profile --bundle B` there)")
                 continue

@@ -1,11 +1,27 @@
-"""Transformer classifiers; the stochastic layers come from the scheme plug-ins (edgeuq.schemes)."""
-from .attention import AttentionBase, SelfAttention
-from .config import BlockShape, ModelConfig
-from .layers import StochasticLayer, TORCH_NOISE_DRAWS, is_stochastic_layer
-from .sampling import mc_sample_probs, tile_samples
-from .transformer import DeployableModel, SignalTransformer, build_model
+"""Transformer classifiers; the stochastic layers come from the scheme plug-ins (edgeuq.schemes).
+
+The names below are loaded on first use (PEP 562): the package itself imports nothing, so a
+scheme module importing :mod:`edgeuq.models.layers` does not pull in :mod:`edgeuq.models.config`
+(which sits above the schemes: it validates ``scheme_options`` with the registered scheme).
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+from .._lazy import lazy_exports
+
+_API: Dict[str, str] = {
+    "AttentionBase": "attention", "SelfAttention": "attention",
+    "BlockShape": "config", "ModelConfig": "config",
+    "StochasticLayer": "layers", "TORCH_NOISE_DRAWS": "layers", "is_stochastic_layer": "layers",
+    "mc_sample_probs": "sampling", "tile_samples": "sampling",
+    "DeployableModel": "transformer", "SignalTransformer": "transformer", "build_model": "transformer",
+}
 
 __all__ = [
     "ModelConfig", "BlockShape", "SignalTransformer", "DeployableModel", "build_model", "mc_sample_probs",
     "tile_samples", "StochasticLayer", "TORCH_NOISE_DRAWS", "is_stochastic_layer", "AttentionBase", "SelfAttention",
 ]
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _API, globals())

@@ -19,17 +19,21 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import List, Optional, Tuple, final
+from typing import TYPE_CHECKING, List, Optional, Tuple, final
 
 import torch
 from torch import nn
 
 from edgeuq_runtime.noise import NoiseSpec
 
-from ..schemes.registry import get_scheme
 from .attention import MASK_BIAS, key_padding_bias
-from .config import ModelConfig
 from .layers import NoiseDict, apply_layer, is_stochastic_layer
+from .scheme_slot import SCHEMES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import ModelConfig
+
+get_scheme = SCHEMES.get
 
 __all__ = ["DeployableModel", "SignalTransformer", "build_model", "sinusoidal_positions", "masked_mean",
            "pool_tokens", "key_padding_bias", "MASK_BIAS"]

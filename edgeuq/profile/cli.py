@@ -20,13 +20,40 @@ import numpy as np
 __all__ = ["register", "profile_bundle", "main"]
 
 
+def _onnxruntime_operators(path: Path, role: str, spec: Any, feeds: Dict[str, np.ndarray], bundle: Any,
+                           samples: int, warmup: int, repeats: int, seed: int) -> Optional[tuple]:
+    from .ort_ops import profile_onnx_graph
+
+    rows, runs = profile_onnx_graph(path, feeds, warmup=warmup, repeats=repeats)
+    return rows, (f"ONNX Runtime profiling (CPU, 1 thread), {runs} runs after {warmup} warm-up runs "
+                  f"dropped, S={samples if role == 'head' else 1}")
+
+
+def _tvm_operators(path: Path, role: str, spec: Any, feeds: Dict[str, np.ndarray], bundle: Any,
+                   samples: int, warmup: int, repeats: int, seed: int) -> Optional[tuple]:
+    """Per-operator table of a CPU TVM library (None for another device: no profiler here)."""
+    from .tvm_rpc import graph_inputs, tvm_kernel_table
+
+    opts = spec.options or {}
+    if opts.get("device", "cpu") != "cpu":
+        return None
+    s_rows = samples if opts.get("batch") is None else 1
+    b_rows = 1 if opts.get("batch") is None else int(opts["batch"])
+    arrays = graph_inputs(bundle, role, s_rows if role == "head" else 1, b_rows, seed)
+    rows, runs = tvm_kernel_table(path, arrays, warmup=warmup, repeats=repeats, entry=opts.get("entry", "main"))
+    return rows, (f"TVM Relax VM instrument (vm.set_instrument, this host), {runs} runs after {warmup} "
+                  f"warm-up runs dropped; times include ~1 µs Python callback per VM instruction")
+
+
+#: executor name -> per-operator profiler of its graphs on this host (no entry: no table, a note says so)
+OPERATOR_PROFILERS: Dict[str, Any] = {"onnxruntime": _onnxruntime_operators, "tvm": _tvm_operators}
+
+
 def _operators_here(profiler: Any, samples: int, warmup: int, repeats: int, seed: int):
     """Per-operator tables of both graphs, run on this host (ORT profiling / TVM instrument)."""
     from edgeuq_runtime.bundle import load_bundle
 
-    from .ort_ops import profile_onnx_graph
     from .stages import example_input
-    from .tvm_rpc import graph_inputs, tvm_kernel_table
 
     rt = profiler.rt
     m = rt.manifest
@@ -42,22 +69,12 @@ def _operators_here(profiler: Any, samples: int, warmup: int, repeats: int, seed
     for role, spec in (("trunk", m.trunk), ("head", m.head)):
         backend = spec.backend or m.backend
         path = rt.bundle.listed_path(spec.file, f"{role} graph")
-        if backend == "onnxruntime":
-            rows, runs = profile_onnx_graph(path, feeds[role], warmup=warmup, repeats=repeats)
-            sources[role] = (f"ONNX Runtime profiling (CPU, 1 thread), {runs} runs after {warmup} warm-up runs "
-                             f"dropped, S={samples if role == 'head' else 1}")
-        elif backend == "tvm" and (spec.options or {}).get("device", "cpu") == "cpu":
-            opts = spec.options or {}
-            s_rows = samples if opts.get("batch") is None else 1
-            b_rows = 1 if opts.get("batch") is None else int(opts["batch"])
-            arrays = graph_inputs(bundle, role, s_rows if role == "head" else 1, b_rows, seed)
-            rows, runs = tvm_kernel_table(path, arrays, warmup=warmup, repeats=repeats,
-                                          entry=opts.get("entry", "main"))
-            sources[role] = (f"TVM Relax VM instrument (vm.set_instrument, this host), {runs} runs after {warmup} "
-                             f"warm-up runs dropped; times include ~1 µs Python callback per VM instruction")
-        else:
+        table = OPERATOR_PROFILERS.get(backend)
+        got = table(path, role, spec, feeds[role], bundle, samples, warmup, repeats, seed) if table else None
+        if got is None:
             notes.append(f"no per-operator table for the {role} graph: backend {backend!r} has no profiler here")
             continue
+        rows, sources[role] = got
         tables[role] = tuple(rows)
     return tables, sources, notes
 

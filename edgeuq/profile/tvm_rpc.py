@@ -30,6 +30,15 @@ from edgeuq_runtime.noise import sample_noise_for_sample
 from .harness import LatencyStats
 from .report import stats_dict
 
+#: executors whose graphs TVM RPC can load and time (a TVM library); a graph of another
+#: executor is not timed remotely (a note says so)
+RPC_EXECUTORS = frozenset({"tvm"})
+
+
+def rpc_timeable(backend: str, options: Optional[Mapping[str, Any]]) -> bool:
+    """True for a graph TVM RPC can time: a CPU library of an :data:`RPC_EXECUTORS` executor."""
+    return backend in RPC_EXECUTORS and dict(options or {}).get("device", "cpu") == "cpu"
+
 __all__ = ["parse_address", "connect", "graph_inputs", "profile_remote", "tvm_kernel_table", "REMOTE_NOTES",
            "RemoteProfile", "time_remote_library"]
 
@@ -122,7 +131,7 @@ def profile_remote(session: Any, bundle_dir: Any, samples: Sequence[int], *, war
     notes: List[str] = list(REMOTE_NOTES)
     vms: Dict[str, Any] = {}
     for role, spec in (("trunk", m.trunk), ("head", m.head)):
-        if backends[role] != "tvm":
+        if backends[role] not in RPC_EXECUTORS:
             notes.append(f"remote: the {role} graph runs on {backends[role]!r}, not a TVM library: not timed over "
                          f"RPC (run `edgeuq profile --bundle B` on the board)")
             continue

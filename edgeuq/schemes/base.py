@@ -37,6 +37,7 @@ from edgeuq_runtime.noise import NoiseSpec
 
 from ..models.attention import AttentionBase, SelfAttention
 from ..models.layers import Dropout, is_stochastic_layer
+from ..training.config import UqConfig
 
 __all__ = ["Scheme", "NoOptions", "FitContext", "FitResult", "options_dataclass_from", "deterministic_config",
            "train_metrics"]
@@ -104,14 +105,18 @@ class FitContext:
     log: Log = _quiet
     member: Optional[MemberSource] = None
 
+    def __post_init__(self) -> None:
+        # strict: an unknown [uq] key (a typo) is an error naming it; every key then has its value
+        object.__setattr__(self, "uq", UqConfig.from_dict(self.uq).to_dict())
+
     @property
     def kl_weight(self) -> float:
-        return float(self.uq.get("kl_weight", 1.0))
+        return float(self.uq["kl_weight"])
 
     @property
     def val_samples(self) -> int:
         """Samples of the validation predictive (0: validate the deterministic pass)."""
-        return int(self.uq.get("val_samples", 0))
+        return int(self.uq["val_samples"])
 
     def deterministic_member(self, cfg: Any, index: int) -> Tuple[nn.Module, Optional[Any]]:
         if self.member is not None:
@@ -214,6 +219,10 @@ class Scheme(ABC):
         return bool(self.noise_specs(model))
 
     # -- training -------------------------------------------------------------------
+    def decay_exempt(self, param_name: str) -> bool:
+        """True for a parameter trained without weight decay (e.g. a posterior scale)."""
+        return False
+
     def loss_fn(self, model: nn.Module, kl_weight: float, n_train: int) -> Callable:
         """The training loss of a batch (``edgeuq.training.loop.LossFn``); cross-entropy by default."""
         from ..training.loop import cross_entropy_loss
@@ -238,7 +247,7 @@ class Scheme(ABC):
 
         out = self.train(cfg, ctx)
         metrics = {"scheme": self.name, **dict(out.metrics)}
-        if ctx.uq.get("temperature_scaling", False):
+        if ctx.uq["temperature_scaling"]:
             metrics["temperature"] = calibrate_temperature(out.model, ctx.x_val, ctx.y_val,
-                                                           samples=int(ctx.uq.get("samples", 16))).to_dict()
+                                                           samples=int(ctx.uq["samples"])).to_dict()
         return FitResult(out.model, metrics, out.runs)

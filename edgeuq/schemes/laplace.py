@@ -292,6 +292,6 @@ class LaplaceScheme(Scheme):
         if unexpected or any(not k.startswith("head.fc2.") for k in missing):
             raise RuntimeError(f"MAP weights do not fit the Laplace model: missing {missing}, unexpected {unexpected}")
         model.eval()
-        fit = fit_laplace(model, ctx.x_train, ctx.x_val, ctx.y_val, samples=int(ctx.uq.get("laplace_samples", 64)))
+        fit = fit_laplace(model, ctx.x_train, ctx.x_val, ctx.y_val, samples=int(ctx.uq["laplace_samples"]))
         metrics = {**(train_metrics(res) if res is not None else {}), "laplace": fit.to_dict()}
         return FitResult(model, metrics, () if res is None else (res,))

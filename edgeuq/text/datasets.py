@@ -35,7 +35,7 @@ def _delimiter(path: Path) -> str:
     if not path.exists():
         raise FileNotFoundError(f"text file not found: {path}")
     src = resolve_data_source(path)
-    if src.name != "text" and (path.is_dir() or path.suffix.lower() not in TEXT_SUFFIXES):
+    if not src.holds_text and (path.is_dir() or path.suffix.lower() not in TEXT_SUFFIXES):
         raise DataError(f"{path}: a {src.describe}, not a text file; give a .tsv or .csv file of texts and labels")
     return TEXT_SUFFIXES.get(path.suffix.lower(), "\t")
 

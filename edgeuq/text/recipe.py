@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Optional, Union
 
 from ..catalog import Recipe, get_recipe
+from ..data.sources import DATA_SOURCES
 
 __all__ = ["TEXT_STUDENT_RECIPE", "text_recipe", "text_student_config", "text_distill_config"]
 
@@ -21,7 +22,9 @@ TEXT_STUDENT_RECIPE = "text-student"
 def text_recipe(recipe: Union[str, Recipe] = TEXT_STUDENT_RECIPE) -> Recipe:
     """The recipe (name, ``.toml`` path or object), refused unless it describes a token model on text."""
     rec = recipe if isinstance(recipe, Recipe) else get_recipe(recipe)
-    if rec.data.get("source") != "text" or rec.model.get("embed") != "token":
+    source = rec.data.get("source")
+    if not (isinstance(source, str) and DATA_SOURCES.get(source, None) is not None and DATA_SOURCES[source].holds_text) \
+            or rec.model.get("embed") != "token":
         raise ValueError(f"recipe {rec.name!r} is not a text recipe ([data] source = \"text\" and "
                          f"[model] embed = \"token\" expected, got {rec.data.get('source')!r} / "
                          f"{rec.model.get('embed')!r})")

@@ -8,7 +8,8 @@ from typing import Any, ClassVar, Dict, Mapping, Tuple
 import torch
 
 from ..artifact import Artifact, ArtifactWriter
-from ..models import ModelConfig, SignalTransformer, build_model
+from ..models.config import ModelConfig
+from ..models.transformer import SignalTransformer, build_model
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
 

@@ -1,4 +1,4 @@
-"""Training settings."""
+"""Training settings: ``[train]`` (:class:`TrainConfig`) and ``[uq]`` (:class:`UqConfig`) of a recipe."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -6,7 +6,7 @@ from typing import Any, Mapping, final
 
 from ..settings import settings_from_dict
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "UqConfig"]
 
 
 @final
@@ -32,3 +32,43 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> "TrainConfig":
         return settings_from_dict(cls, d, "training", **overrides)
+
+
+@final
+@dataclass(frozen=True)
+class UqConfig:
+    """A recipe's ``[uq]`` table, read strictly (an unknown key is an error naming it):
+
+    * ``samples``: S of the bundle and of temperature scaling's validation predictive;
+    * ``kl_weight``: weight of KL(q || p) / N_train in the variational ELBO;
+    * ``val_samples``: samples of the validation predictive for early stopping (0: the
+      deterministic pass);
+    * ``temperature_scaling``: fit a temperature on the validation predictive;
+    * ``laplace_samples``: draws of the Laplace prior-precision search.
+    """
+
+    samples: int = 16
+    kl_weight: float = 1.0
+    val_samples: int = 0
+    temperature_scaling: bool = False
+    laplace_samples: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "val_samples", "laplace_samples"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"[uq] {name} must be an integer >= 0, got {v!r}")
+        if self.samples < 1 or self.laplace_samples < 1:
+            raise ValueError(f"[uq] samples and laplace_samples must be >= 1: {self}")
+        if isinstance(self.kl_weight, bool) or not isinstance(self.kl_weight, (int, float)) or not self.kl_weight >= 0:
+            raise ValueError(f"[uq] kl_weight must be a number >= 0, got {self.kl_weight!r}")
+        if not isinstance(self.temperature_scaling, bool):
+            raise ValueError(f"[uq] temperature_scaling must be true or false, got {self.temperature_scaling!r}")
+        object.__setattr__(self, "kl_weight", float(self.kl_weight))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> "UqConfig":
+        return settings_from_dict(cls, d, "[uq]", **overrides)

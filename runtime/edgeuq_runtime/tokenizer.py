@@ -24,7 +24,6 @@ JSON form::
 """
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -33,9 +32,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
+from ._tokenjson import encode_texts, read_tokenizer_json, write_tokenizer_json
 from .errors import InputError, ManifestError
+from .wordpiece import WORDPIECE_FORMAT, WordPieceTokenizer
 
-__all__ = ["WordTokenizer", "TOKENIZER_FORMAT", "PAD_TOKEN", "UNK_TOKEN", "split_words"]
+__all__ = ["WordTokenizer", "TOKENIZER_FORMAT", "PAD_TOKEN", "UNK_TOKEN", "split_words", "load_tokenizer", "encode_texts"]
 
 TOKENIZER_FORMAT = "edgeuq-word-tokenizer"
 TOKENIZER_VERSION = 1
@@ -55,15 +56,6 @@ def split_words(text: str, lowercase: bool = True) -> List[str]:
 
 
 
-def encode_texts(encode: Any, texts: Iterable[str]) -> np.ndarray:
-    """int64 ids (len(texts), max_length) from a tokenizer's one-text ``encode`` (shared by the
-    word and WordPiece tokenizers); refuses a bare string and an empty batch."""
-    if isinstance(texts, str):
-        raise InputError("encode_batch needs a sequence of strings, got one string (wrap it in a list)")
-    rows = [encode(t) for t in texts]
-    if not rows:
-        raise InputError("encode_batch got no texts")
-    return np.asarray(rows, dtype=np.int64)
 
 @dataclass(frozen=True)
 class WordTokenizer:
@@ -134,20 +126,20 @@ class WordTokenizer:
             raise ManifestError(f"tokenizer JSON lacks {exc}") from None
 
     def save(self, path: Union[str, Path]) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_json(), ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
-        return path
+        return write_tokenizer_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "WordTokenizer":
-        """The tokenizer JSON at ``path``; a ``"kind": "wordpiece"`` JSON loads as
-        :class:`~edgeuq_runtime.wordpiece.WordPieceTokenizer` (same encode API)."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ManifestError(f"cannot read tokenizer {str(path)!r}: {exc}") from None
-        if isinstance(data, Mapping) and data.get("kind") == "wordpiece":
-            from .wordpiece import WordPieceTokenizer
+        """The tokenizer JSON at ``path`` (:func:`load_tokenizer`: a WordPiece JSON loads as
+        :class:`~edgeuq_runtime.wordpiece.WordPieceTokenizer`, same encode API)."""
+        return load_tokenizer(path)  # type: ignore[return-value]
 
-            return WordPieceTokenizer.from_json(data)  # type: ignore[return-value]
-        return cls.from_json(data)
+
+def load_tokenizer(path: Union[str, Path]):
+    """The bundle tokenizer at ``path``, its class picked by the JSON (``format`` of the
+    WordPiece tokenizer or ``"kind": "wordpiece"`` -> :class:`WordPieceTokenizer`, otherwise
+    the word-level :class:`WordTokenizer`). The one tokenizer loader of the runtime."""
+    data = read_tokenizer_json(path)
+    if isinstance(data, Mapping) and (data.get("format") == WORDPIECE_FORMAT or data.get("kind") == "wordpiece"):
+        return WordPieceTokenizer.from_json(data)
+    return WordTokenizer.from_json(data)

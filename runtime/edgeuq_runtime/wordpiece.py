@@ -40,7 +40,6 @@ JSON form::
 """
 from __future__ import annotations
 
-import json
 import string
 import unicodedata
 from dataclasses import dataclass
@@ -50,9 +49,9 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError, ManifestError
-from .tokenizer import encode_texts
+from ._tokenjson import encode_texts, read_tokenizer_json, write_tokenizer_json
 
-__all__ = ["WordPieceTokenizer", "WORDPIECE_FORMAT", "load_tokenizer", "bert_normalize", "bert_pre_tokenize"]
+__all__ = ["WordPieceTokenizer", "WORDPIECE_FORMAT", "bert_normalize", "bert_pre_tokenize"]
 
 WORDPIECE_FORMAT = "edgeuq-wordpiece-tokenizer"
 WORDPIECE_VERSION = 1
@@ -280,31 +279,8 @@ class WordPieceTokenizer:
             raise ManifestError(f"wordpiece tokenizer JSON lacks {exc}") from None
 
     def save(self, path: Union[str, Path]) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), ensure_ascii=False) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return write_tokenizer_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "WordPieceTokenizer":
-        return cls.from_json(_read_json(path))
-
-
-def _read_json(path: Union[str, Path]) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"cannot read tokenizer {str(path)!r}: {exc}") from None
-
-
-def load_tokenizer(path: Union[str, Path]):
-    """The bundle tokenizer at ``path``, its class picked by the JSON's ``format``
-    (``kind`` "wordpiece" -> :class:`WordPieceTokenizer`, otherwise the word-level
-    :class:`~edgeuq_runtime.tokenizer.WordTokenizer`)."""
-    data = _read_json(path)
-    if isinstance(data, Mapping) and (data.get("format") == WORDPIECE_FORMAT or data.get("kind") == "wordpiece"):
-        return WordPieceTokenizer.from_json(data)
-    from .tokenizer import WordTokenizer
-
-    return WordTokenizer.from_json(data)
+        return cls.from_json(read_tokenizer_json(path))

@@ -11,7 +11,8 @@ import pytest
 
 from edgeuq_runtime.errors import ManifestError
 from edgeuq_runtime.tokenizer import WordTokenizer
-from edgeuq_runtime.wordpiece import WordPieceTokenizer, bert_normalize, bert_pre_tokenize, load_tokenizer
+from edgeuq_runtime.tokenizer import load_tokenizer
+from edgeuq_runtime.wordpiece import WordPieceTokenizer, bert_normalize, bert_pre_tokenize
 
 VOCAB = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "un", "##aff", "##able", "the", "cafe", "!", ",", "a",
          "##b", "##c", "i", "##i", "hello", "world", "'", "s", "$", "5", "中", "x", "##x")
