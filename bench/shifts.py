@@ -122,7 +122,17 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=REPO / "results" / "shifts.json")
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "shifts.png")
     ap.add_argument("--samples", type=int)
+    ap.add_argument("--from-json", type=Path, metavar="RUN_JSON",
+                    help="run nothing: rewrite the tables (and the plot) of an earlier run's JSON in place")
     a = ap.parse_args(argv)
+    if a.from_json is not None:
+        from edgeuq.shifts.run import plot_suite, suite_tables
+
+        doc = json.loads(a.from_json.read_text())
+        doc["tables"] = suite_tables(doc["suite"])
+        a.from_json.write_text(json.dumps(doc, indent=1, default=str, allow_nan=True))
+        print(f"tables rewritten: {a.from_json}; plot: {plot_suite(doc['suite'], a.plot)}")
+        return 0
 
     from edgeuq.data import synthetic_records
     from edgeuq.data.sources import load_records

@@ -20,7 +20,7 @@ Log = Callable[[str], None]
 
 GEN_HEADERS = ["model", "shift", "windows (records)", "accuracy", "false abstention", "of which p-value rule"]
 FLAG_HEADERS = ["model", "shift", "windows (records)", "AUROC MI", "total entropy", "density", "max-z (old)",
-                "min-p", "Fisher", "device rule", "FPR95 device", "abstention"]
+                "min-p", "Fisher", "device rule", "FPR95 device", "abstention", "fired (share of windows)"]
 
 
 def run_suite(models: Sequence[Tuple[str, Path]], records: Sequence[SignalRecord], workdir: Path,
@@ -73,6 +73,12 @@ def _pct(v: Optional[float]) -> Optional[str]:
     return None if v is None else f"{100 * v:.1f} %"
 
 
+def _fired(row: Mapping[str, Any]) -> str:
+    """The abstention reasons, most frequent first, with their share of the set's windows."""
+    rs = sorted(row["reasons"].items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{k.replace('pvalue:', 'p:')} {100 * v / max(1, row['n']):.0f} %" for k, v in rs[:3]) or "none"
+
+
 def suite_tables(doc: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
     gen, flag, rules, skipped = [], [], [], []
     for m in doc["models"]:
@@ -88,7 +94,7 @@ def suite_tables(doc: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
             name = row["shift"] + (" [control]" if row["kind"] == "control" else "")
             flag.append([m["model"], name, f"{row['n']} ({row['records']})",
                          *[_f(row[f"auroc_{k}"]) for k in SCORE_NAMES], _f(row["fpr95_device"]),
-                         _pct(row["abstain"])])
+                         _pct(row["abstain"]), _fired(row)])
         for s in m["skipped"]:
             skipped.append([m["model"], s["shift"], s["kind"], s["reason"]])
     out = {"generalise": {"headers": GEN_HEADERS, "rows": gen},
@@ -107,7 +113,9 @@ def plot_suite(doc: Mapping[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     models = doc["models"]
-    shifts = [r["shift"] for r in models[0]["flag"]] if models else []
+    shifts: List[str] = []
+    for m in models:
+        shifts += [r["shift"] for r in m["flag"] if r["shift"] not in shifts]
     keys = ["mi", "total", "density", "maxz", "min_p", "device"]
     fig, axes = plt.subplots(1, max(1, len(models)), figsize=(5.5 * max(1, len(models)), 0.45 * len(shifts) + 2),
                              squeeze=False, sharey=True)
@@ -123,8 +131,9 @@ def plot_suite(doc: Mapping[str, Any], path: Path) -> Path:
         ax.axvline(0.95, color="k", lw=0.5, ls=":")
         ax.set_title(f"{m['model']}: AUROC per should-flag shift", fontsize=8)
         ax.invert_yaxis()
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=len(keys))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
