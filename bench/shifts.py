@@ -34,7 +34,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK_EPOCHS = 4
@@ -98,7 +97,8 @@ def train_models(records, work: Path, schemes, quick: bool, drop_type: str, prot
     t0 = time.perf_counter()
     sck = distill_stage(load_teacher(ck.directory), scfg, sp, work / "student",
                         TransferConfig(copies=1, teacher_samples=8 if quick else 32, seed=0),
-                        DistillConfig(epochs=QUICK_EPOCHS if quick else int(srec.train["epochs"])), progress=False, log=log)
+                        DistillConfig(epochs=QUICK_EPOCHS if quick else int(srec.train["epochs"])), progress=False,
+                        log=log)
     timings["student"] = time.perf_counter() - t0
     models.append((f"student <- {schemes[0]}", bundle(sck, "student", 16 if quick else 16)))
     if drop_type:

@@ -246,7 +246,7 @@ class BundleEvaluation:
         rows = [[score, *[self.ood_metrics[f"{m}_{tag}"] for m in ("auroc", "aupr", "fpr95")]]
                 for score, tag in (("mutual information (epistemic)", "mi"), ("total entropy", "total"),
                                    ("density (-log p of trunk features)", "density"),
-                                   ("combined (max z of MI, density)", "combined"))
+                                   ("combined (-log10 p of the device rule)", "combined"))
                 if f"auroc_{tag}" in self.ood_metrics]
         return ("OOD score", "AUROC", "AUPR", "FPR@95%TPR"), rows
 

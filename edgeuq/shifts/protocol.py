@@ -160,10 +160,12 @@ def build_protocol_data(records: Sequence[SignalRecord], class_names: Sequence[s
         skipped["size"] = "records lack meta['severity'] with at least two fault sizes > 0"
 
     def is_load(r):
-        return held_load is not None and _meta_num(r, "load_hp") is not None and abs(_meta_num(r, "load_hp") - held_load) < 1e-9
+        v = _meta_num(r, "load_hp")
+        return held_load is not None and v is not None and abs(v - held_load) < 1e-9
 
     def is_size(r):
-        return held_size is not None and _meta_num(r, "severity") is not None and abs(_meta_num(r, "severity") - held_size) < 1e-9
+        v = _meta_num(r, "severity")
+        return held_size is not None and v is not None and abs(v - held_size) < 1e-9
 
     train_recs = [r for r in known if not is_load(r) and not is_size(r)]
     if held_load is not None:

@@ -73,7 +73,8 @@ def _mod_segments(data: ProtocolData, fn) -> List[Tuple[SignalRecord, int, int]]
 
 def _win(data: ProtocolData, segments, hop=None):
     p = data.protocol
-    return windows_of(segments, data.window, int(hop or p.eval_hop or max(1, data.window // 2)), data.class_names, data.fs,
+    hop = int(hop or p.eval_hop or max(1, data.window // 2))
+    return windows_of(segments, data.window, hop, data.class_names, data.fs,
                       max_windows=p.max_eval_windows)
 
 
@@ -171,7 +172,8 @@ def build_sets(data: ProtocolData, opts: SetOptions = SetOptions(), alt_channel:
     out.append(_set("validation: mirrored spectrum", "validation",
                     windows_of([(SignalRecord(r.signal[lo:hi] * np.where(np.arange(hi - lo) % 2, -1, 1), r.fs, r.label,
                                               r.meta), 0, hi - lo) for r, lo, hi in _val_segments(data)],
-                               data.window, int(data.protocol.eval_hop or max(1, data.window // 2)), data.class_names, data.fs,
+                               data.window, int(data.protocol.eval_hop or max(1, data.window // 2)), data.class_names,
+                               data.fs,
                                max_windows=data.protocol.max_eval_windows),
                     "val segments times (-1)^n (every frequency f moved to fs/2 - f)"))
     n, d, D = opts.validation_geometry

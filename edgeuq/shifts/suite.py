@@ -100,7 +100,8 @@ def _scores(rt: UncertaintyRuntime, cal: Calibrated, x: np.ndarray, s: int, seed
     flags = [window_flags(w) for w in x]
     sets = cal.cal.conformal.sets(sc.probs, rng=np.random.default_rng(seed + 7))
     return {"probs": sc.probs, "pred": pred, "mi": sc.epistemic, "total": sc.total, "density": sc.density,
-            "maxz": legacy, "min_p": -np.log(combine_pvalues(P, "min")), "fisher_p": -np.log(combine_pvalues(P, "fisher")),
+            "maxz": legacy, "min_p": -np.log(combine_pvalues(P, "min")),
+            "fisher_p": -np.log(combine_pvalues(P, "fisher")),
             "pv": pv_all, "flags": flags, "set_size": sets.sum(1)}
 
 
@@ -151,7 +152,8 @@ def evaluate_model(name: str, bundle_dir: Path, data: ProtocolData, sets: Sequen
     res = calibrate_bundle(Path(bundle_dir), zscore_windows(data.cal.x), data.cal.y, zscore_windows(data.train.x),
                            data.train.y, CalibrationOptions(alpha=o.alpha, false_alarm_rate=o.false_alarm_rate,
                                                             samples=s, seed=o.seed,
-                                                            fit_source=f"shift-suite training windows: {data.describe()}"),
+                                                            fit_source=f"shift-suite training windows: "
+                                                                       f"{data.describe()}"),
                            out_dir=dest, progress=o.progress, log=log)
     rt = UncertaintyRuntime(dest, seed=o.seed)
     cal = Calibrated.from_bundle(rt.bundle)      # the p-values of every part (the device rule picks some)
