@@ -122,6 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=REPO / "results" / "shifts.json")
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "shifts.png")
     ap.add_argument("--samples", type=int)
+    ap.add_argument("--reuse", action="store_true", help="evaluate the models an earlier run trained in --work "
+                                                         "(its models.json) instead of training again")
     ap.add_argument("--from-json", type=Path, metavar="RUN_JSON",
                     help="run nothing: rewrite the tables (and the plot) of an earlier run's JSON in place")
     a = ap.parse_args(argv)
@@ -152,7 +154,14 @@ def main(argv=None) -> int:
     schemes = a.schemes or (["mc-dropout"] if a.quick else ["mc-dropout", "hsa", "variational", "laplace"])
     protocol = ShiftProtocol(max_eval_windows=160 if a.quick else None)
     a.work.mkdir(parents=True, exist_ok=True)
-    models, timings = train_models(records, a.work, schemes, a.quick, a.drop_type, protocol)
+    listing = a.work / "models.json"
+    if a.reuse and listing.is_file():
+        saved = json.loads(listing.read_text())
+        models, timings = [(n, Path(p)) for n, p in saved["models"]], saved["timings_s"]
+        print(f"reusing the models trained by an earlier run: {listing}")
+    else:
+        models, timings = train_models(records, a.work, schemes, a.quick, a.drop_type, protocol)
+        listing.write_text(json.dumps({"models": [[n, str(p)] for n, p in models], "timings_s": timings}, indent=1))
     doc = run_suite(models, records, a.work / "suite", protocol, SetOptions(),
                     SuiteOptions(samples=a.samples, progress=False))
     try:
@@ -166,8 +175,13 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     cmd = "python bench/shifts.py" + (" --quick" if a.quick else "") + (f" --schemes {' '.join(a.schemes)}"
                                                                          if a.schemes else "")
+    if a.reuse:
+        provenance_reuse = f"; models trained by an earlier run of the same command in {a.work} (--reuse)"
+    else:
+        provenance_reuse = ""
     provenance = (f"measured {when}, commit {commit}, {cpu_name()} ({platform.machine()}), 1 thread, load average "
-                  f"{load[0]:.1f}; {mode}; data: {source}; {time.perf_counter() - t_start:.0f} s in all")
+                  f"{load[0]:.1f}; {mode}; data: {source}; {time.perf_counter() - t_start:.0f} s in all"
+                  f"{provenance_reuse}")
     tables = suite_tables(doc)
     out = {"command": cmd, "provenance": provenance, "mode": "quick" if a.quick else "full", "source": source,
            "timings_s": timings, "tables": tables, "suite": doc}

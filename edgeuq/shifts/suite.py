@@ -47,23 +47,26 @@ class SuiteOptions:
     false_alarm_rate: float = 0.05    # the device rule's level
     seed: int = 0
     progress: bool = False
+    device_rules: Tuple[str, ...] = ("min",)   # combinations the device rule may use (min: FAR guaranteed)
 
 
-def rule_candidates(parts: Sequence[str]) -> List[Tuple[Tuple[str, ...], str]]:
-    """Every non-empty subset of ``parts`` with each combination (singletons once)."""
+def rule_candidates(parts: Sequence[str], rules: Sequence[str] = ("min",)) -> List[Tuple[Tuple[str, ...], str]]:
+    """Every non-empty subset of ``parts`` with each of ``rules`` (singletons once). The default
+    keeps only Bonferroni ``min``, the combination whose false-alarm rate is guaranteed whatever
+    the dependence between the scores; Fisher is reported as a score, not offered to the device."""
     out = []
     for k in range(1, len(parts) + 1):
         for sub in itertools.combinations(parts, k):
-            out += [(sub, "min")] if k == 1 else [(sub, "min"), (sub, "fisher")]
+            out += [(sub, rules[0])] if k == 1 else [(sub, r) for r in rules]
     return out
 
 
-def pick_rule(p_in: Mapping[str, np.ndarray], p_out: Mapping[str, np.ndarray],
-              parts: Sequence[str]) -> Tuple[Tuple[str, ...], str, List[Dict[str, Any]]]:
+def pick_rule(p_in: Mapping[str, np.ndarray], p_out: Mapping[str, np.ndarray], parts: Sequence[str],
+              rules: Sequence[str] = ("min",)) -> Tuple[Tuple[str, ...], str, List[Dict[str, Any]]]:
     """The (parts, rule) with the highest validation AUROC of ``-log`` its combined p-value
     (in-distribution p-values ``p_in``, shifted ``p_out``, per part); ties: fewer parts, then min."""
     table = []
-    for sub, rule in rule_candidates(parts):
+    for sub, rule in rule_candidates(parts, rules):
         s_in = -np.log(combine_pvalues(np.stack([p_in[p] for p in sub], 1), rule))
         s_out = -np.log(combine_pvalues(np.stack([p_out[p] for p in sub], 1), rule))
         table.append({"parts": list(sub), "rule": rule, "auroc": float(auroc(s_in, s_out))})
@@ -164,7 +167,7 @@ def evaluate_model(name: str, bundle_dir: Path, data: ProtocolData, sets: Sequen
     v_out = [_scores(rt, cal, x.x, s, o.seed + 101 + i) for i, x in enumerate(vsets)]
     if v_out:
         p_out = {p: np.concatenate([v["pv"][p] for v in v_out]) for p in parts}
-        chosen, rule, table = pick_rule(val_sc["pv"], p_out, parts)
+        chosen, rule, table = pick_rule(val_sc["pv"], p_out, parts, o.device_rules)
     else:
         chosen, rule, table = parts, "min", []
     set_device_rule(dest, chosen, rule)
