@@ -165,3 +165,36 @@ def test_tiny_end_to_end(tmp_path, records):
             assert 0.0 <= r[f"auroc_{k}"] <= 1.0
     t = suite_tables(doc)
     assert t["flag"]["rows"] and t["generalise"]["rows"][0][1].startswith("in-distribution")
+
+
+def test_cli_on_signal_files_without_metadata(tmp_path, records, capsys):
+    """`edgeuq shifts` on plain .npz files: no load/size metadata, so those shifts are skipped with
+    the reason printed and written, the rest run."""
+    import torch
+
+    from edgeuq.bundle import build_bundle
+    from edgeuq.cli import main
+    from edgeuq.export import export_onnx
+    from edgeuq.models import ModelConfig
+    from edgeuq.training import save_checkpoint
+
+    torch.manual_seed(0)
+    from edgeuq.models import build_model
+
+    cfg = ModelConfig.from_dict({"patch": 32, "d_model": 8, "heads": 2, "depth": 1, "ffn": 16, "dropout": 0.2,
+                                 "stochastic_blocks": [], "stochastic_head": True}, input_length=W, num_classes=4)
+    ck = save_checkpoint(build_model(cfg), tmp_path / "ck", BEARING_CLASSES, records[0].fs, "zscore")
+    b = build_bundle(export_onnx(ck, tmp_path / "onnx", verify=True), tmp_path / "b", "untrained", "0.0.1",
+                     default_samples=4, overwrite=True)
+    data = tmp_path / "data"
+    data.mkdir()
+    picked = [r for c in BEARING_CLASSES for r in [q for q in records if q.label == c][:3]]
+    for i, r in enumerate(picked):
+        np.savez(data / f"r{i:02d}.npz", signal=r.signal, fs=r.fs, label=r.label)
+    out = tmp_path / "out.json"
+    assert main(["shifts", "--bundle", f"untrained={b.root}", "--data", str(data), "--samples", "4",
+                 "--max-windows", "24", "--work", str(tmp_path / "w"), "--json", str(out), "--no-progress"]) == 0
+    doc = json.loads(out.read_text())
+    skipped = {s["shift"]: s["reason"] for s in doc["models"][0]["skipped"]}
+    assert "load_hp" in skipped["held-out load"] and "severity" in skipped["held-out fault size"]
+    assert "skipped" in capsys.readouterr().out

@@ -185,6 +185,10 @@ def build_protocol_data(records: Sequence[SignalRecord], class_names: Sequence[s
         skipped["type"] = "every record's label is one of the model's classes (train a model without one to test this)"
     if not train_recs:
         raise ValueError("nothing left to train on after holding out the shifted recordings")
+    absent = [c for c in names if c not in {mapper.resolve(r.label) for r in train_recs}]
+    if absent:
+        raise ValueError(f"no training recording of class(es) {absent} (the density model and the per-class "
+                         "calibration need every class): give recordings of every class")
 
     hop = int(protocol.hop or max(1, window // 2))
     ehop = int(protocol.eval_hop or max(1, window // 2))
