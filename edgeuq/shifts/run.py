@@ -117,23 +117,26 @@ def plot_suite(doc: Mapping[str, Any], path: Path) -> Path:
     for m in models:
         shifts += [r["shift"] for r in m["flag"] if r["shift"] not in shifts]
     keys = ["mi", "total", "density", "maxz", "min_p", "device"]
-    fig, axes = plt.subplots(1, max(1, len(models)), figsize=(5.5 * max(1, len(models)), 0.45 * len(shifts) + 2),
-                             squeeze=False, sharey=True)
-    for ax, m in zip(axes[0], models):
+    ncol = min(3, max(1, len(models)))
+    nrow = -(-max(1, len(models)) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.5 * ncol, (0.45 * len(shifts) + 1.2) * nrow), squeeze=False)
+    for ax in axes.flat[len(models):]:
+        ax.axis("off")
+    for ax, m in zip(axes.flat, models):
         rows = {r["shift"]: r for r in m["flag"]}
         y = np.arange(len(shifts))
         h = 0.8 / len(keys)
         for j, k in enumerate(keys):
             ax.barh(y + j * h, [rows[s][f"auroc_{k}"] if s in rows else np.nan for s in shifts], h, label=k)
         ax.set_yticks(y + 0.4 - h / 2)
-        ax.set_yticklabels(shifts, fontsize=7)
+        ax.set_yticklabels(shifts if ax in axes[:, 0] else [], fontsize=7)
         ax.set_xlim(0.4, 1.0)
         ax.axvline(0.95, color="k", lw=0.5, ls=":")
         ax.set_title(f"{m['model']}: AUROC per should-flag shift", fontsize=8)
         ax.invert_yaxis()
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=len(keys))
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

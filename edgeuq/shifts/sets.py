@@ -128,7 +128,8 @@ def build_sets(data: ProtocolData, opts: SetOptions = SetOptions(), alt_channel:
     m = opts.rate_mismatch
     out.append(_set(f"rate mismatch {m * 100:+g} %", "generalise",
                     _win(data, _mod_segments(data, lambda s: resample(s, data.fs, data.fs * (1 + m)))),
-                    f"test segments read at a rate {m * 100:g} % off (time axis stretched, like a speed change)"))
+                    f"test segments read at a rate {m * 100:g} % off: every frequency moves, the structural "
+                    "resonances too (unlike a speed change, which moves only the shaft-locked lines)"))
     # --- flag
     if "size" in data.held:
         out.append(_set(f"fault size {data.held_values['size']:g} (whole records)", "flag",
