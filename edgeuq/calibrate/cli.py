@@ -40,7 +40,8 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
         # are disjoint in time; any other pair overlaps
         if same and {fit_split, cal_split} != {"train", "test"}:
             msg = (f"--fit-data {fit_path} (split {fit_split}) overlaps the calibration windows of --data "
-                   f"(split {cal_split}): pass --fit-data with the training recordings, or --split test")
+                   f"(split {cal_split}): pass --fit-data with the training recordings, or calibrate on --split test "
+                   f"with the density fitted on --fit-split train (time-disjoint)")
             if not a.allow_fit_overlap:
                 raise ValueError(msg + " (or --allow-fit-overlap to proceed, recorded in the manifest)")
             print("WARNING: " + msg + " -- proceeding because of --allow-fit-overlap", file=sys.stderr)
@@ -61,7 +62,8 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
     for line in calibration_summary(res.calibration):
         print("  " + line)
     print(f"bundle rewritten: {res.bundle} (manifest section 'calibration'"
-          f"{', density.npz' if res.calibration.density else ''})")
+          f"{', density.npz' if res.calibration.density else ''}"
+          f"{', pvalues.npz' if res.calibration.pvalues else ''})")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps({**res.to_json(), "data": cal_in.description,
