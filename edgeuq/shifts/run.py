@@ -20,7 +20,8 @@ Log = Callable[[str], None]
 
 GEN_HEADERS = ["model", "shift", "windows (records)", "accuracy", "false abstention", "of which p-value rule"]
 FLAG_HEADERS = ["model", "shift", "windows (records)", "AUROC MI", "total entropy", "density", "max-z (old)",
-                "min-p", "Fisher", "device rule", "FPR95 device", "abstention", "fired (share of windows)"]
+                "min-p", "Fisher", "device rule", "same, marginal p", "FPR95 device", "abstention",
+                "fired (share of windows)"]
 
 
 def run_suite(models: Sequence[Tuple[str, Path]], records: Sequence[SignalRecord], workdir: Path,

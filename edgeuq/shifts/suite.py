@@ -24,7 +24,7 @@ import numpy as np
 
 from edgeuq_runtime import UncertaintyRuntime, load_bundle, write_bundle
 from edgeuq_runtime.calibration import Calibrated
-from edgeuq_runtime.conformal import combine_pvalues
+from edgeuq_runtime.conformal import combine_pvalues, conformal_pvalues
 from edgeuq_runtime.preprocess import zscore_windows
 from edgeuq_runtime.stream.quality import window_flags
 
@@ -37,7 +37,7 @@ __all__ = ["SuiteOptions", "evaluate_model", "pick_rule", "set_device_rule", "SC
 
 Log = Callable[[str], None]
 #: the scores reported side by side (higher = more unusual)
-SCORE_NAMES = ("mi", "total", "density", "maxz", "min_p", "fisher_p", "device")
+SCORE_NAMES = ("mi", "total", "density", "maxz", "min_p", "fisher_p", "device", "device_marginal")
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,8 @@ def _scores(rt: UncertaintyRuntime, cal: Calibrated, x: np.ndarray, s: int, seed
     sc = score_windows(rt, x, s, seed, calibrated=cal)
     pred = sc.prediction
     pv_all = cal.pvalues(sc.epistemic, sc.total, sc.density, pred)
+    given = {"epistemic": sc.epistemic, "total": sc.total, "density": sc.density}
+    pv_marg = {p: conformal_pvalues(cal.pvalue_scores[p][1], given[p]) for p in pv_all}
     legacy = Calibrated(dataclasses.replace(cal.cal, pvalues=None), cal.density).combined_score(sc.epistemic,
                                                                                                  sc.density)
     P = np.stack([pv_all[p] for p in pv_all], 1)
@@ -105,7 +107,7 @@ def _scores(rt: UncertaintyRuntime, cal: Calibrated, x: np.ndarray, s: int, seed
     return {"probs": sc.probs, "pred": pred, "mi": sc.epistemic, "total": sc.total, "density": sc.density,
             "maxz": legacy, "min_p": -np.log(combine_pvalues(P, "min")),
             "fisher_p": -np.log(combine_pvalues(P, "fisher")),
-            "pv": pv_all, "flags": flags, "set_size": sets.sum(1)}
+            "pv": pv_all, "pv_marginal": pv_marg, "flags": flags, "set_size": sets.sum(1)}
 
 
 def _device(cal: Calibrated, sc: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[List[str]]]:
@@ -113,6 +115,7 @@ def _device(cal: Calibrated, sc: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray
     rule, and the reasons -- as :class:`edgeuq_runtime.stream.Diagnoser` decides."""
     pv = {p: sc["pv"][p] for p in cal.cal.pvalues.parts}
     score = -np.log(cal.combined_pvalue(pv))
+    sc["device_marginal"] = -np.log(cal.combined_pvalue({p: sc["pv_marginal"][p] for p in cal.cal.pvalues.parts}))
     fired = cal.fired(pv)
     reasons = []
     for i, f in enumerate(sc["flags"]):
