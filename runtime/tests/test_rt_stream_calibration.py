@@ -138,7 +138,6 @@ def _calibrate_tiny_pvalues(tiny, tmp_path, rule="min"):
     """The tiny bundle with a p-value rule: per-predicted-class calibration scores of MI, total
     entropy and density from 400 in-distribution windows (density fitted on 300 other windows)."""
     from edgeuq_runtime.calibration import DensityFitSection, PValueSection, save_pvalue_scores
-    from edgeuq_runtime.uncertainty import decompose, softmax  # noqa: F401
 
     rt = UncertaintyRuntime(tiny.dir)
     rng = np.random.default_rng(10)
