@@ -147,11 +147,12 @@ def abstain_rate(cal, sc, rng) -> Dict[str, float]:
     """Fraction of windows abstaining (any reason), and by reason."""
     cp = cal.cal.conformal
     size = cp.sets(sc.probs, rng=rng).sum(1)
-    reasons = cal.abstain_reasons(size, sc.epistemic, sc.density)
+    reasons = cal.abstain_reasons(size, sc.epistemic, sc.density, sc.total, sc.prediction)
     n = len(reasons)
     return {"any": sum(bool(r) for r in reasons) / n,
             "set_size": sum("set_size" in r for r in reasons) / n,
-            "epistemic_or_density": sum(("epistemic" in r) or ("density" in r) for r in reasons) / n}
+            "epistemic_or_density": sum(any(x in ("epistemic", "density") or x.startswith("pvalue:") for x in r)
+                                        for r in reasons) / n}
 
 
 def coverage_table(probs, y, probs_shift, y_shift, rng, splits: int = 200) -> List[Dict]:

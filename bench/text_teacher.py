@@ -413,13 +413,13 @@ def _runtime_eval(bundle_dir, test, ood: dict, samples: int, lat_texts) -> dict:
     r = rt.predict_text(list(test.texts), samples=samples, seed=3)
     row = {"acc": float(np.mean(r.prediction == test.y)), "ece": expected_calibration_error(r.probs, test.y),
            "nll": nll(r.probs, test.y)}
-    extra_in = calibrated_extra_scores(rt, rt.tokenize(list(test.texts)), r.epistemic)
+    extra_in = calibrated_extra_scores(rt, rt.tokenize(list(test.texts)), r.epistemic, r.total, r.prediction)
     for name, ds in ood.items():
         o = rt.predict_text(list(ds.texts), samples=samples, seed=4)
         row[f"auroc_{name}_mi"] = auroc(r.epistemic, o.epistemic)
         row[f"auroc_{name}_total"] = auroc(r.total, o.total)
         row[f"auroc_{name}_maxp"] = auroc(1 - r.probs.max(-1), 1 - o.probs.max(-1))
-        extra_out = calibrated_extra_scores(rt, rt.tokenize(list(ds.texts)), o.epistemic)
+        extra_out = calibrated_extra_scores(rt, rt.tokenize(list(ds.texts)), o.epistemic, o.total, o.prediction)
         for score in ("density", "combined"):  # only on a calibrated bundle; absent, never guessed
             if extra_in and score in extra_in:
                 row[f"auroc_{name}_{score}"] = auroc(extra_in[score], extra_out[score])

@@ -23,9 +23,11 @@ def _command_modules() -> tuple:
     from .ota import cli as ota_cli
     from .profile import cli as profile_cli
     from .quantize import cli as quantize_cli
+    from .shifts import cli as shifts_cli
     from .text import cli as text_cli
 
-    return (fisher_cli, quantize_cli, lower_cli, uq_cli, compress_cli, ota_cli, calibrate_cli, text_cli, profile_cli)
+    return (fisher_cli, quantize_cli, lower_cli, uq_cli, compress_cli, ota_cli, calibrate_cli, text_cli, profile_cli,
+            shifts_cli)
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:

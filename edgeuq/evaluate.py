@@ -127,7 +127,7 @@ class EvalInputs:
         return bool(len(self.y)) and bool(np.all(self.y >= 0))
 
 
-EVAL_SPLITS = ("auto", "test", "all")
+EVAL_SPLITS = ("auto", "test", "all", "train")
 
 
 def load_eval_inputs(path: Path, rt: UncertaintyRuntime, fs: Optional[float] = None, key: Optional[str] = None,
@@ -171,6 +171,9 @@ def load_eval_inputs(path: Path, rt: UncertaintyRuntime, fs: Optional[float] = N
         ds = split_in_domain(records, length, step, class_names=m.class_names, allow_unknown=allow_unknown).test
         what = (f"held-out test split (last 15 % in time of each record, as `edgeuq train` splits it; "
                 f"--split all scores every window)")
+    elif use == "train":
+        ds = split_in_domain(records, length, step, class_names=m.class_names, allow_unknown=allow_unknown).train
+        what = "training split (first 70 % in time of each record, as `edgeuq train` splits it)"
     else:
         ds = window_records(records, length, step, class_names=m.class_names, allow_unknown=allow_unknown)
         what = "all windows" + (" (including any a model trained on this folder saw; --split test for the "
@@ -255,7 +258,7 @@ class BundleEvaluation:
         rows = [[score, *[self.ood_metrics[f"{m}_{tag}"] for m in ("auroc", "aupr", "fpr95")]]
                 for score, tag in (("mutual information (epistemic)", "mi"), ("total entropy", "total"),
                                    ("density (-log p of trunk features)", "density"),
-                                   ("combined (max z of MI, density)", "combined"))
+                                   ("combined (-log10 p of the device rule)", "combined"))
                 if f"auroc_{tag}" in self.ood_metrics]
         return ("OOD score", "AUROC", "AUPR", "FPR@95%TPR"), rows
 
@@ -288,8 +291,8 @@ def evaluate_bundle(
         ood_eval = SetEvaluation(o.name, o_res, o.y, set_metrics(o_res, o.y))
         from .calibrate.scores import calibrated_extra_scores  # density + combined of a calibrated bundle
 
-        ood_m = ood_metrics(res, o_res, calibrated_extra_scores(rt, inputs.x, res.epistemic),
-                            calibrated_extra_scores(rt, o.x, o_res.epistemic))
+        ood_m = ood_metrics(res, o_res, calibrated_extra_scores(rt, inputs.x, res.epistemic, res.total, res.prediction),
+                            calibrated_extra_scores(rt, o.x, o_res.epistemic, o_res.total, o_res.prediction))
         descriptions["ood"] = o.description
     return BundleEvaluation(str(bundle_dir), rt.manifest.model_name, s, data_eval, ood_eval, ood_m, descriptions)
 

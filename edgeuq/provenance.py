@@ -23,33 +23,14 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
+from .hostcpu import cpu_model, isa_name
+
 __all__ = ["MODES", "start", "finish", "write_results", "describe", "is_script_provenance", "isa_name",
-           "command_line"]
+           "command_line"]  # isa_name: re-exported from edgeuq.hostcpu
 
 MODES = ("quick", "full")
 _ROOT = Path(__file__).resolve().parents[1]
 _REQUIRED = ("kind", "mode", "date_utc", "commit", "cpu", "isa", "cores", "threads", "load_before", "load_after")
-
-
-def isa_name() -> str:
-    """The widest x86 vector ISA this host runs (honours ``EDGEUQ_HOST_ISA``), or the machine."""
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return platform.machine()
-    from .lower.tvm.targets import cpu_flags
-
-    flags = cpu_flags()
-    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE (no AVX2)"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _git(*args: str) -> Optional[str]:
@@ -98,7 +79,7 @@ def start(mode: str, threads: int = 1, packages: Sequence[str] = ("torch", "nump
             "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "commit": commit[:12] if commit else "unknown (not a git checkout)",
             "dirty": bool(status) if status is not None else None,
-            "cpu": _cpu_model(), "isa": isa_name(), "cores": os.cpu_count(), "threads": int(threads),
+            "cpu": cpu_model(), "isa": isa_name(), "cores": os.cpu_count(), "threads": int(threads),
             "load_before": _load(), "python": platform.python_version(),
             "versions": _versions(packages), **extra}
 

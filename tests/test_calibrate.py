@@ -129,8 +129,8 @@ def test_evaluate_reports_density_and_combined(trained, calibrated, tmp_path):
     rt = UncertaintyRuntime(dest)
     r_in = rt.predict(sp.test.x, samples=8, seed=1)
     r_out = rt.predict(ood.x, samples=8, seed=2)
-    e_in = calibrated_extra_scores(rt, sp.test.x, r_in.epistemic)
-    e_out = calibrated_extra_scores(rt, ood.x, r_out.epistemic)
+    e_in = calibrated_extra_scores(rt, sp.test.x, r_in.epistemic, r_in.total, r_in.prediction)
+    e_out = calibrated_extra_scores(rt, ood.x, r_out.epistemic, r_out.total, r_out.prediction)
     m = ood_metrics(r_in, r_out, e_in, e_out)
     cal = Calibrated.from_bundle(rt.bundle)
     d_in = cal.density.score(rt.trunk_features(sp.test.x), "mean_tokens")
@@ -143,7 +143,7 @@ def test_evaluate_reports_density_and_combined(trained, calibrated, tmp_path):
         assert k in m and np.isfinite(m[k])
 
 
-def test_cli_calibrate_and_evaluate(trained, tmp_path):
+def test_cli_calibrate_and_evaluate(trained, tmp_path, capsys):
     from edgeuq.cli import main
     from edgeuq.data import synthetic_records
     from edgeuq.data.synthetic import SyntheticBearingConfig
@@ -158,12 +158,81 @@ def test_cli_calibrate_and_evaluate(trained, tmp_path):
     ood.mkdir()
     for i, r in enumerate(synthetic_records(cfg, kinds=("compound",))):
         np.savez(ood / f"o{i:02d}.npz", signal=r.signal, fs=r.fs)
+    fit = tmp_path / "fit"
+    fit.mkdir()
+    for i, r in enumerate(synthetic_records(SyntheticBearingConfig(fs=12000.0, duration_s=1.0, loads=(1.0,), seed=22),
+                                            kinds=("normal", "inner_race", "outer_race", "ball"))):
+        np.savez(fit / f"f{i:02d}.npz", signal=r.signal, fs=r.fs, label=r.label)
     dest = tmp_path / "b"
-    assert main(["calibrate", "--bundle", str(root), "--data", str(data), "--out", str(dest), "--alpha", "0.2",
-                 "--method", "aps", "--no-progress", "--json", str(tmp_path / "cal.json")]) == 0
+    # --data scored whole (split all) is also the default fit data: refused, naming the overlap
+    assert main(["calibrate", "--bundle", str(root), "--data", str(data), "--out", str(dest), "--no-progress"]) != 0
+    assert "overlaps the calibration windows" in capsys.readouterr().err and not (dest / "manifest.json").exists()
+    assert main(["calibrate", "--bundle", str(root), "--data", str(data), "--fit-data", str(fit), "--out", str(dest),
+                 "--alpha", "0.2", "--method", "aps", "--no-progress", "--json", str(tmp_path / "cal.json")]) == 0
     doc = json.loads((tmp_path / "cal.json").read_text())
     assert doc["calibration"]["conformal"]["method"] == "aps" and doc["calibration"]["conformal"]["alpha"] == 0.2
+    fit_rec = doc["calibration"]["density_fit"]
+    assert fit_rec["overlap"] == 0 and fit_rec["n"] > 0 and str(fit) in fit_rec["source"]
     assert main(["evaluate", "--bundle", str(dest), "--data", str(data), "--ood", str(ood), "--no-progress",
                  "--json", str(tmp_path / "ev.json")]) == 0
     ev = json.loads((tmp_path / "ev.json").read_text())
     assert {"auroc_density", "auroc_combined", "auroc_mi", "auroc_total"} <= set(ev["ood_metrics"])
+
+
+def test_density_fit_overlapping_calibration_is_refused_or_recorded(trained, tmp_path):
+    from edgeuq.calibrate.fit import FitOverlapError, window_hashes, windows_digest
+
+    root, sp, _, _ = trained
+    x_fit = np.concatenate([sp.train.x, sp.val.x[:7]])
+    y_fit = np.concatenate([sp.train.y, sp.val.y[:7]])
+    opts = CalibrationOptions(samples=4)
+    with pytest.raises(FitOverlapError, match="7 of"):
+        calibrate_bundle(root, sp.val.x, sp.val.y, x_fit, y_fit, opts, out_dir=tmp_path / "a")
+    assert not (tmp_path / "a" / "manifest.json").exists()
+    with pytest.raises(ValueError, match="needs fit data"):
+        calibrate_bundle(root, sp.val.x, sp.val.y, None, None, opts, out_dir=tmp_path / "b")
+    msgs = []
+    res = calibrate_bundle(root, sp.val.x, sp.val.y, x_fit, y_fit,
+                           CalibrationOptions(samples=4, allow_fit_overlap=True, fit_source="train + 7 val"),
+                           out_dir=tmp_path / "c", log=msgs.append)
+    df = load_bundle(tmp_path / "c").manifest.sections["calibration"].density_fit
+    assert (df.overlap, df.checked_against, df.n, df.overlap_allowed) == (7, len(sp.val.y), len(x_fit), True)
+    assert df.source == "train + 7 val" and any(m.startswith("WARNING") for m in msgs)
+    # the recorded digest identifies the fit windows (independent of order)
+    assert df.windows_sha256 == windows_digest(window_hashes(x_fit[::-1]))
+
+
+def test_density_fit_is_recorded_and_disjoint(calibrated, trained):
+    root, sp, _, _ = trained
+    dest, res = calibrated
+    df = res.calibration.density_fit
+    assert df.overlap == 0 and df.n == len(sp.train.y) and df.checked_against == len(sp.val.y)
+
+
+def test_device_pvalue_rule_false_alarm_rate(trained, calibrated):
+    """The device rule (min of per-class conformal p-values <= far) abstains on held-out in-distribution
+    windows at most at the false-alarm rate (binomial tolerance), and its reasons name the part that fired,
+    matching a brute-force recomputation from the stored calibration scores."""
+    from edgeuq.calibrate import score_windows
+
+    root, sp, _, _ = trained
+    dest, res = calibrated
+    rt = UncertaintyRuntime(dest)
+    cal = Calibrated.from_bundle(rt.bundle)
+    pv = res.calibration.pvalues
+    assert pv.parts == ("epistemic", "total", "density") and pv.rule == "min" and pv.mondrian
+    sc = score_windows(rt, sp.test.x, 8, seed=11, calibrated=cal)
+    reasons = cal.abstain_reasons(None, sc.epistemic, sc.density, sc.total, sc.prediction)
+    alarms = np.array([any(r.startswith("pvalue:") for r in rs) for rs in reasons])
+    far, m = pv.level, len(alarms)
+    assert alarms.mean() <= far + 3 * np.sqrt(far * (1 - far) / m) + 2 / pv.n, alarms.mean()
+    # brute force: rank among the calibration windows of the same predicted class
+    cs = {"epistemic": res.scores.epistemic, "total": res.scores.total, "density": res.scores.density}
+    pred_cal = res.scores.prediction
+    for i in range(0, m, max(1, m // 25)):
+        k = sc.prediction[i]
+        same = pred_cal == k if k not in pv.pooled_classes else np.ones_like(pred_cal, bool)
+        ps = {p: (1 + np.sum(cs[p][same] >= v[i])) / (same.sum() + 1)
+              for p, v in (("epistemic", sc.epistemic), ("total", sc.total), ("density", sc.density))}
+        fired = [f"pvalue:{p}" for p in pv.parts if 3 * ps[p] <= far]
+        assert reasons[i] == fired, (i, reasons[i], ps)

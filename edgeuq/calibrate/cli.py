@@ -24,21 +24,46 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
     if not cal_in.labelled:
         raise ValueError(f"{a.data}: calibration data must be labelled with the bundle's classes")
     x_fit = y_fit = None
-    if a.fit_data:
-        fit_in = load_eval_inputs(Path(a.fit_data), rt, fs=a.fs, key=a.key, hop=a.hop, split="all")
+    fit_source = ""
+    if not a.no_density:
+        fit_path = Path(a.fit_data) if a.fit_data else Path(a.data)
+        same = fit_path.resolve() == Path(a.data).resolve()
+        fit_split = a.fit_split
+        if fit_split == "auto":
+            fit_split = "train" if same else "all"
+        cal_split = a.split
+        if cal_split == "auto":
+            from ..data.sources import resolve_data_source
+
+            cal_split = "test" if resolve_data_source(Path(a.data)).name == "cwru" else "all"
+        # on the same recordings only the training split (first 70 %) and the test split (last 15 %)
+        # are disjoint in time; any other pair overlaps
+        if same and {fit_split, cal_split} != {"train", "test"}:
+            msg = (f"--fit-data {fit_path} (split {fit_split}) overlaps the calibration windows of --data "
+                   f"(split {cal_split}): pass --fit-data with the training recordings, or calibrate on --split test "
+                   f"with the density fitted on --fit-split train (time-disjoint)")
+            if not a.allow_fit_overlap:
+                raise ValueError(msg + " (or --allow-fit-overlap to proceed, recorded in the manifest)")
+            print("WARNING: " + msg + " -- proceeding because of --allow-fit-overlap", file=sys.stderr)
+        fit_in = load_eval_inputs(fit_path, rt, fs=a.fs, key=a.key, hop=a.hop, split=fit_split)
         if not fit_in.labelled:
-            raise ValueError(f"{a.fit_data}: density fit data must be labelled")
+            raise ValueError(f"{fit_path}: density fit data must be labelled")
         x_fit, y_fit = fit_in.x, fit_in.y
+        fit_source = fit_in.description
+        print(f"density fit data: {fit_source}")
     print(f"calibration data: {cal_in.description}")
     opts = CalibrationOptions(alpha=a.alpha, method=a.method, class_conditional=a.class_conditional,
                               false_alarm_rate=a.false_alarm_rate, samples=a.samples, seed=a.seed,
-                              density=not a.no_density)
+                              density=not a.no_density, combine=a.combine, mondrian=not a.no_mondrian,
+                              pvalue_parts=tuple(a.pvalue_parts.split(",")) if a.pvalue_parts else None,
+                              allow_fit_overlap=a.allow_fit_overlap, fit_source=fit_source or "none")
     res = calibrate_bundle(Path(a.bundle), cal_in.x, cal_in.y, x_fit, y_fit, opts,
                            out_dir=Path(a.out) if a.out else None, progress=not a.no_progress, log=print)
     for line in calibration_summary(res.calibration):
         print("  " + line)
     print(f"bundle rewritten: {res.bundle} (manifest section 'calibration'"
-          f"{', density.npz' if res.calibration.density else ''})")
+          f"{', density.npz' if res.calibration.density else ''}"
+          f"{', pvalues.npz' if res.calibration.pvalues else ''})")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps({**res.to_json(), "data": cal_in.description,
@@ -104,10 +129,20 @@ def register(sub) -> None:
     c.add_argument("--bundle", required=True)
     c.add_argument("--data", required=True, help="labelled held-out in-distribution data (CWRU folder or signal "
                                                  "files, as for `edgeuq evaluate`)")
-    c.add_argument("--split", default="auto", choices=("auto", "test", "all"),
+    c.add_argument("--split", default="auto", choices=("auto", "test", "all", "train"),
                    help="which windows of --data (auto: the held-out test split of a CWRU folder, else all)")
-    c.add_argument("--fit-data", help="labelled in-distribution data for the density model (normally the "
-                                      "training data; default: half of --data)")
+    c.add_argument("--fit-data", help="labelled in-distribution data for the density model: the training "
+                                      "recordings (default: the training split of --data, first 70 %% in time)")
+    c.add_argument("--fit-split", default="auto", choices=("auto", "train", "test", "all"),
+                   help="which windows of the fit data (auto: 'train' when it is --data itself, else 'all')")
+    c.add_argument("--allow-fit-overlap", action="store_true",
+                   help="proceed (with a loud warning, recorded in the manifest) when fit and calibration "
+                        "windows overlap; refused by default")
+    c.add_argument("--combine", default="min", choices=("min", "fisher"),
+                   help="how the device combines the conformal p-values of its scores (min = Bonferroni)")
+    c.add_argument("--pvalue-parts", help="comma-separated scores for the device rule, from epistemic,total,"
+                                          "density (default: all available)")
+    c.add_argument("--no-mondrian", action="store_true", help="one pool of calibration scores, not per class")
     c.add_argument("--fs", type=float)
     c.add_argument("--key")
     c.add_argument("--hop", type=int)

@@ -11,6 +11,17 @@ density thresholds are each the conformal ``(1 - far/2)`` quantile of their
 calibration scores (Bonferroni: on exchangeable in-distribution data the chance
 that either fires is <= far); without a density model the MI threshold takes the
 whole ``far``. The combined score's threshold is its ``(1 - far)`` quantile.
+
+The **device rule** (issue 19) is a conformal test: the calibration scores of each part
+(``pvalue_parts``: mutual information, total entropy, density) are stored per predicted class
+(``pvalues.npz``); a window's p-value per part is its rank among them, the parts are combined
+with ``combine`` (``min``: Bonferroni, valid whatever their dependence; ``fisher``) and the window
+abstains when the combined p-value is ``<= far``. Calibration data only: no shifted data is used.
+
+**Honest density fitting.** The density model is fitted on ``x_fit`` (training windows), never on
+calibration windows: the sha256 of every window's float32 bytes is compared and an overlap raises
+(``allow_fit_overlap`` turns that into a loud warning, recorded in the manifest's
+``calibration.density_fit``, which always records what the density was fitted on).
 """
 from __future__ import annotations
 
@@ -19,24 +30,43 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
+import hashlib
 
 import numpy as np
 
 from edgeuq_runtime import UncertaintyRuntime, load_bundle, write_bundle
 from edgeuq_runtime.adaptive import AdaptiveConfig
 from edgeuq_runtime.calibration import (
-    MI_EPS, AbstainSection, Calibrated, Calibration, CombinedSection, DensitySection, calibration_to_json,
-    graphs_digest,
+    MI_EPS, PVALUE_PARTS, AbstainSection, Calibrated, Calibration, CombinedSection, DensityFitSection, DensitySection,
+    PValueSection, calibration_to_json, graphs_digest, load_pvalue_scores, save_pvalue_scores,
 )
 from edgeuq_runtime.conformal import conformal_quantile, fit_conformal
 from edgeuq_runtime.density import fit_density
 
 from .scores import WindowScores, score_windows, trunk_pooled
 
-__all__ = ["CalibrationOptions", "CalibrationResult", "calibrate_bundle", "DENSITY_FILE"]
+__all__ = ["CalibrationOptions", "CalibrationResult", "calibrate_bundle", "DENSITY_FILE", "PVALUE_FILE",
+           "window_hashes", "windows_digest", "FitOverlapError"]
 
 DENSITY_FILE = "density.npz"
+PVALUE_FILE = "pvalues.npz"
+
+
+class FitOverlapError(ValueError):
+    """The density fit windows and the calibration windows overlap."""
+
+
+def window_hashes(x: np.ndarray) -> np.ndarray:
+    """sha256 (hex) of each window's float32 bytes: identifies the data, not a computed result."""
+    a = np.ascontiguousarray(np.asarray(x), dtype=np.float32)
+    a = a.reshape(a.shape[0], -1)
+    return np.array([hashlib.sha256(row.tobytes()).hexdigest() for row in a])
+
+
+def windows_digest(hashes: np.ndarray) -> str:
+    """One sha256 over the sorted window hashes (order-free identity of a window set)."""
+    return hashlib.sha256("\n".join(sorted(str(h) for h in hashes)).encode()).hexdigest()
 Log = Callable[[str], None]
 
 
@@ -54,6 +84,13 @@ class CalibrationOptions:
     step: int = 4
     z: float = 2.576
     mi_tol: float = 0.02
+    pvalue_parts: Optional[Tuple[str, ...]] = None   # default: every part available (MI, entropy, density)
+    combine: str = "min"                             # "min" (Bonferroni) or "fisher"
+    mondrian: bool = True                            # p-values per predicted class
+    min_per_class: int = 20                          # fewer calibration windows: the class uses the pooled scores
+    allow_fit_overlap: bool = False                  # warn (loudly, recorded) instead of refusing
+    density_from_calibration: bool = False           # old behaviour: fit density on a random half of x_cal
+    fit_source: str = "fit data passed to calibrate_bundle"
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,9 +114,10 @@ def calibrate_bundle(bundle_dir: Path, x_cal: np.ndarray, y_cal: np.ndarray, x_f
                      ) -> CalibrationResult:
     """Fit density (on ``x_fit``), conformal and abstention thresholds (on ``x_cal``); write the bundle.
 
-    Without ``x_fit`` the calibration windows are split in two at random: one half fits the
-    density model, the other calibrates (so no threshold is computed on the data the density
-    model saw)."""
+    Without ``x_fit`` a density model is refused (pass the training windows, or ``density=False``)
+    unless ``density_from_calibration``: the calibration windows are then split in two at random,
+    one half fitting the density model (recorded as such in ``density_fit``). A fit window equal to
+    a calibration window raises :class:`FitOverlapError` unless ``allow_fit_overlap``."""
     o = options
     bundle_dir = Path(bundle_dir)
     out = Path(out_dir) if out_dir is not None else bundle_dir
@@ -89,14 +127,34 @@ def calibrate_bundle(bundle_dir: Path, x_cal: np.ndarray, y_cal: np.ndarray, x_f
     y_cal = np.asarray(y_cal)
     if len(y_cal) < 10 or np.any(y_cal < 0):
         raise ValueError(f"calibration needs >= 10 labelled windows, got {len(y_cal)} (labels >= 0)")
+    fit_source = o.fit_source
     if x_fit is None and o.density:
+        if not o.density_from_calibration:
+            raise ValueError("a density model needs fit data: pass the training windows (x_fit / --fit-data), "
+                             "never windows that are scored as in-distribution; or calibrate without density")
+        log("WARNING: density fitted on a random half of the calibration windows (density_from_calibration); "
+            "evaluate will score windows of the same recordings as in-distribution")
         perm = np.random.default_rng(o.seed).permutation(len(y_cal))
         half = len(perm) // 2
         x_fit, y_fit = x_cal[perm[:half]], y_cal[perm[:half]]
         x_cal, y_cal = x_cal[perm[half:]], y_cal[perm[half:]]
+        fit_source = "random half of the calibration data (density_from_calibration)"
     density = None
     dens_section = None
+    fit_section = None
     if o.density:
+        fit_h = window_hashes(x_fit)
+        cal_h = window_hashes(x_cal)
+        overlap = int(np.isin(cal_h, fit_h).sum())
+        if overlap:
+            msg = (f"{overlap} of {len(cal_h)} calibration windows are also density fit windows ({fit_source}): "
+                   "the density score would be measured on data it was fitted on")
+            if not o.allow_fit_overlap:
+                raise FitOverlapError(msg + "; pass disjoint fit data (the training split) or allow_fit_overlap / "
+                                      "--allow-fit-overlap to proceed anyway")
+            log("WARNING " * 3 + msg + " (allowed by allow_fit_overlap; recorded in calibration.density_fit)")
+        fit_section = DensityFitSection(len(fit_h), fit_source, windows_digest(fit_h), len(cal_h), overlap,
+                                        bool(o.allow_fit_overlap))
         feats = trunk_pooled(rt, x_fit)
         density = fit_density(feats, np.asarray(y_fit), num_classes=m.num_classes, ridge=o.ridge)
         raw = rt.trunk_features(x_cal[:1])
@@ -121,11 +179,23 @@ def calibrate_bundle(bundle_dir: Path, x_cal: np.ndarray, y_cal: np.ndarray, x_f
     abstain = AbstainSection(far, _q(conformal_quantile(sc.epistemic, level)),
                              None if sc.density is None else _q(conformal_quantile(sc.density, level)),
                              _q(conformal_quantile(comb, far)))
-    cal = dataclasses.replace(draft, abstain=abstain)
-    calibration_to_json(cal)  # validates before anything is written
+    available = {"epistemic": sc.epistemic, "total": sc.total, "density": sc.density}
+    parts = tuple(o.pvalue_parts) if o.pvalue_parts else tuple(p for p in PVALUE_PARTS if available[p] is not None)
+    bad = [p for p in parts if p not in PVALUE_PARTS or available[p] is None]
+    if bad:
+        raise ValueError(f"pvalue_parts {bad} are not available (parts: {list(PVALUE_PARTS)}; density needs a "
+                         "density model)")
     bundle = load_bundle(bundle_dir, verify=True)
-    sources = {name: bundle.path(name) for name in bundle.manifest.files if name != DENSITY_FILE}
+    sources = {name: bundle.path(name) for name in bundle.manifest.files if name not in (DENSITY_FILE, PVALUE_FILE)}
     with tempfile.TemporaryDirectory(prefix="edgeuq-cal-") as tmp:
+        pv_path, pooled = save_pvalue_scores(Path(tmp) / PVALUE_FILE, {p: available[p] for p in parts},
+                                             sc.prediction, m.num_classes, o.min_per_class)
+        sources[PVALUE_FILE] = pv_path
+        pv_section = PValueSection(PVALUE_FILE, parts, o.combine, bool(o.mondrian), far, len(y_cal), pooled)
+        cal = dataclasses.replace(draft, abstain=abstain, pvalues=pv_section, density_fit=fit_section)
+        calibration_to_json(cal)  # validates before anything is written
+        cald = Calibrated(cal, density, load_pvalue_scores(pv_path, pv_section, m.num_classes))
+        comb = cald.combined_score(sc.epistemic, sc.density, sc.total, sc.prediction)
         if density is not None:
             sources[DENSITY_FILE] = density.save(Path(tmp) / DENSITY_FILE)
         sections = {**dict(getattr(bundle.manifest, "sections", {}) or {}), "calibration": cal}
@@ -134,5 +204,6 @@ def calibrate_bundle(bundle_dir: Path, x_cal: np.ndarray, y_cal: np.ndarray, x_f
     scores = dataclasses.replace(sc, combined=comb)
     log(f"calibrated {out}: n = {len(y_cal)}, S = {s}, {o.method.upper()} alpha = {o.alpha:g} -> qhat "
         f"{[round(q, 4) for q in conformal.qhat]}; thresholds at false-alarm rate {far:g}: MI > {abstain.epistemic}, "
-        f"density > {abstain.density}, combined > {abstain.combined}")
-    return CalibrationResult(out, cal, scores, 0 if x_fit is None else len(x_fit))
+        f"density > {abstain.density}, combined > {abstain.combined}; device rule: {o.combine} of conformal "
+        f"p-values of {'/'.join(parts)}{' per predicted class' if o.mondrian else ''} <= {far:g}")
+    return CalibrationResult(out, cal, scores, 0 if x_fit is None or not o.density else len(x_fit))

@@ -77,14 +77,17 @@ def score_windows(rt: UncertaintyRuntime, x: np.ndarray, samples: int, seed: int
     out = dict(probs=np.concatenate(probs), epistemic=np.concatenate(epi), total=np.concatenate(tot),
                aleatoric=np.concatenate(ale), density=np.concatenate(dens) if dens else None,
                samples_used=np.concatenate(used))
-    combined = calibrated.combined_score(out["epistemic"], out["density"]) if calibrated is not None else None
+    combined = (calibrated.combined_score(out["epistemic"], out["density"], out["total"], out["probs"].argmax(1))
+                if calibrated is not None else None)
     return WindowScores(**out, combined=combined)
 
 
 def calibrated_extra_scores(rt: UncertaintyRuntime, x: np.ndarray, epistemic: np.ndarray,
+                            total: Optional[np.ndarray] = None, prediction: Optional[np.ndarray] = None,
                             chunk: int = 256) -> Optional[dict]:
     """``{"density": (N,), "combined": (N,)}`` for a calibrated bundle (None without calibration):
-    the density score from the deployed trunk's features, the combined score from it and ``epistemic``."""
+    the density score from the deployed trunk's features, the combined score from it, ``epistemic``
+    and (a p-value rule) ``total`` and the predicted class."""
     cal = Calibrated.from_bundle(rt.bundle)
     if cal is None:
         return None
@@ -92,7 +95,7 @@ def calibrated_extra_scores(rt: UncertaintyRuntime, x: np.ndarray, epistemic: np
     if cal.density is not None:
         out["density"] = np.concatenate([cal.density_score(rt.trunk_features(x[i:i + chunk]))
                                          for i in range(0, len(x), chunk)])
-    comb = cal.combined_score(epistemic, out.get("density"))
+    comb = cal.combined_score(epistemic, out.get("density"), total, prediction)
     if comb is not None:
         out["combined"] = comb
     return out

@@ -294,14 +294,7 @@ class StageTimer:
 
 
 def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows: for provenance lines."""
-    import platform
+    """The CPU's model name, for provenance lines (one copy: :func:`edgeuq.hostcpu.cpu_model`)."""
+    from ..hostcpu import cpu_model
 
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model()

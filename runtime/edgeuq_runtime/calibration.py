@@ -15,6 +15,25 @@ same quantization, same S) on held-out in-distribution data:
       "abstain":   {"false_alarm_rate": 0.05, "epistemic": 0.02, "density": 47.0, "combined": 1.9}
     }
 
+Two optional sections added by issue 19:
+
+.. code-block:: json
+
+      "density_fit": {"n": 4200, "source": "train split of data/", "windows_sha256": "9f1c...",
+                      "checked_against": 812, "overlap": 0, "overlap_allowed": false},
+      "pvalues":     {"file": "pvalues.npz", "parts": ["epistemic", "total", "density"], "rule": "min",
+                      "mondrian": true, "level": 0.05, "n": 812, "pooled_classes": []}
+
+``density_fit`` records what the density model was fitted on (a digest of the sorted sha256 of
+every fit window's float32 bytes) and how many calibration windows were found among them.
+``pvalues`` makes abstention a conformal test: each score (mutual information ``epistemic``,
+predictive entropy ``total``, ``density``) gets the p-value ``(1 + #{cal >= s}) / (n + 1)`` against
+the calibration scores *of the predicted class* (Mondrian; classes with too few calibration
+windows, listed in ``pooled_classes``, use all of them), the p-values are combined by ``rule``
+(``min``: Bonferroni ``K min p``; ``fisher``), and a window abstains when the combined p-value is
+``<= level``; the reason names the score(s) that fired (``pvalue:density``). The sorted calibration
+scores live in ``file`` (arrays ``<part>`` pooled, ``<part>__c<k>`` per class), hashed like every file.
+
 ``qhat`` entries and ``abstain`` thresholds may be ``null``: no finite threshold
 (too few calibration examples for the level; the set holds every class / that
 score never abstains). ``conformal``, ``density`` and ``combined`` are optional.
@@ -36,12 +55,13 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from .adaptive import AdaptiveConfig
-from .conformal import ConformalPredictor
+from .conformal import COMBINE_RULES, ConformalPredictor, combine_pvalues, conformal_pvalues, mondrian_pvalues
 from .density import POOLINGS, GaussianDensity
 from .errors import BundleError, InputError, ManifestError
 
 __all__ = ["SECTION", "ConformalSection", "DensitySection", "CombinedSection", "AbstainSection", "Calibration",
-           "parse_calibration", "calibration_to_json", "read_calibration", "graphs_digest", "Calibrated", "MI_EPS"]
+           "parse_calibration", "calibration_to_json", "read_calibration", "graphs_digest", "Calibrated", "MI_EPS",
+           "PValueSection", "DensityFitSection", "PVALUE_PARTS", "load_pvalue_scores", "save_pvalue_scores"]
 
 SECTION = "calibration"
 MI_EPS = 1e-12
@@ -121,6 +141,30 @@ class AbstainSection:
 
 ConformalSection = ConformalPredictor
 
+#: the scores a p-value rule may combine (higher = more unusual)
+PVALUE_PARTS = ("epistemic", "total", "density")
+
+
+@dataclass(frozen=True)
+class PValueSection:
+    file: str
+    parts: Tuple[str, ...]
+    rule: str
+    mondrian: bool
+    level: float
+    n: int
+    pooled_classes: Tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class DensityFitSection:
+    n: int
+    source: str
+    windows_sha256: str
+    checked_against: int
+    overlap: int
+    overlap_allowed: bool = False
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -133,6 +177,8 @@ class Calibration:
     density: Optional[DensitySection] = None
     combined: Optional[CombinedSection] = None
     graphs_digest: Optional[str] = None
+    pvalues: Optional[PValueSection] = None
+    density_fit: Optional[DensityFitSection] = None
 
 
 def _q_to_json(q: float) -> Optional[float]:
@@ -142,7 +188,8 @@ def _q_to_json(q: float) -> Optional[float]:
 def parse_calibration(obj: Any, where: str = SECTION) -> Calibration:
     """Strictly parse the JSON ``calibration`` section (errors name the dotted field)."""
     top = _obj(where, obj, {"samples", "seed", "n", "graphs_digest", "adaptive", "conformal", "density",
-                            "combined", "abstain"}, {"samples", "seed", "n", "adaptive", "abstain"})
+                            "combined", "abstain", "pvalues", "density_fit"}, {"samples", "seed", "n", "adaptive",
+                                                                               "abstain"})
     samples = _int(f"{where}.samples", top["samples"], 1)
     ad = _obj(f"{where}.adaptive", top["adaptive"], {"s_min", "s_max", "step", "z", "mi_tol"},
               {"s_min", "s_max", "step", "z", "mi_tol"})
@@ -204,8 +251,45 @@ def parse_calibration(obj: Any, where: str = SECTION) -> Calibration:
     digest = top.get("graphs_digest")
     if digest is not None:
         _text(f"{where}.graphs_digest", digest)
+    pvalues = None
+    if top.get("pvalues") is not None:
+        w = f"{where}.pvalues"
+        keys = {"file", "parts", "rule", "mondrian", "level", "n", "pooled_classes"}
+        pv = _obj(w, top["pvalues"], keys, keys - {"pooled_classes"})
+        fname = _text(f"{w}.file", pv["file"])
+        if fname.startswith("/") or ".." in fname.split("/"):
+            raise _fail(f"{w}.file", f"must be a relative path inside the bundle, got {fname!r}")
+        parts = pv["parts"]
+        if not isinstance(parts, list) or not parts or any(p not in PVALUE_PARTS for p in parts) \
+                or len(set(parts)) != len(parts):
+            raise _fail(f"{w}.parts", f"must be a non-empty list of distinct names from {list(PVALUE_PARTS)}, "
+                        f"got {parts!r}")
+        if "density" in parts and density is None:
+            raise _fail(f"{w}.parts", "'density' needs the density section")
+        rule = _text(f"{w}.rule", pv["rule"])
+        if rule not in COMBINE_RULES:
+            raise _fail(f"{w}.rule", f"must be one of {list(COMBINE_RULES)}, got {rule!r}")
+        pooled = pv.get("pooled_classes", [])
+        if not isinstance(pooled, list):
+            raise _fail(f"{w}.pooled_classes", f"must be a list of class indices, got {pooled!r}")
+        pvalues = PValueSection(fname, tuple(parts), rule, _bool(f"{w}.mondrian", pv["mondrian"]),
+                                _num(f"{w}.level", pv["level"], 0, 1, True, True), _int(f"{w}.n", pv["n"], 1),
+                                tuple(_int(f"{w}.pooled_classes[{i}]", v) for i, v in enumerate(pooled)))
+    density_fit = None
+    if top.get("density_fit") is not None:
+        w = f"{where}.density_fit"
+        keys = {"n", "source", "windows_sha256", "checked_against", "overlap", "overlap_allowed"}
+        df = _obj(w, top["density_fit"], keys, keys)
+        density_fit = DensityFitSection(_int(f"{w}.n", df["n"], 1), _text(f"{w}.source", df["source"]),
+                                        _text(f"{w}.windows_sha256", df["windows_sha256"]),
+                                        _int(f"{w}.checked_against", df["checked_against"]),
+                                        _int(f"{w}.overlap", df["overlap"]),
+                                        _bool(f"{w}.overlap_allowed", df["overlap_allowed"]))
+        if density_fit.overlap and not density_fit.overlap_allowed:
+            raise _fail(f"{w}.overlap", f"{density_fit.overlap} calibration windows were among the density fit "
+                        "windows but overlap_allowed is false")
     return Calibration(samples, _int(f"{where}.seed", top["seed"]), _int(f"{where}.n", top["n"], 1), adaptive,
-                       abstain, conformal, density, combined, digest)
+                       abstain, conformal, density, combined, digest, pvalues, density_fit)
 
 
 def calibration_to_json(cal: Calibration) -> Dict[str, Any]:
@@ -228,6 +312,15 @@ def calibration_to_json(cal: Calibration) -> Dict[str, Any]:
         cb = cal.combined
         out["combined"] = {"mi_log_mean": cb.mi_log_mean, "mi_log_std": cb.mi_log_std,
                            "density_mean": cb.density_mean, "density_std": cb.density_std}
+    if cal.pvalues is not None:
+        pv = cal.pvalues
+        out["pvalues"] = {"file": pv.file, "parts": list(pv.parts), "rule": pv.rule, "mondrian": pv.mondrian,
+                          "level": pv.level, "n": pv.n, "pooled_classes": list(pv.pooled_classes)}
+    if cal.density_fit is not None:
+        df = cal.density_fit
+        out["density_fit"] = {"n": df.n, "source": df.source, "windows_sha256": df.windows_sha256,
+                              "checked_against": df.checked_against, "overlap": df.overlap,
+                              "overlap_allowed": df.overlap_allowed}
     # the round trip validates what we write (finite numbers, consistent sections)
     parse_calibration(json.loads(json.dumps(out, allow_nan=False)))
     return out
@@ -255,17 +348,75 @@ def read_calibration(bundle: Any) -> Optional[Calibration]:
     return sections.get(SECTION)
 
 
+def save_pvalue_scores(path: Any, scores: Mapping[str, np.ndarray], predicted: np.ndarray, num_classes: int,
+                       min_per_class: int) -> Tuple[Any, Tuple[int, ...]]:
+    """Write the sorted calibration scores of each part (pooled and per predicted class) to ``path``
+    (npz); classes with fewer than ``min_per_class`` calibration windows are left out (pooled).
+    Returns (path, pooled classes)."""
+    import io
+
+    pred = np.asarray(predicted).reshape(-1)
+    counts = np.bincount(pred, minlength=num_classes)
+    pooled = tuple(int(k) for k in range(num_classes) if counts[k] < min_per_class)
+    arrays: Dict[str, np.ndarray] = {}
+    for part, v in scores.items():
+        v = np.asarray(v, dtype=np.float64).reshape(-1)
+        if v.shape != pred.shape or not np.all(np.isfinite(v)):
+            raise InputError(f"calibration scores of {part!r} must be {pred.size} finite numbers")
+        arrays[part] = np.sort(v)
+        for k in range(num_classes):
+            if k not in pooled:
+                arrays[f"{part}__c{k}"] = np.sort(v[pred == k])
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    from pathlib import Path
+
+    Path(path).write_bytes(buf.getvalue())
+    return path, pooled
+
+
+def load_pvalue_scores(path: Any, section: PValueSection, num_classes: int) -> Dict[str, Tuple[list, np.ndarray]]:
+    """part -> (per-class sorted calibration scores or None (pooled), pooled scores)."""
+    out: Dict[str, Tuple[list, np.ndarray]] = {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for part in section.parts:
+                if part not in z.files:
+                    raise BundleError(f"p-value file {str(path)!r} lacks the array {part!r}")
+                per = []
+                for k in range(num_classes):
+                    key = f"{part}__c{k}"
+                    if not section.mondrian or k in section.pooled_classes:
+                        per.append(None)
+                    elif key not in z.files:
+                        raise BundleError(f"p-value file {str(path)!r} lacks the array {key!r}")
+                    else:
+                        per.append(np.asarray(z[key], dtype=np.float64))
+                pooled = np.asarray(z[part], dtype=np.float64)
+                for a in [pooled, *[v for v in per if v is not None]]:
+                    if a.size == 0 or not np.all(np.isfinite(a)):
+                        raise BundleError(f"p-value file {str(path)!r}: {part!r} scores are empty or not finite")
+                out[part] = (per, pooled)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"cannot read p-value file {str(path)!r}: {exc}") from None
+    return out
+
+
 class Calibrated:
     """A bundle's calibration ready to use: density model loaded, scores and abstention."""
 
-    def __init__(self, cal: Calibration, density: Optional[GaussianDensity] = None) -> None:
+    def __init__(self, cal: Calibration, density: Optional[GaussianDensity] = None,
+                 pvalue_scores: Optional[Dict[str, Tuple[list, np.ndarray]]] = None) -> None:
         self.cal = cal
         self.density = density
+        self.pvalue_scores = pvalue_scores
         if cal.density is not None and density is None:
             raise BundleError("calibration declares a density model but none was loaded")
         if density is not None and cal.density is not None and density.dim != cal.density.dim:
             raise BundleError(f"density file has dimension {density.dim}, calibration.density.dim says "
                               f"{cal.density.dim}")
+        if cal.pvalues is not None and (pvalue_scores is None or set(pvalue_scores) != set(cal.pvalues.parts)):
+            raise BundleError("calibration declares p-values but their calibration scores were not loaded")
 
     @classmethod
     def from_bundle(cls, bundle: Any) -> Optional["Calibrated"]:
@@ -281,14 +432,51 @@ class Calibrated:
                 raise BundleError(f"calibration.density.file {cal.density.file!r} is not listed (hashed) in the "
                                   "manifest's files")
             dens = GaussianDensity.load(bundle.path(cal.density.file))
-        return cls(cal, dens)
+        pv = None
+        if cal.pvalues is not None:
+            if cal.pvalues.file not in bundle.manifest.files:
+                raise BundleError(f"calibration.pvalues.file {cal.pvalues.file!r} is not listed (hashed) in the "
+                                  "manifest's files")
+            pv = load_pvalue_scores(bundle.path(cal.pvalues.file), cal.pvalues, bundle.manifest.num_classes)
+        return cls(cal, dens, pv)
 
     def density_score(self, features: np.ndarray) -> Optional[np.ndarray]:
         if self.density is None:
             return None
         return self.density.score(features, self.cal.density.pooling)
 
-    def combined_score(self, epistemic: np.ndarray, density: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    def pvalues(self, epistemic: np.ndarray, total: Optional[np.ndarray], density: Optional[np.ndarray],
+                prediction: Optional[np.ndarray]) -> Optional[Dict[str, np.ndarray]]:
+        """Conformal p-value of every part of the p-value rule (None without a ``pvalues`` section)."""
+        pv = self.cal.pvalues
+        if pv is None:
+            return None
+        given = {"epistemic": epistemic, "total": total, "density": density}
+        out = {}
+        for part in pv.parts:
+            v = given[part]
+            if v is None:
+                raise InputError(f"the p-value rule needs the {part!r} score")
+            per, pooled = self.pvalue_scores[part]
+            v = np.asarray(v, dtype=np.float64).reshape(-1)
+            if pv.mondrian:
+                if prediction is None:
+                    raise InputError("Mondrian p-values need the predicted class")
+                out[part] = mondrian_pvalues(per, pooled, v, np.asarray(prediction).reshape(-1))
+            else:
+                out[part] = conformal_pvalues(pooled, v)
+        return out
+
+    def combined_pvalue(self, parts: Mapping[str, np.ndarray]) -> np.ndarray:
+        pv = self.cal.pvalues
+        return combine_pvalues(np.stack([parts[p] for p in pv.parts], axis=1), pv.rule)
+
+    def combined_score(self, epistemic: np.ndarray, density: Optional[np.ndarray], total: Optional[np.ndarray] = None,
+                       prediction: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+        """With a ``pvalues`` section: ``-log10`` of the combined p-value (higher = more unusual);
+        else the older ``max(z_mi, z_density)`` of the ``combined`` section."""
+        if self.cal.pvalues is not None:
+            return -np.log10(self.combined_pvalue(self.pvalues(epistemic, total, density, prediction)))
         cb = self.cal.combined
         if cb is None:
             return None
@@ -297,23 +485,48 @@ class Calibrated:
             z = np.maximum(z, (np.asarray(density, dtype=np.float64) - cb.density_mean) / cb.density_std)
         return z
 
+    def fired(self, parts: Mapping[str, np.ndarray]) -> list:
+        """Per input, the parts whose p-value makes the rule abstain (empty: no abstention).
+        ``min``: every part with ``K p_k <= level``; ``fisher``: the smallest-p part when the
+        combined p-value is ``<= level``."""
+        pv = self.cal.pvalues
+        P = np.stack([parts[p] for p in pv.parts], axis=1)
+        comb = combine_pvalues(P, pv.rule)
+        out = []
+        for i in range(P.shape[0]):
+            if not comb[i] <= pv.level:
+                out.append([])
+            elif pv.rule == "min":
+                out.append([p for j, p in enumerate(pv.parts) if len(pv.parts) * P[i, j] <= pv.level])
+            else:
+                out.append([pv.parts[int(np.argmin(P[i]))]])
+        return out
+
     def abstain_reasons(self, set_size: Optional[np.ndarray], epistemic: np.ndarray,
-                        density: Optional[np.ndarray]) -> list:
+                        density: Optional[np.ndarray], total: Optional[np.ndarray] = None,
+                        prediction: Optional[np.ndarray] = None) -> list:
         """Per input, the list of reasons to abstain (empty: answer): ``set_size`` (the conformal
-        set is not one class), ``epistemic`` / ``density`` (above its threshold; the two
-        thresholds are calibrated jointly so that their union meets the false-alarm rate).
-        The combined score's threshold is stored for evaluation and alarms, not used here."""
+        set is not one class); then, with a ``pvalues`` section, ``pvalue:<part>`` for each score
+        that fired the combined conformal test; without one, ``epistemic`` / ``density`` (above
+        its threshold; the two thresholds are calibrated jointly so that their union meets the
+        false-alarm rate). The combined score's threshold is stored for evaluation and alarms."""
         ab = self.cal.abstain
         n = len(epistemic)
         out = [[] for _ in range(n)]
-        checks = [("set_size", None if set_size is None else (np.asarray(set_size) != 1)),
-                  ("epistemic", None if ab.epistemic is None else np.asarray(epistemic) > ab.epistemic),
-                  ("density", None if (ab.density is None or density is None) else density > ab.density)]
+        if self.cal.pvalues is not None:
+            checks = [("set_size", None if set_size is None else (np.asarray(set_size) != 1))]
+        else:
+            checks = [("set_size", None if set_size is None else (np.asarray(set_size) != 1)),
+                      ("epistemic", None if ab.epistemic is None else np.asarray(epistemic) > ab.epistemic),
+                      ("density", None if (ab.density is None or density is None) else density > ab.density)]
         for name, flags in checks:
             if flags is None:
                 continue
             for i in np.flatnonzero(flags):
                 out[i].append(name)
+        if self.cal.pvalues is not None:
+            for i, parts in enumerate(self.fired(self.pvalues(epistemic, total, density, prediction))):
+                out[i].extend(f"pvalue:{p}" for p in parts)
         return out
 
 
@@ -326,4 +539,13 @@ def calibration_summary(cal: Calibration) -> Tuple[str, ...]:
     ab = cal.abstain
     lines.append(f"abstain at false-alarm rate {ab.false_alarm_rate:g}: epistemic > {ab.epistemic}, density > "
                  f"{ab.density}, combined > {ab.combined}")
+    if cal.pvalues is not None:
+        pv = cal.pvalues
+        lines.append(f"device rule: abstain when the {pv.rule} combination of conformal p-values of "
+                     f"{'/'.join(pv.parts)} ({'Mondrian by predicted class' if pv.mondrian else 'marginal'}, "
+                     f"n={pv.n}) is <= {pv.level:g}")
+    if cal.density_fit is not None:
+        df = cal.density_fit
+        lines.append(f"density fitted on {df.n} windows ({df.source}); {df.overlap} of {df.checked_against} "
+                     f"calibration windows among them")
     return tuple(lines)

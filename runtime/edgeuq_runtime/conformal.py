@@ -25,9 +25,12 @@ import numpy as np
 from .errors import InputError
 
 __all__ = ["METHODS", "conformal_quantile", "class_scores", "label_scores", "prediction_sets",
-           "ConformalPredictor", "fit_conformal", "AdaptiveConformal"]
+           "ConformalPredictor", "fit_conformal", "AdaptiveConformal", "conformal_pvalues", "mondrian_pvalues",
+           "COMBINE_RULES", "combine_pvalues", "chi2_sf_even"]
 
 METHODS = ("lac", "aps")
+#: how per-score conformal p-values are combined into one (see :func:`combine_pvalues`)
+COMBINE_RULES = ("min", "fisher")
 
 
 def _probs(probs: np.ndarray) -> np.ndarray:
@@ -213,3 +216,73 @@ class AdaptiveConformal:
     @property
     def miscoverage(self) -> float:
         return self.errors / self.steps if self.steps else math.nan
+
+
+# ----------------------------------------------------------------------------------------------
+# Conformal p-values of anomaly scores (higher score = more unusual), Mondrian by group, combined
+# ----------------------------------------------------------------------------------------------
+
+def conformal_pvalues(calibration_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``p = (1 + #{calibration scores >= s}) / (n + 1)`` for each score ``s``.
+
+    With the ``n`` calibration scores and the new one exchangeable (in-distribution data),
+    ``P(p <= a) <= a`` for every ``a`` (exactly ``floor(a (n + 1)) / (n + 1)`` without ties).
+    A NaN score counts as beyond every calibration score (``p = 1 / (n + 1)``)."""
+    c = np.sort(np.asarray(calibration_scores, dtype=np.float64).ravel())
+    if c.size == 0 or not np.all(np.isfinite(c)):
+        raise InputError("conformal p-values need a non-empty array of finite calibration scores")
+    s = np.asarray(scores, dtype=np.float64)
+    ge = c.size - np.searchsorted(c, np.where(np.isnan(s), np.inf, s), side="left")
+    ge = np.where(np.isnan(s), 0, ge)
+    return (1.0 + ge) / (c.size + 1.0)
+
+
+def mondrian_pvalues(calibration: Sequence[Optional[np.ndarray]], pooled: np.ndarray, scores: np.ndarray,
+                     groups: np.ndarray) -> np.ndarray:
+    """Per-group (Mondrian) conformal p-values: the score of an input of group ``g`` is ranked
+    among ``calibration[g]`` (the calibration scores of that group only), so ``P(p <= a | g) <= a``
+    holds within every group. A group whose entry is ``None`` uses ``pooled`` (all groups)."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    g = np.asarray(groups).reshape(-1)
+    if g.shape != s.shape or (g.size and (not np.issubdtype(g.dtype, np.integer) or g.min() < 0
+                                           or g.max() >= len(calibration))):
+        raise InputError(f"groups must be {s.size} integers in [0, {len(calibration)}), got {g!r:.80}")
+    out = np.empty_like(s)
+    for k in np.unique(g):
+        m = g == k
+        cal = calibration[int(k)]
+        out[m] = conformal_pvalues(pooled if cal is None else cal, s[m])
+    return out
+
+
+def chi2_sf_even(x: np.ndarray, dof: int) -> np.ndarray:
+    """Survival function of the chi-square law with an even number of degrees of freedom
+    ``dof = 2k``: ``exp(-x/2) sum_{i<k} (x/2)^i / i!`` (closed form, numpy only)."""
+    if dof <= 0 or dof % 2:
+        raise InputError(f"chi2_sf_even needs an even dof >= 2, got {dof}")
+    h = np.asarray(x, dtype=np.float64) / 2.0
+    term = np.ones_like(h)
+    total = np.ones_like(h)
+    for i in range(1, dof // 2):
+        term = term * h / i
+        total = total + term
+    return np.minimum(1.0, np.exp(-h) * total)
+
+
+def combine_pvalues(pvalues: np.ndarray, rule: str = "min") -> np.ndarray:
+    """Combine per-score p-values ``(N, K)`` into one ``(N,)``.
+
+    * ``"min"`` (Bonferroni): ``min(1, K * min_k p_k)``. Valid whatever the dependence between
+      the scores: ``P(K min p <= a) <= sum_k P(p_k <= a / K) <= a`` when each ``p_k`` is valid.
+    * ``"fisher"``: ``chi2_sf(-2 sum_k log p_k, 2K)``. Exact only when the ``p_k`` are
+      independent; mutual information and total entropy are not, so on in-distribution data
+      Fisher's p-value is typically *anti*-conservative (see ``docs/shifts.md``)."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 1:
+        raise InputError(f"p-values must have shape (N, K >= 1), got {p.shape}")
+    if rule not in COMBINE_RULES:
+        raise InputError(f"combination rule must be one of {list(COMBINE_RULES)}, got {rule!r}")
+    k = p.shape[1]
+    if rule == "min":
+        return np.minimum(1.0, k * p.min(axis=1))
+    return chi2_sf_even(-2.0 * np.log(np.clip(p, 1e-300, 1.0)).sum(axis=1), 2 * k)

@@ -132,3 +132,85 @@ def test_tampered_density_file_and_stale_calibration_are_refused(tiny, tmp_path)
         fh.write(b"x")
     with pytest.raises(Exception, match="density.npz"):
         UncertaintyRuntime(tiny.dir)
+
+
+def _calibrate_tiny_pvalues(tiny, tmp_path, rule="min"):
+    """The tiny bundle with a p-value rule: per-predicted-class calibration scores of MI, total
+    entropy and density from 400 in-distribution windows (density fitted on 300 other windows)."""
+    from edgeuq_runtime.calibration import DensityFitSection, PValueSection, save_pvalue_scores
+
+    rt = UncertaintyRuntime(tiny.dir)
+    rng = np.random.default_rng(10)
+    L = tiny.W.shape[0]
+    x_fit = rng.standard_normal((300, L)).astype(np.float32)
+    dens = fit_density(rt.trunk_features(x_fit), rt.predict(x_fit, samples=32, seed=1).prediction, num_classes=3)
+    x_cal = rng.standard_normal((400, L)).astype(np.float32)
+    r = rt.predict(x_cal, samples=8, seed=2)
+    d_cal = dens.score(rt.trunk_features(x_cal), "none")
+    scores = {"epistemic": r.epistemic, "total": r.total, "density": d_cal}
+    pfile, pooled = save_pvalue_scores(tmp_path / "pvalues.npz", scores, r.prediction, 3, 20)
+    pv = PValueSection("pvalues.npz", ("epistemic", "total", "density"), rule, True, 0.1, 400, pooled)
+    cal = _cal(density=DensitySection("density.npz", "none", dens.dim), graphs_digest=graphs_digest(rt.manifest),
+               pvalues=pv, density_fit=DensityFitSection(300, "300 random windows", "ab" * 32, 400, 0))
+    b = load_bundle(tiny.dir)
+    sources = {k: b.path(k) for k in b.manifest.files}
+    sources["density.npz"] = dens.save(tmp_path / "density.npz")
+    sources["pvalues.npz"] = pfile
+    write_bundle(tiny.dir, dataclasses.replace(b.manifest, files={}, sections={"calibration": cal}), sources,
+                 overwrite=True)
+    return cal, scores, r.prediction
+
+
+@pytest.mark.parametrize("rule", ["min", "fisher"])
+def test_pvalue_rule_decisions_name_the_score_that_fired(tiny, tmp_path, rule):
+    cal, scores, pred_cal = _calibrate_tiny_pvalues(tiny, tmp_path, rule)
+    b = load_bundle(tiny.dir)
+    assert b.manifest.sections["calibration"] == cal and "pvalues.npz" in b.manifest.files
+    doc = json.loads((tiny.dir / "manifest.json").read_text())["calibration"]
+    assert doc["pvalues"]["rule"] == rule and doc["density_fit"]["overlap"] == 0
+    rt = UncertaintyRuntime(tiny.dir)
+    diag = Diagnoser(rt, samples=8, seed=3)
+    x = np.random.default_rng(4).standard_normal((30, tiny.W.shape[0])).astype(np.float32)
+    x[::3] = tiny.W[:, 0] * 10.0 + 0.1 * x[::3]  # aligned with a feature direction: far from the calibration data
+    fired_any = 0
+    for w in x:
+        d = diag.decide(w)
+        k = d.class_index
+        own = pred_cal == k
+        if own.sum() < 20:
+            own = np.ones_like(own)
+        p = {n: (1 + np.sum(scores[n][own] >= v)) / (own.sum() + 1)
+             for n, v in (("epistemic", d.epistemic), ("total", d.total), ("density", d.density))}
+        js = d.to_json()
+        for n in p:
+            assert abs(js["pvalues"][n] - p[n]) < 1e-6
+        P = np.array([p["epistemic"], p["total"], p["density"]])
+        if rule == "min":
+            pc = min(1.0, 3 * P.min())
+            fired = [f"pvalue:{n}" for n, v in p.items() if 3 * v <= 0.1]
+        else:
+            stat = -2 * np.log(P).sum()
+            pc = float(np.exp(-stat / 2) * (1 + stat / 2 + (stat / 2) ** 2 / 2))
+            fired = [f"pvalue:{min(p, key=p.get)}"] if pc <= 0.1 else []
+        assert abs(js["p_combined"] - pc) < 1e-6 and abs(d.combined + np.log10(pc)) < 1e-6
+        expect = (["set_size"] if len(d.prediction_set) != 1 else []) + fired
+        assert d.reasons == expect and d.abstain == bool(expect)
+        fired_any += bool(fired)
+    assert fired_any >= 5  # the scaled windows fire
+
+
+def test_pvalue_section_is_strict(tiny, tmp_path):
+    cal, _, _ = _calibrate_tiny_pvalues(tiny, tmp_path)
+    doc = calibration_to_json(cal)
+    for path, value, field in ((("pvalues", "rule"), "max", "calibration.pvalues.rule"),
+                               (("pvalues", "parts"), ["epistemic", "bogus"], "calibration.pvalues.parts"),
+                               (("pvalues", "level"), 1.0, "calibration.pvalues.level"),
+                               (("density_fit", "overlap"), 3, "calibration.density_fit.overlap")):
+        bad = json.loads(json.dumps(doc))
+        bad[path[0]][path[1]] = value
+        with pytest.raises(ManifestError, match=field.replace(".", r"\.")):
+            parse_calibration(bad)
+    # a tampered p-value file is refused by the bundle's hashes
+    (tiny.dir / "pvalues.npz").write_bytes(b"x")
+    with pytest.raises(BundleError):
+        UncertaintyRuntime(tiny.dir)

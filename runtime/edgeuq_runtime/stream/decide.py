@@ -49,10 +49,14 @@ class Decision:
 
     def to_json(self) -> Dict[str, Any]:
         r = lambda v: None if v is None else round(float(v), 6)  # noqa: E731
-        return {"class": self.label, "class_index": self.class_index, "confidence": r(self.confidence),
-                "total": r(self.total), "aleatoric": r(self.aleatoric), "epistemic": r(self.epistemic),
-                "density": r(self.density), "combined": r(self.combined), "set": self.prediction_set,
-                "abstain": self.abstain, "reasons": self.reasons, "flags": self.flags, "samples": self.samples}
+        out = {"class": self.label, "class_index": self.class_index, "confidence": r(self.confidence),
+               "total": r(self.total), "aleatoric": r(self.aleatoric), "epistemic": r(self.epistemic),
+               "density": r(self.density), "combined": r(self.combined), "set": self.prediction_set,
+               "abstain": self.abstain, "reasons": self.reasons, "flags": self.flags, "samples": self.samples}
+        if "pvalues" in self.extra:
+            out["pvalues"] = {k: r(v) for k, v in self.extra["pvalues"].items()}
+            out["p_combined"] = r(self.extra["p_combined"])
+        return out
 
 
 class Diagnoser:
@@ -111,18 +115,23 @@ class Diagnoser:
             used = self.samples
         reasons: List[str] = [f for f in flags]
         pset = None
+        extra: Dict[str, Any] = {}
         if self.cal is not None:
-            combined = self.cal.combined_score(res.epistemic, density)
+            pvals = self.cal.pvalues(res.epistemic, res.total, density, res.prediction)
+            if pvals is not None:
+                pc = self.cal.combined_pvalue(pvals)
+                extra = {"pvalues": {k: float(v[0]) for k, v in pvals.items()}, "p_combined": float(pc[0])}
+            combined = self.cal.combined_score(res.epistemic, density, res.total, res.prediction)
             size = None
             cp = self.cal.cal.conformal
             if cp is not None:
                 member = cp.sets(res.probs, rng=self.rng)[0]
                 pset = [self.class_names[i] for i in np.flatnonzero(member)]
                 size = np.array([len(pset)])
-            reasons += self.cal.abstain_reasons(size, res.epistemic, density)[0]
+            reasons += self.cal.abstain_reasons(size, res.epistemic, density, res.total, res.prediction)[0]
         i = int(res.prediction[0])
         return Decision(self.class_names[i], i, float(res.confidence[0]), float(res.total[0]),
                         float(res.aleatoric[0]), float(res.epistemic[0]),
                         None if density is None else float(density[0]),
                         None if combined is None else float(combined[0]), pset, bool(reasons), reasons, flags,
-                        used, [float(v) for v in res.probs[0]])
+                        used, [float(v) for v in res.probs[0]], extra)
