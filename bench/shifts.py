@@ -24,11 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -138,11 +135,13 @@ def main(argv=None) -> int:
 
     from edgeuq.data import synthetic_records
     from edgeuq.data.sources import load_records
-    from edgeuq.profile.harness import cpu_name
+    from edgeuq.provenance import command_line, finish, start
     from edgeuq.shifts import SetOptions, ShiftProtocol, SuiteOptions
     from edgeuq.shifts.run import plot_suite, run_suite, suite_tables
 
     t_start = time.perf_counter()
+    prov = start("quick" if a.quick else "full", 1)
+    cmd = command_line("bench/shifts.py", argv)
     data_path = Path(a.data)
     if data_path.exists():
         records, src = load_records(data_path)
@@ -164,24 +163,12 @@ def main(argv=None) -> int:
         listing.write_text(json.dumps({"models": [[n, str(p)] for n, p in models], "timings_s": timings}, indent=1))
     doc = run_suite(models, records, a.work / "suite", protocol, SetOptions(),
                     SuiteOptions(samples=a.samples, progress=False))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError) as exc:
-        commit = f"unknown ({exc})"
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    mode = (f"QUICK smoke run ({QUICK_EPOCHS} epochs, S = 16, <= 160 windows per set): not the full measurement"
+    note = (f"QUICK smoke run ({QUICK_EPOCHS} epochs, S = 16, <= 160 windows per set): not the full measurement"
             if a.quick else "full run (recipe epochs)")
-    load = os.getloadavg()
-    cmd = "python bench/shifts.py" + (" --quick" if a.quick else "") + (f" --schemes {' '.join(a.schemes)}"
-                                                                         if a.schemes else "")
+    note += f"; data: {source}; {time.perf_counter() - t_start:.0f} s in all"
     if a.reuse:
-        provenance_reuse = f"; models trained by an earlier run of the same command in {a.work} (--reuse)"
-    else:
-        provenance_reuse = ""
-    provenance = (f"measured {when}, commit {commit}, {cpu_name()} ({platform.machine()}), 1 thread, load average "
-                  f"{load[0]:.1f}; {mode}; data: {source}; {time.perf_counter() - t_start:.0f} s in all"
-                  f"{provenance_reuse}")
+        note += f"; models trained by an earlier run of the same command in {a.work} (--reuse)"
+    provenance = finish(prov, note=note)
     tables = suite_tables(doc)
     out = {"command": cmd, "provenance": provenance, "mode": "quick" if a.quick else "full", "source": source,
            "timings_s": timings, "tables": tables, "suite": doc}
@@ -193,7 +180,7 @@ def main(argv=None) -> int:
 
     for name, t in tables.items():
         print(f"\n{name}:\n" + format_table(t["headers"], t["rows"]))
-    print(f"\n{provenance}")
+    print(f"\n{provenance['note']}")
     return 0
 
 

@@ -56,6 +56,7 @@ BENCHES: List[Bench] = [
                              f"--data {CWRU} --recipe cwru-mc-dropout --out runs/bench/search "
                              "--tables-json results/compress_search.json {mode}", full="--trials 24 --population 8",
           writes=("compress_search",), needs=("compress_frontier",)),
+    Bench("shifts", f"python bench/shifts.py --data {CWRU} --work runs/bench/shifts {{mode}}", writes=("shifts",)),
     Bench("quant_frontier", f"python bench/quant_frontier.py --data cwru --cwru {CWRU} --out runs/bench/quant_frontier "
                             "--tables-json results/quant_frontier.json {mode}", writes=("quant_frontier",)),
     Bench("text_teacher", "python bench/text_teacher.py --out runs/bench/text_teacher --student "
