@@ -90,16 +90,19 @@ def evaluate_sets(
     for name, ds in sets.items():
         res = run_runtime(rt, ds.x, s, seed, progress=progress, desc=f"runtime: {name}")
         labels = np.asarray(ds.y)
-        metrics = classification_metrics(res.probs, labels).to_dict() if len(labels) and labels.min() >= 0 else {}
+        ok_res, ok_labels = diagnosed_only(res, labels)
+        metrics = (classification_metrics(ok_res.probs, ok_labels).to_dict()
+                   if len(ok_labels) and ok_labels.min() >= 0 else {})
         out[name] = SetEvaluation(name, res, labels, metrics)
     if reference is not None:
-        ref = out[reference].result
+        ref = diagnosed_only(out[reference].result)[0]
         for name, ev in out.items():
             if name == reference:
                 continue
+            other = diagnosed_only(ev.result)[0]
             ood = {
-                "auroc_epistemic": auroc(ref.epistemic, ev.result.epistemic),
-                "auroc_total": auroc(ref.total, ev.result.total),
+                "auroc_epistemic": auroc(ref.epistemic, other.epistemic),
+                "auroc_total": auroc(ref.total, other.total),
             }
             out[name] = SetEvaluation(name, ev.result, ev.labels, {**ev.metrics, **ood})
     return out
@@ -184,10 +187,24 @@ def load_eval_inputs(path: Path, rt: UncertaintyRuntime, fs: Optional[float] = N
                       f"{len(ds)} windows of {length} from {len(records)} record(s) in {path}: {what}")
 
 
+def diagnosed_only(result: UncertaintyResult, *per_row: Optional[np.ndarray]) -> tuple:
+    """``result`` and each per-row array restricted to the rows the runtime diagnosed: a flagged
+    input (flat, clipped, NaN window) carries no prediction (-1) and NaN numbers, so metrics are
+    computed on the other rows and the flagged ones are counted apart (``flagged_inputs``)."""
+    ok = np.asarray(result.diagnosed)
+    if ok.all():
+        return (result, *per_row)
+    return (result.select(ok), *(None if a is None else np.asarray(a)[ok] for a in per_row))
+
+
 def set_metrics(result: UncertaintyResult, labels: np.ndarray) -> Dict[str, float]:
     """Uncertainty means, plus (all labels known) accuracy, NLL, Brier, ECE, AURC and
-    accuracy at 90 % coverage (ranked by max p̄)."""
+    accuracy at 90 % coverage (ranked by max p̄), over the diagnosed rows; ``flagged_inputs``
+    counts the rest."""
+    flagged = int(np.sum(~np.asarray(result.diagnosed)))
+    result, labels = diagnosed_only(result, np.asarray(labels))
     out: Dict[str, float] = {
+        "flagged_inputs": flagged,
         "mean_total": float(result.total.mean()),
         "mean_aleatoric": float(result.aleatoric.mean()),
         "mean_epistemic": float(result.epistemic.mean()),
@@ -209,8 +226,12 @@ def ood_metrics(reference: UncertaintyResult, ood: UncertaintyResult, extra_in: 
     of any ``extra`` scores given for both sets (a calibrated bundle's ``density`` and ``combined``)."""
     from .uq import aupr, fpr_at_95_tpr
 
+    keys = [k for k in (extra_in or {}) if k in (extra_out or {})]
+    reference, *ins = diagnosed_only(reference, *(extra_in[k] for k in keys))
+    ood, *outs = diagnosed_only(ood, *(extra_out[k] for k in keys))
+    extra_in, extra_out = dict(zip(keys, ins)), dict(zip(keys, outs))
     out: Dict[str, float] = {}
-    extra = [(k, k) for k in (extra_in or {}) if k in (extra_out or {})]
+    extra = [(k, k) for k in keys]
     for tag, attr in (("mi", "epistemic"), ("total", "total"), *extra):
         s_in, s_out = ((extra_in[attr], extra_out[attr]) if attr in (extra_in or {}) else
                        (getattr(reference, attr), getattr(ood, attr)))

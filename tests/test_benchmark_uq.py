@@ -142,7 +142,8 @@ def test_schemes_train_cache_export_evaluate_and_tabulate(tmp_path):
         rt = UncertaintyRuntime(tmp_path / variant / "bundle", threads=1, seed=0)
         test = run_runtime(rt, task.test[0], s.samples, seed=0)
         expected, ref = _recomputed(test.samples, task.test[1])
-        assert set(r.test) == set(expected) | {"n"} and r.test["n"] == len(task.test[1])
+        assert set(r.test) == set(expected) | {"n", "flagged_inputs"} and r.test["n"] == len(task.test[1])
+        assert r.test["flagged_inputs"] == 0          # no flat or clipped window in this toy test set
         for key, value in expected.items():
             assert r.test[key] == pytest.approx(value, abs=1e-9), (variant, key)
         ood = run_runtime(rt, task.ood["noise"], s.samples, seed=1)

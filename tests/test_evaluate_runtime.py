@@ -35,7 +35,12 @@ def test_results_equal_the_runtimes_own_predict_for_every_max_batch(bundle, data
     for max_batch in (1, 4, 7, None):
         got = evaluate_sets(bundle, {"s": data}, samples=5, seed=3, progress=False, max_batch=max_batch)["s"].result
         for name in FIELDS:
-            err = float(np.max(np.abs(getattr(got, name) - getattr(want, name))))
+            g, w = getattr(got, name), getattr(want, name)
+            # the flat window (row 4) carries no numbers (NaN) in both; every other row agrees
+            assert np.array_equal(np.isnan(g), np.isnan(w)), (max_batch, name)
+            ok = ~np.isnan(w)
+            assert ok.sum() == ok.size - (ok.size // 11), (max_batch, name)     # only row 4 is NaN
+            err = float(np.max(np.abs(g[ok] - w[ok])))
             assert err <= 1e-5, (max_batch, name, err)
         assert np.array_equal(got.prediction, want.prediction)
         assert got.samples.shape == want.samples.shape == (5, 11, 3)

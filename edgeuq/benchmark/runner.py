@@ -12,7 +12,7 @@ import torch
 
 from edgeuq_runtime import UncertaintyRuntime
 
-from ..evaluate import ood_metrics, run_runtime, set_metrics
+from ..evaluate import diagnosed_only, ood_metrics, run_runtime, set_metrics
 from ..bundle import build_bundle
 from ..export import export_onnx
 from ..profile import measure_latency
@@ -68,7 +68,8 @@ def evaluate_variant(task: Task, variant: str, ck: Checkpoint, out: Path, s: Ben
                      "mean_total": float(o.total.mean()), "mean_confidence": float(o.confidence.mean())}
         labels = task.ood_labels.get(name)
         if labels is not None and len(labels) and labels.min() >= 0:  # e.g. fault type of an unseen size
-            ood[name]["accuracy"] = float(np.mean(o.prediction == labels))
+            o_ok, labels_ok = diagnosed_only(o, labels)
+            ood[name]["accuracy"] = float(np.mean(o_ok.prediction == labels_ok))
     shifts = {}
     for name, (x, y) in task.shifts.items():
         r = run_runtime(rt, x, s.samples, seed=2, progress=progress, desc=f"{variant}: {name}")

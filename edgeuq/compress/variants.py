@@ -81,7 +81,7 @@ class VariantBuilder:
         from edgeuq_runtime import UncertaintyRuntime
 
         from ..bundle import build_bundle
-        from ..evaluate import run_runtime
+        from ..evaluate import diagnosed_only, run_runtime
         from ..export import export_onnx
         from ..profile import measure
         from ..uq import auroc
@@ -113,7 +113,9 @@ class VariantBuilder:
         x1 = self.test_x[:1]
         lat = measure(lambda: rt.predict(x1, samples=s), warmup=3, repeats=self.repeats).median_ms
         nbytes = sum(p.stat().st_size for p in Path(bundle.root).rglob("*.onnx"))
-        return ({"latency_ms": lat, "accuracy": float(np.mean(test.prediction == self.test_y)),
+        test, test_y = diagnosed_only(test, self.test_y)
+        ood = diagnosed_only(ood)[0]
+        return ({"latency_ms": lat, "accuracy": float(np.mean(test.prediction == test_y)),
                  "ood_auroc": float(auroc(test.epistemic, ood.epistemic)), "bytes": float(nbytes),
                  "samples": float(s)}, str(bundle.root))
 
