@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["register_scheme", "get_scheme", "registered_schemes", "scheme_names", "SCHEMES"]
 
 #: Modules of the built-in schemes, imported on first use.
-_BUILTIN_MODULES = ("mc_dropout", "variational", "hsa", "ensemble", "laplace")
+_BUILTIN_MODULES = ("mc_dropout", "variational", "hsa", "ensemble", "laplace", "ddu", "sngp")
 _REGISTRY: Dict[str, "Scheme"] = {}
 _loaded = False
 
