@@ -44,6 +44,32 @@ def test_recipe_options_are_strict():
             front_end_from_recipe({**DATA, **bad})
 
 
+def _tiny_export(tmp_path):
+    torch.manual_seed(0)
+    cfg = ModelConfig(input_length=512, num_classes=4, patch=32, d_model=16, heads=2, depth=1, ffn=16,
+                      stochastic_blocks=(), dropout=0.1)
+    model = SignalTransformer(cfg).eval()
+    ck = save_checkpoint(model, tmp_path / "ck", BEARING_CLASSES, FS)
+    return model, export_onnx(ck, tmp_path / "onnx")
+
+
+def test_a_recipe_front_end_reaches_the_bundle_manifest(tmp_path):
+    from dataclasses import replace
+
+    from edgeuq.catalog import get_recipe
+    from edgeuq.pipeline import bundle_stage
+    from edgeuq_runtime import load_bundle
+    from edgeuq_runtime.front_end import front_end_of
+
+    _, art = _tiny_export(tmp_path)
+    rec = get_recipe("bearing-demo")
+    with_fe = replace(rec, data={**rec.data, "fs_hz": FS, "front_end": "order", "front_end_rpm": [1600, 2000]})
+    b = bundle_stage(art, tmp_path / "b1", with_fe, samples=4)
+    assert front_end_of(load_bundle(b.root).manifest) == front_end_from_recipe(with_fe.data)
+    b0 = bundle_stage(art, tmp_path / "b0", rec, samples=4)
+    assert front_end_of(load_bundle(b0.root).manifest) is None
+
+
 def test_host_windows_and_device_runtime_agree(tmp_path):
     fe = front_end_from_recipe({**DATA, "front_end": "order", "front_end_rpm": [1600, 2000]})
     recs = _records()
@@ -52,12 +78,7 @@ def test_host_windows_and_device_runtime_agree(tmp_path):
     raw = window_records(recs, 512, 512, normalize=False)
     rpm = np.array([next(r for r in recs if r.record_id == rid).meta["rpm"] for rid in raw.meta["record"]])
     assert np.max(np.abs(host.x - plain.x)) > 0.1                  # the front end changed the windows
-    torch.manual_seed(0)
-    cfg = ModelConfig(input_length=512, num_classes=4, patch=32, d_model=16, heads=2, depth=1, ffn=16,
-                      stochastic_blocks=(), dropout=0.1)
-    model = SignalTransformer(cfg).eval()
-    ck = save_checkpoint(model, tmp_path / "ck", BEARING_CLASSES, FS)
-    art = export_onnx(ck, tmp_path / "onnx")
+    model, art = _tiny_export(tmp_path)
     write_artifact_bundle(art, tmp_path / "b", "fe", "0.1.0", sections={"preprocessing": fe})
     rt = UncertaintyRuntime(tmp_path / "b", seed=0)
     device = rt.trunk_features(raw.x, rpm=rpm)

@@ -27,6 +27,7 @@ from .registry import register_scheme
 __all__ = ["SpectralLinear", "DDUOptions", "DDUScheme", "spectral_problems", "finish_power_iterations"]
 
 
+@final
 class SpectralLinear(nn.Linear):
     """``nn.Linear`` whose weight is divided by ``max(1, sigma / bound)`` (soft spectral normalisation).
 
@@ -83,6 +84,7 @@ def spectral_problems(cfg: Any, bound: float, power_iterations: int) -> List[str
     return problems
 
 
+@final
 @dataclass(frozen=True)
 class DDUOptions:
     spectral_bound: float = 0.95   # c: largest singular value allowed per block linear layer

@@ -38,6 +38,7 @@ from .registry import register_scheme
 __all__ = ["RandomFeatureGP", "SNGPOptions", "SNGPScheme", "fit_sngp_covariance", "gp_inputs"]
 
 
+@final
 class RandomFeatureGP(nn.Module):
     """Random-Fourier-feature GP output layer with a per-class Laplace covariance (zero until fitted)."""
 
@@ -100,6 +101,7 @@ def fit_sngp_covariance(layer: RandomFeatureGP, h: np.ndarray, prior_precision: 
     return cov.numpy()
 
 
+@final
 @dataclass(frozen=True)
 class SNGPOptions:
     random_features: int = 128
