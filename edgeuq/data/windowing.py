@@ -57,7 +57,7 @@ FRONT_END_KEYS = ("front_end", "front_end_rpm", "front_end_harmonics")
 
 
 def front_end_from_recipe(data: Mapping[str, Any]) -> Optional[OrderFrontEnd]:
-    """The recipe's front end: ``[data] front_end = "order"`` (or ``"none"``, the default) with
+    """The recipe's front end: ``[data] front_end = "order"`` or ``"order_envelope"`` (default ``"none"``) with
     ``front_end_rpm = [min, max]`` (required with "order": the speed range) and optionally
     ``front_end_harmonics`` (16); samples per revolution = floor(60 fs / rpm_min). Strict: any
     other ``front_end*`` key, or options without ``front_end = "order"``, is refused."""
@@ -66,8 +66,8 @@ def front_end_from_recipe(data: Mapping[str, Any]) -> Optional[OrderFrontEnd]:
     if unknown:
         raise DataError(f"[data] {unknown[0]}: unknown front-end key (allowed: {', '.join(FRONT_END_KEYS)})")
     kind = data.get("front_end", "none")
-    if kind not in ("none", "order"):
-        raise DataError(f"[data] front_end must be \"none\" or \"order\", got {kind!r}")
+    if kind not in ("none", "order", "order_envelope"):
+        raise DataError(f"[data] front_end must be \"none\", \"order\" or \"order_envelope\", got {kind!r}")
     if kind == "none":
         if keys - {"front_end"}:
             raise DataError(f"[data] {sorted(keys - {'front_end'})[0]} is set but front_end is \"none\"")
@@ -77,7 +77,7 @@ def front_end_from_recipe(data: Mapping[str, Any]) -> Optional[OrderFrontEnd]:
         raise DataError(f"[data] front_end_rpm must be [rpm_min, rpm_max] (numbers), got {rng!r}")
     harmonics = data.get("front_end_harmonics", 16)
     try:
-        spec = OrderFrontEnd.for_rate(float(data["fs_hz"]), float(rng[0]), float(rng[1]), harmonics)
+        spec = OrderFrontEnd.for_rate(float(data["fs_hz"]), float(rng[0]), float(rng[1]), harmonics, kind)
         spec.check_rate(float(data["fs_hz"]))
     except ManifestError as exc:
         raise DataError(f"[data] front end: {exc}") from None

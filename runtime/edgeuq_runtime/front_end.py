@@ -1,8 +1,10 @@
 """The ``preprocessing`` manifest section: an optional physics front end before normalisation.
 
-Today one front end exists, order tracking (:func:`edgeuq_runtime.preprocess.order_track`): each
-time window is resampled to shaft angle so that every revolution has ``samples_per_rev`` samples,
-which makes bearing fault lines (fixed multiples of the shaft speed) independent of the speed::
+Two front ends exist. ``"order"``, order tracking (:func:`edgeuq_runtime.preprocess.order_track`):
+each time window is resampled to shaft angle so that every revolution has ``samples_per_rev``
+samples, which makes bearing fault lines (fixed multiples of the shaft speed) independent of the
+speed. ``"order_envelope"``: the same, then the log envelope spectrum of the order-domain window
+(:func:`~edgeuq_runtime.preprocess.envelope_spectrum`; ``length`` bins on an order axis)::
 
     "preprocessing": {"front_end": "order", "samples_per_rev": 450,
                       "rpm_min": 1600.0, "rpm_max": 2000.0, "harmonics": 16}
@@ -24,13 +26,14 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from .errors import InputError, ManifestError
-from .preprocess import order_track
+from .preprocess import envelope_spectrum, order_track
 
 __all__ = ["SECTION", "FRONT_ENDS", "OrderFrontEnd", "parse_preprocessing", "preprocessing_to_json",
            "front_end_of", "apply_front_end"]
 
 SECTION = "preprocessing"
-FRONT_ENDS = ("order",)
+#: "order": order-domain windows; "order_envelope": their log envelope spectra (order axis)
+FRONT_ENDS = ("order", "order_envelope")
 _KEYS = {"front_end", "samples_per_rev", "rpm_min", "rpm_max", "harmonics"}
 MAX_SAMPLES_PER_REV = 1 << 20
 
@@ -74,10 +77,11 @@ class OrderFrontEnd:
             raise _fail("rpm_max", f"must exceed rpm_min ({self.rpm_min:g}), got {self.rpm_max:g}")
 
     @classmethod
-    def for_rate(cls, fs: float, rpm_min: float, rpm_max: float, harmonics: int = 16) -> "OrderFrontEnd":
+    def for_rate(cls, fs: float, rpm_min: float, rpm_max: float, harmonics: int = 16,
+                 front_end: str = "order") -> "OrderFrontEnd":
         """The largest ``samples_per_rev`` whose windows are covered at ``rpm_min``: floor(60 fs / rpm_min)."""
         return cls(samples_per_rev=int(math.floor(60.0 * float(fs) / float(rpm_min))), rpm_min=rpm_min,
-                   rpm_max=rpm_max, harmonics=harmonics)
+                   rpm_max=rpm_max, harmonics=harmonics, front_end=front_end)
 
     def check_rate(self, fs: float) -> None:
         """Refuse a spec that cannot cover its own speed range at sample rate ``fs``."""
@@ -94,7 +98,8 @@ class OrderFrontEnd:
             r = np.asarray(rpm, dtype=np.float64)
             if r.ndim > 1 or (r.ndim == 1 and r.shape[0] != np.asarray(x).reshape(-1, np.asarray(x).shape[-1]).shape[0]):
                 raise InputError(f"rpm must be a scalar or one value per window, got shape {r.shape}")
-        return order_track(x, fs, self.samples_per_rev, self.rpm_min, self.rpm_max, self.harmonics, rpm=rpm)
+        out = order_track(x, fs, self.samples_per_rev, self.rpm_min, self.rpm_max, self.harmonics, rpm=rpm)
+        return envelope_spectrum(out) if self.front_end == "order_envelope" else out
 
     def to_json(self) -> Dict[str, Any]:
         return {"front_end": self.front_end, "samples_per_rev": self.samples_per_rev, "rpm_min": self.rpm_min,

@@ -25,7 +25,7 @@ import numpy as np
 from .errors import InputError
 
 __all__ = ["validate_windows", "validate_signal", "validate_tokens", "zscore_windows", "NORMALIZATIONS",
-           "angular_resample", "estimate_shaft_hz", "order_track", "LANCZOS_A",
+           "angular_resample", "estimate_shaft_hz", "order_track", "envelope_spectrum", "LANCZOS_A",
            "normalize", "input_quality", "FLAT", "CLIPPED", "CLIP_FRACTION", "CLIP_MIN_SAMPLES"]
 
 FLAT = "flat"
@@ -411,6 +411,31 @@ def estimate_shaft_hz(x: np.ndarray, fs: float, rpm_min: float, rpm_max: float,
             est[i] = grid[best[i]] * np.exp(np.clip(delta, -0.5, 0.5) * _SPEED_GRID)
         out[r0:r0 + len(rows)] = est
     return out
+
+
+def envelope_spectrum(x: np.ndarray) -> np.ndarray:
+    """(B, L) windows -> (B, L) log envelope spectra: the magnitude of the analytic signal (FFT
+    Hilbert transform), mean removed, Hann-windowed, its magnitude spectrum on ``L`` bins (FFT of
+    length 2L - 2) divided by its mean, ``log1p``. For order-domain windows bin ``k`` is order
+    ``k * samples_per_rev / (2L - 2)``: bearing fault orders and their shaft sidebands appear
+    as lines there whatever the resonance they ring (which the envelope removes)."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None, :]
+    b, n = x.shape
+    spec = np.fft.fft(x - x.mean(axis=1, keepdims=True), axis=1)
+    h = np.zeros(n)
+    h[0] = 1.0
+    if n % 2 == 0:
+        h[n // 2] = 1.0
+        h[1:n // 2] = 2.0
+    else:
+        h[1:(n + 1) // 2] = 2.0
+    env = np.abs(np.fft.ifft(spec * h, axis=1))
+    env = (env - env.mean(axis=1, keepdims=True)) * np.hanning(n)
+    mag = np.abs(np.fft.rfft(env, 2 * n - 2, axis=1))                      # (B, n)
+    mag = mag / np.maximum(mag.mean(axis=1, keepdims=True), 1e-300)
+    return np.log1p(mag).astype(np.float32)
 
 
 def order_track(x: np.ndarray, fs: float, samples_per_rev: int, rpm_min: float, rpm_max: float,

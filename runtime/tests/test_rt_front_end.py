@@ -171,3 +171,21 @@ def test_rpm_of_the_wrong_shape_is_refused(build_bundle, windows):
     fe = build_bundle(sections={"preprocessing": TINY_FE})
     with pytest.raises(InputError, match="one value per window"):
         UncertaintyRuntime(fe.dir, seed=0).predict(windows, rpm=np.ones(len(windows) + 1) * 500)
+
+
+def test_envelope_order_spectrum_puts_a_modulation_at_its_order():
+    """An impact train at 3.5848 orders ringing a 3 kHz resonance: the envelope spectrum of the
+    order-domain window peaks at bin k = order * (2L - 2) / samples_per_rev, at any speed."""
+    n, p, order = 4096, int(60 * FS // 1600), 3.5848
+    peaks = []
+    for rpm in (1730.0, 1797.0, 1950.0):
+        fr = rpm / 60
+        t = np.arange(n) / FS
+        carrier = np.sin(2 * np.pi * 3000 * t)
+        x = (1 + np.cos(2 * np.pi * order * fr * t)) * carrier     # AM at the fault order
+        spec = OrderFrontEnd(samples_per_rev=p, rpm_min=1600, rpm_max=2000, front_end="order_envelope").apply(x, FS, rpm)
+        k = int(np.argmax(spec[0, 5:])) + 5
+        peaks.append(k)
+        expected = order * (2 * n - 2) / p
+        assert abs(k - expected) <= 1.0, (rpm, k, expected)
+    assert max(peaks) - min(peaks) <= 1
