@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 HELD_LOAD, UNSEEN_SIZE, EVAL_HOP = 3.0, 0.021, 2048
 SHIFTS = ("new load 3 hp", "unseen size 0.021", "other geometry (simulated)")
@@ -90,15 +89,13 @@ def run(cwru: Path, work: Path, epochs: int, distill_epochs: int, feature_weight
 
     rows = []
     teachers = {}
-    for scheme, opts in (("mc_dropout", None), ("ddu", None), ("sngp", None)):
+    one_pass = {"stochastic_blocks": [], "stochastic_head": False}   # DDU / SNGP: no stochastic sites
+    for scheme, overrides in (("mc_dropout", {}), ("ddu", one_pass), ("sngp", one_pass)):
         ck_dir = work / "teachers" / scheme
         if (ck_dir / "checkpoint.json").is_file():
             ck = load_checkpoint(ck_dir)
         else:
-            model = dict(rec.model)
-            if scheme != "mc_dropout":
-                model.update(scheme=scheme, stochastic_blocks=[], stochastic_head=False)
-                model.pop("block_dropout_positions", None)
+            model = {**dict(rec.model), "scheme": scheme, **overrides}
             cfg = ModelConfig.from_dict(model, input_length=sp.window, num_classes=len(classes))
             t0 = time.time()
             ck = scheme_train_stage(sp, cfg, TrainConfig.from_dict(rec.train, epochs=epochs), ck_dir, uq=rec.uq,
@@ -137,11 +134,17 @@ def main(argv=None) -> int:
         print(f"feature_students: SKIPPED, no CWRU folder at {a.cwru} (not measured)")
         return 0
     res = run(a.cwru, a.work, a.epochs, a.distill_epochs, a.feature_weights)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    res["command"] = " ".join(["python"] + sys.argv)
-    res["provenance"] = {"commit": commit, "cpu": platform.processor() or platform.machine(),
-                         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                         "note": "other-geometry bearings are simulated (physics-based generator); one seed"}
+    from _shift_table import provenance, table
+
+    headers, rows = table(res["rows"], ("density", "mi", "total"), ())
+    headers.append("retained AUROC density / MI / total (0.021 size; other geometry)")
+    for r, line in zip(res["rows"], rows):
+        ret = r.get("retained_auroc")
+        line.append("-" if not ret else "; ".join(
+            " / ".join(f"{ret[f'{s}[{k}]']:.3f}" for s in ("density", "mi", "total"))
+            for k in ("unseen size 0.021", "other geometry (simulated)")))
+    res = {"command": " ".join(["python"] + sys.argv), "provenance": provenance("other-geometry bearings simulated; one seed; density fitted on training windows"),
+           "headers": headers, "rows": rows, "raw": res["rows"]}
     if a.json:
         a.json.write_text(json.dumps(res, indent=2) + "\n")
     return 0

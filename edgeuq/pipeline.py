@@ -19,7 +19,6 @@ import numpy as np
 from edgeuq_runtime import UncertaintyRuntime
 from edgeuq_runtime.bundle import Bundle
 
-from .bundle import build_bundle
 from .catalog import Recipe, get_recipe
 from .data import (
     SyntheticBearingConfig, WindowDataset, Splits, add_noise, synthetic_records, split_in_domain, window_records,
