@@ -137,9 +137,11 @@ def distill_loss(model: torch.nn.Module, x: torch.Tensor, teacher: torch.Tensor,
 
 @torch.no_grad()
 def fit_projection(student: torch.nn.Module, projection: torch.nn.Linear, x: np.ndarray, teacher_features: np.ndarray,
-                   ridge: float = 1e-6, chunk: int = 512) -> torch.nn.Linear:
-    """Set ``projection`` to the least-squares map (with bias, a tiny ridge) from the student's
-    pooled trunk features of ``x`` (eval mode) to ``teacher_features``; returns it."""
+                   ridge: float = 1e-2, chunk: int = 512) -> torch.nn.Linear:
+    """Set ``projection`` to the ridge least-squares map (with bias) from the student's pooled trunk
+    features of ``x`` (eval mode) to ``teacher_features``; returns it. The ridge (``ridge`` times
+    the mean eigenvalue of the Gram matrix) bounds the map where the student's features are
+    nearly degenerate (a fresh student), so the feature term cannot amplify its gradients."""
     was = student.training
     student.eval()
     parts = []
