@@ -178,6 +178,18 @@ def _paired(row: dict, key: str) -> str:
     return f"{row[key]:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{row[key]:.2f}x (unpaired)"
 
 
+def retained_auroc(row: dict, teacher_row: dict) -> dict:
+    """Student AUROC / teacher AUROC per should-flag shift and score (this bench has one shift, the
+    unseen-fault OOD set; 1.0 = the teacher's separation kept)."""
+    return {f"ood ({score})": float(row[f"ood_auroc_{key}"] / teacher_row[f"ood_auroc_{key}"])
+            for score, key in (("MI", "mi"), ("H", "total"))}
+
+
+def _retained_cell(r: dict) -> str:
+    ret = r.get("retained_auroc")  # absent in runs before it was recorded
+    return f"{ret['ood (MI)']:.3f} / {ret['ood (H)']:.3f}" if ret else "-"
+
+
 def frontier_table(summary: dict):
     """(headers, rows) of the frontier table from a run's ``compress_frontier.json`` (what the run prints)."""
     rows = summary["rows"]
@@ -186,11 +198,11 @@ def frontier_table(summary: dict):
     if distill_teacher is None:
         raise ValueError("compress_frontier.json names no distillation teacher (no 'distill_teacher')")
     samples = summary["samples"]
-    headers = ["model", "acc", "ECE", "cross-load acc", "OOD AUROC (MI)", "OOD AUROC (H)", "MI ρ vs teacher",
-               f"S={samples} ms", "det ms", "S/det [95 % CI]", f"{distill_teacher} S / S [95 % CI]", "bytes",
-               "teacher/bytes"]
+    headers = ["model", "acc", "ECE", "cross-load acc", "OOD AUROC (MI)", "OOD AUROC (H)",
+               "retained AUROC (MI / H)", "MI ρ vs teacher", f"S={samples} ms", "det ms", "S/det [95 % CI]",
+               f"{distill_teacher} S / S [95 % CI]", "bytes", "teacher/bytes"]
     table = [[r["name"], f"{r['accuracy']:.4f}", f"{r['ece']:.4f}", f"{r['cross_load_accuracy']:.4f}",
-              f"{r['ood_auroc_mi']:.3f}", f"{r['ood_auroc_total']:.3f}",
+              f"{r['ood_auroc_mi']:.3f}", f"{r['ood_auroc_total']:.3f}", _retained_cell(r),
               f"{r['mi_spearman_vs_teacher']:.3f}" if "mi_spearman_vs_teacher" in r else "-",
               f"{r['mc_ms']:.3f}", f"{r['det_ms']:.3f}", _paired(r, "mc_over_det"), _paired(r, "reference_over_mc"),
               f"{r['bytes']:,}", f"{r['bytes_ratio']:.1f}x"] for r in rows]
@@ -229,6 +241,8 @@ def main(argv=None) -> int:
     ap.add_argument("--uq-weight", type=float, default=DistillConfig().uq_weight,
                     help="weight of the MI / expected-entropy matching term of the kl+uq loss")
     ap.add_argument("--teacher-samples", type=int, default=32)
+    ap.add_argument("--feature-weight", type=float, default=0.0,
+                    help="feature distillation weight of the students (0: output losses only)")
     ap.add_argument("--synthetic-duration", type=float, default=10.0)
     ap.add_argument("--quick", action="store_true", help="tiny budgets (smoke run, numbers not meaningful)")
     ap.add_argument("--tables-json", help="also write the table for scripts/render_tables.py "
@@ -286,7 +300,8 @@ def main(argv=None) -> int:
     for loss in a.losses:
         t0 = time.perf_counter()
         ck = distill_stage(teacher, student_cfg, splits, out / "students" / loss.replace("+", "_"), tcfg,
-                           DistillConfig(loss=loss, epochs=a.distill_epochs, uq_weight=a.uq_weight), progress=False,
+                           DistillConfig(loss=loss, epochs=a.distill_epochs, uq_weight=a.uq_weight,
+                                         feature_weight=a.feature_weight), progress=False,
                            log=print,
                            labelled=labelled)
         row, _ = evaluate(f"student {loss} <- {a.distill_teacher}", ck, out / "eval" / f"student_{loss}", splits,
@@ -339,9 +354,12 @@ def main(argv=None) -> int:
             r["teacher_naive_mc_ms"] = naive[r["name"][len("teacher "):]]
     fp32_teacher_bytes = rows[0]["bytes"] if a.distill_teacher not in teachers else \
         next(r["bytes"] for r in rows if r["name"] == f"teacher {a.distill_teacher}")
+    teacher_row = next((r for r in rows if r["name"] == f"teacher {a.distill_teacher}"), None)
     for r in rows:  # (no "naive loop / S" ratio: it would mix distillation, trunk-once and engine effects;
         #              bench/mc_overhead.py reports each of them separately)
         r["bytes_ratio"] = fp32_teacher_bytes / r["bytes"]
+        if teacher_row is not None and not r["name"].startswith("teacher "):
+            r["retained_auroc"] = retained_auroc(r, teacher_row)
     summary = {"load_average": os.getloadavg(), "data": f"{source}; {desc}", "samples": a.samples, "threads": 1, "repeats": a.repeats,
                "teacher_naive_mc_ms": naive, "distill_teacher": a.distill_teacher, "rows": rows, "quick": a.quick,
                "elapsed_s": time.perf_counter() - t_start, "command": command,

@@ -19,11 +19,11 @@ import numpy as np
 from edgeuq_runtime import UncertaintyRuntime
 from edgeuq_runtime.bundle import Bundle
 
-from .bundle import build_bundle
 from .catalog import Recipe, get_recipe
 from .data import (
     SyntheticBearingConfig, WindowDataset, Splits, add_noise, synthetic_records, split_in_domain, window_records,
 )
+from .data.windowing import front_end_from_recipe
 from .evaluate import SetEvaluation, evaluate_sets
 from .data.sources import DATA_SOURCES
 from .export import OnnxArtifact, export_onnx
@@ -74,7 +74,8 @@ def prepare_data(recipe: Recipe, synthetic_overrides: Optional[Mapping[str, Any]
     window, hop = int(data["window"]), int(data["hop"])
     cfg = _synthetic_config(recipe, synthetic_overrides or {})
     records = synthetic_records(cfg, kinds=classes)
-    splits = split_in_domain(records, window, hop, class_names=classes)
+    fe = front_end_from_recipe(data)
+    splits = split_in_domain(records, window, hop, class_names=classes, front_end=fe)
     shifted: Dict[str, WindowDataset] = {}
     snr = float(data.get("shift_snr_db", 0.0))
     shifted[f"noise shift (SNR {snr:g} dB)"] = add_noise(splits.test, snr_db=snr, seed=cfg.seed + 1)
@@ -82,7 +83,7 @@ def prepare_data(recipe: Recipe, synthetic_overrides: Optional[Mapping[str, Any]
     if ood_kind:
         ood_records = synthetic_records(cfg, kinds=(ood_kind,))
         shifted[f"unseen fault ({ood_kind})"] = window_records(
-            ood_records, window, window, class_names=classes, allow_unknown=True
+            ood_records, window, window, class_names=classes, allow_unknown=True, front_end=fe
         )
     desc = (
         f"synthetic bearing vibration (physics-based generator, seed {cfg.seed}): {len(records)} records of "
@@ -120,10 +121,14 @@ def export_stage(ckpt: Checkpoint, out_dir: Path) -> OnnxArtifact:
 
 def bundle_stage(art: OnnxArtifact, out_dir: Path, recipe: Recipe, samples: int,
                  metadata: Optional[Mapping[str, Any]] = None) -> Bundle:
+    from .bundle.build import write_artifact_bundle
+
     b = recipe.bundle
-    return build_bundle(
+    fe = front_end_from_recipe(recipe.data)  # the recipe's order-tracking front end -> "preprocessing" section
+    return write_artifact_bundle(
         art, out_dir, model_name=b["model_name"], model_version=b["model_version"], default_samples=samples,
         metadata={"recipe": recipe.name, **dict(metadata or {})}, overwrite=True,
+        sections={"preprocessing": fe} if fe is not None else None,
     )
 
 

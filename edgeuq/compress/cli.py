@@ -30,7 +30,8 @@ def _cmd_distill(a: argparse.Namespace) -> int:
     splits = _splits(a, rec)
     cfg = ModelConfig.from_dict(rec.model, input_length=splits.window, num_classes=len(splits.class_names))
     dcfg = DistillConfig(loss=a.loss, temperature=a.temperature, uq_weight=a.uq_weight, epochs=a.epochs,
-                         student_samples=a.student_samples, seed=a.seed)
+                         student_samples=a.student_samples, seed=a.seed, feature_weight=a.feature_weight,
+                         feature_loss=a.feature_loss)
     tcfg = TransferConfig(copies=a.copies, teacher_samples=a.teacher_samples, seed=a.seed)
     ck = distill_stage(teacher, cfg, splits, Path(a.out), tcfg, dcfg, progress=not a.no_progress, log=print)
     d = ck.metrics["distill"]
@@ -254,6 +255,10 @@ def register(subparsers) -> None:
     p.add_argument("--loss", default=DEFAULT_LOSS, choices=LOSS_CHOICES)
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--uq-weight", type=float, default=2.0, help="weight of the MI / expected-entropy matching")
+    p.add_argument("--feature-weight", type=float, default=0.0,
+                   help="weight of feature distillation (the teacher's pooled trunk features through a fitted "
+                        "linear projection; 0: off)")
+    p.add_argument("--feature-loss", default="mse", choices=("mse", "cosine"), help="feature distillation distance")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--copies", type=int, default=1, help="perturbed copies of each training window")
     p.add_argument("--teacher-samples", type=int, default=32, help="teacher samples per transfer window")

@@ -8,6 +8,11 @@ stochastic part is its MC-dropout head — is trained on
     ce_weight · CE(labels)            (real training windows only)
   + τ² · KL(p̄_T^τ ‖ p̄_S^τ)            (mean predictive, temperature τ)
   + uq_weight · [(MI_T − MI_S)² + (E H_T − E H_S)²]     (loss ``kl+uq``)
+  + feature_weight · D(P · f_S, f_T)   (optional feature distillation: the student's pooled trunk
+                                      features f_S through a linear projection P against the
+                                      teacher's f_T, D = relative MSE or 1 − cosine; P is refitted by
+                                      least squares on the training set before every epoch and
+                                      for the kept student, the student learns by SGD in between)
 
 with K student samples per window per step (trunk once, head K times, the
 deployment split). ``LOSSES`` names the variants compared in docs/compress.md:
@@ -28,10 +33,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..models import tile_samples
-from .losses import mean_kl, uncertainty_matching
+from .losses import FEATURE_LOSSES, feature_matching, mean_kl, uncertainty_matching
 from .transfer import TransferSet
 
-__all__ = ["DistillConfig", "DistillResult", "LOSSES", "student_sample_logits", "distill_loss", "distill_model"]
+__all__ = ["DistillConfig", "DistillResult", "LOSSES", "student_sample_logits", "distill_loss", "distill_model",
+           "make_projection", "fit_projection"]
 
 LossTerms = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "DistillConfig"], torch.Tensor]
 
@@ -73,10 +79,16 @@ class DistillConfig:
     weight_decay: float = 1e-2
     patience: int = 5
     seed: int = 0
+    feature_weight: float = 0.0   # > 0: feature distillation (needs the teacher's features in the transfer set)
+    feature_loss: str = "mse"     # FEATURE_LOSSES
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"unknown distillation loss {self.loss!r}; available: {sorted(LOSSES)}")
+        if self.feature_loss not in FEATURE_LOSSES:
+            raise ValueError(f"unknown feature loss {self.feature_loss!r}; available: {list(FEATURE_LOSSES)}")
+        if not (math.isfinite(self.feature_weight) and self.feature_weight >= 0):
+            raise ValueError(f"feature_weight must be a finite number >= 0, got {self.feature_weight!r}")
         if not self.temperature > 0 or self.uq_weight < 0 or self.ce_weight < 0:
             raise ValueError("temperature must be > 0 and the loss weights >= 0")
         if self.student_samples < 1 or self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -93,6 +105,8 @@ class DistillResult:
     history: Tuple[Tuple[float, float], ...]  # (train loss, validation loss) per epoch
     best_epoch: int
     best_val_loss: float
+    #: feature distillation: the fitted projection (student features -> teacher features), else None
+    projection: Optional[torch.nn.Module] = None
 
     def to_dict(self) -> dict:
         return {"best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss,
@@ -108,12 +122,62 @@ def student_sample_logits(model: torch.nn.Module, x: torch.Tensor, samples: int)
 
 
 def distill_loss(model: torch.nn.Module, x: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
-                 cfg: DistillConfig) -> torch.Tensor:
-    return LOSSES[cfg.loss](student_sample_logits(model, x, cfg.student_samples), teacher, labels, cfg)
+                 cfg: DistillConfig, teacher_features: Optional[torch.Tensor] = None,
+                 projection: Optional[torch.nn.Module] = None) -> torch.Tensor:
+    """The output loss ``cfg.loss``, plus ``cfg.feature_weight`` times the feature term when
+    ``teacher_features`` (B, d_t) and ``projection`` are given (the trunk runs once for both)."""
+    feats = model.trunk(x)
+    k = cfg.student_samples if model.cfg.is_stochastic else 1
+    logits = model.head_forward(tile_samples(feats, k)).reshape(k, x.shape[0], -1)
+    loss = LOSSES[cfg.loss](logits, teacher, labels, cfg)
+    if cfg.feature_weight > 0 and teacher_features is not None and projection is not None:
+        loss = loss + cfg.feature_weight * feature_matching(feats, teacher_features, projection, cfg.feature_loss)
+    return loss
 
 
 @torch.no_grad()
-def _evaluate(model: torch.nn.Module, ts: TransferSet, labels: np.ndarray, cfg: DistillConfig) -> float:
+def fit_projection(student: torch.nn.Module, projection: torch.nn.Linear, x: np.ndarray, teacher_features: np.ndarray,
+                   ridge: float = 1e-2, chunk: int = 512) -> torch.nn.Linear:
+    """Set ``projection`` to the ridge least-squares map (with bias) from the student's pooled trunk
+    features of ``x`` (eval mode) to ``teacher_features``; returns it. The ridge (``ridge`` times
+    the mean eigenvalue of the Gram matrix) bounds the map where the student's features are
+    nearly degenerate (a fresh student), so the feature term cannot amplify its gradients."""
+    was = student.training
+    student.eval()
+    parts = []
+    for i in range(0, len(x), chunk):
+        f = student.trunk(torch.from_numpy(np.ascontiguousarray(x[i : i + chunk])))
+        parts.append((f.mean(1) if f.dim() == 3 else f).double())
+    student.train(was)
+    a = torch.cat([torch.cat(parts), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
+    t = torch.from_numpy(np.asarray(teacher_features, dtype=np.float64))
+    gram = a.T @ a
+    gram += ridge * (torch.trace(gram) / gram.shape[0]) * torch.eye(gram.shape[0], dtype=torch.float64)
+    w = torch.linalg.solve(gram, a.T @ t)                        # (d_s + 1, d_t)
+    projection.weight.copy_(w[:-1].T.float())
+    projection.bias.copy_(w[-1].float())
+    return projection
+
+
+def make_projection(student: torch.nn.Module, teacher_dim: int, seed: int = 0) -> torch.nn.Linear:
+    """A linear map from the student's pooled trunk features to the teacher's ``teacher_dim``."""
+    with torch.no_grad():
+        was = student.training
+        student.eval()
+        f = student.trunk(torch.zeros(1, student.cfg.input_length, dtype=torch.float32))
+        student.train(was)
+    d_s = int(f.shape[-1])
+    gen = torch.Generator().manual_seed(seed)
+    proj = torch.nn.Linear(d_s, int(teacher_dim))
+    with torch.no_grad():
+        proj.weight.copy_(torch.randn(int(teacher_dim), d_s, generator=gen) / math.sqrt(d_s))
+        proj.bias.zero_()
+    return proj
+
+
+@torch.no_grad()
+def _evaluate(model: torch.nn.Module, ts: TransferSet, labels: np.ndarray, cfg: DistillConfig,
+              projection: Optional[torch.nn.Module] = None) -> float:
     model.eval()
     model.set_sampling(True)
     state = torch.random.get_rng_state()
@@ -124,7 +188,8 @@ def _evaluate(model: torch.nn.Module, ts: TransferSet, labels: np.ndarray, cfg: 
             x = torch.from_numpy(np.ascontiguousarray(ts.x[i : i + 256]))
             t = torch.from_numpy(np.ascontiguousarray(ts.probs[:, i : i + 256]))
             y = torch.from_numpy(labels[i : i + 256].astype(np.int64))
-            total += float(distill_loss(model, x, t, y, cfg)) * len(x)
+            tf = None if projection is None else torch.from_numpy(ts.features[i : i + 256])
+            total += float(distill_loss(model, x, t, y, cfg, tf, projection)) * len(x)
             n += len(x)
     finally:
         torch.random.set_rng_state(state)
@@ -150,9 +215,21 @@ def distill_model(
             raise ValueError(f"{name}: teacher has {ts.probs.shape[2]} classes, student {student.cfg.num_classes}")
         if ts.x.shape[1] != student.cfg.input_length:
             raise ValueError(f"{name}: windows of {ts.x.shape[1]} samples, student expects {student.cfg.input_length}")
+    projection = None
+    if cfg.feature_weight > 0:
+        for name, ts in (("training", train), ("validation", val)):
+            if ts.features is None:
+                raise ValueError(f"feature_weight > 0 needs the teacher's features in the {name} transfer set "
+                                 "(edgeuq.compress.transfer.with_teacher_features)")
+        if train.features.shape[1] != val.features.shape[1]:
+            raise ValueError("training and validation teacher features differ in width")
+        projection = make_projection(student, train.features.shape[1], cfg.seed)
+        projection.requires_grad_(False)  # fitted in closed form (least squares) before every epoch and at the end
     torch.manual_seed(cfg.seed)
     order = np.random.default_rng(cfg.seed)
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = list(student.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ft = None if projection is None else torch.from_numpy(train.features)
     steps = math.ceil(len(train) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
     xt, pt = torch.from_numpy(np.ascontiguousarray(train.x)), torch.from_numpy(np.ascontiguousarray(train.probs))
@@ -160,21 +237,23 @@ def distill_model(
     best_state, best, best_epoch, bad = None, math.inf, 0, 0
     history: List[Tuple[float, float]] = []
     for epoch in range(cfg.epochs):
+        if projection is not None:
+            fit_projection(student, projection, train.x, train.features)
         student.train()
         perm = torch.from_numpy(order.permutation(len(train)))
         loss_sum = 0.0
         bar = tqdm(range(steps), desc=f"distill epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for step in bar:
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            loss = distill_loss(student, xt[idx], pt[:, idx], yt[idx], cfg)
+            loss = distill_loss(student, xt[idx], pt[:, idx], yt[idx], cfg, None if ft is None else ft[idx], projection)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             loss_sum += float(loss.detach()) * len(idx)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        val_loss = _evaluate(student, val, np.asarray(val_labels), cfg)
+        val_loss = _evaluate(student, val, np.asarray(val_labels), cfg, projection)
         history.append((loss_sum / len(train), val_loss))
         if log is not None:
             log(f"distill epoch {epoch + 1:>2}: train loss {history[-1][0]:.4f} | val loss {val_loss:.4f}")
@@ -186,5 +265,7 @@ def distill_model(
                 break
     if best_state is not None:
         student.load_state_dict(best_state)
+    if projection is not None:  # the map that goes with the kept student
+        fit_projection(student, projection, train.x, train.features)
     student.eval()
-    return DistillResult(tuple(history), best_epoch, best)
+    return DistillResult(tuple(history), best_epoch, best, projection)

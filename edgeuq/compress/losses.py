@@ -12,6 +12,9 @@ probabilities ``(S, B, C)``.
 * :func:`dirichlet_nll` — EnD² (Malinin et al. 2020): −mean log Dir(π_s | α) of
   the teacher's sample probability vectors under the student's Dirichlet α.
 * :func:`dirichlet_mutual_information` — closed-form epistemic part of a Dirichlet.
+* :func:`feature_matching` — the student's pooled trunk features, mapped by a learned linear
+  projection, against the teacher's (relative MSE or 1 − cosine): keeps the teacher's feature
+  geometry, where the density (distance) score lives.
 """
 from __future__ import annotations
 
@@ -19,8 +22,11 @@ import torch
 
 __all__ = [
     "EPS", "entropy", "decompose", "mean_kl", "uncertainty_matching", "dirichlet_nll",
-    "dirichlet_mutual_information", "check_teacher_probs",
+    "dirichlet_mutual_information", "check_teacher_probs", "feature_matching", "FEATURE_LOSSES",
 ]
+
+#: Feature-distillation distances (:func:`feature_matching`).
+FEATURE_LOSSES = ("mse", "cosine")
 
 #: Probability floor inside logs.
 EPS = 1e-8
@@ -99,3 +105,25 @@ def dirichlet_mutual_information(alpha: torch.Tensor) -> torch.Tensor:
     p = alpha / a0
     expected_entropy = -(p * (torch.digamma(alpha + 1.0) - torch.digamma(a0 + 1.0))).sum(-1)
     return entropy(p) - expected_entropy
+
+
+def feature_matching(student_features: torch.Tensor, teacher_features: torch.Tensor,
+                     projection: torch.nn.Module, kind: str = "mse") -> torch.Tensor:
+    """Distance between ``projection(student_features)`` (B, d_t) and ``teacher_features`` (B, d_t).
+
+    ``"mse"``: mean squared error over the batch divided by the teacher features' mean square
+    (scale-free: 1 = predicting zeros); ``"cosine"``: mean of 1 − cosine similarity (direction
+    only). Student features (B, T, d_s) are mean-pooled over tokens first.
+    """
+    if kind not in FEATURE_LOSSES:
+        raise ValueError(f"unknown feature loss {kind!r}; available: {list(FEATURE_LOSSES)}")
+    s = student_features.mean(1) if student_features.dim() == 3 else student_features
+    if s.dim() != 2 or teacher_features.dim() != 2 or s.shape[0] != teacher_features.shape[0]:
+        raise ValueError(f"features must be (B, d) with one batch size, got {tuple(s.shape)} and "
+                         f"{tuple(teacher_features.shape)}")
+    z = projection(s)
+    if z.shape != teacher_features.shape:
+        raise ValueError(f"projection maps to {tuple(z.shape)}, teacher features are {tuple(teacher_features.shape)}")
+    if kind == "mse":
+        return ((z - teacher_features) ** 2).mean() / (teacher_features ** 2).mean().clamp_min(EPS)
+    return (1.0 - torch.nn.functional.cosine_similarity(z, teacher_features, dim=-1, eps=EPS)).mean()

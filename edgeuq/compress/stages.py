@@ -12,7 +12,8 @@ from ..data import Splits
 from ..models import ModelConfig, build_model
 from ..training import Checkpoint, load_checkpoint, save_checkpoint
 from .distill import DistillConfig, distill_model
-from .transfer import TransferConfig, TransferSet, augment_windows, label_with_model, label_with_runtime, save_transfer_set
+from .transfer import (TransferConfig, TransferSet, augment_windows, features_with_model, features_with_runtime,
+                       label_with_model, label_with_runtime, save_transfer_set, with_teacher_features)
 
 __all__ = ["Teacher", "load_teacher", "label_transfer", "distill_stage"]
 
@@ -25,6 +26,8 @@ class Teacher:
     digest: str
     label: Callable[[np.ndarray, int, int], np.ndarray]
     num_classes: int
+    #: pooled trunk features (N, d) of windows (feature distillation); None: not available
+    features: Optional[Callable[[np.ndarray], np.ndarray]] = None
 
 
 def load_teacher(path: Union[str, Path]) -> Teacher:
@@ -35,14 +38,16 @@ def load_teacher(path: Union[str, Path]) -> Teacher:
         ck = load_checkpoint(path)
         model = ck.load_model()
         return Teacher(f"checkpoint {path} ({ck.config.scheme})", ck.sha256,
-                       lambda x, s, seed: label_with_model(model, x, s, seed), ck.config.num_classes)
+                       lambda x, s, seed: label_with_model(model, x, s, seed), ck.config.num_classes,
+                       lambda x: features_with_model(model, x))
     if (path / "manifest.json").is_file():
         from edgeuq_runtime import load_bundle
         from edgeuq_runtime.bundle import sha256_file
 
         b = load_bundle(path)
         return Teacher(f"bundle {path}", sha256_file(path / "manifest.json"),
-                       lambda x, s, seed: label_with_runtime(path, x, s, seed), len(b.manifest.class_names))
+                       lambda x, s, seed: label_with_runtime(path, x, s, seed), len(b.manifest.class_names),
+                       lambda x: features_with_runtime(path, x))
     raise FileNotFoundError(f"{path}: neither a checkpoint (checkpoint.json) nor a bundle (manifest.json)")
 
 
@@ -83,6 +88,12 @@ def distill_stage(
         log(f"distill: teacher = {teacher.source}; labelling the transfer set with S={transfer.teacher_samples}")
         labelled = label_transfer(teacher, splits, transfer, extra_windows)
     train, val = labelled
+    if cfg.feature_weight > 0 and (train.features is None or val.features is None):
+        if teacher.features is None:
+            raise ValueError(f"feature distillation needs the teacher's trunk features; {teacher.source} gives none")
+        log("distill: teacher pooled trunk features for feature distillation")
+        train, val = (ts if ts.features is not None else with_teacher_features(ts, teacher.features)
+                      for ts in (train, val))
     art = save_transfer_set(train, out_dir / "transfer",
                             info={"teacher": teacher.source, "teacher_digest": teacher.digest,
                                   "transfer": transfer.to_dict()})

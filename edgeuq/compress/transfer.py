@@ -28,7 +28,8 @@ from edgeuq_runtime.preprocess import zscore_windows
 from ..artifact import Artifact, ArtifactWriter
 
 __all__ = ["TransferConfig", "TransferSet", "augment_windows", "label_with_model", "label_with_runtime",
-           "build_transfer_set", "save_transfer_set", "load_transfer_set", "TransferSetArtifact", "AUGMENTATIONS"]
+           "build_transfer_set", "save_transfer_set",
+           "features_with_model", "features_with_runtime", "with_teacher_features", "load_transfer_set", "TransferSetArtifact", "AUGMENTATIONS"]
 
 AUGMENTATIONS = ("noise", "shift", "clip", "mixup", "synthetic")
 
@@ -123,14 +124,21 @@ def augment_windows(x: np.ndarray, cfg: TransferConfig, extra: Optional[np.ndarr
 
 @dataclass(frozen=True, eq=False)
 class TransferSet:
-    """Windows ``x`` (N, L) and the teacher's sample probabilities ``probs`` (S, N, C)."""
+    """Windows ``x`` (N, L), the teacher's sample probabilities ``probs`` (S, N, C) and, for
+    feature distillation, the teacher's pooled trunk features ``features`` (N, d) (optional)."""
 
     x: np.ndarray
     probs: np.ndarray
+    features: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         if self.probs.ndim != 3 or self.probs.shape[1] != len(self.x):
             raise ValueError(f"teacher probs must have shape (S, {len(self.x)}, C), got {self.probs.shape}")
+        if self.features is not None:
+            f = np.asarray(self.features)
+            if f.ndim != 2 or f.shape[0] != len(self.x) or not np.isfinite(f).all():
+                raise ValueError(f"teacher features must be finite with shape ({len(self.x)}, d), got {f.shape}")
+            object.__setattr__(self, "features", np.ascontiguousarray(f, dtype=np.float32))
 
     def __len__(self) -> int:
         return len(self.x)
@@ -162,7 +170,7 @@ class TransferSetArtifact(Artifact):
     def load_set(self) -> TransferSet:
         self.verify_files()
         with np.load(self.file_path("transfer.npz")) as z:
-            return TransferSet(x=z["x"], probs=z["probs"])
+            return TransferSet(x=z["x"], probs=z["probs"], features=z["features"] if "features" in z.files else None)
 
 
 def label_with_model(model, x: np.ndarray, samples: int, seed: int = 0, chunk: int = 256) -> np.ndarray:
@@ -187,6 +195,36 @@ def label_with_runtime(bundle_dir: Path, x: np.ndarray, samples: int, seed: int 
     return run_runtime(rt, x, samples, seed).samples.astype(np.float32)
 
 
+def features_with_model(model, x: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Teacher = a PyTorch model: its pooled trunk features (N, d) (tokens averaged, as the
+    runtime's density does), in eval mode (no sampling: the trunk is deterministic)."""
+    import torch
+
+    was = model.training
+    model.eval()
+    parts = []
+    with torch.no_grad():
+        for i in range(0, len(x), chunk):
+            f = model.trunk(torch.from_numpy(np.ascontiguousarray(x[i : i + chunk])))
+            parts.append((f.mean(1) if f.dim() == 3 else f).numpy())
+    model.train(was)
+    return np.concatenate(parts).astype(np.float32)
+
+
+def features_with_runtime(bundle_dir: Path, x: np.ndarray) -> np.ndarray:
+    """Teacher = a bundle: pooled trunk features (N, d) from the device runtime."""
+    from edgeuq_runtime import UncertaintyRuntime
+    from edgeuq_runtime.density import pool_features
+
+    rt = UncertaintyRuntime(bundle_dir, seed=0)
+    return pool_features(rt.trunk_features(x)).astype(np.float32)
+
+
+def with_teacher_features(ts: TransferSet, features: Callable[[np.ndarray], np.ndarray]) -> TransferSet:
+    """``ts`` with the teacher's pooled trunk features of its windows (for feature distillation)."""
+    return TransferSet(x=ts.x, probs=ts.probs, features=features(ts.x))
+
+
 def build_transfer_set(x_train: np.ndarray, label: Callable[[np.ndarray, int, int], np.ndarray], cfg: TransferConfig,
                        extra: Optional[np.ndarray] = None) -> TransferSet:
     """Augment ``x_train`` and label every window with ``label(x, samples, seed)``."""
@@ -198,7 +236,8 @@ def save_transfer_set(ts: TransferSet, directory: Path, info: Optional[Mapping[s
                       inputs: str = "") -> TransferSetArtifact:
     """Write the set as a hashed artifact (atomically) and return it, loaded back and verified."""
     with ArtifactWriter(directory) as w:
-        np.savez_compressed(w.path / "transfer.npz", x=ts.x, probs=ts.probs)
+        extra = {} if ts.features is None else {"features": ts.features}
+        np.savez_compressed(w.path / "transfer.npz", x=ts.x, probs=ts.probs, **extra)
         art = TransferSetArtifact(windows=len(ts), teacher_samples=int(ts.probs.shape[0]), info=dict(info or {}))
         if inputs:
             art = replace(art, inputs=inputs)

@@ -179,7 +179,7 @@ def training_splits(data: Path, recipe: Any, options: DataOptions = DataOptions(
     window, hop and rate, time-disjoint (the recipe's synthetic data is
     ``edgeuq.pipeline.prepare_data(recipe).splits``; ``edgeuq.cli_args.load_training_splits``
     picks between them)."""
-    from .windowing import split_in_domain
+    from .windowing import front_end_from_recipe, split_in_domain
 
     if data is None:
         raise DataError("training_splits needs a data path; the synthetic default is pipeline.prepare_data(recipe)")
@@ -189,4 +189,5 @@ def training_splits(data: Path, recipe: Any, options: DataOptions = DataOptions(
     records, _ = load_records(Path(data), options, None if src.native_rates else fs)
     classes = tuple(d["classes"])
     records = relabel_records(records, classes, options.label_map, where=str(data))
-    return split_in_domain(records, window, hop, class_names=classes, target_fs=fs)
+    return split_in_domain(records, window, hop, class_names=classes, target_fs=fs,
+                           front_end=front_end_from_recipe(d))

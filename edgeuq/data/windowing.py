@@ -28,15 +28,17 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy.signal import resample_poly
 
+from edgeuq_runtime.front_end import OrderFrontEnd
 from edgeuq_runtime.preprocess import zscore_windows
 
 from ._dataset import BEARING_CLASSES, SignalRecord, Splits, WindowDataset
 from ._errors import DataError
+from edgeuq_runtime.errors import ManifestError
 
 __all__ = [
     "sliding_windows",
@@ -46,7 +48,50 @@ __all__ = [
     "split_in_domain",
     "split_by_load",
     "add_noise",
+    "front_end_from_recipe",
+    "apply_record_front_end",
 ]
+
+#: ``[data]`` keys of a recipe that configure the front end (see :func:`front_end_from_recipe`).
+FRONT_END_KEYS = ("front_end", "front_end_rpm", "front_end_harmonics")
+
+
+def front_end_from_recipe(data: Mapping[str, Any]) -> Optional[OrderFrontEnd]:
+    """The recipe's front end: ``[data] front_end = "order"`` or ``"order_envelope"`` (default ``"none"``) with
+    ``front_end_rpm = [min, max]`` (required with "order": the speed range) and optionally
+    ``front_end_harmonics`` (16); samples per revolution = floor(60 fs / rpm_min). Strict: any
+    other ``front_end*`` key, or options without ``front_end = "order"``, is refused."""
+    keys = {k for k in data if str(k).startswith("front_end")}
+    unknown = sorted(keys - set(FRONT_END_KEYS))
+    if unknown:
+        raise DataError(f"[data] {unknown[0]}: unknown front-end key (allowed: {', '.join(FRONT_END_KEYS)})")
+    kind = data.get("front_end", "none")
+    if kind not in ("none", "order", "order_envelope"):
+        raise DataError(f"[data] front_end must be \"none\", \"order\" or \"order_envelope\", got {kind!r}")
+    if kind == "none":
+        if keys - {"front_end"}:
+            raise DataError(f"[data] {sorted(keys - {'front_end'})[0]} is set but front_end is \"none\"")
+        return None
+    rng = data.get("front_end_rpm")
+    if not isinstance(rng, (list, tuple)) or len(rng) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in rng):
+        raise DataError(f"[data] front_end_rpm must be [rpm_min, rpm_max] (numbers), got {rng!r}")
+    harmonics = data.get("front_end_harmonics", 16)
+    try:
+        spec = OrderFrontEnd.for_rate(float(data["fs_hz"]), float(rng[0]), float(rng[1]), harmonics, kind)
+        spec.check_rate(float(data["fs_hz"]))
+    except ManifestError as exc:
+        raise DataError(f"[data] front end: {exc}") from None
+    return spec
+
+
+def apply_record_front_end(windows: np.ndarray, record: SignalRecord, fs: float,
+                           front_end: Optional[OrderFrontEnd]) -> np.ndarray:
+    """Raw windows of ``record`` through the front end (the runtime's own function): the record's
+    measured ``meta["rpm"]`` when it has one, else the speed estimated per window."""
+    if front_end is None:
+        return windows
+    rpm = record.meta.get("rpm")
+    return front_end.apply(windows, fs, rpm=None if rpm is None else float(rpm))
 
 
 def _check_window_hop(window: int, hop: int) -> tuple[int, int]:
@@ -194,6 +239,7 @@ def _window_segments(
     fs: float,
     normalize: bool,
     allow_unknown: bool,
+    front_end: Optional[OrderFrontEnd] = None,
 ) -> WindowDataset:
     """Window ``signal[lo:hi]`` of each (record, lo, hi); starts are record offsets."""
     xs: list[np.ndarray] = []
@@ -205,7 +251,7 @@ def _window_segments(
                 f"{rec.record_id}: segment [{lo}, {hi}) has {hi - lo} samples, shorter than the window "
                 f"of {window}; use a shorter window, longer records or other split fractions"
             )
-        w = sliding_windows(rec.signal[lo:hi], window, hop)
+        w = apply_record_front_end(sliding_windows(rec.signal[lo:hi], window, hop), rec, fs, front_end)
         n = w.shape[0]
         xs.append(w)
         ys.append(np.full(n, _label_index(rec, class_names, allow_unknown), dtype=np.int64))
@@ -257,6 +303,7 @@ def window_records(
     normalize: bool = True,
     target_fs: float | None = None,
     allow_unknown: bool = False,
+    front_end: Optional[OrderFrontEnd] = None,
 ) -> WindowDataset:
     """Cut whole records into windows.
 
@@ -277,6 +324,10 @@ def window_records(
         Resample every record to this rate first (anti-aliased).
     allow_unknown : bool
         Map labels not in ``class_names`` to ``-1`` instead of raising.
+    front_end : OrderFrontEnd, optional
+        Order tracking applied to every raw window before the z-score, with the
+        runtime's own function (:func:`apply_record_front_end`: the record's
+        ``meta["rpm"]``, else the speed estimated per window).
 
     Returns
     -------
@@ -287,7 +338,7 @@ def window_records(
     names = _class_tuple(class_names)
     recs, fs = _prepare(records, target_fs)
     return _window_segments(
-        [(r, 0, len(r)) for r in recs], window, hop, names, fs, normalize, allow_unknown
+        [(r, 0, len(r)) for r in recs], window, hop, names, fs, normalize, allow_unknown, front_end
     )
 
 
@@ -311,6 +362,7 @@ def split_in_domain(
     normalize: bool = True,
     target_fs: float | None = None,
     allow_unknown: bool = False,
+    front_end: Optional[OrderFrontEnd] = None,
 ) -> Splits:
     """Time-disjoint in-domain train/val/test split.
 
@@ -348,7 +400,7 @@ def split_in_domain(
         parts["val"].append((r, b1, b2))
         parts["test"].append((r, b2, n))
     return Splits(
-        **{k: _window_segments(v, window, hop, names, fs, normalize, allow_unknown) for k, v in parts.items()}
+        **{k: _window_segments(v, window, hop, names, fs, normalize, allow_unknown, front_end) for k, v in parts.items()}
     )
 
 
@@ -362,6 +414,7 @@ def split_by_load(
     normalize: bool = True,
     target_fs: float | None = None,
     allow_unknown: bool = False,
+    front_end: Optional[OrderFrontEnd] = None,
 ) -> Splits:
     """Leave-load(s)-out split for operating-condition shift.
 
@@ -424,9 +477,9 @@ def split_by_load(
     if not train:
         raise DataError(f"every record's load is in test_loads {sorted(held)}; nothing left to train on")
     return Splits(
-        train=_window_segments(train, window, hop, names, fs, normalize, allow_unknown),
-        val=_window_segments(val, window, hop, names, fs, normalize, allow_unknown),
-        test=_window_segments(test, window, hop, names, fs, normalize, allow_unknown),
+        train=_window_segments(train, window, hop, names, fs, normalize, allow_unknown, front_end),
+        val=_window_segments(val, window, hop, names, fs, normalize, allow_unknown, front_end),
+        test=_window_segments(test, window, hop, names, fs, normalize, allow_unknown, front_end),
     )
 
 

@@ -24,6 +24,7 @@ from edgeuq_runtime.noise import NoiseSpec, noise_specs_from_json, sample_noise
 
 from ..artifact import Artifact, ArtifactWriter
 from ..models import SignalTransformer
+from ..schemes import get_scheme
 from ..training import Checkpoint
 
 __all__ = ["OnnxArtifact", "export_onnx", "load_onnx_artifact", "INPUT_NAME", "FEATURE_NAME", "LOGITS_NAME"]
@@ -158,8 +159,9 @@ def export_onnx(
     model.set_sampling(False)
     out_dir = Path(out_dir)
     specs = model.noise_specs()
-    if not specs:
-        raise ValueError("model has no stochastic layer: set stochastic_blocks or stochastic_head")
+    if not specs and not get_scheme(model.cfg.scheme).deterministic_pass:
+        raise ValueError("model has no stochastic layer: set stochastic_blocks or stochastic_head (or use a "
+                         "one-pass scheme such as ddu / sngp)")
     names = tuple(s.name for s in specs)
     cfg = model.cfg
     tokens = cfg.embed == "token"

@@ -156,6 +156,10 @@ class Scheme(ABC):
     #: dropout), so a trained model's stochastic blocks can be moved by changing
     #: ``stochastic_blocks`` / ``stochastic_head`` and reloading the same weights.
     relocatable_sites: ClassVar[bool] = False
+    #: True when the scheme's uncertainty comes from one deterministic pass (no noise inputs, e.g.
+    #: DDU, SNGP): export then accepts a model without stochastic layers (a head graph whose only
+    #: input is the features) instead of refusing it as a forgotten stochastic site.
+    deterministic_pass: ClassVar[bool] = False
 
     # -- options and validation -------------------------------------------------------
     def options_from(self, value: Any) -> Any:

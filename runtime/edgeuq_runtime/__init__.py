@@ -46,7 +46,7 @@ __all__ = [
 #: Modules that register optional manifest sections (``register_manifest_section``) when
 #: imported; imported here so that a manifest holding their section parses wherever the
 #: runtime is used. A module that is not installed is skipped.
-_SECTION_MODULES = ("calibration", "ota.canaries", "placement")
+_SECTION_MODULES = ("calibration", "ota.canaries", "placement", "front_end")
 
 
 def _load_section_modules() -> None:

@@ -25,6 +25,7 @@ import numpy as np
 from .errors import InputError
 
 __all__ = ["validate_windows", "validate_signal", "validate_tokens", "zscore_windows", "NORMALIZATIONS",
+           "angular_resample", "estimate_shaft_hz", "order_track", "envelope_spectrum", "LANCZOS_A",
            "normalize", "input_quality", "FLAT", "CLIPPED", "CLIP_FRACTION", "CLIP_MIN_SAMPLES"]
 
 FLAT = "flat"
@@ -288,3 +289,169 @@ def input_quality(x: np.ndarray) -> Tuple[str, ...]:
     for i in range(x.shape[0]):
         flags.append(FLAT if flat[i] else CLIPPED if clipped[i] else "")
     return tuple(flags)
+
+
+# -- order tracking (angular resampling by shaft speed) -------------------------------------------------
+#
+# Bearing fault frequencies are fixed multiples ("orders") of the shaft speed set by the geometry
+# (BPFO = n/2 (1 - d/D cos phi) f_r, ...). Resampling a window from time to shaft angle, so that every
+# revolution has ``samples_per_rev`` samples, maps an order-k component to exactly k cycles per
+# revolution whatever the speed: a new load (1797 -> 1730 rpm) keeps its orders, a bearing of other
+# geometry keeps its other orders. Constant speed within a window is assumed.
+
+#: Half-width (taps each side) of the Lanczos windowed-sinc interpolator.
+LANCZOS_A = 8
+_SPEED_BLOCK = 256          # rows per block in the speed estimator (bounds the FFT working set)
+_SPEED_GRID = 2e-4          # relative step of the candidate speed grid
+_SPEED_ZERO_PAD = 8         # spectrum zero-padding factor of the speed estimator
+
+
+def _lanczos(t: np.ndarray, a: int = LANCZOS_A) -> np.ndarray:
+    out = np.sinc(t) * np.sinc(t / a)
+    out[np.abs(t) >= a] = 0.0
+    return out
+
+
+def angular_resample(x: np.ndarray, fs: float, shaft_hz: Any, samples_per_rev: int) -> np.ndarray:
+    """Resample (B, L) time windows at ``fs`` Hz to (B, L) windows sampled at ``samples_per_rev``
+    samples per shaft revolution (float64), each from its own shaft speed ``shaft_hz`` (scalar or (B,)).
+
+    Output sample ``j`` of a row is the signal at time ``j / (samples_per_rev * shaft_hz)`` after the
+    window's start, interpolated with a Lanczos windowed sinc (``LANCZOS_A`` taps each side; taps beyond
+    the window are dropped and the weights renormalised). The output covers ``L / samples_per_rev``
+    revolutions, so every row needs ``shaft_hz >= fs / samples_per_rev`` (else InputError: the window
+    is too short for that many revolutions); then the angular rate is at least ``fs``, i.e. this only
+    interpolates and never aliases.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None, :]
+    b, n = x.shape
+    p = int(samples_per_rev)
+    if p < 1:
+        raise InputError(f"samples_per_rev must be >= 1, got {samples_per_rev!r}")
+    f = np.broadcast_to(np.asarray(shaft_hz, dtype=np.float64), (b,))
+    if not np.all(np.isfinite(f)) or not np.all(f > 0):
+        raise InputError(f"shaft speed must be positive and finite, got {f[~(np.isfinite(f) & (f > 0))][:3]} Hz")
+    step = float(fs) / (p * f)  # input samples per output sample
+    slow = step > 1.0 + 1e-9
+    if slow.any():
+        i = int(np.flatnonzero(slow)[0])
+        raise InputError(f"window {i}: shaft speed {f[i] * 60:.6g} rpm is below the front end's minimum "
+                         f"{60.0 * fs / p:.6g} rpm (fs / samples_per_rev): the window holds fewer than "
+                         f"{n / p:.4g} revolutions")
+    a = LANCZOS_A
+    out = np.empty((b, n), dtype=np.float64)
+    taps = np.arange(-a + 1, a + 1)
+    j = np.arange(n, dtype=np.float64)
+    for r in range(b):
+        u = j * step[r]                                   # (n,) fractional input positions
+        k0 = np.floor(u).astype(np.int64)
+        idx = k0[:, None] + taps[None, :]                 # (n, 2a)
+        w = _lanczos(u[:, None] - idx)
+        inside = (idx >= 0) & (idx < n)
+        w = np.where(inside, w, 0.0)
+        vals = x[r][np.clip(idx, 0, n - 1)]
+        out[r] = (w * vals).sum(axis=1) / w.sum(axis=1)
+    return out
+
+
+def estimate_shaft_hz(x: np.ndarray, fs: float, rpm_min: float, rpm_max: float,
+                      harmonics: int = 8) -> np.ndarray:
+    """Shaft speed (Hz) of each (B, L) window, searched in ``[rpm_min, rpm_max]``.
+
+    A harmonic comb on the log-magnitude spectrum (Hann window, zero-padded ``_SPEED_ZERO_PAD`` times):
+    the score of a candidate ``f`` is the mean over ``h = 1..H`` of the log magnitude at ``h f`` minus
+    the mean of the two half-way points ``(h - 0.5) f`` and ``(h + 0.5) f``, so a sub-multiple ``f / 2``
+    (which also hits every harmonic) and a multiple ``2 f`` (whose half-way points are harmonics) both
+    score lower than the true speed, and a sloping spectrum (a sensor's rising response) cancels to
+    first order instead of biasing the estimate upwards. Log magnitudes make the score scale-free (a strong bearing resonance does not
+    outvote the shaft lines), and the best grid point is refined by a parabola through its neighbours.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None, :]
+    lo, hi = float(rpm_min) / 60.0, float(rpm_max) / 60.0
+    if not (0 < lo < hi):
+        raise InputError(f"speed range must satisfy 0 < rpm_min < rpm_max, got {rpm_min!r}, {rpm_max!r}")
+    h = int(harmonics)
+    if h < 1 or (h + 1) * hi >= fs / 2:
+        raise InputError(f"harmonics ({harmonics!r}) times rpm_max must stay below the Nyquist rate {fs / 2:g} Hz")
+    b, n = x.shape
+    nfft = 1 << int(np.ceil(np.log2(n * _SPEED_ZERO_PAD)))
+    df = fs / nfft
+    grid = lo * np.exp(np.arange(0.0, np.log(hi / lo) + _SPEED_GRID, _SPEED_GRID))
+    order = np.arange(1, h + 1, dtype=np.float64)
+    on = (grid[:, None] * order[None, :]) / df                 # spectrum positions (bins) of the teeth
+    off_lo = (grid[:, None] * (order[None, :] - 0.5)) / df
+    off_hi = (grid[:, None] * (order[None, :] + 0.5)) / df
+    win = np.hanning(n)
+
+    def sample(spec: np.ndarray, pos: np.ndarray) -> np.ndarray:  # linear interpolation, spec (B, nbins)
+        i0 = np.floor(pos).astype(np.int64)
+        fr = pos - i0
+        return spec[:, i0] * (1 - fr) + spec[:, i0 + 1] * fr
+
+    out = np.empty(b, dtype=np.float64)
+    for r0 in range(0, b, _SPEED_BLOCK):
+        rows = x[r0:r0 + _SPEED_BLOCK]
+        rows = (rows - rows.mean(axis=1, keepdims=True)) * win
+        mag = np.abs(np.fft.rfft(rows, nfft, axis=1))
+        floor = np.maximum(mag.max(axis=1, keepdims=True) * 1e-12, 1e-300)  # flat rows: a finite score
+        spec = np.log(mag + floor)
+        score = (sample(spec, on) - 0.5 * (sample(spec, off_lo) + sample(spec, off_hi))).mean(-1)  # (B, grid)
+        best = np.argmax(score, axis=1)
+        est = grid[best].copy()
+        inner = (best > 0) & (best < len(grid) - 1)
+        if inner.any():
+            i = np.flatnonzero(inner)
+            s0, s1, s2 = score[i, best[i] - 1], score[i, best[i]], score[i, best[i] + 1]
+            den = s0 - 2 * s1 + s2
+            delta = np.where(den < 0, 0.5 * (s0 - s2) / np.where(den < 0, den, -1.0), 0.0)
+            est[i] = grid[best[i]] * np.exp(np.clip(delta, -0.5, 0.5) * _SPEED_GRID)
+        out[r0:r0 + len(rows)] = est
+    return out
+
+
+def envelope_spectrum(x: np.ndarray) -> np.ndarray:
+    """(B, L) windows -> (B, L) log envelope spectra: the magnitude of the analytic signal (FFT
+    Hilbert transform), mean removed, Hann-windowed, its magnitude spectrum on ``L`` bins (FFT of
+    length 2L - 2) divided by its mean, ``log1p``. For order-domain windows bin ``k`` is order
+    ``k * samples_per_rev / (2L - 2)``: bearing fault orders and their shaft sidebands appear
+    as lines there whatever the resonance they ring (which the envelope removes)."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None, :]
+    b, n = x.shape
+    spec = np.fft.fft(x - x.mean(axis=1, keepdims=True), axis=1)
+    h = np.zeros(n)
+    h[0] = 1.0
+    if n % 2 == 0:
+        h[n // 2] = 1.0
+        h[1:n // 2] = 2.0
+    else:
+        h[1:(n + 1) // 2] = 2.0
+    env = np.abs(np.fft.ifft(spec * h, axis=1))
+    env = (env - env.mean(axis=1, keepdims=True)) * np.hanning(n)
+    mag = np.abs(np.fft.rfft(env, 2 * n - 2, axis=1))                      # (B, n)
+    mag = mag / np.maximum(mag.mean(axis=1, keepdims=True), 1e-300)
+    return np.log1p(mag).astype(np.float32)
+
+
+def order_track(x: np.ndarray, fs: float, samples_per_rev: int, rpm_min: float, rpm_max: float,
+                harmonics: int = 8, rpm: Any = None) -> np.ndarray:
+    """The order-tracking front end: (B, L) time windows -> (B, L) float32 windows at
+    ``samples_per_rev`` samples per revolution (not yet normalised; :func:`normalize` follows).
+
+    ``rpm`` (scalar or (B,)): the measured shaft speed; None estimates it per window with
+    :func:`estimate_shaft_hz` in ``[rpm_min, rpm_max]``. The host loaders and the device runtime
+    call this same function.
+    """
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x[None, :]
+    if rpm is None:
+        shaft = estimate_shaft_hz(x, fs, rpm_min, rpm_max, harmonics)
+    else:
+        shaft = np.asarray(rpm, dtype=np.float64) / 60.0
+    return angular_resample(x, fs, shaft, samples_per_rev).astype(np.float32)

@@ -24,6 +24,7 @@ from .executors import MAX_THREADS, GraphRunner, files_opened, load_graph
 from .manifest import MAX_SAMPLES, GraphSpec, Manifest
 from .noise import mean_noise, sample_noise_rows, words_per_row
 from .placement import check_placement
+from .front_end import apply_front_end, front_end_of
 from .preprocess import input_quality, normalize, validate_signal, validate_tokens
 from .tokenizer import WordTokenizer
 from .uncertainty import UncertaintyResult, decompose, softmax
@@ -143,6 +144,9 @@ class UncertaintyRuntime:
         self._bundle: Bundle = load_bundle(bundle_dir, verify=verify)
         m = self._bundle.manifest
         check_placement(m)  # graphs run on the executors the bundle's placement section chose
+        self._front_end = front_end_of(m)  # optional order tracking (the "preprocessing" section)
+        if self._front_end is not None:
+            self._front_end.check_rate(m.input.sample_rate_hz)
         self._trunk = self._load_graph("trunk", m.trunk, threads)
         self._head = self._load_graph("head", m.head, threads)
         _check_graph("trunk", m.trunk, self._trunk)
@@ -242,13 +246,18 @@ class UncertaintyRuntime:
         """Token ids (B, input.length) of ``texts`` with the bundle's tokenizer."""
         return self.tokenizer.encode_batch(texts)
 
-    def _prepare(self, x: Any) -> Tuple[np.ndarray, Optional[Tuple[str, ...]]]:
-        """Validated, normalised graph input (B, length) and the input-quality flags."""
+    def _prepare(self, x: Any, rpm: Any = None) -> Tuple[np.ndarray, Optional[Tuple[str, ...]]]:
+        """Validated, front-ended (order tracking, when the bundle has one; ``rpm``: the shaft
+        speed, else estimated), normalised graph input (B, length) and the input-quality flags."""
         spec = self.manifest.input
         if spec.is_tokens:
+            if rpm is not None:
+                raise InputError("rpm applies to signal bundles with an order-tracking front end, not token input")
             return validate_tokens(x, spec.length, int(spec.vocab_size)), None
         windows = validate_signal(x, spec.length)
-        return normalize(windows, spec.normalization), input_quality(windows)
+        flags = input_quality(windows)
+        shaped = apply_front_end(self._front_end, windows, spec.sample_rate_hz, rpm)
+        return normalize(shaped, spec.normalization), flags
 
     def _run_trunk(self, windows: np.ndarray) -> np.ndarray:
         m = self.manifest
@@ -265,13 +274,13 @@ class UncertaintyRuntime:
             parts.append(features)
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
-    def trunk_features(self, x: Any) -> np.ndarray:
+    def trunk_features(self, x: Any, rpm: Any = None) -> np.ndarray:
         """Validate, normalise and run the trunk once: features of shape (B, ...).
 
         Signal bundles take float windows (B, length); token bundles take integer
         ids (B, length) in [0, vocab_size) (see :meth:`tokenize`). The trunk runs on
         at most ``max_batch`` rows at a time."""
-        return self._run_trunk(self._prepare(x)[0])
+        return self._run_trunk(self._prepare(x, rpm)[0])
 
     def _run_head(self, features: np.ndarray, noise: Mapping[str, np.ndarray], check: bool = True) -> np.ndarray:
         m = self.manifest
@@ -350,14 +359,15 @@ class UncertaintyRuntime:
         return decompose(probs, self.class_names, input_flags=flags, bundle_digest=self.bundle_digest)
 
     # -- public inference -------------------------------------------------------------------
-    def predict(self, x: Any, samples: Optional[int] = None, seed: Any = None) -> UncertaintyResult:
+    def predict(self, x: Any, samples: Optional[int] = None, seed: Any = None, rpm: Any = None) -> UncertaintyResult:
         """S stochastic passes of the head over one trunk pass; ``samples`` defaults to the manifest's
         (at most MAX_SAMPLES). Rows whose window is flat or clipped carry an input flag
-        (``result.input_flags``) and are not diagnosed."""
+        (``result.input_flags``) and are not diagnosed. ``rpm`` (scalar or per row): the shaft speed
+        for a bundle with an order-tracking front end (None: estimated from each window)."""
         s = self.default_samples if samples is None else \
             _positive_int("samples", samples, MAX_SAMPLES, " (the most samples one call may draw)")
         rng = self._rng if seed is None else _make_rng(seed)
-        windows, flags = self._prepare(x)
+        windows, flags = self._prepare(x, rpm)
         features = self._run_trunk(windows)
         return self._decompose(self.sample_logits(features, s, rng), flags)
 
@@ -365,9 +375,9 @@ class UncertaintyRuntime:
         """Tokenize ``texts`` with the bundled tokenizer, then :meth:`predict`."""
         return self.predict(self.tokenize(texts), samples=samples, seed=seed)
 
-    def deterministic(self, x: Any) -> UncertaintyResult:
+    def deterministic(self, x: Any, rpm: Any = None) -> UncertaintyResult:
         """One pass with every noise input at its mean (dropout off): S = 1, epistemic = 0."""
-        windows, flags = self._prepare(x)
+        windows, flags = self._prepare(x, rpm)
         features = self._run_trunk(windows)
         b = features.shape[0]
         logits = np.empty((1, b, self.manifest.num_classes), dtype=np.float32)
