@@ -2,9 +2,6 @@
 and bench/feature_students.py."""
 from __future__ import annotations
 
-import platform
-import subprocess
-import time
 
 SHIFT_KEYS = ("new load 3 hp", "unseen size 0.021", "other geometry (simulated)")
 
@@ -24,11 +21,3 @@ def table(rows, scores, extra_cols=()):
             line += [_f(r[f"abstain_3hp_{s}"])] + [_f(r[f"auroc_{s}[{k}]"]) for k in SHIFT_KEYS]
         out.append(line)
     return headers, out
-
-
-def provenance(note: str) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    import os
-
-    return (f"commit {commit}, {platform.machine()} {os.cpu_count()} cores, load average "
-            f"{os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {note}")

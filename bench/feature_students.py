@@ -129,12 +129,21 @@ def main(argv=None) -> int:
     ap.add_argument("--distill-epochs", type=int, default=8)
     ap.add_argument("--feature-weights", type=float, nargs="+", default=[0.0, 1.0])
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--quick", action="store_true", help="2 epochs (2 distillation epochs): mode quick")
     a = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from edgeuq.provenance import command_line, finish, start, write_results
+
+    prov, command = start("quick" if a.quick else "full", 1), command_line("bench/feature_students.py", argv)
+    if a.quick:
+        a.epochs = 2
+        if hasattr(a, "distill_epochs"):
+            a.distill_epochs = 2
     if not (a.cwru / "MANIFEST.csv").is_file():
         print(f"feature_students: SKIPPED, no CWRU folder at {a.cwru} (not measured)")
-        return 0
+        return 1
     res = run(a.cwru, a.work, a.epochs, a.distill_epochs, a.feature_weights)
-    from _shift_table import provenance, table
+    from _shift_table import table
 
     headers, rows = table(res["rows"], ("density", "mi", "total"), ())
     headers.append("retained AUROC density / MI / total (0.021 size; other geometry)")
@@ -143,10 +152,9 @@ def main(argv=None) -> int:
         line.append("-" if not ret else "; ".join(
             " / ".join(f"{ret[f'{s}[{k}]']:.3f}" for s in ("density", "mi", "total"))
             for k in ("unseen size 0.021", "other geometry (simulated)")))
-    res = {"command": " ".join(["python"] + sys.argv), "provenance": provenance("other-geometry bearings simulated; one seed; density fitted on training windows"),
-           "headers": headers, "rows": rows, "raw": res["rows"]}
     if a.json:
-        a.json.write_text(json.dumps(res, indent=2) + "\n")
+        write_results(a.json, {"headers": headers, "rows": rows, "raw": res["rows"]}, command,
+                      finish(prov, note="other-geometry bearings simulated; one seed; density fitted on training windows"))
     return 0
 
 

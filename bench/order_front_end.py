@@ -137,18 +137,26 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--quick", action="store_true", help="2 epochs (2 distillation epochs): mode quick")
     a = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from edgeuq.provenance import command_line, finish, start, write_results
+
+    prov, command = start("quick" if a.quick else "full", 1), command_line("bench/order_front_end.py", argv)
+    if a.quick:
+        a.epochs = 2
+        if hasattr(a, "distill_epochs"):
+            a.distill_epochs = 2
     if not (a.cwru / "MANIFEST.csv").is_file():
         print(f"order_front_end: SKIPPED, no CWRU folder at {a.cwru} (not measured)")
-        return 0
+        return 1
     res = run(a.cwru, a.work, a.epochs)
-    from _shift_table import provenance, table
+    from _shift_table import table
 
     headers, rows = table(res["rows"], ("density", "mi"), (("speed", "speed"),))
-    res = {"command": " ".join(["python"] + sys.argv), "provenance": provenance("other-geometry bearings simulated; one seed; 3 hp = whole recordings; density fitted on training windows"),
-           "headers": headers, "rows": rows, "raw": res["rows"]}
     if a.json:
-        a.json.write_text(json.dumps(res, indent=2) + "\n")
+        write_results(a.json, {"headers": headers, "rows": rows, "raw": res["rows"]}, command,
+                      finish(prov, note="other-geometry bearings simulated; one seed; 3 hp = whole recordings; density fitted on training windows"))
     return 0
 
 

@@ -57,6 +57,11 @@ BENCHES: List[Bench] = [
                              "--tables-json results/compress_search.json {mode}", full="--trials 24 --population 8",
           writes=("compress_search",), needs=("compress_frontier",)),
     Bench("shifts", f"python bench/shifts.py --data {CWRU} --work runs/bench/shifts {{mode}}", writes=("shifts",)),
+    Bench("order_front_end", f"python bench/order_front_end.py --cwru {CWRU} --work runs/bench/order_front_end "
+                             "--json results/order_front_end.json {mode}", writes=("order_front_end",)),
+    Bench("feature_students", f"python bench/feature_students.py --cwru {CWRU} --work runs/bench/feature_students "
+                              "--feature-weights 0 0.3 1 --json results/feature_students.json {mode}",
+          writes=("feature_students",)),
     Bench("quant_frontier", f"python bench/quant_frontier.py --data cwru --cwru {CWRU} --out runs/bench/quant_frontier "
                             "--tables-json results/quant_frontier.json {mode}", writes=("quant_frontier",)),
     Bench("text_teacher", "python bench/text_teacher.py --out runs/bench/text_teacher --student "
