@@ -189,10 +189,11 @@ def main(argv=None) -> int:
                 runs["pytorch"] = lambda: model.head_forward(tf[art.feature_name], noise)
             # interleaved in a seeded random order per round: neither drift nor position favours one
             stats = measure_stages(runs, warmup=5, repeats=a.repeats)
+        reference = next(iter(runs))   # the first callable (ONNX Runtime) is the reference of the ratios
         for k in runs:
-            r = paired_ratio(stats[k], stats["onnxruntime"])   # per-round ratio, median + 95 % bootstrap CI
+            r = paired_ratio(stats[k], stats[reference])   # per-round ratio, median + 95 % bootstrap CI
             rows.append([role, k, f"{stats[k].median_ms:.3f}",
-                         "1.00" if k == "onnxruntime" else f"{r.median:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"])
+                         "1.00" if k == reference else f"{r.median:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"])
     if failures:
         print("FAILED numerics:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1

@@ -1,7 +1,7 @@
 """``edgeuq calibrate`` (fit density + conformal + abstention thresholds on the deployed bundle and
 rewrite it) and ``edgeuq diagnose`` (stream a signal through the device runtime's streaming loop).
 
-Registered through ``edgeuq.cli._COMMAND_MODULES``; imports stay inside the commands."""
+Registered through ``edgeuq.cli._command_modules()``; imports stay inside the commands."""
 from __future__ import annotations
 
 import argparse
@@ -35,7 +35,7 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
         if cal_split == "auto":
             from ..data.sources import resolve_data_source
 
-            cal_split = "test" if resolve_data_source(Path(a.data)).name == "cwru" else "all"
+            cal_split = "test" if resolve_data_source(Path(a.data)).held_out_split else "all"
         # on the same recordings only the training split (first 70 %) and the test split (last 15 %)
         # are disjoint in time; any other pair overlaps
         if same and {fit_split, cal_split} != {"train", "test"}:
