@@ -184,3 +184,65 @@ def test_host_cli_keys_and_publish_with_synthetic_canaries(tmp_path, capsys):
     assert edgeuq_main(["publish", str(b), "--repo", str(tmp_path / "repo"), "--keys", str(tmp_path / "keys"),
                         "--board", "no-such-board"]) != 0
     assert "no-such-board" in capsys.readouterr().err
+
+
+def test_canaries_from_another_noise_stream_are_refused_as_such(tmp_path, monkeypatch):
+    """Canaries whose expected values came from a runtime drawing other noise for the same seed
+    (as a host on the pre-h2 runtime and a device on the h2 stream) are refused as
+    `canary-stream`, not as a changed model; without a recorded stream, the `canary-mi`
+    refusal says the stream is unrecorded. Positive control: same stream, same model -> passes."""
+    import dataclasses
+
+    import numpy as np
+
+    from edgeuq.ota import canaries as host_canaries
+    from edgeuq.ota.canaries import _with_section, add_canaries
+    from edgeuq_runtime import noise, session, write_bundle
+    from edgeuq_runtime.ota.canaries import canaries_of, run_canaries
+    from edgeuq_runtime.ota.errors import UpdateRefused
+    from ota_support import CANARY_WINDOWS
+
+    W, V = weights(0)
+    b = make_bundle(tmp_path, "b", W, V, "1.0", canaries=False)
+    ok = add_canaries(b, CANARY_WINDOWS, seed=0)
+    assert ok.noise_stream == noise.NOISE_STREAM
+    assert canaries_of(load_bundle(b).manifest).noise_stream == noise.NOISE_STREAM
+    assert run_canaries(b, threads=1).class_ok == len(CANARY_WINDOWS)  # control: this runtime reproduces them
+
+    def other_stream(specs, rows, rng):  # a different, still seeded, noise stream
+        return noise.sample_noise_rows(specs, rows, np.random.default_rng(int(rng.integers(1 << 62))))
+
+    with monkeypatch.context() as mp:  # the "host" draws another stream and names it
+        mp.setattr(session, "sample_noise_rows", other_stream)
+        mp.setattr(host_canaries, "NOISE_STREAM", "another-stream-0")
+        spec = add_canaries(b, CANARY_WINDOWS, seed=0)
+    assert spec.noise_stream == "another-stream-0"
+    # the expected values really differ from this runtime's (independent of the stream check)
+    assert max(abs(a - c) for a, c in zip(spec.expected_mi, ok.expected_mi)) > spec.mi_tolerance
+    with pytest.raises(UpdateRefused, match=r"canary-stream.*another-stream-0") as exc:
+        run_canaries(b, threads=1)
+    assert exc.value.reason == "canary-stream"
+
+    # the same expected values with the stream field dropped (a section written before it existed)
+    m = load_bundle(b).manifest
+    shutil.copytree(b, tmp_path / "copy")
+    sources = {n: tmp_path / "copy" / n for n in m.files}
+    write_bundle(b, _with_section(dataclasses.replace(m, files={}), dataclasses.replace(spec, noise_stream=None)),
+                 sources, overwrite=True)
+    assert canaries_of(load_bundle(b).manifest).noise_stream is None
+    with pytest.raises(UpdateRefused) as exc:
+        run_canaries(b, threads=1)
+    assert exc.value.reason == "canary-mi" and "do not record the noise stream" in exc.value.detail, exc.value
+
+
+def test_canaries_noise_stream_field_is_validated():
+    from edgeuq_runtime.noise import NOISE_STREAM
+
+    base = {"file": "canaries.npz", "expected_class": [0], "expected_mi": [0.1], "mi_tolerance": 0.01,
+            "latency_budget_ms": 50.0}
+    assert parse_canaries(base).noise_stream is None and "noise_stream" not in parse_canaries(base).to_json()
+    spec = parse_canaries({**base, "noise_stream": NOISE_STREAM})
+    assert spec.noise_stream == NOISE_STREAM and parse_canaries(spec.to_json()) == spec
+    for bad in (3, "", "x" * 65, "a\nb", ["x"]):
+        with pytest.raises(ManifestError, match="canaries.noise_stream"):
+            parse_canaries({**base, "noise_stream": bad})

@@ -353,6 +353,16 @@ def canary_mi_off(w, sim, dev):
     return {"canary-mi"}, FAST
 
 
+def canary_noise_stream_other(w, sim, dev):
+    """r1's own model and canaries (they pass on this device), but recorded as computed with
+    another runtime noise stream: refused for the stream alone."""
+    import dataclasses
+    _, V = weights(0)
+    b = _bundle_with_r1_canaries(w, "stream", V, lambda s: dataclasses.replace(s, noise_stream="another-stream-0"))
+    sim.release(b)
+    return {"canary-stream"}, FAST
+
+
 def canary_latency_budget(w, sim, dev):
     W, V = weights(0)
     b = make_bundle(w.tmp / "lat", "lat", W, V + 0.01, "1.1", latency_budget_ms=1e-6)
@@ -559,7 +569,8 @@ CASES = [tampered_full_target, tampered_delta, truncated_target, endless_target,
          release_below_floor, release_rolled_back_before, pending_trial_blocks_install, bundle_file_not_in_hash_list,
          extra_file_in_archive, manifest_digest_mismatch, manifest_unknown_version, archive_path_traversal,
          archive_absolute_path, archive_symlink_member, archive_without_manifest, archive_not_a_tar,
-         canary_digest_mismatch, bundle_without_canaries, canary_class_changed, canary_mi_off, canary_latency_budget,
+         canary_digest_mismatch, bundle_without_canaries, canary_class_changed, canary_mi_off, canary_noise_stream_other,
+         canary_latency_budget,
          canary_model_does_not_run, channel_names_unsigned_target, channel_malformed, channel_points_to_other_board,
          channel_missing, timestamp_404, target_404, delta_claims_other_result, delta_produces_other_bundle,
          delta_garbage_patch, root_rotation_not_signed_by_old_root, root_rotation_threshold_not_met,

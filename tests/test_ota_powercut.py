@@ -110,7 +110,7 @@ def _check(world: World, scenario: str, dev: Path) -> List[str]:
     try:
         started = boot(dev)
     except SlotError as exc:
-        if known_good is not None or "no bundle installed" not in str(exc):
+        if known_good is not None or "no model installed" not in str(exc):
             return [f"bricked: boot() -> {exc}"]
         started = None  # a clean "no model yet, keep updating" state
     except Exception as exc:  # noqa: BLE001 - any other failure is a finding

@@ -313,7 +313,7 @@ def test_halt_of_a_first_install_keeps_serving_and_device_cli_reports_it(fleet, 
     mark_good(dev)
     R.halt(repo, fleet.keys, BOARD, MODEL)
     out = OtaUpdater(dev, config=CFG).update()
-    assert out["status"] == "halted-no-fallback" and "no other slot" in out["detail"]
+    assert out["status"] == "halted-no-fallback" and "no previous release" in out["detail"]
     assert _serving(dev) == fleet.digest["bad"], "nothing else to serve: it keeps serving"
     # the device CLI prints a rollout outcome instead of failing on it
     other = tmp_path / "other"

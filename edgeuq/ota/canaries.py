@@ -2,7 +2,9 @@
 
 The expected class and mutual information of each canary window come from
 ``UncertaintyRuntime`` on this very bundle with a fixed seed and S, in one batched call —
-exactly what the device repeats before committing the update.
+exactly what the device repeats before committing the update. The section records the
+runtime's noise stream (``noise_stream``), so a device drawing another stream refuses the
+canaries as ``canary-stream`` rather than as a changed model.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from edgeuq_runtime import UncertaintyRuntime, load_bundle, write_bundle
+from edgeuq_runtime.noise import NOISE_STREAM
 from edgeuq_runtime.ota.canaries import SECTION, CanarySpec, canaries_of, observe
 
 __all__ = ["add_canaries", "synthetic_windows", "CANARY_FILE"]
@@ -57,7 +60,7 @@ def add_canaries(bundle_dir: Path, windows: np.ndarray, *, seed: int = 0, sample
         raise ValueError(f"canary windows must have shape (n, {bundle.manifest.input.length}), got {windows.shape}")
     s = int(samples or bundle.manifest.default_samples)
     probe = CanarySpec(file=CANARY_FILE, expected_class=(0,), expected_mi=(0.0,), mi_tolerance=mi_tolerance,
-                       latency_budget_ms=0.0, seed=int(seed), samples=s)
+                       latency_budget_ms=0.0, seed=int(seed), samples=s, noise_stream=NOISE_STREAM)
     rt = UncertaintyRuntime(bundle_dir, threads=1)
     cls, mi, ms = observe(rt, windows, probe)
     budget = float(latency_budget_ms) if latency_budget_ms is not None else round(max(50.0, 10.0 * ms), 3)

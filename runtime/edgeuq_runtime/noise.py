@@ -34,7 +34,7 @@ from .errors import ManifestError
 
 __all__ = ["NoiseSpec", "NOISE_SAMPLERS", "NOISE_MEANS", "sample_noise", "mean_noise", "noise_specs_from_json",
            "sample_noise_for_sample", "sample_noise_samples", "sample_noise_tiled", "sample_noise_rows",
-           "row_layout", "words_per_row", "dropout_threshold", "MAX_NOISE_ELEMENTS"]
+           "row_layout", "words_per_row", "dropout_threshold", "MAX_NOISE_ELEMENTS", "NOISE_STREAM"]
 
 #: Bounds on one noise input: elements per row and axes (a manifest asking for more is refused).
 MAX_NOISE_ELEMENTS = 1 << 24
@@ -217,6 +217,10 @@ def sample_noise_for_sample(specs: Sequence[NoiseSpec], batch: int, rng: np.rand
 # (r1 - r0) * words_per_row words whatever the chunking: n rows at once equal the same rows drawn
 # in any split (by samples or by row chunks), memory is bounded by the chunk, and all kinds of a
 # chunk come from ONE raw draw. Words are read little-endian on every host.
+#: Name of the stream above: which noise a seed yields. Anything stored that depends on it (the
+#: expected mutual information of OTA canaries) records this name; change it whenever a change
+#: here makes the same seed give other noise (last-bit float differences between ISAs excepted).
+NOISE_STREAM = "raw64-fixed-words-per-row-1"
 _BITS = {"dropout_mask": 16, "uniform": 32, "standard_normal": 32, "categorical": 32}
 _THRESHOLD_BITS = 16
 

@@ -6,10 +6,17 @@ top-level manifest section ``"canaries"``::
 
     "canaries": {"file": "canaries.npz", "array": "windows", "seed": 0, "samples": 16,
                  "expected_class": [2, 0, ...], "expected_mi": [0.013, ...],
-                 "mi_tolerance": 0.02, "latency_budget_ms": 250.0}
+                 "mi_tolerance": 0.02, "latency_budget_ms": 250.0,
+                 "noise_stream": "raw64-fixed-words-per-row-1"}
 
 The expected values are computed on the host with this same runtime (fixed seed, one
-batched call), so a faithful install reproduces them to float rounding.
+batched call), so a faithful install reproduces them to float rounding -- provided the
+device's runtime draws the same noise for that seed. ``noise_stream`` names the noise stream
+(:data:`edgeuq_runtime.noise.NOISE_STREAM`) the expected values were computed with; a device
+whose runtime draws another stream refuses the update as ``canary-stream`` (its Monte-Carlo
+samples differ, so its mutual information says nothing about the model) instead of reporting
+an unexplained ``canary-mi``. Sections written before the field existed carry none; their
+``canary-mi`` refusals say so.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import numpy as np
 
 from ..errors import ManifestError
 from ..manifest import register_manifest_section
+from ..noise import NOISE_STREAM
 from .core import CanaryReport, check_canaries
 from .errors import UpdateRefused
 
@@ -30,7 +38,9 @@ __all__ = ["SECTION", "CanarySpec", "parse_canaries", "canaries_to_json", "canar
            "observe"]
 
 SECTION = "canaries"
-_KEYS = {"file", "array", "seed", "samples", "expected_class", "expected_mi", "mi_tolerance", "latency_budget_ms"}
+_KEYS = {"file", "array", "seed", "samples", "expected_class", "expected_mi", "mi_tolerance", "latency_budget_ms",
+         "noise_stream"}
+_MAX_STREAM_NAME = 64
 
 
 @dataclass(frozen=True)
@@ -43,11 +53,16 @@ class CanarySpec:
     seed: int = 0
     samples: int = 16
     array: str = "windows"
+    #: The noise stream the expected values were computed with (None: not recorded).
+    noise_stream: Optional[str] = None
 
     def to_json(self) -> Dict[str, Any]:
-        return {"file": self.file, "array": self.array, "seed": self.seed, "samples": self.samples,
-                "expected_class": list(self.expected_class), "expected_mi": list(self.expected_mi),
-                "mi_tolerance": self.mi_tolerance, "latency_budget_ms": self.latency_budget_ms}
+        out = {"file": self.file, "array": self.array, "seed": self.seed, "samples": self.samples,
+               "expected_class": list(self.expected_class), "expected_mi": list(self.expected_mi),
+               "mi_tolerance": self.mi_tolerance, "latency_budget_ms": self.latency_budget_ms}
+        if self.noise_stream is not None:
+            out["noise_stream"] = self.noise_stream
+        return out
 
 
 def _fail(where: str, msg: str) -> ManifestError:
@@ -77,6 +92,11 @@ def parse_canaries(obj: Any, where: str = SECTION) -> CanarySpec:
     f = obj["file"]
     if not isinstance(f, str) or not f or f.startswith("/") or ".." in f.split("/"):
         raise _fail(f"{where}.file", f"must be a safe relative file name, got {f!r}")
+    stream = obj.get("noise_stream")
+    if stream is not None and (not isinstance(stream, str) or not 0 < len(stream) <= _MAX_STREAM_NAME
+                               or not stream.isprintable()):
+        raise _fail(f"{where}.noise_stream", f"must be a printable name of 1..{_MAX_STREAM_NAME} characters, "
+                    f"got {str(stream)[:80]!r}")
     cls, mi = obj["expected_class"], obj["expected_mi"]
     if not isinstance(cls, list) or not cls:
         raise _fail(f"{where}.expected_class", "must be a non-empty list of class indices")
@@ -89,6 +109,7 @@ def parse_canaries(obj: Any, where: str = SECTION) -> CanarySpec:
         mi_tolerance=_float(f"{where}.mi_tolerance", obj["mi_tolerance"]),
         latency_budget_ms=_float(f"{where}.latency_budget_ms", obj["latency_budget_ms"]),
         seed=_int(f"{where}.seed", obj.get("seed", 0), 0), samples=_int(f"{where}.samples", obj.get("samples", 16), 1),
+        noise_stream=stream,
     )
 
 
@@ -132,6 +153,11 @@ def run_canaries(bundle_dir: Path, threads: Optional[int] = None) -> CanaryRepor
     spec = canaries_of(load_bundle(bundle_dir, verify=False).manifest)
     if spec is None:
         raise UpdateRefused("canary-missing", "bundle carries no canaries section")
+    if spec.noise_stream is not None and spec.noise_stream != NOISE_STREAM:
+        raise UpdateRefused("canary-stream", f"the canaries' expected values were computed with noise stream "
+                            f"{spec.noise_stream!r}, but this runtime draws {NOISE_STREAM!r}: the same seed gives "
+                            "other Monte-Carlo samples here, so the mutual information cannot be compared; publish "
+                            "canaries computed with a runtime of this device's noise stream")
     try:
         rt = UncertaintyRuntime(bundle_dir, threads=threads, verify=True)
         windows = load_windows(Path(bundle_dir), spec)
@@ -140,5 +166,12 @@ def run_canaries(bundle_dir: Path, threads: Optional[int] = None) -> CanaryRepor
         raise
     except Exception as exc:  # a model that cannot even run its canaries is refused, not crashed on
         raise UpdateRefused("canary-run", f"the new model failed to run its canaries: {exc}") from None
-    return check_canaries(spec.expected_class, spec.expected_mi, spec.mi_tolerance, spec.latency_budget_ms,
-                          cls, mi, ms)
+    try:
+        return check_canaries(spec.expected_class, spec.expected_mi, spec.mi_tolerance, spec.latency_budget_ms,
+                              cls, mi, ms)
+    except UpdateRefused as exc:
+        if exc.reason != "canary-mi" or spec.noise_stream is not None:
+            raise
+        raise UpdateRefused("canary-mi", f"{exc.detail} (the canaries do not record the noise stream they were "
+                            f"computed with; this runtime draws {NOISE_STREAM!r}, and canaries computed with "
+                            "another stream fail here too)") from None
