@@ -225,7 +225,11 @@
       t0 = pts.length ? pts[0].t : 0; t1 = pts.length ? pts[pts.length - 1].t : 1;
       txt("span-label", "whole log");
     } else {
-      t1 = Date.now() / 1000; t0 = t1 - SPAN_S;
+      t1 = Date.now() / 1000;
+      var first = pts.length ? pts[0].t : t1;   // up to the last SPAN_S seconds, at least 30 s
+      t0 = t1 - Math.min(SPAN_S, Math.max(30, t1 - first));
+      var span = t1 - t0;
+      txt("span-label", span >= 90 ? "last " + Math.round(span / 60) + " min" : "last " + Math.round(span) + " s");
     }
     if (!(t1 > t0)) { t1 = t0 + 1; }
     var thr = S.info.thresholds || {};
@@ -262,7 +266,9 @@
     g.strokeStyle = "#d1d5db"; g.lineWidth = 1; g.strokeRect(L, T, pw, ph);
     g.fillStyle = "#6b7280"; g.font = "10px sans-serif";
     g.fillText(hi.toPrecision(3), 2, T + 8); g.fillText(lo.toPrecision(3), 2, T + ph);
-    g.fillText(S.mode === "log" ? "start" : "−" + Math.round((t1 - t0) / 60) + " min", L, h - 2);
+    var sp = t1 - t0;
+    g.fillText(S.mode === "log" ? "start" : "−" + (sp >= 90 ? Math.round(sp / 60) + " min" : Math.round(sp) + " s"),
+               L, h - 2);
     g.fillText(S.mode === "log" ? "end" : "now", w - R - 22, h - 2);
     for (k = 0; k < lines.length; k++) {
       g.setLineDash([5, 4]); g.strokeStyle = lines[k][1]; g.globalAlpha = 0.7;
