@@ -14,7 +14,7 @@ __all__ = ["main"]
 # which adds parsers whose ``func`` runs the command (imports stay inside ``func``).
 _COMMAND_MODULES: List[str] = ["edgeuq.fisher.cli", "edgeuq.quantize.cli", "edgeuq.lower.cli", "edgeuq.uq_cli",
                                "edgeuq.compress.cli", "edgeuq.ota.cli", "edgeuq.calibrate.cli",
-                               "edgeuq.text.cli", "edgeuq.profile.cli"]
+                               "edgeuq.text.cli", "edgeuq.profile.cli", "edgeuq.view_cli"]
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
