@@ -206,6 +206,7 @@ class LiveServer(ThreadingHTTPServer):
         self.hub, self.token = hub, token
         self.keepalive, self.write_timeout = float(keepalive), float(write_timeout)
         self.stopping = threading.Event()
+        self.errors = self.disconnects = 0
         self.page = render_page(None).encode("utf-8")
         self.csp_script = script_hash()
         self.routes = {"/": "page", "/index.html": "page", "/events": "events", "/state": "state",
@@ -214,6 +215,18 @@ class LiveServer(ThreadingHTTPServer):
         names = ["127.0.0.1", "localhost", "[::1]"]
         self.allowed_hosts = frozenset(f"{n}:{self.port}" for n in names) | (
             frozenset(names) if self.port == 80 else frozenset())
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away is normal; anything else is counted and named on stderr
+        (one line, no traceback on the device console). The server keeps running."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            self.disconnects += 1
+            return
+        self.errors += 1
+        print(f"live view: error serving {client_address[0]}: {type(exc).__name__}: {exc}"[:500], file=sys.stderr)
 
     def url(self) -> str:
         host = self.server_address[0]
