@@ -145,7 +145,12 @@ class RmsModel:
         th = thresholds or {"epistemic": 0.05, "density": 25.0, "combined": None, "false_alarm_rate": 0.05}
         self.cal = SimpleNamespace(cal=SimpleNamespace(abstain=SimpleNamespace(**th)))
 
+    fail_next = 0
+
     def decide(self, window: np.ndarray) -> Decision:
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise RuntimeError("simulated model failure")
         flags = window_flags(window)
         blocking = [f for f in flags if f in BLOCKING_FLAGS]
         if blocking:

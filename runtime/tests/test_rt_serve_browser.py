@@ -135,6 +135,10 @@ def test_live_page_in_chromium(browser, tmp_path):
                    "a.textContent.indexOf('flat signal') >= 0", timeout=8, what="abstention with reason")
         _wait(drv, "return document.getElementById('events').textContent.indexOf('flat signal') >= 0",
               what="abstention in the event list")
+        # a model failure is listed with its message (an error decision, or a separate error record)
+        rig.feed.diag._inner.fail_next = 2
+        _wait(drv, "return document.getElementById('events').textContent.indexOf('simulated model failure') >= 0",
+              timeout=8, what="model error in the event list")
         # page latency: decision record time -> DOM updated (same machine clock)
         lat = drv.execute_script("return window.edgeuq.latency.slice()")
         assert len(lat) >= 20

@@ -95,8 +95,9 @@ def run_serve_command(args: argparse.Namespace) -> int:
     print(f"live view on {shown} (read-only; Ctrl-C stops)", file=sys.stderr, flush=True)
     feed = LiveFeed(hub, diag, opener, hop=args.hop, alarm=Hysteresis(k, n, normal), ota_root=ota_root,
                     bundle_path=Path(bundle), reopen=args.reopen, max_windows=args.max_windows)
-    server.start()
     try:
+        feed.prepare()
+        server.start()
         feed.run()
         if not args.exit_when_done:
             print("stream ended; still serving the last state (Ctrl-C stops)", file=sys.stderr, flush=True)

@@ -111,6 +111,8 @@ class Hub:
             elif kind in ("alarm", "status", "error"):
                 if kind == "alarm":
                     self.alarm = rec.get("state")
+                elif kind == "error":    # a window the model failed on, reported on its own
+                    self.stats.errors += 1
                 self._history.append(text)
             self._fanout(text)
 

@@ -94,6 +94,7 @@ class LiveFeed:
         self.source: Any = None
         self._signal_s = 0.0
         self._ota_mtime: Optional[float] = None
+        self._prepared = False
 
     def _emit(self, rec: Dict[str, Any]) -> None:
         if rec.get("type") == "decision":
@@ -129,6 +130,15 @@ class LiveFeed:
             if self._ota_changed():
                 self.refresh_info()
 
+    def prepare(self) -> None:
+        """Open the source and publish the bundle/OTA info (before the server answers, so the
+        first page already shows them); :meth:`run` then starts with this source."""
+        self.source = self.open_source()
+        self._signal_s = self.hop / float(self.source.rate)
+        self._ota_changed()
+        self.refresh_info()
+        self._prepared = True
+
     def run(self) -> None:
         """Blocking: stream until the source ends (and is not re-opened), ``max_windows`` or :meth:`stop`."""
         from ..stream.loop import run_stream
@@ -137,10 +147,9 @@ class LiveFeed:
         started = False
         try:
             while not self.stop_event.is_set():
-                self.source = self.open_source()
-                self._signal_s = self.hop / float(self.source.rate)
-                self._ota_changed()
-                self.refresh_info()
+                if not self._prepared:
+                    self.prepare()
+                self._prepared = False
                 if not started:
                     ticker.start()
                     started = True

@@ -94,6 +94,9 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.settimeout(self.server.write_timeout)
+        # a fixed, small kernel send buffer per page (no autotuning to megabytes): bounded memory,
+        # and a page that stops reading fills it, then its queue, and is dropped soon
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.server.sndbuf)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - quiet: the device console is for the stream
         pass
@@ -198,13 +201,13 @@ class LiveServer(ThreadingHTTPServer):
     request_queue_size = 16
 
     def __init__(self, hub: Hub, host: str = "127.0.0.1", port: int = 8080, token: Optional[str] = None,
-                 keepalive: float = 10.0, write_timeout: float = 5.0) -> None:
+                 keepalive: float = 10.0, write_timeout: float = 5.0, sndbuf: int = 65536) -> None:
         if token is None and not is_local_bind(host):
             raise InputError(f"binding {host} (not 127.0.0.1/::1) needs an access token")
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), _Handler)
         self.hub, self.token = hub, token
-        self.keepalive, self.write_timeout = float(keepalive), float(write_timeout)
+        self.keepalive, self.write_timeout, self.sndbuf = float(keepalive), float(write_timeout), int(sndbuf)
         self.stopping = threading.Event()
         self.errors = self.disconnects = 0
         self.page = render_page(None).encode("utf-8")
