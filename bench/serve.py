@@ -266,6 +266,7 @@ class _StallingSource:
         self._sim = SimSource(random.choice(["normal", "inner_race", "ball"]), RATE, realtime=True)
         self.rate, self.description = RATE, "simulated sensor with stalls and restarts (soak)"
         self._t0, self.life, self.every, self.stall = time.monotonic(), life, every, stall
+        self._stalled = False
 
     def read(self, n):
         from edgeuq_runtime.stream import Chunk
@@ -276,8 +277,12 @@ class _StallingSource:
             return Chunk(np.zeros(0, np.float32), time.monotonic(), "eof")
         if age % self.every > self.every - self.stall:
             time.sleep(0.5)
-            self._sim._t0 = None
+            self._stalled = True
             return Chunk(np.zeros(0, np.float32), time.monotonic(), "stalled", "soak: simulated stall")
+        if self._stalled:   # the producer comes back: pacing restarts from now
+            from edgeuq_runtime.stream import SimSource
+
+            self._sim, self._stalled = SimSource(self._sim._sensor.kind, RATE, realtime=True), False
         return self._sim.read(n)
 
     def close(self):

@@ -67,9 +67,9 @@ class SSEReader:
                 buf += chunk
                 while b"\n\n" in buf:
                     block, buf = buf.split(b"\n\n", 1)
-                    for line in block.split(b"\n"):
-                        if line.startswith(b"data: "):
-                            self.messages.append(json.loads(line[6:]))
+                    data = [line[6:] for line in block.split(b"\n") if line.startswith(b"data: ")]
+                    if data:   # SSE: the data lines of one message, joined by newlines
+                        self.messages.append(json.loads(b"\n".join(data)))
         except OSError:
             pass
         finally:

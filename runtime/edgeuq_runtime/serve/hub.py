@@ -135,17 +135,26 @@ class Hub:
                 self.dropped_clients += 1
 
     # -- the server side --
-    def subscribe(self) -> Tuple[Optional[Subscriber], str]:
-        """A new subscriber and the snapshot to send first; ``(None, "")`` when full."""
+    def subscribe(self, register: bool = True) -> Tuple[Optional[Subscriber], List[str]]:
+        """A new subscriber (``register`` false: none, just the snapshot) and the snapshot to
+        send first, as pieces of one JSON document (no piece holds a newline; joined with
+        anything JSON allows between tokens, e.g. SSE's data-line breaks). ``(None, [])`` when
+        full. The history is not copied into one big string: the pieces are groups of the
+        stored records, so a connecting page costs no more than a few tens of kB at a time."""
         with self._lock:
-            if len(self._subs) >= self.max_clients:
-                return None, ""
-            sub = Subscriber(self.queue_size)
-            self._subs.append(sub)
-            snap = ('{"type":"snapshot","info":' + _dumps(self.info) + ',"history":[' + ",".join(self._history)
-                    + '],"last":' + (self.last or "null") + ',"alarm":' + _dumps(self.alarm)
+            sub = None
+            if register:
+                if len(self._subs) >= self.max_clients:
+                    return None, []
+                sub = Subscriber(self.queue_size)
+                self._subs.append(sub)
+            hist = list(self._history)
+            head = '{"type":"snapshot","info":' + _dumps(self.info) + ',"history":['
+            tail = ('],"last":' + (self.last or "null") + ',"alarm":' + _dumps(self.alarm)
                     + ',"stats":' + _dumps(self.stats.to_json()) + "}")
-            return sub, snap
+        step = 100
+        groups = [",".join(hist[i:i + step]) + ("," if i + step < len(hist) else "") for i in range(0, len(hist), step)]
+        return sub, [head, *groups, tail]
 
     def unsubscribe(self, sub: Subscriber) -> None:
         with self._lock:

@@ -155,12 +155,8 @@ class _Handler(BaseHTTPRequestHandler):
         if route == "page":
             self._send(200, self.server.page, "text/html; charset=utf-8")
         elif route == "state":
-            sub, snap = self.server.hub.subscribe()
-            if sub is not None:
-                self.server.hub.unsubscribe(sub)
-                self._send(200, snap.encode("utf-8"), "application/json")
-            else:
-                self._send(503, b"too many clients\n", "text/plain; charset=utf-8")
+            _, parts = self.server.hub.subscribe(register=False)
+            self._send(200, "\n".join(parts).encode("utf-8"), "application/json")
         elif route == "healthz":
             self._send(200, b"ok\n", "text/plain; charset=utf-8")
         else:
@@ -168,7 +164,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _events(self) -> None:
         hub = self.server.hub
-        sub, snap = hub.subscribe()
+        sub, parts = hub.subscribe()
         if sub is None:
             self._send(503, b"too many clients\n", "text/plain; charset=utf-8", extra={"Retry-After": "5"})
             return
@@ -179,8 +175,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.end_headers()
             self.close_connection = True
-            self.wfile.write(("retry: 2000\ndata: " + snap + "\n\n").encode("utf-8"))
+            self.wfile.write(b"retry: 2000\n")
+            for part in parts:    # one SSE message over several data lines (joined by newlines: valid JSON)
+                self.wfile.write(("data: " + part + "\n").encode("utf-8"))
+            self.wfile.write(b"\n")
             self.wfile.flush()
+            del parts
             while not self.server.stopping.is_set():
                 text = sub.get(timeout=self.server.keepalive)
                 if sub.dropped:

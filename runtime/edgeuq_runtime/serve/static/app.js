@@ -14,7 +14,7 @@
   };
   var STATUS = {
     stalled: "source stalled", closed: "producer disconnected", eof: "source ended",
-    giving_up: "stream stopped after repeated stalls"
+    giving_up: "stream stopped after repeated stalls", restarted: "source re-opened"
   };
   var S = { info: {}, pts: [], events: [], nwin: 0, nabs: 0, nlate: 0, lastWall: 0, mode: "live",
             connected: false, drawPending: false, stats: null };
