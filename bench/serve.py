@@ -316,7 +316,7 @@ def child_churn(port: int, seconds: float, seed: int) -> None:
                     while time.monotonic() < end and s.recv(65536):
                         pass
                 elif kind == "slow":
-                    time.sleep(rng.uniform(5, 40))   # long enough to overflow its queue: dropped
+                    time.sleep(rng.uniform(5, 90))   # the longer ones overflow socket buffer + queue: dropped
                 else:   # abrupt: RST instead of FIN
                     s.recv(100)
                     import struct
