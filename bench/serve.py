@@ -369,6 +369,7 @@ def soak(bundle: Path, seconds: float) -> dict:
     res = {"seconds": seconds, "note": "a few minutes of soak, not the issue's hour", "loop_alive": alive,
            "server_errors": srv.errors, "client_disconnects": srv.disconnects, "loop_errors": hub.stats.errors,
            "windows": hub.stats.windows, "dropped_slow_clients": hub.dropped_clients,
+           "slow_clients_cut_by_write_timeout": srv.write_timeouts,
            "open_pages_after": hub.clients, "restarts": sum(s.get("event") == "restarted" for s in statuses),
            "stall_records": sum(s.get("event") == "stalled" for s in statuses),
            "rss_start_mb": round(rss0 / 1024, 2), "rss_end_mb": round(_rss_kb() / 1024, 2), "rss_trace_mb": rss_trace,
@@ -452,7 +453,8 @@ def main(argv=None) -> int:
     if sk.get("seconds"):
         rows.append([f"soak {sk['seconds'] / 60:.0f} min (not 1 h): crashes", f"{sk['crashes']} ({sk['windows']} windows, "
                      f"{sum(v for k, v in sk['client_actions'].items() if isinstance(v, int) and k != 'client_oserror')}"
-                     f" client sessions, {sk['dropped_slow_clients']} slow dropped, {sk['restarts']} source "
+                     f" client sessions; slow pages: {sk['dropped_slow_clients']} dropped for a full queue, "
+                     f"{sk['slow_clients_cut_by_write_timeout']} cut by the 5 s write timeout; {sk['restarts']} source "
                      f"restarts; RSS {sk['rss_start_mb']:.1f} → {sk['rss_end_mb']:.1f} MB)", "0 over 1 h",
                      "met for the minutes run" if sk["crashes"] == 0 else "NOT met"])
     doc = {"command": cmd, "provenance": p, "provenance_detail": prov, "goals": goals, "overhead": ov,

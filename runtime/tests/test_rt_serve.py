@@ -254,6 +254,29 @@ def test_slow_client_dropped_without_blocking_the_loop(server):
         fast.close()
 
 
+def test_page_that_never_reads_is_cut_by_the_write_timeout():
+    hub = Hub(history=400)
+    for i in range(400):                      # a 1.6 MB snapshot: more than any socket buffers hold
+        hub.publish(_decision(i, error="y" * 4000))
+    srv = LiveServer(hub, "127.0.0.1", 0, write_timeout=0.5)
+    srv.start()
+    try:
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n\r\n".encode())  # never reads
+        t_end = time.monotonic() + 10
+        while srv.write_timeouts == 0 and time.monotonic() < t_end:
+            time.sleep(0.05)
+        assert srv.write_timeouts == 1 and srv.errors == 0
+        t_end = time.monotonic() + 5
+        while hub.clients and time.monotonic() < t_end:
+            time.sleep(0.05)
+        assert hub.clients == 0
+        s.close()
+    finally:
+        srv.stop()
+
+
 # ---------------- records over SSE; a real bundle; stalls and restarts ----------------
 
 def test_sse_delivers_records_in_order(server):

@@ -187,7 +187,9 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 self.wfile.write((": keepalive\n\n" if text is None else "data: " + text + "\n\n").encode("utf-8"))
                 self.wfile.flush()
-        except (OSError, socket.timeout):   # the page went away or stopped reading: just end this thread
+        except socket.timeout:   # the page stopped reading and its buffers are full: drop it
+            self.server.write_timeouts += 1
+        except OSError:          # the page went away: just end this thread
             pass
         finally:
             hub.unsubscribe(sub)
@@ -209,7 +211,7 @@ class LiveServer(ThreadingHTTPServer):
         self.hub, self.token = hub, token
         self.keepalive, self.write_timeout, self.sndbuf = float(keepalive), float(write_timeout), int(sndbuf)
         self.stopping = threading.Event()
-        self.errors = self.disconnects = 0
+        self.errors = self.disconnects = self.write_timeouts = 0
         self.page = render_page(None).encode("utf-8")
         self.csp_script = script_hash()
         self.routes = {"/": "page", "/index.html": "page", "/events": "events", "/state": "state",
