@@ -185,6 +185,7 @@ def test_history_and_stats_bounded_whatever_the_uptime():
         hub.publish(_decision(i, latency_ms=float(i % 97)))
     assert hub.history_len == 500
     _, parts = hub.subscribe(register=False)            # the snapshot in pieces is one JSON document
+    parts = list(parts)
     assert len(parts) == 2 + 5 and all("\n" not in p for p in parts)
     hist = json.loads("\n".join(parts))["history"]
     assert [h["window"] for h in hist] == list(range(19500, 20000))

@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections import deque
-from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Deque, Dict, Iterator, List, Mapping, Optional, Tuple
 
 __all__ = ["Hub", "Subscriber", "LiveStats", "compact"]
 
@@ -28,6 +28,13 @@ def compact(rec: Mapping[str, Any]) -> Dict[str, Any]:
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, allow_nan=False, separators=(",", ":"), default=str)
+
+
+def _pieces(head: str, hist: List[str], tail: str, step: int = 100) -> Iterator[str]:
+    yield head
+    for i in range(0, len(hist), step):
+        yield ",".join(hist[i:i + step]) + ("," if i + step < len(hist) else "")
+    yield tail
 
 
 class Subscriber:
@@ -135,26 +142,25 @@ class Hub:
                 self.dropped_clients += 1
 
     # -- the server side --
-    def subscribe(self, register: bool = True) -> Tuple[Optional[Subscriber], List[str]]:
+    def subscribe(self, register: bool = True) -> Tuple[Optional[Subscriber], Iterator[str]]:
         """A new subscriber (``register`` false: none, just the snapshot) and the snapshot to
         send first, as pieces of one JSON document (no piece holds a newline; joined with
         anything JSON allows between tokens, e.g. SSE's data-line breaks). ``(None, [])`` when
-        full. The history is not copied into one big string: the pieces are groups of the
-        stored records, so a connecting page costs no more than a few tens of kB at a time."""
+        full. The history is not copied into one big string: the pieces are made lazily from
+        groups of the stored records (the list holds references only), so a connecting page
+        (even one that blocks while reading it) holds no more than a few tens of kB."""
         with self._lock:
             sub = None
             if register:
                 if len(self._subs) >= self.max_clients:
-                    return None, []
+                    return None, iter(())
                 sub = Subscriber(self.queue_size)
                 self._subs.append(sub)
             hist = list(self._history)
             head = '{"type":"snapshot","info":' + _dumps(self.info) + ',"history":['
             tail = ('],"last":' + (self.last or "null") + ',"alarm":' + _dumps(self.alarm)
                     + ',"stats":' + _dumps(self.stats.to_json()) + "}")
-        step = 100
-        groups = [",".join(hist[i:i + step]) + ("," if i + step < len(hist) else "") for i in range(0, len(hist), step)]
-        return sub, [head, *groups, tail]
+        return sub, _pieces(head, hist, tail)
 
     def unsubscribe(self, sub: Subscriber) -> None:
         with self._lock:
