@@ -38,6 +38,9 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--stall-timeout", type=float, default=2.0)
     p.add_argument("--max-windows", type=int, help="stop streaming after this many windows")
     p.add_argument("--no-calibration", action="store_true")
+    p.add_argument("--history", type=int, default=3000,
+                   help="decisions kept for pages that connect later (default 3000: 5 min at 10/s; memory scales "
+                        "with it)")
     p.add_argument("--exit-when-done", action="store_true",
                    help="stop the server when the stream ends (default: keep showing the last state)")
     p.set_defaults(func=run_serve_command)
@@ -89,7 +92,9 @@ def run_serve_command(args: argparse.Namespace) -> int:
             print(f"access token (shown once; stored in {token_file}, mode 0600): {token}", file=sys.stderr)
         else:
             print(f"access token: the one stored in {token_file}", file=sys.stderr)
-    hub = Hub()
+    if args.history < 1:
+        raise InputError(f"--history must be >= 1, got {args.history}")
+    hub = Hub(history=args.history)
     server = LiveServer(hub, host, port, token=token)
     shown = server.url() if token is None else server.url().split("?")[0] + "?token=…"
     print(f"live view on {shown} (read-only; Ctrl-C stops)", file=sys.stderr, flush=True)
