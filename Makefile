@@ -20,10 +20,12 @@ $(STAMP): pyproject.toml runtime/pyproject.toml
 
 # The tests also need the lowering toolchains: TVM + hls4ml extras, cross compilers and
 # qemu (Debian packages), and the device runtime's own pynq environment (numpy<2).
-$(FULL): $(STAMP) scripts/setup_toolchains.sh edgeuq/lower/toolchain/setup_toolchains.sh scripts/setup_pynq_env.sh
+$(FULL): $(STAMP) scripts/setup_toolchains.sh edgeuq/lower/toolchain/setup_toolchains.sh scripts/setup_pynq_env.sh \
+         scripts/setup_browser.sh
 	$(BIN)/python -m pip install --quiet -e "runtime[ota]" -e ".[test,tvm,fpga,ota,text,search]"
 	bash scripts/setup_toolchains.sh
 	bash scripts/setup_pynq_env.sh
+	bash scripts/setup_browser.sh
 	touch $(FULL)
 
 install: $(FULL)

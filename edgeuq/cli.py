@@ -25,9 +25,10 @@ def _command_modules() -> tuple:
     from .quantize import cli as quantize_cli
     from .shifts import cli as shifts_cli
     from .text import cli as text_cli
+    from . import view_cli
 
     return (fisher_cli, quantize_cli, lower_cli, uq_cli, compress_cli, ota_cli, calibrate_cli, text_cli, profile_cli,
-            shifts_cli)
+            shifts_cli, view_cli)
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:

@@ -42,6 +42,9 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
         paths = write_evaluation_plots(ev, Path(plots_dir))
         doc["plots"] = {k: str(v) for k, v in paths.items()}
         print("\nplots: " + ", ".join(str(p) for p in paths.values()))
+    if a.html:  # one file to open: tables + plots inlined (edgeuq.view)
+        from .view import write_evaluation_html
+        print(f"html: {write_evaluation_html(ev, doc, Path(a.html), doc.get('plots'))}")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(doc, indent=2, sort_keys=True))
@@ -74,6 +77,7 @@ def register(sub) -> None:
     e.add_argument("--ood", help="out-of-distribution data in the same formats (labels ignored)")
     e.add_argument("--json", help="write all metrics as JSON here (plots next to it unless --plots)")
     e.add_argument("--plots", help="directory for reliability / histogram / accuracy-vs-coverage PNGs")
+    e.add_argument("--html", help="write the report (tables, plots embedded) as one self-contained HTML file")
     e.add_argument("--samples", type=int, help="MC samples S (default: the bundle's)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--hop", type=int, help="window step in samples (default: non-overlapping)")

@@ -133,7 +133,11 @@ def test_metrics_match_an_independent_pytorch_evaluation(teacher, files, scheme)
     p = ps.mean(0)
     assert m["rows"] == len(y) == 24
     assert m["accuracy"] == pytest.approx(float(np.mean(p.argmax(1) == y)), abs=1e-12)
-    assert m["accuracy"] >= 0.9  # the sentiment word decides the label; chance is 0.5
+    # the sentiment word decides the label (chance is 0.5): the posterior-mean pass gets it right; one seeded
+    # draw of S = 8 samples from a broad Laplace posterior moves a sentence or two (measured over 10 seeds:
+    # 0.875-0.958 with the runtime's noise stream, deterministic pass 0.958)
+    assert float(np.mean(rt.deterministic(rt.tokenize(texts)).prediction == y)) >= 0.9
+    assert m["accuracy"] >= 0.8
     assert abs(m["nll"] - float(-np.mean(np.log(p[np.arange(len(y)), y])))) <= 1e-4
     assert abs(m["ece"] - _ece_brute_force(p, y)) <= 1e-4
     ood_texts = questions(24, 3)

@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.set_defaults(func=_predict)
     from .stream.cli import add_stream_parser  # stream: live diagnosis, JSON lines (edgeuq_runtime.stream)
     add_stream_parser(sub)
+    from .serve.cli import add_serve_parser  # serve: the stream + a read-only live web page (edgeuq_runtime.serve)
+    add_serve_parser(sub)
     from .ota.cli import register as _register_ota  # update | status | rollback (edgeuq_runtime.ota)
     _register_ota(sub)
     return parser
