@@ -381,20 +381,6 @@ def soak(bundle: Path, seconds: float) -> dict:
     return res
 
 
-def provenance() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
-                                    text=True).stdout.strip())
-    except OSError:
-        commit, dirty = "unknown", True
-    from edgeuq.profile.harness import cpu_name
-
-    return {"commit": commit + (" (dirty)" if dirty else ""), "cpu": cpu_name(), "cores": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "loadavg_start": os.getloadavg(),
-            "python": sys.version.split()[0]}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=None)
@@ -408,6 +394,8 @@ def main(argv=None) -> int:
     ap.add_argument("--child", choices=["plain", "serve", "readers", "churn"])
     ap.add_argument("--bundle")
     ap.add_argument("--port", type=int)
+    ap.add_argument("--quick", action="store_true", help="1 pair of 20 s runs, 10 s of DOM timing, a 60 s soak "
+                                                        "(mode quick)")
     a = ap.parse_args(argv)
     if a.child == "plain":
         print(json.dumps(child_plain(Path(a.bundle), a.seconds, a.warmup)))
@@ -421,17 +409,18 @@ def main(argv=None) -> int:
     if a.child == "churn":
         child_churn(a.port, a.seconds, a.seed)
         return 0
-    prov = provenance()
+    from edgeuq.provenance import command_line, finish, start
+
+    if a.quick:
+        a.pairs, a.seconds, a.dom_seconds, a.soak_seconds = 1, 20.0, 10.0, 60.0
+    prov = start("quick" if a.quick else "full", 1)
+    cmd = command_line("bench/serve.py", argv)
     with tempfile.TemporaryDirectory(prefix="edgeuq-bench-serve-") as tmp:
         bundle = build_bundle(Path(tmp))
         ov = overhead(bundle, a.pairs, a.seconds, a.warmup, a.clients, a.seed)
         dom = dom_latency(bundle, a.dom_seconds)
         sk = soak(bundle, a.soak_seconds) if a.soak_seconds > 0 else {"measured": False}
-    prov["loadavg_end"] = os.getloadavg()
-    cmd = "python bench/serve.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    p = (f"measured {prov['date']} on {prov['cpu']} ({prov['cores']} cores, shared with other jobs: load "
-         f"{prov['loadavg_start'][0]:.1f} -> {prov['loadavg_end'][0]:.1f}), commit {prov['commit'][:12]}; "
-         "tiny ONNX bundle, simulated sensor")
+    p = finish(prov, note="tiny ONNX bundle, SIMULATED sensor")
     goals = {"cpu_overhead_pct": 2.0, "rss_overhead_mb": 5.0, "page_latency_ms": 200.0, "crashes": 0}
     met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     rows = [["server CPU overhead (% of one core), median of pairs",
@@ -457,7 +446,7 @@ def main(argv=None) -> int:
                      f"{sk['slow_clients_cut_by_write_timeout']} cut by the 5 s write timeout; {sk['restarts']} source "
                      f"restarts; RSS {sk['rss_start_mb']:.1f} → {sk['rss_end_mb']:.1f} MB)", "0 over 1 h",
                      "met for the minutes run" if sk["crashes"] == 0 else "NOT met"])
-    doc = {"command": cmd, "provenance": p, "provenance_detail": prov, "goals": goals, "overhead": ov,
+    doc = {"command": cmd, "provenance": p, "goals": goals, "overhead": ov,
            "dom_latency": dom, "soak": sk,
            "tables": {"serve": {"headers": ["measure", "value", "goal", "status"], "rows": rows,
                                 "note": f"10 decisions/s, {a.clients} open SSE pages, {a.pairs} interleaved pairs of "

@@ -234,7 +234,7 @@ OOD_KEYS = ["ood_set", "AUROC MI", "AUROC total entropy", "AUROC density", "AURO
             "FPR95 density", "FPR95 combined"]
 
 
-def tables_json(doc: Dict, command: str, provenance: str) -> Dict:
+def tables_json(doc: Dict) -> Dict:
     """The results in scripts/render_tables.py's format (several tables from one run)."""
     def tab(rows, keys):
         return {"headers": keys, "rows": [[r.get(k) for k in keys] for r in rows]}
@@ -250,7 +250,7 @@ def tables_json(doc: Dict, command: str, provenance: str) -> Dict:
                                                                 "AUROC combined", "mean_S"])
     for mode in ("fixed", "adaptive"):
         t[f"ood_{mode}"] = tab(doc["ood"][mode], OOD_KEYS)
-    return {"command": command, "provenance": provenance, "tables": t}
+    return {"tables": t}
 
 
 def main(argv=None) -> int:
@@ -267,7 +267,15 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the tables for scripts/render_tables.py (e.g. results/stream.json)")
     ap.add_argument("--skip-stream", action="store_true")
     ap.add_argument("--no-demo", action="store_true", help="skip adaptive vs fixed on the (synthetic) demo")
+    ap.add_argument("--quick", action="store_true", help="6 minutes of signal per streaming run (mode quick)")
     a = ap.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    from edgeuq.provenance import command_line, finish, start
+
+    if a.quick:
+        a.hours = min(a.hours, 0.1)
+    prov = start("quick" if a.quick else "full", 1)
+    cmd = command_line("bench/stream.py", argv)
     cwru = Path(a.cwru)
     if not (cwru / "12k_DE").is_dir():
         print(f"CWRU data not found at {cwru}: nothing to measure (skipped)")
@@ -388,10 +396,10 @@ def main(argv=None) -> int:
     print(md(cov))
     print(f"\njson: {out}")
     if a.json:
-        cmd = "python bench/stream.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        prov = f"measured {time.strftime('%Y-%m-%d')} on a shared 2-core machine, one ORT thread"
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(tables_json(doc, cmd, prov), indent=2, default=float))
+        from edgeuq.provenance import write_results
+
+        tables = json.loads(json.dumps(tables_json(doc), default=float))
+        write_results(a.json, tables, cmd, finish(prov, note="one ORT thread; synthetic signals are SIMULATED"))
         print(f"tables: {a.json}")
     return 0
 

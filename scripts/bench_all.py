@@ -42,9 +42,10 @@ BENCHES: List[Bench] = [
     Bench("mc_overhead", "python bench/mc_overhead.py --json results/mc_overhead.json {mode}", writes=("mc_overhead",)),
     Bench("runtime_memory", "python bench/runtime_memory.py --json results/runtime_memory.json {mode}",
           writes=("runtime_memory",)),
+    Bench("serve", "python bench/serve.py --json results/serve.json {mode}", writes=("serve",)),
     Bench("ota", "python bench/ota.py --tables-json results/ota.json {mode}", full="--repeats 5", writes=("ota",)),
-    Bench("stream", f"python bench/stream.py --cwru {CWRU} --alpha 0.01 --json results/stream.json {{mode}}",
-          quick="--hours 0.1", full="--hours 1", writes=("stream",)),
+    Bench("stream", f"python bench/stream.py --cwru {CWRU} --work runs/bench/stream --alpha 0.01 "
+                    "--json results/stream.json {mode}", full="--hours 1", writes=("stream",)),
     Bench("targets", "python scripts/target_table.py all {mode}", writes=("lowering", "lowering_evidence", "profiles")),
     Bench("benchmark_uq", f"python bench/uq_benchmark.py --cwru {CWRU} --text {TEXT} --out runs/bench/benchmark-uq "
                           "--no-progress --summary-json results/benchmark_uq.json {mode}", writes=("benchmark_uq",)),

@@ -234,8 +234,8 @@ def test_bad_inputs_raise_errors_that_name_the_problem(files, tmp_path):
     mixed = write_tsv(d / "mixed.tsv", ["sentence", "label"], [("good", "1"), ("bad", "neg")] * 5)
     with pytest.raises(DataError, match="mix class indices"):
         text_splits(mixed)
-    with pytest.raises(DataError, match="not a text file"):
-        text_splits(d)  # a folder
+    with pytest.raises(DataError, match="not a data source edgeuq knows"):
+        text_splits(d)  # a folder of text files claims no source: the resolver says so, naming the known ones
     np.savez(d / "x.npz", signal=np.zeros(8))
     with pytest.raises(DataError, match="not a text file"):
         text_splits(d / "x.npz")

@@ -1,6 +1,8 @@
 """bench/uq_benchmark.py --summary-json: the README's scheme table rebuilt from results.json."""
 import importlib.util
 import json
+
+import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,10 +40,17 @@ def test_summary_rows_reproduce_the_readme_layout(tmp_path):
                        "0.811 / 0.659 (0.833 with T)", "– / 0.19"]
     assert len(rows) == 2 and all(len(r) == len(ub.SUMMARY_HEADERS) for r in rows)
     (tmp_path / "results.json").write_text(json.dumps({"settings": {}, "results": RESULTS}))
+    with pytest.raises(SystemExit, match="provenance.json not found"):   # a results.json this script did not write
+        ub.write_summary(tmp_path / "results.json", tmp_path / "s.json")
+    from edgeuq.provenance import finish, is_script_provenance, start
+
+    run = {"command": "python bench/uq_benchmark.py --cwru C --quick", "provenance": finish(start("quick"))}
+    (tmp_path / "provenance.json").write_text(json.dumps(run))        # what the benchmark run writes
     out = ub.write_summary(tmp_path / "results.json", tmp_path / "s.json")
     doc = json.loads(out.read_text())
     assert doc["headers"] == ub.SUMMARY_HEADERS and doc["rows"] == rows
-    assert doc["command"].startswith("python bench/uq_benchmark.py") and "results.json" in doc["provenance"]
+    assert doc["command"] == run["command"] and doc["provenance"] == run["provenance"]
+    assert is_script_provenance(doc["provenance"]) is None
     assert ub.main(["--out", str(tmp_path), "--summary-json", str(tmp_path / "t.json"), "--summary-only"]) == 0
     assert json.loads((tmp_path / "t.json").read_text())["rows"] == rows
 
