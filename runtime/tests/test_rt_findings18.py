@@ -332,3 +332,23 @@ def test_malloc_trim_runs_on_glibc():
     if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
         pytest.skip("not glibc: malloc_trim may be absent (the runtime then skips the trim)")
     assert _malloc_trim() is True
+
+
+def test_stream_decisions_claim_no_digest_for_an_unverified_bundle():
+    """A Diagnoser over a runtime loaded with verify=False records bundle_digest None, not a hash of
+    the manifest's (unchecked) file list; a verified runtime records its manifest's sha256."""
+    from edgeuq_runtime.stream.decide import bundle_digest
+
+    class Verified:
+        bundle_digest = "ab" * 32
+
+    class Unverified:
+        bundle_digest = None
+
+    class Double:   # a test double without the attribute: the file-list hash
+        class manifest:
+            files = {"a.onnx": "00" * 32}
+
+    assert bundle_digest(Verified()) == "ab" * 32
+    assert bundle_digest(Unverified()) is None
+    assert bundle_digest(Double()) is not None and len(bundle_digest(Double())) == 64

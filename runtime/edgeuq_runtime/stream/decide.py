@@ -18,10 +18,13 @@ __all__ = ["Decision", "Diagnoser", "bundle_digest"]
 
 
 def bundle_digest(rt: Any) -> Optional[str]:
-    """The runtime's ``bundle_digest`` when it has one, else sha256 over the manifest's file hashes."""
-    d = getattr(rt, "bundle_digest", None)
-    if isinstance(d, str) and d:
-        return d
+    """The runtime's ``bundle_digest``. A runtime that loaded its bundle without verification has
+    ``None`` there, and so do its decisions: no identity is claimed for files nobody checked. Only a
+    runtime-like object without the attribute (a test double) gets sha256 over its manifest's file
+    hashes."""
+    if hasattr(rt, "bundle_digest"):
+        d = rt.bundle_digest
+        return d if isinstance(d, str) and d else None
     files = rt.manifest.files
     if not files:
         return None
