@@ -135,6 +135,8 @@ def main(argv=None) -> int:
             3: build(tmp, "r3", retrained, True, "1.1-int8", windows),
             4: build(tmp, "r4", retrained2, True, "1.2-int8", windows),
         }
+        # throwaway keys in a temporary folder: encrypted at rest like real ones, with a bench passphrase
+        os.environ.setdefault("EDGEUQ_OTA_PASSPHRASE", "edgeuq-bench-throwaway-keys")
         generate_keys(tmp / "keys")
         repo = tmp / "repo"
         pubs = {1: publish_bundle(rel[1], repo, tmp / "keys", BOARD, delta_max_ratio=1.0)}
