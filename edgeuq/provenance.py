@@ -74,7 +74,10 @@ def start(mode: str, threads: int = 1, packages: Sequence[str] = ("torch", "nump
     if mode not in MODES:
         raise ValueError(f"provenance mode must be one of {MODES}, not {mode!r}")
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # local changes to what the measurement runs (results JSON, rendered docs and plots do not count:
+    # a benchmark run rewrites them itself)
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results",
+                  ":(exclude)*.md", ":(exclude)*.png")
     return {"kind": "measured", "mode": mode,
             "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "commit": commit[:12] if commit else "unknown (not a git checkout)",
