@@ -41,7 +41,7 @@ def run(cwru: Path, work: Path, epochs: int, distill_epochs: int, feature_weight
     from edgeuq.data.synthetic import BearingGeometry, SyntheticBearingConfig, synthetic_records
     from edgeuq.export import export_onnx
     from edgeuq.models import ModelConfig
-    from edgeuq.pipeline import scheme_train_stage
+    from edgeuq.pipeline import train_stage
     from edgeuq.training import TrainConfig, load_checkpoint
     from edgeuq.uq.metrics import auroc
     from edgeuq_runtime import UncertaintyRuntime
@@ -98,7 +98,7 @@ def run(cwru: Path, work: Path, epochs: int, distill_epochs: int, feature_weight
             model = {**dict(rec.model), "scheme": scheme, **overrides}
             cfg = ModelConfig.from_dict(model, input_length=sp.window, num_classes=len(classes))
             t0 = time.time()
-            ck = scheme_train_stage(sp, cfg, TrainConfig.from_dict(rec.train, epochs=epochs), ck_dir, uq=rec.uq,
+            ck = train_stage(sp, cfg, TrainConfig.from_dict(rec.train, epochs=epochs), ck_dir, uq=rec.uq,
                                     progress=False, log=log)
             log(f"{scheme}: trained in {time.time() - t0:.0f} s")
         teachers[scheme] = ck

@@ -46,7 +46,7 @@ def run(cwru: Path, work: Path, epochs: int, log=print) -> dict:
     from edgeuq.data.windowing import front_end_from_recipe
     from edgeuq.export import export_onnx
     from edgeuq.models import ModelConfig
-    from edgeuq.pipeline import scheme_train_stage
+    from edgeuq.pipeline import train_stage
     from edgeuq.training import TrainConfig, load_checkpoint
     from edgeuq.uq.metrics import auroc
     from edgeuq_runtime import UncertaintyRuntime
@@ -76,7 +76,7 @@ def run(cwru: Path, work: Path, epochs: int, log=print) -> dict:
             ck = load_checkpoint(ck_dir)
         else:
             cfg = ModelConfig.from_dict(rec.model, input_length=sp.window, num_classes=len(classes))
-            ck = scheme_train_stage(sp, cfg, TrainConfig.from_dict(rec.train, epochs=epochs), ck_dir, uq=rec.uq,
+            ck = train_stage(sp, cfg, TrainConfig.from_dict(rec.train, epochs=epochs), ck_dir, uq=rec.uq,
                                     progress=False, log=log)
         train_s = time.time() - t0
         art = export_onnx(ck, work / tag / "onnx", verify=True)
