@@ -49,9 +49,8 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
 
 def run_serve_command(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..session import UncertaintyRuntime
     from ..stream.alarm import Hysteresis
-    from ..stream.decide import Diagnoser
+    from ..stream.cli import diagnosis_setup
     from ..stream.sources import open_source
     from .hub import Hub
     from .live import LiveFeed
@@ -66,18 +65,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
             raise InputError("serve needs --bundle B (or --ota-root to serve the OTA root's current bundle)")
         from ..ota.slots import current_bundle
         bundle = str(current_bundle(ota_root))
-    rt = UncertaintyRuntime(bundle, threads=args.threads)
-    if rt.manifest.input.is_tokens:
-        raise InputError("serve needs a signal bundle (float32 input), not a token model")
-    diag = Diagnoser(rt, adaptive=args.adaptive, samples=args.samples, seed=args.seed,
-                     use_calibration=not args.no_calibration)
-    try:
-        k, n = (int(v) for v in args.alarm.split("/"))
-    except ValueError:
-        raise InputError(f"--alarm must be K/N (e.g. 3/5), got {args.alarm!r}") from None
-    normal = args.normal_class or ("normal" if "normal" in rt.class_names else rt.class_names[0])
-    if normal not in rt.class_names:
-        raise InputError(f"--normal-class {normal!r} is not a class of the bundle: {list(rt.class_names)}")
+    rt, diag, (k, n, normal) = diagnosis_setup(bundle, args, "serve")
     rate = rt.manifest.input.sample_rate_hz
 
     def opener():

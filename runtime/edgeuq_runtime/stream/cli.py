@@ -39,17 +39,17 @@ def _emit(rec: Dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def run_stream_command(args: argparse.Namespace) -> int:
+def diagnosis_setup(bundle: str, args: argparse.Namespace, command: str) -> tuple:
+    """The runtime, its Diagnoser and the alarm rule ``(k, n, normal class)`` from the options the
+    ``stream`` and ``serve`` commands share (``--threads --adaptive --samples --seed
+    --no-calibration --alarm --normal-class``); errors name the option."""
     from ..errors import InputError
     from ..session import UncertaintyRuntime
-    from .alarm import Hysteresis
     from .decide import Diagnoser
-    from .loop import run_stream
-    from .sources import open_source
 
-    rt = UncertaintyRuntime(args.bundle, threads=args.threads)
+    rt = UncertaintyRuntime(bundle, threads=args.threads)
     if rt.manifest.input.is_tokens:
-        raise InputError("stream needs a signal bundle (float32 input), not a token model")
+        raise InputError(f"{command} needs a signal bundle (float32 input), not a token model")
     diag = Diagnoser(rt, adaptive=args.adaptive, samples=args.samples, seed=args.seed,
                      use_calibration=not args.no_calibration)
     try:
@@ -59,6 +59,15 @@ def run_stream_command(args: argparse.Namespace) -> int:
     normal = args.normal_class or ("normal" if "normal" in rt.class_names else rt.class_names[0])
     if normal not in rt.class_names:
         raise InputError(f"--normal-class {normal!r} is not a class of the bundle: {list(rt.class_names)}")
+    return rt, diag, (k, n, normal)
+
+
+def run_stream_command(args: argparse.Namespace) -> int:
+    from .alarm import Hysteresis
+    from .loop import run_stream
+    from .sources import open_source
+
+    rt, diag, (k, n, normal) = diagnosis_setup(args.bundle, args, "stream")
     alarm = Hysteresis(k, n, normal)
     src = open_source(args.source, rt.manifest.input.sample_rate_hz, realtime=args.realtime,
                       stall_timeout=args.stall_timeout, max_seconds=args.max_seconds, seed=args.seed)
