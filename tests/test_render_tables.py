@@ -142,3 +142,9 @@ def _hand_pasted_tables_outside_reference(path: Path):
         elif line.startswith("|") and not inside and re.search(r"\bMiB\b|\bms\b|retained|peak", line):
             bad.append(n)
     return bad
+
+
+def test_every_table_in_readme_and_docs_is_fresh_and_written_by_a_benchmark():
+    """README.md, docs/*.md and runtime/README.md: no stale region, and every results JSON they render
+    carries the provenance record a benchmark writes (edgeuq.provenance), never hand-typed text."""
+    assert rt.main(["--check", "--strict"]) == 0
