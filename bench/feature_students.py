@@ -137,8 +137,7 @@ def main(argv=None) -> int:
     prov, command = start("quick" if a.quick else "full", 1), command_line("bench/feature_students.py", argv)
     if a.quick:
         a.epochs = 2
-        if hasattr(a, "distill_epochs"):
-            a.distill_epochs = 2
+        a.distill_epochs = 2
     if not (a.cwru / "MANIFEST.csv").is_file():
         print(f"feature_students: SKIPPED, no CWRU folder at {a.cwru} (not measured)")
         return 1

@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--quick", action="store_true", help="2 epochs (2 distillation epochs): mode quick")
+    ap.add_argument("--quick", action="store_true", help="2 epochs: mode quick")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from edgeuq.provenance import command_line, finish, start, write_results
@@ -145,8 +145,6 @@ def main(argv=None) -> int:
     prov, command = start("quick" if a.quick else "full", 1), command_line("bench/order_front_end.py", argv)
     if a.quick:
         a.epochs = 2
-        if hasattr(a, "distill_epochs"):
-            a.distill_epochs = 2
     if not (a.cwru / "MANIFEST.csv").is_file():
         print(f"order_front_end: SKIPPED, no CWRU folder at {a.cwru} (not measured)")
         return 1
