@@ -154,19 +154,58 @@ def time_all(rows, x1: np.ndarray, samples: int, repeats: int, naive: dict, refe
 BEFORE_SETTINGS = {"quantize_bias": True, "compact_names": False}
 
 
-def quantized_bundle(ck, calib: np.ndarray, out: Path, fraction: float, samples: int, settings=None):
-    """The exact knapsack of edgeuq.quantize (range sensitivity) over every layer (the conv stem
-    included) under ``fraction`` of the fp32 bytes. Returns (bundle root, plan, layer names)."""
-    from edgeuq.quantize import Budget, QuantSettings, build_quantized, plan_for, prepare_model, sensitivity_for
+def _prepared(ck, calib: np.ndarray, out: Path, samples: int, settings, method: str):
+    """The prepared model (layers, measured costs) and the ``method`` sensitivity (``fisher``: the
+    true Fisher of the student estimated on the calibration windows; ``range``: no curvature)."""
+    from edgeuq.quantize import QuantSettings, prepare_model, sensitivity_for
 
     settings = settings or QuantSettings()
     prep = prepare_model(ck, calib, out / "work", progress=False, samples=samples, settings=settings)
+    report = None
+    if method == "fisher":
+        from edgeuq.fisher import FisherConfig, estimate_fisher
+
+        report = estimate_fisher(ck.load_model(), calib, None, FisherConfig(progress=False, noise_samples=2),
+                                 structures=False, meta={"checkpoint_sha256": ck.sha256})
+    return prep, sensitivity_for(method, prep, report), report
+
+
+def quantized_bundle(ck, calib: np.ndarray, out: Path, fraction: float, samples: int, settings=None,
+                     method: str = "range"):
+    """The exact knapsack of edgeuq.quantize (``method`` sensitivity) over every layer (the conv stem
+    included) under ``fraction`` of the fp32 initializer bytes. Returns (bundle root, plan, layer names)."""
+    from edgeuq.quantize import Budget, build_quantized, plan_for
+
+    prep, sens, report = _prepared(ck, calib, out, samples, settings, method)
     costs = prep.costs
     smallest = costs.fixed_bytes + sum(min(costs.bytes[lay.name][p] for p in lay.options) for lay in prep.layers)
     budget = max(fraction * costs.total_bytes({}), smallest)  # a too-small fraction -> the smallest plan
-    plan = plan_for(prep, sensitivity_for("range", prep), Budget("bytes", budget), "range")
+    plan = plan_for(prep, sens, Budget("bytes", budget), method, report)
     root = build_quantized(prep, plan, out / "bundle", name="student-quantized", samples=samples).bundle.root
     return root, plan, [lay.name for lay in prep.layers]
+
+
+def quantized_to_size(ck, calib: np.ndarray, out: Path, target_bytes: float, samples: int, method: str = "fisher"):
+    """The knapsack given the whole size goal: the largest initializer budget whose built bundle
+    (graphs included) is at most ``target_bytes`` ONNX bytes. The budget follows from the size goal
+    alone (no test data is looked at): start at the target, build, shrink the budget by the
+    overshoot (the graph structure the initializer costs do not count), at most 6 builds.
+    Returns (bundle root, plan, layer names, builds)."""
+    from edgeuq.quantize import Budget, build_quantized, plan_for
+
+    prep, sens, report = _prepared(ck, calib, out, samples, None, method)
+    costs = prep.costs
+    smallest = costs.fixed_bytes + sum(min(costs.bytes[lay.name][p] for p in lay.options) for lay in prep.layers)
+    budget = float(target_bytes)
+    for attempt in range(6):
+        plan = plan_for(prep, sens, Budget("bytes", max(budget, smallest)), method, report)
+        root = build_quantized(prep, plan, out / f"bundle{attempt}", name="student-quantized",
+                               samples=samples).bundle.root
+        total = _graph_bytes(root)
+        if total <= target_bytes or budget <= smallest:
+            return root, plan, [lay.name for lay in prep.layers], attempt + 1
+        budget = min(budget, plan.total_bytes) - (total - target_bytes)
+    raise RuntimeError(f"no plan within {target_bytes:.0f} bytes after 6 builds (last: {total} bytes)")
 
 
 def bytes_by_layer(bundle_root: Path, layer_names) -> dict:
@@ -234,6 +273,11 @@ def bytes_table(summary: dict):
                 + [f"{tc / c['bytes']['total']:.2f}x" for c in cols])
     for key, label in (("accuracy", "accuracy (test)"), ("ood_auroc_mi", "OOD AUROC (MI)")):
         rows.append([label] + [f"{c[key]:.4f}" if c.get(key) is not None else "-" for c in cols])
+    if "teacher_accuracy" in b:
+        rows.append([f"accuracy loss vs the fp32 teacher ({b['teacher_accuracy']:.4f}), points"]
+                    + [f"{100 * (b['teacher_accuracy'] - c['accuracy']):.2f}" for c in cols])
+        rows.append([f"retained OOD AUROC (MI) vs the fp32 teacher ({b['teacher_ood_auroc_mi']:.4f})"]
+                    + [f"{c['ood_auroc_mi'] / b['teacher_ood_auroc_mi']:.3f}" for c in cols])
     return headers, rows
 
 
@@ -328,6 +372,10 @@ def main(argv=None) -> int:
     ap.add_argument("--quantize-loss", default="kl+uq", help="the student that is also quantized")
     ap.add_argument("--quantize-fractions", type=float, nargs="*", default=[0.3],
                     help="bytes budgets (fraction of the fp32 graphs) for the exact knapsack")
+    ap.add_argument("--quantize-sensitivity", choices=("range", "fisher"), default="range",
+                    help="the knapsack's loss model (fisher: the student's true Fisher on the calibration windows)")
+    ap.add_argument("--quantize-target-ratio", type=float, default=0.0,
+                    help="also quantize to fit 1/RATIO of the distillation teacher's ONNX bytes (the whole budget)")
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--distill-epochs", type=int, default=15)
@@ -416,8 +464,9 @@ def main(argv=None) -> int:
                          "accuracy": row["accuracy"], "ood_auroc_mi": row["ood_auroc_mi"]}]
                 for tag, settings in (("before", QuantSettings(**BEFORE_SETTINGS)), ("after", QuantSettings())):
                     qroot, plan, layer_names = quantized_bundle(
-                        ck, splits.train.x[:128], out / "quant" / f"{loss}_{frac:g}_{tag}", frac, a.samples, settings)
-                    label = (f"student {loss} quantized ({frac:g} of fp32 bytes"
+                        ck, splits.train.x[:128], out / "quant" / f"{loss}_{frac:g}_{tag}", frac, a.samples, settings,
+                        a.quantize_sensitivity)
+                    label = (f"student {loss} quantized ({frac:g} of fp32 bytes, {a.quantize_sensitivity}"
                              + (", int32 biases, long names)" if tag == "before" else ")"))
                     qrow, _ = evaluate(label, ck, out / "eval" / f"q_{tag}", splits, cross, ood, a.samples,
                                        a.repeats, teacher_mi, bundle_root=qroot)
@@ -428,6 +477,22 @@ def main(argv=None) -> int:
                                  "ood_auroc_mi": qrow["ood_auroc_mi"], "settings": settings.to_dict()})
                 cols[0]["bytes"] = bytes_by_layer(Path(fp32_row["bundle"]), layer_names)
                 bytes_cols = {"layer_names": layer_names, "columns": cols, "fraction": frac}
+            if a.quantize_target_ratio and bytes_cols is not None:
+                teacher_bytes = next(r["bytes"] for r in rows if r["name"] == f"teacher {a.distill_teacher}")
+                target = teacher_bytes / a.quantize_target_ratio
+                qroot, plan, layer_names, builds = quantized_to_size(
+                    ck, splits.train.x[:128], out / "quant" / f"{loss}_ratio{a.quantize_target_ratio:g}", target,
+                    a.samples, a.quantize_sensitivity)
+                label = f"student {loss} quantized to 1/{a.quantize_target_ratio:g} of the teacher ({a.quantize_sensitivity})"
+                qrow, _ = evaluate(label, ck, out / "eval" / "q_target", splits, cross, ood, a.samples,
+                                   a.repeats, teacher_mi, bundle_root=qroot)
+                qrow["size_target_bytes"], qrow["size_builds"] = target, builds
+                rows.append(qrow)
+                print(f"evaluated {qrow['name']} ({builds} builds to fit {target:.0f} bytes)")
+                bytes_cols["columns"].append({"label": f"quantized after, whole 1/{a.quantize_target_ratio:g} budget",
+                                              "bytes": bytes_by_layer(qroot, layer_names),
+                                              "precisions": plan.assignment(), "accuracy": qrow["accuracy"],
+                                              "ood_auroc_mi": qrow["ood_auroc_mi"]})
 
     # ---- pruned teacher (retraining-free), and pruned + short distillation from the unpruned model
     pck = teachers[a.prune_teacher]
@@ -472,6 +537,7 @@ def main(argv=None) -> int:
             r["retained_auroc"] = retained_auroc(r, teacher_row)
     if bytes_cols is not None:
         teacher_root = Path(next(r["bundle"] for r in rows if r["name"] == f"teacher {a.distill_teacher}"))
+        bytes_cols.update(teacher_accuracy=teacher_row["accuracy"], teacher_ood_auroc_mi=teacher_row["ood_auroc_mi"])
         bytes_cols.update(teacher_bytes=fp32_teacher_bytes, teacher_compacted_bytes=compacted_teacher_bytes(teacher_root),
                           note=("bytes per layer: initializers (and Constant payloads) each layer owns -- weights, "
                                 "scales, zero points, bias, its input quantizer; accuracy and OOD AUROC on the "
