@@ -205,3 +205,36 @@ def test_quant_settings_refuse_non_boolean_switches():
         QuantSettings(compact_names="yes")
     with pytest.raises(ValueError, match="quantize_bias"):
         QuantSettings(quantize_bias=1)
+
+
+def _compress_bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "compress_frontier.py"
+    spec = importlib.util.spec_from_file_location("compress_frontier_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_bytes_per_layer_add_up_and_the_size_goal_is_met(tiny):
+    """bench/compress_frontier.py's bytes table: the parts add up to the files' bytes, each layer's
+    bytes are the costs the knapsack was given (measured separately, per precision), and the
+    whole-budget search lands at or under its byte goal."""
+    bench = _compress_bench()
+    prep, root = tiny["prep"], tiny["root"]
+    names = [lay.name for lay in prep.layers]
+    fp32_total = bench._graph_bytes(prep.art.directory)
+    target = 0.6 * fp32_total
+    qroot, plan, layer_names, builds = bench.quantized_to_size(prep.checkpoint, tiny["x"][:32], root / "to-size",
+                                                                 target, 4, "range")
+    assert layer_names == names and 1 <= builds <= 6
+    b = bench.bytes_by_layer(qroot, names)
+    assert b["total"] == bench._graph_bytes(qroot) <= target
+    assert sum(b["layers"].values()) + b["other_initializers"] + b["graph_structure"] == b["total"]
+    assignment = plan.assignment()
+    for n in names:
+        assert b["layers"][n] == prep.costs.bytes[n][assignment[n]], n
+    assert 0 < b["tensor_name_bytes"] < b["graph_structure"]
+    assert bench.compacted_teacher_bytes(prep.art.directory) < fp32_total
