@@ -67,7 +67,7 @@ def ingraph_noise_session(specs, rows: int):
     from onnx import TensorProto, helper, numpy_helper
 
     nodes, outputs, inits = [], [], []
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, 1])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])  # expanded to each spec's (rows, *shape)
     for i, sp in enumerate(specs):
         shape = [rows] + list(sp.shape)
         out = f"n{i}"
@@ -100,7 +100,7 @@ def ingraph_noise_session(specs, rows: int):
     so = ort.SessionOptions()
     so.intra_op_num_threads = so.inter_op_num_threads = 1
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    feed = {"x": np.zeros((rows, 1), np.float32)}
+    feed = {"x": np.zeros((1,), np.float32)}
     names = [o.name for o in outputs]
     return lambda: sess.run(names, feed)
 
