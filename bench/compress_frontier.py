@@ -376,6 +376,9 @@ def main(argv=None) -> int:
                     help="the knapsack's loss model (fisher: the student's true Fisher on the calibration windows)")
     ap.add_argument("--quantize-target-ratio", type=float, default=0.0,
                     help="also quantize to fit 1/RATIO of the distillation teacher's ONNX bytes (the whole budget)")
+    ap.add_argument("--size-reference", nargs="+", choices=("shipped", "short-names"), default=["shipped"],
+                    help="what --quantize-target-ratio divides: the teacher's ONNX bytes as shipped, or with the "
+                         "same short tensor names the quantized student gets (one quantized column each)")
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--distill-epochs", type=int, default=15)
@@ -477,19 +480,22 @@ def main(argv=None) -> int:
                                  "ood_auroc_mi": qrow["ood_auroc_mi"], "settings": settings.to_dict()})
                 cols[0]["bytes"] = bytes_by_layer(Path(fp32_row["bundle"]), layer_names)
                 bytes_cols = {"layer_names": layer_names, "columns": cols, "fraction": frac}
-            if a.quantize_target_ratio and bytes_cols is not None:
-                teacher_bytes = next(r["bytes"] for r in rows if r["name"] == f"teacher {a.distill_teacher}")
-                target = teacher_bytes / a.quantize_target_ratio
+            for reference in (a.size_reference if a.quantize_target_ratio and bytes_cols is not None else []):
+                t_row = next(r for r in rows if r["name"] == f"teacher {a.distill_teacher}")
+                ref_bytes = (compacted_teacher_bytes(Path(t_row["bundle"])) if reference == "short-names"
+                             else t_row["bytes"])
+                target = ref_bytes / a.quantize_target_ratio
                 qroot, plan, layer_names, builds = quantized_to_size(
-                    ck, splits.train.x[:128], out / "quant" / f"{loss}_ratio{a.quantize_target_ratio:g}", target,
-                    a.samples, a.quantize_sensitivity)
-                label = f"student {loss} quantized to 1/{a.quantize_target_ratio:g} of the teacher ({a.quantize_sensitivity})"
-                qrow, _ = evaluate(label, ck, out / "eval" / "q_target", splits, cross, ood, a.samples,
+                    ck, splits.train.x[:128], out / "quant" / f"{loss}_ratio{a.quantize_target_ratio:g}_{reference}",
+                    target, a.samples, a.quantize_sensitivity)
+                what = "the teacher" if reference == "shipped" else "the teacher with short names"
+                label = f"student {loss} quantized to 1/{a.quantize_target_ratio:g} of {what} ({a.quantize_sensitivity})"
+                qrow, _ = evaluate(label, ck, out / "eval" / f"q_target_{reference}", splits, cross, ood, a.samples,
                                    a.repeats, teacher_mi, bundle_root=qroot)
                 qrow["size_target_bytes"], qrow["size_builds"] = target, builds
                 rows.append(qrow)
                 print(f"evaluated {qrow['name']} ({builds} builds to fit {target:.0f} bytes)")
-                bytes_cols["columns"].append({"label": f"quantized after, whole 1/{a.quantize_target_ratio:g} budget",
+                bytes_cols["columns"].append({"label": f"quantized after, 1/{a.quantize_target_ratio:g} of {what}",
                                               "bytes": bytes_by_layer(qroot, layer_names),
                                               "precisions": plan.assignment(), "accuracy": qrow["accuracy"],
                                               "ood_auroc_mi": qrow["ood_auroc_mi"]})
