@@ -6,7 +6,9 @@ one numpy call per spec. "after" is the runtime's stream (``noise.sample_noise_r
 ``random_raw`` draw for every kind, 16-bit thresholds for dropout). Each round runs four callables
 in a seeded random order (paired, interleaved): noise(before), noise(after), predict with the
 before sampler patched into the session, predict as shipped. Per round: share = noise / predict of
-the same sampler; reported as the median with a bootstrap 95 % interval over rounds.
+the same sampler; reported as the median with a bootstrap 95 % interval over rounds, in wall time
+and (a second column, less sensitive to a loaded machine) in this thread's CPU time
+(``time.thread_time``: numpy and ONNX Runtime with one thread both run in the calling thread).
 
 A fifth callable in the same rounds draws the same noise *inside* ONNX Runtime (a graph of
 ``RandomNormalLike`` / ``RandomUniformLike`` ops, dropout masks as uniform < p, one-hot categoricals
@@ -137,15 +139,20 @@ def measure(bundle: str, batch: int, samples: int, rounds: int, seed: int) -> di
             fn()
     order_rng = np.random.default_rng(seed)
     t = {k: np.empty(rounds) for k in calls}
+    cpu = {k: np.empty(rounds) for k in calls}   # this thread's CPU time (ONNX Runtime, 1 thread, runs in it)
     names = list(calls)
     for r in range(rounds):
         for i in order_rng.permutation(len(names)):
             k = names[i]
+            c0 = time.thread_time()
             t0 = time.perf_counter()
             calls[k]()
             t[k][r] = time.perf_counter() - t0
+            cpu[k][r] = time.thread_time() - c0
     share_b = t["noise_before"] / t["predict_before"]
     share_a = t["noise_after"] / t["predict_after"]
+    cpu_ok = bool(np.all(cpu["predict_after"] > 0))
+    share_cpu = cpu["noise_after"] / np.where(cpu["predict_after"] > 0, cpu["predict_after"], np.nan)
     speed = t["noise_before"] / t["noise_after"]
     ingraph = t["noise_ort_ingraph"] / t["noise_after"]
     br = np.random.default_rng(seed + 1)
@@ -157,6 +164,9 @@ def measure(bundle: str, batch: int, samples: int, rounds: int, seed: int) -> di
         "median_ms": {k: 1e3 * float(np.median(v)) for k, v in t.items()},
         "noise_share_before": {"median": float(np.median(share_b)), "ci95": bootstrap(share_b, br)},
         "noise_share_after": {"median": float(np.median(share_a)), "ci95": bootstrap(share_a, br)},
+        "noise_share_after_cpu": ({"median": float(np.median(share_cpu)), "ci95": bootstrap(share_cpu, br)}
+                                  if cpu_ok else None),
+        "median_cpu_ms": {k: 1e3 * float(np.median(v)) for k, v in cpu.items()},
         "noise_speedup_paired": {"median": float(np.median(speed)), "ci95": bootstrap(speed, br)},
         "ingraph_over_numpy_noise": {"median": float(np.median(ingraph)), "ci95": bootstrap(ingraph, br)},
         "predict_ratio_before_over_after": {"median": float(np.median(t["predict_before"] / t["predict_after"])),
@@ -192,10 +202,21 @@ def _ci(d: dict, scale: float = 100.0, digits: int = 1) -> str:
     return f"{scale * d['median']:.{digits}f} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
 
 
+def _met(r: dict) -> str:
+    """``yes`` only if the median share is <= 10 % in wall time AND in CPU time (on a loaded machine
+    the wall time of the longer predict call grows with preemption, which makes the wall share look
+    smaller than the work is)."""
+    cpu = r.get("noise_share_after_cpu")
+    if cpu is None:
+        return "not measured (no CPU time)"
+    return "yes" if r["noise_share_after"]["median"] <= 0.10 and cpu["median"] <= 0.10 else "no"
+
+
 def table(results: List[dict]):
     headers = ["model", "noise kinds", "noise elements / row", "predict ms (before -> after)",
                "noise ms (before -> after)", "noise share % before [95 % CI]", "noise share % after [95 % CI]",
-               "<= 10 %", "in-graph ORT noise / numpy stream [95 % CI]"]
+               "<= 10 % (wall and CPU)", "noise share % after, thread CPU time [95 % CI]",
+               "in-graph ORT noise / numpy stream [95 % CI]"]
     rows = []
     for r in results:
         ms = r["median_ms"]
@@ -203,7 +224,8 @@ def table(results: List[dict]):
                      f"{ms['predict_before']:.3f} -> {ms['predict_after']:.3f}",
                      f"{ms['noise_before']:.3f} -> {ms['noise_after']:.3f}",
                      _ci(r["noise_share_before"]), _ci(r["noise_share_after"]),
-                     "yes" if r["noise_share_after"]["median"] <= 0.10 else "no",
+                     _met(r),
+                     _ci(r["noise_share_after_cpu"]) if r.get("noise_share_after_cpu") else "not measured",
                      _ci(r["ingraph_over_numpy_noise"], 1.0, 2) + "x"])
     return headers, rows
 
