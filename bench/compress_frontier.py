@@ -22,7 +22,11 @@ the distillation teacher's S-sample call over this model's (same runtime, same S
 paired per round with 95 % bootstrap intervals (every call timed in the same rounds, random order
 per round), the teacher's naive PyTorch MC loop (S full forwards; milliseconds only -- a ratio of it
 to a student would mix distillation, trunk-once and engine effects), and the ONNX bytes and their
-ratio to the fp32 teacher. Writes ``OUT/compress_frontier.json`` and prints a
+ratio to the fp32 teacher. The ``--quantize-loss`` student is quantized twice with the same exact
+knapsack over every layer (conv stem included): "before" with int32 QDQ biases and the exporter's
+long tensor names, "after" with float biases and short names (today's defaults); both are evaluated
+like every model, and a bytes-per-layer table (``--bytes-json``) shows where each bundle's bytes go.
+Writes ``OUT/compress_frontier.json`` and prints a
 markdown table; ``--tables-json results/compress_frontier.json`` also writes the table for
 ``scripts/render_tables.py`` (docs/compress.md), and ``--from-json OUT/compress_frontier.json``
 re-renders an earlier run's table without running anything.
@@ -144,16 +148,149 @@ def time_all(rows, x1: np.ndarray, samples: int, repeats: int, naive: dict, refe
         naive[k] = stats[f"naive {k}"].median_ms
 
 
-def quantized_bundle(ck, calib: np.ndarray, out: Path, fraction: float, samples: int) -> Path:
-    """The exact knapsack of edgeuq.quantize (range sensitivity) under ``fraction`` of the fp32 bytes."""
-    from edgeuq.quantize import Budget, build_quantized, plan_for, prepare_model, sensitivity_for
+#: Quantizer settings of the "before" rows: int32 QDQ biases (with per-channel scale and zero point)
+#: and the exporter's long tensor names, i.e. what edgeuq.quantize wrote before float int8 biases and
+#: compacted names became its defaults.
+BEFORE_SETTINGS = {"quantize_bias": True, "compact_names": False}
 
-    prep = prepare_model(ck, calib, out / "work", progress=False, samples=samples)
+
+def _prepared(ck, calib: np.ndarray, out: Path, samples: int, settings, method: str):
+    """The prepared model (layers, measured costs) and the ``method`` sensitivity (``fisher``: the
+    true Fisher of the student estimated on the calibration windows; ``range``: no curvature)."""
+    from edgeuq.quantize import QuantSettings, prepare_model, sensitivity_for
+
+    settings = settings or QuantSettings()
+    prep = prepare_model(ck, calib, out / "work", progress=False, samples=samples, settings=settings)
+    report = None
+    if method == "fisher":
+        from edgeuq.fisher import FisherConfig, estimate_fisher
+
+        report = estimate_fisher(ck.load_model(), calib, None, FisherConfig(progress=False, noise_samples=2),
+                                 structures=False, meta={"checkpoint_sha256": ck.sha256})
+    return prep, sensitivity_for(method, prep, report), report
+
+
+def quantized_bundle(ck, calib: np.ndarray, out: Path, fraction: float, samples: int, settings=None,
+                     method: str = "range"):
+    """The exact knapsack of edgeuq.quantize (``method`` sensitivity) over every layer (the conv stem
+    included) under ``fraction`` of the fp32 initializer bytes. Returns (bundle root, plan, layer names)."""
+    from edgeuq.quantize import Budget, build_quantized, plan_for
+
+    prep, sens, report = _prepared(ck, calib, out, samples, settings, method)
     costs = prep.costs
     smallest = costs.fixed_bytes + sum(min(costs.bytes[lay.name][p] for p in lay.options) for lay in prep.layers)
     budget = max(fraction * costs.total_bytes({}), smallest)  # a too-small fraction -> the smallest plan
-    plan = plan_for(prep, sensitivity_for("range", prep), Budget("bytes", budget), "range")
-    return build_quantized(prep, plan, out / "bundle", name="student-quantized", samples=samples).bundle.root
+    plan = plan_for(prep, sens, Budget("bytes", budget), method, report)
+    root = build_quantized(prep, plan, out / "bundle", name="student-quantized", samples=samples).bundle.root
+    return root, plan, [lay.name for lay in prep.layers]
+
+
+def quantized_to_size(ck, calib: np.ndarray, out: Path, target_bytes: float, samples: int, method: str = "fisher"):
+    """The knapsack given the whole size goal: the largest initializer budget whose built bundle
+    (graphs included) is at most ``target_bytes`` ONNX bytes. The budget follows from the size goal
+    alone (no test data is looked at): start at the target, build, shrink the budget by the
+    overshoot (the graph structure the initializer costs do not count), at most 6 builds.
+    Returns (bundle root, plan, layer names, builds)."""
+    from edgeuq.quantize import Budget, build_quantized, plan_for
+
+    prep, sens, report = _prepared(ck, calib, out, samples, None, method)
+    costs = prep.costs
+    smallest = costs.fixed_bytes + sum(min(costs.bytes[lay.name][p] for p in lay.options) for lay in prep.layers)
+    budget = float(target_bytes)
+    for attempt in range(6):
+        plan = plan_for(prep, sens, Budget("bytes", max(budget, smallest)), method, report)
+        root = build_quantized(prep, plan, out / f"bundle{attempt}", name="student-quantized",
+                               samples=samples).bundle.root
+        total = _graph_bytes(root)
+        if total <= target_bytes or budget <= smallest:
+            return root, plan, [lay.name for lay in prep.layers], attempt + 1
+        budget = min(budget, plan.total_bytes) - (total - target_bytes)
+    raise RuntimeError(f"no plan within {target_bytes:.0f} bytes after 6 builds (last: {total} bytes)")
+
+
+def bytes_by_layer(bundle_root: Path, layer_names) -> dict:
+    """Where a bundle's ONNX bytes go: per layer the initializers (and Constant payloads) it owns
+    (weights, scales, zero points, biases, its input's quantizer; ``edgeuq.quantize.layers.
+    attribute_initializers``), the initializers no layer owns (norms, positions, ...), and the rest
+    of the serialized graphs (nodes, tensor names, attributes, types)."""
+    import onnx
+
+    from edgeuq.quantize.compact import name_bytes
+    from edgeuq.quantize.layers import attribute_initializers
+
+    per = {n: 0 for n in layer_names}
+    other = structure = names = files = 0
+    for path in sorted(Path(bundle_root).rglob("*.onnx")):
+        model = onnx.load(str(path))
+        p, rest = attribute_initializers(model, layer_names)
+        for k, v in p.items():
+            per[k] += v
+        size = path.stat().st_size
+        payload = sum(p.values()) + rest
+        other += rest
+        structure += size - payload
+        names += name_bytes(model)
+        files += size
+    return {"layers": per, "other_initializers": other, "graph_structure": structure, "tensor_name_bytes": names,
+            "total": files}
+
+
+def compacted_teacher_bytes(bundle_root: Path) -> int:
+    """The fp32 teacher's ONNX bytes with short tensor names (the same compaction the quantized
+    student gets), so that the size ratio can also be read without the names' share."""
+    import onnx
+
+    from edgeuq.quantize.compact import compact_tensor_names
+
+    total = 0
+    for path in sorted(Path(bundle_root).rglob("*.onnx")):
+        model = onnx.load(str(path))
+        compact_tensor_names(model)
+        total += model.ByteSize()
+    return total
+
+
+def bytes_table(summary: dict):
+    """(headers, rows) of the bytes-per-layer table: the fp32 student, its quantized bundle before
+    (int32 biases, long names) and after (float biases, short names), bytes and precision per layer."""
+    b = summary["bytes_by_layer"]
+    cols = b["columns"]
+    headers = ["part"] + [c["label"] for c in cols]
+    rows = []
+    for layer in b["layer_names"]:
+        rows.append([layer] + [f"{c['bytes']['layers'][layer]:,}" + (f" ({c['precisions'][layer]})"
+                                                                     if c.get("precisions") else "")
+                               for c in cols])
+    rows.append(["initializers no layer owns (norms, positions)"]
+                + [f"{c['bytes']['other_initializers']:,}" for c in cols])
+    rows.append(["graph structure (nodes, attributes, types, names)"]
+                + [f"{c['bytes']['graph_structure']:,}" for c in cols])
+    rows.append(["  of which tensor names"] + [f"{c['bytes']['tensor_name_bytes']:,}" for c in cols])
+    rows.append(["total ONNX bytes"] + [f"{c['bytes']['total']:,}" for c in cols])
+    t, tc = b["teacher_bytes"], b["teacher_compacted_bytes"]
+    rows.append([f"fp32 teacher ({t:,} B) / total"] + [f"{t / c['bytes']['total']:.2f}x" for c in cols])
+    rows.append([f"fp32 teacher with short names ({tc:,} B) / total"]
+                + [f"{tc / c['bytes']['total']:.2f}x" for c in cols])
+    for key, label in (("accuracy", "accuracy (test)"), ("ood_auroc_mi", "OOD AUROC (MI)")):
+        rows.append([label] + [f"{c[key]:.4f}" if c.get(key) is not None else "-" for c in cols])
+    if "teacher_accuracy" in b:
+        rows.append([f"accuracy loss vs the fp32 teacher ({b['teacher_accuracy']:.4f}), points"]
+                    + [f"{100 * (b['teacher_accuracy'] - c['accuracy']):.2f}" for c in cols])
+        rows.append([f"retained OOD AUROC (MI) vs the fp32 teacher ({b['teacher_ood_auroc_mi']:.4f})"]
+                    + [f"{c['ood_auroc_mi'] / b['teacher_ood_auroc_mi']:.3f}" for c in cols])
+    return headers, rows
+
+
+def write_bytes_json(summary: dict, path: Path) -> Path:
+    from edgeuq.provenance import write_results
+
+    if "bytes_by_layer" not in summary:
+        raise SystemExit("the run JSON has no bytes_by_layer (no quantized student in that run): rerun")
+    headers, rows = bytes_table(summary)
+    write_results(path, {"headers": headers, "rows": rows, "note": summary["bytes_by_layer"]["note"]},
+                  summary["command"], summary["provenance"])
+    print(f"bytes table: {path}")
+    return path
 
 
 def naive_mc_loop(ck, x1: np.ndarray, samples: int):
@@ -235,6 +372,13 @@ def main(argv=None) -> int:
     ap.add_argument("--quantize-loss", default="kl+uq", help="the student that is also quantized")
     ap.add_argument("--quantize-fractions", type=float, nargs="*", default=[0.3],
                     help="bytes budgets (fraction of the fp32 graphs) for the exact knapsack")
+    ap.add_argument("--quantize-sensitivity", choices=("range", "fisher"), default="range",
+                    help="the knapsack's loss model (fisher: the student's true Fisher on the calibration windows)")
+    ap.add_argument("--quantize-target-ratio", type=float, default=0.0,
+                    help="also quantize to fit 1/RATIO of the distillation teacher's ONNX bytes (the whole budget)")
+    ap.add_argument("--size-reference", nargs="+", choices=("shipped", "short-names"), default=["shipped"],
+                    help="what --quantize-target-ratio divides: the teacher's ONNX bytes as shipped, or with the "
+                         "same short tensor names the quantized student gets (one quantized column each)")
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--distill-epochs", type=int, default=15)
@@ -247,6 +391,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny budgets (smoke run, numbers not meaningful)")
     ap.add_argument("--tables-json", help="also write the table for scripts/render_tables.py "
                                           "(e.g. results/compress_frontier.json)")
+    ap.add_argument("--bytes-json", help="also write the bytes-per-layer table of the quantized student "
+                                         "(e.g. results/compress_bytes.json)")
     ap.add_argument("--from-json", type=Path, metavar="RUN_JSON",
                     help="run nothing: print (and with --tables-json write) the table of an earlier run's "
                          "compress_frontier.json")
@@ -277,6 +423,7 @@ def main(argv=None) -> int:
     teachers = {v: trained_checkpoint(v, task, s, out / "models", log=print) for v in a.teachers}
 
     rows, naive = [], {}
+    bytes_cols = None
     x1 = splits.test.x[:1]
     teacher_mi = None
     for v, ck in teachers.items():
@@ -312,12 +459,46 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"evaluated {row['name']}")
         if loss == a.quantize_loss:
+            from edgeuq.quantize import QuantSettings
+
+            fp32_row = row
             for frac in a.quantize_fractions:
-                qroot = quantized_bundle(ck, splits.train.x[:128], out / "quant" / f"{loss}_{frac:g}", frac, a.samples)
-                row, _ = evaluate(f"student {loss} quantized ({frac:g} of fp32 bytes)", ck, out / "eval" / "q", splits,
-                                  cross, ood, a.samples, a.repeats, teacher_mi, bundle_root=qroot)
-                rows.append(row)
-                print(f"evaluated {row['name']}")
+                cols = [{"label": f"student {loss} fp32", "bytes": bytes_by_layer(Path(row["bundle"]), []),
+                         "accuracy": row["accuracy"], "ood_auroc_mi": row["ood_auroc_mi"]}]
+                for tag, settings in (("before", QuantSettings(**BEFORE_SETTINGS)), ("after", QuantSettings())):
+                    qroot, plan, layer_names = quantized_bundle(
+                        ck, splits.train.x[:128], out / "quant" / f"{loss}_{frac:g}_{tag}", frac, a.samples, settings,
+                        a.quantize_sensitivity)
+                    label = (f"student {loss} quantized ({frac:g} of fp32 bytes, {a.quantize_sensitivity}"
+                             + (", int32 biases, long names)" if tag == "before" else ")"))
+                    qrow, _ = evaluate(label, ck, out / "eval" / f"q_{tag}", splits, cross, ood, a.samples,
+                                       a.repeats, teacher_mi, bundle_root=qroot)
+                    rows.append(qrow)
+                    print(f"evaluated {qrow['name']}")
+                    cols.append({"label": f"quantized {tag}", "bytes": bytes_by_layer(qroot, layer_names),
+                                 "precisions": plan.assignment(), "accuracy": qrow["accuracy"],
+                                 "ood_auroc_mi": qrow["ood_auroc_mi"], "settings": settings.to_dict()})
+                cols[0]["bytes"] = bytes_by_layer(Path(fp32_row["bundle"]), layer_names)
+                bytes_cols = {"layer_names": layer_names, "columns": cols, "fraction": frac}
+            for reference in (a.size_reference if a.quantize_target_ratio and bytes_cols is not None else []):
+                t_row = next(r for r in rows if r["name"] == f"teacher {a.distill_teacher}")
+                ref_bytes = (compacted_teacher_bytes(Path(t_row["bundle"])) if reference == "short-names"
+                             else t_row["bytes"])
+                target = ref_bytes / a.quantize_target_ratio
+                qroot, plan, layer_names, builds = quantized_to_size(
+                    ck, splits.train.x[:128], out / "quant" / f"{loss}_ratio{a.quantize_target_ratio:g}_{reference}",
+                    target, a.samples, a.quantize_sensitivity)
+                what = "the teacher" if reference == "shipped" else "the teacher with short names"
+                label = f"student {loss} quantized to 1/{a.quantize_target_ratio:g} of {what} ({a.quantize_sensitivity})"
+                qrow, _ = evaluate(label, ck, out / "eval" / f"q_target_{reference}", splits, cross, ood, a.samples,
+                                   a.repeats, teacher_mi, bundle_root=qroot)
+                qrow["size_target_bytes"], qrow["size_builds"] = target, builds
+                rows.append(qrow)
+                print(f"evaluated {qrow['name']} ({builds} builds to fit {target:.0f} bytes)")
+                bytes_cols["columns"].append({"label": f"quantized after, 1/{a.quantize_target_ratio:g} of {what}",
+                                              "bytes": bytes_by_layer(qroot, layer_names),
+                                              "precisions": plan.assignment(), "accuracy": qrow["accuracy"],
+                                              "ood_auroc_mi": qrow["ood_auroc_mi"]})
 
     # ---- pruned teacher (retraining-free), and pruned + short distillation from the unpruned model
     pck = teachers[a.prune_teacher]
@@ -360,10 +541,20 @@ def main(argv=None) -> int:
         r["bytes_ratio"] = fp32_teacher_bytes / r["bytes"]
         if teacher_row is not None and not r["name"].startswith("teacher "):
             r["retained_auroc"] = retained_auroc(r, teacher_row)
+    if bytes_cols is not None:
+        teacher_root = Path(next(r["bundle"] for r in rows if r["name"] == f"teacher {a.distill_teacher}"))
+        bytes_cols.update(teacher_accuracy=teacher_row["accuracy"], teacher_ood_auroc_mi=teacher_row["ood_auroc_mi"])
+        bytes_cols.update(teacher_bytes=fp32_teacher_bytes, teacher_compacted_bytes=compacted_teacher_bytes(teacher_root),
+                          note=("bytes per layer: initializers (and Constant payloads) each layer owns -- weights, "
+                                "scales, zero points, bias, its input quantizer; accuracy and OOD AUROC on the "
+                                "held-out test / OOD windows (calibration: 128 training windows); 'before' = "
+                                f"QuantSettings({', '.join(f'{k}={v}' for k, v in BEFORE_SETTINGS.items())})"))
     summary = {"load_average": os.getloadavg(), "data": f"{source}; {desc}", "samples": a.samples, "threads": 1, "repeats": a.repeats,
                "teacher_naive_mc_ms": naive, "distill_teacher": a.distill_teacher, "rows": rows, "quick": a.quick,
                "elapsed_s": time.perf_counter() - t_start, "command": command,
                "provenance": finish(prov, note="quick smoke run: tiny budgets" if a.quick else None)}
+    if bytes_cols is not None:
+        summary["bytes_by_layer"] = bytes_cols
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "compress_frontier.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
@@ -373,8 +564,13 @@ def main(argv=None) -> int:
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores); all metrics through edgeuq_runtime (ONNX Runtime)\n")
     print(format_table(*frontier_table(summary), markdown=True))
     print(f"\nJSON: {out / 'compress_frontier.json'}")
+    if "bytes_by_layer" in summary:
+        print()
+        print(format_table(*bytes_table(summary), markdown=True))
     if a.tables_json:
         write_tables_json(summary, Path(a.tables_json))
+    if a.bytes_json:
+        write_bytes_json(summary, Path(a.bytes_json))
     return 0
 
 
@@ -384,6 +580,8 @@ def _from_json(a) -> int:
     print(format_table(*frontier_table(summary), markdown=True))
     if a.tables_json:
         write_tables_json(summary, Path(a.tables_json))
+    if a.bytes_json:
+        write_bytes_json(summary, Path(a.bytes_json))
     return 0
 
 

@@ -80,21 +80,24 @@ def test_predicted_bytes_are_the_serialized_bytes(tiny, seed):
         assert per[lay.name] == prep.costs.bytes[lay.name][assign[lay.name]], lay.name
     fp32 = prep.costs.total_bytes({})
     assert fp32 == initializer_bytes(prep.art)
-    # fewer bits, fewer bytes (scales, zero points, int32 biases included) -- except on tiny layers,
-    # where the per-channel overhead can make int8 cost more than fp16 (head.fc2: 48 weights)
+    # fewer bits, fewer bytes (scales and zero points included). int8 biases stay float32 by default
+    # (QuantSettings.quantize_bias), so int8 is smaller than fp16 even on the tiny head.fc2 (48
+    # weights), where an int32 QDQ bias with its own scale and zero point made int8 the larger one;
+    # int4's per-block scales only pay off on larger layers
     for lay in prep.layers:
         b = prep.costs.bytes[lay.name]
-        assert b["fp32"] > b["fp16"] and b["fp32"] > b["int8"], lay.name
+        assert b["fp32"] > b["fp16"] > b["int8"], lay.name
         if lay.numel >= 256:
-            assert b["fp16"] > b["int8"] and ("int4" not in b or b["int8"] > b["int4"]), lay.name
-    assert prep.costs.bytes["head.fc2"]["int8"] > prep.costs.bytes["head.fc2"]["fp16"]
+            assert "int4" not in b or b["int8"] > b["int4"], lay.name
 
 
 def test_each_precision_shows_up_as_the_right_operators(tiny):
     prep = tiny["prep"]
     assign = {"embed.c1": "int8", "embed.c2": "fp16", "blocks.0.fc1": "int4", "blocks.1.attn.qkv": "int8",
               "head.fc1": "int4", "head.fc2": "fp16"}
-    art = apply_assignment(prep.art, prep.layers, assign, prep.calib, tiny["root"] / "ops")
+    # (uncompacted names, to find the quantizer's tensors by name; test_quant_size checks compacted graphs)
+    art = apply_assignment(prep.art, prep.layers, assign, prep.calib, tiny["root"] / "ops",
+                           QuantSettings(compact_names=False))
     graphs = load_graphs(art)
     for m in graphs.values():  # the manifest contract: float32 in and out, same names
         io = list(m.graph.input) + list(m.graph.output)

@@ -21,6 +21,12 @@ Per graph, in this order:
    ``onnx_ir`` package, which is not a dependency; the packing is a few lines.)
 3. fp16: weight (and Gemm/Conv bias) stored as fp16, the node runs in fp16
    between two Casts.
+4. names (``QuantSettings.compact_names``): every tensor but the graph inputs and
+   outputs gets a short id (:mod:`edgeuq.quantize.compact`); node names stay.
+
+int8 biases stay float32 unless ``QuantSettings.quantize_bias`` (ONNX Runtime's
+QDQ int32 bias is stored with a per-channel scale and zero point: three times the
+float bias, for no speed-up, since layer outputs are not quantized).
 
 Graph inputs and outputs stay float32 and keep their names, so the bundle
 manifest and the runtime are unchanged.
@@ -44,6 +50,7 @@ from edgeuq_runtime.preprocess import normalize
 
 from ..artifact import ArtifactWriter
 from ..export import OnnxArtifact
+from .compact import compact_tensor_names
 from .layers import QuantLayer
 from .precision import PRECISIONS, QuantSettings
 
@@ -122,7 +129,7 @@ class _Reader:
 # ---------------------------------------------------------------- graph passes
 
 
-def _int8(src: Path, dst: Path, nodes: List[str], feeds: List[dict]) -> None:
+def _int8(src: Path, dst: Path, nodes: List[str], feeds: List[dict], quantize_bias: bool = False) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import CalibrationDataReader
 
@@ -135,7 +142,8 @@ def _int8(src: Path, dst: Path, nodes: List[str], feeds: List[dict]) -> None:
             str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm", "Conv"],
             per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_quantize=nodes, calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Conv"]},
+            extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Conv"],
+                           "QuantizeBias": bool(quantize_bias)},
         )
     finally:
         root.setLevel(level)
@@ -267,7 +275,7 @@ def _quantize_graph(src: Path, dst: Path, layers: Sequence[QuantLayer], assignme
     current = src
     if by["int8"]:
         q8 = tmp / f"{dst.stem}.int8.onnx"
-        _int8(current, q8, by["int8"], feeds_fn())
+        _int8(current, q8, by["int8"], feeds_fn(), settings.quantize_bias)
         current = q8
     model = onnx.load(str(current))
     if by["int4"]:
@@ -276,6 +284,8 @@ def _quantize_graph(src: Path, dst: Path, layers: Sequence[QuantLayer], assignme
         _fp16(model, by["fp16"])
     for t in list(model.graph.value_info):  # stale types after the passes: let ORT infer them
         model.graph.value_info.remove(t)
+    if settings.compact_names:
+        compact_tensor_names(model)
     onnx.save(model, str(dst))
 
 

@@ -39,6 +39,13 @@ class QuantSettings:
     int4_block: int = 32
     calibration_windows: int = 128
     head_calibration_samples: int = 2   # noise draws per calibration window for the head graph
+    #: int8 layers keep their bias in float32 (False) or store it as ONNX Runtime's QDQ int32 bias
+    #: with its own per-channel scale and zero point (True: three tensors of the bias's size).
+    #: Layer outputs stay float (no QLinearConv/QGemm fusion), so an int32 bias only costs bytes.
+    quantize_bias: bool = False
+    #: rename every tensor of the finished graphs but their inputs/outputs to short ids
+    #: (:func:`edgeuq.quantize.compact.compact_tensor_names`); node names are kept
+    compact_names: bool = True
 
     def __post_init__(self) -> None:
         b = self.int4_block
@@ -46,6 +53,9 @@ class QuantSettings:
             raise ValueError(f"int4_block must be a power of two >= 16 (MatMulNBits), got {b}")
         if self.calibration_windows < 1 or self.head_calibration_samples < 1:
             raise ValueError("calibration_windows and head_calibration_samples must be >= 1")
+        for name in ("quantize_bias", "compact_names"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"QuantSettings.{name} must be true or false, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,47 @@
+"""bench/noise_share.py compares the numpy noise stream with the same noise drawn inside ONNX
+Runtime; that comparison is only fair if the in-graph graph draws the same distributions at the
+same shapes. Checked here against the closed forms (KS and moments), with negative controls."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+stats = pytest.importorskip("scipy.stats")
+
+from edgeuq_runtime.noise import NoiseSpec  # noqa: E402
+
+
+def _bench():
+    path = Path(__file__).resolve().parents[1] / "bench" / "noise_share.py"
+    spec = importlib.util.spec_from_file_location("noise_share_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ingraph_noise_has_the_streams_distributions_and_shapes():
+    specs = [NoiseSpec("z", "standard_normal", (32, 24)), NoiseSpec("d", "dropout_mask", (4, 8, 8), {"p": 0.1}),
+             NoiseSpec("u", "uniform", (5,)), NoiseSpec("c", "categorical", (2, 3), {"k": 3})]
+    rows = 16
+    draw = _bench().ingraph_noise_session(specs, rows)
+    outs = [draw() for _ in range(20)]
+    for i, s in enumerate(specs):
+        assert outs[0][i].shape == (rows, *s.shape) and outs[0][i].dtype == np.float32
+    z = np.concatenate([o[0].ravel() for o in outs]).astype(np.float64)
+    crit = math.sqrt(-0.5 * math.log(1e-3 / 2)) / math.sqrt(z.size)
+    assert stats.kstest(z, "norm").statistic <= crit
+    assert not stats.kstest(1.05 * z, "norm").statistic <= crit
+    u = np.concatenate([o[2].ravel() for o in outs]).astype(np.float64)
+    assert stats.kstest(u, "uniform").statistic <= math.sqrt(-0.5 * math.log(1e-3 / 2)) / math.sqrt(u.size)
+    d = np.concatenate([o[1].ravel() for o in outs]).astype(np.float64)
+    assert set(np.unique(d).tolist()) <= {0.0, float(np.float32(1 / 0.9))}
+    assert abs(np.mean(d == 0) - 0.1) <= 5 * math.sqrt(0.09 / d.size)
+    c = np.concatenate([o[3].reshape(-1, 3) for o in outs])
+    assert np.all(c.sum(1) == 1.0) and np.all(np.abs(c.mean(0) - 1 / 3) <= 5 * math.sqrt(2 / 9 / len(c)))
+    # fresh draws every call (the session does not replay one sequence per call)
+    assert not np.array_equal(outs[0][0], outs[1][0])
