@@ -57,6 +57,13 @@ BENCHES: List[Bench] = [
                              f"--data {CWRU} --recipe cwru-mc-dropout --out runs/bench/search "
                              "--tables-json results/compress_search.json {mode}", full="--trials 24 --population 8",
           writes=("compress_search",), needs=("compress_frontier",)),
+    Bench("compress_bytes", f"python bench/compress_frontier.py --cwru {CWRU} --teachers mc_dropout --losses kl+uq "
+                            "--prune-flops --quantize-sensitivity fisher --quantize-target-ratio 6 "
+                            "--size-reference shipped short-names --out runs/bench/compress_bytes "
+                            "--bytes-json results/compress_bytes.json {mode}", writes=("compress_bytes",)),
+    Bench("noise_share", "python bench/noise_share.py --recipes cwru-variational cwru-mc-dropout cwru-hsa cwru-laplace "
+                         "cwru-ensemble cwru-student bearing-demo --json results/noise_share.json {mode}",
+          writes=("noise_share",)),
     Bench("shifts", f"python bench/shifts.py --data {CWRU} --work runs/bench/shifts {{mode}}", writes=("shifts",)),
     Bench("order_front_end", f"python bench/order_front_end.py --cwru {CWRU} --work runs/bench/order_front_end "
                              "--json results/order_front_end.json {mode}", writes=("order_front_end",)),
