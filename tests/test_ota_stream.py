@@ -1,0 +1,347 @@
+"""OTA fault suite, part 6: resumable, streamed downloads (issue 21 item 3).
+
+A static server on 127.0.0.1 that honours ``Range`` (bench/ota_stream_memory.py's
+RangeRepoServer) drops the bundle download mid-body, ignores the range, lies in its
+``Content-Range`` or stalls the resumed body; the device updater resumes with ``Range``,
+restarts from zero on a ``200``, refuses a lying ``206`` and keeps its wall-clock deadline
+across resumes. The archive is hashed as it arrives and extracted member by member into the
+inactive slot; a big bundle installs with bounded extra peak RSS (a real update child).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import tarfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+
+from ota_support import (BOARD, MODEL, World, build_world, bundle_files, device_snapshot, expect_refused, tar_of,
+                         update, write_tree)
+
+from tuf.api import exceptions as tuf_ex
+
+from edgeuq_runtime import load_bundle, sha256_file
+from edgeuq_runtime.ota import core, current_bundle
+from edgeuq_runtime.ota.archive import BundleArchive, pack_bundle
+from edgeuq_runtime.ota.errors import UpdateRefused
+from edgeuq_runtime.ota.fetchers import (HttpFetcher, RangeMismatchError, download_to_file, parse_content_range)
+from edgeuq_runtime.ota.updater import UpdateConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_DELTA = UpdateConfig(attempts=2, healthy_needed=3, threads=1, delta=False)
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("ota_stream_memory", ROOT / "bench" / "ota_stream_memory.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+BENCH = _bench()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    return build_world(tmp_path_factory.mktemp("ota-stream-world"))
+
+
+def _fetcher(deadline_s: float = 10.0, read_timeout: float = 2.0) -> HttpFetcher:
+    return HttpFetcher(connect_timeout=2.0, read_timeout=read_timeout, deadline_s=deadline_s)
+
+
+def _served(world, tmp_path):
+    sim, dev = world.fresh(tmp_path)
+    sim.release(world.bundles["r2"])
+    target = sim.url_of(core.bundle_target_path(BOARD, MODEL, 2))
+    return dev, write_tree(sim.files, tmp_path / "www"), target
+
+
+def _bundle_requests(srv, target: str):
+    return [(rng, status) for rel, rng, status in srv.requests if rel == target]
+
+
+def _assert_installed_r2(world, dev: Path) -> None:
+    """The slot now serving holds exactly r2's files: the same sha256 for each, computed here."""
+    served = current_bundle(dev)
+    want = {n: hashlib.sha256(b).hexdigest() for n, b in bundle_files(world.bundles["r2"]).items()}
+    got = {n: sha256_file(served / n) for n in want}
+    assert got == want
+    assert load_bundle(served, verify=True).digest == sha256_file(world.bundles["r2"] / "manifest.json")
+
+
+# -- over HTTP ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("drops", [1, 3])
+def test_dropped_connection_resumes_with_range_and_the_hash_matches(world, tmp_path, drops):
+    dev, www, target = _served(world, tmp_path)
+    size = (www / target).stat().st_size
+    with BENCH.RangeRepoServer(www) as srv:
+        srv.drops[target] = drops
+        out = update(dev, _fetcher(), srv.url, NO_DELTA)
+    assert out["status"] == "installed" and out["release"] == 2 and out["delta"] is False
+    assert out["download"] == {"resumes": drops, "restarts": 0, "bytes": size}
+    reqs = _bundle_requests(srv, target)
+    assert reqs[0] == (None, 200) and len(reqs) == drops + 1
+    offsets = [int(rng.split("=")[1].rstrip("-")) for rng, status in reqs[1:]]
+    assert all(status == 206 for _, status in reqs[1:])
+    # each resume starts where the previous response broke off (40% of what it promised)
+    expect, done = [], 0
+    for _ in range(drops):
+        done += int((size - done) * 0.4)
+        expect.append(done)
+    assert offsets == expect
+    _assert_installed_r2(world, dev)
+
+
+def test_server_ignoring_range_restarts_from_zero(world, tmp_path):
+    dev, www, target = _served(world, tmp_path)
+    with BENCH.RangeRepoServer(www) as srv:
+        srv.drops[target] = 1
+        srv.ignore_range.add(target)
+        out = update(dev, _fetcher(), srv.url, NO_DELTA)
+    assert out["status"] == "installed" and out["download"]["restarts"] == 1 and out["download"]["resumes"] == 0
+    reqs = _bundle_requests(srv, target)
+    assert reqs[0] == (None, 200) and reqs[1][0] is not None and reqs[1][1] == 200  # asked for a range, got it all
+    _assert_installed_r2(world, dev)
+
+
+@pytest.mark.parametrize("lie", ["start", "total", "malformed"])
+def test_lying_content_range_is_refused(world, tmp_path, lie):
+    dev, www, target = _served(world, tmp_path)
+    with BENCH.RangeRepoServer(www) as srv:
+        srv.drops[target] = 1
+        srv.lie[target] = lie
+        err = expect_refused(dev, _fetcher(), {"download-range"}, repo_url=srv.url, config=NO_DELTA)
+    assert "Content-Range" in str(err)
+    assert [s for _, s in _bundle_requests(srv, target)] == [200, 206]  # refused at the first lying 206
+    assert not (dev / "slots" / "b.tmp").exists()
+
+
+def test_resume_past_the_deadline_is_refused_without_hanging(world, tmp_path):
+    dev, www, target = _served(world, tmp_path)
+    with BENCH.RangeRepoServer(www) as srv:
+        srv.drops[target] = 1
+        srv.stall_ranged.add(target)   # the resumed body drips a byte every 0.2 s: no read timeout
+        t0 = time.monotonic()
+        err = expect_refused(dev, _fetcher(deadline_s=2.0, read_timeout=1.0), {"download-slow"}, repo_url=srv.url,
+                             config=NO_DELTA)
+        took = time.monotonic() - t0
+    assert "deadline" in str(err)
+    assert [s for _, s in _bundle_requests(srv, target)] == [200, 206]  # it did resume, then ran out of time
+    assert took < 12.0, took  # the refresh and the one download share nothing but the 2 s deadline per file
+
+
+def test_resumes_are_bounded(world, tmp_path):
+    dev, www, target = _served(world, tmp_path)
+    cfg = UpdateConfig(attempts=2, healthy_needed=3, threads=1, delta=False, max_resumes=2)
+    with BENCH.RangeRepoServer(www) as srv:
+        srv.drops[target] = 50
+        err = expect_refused(dev, _fetcher(), {"download"}, repo_url=srv.url, config=cfg)
+    assert "gave up after 2 resumes" in str(err)
+    assert len(_bundle_requests(srv, target)) == 3
+
+
+def test_bytes_after_a_resume_are_hashed_too(world, tmp_path):
+    dev, www, target = _served(world, tmp_path)
+    p = www / target
+    data = bytearray(p.read_bytes())
+    data[-300] ^= 1   # past the 40% the first response delivers: only the resumed 206 carries it
+    p.write_bytes(bytes(data))
+    with BENCH.RangeRepoServer(www) as srv:
+        srv.drops[target] = 1
+        expect_refused(dev, _fetcher(), {"target-hash"}, repo_url=srv.url, config=NO_DELTA)
+    assert [s for _, s in _bundle_requests(srv, target)] == [200, 206]
+
+
+# -- download_to_file without a network ---------------------------------------------------------------------
+class _Flaky:
+    """A fetcher whose transfers break after ``cut`` bytes, ``breaks`` times; ``ranged`` chooses
+    whether it resumes (fetch_from) or only restarts (plain _fetch / fetch)."""
+
+    def __init__(self, data: bytes, breaks: int, cut: int, ranged: bool) -> None:
+        self.data, self.breaks, self.cut = data, breaks, cut
+        self.calls: List[int] = []
+        if ranged:
+            self.fetch_from = self._fetch_from
+
+    def _gen(self, start: int) -> Iterator[bytes]:
+        end = len(self.data)
+        if self.breaks > 0:
+            self.breaks -= 1
+            end = min(end, start + self.cut)
+        for i in range(start, end, 7):
+            yield self.data[i:min(i + 7, end)]
+        if end < len(self.data):
+            raise tuf_ex.DownloadError("connection reset")
+
+    def _fetch_from(self, url, offset, total, deadline_at=None):
+        self.calls.append(offset)
+        return offset, self._gen(offset)
+
+    def fetch(self, url):
+        self.calls.append(0)
+        return self._gen(0)
+
+
+@pytest.mark.parametrize("ranged", [True, False])
+def test_download_to_file_hashes_across_resumes(tmp_path, ranged):
+    data = bytes(range(256)) * 40
+    f = _Flaky(data, breaks=3, cut=1000, ranged=ranged)
+    dl = download_to_file(f, "x://t", tmp_path / "t.bin", len(data), ["sha256", "sha512"])
+    assert (tmp_path / "t.bin").read_bytes() == data
+    assert dl.hashes == {"sha256": hashlib.sha256(data).hexdigest(), "sha512": hashlib.sha512(data).hexdigest()}
+    assert dl.length == len(data)
+    if ranged:
+        assert (dl.resumes, dl.restarts) == (3, 0) and f.calls == [0, 1000, 2000, 3000]
+    else:
+        assert (dl.resumes, dl.restarts) == (0, 3) and f.calls == [0, 0, 0, 0]  # a restart from zero each time
+
+
+def test_download_to_file_refuses_more_than_the_signed_length(tmp_path):
+    f = _Flaky(b"y" * 5000, breaks=0, cut=0, ranged=True)
+    with pytest.raises(tuf_ex.DownloadLengthMismatchError):
+        download_to_file(f, "x://t", tmp_path / "t.bin", 4999, ["sha256"])
+
+
+@pytest.mark.parametrize("header,ok", [
+    ("bytes 100-999/1000", True), ("bytes 99-999/1000", False), ("bytes 100-998/1000", False),
+    ("bytes 100-1099/1100", False), ("bytes 100-999/*", False), ("bytes=100-999/1000", False), (None, False),
+    ("bytes 100-999/1000 ", True), ("bytes 0100-999/1000", True),
+])
+def test_content_range_must_continue_the_file(header, ok):
+    if ok:
+        parse_content_range(header, 100, 1000)
+    else:
+        with pytest.raises(RangeMismatchError):
+            parse_content_range(header, 100, 1000)
+
+
+# -- the archive read member by member ------------------------------------------------------------------------
+def _open(data: bytes, max_total: int) -> BundleArchive:
+    return BundleArchive(io.BytesIO(data), max_total=max_total)
+
+
+def test_bundle_archive_reads_members_in_bounded_memory(tmp_path):
+    big = b"\x5a" * (24 << 20)
+    data = tar_of({"manifest.json": b"{}", "weights.bin": big})
+    path = tmp_path / "a.tar"
+    path.write_bytes(data)
+    del data
+    with open(path, "rb") as fh:
+        tracemalloc.start()
+        try:
+            arch = BundleArchive(fh, max_total=path.stat().st_size)
+            h = hashlib.sha256()
+            for block in arch.chunks("weights.bin"):
+                h.update(block)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert h.hexdigest() == hashlib.sha256(big).hexdigest()
+    assert peak < 4 << 20, peak   # a 24 MB member through 1 MiB pieces
+
+
+def _sparse(tar):
+    info = tarfile.TarInfo("weights.bin")
+    info.type = tarfile.GNUTYPE_SPARSE
+    info.size = 0
+    tar.addfile(info)
+
+
+def _symlink(tar):
+    info = tarfile.TarInfo("link")
+    info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    tar.addfile(info)
+
+
+ARCHIVE_CASES = [
+    ("traversal", {"manifest.json": b"{}", "../evil": b"x"}, None),
+    ("absolute", {"manifest.json": b"{}", "/etc/evil": b"x"}, None),
+    ("not-normal", {"manifest.json": b"{}", "a/./b": b"x"}, None),
+    ("file-and-dir", {"manifest.json": b"{}", "x": b"1", "x/y": b"2"}, None),
+    ("no-manifest", {"weights.bin": b"x"}, None),
+    ("symlink", {"manifest.json": b"{}"}, _symlink),
+]
+
+
+@pytest.mark.parametrize("name,files,extra", ARCHIVE_CASES, ids=[c[0] for c in ARCHIVE_CASES])
+def test_bundle_archive_keeps_every_member_check(name, files, extra):
+    data = tar_of(files, extra)
+    with pytest.raises(UpdateRefused) as ei:
+        _open(data, len(data))
+    assert ei.value.reason == "archive"
+
+
+def test_bundle_archive_refuses_duplicates_and_sizes_beyond_the_signed_length():
+    dup = tar_of({"manifest.json": b"{}"}, lambda t: t.addfile(_info("manifest.json", 2), io.BytesIO(b"{}")))
+    with pytest.raises(UpdateRefused, match="appears twice"):
+        _open(dup, len(dup))
+    data = tar_of({"manifest.json": b"{}", "w.bin": b"z" * 5000})
+    with pytest.raises(UpdateRefused, match="declare more than 4000"):
+        _open(data, 4000)   # the signed length is smaller than what the members declare
+
+
+def _info(name: str, size: int) -> tarfile.TarInfo:
+    i = tarfile.TarInfo(name)
+    i.size = size
+    return i
+
+
+def test_bundle_archive_refuses_a_sparse_member():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(_info("manifest.json", 2), io.BytesIO(b"{}"))
+    raw = bytearray(buf.getvalue())
+    raw[156] = ord("S")   # the manifest's typeflag -> GNU sparse (a member that expands past its bytes)
+    raw[148:156] = b" " * 8
+    raw[148:156] = f"{sum(raw[:512]):06o}\0 ".encode()
+    with pytest.raises(UpdateRefused) as ei:
+        _open(bytes(raw), len(raw))
+    assert ei.value.reason == "archive"
+
+
+@pytest.mark.parametrize("cut", [512 * 3 + 1000, 512 * 3 + 4095, 700])
+def test_truncated_archive_is_refused_before_extraction(cut):
+    data = tar_of({"manifest.json": b"{}", "w.bin": b"q" * 4096})
+    with pytest.raises(UpdateRefused) as ei:
+        _open(data[:cut], 10 ** 6)   # w.bin (or the manifest) declares more bytes than the file holds
+    assert ei.value.reason == "archive"
+
+
+def test_member_shrinking_under_the_reader_is_refused():
+    data = tar_of({"manifest.json": b"{}", "w.bin": b"q" * 4096})
+    fh = io.BytesIO(data)
+    arch = BundleArchive(fh, max_total=len(data))
+    fh.truncate(512 * 3 + 1000)   # the file changes after its headers were checked
+    with pytest.raises(UpdateRefused, match="truncated"):
+        b"".join(arch.chunks("w.bin"))
+
+
+def test_refused_bundle_leaves_no_half_written_slot(world, tmp_path):
+    """A file list that differs from the manifest is refused before extraction; the device is untouched."""
+    sim, dev = world.fresh(tmp_path)
+    from ota_support import release_meta
+    files = bundle_files(world.bundles["r2"])
+    files["surplus.bin"] = b"not in the manifest"
+    sim.raw_release(tar_of(files), release_meta(world.bundles["r2"], 2))
+    expect_refused(dev, sim, {"bundle-integrity"}, config=NO_DELTA)
+    assert not (dev / "slots" / "b.tmp").exists() and not (dev / "slots" / "b").exists()
+
+
+# -- memory: a real update child, big vs small bundle -----------------------------------------------------------
+@pytest.mark.slow
+def test_big_bundle_installs_with_bounded_extra_peak_rss(tmp_path):
+    """64 MB payload over HTTP with one dropped connection: the update child's peak RSS exceeds the
+    small bundle's by less than 32 MB (an install that held the archive in memory even once would
+    add at least 64 MB)."""
+    doc = BENCH.measure(tmp_path, payload_mb=64, pairs=1, drops=1, log=lambda *a: None)
+    pair = doc["pairs"][0]
+    assert pair["big"]["verified"] and pair["small"]["verified"]
+    assert pair["big"]["download"]["resumes"] == 1 and pair["big"]["ranged_requests"] == 1
+    assert pair["big"]["fetched_bytes"] > 64 << 20
+    assert pair["extra_mb"] < 32.0, pair
