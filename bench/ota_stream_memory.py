@@ -5,7 +5,8 @@ Both installs are real ``python -m edgeuq_runtime update`` child processes (TUF 
 download with sha256 while the bytes arrive, member-by-member extraction into the inactive slot,
 canaries, slot verification, flip) against a repository served over HTTP on 127.0.0.1 by a
 static server in this process (it streams files and honours ``Range``). The peak RSS of each
-child is its ``ru_maxrss`` from ``os.wait4``; "extra" is big minus small, paired per repeat,
+child is its ``ru_maxrss`` from ``os.wait4`` in a minimal launcher process (so the bench's own
+memory is not inherited into the child's count); "extra" is big minus small, paired per repeat,
 the pairs run in random order.
 
 Bundles: the small one is the synthetic two-graph model of ``bench/ota.py`` (~2.9 MB fp32,
@@ -18,7 +19,7 @@ memory a model needs to load its own weights (which a device must have anyway to
 
     python bench/ota_stream_memory.py                       # 500 MB payload, 2 pairs
     python bench/ota_stream_memory.py --quick               # 64 MB payload, 1 pair
-    python bench/ota_stream_memory.py --drops 2             # the big download is also cut twice mid-body
+    python bench/ota_stream_memory.py --drops 0             # the big download is never cut (default: once)
     python bench/ota_stream_memory.py --json results/ota_stream_memory.json
 """
 from __future__ import annotations
@@ -55,7 +56,9 @@ class RangeRepoServer:
       the body they promised and close the connection (a dropped connection);
     * ``ignore_range``: suffixes answered ``200`` with the whole file whatever the Range;
     * ``lie[suffix]``: a Range request is answered ``206`` with a wrong ``Content-Range``
-      (``"start"``: another first byte, ``"total"``: another length, ``"malformed"``);
+      (``"start"``: another first byte, ``"total"``: another length, ``"malformed"``,
+      ``"missing"``: no Content-Range header at all);
+    * ``range_status[suffix] = code``: a Range request is answered with that error status;
     * ``stall_ranged``: suffixes whose Range requests get headers, then one byte every
       ``drip_s`` seconds (never a read timeout; only the client's deadline ends it).
 
@@ -68,6 +71,7 @@ class RangeRepoServer:
         self.drop_fraction = 0.4
         self.ignore_range: set = set()
         self.lie: Dict[str, str] = {}
+        self.range_status: Dict[str, int] = {}
         self.stall_ranged: set = set()
         self.drip_s = 0.2
         self.requests: List[Tuple[str, Optional[str], int]] = []
@@ -91,6 +95,13 @@ class RangeRepoServer:
                 size = path.stat().st_size
                 start = 0
                 m = re.fullmatch(r"bytes=(\d+)-", rng or "")
+                bad = outer.range_status.get(outer._match(rel, outer.range_status) or "")
+                if rng and bad:
+                    outer._log(rel, rng, bad)
+                    self.send_response(bad)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if rng and m and not outer._match(rel, outer.ignore_range):
                     start = int(m.group(1))
                     if start >= size:
@@ -104,7 +115,7 @@ class RangeRepoServer:
                     crange = {None: f"bytes {start}-{size - 1}/{size}",
                               "start": f"bytes {max(0, start - 100)}-{size - 1}/{size}",
                               "total": f"bytes {start}-{size + 99}/{size + 100}",
-                              "malformed": "bytes whatever"}[lie]
+                              "malformed": "bytes whatever", "missing": None}[lie]
                     status = 206
                 else:
                     status = 200
@@ -117,7 +128,7 @@ class RangeRepoServer:
                 outer._log(rel, rng, status)
                 self.send_response(status)
                 self.send_header("Content-Length", str(body_len))
-                if status == 206:
+                if status == 206 and crange is not None:
                     self.send_header("Content-Range", crange)
                 self.end_headers()
                 limit = int(body_len * outer.drop_fraction) if drop else body_len
@@ -216,6 +227,29 @@ def publish(bundle: Path, repo: Path, keys: Path, board: str) -> int:
     return publish_bundle(bundle, repo, keys, board).full_bytes
 
 
+# A minimal launcher (no site, os/json/resource only): it forks and execs the updater and reports
+# the child's ru_maxrss from wait4. Linux counts the memory a child held *before* exec (a copy of
+# its parent) in its ru_maxrss, so the updater must not be forked from this (big) process: here
+# the pre-exec copy is the launcher's ~10 MB, far below the updater's own peak.
+LAUNCHER = r"""
+import json, os, resource, sys
+argv = json.loads(sys.argv[1])
+out = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+err = os.open(sys.argv[3], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+pid = os.fork()
+if pid == 0:
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    try:
+        os.execv(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+print(json.dumps({"exit": os.waitstatus_to_exitcode(status), "maxrss_kb": ru.ru_maxrss,
+                  "launcher_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
 def install_rss(repo_url: str, repo_dir: Path, dev: Path, board: str, model: str, timeout: float = 900.0
                 ) -> Dict[str, Any]:
     """One ``python -m edgeuq_runtime update`` child on a fresh device; its peak RSS (wait4)."""
@@ -224,30 +258,23 @@ def install_rss(repo_url: str, repo_dir: Path, dev: Path, board: str, model: str
     cmd = [sys.executable, "-m", "edgeuq_runtime", "update", "--root", str(dev), "--repo", repo_url, "--board", board,
            "--model", model, "--trust-root", str(repo_dir / "metadata" / "1.root.json"), "--json"]
     t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.05)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryDirectory() as logs:
+        out, err = Path(logs) / "out", Path(logs) / "err"
+        res = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, json.dumps(cmd), str(out), str(err)],
+                             env=env, capture_output=True, text=True, timeout=timeout)
         seconds = time.perf_counter() - t0
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"update child failed (exit {proc.returncode}): {stderr[-2000:]}")
+        stdout, stderr = out.read_text(errors="replace"), err.read_text(errors="replace")
+    if res.returncode != 0:
+        raise RuntimeError(f"launcher failed (exit {res.returncode}): {res.stderr[-2000:]}")
+    usage = json.loads(res.stdout)
+    if usage["exit"] != 0:
+        raise RuntimeError(f"update child failed (exit {usage['exit']}): {stderr[-2000:]}")
     rec = json.loads(stdout)
     if rec.get("status") != "installed":
         raise RuntimeError(f"update child did not install: {rec}")
-    return {"peak_rss_mb": usage.ru_maxrss / 1024.0, "seconds": seconds, "release": rec["release"],
-            "fetched_bytes": rec["bytes"], "download": rec.get("download", {}), "slot": rec["slot"]}
+    return {"peak_rss_mb": usage["maxrss_kb"] / 1024.0, "launcher_rss_mb": usage["launcher_maxrss_kb"] / 1024.0,
+            "seconds": seconds, "release": rec["release"], "fetched_bytes": rec["bytes"],
+            "download": rec.get("download", {}), "slot": rec["slot"]}
 
 
 def verify_install(dev: Path, bundle: Path) -> bool:
@@ -321,7 +348,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--payload-mb", type=float, default=500.0)
     ap.add_argument("--pairs", type=int, default=2)
-    ap.add_argument("--drops", type=int, default=0, help="cut the big download this many times mid-body (resumed)")
+    ap.add_argument("--drops", type=int, default=1,
+                    help="cut the big download this many times mid-body, resumed with Range (default 1; 0: never)")
     ap.add_argument("--quick", action="store_true", help="64 MB payload, 1 pair (mode quick)")
     ap.add_argument("--json", type=Path, default=Path("results/ota_stream_memory.json"))
     ap.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one)")
@@ -352,7 +380,11 @@ def main(argv=None) -> int:
     print(f"\n(real `python -m edgeuq_runtime update` children over HTTP on 127.0.0.1; peak RSS = ru_maxrss from "
           f"wait4; the big bundle is the small model plus a {a.payload_mb:g} MB data file listed in manifest.files, "
           "not weights the graphs load; extra = big - small per pair)")
-    write_results(a.json, {"headers": hdr, "rows": rows, "measurement": doc}, command, prov)
+    note = (f"Real `python -m edgeuq_runtime update` children over HTTP on 127.0.0.1, {a.pairs} pair(s) in random "
+            f"order; peak RSS = ru_maxrss (wait4). The big bundle is the small synthetic model plus a "
+            f"{a.payload_mb:g} MB data file listed in manifest.files (not weights the graphs load)"
+            + (f"; its download was cut {a.drops} time(s) mid-body and resumed with Range" if a.drops else "") + ".")
+    write_results(a.json, {"headers": hdr, "rows": rows, "note": note, "measurement": doc}, command, prov)
     print(f"wrote {a.json}")
     return 0 if doc["met"] else 1
 

@@ -20,7 +20,7 @@ from typing import Iterator, List
 
 import pytest
 
-from ota_support import (BOARD, MODEL, World, build_world, bundle_files, device_snapshot, expect_refused, tar_of,
+from ota_support import (BOARD, MODEL, World, build_world, bundle_files, expect_refused, release_meta, tar_of,
                          update, write_tree)
 
 from tuf.api import exceptions as tuf_ex
@@ -76,25 +76,27 @@ def _assert_installed_r2(world, dev: Path) -> None:
 
 
 # -- over HTTP ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("drops", [1, 3])
-def test_dropped_connection_resumes_with_range_and_the_hash_matches(world, tmp_path, drops):
+@pytest.mark.parametrize("drops,fraction", [(1, 0.4), (3, 0.4), (2, 0.0), (1, 0.99)],
+                         ids=["once-at-40%", "three-times", "twice-before-the-first-byte", "once-at-99%"])
+def test_dropped_connection_resumes_with_range_and_the_hash_matches(world, tmp_path, drops, fraction):
     dev, www, target = _served(world, tmp_path)
     size = (www / target).stat().st_size
     with BENCH.RangeRepoServer(www) as srv:
         srv.drops[target] = drops
+        srv.drop_fraction = fraction
         out = update(dev, _fetcher(), srv.url, NO_DELTA)
     assert out["status"] == "installed" and out["release"] == 2 and out["delta"] is False
-    assert out["download"] == {"resumes": drops, "restarts": 0, "bytes": size}
+    assert out["download"] == {"resumes": drops if fraction else 0, "restarts": 0, "bytes": size}
     reqs = _bundle_requests(srv, target)
     assert reqs[0] == (None, 200) and len(reqs) == drops + 1
-    offsets = [int(rng.split("=")[1].rstrip("-")) for rng, status in reqs[1:]]
-    assert all(status == 206 for _, status in reqs[1:])
-    # each resume starts where the previous response broke off (40% of what it promised)
+    # each resume starts where the previous response broke off (``fraction`` of what it promised);
+    # a drop before the first byte is retried from 0 (no Range header: nothing to resume)
     expect, done = [], 0
     for _ in range(drops):
-        done += int((size - done) * 0.4)
+        done += int((size - done) * fraction)
         expect.append(done)
-    assert offsets == expect
+    assert [rng for rng, _ in reqs[1:]] == [f"bytes={n}-" if n else None for n in expect]
+    assert [st for _, st in reqs[1:]] == [206 if n else 200 for n in expect]
     _assert_installed_r2(world, dev)
 
 
@@ -110,7 +112,7 @@ def test_server_ignoring_range_restarts_from_zero(world, tmp_path):
     _assert_installed_r2(world, dev)
 
 
-@pytest.mark.parametrize("lie", ["start", "total", "malformed"])
+@pytest.mark.parametrize("lie", ["start", "total", "malformed", "missing"])
 def test_lying_content_range_is_refused(world, tmp_path, lie):
     dev, www, target = _served(world, tmp_path)
     with BENCH.RangeRepoServer(www) as srv:
@@ -119,6 +121,42 @@ def test_lying_content_range_is_refused(world, tmp_path, lie):
         err = expect_refused(dev, _fetcher(), {"download-range"}, repo_url=srv.url, config=NO_DELTA)
     assert "Content-Range" in str(err)
     assert [s for _, s in _bundle_requests(srv, target)] == [200, 206]  # refused at the first lying 206
+
+
+@pytest.mark.parametrize("code,reason", [(416, "download-http"), (500, "download-http"), (404, "download-http")])
+def test_error_status_to_a_range_request_is_refused(world, tmp_path, code, reason):
+    dev, www, target = _served(world, tmp_path)
+    with BENCH.RangeRepoServer(www) as srv:
+        srv.drops[target] = 1
+        srv.range_status[target] = code
+        err = expect_refused(dev, _fetcher(), {reason}, repo_url=srv.url, config=NO_DELTA)
+    assert f"HTTP {code}" in str(err) and "Range: bytes=" in str(err)
+    assert [s for _, s in _bundle_requests(srv, target)] == [200, code]
+
+
+def test_dropped_metadata_download_is_refused_then_the_next_run_installs(world, tmp_path):
+    """Metadata goes through tuf (small, never resumed): a drop refuses this run cleanly."""
+    dev, www, target = _served(world, tmp_path)
+    with BENCH.RangeRepoServer(www) as srv:
+        srv.drops["timestamp.json"] = 1
+        expect_refused(dev, _fetcher(), {"download"}, repo_url=srv.url, config=NO_DELTA)
+        out = update(dev, _fetcher(), srv.url, NO_DELTA)
+    assert out["status"] == "installed" and out["release"] == 2
+    _assert_installed_r2(world, dev)
+
+
+def test_dropped_delta_download_is_refused_then_the_next_run_installs(world, tmp_path):
+    """A delta is small and goes through tuf's download (not resumed): a drop refuses this run."""
+    sim, dev = world.fresh(tmp_path)
+    res = sim.release(world.bundles["r2"])
+    assert res.deltas, "r2 publishes a delta against r1"
+    www = write_tree(sim.files, tmp_path / "www")
+    with BENCH.RangeRepoServer(www) as srv:
+        srv.drops[".bsdiff"] = 1
+        expect_refused(dev, _fetcher(), {"download"}, repo_url=srv.url)
+        out = update(dev, _fetcher(), srv.url)
+    assert out["status"] == "installed" and out["delta"] is True
+    _assert_installed_r2(world, dev)
     assert not (dev / "slots" / "b.tmp").exists()
 
 
@@ -246,35 +284,90 @@ def test_bundle_archive_reads_members_in_bounded_memory(tmp_path):
     assert peak < 4 << 20, peak   # a 24 MB member through 1 MiB pieces
 
 
-def _sparse(tar):
-    info = tarfile.TarInfo("weights.bin")
-    info.type = tarfile.GNUTYPE_SPARSE
-    info.size = 0
-    tar.addfile(info)
+def _member(name: str, kind: bytes, data: bytes = b"", linkname: str = "") -> callable:
+    def add(tar):
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname, info.size = kind, linkname, len(data)
+        tar.addfile(info, io.BytesIO(data) if data else None)
+    return add
 
 
-def _symlink(tar):
-    info = tarfile.TarInfo("link")
-    info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
-    tar.addfile(info)
+def _pax_member(tar):
+    info = tarfile.TarInfo("notes.txt")
+    info.pax_headers = {"path": "../../escape.txt"}   # a pax record renaming the member
+    info.size = 1
+    tar.addfile(info, io.BytesIO(b"x"))
 
 
-ARCHIVE_CASES = [
-    ("traversal", {"manifest.json": b"{}", "../evil": b"x"}, None),
-    ("absolute", {"manifest.json": b"{}", "/etc/evil": b"x"}, None),
-    ("not-normal", {"manifest.json": b"{}", "a/./b": b"x"}, None),
-    ("file-and-dir", {"manifest.json": b"{}", "x": b"1", "x/y": b"2"}, None),
-    ("no-manifest", {"weights.bin": b"x"}, None),
-    ("symlink", {"manifest.json": b"{}"}, _symlink),
-]
+def _archive_e2e(world, kind: str) -> bytes:
+    """Signed archives the updater must refuse (cases not covered by test_ota_faults/test_ota_redteam)."""
+    files = bundle_files(world.bundles["r2"])
+    if kind == "dot-segment":
+        return tar_of({**files, "a/./b.onnx": b"x"})
+    if kind == "double-slash":
+        return tar_of({**files, "a//b.onnx": b"x"})
+    if kind == "backslash":
+        return tar_of({**files, "..\\evil.onnx": b"x"})
+    if kind == "dot-slash-duplicate":
+        return tar_of({**files, "./head.onnx": files["head.onnx"]})
+    if kind == "long-name-traversal":   # GNU long name (> 100 bytes) that climbs out
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for name, data in {**files, "a/" * 60 + "../" * 70 + "evil.onnx": b"x"}.items():
+                tar.addfile(_info(name, len(data)), io.BytesIO(data))
+        return buf.getvalue()
+    if kind == "hard-link":
+        return tar_of(files, _member("head2.onnx", tarfile.LNKTYPE, linkname="head.onnx"))
+    if kind == "directory":
+        return tar_of(files, _member("extra_dir", tarfile.DIRTYPE))
+    if kind == "fifo":
+        return tar_of(files, _member("pipe", tarfile.FIFOTYPE))
+    if kind == "char-device":
+        return tar_of(files, _member("null", tarfile.CHRTYPE))
+    if kind == "pax-rename":
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name, data in files.items():
+                tar.addfile(_info(name, len(data)), io.BytesIO(data))
+            _pax_member(tar)
+        return buf.getvalue()
+    if kind == "oversized-manifest":   # a 5 MB manifest.json: refused before it is read
+        return tar_of({**files, "manifest.json": b" " * (5 << 20)})
+    if kind == "truncated-mid-member":   # cut 100 bytes into the last member's data
+        data = tar_of(files)
+        return data[:_header_offsets(data)[-1] + 512 + 100]
+    if kind == "member-declares-beyond-archive":
+        data = bytearray(tar_of(files))
+        # the last member's size field (octal at 124..135) rewritten to 8 GiB - 1, checksum fixed
+        off = _header_offsets(bytes(data))[-1]
+        data[off + 124:off + 136] = b"%011o\0" % ((8 << 30) - 1)
+        data[off + 148:off + 156] = b" " * 8
+        data[off + 148:off + 156] = b"%06o\0 " % sum(data[off:off + 512])
+        return bytes(data)
+    raise KeyError(kind)
 
 
-@pytest.mark.parametrize("name,files,extra", ARCHIVE_CASES, ids=[c[0] for c in ARCHIVE_CASES])
-def test_bundle_archive_keeps_every_member_check(name, files, extra):
-    data = tar_of(files, extra)
-    with pytest.raises(UpdateRefused) as ei:
-        _open(data, len(data))
-    assert ei.value.reason == "archive"
+def _header_offsets(data: bytes) -> List[int]:
+    out, off = [], 0
+    while off + 512 <= len(data) and data[off:off + 512].strip(b"\0"):
+        out.append(off)
+        size = int(data[off + 124:off + 135].strip(b"\0 ") or b"0", 8)
+        off += 512 + (size + 511) // 512 * 512
+    return out
+
+
+ARCHIVE_E2E = ["dot-segment", "double-slash", "backslash", "dot-slash-duplicate", "long-name-traversal", "hard-link",
+               "directory", "fifo", "char-device", "pax-rename", "oversized-manifest", "truncated-mid-member",
+               "member-declares-beyond-archive"]
+
+
+@pytest.mark.parametrize("kind", ARCHIVE_E2E)
+def test_signed_hostile_archive_is_refused_by_the_streaming_installer(world, tmp_path, kind):
+    sim, dev = world.fresh(tmp_path)
+    sim.raw_release(_archive_e2e(world, kind), release_meta(world.bundles["r2"], 2))
+    expect_refused(dev, sim, {"archive"}, config=NO_DELTA)
+    assert not (dev / "slots" / "b.tmp").exists() and not (dev / "slots" / "b").exists()
+    assert not any(p.name.startswith("escape") or p.name.startswith("evil") for p in tmp_path.rglob("*"))
 
 
 def test_bundle_archive_refuses_duplicates_and_sizes_beyond_the_signed_length():
@@ -322,14 +415,14 @@ def test_member_shrinking_under_the_reader_is_refused():
         b"".join(arch.chunks("w.bin"))
 
 
-def test_refused_bundle_leaves_no_half_written_slot(world, tmp_path):
-    """A file list that differs from the manifest is refused before extraction; the device is untouched."""
+def test_archive_missing_a_listed_file_is_refused_before_extraction(world, tmp_path):
+    """An archive without a file its manifest lists is refused before a byte is extracted."""
     sim, dev = world.fresh(tmp_path)
-    from ota_support import release_meta
     files = bundle_files(world.bundles["r2"])
-    files["surplus.bin"] = b"not in the manifest"
+    del files["head.onnx"]
     sim.raw_release(tar_of(files), release_meta(world.bundles["r2"], 2))
-    expect_refused(dev, sim, {"bundle-integrity"}, config=NO_DELTA)
+    err = expect_refused(dev, sim, {"bundle-integrity"}, config=NO_DELTA)
+    assert "missing ['head.onnx']" in str(err)
     assert not (dev / "slots" / "b.tmp").exists() and not (dev / "slots" / "b").exists()
 
 
