@@ -86,7 +86,8 @@ def test_dropped_connection_resumes_with_range_and_the_hash_matches(world, tmp_p
         srv.drop_fraction = fraction
         out = update(dev, _fetcher(), srv.url, NO_DELTA)
     assert out["status"] == "installed" and out["release"] == 2 and out["delta"] is False
-    assert out["download"] == {"resumes": drops if fraction else 0, "restarts": 0, "bytes": size}
+    assert out["download"] == {"resumes": drops if fraction else 0, "restarts": 0, "bytes": size,
+                               "resumed_from_earlier_run": 0}
     reqs = _bundle_requests(srv, target)
     assert reqs[0] == (None, 200) and len(reqs) == drops + 1
     # each resume starts where the previous response broke off (``fraction`` of what it promised);
@@ -438,3 +439,66 @@ def test_big_bundle_installs_with_bounded_extra_peak_rss(tmp_path):
     assert pair["big"]["download"]["resumes"] == 1 and pair["big"]["ranged_requests"] == 1
     assert pair["big"]["fetched_bytes"] > 64 << 20
     assert pair["extra_mb"] < 32.0, pair
+
+
+# -- a partial download survives the run that was cut off ---------------------------------------------------
+def _partial(dev: Path) -> List[Path]:
+    d = dev / "downloads"
+    return sorted(d.iterdir()) if d.is_dir() else []
+
+
+def test_partial_download_is_continued_by_the_next_run(world, tmp_path):
+    dev, www, target = _served(world, tmp_path)
+    size = (www / target).stat().st_size
+    cfg = UpdateConfig(attempts=2, healthy_needed=3, threads=1, delta=False, max_resumes=1)
+    with BENCH.RangeRepoServer(www) as srv:
+        srv.drops[target] = 2   # both tries of this run are cut: refused, the partial kept
+        expect_refused(dev, _fetcher(), {"download"}, repo_url=srv.url, config=cfg)
+    parts = _partial(dev)
+    sha = target.rsplit("/", 1)[1].split(".", 1)[0]
+    assert [p.name for p in parts] == [f"{sha}.part"]
+    kept = parts[0].stat().st_size
+    assert kept == int(size * 0.4) + int((size - int(size * 0.4)) * 0.4)
+    assert parts[0].read_bytes() == (www / target).read_bytes()[:kept]
+    with BENCH.RangeRepoServer(www) as srv:   # the next run (say after a reboot): continues at byte `kept`
+        out = update(dev, _fetcher(), srv.url, NO_DELTA)
+    assert out["status"] == "installed" and out["download"]["resumed_from_earlier_run"] == kept
+    assert _bundle_requests(srv, target) == [(f"bytes={kept}-", 206)]
+    assert not (dev / "downloads").exists()
+    _assert_installed_r2(world, dev)
+
+
+def test_corrupt_partial_download_is_discarded_and_started_over(world, tmp_path):
+    dev, www, target = _served(world, tmp_path)
+    sha = target.rsplit("/", 1)[1].split(".", 1)[0]
+    (dev / "downloads").mkdir()
+    (dev / "downloads" / f"{sha}.part").write_bytes(b"\0" * 3000)   # e.g. data lost in a power cut
+    (dev / "downloads" / ("ab" * 32 + ".part")).write_bytes(b"another target's partial")
+    with BENCH.RangeRepoServer(www) as srv:
+        out = update(dev, _fetcher(), srv.url, NO_DELTA)
+    assert out["status"] == "installed" and out["download"]["restarts"] == 1
+    assert _bundle_requests(srv, target) == [("bytes=3000-", 206), (None, 200)]
+    assert not (dev / "downloads").exists()
+    _assert_installed_r2(world, dev)
+
+
+def test_partial_longer_than_the_signed_target_is_not_continued(world, tmp_path):
+    dev, www, target = _served(world, tmp_path)
+    sha = target.rsplit("/", 1)[1].split(".", 1)[0]
+    size = (www / target).stat().st_size
+    (dev / "downloads").mkdir()
+    (dev / "downloads" / f"{sha}.part").write_bytes(b"\1" * (size + 10))
+    with BENCH.RangeRepoServer(www) as srv:
+        out = update(dev, _fetcher(), srv.url, NO_DELTA)
+    assert out["status"] == "installed" and out["download"]["resumed_from_earlier_run"] == 0
+    assert _bundle_requests(srv, target) == [(None, 200)]
+    _assert_installed_r2(world, dev)
+
+
+def test_partial_of_a_lying_range_is_removed(world, tmp_path):
+    dev, www, target = _served(world, tmp_path)
+    with BENCH.RangeRepoServer(www) as srv:
+        srv.drops[target] = 1
+        srv.lie[target] = "start"
+        expect_refused(dev, _fetcher(), {"download-range"}, repo_url=srv.url, config=NO_DELTA)
+    assert _partial(dev) == []

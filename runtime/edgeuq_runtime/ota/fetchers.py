@@ -267,12 +267,18 @@ class Download:
     hashes: Dict[str, str]
     resumes: int      # Range requests answered with a verified 206
     restarts: int     # downloads restarted from byte 0 (a 200 to a Range request, or no range support)
+    resumed_from: int = 0  # bytes of a partial file left by an earlier run that this download continued
 
 
 def download_to_file(fetcher: FetcherInterface, url: str, dest: Path, length: int, algorithms: Sequence[str],
-                     max_resumes: int = MAX_RESUMES, deadline_s: Optional[float] = None) -> Download:
+                     max_resumes: int = MAX_RESUMES, deadline_s: Optional[float] = None,
+                     keep_partial: bool = False) -> Download:
     """Stream ``url`` into ``dest`` (at most ``length`` bytes), hashing with every algorithm in
     ``algorithms`` while writing; resume after a dropped connection (see the module docstring).
+    With ``keep_partial`` a regular file already at ``dest`` (an earlier run's partial download of
+    the same signed target, at most ``length`` bytes) is continued: its bytes are hashed from
+    disk in chunks and the first request asks for the rest with ``Range``. Its bytes are
+    unverified until the end: the caller compares the digests and starts over on a mismatch.
 
     Raises tuf ``DownloadError``s: ``DownloadLengthMismatchError`` past ``length``,
     :class:`RangeMismatchError` for a lying 206, :class:`DeadlineExceeded` when ``deadline_s``
@@ -290,7 +296,22 @@ def download_to_file(fetcher: FetcherInterface, url: str, dest: Path, length: in
     ranged = getattr(fetcher, "fetch_from", None)
     hashers = {a: hashlib.new(a) for a in algos}
     received, resumes, restarts, failures = 0, 0, 0, 0
-    with open(dest, "wb") as fh:
+    dest = Path(dest)
+    mode = "wb"
+    if keep_partial and dest.is_file() and not dest.is_symlink() and dest.stat().st_size <= length:
+        mode = "r+b"
+    with open(dest, mode) as fh:
+        if mode == "r+b":
+            while True:
+                block = fh.read(1 << 20)
+                if not block:
+                    break
+                received += len(block)
+                for h in hashers.values():
+                    h.update(block)
+            fh.seek(received)
+            fh.truncate()
+        resumed_from = received
         while True:
             if deadline_at is not None and time.monotonic() >= deadline_at:
                 raise DeadlineExceeded(f"download of {url} exceeded its {deadline_s:g} s deadline after "
@@ -328,8 +349,8 @@ def download_to_file(fetcher: FetcherInterface, url: str, dest: Path, length: in
                     raise type(exc)(f"{exc} (gave up after {max_resumes} resumes, {received} of {length} "
                                     "bytes in)") from None
         fh.flush()
-    return Download(path=Path(dest), length=received, hashes={a: h.hexdigest() for a, h in hashers.items()},
-                    resumes=resumes, restarts=restarts)
+    return Download(path=dest, length=received, hashes={a: h.hexdigest() for a, h in hashers.items()},
+                    resumes=resumes, restarts=restarts, resumed_from=resumed_from)
 
 
 def fetcher_for(url: str, timeout: Optional[float] = None) -> FetcherInterface:

@@ -7,6 +7,8 @@ Layout under the device root::
     current -> slots/a      the committed slot (an atomic symlink flip switches it)
     state.json              slot descriptions, version floor, pending record, rejected releases
     staging/                downloads in progress (always discarded at boot)
+    downloads/<sha256>.part a bundle download cut off by a transport error, continued by the next
+                            run for the same signed target (any other file there is removed)
     update.lock             flock'ed by whoever changes the device (update, boot, rollback, mark-good)
     trust/roots/N.root.json every TUF root this device verified (written durably; the newest bootstraps)
 
@@ -50,6 +52,7 @@ SLOTS = ("a", "b")
 STATE_VERSION = 1
 RECORD = ".ota-release.json"   # per-slot record (release, digests, good/rejected), for state repair
 LOCK = "update.lock"
+DOWNLOADS = "downloads"
 
 
 def crashpoint(point: str) -> None:
@@ -310,6 +313,9 @@ def cleanup(root: Path) -> None:
         p = lay.root / name
         if os.path.lexists(p):
             remove_path(p)
+    downloads = lay.root / DOWNLOADS   # partial downloads are kept (the updater continues or removes them)
+    if os.path.lexists(downloads) and (downloads.is_symlink() or not downloads.is_dir()):
+        remove_path(downloads)
 
 
 def inactive_slot(root: Path) -> str:

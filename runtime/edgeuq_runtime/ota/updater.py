@@ -255,18 +255,48 @@ class OtaUpdater:
 
     def _download_streamed(self, up, info, name: str) -> Path:
         """Stream a (big) target into ``staging/<name>``: hashed while it arrives, resumed after a
-        dropped connection, compared with the signed length and every signed hash."""
+        dropped connection, compared with the signed length and every signed hash.
+
+        The bytes go to ``downloads/<signed sha256>.part`` first, which survives a run that ends
+        with a transport error (dropped connections past ``max_resumes``, the deadline, a power
+        cut): the next run for the same signed target continues it with ``Range``. A partial of
+        any other target is removed; a continued partial whose digest turns out wrong (local
+        corruption) is discarded and the download starts over once."""
         from .fetchers import download_to_file
 
-        dest = self.root / "staging" / name
-        dl = self._guard(f"downloading {info.path!r}", download_to_file, self.fetcher, self._target_url(up, info),
-                         dest, info.length, sorted(info.hashes), self.config.max_resumes)
-        slots.crashpoint(f"stage.download[{name}]")
+        ddir = self.root / slots.DOWNLOADS
+        if os.path.lexists(ddir) and (ddir.is_symlink() or not ddir.is_dir()):
+            slots.remove_path(ddir)
+        ddir.mkdir(exist_ok=True)
+        part = ddir / f"{core._hex64('sha256', info.hashes.get('sha256'))}.part"  # noqa: SLF001
+        for p in ddir.iterdir():
+            if p.name != part.name:
+                slots.remove_path(p)
+        url = self._target_url(up, info)
+        for attempt in (0, 1):
+            try:
+                dl = self._guard(f"downloading {info.path!r}", download_to_file, self.fetcher, url, part, info.length,
+                                 sorted(info.hashes), self.config.max_resumes, None, True)
+            except UpdateRefused as exc:
+                if exc.reason in ("download-range", "download-length", "download-http"):
+                    slots.remove_path(part)  # nothing worth continuing
+                raise
+            slots.crashpoint(f"stage.download[{name}]")
+            good = dl.length == info.length and all(dl.hashes.get(a) == w for a, w in info.hashes.items())
+            if good or not dl.resumed_from or attempt:
+                break
+            slots.remove_path(part)  # an earlier run's partial was corrupt: start over from byte 0
+        if not good:
+            slots.remove_path(part)
         core.check_hashes(info.path, dl.hashes.get("sha256", ""), dl.length, info.length, info.hashes)
         for alg, want in info.hashes.items():
             if dl.hashes.get(alg) != want:
                 raise UpdateRefused("target-hash", f"{info.path}: {alg} of the download differs from the signed one")
-        self.download = {"resumes": dl.resumes, "restarts": dl.restarts, "bytes": dl.length}
+        dest = self.root / "staging" / name
+        os.replace(part, dest)
+        ddir.rmdir()
+        self.download = {"resumes": dl.resumes, "restarts": dl.restarts + attempt, "bytes": dl.length,
+                         "resumed_from_earlier_run": dl.resumed_from}
         return dest
 
     # -- public --------------------------------------------------------------------------------
@@ -384,7 +414,7 @@ class OtaUpdater:
     def _fetch_release(self, up, info, release: core.Release, link: Optional[str], current: Dict[str, Any]):
         """The release archive in ``staging/bundle.tar``: from a signed delta when one patches the
         installed archive and the archive is small enough to patch in memory, else streamed."""
-        self.download = {"resumes": 0, "restarts": 0, "bytes": 0}
+        self.download = {"resumes": 0, "restarts": 0, "bytes": 0, "resumed_from_earlier_run": 0}
         if self.config.delta and link and isinstance(current.get("release"), int) \
                 and info.length <= self.config.delta_max_bytes:
             base_dir = slots.Layout(self.root).slot(link)
