@@ -502,3 +502,18 @@ def test_partial_of_a_lying_range_is_removed(world, tmp_path):
         srv.lie[target] = "start"
         expect_refused(dev, _fetcher(), {"download-range"}, repo_url=srv.url, config=NO_DELTA)
     assert _partial(dev) == []
+
+
+def test_delta_is_skipped_for_archives_above_the_in_memory_limit(world, tmp_path):
+    """Patching needs the base and the result in memory: above delta_max_bytes the full archive
+    is streamed instead, although a delta is signed for the installed release."""
+    sim, dev = world.fresh(tmp_path)
+    assert sim.release(world.bundles["r2"]).deltas
+    out = update(dev, sim, config=UpdateConfig(attempts=2, healthy_needed=3, threads=1, delta_max_bytes=1000))
+    assert out["status"] == "installed" and out["delta"] is False
+    assert not any(r.startswith("targets/deltas/") for r in sim.requests)
+    _assert_installed_r2(world, dev)
+    sim2, dev2 = world.fresh(tmp_path / "control")
+    sim2.release(world.bundles["r2"])
+    assert update(dev2, sim2)["delta"] is True   # control: with the default limit the delta is used
+    assert any(r.startswith("targets/deltas/") for r in sim2.requests)

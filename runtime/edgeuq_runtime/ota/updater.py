@@ -49,7 +49,8 @@ class UpdateConfig:
     http_timeout: Optional[float] = None
     lock_wait_s: float = 0.0     # wait this long for another running update, then refuse [busy]
     max_resumes: int = 8         # resumes (HTTP Range or restart) of one download after dropped connections
-    delta_max_bytes: int = 32 << 20  # deltas only for archives up to this size (patching is in memory)
+    delta_max_bytes: int = 16 << 20  # deltas only for archives up to this size: patching holds the base,
+    #                                  the patch and the result in memory (about 3x this at most)
 
     def __post_init__(self) -> None:
         for what in ("max_resumes", "delta_max_bytes"):
