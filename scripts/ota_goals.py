@@ -61,6 +61,7 @@ NOT_CASES: Dict[str, str] = {
     "test_bundle_archive_refuses_a_sparse_member": "re-check (sparse tar counted in the red-team suite)",
     "test_truncated_archive_is_refused_before_extraction": "re-check (truncated archive counted end to end)",
     "test_member_shrinking_under_the_reader_is_refused": "unit check of the streaming reader",
+    "test_delta_is_skipped_for_archives_above_the_in_memory_limit": "behaviour check (delta size limit)",
 }
 
 
