@@ -228,12 +228,13 @@ def publish(bundle: Path, repo: Path, keys: Path, board: str) -> int:
     return publish_bundle(bundle, repo, keys, board).full_bytes
 
 
-# A minimal launcher (no site, os/json/resource only): it forks and execs the updater and reports
+# A minimal launcher (no site, os/json/time only): it forks and execs the updater and reports
 # the child's ru_maxrss from wait4. Linux counts the memory a child held *before* exec (a copy of
 # its parent) in its ru_maxrss, so the updater must not be forked from this (big) process: here
-# the pre-exec copy is the launcher's ~10 MB, far below the updater's own peak.
+# the pre-exec copy is the launcher's ~10 MB, far below the updater's own peak. As a cross-check
+# the launcher also samples the child's VmHWM (/proc/PID/status) every 10 ms.
 LAUNCHER = r"""
-import json, os, resource, sys
+import json, os, sys, time
 argv = json.loads(sys.argv[1])
 out = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 err = os.open(sys.argv[3], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -245,9 +246,20 @@ if pid == 0:
         os.execv(argv[0], argv)
     finally:
         os._exit(127)
-_, status, ru = os.wait4(pid, 0)
-print(json.dumps({"exit": os.waitstatus_to_exitcode(status), "maxrss_kb": ru.ru_maxrss,
-                  "launcher_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+hwm = 0
+while True:  # cross-check: the child's VmHWM sampled every 10 ms (a lower bound of its peak)
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    hwm = max(hwm, int(line.split()[1]))
+    except OSError:
+        pass
+    done, status, ru = os.wait4(pid, os.WNOHANG)
+    if done:
+        break
+    time.sleep(0.01)
+print(json.dumps({"exit": os.waitstatus_to_exitcode(status), "maxrss_kb": ru.ru_maxrss, "hwm_sampled_kb": hwm}))
 """
 
 
@@ -273,7 +285,7 @@ def install_rss(repo_url: str, repo_dir: Path, dev: Path, board: str, model: str
     rec = json.loads(stdout)
     if rec.get("status") != "installed":
         raise RuntimeError(f"update child did not install: {rec}")
-    return {"peak_rss_mb": usage["maxrss_kb"] / 1024.0, "launcher_rss_mb": usage["launcher_maxrss_kb"] / 1024.0,
+    return {"peak_rss_mb": usage["maxrss_kb"] / 1024.0, "vmhwm_sampled_mb": usage["hwm_sampled_kb"] / 1024.0,
             "seconds": seconds, "release": rec["release"], "fetched_bytes": rec["bytes"],
             "download": rec.get("download", {}), "slot": rec["slot"]}
 
@@ -318,7 +330,8 @@ def measure(tmp: Path, payload_mb: float, pairs: int, drops: int, seed: int = 0,
             rec["verified"] = verify_install(dev, bundles[which])
             shutil.rmtree(dev)
             pair[which] = rec
-            log(f"  pair {i} {which}: peak RSS {rec['peak_rss_mb']:.1f} MB, {rec['seconds']:.1f} s, "
+            log(f"  pair {i} {which}: peak RSS {rec['peak_rss_mb']:.1f} MB (sampled VmHWM {rec['vmhwm_sampled_mb']:.1f} MB), "
+                f"{rec['seconds']:.1f} s, "
                 f"resumes {rec['download'].get('resumes')}, verified {rec['verified']}")
         pair["extra_mb"] = pair["big"]["peak_rss_mb"] - pair["small"]["peak_rss_mb"]
         runs.append(pair)
