@@ -18,7 +18,8 @@ from typing import BinaryIO, Dict, Iterator, List, Tuple
 from .core import check_archive_members
 from .errors import UpdateRefused
 
-__all__ = ["pack_bundle", "unpack_bundle", "MAX_BUNDLE_BYTES", "BundleArchive", "READ_CHUNK"]
+__all__ = ["pack_bundle", "pack_bundle_to", "bundle_archive_sha256", "unpack_bundle", "MAX_BUNDLE_BYTES",
+           "BundleArchive", "READ_CHUNK"]
 
 MAX_BUNDLE_BYTES = 1 << 30
 READ_CHUNK = 1 << 20
@@ -27,17 +28,48 @@ MANIFEST = "manifest.json"
 
 def pack_bundle(bundle_dir: Path) -> bytes:
     """manifest.json plus every file it lists, sorted, with zeroed owner/time/mode metadata."""
+    buf = io.BytesIO()
+    pack_bundle_to(bundle_dir, buf)
+    return buf.getvalue()
+
+
+class _Sha256Sink:
+    """A write-only file object that only hashes (and counts) what is written."""
+
+    def __init__(self) -> None:
+        import hashlib
+
+        self.digest, self.size = hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+
+def pack_bundle_to(bundle_dir: Path, fileobj: BinaryIO) -> None:
+    """:func:`pack_bundle` written into ``fileobj``, each file streamed (bounded memory); the
+    bytes are exactly :func:`pack_bundle`'s (it is this function on a BytesIO)."""
     bundle_dir = Path(bundle_dir)
     files = json.loads((bundle_dir / MANIFEST).read_text(encoding="utf-8"))["files"]
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name in [MANIFEST] + sorted(files):
-            data = (bundle_dir / name).read_bytes()
+            path = bundle_dir / name
             info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
+            info.size, info.mtime, info.mode, info.uid, info.gid = path.stat().st_size, 0, 0o644, 0, 0
             info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+            with open(path, "rb") as fh:
+                tar.addfile(info, fh)
+
+
+def bundle_archive_sha256(bundle_dir: Path) -> Tuple[str, int]:
+    """(sha256, length) of :func:`pack_bundle`'s archive, computed without holding it in memory."""
+    sink = _Sha256Sink()
+    pack_bundle_to(bundle_dir, sink)  # type: ignore[arg-type]
+    return sink.digest.hexdigest(), sink.size
 
 
 def _kind(m: tarfile.TarInfo) -> str:
