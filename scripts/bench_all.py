@@ -44,6 +44,10 @@ BENCHES: List[Bench] = [
           writes=("runtime_memory",)),
     Bench("serve", "python bench/serve.py --json results/serve.json {mode}", writes=("serve",)),
     Bench("ota", "python bench/ota.py --tables-json results/ota.json {mode}", full="--repeats 5", writes=("ota",)),
+    Bench("ota_stream_memory", "python bench/ota_stream_memory.py --json results/ota_stream_memory.json {mode}",
+          writes=("ota_stream_memory",)),
+    Bench("ota_goals", "python scripts/ota_goals.py --json results/ota_goals.json {mode}", quick="",
+          writes=("ota_goals",)),
     Bench("stream", f"python bench/stream.py --cwru {CWRU} --work runs/bench/stream --alpha 0.01 "
                     "--json results/stream.json {mode}", full="--hours 1", writes=("stream",)),
     Bench("targets", "python scripts/target_table.py all {mode}", writes=("lowering", "lowering_evidence", "profiles")),

@@ -224,7 +224,7 @@ def _serving(dev: Path) -> str:
     return sha256_file(current_bundle(dev) / "manifest.json")
 
 
-def test_fleet_bad_release_halts_itself_after_the_first_stage(fleet, tmp_path):
+def test_fleet_bad_release_halts_itself_after_the_first_stage(fleet, tmp_path, record_property):
     t_start = time.perf_counter()
     repo, devs = fleet.devices(tmp_path)
     drop = tmp_path / "reports"
@@ -268,6 +268,11 @@ def test_fleet_bad_release_halts_itself_after_the_first_stage(fleet, tmp_path):
         if d.name in updated:
             assert spec.sha256 in read_state(d)["rejected"]
     elapsed = time.perf_counter() - t_start
+    # read by scripts/ota_goals.py (every assertion above held when these are recorded)
+    record_property("fleet_devices", len(devs))
+    record_property("stage1_updated", len(updated))
+    record_property("halted_automatically", int(st["rollout"]["halted"]))
+    record_property("rolled_back_to_known_good", len(updated))
     print(f"\nfleet: {FLEET} devices, stage 1 = {len(updated)} updated, halted automatically ({v['reasons'][0]}), "
           f"{len(updated)} rolled back, {elapsed:.1f} s")
 

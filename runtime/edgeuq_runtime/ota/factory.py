@@ -32,16 +32,15 @@ def install_factory(root: Path, bundle_dir: Path, release: int, model: str) -> D
         raise OtaError(f"factory bundle refused: {exc}") from None
     if bundle.manifest.model_name != model:
         raise OtaError(f"factory bundle is model {bundle.manifest.model_name!r}, this device runs {model!r}")
-    data = archive.pack_bundle(bundle.root)
-    files = archive.unpack_bundle(data)
+    archive_sha256, _ = archive.bundle_archive_sha256(bundle.root)  # the identity publish gives it, streamed
     with slots.update_lock(root, slots.LOCK_WAIT_S, "the factory install"):
         slots.repair(root)
         if slots.link_slot(root) is not None:
             raise OtaError(f"{str(root)!r} already has a model installed; a factory image only goes on a fresh device")
         record = {"release": release, "model_version": bundle.manifest.model_version,
-                  "sha256": core.sha256_bytes(data), "manifest_sha256": bundle.digest, "target": "factory",
+                  "sha256": archive_sha256, "manifest_sha256": bundle.digest, "target": "factory",
                   "good": True}
-        slot = slots.write_slot(root, files, info=record)
+        slot = _write_slot_streamed(root, bundle.root, ["manifest.json"] + sorted(bundle.manifest.files), record)
         state = slots.read_state(root)
         state["slots"][slot] = {k: v for k, v in record.items() if k != "good"}
         state.update(good=slot, floor=max(int(state.get("floor", 0)), release), pending=None)
@@ -50,3 +49,17 @@ def install_factory(root: Path, bundle_dir: Path, release: int, model: str) -> D
         slots._flip(root, slot, "factory.flip")  # noqa: SLF001 - the same atomic flip as an update
     return {"slot": slot, "release": release, "model_version": bundle.manifest.model_version,
             "bundle_digest": bundle.digest}
+
+
+def _write_slot_streamed(root: Path, src: Path, names, record: Dict[str, Any]) -> str:
+    """The inactive slot written from a bundle directory file by file (bounded memory)."""
+    slot, tmp = slots.begin_slot(root)
+    dirs: set = {tmp}
+    try:
+        for name in names:
+            with open(Path(src) / name, "rb") as fh:
+                slots.write_slot_file(tmp, name, iter(lambda: fh.read(archive.READ_CHUNK), b""), dirs)
+    except BaseException:
+        slots.remove_path(tmp)
+        raise
+    return slots.finish_slot(root, slot, tmp, dirs, info=record)

@@ -7,6 +7,8 @@ Layout under the device root::
     current -> slots/a      the committed slot (an atomic symlink flip switches it)
     state.json              slot descriptions, version floor, pending record, rejected releases
     staging/                downloads in progress (always discarded at boot)
+    downloads/<sha256>.part a bundle download cut off by a transport error, continued by the next
+                            run for the same signed target (any other file there is removed)
     update.lock             flock'ed by whoever changes the device (update, boot, rollback, mark-good)
     trust/roots/N.root.json every TUF root this device verified (written durably; the newest bootstraps)
 
@@ -25,6 +27,7 @@ files where ``staging`` or ``slots/x.tmp`` belong are removed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -33,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ..bundle import load_bundle
 from ..errors import RuntimeUQError
@@ -42,12 +45,14 @@ from .errors import OtaError, SlotError, UpdateBusy
 
 __all__ = ["SLOTS", "Layout", "crashpoint", "fsync_dir", "write_file_durable", "read_state", "write_state",
            "link_slot", "cleanup", "write_slot", "commit", "boot", "current_bundle", "record_window", "mark_good",
-           "rollback", "status", "BootResult", "update_lock", "repair", "persist_file", "RECORD", "remove_path"]
+           "rollback", "status", "BootResult", "update_lock", "repair", "persist_file", "RECORD", "remove_path",
+           "begin_slot", "write_slot_file", "finish_slot", "inactive_slot"]
 
 SLOTS = ("a", "b")
 STATE_VERSION = 1
 RECORD = ".ota-release.json"   # per-slot record (release, digests, good/rejected), for state repair
 LOCK = "update.lock"
+DOWNLOADS = "downloads"
 
 
 def crashpoint(point: str) -> None:
@@ -308,6 +313,9 @@ def cleanup(root: Path) -> None:
         p = lay.root / name
         if os.path.lexists(p):
             remove_path(p)
+    downloads = lay.root / DOWNLOADS   # partial downloads are kept (the updater continues or removes them)
+    if os.path.lexists(downloads) and (downloads.is_symlink() or not downloads.is_dir()):
+        remove_path(downloads)
 
 
 def inactive_slot(root: Path) -> str:
@@ -315,38 +323,58 @@ def inactive_slot(root: Path) -> str:
     return "a" if cur in (None, "b") else "b"
 
 
-def write_slot(root: Path, files: Mapping[str, bytes], info: Optional[Mapping[str, Any]] = None) -> str:
-    """Write ``files`` (name -> bytes, a verified bundle) as the inactive slot; return its name.
-
-    ``slots/x.tmp`` first, every file and directory fsynced, verified with the bundle's own
-    sha256 list, then the old inactive slot is retired and ``x.tmp`` renamed into place.
-    ``info`` (release, digests) is kept in the slot as ``.ota-release.json`` for state repair.
-    """
+def begin_slot(root: Path) -> Tuple[str, Path]:
+    """Start writing the inactive slot: a fresh, empty ``slots/x.tmp``. Returns (slot, tmp dir).
+    Fill it with :func:`write_slot_file`, then :func:`finish_slot` (or remove ``tmp`` on refusal)."""
     lay = Layout(Path(root))
     slot = inactive_slot(root)
     if os.path.lexists(lay.slots) and (lay.slots.is_symlink() or not lay.slots.is_dir()):
         remove_path(lay.slots)
     lay.slots.mkdir(parents=True, exist_ok=True)
-    tmp, old, final = lay.slots / f"{slot}.tmp", lay.slots / f"{slot}.old", lay.slot(slot)
+    tmp = lay.slots / f"{slot}.tmp"
     if os.path.lexists(tmp):
         remove_path(tmp)
     tmp.mkdir()
     crashpoint("slot.mkdir")
-    dirs = {tmp}
-    payload = dict(files)
+    return slot, tmp
+
+
+def write_slot_file(tmp: Path, name: str, chunks: Iterable[bytes], dirs: set) -> str:
+    """Write one bundle file into a slot being built, chunk by chunk (bounded memory), fsynced;
+    returns the sha256 of the bytes written. ``dirs`` collects the directories to fsync."""
+    dest = Path(tmp) / name
+    if dest.parent not in dirs:
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise OtaError(f"bundle file {name!r} needs a directory where another file is") from None
+        p = dest.parent
+        while p not in dirs and p != Path(tmp).parent:
+            dirs.add(p)
+            p = p.parent
+    digest = hashlib.sha256()
+    point = f"slot.file[{name}]"
+    with open(dest, "wb") as fh:
+        for chunk in chunks:
+            fh.write(chunk)
+            digest.update(chunk)
+        fh.flush()
+        crashpoint(f"{point}.written")
+        os.fsync(fh.fileno())
+    crashpoint(f"{point}.fsynced")
+    return digest.hexdigest()
+
+
+def finish_slot(root: Path, slot: str, tmp: Path, dirs: set, info: Optional[Mapping[str, Any]] = None) -> str:
+    """Seal a slot written into ``tmp``: the record file, every directory fsynced, the bundle
+    verified with its own sha256 list, then the old inactive slot retired and ``tmp`` renamed
+    into place. ``tmp`` is removed when it does not verify."""
+    lay = Layout(Path(root))
+    old, final = lay.slots / f"{slot}.old", lay.slot(slot)
     if info is not None:
-        payload[RECORD] = (json.dumps(dict(info), sort_keys=True) + "\n").encode()
-    for name in sorted(payload):
-        dest = tmp / name
-        if dest.parent not in dirs:
-            try:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-            except (FileExistsError, NotADirectoryError):
-                remove_path(tmp)
-                raise OtaError(f"bundle file {name!r} needs a directory where another file is") from None
-            dirs.add(dest.parent)
-        write_file_durable(dest, payload[name], f"slot.file[{name}]")
-    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+        write_file_durable(Path(tmp) / RECORD, (json.dumps(dict(info), sort_keys=True) + "\n").encode(),
+                           f"slot.file[{RECORD}]")
+    for d in sorted(set(dirs) | {Path(tmp)}, key=lambda p: len(p.parts), reverse=True):
         fsync_dir(d)
     crashpoint("slot.dirsync")
     try:
@@ -366,6 +394,26 @@ def write_slot(root: Path, files: Mapping[str, bytes], info: Optional[Mapping[st
     fsync_dir(lay.slots)
     crashpoint("slot.slots-dirsync")
     return slot
+
+
+def write_slot(root: Path, files: Mapping[str, bytes], info: Optional[Mapping[str, Any]] = None) -> str:
+    """Write ``files`` (name -> bytes, a verified bundle) as the inactive slot; return its name.
+
+    ``slots/x.tmp`` first, every file and directory fsynced, verified with the bundle's own
+    sha256 list, then the old inactive slot is retired and ``x.tmp`` renamed into place.
+    ``info`` (release, digests) is kept in the slot as ``.ota-release.json`` for state repair.
+    (The updater streams an archive into the slot with the same three steps: begin_slot,
+    write_slot_file, finish_slot.)
+    """
+    slot, tmp = begin_slot(root)
+    dirs: set = {tmp}
+    try:
+        for name in sorted(files):
+            write_slot_file(tmp, name, (files[name],), dirs)
+    except OtaError:
+        remove_path(tmp)
+        raise
+    return finish_slot(root, slot, tmp, dirs, info)
 
 
 def _update_record(root: Path, slot: Optional[str], point: str, **flags: Any) -> None:

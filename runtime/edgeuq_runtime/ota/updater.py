@@ -1,6 +1,15 @@
 """The device updater: TUF refresh, channel, release rules, full or delta download, staging,
 canaries, A/B slot write, commit. Any refusal leaves ``current`` and its slot untouched.
 
+The bundle archive is streamed, never held in memory: it is downloaded into
+``staging/bundle.tar`` (sha256 computed as the bytes arrive and compared with the signed
+target; a dropped connection resumed with an HTTP Range request, see :mod:`.fetchers`), its
+member headers checked against the signed length, then each member is copied in 1 MiB pieces
+straight into the inactive slot's ``slots/x.tmp`` (hashed and fsynced on the way), checked
+against the bundle's sha256 list, canary-run there, verified, and only then renamed into place
+and flipped to. A bsdiff delta is used only for archives up to ``delta_max_bytes`` (patching
+needs the base and the result in memory).
+
     upd = OtaUpdater("/var/lib/edgeuq")           # reads device.json + trust/root.json
     outcome = upd.update()                         # raises UpdateRefused with a reason
 
@@ -10,6 +19,7 @@ identity and the bootstrap root the device ships with (TUF 7 needs one).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -38,6 +48,15 @@ class UpdateConfig:
     threads: Optional[int] = 1   # backend threads for the canary run
     http_timeout: Optional[float] = None
     lock_wait_s: float = 0.0     # wait this long for another running update, then refuse [busy]
+    max_resumes: int = 8         # resumes (HTTP Range or restart) of one download after dropped connections
+    delta_max_bytes: int = 16 << 20  # deltas only for archives up to this size: patching holds the base,
+    #                                  the patch and the result in memory (about 3x this at most)
+
+    def __post_init__(self) -> None:
+        for what in ("max_resumes", "delta_max_bytes"):
+            v = getattr(self, what)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"UpdateConfig.{what} must be a non-negative integer, got {v!r}")
 
 
 def provision(root: Path, board: str, model: str, repo_url: str, root_json: bytes) -> None:
@@ -117,7 +136,9 @@ def bounded_patch(base: bytes, patch: bytes, result_length: int) -> bytes:
 def _tuf_reason(exc: BaseException) -> str:
     from tuf.api import exceptions as ex
 
-    for cls, reason in ((ex.ExpiredMetadataError, "expired"), (ex.UnsignedMetadataError, "signature"),
+    from .fetchers import RangeMismatchError
+
+    for cls, reason in ((RangeMismatchError, "download-range"), (ex.ExpiredMetadataError, "expired"), (ex.UnsignedMetadataError, "signature"),
                         (ex.BadVersionNumberError, "rollback"), (ex.LengthOrHashMismatchError, "target-hash"),
                         (ex.DownloadLengthMismatchError, "download-length"), (ex.SlowRetrievalError, "download-slow"),
                         (ex.DownloadHTTPError, "download-http"), (ex.RepositoryError, "tuf"),
@@ -224,6 +245,61 @@ class OtaUpdater:
         core.check_hashes(path, core.sha256_bytes(data), len(data), info.length, info.hashes)
         return info, data
 
+    def _target_url(self, up, info) -> str:
+        """The URL tuf's ``download_target`` would use (consistent-snapshot targets carry their hash)."""
+        path = info.path
+        # tuf 7's Updater has no public accessor for the trusted root; download_target reads the same field
+        if up._trusted_set.root.consistent_snapshot and up.config.prefix_targets_with_hash:  # noqa: SLF001
+            d, sep, base = path.rpartition("/")
+            path = f"{d}{sep}{next(iter(info.hashes.values()))}.{base}"
+        return f"{self.repo_url}/targets/{path}"
+
+    def _download_streamed(self, up, info, name: str) -> Path:
+        """Stream a (big) target into ``staging/<name>``: hashed while it arrives, resumed after a
+        dropped connection, compared with the signed length and every signed hash.
+
+        The bytes go to ``downloads/<signed sha256>.part`` first, which survives a run that ends
+        with a transport error (dropped connections past ``max_resumes``, the deadline, a power
+        cut): the next run for the same signed target continues it with ``Range``. A partial of
+        any other target is removed; a continued partial whose digest turns out wrong (local
+        corruption) is discarded and the download starts over once."""
+        from .fetchers import download_to_file
+
+        ddir = self.root / slots.DOWNLOADS
+        if os.path.lexists(ddir) and (ddir.is_symlink() or not ddir.is_dir()):
+            slots.remove_path(ddir)
+        ddir.mkdir(exist_ok=True)
+        part = ddir / f"{core._hex64('sha256', info.hashes.get('sha256'))}.part"  # noqa: SLF001
+        for p in ddir.iterdir():
+            if p.name != part.name:
+                slots.remove_path(p)
+        url = self._target_url(up, info)
+        for attempt in (0, 1):
+            try:
+                dl = self._guard(f"downloading {info.path!r}", download_to_file, self.fetcher, url, part, info.length,
+                                 sorted(info.hashes), self.config.max_resumes, None, True)
+            except UpdateRefused as exc:
+                if exc.reason in ("download-range", "download-length", "download-http"):
+                    slots.remove_path(part)  # nothing worth continuing
+                raise
+            slots.crashpoint(f"stage.download[{name}]")
+            good = dl.length == info.length and all(dl.hashes.get(a) == w for a, w in info.hashes.items())
+            if good or not dl.resumed_from or attempt:
+                break
+            slots.remove_path(part)  # an earlier run's partial was corrupt: start over from byte 0
+        if not good:
+            slots.remove_path(part)
+        core.check_hashes(info.path, dl.hashes.get("sha256", ""), dl.length, info.length, info.hashes)
+        for alg, want in info.hashes.items():
+            if dl.hashes.get(alg) != want:
+                raise UpdateRefused("target-hash", f"{info.path}: {alg} of the download differs from the signed one")
+        dest = self.root / "staging" / name
+        os.replace(part, dest)
+        ddir.rmdir()
+        self.download = {"resumes": dl.resumes, "restarts": dl.restarts + attempt, "bytes": dl.length,
+                         "resumed_from_earlier_run": dl.resumed_from}
+        return dest
+
     # -- public --------------------------------------------------------------------------------
     def update(self) -> Dict[str, Any]:
         """Check the repository and install a newer release if there is one. Returns a record
@@ -279,33 +355,56 @@ class OtaUpdater:
             shutil.rmtree(self.root / "staging", ignore_errors=True)
             return {"status": "up-to-date", "release": current.get("release"), "signed_release": release.release,
                     "slot": link, "bytes": self.fetcher.bytes, "same_bundle": True}
-        data, used_delta = self._fetch_release(up, info, release, link, current)
+        archive_path, used_delta = self._fetch_release(up, info, release, link, current)
         t_dl = time.perf_counter()
-        files = archive.unpack_bundle(data, max_total=release.length)
-        manifest = self._manifest(files)
-        core.check_contract(release.contract, core.contract_of(manifest), self._running(link), self.device)
-        spec = canaries.canaries_of(manifest)
-        actual = {n: core.sha256_bytes(b) for n, b in files.items()}
-        core.check_bundle_files(list(files), actual["manifest.json"], manifest.files, actual, release,
-                                spec.file if spec else None)
-        # Canaries run on a staged copy first, so a refused model never overwrites the fallback slot.
-        stage_dir = self.root / "staging" / "bundle"
-        for name, blob in files.items():
-            (stage_dir / name).parent.mkdir(parents=True, exist_ok=True)
-            (stage_dir / name).write_bytes(blob)
-        report = canaries.run_canaries(stage_dir, threads=self.config.threads)
-        t_can = time.perf_counter()
         record = {"release": release.release, "model_version": release.model_version, "sha256": release.sha256,
                   "manifest_sha256": release.manifest_sha256, "target": release.path}
-        slot = slots.write_slot(self.root, files, info=record)
+        slot, report = self._install_archive(archive_path, release, link, record)
+        t_can = time.perf_counter()
         slots.commit(self.root, slot, record, self.config.attempts, self.config.healthy_needed)
         shutil.rmtree(self.root / "staging", ignore_errors=True)
         slots.crashpoint("stage.cleaned")
         t_end = time.perf_counter()
         return {"status": "installed", "release": release.release, "model_version": release.model_version,
                 "slot": slot, "delta": used_delta, "bytes": self.fetcher.bytes, "canaries": report.to_json(),
+                "download": dict(self.download),
                 "seconds": {"download_verify": t_dl - t0, "canaries": t_can - t_dl, "install": t_end - t_can,
                             "total": t_end - t0}}
+
+    def _install_archive(self, archive_path: Path, release: core.Release, link: Optional[str],
+                         record: Dict[str, Any]):
+        """Check the archive's members and manifest, stream its files into the inactive slot's
+        ``x.tmp``, check them against the manifest and the signed digests, run the canaries there,
+        seal the slot (the old inactive slot is replaced only now). Returns (slot, canary report);
+        on any refusal ``x.tmp`` is removed and nothing else was touched."""
+        from ..manifest import MAX_MANIFEST_BYTES
+
+        with open(archive_path, "rb") as fh:
+            bundle = archive.BundleArchive(fh, max_total=release.length)
+            raw_manifest = bundle.read_small("manifest.json", MAX_MANIFEST_BYTES)
+            manifest = self._manifest({"manifest.json": raw_manifest})
+            core.check_contract(release.contract, core.contract_of(manifest), self._running(link), self.device)
+            spec = canaries.canaries_of(manifest)
+            # refuse a file list that differs from the manifest before writing a byte
+            names = set(bundle.names) - {"manifest.json"}
+            if names != set(manifest.files):
+                raise UpdateRefused("bundle-integrity", f"archive files do not match manifest.json: extra "
+                                    f"{sorted(names - set(manifest.files))}, missing "
+                                    f"{sorted(set(manifest.files) - names)}")
+            slot, tmp = slots.begin_slot(self.root)
+            try:
+                dirs: set = {tmp}
+                actual = {name: slots.write_slot_file(tmp, name, bundle.chunks(name), dirs) for name in bundle.names}
+                core.check_bundle_files(bundle.names, actual["manifest.json"], manifest.files, actual, release,
+                                        spec.file if spec else None)
+                # canaries run on the new slot's tmp copy: a refused model never replaces the fallback slot
+                report = canaries.run_canaries(tmp, threads=self.config.threads)
+                slots.finish_slot(self.root, slot, tmp, dirs, info=record)
+            except BaseException:
+                if os.path.lexists(tmp):
+                    slots.remove_path(tmp)
+                raise
+        return slot, report
 
     def _manifest(self, files: Dict[str, bytes]) -> Manifest:
         try:
@@ -314,9 +413,15 @@ class OtaUpdater:
             raise UpdateRefused("bundle-integrity", f"bundle manifest refused by this runtime: {exc}") from None
 
     def _fetch_release(self, up, info, release: core.Release, link: Optional[str], current: Dict[str, Any]):
-        if self.config.delta and link and isinstance(current.get("release"), int):
+        """The release archive in ``staging/bundle.tar``: from a signed delta when one patches the
+        installed archive and the archive is small enough to patch in memory, else streamed."""
+        self.download = {"resumes": 0, "restarts": 0, "bytes": 0, "resumed_from_earlier_run": 0}
+        if self.config.delta and link and isinstance(current.get("release"), int) \
+                and info.length <= self.config.delta_max_bytes:
             base_dir = slots.Layout(self.root).slot(link)
             try:
+                if sum(p.stat().st_size for p in base_dir.rglob("*") if p.is_file()) > self.config.delta_max_bytes:
+                    raise ValueError("base too large to patch in memory")
                 load_bundle(base_dir, verify=True)
                 base = archive.pack_bundle(base_dir)
             except (RuntimeUQError, OSError, ValueError, KeyError):
@@ -331,6 +436,8 @@ class OtaUpdater:
                     data = bounded_patch(base, patch, info.length)
                     core.check_hashes(f"{release.path} (from delta)", core.sha256_bytes(data), len(data),
                                       info.length, info.hashes)
-                    return data, True
-        _, data = self._download(up, release.path, "bundle.tar")
-        return data, False
+                    dest = self.root / "staging" / "bundle.tar"
+                    dest.write_bytes(data)
+                    self.download["bytes"] = len(patch)
+                    return dest, True
+        return self._download_streamed(up, info, "bundle.tar"), False
