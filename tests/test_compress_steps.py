@@ -65,6 +65,16 @@ def test_a_new_step_is_one_decorated_class_and_runs_in_a_declared_list():
         get_step("toy_scale")
 
 
+def test_a_step_without_frozen_options_is_refused():
+    with pytest.raises(TypeError, match="frozen dataclass Options"):
+        @COMPRESSION_STEPS.register("toy_mutable")
+        class ToyMutable(CompressionStep):
+            @dataclasses.dataclass
+            class Options:
+                factor: float = 1.0
+    assert "toy_mutable" not in COMPRESSION_STEPS
+
+
 @pytest.mark.parametrize("rank", [1, 3, 8])
 def test_factorise_is_the_best_rank_r_approximation(rank):
     torch.manual_seed(rank)

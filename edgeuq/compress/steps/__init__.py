@@ -60,8 +60,10 @@ class CompressionStep:
 
 def _check(name: str, step: Any) -> None:
     opts = getattr(step, "Options", None)
-    if not isinstance(step, CompressionStep) or not (isinstance(opts, type) and dataclasses.is_dataclass(opts)):
-        raise TypeError(f"compression step {name!r} must be a CompressionStep with a dataclass Options, got {step!r}")
+    if not isinstance(step, CompressionStep) or not (isinstance(opts, type) and dataclasses.is_dataclass(opts)
+                                                     and opts.__dataclass_params__.frozen):
+        raise TypeError(f"compression step {name!r} must be a CompressionStep with a frozen dataclass Options, "
+                        f"got {step!r}")
 
 
 COMPRESSION_STEPS: Registry[CompressionStep] = Registry("compress_step", instantiate=True, check=_check,

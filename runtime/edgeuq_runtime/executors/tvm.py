@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from ..batching import run_fixed_batch
 from ..errors import BackendError
 from . import register_executor, register_executor_files
 
@@ -217,19 +218,8 @@ class TvmGraph:
         if len(rows) != 1 or -1 in rows:
             raise BackendError(f"graph {self.path.name!r}: inputs must share one batch axis, got shapes "
                                f"{[a.shape for a in arrays]}")
-        n = rows.pop()
         try:
-            if self.batch is None:
-                values = self._call(arrays)
-            else:
-                parts = []
-                for r0 in range(0, n, self.batch):
-                    chunk = [a[r0:r0 + self.batch] for a in arrays]
-                    short = self.batch - chunk[0].shape[0]
-                    if short:
-                        chunk = [np.concatenate([c, np.zeros((short, *c.shape[1:]), c.dtype)]) for c in chunk]
-                    parts.append([v[: self.batch - short] for v in self._call(chunk)])
-                values = [np.concatenate([p[i] for p in parts]) for i in range(len(self._outputs))]
+            values = run_fixed_batch(self._call, arrays, self.batch)
         except BackendError:
             raise
         except Exception as exc:  # TVM raises its own error types
