@@ -43,7 +43,7 @@ from ..batching import run_fixed_batch
 from ..errors import BackendError
 from . import register_executor, register_executor_files
 
-__all__ = ["TvmGraph", "load_tvm", "OPTION_KEYS", "ensure_registered"]
+__all__ = ["TvmGraph", "load_tvm", "OPTION_KEYS"]
 
 OPTION_KEYS = frozenset({"inputs", "outputs", "shapes", "dtypes", "batch", "device", "cuda_kernels", "entry"})
 _CUDA_BINARIES: Dict[str, bytes] = {}  # source sha256 -> cubin, served to TVM's compile hook
@@ -258,8 +258,3 @@ def load_tvm(path: Path, threads: Optional[int] = None, options: Optional[Mappin
     except Exception as exc:
         raise BackendError(f"could not load graph {path.name!r} ({path}) with TVM: {exc}") from exc
     return TvmGraph(vm, tvm, device, path, options)
-
-
-def ensure_registered() -> None:
-    """(Re-)register this executor as "tvm" (idempotent; for callers that import it on demand)."""
-    register_executor("tvm")(load_tvm)
