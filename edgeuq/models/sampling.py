@@ -45,13 +45,8 @@ def mc_sample_logits(
 
 
 @torch.no_grad()
-def mc_sample_probs(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    samples: int,
-    rng: Optional[np.random.Generator] = None,
-    noise: Optional[Mapping[str, np.ndarray]] = None,
-) -> torch.Tensor:
+def mc_sample_probs(model: torch.nn.Module, x: torch.Tensor, samples: int, rng: Optional[np.random.Generator] = None,
+                    noise: Optional[Mapping[str, np.ndarray]] = None) -> torch.Tensor:
     """Probabilities of shape (S, B, C) (:func:`mc_sample_logits`, softmaxed; eval mode)."""
     model.eval()
     return torch.softmax(mc_sample_logits(model, x, samples, rng=rng, noise=noise), dim=-1)
