@@ -67,6 +67,7 @@ from edgeuq.report import format_table
 from edgeuq.training import save_checkpoint
 from edgeuq.uq import auroc, expected_calibration_error
 from edgeuq_runtime import UncertaintyRuntime
+from edgeuq_runtime.atomic import atomic_write
 
 
 def _records(cwru: Path | None, duration: float):
@@ -555,10 +556,7 @@ def main(argv=None) -> int:
                "provenance": finish(prov, note="quick smoke run: tiny budgets" if a.quick else None)}
     if bytes_cols is not None:
         summary["bytes_by_layer"] = bytes_cols
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "compress_frontier.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
-    tmp.replace(out / "compress_frontier.json")
+    atomic_write(out / "compress_frontier.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
     print(f"\n{source}; {desc}")
     print(f"one window, 1 thread, medians of {a.repeats} interleaved rounds (load average at the end: "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores); all metrics through edgeuq_runtime (ONNX Runtime)\n")

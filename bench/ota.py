@@ -40,6 +40,7 @@ from edgeuq.ota.canaries import add_canaries
 from edgeuq.ota.keys import generate_keys
 from edgeuq.ota.publish import publish_bundle
 from edgeuq_runtime import GraphSpec, InputSpec, Manifest, NoiseSpec, write_bundle
+from edgeuq_runtime.atomic import atomic_write
 from edgeuq_runtime.ota import mark_good
 from edgeuq_runtime.ota.updater import OtaUpdater, UpdateConfig, provision
 
@@ -191,9 +192,7 @@ def main(argv=None) -> int:
 
     doc = {"model": {"L": L, "H": H, "F": F, "C": C, "weights": "seeded random, not trained"},
            "repeats": a.repeats, "results": results, "command": command, "provenance": finish(prov)}
-    tmpf = a.out / "ota.json.tmp"
-    tmpf.write_text(json.dumps(doc, indent=2))
-    os.replace(tmpf, a.out / "ota.json")
+    atomic_write(a.out / "ota.json", json.dumps(doc, indent=2))
     print(f"wrote {a.out / 'ota.json'}")
     if a.tables_json:
         write_tables_json(doc, a.tables_json)

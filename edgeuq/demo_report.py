@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Tuple
 
+from edgeuq_runtime.atomic import atomic_write
+
 from .pipeline import DemoResult
 from .profile import paired_ratio
 from .report import format_table, write_markdown_report
@@ -57,9 +59,7 @@ def write_demo_report(result: DemoResult, prov: Optional[Mapping[str, Any]] = No
     import json
 
     tables = out / "tables.json"
-    tmp = out / ".tables.json.tmp"
-    tmp.write_text(json.dumps(demo_tables_json(result, prov), indent=2))
-    tmp.replace(tables)
+    atomic_write(tables, json.dumps(demo_tables_json(result, prov), indent=2))
     ref_name = next(iter(result.evaluations))
     ref = result.evaluations[ref_name]
     rel = plot_reliability_diagram(

@@ -9,7 +9,6 @@ a failure later on loses nothing already computed.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
@@ -28,7 +27,7 @@ from .evaluate import SetEvaluation, evaluate_sets
 from .data.sources import DATA_SOURCES
 from .export import OnnxArtifact, export_onnx
 from .models import ModelConfig
-from .profile import LatencyStats, measure_stages
+from .profile import LatencyStats, StageTimer, measure_stages
 from .schemes import get_scheme
 from .schemes.base import FitContext
 from .training import Checkpoint, TrainConfig, UqConfig, save_checkpoint
@@ -181,12 +180,11 @@ def run_demo(
     rec = recipe if isinstance(recipe, Recipe) else get_recipe(recipe)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    timings: Dict[str, float] = {}
+    timer = StageTimer()
     s = int(samples or UqConfig.from_dict(rec.uq).samples)
 
-    t = time.perf_counter()
-    data = prepare_data(rec, synthetic_overrides)
-    timings["data"] = time.perf_counter() - t
+    with timer.stage("data"):
+        data = prepare_data(rec, synthetic_overrides)
     sp = data.splits
     log(f"data: {data.description}")
     log(f"      train {len(sp.train)} / val {len(sp.val)} / test {len(sp.test)} windows; "
@@ -194,25 +192,22 @@ def run_demo(
 
     model_cfg = ModelConfig.from_dict(rec.model, input_length=sp.window, num_classes=len(sp.class_names))
     train_cfg = TrainConfig.from_dict(rec.train, epochs=epochs)
-    t = time.perf_counter()
-    ckpt = train_stage(sp, model_cfg, train_cfg, out_dir / "checkpoint", uq=rec.uq, progress=progress, log=log)
-    timings["train"] = time.perf_counter() - t
+    with timer.stage("train"):
+        ckpt = train_stage(sp, model_cfg, train_cfg, out_dir / "checkpoint", uq=rec.uq, progress=progress, log=log)
     log(f"train: best epoch {ckpt.metrics['best_epoch']} (val acc {ckpt.metrics['val_acc']:.4f}) -> {ckpt.directory}")
 
-    t = time.perf_counter()
-    art = export_stage(ckpt, out_dir / "onnx")
-    bundle = bundle_stage(art, out_dir / "bundle", rec, s, metadata={"train": dict(ckpt.metrics)})
-    timings["export+bundle"] = time.perf_counter() - t
+    with timer.stage("export+bundle"):
+        art = export_stage(ckpt, out_dir / "onnx")
+        bundle = bundle_stage(art, out_dir / "bundle", rec, s, metadata={"train": dict(ckpt.metrics)})
     log(f"export: trunk/head ONNX verified against PyTorch; bundle -> {bundle.root}")
 
-    t = time.perf_counter()
     sets = {"in-distribution test": sp.test, **data.shifted}
-    evals = evaluate_sets(bundle.root, sets, samples=s, seed=0, reference="in-distribution test", progress=progress)
-    timings["evaluate"] = time.perf_counter() - t
-    t = time.perf_counter()
-    lat = latency_stage(bundle.root, sp.test.x[0], s)
-    timings["latency"] = time.perf_counter() - t
-    result = DemoResult(out_dir, ckpt, art, bundle, evals, lat, s, timings, data.description)
+    with timer.stage("evaluate"):
+        evals = evaluate_sets(bundle.root, sets, samples=s, seed=0, reference="in-distribution test",
+                              progress=progress)
+    with timer.stage("latency"):
+        lat = latency_stage(bundle.root, sp.test.x[0], s)
+    result = DemoResult(out_dir, ckpt, art, bundle, evals, lat, s, dict(timer.seconds), data.description)
     (out_dir / "results.json").write_text(json.dumps(result.summary(), indent=2, sort_keys=True, default=float))
     return result
 

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
+from edgeuq_runtime.atomic import atomic_write
+
 from .hostcpu import cpu_model, isa_name
 
 __all__ = ["MODES", "start", "finish", "write_results", "describe", "is_script_provenance", "isa_name",
@@ -101,12 +103,7 @@ def write_results(path: Any, doc: Mapping[str, Any], command: str, prov: Mapping
     full = dict(doc)
     full["command"] = command
     full["provenance"] = prov if "load_after" in prov else finish(prov)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(full, indent=2, ensure_ascii=False) + "\n")
 
 
 def is_script_provenance(prov: Any) -> Optional[str]:

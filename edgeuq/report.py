@@ -5,6 +5,8 @@ import os
 from pathlib import Path
 from typing import Iterable, List, Mapping, Optional, Sequence
 
+from edgeuq_runtime.atomic import atomic_write
+
 __all__ = ["format_table", "write_markdown_report"]
 
 
@@ -43,7 +45,4 @@ def write_markdown_report(
     for caption, img in (images or {}).items():
         rel = Path(os.path.relpath(Path(img).resolve(), path.parent.resolve()))
         parts += [f"## {caption}", "", f"![{caption}]({rel.as_posix()})", ""]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(parts))
-    tmp.replace(path)
-    return path
+    return atomic_write(path, "\n".join(parts))

@@ -60,6 +60,7 @@ VALUE = re.compile(r"<!-- value:(?P<name>[A-Za-z0-9_.\-]+#[A-Za-z0-9_.\-]+) -->(
                    r"<!-- /value:(?P=name) -->", re.S)
 sys.path.insert(0, str(ROOT))
 from edgeuq.provenance import describe, is_script_provenance  # noqa: E402
+from edgeuq_runtime.atomic import atomic_write  # noqa: E402
 
 
 class TableError(ValueError):
@@ -221,9 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if new != text:
             stale.append(path)
             if not a.check:
-                tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_text(new)
-                tmp.replace(path)
+                atomic_write(path, new)
     verb = "stale" if a.check else "rewritten"
     print(f"render_tables: {count} region(s); {verb}: {', '.join(str(p) for p in stale) or 'none'}")
     bad = unscripted(files, a.results)

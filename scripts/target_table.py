@@ -37,6 +37,7 @@ from typing import Any, Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from edgeuq_runtime.atomic import atomic_write  # noqa: E402
 DEFAULT_JSON = ROOT / "results" / "lowering_evidence.json"
 TABLE_JSON = ROOT / "results" / "lowering.json"
 DOCS = (ROOT / "README.md", ROOT / "docs" / "targets.md")
@@ -129,10 +130,7 @@ def collect(out: Path, only: List[str], command: str = "", prov: Any = None) -> 
         doc["tvm"] = tvm.__version__
     except ImportError:
         pass
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    atomic_write(out, json.dumps(doc, indent=2) + "\n")
     print(f"wrote {out} ({len(rows)} rows)")
     return doc
 
@@ -229,10 +227,7 @@ def render_profiles(reports: List[Any], docs=PROFILE_DOCS, samples: int = SAMPLE
 
 
 def _write_json(path: Path, doc: Dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(doc, indent=2) + "\n")
     print(f"wrote {path}")
 
 
@@ -306,10 +301,7 @@ def render(json_path: Path, docs=DOCS) -> None:
                  "TVM RPC, or emulated qemu: not board times; regenerate them with "
                  f"`{PROFILE_COMMAND}`), \"not measured\" where no report covers the target."),
     }
-    TABLE_JSON.parent.mkdir(parents=True, exist_ok=True)
-    tmp = TABLE_JSON.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(table, indent=2) + "\n")
-    os.replace(tmp, TABLE_JSON)
+    atomic_write(TABLE_JSON, json.dumps(table, indent=2) + "\n")
     print(f"wrote {TABLE_JSON} ({len(table['rows'])} rows)")
     import subprocess
 

@@ -196,8 +196,8 @@ def test_canaries_from_another_noise_stream_are_refused_as_such(tmp_path, monkey
     import numpy as np
 
     from edgeuq.ota import canaries as host_canaries
-    from edgeuq.ota.canaries import _with_section, add_canaries
-    from edgeuq_runtime import noise, session, write_bundle
+    from edgeuq.ota.canaries import add_canaries
+    from edgeuq_runtime import noise, session
     from edgeuq_runtime.ota.canaries import canaries_of, run_canaries
     from edgeuq_runtime.ota.errors import UpdateRefused
     from ota_support import CANARY_WINDOWS
@@ -224,11 +224,7 @@ def test_canaries_from_another_noise_stream_are_refused_as_such(tmp_path, monkey
     assert exc.value.reason == "canary-stream"
 
     # the same expected values with the stream field dropped (a section written before it existed)
-    m = load_bundle(b).manifest
-    shutil.copytree(b, tmp_path / "copy")
-    sources = {n: tmp_path / "copy" / n for n in m.files}
-    write_bundle(b, _with_section(dataclasses.replace(m, files={}), dataclasses.replace(spec, noise_stream=None)),
-                 sources, overwrite=True)
+    load_bundle(b).amend(sections={"canaries": dataclasses.replace(spec, noise_stream=None)})
     assert canaries_of(load_bundle(b).manifest).noise_stream is None
     with pytest.raises(UpdateRefused) as exc:
         run_canaries(b, threads=1)

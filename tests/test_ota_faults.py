@@ -317,11 +317,9 @@ def bundle_without_canaries(w, sim, dev):
 
 def _bundle_with_r1_canaries(w, name: str, V: np.ndarray, spec_edit=None) -> Path:
     """A new model carrying release 1's canaries (so the canaries judge the new model)."""
-    import dataclasses
     import shutil
-    from edgeuq_runtime import load_bundle, write_bundle
-    from edgeuq_runtime.ota.canaries import canaries_of
-    from edgeuq.ota.canaries import _with_section
+    from edgeuq_runtime import load_bundle
+    from edgeuq_runtime.ota.canaries import SECTION, canaries_of
 
     W, _ = weights(0)
     b = make_bundle(w.tmp / name, name, W, V, "1.1", canaries=False)
@@ -330,10 +328,7 @@ def _bundle_with_r1_canaries(w, name: str, V: np.ndarray, spec_edit=None) -> Pat
     if spec_edit:
         spec = spec_edit(spec)
     shutil.copy(w.bundles["r1"] / spec.file, w.tmp / name / "c.npz")
-    m = load_bundle(b).manifest
-    sources = {n: b / n for n in m.files}
-    sources[spec.file] = w.tmp / name / "c.npz"
-    write_bundle(b, _with_section(dataclasses.replace(m, files={}), spec), sources, overwrite=True)
+    load_bundle(b).amend(sections={SECTION: spec}, files={spec.file: w.tmp / name / "c.npz"})
     return b
 
 

@@ -6,9 +6,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from edgeuq_runtime.noise import mean_noise, sample_noise
-
-from ..models.sampling import tile_samples
+from ..models.sampling import mc_sample_logits
 from ..models.transformer import DeployableModel
 
 __all__ = ["sample_logits", "predictive_probs"]
@@ -24,7 +22,6 @@ def sample_logits(model: DeployableModel, x: np.ndarray, samples: Optional[int],
     generator seeded by ``seed``, so results are reproducible.
     """
     model.eval()
-    specs = model.noise_specs()
     rng = np.random.default_rng(seed)
     s = 1 if samples is None else int(samples)
     if s < 1:
@@ -32,16 +29,7 @@ def sample_logits(model: DeployableModel, x: np.ndarray, samples: Optional[int],
     out = []
     for i in range(0, len(x), batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))
-        b = xb.shape[0]
-        feats = tile_samples(model.trunk(xb), s)
-        if not specs:
-            noise = None
-        elif samples is None:
-            noise = mean_noise(specs, b)
-        else:
-            noise = sample_noise(specs, s * b, rng)
-        tnoise = None if noise is None else {k: torch.from_numpy(v) for k, v in noise.items()}
-        out.append(model.head_forward(feats, tnoise).reshape(s, b, -1).numpy())
+        out.append(mc_sample_logits(model, xb, s, rng=rng, mean=samples is None).numpy())
     return np.concatenate(out, axis=1)
 
 

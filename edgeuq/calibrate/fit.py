@@ -35,7 +35,7 @@ import hashlib
 
 import numpy as np
 
-from edgeuq_runtime import UncertaintyRuntime, load_bundle, write_bundle
+from edgeuq_runtime import UncertaintyRuntime, load_bundle
 from edgeuq_runtime.adaptive import AdaptiveConfig
 from edgeuq_runtime.calibration import (
     MI_EPS, PVALUE_PARTS, AbstainSection, Calibrated, Calibration, CombinedSection, DensityFitSection, DensitySection,
@@ -186,7 +186,7 @@ def calibrate_bundle(bundle_dir: Path, x_cal: np.ndarray, y_cal: np.ndarray, x_f
         raise ValueError(f"pvalue_parts {bad} are not available (parts: {list(PVALUE_PARTS)}; density needs a "
                          "density model)")
     bundle = load_bundle(bundle_dir, verify=True)
-    sources = {name: bundle.path(name) for name in bundle.manifest.files if name not in (DENSITY_FILE, PVALUE_FILE)}
+    sources: Dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix="edgeuq-cal-") as tmp:
         pv_path, pooled = save_pvalue_scores(Path(tmp) / PVALUE_FILE, {p: available[p] for p in parts},
                                              sc.prediction, m.num_classes, o.min_per_class)
@@ -198,9 +198,8 @@ def calibrate_bundle(bundle_dir: Path, x_cal: np.ndarray, y_cal: np.ndarray, x_f
         comb = cald.combined_score(sc.epistemic, sc.density, sc.total, sc.prediction)
         if density is not None:
             sources[DENSITY_FILE] = density.save(Path(tmp) / DENSITY_FILE)
-        sections = {**dict(getattr(bundle.manifest, "sections", {}) or {}), "calibration": cal}
-        manifest = dataclasses.replace(bundle.manifest, files={}, sections=sections)
-        write_bundle(out, manifest, sources, overwrite=True)
+        stale = [n for n in (DENSITY_FILE, PVALUE_FILE) if n in bundle.manifest.files]
+        bundle.amend(sections={"calibration": cal}, files=sources, drop=stale, out=out)
     scores = dataclasses.replace(sc, combined=comb)
     log(f"calibrated {out}: n = {len(y_cal)}, S = {s}, {o.method.upper()} alpha = {o.alpha:g} -> qhat "
         f"{[round(q, 4) for q in conformal.qhat]}; thresholds at false-alarm rate {far:g}: MI > {abstain.epistemic}, "

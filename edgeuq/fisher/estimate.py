@@ -7,13 +7,13 @@ Optionally a third for Hutchinson Hessian traces (the HAWQ baseline).
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Mapping, Optional
 
 import numpy as np
 from torch import nn
 
 from .. import __version__
+from ..profile.harness import StageTimer
 from ._hooks import run_hooked_pass
 from ._target import FisherTarget, layer_kind
 from .activations import ActivationAccumulator
@@ -47,30 +47,27 @@ def estimate_fisher(
     layers = target.layers()
     if not layers:
         raise ValueError("model has no Linear/Conv1d layer to estimate a Fisher for")
-    timings = {}
-    t = time.perf_counter()
-    diag = diagonal_fisher(model, x, y, config)
-    timings["diagonal_s"] = time.perf_counter() - t
+    timer = StageTimer()
+    with timer.stage("diagonal_s"):
+        diag = diagonal_fisher(model, x, y, config)
 
-    t = time.perf_counter()
-    act = ActivationAccumulator(list(layers))
-    accs: list = [act]
-    struct_specs = default_structures(model) if structures else []
-    sacc = StructureAccumulator(struct_specs) if struct_specs else None
-    if sacc is not None:
-        accs.append(sacc)
-    linear = [n for n, m in layers.items() if isinstance(m, nn.Linear)]
-    kacc = KFACAccumulator(model, linear) if kfac and linear else None
-    if kacc is not None:
-        accs.append(kacc)
-    n_terms = run_hooked_pass(model, x, y, config, accs, desc=f"activation/structure Fisher ({config.labels})")
-    timings["hooked_s"] = time.perf_counter() - t
+    with timer.stage("hooked_s"):
+        act = ActivationAccumulator(list(layers))
+        accs: list = [act]
+        struct_specs = default_structures(model) if structures else []
+        sacc = StructureAccumulator(struct_specs) if struct_specs else None
+        if sacc is not None:
+            accs.append(sacc)
+        linear = [n for n, m in layers.items() if isinstance(m, nn.Linear)]
+        kacc = KFACAccumulator(model, linear) if kfac and linear else None
+        if kacc is not None:
+            accs.append(kacc)
+        n_terms = run_hooked_pass(model, x, y, config, accs, desc=f"activation/structure Fisher ({config.labels})")
 
     hess = {}
     if hessian_probes:
-        t = time.perf_counter()
-        hess = hutchinson_trace(model, x, y, config, probes=hessian_probes)
-        timings["hessian_s"] = time.perf_counter() - t
+        with timer.stage("hessian_s"):
+            hess = hutchinson_trace(model, x, y, config, probes=hessian_probes)
 
     stats = act.result(n_terms)
     traces = diag.param_traces()
@@ -90,5 +87,5 @@ def estimate_fisher(
         layers=rows, config=config, n_samples=int(len(x)), param_traces=traces, diag=dict(diag.diag),
         structures=struct, kfac=kacc.result(n_terms) if kacc is not None else {},
         meta={"created_by": f"edgeuq {__version__}", "stochastic": target.stochastic,
-              "noise_inputs": [s.name for s in target.noise_specs], "timings_s": timings, **dict(meta or {})},
+              "noise_inputs": [s.name for s in target.noise_specs], "timings_s": dict(timer.seconds), **dict(meta or {})},
     )

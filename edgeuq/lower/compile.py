@@ -217,9 +217,7 @@ def _runs_here(evidence: Mapping[str, Evidence]) -> tuple:
 def measure_bundle_latency(bundle: Bundle, samples: int, repeats: int = 20) -> float:
     """Median ms of ``UncertaintyRuntime.predict`` on one input with ``samples`` samples (this host)."""
     from edgeuq_runtime import UncertaintyRuntime
-    from edgeuq_runtime.executors.tvm import ensure_registered
 
-    ensure_registered()
     rt = UncertaintyRuntime(bundle.root, seed=0, verify=False)
     spec = bundle.manifest.input
     rng = np.random.default_rng(0)

@@ -112,9 +112,7 @@ class HostMeasurer(Measurer):
 
     def measure(self, role: str, options: Sequence[Option], feeds: Mapping[str, np.ndarray]) -> Dict[tuple, Timing]:
         from edgeuq_runtime.executors import load_graph
-        from edgeuq_runtime.executors.tvm import ensure_registered
 
-        ensure_registered()
         runners = {o.key: load_graph(o.graph.backend, o.graph.file, self.threads, dict(o.graph.options))
                    for o in options}
         fns = {"/".join(k): (lambda r=r: r.run(dict(feeds))) for k, r in runners.items()}

@@ -6,9 +6,9 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
-from edgeuq_runtime.noise import sample_noise
+from edgeuq_runtime.noise import mean_noise, sample_noise
 
-__all__ = ["tile_samples", "mc_sample_probs"]
+__all__ = ["tile_samples", "mc_sample_logits", "mc_sample_probs"]
 
 
 def tile_samples(features: torch.Tensor, samples: int) -> torch.Tensor:
@@ -17,24 +17,36 @@ def tile_samples(features: torch.Tensor, samples: int) -> torch.Tensor:
     return features.repeat((samples,) + (1,) * (features.dim() - 1))
 
 
-@torch.no_grad()
-def mc_sample_probs(
+def mc_sample_logits(
     model: torch.nn.Module,
     x: torch.Tensor,
     samples: int,
     rng: Optional[np.random.Generator] = None,
     noise: Optional[Mapping[str, np.ndarray]] = None,
+    mean: bool = False,
 ) -> torch.Tensor:
-    """Probabilities of shape (S, B, C).
+    """The one PyTorch MC sampler: logits of shape (S, B, C), trunk once, head on S tiled copies
+    (row ``s * B + b`` is sample ``s`` of input ``b``, the runtime's convention).
 
-    Noise is drawn with the runtime's numpy samplers (so a seed gives the same
-    masks as ``edgeuq_runtime``), or passed in explicitly.
+    Noise: ``noise`` as given; else every noise input at its mean (``mean``, the deterministic
+    pass); else drawn with the runtime's numpy samplers from ``rng`` (so a seed gives the same
+    masks as ``edgeuq_runtime``). A model without noise inputs gets none. Gradients flow; callers
+    that only predict wrap it in ``torch.no_grad()``.
     """
-    model.eval()
     b = x.shape[0]
     feats = tile_samples(model.trunk(x), samples)
     if noise is None:
-        noise = sample_noise(model.noise_specs(), samples * b, rng or np.random.default_rng())
-    tnoise = {k: torch.from_numpy(np.asarray(v)) for k, v in noise.items()}
-    logits = model.head_forward(feats, tnoise)
-    return torch.softmax(logits, dim=-1).reshape(samples, b, -1)
+        specs = model.noise_specs()
+        if specs:
+            noise = (mean_noise(specs, samples * b) if mean
+                     else sample_noise(specs, samples * b, rng if rng is not None else np.random.default_rng()))
+    tnoise = None if noise is None else {k: torch.from_numpy(np.asarray(v)) for k, v in noise.items()}
+    return model.head_forward(feats, tnoise).reshape(samples, b, -1)
+
+
+@torch.no_grad()
+def mc_sample_probs(model: torch.nn.Module, x: torch.Tensor, samples: int, rng: Optional[np.random.Generator] = None,
+                    noise: Optional[Mapping[str, np.ndarray]] = None) -> torch.Tensor:
+    """Probabilities of shape (S, B, C) (:func:`mc_sample_logits`, softmaxed; eval mode)."""
+    model.eval()
+    return torch.softmax(mc_sample_logits(model, x, samples, rng=rng, noise=noise), dim=-1)

@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from edgeuq_runtime import UncertaintyRuntime, load_bundle, write_bundle
+from edgeuq_runtime import UncertaintyRuntime, load_bundle
 from edgeuq_runtime.noise import NOISE_STREAM
 from edgeuq_runtime.ota.canaries import SECTION, CanarySpec, canaries_of, observe
 
@@ -42,10 +42,6 @@ def synthetic_windows(length: int, count: int = 8, seed: int = 0) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-def _with_section(manifest, spec: CanarySpec):
-    return dataclasses.replace(manifest, sections={**dict(manifest.sections), SECTION: spec})
-
-
 def add_canaries(bundle_dir: Path, windows: np.ndarray, *, seed: int = 0, samples: Optional[int] = None,
                  mi_tolerance: float = 0.01, latency_budget_ms: Optional[float] = None) -> CanarySpec:
     """Write ``canaries.npz`` into the bundle and the ``canaries`` section into its manifest.
@@ -69,10 +65,7 @@ def add_canaries(bundle_dir: Path, windows: np.ndarray, *, seed: int = 0, sample
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / CANARY_FILE
         np.savez(npz, windows=windows)
-        sources = {name: bundle_dir / name for name in bundle.manifest.files if name != CANARY_FILE}
-        sources[CANARY_FILE] = npz
-        manifest = _with_section(dataclasses.replace(bundle.manifest, files={}), spec)
-        write_bundle(bundle_dir, manifest, sources, overwrite=True)
+        bundle.amend(sections={SECTION: spec}, files={CANARY_FILE: npz})
     got = canaries_of(load_bundle(bundle_dir, verify=True).manifest)
     assert got is not None and got.expected_class == spec.expected_class
     return spec

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from edgeuq_runtime.atomic import atomic_write
+
 __all__ = ["ROLES", "KeyDirError", "KeySet", "generate_keys", "rotate_key", "load_keys", "keys_for_publish",
            "migrate_keys", "read_index", "Passphrase", "passphrase_source", "PASSPHRASE_ENV", "LegacyKeyDirWarning"]
 
@@ -139,12 +141,7 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _write_index(keydir: Path, index: Dict) -> None:
-    tmp = keydir / (INDEX + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, keydir / INDEX)
+    atomic_write(keydir / INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n", durable=True)
 
 
 def read_index(keydir: Path) -> Dict:

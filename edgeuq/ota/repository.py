@@ -11,7 +11,6 @@ the in-memory repository simulator of the fault suite (``files()`` -> path -> by
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import MetaFile, Metadata, Root, Snapshot, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
+
+from edgeuq_runtime.atomic import atomic_write
 
 from .keys import ROLES, KeySet
 
@@ -228,13 +229,7 @@ class TufRepository:
             dest = repo_dir / rel
             if rel.startswith("targets/") and dest.exists():
                 continue  # content-addressed: already there
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(dest.name + ".tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(files[rel])
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, dest)
+            atomic_write(dest, files[rel], durable=True)
             written[rel] = len(files[rel])
         (repo_dir / "metadata" / "root.json").write_bytes(self.roots[max(self.roots)])
         return written

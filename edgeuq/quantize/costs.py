@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from tqdm.auto import tqdm
 
+from edgeuq_runtime.atomic import atomic_write
 from edgeuq_runtime.noise import sample_noise
 
 from ..export import OnnxArtifact
@@ -208,8 +209,5 @@ def measure_costs(
                     fixed_ms = t_rest + h_rest
     costs = LayerCosts(nbytes, int(fixed_bytes or 0), nms if latency else {}, fixed_ms, samples if latency else 0)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.tmp")
-        tmp.write_text(json.dumps(costs.to_json(), indent=2, sort_keys=True))
-        tmp.replace(cache)
+        atomic_write(cache, json.dumps(costs.to_json(), indent=2, sort_keys=True))
     return costs

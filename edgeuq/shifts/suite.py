@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgeuq_runtime import UncertaintyRuntime, load_bundle, write_bundle
+from edgeuq_runtime import UncertaintyRuntime, load_bundle
 from edgeuq_runtime.calibration import Calibrated
 from edgeuq_runtime.conformal import combine_pvalues, conformal_pvalues
 from edgeuq_runtime.preprocess import zscore_windows
@@ -80,16 +80,7 @@ def set_device_rule(bundle_dir: Path, parts: Sequence[str], rule: str) -> None:
     b = load_bundle(bundle_dir, verify=True)
     cal = b.manifest.sections["calibration"]
     cal = dataclasses.replace(cal, pvalues=dataclasses.replace(cal.pvalues, parts=tuple(parts), rule=rule))
-    sources = {name: b.path(name) for name in b.manifest.files}
-    with_tmp = Path(bundle_dir).parent / (Path(bundle_dir).name + ".rule")
-    if with_tmp.exists():
-        shutil.rmtree(with_tmp)
-    shutil.copytree(bundle_dir, with_tmp)
-    sources = {name: with_tmp / name for name in b.manifest.files}
-    write_bundle(Path(bundle_dir), dataclasses.replace(b.manifest, files={},
-                                                       sections={**b.manifest.sections, "calibration": cal}),
-                 sources, overwrite=True)
-    shutil.rmtree(with_tmp)
+    b.amend(sections={"calibration": cal})
 
 
 def _scores(rt: UncertaintyRuntime, cal: Calibrated, x: np.ndarray, s: int, seed: int) -> Dict[str, np.ndarray]:

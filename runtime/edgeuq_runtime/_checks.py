@@ -1,11 +1,12 @@
-"""Small validators shared by the manifest classes. Every failure is a ManifestError
-whose message starts with the dotted name of the offending field."""
+"""The strict-JSON toolkit: validators shared by the manifest and every manifest section
+(calibration, placement, canaries, ...). Every failure is a ManifestError whose message starts
+with the dotted name of the offending field; nothing is coerced (a bool is not a number)."""
 from __future__ import annotations
 
 import contextlib
 import math
 import re
-from typing import Any, Iterator, Mapping, Sequence, Tuple
+from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple
 
 from .errors import ManifestError
 
@@ -122,3 +123,44 @@ def key(field: str, mapping: Any, name: str) -> Any:
     if name not in mapping:
         raise fail(f"{field}.{name}" if field else name, "missing")
     return mapping[name]
+
+
+# -- strict JSON: objects with exactly known keys, typed numbers (one toolkit for every manifest section)
+
+def obj_keys(where: str, v: Any, allowed: set, required: set = frozenset()) -> Mapping[str, Any]:
+    if not isinstance(v, Mapping):
+        raise fail(where, f"must be an object, got {type(v).__name__}")
+    extra = sorted(set(v) - allowed)
+    if extra:
+        raise fail(where, f"unknown keys {extra}; allowed: {sorted(allowed)}")
+    missing = sorted(set(required) - set(v))
+    if missing:
+        raise fail(where, f"missing keys {missing}")
+    return v
+
+
+def number(where: str, v: Any, lo: float = -math.inf, hi: float = math.inf, open_lo: bool = False,
+         open_hi: bool = False, nullable: bool = False) -> Optional[float]:
+    if v is None and nullable:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise fail(where, f"must be a number{' or null' if nullable else ''}, got {v!r}")
+    f = float(v)
+    if not math.isfinite(f):
+        raise fail(where, f"must be finite, got {v!r}")
+    if f < lo or f > hi or (open_lo and f == lo) or (open_hi and f == hi):
+        lb, hb = "(" if open_lo else "[", ")" if open_hi else "]"
+        raise fail(where, f"must lie in {lb}{lo:g}, {hi:g}{hb}, got {v!r}")
+    return f
+
+
+def integer(where: str, v: Any, lo: int = 0) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise fail(where, f"must be an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+def boolean(where: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise fail(where, f"must be true or false, got {v!r}")
+    return v

@@ -6,13 +6,13 @@ neither (the loader that picks the class is :func:`edgeuq_runtime.tokenizer.load
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
 
 import numpy as np
 
 from .errors import InputError, ManifestError
+from .atomic import atomic_write
 
 __all__ = ["read_tokenizer_json", "write_tokenizer_json", "encode_texts"]
 
@@ -26,11 +26,7 @@ def read_tokenizer_json(path: Union[str, Path]) -> Any:
 
 def write_tokenizer_json(path: Union[str, Path], data: Mapping[str, Any]) -> Path:
     """Write ``data`` as UTF-8 JSON to ``path`` atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(data, ensure_ascii=False) + "\n", mkdir=False)
 
 
 def encode_texts(encode: Any, texts: Iterable[str]) -> np.ndarray:

@@ -5,12 +5,12 @@ import dataclasses
 import hashlib
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Union
 
 from . import _checks as c
+from .atomic import atomic_write
 from .errors import BundleError, IntegrityError, ManifestError
 from .manifest import MAX_MANIFEST_BYTES, Manifest
 
@@ -86,6 +86,30 @@ class Bundle:
                               f"opens must be listed with its sha256 (listed: {sorted(self.manifest.files)})")
         return path
 
+    def amend(self, *, sections: Optional[Mapping[str, Any]] = None, files: Optional[Mapping[str, PathLike]] = None,
+              drop: Iterable[str] = (), out: Optional[PathLike] = None, **fields: Any) -> "Bundle":
+        """The one way to change a written bundle: its files less ``drop``, plus (or replaced by)
+        ``files`` (bundle name -> source file); its manifest with ``sections`` merged in (a value
+        of None removes that section) and the top-level ``fields`` replaced. Written through
+        :func:`write_bundle` into ``out`` (default: in place), so every file is hashed again and
+        the manifest is written atomically; returns the new bundle (its digest set)."""
+        dropped = set(drop)
+        if MANIFEST_FILE in dropped or MANIFEST_FILE in (files or {}):
+            raise BundleError(f"{MANIFEST_FILE!r} is written from the manifest; it cannot be dropped or replaced")
+        unknown = sorted(dropped - set(self.manifest.files))
+        if unknown:
+            raise BundleError(f"cannot drop {unknown}: not listed in the bundle (listed: {sorted(self.manifest.files)})")
+        sources: Dict[str, PathLike] = {n: self.path(n) for n in self.manifest.files if n not in dropped}
+        sources.update(files or {})
+        merged = dict(self.manifest.sections)
+        for name, value in (sections or {}).items():
+            if value is None:
+                merged.pop(name, None)
+            else:
+                merged[name] = value
+        manifest = dataclasses.replace(self.manifest, files={}, sections=merged, **fields)
+        return write_bundle(self.root if out is None else out, manifest, sources, overwrite=True)
+
 
 def load_bundle(root: PathLike, verify: bool = True) -> Bundle:
     """Parse ``root/manifest.json`` and check that every listed file exists.
@@ -140,20 +164,8 @@ def load_bundle(root: PathLike, verify: bool = True) -> Bundle:
 def _write_manifest_atomically(root: Path, manifest: Manifest) -> str:
     """Write ``manifest.json`` (temp file + rename); returns the digest of the bytes written."""
     text = manifest.dumps()
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=root)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, root / MANIFEST_FILE)
-        return sha256_bytes(text.encode("utf-8"))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(root / MANIFEST_FILE, text, durable=True, mkdir=False)
+    return sha256_bytes(text.encode("utf-8"))
 
 
 def write_bundle(root: PathLike, manifest: Manifest, sources: Mapping[str, PathLike],

@@ -54,10 +54,11 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from . import _checks as c
 from .adaptive import AdaptiveConfig
 from .conformal import COMBINE_RULES, ConformalPredictor, combine_pvalues, conformal_pvalues, mondrian_pvalues
 from .density import POOLINGS, GaussianDensity
-from .errors import BundleError, InputError, ManifestError
+from .errors import BundleError, InputError
 
 __all__ = ["SECTION", "ConformalSection", "DensitySection", "CombinedSection", "AbstainSection", "Calibration",
            "parse_calibration", "calibration_to_json", "read_calibration", "graphs_digest", "Calibrated", "MI_EPS",
@@ -67,47 +68,8 @@ SECTION = "calibration"
 MI_EPS = 1e-12
 
 
-def _fail(where: str, msg: str) -> ManifestError:
-    return ManifestError(f"{where}: {msg}")
-
-
-def _obj(where: str, v: Any, allowed: set, required: set = frozenset()) -> Mapping[str, Any]:
-    if not isinstance(v, Mapping):
-        raise _fail(where, f"must be an object, got {type(v).__name__}")
-    extra = sorted(set(v) - allowed)
-    if extra:
-        raise _fail(where, f"unknown keys {extra}; allowed: {sorted(allowed)}")
-    missing = sorted(set(required) - set(v))
-    if missing:
-        raise _fail(where, f"missing keys {missing}")
-    return v
-
-
-def _num(where: str, v: Any, lo: float = -math.inf, hi: float = math.inf, open_lo: bool = False,
-         open_hi: bool = False, nullable: bool = False) -> Optional[float]:
-    if v is None and nullable:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise _fail(where, f"must be a number{' or null' if nullable else ''}, got {v!r}")
-    f = float(v)
-    if not math.isfinite(f):
-        raise _fail(where, f"must be finite, got {v!r}")
-    if f < lo or f > hi or (open_lo and f == lo) or (open_hi and f == hi):
-        lb, hb = "(" if open_lo else "[", ")" if open_hi else "]"
-        raise _fail(where, f"must lie in {lb}{lo:g}, {hi:g}{hb}, got {v!r}")
-    return f
-
-
-def _int(where: str, v: Any, lo: int = 0) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise _fail(where, f"must be an integer >= {lo}, got {v!r}")
-    return int(v)
-
-
-def _bool(where: str, v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise _fail(where, f"must be true or false, got {v!r}")
-    return v
+# the strict-JSON toolkit (edgeuq_runtime._checks) under this module's historical names
+_fail, _obj, _num, _int, _bool = c.fail, c.obj_keys, c.number, c.integer, c.boolean
 
 
 def _text(where: str, v: Any) -> str:

@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from . import _checks as c
 from .errors import ManifestError
 
 __all__ = ["SECTION", "MEASURED", "STATUSES", "CHOSEN_BY", "CandidateRecord", "GraphPlacementRecord",
@@ -47,8 +48,7 @@ _GRAPH = {"executor", "target", "lowering", "chosen_by", "reason", "candidates"}
 _CAND = {"executor", "target", "lowering", "default", "status", "median_ms", "p90_ms", "repeats", "check", "reason"}
 
 
-def _fail(where: str, msg: str) -> ManifestError:
-    return ManifestError(f"{where}: {msg}")
+_fail = c.fail        # the strict-JSON toolkit (edgeuq_runtime._checks)
 
 
 def _obj(where: str, v: Any, keys: set) -> Mapping[str, Any]:

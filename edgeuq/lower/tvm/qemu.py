@@ -27,6 +27,7 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 
 import edgeuq_runtime
+from edgeuq_runtime.batching import run_fixed_batch
 
 from ..base import Evidence
 from ..toolchain import ToolchainError, require_tool, toolchains_dir
@@ -135,17 +136,7 @@ def run_armv7_graph(library: Path, options: Mapping[str, Any], feeds: Mapping[st
                                f"{len(outputs)}: {outputs}")
         return outs
 
-    if batch is None:
-        values = call(arrays)
-    else:
-        n, parts = arrays[0].shape[0], []
-        for r0 in range(0, n, batch):
-            chunk = [a[r0:r0 + batch] for a in arrays]
-            short = batch - chunk[0].shape[0]
-            if short:
-                chunk = [np.concatenate([c, np.zeros((short, *c.shape[1:]), c.dtype)]) for c in chunk]
-            parts.append([v[: batch - short] for v in call(chunk)])
-        values = [np.concatenate([p[i] for p in parts]) for i in range(len(outputs))]
+    values = run_fixed_batch(call, arrays, batch)
     return dict(zip(outputs, values))
 
 

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
+from edgeuq_runtime.atomic import atomic_write
+
 from .tune import SHIPPED_ROOT, database_size
 
 __all__ = ["HEAVY_KERNELS", "demo_graphs", "demo_tasks", "tune_demo", "prune_into", "write_provenance", "main"]
@@ -182,9 +184,7 @@ def write_provenance(work_db: Path, dest: Path, target: str) -> dict:
            "note": "trials are timed on the tuning host while it runs whatever else it runs; the load average when "
                    "the database was written says how busy it was (tasks absent here use TVM's default schedules)",
            "load_average_when_written": [round(v, 2) for v in os.getloadavg()]}
-    tmp = Path(dest) / "provenance.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(Path(dest) / "provenance.json")
+    atomic_write(Path(dest) / "provenance.json", json.dumps(doc, indent=2) + "\n")
     return doc
 
 

@@ -1,12 +1,24 @@
 """Graph executors: a tiny registry mapping a backend name to a graph loader.
 
-A loader takes ``(path, threads, options)`` and returns a :class:`GraphRunner`. Backends
-register themselves eagerly by name, but import their heavy dependency (e.g.
-``onnxruntime``) lazily inside the loader, so ``import edgeuq_runtime`` stays cheap
-and works on devices that only have another backend installed.
+A loader takes ``(path, threads, options)`` and returns a :class:`GraphRunner`. Executors are
+found two ways, and only these:
+
+1. **package scan**: every public module of this package is imported when the package is (each
+   registers itself with ``@register_executor("name")``), so a built-in executor is one file here;
+2. **entry points** for third-party executors: the group ``edgeuq_runtime.executors``
+   (``[project.entry-points."edgeuq_runtime.executors"] toy = "toy_pkg.executor"``), loaded the
+   first time :func:`load_graph` meets an unknown name or :func:`known_executors` is asked. An
+   entry point may name a module (its decorator registers) or a loader callable (registered
+   under the entry point's name).
+
+Executors import their heavy dependency (e.g. ``onnxruntime``) lazily inside the loader, so
+``import edgeuq_runtime`` stays cheap and works on devices that only have another backend installed.
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Sequence, Tuple, TypeVar, Union, runtime_checkable
 
@@ -15,7 +27,11 @@ import numpy as np
 from ..errors import BackendError
 
 __all__ = ["GraphRunner", "GraphLoader", "EXECUTORS", "register_executor", "load_graph", "EXECUTOR_FILES",
-           "register_executor_files", "files_opened", "MAX_THREADS", "graph_evidence"]
+           "register_executor_files", "files_opened", "MAX_THREADS", "graph_evidence", "ENTRY_POINT_GROUP",
+           "load_entry_points", "known_executors"]
+
+#: entry-point group of third-party executors
+ENTRY_POINT_GROUP = "edgeuq_runtime.executors"
 
 #: Largest ``threads`` a loader accepts (more would only oversubscribe the CPU; huge values
 #: hang or crash thread pools).
@@ -84,6 +100,8 @@ def load_graph(backend: str, path: Union[str, Path], threads: Optional[int] = No
                options: Optional[Mapping[str, Any]] = None) -> GraphRunner:
     """Load the graph at ``path`` with the executor registered as ``backend``;
     ``options`` (from the manifest's graph entry) go to the loader unchanged."""
+    if backend not in EXECUTORS:
+        load_entry_points()
     try:
         loader = EXECUTORS[backend]
     except KeyError:
@@ -94,6 +112,35 @@ def load_graph(backend: str, path: Union[str, Path], threads: Optional[int] = No
     return loader(Path(path), threads, dict(options or {}))
 
 
-from . import onnxruntime as _onnxruntime  # noqa: E402,F401  (registers "onnxruntime"; imports nothing heavy)
-from . import pynq as _pynq  # noqa: E402,F401  (registers "pynq"; pynq itself is imported only by its loader)
-from . import tvm as _tvm  # noqa: E402,F401  (registers "tvm"; tvm itself is imported only by its loader)
+_ENTRY_POINTS_LOADED = False
+
+
+def load_entry_points() -> Tuple[str, ...]:
+    """Import the ``edgeuq_runtime.executors`` entry points (once); returns their names."""
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return ()
+    _ENTRY_POINTS_LOADED = True
+    seen = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        seen.append(ep.name)
+        obj = ep.load()
+        if ep.name not in EXECUTORS and callable(obj) and not isinstance(obj, type(importlib)):
+            register_executor(ep.name)(obj)
+    return tuple(seen)
+
+
+def known_executors() -> Tuple[str, ...]:
+    """Every executor name: the built-ins (package scan) and the entry points."""
+    load_entry_points()
+    return tuple(sorted(EXECUTORS))
+
+
+def _scan_builtins() -> None:
+    """Import every public module of this package (each registers its executor)."""
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_scan_builtins()

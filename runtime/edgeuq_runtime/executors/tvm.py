@@ -39,10 +39,11 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from ..batching import run_fixed_batch
 from ..errors import BackendError
 from . import register_executor, register_executor_files
 
-__all__ = ["TvmGraph", "load_tvm", "OPTION_KEYS", "ensure_registered"]
+__all__ = ["TvmGraph", "load_tvm", "OPTION_KEYS"]
 
 OPTION_KEYS = frozenset({"inputs", "outputs", "shapes", "dtypes", "batch", "device", "cuda_kernels", "entry"})
 _CUDA_BINARIES: Dict[str, bytes] = {}  # source sha256 -> cubin, served to TVM's compile hook
@@ -217,19 +218,8 @@ class TvmGraph:
         if len(rows) != 1 or -1 in rows:
             raise BackendError(f"graph {self.path.name!r}: inputs must share one batch axis, got shapes "
                                f"{[a.shape for a in arrays]}")
-        n = rows.pop()
         try:
-            if self.batch is None:
-                values = self._call(arrays)
-            else:
-                parts = []
-                for r0 in range(0, n, self.batch):
-                    chunk = [a[r0:r0 + self.batch] for a in arrays]
-                    short = self.batch - chunk[0].shape[0]
-                    if short:
-                        chunk = [np.concatenate([c, np.zeros((short, *c.shape[1:]), c.dtype)]) for c in chunk]
-                    parts.append([v[: self.batch - short] for v in self._call(chunk)])
-                values = [np.concatenate([p[i] for p in parts]) for i in range(len(self._outputs))]
+            values = run_fixed_batch(self._call, arrays, self.batch)
         except BackendError:
             raise
         except Exception as exc:  # TVM raises its own error types
@@ -268,8 +258,3 @@ def load_tvm(path: Path, threads: Optional[int] = None, options: Optional[Mappin
     except Exception as exc:
         raise BackendError(f"could not load graph {path.name!r} ({path}) with TVM: {exc}") from exc
     return TvmGraph(vm, tvm, device, path, options)
-
-
-def ensure_registered() -> None:
-    """(Re-)register this executor as "tvm" (idempotent; for callers that import it on demand)."""
-    register_executor("tvm")(load_tvm)

@@ -28,7 +28,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from ..errors import ManifestError
+from .. import _checks as c
 from ..manifest import register_manifest_section
 from ..noise import NOISE_STREAM
 from .core import CanaryReport, check_canaries
@@ -65,14 +65,8 @@ class CanarySpec:
         return out
 
 
-def _fail(where: str, msg: str) -> ManifestError:
-    return ManifestError(f"{where}: {msg}")
-
-
-def _int(where: str, v: Any, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise _fail(where, f"must be an integer >= {lo}, got {v!r}")
-    return v
+# the strict-JSON toolkit (edgeuq_runtime._checks)
+_fail, _int = c.fail, c.integer
 
 
 def _float(where: str, v: Any) -> float:

@@ -30,6 +30,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_write
+
 __all__ = ["HealthPolicy", "HealthMeter", "canary_report", "send_report", "validate_report", "running_release", "SCHEMA",
            "PHASES"]
 
@@ -160,9 +162,4 @@ def send_report(rep: Dict[str, Any], dest: str, timeout: float = 5.0) -> None:
     d.mkdir(parents=True, exist_ok=True)
     name = f"{rep['device_id']}.{rep['phase']}.{time.time_ns()}.{os.getpid()}"
     safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
-    tmp = d / f".{safe}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(body)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, d / f"{safe}.json")
+    atomic_write(d / f"{safe}.json", body, durable=True, mkdir=False)

@@ -32,13 +32,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from ..atomic import atomic_write
 from .core import _name
 from .errors import SlotError, UpdateRefused
 
@@ -140,19 +140,10 @@ def rollout_identity(root: Path) -> Tuple[str, Tuple[str, ...]]:
 
 
 def set_rollout_identity(root: Path, device_id: str, groups: Sequence[str] = ()) -> None:
-    from .slots import fsync_dir
-
     if not isinstance(device_id, str) or not device_id:
         raise ValueError(f"device_id must be a non-empty string, got {device_id!r}")
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / (IDENTITY_FILE + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(json.dumps({"device_id": device_id, "groups": list(groups)}, indent=2).encode() + b"\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, root / IDENTITY_FILE)
-    fsync_dir(root)
+    atomic_write(Path(root) / IDENTITY_FILE,
+                 json.dumps({"device_id": device_id, "groups": list(groups)}, indent=2) + "\n", durable=True)
 
 
 def gate(updater: Any, up: Any, number: int, path: str, state: Dict[str, Any], link: Optional[str]) -> Optional[Dict[str, Any]]:

@@ -1,0 +1,107 @@
+"""Compression steps: one registry, one file per step.
+
+A step takes a model and returns a new one (the input is left unchanged)::
+
+    model ─step(model, data, options)─► StepResult(model, info)
+
+Built-ins (``distill``, ``prune``, ``lowrank``) are found by scanning this package: a new step
+is one module here (or a third-party module under the ``edgeuq.compress_step`` entry-point
+group) holding a class decorated with ``@COMPRESSION_STEPS.register("name")`` that declares its
+frozen ``Options`` dataclass and implements ``apply``. :func:`run_steps` runs a declared list of
+steps in order, each with options read strictly (an unknown key names itself), and times each.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from torch import nn
+
+from ...profile.harness import StageTimer
+from ...registry import Registry, scan_package
+
+__all__ = ["CompressionStep", "StepData", "StepResult", "COMPRESSION_STEPS", "get_step", "step_options",
+           "run_steps"]
+
+
+@dataclass(frozen=True, eq=False)
+class StepData:
+    """What a step may read: calibration/training windows ``x`` (N, L) with labels ``y`` (or None),
+    validation windows, and a teacher labeller ``(x, samples, seed) -> (S, N, C) probabilities``
+    (distillation needs one; :class:`edgeuq.compress.stages.Teacher` has ``label``)."""
+
+    x: np.ndarray
+    y: Optional[np.ndarray] = None
+    x_val: Optional[np.ndarray] = None
+    y_val: Optional[np.ndarray] = None
+    teacher: Optional[Callable[[np.ndarray, int, int], np.ndarray]] = None
+    progress: bool = False
+    log: Callable[[str], None] = field(default=lambda s: None)
+
+
+@dataclass(frozen=True, eq=False)
+class StepResult:
+    model: nn.Module
+    info: Mapping[str, Any]
+
+
+class CompressionStep:
+    """Base of a compression step. Subclasses set ``Options`` (a frozen dataclass; its
+    ``__post_init__`` validates) and implement :meth:`apply`."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type]
+
+    def apply(self, model: nn.Module, data: StepData, options: Any) -> StepResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _check(name: str, step: Any) -> None:
+    opts = getattr(step, "Options", None)
+    if not isinstance(step, CompressionStep) or not (isinstance(opts, type) and dataclasses.is_dataclass(opts)
+                                                     and opts.__dataclass_params__.frozen):
+        raise TypeError(f"compression step {name!r} must be a CompressionStep with a frozen dataclass Options, "
+                        f"got {step!r}")
+
+
+COMPRESSION_STEPS: Registry[CompressionStep] = Registry("compress_step", instantiate=True, check=_check,
+                                                        label="compression step")
+
+
+def get_step(name: str) -> CompressionStep:
+    return COMPRESSION_STEPS.get(name)
+
+
+def step_options(step: CompressionStep, options: Union[None, Mapping[str, Any], Any] = None) -> Any:
+    """``options`` as the step's ``Options``: an instance passes, a mapping is read strictly (an
+    unknown key is an error naming it and the known ones)."""
+    if isinstance(options, step.Options):
+        return options
+    given = dict(options or {})
+    known = {f.name for f in dataclasses.fields(step.Options)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(f"compression step {step.name!r}: unknown option(s) {unknown}; known: {sorted(known)}")
+    return step.Options(**given)
+
+
+def run_steps(model: nn.Module, steps: Sequence[Tuple[str, Any]], data: StepData) -> Tuple[nn.Module, List[Dict]]:
+    """Run the declared ``steps`` ([(name, options)]) in order; returns the final model and one
+    record per step (name, options, info, seconds)."""
+    timer, records = StageTimer(), []
+    for i, (name, options) in enumerate(steps):
+        step = get_step(name)
+        opts = step_options(step, options)
+        key = f"{i}:{name}"
+        with timer.stage(key):
+            res = step.apply(model, data, opts)
+        data.log(f"compress step {name}: {dict(res.info)}")
+        records.append({"step": name, "options": dataclasses.asdict(opts), "info": dict(res.info),
+                        "seconds": timer.seconds[key]})
+        model = res.model
+    return model, records
+
+
+scan_package(__name__, __path__)

@@ -1,0 +1,17 @@
+"""``prune``: Fisher-guided structured pruning of heads and neurons (Kwon et al. 2022), as a step
+(the algorithm is :func:`edgeuq.compress.prune.prune`; its options are :class:`PruneConfig`)."""
+from __future__ import annotations
+
+from torch import nn
+
+from ..prune import PruneConfig, prune
+from . import COMPRESSION_STEPS, CompressionStep, StepData, StepResult
+
+
+@COMPRESSION_STEPS.register("prune")
+class Prune(CompressionStep):
+    Options = PruneConfig
+
+    def apply(self, model: nn.Module, data: StepData, options: PruneConfig) -> StepResult:
+        res = prune(model, data.x, data.y, options, log=data.log)
+        return StepResult(res.model, dict(res.info))
