@@ -38,9 +38,8 @@ def one_torch_thread():
 
 @pytest.fixture(autouse=True, scope="module")
 def _restore_executor_registry():
-    """Every test module leaves the runtime's executor registry as it found it (compiling or
-    loading a TVM bundle registers the "tvm" executor; other modules expect it unregistered
-    until the runtime package registers it itself)."""
+    """Every test module leaves the runtime's executor registry as it found it (tests register
+    toy executors; the built-ins are found by the package scan)."""
     from edgeuq_runtime.executors import EXECUTORS
 
     saved = dict(EXECUTORS)
