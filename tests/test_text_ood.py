@@ -1,0 +1,138 @@
+"""Text OOD features and scores: layer-pooled (Avg-Avg) features against a manual loop,
+the Mahalanobis density against a brute-force numpy reference, energy, sentence cutting."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgeuq.text.bert import BertConfig, BertEncoder
+from edgeuq.text.ood import avg_avg, energy_score, layer_pooled, shuffle_words, text_sentences, truncate_words
+from edgeuq_runtime.density import fit_density
+
+TINY = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
+                  max_position_embeddings=20)
+
+
+def _ids(rng, n=7, t=9):
+    ids = np.zeros((n, t), np.int64)
+    for i in range(n):
+        k = int(rng.integers(1, t + 1))
+        ids[i, :k] = rng.integers(1, TINY.vocab_size, size=k)
+    return ids
+
+
+def test_layer_pooled_and_avg_avg_match_a_manual_loop_per_sentence_without_padding():
+    torch.manual_seed(0)
+    enc = BertEncoder(TINY, dropout=0.0).eval()
+    rng = np.random.default_rng(0)
+    ids = _ids(rng)
+    got = layer_pooled(enc, ids, batch_size=3)  # batches mix lengths: padding must not leak into a mean
+    assert got.shape == (len(ids), TINY.num_hidden_layers + 1, TINY.hidden_size)
+    ref = np.zeros_like(got, dtype=np.float64)
+    with torch.no_grad():
+        for i, row in enumerate(ids):
+            x = torch.from_numpy(row[row != 0][None])  # this sentence alone, no padding at all
+            for layer in range(TINY.num_hidden_layers + 1):
+                h = enc.embeddings(x) if layer == 0 else enc(x, stop=layer)[0]
+                vals = h[0].numpy().astype(np.float64)
+                ref[i, layer] = sum(vals[t] for t in range(vals.shape[0])) / vals.shape[0]
+    err = np.max(np.abs(got - ref))
+    assert err <= 1e-4, err
+    aa = avg_avg(got)
+    manual = np.zeros((len(ids), TINY.hidden_size))
+    for i in range(len(ids)):
+        for layer in range(1, TINY.num_hidden_layers + 1):
+            manual[i] += ref[i, layer] / TINY.num_hidden_layers
+    err = np.max(np.abs(aa - manual))
+    assert err <= 1e-4, err
+    sub = avg_avg(got, [0, 2])
+    err = np.max(np.abs(sub - (ref[:, 0] + ref[:, 2]) / 2))
+    assert err <= 1e-4, err
+
+
+def test_avg_avg_rejects_bad_layers():
+    f = np.zeros((2, 4, 3))
+    with pytest.raises(ValueError, match="layers"):
+        avg_avg(f, [4])
+    with pytest.raises(ValueError, match="layers"):
+        avg_avg(f, [])
+    with pytest.raises(ValueError, match="shape"):
+        avg_avg(f[0])
+
+
+def _brute_force_nll(z, y, c, ridge):
+    """-log sum_c pi_c N(z; mu_c, Sigma) with Sigma = pooled within-class covariance / (N - C) + ridge."""
+    n, d = z.shape
+    mus = [np.mean(z[y == k], axis=0) for k in range(c)]
+    s = np.zeros((d, d))
+    for i in range(n):
+        v = z[i] - mus[y[i]]
+        s += np.outer(v, v)
+    s /= n - c
+    s += np.eye(d) * ridge * np.trace(s) / d
+    _, logdet = np.linalg.slogdet(s)
+    pri = [np.mean(y == k) for k in range(c)]
+
+    def nll(x):
+        terms = []
+        for k in range(c):
+            v = x - mus[k]
+            m2 = float(v @ np.linalg.solve(s, v))
+            terms.append(np.log(pri[k]) - 0.5 * (d * np.log(2 * np.pi) + logdet + m2))
+        top = max(terms)
+        return -(top + np.log(sum(np.exp(t - top) for t in terms)))
+    return nll
+
+
+def test_mahalanobis_density_matches_brute_force_reference():
+    rng = np.random.default_rng(1)
+    d, c = 6, 3
+    y = rng.integers(0, c, size=300)
+    z = rng.normal(size=(300, d)) @ rng.normal(size=(d, d)) + 3.0 * y[:, None]
+    g = fit_density(z, y, c, ridge=1e-3)
+    ref = _brute_force_nll(z, y, c, 1e-3)
+    test = rng.normal(size=(40, d)) * 4
+    got = g.score(test, "none")
+    want = np.array([ref(x) for x in test])
+    err = np.max(np.abs(got - want) / np.maximum(1.0, np.abs(want)))
+    assert err <= 1e-8, err
+    # squared distances, one class at a time
+    m2 = g.mahalanobis_sq(test)
+    cov = np.linalg.inv(g.precision)
+    for k in range(c):
+        v = test - g.means[k]
+        want_k = np.einsum("nd,nd->n", v, np.linalg.solve(cov, v.T).T)
+        assert np.max(np.abs(m2[:, k] - want_k) / np.maximum(1.0, want_k)) <= 1e-8
+
+
+def test_energy_score_matches_a_direct_formula_and_orders_confidence():
+    z = np.array([[10.0, 0.0], [0.1, 0.0], [-3.0, 2.0]])
+    for t in (1.0, 2.5):
+        want = [-t * np.log(np.sum(np.exp(r / t))) for r in z]
+        err = np.max(np.abs(energy_score(z, t) - want))
+        assert err <= 1e-12, err
+    e = energy_score(z)
+    assert e[0] < e[1]  # a confident (large-logit) row is less unusual
+    big = energy_score(np.array([[1000.0, 999.0]]))
+    assert np.isfinite(big).all()
+    with pytest.raises(ValueError, match="temperature"):
+        energy_score(z, 0.0)
+
+
+def test_text_sentences_cuts_and_filters():
+    text = ("This module provides a portable way of using operating system dependent functionality. "
+            "See also: os.path.  x = f(a[1], b{2}) == 3;; ## ok ok ok ok.\n\n  It   returns a new list "
+            "of the items. This module provides a portable way of using operating system dependent functionality.")
+    got = text_sentences([text], min_words=4)
+    assert got == ["This module provides a portable way of using operating system dependent functionality.",
+                   "It returns a new list of the items."]
+
+
+def test_shuffle_and_truncate_keep_words():
+    rng = np.random.default_rng(0)
+    s = ["a b c d e f g h i j"]
+    sh = shuffle_words(s, rng)[0]
+    assert sorted(sh.split()) == sorted(s[0].split()) and sh != s[0]
+    assert truncate_words(s) == ["a b c"]
+    assert truncate_words(["one two three"]) == ["one two"]
