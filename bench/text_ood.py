@@ -106,6 +106,18 @@ def sklearn_descr_texts() -> list:
     return [p.read_text() for p in sorted(root.iterdir(), key=lambda p: p.name) if p.name.endswith(".rst")]
 
 
+def trunk_features(model, ids: np.ndarray, batch: int = 128) -> np.ndarray:
+    """Deterministic pooled trunk features, length-sorted batches trimmed to their longest row."""
+    lengths = (ids != 0).sum(1)
+    order = np.argsort(lengths, kind="stable")
+    out = np.zeros((len(ids), model.feature_dim), np.float32)
+    with torch.no_grad():
+        for i in range(0, len(ids), batch):
+            idx = order[i:i + batch]
+            out[idx] = model.trunk(torch.from_numpy(ids[idx, :int(lengths[idx].max())])).numpy()
+    return out
+
+
 def _halves(items, rng):
     idx = rng.permutation(len(items))
     h = len(idx) // 2
@@ -190,8 +202,7 @@ def main(argv=None) -> int:
         model.scheme = "laplace"
         lap_cache = cache.subset(np.random.default_rng(1).permutation(len(cache))[:10000])
         val_ids = tok.encode_batch(val.texts)
-        with torch.no_grad():
-            val_feats = model.trunk(torch.from_numpy(val_ids)).numpy()
+        val_feats = trunk_features(model, val_ids)
         fit_text_laplace(model, features_from_cache(model, lap_cache), val_feats, val.y)
         torch.save(model.state_dict(), a.out / "teacher.pt")
         del cache
@@ -230,8 +241,8 @@ def main(argv=None) -> int:
     for name, tx in texts.items():
         ids = tok.encode_batch(tx)
         lp = layer_pooled(pretrained_enc, ids)
+        ft = trunk_features(model, ids)
         with torch.no_grad():
-            ft = model.trunk(torch.from_numpy(ids)).numpy()
             logits = model.head_forward(torch.from_numpy(ft)).numpy()  # sampling off: the MAP logits
         probs_s = sample_probs(model, ft, a.samples, seed=7)
         r = decompose(probs_s)

@@ -136,3 +136,59 @@ def test_shuffle_and_truncate_keep_words():
     assert sorted(sh.split()) == sorted(s[0].split()) and sh != s[0]
     assert truncate_words(s) == ["a b c"]
     assert truncate_words(["one two three"]) == ["one two"]
+
+
+@pytest.mark.parametrize("kind", ["avgavg", "pretrained"])
+def test_bundle_with_ood_features_runtime_trunk_emits_them_and_predicts_like_the_classifier(tmp_path, kind):
+    from edgeuq.text.classifier import TextClassifier
+    from edgeuq.text.export import export_text_bundle
+    from edgeuq.text.ood import WithOODFeatures
+    from edgeuq_runtime import UncertaintyRuntime
+    from edgeuq_runtime.wordpiece import WordPieceTokenizer
+
+    cfg = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
+                     max_position_embeddings=20)
+    torch.manual_seed(5)
+    pretrained = BertEncoder(cfg, dropout=0.0).eval()
+    model = TextClassifier(cfg, num_classes=2, hidden=8, scheme="mc_dropout").eval()
+    model.encoder.load_state_dict(pretrained.state_dict())
+    with torch.no_grad():  # "fine-tune" the top layer only
+        for p in model.encoder.layers[2].parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    wrapped = WithOODFeatures(model, pretrained, kind, start=2)
+    words = ["good", "bad", "film", "the", "not", "very", "fun"]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    vocab = specials + words + [f"w{i}" for i in range(cfg.vocab_size - len(specials) - len(words))]
+    tok = WordPieceTokenizer(vocab=tuple(vocab), max_length=10, special_tokens=tuple(specials))
+    texts = ["the film is very good", "not fun , bad", "w3 w4 w5 w6 w7 w8 w9"]
+    b = export_text_bundle(wrapped, tok, tmp_path / "b", ("negative", "positive"), "tiny-ood", check_texts=texts,
+                           default_samples=4)
+    rt = UncertaintyRuntime(b.root, threads=1)
+    ids = tok.encode_batch(texts)
+    got = rt.trunk_features(ids)
+    with torch.no_grad():
+        ft = model.trunk(torch.from_numpy(ids)).numpy()
+    lp = layer_pooled(pretrained, ids)
+    want_ood = avg_avg(lp) if kind == "avgavg" else lp[:, -1]
+    assert got.shape == (3, 32)
+    err = max(np.max(np.abs(got[:, :16] - ft)), np.max(np.abs(got[:, 16:] - want_ood)))
+    assert err <= 1e-4, err
+    assert np.max(np.abs(got[:, 16:] - ft)) > 1e-2  # the fine-tuned layer really differs
+    with torch.no_grad():
+        p = torch.softmax(model(torch.from_numpy(ids)), -1).numpy()
+    assert np.max(np.abs(rt.deterministic(ids).probs - p)) <= 1e-4
+
+
+def test_with_ood_features_refuses_a_fine_tuned_shared_layer():
+    from edgeuq.text.classifier import TextClassifier
+    from edgeuq.text.ood import WithOODFeatures
+
+    torch.manual_seed(6)
+    pretrained = BertEncoder(TINY, dropout=0.0).eval()
+    model = TextClassifier(TINY, num_classes=2, hidden=8).eval()
+    model.encoder.load_state_dict(pretrained.state_dict())
+    with torch.no_grad():
+        model.encoder.layers[0].intermediate.dense.bias.add_(1.0)
+    with pytest.raises(ValueError, match="start=2"):
+        WithOODFeatures(model, pretrained, "avgavg", start=2)
+    WithOODFeatures(model, pretrained, "avgavg", start=0)  # nothing shared: fine

@@ -29,7 +29,8 @@ import torch
 
 from .bert import BertEncoder, key_bias_from_mask
 
-__all__ = ["layer_pooled", "avg_avg", "energy_score", "text_sentences", "shuffle_words", "truncate_words"]
+__all__ = ["layer_pooled", "avg_avg", "energy_score", "text_sentences", "shuffle_words", "truncate_words",
+           "WithOODFeatures", "OOD_KINDS"]
 
 
 @torch.no_grad()
@@ -128,3 +129,95 @@ def truncate_words(texts: Sequence[str], keep: float = 0.3, min_words: int = 2) 
         w = t.split()
         out.append(" ".join(w[:max(min_words, int(round(keep * len(w))))]))
     return out
+
+
+OOD_KINDS = ("pretrained", "avgavg")
+
+
+class WithOODFeatures(torch.nn.Module):
+    """A fine-tuned :class:`~edgeuq.text.classifier.TextClassifier` whose trunk also emits the
+    pretrained encoder's features, so the bundle's density score (``edgeuq calibrate``, the
+    runtime's :class:`~edgeuq_runtime.density.GaussianDensity` on the trunk output) sees topic:
+
+        trunk(ids) -> [fine-tuned pooled features (d) | OOD features (d)]      (B, 2d)
+        head(f)    -> the classifier's head on f[:, :d]
+
+    ``kind`` ``"pretrained"``: the masked token mean of the pretrained encoder's last layer
+    (Uppaal et al. 2023); ``"avgavg"``: the token mean averaged over layers 1..L (Chen et al.
+    2022). Fine-tuning keeps layers ``0..start-1`` frozen, so they are shared; the pretrained
+    copies of layers ``start..L-1`` run beside the fine-tuned ones (``L - start`` extra layers).
+    Export it with :func:`edgeuq.text.export.export_text_bundle` like the classifier itself."""
+
+    def __init__(self, model, pretrained: BertEncoder, kind: str, start: int) -> None:
+        super().__init__()
+        import copy
+
+        if kind not in OOD_KINDS:
+            raise ValueError(f"kind must be one of {list(OOD_KINDS)}, got {kind!r}")
+        n = len(model.encoder.layers)
+        if len(pretrained.layers) != n or not 0 <= start <= n:
+            raise ValueError(f"start must lie in [0, {n}] and the pretrained encoder have {n} layers")
+        shared = [model.encoder.embeddings, *list(model.encoder.layers)[:start]]
+        ref = [pretrained.embeddings, *list(pretrained.layers)[:start]]
+        for a, b in zip(shared, ref):
+            for (name, p), q in zip(a.named_parameters(), b.parameters()):
+                if p.shape != q.shape or not torch.equal(p.detach(), q.detach()):
+                    raise ValueError(f"layers below start={start} must be the pretrained ones (frozen); "
+                                     f"{name} differs")
+        self.model = model
+        self.kind = kind
+        self.start = int(start)
+        self.pre_top = torch.nn.ModuleList([copy.deepcopy(l) for l in list(pretrained.layers)[start:]])
+
+    # what export_text_bundle reads -------------------------------------------------------
+    @property
+    def cfg(self):
+        return self.model.cfg
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    @property
+    def scheme(self) -> str:
+        return self.model.scheme
+
+    @scheme.setter
+    def scheme(self, value: str) -> None:
+        self.model.scheme = value
+
+    @property
+    def feature_dim(self) -> int:
+        return 2 * self.model.feature_dim
+
+    def noise_specs(self):
+        return self.model.noise_specs()
+
+    def set_sampling(self, on: bool) -> None:
+        self.model.set_sampling(on)
+
+    def trunk(self, ids: torch.Tensor) -> torch.Tensor:
+        from .bert import masked_mean_pool
+
+        enc = self.model.encoder
+        mask = enc.mask(ids)
+        bias = key_bias_from_mask(mask)
+        h = enc.embeddings(ids)
+        pooled = []
+        for layer in list(enc.layers)[:self.start]:
+            h = layer(h, bias)
+            pooled.append(masked_mean_pool(h, mask))
+        hf = h
+        for layer in list(enc.layers)[self.start:]:
+            hf = layer(hf, bias)
+        for layer in self.pre_top:
+            h = layer(h, bias)
+            pooled.append(masked_mean_pool(h, mask))
+        ood = pooled[-1] if self.kind == "pretrained" else torch.stack(pooled, 0).mean(0)
+        return torch.cat([masked_mean_pool(hf, mask), ood], dim=-1)
+
+    def head_forward(self, feats: torch.Tensor, noise=None) -> torch.Tensor:
+        return self.model.head_forward(feats[:, :self.model.feature_dim], noise)
+
+    def forward(self, ids: torch.Tensor, noise=None) -> torch.Tensor:
+        return self.head_forward(self.trunk(ids), noise)
