@@ -192,3 +192,42 @@ def test_with_ood_features_refuses_a_fine_tuned_shared_layer():
     with pytest.raises(ValueError, match="start=2"):
         WithOODFeatures(model, pretrained, "avgavg", start=2)
     WithOODFeatures(model, pretrained, "avgavg", start=0)  # nothing shared: fine
+
+
+def test_text_teacher_stage_with_ood_features_ships_pretrained_avg_avg_in_the_trunk(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from require_extras import require_extra
+
+    require_extra("safetensors", "text")
+    from text_teacher_support import sentiment_rows, write_tiny_model, write_tsv
+
+    from edgeuq.text.pipeline import TeacherOptions, train_text_teacher
+    from edgeuq.text.pretrained import load_pretrained
+    from edgeuq_runtime import UncertaintyRuntime
+
+    model_dir = write_tiny_model(tmp_path / "model")
+    train = write_tsv(tmp_path / "train.tsv", ["sentence", "label"], sentiment_rows(40, 0))
+    test = write_tsv(tmp_path / "test.tsv", ["sentence", "label"], sentiment_rows(12, 2))
+    opts = TeacherOptions(train_layers=1, epochs=2, lr=3e-3, lr_head=3e-2, batch=8, max_length=12, samples=4,
+                          schemes=("mc_dropout",), ood_features="avgavg")
+    art = train_text_teacher(train, tmp_path / "out", opts, val=test, test=test, model=model_dir,
+                             log=lambda m: None)
+    rt = UncertaintyRuntime(art.bundle_path("mc_dropout"), threads=1)
+    texts = ["a good film", "bad bad plot", "what is the capital of france"]
+    ids = rt.tokenize(texts)
+    feats = rt.trunk_features(ids)
+    pre = load_pretrained(model_dir)
+    d = pre.config.hidden_size
+    assert feats.shape == (3, 2 * d)
+    want = avg_avg(layer_pooled(pre.encoder(dropout=0.0), ids))
+    err = np.max(np.abs(feats[:, d:] - want))
+    assert err <= 1e-4, err
+    model = art.load_model("mc_dropout")
+    with torch.no_grad():
+        ft = model.trunk(torch.from_numpy(ids)).numpy()
+    assert np.max(np.abs(feats[:, :d] - ft)) <= 1e-4
+    with pytest.raises(ValueError, match="ood_features"):
+        TeacherOptions(ood_features="everything")
