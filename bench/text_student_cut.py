@@ -84,6 +84,8 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--fit", type=int, default=3000, help="training phrases fitting the student's densities")
+    ap.add_argument("--choice", choices=("fisher", "top", "bottom"), default="fisher",
+                    help="which layer choice is distilled (all three are compared without training)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
@@ -155,8 +157,8 @@ def main(argv=None) -> int:
         zero_shot[name] = {"layers": list(layers), **_agreement(s, remap[dev_ids], t_dev_pred, dev.y), **info}
         print(f"cut {name} {layers}, no training: {zero_shot[name]}", flush=True)
 
-    # 3. build + distil the Fisher choice
-    spec = StudentSpec(layers=choices["fisher"], ffn=a.ffn, rank=a.rank, max_length=a.max_length)
+    # 3. build + distil the chosen cut (default: the Fisher choice)
+    spec = StudentSpec(layers=choices[a.choice], ffn=a.ffn, rank=a.rank, max_length=a.max_length)
     student, info = build_student(teacher, spec, old_ids, fisher)
     ti = np.sort(rng.permutation(len(train))[:a.transfer])
     t_ids = tok.encode_batch([train.texts[i] for i in ti])
@@ -255,7 +257,7 @@ def main(argv=None) -> int:
         "what": "an edge student cut from the MiniLM-L6 SST-2 teacher (kept layers by mask Fisher, FFN pruned by mask "
                 "Fisher, vocabulary pruned to SST-2 phrase tokens, SVD-factorised embedding, distilled with hidden-"
                 "state matching); teacher vs student",
-        "spec": {"layers": list(spec.layers), "ffn": spec.ffn, "rank": spec.rank,
+        "spec": {"choice": a.choice, "layers": list(spec.layers), "ffn": spec.ffn, "rank": spec.rank,
                  "vocab": int(small_tok.vocab_size), "embedding_params": emb_params, **info},
         "fisher": {"rows": a.fisher, "layers": fisher.layers.tolist(), "seconds": t_fisher},
         "layer_choice_zero_shot": zero_shot,
@@ -275,7 +277,7 @@ def main(argv=None) -> int:
 
     results["tables"] = {"text_student_cut": {"headers": heads, "rows": [
         trow("teacher (MiniLM-L6, top layer fine-tuned; host)", t_row),
-        trow(f"student: layers {list(spec.layers)}, FFN {spec.ffn}, vocab {small_tok.vocab_size}, rank {spec.rank} "
+        trow(f"student ({a.choice} layers): {list(spec.layers)}, FFN {spec.ffn}, vocab {small_tok.vocab_size}, rank {spec.rank} "
              "(device runtime)", s_row)]}}
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "results.json").write_text(json.dumps(results, indent=1))

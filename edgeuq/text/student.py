@@ -312,9 +312,9 @@ def distil_student(student: TextClassifier, teacher: TextClassifier, spec: Stude
             opt.step()
             sched.step()
             step += 1
-            tot[0] += float(loss) * len(idx)
-            tot[1] += float(kl) * len(idx)
-            tot[2] += float(mse) * len(idx)
+            tot[0] += float(loss.detach()) * len(idx)
+            tot[1] += float(kl.detach()) * len(idx)
+            tot[2] += float(mse.detach()) * len(idx)
             n += len(idx)
             if step % 100 == 0:
                 log(f"distil epoch {epoch + 1} step {step}/{steps}: loss {tot[0] / n:.4f} (kl {tot[1] / n:.4f}, "
