@@ -138,7 +138,7 @@ def test_shuffle_and_truncate_keep_words():
     assert truncate_words(["one two three"]) == ["one two"]
 
 
-@pytest.mark.parametrize("kind", ["avgavg", "pretrained"])
+@pytest.mark.parametrize("kind", ["frozen_avg", "avgavg", "pretrained"])
 def test_bundle_with_ood_features_runtime_trunk_emits_them_and_predicts_like_the_classifier(tmp_path, kind):
     from edgeuq.text.classifier import TextClassifier
     from edgeuq.text.export import export_text_bundle
@@ -169,7 +169,8 @@ def test_bundle_with_ood_features_runtime_trunk_emits_them_and_predicts_like_the
     with torch.no_grad():
         ft = model.trunk(torch.from_numpy(ids)).numpy()
     lp = layer_pooled(pretrained, ids)
-    want_ood = avg_avg(lp) if kind == "avgavg" else lp[:, -1]
+    want_ood = {"avgavg": avg_avg(lp), "pretrained": lp[:, -1], "frozen_avg": avg_avg(lp, [1, 2])}[kind]
+    assert b.manifest.metadata["density_columns"] == [16, 32]
     assert got.shape == (3, 32)
     err = max(np.max(np.abs(got[:, :16] - ft)), np.max(np.abs(got[:, 16:] - want_ood)))
     assert err <= 1e-4, err
@@ -192,6 +193,8 @@ def test_with_ood_features_refuses_a_fine_tuned_shared_layer():
     with pytest.raises(ValueError, match="start=2"):
         WithOODFeatures(model, pretrained, "avgavg", start=2)
     WithOODFeatures(model, pretrained, "avgavg", start=0)  # nothing shared: fine
+    with pytest.raises(ValueError, match="frozen layer"):
+        WithOODFeatures(model, pretrained, "frozen_avg", start=0)
 
 
 def test_text_teacher_stage_with_ood_features_ships_pretrained_avg_avg_in_the_trunk(tmp_path):
@@ -231,3 +234,68 @@ def test_text_teacher_stage_with_ood_features_ships_pretrained_avg_avg_in_the_tr
     assert np.max(np.abs(feats[:, :d] - ft)) <= 1e-4
     with pytest.raises(ValueError, match="ood_features"):
         TeacherOptions(ood_features="everything")
+
+
+def test_density_column_pooling_and_its_validation():
+    from edgeuq_runtime.density import check_pooling, pool_features
+    from edgeuq_runtime.errors import InputError
+
+    f = np.arange(12.0).reshape(2, 6)
+    assert np.array_equal(pool_features(f, "columns:2:5"), f[:, 2:5])
+    assert check_pooling("columns:0:1") == "columns:0:1"
+    for bad in ("columns:3:3", "columns:a:4", "columns:1", "cols:0:2", "max"):
+        with pytest.raises(InputError, match="pooling"):
+            check_pooling(bad)
+    with pytest.raises(InputError, match="columns:2:9"):
+        pool_features(f, "columns:2:9")
+    with pytest.raises(InputError):
+        pool_features(np.zeros((2, 3, 6)), "columns:0:2")
+
+
+def test_calibrated_bundle_density_is_fitted_on_the_ood_columns_only(tmp_path):
+    """edgeuq calibrate on a bundle whose trunk emits [fine-tuned | frozen Avg-Avg]: the density
+    model is the Gaussian of the tail columns of the fit texts' trunk features, and the runtime's
+    density score is that Gaussian's score (independent fit on the features read back)."""
+    from edgeuq.calibrate.fit import CalibrationOptions, calibrate_bundle
+    from edgeuq.text.classifier import TextClassifier
+    from edgeuq.text.export import export_text_bundle
+    from edgeuq.text.ood import WithOODFeatures
+    from edgeuq_runtime import UncertaintyRuntime
+    from edgeuq_runtime.wordpiece import WordPieceTokenizer
+
+    cfg = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16,
+                     max_position_embeddings=20)
+    torch.manual_seed(7)
+    pretrained = BertEncoder(cfg, dropout=0.0).eval()
+    model = TextClassifier(cfg, num_classes=2, hidden=8, scheme="mc_dropout").eval()
+    model.encoder.load_state_dict(pretrained.state_dict())
+    wrapped = WithOODFeatures(model, pretrained, "frozen_avg", start=1)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    vocab = specials + [f"w{i}" for i in range(cfg.vocab_size - len(specials))]
+    tok = WordPieceTokenizer(vocab=tuple(vocab), max_length=8, special_tokens=tuple(specials))
+    b = export_text_bundle(wrapped, tok, tmp_path / "b", ("negative", "positive"), "tiny-ood", default_samples=4)
+    rng = np.random.default_rng(0)
+
+    def ids(n, lo=4, hi=30):
+        x = np.zeros((n, 8), np.int64)
+        for i in range(n):
+            k = int(rng.integers(2, 7))
+            x[i, 0], x[i, 1:k + 1], x[i, k + 1] = 2, rng.integers(lo, hi, size=k), 3
+        return np.unique(x, axis=0)
+
+    fit_x, cal_x = ids(120, 4, 17), ids(60, 17, 30)  # disjoint tokens: no text in both
+    fit_y, cal_y = rng.integers(0, 2, len(fit_x)), rng.integers(0, 2, len(cal_x))
+    calibrate_bundle(b.root, cal_x, cal_y, fit_x, fit_y, CalibrationOptions(samples=4), log=lambda m: None)
+    rt = UncertaintyRuntime(b.root, threads=1)
+    feats = rt.trunk_features(fit_x)
+    ref = fit_density(feats[:, 8:16].astype(np.float64), fit_y, 2, ridge=CalibrationOptions().ridge)
+    test_x = ids(10)
+    from edgeuq.calibrate.scores import calibrated_extra_scores
+
+    r = rt.predict(test_x, samples=4, seed=1)
+    got = calibrated_extra_scores(rt, test_x, r.epistemic, r.total, r.prediction)["density"]
+    want = ref.score(rt.trunk_features(test_x)[:, 8:16].astype(np.float64), "none")
+    err = np.max(np.abs(got - want) / np.maximum(1.0, np.abs(want)))
+    assert err <= 1e-6, err
+    whole = fit_density(feats.astype(np.float64), fit_y, 2).score(rt.trunk_features(test_x).astype(np.float64), "none")
+    assert np.max(np.abs(got - whole)) > 1e-3  # not the density of all 16 columns

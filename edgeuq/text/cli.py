@@ -138,10 +138,11 @@ def register(subparsers) -> None:
                    help="one bundle per scheme: laplace, mc_dropout (default: both)")
     u.add_argument("--samples", type=int, default=32, help="MC samples S of the bundles and metrics")
     u.add_argument("--threads", type=int, default=1, help="device-runtime threads in the evaluation")
-    u.add_argument("--ood-features", choices=("none", "pretrained", "avgavg"), default="none",
-                   help="the bundles' trunk also emits the pretrained encoder's pooled features (last layer, or "
-                        "averaged over all layers: Avg-Avg), so `edgeuq calibrate`'s density score sees topic "
-                        "(bench/text_ood.py measures which flags off-topic text)")
+    u.add_argument("--ood-features", choices=("frozen_avg", "avgavg", "pretrained", "none"), default="frozen_avg",
+                   help="features the bundles' trunk emits beside the head's for `edgeuq calibrate`'s density score: "
+                        "token means averaged over the frozen pretrained layers (default; no extra compute), over "
+                        "all pretrained layers (Avg-Avg), the pretrained last layer, or none (the fine-tuned "
+                        "features, which forget topic); bench/text_ood.py measures which flags off-topic text")
     u.add_argument("--name", default="text-teacher", help="bundle model name prefix")
     u.add_argument("--force", action="store_true", help="recompute even when an artifact of the same inputs exists")
     t.set_defaults(func=_cmd_teacher)

@@ -131,7 +131,7 @@ def truncate_words(texts: Sequence[str], keep: float = 0.3, min_words: int = 2) 
     return out
 
 
-OOD_KINDS = ("pretrained", "avgavg")
+OOD_KINDS = ("frozen_avg", "avgavg", "pretrained")
 
 
 class WithOODFeatures(torch.nn.Module):
@@ -142,10 +142,13 @@ class WithOODFeatures(torch.nn.Module):
         trunk(ids) -> [fine-tuned pooled features (d) | OOD features (d)]      (B, 2d)
         head(f)    -> the classifier's head on f[:, :d]
 
-    ``kind`` ``"pretrained"``: the masked token mean of the pretrained encoder's last layer
-    (Uppaal et al. 2023); ``"avgavg"``: the token mean averaged over layers 1..L (Chen et al.
-    2022). Fine-tuning keeps layers ``0..start-1`` frozen, so they are shared; the pretrained
-    copies of layers ``start..L-1`` run beside the fine-tuned ones (``L - start`` extra layers).
+    ``kind`` ``"frozen_avg"``: the token mean averaged over the frozen layers 1..start (free: those
+    layers run anyway; best on bench/text_ood.py's held-out shifts); ``"avgavg"``: averaged over
+    all layers 1..L of the pretrained encoder (Chen et al. 2022); ``"pretrained"``: the masked
+    token mean of the pretrained encoder's last layer (Uppaal et al. 2023). Fine-tuning keeps
+    layers ``0..start-1`` frozen, so they are shared; for ``avgavg`` and ``pretrained`` the
+    pretrained copies of layers ``start..L-1`` run beside the fine-tuned ones (``L - start``
+    extra layers). ``density_columns`` = (d, 2d) tells ``edgeuq calibrate`` where they are.
     Export it with :func:`edgeuq.text.export.export_text_bundle` like the classifier itself."""
 
     def __init__(self, model, pretrained: BertEncoder, kind: str, start: int) -> None:
@@ -164,10 +167,16 @@ class WithOODFeatures(torch.nn.Module):
                 if p.shape != q.shape or not torch.equal(p.detach(), q.detach()):
                     raise ValueError(f"layers below start={start} must be the pretrained ones (frozen); "
                                      f"{name} differs")
+        if kind == "frozen_avg" and start < 1:
+            raise ValueError("kind 'frozen_avg' needs at least one frozen layer (start >= 1); every layer is "
+                             "fine-tuned here, use 'avgavg' or 'pretrained'")
         self.model = model
         self.kind = kind
         self.start = int(start)
-        self.pre_top = torch.nn.ModuleList([copy.deepcopy(l) for l in list(pretrained.layers)[start:]])
+        top = [] if kind == "frozen_avg" else list(pretrained.layers)[start:]
+        self.pre_top = torch.nn.ModuleList([copy.deepcopy(l) for l in top])
+        d = model.feature_dim
+        self.density_columns = (d, 2 * d)
 
     # what export_text_bundle reads -------------------------------------------------------
     @property
@@ -213,7 +222,7 @@ class WithOODFeatures(torch.nn.Module):
         for layer in self.pre_top:
             h = layer(h, bias)
             pooled.append(masked_mean_pool(h, mask))
-        ood = pooled[-1] if self.kind == "pretrained" else torch.stack(pooled, 0).mean(0)
+        ood = pooled[-1] if self.kind == "pretrained" else torch.stack(pooled, 0).mean(0)  # frozen_avg: 1..start
         return torch.cat([masked_mean_pool(hf, mask), ood], dim=-1)
 
     def head_forward(self, feats: torch.Tensor, noise=None) -> torch.Tensor:

@@ -60,7 +60,7 @@ class TeacherOptions:
     samples: int = 32               # S of the bundles and of the evaluation
     schemes: Tuple[str, ...] = ("laplace", "mc_dropout")
     threads: int = 1                # runtime threads in the evaluation
-    ood_features: str = "none"      # also emit "pretrained" / "avgavg" features from the trunk (edgeuq.text.ood)
+    ood_features: str = "frozen_avg"  # features the trunk emits for the density (edgeuq.text.ood; "none": off)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "schemes", tuple(self.schemes))
@@ -306,6 +306,9 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
     if options.ood_features != "none":
         from .ood import WithOODFeatures
 
+        if options.ood_features == "frozen_avg" and start == 0:
+            raise ValueError("ood_features 'frozen_avg' needs a frozen layer (train_layers < "
+                             f"{pre.config.num_hidden_layers}); use 'avgavg', 'pretrained' or 'none'")
         exported = WithOODFeatures(teacher, pre.encoder(), options.ood_features, start).eval()
         log(f"bundles: the trunk also emits {options.ood_features} features of the pretrained encoder "
             f"({options.train_layers} pretrained layer(s) run beside the fine-tuned ones) for the density score")
