@@ -155,10 +155,14 @@ def calibrate_bundle(bundle_dir: Path, x_cal: np.ndarray, y_cal: np.ndarray, x_f
             log("WARNING " * 3 + msg + " (allowed by allow_fit_overlap; recorded in calibration.density_fit)")
         fit_section = DensityFitSection(len(fit_h), fit_source, windows_digest(fit_h), len(cal_h), overlap,
                                         bool(o.allow_fit_overlap))
-        feats = trunk_pooled(rt, x_fit)
-        density = fit_density(feats, np.asarray(y_fit), num_classes=m.num_classes, ridge=o.ridge)
         raw = rt.trunk_features(x_cal[:1])
-        dens_section = DensitySection(DENSITY_FILE, "mean_tokens" if raw.ndim == 3 else "none", density.dim)
+        # a trunk emitting extra features for the density names their columns (edgeuq.text.ood)
+        cols = m.metadata.get("density_columns")
+        pooling = (f"columns:{int(cols[0])}:{int(cols[1])}" if cols is not None else
+                   "mean_tokens" if raw.ndim == 3 else "none")
+        feats = trunk_pooled(rt, x_fit, pooling=pooling)
+        density = fit_density(feats, np.asarray(y_fit), num_classes=m.num_classes, ridge=o.ridge, pooling="none")
+        dens_section = DensitySection(DENSITY_FILE, pooling, density.dim)
         log(f"density: tied-covariance Gaussian on {len(feats)} pooled trunk features (d = {density.dim})")
     sc = score_windows(rt, x_cal, s, o.seed + 1, density=density,
                        pooling=dens_section.pooling if dens_section else "auto", progress=progress,

@@ -82,7 +82,8 @@ def _cmd_teacher(a: argparse.Namespace) -> int:
                               batch=a.batch, max_length=a.max_length, train_limit=a.train_limit,
                               train_subset=a.train_subset, val_limit=a.val_limit, laplace_rows=a.laplace_rows,
                               held_out=a.held_out,
-                              seed=a.seed, samples=a.samples, schemes=tuple(a.scheme), threads=a.threads)
+                              seed=a.seed, samples=a.samples, schemes=tuple(a.scheme), threads=a.threads,
+                              ood_features=a.ood_features)
         classes = [c.strip() for c in a.classes.split(",") if c.strip()] if a.classes else None
         art = train_text_teacher(Path(a.train), Path(a.out), opts, val=a.val, test=a.test, ood=a.ood or (),
                                  class_names=classes, data_options=data_options(a), model=a.model, name=a.name,
@@ -137,6 +138,11 @@ def register(subparsers) -> None:
                    help="one bundle per scheme: laplace, mc_dropout (default: both)")
     u.add_argument("--samples", type=int, default=32, help="MC samples S of the bundles and metrics")
     u.add_argument("--threads", type=int, default=1, help="device-runtime threads in the evaluation")
+    u.add_argument("--ood-features", choices=("frozen_avg", "avgavg", "pretrained", "none"), default="frozen_avg",
+                   help="features the bundles' trunk emits beside the head's for `edgeuq calibrate`'s density score: "
+                        "token means averaged over the frozen pretrained layers (default; no extra compute), over "
+                        "all pretrained layers (Avg-Avg), the pretrained last layer, or none (the fine-tuned "
+                        "features, which forget topic); bench/text_ood.py measures which flags off-topic text")
     u.add_argument("--name", default="text-teacher", help="bundle model name prefix")
     u.add_argument("--force", action="store_true", help="recompute even when an artifact of the same inputs exists")
     t.set_defaults(func=_cmd_teacher)

@@ -99,6 +99,13 @@ def max_export_difference(model: TextClassifier, trunk_path: Path, head_path: Pa
             "logit_scale": float(max(1.0, np.max(np.abs(z_pt.numpy()))))}
 
 
+def _density_columns(model) -> Dict[str, Any]:
+    """``{"density_columns": [A, B]}`` for a model whose trunk emits extra features for the density
+    (:class:`edgeuq.text.ood.WithOODFeatures`); ``edgeuq calibrate`` fits the density on those columns."""
+    cols = getattr(model, "density_columns", None)
+    return {} if cols is None else {"density_columns": [int(cols[0]), int(cols[1])]}
+
+
 def export_text_bundle(model: TextClassifier, tokenizer: WordPieceTokenizer, out_dir: Path, class_names: Sequence[str],
                        model_name: str, model_version: str = "1", default_samples: int = 32,
                        check_texts: Sequence[str] = (), atol: float = 1e-4,
@@ -140,7 +147,7 @@ def export_text_bundle(model: TextClassifier, tokenizer: WordPieceTokenizer, out
             head=GraphSpec(file="head.onnx", inputs=(FEATURES, *names), outputs=(LOGITS,)),
             feature_name=FEATURES, logits_name=LOGITS, backend="onnxruntime",
             metadata={"created_by": "edgeuq.text", "opset": OPSET, "scheme": model.scheme,
-                      "export_max_abs_diff": diff, **dict(metadata or {})},
+                      "export_max_abs_diff": diff, **_density_columns(model), **dict(metadata or {})},
         )
         write_bundle(Path(out_dir), manifest, {"trunk.onnx": tmp / "trunk.onnx", "head.onnx": tmp / "head.onnx",
                                                TOKENIZER_FILE: tmp / TOKENIZER_FILE}, overwrite=overwrite)

@@ -60,6 +60,7 @@ class TeacherOptions:
     samples: int = 32               # S of the bundles and of the evaluation
     schemes: Tuple[str, ...] = ("laplace", "mc_dropout")
     threads: int = 1                # runtime threads in the evaluation
+    ood_features: str = "frozen_avg"  # features the trunk emits for the density (edgeuq.text.ood; "none": off)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "schemes", tuple(self.schemes))
@@ -82,6 +83,10 @@ class TeacherOptions:
             problems.append(f"held_out must lie in (0, 0.5), got {self.held_out!r}")
         if self.max_length < 3:
             problems.append(f"max_length must be >= 3 ([CLS], a token, [SEP]), got {self.max_length}")
+        from .ood import OOD_KINDS
+
+        if self.ood_features not in ("none", *OOD_KINDS):
+            problems.append(f"ood_features must be one of {['none', *OOD_KINDS]}, got {self.ood_features!r}")
         bad = [s for s in self.schemes if s not in TEXT_SCHEMES]
         if bad or not self.schemes or len(set(self.schemes)) != len(self.schemes):
             problems.append(f"schemes must be distinct names among {list(TEXT_SCHEMES)}, got {list(self.schemes)}")
@@ -297,6 +302,16 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
         log(f"last-layer Laplace (K-FAC GGN on {len(fit_cache)} rows): prior precision "
             f"{laplace['prior_precision']:g} by validation NLL")
 
+    exported = teacher
+    if options.ood_features != "none":
+        from .ood import WithOODFeatures
+
+        if options.ood_features == "frozen_avg" and start == 0:
+            raise ValueError("ood_features 'frozen_avg' needs a frozen layer (train_layers < "
+                             f"{pre.config.num_hidden_layers}); use 'avgavg', 'pretrained' or 'none'")
+        exported = WithOODFeatures(teacher, pre.encoder(), options.ood_features, start).eval()
+        log(f"bundles: the trunk also emits {options.ood_features} features of the pretrained encoder "
+            f"({options.train_layers} pretrained layer(s) run beside the fine-tuned ones) for the density score")
     t0 = time.time()
     with ArtifactWriter(out) as w:
         torch.save(teacher.state_dict(), w.path / TEACHER_FILE)
@@ -306,7 +321,7 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
         for scheme in options.schemes:
             teacher.scheme = scheme
             folder = f"bundle-{scheme}"
-            b = export_text_bundle(teacher, tok, w.path / folder, names, f"{name}-{scheme}",
+            b = export_text_bundle(exported, tok, w.path / folder, names, f"{name}-{scheme}",
                                    default_samples=options.samples, check_texts=check,
                                    metadata={"base": pre.name, "weights_sha256": pre.weights_sha256,
                                              "stage": "text_teacher"})

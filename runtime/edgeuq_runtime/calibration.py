@@ -57,7 +57,7 @@ import numpy as np
 from . import _checks as c
 from .adaptive import AdaptiveConfig
 from .conformal import COMBINE_RULES, ConformalPredictor, combine_pvalues, conformal_pvalues, mondrian_pvalues
-from .density import POOLINGS, GaussianDensity
+from .density import POOLINGS, GaussianDensity, check_pooling
 from .errors import BundleError, InputError
 
 __all__ = ["SECTION", "ConformalSection", "DensitySection", "CombinedSection", "AbstainSection", "Calibration",
@@ -184,8 +184,10 @@ def parse_calibration(obj: Any, where: str = SECTION) -> Calibration:
         w = f"{where}.density"
         dn = _obj(w, top["density"], {"file", "pooling", "dim"}, {"file", "pooling", "dim"})
         pooling = _text(f"{w}.pooling", dn["pooling"])
-        if pooling not in POOLINGS:
-            raise _fail(f"{w}.pooling", f"must be one of {list(POOLINGS)}, got {pooling!r}")
+        try:
+            check_pooling(pooling)
+        except InputError:
+            raise _fail(f"{w}.pooling", f"must be one of {list(POOLINGS)} or 'columns:A:B', got {pooling!r}") from None
         fname = _text(f"{w}.file", dn["file"])
         if fname.startswith("/") or ".." in fname.split("/"):
             raise _fail(f"{w}.file", f"must be a relative path inside the bundle, got {fname!r}")

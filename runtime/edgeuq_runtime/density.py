@@ -10,7 +10,10 @@ The **density score** is the negative log-likelihood ``-log p(z)`` in nats:
 higher means further from every class, i.e. more likely out of distribution.
 It needs the trunk only (no sampling). Token features ``(B, T, d)`` (a
 stochastic block) are mean-pooled over tokens first; pooled features ``(B, d)``
-(a stochastic head only) are used as they are.
+(a stochastic head only) are used as they are. Pooling ``columns:A:B`` takes
+columns ``A..B-1`` of pooled features: a trunk that emits extra features for the
+density beside the head's (a text trunk's ``[fine-tuned | pretrained Avg-Avg]``,
+``edgeuq.text.ood``) names them so.
 
 The fitted model is stored in a bundle file (``density.npz``: ``means`` (C, d),
 ``precision`` (d, d), ``log_priors`` (C,)), hashed in the manifest like every file.
@@ -27,16 +30,32 @@ import numpy as np
 
 from .errors import BundleError, InputError
 
-__all__ = ["POOLINGS", "pool_features", "GaussianDensity", "fit_density"]
+__all__ = ["POOLINGS", "pool_features", "check_pooling", "GaussianDensity", "fit_density"]
 
 POOLINGS = ("auto", "mean_tokens", "none")
+_COLUMNS = "columns:"
+
+
+def check_pooling(pooling: str) -> str:
+    """``pooling`` if it is one of :data:`POOLINGS` or ``columns:A:B`` (0 <= A < B), else InputError."""
+    if pooling in POOLINGS:
+        return pooling
+    if isinstance(pooling, str) and pooling.startswith(_COLUMNS):
+        parts = pooling[len(_COLUMNS):].split(":")
+        if len(parts) == 2 and all(p.isdigit() for p in parts) and int(parts[0]) < int(parts[1]):
+            return pooling
+    raise InputError(f"pooling must be one of {list(POOLINGS)} or 'columns:A:B' (0 <= A < B), got {pooling!r}")
 
 
 def pool_features(features: np.ndarray, pooling: str = "auto") -> np.ndarray:
     """Features (B, d) from trunk output (B, d) or tokens (B, T, d) (mean over T)."""
     f = np.asarray(features)
-    if pooling not in POOLINGS:
-        raise InputError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+    check_pooling(pooling)
+    if pooling.startswith(_COLUMNS):
+        a, b = (int(v) for v in pooling[len(_COLUMNS):].split(":"))
+        if f.ndim != 2 or f.shape[1] < b:
+            raise InputError(f"pooling {pooling!r} needs pooled features (B, >= {b}), got shape {f.shape}")
+        return f[:, a:b].astype(np.float64)
     if f.ndim == 3 and pooling in ("auto", "mean_tokens"):
         return f.mean(axis=1, dtype=np.float64)
     if f.ndim == 2 and pooling in ("auto", "none"):
