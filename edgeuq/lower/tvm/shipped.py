@@ -150,6 +150,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if a.seed_from_shipped:
         previous = seed_work_database(work, SHIPPED_ROOT / a.target)
     if not a.prune_only:
+        work.mkdir(parents=True, exist_ok=True)
+        with open(work / "commands.txt", "a", encoding="utf-8") as f:   # every tuning run into this work database
+            f.write(command_line_of(a, argv) + "\n")
         target = tvm_target(get_target(a.target), num_cores=1)
         with tempfile.TemporaryDirectory(prefix="edgeuq-demo-") as tmp:
             art = demo_graphs(Path(tmp))
@@ -203,8 +206,14 @@ def seed_work_database(work: Path, shipped: Path) -> Optional[dict]:
 
 
 def command_line_of(a: Any, argv: Optional[Sequence[str]]) -> str:
+    """This run's command line; for ``--prune-only``, the tuning runs recorded in the work database
+    (``commands.txt``) followed by it."""
     args = list(sys.argv[1:] if argv is None else argv)
-    return "python -m edgeuq.lower.tvm.shipped " + " ".join(args)
+    this = "python -m edgeuq.lower.tvm.shipped " + " ".join(args)
+    runs = Path(a.work) / "commands.txt" if a.work else None
+    if a.prune_only and runs is not None and runs.is_file():
+        return " ; ".join([*(line for line in runs.read_text().splitlines() if line.strip()), this])
+    return this
 
 
 def write_provenance(work_db: Path, dest: Path, target: str, previous: Optional[dict] = None,
@@ -224,6 +233,9 @@ def write_provenance(work_db: Path, dest: Path, target: str, previous: Optional[
             continue
     seeded = int(previous.get("shipped_records", 0)) if previous else 0   # pruned records copied in, not re-measured
     earlier = int(previous.get("records_measured", 0)) if previous else 0
+    # the seeded database's workloads come first (one copied record each): this run's trials per task
+    this_run = {w: n - (1 if w < seeded else 0) for w, n in measured.items()}
+    this_run = {w: n for w, n in this_run.items() if n > 0}
     from ...profile.harness import cpu_name
 
     cpu = cpu_name()
@@ -231,7 +243,8 @@ def write_provenance(work_db: Path, dest: Path, target: str, previous: Optional[
     doc = {"target": target, "architecture": f"bearing-demo (trunk 1 window, head {rows} rows)",
            "tuned": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu, "cores": os.cpu_count(),
            "records_measured": sum(measured.values()) - seeded + earlier, "tasks": len(measured),
-           "trials_per_task": {"min": min(measured.values(), default=0), "max": max(measured.values(), default=0)},
+           "trials_per_task": {"min": min(this_run.values(), default=0), "max": max(this_run.values(), default=0)},
+           "tasks_tuned_this_run": len(this_run),
            "shipped_records": database_size(dest),
            "command": command or f"python -m edgeuq.lower.tvm.shipped --target {target}",
            "note": "trials are timed on the tuning host while it runs whatever else it runs; the load average when "

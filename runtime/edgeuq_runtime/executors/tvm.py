@@ -50,7 +50,7 @@ import numpy as np
 from ..errors import BackendError
 from . import register_executor, register_executor_files
 
-__all__ = ["TvmGraph", "load_tvm", "OPTION_KEYS", "ensure_registered"]
+__all__ = ["TvmGraph", "load_tvm", "OPTION_KEYS", "ensure_registered", "call_plan"]
 
 OPTION_KEYS = frozenset({"inputs", "outputs", "shapes", "dtypes", "batch", "buckets", "device", "cuda_kernels",
                          "entry"})
@@ -227,9 +227,7 @@ class TvmGraph:
     def bucket_for(self, rows: int) -> int:
         """The rows the library runs a feed of ``rows`` rows in (per call; larger feeds are chunked):
         the smallest bucket holding them, else ``batch`` (fixed batch), else ``rows`` (any batch)."""
-        if self.buckets:
-            return next((b for b in self.buckets if b >= rows), self.buckets[-1])
-        return self.batch if self.batch is not None else rows
+        return _bucket_for(self.buckets, self.batch, rows)
 
     def _call(self, arrays: List[np.ndarray], fn: Optional[str] = None) -> List[np.ndarray]:
         args = [self._to_device(i, a) for i, a in enumerate(arrays)]
@@ -254,15 +252,13 @@ class TvmGraph:
             if self.batch is None:
                 values = self._call(arrays)
             else:
-                parts = []
-                for r0 in range(0, n, self.batch):
-                    chunk = [a[r0:r0 + self.batch] for a in arrays]
-                    rows = chunk[0].shape[0]
-                    size = self.bucket_for(rows)
-                    short = size - rows
-                    if short:
-                        chunk = [np.concatenate([c, np.zeros((short, *c.shape[1:]), c.dtype)]) for c in chunk]
-                    parts.append([v[:rows] for v in self._call(chunk, self._functions.get(size))])
+                parts, r0 = [], 0
+                for fn, size, rows in _plan(self.buckets, self.batch, self._entry, n):
+                    chunk = [a[r0:r0 + rows] for a in arrays]
+                    r0 += rows
+                    if size > rows:
+                        chunk = [np.concatenate([c, np.zeros((size - rows, *c.shape[1:]), c.dtype)]) for c in chunk]
+                    parts.append([v[:rows] for v in self._call(chunk, fn)])
                 values = [parts[0][i] if len(parts) == 1 else np.concatenate([p[i] for p in parts])
                           for i in range(len(self._outputs))]
         except BackendError:
@@ -274,6 +270,32 @@ class TvmGraph:
     def __repr__(self) -> str:
         return (f"TvmGraph({str(self.path)!r}, inputs={list(self._inputs)}, outputs={list(self._outputs)}, "
                 f"batch={self.batch}" + (f", buckets={list(self.buckets)})" if self.buckets else ")"))
+
+
+def _bucket_for(buckets: Tuple[int, ...], batch: Optional[int], rows: int) -> int:
+    if buckets:
+        return next((b for b in buckets if b >= rows), buckets[-1])
+    return batch if batch is not None else rows
+
+
+def _plan(buckets: Tuple[int, ...], batch: Optional[int], entry: str, n: int) -> List[Tuple[str, int, int]]:
+    if batch is None:
+        return [(entry, n, n)]
+    plan = []
+    for r0 in range(0, n, batch):
+        rows = min(batch, n - r0)
+        size = _bucket_for(buckets, batch, rows)
+        plan.append((f"{entry}_b{size}" if buckets else entry, size, rows))
+    return plan
+
+
+def call_plan(options: Mapping[str, Any], rows: int) -> List[Tuple[str, int, int]]:
+    """How the executor runs a feed of ``rows`` rows of a library with these graph ``options``:
+    one ``(function, rows per call incl. zero padding, real rows)`` per call, in order. For
+    tools that call a library without the executor (remote timing over RPC, profilers)."""
+    batch = options.get("batch")
+    buckets = tuple(options.get("buckets") or ())
+    return _plan(buckets, None if batch is None else int(batch), str(options.get("entry", "main")), int(rows))
 
 
 def _buckets(value: Any, batch: Optional[int], path: Path) -> Tuple[int, ...]:
