@@ -12,6 +12,7 @@ import pytest
 
 from edgeuq_runtime import BackendError, BundleError, GraphSpec, UncertaintyRuntime, write_bundle
 from edgeuq_runtime.executors import EXECUTORS, load_graph
+from edgeuq_runtime.executors.tvm import call_plan
 from edgeuq_runtime.noise import sample_noise_tiled
 from edgeuq_runtime.preprocess import zscore_windows
 from rt_helpers import C, F, L, make_head, make_manifest, make_trunk, softmax
@@ -266,6 +267,9 @@ def test_shape_buckets_run_the_smallest_bucket_and_pad_only_up_to_it(graphs, buc
         full, rest = divmod(n, buckets[-1])
         expected = [buckets[-1]] * full + ([min(b for b in buckets if b >= rest)] if rest else [])
         assert rec.calls == [(f"main_b{b}", b) for b in expected], (n, rec.calls)
+        # what tools that call the library without the executor (RPC timing, profilers) are told
+        assert [(fn, size) for fn, size, _ in call_plan(opts, n)] == rec.calls
+        assert sum(rows for _, _, rows in call_plan(opts, n)) == n
         ref = (feeds["features"].astype(np.float64) * feeds["mask_0"]) @ graphs[2][1].astype(np.float64)
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
