@@ -218,6 +218,16 @@ def command_line_of(a: Any, argv: Optional[Sequence[str]]) -> str:
     return this
 
 
+def _trials_range(this_run: dict, previous: Optional[dict]) -> dict:
+    """Trials per task over the whole database: this run's tasks and the seeded database's."""
+    lo = [min(this_run.values())] if this_run else []
+    hi = [max(this_run.values())] if this_run else []
+    if previous and previous.get("trials_per_task"):
+        lo.append(int(previous["trials_per_task"]["min"]))
+        hi.append(int(previous["trials_per_task"]["max"]))
+    return {"min": min(lo, default=0), "max": max(hi, default=0)}
+
+
 def write_provenance(work_db: Path, dest: Path, target: str, previous: Optional[dict] = None,
                      samples: Sequence[int] = (16,), command: Optional[str] = None) -> dict:
     """``provenance.json`` next to a shipped database: when, where, and how many trials per task.
@@ -245,8 +255,10 @@ def write_provenance(work_db: Path, dest: Path, target: str, previous: Optional[
     doc = {"target": target, "architecture": f"bearing-demo (trunk 1 window, head {rows} rows)",
            "tuned": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu, "cores": os.cpu_count(),
            "records_measured": sum(measured.values()) - seeded + earlier, "tasks": len(measured),
-           "trials_per_task": {"min": min(this_run.values(), default=0), "max": max(this_run.values(), default=0)},
+           "trials_per_task": _trials_range(this_run, previous),
            "tasks_tuned_this_run": len(this_run),
+           "trials_per_task_this_run": {"min": min(this_run.values(), default=0),
+                                        "max": max(this_run.values(), default=0)},
            "shipped_records": database_size(dest),
            "command": command or f"python -m edgeuq.lower.tvm.shipped --target {target}",
            "note": "trials are timed on the tuning host while it runs whatever else it runs; the load average when "
