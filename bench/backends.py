@@ -154,6 +154,7 @@ def main(argv=None) -> int:
             continue
         label = f"tvm {state} {name}"
         builds[label] = tuned
+        tuned_s = time.perf_counter() - t0
         if a.sweep_samples and name == names[-1]:
             t0 = time.perf_counter()
             builds[f"no buckets: {label}"] = lower("tvm", art, target, work / f"nobuckets-{name}", samples=a.samples,
@@ -169,7 +170,7 @@ def main(argv=None) -> int:
                          f"{prov.get('records_measured')} trials over {prov.get('tasks')} tasks "
                          f"({tpt.get('min')}-{tpt.get('max')} per task), {prov.get('shipped_records')} records shipped")
         graphs = tuned.metadata["graphs"]
-        notes.append(f"{label}: compiled in {time.perf_counter() - t0:.1f} s; " + ", ".join(
+        notes.append(f"{label}: compiled in {tuned_s:.1f} s; " + ", ".join(
             f"{r} batch {m['batch']}, {m['tuning'].get('shipped_tasks', 0)} of {m['tuning'].get('tasks', '?')} tasks "
             f"from the shipped database ({'yes' if shipped_dir(name) else 'none'}), "
             f"{m['tuning'].get('records', 0)} user records" for r, m in graphs.items()))
