@@ -21,6 +21,15 @@ CPU from /proc/cpuinfo, e.g. ``x86-64-avx512``):
   MetaSchedule trials per graph added to it (default 0: the shipped database only). The row
   names its tuning state (``tuned (shipped database)``, ``tuned``, ``reused``).
 
+Shape buckets (``--sweep-samples``, default S = 1 4 16 32): the tuned head of every target
+holds one function per shape bucket the databases cover (``TvmOptions.head_buckets``); per S,
+ONNX Runtime, every tuned TVM head, and the host target's head compiled without buckets
+(one batch of ``samples`` rows: what S < 16 paid before) are timed interleaved in random
+order on the same S-row inputs and paired against ONNX Runtime (``tables.buckets``). With
+``EDGEUQ_HOST_ISA=avx2`` the ``host`` target is the AVX2 one; ONNX Runtime has no ISA switch and
+keeps this CPU's kernels, so the rows of a lower-ISA target compare it with ONNX Runtime at
+this host's ISA.
+
 Every TVM library is checked against ONNX Runtime on the same inputs (a mismatch above
 1e-3 fails the run). One run writes both tables (``--json``, ``--kernels-json``; ``''``
 skips) for ``scripts/render_tables.py``: the latency table with ratios to ONNX Runtime,
@@ -72,6 +81,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--sweep-samples", type=int, nargs="*", default=[1, 4, 16, 32],
+                   help="MC samples S of the head sweep (TVM shape buckets vs ONNX Runtime); none: no sweep")
     p.add_argument("--quick", action="store_true", help="fewer repeats (15); the JSON says mode quick")
     p.add_argument("--tuning-db", help="folder of per-target user databases (default: a fresh empty folder)")
     p.add_argument("--json", default="results/backends.json", help="latency table JSON ('' to skip)")
@@ -102,7 +113,7 @@ def main(argv=None) -> int:
     from edgeuq.profile.tvm_rpc import tvm_kernel_table
     from edgeuq.report import format_table
     from edgeuq.training import load_checkpoint, save_checkpoint
-    from edgeuq_runtime.executors.tvm import load_tvm
+    from edgeuq_runtime.executors.tvm import call_plan, load_tvm
     from edgeuq_runtime.noise import sample_noise
 
     torch.set_num_threads(a.threads)
@@ -143,6 +154,14 @@ def main(argv=None) -> int:
             continue
         label = f"tvm {state} {name}"
         builds[label] = tuned
+        tuned_s = time.perf_counter() - t0
+        if a.sweep_samples and name == names[-1]:
+            t0 = time.perf_counter()
+            builds[f"no buckets: {label}"] = lower("tvm", art, target, work / f"nobuckets-{name}", samples=a.samples,
+                                                   batch=a.batch, tune_trials=0, tuning_root=db, check="none",
+                                                   graphs=["head"], head_buckets=())
+            notes.append(f"no buckets: {label}: head compiled for {a.samples * a.batch} rows only, "
+                         f"{time.perf_counter() - t0:.1f} s")
         sd = shipped_dir(name)
         if sd is not None and (sd / "provenance.json").is_file():
             prov = json.loads((sd / "provenance.json").read_text())
@@ -151,7 +170,7 @@ def main(argv=None) -> int:
                          f"{prov.get('records_measured')} trials over {prov.get('tasks')} tasks "
                          f"({tpt.get('min')}-{tpt.get('max')} per task), {prov.get('shipped_records')} records shipped")
         graphs = tuned.metadata["graphs"]
-        notes.append(f"{label}: compiled in {time.perf_counter() - t0:.1f} s; " + ", ".join(
+        notes.append(f"{label}: compiled in {tuned_s:.1f} s; " + ", ".join(
             f"{r} batch {m['batch']}, {m['tuning'].get('shipped_tasks', 0)} of {m['tuning'].get('tasks', '?')} tasks "
             f"from the shipped database ({'yes' if shipped_dir(name) else 'none'}), "
             f"{m['tuning'].get('records', 0)} user records" for r, m in graphs.items()))
@@ -173,13 +192,17 @@ def main(argv=None) -> int:
         runs = {"onnxruntime": lambda s=sess, f=feeds[role]: s.run(None, f)}
         for label, res in builds.items():
             g = getattr(res, role)
+            if g.backend != "tvm" or label.startswith("no buckets"):
+                continue
             graph = load_tvm(g.file, a.threads, g.options)
             err = max_error(graph.run(feeds[role]), ref)
             if not err <= 1e-3:
                 failures.append(f"{label} {role} differs from ONNX Runtime by {err:.3g}")
             runs[label] = lambda gr=graph, f=feeds[role]: gr.run(f)
             arrays = [feeds[role][n] for n in g.options["inputs"]]
-            kernel_rows.append(_kernel_row(role, label, tvm_kernel_table(g.file, arrays, warmup=3, repeats=20)[0]))
+            entry = call_plan(g.options, arrays[0].shape[0])[0][0]     # shape buckets: main_b<rows>
+            kernel_rows.append(_kernel_row(role, label, tvm_kernel_table(g.file, arrays, warmup=3, repeats=20,
+                                                                         entry=entry)[0]))
         tf = {k: torch.from_numpy(v) for k, v in feeds[role].items()}
         with torch.no_grad():
             if role == "trunk":
@@ -194,6 +217,8 @@ def main(argv=None) -> int:
             r = paired_ratio(stats[k], stats[reference])   # per-round ratio, median + 95 % bootstrap CI
             rows.append([role, k, f"{stats[k].median_ms:.3f}",
                          "1.00" if k == reference else f"{r.median:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"])
+    sweep_rows = _sweep(a, art, model, builds, so, failures, load_tvm, sample_noise, measure_stages, paired_ratio,
+                        max_error) if a.sweep_samples else []
     if failures:
         print("FAILED numerics:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1
@@ -204,19 +229,71 @@ def main(argv=None) -> int:
     print(format_table(headers, rows))
     print()
     print(format_table(k_headers, kernel_rows))
+    s_headers = ["S", "head", "buckets (rows)", "rows run", "median ms", "x ONNX Runtime (paired median [95 % CI])"]
+    if sweep_rows:
+        print()
+        print(format_table(s_headers, sweep_rows))
     print()
     for n in notes:
         print(n)
     details = (f"trunk {a.batch} window(s), head {rows_n} rows; medians of {a.repeats} interleaved calls; "
                f"tuned = shipped database + {a.trials} new trials per graph")
     if a.json:
-        write_results(_out(a.json), {"headers": headers, "rows": rows, "note": "; ".join(notes)}, command,
-                      {**run_prov, "note": details})
+        doc = {"headers": headers, "rows": rows, "note": "; ".join(notes)}
+        if sweep_rows:
+            doc["tables"] = {"buckets": {
+                "headers": s_headers, "rows": sweep_rows,
+                "note": (f"head graph on S rows (1 window), {a.threads} thread(s); per S all heads timed interleaved "
+                         f"in a seeded random order, {a.repeats} rounds, ratios paired per round against ONNX "
+                         f"Runtime; 'rows run' is what the executor runs (the smallest shape bucket holding S, "
+                         f"chunks of the largest above it); load average before the run "
+                         f"{run_prov.get('load_before')}")}}
+        write_results(_out(a.json), doc, command, {**run_prov, "note": details})
     if a.kernels_json:
         write_results(_out(a.kernels_json), {"headers": k_headers, "rows": kernel_rows}, command,
                       {**run_prov, "note": details + "; per-instruction times from vm.set_instrument, medians over 20 "
                                                  "calls after 3 (each includes ~1 us of Python callback)"})
     return 0
+
+
+def _sweep(a, art, model, builds, so, failures, load_tvm, sample_noise, measure_stages, paired_ratio, max_error):
+    """TVM heads (shape buckets; the host head without buckets) vs ONNX Runtime at each S, paired."""
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(str(art.head_path), so, providers=["CPUExecutionProvider"])
+    heads = {}
+    for label, res in builds.items():
+        if "untuned" in label or res.head.backend != "tvm":
+            continue
+        heads[label] = load_tvm(res.head.file, a.threads, res.head.options)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((a.batch, art.input_length)).astype(np.float32)
+    with torch.no_grad():
+        feats = model.trunk(torch.from_numpy(x)).numpy()
+    rows = []
+    for s in a.sweep_samples:
+        n = s * a.batch
+        feeds = {art.feature_name: np.ascontiguousarray(np.tile(feats, (s,) + (1,) * (feats.ndim - 1))),
+                 **sample_noise(art.noise, n, rng)}
+        ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+        runs = {"onnxruntime": lambda f=feeds: sess.run(None, f)}
+        for label, g in heads.items():
+            err = max_error(g.run(feeds), ref)
+            if not err <= 1e-3:
+                failures.append(f"{label} head at S={s} differs from ONNX Runtime by {err:.3g}")
+            runs[label] = lambda gr=g, f=feeds: gr.run(f)
+        stats = measure_stages(runs, warmup=5, repeats=a.repeats, seed=s)
+        for label in runs:
+            g = heads.get(label)
+            plan = "-" if g is None else "+".join(str(g.bucket_for(min(n - r0, g.batch or n)))
+                                                  for r0 in range(0, n, g.batch or n))
+            r = paired_ratio(stats[label], stats["onnxruntime"])
+            rows.append([str(s), label, "-" if g is None else (", ".join(map(str, g.buckets)) or str(g.batch)),
+                         plan, f"{stats[label].median_ms:.3f}",
+                         "1.00" if label == "onnxruntime" else f"{r.median:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"])
+        print(f"S={s}: " + ", ".join(f"{k} {stats[k].median_ms:.3f} ms" for k in runs), flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -83,7 +83,8 @@ def test_shipped_database_applied_to_demo_graphs_and_matches_onnxruntime(demo, s
         assert tuning["state"] == SHIPPED_STATE and tuning["records"] == 0 and tuning["trials"] == 0
         assert tuning["shipped_database"] == str(shipped_dir(name))
         assert tuning["shipped_tasks"] >= 8 and tuning["shipped_tasks"] <= tuning["tasks"]
-        assert getattr(res, role).options["batch"] == rows          # static shapes the database was tuned for
+        opts = getattr(res, role).options                           # static shapes the database was tuned for
+        assert opts["batch"] == max(opts.get("buckets") or [rows]) and rows in (opts.get("buckets") or [rows])
     shipped = md["shipped_database"]        # which database: the one tuned for exactly this target
     assert shipped["used"] and shipped["target"] == name == shipped["folder"] and shipped["records_measured"] > 0
     ev = res.evidence
@@ -129,6 +130,51 @@ def test_executor_inputs_in_place_staged_or_read_only_give_the_same_results(demo
         for _ in range(2):
             got = graph.run({k: make(v) for k, v in feeds.items()})
             assert max_error(got, ref) <= tol, name
+
+
+@pytest.mark.parametrize("name", ["x86-64", "host"])
+def test_head_shape_buckets_are_the_tuned_ones_and_match_onnxruntime_for_any_samples(demo, shipped_builds, name):
+    """The tuned head holds one function per shape bucket whose matmul kernels the shipped database
+    covers (the metadata's coverage says which, independently recomputed here); the executor runs
+    S = 1, 3, 16, 33 in the smallest bucket holding them, and every S gives ONNX Runtime's output."""
+    from edgeuq.lower.tvm.numerics import max_error, ort_outputs, reference_feeds
+    from edgeuq_runtime.executors.tvm import load_tvm
+
+    name = detect_host_target() if name == "host" else name
+    if name not in shipped_builds:
+        pytest.skip(f"no shipped database for this host's ISA target {name}")
+    res = shipped_builds[name]
+    head = res.metadata["graphs"]["head"]
+    covered = [int(r) for r, c in head["bucket_coverage"].items() if c.split("/")[0] == c.split("/")[1] != "0"]
+    assert head["buckets"] == sorted({16, *covered}) == res.head.options.get("buckets", [16])
+    # independently: the demo head's matmul tasks per S (the tuning tool's own extraction), looked up
+    # one by one in the shipped database
+    from edgeuq.lower.tvm.shipped import demo_tasks
+    from edgeuq.lower.tvm.targets import tvm_target
+    from edgeuq.lower.tvm.tune import _ReadOnlyCopy, _has_record
+
+    copy = _ReadOnlyCopy(shipped_dir(name))
+    try:
+        expect = [16]
+        for s in (1, 4, 8, 32):
+            heavy = [t for t in demo_tasks(demo, tvm_target(get_target(name), num_cores=1), samples=s, graphs=["head"])
+                     if "matmul" in t.task_name]
+            assert head["bucket_coverage"][str(s)] == f"{sum(_has_record(copy.db, t) for t in heavy)}/{len(heavy)}"
+            if heavy and all(_has_record(copy.db, t) for t in heavy):
+                expect.append(s)
+    finally:
+        copy.close()
+    assert head["buckets"] == sorted(expect)
+    if name in ("x86-64-avx512", "x86-64-avx2"):
+        assert 1 in head["buckets"], f"the shipped {name} database covers the S = 1 head (tuned for it)"
+    graph = load_tvm(res.head.file, 1, res.head.options)
+    for s in (1, 3, 16, 33):
+        feeds = reference_feeds(demo, batch=1, samples=s)["head"]
+        ref = ort_outputs(demo.head_path, feeds)
+        tol = 1e-4 + 1e-4 * max(float(np.max(np.abs(v))) for v in ref.values())
+        got = graph.run(feeds)
+        assert got["logits"].shape == ref["logits"].shape and max_error(got, ref) <= tol, s
+        assert graph.bucket_for(min(s, graph.batch)) == min(b for b in head["buckets"] if b >= min(s, graph.batch))
 
 
 def test_other_architectures_fall_back_to_untuned(tmp_path):

@@ -156,3 +156,16 @@ def test_host_kernel_table_of_a_tvm_library(tvm_bundle, tmp_path):
     rep = profile_bundle(tvm_bundle, tmp_path / "h", samples=(4,), warmup=1, repeats=4, plot=False)
     assert rep.location == "host" and "vm.set_instrument" in rep.operator_sources["head"]
     assert {r["op"] for r in rep.operators["trunk"]} == {"kernel", "vm builtin"}
+
+
+def test_remote_timing_calls_the_bucket_function_the_executor_would():
+    """A library with shape buckets: RPC timing and remote placement call ``main_b<rows>`` for the
+    bucket the executor picks (brute force here), with the executor's number of calls."""
+    from edgeuq.profile.tvm_rpc import _fixed_batch_rows
+
+    opts = {"inputs": ["x"], "outputs": ["y"], "batch": 16, "buckets": [1, 4, 16]}
+    for rows in (1, 2, 4, 5, 16, 17, 40):
+        size = min(b for b in (1, 4, 16) if b >= min(rows, 16))
+        assert _fixed_batch_rows(opts, rows) == (f"main_b{size}", size, -(-rows // 16)), rows
+    assert _fixed_batch_rows({"batch": None}, 7) == ("main", 7, 1)
+    assert _fixed_batch_rows({"batch": 8}, 20) == ("main", 8, 3)

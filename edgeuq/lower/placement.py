@@ -140,10 +140,13 @@ class RemoteMeasurer(Measurer):
                 out[o.key] = (f"not measured: the {o.graph.backend} graph is not a CPU TVM library, which is all "
                               "TVM RPC can time on the board (run `edgeuq profile --bundle B` there)")
                 continue
-            per_call, calls = rows, 1
-            if opts.get("batch") is not None:
-                per_call = int(opts["batch"])
-                calls = -(-rows // per_call)
+            # the executor's calls for these rows (fixed batch: chunks; shape buckets: the smallest bucket
+            # holding them). Where the plan mixes buckets (rows above the largest, with a remainder), every
+            # call is timed as the first (largest) one: an over- not an under-estimate of the library's time
+            from edgeuq_runtime.executors.tvm import call_plan
+
+            plan = call_plan(opts, rows)
+            entry, per_call, calls = plan[0][0], plan[0][1], len(plan)
             names = list(opts.get("inputs") or feeds)
             dtypes = opts.get("dtypes") or {}
             arrays = []
@@ -152,7 +155,7 @@ class RemoteMeasurer(Measurer):
                 if a.shape[0] < per_call:  # zero-padded like the executor does
                     a = np.concatenate([a, np.zeros((per_call - a.shape[0],) + a.shape[1:], a.dtype)])
                 arrays.append(np.ascontiguousarray(a, dtype=dtypes.get(n, str(a.dtype))))
-            out[o.key] = time_remote_library(self.session, o.graph.file, arrays, entry=opts.get("entry", "main"),
+            out[o.key] = time_remote_library(self.session, o.graph.file, arrays, entry=entry,
                                              warmup=self.warmup, repeats=self.repeats, calls=calls,
                                              name=f"{role} {o.label}")
         return out

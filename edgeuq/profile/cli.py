@@ -37,10 +37,14 @@ def _tvm_operators(path: Path, role: str, spec: Any, feeds: Dict[str, np.ndarray
     opts = spec.options or {}
     if opts.get("device", "cpu") != "cpu":
         return None
+    from edgeuq_runtime.executors.tvm import call_plan
+
+    # one call as the executor makes it for S samples (fixed batch / shape buckets: the first call's rows)
+    entry, per_call, _ = call_plan(opts, samples if role == "head" else 1)[0]
     s_rows = samples if opts.get("batch") is None else 1
-    b_rows = 1 if opts.get("batch") is None else int(opts["batch"])
+    b_rows = 1 if opts.get("batch") is None else per_call
     arrays = graph_inputs(bundle, role, s_rows if role == "head" else 1, b_rows, seed)
-    rows, runs = tvm_kernel_table(path, arrays, warmup=warmup, repeats=repeats, entry=opts.get("entry", "main"))
+    rows, runs = tvm_kernel_table(path, arrays, warmup=warmup, repeats=repeats, entry=entry)
     return rows, (f"TVM Relax VM instrument (vm.set_instrument, this host), {runs} runs after {warmup} "
                   f"warm-up runs dropped; times include ~1 µs Python callback per VM instruction")
 

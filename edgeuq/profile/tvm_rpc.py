@@ -111,12 +111,14 @@ class RemoteProfile(dict):
     outputs: Dict[str, np.ndarray]
 
 
-def _fixed_batch_rows(opts: Mapping[str, Any], rows: int) -> Tuple[int, int]:
-    """(rows per call, calls) for a library compiled for a fixed batch (the executor chunks and pads)."""
-    batch = opts.get("batch")
-    if batch is None:
-        return rows, 1
-    return int(batch), -(-rows // int(batch))
+def _fixed_batch_rows(opts: Mapping[str, Any], rows: int) -> Tuple[str, int, int]:
+    """(function, rows per call, calls) for a library compiled for a fixed batch or shape buckets (the
+    executor chunks and pads: ``call_plan``); a plan that mixes buckets is timed as calls of its first
+    (largest) one, an over-estimate."""
+    from edgeuq_runtime.executors.tvm import call_plan
+
+    plan = call_plan(opts, rows)
+    return plan[0][0], plan[0][1], len(plan)
 
 
 def profile_remote(session: Any, bundle_dir: Any, samples: Sequence[int], *, warmup: int = 3, repeats: int = 30,
@@ -152,9 +154,8 @@ def profile_remote(session: Any, bundle_dir: Any, samples: Sequence[int], *, war
         for role, vm in vms.items():
             spec = m.trunk if role == "trunk" else m.head
             opts = spec.options or {}
-            entry = opts.get("entry", "main")
             rows = batch if role == "trunk" else int(s) * batch
-            per_call, calls = _fixed_batch_rows(opts, rows)
+            entry, per_call, calls = _fixed_batch_rows(opts, rows)
             if per_call == rows:
                 arrays = graph_inputs(bundle, role, int(s) if role == "head" else 1, batch, seed)
             else:  # a fixed-batch library: one call of its batch (values do not change its time)

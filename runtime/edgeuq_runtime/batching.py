@@ -7,11 +7,38 @@ every output, so results never depend on the chunking.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["run_fixed_batch"]
+__all__ = ["run_fixed_batch", "run_planned"]
+
+
+def run_planned(call: Callable[[List[np.ndarray], Any], Sequence[np.ndarray]], arrays: Sequence[np.ndarray],
+                plan: Sequence[Tuple[Any, int, int]]) -> List[np.ndarray]:
+    """Run ``arrays`` through ``call(chunk, key)`` once per ``(key, size, rows)`` of ``plan``, in
+    order: the next ``rows`` rows, zero-padded to ``size`` rows, the padded rows cut from every
+    output. The plan's rows must add up to the arrays' rows (shape buckets of the ``tvm`` executor:
+    ``key`` names the bucket's function)."""
+    arrays = list(arrays)
+    n = arrays[0].shape[0]
+    if not plan:
+        raise ValueError("run_planned got no rows")
+    if sum(rows for _, _, rows in plan) != n:
+        raise ValueError(f"the plan covers {sum(r for _, _, r in plan)} rows, the inputs have {n}")
+    parts: List[List[np.ndarray]] = []
+    r0 = 0
+    for key, size, rows in plan:
+        if not 1 <= rows <= size:
+            raise ValueError(f"a call of {size} rows cannot hold {rows} rows")
+        chunk = [a[r0:r0 + rows] for a in arrays]
+        r0 += rows
+        if size > rows:
+            chunk = [np.concatenate([c, np.zeros((size - rows, *c.shape[1:]), c.dtype)]) for c in chunk]
+        parts.append([v[:rows] for v in call(chunk, key)])
+    if len(parts) == 1:
+        return parts[0]
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 
 def run_fixed_batch(call: Callable[[List[np.ndarray]], Sequence[np.ndarray]], arrays: Sequence[np.ndarray],
@@ -25,13 +52,7 @@ def run_fixed_batch(call: Callable[[List[np.ndarray]], Sequence[np.ndarray]], ar
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be None or an integer >= 1, got {batch!r}")
     n = arrays[0].shape[0]
-    parts: List[List[np.ndarray]] = []
-    for r0 in range(0, n, batch):
-        chunk = [a[r0:r0 + batch] for a in arrays]
-        short = batch - chunk[0].shape[0]
-        if short:
-            chunk = [np.concatenate([c, np.zeros((short, *c.shape[1:]), c.dtype)]) for c in chunk]
-        parts.append([v[: batch - short] for v in call(chunk)])
-    if not parts:
+    plan = [(None, batch, min(batch, n - r0)) for r0 in range(0, n, batch)]
+    if not plan:
         raise ValueError("run_fixed_batch got no rows")
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+    return run_planned(lambda chunk, _key: call(chunk), arrays, plan)

@@ -12,6 +12,7 @@ import pytest
 
 from edgeuq_runtime import BackendError, BundleError, GraphSpec, UncertaintyRuntime, write_bundle
 from edgeuq_runtime.executors import EXECUTORS, load_graph
+from edgeuq_runtime.executors.tvm import call_plan
 from edgeuq_runtime.noise import sample_noise_tiled
 from edgeuq_runtime.preprocess import zscore_windows
 from rt_helpers import C, F, L, make_head, make_manifest, make_trunk, softmax
@@ -203,3 +204,106 @@ def test_cuda_kernel_files_must_be_listed_and_inside(tmp_path, graphs, kernels, 
     for verify in (True, False):
         with pytest.raises(BundleError, match=match):
             UncertaintyRuntime(root, verify=verify)
+
+
+def _compile_buckets(onnx_path: Path, buckets, out: Path) -> dict:
+    """The tiny head compiled with one function per shape bucket (``main_b<rows>``), as the TVM
+    lowering writes it; returns the executor options."""
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    funcs = {}
+    for rows in buckets:
+        mod = from_onnx(onnx.load(str(onnx_path)), shape_dict={n: [rows, *s] for n, s in IN["head"].items()},
+                        keep_params_in_input=False)
+        funcs[tvm.ir.GlobalVar(f"main_b{rows}")] = mod["main"].with_attr("global_symbol", f"main_b{rows}")
+    ex = tvm.compile(tvm.IRModule(funcs), target=tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu"}))
+    ex.export_library(str(out))
+    return {"inputs": list(IN["head"]), "outputs": OUT["head"], "batch": max(buckets), "buckets": list(buckets),
+            "shapes": {n: list(s) for n, s in IN["head"].items()}}
+
+
+@pytest.fixture(scope="module")
+def bucket_heads(graphs, tmp_path_factory):
+    src = tmp_path_factory.mktemp("tvm-buckets")
+    out = {}
+    for buckets in ((1, 4, 16), (1, 2, 4, 8, 16, 32)):
+        lib = src / f"head-{'-'.join(map(str, buckets))}.so"
+        out[buckets] = (lib, _compile_buckets(graphs[0]["head"], buckets, lib))
+    return out
+
+
+class _Recorder:
+    """Wraps a Relax VM: records which function each call ran and its rows."""
+
+    def __init__(self, vm):
+        self.vm, self.calls = vm, []
+
+    def __getitem__(self, name):
+        fn = self.vm[name]
+
+        def call(*args):
+            self.calls.append((name, int(args[0].shape[0])))
+            return fn(*args)
+        return call
+
+    def __getattr__(self, name):
+        return getattr(self.vm, name)
+
+
+@pytest.mark.parametrize("buckets", [(1, 4, 16), (1, 2, 4, 8, 16, 32)], ids=["max16", "max32"])
+def test_shape_buckets_run_the_smallest_bucket_and_pad_only_up_to_it(graphs, bucket_heads, buckets):
+    lib, opts = bucket_heads[buckets]
+    g = load_graph("tvm", lib, 1, opts)
+    assert g.buckets == buckets and g.batch == buckets[-1]
+    g._vm = rec = _Recorder(g._vm)
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 5, 16, 17, 33, 40):
+        rec.calls.clear()
+        feeds = {"features": rng.standard_normal((n, F)).astype(np.float32),
+                 "mask_0": rng.standard_normal((n, F)).astype(np.float32)}
+        out = g.run(feeds)["logits"]
+        # brute force: whole chunks of the largest bucket, the rest in the smallest bucket that holds it
+        full, rest = divmod(n, buckets[-1])
+        expected = [buckets[-1]] * full + ([min(b for b in buckets if b >= rest)] if rest else [])
+        assert rec.calls == [(f"main_b{b}", b) for b in expected], (n, rec.calls)
+        # what tools that call the library without the executor (RPC timing, profilers) are told
+        assert [(fn, size) for fn, size, _ in call_plan(opts, n)] == rec.calls
+        assert sum(rows for _, _, rows in call_plan(opts, n)) == n
+        ref = (feeds["features"].astype(np.float64) * feeds["mask_0"]) @ graphs[2][1].astype(np.float64)
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_bucketed_head_matches_onnxruntime_bundle_for_any_samples_and_max_batch(tmp_path, graphs, bucket_heads,
+                                                                               windows):
+    """Bundles whose TVM head has shape buckets (largest 16 or 32) give the ONNX Runtime bundle's
+    uncertainty for S = 1, 3, 16, 33 (same seed, same noise): the bucket choice and max batch do
+    not change results."""
+    onnx_files, libs, _ = graphs
+    tl, to = libs["trunk", None]
+    rt_ort = UncertaintyRuntime(_ort_bundle(tmp_path, graphs), seed=5)
+    runtimes = []
+    for buckets, (hl, ho) in bucket_heads.items():
+        m = make_manifest(backend="tvm", trunk=GraphSpec("trunk.so", ("signal",), ("features",), options=to),
+                          head=GraphSpec("head.so", ("features", "mask_0"), ("logits",), options=ho))
+        root = write_bundle(tmp_path / f"tvm-{buckets[-1]}", m, {"trunk.so": tl, "head.so": hl}).root
+        runtimes.append(UncertaintyRuntime(root, seed=5))
+    for s in (1, 3, 16, 33):
+        ref = rt_ort.predict(windows[:1], samples=s)
+        for rt in runtimes:
+            a = rt.predict(windows[:1], samples=s)
+            assert a.samples.shape == ref.samples.shape == (s, 1, C)
+            np.testing.assert_allclose(a.samples, ref.samples, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(a.epistemic, ref.epistemic, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("extra,match", [
+    ({"batch": 16, "buckets": [4, 1, 16]}, "strictly ascending"),
+    ({"batch": 16, "buckets": []}, "strictly ascending"),
+    ({"batch": 32, "buckets": [1, 4, 16]}, "equal to its largest"),
+    ({"batch": 16, "buckets": [1, 2, 16]}, "main_b2"),
+])
+def test_bad_bucket_options(bucket_heads, extra, match):
+    lib, opts = bucket_heads[(1, 4, 16)]
+    with pytest.raises(BackendError, match=match):
+        load_graph("tvm", lib, None, {**opts, **extra})

@@ -12,6 +12,13 @@ batch: the trunk for ``batch`` windows (default 1, one window at a time), the he
 for ``samples * batch`` rows. The ``tvm`` executor chunks and zero-pads other
 batch sizes (see ``edgeuq_runtime.executors.tvm``).
 
+Shape buckets (``head_buckets``, default S = 1, 4, 8, 16, 32): a tuned head library
+also holds one function per bucket whose heavy kernels (matmul) the databases cover,
+so a call with few samples runs in the smallest bucket that holds it instead of
+being padded to ``samples`` rows. Buckets without tuning records are left out (default
+schedules can be slower than padding to a tuned bucket); the metadata lists each
+candidate's coverage.
+
 A tuning database for the demo architecture ships with the package per x86 target
 (:func:`.tune.shipped_dir`); with ``tune_trials=0`` it is applied when its tasks match
 these graphs (the evidence's tuning state then says ``tuned (shipped database)``), and
@@ -37,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ..base import CompiledArtifact, CompiledGraph, CompileSettings, Lowerer, options_from_kwargs, register_lowerer
-from .build import ROLES, GraphBuild, build_graph, has_records, overall_state
+from .build import ROLES, GraphBuild, build_graph, has_records, overall_state, tuned_buckets
 from .check import CHECK_MODES, check_artifact
 from .targets import compiler_versions, is_native, tuning_dir, tvm_target
 from .tune import shipped_dir
@@ -71,6 +78,7 @@ class TvmOptions:
     threads: Optional[int] = None
     progress: Optional[Callable[[str], None]] = None
     shipped_database: bool = True
+    head_buckets: Tuple[int, ...] = (1, 4, 8, 16, 32)
 
     def __post_init__(self) -> None:
         graphs = tuple(self.graphs or ROLES)
@@ -80,6 +88,10 @@ class TvmOptions:
         object.__setattr__(self, "samples", int(self.samples or 16))
         object.__setattr__(self, "batch", int(self.batch or 1))
         object.__setattr__(self, "tune_trials", int(self.tune_trials or 0))
+        buckets = tuple(self.head_buckets or ())
+        if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in buckets):
+            raise ValueError(f"head_buckets must be integers >= 1 (MC samples), got {self.head_buckets!r}")
+        object.__setattr__(self, "head_buckets", tuple(sorted(set(buckets))))
         if self.check not in CHECK_MODES:
             raise ValueError(f"check must be one of {CHECK_MODES}, got {self.check!r}")
 
@@ -117,7 +129,15 @@ class TvmLowerer(Lowerer):
             batch: Optional[int] = trunk_batch if role == "trunk" else samples * trunk_batch
             if trials == 0 and not has_records(onnx_path, target, db_dir, batch, shipped):
                 batch = None
-            builds[role] = build_graph(role, onnx_path, target, workdir, batch, trials, db_dir, say, shipped)
+            buckets, coverage = (), {}
+            if role == "head" and batch is not None and options.head_buckets:
+                buckets, coverage = tuned_buckets(onnx_path, target, db_dir,
+                                                  [b * trunk_batch for b in options.head_buckets], batch, shipped)
+                say(f"head: shape buckets {list(buckets)} rows (heavy tasks with tuning records per candidate: "
+                    + ", ".join(f"{r} rows {c}" for r, c in coverage.items()) + ")")
+                batch = buckets[-1]
+            build = build_graph(role, onnx_path, target, workdir, batch, trials, db_dir, say, shipped, buckets)
+            builds[role] = GraphBuild(**{**build.__dict__, "bucket_coverage": coverage})
         evidence = check_artifact(art, target, builds, mode=options.check, samples=samples, atol=options.atol,
                                   threads=options.threads, progress=say)
         graphs = {role: (CompiledGraph(file=b.library, backend="tvm", options=b.options) if b is not None else
@@ -130,7 +150,11 @@ class TvmLowerer(Lowerer):
             "backend": "tvm", "target": target.name, "tvm_target": str(tvm_target(target)),
             "compilers": compiler_versions(target, cuda_versions),
             "graphs": {r: {"batch": b.batch, "tuning": b.tuning, "cuda": b.cuda, "seconds": round(b.seconds, 2),
-                           "bytes": b.library.stat().st_size} for r, b in builds.items()},
+                           "bytes": b.library.stat().st_size,
+                           **({"buckets": list(b.buckets) or [b.batch],
+                               "bucket_coverage": {str(k): v for k, v in b.bucket_coverage.items()}}
+                              if b.batch is not None and r == "head" else {})}
+                       for r, b in builds.items()},
             "tuning": overall_state(builds), "notes": notes,
             "shipped_database": _shipped_record(target.name, shipped, options.shipped_database),
         }

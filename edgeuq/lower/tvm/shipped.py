@@ -31,12 +31,10 @@ from typing import Any, List, Optional, Sequence
 
 from edgeuq_runtime.atomic import atomic_write
 
-from .tune import SHIPPED_ROOT, database_size
+from .tune import HEAVY_KERNELS, SHIPPED_ROOT, database_size
 
 __all__ = ["HEAVY_KERNELS", "demo_graphs", "demo_tasks", "tune_demo", "prune_into", "write_provenance", "main"]
 
-#: Kernel-name fragments of the tasks that get the full trial budget.
-HEAVY_KERNELS = ("matmul", "conv")
 
 
 def demo_graphs(workdir: Path, recipe: str = "bearing-demo") -> Any:
@@ -131,7 +129,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--target", required=True, help="target descriptor (e.g. x86-64, x86-64-avx512)")
     p.add_argument("--trials-per-task", type=int, default=64)
     p.add_argument("--light-trials", type=int, default=8)
-    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--samples", type=int, nargs="+", default=[16],
+                   help="head rows (MC samples for 1 window) to tune; several values tune the head's shape "
+                        "buckets (e.g. 1 4 16)")
+    p.add_argument("--missing-only", action="store_true",
+                   help="tune only tasks with no record in the work database yet")
+    p.add_argument("--seed-from-shipped", action="store_true",
+                   help="start the work database from the shipped one (its records are kept; provenance "
+                        "adds this run to the shipped run's)")
     p.add_argument("--work", help="work database folder (default: a folder under the system temp dir)")
     p.add_argument("--prune-only", action="store_true", help="only copy the work database's best records")
     p.add_argument("--graphs", nargs="+", default=["trunk", "head"], choices=["trunk", "head"],
@@ -143,10 +148,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .targets import tvm_target
 
     work = Path(a.work) if a.work else Path(tempfile.gettempdir()) / f"edgeuq-tune-{a.target}"
+    previous = None
+    if a.seed_from_shipped:
+        previous = seed_work_database(work, SHIPPED_ROOT / a.target)
     if not a.prune_only:
+        work.mkdir(parents=True, exist_ok=True)
+        with open(work / "commands.txt", "a", encoding="utf-8") as f:   # every tuning run into this work database
+            f.write(command_line_of(a, argv) + "\n")
         target = tvm_target(get_target(a.target), num_cores=1)
         with tempfile.TemporaryDirectory(prefix="edgeuq-demo-") as tmp:
-            tasks = demo_tasks(demo_graphs(Path(tmp)), target, samples=a.samples, graphs=a.graphs)
+            import tvm
+
+            art = demo_graphs(Path(tmp))
+            tasks, seen = [], set()
+            for samples in a.samples:
+                for t in demo_tasks(art, target, samples=samples, graphs=a.graphs if samples == a.samples[0]
+                                    else [g for g in a.graphs if g == "head"]):
+                    key = int(tvm.ir.structural_hash(t.dispatched[0]))
+                    if key not in seen:       # the same kernel at the same shape: one task
+                        seen.add(key)
+                        tasks.append(t)
+            if a.missing_only:
+                from .tune import _has_record, open_database
+
+                db = open_database(work)
+                tasks = [t for t in tasks if not _has_record(db, t)]
+            print(f"{len(tasks)} tasks to tune: {sorted(t.task_name for t in tasks)}", flush=True)
             if a.only:
                 tasks = [t for t in tasks if any(k in t.task_name for k in a.only)]
                 tune_demo(tasks, work, a.trials_per_task, 0, heavy=tuple(a.only))
@@ -156,13 +183,58 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"no records in {work}", file=sys.stderr)
         return 1
     n = prune_into(work, SHIPPED_ROOT / a.target)
-    write_provenance(work, SHIPPED_ROOT / a.target, a.target)
+    write_provenance(work, SHIPPED_ROOT / a.target, a.target, previous=previous, samples=a.samples,
+                     command=command_line_of(a, argv))
     print(f"{SHIPPED_ROOT / a.target}: {n} records (best per task) from {database_size(work)} in {work}")
     return 0
 
 
-def write_provenance(work_db: Path, dest: Path, target: str) -> dict:
-    """``provenance.json`` next to a shipped database: when, where, and how many trials per task."""
+def seed_work_database(work: Path, shipped: Path) -> Optional[dict]:
+    """Start ``work`` from the shipped database of ``shipped`` (its pruned records), returning the
+    shipped provenance (None when there is none). A work folder that already holds records is kept."""
+    import json
+    import shutil
+
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    if database_size(work) == 0 and database_size(shipped) > 0:
+        for name in ("database_workload.json", "database_tuning_record.json"):
+            shutil.copyfile(Path(shipped) / name, work / name)
+    prov = Path(shipped) / "provenance.json"
+    if (work / "seeded-from.json").is_file():
+        return json.loads((work / "seeded-from.json").read_text())
+    doc = json.loads(prov.read_text()) if prov.is_file() else None
+    if doc is not None:
+        (work / "seeded-from.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def command_line_of(a: Any, argv: Optional[Sequence[str]]) -> str:
+    """This run's command line; for ``--prune-only``, the tuning runs recorded in the work database
+    (``commands.txt``) followed by it."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    this = "python -m edgeuq.lower.tvm.shipped " + " ".join(args)
+    runs = Path(a.work) / "commands.txt" if a.work else None
+    if a.prune_only and runs is not None and runs.is_file():
+        return " ; ".join([*(line for line in runs.read_text().splitlines() if line.strip()), this])
+    return this
+
+
+def _trials_range(this_run: dict, previous: Optional[dict]) -> dict:
+    """Trials per task over the whole database: this run's tasks and the seeded database's."""
+    lo = [min(this_run.values())] if this_run else []
+    hi = [max(this_run.values())] if this_run else []
+    if previous and previous.get("trials_per_task"):
+        lo.append(int(previous["trials_per_task"]["min"]))
+        hi.append(int(previous["trials_per_task"]["max"]))
+    return {"min": min(lo, default=0), "max": max(hi, default=0)}
+
+
+def write_provenance(work_db: Path, dest: Path, target: str, previous: Optional[dict] = None,
+                     samples: Sequence[int] = (16,), command: Optional[str] = None) -> dict:
+    """``provenance.json`` next to a shipped database: when, where, and how many trials per task.
+    With ``previous`` (the provenance of the database the work database was seeded from), the
+    earlier run's trials are added and it is kept under ``history``."""
     import json
     import os
     from collections import Counter
@@ -173,17 +245,31 @@ def write_provenance(work_db: Path, dest: Path, target: str) -> dict:
             measured[json.loads(line)[0]] += 1
         except ValueError:
             continue
+    seeded = int(previous.get("shipped_records", 0)) if previous else 0   # pruned records copied in, not re-measured
+    earlier = int(previous.get("records_measured", 0)) if previous else 0
+    # the seeded database's workloads come first (one copied record each): this run's trials per task
+    this_run = {w: n - (1 if w < seeded else 0) for w, n in measured.items()}
+    this_run = {w: n for w, n in this_run.items() if n > 0}
     from ...profile.harness import cpu_name
 
     cpu = cpu_name()
-    doc = {"target": target, "architecture": "bearing-demo (trunk 1 window, head 16 rows)",
+    rows = ", ".join(str(int(n)) for n in samples)
+    doc = {"target": target, "architecture": f"bearing-demo (trunk 1 window, head {rows} rows)",
            "tuned": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu, "cores": os.cpu_count(),
-           "records_measured": sum(measured.values()), "tasks": len(measured),
-           "trials_per_task": {"min": min(measured.values(), default=0), "max": max(measured.values(), default=0)},
-           "shipped_records": database_size(dest), "command": f"python -m edgeuq.lower.tvm.shipped --target {target}",
+           "records_measured": sum(measured.values()) - seeded + earlier, "tasks": len(measured),
+           "trials_per_task": _trials_range(this_run, previous),
+           "tasks_tuned_this_run": len(this_run),
+           "trials_per_task_this_run": {"min": min(this_run.values(), default=0),
+                                        "max": max(this_run.values(), default=0)},
+           "shipped_records": database_size(dest),
+           "command": command or f"python -m edgeuq.lower.tvm.shipped --target {target}",
            "note": "trials are timed on the tuning host while it runs whatever else it runs; the load average when "
                    "the database was written says how busy it was (tasks absent here use TVM's default schedules)",
            "load_average_when_written": [round(v, 2) for v in os.getloadavg()]}
+    if previous:
+        doc["history"] = [*previous.get("history", []), {k: v for k, v in previous.items() if k != "history"}]
+        doc["note"] += ("; this database was seeded from the earlier shipped one (history): its records were kept, "
+                        "records_measured adds that run's trials to this run's")
     atomic_write(Path(dest) / "provenance.json", json.dumps(doc, indent=2) + "\n")
     return doc
 

@@ -34,7 +34,11 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 __all__ = ["TuneReport", "tune_and_compile", "open_database", "database_size", "matching_records", "prepare_for_tuning",
-           "shipped_dir", "SHIPPED_ROOT", "SHIPPED_STATE"]
+           "shipped_dir", "heavy_coverage", "HEAVY_KERNELS", "SHIPPED_ROOT", "SHIPPED_STATE"]
+
+#: Kernel-name fragments of the tasks that dominate the time (matmul and conv: 80-90 % of the
+#: untuned time, see ``docs/targets.md``).
+HEAVY_KERNELS = ("matmul", "conv")
 
 #: Per-target pruned databases that ship with the package (``<target name>/database_*.json``).
 SHIPPED_ROOT = Path(__file__).resolve().parent / "tuning"
@@ -271,3 +275,20 @@ def matching_records(mod: Any, target: Any, db_dir: Path, shipped: Optional[Path
     finally:
         if copy is not None:
             copy.close()
+
+
+def heavy_coverage(mod: Any, target: Any, db_dir: Path, shipped: Optional[Path] = None) -> tuple:
+    """``(covered, total)``: how many of ``mod``'s heavy tuning tasks (:data:`HEAVY_KERNELS`, static
+    shapes) have a record in the user's database or the ``shipped`` one."""
+    ms = _ms()
+    tasks = [t for t in ms.relax_integration.extract_tasks(prepare_for_tuning(mod, target), target)
+             if any(k in t.task_name for k in HEAVY_KERNELS)]
+    dbs = [open_database(db_dir)] if database_size(db_dir) > 0 else []
+    copy = _ReadOnlyCopy(Path(shipped)) if shipped is not None else None
+    try:
+        covered = sum(1 for t in tasks if any(_has_record(db, t) for db in dbs)
+                      or (copy is not None and _has_record(copy.db, t)))
+    finally:
+        if copy is not None:
+            copy.close()
+    return covered, len(tasks)

@@ -16,6 +16,14 @@ call the library, because a compiled library carries no tensor names:
     library was compiled (and tuned) for exactly that many rows. Larger feeds run
     in chunks of ``batch`` rows and the last chunk is zero-padded; the padded rows
     are dropped from the outputs, so results never depend on the chunking;
+``buckets``
+    optional: a strictly ascending list of row counts (shape buckets) whose largest is
+    ``batch``. The library then holds one function per bucket, ``<entry>_b<rows>``
+    (e.g. ``main_b1``, ``main_b4``, ``main_b16``), each compiled (and tuned) for exactly
+    that many rows. A feed of n rows runs in the smallest bucket >= n, zero-padded only up
+    to it; above the largest bucket it runs in chunks of ``batch`` rows and the rest in
+    the smallest bucket that holds it. So a small S pays for its own rows, not for the
+    largest batch;
 ``device``
     ``"cpu"`` (default) or ``"cuda"``;
 ``cuda_kernels``
@@ -39,13 +47,14 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..batching import run_fixed_batch
+from ..batching import run_planned
 from ..errors import BackendError
 from . import register_executor, register_executor_files
 
-__all__ = ["TvmGraph", "load_tvm", "OPTION_KEYS"]
+__all__ = ["TvmGraph", "load_tvm", "OPTION_KEYS", "call_plan"]
 
-OPTION_KEYS = frozenset({"inputs", "outputs", "shapes", "dtypes", "batch", "device", "cuda_kernels", "entry"})
+OPTION_KEYS = frozenset({"inputs", "outputs", "shapes", "dtypes", "batch", "buckets", "device", "cuda_kernels",
+                         "entry"})
 _CUDA_BINARIES: Dict[str, bytes] = {}  # source sha256 -> cubin, served to TVM's compile hook
 
 
@@ -129,12 +138,32 @@ class TvmGraph:
         if not isinstance(entry, str) or not entry:
             raise BackendError(f"backend 'tvm' option 'entry' must be a function name, got {entry!r}")
         self._entry = entry
+        batch = options.get("batch")
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 1 << 20):
+            raise BackendError(f"backend 'tvm' option 'batch' must be null or an integer >= 1 (<= 2**20), "
+                               f"got {str(batch)[:40]}")
+        self.batch: Optional[int] = batch
+        #: Shape buckets (ascending rows) -> the library function compiled for them; () when the
+        #: library has one function (``entry``) for ``batch`` rows or any batch.
+        self.buckets: Tuple[int, ...] = _buckets(options.get("buckets"), batch, path)
+        self._functions: Dict[int, str] = {b: f"{entry}_b{b}" for b in self.buckets}
         #: The parameter names recorded in the library itself (None where the VM cannot tell).
-        self.library_inputs: Optional[Tuple[str, ...]]
-        self.library_inputs, why = _library_params(vm, entry)
-        if self.library_inputs is not None and self.library_inputs != self._inputs:
-            raise BackendError(f"graph {path.name!r}: the library's function {entry!r} takes parameters "
-                               f"{list(self.library_inputs)}, but option 'inputs' says {list(self._inputs)}")
+        self.library_inputs: Optional[Tuple[str, ...]] = None
+        why = ""
+        for rows, fn in self._functions.items():
+            try:
+                vm[fn]
+            except Exception as exc:  # noqa: BLE001 - TVM's own error type: re-raised as ours
+                raise BackendError(f"graph {path.name!r}: option 'buckets' names a {rows}-row bucket, but the "
+                                   f"library has no function {fn!r} ({type(exc).__name__}: {str(exc)[:120]})") from None
+        for fn in (list(self._functions.values()) or [entry]):
+            names, why = _library_params(vm, fn)
+            if names is not None and names != self._inputs:
+                raise BackendError(f"graph {path.name!r}: the library's function {fn!r} takes parameters "
+                                   f"{list(names)}, but option 'inputs' says {list(self._inputs)}")
+            self.library_inputs = names
+            if names is None:
+                break
         #: "checked: ..." or "not checked: <why>" -- the input-order check's outcome (see :attr:`evidence`).
         self.input_order_check: str
         if self.library_inputs is None:
@@ -142,12 +171,8 @@ class TvmGraph:
                                       f"the manifest's options unverified")
             warnings.warn(f"graph {path.name!r}: input order {self.input_order_check}", RuntimeWarning, stacklevel=3)
         else:
-            self.input_order_check = f"checked: the library's parameters are {list(self.library_inputs)}"
-        batch = options.get("batch")
-        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 1 << 20):
-            raise BackendError(f"backend 'tvm' option 'batch' must be null or an integer >= 1 (<= 2**20), "
-                               f"got {str(batch)[:40]}")
-        self.batch: Optional[int] = batch
+            self.input_order_check = f"checked: the library's parameters are {list(self.library_inputs)}" + (
+                f" (in each of its {len(self.buckets)} bucket functions)" if self.buckets else "")
         shapes = options.get("shapes") or {}
         dtypes = options.get("dtypes") or {}
         if not isinstance(shapes, Mapping) or not isinstance(dtypes, Mapping):
@@ -200,9 +225,14 @@ class TvmGraph:
             a = buf
         return self._tvm.runtime.from_dlpack(a)
 
-    def _call(self, arrays: List[np.ndarray]) -> List[np.ndarray]:
+    def bucket_for(self, rows: int) -> int:
+        """The rows the library runs a feed of ``rows`` rows in (per call; larger feeds are chunked):
+        the smallest bucket holding them, else ``batch`` (fixed batch), else ``rows`` (any batch)."""
+        return _bucket_for(self.buckets, self.batch, rows)
+
+    def _call(self, arrays: List[np.ndarray], fn: Optional[str] = None) -> List[np.ndarray]:
         args = [self._to_device(i, a) for i, a in enumerate(arrays)]
-        out = self._vm[self._entry](*args)
+        out = self._vm[fn or self._entry](*args)
         outs = list(out) if isinstance(out, (list, tuple)) or type(out).__name__ == "Array" else [out]
         if len(outs) != len(self._outputs):
             raise BackendError(f"graph {self.path.name!r} returned {len(outs)} outputs, options name "
@@ -218,8 +248,12 @@ class TvmGraph:
         if len(rows) != 1 or -1 in rows:
             raise BackendError(f"graph {self.path.name!r}: inputs must share one batch axis, got shapes "
                                f"{[a.shape for a in arrays]}")
+        n = rows.pop()
         try:
-            values = run_fixed_batch(self._call, arrays, self.batch)
+            if self.batch is None:
+                values = self._call(arrays)
+            else:
+                values = run_planned(self._call, arrays, _plan(self.buckets, self.batch, self._entry, n))
         except BackendError:
             raise
         except Exception as exc:  # TVM raises its own error types
@@ -228,7 +262,48 @@ class TvmGraph:
 
     def __repr__(self) -> str:
         return (f"TvmGraph({str(self.path)!r}, inputs={list(self._inputs)}, outputs={list(self._outputs)}, "
-                f"batch={self.batch})")
+                f"batch={self.batch}" + (f", buckets={list(self.buckets)})" if self.buckets else ")"))
+
+
+def _bucket_for(buckets: Tuple[int, ...], batch: Optional[int], rows: int) -> int:
+    if buckets:
+        return next((b for b in buckets if b >= rows), buckets[-1])
+    return batch if batch is not None else rows
+
+
+def _plan(buckets: Tuple[int, ...], batch: Optional[int], entry: str, n: int) -> List[Tuple[str, int, int]]:
+    if batch is None:
+        return [(entry, n, n)]
+    plan = []
+    for r0 in range(0, n, batch):
+        rows = min(batch, n - r0)
+        size = _bucket_for(buckets, batch, rows)
+        plan.append((f"{entry}_b{size}" if buckets else entry, size, rows))
+    return plan
+
+
+def call_plan(options: Mapping[str, Any], rows: int) -> List[Tuple[str, int, int]]:
+    """How the executor runs a feed of ``rows`` rows of a library with these graph ``options``:
+    one ``(function, rows per call incl. zero padding, real rows)`` per call, in order. For
+    tools that call a library without the executor (remote timing over RPC, profilers)."""
+    batch = options.get("batch")
+    buckets = tuple(options.get("buckets") or ())
+    return _plan(buckets, None if batch is None else int(batch), str(options.get("entry", "main")), int(rows))
+
+
+def _buckets(value: Any, batch: Optional[int], path: Path) -> Tuple[int, ...]:
+    """The validated ``buckets`` option (ascending row counts whose largest is ``batch``)."""
+    if value is None:
+        return ()
+    if (not isinstance(value, (list, tuple)) or not value
+            or not all(type(b) is int and 1 <= b <= 1 << 20 for b in value)
+            or list(value) != sorted(set(value))):
+        raise BackendError(f"backend 'tvm' option 'buckets' must be a strictly ascending list of integers >= 1 "
+                           f"for graph {path.name!r}, got {str(value)[:80]}")
+    if batch != value[-1]:
+        raise BackendError(f"backend 'tvm' option 'buckets' {list(value)} needs 'batch' equal to its largest "
+                           f"bucket ({value[-1]}), got {batch!r} for graph {path.name!r}")
+    return tuple(value)
 
 
 @register_executor("tvm")
