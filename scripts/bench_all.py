@@ -39,6 +39,9 @@ class Bench:
 
 BENCHES: List[Bench] = [
     Bench("backends", "python bench/backends.py {mode}", writes=("backends", "backends_kernels")),
+    Bench("backends_isa_other", 'eval "$(python scripts/isa_env.py --other)" && python bench/backends.py --targets '
+                                "x86-64 host --json results/backends_isa_other.json --kernels-json '' {mode}",
+          full="--repeats 30", writes=("backends_isa_other",)),
     Bench("mc_overhead", "python bench/mc_overhead.py --json results/mc_overhead.json {mode}", writes=("mc_overhead",)),
     Bench("runtime_memory", "python bench/runtime_memory.py --json results/runtime_memory.json {mode}",
           writes=("runtime_memory",)),
