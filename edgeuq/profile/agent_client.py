@@ -20,8 +20,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 __all__ = ["AgentError", "agent_profile", "read_agent_token", "time_on_agent"]
 
 
-class AgentError(RuntimeError):
-    """The agent refused a request (its reason) or could not be reached."""
+class AgentError(ValueError):
+    """The agent refused a request (its reason) or could not be reached (a ValueError, so the
+    CLI reports it in one line like any other bad argument)."""
 
 
 def read_agent_token(token_file: Optional[Path] = None) -> str:
