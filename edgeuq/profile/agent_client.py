@@ -4,7 +4,8 @@
 digest; the agent verifies it, times every stage with the runtime's own harness on the board
 and returns the figures, which become a ``LatencyReport`` labelled ``agent`` ("remote (timing
 agent)"): unlike TVM RPC it times ONNX Runtime graphs and the numpy stages too.
-:func:`time_on_agent` is what placement uses to time candidate bundles on the board.
+Placement (:class:`edgeuq.lower.placement_agent.AgentMeasurer`) and the search's latency
+objective (``edgeuq search --agent``) time bundles on the board through :func:`agent_profile`.
 
 The token comes from ``$EDGEUQ_AGENT_TOKEN`` or a token file (``--agent-token-file``).
 """
@@ -17,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-__all__ = ["AgentError", "agent_profile", "read_agent_token", "time_on_agent"]
+__all__ = ["AgentError", "agent_profile", "read_agent_token"]
 
 
 class AgentError(ValueError):
@@ -39,7 +40,7 @@ def read_agent_token(token_file: Optional[Path] = None) -> str:
 
 
 def agent_profile(agent: str, bundle: Any, *, token: str, samples: Sequence[int] = (1, 8, 32), warmup: int = 5,
-                  repeats: int = 50, seed: int = 0, timeout_s: float = 600.0) -> Dict[str, Any]:
+                  repeats: int = 50, seed: int = 0, timeout_s: float = 600.0, raw: bool = False) -> Dict[str, Any]:
     """POST the bundle to the agent at ``agent`` (``HOST:PORT``) and return its JSON report."""
     from edgeuq_runtime.bundle import load_bundle
     from edgeuq_runtime.ota.archive import pack_bundle
@@ -50,7 +51,7 @@ def agent_profile(agent: str, bundle: Any, *, token: str, samples: Sequence[int]
     b = load_bundle(bundle, verify=True)
     body = pack_bundle(Path(bundle))
     query = (f"samples={','.join(str(int(s)) for s in samples)}&warmup={int(warmup)}&repeats={int(repeats)}"
-             f"&seed={int(seed)}&digest={b.digest}")
+             f"&seed={int(seed)}&digest={b.digest}" + ("&raw=1" if raw else ""))
     req = urllib.request.Request(f"http://{host}:{port}/v1/profile?{query}", data=body, method="POST",
                                  headers={"Authorization": f"Bearer {token}",
                                           "Content-Type": "application/x-tar"})
@@ -68,12 +69,3 @@ def agent_profile(agent: str, bundle: Any, *, token: str, samples: Sequence[int]
     if doc.get("bundle_digest") != b.digest:
         raise AgentError(f"agent {host}:{port} timed bundle {doc.get('bundle_digest')!r}, not {b.digest}")
     return doc
-
-
-def time_on_agent(agent: str, bundle: Any, role: str, *, token: str, samples: int, warmup: int,
-                  repeats: int) -> Tuple[Dict[str, float], str]:
-    """The agent's statistics of one graph (``trunk`` or ``head`` at ``samples``) of a bundle, and
-    where it was measured."""
-    doc = agent_profile(agent, bundle, token=token, samples=(samples,), warmup=warmup, repeats=repeats)
-    env = doc.get("environment", {})
-    return doc["stages"][str(samples)][role], f"agent {agent} ({env.get('hostname')}, {env.get('machine')})"

@@ -21,8 +21,8 @@ Security (it runs what it is sent, so it refuses almost everything):
   the host sent. Nothing else is ever run: no code, no paths, no other routes.
 * one request at a time (timings never overlap), bounded body size and parameters.
 
-Protocol: ``POST /v1/profile?samples=1,8,32&warmup=5&repeats=50&seed=0&digest=SHA`` with the
-tar as body -> ``200`` and the JSON report (``stages``, ``end_to_end``, ``backends``,
+Protocol: ``POST /v1/profile?samples=1,8,32&warmup=5&repeats=50&seed=0&digest=SHA[&raw=1]`` with the
+tar as body (``raw=1``: each stage's statistics also list every timed call, ``samples_ms``) -> ``200`` and the JSON report (``stages``, ``end_to_end``, ``backends``,
 ``notes``, ``environment``, ``bundle_digest``); errors are JSON ``{"error": ...}`` with
 401 (token), 413 (too large), 422 (bundle refused / bad parameters), 404 (route).
 """
@@ -79,7 +79,7 @@ def _int(params: Dict[str, Any], name: str, default: int, least: int, most: int)
 
 
 def profile_bundle_bytes(data: bytes, *, samples: Tuple[int, ...], warmup: int, repeats: int, seed: int = 0,
-                         digest: Optional[str] = None) -> Dict[str, Any]:
+                         digest: Optional[str] = None, raw: bool = False) -> Dict[str, Any]:
     """Unpack a bundle tar into a private temporary folder, verify it, time its stages here."""
     from .bundle import load_bundle
     from .ota.archive import unpack_bundle
@@ -102,7 +102,7 @@ def profile_bundle_bytes(data: bytes, *, samples: Tuple[int, ...], warmup: int, 
             raise InputError(f"bundle refused: its digest {bundle.digest} is not the one sent ({digest[:64]})")
         t0 = time.perf_counter()
         profiler = StageProfiler(root, threads=1, seed=seed)
-        prof = profile_host(profiler, samples, warmup=warmup, repeats=repeats, seed=seed)
+        prof = profile_host(profiler, samples, warmup=warmup, repeats=repeats, seed=seed, keep_samples=raw)
         return {"format": "edgeuq-agent-profile/1", "bundle_digest": bundle.digest, "samples": list(samples),
                 "warmup": warmup, "repeats": repeats, "seed": seed, "stages": prof.stages,
                 "end_to_end": prof.end_to_end, "backends": prof.backends, "notes": list(prof.notes),
@@ -169,8 +169,9 @@ class _Handler(BaseHTTPRequestHandler):
             repeats = _int(params, "repeats", 50, 1, MAX_REPEATS)
             seed = _int(params, "seed", 0, 0, 2**31 - 1)
             digest = params.get("digest", [None])[0]
+            raw = _int(params, "raw", 0, 0, 1) == 1
             doc = profile_bundle_bytes(data, samples=samples, warmup=warmup, repeats=repeats, seed=seed,
-                                       digest=digest)
+                                       digest=digest, raw=raw)
         except RuntimeUQError as exc:  # bad bundle, integrity, bad parameters: refused, named
             return self._send(422, {"error": f"{type(exc).__name__}: {exc}"})
         except MemoryError:

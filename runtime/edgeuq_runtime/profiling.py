@@ -41,10 +41,14 @@ STAGES = ("validate_normalize", "trunk", "noise", "head", "decompose")
 _STAT_KEYS = ("median_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms", "repeats")
 
 
-def stats_dict(stats: Any) -> Dict[str, float]:
-    """A ``LatencyStats`` as a report stores it (the host's ``LatencyReport`` checks it again)."""
+def stats_dict(stats: Any, samples: bool = False) -> Dict[str, Any]:
+    """A ``LatencyStats`` as a report stores it (the host's ``LatencyReport`` checks it again);
+    ``samples``: also every timed call (``samples_ms``, in call order)."""
     d = stats.to_dict()
-    return {k: int(d[k]) if k == "repeats" else float(d[k]) for k in _STAT_KEYS}
+    out: Dict[str, Any] = {k: int(d[k]) if k == "repeats" else float(d[k]) for k in _STAT_KEYS}
+    if samples:
+        out["samples_ms"] = [float(t) for t in stats.samples_ms]
+    return out
 
 
 def example_input(rt: UncertaintyRuntime, batch: int = 1, seed: int = 0) -> np.ndarray:
@@ -146,7 +150,7 @@ class HostProfile:
 
 
 def profile_host(profiler: StageProfiler, samples: Sequence[int], *, warmup: int = 5, repeats: int = 50,
-                 batch: int = 1, seed: int = 0) -> HostProfile:
+                 batch: int = 1, seed: int = 0, keep_samples: bool = False) -> HostProfile:
     """Per-stage (interleaved) and end-to-end latency of one inference for each S, on this machine."""
     x = example_input(profiler.rt, batch, seed)
     stages: Dict[str, Dict[str, Dict[str, float]]] = {}
@@ -157,8 +161,8 @@ def profile_host(profiler: StageProfiler, samples: Sequence[int], *, warmup: int
         # run in predict's order; they are a breakdown of one call, never compared with each other.
         per = measure_stages(profiler.stage_callables(x, int(s), seed), warmup=warmup, repeats=repeats,
                              shuffle=False)
-        stages[str(s)] = {k: stats_dict(v) for k, v in per.items() if k != "total"}
-        stages[str(s)]["sum of stages"] = stats_dict(per["total"])
+        stages[str(s)] = {k: stats_dict(v, keep_samples) for k, v in per.items() if k != "total"}
+        stages[str(s)]["sum of stages"] = stats_dict(per["total"], keep_samples)
         e2e[str(s)] = stats_dict(measure(lambda: profiler.rt.predict(x, samples=int(s), seed=seed),
                                          warmup=warmup, repeats=repeats, name=f"predict S={s}"))
         if int(s) * batch > profiler.rt.max_batch:
