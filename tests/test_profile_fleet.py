@@ -96,3 +96,26 @@ def test_fleet_table_flags_outliers_and_leaves_emulated_out_of_the_spread():
     assert "a:1" in fleet_table(reps, servers, 4, outlier_ratio=1.05)["spread"]["outliers"]
     with pytest.raises(ValueError, match="outlier_ratio"):
         fleet_table(reps, servers, 4, outlier_ratio=1.0)
+
+
+def test_a_qemu_server_on_the_tracker_is_labelled_emulated(onnx_art, farm, tmp_path):
+    """A qemu-aarch64 RPC server registered with the same tracker (its own key): the fleet profile
+    reaches it, labels its report emulated and keeps it out of the board spread."""
+    from test_profile_emulated import _need_sysroot
+
+    from edgeuq.profile.emulated import EmulatedServer
+    from edgeuq.profile.fleet import profile_fleet
+
+    _need_sysroot()
+    bundle = compile_board("raspberry-pi-4", onnx_art, tmp_path / "pi", samples=4,
+                           tuning_root=tmp_path / "db").bundle.root
+    with EmulatedServer("cortex-a72", tracker=("127.0.0.1", farm.tracker_port), key="edgeuq-fleet-a72"):
+        farm.wait_free("edgeuq-fleet-a72", 1)
+        fleet = profile_fleet(bundle, tmp_path / "fleet", tracker=farm.tracker_addr, key="edgeuq-fleet-a72",
+                              samples=(2,), warmup=1, repeats=3, plot=False, expect=1)
+    (rep,) = fleet.reports
+    assert rep.location == "emulated" and "qemu-aarch64 -cpu cortex-a72" in rep.where
+    assert any("not board times" in n for n in rep.notes) and set(rep.stages["2"]) == {"trunk", "head"}
+    assert fleet.table["spread"]["boards"] == 0 and fleet.table["spread"]["emulated"] == 1
+    assert fleet.table["rows"][0][-1].startswith("emulated: not a board time")
+    assert "graphs p50 ms" not in fleet.table["spread"]  # no board time, no spread

@@ -56,7 +56,8 @@ def import_onnx(onnx_path: Path, inputs: Sequence[tuple], batch: Optional[int]) 
 
 
 def build_graph(role: str, onnx_path: Path, target: Any, workdir: Path, batch: Optional[int], trials: int,
-                db_dir: Path, say: Callable[[str], None], shipped: Optional[Path] = None) -> GraphBuild:
+                db_dir: Path, say: Callable[[str], None], shipped: Optional[Path] = None,
+                rpc: Optional[tuple] = None) -> GraphBuild:
     import tvm
 
     from .cuda import compile_kernels, cuda_source
@@ -77,7 +78,7 @@ def build_graph(role: str, onnx_path: Path, target: Any, workdir: Path, batch: O
         tuning = {"state": "untuned", "trials": 0}
     else:
         say(f"{role}: compiling for {target.name} (batch {batch}, {trials} tuning trials)")
-        ex, report = tune_and_compile(mod, tt, db_dir, trials, progress=say, shipped=shipped)
+        ex, report = tune_and_compile(mod, tt, db_dir, trials, progress=say, shipped=shipped, rpc=rpc)
         tuning = report.to_json()
     lib = workdir / f"{role}.so"
     cc = cross_compiler(target)

@@ -71,6 +71,8 @@ class TvmOptions:
     threads: Optional[int] = None
     progress: Optional[Callable[[str], None]] = None
     shipped_database: bool = True
+    #: ``(tracker HOST:PORT, key)``: MetaSchedule measures candidates on the tracker's boards (RPCRunner)
+    tune_rpc: Optional[Tuple[str, str]] = None
 
     def __post_init__(self) -> None:
         graphs = tuple(self.graphs or ROLES)
@@ -92,7 +94,8 @@ class TvmLowerer(Lowerer):
 
     def options_for(self, settings: CompileSettings, roles: Sequence[str]) -> TvmOptions:
         return TvmOptions(graphs=tuple(roles), tune_trials=settings.tune_trials, samples=settings.samples,
-                          tuning_root=settings.tuning_root, progress=settings.progress)
+                          tuning_root=settings.tuning_root, progress=settings.progress,
+                          tune_rpc=settings.tune_rpc)
 
     def lower(self, art: Any, target: Any, workdir: Path, options: TvmOptions) -> CompiledArtifact:
         if target.kind not in ("cpu", "gpu") or not target.tvm:
@@ -117,7 +120,8 @@ class TvmLowerer(Lowerer):
             batch: Optional[int] = trunk_batch if role == "trunk" else samples * trunk_batch
             if trials == 0 and not has_records(onnx_path, target, db_dir, batch, shipped):
                 batch = None
-            builds[role] = build_graph(role, onnx_path, target, workdir, batch, trials, db_dir, say, shipped)
+            builds[role] = build_graph(role, onnx_path, target, workdir, batch, trials, db_dir, say, shipped,
+                                       rpc=options.tune_rpc)
         evidence = check_artifact(art, target, builds, mode=options.check, samples=samples, atol=options.atol,
                                   threads=options.threads, progress=say)
         graphs = {role: (CompiledGraph(file=b.library, backend="tvm", options=b.options) if b is not None else
