@@ -166,8 +166,14 @@ def _storage_spec(a: argparse.Namespace) -> str:
 
 def _search_worker(a: argparse.Namespace, index: int) -> None:
     """One worker process of ``edgeuq search --workers N`` (spawned: it builds its own evaluator)."""
+    import os
+
+    import torch
+
     from .search import run_search_with_failures
 
+    # the workers share this host's cores: split them (torch would give each worker all of them)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(a.workers))))
     s = _search_setup(a, worker=index)
     run_search_with_failures(s.space, s.builder, s.budgets, a.trials, _storage_spec(a), seed=a.seed + index,
                              population=a.population, enqueue=s.seeds, study_name=f"edgeuq-{s.board.name}",
