@@ -90,6 +90,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--storage", choices=("journal", "postgres"), default="journal")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per worker in both runs (default 1: the same work per trial either way)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
 
@@ -133,6 +135,7 @@ def main(argv=None) -> int:
                     r = _edgeuq("search", "--board", "x86-host", "--teacher", str(tmp / "teacher"), "--recipe",
                                 str(tmp / "teacher.toml"), "--out", str(tmp / name), "--trials", str(a.trials),
                                 "--population", "4", "--repeats", "10", "--samples", "4", "8", "--workers", str(w),
+                                "--threads-per-worker", str(a.threads),
                                 "--storage", spec, env=env)
                     wall = time.perf_counter() - t0
                     if r.returncode not in (0, 1):  # 1: no trial within the board's budgets (still measured)
@@ -155,7 +158,9 @@ def main(argv=None) -> int:
     ratios_sorted = sorted(ratios)
     median = ratios_sorted[len(ratios_sorted) // 2] if len(ratios) % 2 else \
         sum(ratios_sorted[len(ratios) // 2 - 1:len(ratios) // 2 + 1]) / 2
-    prov = finish(prov, note=(f"{a.storage} storage; latency objective measured on this host (ONNX Runtime, 1 "
+    prov = finish(prov, note=(f"{a.storage} storage; {a.threads} torch thread(s) per worker in both runs; "
+                              "the workers sample different configurations (seed + worker index), so trials differ "
+                              "in cost; latency objective measured on this host (ONNX Runtime, 1 "
                               "thread) while the other worker builds and times its own trial"))
     doc = {"headers": ["pair", "workers", "trials", "trials span s", "trials per hour", "command wall s"],
            "rows": rows, "speedup_2_vs_1": ratios, "speedup_median": median,

@@ -164,6 +164,18 @@ def _storage_spec(a: argparse.Namespace) -> str:
     return f"journal:{Path(a.journal) if a.journal else Path(a.out) / 'search.journal'}"
 
 
+def _threads_per_worker(a: argparse.Namespace) -> int:
+    """Torch threads of each worker: ``--threads-per-worker``, else this host's cores split between
+    the workers (torch would give each of them all the cores)."""
+    import os
+
+    if a.threads_per_worker is not None:
+        if a.threads_per_worker < 1:
+            raise ValueError(f"--threads-per-worker must be >= 1, got {a.threads_per_worker}")
+        return int(a.threads_per_worker)
+    return max(1, (os.cpu_count() or 1) // max(1, int(a.workers)))
+
+
 def _search_worker(a: argparse.Namespace, index: int) -> None:
     """One worker process of ``edgeuq search --workers N`` (spawned: it builds its own evaluator)."""
     import os
@@ -172,8 +184,7 @@ def _search_worker(a: argparse.Namespace, index: int) -> None:
 
     from .search import run_search_with_failures
 
-    # the workers share this host's cores: split them (torch would give each worker all of them)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(a.workers))))
+    torch.set_num_threads(_threads_per_worker(a))
     s = _search_setup(a, worker=index)
     run_search_with_failures(s.space, s.builder, s.budgets, a.trials, _storage_spec(a), seed=a.seed + index,
                              population=a.population, enqueue=s.seeds, study_name=f"edgeuq-{s.board.name}",
@@ -198,6 +209,9 @@ def _cmd_search(a: argparse.Namespace) -> int:
     if isinstance(a.workers, bool) or a.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {a.workers}")
     spec = _storage_spec(a)
+    import torch
+
+    torch.set_num_threads(_threads_per_worker(a))  # --workers 1: this process is the worker
     s = _search_setup(a)
     t0 = time.perf_counter()
     if a.workers > 1:
@@ -382,6 +396,8 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes here sharing the storage (default 1; with --agent, worker i times on "
                         "agent i)")
+    p.add_argument("--threads-per-worker", type=int, default=None,
+                   help="torch threads of each worker (default: this host's cores // --workers)")
     p.add_argument("--agent", nargs="+", metavar="HOST:PORT", default=None,
                    help="measure the latency objective on boards' timing agents (python -m edgeuq_runtime agent) "
                         "instead of this host")
