@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any, Optional
 
 from ..cli_args import add_data_arguments, add_progress_argument
 
@@ -97,19 +98,107 @@ def _records(a: argparse.Namespace, recipe):
     return synthetic_records(SyntheticBearingConfig(fs=float(d["fs_hz"]), **syn)), f"synthetic ({recipe.name})"
 
 
-def _cmd_search(a: argparse.Namespace) -> int:
-    import platform
-    import shutil
+class _AgentLatency:
+    """The latency objective measured on a board by its timing agent (end to end, S samples)."""
+
+    def __init__(self, agent: str, token: str) -> None:
+        self.agent, self.token = agent, token
+
+    def __call__(self, bundle_dir: Any, samples: int, repeats: int) -> float:
+        from ..profile.agent_client import agent_profile
+
+        doc = agent_profile(self.agent, bundle_dir, token=self.token, samples=(int(samples),), warmup=3,
+                            repeats=int(repeats))
+        return float(doc["end_to_end"][str(int(samples))]["median_ms"])
+
+
+def _search_setup(a: argparse.Namespace, worker: Optional[int] = None):
+    """Board, budgets, data, builder, space and seeds of a search (each worker builds its own)."""
+    import types
 
     import numpy as np
 
     from ..catalog import get_board, get_recipe
-    from ..report import format_table
     from ..training import load_checkpoint
     from .data import compress_data
-    from .search import (OBJECTIVES, SearchBudgets, SearchSpace, choose_for_board, pareto_trials,
-                         run_search_with_failures, save_search_result)
+    from .search import SearchBudgets, SearchSpace
     from .variants import VariantBuilder, fisher_guided_seeds
+
+    board = get_board(a.board)
+    budgets = SearchBudgets(board.budgets.latency_ms, board.budgets.weight_bytes, board.budgets.mc_samples)
+    rec = get_recipe(a.recipe)
+    ck = load_checkpoint(Path(a.teacher))
+    records, source = _records(a, rec)
+    data = compress_data(records, int(rec.data["window"]), int(rec.data["hop"]))
+    if worker is None:
+        print(f"data: {source}; {data.description}")
+    rng = np.random.default_rng(a.seed)
+    tr = data.splits.train
+    idx = np.sort(rng.choice(len(tr), size=min(a.calibration, len(tr)), replace=False))
+    out = Path(a.out)
+    builder = VariantBuilder(ck, (tr.x[idx], tr.y[idx]), (data.splits.test.x, data.splits.test.y), data.ood.x,
+                             out / "trials", repeats=a.repeats, seed=a.seed)
+    measured_on = "this host, edgeuq_runtime (ONNX Runtime), 1 thread"
+    if a.agent:  # worker i times on agent i (one board per worker)
+        from ..profile.agent_client import read_agent_token
+
+        agent = a.agent[(worker or 0) % len(a.agent)]
+        builder.latency_fn = _AgentLatency(agent, read_agent_token(
+            Path(a.agent_token_file) if a.agent_token_file else None))
+        measured_on = ("on the boards' timing agents (edgeuq_runtime agent, end to end, 1 thread): "
+                       + ", ".join(a.agent))
+    space = SearchSpace(depth=ck.config.depth, keep_ratios=tuple(a.keep_ratios),
+                        stochastic_from=tuple(range(ck.config.depth + 1)) if builder.mc_dropout
+                        else (ck.config.split_index,),
+                        bytes_fractions=tuple(a.bytes_fractions), samples=tuple(a.samples))
+    seeds = fisher_guided_seeds(builder, space) if not worker else []
+    return types.SimpleNamespace(board=board, budgets=budgets, ck=ck, source=source, builder=builder, space=space,
+                                 seeds=seeds, out=out, measured_on=measured_on)
+
+
+def _storage_spec(a: argparse.Namespace) -> str:
+    if a.storage and a.journal:
+        raise ValueError("give --storage or --journal, not both (--journal PATH is --storage journal:PATH)")
+    if a.storage:
+        return a.storage
+    return f"journal:{Path(a.journal) if a.journal else Path(a.out) / 'search.journal'}"
+
+
+def _threads_per_worker(a: argparse.Namespace) -> int:
+    """Torch threads of each worker: ``--threads-per-worker``, else this host's cores split between
+    the workers (torch would give each of them all the cores)."""
+    import os
+
+    if a.threads_per_worker is not None:
+        if a.threads_per_worker < 1:
+            raise ValueError(f"--threads-per-worker must be >= 1, got {a.threads_per_worker}")
+        return int(a.threads_per_worker)
+    return max(1, (os.cpu_count() or 1) // max(1, int(a.workers)))
+
+
+def _search_worker(a: argparse.Namespace, index: int) -> None:
+    """One worker process of ``edgeuq search --workers N`` (spawned: it builds its own evaluator)."""
+    import os
+
+    import torch
+
+    from .search import run_search_with_failures
+
+    torch.set_num_threads(_threads_per_worker(a))
+    s = _search_setup(a, worker=index)
+    run_search_with_failures(s.space, s.builder, s.budgets, a.trials, _storage_spec(a), seed=a.seed + index,
+                             population=a.population, enqueue=s.seeds, study_name=f"edgeuq-{s.board.name}",
+                             log=lambda m: print(f"[worker {index}] {m}", flush=True))
+
+
+def _cmd_search(a: argparse.Namespace) -> int:
+    import platform
+    import shutil
+    import time
+
+    from ..report import format_table
+    from .distributed import run_workers, storage_label
+    from .search import OBJECTIVES, choose_for_board, pareto_trials, run_search_with_failures, save_search_result
 
     from ..provenance import finish, start
 
@@ -117,34 +206,35 @@ def _cmd_search(a: argparse.Namespace) -> int:
     command = "edgeuq search " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "edgeuq search ..."
     if a.quick:
         a.trials, a.population, a.repeats = min(a.trials, 6), min(a.population, 4), min(a.repeats, 10)
-    board = get_board(a.board)
-    budgets = SearchBudgets(board.budgets.latency_ms, board.budgets.weight_bytes, board.budgets.mc_samples)
-    rec = get_recipe(a.recipe)
-    ck = load_checkpoint(Path(a.teacher))
-    records, source = _records(a, rec)
-    data = compress_data(records, int(rec.data["window"]), int(rec.data["hop"]))
-    print(f"data: {source}; {data.description}")
-    rng = np.random.default_rng(a.seed)
-    tr = data.splits.train
-    idx = np.sort(rng.choice(len(tr), size=min(a.calibration, len(tr)), replace=False))
-    out = Path(a.out)
-    builder = VariantBuilder(ck, (tr.x[idx], tr.y[idx]), (data.splits.test.x, data.splits.test.y), data.ood.x,
-                             out / "trials", repeats=a.repeats, seed=a.seed)
-    space = SearchSpace(depth=ck.config.depth, keep_ratios=tuple(a.keep_ratios),
-                        stochastic_from=tuple(range(ck.config.depth + 1)) if builder.mc_dropout
-                        else (ck.config.split_index,),
-                        bytes_fractions=tuple(a.bytes_fractions), samples=tuple(a.samples))
-    seeds = fisher_guided_seeds(builder, space)
-    records_, failed = run_search_with_failures(
-        space, builder, budgets, a.trials, Path(a.journal) if a.journal else out / "search.journal",
-        seed=a.seed, population=a.population, enqueue=seeds, study_name=f"edgeuq-{board.name}")
+    if isinstance(a.workers, bool) or a.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {a.workers}")
+    spec = _storage_spec(a)
+    import torch
+
+    torch.set_num_threads(_threads_per_worker(a))  # --workers 1: this process is the worker
+    s = _search_setup(a)
+    t0 = time.perf_counter()
+    if a.workers > 1:
+        print(f"search: {a.workers} workers on {storage_label(spec)}")
+        codes = run_workers(a.workers, _search_worker, (a,))
+        if any(codes):
+            print(f"WARNING: worker exit codes {codes} (a dead worker's running trial is retried by the others "
+                  "with an RDB storage; with a journal it stays RUNNING)", file=sys.stderr)
+    records_, failed = run_search_with_failures(  # with workers: only collects (the study holds the trials)
+        s.space, s.builder, s.budgets, a.trials, spec, seed=a.seed, population=a.population, enqueue=s.seeds,
+        study_name=f"edgeuq-{s.board.name}")
+    wall = time.perf_counter() - t0
+    board, budgets, ck, out = s.board, s.budgets, s.ck, s.out
     front = pareto_trials(records_)
     pick = choose_for_board(front)
-    title = (f"{board.name}: {len(records_)} trials, {len(failed)} failed; latency measured on this host "
-             f"({platform.machine()}, ONNX Runtime, 1 thread), not on the board unless it is this machine")
+    where = "this host" if not a.agent else "the boards' timing agents"
+    title = (f"{board.name}: {len(records_)} trials, {len(failed)} failed; latency measured on {where} "
+             f"({platform.machine() if not a.agent else ', '.join(a.agent)}, 1 thread)"
+             + ("" if a.agent else ", not on the board unless it is this machine"))
     res = save_search_result(out / "result", board.name, budgets, records_, front, pick,
-                             {"checkpoint": str(ck.directory), "checkpoint_sha256": ck.sha256, "data": source,
-                              "latency_measured_on": "this host, edgeuq_runtime (ONNX Runtime), 1 thread",
+                             {"checkpoint": str(ck.directory), "checkpoint_sha256": ck.sha256, "data": s.source,
+                              "latency_measured_on": s.measured_on, "storage": storage_label(spec),
+                              "workers": a.workers, "wall_s": round(wall, 1),
                               "command": command, "provenance": finish(prov, note=f"search result {out / 'result'}")},
                              title, failed=failed)
     trials = [r.to_dict() for r in records_]
@@ -300,6 +390,18 @@ def register(subparsers) -> None:
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--population", type=int, default=8)
     p.add_argument("--journal", help="optuna journal file (default OUT/search.journal); rerun to resume")
+    p.add_argument("--storage", default=None,
+                   help="shared optuna storage: an RDB URL (postgresql+psycopg2://USER@HOST:PORT/DB; heartbeat, a dead "
+                        "worker's trial is retried) or journal:PATH on a shared file system")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes here sharing the storage (default 1; with --agent, worker i times on "
+                        "agent i)")
+    p.add_argument("--threads-per-worker", type=int, default=None,
+                   help="torch threads of each worker (default: this host's cores // --workers)")
+    p.add_argument("--agent", nargs="+", metavar="HOST:PORT", default=None,
+                   help="measure the latency objective on boards' timing agents (python -m edgeuq_runtime agent) "
+                        "instead of this host")
+    p.add_argument("--agent-token-file", default=None, help="the agents' token file (default $EDGEUQ_AGENT_TOKEN)")
     p.add_argument("--keep-ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
     p.add_argument("--bytes-fractions", type=float, nargs="+", default=[1.0, 0.5, 0.3])
     p.add_argument("--samples", type=int, nargs="+", default=[8, 16, 32])

@@ -23,6 +23,8 @@ categorical. The Pareto set is recomputed from the trials with :func:`.pareto.no
 from __future__ import annotations
 
 import math
+import os
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -119,15 +121,19 @@ class FailedTrial:
 Evaluate = Callable[[int, Mapping[str, Any]], Tuple[Mapping[str, float], str]]
 
 
-def _study(journal: Path, seed: int, population: int, budgets: SearchBudgets, name: str):
+def _study(journal: Any, seed: int, population: int, budgets: SearchBudgets, name: str):
+    """The study in ``journal``: a journal file path, or a storage spec / optuna storage from
+    :func:`edgeuq.compress.distributed.open_storage` (RDB URL with heartbeat and retry)."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+
+    from .distributed import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    journal.parent.mkdir(parents=True, exist_ok=True)
     sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)  # constraints: set_constraint
-    storage = JournalStorage(JournalFileBackend(str(journal)))
+    if isinstance(journal, (str, Path)):
+        storage = open_storage(str(journal) if isinstance(journal, str) else f"journal:{journal}")
+    else:
+        storage = journal
     return optuna.create_study(study_name=name, storage=storage, sampler=sampler, load_if_exists=True,
                                directions=["minimize" if s == "min" else "maximize" for _, s in OBJECTIVES])
 
@@ -168,10 +174,20 @@ def run_search_with_failures(space: SearchSpace, evaluate: Evaluate, budgets: Se
     ``accuracy``, ``ood_auroc``, ``bytes`` and ``samples``. A trial whose evaluation raises
     is recorded as failed with its reason (in the journal, the log and the returned list) and
     does not count towards ``n_trials``; more than ``max(5, n_trials)`` failures in one run end it.
+
+    ``journal``: a journal file path, an RDB URL or ``journal:PATH`` (see
+    :mod:`edgeuq.compress.distributed`), or an optuna storage. Several processes may run this
+    on one storage at once (``edgeuq search --workers N``): each counts the finished trials of the
+    shared study before asking for another. With a heartbeat storage (RDB), each trial beats
+    while it is evaluated and stale trials of dead workers are failed (and re-enqueued by the
+    storage's ``RetryFailedTrialCallback``) before every ask.
     """
     import optuna
+    from optuna.storages import fail_stale_trials
+    # optuna's own heartbeat thread, as study.optimize uses it; ask/tell has no public wrapper
+    from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 
-    study = _study(Path(journal), seed, population, budgets, study_name)
+    study = _study(journal, seed, population, budgets, study_name)
     if not study.trials:
         for p in enqueue:
             study.enqueue_trial(dict(p))
@@ -179,11 +195,19 @@ def run_search_with_failures(space: SearchSpace, evaluate: Evaluate, budgets: Se
     if done:
         log(f"search: resuming, {done} trials already in {journal}")
     failures = 0
-    while done < n_trials:
+    beats = is_heartbeat_enabled(study._storage)
+    while True:
+        done = len(_records(study))  # other workers add trials to the same study
+        if done >= n_trials:
+            break
+        if beats:
+            fail_stale_trials(study)
         trial = study.ask()
         params = space.suggest(trial)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
-            metrics, artifact = evaluate(trial.number, params)
+            with get_heartbeat_thread(trial._trial_id, study._storage):
+                metrics, artifact = evaluate(trial.number, params)
         except Exception as exc:  # noqa: BLE001 -- one bad configuration must not end the search; counted below
             failures += 1
             reason = f"{type(exc).__name__}: {exc}"
@@ -201,7 +225,7 @@ def run_search_with_failures(space: SearchSpace, evaluate: Evaluate, budgets: Se
             trial.set_constraint(key, v)
         trial.set_user_attr("artifact", str(artifact))
         study.tell(trial, [metrics[k] for k, _ in OBJECTIVES])
-        done += 1
+        done = len(_records(study))
         log(f"trial {trial.number} ({done}/{n_trials}) {params}: " + ", ".join(
             f"{k} {metrics[k]:.4g}" for k, _ in OBJECTIVES) + ("" if budgets.met(metrics) else "  [over budget]"))
     records, failed = _records(study), _failed(study)

@@ -188,6 +188,8 @@ class CompileSettings:
     tuning_root: Optional[Path] = None
     precision: Optional[Mapping[str, str]] = None   # per-layer precisions from a quantization plan
     progress: Optional[Callable[[str], None]] = None
+    #: tune on boards: ``(tracker HOST:PORT, key)`` of a TVM RPC tracker whose servers time the candidates
+    tune_rpc: Optional[Tuple[str, str]] = None
 
 
 O = TypeVar("O")

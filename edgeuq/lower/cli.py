@@ -82,11 +82,22 @@ def _compile(a: argparse.Namespace) -> int:
 
         precision = plan_to_hls4ml_precision(load_quant_plan(Path(a.quant_plan)))
         say(f"per-layer precisions from {a.quant_plan}: {precision}")
+    measurer = None
+    if getattr(a, "agent", None):
+        from ..catalog import get_board
+        from ..profile.agent_client import read_agent_token
+        from .placement_agent import AgentMeasurer
+
+        b = get_board(a.board)
+        measurer = AgentMeasurer(art, a.agent, read_agent_token(Path(a.agent_token_file) if a.agent_token_file
+                                                                else None),
+                                 int(a.samples or b.budgets.mc_samples), warmup=b.placement.warmup,
+                                 repeats=b.placement.repeats)
     res = compile_board(a.board, art, Path(a.out), tune_trials=a.tune, samples=a.samples,
                         tuning_root=Path(a.tuning_db) if a.tuning_db else None, model_name=a.name,
                         model_version=a.version, workdir=Path(a.workdir) if a.workdir else None,
                         overwrite=a.overwrite, progress=say, precision=precision, placement=a.placement,
-                        remote=a.remote, tracker=a.tracker, key=a.key)
+                        remote=a.remote, tracker=a.tracker, key=a.key, measurer=measurer)
     m = res.bundle.manifest
     print(f"bundle {res.bundle.root} for board {res.board}: trunk={m.trunk.file} ({m.trunk.backend}), "
           f"head={m.head.file} ({m.head.backend}), {len(m.files)} files, S={m.default_samples}")
@@ -128,6 +139,10 @@ def register(sub: Any) -> None:
     where.add_argument("--remote", metavar="HOST:PORT", help="the board's TVM RPC server, to time candidate "
                                                              "placements there (bind it to 127.0.0.1, SSH tunnel)")
     where.add_argument("--tracker", metavar="HOST:PORT", help="a TVM RPC tracker (with --key)")
+    where.add_argument("--agent", metavar="HOST:PORT",
+                       help="the board's timing agent (python -m edgeuq_runtime agent; SSH tunnel): every candidate, "
+                            "ONNX Runtime included, timed on the board")
+    c.add_argument("--agent-token-file", help="the agent's token file (default $EDGEUQ_AGENT_TOKEN)")
     c.add_argument("--key", help="device key on the tracker")
     c.add_argument("--name", default="edgeuq-model")
     c.add_argument("--version", default="0.1.0")

@@ -84,7 +84,8 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
     samples = int(samples or board.budgets.mc_samples)
     settings = CompileSettings(samples=samples, tune_trials=int(tune_trials or 0),
                                tuning_root=Path(tuning_root) if tuning_root is not None else None,
-                               precision=dict(precision) if precision else None, progress=say)
+                               precision=dict(precision) if precision else None, progress=say,
+                               tune_rpc=(tracker, key) if tracker is not None and int(tune_trials or 0) > 0 else None)
     plan = {role: (p.options() if placement == "auto" else p.options()[:1]) for role, p in board.graphs.items()}
     choice = any(len(opts) > 1 for opts in plan.values())
     groups: Dict[tuple, list] = {}

@@ -1,7 +1,8 @@
 """``edgeuq profile``: per-stage latency of one inference, latency vs S, per-operator tables,
 on this host or on a board over TVM RPC -> a LatencyReport (JSON + PNG plots).
 
-    edgeuq profile --bundle B [--board X] [--remote HOST:PORT | --tracker HOST:PORT --key K]
+    edgeuq profile --bundle B [--board X] [--remote HOST:PORT | --tracker HOST:PORT --key K [--all]
+                   | --agent HOST:PORT]
                    [--samples 1 8 32] [--repeats N] [--warmup W] [--out DIR]
 
 On a board without the host toolchain (ONNX Runtime bundles, or the numpy stages of any
@@ -93,10 +94,18 @@ def _graph_targets(manifest: Any, key: str = "target") -> Dict[str, str]:
 def profile_bundle(bundle: Any, out_dir: Optional[Path] = None, *, samples: Sequence[int] = (1, 8, 32),
                    warmup: int = 5, repeats: int = 50, board: Optional[str] = None, remote: Optional[str] = None,
                    tracker: Optional[str] = None, key: Optional[str] = None, operators: bool = True,
-                   seed: int = 0, plot: bool = True, emulate: bool = False):
+                   seed: int = 0, plot: bool = True, emulate: bool = False,
+                   rpc_session: Optional[tuple] = None, agent: Optional[str] = None,
+                   agent_token: Optional[str] = None):
     """Profile ``bundle`` here (``remote``/``tracker`` unset), over TVM RPC, or (``emulate``) over
     TVM RPC to a server under qemu-aarch64 (labelled "emulated"); write a LatencyReport to
-    ``out_dir`` (if given) and return it."""
+    ``out_dir`` (if given) and return it. ``rpc_session``: ``(session, where)`` of an open TVM RPC
+    session to use instead of connecting (the fleet profile holds one per board).
+
+    A server that declares itself emulated (:data:`edgeuq.profile.fleet.EMULATED_FUNC`, as the
+    qemu server does) gives a report labelled "emulated", however it was reached.
+    ``agent`` (``HOST:PORT`` of ``python -m edgeuq_runtime agent``, with ``agent_token``): every
+    stage timed on the board by the agent (location "agent")."""
     import platform
     import socket
 
@@ -121,6 +130,10 @@ def profile_bundle(bundle: Any, out_dir: Optional[Path] = None, *, samples: Sequ
     b = load_bundle(bundle, verify=True)
     board = board or (b.manifest.metadata or {}).get("board")
     notes: List[str] = []
+    if agent is not None and (remote is not None or tracker is not None or emulate or rpc_session is not None):
+        raise ValueError("--agent times on the board's agent: give no --remote / --tracker / --emulate")
+    if rpc_session is not None and (remote is not None or tracker is not None or emulate):
+        raise ValueError("rpc_session replaces --remote / --tracker / --emulate: give one of them")
     if emulate and (remote is not None or tracker is not None):
         raise ValueError("--emulate starts its own RPC server under qemu: give no --remote / --tracker")
     if emulate:
@@ -138,7 +151,22 @@ def profile_bundle(bundle: Any, out_dir: Optional[Path] = None, *, samples: Sequ
         where = f"qemu-aarch64 -cpu {cpu} on {socket.gethostname()} ({rpc_where})"
         env = {"rpc": rpc_where, "qemu_cpu": cpu, "host_machine": platform.machine()}
         location = "emulated"
-    elif remote is None and tracker is None:
+    elif agent is not None:
+        from .agent_client import agent_profile
+
+        if not agent_token:
+            raise ValueError("--agent needs the agent's token ($EDGEUQ_AGENT_TOKEN or --agent-token-file)")
+        doc = agent_profile(agent, bundle, token=agent_token, samples=samples, warmup=warmup, repeats=repeats,
+                            seed=seed)
+        stages, e2e, backends = doc["stages"], doc["end_to_end"], doc["backends"]
+        tables, sources = {}, {}
+        env = {**doc["environment"], "agent": agent}
+        notes += list(doc["notes"]) + ["agent: every stage timed on the board by `python -m edgeuq_runtime agent` "
+                                       "with the runtime's own harness (edgeuq_runtime.harness); no per-operator "
+                                       "tables over the agent"]
+        location = "agent"
+        where = f"agent {agent} ({env.get('hostname')}, {env.get('machine')}, 1 thread)"
+    elif remote is None and tracker is None and rpc_session is None:
         from .stages import StageProfiler, profile_host
 
         profiler = StageProfiler(bundle, threads=1, seed=seed)
@@ -154,12 +182,20 @@ def profile_bundle(bundle: Any, out_dir: Optional[Path] = None, *, samples: Sequ
     else:
         from .tvm_rpc import connect, profile_remote
 
-        session, where = connect(remote, tracker, key)
+        from .fleet import remote_emulation
+
+        session, where = rpc_session if rpc_session is not None else connect(remote, tracker, key)
+        emulator = remote_emulation(session)
         times, backends, more = profile_remote(session, bundle, samples, warmup=warmup, repeats=repeats, seed=seed)
         stages, e2e, tables, sources = dict(times), {}, {}, {}
-        notes += more
         env = {"rpc": where}
         location = "remote"
+        if emulator is not None:
+            location = "emulated"
+            notes.append(f"emulated: the RPC server declares it runs under {emulator}; times are not board times")
+            env["emulator"] = emulator
+            where = f"{emulator} ({where})"
+        notes += more
     import time
 
     env = {**env, "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -199,12 +235,47 @@ def print_report(report: Any, file: Any = None) -> None:
               + (f"  plots: {', '.join(report.plots)}" if report.plots else ""), file=out)
 
 
+def _run_fleet(a: argparse.Namespace) -> int:
+    from ..report import format_table
+    from .fleet import profile_fleet
+
+    if not a.tracker or not a.key:
+        raise ValueError("--all needs --tracker HOST:PORT and --key KEY (every free board of that key)")
+    argv = sys.argv[1:]
+    argv = argv[argv.index("profile") + 1:] if "profile" in argv else argv
+    fleet = profile_fleet(Path(a.bundle), Path(a.out), tracker=a.tracker, key=a.key, samples=a.samples,
+                          warmup=a.warmup, repeats=a.repeats, board=a.board, seed=a.seed, plot=not a.no_plots,
+                          outlier_ratio=a.outlier_ratio, command=" ".join(["edgeuq profile", *argv]))
+    for rep in fleet.reports:
+        print(f"{rep.measured_where}: report {rep.directory}")
+    t = fleet.table
+    print(format_table(t["headers"], t["rows"]))
+    print(f"note: {t['note']}")
+    print(f"summary: {fleet.summary_path}")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(fleet.summary_path.read_text())
+        print(f"table: {a.json}")
+    return 0
+
+
+def _agent_token(a: argparse.Namespace) -> Optional[str]:
+    if a.agent is None:
+        return None
+    from .agent_client import read_agent_token
+
+    return read_agent_token(Path(a.agent_token_file) if a.agent_token_file else None)
+
+
 def _run(a: argparse.Namespace) -> int:
     if a.key and not a.tracker:
         raise ValueError("--key goes with --tracker HOST:PORT")
+    if a.all:
+        return _run_fleet(a)
     report = profile_bundle(Path(a.bundle), Path(a.out), samples=a.samples, warmup=a.warmup, repeats=a.repeats,
                             board=a.board, remote=a.remote, tracker=a.tracker, key=a.key,
-                            operators=not a.no_operators, seed=a.seed, plot=not a.no_plots, emulate=a.emulate)
+                            operators=not a.no_operators, seed=a.seed, plot=not a.no_plots, emulate=a.emulate,
+                            agent=a.agent, agent_token=_agent_token(a))
     print_report(report)
     if a.json:
         import json
@@ -231,7 +302,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     where.add_argument("--emulate", action="store_true",
                        help="aarch64 bundles: a TVM RPC server under qemu-aarch64 here (labelled emulated: "
                             "times are not board times)")
+    where.add_argument("--agent", metavar="HOST:PORT", default=None,
+                       help="a board's timing agent (python -m edgeuq_runtime agent; SSH tunnel): every stage, "
+                            "ONNX Runtime graphs included, timed on the board")
+    p.add_argument("--agent-token-file", default=None,
+                   help="the agent's token file (default: $EDGEUQ_AGENT_TOKEN)")
     p.add_argument("--key", default=None, help="device key on the tracker")
+    p.add_argument("--all", action="store_true",
+                   help="with --tracker/--key: profile every free board of the key (one report each under --out, "
+                        "plus fleet_summary.json: p50/p99 spread across boards, outliers flagged)")
+    p.add_argument("--outlier-ratio", type=float, default=1.5,
+                   help="--all: flag a board whose graphs p50 is more than this factor off the other boards' "
+                        "median (default 1.5)")
     p.add_argument("--samples", type=int, nargs="+", default=[1, 8, 32], help="S values (default 1 8 32)")
     p.add_argument("--repeats", type=int, default=50, help="timed repeats per figure (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed warm-up calls (default 5)")

@@ -21,8 +21,14 @@ __all__ = ["EmulatedServer", "emulated_note", "bundle_qemu_cpu"]
 
 _SERVER_SCRIPT = r"""
 import sys
+import tvm
 from tvm.rpc.server import PopenRPCServerState
-state = PopenRPCServerState(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), silent=True)
+# sessions are forked from this process, so they see this function: clients label the times emulated
+tvm.register_global_func("edgeuq.rpc.emulated", lambda: sys.argv[4])
+tracker = (sys.argv[5], int(sys.argv[6])) if len(sys.argv) > 6 else None
+key = sys.argv[7] if len(sys.argv) > 7 else ""
+state = PopenRPCServerState(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), tracker_addr=tracker, key=key,
+                            silent=True)
 print("EDGEUQ_RPC_PORT", state.port, flush=True)
 state.thread.join()
 """
@@ -52,10 +58,18 @@ def bundle_qemu_cpu(bundle: Any) -> str:
 
 
 class EmulatedServer:
-    """``with EmulatedServer("cortex-a72") as srv: connect(remote=f"127.0.0.1:{srv.port}")``."""
+    """``with EmulatedServer("cortex-a72") as srv: connect(remote=f"127.0.0.1:{srv.port}")``.
 
-    def __init__(self, cpu: str, host: str = "127.0.0.1", port: int = 19700, port_end: int = 19800) -> None:
+    With ``tracker=(host, port)`` and ``key`` the server registers with a TVM RPC tracker like
+    ``python -m tvm.exec.rpc_server --tracker ... --key ...``; every session can tell it is
+    emulated (the global function ``edgeuq.rpc.emulated``), so its times are labelled so."""
+
+    def __init__(self, cpu: str, host: str = "127.0.0.1", port: int = 19700, port_end: int = 19800,
+                 tracker: Optional[tuple] = None, key: str = "") -> None:
+        if (tracker is None) != (not key):
+            raise ValueError("EmulatedServer: give both tracker=(host, port) and key, or neither")
         self.cpu, self.host, self.port_range = cpu, host, (port, port_end)
+        self.tracker, self.key = tracker, key
         self.port: Optional[int] = None
         self._proc: Optional[subprocess.Popen] = None
         self._tmp: Optional[tempfile.TemporaryDirectory] = None
@@ -71,7 +85,10 @@ class EmulatedServer:
         script.write_text(_SERVER_SCRIPT)
         env = dict(os.environ, PYTHONPATH=str(root / "site"))
         cmd: List[str] = [qemu, "-cpu", self.cpu, "-L", str(root), str(root / "usr" / "bin" / "python3.11"),
-                          str(script), self.host, str(self.port_range[0]), str(self.port_range[1])]
+                          str(script), self.host, str(self.port_range[0]), str(self.port_range[1]),
+                          f"qemu-aarch64 -cpu {self.cpu}"]
+        if self.tracker is not None:
+            cmd += [str(self.tracker[0]), str(self.tracker[1]), self.key]
         self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                       cwd=self._tmp.name)
         watchdog = threading.Timer(_STARTUP_S, self._proc.kill)  # a silent hang must not block forever

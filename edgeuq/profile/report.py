@@ -5,6 +5,8 @@ payload files). Every report names where its times were taken (``location``):
 
 * ``"host"``     — this machine, natively (the runtime itself, in this process);
 * ``"remote"``   — a board reached over TVM RPC (``where`` names the address);
+* ``"agent"``    — a board's timing agent (``python -m edgeuq_runtime agent``): every stage
+  timed on the board with the runtime's own harness;
 * ``"emulated"`` — a qemu user-mode emulator: times are *not* board times.
 
 ``stages[S][stage]`` and ``end_to_end[S]`` hold :class:`~edgeuq.profile.LatencyStats`
@@ -26,7 +28,7 @@ __all__ = ["LatencyReport", "LOCATIONS", "STAGES", "save_latency_report", "load_
            "samples_table", "operator_table", "targets_table", "source_label", "profile_table", "graph_places"]
 
 #: Where a report's times were taken (see the module docstring).
-LOCATIONS = ("host", "remote", "emulated")
+LOCATIONS = ("host", "remote", "emulated", "agent")
 #: The stages of one inference, in order (a report may hold a subset; ``notes`` say why).
 _STAT_KEYS = ("median_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms", "repeats")
 
@@ -98,7 +100,7 @@ class LatencyReport(Artifact):
     @property
     def measured_where(self) -> str:
         """One line for every table: location and place."""
-        label = {"host": "host (native)", "remote": "remote (TVM RPC)",
+        label = {"host": "host (native)", "remote": "remote (TVM RPC)", "agent": "remote (timing agent)",
                  "emulated": "emulated (qemu; times are not board times)"}[self.location]
         return f"{label}: {self.where}"
 
@@ -236,9 +238,10 @@ def source_label(report: LatencyReport) -> str:
     ``TVM RPC``, or ``emulated qemu (not board times)``."""
     if report.location == "host":
         return "host"
-    if report.location == "remote":
+    if report.location in ("remote", "agent"):
         local = any(h in report.where for h in ("127.0.0.1", "localhost", "[::1]"))
-        return "TVM RPC (localhost)" if local else "TVM RPC"
+        name = "TVM RPC" if report.location == "remote" else "timing agent"
+        return f"{name} (localhost)" if local else name
     return "emulated qemu (not board times)"
 
 

@@ -5,7 +5,7 @@ from typing import Any, List
 
 __all__ = ["STAGES", "ordered_stages"]
 
-STAGES = ("validate_normalize", "trunk", "noise", "head", "decompose")
+from edgeuq_runtime.profiling import STAGES  # noqa: E402  (one definition, in the runtime)
 
 
 def ordered_stages(names: Any) -> List[str]:

@@ -1,4 +1,5 @@
-"""Command line: ``python -m edgeuq_runtime {info,predict} BUNDLE ...``.
+"""Command line: ``python -m edgeuq_runtime {info,predict} BUNDLE ...`` (also ``stream``,
+``serve``, the OTA commands and ``agent``, the board's timing agent).
 
 Any :class:`RuntimeUQError` (bad bundle, bad input, backend failure) and any bad
 command-line argument prints one line ``error: ...`` on stderr and exits with status 2;
@@ -141,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     from .ota.cli import register as _register_ota  # update | status | rollback (edgeuq_runtime.ota)
     _register_ota(sub)
+    from .agent import add_agent_parser  # agent: times bundles sent by `edgeuq profile --agent`
+    add_agent_parser(sub)
     return parser
 
 

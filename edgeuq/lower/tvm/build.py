@@ -100,9 +100,10 @@ def tuned_buckets(onnx_path: Path, target: Any, db_dir: Path, candidates: Sequen
 
 def build_graph(role: str, onnx_path: Path, target: Any, workdir: Path, batch: Optional[int], trials: int,
                 db_dir: Path, say: Callable[[str], None], shipped: Optional[Path] = None,
-                buckets: Sequence[int] = ()) -> GraphBuild:
+                buckets: Sequence[int] = (), rpc: Optional[tuple] = None) -> GraphBuild:
     """Compile one graph: dynamic batch (``batch=None``, untuned), one fixed ``batch``, or with
-    ``buckets`` (ascending, the largest is ``batch``) one function per shape bucket in one library."""
+    ``buckets`` (ascending, the largest is ``batch``) one function per shape bucket in one library.
+    ``rpc`` = ``(tracker HOST:PORT, key)``: tuning candidates are measured on the tracker's boards."""
     import tvm
 
     from .cuda import compile_kernels, cuda_source
@@ -127,7 +128,7 @@ def build_graph(role: str, onnx_path: Path, target: Any, workdir: Path, batch: O
     else:
         say(f"{role}: compiling for {target.name} (batch {batch}"
             + (f", shape buckets {list(buckets)}" if buckets else "") + f", {trials} tuning trials)")
-        ex, report = tune_and_compile(mod, tt, db_dir, trials, progress=say, shipped=shipped)
+        ex, report = tune_and_compile(mod, tt, db_dir, trials, progress=say, shipped=shipped, rpc=rpc)
         tuning = report.to_json()
     lib = workdir / f"{role}.so"
     cc = cross_compiler(target)

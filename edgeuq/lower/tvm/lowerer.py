@@ -79,6 +79,8 @@ class TvmOptions:
     progress: Optional[Callable[[str], None]] = None
     shipped_database: bool = True
     head_buckets: Tuple[int, ...] = (1, 4, 8, 16, 32)
+    #: ``(tracker HOST:PORT, key)``: MetaSchedule measures candidates on the tracker's boards (RPCRunner)
+    tune_rpc: Optional[Tuple[str, str]] = None
 
     def __post_init__(self) -> None:
         graphs = tuple(self.graphs or ROLES)
@@ -104,7 +106,8 @@ class TvmLowerer(Lowerer):
 
     def options_for(self, settings: CompileSettings, roles: Sequence[str]) -> TvmOptions:
         return TvmOptions(graphs=tuple(roles), tune_trials=settings.tune_trials, samples=settings.samples,
-                          tuning_root=settings.tuning_root, progress=settings.progress)
+                          tuning_root=settings.tuning_root, progress=settings.progress,
+                          tune_rpc=settings.tune_rpc)
 
     def lower(self, art: Any, target: Any, workdir: Path, options: TvmOptions) -> CompiledArtifact:
         if target.kind not in ("cpu", "gpu") or not target.tvm:
@@ -136,7 +139,8 @@ class TvmLowerer(Lowerer):
                 say(f"head: shape buckets {list(buckets)} rows (heavy tasks with tuning records per candidate: "
                     + ", ".join(f"{r} rows {c}" for r, c in coverage.items()) + ")")
                 batch = buckets[-1]
-            build = build_graph(role, onnx_path, target, workdir, batch, trials, db_dir, say, shipped, buckets)
+            build = build_graph(role, onnx_path, target, workdir, batch, trials, db_dir, say, shipped, buckets,
+                                rpc=options.tune_rpc)
             builds[role] = GraphBuild(**{**build.__dict__, "bucket_coverage": coverage})
         evidence = check_artifact(art, target, builds, mode=options.check, samples=samples, atol=options.atol,
                                   threads=options.threads, progress=say)

@@ -205,10 +205,14 @@ def prepare_for_tuning(mod: Any, target: Any) -> Any:
 
 
 def tune_and_compile(mod: Any, target: Any, db_dir: Path, trials: int,
-                     progress: Optional[Callable[[str], None]] = None, shipped: Optional[Path] = None) -> tuple:
+                     progress: Optional[Callable[[str], None]] = None, shipped: Optional[Path] = None,
+                     rpc: Optional[tuple] = None) -> tuple:
     """Tune ``mod`` (static shapes) for ``trials`` MetaSchedule trials (0: reuse the
     database only) and compile it with the database applied; ``shipped`` (a folder from
     :func:`shipped_dir`) is applied too, read-only: per task the faster record wins.
+    ``rpc=(tracker HOST:PORT, key)``: candidates are built here and measured on the tracker's
+    boards of that key (MetaSchedule's ``RPCRunner``, one worker per free board); the run is
+    appended to ``db_dir/farm_tuning.json`` (tracker, key, boards, trials, records, date).
 
     Returns ``(executable, TuneReport)``. Functions with no record fall back to the
     default schedule (GPU: dlight rules).
@@ -228,7 +232,7 @@ def tune_and_compile(mod: Any, target: Any, db_dir: Path, trials: int,
         if copy is not None:
             say(f"shipped tuning database {shipped}: records for {shipped_tasks} of {len(tasks)} tasks")
         executable = _tune_then_compile(ms, mod, target, db, db_dir, trials, tunable, tasks, before, say,
-                                        copy.db if copy is not None and shipped_tasks else None)
+                                        copy.db if copy is not None and shipped_tasks else None, rpc)
     finally:
         if copy is not None:
             copy.close()
@@ -237,11 +241,48 @@ def tune_and_compile(mod: Any, target: Any, db_dir: Path, trials: int,
                         database=str(db_dir), user_tasks=user_tasks, shipped_tasks=shipped_tasks,
                         shipped_database=str(shipped) if shipped is not None else "")
     say(f"tuning state {report.state}: {report.records_after} records, {report.seconds:.1f} s")
+    if rpc is not None and trials > 0 and tunable:
+        _record_farm_run(db_dir, rpc, trials, report, str(target))
     return executable, report
 
 
+def _record_farm_run(db_dir: Path, rpc: tuple, trials: int, report: Any, target: str) -> None:
+    """Append where a database's records were measured (the boards of a tracker key) to
+    ``farm_tuning.json`` next to it: tuning databases ship with their provenance."""
+    import json
+
+    path = Path(db_dir) / "farm_tuning.json"
+    runs = json.loads(path.read_text()) if path.is_file() else []
+    runs.append({"tracker": rpc[0], "key": rpc[1], "measured_on": f"TVM RPC boards of key {rpc[1]!r}",
+                 "target": target,
+                 "trials_requested": trials, "records_before": report.records_before,
+                 "records_after": report.records_after, "seconds": round(report.seconds, 1),
+                 "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(runs, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _make_rpc_runner(rpc: tuple, say: Callable[[str], None]) -> Any:  # noqa: D401
+    """MetaSchedule's RPCRunner on the free boards of a tracker key (one worker per board)."""
+    from tvm import rpc as tvm_rpc
+
+    from ...profile.tvm_rpc import parse_address
+
+    ms = _ms()
+    host, port = parse_address(rpc[0], "--tracker")
+    free = int(tvm_rpc.connect_tracker(host, port).summary().get("queue_info", {}).get(rpc[1], {}).get("free", 0))
+    if free < 1:
+        raise RuntimeError(f"tracker {rpc[0]}: no free board of key {rpc[1]!r} to tune on")
+    say(f"tuning on {free} board(s) of key {rpc[1]!r} through tracker {rpc[0]} (built here, measured there)")
+    cfg = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=rpc[1], session_timeout_sec=120)
+    return ms.runner.RPCRunner(rpc_config=cfg, evaluator_config=ms.runner.EvaluatorConfig(
+        number=3, repeat=1, min_repeat_ms=20), max_workers=free)
+
+
 def _tune_then_compile(ms: Any, mod: Any, target: Any, db: Any, db_dir: Path, trials: int, tunable: list,
-                       tasks: list, before: int, say: Callable[[str], None], shipped_db: Any) -> Any:
+                       tasks: list, before: int, say: Callable[[str], None], shipped_db: Any,
+                       rpc: Optional[tuple] = None) -> Any:
     if trials > 0 and tunable:
         say(f"tuning {len(tunable)} of {len(tasks)} tasks, {trials} trials in all (database {db_dir}, "
             f"{before} records before)")
@@ -250,7 +291,8 @@ def _tune_then_compile(ms: Any, mod: Any, target: Any, db: Any, db_dir: Path, tr
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(db_dir), max_trials_global=trials,
             max_trials_per_task=max(8, -(-trials // len(tunable))), num_trials_per_iter=min(64, max(8, trials)),
-            builder=_make_in_process_builder(), runner=_make_in_process_runner(), database=db,
+            builder=_make_in_process_builder(),
+            runner=_make_rpc_runner(rpc, say) if rpc is not None else _make_in_process_runner(), database=db,
             cost_model="xgb", task_scheduler="round-robin",
         )
     import tvm

@@ -1,0 +1,71 @@
+"""The host side of the board's timing agent (``python -m edgeuq_runtime agent``).
+
+``edgeuq profile --agent HOST:PORT`` sends the bundle (the runtime's deterministic tar) and its
+digest; the agent verifies it, times every stage with the runtime's own harness on the board
+and returns the figures, which become a ``LatencyReport`` labelled ``agent`` ("remote (timing
+agent)"): unlike TVM RPC it times ONNX Runtime graphs and the numpy stages too.
+Placement (:class:`edgeuq.lower.placement_agent.AgentMeasurer`) and the search's latency
+objective (``edgeuq search --agent``) time bundles on the board through :func:`agent_profile`.
+
+The token comes from ``$EDGEUQ_AGENT_TOKEN`` or a token file (``--agent-token-file``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+__all__ = ["AgentError", "agent_profile", "read_agent_token"]
+
+
+class AgentError(ValueError):
+    """The agent refused a request (its reason) or could not be reached (a ValueError, so the
+    CLI reports it in one line like any other bad argument)."""
+
+
+def read_agent_token(token_file: Optional[Path] = None) -> str:
+    env = os.environ.get("EDGEUQ_AGENT_TOKEN")
+    if token_file is not None:
+        text = Path(token_file).read_text().strip()
+    elif env is not None:
+        text = env.strip()
+    else:
+        raise ValueError("--agent needs the agent's token: set $EDGEUQ_AGENT_TOKEN or give --agent-token-file")
+    if len(text) < 16:
+        raise ValueError("the agent token is under 16 characters")
+    return text
+
+
+def agent_profile(agent: str, bundle: Any, *, token: str, samples: Sequence[int] = (1, 8, 32), warmup: int = 5,
+                  repeats: int = 50, seed: int = 0, timeout_s: float = 600.0, raw: bool = False) -> Dict[str, Any]:
+    """POST the bundle to the agent at ``agent`` (``HOST:PORT``) and return its JSON report."""
+    from edgeuq_runtime.bundle import load_bundle
+    from edgeuq_runtime.ota.archive import pack_bundle
+
+    from .tvm_rpc import parse_address
+
+    host, port = parse_address(agent, "--agent")
+    b = load_bundle(bundle, verify=True)
+    body = pack_bundle(Path(bundle))
+    query = (f"samples={','.join(str(int(s)) for s in samples)}&warmup={int(warmup)}&repeats={int(repeats)}"
+             f"&seed={int(seed)}&digest={b.digest}" + ("&raw=1" if raw else ""))
+    req = urllib.request.Request(f"http://{host}:{port}/v1/profile?{query}", data=body, method="POST",
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/x-tar"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            doc = json.loads(resp.read().decode())
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.loads(exc.read().decode()).get("error", "")
+        except ValueError:
+            reason = ""
+        raise AgentError(f"agent {host}:{port} refused the request ({exc.code}): {reason or exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise AgentError(f"cannot reach the agent at {host}:{port}: {exc}") from None
+    if doc.get("bundle_digest") != b.digest:
+        raise AgentError(f"agent {host}:{port} timed bundle {doc.get('bundle_digest')!r}, not {b.digest}")
+    return doc

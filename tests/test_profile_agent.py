@@ -1,0 +1,63 @@
+"""`edgeuq profile --agent HOST:PORT`: an ONNX Runtime bundle timed stage by stage by the board's
+timing agent (`python -m edgeuq_runtime agent`, here in a thread on 127.0.0.1), labelled as such."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from edgeuq.bundle import build_bundle
+from edgeuq.cli import main
+from edgeuq.export import export_onnx
+from edgeuq.models import ModelConfig, SignalTransformer
+from edgeuq.profile.report import STAGES, LatencyReport, source_label
+from edgeuq.training import save_checkpoint
+from edgeuq_runtime.agent import AgentServer
+
+TOKEN = "host-side-agent-token-0123456789"
+TINY = dict(input_length=128, num_classes=3, patch=16, d_model=16, heads=2, depth=2, ffn=16, stochastic_blocks=(1,))
+
+
+@pytest.fixture(scope="module")
+def ort_bundle(tmp_path_factory):
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("agent")
+    art = export_onnx(save_checkpoint(SignalTransformer(ModelConfig(**TINY)).eval(), root / "ck", ("a", "b", "c"),
+                                      12000.0), root / "onnx")
+    return build_bundle(art, root / "bundle", "tiny", "0.1.0", default_samples=4).root
+
+
+@pytest.fixture
+def agent():
+    srv = AgentServer(("127.0.0.1", 0), TOKEN)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+    t.join(timeout=10)
+
+
+def test_profile_over_the_agent_times_every_stage_on_the_board(ort_bundle, agent, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EDGEUQ_AGENT_TOKEN", TOKEN)
+    rc = main(["profile", "--bundle", str(ort_bundle), "--agent", agent, "--samples", "1", "4", "--repeats", "8",
+               "--warmup", "1", "--no-plots", "--out", str(tmp_path / "r")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "measured: remote (timing agent): agent 127.0.0.1" in out
+    rep = LatencyReport.load(tmp_path / "r")
+    assert rep.location == "agent" and source_label(rep) == "timing agent (localhost)"
+    assert rep.backends == {"trunk": "onnxruntime", "head": "onnxruntime"}  # what TVM RPC cannot time
+    assert set(rep.stages["4"]) == set(STAGES) | {"sum of stages"} and set(rep.end_to_end) == {"1", "4"}
+    assert all(st["repeats"] == 8 for per in rep.stages.values() for st in per.values())
+    assert rep.environment["harness"] == "edgeuq_runtime.harness"
+
+
+def test_agent_with_a_wrong_token_fails_loudly(ort_bundle, agent, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EDGEUQ_AGENT_TOKEN", "not-the-agent-token-at-all-000")
+    rc = main(["profile", "--bundle", str(ort_bundle), "--agent", agent, "--samples", "1", "--repeats", "2",
+               "--no-plots", "--out", str(tmp_path / "r")])
+    assert rc != 0
+    assert "refused the request (401)" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,99 @@
+"""`edgeuq search --storage URL --workers N`: workers share one optuna study (a real PostgreSQL
+server on 127.0.0.1, started and stopped here, and a journal file); a worker killed mid-trial
+costs only that trial, which another worker runs again (heartbeat + RetryFailedTrialCallback)."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+
+import pytest
+from require_extras import in_ci, require_extra
+
+optuna = require_extra("optuna", "search")
+
+from search_toy import SPACE, metrics_of, worker  # noqa: E402
+
+from edgeuq.compress.distributed import open_storage, run_workers, storage_label  # noqa: E402
+from edgeuq.compress.search import SearchBudgets, run_search_with_failures  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pg():
+    require_extra("psycopg2", "search")
+    from pg_cluster import PgCluster, postgres_bindir
+
+    if postgres_bindir() is None:
+        msg = "PostgreSQL is not installed: run bash scripts/setup_postgres.sh (make install does)"
+        if in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    with PgCluster() as cluster:
+        yield cluster
+
+
+def _complete(storage, name="toy"):
+    study = optuna.load_study(study_name=name, storage=storage)
+    return study, study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def test_two_workers_share_a_journal_study(tmp_path):
+    spec = f"journal:{tmp_path / 'search.journal'}"
+    codes = run_workers(2, worker, (spec, 8, "slow_evaluate", 5, 20), timeout_s=240, log=lambda m: None)
+    assert codes == [0, 0]
+    study, done = _complete(open_storage(spec))
+    assert 8 <= len(done) <= 9  # each worker stops once 8 are finished; one trial in flight may finish too
+    assert len({t.number for t in done}) == len(done)
+    assert len({t.user_attrs["worker"] for t in done}) == 2  # both workers evaluated trials
+    for t in done:  # every stored objective is the evaluator's closed form of the trial's own parameters
+        m = metrics_of(t.params)
+        assert t.values == [m["latency_ms"], m["accuracy"], m["ood_auroc"], m["bytes"]]
+
+
+def test_a_killed_worker_costs_one_trial_which_is_retried(pg):
+    spec = pg.url
+    ctx = multiprocessing.get_context("spawn")
+    doomed = ctx.Process(target=worker, args=(spec, 3, "hang_evaluate", 1, 3, 0))
+    doomed.start()
+    try:
+        storage = open_storage(spec, heartbeat_s=1, grace_s=3)
+        deadline = time.time() + 120
+        running = []
+        while time.time() < deadline and not running:
+            try:  # a trial in its evaluation: every parameter suggested
+                running = [t for t in optuna.load_study(study_name="toy", storage=storage).get_trials(
+                    deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if len(t.params) == 5]
+            except KeyError:  # the study is not created yet
+                pass
+            time.sleep(0.3)
+        assert len(running) == 1, "the doomed worker never started a trial"
+        killed = running[0]
+        os.kill(doomed.pid, signal.SIGKILL)
+    finally:
+        doomed.join(timeout=30)
+        if doomed.is_alive():
+            doomed.kill()
+            doomed.join()
+    time.sleep(4)  # past the grace period: the trial's heartbeat has stopped
+    records, failed = run_search_with_failures(SPACE, __import__("search_toy").evaluate, SearchBudgets(), 3, storage,
+                                               population=4, study_name="toy", log=lambda m: None)
+    study, done = _complete(storage)
+    assert len(records) == len(done) == 3
+    states = {t.number: t.state for t in study.trials}
+    assert states[killed.number] == optuna.trial.TrialState.FAIL  # failed by the survivor, as stale
+    retried = [t for t in done
+               if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) == killed.number]
+    assert killed.params == study.trials[killed.number].params and len(killed.params) == 5
+    assert len(retried) == 1 and retried[0].params == killed.params  # the same configuration, run again
+    assert "edgeuq" in storage_label(spec) and "127.0.0.1" in storage_label(spec)
+
+
+def test_storage_specs_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="unknown URL scheme"):
+        open_storage("redis://127.0.0.1:6379/0")
+    with pytest.raises(ValueError, match="--workers"):
+        run_workers(0, worker)
+    assert storage_label("postgresql+psycopg2://u:secret@h:5432/db") == "postgresql+psycopg2://u@h:5432/db"

@@ -1,0 +1,57 @@
+"""MetaSchedule tuning measured on the boards of a TVM RPC tracker key (`edgeuq compile --tune N
+--tracker HOST:PORT --key KEY`): candidates are built here and timed by the tracker's servers (two
+`tvm.exec.rpc_server`s on 127.0.0.1, started and stopped here); the records land in the target's
+database with the run's provenance, and the tuned library computes what numpy computes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from require_extras import require_extra
+
+require_extra("tvm", "tvm")
+
+from rpc_farm import Farm  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def test_tuning_through_the_tracker_records_board_measurements(tmp_path):
+    import tvm
+    from tvm import relax
+    from tvm.script import ir as I
+    from tvm.script import relax as R
+
+    from edgeuq.lower.tvm.tune import database_size, open_database, tune_and_compile
+
+    @I.ir_module
+    class Mod:
+        @R.function
+        def main(x: R.Tensor((16, 32), "float32"), w: R.Tensor((32, 32), "float32")):
+            with R.dataflow():
+                y = R.nn.relu(R.matmul(x, w))
+                R.output(y)
+            return y
+
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 1})
+    db = tmp_path / "db"
+    with Farm() as farm:
+        farm.add_servers("edgeuq-tune", 2)
+        ex, report = tune_and_compile(Mod, target, db, 8, progress=lambda m: None,
+                                      rpc=(farm.tracker_addr, "edgeuq-tune"))
+        farm.wait_free("edgeuq-tune", 2)  # the runner's sessions are closed again
+    assert report.records_after > report.records_before == 0 and database_size(db) == report.records_after
+    recs = open_database(db).get_all_tuning_records()
+    secs = [float(s) for r in recs for s in (r.run_secs or [])]
+    assert secs and all(0 < s < 1 for s in secs)  # measured (by the servers), not build errors (1e10 s)
+    runs = json.loads((db / "farm_tuning.json").read_text())
+    assert len(runs) == 1 and runs[0]["key"] == "edgeuq-tune" and runs[0]["tracker"] == farm.tracker_addr
+    assert runs[0]["trials_requested"] == 8 and runs[0]["records_after"] == report.records_after
+    # the tuned library is right: numpy is the reference
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((16, 32)).astype("float32"), rng.standard_normal((32, 32)).astype("float32")
+    got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w)).numpy()
+    err = float(np.max(np.abs(got - np.maximum(x @ w, 0))))
+    assert err <= 1e-4, err
