@@ -48,6 +48,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = "onnxruntime"          # the row every ratio divides by (ONNX Runtime on the same graph)
+TVM_LIBRARIES = frozenset({"tvm"})  # executors whose compiled graphs load_tvm loads
 sys.path.insert(0, str(ROOT))
 
 
@@ -189,10 +191,10 @@ def main(argv=None) -> int:
         path = art.trunk_path if role == "trunk" else art.head_path
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds[role])))
-        runs = {"onnxruntime": lambda s=sess, f=feeds[role]: s.run(None, f)}
+        runs = {REFERENCE: lambda s=sess, f=feeds[role]: s.run(None, f)}
         for label, res in builds.items():
             g = getattr(res, role)
-            if g.backend != "tvm" or label.startswith("no buckets"):
+            if g.backend not in TVM_LIBRARIES or label.startswith("no buckets"):
                 continue
             graph = load_tvm(g.file, a.threads, g.options)
             err = max_error(graph.run(feeds[role]), ref)
@@ -264,7 +266,7 @@ def _sweep(a, art, model, builds, so, failures, load_tvm, sample_noise, measure_
     sess = ort.InferenceSession(str(art.head_path), so, providers=["CPUExecutionProvider"])
     heads = {}
     for label, res in builds.items():
-        if "untuned" in label or res.head.backend != "tvm":
+        if "untuned" in label or res.head.backend not in TVM_LIBRARIES:
             continue
         heads[label] = load_tvm(res.head.file, a.threads, res.head.options)
     rng = np.random.default_rng(1)
@@ -277,7 +279,7 @@ def _sweep(a, art, model, builds, so, failures, load_tvm, sample_noise, measure_
         feeds = {art.feature_name: np.ascontiguousarray(np.tile(feats, (s,) + (1,) * (feats.ndim - 1))),
                  **sample_noise(art.noise, n, rng)}
         ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
-        runs = {"onnxruntime": lambda f=feeds: sess.run(None, f)}
+        runs = {REFERENCE: lambda f=feeds: sess.run(None, f)}
         for label, g in heads.items():
             err = max_error(g.run(feeds), ref)
             if not err <= 1e-3:
@@ -288,10 +290,10 @@ def _sweep(a, art, model, builds, so, failures, load_tvm, sample_noise, measure_
             g = heads.get(label)
             plan = "-" if g is None else "+".join(str(g.bucket_for(min(n - r0, g.batch or n)))
                                                   for r0 in range(0, n, g.batch or n))
-            r = paired_ratio(stats[label], stats["onnxruntime"])
+            r = paired_ratio(stats[label], stats[REFERENCE])
             rows.append([str(s), label, "-" if g is None else (", ".join(map(str, g.buckets)) or str(g.batch)),
                          plan, f"{stats[label].median_ms:.3f}",
-                         "1.00" if label == "onnxruntime" else f"{r.median:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"])
+                         "1.00" if label == REFERENCE else f"{r.median:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"])
         print(f"S={s}: " + ", ".join(f"{k} {stats[k].median_ms:.3f} ms" for k in runs), flush=True)
     return rows
 

@@ -83,7 +83,7 @@ _API: Dict[str, Tuple[str, str]] = {
     "LatencyStats": ("edgeuq.profile", "LatencyStats"),
     "StageTimer": ("edgeuq.profile", "StageTimer"),
     "LatencyReport": ("edgeuq.profile.report", "LatencyReport"),
-    "profile_bundle": ("edgeuq.profile.cli", "profile_bundle"),
+    "profile_bundle": ("edgeuq.profile.bundle_profile", "profile_bundle"),
 }
 
 __all__ = ["__version__", *_API]

@@ -37,18 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 __all__ = ["FleetProfile", "profile_fleet", "fleet_table", "request_board", "free_boards", "EMULATED_FUNC",
            "remote_emulation"]
 
-#: the global function an emulated RPC server registers; it returns a description of the emulator
-EMULATED_FUNC = "edgeuq.rpc.emulated"
-
-
-def remote_emulation(session: Any) -> Optional[str]:
-    """The emulator description a server declares (``None`` for a server that declares none:
-    a board)."""
-    try:
-        fn = session.get_function(EMULATED_FUNC)
-    except AttributeError:  # TVM raises AttributeError("Module has no function ...") for a missing global
-        return None
-    return str(fn())
+from .tvm_rpc import EMULATED_FUNC, remote_emulation  # noqa: E402  (re-exported: where they live)
 
 
 def free_boards(tracker: str, key: str) -> int:
@@ -171,7 +160,7 @@ def profile_fleet(bundle: Any, out_dir: Optional[Path], *, tracker: str, key: st
                   expect: Optional[int] = None) -> FleetProfile:
     """Profile ``bundle`` on every free server of ``key`` (``expect``: fail unless exactly that
     many are free); write ``out_dir/board-NN-HOST_PORT/`` reports and ``out_dir/fleet_summary.json``."""
-    from .cli import profile_bundle
+    from .bundle_profile import profile_bundle
 
     if not key:
         raise ValueError("--all needs --tracker HOST:PORT and --key KEY")

@@ -39,8 +39,21 @@ def rpc_timeable(backend: str, options: Optional[Mapping[str, Any]]) -> bool:
     """True for a graph TVM RPC can time: a CPU library of an :data:`RPC_EXECUTORS` executor."""
     return backend in RPC_EXECUTORS and dict(options or {}).get("device", "cpu") == "cpu"
 
-__all__ = ["parse_address", "connect", "graph_inputs", "profile_remote", "tvm_kernel_table", "REMOTE_NOTES",
-           "RemoteProfile", "time_remote_library"]
+__all__ = ["EMULATED_FUNC", "remote_emulation", "parse_address", "connect", "graph_inputs", "profile_remote",
+           "tvm_kernel_table", "REMOTE_NOTES", "RemoteProfile", "time_remote_library"]
+
+#: the global function an emulated RPC server registers; it returns a description of the emulator
+EMULATED_FUNC = "edgeuq.rpc.emulated"
+
+
+def remote_emulation(session: Any) -> Optional[str]:
+    """The emulator description a server declares (``None`` for a server that declares none:
+    a board)."""
+    try:
+        fn = session.get_function(EMULATED_FUNC)
+    except AttributeError:  # TVM raises AttributeError("Module has no function ...") for a missing global
+        return None
+    return str(fn())
 
 REMOTE_NOTES = (
     "remote: only the TVM graphs are timed (time_evaluator over RPC); validate_normalize, noise and decompose run "
