@@ -19,13 +19,15 @@ $(STAMP): pyproject.toml runtime/pyproject.toml
 	touch $(STAMP)
 
 # The tests also need the lowering toolchains: TVM + hls4ml extras, cross compilers and
-# qemu (Debian packages), and the device runtime's own pynq environment (numpy<2).
+# qemu (Debian packages), the device runtime's own pynq environment (numpy<2), Chromium for the
+# live-view tests and PostgreSQL for the distributed-search tests.
 $(FULL): $(STAMP) scripts/setup_toolchains.sh edgeuq/lower/toolchain/setup_toolchains.sh scripts/setup_pynq_env.sh \
-         scripts/setup_browser.sh
+         scripts/setup_browser.sh scripts/setup_postgres.sh
 	$(BIN)/python -m pip install --quiet -e "runtime[ota]" -e ".[test,tvm,fpga,ota,text,search]"
 	bash scripts/setup_toolchains.sh
 	bash scripts/setup_pynq_env.sh
 	bash scripts/setup_browser.sh
+	bash scripts/setup_postgres.sh
 	touch $(FULL)
 
 install: $(FULL)
