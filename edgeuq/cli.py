@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--duration", type=float, help="seconds of synthetic signal per record")
     d.add_argument("--student-recipe", default="bearing-student",
                    help="recipe of the distilled student the demo deploys (its [model], [uq], [bundle])")
-    d.add_argument("--student-epochs", type=int, help="distillation epochs (default 8)")
+    d.add_argument("--student-epochs", type=int, help="distillation epochs (default 5)")
     d.add_argument("--no-student", action="store_true", help="teacher only (deploys the teacher)")
     d.add_argument("--no-cache", action="store_true",
                    help="regenerate the synthetic records instead of reading the content-addressed cache")
