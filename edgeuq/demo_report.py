@@ -101,7 +101,12 @@ def demo_tables_json(result: DemoResult, prov: Optional[Mapping[str, Any]] = Non
         tables["models"] = {"headers": list(mh), "rows": mrows}
         tables["ood"] = {"headers": list(oh), "rows": orows}
     sh, srows = demo_stage_table(result)
-    tables["stages"] = {"headers": list(sh), "rows": srows}
+    import torch
+
+    tables["stages"] = {"headers": list(sh), "rows": srows,
+                        "note": f"torch intra-op threads: {torch.get_num_threads()} (ONNX Runtime: 1). With one "
+                                "thread the CPU seconds bound the wall time of a quiet machine; wall time on a "
+                                "shared machine grows with its load (in the provenance)."}
     s = ", ".join(f"{k} S = {m.samples}" for k, m in result.models.items()) or f"S = {result.samples}"
     return {
         "command": DEMO_TABLES_COMMAND,
