@@ -180,7 +180,7 @@ class StudentOptions:
     epochs: Optional[int] = 5             # None: the student recipe's [train] epochs
     batch_size: Optional[int] = 32        # None: the student recipe's [train] batch_size
     copies: int = 1
-    teacher_samples: int = 16
+    teacher_samples: int = 8
     student_samples: int = 8
     precision: str = "int8"
     calib_windows: int = 256
