@@ -127,6 +127,87 @@ def stream_run(bundle: Path, base: np.ndarray, rate: float, seconds: float, hop:
     }
 
 
+#: the pieces of one streaming decision, in the order ``Diagnoser.decide`` runs them
+PROFILE_PARTS = ("quality flags", "trunk (validate + normalise + trunk graph)", "density score",
+                 "noise + head (S draws)", "decomposition", "calibrated post (p-values, set, abstain)")
+
+
+def profile_windows(bundle: Path, base: np.ndarray, windows: int, hop: int, adaptive: bool, samples: int) -> Dict:
+    """Where one streaming decision's CPU time goes: ``Diagnoser.decide`` rebuilt from the same
+    public pieces, each timed with ``time.process_time`` around it, over ``windows`` consecutive
+    windows of ``base`` (pipeline order, one thread); the decisions are checked against ``decide``'s
+    (same class, same S). Shares are of the pieces' sum; the stream's own CPU per window (a
+    :func:`stream_run` over the same windows: the pieces plus the loop, ring buffer and records) is
+    reported beside it, not subtracted (timing each piece separately changes its cache state)."""
+    from edgeuq_runtime import UncertaintyRuntime
+    from edgeuq_runtime.adaptive import adaptive_predict, sample_logits
+    from edgeuq_runtime.stream import Diagnoser
+    from edgeuq_runtime.stream.quality import window_flags
+    from edgeuq_runtime.uncertainty import decompose, softmax
+
+    rt = UncertaintyRuntime(bundle, threads=1)
+    length = rt.manifest.input.length
+    ref = Diagnoser(rt, adaptive=adaptive, samples=samples, seed=0)
+    diag = Diagnoser(rt, adaptive=adaptive, samples=samples, seed=0)
+    cal = diag.cal
+    clock = time.process_time
+    acc = dict.fromkeys(PROFILE_PARTS, 0.0)
+    mismatches, used_sum = 0, 0
+    n = 0
+    for start in range(0, len(base) - length + 1, hop):
+        if n >= windows:
+            break
+        w = base[start:start + length]
+        expect = ref.decide(w)
+        t = clock()
+        flags = window_flags(w)
+        t1 = clock(); acc[PROFILE_PARTS[0]] += t1 - t
+        features = rt.trunk_features(w[None, :])
+        t2 = clock(); acc[PROFILE_PARTS[1]] += t2 - t1
+        density = cal.density_score(features) if cal is not None else None
+        t3 = clock(); acc[PROFILE_PARTS[2]] += t3 - t2
+        draw_s = [0.0]
+
+        def draw(k):
+            a = clock()
+            out = sample_logits(rt, features, k, diag.rng)
+            draw_s[0] += clock() - a
+            return out
+
+        if adaptive:
+            mi_t, prob_t = diag._thresholds()
+            res, used = adaptive_predict(draw, diag.cfg, diag.class_names, mi_t, prob_t)
+        else:
+            res, used = decompose(softmax(np.asarray(draw(diag.samples), dtype=np.float64), axis=-1),
+                                  diag.class_names), diag.samples
+        t4 = clock()
+        acc[PROFILE_PARTS[3]] += draw_s[0]
+        acc[PROFILE_PARTS[4]] += (t4 - t3) - draw_s[0]   # softmax + decomposition (+ adaptive stopping rule)
+        if cal is not None:   # as Diagnoser.decide: p-values once, reused by the combined score and the rule
+            pv = cal.pvalues(res.epistemic, res.total, density, res.prediction)
+            if pv is not None:
+                -np.log10(cal.combined_pvalue(pv))
+            else:
+                cal.combined_score(res.epistemic, density, res.total, res.prediction)
+            cp = cal.cal.conformal
+            size = None
+            if cp is not None:
+                size = np.array([int(cp.sets(res.probs, rng=diag.rng)[0].sum())])
+            cal.abstain_reasons(size, res.epistemic, density, res.total, res.prediction, parts=pv)
+        acc[PROFILE_PARTS[5]] += clock() - t4
+        mismatches += int(int(res.prediction[0]) != expect.class_index or used != expect.samples)
+        used_sum += used
+        del flags
+        n += 1
+    stream = stream_run(bundle, base, 12000.0, (n * hop + length) / 12000.0, hop, adaptive, samples)
+    per = {k: 1e3 * v / n for k, v in acc.items()}
+    total = sum(per.values())
+    return {"mode": stream["mode"], "windows": n, "mean_S": used_sum / n, "mismatches_vs_decide": mismatches,
+            "pieces_cpu_ms_per_window": total, "stream_cpu_ms_per_window": stream["cpu_ms_per_window"],
+            "rtf_cpu": stream["rtf_cpu"],
+            "parts": [{"part": k, "cpu_ms_per_window": v, "share": v / total} for k, v in per.items()]}
+
+
 def ood_rows(name_in: str, s_in, sets: Dict[str, object]) -> List[Dict]:
     from edgeuq.uq import aupr, auroc, fpr_at_95_tpr
 
@@ -253,6 +334,64 @@ def tables_json(doc: Dict) -> Dict:
     return {"tables": t}
 
 
+def bundle_main(a, prov, cmd, cwru: Path) -> int:
+    """``--bundle``: fixed and adaptive S streams of one bundle, and the per-window profile."""
+    import torch
+
+    torch.set_num_threads(1)
+    from edgeuq.provenance import finish
+
+    bundle = Path(a.bundle)
+    if a.signal == "cwru":
+        if not (cwru / "12k_DE").is_dir():
+            print(f"CWRU data not found at {cwru}: nothing to measure (skipped)")
+            return 0
+        from _stream_prep import cwru_sets
+
+        recs = cwru_sets(cwru)["records"]
+        base = np.concatenate([r.signal for r in recs if float(r.meta["load_hp"]) != 3.0])
+        what = "CWRU 12 kHz drive-end records (loads 0-2 hp) in a loop"
+    else:
+        from edgeuq.data import synthetic_records
+        from edgeuq.data.synthetic import SyntheticBearingConfig
+
+        cfg = SyntheticBearingConfig(fs=12000.0, duration_s=4.0, loads=(0.0, 1.0, 2.0, 3.0), seed=11)
+        base = np.concatenate([r.signal for r in synthetic_records(cfg, kinds=("normal", "inner_race", "outer_race",
+                                                                               "ball"))])
+        what = "synthetic bearing records (SIMULATED, demo generator, seed 11) in a loop"
+    streams, profiles = [], []
+    for adaptive in (False, True):
+        r = stream_run(bundle, base, 12000.0, a.hours * 3600, a.hop, adaptive, a.samples)
+        r["signal"] = what
+        print(f"stream {r['mode']}: {r['windows']} windows ({r['signal_hours'] * 60:.1f} min of signal), "
+              f"RTF by CPU {r['rtf_cpu']:.1f}x, by wall {r['rtf_wall']:.1f}x, late {r['late']}, errors {r['errors']}, "
+              f"RSS growth {r['rss_growth_mb']:.3f} MB", flush=True)
+        if r["errors"]:
+            print(f"WARNING: stream {r['mode']}: {r['errors']} window(s) raised instead of deciding "
+                  f"(not abstentions): {r['error_examples']}", file=sys.stderr)
+        streams.append(r)
+        if a.profile:
+            p = profile_windows(bundle, base, a.profile, a.hop, adaptive, a.samples)
+            profiles.append(p)
+            print(f"\n## Where a decision's CPU time goes ({p['mode']}, {p['windows']} windows, mean S "
+                  f"{p['mean_S']:.2f}, {p['mismatches_vs_decide']} mismatches vs decide; pieces "
+                  f"{p['pieces_cpu_ms_per_window']:.3f} ms, the stream {p['stream_cpu_ms_per_window']:.3f} ms "
+                  f"per window)\n")
+            print(md(p["parts"], ["part", "cpu_ms_per_window", "share"]))
+    print(f"\n## Stream ({bundle}, one core, {a.hours * 60:g} min of 12 kHz signal per run, hop {a.hop})\n")
+    print(md(streams, STREAM_KEYS))
+    doc = {"bench": "stream --bundle", "bundle": str(bundle), "signal": what, "minutes": a.hours * 60, "hop": a.hop,
+           "streams": streams, "profiles": profiles,
+           "provenance": finish(prov, note="one ORT thread, one torch thread"), "command": cmd,
+           "notes": "rtf_cpu: signal seconds per CPU second of this process (user + sys); the machine's cores "
+                    "are shared, so rtf_wall is pessimistic"}
+    out = Path(a.out) if a.out else Path(a.work) / "stream_bundle.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2, default=float))
+    print(f"\njson: {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cwru", default=str(REPO.parent / "shared" / "data" / "cwru"))
@@ -268,7 +407,16 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-stream", action="store_true")
     ap.add_argument("--no-demo", action="store_true", help="skip adaptive vs fixed on the (synthetic) demo")
     ap.add_argument("--quick", action="store_true", help="6 minutes of signal per streaming run (mode quick)")
+    ap.add_argument("--bundle", help="stream this calibrated bundle (e.g. the demo's deployed student, "
+                                     "runs/demo/student/bundle) instead of training the CWRU model: stream table "
+                                     "and per-window profile only")
+    ap.add_argument("--signal", choices=("synthetic", "cwru"), default="synthetic",
+                    help="with --bundle: the signal played in a loop (synthetic: the demo's generator, SIMULATED)")
+    ap.add_argument("--minutes", type=float, help="signal minutes per streaming run (overrides --hours)")
+    ap.add_argument("--profile", type=int, default=2000, help="with --bundle: windows of the per-window profile")
     a = ap.parse_args(argv)
+    if a.minutes:
+        a.hours = a.minutes / 60.0
     sys.path.insert(0, str(REPO))
     from edgeuq.provenance import command_line, finish, start
 
@@ -277,6 +425,8 @@ def main(argv=None) -> int:
     prov = start("quick" if a.quick else "full", 1)
     cmd = command_line("bench/stream.py", argv)
     cwru = Path(a.cwru)
+    if a.bundle:
+        return bundle_main(a, prov, cmd, cwru)
     if not (cwru / "12k_DE").is_dir():
         print(f"CWRU data not found at {cwru}: nothing to measure (skipped)")
         return 0

@@ -32,22 +32,36 @@ def _command_modules() -> tuple:
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
-    from .demo_report import demo_tables, write_demo_report
-    from .pipeline import run_demo
+    from .demo_report import demo_model_tables, demo_stage_table, demo_tables, write_demo_report
+    from .pipeline import StudentOptions, run_demo
     from .provenance import start
     from .report import format_table
 
     prov = start("full", 1)
     overrides = {"duration_s": a.duration} if a.duration else None
+    student = None if a.no_student else StudentOptions(
+        recipe=a.student_recipe, **({"epochs": a.student_epochs} if a.student_epochs else {}))
     res = run_demo(Path(a.out), recipe=a.recipe, epochs=a.epochs, samples=a.samples,
-                   synthetic_overrides=overrides, progress=not a.no_progress)
+                   synthetic_overrides=overrides, progress=not a.no_progress, student=student,
+                   cache=not a.no_cache)
     report = write_demo_report(res, prov)
     h, rows, lh, lrows = demo_tables(res)
     print()
     print(format_table(h, rows))
     print()
     print(format_table(lh, lrows))
+    if len(res.models) > 1:
+        mh, mrows, oh, orows = demo_model_tables(res)
+        print()
+        print(format_table(mh, mrows))
+        print()
+        print(format_table(oh, orows))
+    sh, srows = demo_stage_table(res)
+    print()
+    print(format_table(sh, srows))
     print(f"\nreport: {report}  (plots: {res.out_dir / 'reliability.png'}, {res.out_dir / 'epistemic_hist.png'})")
+    print(f"deployed bundle ({res.deployed.manifest.model_name}): {res.deployed.root}\n"
+          f"  next: edgeuq predict --bundle {res.deployed.root} --input SIGNAL_FILE")
     return 0
 
 
@@ -142,12 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgeuq", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="train, export, bundle and run the runtime on the synthetic default")
+    d = sub.add_parser("demo", help="train the teacher, distil + quantize the student, calibrate, bundle and run both "
+                                          "through the device runtime on the synthetic default; deploys the student")
     d.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     d.add_argument("--recipe", default="bearing-demo", help="recipe name or .toml path")
     d.add_argument("--epochs", type=int, help="override the recipe's epoch count")
     d.add_argument("--samples", type=int, help="MC samples S (default: recipe)")
     d.add_argument("--duration", type=float, help="seconds of synthetic signal per record")
+    d.add_argument("--student-recipe", default="bearing-student",
+                   help="recipe of the distilled student the demo deploys (its [model], [uq], [bundle])")
+    d.add_argument("--student-epochs", type=int, help="distillation epochs (default 5)")
+    d.add_argument("--no-student", action="store_true", help="teacher only (deploys the teacher)")
+    d.add_argument("--no-cache", action="store_true",
+                   help="regenerate the synthetic records instead of reading the content-addressed cache")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_cmd_demo)
 

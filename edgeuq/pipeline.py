@@ -3,15 +3,23 @@
     recipe ─prepare_data─► DemoData ─train_stage─► Checkpoint ─export_stage─► OnnxArtifact
            ─bundle_stage─► Bundle ─evaluate_sets (device runtime)─► metrics ─► report
 
+The demo (:func:`run_demo`) runs the whole product: the teacher above, then the student
+(``distill_stage`` from the teacher, quantized to int8, bundled), both bundles calibrated
+(density on the training windows, conformal and abstention thresholds on the validation
+windows), both evaluated on the held-out and shifted sets through the device runtime, and
+both timed in the same interleaved rounds. The student's bundle is the one it deploys.
+
 Each stage writes its artifact under the run directory as soon as it exists, so
-a failure later on loses nothing already computed.
+a failure later on loses nothing already computed; :class:`edgeuq.profile.StageTimer`
+records each stage's wall and CPU time.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -34,7 +42,7 @@ from .training import Checkpoint, TrainConfig, UqConfig, save_checkpoint
 
 __all__ = [
     "DemoData", "DemoResult", "prepare_data", "train_stage", "export_stage", "bundle_stage",
-    "latency_stage", "run_demo", "UQ_TRAIN_KEYS",
+    "latency_stage", "run_demo", "UQ_TRAIN_KEYS", "StudentOptions", "DemoModel", "models_latency_stage",
 ]
 
 #: Keys of a recipe's [uq] table (:class:`edgeuq.training.config.UqConfig`, read strictly).
@@ -62,9 +70,20 @@ def _synthetic_config(recipe: Recipe, overrides: Mapping[str, Any]) -> Synthetic
     return SyntheticBearingConfig(fs=float(recipe.data["fs_hz"]), **syn)
 
 
-def prepare_data(recipe: Recipe, synthetic_overrides: Optional[Mapping[str, Any]] = None) -> DemoData:
+def _records(cfg: SyntheticBearingConfig, kinds, cache: bool) -> list:
+    if not cache:
+        return synthetic_records(cfg, kinds=kinds)
+    from .data.synthetic_cache import cached_synthetic_records
+
+    return cached_synthetic_records(cfg, kinds)[0]
+
+
+def prepare_data(recipe: Recipe, synthetic_overrides: Optional[Mapping[str, Any]] = None,
+                 cache: bool = False) -> DemoData:
     """The embedded default: synthetic bearing records, a time-disjoint split,
-    an unseen-fault set and an additive-noise shifted copy of the test set."""
+    an unseen-fault set and an additive-noise shifted copy of the test set.
+    ``cache``: read/write the generator's records through the content-addressed cache
+    (:mod:`edgeuq.data.synthetic_cache`; the same records either way)."""
     data = recipe.data
     if "source" in data and not DATA_SOURCES.get(data["source"]).takes_no_path:
         raise ValueError(f"recipe {recipe.name!r}: the demo runs on the recipe's embedded data (a source that takes "
@@ -72,7 +91,7 @@ def prepare_data(recipe: Recipe, synthetic_overrides: Optional[Mapping[str, Any]
     classes = tuple(data["classes"])
     window, hop = int(data["window"]), int(data["hop"])
     cfg = _synthetic_config(recipe, synthetic_overrides or {})
-    records = synthetic_records(cfg, kinds=classes)
+    records = _records(cfg, classes, cache)
     fe = front_end_from_recipe(data)
     splits = split_in_domain(records, window, hop, class_names=classes, front_end=fe)
     shifted: Dict[str, WindowDataset] = {}
@@ -80,7 +99,7 @@ def prepare_data(recipe: Recipe, synthetic_overrides: Optional[Mapping[str, Any]
     shifted[f"noise shift (SNR {snr:g} dB)"] = add_noise(splits.test, snr_db=snr, seed=cfg.seed + 1)
     ood_kind = data.get("ood_kind")
     if ood_kind:
-        ood_records = synthetic_records(cfg, kinds=(ood_kind,))
+        ood_records = _records(cfg, (ood_kind,), cache)
         shifted[f"unseen fault ({ood_kind})"] = window_records(
             ood_records, window, window, class_names=classes, allow_unknown=True, front_end=fe
         )
@@ -145,6 +164,60 @@ def latency_stage(bundle_dir: Path, window: np.ndarray, samples: int, threads: i
 
 
 @dataclass(frozen=True)
+class StudentOptions:
+    """How the demo builds its student from the teacher (``edgeuq distill`` + ``edgeuq quantize``):
+    the student recipe's ``[model]``, ``[uq] samples`` and ``[bundle]``, distilled with the default
+    uncertainty-keeping loss on the training windows (plus ``copies`` perturbed copies of each, and
+    10 % synthetic off-distribution windows) labelled by the teacher with ``teacher_samples`` draws,
+    then every quantizable layer int8 (per-channel QDQ, calibrated on training windows) unless
+    ``precision`` says otherwise ("fp32" keeps it float). The defaults are the demo's time budget:
+    labelling and training cost scale with ``copies + 1.1`` (measured on the demo: no copies, 8
+    epochs at batch 32 gave a student of 0.92 test accuracy, batch 64 0.73; one copy, 8 epochs at
+    batch 64 0.97 at 1.8x the cost)."""
+
+    recipe: str = "bearing-student"
+    epochs: Optional[int] = 5             # None: the student recipe's [train] epochs
+    batch_size: Optional[int] = 32        # None: the student recipe's [train] batch_size
+    copies: int = 1
+    teacher_samples: int = 8
+    student_samples: int = 8
+    precision: str = "int8"
+    calib_windows: int = 256
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("int8", "fp16", "fp32"):
+            raise ValueError(f"StudentOptions.precision must be int8, fp16 or fp32, got {self.precision!r}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"StudentOptions.epochs must be >= 1, got {self.epochs}")
+        if self.calib_windows < 1:
+            raise ValueError(f"StudentOptions.calib_windows must be >= 1, got {self.calib_windows}")
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """One model of the demo, as deployed: its checkpoint, bundle (calibrated), evaluations and latency."""
+
+    role: str                       # "teacher" | "student"
+    checkpoint: Checkpoint
+    bundle: Bundle
+    evaluations: Mapping[str, SetEvaluation]
+    latency: Mapping[str, LatencyStats]
+    samples: int
+    graph_bytes: int                # the graphs (trunk + head files) as bundled
+    bundle_bytes: int               # every file of the bundle (density, p-values, plans included)
+    precision: str = "fp32"
+
+    def summary(self) -> dict:
+        return {
+            "role": self.role, "samples": self.samples, "bundle": str(self.bundle.root),
+            "model_name": self.bundle.manifest.model_name, "precision": self.precision,
+            "graph_bytes": self.graph_bytes, "bundle_bytes": self.bundle_bytes,
+            "sets": {k: v.summary() for k, v in self.evaluations.items()},
+            "latency_ms": {k: v.to_dict() for k, v in self.latency.items()},
+        }
+
+
+@dataclass(frozen=True)
 class DemoResult:
     out_dir: Path
     checkpoint: Checkpoint
@@ -155,6 +228,15 @@ class DemoResult:
     samples: int
     timings_s: Mapping[str, float] = field(default_factory=dict)
     data_description: str = ""
+    #: the teacher (this result's checkpoint/bundle/evaluations) and the student, when built
+    models: Mapping[str, DemoModel] = field(default_factory=dict)
+    cpu_s: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def deployed(self) -> Bundle:
+        """The bundle the demo deploys: the student's when there is one, else the teacher's."""
+        m = self.models.get("student")
+        return m.bundle if m is not None else self.bundle
 
     def summary(self) -> dict:
         return {
@@ -163,8 +245,116 @@ class DemoResult:
             "sets": {k: v.summary() for k, v in self.evaluations.items()},
             "latency_ms": {k: v.to_dict() for k, v in self.latency.items()},
             "timings_s": dict(self.timings_s),
+            "cpu_s": dict(self.cpu_s),
             "bundle": str(self.bundle.root),
+            "deployed_bundle": str(self.deployed.root),
+            "models": {k: m.summary() for k, m in self.models.items()},
         }
+
+
+def _graph_bytes(bundle: Bundle) -> Tuple[int, int]:
+    names = list(bundle.manifest.files)
+    graphs = [n for n in names if n.endswith((".onnx", ".onnx.data", ".so", ".tar"))]
+    return (int(sum(bundle.path(n).stat().st_size for n in graphs)),
+            int(sum(bundle.path(n).stat().st_size for n in names)) + (bundle.root / "manifest.json").stat().st_size)
+
+
+def _evaluate_calibrated(bundle_dir: Path, sets: Mapping[str, Any], samples: int, reference: str,
+                         progress: bool) -> Dict[str, SetEvaluation]:
+    """:func:`evaluate_sets`, plus the OOD AUROC of the calibrated bundle's density and combined
+    scores (fitted on the training and validation windows, never on these sets)."""
+    from .calibrate.scores import calibrated_extra_scores
+    from .uq import auroc
+
+    evals = evaluate_sets(bundle_dir, sets, samples=samples, seed=0, reference=reference, progress=progress)
+    rt = UncertaintyRuntime(bundle_dir, seed=0)
+    extra = {}
+    for name, ev in evals.items():
+        ok = ev.result.diagnosed
+        r = ev.result
+        extra[name] = {k: np.asarray(v)[ok] for k, v in (calibrated_extra_scores(
+            rt, np.asarray(sets[name].x), r.epistemic, r.total, r.prediction) or {}).items()}
+    out = {}
+    for name, ev in evals.items():
+        m = dict(ev.metrics)
+        if name != reference:
+            for key in ("density", "combined"):
+                if key in extra[reference] and key in extra[name]:
+                    m[f"auroc_{key}"] = auroc(extra[reference][key], extra[name][key])
+        out[name] = SetEvaluation(name, ev.result, ev.labels, m)
+    return out
+
+
+def models_latency_stage(bundles: Mapping[str, Tuple[Path, int]], window: np.ndarray, threads: int = 1,
+                         repeats: int = 50) -> Dict[str, Dict[str, LatencyStats]]:
+    """:func:`latency_stage` for several bundles (name -> (bundle, S)) in the same rounds: every
+    bundle's deterministic pass and S-sample call are timed once per round, in a seeded random order
+    per round, so ratios within a bundle and between bundles are paired."""
+    x = window[None, :]
+    calls, keys = {}, {}
+    for name, (bdir, s) in bundles.items():
+        rt = UncertaintyRuntime(bdir, threads=threads, seed=0)
+        det, mc = f"{name}: deterministic pass (S=1, mean masks)", f"{name}: S={s} sample inference"
+        calls[det] = (lambda rt=rt: rt.deterministic(x))
+        calls[mc] = (lambda rt=rt, s=s: rt.predict(x, samples=s))
+        keys[name] = (det, mc)
+    st = measure_stages(calls, warmup=3, repeats=repeats)
+    return {name: {"deterministic": st[d], "mc": st[m]} for name, (d, m) in keys.items()}
+
+
+def _chunked_teacher(ck: Checkpoint, chunk: int = 64):
+    """:func:`edgeuq.compress.stages.load_teacher` of a checkpoint, labelling ``chunk`` windows at a
+    time: the S-fold tiled activations of a chunk stay small (measured on the demo teacher, S = 16,
+    one thread: 64 windows per chunk label 1.9x faster than 256, which page-fault on every chunk)."""
+    from .compress.stages import Teacher
+    from .compress.transfer import features_with_model, label_with_model
+
+    model = ck.load_model()
+    return Teacher(f"checkpoint {ck.directory} ({ck.config.scheme})", ck.sha256,
+                   lambda x, s, seed: label_with_model(model, x, s, seed, chunk=chunk), ck.config.num_classes,
+                   lambda x: features_with_model(model, x))
+
+
+def _student_stage(teacher_ck: Checkpoint, data: DemoData, rec: Recipe, opts: StudentOptions, out_dir: Path,
+                   progress: bool, log: Log, timer: StageTimer) -> Tuple[Checkpoint, Bundle]:
+    """Distil the student from the teacher, quantize it, bundle it (metadata says it is the student)."""
+    from .compress.distill import DistillConfig
+    from .compress.stages import distill_stage
+    from .compress.transfer import TransferConfig
+    from .quantize.costs import uniform_assignment
+    from .quantize.pipeline import build_quantized, plan_from_assignment, prepare_model, sensitivity_for
+
+    srec = get_recipe(opts.recipe)
+    sp = data.splits
+    scfg = ModelConfig.from_dict(srec.model, input_length=sp.window, num_classes=len(sp.class_names))
+    s_student = int(UqConfig.from_dict(srec.uq).samples)
+    epochs = int(opts.epochs or srec.train.get("epochs", DistillConfig().epochs))
+    dcfg = DistillConfig(epochs=epochs, student_samples=opts.student_samples, seed=int(srec.train.get("seed", 0)),
+                         batch_size=int(opts.batch_size or srec.train.get("batch_size", 64)),
+                         lr=float(srec.train.get("lr", 2e-3)),
+                         patience=int(srec.train.get("patience", 5)))
+    tcfg = TransferConfig(copies=opts.copies, teacher_samples=opts.teacher_samples, seed=0)
+    with timer.stage("distil student"):
+        ck = distill_stage(_chunked_teacher(teacher_ck), scfg, sp, out_dir, tcfg, dcfg, progress=progress,
+                           log=log)
+    d = ck.metrics["distill"]
+    log(f"distil: student ({opts.recipe}) best epoch {d['best_epoch']} of {epochs}, val loss "
+        f"{d['best_val_loss']:.4f} -> {ck.directory}")
+    calib = sp.train.x[np.random.default_rng(0).permutation(len(sp.train))[:opts.calib_windows]]
+    b = srec.bundle
+    with timer.stage("quantize+bundle student"):
+        prep = prepare_model(ck, calib, out_dir / "quantize", samples=s_student, progress=False)
+        plan = plan_from_assignment(prep, uniform_assignment(prep.layers, opts.precision),
+                                    sensitivity_for("range", prep), "range")
+        res = build_quantized(prep, plan, out_dir / "bundle", work_dir=out_dir / "quantize" / opts.precision,
+                              name=b["model_name"], version=b["model_version"], samples=s_student,
+                              metadata={"recipe": srec.name, "demo_role": "student", "deployed": True,
+                                        "distilled_from": {"recipe": rec.name,
+                                                           "checkpoint_sha256": teacher_ck.sha256},
+                                        "distill": dict(d)})
+    log(f"quantize: student {opts.precision} ({plan.total_bytes} of {plan.fp32_bytes} fp32 weight bytes) "
+        f"-> {res.bundle.root}")
+    return ck, res.bundle
 
 
 def run_demo(
@@ -175,8 +365,15 @@ def run_demo(
     synthetic_overrides: Optional[Mapping[str, Any]] = None,
     progress: bool = True,
     log: Log = print,
+    student: Optional[StudentOptions] = StudentOptions(),
+    cache: bool = True,
+    latency_repeats: int = 50,
 ) -> DemoResult:
-    """Train, export, bundle and run the device runtime on held-out windows."""
+    """Train the teacher, distil and quantize the student (``student=None``: teacher only), calibrate
+    both, run the device runtime on held-out and shifted windows, time both in the same rounds.
+    ``cache``: the synthetic records through :mod:`edgeuq.data.synthetic_cache`."""
+    from .calibrate.fit import CalibrationOptions, calibrate_bundle
+
     rec = recipe if isinstance(recipe, Recipe) else get_recipe(recipe)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +381,7 @@ def run_demo(
     s = int(samples or UqConfig.from_dict(rec.uq).samples)
 
     with timer.stage("data"):
-        data = prepare_data(rec, synthetic_overrides)
+        data = prepare_data(rec, synthetic_overrides, cache=cache)
     sp = data.splits
     log(f"data: {data.description}")
     log(f"      train {len(sp.train)} / val {len(sp.val)} / test {len(sp.test)} windows; "
@@ -192,22 +389,46 @@ def run_demo(
 
     model_cfg = ModelConfig.from_dict(rec.model, input_length=sp.window, num_classes=len(sp.class_names))
     train_cfg = TrainConfig.from_dict(rec.train, epochs=epochs)
-    with timer.stage("train"):
+    with timer.stage("train teacher"):
         ckpt = train_stage(sp, model_cfg, train_cfg, out_dir / "checkpoint", uq=rec.uq, progress=progress, log=log)
     log(f"train: best epoch {ckpt.metrics['best_epoch']} (val acc {ckpt.metrics['val_acc']:.4f}) -> {ckpt.directory}")
 
-    with timer.stage("export+bundle"):
+    with timer.stage("export+bundle teacher"):
         art = export_stage(ckpt, out_dir / "onnx")
-        bundle = bundle_stage(art, out_dir / "bundle", rec, s, metadata={"train": dict(ckpt.metrics)})
+        bundle = bundle_stage(art, out_dir / "bundle", rec, s, metadata={"train": dict(ckpt.metrics),
+                                                                         "demo_role": "teacher",
+                                                                         "deployed": student is None})
     log(f"export: trunk/head ONNX verified against PyTorch; bundle -> {bundle.root}")
 
+    bundles: Dict[str, Tuple[Path, int, Checkpoint, str]] = {"teacher": (bundle.root, s, ckpt, "fp32")}
+    if student is not None:
+        sck, sbundle = _student_stage(ckpt, data, rec, student, out_dir / "student", progress, log, timer)
+        bundles["student"] = (sbundle.root, int(sbundle.manifest.default_samples), sck, student.precision)
+
+    cal_opts = CalibrationOptions(fit_source="training windows (time-disjoint from the calibration windows)")
+    with timer.stage("calibrate"):
+        for name, (bdir, bs, _, _) in bundles.items():
+            calibrate_bundle(bdir, sp.val.x, sp.val.y, sp.train.x, sp.train.y,
+                             dataclasses.replace(cal_opts, samples=bs))
+    log("calibrate: density on the training windows, conformal + abstention thresholds on the validation windows")
+
     sets = {"in-distribution test": sp.test, **data.shifted}
+    evals: Dict[str, Dict[str, SetEvaluation]] = {}
     with timer.stage("evaluate"):
-        evals = evaluate_sets(bundle.root, sets, samples=s, seed=0, reference="in-distribution test",
-                              progress=progress)
+        for name, (bdir, bs, _, _) in bundles.items():
+            evals[name] = _evaluate_calibrated(bdir, sets, bs, "in-distribution test", progress)
     with timer.stage("latency"):
-        lat = latency_stage(bundle.root, sp.test.x[0], s)
-    result = DemoResult(out_dir, ckpt, art, bundle, evals, lat, s, dict(timer.seconds), data.description)
+        lat = models_latency_stage({k: (v[0], v[1]) for k, v in bundles.items()}, sp.test.x[0],
+                                   repeats=latency_repeats)
+    models = {}
+    from edgeuq_runtime import load_bundle
+
+    for name, (bdir, bs, ck, prec) in bundles.items():
+        b = load_bundle(bdir)
+        gb, bb = _graph_bytes(b)
+        models[name] = DemoModel(name, ck, b, evals[name], lat[name], bs, gb, bb, prec)
+    t = models["teacher"]
+    result = DemoResult(out_dir, ckpt, art, t.bundle, t.evaluations, t.latency, s, dict(timer.seconds),
+                        data.description, models, dict(timer.cpu_seconds))
     (out_dir / "results.json").write_text(json.dumps(result.summary(), indent=2, sort_keys=True, default=float))
     return result
-

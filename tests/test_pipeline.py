@@ -27,10 +27,12 @@ def recipe_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def demo_run(recipe_path, tmp_path_factory):
     from edgeuq.demo_report import write_demo_report
-    from edgeuq.pipeline import run_demo
+    from edgeuq.pipeline import StudentOptions, run_demo
 
     out = tmp_path_factory.mktemp("demo")
-    res = run_demo(out, recipe=recipe_path, progress=False, log=lambda s: None)
+    res = run_demo(out, recipe=recipe_path, progress=False, log=lambda s: None,
+                   student=StudentOptions(epochs=1, teacher_samples=4, calib_windows=32), latency_repeats=10,
+                   cache=False)
     return res, write_demo_report(res)
 
 
@@ -114,6 +116,72 @@ def test_demo_bundle_runs_on_its_own(demo_run):
     rt = UncertaintyRuntime(b.root, seed=0)
     r = rt.predict(np.random.default_rng(0).standard_normal((3, 1024)))
     assert r.samples.shape == (4, 3, 4)
+
+
+def test_demo_deploys_the_int8_student(demo_run):
+    """The bundle the demo deploys is the distilled, quantized student: its manifest says so (role,
+    teacher it was distilled from, int8 plan), the teacher's says it is not deployed."""
+    res, _ = demo_run
+    student, teacher = load_bundle(res.out_dir / "student" / "bundle"), load_bundle(res.out_dir / "bundle")
+    assert res.deployed.root == student.root
+    sm, tm = student.manifest.metadata, teacher.manifest.metadata
+    assert sm["demo_role"] == "student" and sm["deployed"] is True
+    assert tm["demo_role"] == "teacher" and tm["deployed"] is False
+    assert sm["distilled_from"]["checkpoint_sha256"] == res.checkpoint.sha256
+    assert student.manifest.model_name == "bearing-student" and student.manifest.default_samples == 32
+    assert set(sm["quantization"]["precisions"].values()) == {"int8"}
+    from edgeuq_runtime.calibration import Calibrated
+
+    for b in (student, teacher):   # both deployed calibrated: density fitted, thresholds set
+        cal = Calibrated.from_bundle(b)
+        assert cal is not None and cal.density is not None and cal.cal.samples == b.manifest.default_samples
+    tables = json.loads((res.out_dir / "tables.json").read_text())["tables"]
+    deployed = {r[0]: r[1] for r in tables["models"]["rows"]}
+    assert deployed == {"teacher": "no", "student": "yes"}
+
+
+def test_demo_side_by_side_rows_are_finite_and_recomputable(demo_run, recipe_path):
+    """One row per model with finite numbers; the paired S / one-pass ratio is the median of the
+    per-round ratios (recomputed here from the raw rounds); the graph bytes are the bundled ONNX
+    files' sizes; every shifted set has every OOD score per model, and the student's density and
+    combined AUROC equal a pairwise recomputation from its calibrated bundle's own scores."""
+    from edgeuq.calibrate.scores import calibrated_extra_scores
+    from edgeuq.pipeline import prepare_data
+
+    res, _ = demo_run
+    doc = json.loads((res.out_dir / "tables.json").read_text())["tables"]
+    models, ood = doc["models"], doc["ood"]
+    assert [r[0] for r in models["rows"]] == ["teacher", "student"]
+    for row in models["rows"]:
+        m, cells = res.models[row[0]], dict(zip(models["headers"], row))
+        for key in ("test accuracy", "test ECE", "noise-shift accuracy", "S-sample ms", "graph bytes",
+                    "bundle bytes"):
+            assert isinstance(cells[key], (int, float)) and math.isfinite(cells[key]), (row[0], key)
+        assert 0.0 <= cells["test accuracy"] <= 1.0 and cells["S"] == m.samples
+        det = np.asarray(m.latency["deterministic"].samples_ms)
+        mc = np.asarray(m.latency["mc"].samples_ms)
+        ratio = float(cells["S-sample / one pass (paired median [95 % CI])"].split()[0])
+        assert ratio == pytest.approx(float(np.median(mc / det)), abs=0.006)
+        onnx_bytes = sum(p.stat().st_size for p in m.bundle.root.iterdir() if p.suffix == ".onnx")
+        assert cells["graph bytes"] == onnx_bytes > 0
+    shifted = ("noise shift (SNR 0 dB)", "unseen fault (compound)")
+    assert [(r[0], r[1]) for r in ood["rows"]] == [(m, s) for m in ("teacher", "student") for s in shifted]
+    for row in ood["rows"]:
+        assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in row[2:]), row
+    col = {k: ood["headers"].index(f"OOD AUROC ({k})") for k in ("density", "combined")}
+    data = prepare_data(get_recipe(recipe_path))   # deterministic: the windows the demo evaluated
+    student = res.models["student"]
+    rt = UncertaintyRuntime(student.bundle.root, seed=0)
+    sets = {"in-distribution test": data.splits.test, **data.shifted}
+    scores = {}
+    for name, ds in sets.items():
+        r = student.evaluations[name].result
+        assert r.samples.shape[1] == len(ds.x)
+        scores[name] = calibrated_extra_scores(rt, ds.x, r.epistemic, r.total, r.prediction)
+    ref = scores["in-distribution test"]
+    for row in ood["rows"][2:]:
+        for key, c in col.items():
+            assert row[c] == pytest.approx(_auroc_pairs(ref[key], scores[row[1]][key]), abs=1e-12), (row[1], key)
 
 
 def test_cli_train_export_bundle_predict(recipe_path, tmp_path, capsys):

@@ -103,6 +103,31 @@ def test_stage_timer_accumulates_per_stage():
     assert timer.seconds == {"a": 2.5, "b": 1.0} and timer.total() == 3.5
 
 
+def test_stage_timer_records_cpu_time_apart_from_wall_time():
+    """Wall and CPU clocks are read separately: a stage that waits (wall moves, CPU does not)
+    and one that computes on two threads (CPU moves twice as fast as wall) each get their own."""
+    wall, cpu = [0.0], [0.0]
+    timer = StageTimer(clock=lambda: wall[0], cpu_clock=lambda: cpu[0])
+    with timer.stage("wait"):
+        wall[0] += 3.0
+    with timer.stage("compute"):
+        wall[0] += 1.0
+        cpu[0] += 2.0
+    assert timer.seconds == {"wait": 3.0, "compute": 1.0}
+    assert timer.cpu_seconds == {"wait": 0.0, "compute": 2.0} and timer.cpu_total() == 2.0
+
+
+def test_stage_timer_cpu_clock_defaults_to_process_time():
+    import time as _time
+
+    timer = StageTimer()
+    with timer.stage("spin"):
+        t0 = _time.process_time()
+        while _time.process_time() - t0 < 0.05:
+            pass
+    assert timer.cpu_seconds["spin"] >= 0.05 and timer.seconds["spin"] >= 0.0
+
+
 def test_from_samples_keeps_order_and_rejects_empty():
     st = LatencyStats.from_samples([3.0, 1.0, 2.0])
     assert st.samples_ms == (3.0, 1.0, 2.0) and st.median_ms == 2.0 and st.min_ms == 1.0

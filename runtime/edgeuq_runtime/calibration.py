@@ -436,11 +436,15 @@ class Calibrated:
         return combine_pvalues(np.stack([parts[p] for p in pv.parts], axis=1), pv.rule)
 
     def combined_score(self, epistemic: np.ndarray, density: Optional[np.ndarray], total: Optional[np.ndarray] = None,
-                       prediction: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+                       prediction: Optional[np.ndarray] = None,
+                       parts: Optional[Mapping[str, np.ndarray]] = None) -> Optional[np.ndarray]:
         """With a ``pvalues`` section: ``-log10`` of the combined p-value (higher = more unusual);
-        else the older ``max(z_mi, z_density)`` of the ``combined`` section."""
+        else the older ``max(z_mi, z_density)`` of the ``combined`` section. ``parts``: the
+        :meth:`pvalues` of these same inputs, when the caller has them already."""
         if self.cal.pvalues is not None:
-            return -np.log10(self.combined_pvalue(self.pvalues(epistemic, total, density, prediction)))
+            if parts is None:
+                parts = self.pvalues(epistemic, total, density, prediction)
+            return -np.log10(self.combined_pvalue(parts))
         cb = self.cal.combined
         if cb is None:
             return None
@@ -468,7 +472,8 @@ class Calibrated:
 
     def abstain_reasons(self, set_size: Optional[np.ndarray], epistemic: np.ndarray,
                         density: Optional[np.ndarray], total: Optional[np.ndarray] = None,
-                        prediction: Optional[np.ndarray] = None) -> list:
+                        prediction: Optional[np.ndarray] = None,
+                        parts: Optional[Mapping[str, np.ndarray]] = None) -> list:
         """Per input, the list of reasons to abstain (empty: answer): ``set_size`` (the conformal
         set is not one class); then, with a ``pvalues`` section, ``pvalue:<part>`` for each score
         that fired the combined conformal test; without one, ``epistemic`` / ``density`` (above
@@ -489,8 +494,10 @@ class Calibrated:
             for i in np.flatnonzero(flags):
                 out[i].append(name)
         if self.cal.pvalues is not None:
-            for i, parts in enumerate(self.fired(self.pvalues(epistemic, total, density, prediction))):
-                out[i].extend(f"pvalue:{p}" for p in parts)
+            if parts is None:   # ``parts``: the pvalues of these inputs, when the caller has them already
+                parts = self.pvalues(epistemic, total, density, prediction)
+            for i, fired in enumerate(self.fired(parts)):
+                out[i].extend(f"pvalue:{p}" for p in fired)
         return out
 
 

@@ -275,19 +275,28 @@ def compare(a: Callable[[], object], b: Callable[[], object], *, names: Tuple[st
 
 class StageTimer:
     """Wall time (seconds) of each named stage of a run: ``with timer.stage("train"): ...``.
-    A stage entered twice accumulates."""
+    A stage entered twice accumulates. ``cpu_seconds`` holds the CPU time (user + system, all
+    threads of this process: :func:`time.process_time` by default) of each stage, which other
+    jobs on a shared machine do not inflate."""
 
-    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter,
+                 cpu_clock: Callable[[], float] = time.process_time) -> None:
         self._clock = clock
+        self._cpu_clock = cpu_clock
         self.seconds: Dict[str, float] = {}
+        self.cpu_seconds: Dict[str, float] = {}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        t0 = self._clock()
+        t0, c0 = self._clock(), self._cpu_clock()
         try:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + (self._clock() - t0)
+            self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + (self._cpu_clock() - c0)
+
+    def cpu_total(self) -> float:
+        return float(sum(self.cpu_seconds.values()))
 
     def total(self) -> float:
         return float(sum(self.seconds.values()))

@@ -199,6 +199,30 @@ def test_pvalue_rule_decisions_name_the_score_that_fired(tiny, tmp_path, rule):
     assert fired_any >= 5  # the scaled windows fire
 
 
+def test_given_pvalues_are_used_not_recomputed(tiny, tmp_path):
+    """``combined_score`` / ``abstain_reasons`` with ``parts`` use the p-values given (the stream's
+    decision computes them once per window): the same inputs' own p-values give the recomputed
+    answers; p-values of 1 give no p-value reason and a combined score of 0, whatever the scores."""
+    from edgeuq_runtime.calibration import Calibrated
+
+    _calibrate_tiny_pvalues(tiny, tmp_path, "min")
+    rt = UncertaintyRuntime(tiny.dir)
+    cal = Calibrated.from_bundle(rt.bundle)
+    x = np.random.default_rng(4).standard_normal((30, tiny.W.shape[0])).astype(np.float32)
+    x[::3] = tiny.W[:, 0] * 10.0 + 0.1 * x[::3]
+    r = rt.predict(x, samples=8, seed=5)
+    dens = cal.density_score(rt.trunk_features(x))
+    own = cal.pvalues(r.epistemic, r.total, dens, r.prediction)
+    recomputed = cal.abstain_reasons(None, r.epistemic, dens, r.total, r.prediction)
+    assert any(recomputed)   # the scaled windows fire, so the comparison below can fail
+    assert cal.abstain_reasons(None, r.epistemic, dens, r.total, r.prediction, parts=own) == recomputed
+    np.testing.assert_allclose(cal.combined_score(r.epistemic, dens, r.total, r.prediction, parts=own),
+                               cal.combined_score(r.epistemic, dens, r.total, r.prediction), rtol=0, atol=1e-12)
+    ones = {k: np.ones_like(v) for k, v in own.items()}
+    assert cal.abstain_reasons(None, r.epistemic, dens, r.total, r.prediction, parts=ones) == [[]] * len(x)
+    assert np.all(cal.combined_score(r.epistemic, dens, r.total, r.prediction, parts=ones) == 0.0)
+
+
 def test_pvalue_section_is_strict(tiny, tmp_path):
     cal, _, _ = _calibrate_tiny_pvalues(tiny, tmp_path)
     doc = calibration_to_json(cal)

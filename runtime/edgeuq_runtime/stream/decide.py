@@ -120,18 +120,22 @@ class Diagnoser:
         pset = None
         extra: Dict[str, Any] = {}
         if self.cal is not None:
+            # the p-values once per window: the combined score and the abstention rule reuse them
             pvals = self.cal.pvalues(res.epistemic, res.total, density, res.prediction)
             if pvals is not None:
                 pc = self.cal.combined_pvalue(pvals)
                 extra = {"pvalues": {k: float(v[0]) for k, v in pvals.items()}, "p_combined": float(pc[0])}
-            combined = self.cal.combined_score(res.epistemic, density, res.total, res.prediction)
+                combined = -np.log10(pc)
+            else:
+                combined = self.cal.combined_score(res.epistemic, density, res.total, res.prediction)
             size = None
             cp = self.cal.cal.conformal
             if cp is not None:
                 member = cp.sets(res.probs, rng=self.rng)[0]
                 pset = [self.class_names[i] for i in np.flatnonzero(member)]
                 size = np.array([len(pset)])
-            reasons += self.cal.abstain_reasons(size, res.epistemic, density, res.total, res.prediction)[0]
+            reasons += self.cal.abstain_reasons(size, res.epistemic, density, res.total, res.prediction,
+                                                parts=pvals)[0]
         i = int(res.prediction[0])
         return Decision(self.class_names[i], i, float(res.confidence[0]), float(res.total[0]),
                         float(res.aleatoric[0]), float(res.epistemic[0]),
