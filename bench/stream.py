@@ -334,6 +334,33 @@ def tables_json(doc: Dict) -> Dict:
     return {"tables": t}
 
 
+def _cwru_signal(cwru: Path):
+    """CWRU drive-end records at 0-2 hp, concatenated (None when the data is absent)."""
+    if not (cwru / "12k_DE").is_dir():
+        print(f"CWRU data not found at {cwru}: nothing to measure (skipped)")
+        return None
+    from _stream_prep import cwru_sets
+
+    recs = cwru_sets(cwru)["records"]
+    base = np.concatenate([r.signal for r in recs if float(r.meta["load_hp"]) != 3.0])
+    return base, "CWRU 12 kHz drive-end records (loads 0-2 hp) in a loop"
+
+
+def _synthetic_signal(cwru: Path):
+    """The demo generator's bearing records (simulated), concatenated."""
+    from edgeuq.data import synthetic_records
+    from edgeuq.data.synthetic import SyntheticBearingConfig
+
+    cfg = SyntheticBearingConfig(fs=12000.0, duration_s=4.0, loads=(0.0, 1.0, 2.0, 3.0), seed=11)
+    base = np.concatenate([r.signal for r in synthetic_records(cfg, kinds=("normal", "inner_race", "outer_race",
+                                                                           "ball"))])
+    return base, "synthetic bearing records (SIMULATED, demo generator, seed 11) in a loop"
+
+
+#: --signal: the base signal a --bundle stream plays in a loop
+STREAM_SIGNALS = {"synthetic": _synthetic_signal, "cwru": _cwru_signal}
+
+
 def bundle_main(a, prov, cmd, cwru: Path) -> int:
     """``--bundle``: fixed and adaptive S streams of one bundle, and the per-window profile."""
     import torch
@@ -342,23 +369,10 @@ def bundle_main(a, prov, cmd, cwru: Path) -> int:
     from edgeuq.provenance import finish
 
     bundle = Path(a.bundle)
-    if a.signal == "cwru":
-        if not (cwru / "12k_DE").is_dir():
-            print(f"CWRU data not found at {cwru}: nothing to measure (skipped)")
-            return 0
-        from _stream_prep import cwru_sets
-
-        recs = cwru_sets(cwru)["records"]
-        base = np.concatenate([r.signal for r in recs if float(r.meta["load_hp"]) != 3.0])
-        what = "CWRU 12 kHz drive-end records (loads 0-2 hp) in a loop"
-    else:
-        from edgeuq.data import synthetic_records
-        from edgeuq.data.synthetic import SyntheticBearingConfig
-
-        cfg = SyntheticBearingConfig(fs=12000.0, duration_s=4.0, loads=(0.0, 1.0, 2.0, 3.0), seed=11)
-        base = np.concatenate([r.signal for r in synthetic_records(cfg, kinds=("normal", "inner_race", "outer_race",
-                                                                               "ball"))])
-        what = "synthetic bearing records (SIMULATED, demo generator, seed 11) in a loop"
+    signal = STREAM_SIGNALS[a.signal](cwru)
+    if signal is None:
+        return 0
+    base, what = signal
     streams, profiles = [], []
     for adaptive in (False, True):
         r = stream_run(bundle, base, 12000.0, a.hours * 3600, a.hop, adaptive, a.samples)
@@ -410,7 +424,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bundle", help="stream this calibrated bundle (e.g. the demo's deployed student, "
                                      "runs/demo/student/bundle) instead of training the CWRU model: stream table "
                                      "and per-window profile only")
-    ap.add_argument("--signal", choices=("synthetic", "cwru"), default="synthetic",
+    ap.add_argument("--signal", choices=tuple(STREAM_SIGNALS), default="synthetic",
                     help="with --bundle: the signal played in a loop (synthetic: the demo's generator, SIMULATED)")
     ap.add_argument("--minutes", type=float, help="signal minutes per streaming run (overrides --hours)")
     ap.add_argument("--profile", type=int, default=2000, help="with --bundle: windows of the per-window profile")
