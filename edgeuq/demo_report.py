@@ -8,7 +8,7 @@ from edgeuq_runtime.atomic import atomic_write
 
 from .pipeline import DemoResult
 from .profile import paired_ratio
-from .report import format_table, write_markdown_report
+from .report import format_table, results_table, write_markdown_report
 from .uq import plot_reliability_diagram, plot_uncertainty_histograms
 
 __all__ = ["demo_tables", "demo_tables_json", "write_demo_report", "DEMO_TABLES_COMMAND"]
@@ -50,7 +50,7 @@ def demo_tables_json(result: DemoResult, prov: Optional[Mapping[str, Any]] = Non
     return {
         "command": DEMO_TABLES_COMMAND,
         "provenance": finish(prov if prov is not None else start("full", 1), note=f"edgeuq demo, S = {result.samples}"),
-        "tables": {"sets": {"headers": list(h), "rows": rows}, "latency": {"headers": list(lh), "rows": lrows}},
+        "tables": {"sets": results_table(h, rows), "latency": results_table(lh, lrows)},
     }
 
 
