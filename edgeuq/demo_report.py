@@ -8,7 +8,7 @@ from edgeuq_runtime.atomic import atomic_write
 
 from .pipeline import DemoResult
 from .profile import paired_ratio
-from .report import format_table, write_markdown_report
+from .report import format_table, results_table, write_markdown_report
 from .uq import plot_reliability_diagram, plot_uncertainty_histograms
 
 __all__ = ["demo_tables", "demo_model_tables", "demo_stage_table", "demo_tables_json", "write_demo_report",
@@ -97,18 +97,18 @@ def demo_tables_json(result: DemoResult, prov: Optional[Mapping[str, Any]] = Non
     from .provenance import finish, start
 
     h, rows, lh, lrows = demo_tables(result)
-    tables = {"sets": {"headers": list(h), "rows": rows}, "latency": {"headers": list(lh), "rows": lrows}}
+    tables = {"sets": results_table(h, rows), "latency": results_table(lh, lrows)}
     if result.models:
         mh, mrows, oh, orows = demo_model_tables(result)
-        tables["models"] = {"headers": list(mh), "rows": mrows}
-        tables["ood"] = {"headers": list(oh), "rows": orows}
+        tables["models"] = results_table(mh, mrows)
+        tables["ood"] = results_table(oh, orows)
     sh, srows = demo_stage_table(result)
     import torch
 
-    tables["stages"] = {"headers": list(sh), "rows": srows,
-                        "note": f"torch intra-op threads: {torch.get_num_threads()} (ONNX Runtime: 1). With one "
-                                "thread the CPU seconds bound the wall time of a quiet machine; wall time on a "
-                                "shared machine grows with its load (in the provenance)."}
+    tables["stages"] = results_table(
+        sh, srows, note=f"torch intra-op threads: {torch.get_num_threads()} (ONNX Runtime: 1). With one thread the "
+                        "CPU seconds bound the wall time of a quiet machine; wall time on a shared machine grows "
+                        "with its load (in the provenance).")
     s = ", ".join(f"{k} S = {m.samples}" for k, m in result.models.items()) or f"S = {result.samples}"
     return {
         "command": DEMO_TABLES_COMMAND,

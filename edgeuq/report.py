@@ -3,11 +3,29 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from edgeuq_runtime.atomic import atomic_write
 
-__all__ = ["format_table", "write_markdown_report"]
+__all__ = ["format_table", "results_table", "write_markdown_report"]
+
+
+def results_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], **extra: Any) -> Dict[str, Any]:
+    """One results table in the form ``scripts/render_tables.py`` renders: ``{"headers", "rows",
+    **extra}`` (extra: ``note``, ``command``, ``provenance``, raw data ...). The one builder every
+    table of the package goes through: headers must be strings, every row a sequence as long as
+    the headers (a ragged row is refused naming it, never padded)."""
+    heads = list(headers)
+    if isinstance(headers, str) or not all(isinstance(h, str) for h in heads):
+        raise ValueError(f"table headers must be a list of strings, got {headers!r}"[:200])
+    out_rows = []
+    for i, r in enumerate(rows):
+        if isinstance(r, (str, bytes)) or not isinstance(r, Sequence):
+            raise ValueError(f"table row {i} must be a list of cells, got {type(r).__name__}")
+        if len(r) != len(heads):
+            raise ValueError(f"table row {i} has {len(r)} cells for {len(heads)} headers {heads}")
+        out_rows.append(list(r))
+    return {"headers": heads, "rows": out_rows, **extra}
 
 
 def _fmt(v) -> str:

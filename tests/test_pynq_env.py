@@ -85,7 +85,9 @@ def test_pynq_runtime_tests_pass_in_their_own_environment(tmp_path):
     fixture = _build_fixture(tmp_path)
     junit = tmp_path / "junit.xml"
     env = {**os.environ, "EDGEUQ_PYNQ_FIXTURE": str(fixture), "PYTHONDONTWRITEBYTECODE": "1"}
-    env.pop("PYTHONPATH", None)
+    # only this checkout's runtime (the environment may hold an editable install of another tree):
+    # the host's PYTHONPATH (host-only packages) must not leak in
+    env["PYTHONPATH"] = str(REPO / "runtime")
     proc = subprocess.run(
         [str(python), "-m", "pytest", "-q", "-rs", "-s", "-p", "no:cacheprovider", f"--junitxml={junit}", *PYNQ_TESTS],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

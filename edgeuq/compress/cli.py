@@ -287,11 +287,12 @@ def search_tables_json(meta) -> dict:
     n, ok = len(meta["trials"]), sum(bool(t["feasible"]) for t in meta["trials"])
     failed = (f"{meta['failed_count']} failed (evaluation raised; reasons in search.json)"
               if "failed_count" in meta else "failed trials not recorded by this (older) result")
-    return {"headers": headers, "rows": rows,
-            "note": f"{n} trials, {failed}, {ok} within {meta['board']}'s budgets, {len(meta['pareto'])} on the "
-                    f"Pareto front; "
-                    + (f"board's pick: trial {meta['chosen']}." if meta.get("chosen") is not None
-                       else "no trial within the budgets, none picked.")}
+    from ..report import results_table
+
+    pick = (f"board's pick: trial {meta['chosen']}." if meta.get("chosen") is not None
+            else "no trial within the budgets, none picked.")
+    return results_table(headers, rows, note=f"{n} trials, {failed}, {ok} within {meta['board']}'s budgets, "
+                                             f"{len(meta['pareto'])} on the Pareto front; " + pick)
 
 
 def _write_search_tables(meta, path: Path) -> Path:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Union
 
 from ..artifact import Artifact, ArtifactError, ArtifactWriter
+from ..report import results_table
 from .stage_names import STAGES, ordered_stages as _ordered
 
 __all__ = ["LatencyReport", "LOCATIONS", "STAGES", "save_latency_report", "load_latency_report", "stage_table",
@@ -228,9 +229,9 @@ def targets_table(reports: Any, samples: int, command: str = "edgeuq profile") -
                      _fmt(per["head"]["median_ms"]) if "head" in per else nm,
                      _fmt(e2e["median_ms"]) if e2e else nm, _fmt(e2e["p99_ms"]) if e2e else nm])
         places.append(f"{r.location} {r.where}")
-    return {"command": command, "headers": headers, "rows": rows,
-            "provenance": "measured by edgeuq profile: " + "; ".join(places),
-            "note": "remote (TVM RPC) reports time the graphs only; emulated times are not board times"}
+    return results_table(headers, rows, command=command,
+                         provenance="measured by edgeuq profile: " + "; ".join(places),
+                         note="remote (TVM RPC) reports time the graphs only; emulated times are not board times")
 
 
 def source_label(report: LatencyReport) -> str:
@@ -274,7 +275,8 @@ def profile_table(reports: Any, samples: int, command: str, provenance: str = ""
                      _fmt(total["median_ms"]) if total else nm,
                      _fmt(e2e["median_ms"]) if e2e else nm, _fmt(e2e["p99_ms"]) if e2e else nm])
     labels = "; ".join(f"{source_label(r)} = {r.measured_where}" for r in reports)
-    return {"command": command, "headers": headers, "rows": rows,
-            "provenance": provenance or f"measured by edgeuq profile: {labels}",
-            "note": ("TVM RPC reports time the graphs only (the numpy stages run in the board's Python, out of "
-                     "RPC's reach); emulated (qemu) times are not board times; \"not measured\" is never a zero.")}
+    return results_table(headers, rows, command=command,
+                         provenance=provenance or f"measured by edgeuq profile: {labels}",
+                         note=("TVM RPC reports time the graphs only (the numpy stages run in the board's Python, "
+                               "out of RPC's reach); emulated (qemu) times are not board times; \"not measured\" "
+                               "is never a zero."))

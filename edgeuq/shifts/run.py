@@ -9,6 +9,7 @@ import numpy as np
 from edgeuq_runtime import UncertaintyRuntime
 
 from ..data import SignalRecord
+from ..report import results_table
 from .channels import other_channel_segments
 from .protocol import ShiftProtocol, build_protocol_data
 from .sets import SetOptions, Skipped, build_sets
@@ -98,12 +99,12 @@ def suite_tables(doc: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
                          _pct(row["abstain"]), _fired(row)])
         for s in m["skipped"]:
             skipped.append([m["model"], s["shift"], s["kind"], s["reason"]])
-    out = {"generalise": {"headers": GEN_HEADERS, "rows": gen},
-           "flag": {"headers": FLAG_HEADERS, "rows": flag},
-           "rule": {"headers": ["model", "device rule (picked on validation)", "validation AUROC", "S",
-                                "calibration windows", "density fit windows", "fit/cal overlap"], "rows": rules}}
+    out = {"generalise": results_table(GEN_HEADERS, gen),
+           "flag": results_table(FLAG_HEADERS, flag),
+           "rule": results_table(["model", "device rule (picked on validation)", "validation AUROC", "S",
+                                  "calibration windows", "density fit windows", "fit/cal overlap"], rules)}
     if skipped:
-        out["skipped"] = {"headers": ["model", "shift", "kind", "why skipped"], "rows": skipped}
+        out["skipped"] = results_table(["model", "shift", "kind", "why skipped"], skipped)
     return out
 
 

@@ -12,8 +12,6 @@ imported lazily when a graph is loaded.
 """
 __version__ = "0.1.0"
 
-import importlib as _importlib
-
 from .bundle import MANIFEST_FILE, Bundle, load_bundle, sha256_file, write_bundle
 from .errors import BackendError, BundleError, InputError, IntegrityError, ManifestError, RuntimeUQError
 from .executors import EXECUTORS, MAX_THREADS, GraphRunner, load_graph, register_executor
@@ -22,7 +20,6 @@ from .manifest import (FORMAT, MANIFEST_VERSION, MAX_SAMPLES, SUPPORTED_VERSIONS
 from .noise import NOISE_MEANS, NOISE_SAMPLERS, NoiseSpec, mean_noise, sample_noise, sample_noise_tiled
 from .preprocess import NORMALIZATIONS, input_quality, normalize, validate_windows
 from .session import UncertaintyRuntime
-from . import calibration as _calibration  # noqa: F401,E402 - registers the "calibration" manifest section
 from .uncertainty import UncertaintyResult, decompose, entropy, softmax
 
 __all__ = [
@@ -43,20 +40,12 @@ __all__ = [
     "RuntimeUQError", "BundleError", "ManifestError", "IntegrityError", "InputError", "BackendError",
 ]
 
-#: Modules that register optional manifest sections (``register_manifest_section``) when
-#: imported; imported here so that a manifest holding their section parses wherever the
-#: runtime is used. A module that is not installed is skipped.
-_SECTION_MODULES = ("calibration", "ota.canaries", "placement", "front_end")
-
-
-def _load_section_modules() -> None:
-    for name in _SECTION_MODULES:
-        full = f"{__name__}.{name}"
-        try:
-            _importlib.import_module(full)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not full.startswith(exc.name):
-                raise
-
-
-_load_section_modules()
+# The modules that register optional manifest sections (``register_manifest_section``) when
+# imported, imported here statically so that a manifest holding their section parses wherever the
+# runtime is used, and so that the import-linter contracts see the edges (no importlib). A new
+# section module adds its line here; runtime/tests/test_rt_sections.py scans the package for every
+# module that calls ``register_manifest_section`` and fails when one is missing from this list.
+from . import calibration as _calibration  # noqa: F401,E402
+from . import front_end as _front_end  # noqa: F401,E402
+from . import placement as _placement  # noqa: F401,E402
+from .ota import canaries as _canaries  # noqa: F401,E402

@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Tuple
 
 from .errors import ManifestError
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_SHA256_LOWER = re.compile(r"^[0-9a-f]{64}$")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -25,6 +26,25 @@ def prefixed(prefix: str) -> Iterator[None]:
         yield
     except ManifestError as exc:
         raise ManifestError(f"{prefix}.{exc}") from None
+
+
+@contextlib.contextmanager
+def translated(make: Callable[[str], Exception]) -> Iterator[None]:
+    """Re-raise a ManifestError from these checks as ``make(message)``: for validators whose
+    callers expect another error type (an OTA refusal, a backend error), same message."""
+    try:
+        yield
+    except ManifestError as exc:
+        raise make(str(exc)) from None
+
+
+def valid(check: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+    """True when ``check(*args, **kwargs)`` passes: the predicate form of any check here."""
+    try:
+        check(*args, **kwargs)
+    except ManifestError:
+        return False
+    return True
 
 
 def text(field: str, value: Any) -> str:
@@ -105,9 +125,12 @@ def relpath(field: str, value: Any) -> str:
     return path
 
 
-def sha256_hex(field: str, value: Any) -> str:
-    if not isinstance(value, str) or not _SHA256.match(value):
-        raise fail(field, f"must be a sha256 digest of 64 hex characters, got {_show(value)}")
+def sha256_hex(field: str, value: Any, lowercase_only: bool = False) -> str:
+    """A sha256 hex digest, returned lowercased; ``lowercase_only`` refuses upper-case digits.
+    (fullmatch: ``$`` alone would let a trailing newline through.)"""
+    if not isinstance(value, str) or not (_SHA256_LOWER if lowercase_only else _SHA256).fullmatch(value):
+        case = "lowercase " if lowercase_only else ""
+        raise fail(field, f"must be a {case}sha256 digest of 64 hex characters, got {_show(value)}")
     return value.lower()
 
 
@@ -154,9 +177,12 @@ def number(where: str, v: Any, lo: float = -math.inf, hi: float = math.inf, open
     return f
 
 
-def integer(where: str, v: Any, lo: int = 0) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise fail(where, f"must be an integer >= {lo}, got {v!r}")
+def integer(where: str, v: Any, lo: Optional[int] = 0, hi: Optional[int] = None) -> int:
+    """An int (a bool is not one) in [lo, hi]; ``lo=None`` / ``hi=None``: unbounded on that side."""
+    if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        bounds = " in [{}, {}]".format(lo, hi) if lo is not None and hi is not None else \
+            f" >= {lo}" if lo is not None else f" <= {hi}" if hi is not None else ""
+        raise fail(where, f"must be an integer{bounds}, got {_show(v)}")
     return int(v)
 
 

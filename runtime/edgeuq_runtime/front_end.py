@@ -25,6 +25,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from . import _checks as c
 from .errors import InputError, ManifestError
 from .preprocess import envelope_spectrum, order_track
 
@@ -39,19 +40,15 @@ MAX_SAMPLES_PER_REV = 1 << 20
 
 
 def _fail(field: str, msg: str) -> ManifestError:
-    return ManifestError(f"{SECTION}.{field}: {msg}")
+    return c.fail(f"{SECTION}.{field}", msg)
 
 
 def _num(field: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise _fail(field, f"must be a positive finite number, got {v!r}")
-    return float(v)
+    return c.positive_float(f"{SECTION}.{field}", v)
 
 
 def _int(field: str, v: Any, hi: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
-        raise _fail(field, f"must be an integer in [1, {hi}], got {v!r}")
-    return int(v)
+    return c.integer(f"{SECTION}.{field}", v, lo=1, hi=hi)
 
 
 @dataclass(frozen=True)
@@ -107,11 +104,7 @@ class OrderFrontEnd:
 
 
 def parse_preprocessing(value: Any, where: str = SECTION) -> OrderFrontEnd:
-    if not isinstance(value, dict):
-        raise _fail("", f"must be an object, got {type(value).__name__}")
-    extra, missing = sorted(set(value) - _KEYS), sorted(_KEYS - set(value))
-    if extra or missing:
-        raise ManifestError(f"{where}: unknown keys {extra} / missing keys {missing}; expected exactly {sorted(_KEYS)}")
+    c.obj_keys(where, value, _KEYS, _KEYS)
     if value["front_end"] not in FRONT_ENDS:
         raise _fail("front_end", f"must be one of {list(FRONT_ENDS)}, got {value['front_end']!r}")
     return OrderFrontEnd(samples_per_rev=value["samples_per_rev"], rpm_min=value["rpm_min"],

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .. import _checks as c
 from ..errors import BackendError
 from . import register_executor, register_executor_files
 
@@ -36,56 +37,50 @@ _WORD = 4  # float32 on the stream
 _MAX_DESCRIPTOR = 1 << 20
 
 
-def _is_int(v: Any) -> bool:
-    return type(v) is int
-
-
 class HeadDescriptor:
-    """The parsed ``edgeuq-pynq-head`` descriptor (every field type-checked, nothing coerced)."""
+    """The parsed ``edgeuq-pynq-head`` descriptor (every field type-checked by the strict-JSON
+    toolkit :mod:`edgeuq_runtime._checks`, nothing coerced; failures are BackendErrors)."""
 
     def __init__(self, path: Path, data: Mapping[str, Any]) -> None:
         self.path = path
         where = f"pynq head descriptor {path.name!r}"
         if not isinstance(data, Mapping) or data.get("format") != DESCRIPTOR_FORMAT:
             raise BackendError(f"{where} ({path}) is not an {DESCRIPTOR_FORMAT!r} file")
-        if not _is_int(data.get("version")) or data.get("version") != 1:
-            raise BackendError(f"{where}: unsupported version {str(data.get('version'))[:40]} (this runtime reads 1)")
+        with c.translated(lambda msg: BackendError(f"{where}: {msg}")):
+            self._parse(data)
+
+    def _parse(self, data: Mapping[str, Any]) -> None:
+        if c.integer("version", c.key("", data, "version"), lo=0) != 1:
+            raise c.fail("version", f"unsupported version {str(data.get('version'))[:40]} (this runtime reads 1)")
 
         def ports(key: str) -> Tuple[Tuple[str, int], ...]:
-            items = data.get(key)
+            items = c.key("", data, key)
             if not isinstance(items, list) or not items:
-                raise BackendError(f"{where}: {key!r} must be a non-empty list of {{name, size}} objects")
+                raise c.fail(key, "must be a non-empty list of {name, size} objects")
             out = []
             for i, item in enumerate(items):
-                if (not isinstance(item, Mapping) or not isinstance(item.get("name"), str) or not item["name"]
-                        or not _is_int(item.get("size")) or not 1 <= item["size"] <= 1 << 24):
-                    raise BackendError(f"{where}: {key}[{i}] must be {{'name': str, 'size': integer 1..2**24}}, "
-                                       f"got {str(item)[:80]}")
-                out.append((item["name"], int(item["size"])))
+                port = c.obj_keys(f"{key}[{i}]", item, {"name", "size"}, {"name", "size"})
+                out.append((c.text(f"{key}[{i}].name", port["name"]),
+                            c.integer(f"{key}[{i}].size", port["size"], lo=1, hi=1 << 24)))
             return tuple(out)
 
         self.inputs: Tuple[Tuple[str, int], ...] = ports("inputs")
         self.outputs: Tuple[Tuple[str, int], ...] = ports("outputs")
-        if len({n for n, _ in self.inputs}) != len(self.inputs):
-            raise BackendError(f"{where}: input names must be unique, got {[n for n, _ in self.inputs]}")
-        stream = data.get("stream")
-        if not isinstance(stream, Mapping):
-            raise BackendError(f"{where}: 'stream' must be an object, got {type(stream).__name__}")
-        for key in ("bitfile", "dma"):
-            if not isinstance(data.get(key), str) or not data.get(key):
-                raise BackendError(f"{where}: {key!r} must be a non-empty string, got {str(data.get(key))[:80]}")
-        self.bitfile = data["bitfile"]
-        self.dma = data["dma"]
+        c.names("inputs[].name", [n for n, _ in self.inputs])
+        stream = c.obj("stream", c.key("", data, "stream"))
+        self.bitfile = c.text("bitfile", c.key("", data, "bitfile"))
+        self.dma = c.text("dma", c.key("", data, "dma"))
         if stream.get("dtype") != "float32":
-            raise BackendError(f"{where}: stream dtype {str(stream.get('dtype'))[:40]} is not supported (float32 only)")
+            raise c.fail("stream.dtype", f"{str(stream.get('dtype'))[:40]} is not supported (float32 only)")
         if len(self.outputs) != 1:
-            raise BackendError(f"{where}: exactly one output expected, got {[o[0] for o in self.outputs]}")
+            raise c.fail("outputs", f"exactly one output expected, got {[o[0] for o in self.outputs]}")
         self.words_in = sum(s for _, s in self.inputs)
         self.words_out = self.outputs[0][1]
-        if (not _is_int(stream.get("words_in")) or not _is_int(stream.get("words_out"))
-                or stream["words_in"] != self.words_in or stream["words_out"] != self.words_out):
-            raise BackendError(f"{where}: stream widths {str(dict(stream))[:120]} disagree with the inputs/outputs "
-                               f"({self.words_in} in, {self.words_out} out)")
+        got = (c.integer("stream.words_in", c.key("stream", stream, "words_in")),
+               c.integer("stream.words_out", c.key("stream", stream, "words_out")))
+        if got != (self.words_in, self.words_out):
+            raise c.fail("stream", f"widths {str(dict(stream))[:120]} disagree with the inputs/outputs "
+                                   f"({self.words_in} in, {self.words_out} out)")
         self.raw = dict(data)
 
 
@@ -106,8 +101,8 @@ def read_descriptor(path: Path) -> HeadDescriptor:
 
 def _bitfile(path: Path, desc: HeadDescriptor, opts: Mapping[str, Any]) -> Path:
     name = opts.get("bitfile", desc.bitfile)
-    if not isinstance(name, str) or not name:
-        raise BackendError(f"backend 'pynq' option 'bitfile' must be a non-empty string, got {str(name)[:80]}")
+    with c.translated(BackendError):
+        c.text("backend 'pynq' option 'bitfile'", name)
     bitfile = Path(name)
     return bitfile if bitfile.is_absolute() else desc.path.parent / bitfile
 
@@ -154,8 +149,9 @@ class PynqHead:
                 raise BackendError(f"DMA {desc.dma!r} has no {ch}: the head needs both MM2S and S2MM channels")
         limit = getattr(dma, "buffer_max_size", None)
         fit = None if limit is None else int(limit) // (_WORD * max(desc.words_in, desc.words_out))
-        if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
-            raise BackendError(f"option max_rows must be an integer >= 1, got {max_rows!r}")
+        if max_rows is not None:
+            with c.translated(BackendError):
+                c.integer("option max_rows", max_rows, lo=1)
         rows = max_rows if max_rows is not None else (fit or 4096)
         if fit is not None and rows > fit:
             raise BackendError(f"max_rows {rows} exceeds what one DMA transfer carries ({fit} rows)")

@@ -15,6 +15,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from .. import _checks as c
 from .errors import UpdateRefused
 
 __all__ = [
@@ -100,16 +101,18 @@ class DeltaInfo:
     sha256: str
 
 
+def _refused(message: str) -> UpdateRefused:
+    return UpdateRefused("metadata", message)
+
+
 def _int(what: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UpdateRefused("metadata", f"{what} must be an integer, got {value!r}")
-    return value
+    with c.translated(_refused):
+        return c.integer(what, value, lo=None)
 
 
 def _hex64(what: str, value: Any) -> str:
-    if not isinstance(value, str) or len(value) != 64 or set(value) - set("0123456789abcdef"):
-        raise UpdateRefused("metadata", f"{what} must be a lowercase sha256 hex digest, got {value!r}")
-    return value
+    with c.translated(_refused):
+        return c.sha256_hex(what, value, lowercase_only=True)
 
 
 def parse_channel(data: bytes, device: DeviceIdentity) -> Tuple[int, str]:
@@ -421,15 +424,14 @@ def check_delta_header(patch: bytes, result_length: int, patch_length: int) -> T
 
 # -- the persisted device state: validation and repair ---------------------------------------------
 _SLOT_NAMES = ("a", "b")
-_HEX = set("0123456789abcdef")
 
 
 def _is_hex64(v: Any) -> bool:
-    return isinstance(v, str) and len(v) == 64 and not set(v) - _HEX
+    return c.valid(c.sha256_hex, "", v, lowercase_only=True)
 
 
 def _is_count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return c.valid(c.integer, "", v, lo=0)
 
 
 def normalize_state(obj: Any, version: int) -> Tuple[Optional[Dict[str, Any]], List[str]]:
