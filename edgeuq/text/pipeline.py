@@ -17,8 +17,8 @@ it without recomputing (:func:`edgeuq.artifact.cached`).
 """
 from __future__ import annotations
 
+import io
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,10 +27,13 @@ from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, T
 import numpy as np
 import torch
 
+from edgeuq_runtime.atomic import atomic_write
+
 from ..artifact import Artifact, ArtifactWriter, cached, digest_of
 from ..data.sources import DataOptions
-from .classifier import POSTERIOR_SCHEMES, TEXT_SCHEMES, TextClassifier
+from .classifier import TEXT_SCHEMES, TextClassifier
 from .datasets import TextSplits, text_splits
+from .heads import text_head
 
 __all__ = ["TeacherOptions", "TextTeacher", "train_text_teacher", "load_text_teacher", "TEACHER_FILE"]
 
@@ -163,12 +166,11 @@ def load_text_teacher(path: PathLike, verify: bool = True) -> TextTeacher:
 
 # ----------------------------------------------------------------------------- helpers
 def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` through the one atomic write (durable: the fine-tuned weights are the
+    expensive part of a resumed run)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getbuffer(), durable=True)
 
 
 def _runtime_metrics(bundle_dir: Path, test, oods: Sequence, samples: int, threads: int, seed: int) -> dict:
@@ -290,15 +292,15 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
 
     val_feats = features_from_cache(teacher, caches["val"])
     laplace = None
-    posterior = next((s for s in options.schemes if s in POSTERIOR_SCHEMES), None)
+    posterior = next((s for s in options.schemes if text_head(s).post_hoc_posterior), None)
     if posterior is not None:
         fit_cache = train_cache
         if options.laplace_rows and options.laplace_rows < len(fit_cache):
             fit_cache = fit_cache.subset(
                 np.sort(np.random.default_rng(options.seed + 1).permutation(len(fit_cache))[:options.laplace_rows]))
-        teacher.scheme = posterior
-        laplace = fit_text_laplace(teacher, features_from_cache(teacher, fit_cache), val_feats, splits.val.y,
-                                   seed=options.seed)
+        with teacher.using(posterior):
+            laplace = fit_text_laplace(teacher, features_from_cache(teacher, fit_cache), val_feats, splits.val.y,
+                                       seed=options.seed)
         log(f"last-layer Laplace (K-FAC GGN on {len(fit_cache)} rows): prior precision "
             f"{laplace['prior_precision']:g} by validation NLL")
 
@@ -319,12 +321,12 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
         bundles, files, metrics = {}, [], {}
         check = list(splits.test.texts[:8])
         for scheme in options.schemes:
-            teacher.scheme = scheme
             folder = f"bundle-{scheme}"
-            b = export_text_bundle(exported, tok, w.path / folder, names, f"{name}-{scheme}",
-                                   default_samples=options.samples, check_texts=check,
-                                   metadata={"base": pre.name, "weights_sha256": pre.weights_sha256,
-                                             "stage": "text_teacher"})
+            with teacher.using(scheme):
+                b = export_text_bundle(exported, tok, w.path / folder, names, f"{name}-{scheme}",
+                                       default_samples=options.samples, check_texts=check,
+                                       metadata={"base": pre.name, "weights_sha256": pre.weights_sha256,
+                                                 "stage": "text_teacher"})
             bundles[scheme] = folder
             files += _bundle_files(b.root, folder)
             metrics[scheme] = _runtime_metrics(b.root, splits.test, splits.ood, options.samples, options.threads,
@@ -333,12 +335,11 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
             log(f"[{scheme}] held-out acc {m['accuracy']:.4f}, ECE {m['ece']:.4f}, NLL {m['nll']:.3f}"
                 + "".join(f", {k} AUROC MI {v['auroc_mi']:.3f} / H {v['auroc_total']:.3f}"
                           for k, v in m.get("ood", {}).items()))
-        teacher.scheme = options.schemes[0]
         data = {"splits": splits.sources, "rows": {"train": len(train_cache), "val": len(splits.val),
                                                    "test": len(splits.test)},
                 "text_column": data_options.text_column, "label_column": data_options.label_column,
                 "label_map": dict(data_options.label_map)}
-        art = TextTeacher(base=pre.name, weights_sha256=pre.weights_sha256, model_config=teacher.config_json(),
+        art = TextTeacher(base=pre.name, weights_sha256=pre.weights_sha256, model_config={**teacher.config_json(), "scheme": options.schemes[0]},
                           class_names=tuple(names), max_length=options.max_length, options=options.to_dict(),
                           data=data, history=history, laplace=laplace, metrics=metrics, bundles=bundles,
                           bundle_files=tuple(files),
