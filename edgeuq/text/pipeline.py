@@ -31,6 +31,7 @@ from edgeuq_runtime.atomic import atomic_write
 
 from ..artifact import Artifact, ArtifactWriter, cached, digest_of
 from ..data.sources import DataOptions
+from ..profile.harness import StageTimer
 from .classifier import TEXT_SCHEMES, TextClassifier
 from .datasets import TextSplits, text_splits
 from .heads import text_head
@@ -216,7 +217,7 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
     from .wordpiece import wordpiece_from_tokenizer_json
 
     out = Path(out)
-    t_start = time.time()
+    t_start, timer = time.perf_counter(), StageTimer()  # stages: cache, train, export_eval
     torch.manual_seed(options.seed)
     splits: TextSplits = text_splits(Path(train), Path(val) if val else None, Path(test) if test else None,
                                      [Path(p) for p in ood], class_names, data_options, options.held_out,
@@ -254,14 +255,14 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
     teacher.eval()
     start = pre.config.num_hidden_layers - options.train_layers
     cache_dir = out / "cache"
-    t0 = time.time()
     caches, cache_keys = {}, {}
-    for split, ds in (("train", train_ds), ("val", splits.val)):
-        ids = tok.encode_batch(list(ds.texts))
-        ck = cache_keys[split] = cache_key(teacher.encoder, ids, start)
-        caches[split] = cache_hidden(teacher.encoder, ids, ds.y, start, path=cache_dir / f"{split}-{ck}.npz",
-                                     name=f"{name} {split}")
-    t_cache = time.time() - t0
+    with timer.stage("cache"):
+        for split, ds in (("train", train_ds), ("val", splits.val)):
+            ids = tok.encode_batch(list(ds.texts))
+            ck = cache_keys[split] = cache_key(teacher.encoder, ids, start)
+            caches[split] = cache_hidden(teacher.encoder, ids, ds.y, start, path=cache_dir / f"{split}-{ck}.npz",
+                                         name=f"{name} {split}")
+    t_cache = timer.seconds["cache"]
     log(f"frozen layers 0..{start - 1}: cached {len(caches['train'])} + {len(caches['val'])} rows "
         f"under {cache_dir} ({t_cache:.0f}s)")
     train_cache = caches["train"]
@@ -276,18 +277,17 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
                                                      "head_dropout", "seed")}
     tuned = cache_dir / ("finetuned-" + digest_of(cache_keys, train_ds.y.tolist(), splits.val.y.tolist(),
                                                   list(names), trained_on)[:16] + ".pt")
-    t0 = time.time()
-    if tuned.is_file():
-        saved = torch.load(tuned, map_location="cpu", weights_only=True)
-        teacher.load_state_dict(saved["state"])
-        history = json.loads(saved["history"])
-        log(f"fine-tuned weights reused from {tuned}")
-    else:
-        log(f"fine-tuning layers {start}..{pre.config.num_hidden_layers - 1} + head on {len(train_cache)} rows, "
-            f"{options.epochs} epoch(s)")
-        history = finetune(teacher, train_cache, cfg, val=caches["val"])
-        _save_atomic({"state": teacher.state_dict(), "history": json.dumps(history)}, tuned)
-    t_train = time.time() - t0
+    with timer.stage("train"):
+        if tuned.is_file():
+            saved = torch.load(tuned, map_location="cpu", weights_only=True)
+            teacher.load_state_dict(saved["state"])
+            history = json.loads(saved["history"])
+            log(f"fine-tuned weights reused from {tuned}")
+        else:
+            log(f"fine-tuning layers {start}..{pre.config.num_hidden_layers - 1} + head on {len(train_cache)} rows, "
+                f"{options.epochs} epoch(s)")
+            history = finetune(teacher, train_cache, cfg, val=caches["val"])
+            _save_atomic({"state": teacher.state_dict(), "history": json.dumps(history)}, tuned)
     teacher.eval()
 
     val_feats = features_from_cache(teacher, caches["val"])
@@ -314,38 +314,38 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
         exported = WithOODFeatures(teacher, pre.encoder(), options.ood_features, start).eval()
         log(f"bundles: the trunk also emits {options.ood_features} features of the pretrained encoder "
             f"({options.train_layers} pretrained layer(s) run beside the fine-tuned ones) for the density score")
-    t0 = time.time()
     with ArtifactWriter(out) as w:
-        torch.save(teacher.state_dict(), w.path / TEACHER_FILE)
-        tok.save(w.path / _TOKENIZER_FILE)
-        bundles, files, metrics = {}, [], {}
-        check = list(splits.test.texts[:8])
-        for scheme in options.schemes:
-            folder = f"bundle-{scheme}"
-            with teacher.using(scheme):
-                b = export_text_bundle(exported, tok, w.path / folder, names, f"{name}-{scheme}",
-                                       default_samples=options.samples, check_texts=check,
-                                       metadata={"base": pre.name, "weights_sha256": pre.weights_sha256,
-                                                 "stage": "text_teacher"})
-            bundles[scheme] = folder
-            files += _bundle_files(b.root, folder)
-            metrics[scheme] = _runtime_metrics(b.root, splits.test, splits.ood, options.samples, options.threads,
-                                               options.seed)
-            m = metrics[scheme]
-            log(f"[{scheme}] held-out acc {m['accuracy']:.4f}, ECE {m['ece']:.4f}, NLL {m['nll']:.3f}"
-                + "".join(f", {k} AUROC MI {v['auroc_mi']:.3f} / H {v['auroc_total']:.3f}"
-                          for k, v in m.get("ood", {}).items()))
+        with timer.stage("export_eval"):
+            torch.save(teacher.state_dict(), w.path / TEACHER_FILE)
+            tok.save(w.path / _TOKENIZER_FILE)
+            bundles, files, metrics = {}, [], {}
+            check = list(splits.test.texts[:8])
+            for scheme in options.schemes:
+                folder = f"bundle-{scheme}"
+                with teacher.using(scheme):
+                    b = export_text_bundle(exported, tok, w.path / folder, names, f"{name}-{scheme}",
+                                           default_samples=options.samples, check_texts=check,
+                                           metadata={"base": pre.name, "weights_sha256": pre.weights_sha256,
+                                                     "stage": "text_teacher"})
+                bundles[scheme] = folder
+                files += _bundle_files(b.root, folder)
+                metrics[scheme] = _runtime_metrics(b.root, splits.test, splits.ood, options.samples, options.threads,
+                                                   options.seed)
+                m = metrics[scheme]
+                log(f"[{scheme}] held-out acc {m['accuracy']:.4f}, ECE {m['ece']:.4f}, NLL {m['nll']:.3f}"
+                    + "".join(f", {k} AUROC MI {v['auroc_mi']:.3f} / H {v['auroc_total']:.3f}"
+                              for k, v in m.get("ood", {}).items()))
         data = {"splits": splits.sources, "rows": {"train": len(train_cache), "val": len(splits.val),
                                                    "test": len(splits.test)},
                 "text_column": data_options.text_column, "label_column": data_options.label_column,
                 "label_map": dict(data_options.label_map)}
-        art = TextTeacher(base=pre.name, weights_sha256=pre.weights_sha256, model_config={**teacher.config_json(), "scheme": options.schemes[0]},
+        model_config = {**teacher.config_json(), "scheme": options.schemes[0]}  # load_model()'s default head
+        art = TextTeacher(base=pre.name, weights_sha256=pre.weights_sha256, model_config=model_config,
                           class_names=tuple(names), max_length=options.max_length, options=options.to_dict(),
                           data=data, history=history, laplace=laplace, metrics=metrics, bundles=bundles,
                           bundle_files=tuple(files),
-                          timings={"cache_s": round(t_cache, 3), "train_s": round(t_train, 3),
-                                   "export_eval_s": round(time.time() - t0, 3),
-                                   "total_s": round(time.time() - t_start, 3)},
+                          timings={**{f"{k}_s": round(v, 3) for k, v in timer.seconds.items()},
+                                   "total_s": round(time.perf_counter() - t_start, 3)},
                           inputs=key)
         committed = w.commit(art)
     log(f"text teacher -> {out} ({len(files) + 2} files hashed; bundles: "
