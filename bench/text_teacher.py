@@ -38,6 +38,8 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
+from edgeuq_runtime.atomic import atomic_write  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "text"
 
@@ -89,6 +91,8 @@ def _latency(rt, texts, samples: int, repeats: int = 5) -> dict:
 
 
 def main(argv=None) -> int:
+    from edgeuq.text.heads import text_scheme_names
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "text_teacher")
@@ -108,9 +112,9 @@ def main(argv=None) -> int:
                     help="with --reuse-teacher: skip the teacher evaluation, run only the student stage")
     ap.add_argument("--student-phrases", type=int, default=30000, help="teacher-labelled phrases for the student")
     ap.add_argument("--student-epochs", type=int, default=6)
-    ap.add_argument("--student-teacher", choices=("mc_dropout", "laplace"), default="laplace",
+    ap.add_argument("--student-teacher", choices=text_scheme_names(), default="laplace",
                     help="which teacher head labels the transfer set")
-    ap.add_argument("--student-scheme", choices=("mc_dropout", "laplace"), default="laplace",
+    ap.add_argument("--student-scheme", choices=text_scheme_names(), default="laplace",
                     help="the student's stochastic head: MC dropout (distilled with kl+uq) or a last-layer Laplace "
                          "posterior fitted on its own features after distillation (distilled with kl)")
     ap.add_argument("--student-augment", type=int, default=0, metavar="COPIES",
@@ -149,6 +153,7 @@ def main(argv=None) -> int:
     from edgeuq.text.cache import cache_hidden, cache_key
     from edgeuq.text.classifier import TextClassifier
     from edgeuq.text.export import export_text_bundle
+    from edgeuq.text.heads import text_head
     from edgeuq.text.finetune import FinetuneConfig, features_from_cache, finetune, fit_text_laplace, sample_probs
     from edgeuq.text.pretrained import load_pretrained
     from edgeuq.text.wordpiece import wordpiece_from_tokenizer_json
@@ -196,14 +201,11 @@ def main(argv=None) -> int:
 
     if a.student_only:  # teacher.pt and results.json of an earlier run; only the student stage runs
         results = json.loads((a.out / "results.json").read_text())
-        model.scheme = a.student_teacher
         results["student"] = _student(a, model, pre, tok, full_cache, ids_train, train.y, train.texts, val,
                                       _features(model, tok.encode_batch(val.texts)), sst["test"],
                                       {"trec_test": trec_test})
         results["student"]["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        tmp = a.out / "results.json.tmp"
-        tmp.write_text(json.dumps(results, indent=1))
-        tmp.replace(a.out / "results.json")
+        atomic_write(a.out / "results.json", json.dumps(results, indent=1))
         _print_side_by_side(results)
         _maybe_write_tables(a, argv, results)
         return 0
@@ -217,25 +219,26 @@ def main(argv=None) -> int:
     with torch.no_grad():
         det = {k: torch.softmax(model.head_forward(torch.from_numpy(f)), -1).numpy()[None] for k, f in feats.items()}
     rows["deterministic"] = _evaluate(det, sst["test"].y, ood)
-    model.scheme = "mc_dropout"
-    rows["mc_dropout"] = _evaluate({k: sample_probs(model, f, a.samples, seed=2) for k, f in feats.items()},
-                                   sst["test"].y, ood)
-    model.scheme = "laplace"
-    fit = fit_text_laplace(model, train_feats, feats["val"], val.y)
-    rows["laplace"] = _evaluate({k: sample_probs(model, f, a.samples, seed=2) for k, f in feats.items()},
-                                sst["test"].y, ood)
+    # every text head, in the registry's order (MC dropout, then the Laplace posterior fitted on the way)
+    fit = None
+    for scheme in text_scheme_names():
+        with model.using(scheme):
+            if text_head(scheme).post_hoc_posterior:
+                fit = fit_text_laplace(model, train_feats, feats["val"], val.y)
+            rows[scheme] = _evaluate({k: sample_probs(model, f, a.samples, seed=2) for k, f in feats.items()},
+                                     sst["test"].y, ood)
 
     a.out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), a.out / "teacher.pt")
-    (a.out / "teacher.json").write_text(json.dumps({**model.config_json(), "max_length": a.max_length,
+    atomic_write(a.out / "teacher.json", json.dumps({**model.config_json(), "max_length": a.max_length,
                                                     "weights_sha256": pre.weights_sha256}, indent=1))
     bundles, runtime_rows = {}, {}
     lat_texts = list(sst["test"].texts[:32])
-    for scheme in ("mc_dropout", "laplace"):
-        model.scheme = scheme
-        b = export_text_bundle(model, tok, a.out / f"bundle-{scheme}", ("negative", "positive"),
-                               f"minilm-sst2-{scheme}", default_samples=a.samples, check_texts=lat_texts[:8],
-                               metadata={"base": pre.name, "weights_sha256": pre.weights_sha256}, overwrite=True)
+    for scheme in text_scheme_names():
+        with model.using(scheme):
+            b = export_text_bundle(model, tok, a.out / f"bundle-{scheme}", ("negative", "positive"),
+                                   f"minilm-sst2-{scheme}", default_samples=a.samples, check_texts=lat_texts[:8],
+                                   metadata={"base": pre.name, "weights_sha256": pre.weights_sha256}, overwrite=True)
         rt = UncertaintyRuntime(b.root, threads=1, seed=0)
         res = rt.predict_text(list(sst["test"].texts), samples=a.samples, seed=3)
         size = sum((b.root / f).stat().st_size for f in b.manifest.files)
@@ -252,9 +255,7 @@ def main(argv=None) -> int:
     if a.student:
         results["student"] = _student(a, model, pre, tok, full_cache, ids_train, train.y, train.texts, val, feats["val"],
                                       sst["test"], {"trec_test": trec_test, "trec_train": trec_train})
-    tmp = a.out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(a.out / "results.json")
+    atomic_write(a.out / "results.json", json.dumps(results, indent=1))
 
     print(f"\nMiniLM-L6 teacher, SST-2 ({len(cache)} phrases, top {a.train_layers} layers + head, {a.epochs} epoch(s); "
           f"cache {t_cache:.0f}s, training " + (f"{t_train:.0f}s" if t_train is not None else "in an earlier run")
@@ -477,6 +478,7 @@ def _student_rest(a, tok, ck, dcfg, idx, rng, ids_train, y_train, val, test, ood
     from edgeuq.bundle import build_bundle
     from edgeuq.export import TOKENIZER_FILE, export_onnx
     from edgeuq.text.distill import fit_student_laplace, student_config
+    from edgeuq.text.heads import POSTERIOR_METRIC, text_head
     from edgeuq.training import load_checkpoint
 
     scfg = student_config(tok.vocab_size, tok.max_length, d_model=a.student_d_model, depth=a.student_depth,
@@ -492,7 +494,7 @@ def _student_rest(a, tok, ck, dcfg, idx, rng, ids_train, y_train, val, test, ood
         print(f"student: reusing {ck.directory} (distilled by an earlier run)", flush=True)
     val_ids = tok.encode_batch(val.texts)
     fit_idx = idx[rng.permutation(len(idx))[:10000]]
-    if a.student_scheme == "laplace" and "laplace" not in dict(ck.metrics):
+    if text_head(a.student_scheme).post_hoc_posterior and POSTERIOR_METRIC not in dict(ck.metrics):
         ck = fit_student_laplace(ck, ids_train[fit_idx], val_ids, val.y, log=lambda m: print(m, flush=True))
     t_distill = None if t0 is None else time.time() - t0
     tok.save(Path(ck.directory) / TOKENIZER_FILE)

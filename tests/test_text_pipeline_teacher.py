@@ -63,6 +63,16 @@ def teacher(files):
     return art, log
 
 
+def test_timings_are_the_stages_and_the_total_covers_them(teacher):
+    """Timed by the one StageTimer (cache, train, export_eval), plus the whole run."""
+    art, _ = teacher
+    t = dict(art.timings)
+    assert set(t) == {"cache_s", "train_s", "export_eval_s", "total_s"}
+    stages = [t["cache_s"], t["train_s"], t["export_eval_s"]]
+    assert all(v >= 0 for v in stages) and t["export_eval_s"] > 0      # bundles were exported and evaluated
+    assert t["total_s"] >= sum(stages) - 0.003, t                       # rounding to ms on each of three
+
+
 def _texts_labels(path: Path):
     from edgeuq.text.datasets import read_labelled_text
 

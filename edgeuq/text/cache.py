@@ -5,8 +5,8 @@ as one ``.npz``; :func:`cache_key` names a cache by weights, ids and layer."""
 from __future__ import annotations
 
 import hashlib
+import io
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -15,6 +15,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from edgeuq_runtime.atomic import atomic_write
 
 from .bert import BertEncoder
 
@@ -98,11 +100,9 @@ def cache_hidden(encoder: BertEncoder, ids: np.ndarray, labels: np.ndarray, star
             progress(f"[{name}] frozen layers 0..{start - 1}: batch {b + 1}/{nb} ({time.time() - t0:.0f}s)")
     cache = HiddenCache(start, states, offsets, np.asarray(labels, dtype=np.int64))
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, start=start, states=states, offsets=offsets, labels=cache.labels)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        np.savez(buf, start=start, states=states, offsets=offsets, labels=cache.labels)
+        atomic_write(Path(path), buf.getbuffer())
     return cache
 
 

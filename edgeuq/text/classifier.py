@@ -21,7 +21,8 @@ the layers below are frozen and their outputs cached (``edgeuq.text.finetune``).
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from contextlib import contextmanager
+from typing import Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -32,26 +33,24 @@ from ..models.layers import NoiseDict
 from ..schemes.laplace import LastLayerLaplace
 from ..schemes.mc_dropout import MCDropout
 from .bert import BertConfig, BertEncoder, masked_mean_pool
+from .heads import TextHead, text_head, text_scheme_names
 
 __all__ = ["TextClassifier", "TEXT_SCHEMES", "POSTERIOR_SCHEMES"]
 
-#: The head's stochastic layers per scheme (the others are training-time only).
-_STOCHASTIC_SITES = {"mc_dropout": ("drop_in", "drop_hidden"), "laplace": ("fc2",)}
-TEXT_SCHEMES = tuple(_STOCHASTIC_SITES)
+#: Schemes with a text head (:data:`edgeuq.text.heads.TEXT_HEADS`; its sites are the stochastic layers).
+TEXT_SCHEMES = text_scheme_names()
 #: Schemes whose stochastic layer is a posterior fitted after training (the last layer, ``fc2``).
-POSTERIOR_SCHEMES = tuple(name for name, sites in _STOCHASTIC_SITES.items() if "fc2" in sites)
+POSTERIOR_SCHEMES = tuple(name for name in TEXT_SCHEMES if text_head(name).post_hoc_posterior)
 
 
 class TextClassifier(nn.Module):
     def __init__(self, cfg: BertConfig, num_classes: int = 2, hidden: int = 256, dropout: float = 0.1,
                  head_dropout: float = 0.2, scheme: str = "mc_dropout") -> None:
         super().__init__()
-        if _STOCHASTIC_SITES.get(scheme) is None:
-            raise ValueError(f"text scheme must be one of {TEXT_SCHEMES}, got {scheme!r}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.cfg = cfg
-        self.scheme = scheme
+        self.scheme = scheme  # validated: the scheme must have a text head
         self.num_classes = int(num_classes)
         self.hidden = int(hidden)
         self.head_dropout = float(head_dropout)
@@ -61,6 +60,31 @@ class TextClassifier(nn.Module):
         self.fc1 = nn.Linear(d, hidden)
         self.drop_hidden = MCDropout("head_hidden", head_dropout, (hidden,))
         self.fc2 = LastLayerLaplace("head_laplace", hidden, num_classes, structure="kron")
+
+    # -- scheme ----------------------------------------------------------------------
+    @property
+    def scheme(self) -> str:
+        return self._scheme
+
+    @scheme.setter
+    def scheme(self, name: str) -> None:
+        self._head = text_head(name)  # raises for a scheme without a text head
+        self._scheme = name
+
+    @property
+    def head(self) -> TextHead:
+        """The text head of the current scheme (its stochastic sites and capabilities)."""
+        return self._head
+
+    @contextmanager
+    def using(self, scheme: str) -> Iterator["TextClassifier"]:
+        """Run the block with the head of ``scheme``; the previous scheme is restored after it."""
+        old = self.scheme
+        self.scheme = scheme
+        try:
+            yield self
+        finally:
+            self.scheme = old
 
     # -- split -----------------------------------------------------------------------
     @property
@@ -76,7 +100,7 @@ class TextClassifier(nn.Module):
         return masked_mean_pool(self.encoder.run_layers(h, mask, start), mask)
 
     def _stochastic(self) -> List[nn.Module]:
-        return [getattr(self, name) for name in _STOCHASTIC_SITES[self.scheme]]
+        return [getattr(self, name) for name in self._head.sites]
 
     def noise_specs(self) -> List[NoiseSpec]:
         return [m.noise_spec() for m in self._stochastic()]
@@ -86,7 +110,7 @@ class TextClassifier(nn.Module):
             m.sampling = bool(on)
 
     def head_forward(self, feats: torch.Tensor, noise: Optional[NoiseDict] = None) -> torch.Tensor:
-        sites = _STOCHASTIC_SITES[self.scheme]
+        sites = self._head.sites
 
         def noise_of(name: str) -> Optional[NoiseDict]:
             return noise if name in sites else None

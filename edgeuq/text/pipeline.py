@@ -17,8 +17,8 @@ it without recomputing (:func:`edgeuq.artifact.cached`).
 """
 from __future__ import annotations
 
+import io
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,10 +27,14 @@ from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, T
 import numpy as np
 import torch
 
+from edgeuq_runtime.atomic import atomic_write
+
 from ..artifact import Artifact, ArtifactWriter, cached, digest_of
 from ..data.sources import DataOptions
-from .classifier import POSTERIOR_SCHEMES, TEXT_SCHEMES, TextClassifier
+from ..profile.harness import StageTimer
+from .classifier import TEXT_SCHEMES, TextClassifier
 from .datasets import TextSplits, text_splits
+from .heads import text_head
 
 __all__ = ["TeacherOptions", "TextTeacher", "train_text_teacher", "load_text_teacher", "TEACHER_FILE"]
 
@@ -163,12 +167,11 @@ def load_text_teacher(path: PathLike, verify: bool = True) -> TextTeacher:
 
 # ----------------------------------------------------------------------------- helpers
 def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` through the one atomic write (durable: the fine-tuned weights are the
+    expensive part of a resumed run)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getbuffer(), durable=True)
 
 
 def _runtime_metrics(bundle_dir: Path, test, oods: Sequence, samples: int, threads: int, seed: int) -> dict:
@@ -214,7 +217,7 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
     from .wordpiece import wordpiece_from_tokenizer_json
 
     out = Path(out)
-    t_start = time.time()
+    t_start, timer = time.perf_counter(), StageTimer()  # stages: cache, train, export_eval
     torch.manual_seed(options.seed)
     splits: TextSplits = text_splits(Path(train), Path(val) if val else None, Path(test) if test else None,
                                      [Path(p) for p in ood], class_names, data_options, options.held_out,
@@ -252,14 +255,14 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
     teacher.eval()
     start = pre.config.num_hidden_layers - options.train_layers
     cache_dir = out / "cache"
-    t0 = time.time()
     caches, cache_keys = {}, {}
-    for split, ds in (("train", train_ds), ("val", splits.val)):
-        ids = tok.encode_batch(list(ds.texts))
-        ck = cache_keys[split] = cache_key(teacher.encoder, ids, start)
-        caches[split] = cache_hidden(teacher.encoder, ids, ds.y, start, path=cache_dir / f"{split}-{ck}.npz",
-                                     name=f"{name} {split}")
-    t_cache = time.time() - t0
+    with timer.stage("cache"):
+        for split, ds in (("train", train_ds), ("val", splits.val)):
+            ids = tok.encode_batch(list(ds.texts))
+            ck = cache_keys[split] = cache_key(teacher.encoder, ids, start)
+            caches[split] = cache_hidden(teacher.encoder, ids, ds.y, start, path=cache_dir / f"{split}-{ck}.npz",
+                                         name=f"{name} {split}")
+    t_cache = timer.seconds["cache"]
     log(f"frozen layers 0..{start - 1}: cached {len(caches['train'])} + {len(caches['val'])} rows "
         f"under {cache_dir} ({t_cache:.0f}s)")
     train_cache = caches["train"]
@@ -274,31 +277,30 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
                                                      "head_dropout", "seed")}
     tuned = cache_dir / ("finetuned-" + digest_of(cache_keys, train_ds.y.tolist(), splits.val.y.tolist(),
                                                   list(names), trained_on)[:16] + ".pt")
-    t0 = time.time()
-    if tuned.is_file():
-        saved = torch.load(tuned, map_location="cpu", weights_only=True)
-        teacher.load_state_dict(saved["state"])
-        history = json.loads(saved["history"])
-        log(f"fine-tuned weights reused from {tuned}")
-    else:
-        log(f"fine-tuning layers {start}..{pre.config.num_hidden_layers - 1} + head on {len(train_cache)} rows, "
-            f"{options.epochs} epoch(s)")
-        history = finetune(teacher, train_cache, cfg, val=caches["val"])
-        _save_atomic({"state": teacher.state_dict(), "history": json.dumps(history)}, tuned)
-    t_train = time.time() - t0
+    with timer.stage("train"):
+        if tuned.is_file():
+            saved = torch.load(tuned, map_location="cpu", weights_only=True)
+            teacher.load_state_dict(saved["state"])
+            history = json.loads(saved["history"])
+            log(f"fine-tuned weights reused from {tuned}")
+        else:
+            log(f"fine-tuning layers {start}..{pre.config.num_hidden_layers - 1} + head on {len(train_cache)} rows, "
+                f"{options.epochs} epoch(s)")
+            history = finetune(teacher, train_cache, cfg, val=caches["val"])
+            _save_atomic({"state": teacher.state_dict(), "history": json.dumps(history)}, tuned)
     teacher.eval()
 
     val_feats = features_from_cache(teacher, caches["val"])
     laplace = None
-    posterior = next((s for s in options.schemes if s in POSTERIOR_SCHEMES), None)
+    posterior = next((s for s in options.schemes if text_head(s).post_hoc_posterior), None)
     if posterior is not None:
         fit_cache = train_cache
         if options.laplace_rows and options.laplace_rows < len(fit_cache):
             fit_cache = fit_cache.subset(
                 np.sort(np.random.default_rng(options.seed + 1).permutation(len(fit_cache))[:options.laplace_rows]))
-        teacher.scheme = posterior
-        laplace = fit_text_laplace(teacher, features_from_cache(teacher, fit_cache), val_feats, splits.val.y,
-                                   seed=options.seed)
+        with teacher.using(posterior):
+            laplace = fit_text_laplace(teacher, features_from_cache(teacher, fit_cache), val_feats, splits.val.y,
+                                       seed=options.seed)
         log(f"last-layer Laplace (K-FAC GGN on {len(fit_cache)} rows): prior precision "
             f"{laplace['prior_precision']:g} by validation NLL")
 
@@ -312,39 +314,38 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
         exported = WithOODFeatures(teacher, pre.encoder(), options.ood_features, start).eval()
         log(f"bundles: the trunk also emits {options.ood_features} features of the pretrained encoder "
             f"({options.train_layers} pretrained layer(s) run beside the fine-tuned ones) for the density score")
-    t0 = time.time()
     with ArtifactWriter(out) as w:
-        torch.save(teacher.state_dict(), w.path / TEACHER_FILE)
-        tok.save(w.path / _TOKENIZER_FILE)
-        bundles, files, metrics = {}, [], {}
-        check = list(splits.test.texts[:8])
-        for scheme in options.schemes:
-            teacher.scheme = scheme
-            folder = f"bundle-{scheme}"
-            b = export_text_bundle(exported, tok, w.path / folder, names, f"{name}-{scheme}",
-                                   default_samples=options.samples, check_texts=check,
-                                   metadata={"base": pre.name, "weights_sha256": pre.weights_sha256,
-                                             "stage": "text_teacher"})
-            bundles[scheme] = folder
-            files += _bundle_files(b.root, folder)
-            metrics[scheme] = _runtime_metrics(b.root, splits.test, splits.ood, options.samples, options.threads,
-                                               options.seed)
-            m = metrics[scheme]
-            log(f"[{scheme}] held-out acc {m['accuracy']:.4f}, ECE {m['ece']:.4f}, NLL {m['nll']:.3f}"
-                + "".join(f", {k} AUROC MI {v['auroc_mi']:.3f} / H {v['auroc_total']:.3f}"
-                          for k, v in m.get("ood", {}).items()))
-        teacher.scheme = options.schemes[0]
+        with timer.stage("export_eval"):
+            torch.save(teacher.state_dict(), w.path / TEACHER_FILE)
+            tok.save(w.path / _TOKENIZER_FILE)
+            bundles, files, metrics = {}, [], {}
+            check = list(splits.test.texts[:8])
+            for scheme in options.schemes:
+                folder = f"bundle-{scheme}"
+                with teacher.using(scheme):
+                    b = export_text_bundle(exported, tok, w.path / folder, names, f"{name}-{scheme}",
+                                           default_samples=options.samples, check_texts=check,
+                                           metadata={"base": pre.name, "weights_sha256": pre.weights_sha256,
+                                                     "stage": "text_teacher"})
+                bundles[scheme] = folder
+                files += _bundle_files(b.root, folder)
+                metrics[scheme] = _runtime_metrics(b.root, splits.test, splits.ood, options.samples, options.threads,
+                                                   options.seed)
+                m = metrics[scheme]
+                log(f"[{scheme}] held-out acc {m['accuracy']:.4f}, ECE {m['ece']:.4f}, NLL {m['nll']:.3f}"
+                    + "".join(f", {k} AUROC MI {v['auroc_mi']:.3f} / H {v['auroc_total']:.3f}"
+                              for k, v in m.get("ood", {}).items()))
         data = {"splits": splits.sources, "rows": {"train": len(train_cache), "val": len(splits.val),
                                                    "test": len(splits.test)},
                 "text_column": data_options.text_column, "label_column": data_options.label_column,
                 "label_map": dict(data_options.label_map)}
-        art = TextTeacher(base=pre.name, weights_sha256=pre.weights_sha256, model_config=teacher.config_json(),
+        model_config = {**teacher.config_json(), "scheme": options.schemes[0]}  # load_model()'s default head
+        art = TextTeacher(base=pre.name, weights_sha256=pre.weights_sha256, model_config=model_config,
                           class_names=tuple(names), max_length=options.max_length, options=options.to_dict(),
                           data=data, history=history, laplace=laplace, metrics=metrics, bundles=bundles,
                           bundle_files=tuple(files),
-                          timings={"cache_s": round(t_cache, 3), "train_s": round(t_train, 3),
-                                   "export_eval_s": round(time.time() - t0, 3),
-                                   "total_s": round(time.time() - t_start, 3)},
+                          timings={**{f"{k}_s": round(v, 3) for k, v in timer.seconds.items()},
+                                   "total_s": round(time.perf_counter() - t_start, 3)},
                           inputs=key)
         committed = w.commit(art)
     log(f"text teacher -> {out} ({len(files) + 2} files hashed; bundles: "
