@@ -55,3 +55,32 @@ def test_tuning_through_the_tracker_records_board_measurements(tmp_path):
     got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w)).numpy()
     err = float(np.max(np.abs(got - np.maximum(x @ w, 0))))
     assert err <= 1e-4, err
+
+
+def test_an_unnamed_handler_on_meta_schedules_logger_no_longer_breaks_its_logging_setup(tmp_path):
+    """MetaSchedule's set-up (run by every tuning call) lists the handlers on its logger by name;
+    an unnamed one broke it ('NoneType' object has no attribute 'format') when another test or
+    library had attached one. tune.py detaches them first."""
+    import logging
+
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+
+    from edgeuq.lower.tvm.tune import META_SCHEDULE_LOGGER, drop_unnamed_meta_schedule_handlers
+
+    logger = logging.getLogger(META_SCHEDULE_LOGGER)
+    saved = list(logger.handlers)
+    stray = logging.StreamHandler()
+    logger.addHandler(stray)
+    try:
+        with pytest.raises(AttributeError, match="format"):   # the failure this guards against
+            get_loggers_from_work_dir(str(tmp_path / "a"), ["task0"])
+        logger.addHandler(stray)
+        assert drop_unnamed_meta_schedule_handlers() == [stray]
+        assert stray not in logger.handlers
+        loggers = get_loggers_from_work_dir(str(tmp_path / "b"), ["task0"])
+        assert len(loggers) == 1
+    finally:
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+        for h in saved:
+            logger.addHandler(h)

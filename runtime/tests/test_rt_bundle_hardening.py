@@ -319,17 +319,17 @@ GOOD_DESC = {"format": "edgeuq-pynq-head", "version": 1,
 
 
 @pytest.mark.parametrize("edit, match", [
-    (lambda d: d.update(stream=[1, 2]), r"'stream' must be an object"),
-    (lambda d: d.update(stream="x"), r"'stream' must be an object"),
-    (lambda d: d["stream"].update(words_in=8.0), r"stream widths"),
-    (lambda d: d["stream"].update(words_in="8"), r"stream widths"),
-    (lambda d: d["inputs"][0].update(size=4.5), r"inputs\[0\] must be"),
-    (lambda d: d["inputs"][0].update(size=True), r"inputs\[0\] must be"),
-    (lambda d: d["inputs"][0].update(name=3), r"inputs\[0\] must be"),
-    (lambda d: d.update(inputs={"name": "x"}), r"'inputs' must be a non-empty list"),
-    (lambda d: d.update(outputs=[]), r"'outputs' must be a non-empty list"),
-    (lambda d: d.update(bitfile=["a.bit"]), r"'bitfile' must be a non-empty string"),
-    (lambda d: d.update(version=1.0), r"unsupported version"),
+    (lambda d: d.update(stream=[1, 2]), r"stream: must be a JSON object, got list"),
+    (lambda d: d.update(stream="x"), r"stream: must be a JSON object, got str"),
+    (lambda d: d["stream"].update(words_in=8.0), r"stream\.words_in: must be an integer"),
+    (lambda d: d["stream"].update(words_in="8"), r"stream\.words_in: must be an integer"),
+    (lambda d: d["inputs"][0].update(size=4.5), r"inputs\[0\]\.size: must be an integer"),
+    (lambda d: d["inputs"][0].update(size=True), r"inputs\[0\]\.size: must be an integer"),
+    (lambda d: d["inputs"][0].update(name=3), r"inputs\[0\]\.name: must be a non-empty string"),
+    (lambda d: d.update(inputs={"name": "x"}), r"inputs: must be a non-empty list"),
+    (lambda d: d.update(outputs=[]), r"outputs: must be a non-empty list"),
+    (lambda d: d.update(bitfile=["a.bit"]), r"bitfile: must be a non-empty string"),
+    (lambda d: d.update(version=1.0), r"version: must be an integer"),
     (lambda d: d["inputs"].append({"name": "mask", "size": 1}), r"unique|stream widths"),
 ])
 def test_pynq_descriptor_is_type_checked(tmp_path, edit, match):

@@ -31,7 +31,7 @@ from typing import Any, List, Optional, Sequence
 
 from edgeuq_runtime.atomic import atomic_write
 
-from .tune import HEAVY_KERNELS, SHIPPED_ROOT, database_size
+from .tune import HEAVY_KERNELS, SHIPPED_ROOT, database_size, drop_unnamed_meta_schedule_handlers
 
 __all__ = ["HEAVY_KERNELS", "demo_graphs", "demo_tasks", "tune_demo", "prune_into", "write_provenance", "main"]
 
@@ -87,6 +87,7 @@ def tune_demo(tasks: Sequence[Any], db_dir: Path, heavy_trials: int, light_trial
             continue
         say(f"{time.strftime('%H:%M:%S')} tuning {len(group)} tasks x {n} trials: "
             f"{sorted({t.task_name for t in group})}")
+        drop_unnamed_meta_schedule_handlers()
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             extracted_tasks=group, work_dir=str(db_dir), space="post-order-apply", strategy="evolutionary", seed=0)
         ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db_dir),

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 __all__ = ["TuneReport", "tune_and_compile", "open_database", "database_size", "matching_records", "prepare_for_tuning",
-           "shipped_dir", "heavy_coverage", "HEAVY_KERNELS", "SHIPPED_ROOT", "SHIPPED_STATE"]
+           "shipped_dir", "heavy_coverage", "HEAVY_KERNELS", "SHIPPED_ROOT", "SHIPPED_STATE",
+           "META_SCHEDULE_LOGGER", "drop_unnamed_meta_schedule_handlers"]
 
 #: Kernel-name fragments of the tasks that dominate the time (matmul and conv: 80-90 % of the
 #: untuned time, see ``docs/targets.md``).
@@ -280,12 +281,34 @@ def _make_rpc_runner(rpc: tuple, say: Callable[[str], None]) -> Any:  # noqa: D4
         number=3, repeat=1, min_repeat_ms=20), max_workers=free)
 
 
+#: MetaSchedule's own logger; its logging set-up refers to the handlers already on it by name
+META_SCHEDULE_LOGGER = "tvm.s_tir.meta_schedule"
+
+
+def drop_unnamed_meta_schedule_handlers() -> List[logging.Handler]:
+    """Detach the handlers without a name from MetaSchedule's logger and return them.
+
+    Every tuning run re-configures that logger with ``logging.config.dictConfig``, listing the
+    handlers already on it by name; an unnamed one (attached by another library, a test harness
+    or the user) makes that set-up fail with ``'NoneType' object has no attribute 'format'``. The
+    set-up replaces the logger's handlers anyway, so dropping them first changes nothing else."""
+    logger = logging.getLogger(META_SCHEDULE_LOGGER)
+    dropped = [h for h in logger.handlers if h.get_name() is None]
+    for h in dropped:
+        logger.removeHandler(h)
+    if dropped:
+        log.warning("tuning: detached %d unnamed logging handler(s) from %s (MetaSchedule's logging set-up "
+                    "replaces them and cannot refer to a handler without a name)", len(dropped), META_SCHEDULE_LOGGER)
+    return dropped
+
+
 def _tune_then_compile(ms: Any, mod: Any, target: Any, db: Any, db_dir: Path, trials: int, tunable: list,
                        tasks: list, before: int, say: Callable[[str], None], shipped_db: Any,
                        rpc: Optional[tuple] = None) -> Any:
     if trials > 0 and tunable:
         say(f"tuning {len(tunable)} of {len(tasks)} tasks, {trials} trials in all (database {db_dir}, "
             f"{before} records before)")
+        drop_unnamed_meta_schedule_handlers()
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             extracted_tasks=tunable, work_dir=str(db_dir), space="post-order-apply", strategy="evolutionary", seed=0)
         ms.tune.tune_tasks(
