@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -137,19 +138,28 @@ def ref_flag(row) -> str:
 
 
 def ref_noise_rows(specs, rows: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
-    """Brute-force reference of the runtime's noise stream (edgeuq_runtime.noise), element by element
-    in plain Python from the documented layout: each head row takes, spec by spec in manifest order,
-    whole 64-bit words of ``rng.bit_generator.random_raw``, read little-endian: 16 bits per dropout
-    element (keep where u16 >= round(p * 65536), kept value 65536 / (65536 - t)), 32 bits per uniform
-    element ((u >> 8) / 2**24), 32 + 32 bits per pair of normals (Box-Muller on 24-bit uniforms), 32 bits per categorical
-    one-hot row (index (u * k) >> 32)."""
+    """Brute-force reference of the runtime's noise stream (edgeuq_runtime.noise, stream 2), element by
+    element in plain Python from the documented layout: each head row takes, spec by spec in manifest
+    order, whole 64-bit words of ``rng.bit_generator.random_raw``, read little-endian: 16 bits per
+    dropout element (keep where u16 >= round(p * 65536), kept value 65536 / (65536 - t)), 16 bits per
+    uniform element ((u + 1/2) / 2**16), 16 bits per normal element (the mean of N(0, 1) over quantile
+    cell u of 2**16: 2**16 * (phi(a) - phi(b)) with a, b = Phi^-1(u / 2**16), Phi^-1((u + 1) / 2**16),
+    here straight from statistics.NormalDist, no mirroring), 32 bits per categorical one-hot row
+    (index (u * k) >> 32)."""
+    nd = statistics.NormalDist()
+
+    def cell_mean(v: int) -> float:
+        a = nd.inv_cdf(v / 65536) if v else -math.inf
+        b = nd.inv_cdf((v + 1) / 65536) if v < 65535 else math.inf
+        pdf = [0.0 if math.isinf(x) else nd.pdf(x) for x in (a, b)]
+        return (pdf[0] - pdf[1]) * 65536
+
     out: Dict[str, list] = {s.name: [] for s in specs}
     for _ in range(rows):
         for s in specs:
             e = int(np.prod(s.shape))
-            bits = 16 if s.kind == "dropout_mask" else 32
-            count = 2 * ((e + 1) // 2) if s.kind == "standard_normal" else \
-                e // int(s.params["k"]) if s.kind == "categorical" else e
+            bits = 32 if s.kind == "categorical" else 16
+            count = e // int(s.params["k"]) if s.kind == "categorical" else e
             words = -(-count * bits // 64)
             raw = b"".join(int(w).to_bytes(8, "little") for w in rng.bit_generator.random_raw(words))
             vals = [int.from_bytes(raw[i * bits // 8:(i + 1) * bits // 8], "little") for i in range(count)]
@@ -157,13 +167,9 @@ def ref_noise_rows(specs, rows: int, rng: np.random.Generator) -> Dict[str, np.n
                 t = min(round(s.params["p"] * 65536), 65535)
                 row = [65536 / (65536 - t) if v >= t else 0.0 for v in vals]
             elif s.kind == "uniform":
-                row = [(v >> 8) / 2 ** 24 for v in vals]
+                row = [(v + 0.5) / 2 ** 16 for v in vals]
             elif s.kind == "standard_normal":
-                row = []
-                for a, b in zip(vals[0::2], vals[1::2]):
-                    r = math.sqrt(-2 * math.log(((a >> 8) + 1) / 2 ** 24))
-                    row += [r * math.cos(2 * math.pi * (b >> 8) / 2 ** 24), r * math.sin(2 * math.pi * (b >> 8) / 2 ** 24)]
-                row = row[:e]
+                row = [cell_mean(v) for v in vals]
             else:
                 k = int(s.params["k"])
                 row = [1.0 if j == (v * k) >> 32 else 0.0 for v in vals for j in range(k)]

@@ -67,7 +67,7 @@ def test_stream_matches_the_brute_force_reference():
     for s in MIXED:
         assert got[s.name].shape == (9, *s.shape) and got[s.name].dtype == np.float32
         assert got[s.name].flags.c_contiguous
-        tol = 2e-5 if s.kind == "standard_normal" else 0.0  # float32 log/cos/sin (|z| <= 5.8); the rest exact
+        tol = 1e-6 if s.kind == "standard_normal" else 0.0  # float32 rounding of the atoms (|z| <= 4.39); the rest exact
         assert float(np.max(np.abs(got[s.name] - ref[s.name].astype(np.float32)))) <= tol, s.name
     # and the generator advanced by exactly rows x words_per_row raw words
     g = np.random.default_rng(3)
@@ -120,7 +120,7 @@ def test_uniform_normal_categorical_stream_moments():
     assert np.all(c.sum(-1) == 1) and set(np.unique(c).tolist()) == {0.0, 1.0}
     freq = c.reshape(-1, 4).mean(0)
     assert np.all(np.abs(freq - 0.25) <= 5 * np.sqrt(0.25 * 0.75 / (n // 10)))
-    # pairs of the same row (Box-Muller cos/sin) are uncorrelated
+    # neighbouring elements of a row (one 64-bit word) are uncorrelated
     zz = d["z"].astype(np.float64)
     r = np.corrcoef(zz[:, 0], zz[:, 1])[0, 1]
     assert abs(r) <= 5 / np.sqrt(len(zz))

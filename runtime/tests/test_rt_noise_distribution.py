@@ -44,9 +44,9 @@ def test_variational_noise_is_standard_normal_in_every_spec():
 
 @pytest.mark.parametrize("position", ["first", "second", "last"])
 def test_every_element_position_is_standard_normal(position):
-    """Box-Muller writes cos to even and sin to odd elements of a row: each position on its own
-    (across rows) must be N(0, 1), not only the pooled values."""
-    spec = NoiseSpec("z", "standard_normal", (33,))                # odd: the last pair is cut
+    """Each element position of a row on its own (across rows) must be N(0, 1), not only the pooled
+    values: the first and last 16-bit lanes of a word and the last element of a padded word."""
+    spec = NoiseSpec("z", "standard_normal", (33,))                # 33 elements: the last word is padded
     rows = 20_000
     z = sample_noise_rows([spec], rows, np.random.default_rng(8))["z"]
     col = {"first": 0, "second": 1, "last": 32}[position]
@@ -57,7 +57,7 @@ def test_every_element_position_is_standard_normal(position):
 
 def test_uniform_noise_is_uniform_and_dropout_keeps_at_rate_one_minus_p():
     specs = [NoiseSpec("u", "uniform", (32, 16)), NoiseSpec("m", "dropout_mask", (32, 64), {"p": 0.1})]
-    d = sample_noise_rows(specs, 64, np.random.default_rng(9))
+    d = sample_noise_rows(specs, 256, np.random.default_rng(9))   # 131k uniforms: u^1.02 (CDF off by 0.0072) is caught
     u = d["u"].ravel().astype(np.float64)
     assert ks(u, "uniform") <= ks_bound(u.size)
     assert not ks(u ** 1.02, "uniform") <= ks_bound(u.size)
@@ -70,8 +70,9 @@ def test_uniform_noise_is_uniform_and_dropout_keeps_at_rate_one_minus_p():
 
 @pytest.mark.parametrize("word", [0, 0xFFFFFFFFFFFFFFFF, 0x00000000FFFFFFFF, 0xFFFFFFFF00000000, 0x80000000_80000000])
 def test_extreme_raw_words_give_finite_noise(word):
-    """The decoders on the extreme bit patterns: every kind finite and in its range (the radius of
-    Box-Muller uses u in (0, 1], so log(0) cannot happen)."""
+    """The decoders on the extreme bit patterns: every kind finite and in its range (the normal's
+    extreme atoms are the means of the two tail cells, |z| <= 4.39; uniforms stay strictly inside
+    (0, 1), so the Gumbel transform in the HSA graph never sees 0 or 1)."""
     specs = [NoiseSpec("n", "standard_normal", (4,)), NoiseSpec("u", "uniform", (4,)),
              NoiseSpec("d", "dropout_mask", (4,), {"p": 0.5}), NoiseSpec("c", "categorical", (3,), {"k": 3})]
     layout = row_layout(specs)
@@ -81,6 +82,6 @@ def test_extreme_raw_words_give_finite_noise(word):
         out = _decode(s, raw, off, 3)
         assert np.all(np.isfinite(out)), (s.kind, hex(word))
         if s.kind == "standard_normal":
-            assert float(np.abs(out).max()) <= 5.78
+            assert float(np.abs(out).max()) <= 4.39
         if s.kind == "uniform":
-            assert out.min() >= 0.0 and out.max() < 1.0
+            assert out.min() > 0.0 and out.max() < 1.0

@@ -7,7 +7,7 @@ top-level manifest section ``"canaries"``::
     "canaries": {"file": "canaries.npz", "array": "windows", "seed": 0, "samples": 16,
                  "expected_class": [2, 0, ...], "expected_mi": [0.013, ...],
                  "mi_tolerance": 0.02, "latency_budget_ms": 250.0,
-                 "noise_stream": "raw64-fixed-words-per-row-1"}
+                 "noise_stream": "raw64-fixed-words-per-row-2"}
 
 The expected values are computed on the host with this same runtime (fixed seed, one
 batched call), so a faithful install reproduces them to float rounding -- provided the
