@@ -1,20 +1,28 @@
 """Share of end-to-end ``predict`` time spent drawing noise, before and after the bit-threshold stream.
 
-"before" is the previous sampler, reproduced here: float32 uniforms ``rng.random`` compared with
+"before" is the float sampler, reproduced here: float32 uniforms ``rng.random`` compared with
 ``p`` (dropout), ``rng.standard_normal`` / ``rng.random`` / ``rng.integers`` for the other kinds,
-one numpy call per spec. "after" is the runtime's stream (``noise.sample_noise_rows``: one
-``random_raw`` draw for every kind, 16-bit thresholds for dropout). Each round runs four callables
-in a seeded random order (paired, interleaved): noise(before), noise(after), predict with the
-before sampler patched into the session, predict as shipped. Per round: share = noise / predict of
-the same sampler; reported as the median with a bootstrap 95 % interval over rounds, in wall time
-and (a second column, less sensitive to a loaded machine) in this thread's CPU time
-(``time.thread_time``: numpy and ONNX Runtime with one thread both run in the calling thread).
+one numpy call per spec. "after" is the runtime's stream (``noise.sample_noise_rows``, stream
+``raw64-fixed-words-per-row-2``): one ``random_raw`` draw for every kind, 8 or 16 bits per element,
+decoded without transcendental functions: 8-bit dropout thresholds where that moves p by at most
+2 % of min(p, 1 - p), else 16-bit (``noise.dropout_threshold``), 16-bit midpoint uniforms, and
+normals as one gather from the table of the 2**16 cell means of N(0, 1). "stream 1" is the previous
+stream, reproduced here (``stream1_rows``: 16-bit dropout thresholds, 32-bit uniforms, float32
+Box-Muller on 24-bit uniforms), timed in the same rounds for a paired stream 1 / stream 2 ratio of
+the noise alone (CPU time).
 
-A fifth callable in the same rounds draws the same noise *inside* ONNX Runtime (a graph of
-``RandomNormalLike`` / ``RandomUniformLike`` ops, dropout masks as uniform < p, one-hot categoricals
-from ArgMax of uniforms), the in-graph alternative to drawing in numpy: its time is reported next
-to the numpy stream's (in-graph noise is not seeded reproducibly: ONNX Runtime's ``seed`` attribute
-fixes one session's sequence, not the values other runtimes draw, and TVM has no random ops).
+Each round runs six callables in a seeded random order (paired, interleaved): noise(before),
+noise(after), noise(stream 1), predict with the before sampler patched into the session, predict
+as shipped, and the in-graph draw below. Per round: share = noise / predict of the same sampler;
+reported as the median with a bootstrap 95 % interval over rounds, in wall time and (a second
+column, less sensitive to a loaded machine) in this thread's CPU time (``time.thread_time``: numpy
+and ONNX Runtime with one thread both run in the calling thread).
+
+The in-graph callable draws the same noise *inside* ONNX Runtime (a graph of ``RandomNormalLike`` /
+``RandomUniformLike`` ops, dropout masks as uniform < p, one-hot categoricals from ArgMax of
+uniforms), the in-graph alternative to drawing in numpy: its time is reported next to the numpy
+stream's (in-graph noise is not seeded reproducibly: ONNX Runtime's ``seed`` attribute fixes one
+session's sequence, not the values other runtimes draw, and TVM has no random ops).
 
 ``--recipes`` builds untrained bundles of catalog recipes (latency does not depend on weight values)
 in a temporary folder, so the run needs no prepared bundles; ``--json`` writes the table for
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -52,6 +61,49 @@ def old_rows(specs, rows: int, rng: np.random.Generator) -> Dict[str, np.ndarray
         else:
             k = int(s.params["k"])
             out[s.name] = np.eye(k, dtype=np.float32)[rng.integers(0, k, size=shape[:-1])]
+    return out
+
+
+def stream1_rows(specs, rows: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """The previous runtime stream (``raw64-fixed-words-per-row-1``) for ``rows`` head rows: one
+    ``random_raw`` draw; 16-bit dropout thresholds, 32-bit uniforms ``(u >> 8) 2**-24``, normals by
+    Box-Muller in float32 from two 24-bit uniforms per pair, 32-bit categorical indices."""
+    bits = {"dropout_mask": 16, "uniform": 32, "standard_normal": 32, "categorical": 32}
+    counts = [2 * ((math.prod(s.shape) + 1) // 2) if s.kind == "standard_normal" else
+              math.prod(s.shape) // int(s.params["k"]) if s.kind == "categorical" else math.prod(s.shape)
+              for s in specs]
+    words = [-(-n * bits[s.kind] // 64) for s, n in zip(specs, counts)]
+    raw = rng.bit_generator.random_raw(rows * sum(words)).astype("<u8", copy=False).reshape(rows, sum(words))
+    out, off = {}, 0
+    for s, n, w in zip(specs, counts, words):
+        if s.kind == "dropout_mask":
+            t = min(int(round(float(s.params["p"]) * 65536)), 65535)
+            p_eff = t / 65536
+            v = np.greater_equal(raw.view("<u2")[:, 4 * off:4 * off + n], t).astype(np.float32)
+            v *= np.float32(1.0 / (1.0 - p_eff))
+        else:
+            u32 = raw.view("<u4")[:, 2 * off:2 * off + n]
+            if s.kind == "uniform":
+                v = (u32 >> np.uint32(8)).astype(np.float32)
+                v *= np.float32(2.0 ** -24)
+            elif s.kind == "standard_normal":
+                r = (u32[:, 0::2] >> np.uint32(8)).astype(np.float32)
+                r += np.float32(1.0)
+                r *= np.float32(2.0 ** -24)
+                np.log(r, out=r)
+                r *= np.float32(-2.0)
+                np.sqrt(r, out=r)
+                angle = (u32[:, 1::2] >> np.uint32(8)).astype(np.float32)
+                angle *= np.float32(2.0 * np.pi * 2.0 ** -24)
+                v = np.empty((rows, n), dtype=np.float32)
+                np.multiply(r, np.cos(angle), out=v[:, 0::2])
+                np.multiply(r, np.sin(angle), out=v[:, 1::2])
+                v = np.ascontiguousarray(v[:, :math.prod(s.shape)])
+            else:
+                k = int(s.params["k"])
+                v = np.eye(k, dtype=np.float32)[(u32.astype(np.uint64) * np.uint64(k)) >> np.uint64(32)]
+        out[s.name] = v.reshape((rows,) + s.shape)
+        off += w
     return out
 
 
@@ -130,6 +182,7 @@ def measure(bundle: str, batch: int, samples: int, rounds: int, seed: int) -> di
     calls: Dict[str, Callable[[], object]] = {
         "noise_before": lambda: old_rows(m.noise, rows, g),
         "noise_after": lambda: sample_noise_rows(m.noise, rows, g),
+        "noise_stream1": lambda: stream1_rows(m.noise, rows, g),
         "predict_before": predict_before,
         "predict_after": lambda: rt.predict(x, samples=samples),
         "noise_ort_ingraph": ingraph_noise_session(m.noise, rows),
@@ -154,6 +207,7 @@ def measure(bundle: str, batch: int, samples: int, rounds: int, seed: int) -> di
     cpu_ok = bool(np.all(cpu["predict_after"] > 0))
     share_cpu = cpu["noise_after"] / np.where(cpu["predict_after"] > 0, cpu["predict_after"], np.nan)
     speed = t["noise_before"] / t["noise_after"]
+    speed1 = cpu["noise_stream1"] / np.where(cpu["noise_after"] > 0, cpu["noise_after"], np.nan)
     ingraph = t["noise_ort_ingraph"] / t["noise_after"]
     br = np.random.default_rng(seed + 1)
     elems = sum(int(np.prod(s.shape)) for s in m.noise)
@@ -168,6 +222,8 @@ def measure(bundle: str, batch: int, samples: int, rounds: int, seed: int) -> di
                                   if cpu_ok else None),
         "median_cpu_ms": {k: 1e3 * float(np.median(v)) for k, v in cpu.items()},
         "noise_speedup_paired": {"median": float(np.median(speed)), "ci95": bootstrap(speed, br)},
+        "noise_stream1_over_stream2_cpu": ({"median": float(np.nanmedian(speed1)), "ci95": bootstrap(speed1, br)}
+                                           if cpu_ok and np.all(cpu["noise_after"] > 0) else None),
         "ingraph_over_numpy_noise": {"median": float(np.median(ingraph)), "ci95": bootstrap(ingraph, br)},
         "predict_ratio_before_over_after": {"median": float(np.median(t["predict_before"] / t["predict_after"])),
                                             "ci95": bootstrap(t["predict_before"] / t["predict_after"], br)},
@@ -216,7 +272,8 @@ def table(results: List[dict]):
     headers = ["model", "noise kinds", "noise elements / row", "predict ms (before -> after)",
                "noise ms (before -> after)", "noise share % before [95 % CI]", "noise share % after [95 % CI]",
                "<= 10 % (wall and CPU)", "noise share % after, thread CPU time [95 % CI]",
-               "in-graph ORT noise / numpy stream [95 % CI]"]
+               "in-graph ORT noise / numpy stream [95 % CI]",
+               "noise CPU ms, stream 1 -> 2 (paired ratio [95 % CI])"]
     rows = []
     for r in results:
         ms = r["median_ms"]
@@ -226,7 +283,10 @@ def table(results: List[dict]):
                      _ci(r["noise_share_before"]), _ci(r["noise_share_after"]),
                      _met(r),
                      _ci(r["noise_share_after_cpu"]) if r.get("noise_share_after_cpu") else "not measured",
-                     _ci(r["ingraph_over_numpy_noise"], 1.0, 2) + "x"])
+                     _ci(r["ingraph_over_numpy_noise"], 1.0, 2) + "x",
+                     (f"{r['median_cpu_ms']['noise_stream1']:.3f} -> {r['median_cpu_ms']['noise_after']:.3f} "
+                      f"({_ci(r['noise_stream1_over_stream2_cpu'], 1.0, 2)}x)")
+                     if r.get("noise_stream1_over_stream2_cpu") else "not measured"])
     return headers, rows
 
 
@@ -246,6 +306,7 @@ def main() -> None:
     if not a.bundles and not a.recipes:
         ap.error("give BUNDLE paths or --recipes")
     from edgeuq.provenance import command_line, start, write_results
+    from edgeuq_runtime.noise import NOISE_STREAM
 
     prov = start("quick" if a.quick else "full", 1)
     command = command_line("bench/noise_share.py")
@@ -260,7 +321,8 @@ def main() -> None:
               f"B={r['batch']} S={r['samples']}, {r['rounds']} rounds: predict {r['median_ms']['predict_before']:.3f}"
               f" -> {r['median_ms']['predict_after']:.3f} ms; noise {r['median_ms']['noise_before']:.3f} -> "
               f"{r['median_ms']['noise_after']:.3f} ms; noise share {_ci(r['noise_share_before'])} % -> "
-              f"{_ci(r['noise_share_after'])} %; noise speed-up x{r['noise_speedup_paired']['median']:.2f}; "
+              f"{_ci(r['noise_share_after'])} % (CPU {_ci(r['noise_share_after_cpu']) if r['noise_share_after_cpu'] else 'n/a'} %); "
+              f"noise speed-up x{r['noise_speedup_paired']['median']:.2f}; "
               f"in-graph ORT noise {r['median_ms']['noise_ort_ingraph']:.3f} ms "
               f"(x{r['ingraph_over_numpy_noise']['median']:.2f} the numpy stream)")
     print(f"load average {os.getloadavg()}")
@@ -268,8 +330,11 @@ def main() -> None:
         headers, rows = table(results)
         note = (f"B={a.batch}, S={a.samples}, one thread, {rounds} rounds, every callable once per round in a "
                 "seeded random order; share = noise / predict of the same round; untrained weights where built "
-                "from --recipes; 'before' = float32 uniforms / numpy normals one call per spec; in-graph = the "
-                "same noise drawn by ONNX Runtime random ops (not seeded reproducibly across runtimes)")
+                "from --recipes; 'before' = float32 uniforms / numpy normals one call per spec; 'after' = noise stream "
+                f"{NOISE_STREAM} (8-bit dropout thresholds where p moves by <= 2 %, else 16; 16-bit midpoint "
+                "uniforms and normals from the table of 2**16 N(0, 1) cell means); stream 1 = the previous stream "
+                "(16-bit dropout thresholds, Box-Muller, 32-bit uniforms); in-graph = the same noise drawn by ONNX "
+                "Runtime random ops (not seeded reproducibly across runtimes)")
         write_results(a.json, {"headers": headers, "rows": rows, "note": note, "results": results}, command, prov)
         print(f"wrote {a.json}")
 

@@ -45,3 +45,25 @@ def test_ingraph_noise_has_the_streams_distributions_and_shapes():
     assert np.all(c.sum(1) == 1.0) and np.all(np.abs(c.mean(0) - 1 / 3) <= 5 * math.sqrt(2 / 9 / len(c)))
     # fresh draws every call (the session does not replay one sequence per call)
     assert not np.array_equal(outs[0][0], outs[1][0])
+
+
+def test_stream1_comparator_draws_the_previous_streams_words_and_distributions():
+    """The bench's stream-1 comparator is a fair sampler: it takes the previous stream's words per
+    row (normals 32 bits each, padded to pairs) and its normals, uniforms and masks have their
+    closed-form distributions (KS, rate), so the paired stream 1 / stream 2 ratio compares equals."""
+    specs = [NoiseSpec("z", "standard_normal", (33,)), NoiseSpec("u", "uniform", (7,)),
+             NoiseSpec("d", "dropout_mask", (16,), {"p": 0.1})]
+    rows = 4000
+    g = np.random.default_rng(4)
+    out = _bench().stream1_rows(specs, rows, g)
+    h = np.random.default_rng(4)
+    h.bit_generator.random_raw(rows * (17 + 4 + 4))          # 34 normals x 32 bits, 7 x 32, 16 x 16 bits
+    assert g.bit_generator.random_raw() == h.bit_generator.random_raw()
+    crit = lambda n: math.sqrt(-0.5 * math.log(1e-3 / 2)) / math.sqrt(n)  # noqa: E731
+    z = out["z"].ravel().astype(np.float64)
+    assert out["z"].shape == (rows, 33) and stats.kstest(z, "norm").statistic <= crit(z.size)
+    assert not stats.kstest(1.03 * z, "norm").statistic <= crit(z.size)
+    u = out["u"].ravel().astype(np.float64)
+    assert stats.kstest(u, "uniform").statistic <= crit(u.size)
+    d = out["d"].ravel()
+    assert abs(np.mean(d == 0) - 0.1) <= 5 * math.sqrt(0.09 / d.size)

@@ -36,7 +36,7 @@ from .errors import ManifestError
 
 __all__ = ["NoiseSpec", "NOISE_SAMPLERS", "NOISE_MEANS", "sample_noise", "mean_noise", "noise_specs_from_json",
            "sample_noise_for_sample", "sample_noise_samples", "sample_noise_tiled", "sample_noise_rows",
-           "row_layout", "words_per_row", "dropout_threshold", "normal_table", "MAX_NOISE_ELEMENTS", "NOISE_STREAM"]
+           "row_layout", "words_per_row", "dropout_threshold", "normal_table", "DROPOUT_8BIT_REL_TOL", "MAX_NOISE_ELEMENTS", "NOISE_STREAM"]
 
 #: Bounds on one noise input: elements per row and axes (a manifest asking for more is refused).
 MAX_NOISE_ELEMENTS = 1 << 24
@@ -204,9 +204,12 @@ def sample_noise_for_sample(specs: Sequence[NoiseSpec], batch: int, rng: np.rand
 # takes a FIXED number of 64-bit words from the generator's bit generator (``random_raw``), laid out
 # spec by spec in manifest order, each spec's part padded to whole words:
 #
-#   dropout_mask     16 bits per element: keep where u16 >= t, t = min(round(p * 65536), 65535);
-#                    the mask is 0 or 1 / (1 - p_eff) with p_eff = t / 65536 (the probability really
-#                    used, |p_eff - p| <= 2**-17), so E[mask] = 1 exactly;
+#   dropout_mask     b = 8 or 16 bits per element: keep where u_b >= t, t = min(round(p * 2**b), 2**b - 1);
+#                    the mask is 0 or 1 / (1 - p_eff) with p_eff = t / 2**b (the probability really
+#                    used), so E[mask] = 1 exactly. b = 8 where that moves p by at most 2 % of
+#                    min(p, 1 - p) (p = 0.1 -> p_eff = 26/256 = 0.1016, p = 0.2 -> 0.1992, p = 0.5
+#                    exact; |p_eff - p| <= 2**-9), else b = 16 (|p_eff - p| <= 2**-17; e.g. p = 0.01);
+#                    :func:`dropout_threshold` gives t, p_eff and b;
 #   uniform          16 bits per element: (u16 + 1/2) * 2**-16, U(0, 1) quantised to the midpoints of
 #                    2**16 equal cells: exact float32 values strictly inside (0, 1), mean 1/2 exactly,
 #                    sup |F - x| = 2**-17;
@@ -229,8 +232,9 @@ def sample_noise_for_sample(specs: Sequence[NoiseSpec], batch: int, rng: np.rand
 #: uniforms) was replaced by stream 2 (16-bit quantised normals and uniforms); canaries recorded
 #: under stream 1 are refused with a message naming both streams.
 NOISE_STREAM = "raw64-fixed-words-per-row-2"
-_BITS = {"dropout_mask": 16, "uniform": 16, "standard_normal": 16, "categorical": 32}
-_THRESHOLD_BITS = 16
+_BITS = {"uniform": 16, "standard_normal": 16, "categorical": 32}
+#: A dropout mask uses 8-bit thresholds where |p_eff - p| <= this fraction of min(p, 1 - p).
+DROPOUT_8BIT_REL_TOL = 0.02
 _LEVELS = 1 << 16
 
 
@@ -246,7 +250,7 @@ def row_layout(specs: Sequence[NoiseSpec]) -> Tuple[Tuple[int, int], ...]:
     """(first word, words) of each spec inside one row's words, manifest order."""
     out, off = [], 0
     for spec in specs:
-        words = -(-_count(spec) * _BITS[spec.kind] // 64)
+        words = -(-_count(spec) * _bits(spec) // 64)
         out.append((off, words))
         off += words
     return tuple(out)
@@ -257,12 +261,22 @@ def words_per_row(specs: Sequence[NoiseSpec]) -> int:
     return sum(w for _, w in row_layout(specs))
 
 
-def dropout_threshold(p: float) -> Tuple[int, float]:
-    """The 16-bit threshold ``t`` a dropout mask of probability ``p`` uses and ``p_eff = t / 65536``,
-    the drop probability really drawn (a u16 below ``t`` drops)."""
-    full = 1 << _THRESHOLD_BITS
-    t = min(int(round(float(p) * full)), full - 1)
-    return t, t / full
+def dropout_threshold(p: float) -> Tuple[int, float, int]:
+    """``(t, p_eff, bits)`` of a dropout mask of probability ``p``: each element takes ``bits`` (8 or
+    16) random bits ``u`` and drops where ``u < t``, so ``p_eff = t / 2**bits`` is the drop
+    probability really drawn. 8 bits where ``|p_eff - p| <= DROPOUT_8BIT_REL_TOL * min(p, 1 - p)``,
+    else 16."""
+    p = float(p)
+    for bits in (8, 16):
+        full = 1 << bits
+        t = min(int(round(p * full)), full - 1)
+        if bits == 16 or abs(t / full - p) <= DROPOUT_8BIT_REL_TOL * min(p, 1.0 - p):
+            return t, t / full, bits
+    raise AssertionError("unreachable")
+
+
+def _bits(spec: NoiseSpec) -> int:
+    return dropout_threshold(spec.params["p"])[2] if spec.kind == "dropout_mask" else _BITS[spec.kind]
 
 
 @functools.lru_cache(maxsize=1)
@@ -291,14 +305,16 @@ def _decode(spec: NoiseSpec, raw: np.ndarray, off: int, rows: int) -> np.ndarray
     words per row), little-endian; the dtype views are taken on the whole C-contiguous ``raw``
     (then sliced), which every numpy version allows."""
     n = _count(spec)
+    if spec.kind == "dropout_mask":
+        t, p_eff, bits = dropout_threshold(spec.params["p"])
+        u = raw.view("u1")[:, 8 * off:8 * off + n] if bits == 8 else raw.view("<u2")[:, 4 * off:4 * off + n]
+        out = np.greater_equal(u, t).astype(np.float32)
+        out *= np.float32(1.0 / (1.0 - p_eff))
+        return out.reshape((rows,) + spec.shape)
     if spec.kind != "categorical":
         u16 = raw.view("<u2")[:, 4 * off:4 * off + n]
         if spec.kind == "standard_normal":
-            out = normal_table().take(u16)
-        elif spec.kind == "dropout_mask":
-            t, p_eff = dropout_threshold(spec.params["p"])
-            out = np.greater_equal(u16, t).astype(np.float32)
-            out *= np.float32(1.0 / (1.0 - p_eff))
+            out = normal_table().take(u16, mode="wrap")   # u16 < 2**16: "wrap" only skips the bounds check
         else:  # uniform
             out = u16.astype(np.float32)
             out += np.float32(0.5)

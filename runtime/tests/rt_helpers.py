@@ -140,8 +140,9 @@ def ref_flag(row) -> str:
 def ref_noise_rows(specs, rows: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
     """Brute-force reference of the runtime's noise stream (edgeuq_runtime.noise, stream 2), element by
     element in plain Python from the documented layout: each head row takes, spec by spec in manifest
-    order, whole 64-bit words of ``rng.bit_generator.random_raw``, read little-endian: 16 bits per
-    dropout element (keep where u16 >= round(p * 65536), kept value 65536 / (65536 - t)), 16 bits per
+    order, whole 64-bit words of ``rng.bit_generator.random_raw``, read little-endian: b = 8 or 16 bits
+    per dropout element (8 where |round(p 2**8) / 2**8 - p| <= 0.02 min(p, 1 - p)), keep where
+    u >= t = round(p 2**b), kept value 2**b / (2**b - t)), 16 bits per
     uniform element ((u + 1/2) / 2**16), 16 bits per normal element (the mean of N(0, 1) over quantile
     cell u of 2**16: 2**16 * (phi(a) - phi(b)) with a, b = Phi^-1(u / 2**16), Phi^-1((u + 1) / 2**16),
     here straight from statistics.NormalDist, no mirroring), 32 bits per categorical one-hot row
@@ -158,14 +159,19 @@ def ref_noise_rows(specs, rows: int, rng: np.random.Generator) -> Dict[str, np.n
     for _ in range(rows):
         for s in specs:
             e = int(np.prod(s.shape))
-            bits = 32 if s.kind == "categorical" else 16
+            if s.kind == "dropout_mask":   # 8 bits where p moves by <= 2 % of min(p, 1 - p), else 16
+                p = s.params["p"]
+                bits = 8 if abs(min(round(p * 256), 255) / 256 - p) <= 0.02 * min(p, 1 - p) else 16
+            else:
+                bits = 32 if s.kind == "categorical" else 16
             count = e // int(s.params["k"]) if s.kind == "categorical" else e
             words = -(-count * bits // 64)
             raw = b"".join(int(w).to_bytes(8, "little") for w in rng.bit_generator.random_raw(words))
             vals = [int.from_bytes(raw[i * bits // 8:(i + 1) * bits // 8], "little") for i in range(count)]
             if s.kind == "dropout_mask":
-                t = min(round(s.params["p"] * 65536), 65535)
-                row = [65536 / (65536 - t) if v >= t else 0.0 for v in vals]
+                full = 2 ** bits
+                t = min(round(s.params["p"] * full), full - 1)
+                row = [full / (full - t) if v >= t else 0.0 for v in vals]
             elif s.kind == "uniform":
                 row = [(v + 0.5) / 2 ** 16 for v in vals]
             elif s.kind == "standard_normal":

@@ -1,6 +1,8 @@
 """Noise means (deterministic mode) agree with the samplers."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -86,13 +88,19 @@ def test_stream_is_chunk_invariant(splits):
         np.testing.assert_array_equal(np.concatenate([p[s.name] for p in parts]), whole[s.name])
 
 
-@pytest.mark.parametrize("p", [0.0, 0.1, 0.3, 0.5, 0.9, 1e-6, 0.99999])
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.3, 0.5, 0.9, 1e-6, 0.01, 0.99999])
 def test_dropout_stream_mean_is_one_and_rate_is_p_eff(p):
     n = 400_000
     spec = NoiseSpec("m", "dropout_mask", (100,), {"p": p})
     m = sample_noise_rows([spec], n // 100, np.random.default_rng(1))["m"].ravel()
-    t, p_eff = dropout_threshold(p)
-    assert abs(p_eff - p) <= 2.0 ** -17 and t == min(round(p * 65536), 65535)
+    t, p_eff, bits = dropout_threshold(p)
+    # the declared widths: 8 bits where p moves by <= 2 % of min(p, 1 - p), else 16 (brute force here)
+    t8 = min(round(p * 256), 255)
+    expect_bits = 8 if abs(t8 / 256 - p) <= 0.02 * min(p, 1 - p) else 16
+    assert bits == expect_bits and t == min(round(p * 2 ** bits), 2 ** bits - 1) and p_eff == t / 2 ** bits
+    assert abs(p_eff - p) <= 2.0 ** -(bits + 1)
+    assert bits == 16 or abs(p_eff - p) <= 0.02 * min(p, 1 - p)
+    assert bits == {0.0: 8, 0.1: 8, 0.3: 8, 0.5: 8, 0.9: 8, 1e-6: 16, 0.01: 16, 0.99999: 16}[p]
     values = np.unique(m)
     keep = np.float32(1.0 / (1.0 - p_eff))
     assert set(values.tolist()) <= {0.0, float(keep)}
@@ -104,6 +112,17 @@ def test_dropout_stream_mean_is_one_and_rate_is_p_eff(p):
     if 0 < p_eff:
         var = m.astype(np.float64).var()
         assert abs(var / (p_eff / (1 - p_eff)) - 1) <= 5 * np.sqrt(2 / n) + 5 * np.sqrt(1 / (n * p_eff * (1 - p_eff)))
+
+
+def test_dropout_rate_is_p_eff_not_p_where_8_bits_move_it():
+    """p = 0.1 draws at p_eff = 26/256 = 0.1016 (declared): with 4M elements the rate is told apart
+    from 0.1 (a sampler that kept 16-bit thresholds, or compared with p itself, fails here)."""
+    n = 4_000_000
+    m = sample_noise_rows([NoiseSpec("m", "dropout_mask", (1000,), {"p": 0.1})], n // 1000,
+                          np.random.default_rng(6))["m"]
+    rate = float(np.mean(m == 0))
+    se = math.sqrt(0.1 * 0.9 / n)
+    assert abs(rate - 26 / 256) <= 5 * se and abs(rate - 0.1) > 5 * se
 
 
 def test_uniform_normal_categorical_stream_moments():
