@@ -261,11 +261,12 @@ def words_per_row(specs: Sequence[NoiseSpec]) -> int:
     return sum(w for _, w in row_layout(specs))
 
 
+@functools.lru_cache(maxsize=256)
 def dropout_threshold(p: float) -> Tuple[int, float, int]:
     """``(t, p_eff, bits)`` of a dropout mask of probability ``p``: each element takes ``bits`` (8 or
     16) random bits ``u`` and drops where ``u < t``, so ``p_eff = t / 2**bits`` is the drop
     probability really drawn. 8 bits where ``|p_eff - p| <= DROPOUT_8BIT_REL_TOL * min(p, 1 - p)``,
-    else 16."""
+    else 16. Cached (decoding calls it once per spec and call)."""
     p = float(p)
     for bits in (8, 16):
         full = 1 << bits
