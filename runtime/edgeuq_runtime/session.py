@@ -22,7 +22,7 @@ from .bundle import MANIFEST_FILE, Bundle, PathLike, load_bundle
 from .errors import BackendError, BundleError, InputError, ManifestError
 from .executors import MAX_THREADS, GraphRunner, files_opened, load_graph
 from .manifest import MAX_SAMPLES, GraphSpec, Manifest
-from .noise import mean_noise, sample_noise_rows, words_per_row
+from .noise import mean_noise, prepare_noise, sample_noise_rows, words_per_row
 from .placement import check_placement
 from .front_end import apply_front_end, front_end_of
 from .preprocess import input_quality, normalize, validate_signal, validate_tokens
@@ -154,6 +154,7 @@ class UncertaintyRuntime:
         _check_shape("trunk", self._trunk, m.input.name, (m.input.length,), "input.length")
         for spec in m.noise:
             _check_shape("head", self._head, spec.name, spec.shape, f"noise {spec.name!r} shape")
+        prepare_noise(m.noise)   # build the normal table now, not in the first predict call
         self._check_logits_static()
         self._check_by_running()
 

@@ -113,3 +113,14 @@ def test_uniform_values_are_the_cell_midpoints():
     np.testing.assert_array_equal(k, np.round(k))                 # exact: (v + 1/2) 2**-16 is a float32
     assert k.min() >= 0 and k.max() <= 65535
 
+
+
+def test_prepare_noise_builds_the_table_only_for_normal_specs():
+    """UncertaintyRuntime calls prepare_noise at load, so the first predict does not build the table."""
+    from edgeuq_runtime.noise import prepare_noise
+
+    normal_table.cache_clear()
+    prepare_noise([NoiseSpec("d", "dropout_mask", (4,), {"p": 0.1}), NoiseSpec("u", "uniform", (3,))])
+    assert normal_table.cache_info().currsize == 0
+    prepare_noise([NoiseSpec("u", "uniform", (3,)), NoiseSpec("z", "standard_normal", (2,))])
+    assert normal_table.cache_info().currsize == 1
