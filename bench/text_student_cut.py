@@ -83,6 +83,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-seconds", type=float, default=900)
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--full-position-table", action="store_true",
+                    help="keep the teacher's whole position table (default: only the --max-length positions the "
+                         "tokenizer can emit; same outputs, (512 - max_length) x 384 fewer float32 weights)")
     ap.add_argument("--fit", type=int, default=3000, help="training phrases fitting the student's densities")
     ap.add_argument("--choice", choices=("fisher", "top", "bottom"), default="fisher",
                     help="which layer choice is distilled (all three are compared without training)")
@@ -152,13 +155,15 @@ def main(argv=None) -> int:
                "bottom": tuple(range(a.layers))}
     zero_shot = {}
     for name, layers in choices.items():
-        spec = StudentSpec(layers=layers, ffn=a.ffn, rank=a.rank, max_length=a.max_length)
+        spec = StudentSpec(layers=layers, ffn=a.ffn, rank=a.rank, max_length=a.max_length,
+                           trim_positions=not a.full_position_table)
         s, info = build_student(teacher, spec, old_ids, fisher)
         zero_shot[name] = {"layers": list(layers), **_agreement(s, remap[dev_ids], t_dev_pred, dev.y), **info}
         print(f"cut {name} {layers}, no training: {zero_shot[name]}", flush=True)
 
     # 3. build + distil the chosen cut (default: the Fisher choice)
-    spec = StudentSpec(layers=choices[a.choice], ffn=a.ffn, rank=a.rank, max_length=a.max_length)
+    spec = StudentSpec(layers=choices[a.choice], ffn=a.ffn, rank=a.rank, max_length=a.max_length,
+                       trim_positions=not a.full_position_table)
     student, info = build_student(teacher, spec, old_ids, fisher)
     ti = np.sort(rng.permutation(len(train))[:a.transfer])
     t_ids = tok.encode_batch([train.texts[i] for i in ti])
@@ -258,6 +263,7 @@ def main(argv=None) -> int:
                 "Fisher, vocabulary pruned to SST-2 phrase tokens, SVD-factorised embedding, distilled with hidden-"
                 "state matching); teacher vs student",
         "spec": {"choice": a.choice, "layers": list(spec.layers), "ffn": spec.ffn, "rank": spec.rank,
+                 "positions": int(student.cfg.max_position_embeddings),
                  "vocab": int(small_tok.vocab_size), "embedding_params": emb_params, **info},
         "fisher": {"rows": a.fisher, "layers": fisher.layers.tolist(), "seconds": t_fisher},
         "layer_choice_zero_shot": zero_shot,

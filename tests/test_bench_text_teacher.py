@@ -81,8 +81,7 @@ def test_bench_host_rows_match_the_artifact_model(run):
     tok = wordpiece_from_tokenizer_json(load_pretrained(Path(argv[argv.index("--model") + 1])).tokenizer_json, 16)
     test = load_sst2(data / "sst2")["test"]
     with torch.no_grad():
-        pred = model(torch.from_numpy(tok.encode_batch(test.texts))).argmax(-1).numpy() \
-            if False else model.head_forward(model.trunk(torch.from_numpy(tok.encode_batch(test.texts)))).argmax(-1).numpy()
+        pred = model.head_forward(model.trunk(torch.from_numpy(tok.encode_batch(test.texts)))).argmax(-1).numpy()
     acc = float(np.mean(pred == test.y))
     assert abs(res["rows"]["deterministic"]["acc"] - acc) <= 1e-9
 

@@ -153,8 +153,7 @@ class FactorisedEmbeddings(BertEmbeddings):
         self.word_proj = nn.Linear(rank, cfg.hidden_size, bias=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        t = ids.shape[1]
-        pos = self.position_embeddings.weight[:t].unsqueeze(0)
+        pos = self.positions(ids.shape[1])
         typ = self.token_type_embeddings.weight[0]
         return self.LayerNorm(self.word_proj(self.word_low(ids)) + pos + typ)
 
@@ -179,7 +178,12 @@ class StudentSpec:
     layers: Tuple[int, ...]          # teacher layers kept, in order
     ffn: int                         # FFN neurons kept per layer
     rank: int                        # embedding rank (0 = no factorisation)
-    max_length: int = 64
+    max_length: int = 64             # the most WordPiece ids the student's tokenizer emits ([CLS]/[SEP] included)
+    # keep only the first ``max_length`` rows of the teacher's position table (the positions the tokenizer can
+    # emit; MiniLM's 512 x 384 table is 448 x 384 weights the student never reads at max_length 64). Outputs for
+    # input of <= max_length ids are unchanged; longer input is refused (BertEmbeddings.positions), and a bundle
+    # whose tokenizer could emit more is refused at export (edgeuq.text.export).
+    trim_positions: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
@@ -187,6 +191,10 @@ class StudentSpec:
             raise ValueError(f"layers must be distinct teacher layer indices in order, got {self.layers}")
         if self.ffn < 1 or self.rank < 0:
             raise ValueError(f"ffn must be >= 1 and rank >= 0, got {self.ffn}, {self.rank}")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 3:
+            raise ValueError(f"max_length must be an integer >= 3 ([CLS], a token, [SEP]), got {self.max_length!r}")
+        if not isinstance(self.trim_positions, bool):
+            raise ValueError(f"trim_positions must be true or false, got {self.trim_positions!r}")
 
 
 def param_count(module: nn.Module) -> int:
@@ -204,7 +212,11 @@ def build_student(teacher: TextClassifier, spec: StudentSpec, old_ids: np.ndarra
                          f"{tc.intermediate_size} FFN)")
     if spec.ffn < tc.intermediate_size and fisher is None:
         raise ValueError("pruning FFN neurons needs the mask Fisher")
-    cfg = replace(tc, vocab_size=int(len(old_ids)), num_hidden_layers=len(spec.layers), intermediate_size=spec.ffn)
+    if spec.max_length > tc.max_position_embeddings:
+        raise ValueError(f"max_length {spec.max_length} exceeds the teacher's {tc.max_position_embeddings} positions")
+    positions = spec.max_length if spec.trim_positions else tc.max_position_embeddings
+    cfg = replace(tc, vocab_size=int(len(old_ids)), num_hidden_layers=len(spec.layers), intermediate_size=spec.ffn,
+                  max_position_embeddings=positions)
     s = TextClassifier(cfg, num_classes=teacher.num_classes, hidden=teacher.hidden, head_dropout=teacher.head_dropout,
                        scheme=teacher.scheme)
     info: Dict[str, float] = {}
@@ -217,7 +229,8 @@ def build_student(teacher: TextClassifier, spec: StudentSpec, old_ids: np.ndarra
         se.embeddings = emb
     else:
         se.embeddings.word_embeddings.weight.copy_(table)
-    for name in ("position_embeddings", "token_type_embeddings", "LayerNorm"):
+    se.embeddings.position_embeddings.weight.copy_(te.embeddings.position_embeddings.weight[:positions])
+    for name in ("token_type_embeddings", "LayerNorm"):
         getattr(se.embeddings, name).load_state_dict(getattr(te.embeddings, name).state_dict())
     for j, i in enumerate(spec.layers):
         src, dst = te.layers[i], se.layers[j]
