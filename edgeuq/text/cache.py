@@ -43,16 +43,19 @@ class HiddenCache:
             else self.states[:0]
         return HiddenCache(self.start, states, offsets, self.labels[index])
 
+    def mask(self, index: Sequence[int]) -> torch.Tensor:
+        """(B, T) float padding mask of rows ``index`` (1 on each sentence's tokens), T the longest."""
+        lengths = torch.as_tensor([int(self.offsets[i + 1] - self.offsets[i]) for i in index])
+        return (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).to(torch.float32)
+
     def batch(self, index: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
         lengths = [int(self.offsets[i + 1] - self.offsets[i]) for i in index]
         t = max(lengths)
         d = self.states.shape[1]
         h = np.zeros((len(index), t, d), dtype=np.float32)
-        m = np.zeros((len(index), t), dtype=np.float32)
         for row, (i, n) in enumerate(zip(index, lengths)):
             h[row, :n] = self.states[self.offsets[i]:self.offsets[i] + n]
-            m[row, :n] = 1.0
-        return torch.from_numpy(h), torch.from_numpy(m)
+        return torch.from_numpy(h), self.mask(index)
 
 
 def progress(msg: str) -> None:

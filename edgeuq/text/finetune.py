@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.sampling import mc_sample_head_logits, noise_by_sample
 from ..schemes.laplace import laplace_factors_kron
+from ..training.loop import Batch, LossOut, StepTotals, run_steps
 from .cache import HiddenCache, progress as _progress
 from .classifier import TextClassifier
 
@@ -92,25 +94,29 @@ def finetune(model: TextClassifier, train: HiddenCache, cfg: FinetuneConfig,
     steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.06 * steps)) * max(0.0, 1 - s / steps))
     history: Dict[str, list] = {"train_loss": [], "val_acc": []}
+    start = train.start
+
+    def loss_fn(m: TextClassifier, batch: Batch) -> LossOut:
+        logits = m.head_forward(m.trunk_from_hidden(batch.x, train.mask(batch.index.tolist()), start))
+        return LossOut(nn.functional.cross_entropy(logits, batch.y), logits)
+
     t0 = time.time()
     for epoch in range(cfg.epochs):
         model.train()
         model.encoder.embeddings.eval()
-        total, n = 0.0, 0
-        batches = _batches(train, cfg.batch_size, rng)
-        for b, idx in enumerate(batches):
-            h, m = train.batch(idx)
-            y = torch.from_numpy(train.labels[idx])
-            logits = model.head_forward(model.trunk_from_hidden(h, m, train.start))
-            loss = nn.functional.cross_entropy(logits, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            n += len(idx)
+        order = _batches(train, cfg.batch_size, rng)
+
+        def batches(order=order):
+            for idx in order:
+                yield Batch(train.batch(idx)[0], torch.from_numpy(train.labels[idx]), torch.from_numpy(idx))
+
+        def on_step(b: int, t: StepTotals, epoch=epoch, n_batches=len(order)) -> None:
             if b % 100 == 0 and sys.stdout.isatty():
-                _progress(f"epoch {epoch + 1}/{cfg.epochs} step {b + 1}/{len(batches)} loss {total / n:.4f}")
+                _progress(f"epoch {epoch + 1}/{cfg.epochs} step {b + 1}/{n_batches} loss {t.loss_sum / t.rows:.4f}")
+
+        # the shared step loop (edgeuq.training.loop); fine-tuning clips no gradients, as it never did
+        totals = run_steps(model, opt, sched, batches(), loss_fn, clip_norm=None, on_step=on_step)
+        total, n = totals.loss_sum, totals.rows
         history["train_loss"].append(total / max(n, 1))
         msg = f"epoch {epoch + 1}/{cfg.epochs}: train loss {total / max(n, 1):.4f}"
         if val is not None:
@@ -168,15 +174,15 @@ def fit_text_laplace(model: TextClassifier, train_feats: np.ndarray, val_feats: 
 
 @torch.no_grad()
 def sample_probs(model: TextClassifier, feats: np.ndarray, samples: int, seed: int = 0) -> np.ndarray:
-    """(S, N, C) softmax probabilities of the head with noise drawn like the runtime
-    (numpy, seeded; the model's scheme decides which noise)."""
-    from edgeuq_runtime.noise import sample_noise
-
-    rng = np.random.default_rng(seed)
-    specs = model.noise_specs()
+    """(S, N, C) softmax probabilities of the head with the runtime's kinds of noise drawn by its
+    numpy samplers (seeded, one sample at a time: :func:`edgeuq.models.sampling.noise_by_sample`;
+    the model's scheme decides which noise), through the one sampler
+    :func:`~edgeuq.models.sampling.mc_sample_head_logits`. Not the runtime's noise *stream*
+    (``edgeuq_runtime.noise.sample_noise_for_sample``): the same seed gives other draws there."""
     f = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
-    out = []
-    for _ in range(samples):
-        noise = {k: torch.from_numpy(v.astype(np.float32)) for k, v in sample_noise(specs, len(feats), rng).items()}
-        out.append(torch.softmax(model.head_forward(f, noise), -1).numpy())
-    return np.stack(out)
+    specs = model.noise_specs()
+    noise: dict = {}  # a head without noise inputs gets none (as before: never torch's own draws)
+    if specs:
+        noise = {k: v.astype(np.float32) for k, v in
+                 noise_by_sample(specs, samples, len(feats), np.random.default_rng(seed)).items()}
+    return torch.softmax(mc_sample_head_logits(model, f, samples, noise=noise), -1).numpy()
