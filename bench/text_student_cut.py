@@ -24,6 +24,7 @@ Steps, all measured in this run:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -110,7 +111,8 @@ def main(argv=None) -> int:
     from edgeuq.text.finetune import fit_text_laplace
     from edgeuq.text.ood import avg_avg, layer_pooled, shuffle_words, text_sentences, truncate_words
     from edgeuq.text.pretrained import load_pretrained
-    from edgeuq.text.student import (DistilConfig, StudentSpec, build_student, choose_layers, distil_student,
+    from edgeuq.text.student import (STUDENT_TRAIN, DistilConfig, StudentSpec, build_student, choose_layers,
+                                     distil_student,
                                      mask_fisher, param_count, prune_vocab)
     from edgeuq.text.wordpiece import wordpiece_from_tokenizer_json
     from edgeuq.uq import auroc, decompose, expected_calibration_error
@@ -169,7 +171,8 @@ def main(argv=None) -> int:
     t_ids = tok.encode_batch([train.texts[i] for i in ti])
     t0 = time.time()
     hist = distil_student(student, teacher, spec, t_ids, remap[t_ids],
-                          DistilConfig(epochs=a.epochs, max_seconds=a.max_seconds, seed=a.seed),
+                          DistilConfig(max_seconds=a.max_seconds,
+                                       train=dataclasses.replace(STUDENT_TRAIN, epochs=a.epochs, seed=a.seed)),
                           log=lambda m: print(m, flush=True))
     t_distil = time.time() - t0
     print(f"distilled in {t_distil:.0f}s: {hist}", flush=True)

@@ -253,8 +253,9 @@ def main(argv=None) -> int:
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
     if a.student:
-        results["student"] = _student(a, model, pre, tok, full_cache, ids_train, train.y, train.texts, val, feats["val"],
-                                      sst["test"], {"trec_test": trec_test, "trec_train": trec_train}, teacher_dir)
+        results["student"] = _student(a, model, pre, tok, full_cache, ids_train, train.y, train.texts, val,
+                                      feats["val"], sst["test"], {"trec_test": trec_test, "trec_train": trec_train},
+                                      teacher_dir)
     a.out.mkdir(parents=True, exist_ok=True)
     atomic_write(a.out / "results.json", json.dumps(results, indent=1))
 

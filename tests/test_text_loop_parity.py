@@ -16,16 +16,18 @@ from torch import nn
 from edgeuq.text.bert import BertConfig
 from edgeuq.text.cache import HiddenCache, cache_hidden
 from edgeuq.text.classifier import TextClassifier
+from edgeuq.training import TrainConfig
 from edgeuq.text.finetune import FinetuneConfig, _batches, features_from_cache, finetune, fit_text_laplace, sample_probs
 
 TINY = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=24,
                   max_position_embeddings=20)
 
 
-# ----------------------------------------------------------------------------- references (pre-change, verbatim)
+# ----------------------------------------------------------------------------- references (pre-change, verbatim;
+# the fine-tune reads its flat options from FinetuneConfig.train now: cfg.X -> cfg.train.X)
 def finetune_reference(model, train: HiddenCache, cfg: FinetuneConfig, val=None):
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.train.seed)
+    rng = np.random.default_rng(cfg.train.seed)
     for p in model.encoder.parameters():
         p.requires_grad_(False)
     enc_params = [p for layer in list(model.encoder.layers)[train.start:] for p in layer.parameters()]
@@ -34,16 +36,16 @@ def finetune_reference(model, train: HiddenCache, cfg: FinetuneConfig, val=None)
     head_params = list(model.fc1.parameters()) + [model.fc2.weight, model.fc2.bias]
     groups = [{"params": head_params, "lr": cfg.lr_head}]
     if enc_params:
-        groups.append({"params": enc_params, "lr": cfg.lr_encoder})
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
+        groups.append({"params": enc_params, "lr": cfg.train.lr})
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay)
+    steps = cfg.train.epochs * math.ceil(len(train) / cfg.train.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.06 * steps)) * max(0.0, 1 - s / steps))
     history = {"train_loss": [], "val_acc": []}
-    for epoch in range(cfg.epochs):
+    for epoch in range(cfg.train.epochs):
         model.train()
         model.encoder.embeddings.eval()
         total, n = 0.0, 0
-        batches = _batches(train, cfg.batch_size, rng)
+        batches = _batches(train, cfg.train.batch_size, rng)
         for b, idx in enumerate(batches):
             h, m = train.batch(idx)
             y = torch.from_numpy(train.labels[idx])
@@ -111,7 +113,8 @@ def _max_param_diff(a, b) -> float:
 def test_finetune_on_the_shared_step_loop_equals_the_old_loop(start):
     model, cache, val = _setup(start=start)
     a, b = copy.deepcopy(model), copy.deepcopy(model)
-    cfg = FinetuneConfig(train_layers=TINY.num_hidden_layers - start, epochs=3, batch_size=16, lr_encoder=1e-3, lr_head=3e-3, seed=3)
+    cfg = FinetuneConfig(train_layers=TINY.num_hidden_layers - start, lr_head=3e-3,
+                         train=TrainConfig(epochs=3, batch_size=16, lr=1e-3, weight_decay=0.01, seed=3))
     ha = finetune_reference(a, cache, cfg, val=val)
     hb = finetune(b, cache, cfg, val=val)
     assert _max_param_diff(model, b) > 1e-3  # it trained
@@ -161,6 +164,139 @@ def test_run_epochs_on_run_steps_equals_the_old_loop():
     assert ra.best_epoch == rb.best_epoch == 4
     for ea, eb in zip(ra.history, rb.history):
         assert abs(ea.train_loss - eb.train_loss) <= 1e-7 and ea.train_acc == eb.train_acc
+
+
+
+def test_distil_student_with_shared_options_and_helpers_equals_the_old_one():
+    """distil_student now reads TrainConfig (DistilConfig.train) and uses the shared schedule and
+    length buckets; against its pre-change source (with its own flat DistilConfig), verbatim."""
+    from edgeuq.text.student import DistilConfig, StudentSpec, build_student, distil_student, mask_fisher
+
+    ns: dict = {}
+    exec(compile(_OLD_DISTIL, "old_distil_student", "exec"), ns)
+    torch.manual_seed(0)
+    teacher = TextClassifier(TINY, num_classes=2, hidden=8, scheme="mc_dropout").eval()
+    spec = StudentSpec(layers=(0, 2), ffn=16, rank=4, max_length=10)
+    ids = _ids(np.random.default_rng(7), 48)
+    fisher = mask_fisher(teacher, ids[:8], batch_size=8)
+    s0, _ = build_student(teacher, spec, np.arange(TINY.vocab_size), fisher)
+    a, b = copy.deepcopy(s0), copy.deepcopy(s0)
+    ha = ns["distil_student"](a, teacher, spec, ids, ids, ns["DistilConfig"](epochs=3, batch_size=16, lr=3e-3,
+                                                                             lr_head=2e-3, seed=4), log=lambda m: None)
+    hb = distil_student(b, teacher, spec, ids, ids,
+                        DistilConfig(lr_head=2e-3, train=TrainConfig(epochs=3, batch_size=16, lr=3e-3, seed=4)),
+                        log=lambda m: None)
+    assert _max_param_diff(s0, b) > 1e-3  # it trained
+    err = _max_param_diff(a, b)
+    assert err <= 1e-6, err
+    for k in ("loss", "kl", "hidden"):
+        assert np.allclose(ha[k], hb[k], rtol=0, atol=1e-7), k
+
+
+_OLD_DISTIL = '''
+import math, time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Tuple
+import numpy as np
+import torch
+from torch import nn
+from edgeuq.text.bert import key_bias_from_mask, masked_mean_pool
+def _hidden_all(encoder, ids: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    mask = encoder.mask(ids)
+    bias = key_bias_from_mask(mask)
+    h = encoder.embeddings(ids)
+    out = []
+    for layer in encoder.layers:
+        h = layer(h, bias)
+        out.append(h)
+    return out, mask
+
+
+@dataclass(frozen=True)
+class DistilConfig:
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-4
+    lr_head: float = 5e-4
+    temperature: float = 2.0
+    hidden_weight: float = 1.0
+    seed: int = 0
+    max_seconds: float = 0.0        # stop early after this much training time (0 = no limit)
+
+
+def distil_student(student: TextClassifier, teacher: TextClassifier, spec: StudentSpec, teacher_ids: np.ndarray,
+                   student_ids: np.ndarray, cfg: DistilConfig = DistilConfig(),
+                   log: Callable[[str], None] = print) -> Dict[str, list]:
+    """KL(teacher || student) at temperature T (times T^2) on the deterministic logits, plus
+    the token-masked MSE of every student layer's output against the teacher layer it was
+    cut from, on teacher-labelled text (the teacher computed on the fly, no gradients)."""
+    if teacher_ids.shape != student_ids.shape:
+        raise ValueError("teacher_ids and student_ids must be the same texts")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    teacher.eval()
+    head = list(student.fc1.parameters()) + [student.fc2.weight, student.fc2.bias]
+    hid = set(id(p) for p in head)
+    body = [p for p in student.parameters() if id(p) not in hid]
+    opt = torch.optim.AdamW([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.lr_head}], weight_decay=0.01)
+    lengths = (teacher_ids != 0).sum(1)
+    steps = cfg.epochs * math.ceil(len(teacher_ids) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.06 * steps)) * max(0.0, 1 - s / steps))
+    hist: Dict[str, list] = {"loss": [], "kl": [], "hidden": [], "seconds": []}
+    t0 = time.time()
+    T = cfg.temperature
+    step = 0
+    for epoch in range(cfg.epochs):
+        order = rng.permutation(len(teacher_ids))
+        chunks = [order[i:i + cfg.batch_size * 50] for i in range(0, len(order), cfg.batch_size * 50)]
+        batches = []
+        for c in chunks:
+            c = c[np.argsort(lengths[c], kind="stable")]
+            batches += [c[i:i + cfg.batch_size] for i in range(0, len(c), cfg.batch_size)]
+        rng.shuffle(batches)
+        student.train()
+        tot = [0.0, 0.0, 0.0]
+        n = 0
+        for idx in batches:
+            t = int(lengths[idx].max())
+            xt = torch.from_numpy(teacher_ids[idx, :t])
+            xs = torch.from_numpy(student_ids[idx, :t])
+            with torch.no_grad():
+                th, tmask = _hidden_all(teacher.encoder, xt)
+                tz = teacher.head_forward(masked_mean_pool(th[-1], tmask))
+            sh, smask = _hidden_all(student.encoder, xs)
+            student.set_sampling(False)
+            sz = student.head_forward(masked_mean_pool(sh[-1], smask))
+            kl = nn.functional.kl_div(nn.functional.log_softmax(sz / T, -1), nn.functional.softmax(tz / T, -1),
+                                      reduction="batchmean") * T * T
+            m = smask.unsqueeze(-1)
+            mse = sum(((s_h - th[i]) ** 2 * m).sum() / (m.sum() * s_h.shape[-1])
+                      for s_h, i in zip(sh, spec.layers))
+            loss = kl + cfg.hidden_weight * mse
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            tot[0] += float(loss.detach()) * len(idx)
+            tot[1] += float(kl.detach()) * len(idx)
+            tot[2] += float(mse.detach()) * len(idx)
+            n += len(idx)
+            if step % 100 == 0:
+                log(f"distil epoch {epoch + 1} step {step}/{steps}: loss {tot[0] / n:.4f} (kl {tot[1] / n:.4f}, "
+                    f"hidden {tot[2] / n:.4f}) {time.time() - t0:.0f}s")
+            if cfg.max_seconds and time.time() - t0 > cfg.max_seconds:
+                break
+        for key, v in zip(("loss", "kl", "hidden"), tot):
+            hist[key].append(v / max(n, 1))
+        hist["seconds"].append(time.time() - t0)
+        if cfg.max_seconds and time.time() - t0 > cfg.max_seconds:
+            log(f"distillation stopped at the time limit ({cfg.max_seconds:.0f}s) after {step} of {steps} steps")
+            hist["stopped_at_step"] = [step, steps]
+            break
+    student.eval()
+    return hist
+'''
 
 
 _OLD_RUN_EPOCHS = '''

@@ -10,6 +10,7 @@ from edgeuq.text.bert import BertConfig, key_bias_from_mask, masked_mean_pool
 from edgeuq.text.classifier import TextClassifier
 from edgeuq.text.student import (FactorisedEmbeddings, StudentSpec, build_student, choose_layers, distil_student,
                                  DistilConfig, mask_fisher, masked_forward, prune_vocab)
+from edgeuq.training import TrainConfig
 from edgeuq_runtime.wordpiece import WordPieceTokenizer
 
 TINY = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=24,
@@ -147,6 +148,6 @@ def test_distil_student_lowers_its_loss_on_a_tiny_run():
     fisher = mask_fisher(t, ids[:16], batch_size=8)
     spec = StudentSpec(layers=choose_layers(fisher, 2), ffn=16, rank=4, max_length=16)
     s, _ = build_student(t, spec, np.arange(TINY.vocab_size), fisher)
-    h = distil_student(s, t, spec, ids, ids, DistilConfig(epochs=4, batch_size=16, lr=3e-3, lr_head=3e-3),
+    h = distil_student(s, t, spec, ids, ids, DistilConfig(lr_head=3e-3, train=TrainConfig(epochs=4, batch_size=16, lr=3e-3)),
                        log=lambda m: None)
     assert h["loss"][-1] < h["loss"][0]

@@ -12,7 +12,7 @@ import torch
 
 from edgeuq.text.bert import BertConfig
 from edgeuq.text.classifier import TextClassifier
-from edgeuq.text.student import StudentSpec, build_student, mask_fisher, param_count
+from edgeuq.text.student import StudentSpec, build_student, param_count
 
 TINY = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=24,
                   max_position_embeddings=32)

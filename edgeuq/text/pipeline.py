@@ -227,7 +227,7 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
     file and write a :class:`TextTeacher` artifact to ``out`` (see the module docstring)."""
     from .cache import cache_hidden, cache_key
     from .export import export_text_bundle
-    from .finetune import FinetuneConfig, features_from_cache, finetune, fit_text_laplace
+    from .finetune import FINETUNE_TRAIN, FinetuneConfig, features_from_cache, finetune, fit_text_laplace
     from .pretrained import load_pretrained
     from .wordpiece import wordpiece_from_tokenizer_json
 
@@ -284,8 +284,9 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
     if options.train_subset and options.train_subset < len(train_cache):
         train_cache = train_cache.subset(seeded_rows(len(train_cache), options.train_subset, options.seed))
 
-    cfg = FinetuneConfig(train_layers=options.train_layers, epochs=options.epochs, batch_size=options.batch,
-                         lr_encoder=options.lr, lr_head=options.lr_head, seed=options.seed)
+    cfg = FinetuneConfig(train_layers=options.train_layers, lr_head=options.lr_head,
+                         train=replace(FINETUNE_TRAIN, epochs=options.epochs, batch_size=options.batch, lr=options.lr,
+                                       seed=options.seed))
     trained_on = {k: options.to_dict()[k] for k in ("train_layers", "epochs", "lr", "lr_head", "batch", "max_length",
                                                      "train_limit", "train_subset", "val_limit", "hidden",
                                                      "head_dropout", "seed")}

@@ -32,11 +32,14 @@ from torch import nn
 
 from edgeuq_runtime.wordpiece import WordPieceTokenizer
 
+from ..training.config import TrainConfig
+from ..training.loop import warmup_linear_decay
 from .bert import BertConfig, BertEmbeddings, key_bias_from_mask, masked_mean_pool
+from .cache import length_buckets
 from .classifier import TextClassifier
 
 __all__ = ["MaskFisher", "mask_fisher", "choose_layers", "prune_vocab", "FactorisedEmbeddings", "StudentSpec",
-           "build_student", "distil_student", "param_count"]
+           "build_student", "DistilConfig", "STUDENT_TRAIN", "distil_student", "param_count"]
 
 
 # ----------------------------------------------------------------------------- mask Fisher
@@ -259,16 +262,34 @@ def _hidden_all(encoder, ids: torch.Tensor) -> Tuple[List[torch.Tensor], torch.T
     return out, mask
 
 
+#: The student distillation's defaults of the shared optimiser options (``lr``: the encoder's).
+STUDENT_TRAIN = TrainConfig(epochs=1, batch_size=32, lr=1e-4, weight_decay=0.01)
+
+
 @dataclass(frozen=True)
 class DistilConfig:
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 1e-4
+    """How :func:`distil_student` trains: the encoder at ``train.lr``, the head at ``lr_head``.
+    ``train`` is the project's one set of optimiser options (:class:`edgeuq.training.TrainConfig`:
+    epochs, batch_size, lr, weight_decay, seed, threads); distillation keeps every epoch (its
+    ``patience`` is not used) and may stop at ``max_seconds``."""
+
     lr_head: float = 5e-4
     temperature: float = 2.0
     hidden_weight: float = 1.0
-    seed: int = 0
     max_seconds: float = 0.0        # stop early after this much training time (0 = no limit)
+    train: TrainConfig = STUDENT_TRAIN
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError(f"train must be a TrainConfig, got {type(self.train).__name__}")
+        for name in ("lr_head", "temperature"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v > 0):  # NaN-safe
+                raise ValueError(f"{name} must be > 0, got {v!r}")
+        for name in ("hidden_weight", "max_seconds"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v >= 0):
+                raise ValueError(f"{name} must be >= 0, got {v!r}")
 
 
 def distil_student(student: TextClassifier, teacher: TextClassifier, spec: StudentSpec, teacher_ids: np.ndarray,
@@ -279,28 +300,26 @@ def distil_student(student: TextClassifier, teacher: TextClassifier, spec: Stude
     cut from, on teacher-labelled text (the teacher computed on the fly, no gradients)."""
     if teacher_ids.shape != student_ids.shape:
         raise ValueError("teacher_ids and student_ids must be the same texts")
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
     teacher.eval()
     head = list(student.fc1.parameters()) + [student.fc2.weight, student.fc2.bias]
     hid = set(id(p) for p in head)
     body = [p for p in student.parameters() if id(p) not in hid]
-    opt = torch.optim.AdamW([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.lr_head}], weight_decay=0.01)
+    opt = torch.optim.AdamW([{"params": body, "lr": tc.lr}, {"params": head, "lr": cfg.lr_head}],
+                            weight_decay=tc.weight_decay)
     lengths = (teacher_ids != 0).sum(1)
-    steps = cfg.epochs * math.ceil(len(teacher_ids) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.06 * steps)) * max(0.0, 1 - s / steps))
+    steps = tc.epochs * math.ceil(len(teacher_ids) / tc.batch_size)
+    sched = warmup_linear_decay(opt, steps)
     hist: Dict[str, list] = {"loss": [], "kl": [], "hidden": [], "seconds": []}
     t0 = time.time()
     T = cfg.temperature
     step = 0
-    for epoch in range(cfg.epochs):
-        order = rng.permutation(len(teacher_ids))
-        chunks = [order[i:i + cfg.batch_size * 50] for i in range(0, len(order), cfg.batch_size * 50)]
-        batches = []
-        for c in chunks:
-            c = c[np.argsort(lengths[c], kind="stable")]
-            batches += [c[i:i + cfg.batch_size] for i in range(0, len(c), cfg.batch_size)]
-        rng.shuffle(batches)
+    for epoch in range(tc.epochs):
+        batches = length_buckets(lengths, tc.batch_size, rng)
         student.train()
         tot = [0.0, 0.0, 0.0]
         n = 0

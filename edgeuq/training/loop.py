@@ -27,7 +27,7 @@ from .config import TrainConfig
 
 __all__ = [
     "EpochStats", "TrainResult", "train_model", "predict_logits", "run_epochs", "check_dataset", "Batch", "LossOut",
-    "LossFn", "cross_entropy_loss", "deterministic_validation", "StepTotals", "run_steps",
+    "LossFn", "cross_entropy_loss", "deterministic_validation", "StepTotals", "run_steps", "warmup_linear_decay",
 ]
 
 
@@ -113,6 +113,13 @@ def check_dataset(name: str, x: np.ndarray, y: np.ndarray, model: nn.Module) -> 
         raise ValueError(f"{name} labels must be in [0, {model.cfg.num_classes}), got [{y.min()}, {y.max()}]")
     if model.cfg.embed == "token" and not np.issubdtype(x.dtype, np.integer):
         raise ValueError(f"{name} inputs of a token model must be integer ids, got {x.dtype}")
+
+
+def warmup_linear_decay(opt: torch.optim.Optimizer, steps: int, warmup: float = 0.06):
+    """Linear warm-up over the first ``warmup`` share of ``steps``, then linear decay to 0 (BERT's
+    fine-tuning schedule; the text fine-tune and the text student's distillation use it)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / (warmup * steps)) * max(0.0, 1 - s / steps))
 
 
 @final
