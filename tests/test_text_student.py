@@ -148,6 +148,7 @@ def test_distil_student_lowers_its_loss_on_a_tiny_run():
     fisher = mask_fisher(t, ids[:16], batch_size=8)
     spec = StudentSpec(layers=choose_layers(fisher, 2), ffn=16, rank=4, max_length=16)
     s, _ = build_student(t, spec, np.arange(TINY.vocab_size), fisher)
-    h = distil_student(s, t, spec, ids, ids, DistilConfig(lr_head=3e-3, train=TrainConfig(epochs=4, batch_size=16, lr=3e-3)),
+    cfg = DistilConfig(lr_head=3e-3, train=TrainConfig(epochs=4, batch_size=16, lr=3e-3))
+    h = distil_student(s, t, spec, ids, ids, cfg,
                        log=lambda m: None)
     assert h["loss"][-1] < h["loss"][0]
