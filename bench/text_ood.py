@@ -32,6 +32,7 @@ B and TREC report it. TREC is never used to choose.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import inspect
 import json
@@ -157,7 +158,8 @@ def main(argv=None) -> int:
     from edgeuq.data.text import load_sst2, load_trec
     from edgeuq.text.cache import cache_hidden, cache_key
     from edgeuq.text.classifier import TextClassifier
-    from edgeuq.text.finetune import FinetuneConfig, features_from_cache, finetune, fit_text_laplace, sample_probs
+    from edgeuq.text.finetune import (FINETUNE_TRAIN, FinetuneConfig, features_from_cache, finetune,
+                                      fit_text_laplace, sample_probs)
     from edgeuq.text.ood import avg_avg, energy_score, layer_pooled, shuffle_words, text_sentences, truncate_words
     from edgeuq.text.pretrained import load_pretrained
     from edgeuq.text.wordpiece import wordpiece_from_tokenizer_json
@@ -196,7 +198,8 @@ def main(argv=None) -> int:
         cache = cache.subset(sub)
         print(f"cache ready ({time.time() - t0:.0f}s); fine-tuning top {a.train_layers} layer(s) on {len(cache)} "
               "phrases", flush=True)
-        cfg = FinetuneConfig(train_layers=a.train_layers, epochs=a.epochs, seed=a.seed)
+        cfg = FinetuneConfig(train_layers=a.train_layers,
+                             train=dataclasses.replace(FINETUNE_TRAIN, epochs=a.epochs, seed=a.seed))
         history = finetune(model, cache, cfg)
         t_train = time.time() - t0
         model.scheme = "laplace"

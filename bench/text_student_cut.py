@@ -24,6 +24,7 @@ Steps, all measured in this run:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -83,6 +84,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-seconds", type=float, default=900)
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--full-position-table", action="store_true",
+                    help="keep the teacher's whole position table (default: only the --max-length positions the "
+                         "tokenizer can emit; same outputs, (512 - max_length) x 384 fewer float32 weights)")
     ap.add_argument("--fit", type=int, default=3000, help="training phrases fitting the student's densities")
     ap.add_argument("--choice", choices=("fisher", "top", "bottom"), default="fisher",
                     help="which layer choice is distilled (all three are compared without training)")
@@ -107,7 +111,8 @@ def main(argv=None) -> int:
     from edgeuq.text.finetune import fit_text_laplace
     from edgeuq.text.ood import avg_avg, layer_pooled, shuffle_words, text_sentences, truncate_words
     from edgeuq.text.pretrained import load_pretrained
-    from edgeuq.text.student import (DistilConfig, StudentSpec, build_student, choose_layers, distil_student,
+    from edgeuq.text.student import (STUDENT_TRAIN, DistilConfig, StudentSpec, build_student, choose_layers,
+                                     distil_student,
                                      mask_fisher, param_count, prune_vocab)
     from edgeuq.text.wordpiece import wordpiece_from_tokenizer_json
     from edgeuq.uq import auroc, decompose, expected_calibration_error
@@ -152,19 +157,22 @@ def main(argv=None) -> int:
                "bottom": tuple(range(a.layers))}
     zero_shot = {}
     for name, layers in choices.items():
-        spec = StudentSpec(layers=layers, ffn=a.ffn, rank=a.rank, max_length=a.max_length)
+        spec = StudentSpec(layers=layers, ffn=a.ffn, rank=a.rank, max_length=a.max_length,
+                           trim_positions=not a.full_position_table)
         s, info = build_student(teacher, spec, old_ids, fisher)
         zero_shot[name] = {"layers": list(layers), **_agreement(s, remap[dev_ids], t_dev_pred, dev.y), **info}
         print(f"cut {name} {layers}, no training: {zero_shot[name]}", flush=True)
 
     # 3. build + distil the chosen cut (default: the Fisher choice)
-    spec = StudentSpec(layers=choices[a.choice], ffn=a.ffn, rank=a.rank, max_length=a.max_length)
+    spec = StudentSpec(layers=choices[a.choice], ffn=a.ffn, rank=a.rank, max_length=a.max_length,
+                       trim_positions=not a.full_position_table)
     student, info = build_student(teacher, spec, old_ids, fisher)
     ti = np.sort(rng.permutation(len(train))[:a.transfer])
     t_ids = tok.encode_batch([train.texts[i] for i in ti])
     t0 = time.time()
     hist = distil_student(student, teacher, spec, t_ids, remap[t_ids],
-                          DistilConfig(epochs=a.epochs, max_seconds=a.max_seconds, seed=a.seed),
+                          DistilConfig(max_seconds=a.max_seconds,
+                                       train=dataclasses.replace(STUDENT_TRAIN, epochs=a.epochs, seed=a.seed)),
                           log=lambda m: print(m, flush=True))
     t_distil = time.time() - t0
     print(f"distilled in {t_distil:.0f}s: {hist}", flush=True)
@@ -258,6 +266,7 @@ def main(argv=None) -> int:
                 "Fisher, vocabulary pruned to SST-2 phrase tokens, SVD-factorised embedding, distilled with hidden-"
                 "state matching); teacher vs student",
         "spec": {"choice": a.choice, "layers": list(spec.layers), "ffn": spec.ffn, "rank": spec.rank,
+                 "positions": int(student.cfg.max_position_embeddings),
                  "vocab": int(small_tok.vocab_size), "embedding_params": emb_params, **info},
         "fisher": {"rows": a.fisher, "layers": fisher.layers.tolist(), "seconds": t_fisher},
         "layer_choice_zero_shot": zero_shot,

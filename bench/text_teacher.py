@@ -10,11 +10,18 @@ MC dropout and last-layer Laplace heads, OOD against TREC, device bundles.
     python bench/text_teacher.py --quick --student --tables-json results/text_teacher.json
                                             # minutes: 1 layer, 1 epoch on 3,000 phrases (mode quick)
 
-Needs the ``text`` extra (packaged all-MiniLM-L6-v2) and ../shared/data/text
-(SST-2, TREC). Writes under --out (default runs/text_teacher, git-ignored):
-cache/ (frozen-layer outputs, reused across runs), teacher.pt (+ .json), one
-bundle per scheme, results.json; prints one table. Every number is measured in
-this run; latencies are medians on one thread of this (shared) machine.
+The teacher is made by the library's text-teacher stage
+(:func:`edgeuq.text.pipeline.train_text_teacher`: frozen-layer cache, fine-tuning,
+last-layer Laplace, one verified device bundle per head, runtime metrics); this
+script only adds the benchmark's measurements on that artifact (host-side heads
+incl. the deterministic reference, latency, the student) and its tables.
+
+Needs the ``text`` extra (packaged all-MiniLM-L6-v2; ``--model`` takes another BERT
+folder) and ../shared/data/text (SST-2, TREC). Writes under --out (default
+runs/text_teacher, git-ignored): teacher/ (the text_teacher artifact, with its
+frozen-layer cache, reused across runs), student/, results.json; prints one table.
+Every number is measured in this run; latencies are medians on one thread of this
+(shared) machine.
 
 Splits: train = SST-2 train (phrases, --train-limit caps it), validation (early
 choice of nothing, Laplace prior precision) = 2000 sentences of SST-2 dev,
@@ -27,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -96,17 +104,25 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "text_teacher")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="a BERT model folder or zip instead of the packaged MiniLM (tests use a tiny one)")
     ap.add_argument("--train-layers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--train-limit", type=int, default=0, help="use the first N training phrases (0 = all)")
     ap.add_argument("--train-subset", type=int, default=0,
                     help="fine-tune on a random N of the cached phrases (0 = all; the cache covers all)")
+    ap.add_argument("--val-limit", type=int, default=2000, help="validation sentences: a random N of SST-2 dev")
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--lr-encoder", type=float, default=5e-5)
     ap.add_argument("--lr-head", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--reuse-teacher", action="store_true", help="load teacher.pt from --out instead of fine-tuning")
+    ap.add_argument("--ood-features", default="none",
+                    help="features the teacher bundles' trunk also emits for the density score (the text-teacher "
+                         "stage's option; 'none' keeps the bundles the plain classifier, as this bench always had)")
+    ap.add_argument("--reuse-teacher", action="store_true",
+                    help="load the text_teacher artifact in --out/teacher instead of running the stage (a run "
+                         "with the same options reuses it anyway)")
     ap.add_argument("--student", action="store_true", help="also distil the edge student (edgeuq.compress stage)")
     ap.add_argument("--student-only", action="store_true",
                     help="with --reuse-teacher: skip the teacher evaluation, run only the student stage")
@@ -140,6 +156,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.from_json is not None:
         return _from_json(a)
+    if a.student_only and not a.reuse_teacher:
+        ap.error("--student-only needs --reuse-teacher")
     from edgeuq.provenance import command_line, start
 
     if a.quick:
@@ -149,61 +167,57 @@ def main(argv=None) -> int:
     a.command = command_line("bench/text_teacher.py", argv)
     torch.set_num_threads(1)
 
-    from edgeuq.data.text import load_sst2, load_trec
+    from edgeuq.data.text import SST2_CLASSES, load_sst2, load_trec
     from edgeuq.text.cache import cache_hidden, cache_key
-    from edgeuq.text.classifier import TextClassifier
-    from edgeuq.text.export import export_text_bundle
-    from edgeuq.text.heads import text_head
-    from edgeuq.text.finetune import FinetuneConfig, features_from_cache, finetune, fit_text_laplace, sample_probs
+    from edgeuq.text.finetune import sample_probs
+    from edgeuq.text.pipeline import TeacherOptions, cache_path, load_text_teacher, seeded_rows, train_text_teacher
     from edgeuq.text.pretrained import load_pretrained
     from edgeuq.text.wordpiece import wordpiece_from_tokenizer_json
-    from edgeuq_runtime import UncertaintyRuntime
+    from edgeuq_runtime import UncertaintyRuntime, load_bundle
 
-    if not (a.data / "sst2" / "train.tsv").is_file() or not (a.data / "trec" / "test.tsv").is_file():
+    sst_dir, trec_dir = a.data / "sst2", a.data / "trec"
+    if not (sst_dir / "train.tsv").is_file() or not (trec_dir / "test.tsv").is_file():
         print(f"SST-2/TREC not found under {a.data}; nothing to do", file=sys.stderr)
         return 2
     t_start = time.time()
-    pre = load_pretrained()
-    tok = wordpiece_from_tokenizer_json(pre.tokenizer_json, a.max_length)
-    sst = load_sst2(a.data / "sst2")
-    trec_test, trec_train = load_trec(a.data / "trec", "test"), load_trec(a.data / "trec", "train")
-    train = sst["train"] if not a.train_limit else sst["train"].subset(np.arange(a.train_limit))
-    val = sst["dev"].subset(np.random.default_rng(0).permutation(len(sst["dev"]))[:2000])
-    model = TextClassifier(pre.config, num_classes=2, scheme="mc_dropout")
-    model.encoder.load_bert_state(pre.state)
-    model.eval()
-    start = pre.config.num_hidden_layers - a.train_layers
-
-    t0 = time.time()
-    ids_train = tok.encode_batch(train.texts)
-    key = cache_key(model.encoder, ids_train, start)
-    cache = cache_hidden(model.encoder, ids_train, train.y, start,
-                         path=a.out / "cache" / f"sst2-train-{key}.npz", batch_size=128, name="sst2-train")
-    t_cache = time.time() - t0
-    print(f"cache: {len(cache)} phrases, {cache.states.nbytes / 2**20:.0f} MiB, {t_cache:.0f}s", flush=True)
-
-    full_cache = cache
-    if a.train_subset and a.train_subset < len(cache):
-        cache = cache.subset(np.sort(np.random.default_rng(a.seed).permutation(len(cache))[:a.train_subset]))
-    cfg = FinetuneConfig(train_layers=a.train_layers, epochs=a.epochs, lr_encoder=a.lr_encoder, lr_head=a.lr_head,
-                         seed=a.seed)
-    t0 = time.time()
-    if a.student_only and not a.reuse_teacher:
-        ap.error("--student-only needs --reuse-teacher")
+    teacher_dir = a.out / "teacher"
+    # ---- the teacher: the library's text-teacher stage (cache, fine-tune, Laplace, bundles, runtime metrics)
     if a.reuse_teacher:
-        model.load_state_dict(torch.load(a.out / "teacher.pt"))
-        model.eval()
-        prior = a.out / "results.json"  # absent when the earlier run stopped after saving the teacher
-        history = json.loads(prior.read_text())["history"] if prior.is_file() else None
+        if not (teacher_dir / "text_teacher.json").is_file():
+            ap.error(f"--reuse-teacher: no text_teacher artifact in {teacher_dir}")
+        art = load_text_teacher(teacher_dir)
     else:
-        history = finetune(model, cache, cfg)
-    t_train = None if a.reuse_teacher else time.time() - t0
-
-    if a.student_only:  # teacher.pt and results.json of an earlier run; only the student stage runs
+        opts = TeacherOptions(train_layers=a.train_layers, epochs=a.epochs, lr=a.lr_encoder, lr_head=a.lr_head,
+                              max_length=a.max_length, train_limit=a.train_limit, train_subset=a.train_subset,
+                              val_limit=a.val_limit, samples=a.samples, seed=a.seed,
+                              schemes=tuple(text_scheme_names()), threads=1, ood_features=a.ood_features)
+        art = train_text_teacher(sst_dir / "train.tsv", teacher_dir, opts, val=sst_dir / "dev.tsv",
+                                 test=sst_dir / "test.tsv", ood=[trec_dir / "test.tsv", trec_dir / "train.tsv"],
+                                 class_names=SST2_CLASSES, model=a.model, name="minilm-sst2",
+                                 log=lambda m: print(m, flush=True))
+    o = art.options
+    # ---- the benchmark's own measurements on the stage's artifact
+    pre = load_pretrained(a.model)
+    tok = wordpiece_from_tokenizer_json(pre.tokenizer_json, art.max_length)
+    sst = load_sst2(sst_dir)
+    trec_test, trec_train = load_trec(trec_dir, "test"), load_trec(trec_dir, "train")
+    train = sst["train"]
+    if o["train_limit"] and o["train_limit"] < len(train):
+        train = train.subset(np.arange(o["train_limit"]))
+    val = sst["dev"].subset(seeded_rows(len(sst["dev"]), o["val_limit"], o["seed"]))  # the stage's validation rows
+    model = art.load_model()
+    start = pre.config.num_hidden_layers - o["train_layers"]
+    ids_train = tok.encode_batch(train.texts)
+    if a.student:  # the stage's frozen-layer cache of every training phrase (read back, not recomputed)
+        enc = pre.encoder().eval()
+        full_cache = cache_hidden(enc, ids_train, train.y, start,
+                                  path=cache_path(teacher_dir, "train", cache_key(enc, ids_train, start)),
+                                  batch_size=128, name="sst2-train")
+    if a.student_only:  # the teacher artifact and results.json of an earlier run; only the student stage runs
         results = json.loads((a.out / "results.json").read_text())
         results["student"] = _student(a, model, pre, tok, full_cache, ids_train, train.y, train.texts, val,
                                       _features(model, tok.encode_batch(val.texts)), sst["test"],
-                                      {"trec_test": trec_test})
+                                      {"trec_test": trec_test}, teacher_dir)
         results["student"]["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         atomic_write(a.out / "results.json", json.dumps(results, indent=1))
         _print_side_by_side(results)
@@ -211,55 +225,44 @@ def main(argv=None) -> int:
         return 0
     sets = {"val": val, "test": sst["test"], "trec_test": trec_test, "trec_train": trec_train}
     feats = {k: _features(model, tok.encode_batch(v.texts)) for k, v in sets.items()}
-    # Laplace GGN on (a random 10000 of) the training phrases, through the cached lower layers
-    train_feats = features_from_cache(model, cache.subset(np.random.default_rng(1).permutation(len(cache))[:10000]))
     ood = {"trec_test": None, "trec_train": None}
     rows = {}
-    # deterministic (MAP) reference
-    with torch.no_grad():
+    with torch.no_grad():  # deterministic (MAP) reference
         det = {k: torch.softmax(model.head_forward(torch.from_numpy(f)), -1).numpy()[None] for k, f in feats.items()}
     rows["deterministic"] = _evaluate(det, sst["test"].y, ood)
-    # every text head, in the registry's order (MC dropout, then the Laplace posterior fitted on the way)
-    fit = None
-    for scheme in text_scheme_names():
+    runtime_rows, bundles = {}, {}
+    lat_texts = list(sst["test"].texts[:32])
+    for scheme in art.bundles:  # the stage's heads (the Laplace posterior is in the artifact's weights)
         with model.using(scheme):
-            if text_head(scheme).post_hoc_posterior:
-                fit = fit_text_laplace(model, train_feats, feats["val"], val.y)
             rows[scheme] = _evaluate({k: sample_probs(model, f, a.samples, seed=2) for k, f in feats.items()},
                                      sst["test"].y, ood)
+        root = art.bundle_path(scheme)
+        b = load_bundle(root)
+        rt = UncertaintyRuntime(root, threads=1, seed=0)
+        runtime_rows[scheme] = {"runtime_acc": art.metrics[scheme]["accuracy"],
+                                "bytes": int(sum((b.root / f).stat().st_size for f in b.manifest.files)),
+                                **_latency(rt, lat_texts, a.samples)}
+        bundles[scheme] = str(root)
 
-    a.out.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), a.out / "teacher.pt")
-    atomic_write(a.out / "teacher.json", json.dumps({**model.config_json(), "max_length": a.max_length,
-                                                    "weights_sha256": pre.weights_sha256}, indent=1))
-    bundles, runtime_rows = {}, {}
-    lat_texts = list(sst["test"].texts[:32])
-    for scheme in text_scheme_names():
-        with model.using(scheme):
-            b = export_text_bundle(model, tok, a.out / f"bundle-{scheme}", ("negative", "positive"),
-                                   f"minilm-sst2-{scheme}", default_samples=a.samples, check_texts=lat_texts[:8],
-                                   metadata={"base": pre.name, "weights_sha256": pre.weights_sha256}, overwrite=True)
-        rt = UncertaintyRuntime(b.root, threads=1, seed=0)
-        res = rt.predict_text(list(sst["test"].texts), samples=a.samples, seed=3)
-        size = sum((b.root / f).stat().st_size for f in b.manifest.files)
-        runtime_rows[scheme] = {"runtime_acc": float(np.mean(res.prediction == sst["test"].y)),
-                                "bytes": int(size), **_latency(rt, lat_texts, a.samples)}
-        bundles[scheme] = str(b.root)
-
-    results = {"pretrained": pre.name, "weights_sha256": pre.weights_sha256, "train_phrases": len(cache),
-               "train_layers": a.train_layers, "epochs": a.epochs, "samples": a.samples,
-               "cache_s": t_cache, "train_s": t_train, "history": history, "laplace": fit, "rows": rows,
-               "runtime": runtime_rows, "bundles": bundles, "total_s": time.time() - t_start,
+    timings = dict(art.timings)
+    results = {"pretrained": art.base, "weights_sha256": art.weights_sha256, "train_phrases": art.data["rows"]["train"],
+               "train_layers": o["train_layers"], "epochs": o["epochs"], "samples": a.samples,
+               "cache_s": timings.get("cache_s"), "train_s": None if a.reuse_teacher else timings.get("train_s"),
+               "history": dict(art.history), "laplace": art.laplace, "rows": rows, "runtime": runtime_rows,
+               "bundles": bundles, "teacher_artifact": str(teacher_dir), "total_s": time.time() - t_start,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
     if a.student:
-        results["student"] = _student(a, model, pre, tok, full_cache, ids_train, train.y, train.texts, val, feats["val"],
-                                      sst["test"], {"trec_test": trec_test, "trec_train": trec_train})
+        results["student"] = _student(a, model, pre, tok, full_cache, ids_train, train.y, train.texts, val,
+                                      feats["val"], sst["test"], {"trec_test": trec_test, "trec_train": trec_train},
+                                      teacher_dir)
+    a.out.mkdir(parents=True, exist_ok=True)
     atomic_write(a.out / "results.json", json.dumps(results, indent=1))
 
-    print(f"\nMiniLM-L6 teacher, SST-2 ({len(cache)} phrases, top {a.train_layers} layers + head, {a.epochs} epoch(s); "
-          f"cache {t_cache:.0f}s, training " + (f"{t_train:.0f}s" if t_train is not None else "in an earlier run")
-          + f"), S = {a.samples}, OOD = TREC")
+    t_cache, t_train = results["cache_s"], results["train_s"]
+    print(f"\nteacher {art.base}, SST-2 ({results['train_phrases']} phrases, top {o['train_layers']} layers + head, "
+          f"{o['epochs']} epoch(s); cache " + (f"{t_cache:.0f}s" if t_cache is not None else "-") + ", training "
+          + (f"{t_train:.0f}s" if t_train is not None else "in an earlier run") + f"), S = {a.samples}, OOD = TREC")
     hdr = (f"{'head':<14}{'acc':>7}{'ECE':>7}{'NLL':>7}{'AUROC MI':>10}{'AUROC H':>9}{'AUROC 1-p':>11}"
            f"{'(trec-train MI/H)':>19}{'rt acc':>8}{'det ms':>8}{'S ms':>7}{'ratio':>7}{'MB':>6}")
     print(hdr)
@@ -430,7 +433,8 @@ def _runtime_eval(bundle_dir, test, ood: dict, samples: int, lat_texts) -> dict:
     return row
 
 
-def _student(a, teacher, pre, tok, cache, ids_train, y_train, train_texts, val, val_feats, test, ood) -> dict:
+def _student(a, teacher, pre, tok, cache, ids_train, y_train, train_texts, val, val_feats, test, ood,
+             teacher_dir: Path) -> dict:
     from edgeuq.bundle import build_bundle
     from edgeuq.compress.distill import DistillConfig
     from edgeuq.export import TOKENIZER_FILE, export_onnx
@@ -441,7 +445,7 @@ def _student(a, teacher, pre, tok, cache, ids_train, y_train, train_texts, val, 
     teacher.scheme = a.student_teacher
     t0 = time.time()
     if a.reuse_student:
-        return _student_rest(a, tok, None, None, idx, rng, ids_train, y_train, val, test, ood, None, None)
+        return _student_rest(a, tok, None, None, idx, rng, ids_train, y_train, val, test, ood, None, None, teacher_dir)
     labelled = teacher_transfer_sets(teacher, cache.subset(idx), ids_train[idx], val_feats, tok.encode_batch(val.texts),
                                      samples=16, seed=a.seed)
     y_transfer = y_train[idx]
@@ -465,14 +469,15 @@ def _student(a, teacher, pre, tok, cache, ids_train, y_train, train_texts, val, 
     dcfg = DistillConfig(loss=student_loss(scfg), epochs=a.student_epochs,
                          batch_size=64, lr=2e-3, patience=3, seed=a.seed)
     t0 = time.time()
-    ck = distill_text_student(teacher, f"MiniLM teacher ({a.student_teacher}) {a.out / 'teacher.pt'}",
+    ck = distill_text_student(teacher, f"MiniLM teacher ({a.student_teacher}) {teacher_dir}",
                               pre.weights_sha256, labelled, y_transfer, val.y, scfg, a.out / "student",
                               ("negative", "positive"), cfg=dcfg, log=lambda m: print(m, flush=True))
-    return _student_rest(a, tok, ck, dcfg, idx, rng, ids_train, y_train, val, test, ood, t_label, t0,
+    return _student_rest(a, tok, ck, dcfg, idx, rng, ids_train, y_train, val, test, ood, t_label, t0, teacher_dir,
                          augmented=int(len(y_transfer) - len(idx)))
 
 
-def _student_rest(a, tok, ck, dcfg, idx, rng, ids_train, y_train, val, test, ood, t_label, t0, augmented=0):
+def _student_rest(a, tok, ck, dcfg, idx, rng, ids_train, y_train, val, test, ood, t_label, t0, teacher_dir,
+                  augmented=0):
     """After distillation (or with --reuse-student, from the checkpoint an earlier run left): the
     student's Laplace posterior, export, bundle, calibration of both bundles, device-runtime evaluation."""
     from edgeuq.bundle import build_bundle
@@ -503,7 +508,13 @@ def _student_rest(a, tok, ck, dcfg, idx, rng, ids_train, y_train, val, test, ood
                           overwrite=True)
     lat_texts = list(test.texts[:32])
     cal_idx = np.sort(rng.permutation(len(ids_train))[:a.calibrate_phrases])
+    # calibration amends a bundle in place: calibrate a copy of the teacher's, never the hashed artifact's own
+    from edgeuq.text.pipeline import load_text_teacher
+
     teacher_bundle = a.out / f"bundle-{a.student_teacher}"
+    if teacher_bundle.exists():
+        shutil.rmtree(teacher_bundle)
+    shutil.copytree(load_text_teacher(teacher_dir).bundle_path(a.student_teacher), teacher_bundle)
     for b in (bundle.root, teacher_bundle):
         _calibrate(b, ids_train[cal_idx], y_train[cal_idx], val_ids, val.y, a.samples)
     row = _runtime_eval(bundle.root, test, ood, a.samples, lat_texts)

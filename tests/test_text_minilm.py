@@ -209,6 +209,7 @@ def _toy_task(n: int, seed: int):
 def test_cache_finetune_laplace_and_features_agree_with_full_trunk(tmp_path):
     from edgeuq.text.cache import cache_hidden
     from edgeuq.text.finetune import FinetuneConfig, features_from_cache, finetune, fit_text_laplace
+    from edgeuq.training import TrainConfig
 
     model = _tiny_classifier("mc_dropout")
     ids, y = _toy_task(256, 0)
@@ -222,8 +223,9 @@ def test_cache_finetune_laplace_and_features_agree_with_full_trunk(tmp_path):
         full = model.trunk(torch.from_numpy(vids)).numpy()
     assert float(np.abs(features_from_cache(model, vcache) - full).max()) <= 2e-2
     frozen = model.encoder.layers[0].output.dense.weight.detach().clone()
-    hist = finetune(model, cache, FinetuneConfig(train_layers=1, epochs=8, batch_size=32, lr_encoder=1e-3,
-                                                 lr_head=3e-3), val=vcache)
+    cfg = FinetuneConfig(train_layers=1, lr_head=3e-3, train=TrainConfig(epochs=8, batch_size=32, lr=1e-3,
+                                                                         weight_decay=0.01))
+    hist = finetune(model, cache, cfg, val=vcache)
     assert torch.equal(frozen, model.encoder.layers[0].output.dense.weight)  # the frozen layer stayed frozen
     assert hist["val_acc"][-1] >= 0.9, hist
     fit = fit_text_laplace(model, features_from_cache(model, cache), features_from_cache(model, vcache), vy)
@@ -255,12 +257,14 @@ def test_distillation_through_the_compression_stage(tmp_path):
     from edgeuq.text.cache import cache_hidden
     from edgeuq.text.distill import distill_text_student, student_config, teacher_transfer_sets
     from edgeuq.text.finetune import FinetuneConfig, finetune
+    from edgeuq.training import TrainConfig
 
     teacher = _tiny_classifier("mc_dropout")
     ids, y = _toy_task(256, 0)
     vids, vy = _toy_task(64, 1)
     cache = cache_hidden(teacher.encoder, ids, y, start=1)
-    finetune(teacher, cache, FinetuneConfig(train_layers=1, epochs=4, lr_encoder=1e-3, lr_head=3e-3))
+    finetune(teacher, cache, FinetuneConfig(train_layers=1, lr_head=3e-3,
+                                            train=TrainConfig(epochs=4, batch_size=32, lr=1e-3, weight_decay=0.01)))
     with torch.no_grad():
         vfeats = teacher.trunk(torch.from_numpy(vids)).numpy()
     train, val = teacher_transfer_sets(teacher, cache, ids, vfeats, vids, samples=4)

@@ -10,6 +10,7 @@ from edgeuq.text.bert import BertConfig, key_bias_from_mask, masked_mean_pool
 from edgeuq.text.classifier import TextClassifier
 from edgeuq.text.student import (FactorisedEmbeddings, StudentSpec, build_student, choose_layers, distil_student,
                                  DistilConfig, mask_fisher, masked_forward, prune_vocab)
+from edgeuq.training import TrainConfig
 from edgeuq_runtime.wordpiece import WordPieceTokenizer
 
 TINY = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=24,
@@ -81,7 +82,7 @@ def test_build_student_equals_the_teacher_run_on_the_kept_layers_and_rows():
     t = _model(2)
     rng = np.random.default_rng(2)
     fisher = mask_fisher(t, _ids(rng), batch_size=3)
-    spec = StudentSpec(layers=(0, 2, 3), ffn=TINY.intermediate_size, rank=0)
+    spec = StudentSpec(layers=(0, 2, 3), ffn=TINY.intermediate_size, rank=0, max_length=16)
     old_ids = np.arange(TINY.vocab_size)[::2]  # every other row; pad (0) kept
     s, _ = build_student(t, spec, old_ids, fisher)
     new = _ids(rng, vocab=len(old_ids))
@@ -98,7 +99,7 @@ def test_build_student_equals_the_teacher_run_on_the_kept_layers_and_rows():
     assert float(torch.max(torch.abs(got - want))) <= 1e-5
     # FFN pruning keeps the neurons of largest Fisher: with all but the weakest kept the output
     # differs from the teacher only by those neurons
-    spec2 = StudentSpec(layers=(1,), ffn=TINY.intermediate_size - 4, rank=0)
+    spec2 = StudentSpec(layers=(1,), ffn=TINY.intermediate_size - 4, rank=0, max_length=16)
     s2, _ = build_student(t, spec2, np.arange(TINY.vocab_size), fisher)
     keep = np.sort(np.argsort(-fisher.ffn[1], kind="stable")[:TINY.intermediate_size - 4])
     w = s2.encoder.layers[0].intermediate.dense.weight.detach().numpy()
@@ -145,8 +146,9 @@ def test_distil_student_lowers_its_loss_on_a_tiny_run():
     rng = np.random.default_rng(4)
     ids = _ids(rng, n=64)
     fisher = mask_fisher(t, ids[:16], batch_size=8)
-    spec = StudentSpec(layers=choose_layers(fisher, 2), ffn=16, rank=4)
+    spec = StudentSpec(layers=choose_layers(fisher, 2), ffn=16, rank=4, max_length=16)
     s, _ = build_student(t, spec, np.arange(TINY.vocab_size), fisher)
-    h = distil_student(s, t, spec, ids, ids, DistilConfig(epochs=4, batch_size=16, lr=3e-3, lr_head=3e-3),
+    cfg = DistilConfig(lr_head=3e-3, train=TrainConfig(epochs=4, batch_size=16, lr=3e-3))
+    h = distil_student(s, t, spec, ids, ids, cfg,
                        log=lambda m: None)
     assert h["loss"][-1] < h["loss"][0]

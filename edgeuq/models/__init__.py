@@ -14,13 +14,14 @@ _API: Dict[str, str] = {
     "AttentionBase": "attention", "SelfAttention": "attention",
     "BlockShape": "config", "ModelConfig": "config",
     "StochasticLayer": "layers", "TORCH_NOISE_DRAWS": "layers", "is_stochastic_layer": "layers",
-    "mc_sample_logits": "sampling", "mc_sample_probs": "sampling", "tile_samples": "sampling",
+    "mc_sample_logits": "sampling", "mc_sample_probs": "sampling", "mc_sample_head_logits": "sampling",
+    "noise_by_sample": "sampling", "tile_samples": "sampling",
     "DeployableModel": "transformer", "SignalTransformer": "transformer", "build_model": "transformer",
 }
 
 __all__ = [
     "ModelConfig", "BlockShape", "SignalTransformer", "DeployableModel", "build_model", "mc_sample_logits",
-    "mc_sample_probs",
+    "mc_sample_probs", "mc_sample_head_logits", "noise_by_sample",
     "tile_samples", "StochasticLayer", "TORCH_NOISE_DRAWS", "is_stochastic_layer", "AttentionBase", "SelfAttention",
 ]
 

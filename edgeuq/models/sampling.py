@@ -1,20 +1,59 @@
 """Multi-sample prediction in PyTorch: trunk once, head S times, batched."""
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
-from edgeuq_runtime.noise import mean_noise, sample_noise
+from edgeuq_runtime.noise import NoiseSpec, mean_noise, sample_noise
 
-__all__ = ["tile_samples", "mc_sample_logits", "mc_sample_probs"]
+__all__ = ["tile_samples", "mc_sample_logits", "mc_sample_head_logits", "mc_sample_probs", "noise_by_sample"]
 
 
 def tile_samples(features: torch.Tensor, samples: int) -> torch.Tensor:
     """Repeat features s-major: row ``s * B + b`` is sample ``s`` of input ``b``
     (the runtime's convention)."""
     return features.repeat((samples,) + (1,) * (features.dim() - 1))
+
+
+def noise_by_sample(specs: Sequence[NoiseSpec], samples: int, batch: int,
+                    rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """Noise for ``samples`` x ``batch`` head rows drawn one sample at a time with
+    :func:`edgeuq_runtime.noise.sample_noise` (every spec for ``batch`` rows, then the next
+    sample), stacked s-major: row ``s * batch + b``. With several noise inputs this differs from
+    one draw of ``samples * batch`` rows (the default of :func:`mc_sample_head_logits`); the text
+    heads' host-side sampling has always drawn this way."""
+    draws = [sample_noise(specs, batch, rng) for _ in range(samples)]
+    return {s.name: np.concatenate([d[s.name] for d in draws], axis=0) for s in specs}
+
+
+def mc_sample_head_logits(
+    model: torch.nn.Module,
+    features: torch.Tensor,
+    samples: int,
+    rng: Optional[np.random.Generator] = None,
+    noise: Optional[Mapping[str, np.ndarray]] = None,
+    mean: bool = False,
+) -> torch.Tensor:
+    """The one PyTorch MC sampler, on trunk features already computed: logits of shape (S, B, C),
+    the head on S tiled copies (row ``s * B + b`` is sample ``s`` of input ``b``, the runtime's
+    convention).
+
+    Noise: ``noise`` as given; else every noise input at its mean (``mean``, the deterministic
+    pass); else drawn with the runtime's numpy samplers from ``rng`` (so a seed gives the same
+    masks as ``edgeuq_runtime``). A model without noise inputs gets none. Gradients flow; callers
+    that only predict wrap it in ``torch.no_grad()``.
+    """
+    b = features.shape[0]
+    feats = tile_samples(features, samples)
+    if noise is None:
+        specs = model.noise_specs()
+        if specs:
+            noise = (mean_noise(specs, samples * b) if mean
+                     else sample_noise(specs, samples * b, rng if rng is not None else np.random.default_rng()))
+    tnoise = None if noise is None else {k: torch.from_numpy(np.asarray(v)) for k, v in noise.items()}
+    return model.head_forward(feats, tnoise).reshape(samples, b, -1)
 
 
 def mc_sample_logits(
@@ -25,23 +64,8 @@ def mc_sample_logits(
     noise: Optional[Mapping[str, np.ndarray]] = None,
     mean: bool = False,
 ) -> torch.Tensor:
-    """The one PyTorch MC sampler: logits of shape (S, B, C), trunk once, head on S tiled copies
-    (row ``s * B + b`` is sample ``s`` of input ``b``, the runtime's convention).
-
-    Noise: ``noise`` as given; else every noise input at its mean (``mean``, the deterministic
-    pass); else drawn with the runtime's numpy samplers from ``rng`` (so a seed gives the same
-    masks as ``edgeuq_runtime``). A model without noise inputs gets none. Gradients flow; callers
-    that only predict wrap it in ``torch.no_grad()``.
-    """
-    b = x.shape[0]
-    feats = tile_samples(model.trunk(x), samples)
-    if noise is None:
-        specs = model.noise_specs()
-        if specs:
-            noise = (mean_noise(specs, samples * b) if mean
-                     else sample_noise(specs, samples * b, rng if rng is not None else np.random.default_rng()))
-    tnoise = None if noise is None else {k: torch.from_numpy(np.asarray(v)) for k, v in noise.items()}
-    return model.head_forward(feats, tnoise).reshape(samples, b, -1)
+    """:func:`mc_sample_head_logits` on ``model.trunk(x)``: the trunk once, the head S times."""
+    return mc_sample_head_logits(model, model.trunk(x), samples, rng=rng, noise=noise, mean=mean)
 
 
 @torch.no_grad()

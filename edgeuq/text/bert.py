@@ -83,9 +83,17 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
+    def positions(self, t: int) -> torch.Tensor:
+        """Rows 0..t-1 of the position table, (1, t, d); input longer than the table is refused
+        (a student may keep only the positions its tokenizer emits, :class:`~edgeuq.text.student.StudentSpec`)."""
+        n = self.position_embeddings.num_embeddings
+        if t > n:
+            raise ValueError(f"input of {t} tokens is longer than the position table ({n} positions); "
+                             f"tokenize with max_length <= {n}")
+        return self.position_embeddings.weight[:t].unsqueeze(0)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        t = ids.shape[1]
-        pos = self.position_embeddings.weight[:t].unsqueeze(0)
+        pos = self.positions(ids.shape[1])
         typ = self.token_type_embeddings.weight[0]
         return self.LayerNorm(self.word_embeddings(ids) + pos + typ)
 

@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from edgeuq_runtime.atomic import atomic_write
 
 from .bert import BertEncoder
 
-__all__ = ["HiddenCache", "cache_hidden", "cache_key", "progress"]
+__all__ = ["HiddenCache", "cache_hidden", "cache_key", "length_buckets", "progress"]
 
 
 @dataclass(frozen=True)
@@ -43,16 +43,37 @@ class HiddenCache:
             else self.states[:0]
         return HiddenCache(self.start, states, offsets, self.labels[index])
 
+    def mask(self, index: Sequence[int]) -> torch.Tensor:
+        """(B, T) float padding mask of rows ``index`` (1 on each sentence's tokens), T the longest."""
+        lengths = torch.as_tensor([int(self.offsets[i + 1] - self.offsets[i]) for i in index])
+        return (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).to(torch.float32)
+
     def batch(self, index: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
         lengths = [int(self.offsets[i + 1] - self.offsets[i]) for i in index]
         t = max(lengths)
         d = self.states.shape[1]
         h = np.zeros((len(index), t, d), dtype=np.float32)
-        m = np.zeros((len(index), t), dtype=np.float32)
         for row, (i, n) in enumerate(zip(index, lengths)):
             h[row, :n] = self.states[self.offsets[i]:self.offsets[i] + n]
-            m[row, :n] = 1.0
-        return torch.from_numpy(h), torch.from_numpy(m)
+        return torch.from_numpy(h), self.mask(index)
+
+
+def length_buckets(lengths: np.ndarray, batch_size: int, rng: Optional[np.random.Generator]) -> List[np.ndarray]:
+    """Batches of row indices of similar length (little padding): sorted by length when ``rng`` is
+    None; else a random order cut into chunks of 50 batches, each sorted by length and cut into
+    batches, and the batches shuffled."""
+    lengths = np.asarray(lengths)
+    if rng is None:
+        order = np.argsort(lengths, kind="stable")
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    order = rng.permutation(len(lengths))
+    chunks = [order[i:i + batch_size * 50] for i in range(0, len(order), batch_size * 50)]
+    out: List[np.ndarray] = []
+    for c in chunks:
+        c = c[np.argsort(lengths[c], kind="stable")]
+        out += [c[i:i + batch_size] for i in range(0, len(c), batch_size)]
+    rng.shuffle(out)
+    return out
 
 
 def progress(msg: str) -> None:

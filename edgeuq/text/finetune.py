@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -22,45 +22,44 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.sampling import mc_sample_head_logits, noise_by_sample
 from ..schemes.laplace import laplace_factors_kron
-from .cache import HiddenCache, progress as _progress
+from ..training.config import TrainConfig
+from ..training.loop import Batch, LossOut, StepTotals, run_steps, warmup_linear_decay
+from .cache import HiddenCache, length_buckets, progress as _progress
 from .classifier import TextClassifier
 
 __all__ = ["FinetuneConfig", "finetune", "fit_text_laplace", "features_from_cache", "sample_probs",
            "TEXT_PRIOR_GRID"]
 
 
+#: The fine-tuning defaults of the shared optimiser options (``lr``: the encoder layers').
+FINETUNE_TRAIN = TrainConfig(epochs=2, batch_size=32, lr=5e-5, weight_decay=0.01)
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
+    """How :func:`finetune` trains: the top ``train_layers`` encoder layers at ``train.lr`` and the
+    head at ``lr_head``. ``train`` is the project's one set of optimiser options
+    (:class:`edgeuq.training.TrainConfig`: epochs, batch_size, lr, weight_decay, seed, threads);
+    fine-tuning keeps every epoch, so its ``patience`` is not used."""
+
     train_layers: int = 1
-    epochs: int = 2
-    batch_size: int = 32
-    lr_encoder: float = 5e-5
     lr_head: float = 1e-3
-    weight_decay: float = 0.01
-    seed: int = 0
+    train: TrainConfig = FINETUNE_TRAIN
 
     def __post_init__(self) -> None:
-        if self.train_layers < 0:
-            raise ValueError(f"train_layers must be >= 0, got {self.train_layers}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
+        if isinstance(self.train_layers, bool) or not isinstance(self.train_layers, int) or self.train_layers < 0:
+            raise ValueError(f"train_layers must be an integer >= 0, got {self.train_layers!r}")
+        if not (isinstance(self.lr_head, (int, float)) and self.lr_head > 0):  # NaN-safe
+            raise ValueError(f"lr_head must be > 0, got {self.lr_head!r}")
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError(f"train must be a TrainConfig, got {type(self.train).__name__}")
 
 
 def _batches(cache: HiddenCache, batch_size: int, rng: Optional[np.random.Generator]) -> List[np.ndarray]:
-    """Length-bucketed batches (shuffled buckets when ``rng`` is given)."""
-    lengths = np.diff(cache.offsets)
-    if rng is None:
-        order = np.argsort(lengths, kind="stable")
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    order = rng.permutation(len(lengths))
-    chunks = [order[i:i + batch_size * 50] for i in range(0, len(order), batch_size * 50)]
-    out = []
-    for c in chunks:
-        c = c[np.argsort(lengths[c], kind="stable")]
-        out += [c[i:i + batch_size] for i in range(0, len(c), batch_size)]
-    rng.shuffle(out)
-    return out
+    """Length-bucketed batches of the cache's rows (shuffled buckets when ``rng`` is given)."""
+    return length_buckets(np.diff(cache.offsets), batch_size, rng)
 
 
 @torch.no_grad()
@@ -77,8 +76,11 @@ def features_from_cache(model: TextClassifier, cache: HiddenCache, batch_size: i
 def finetune(model: TextClassifier, train: HiddenCache, cfg: FinetuneConfig,
              val: Optional[HiddenCache] = None) -> Dict[str, list]:
     """Train layers ``train.start``.. and the head with cross-entropy (AdamW, linear decay)."""
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
     for p in model.encoder.parameters():
         p.requires_grad_(False)
     enc_params = [p for layer in list(model.encoder.layers)[train.start:] for p in layer.parameters()]
@@ -87,32 +89,36 @@ def finetune(model: TextClassifier, train: HiddenCache, cfg: FinetuneConfig,
     head_params = list(model.fc1.parameters()) + [model.fc2.weight, model.fc2.bias]
     groups = [{"params": head_params, "lr": cfg.lr_head}]
     if enc_params:
-        groups.append({"params": enc_params, "lr": cfg.lr_encoder})
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.06 * steps)) * max(0.0, 1 - s / steps))
+        groups.append({"params": enc_params, "lr": tc.lr})
+    opt = torch.optim.AdamW(groups, weight_decay=tc.weight_decay)
+    steps = tc.epochs * math.ceil(len(train) / tc.batch_size)
+    sched = warmup_linear_decay(opt, steps)
     history: Dict[str, list] = {"train_loss": [], "val_acc": []}
+    start = train.start
+
+    def loss_fn(m: TextClassifier, batch: Batch) -> LossOut:
+        logits = m.head_forward(m.trunk_from_hidden(batch.x, train.mask(batch.index.tolist()), start))
+        return LossOut(nn.functional.cross_entropy(logits, batch.y), logits)
+
     t0 = time.time()
-    for epoch in range(cfg.epochs):
+    for epoch in range(tc.epochs):
         model.train()
         model.encoder.embeddings.eval()
-        total, n = 0.0, 0
-        batches = _batches(train, cfg.batch_size, rng)
-        for b, idx in enumerate(batches):
-            h, m = train.batch(idx)
-            y = torch.from_numpy(train.labels[idx])
-            logits = model.head_forward(model.trunk_from_hidden(h, m, train.start))
-            loss = nn.functional.cross_entropy(logits, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            n += len(idx)
+        order = _batches(train, tc.batch_size, rng)
+
+        def batches(order=order):
+            for idx in order:
+                yield Batch(train.batch(idx)[0], torch.from_numpy(train.labels[idx]), torch.from_numpy(idx))
+
+        def on_step(b: int, t: StepTotals, epoch=epoch, n_batches=len(order)) -> None:
             if b % 100 == 0 and sys.stdout.isatty():
-                _progress(f"epoch {epoch + 1}/{cfg.epochs} step {b + 1}/{len(batches)} loss {total / n:.4f}")
+                _progress(f"epoch {epoch + 1}/{tc.epochs} step {b + 1}/{n_batches} loss {t.loss_sum / t.rows:.4f}")
+
+        # the shared step loop (edgeuq.training.loop); fine-tuning clips no gradients, as it never did
+        totals = run_steps(model, opt, sched, batches(), loss_fn, clip_norm=None, on_step=on_step)
+        total, n = totals.loss_sum, totals.rows
         history["train_loss"].append(total / max(n, 1))
-        msg = f"epoch {epoch + 1}/{cfg.epochs}: train loss {total / max(n, 1):.4f}"
+        msg = f"epoch {epoch + 1}/{tc.epochs}: train loss {total / max(n, 1):.4f}"
         if val is not None:
             feats = features_from_cache(model, val)
             with torch.no_grad():
@@ -168,15 +174,15 @@ def fit_text_laplace(model: TextClassifier, train_feats: np.ndarray, val_feats: 
 
 @torch.no_grad()
 def sample_probs(model: TextClassifier, feats: np.ndarray, samples: int, seed: int = 0) -> np.ndarray:
-    """(S, N, C) softmax probabilities of the head with noise drawn like the runtime
-    (numpy, seeded; the model's scheme decides which noise)."""
-    from edgeuq_runtime.noise import sample_noise
-
-    rng = np.random.default_rng(seed)
-    specs = model.noise_specs()
+    """(S, N, C) softmax probabilities of the head with the runtime's kinds of noise drawn by its
+    numpy samplers (seeded, one sample at a time: :func:`edgeuq.models.sampling.noise_by_sample`;
+    the model's scheme decides which noise), through the one sampler
+    :func:`~edgeuq.models.sampling.mc_sample_head_logits`. Not the runtime's noise *stream*
+    (``edgeuq_runtime.noise.sample_noise_for_sample``): the same seed gives other draws there."""
     f = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
-    out = []
-    for _ in range(samples):
-        noise = {k: torch.from_numpy(v.astype(np.float32)) for k, v in sample_noise(specs, len(feats), rng).items()}
-        out.append(torch.softmax(model.head_forward(f, noise), -1).numpy())
-    return np.stack(out)
+    specs = model.noise_specs()
+    noise: dict = {}  # a head without noise inputs gets none (as before: never torch's own draws)
+    if specs:
+        noise = {k: v.astype(np.float32) for k, v in
+                 noise_by_sample(specs, samples, len(feats), np.random.default_rng(seed)).items()}
+    return torch.softmax(mc_sample_head_logits(model, f, samples, noise=noise), -1).numpy()

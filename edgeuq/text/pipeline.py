@@ -36,7 +36,8 @@ from .classifier import TEXT_SCHEMES, TextClassifier
 from .datasets import TextSplits, text_splits
 from .heads import text_head
 
-__all__ = ["TeacherOptions", "TextTeacher", "train_text_teacher", "load_text_teacher", "TEACHER_FILE"]
+__all__ = ["TeacherOptions", "TextTeacher", "train_text_teacher", "load_text_teacher", "TEACHER_FILE", "cache_path",
+           "seeded_rows"]
 
 TEACHER_FILE = "teacher.pt"
 _TOKENIZER_FILE = "tokenizer.json"
@@ -166,6 +167,20 @@ def load_text_teacher(path: PathLike, verify: bool = True) -> TextTeacher:
 
 
 # ----------------------------------------------------------------------------- helpers
+def cache_path(out: PathLike, split: str, key: str) -> Path:
+    """Where the stage keeps the frozen-layer cache of ``split`` (``key``: :func:`edgeuq.text.cache.cache_key`
+    of the *pretrained* encoder, the ids and the first trained layer); a caller that needs the same
+    cache (a benchmark's student) finds it here instead of recomputing it."""
+    return Path(out) / "cache" / f"{split}-{key}.npz"
+
+
+def seeded_rows(n: int, limit: int, seed: int) -> np.ndarray:
+    """The sorted random ``limit`` of ``n`` rows the stage keeps (all when ``limit`` is 0 or >= n)."""
+    if not limit or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` through the one atomic write (durable: the fine-tuned weights are the
     expensive part of a resumed run)."""
@@ -212,7 +227,7 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
     file and write a :class:`TextTeacher` artifact to ``out`` (see the module docstring)."""
     from .cache import cache_hidden, cache_key
     from .export import export_text_bundle
-    from .finetune import FinetuneConfig, features_from_cache, finetune, fit_text_laplace
+    from .finetune import FINETUNE_TRAIN, FinetuneConfig, features_from_cache, finetune, fit_text_laplace
     from .pretrained import load_pretrained
     from .wordpiece import wordpiece_from_tokenizer_json
 
@@ -239,8 +254,8 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
             return hit
     names = splits.class_names
     if options.val_limit and options.val_limit < len(splits.val):
-        keep = np.sort(np.random.default_rng(options.seed).permutation(len(splits.val))[:options.val_limit])
-        splits = replace(splits, val=splits.val.subset(keep))
+        splits = replace(splits, val=splits.val.subset(seeded_rows(len(splits.val), options.val_limit,
+                                                                    options.seed)))
     log(f"data: train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} rows, "
         f"classes {list(names)}" + "".join(f", {d.name} {len(d)}" for d in splits.ood))
     train_ds = splits.train
@@ -260,18 +275,18 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
         for split, ds in (("train", train_ds), ("val", splits.val)):
             ids = tok.encode_batch(list(ds.texts))
             ck = cache_keys[split] = cache_key(teacher.encoder, ids, start)
-            caches[split] = cache_hidden(teacher.encoder, ids, ds.y, start, path=cache_dir / f"{split}-{ck}.npz",
+            caches[split] = cache_hidden(teacher.encoder, ids, ds.y, start, path=cache_path(out, split, ck),
                                          name=f"{name} {split}")
     t_cache = timer.seconds["cache"]
     log(f"frozen layers 0..{start - 1}: cached {len(caches['train'])} + {len(caches['val'])} rows "
         f"under {cache_dir} ({t_cache:.0f}s)")
     train_cache = caches["train"]
     if options.train_subset and options.train_subset < len(train_cache):
-        pick = np.sort(np.random.default_rng(options.seed).permutation(len(train_cache))[:options.train_subset])
-        train_cache = train_cache.subset(pick)
+        train_cache = train_cache.subset(seeded_rows(len(train_cache), options.train_subset, options.seed))
 
-    cfg = FinetuneConfig(train_layers=options.train_layers, epochs=options.epochs, batch_size=options.batch,
-                         lr_encoder=options.lr, lr_head=options.lr_head, seed=options.seed)
+    cfg = FinetuneConfig(train_layers=options.train_layers, lr_head=options.lr_head,
+                         train=replace(FINETUNE_TRAIN, epochs=options.epochs, batch_size=options.batch, lr=options.lr,
+                                       seed=options.seed))
     trained_on = {k: options.to_dict()[k] for k in ("train_layers", "epochs", "lr", "lr_head", "batch", "max_length",
                                                      "train_limit", "train_subset", "val_limit", "hidden",
                                                      "head_dropout", "seed")}
@@ -296,8 +311,7 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
     if posterior is not None:
         fit_cache = train_cache
         if options.laplace_rows and options.laplace_rows < len(fit_cache):
-            fit_cache = fit_cache.subset(
-                np.sort(np.random.default_rng(options.seed + 1).permutation(len(fit_cache))[:options.laplace_rows]))
+            fit_cache = fit_cache.subset(seeded_rows(len(fit_cache), options.laplace_rows, options.seed + 1))
         with teacher.using(posterior):
             laplace = fit_text_laplace(teacher, features_from_cache(teacher, fit_cache), val_feats, splits.val.y,
                                        seed=options.seed)

@@ -32,11 +32,14 @@ from torch import nn
 
 from edgeuq_runtime.wordpiece import WordPieceTokenizer
 
+from ..training.config import TrainConfig
+from ..training.loop import warmup_linear_decay
 from .bert import BertConfig, BertEmbeddings, key_bias_from_mask, masked_mean_pool
+from .cache import length_buckets
 from .classifier import TextClassifier
 
 __all__ = ["MaskFisher", "mask_fisher", "choose_layers", "prune_vocab", "FactorisedEmbeddings", "StudentSpec",
-           "build_student", "distil_student", "param_count"]
+           "build_student", "DistilConfig", "STUDENT_TRAIN", "distil_student", "param_count"]
 
 
 # ----------------------------------------------------------------------------- mask Fisher
@@ -153,8 +156,7 @@ class FactorisedEmbeddings(BertEmbeddings):
         self.word_proj = nn.Linear(rank, cfg.hidden_size, bias=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        t = ids.shape[1]
-        pos = self.position_embeddings.weight[:t].unsqueeze(0)
+        pos = self.positions(ids.shape[1])
         typ = self.token_type_embeddings.weight[0]
         return self.LayerNorm(self.word_proj(self.word_low(ids)) + pos + typ)
 
@@ -179,7 +181,12 @@ class StudentSpec:
     layers: Tuple[int, ...]          # teacher layers kept, in order
     ffn: int                         # FFN neurons kept per layer
     rank: int                        # embedding rank (0 = no factorisation)
-    max_length: int = 64
+    max_length: int = 64             # the most WordPiece ids the student's tokenizer emits ([CLS]/[SEP] included)
+    # keep only the first ``max_length`` rows of the teacher's position table (the positions the tokenizer can
+    # emit; MiniLM's 512 x 384 table is 448 x 384 weights the student never reads at max_length 64). Outputs for
+    # input of <= max_length ids are unchanged; longer input is refused (BertEmbeddings.positions), and a bundle
+    # whose tokenizer could emit more is refused at export (edgeuq.text.export).
+    trim_positions: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
@@ -187,6 +194,10 @@ class StudentSpec:
             raise ValueError(f"layers must be distinct teacher layer indices in order, got {self.layers}")
         if self.ffn < 1 or self.rank < 0:
             raise ValueError(f"ffn must be >= 1 and rank >= 0, got {self.ffn}, {self.rank}")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 3:
+            raise ValueError(f"max_length must be an integer >= 3 ([CLS], a token, [SEP]), got {self.max_length!r}")
+        if not isinstance(self.trim_positions, bool):
+            raise ValueError(f"trim_positions must be true or false, got {self.trim_positions!r}")
 
 
 def param_count(module: nn.Module) -> int:
@@ -204,7 +215,11 @@ def build_student(teacher: TextClassifier, spec: StudentSpec, old_ids: np.ndarra
                          f"{tc.intermediate_size} FFN)")
     if spec.ffn < tc.intermediate_size and fisher is None:
         raise ValueError("pruning FFN neurons needs the mask Fisher")
-    cfg = replace(tc, vocab_size=int(len(old_ids)), num_hidden_layers=len(spec.layers), intermediate_size=spec.ffn)
+    if spec.max_length > tc.max_position_embeddings:
+        raise ValueError(f"max_length {spec.max_length} exceeds the teacher's {tc.max_position_embeddings} positions")
+    positions = spec.max_length if spec.trim_positions else tc.max_position_embeddings
+    cfg = replace(tc, vocab_size=int(len(old_ids)), num_hidden_layers=len(spec.layers), intermediate_size=spec.ffn,
+                  max_position_embeddings=positions)
     s = TextClassifier(cfg, num_classes=teacher.num_classes, hidden=teacher.hidden, head_dropout=teacher.head_dropout,
                        scheme=teacher.scheme)
     info: Dict[str, float] = {}
@@ -217,7 +232,8 @@ def build_student(teacher: TextClassifier, spec: StudentSpec, old_ids: np.ndarra
         se.embeddings = emb
     else:
         se.embeddings.word_embeddings.weight.copy_(table)
-    for name in ("position_embeddings", "token_type_embeddings", "LayerNorm"):
+    se.embeddings.position_embeddings.weight.copy_(te.embeddings.position_embeddings.weight[:positions])
+    for name in ("token_type_embeddings", "LayerNorm"):
         getattr(se.embeddings, name).load_state_dict(getattr(te.embeddings, name).state_dict())
     for j, i in enumerate(spec.layers):
         src, dst = te.layers[i], se.layers[j]
@@ -246,16 +262,34 @@ def _hidden_all(encoder, ids: torch.Tensor) -> Tuple[List[torch.Tensor], torch.T
     return out, mask
 
 
+#: The student distillation's defaults of the shared optimiser options (``lr``: the encoder's).
+STUDENT_TRAIN = TrainConfig(epochs=1, batch_size=32, lr=1e-4, weight_decay=0.01)
+
+
 @dataclass(frozen=True)
 class DistilConfig:
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 1e-4
+    """How :func:`distil_student` trains: the encoder at ``train.lr``, the head at ``lr_head``.
+    ``train`` is the project's one set of optimiser options (:class:`edgeuq.training.TrainConfig`:
+    epochs, batch_size, lr, weight_decay, seed, threads); distillation keeps every epoch (its
+    ``patience`` is not used) and may stop at ``max_seconds``."""
+
     lr_head: float = 5e-4
     temperature: float = 2.0
     hidden_weight: float = 1.0
-    seed: int = 0
     max_seconds: float = 0.0        # stop early after this much training time (0 = no limit)
+    train: TrainConfig = STUDENT_TRAIN
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError(f"train must be a TrainConfig, got {type(self.train).__name__}")
+        for name in ("lr_head", "temperature"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v > 0):  # NaN-safe
+                raise ValueError(f"{name} must be > 0, got {v!r}")
+        for name in ("hidden_weight", "max_seconds"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v >= 0):
+                raise ValueError(f"{name} must be >= 0, got {v!r}")
 
 
 def distil_student(student: TextClassifier, teacher: TextClassifier, spec: StudentSpec, teacher_ids: np.ndarray,
@@ -266,28 +300,26 @@ def distil_student(student: TextClassifier, teacher: TextClassifier, spec: Stude
     cut from, on teacher-labelled text (the teacher computed on the fly, no gradients)."""
     if teacher_ids.shape != student_ids.shape:
         raise ValueError("teacher_ids and student_ids must be the same texts")
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
     teacher.eval()
     head = list(student.fc1.parameters()) + [student.fc2.weight, student.fc2.bias]
     hid = set(id(p) for p in head)
     body = [p for p in student.parameters() if id(p) not in hid]
-    opt = torch.optim.AdamW([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.lr_head}], weight_decay=0.01)
+    opt = torch.optim.AdamW([{"params": body, "lr": tc.lr}, {"params": head, "lr": cfg.lr_head}],
+                            weight_decay=tc.weight_decay)
     lengths = (teacher_ids != 0).sum(1)
-    steps = cfg.epochs * math.ceil(len(teacher_ids) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.06 * steps)) * max(0.0, 1 - s / steps))
+    steps = tc.epochs * math.ceil(len(teacher_ids) / tc.batch_size)
+    sched = warmup_linear_decay(opt, steps)
     hist: Dict[str, list] = {"loss": [], "kl": [], "hidden": [], "seconds": []}
     t0 = time.time()
     T = cfg.temperature
     step = 0
-    for epoch in range(cfg.epochs):
-        order = rng.permutation(len(teacher_ids))
-        chunks = [order[i:i + cfg.batch_size * 50] for i in range(0, len(order), cfg.batch_size * 50)]
-        batches = []
-        for c in chunks:
-            c = c[np.argsort(lengths[c], kind="stable")]
-            batches += [c[i:i + cfg.batch_size] for i in range(0, len(c), cfg.batch_size)]
-        rng.shuffle(batches)
+    for epoch in range(tc.epochs):
+        batches = length_buckets(lengths, tc.batch_size, rng)
         student.train()
         tot = [0.0, 0.0, 0.0]
         n = 0

@@ -27,7 +27,7 @@ from .config import TrainConfig
 
 __all__ = [
     "EpochStats", "TrainResult", "train_model", "predict_logits", "run_epochs", "check_dataset", "Batch", "LossOut",
-    "LossFn", "cross_entropy_loss", "deterministic_validation",
+    "LossFn", "cross_entropy_loss", "deterministic_validation", "StepTotals", "run_steps", "warmup_linear_decay",
 ]
 
 
@@ -115,6 +115,55 @@ def check_dataset(name: str, x: np.ndarray, y: np.ndarray, model: nn.Module) -> 
         raise ValueError(f"{name} inputs of a token model must be integer ids, got {x.dtype}")
 
 
+def warmup_linear_decay(opt: torch.optim.Optimizer, steps: int, warmup: float = 0.06):
+    """Linear warm-up over the first ``warmup`` share of ``steps``, then linear decay to 0 (BERT's
+    fine-tuning schedule; the text fine-tune and the text student's distillation use it)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / (warmup * steps)) * max(0.0, 1 - s / steps))
+
+
+@final
+@dataclass(frozen=True)
+class StepTotals:
+    """Running sums over the optimiser steps of one epoch (so far)."""
+
+    loss_sum: float   # sum over rows of the batch-mean loss
+    correct: int      # rows whose logits' argmax is the label
+    rows: int
+
+
+def run_steps(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched,
+    batches: Iterable[Batch],
+    loss_fn: LossFn,
+    clip_norm: Optional[float] = 1.0,
+    on_step: Optional[Callable[[int, StepTotals], None]] = None,
+) -> StepTotals:
+    """The one optimiser-step loop every trainer shares (one epoch of ``batches``): ``loss_fn(model,
+    batch)``, zeroed gradients, backward, gradient-norm clipping at ``clip_norm`` (None: none),
+    optimiser and scheduler step; ``on_step(i, totals)`` after each step (progress). The caller
+    owns the optimiser, the schedule, the batching and the mode (train / eval) of the model."""
+    loss_sum, correct, total = 0.0, 0, 0
+    for i, batch in enumerate(batches):
+        out = loss_fn(model, batch)
+        logits, loss = out.logits, out.loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        opt.step()
+        sched.step()
+        n = len(batch.index)
+        loss_sum += loss.item() * n
+        correct += int((logits.argmax(-1) == batch.y).sum())
+        total += n
+        if on_step is not None:
+            on_step(i, StepTotals(loss_sum, correct, total))
+    return StepTotals(loss_sum, correct, total)
+
+
 def run_epochs(
     model: torch.nn.Module,
     x_train: np.ndarray,
@@ -148,23 +197,21 @@ def run_epochs(
     for epoch in range(cfg.epochs):
         model.train()
         perm = torch.from_numpy(order_rng.permutation(len(xt)))
-        total, correct, loss_sum = 0, 0, 0.0
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not bars, leave=False)
-        for step in bar:
-            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            out = loss_fn(model, Batch(xt[idx], yt[idx], idx))
-            logits, loss = out.logits, out.loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(-1) == yt[idx]).sum())
-            total += len(idx)
-            bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not bars, leave=False)
+
+        def batches(perm=perm):
+            for step in range(steps):
+                idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                yield Batch(xt[idx], yt[idx], idx)
+
+        def on_step(_i: int, t: StepTotals, bar=bar) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{t.loss_sum / t.rows:.3f}", acc=f"{t.correct / t.rows:.3f}")
+
+        totals = run_steps(model, opt, sched, batches(), loss_fn, clip_norm=1.0, on_step=on_step)
+        bar.close()
         val_nll, val_acc = validate()
-        stats = EpochStats(epoch + 1, loss_sum / total, correct / total, val_nll, val_acc)
+        stats = EpochStats(epoch + 1, totals.loss_sum / totals.rows, totals.correct / totals.rows, val_nll, val_acc)
         history.append(stats)
         if epoch_line is not None:
             epoch_line(
