@@ -96,13 +96,13 @@ def test_batched_stream_equals_window_by_window_stream(tiny, tmp_path):
     sig = _windows(tiny, 60, seed=9).reshape(-1)
     sig = sig[np.isfinite(sig)]                      # a stream without NaN: every window decided
     runs = {}
-    for name, deadline in (("one", None), ("batched", 3.0)):
+    for name, deadline in (("one", None), ("batched", 1000.0)):   # a deadline no load can miss: batches of 8
         recs = []
         stats = run_stream(Diagnoser(rt, samples=8, seed=5), ArraySource(sig, 50.0), recs.append, hop=16,
-                           deadline=deadline)
+                           deadline=deadline, max_batch=8)
         runs[name] = ([r for r in recs if r["type"] == "decision"], recs[-1], stats)
     one, batched = runs["one"][0], runs["batched"][0]
-    assert runs["one"][1]["mean_batch"] == 1.0 and runs["batched"][1]["mean_batch"] > 4
+    assert runs["one"][1]["mean_batch"] == 1.0 and runs["batched"][1]["mean_batch"] > 3
     assert len(one) == len(batched) == runs["one"][2].windows > 50
     keys = ("window", "class", "set", "reasons", "flags", "samples", "abstain", "status")
     for a, b in zip(one, batched):
@@ -224,3 +224,29 @@ def test_pvalues_against_sorted_scores_equal_mondrian_pvalues(tiny, tmp_path):
         for part, (per, pooled) in cal.pvalue_scores.items():
             ref = mondrian_pvalues(per, pooled, scores[part], pred)
             assert np.array_equal(got[part], ref)
+
+
+def test_cli_deadline_batches_and_decides_the_same(tiny):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sig = (np.random.default_rng(8).standard_normal(16 * 40) * 2000).astype("<i2").tobytes()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = {}
+    for name, extra in (("one", []), ("batched", ["--deadline-ms", "60000", "--max-batch", "6"])):
+        proc = subprocess.run([sys.executable, "-m", "edgeuq_runtime", "stream", str(tiny.dir), "--source", "stdin:i16",
+                               "--hop", "8", "--samples", "4", *extra], input=sig, capture_output=True, env=env,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr.decode()
+        out[name] = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    assert out["one"][-1]["mean_batch"] == 1.0 and out["batched"][-1]["mean_batch"] > 3
+    assert out["batched"][-1]["deadline_ms"] == 60000.0
+    dec = {k: [r for r in v if r["type"] == "decision"] for k, v in out.items()}
+    assert len(dec["one"]) == len(dec["batched"]) == 79
+    for a, b in zip(dec["one"], dec["batched"]):
+        assert (a["window"], a["class"], a["samples"], a["abstain"]) == (b["window"], b["class"], b["samples"],
+                                                                         b["abstain"])
+        assert abs(a["epistemic"] - b["epistemic"]) <= 1e-5 and abs(a["total"] - b["total"]) <= 1e-5
