@@ -90,6 +90,17 @@ def _make_rng(seed: Any) -> np.random.Generator:
         raise InputError(f"seed must be None or a non-negative integer, got {str(seed)[:60]} ({exc})") from None
 
 
+def _sampling_args(samples: Any, rng: Any, features: Any) -> Tuple[int, np.ndarray]:
+    """Checked ``samples`` and ``rng`` of a sampling call, and ``features`` as float32 (B >= 1, ...)."""
+    s = _positive_int("samples", samples, MAX_SAMPLES, " (the most samples one call may draw)")
+    if not isinstance(rng, np.random.Generator):
+        raise InputError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    if features.ndim < 1 or features.shape[0] < 1:
+        raise InputError(f"features must have shape (B, ...) with B >= 1, got {features.shape}")
+    return s, features
+
+
 def _check_graph(role: str, spec: GraphSpec, runner: GraphRunner) -> None:
     ins, outs = tuple(runner.input_names), tuple(runner.output_names)
     if set(ins) != set(spec.inputs) or set(outs) != set(spec.outputs):
@@ -341,12 +352,7 @@ class UncertaintyRuntime:
         noise takes memory bounded by ``max_batch``, the result never depends on it, and
         calling this with k1 and then k2 samples from the same generator draws exactly the
         k1 + k2 samples one call would (adaptive sampling)."""
-        s = _positive_int("samples", samples, MAX_SAMPLES, " (the most samples one call may draw)")
-        if not isinstance(rng, np.random.Generator):
-            raise InputError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
-        features = np.ascontiguousarray(features, dtype=np.float32)
-        if features.ndim < 1 or features.shape[0] < 1:
-            raise InputError(f"features must have shape (B, ...) with B >= 1, got {features.shape}")
+        s, features = _sampling_args(samples, rng, features)
         m = self.manifest
         b, c = features.shape[0], m.num_classes
         out = np.empty((s, b, c), dtype=np.float32)
@@ -373,12 +379,7 @@ class UncertaintyRuntime:
         the stream (input-major, unlike :meth:`sample_logits`' sample-major rows). The head runs on
         whole inputs' rows, at most ``max_batch`` rows per run (a stream's micro-batch of windows
         in one call, deciding exactly what one window at a time decides)."""
-        s = _positive_int("samples", samples, MAX_SAMPLES, " (the most samples one call may draw)")
-        if not isinstance(rng, np.random.Generator):
-            raise InputError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
-        features = np.ascontiguousarray(features, dtype=np.float32)
-        if features.ndim < 1 or features.shape[0] < 1:
-            raise InputError(f"features must have shape (B, ...) with B >= 1, got {features.shape}")
+        s, features = _sampling_args(samples, rng, features)
         m = self.manifest
         b, c = features.shape[0], m.num_classes
         per_run = self._max_batch // s

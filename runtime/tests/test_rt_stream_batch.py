@@ -5,6 +5,7 @@ a batched window's latency is charged the hops it waited, and the pieces the bat
 pre-sorted calibration scores) equal their references."""
 import numpy as np
 import pytest
+from test_rt_stream import _Clock
 from test_rt_stream_calibration import _calibrate_tiny, _calibrate_tiny_pvalues
 
 from edgeuq_runtime import UncertaintyRuntime
@@ -125,14 +126,6 @@ def test_batch_plan_is_the_largest_batch_within_the_deadline():
     wide = plan.size()
     plan.observe(1, 0.2)                             # a slow batch narrows the next ones
     assert plan.size() < wide
-
-
-class _Clock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
 
 
 class _BatchDiagnoser:
