@@ -40,7 +40,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -85,7 +85,7 @@ class LoopSource:
 
 
 def stream_run(bundle: Path, base: np.ndarray, rate: float, seconds: float, hop: int, adaptive: bool,
-               samples: int) -> Dict:
+               samples: int, deadline_ms: Optional[float] = None) -> Dict:
     from edgeuq_runtime import UncertaintyRuntime
     from edgeuq_runtime.stream import Diagnoser, Hysteresis, run_stream
 
@@ -107,7 +107,8 @@ def stream_run(bundle: Path, base: np.ndarray, rate: float, seconds: float, hop:
 
     src = LoopSource(base, rate, int(seconds * rate), "CWRU training-load records in a loop")
     t0, c0 = time.perf_counter(), time.process_time()
-    stats = run_stream(diag, src, emit, hop=hop, alarm=Hysteresis(3, 5, "normal"))
+    stats = run_stream(diag, src, emit, hop=hop, alarm=Hysteresis(3, 5, "normal"),
+                       deadline=None if deadline_ms is None else deadline_ms / 1e3)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     gc.collect()
     rss_end = rss_bytes()
@@ -119,6 +120,7 @@ def stream_run(bundle: Path, base: np.ndarray, rate: float, seconds: float, hop:
         "cpu_s": cpu, "rtf_cpu": s["signal_seconds"] / cpu, "cpu_ms_per_window": 1e3 * cpu / max(1, s["windows"]),
         "p50_ms": s["latency_p50_ms"], "p99_ms": s["latency_p99_ms"], "max_ms": s["latency_max_ms"],
         "deadline_ms": s["deadline_ms"], "late": s["late"], "mean_S": s["mean_samples"],
+        "mean_batch": s["mean_batch"], "batches": s["batches"],
         # errors (the model raised) are counted apart from abstentions and published in the table
         "abstained_frac": s["abstained"] / max(1, s["windows"]), "errors": s["errors"],
         "error_examples": s.get("error_examples", []),
@@ -311,6 +313,10 @@ def demo_adaptive_rows(work: Path, samples: int, alpha: float, far: float) -> Li
 
 STREAM_KEYS = ["mode", "windows", "signal_hours", "rtf_compute", "rtf_wall", "rtf_cpu", "cpu_ms_per_window", "p50_ms",
                "p99_ms", "max_ms", "deadline_ms", "late", "mean_S", "abstained_frac", "errors", "rss_growth_mb"]
+#: the --bundle stream table: also the micro-batch the deadline allowed
+BUNDLE_STREAM_KEYS = ["mode", "deadline_ms", "mean_batch", "windows", "signal_hours", "rtf_cpu", "rtf_wall",
+                      "cpu_ms_per_window", "p50_ms", "p99_ms", "max_ms", "late", "errors", "mean_S", "abstained_frac",
+                      "rss_growth_mb"]
 OOD_KEYS = ["ood_set", "AUROC MI", "AUROC total entropy", "AUROC density", "AUROC combined", "FPR95 MI",
             "FPR95 density", "FPR95 combined"]
 
@@ -374,16 +380,19 @@ def bundle_main(a, prov, cmd, cwru: Path) -> int:
         return 0
     base, what = signal
     streams, profiles = [], []
+    deadlines = [None if d == "hop" else float(d) for d in a.deadlines_ms]
     for adaptive in (False, True):
-        r = stream_run(bundle, base, 12000.0, a.hours * 3600, a.hop, adaptive, a.samples)
-        r["signal"] = what
-        print(f"stream {r['mode']}: {r['windows']} windows ({r['signal_hours'] * 60:.1f} min of signal), "
-              f"RTF by CPU {r['rtf_cpu']:.1f}x, by wall {r['rtf_wall']:.1f}x, late {r['late']}, errors {r['errors']}, "
-              f"RSS growth {r['rss_growth_mb']:.3f} MB", flush=True)
-        if r["errors"]:
-            print(f"WARNING: stream {r['mode']}: {r['errors']} window(s) raised instead of deciding "
-                  f"(not abstentions): {r['error_examples']}", file=sys.stderr)
-        streams.append(r)
+        for dl in deadlines:
+            r = stream_run(bundle, base, 12000.0, a.hours * 3600, a.hop, adaptive, a.samples, dl)
+            r["signal"] = what
+            print(f"stream {r['mode']}, deadline {r['deadline_ms']:g} ms (mean batch {r['mean_batch']}): "
+                  f"{r['windows']} windows ({r['signal_hours'] * 60:.1f} min of signal), RTF by CPU "
+                  f"{r['rtf_cpu']:.1f}x, by wall {r['rtf_wall']:.1f}x, late {r['late']}, errors {r['errors']}, "
+                  f"RSS growth {r['rss_growth_mb']:.3f} MB", flush=True)
+            if r["errors"]:
+                print(f"WARNING: stream {r['mode']}: {r['errors']} window(s) raised instead of deciding "
+                      f"(not abstentions): {r['error_examples']}", file=sys.stderr)
+            streams.append(r)
         if a.profile:
             p = profile_windows(bundle, base, a.profile, a.hop, adaptive, a.samples)
             profiles.append(p)
@@ -393,7 +402,7 @@ def bundle_main(a, prov, cmd, cwru: Path) -> int:
                   f"per window)\n")
             print(md(p["parts"], ["part", "cpu_ms_per_window", "share"]))
     print(f"\n## Stream ({bundle}, one core, {a.hours * 60:g} min of 12 kHz signal per run, hop {a.hop})\n")
-    print(md(streams, STREAM_KEYS))
+    print(md(streams, BUNDLE_STREAM_KEYS))
     doc = {"bench": "stream --bundle", "bundle": str(bundle), "signal": what, "minutes": a.hours * 60, "hop": a.hop,
            "streams": streams, "profiles": profiles,
            "provenance": finish(prov, note="one ORT thread, one torch thread"), "command": cmd,
@@ -403,6 +412,22 @@ def bundle_main(a, prov, cmd, cwru: Path) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2, default=float))
     print(f"\njson: {out}")
+    if a.json:
+        from edgeuq.provenance import write_results
+
+        tables = {"stream": {"headers": BUNDLE_STREAM_KEYS, "rows": [[r.get(k) for k in BUNDLE_STREAM_KEYS]
+                                                                       for r in streams]}}
+        for p in profiles:
+            tables[f"profile_{'adaptive' if p['mode'].startswith('adaptive') else 'fixed'}"] = {
+                "headers": ["part", "cpu_ms_per_window", "share"],
+                "rows": [[q["part"], q["cpu_ms_per_window"], q["share"]] for q in p["parts"]],
+                "note": f"{p['windows']} windows one at a time (the reference Diagnoser.decide's pieces), mean S "
+                        f"{p['mean_S']:.2f}, {p['mismatches_vs_decide']} mismatches vs decide; pieces "
+                        f"{p['pieces_cpu_ms_per_window']:.3f} ms, the whole stream {p['stream_cpu_ms_per_window']:.3f} ms "
+                        "per window"}
+        tables = json.loads(json.dumps({"tables": tables}, default=float))
+        write_results(a.json, tables, cmd, finish(prov, note=f"one ORT thread; signal: {what}"))
+        print(f"tables: {a.json}")
     return 0
 
 
@@ -428,6 +453,10 @@ def main(argv=None) -> int:
                     help="with --bundle: the signal played in a loop (synthetic: the demo's generator, SIMULATED)")
     ap.add_argument("--minutes", type=float, help="signal minutes per streaming run (overrides --hours)")
     ap.add_argument("--profile", type=int, default=2000, help="with --bundle: windows of the per-window profile")
+    ap.add_argument("--deadlines-ms", nargs="+", default=["hop"],
+                    help="with --bundle: one stream per deadline per mode; 'hop' = hop / rate (one window per model "
+                         "call); a longer deadline lets the loop decide consecutive windows together (a micro-batch "
+                         "sized so that a window's wait for the batch plus the compute stays within it)")
     a = ap.parse_args(argv)
     if a.minutes:
         a.hours = a.minutes / 60.0

@@ -105,6 +105,9 @@ BENCHES: List[Bench] = [
           writes=("text_student_int8",), needs=("text_student_cut",)),
     Bench("demo", "edgeuq demo --out runs/demo --no-progress && python scripts/render_tables.py --update "
                   "demo=runs/demo/tables.json", quick="", writes=("demo",)),
+    Bench("stream_student", "python bench/stream.py --bundle runs/demo/student/bundle --minutes 60 --deadlines-ms hop "
+                            "1000 2000 --profile 2000 --work runs/bench/stream_student "
+                            "--json results/stream_student.json {mode}", writes=("stream_student",), needs=("demo",)),
 ]
 
 

@@ -56,7 +56,7 @@ import numpy as np
 
 from . import _checks as c
 from .adaptive import AdaptiveConfig
-from .conformal import COMBINE_RULES, ConformalPredictor, combine_pvalues, conformal_pvalues, mondrian_pvalues
+from .conformal import COMBINE_RULES, ConformalPredictor, combine_pvalues
 from .density import POOLINGS, GaussianDensity, check_pooling
 from .errors import BundleError, InputError
 
@@ -366,6 +366,16 @@ def load_pvalue_scores(path: Any, section: PValueSection, num_classes: int) -> D
     return out
 
 
+def _pvalues_sorted(c: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """:func:`~edgeuq_runtime.conformal.conformal_pvalues` against calibration scores ``c`` already
+    sorted (same values, NaN included: a NaN score counts as beyond every calibration score)."""
+    nan = np.isnan(s)
+    ge = c.size - np.searchsorted(c, np.where(nan, np.inf, s), side="left")
+    if nan.any():
+        ge = np.where(nan, 0, ge)
+    return (1.0 + ge) / (c.size + 1.0)
+
+
 class Calibrated:
     """A bundle's calibration ready to use: density model loaded, scores and abstention."""
 
@@ -381,6 +391,13 @@ class Calibrated:
                               f"{cal.density.dim}")
         if cal.pvalues is not None and (pvalue_scores is None or set(pvalue_scores) != set(cal.pvalues.parts)):
             raise BundleError("calibration declares p-values but their calibration scores were not loaded")
+        # sorted once here, so that a window's p-values are one binary search per score (a stream's
+        # hot path) instead of a sort of the calibration scores per call
+        self._sorted: Dict[str, Tuple[list, np.ndarray]] = {}
+        for part, (per, pooled) in (pvalue_scores or {}).items():
+            ps = np.sort(np.asarray(pooled, dtype=np.float64).ravel())
+            self._sorted[part] = ([ps if v is None else np.sort(np.asarray(v, dtype=np.float64).ravel())
+                                   for v in per], ps)
 
     @classmethod
     def from_bundle(cls, bundle: Any) -> Optional["Calibrated"]:
@@ -417,18 +434,34 @@ class Calibrated:
             return None
         given = {"epistemic": epistemic, "total": total, "density": density}
         out = {}
+        groups = None
+        if pv.mondrian:
+            if prediction is None:
+                raise InputError("Mondrian p-values need the predicted class")
+            g = np.asarray(prediction).reshape(-1)
+            k = len(self._sorted[pv.parts[0]][0])
+            if g.size and (not np.issubdtype(g.dtype, np.integer) or g.min() < 0 or g.max() >= k):
+                raise InputError(f"groups must be {g.size} integers in [0, {k}), got {g!r:.80}")
+            groups = g.tolist()
         for part in pv.parts:
             v = given[part]
             if v is None:
                 raise InputError(f"the p-value rule needs the {part!r} score")
-            per, pooled = self.pvalue_scores[part]
+            per, pooled = self._sorted[part]
             v = np.asarray(v, dtype=np.float64).reshape(-1)
-            if pv.mondrian:
-                if prediction is None:
-                    raise InputError("Mondrian p-values need the predicted class")
-                out[part] = mondrian_pvalues(per, pooled, v, np.asarray(prediction).reshape(-1))
+            if groups is None:
+                out[part] = _pvalues_sorted(pooled, v)
+            elif len(set(groups)) == 1:
+                out[part] = _pvalues_sorted(per[groups[0]], v)
+            elif len(groups) <= 16:
+                # one binary search per row against its class's sorted scores (rows are few in a stream)
+                out[part] = np.array([_pvalues_sorted(per[k], v[i:i + 1])[0] for i, k in enumerate(groups)])
             else:
-                out[part] = conformal_pvalues(pooled, v)
+                res = np.empty_like(v)
+                for k in set(groups):
+                    m = g == k
+                    res[m] = _pvalues_sorted(per[k], v[m])
+                out[part] = res
         return out
 
     def combined_pvalue(self, parts: Mapping[str, np.ndarray]) -> np.ndarray:

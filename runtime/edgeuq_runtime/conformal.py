@@ -136,6 +136,11 @@ class ConformalPredictor:
     def threshold(self):
         return np.asarray(self.qhat) if self.class_conditional else self.qhat[0]
 
+    @property
+    def draws_random(self) -> bool:
+        """Whether :meth:`sets` draws from the caller's generator (randomised APS)."""
+        return self.method == "aps" and self.randomized
+
     def draw_u(self, batch: int, rng: Optional[np.random.Generator]) -> Optional[np.ndarray]:
         if self.method != "aps" or not self.randomized:
             return None

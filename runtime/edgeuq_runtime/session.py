@@ -90,6 +90,17 @@ def _make_rng(seed: Any) -> np.random.Generator:
         raise InputError(f"seed must be None or a non-negative integer, got {str(seed)[:60]} ({exc})") from None
 
 
+def _sampling_args(samples: Any, rng: Any, features: Any) -> Tuple[int, np.ndarray]:
+    """Checked ``samples`` and ``rng`` of a sampling call, and ``features`` as float32 (B >= 1, ...)."""
+    s = _positive_int("samples", samples, MAX_SAMPLES, " (the most samples one call may draw)")
+    if not isinstance(rng, np.random.Generator):
+        raise InputError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    if features.ndim < 1 or features.shape[0] < 1:
+        raise InputError(f"features must have shape (B, ...) with B >= 1, got {features.shape}")
+    return s, features
+
+
 def _check_graph(role: str, spec: GraphSpec, runner: GraphRunner) -> None:
     ins, outs = tuple(runner.input_names), tuple(runner.output_names)
     if set(ins) != set(spec.inputs) or set(outs) != set(spec.outputs):
@@ -283,6 +294,23 @@ class UncertaintyRuntime:
         at most ``max_batch`` rows at a time."""
         return self._run_trunk(self._prepare(x, rpm)[0])
 
+    def stream_features(self, windows: np.ndarray) -> np.ndarray:
+        """Trunk features (B, ...) of windows a stream has checked already: a C-contiguous float32
+        array (B, input.length) of finite samples (the streaming :class:`~edgeuq_runtime.stream.Diagnoser`
+        flags non-finite windows and never passes them). Skips the per-call validation and the
+        input-quality flags of :meth:`trunk_features` (the stream has its own); the front end,
+        normalisation and trunk are the same, so the features equal ``trunk_features(windows)``.
+        Only the dtype, shape and contiguity are checked here (O(1)), not the values."""
+        spec = self.manifest.input
+        if spec.is_tokens:
+            raise InputError("stream_features takes signal windows; this bundle takes token ids")
+        if not isinstance(windows, np.ndarray) or windows.dtype != np.float32 or windows.ndim != 2 \
+                or windows.shape[1] != spec.length or windows.shape[0] < 1 or not windows.flags.c_contiguous:
+            raise InputError(f"stream_features needs a C-contiguous float32 array (B >= 1, {spec.length}), got "
+                             f"{getattr(windows, 'dtype', type(windows).__name__)} {getattr(windows, 'shape', '')}")
+        shaped = apply_front_end(self._front_end, windows, spec.sample_rate_hz, None)
+        return self._run_trunk(normalize(shaped, spec.normalization))
+
     def _run_head(self, features: np.ndarray, noise: Mapping[str, np.ndarray], check: bool = True) -> np.ndarray:
         m = self.manifest
         n = features.shape[0]
@@ -325,12 +353,7 @@ class UncertaintyRuntime:
         noise takes memory bounded by ``max_batch``, the result never depends on it, and
         calling this with k1 and then k2 samples from the same generator draws exactly the
         k1 + k2 samples one call would (adaptive sampling)."""
-        s = _positive_int("samples", samples, MAX_SAMPLES, " (the most samples one call may draw)")
-        if not isinstance(rng, np.random.Generator):
-            raise InputError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
-        features = np.ascontiguousarray(features, dtype=np.float32)
-        if features.ndim < 1 or features.shape[0] < 1:
-            raise InputError(f"features must have shape (B, ...) with B >= 1, got {features.shape}")
+        s, features = _sampling_args(samples, rng, features)
         m = self.manifest
         b, c = features.shape[0], m.num_classes
         out = np.empty((s, b, c), dtype=np.float32)
@@ -350,6 +373,29 @@ class UncertaintyRuntime:
         if s * b * words_per_row(m.noise) * 8 >= TRIM_NOISE_BYTES:
             _malloc_trim()
         return out
+
+    def sample_logits_per_input(self, features: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
+        """Logits (S, B, C) equal to ``B`` calls of :meth:`sample_logits` on ``features[b:b+1]`` in
+        order, from the same ``rng``: input ``b`` takes noise rows ``b * S .. (b + 1) * S - 1`` of
+        the stream (input-major, unlike :meth:`sample_logits`' sample-major rows). The head runs on
+        whole inputs' rows, at most ``max_batch`` rows per run (a stream's micro-batch of windows
+        in one call, deciding exactly what one window at a time decides)."""
+        s, features = _sampling_args(samples, rng, features)
+        m = self.manifest
+        b, c = features.shape[0], m.num_classes
+        per_run = self._max_batch // s
+        if per_run < 1:  # one input's samples exceed max_batch: the sample-major path, input by input
+            return np.concatenate([self.sample_logits(features[i:i + 1], s, rng) for i in range(b)], axis=1)
+        out = np.empty((b, s, c), dtype=np.float32)
+        for b0 in range(0, b, per_run):
+            n = min(per_run, b - b0)
+            noise = sample_noise_rows(m.noise, n * s, rng)
+            rows = np.repeat(features[b0:b0 + n], s, axis=0)
+            out[b0:b0 + n] = self._run_head(rows, noise).reshape(n, s, c)
+            del noise, rows
+        if s * b * words_per_row(m.noise) * 8 >= TRIM_NOISE_BYTES:
+            _malloc_trim()
+        return out.transpose(1, 0, 2)
 
     def _decompose(self, logits: np.ndarray, flags: Optional[Tuple[str, ...]]) -> UncertaintyResult:
         if not np.all(np.isfinite(logits)):

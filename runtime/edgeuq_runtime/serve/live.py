@@ -15,7 +15,10 @@ __all__ = ["TimedDiagnoser", "bundle_info", "ota_summary", "LiveFeed"]
 
 class TimedDiagnoser:
     """Wraps a :class:`~edgeuq_runtime.stream.Diagnoser`: times each ``decide`` and keeps
-    the last decision (for its class probabilities). Everything else is delegated."""
+    the last decision (for its class probabilities). Everything else is delegated, except
+    micro-batching: the stream loop decides window by window through :meth:`decide` here."""
+
+    batched = False
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner

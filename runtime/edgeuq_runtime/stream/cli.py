@@ -30,6 +30,10 @@ def add_stream_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-stalls", type=int, help="stop after this many stalls/closes in a row (default: never)")
     p.add_argument("--no-calibration", action="store_true", help="ignore the bundle's calibration section")
     p.add_argument("--alarms-only", action="store_true", help="emit alarms, status and the summary only")
+    p.add_argument("--deadline-ms", type=float,
+                   help="a window's decision is due this long after its last sample (default: one hop); a longer "
+                        "deadline lets consecutive windows be decided together (fewer model calls, same decisions)")
+    p.add_argument("--max-batch", type=int, default=32, help="most windows decided together (with --deadline-ms)")
     p.set_defaults(func=run_stream_command)
     return p
 
@@ -75,7 +79,8 @@ def run_stream_command(args: argparse.Namespace) -> int:
         print(f"listening on 127.0.0.1:{src.port}", file=sys.stderr, flush=True)
     try:
         run_stream(diag, src, _emit, hop=args.hop, alarm=alarm, max_windows=args.max_windows,
-                   max_stalls=args.max_stalls, per_window=not args.alarms_only)
+                   max_stalls=args.max_stalls, per_window=not args.alarms_only,
+                   deadline=None if args.deadline_ms is None else args.deadline_ms / 1e3, max_batch=args.max_batch)
     except KeyboardInterrupt:
         pass
     finally:

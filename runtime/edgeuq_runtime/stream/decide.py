@@ -12,7 +12,7 @@ import numpy as np
 from ..adaptive import AdaptiveConfig, adaptive_predict, sample_logits
 from ..calibration import Calibrated
 from ..uncertainty import decompose, softmax
-from .quality import BLOCKING_FLAGS, window_flags
+from .quality import BLOCKING_FLAGS, window_flags, window_flags_batch
 
 __all__ = ["Decision", "Diagnoser", "bundle_digest"]
 
@@ -89,6 +89,13 @@ class Diagnoser:
         self.class_names = tuple(rt.class_names)
         self.digest = bundle_digest(rt)
 
+    @property
+    def batched(self) -> bool:
+        """Whether :meth:`decide_batch` decides exactly what :meth:`decide` does for this object: true
+        for a plain Diagnoser; a subclass that overrides ``decide`` alone is decided window by window."""
+        cls = type(self)
+        return cls.decide is Diagnoser.decide or cls.decide_batch is not Diagnoser.decide_batch
+
     def _thresholds(self):
         if self.cal is None:
             return None, None
@@ -142,3 +149,90 @@ class Diagnoser:
                         None if density is None else float(density[0]),
                         None if combined is None else float(combined[0]), pset, bool(reasons), reasons, flags,
                         used, [float(v) for v in res.probs[0]], extra)
+
+    # -- micro-batches ---------------------------------------------------------------------------
+    def _draws_in_post(self) -> bool:
+        """Whether the calibrated post-processing draws from ``rng`` (randomised APS sets): then a
+        window's noise must follow the previous window's set draw, and windows go one at a time."""
+        cp = self.cal.cal.conformal if self.cal is not None else None
+        return cp is not None and cp.draws_random
+
+    def decide_batch(self, windows: np.ndarray) -> List[Decision]:
+        """The decisions of consecutive windows (B, length), equal to ``[decide(w) for w in windows]``
+        from the same state (same noise rows per window, within float round-off): one trunk run,
+        one density score, one head run of B * S rows (fixed S; adaptive S draws window by window,
+        in order) and one vectorised decomposition, p-value and set computation for the batch.
+        Windows with a blocking quality flag are left out of the model runs, as in :meth:`decide`."""
+        x = np.ascontiguousarray(windows, dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"decide_batch needs windows (batch, length), got shape {x.shape}")
+        if self._draws_in_post():
+            return [self.decide(w) for w in x]
+        flags = window_flags_batch(x)
+        blocking = [[f for f in fl if f in BLOCKING_FLAGS] for fl in flags]
+        use = [i for i, bl in enumerate(blocking) if not bl]
+        out: List[Optional[Decision]] = [None] * x.shape[0]
+        for i, bl in enumerate(blocking):
+            if bl:
+                out[i] = Decision(None, None, None, None, None, None, None, None, None, True, list(bl), flags[i], 0)
+        if not use:
+            return out  # type: ignore[return-value]
+        xu = x if len(use) == x.shape[0] else x[use]
+        stream_features = getattr(self.rt, "stream_features", None)
+        features = stream_features(xu) if stream_features is not None else self.rt.trunk_features(xu)
+        density = self.cal.density_score(features) if self.cal is not None else None
+        n = len(use)
+        if self.adaptive:
+            mi_t, prob_t = self._thresholds()
+            probs = np.empty((n, len(self.class_names)))
+            pred = np.empty(n, dtype=np.int64)
+            conf, total, alea, epi = (np.empty(n) for _ in range(4))
+            used = [0] * n
+            for j in range(n):
+                f = features[j:j + 1]
+                r, used[j] = adaptive_predict(lambda k: sample_logits(self.rt, f, k, self.rng), self.cfg,
+                                              self.class_names, mi_t, prob_t)
+                probs[j], pred[j], conf[j] = r.probs[0], r.prediction[0], r.confidence[0]
+                total[j], alea[j], epi[j] = r.total[0], r.aleatoric[0], r.epistemic[0]
+        else:
+            per_input = getattr(self.rt, "sample_logits_per_input", None)
+            if per_input is not None:
+                logits = per_input(features, self.samples, self.rng)
+            else:
+                logits = np.concatenate([sample_logits(self.rt, features[j:j + 1], self.samples, self.rng)
+                                         for j in range(n)], axis=1)
+            r = decompose(softmax(np.asarray(logits, dtype=np.float64), axis=-1), self.class_names)
+            probs, pred, conf, total, alea, epi = r.probs, r.prediction, r.confidence, r.total, r.aleatoric, \
+                r.epistemic
+            used = [self.samples] * n
+        combined = None
+        pvals = None
+        sets = None
+        reasons: List[List[str]] = [[] for _ in range(n)]
+        pc = None
+        if self.cal is not None:
+            pvals = self.cal.pvalues(epi, total, density, pred)
+            if pvals is not None:
+                pc = self.cal.combined_pvalue(pvals)
+                combined = -np.log10(pc)
+            else:
+                combined = self.cal.combined_score(epi, density, total, pred)
+            size = None
+            cp = self.cal.cal.conformal
+            if cp is not None:
+                sets = cp.sets(probs, rng=self.rng)
+                size = sets.sum(axis=1)
+            reasons = self.cal.abstain_reasons(size, epi, density, total, pred, parts=pvals)
+        names = self.class_names
+        for j, i in enumerate(use):
+            k = int(pred[j])
+            rs = list(flags[i]) + reasons[j]
+            extra: Dict[str, Any] = {}
+            if pvals is not None:
+                extra = {"pvalues": {p: float(v[j]) for p, v in pvals.items()}, "p_combined": float(pc[j])}
+            pset = None if sets is None else [names[c] for c in np.flatnonzero(sets[j])]
+            out[i] = Decision(names[k], k, float(conf[j]), float(total[j]), float(alea[j]), float(epi[j]),
+                              None if density is None else float(density[j]),
+                              None if combined is None else float(combined[j]), pset, bool(rs), rs, flags[i],
+                              used[j], [float(v) for v in probs[j]], extra)
+        return out  # type: ignore[return-value]

@@ -18,7 +18,7 @@ from .alarm import Hysteresis
 from .ring import Windower
 from .sources import Source
 
-__all__ = ["LatencyHistogram", "StreamStats", "run_stream"]
+__all__ = ["BatchPlan", "LatencyHistogram", "StreamStats", "run_stream"]
 
 Emit = Callable[[Dict[str, Any]], None]
 
@@ -58,6 +58,7 @@ class StreamStats:
     stalls: int = 0
     closes: int = 0
     alarms: int = 0
+    batches: int = 0          # model calls (a micro-batch of windows each)
     signal_seconds: float = 0.0
     compute_seconds: float = 0.0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
@@ -85,28 +86,151 @@ class StreamStats:
         }
 
 
+class BatchPlan:
+    """How many consecutive windows one model call may decide (a micro-batch), from the deadline.
+
+    In real time the first window of a batch of ``b`` waits ``b - 1`` hops for the last to arrive,
+    then all ``b`` are computed: its latency is ``(b - 1) * hop / rate + b * cost``. The plan picks
+    the largest ``b <= max_batch`` with ``(b - 1) * hop_s + safety * b * cost <= deadline``, where
+    ``cost`` is the measured compute per window (the slowest of the recent batches, so one fast
+    batch never widens the next). Until ``warmup`` windows have been measured, ``b = 1``. With the
+    default deadline (one hop) ``b`` is always 1."""
+
+    def __init__(self, hop_s: float, deadline_s: float, max_batch: int = 32, safety: float = 2.0,
+                 warmup: int = 8, memory: int = 16) -> None:
+        if not (deadline_s > 0 and hop_s > 0):
+            raise InputError(f"deadline and hop must be > 0 s, got {deadline_s} and {hop_s}")
+        if max_batch < 1:
+            raise InputError(f"max_batch must be >= 1, got {max_batch}")
+        self.hop_s, self.deadline_s, self.max_batch = float(hop_s), float(deadline_s), int(max_batch)
+        self.safety, self.warmup = float(safety), int(warmup)
+        self._recent = np.zeros(int(memory))   # per-window cost of the last batches (a ring)
+        self._n = 0
+        self.measured = 0
+
+    @property
+    def cost(self) -> float:
+        """The per-window compute the plan assumes (s): the largest of the recent batches' costs."""
+        k = min(self._n, self._recent.size)
+        return float(self._recent[:k].max()) if k else math.inf
+
+    def size(self) -> int:
+        if self.measured < self.warmup or self.max_batch == 1:
+            return 1
+        c = self.safety * self.cost
+        b = int((self.deadline_s + self.hop_s) // (self.hop_s + c)) if c < math.inf else 1
+        return max(1, min(b, self.max_batch))
+
+    def observe(self, windows: int, seconds: float) -> None:
+        self._recent[self._n % self._recent.size] = seconds / max(1, windows)
+        self._n += 1
+        self.measured += windows
+
+
 def run_stream(diagnoser: Any, source: Source, emit: Emit, hop: Optional[int] = None,
                alarm: Optional[Hysteresis] = None, max_windows: Optional[int] = None,
                max_stalls: Optional[int] = None, clock: Callable[[], float] = time.monotonic,
-               wall: Callable[[], float] = time.time, per_window: bool = True) -> StreamStats:
+               wall: Callable[[], float] = time.time, per_window: bool = True,
+               deadline: Optional[float] = None, max_batch: int = 32) -> StreamStats:
     """Run until the source ends, ``max_windows`` decisions, or ``max_stalls`` stalls/closes in a row.
 
-    Window ``i`` is due ``hop / rate`` seconds after its last sample became available
-    (the deadline); a later decision is counted ``late`` and still emitted. With
-    ``per_window`` false only alarms, status records and the summary are emitted."""
+    Window ``i`` is due ``deadline`` seconds (default ``hop / rate``) after its last sample became
+    available; a later decision is counted ``late`` and still emitted. A deadline longer than one
+    hop lets consecutive windows be decided together (:class:`BatchPlan`, through the diagnoser's
+    ``decide_batch`` where it has one, same decisions): a window's latency is then the larger of
+    the time since its last sample arrived and what a real-time source would make it, the hops
+    its batch waited for the later windows plus the batch's compute (a replay played as fast as
+    possible is charged the same wait). With ``per_window`` false only alarms, status records and
+    the summary are emitted."""
     rt = diagnoser.rt
     length = rt.input_length
     rate = float(source.rate)
     hop = int(hop or length)
-    budget = hop / rate
-    win = Windower(length, hop)
+    hop_s = hop / rate
+    budget = hop_s if deadline is None else float(deadline)
+    batched = bool(getattr(diagnoser, "batched", False)) and hasattr(diagnoser, "decide_batch")
+    plan = BatchPlan(hop_s, budget, max_batch if batched else 1)
+    win = Windower(length, hop, backlog=max(64, 2 * plan.max_batch))
+    batch_buf = np.empty((plan.max_batch, length), dtype=np.float32)
+    avail: list = []     # arrival time of each complete window not yet decided, in order
     stats = StreamStats()
     digest = diagnoser.digest
     simulated = bool(getattr(source, "simulated", False))
     quiet_streak = 0
+
+    def finish(index: int, rec: Dict[str, Any], latency: float) -> None:
+        late = latency > budget
+        stats.windows += 1
+        stats.late += late
+        ok = rec["status"] == "ok"
+        stats.abstained += ok and bool(rec["abstain"])
+        stats.latency.add(latency)
+        t_sig = win.window_end(index) / rate
+        stats.signal_seconds = t_sig
+        if per_window:
+            rec.update({"type": "decision", "window": index, "t_signal": round(t_sig, 6),
+                        "time": wall(), "latency_ms": round(latency * 1e3, 4),
+                        "deadline_ms": round(budget * 1e3, 4), "late": late})
+            if digest:
+                rec["bundle_digest"] = digest
+            if simulated:
+                rec["simulated"] = True
+            emit(rec)
+        if alarm is not None:
+            changed = alarm.update(rec["class"] if ok and not rec["abstain"] else None)
+            if changed is not None:
+                stats.alarms += 1
+                emit({"type": "alarm", "state": changed, "window": index, "t_signal": round(t_sig, 6),
+                      "time": wall(), "rule": f"{alarm.k} of {alarm.n}"})
+
+    def record(d: Any) -> Dict[str, Any]:
+        rec = {"status": "ok", **d.to_json()}
+        if d.flags:
+            stats.flagged += 1
+        if d.samples:
+            stats.decided += 1
+            stats.samples_sum += d.samples
+        return rec
+
+    def one(window: np.ndarray) -> Dict[str, Any]:
+        try:
+            return record(diagnoser.decide(window))
+        except Exception as exc:  # noqa: BLE001 - a window must never stop the service: counted, emitted
+            message = (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0]
+            stats.record_error(message)
+            # an error is not an abstention: no class, no abstain verdict, the message
+            return {"status": "error", "class": None, "abstain": None, "reasons": ["error"], "flags": [],
+                    "samples": 0, "error": message}
+
+    def decide_pending(k: int) -> None:
+        t0 = clock()
+        if k == 1 and not batched:
+            first = win.next_index
+            recs = [one(win.pop())]
+        else:
+            rows = batch_buf[:k]
+            first = win.pop_into(rows)
+            try:
+                recs = [record(d) for d in diagnoser.decide_batch(rows)]
+            except Exception:  # noqa: BLE001 - the batch failed: decide its windows one by one (errors counted each)
+                recs = [one(w) for w in rows]
+        t1 = clock()
+        stats.compute_seconds += t1 - t0
+        stats.batches += 1
+        plan.observe(k, t1 - t0)
+        for j, rec in enumerate(recs):
+            waited = (k - 1 - j) * hop_s + (t1 - t0)      # real-time equivalent: later windows' hops + compute
+            finish(first + j, rec, max(t1 - min(avail[j], t0), waited))
+        del avail[:k]
+
+    def room() -> int:
+        return plan.max_batch if max_windows is None else min(plan.max_batch, max_windows - stats.windows)
+
     while max_windows is None or stats.windows < max_windows:
         chunk = source.read(hop)
         if chunk.status != "ok":
+            while avail and room() > 0:   # decide what is complete before reporting the source's state
+                decide_pending(min(len(avail), room()))
             if chunk.status == "eof":
                 emit({"type": "status", "event": "eof", "message": chunk.note or "source ended", "time": wall()})
                 break
@@ -123,53 +247,16 @@ def run_stream(diagnoser: Any, source: Source, emit: Emit, hop: Optional[int] = 
         if chunk.samples.size == 0:
             continue
         win.push(chunk.samples)
-        while win.ready() > 0 and (max_windows is None or stats.windows < max_windows):
-            index = win.next_index
-            window = win.pop()
-            t0 = clock()
-            try:
-                d = diagnoser.decide(window)
-                rec = {"status": "ok", **d.to_json()}
-                if d.flags:
-                    stats.flagged += 1
-                if d.samples:
-                    stats.decided += 1
-                    stats.samples_sum += d.samples
-            except Exception as exc:  # noqa: BLE001 - a window must never stop the service: counted, emitted
-                message = (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0]
-                stats.record_error(message)
-                # an error is not an abstention: no class, no abstain verdict, the message
-                rec = {"status": "error", "class": None, "abstain": None, "reasons": ["error"], "flags": [],
-                       "samples": 0, "error": message}
-            t1 = clock()
-            latency = t1 - min(chunk.t_available, t0)
-            late = latency > budget
-            stats.windows += 1
-            stats.late += late
-            ok = rec["status"] == "ok"
-            stats.abstained += ok and bool(rec["abstain"])
-            stats.compute_seconds += t1 - t0
-            stats.latency.add(latency)
-            stats.signal_seconds = win.window_end(index) / rate
-            if per_window:
-                rec.update({"type": "decision", "window": index, "t_signal": round(win.window_end(index) / rate, 6),
-                            "time": wall(), "latency_ms": round(latency * 1e3, 4),
-                            "deadline_ms": round(budget * 1e3, 4), "late": late})
-                if digest:
-                    rec["bundle_digest"] = digest
-                if simulated:
-                    rec["simulated"] = True
-                emit(rec)
-            if alarm is not None:
-                changed = alarm.update(rec["class"] if ok and not rec["abstain"] else None)
-                if changed is not None:
-                    stats.alarms += 1
-                    emit({"type": "alarm", "state": changed, "window": index,
-                          "t_signal": round(win.window_end(index) / rate, 6), "time": wall(),
-                          "rule": f"{alarm.k} of {alarm.n}"})
+        avail.extend([chunk.t_available] * (win.ready() - len(avail)))
+        while avail and (max_windows is None or stats.windows < max_windows):
+            k = min(plan.size(), room())
+            if len(avail) < k:
+                break   # wait for the batch to fill (the plan keeps the first window's wait in its deadline)
+            decide_pending(k)
     summary = {"type": "summary", **stats.to_json(), "deadline_ms": round(budget * 1e3, 4), "hop": hop,
                "window": length, "rate_hz": rate, "adaptive": diagnoser.adaptive,
                "samples_setting": diagnoser.cfg.s_max if diagnoser.adaptive else diagnoser.samples,
+               "batches": stats.batches, "mean_batch": round(stats.windows / stats.batches, 4) if stats.batches else None,
                "source": source.description}
     if digest:
         summary["bundle_digest"] = digest

@@ -6,7 +6,7 @@ from typing import List
 
 import numpy as np
 
-__all__ = ["window_flags", "BLOCKING_FLAGS"]
+__all__ = ["window_flags", "window_flags_batch", "BLOCKING_FLAGS"]
 
 #: flags after which the model is not run (its output would be meaningless)
 BLOCKING_FLAGS = ("nonfinite_input", "flatline_input", "implausible_values")
@@ -37,3 +37,35 @@ def window_flags(x: np.ndarray, max_abs: float = 1e6, clip_count: int = 4) -> Li
     elif peak > 0 and int(np.count_nonzero(a == peak)) >= clip_count:
         flags.append("clipped_input")
     return flags
+
+
+def window_flags_batch(x: np.ndarray, max_abs: float = 1e6, clip_count: int = 4) -> List[List[str]]:
+    """:func:`window_flags` of every row of ``x`` (B, n), with a few whole-batch reductions instead
+    of one set per window (a stream's micro-batch). Rows holding NaN or inf go through
+    :func:`window_flags` itself; the others get the same flags by the same rules: ``peak`` is
+    ``max(max x, -min x)``, and the smallest magnitude and the count of samples at the peak
+    magnitude are reduced over the batch."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"window_flags_batch needs (batch, samples), got shape {x.shape}")
+    hi, lo = x.max(axis=1), x.min(axis=1)   # NaN propagates; inf shows up here too
+    a = np.abs(x)
+    peak = np.maximum(hi, -lo)
+    amin = a.min(axis=1)
+    at_peak = np.count_nonzero(a == peak[:, None], axis=1)
+    finite = np.isfinite(hi) & np.isfinite(lo)
+    out: List[List[str]] = []
+    for i in range(x.shape[0]):
+        if not finite[i]:
+            out.append(window_flags(x[i], max_abs, clip_count))
+            continue
+        flags: List[str] = []
+        p = float(peak[i])
+        if p > max_abs or (p > 0 and p < 1e-20):
+            flags.append("implausible_values")
+        if p == float(amin[i]) and not flags:
+            flags.append("flatline_input")
+        elif p > 0 and int(at_peak[i]) >= clip_count:
+            flags.append("clipped_input")
+        out.append(flags)
+    return out

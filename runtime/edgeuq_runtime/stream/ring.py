@@ -90,3 +90,15 @@ class Windower:
         self.ring.get(end, self.length, self._out)
         self.next_index += 1
         return self._out
+
+    def pop_into(self, out: np.ndarray) -> int:
+        """The next ``len(out)`` complete windows, in order, into the rows of ``out`` (k, length);
+        returns the index of the first."""
+        k = out.shape[0]
+        if self.ready() < k:
+            raise InputError(f"{k} windows asked for, {self.ready()} ready")
+        first = self.next_index
+        for j in range(k):
+            self.ring.get(self.window_end(first + j), self.length, out[j])
+        self.next_index += k
+        return first
