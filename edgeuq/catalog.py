@@ -211,6 +211,9 @@ class Recipe:
     uq: dict
     bundle: dict
     boards: tuple
+    #: optional ``[compress]`` table: ``[[compress.steps]]`` name = "<step>" + that step's options
+    #: (read strictly by :func:`edgeuq.compress.chain.chain_from_table`); empty = no chain declared
+    compress: dict = field(default_factory=dict)
     source: str = field(default="", compare=False)
 
 
@@ -379,6 +382,7 @@ _RECIPE_SPEC = {
     "task": (_str, _REQUIRED),
     "boards": (_str_list(nonempty=True), _REQUIRED),
     **{section: (_table, _REQUIRED) for section in RECIPE_SECTIONS},
+    "compress": (_table, None),
 }
 
 
@@ -446,7 +450,9 @@ def _make_board(raw: dict, src) -> Board:
 
 
 def _make_recipe(raw: dict, src) -> Recipe:
-    return Recipe(**_parse(raw, _RECIPE_SPEC, src), source=str(src))
+    f = _parse(raw, _RECIPE_SPEC, src)
+    f["compress"] = f["compress"] or {}
+    return Recipe(**f, source=str(src))
 
 
 _MAKERS = {"targets": _make_target, "boards": _make_board, "recipes": _make_recipe}

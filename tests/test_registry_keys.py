@@ -6,7 +6,8 @@ names are looked up in their registry, and callers read a declared capability (a
 The scanner reads the AST (comments and docstrings never count) and flags a comparison
 (``==``, ``!=``, ``in``, ``not in``) with a registered name as a string literal, alone or inside
 a tuple/list/set literal. Plug-ins themselves (the executor modules, the lowering backends,
-data/sources.py where the sources are declared) may name their own key.
+data/sources.py where the sources are declared, the compression steps in edgeuq/compress/steps/)
+may name their own key.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ PLUGINS = {
     "executor": ("runtime/edgeuq_runtime/executors/",),
     "lowerer": ("edgeuq/lower/tvm/", "edgeuq/lower/hls4ml/", "edgeuq/lower/onnxruntime.py"),
     "data source": ("edgeuq/data/sources.py",),
+    "compression step": ("edgeuq/compress/steps/",),
 }
 #: a literal that is a registry key by coincidence (path:line text -> why it is not that key)
 NOT_A_KEY = {
@@ -78,11 +80,13 @@ def _registries():
         get_lowerer(n)
     from edgeuq.lower import LOWERERS
 
+    from edgeuq.compress.steps import COMPRESSION_STEPS
+
     return {"executor": set(EXECUTORS), "lowerer": set(LOWERERS) | set(BUILTIN_LOWERERS),
-            "data source": set(DATA_SOURCES)}
+            "data source": set(DATA_SOURCES), "compression step": set(COMPRESSION_STEPS)}
 
 
-@pytest.mark.parametrize("kind", ["executor", "lowerer", "data source"])
+@pytest.mark.parametrize("kind", ["executor", "lowerer", "data source", "compression step"])
 def test_no_registry_key_comparison_outside_its_plugins(kind):
     names = _registries()[kind]
     assert len(names) >= 3

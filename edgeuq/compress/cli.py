@@ -1,4 +1,5 @@
-"""``edgeuq distill`` / ``edgeuq prune`` / ``edgeuq search`` (+ ``search-table``): the compression stages."""
+"""``edgeuq compress`` (a chain of registered steps) / ``edgeuq distill`` / ``edgeuq prune`` /
+``edgeuq search`` (+ ``search-table``): the compression stages."""
 from __future__ import annotations
 
 import argparse
@@ -77,6 +78,69 @@ def _cmd_prune(a: argparse.Namespace) -> int:
                             TransferConfig(seed=a.seed), DistillConfig(epochs=a.distill_epochs, seed=a.seed),
                             progress=not a.no_progress, log=print, init=res.model)
         print(f"distilled from the unpruned model: {dck.directory} (sha256 {dck.sha256[:12]}…)")
+    return 0
+
+
+def _option(text: str) -> tuple:
+    """``STEP.KEY=VALUE`` -> (step, key, value); VALUE is read as a TOML value (``0.5``, ``true``,
+    ``["blocks."]``), else kept as a string (``kl+uq``)."""
+    import tomllib
+
+    target, sep, raw = text.partition("=")
+    step, dot, key = target.strip().partition(".")
+    if not sep or not dot or not step or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected STEP.OPTION=VALUE, e.g. prune.target_flops=0.5")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return step, key, value
+
+
+def _cmd_compress(a: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from edgeuq_runtime.atomic import atomic_write
+
+    from ..catalog import get_recipe
+    from ..training import load_checkpoint
+    from .chain import chain_from_table, chain_table, data_key, run_chain
+    from .stages import load_teacher
+    from .steps import StepData
+
+    rec = get_recipe(a.recipe)
+    names = None if a.steps is None else [n.strip() for n in a.steps.split(",") if n.strip()]
+    chain = chain_from_table(chain_table(rec.compress, names, a.option or ()),
+                             where=f"compress (recipe {rec.name}{' + --steps/--option' if names or a.option else ''})")
+    if not chain:
+        print(f"edgeuq compress: no steps: recipe {rec.name} declares no [[compress.steps]] and no --steps was given",
+              file=sys.stderr)
+        return 2
+    ck = load_checkpoint(Path(a.checkpoint))
+    teacher = load_teacher(Path(a.teacher) if a.teacher else ck.directory)
+    splits = _splits(a, rec)
+    rng = np.random.default_rng(a.seed)
+    tr, va = splits.train, splits.val
+    idx = np.sort(rng.choice(len(tr), size=min(a.calibration, len(tr)), replace=False))
+    data = StepData(x=tr.x[idx], y=tr.y[idx], x_val=va.x, y_val=va.y, teacher=teacher.label,
+                    progress=not a.no_progress, log=print)
+    print(f"compress: {ck.directory} through {' -> '.join(s.name for s in chain)} "
+          f"({len(idx)} calibration windows, {len(va)} validation; teacher {teacher.source})")
+    res = run_chain(ck, chain, data, Path(a.out), data_key(data, teacher.digest), progress=not a.no_progress,
+                    log=print)
+    from ..report import format_table
+
+    print(format_table(["#", "step", "seconds", "cached", "checkpoint"],
+                       [[r["index"], r["step"], f"{r['seconds']:.2f}", "yes" if r["cached"] else "no", r["checkpoint"]]
+                        for r in res.records]))
+    summary = {"input": str(ck.directory), "input_digest": ck.digest, "teacher": teacher.source,
+               "steps": list(res.records), "output": str(res.checkpoint.directory),
+               "output_digest": res.checkpoint.digest}
+    atomic_write(Path(a.out) / "chain.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
+    print(f"compressed checkpoint: {res.checkpoint.directory} (sha256 {res.checkpoint.sha256[:12]}…); "
+          f"steps: {Path(a.out) / 'chain.json'}")
     return 0
 
 
@@ -329,6 +393,21 @@ def _cmd_search_table(a: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_and_data(p: argparse.ArgumentParser, out_help: str, recipe_help: str, calibration_help: str) -> None:
+    """``--checkpoint``, ``--out``, ``--recipe``, the data arguments and ``--calibration`` (512)."""
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--recipe", default="bearing-demo", help=recipe_help)
+    add_data_arguments(p)
+    p.add_argument("--calibration", type=int, default=512, help=calibration_help)
+
+
+def _seed_and_progress(p: argparse.ArgumentParser, func) -> None:
+    p.add_argument("--seed", type=int, default=0)
+    add_progress_argument(p)
+    p.set_defaults(func=func)
+
+
 #: The choices of --loss (kept here so that building the parser imports no torch; a test checks them
 #: against edgeuq.compress.distill.LOSSES / DEFAULT_LOSS).
 LOSS_CHOICES = ("ce", "kl", "kl+uq")
@@ -336,6 +415,18 @@ DEFAULT_LOSS = "kl+uq"
 
 
 def register(subparsers) -> None:
+    p = subparsers.add_parser("compress", help="run a chain of registered compression steps (prune, lowrank, "
+                                               "distill, ...) on a checkpoint; each step's output is a cached "
+                                               "checkpoint")
+    _checkpoint_and_data(p, "output folder: <i>-<step>/ (one checkpoint per step), chain.json",
+                         "recipe of the data and of the chain ([[compress.steps]] name = ... + the step's options)",
+                         "windows the steps read (random training subset)")
+    p.add_argument("--steps", help="comma-separated steps in order, e.g. prune,lowrank,distill (replaces the "
+                                   "recipe's chain; each step keeps the recipe's options for it, else its defaults)")
+    p.add_argument("--option", action="append", type=_option, metavar="STEP.KEY=VALUE",
+                   help="set a step option (repeatable), e.g. --option prune.target_flops=0.5")
+    p.add_argument("--teacher", help="teacher of distillation steps: checkpoint or bundle (default: --checkpoint)")
+    _seed_and_progress(p, _cmd_compress)
 
     p = subparsers.add_parser("distill", help="distil a teacher (checkpoint or bundle, any scheme) into a small "
                                               "student, keeping its uncertainty")
@@ -354,31 +445,24 @@ def register(subparsers) -> None:
     p.add_argument("--copies", type=int, default=1, help="perturbed copies of each training window")
     p.add_argument("--teacher-samples", type=int, default=32, help="teacher samples per transfer window")
     p.add_argument("--student-samples", type=int, default=8, help="student head samples per window per step")
-    p.add_argument("--seed", type=int, default=0)
-    add_progress_argument(p)
-    p.set_defaults(func=_cmd_distill)
+    _seed_and_progress(p, _cmd_distill)
 
     p = subparsers.add_parser("prune", help="Fisher-guided structured pruning of heads and FFN neurons "
                                             "(Kwon et al. 2022), physically removed")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory")
-    p.add_argument("--out", required=True, help="output folder: checkpoint/ (pruned), plan/ (masks, sizes)")
+    _checkpoint_and_data(p, "output folder: checkpoint/ (pruned), plan/ (masks, sizes)",
+                         "recipe of the calibration data", "calibration windows (random training subset)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--target-flops", type=float, help="fraction of the encoder blocks' MACs to keep, e.g. 0.5")
     g.add_argument("--target-ms", type=float, help="deterministic-pass latency to reach on this host (PyTorch, "
                                                    "1 thread), found by bisection on the MACs budget")
     p.add_argument("--fisher", help="FisherReport directory (`edgeuq fisher`) whose structure scores rank the "
                                     "heads/neurons; default: computed here from mask gradients")
-    p.add_argument("--recipe", default="bearing-demo", help="recipe of the calibration data")
-    add_data_arguments(p)
-    p.add_argument("--calibration", type=int, default=512, help="calibration windows (random training subset)")
     p.add_argument("--labels", choices=("data", "model"), default="data",
                    help="Fisher with the data labels (Kwon et al.) or labels sampled from the model")
     p.add_argument("--no-rearrange", action="store_true")
     p.add_argument("--no-tune", action="store_true")
     p.add_argument("--distill-epochs", type=int, default=0, help="then distil from the unpruned model (0: no)")
-    p.add_argument("--seed", type=int, default=0)
-    add_progress_argument(p)
-    p.set_defaults(func=_cmd_prune)
+    _seed_and_progress(p, _cmd_prune)
 
     p = subparsers.add_parser("search", help="NSGA-II search over pruning, stochastic part, bit allocation and S "
                                              "against measured latency, within a board's budgets")

@@ -76,6 +76,11 @@ class ModelConfig:
     * ``embed="token"`` with ``vocab_size``: a text model on int64 token ids
       (``patch`` 1, id 0 = padding, masked in attention and pooling).
     * ``pool``: how token features become one vector, ``mean`` or ``max``.
+    * ``ranks``: linear layers stored factorised, ``(module path, rank)`` pairs (a table
+      ``[model.ranks]`` of ``"blocks.0.fc1" = 8`` in recipes and checkpoints; sorted by path).
+      Each names an ``nn.Linear`` of the built model, which becomes a rank-r
+      :class:`~edgeuq.models.layers.LowRankLinear` (what the ``lowrank`` compression step
+      writes). Empty (the default) = every layer dense; omitted from :meth:`to_dict` then.
     """
 
     input_length: int
@@ -98,8 +103,10 @@ class ModelConfig:
     vocab_size: int = 0
     pool: str = "mean"
     blocks: Tuple[BlockShape, ...] = ()
+    ranks: Tuple[Tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "ranks", _normalise_ranks(self.ranks, self.depth))
         object.__setattr__(self, "stochastic_blocks", tuple(sorted({int(b) for b in self.stochastic_blocks})))
         for name in _TUPLE_FIELDS:
             object.__setattr__(self, name, tuple(str(v) for v in getattr(self, name)))
@@ -181,6 +188,10 @@ class ModelConfig:
             d[name] = list(d[name])
         d["scheme_options"] = get_scheme(self.scheme).options_to_dict(self.scheme_options)
         d["blocks"] = [asdict(b) for b in self.blocks]
+        if self.ranks:
+            d["ranks"] = dict(self.ranks)
+        else:
+            del d["ranks"]  # dense: configs (and checkpoint digests) read exactly as before ranks existed
         return d
 
     @classmethod
@@ -189,6 +200,37 @@ class ModelConfig:
         older checkpoints and recipes (``vi_prior_sigma``, ``hsa_tau1``, ``ensemble_members``,
         ``laplace_structure``, ``bayes_positions``, ...) are mapped to ``scheme_options``."""
         return settings_from_dict(cls, _map_legacy_fields(d, overrides.get("scheme")), "model", **overrides)
+
+
+def _normalise_ranks(value: Any, depth: Any) -> Tuple[Tuple[str, int], ...]:
+    """``ranks`` as sorted ``(path, rank)`` pairs, from a table {path: rank} or a list of pairs."""
+    if value is None:
+        return ()
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"invalid ModelConfig: ranks must be a table of layer path = rank, got {value!r}")
+    else:
+        items = []
+        for pair in value:
+            if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
+                raise ValueError(f"invalid ModelConfig: ranks entries are (layer path, rank) pairs, got {pair!r}")
+            items.append(tuple(pair))
+    out = {}
+    for name, rank in items:
+        if not isinstance(name, str) or not name or any(not part.isidentifier() and not part.isdigit()
+                                                        for part in name.split(".")):
+            raise ValueError(f"invalid ModelConfig: ranks key {name!r} is not a module path such as 'blocks.0.fc1'")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"invalid ModelConfig: ranks[{name!r}] must be an integer >= 1, got {rank!r}")
+        if name in out:
+            raise ValueError(f"invalid ModelConfig: ranks lists {name!r} twice")
+        parts = name.split(".")
+        if parts[0] == "blocks" and len(parts) > 1 and parts[1].isdigit() and isinstance(depth, int) \
+                and not int(parts[1]) < depth:
+            raise ValueError(f"invalid ModelConfig: ranks[{name!r}] names block {parts[1]} of a depth-{depth} model")
+        out[name] = rank
+    return tuple(sorted(out.items()))
 
 
 def _map_legacy_fields(d: Mapping[str, Any], scheme_override: Any) -> Mapping[str, Any]:

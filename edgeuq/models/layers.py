@@ -28,7 +28,7 @@ from edgeuq_runtime.noise import NOISE_SAMPLERS, NoiseSpec
 
 __all__ = [
     "NoiseDict", "StochasticLayer", "Dropout", "TORCH_NOISE_DRAWS", "is_stochastic_layer", "apply_layer",
-    "gumbel_from_uniform", "GUMBEL_EPS",
+    "gumbel_from_uniform", "GUMBEL_EPS", "LowRankLinear", "factorise_named",
 ]
 
 NoiseDict = Mapping[str, torch.Tensor]
@@ -129,3 +129,43 @@ def gumbel_from_uniform(u: torch.Tensor) -> torch.Tensor:
     """Standard Gumbel noise ``-log(-log(u))`` from U(0, 1) noise, clamped away from 0 and 1."""
     u = u.clamp(GUMBEL_EPS, 1.0 - GUMBEL_EPS)
     return -torch.log(-torch.log(u))
+
+
+@final
+class LowRankLinear(nn.Module):
+    """``x ↦ up(down(x))``: a rank-``rank`` stand-in for an ``nn.Linear(in_features, out_features)``
+    (``down``: in → rank, no bias; ``up``: rank → out, with the bias). It is what a
+    ``ModelConfig.ranks`` entry builds, so a factorised model saves and loads as a checkpoint."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rank = int(in_features), int(out_features), int(rank)
+        self.down = nn.Linear(self.in_features, self.rank, bias=False)
+        self.up = nn.Linear(self.rank, self.out_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+
+def factorise_named(model: nn.Module, ranks: Tuple[Tuple[str, int], ...]) -> nn.Module:
+    """Replace each ``nn.Linear`` named in ``ranks`` ((module path, rank), as in
+    ``ModelConfig.ranks``) by a freshly initialised :class:`LowRankLinear` of that rank, in place.
+    A name that is not a linear layer of ``model``, or a rank above min(in, out), is an error
+    naming the entry."""
+    for name, rank in ranks:
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            layer = None
+        if not isinstance(layer, nn.Linear):
+            linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+            raise ValueError(f"ModelConfig.ranks[{name!r}]: not a linear layer of this {type(model).__name__} "
+                             f"(its linear layers: {linears})")
+        n_out, n_in = layer.weight.shape
+        if rank > min(n_in, n_out):
+            raise ValueError(f"ModelConfig.ranks[{name!r}] = {rank} exceeds min(in, out) = {min(n_in, n_out)} "
+                             f"of that {n_in} -> {n_out} layer")
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr,
+                LowRankLinear(n_in, n_out, rank, bias=layer.bias is not None))
+    return model

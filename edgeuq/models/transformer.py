@@ -27,7 +27,7 @@ from torch import nn
 from edgeuq_runtime.noise import NoiseSpec
 
 from .attention import MASK_BIAS, key_padding_bias
-from .layers import NoiseDict, apply_layer, is_stochastic_layer
+from .layers import NoiseDict, apply_layer, factorise_named, is_stochastic_layer
 from .scheme_slot import SCHEMES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -228,5 +228,7 @@ class SignalTransformer(DeployableModel):
 
 
 def build_model(cfg: ModelConfig) -> DeployableModel:
-    """The model of ``cfg``, built by its scheme (e.g. an EnsembleTransformer for ``ensemble``)."""
-    return get_scheme(cfg.scheme).build_model(cfg)
+    """The model of ``cfg``, built by its scheme (e.g. an EnsembleTransformer for ``ensemble``), with the
+    linear layers ``cfg.ranks`` names factorised (:class:`~edgeuq.models.layers.LowRankLinear`)."""
+    model = get_scheme(cfg.scheme).build_model(cfg)
+    return factorise_named(model, cfg.ranks) if cfg.ranks else model

@@ -8,7 +8,11 @@ Built-ins (``distill``, ``prune``, ``lowrank``) are found by scanning this packa
 is one module here (or a third-party module under the ``edgeuq.compress_step`` entry-point
 group) holding a class decorated with ``@COMPRESSION_STEPS.register("name")`` that declares its
 frozen ``Options`` dataclass and implements ``apply``. :func:`run_steps` runs a declared list of
-steps in order, each with options read strictly (an unknown key names itself), and times each.
+steps in order, each with options read strictly (an unknown key names itself), and times each;
+:mod:`edgeuq.compress.chain` runs a recipe's ``[[compress.steps]]`` (or ``edgeuq compress --steps``)
+the same way with each step's output saved as a cached checkpoint. A step that changes the
+architecture records it in the output model's ``cfg`` (``blocks`` for pruned widths, ``ranks``
+for factorised layers), so ``build_model(cfg)`` rebuilds it from a checkpoint.
 """
 from __future__ import annotations
 

@@ -13,5 +13,8 @@ class Prune(CompressionStep):
     Options = PruneConfig
 
     def apply(self, model: nn.Module, data: StepData, options: PruneConfig) -> StepResult:
+        if model.cfg.ranks:
+            raise ValueError(f"compression step 'prune' works on dense blocks, but this model has factorised layers "
+                             f"{[n for n, _ in model.cfg.ranks]}: prune before a factorising step")
         res = prune(model, data.x, data.y, options, log=data.log)
         return StepResult(res.model, dict(res.info))
