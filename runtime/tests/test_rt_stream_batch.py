@@ -9,6 +9,7 @@ from test_rt_stream import _Clock
 from test_rt_stream_calibration import _calibrate_tiny, _calibrate_tiny_pvalues
 
 from edgeuq_runtime import UncertaintyRuntime
+from edgeuq_runtime.calibration import AbstainSection
 from edgeuq_runtime.conformal import mondrian_pvalues
 from edgeuq_runtime.stream import ArraySource, Diagnoser, run_stream, window_flags
 from edgeuq_runtime.stream.decide import Decision
@@ -69,9 +70,15 @@ def test_window_flags_batch_equals_window_flags():
 @pytest.mark.parametrize("adaptive", [False, True])
 @pytest.mark.parametrize("pvalues", [False, True])
 def test_decide_batch_equals_one_window_at_a_time(tiny, tmp_path, adaptive, pvalues):
-    (_calibrate_tiny_pvalues if pvalues else _calibrate_tiny)(tiny, tmp_path)
-    rt = UncertaintyRuntime(tiny.dir)
     x = _windows(tiny, 24)
+    if pvalues:
+        _calibrate_tiny_pvalues(tiny, tmp_path)
+    else:   # the epistemic threshold at the median of these windows' MI: both outcomes occur, whatever the noise stream
+        _calibrate_tiny(tiny, tmp_path)
+        decided = np.delete(x, [5, 7], axis=0)          # the non-finite and the flat window are refused
+        mi = UncertaintyRuntime(tiny.dir).predict(decided, samples=8, seed=3).epistemic
+        _calibrate_tiny(tiny, tmp_path, abstain=AbstainSection(0.05, float(np.median(mi)), 30.0, 2.5))
+    rt = UncertaintyRuntime(tiny.dir)
     ref = Diagnoser(rt, adaptive=adaptive, samples=8, seed=3)
     expect = [ref.decide(w) for w in x]
     bat = Diagnoser(rt, adaptive=adaptive, samples=8, seed=3)

@@ -66,8 +66,9 @@ def test_non_finite_numbers_are_refused():
         parse_calibration(doc)
 
 
-def _calibrate_tiny(tiny, tmp_path, stale=False):
-    """Calibrate the tiny bundle with the runtime's own pieces and rewrite it with write_bundle."""
+def _calibrate_tiny(tiny, tmp_path, stale=False, abstain=None):
+    """Calibrate the tiny bundle with the runtime's own pieces and rewrite it with write_bundle
+    (``abstain``: an ``AbstainSection`` in place of the default thresholds)."""
     rt = UncertaintyRuntime(tiny.dir)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, tiny.W.shape[0])).astype(np.float32)
@@ -75,7 +76,8 @@ def _calibrate_tiny(tiny, tmp_path, stale=False):
     y = rt.predict(x, samples=32, seed=1).prediction            # labels: the model's own decisions
     dens = fit_density(feats, y, num_classes=3)
     dfile = dens.save(tmp_path / "density.npz")
-    cal = _cal(density=DensitySection("density.npz", "none", dens.dim), graphs_digest=graphs_digest(rt.manifest))
+    extra = {} if abstain is None else {"abstain": abstain}
+    cal = _cal(density=DensitySection("density.npz", "none", dens.dim), graphs_digest=graphs_digest(rt.manifest), **extra)
     if stale:
         cal = dataclasses.replace(cal, graphs_digest="0" * 64)
     b = load_bundle(tiny.dir)
