@@ -162,22 +162,11 @@ description = "x86 box with AVX2 only, reached through its timing agent"
 targets = ["x86-64", "x86-64-avx512"]
 memory_mb = 1024
 executor = "tvm"
-
-[graphs.trunk]
-target = "x86-64"
-
-[graphs.head]
-target = "x86-64"
-candidates = [{ executor = "onnxruntime", target = "x86-64" }, { executor = "tvm", target = "x86-64-avx512" }]
-
-[placement]
-warmup = 1
-repeats = 4
-
-[budgets]
-latency_ms = 100.0
-weight_bytes = 8000000
-mc_samples = 16
+graphs.trunk.target = "x86-64"
+graphs.head.target = "x86-64"
+graphs.head.candidates = [{ executor = "onnxruntime", target = "x86-64" }, { executor = "tvm", target = "x86-64-avx512" }]
+placement = { warmup = 1, repeats = 4 }
+budgets = { latency_ms = 100.0, weight_bytes = 8000000, mc_samples = 16 }
 """
 
 
