@@ -34,11 +34,8 @@ in a temporary folder, so the run needs no prepared bundles; ``--json`` writes t
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List

@@ -436,9 +436,7 @@ def _runtime_eval(bundle_dir, test, ood: dict, samples: int, lat_texts) -> dict:
 
 def _student(a, teacher, pre, tok, cache, ids_train, y_train, train_texts, val, val_feats, test, ood,
              teacher_dir: Path) -> dict:
-    from edgeuq.bundle import build_bundle
     from edgeuq.compress.distill import DistillConfig
-    from edgeuq.export import TOKENIZER_FILE, export_onnx
     from edgeuq.text.distill import distill_text_student, student_config, student_loss, teacher_transfer_sets
 
     rng = np.random.default_rng(a.seed + 7)
