@@ -5,8 +5,6 @@ import json
 from pathlib import Path
 from typing import Dict, Tuple
 
-import numpy as np
-
 HELD_LOAD = 3.0
 UNSEEN_SIZE = 0.021
 

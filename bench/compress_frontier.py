@@ -63,7 +63,7 @@ from edgeuq.evaluate import run_runtime
 from edgeuq.export import export_onnx
 from edgeuq.models import ModelConfig
 from edgeuq.profile import measure_stages, paired_ratio
-from edgeuq.report import format_table
+from edgeuq.report import format_table, results_table
 from edgeuq.training import save_checkpoint
 from edgeuq.uq import auroc, expected_calibration_error
 from edgeuq_runtime import UncertaintyRuntime
@@ -288,7 +288,7 @@ def write_bytes_json(summary: dict, path: Path) -> Path:
     if "bytes_by_layer" not in summary:
         raise SystemExit("the run JSON has no bytes_by_layer (no quantized student in that run): rerun")
     headers, rows = bytes_table(summary)
-    write_results(path, {"headers": headers, "rows": rows, "note": summary["bytes_by_layer"]["note"]},
+    write_results(path, results_table(headers, rows, note=summary["bytes_by_layer"]["note"]),
                   summary["command"], summary["provenance"])
     print(f"bytes table: {path}")
     return path
@@ -355,7 +355,7 @@ def write_tables_json(summary: dict, path: Path) -> Path:
     if "command" not in summary or "provenance" not in summary:
         raise SystemExit("the run JSON has no command/provenance record (written by an older version): rerun")
     headers, rows = frontier_table(summary)
-    write_results(path, {"headers": headers, "rows": rows}, summary["command"], summary["provenance"])
+    write_results(path, results_table(headers, rows), summary["command"], summary["provenance"])
     print(f"tables: {path}")
     return path
 

@@ -133,6 +133,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from edgeuq.provenance import command_line, finish, start, write_results
+    from edgeuq.report import results_table
 
     prov, command = start("quick" if a.quick else "full", 1), command_line("bench/feature_students.py", argv)
     if a.quick:
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
             " / ".join(f"{ret[f'{s}[{k}]']:.3f}" for s in ("density", "mi", "total"))
             for k in ("unseen size 0.021", "other geometry (simulated)")))
     if a.json:
-        write_results(a.json, {"headers": headers, "rows": rows, "raw": res["rows"]}, command,
+        write_results(a.json, results_table(headers, rows, raw=res["rows"]), command,
                       finish(prov, note="other-geometry bearings simulated; one seed; density fitted on training windows"))
     return 0
 

@@ -41,7 +41,7 @@ from edgeuq.export import export_onnx
 from edgeuq.models import ModelConfig, SignalTransformer
 from edgeuq.profile import measure_stages, paired_ratio
 from edgeuq.provenance import command_line, describe, finish, start
-from edgeuq.report import format_table
+from edgeuq.report import format_table, results_table
 from edgeuq.training import save_checkpoint
 from edgeuq_runtime import UncertaintyRuntime
 
@@ -163,12 +163,11 @@ def main(argv=None) -> int:
     print(format_table(ms_headers, ms_rows))
     if a.json:
         doc = {"command": command, "provenance": prov,
-               "headers": headers, "rows": rows,
-               "note": "Each ratio isolates one effect; the speed-up of the runtime over the naive PyTorch loop is "
-                       "the product of the trunk-once/batching and engine rows (times the distillation row for a "
-                       "student) and is deliberately not published as one number.",
-               "tables": {"ratios": {"headers": headers, "rows": rows},
-                          "ms": {"headers": ms_headers, "rows": ms_rows}},
+               **results_table(headers, rows, note=(
+                   "Each ratio isolates one effect; the speed-up of the runtime over the naive PyTorch loop is "
+                   "the product of the trunk-once/batching and engine rows (times the distillation row for a "
+                   "student) and is deliberately not published as one number.")),
+               "tables": {"ratios": results_table(headers, rows), "ms": results_table(ms_headers, ms_rows)},
                "ratios": ratios, "median_ms": ms,
                "models": {"teacher": {"recipe": a.recipe, "config": t_cfg.to_dict()},
                           "student": {"recipe": a.student_recipe, "config": s_cfg.to_dict()},

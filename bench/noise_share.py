@@ -34,11 +34,8 @@ in a temporary folder, so the run needs no prepared bundles; ``--json`` writes t
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -306,6 +303,7 @@ def main() -> None:
     if not a.bundles and not a.recipes:
         ap.error("give BUNDLE paths or --recipes")
     from edgeuq.provenance import command_line, start, write_results
+    from edgeuq.report import results_table
     from edgeuq_runtime.noise import NOISE_STREAM
 
     prov = start("quick" if a.quick else "full", 1)
@@ -335,7 +333,7 @@ def main() -> None:
                 "uniforms and normals from the table of 2**16 N(0, 1) cell means); stream 1 = the previous stream "
                 "(16-bit dropout thresholds, Box-Muller, 32-bit uniforms); in-graph = the same noise drawn by ONNX "
                 "Runtime random ops (not seeded reproducibly across runtimes)")
-        write_results(a.json, {"headers": headers, "rows": rows, "note": note, "results": results}, command, prov)
+        write_results(a.json, results_table(headers, rows, note=note, results=results), command, prov)
         print(f"wrote {a.json}")
 
 

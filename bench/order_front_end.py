@@ -141,6 +141,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from edgeuq.provenance import command_line, finish, start, write_results
+    from edgeuq.report import results_table
 
     prov, command = start("quick" if a.quick else "full", 1), command_line("bench/order_front_end.py", argv)
     if a.quick:
@@ -153,7 +154,7 @@ def main(argv=None) -> int:
 
     headers, rows = table(res["rows"], ("density", "mi"), (("speed", "speed"),))
     if a.json:
-        write_results(a.json, {"headers": headers, "rows": rows, "raw": res["rows"]}, command,
+        write_results(a.json, results_table(headers, rows, raw=res["rows"]), command,
                       finish(prov, note="other-geometry bearings simulated; one seed; 3 hp = whole recordings; density fitted on training windows"))
     return 0
 

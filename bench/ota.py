@@ -214,11 +214,12 @@ def write_tables_json(doc: dict, path: Path) -> Path:
     """The cost table of an ``ota.json`` in scripts/render_tables.py's format (``results/ota.json``),
     with the command and provenance the run recorded."""
     from edgeuq.provenance import write_results
+    from edgeuq.report import results_table
 
     if "command" not in doc or "provenance" not in doc:
         raise SystemExit(f"{path}: the run JSON has no command/provenance record: rerun bench/ota.py")
     hdr, rows = ota_table(doc["results"])
-    write_results(path, {"headers": hdr, "rows": rows}, doc["command"], doc["provenance"])
+    write_results(path, results_table(hdr, rows), doc["command"], doc["provenance"])
     print(f"tables: {path}")
     return path
 

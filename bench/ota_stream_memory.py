@@ -369,6 +369,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one)")
     a = ap.parse_args(argv)
     from edgeuq.provenance import command_line, start, write_results
+    from edgeuq.report import results_table
 
     if a.quick:
         a.payload_mb, a.pairs = min(a.payload_mb, 64.0), 1
@@ -398,7 +399,7 @@ def main(argv=None) -> int:
             f"order; peak RSS = ru_maxrss (wait4). The big bundle is the small synthetic model plus a "
             f"{a.payload_mb:g} MB data file listed in manifest.files (not weights the graphs load)"
             + (f"; its download was cut {a.drops} time(s) mid-body and resumed with Range" if a.drops else "") + ".")
-    write_results(a.json, {"headers": hdr, "rows": rows, "note": note, "measurement": doc}, command, prov)
+    write_results(a.json, results_table(hdr, rows, note=note, measurement=doc), command, prov)
     print(f"wrote {a.json}")
     return 0 if doc["met"] else 1
 

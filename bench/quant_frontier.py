@@ -56,7 +56,7 @@ from edgeuq.quantize import (
     Budget, QuantSettings, build_quantized, plan_for, plan_from_assignment, prepare_model, sensitivity_for,
     uniform_assignment,
 )
-from edgeuq.report import format_table
+from edgeuq.report import format_table, results_table
 from edgeuq.uq import auroc, expected_calibration_error
 from edgeuq.training import TrainConfig, load_checkpoint
 from edgeuq_runtime import UncertaintyRuntime
@@ -382,16 +382,17 @@ def main(argv=None) -> int:
                 f"windows; KL->fp32 = mean KL(fp32 predictive || quantized), |dMI| = mean |change of MI|; latency = "
                 f"median of {a.latency_repeats} runtime calls on one window, 1 thread, ratio to fp32 in this run")
         write_results(a.tables_json, {"tables": {
-            "frontier": {"headers": list(heads), "rows": table_rows, "note": note},
-            "fisher_vs": {"headers": ["alternative", "fisher-true better", "no significant difference",
-                                      "fisher-true worse"], "rows": cmp_rows,
-                          "note": f"paired bootstrap over windows ({a.bootstrap} resamples) at equal size; a "
-                                  "difference counts when its 95 % interval excludes 0. "
-                                  + ("Where Fisher-guided is not the best: " + "; ".join(not_best) if not_best
-                                     else "Fisher-guided is never significantly worse at equal size.")},
-            "reduction": {"headers": ["method", "bytes", "reduction", "acc %", "ECE %"], "rows": red_rows,
-                          "note": f"largest size reduction with accuracy >= fp32 - {ACC_TOL_PT} pt and ECE <= fp32 + "
-                                  f"{ECE_TOL_PT} pt among the budgets swept"}}}, command, prov)
+            "frontier": results_table(heads, table_rows, note=note),
+            "fisher_vs": results_table(["alternative", "fisher-true better", "no significant difference",
+                                        "fisher-true worse"], cmp_rows,
+                                       note=f"paired bootstrap over windows ({a.bootstrap} resamples) at equal size; a "
+                                            "difference counts when its 95 % interval excludes 0. "
+                                            + ("Where Fisher-guided is not the best: " + "; ".join(not_best)
+                                               if not_best else
+                                               "Fisher-guided is never significantly worse at equal size.")),
+            "reduction": results_table(["method", "bytes", "reduction", "acc %", "ECE %"], red_rows,
+                                       note=f"largest size reduction with accuracy >= fp32 - {ACC_TOL_PT} pt and "
+                                            f"ECE <= fp32 + {ECE_TOL_PT} pt among the budgets swept")}}, command, prov)
         print(f"tables: {a.tables_json}")
     return 0
 

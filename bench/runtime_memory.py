@@ -111,6 +111,7 @@ def main(argv=None) -> None:
         return
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from edgeuq.provenance import command_line, start, write_results
+    from edgeuq.report import results_table
 
     prov = start("quick" if a.quick else "full", 1)
     command = command_line("bench/runtime_memory.py", argv)
@@ -133,13 +134,14 @@ def main(argv=None) -> None:
         print(f"{name:<20} {mb:>9} {r['before']:>10.1f} {r['after']:>9.1f} {r['after'] - r['before']:>8.1f} "
               f"{r['peak']:>7.1f} {r['big_s']:>10.2f} {r['latency_ms']:>7.2f}")
     if a.json:
-        table = {"headers": ["ORT arena", "max_batch", "RSS before MiB", "retained after the call MiB", "peak MiB",
-                             "big call s", "B=1, S=16 ms"],
-                 "rows": [[name, mb, f"{r['before']:.1f}", f"{r['after'] - r['before']:.1f}", f"{r['peak']:.1f}",
-                           f"{r['big_s']:.2f}", f"{r['latency_ms']:.2f}"] for name, mb, r in rows],
-                 "note": f"one call of {a.batch} windows x S={a.samples} in a fresh process per row; bundle "
-                         f"{a.bundle or 'built here (L=1024, 64 features, MLP head, one dropout mask)'}; latency: "
-                         "median of 30 calls"}
+        table = results_table(
+            ["ORT arena", "max_batch", "RSS before MiB", "retained after the call MiB", "peak MiB", "big call s",
+             "B=1, S=16 ms"],
+            [[name, mb, f"{r['before']:.1f}", f"{r['after'] - r['before']:.1f}", f"{r['peak']:.1f}",
+              f"{r['big_s']:.2f}", f"{r['latency_ms']:.2f}"] for name, mb, r in rows],
+            note=f"one call of {a.batch} windows x S={a.samples} in a fresh process per row; bundle "
+                 f"{a.bundle or 'built here (L=1024, 64 features, MLP head, one dropout mask)'}; latency: "
+                 "median of 30 calls")
         write_results(a.json, table, command, prov)
         print(f"table: {a.json}")
 

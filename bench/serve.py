@@ -410,6 +410,7 @@ def main(argv=None) -> int:
         child_churn(a.port, a.seconds, a.seed)
         return 0
     from edgeuq.provenance import command_line, finish, start
+    from edgeuq.report import results_table
 
     if a.quick:
         a.pairs, a.seconds, a.dom_seconds, a.soak_seconds = 1, 20.0, 10.0, 60.0
@@ -448,10 +449,11 @@ def main(argv=None) -> int:
                      "met for the minutes run" if sk["crashes"] == 0 else "NOT met"])
     doc = {"command": cmd, "provenance": p, "goals": goals, "overhead": ov,
            "dom_latency": dom, "soak": sk,
-           "tables": {"serve": {"headers": ["measure", "value", "goal", "status"], "rows": rows,
-                                "note": f"10 decisions/s, {a.clients} open SSE pages, {a.pairs} interleaved pairs of "
-                                        f"{a.seconds:g} s runs (random order within a pair); CPU and RSS are the "
-                                        "serving process's; readers and browser run in other processes."}}}
+           "tables": {"serve": results_table(
+               ["measure", "value", "goal", "status"], rows,
+               note=f"10 decisions/s, {a.clients} open SSE pages, {a.pairs} interleaved pairs of "
+                    f"{a.seconds:g} s runs (random order within a pair); CPU and RSS are the "
+                    "serving process's; readers and browser run in other processes.")}}
     text = json.dumps(doc, indent=2)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)

@@ -323,8 +323,10 @@ OOD_KEYS = ["ood_set", "AUROC MI", "AUROC total entropy", "AUROC density", "AURO
 
 def tables_json(doc: Dict) -> Dict:
     """The results in scripts/render_tables.py's format (several tables from one run)."""
+    from edgeuq.report import results_table
+
     def tab(rows, keys):
-        return {"headers": keys, "rows": [[r.get(k) for k in keys] for r in rows]}
+        return results_table(keys, [[r.get(k) for k in keys] for r in rows])
 
     t = {"adaptive": tab(doc["adaptive_vs_fixed"], ["mode", "set", "accuracy", "ECE", "AUROC MI", "AUROC combined",
                                                     "mean_S"]),
@@ -414,17 +416,18 @@ def bundle_main(a, prov, cmd, cwru: Path) -> int:
     print(f"\njson: {out}")
     if a.json:
         from edgeuq.provenance import write_results
+        from edgeuq.report import results_table
 
-        tables = {"stream": {"headers": BUNDLE_STREAM_KEYS, "rows": [[r.get(k) for k in BUNDLE_STREAM_KEYS]
-                                                                       for r in streams]}}
+        tables = {"stream": results_table(BUNDLE_STREAM_KEYS, [[r.get(k) for k in BUNDLE_STREAM_KEYS]
+                                                                for r in streams])}
         for p in profiles:
-            tables[f"profile_{'adaptive' if p['mode'].startswith('adaptive') else 'fixed'}"] = {
-                "headers": ["part", "cpu_ms_per_window", "share"],
-                "rows": [[q["part"], q["cpu_ms_per_window"], q["share"]] for q in p["parts"]],
-                "note": f"{p['windows']} windows one at a time (the reference Diagnoser.decide's pieces), mean S "
+            tables[f"profile_{'adaptive' if p['mode'].startswith('adaptive') else 'fixed'}"] = results_table(
+                ["part", "cpu_ms_per_window", "share"],
+                [[q["part"], q["cpu_ms_per_window"], q["share"]] for q in p["parts"]],
+                note=f"{p['windows']} windows one at a time (the reference Diagnoser.decide's pieces), mean S "
                         f"{p['mean_S']:.2f}, {p['mismatches_vs_decide']} mismatches vs decide; pieces "
                         f"{p['pieces_cpu_ms_per_window']:.3f} ms, the whole stream {p['stream_cpu_ms_per_window']:.3f} ms "
-                        "per window"}
+                     "per window")
         tables = json.loads(json.dumps({"tables": tables}, default=float))
         write_results(a.json, tables, cmd, finish(prov, note=f"one ORT thread; signal: {what}"))
         print(f"tables: {a.json}")

@@ -145,6 +145,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke size: 3,000 phrases fine-tune, 1,500 fit")
     a = ap.parse_args(argv)
     from edgeuq.provenance import command_line, finish, start, write_results
+    from edgeuq.report import results_table
 
     if a.quick:
         a.train_subset, a.fit, a.calib, a.per_source = 3000, 1500, 800, 300
@@ -314,12 +315,11 @@ def main(argv=None) -> int:
         "pool_sizes": {k: len(v) for k, v in pools.items()}, "set_sizes": sizes,
         "selection": {"rule": "max mean AUROC over the constructed shifts of half A", "default": default},
         "auroc": table, "features_s": t_feats, "total_s": time.time() - t_start,
-        "tables": {"text_ood": {
-            "headers": ["score", *[f"{sh} (B)" for sh in shifts_b], "mean constructed (A, chooses)",
-                        "mean constructed (B)"],
-            "rows": [[s + (" (default)" if s == default else ""), *[f"{table['B'][s][sh]:.3f}" for sh in shifts_b],
-                      f"{table['A'][s]['mean_constructed']:.3f}", f"{table['B'][s]['mean_constructed']:.3f}"]
-                     for s in scores]}},
+        "tables": {"text_ood": results_table(
+            ["score", *[f"{sh} (B)" for sh in shifts_b], "mean constructed (A, chooses)", "mean constructed (B)"],
+            [[s + (" (default)" if s == default else ""), *[f"{table['B'][s][sh]:.3f}" for sh in shifts_b],
+              f"{table['A'][s]['mean_constructed']:.3f}", f"{table['B'][s]['mean_constructed']:.3f}"]
+             for s in scores])},
     }
     (a.out / "results.json").write_text(json.dumps(results, indent=1))
     if a.json:

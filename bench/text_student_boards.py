@@ -75,7 +75,7 @@ def main(argv=None) -> int:
 
     from edgeuq.export import TOKENIZER_FILE, export_onnx
     from edgeuq.lower.compile import compile_board
-    from edgeuq.report import format_table
+    from edgeuq.report import format_table, results_table
     from edgeuq.text.recipe import text_recipe
     from edgeuq.training import load_checkpoint
 
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         cfg = ck.config
         note = (f"student d {cfg.d_model}, depth {cfg.depth}, {cfg.scheme} head, vocabulary {cfg.vocab_size}, ids of "
                 f"{cfg.input_length}; qemu and C simulation check numerics only, their times are not board times")
-        write_results(a.json, {"headers": HEADERS, "rows": rows}, command, finish(prov, note=note))
+        write_results(a.json, results_table(HEADERS, rows), command, finish(prov, note=note))
         print(f"table: {a.json}")
     return 0
 

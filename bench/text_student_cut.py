@@ -94,6 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     from edgeuq.provenance import command_line, finish, start, write_results
+    from edgeuq.report import results_table
 
     prov = start("full", 1)
     command = command_line("bench/text_student_cut.py", argv)
@@ -284,10 +285,10 @@ def main(argv=None) -> int:
                 *[f"{r[f'auroc_{sh}_mi']:.3f}" for sh in shifts], f"{r['auroc_trec_density']:.3f}",
                 f"{r['auroc_trec_density_avgavg']:.3f}", f"{r['ratio']:.2f}" if "ratio" in r else None]
 
-    results["tables"] = {"text_student_cut": {"headers": heads, "rows": [
+    results["tables"] = {"text_student_cut": results_table(heads, [
         trow("teacher (MiniLM-L6, top layer fine-tuned; host)", t_row),
         trow(f"student ({a.choice} layers): {list(spec.layers)}, FFN {spec.ffn}, vocab {small_tok.vocab_size}, rank {spec.rank} "
-             "(device runtime)", s_row)]}}
+             "(device runtime)", s_row)])}
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps({k: results[k] for k in ("spec", "layer_choice_zero_shot", "teacher", "student")}, indent=1))

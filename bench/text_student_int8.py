@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     from edgeuq.provenance import command_line, finish, start, write_results
+    from edgeuq.report import results_table
 
     prov = start("full", 1)
     if not (a.bundle / "manifest.json").is_file() or not (a.data / "sst2" / "test.tsv").is_file():
@@ -73,10 +74,10 @@ def main(argv=None) -> int:
         print(name, rows[name], flush=True)
     doc = {"what": "int8 trunk weights (ORT dynamic quantisation) vs float32, device runtime, S = %d" % a.samples,
            "bundle": str(a.bundle), "rows": rows,
-           "tables": {"text_student_int8": {
-               "headers": ["weights", "SST-2 acc", "ECE", "AUROC MI (TREC)", "AUROC total H (TREC)", "graph MB"],
-               "rows": [[k, f"{v['acc']:.4f}", f"{v['ece']:.4f}", f"{v['auroc_trec_mi']:.3f}",
-                         f"{v['auroc_trec_total']:.3f}", f"{v['graph_bytes'] / 1e6:.2f}"] for k, v in rows.items()]}}}
+           "tables": {"text_student_int8": results_table(
+               ["weights", "SST-2 acc", "ECE", "AUROC MI (TREC)", "AUROC total H (TREC)", "graph MB"],
+               [[k, f"{v['acc']:.4f}", f"{v['ece']:.4f}", f"{v['auroc_trec_mi']:.3f}",
+                 f"{v['auroc_trec_total']:.3f}", f"{v['graph_bytes'] / 1e6:.2f}"] for k, v in rows.items()])}}
     if a.json:
         write_results(a.json, doc, command_line("bench/text_student_int8.py", argv), finish(prov))
         print(f"results: {a.json}")

@@ -357,11 +357,12 @@ def tables_json(runs) -> dict:
     headers, rows = teacher_table(teachers[0])
     if len(teachers) > 1:
         rows = [[f"{_fine_tune_label(r)}: {row[0]}", *row[1:]] for r in teachers for row in teacher_table(r)[1]]
-    t = {"teacher": {"headers": headers, "rows": rows}}
+    from edgeuq.report import results_table
+
+    t = {"teacher": results_table(headers, rows)}
     students = [r for r in runs if r.get("student")]
     if students:
-        t["student"] = dict(zip(("headers", "rows"), student_table(
-            [(chr(ord("A") + i), r) for i, r in enumerate(students)])))
+        t["student"] = results_table(*student_table([(chr(ord("A") + i), r) for i, r in enumerate(students)]))
     return {"tables": t}
 
 
@@ -435,9 +436,7 @@ def _runtime_eval(bundle_dir, test, ood: dict, samples: int, lat_texts) -> dict:
 
 def _student(a, teacher, pre, tok, cache, ids_train, y_train, train_texts, val, val_feats, test, ood,
              teacher_dir: Path) -> dict:
-    from edgeuq.bundle import build_bundle
     from edgeuq.compress.distill import DistillConfig
-    from edgeuq.export import TOKENIZER_FILE, export_onnx
     from edgeuq.text.distill import distill_text_student, student_config, student_loss, teacher_transfer_sets
 
     rng = np.random.default_rng(a.seed + 7)

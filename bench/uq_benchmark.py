@@ -82,13 +82,14 @@ def write_summary(results_json: Path, out: Path) -> Path:
     """The README summary of a run, with the command and provenance that run recorded
     (``provenance.json`` beside its ``results.json``)."""
     from edgeuq.provenance import write_results
+    from edgeuq.report import results_table
 
     doc = json.loads(Path(results_json).read_text())
     run = Path(results_json).with_name("provenance.json")
     if not run.is_file():
         raise SystemExit(f"{run} not found: {results_json} was not written by this script; rerun it")
     rec = json.loads(run.read_text())
-    return write_results(out, {"headers": SUMMARY_HEADERS, "rows": summary_rows(doc["results"])},
+    return write_results(out, results_table(SUMMARY_HEADERS, summary_rows(doc["results"])),
                          rec["command"], rec["provenance"])
 
 

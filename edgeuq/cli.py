@@ -105,13 +105,10 @@ def _cmd_bundle(a: argparse.Namespace) -> int:
 
 
 def _cmd_predict(a: argparse.Namespace) -> int:
-    import numpy as np
-
     from edgeuq_runtime import UncertaintyRuntime
 
     from .data import load_signals, sliding_windows
     from .report import format_table
-    from edgeuq_runtime.preprocess import normalize
 
     rt = UncertaintyRuntime(Path(a.bundle), seed=a.seed)
     spec = rt.manifest.input

@@ -41,14 +41,9 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset:
     """The host CPU's feature flags (``flags`` line of /proc/cpuinfo; empty when unreadable),
     less those above the level named by ``EDGEUQ_HOST_ISA`` when it is set (every ``avx512*``
     flag is hidden below ``x86-64-v4``)."""
-    have: frozenset = frozenset()
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("flags"):
-                have = frozenset(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    from edgeuq_runtime.cpuinfo import cpu_flags as read_flags
+
+    have = read_flags(cpuinfo) or frozenset()
     cap = os.environ.get(HOST_ISA_ENV, "").strip()
     if cap:
         hidden = _isa_cap(cap)

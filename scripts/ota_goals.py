@@ -161,6 +161,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="also write the table (results/ota_goals.json) with provenance")
     a = ap.parse_args(argv)
     from edgeuq.provenance import command_line, start, write_results
+    from edgeuq.report import results_table
 
     prov = start("full", 1, packages=("numpy", "onnxruntime", "tuf"),
                  note="counts from the OTA test suites (scripts/ota_goals.py); not a timing")
@@ -224,9 +225,9 @@ def main(argv=None) -> int:
         note = ("Counted by scripts/ota_goals.py from the OTA test suites (each file in its own pytest process); "
                 "cases = collected items of test_ota_faults/http/redteam/stream minus controls, measurements and "
                 "re-checks (listed in the script); the power cuts and the fleet are simulated (in-process).")
-        write_results(a.json, {"headers": hdr, "rows": rows, "note": note,
-                               "detail": {"cases": cases, "powercut": pc, "fleet": fl,
-                                          "not_cases": NOT_CASES, "hang_s": HANG_S}},
+        write_results(a.json, results_table(hdr, rows, note=note,
+                                            detail={"cases": cases, "powercut": pc, "fleet": fl,
+                                                    "not_cases": NOT_CASES, "hang_s": HANG_S}),
                       command_line("scripts/ota_goals.py", argv), prov)
         print(f"wrote {a.json}")
     return 0 if met or a.collect_only else 1

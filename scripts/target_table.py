@@ -279,6 +279,8 @@ def _tuning_states(rows: List[Dict[str, Any]]) -> str:
 
 
 def render(json_path: Path, docs=DOCS) -> None:
+    from edgeuq.report import results_table
+
     doc = json.loads(json_path.read_text())
     reports = load_profiles()
     host = doc["host"]
@@ -290,16 +292,16 @@ def render(json_path: Path, docs=DOCS) -> None:
             f"{host['processor']}, edgeuq {doc['edgeuq']}, TVM {doc.get('tvm', '-')}; bearing-demo architecture, "
             f"random weights, TVM tuning per target: {_tuning_states(doc['rows'])}; raw evidence in "
             f"results/{json_path.name}")},
-        "headers": ["target", "arch", "lowering (graphs)", "compiled", "checked how", "artifact",
-                    "max err (tolerance)", "reference", f"latency (1 window, S={doc['samples']})",
-                    f"profiled (edgeuq profile, S={doc['samples']})"],
-        "rows": [row + [profile_cell(reports, r["target"], r["graphs"], doc["samples"], r["lowering"])]
-                 for row, r in zip(table_rows(doc), doc["rows"])],
-        "note": ("Latency is measured only where the code runs natively on this host; emulated, simulated "
-                 "and compile-only artifacts say \"not measured\", and FPGA resource fit is an analytic "
-                 "estimate. \"profiled\" comes from the edgeuq profile reports in results/profile/ (host, "
-                 "TVM RPC, or emulated qemu: not board times; regenerate them with "
-                 f"`{PROFILE_COMMAND}`), \"not measured\" where no report covers the target."),
+        **results_table(
+            ["target", "arch", "lowering (graphs)", "compiled", "checked how", "artifact", "max err (tolerance)",
+             "reference", f"latency (1 window, S={doc['samples']})", f"profiled (edgeuq profile, S={doc['samples']})"],
+            [row + [profile_cell(reports, r["target"], r["graphs"], doc["samples"], r["lowering"])]
+             for row, r in zip(table_rows(doc), doc["rows"])],
+            note=("Latency is measured only where the code runs natively on this host; emulated, simulated "
+                  "and compile-only artifacts say \"not measured\", and FPGA resource fit is an analytic "
+                  "estimate. \"profiled\" comes from the edgeuq profile reports in results/profile/ (host, "
+                  "TVM RPC, or emulated qemu: not board times; regenerate them with "
+                  f"`{PROFILE_COMMAND}`), \"not measured\" where no report covers the target.")),
     }
     atomic_write(TABLE_JSON, json.dumps(table, indent=2) + "\n")
     print(f"wrote {TABLE_JSON} ({len(table['rows'])} rows)")

@@ -26,7 +26,7 @@ from ..artifact import Artifact, ArtifactWriter
 from ..registry import Registry
 
 __all__ = [
-    "CompiledGraph", "CompiledArtifact", "Evidence", "EVIDENCE_KINDS", "CompileSettings", "Lowerer",
+    "CompiledGraph", "CompiledArtifact", "Evidence", "EVIDENCE_KINDS", "CompileSettings", "CpuRequirement", "Lowerer",
     "LOWERERS", "register_lowerer", "get_lowerer", "lower", "LoweringNotAvailable", "options_from_kwargs",
 ]
 
@@ -192,6 +192,16 @@ class CompileSettings:
     tune_rpc: Optional[Tuple[str, str]] = None
 
 
+@dataclass(frozen=True)
+class CpuRequirement:
+    """The CPU a compiled graph needs on the board: its architecture (a target's ``arch``, e.g.
+    ``x86_64``, ``aarch64``) and the CPU feature flags its machine code may use (``/proc/cpuinfo``
+    names, e.g. ``avx512f``; empty: the architecture's baseline)."""
+
+    arch: str
+    flags: frozenset = frozenset()
+
+
 O = TypeVar("O")
 
 
@@ -209,6 +219,13 @@ class Lowerer(ABC):
     @abstractmethod
     def lower(self, art: Any, target: Any, workdir: Path, options: Any) -> CompiledArtifact:
         """Lower ``art`` (an OnnxArtifact) for ``target`` into ``workdir``."""
+
+    def cpu_requirement(self, target: Any) -> Optional[CpuRequirement]:
+        """The board CPU a graph this lowering compiled for ``target`` needs (a capability the
+        lowering declares; placement skips a candidate the board's CPU cannot run). None, the
+        default: the graphs are not machine code for the target's ISA (an ONNX graph the executor
+        dispatches per CPU, an FPGA design), so whatever runs the executor runs them."""
+        return None
 
 
 class LoweringNotAvailable(LookupError, ValueError):

@@ -19,6 +19,12 @@ workload (trunk: one window; head: S rows) through the device runtime's own exec
   "not measured";
 * :class:`NotMeasured` — anything else: nothing is timed.
 
+A measurer that reaches the board asks it which CPU it has (the timing agent's ``/v1/health``:
+``platform.machine()`` and ``/proc/cpuinfo`` flags; TVM RPC: the CPU its LLVM names) and
+excludes a candidate whose compiled library needs another architecture or a CPU flag the board
+lacks (the lowering declares what it needs: :meth:`edgeuq.lower.base.Lowerer.cpu_requirement`),
+naming both in the evidence; where the board does not say, such a candidate is "not measured".
+
 :func:`choose` keeps the fastest median only when every usable candidate of the graph was
 measured; otherwise the board's default is kept and the reason recorded. Never a pretended
 measurement: the figures, or "not measured" and why, go into the manifest's ``placement``
@@ -37,8 +43,8 @@ from edgeuq_runtime.placement import CandidateRecord, GraphPlacementRecord, Plac
 
 from ..profile.harness import LatencyStats, measure_stages
 
-__all__ = ["Option", "Timing", "Measurer", "HostMeasurer", "RemoteMeasurer", "NotMeasured", "graph_feeds",
-           "choose", "placement_rows"]
+__all__ = ["Option", "Timing", "Measurer", "HostMeasurer", "RemoteMeasurer", "NotMeasured", "BoardCpu",
+           "isa_exclusion", "isa_unknown", "graph_feeds", "choose", "placement_rows"]
 
 #: A measurer's answer per candidate: its statistics, or the reason it was not measured.
 Timing = Union[LatencyStats, str]
@@ -67,6 +73,60 @@ class Option:
         return f"{self.executor} on {self.target}" + ("" if self.lowering == self.executor else f" ({self.lowering})")
 
 
+@dataclass(frozen=True)
+class BoardCpu:
+    """What the board said about its CPU: ``machine`` (``platform.machine()`` there; None: not
+    said), ``flags`` (its CPU feature flags, ``/proc/cpuinfo`` names; None: not said) and
+    ``source`` (who said it, for the evidence)."""
+
+    machine: Optional[str]
+    flags: Optional[frozenset]
+    source: str
+
+
+_MACHINE_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
+
+
+def _same_arch(arch: str, machine: str) -> bool:
+    m = machine.strip().lower()
+    m = _MACHINE_ALIASES.get(m, m)
+    return m == arch.lower() or m.startswith(arch.lower())  # armv7 code runs on an armv7l kernel
+
+
+def _requirement(option: Option) -> Any:
+    from ..catalog import get_target
+    from .base import get_lowerer
+
+    return get_lowerer(option.lowering).cpu_requirement(get_target(option.target))
+
+
+def isa_exclusion(option: Option, board: BoardCpu) -> Optional[str]:
+    """Why ``option``'s compiled library cannot run on the CPU ``board`` described (None: it can,
+    or the board did not say enough to tell)."""
+    req = _requirement(option)
+    if req is None:
+        return None
+    what = f"the {option.lowering} library for {option.target}"
+    if board.machine and not _same_arch(req.arch, board.machine):
+        return f"does not run on this board: {what} is {req.arch} code and the board's CPU is {board.machine} " \
+               f"({board.source})"
+    missing = sorted(req.flags - board.flags) if board.flags is not None else []
+    if missing:
+        return f"does not run on this board: {what} needs CPU flags {', '.join(missing)}, which the board's CPU " \
+               f"lacks ({board.source})"
+    return None
+
+
+def isa_unknown(option: Option, board: BoardCpu) -> Optional[str]:
+    """"not measured" and why, for a library that needs CPU flags when the board did not say which
+    flags it has (timing it might crash the board's process or time the wrong code); else None."""
+    req = _requirement(option)
+    if req is None or not req.flags or board.flags is not None:
+        return None
+    return (f"not measured: the {option.lowering} library for {option.target} needs CPU flags "
+            f"{', '.join(sorted(req.flags))} and the board did not say which it has ({board.source})")
+
+
 class Measurer:
     """Times candidate graphs of one role; ``location`` is "host" or "remote" (or "not measured")."""
 
@@ -75,9 +135,15 @@ class Measurer:
     warmup: int = 3
     repeats: int = 20
 
-    def exclusion(self, option: Option) -> Optional[str]:
-        """Why ``option`` cannot run on the board at all (None: it can)."""
+    def board_cpu(self) -> Optional[BoardCpu]:
+        """What the board says about its CPU (None: this measurer does not reach a board)."""
         return None
+
+    def exclusion(self, option: Option) -> Optional[str]:
+        """Why ``option`` cannot run on the board at all (None: it can): a library for another
+        architecture or needing CPU flags the board's CPU lacks."""
+        board = self.board_cpu()
+        return isa_exclusion(option, board) if board is not None else None
 
     def measure(self, role: str, options: Sequence[Option], feeds: Mapping[str, np.ndarray]) -> Dict[tuple, Timing]:
         raise NotImplementedError
@@ -128,13 +194,27 @@ class RemoteMeasurer(Measurer):
 
     def __init__(self, session: Any, where: str, warmup: int = 3, repeats: int = 20) -> None:
         self.session, self.where, self.warmup, self.repeats = session, where, int(warmup), int(repeats)
+        self._board: Optional[BoardCpu] = None
+
+    def board_cpu(self) -> BoardCpu:
+        """The CPU the board's RPC server names (asked once): its LLVM's host CPU and process triple."""
+        if self._board is None:
+            from ..profile.tvm_rpc import rpc_board_cpu
+
+            self._board = BoardCpu(*rpc_board_cpu(self.session))
+        return self._board
 
     def measure(self, role: str, options: Sequence[Option], feeds: Mapping[str, np.ndarray]) -> Dict[tuple, Timing]:
         from ..profile.tvm_rpc import rpc_timeable, time_remote_library
 
         out: Dict[tuple, Timing] = {}
         rows = next(iter(feeds.values())).shape[0]
+        board = self.board_cpu()
         for o in options:
+            unknown = isa_unknown(o, board)
+            if unknown:
+                out[o.key] = unknown
+                continue
             opts = dict(o.graph.options)
             if not rpc_timeable(o.graph.backend, opts):
                 out[o.key] = (f"not measured: the {o.graph.backend} graph is not a CPU TVM library, which is all "

@@ -9,18 +9,22 @@ candidate's figure is that role's stage (the trunk on one window, the head on S 
 :func:`edgeuq.lower.placement.graph_feeds`). Candidates are interleaved: ``rounds`` passes, each
 in a seeded random order, each with ``repeats / rounds`` timed calls; a candidate's statistics
 are over the calls of all its rounds (``raw=1``: the agent returns every timed call).
+
+Before timing, the agent is asked for the board's CPU (``/v1/health``: machine and
+``/proc/cpuinfo`` flags); a candidate whose library needs another architecture or a flag the
+board lacks is excluded, named in the placement evidence (never sent, never timed).
 """
 from __future__ import annotations
 
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ..profile.harness import LatencyStats
-from .placement import Measurer, Option, Timing
+from .placement import BoardCpu, Measurer, Option, Timing, isa_unknown
 
 __all__ = ["AgentMeasurer"]
 
@@ -33,6 +37,24 @@ class AgentMeasurer(Measurer):
         self.art, self.agent, self.token, self.samples = art, agent, token, int(samples)
         self.warmup, self.repeats, self.rounds, self.seed = int(warmup), int(repeats), max(1, int(rounds)), seed
         self.where = f"timing agent {agent}"
+        self._board: Optional[BoardCpu] = None
+
+    def board_cpu(self) -> BoardCpu:
+        """The board's CPU as its agent reports it (``/v1/health``, asked once)."""
+        if self._board is None:
+            from ..profile.agent_client import AgentError, agent_health
+
+            source = f"timing agent {self.agent} /v1/health"
+            try:
+                doc = agent_health(self.agent, token=self.token)
+            except AgentError as exc:
+                self._board = BoardCpu(None, None, f"{source} not answered: {exc}")
+            else:
+                flags = doc.get("cpu_flags")
+                self._board = BoardCpu(doc.get("machine") or None,
+                                       None if flags is None else frozenset(map(str, flags)),
+                                       source if flags is not None else f"{source}: no cpu_flags (an older agent?)")
+        return self._board
 
     def _bundle(self, role: str, option: Option, root: Path) -> Path:
         from ..bundle.build import BundleGraph, default_graphs, write_artifact_bundle
@@ -54,7 +76,12 @@ class AgentMeasurer(Measurer):
         out: Dict[tuple, Timing] = {}
         with tempfile.TemporaryDirectory(prefix="edgeuq-placement-agent-") as tmp:
             bundles: Dict[tuple, Path] = {}
+            board = self.board_cpu()
             for i, o in enumerate(options):
+                unknown = isa_unknown(o, board)
+                if unknown:
+                    out[o.key] = unknown
+                    continue
                 try:
                     bundles[o.key] = self._bundle(role, o, Path(tmp) / f"c{i}")
                 except (ValueError, OSError) as exc:

@@ -16,9 +16,9 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
-__all__ = ["AgentError", "agent_profile", "read_agent_token"]
+__all__ = ["AgentError", "agent_health", "agent_profile", "read_agent_token"]
 
 
 class AgentError(ValueError):
@@ -39,6 +39,31 @@ def read_agent_token(token_file: Optional[Path] = None) -> str:
     return text
 
 
+def _call(req: Any, host: str, port: int, timeout_s: float) -> Dict[str, Any]:
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return json.loads(resp.read().decode())
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.loads(exc.read().decode()).get("error", "")
+        except ValueError:
+            reason = ""
+        raise AgentError(f"agent {host}:{port} refused the request ({exc.code}): {reason or exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise AgentError(f"cannot reach the agent at {host}:{port}: {exc}") from None
+
+
+def agent_health(agent: str, *, token: str, timeout_s: float = 30.0) -> Dict[str, Any]:
+    """The agent's ``/v1/health`` report: ``machine``, ``hostname`` and ``cpu_flags`` (the board's
+    CPU feature flags, or None where the agent could not read them or is older than that field)."""
+    from .tvm_rpc import parse_address
+
+    host, port = parse_address(agent, "--agent")
+    req = urllib.request.Request(f"http://{host}:{port}/v1/health", method="GET",
+                                 headers={"Authorization": f"Bearer {token}"})
+    return _call(req, host, port, timeout_s)
+
+
 def agent_profile(agent: str, bundle: Any, *, token: str, samples: Sequence[int] = (1, 8, 32), warmup: int = 5,
                   repeats: int = 50, seed: int = 0, timeout_s: float = 600.0, raw: bool = False) -> Dict[str, Any]:
     """POST the bundle to the agent at ``agent`` (``HOST:PORT``) and return its JSON report."""
@@ -55,17 +80,7 @@ def agent_profile(agent: str, bundle: Any, *, token: str, samples: Sequence[int]
     req = urllib.request.Request(f"http://{host}:{port}/v1/profile?{query}", data=body, method="POST",
                                  headers={"Authorization": f"Bearer {token}",
                                           "Content-Type": "application/x-tar"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            doc = json.loads(resp.read().decode())
-    except urllib.error.HTTPError as exc:
-        try:
-            reason = json.loads(exc.read().decode()).get("error", "")
-        except ValueError:
-            reason = ""
-        raise AgentError(f"agent {host}:{port} refused the request ({exc.code}): {reason or exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise AgentError(f"cannot reach the agent at {host}:{port}: {exc}") from None
+    doc = _call(req, host, port, timeout_s)
     if doc.get("bundle_digest") != b.digest:
         raise AgentError(f"agent {host}:{port} timed bundle {doc.get('bundle_digest')!r}, not {b.digest}")
     return doc

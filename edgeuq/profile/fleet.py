@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 __all__ = ["FleetProfile", "profile_fleet", "fleet_table", "request_board", "free_boards", "EMULATED_FUNC",
            "remote_emulation"]
 
+from ..report import results_table  # noqa: E402
 from .tvm_rpc import EMULATED_FUNC, remote_emulation  # noqa: E402  (re-exported: where they live)
 
 
@@ -143,11 +144,12 @@ def fleet_table(reports: Sequence[Any], servers: Sequence[str], samples: int, *,
                          f"{f(min(vals))} / {f(statistics.median(vals))} / {f(max(vals))}",
                          f"max/min {max(vals) / min(vals):.2f}" if min(vals) > 0 else "-", ""])
     places = "; ".join(f"{s} = {r.measured_where}" for r, s in zip(reports, servers))
-    return {"command": command, "headers": headers, "rows": rows, "spread": spread,
-            "provenance": f"measured by edgeuq profile --all, one board at a time: {places}",
-            "note": (f"graphs = trunk + head (TVM RPC times the graphs only); outlier: graphs p50 more than "
-                     f"{outlier_ratio:g}x off the median of the other boards (with two boards that disagree both "
-                     "are flagged); emulated (qemu) rows are not board times and are left out of the spread")}
+    return {"command": command, **results_table(
+        headers, rows, spread=spread,
+        provenance=f"measured by edgeuq profile --all, one board at a time: {places}",
+        note=(f"graphs = trunk + head (TVM RPC times the graphs only); outlier: graphs p50 more than "
+              f"{outlier_ratio:g}x off the median of the other boards (with two boards that disagree both "
+              "are flagged); emulated (qemu) rows are not board times and are left out of the spread"))}
 
 
 def _folder_name(i: int, server: str) -> str:

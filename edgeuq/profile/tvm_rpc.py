@@ -40,7 +40,7 @@ def rpc_timeable(backend: str, options: Optional[Mapping[str, Any]]) -> bool:
     return backend in RPC_EXECUTORS and dict(options or {}).get("device", "cpu") == "cpu"
 
 __all__ = ["EMULATED_FUNC", "remote_emulation", "parse_address", "connect", "graph_inputs", "profile_remote",
-           "tvm_kernel_table", "REMOTE_NOTES", "RemoteProfile", "time_remote_library"]
+           "tvm_kernel_table", "REMOTE_NOTES", "RemoteProfile", "time_remote_library", "rpc_board_cpu"]
 
 #: the global function an emulated RPC server registers; it returns a description of the emulator
 EMULATED_FUNC = "edgeuq.rpc.emulated"
@@ -62,6 +62,31 @@ REMOTE_NOTES = (
     "remote: no per-kernel table - TVM 0.27 has no Relax VM profiler and vm.set_instrument takes a local Python "
     "function, which cannot be sent over RPC",
 )
+
+
+#: LLVM's names of x86 features whose /proc/cpuinfo names differ
+_LLVM_FLAG_NAMES = {"sse4.1": "sse4_1", "sse4.2": "sse4_2", "sse3": "pni"}
+
+
+def rpc_board_cpu(session: Any) -> Tuple[Optional[str], Optional[frozenset], str]:
+    """``(machine, flags, source)`` of the board behind a TVM RPC ``session``: the machine from the
+    process triple of its TVM's LLVM, the flags of the CPU model that LLVM detects there (the
+    model's features as LLVM knows them, ``/proc/cpuinfo`` names, not the kernel's own list);
+    ``(None, None, why)`` when its TVM has no LLVM (a runtime-only build) or names no model."""
+    try:
+        name = str(session.get_function("tvm.codegen.llvm.GetHostCPUName")())
+        triple = str(session.get_function("tvm.codegen.llvm.GetProcessTriple")())
+    except AttributeError:  # TVM raises AttributeError("Module has no function ...") for a missing global
+        return None, None, "the board's TVM RPC server has no LLVM to name its CPU (a runtime-only TVM)"
+    machine = triple.split("-", 1)[0] or None
+    if not name or name == "generic":
+        return machine, None, f"the board's TVM RPC server: LLVM names no CPU model ({triple})"
+    import tvm
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": name, "mtriple": triple})
+    features = tvm.get_global_func("target.llvm_get_cpu_features")(target)
+    flags = frozenset(_LLVM_FLAG_NAMES.get(str(k), str(k)) for k in features)
+    return machine, flags, f"the board's TVM RPC server: LLVM CPU {name}, {triple}"
 
 
 def parse_address(text: str, what: str = "--remote") -> Tuple[str, int]:

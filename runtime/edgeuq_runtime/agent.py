@@ -25,6 +25,9 @@ Protocol: ``POST /v1/profile?samples=1,8,32&warmup=5&repeats=50&seed=0&digest=SH
 tar as body (``raw=1``: each stage's statistics also list every timed call, ``samples_ms``) -> ``200`` and the JSON report (``stages``, ``end_to_end``, ``backends``,
 ``notes``, ``environment``, ``bundle_digest``); errors are JSON ``{"error": ...}`` with
 401 (token), 413 (too large), 422 (bundle refused / bad parameters), 404 (route).
+``GET /v1/health`` -> ``{"ok", "agent", "machine", "hostname", "cpu_flags"}``: the board's CPU
+feature flags (``/proc/cpuinfo``; null where unreadable), so the host's placement skips
+candidates compiled for an ISA the board lacks.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
+from .cpuinfo import cpu_flags as board_cpu_flags
 from .errors import InputError, RuntimeUQError
 
 __all__ = ["AgentServer", "agent_token", "profile_bundle_bytes", "DEFAULT_AGENT_BIND", "TOKEN_ENV",
@@ -141,8 +145,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return self._send(401, {"error": "token required"})
         if urlsplit(self.path).path == "/v1/health":
+            flags = board_cpu_flags()
             return self._send(200, {"ok": True, "agent": "edgeuq_runtime", "machine": platform.machine(),
-                                    "hostname": socket.gethostname()})
+                                    "hostname": socket.gethostname(),
+                                    "cpu_flags": None if flags is None else sorted(flags)})
         return self._send(404, {"error": "no such route"})
 
     def do_POST(self) -> None:  # noqa: N802

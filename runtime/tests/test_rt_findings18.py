@@ -16,15 +16,14 @@ import json
 import subprocess
 import sys
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgeuq_runtime import (GraphSpec, InputSpec, IntegrityError, Manifest, ManifestError, NoiseSpec,
+from edgeuq_runtime import (GraphSpec, IntegrityError, Manifest, ManifestError, NoiseSpec,
                             UncertaintyResult, UncertaintyRuntime, load_bundle, write_bundle)
 from edgeuq_runtime.noise import sample_noise_rows, sample_noise_tiled
-from rt_helpers import CLASSES, C, F, L, make_head, make_manifest, make_trunk, softmax
+from rt_helpers import CLASSES, C, F, L, make_head, make_manifest, softmax
 
 
 def cli(*args):

@@ -43,10 +43,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-from ..base import CompiledArtifact, CompiledGraph, CompileSettings, Lowerer, options_from_kwargs, register_lowerer
+from ..base import (CompiledArtifact, CompiledGraph, CompileSettings, CpuRequirement, Lowerer, options_from_kwargs,
+                    register_lowerer)
 from .build import ROLES, GraphBuild, build_graph, has_records, overall_state, tuned_buckets
 from .check import CHECK_MODES, check_artifact
-from .targets import compiler_versions, is_native, tuning_dir, tvm_target
+from .targets import compiler_versions, host_target, is_native, required_flags, tuning_dir, tvm_target
 from .tune import shipped_dir
 
 __all__ = ["TvmLowerer", "TvmOptions", "compile_tvm"]
@@ -108,6 +109,11 @@ class TvmLowerer(Lowerer):
         return TvmOptions(graphs=tuple(roles), tune_trials=settings.tune_trials, samples=settings.samples,
                           tuning_root=settings.tuning_root, progress=settings.progress,
                           tune_rpc=settings.tune_rpc)
+
+    def cpu_requirement(self, target: Any) -> CpuRequirement:
+        """A TVM library is machine code for the target's CPU (a CUDA target's: its host CPU): that
+        architecture, with every flag of the target's ISA level (``[tvm] mcpu``)."""
+        return CpuRequirement((host_target(target) or target).arch, required_flags(target))
 
     def lower(self, art: Any, target: Any, workdir: Path, options: TvmOptions) -> CompiledArtifact:
         if target.kind not in ("cpu", "gpu") or not target.tvm:

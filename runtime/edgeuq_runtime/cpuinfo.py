@@ -1,0 +1,24 @@
+"""The CPU's feature flags as the kernel reports them (``flags`` line of ``/proc/cpuinfo``): one
+reader for the board's timing agent (it tells the host which ISA the board runs, so placement
+skips libraries compiled for an ISA the board lacks) and for the host's own view
+(:mod:`edgeuq.hostcpu`, which adds the ``EDGEUQ_HOST_ISA`` cap)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["cpu_flags"]
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[frozenset]:
+    """The first ``flags`` line of ``cpuinfo`` as a set; None when the file is unreadable or has no
+    such line (not Linux, or an ARM kernel, which says ``Features``: read that line instead)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    for key in ("flags", "Features"):
+        for line in text.splitlines():
+            if line.split(":", 1)[0].strip() == key and ":" in line:
+                return frozenset(line.split(":", 1)[1].split())
+    return None
