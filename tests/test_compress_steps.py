@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from edgeuq.compress.prune import PruneConfig, prune
-from edgeuq.compress.steps import COMPRESSION_STEPS, CompressionStep, StepData, StepResult, get_step, run_steps
+from edgeuq.compress.chain import chain_from_table, data_key, run_chain
+from edgeuq.compress.steps import COMPRESSION_STEPS, CompressionStep, StepData, StepResult, get_step
 from edgeuq.compress.steps.lowrank import LowRankLinear, factorise
 from edgeuq.compress.transfer import label_with_model
 from edgeuq.models import ModelConfig, build_model
+from edgeuq.training import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 T_LEN = 256
@@ -34,7 +36,7 @@ def test_builtins_are_found_by_the_package_scan():
     assert all(isinstance(COMPRESSION_STEPS[n], CompressionStep) for n in COMPRESSION_STEPS)
 
 
-def test_a_new_step_is_one_decorated_class_and_runs_in_a_declared_list():
+def test_a_new_step_is_one_decorated_class_and_runs_in_a_declared_chain(tmp_path):
     @COMPRESSION_STEPS.register("toy_scale")
     class ToyScale(CompressionStep):
         @dataclasses.dataclass(frozen=True)
@@ -51,14 +53,21 @@ def test_a_new_step_is_one_decorated_class_and_runs_in_a_declared_list():
 
     try:
         m = _model()
-        out, records = run_steps(m, [("toy_scale", {"factor": 2.0}), ("toy_scale", {})], StepData(x=_x(4)))
-        w0, w1 = next(m.parameters()).detach(), next(out.parameters()).detach()
+        ck = save_checkpoint(m, tmp_path / "base", ("a", "b", "c"), 1000.0)
+        data = StepData(x=_x(4))
+        chain = chain_from_table({"steps": [{"name": "toy_scale", "factor": 2.0}, {"name": "toy_scale"}]})
+        res = run_chain(ck, chain, data, tmp_path / "out", data_key(data), progress=False, log=lambda s: None)
+        w0, w1 = next(m.parameters()).detach(), next(res.checkpoint.load_model().parameters()).detach()
         err = float((w1 - 2.0 * w0).abs().max())
         assert err <= 1e-6, err
-        assert [r["step"] for r in records] == ["toy_scale", "toy_scale"]
-        assert records[0]["options"] == {"factor": 2.0} and records[0]["seconds"] >= 0.0
+        assert [r["step"] for r in res.records] == ["toy_scale", "toy_scale"]
+        assert res.records[0]["options"] == {"factor": 2.0} and res.records[0]["seconds"] >= 0.0
+        assert res.records[0]["info"] == {"factor": 2.0}
+        with pytest.raises(ValueError, match=r"compress\.steps\[0\]\.factr: unknown option of step 'toy_scale'"):
+            chain_from_table({"steps": [{"name": "toy_scale", "factr": 2.0}]})
         with pytest.raises(ValueError, match=r"unknown option\(s\) \['factr'\]"):
-            run_steps(m, [("toy_scale", {"factr": 2.0})], StepData(x=_x(4)))
+            from edgeuq.compress.steps import step_options
+            step_options(get_step("toy_scale"), {"factr": 2.0})
     finally:
         COMPRESSION_STEPS.remove("toy_scale")
     with pytest.raises(LookupError, match="toy_scale"):

@@ -7,10 +7,10 @@ A step takes a model and returns a new one (the input is left unchanged)::
 Built-ins (``distill``, ``prune``, ``lowrank``) are found by scanning this package: a new step
 is one module here (or a third-party module under the ``edgeuq.compress_step`` entry-point
 group) holding a class decorated with ``@COMPRESSION_STEPS.register("name")`` that declares its
-frozen ``Options`` dataclass and implements ``apply``. :func:`run_steps` runs a declared list of
-steps in order, each with options read strictly (an unknown key names itself), and times each;
-:mod:`edgeuq.compress.chain` runs a recipe's ``[[compress.steps]]`` (or ``edgeuq compress --steps``)
-the same way with each step's output saved as a cached checkpoint. A step that changes the
+frozen ``Options`` dataclass and implements ``apply``. The one driver is
+:func:`edgeuq.compress.chain.run_chain`: it runs a recipe's ``[[compress.steps]]`` (or
+``edgeuq compress --steps``) in order, options read strictly (an unknown key names itself), times
+each step and saves each output as a cached checkpoint. A step that changes the
 architecture records it in the output model's ``cfg`` (``blocks`` for pruned widths, ``ranks``
 for factorised layers), so ``build_model(cfg)`` rebuilds it from a checkpoint.
 """
@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Mapping, Optional, Union
 
 import numpy as np
 from torch import nn
 
-from ...profile.harness import StageTimer
 from ...registry import Registry, scan_package
 
-__all__ = ["CompressionStep", "StepData", "StepResult", "COMPRESSION_STEPS", "get_step", "step_options",
-           "run_steps"]
+__all__ = ["CompressionStep", "StepData", "StepResult", "COMPRESSION_STEPS", "get_step", "step_options"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,23 +87,6 @@ def step_options(step: CompressionStep, options: Union[None, Mapping[str, Any], 
     if unknown:
         raise ValueError(f"compression step {step.name!r}: unknown option(s) {unknown}; known: {sorted(known)}")
     return step.Options(**given)
-
-
-def run_steps(model: nn.Module, steps: Sequence[Tuple[str, Any]], data: StepData) -> Tuple[nn.Module, List[Dict]]:
-    """Run the declared ``steps`` ([(name, options)]) in order; returns the final model and one
-    record per step (name, options, info, seconds)."""
-    timer, records = StageTimer(), []
-    for i, (name, options) in enumerate(steps):
-        step = get_step(name)
-        opts = step_options(step, options)
-        key = f"{i}:{name}"
-        with timer.stage(key):
-            res = step.apply(model, data, opts)
-        data.log(f"compress step {name}: {dict(res.info)}")
-        records.append({"step": name, "options": dataclasses.asdict(opts), "info": dict(res.info),
-                        "seconds": timer.seconds[key]})
-        model = res.model
-    return model, records
 
 
 scan_package(__name__, __path__)
