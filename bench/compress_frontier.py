@@ -55,7 +55,7 @@ from edgeuq.benchmark.tasks import Task
 from edgeuq.bundle import build_bundle
 from edgeuq.catalog import get_recipe
 from edgeuq.compress.data import compress_data
-from edgeuq.compress.distill import DistillConfig
+from edgeuq.compress.distill import DISTILL_TRAIN, DistillConfig
 from edgeuq.compress.prune import PruneConfig, prune, save_prune_plan
 from edgeuq.compress.stages import distill_stage, label_transfer, load_teacher
 from edgeuq.compress.transfer import TransferConfig
@@ -448,8 +448,8 @@ def main(argv=None) -> int:
     for loss in a.losses:
         t0 = time.perf_counter()
         ck = distill_stage(teacher, student_cfg, splits, out / "students" / loss.replace("+", "_"), tcfg,
-                           DistillConfig(loss=loss, epochs=a.distill_epochs, uq_weight=a.uq_weight,
-                                         feature_weight=a.feature_weight), progress=False,
+                           DistillConfig(loss=loss, uq_weight=a.uq_weight, feature_weight=a.feature_weight,
+                                         train=replace(DISTILL_TRAIN, epochs=a.distill_epochs)), progress=False,
                            log=print,
                            labelled=labelled)
         row, _ = evaluate(f"student {loss} <- {a.distill_teacher}", ck, out / "eval" / f"student_{loss}", splits,
@@ -522,7 +522,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"evaluated {row['name']}")
         dck = distill_stage(load_teacher(pck.directory), res.model.cfg, splits, out / "pruned" / tag / "distilled",
-                            tcfg, DistillConfig(epochs=max(1, a.distill_epochs // 3)), progress=False, log=print,
+                            tcfg, DistillConfig(train=replace(DISTILL_TRAIN, epochs=max(1, a.distill_epochs // 3))), progress=False, log=print,
                             init=res.model)
         row, _ = evaluate(f"{a.prune_teacher} pruned {ratio:g} + distilled", dck, out / "eval" / f"{tag}_distilled",
                           splits, cross, ood, a.samples, a.repeats)

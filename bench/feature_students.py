@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ def run(cwru: Path, work: Path, epochs: int, distill_epochs: int, feature_weight
 
     from edgeuq.bundle import build_bundle
     from edgeuq.catalog import get_recipe
-    from edgeuq.compress.distill import DistillConfig
+    from edgeuq.compress.distill import DISTILL_TRAIN, DistillConfig
     from edgeuq.compress.stages import distill_stage, load_teacher, label_transfer
     from edgeuq.compress.transfer import TransferConfig
     from edgeuq.data import BEARING_CLASSES, load_cwru, split_by_load, window_records
@@ -111,7 +112,7 @@ def run(cwru: Path, work: Path, epochs: int, distill_epochs: int, feature_weight
     labelled = label_transfer(teacher, sp, tcfg)
     for fw in feature_weights:
         ck = distill_stage(teacher, scfg, sp, work / "students" / f"fw{fw:g}", tcfg,
-                           DistillConfig(epochs=distill_epochs, feature_weight=fw), progress=False, log=log,
+                           DistillConfig(feature_weight=fw, train=replace(DISTILL_TRAIN, epochs=distill_epochs)), progress=False, log=log,
                            labelled=labelled)
         row = evaluate(f"student kl+uq, feature weight {fw:g}", ck)
         row["retained_auroc"] = {f"{s}[{k}]": row[f"auroc_{s}[{k}]"] / t_row[f"auroc_{s}[{k}]"]

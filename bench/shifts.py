@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -52,7 +53,7 @@ def train_models(records, work: Path, schemes, quick: bool, drop_type: str, prot
 
     from edgeuq.bundle import build_bundle
     from edgeuq.catalog import get_recipe
-    from edgeuq.compress.distill import DistillConfig
+    from edgeuq.compress.distill import DISTILL_TRAIN, DistillConfig
     from edgeuq.compress.stages import distill_stage, load_teacher
     from edgeuq.compress.transfer import TransferConfig
     from edgeuq.export import export_onnx
@@ -94,7 +95,8 @@ def train_models(records, work: Path, schemes, quick: bool, drop_type: str, prot
     t0 = time.perf_counter()
     sck = distill_stage(load_teacher(ck.directory), scfg, sp, work / "student",
                         TransferConfig(copies=1, teacher_samples=8 if quick else 32, seed=0),
-                        DistillConfig(epochs=QUICK_EPOCHS if quick else int(srec.train["epochs"])), progress=False,
+                        DistillConfig(train=replace(DISTILL_TRAIN, epochs=QUICK_EPOCHS if quick else int(srec.train["epochs"]))),
+                        progress=False,
                         log=log)
     timings["student"] = time.perf_counter() - t0
     models.append((f"student <- {schemes[0]}", bundle(sck, "student", 16 if quick else 16)))

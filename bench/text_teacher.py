@@ -37,6 +37,7 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -436,7 +437,7 @@ def _runtime_eval(bundle_dir, test, ood: dict, samples: int, lat_texts) -> dict:
 
 def _student(a, teacher, pre, tok, cache, ids_train, y_train, train_texts, val, val_feats, test, ood,
              teacher_dir: Path) -> dict:
-    from edgeuq.compress.distill import DistillConfig
+    from edgeuq.compress.distill import DISTILL_TRAIN, DistillConfig
     from edgeuq.text.distill import distill_text_student, student_config, student_loss, teacher_transfer_sets
 
     rng = np.random.default_rng(a.seed + 7)
@@ -465,8 +466,8 @@ def _student(a, teacher, pre, tok, cache, ids_train, y_train, train_texts, val, 
     scfg = student_config(tok.vocab_size, tok.max_length, d_model=a.student_d_model, depth=a.student_depth,
                           ffn=a.student_ffn, scheme=a.student_scheme)
     # a Laplace student does not sample while it learns (its posterior comes after): match the teacher's mean
-    dcfg = DistillConfig(loss=student_loss(scfg), epochs=a.student_epochs,
-                         batch_size=64, lr=2e-3, patience=3, seed=a.seed)
+    dcfg = DistillConfig(loss=student_loss(scfg), train=replace(DISTILL_TRAIN, epochs=a.student_epochs,
+                                                                 batch_size=64, lr=2e-3, patience=3, seed=a.seed))
     t0 = time.time()
     ck = distill_text_student(teacher, f"MiniLM teacher ({a.student_teacher}) {teacher_dir}",
                               pre.weights_sha256, labelled, y_transfer, val.y, scfg, a.out / "student",

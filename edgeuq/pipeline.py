@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -318,7 +318,7 @@ def _chunked_teacher(ck: Checkpoint, chunk: int = 64):
 def _student_stage(teacher_ck: Checkpoint, data: DemoData, rec: Recipe, opts: StudentOptions, out_dir: Path,
                    progress: bool, log: Log, timer: StageTimer) -> Tuple[Checkpoint, Bundle]:
     """Distil the student from the teacher, quantize it, bundle it (metadata says it is the student)."""
-    from .compress.distill import DistillConfig
+    from .compress.distill import DISTILL_TRAIN, DistillConfig
     from .compress.stages import distill_stage
     from .compress.transfer import TransferConfig
     from .quantize.costs import uniform_assignment
@@ -328,11 +328,11 @@ def _student_stage(teacher_ck: Checkpoint, data: DemoData, rec: Recipe, opts: St
     sp = data.splits
     scfg = ModelConfig.from_dict(srec.model, input_length=sp.window, num_classes=len(sp.class_names))
     s_student = int(UqConfig.from_dict(srec.uq).samples)
-    epochs = int(opts.epochs or srec.train.get("epochs", DistillConfig().epochs))
-    dcfg = DistillConfig(epochs=epochs, student_samples=opts.student_samples, seed=int(srec.train.get("seed", 0)),
-                         batch_size=int(opts.batch_size or srec.train.get("batch_size", 64)),
-                         lr=float(srec.train.get("lr", 2e-3)),
-                         patience=int(srec.train.get("patience", 5)))
+    epochs = int(opts.epochs or srec.train.get("epochs", DISTILL_TRAIN.epochs))
+    dcfg = DistillConfig(student_samples=opts.student_samples, train=replace(
+        DISTILL_TRAIN, epochs=epochs, seed=int(srec.train.get("seed", 0)),
+        batch_size=int(opts.batch_size or srec.train.get("batch_size", 64)), lr=float(srec.train.get("lr", 2e-3)),
+        patience=int(srec.train.get("patience", 5))))
     tcfg = TransferConfig(copies=opts.copies, teacher_samples=opts.teacher_samples, seed=0)
     with timer.stage("distil student"):
         ck = distill_stage(_chunked_teacher(teacher_ck), scfg, sp, out_dir, tcfg, dcfg, progress=progress,

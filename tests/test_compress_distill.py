@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from edgeuq.compress.distill import DistillConfig, distill_model
+from edgeuq.training import TrainConfig
 from edgeuq.compress.losses import decompose
 from edgeuq.compress.transfer import (
     TransferConfig, TransferSet, TransferSetArtifact, augment_windows, load_transfer_set, save_transfer_set,
@@ -58,7 +59,7 @@ def _student(loss, train, val):
                       dropout=0.3, stochastic_blocks=(), stochastic_head=True)
     torch.manual_seed(0)
     model = build_model(cfg)
-    distill_model(model, *train, *val, DistillConfig(loss=loss, epochs=10, batch_size=32, lr=3e-3), progress=False)
+    distill_model(model, *train, *val, DistillConfig(loss=loss, train=TrainConfig(epochs=10, batch_size=32, lr=3e-3, patience=5)), progress=False)
     return model
 
 

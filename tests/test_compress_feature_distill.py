@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from edgeuq.compress.distill import DistillConfig, distill_model, make_projection
+from edgeuq.training import TrainConfig
 from edgeuq.compress.losses import feature_matching
 from edgeuq.compress.transfer import (
     TransferSet, features_with_model, load_transfer_set, save_transfer_set, with_teacher_features,
@@ -78,9 +79,9 @@ def test_feature_distillation_lowers_the_feature_loss_and_fits_the_projection(tm
     train, y_tr = _transfer(teacher, 256, 0)
     val, y_va = _transfer(teacher, 96, 1)
     assert train.features.shape == (256, 24)
-    cfg = DistillConfig(loss="kl", epochs=12, batch_size=32, lr=3e-3, feature_weight=1.0, feature_loss="mse",
-                        patience=12)
-    before = _feature_loss(student, make_projection(student, 24, cfg.seed), val)  # the projection it starts from
+    cfg = DistillConfig(loss="kl", feature_weight=1.0, feature_loss="mse",
+                        train=TrainConfig(epochs=12, batch_size=32, lr=3e-3, patience=12))
+    before = _feature_loss(student, make_projection(student, 24, cfg.train.seed), val)  # the projection it starts from
     res = distill_model(student, train, y_tr, val, y_va, cfg, progress=False)
     assert res.projection is not None
     after = _feature_loss(student, res.projection, val)
@@ -107,6 +108,6 @@ def test_feature_weight_without_teacher_features_is_refused():
     x, y = _data(16, 0)
     ts = TransferSet(x, np.full((2, 16, 2), 0.5, np.float32))
     with pytest.raises(ValueError, match="teacher's features"):
-        distill_model(student, ts, y, ts, y, DistillConfig(feature_weight=1.0, epochs=1), progress=False)
+        distill_model(student, ts, y, ts, y, DistillConfig(feature_weight=1.0, train=TrainConfig(epochs=1)), progress=False)
     with pytest.raises(ValueError, match="feature loss"):
         DistillConfig(feature_loss="l2")

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from edgeuq.compress.distill import DistillConfig
+from edgeuq.training import TrainConfig
 from edgeuq.compress.stages import Teacher, distill_stage, load_teacher
 from edgeuq.compress.transfer import TransferConfig, TransferSetArtifact
 from edgeuq.data import Splits, WindowDataset
@@ -67,7 +68,7 @@ def test_distill_stage_writes_hashed_checkpoint_and_transfer_set(tmp_path):
     teacher = Teacher("constant", "0" * 64, lambda x, s, seed: np.broadcast_to(flat, (s, len(x), 2)).copy(), 2)
     ck = distill_stage(teacher, _cfg(), splits, tmp_path / "out",
                        TransferConfig(copies=1, teacher_samples=4, synthetic_fraction=0.0),
-                       DistillConfig(epochs=2, batch_size=16), progress=False, log=lambda s: None)
+                       DistillConfig(train=TrainConfig(epochs=2, batch_size=16, lr=2e-3, patience=5)), progress=False, log=lambda s: None)
     art = TransferSetArtifact.load(tmp_path / "out" / "transfer")
     assert art.windows == 80 and art.teacher_samples == 4
     assert ck.metrics["distill"]["transfer_digest"] == art.digest

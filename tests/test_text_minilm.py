@@ -272,14 +272,17 @@ def test_distillation_through_the_compression_stage(tmp_path):
     ck = distill_text_student(teacher, "tiny", "0" * 64, (train, val), y, vy,
                               student_config(TINY.vocab_size, 10, d_model=8, depth=1, heads=2, ffn=16),
                               tmp_path / "student", ("negative", "positive"),
-                              cfg=DistillConfig(epochs=2, batch_size=32, patience=2), log=lambda m: None)
+                              cfg=DistillConfig(train=TrainConfig(epochs=2, batch_size=32, lr=2e-3, patience=2)),
+                              log=lambda m: None)
     assert ck.metrics["distill"]["teacher"] == "tiny" and ck.metrics["distill"]["best_epoch"] >= 1
     student = ck.load_model()
     assert student.cfg.embed == "token" and student.cfg.vocab_size == TINY.vocab_size
 
 
 def test_laplace_student_posterior_is_fitted_and_kept_in_its_checkpoint(tmp_path):
-    from edgeuq.compress.distill import DistillConfig
+    from dataclasses import replace
+
+    from edgeuq.compress.distill import DISTILL_TRAIN, DistillConfig
     from edgeuq.schemes.laplace import fit_laplace
     from edgeuq.text.cache import cache_hidden
     from edgeuq.text.distill import STUDENT_PRIOR_GRID, distill_text_student, fit_student_laplace, student_config
@@ -294,9 +297,10 @@ def test_laplace_student_posterior_is_fitted_and_kept_in_its_checkpoint(tmp_path
     with torch.no_grad():
         vfeats = teacher.trunk(torch.from_numpy(vids)).numpy()
     labelled = teacher_transfer_sets(teacher, cache, ids, vfeats, vids, samples=2)
+    one_epoch = replace(DISTILL_TRAIN, epochs=1, batch_size=32)
     cfg = student_config(TINY.vocab_size, 10, d_model=8, depth=1, heads=2, ffn=16, scheme="laplace")
     ck = distill_text_student(teacher, "tiny", "0" * 64, labelled, y, vy, cfg, tmp_path / "student",
-                              ("negative", "positive"), cfg=DistillConfig(loss="kl", epochs=1, batch_size=32),
+                              ("negative", "positive"), cfg=DistillConfig(loss="kl", train=one_epoch),
                               log=lambda m: None, init_from_teacher=False)
     (Path(ck.directory) / "tokenizer.json").write_text("{}")
     before = ck.load_model()
@@ -315,7 +319,7 @@ def test_laplace_student_posterior_is_fitted_and_kept_in_its_checkpoint(tmp_path
     assert fitted.digest == again.digest and "distill" in again.metrics
     mc = distill_text_student(teacher, "tiny", "0" * 64, labelled, y, vy,
                               student_config(TINY.vocab_size, 10, d_model=8, depth=1, heads=2, ffn=16),
-                              tmp_path / "mc", ("negative", "positive"), cfg=DistillConfig(epochs=1, batch_size=32),
+                              tmp_path / "mc", ("negative", "positive"), cfg=DistillConfig(train=one_epoch),
                               log=lambda m: None, init_from_teacher=False)
     with pytest.raises(ValueError, match="laplace"):
         fit_student_laplace(mc, ids, vids, vy)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,7 +24,7 @@ def _splits(a: argparse.Namespace, recipe):
 def _cmd_distill(a: argparse.Namespace) -> int:
     from ..catalog import get_recipe
     from ..models import ModelConfig
-    from .distill import DistillConfig
+    from .distill import DISTILL_TRAIN, DistillConfig
     from .stages import distill_stage, load_teacher
     from .transfer import TransferConfig
 
@@ -31,9 +32,9 @@ def _cmd_distill(a: argparse.Namespace) -> int:
     teacher = load_teacher(a.teacher)
     splits = _splits(a, rec)
     cfg = ModelConfig.from_dict(rec.model, input_length=splits.window, num_classes=len(splits.class_names))
-    dcfg = DistillConfig(loss=a.loss, temperature=a.temperature, uq_weight=a.uq_weight, epochs=a.epochs,
-                         student_samples=a.student_samples, seed=a.seed, feature_weight=a.feature_weight,
-                         feature_loss=a.feature_loss)
+    dcfg = DistillConfig(loss=a.loss, temperature=a.temperature, uq_weight=a.uq_weight,
+                         student_samples=a.student_samples, feature_weight=a.feature_weight,
+                         feature_loss=a.feature_loss, train=replace(DISTILL_TRAIN, epochs=a.epochs, seed=a.seed))
     tcfg = TransferConfig(copies=a.copies, teacher_samples=a.teacher_samples, seed=a.seed)
     ck = distill_stage(teacher, cfg, splits, Path(a.out), tcfg, dcfg, progress=not a.no_progress, log=print)
     d = ck.metrics["distill"]
@@ -70,12 +71,12 @@ def _cmd_prune(a: argparse.Namespace) -> int:
                                          "parent_sha256": ck.sha256})
     print(f"pruned checkpoint: {pruned_ck.directory} (sha256 {pruned_ck.sha256[:12]}…); plan: {plan.directory}")
     if a.distill_epochs:
-        from .distill import DistillConfig
+        from .distill import DISTILL_TRAIN, DistillConfig
         from .stages import distill_stage, load_teacher
         from .transfer import TransferConfig
 
         dck = distill_stage(load_teacher(ck.directory), res.model.cfg, splits, out / "distilled",
-                            TransferConfig(seed=a.seed), DistillConfig(epochs=a.distill_epochs, seed=a.seed),
+                            TransferConfig(seed=a.seed), DistillConfig(train=replace(DISTILL_TRAIN, epochs=a.distill_epochs, seed=a.seed)),
                             progress=not a.no_progress, log=print, init=res.model)
         print(f"distilled from the unpruned model: {dck.directory} (sha256 {dck.sha256[:12]}…)")
     return 0

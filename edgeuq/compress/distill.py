@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..models import tile_samples
+from ..training.config import TrainConfig
 from .losses import FEATURE_LOSSES, feature_matching, mean_kl, uncertainty_matching
 from .transfer import TransferSet
 
-__all__ = ["DistillConfig", "DistillResult", "LOSSES", "student_sample_logits", "distill_loss", "distill_model",
+__all__ = ["DISTILL_TRAIN", "DistillConfig", "DistillResult", "LOSSES", "student_sample_logits", "distill_loss", "distill_model",
            "make_projection", "fit_projection"]
 
 LossTerms = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "DistillConfig"], torch.Tensor]
@@ -66,23 +67,29 @@ LOSSES: Dict[str, LossTerms] = {"ce": _loss_ce, "kl": _loss_kl, "kl+uq": _loss_k
 DEFAULT_LOSS = "kl+uq"
 
 
+#: The student's optimiser options (the project's one set: :class:`edgeuq.training.TrainConfig`).
+DISTILL_TRAIN = TrainConfig(epochs=15, batch_size=64, lr=2e-3, weight_decay=1e-2, patience=5, seed=0)
+
+
 @dataclass(frozen=True)
 class DistillConfig:
+    """The distillation loss options, and ``train``: the optimiser options (epochs, batch_size,
+    lr, weight_decay, patience, seed, threads) as the one :class:`~edgeuq.training.TrainConfig`.
+    :meth:`from_flat` / :meth:`to_dict` read and write the flat form (one mapping of both, as a
+    recipe's ``[train]`` or the ``distill`` compression step's options hold them)."""
+
     loss: str = DEFAULT_LOSS
     temperature: float = 2.0
     uq_weight: float = 2.0
     ce_weight: float = 0.5
     student_samples: int = 8
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-2
-    patience: int = 5
-    seed: int = 0
     feature_weight: float = 0.0   # > 0: feature distillation (needs the teacher's features in the transfer set)
     feature_loss: str = "mse"     # FEATURE_LOSSES
+    train: TrainConfig = DISTILL_TRAIN
 
     def __post_init__(self) -> None:
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError(f"train must be a TrainConfig, got {type(self.train).__name__}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown distillation loss {self.loss!r}; available: {sorted(LOSSES)}")
         if self.feature_loss not in FEATURE_LOSSES:
@@ -91,13 +98,25 @@ class DistillConfig:
             raise ValueError(f"feature_weight must be a finite number >= 0, got {self.feature_weight!r}")
         if not self.temperature > 0 or self.uq_weight < 0 or self.ce_weight < 0:
             raise ValueError("temperature must be > 0 and the loss weights >= 0")
-        if self.student_samples < 1 or self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
-            raise ValueError("student_samples, epochs, batch_size and patience must be >= 1")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.student_samples < 1:
+            raise ValueError(f"student_samples must be >= 1, got {self.student_samples}")
+
+    @classmethod
+    def from_flat(cls, d: Mapping[str, Any], train: TrainConfig = DISTILL_TRAIN) -> "DistillConfig":
+        """From one flat mapping: TrainConfig's keys go to ``train`` (the rest from ``train``),
+        the others are this class's; an unknown key is an error naming it."""
+        train_keys = {f.name for f in fields(TrainConfig)}
+        own = {f.name for f in fields(cls)} - {"train"}
+        unknown = sorted(set(d) - train_keys - own)
+        if unknown:
+            raise TypeError(f"DistillConfig: unknown option(s) {unknown}; known: {sorted(train_keys | own)}")
+        return cls(train=replace(train, **{k: v for k, v in d.items() if k in train_keys}),
+                   **{k: v for k, v in d.items() if k in own})
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The flat form (:meth:`from_flat` reads it back)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "train"}
+        return {**out, **self.train.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -181,7 +200,7 @@ def _evaluate(model: torch.nn.Module, ts: TransferSet, labels: np.ndarray, cfg: 
     model.eval()
     model.set_sampling(True)
     state = torch.random.get_rng_state()
-    torch.manual_seed(cfg.seed + 12345)  # the same student masks every epoch
+    torch.manual_seed(cfg.train.seed + 12345)  # the same student masks every epoch
     total, n = 0.0, 0
     try:
         for i in range(0, len(ts), 256):
@@ -201,7 +220,8 @@ def distill_model(
     student: torch.nn.Module, train: TransferSet, train_labels: np.ndarray, val: TransferSet, val_labels: np.ndarray,
     cfg: DistillConfig = DistillConfig(), progress: bool = True, log: Optional[Callable[[str], None]] = None,
 ) -> DistillResult:
-    """Train ``student`` in place (AdamW, one-cycle, clipping) and keep its best validation epoch.
+    """Train ``student`` in place (AdamW, one-cycle, clipping; ``cfg.train`` sets the optimiser)
+    and keep its best validation epoch.
 
     ``*_labels``: true class per transfer window, -1 where unknown (perturbed and
     synthetic windows); they only feed the CE term.
@@ -215,6 +235,9 @@ def distill_model(
             raise ValueError(f"{name}: teacher has {ts.probs.shape[2]} classes, student {student.cfg.num_classes}")
         if ts.x.shape[1] != student.cfg.input_length:
             raise ValueError(f"{name}: windows of {ts.x.shape[1]} samples, student expects {student.cfg.input_length}")
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
     projection = None
     if cfg.feature_weight > 0:
         for name, ts in (("training", train), ("validation", val)):
@@ -223,28 +246,28 @@ def distill_model(
                                  "(edgeuq.compress.transfer.with_teacher_features)")
         if train.features.shape[1] != val.features.shape[1]:
             raise ValueError("training and validation teacher features differ in width")
-        projection = make_projection(student, train.features.shape[1], cfg.seed)
+        projection = make_projection(student, train.features.shape[1], tc.seed)
         projection.requires_grad_(False)  # fitted in closed form (least squares) before every epoch and at the end
-    torch.manual_seed(cfg.seed)
-    order = np.random.default_rng(cfg.seed)
+    torch.manual_seed(tc.seed)
+    order = np.random.default_rng(tc.seed)
     params = list(student.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     ft = None if projection is None else torch.from_numpy(train.features)
-    steps = math.ceil(len(train) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
+    steps = math.ceil(len(train) / tc.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.epochs * steps, pct_start=0.15)
     xt, pt = torch.from_numpy(np.ascontiguousarray(train.x)), torch.from_numpy(np.ascontiguousarray(train.probs))
     yt = torch.from_numpy(np.asarray(train_labels, dtype=np.int64))
     best_state, best, best_epoch, bad = None, math.inf, 0, 0
     history: List[Tuple[float, float]] = []
-    for epoch in range(cfg.epochs):
+    for epoch in range(tc.epochs):
         if projection is not None:
             fit_projection(student, projection, train.x, train.features)
         student.train()
         perm = torch.from_numpy(order.permutation(len(train)))
         loss_sum = 0.0
-        bar = tqdm(range(steps), desc=f"distill epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        bar = tqdm(range(steps), desc=f"distill epoch {epoch + 1}/{tc.epochs}", disable=not progress, leave=False)
         for step in bar:
-            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            idx = perm[step * tc.batch_size : (step + 1) * tc.batch_size]
             loss = distill_loss(student, xt[idx], pt[:, idx], yt[idx], cfg, None if ft is None else ft[idx], projection)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -261,7 +284,7 @@ def distill_model(
             best_state, best, best_epoch, bad = copy.deepcopy(student.state_dict()), val_loss, epoch + 1, 0
         else:
             bad += 1
-            if bad >= cfg.patience:
+            if bad >= tc.patience:
                 break
     if best_state is not None:
         student.load_state_dict(best_state)

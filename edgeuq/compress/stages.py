@@ -98,7 +98,7 @@ def distill_stage(
                             info={"teacher": teacher.source, "teacher_digest": teacher.digest,
                                   "transfer": transfer.to_dict()})
     log(f"distill: transfer set {len(train)} windows ({len(splits.train)} real) -> {art.directory}")
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.train.seed)
     student = init if init is not None else build_model(student_cfg)
     res = distill_model(student, train, _labels(len(splits.train), splits.train.y, len(train)),
                         val, _labels(len(splits.val), splits.val.y, len(val)), cfg, progress=progress, log=log)

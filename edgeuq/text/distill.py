@@ -105,7 +105,7 @@ def distill_text_student(teacher: TextClassifier, teacher_source: str, teacher_d
     names = tuple(class_names)
     splits = _TokenSplits(TokenDataset(train.x, train_y, names, "transfer-train"),
                           TokenDataset(val.x, val_y, names, "transfer-val"), names)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.train.seed)
     student = build_model(student_cfg)
     if init_from_teacher:
         share = init_embeddings(student, teacher)

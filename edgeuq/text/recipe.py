@@ -47,7 +47,7 @@ def text_student_config(recipe: Union[str, Recipe] = TEXT_STUDENT_RECIPE, *, voc
 
 
 def text_distill_config(recipe: Union[str, Recipe] = TEXT_STUDENT_RECIPE, **overrides: Any):
-    """The recipe's ``[train]`` as a DistillConfig (``overrides`` win)."""
+    """The recipe's ``[train]`` (flat: loss and optimiser keys) as a DistillConfig (``overrides`` win)."""
     from ..compress.distill import DistillConfig
 
-    return DistillConfig(**{**text_recipe(recipe).train, **overrides})
+    return DistillConfig.from_flat({**text_recipe(recipe).train, **overrides})
