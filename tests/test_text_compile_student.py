@@ -34,7 +34,7 @@ def test_the_recipe_describes_a_head_only_stochastic_token_student():
     assert (cfg.embed, cfg.vocab_size, cfg.input_length, cfg.num_classes) == ("token", 30522, 64, 2)
     assert cfg.stochastic_blocks == () and cfg.stochastic_head and cfg.scheme == "mc_dropout"
     assert set(rec.boards) >= {"x86-host", "pynq-z2"}
-    assert text_distill_config().loss == "kl+uq" and text_distill_config(epochs=1).epochs == 1
+    assert text_distill_config().loss == "kl+uq" and text_distill_config(epochs=1).train.epochs == 1
     small = text_student_config(vocab_size=40, max_length=12, num_classes=3)
     assert (small.vocab_size, small.input_length, small.num_classes, small.d_model) == (40, 12, 3, cfg.d_model)
     with pytest.raises(ValueError, match="not a text recipe"):
