@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import subprocess
-import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,31 +22,17 @@ from edgeuq.compress.steps import StepData, get_step
 from edgeuq.compress.transfer import TransferSet
 from edgeuq.models import ModelConfig, build_model
 from edgeuq.training import TrainConfig
+from pre_change import module_at
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 #: The last commit before DistillConfig's optimiser options moved into ``train: TrainConfig``.
 PRE_CHANGE = "d51eb9686af17699546ba5812d9f757c82d52c94"
-REPO = Path(__file__).resolve().parents[1]
 T_LEN, C = 128, 3
 
 
-def old_module(path: str, package: str) -> types.ModuleType:
-    """The module ``path`` as it was at :data:`PRE_CHANGE`, executed inside ``package`` (its
-    relative imports resolve to today's modules: models, losses, transfer)."""
-    try:
-        src = subprocess.run(["git", "-C", str(REPO), "show", f"{PRE_CHANGE}:{path}"], check=True,
-                             capture_output=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        pytest.skip(f"pre-change source {path} at {PRE_CHANGE[:12]} not available from git ({e}); "
-                    "the parity check against the old code cannot run in this clone")
-    name = f"{package}._pre_change_{Path(path).stem}"
-    if name in sys.modules:
-        return sys.modules[name]
-    mod = types.ModuleType(name)
-    mod.__package__ = package
-    sys.modules[name] = mod  # dataclasses look their module up while the source runs
-    exec(compile(src, f"{PRE_CHANGE[:12]}:{path}", "exec"), mod.__dict__)
-    return mod
+def old_module(path: str, package: str):
+    """The module ``path`` as it was at :data:`PRE_CHANGE` (:func:`pre_change.module_at`)."""
+    return module_at(PRE_CHANGE, path, package)
 
 
 def _old():

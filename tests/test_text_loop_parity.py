@@ -9,10 +9,6 @@ these tests skip and say so."""
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,31 +19,17 @@ from edgeuq.text.cache import cache_hidden
 from edgeuq.text.classifier import TextClassifier
 from edgeuq.training import TrainConfig
 from edgeuq.text.finetune import FinetuneConfig, features_from_cache, finetune, fit_text_laplace, sample_probs
+from pre_change import module_at
 
 TINY = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=24,
                   max_position_embeddings=20)
 #: The last commit before the text loop, sampler and options were routed through the shared pieces.
 PRE_CHANGE = "5d6e97b39f6eb47e47abe55bf5a875e5f6a1c736"
-REPO = Path(__file__).resolve().parents[1]
 
 
-def old_module(path: str, package: str) -> types.ModuleType:
-    """The module ``path`` as it was at :data:`PRE_CHANGE`, executed inside ``package`` (its
-    relative imports resolve to today's modules, which these functions only import)."""
-    try:
-        src = subprocess.run(["git", "-C", str(REPO), "show", f"{PRE_CHANGE}:{path}"], check=True,
-                             capture_output=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        pytest.skip(f"pre-change source {path} at {PRE_CHANGE[:12]} not available from git ({e}); "
-                    "the parity check against the old code cannot run in this clone")
-    name = f"{package}._pre_change_{Path(path).stem}"
-    if name in sys.modules:
-        return sys.modules[name]
-    mod = types.ModuleType(name)
-    mod.__package__ = package
-    sys.modules[name] = mod  # dataclasses look their module up while the source runs
-    exec(compile(src, f"{PRE_CHANGE[:12]}:{path}", "exec"), mod.__dict__)
-    return mod
+def old_module(path: str, package: str):
+    """The module ``path`` as it was at :data:`PRE_CHANGE` (:func:`pre_change.module_at`)."""
+    return module_at(PRE_CHANGE, path, package)
 
 
 # ----------------------------------------------------------------------------- fixtures
