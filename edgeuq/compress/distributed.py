@@ -23,7 +23,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 __all__ = ["open_storage", "storage_label", "run_workers", "HEARTBEAT_S", "GRACE_S", "MAX_RETRY"]
 
@@ -86,17 +86,24 @@ def _stop(procs: Sequence[Any]) -> None:
 
 
 def run_workers(n: int, target: Callable[..., Any], args: Sequence[Any] = (), timeout_s: Optional[float] = None,
-                log: Callable[[str], None] = print) -> List[int]:
+                log: Callable[[str], None] = print, env: Optional[Mapping[str, str]] = None) -> List[int]:
     """Run ``target(*args, worker_index)`` in ``n`` spawned processes; wait for all (or ``timeout_s``,
     then stop them) and return their exit codes. Every process is stopped on the way out, also
-    when this one is interrupted."""
+    when this one is interrupted. ``env``: environment variables the workers start with where this
+    process has none of that name (e.g. thread-pool sizes, read when a worker loads its libraries)."""
     if isinstance(n, bool) or int(n) < 1:
         raise ValueError(f"--workers must be >= 1, got {n!r}")
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=target, args=(*args, i), name=f"edgeuq-search-worker-{i}") for i in range(int(n))]
+    added = {k: str(v) for k, v in (env or {}).items() if k not in os.environ}
     try:
-        for p in procs:
-            p.start()
+        os.environ.update(added)  # a spawned child copies this process's environment when it starts
+        try:
+            for p in procs:
+                p.start()
+        finally:
+            for k in added:
+                os.environ.pop(k, None)
         log(f"search: {len(procs)} workers started (pids {[p.pid for p in procs]})")
         deadline = None if timeout_s is None else time.monotonic() + float(timeout_s)
         for p in procs:
