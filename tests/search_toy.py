@@ -43,9 +43,9 @@ def worker(storage_spec: str, n_trials: int, evaluator: str, heartbeat_s: int, g
 
 
 def report_env(path: str, names, index: int) -> None:
-    """Write the worker's values of ``names`` to ``path``.INDEX."""
+    """Write the worker's values of ``names``, its session and its pid to ``path``.INDEX."""
     import json
     import os
 
     with open(f"{path}.{index}", "w") as f:
-        json.dump({n: os.environ.get(n) for n in names}, f)
+        json.dump({"env": {n: os.environ.get(n) for n in names}, "sid": os.getsid(0), "pid": os.getpid()}, f)

@@ -113,8 +113,24 @@ def test_workers_start_with_the_thread_pool_sizes_unless_already_set(tmp_path, m
     import json
 
     for i in range(2):
-        assert json.loads((tmp_path / f"env.{i}").read_text()) == {names[0]: "1", names[1]: "7"}
+        assert json.loads((tmp_path / f"env.{i}").read_text())["env"] == {names[0]: "1", names[1]: "7"}
     assert names[0] not in os.environ and os.environ[names[1]] == "7"
+
+
+def test_each_worker_runs_in_a_session_of_its_own(tmp_path):
+    """Autogroup scheduling shares one CPU share per session: every worker leads its own session
+    (not this process's, not each other's); own_session=False keeps them in this one."""
+    import json
+
+    from search_toy import report_env
+
+    assert run_workers(2, report_env, (str(tmp_path / "own"), ()), timeout_s=120, log=lambda m: None) == [0, 0]
+    own = [json.loads((tmp_path / f"own.{i}").read_text()) for i in range(2)]
+    assert all(r["sid"] == r["pid"] for r in own) and len({r["sid"] for r in own} | {os.getsid(0)}) == 3
+    assert run_workers(2, report_env, (str(tmp_path / "same"), ()), timeout_s=120, log=lambda m: None,
+                       own_session=False) == [0, 0]
+    same = [json.loads((tmp_path / f"same.{i}").read_text()) for i in range(2)]
+    assert {r["sid"] for r in same} == {os.getsid(0)}
 
 
 def test_only_optunas_heartbeat_ask_warning_is_silenced(tmp_path):
