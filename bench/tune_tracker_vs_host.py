@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     from edgeuq.catalog import get_target
     from edgeuq.lower.tvm.targets import detect_host_target, tvm_target
     from edgeuq.lower.tvm.tune import database_size, tune_and_compile
-    from edgeuq.provenance import command_line, finish, start
+    from edgeuq.provenance import command_line, finish, start, write_results
     from edgeuq_runtime.harness import compare
 
     prov = start("full", 1, packages=("tvm", "torch", "onnx"))
@@ -149,11 +149,9 @@ def main(argv=None) -> int:
                        if spread is not None else "") + f"the tracker's library is {verdict}. MetaSchedule's search "
                     "is random (seed 0, but it keeps candidates by measured time), so repeated runs differ.")}
     print(json.dumps(doc, indent=2))
-    if a.json:
-        from edgeuq.provenance import write_results
-
-        write_results(a.json, doc, command_line("bench/tune_tracker_vs_host.py", argv), prov)
-        print(f"results: {a.json}")
+    if not a.json:
+        return 0
+    print(f"results: {write_results(a.json, doc, command_line('bench/tune_tracker_vs_host.py', argv), prov)}")
     return 0
 
 

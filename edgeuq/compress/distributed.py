@@ -17,8 +17,8 @@ evaluator; with the trials' latency measured on this host, N workers share its c
 runs in its own session, as if started from its own shell: Linux's autogroup scheduling
 (``kernel.sched_autogroup_enabled``, on by default) gives one CPU share to each session, so while
 any other session is busy, N workers in the command's session would share one share and run
-barely faster than one (measured on 2 cores shared with other jobs: 2 busy processes in one
-session 1.1x one, in their own sessions 1.85x). The coordinating process stops them on the way
+barely faster than one (two quick checks on 2 cores shared with other jobs: 2 busy processes in
+one session 1.1x and 1.3x one, in sessions of their own 2.0x and 2.8x). The coordinating process stops them on the way
 out (also when interrupted); a terminal's Ctrl-C reaches it, not them. Every
 worker runs the same ask/tell loop until the study holds the requested number of finished trials,
 so the total may overshoot by up to N-1 trials (trials already running when the count is reached
