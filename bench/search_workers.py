@@ -1,11 +1,11 @@
 """Trials per hour of `edgeuq search` with 1 vs 2 workers on one shared optuna storage, on this host.
 
-    python bench/search_workers.py [--trials 12] [--pairs 2] [--seed 1] [--storage journal|postgres]
+    python bench/search_workers.py [--trials 8] [--pairs 2] [--seed 1] [--storage journal|postgres]
                                    [--json results/search_workers.json]
 
 What a trial is here: the real one. The teacher has the default recipe's architecture
-(`bearing-demo`: conv stem, d_model 64, 3 blocks, MC dropout), trained for one epoch on half of
-its synthetic data (the cost of a trial does not depend on how well the teacher is trained), and
+(`bearing-demo`: conv stem, d_model 64, 3 blocks, MC dropout), trained for one epoch on an eighth
+of its synthetic data (the cost of a trial does not depend on how well the teacher is trained), and
 `edgeuq search --recipe bearing-demo` runs with the search's default settings (calibration 256,
 30 timed repeats, S in 8/16/32, keep ratios and bytes fractions of the default space). Each trial
 therefore does the work of a real search trial: Fisher-ranked pruning with least-squares mask
@@ -54,10 +54,12 @@ def _edgeuq(*args: str, env=None) -> subprocess.CompletedProcess:
 
 
 def _teacher_recipe() -> str:
-    """The default recipe with one training epoch on half of its synthetic data (2 s records; same architecture)."""
+    """The default recipe with one training epoch on an eighth of its synthetic data (2 s records of one
+    load; the same architecture)."""
     text = (ROOT / "compile" / f"{RECIPE}.toml").read_text()
     subs = ((r'(?m)^name = "bearing-demo"', 'name = "bench-search-teacher"'),
             (r"(?m)^duration_s = [0-9.]+", "duration_s = 2.0"),
+            (r"(?m)^loads = \[[0-9, ]+\]", "loads = [0]"),
             (r"(?m)^epochs = [0-9]+", "epochs = 1"))
     for pattern, repl in subs:
         text, n = re.subn(pattern, repl, text)
@@ -135,7 +137,7 @@ def _throughput(trials, weight=None) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=12, help="finished trials per run (the 1-worker run: one more)")
+    ap.add_argument("--trials", type=int, default=8, help="finished trials per run (the 1-worker run: one more)")
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--storage", choices=("journal", "postgres"), default="journal")
     ap.add_argument("--seed", type=int, default=1, help="seed of the configurations and of the run order")
@@ -228,7 +230,7 @@ def main(argv=None) -> int:
 
     bench_s = time.perf_counter() - t_bench
     prov = finish(prov, note=(f"{a.storage} storage; {a.threads} torch thread(s) per worker in both runs; "
-                              f"teacher: {RECIPE} architecture, 1 epoch on half of its synthetic data "
+                              f"teacher: {RECIPE} architecture, 1 epoch on an eighth of its synthetic data "
                               f"({teacher_s:.0f} s); search: --recipe {RECIPE} with the default search settings; "
                               f"the same {len(configs)} seeded configurations (seed {a.seed}) enqueued in both runs; "
                               "latency objective measured on this host (ONNX Runtime, 1 thread) while the other "

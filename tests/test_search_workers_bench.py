@@ -73,3 +73,4 @@ def test_both_runs_get_the_same_seeded_configurations_of_the_default_space(bench
     assert {p["samples"] for p in a} <= {8, 16, 32} and {p["bytes_fraction"] for p in a} <= {1.0, 0.5, 0.3}
     text = bench._teacher_recipe()
     assert 'name = "bench-search-teacher"' in text and "\nepochs = 1 " in text and "duration_s = 2.0" in text
+    assert "\nloads = [0]\n" in text
