@@ -1,6 +1,6 @@
 """Does tuning through a TVM RPC tracker reach the database quality of tuning on the host?
 
-    python bench/tune_tracker_vs_host.py [--trials 64] [--repeats 300] [--seed 0]
+    python bench/tune_tracker_vs_host.py [--trials 48] [--repeats 200] [--seed 0]
                                          [--json results/tune_tracker_vs_host.json]
 
 The head graph of the default recipe's model (`bearing-demo`, batch = its S samples, static
@@ -59,8 +59,8 @@ def _head_module(work: Path):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=64, help="MetaSchedule trials of each tuning run")
-    ap.add_argument("--repeats", type=int, default=300, help="timed rounds of the paired comparison")
+    ap.add_argument("--trials", type=int, default=48, help="MetaSchedule trials of each tuning run")
+    ap.add_argument("--repeats", type=int, default=200, help="timed rounds of the paired comparison")
     ap.add_argument("--seed", type=int, default=0, help="seed of the run order and of the timing rounds")
     ap.add_argument("--no-host-twice", action="store_true", help="skip the second host run (host-vs-host spread)")
     ap.add_argument("--json", default=None)
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     from edgeuq.provenance import command_line, finish, start, write_results
     from edgeuq_runtime.harness import compare
 
-    prov = start("full", 1, packages=("tvm", "torch", "onnx"))
+    prov = start("full", 1, packages=("apache-tvm", "torch", "onnx", "onnxruntime"))
     t_bench = time.perf_counter()
     target_name = detect_host_target()
     tt = tvm_target(get_target(target_name), num_cores=1)
