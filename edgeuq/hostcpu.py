@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from pathlib import Path
 
-__all__ = ["X86_ISA_FLAGS", "HOST_ISA_ENV", "cpu_flags", "cpu_model", "isa_name"]
+__all__ = ["X86_ISA_FLAGS", "HOST_ISA_ENV", "cpu_flags", "cpu_model", "isa_name", "host_threads",
+           "host_ort_session"]
 
 # ISA levels an x86-64 target may ask for (its [tvm] mcpu) -> the /proc/cpuinfo flags they need.
 X86_ISA_FLAGS = {
@@ -70,3 +72,26 @@ def isa_name() -> str:
         return platform.machine()
     flags = cpu_flags()
     return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE (no AVX2)"
+
+
+def host_threads() -> int:
+    """The threads this process may use for host-side compute: torch's setting when torch is loaded
+    (``edgeuq search --workers N`` gives each worker its share of the cores there), else 0
+    (the library's own default)."""
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else 0
+
+
+def host_ort_session(path, threads: int = -1):
+    """An ONNX Runtime CPU session for host-side checks and calibration (not the device runtime)
+    whose intra-op pool keeps to :func:`host_threads` (``threads`` overrides; 0: ORT's default of
+    every core). ORT's default pool would otherwise take every core and spin between runs,
+    stealing the core of a search worker running beside it."""
+    import onnxruntime as ort
+
+    n = host_threads() if threads < 0 else int(threads)
+    so = ort.SessionOptions()
+    if n > 0:
+        so.intra_op_num_threads = n
+        so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

@@ -72,7 +72,10 @@ BENCHES: List[Bench] = [
                          "cwru-ensemble cwru-student bearing-demo --json results/noise_share.json {mode}",
           writes=("noise_share",)),
     Bench("search_workers", "python bench/search_workers.py --seed 1 --json results/search_workers.json {mode}",
-          quick="--trials 8 --pairs 1", full="--trials 30 --pairs 2", writes=("search_workers",)),
+          quick="--trials 6 --pairs 1", full="", writes=("search_workers",)),
+    Bench("tune_tracker_vs_host", "python bench/tune_tracker_vs_host.py --seed 0 "
+                                  "--json results/tune_tracker_vs_host.json {mode}",
+          quick="--trials 16 --repeats 100", full="", writes=("tune_tracker_vs_host",)),
     Bench("shifts", f"python bench/shifts.py --data {CWRU} --work runs/bench/shifts {{mode}}", writes=("shifts",)),
     Bench("order_front_end", f"python bench/order_front_end.py --cwru {CWRU} --work runs/bench/order_front_end "
                              "--json results/order_front_end.json {mode}", writes=("order_front_end",)),

@@ -40,3 +40,12 @@ def worker(storage_spec: str, n_trials: int, evaluator: str, heartbeat_s: int, g
     storage = open_storage(storage_spec, heartbeat_s=heartbeat_s, grace_s=grace_s)
     run_search_with_failures(SPACE, globals()[evaluator], SearchBudgets(), n_trials, storage, seed=index,
                              population=4, study_name="toy", log=lambda m: None)
+
+
+def report_env(path: str, names, index: int) -> None:
+    """Write the worker's values of ``names``, its session and its pid to ``path``.INDEX."""
+    import json
+    import os
+
+    with open(f"{path}.{index}", "w") as f:
+        json.dump({"env": {n: os.environ.get(n) for n in names}, "sid": os.getsid(0), "pid": os.getpid()}, f)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from edgeuq.compress.kwon import (
-    block_costs, mask_gradients, pruning_objective, rearrange_layer, search_masks, tune_masks,
+    TeacherCaptures, block_costs, mask_gradients, pruning_objective, rearrange_layer, search_masks, tune_masks,
 )
 from edgeuq.compress.masks import LayerMasks, apply_masks, as_tensors
 from edgeuq.compress.prune import PruneConfig, PrunePlan, prune, save_prune_plan
@@ -156,6 +156,24 @@ def test_rearrangement_never_increases_the_objective_and_keeps_the_count():
     new = rearrange_layer(g, diag_choice)
     assert np.flatnonzero(new == 0).tolist() == [1, 2]
     assert pruning_objective(g, new == 0) == pytest.approx(0.01)
+
+
+def test_teacher_captures_are_computed_once_and_tune_like_fresh_passes():
+    """A search passes one TeacherCaptures to every trial's mask tuning: the tuned scales equal
+    those of tune_masks computing the unpruned passes itself, for two different trials' masks, and
+    the reference passes run once per block and chunk for both trials together."""
+    model, x = _model(stochastic_blocks=()), _x(12, seed=7).numpy()
+    ref = TeacherCaptures(model, x, batch_size=5)
+    for seed in (0, 3):
+        masks = _masks(seed=seed, scaled=False)
+        fresh, cached = tune_masks(model, masks, x, batch_size=5), tune_masks(model, masks, x, batch_size=5,
+                                                                              reference=ref)
+        for a, b in zip(fresh.heads + fresh.neurons, cached.heads + cached.neurons):
+            assert np.allclose(a, b, rtol=1e-9, atol=1e-12), (a, b)
+        assert any(not np.allclose(m, t) for m, t in zip(masks.heads + masks.neurons, cached.heads + cached.neurons))
+    assert ref.computed == 2 * 3  # 2 blocks x 3 chunks of 5, 5, 2 windows: not once per trial
+    with pytest.raises(ValueError, match="another model, calibration set"):
+        tune_masks(model, _masks(), x[:10], batch_size=5, reference=ref)
 
 
 def test_mask_tuning_solves_the_layer_least_squares_problem():

@@ -97,3 +97,64 @@ def test_storage_specs_are_checked(tmp_path):
     with pytest.raises(ValueError, match="--workers"):
         run_workers(0, worker)
     assert storage_label("postgresql+psycopg2://u:secret@h:5432/db") == "postgresql+psycopg2://u@h:5432/db"
+
+
+def test_workers_start_with_the_thread_pool_sizes_unless_already_set(tmp_path, monkeypatch):
+    """run_workers(env=...) gives each worker the variables this process lacks, keeps those it has
+    (a user's own OMP_NUM_THREADS wins), and leaves this process's environment as it was."""
+    from search_toy import report_env
+
+    names = ("EDGEUQ_TEST_POOL_A", "EDGEUQ_TEST_POOL_B")
+    monkeypatch.delenv(names[0], raising=False)
+    monkeypatch.setenv(names[1], "7")
+    codes = run_workers(2, report_env, (str(tmp_path / "env"), names), timeout_s=120, log=lambda m: None,
+                        env={names[0]: "1", names[1]: "1"})
+    assert codes == [0, 0]
+    import json
+
+    for i in range(2):
+        assert json.loads((tmp_path / f"env.{i}").read_text())["env"] == {names[0]: "1", names[1]: "7"}
+    assert names[0] not in os.environ and os.environ[names[1]] == "7"
+
+
+def test_each_worker_runs_in_a_session_of_its_own(tmp_path):
+    """Autogroup scheduling shares one CPU share per session: every worker leads its own session
+    (not this process's, not each other's); own_session=False keeps them in this one."""
+    import json
+
+    from search_toy import report_env
+
+    assert run_workers(2, report_env, (str(tmp_path / "own"), ()), timeout_s=120, log=lambda m: None) == [0, 0]
+    own = [json.loads((tmp_path / f"own.{i}").read_text()) for i in range(2)]
+    assert all(r["sid"] == r["pid"] for r in own) and len({r["sid"] for r in own} | {os.getsid(0)}) == 3
+    assert run_workers(2, report_env, (str(tmp_path / "same"), ()), timeout_s=120, log=lambda m: None,
+                       own_session=False) == [0, 0]
+    same = [json.loads((tmp_path / f"same.{i}").read_text()) for i in range(2)]
+    assert {r["sid"] for r in same} == {os.getsid(0)}
+
+
+def test_only_optunas_heartbeat_ask_warning_is_silenced(tmp_path):
+    """On a heartbeat storage optuna's Study.ask warns that heartbeats belong to Study.optimize
+    (checked here, so the test cannot pass vacuously); the search loop silences that one message
+    and nothing else: a warning of the evaluator still reaches the caller."""
+    import warnings
+
+    import search_toy
+
+    def noisy(number, params):
+        warnings.warn("the evaluator's own warning", UserWarning)
+        return search_toy.evaluate(number, params)
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_s=1, grace_s=3)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        optuna.create_study(study_name="probe", storage=storage).ask()
+    assert any("Heartbeat of storage is supposed to be used with Study.optimize" in str(w.message) for w in seen)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        records, _ = run_search_with_failures(SPACE, noisy, SearchBudgets(), 3, storage, population=2,
+                                              study_name="toy", log=lambda m: None)
+    assert len(records) == 3
+    messages = [str(w.message) for w in seen]
+    assert not any("Heartbeat of storage is supposed to be used" in m for m in messages), messages
+    assert messages.count("the evaluator's own warning") == 3

@@ -6,7 +6,7 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..cli_args import add_data_arguments, add_progress_argument
 
@@ -177,13 +177,16 @@ class _AgentLatency:
         return float(doc["end_to_end"][str(int(samples))]["median_ms"])
 
 
-def _search_setup(a: argparse.Namespace, worker: Optional[int] = None):
-    """Board, budgets, data, builder, space and seeds of a search (each worker builds its own)."""
+def _search_setup(a: argparse.Namespace, worker: Optional[int] = None, evaluator: bool = True):
+    """Board, budgets, data, builder, space and seeds of a search (each worker builds its own).
+    ``evaluator=False``: no trial evaluator (``builder`` builds it on first use) and no seeds: the
+    coordinating process of ``--workers N`` only collects, so it spends nothing before spawning."""
     import types
 
     import numpy as np
 
     from ..catalog import get_board, get_recipe
+    from ..schemes import get_scheme
     from ..training import load_checkpoint
     from .data import compress_data
     from .search import SearchBudgets, SearchSpace
@@ -197,28 +200,48 @@ def _search_setup(a: argparse.Namespace, worker: Optional[int] = None):
     data = compress_data(records, int(rec.data["window"]), int(rec.data["hop"]))
     if worker is None:
         print(f"data: {source}; {data.description}")
-    rng = np.random.default_rng(a.seed)
-    tr = data.splits.train
-    idx = np.sort(rng.choice(len(tr), size=min(a.calibration, len(tr)), replace=False))
     out = Path(a.out)
-    builder = VariantBuilder(ck, (tr.x[idx], tr.y[idx]), (data.splits.test.x, data.splits.test.y), data.ood.x,
-                             out / "trials", repeats=a.repeats, seed=a.seed)
-    measured_on = "this host, edgeuq_runtime (ONNX Runtime), 1 thread"
-    if a.agent:  # worker i times on agent i (one board per worker)
-        from ..profile.agent_client import read_agent_token
 
-        agent = a.agent[(worker or 0) % len(a.agent)]
-        builder.latency_fn = _AgentLatency(agent, read_agent_token(
-            Path(a.agent_token_file) if a.agent_token_file else None))
+    def make_builder():
+        rng = np.random.default_rng(a.seed)
+        tr = data.splits.train
+        idx = np.sort(rng.choice(len(tr), size=min(a.calibration, len(tr)), replace=False))
+        b = VariantBuilder(ck, (tr.x[idx], tr.y[idx]), (data.splits.test.x, data.splits.test.y), data.ood.x,
+                           out / "trials", repeats=a.repeats, seed=a.seed)
+        if a.agent:  # worker i times on agent i (one board per worker)
+            from ..profile.agent_client import read_agent_token
+
+            agent = a.agent[(worker or 0) % len(a.agent)]
+            b.latency_fn = _AgentLatency(agent, read_agent_token(
+                Path(a.agent_token_file) if a.agent_token_file else None))
+        return b
+
+    measured_on = "this host, edgeuq_runtime (ONNX Runtime), 1 thread"
+    if a.agent:
         measured_on = ("on the boards' timing agents (edgeuq_runtime agent, end to end, 1 thread): "
                        + ", ".join(a.agent))
+    mc_dropout = get_scheme(ck.config.scheme).relocatable_sites  # as VariantBuilder.mc_dropout
     space = SearchSpace(depth=ck.config.depth, keep_ratios=tuple(a.keep_ratios),
-                        stochastic_from=tuple(range(ck.config.depth + 1)) if builder.mc_dropout
+                        stochastic_from=tuple(range(ck.config.depth + 1)) if mc_dropout
                         else (ck.config.split_index,),
                         bytes_fractions=tuple(a.bytes_fractions), samples=tuple(a.samples))
-    seeds = fisher_guided_seeds(builder, space) if not worker else []
+    builder = make_builder() if evaluator else _LazyEvaluator(make_builder)
+    seeds = fisher_guided_seeds(builder, space) if evaluator and not worker else []
     return types.SimpleNamespace(board=board, budgets=budgets, ck=ck, source=source, builder=builder, space=space,
                                  seeds=seeds, out=out, measured_on=measured_on)
+
+
+class _LazyEvaluator:
+    """A trial evaluator built on its first trial (the coordinator of ``--workers N`` evaluates
+    trials only when its workers left the study short of ``--trials``)."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make, self._evaluate = make, None
+
+    def __call__(self, number: int, params):
+        if self._evaluate is None:
+            self._evaluate = self._make()
+        return self._evaluate(number, params)
 
 
 def _storage_spec(a: argparse.Namespace) -> str:
@@ -239,6 +262,10 @@ def _threads_per_worker(a: argparse.Namespace) -> int:
             raise ValueError(f"--threads-per-worker must be >= 1, got {a.threads_per_worker}")
         return int(a.threads_per_worker)
     return max(1, (os.cpu_count() or 1) // max(1, int(a.workers)))
+
+
+#: thread-count variables of the BLAS / OpenMP pools a worker's numpy and torch may start
+_BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _search_worker(a: argparse.Namespace, index: int) -> None:
@@ -276,12 +303,14 @@ def _cmd_search(a: argparse.Namespace) -> int:
     spec = _storage_spec(a)
     import torch
 
-    torch.set_num_threads(_threads_per_worker(a))  # --workers 1: this process is the worker
-    s = _search_setup(a)
+    threads = _threads_per_worker(a)
+    torch.set_num_threads(threads)  # --workers 1: this process is the worker
+    s = _search_setup(a, evaluator=a.workers == 1)
     t0 = time.perf_counter()
     if a.workers > 1:
         print(f"search: {a.workers} workers on {storage_label(spec)}")
-        codes = run_workers(a.workers, _search_worker, (a,))
+        # numpy's BLAS pool too keeps to each worker's share of the cores (its threads spin otherwise)
+        codes = run_workers(a.workers, _search_worker, (a,), env={v: str(threads) for v in _BLAS_THREADS})
         if any(codes):
             print(f"WARNING: worker exit codes {codes} (a dead worker's running trial is retried by the others "
                   "with an RDB storage; with a journal it stays RUNNING)", file=sys.stderr)

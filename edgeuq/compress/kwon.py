@@ -28,7 +28,7 @@ from torch import nn
 from .masks import LayerMasks, apply_masks, as_tensors, prunable_layers
 
 __all__ = ["MaskGradients", "mask_gradients", "block_costs", "search_masks", "rearrange_layer", "rearrange_masks",
-           "pruning_objective", "tune_masks"]
+           "pruning_objective", "tune_masks", "TeacherCaptures"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,18 +177,54 @@ class _Capture:
             h.remove()
 
 
+class _Stop(Exception):
+    """Raised by the capture hook once block ``index`` has run: the rest of the forward is not needed."""
+
+
 @torch.no_grad()
 def _capture(model: nn.Module, index: int, x: torch.Tensor, masks: Optional[LayerMasks]) -> dict:
     cap = _Capture(model.blocks[index])  # registered before the mask hooks: sees pre-mask inputs
+
+    def stop(m, a, out):  # after the block's output is recorded, skip the later blocks and the head
+        raise _Stop
+
+    cap.handles.append(model.blocks[index].register_forward_hook(stop))
     try:
         if masks is None:
             model(x)
         else:
             with apply_masks(model, *as_tensors(masks)):
                 model(x)
+    except _Stop:
+        pass
     finally:
         cap.remove()
     return cap.data
+
+
+class TeacherCaptures:
+    """The unpruned model's per-block residual streams (after attention, after the block) on the
+    calibration chunks of :func:`tune_masks`, computed on first use and kept: a search tunes the
+    masks of every trial against the same model and windows, so the reference half of the
+    forward passes is run once per search instead of once per trial. Bound to one model and one
+    calibration array (``tune_masks`` checks both)."""
+
+    def __init__(self, model: nn.Module, x: np.ndarray, batch_size: int = 128) -> None:
+        self.model, self.x, self.batch_size = model, np.array(x, copy=True), int(batch_size)
+        self._data: dict = {}
+        self.computed = 0  # reference captures run (one per block and chunk at most)
+
+    def check(self, model: nn.Module, x: np.ndarray, batch_size: int) -> None:
+        if model is not self.model or int(batch_size) != self.batch_size or not np.array_equal(x, self.x):
+            raise ValueError("TeacherCaptures: built for another model, calibration set or batch size")
+
+    def get(self, index: int, chunk: int, xb: torch.Tensor) -> dict:
+        key = (index, chunk)
+        if key not in self._data:
+            full = _capture(self.model, index, xb, None)
+            self._data[key] = {"x_mid": full["x_mid"], "x_out": full["x_out"]}
+            self.computed += 1
+        return self._data[key]
 
 
 def _solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -201,13 +237,18 @@ def _residual_error(gram: np.ndarray, rhs: np.ndarray, rr: float, m: np.ndarray)
 
 
 def tune_masks(model: nn.Module, masks: LayerMasks, x: np.ndarray, batch_size: int = 128,
-               log: Optional[Callable[[str], None]] = None) -> LayerMasks:
+               log: Optional[Callable[[str], None]] = None,
+               reference: Optional[TeacherCaptures] = None) -> LayerMasks:
     """Least-squares scales for the kept heads and neurons, block by block (deterministic pass).
 
     Returns masks whose nonzero entries are the tuned scales; a layer keeps its
-    previous scales if the fit would not lower its calibration error.
+    previous scales if the fit would not lower its calibration error. ``reference``: the
+    unpruned model's captures on ``x`` kept across calls (:class:`TeacherCaptures`; a search
+    passes one for all its trials); without it they are computed here.
     """
     model.eval()
+    if reference is not None:
+        reference.check(model, x, batch_size)
     layers = prunable_layers(model)
     heads = [np.asarray(m, dtype=np.float64).copy() for m in masks.heads]
     neurons = [np.asarray(m, dtype=np.float64).copy() for m in masks.neurons]
@@ -223,8 +264,8 @@ def tune_masks(model: nn.Module, masks: LayerMasks, x: np.ndarray, batch_size: i
             gram = np.zeros((len(kept), len(kept)))
             rhs = np.zeros(len(kept))
             rr = 0.0
-            for xb in chunks:
-                full = _capture(model, i, xb, None)
+            for j, xb in enumerate(chunks):
+                full = _capture(model, i, xb, None) if reference is None else reference.get(i, j, xb)
                 cur = _capture(model, i, xb, LayerMasks(tuple(heads), tuple(neurons)))
                 if part == "attn":
                     r = (full["x_mid"].double() - cur["x_in"].double() - b_proj).reshape(-1, w_proj.shape[0])

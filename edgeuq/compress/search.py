@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -118,6 +119,9 @@ class FailedTrial:
         return asdict(self)
 
 
+#: the UserWarning optuna's ``Study.ask`` gives on a heartbeat storage (silenced around our ask only)
+_HEARTBEAT_ASK_WARNING = r"Heartbeat of storage is supposed to be used with Study\.optimize"
+
 Evaluate = Callable[[int, Mapping[str, Any]], Tuple[Mapping[str, float], str]]
 
 
@@ -202,7 +206,12 @@ def run_search_with_failures(space: SearchSpace, evaluate: Evaluate, budgets: Se
             break
         if beats:
             fail_stale_trials(study)
-        trial = study.ask()
+        with warnings.catch_warnings():
+            # optuna warns on every ask of a heartbeat storage that heartbeats are meant for
+            # Study.optimize; this loop runs optuna's own heartbeat thread around each evaluation
+            # (below), which is what optimize does: only that one message is silenced, here only
+            warnings.filterwarnings("ignore", message=_HEARTBEAT_ASK_WARNING, category=UserWarning)
+            trial = study.ask()
         params = space.suggest(trial)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:

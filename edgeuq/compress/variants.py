@@ -18,7 +18,7 @@ import numpy as np
 from ..models import build_model
 from ..schemes import get_scheme
 from ..training import Checkpoint, save_checkpoint
-from .kwon import block_costs, mask_gradients, search_masks, tune_masks
+from .kwon import TeacherCaptures, block_costs, mask_gradients, search_masks, tune_masks
 from .masks import LayerMasks, prunable_layers
 from .slicing import prune_physically
 
@@ -56,6 +56,8 @@ class VariantBuilder:
         grads = mask_gradients(self.model, self.calib_x, self.calib_y, seed=seed)
         self.head_scores, self.neuron_scores = grads.head_fisher(), grads.neuron_fisher()
         self.mc_dropout = get_scheme(self.model.cfg.scheme).relocatable_sites
+        # the unpruned model's passes over the tuning windows: the same in every trial, run once
+        self.reference = TeacherCaptures(self.model, self.calib_x[:256])
 
     # -------------------------------------------------------------- building
     def masks(self, params: Mapping[str, Any]) -> LayerMasks:
@@ -69,7 +71,7 @@ class VariantBuilder:
     def build(self, params: Mapping[str, Any]):
         masks = self.masks(params)
         if self.tune and any(m.sum() < len(m) for m in list(masks.heads) + list(masks.neurons)):
-            masks = tune_masks(self.model, masks, self.calib_x[:256])
+            masks = tune_masks(self.model, masks, self.calib_x[:256], reference=self.reference)
         pruned = prune_physically(self.model, masks)
         if not self.mc_dropout:
             return pruned

@@ -23,6 +23,7 @@ from torch import nn
 from edgeuq_runtime.noise import NoiseSpec, noise_specs_from_json, sample_noise
 
 from ..artifact import Artifact, ArtifactWriter
+from ..hostcpu import host_ort_session
 from ..models import SignalTransformer
 from ..schemes import get_scheme
 from ..training import Checkpoint
@@ -205,10 +206,7 @@ def load_onnx_artifact(directory: Path) -> OnnxArtifact:
 
 def run_onnx(art: OnnxArtifact, x: np.ndarray, noise: Mapping[str, np.ndarray], samples: int) -> np.ndarray:
     """Logits (S*B, C) from ONNX Runtime, features tiled s-major (reference path for tests)."""
-    import onnxruntime as ort
-
-    trunk = ort.InferenceSession(str(art.trunk_path), providers=["CPUExecutionProvider"])
-    head = ort.InferenceSession(str(art.head_path), providers=["CPUExecutionProvider"])
+    trunk, head = host_ort_session(art.trunk_path), host_ort_session(art.head_path)
     feats = trunk.run([art.feature_name], {art.input_name: x.astype(np.dtype(art.input_dtype))})[0]
     tiled = np.tile(feats, (samples,) + (1,) * (feats.ndim - 1))
     feeds: Dict[str, np.ndarray] = {art.feature_name: tiled, **noise}

@@ -31,6 +31,7 @@ from edgeuq_runtime.atomic import atomic_write
 from edgeuq_runtime.noise import sample_noise
 
 from ..export import OnnxArtifact
+from ..hostcpu import host_ort_session
 from ..profile import measure
 from .layers import QuantLayer, attribute_initializers, node_layer_name
 from .onnx_apply import CalibrationSet, apply_assignment, load_graphs
@@ -194,9 +195,7 @@ def measure_costs(
             if p == "fp32":
                 fixed_bytes = rest
             if latency:
-                import onnxruntime as ort
-
-                trunk = ort.InferenceSession(str(qart.trunk_path), providers=["CPUExecutionProvider"])
+                trunk = host_ort_session(qart.trunk_path)
                 feats = trunk.run([qart.feature_name], {qart.input_name: x})[0]
                 tiled = np.tile(feats, (samples,) + (1,) * (feats.ndim - 1))
                 head_feeds = {qart.feature_name: tiled, **sample_noise(qart.noise, samples, rng)}

@@ -50,6 +50,7 @@ from edgeuq_runtime.preprocess import normalize
 
 from ..artifact import ArtifactWriter
 from ..export import OnnxArtifact
+from ..hostcpu import host_ort_session
 from .compact import compact_tensor_names
 from .layers import QuantLayer
 from .precision import PRECISIONS, QuantSettings
@@ -99,9 +100,7 @@ def _input_batches(art: OnnxArtifact, calib: CalibrationSet, settings: QuantSett
 
 
 def _head_feeds(art: OnnxArtifact, trunk_path: Path, calib: CalibrationSet, settings: QuantSettings) -> List[dict]:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(trunk_path), providers=["CPUExecutionProvider"])
+    sess = host_ort_session(trunk_path)
     rng = np.random.default_rng(calib.seed)
     feeds = []
     s = settings.head_calibration_samples
