@@ -57,6 +57,7 @@ def _teacher_recipe() -> str:
     """The default recipe with one training epoch on an eighth of its synthetic data (2 s records of one
     load; the same architecture)."""
     text = (ROOT / "compile" / f"{RECIPE}.toml").read_text()
+    text = re.split(r"(?m)^\[\[compress\.", text)[0]   # the compression chain is not part of training
     subs = ((r'(?m)^name = "bearing-demo"', 'name = "bench-search-teacher"'),
             (r"(?m)^duration_s = [0-9.]+", "duration_s = 2.0"),
             (r"(?m)^loads = \[[0-9, ]+\]", "loads = [0]"),
@@ -150,6 +151,7 @@ def main(argv=None) -> int:
 
     from edgeuq.compress.distributed import open_storage
     from edgeuq.provenance import command_line, finish, start
+    from edgeuq.report import results_table
 
     prov = start("full", 1, packages=("torch", "numpy", "onnxruntime", "optuna"))
     t_bench = time.perf_counter()
@@ -235,9 +237,9 @@ def main(argv=None) -> int:
                               f"the same {len(configs)} seeded configurations (seed {a.seed}) enqueued in both runs; "
                               "latency objective measured on this host (ONNX Runtime, 1 thread) while the other "
                               f"worker builds and times its own trial; bench wall {bench_s:.0f} s"))
-    doc = {"headers": ["pair", "workers", "trials", "trials in window", "window s", "trial s (median)",
+    doc = results_table(["pair", "workers", "trials", "trials in window", "window s", "trial s (median)",
                        "trials per hour", "command wall s", "cores busy (command CPU / wall)"],
-           "rows": rows, "speedup_2_vs_1": ratios, "speedup_median": median(ratios),
+                        rows, **{"speedup_2_vs_1": ratios, "speedup_median": median(ratios),
            "work_speedup_2_vs_1": work_ratios, "work_speedup_median": median(work_ratios), "runs": summary,
            "configurations": configs, "bench_wall_s": round(bench_s, 1),
            "note": (f"2 workers vs 1: {', '.join(f'{x:.2f}x' for x in ratios)} trials per hour "
@@ -251,7 +253,7 @@ def main(argv=None) -> int:
                     "configurations in both runs; steady state = while every worker evaluates. With N boards "
                     "(edgeuq search --agent A1 A2 ...), each worker's latency objective is timed on its own "
                     "board, so only the host-side build of each trial shares the host: the speed-up is bounded by "
-                    "min(N, host cores / cores per build).")}
+                    "min(N, host cores / cores per build).")})
     print(json.dumps({k: v for k, v in doc.items() if k not in ("configurations",)}, indent=2))
     if a.json:
         from edgeuq.provenance import write_results

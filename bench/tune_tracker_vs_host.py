@@ -77,6 +77,7 @@ def main(argv=None) -> int:
     from edgeuq.lower.tvm.targets import detect_host_target, tvm_target
     from edgeuq.lower.tvm.tune import database_size, tune_and_compile
     from edgeuq.provenance import command_line, finish, start, write_results
+    from edgeuq.report import results_table
     from edgeuq_runtime.harness import compare
 
     prov = start("full", 1, packages=("apache-tvm", "torch", "onnx", "onnxruntime"))
@@ -136,9 +137,9 @@ def main(argv=None) -> int:
                               f"{order}, seed {a.seed}); tracker and RPC server on 127.0.0.1 of this host (not a "
                               f"board); timed with edgeuq_runtime.harness.compare, {a.repeats} rounds; bench wall "
                               f"{bench_s:.0f} s"))
-    doc = {"headers": ["libraries", "numerator median ms", "denominator median ms", "paired ratio (median)",
+    doc = results_table(["libraries", "numerator median ms", "denominator median ms", "paired ratio (median)",
                        "95% CI", "rounds"],
-           "rows": rows, "tuning_runs": info, "run_order": order, "trials": a.trials, "samples": samples,
+                        rows, **{"tuning_runs": info, "run_order": order, "trials": a.trials, "samples": samples,
            "target": target_name, "ratio_tracker_vs_host": tr.median,
            "ratio_ci": [tr.ci_low, tr.ci_high],
            "ratio_host2_vs_host": None if spread is None else spread.median,
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
                     f"{tr.median:.3f}x (95% CI {tr.ci_low:.3f}-{tr.ci_high:.3f}), "
                     + (f"host run 2/host run 1 {spread.median:.3f}x (CI {spread.ci_low:.3f}-{spread.ci_high:.3f}); "
                        if spread is not None else "") + f"the tracker's library is {verdict}. MetaSchedule's search "
-                    "is random (seed 0, but it keeps candidates by measured time), so repeated runs differ.")}
+                    "is random (seed 0, but it keeps candidates by measured time), so repeated runs differ.")})
     print(json.dumps(doc, indent=2))
     if not a.json:
         return 0
