@@ -115,6 +115,17 @@ def check_dataset(name: str, x: np.ndarray, y: np.ndarray, model: nn.Module) -> 
         raise ValueError(f"{name} inputs of a token model must be integer ids, got {x.dtype}")
 
 
+def _augmenter(cfg: TrainConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The batch transform of ``cfg``'s noise augmentation (identity without one); its own
+    generator, seeded from ``cfg.seed``, so the batch order and dropout draws are unchanged."""
+    if not cfg.augment_noise:
+        return lambda x: x
+    from .augment import augment_batch
+
+    rng = np.random.default_rng([int(cfg.seed), 7919])
+    return lambda x: augment_batch(x, cfg.augment_noise, cfg.augment_snr_db, cfg.augment_fraction, rng)
+
+
 def run_epochs(
     model: torch.nn.Module,
     x_train: np.ndarray,
@@ -127,7 +138,8 @@ def run_epochs(
     log: Optional[Callable[[str], None]] = None,
 ) -> TrainResult:
     """The loop every trainer shares: AdamW + one-cycle schedule, gradient clipping,
-    ``loss_fn(model, batch)`` (cross-entropy by default), ``validate() -> (nll, acc)``
+    ``loss_fn(model, batch)`` (cross-entropy by default) on batches with ``cfg``'s noise
+    augmentation applied (:mod:`edgeuq.training.augment`; none by default), ``validate() -> (nll, acc)``
     after each epoch; keeps the weights of the epoch with the lowest validation NLL
     and stops after ``patience`` epochs without improvement. ``log`` gets one line
     per epoch; with ``progress`` and no ``log``, that line is printed when no
@@ -140,6 +152,7 @@ def run_epochs(
     steps = math.ceil(len(x_train) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
     xt, yt = torch.from_numpy(np.ascontiguousarray(x_train)), torch.from_numpy(y_train.astype(np.int64))
+    augment = _augmenter(cfg)
     best_state, best_nll, best_epoch, bad_epochs = None, math.inf, -1, 0
     history: List[EpochStats] = []
     stopped_early = False
@@ -152,7 +165,7 @@ def run_epochs(
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not bars, leave=False)
         for step in bar:
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            out = loss_fn(model, Batch(xt[idx], yt[idx], idx))
+            out = loss_fn(model, Batch(augment(xt[idx]), yt[idx], idx))
             logits, loss = out.logits, out.loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
