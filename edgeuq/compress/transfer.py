@@ -6,7 +6,7 @@ training distribution (where its epistemic uncertainty lives):
 
 * ``noise``: additive white noise at an SNR drawn from ``snr_db`` (dB);
 * ``pink_noise``: additive 1/f (pink) Gaussian noise at an SNR drawn from ``snr_db``
-  (:mod:`edgeuq.training.augment`; not among the default kinds: the demo uses it instead of
+  (:mod:`edgeuq.data.augment`; not among the default kinds: the demo uses it instead of
   ``noise``, whose white family its noise-shift evaluation set uses);
 * ``shift``: circular time shift by a random number of samples;
 * ``clip``: amplitude scaling then saturation at ±``clip_level`` (a
@@ -75,7 +75,7 @@ def _noise(x: np.ndarray, rng: np.random.Generator, cfg: TransferConfig) -> np.n
 
 
 def _pink_noise(x: np.ndarray, rng: np.random.Generator, cfg: TransferConfig) -> np.ndarray:
-    from ..training.augment import add_noise_at_snr
+    from ..data.augment import add_noise_at_snr
 
     return add_noise_at_snr(x, "pink", rng.uniform(*cfg.snr_db, size=(len(x), 1)), rng)
 

@@ -19,7 +19,7 @@ class TrainConfig:
     patience: int = 4
     seed: int = 0
     threads: int = 0  # 0: leave torch's default
-    #: training-time noise augmentation (:mod:`edgeuq.training.augment`): "" = none, else a noise
+    #: training-time noise augmentation (:mod:`edgeuq.data.augment`): "" = none, else a noise
     #: family ("pink") added to ``augment_fraction`` of each batch at an SNR uniform in ``augment_snr_db``
     augment_noise: str = ""
     augment_snr_db: Tuple[float, float] = (6.0, 20.0)
@@ -38,7 +38,7 @@ class TrainConfig:
         if not 0.0 <= self.augment_fraction <= 1.0:
             raise ValueError(f"[train] augment_fraction must be in [0, 1], got {self.augment_fraction!r}")
         if self.augment_noise:
-            from .augment import NOISE_FAMILIES
+            from ..data.augment import NOISE_FAMILIES
 
             if self.augment_noise not in NOISE_FAMILIES:
                 raise ValueError(f"[train] augment_noise {self.augment_noise!r} is not a known noise family; known: "

@@ -120,10 +120,17 @@ def _augmenter(cfg: TrainConfig) -> Callable[[torch.Tensor], torch.Tensor]:
     generator, seeded from ``cfg.seed``, so the batch order and dropout draws are unchanged."""
     if not cfg.augment_noise:
         return lambda x: x
-    from .augment import augment_batch
+    from ..data.augment import augment_batch
 
     rng = np.random.default_rng([int(cfg.seed), 7919])
-    return lambda x: augment_batch(x, cfg.augment_noise, cfg.augment_snr_db, cfg.augment_fraction, rng)
+
+    def augment(x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():
+            raise ValueError(f"augment_noise needs float signal windows, got {x.dtype} (a token model cannot take it)")
+        return torch.from_numpy(augment_batch(x.numpy(), cfg.augment_noise, cfg.augment_snr_db,
+                                              cfg.augment_fraction, rng))
+
+    return augment
 
 
 def run_epochs(
@@ -139,7 +146,7 @@ def run_epochs(
 ) -> TrainResult:
     """The loop every trainer shares: AdamW + one-cycle schedule, gradient clipping,
     ``loss_fn(model, batch)`` (cross-entropy by default) on batches with ``cfg``'s noise
-    augmentation applied (:mod:`edgeuq.training.augment`; none by default), ``validate() -> (nll, acc)``
+    augmentation applied (:mod:`edgeuq.data.augment`; none by default), ``validate() -> (nll, acc)``
     after each epoch; keeps the weights of the epoch with the lowest validation NLL
     and stops after ``patience`` epochs without improvement. ``log`` gets one line
     per epoch; with ``progress`` and no ``log``, that line is printed when no

@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Tuple
 
 import numpy as np
-import torch
 
 from edgeuq_runtime.preprocess import zscore_windows
 
@@ -52,21 +51,20 @@ def add_noise_at_snr(x: np.ndarray, family: str, snr_db: np.ndarray, rng: np.ran
     return x + noise * np.sqrt(p_sig / p_noise / 10.0 ** (np.asarray(snr_db, dtype=np.float64) / 10.0))
 
 
-def augment_batch(x: torch.Tensor, family: str, snr_db: Tuple[float, float], fraction: float,
-                  rng: np.random.Generator) -> torch.Tensor:
+def augment_batch(x: np.ndarray, family: str, snr_db: Tuple[float, float], fraction: float,
+                  rng: np.random.Generator) -> np.ndarray:
     """``x`` (B, L) with a random ``fraction`` of its rows replaced by ``zscore(row + noise)``, the
-    noise of ``family`` at an SNR uniform in ``snr_db``. Returns a new tensor; ``x`` is kept."""
+    noise of ``family`` at an SNR uniform in ``snr_db``. Returns a new array; ``x`` is kept."""
     if family not in NOISE_FAMILIES:
         raise ValueError(f"augment_noise {family!r} is not a known noise family; known: {sorted(NOISE_FAMILIES)}")
-    if x.dim() != 2 or not x.is_floating_point():
-        raise ValueError(f"noise augmentation needs float signal windows of shape (B, L), got {tuple(x.shape)} "
+    x = np.asarray(x)
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"noise augmentation needs float signal windows of shape (B, L), got {x.shape} "
                          f"{x.dtype} (a token model cannot take augment_noise)")
     chosen = rng.random(x.shape[0]) < float(fraction)
     if not chosen.any():
         return x
-    rows = x.detach().numpy()[chosen]
-    snr = rng.uniform(float(snr_db[0]), float(snr_db[1]), size=(len(rows), 1))
-    noisy = zscore_windows(add_noise_at_snr(rows, family, snr, rng))
-    out = x.clone()
-    out[torch.from_numpy(chosen)] = torch.from_numpy(noisy).to(x.dtype)
+    snr = rng.uniform(float(snr_db[0]), float(snr_db[1]), size=(int(chosen.sum()), 1))
+    out = x.copy()
+    out[chosen] = zscore_windows(add_noise_at_snr(x[chosen], family, snr, rng)).astype(x.dtype)
     return out
