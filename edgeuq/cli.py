@@ -56,6 +56,10 @@ def _cmd_demo(a: argparse.Namespace) -> int:
         print(format_table(mh, mrows))
         print()
         print(format_table(oh, orows))
+    if res.robustness:
+        print("\nrobustness methods (declared) and the evaluation's shift:")
+        for k, v in res.robustness.items():
+            print(f"  {k}: {v}")
     sh, srows = demo_stage_table(res)
     print()
     print(format_table(sh, srows))
@@ -156,13 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train the teacher, distil + quantize the student, calibrate, bundle and run both "
                                           "through the device runtime on the synthetic default; deploys the student")
     d.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    d.add_argument("--recipe", default="bearing-demo", help="recipe name or .toml path")
+    d.add_argument("--recipe", default="bearing-teacher", help="the teacher's recipe, name or .toml path "
+                   "(default bearing-teacher)")
     d.add_argument("--epochs", type=int, help="override the recipe's epoch count")
     d.add_argument("--samples", type=int, help="MC samples S (default: recipe)")
     d.add_argument("--duration", type=float, help="seconds of synthetic signal per record")
     d.add_argument("--student-recipe", default="bearing-student",
                    help="recipe of the distilled student the demo deploys (its [model], [uq], [bundle])")
-    d.add_argument("--student-epochs", type=int, help="distillation epochs (default 5)")
+    d.add_argument("--student-epochs", type=int, help="distillation epochs (default 8)")
     d.add_argument("--no-student", action="store_true", help="teacher only (deploys the teacher)")
     d.add_argument("--no-cache", action="store_true",
                    help="regenerate the synthetic records instead of reading the content-addressed cache")

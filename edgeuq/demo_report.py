@@ -100,7 +100,9 @@ def demo_tables_json(result: DemoResult, prov: Optional[Mapping[str, Any]] = Non
     tables = {"sets": results_table(h, rows), "latency": results_table(lh, lrows)}
     if result.models:
         mh, mrows, oh, orows = demo_model_tables(result)
-        tables["models"] = results_table(mh, mrows)
+        rob = "; ".join(f"{k}: {v}" for k, v in result.robustness.items())
+        tables["models"] = results_table(mh, mrows, **({"note": f"Robustness methods (declared): {rob}."}
+                                                       if rob else {}))
         tables["ood"] = results_table(oh, orows)
     sh, srows = demo_stage_table(result)
     import torch
@@ -143,10 +145,14 @@ def write_demo_report(result: DemoResult, prov: Optional[Mapping[str, Any]] = No
         "not measured vibration.",
         "Model": (
             f"`{ck.config.to_dict()}`\n\nStochastic scheme: MC dropout in blocks {list(ck.config.stochastic_blocks)}"
-            f"{' and the head' if ck.config.stochastic_head else ''}; the deterministic trunk runs once, the "
+            + (f" (on {ck.config.stochastic_tokens} pooled tokens)" if ck.config.stochastic_tokens else "")
+            + f"{' and the head' if ck.config.stochastic_head else ''}; the deterministic trunk runs once, the "
             f"stochastic head {result.samples} times in one batch. Best epoch {ck.metrics.get('best_epoch')}."
         ),
     }
+    if result.robustness:
+        sections["Robustness methods (declared) and the evaluation's shift"] = "\n".join(
+            f"- {k}: {v}" for k, v in result.robustness.items())
     if result.models:
         mh, mrows, oh, orows = demo_model_tables(result)
         sections["Teacher and student side by side (device runtime; both bundles calibrated)"] = (

@@ -12,10 +12,12 @@ from edgeuq_runtime.noise import sample_noise
 TINY = dict(input_length=128, num_classes=3, patch=16, d_model=16, heads=2, depth=2, ffn=16, dropout=0.2)
 
 
-@pytest.fixture(params=[(1,), (), (0, 1)], ids=["last-block+head", "head-only", "all-blocks"])
+@pytest.fixture(params=[{"stochastic_blocks": (1,)}, {"stochastic_blocks": ()}, {"stochastic_blocks": (0, 1)},
+                        {"stochastic_blocks": (1,), "stochastic_tokens": 2}],
+                ids=["last-block+head", "head-only", "all-blocks", "pooled-last-block+head"])
 def exported(request, tmp_path):
     torch.manual_seed(0)
-    m = SignalTransformer(ModelConfig(**{**TINY, "stochastic_blocks": request.param})).eval()
+    m = SignalTransformer(ModelConfig(**{**TINY, **request.param})).eval()
     ck = save_checkpoint(m, tmp_path / "ck", ("a", "b", "c"), 12000.0)
     return m, export_onnx(ck, tmp_path / "onnx")
 

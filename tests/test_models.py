@@ -36,6 +36,25 @@ def test_split_point_is_first_stochastic_layer(blocks, head, split, feat):
     assert {s.name for s in m.noise_specs()} == expected
 
 
+def test_stochastic_tokens_pools_the_trunk_features_the_stochastic_blocks_see():
+    with pytest.raises(ValueError, match="must divide the token count"):
+        ModelConfig(**{**TINY, "stochastic_tokens": 3})
+    with pytest.raises(ValueError, match="needs a stochastic block"):
+        ModelConfig(**{**TINY, "stochastic_blocks": (), "stochastic_tokens": 2})
+    plain, pooled = tiny().eval(), tiny(stochastic_tokens=2).eval()
+    pooled.load_state_dict(plain.state_dict())          # same weights: pooling adds no parameters
+    assert pooled.feature_shape() == (2, 16) and pooled.cfg.block_tokens(0) == 8 and pooled.cfg.block_tokens(1) == 2
+    x = torch.randn(3, 128)
+    with torch.no_grad():
+        ref = plain.trunk(x).reshape(3, 2, 4, 16).mean(dim=2)   # 8 tokens -> 2 groups of 4 neighbours
+        got = pooled.trunk(x)
+    assert got.shape == (3, 2, 16) and float((got - ref).abs().max()) <= 1e-6
+    assert {s.name: s.shape for s in pooled.noise_specs()}["block1_ffn_hidden"] == (2, 16)
+    with torch.no_grad():                               # trunk + head is the whole model, pooled or not
+        logits = pooled.eval()(x)
+    assert logits.shape == (3, 3) and bool(torch.isfinite(logits).all())
+
+
 def test_trunk_then_head_equals_forward():
     m = tiny().eval()
     x = torch.randn(4, 128)

@@ -5,6 +5,9 @@ The perturbations teach the student what the teacher does away from the
 training distribution (where its epistemic uncertainty lives):
 
 * ``noise``: additive white noise at an SNR drawn from ``snr_db`` (dB);
+* ``pink_noise``: additive 1/f (pink) Gaussian noise at an SNR drawn from ``snr_db``
+  (:mod:`edgeuq.data.augment`; not among the default kinds: the demo uses it instead of
+  ``noise``, whose white family its noise-shift evaluation set uses);
 * ``shift``: circular time shift by a random number of samples;
 * ``clip``: amplitude scaling then saturation at ±``clip_level`` (a
   z-scored window is amplitude-invariant, a saturated sensor is not);
@@ -29,9 +32,12 @@ from ..artifact import Artifact, ArtifactWriter
 
 __all__ = ["TransferConfig", "TransferSet", "augment_windows", "label_with_model", "label_with_runtime",
            "build_transfer_set", "save_transfer_set",
-           "features_with_model", "features_with_runtime", "with_teacher_features", "load_transfer_set", "TransferSetArtifact", "AUGMENTATIONS"]
+           "features_with_model", "features_with_runtime", "with_teacher_features", "load_transfer_set", "TransferSetArtifact", "AUGMENTATIONS",
+           "KNOWN_AUGMENTATIONS"]
 
 AUGMENTATIONS = ("noise", "shift", "clip", "mixup", "synthetic")
+#: every kind ``TransferConfig.kinds`` may name (the defaults are ``AUGMENTATIONS``)
+KNOWN_AUGMENTATIONS = AUGMENTATIONS + ("pink_noise",)
 
 
 @dataclass(frozen=True)
@@ -48,9 +54,9 @@ class TransferConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(str(k) for k in self.kinds))
-        bad = sorted(set(self.kinds) - set(AUGMENTATIONS))
+        bad = sorted(set(self.kinds) - set(KNOWN_AUGMENTATIONS))
         if bad:
-            raise ValueError(f"unknown augmentation kinds {bad}; known: {list(AUGMENTATIONS)}")
+            raise ValueError(f"unknown augmentation kinds {bad}; known: {list(KNOWN_AUGMENTATIONS)}")
         if self.copies < 0 or self.teacher_samples < 2:
             raise ValueError("copies must be >= 0 and teacher_samples >= 2 (uncertainty needs samples)")
         if not 0.0 <= self.synthetic_fraction <= 1.0:
@@ -66,6 +72,12 @@ def _noise(x: np.ndarray, rng: np.random.Generator, cfg: TransferConfig) -> np.n
     snr = rng.uniform(*cfg.snr_db, size=(len(x), 1))
     power = np.mean(x * x, axis=1, keepdims=True)
     return x + np.sqrt(power / 10.0 ** (snr / 10.0)) * rng.standard_normal(x.shape)
+
+
+def _pink_noise(x: np.ndarray, rng: np.random.Generator, cfg: TransferConfig) -> np.ndarray:
+    from ..data.augment import add_noise_at_snr
+
+    return add_noise_at_snr(x, "pink", rng.uniform(*cfg.snr_db, size=(len(x), 1)), rng)
 
 
 def _shift(x: np.ndarray, rng: np.random.Generator, cfg: TransferConfig) -> np.ndarray:
@@ -95,7 +107,7 @@ def _synthetic(n: int, length: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-_PERTURB: dict = {"noise": _noise, "shift": _shift, "clip": _clip, "mixup": _mixup}
+_PERTURB: dict = {"noise": _noise, "pink_noise": _pink_noise, "shift": _shift, "clip": _clip, "mixup": _mixup}
 
 
 def augment_windows(x: np.ndarray, cfg: TransferConfig, extra: Optional[np.ndarray] = None) -> np.ndarray:

@@ -81,6 +81,9 @@ class ModelConfig:
       Each names an ``nn.Linear`` of the built model, which becomes a rank-r
       :class:`~edgeuq.models.layers.LowRankLinear` (what the ``lowrank`` compression step
       writes). Empty (the default) = every layer dense; omitted from :meth:`to_dict` then.
+    * ``stochastic_tokens``: 0, or the number of tokens the stochastic blocks see: the trunk
+      average-pools its token features (groups of ``tokens // stochastic_tokens`` neighbours)
+      before the first stochastic block, so the part that runs S times costs that much less.
     """
 
     input_length: int
@@ -104,6 +107,7 @@ class ModelConfig:
     pool: str = "mean"
     blocks: Tuple[BlockShape, ...] = ()
     ranks: Tuple[Tuple[str, int], ...] = ()
+    stochastic_tokens: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ranks", _normalise_ranks(self.ranks, self.depth))
@@ -154,6 +158,16 @@ class ModelConfig:
                 problems.append(f"embed='token' needs patch = 1 (one token per position), got {self.patch}")
         elif self.vocab_size:
             problems.append(f"vocab_size only applies to embed='token', not {self.embed!r}")
+        st = self.stochastic_tokens
+        if isinstance(st, bool) or not isinstance(st, int) or st < 0:
+            problems.append(f"stochastic_tokens must be an integer >= 0, got {st!r}")
+        elif st:
+            if not self.stochastic_blocks:
+                problems.append("stochastic_tokens needs a stochastic block (it pools the tokens they see)")
+            if self.embed == "token":
+                problems.append("stochastic_tokens does not apply to embed='token' (padded token ids)")
+            if self.input_length % self.patch == 0 and self.tokens % st:
+                problems.append(f"stochastic_tokens ({st}) must divide the token count ({self.tokens})")
         if self.pool not in ("mean", "max"):
             problems.append(f"pool must be 'mean' or 'max', got {self.pool!r}")
         if not self.temperature > 0:
@@ -171,6 +185,13 @@ class ModelConfig:
     @property
     def tokens(self) -> int:
         return self.input_length // self.patch
+
+    def block_tokens(self, index: int) -> int:
+        """Tokens block ``index`` sees: ``stochastic_tokens`` from the first stochastic block on
+        when it is set, else ``tokens``."""
+        if self.stochastic_tokens and index >= self.split_index:
+            return self.stochastic_tokens
+        return self.tokens
 
     @property
     def split_index(self) -> int:

@@ -99,7 +99,7 @@ class EncoderBlock(nn.Module):
         super().__init__()
         scheme = get_scheme(cfg.scheme)
         stochastic = index in cfg.stochastic_blocks
-        t, d, ffn = cfg.tokens, cfg.d_model, cfg.block_shape(index).ffn
+        t, d, ffn = cfg.block_tokens(index), cfg.d_model, cfg.block_shape(index).ffn
         self.norm1 = nn.LayerNorm(d)
         self.attn = scheme.attention(cfg, index, stochastic)
         self.drop_attn = scheme.block_dropout(cfg, index, "attn_out", (t, d), stochastic)
@@ -192,6 +192,9 @@ class SignalTransformer(DeployableModel):
             h = block(h)
         if self.cfg.split_index == self.cfg.depth:
             h = pool_tokens(self.norm(h), None, self.cfg.pool)
+        elif self.cfg.stochastic_tokens:   # average neighbouring tokens: the stochastic blocks see fewer
+            k = self.cfg.stochastic_tokens
+            h = h.reshape(h.shape[0], k, self.cfg.tokens // k, h.shape[-1]).mean(dim=2)
         return h
 
     def _token_trunk(self, ids: torch.Tensor) -> torch.Tensor:
@@ -224,7 +227,7 @@ class SignalTransformer(DeployableModel):
             return (self.cfg.d_model,)
         if self.cfg.embed == "token":
             return (self.cfg.tokens, self.cfg.d_model + 1)  # + the padding-mask channel
-        return (self.cfg.tokens, self.cfg.d_model)
+        return (self.cfg.block_tokens(self.cfg.split_index), self.cfg.d_model)
 
 
 def build_model(cfg: ModelConfig) -> DeployableModel:

@@ -114,8 +114,8 @@ class HsaScheme(Scheme):
             return super().attention(cfg, index, stochastic)
         o: HsaOptions = cfg.scheme_options
         shape = cfg.block_shape(index)
-        return HierarchicalStochasticAttention(cfg.d_model, shape.heads, shape.head_dim, cfg.tokens, o.centroids,
-                                               o.tau1, o.tau2, f"block{index}")
+        return HierarchicalStochasticAttention(cfg.d_model, shape.heads, shape.head_dim, cfg.block_tokens(index),
+                                               o.centroids, o.tau1, o.tau2, f"block{index}")
 
     def head_dropout(self, cfg: Any, site: str, shape: Tuple[int, ...]) -> nn.Module:
         return mc_head_dropout(cfg, site, shape)

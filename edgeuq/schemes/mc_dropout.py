@@ -78,7 +78,7 @@ class McDropoutScheme(Scheme):
 
     def attention_dropout(self, cfg: Any, index: int, stochastic: bool) -> Optional[nn.Module]:
         if stochastic and "attn_probs" in cfg.block_dropout_positions:
-            heads, t = cfg.block_shape(index).heads, cfg.tokens
+            heads, t = cfg.block_shape(index).heads, cfg.block_tokens(index)
             return MCDropout(f"block{index}_attn_probs", cfg.dropout, (heads, t, t))
         return None
 

@@ -156,7 +156,7 @@ class VariationalScheme(Scheme):
 
     def block_linear(self, cfg: Any, index: int, site: str, n_in: int, n_out: int, stochastic: bool) -> nn.Module:
         if stochastic and site.split("_")[0] in cfg.scheme_options.positions:
-            return self._bayes(cfg, f"block{index}_{site}", n_in, n_out, (cfg.tokens, n_out))
+            return self._bayes(cfg, f"block{index}_{site}", n_in, n_out, (cfg.block_tokens(index), n_out))
         return nn.Linear(n_in, n_out)
 
     def head_linear(self, cfg: Any, site: str, n_in: int, n_out: int) -> nn.Module:

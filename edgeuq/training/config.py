@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, final
+from typing import Any, Mapping, Tuple, final
 
 from ..settings import settings_from_dict
 
@@ -19,15 +19,43 @@ class TrainConfig:
     patience: int = 4
     seed: int = 0
     threads: int = 0  # 0: leave torch's default
+    #: training-time noise augmentation (:mod:`edgeuq.data.augment`): "" = none, else a noise
+    #: family ("pink") added to ``augment_fraction`` of each batch at an SNR uniform in ``augment_snr_db``
+    augment_noise: str = ""
+    augment_snr_db: Tuple[float, float] = (6.0, 20.0)
+    augment_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise ValueError(f"epochs, batch_size and patience must be >= 1: {self}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        snr = tuple(self.augment_snr_db)
+        if len(snr) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in snr) \
+                or not snr[0] <= snr[1]:
+            raise ValueError(f"[train] augment_snr_db must be [low, high] in dB with low <= high, got {self.augment_snr_db!r}")
+        object.__setattr__(self, "augment_snr_db", (float(snr[0]), float(snr[1])))
+        if not 0.0 <= self.augment_fraction <= 1.0:
+            raise ValueError(f"[train] augment_fraction must be in [0, 1], got {self.augment_fraction!r}")
+        if self.augment_noise:
+            from ..data.augment import NOISE_FAMILIES
+
+            if self.augment_noise not in NOISE_FAMILIES:
+                raise ValueError(f"[train] augment_noise {self.augment_noise!r} is not a known noise family; known: "
+                                 f"{sorted(NOISE_FAMILIES)} (or \"\" for none)")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["augment_snr_db"] = list(self.augment_snr_db)
+        return d
+
+    def augmentation(self) -> str:
+        """One line naming the augmentation ("none" without one), for reports."""
+        if not self.augment_noise:
+            return "none"
+        lo, hi = self.augment_snr_db
+        return (f"{self.augment_noise} noise added to {self.augment_fraction:.0%} of each training batch at "
+                f"SNR {lo:g}-{hi:g} dB, then z-scored")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> "TrainConfig":

@@ -164,6 +164,24 @@ def run_steps(
     return StepTotals(loss_sum, correct, total)
 
 
+def _augmenter(cfg: TrainConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The batch transform of ``cfg``'s noise augmentation (identity without one); its own
+    generator, seeded from ``cfg.seed``, so the batch order and dropout draws are unchanged."""
+    if not cfg.augment_noise:
+        return lambda x: x
+    from ..data.augment import augment_batch
+
+    rng = np.random.default_rng([int(cfg.seed), 7919])
+
+    def augment(x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():
+            raise ValueError(f"augment_noise needs float signal windows, got {x.dtype} (a token model cannot take it)")
+        return torch.from_numpy(augment_batch(x.numpy(), cfg.augment_noise, cfg.augment_snr_db,
+                                              cfg.augment_fraction, rng))
+
+    return augment
+
+
 def run_epochs(
     model: torch.nn.Module,
     x_train: np.ndarray,
@@ -176,7 +194,8 @@ def run_epochs(
     log: Optional[Callable[[str], None]] = None,
 ) -> TrainResult:
     """The loop every trainer shares: AdamW + one-cycle schedule, gradient clipping,
-    ``loss_fn(model, batch)`` (cross-entropy by default), ``validate() -> (nll, acc)``
+    ``loss_fn(model, batch)`` (cross-entropy by default) on batches with ``cfg``'s noise
+    augmentation applied (:mod:`edgeuq.data.augment`; none by default), ``validate() -> (nll, acc)``
     after each epoch; keeps the weights of the epoch with the lowest validation NLL
     and stops after ``patience`` epochs without improvement. ``log`` gets one line
     per epoch; with ``progress`` and no ``log``, that line is printed when no
@@ -189,6 +208,7 @@ def run_epochs(
     steps = math.ceil(len(x_train) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
     xt, yt = torch.from_numpy(np.ascontiguousarray(x_train)), torch.from_numpy(y_train.astype(np.int64))
+    augment = _augmenter(cfg)
     best_state, best_nll, best_epoch, bad_epochs = None, math.inf, -1, 0
     history: List[EpochStats] = []
     stopped_early = False
@@ -202,7 +222,7 @@ def run_epochs(
         def batches(perm=perm):
             for step in range(steps):
                 idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                yield Batch(xt[idx], yt[idx], idx)
+                yield Batch(augment(xt[idx]), yt[idx], idx)
 
         def on_step(_i: int, t: StepTotals, bar=bar) -> None:
             bar.update(1)
