@@ -153,3 +153,14 @@ def test_the_distill_step_equals_the_pre_change_step():
     err = _max_weight_err(ref, got)
     assert err <= 1e-6, err
     assert _max_weight_err(model, _student(1)) == 0.0  # the input model is left unchanged
+
+
+def test_training_time_augmentation_is_not_a_distillation_option():
+    """TrainConfig's augment_* fields would be silently ignored by distill_model's own loop: refused."""
+    with pytest.raises(ValueError, match="train.augment_noise: distillation does not augment"):
+        DistillConfig(train=dataclasses.replace(DISTILL_TRAIN, augment_noise="pink"))
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['augment_noise'\]"):
+        DistillConfig.from_flat({"augment_noise": "pink"})
+    assert not any(k.startswith("augment_") for k in DistillConfig().to_dict())
+    with pytest.raises(ValueError, match=r"compress\.steps\[0\]\.augment_noise: unknown option of step 'distill'"):
+        chain_from_table({"steps": [{"name": "distill", "augment_noise": "pink"}]})

@@ -71,6 +71,11 @@ DEFAULT_LOSS = "kl+uq"
 DISTILL_TRAIN = TrainConfig(epochs=15, batch_size=64, lr=2e-3, weight_decay=1e-2, patience=5, seed=0)
 
 
+#: TrainConfig's training-time augmentation fields: not distillation options (the transfer set's
+#: kinds perturb its inputs), so neither read nor written in the flat form
+AUGMENT_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name.startswith("augment_"))
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """The distillation loss options, and ``train``: the optimiser options (epochs, batch_size,
@@ -90,6 +95,9 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.train, TrainConfig):
             raise ValueError(f"train must be a TrainConfig, got {type(self.train).__name__}")
+        if self.train.augment_noise:
+            raise ValueError("train.augment_noise: distillation does not augment its batches; the transfer set's "
+                             "kinds (TransferConfig.kinds, e.g. pink_noise) are its perturbations")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown distillation loss {self.loss!r}; available: {sorted(LOSSES)}")
         if self.feature_loss not in FEATURE_LOSSES:
@@ -105,7 +113,7 @@ class DistillConfig:
     def from_flat(cls, d: Mapping[str, Any], train: TrainConfig = DISTILL_TRAIN) -> "DistillConfig":
         """From one flat mapping: TrainConfig's keys go to ``train`` (the rest from ``train``),
         the others are this class's; an unknown key is an error naming it."""
-        train_keys = {f.name for f in fields(TrainConfig)}
+        train_keys = {f.name for f in fields(TrainConfig)} - set(AUGMENT_KEYS)
         own = {f.name for f in fields(cls)} - {"train"}
         unknown = sorted(set(d) - train_keys - own)
         if unknown:
@@ -116,7 +124,7 @@ class DistillConfig:
     def to_dict(self) -> dict:
         """The flat form (:meth:`from_flat` reads it back)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "train"}
-        return {**out, **self.train.to_dict()}
+        return {**out, **{k: v for k, v in self.train.to_dict().items() if k not in AUGMENT_KEYS}}
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ...training.config import TrainConfig
-from ..distill import DistillConfig, distill_model
+from ..distill import AUGMENT_KEYS, DistillConfig, distill_model
 from ..transfer import TransferSet
 from . import COMPRESSION_STEPS, CompressionStep, StepData, StepResult
 
@@ -21,12 +21,13 @@ def _labels(y, n: int) -> np.ndarray:
 
 def _flat_fields():
     """The step's option keys: :class:`DistillConfig`'s loss options and the optimiser options of
-    its ``train`` (not ``threads``: a step leaves torch's threads alone), with their defaults."""
+    its ``train`` (not ``threads``: a step leaves torch's threads alone; not the augmentation
+    fields, which distillation does not use), with their defaults."""
     base = DistillConfig()
     own = [(f.name, f.type, dataclasses.field(default=getattr(base, f.name)))
            for f in dataclasses.fields(DistillConfig) if f.name != "train"]
     opt = [(f.name, f.type, dataclasses.field(default=getattr(base.train, f.name)))
-           for f in dataclasses.fields(TrainConfig) if f.name != "threads"]
+           for f in dataclasses.fields(TrainConfig) if f.name != "threads" and f.name not in AUGMENT_KEYS]
     return own + opt + [("teacher_samples", int, dataclasses.field(default=8))]
 
 
