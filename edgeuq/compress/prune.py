@@ -71,8 +71,8 @@ def fisher_scores_from_report(report, depth: int) -> Tuple[list, list]:
 
 
 def _budget(model: nn.Module, layers, ratio: float) -> Tuple[list, list, float, float]:
-    t, d = model.cfg.tokens, model.cfg.d_model
-    costs = [block_costs(t, d, l["head_dim"]) for l in layers]
+    cfg = model.cfg   # a block sees cfg.block_tokens(i) tokens (fewer after a stochastic_tokens pooling)
+    costs = [block_costs(cfg.block_tokens(i), cfg.d_model, l["head_dim"]) for i, l in enumerate(layers)]
     hc, nc = [c[0] for c in costs], [c[1] for c in costs]
     total = sum(l["heads"] * h + l["ffn"] * n for l, h, n in zip(layers, hc, nc))
     return hc, nc, total, ratio * total
@@ -137,9 +137,9 @@ def prune(model: nn.Module, x: np.ndarray, y: Optional[np.ndarray], cfg: PruneCo
             raise ValueError(f"no pruning budget reaches {cfg.target_ms} ms on this host "
                              f"(the smallest model measured above it)")
         ratio, searched, masks, pruned, total, _ = best
-    kept_macs = sum(np.count_nonzero(masks.heads[i]) * block_costs(model.cfg.tokens, model.cfg.d_model,
+    kept_macs = sum(np.count_nonzero(masks.heads[i]) * block_costs(model.cfg.block_tokens(i), model.cfg.d_model,
                                                                    l["head_dim"])[0]
-                    + np.count_nonzero(masks.neurons[i]) * block_costs(model.cfg.tokens, model.cfg.d_model,
+                    + np.count_nonzero(masks.neurons[i]) * block_costs(model.cfg.block_tokens(i), model.cfg.d_model,
                                                                        l["head_dim"])[1]
                     for i, l in enumerate(layers))
     info = {

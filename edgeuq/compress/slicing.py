@@ -115,6 +115,5 @@ def count_macs(model: nn.Module) -> int:
     finally:
         for h in handles:
             h.remove()
-    t = model.cfg.tokens
-    attn = sum(2 * t * t * model.cfg.block_shape(i).inner for i in range(model.cfg.depth))
+    attn = sum(2 * model.cfg.block_tokens(i) ** 2 * model.cfg.block_shape(i).inner for i in range(model.cfg.depth))
     return int(total[0] + attn)

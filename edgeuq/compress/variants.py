@@ -131,8 +131,8 @@ class VariantBuilder:
 def fisher_guided_seeds(builder: VariantBuilder, space, ratios: Sequence[float] = (1.0, 0.5, 0.3)) -> List[dict]:
     """Kwon's global mask search at a few MACs budgets, rounded to the space's keep ratios per block;
     head-only stochastic, the smallest bytes fraction and the middle S (the cheap corner first)."""
-    t, dm = builder.model.cfg.tokens, builder.model.cfg.d_model
-    costs = [block_costs(t, dm, l["head_dim"]) for l in builder.layers]
+    cfg = builder.model.cfg   # block i sees cfg.block_tokens(i) tokens
+    costs = [block_costs(cfg.block_tokens(i), cfg.d_model, l["head_dim"]) for i, l in enumerate(builder.layers)]
     hc, nc = [c[0] for c in costs], [c[1] for c in costs]
     total = sum(l["heads"] * h + l["ffn"] * n for l, h, n in zip(builder.layers, hc, nc))
     seeds = []
