@@ -49,7 +49,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "onnxruntime"          # the row every ratio divides by (ONNX Runtime on the same graph)
-TVM_LIBRARIES = frozenset({"tvm"})  # executors whose compiled graphs load_tvm loads
 sys.path.insert(0, str(ROOT))
 
 
@@ -115,7 +114,8 @@ def main(argv=None) -> int:
     from edgeuq.profile.tvm_rpc import tvm_kernel_table
     from edgeuq.report import format_table
     from edgeuq.training import load_checkpoint, save_checkpoint
-    from edgeuq_runtime.executors.tvm import call_plan, load_tvm
+    from edgeuq_runtime.executors import COMPILED_LIBRARY, executor_capabilities, load_graph
+    from edgeuq_runtime.executors.tvm import call_plan
     from edgeuq_runtime.noise import sample_noise
 
     torch.set_num_threads(a.threads)
@@ -194,9 +194,10 @@ def main(argv=None) -> int:
         runs = {REFERENCE: lambda s=sess, f=feeds[role]: s.run(None, f)}
         for label, res in builds.items():
             g = getattr(res, role)
-            if g.backend not in TVM_LIBRARIES or label.startswith("no buckets"):
+            # the rows compare compiled libraries (shape buckets, kernel table), as their executor declares
+            if COMPILED_LIBRARY not in executor_capabilities(g.backend) or label.startswith("no buckets"):
                 continue
-            graph = load_tvm(g.file, a.threads, g.options)
+            graph = load_graph(g.backend, g.file, a.threads, g.options)
             err = max_error(graph.run(feeds[role]), ref)
             if not err <= 1e-3:
                 failures.append(f"{label} {role} differs from ONNX Runtime by {err:.3g}")
@@ -219,7 +220,7 @@ def main(argv=None) -> int:
             r = paired_ratio(stats[k], stats[reference])   # per-round ratio, median + 95 % bootstrap CI
             rows.append([role, k, f"{stats[k].median_ms:.3f}",
                          "1.00" if k == reference else f"{r.median:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"])
-    sweep_rows = _sweep(a, art, model, builds, so, failures, load_tvm, sample_noise, measure_stages, paired_ratio,
+    sweep_rows = _sweep(a, art, model, builds, so, failures, sample_noise, measure_stages, paired_ratio,
                         max_error) if a.sweep_samples else []
     if failures:
         print("FAILED numerics:\n  " + "\n  ".join(failures), file=sys.stderr)
@@ -258,17 +259,18 @@ def main(argv=None) -> int:
     return 0
 
 
-def _sweep(a, art, model, builds, so, failures, load_tvm, sample_noise, measure_stages, paired_ratio, max_error):
+def _sweep(a, art, model, builds, so, failures, sample_noise, measure_stages, paired_ratio, max_error):
     """TVM heads (shape buckets; the host head without buckets) vs ONNX Runtime at each S, paired."""
     import onnxruntime as ort
     import torch
+    from edgeuq_runtime.executors import COMPILED_LIBRARY, executor_capabilities, load_graph
 
     sess = ort.InferenceSession(str(art.head_path), so, providers=["CPUExecutionProvider"])
     heads = {}
     for label, res in builds.items():
-        if "untuned" in label or res.head.backend not in TVM_LIBRARIES:
+        if "untuned" in label or COMPILED_LIBRARY not in executor_capabilities(res.head.backend):
             continue
-        heads[label] = load_tvm(res.head.file, a.threads, res.head.options)
+        heads[label] = load_graph(res.head.backend, res.head.file, a.threads, res.head.options)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((a.batch, art.input_length)).astype(np.float32)
     with torch.no_grad():

@@ -39,6 +39,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeuq.ota.canaries import add_canaries
 from edgeuq.ota.keys import generate_keys
 from edgeuq.ota.publish import publish_bundle
+from edgeuq.report import format_table
 from edgeuq_runtime import GraphSpec, InputSpec, Manifest, NoiseSpec, write_bundle
 from edgeuq_runtime.atomic import atomic_write
 from edgeuq_runtime.ota import mark_good
@@ -136,9 +137,7 @@ def main(argv=None) -> int:
             3: build(tmp, "r3", retrained, True, "1.1-int8", windows),
             4: build(tmp, "r4", retrained2, True, "1.2-int8", windows),
         }
-        # throwaway keys in a temporary folder: encrypted at rest like real ones, with a bench passphrase
-        os.environ.setdefault("EDGEUQ_OTA_PASSPHRASE", "edgeuq-bench-throwaway-keys")
-        generate_keys(tmp / "keys")
+        throwaway_keys(tmp / "keys")
         repo = tmp / "repo"
         pubs = {1: publish_bundle(rel[1], repo, tmp / "keys", BOARD, delta_max_ratio=1.0)}
         dev = tmp / "dev"
@@ -173,12 +172,7 @@ def main(argv=None) -> int:
             mark_good(dev)
 
     hdr, rows = ota_table(results)
-    widths = [max(len(str(x)) for x in col) for col in zip(hdr, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    print(line(hdr))
-    print(line(["-" * w for w in widths]))
-    for row in rows:
-        print(line(row))
+    print(format_table(hdr, rows))
     print(f"\n(synthetic two-graph model, {results[0]['full_bytes'] / 1e6:.2f} MB fp32 bundle, seeded weights, not "
           "trained; 'fetched' = metadata + targets; install = TUF refresh + download + verify + canaries + A/B "
           f"write with fsync + flip, median of {a.repeats}; one CPU thread for the canaries; every delta published "
@@ -197,6 +191,14 @@ def main(argv=None) -> int:
     if a.tables_json:
         write_tables_json(doc, a.tables_json)
     return 0
+
+
+def throwaway_keys(keys: Path) -> Path:
+    """Fresh signing keys in ``keys`` (a temporary folder) for a bench's OTA repository: encrypted at
+    rest like real ones, with a bench passphrase unless ``$EDGEUQ_OTA_PASSPHRASE`` names one."""
+    os.environ.setdefault("EDGEUQ_OTA_PASSPHRASE", "edgeuq-bench-throwaway-keys")
+    generate_keys(keys)
+    return keys
 
 
 def ota_table(results):

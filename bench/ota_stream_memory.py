@@ -304,11 +304,8 @@ def verify_install(dev: Path, bundle: Path) -> bool:
 
 def measure(tmp: Path, payload_mb: float, pairs: int, drops: int, seed: int = 0, log=print) -> Dict[str, Any]:
     """Build, publish, serve; ``pairs`` x (small install, big install) in random order per pair."""
-    from edgeuq.ota.keys import generate_keys
-
-    os.environ.setdefault("EDGEUQ_OTA_PASSPHRASE", "edgeuq-bench-throwaway-keys")  # throwaway keys in tmp
     small, big, facts = make_bundles(tmp, payload_mb)
-    generate_keys(tmp / "keys")
+    _bench_ota().throwaway_keys(tmp / "keys")
     repos = {"small": tmp / "repo-small", "big": tmp / "repo-big"}
     archive = {name: publish(b, repos[name], tmp / "keys", facts["board"]) for name, b in
                (("small", small), ("big", big))}
@@ -369,7 +366,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one)")
     a = ap.parse_args(argv)
     from edgeuq.provenance import command_line, start, write_results
-    from edgeuq.report import results_table
+    from edgeuq.report import format_table, results_table
 
     if a.quick:
         a.payload_mb, a.pairs = min(a.payload_mb, 64.0), 1
@@ -386,12 +383,7 @@ def main(argv=None) -> int:
     with ctx as tmp:
         doc = measure(Path(tmp), a.payload_mb, a.pairs, a.drops)
     hdr, rows = table(doc)
-    widths = [max(len(str(x)) for x in col) for col in zip(hdr, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    print(line(hdr))
-    print(line(["-" * w for w in widths]))
-    for row in rows:
-        print(line(row))
+    print(format_table(hdr, rows))
     print(f"\n(real `python -m edgeuq_runtime update` children over HTTP on 127.0.0.1; peak RSS = ru_maxrss from "
           f"wait4; the big bundle is the small model plus a {a.payload_mb:g} MB data file listed in manifest.files, "
           "not weights the graphs load; extra = big - small per pair)")

@@ -234,34 +234,27 @@ def _fail(src, name, expected, value) -> DescriptorError:
     return DescriptorError(src, f"expected {expected}, got {type(value).__name__} {value!r}", name)
 
 
-def _str(value, src, name):
-    if not isinstance(value, str) or not value.strip():
-        raise _fail(src, name, "a non-empty string", value)
-    return value
+def _checker(expected: str, ok: Callable[[Any], Any], convert: Callable[[Any], Any] = lambda v: v) -> Callable:
+    """A field checker: ``convert(value)`` when ``ok(value)``, else a DescriptorError that the field
+    expected ``expected``."""
+    def check(value, src, name):
+        if not ok(value):
+            raise _fail(src, name, expected, value)
+        return convert(value)
+
+    return check
 
 
-def _text(value, src, name):  # a string that may be empty (notes)
-    if not isinstance(value, str):
-        raise _fail(src, name, "a string", value)
-    return value
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _pos_int(value, src, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise _fail(src, name, "an integer > 0", value)
-    return value
-
-
-def _pos_num(value, src, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise _fail(src, name, "a finite number > 0", value)
-    return float(value)
-
-
-def _table(value, src, name):
-    if not isinstance(value, dict):
-        raise _fail(src, name, "a table", value)
-    return copy.deepcopy(value)
+_str = _checker("a non-empty string", lambda v: isinstance(v, str) and bool(v.strip()))
+_text = _checker("a string", lambda v: isinstance(v, str))  # may be empty (notes)
+_pos_int = _checker("an integer > 0", lambda v: _is_int(v) and v > 0)
+_pos_num = _checker("a finite number > 0",
+                    lambda v: (_is_int(v) or isinstance(v, float)) and 0 < v < float("inf"), float)
+_table = _checker("a table", lambda v: isinstance(v, dict), copy.deepcopy)
 
 
 def _str_list(*, nonempty: bool) -> Callable:
@@ -278,16 +271,8 @@ def _str_list(*, nonempty: bool) -> Callable:
     return check
 
 
-def _bool(value, src, name):
-    if not isinstance(value, bool):
-        raise _fail(src, name, "true or false", value)
-    return value
-
-
-def _list(value, src, name):
-    if not isinstance(value, list):
-        raise _fail(src, name, "a list", value)
-    return copy.deepcopy(value)
+_bool = _checker("true or false", lambda v: isinstance(v, bool))
+_list = _checker("a list", lambda v: isinstance(v, list), copy.deepcopy)
 
 
 def _one_of(choices) -> Callable:

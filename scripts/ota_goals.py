@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="also write the table (results/ota_goals.json) with provenance")
     a = ap.parse_args(argv)
     from edgeuq.provenance import command_line, start, write_results
-    from edgeuq.report import results_table
+    from edgeuq.report import format_table, results_table
 
     prov = start("full", 1, packages=("numpy", "onnxruntime", "tuf"),
                  note="counts from the OTA test suites (scripts/ota_goals.py); not a timing")
@@ -210,13 +210,8 @@ def main(argv=None) -> int:
          f"{num(fl, 'stage1_updated')}, {num(fl, 'rolled_back_to_known_good')}" if fl else fl_status, "-"],
     ]
     hdr = ["goal", "target", "measured", "met"]
-    widths = [max(len(str(x)) for x in col) for col in zip(hdr, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     print()
-    print(line(hdr))
-    print(line(["-" * w for w in widths]))
-    for r in rows:
-        print(line(r))
+    print(format_table(hdr, rows))
     for suite, row in cases["suites"].items():
         for f in row["failed_cases"]:
             print(f"FAILED {suite}::{f}")

@@ -5,7 +5,8 @@ import torch
 
 from edgeuq.models import ModelConfig, SignalTransformer, mc_sample_probs, tile_samples
 from edgeuq.schemes.mc_dropout import MCDropout
-from edgeuq.training import TrainConfig, load_checkpoint, predict_logits, save_checkpoint, train_model
+from edgeuq.bayes import fit_model
+from edgeuq.training import TrainConfig, load_checkpoint, predict_logits, save_checkpoint
 
 TINY = dict(input_length=128, num_classes=3, patch=16, d_model=16, heads=2, depth=2, ffn=16, dropout=0.2, stochastic_blocks=(1,))
 
@@ -113,7 +114,8 @@ def test_training_learns_and_early_stopping_keeps_best(tmp_path):
     xt, yt = _toy_data(384, rng)
     xv, yv = _toy_data(96, rng)
     m = tiny()
-    res = train_model(m, xt, yt, xv, yv, TrainConfig(epochs=8, batch_size=32, lr=3e-3, patience=3), progress=False)
+    res = fit_model(m, xt, yt, xv, yv, TrainConfig(epochs=8, batch_size=32, lr=3e-3, patience=3), val_samples=0,
+                    progress=False)
     acc = float((predict_logits(m, xv).argmax(-1).numpy() == yv).mean())
     assert acc > 0.9
     best = min(h.val_nll for h in res.history)
@@ -127,9 +129,9 @@ def test_training_rejects_bad_data():
     m = tiny()
     x = np.zeros((4, 128), np.float32)
     with pytest.raises(ValueError, match="labels must be in"):
-        train_model(m, x, np.array([0, 1, 2, 3]), x, np.zeros(4, int), TrainConfig(epochs=1), progress=False)
+        fit_model(m, x, np.array([0, 1, 2, 3]), x, np.zeros(4, int), TrainConfig(epochs=1), progress=False)
     with pytest.raises(ValueError, match="expects"):
-        train_model(m, x[:, :64], np.zeros(4, int), x, np.zeros(4, int), progress=False)
+        fit_model(m, x[:, :64], np.zeros(4, int), x, np.zeros(4, int), progress=False)
 
 
 def test_checkpoint_roundtrip_and_tamper_detection(tmp_path):

@@ -240,14 +240,15 @@ def test_transformer_learns_synthetic_bearing_faults():
 
     from edgeuq.data import SyntheticBearingConfig, make_synthetic_splits
     from edgeuq.models import ModelConfig, SignalTransformer
-    from edgeuq.training import TrainConfig, predict_logits, train_model
+    from edgeuq.bayes import fit_model
+    from edgeuq.training import TrainConfig, predict_logits
 
     sp = make_synthetic_splits(SyntheticBearingConfig(duration_s=3.0, seed=1), window=1024, hop=512)
     torch.manual_seed(0)
     m = SignalTransformer(ModelConfig(input_length=1024, num_classes=4, patch=32, d_model=48, heads=4, depth=2,
                                       ffn=96, stochastic_blocks=(1,)))
-    train_model(m, sp.train.x, sp.train.y, sp.val.x, sp.val.y, TrainConfig(epochs=20, lr=3e-3, patience=20),
-                progress=False)
+    fit_model(m, sp.train.x, sp.train.y, sp.val.x, sp.val.y, TrainConfig(epochs=20, lr=3e-3, patience=20),
+              val_samples=0, progress=False)
     acc = float((predict_logits(m, sp.test.x).argmax(-1).numpy() == sp.test.y).mean())
     assert acc >= 0.8, acc
 

@@ -2,7 +2,6 @@
 candidate, which TVM RPC cannot time, is timed on the board like the TVM default, and the faster kept."""
 from __future__ import annotations
 
-import threading
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from edgeuq.lower.placement_agent import AgentMeasurer  # noqa: E402
 from edgeuq.models import ModelConfig, SignalTransformer  # noqa: E402
 from edgeuq.training import save_checkpoint  # noqa: E402
 from edgeuq_runtime import UncertaintyRuntime  # noqa: E402
-from edgeuq_runtime.agent import AgentServer  # noqa: E402
+from edgeuq_runtime.agent import agent_in_thread  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 TOKEN = "placement-agent-token-0123456789"
@@ -65,13 +64,8 @@ def board(tmp_path, monkeypatch):
 
 @pytest.fixture
 def agent():
-    srv = AgentServer(("127.0.0.1", 0), TOKEN)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
-    t.join(timeout=10)
+    with agent_in_thread(TOKEN) as addr:
+        yield addr
 
 
 def test_agent_times_the_onnxruntime_candidate_on_the_board(art, board, agent, tmp_path):

@@ -2,7 +2,6 @@
 timing agent (`python -m edgeuq_runtime agent`, here in a thread on 127.0.0.1), labelled as such."""
 from __future__ import annotations
 
-import threading
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from edgeuq.export import export_onnx
 from edgeuq.models import ModelConfig, SignalTransformer
 from edgeuq.profile.report import STAGES, LatencyReport, source_label
 from edgeuq.training import save_checkpoint
-from edgeuq_runtime.agent import AgentServer
+from edgeuq_runtime.agent import agent_in_thread
 
 TOKEN = "host-side-agent-token-0123456789"
 TINY = dict(input_length=128, num_classes=3, patch=16, d_model=16, heads=2, depth=2, ffn=16, stochastic_blocks=(1,))
@@ -30,13 +29,8 @@ def ort_bundle(tmp_path_factory):
 
 @pytest.fixture
 def agent():
-    srv = AgentServer(("127.0.0.1", 0), TOKEN)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
-    t.join(timeout=10)
+    with agent_in_thread(TOKEN) as addr:
+        yield addr
 
 
 def test_profile_over_the_agent_times_every_stage_on_the_board(ort_bundle, agent, tmp_path, monkeypatch, capsys):

@@ -54,8 +54,8 @@ def fit_model(
     ``kl_weight = 1`` the negative ELBO per training example). Validation NLL is
     that of the predictive mean over ``val_samples`` samples (fixed seed) for
     sampled schemes, of the deterministic pass otherwise; ``val_samples = 0``
-    validates the deterministic pass with torch's cross-entropy (as
-    :func:`edgeuq.training.train_model`).
+    validates the deterministic pass with torch's cross-entropy
+    (:func:`edgeuq.training.loop.deterministic_validation`): plain training of a deterministic network.
     """
     check_dataset("training", x_train, y_train, model)
     check_dataset("validation", x_val, y_val, model)

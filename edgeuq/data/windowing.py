@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy.signal import resample_poly
@@ -334,12 +334,19 @@ def window_records(
     WindowDataset
         With meta keys ``record``, ``label``, ``start``, ``load_hp``, ``severity``.
     """
+    return _windowed(records, window, hop, class_names, normalize, target_fs, allow_unknown, front_end,
+                     lambda recs: {"all": [(r, 0, len(r)) for r in recs]})["all"]
+
+
+def _windowed(records, window, hop, class_names, normalize, target_fs, allow_unknown, front_end,
+              cut: Callable[[list], dict]) -> dict:
+    """What every windowing entry point does: check the window, hop and class names, bring the records
+    to one rate, ``cut(records) -> {part: [(record, start, stop), ...]}``, and window each part."""
     window, hop = _check_window_hop(window, hop)
     names = _class_tuple(class_names)
     recs, fs = _prepare(records, target_fs)
-    return _window_segments(
-        [(r, 0, len(r)) for r in recs], window, hop, names, fs, normalize, allow_unknown, front_end
-    )
+    return {k: _window_segments(v, window, hop, names, fs, normalize, allow_unknown, front_end)
+            for k, v in cut(recs).items()}
 
 
 def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
@@ -387,21 +394,20 @@ def split_in_domain(
         ``meta["start"]`` is the window offset in the whole record, so windows
         of different splits of one record occupy disjoint sample ranges.
     """
-    window, hop = _check_window_hop(window, hop)
     f_train, f_val, _ = _check_fractions(fractions)
-    names = _class_tuple(class_names)
-    recs, fs = _prepare(records, target_fs)
-    parts: dict[str, list[tuple[SignalRecord, int, int]]] = {"train": [], "val": [], "test": []}
-    for r in recs:
-        n = len(r)
-        b1 = int(round(f_train * n))
-        b2 = int(round((f_train + f_val) * n))
-        parts["train"].append((r, 0, b1))
-        parts["val"].append((r, b1, b2))
-        parts["test"].append((r, b2, n))
-    return Splits(
-        **{k: _window_segments(v, window, hop, names, fs, normalize, allow_unknown, front_end) for k, v in parts.items()}
-    )
+
+    def cut(recs: list) -> dict:
+        parts: dict[str, list[tuple[SignalRecord, int, int]]] = {"train": [], "val": [], "test": []}
+        for r in recs:
+            n = len(r)
+            b1 = int(round(f_train * n))
+            b2 = int(round((f_train + f_val) * n))
+            parts["train"].append((r, 0, b1))
+            parts["val"].append((r, b1, b2))
+            parts["test"].append((r, b2, n))
+        return parts
+
+    return Splits(**_windowed(records, window, hop, class_names, normalize, target_fs, allow_unknown, front_end, cut))
 
 
 def split_by_load(
@@ -447,40 +453,35 @@ def split_by_load(
     which exists at 0 hp only) is absent from train; check
     ``splits.train.class_counts()``.
     """
-    window, hop = _check_window_hop(window, hop)
     vf = float(val_fraction)
     if not (0.0 < vf < 1.0):
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     held = {float(v) for v in np.atleast_1d(np.asarray(test_loads, dtype=float))}
     if not held:
         raise DataError("test_loads is empty")
-    names = _class_tuple(class_names)
-    recs, fs = _prepare(records, target_fs)
-    train: list[tuple[SignalRecord, int, int]] = []
-    val: list[tuple[SignalRecord, int, int]] = []
-    test: list[tuple[SignalRecord, int, int]] = []
-    loads_seen = set()
-    for r in recs:
-        load = _meta_float(r, "load_hp")
-        if math.isnan(load):
-            raise DataError(f"{r.record_id}: split_by_load needs meta['load_hp'], which is missing")
-        loads_seen.add(load)
-        n = len(r)
-        if load in held:
-            test.append((r, 0, n))
-        else:
-            b = int(round((1.0 - vf) * n))
-            train.append((r, 0, b))
-            val.append((r, b, n))
-    if not test:
-        raise DataError(f"no record has a load in test_loads {sorted(held)}; loads present: {sorted(loads_seen)}")
-    if not train:
-        raise DataError(f"every record's load is in test_loads {sorted(held)}; nothing left to train on")
-    return Splits(
-        train=_window_segments(train, window, hop, names, fs, normalize, allow_unknown, front_end),
-        val=_window_segments(val, window, hop, names, fs, normalize, allow_unknown, front_end),
-        test=_window_segments(test, window, hop, names, fs, normalize, allow_unknown, front_end),
-    )
+
+    def cut(recs: list) -> dict:
+        parts: dict[str, list[tuple[SignalRecord, int, int]]] = {"train": [], "val": [], "test": []}
+        loads_seen = set()
+        for r in recs:
+            load = _meta_float(r, "load_hp")
+            if math.isnan(load):
+                raise DataError(f"{r.record_id}: split_by_load needs meta['load_hp'], which is missing")
+            loads_seen.add(load)
+            n = len(r)
+            if load in held:
+                parts["test"].append((r, 0, n))
+            else:
+                b = int(round((1.0 - vf) * n))
+                parts["train"].append((r, 0, b))
+                parts["val"].append((r, b, n))
+        if not parts["test"]:
+            raise DataError(f"no record has a load in test_loads {sorted(held)}; loads present: {sorted(loads_seen)}")
+        if not parts["train"]:
+            raise DataError(f"every record's load is in test_loads {sorted(held)}; nothing left to train on")
+        return parts
+
+    return Splits(**_windowed(records, window, hop, class_names, normalize, target_fs, allow_unknown, front_end, cut))
 
 
 def add_noise(

@@ -19,7 +19,7 @@ from torch import nn
 from ._target import FisherTarget, calibration_batches, check_labels_needed, label_draws, nll_terms, passes
 from .config import FisherConfig
 
-__all__ = ["Tap", "Accumulator", "run_hooked_pass"]
+__all__ = ["Tap", "io_taps", "Accumulator", "run_hooked_pass"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,11 @@ class Tap:
     def __post_init__(self) -> None:
         if self.where not in ("input", "output"):
             raise ValueError(f"tap {self.key!r}: where must be 'input' or 'output', got {self.where!r}")
+
+
+def io_taps(prefix: str, layers: Sequence[str]) -> List[Tap]:
+    """The input and the output of each layer, keyed ``PREFIX:in:LAYER`` and ``PREFIX:out:LAYER``."""
+    return [t for n in layers for t in (Tap(f"{prefix}:in:{n}", n, "input"), Tap(f"{prefix}:out:{n}", n, "output"))]
 
 
 class Accumulator(Protocol):

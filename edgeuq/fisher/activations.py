@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._hooks import Tap, run_hooked_pass
+from ._hooks import io_taps, run_hooked_pass
 from ._target import FisherTarget
 from .config import FisherConfig
 
@@ -51,7 +51,7 @@ class ActivationAccumulator:
         self._out = {n: 0.0 for n in self.layers}
 
     def taps(self):
-        return [t for n in self.layers for t in (Tap(f"act:in:{n}", n, "input"), Tap(f"act:out:{n}", n, "output"))]
+        return io_taps("act", self.layers)
 
     def on_forward(self, tensors: Dict[str, torch.Tensor]) -> None:
         for n in self.layers:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._hooks import Tap, run_hooked_pass
+from ._hooks import io_taps, run_hooked_pass
 from .config import FisherConfig
 
 __all__ = ["KFACFactors", "KFACAccumulator", "kfac_factors"]
@@ -56,7 +56,7 @@ class KFACAccumulator:
         self._rows = {n: 0 for n in self.layers}
 
     def taps(self):
-        return [t for n in self.layers for t in (Tap(f"kfac:in:{n}", n, "input"), Tap(f"kfac:out:{n}", n, "output"))]
+        return io_taps("kfac", self.layers)
 
     def on_forward(self, tensors: Dict[str, torch.Tensor]) -> None:
         for n in self.layers:

@@ -23,6 +23,17 @@ def _plt() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, ax: Any, path: Path, legend_size: int, title: str = "") -> Path:
+    """Title (cut to 90 characters), legend, layout; the PNG written at 110 dpi and the figure closed."""
+    if title:
+        ax.set_title(title[:90], fontsize=9)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _stage_names(report: Any) -> List[str]:
     names: List[str] = []
     for per in report.stages.values():
@@ -44,12 +55,7 @@ def plot_stages(report: Any, path: Path) -> Path:
         ax.bar(xs, med, width, yerr=[[0.0] * len(err), err], capsize=2, label=f"S={s}")
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, rotation=20, ha="right")
     ax.set_ylabel("ms (median, whisker p90)")
-    ax.set_title(f"per-stage latency, {report.measured_where}"[:90], fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path, legend_size=8, title=f"per-stage latency, {report.measured_where}")
 
 
 def plot_vs_samples(report: Any, path: Path) -> Path:
@@ -70,12 +76,7 @@ def plot_vs_samples(report: Any, path: Path) -> Path:
     if len(ss) > 1 and max(ss) / min(ss) >= 8:
         ax.set_xscale("log", base=2)
     ax.set_xticks(ss, [str(s) for s in ss])
-    ax.set_title(f"latency vs S, {report.measured_where}"[:90], fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path, legend_size=7, title=f"latency vs S, {report.measured_where}")
 
 
 def plot_targets(reports: Sequence[Any], path: Path, samples: int) -> Path:
@@ -92,11 +93,7 @@ def plot_targets(reports: Sequence[Any], path: Path, samples: int) -> Path:
         ax.bar(labels, vals, bottom=bottom, label=n)
         bottom = [b + v for b, v in zip(bottom, vals)]
     ax.set_ylabel(f"ms (median), S={samples}")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path, legend_size=7)
 
 
 def write_plots(report: Any, directory: Path) -> List[str]:

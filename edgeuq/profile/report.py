@@ -208,6 +208,16 @@ def operator_table(report: LatencyReport, graph: str, top: int = 10) -> Tuple[Li
     return headers, rows
 
 
+def figures_at(report: LatencyReport, samples: int) -> Tuple[Mapping[str, Any], Optional[Mapping[str, Any]]]:
+    """(per-stage statistics, end-to-end statistics or None) of ``report`` at S = ``samples``; a report
+    without figures at that S is an error naming it and the S it has."""
+    per = report.stages.get(str(samples))
+    if per is None:
+        raise ValueError(f"report {report.directory or report.bundle} has no figures for S={samples} "
+                         f"(it has S = {list(report.samples)})")
+    return per, report.end_to_end.get(str(samples))
+
+
 def targets_table(reports: Any, samples: int, command: str = "edgeuq profile") -> Dict[str, Any]:
     """The per-target table (one row per report, at ``samples``) in the ``results/NAME.json`` form
     ``scripts/render_tables.py`` renders: where it was measured, graph backends, trunk / head /
@@ -217,11 +227,7 @@ def targets_table(reports: Any, samples: int, command: str = "edgeuq profile") -
     rows = []
     places = []
     for r in reports:
-        per = r.stages.get(str(samples))
-        if per is None:
-            raise ValueError(f"report {r.directory or r.bundle} has no figures for S={samples} "
-                             f"(it has S = {list(r.samples)})")
-        e2e = r.end_to_end.get(str(samples))
+        per, e2e = figures_at(r, samples)
         nm = "not measured"
         graphs = f"{r.backends.get('trunk', '-')} / {r.backends.get('head', '-')}"
         rows.append([r.board or "-", r.measured_where, graphs,
@@ -264,11 +270,7 @@ def profile_table(reports: Any, samples: int, command: str, provenance: str = ""
                f"end-to-end p50 ms (S={samples})", f"end-to-end p99 ms (S={samples})"]
     rows = []
     for r in reports:
-        per = r.stages.get(str(samples))
-        if per is None:
-            raise ValueError(f"report {r.directory or r.bundle} has no figures for S={samples} "
-                             f"(it has S = {list(r.samples)})")
-        e2e = r.end_to_end.get(str(samples))
+        per, e2e = figures_at(r, samples)
         cells = [_fmt(per[st]["median_ms"]) if st in per else nm for st in STAGES]
         total = per.get("sum of stages")
         rows.append([r.board or "-", graph_places(r), source_label(r), *cells,

@@ -13,12 +13,12 @@ from .._lazy import lazy_exports
 _API: Dict[str, str] = {
     "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     "TrainConfig": "config", "UqConfig": "config",
-    "EpochStats": "loop", "TrainResult": "loop", "predict_logits": "loop", "train_model": "loop",
+    "EpochStats": "loop", "TrainResult": "loop", "predict_logits": "loop",
 }
 
 __all__ = [
     "Checkpoint", "load_checkpoint", "save_checkpoint", "TrainConfig", "UqConfig",
-    "EpochStats", "TrainResult", "predict_logits", "train_model",
+    "EpochStats", "TrainResult", "predict_logits",
 ]
 
 

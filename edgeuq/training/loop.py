@@ -26,7 +26,7 @@ from torch import nn
 from .config import TrainConfig
 
 __all__ = [
-    "EpochStats", "TrainResult", "train_model", "predict_logits", "run_epochs", "check_dataset", "Batch", "LossOut",
+    "EpochStats", "TrainResult", "predict_logits", "run_epochs", "check_dataset", "Batch", "LossOut",
     "LossFn", "cross_entropy_loss", "deterministic_validation", "StepTotals", "run_steps", "warmup_linear_decay",
 ]
 
@@ -249,24 +249,6 @@ def run_epochs(
         model.load_state_dict(best_state)
     model.eval()
     return TrainResult(tuple(history), best_epoch, best_nll, stopped_early)
-
-
-def train_model(
-    model: nn.Module,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    cfg: TrainConfig = TrainConfig(),
-    progress: bool = True,
-    log=None,
-) -> TrainResult:
-    """Cross-entropy training with early stopping on the deterministic pass's
-    validation NLL (see :func:`run_epochs`)."""
-    check_dataset("training", x_train, y_train, model)
-    check_dataset("validation", x_val, y_val, model)
-    return run_epochs(model, x_train, y_train, cfg, model.parameters(), deterministic_validation(model, x_val, y_val),
-                      progress=progress, log=log)
 
 
 def deterministic_validation(model: nn.Module, x_val: np.ndarray, y_val: np.ndarray) -> Callable[[], Tuple[float, float]]:

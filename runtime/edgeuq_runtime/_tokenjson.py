@@ -14,7 +14,7 @@ import numpy as np
 from .errors import InputError, ManifestError
 from .atomic import atomic_write
 
-__all__ = ["read_tokenizer_json", "write_tokenizer_json", "encode_texts"]
+__all__ = ["read_tokenizer_json", "write_tokenizer_json", "check_tokenizer_header", "encode_texts"]
 
 
 def read_tokenizer_json(path: Union[str, Path]) -> Any:
@@ -22,6 +22,16 @@ def read_tokenizer_json(path: Union[str, Path]) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"cannot read tokenizer {str(path)!r}: {exc}") from None
+
+
+def check_tokenizer_header(data: Any, fmt: str, version: int, what: str) -> Mapping[str, Any]:
+    """``data`` as a JSON object of ``format`` ``fmt`` and ``version`` (``what`` names the tokenizer
+    kind in the error), or :class:`ManifestError`."""
+    if not isinstance(data, Mapping) or data.get("format") != fmt:
+        raise ManifestError(f"not an {fmt} JSON object")
+    if data.get("version") != version:
+        raise ManifestError(f"unsupported {what} version {data.get('version')!r}; this runtime supports {version}")
+    return data
 
 
 def write_tokenizer_json(path: Union[str, Path], data: Mapping[str, Any]) -> Path:

@@ -31,22 +31,24 @@ candidates compiled for an ISA the board lacks.
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import os
 import platform
 import socket
 import tempfile
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from .cpuinfo import cpu_flags as board_cpu_flags
 from .errors import InputError, RuntimeUQError
 
-__all__ = ["AgentServer", "agent_token", "profile_bundle_bytes", "DEFAULT_AGENT_BIND", "TOKEN_ENV",
+__all__ = ["AgentServer", "agent_in_thread", "agent_token", "profile_bundle_bytes", "DEFAULT_AGENT_BIND", "TOKEN_ENV",
            "MAX_REPEATS", "MAX_WARMUP"]
 
 DEFAULT_AGENT_BIND = "127.0.0.1:8790"
@@ -198,6 +200,21 @@ class AgentServer(HTTPServer):
             raise InputError("the agent's token must be at least 16 characters")
         self.token, self.verbose, self.max_body = token, verbose, int(max_body)
         super().__init__(address, _Handler)
+
+
+@contextlib.contextmanager
+def agent_in_thread(token: str, host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> Iterator[str]:
+    """An :class:`AgentServer` serving from a daemon thread (tests, benches, notebooks): yields its
+    ``"HOST:PORT"`` (``port=0``: a free one) and shuts it down, socket closed, on leaving the block."""
+    srv = AgentServer((host, port), token, **kwargs)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"{srv.server_address[0]}:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(timeout=10)
 
 
 def add_agent_parser(sub: Any) -> None:

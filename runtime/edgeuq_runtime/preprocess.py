@@ -57,15 +57,19 @@ def _as_array(x: Any, what: str, length: int) -> np.ndarray:
     return x
 
 
-def _check_shape(x: np.ndarray, what: str, length: int) -> np.ndarray:
+def _check_shape(x: np.ndarray, what: str, length: int, batch: str = "", rows: str = "",
+                 items: str = "samples") -> np.ndarray:
+    """``x`` as (batch, length): one row is promoted to a batch; an empty batch or a wrong row length
+    is refused. The messages name the batch ``batch`` and its rows ``rows`` (of ``items``); by
+    default ``what`` and ``what`` windows."""
     if x.ndim == 1:
         x = x[None, :]
     if x.ndim != 2:
         raise InputError(f"{what} must have shape ({length},) or (batch, {length}), got {x.shape}")
     if x.shape[0] == 0:
-        raise InputError(f"{what} batch is empty: shape {x.shape}")
+        raise InputError(f"{batch or what} batch is empty: shape {x.shape}")
     if x.shape[1] != length:
-        raise InputError(f"{what} windows must have {length} samples, got shape {x.shape}")
+        raise InputError(f"{rows or what + ' windows'} must have {length} {items}, got shape {x.shape}")
     return x
 
 
@@ -137,14 +141,7 @@ def validate_tokens(x: Any, length: int, vocab_size: int) -> np.ndarray:
     if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.integer):
         raise InputError(f"token ids must have an integer dtype, got {x.dtype}; tokenize text with the bundle's "
                          "tokenizer (UncertaintyRuntime.tokenize)")
-    if x.ndim == 1:
-        x = x[None, :]
-    if x.ndim != 2:
-        raise InputError(f"token ids must have shape ({length},) or (batch, {length}), got {x.shape}")
-    if x.shape[0] == 0:
-        raise InputError(f"token id batch is empty: shape {x.shape}")
-    if x.shape[1] != length:
-        raise InputError(f"token sequences must have {length} ids (pad or truncate), got shape {x.shape}")
+    x = _check_shape(x, "token ids", length, batch="token id", rows="token sequences", items="ids (pad or truncate)")
     bad = (x < 0) | (x >= vocab_size)
     if bad.any():
         r, c = (int(v) for v in np.argwhere(bad)[0])

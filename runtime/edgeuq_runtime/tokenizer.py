@@ -32,7 +32,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._tokenjson import encode_texts, read_tokenizer_json, write_tokenizer_json
+from ._tokenjson import check_tokenizer_header, encode_texts, read_tokenizer_json, write_tokenizer_json
 from .errors import InputError, ManifestError
 from .wordpiece import WORDPIECE_FORMAT, WordPieceTokenizer
 
@@ -115,11 +115,7 @@ class WordTokenizer:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "WordTokenizer":
-        if not isinstance(data, Mapping) or data.get("format") != TOKENIZER_FORMAT:
-            raise ManifestError(f"not an {TOKENIZER_FORMAT} JSON object")
-        if data.get("version") != TOKENIZER_VERSION:
-            raise ManifestError(f"unsupported tokenizer version {data.get('version')!r}; "
-                                f"this runtime supports {TOKENIZER_VERSION}")
+        check_tokenizer_header(data, TOKENIZER_FORMAT, TOKENIZER_VERSION, "tokenizer")
         try:
             return cls(vocab=tuple(data["vocab"]), max_length=data["max_length"], lowercase=bool(data["lowercase"]))
         except KeyError as exc:

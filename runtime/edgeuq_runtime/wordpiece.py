@@ -49,7 +49,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError, ManifestError
-from ._tokenjson import encode_texts, read_tokenizer_json, write_tokenizer_json
+from ._tokenjson import check_tokenizer_header, encode_texts, read_tokenizer_json, write_tokenizer_json
 
 __all__ = ["WordPieceTokenizer", "WORDPIECE_FORMAT", "bert_normalize", "bert_pre_tokenize"]
 
@@ -261,11 +261,7 @@ class WordPieceTokenizer:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "WordPieceTokenizer":
-        if not isinstance(data, Mapping) or data.get("format") != WORDPIECE_FORMAT:
-            raise ManifestError(f"not an {WORDPIECE_FORMAT} JSON object")
-        if data.get("version") != WORDPIECE_VERSION:
-            raise ManifestError(f"unsupported wordpiece tokenizer version {data.get('version')!r}; "
-                                f"this runtime supports {WORDPIECE_VERSION}")
+        check_tokenizer_header(data, WORDPIECE_FORMAT, WORDPIECE_VERSION, "wordpiece tokenizer")
         try:
             sa = data["strip_accents"]
             return cls(vocab=tuple(data["vocab"]), max_length=data["max_length"], lowercase=bool(data["lowercase"]),

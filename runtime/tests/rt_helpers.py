@@ -10,9 +10,10 @@ import math
 import os
 import statistics
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 import onnx
@@ -52,6 +53,38 @@ def make_head(path: Path, V: np.ndarray) -> Path:
         [vi("logits", TensorProto.FLOAT, ["N", C])],
         [numpy_helper.from_array(V.astype(np.float32), "V")], path,
     )
+
+
+def tiny_weights(seed: int = 1234) -> Tuple[np.ndarray, np.ndarray]:
+    """The tiny graphs' seeded float32 weights ``W`` (L, F) and ``V`` (F, C)."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((L, F)).astype(np.float32), rng.standard_normal((F, C)).astype(np.float32)
+
+
+def make_graphs(root: Path, W: np.ndarray, V: np.ndarray, trunk_input: str = "signal") -> Dict[str, Path]:
+    """``{"trunk.onnx": path, "head.onnx": path}``: the tiny trunk and head written into ``root``."""
+    return {"trunk.onnx": make_trunk(root / "trunk.onnx", W, trunk_input), "head.onnx": make_head(root / "head.onnx", V)}
+
+
+def exact_fraction(v: Any) -> Fraction:
+    """``v`` (a number, a numpy scalar of any float width, or a Fraction) exactly as a Fraction."""
+    if isinstance(v, Fraction):
+        return v
+    if isinstance(v, np.longdouble):
+        return Fraction(*v.as_integer_ratio())
+    return Fraction(*np.asarray(v).item().as_integer_ratio())
+
+
+def exact_zscore(row) -> np.ndarray:
+    """Per-window z-score in exact rational arithmetic (one rounding at the end; a constant row is 0)."""
+    vals = [exact_fraction(v) for v in row]
+    n = len(vals)
+    mean = sum(vals) / n
+    d = [v - mean for v in vals]
+    var = sum(x * x for x in d) / n
+    if var == 0:
+        return np.zeros(n)
+    return np.array([(1.0 if x > 0 else -1.0) * math.sqrt(float(x * x / var)) for x in d])
 
 
 def make_manifest(**overrides: Any) -> Manifest:

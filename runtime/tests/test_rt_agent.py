@@ -18,7 +18,7 @@ import pytest
 
 from edgeuq_runtime import UncertaintyRuntime
 from edgeuq_runtime.__main__ import build_parser
-from edgeuq_runtime.agent import AgentServer
+from edgeuq_runtime.agent import AgentServer, agent_in_thread
 from edgeuq_runtime.bundle import load_bundle
 from edgeuq_runtime.ota.archive import pack_bundle
 from edgeuq_runtime.profiling import STAGES
@@ -28,13 +28,8 @@ TOKEN = "t0ken-for-the-agent-tests-0123456789"
 
 @pytest.fixture
 def agent():
-    srv = AgentServer(("127.0.0.1", 0), TOKEN)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
-    t.join(timeout=10)
+    with agent_in_thread(TOKEN) as addr:
+        yield addr
 
 
 def _post(addr: str, body: bytes, token: str = TOKEN, query: str = "samples=1,4&warmup=1&repeats=5"):

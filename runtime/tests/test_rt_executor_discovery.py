@@ -4,9 +4,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import edgeuq_runtime.executors as executors
-from edgeuq_runtime.executors import EXECUTORS, known_executors, load_graph
+from edgeuq_runtime.errors import BackendError
+from edgeuq_runtime.executors import (COMPILED_LIBRARY, EXECUTORS, executor_capabilities, known_executors,
+                                      load_graph, register_executor)
 
 
 def test_every_public_module_of_the_package_is_a_registered_executor():
@@ -37,4 +40,23 @@ def test_a_third_party_executor_arrives_through_an_entry_point(tmp_path, monkeyp
         assert "echo_ep" in known_executors()
     finally:
         EXECUTORS.pop("echo_ep", None)
+        executors.EXECUTOR_CAPABILITIES.pop("echo_ep", None)
         sys.modules.pop("toy_exec_ep", None)
+
+
+def test_executors_declare_capabilities_instead_of_callers_naming_them():
+    # the TVM executor loads compiled libraries (shape buckets, kernel table); the others declare nothing
+    assert COMPILED_LIBRARY in executor_capabilities("tvm")
+    assert executor_capabilities("onnxruntime") == frozenset() and executor_capabilities("pynq") == frozenset()
+    try:
+        register_executor("toy_caps", capabilities=("shape_buckets", COMPILED_LIBRARY))(lambda p, t, o: None)
+        assert executor_capabilities("toy_caps") == {"shape_buckets", COMPILED_LIBRARY}
+        register_executor("toy_caps")(lambda p, t, o: None)          # re-registered without: none left
+        assert executor_capabilities("toy_caps") == frozenset()
+    finally:
+        EXECUTORS.pop("toy_caps", None)
+        executors.EXECUTOR_CAPABILITIES.pop("toy_caps", None)
+    with pytest.raises(BackendError, match="unknown backend 'no_such_executor'"):
+        executor_capabilities("no_such_executor")
+    with pytest.raises(ValueError, match="capabilities must be a sequence"):
+        register_executor("toy_bad", capabilities="compiled_library")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -28,14 +27,13 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
 
-from rt_helpers import C, F, L, in_ci, ref_flag, require_extra, softmax
+from rt_helpers import C, F, L, exact_fraction, exact_zscore, in_ci, ref_flag, require_extra, softmax
 
 hypothesis = require_extra("hypothesis", "the runtime's test extra (pip install -e 'runtime[test]')")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -82,20 +80,6 @@ def watchdog(seconds: int = WATCHDOG_S):
 # ============================================================================ independent references
 
 
-def _fraction(v: Any) -> Fraction:
-    return Fraction(*np.asarray(v).item().as_integer_ratio()) if not isinstance(v, np.longdouble) \
-        else Fraction(*v.as_integer_ratio())
-
-
-def ref_zscore(row: np.ndarray) -> np.ndarray:
-    vals = [_fraction(v) for v in row]
-    n = len(vals)
-    mean = sum(vals) / n
-    d = [v - mean for v in vals]
-    var = sum(x * x for x in d) / n
-    if var == 0:
-        return np.zeros(n)
-    return np.array([(1.0 if x > 0 else -1.0) * math.sqrt(float(x * x / var)) for x in d])
 
 
 def ref_valid_windows(x: Any) -> Optional[np.ndarray]:
@@ -131,14 +115,14 @@ def ref_probs(W: np.ndarray, V: np.ndarray, manifest: Manifest, x: np.ndarray, s
     """(S, B, C) float64 probabilities and the flags, for the tiny graphs and ``manifest``'s
     normalisation and noise (the runtime's documented noise contract)."""
     if manifest.input.normalization == "zscore":
-        z = np.stack([ref_zscore(r) for r in x])
+        z = np.stack([exact_zscore(r) for r in x])
     else:
         z = x.astype(np.float64)
     feats = z @ W.astype(np.float64)
     noise = sample_noise_tiled(manifest.noise, samples, len(x), np.random.default_rng(seed))
     mask = np.ones((samples * len(x), F)) if not manifest.noise else noise[manifest.noise[0].name].astype(np.float64)
     logits = (np.tile(feats, (samples, 1)) * mask) @ V.astype(np.float64)
-    flags = tuple(ref_flag([float(_fraction(v)) if x.dtype.itemsize > 8 else float(v) for v in r]) for r in x)
+    flags = tuple(ref_flag([float(exact_fraction(v)) if x.dtype.itemsize > 8 else float(v) for v in r]) for r in x)
     probs = softmax(logits).reshape(samples, len(x), -1)
     if mask_flagged and manifest.input.normalization == "zscore":  # a flagged row: no diagnosis, NaN
         probs[:, [bool(f) for f in flags]] = np.nan
@@ -248,13 +232,11 @@ def valid_seed(seed: Any) -> bool:
 def fuzz_bundles(tmp_path_factory):
     """The tiny graphs as two bundles: z-score (the default) and normalization 'none'."""
     from edgeuq_runtime import write_bundle
-    from rt_helpers import make_head, make_manifest, make_trunk
+    from rt_helpers import make_graphs, make_manifest, tiny_weights
 
     root = tmp_path_factory.mktemp("fuzz")
-    rng = np.random.default_rng(1234)
-    W = rng.standard_normal((L, F)).astype(np.float32)
-    V = rng.standard_normal((F, C)).astype(np.float32)
-    src = {"trunk.onnx": make_trunk(root / "trunk.onnx", W), "head.onnx": make_head(root / "head.onnx", V)}
+    W, V = tiny_weights()
+    src = make_graphs(root, W, V)
     z = write_bundle(root / "zscore", make_manifest(), src).root
     n = write_bundle(root / "none", make_manifest(input=InputSpec(length=L, sample_rate_hz=50.0,
                                                                   normalization="none")), src).root

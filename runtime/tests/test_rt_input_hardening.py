@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
-from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -16,24 +15,12 @@ import pytest
 from edgeuq_runtime import (MAX_SAMPLES, InputError, InputSpec, ManifestError, UncertaintyRuntime, input_quality,
                             sample_noise_tiled)
 from edgeuq_runtime.preprocess import zscore_windows
-from rt_helpers import CLASSES, C, L, ref_flag, ref_noise_rows, softmax
+from rt_helpers import CLASSES, C, L, exact_zscore, ref_flag, ref_noise_rows, softmax
 
 
 @pytest.fixture
 def rt(tiny):
     return UncertaintyRuntime(tiny.dir, seed=0)
-
-
-def exact_zscore(row) -> np.ndarray:
-    """Per-window z-score in exact rational arithmetic (one rounding at the end)."""
-    vals = [Fraction(*np.asarray(v).item().as_integer_ratio()) if not isinstance(v, Fraction) else v for v in row]
-    n = len(vals)
-    mean = sum(vals) / n
-    d = [v - mean for v in vals]
-    var = sum(x * x for x in d) / n
-    if var == 0:
-        return np.zeros(n)
-    return np.array([(1.0 if x > 0 else -1.0) * float(x * x / var) ** 0.5 for x in d])
 
 
 def reference_probs(tiny, x, samples, seed):

@@ -15,7 +15,7 @@ from edgeuq_runtime.executors import EXECUTORS, load_graph
 from edgeuq_runtime.executors.tvm import call_plan
 from edgeuq_runtime.noise import sample_noise_tiled
 from edgeuq_runtime.preprocess import zscore_windows
-from rt_helpers import C, F, L, make_head, make_manifest, make_trunk, softmax
+from rt_helpers import C, F, L, make_graphs, make_head, make_manifest, softmax, tiny_weights
 
 from rt_helpers import require_extra  # noqa: E402
 
@@ -53,10 +53,8 @@ def _tvm_registered():
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory):
     src = tmp_path_factory.mktemp("tvm-src")
-    rng = np.random.default_rng(1234)
-    W = rng.standard_normal((L, F)).astype(np.float32)
-    V = rng.standard_normal((F, C)).astype(np.float32)
-    onnx_files = {"trunk": make_trunk(src / "trunk.onnx", W), "head": make_head(src / "head.onnx", V)}
+    W, V = tiny_weights()
+    onnx_files = {name.split(".")[0]: path for name, path in make_graphs(src, W, V).items()}
     libs = {}
     for batch in (None, 2):
         for role, path in onnx_files.items():

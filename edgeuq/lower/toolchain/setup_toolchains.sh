@@ -21,16 +21,7 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 # --- 1. Debian packages ------------------------------------------------------------------------
 APT_PKGS="gcc-aarch64-linux-gnu g++-aarch64-linux-gnu gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf qemu-user-static"
-missing=""
-for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
-if [ -n "$missing" ]; then
-  t=$(date +%s); log "apt-get install$missing"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
-  log "apt packages installed in $(( $(date +%s) - t )) s"
-else
-  log "apt packages present"
-fi
+sh scripts/apt_install.sh --tag setup_toolchains --quiet $APT_PKGS
 
 # --- 2. aarch64 sysroot with Python 3.11 + TVM ---------------------------------------------------
 SYSROOT=$TC/aarch64-py311

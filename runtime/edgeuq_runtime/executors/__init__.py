@@ -28,7 +28,8 @@ from ..errors import BackendError
 
 __all__ = ["GraphRunner", "GraphLoader", "EXECUTORS", "register_executor", "load_graph", "EXECUTOR_FILES",
            "register_executor_files", "files_opened", "MAX_THREADS", "graph_evidence", "ENTRY_POINT_GROUP",
-           "load_entry_points", "known_executors"]
+           "load_entry_points", "known_executors", "EXECUTOR_CAPABILITIES", "executor_capabilities",
+           "COMPILED_LIBRARY"]
 
 #: entry-point group of third-party executors
 ENTRY_POINT_GROUP = "edgeuq_runtime.executors"
@@ -66,6 +67,12 @@ FilesFn = Callable[[Path, Mapping[str, Any]], Sequence[Path]]
 #: UncertaintyRuntime requires each to be listed (hashed) in the manifest and inside the bundle.
 EXECUTOR_FILES: Dict[str, FilesFn] = {}
 _F = TypeVar("_F", bound=FilesFn)
+#: backend -> what its loaded graphs can do beyond :class:`GraphRunner`, as the executor declares it
+#: (``register_executor(name, capabilities=...)``); callers ask this instead of comparing names.
+EXECUTOR_CAPABILITIES: Dict[str, frozenset] = {}
+#: capability: the graph is a compiled TVM library whose runner has shape buckets (``buckets``,
+#: ``bucket_for``) and whose kernels can be timed one by one (``edgeuq.profile.tvm_rpc.tvm_kernel_table``)
+COMPILED_LIBRARY = "compiled_library"
 
 
 def register_executor_files(name: str) -> Callable[[_F], _F]:
@@ -84,13 +91,18 @@ def files_opened(backend: str, path: Union[str, Path], options: Optional[Mapping
     return tuple(Path(p) for p in fn(Path(path), dict(options or {}))) if fn is not None else ()
 
 
-def register_executor(name: str) -> Callable[[_L], _L]:
-    """Decorator: register ``loader(path, threads, options) -> GraphRunner`` under ``name``."""
+def register_executor(name: str, *, capabilities: Sequence[str] = ()) -> Callable[[_L], _L]:
+    """Decorator: register ``loader(path, threads, options) -> GraphRunner`` under ``name``, with the
+    ``capabilities`` its graphs have (e.g. :data:`COMPILED_LIBRARY`; see :func:`executor_capabilities`)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"executor name must be a non-empty string, got {name!r}")
+    if isinstance(capabilities, str) or not all(isinstance(c, str) and c for c in capabilities):
+        raise ValueError(f"executor {name!r}: capabilities must be a sequence of non-empty strings, "
+                         f"got {capabilities!r}")
 
     def decorate(loader: _L) -> _L:
         EXECUTORS[name] = loader
+        EXECUTOR_CAPABILITIES[name] = frozenset(capabilities)
         return loader
 
     return decorate
@@ -110,6 +122,15 @@ def load_graph(backend: str, path: Union[str, Path], threads: Optional[int] = No
                                 or threads > MAX_THREADS):
         raise BackendError(f"threads must be None or an integer >= 1 and <= {MAX_THREADS}, got {threads!r}")
     return loader(Path(path), threads, dict(options or {}))
+
+
+def executor_capabilities(backend: str) -> frozenset:
+    """The capabilities the executor registered as ``backend`` declared (empty when it declared none)."""
+    if backend not in EXECUTORS:
+        load_entry_points()
+    if backend not in EXECUTORS:
+        raise BackendError(f"unknown backend {backend!r}; known backends: {sorted(EXECUTORS)}")
+    return EXECUTOR_CAPABILITIES.get(backend, frozenset())
 
 
 _ENTRY_POINTS_LOADED = False

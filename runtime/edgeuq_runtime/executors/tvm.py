@@ -49,7 +49,7 @@ import numpy as np
 
 from ..batching import run_planned
 from ..errors import BackendError
-from . import register_executor, register_executor_files
+from . import COMPILED_LIBRARY, register_executor, register_executor_files
 
 __all__ = ["TvmGraph", "load_tvm", "OPTION_KEYS", "call_plan"]
 
@@ -306,7 +306,7 @@ def _buckets(value: Any, batch: Optional[int], path: Path) -> Tuple[int, ...]:
     return tuple(value)
 
 
-@register_executor("tvm")
+@register_executor("tvm", capabilities=(COMPILED_LIBRARY,))
 def load_tvm(path: Path, threads: Optional[int] = None, options: Optional[Mapping[str, Any]] = None) -> TvmGraph:
     """Load the TVM library ``path`` into a Relax VM (see the module docstring for ``options``)."""
     options = dict(options or {})

@@ -190,23 +190,22 @@ class HttpFetcher(FetcherInterface):
 
 class FileFetcher(FetcherInterface):
     def _fetch(self, url: str) -> Iterator[bytes]:
-        parsed = urlparse(url)
-        if parsed.scheme != "file":
-            raise exceptions.DownloadError(f"FileFetcher only reads file:// URLs, got {url!r}")
-        path = Path(unquote(parsed.path))
-        if not path.is_file():
-            raise exceptions.DownloadHTTPError(f"no file {path}", 404)
-        return self._stream(path, 0)
+        return self._stream(self._path(url), 0)
 
     def fetch_from(self, url: str, offset: int, total: int, deadline_at: Optional[float] = None
                    ) -> Tuple[int, Iterator[bytes]]:
+        return int(offset), self._stream(self._path(url), int(offset))
+
+    @staticmethod
+    def _path(url: str) -> Path:
+        """The existing file a ``file://`` URL names (a download error otherwise, 404 when missing)."""
         parsed = urlparse(url)
         if parsed.scheme != "file":
             raise exceptions.DownloadError(f"FileFetcher only reads file:// URLs, got {url!r}")
         path = Path(unquote(parsed.path))
         if not path.is_file():
             raise exceptions.DownloadHTTPError(f"no file {path}", 404)
-        return int(offset), self._stream(path, int(offset))
+        return path
 
     @staticmethod
     def _stream(path: Path, offset: int) -> Iterator[bytes]:
