@@ -158,14 +158,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f.write(command_line_of(a, argv) + "\n")
         target = tvm_target(get_target(a.target), num_cores=1)
         with tempfile.TemporaryDirectory(prefix="edgeuq-demo-") as tmp:
-            import tvm
+            import tvm_ffi   # comes with TVM (tvm.ir has no structural_hash in TVM 0.27)
 
             art = demo_graphs(Path(tmp))
             tasks, seen = [], set()
             for samples in a.samples:
                 for t in demo_tasks(art, target, samples=samples, graphs=a.graphs if samples == a.samples[0]
                                     else [g for g in a.graphs if g == "head"]):
-                    key = int(tvm.ir.structural_hash(t.dispatched[0]))
+                    key = int(tvm_ffi.structural_hash(t.dispatched[0]))
                     if key not in seen:       # the same kernel at the same shape: one task
                         seen.add(key)
                         tasks.append(t)
