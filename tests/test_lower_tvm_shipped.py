@@ -252,3 +252,19 @@ def test_fast_math_kernels_match_independent_references():
     assert np.max(np.abs(sm - ref_sm)) <= 1e-6
     assert np.max(np.abs(er - sp_erf(x64))) <= 1e-6
     assert np.max(np.abs(ex - ref_ex) / ref_ex) <= 1e-5
+
+
+def test_tuning_host_says_when_the_host_isa_is_wider_than_the_target(monkeypatch):
+    """The provenance names where trials were measured: AVX2 code tuned on an AVX-512 host says so
+    (with the extra flags), a host at the target's own level says that."""
+    from edgeuq import hostcpu
+    from edgeuq.lower.tvm.shipped import tuning_host
+
+    avx2 = frozenset({"sse2", "avx", "avx2", "fma", "bmi2", "f16c"})
+    monkeypatch.setattr(hostcpu, "cpu_flags", lambda *a: avx2 | {"avx512f", "avx512bw", "avx512dq", "avx512vl"})
+    wide = tuning_host("x86-64-avx2")
+    assert "wider ISA than the target" in wide and "avx512f" in wide and "host target x86-64-avx512" in wide
+    assert tuning_host("x86-64-avx512").endswith("the target's own ISA level")
+    monkeypatch.setattr(hostcpu, "cpu_flags", lambda *a: avx2)
+    assert tuning_host("x86-64-avx2").endswith("the target's own ISA level")
+    assert "(AVX2, host target x86-64-avx2)" in tuning_host("x86-64-avx2")
