@@ -42,7 +42,8 @@ def test_shipped_database_is_packaged_small_and_pruned(name):
     prov = json.loads((d / "provenance.json").read_text())
     assert prov["target"] == name and prov["shipped_records"] == len(records) and prov["trials_per_task"]["max"] >= 1
     size = sum(f.stat().st_size for f in d.iterdir())
-    assert size < 3_000_000, f"{name}: shipped database is {size} bytes"
+    # each workload is stored with its TIR (~65 kB): one per task and shape bucket (S = 1, 4, 16: 46 for AVX-512)
+    assert size < 4_000_000, f"{name}: shipped database is {size} bytes"
     assert shipped_dir("cortex-a72") is None
 
 
