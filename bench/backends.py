@@ -28,7 +28,11 @@ ONNX Runtime, every tuned TVM head, and the host target's head compiled without 
 order on the same S-row inputs and paired against ONNX Runtime (``tables.buckets``). With
 ``EDGEUQ_HOST_ISA=avx2`` the ``host`` target is the AVX2 one; ONNX Runtime has no ISA switch and
 keeps this CPU's kernels, so the rows of a lower-ISA target compare it with ONNX Runtime at
-this host's ISA.
+this host's ISA. The ``tvm ISA dispatch`` row is the lowest-ISA tuned head carrying the
+higher-ISA tuned heads as per-ISA ``variants`` (what ``TvmOptions.isa_variants`` puts in a
+bundle): the executor runs the best library the host's CPU flags allow, and the row and the
+note name the one it ran -- so a bundle built for generic x86-64 runs AVX2/AVX-512 code where
+the CPU has it, like ONNX Runtime's run-time dispatch.
 
 Every TVM library is checked against ONNX Runtime on the same inputs (a mismatch above
 1e-3 fails the run). One run writes both tables (``--json``, ``--kernels-json``; ``''``
@@ -136,7 +140,7 @@ def main(argv=None) -> int:
     print(f"model: d={model.cfg.d_model} depth={model.cfg.depth} L={model.cfg.input_length}; trunk batch {a.batch}, "
           f"head rows {a.samples * a.batch}; {a.threads} thread(s); tuned = shipped database + {db} "
           f"+ {a.trials} new trials per graph; targets {names}", flush=True)
-    builds, notes = {}, []
+    builds, notes, tuned_by_target = {}, [], {}
     for name in names:
         target = get_target(name)
         t0 = time.perf_counter()
@@ -156,6 +160,7 @@ def main(argv=None) -> int:
             continue
         label = f"tvm {state} {name}"
         builds[label] = tuned
+        tuned_by_target[name] = tuned
         tuned_s = time.perf_counter() - t0
         if a.sweep_samples and name == names[-1]:
             t0 = time.perf_counter()
@@ -220,8 +225,9 @@ def main(argv=None) -> int:
             r = paired_ratio(stats[k], stats[reference])   # per-round ratio, median + 95 % bootstrap CI
             rows.append([role, k, f"{stats[k].median_ms:.3f}",
                          "1.00" if k == reference else f"{r.median:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"])
+    dispatch = _dispatch_head(tuned_by_target, work / "dispatch") if a.sweep_samples else None
     sweep_rows = _sweep(a, art, model, builds, so, failures, sample_noise, measure_stages, paired_ratio,
-                        max_error) if a.sweep_samples else []
+                        max_error, dispatch, notes) if a.sweep_samples else []
     if failures:
         print("FAILED numerics:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1
@@ -259,8 +265,42 @@ def main(argv=None) -> int:
     return 0
 
 
-def _sweep(a, art, model, builds, so, failures, sample_noise, measure_stages, paired_ratio, max_error):
-    """TVM heads (shape buckets; the host head without buckets) vs ONNX Runtime at each S, paired."""
+def _dispatch_head(tuned_by_target, folder):
+    """The lowest-ISA tuned head (e.g. generic x86-64) with the higher-ISA tuned heads as its per-ISA
+    ``variants``, in one folder: what a bundle compiled with ``TvmOptions.isa_variants`` carries. The
+    tvm executor loads the best library this host's CPU flags allow (``EDGEUQ_HOST_ISA`` caps them).
+    Returns (label, library path, options, executor), or None with fewer than two tuned x86 targets."""
+    import shutil
+
+    from edgeuq.catalog import get_target
+    from edgeuq_runtime.executors import COMPILED_LIBRARY, executor_capabilities
+    from edgeuq.lower.tvm.targets import required_flags
+
+    flags = {n: required_flags(get_target(n)) for n, res in tuned_by_target.items()
+             if COMPILED_LIBRARY in executor_capabilities(res.head.backend)}
+    if len(flags) < 2:
+        return None
+    base = min(flags, key=lambda n: len(flags[n]))
+    higher = sorted((n for n in flags if flags[n] > flags[base]), key=lambda n: -len(flags[n]))
+    if not higher:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tuned_by_target[base].head.file, folder / "head.so")
+    variants = []
+    for n in higher:
+        g = tuned_by_target[n].head
+        shutil.copyfile(g.file, folder / f"head.{n}.so")
+        variants.append({"file": f"head.{n}.so", "target": n, "requires": sorted(flags[n]),
+                         "batch": g.options.get("batch"),
+                         **({"buckets": list(g.options["buckets"])} if g.options.get("buckets") else {})})
+    return (f"tvm ISA dispatch ({base} + {', '.join(higher)})", folder / "head.so",
+            {**tuned_by_target[base].head.options, "variants": variants}, tuned_by_target[base].head.backend)
+
+
+def _sweep(a, art, model, builds, so, failures, sample_noise, measure_stages, paired_ratio, max_error,
+           dispatch=None, notes=None):
+    """TVM heads (shape buckets; the host head without buckets; the per-ISA dispatch head) vs ONNX
+    Runtime at each S, paired."""
     import onnxruntime as ort
     import torch
     from edgeuq_runtime.executors import COMPILED_LIBRARY, executor_capabilities, load_graph
@@ -271,6 +311,14 @@ def _sweep(a, art, model, builds, so, failures, sample_noise, measure_stages, pa
         if "untuned" in label or COMPILED_LIBRARY not in executor_capabilities(res.head.backend):
             continue
         heads[label] = load_graph(res.head.backend, res.head.file, a.threads, res.head.options)
+    if dispatch is not None:
+        label, path, options, backend = dispatch
+        g = load_graph(backend, path, a.threads, options)
+        label = f"{label}: ran {g.path.name}"
+        heads[label] = g
+        if notes is not None:
+            notes.append(f"{label} -- the executor's choice on this host: {g.evidence['library']}")
+        print(notes[-1] if notes else label, flush=True)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((a.batch, art.input_length)).astype(np.float32)
     with torch.no_grad():

@@ -3,55 +3,14 @@
 used by the TVM targets (native checks, host-ISA target), placement and benchmark provenance."""
 from __future__ import annotations
 
-import os
 import platform
 import sys
-from pathlib import Path
+
+# One copy, shared with the device runtime (the ``tvm`` executor's per-ISA library choice).
+from edgeuq_runtime.hostcpu import HOST_ISA_ENV, X86_ISA_FLAGS, cpu_flags  # noqa: F401
 
 __all__ = ["X86_ISA_FLAGS", "HOST_ISA_ENV", "cpu_flags", "cpu_model", "isa_name", "host_threads",
            "host_ort_session"]
-
-# ISA levels an x86-64 target may ask for (its [tvm] mcpu) -> the /proc/cpuinfo flags they need.
-X86_ISA_FLAGS = {
-    "x86-64": frozenset(),
-    "x86-64-v2": frozenset({"sse4_2", "popcnt", "ssse3"}),
-    "x86-64-v3": frozenset({"avx", "avx2", "fma", "bmi2", "f16c"}),
-    "x86-64-v4": frozenset({"avx", "avx2", "fma", "bmi2", "f16c", "avx512f", "avx512bw", "avx512dq", "avx512vl"}),
-}
-# Host-ISA target descriptors, best first: the one detect_host_target() picks.
-#: Environment variable that caps the host ISA the toolchain believes it has (an x86-64 ISA level
-#: ``x86-64``, ``x86-64-v2``, ``x86-64-v3``, ``x86-64-v4`` or the aliases ``sse``, ``avx2``,
-#: ``avx512``): with ``EDGEUQ_HOST_ISA=avx2`` an AVX-512 machine takes the AVX2 paths (host-ISA
-#: target, native checks, placement), so both branches can be tested on one machine. It can only
-#: lower the level, never claim flags the CPU lacks.
-HOST_ISA_ENV = "EDGEUQ_HOST_ISA"
-_ISA_ALIASES = {"sse": "x86-64", "sse2": "x86-64", "avx2": "x86-64-v3", "avx512": "x86-64-v4"}
-
-
-def _isa_cap(value: str) -> frozenset:
-    """The flags an ISA level above ``value`` would add: the ones the override hides."""
-    level = _ISA_ALIASES.get(value.strip().lower(), value.strip().lower())
-    if level not in X86_ISA_FLAGS:
-        raise ValueError(f"{HOST_ISA_ENV}={value!r}: unknown ISA level; known: "
-                         f"{sorted(set(X86_ISA_FLAGS) | set(_ISA_ALIASES))}")
-    order = list(X86_ISA_FLAGS)
-    hidden = set().union(*(X86_ISA_FLAGS[lv] for lv in order[order.index(level) + 1:])) if level != order[-1] else set()
-    return frozenset(hidden - X86_ISA_FLAGS[level])
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset:
-    """The host CPU's feature flags (``flags`` line of /proc/cpuinfo; empty when unreadable),
-    less those above the level named by ``EDGEUQ_HOST_ISA`` when it is set (every ``avx512*``
-    flag is hidden below ``x86-64-v4``)."""
-    from edgeuq_runtime.cpuinfo import cpu_flags as read_flags
-
-    have = read_flags(cpuinfo) or frozenset()
-    cap = os.environ.get(HOST_ISA_ENV, "").strip()
-    if cap:
-        hidden = _isa_cap(cap)
-        have = frozenset(f for f in have if f not in hidden
-                         and not (f.startswith("avx512") and "avx512f" in hidden))
-    return have
 
 
 def cpu_model() -> str:

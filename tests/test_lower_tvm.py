@@ -213,3 +213,51 @@ def test_host_isa_target_compiles_and_matches_onnxruntime(art, tmp_path):
     assert res.evidence.how == "native" and res.evidence.max_error <= res.evidence.tolerance < 1e-2
     mcpu = get_target(name).tvm.get("mcpu")
     assert mcpu is None or f"\"mcpu\":\"{mcpu}\"" in res.metadata["tvm_target"]
+
+
+def test_isa_variants_travel_with_the_generic_library_and_the_runtime_picks_by_cpu_flags(art, tmp_path,
+                                                                                         monkeypatch):
+    """A generic x86-64 build with an AVX2 variant: the artifact carries both libraries per graph
+    (the variant listed with the CPU flags it needs), a bundle of it runs the AVX2 library on a host
+    with AVX2 and the generic one on a (faked) SSE-only host, and both give ONNX Runtime's samples."""
+    from edgeuq_runtime import hostcpu
+    from edgeuq_runtime.executors.tvm import load_tvm
+
+    if "avx2" not in hostcpu.cpu_flags():
+        pytest.skip("this host has no AVX2: the AVX2 variant cannot run here")
+    res = lower("tvm", art, get_target("x86-64"), tmp_path / "c", samples=4, tuning_root=tmp_path / "db",
+                isa_variants=("x86-64-avx2",))
+    assert [(v["role"], v["target"]) for v in res.metadata["isa_variants"]] == [("trunk", "x86-64-avx2"),
+                                                                               ("head", "x86-64-avx2")]
+    assert sorted(res.extra_files) == ["head.x86-64-avx2.so", "trunk.x86-64-avx2.so"]
+    for role, g in (("trunk", res.trunk), ("head", res.head)):
+        (v,) = g.options["variants"]
+        assert v["file"] == f"{role}.x86-64-avx2.so" and {"avx2", "fma"} <= set(v["requires"])
+        assert "avx512f" not in v["requires"]
+    from edgeuq.bundle.build import BundleGraph, write_artifact_bundle
+
+    graphs = {r: BundleGraph(g.bundle_file(r), g.file, g.backend, dict(g.options))
+              for r, g in (("trunk", res.trunk), ("head", res.head))}
+    bundle = write_artifact_bundle(art, tmp_path / "b", "tiny", "1.0.0", 4, graphs=graphs,
+                                   extra_files=res.extra_files, backend="tvm")
+    ort = build_bundle(art, tmp_path / "ort", "tiny", "1.0.0", default_samples=4)
+    x = np.random.default_rng(5).standard_normal((3, 128)).astype(np.float32)
+    ref = UncertaintyRuntime(ort.root, seed=11).predict(x)
+    head = bundle.root / "head.so"
+    for flags, expect in ((frozenset({"sse2", "avx", "avx2", "fma", "bmi2", "f16c"}), "head.x86-64-avx2.so"),
+                          (frozenset({"sse2"}), "head.so")):
+        monkeypatch.setattr(hostcpu, "cpu_flags", lambda *a, f=flags: f)
+        assert load_tvm(head, 1, res.head.options).path.name == expect
+        a = UncertaintyRuntime(bundle.root, seed=11).predict(x)
+        np.testing.assert_allclose(a.samples, ref.samples, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variants, match", [
+    (("x86-64",), "no CPU flags beyond"),
+    (("cortex-a72",), "not a CPU target of the same machine"),
+    (("x86-64-avx2", "x86-64-avx2"), "distinct target names"),
+])
+def test_bad_isa_variants_are_refused(art, tmp_path, variants, match):
+    with pytest.raises(ValueError, match=match):
+        lower("tvm", art, get_target("x86-64"), tmp_path, samples=4, tuning_root=tmp_path / "db",
+              isa_variants=variants, check="none")

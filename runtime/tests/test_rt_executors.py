@@ -169,7 +169,7 @@ def test_tvm_input_order_check_outcome_is_recorded_and_never_silently_skipped():
         warnings.simplefilter("error")  # a checked graph warns about nothing
         g = _tvm_graph(_FakeVM(["features", "mask_0"]))
     assert g.input_order_check == "checked: the library's parameters are ['features', 'mask_0']"
-    assert g.evidence == {"input_order": g.input_order_check}
+    assert g.evidence == {"input_order": g.input_order_check, "library": "head.so (the graph's only library)"}
     with pytest.raises(BackendError, match="takes parameters"):
         _tvm_graph(_FakeVM(["mask_0", "features"]))
     with pytest.warns(RuntimeWarning, match=r"input order not checked: the library could not describe function "

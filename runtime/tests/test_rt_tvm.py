@@ -178,7 +178,8 @@ def test_parameter_names_come_from_the_library(graphs):
     lib, opts = graphs[1]["head", None]
     g = load_graph("tvm", lib, None, opts)
     assert g.library_inputs == ("features", "mask_0")
-    assert g.evidence == {"input_order": "checked: the library's parameters are ['features', 'mask_0']"}
+    assert g.evidence == {"input_order": "checked: the library's parameters are ['features', 'mask_0']",
+                          "library": f"{lib.name} (the graph's only library)"}
     with pytest.raises(BackendError, match=r"takes parameters \['features', 'mask_0'\], but option 'inputs' says "
                                            r"\['mask_0', 'features'\]"):
         load_graph("tvm", lib, None, {**opts, "inputs": ["mask_0", "features"]})
@@ -305,3 +306,102 @@ def test_bad_bucket_options(bucket_heads, extra, match):
     lib, opts = bucket_heads[(1, 4, 16)]
     with pytest.raises(BackendError, match=match):
         load_graph("tvm", lib, None, {**opts, **extra})
+
+
+AVX512 = frozenset({"sse2", "avx", "avx2", "fma", "bmi2", "f16c", "avx512f", "avx512bw", "avx512dq", "avx512vl"})
+AVX2 = frozenset({"sse2", "avx", "avx2", "fma", "bmi2", "f16c"})
+SSE = frozenset({"sse2", "sse4_2"})
+
+
+def _isa_variants(folder: Path, graphs, bucket_heads) -> tuple:
+    """A head with per-ISA libraries in one folder: the generic (dynamic batch) one as the graph's
+    own library, and two variants (copies of bucketed libraries) for AVX-512 and AVX2 hosts."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    base_lib, base_opts = graphs[1]["head", None]
+    (l16, o16), (l32, o32) = bucket_heads[(1, 4, 16)], bucket_heads[(1, 2, 4, 8, 16, 32)]
+    shutil.copyfile(base_lib, folder / "head.so")
+    shutil.copyfile(l32, folder / "head.x86-64-avx512.so")
+    shutil.copyfile(l16, folder / "head.x86-64-avx2.so")
+    opts = {**base_opts, "variants": [
+        {"file": "head.x86-64-avx512.so", "target": "x86-64-avx512", "requires": sorted(AVX512 - {"sse2"}),
+         "batch": 32, "buckets": [1, 2, 4, 8, 16, 32]},
+        {"file": "head.x86-64-avx2.so", "target": "x86-64-avx2", "requires": sorted(AVX2 - {"sse2"}),
+         "batch": 16, "buckets": [1, 4, 16]}]}
+    return folder / "head.so", opts
+
+
+@pytest.mark.parametrize("flags, library, buckets", [
+    (AVX512, "head.x86-64-avx512.so", (1, 2, 4, 8, 16, 32)),
+    (AVX2, "head.x86-64-avx2.so", (1, 4, 16)),
+    (AVX512 - {"avx512bw"}, "head.x86-64-avx2.so", (1, 4, 16)),   # AVX-512F without BW: not x86-64-v4
+    (SSE, "head.so", ()),
+], ids=["avx512", "avx2", "avx512f-only", "sse"])
+def test_isa_variants_run_the_best_library_the_host_flags_allow(tmp_path, graphs, bucket_heads, monkeypatch,
+                                                               flags, library, buckets):
+    """Run-time ISA dispatch with faked CPU flags: the executor loads the first variant whose flags
+    the host has (else the graph's own library), with that library's buckets, says which one ran
+    (evidence "library"), and every choice gives the brute-force logits."""
+    from edgeuq_runtime import hostcpu
+
+    path, opts = _isa_variants(tmp_path / "b", graphs, bucket_heads)
+    monkeypatch.setattr(hostcpu, "cpu_flags", lambda *a: flags)
+    g = load_graph("tvm", path, 1, opts)
+    assert g.path.name == library and g.buckets == buckets
+    assert g.evidence["library"].startswith(library)
+    if library == "head.so":
+        assert "fallback" in g.evidence["library"] and "host lacks avx" in g.evidence["library"]
+    rng = np.random.default_rng(3)
+    for n in (1, 3, 16, 33):
+        feeds = {"features": rng.standard_normal((n, F)).astype(np.float32),
+                 "mask_0": rng.standard_normal((n, F)).astype(np.float32)}
+        ref = (feeds["features"].astype(np.float64) * feeds["mask_0"]) @ graphs[2][1].astype(np.float64)
+        np.testing.assert_allclose(g.run(feeds)["logits"], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_isa_variants_follow_the_host_isa_cap(tmp_path, graphs, bucket_heads, monkeypatch):
+    """EDGEUQ_HOST_ISA lowers the flags the executor sees (a faked AVX-512 /proc/cpuinfo here):
+    avx2 takes the AVX2 library, sse the generic one."""
+    from edgeuq_runtime import hostcpu
+    from edgeuq_runtime.executors.tvm import choose_library
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu " + " ".join(sorted(AVX512)) + "\n")
+    real = hostcpu.cpu_flags
+    monkeypatch.setattr(hostcpu, "cpu_flags", lambda *a: real(cpuinfo))
+    path, opts = _isa_variants(tmp_path / "b", graphs, bucket_heads)
+    for cap, library in (("", "head.x86-64-avx512.so"), ("avx2", "head.x86-64-avx2.so"), ("sse", "head.so")):
+        monkeypatch.setenv(hostcpu.HOST_ISA_ENV, cap)
+        chosen, options, why = choose_library(path, opts)
+        assert chosen.name == library, (cap, why)
+        assert "variants" not in options and (options.get("buckets") is None) == (library == "head.so")
+
+
+def test_isa_variant_files_must_be_in_the_bundle(tmp_path, graphs, bucket_heads, windows):
+    """A variant library is a file the executor opens: a bundle that does not list it is refused;
+    listed, the bundle gives the ONNX Runtime bundle's samples."""
+    path, opts = _isa_variants(tmp_path / "b", graphs, bucket_heads)
+    tl, to = graphs[1]["trunk", None]
+    spec = dict(trunk=GraphSpec("trunk.so", ("signal",), ("features",), options=to),
+                head=GraphSpec("head.so", ("features", "mask_0"), ("logits",), options=opts))
+    files = {"trunk.so": tl, "head.so": path}
+    with pytest.raises(BundleError, match="not listed"):
+        UncertaintyRuntime(write_bundle(tmp_path / "missing", make_manifest(backend="tvm", **spec), files).root)
+    files.update({v["file"]: path.parent / v["file"] for v in opts["variants"]})
+    rt = UncertaintyRuntime(write_bundle(tmp_path / "ok", make_manifest(backend="tvm", **spec), files).root, seed=5)
+    ref = UncertaintyRuntime(_ort_bundle(tmp_path, graphs), seed=5).predict(windows[:1], samples=3)
+    np.testing.assert_allclose(rt.predict(windows[:1], samples=3).samples, ref.samples, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("variants, match", [
+    ([], "non-empty list"),
+    ([{"file": "x.so"}], "'file' and 'requires'"),
+    ([{"file": "../x.so", "requires": []}], "relative to the graph's folder"),
+    ([{"file": "x.so", "requires": "avx2"}], "list of CPU flag names"),
+    ([{"file": "x.so", "requires": [], "mcpu": "x"}], "'file' and 'requires'"),
+])
+def test_bad_isa_variants(graphs, variants, match):
+    lib, opts = graphs[1]["head", None]
+    with pytest.raises(BackendError, match=match):
+        load_graph("tvm", lib, None, {**opts, "variants": variants})

@@ -80,6 +80,10 @@ class TvmOptions:
     progress: Optional[Callable[[str], None]] = None
     shipped_database: bool = True
     head_buckets: Tuple[int, ...] = (1, 4, 8, 16, 32)
+    #: Higher x86-64 ISA targets (e.g. ``("x86-64-avx512", "x86-64-avx2")``) compiled as well and carried as
+    #: per-ISA ``variants`` of each graph: the ``tvm`` executor runs the best one the host's CPU flags allow
+    #: and the target's own library (e.g. generic ``x86-64``) only on CPUs without any of them.
+    isa_variants: Tuple[str, ...] = ()
     #: ``(tracker HOST:PORT, key)``: MetaSchedule measures candidates on the tracker's boards (RPCRunner)
     tune_rpc: Optional[Tuple[str, str]] = None
 
@@ -95,6 +99,10 @@ class TvmOptions:
         if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in buckets):
             raise ValueError(f"head_buckets must be integers >= 1 (MC samples), got {self.head_buckets!r}")
         object.__setattr__(self, "head_buckets", tuple(sorted(set(buckets))))
+        variants = tuple(self.isa_variants or ())
+        if not all(isinstance(v, str) and v for v in variants) or len(set(variants)) != len(variants):
+            raise ValueError(f"isa_variants must be distinct target names, got {self.isa_variants!r}")
+        object.__setattr__(self, "isa_variants", variants)
         if self.check not in CHECK_MODES:
             raise ValueError(f"check must be one of {CHECK_MODES}, got {self.check!r}")
 
@@ -122,7 +130,7 @@ class TvmLowerer(Lowerer):
         say = options.progress or (lambda msg: log.info(msg))
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        samples, trunk_batch, trials = options.samples, options.batch, options.tune_trials
+        samples, trials = options.samples, options.tune_trials
         notes = []
         runnable_here = is_native(target) and target.kind == "cpu"
         if trials and not runnable_here:
@@ -130,24 +138,15 @@ class TvmLowerer(Lowerer):
                          "RPC runner on the device); default schedules used")
             say(notes[-1])
             trials = 0
-        db_dir = tuning_dir(target.name, options.tuning_root)
         shipped = shipped_dir(target.name) if options.shipped_database else None
         builds: Dict[str, GraphBuild] = {}
         for role in options.graphs:
-            onnx_path = Path(art.trunk_path if role == "trunk" else art.head_path)
-            batch: Optional[int] = trunk_batch if role == "trunk" else samples * trunk_batch
-            if trials == 0 and not has_records(onnx_path, target, db_dir, batch, shipped):
-                batch = None
-            buckets, coverage = (), {}
-            if role == "head" and batch is not None and options.head_buckets:
-                buckets, coverage = tuned_buckets(onnx_path, target, db_dir,
-                                                  [b * trunk_batch for b in options.head_buckets], batch, shipped)
-                say(f"head: shape buckets {list(buckets)} rows (heavy tasks with tuning records per candidate: "
-                    + ", ".join(f"{r} rows {c}" for r, c in coverage.items()) + ")")
-                batch = buckets[-1]
-            build = build_graph(role, onnx_path, target, workdir, batch, trials, db_dir, say, shipped, buckets,
-                                rpc=options.tune_rpc)
-            builds[role] = GraphBuild(**{**build.__dict__, "bucket_coverage": coverage})
+            builds[role] = _build_role(role, art, target, workdir, options, trials, say)
+        variants = _isa_variants(art, target, workdir, builds, options, say)
+        if variants:
+            notes.append("per-ISA libraries " + ", ".join(v["target"] for v in variants) + " travel with the "
+                         f"{target.name} ones; the tvm executor runs the best one the host's CPU flags allow "
+                         "(the check below ran the one this host chose; the others are compile-only here)")
         evidence = check_artifact(art, target, builds, mode=options.check, samples=samples, atol=options.atol,
                                   threads=options.threads, progress=say)
         graphs = {role: (CompiledGraph(file=b.library, backend="tvm", options=b.options) if b is not None else
@@ -155,7 +154,9 @@ class TvmLowerer(Lowerer):
                                        backend="onnxruntime"))
                   for role, b in ((r, builds.get(r)) for r in ROLES)}
         extra = {b.cuda["file"]: b.library.parent / b.cuda["file"] for b in builds.values() if b.cuda}
-        cuda_versions = {"cuda": sorted({b.cuda["compiler"] for b in builds.values() if b.cuda})} if extra else {}
+        extra.update({v["file"]: workdir / v["file"] for v in variants})
+        cuda_versions = ({"cuda": sorted({b.cuda["compiler"] for b in builds.values() if b.cuda})}
+                         if any(b.cuda for b in builds.values()) else {})
         metadata = {
             "backend": "tvm", "target": target.name, "tvm_target": str(tvm_target(target)),
             "compilers": compiler_versions(target, cuda_versions),
@@ -166,10 +167,75 @@ class TvmLowerer(Lowerer):
                               if b.batch is not None and r == "head" else {})}
                        for r, b in builds.items()},
             "tuning": overall_state(builds), "notes": notes,
+            **({"isa_variants": variants} if variants else {}),
             "shipped_database": _shipped_record(target.name, shipped, options.shipped_database),
         }
         return CompiledArtifact(target=target.name, trunk=graphs["trunk"], head=graphs["head"], evidence=evidence,
                                 extra_files=extra, metadata=metadata)
+
+
+def _build_role(role: str, art: Any, target: Any, workdir: Path, options: TvmOptions, trials: int,
+                say: Callable[[str], None]) -> GraphBuild:
+    """One graph compiled for ``target`` in ``workdir``: fixed batch (and head shape buckets) where
+    tuning records cover it, else dynamic batch."""
+    samples, trunk_batch = options.samples, options.batch
+    db_dir = tuning_dir(target.name, options.tuning_root)
+    shipped = shipped_dir(target.name) if options.shipped_database else None
+    onnx_path = Path(art.trunk_path if role == "trunk" else art.head_path)
+    batch: Optional[int] = trunk_batch if role == "trunk" else samples * trunk_batch
+    if trials == 0 and not has_records(onnx_path, target, db_dir, batch, shipped):
+        batch = None
+    buckets, coverage = (), {}
+    if role == "head" and batch is not None and options.head_buckets:
+        buckets, coverage = tuned_buckets(onnx_path, target, db_dir,
+                                          [b * trunk_batch for b in options.head_buckets], batch, shipped)
+        say(f"head ({target.name}): shape buckets {list(buckets)} rows (heavy tasks with tuning records per "
+            "candidate: " + ", ".join(f"{r} rows {c}" for r, c in coverage.items()) + ")")
+        batch = buckets[-1]
+    build = build_graph(role, onnx_path, target, workdir, batch, trials, db_dir, say, shipped, buckets,
+                        rpc=options.tune_rpc)
+    return GraphBuild(**{**build.__dict__, "bucket_coverage": coverage})
+
+
+def _isa_variants(art: Any, target: Any, workdir: Path, builds: Dict[str, GraphBuild], options: TvmOptions,
+                  say: Callable[[str], None]) -> list:
+    """Compile every graph again for each of ``options.isa_variants`` (higher x86-64 ISA levels) as
+    ``<role>.<variant>.so`` next to the graph's library, and list them, best first, in the graph's
+    executor options (``variants``: file, target, the CPU flags it needs, batch, buckets). Variants
+    are not tuned here: they use their shipped/user databases (``tune_trials`` tunes the base target)."""
+    import shutil
+
+    from ...catalog import get_target
+    from .targets import required_flags
+
+    if not options.isa_variants:
+        return []
+    base_flags = required_flags(target)
+    chosen = []
+    for name in options.isa_variants:
+        vt = get_target(name)
+        if vt.kind != "cpu" or vt.arch != target.arch or vt.cross_compiler != target.cross_compiler:
+            raise ValueError(f"isa_variants: {name!r} ({vt.kind}, {vt.arch}) is not a CPU target of the same "
+                             f"machine as {target.name!r} ({target.kind}, {target.arch})")
+        flags = required_flags(vt)
+        if not flags > base_flags:
+            raise ValueError(f"isa_variants: {name!r} needs no CPU flags beyond {target.name!r}'s: a variant must be "
+                             "a higher ISA level than the graph's own library (the fallback)")
+        chosen.append((len(flags), name, vt, flags))
+    variants = []
+    for _, name, vt, flags in sorted(chosen, key=lambda c: (-c[0], c[1])):
+        vdir = workdir / f"isa-{name}"
+        vdir.mkdir(parents=True, exist_ok=True)
+        for role, base in builds.items():
+            vb = _build_role(role, art, vt, vdir, options, 0, say)
+            file = f"{role}.{name}.so"
+            shutil.copyfile(vb.library, workdir / file)   # the executor resolves it next to the graph's library
+            entry = {"file": file, "target": name, "requires": sorted(flags), "batch": vb.batch,
+                     **({"buckets": list(vb.buckets)} if vb.buckets else {})}
+            base.options.setdefault("variants", []).append(entry)
+            variants.append({**entry, "role": role, "tuning": vb.tuning.get("state"),
+                             "bytes": (workdir / file).stat().st_size})
+    return variants
 
 
 def _shipped_record(target_name: str, shipped: Optional[Path], enabled: bool) -> Dict[str, Any]:

@@ -158,14 +158,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f.write(command_line_of(a, argv) + "\n")
         target = tvm_target(get_target(a.target), num_cores=1)
         with tempfile.TemporaryDirectory(prefix="edgeuq-demo-") as tmp:
-            import tvm
+            import tvm_ffi   # comes with TVM (tvm.ir has no structural_hash in TVM 0.27)
 
             art = demo_graphs(Path(tmp))
             tasks, seen = [], set()
             for samples in a.samples:
                 for t in demo_tasks(art, target, samples=samples, graphs=a.graphs if samples == a.samples[0]
                                     else [g for g in a.graphs if g == "head"]):
-                    key = int(tvm.ir.structural_hash(t.dispatched[0]))
+                    key = int(tvm_ffi.structural_hash(t.dispatched[0]))
                     if key not in seen:       # the same kernel at the same shape: one task
                         seen.add(key)
                         tasks.append(t)
@@ -231,6 +231,25 @@ def _trials_range(this_run: dict, previous: Optional[dict]) -> dict:
     return {"min": min(lo, default=0), "max": max(hi, default=0)}
 
 
+def tuning_host(target: str) -> str:
+    """Where this run measured its trials: the host's CPU and widest ISA, and whether that is above
+    the target's (e.g. ``x86-64-avx2`` code tuned on an AVX-512 host: the same instructions run, but
+    caches, ports and clocks are that host's, not an AVX2-only CPU's)."""
+    from ...catalog import get_target
+    from ...hostcpu import cpu_flags, isa_name
+    from ...profile.harness import cpu_name
+    from .targets import detect_host_target, required_flags
+
+    host = detect_host_target(cpu_flags())
+    beyond = sorted(cpu_flags() & frozenset().union(*(required_flags(get_target(t)) for t in (host,)))
+                    - required_flags(get_target(target)))
+    where = f"{cpu_name()} ({isa_name()}, host target {host})"
+    if beyond:
+        return (f"{where}: the {target} code was tuned on a host with a wider ISA than the target "
+                f"(it also has {', '.join(beyond[:6])}); the code uses only the target's instructions")
+    return f"{where}: the target's own ISA level"
+
+
 def write_provenance(work_db: Path, dest: Path, target: str, previous: Optional[dict] = None,
                      samples: Sequence[int] = (16,), command: Optional[str] = None) -> dict:
     """``provenance.json`` next to a shipped database: when, where, and how many trials per task.
@@ -257,6 +276,7 @@ def write_provenance(work_db: Path, dest: Path, target: str, previous: Optional[
     rows = ", ".join(str(int(n)) for n in samples)
     doc = {"target": target, "architecture": f"bearing-demo (trunk 1 window, head {rows} rows)",
            "tuned": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu, "cores": os.cpu_count(),
+           "tuning_host": tuning_host(target),
            "records_measured": sum(measured.values()) - seeded + earlier, "tasks": len(measured),
            "trials_per_task": _trials_range(this_run, previous),
            "tasks_tuned_this_run": len(this_run),

@@ -33,7 +33,17 @@ call the library, because a compiled library carries no tensor names:
     this executor answers that request with the shipped cubin, so the board
     needs no CUDA compiler. A source without a binary is an error;
 ``entry``
-    the VM function to call (default ``"main"``).
+    the VM function to call (default ``"main"``);
+``variants``
+    optional: the same graph compiled for higher x86-64 ISA levels, best first, each
+    ``{"file": ..., "target": ..., "requires": [cpu flags], "batch": ..., "buckets": ...}``
+    (``file`` relative to the library's folder and listed in the bundle's ``files``;
+    ``batch``/``buckets`` as above, for that library). At load the executor runs the first
+    variant whose ``requires`` flags the host has (/proc/cpuinfo, capped by ``EDGEUQ_HOST_ISA``,
+    :mod:`edgeuq_runtime.hostcpu`), else the graph's own library, which should need no more
+    than the lowest ISA the bundle supports: a run-time dispatch like ONNX Runtime's, so a
+    bundle built once runs AVX-512 code on AVX-512 hosts and SSE code only where nothing better
+    runs. Which library was chosen, and why, is in :attr:`TvmGraph.evidence` (``library``).
 
 ``threads`` sizes TVM's CPU thread pool (one pool per process: the last loader wins).
 """
@@ -51,10 +61,11 @@ from ..batching import run_planned
 from ..errors import BackendError
 from . import COMPILED_LIBRARY, register_executor, register_executor_files
 
-__all__ = ["TvmGraph", "load_tvm", "OPTION_KEYS", "call_plan"]
+__all__ = ["TvmGraph", "load_tvm", "OPTION_KEYS", "call_plan", "choose_library"]
 
 OPTION_KEYS = frozenset({"inputs", "outputs", "shapes", "dtypes", "batch", "buckets", "device", "cuda_kernels",
-                         "entry"})
+                         "entry", "variants"})
+VARIANT_KEYS = frozenset({"file", "target", "requires", "batch", "buckets"})
 _CUDA_BINARIES: Dict[str, bytes] = {}  # source sha256 -> cubin, served to TVM's compile hook
 
 
@@ -87,10 +98,63 @@ def _kernel_files(path: Path, kernels: Any) -> Dict[str, Path]:
 
 @register_executor_files("tvm")
 def tvm_files(path: Path, options: Mapping[str, Any]) -> List[Path]:
-    """The CUDA kernel binaries a CUDA graph loads (none on the CPU)."""
+    """The per-ISA variant libraries, and the CUDA kernel binaries a CUDA graph loads."""
+    files = [path.parent / v["file"] for v in _variants(options.get("variants"), path)]
     if options.get("device", "cpu") != "cuda":
+        return files
+    return files + list(_kernel_files(path, options.get("cuda_kernels") or {}).values())
+
+
+def _variants(value: Any, path: Path) -> List[Dict[str, Any]]:
+    """The validated ``variants`` option (a list of per-ISA libraries, best first)."""
+    if value is None:
         return []
-    return list(_kernel_files(path, options.get("cuda_kernels") or {}).values())
+    if not isinstance(value, (list, tuple)) or not value:
+        raise BackendError(f"backend 'tvm' option 'variants' must be a non-empty list of objects for graph "
+                           f"{path.name!r}, got {str(value)[:80]}")
+    out = []
+    for i, v in enumerate(value):
+        where = f"option variants[{i}] of graph {path.name!r}"
+        if not isinstance(v, Mapping) or set(v) - VARIANT_KEYS or not {"file", "requires"} <= set(v):
+            raise BackendError(f"backend 'tvm' {where} must be an object with 'file' and 'requires' (and optional "
+                               f"{sorted(VARIANT_KEYS - {'file', 'requires'})}), got {str(v)[:120]}")
+        f, req = v["file"], v["requires"]
+        if (not isinstance(f, str) or not f or Path(f).is_absolute() or ".." in Path(f).parts
+                or f == path.name):
+            raise BackendError(f"backend 'tvm' {where}: 'file' must be another library's name relative to the "
+                               f"graph's folder, got {f!r}")
+        if not isinstance(req, (list, tuple)) or not all(isinstance(r, str) and r for r in req):
+            raise BackendError(f"backend 'tvm' {where}: 'requires' must be a list of CPU flag names, got {req!r}")
+        out.append(dict(v))
+    return out
+
+
+def choose_library(path: Path, options: Mapping[str, Any],
+                   flags: Optional[frozenset] = None) -> Tuple[Path, Dict[str, Any], str]:
+    """The library this host runs for a graph with these ``options``: the first ``variants`` entry
+    whose required CPU flags ``flags`` (default: the host's, :func:`edgeuq_runtime.hostcpu.cpu_flags`)
+    holds, else the graph's own library. Returns its path, its options (the variant's ``batch`` and
+    ``buckets`` in place of the graph's, ``variants`` dropped) and a sentence saying which ran and why."""
+    variants = _variants(options.get("variants"), path)
+    base = {k: v for k, v in options.items() if k != "variants"}
+    if not variants:
+        return path, base, f"{path.name} (the graph's only library)"
+    if flags is None:
+        from ..hostcpu import cpu_flags
+
+        flags = cpu_flags()
+    skipped = []
+    for v in variants:
+        missing = sorted(set(v["requires"]) - set(flags))
+        label = f"{v['file']} ({v.get('target', 'variant')})"
+        if not missing:
+            opts = {**base, **{k: v[k] for k in ("batch", "buckets") if k in v}}
+            if "buckets" not in v:
+                opts.pop("buckets", None)
+            return (path.parent / v["file"], opts,
+                    f"{label}: the host has its flags" + (f"; skipped {'; '.join(skipped)}" if skipped else ""))
+        skipped.append(f"{label}, host lacks {', '.join(missing[:4])}")
+    return path, base, f"{path.name} (fallback): " + "; ".join(skipped)
 
 
 def _register_cuda_kernels(path: Path, kernels: Mapping[str, str]) -> None:
@@ -128,8 +192,11 @@ def _library_params(vm: Any, entry: str) -> Tuple[Optional[Tuple[str, ...]], str
 class TvmGraph:
     """A TVM library loaded in a Relax VM, called with named numpy arrays."""
 
-    def __init__(self, vm: Any, tvm: Any, device: Any, path: Path, options: Mapping[str, Any]) -> None:
+    def __init__(self, vm: Any, tvm: Any, device: Any, path: Path, options: Mapping[str, Any],
+                 library_choice: str = "") -> None:
         self._vm, self._tvm, self._device, self.path = vm, tvm, device, path
+        #: Which library of the graph runs here and why (per-ISA ``variants``; see :func:`choose_library`).
+        self.library_choice = library_choice or f"{path.name} (the graph's only library)"
         self._cpu = options.get("device", "cpu") == "cpu"
         self._staging: Dict[int, np.ndarray] = {}       # aligned input buffers reused across calls (CPU)
         self._inputs = _names(options, "inputs", path)
@@ -197,7 +264,7 @@ class TvmGraph:
     @property
     def evidence(self) -> Dict[str, str]:
         """What this executor did or could not check when loading the graph (for info/evidence output)."""
-        return {"input_order": self.input_order_check}
+        return {"input_order": self.input_order_check, "library": self.library_choice}
 
     @property
     def input_names(self) -> Tuple[str, ...]:
@@ -322,6 +389,7 @@ def load_tvm(path: Path, threads: Optional[int] = None, options: Optional[Mappin
         tvm.get_global_func("runtime.config_threadpool")(0, int(threads))
     if kind == "cuda":
         _register_cuda_kernels(path, options.get("cuda_kernels") or {})
+    path, options, choice = choose_library(path, options)
     try:
         device = tvm.runtime.device(kind, 0)
         if kind == "cuda" and not device.exist:
@@ -332,4 +400,4 @@ def load_tvm(path: Path, threads: Optional[int] = None, options: Optional[Mappin
         raise
     except Exception as exc:
         raise BackendError(f"could not load graph {path.name!r} ({path}) with TVM: {exc}") from exc
-    return TvmGraph(vm, tvm, device, path, options)
+    return TvmGraph(vm, tvm, device, path, options, choice)
