@@ -37,7 +37,9 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     from .provenance import start
     from .report import format_table
 
-    prov = start("full", 1)
+    import torch
+
+    prov = start("full", torch.get_num_threads())   # the torch threads the demo trains with
     overrides = {"duration_s": a.duration} if a.duration else None
     student = None if a.no_student else StudentOptions(
         recipe=a.student_recipe, **({"epochs": a.student_epochs} if a.student_epochs else {}))
