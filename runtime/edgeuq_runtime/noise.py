@@ -225,8 +225,8 @@ def sample_noise_for_sample(specs: Sequence[NoiseSpec], batch: int, rng: np.rand
 # (r1 - r0) * words_per_row words whatever the chunking: n rows at once equal the same rows drawn
 # in any split (by samples or by row chunks), memory is bounded by the chunk, and all kinds of a
 # chunk come from ONE raw draw. Words are read little-endian on every host. Decoding is integer
-# compares, one float32 conversion, or one table gather: no transcendental function, so the values
-# are the same on every ISA.
+# compares, one float32 conversion, or one table gather: no transcendental function runs per draw
+# (the normal table is computed once per process in float64 and rounded to float32).
 #: Name of the stream above: which noise a seed yields. Anything stored that depends on it (the
 #: expected mutual information of OTA canaries) records this name; change it whenever a change
 #: here makes the same seed give other noise. Stream 1 (Box-Muller on 24-bit uniforms, 32-bit
