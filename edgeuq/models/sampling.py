@@ -41,8 +41,10 @@ def mc_sample_head_logits(
     convention).
 
     Noise: ``noise`` as given; else every noise input at its mean (``mean``, the deterministic
-    pass); else drawn with the runtime's numpy samplers from ``rng`` (so a seed gives the same
-    masks as ``edgeuq_runtime``). A model without noise inputs gets none. Gradients flow; callers
+    pass); else drawn with the runtime's per-kind numpy samplers (``sample_noise``) from ``rng``:
+    the same distributions as ``edgeuq_runtime``, not its stream (the runtime's ``predict`` draws
+    fixed-size rows from ``random_raw``, so the same seed gives other values there; pass ``noise``
+    to compare draw for draw). A model without noise inputs gets none. Gradients flow; callers
     that only predict wrap it in ``torch.no_grad()``.
     """
     b = features.shape[0]
