@@ -173,8 +173,9 @@ budgets = { latency_ms = 100.0, weight_bytes = 8000000, mc_samples = 16 }
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
 def test_compile_on_an_avx2_agent_skips_the_avx512_library(fake_agent, tmp_path, monkeypatch):
-    """End to end: the AVX-512 TVM head is lowered (this host may run it) but the board lacks AVX-512:
-    excluded with the reason in the bundle's placement section; the other two are timed there."""
+    """End to end: the board lacks AVX-512, so the AVX-512 TVM head is excluded for that reason in the
+    bundle's placement section, whether or not this host could lower and check it (on an AVX2 host,
+    or with EDGEUQ_HOST_ISA below AVX-512, its lowering fails first); the other two are timed there."""
     torch.manual_seed(0)
     ck = save_checkpoint(SignalTransformer(ModelConfig(input_length=128, num_classes=3, patch=16, d_model=16,
                                                        heads=2, depth=2, ffn=16, stochastic_blocks=(1,))).eval(),

@@ -270,9 +270,13 @@ def choose(role: str, options: Sequence[Option], measurer: Measurer,
     every usable one was measured; otherwise the board's default (the first option)."""
     default = options[0]
     excluded: Dict[tuple, str] = {}
+    board = measurer.board_cpu() if any(o.graph is None for o in options) else None
     for o in options:
         if o.graph is None:
-            excluded[o.key] = f"lowering failed: {o.error}"
+            # a library the board's CPU cannot run is excluded for that reason, whether or not this
+            # host managed to lower and check it (an AVX2 host cannot check an AVX-512 library)
+            isa = isa_exclusion(o, board) if board is not None else None
+            excluded[o.key] = isa or f"lowering failed: {o.error}"
         else:
             why = measurer.exclusion(o)
             if why:
