@@ -176,9 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_cmd_demo)
 
-    t = sub.add_parser("train", aliases=["train-uq"],  # train-uq: deprecated name of the same command
-                       help="train a model of any stochastic scheme from a recipe (ELBO, ensembles, Laplace, "
-                            "temperature); train-uq is a deprecated alias")
+    t = sub.add_parser("train", help="train a model of any stochastic scheme from a recipe (ELBO, ensembles, "
+                                     "Laplace, temperature)")
     t.add_argument("--recipe", default="bearing-demo")
     add_data_arguments(t)
     t.add_argument("--epochs", type=int)

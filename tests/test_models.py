@@ -23,6 +23,9 @@ def test_config_rejects_bad_settings():
         ModelConfig(**{**TINY, "stochastic_blocks": (5,)})
     with pytest.raises(ValueError, match="unknown model settings"):
         ModelConfig.from_dict({**TINY, "depht": 3})
+    # the old flat per-scheme fields are gone: refused by name, not silently mapped or dropped
+    with pytest.raises(ValueError, match=r"unknown model settings \['vi_prior_sigma'\]"):
+        ModelConfig.from_dict({**TINY, "scheme": "variational", "vi_prior_sigma": 0.2})
 
 
 @pytest.mark.parametrize("blocks,head,split,feat", [((1,), True, 1, (8, 16)), ((), True, 2, (16,)), ((0, 1), False, 0, (8, 16))])

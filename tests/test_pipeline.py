@@ -253,11 +253,10 @@ def test_transformer_learns_synthetic_bearing_faults():
     assert acc >= 0.8, acc
 
 
-@pytest.mark.parametrize("command", ["train", "train-uq"])
-def test_cli_train_covers_every_scheme(command, tmp_path, capsys):
+def test_cli_train_covers_every_scheme(tmp_path, capsys):
     """`edgeuq train` runs the scheme's fitting hook: a variational recipe gets the ELBO
     (posterior scales move, KL shrinks from its value at initialisation), its noise inputs and a
-    fitted temperature; `train-uq` is the same command under its old name."""
+    fitted temperature."""
     import torch
 
     from edgeuq.models import ModelConfig, build_model
@@ -270,7 +269,7 @@ def test_cli_train_covers_every_scheme(command, tmp_path, capsys):
         model_extra='scheme = "variational"\n[model.scheme_options]\nprior_sigma = 0.2\npositions = ["ffn"]\n',
         uq_extra="val_samples = 2\ntemperature_scaling = true\n"))
     ck_dir = tmp_path / "ck"
-    assert main([command, "--recipe", str(recipe), "--out", str(ck_dir), "--epochs", "1", "--no-progress"]) == 0
+    assert main(["train", "--recipe", str(recipe), "--out", str(ck_dir), "--epochs", "1", "--no-progress"]) == 0
     assert "scheme variational" in capsys.readouterr().out
     ck = load_checkpoint(ck_dir)
     assert ck.config.scheme == "variational" and ck.config.scheme_options.prior_sigma == 0.2

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from edgeuq.profile import LatencyStats, StageTimer, measure, measure_latency, measure_stages, percentile
+from edgeuq.profile import LatencyStats, StageTimer, measure, measure_stages, percentile
 
 
 class ScriptedClock:
@@ -54,8 +54,8 @@ def test_bad_arguments_are_refused():
         percentile([], 0.5)
 
 
-def test_measure_latency_is_measure_with_a_name():
-    real = measure_latency("n", lambda: sum(range(100)), repeats=5, warmup=0)
+def test_measure_names_its_stats_and_keeps_the_samples_out_of_the_dict():
+    real = measure(lambda: sum(range(100)), repeats=5, warmup=0, name="n")
     assert real.repeats == 5 and real.name == "n" and real.min_ms >= 0 and math.isfinite(real.p99_ms)
     d = real.to_dict()
     assert "samples_ms" not in d and len(real.to_dict(samples=True)["samples_ms"]) == 5

@@ -1,8 +1,8 @@
 """The scheme plug-ins build and train what the pre-plug-in code built and trained.
 
 ``tests/data/scheme_build_golden.json`` and ``scheme_train_golden.json`` hold, per tiny model of
-every scheme (configs in the old flat format, which also exercises the mapping of old
-flat fields onto ``scheme_options``):
+every scheme (configs with ``scheme_options``; the stored configs were converted from the old flat
+fields when that mapping was removed, and parse to the same ``ModelConfig``):
 
 * structure, compared exactly: parameter names and shapes, module names, noise specs,
   feature shape;

@@ -15,7 +15,7 @@ from edgeuq_runtime import UncertaintyRuntime
 from ..evaluate import diagnosed_only, ood_metrics, run_runtime, set_metrics
 from ..bundle import build_bundle
 from ..export import export_onnx
-from ..profile import measure_latency
+from ..profile import measure
 from ..training import Checkpoint
 from .schemes import temperature_checkpoint, trained_checkpoint
 from .settings import SCHEME_NAMES, BenchmarkSettings
@@ -77,10 +77,10 @@ def evaluate_variant(task: Task, variant: str, ck: Checkpoint, out: Path, s: Ben
     lat: Dict[str, float] = {}
     if latency:
         x1 = task.test[0][:1]
-        lat["deterministic"] = measure_latency("det", lambda: rt.deterministic(x1), repeats=s.latency_repeats).median_ms
+        lat["deterministic"] = measure(lambda: rt.deterministic(x1), repeats=s.latency_repeats, name="det").median_ms
         for k in s.latency_samples:
-            lat[f"S={k}"] = measure_latency(f"S={k}", lambda: rt.predict(x1, samples=k),
-                                            repeats=s.latency_repeats).median_ms
+            lat[f"S={k}"] = measure(lambda: rt.predict(x1, samples=k), repeats=s.latency_repeats,
+                                     name=f"S={k}").median_ms
     info = {"noise_inputs": [n.name for n in rt.manifest.noise], "temperature": ck.config.temperature,
             "train_s": ck.metrics.get("train_s"), "laplace": ck.metrics.get("laplace"),
             "temperature_fit": ck.metrics.get("temperature")}

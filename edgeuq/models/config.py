@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Tuple, final
 
-from ..schemes.registry import get_scheme, registered_schemes
+from ..schemes.registry import get_scheme
 from ..settings import settings_from_dict
 
 __all__ = ["ModelConfig", "BlockShape", "BLOCK_DROPOUT_POSITIONS", "HEAD_DROPOUT_POSITIONS"]
@@ -217,10 +217,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> "ModelConfig":
-        """From a recipe's ``[model]`` table or a checkpoint's config. Flat per-scheme fields of
-        older checkpoints and recipes (``vi_prior_sigma``, ``hsa_tau1``, ``ensemble_members``,
-        ``laplace_structure``, ``bayes_positions``, ...) are mapped to ``scheme_options``."""
-        return settings_from_dict(cls, _map_legacy_fields(d, overrides.get("scheme")), "model", **overrides)
+        """From a recipe's ``[model]`` table or a checkpoint's config (unknown keys are refused)."""
+        return settings_from_dict(cls, d, "model", **overrides)
 
 
 def _normalise_ranks(value: Any, depth: Any) -> Tuple[Tuple[str, int], ...]:
@@ -252,25 +250,3 @@ def _normalise_ranks(value: Any, depth: Any) -> Tuple[Tuple[str, int], ...]:
             raise ValueError(f"invalid ModelConfig: ranks[{name!r}] names block {parts[1]} of a depth-{depth} model")
         out[name] = rank
     return tuple(sorted(out.items()))
-
-
-def _map_legacy_fields(d: Mapping[str, Any], scheme_override: Any) -> Mapping[str, Any]:
-    d = dict(d)
-    target = get_scheme(scheme_override or d.get("scheme", "mc_dropout"))
-    found = {}
-    for owner in registered_schemes():
-        for old, (option, default) in owner.legacy_fields.items():
-            if old not in d:
-                continue
-            value = d.pop(old)
-            if owner is target:
-                found[option] = value
-            elif value != default and not (isinstance(default, tuple) and list(value) == list(default)):
-                raise ValueError(f"invalid ModelConfig: {old} applies to scheme {owner.name!r} only "
-                                 f"(got {value!r} with scheme {target.name!r})")
-    if found:
-        if d.get("scheme_options") is not None:
-            raise ValueError(f"invalid ModelConfig: give either scheme_options or the old flat fields "
-                             f"{sorted(found)}, not both")
-        d["scheme_options"] = found
-    return d

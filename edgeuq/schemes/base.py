@@ -4,8 +4,7 @@ A scheme is a subclass of :class:`Scheme`, registered with
 ``@register_scheme("name")`` (:mod:`edgeuq.schemes.registry`). It owns:
 
 * ``options_type``: its frozen options dataclass (``ModelConfig.scheme_options``,
-  ``[model.scheme_options]`` in recipes) and ``legacy_fields`` (old flat
-  ``ModelConfig`` fields mapped onto it when old checkpoints/recipes are read);
+  ``[model.scheme_options]`` in recipes);
 * :meth:`Scheme.problems`: its validation of a ``ModelConfig``;
 * the layer factories the model builder calls at each site, in this order per
   block: :meth:`attention` (its qkv/proj via :meth:`block_linear`, then
@@ -150,8 +149,6 @@ class Scheme(ABC):
 
     name: ClassVar[str] = ""
     options_type: ClassVar[type] = NoOptions
-    #: old flat ModelConfig field -> (option name, the old field's default)
-    legacy_fields: ClassVar[Mapping[str, Tuple[str, Any]]] = {}
     #: True when the stochastic sites carry no fitted parameters of their own (e.g. MC
     #: dropout), so a trained model's stochastic blocks can be moved by changing
     #: ``stochastic_blocks`` / ``stochastic_head`` and reloading the same weights.

@@ -99,8 +99,6 @@ class EnsembleTransformer(DeployableModel):
 @register_scheme("ensemble")
 class EnsembleScheme(Scheme):
     options_type = EnsembleOptions
-    legacy_fields = {"ensemble_members": ("members", 1)}
-
     def problems(self, cfg: Any) -> List[str]:
         problems = []
         if cfg.scheme_options.members < 2:

@@ -98,8 +98,6 @@ class HsaOptions:
 @register_scheme("hsa")
 class HsaScheme(Scheme):
     options_type = HsaOptions
-    legacy_fields = {"hsa_centroids": ("centroids", 16), "hsa_tau1": ("tau1", 1.0), "hsa_tau2": ("tau2", 1.0)}
-
     def problems(self, cfg: Any) -> List[str]:
         o: HsaOptions = cfg.scheme_options
         problems = []

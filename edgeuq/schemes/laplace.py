@@ -266,8 +266,6 @@ class LaplaceOptions:
 @register_scheme("laplace")
 class LaplaceScheme(Scheme):
     options_type = LaplaceOptions
-    legacy_fields = {"laplace_structure": ("structure", "kron")}
-
     def problems(self, cfg: Any) -> List[str]:
         problems = []
         if cfg.stochastic_blocks or not cfg.stochastic_head:

@@ -130,9 +130,6 @@ class VariationalOptions:
 @register_scheme("variational")
 class VariationalScheme(Scheme):
     options_type = VariationalOptions
-    legacy_fields = {"vi_prior_sigma": ("prior_sigma", 0.1), "vi_init_sigma": ("init_sigma", 1e-3),
-                     "bayes_positions": ("positions", BAYES_POSITIONS)}
-
     def decay_exempt(self, param_name: str) -> bool:
         """The posterior scales (``BayesLinear.weight_rho`` / ``bias_rho``) train without weight
         decay: decay would inflate sigma."""

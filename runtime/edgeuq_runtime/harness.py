@@ -37,7 +37,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
-__all__ = ["LatencyStats", "PairedRatio", "measure", "measure_latency", "measure_stages", "measure_rounds",
+__all__ = ["LatencyStats", "PairedRatio", "measure", "measure_stages", "measure_rounds",
            "compare", "paired_ratio", "bootstrap_median_ci", "StageTimer", "percentile"]
 
 
@@ -113,12 +113,6 @@ def measure(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 30, min
         fn()
         times.append((clock() - t0) * 1e3)
     return LatencyStats.from_samples(times, name)
-
-
-def measure_latency(name: str, fn: Callable[[], object], repeats: int = 30, warmup: int = 3,
-                    min_time_s: float = 0.0) -> LatencyStats:
-    """``measure`` with a name first (the older spelling; same numbers)."""
-    return measure(fn, warmup=warmup, repeats=repeats, min_time_s=min_time_s or None, name=name)
 
 
 def measure_rounds(stages: Mapping[str, Callable[[], object]], *, warmup: int = 3, repeats: int = 30,

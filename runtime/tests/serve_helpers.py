@@ -16,7 +16,7 @@ import numpy as np
 from edgeuq_runtime.stream.decide import Decision
 from edgeuq_runtime.stream.quality import BLOCKING_FLAGS, window_flags
 from edgeuq_runtime.stream.sim import SimulatedSensor
-from edgeuq_runtime.stream.sources import Chunk, Source
+from edgeuq_runtime.stream.sources import Chunk, Pacer, Source
 
 
 def raw_request(host: str, port: int, target: str, method: str = "GET", headers: Optional[Dict[str, str]] = None,
@@ -103,29 +103,19 @@ class SwitchSource(Source):
         self._sensors = {k: SimulatedSensor(k, rate, seed=i) for i, k in enumerate(("normal", "inner_race"))}
         self.flat = 0
         self.paused = False
-        self._t0: Optional[float] = None
-        self._pos = 0
+        self._pacer = Pacer(self.rate, realtime)
         self.description = "simulated sensor (switchable fault, real time)"
 
     def read(self, n: int) -> Chunk:
         if self.paused:
             time.sleep(self.stall_timeout)
-            self._t0 = None
+            self._pacer.restart()
             return Chunk(np.zeros(0, np.float32), time.monotonic(), "stalled", "no data (test pause)")
         x = self._sensors[self.kind].read(n)
         if self.flat > 0:
             x[:] = 0.25
             self.flat -= n
-        if self.realtime:
-            if self._t0 is None:
-                self._t0, self._pos = time.monotonic(), 0
-            self._pos += n
-            due = self._t0 + self._pos / self.rate
-            wait = due - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            return Chunk(x, due)
-        return Chunk(x, time.monotonic())
+        return self._pacer.release(x)
 
 
 class RmsModel:

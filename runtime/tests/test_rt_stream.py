@@ -158,6 +158,33 @@ def test_realtime_backlog_is_measured_from_sample_arrival():
     assert all(b > a for a, b in zip(lat[1:], lat[2:]))   # the backlog grows
 
 
+def test_pacer_releases_each_chunk_when_its_last_sample_is_due():
+    """Pacing (the one copy every paced source uses): chunk k is due at t0 + samples so far / rate,
+    the pacer sleeps exactly until then (not when a slow consumer already made it late), and
+    ``restart`` starts a new clock; without real time a chunk is stamped now and nothing waits."""
+    from edgeuq_runtime.stream.sources import Pacer
+
+    clock, sleeps = _Clock(), []
+
+    def sleep(s):
+        sleeps.append(s)
+        clock.t += s
+
+    p = Pacer(100.0, True, clock=clock, sleep=sleep)
+    x = np.zeros(10, np.float32)
+    assert p.release(x).t_available == pytest.approx(100.1) and sleeps == [pytest.approx(0.1)]
+    clock.t += 0.5                                   # the consumer was slow: chunk 2 is already late
+    assert p.release(x).t_available == pytest.approx(100.2) and len(sleeps) == 1
+    assert p.release(x[:5]).t_available == pytest.approx(100.25)   # by samples, not by chunks
+    assert len(sleeps) == 1
+    p.restart()
+    t = clock.t
+    assert p.release(x).t_available == pytest.approx(t + 0.1) and sleeps[-1] == pytest.approx(0.1)
+    fast = Pacer(100.0, False, clock=clock, sleep=sleep)
+    n = len(sleeps)
+    assert fast.release(x).t_available == clock.t and len(sleeps) == n
+
+
 def test_window_flags():
     rng = np.random.default_rng(3)
     x = rng.standard_normal(256).astype(np.float32)

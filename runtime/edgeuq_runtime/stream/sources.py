@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import InputError
 from .sim import SimulatedSensor
 
-__all__ = ["Chunk", "Source", "ArraySource", "FileSource", "RawStreamSource", "TcpSource", "SimSource",
+__all__ = ["Chunk", "Source", "Pacer", "ArraySource", "FileSource", "RawStreamSource", "TcpSource", "SimSource",
            "open_source", "RAW_FORMATS", "INT16_SCALE"]
 
 RAW_FORMATS = {"f32": np.dtype("<f4"), "i16": np.dtype("<i2")}
@@ -57,6 +57,34 @@ class Source:
         pass
 
 
+class Pacer:
+    """Real-time pacing, one copy for every paced source: the samples released so far are due at
+    ``t0 + released / rate`` (``t0``: the first paced release); :meth:`release` sleeps until a
+    chunk is due and stamps it with that time. Not real time: stamped now, no wait.
+    :meth:`restart` starts a new clock (e.g. after a pause)."""
+
+    def __init__(self, rate: float, realtime: bool, clock=time.monotonic, sleep=time.sleep) -> None:
+        self.rate, self.realtime = float(rate), bool(realtime)
+        self._clock, self._sleep = clock, sleep
+        self.restart()
+
+    def restart(self) -> None:
+        self._t0: Optional[float] = None
+        self._released = 0
+
+    def release(self, x: np.ndarray) -> Chunk:
+        if not self.realtime:
+            return Chunk(x, self._clock())
+        if self._t0 is None:
+            self._t0 = self._clock()
+        self._released += x.size
+        due = self._t0 + self._released / self.rate
+        wait = due - self._clock()
+        if wait > 0:
+            self._sleep(wait)
+        return Chunk(x, due)
+
+
 class ArraySource(Source):
     """An in-memory signal, in real time (paced at ``rate``) or as fast as possible."""
 
@@ -64,23 +92,15 @@ class ArraySource(Source):
                  clock=time.monotonic, sleep=time.sleep) -> None:
         self._x = np.asarray(signal, dtype=np.float32).reshape(-1)
         self.rate, self.realtime, self.description = float(rate), bool(realtime), description
-        self._pos, self._clock, self._sleep = 0, clock, sleep
-        self._t0: Optional[float] = None
+        self._pos, self._clock = 0, clock
+        self._pacer = Pacer(self.rate, self.realtime, clock, sleep)
 
     def read(self, n: int) -> Chunk:
         if self._pos >= self._x.size:
             return Chunk(_empty(), self._clock(), "eof")
         x = self._x[self._pos:self._pos + n]
         self._pos += x.size
-        if self.realtime:
-            if self._t0 is None:
-                self._t0 = self._clock()
-            due = self._t0 + self._pos / self.rate
-            wait = due - self._clock()
-            if wait > 0:
-                self._sleep(wait)
-            return Chunk(x, due)
-        return Chunk(x, self._clock())
+        return self._pacer.release(x)
 
 
 def _load_file(path: Path, rate: Optional[float], key: Optional[str]):
@@ -235,7 +255,7 @@ class SimSource(Source):
         self.rate, self.realtime = float(rate), bool(realtime)
         self._limit = None if max_seconds is None else int(max_seconds * rate)
         self._pos = 0
-        self._t0: Optional[float] = None
+        self._pacer = Pacer(self.rate, self.realtime)
         self.description = f"simulated sensor ({kind}, {'real time' if realtime else 'as fast as possible'})"
 
     def read(self, n: int) -> Chunk:
@@ -245,15 +265,7 @@ class SimSource(Source):
                 return Chunk(_empty(), time.monotonic(), "eof")
         x = self._sensor.read(n)
         self._pos += n
-        if self.realtime:
-            if self._t0 is None:
-                self._t0 = time.monotonic()
-            due = self._t0 + self._pos / self.rate
-            wait = due - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            return Chunk(x, due)
-        return Chunk(x, time.monotonic())
+        return self._pacer.release(x)
 
 
 def open_source(spec: str, rate: float, realtime: bool = False, stall_timeout: float = 2.0,
