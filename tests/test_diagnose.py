@@ -60,3 +60,16 @@ def test_diagnose_simulated_sensor_adaptive(calibrated, tmp_path):
     s_max = res.calibration.adaptive.s_max
     assert all(res.calibration.adaptive.s_min <= d["samples"] <= s_max for d in dec)
     assert recs[-1]["adaptive"] is True
+
+
+def test_diagnose_checks_its_options_as_the_device_stream_does(calibrated, tmp_path, capsys):
+    """`edgeuq diagnose` sets up through the runtime's own `diagnosis_setup` (one copy with `stream`
+    and `serve`): a --normal-class the bundle lacks and a malformed --alarm are refused by name
+    before anything streams."""
+    dest, _ = calibrated
+    assert main(["diagnose", "--bundle", str(dest), "--source", "sim:normal", "--max-seconds", "0.5",
+                 "--normal-class", "no_such_class"]) == 2
+    assert "--normal-class 'no_such_class' is not a class of the bundle" in capsys.readouterr().err
+    assert main(["diagnose", "--bundle", str(dest), "--source", "sim:normal", "--max-seconds", "0.5",
+                 "--alarm", "3-5"]) == 2
+    assert "--alarm must be K/N" in capsys.readouterr().err

@@ -75,10 +75,10 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
 def _cmd_diagnose(a: argparse.Namespace) -> int:
     import numpy as np
 
-    from edgeuq_runtime import UncertaintyRuntime
     from edgeuq_runtime.stream import ArraySource, Diagnoser, Hysteresis, open_source, run_stream
+    from edgeuq_runtime.stream.cli import diagnosis_setup
 
-    rt = UncertaintyRuntime(Path(a.bundle), threads=a.threads)
+    rt, diag, (k, n, normal) = diagnosis_setup(a.bundle, a, "diagnose")
     rate = rt.manifest.input.sample_rate_hz
     out = open(a.out, "w") if a.out else sys.stdout
     summaries = []
@@ -90,11 +90,6 @@ def _cmd_diagnose(a: argparse.Namespace) -> int:
             out.write(json.dumps(rec, allow_nan=False, default=str) + "\n")
             out.flush()
 
-    try:
-        k, n = (int(v) for v in a.alarm.split("/"))
-    except ValueError:
-        raise ValueError(f"--alarm must be K/N (e.g. 3/5), got {a.alarm!r}") from None
-    normal = a.normal_class or ("normal" if "normal" in rt.class_names else rt.class_names[0])
     sources = []
     if a.input:
         from ..data import load_signals
@@ -107,9 +102,10 @@ def _cmd_diagnose(a: argparse.Namespace) -> int:
         sources.append(open_source(a.source, rate, realtime=a.realtime, stall_timeout=a.stall_timeout,
                                    max_seconds=a.max_seconds, seed=a.seed))
     try:
-        for src in sources:
-            diag = Diagnoser(rt, adaptive=a.adaptive, samples=a.samples, seed=a.seed,
-                             use_calibration=not a.no_calibration)
+        for i, src in enumerate(sources):
+            if i:   # every recording is decided as if alone: a fresh diagnoser, the same seed
+                diag = Diagnoser(rt, adaptive=a.adaptive, samples=a.samples, seed=a.seed,
+                                 use_calibration=not a.no_calibration)
             run_stream(diag, src, emit, hop=a.hop, alarm=Hysteresis(k, n, normal), max_windows=a.max_windows,
                        max_stalls=a.max_stalls)
             src.close()
@@ -124,6 +120,8 @@ def _cmd_diagnose(a: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from edgeuq_runtime.stream.cli import add_diagnosis_arguments
+
     c = sub.add_parser("calibrate", help="fit density, conformal sets and abstention thresholds on a deployed "
                                          "bundle (through the device runtime) and rewrite the bundle")
     c.add_argument("--bundle", required=True)
@@ -169,13 +167,7 @@ def register(sub) -> None:
     d.add_argument("--fs", type=float)
     d.add_argument("--key")
     d.add_argument("--realtime", action="store_true", help="play at the sample rate (default: as fast as possible)")
-    d.add_argument("--hop", type=int)
-    d.add_argument("--adaptive", action="store_true")
-    d.add_argument("--samples", type=int)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--threads", type=int, default=1)
-    d.add_argument("--alarm", default="3/5")
-    d.add_argument("--normal-class")
+    add_diagnosis_arguments(d)
     d.add_argument("--max-windows", type=int)
     d.add_argument("--max-seconds", type=float)
     d.add_argument("--stall-timeout", type=float, default=2.0)

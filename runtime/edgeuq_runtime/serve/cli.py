@@ -16,6 +16,8 @@ def default_token_file() -> Path:
 
 
 def add_serve_parser(sub) -> argparse.ArgumentParser:
+    from ..stream.cli import add_diagnosis_arguments
+
     p = sub.add_parser("serve", help="stream and show the diagnosis live in a browser (read-only web page)")
     p.add_argument("--bundle", help="bundle directory (default: the bundle the OTA root serves, with --ota-root)")
     p.add_argument("--source", required=True,
@@ -28,13 +30,7 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
                                       "read only)")
     p.add_argument("--no-realtime", action="store_true", help="play file/sim sources as fast as possible")
     p.add_argument("--reopen", action="store_true", help="re-open the source when it ends (replay a file)")
-    p.add_argument("--hop", type=int)
-    p.add_argument("--adaptive", action="store_true")
-    p.add_argument("--samples", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--alarm", default="3/5")
-    p.add_argument("--normal-class")
+    add_diagnosis_arguments(p)
     p.add_argument("--stall-timeout", type=float, default=2.0)
     p.add_argument("--max-windows", type=int, help="stop streaming after this many windows")
     p.add_argument("--no-calibration", action="store_true")

@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any, Dict
 
-__all__ = ["add_stream_parser", "run_stream_command"]
+__all__ = ["add_stream_parser", "add_diagnosis_arguments", "diagnosis_setup", "run_stream_command"]
 
 
 def add_stream_parser(sub) -> argparse.ArgumentParser:
@@ -17,13 +17,7 @@ def add_stream_parser(sub) -> argparse.ArgumentParser:
                         "sim[:normal|inner_race|outer_race|ball] (simulated sensor)")
     p.add_argument("--realtime", action="store_true",
                    help="play file/sim sources at their sample rate (default: as fast as possible)")
-    p.add_argument("--hop", type=int, help="samples between windows (default: the window length)")
-    p.add_argument("--adaptive", action="store_true", help="adaptive S (stop sampling once the decision is settled)")
-    p.add_argument("--samples", type=int, help="fixed S (default: calibration's, else the manifest's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="backend threads (default 1: one core)")
-    p.add_argument("--alarm", default="3/5", help="hysteresis K/N: declare/clear after K of N windows agree")
-    p.add_argument("--normal-class", help="class that clears an alarm (default: 'normal' if present, else class 0)")
+    add_diagnosis_arguments(p)
     p.add_argument("--max-windows", type=int)
     p.add_argument("--max-seconds", type=float, help="stop the simulated sensor after this much signal")
     p.add_argument("--stall-timeout", type=float, default=2.0, help="seconds without data before a 'stalled' record")
@@ -43,9 +37,21 @@ def _emit(rec: Dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def add_diagnosis_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of the window loop that :func:`diagnosis_setup` and ``run_stream`` read, declared
+    once for every streaming command (``stream``, ``serve``, ``edgeuq diagnose``)."""
+    p.add_argument("--hop", type=int, help="samples between windows (default: the window length)")
+    p.add_argument("--adaptive", action="store_true", help="adaptive S (stop sampling once the decision is settled)")
+    p.add_argument("--samples", type=int, help="fixed S (default: calibration's, else the manifest's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="backend threads (default 1: one core)")
+    p.add_argument("--alarm", default="3/5", help="hysteresis K/N: declare/clear after K of N windows agree")
+    p.add_argument("--normal-class", help="class that clears an alarm (default: 'normal' if present, else class 0)")
+
+
 def diagnosis_setup(bundle: str, args: argparse.Namespace, command: str) -> tuple:
     """The runtime, its Diagnoser and the alarm rule ``(k, n, normal class)`` from the options the
-    ``stream`` and ``serve`` commands share (``--threads --adaptive --samples --seed
+    streaming commands share (:func:`add_diagnosis_arguments`: ``--threads --adaptive --samples --seed
     --no-calibration --alarm --normal-class``); errors name the option."""
     from ..errors import InputError
     from ..session import UncertaintyRuntime
