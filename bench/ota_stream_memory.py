@@ -43,13 +43,15 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from edgeuq.ota.localhttp import LocalHTTPServer
+
 ROOT = Path(__file__).resolve().parents[1]
 BOUND_MB = 64.0          # the goal: extra peak RSS of a big install below this
 PAYLOAD = "payload/extra.bin"
 
 
 # -- a static repository server with Range support (also used by tests/test_ota_stream.py) --------
-class RangeRepoServer:
+class RangeRepoServer(LocalHTTPServer):
     """Serves a directory on 127.0.0.1, streaming files in 1 MiB pieces, honouring
     ``Range: bytes=N-`` with a ``206`` and ``Content-Range``. Misbehaviour per path suffix:
 
@@ -155,9 +157,7 @@ class RangeRepoServer:
                 if drop:
                     self.close_connection = True
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._listen(Handler)
 
     @staticmethod
     def _match(rel: str, table) -> Optional[str]:
@@ -167,17 +167,6 @@ class RangeRepoServer:
         with self._lock:
             self.requests.append((rel, rng, status))
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> "RangeRepoServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 # -- bundles, repositories, measured installs ---------------------------------------------------------

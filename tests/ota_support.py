@@ -40,6 +40,7 @@ from tuf.ngclient import FetcherInterface  # noqa: E402
 
 from edgeuq.ota.canaries import add_canaries  # noqa: E402
 from edgeuq.ota.keys import KeySet, generate_keys, load_keys  # noqa: E402
+from edgeuq.ota.localhttp import LocalHTTPServer  # noqa: E402
 from edgeuq.ota.publish import add_release  # noqa: E402
 from edgeuq.ota.repository import EXPIRY_DAYS, TufRepository  # noqa: E402
 from edgeuq_runtime import UncertaintyRuntime, sha256_file, write_bundle  # noqa: E402
@@ -252,7 +253,7 @@ def expect_refused(dev: Path, fetcher: Any, reasons: set, repo_url: str = MEM, c
 
 
 # -- a real HTTP server on 127.0.0.1 --------------------------------------------------------------
-class RepoHTTPServer:
+class RepoHTTPServer(LocalHTTPServer):
     """Serves a repository directory; ``behaviour[path_suffix]`` makes a file misbehave:
     ``endless``, ``truncate`` (claims the full length, sends half, closes), ``slow`` (stalls),
     ``500``, ``redirect``, ``drip`` (body one byte every 0.5 s), ``drip-headers`` (status line
@@ -341,21 +342,7 @@ class RepoHTTPServer:
                     return
                 self.wfile.write(data)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> "RepoHTTPServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._listen(Handler)
 
 
 def write_tree(files: Dict[str, bytes], directory: Path) -> Path:

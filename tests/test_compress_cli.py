@@ -1,5 +1,7 @@
 """`edgeuq distill` and `edgeuq prune` end to end through the CLI on a tiny synthetic recipe:
-each writes verified artifacts and the student / pruned model is the one asked for."""
+each writes verified artifacts and the student / pruned model is the one asked for. Both are
+one-step compression chains (`run_chain`): the step's record is in the checkpoint, its companion
+artifact (transfer set, prune plan) beside it, and a rerun with the same inputs reuses it."""
 from __future__ import annotations
 
 import pytest
@@ -25,6 +27,8 @@ def teacher(tmp_path_factory):
 
 
 def test_cli_distill_writes_a_head_only_stochastic_student(teacher, tmp_path):
+    from edgeuq.compress.transfer import TransferSetArtifact
+
     _, ck = teacher
     rec = tmp_path / "tiny-student.toml"
     rec.write_text(tiny_recipe("tiny-student", DESCRIPTION, heads=2, depth=1, ffn=16, blocks=()))
@@ -34,11 +38,16 @@ def test_cli_distill_writes_a_head_only_stochastic_student(teacher, tmp_path):
     student = load_checkpoint(out / "checkpoint")  # verified: hashes, kind, version
     cfg = student.config
     assert (cfg.depth, cfg.heads, cfg.ffn, cfg.stochastic_blocks, cfg.stochastic_head) == (1, 2, 16, (), True)
-    assert "distill" in student.metrics
+    step = student.metrics["compress_step"]
+    assert step["step"] == "distill" and step["info"]["best_epoch"] >= 1
+    assert step["parent_digest"] == load_checkpoint(out / "init").digest     # the chain's input: the fresh student
+    transfer = TransferSetArtifact.load(out / "transfer")                    # the kept transfer set, verified
+    assert step["companions"]["transfer"]["digest"] == transfer.digest and transfer.teacher_samples == 4
+    assert transfer.info["teacher_digest"] == load_checkpoint(ck).sha256 and transfer.info["transfer"]["copies"] == 1
     assert student.class_names == load_checkpoint(ck).class_names
 
 
-def test_cli_prune_writes_a_narrower_model_and_a_hashed_plan(teacher, tmp_path):
+def test_cli_prune_writes_a_narrower_model_and_a_hashed_plan(teacher, tmp_path, capsys):
     from edgeuq.compress.prune import PrunePlan
     from edgeuq.compress.slicing import count_params
 
@@ -49,9 +58,21 @@ def test_cli_prune_writes_a_narrower_model_and_a_hashed_plan(teacher, tmp_path):
     full = load_checkpoint(ck).load_model()
     pruned_ck = load_checkpoint(out / "checkpoint")
     pruned = pruned_ck.load_model()
-    assert pruned_ck.metrics["parent_sha256"] == load_checkpoint(ck).sha256
+    assert pruned_ck.metrics["compress_step"]["parent_sha256"] == load_checkpoint(ck).sha256
     shapes = [pruned.cfg.block_shape(i) for i in range(pruned.cfg.depth)]
     assert all(s.heads <= 4 and s.ffn <= 32 for s in shapes) and shapes != [full.cfg.block_shape(i) for i in range(2)]
     assert count_params(pruned) < count_params(full)
     plan = PrunePlan.load(out / "plan")
     assert plan.digest and plan.inputs == load_checkpoint(ck).sha256
+    assert pruned_ck.metrics["compress_step"]["companions"]["plan"]["digest"] == plan.digest
+    # the cache applies: the same command again reuses the stored checkpoint (same digest, not rerun)
+    capsys.readouterr()
+    assert main(["prune", "--checkpoint", str(ck), "--recipe", str(rec), "--out", str(out), "--target-flops", "0.5",
+                 "--calibration", "32", "--no-progress"]) == 0
+    assert "prune: reused the stored result" in capsys.readouterr().out
+    assert load_checkpoint(out / "checkpoint").digest == pruned_ck.digest
+    # ... and another option is recomputed
+    assert main(["prune", "--checkpoint", str(ck), "--recipe", str(rec), "--out", str(out), "--target-flops", "0.7",
+                 "--calibration", "32", "--no-progress"]) == 0
+    assert "reused" not in capsys.readouterr().out
+    assert load_checkpoint(out / "checkpoint").digest != pruned_ck.digest

@@ -114,6 +114,11 @@ def test_the_step_keeps_its_strict_option_keys_and_defaults():
     old = _old()
     want = {f.name: f.default for f in dataclasses.fields(old.DistillConfig)}
     want["teacher_samples"] = 8
+    # the transfer-set options (added when `edgeuq distill` became a one-step chain): off by default,
+    # so the step distils on its windows as before
+    from edgeuq.compress.transfer import AUGMENTATIONS
+    want.update(copies=0, kinds=AUGMENTATIONS, snr_db=(-6.0, 20.0), clip_level=(0.5, 2.0), synthetic_fraction=0.0,
+                keep_transfer=False)
     got = {f.name: f.default for f in dataclasses.fields(get_step("distill").Options)}
     assert got == want
     # a recipe's [[compress.steps]] and `edgeuq compress --option distill.epochs=3`, same keys as before

@@ -81,3 +81,35 @@ def test_distill_stage_writes_hashed_checkpoint_and_transfer_set(tmp_path):
     assert model.cfg.stochastic_head and not model.cfg.stochastic_blocks
     with pytest.raises(ValueError, match="classes"):
         distill_stage(Teacher("3-class", "", teacher.label, 3), _cfg(), splits, tmp_path / "bad", log=lambda s: None)
+
+
+def test_the_distill_step_with_a_transfer_set_is_distill_stage(teacher_checkpoint, tmp_path):
+    """`edgeuq distill` runs the chain's `distill` step with the transfer options; on the same
+    splits, teacher, init weights and settings it trains the very model `distill_stage` (the code
+    the command ran before) trains, and keeps the same transfer set."""
+    import copy
+
+    from edgeuq.compress.steps import StepData, get_step
+    from edgeuq.compress.transfer import load_transfer_set
+
+    ck, _ = teacher_checkpoint
+    teacher = load_teacher(ck.directory)
+    splits = Splits(_ds(40, 0), _ds(12, 1), _ds(12, 2))
+    torch.manual_seed(5)
+    init = build_model(_cfg())
+    tcfg = TransferConfig(copies=1, teacher_samples=3, synthetic_fraction=0.1, seed=4)
+    dcfg = DistillConfig(train=TrainConfig(epochs=2, batch_size=16, lr=2e-3, patience=5, seed=4))
+    ref = distill_stage(teacher, _cfg(), splits, tmp_path / "stage", tcfg, dcfg, progress=False,
+                        log=lambda s: None, init=copy.deepcopy(init)).load_model()
+    step = get_step("distill")
+    opts = step.Options(epochs=2, batch_size=16, lr=2e-3, patience=5, seed=4, copies=1, teacher_samples=3,
+                        synthetic_fraction=0.1, keep_transfer=True)
+    data = StepData(x=splits.train.x, y=splits.train.y, x_val=splits.val.x, y_val=splits.val.y, teacher=teacher.label,
+                    teacher_info={"teacher": teacher.source, "teacher_digest": teacher.digest})
+    res = step.apply(init, data, opts)
+    got = res.model
+    err = max(float((a - b).abs().max()) for a, b in zip(ref.state_dict().values(), got.state_dict().values()))
+    assert err <= 1e-6, err
+    kept = load_transfer_set(res.companions["transfer"](tmp_path / "kept", ck).directory)
+    want = load_transfer_set(tmp_path / "stage" / "transfer")
+    assert np.array_equal(kept.x, want.x) and np.allclose(kept.probs, want.probs, atol=1e-7)

@@ -144,17 +144,24 @@ def data_key(data: StepData, teacher: str = "") -> str:
 
 
 def run_chain(checkpoint: Checkpoint, chain: Sequence[ChainStep], data: StepData, out_dir: Path, key: str,
-              progress: bool = True, log: Callable[[str], None] = print) -> ChainResult:
+              progress: bool = True, log: Callable[[str], None] = print,
+              folders: Optional[Sequence[str]] = None) -> ChainResult:
     """Run ``chain`` on ``checkpoint``: step ``i`` reads the previous checkpoint and writes
     ``out_dir/<i>-<name>`` (a cached stored output is reused: same parent, step, options and data
-    ``key``, see :func:`data_key`)."""
+    ``key``, see :func:`data_key`) and its companion artifacts ``out_dir/<i>-<name>-<companion>``.
+
+    ``folders``: the checkpoint folder of each step instead (a command's own layout, e.g.
+    ``edgeuq prune``: ``checkpoint``); companions then go to ``out_dir/<companion>``. A cached
+    step does not rewrite its companions (they were written with its checkpoint)."""
     out_dir = Path(out_dir)
+    if folders is not None and len(folders) != len(chain):
+        raise ValueError(f"run_chain: {len(folders)} folders for {len(chain)} steps")
     timer, records, current = StageTimer(), [], checkpoint
     with tqdm(total=len(chain), desc="compress", disable=not progress, leave=False) as bar:
         for i, st in enumerate(chain):
             step, options = get_step(st.name), st.options_dict()
             inputs = digest_of(current, st.name, options, key)
-            where = out_dir / f"{i:02d}-{st.name}"
+            where = out_dir / (folders[i] if folders is not None else f"{i:02d}-{st.name}")
             label = f"{i}:{st.name}"
             bar.set_description(f"compress {label}")
             with timer.stage(label):
@@ -162,12 +169,19 @@ def run_chain(checkpoint: Checkpoint, chain: Sequence[ChainStep], data: StepData
                 was_cached = hit is not None
                 if hit is None:
                     res = step.apply(current.load_model(), data, st.options)
+                    companions = {}
+                    for cname, write in res.companions.items():
+                        cdir = out_dir / cname if folders is not None else where.with_name(f"{where.name}-{cname}")
+                        art = write(cdir, current)
+                        companions[cname] = {"directory": str(cdir), "digest": art.digest}
                     metrics = {"compress_step": {"step": st.name, "index": i, "options": options,
-                                                 "info": dict(res.info), "parent_digest": current.digest}}
+                                                 "info": dict(res.info), "parent_digest": current.digest,
+                                                 "parent_sha256": current.sha256, "companions": companions}}
                     hit = save_checkpoint(res.model, where, current.class_names, current.sample_rate_hz,
                                           current.normalization, metrics=metrics, inputs=inputs)
             rec = {"step": st.name, "index": i, "options": options,
                    "info": dict(hit.metrics.get("compress_step", {}).get("info", {})),
+                   "companions": dict(hit.metrics.get("compress_step", {}).get("companions", {})),
                    "seconds": timer.seconds[label], "cached": was_cached, "checkpoint": str(hit.directory),
                    "digest": hit.digest}
             records.append(rec)

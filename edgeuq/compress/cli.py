@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -21,63 +20,108 @@ def _splits(a: argparse.Namespace, recipe):
     return load_training_splits(a, recipe)
 
 
-def _cmd_distill(a: argparse.Namespace) -> int:
-    from ..catalog import get_recipe
-    from ..models import ModelConfig
-    from .distill import DISTILL_TRAIN, DistillConfig
-    from .stages import distill_stage, load_teacher
+def _one_step(ck, name: str, options: dict, data, out: Path, key: str, progress: bool):
+    """``ck`` through a one-step chain (``run_chain``: cached by the parent, options and data ``key``),
+    its checkpoint in ``out/checkpoint`` and its companions beside it: the commands' own layout."""
+    from .chain import ChainStep, run_chain
+    from .steps import get_step, step_options
+
+    st = ChainStep(name, step_options(get_step(name), options))
+    res = run_chain(ck, (st,), data, out, key, progress=progress, log=print, folders=("checkpoint",))
+    rec = res.records[0]
+    if rec["cached"]:
+        print(f"{name}: reused the stored result in {res.checkpoint.directory} (same input, options and data)")
+    return res.checkpoint, rec
+
+
+def _distill_data(teacher, splits, progress: bool):
+    """Every training and validation window, labelled by ``teacher`` (the transfer set's originals)."""
+    from .steps import StepData
+
+    return StepData(x=splits.train.x, y=splits.train.y, x_val=splits.val.x, y_val=splits.val.y,
+                    teacher=teacher.label, features=teacher.features,
+                    teacher_info={"teacher": teacher.source, "teacher_digest": teacher.digest},
+                    progress=progress, log=print)
+
+
+def _distill_options(epochs: int, seed: int, **extra) -> dict:
+    """The ``distill`` step's options as `edgeuq distill` has always run it: the distillation
+    optimiser defaults (DISTILL_TRAIN), a transfer set of perturbed copies and synthetic windows
+    (TransferConfig's defaults), labelled with S = 32, kept next to the checkpoint."""
     from .transfer import TransferConfig
+
+    t = TransferConfig()
+    return {"epochs": epochs, "seed": seed, "copies": t.copies, "kinds": list(t.kinds), "snr_db": list(t.snr_db),
+            "clip_level": list(t.clip_level), "synthetic_fraction": t.synthetic_fraction,
+            "teacher_samples": t.teacher_samples, "keep_transfer": True, **extra}
+
+
+def _cmd_distill(a: argparse.Namespace) -> int:
+    """A one-step chain (``distill``) from the student recipe's freshly initialised model, saved
+    first as ``out/init`` (the chain's input)."""
+    import torch
+
+    from ..catalog import get_recipe
+    from ..models import ModelConfig, build_model
+    from ..training import save_checkpoint
+    from .chain import data_key
+    from .stages import load_teacher
 
     rec = get_recipe(a.student_recipe)
     teacher = load_teacher(a.teacher)
     splits = _splits(a, rec)
     cfg = ModelConfig.from_dict(rec.model, input_length=splits.window, num_classes=len(splits.class_names))
-    dcfg = DistillConfig(loss=a.loss, temperature=a.temperature, uq_weight=a.uq_weight,
-                         student_samples=a.student_samples, feature_weight=a.feature_weight,
-                         feature_loss=a.feature_loss, train=replace(DISTILL_TRAIN, epochs=a.epochs, seed=a.seed))
-    tcfg = TransferConfig(copies=a.copies, teacher_samples=a.teacher_samples, seed=a.seed)
-    ck = distill_stage(teacher, cfg, splits, Path(a.out), tcfg, dcfg, progress=not a.no_progress, log=print)
-    d = ck.metrics["distill"]
+    if teacher.num_classes != cfg.num_classes:
+        raise ValueError(f"teacher has {teacher.num_classes} classes, student config {cfg.num_classes}")
+    out = Path(a.out)
+    torch.manual_seed(a.seed)
+    init = save_checkpoint(build_model(cfg), out / "init", splits.class_names, splits.fs, "zscore",
+                           metrics={"initialised": {"seed": a.seed}})
+    data = _distill_data(teacher, splits, not a.no_progress)
+    options = _distill_options(a.epochs, a.seed, loss=a.loss, temperature=a.temperature, uq_weight=a.uq_weight,
+                               student_samples=a.student_samples, feature_weight=a.feature_weight,
+                               feature_loss=a.feature_loss, copies=a.copies, teacher_samples=a.teacher_samples)
+    print(f"distill: teacher = {teacher.source}; {len(splits.train)} training windows + perturbed copies, S = "
+          f"{a.teacher_samples}")
+    ck, rec_ = _one_step(init, "distill", options, data, out, data_key(data, teacher.digest), not a.no_progress)
+    d = rec_["info"]
     print(f"student checkpoint: {ck.directory} (sha256 {ck.sha256[:12]}…, best epoch {d['best_epoch']}, "
-          f"val loss {d['best_val_loss']:.4f})")
+          f"val loss {d['best_val_loss']:.4f}); transfer set: {out / 'transfer'}")
     return 0
 
 
 def _cmd_prune(a: argparse.Namespace) -> int:
+    """A one-step chain (``prune``) on the calibration windows; with ``--distill-epochs`` a second
+    one (``distill`` from the unpruned model, on every training window) in ``out/distilled``."""
     import numpy as np
 
     from ..catalog import get_recipe
-    from ..training import load_checkpoint, save_checkpoint
-    from .prune import PruneConfig, fisher_scores_from_report, prune, save_prune_plan
+    from ..training import load_checkpoint
+    from .chain import data_key
+    from .steps import StepData
 
-    cfg = PruneConfig(target_flops=a.target_flops, target_ms=a.target_ms, labels=a.labels,
-                      rearrange=not a.no_rearrange, tune=not a.no_tune, seed=a.seed)
     ck = load_checkpoint(Path(a.checkpoint))
-    model = ck.load_model()
     splits = _splits(a, get_recipe(a.recipe))
     rng = np.random.default_rng(a.seed)
     idx = np.sort(rng.choice(len(splits.train), size=min(a.calibration, len(splits.train)), replace=False))
-    x, y = splits.train.x[idx], splits.train.y[idx]
-    scores = None
+    data = StepData(x=splits.train.x[idx], y=splits.train.y[idx], progress=not a.no_progress, log=print)
+    fisher_digest = ""
     if a.fisher:
         from ..fisher.report import load_fisher_report
 
-        scores = fisher_scores_from_report(load_fisher_report(Path(a.fisher)), model.cfg.depth)
-    res = prune(model, x, y, cfg, scores=scores, log=print)
+        fisher_digest = load_fisher_report(Path(a.fisher)).digest
+    options = {"target_flops": a.target_flops, "target_ms": a.target_ms, "labels": a.labels,
+               "rearrange": not a.no_rearrange, "tune": not a.no_tune, "seed": a.seed, "fisher": a.fisher}
     out = Path(a.out)
-    plan = save_prune_plan(res, out / "plan", inputs=ck.sha256)
-    pruned_ck = save_checkpoint(res.model, out / "checkpoint", ck.class_names, ck.sample_rate_hz, ck.normalization,
-                                metrics={"prune": dict(res.info), "prune_plan_digest": plan.digest,
-                                         "parent_sha256": ck.sha256})
-    print(f"pruned checkpoint: {pruned_ck.directory} (sha256 {pruned_ck.sha256[:12]}…); plan: {plan.directory}")
+    pruned_ck, rec = _one_step(ck, "prune", options, data, out, data_key(data, fisher_digest), not a.no_progress)
+    print(f"pruned checkpoint: {pruned_ck.directory} (sha256 {pruned_ck.sha256[:12]}…); plan: {out / 'plan'}")
     if a.distill_epochs:
-        from .distill import DISTILL_TRAIN, DistillConfig
-        from .stages import distill_stage, load_teacher
-        from .transfer import TransferConfig
+        from .stages import load_teacher
 
-        dck = distill_stage(load_teacher(ck.directory), res.model.cfg, splits, out / "distilled",
-                            TransferConfig(seed=a.seed), DistillConfig(train=replace(DISTILL_TRAIN, epochs=a.distill_epochs, seed=a.seed)),
-                            progress=not a.no_progress, log=print, init=res.model)
+        teacher = load_teacher(ck.directory)
+        ddata = _distill_data(teacher, splits, not a.no_progress)
+        dck, _ = _one_step(pruned_ck, "distill", _distill_options(a.distill_epochs, a.seed), ddata,
+                           out / "distilled", data_key(ddata, teacher.digest), not a.no_progress)
         print(f"distilled from the unpruned model: {dck.directory} (sha256 {dck.sha256[:12]}…)")
     return 0
 

@@ -32,6 +32,7 @@ from edgeuq_runtime.ota.health import send_report, validate_report
 from edgeuq_runtime.ota.rollout import RolloutSpec, parse_rollout, rollout_target_path
 
 from .keys import keys_for_publish
+from .localhttp import LocalHTTPServer
 from .repository import EXPIRY_DAYS, TufRepository
 
 __all__ = ["RolloutPolicy", "Aggregate", "Verdict", "RolloutError", "read_reports", "aggregate", "evaluate",
@@ -276,10 +277,12 @@ def auto_evaluate(repo_dir: Path, keydir: Path, board: str, model: str, drop_dir
 
 
 # -- the collector --------------------------------------------------------------------------------------
-class Collector:
+class Collector(LocalHTTPServer):
     """An HTTP collector on 127.0.0.1 (stdlib): ``POST /report`` with one JSON report; each
     accepted report is dropped into ``drop_dir`` (the same folder devices may write to directly),
     then ``on_report()`` runs (serialized), e.g. :func:`auto_evaluate`."""
+
+    URL_PATH = "/report"
 
     def __init__(self, drop_dir: Path, on_report: Optional[Callable[[], Any]] = None, port: int = 0,
                  max_body: int = 64 * 1024) -> None:
@@ -321,18 +324,4 @@ class Collector:
                 self.send_response(204)
                 self.end_headers()
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/report"
-
-    def __enter__(self) -> "Collector":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._listen(Handler, port)

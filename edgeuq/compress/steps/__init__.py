@@ -39,14 +39,23 @@ class StepData:
     x_val: Optional[np.ndarray] = None
     y_val: Optional[np.ndarray] = None
     teacher: Optional[Callable[[np.ndarray, int, int], np.ndarray]] = None
+    #: the teacher's pooled trunk features ``(x) -> (N, d)`` (feature distillation) and what it is
+    #: (``{"teacher": source, "teacher_digest": digest}``, recorded with a kept transfer set)
+    features: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    teacher_info: Mapping[str, Any] = field(default_factory=dict)
     progress: bool = False
     log: Callable[[str], None] = field(default=lambda s: None)
 
 
 @dataclass(frozen=True, eq=False)
 class StepResult:
+    """The new model, what the step reports (``info``, JSON values) and its companion artifacts:
+    ``{name: write(directory, parent checkpoint) -> Artifact}`` (a prune plan, a transfer set),
+    written by the chain next to the step's checkpoint."""
+
     model: nn.Module
     info: Mapping[str, Any]
+    companions: Mapping[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
 
 
 class CompressionStep:
