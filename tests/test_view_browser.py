@@ -1,48 +1,24 @@
 """`edgeuq view`'s file rendered by Debian's headless Chromium (chromedriver + selenium):
 the embedded log drives the same page as the live stream, with nothing fetched.
 Missing chromium/chromedriver/selenium: skipped loudly, FAILED under CI=true."""
-import os
-import shutil
 import sys
-
-import pytest
+from pathlib import Path
 
 from edgeuq.cli import main
 from test_view import _log, _write
 
-
-def _need_browser():
-    missing = []
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("selenium (runtime test extra)")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    missing += [name for name, found in (("chromium", chromium), ("chromedriver", driver)) if not found]
-    if missing:
-        msg = "log-view browser test NOT RUN: missing " + ", ".join(missing) + " (scripts/setup_browser.sh)"
-        print("\n*** " + msg + " ***", file=sys.stderr)
-        if os.environ.get("CI", "").strip().lower() == "true":
-            pytest.fail(msg + " (CI=true: a missing browser is a failure)")
-        pytest.skip(msg)
-    return chromium, driver
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime" / "tests"))
+from serve_helpers import browser_or_skip, headless_chromium  # noqa: E402
 
 
 def test_log_view_renders_in_chromium(tmp_path):
-    chromium, driver = _need_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    chromium, driver = browser_or_skip("log-view")
 
     recs = _log(80)
     recs[-2]["abstain"], recs[-2]["reasons"] = False, []            # the last decision answers
     out = tmp_path / "run.html"
     assert main(["view", str(_write(tmp_path / "run.jsonl", recs)), "-o", str(out)]) == 0
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=900,1000"):
-        opts.add_argument(a)
-    drv = webdriver.Chrome(service=Service(driver), options=opts)
+    drv = headless_chromium(chromium, driver, "900,1000")
     try:
         drv.get(out.as_uri())
         txt = lambda i: drv.execute_script(f"return document.getElementById('{i}').textContent")  # noqa: E731

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import socket
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -17,6 +19,45 @@ from edgeuq_runtime.stream.decide import Decision
 from edgeuq_runtime.stream.quality import BLOCKING_FLAGS, window_flags
 from edgeuq_runtime.stream.sim import SimulatedSensor
 from edgeuq_runtime.stream.sources import Chunk, Pacer, Source
+from rt_helpers import in_ci
+
+
+def browser_or_skip(what: str) -> Tuple[str, str]:
+    """(chromium, chromedriver) paths for a browser test, else the test is skipped loudly naming what
+    is missing (FAILED under CI=true). One copy for the live-view and the log-view browser tests."""
+    import pytest
+
+    missing = []
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium (pip install 'edgeuq-runtime[test]')")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium:
+        missing.append("chromium (scripts/setup_browser.sh)")
+    if not driver:
+        missing.append("chromedriver (scripts/setup_browser.sh: Debian package chromium-driver)")
+    if missing:
+        msg = f"{what} browser test NOT RUN: missing " + ", ".join(missing)
+        print("\n*** " + msg + " ***", file=sys.stderr)
+        if in_ci():
+            pytest.fail(msg + " (CI=true: a missing browser is a failure)")
+        pytest.skip(msg)
+    return chromium, driver
+
+
+def headless_chromium(chromium: str, driver: str, window_size: str, extra: Tuple[str, ...] = ()):
+    """A selenium driver of headless Chromium (no sandbox, no GPU) at ``window_size`` ("W,H")."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              f"--window-size={window_size}", *extra):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(driver), options=opts)
 
 
 def raw_request(host: str, port: int, target: str, method: str = "GET", headers: Optional[Dict[str, str]] = None,

@@ -14,9 +14,7 @@ runtime's test extra. Missing: skipped loudly here, FAILED under CI=true."""
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,45 +24,15 @@ import pytest
 from edgeuq_runtime.serve import Hub, LiveServer
 from edgeuq_runtime.serve.live import LiveFeed
 from edgeuq_runtime.stream import Hysteresis
-from rt_helpers import in_ci
-from serve_helpers import RmsModel, SwitchSource
+from serve_helpers import RmsModel, SwitchSource, browser_or_skip, headless_chromium
 
 RATE, LENGTH = 1600.0, 160      # 10 windows per second
 
 
-def _browser_or_skip():
-    missing = []
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("selenium (pip install 'edgeuq-runtime[test]')")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not chromium:
-        missing.append("chromium (scripts/setup_browser.sh)")
-    if not driver:
-        missing.append("chromedriver (scripts/setup_browser.sh: Debian package chromium-driver)")
-    if missing:
-        msg = "live-view browser test NOT RUN: missing " + ", ".join(missing)
-        print("\n*** " + msg + " ***", file=sys.stderr)
-        if in_ci():
-            pytest.fail(msg + " (CI=true: a missing browser is a failure)")
-        pytest.skip(msg)
-    return chromium, driver
-
-
 @pytest.fixture(scope="module")
 def browser():
-    chromium, driver_path = _browser_or_skip()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-              "--window-size=1000,1100", "--no-first-run", "--disable-extensions"):
-        opts.add_argument(a)
-    drv = webdriver.Chrome(service=Service(driver_path), options=opts)
+    chromium, driver_path = browser_or_skip("live-view")
+    drv = headless_chromium(chromium, driver_path, "1000,1100", ("--no-first-run", "--disable-extensions"))
     drv.set_page_load_timeout(20)
     yield drv
     drv.quit()
