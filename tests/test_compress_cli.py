@@ -26,7 +26,7 @@ def teacher(tmp_path_factory):
     return rec, ck
 
 
-def test_cli_distill_writes_a_head_only_stochastic_student(teacher, tmp_path):
+def test_cli_distill_writes_a_head_only_stochastic_student(teacher, tmp_path, capsys):
     from edgeuq.compress.transfer import TransferSetArtifact
 
     _, ck = teacher
@@ -45,6 +45,12 @@ def test_cli_distill_writes_a_head_only_stochastic_student(teacher, tmp_path):
     assert step["companions"]["transfer"]["digest"] == transfer.digest and transfer.teacher_samples == 4
     assert transfer.info["teacher_digest"] == load_checkpoint(ck).sha256 and transfer.info["transfer"]["copies"] == 1
     assert student.class_names == load_checkpoint(ck).class_names
+    # the cache applies: the same command again reuses the student (the seeded init has the same digest)
+    capsys.readouterr()
+    assert main(["distill", "--teacher", str(ck), "--student-recipe", str(rec), "--out", str(out), "--epochs", "1",
+                 "--teacher-samples", "4", "--student-samples", "2", "--no-progress"]) == 0
+    assert "distill: reused the stored result" in capsys.readouterr().out
+    assert load_checkpoint(out / "checkpoint").digest == student.digest
 
 
 def test_cli_prune_writes_a_narrower_model_and_a_hashed_plan(teacher, tmp_path, capsys):
@@ -76,3 +82,21 @@ def test_cli_prune_writes_a_narrower_model_and_a_hashed_plan(teacher, tmp_path, 
                  "--calibration", "32", "--no-progress"]) == 0
     assert "reused" not in capsys.readouterr().out
     assert load_checkpoint(out / "checkpoint").digest != pruned_ck.digest
+
+
+def test_cli_prune_then_distill_is_a_second_one_step_chain(teacher, tmp_path):
+    """`--distill-epochs`: the pruned checkpoint is distilled from the unpruned model (its digest is
+    the teacher's) in out/distilled, with the transfer set kept beside it; the width stays pruned."""
+    from edgeuq.compress.transfer import TransferSetArtifact
+
+    rec, ck = teacher
+    out = tmp_path / "pd"
+    assert main(["prune", "--checkpoint", str(ck), "--recipe", str(rec), "--out", str(out), "--target-flops", "0.5",
+                 "--calibration", "32", "--distill-epochs", "1", "--no-progress"]) == 0
+    pruned = load_checkpoint(out / "checkpoint")
+    dist = load_checkpoint(out / "distilled" / "checkpoint")
+    step = dist.metrics["compress_step"]
+    assert step["step"] == "distill" and step["parent_digest"] == pruned.digest
+    assert dist.config.blocks == pruned.config.blocks                     # distillation keeps the pruned widths
+    transfer = TransferSetArtifact.load(out / "distilled" / "transfer")
+    assert transfer.info["teacher_digest"] == load_checkpoint(ck).sha256 and transfer.teacher_samples == 32
