@@ -47,6 +47,19 @@ def _splits(data):
     return Splits(z(data.train), z(data.val), z(data.test))
 
 
+#: augmentation kinds of the student's transfer set: none of them is a family the suite evaluates
+#: (white noise is a "generalise" set, clipping a "flag" set), so the student sees no evaluation shift
+#: in training, like its teachers; pink (1/f) noise stands in for white noise.
+STUDENT_TRANSFER_KINDS = ("pink_noise", "shift", "mixup", "synthetic")
+
+
+def student_transfer(quick: bool):
+    from edgeuq.compress.transfer import TransferConfig
+
+    return TransferConfig(copies=1, kinds=STUDENT_TRANSFER_KINDS, snr_db=(6.0, 20.0),
+                          teacher_samples=8 if quick else 32, seed=0)
+
+
 def train_models(records, work: Path, schemes, quick: bool, drop_type: str, protocol, log=print):
     """Checkpoints -> bundles of the teachers, the student and the teacher without ``drop_type``."""
     import torch
@@ -55,7 +68,6 @@ def train_models(records, work: Path, schemes, quick: bool, drop_type: str, prot
     from edgeuq.catalog import get_recipe
     from edgeuq.compress.distill import DISTILL_TRAIN, DistillConfig
     from edgeuq.compress.stages import distill_stage, load_teacher
-    from edgeuq.compress.transfer import TransferConfig
     from edgeuq.export import export_onnx
     from edgeuq.models import ModelConfig
     from edgeuq.pipeline import train_stage
@@ -94,7 +106,7 @@ def train_models(records, work: Path, schemes, quick: bool, drop_type: str, prot
     scfg = ModelConfig.from_dict(srec.model, input_length=sp.window, num_classes=len(classes))
     t0 = time.perf_counter()
     sck = distill_stage(load_teacher(ck.directory), scfg, sp, work / "student",
-                        TransferConfig(copies=1, teacher_samples=8 if quick else 32, seed=0),
+                        student_transfer(quick),
                         DistillConfig(train=replace(DISTILL_TRAIN, epochs=QUICK_EPOCHS if quick else int(srec.train["epochs"]))),
                         progress=False,
                         log=log)
@@ -159,21 +171,27 @@ def main(argv=None) -> int:
     if a.reuse and listing.is_file():
         saved = json.loads(listing.read_text())
         models, timings = [(n, Path(p)) for n, p in saved["models"]], saved["timings_s"]
+        transfer = saved.get("student_transfer", "not recorded by the run that trained these models")
         print(f"reusing the models trained by an earlier run: {listing}")
     else:
         models, timings = train_models(records, a.work, schemes, a.quick, a.drop_type, protocol)
-        listing.write_text(json.dumps({"models": [[n, str(p)] for n, p in models], "timings_s": timings}, indent=1))
+        transfer = student_transfer(a.quick).to_dict()
+        listing.write_text(json.dumps({"models": [[n, str(p)] for n, p in models], "timings_s": timings,
+                                       "student_transfer": transfer}, indent=1))
     doc = run_suite(models, records, a.work / "suite", protocol, SetOptions(),
                     SuiteOptions(samples=a.samples, progress=False))
     note = (f"QUICK smoke run ({QUICK_EPOCHS} epochs, S = 16, <= 160 windows per set): not the full measurement"
             if a.quick else "full run (recipe epochs)")
-    note += f"; data: {source}; {time.perf_counter() - t_start:.0f} s in all"
+    kinds = transfer.get("kinds") if isinstance(transfer, dict) else None
+    note += (f"; student transfer set: {', '.join(kinds) if kinds else transfer}"
+             f"; data: {source}; {time.perf_counter() - t_start:.0f} s in all")
     if a.reuse:
         note += f"; models trained by an earlier run of the same command in {a.work} (--reuse)"
     provenance = finish(prov, note=note)
     tables = suite_tables(doc)
     out = {"command": cmd, "provenance": provenance, "mode": "quick" if a.quick else "full", "source": source,
-           "timings_s": timings, "tables": tables, "suite": doc}
+           "timings_s": timings, "tables": tables, "suite": doc,
+           "student_transfer": transfer}
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(out, indent=1, default=str, allow_nan=True))
     print(f"json: {a.json}")
