@@ -17,6 +17,7 @@ two is within seed-to-seed spread (not measured here).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -57,14 +58,19 @@ def run_one(recipe: str, tokens: int, sp, task, work: Path, epochs, samples) -> 
     out = work / f"{recipe}-st{tokens}"
     ck_dir = out / "checkpoint"
     t0 = time.perf_counter()
-    timing = out / "train_s.txt"
-    if (ck_dir / "checkpoint.json").exists() and timing.exists():  # trained by an earlier run of this bench
+    tcfg = TrainConfig.from_dict(rec.train, epochs=epochs)
+    key = json.dumps({"model": cfg.to_dict(), "train": tcfg.to_dict(), "uq": dict(rec.uq),
+                      "data": task.description, "sizes": task.sizes()}, sort_keys=True, default=str)
+    timing, key_file = out / "train_s.txt", out / "key.json"
+    if (ck_dir / "checkpoint.json").exists() and timing.exists() and key_file.exists() \
+            and key_file.read_text() == key:  # trained by an earlier run of this bench, same settings and data
         ck = load_checkpoint(ck_dir)
         train_s = float(timing.read_text())
     else:
-        ck = train_stage(sp, cfg, TrainConfig.from_dict(rec.train, epochs=epochs), ck_dir, uq=rec.uq, progress=False)
+        ck = train_stage(sp, cfg, tcfg, ck_dir, uq=rec.uq, progress=False)
         train_s = time.perf_counter() - t0
         timing.write_text(f"{train_s:.3f}")
+        key_file.write_text(key)
     settings = BenchmarkSettings(samples=s)
     r = evaluate_variant(task, f"{recipe}-st{tokens}", ck, out / "eval", settings, False, False)
     ood = next(iter(r.ood.values()))
@@ -77,6 +83,23 @@ def _noise(folder: Path):
     from edgeuq_runtime import UncertaintyRuntime
 
     return UncertaintyRuntime(folder / "bundle", threads=1, seed=0).manifest.noise
+
+
+def write_table(path: str, description: str, results: List[Dict], command: str, prov: Dict) -> None:
+    """The results JSON (table + raw results + provenance) that scripts/render_tables.py renders."""
+    from edgeuq.provenance import write_results
+    from edgeuq.report import results_table
+
+    headers = ["recipe", "stochastic_tokens", "noise elements / row", "test accuracy", "ECE", "NLL",
+               "OOD AUROC, MI", "OOD AUROC, total entropy", "unseen-size accuracy"]
+    rows = [[r["recipe"], str(r["stochastic_tokens"] or "0 (all tokens)"), str(r["noise_elements_per_row"]),
+             f"{r['test']['accuracy']:.4f}", f"{r['test']['ece']:.4f}", f"{r['test']['nll']:.4f}",
+             f"{r['ood']['auroc_mi']:.3f}", f"{r['ood']['auroc_total']:.3f}",
+             f"{r['ood']['accuracy']:.4f}" if "accuracy" in r["ood"] else "n/a"] for r in results]
+    note = (f"{description}; each recipe trained with its own [model]/[train]/[uq] settings and seed, "
+            "stochastic_tokens the only difference; scored through the device runtime at the recipe's S; "
+            "one seed (seed-to-seed spread not measured)")
+    write_results(path, results_table(headers, rows, note=note, results=results), command, prov)
 
 
 def main() -> None:
@@ -95,8 +118,7 @@ def main() -> None:
     import torch
 
     from edgeuq.benchmark.settings import BenchmarkSettings
-    from edgeuq.provenance import command_line, start, write_results
-    from edgeuq.report import results_table
+    from edgeuq.provenance import command_line, start
 
     torch.set_num_threads(1)
     prov = start("quick" if a.quick else "full", 1)
@@ -115,16 +137,7 @@ def main() -> None:
                   f"trained in {r['train_s']:.0f} s", flush=True)
     print(f"load average {os.getloadavg()}")
     if a.json:
-        headers = ["recipe", "stochastic_tokens", "noise elements / row", "test accuracy", "ECE", "NLL",
-                   "OOD AUROC, MI", "OOD AUROC, total entropy", "unseen-size accuracy"]
-        rows = [[r["recipe"], str(r["stochastic_tokens"] or "0 (all tokens)"), str(r["noise_elements_per_row"]),
-                 f"{r['test']['accuracy']:.4f}", f"{r['test']['ece']:.4f}", f"{r['test']['nll']:.4f}",
-                 f"{r['ood']['auroc_mi']:.3f}", f"{r['ood']['auroc_total']:.3f}",
-                 f"{r['ood']['accuracy']:.4f}" if "accuracy" in r["ood"] else "n/a"] for r in results]
-        note = (f"{task.description}; each recipe trained with its own [model]/[train]/[uq] settings and seed, "
-                "stochastic_tokens the only difference; scored through the device runtime at the recipe's S; "
-                "one seed (seed-to-seed spread not measured)")
-        write_results(a.json, results_table(headers, rows, note=note, results=results), command, prov)
+        write_table(a.json, task.description, results, command, prov)
         print(f"wrote {a.json}")
 
 
