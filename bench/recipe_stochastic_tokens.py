@@ -12,7 +12,7 @@ positive), plus the accuracy on the unseen size's fault type. One seed: a differ
 two is within seed-to-seed spread (not measured here).
 
     python bench/recipe_stochastic_tokens.py --cwru ../shared/data/cwru --work runs/bench/recipe_st \\
-        --recipes cwru-variational cwru-mc-dropout --tokens 8 4 [--quick] [--json results/recipe_stochastic_tokens.json]
+        --recipes cwru-variational cwru-mc-dropout --tokens 8 4 [--seeds 0 1] [--quick] [--json results/recipe_stochastic_tokens.json]
 """
 from __future__ import annotations
 
@@ -43,7 +43,13 @@ def _task(cwru: Path, settings):
     return sp, task
 
 
-def run_one(recipe: str, tokens: int, sp, task, work: Path, epochs, samples) -> Dict:
+def cache_key(cfg, tcfg, uq, task) -> str:
+    """What a cached checkpoint must have been trained with to be reused: configs, [uq], data."""
+    return json.dumps({"model": cfg.to_dict(), "train": tcfg.to_dict(), "uq": dict(uq),
+                       "data": task.description, "sizes": task.sizes()}, sort_keys=True, default=str)
+
+
+def run_one(recipe: str, tokens: int, sp, task, work: Path, epochs, samples, seed=None) -> Dict:
     from edgeuq.benchmark.runner import evaluate_variant
     from edgeuq.benchmark.settings import BenchmarkSettings
     from edgeuq.catalog import get_recipe
@@ -55,12 +61,13 @@ def run_one(recipe: str, tokens: int, sp, task, work: Path, epochs, samples) -> 
     cfg = ModelConfig.from_dict({**rec.model, "stochastic_tokens": tokens}, input_length=sp.train.window,
                                 num_classes=len(sp.class_names))
     s = samples or int(rec.uq.get("samples", 32))
-    out = work / f"{recipe}-st{tokens}"
+    train = dict(rec.train) if seed is None else {**rec.train, "seed": seed}
+    default_seed = int(rec.train.get("seed", 0))
+    out = work / (f"{recipe}-st{tokens}" if seed in (None, default_seed) else f"{recipe}-st{tokens}-seed{seed}")
     ck_dir = out / "checkpoint"
     t0 = time.perf_counter()
-    tcfg = TrainConfig.from_dict(rec.train, epochs=epochs)
-    key = json.dumps({"model": cfg.to_dict(), "train": tcfg.to_dict(), "uq": dict(rec.uq),
-                      "data": task.description, "sizes": task.sizes()}, sort_keys=True, default=str)
+    tcfg = TrainConfig.from_dict(train, epochs=epochs)
+    key = cache_key(cfg, tcfg, rec.uq, task)
     timing, key_file = out / "train_s.txt", out / "key.json"
     if (ck_dir / "checkpoint.json").exists() and timing.exists() and key_file.exists() \
             and key_file.read_text() == key:  # trained by an earlier run of this bench, same settings and data
@@ -74,7 +81,7 @@ def run_one(recipe: str, tokens: int, sp, task, work: Path, epochs, samples) -> 
     settings = BenchmarkSettings(samples=s)
     r = evaluate_variant(task, f"{recipe}-st{tokens}", ck, out / "eval", settings, False, False)
     ood = next(iter(r.ood.values()))
-    return {"recipe": recipe, "stochastic_tokens": tokens, "samples": s, "train_s": train_s,
+    return {"recipe": recipe, "stochastic_tokens": tokens, "seed": tcfg.seed, "samples": s, "train_s": train_s,
             "noise_elements_per_row": sum(int(__import__("math").prod(n.shape)) for n in _noise(out / "eval")),
             "test": dict(r.test), "ood": dict(ood)}
 
@@ -90,15 +97,17 @@ def write_table(path: str, description: str, results: List[Dict], command: str, 
     from edgeuq.provenance import write_results
     from edgeuq.report import results_table
 
-    headers = ["recipe", "stochastic_tokens", "noise elements / row", "test accuracy", "ECE", "NLL",
+    headers = ["recipe", "stochastic_tokens", "seed", "noise elements / row", "test accuracy", "ECE", "NLL",
                "OOD AUROC, MI", "OOD AUROC, total entropy", "unseen-size accuracy"]
-    rows = [[r["recipe"], str(r["stochastic_tokens"] or "0 (all tokens)"), str(r["noise_elements_per_row"]),
+    rows = [[r["recipe"], str(r["stochastic_tokens"] or "0 (all tokens)"), str(r["seed"]), str(r["noise_elements_per_row"]),
              f"{r['test']['accuracy']:.4f}", f"{r['test']['ece']:.4f}", f"{r['test']['nll']:.4f}",
              f"{r['ood']['auroc_mi']:.3f}", f"{r['ood']['auroc_total']:.3f}",
              f"{r['ood']['accuracy']:.4f}" if "accuracy" in r["ood"] else "n/a"] for r in results]
-    note = (f"{description}; each recipe trained with its own [model]/[train]/[uq] settings and seed, "
-            "stochastic_tokens the only difference; scored through the device runtime at the recipe's S; "
-            "one seed (seed-to-seed spread not measured)")
+    seeds = sorted({r["seed"] for r in results})
+    note = (f"{description}; each recipe trained with its own [model]/[train]/[uq] settings, stochastic_tokens "
+            "(and the training seed where --seeds is given) the only difference; scored through the device "
+            f"runtime at the recipe's S; seeds {seeds}"
+            + (" (one seed: seed-to-seed spread not measured)" if len(seeds) == 1 else ""))
     write_results(path, results_table(headers, rows, note=note, results=results), command, prov)
 
 
@@ -108,6 +117,8 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bench/recipe_st")
     ap.add_argument("--recipes", nargs="+", default=["cwru-variational", "cwru-mc-dropout"])
     ap.add_argument("--tokens", type=int, nargs="+", default=[8], help="stochastic_tokens of the 'with' models")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="training seeds (default: the recipe's); every model is trained once per seed")
     ap.add_argument("--quick", action="store_true", help="2 epochs, S = 8 (a smoke run)")
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -128,10 +139,10 @@ def main() -> None:
     print(f"{task.description}: {task.sizes()}")
     results: List[Dict] = []
     for recipe in a.recipes:
-        for tokens in (0, *a.tokens):
-            r = run_one(recipe, tokens, sp, task, work, 2 if a.quick else None, 8 if a.quick else None)
+        for seed, tokens in ((sd, t) for sd in (a.seeds or [None]) for t in (0, *a.tokens)):
+            r = run_one(recipe, tokens, sp, task, work, 2 if a.quick else None, 8 if a.quick else None, seed)
             results.append(r)
-            print(f"{recipe} stochastic_tokens={tokens}: acc {r['test']['accuracy']:.4f} ece {r['test']['ece']:.4f} "
+            print(f"{recipe} stochastic_tokens={tokens} seed {r['seed']}: acc {r['test']['accuracy']:.4f} ece {r['test']['ece']:.4f} "
                   f"nll {r['test']['nll']:.4f}; OOD AUROC MI {r['ood']['auroc_mi']:.3f} total "
                   f"{r['ood']['auroc_total']:.3f}; noise elements/row {r['noise_elements_per_row']}; "
                   f"trained in {r['train_s']:.0f} s", flush=True)

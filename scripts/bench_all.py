@@ -72,7 +72,7 @@ BENCHES: List[Bench] = [
                          "cwru-ensemble cwru-student bearing-demo --json results/noise_share.json {mode}",
           writes=("noise_share",)),
     Bench("recipe_stochastic_tokens", f"python bench/recipe_stochastic_tokens.py --cwru {CWRU} --work runs/bench/recipe_st "
-                                      "--recipes cwru-variational cwru-mc-dropout --tokens 8 4 "
+                                      "--recipes cwru-variational cwru-mc-dropout --tokens 8 4 --seeds 0 1 "
                                       "--json results/recipe_stochastic_tokens.json {mode}",
           writes=("recipe_stochastic_tokens",)),
     Bench("search_workers", "python bench/search_workers.py --seed 1 --json results/search_workers.json {mode}",
