@@ -338,7 +338,8 @@ def _decode(spec: NoiseSpec, raw: np.ndarray, off: int, rows: int) -> np.ndarray
 
 
 # -- decoding plans: the same values as _decode, fewer numpy calls and passes, no per-call layout work ---
-# A plan is built once per tuple of spec objects (cached by identity; NoiseSpec is frozen) and is a list
+# A plan is built once per tuple of spec objects (cached by identity; NoiseSpec is frozen, and its params
+# are not to be edited in place) and is a list
 # of steps, each writing some specs' arrays from the call's raw words, seen as bytes (u1), little-endian
 # 16-bit words (u2) or the words themselves (raw):
 #  * a run of consecutive dropout specs with the same threshold (bits, t) compares the run's whole byte
@@ -368,7 +369,7 @@ def _dropout_run_step(members: Sequence[Tuple[NoiseSpec, int]], bits: int, t: in
     def step(views: _Views, rows: int, out: Dict[str, np.ndarray]) -> None:
         keep = np.greater_equal(views[view][:, lo:hi], t)
         for name, shape, a, b in parts:
-            out[name] = np.multiply(keep[:, a:b], scale).reshape(shape)   # bool * float32 -> float32
+            out[name] = np.multiply(keep[:, a:b], scale, dtype=np.float32).reshape(shape)
     return step
 
 
@@ -385,7 +386,7 @@ def _uniform_step(spec: NoiseSpec, off: int) -> _Step:
     name, shape, a, b = spec.name, (-1,) + spec.shape, 4 * off, 4 * off + _count(spec)
 
     def step(views: _Views, rows: int, out: Dict[str, np.ndarray]) -> None:
-        arr = np.multiply(views[1][:, a:b], np.float32(2.0 ** -16))   # uint16 * float32 -> float32, exact
+        arr = np.multiply(views[1][:, a:b], np.float32(2.0 ** -16), dtype=np.float32)   # exact
         arr += np.float32(2.0 ** -17)
         out[name] = arr.reshape(shape)
     return step
