@@ -11,9 +11,14 @@ stream, reproduced here (``stream1_rows``: 16-bit dropout thresholds, 32-bit uni
 Box-Muller on 24-bit uniforms), timed in the same rounds for a paired stream 1 / stream 2 ratio of
 the noise alone (CPU time).
 
-Each round runs six callables in a seeded random order (paired, interleaved): noise(before),
-noise(after), noise(stream 1), predict with the before sampler patched into the session, predict
-as shipped, and the in-graph draw below. Per round: share = noise / predict of the same sampler;
+"per-spec decoder" is stream 2 decoded as it was before the cached decoding plans
+(``stream2_plain_rows``: ``noise._decode`` spec by spec, the same values), timed in the same rounds,
+alone and inside ``predict``, for a paired before/after of the plans within one run.
+
+Each round runs eight callables in a seeded random order (paired, interleaved): noise(before),
+noise(after), noise(stream 1), noise(per-spec decoder), predict with the before sampler patched
+into the session, predict with the per-spec decoder patched in, predict as shipped, and the
+in-graph draw below. Per round: share = noise / predict of the same sampler;
 reported as the median with a bootstrap 95 % interval over rounds, in wall time and (a second
 column, less sensitive to a loaded machine) in this thread's CPU time (``time.thread_time``: numpy
 and ONNX Runtime with one thread both run in the calling thread).
@@ -25,7 +30,8 @@ stream's (in-graph noise is not seeded reproducibly: ONNX Runtime's ``seed`` att
 session's sequence, not the values other runtimes draw, and TVM has no random ops).
 
 ``--recipes`` builds untrained bundles of catalog recipes (latency does not depend on weight values)
-in a temporary folder, so the run needs no prepared bundles; ``--json`` writes the table for
+in a temporary folder (``RECIPE:key=value`` overrides an integer ``[model]`` field, e.g.
+``cwru-variational:stochastic_tokens=0`` for the recipe without token pooling), so the run needs no prepared bundles; ``--json`` writes the table for
 ``scripts/render_tables.py`` with the run's provenance (``edgeuq.provenance``).
 
     python bench/noise_share.py [BUNDLE ...] [--recipes cwru-variational ...] [--batch 1] [--samples 16]
@@ -104,6 +110,18 @@ def stream1_rows(specs, rows: int, rng: np.random.Generator) -> Dict[str, np.nda
     return out
 
 
+def stream2_plain_rows(specs, rows: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """Stream 2 decoded the way it was before the cached plans (``noise._decode`` spec by spec, the
+    layout worked out per call): the same values as ``sample_noise_rows`` (runtime/tests), timed in
+    the same rounds for a paired per-spec-decoder / plan ratio."""
+    from edgeuq_runtime.noise import _decode, row_layout
+
+    layout = row_layout(specs)
+    width = sum(w for _, w in layout)
+    raw = rng.bit_generator.random_raw(rows * width).astype("<u8", copy=False).reshape(rows, width)
+    return {s.name: _decode(s, raw, off, rows) for s, (off, _) in zip(specs, layout)}
+
+
 def bootstrap(v: np.ndarray, rng: np.random.Generator, n: int = 2000) -> List[float]:
     meds = np.median(rng.choice(v, size=(n, len(v)), replace=True), axis=1)
     return [float(np.quantile(meds, 0.025)), float(np.quantile(meds, 0.975))]
@@ -169,18 +187,22 @@ def measure(bundle: str, batch: int, samples: int, rounds: int, seed: int) -> di
     g = np.random.default_rng(2)
     shipped = session.sample_noise_rows
 
-    def predict_before():
-        session.sample_noise_rows = old_rows
-        try:
-            rt.predict(x, samples=samples)
-        finally:
-            session.sample_noise_rows = shipped
+    def patched(sampler):
+        def run():
+            session.sample_noise_rows = sampler
+            try:
+                rt.predict(x, samples=samples)
+            finally:
+                session.sample_noise_rows = shipped
+        return run
 
     calls: Dict[str, Callable[[], object]] = {
         "noise_before": lambda: old_rows(m.noise, rows, g),
         "noise_after": lambda: sample_noise_rows(m.noise, rows, g),
         "noise_stream1": lambda: stream1_rows(m.noise, rows, g),
-        "predict_before": predict_before,
+        "noise_plain": lambda: stream2_plain_rows(m.noise, rows, g),
+        "predict_before": patched(old_rows),
+        "predict_plain": patched(stream2_plain_rows),
         "predict_after": lambda: rt.predict(x, samples=samples),
         "noise_ort_ingraph": ingraph_noise_session(m.noise, rows),
     }
@@ -205,6 +227,8 @@ def measure(bundle: str, batch: int, samples: int, rounds: int, seed: int) -> di
     share_cpu = cpu["noise_after"] / np.where(cpu["predict_after"] > 0, cpu["predict_after"], np.nan)
     speed = t["noise_before"] / t["noise_after"]
     speed1 = cpu["noise_stream1"] / np.where(cpu["noise_after"] > 0, cpu["noise_after"], np.nan)
+    plain = cpu["noise_plain"] / np.where(cpu["noise_after"] > 0, cpu["noise_after"], np.nan)
+    share_plain = cpu["noise_plain"] / np.where(cpu["predict_plain"] > 0, cpu["predict_plain"], np.nan)
     ingraph = t["noise_ort_ingraph"] / t["noise_after"]
     br = np.random.default_rng(seed + 1)
     elems = sum(int(np.prod(s.shape)) for s in m.noise)
@@ -221,6 +245,10 @@ def measure(bundle: str, batch: int, samples: int, rounds: int, seed: int) -> di
         "noise_speedup_paired": {"median": float(np.median(speed)), "ci95": bootstrap(speed, br)},
         "noise_stream1_over_stream2_cpu": ({"median": float(np.nanmedian(speed1)), "ci95": bootstrap(speed1, br)}
                                            if cpu_ok and np.all(cpu["noise_after"] > 0) else None),
+        "noise_plain_over_plan_cpu": ({"median": float(np.nanmedian(plain)), "ci95": bootstrap(plain, br)}
+                                      if cpu_ok and np.all(cpu["noise_after"] > 0) else None),
+        "noise_share_plain_cpu": ({"median": float(np.median(share_plain)), "ci95": bootstrap(share_plain, br)}
+                                  if cpu_ok and np.all(cpu["predict_plain"] > 0) else None),
         "ingraph_over_numpy_noise": {"median": float(np.median(ingraph)), "ci95": bootstrap(ingraph, br)},
         "predict_ratio_before_over_after": {"median": float(np.median(t["predict_before"] / t["predict_after"])),
                                             "ci95": bootstrap(t["predict_before"] / t["predict_after"], br)},
@@ -239,15 +267,36 @@ def build_recipe_bundles(recipes, folder: Path, samples: int) -> List[str]:
 
     out = []
     for r in recipes:
-        rec = get_recipe(r)
-        cfg = ModelConfig.from_dict(rec.model, input_length=int(rec.data["window"]),
+        name, overrides = parse_recipe_arg(r)
+        rec = get_recipe(name)
+        cfg = ModelConfig.from_dict({**rec.model, **overrides}, input_length=int(rec.data["window"]),
                                     num_classes=len(rec.data["classes"]))
         torch.manual_seed(0)
         model = build_model(cfg).eval()
         ck = save_checkpoint(model, folder / f"{r}-ck", tuple(rec.data["classes"]), float(rec.data["fs_hz"]))
         art = export_onnx(ck, folder / f"{r}-onnx", model=model)
-        out.append(str(build_bundle(art, folder / f"{r}-bundle", r, "0", default_samples=samples).root))
+        out.append(str(build_bundle(art, folder / f"{r.replace(':', '-')}-bundle", name, "0",
+                                    default_samples=samples).root))
     return out
+
+
+def recipe_label(arg: str) -> str:
+    """The table's model name of a ``--recipes`` item: the recipe, then its overrides."""
+    name, overrides = parse_recipe_arg(arg)
+    return name + "".join(f" ({k} = {v})" for k, v in overrides.items())
+
+
+def parse_recipe_arg(arg: str):
+    """``RECIPE`` or ``RECIPE:key=value,...``: a catalog recipe, optionally with integer ``[model]``
+    overrides (e.g. ``cwru-variational:stochastic_tokens=0``, the recipe without token pooling)."""
+    name, _, rest = arg.partition(":")
+    overrides = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key or not value.lstrip("-").isdigit():
+            raise SystemExit(f"--recipes {arg!r}: overrides must be key=integer, got {item!r}")
+        overrides[key] = int(value)
+    return name, overrides
 
 
 def _ci(d: dict, scale: float = 100.0, digits: int = 1) -> str:
@@ -270,7 +319,8 @@ def table(results: List[dict]):
                "noise ms (before -> after)", "noise share % before [95 % CI]", "noise share % after [95 % CI]",
                "<= 10 % (wall and CPU)", "noise share % after, thread CPU time [95 % CI]",
                "in-graph ORT noise / numpy stream [95 % CI]",
-               "noise CPU ms, stream 1 -> 2 (paired ratio [95 % CI])"]
+               "noise CPU ms, stream 1 -> 2 (paired ratio [95 % CI])",
+               "noise share % CPU, per-spec decoder -> plan (noise paired ratio [95 % CI])"]
     rows = []
     for r in results:
         ms = r["median_ms"]
@@ -283,7 +333,11 @@ def table(results: List[dict]):
                      _ci(r["ingraph_over_numpy_noise"], 1.0, 2) + "x",
                      (f"{r['median_cpu_ms']['noise_stream1']:.3f} -> {r['median_cpu_ms']['noise_after']:.3f} "
                       f"({_ci(r['noise_stream1_over_stream2_cpu'], 1.0, 2)}x)")
-                     if r.get("noise_stream1_over_stream2_cpu") else "not measured"])
+                     if r.get("noise_stream1_over_stream2_cpu") else "not measured",
+                     (f"{_ci(r['noise_share_plain_cpu'])} -> {_ci(r['noise_share_after_cpu'])} "
+                      f"({_ci(r['noise_plain_over_plan_cpu'], 1.0, 2)}x)")
+                     if r.get("noise_plain_over_plan_cpu") and r.get("noise_share_plain_cpu")
+                     and r.get("noise_share_after_cpu") else "not measured"])
     return headers, rows
 
 
@@ -310,8 +364,12 @@ def main() -> None:
     command = command_line("bench/noise_share.py")
     rounds = 60 if a.quick else a.rounds
     with tempfile.TemporaryDirectory(prefix="noise-share-") as tmp:
+        labels = [None] * len(a.bundles) + [recipe_label(r) for r in a.recipes]
         bundles = list(a.bundles) + build_recipe_bundles(a.recipes, Path(tmp), a.samples)
         results = [measure(b, a.batch, a.samples, rounds, a.seed) for b in bundles]
+    for r, label in zip(results, labels):
+        if label is not None:
+            r["model"] = label
     for r in results:
         r["bundle"] = os.path.basename(r["bundle"].rstrip("/"))
     for r in results:
@@ -322,7 +380,9 @@ def main() -> None:
               f"{_ci(r['noise_share_after'])} % (CPU {_ci(r['noise_share_after_cpu']) if r['noise_share_after_cpu'] else 'n/a'} %); "
               f"noise speed-up x{r['noise_speedup_paired']['median']:.2f}; "
               f"in-graph ORT noise {r['median_ms']['noise_ort_ingraph']:.3f} ms "
-              f"(x{r['ingraph_over_numpy_noise']['median']:.2f} the numpy stream)")
+              f"(x{r['ingraph_over_numpy_noise']['median']:.2f} the numpy stream); CPU share per-spec decoder -> "
+              f"plan {_ci(r['noise_share_plain_cpu']) if r['noise_share_plain_cpu'] else 'n/a'} -> "
+              f"{_ci(r['noise_share_after_cpu']) if r['noise_share_after_cpu'] else 'n/a'} %")
     print(f"load average {os.getloadavg()}")
     if a.json:
         headers, rows = table(results)
@@ -331,7 +391,12 @@ def main() -> None:
                 "from --recipes; 'before' = float32 uniforms / numpy normals one call per spec; 'after' = noise stream "
                 f"{NOISE_STREAM} (8-bit dropout thresholds where p moves by <= 2 %, else 16; 16-bit midpoint "
                 "uniforms and normals from the table of 2**16 N(0, 1) cell means); stream 1 = the previous stream "
-                "(16-bit dropout thresholds, Box-Muller, 32-bit uniforms); in-graph = the same noise drawn by ONNX "
+                "(16-bit dropout thresholds, Box-Muller, 32-bit uniforms); 'after' decodes through the specs' cached "
+                "plan (one compare per run of dropout specs with one threshold, then one multiply per spec; normals "
+                "one gather per spec on a shaped index view), 'per-spec decoder' = the same stream-2 values decoded "
+                "spec by spec as before the plans (predict with it patched in, same rounds); a model named "
+                "'(key = value)' is its recipe with that [model] override (stochastic_tokens = 0: without token "
+                "pooling, the recipe's model before it pooled); in-graph = the same noise drawn by ONNX "
                 "Runtime random ops (not seeded reproducibly across runtimes)")
         write_results(a.json, results_table(headers, rows, note=note, results=results), command, prov)
         print(f"wrote {a.json}")

@@ -71,6 +71,10 @@ BENCHES: List[Bench] = [
     Bench("noise_share", "python bench/noise_share.py --recipes cwru-variational cwru-mc-dropout cwru-hsa cwru-laplace "
                          "cwru-ensemble cwru-student bearing-demo --json results/noise_share.json {mode}",
           writes=("noise_share",)),
+    Bench("recipe_stochastic_tokens", f"python bench/recipe_stochastic_tokens.py --cwru {CWRU} --work runs/bench/recipe_st "
+                                      "--recipes cwru-variational cwru-mc-dropout --tokens 8 4 --seeds 0 1 "
+                                      "--json results/recipe_stochastic_tokens.json {mode}",
+          writes=("recipe_stochastic_tokens",)),
     Bench("search_workers", "python bench/search_workers.py --seed 1 --json results/search_workers.json {mode}",
           quick="--trials 6 --pairs 1", full="", writes=("search_workers",)),
     Bench("tune_tracker_vs_host", "python bench/tune_tracker_vs_host.py --seed 0 "

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -312,7 +313,8 @@ def prepare_noise(specs: Sequence[NoiseSpec]) -> None:
 def _decode(spec: NoiseSpec, raw: np.ndarray, off: int, rows: int) -> np.ndarray:
     """Noise of ``spec`` for ``rows`` rows from its words at ``off`` of each row of ``raw`` (rows,
     words per row), little-endian; the dtype views are taken on the whole C-contiguous ``raw``
-    (then sliced), which every numpy version allows."""
+    (then sliced), which every numpy version allows. The plain decoder of one spec: what
+    :func:`sample_noise_rows` computes through its cached plan (:func:`_plan`), the same values."""
     n = _count(spec)
     if spec.kind == "dropout_mask":
         t, p_eff, bits = dropout_threshold(spec.params["p"])
@@ -335,17 +337,129 @@ def _decode(spec: NoiseSpec, raw: np.ndarray, off: int, rows: int) -> np.ndarray
     return np.eye(k, dtype=np.float32)[index].reshape((rows,) + spec.shape)
 
 
+# -- decoding plans: the same values as _decode, fewer numpy calls and passes, no per-call layout work ---
+# A plan is built once per tuple of spec objects (cached by identity; NoiseSpec is frozen, and its params
+# are not to be edited in place) and is a list
+# of steps, each writing some specs' arrays from the call's raw words, seen as bytes (u1), little-endian
+# 16-bit words (u2) or the words themselves (raw):
+#  * a run of consecutive dropout specs with the same threshold (bits, t) compares the run's whole byte
+#    range once (``keep``, one pass over 1 or 2 bytes per element), then each spec is one
+#    ``keep slice * float32(1 / (1 - p_eff))`` (0 * s = +0 and 1 * s = s: the values
+#    ``astype(float32) * s`` gives), instead of compare + convert + scale per spec;
+#  * a normal spec is one table gather on an index view already shaped ``(rows, *shape)``;
+#  * a uniform spec is ``u16 * 2**-16 + 2**-17`` (exact in float32: the same cell midpoints);
+#  * a categorical spec uses :func:`_decode`.
+_Views = Tuple[np.ndarray, np.ndarray, np.ndarray]
+_Step = Callable[[_Views, int, Dict[str, np.ndarray]], None]
+_PLANS: Dict[Any, Tuple[Tuple[NoiseSpec, ...], int, Tuple[_Step, ...]]] = {}
+_MAX_PLANS = 64
+_LITTLE = sys.byteorder == "little"
+
+
+def _dropout_run_step(members: Sequence[Tuple[NoiseSpec, int]], bits: int, t: int, p_eff: float) -> _Step:
+    per_word = 64 // bits
+    view = 0 if bits == 8 else 1
+    first = members[0][1]
+    last_spec, last_off = members[-1]
+    lo, hi = per_word * first, per_word * last_off + _count(last_spec)
+    parts = tuple((s.name, (-1,) + s.shape, per_word * off - lo, per_word * off - lo + _count(s))
+                  for s, off in members)
+    scale = np.float32(1.0 / (1.0 - p_eff))
+
+    def step(views: _Views, rows: int, out: Dict[str, np.ndarray]) -> None:
+        keep = np.greater_equal(views[view][:, lo:hi], t)
+        for name, shape, a, b in parts:
+            out[name] = np.multiply(keep[:, a:b], scale, dtype=np.float32).reshape(shape)
+    return step
+
+
+def _normal_step(spec: NoiseSpec, off: int) -> _Step:
+    name, shape, a, b, table = spec.name, spec.shape, 4 * off, 4 * off + _count(spec), normal_table()
+
+    def step(views: _Views, rows: int, out: Dict[str, np.ndarray]) -> None:
+        # the index view (rows, *shape) gives the output its shape; u16 < 2**16: "wrap" never wraps
+        out[name] = table.take(views[1][:, a:b].reshape((rows,) + shape), mode="wrap")
+    return step
+
+
+def _uniform_step(spec: NoiseSpec, off: int) -> _Step:
+    name, shape, a, b = spec.name, (-1,) + spec.shape, 4 * off, 4 * off + _count(spec)
+
+    def step(views: _Views, rows: int, out: Dict[str, np.ndarray]) -> None:
+        arr = np.multiply(views[1][:, a:b], np.float32(2.0 ** -16), dtype=np.float32)   # exact
+        arr += np.float32(2.0 ** -17)
+        out[name] = arr.reshape(shape)
+    return step
+
+
+def _plain_step(spec: NoiseSpec, off: int) -> _Step:
+    def step(views: _Views, rows: int, out: Dict[str, np.ndarray]) -> None:
+        out[spec.name] = _decode(spec, views[2], off, rows)
+    return step
+
+
+def _build_plan(specs: Tuple[NoiseSpec, ...]) -> Tuple[int, Tuple[_Step, ...]]:
+    layout = row_layout(specs)
+    steps: List[_Step] = []
+    i = 0
+    while i < len(specs):
+        spec, (off, _) = specs[i], layout[i]
+        if spec.kind == "dropout_mask":
+            key = dropout_threshold(spec.params["p"])
+            j = i + 1
+            while j < len(specs) and specs[j].kind == "dropout_mask" and \
+                    dropout_threshold(specs[j].params["p"]) == key:
+                j += 1
+            t, p_eff, bits = key
+            steps.append(_dropout_run_step([(specs[k], layout[k][0]) for k in range(i, j)], bits, t, p_eff))
+            i = j
+            continue
+        steps.append(_normal_step(spec, off) if spec.kind == "standard_normal" else
+                     _uniform_step(spec, off) if spec.kind == "uniform" else _plain_step(spec, off))
+        i += 1
+    return sum(w for _, w in layout), tuple(steps)
+
+
+def _plan(specs: Sequence[NoiseSpec]) -> Tuple[int, Tuple[_Step, ...]]:
+    """(words per row, steps) of ``specs``, built once per sequence of spec objects. A tuple (a
+    manifest's ``noise``) is looked up by its own identity, anything else by its items' identities;
+    the cache holds the objects, so an id is never reused while its entry lives."""
+    if type(specs) is tuple:
+        hit = _PLANS.get(id(specs))
+        if hit is not None and hit[0] is specs:
+            return hit[1], hit[2]
+        key: Any = id(specs)
+    else:
+        key = tuple(map(id, specs))
+        hit = _PLANS.get(key)
+        if hit is not None and len(hit[0]) == len(specs) and all(x is y for x, y in zip(hit[0], specs)):
+            return hit[1], hit[2]
+    held = specs if type(specs) is tuple else tuple(specs)
+    width, steps = _build_plan(held)
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[key] = (held, width, steps)
+    return width, steps
+
+
 def sample_noise_rows(specs: Sequence[NoiseSpec], rows: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
     """The next ``rows`` head rows of the runtime's noise stream (see above), every spec,
-    shape ``(rows, *spec.shape)`` float32, C-contiguous: one ``random_raw`` draw."""
+    shape ``(rows, *spec.shape)`` float32, C-contiguous: one ``random_raw`` draw, decoded by the
+    specs' cached plan (the values of :func:`_decode`, spec by spec)."""
     if rows <= 0:
         raise ValueError(f"number of noise rows must be positive, got {rows}")
     if not specs:
         return {}
-    layout = row_layout(specs)
-    width = sum(w for _, w in layout)
-    raw = rng.bit_generator.random_raw(rows * width).astype("<u8", copy=False).reshape(rows, width)
-    return {spec.name: _decode(spec, raw, off, rows) for spec, (off, _) in zip(specs, layout)}
+    width, steps = _plan(specs)
+    raw = rng.bit_generator.random_raw(rows * width)
+    if not _LITTLE:
+        raw = raw.astype("<u8")   # the stream reads words little-endian on every host
+    raw = raw.reshape(rows, width)
+    views = (raw.view("u1"), raw.view("<u2"), raw)
+    decoded: Dict[str, np.ndarray] = {}
+    for step in steps:   # the steps write the specs in manifest order
+        step(views, rows, decoded)
+    return decoded
 
 
 def sample_noise_for_sample(specs: Sequence[NoiseSpec], batch: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
