@@ -181,7 +181,7 @@ class _AgentLatency:
 
 class _PoolLatency:
     """The latency objective measured on a free agent of a tracker's pool, taken for this one
-    measurement and given back (``edgeuq search --tracker T --key K``): a trial holds a board only
+    measurement and given back (``edgeuq search --tracker T --tracker-key K``): a trial holds a board only
     while it is timed, so the workers share the boards whatever their numbers, and a board that
     dies costs the trial it was timing (run again, see :mod:`edgeuq.profile.agent_pool`)."""
 
@@ -195,17 +195,17 @@ class _PoolLatency:
 
 
 def _agent_pool(a: argparse.Namespace):
-    """``--tracker T --key K``: the pool of timing agents, else None (``--agent`` or this host)."""
-    if a.tracker is None and a.key is None:
+    """``--tracker T --tracker-key K``: the pool of timing agents, else None (``--agent`` or this host)."""
+    if a.tracker is None and a.tracker_key is None:
         return None
-    if a.tracker is None or a.key is None:
-        raise ValueError("--tracker and --key go together (the tracker and the board key of its timing agents)")
+    if a.tracker is None or a.tracker_key is None:
+        raise ValueError("--tracker and --tracker-key go together (the tracker and the board key of its timing agents)")
     if a.agent:
-        raise ValueError("give --agent A1 A2 ... or --tracker T --key K, not both")
+        raise ValueError("give --agent A1 A2 ... or --tracker T --tracker-key K, not both")
     from ..profile.agent_client import read_agent_token
     from ..profile.agent_pool import AgentPool
 
-    return AgentPool(a.tracker, a.key, read_agent_token(Path(a.agent_token_file) if a.agent_token_file else None),
+    return AgentPool(a.tracker, a.tracker_key, read_agent_token(Path(a.agent_token_file) if a.agent_token_file else None),
                      wait_s=float(a.board_wait))
 
 
@@ -577,12 +577,14 @@ def register(subparsers) -> None:
                         "instead of this host")
     p.add_argument("--agent-token-file", default=None, help="the agents' token file (default $EDGEUQ_AGENT_TOKEN)")
     p.add_argument("--tracker", metavar="HOST:PORT", default=None,
-                   help="measure the latency objective on the timing agents of --key in this TVM RPC tracker's pool: "
+                   help="measure the latency objective on the timing agents of --tracker-key in this TVM RPC tracker's "
+                        "pool: "
                         "each measurement takes a free agent and gives it back (agents: python -m edgeuq_runtime "
                         "agent --tracker T --key K)")
-    p.add_argument("--key", default=None, help="the board key of the agents (with --tracker)")
+    p.add_argument("--tracker-key", metavar="KEY", default=None,
+                   help="the board key of the agents (with --tracker; --key is the .mat variable name here)")
     p.add_argument("--board-wait", type=float, default=300.0,
-                   help="seconds a measurement waits for a free board of --key before its trial fails (and is run "
+                   help="seconds a measurement waits for a free board of --tracker-key before its trial fails (and is run "
                         "again); default 300")
     p.add_argument("--keep-ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
     p.add_argument("--bytes-fractions", type=float, nargs="+", default=[1.0, 0.5, 0.3])
