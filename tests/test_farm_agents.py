@@ -167,3 +167,44 @@ def test_an_agent_killed_mid_measurement_is_a_lost_board_and_leaves_the_pool(far
     finally:
         stop_process(proc)
         (tmp_path / "agent.log").unlink(missing_ok=True)
+
+
+def test_two_search_workers_take_both_agents_of_the_key_from_the_tracker(farm, tmp_path, monkeypatch, capsys):
+    """`edgeuq search --tracker T --tracker-key K --workers 2` (journal storage, tiny recipe): every
+    trial's latency was measured on one of the key's two agents, both were used, and the output
+    says where."""
+    import json
+
+    import optuna
+
+    from edgeuq.cli import main
+    from tiny_recipes import tiny_recipe
+
+    rec = tmp_path / "tiny-farm.toml"
+    rec.write_text(tiny_recipe("tiny-farm", "tiny farm search test recipe", heads=2, depth=2, ffn=16, blocks=(1,)))
+    ck = tmp_path / "teacher"
+    assert main(["train", "--recipe", str(rec), "--out", str(ck), "--no-progress"]) == 0
+    monkeypatch.setenv("EDGEUQ_AGENT_TOKEN", TOKEN)
+    out = tmp_path / "search"
+    with agent_in_thread(TOKEN, tracker=farm.tracker_addr, key="search") as a1, \
+            agent_in_thread(TOKEN, tracker=farm.tracker_addr, key="search") as a2:
+        _wait(lambda: farm.free("edgeuq-agent.search") == 2, "both agents in the pool")
+        rc = main(["search", "--board", "x86-host", "--teacher", str(ck), "--recipe", str(rec), "--out", str(out),
+                   "--trials", "6", "--population", "4", "--workers", "2", "--tracker", farm.tracker_addr,
+                   "--tracker-key", "search", "--keep-ratios", "0.5", "1.0", "--bytes-fractions", "1.0",
+                   "--samples", "4", "8", "--repeats", "5", "--calibration", "32", "--board-wait", "120"])
+    assert rc in (0, 1)  # 1: no trial within the host board's budgets (the tiny teacher is not the point here)
+    text = capsys.readouterr().out
+    assert f"measured on the boards of key search through tracker {farm.tracker_addr}" in text
+    study = optuna.load_study(study_name="edgeuq-x86-host", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "search.journal"))))
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    assert 6 <= len(done) <= 7
+    boards = [t.user_attrs["latency_measured_on"] for t in done]
+    assert all(b["location"] == "agent" and b["key"] == "search" and b["tracker"] == farm.tracker_addr
+               and b["agent"] in (a1, a2) for b in boards), boards
+    assert {b["agent"] for b in boards} == {a1, a2}  # both boards measured trials
+    assert len({t.user_attrs["worker"] for t in done}) == 2  # and both workers ran trials
+    info = json.loads((out / "result" / "search.json").read_text())["meta"]["info"]
+    assert sum(info["boards"].values()) == len(done) and set(info["boards"]) == {a1, a2}
+    assert info["latency_measured_on"].startswith(f"measured on the boards of key search through tracker ")

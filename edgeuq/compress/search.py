@@ -186,7 +186,8 @@ def run_search_with_failures(space: SearchSpace, evaluate: Evaluate, budgets: Se
     returned list) and does not count towards ``n_trials``; more than ``max(5, n_trials)``
     failures in one run end it. A failure whose exception says ``retry_trial = True`` (the board
     measuring it died, no board was free: not the configuration's fault) is also run again with
-    the same parameters, by optuna's ``RetryFailedTrialCallback`` (at most ``max_retry`` times).
+    the same parameters, by optuna's retry callback (``RetryHeartbeatStaleTrialCallback``, the one
+    the RDB storage's heartbeat uses; at most ``max_retry`` times, default ``MAX_RETRY``).
 
     ``journal``: a journal file path, an RDB URL or ``journal:PATH`` (see
     :mod:`edgeuq.compress.distributed`), or an optuna storage. Several processes may run this
@@ -196,13 +197,15 @@ def run_search_with_failures(space: SearchSpace, evaluate: Evaluate, budgets: Se
     storage's ``RetryFailedTrialCallback``) before every ask.
     """
     import optuna
-    from optuna.storages import RetryFailedTrialCallback, fail_stale_trials
+    from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
     # optuna's own heartbeat thread, as study.optimize uses it; ask/tell has no public wrapper
     from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 
     from .distributed import MAX_RETRY
 
-    retry = RetryFailedTrialCallback(max_retry=MAX_RETRY if max_retry is None else int(max_retry))
+    with warnings.catch_warnings():  # optuna marks its retry callback experimental (since 2.8): that is all
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY if max_retry is None else int(max_retry))
     study = _study(journal, seed, population, budgets, study_name)
     if not study.trials:
         for p in enqueue:
