@@ -208,3 +208,33 @@ def test_two_search_workers_take_both_agents_of_the_key_from_the_tracker(farm, t
     info = json.loads((out / "result" / "search.json").read_text())["meta"]["info"]
     assert sum(info["boards"].values()) == len(done) and set(info["boards"]) == {a1, a2}
     assert info["latency_measured_on"].startswith(f"measured on the boards of key search through tracker ")
+
+
+def test_edgeuq_tvm_paths_refuse_the_agents_pool_key():
+    """edgeuq's own TVM RPC paths (profile --tracker, the fleet, tuning) refuse an agent pool key at
+    once, naming the TVM servers' key instead (no tracker needed: refused before connecting)."""
+    from edgeuq.profile.fleet import free_boards
+    from edgeuq.profile.tvm_rpc import connect
+
+    for call in (lambda: connect(tracker="127.0.0.1:1", key="edgeuq-agent.rasp4"),
+                 lambda: free_boards("127.0.0.1:1", "edgeuq-agent.rasp4")):
+        with pytest.raises(ValueError, match=r"'edgeuq-agent.rasp4' is the tracker pool of edgeuq timing agents.*"
+                                             r"servers of key 'rasp4'"):
+            call()
+
+
+def test_the_agent_registers_again_when_the_tracker_restarts():
+    with Farm() as f:
+        with agent_in_thread(TOKEN, tracker=f.tracker_addr, key="again") as addr:
+            _wait(lambda: f.free("edgeuq-agent.again") == 1, "the agent in the first tracker's pool")
+            stop_process(f.procs[0])  # the tracker goes away, and comes back on the same port, empty
+            f._spawn("-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(f.tracker_port),
+                     "--port-end", str(f.tracker_port + 1))
+
+            def back():
+                try:
+                    return _agents_in(f.summary(), "edgeuq-agent.again") == [addr] and f.free("edgeuq-agent.again")
+                except Exception:  # noqa: BLE001 -- the new tracker is still starting
+                    return False
+
+            _wait(back, "the agent in the restarted tracker's pool", 180)

@@ -45,9 +45,10 @@ def free_boards(tracker: str, key: str) -> int:
     """How many servers of ``key`` the tracker lists as free now."""
     from tvm import rpc
 
-    from .tvm_rpc import parse_address
+    from .tvm_rpc import parse_address, tvm_server_key
 
     host, port = parse_address(tracker, "--tracker")
+    tvm_server_key(key)
     summary = rpc.connect_tracker(host, port).summary()
     return int(summary.get("queue_info", {}).get(key, {}).get("free", 0))
 
@@ -62,9 +63,10 @@ def request_board(tracker: str, key: str, session_timeout: int = 600,
     from tvm import rpc
     from tvm.rpc import base
 
-    from .tvm_rpc import parse_address
+    from .tvm_rpc import parse_address, tvm_server_key
 
     host, port = parse_address(tracker, "--tracker")
+    tvm_server_key(key)
     sock = socket.create_connection((host, port), timeout=wait_s)
     try:
         sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
