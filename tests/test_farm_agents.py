@@ -238,3 +238,32 @@ def test_the_agent_registers_again_when_the_tracker_restarts():
                     return False
 
             _wait(back, "the agent in the restarted tracker's pool", 180)
+
+
+def test_fleet_profile_on_every_free_timing_agent_of_a_key(farm, ort_bundle, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """`edgeuq profile --tracker T --key K --timing-agents --all`: one report per free agent (each
+    reached exactly once, ONNX Runtime graphs timed there) and the fleet summary."""
+    import json
+
+    from edgeuq.cli import main
+    from edgeuq.profile.report import load_latency_report
+
+    monkeypatch.setenv("EDGEUQ_AGENT_TOKEN", TOKEN)
+    out = tmp_path / "fleet"
+    with agent_in_thread(TOKEN, tracker=farm.tracker_addr, key="fleet") as a1, \
+            agent_in_thread(TOKEN, tracker=farm.tracker_addr, key="fleet") as a2:
+        _wait(lambda: farm.free("edgeuq-agent.fleet") == 2, "both agents in the pool")
+        rc = main(["profile", "--bundle", str(ort_bundle), "--tracker", farm.tracker_addr, "--key", "fleet",
+                   "--timing-agents", "--all", "--out", str(out), "--samples", "1", "4", "--repeats", "5",
+                   "--warmup", "1", "--no-plots"])
+    assert rc == 0
+    table = json.loads((out / "fleet_summary.json").read_text())
+    servers = [r[0] for r in table["rows"] if not r[0].startswith("spread")]
+    assert sorted(servers) == sorted([a1, a2])  # every free agent, once
+    for i, server in enumerate(servers):
+        rep = load_latency_report(out / f"board-{i:02d}-{server.replace(':', '_')}")
+        assert rep.location == "agent" and rep.environment["agent"] == server
+        assert rep.environment["key"] == "fleet" and rep.environment["tracker"] == farm.tracker_addr
+        assert f"key fleet through tracker {farm.tracker_addr}" in rep.where
+        assert rep.stages["4"]["trunk"]["median_ms"] > 0 and rep.stages["4"]["head"]["median_ms"] > 0
+    assert table["spread"]["boards"] == 2

@@ -149,20 +149,31 @@ class AgentPool:
         return health
 
     def profile(self, bundle: Any, *, samples: Sequence[int] = (1, 8, 32), warmup: int = 5, repeats: int = 50,
-                seed: int = 0, raw: bool = False,
+                seed: int = 0, raw: bool = False, exclude: Sequence[str] = (),
                 log: Callable[[str], None] = print) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         """Time ``bundle`` on a free agent of the key: ``(agent report, board)``, where board is
-        ``{"location": "agent", "key", "tracker", "agent": HOST:PORT, "hostname", "machine"}``."""
+        ``{"location": "agent", "key", "tracker", "agent": HOST:PORT, "hostname", "machine"}``.
+        ``exclude``: agents (``HOST:PORT``) not to use; one the tracker hands out anyway is left
+        unused (its matchkey lapses and it re-registers a few seconds later) and another is asked for."""
         packed = packed_bundle(bundle)  # before taking a board: it is held only while it times
-        for attempt in range(_STALE_TRIES):
+        skipped: set = set()
+        attempt = 0
+        while attempt < _STALE_TRIES:
             agent, matchkey = self._request(log)
+            if agent in set(exclude):
+                if agent in skipped:  # the tracker has no other free agent of the key
+                    raise NoFreeBoard(f"no free board of key {self.key} at tracker {self.tracker} other than "
+                                      f"{sorted(set(exclude))}")
+                skipped.add(agent)
+                continue
+            attempt += 1
             health = self._check_agent(agent)
             try:
                 doc = agent_profile(agent, bundle, token=self.token, samples=samples, warmup=warmup,
                                     repeats=repeats, seed=seed, raw=raw, packed=packed, match_key=matchkey,
                                     timeout_s=self.timeout_s)
             except AgentError as exc:
-                if exc.status == 409 and attempt + 1 < _STALE_TRIES:  # our ticket went stale: ask again
+                if exc.status == 409 and attempt < _STALE_TRIES:  # our ticket went stale: ask again
                     log(f"agent {agent}: {exc}; asking the tracker again")
                     continue
                 if exc.status is None:
