@@ -216,10 +216,10 @@ def test_edgeuq_tvm_paths_refuse_the_agents_pool_key():
     from edgeuq.profile.fleet import free_boards
     from edgeuq.profile.tvm_rpc import connect
 
-    for call in (lambda: connect(tracker="127.0.0.1:1", key="edgeuq-agent.rasp4"),
-                 lambda: free_boards("127.0.0.1:1", "edgeuq-agent.rasp4")):
-        with pytest.raises(ValueError, match=r"'edgeuq-agent.rasp4' is the tracker pool of edgeuq timing agents.*"
-                                             r"servers of key 'rasp4'"):
+    for call in (lambda: connect(tracker="127.0.0.1:1", key="edgeuq-agent.pool7"),
+                 lambda: free_boards("127.0.0.1:1", "edgeuq-agent.pool7")):
+        with pytest.raises(ValueError, match=r"'edgeuq-agent.pool7' is the tracker pool of edgeuq timing agents.*"
+                                             r"servers of key 'pool7'"):
             call()
 
 
