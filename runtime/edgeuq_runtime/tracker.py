@@ -249,12 +249,14 @@ class TrackerLink:
         return f"{self.key}:{random.SystemRandom().random()}"
 
     def _run(self) -> None:
+        outage = False  # said once per outage, not on every retry
         while not self._stop.is_set():
             conn = None
             try:
                 conn = TrackerConnection(self.tracker, timeout_s=10.0)
                 conn.update_info({**self.info, "key": "server:" + self.key, "addr": [self.custom_addr, self.port]})
                 self._log(f"registered with the tracker {self.tracker} under key {self.key}")
+                outage = False
                 self._serve(conn)
             except (OSError, TrackerError, ValueError) as exc:  # the tracker went away: reconnect
                 with self._lock:
@@ -262,7 +264,9 @@ class TrackerLink:
                         self._matchkey = None
                     self._registered.clear()
                 if not self._stop.is_set():
-                    self._log(f"tracker {self.tracker}: {exc}; retrying in {self.retry_s:g} s")
+                    if not outage:
+                        self._log(f"tracker {self.tracker}: {exc}; retrying every {self.retry_s:g} s")
+                    outage = True
                     self._stop.wait(self.retry_s)
             finally:
                 if conn is not None:
