@@ -106,9 +106,10 @@ def test_variant_builder_builds_the_requested_widths_and_stochastic_part(tmp_pat
     assert model2.cfg.stochastic_blocks == (0, 1)
     with torch.no_grad():  # same weights, only where the sampling happens differs
         assert torch.allclose(model(torch.from_numpy(x)), model2(torch.from_numpy(x)), atol=1e-6)
-    metrics, bundle = b(0, params)
+    metrics, bundle, attrs = b(0, params)
     assert set(metrics) == {"latency_ms", "accuracy", "ood_auroc", "bytes", "samples"}
     assert metrics["samples"] == 4 and metrics["bytes"] > 0 and 0 <= metrics["accuracy"] <= 1
+    assert attrs["latency_measured_on"]["location"] == "host"  # timed here (no agent, no tracker)
     space = SearchSpace(depth=2)
     seeds = fisher_guided_seeds(b, space)
     assert seeds and all(set(s) == {"keep0", "keep1", "stochastic_from", "bytes_fraction", "samples"} for s in seeds)

@@ -158,3 +158,35 @@ def test_only_optunas_heartbeat_ask_warning_is_silenced(tmp_path):
     messages = [str(w.message) for w in seen]
     assert not any("Heartbeat of storage is supposed to be used" in m for m in messages), messages
     assert messages.count("the evaluator's own warning") == 3
+
+
+class _LostBoard(RuntimeError):
+    retry_trial = True  # what edgeuq.profile.agent_pool's BoardLost / NoFreeBoard say
+
+
+def test_a_trial_whose_board_was_lost_runs_again_with_the_same_parameters(tmp_path):
+    """A failure that is not the configuration's fault (the board died mid-measurement) fails the
+    trial and re-enqueues it with its parameters (optuna's retry callback, journal storage too);
+    any other failure is only recorded."""
+    lost, calls = set(), []
+
+    def evaluate(number, params):
+        calls.append(number)
+        if number == 1 and number not in lost:
+            lost.add(number)
+            raise _LostBoard("the board 127.0.0.1:1 stopped answering mid-measurement")
+        if number == 3:
+            raise ValueError("a configuration that cannot be built")
+        return metrics_of(params), f"trial{number}", {"latency_measured_on": {"location": "agent", "n": number}}
+
+    storage = open_storage(f"journal:{tmp_path / 'search.journal'}")
+    records, failed = run_search_with_failures(SPACE, evaluate, SearchBudgets(), 5, storage, seed=0, population=4,
+                                               study_name="toy", log=lambda m: None)
+    assert sorted(f.number for f in failed) == [1, 3]
+    study = optuna.load_study(study_name="toy", storage=storage)
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    again = [t for t in by_number.values() if t.system_attrs.get("failed_trial") == 1]
+    assert len(again) == 1 and again[0].state == optuna.trial.TrialState.COMPLETE
+    assert again[0].params == by_number[1].params  # the same configuration, measured again
+    assert not any(t.system_attrs.get("failed_trial") == 3 for t in by_number.values())  # not retried
+    assert len(records) == 5 and all(r.latency_measured_on == {"location": "agent", "n": r.number} for r in records)

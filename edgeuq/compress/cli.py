@@ -208,17 +208,59 @@ def _records(a: argparse.Namespace, recipe):
 
 
 class _AgentLatency:
-    """The latency objective measured on a board by its timing agent (end to end, S samples)."""
+    """The latency objective measured on a board by its timing agent (end to end, S samples):
+    ``(ms, where it was measured)``."""
 
     def __init__(self, agent: str, token: str) -> None:
         self.agent, self.token = agent, token
 
-    def __call__(self, bundle_dir: Any, samples: int, repeats: int) -> float:
+    def __call__(self, bundle_dir: Any, samples: int, repeats: int):
         from ..profile.agent_client import agent_profile
 
         doc = agent_profile(self.agent, bundle_dir, token=self.token, samples=(int(samples),), warmup=3,
                             repeats=int(repeats))
-        return float(doc["end_to_end"][str(int(samples))]["median_ms"])
+        return (float(doc["end_to_end"][str(int(samples))]["median_ms"]),
+                {"location": "agent", "agent": self.agent, "hostname": doc.get("environment", {}).get("hostname")})
+
+
+class _PoolLatency:
+    """The latency objective measured on a free agent of a tracker's pool, taken for this one
+    measurement and given back (``edgeuq search --tracker T --tracker-key K``): a trial holds a board only
+    while it is timed, so the workers share the boards whatever their numbers, and a board that
+    dies costs the trial it was timing (run again, see :mod:`edgeuq.profile.agent_pool`)."""
+
+    def __init__(self, pool: Any, log: Callable[[str], None] = print) -> None:
+        self.pool, self.log = pool, log
+
+    def __call__(self, bundle_dir: Any, samples: int, repeats: int):
+        doc, board = self.pool.profile(bundle_dir, samples=(int(samples),), warmup=3, repeats=int(repeats),
+                                       log=self.log)
+        return float(doc["end_to_end"][str(int(samples))]["median_ms"]), board
+
+
+def _agent_pool(a: argparse.Namespace):
+    """``--tracker T --tracker-key K``: the pool of timing agents, else None (``--agent`` or this host)."""
+    if a.tracker is None and a.tracker_key is None:
+        return None
+    if a.tracker is None or a.tracker_key is None:
+        raise ValueError("--tracker and --tracker-key go together (the tracker and the board key of its timing agents)")
+    if a.agent:
+        raise ValueError("give --agent A1 A2 ... or --tracker T --tracker-key K, not both")
+    from ..profile.agent_client import read_agent_token
+    from ..profile.agent_pool import AgentPool
+
+    return AgentPool(a.tracker, a.tracker_key, read_agent_token(Path(a.agent_token_file) if a.agent_token_file else None),
+                     wait_s=float(a.board_wait))
+
+
+def _boards_used(records) -> dict:
+    """Trials per board that timed them (``HOST:PORT`` of the agent, or the host's name)."""
+    counts: dict = {}
+    for r in records:
+        w = r.latency_measured_on or {}
+        name = w.get("agent") or (f"host {w['hostname']}" if w.get("hostname") else "not recorded")
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _search_setup(a: argparse.Namespace, worker: Optional[int] = None, evaluator: bool = True):
@@ -252,7 +294,9 @@ def _search_setup(a: argparse.Namespace, worker: Optional[int] = None, evaluator
         idx = np.sort(rng.choice(len(tr), size=min(a.calibration, len(tr)), replace=False))
         b = VariantBuilder(ck, (tr.x[idx], tr.y[idx]), (data.splits.test.x, data.splits.test.y), data.ood.x,
                            out / "trials", repeats=a.repeats, seed=a.seed)
-        if a.agent:  # worker i times on agent i (one board per worker)
+        if pool is not None:  # every measurement on a free agent of the key, taken from the tracker
+            b.latency_fn = _PoolLatency(pool, log=lambda m: print(f"[worker {worker or 0}] {m}", flush=True))
+        elif a.agent:  # worker i times on agent i (one board per worker)
             from ..profile.agent_client import read_agent_token
 
             agent = a.agent[(worker or 0) % len(a.agent)]
@@ -260,8 +304,12 @@ def _search_setup(a: argparse.Namespace, worker: Optional[int] = None, evaluator
                 Path(a.agent_token_file) if a.agent_token_file else None))
         return b
 
+    pool = _agent_pool(a)
     measured_on = "this host, edgeuq_runtime (ONNX Runtime), 1 thread"
-    if a.agent:
+    if pool is not None:
+        measured_on = (f"measured on {pool.label} (pool {pool.pool_key}; edgeuq_runtime agents, end to end, "
+                       "1 thread; each trial's board in its latency_measured_on)")
+    elif a.agent:
         measured_on = ("on the boards' timing agents (edgeuq_runtime agent, end to end, 1 thread): "
                        + ", ".join(a.agent))
     mc_dropout = get_scheme(ck.config.scheme).relocatable_sites  # as VariantBuilder.mc_dropout
@@ -272,7 +320,7 @@ def _search_setup(a: argparse.Namespace, worker: Optional[int] = None, evaluator
     builder = make_builder() if evaluator else _LazyEvaluator(make_builder)
     seeds = fisher_guided_seeds(builder, space) if evaluator and not worker else []
     return types.SimpleNamespace(board=board, budgets=budgets, ck=ck, source=source, builder=builder, space=space,
-                                 seeds=seeds, out=out, measured_on=measured_on)
+                                 seeds=seeds, out=out, measured_on=measured_on, pool=pool)
 
 
 class _LazyEvaluator:
@@ -350,6 +398,10 @@ def _cmd_search(a: argparse.Namespace) -> int:
     threads = _threads_per_worker(a)
     torch.set_num_threads(threads)  # --workers 1: this process is the worker
     s = _search_setup(a, evaluator=a.workers == 1)
+    if s.pool is not None:  # say at once where the latency goes, and whether any board is there
+        st = s.pool.status()
+        print(f"search: latency objective {s.measured_on}: the tracker lists {len(st['agents'])} agent(s) "
+              f"({', '.join(st['agents']) or 'none yet'}), {st['free']} free")
     t0 = time.perf_counter()
     if a.workers > 1:
         print(f"search: {a.workers} workers on {storage_label(spec)}")
@@ -365,14 +417,19 @@ def _cmd_search(a: argparse.Namespace) -> int:
     board, budgets, ck, out = s.board, s.budgets, s.ck, s.out
     front = pareto_trials(records_)
     pick = choose_for_board(front)
-    where = "this host" if not a.agent else "the boards' timing agents"
-    title = (f"{board.name}: {len(records_)} trials, {len(failed)} failed; latency measured on {where} "
-             f"({platform.machine() if not a.agent else ', '.join(a.agent)}, 1 thread)"
-             + ("" if a.agent else ", not on the board unless it is this machine"))
+    if s.pool is not None:
+        title = (f"{board.name}: {len(records_)} trials, {len(failed)} failed; latency measured on {s.pool.label} "
+                 "(timing agents, 1 thread)")
+    else:
+        where = "this host" if not a.agent else "the boards' timing agents"
+        title = (f"{board.name}: {len(records_)} trials, {len(failed)} failed; latency measured on {where} "
+                 f"({platform.machine() if not a.agent else ', '.join(a.agent)}, 1 thread)"
+                 + ("" if a.agent else ", not on the board unless it is this machine"))
     res = save_search_result(out / "result", board.name, budgets, records_, front, pick,
                              {"checkpoint": str(ck.directory), "checkpoint_sha256": ck.sha256, "data": s.source,
                               "latency_measured_on": s.measured_on, "storage": storage_label(spec),
                               "workers": a.workers, "wall_s": round(wall, 1),
+                              "boards": _boards_used(records_),
                               "command": command, "provenance": finish(prov, note=f"search result {out / 'result'}")},
                              title, failed=failed)
     trials = [r.to_dict() for r in records_]
@@ -386,6 +443,8 @@ def _cmd_search(a: argparse.Namespace) -> int:
           f"{sum(r.feasible for r in records_)} within "
           f"{board.name}'s budgets; objectives {[k for k, _ in OBJECTIVES]}):")
     print(format_table(headers, rows, markdown=True))
+    print(f"latency objective: {s.measured_on}; trials per board: "
+          + ", ".join(f"{k} {v}" for k, v in _boards_used(records_).items()))
     if a.tables_json:
         _write_search_tables(res.to_meta(), Path(a.tables_json))
     if pick is None:
@@ -561,6 +620,16 @@ def register(subparsers) -> None:
                    help="measure the latency objective on boards' timing agents (python -m edgeuq_runtime agent) "
                         "instead of this host")
     p.add_argument("--agent-token-file", default=None, help="the agents' token file (default $EDGEUQ_AGENT_TOKEN)")
+    p.add_argument("--tracker", metavar="HOST:PORT", default=None,
+                   help="measure the latency objective on the timing agents of --tracker-key in this TVM RPC tracker's "
+                        "pool: "
+                        "each measurement takes a free agent and gives it back (agents: python -m edgeuq_runtime "
+                        "agent --tracker T --key K)")
+    p.add_argument("--tracker-key", metavar="KEY", default=None,
+                   help="the board key of the agents (with --tracker; --key is the .mat variable name here)")
+    p.add_argument("--board-wait", type=float, default=300.0,
+                   help="seconds a measurement waits for a free board of --tracker-key before its trial fails (and is run "
+                        "again); default 300")
     p.add_argument("--keep-ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
     p.add_argument("--bytes-fractions", type=float, nargs="+", default=[1.0, 0.5, 0.3])
     p.add_argument("--samples", type=int, nargs="+", default=[8, 16, 32])

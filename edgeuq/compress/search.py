@@ -99,6 +99,9 @@ class TrialRecord:
     metrics: Mapping[str, float]
     feasible: bool
     artifact: str = ""
+    #: where the latency objective was measured (``{"location": "host" | "agent", ...}``; for a
+    #: tracker's pool also the board key, the tracker and the agent's HOST:PORT); None: not recorded
+    latency_measured_on: Optional[Mapping[str, Any]] = None
 
     def objectives(self) -> List[float]:
         return [float(self.metrics[k]) for k, _ in OBJECTIVES]
@@ -148,7 +151,8 @@ def _records(study) -> List[TrialRecord]:
     out = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         out.append(TrialRecord(t.number, dict(t.params), dict(t.user_attrs["metrics"]),
-                               all(v <= 0 for v in t.user_attrs["constraints"]), t.user_attrs.get("artifact", "")))
+                               all(v <= 0 for v in t.user_attrs["constraints"]), t.user_attrs.get("artifact", ""),
+                               t.user_attrs.get("latency_measured_on")))
     return out
 
 
@@ -170,14 +174,20 @@ def run_search(space: SearchSpace, evaluate: Evaluate, budgets: SearchBudgets, n
 def run_search_with_failures(space: SearchSpace, evaluate: Evaluate, budgets: SearchBudgets, n_trials: int,
                              journal: Path, seed: int = 0, population: int = 8,
                              enqueue: Sequence[Mapping[str, Any]] = (), study_name: str = "edgeuq-compress",
-                             log: Callable[[str], None] = print) -> Tuple[List[TrialRecord], List[FailedTrial]]:
+                             log: Callable[[str], None] = print,
+                             max_retry: Optional[int] = None) -> Tuple[List[TrialRecord], List[FailedTrial]]:
     """Run until the journal holds ``n_trials`` finished trials (resuming a previous run); return them all,
     and every failed trial of the journal (this run's and earlier ones) with its reason.
 
-    ``evaluate(number, params) -> (metrics, artifact path)``; metrics need ``latency_ms``,
-    ``accuracy``, ``ood_auroc``, ``bytes`` and ``samples``. A trial whose evaluation raises
-    is recorded as failed with its reason (in the journal, the log and the returned list) and
-    does not count towards ``n_trials``; more than ``max(5, n_trials)`` failures in one run end it.
+    ``evaluate(number, params) -> (metrics, artifact path[, attrs])``; metrics need ``latency_ms``,
+    ``accuracy``, ``ood_auroc``, ``bytes`` and ``samples``; ``attrs`` (optional): more user
+    attributes of the trial (e.g. ``latency_measured_on``: the board that timed it). A trial whose
+    evaluation raises is recorded as failed with its reason (in the journal, the log and the
+    returned list) and does not count towards ``n_trials``; more than ``max(5, n_trials)``
+    failures in one run end it. A failure whose exception says ``retry_trial = True`` (the board
+    measuring it died, no board was free: not the configuration's fault) is also run again with
+    the same parameters, by optuna's retry callback (``RetryHeartbeatStaleTrialCallback``, the one
+    the RDB storage's heartbeat uses; at most ``max_retry`` times, default ``MAX_RETRY``).
 
     ``journal``: a journal file path, an RDB URL or ``journal:PATH`` (see
     :mod:`edgeuq.compress.distributed`), or an optuna storage. Several processes may run this
@@ -187,10 +197,15 @@ def run_search_with_failures(space: SearchSpace, evaluate: Evaluate, budgets: Se
     storage's ``RetryFailedTrialCallback``) before every ask.
     """
     import optuna
-    from optuna.storages import fail_stale_trials
+    from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
     # optuna's own heartbeat thread, as study.optimize uses it; ask/tell has no public wrapper
     from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 
+    from .distributed import MAX_RETRY
+
+    with warnings.catch_warnings():  # optuna marks its retry callback experimental (since 2.8): that is all
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY if max_retry is None else int(max_retry))
     study = _study(journal, seed, population, budgets, study_name)
     if not study.trials:
         for p in enqueue:
@@ -216,17 +231,22 @@ def run_search_with_failures(space: SearchSpace, evaluate: Evaluate, budgets: Se
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
             with get_heartbeat_thread(trial._trial_id, study._storage):
-                metrics, artifact = evaluate(trial.number, params)
+                metrics, artifact, *extra = evaluate(trial.number, params)
         except Exception as exc:  # noqa: BLE001 -- one bad configuration must not end the search; counted below
             failures += 1
             reason = f"{type(exc).__name__}: {exc}"
-            log(f"trial {trial.number} failed: {reason}")
+            again = bool(getattr(exc, "retry_trial", False))
+            log(f"trial {trial.number} failed: {reason}" + ("; it runs again" if again else ""))
             trial.set_user_attr("error", reason)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            if again:  # optuna's retry: a WAITING copy with the same parameters, its retry history kept
+                retry(study, study._storage.get_trial(trial._trial_id))
             if failures > max(5, n_trials):
                 raise RuntimeError("search: too many failed trials") from exc
             continue
         metrics = {k: float(v) for k, v in metrics.items()}
+        for name, value in (dict(extra[0]) if extra else {}).items():
+            trial.set_user_attr(name, value)
         trial.set_user_attr("metrics", metrics)
         violations = budgets.violations(metrics)
         trial.set_user_attr("constraints", violations)

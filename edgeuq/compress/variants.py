@@ -9,6 +9,7 @@ latency of one window (1 thread, median), bytes of the bundle's graphs.
 """
 from __future__ import annotations
 
+import socket
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
@@ -82,7 +83,7 @@ class VariantBuilder:
         return model.eval()
 
     # -------------------------------------------------------------- measuring
-    def __call__(self, number: int, params: Mapping[str, Any]) -> Tuple[Dict[str, float], str]:
+    def __call__(self, number: int, params: Mapping[str, Any]) -> Tuple[Dict[str, float], str, Dict[str, Any]]:
         from edgeuq_runtime import UncertaintyRuntime
 
         from ..bundle import build_bundle
@@ -116,16 +117,18 @@ class VariantBuilder:
         test = run_runtime(rt, self.test_x, s, seed=0)
         ood = run_runtime(rt, self.ood, s, seed=1)
         x1 = self.test_x[:1]
-        if self.latency_fn is not None:  # e.g. the board's timing agent (edgeuq search --agent)
-            lat = float(self.latency_fn(bundle.root, s, self.repeats))
+        if self.latency_fn is not None:  # e.g. the board's timing agent (edgeuq search --agent / --tracker)
+            got = self.latency_fn(bundle.root, s, self.repeats)
+            lat, where = (float(got[0]), dict(got[1])) if isinstance(got, tuple) else (float(got), {})
         else:
             lat = measure(lambda: rt.predict(x1, samples=s), warmup=3, repeats=self.repeats).median_ms
+            where = {"location": "host", "hostname": socket.gethostname()}
         nbytes = sum(p.stat().st_size for p in Path(bundle.root).rglob("*.onnx"))
         test, test_y = diagnosed_only(test, self.test_y)
         ood = diagnosed_only(ood)[0]
         return ({"latency_ms": lat, "accuracy": float(np.mean(test.prediction == test_y)),
                  "ood_auroc": float(auroc(test.epistemic, ood.epistemic)), "bytes": float(nbytes),
-                 "samples": float(s)}, str(bundle.root))
+                 "samples": float(s)}, str(bundle.root), {"latency_measured_on": where})
 
 
 def fisher_guided_seeds(builder: VariantBuilder, space, ratios: Sequence[float] = (1.0, 0.5, 0.3)) -> List[dict]:

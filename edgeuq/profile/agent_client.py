@@ -16,14 +16,18 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
-__all__ = ["AgentError", "agent_health", "agent_profile", "read_agent_token"]
+__all__ = ["AgentError", "agent_health", "agent_profile", "packed_bundle", "read_agent_token"]
 
 
 class AgentError(ValueError):
     """The agent refused a request (its reason) or could not be reached (a ValueError, so the
-    CLI reports it in one line like any other bad argument)."""
+    CLI reports it in one line like any other bad argument). ``status``: the agent's HTTP status
+    when it answered, None when it did not; ``cause``: the underlying error then."""
+
+    status: Optional[int] = None
+    cause: Optional[BaseException] = None
 
 
 def read_agent_token(token_file: Optional[Path] = None) -> str:
@@ -39,7 +43,15 @@ def read_agent_token(token_file: Optional[Path] = None) -> str:
     return text
 
 
+def _error(message: str, status: Optional[int] = None, cause: Optional[BaseException] = None) -> AgentError:
+    err = AgentError(message)
+    err.status, err.cause = status, cause
+    return err
+
+
 def _call(req: Any, host: str, port: int, timeout_s: float) -> Dict[str, Any]:
+    import http.client
+
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             return json.loads(resp.read().decode())
@@ -48,9 +60,14 @@ def _call(req: Any, host: str, port: int, timeout_s: float) -> Dict[str, Any]:
             reason = json.loads(exc.read().decode()).get("error", "")
         except ValueError:
             reason = ""
-        raise AgentError(f"agent {host}:{port} refused the request ({exc.code}): {reason or exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise AgentError(f"cannot reach the agent at {host}:{port}: {exc}") from None
+        raise _error(f"agent {host}:{port} refused the request ({exc.code}): {reason or exc.reason}",
+                     exc.code) from None
+    except urllib.error.URLError as exc:
+        raise _error(f"cannot reach the agent at {host}:{port}: {exc}", None, exc.reason
+                     if isinstance(exc.reason, BaseException) else exc) from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # reset mid-answer, not HTTP, not JSON
+        raise _error(f"the agent at {host}:{port} broke off its answer: {type(exc).__name__}: {exc}", None,
+                     exc) from None
 
 
 def agent_health(agent: str, *, token: str, timeout_s: float = 30.0) -> Dict[str, Any]:
@@ -64,23 +81,35 @@ def agent_health(agent: str, *, token: str, timeout_s: float = 30.0) -> Dict[str
     return _call(req, host, port, timeout_s)
 
 
-def agent_profile(agent: str, bundle: Any, *, token: str, samples: Sequence[int] = (1, 8, 32), warmup: int = 5,
-                  repeats: int = 50, seed: int = 0, timeout_s: float = 600.0, raw: bool = False) -> Dict[str, Any]:
-    """POST the bundle to the agent at ``agent`` (``HOST:PORT``) and return its JSON report."""
+def packed_bundle(bundle: Any) -> Tuple[bytes, str]:
+    """The bundle verified and packed as the agent takes it: ``(tar bytes, digest)``."""
     from edgeuq_runtime.bundle import load_bundle
     from edgeuq_runtime.ota.archive import pack_bundle
+
+    b = load_bundle(bundle, verify=True)
+    return pack_bundle(Path(bundle)), str(b.digest)
+
+
+def agent_profile(agent: str, bundle: Any, *, token: str, samples: Sequence[int] = (1, 8, 32), warmup: int = 5,
+                  repeats: int = 50, seed: int = 0, timeout_s: float = 600.0, raw: bool = False,
+                  packed: Optional[Tuple[bytes, str]] = None, match_key: Optional[str] = None) -> Dict[str, Any]:
+    """POST the bundle to the agent at ``agent`` (``HOST:PORT``) and return its JSON report.
+    ``packed``: :func:`packed_bundle`'s result, when already made; ``match_key``: the matchkey a
+    tracker handed out for this agent (an agent in a tracker's pool serves only those)."""
+    from edgeuq_runtime.agent import MATCH_HEADER
 
     from .tvm_rpc import parse_address
 
     host, port = parse_address(agent, "--agent")
-    b = load_bundle(bundle, verify=True)
-    body = pack_bundle(Path(bundle))
+    body, digest = packed if packed is not None else packed_bundle(bundle)
     query = (f"samples={','.join(str(int(s)) for s in samples)}&warmup={int(warmup)}&repeats={int(repeats)}"
-             f"&seed={int(seed)}&digest={b.digest}" + ("&raw=1" if raw else ""))
+             f"&seed={int(seed)}&digest={digest}" + ("&raw=1" if raw else ""))
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/x-tar"}
+    if match_key is not None:
+        headers[MATCH_HEADER] = match_key
     req = urllib.request.Request(f"http://{host}:{port}/v1/profile?{query}", data=body, method="POST",
-                                 headers={"Authorization": f"Bearer {token}",
-                                          "Content-Type": "application/x-tar"})
+                                 headers=headers)
     doc = _call(req, host, port, timeout_s)
-    if doc.get("bundle_digest") != b.digest:
-        raise AgentError(f"agent {host}:{port} timed bundle {doc.get('bundle_digest')!r}, not {b.digest}")
+    if doc.get("bundle_digest") != digest:
+        raise AgentError(f"agent {host}:{port} timed bundle {doc.get('bundle_digest')!r}, not {digest}")
     return doc

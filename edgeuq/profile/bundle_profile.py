@@ -87,7 +87,7 @@ def profile_bundle(bundle: Any, out_dir: Optional[Path] = None, *, samples: Sequ
                    tracker: Optional[str] = None, key: Optional[str] = None, operators: bool = True,
                    seed: int = 0, plot: bool = True, emulate: bool = False,
                    rpc_session: Optional[tuple] = None, agent: Optional[str] = None,
-                   agent_token: Optional[str] = None):
+                   agent_token: Optional[str] = None, agent_pool: Any = None, agent_exclude: Sequence[str] = ()):
     """Profile ``bundle`` here (``remote``/``tracker`` unset), over TVM RPC, or (``emulate``) over
     TVM RPC to a server under qemu-aarch64 (labelled "emulated"); write a LatencyReport to
     ``out_dir`` (if given) and return it. ``rpc_session``: ``(session, where)`` of an open TVM RPC
@@ -96,7 +96,9 @@ def profile_bundle(bundle: Any, out_dir: Optional[Path] = None, *, samples: Sequ
     A server that declares itself emulated (:data:`edgeuq.profile.tvm_rpc.EMULATED_FUNC`, as the
     qemu server does) gives a report labelled "emulated", however it was reached.
     ``agent`` (``HOST:PORT`` of ``python -m edgeuq_runtime agent``, with ``agent_token``): every
-    stage timed on the board by the agent (location "agent")."""
+    stage timed on the board by the agent (location "agent"). ``agent_pool``
+    (:class:`edgeuq.profile.agent_pool.AgentPool`): the same on a free agent of a tracker key
+    (none of ``agent_exclude``); the report's environment names the agent, key and tracker."""
     import platform
     import socket
 
@@ -121,6 +123,10 @@ def profile_bundle(bundle: Any, out_dir: Optional[Path] = None, *, samples: Sequ
     b = load_bundle(bundle, verify=True)
     board = board or (b.manifest.metadata or {}).get("board")
     notes: List[str] = []
+    if agent is not None and agent_pool is not None:
+        raise ValueError("give --agent HOST:PORT or a tracker's pool of agents, not both")
+    if agent_pool is not None and (remote is not None or tracker is not None or emulate or rpc_session is not None):
+        raise ValueError("a tracker's timing agents time the bundle: give no --remote / TVM --tracker / --emulate")
     if agent is not None and (remote is not None or tracker is not None or emulate or rpc_session is not None):
         raise ValueError("--agent times on the board's agent: give no --remote / --tracker / --emulate")
     if rpc_session is not None and (remote is not None or tracker is not None or emulate):
@@ -142,21 +148,29 @@ def profile_bundle(bundle: Any, out_dir: Optional[Path] = None, *, samples: Sequ
         where = f"qemu-aarch64 -cpu {cpu} on {socket.gethostname()} ({rpc_where})"
         env = {"rpc": rpc_where, "qemu_cpu": cpu, "host_machine": platform.machine()}
         location = "emulated"
-    elif agent is not None:
+    elif agent is not None or agent_pool is not None:
         from .agent_client import agent_profile
 
-        if not agent_token:
+        pooled = ""
+        if agent_pool is not None:
+            doc, got = agent_pool.profile(bundle, samples=samples, warmup=warmup, repeats=repeats, seed=seed,
+                                          exclude=agent_exclude)
+            agent, pooled = got["agent"], f", key {agent_pool.key} through tracker {agent_pool.tracker}"
+        elif not agent_token:
             raise ValueError("--agent needs the agent's token ($EDGEUQ_AGENT_TOKEN or --agent-token-file)")
-        doc = agent_profile(agent, bundle, token=agent_token, samples=samples, warmup=warmup, repeats=repeats,
-                            seed=seed)
+        else:
+            doc = agent_profile(agent, bundle, token=agent_token, samples=samples, warmup=warmup, repeats=repeats,
+                                seed=seed)
         stages, e2e, backends = doc["stages"], doc["end_to_end"], doc["backends"]
         tables, sources = {}, {}
         env = {**doc["environment"], "agent": agent}
+        if agent_pool is not None:
+            env.update(tracker=agent_pool.tracker, key=agent_pool.key)
         notes += list(doc["notes"]) + ["agent: every stage timed on the board by `python -m edgeuq_runtime agent` "
                                        "with the runtime's own harness (edgeuq_runtime.harness); no per-operator "
                                        "tables over the agent"]
         location = "agent"
-        where = f"agent {agent} ({env.get('hostname')}, {env.get('machine')}, 1 thread)"
+        where = f"agent {agent} ({env.get('hostname')}, {env.get('machine')}, 1 thread{pooled})"
     elif remote is None and tracker is None and rpc_session is None:
         from .stages import StageProfiler, profile_host
 

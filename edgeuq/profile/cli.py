@@ -2,7 +2,7 @@
 on this host or on a board over TVM RPC -> a LatencyReport (JSON + PNG plots).
 
     edgeuq profile --bundle B [--board X] [--remote HOST:PORT | --tracker HOST:PORT --key K [--all]
-                   | --agent HOST:PORT]
+                   [--timing-agents] | --agent HOST:PORT]
                    [--samples 1 8 32] [--repeats N] [--warmup W] [--out DIR]
 
 On a board without the host toolchain (ONNX Runtime bundles, or the numpy stages of any
@@ -21,17 +21,33 @@ from .bundle_profile import print_report, profile_bundle  # noqa: F401  (the com
 __all__ = ["register", "profile_bundle", "main"]
 
 
+def _agent_pool(a: argparse.Namespace):
+    """``--tracker T --key K --timing-agents``: the key's timing agents in the tracker's pool."""
+    if not a.timing_agents:
+        return None
+    if not a.tracker or not a.key:
+        raise ValueError("--timing-agents needs --tracker HOST:PORT and --key KEY (the agents' board key)")
+    from .agent_client import read_agent_token
+    from .agent_pool import AgentPool
+
+    return AgentPool(a.tracker, a.key, read_agent_token(Path(a.agent_token_file) if a.agent_token_file else None))
+
+
 def _run_fleet(a: argparse.Namespace) -> int:
     from ..report import format_table
-    from .fleet import profile_fleet
+    from .fleet import profile_agent_fleet, profile_fleet
 
     if not a.tracker or not a.key:
         raise ValueError("--all needs --tracker HOST:PORT and --key KEY (every free board of that key)")
     argv = sys.argv[1:]
     argv = argv[argv.index("profile") + 1:] if "profile" in argv else argv
-    fleet = profile_fleet(Path(a.bundle), Path(a.out), tracker=a.tracker, key=a.key, samples=a.samples,
-                          warmup=a.warmup, repeats=a.repeats, board=a.board, seed=a.seed, plot=not a.no_plots,
-                          outlier_ratio=a.outlier_ratio, command=" ".join(["edgeuq profile", *argv]))
+    common = dict(samples=a.samples, warmup=a.warmup, repeats=a.repeats, board=a.board, seed=a.seed,
+                  plot=not a.no_plots, outlier_ratio=a.outlier_ratio, command=" ".join(["edgeuq profile", *argv]))
+    pool = _agent_pool(a)
+    if pool is not None:
+        fleet = profile_agent_fleet(Path(a.bundle), Path(a.out), pool, **common)
+    else:
+        fleet = profile_fleet(Path(a.bundle), Path(a.out), tracker=a.tracker, key=a.key, **common)
     for rep in fleet.reports:
         print(f"{rep.measured_where}: report {rep.directory}")
     t = fleet.table
@@ -58,10 +74,12 @@ def _run(a: argparse.Namespace) -> int:
         raise ValueError("--key goes with --tracker HOST:PORT")
     if a.all:
         return _run_fleet(a)
+    pool = _agent_pool(a)
     report = profile_bundle(Path(a.bundle), Path(a.out), samples=a.samples, warmup=a.warmup, repeats=a.repeats,
-                            board=a.board, remote=a.remote, tracker=a.tracker, key=a.key,
-                            operators=not a.no_operators, seed=a.seed, plot=not a.no_plots, emulate=a.emulate,
-                            agent=a.agent, agent_token=_agent_token(a))
+                            board=a.board, remote=a.remote, tracker=None if pool else a.tracker,
+                            key=None if pool else a.key, operators=not a.no_operators, seed=a.seed,
+                            plot=not a.no_plots, emulate=a.emulate, agent=a.agent, agent_token=_agent_token(a),
+                            agent_pool=pool)
     print_report(report)
     if a.json:
         import json
@@ -94,6 +112,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent-token-file", default=None,
                    help="the agent's token file (default: $EDGEUQ_AGENT_TOKEN)")
     p.add_argument("--key", default=None, help="device key on the tracker")
+    p.add_argument("--timing-agents", action="store_true",
+                   help="with --tracker/--key: time on the key's timing agents (python -m edgeuq_runtime agent "
+                        "--tracker T --key K; every stage, ONNX Runtime included) instead of its TVM RPC servers")
     p.add_argument("--all", action="store_true",
                    help="with --tracker/--key: profile every free board of the key (one report each under --out, "
                         "plus fleet_summary.json: p50/p99 spread across boards, outliers flagged)")

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["FleetProfile", "profile_fleet", "fleet_table", "request_board", "free_boards", "EMULATED_FUNC",
+__all__ = ["FleetProfile", "profile_fleet", "profile_agent_fleet", "fleet_table", "request_board", "free_boards", "EMULATED_FUNC",
            "remote_emulation"]
 
 from ..report import results_table  # noqa: E402
@@ -45,9 +45,10 @@ def free_boards(tracker: str, key: str) -> int:
     """How many servers of ``key`` the tracker lists as free now."""
     from tvm import rpc
 
-    from .tvm_rpc import parse_address
+    from .tvm_rpc import parse_address, tvm_server_key
 
     host, port = parse_address(tracker, "--tracker")
+    tvm_server_key(key)
     summary = rpc.connect_tracker(host, port).summary()
     return int(summary.get("queue_info", {}).get(key, {}).get("free", 0))
 
@@ -62,9 +63,10 @@ def request_board(tracker: str, key: str, session_timeout: int = 600,
     from tvm import rpc
     from tvm.rpc import base
 
-    from .tvm_rpc import parse_address
+    from .tvm_rpc import parse_address, tvm_server_key
 
     host, port = parse_address(tracker, "--tracker")
+    tvm_server_key(key)
     sock = socket.create_connection((host, port), timeout=wait_s)
     try:
         sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
@@ -188,6 +190,11 @@ def profile_fleet(bundle: Any, out_dir: Optional[Path], *, tracker: str, key: st
         # reference cycles): drop them and collect, so the tracker lists the boards free again
         del sessions[:]
         gc.collect()
+    return _fleet_summary(reports, servers, samples, outlier_ratio, command, out_dir)
+
+
+def _fleet_summary(reports: Sequence[Any], servers: Sequence[str], samples: Sequence[int], outlier_ratio: float,
+                   command: str, out_dir: Optional[Path]) -> FleetProfile:
     table = fleet_table(reports, servers, max(int(s) for s in samples), outlier_ratio=outlier_ratio, command=command)
     table["measured_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     path = None
@@ -195,3 +202,33 @@ def profile_fleet(bundle: Any, out_dir: Optional[Path], *, tracker: str, key: st
         path = Path(out_dir) / "fleet_summary.json"
         path.write_text(json.dumps(table, indent=2) + "\n")
     return FleetProfile(reports=tuple(reports), servers=tuple(servers), table=table, summary_path=path)
+
+
+def profile_agent_fleet(bundle: Any, out_dir: Optional[Path], pool: Any, *, samples: Sequence[int] = (1, 8, 32),
+                        warmup: int = 5, repeats: int = 50, board: Optional[str] = None, seed: int = 0,
+                        plot: bool = True, outlier_ratio: float = 1.5, command: str = "edgeuq profile --all",
+                        expect: Optional[int] = None) -> FleetProfile:
+    """:func:`profile_fleet` on the timing agents of a tracker key (``pool``: an
+    :class:`edgeuq.profile.agent_pool.AgentPool`): every stage, ONNX Runtime graphs included,
+    timed on each free agent in turn. An agent goes back into the pool after each measurement,
+    so each next one is asked for with the boards already profiled excluded: every agent that
+    was free when the profile started is reached exactly once."""
+    from .bundle_profile import profile_bundle
+    from .report import save_latency_report
+
+    n = int(pool.status()["free"])
+    if expect is not None and n != expect:
+        raise RuntimeError(f"tracker {pool.tracker}: {n} free timing agent(s) of key {pool.key!r}, expected {expect}")
+    if n < 1:
+        raise RuntimeError(f"tracker {pool.tracker}: no free timing agent of key {pool.key!r} (pool {pool.pool_key}; "
+                           "is every board busy or down?)")
+    reports, servers = [], []
+    for i in range(n):
+        rep = profile_bundle(bundle, None, samples=samples, warmup=warmup, repeats=repeats, board=board, seed=seed,
+                             plot=False, agent_pool=pool, agent_exclude=tuple(servers))
+        server = str(rep.environment["agent"])
+        if out_dir is not None:  # written once its board is known (the folder names it)
+            rep = save_latency_report(rep, Path(out_dir) / _folder_name(i, server), plot=plot)
+        reports.append(rep)
+        servers.append(server)
+    return _fleet_summary(reports, servers, samples, outlier_ratio, command, out_dir)

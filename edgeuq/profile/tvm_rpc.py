@@ -96,6 +96,18 @@ def parse_address(text: str, what: str = "--remote") -> Tuple[str, int]:
     return host, int(port)
 
 
+def tvm_server_key(key: str, what: str = "--key") -> str:
+    """``key`` as a TVM RPC server key: refused when it names the timing agents' pool
+    (``edgeuq-agent.K``, :mod:`edgeuq_runtime.tracker`), which holds no TVM RPC server."""
+    from edgeuq_runtime.tracker import AGENT_KEY_PREFIX
+
+    if str(key).startswith(AGENT_KEY_PREFIX):
+        raise ValueError(f"{what} {key!r} is the tracker pool of edgeuq timing agents, not of TVM RPC servers: TVM RPC "
+                         f"runs on the servers of key {key[len(AGENT_KEY_PREFIX):]!r}; the agents are reached with "
+                         "edgeuq search --tracker T --tracker-key K (or --agent HOST:PORT)")
+    return key
+
+
 def connect(remote: Optional[str] = None, tracker: Optional[str] = None, key: Optional[str] = None,
             timeout_s: int = 60) -> Tuple[Any, str]:
     """An RPC session and a description of where it leads (``"rpc 127.0.0.1:9090"``,
@@ -104,6 +116,8 @@ def connect(remote: Optional[str] = None, tracker: Optional[str] = None, key: Op
         raise ValueError("give exactly one of --remote HOST:PORT or --tracker HOST:PORT --key K")
     if tracker is not None and not key:
         raise ValueError("--tracker needs --key (the device key the board's server registered)")
+    if tracker is not None:
+        tvm_server_key(key)
     host, port = parse_address(tracker, "--tracker") if tracker is not None else parse_address(remote, "--remote")
     from tvm import rpc
 

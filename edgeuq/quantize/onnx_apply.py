@@ -33,10 +33,12 @@ manifest and the runtime are unchanged.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence
@@ -128,6 +130,43 @@ class _Reader:
 # ---------------------------------------------------------------- graph passes
 
 
+_CALIBRATOR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _calibrator_sized_to_host_threads() -> Iterator[int]:
+    """ONNX Runtime's static-quantization calibrator builds its own session with a default
+    ``SessionOptions`` (a pool of every core, spinning between runs), and ``quantize_static``
+    has no option to size it. Within this block its session is made as ORT makes it (graph
+    optimizations off, the calibrator's providers) but with the intra-op pool of
+    :func:`edgeuq.hostcpu.host_threads` (a search worker's share of the cores), like every other
+    host-side session (:func:`edgeuq.hostcpu.host_ort_session`). Yields the thread count (0: ORT's
+    default, when torch sets none)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization.calibrate import CalibraterBase
+
+    from ..hostcpu import host_threads
+
+    n = host_threads()
+
+    def create_inference_session(self) -> None:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if n > 0:
+            so.intra_op_num_threads = n
+            so.inter_op_num_threads = 1
+        self.infer_session = ort.InferenceSession(self.augmented_model_path, sess_options=so,
+                                                  providers=self.execution_providers)
+
+    with _CALIBRATOR_LOCK:  # one class attribute: one quantization at a time per process
+        original = CalibraterBase.__dict__["create_inference_session"]
+        CalibraterBase.create_inference_session = create_inference_session
+        try:
+            yield n
+        finally:
+            CalibraterBase.create_inference_session = original
+
+
 def _int8(src: Path, dst: Path, nodes: List[str], feeds: List[dict], quantize_bias: bool = False) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import CalibrationDataReader
@@ -137,13 +176,15 @@ def _int8(src: Path, dst: Path, nodes: List[str], feeds: List[dict], quantize_bi
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs pre-processing advice at WARNING on the root logger
     try:
-        quantize_static(
-            str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm", "Conv"],
-            per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_quantize=nodes, calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Conv"],
-                           "QuantizeBias": bool(quantize_bias)},
-        )
+        with _calibrator_sized_to_host_threads():
+            quantize_static(
+                str(src), str(dst), reader, quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=["MatMul", "Gemm", "Conv"], per_channel=True, reduce_range=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+                calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Conv"],
+                               "QuantizeBias": bool(quantize_bias)},
+            )
     finally:
         root.setLevel(level)
 

@@ -25,9 +25,18 @@ Protocol: ``POST /v1/profile?samples=1,8,32&warmup=5&repeats=50&seed=0&digest=SH
 tar as body (``raw=1``: each stage's statistics also list every timed call, ``samples_ms``) -> ``200`` and the JSON report (``stages``, ``end_to_end``, ``backends``,
 ``notes``, ``environment``, ``bundle_digest``); errors are JSON ``{"error": ...}`` with
 401 (token), 413 (too large), 422 (bundle refused / bad parameters), 404 (route).
-``GET /v1/health`` -> ``{"ok", "agent", "machine", "hostname", "cpu_flags"}``: the board's CPU
+``GET /v1/health`` -> ``{"ok", "agent", "machine", "hostname", "cpu_flags", "pool"}``: the board's CPU
 feature flags (``/proc/cpuinfo``; null where unreadable), so the host's placement skips
-candidates compiled for an ISA the board lacks.
+candidates compiled for an ISA the board lacks; ``pool``: ``{"tracker", "key"}`` when the agent
+serves a tracker's pool, else null.
+
+Board farm (``--tracker HOST:PORT --key KEY``): the agent also joins the TVM RPC tracker's pool
+under ``edgeuq-agent.KEY`` (:mod:`edgeuq_runtime.tracker`; never under ``KEY``, the TVM RPC
+servers' pool). It then serves only sessions the tracker handed out: a ``POST /v1/profile``
+must carry the matchkey the tracker gave the host (``X-Edgeuq-Match``; one request per
+matchkey, refused with 409 otherwise), and after each one the agent goes back into the pool
+with a fresh matchkey. The token is required exactly as without a tracker. A TVM RPC client
+that reaches the agent gets the RPC handshake's "key mismatch" code at once.
 """
 from __future__ import annotations
 
@@ -37,6 +46,7 @@ import json
 import os
 import platform
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -47,15 +57,17 @@ from urllib.parse import parse_qs, urlsplit
 
 from .cpuinfo import cpu_flags as board_cpu_flags
 from .errors import InputError, RuntimeUQError
+from .tracker import RPC_CODE_MISMATCH, RPC_MAGIC, TrackerLink, agent_pool_key
 
 __all__ = ["AgentServer", "agent_in_thread", "agent_token", "profile_bundle_bytes", "DEFAULT_AGENT_BIND", "TOKEN_ENV",
-           "MAX_REPEATS", "MAX_WARMUP"]
+           "MATCH_HEADER", "MAX_REPEATS", "MAX_WARMUP"]
 
 DEFAULT_AGENT_BIND = "127.0.0.1:8790"
 TOKEN_ENV = "EDGEUQ_AGENT_TOKEN"
 MAX_REPEATS = 10_000
 MAX_WARMUP = 1_000
 _MAX_BODY = 512 << 20
+MATCH_HEADER = "X-Edgeuq-Match"   # the tracker's matchkey, in pool mode
 
 
 def agent_token(token_file: Optional[Path]) -> Tuple[str, str]:
@@ -123,6 +135,22 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "edgeuq-agent"
     sys_version = ""
+    timeout = 120  # seconds a silent connection may hold the (one-request-at-a-time) agent
+
+    def handle(self) -> None:
+        """A TVM RPC client (it asked the tracker for an agent key) opens with the RPC magic, not
+        HTTP: answer the handshake's "key mismatch" at once instead of waiting for a request line."""
+        try:
+            head = self.connection.recv(4, socket.MSG_PEEK)
+        except OSError:
+            return
+        if head == struct.pack("<i", RPC_MAGIC):
+            with contextlib.suppress(OSError):
+                self.connection.sendall(struct.pack("<i", RPC_CODE_MISMATCH))
+            if self.server.verbose:
+                self.log_message("refused a TVM RPC client: this is an edgeuq timing agent, not an RPC server")
+            return
+        super().handle()
 
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet unless asked
         if self.server.verbose:
@@ -148,9 +176,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(401, {"error": "token required"})
         if urlsplit(self.path).path == "/v1/health":
             flags = board_cpu_flags()
+            pool = self.server.pool
             return self._send(200, {"ok": True, "agent": "edgeuq_runtime", "machine": platform.machine(),
                                     "hostname": socket.gethostname(),
-                                    "cpu_flags": None if flags is None else sorted(flags)})
+                                    "cpu_flags": None if flags is None else sorted(flags),
+                                    "pool": None if pool is None else {"tracker": pool.tracker, "key": pool.key}})
         return self._send(404, {"error": "no such route"})
 
     def do_POST(self) -> None:  # noqa: N802
@@ -164,7 +194,19 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(411, {"error": "Content-Length required"})
         if int(length) > self.server.max_body:
             return self._send(413, {"error": f"bundle larger than {self.server.max_body} bytes"})
-        data = self.rfile.read(int(length))
+        pool = self.server.pool
+        if pool is not None and not pool.claim(self.headers.get(MATCH_HEADER)):
+            return self._send(409, {"error": f"this agent serves the pool {pool.key} of the tracker {pool.tracker}: "
+                                             "ask the tracker for it (the request needs the matchkey the tracker "
+                                             "handed out; this one is missing, stale or already used)"})
+        try:
+            return self._profile(url, int(length))
+        finally:
+            if pool is not None:
+                pool.release()  # back into the pool with a fresh matchkey
+
+    def _profile(self, url: Any, length: int) -> None:
+        data = self.rfile.read(length)
         try:
             from .manifest import MAX_SAMPLES
 
@@ -199,14 +241,40 @@ class AgentServer(HTTPServer):
         if not isinstance(token, str) or len(token) < 16:
             raise InputError("the agent's token must be at least 16 characters")
         self.token, self.verbose, self.max_body = token, verbose, int(max_body)
+        self.pool: Optional[TrackerLink] = None
         super().__init__(address, _Handler)
+
+    def join_pool(self, tracker: str, key: str, custom_addr: Optional[str] = None, **kwargs: Any) -> TrackerLink:
+        """Join the tracker's pool of board key ``key`` (as ``edgeuq-agent.KEY``) from a daemon
+        thread; :meth:`leave_pool` (or ``server_close``) leaves it."""
+        if self.pool is not None:
+            raise InputError(f"the agent already serves the pool {self.pool.key} of {self.pool.tracker}")
+        kwargs.setdefault("log", (lambda m: print(f"agent: {m}", flush=True)) if self.verbose else None)
+        self.pool = TrackerLink(tracker, agent_pool_key(key), self.server_address[1], custom_addr,
+                                info={"edgeuq": "timing-agent"}, **kwargs).start()
+        return self.pool
+
+    def leave_pool(self) -> None:
+        if self.pool is not None:
+            self.pool.stop()
+
+    def server_close(self) -> None:
+        self.leave_pool()
+        super().server_close()
 
 
 @contextlib.contextmanager
-def agent_in_thread(token: str, host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> Iterator[str]:
+def agent_in_thread(token: str, host: str = "127.0.0.1", port: int = 0, *, tracker: Optional[str] = None,
+                    key: Optional[str] = None, **kwargs: Any) -> Iterator[str]:
     """An :class:`AgentServer` serving from a daemon thread (tests, benches, notebooks): yields its
-    ``"HOST:PORT"`` (``port=0``: a free one) and shuts it down, socket closed, on leaving the block."""
+    ``"HOST:PORT"`` (``port=0``: a free one) and shuts it down, socket closed, on leaving the block.
+    ``tracker``/``key``: it also joins that tracker's pool of agents of ``key`` (and leaves it)."""
     srv = AgentServer((host, port), token, **kwargs)
+    if (tracker is None) != (key is None):
+        srv.server_close()
+        raise InputError("give both tracker and key, or neither")
+    if tracker is not None:
+        srv.join_pool(tracker, key)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     try:
@@ -224,6 +292,13 @@ def add_agent_parser(sub: Any) -> None:
                    help=f"HOST:PORT (default {DEFAULT_AGENT_BIND}; reach it through an SSH tunnel)")
     p.add_argument("--token-file", default=str(Path.home() / ".config" / "edgeuq" / "agent.token"),
                    help=f"private token file (mode 0600, created if missing); ${TOKEN_ENV} overrides it")
+    p.add_argument("--tracker", metavar="HOST:PORT", default=None,
+                   help="also join this TVM RPC tracker's pool (as edgeuq-agent.KEY; then only sessions the "
+                        "tracker hands out are served)")
+    p.add_argument("--key", default=None, help="the board key of the pool (with --tracker)")
+    p.add_argument("--custom-addr", default=None,
+                   help="the address hosts reach this agent at, as the tracker announces it (default: the "
+                        "address the tracker sees; e.g. a tunnel's end)")
     p.add_argument("--verbose", action="store_true", help="log each request")
     p.set_defaults(func=_run_agent)
 
@@ -234,6 +309,8 @@ def _run_agent(args: Any) -> int:
     from .serve.server import is_local_bind, parse_bind
 
     host, port = parse_bind(args.bind)
+    if (args.tracker is None) != (args.key is None):
+        raise InputError("--tracker and --key go together (the tracker's address and the board key of the pool)")
     token, source = agent_token(Path(args.token_file) if args.token_file else None)
     srv = AgentServer((host, port), token, verbose=args.verbose)
     if not is_local_bind(host):
@@ -241,6 +318,12 @@ def _run_agent(args: Any) -> int:
               "runs bundles here; prefer 127.0.0.1 and an SSH tunnel", file=sys.stderr)
     print(f"edgeuq_runtime agent on {srv.server_address[0]}:{srv.server_address[1]} (token from {source})",
           flush=True)
+    if args.tracker is not None:
+        link = srv.join_pool(args.tracker, args.key, args.custom_addr,
+                             log=lambda m: print(f"agent: {m}", file=sys.stderr, flush=True))
+        print(f"edgeuq_runtime agent joins the pool {link.key} of the tracker {args.tracker} "
+              f"(announced as {args.custom_addr or 'the address the tracker sees'}:{srv.server_address[1]})",
+              flush=True)
     try:
         srv.serve_forever()
     except KeyboardInterrupt:

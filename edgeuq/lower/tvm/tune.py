@@ -268,10 +268,11 @@ def _make_rpc_runner(rpc: tuple, say: Callable[[str], None]) -> Any:  # noqa: D4
     """MetaSchedule's RPCRunner on the free boards of a tracker key (one worker per board)."""
     from tvm import rpc as tvm_rpc
 
-    from ...profile.tvm_rpc import parse_address
+    from ...profile.tvm_rpc import parse_address, tvm_server_key
 
     ms = _ms()
     host, port = parse_address(rpc[0], "--tracker")
+    tvm_server_key(rpc[1])
     free = int(tvm_rpc.connect_tracker(host, port).summary().get("queue_info", {}).get(rpc[1], {}).get("free", 0))
     if free < 1:
         raise RuntimeError(f"tracker {rpc[0]}: no free board of key {rpc[1]!r} to tune on")
