@@ -6,7 +6,7 @@ our own: optuna's storage is the queue).
   study. Each running trial beats a heartbeat (``heartbeat_interval``); a trial whose worker
   died (no beat for ``grace_period`` seconds) is failed by the next worker that asks
   (``optuna.storages.fail_stale_trials``) and re-enqueued with the same parameters by
-  ``RetryFailedTrialCallback`` (``max_retry``), so a worker's death costs only its trial's time.
+  ``RetryHeartbeatStaleTrialCallback`` (``max_retry``), so a worker's death costs only its trial's time.
 * ``--storage journal:PATH`` (or a plain path): ``JournalStorage(JournalFileBackend(PATH))`` on a
   shared file system. optuna 5's journal storage has no heartbeat: a trial whose worker died
   stays RUNNING and is **not** retried (the search still finishes: the other workers count only
@@ -60,7 +60,7 @@ def open_storage(spec: str, *, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GR
     """An optuna storage for ``spec``: an RDB URL (heartbeat + retry of a dead worker's trial) or
     ``journal:PATH`` / ``PATH`` (journal file)."""
     import optuna
-    from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend
 
     if not isinstance(spec, str) or not spec.strip():
@@ -70,7 +70,7 @@ def open_storage(spec: str, *, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GR
         if heartbeat_s < 1 or grace_s <= heartbeat_s:
             raise ValueError(f"heartbeat {heartbeat_s} s must be >= 1 and below the grace period {grace_s} s")
         return RDBStorage(spec, heartbeat_interval=int(heartbeat_s), grace_period=int(grace_s),
-                          heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=int(max_retry)),
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=int(max_retry)),
                           engine_kwargs={"pool_pre_ping": True})
     if "://" in spec:
         raise ValueError(f"--storage {storage_label(spec)!r}: unknown URL scheme (RDB URLs start with "

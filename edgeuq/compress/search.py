@@ -194,7 +194,7 @@ def run_search_with_failures(space: SearchSpace, evaluate: Evaluate, budgets: Se
     on one storage at once (``edgeuq search --workers N``): each counts the finished trials of the
     shared study before asking for another. With a heartbeat storage (RDB), each trial beats
     while it is evaluated and stale trials of dead workers are failed (and re-enqueued by the
-    storage's ``RetryFailedTrialCallback``) before every ask.
+    storage's ``RetryHeartbeatStaleTrialCallback``) before every ask.
     """
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
