@@ -98,6 +98,7 @@ class EnsembleTransformer(DeployableModel):
 @final
 @register_scheme("ensemble")
 class EnsembleScheme(Scheme):
+    trunk_layers = True
     options_type = EnsembleOptions
     legacy_fields = {"ensemble_members": ("members", 1)}
 

@@ -97,6 +97,7 @@ class HsaOptions:
 @final
 @register_scheme("hsa")
 class HsaScheme(Scheme):
+    trunk_layers = True
     options_type = HsaOptions
     legacy_fields = {"hsa_centroids": ("centroids", 16), "hsa_tau1": ("tau1", 1.0), "hsa_tau2": ("tau2", 1.0)}
 

@@ -34,7 +34,7 @@ from edgeuq_runtime.wordpiece import WordPieceTokenizer
 
 from ..training.config import TrainConfig
 from ..training.loop import warmup_linear_decay
-from .bert import BertConfig, BertEmbeddings, key_bias_from_mask, masked_mean_pool
+from ..models.bert import BertConfig, BertEmbeddings, key_bias_from_mask, masked_mean_pool
 from .cache import length_buckets
 from .classifier import TextClassifier
 

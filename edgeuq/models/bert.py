@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, final
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ __all__ = ["BertConfig", "BertEncoder", "masked_mean_pool", "MASK_BIAS"]
 MASK_BIAS = -1e4
 
 
+@final
 @dataclass(frozen=True)
 class BertConfig:
     vocab_size: int = 30522
@@ -75,6 +76,7 @@ class BertConfig:
         return {"model_type": "bert", **{f.name: getattr(self, f.name) for f in fields(self)}}
 
 
+@final
 class BertEmbeddings(nn.Module):
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
@@ -98,6 +100,7 @@ class BertEmbeddings(nn.Module):
         return self.LayerNorm(self.word_embeddings(ids) + pos + typ)
 
 
+@final
 class _SelfAttn(nn.Module):
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
@@ -105,6 +108,7 @@ class _SelfAttn(nn.Module):
         self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
 
 
+@final
 class _DenseNorm(nn.Module):
     def __init__(self, n_in: int, n_out: int, eps: float) -> None:
         super().__init__()
@@ -112,6 +116,7 @@ class _DenseNorm(nn.Module):
         self.LayerNorm = nn.LayerNorm(n_out, eps=eps)
 
 
+@final
 class _Attention(nn.Module):
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
@@ -119,12 +124,14 @@ class _Attention(nn.Module):
         self.output = _DenseNorm(cfg.hidden_size, cfg.hidden_size, cfg.layer_norm_eps)
 
 
+@final
 class _Intermediate(nn.Module):
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
 
 
+@final
 class BertLayer(nn.Module):
     """One post-norm encoder layer; ``dropout`` applies to the attention output and
     the FFN output (as BERT's hidden dropout) during training only."""
@@ -154,6 +161,7 @@ class BertLayer(nn.Module):
         return self.output.LayerNorm(x + self.drop(self.output.dense(h)))
 
 
+@final
 class _Layers(nn.Module):
     def __init__(self, cfg: BertConfig, dropout: float) -> None:
         super().__init__()
@@ -171,6 +179,7 @@ def masked_mean_pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.sum(h * m, dim=1) / torch.clamp(torch.sum(m, dim=1), min=1e-9)
 
 
+@final
 class BertEncoder(nn.Module):
     """Embeddings + ``num_hidden_layers`` layers; parameter names match ``BertModel``."""
 
