@@ -22,7 +22,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, final
 import torch
 from torch import nn
 
-__all__ = ["BertConfig", "BertEncoder", "masked_mean_pool", "MASK_BIAS"]
+__all__ = ["BertConfig", "BertEncoder", "BertEmbeddings", "masked_mean_pool", "position_rows", "MASK_BIAS"]
 
 #: Added to attention scores of padded keys (finite for low-precision backends;
 #: exp(-1e4) underflows to exactly 0 in float32, as transformers' dtype-min does).
@@ -76,6 +76,16 @@ class BertConfig:
         return {"model_type": "bert", **{f.name: getattr(self, f.name) for f in fields(self)}}
 
 
+def position_rows(table: nn.Embedding, t: int) -> torch.Tensor:
+    """Rows 0..t-1 of a position table, (1, t, d); input longer than the table is refused
+    (a student may keep only the positions its tokenizer emits, :class:`~edgeuq.text.student.StudentSpec`)."""
+    n = table.num_embeddings
+    if t > n:
+        raise ValueError(f"input of {t} tokens is longer than the position table ({n} positions); "
+                         f"tokenize with max_length <= {n}")
+    return table.weight[:t].unsqueeze(0)
+
+
 @final
 class BertEmbeddings(nn.Module):
     def __init__(self, cfg: BertConfig) -> None:
@@ -86,13 +96,8 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def positions(self, t: int) -> torch.Tensor:
-        """Rows 0..t-1 of the position table, (1, t, d); input longer than the table is refused
-        (a student may keep only the positions its tokenizer emits, :class:`~edgeuq.text.student.StudentSpec`)."""
-        n = self.position_embeddings.num_embeddings
-        if t > n:
-            raise ValueError(f"input of {t} tokens is longer than the position table ({n} positions); "
-                             f"tokenize with max_length <= {n}")
-        return self.position_embeddings.weight[:t].unsqueeze(0)
+        """Rows 0..t-1 of the position table, (1, t, d) (:func:`position_rows`)."""
+        return position_rows(self.position_embeddings, t)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         pos = self.positions(ids.shape[1])

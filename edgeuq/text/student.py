@@ -34,7 +34,7 @@ from edgeuq_runtime.wordpiece import WordPieceTokenizer
 
 from ..training.config import TrainConfig
 from ..training.loop import warmup_linear_decay
-from ..models.bert import BertConfig, BertEmbeddings, key_bias_from_mask, masked_mean_pool
+from ..models.bert import BertConfig, key_bias_from_mask, masked_mean_pool, position_rows
 from .cache import length_buckets
 from .classifier import TextClassifier
 
@@ -145,15 +145,24 @@ def prune_vocab(tokenizer: WordPieceTokenizer, corpus_ids: np.ndarray) -> Tuple[
 
 
 # ----------------------------------------------------------------------------- embedding
-class FactorisedEmbeddings(BertEmbeddings):
-    """BERT embeddings whose word table is ``low (V, r) @ proj (r, d)``."""
+class FactorisedEmbeddings(nn.Module):
+    """BERT embeddings (:class:`~edgeuq.models.bert.BertEmbeddings`' names) whose word table is
+    ``low (V, r) @ proj (r, d)``."""
 
     def __init__(self, cfg: BertConfig, rank: int) -> None:
-        super().__init__(cfg)
-        del self.word_embeddings
+        super().__init__()
+        # drawn in the order the subclass of BertEmbeddings this replaces drew them (the full word table
+        # drawn, then dropped), so torch's random stream after a seeded build is what it was
+        torch.empty(cfg.vocab_size, cfg.hidden_size).normal_()
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.rank = int(rank)
         self.word_low = nn.Embedding(cfg.vocab_size, rank)
         self.word_proj = nn.Linear(rank, cfg.hidden_size, bias=False)
+
+    def positions(self, t: int) -> torch.Tensor:
+        return position_rows(self.position_embeddings, t)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         pos = self.positions(ids.shape[1])
