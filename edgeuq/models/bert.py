@@ -22,7 +22,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, final
 import torch
 from torch import nn
 
-__all__ = ["BertConfig", "BertEncoder", "BertEmbeddings", "masked_mean_pool", "position_rows", "MASK_BIAS"]
+__all__ = ["BertConfig", "BertEncoder", "BertEmbeddings", "FactorisedEmbeddings", "masked_mean_pool", "position_rows", "MASK_BIAS"]
 
 #: Added to attention scores of padded keys (finite for low-precision backends;
 #: exp(-1e4) underflows to exactly 0 in float32, as transformers' dtype-min does).
@@ -106,6 +106,46 @@ class BertEmbeddings(nn.Module):
 
 
 @final
+class FactorisedEmbeddings(nn.Module):
+    """BERT embeddings (:class:`~edgeuq.models.bert.BertEmbeddings`' names) whose word table is
+    ``low (V, r) @ proj (r, d)``."""
+
+    def __init__(self, cfg: BertConfig, rank: int) -> None:
+        super().__init__()
+        # drawn in the order the subclass of BertEmbeddings this replaces drew them (the full word table
+        # drawn, then dropped), so torch's random stream after a seeded build is what it was
+        torch.empty(cfg.vocab_size, cfg.hidden_size).normal_()
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.rank = int(rank)
+        self.word_low = nn.Embedding(cfg.vocab_size, rank)
+        self.word_proj = nn.Linear(rank, cfg.hidden_size, bias=False)
+
+    def positions(self, t: int) -> torch.Tensor:
+        return position_rows(self.position_embeddings, t)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pos = self.positions(ids.shape[1])
+        typ = self.token_type_embeddings.weight[0]
+        return self.LayerNorm(self.word_proj(self.word_low(ids)) + pos + typ)
+
+    @torch.no_grad()
+    def init_svd(self, table: torch.Tensor) -> float:
+        """Best rank-r approximation of ``table`` (V, d); returns its relative Frobenius error."""
+        want = (self.word_low.num_embeddings, self.word_proj.out_features)
+        if tuple(table.shape) != want:
+            raise ValueError(f"embedding table has shape {tuple(table.shape)}, expected {want}")
+        if self.rank > min(want):
+            raise ValueError(f"rank {self.rank} exceeds min{want}")
+        u, s, vt = torch.linalg.svd(table.double(), full_matrices=False)
+        r = self.rank
+        self.word_low.weight.copy_((u[:, :r] * s[:r]).float())
+        self.word_proj.weight.copy_(vt[:r].T.float())
+        return float(torch.sqrt((s[r:] ** 2).sum() / (s ** 2).sum()))
+
+
+@final
 class _SelfAttn(nn.Module):
     def __init__(self, cfg: BertConfig) -> None:
         super().__init__()
@@ -186,12 +226,13 @@ def masked_mean_pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @final
 class BertEncoder(nn.Module):
-    """Embeddings + ``num_hidden_layers`` layers; parameter names match ``BertModel``."""
+    """Embeddings + ``num_hidden_layers`` layers; parameter names match ``BertModel``
+    (``embedding_rank`` > 0: the word table factorised, :class:`FactorisedEmbeddings`)."""
 
-    def __init__(self, cfg: BertConfig, dropout: float = 0.1) -> None:
+    def __init__(self, cfg: BertConfig, dropout: float = 0.1, embedding_rank: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embeddings = BertEmbeddings(cfg)
+        self.embeddings = FactorisedEmbeddings(cfg, embedding_rank) if embedding_rank else BertEmbeddings(cfg)
         self.encoder = _Layers(cfg, dropout)
 
     @property

@@ -137,7 +137,10 @@ class BertOptions:
     features]; layers ``0..frozen_layers-1`` are shared with the fine-tuned encoder (they stay
     pretrained), and for ``avgavg`` / ``pretrained`` the pretrained copies of the layers above run
     beside the fine-tuned ones (``model.pretrained_top``). The head reads the first d columns;
-    :attr:`BertTransformer.density_columns` says where the others are."""
+    :attr:`BertTransformer.density_columns` says where the others are.
+
+    ``embedding_rank`` > 0: the word table is stored factorised, (V, r) @ (r, d)
+    (:class:`~edgeuq.models.bert.FactorisedEmbeddings`)."""
 
     max_positions: int = 512
     type_vocab_size: int = 2
@@ -145,6 +148,7 @@ class BertOptions:
     pad_token_id: int = 0
     density_features: str = "none"
     frozen_layers: int = 0
+    embedding_rank: int = 0
 
 
 def _int_problem(name: str, value: Any, low: int) -> Optional[str]:
@@ -163,7 +167,8 @@ class BertTrunk(Trunk):
         problems = [p for p in (_int_problem("max_positions", o.max_positions, 1),
                                 _int_problem("type_vocab_size", o.type_vocab_size, 1),
                                 _int_problem("pad_token_id", o.pad_token_id, 0),
-                                _int_problem("frozen_layers", o.frozen_layers, 0)) if p]
+                                _int_problem("frozen_layers", o.frozen_layers, 0),
+                                _int_problem("embedding_rank", o.embedding_rank, 0)) if p]
         if isinstance(o.layer_norm_eps, bool) or not isinstance(o.layer_norm_eps, (int, float)) \
                 or not o.layer_norm_eps > 0:
             problems.append(f"trunk_options.layer_norm_eps must be > 0, got {o.layer_norm_eps!r}")
@@ -216,7 +221,7 @@ class BertTransformer(DeployableModel):
         SCHEMES.get(cfg.scheme).check_model_class(type(self))
         self.cfg = cfg
         bert = bert_config_of(cfg)
-        self.encoder = BertEncoder(bert, dropout=cfg.dropout)
+        self.encoder = BertEncoder(bert, dropout=cfg.dropout, embedding_rank=cfg.trunk_options.embedding_rank)
         self.head = ClassifierHead(cfg)
         o: BertOptions = cfg.trunk_options
         self.frozen_layers = int(o.frozen_layers)

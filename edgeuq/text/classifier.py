@@ -35,7 +35,7 @@ from ..models.config import bert_model_config
 from ..models.trunks import load_head_state
 from ..schemes.laplace import LastLayerLaplace
 from ..schemes.mc_dropout import MCDropout
-from ..models.bert import BertConfig, BertEncoder, masked_mean_pool
+from ..models.bert import BertConfig, BertEncoder, FactorisedEmbeddings, masked_mean_pool
 from .heads import TextHead, text_head, text_scheme_names
 
 __all__ = ["TextClassifier", "TEXT_SCHEMES", "POSTERIOR_SCHEMES"]
@@ -133,8 +133,10 @@ class TextClassifier(nn.Module):
     def model_config(self, max_length: int, **fields: Any):
         """The :class:`~edgeuq.models.config.ModelConfig` (trunk ``bert``) of this classifier reading
         ``max_length`` token ids; ``fields`` override (e.g. ``trunk_options``)."""
+        rank = self.encoder.embeddings.rank if isinstance(self.encoder.embeddings, FactorisedEmbeddings) else 0
+        opts = {"embedding_rank": rank, **dict(fields.pop("trunk_options", None) or {})}
         return bert_model_config(self.cfg, self.num_classes, max_length, scheme=self.scheme, head_hidden=self.hidden,
-                                 head_dropout=self.head_dropout, **fields)
+                                 head_dropout=self.head_dropout, trunk_options=opts, **fields)
 
     def trunk_state(self) -> Dict[str, torch.Tensor]:
         """This classifier's weights under the trunk model's names (``fc1``/``fc2`` -> ``head.fc1``/``head.fc2``)."""
