@@ -255,6 +255,23 @@ class BertTransformer(DeployableModel):
         """The head's output layer (``head.fc2``; a fitted posterior lives there)."""
         return self.head.fc2
 
+    def head_parameters(self) -> List[nn.Parameter]:
+        """The head's trained parameters (fine-tuning's head group)."""
+        return list(self.head.parameters())
+
+    @torch.no_grad()
+    def install_pretrained_top(self, pretrained: BertEncoder) -> None:
+        """Copy the pretrained encoder's layers ``frozen_layers..`` into :attr:`pretrained_top` (the
+        ``avgavg`` / ``pretrained`` density features); the layers below must be the pretrained ones."""
+        for a, b in ((self.encoder.embeddings, pretrained.embeddings),
+                     *zip(list(self.encoder.layers)[:self.frozen_layers], pretrained.layers)):
+            for (name, p), q in zip(a.named_parameters(), b.parameters()):
+                if p.shape != q.shape or not torch.equal(p, q):
+                    raise ValueError(f"layers below frozen_layers={self.frozen_layers} must be the pretrained ones; "
+                                     f"{name} differs")
+        for mine, theirs in zip(self.pretrained_top, list(pretrained.layers)[self.frozen_layers:]):
+            mine.load_state_dict(theirs.state_dict())
+
     def last_layer_input(self, feats: torch.Tensor) -> torch.Tensor:
         """Input of ``head.fc2`` in the deterministic pass (posterior fitting)."""
         h = self.head

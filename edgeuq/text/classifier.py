@@ -122,6 +122,14 @@ class TextClassifier(nn.Module):
         x = self.drop_hidden(nn.functional.gelu(self.fc1(x)), noise_of("drop_hidden"))
         return self.fc2(x, noise_of("fc2"))
 
+    @property
+    def last_layer(self) -> nn.Module:
+        return self.fc2
+
+    def head_parameters(self) -> List[nn.Parameter]:
+        """The head's trained parameters (fine-tuning's head group; the posterior factors are buffers)."""
+        return list(self.fc1.parameters()) + [self.fc2.weight, self.fc2.bias]
+
     def last_layer_input(self, feats: torch.Tensor) -> torch.Tensor:
         """Input of ``fc2`` in the deterministic pass (Laplace fitting)."""
         return nn.functional.gelu(self.fc1(feats))
