@@ -74,7 +74,10 @@ def test_bert_trunk_equals_the_text_classifier(scheme):
 
 
 @pytest.mark.parametrize("kind", ["frozen_avg", "avgavg", "pretrained"])
-def test_density_features_option_equals_the_ood_wrapper(kind):
+def test_density_features_option_emits_the_pretrained_layers_pooled(kind):
+    """trunk_options.density_features: [the classifier's features | token means of the pretrained
+    encoder's layers], against the classifier's own trunk and the pretrained encoder run layer by layer."""
+    from edgeuq.models.bert import masked_mean_pool
     from edgeuq.text.ood import WithOODFeatures
 
     ref = _reference("mc_dropout")
@@ -82,18 +85,22 @@ def test_density_features_option_equals_the_ood_wrapper(kind):
     pretrained = BertEncoder(TINY).eval()
     pretrained.embeddings.load_state_dict(ref.encoder.embeddings.state_dict())
     pretrained.layers[0].load_state_dict(ref.encoder.layers[0].state_dict())
-    wrapped = WithOODFeatures(ref, pretrained, kind, start=1).eval()
-    model = wrapped.as_model(LENGTH)
+    model = WithOODFeatures(ref, pretrained, kind, start=1).as_model(LENGTH)
     assert model.density_columns == (32, 64) and model.feature_shape() == (64,)
     assert model.cfg.trunk_options.density_features == kind
-    ids = _ids(np.random.default_rng(2))
+    x = torch.from_numpy(_ids(np.random.default_rng(2)))
     with torch.no_grad():
-        a, b = model.trunk(torch.from_numpy(ids)), wrapped.trunk(torch.from_numpy(ids))
-    assert float((a - b).abs().max()) <= 1e-5
+        got = model.trunk(x)
+        per_layer = [masked_mean_pool(*pretrained(x, stop=k)) for k in (1, 2)]   # layers 1..L of the pretrained
+        want = {"frozen_avg": per_layer[0], "avgavg": (per_layer[0] + per_layer[1]) / 2,
+                "pretrained": per_layer[1]}[kind]
+        err = max(float((got[:, :32] - ref.trunk(x)).abs().max()), float((got[:, 32:] - want).abs().max()))
+    assert err <= 1e-5, err
     # the density columns are not the classifier's (else the check above could not tell them apart)
-    assert float((a[:, :32] - a[:, 32:]).abs().max()) > 1e-3
+    assert float((got[:, :32] - got[:, 32:]).abs().max()) > 1e-3
+    ids = x.numpy()
     noise = sample_noise(model.noise_specs(), 2 * len(ids), np.random.default_rng(3))
-    assert float(np.max(np.abs(_logits(model, ids, noise) - _logits(wrapped, ids, noise)))) <= 1e-5
+    assert float(np.max(np.abs(_logits(model, ids, noise) - _logits(ref, ids, noise)))) <= 1e-5
 
 
 def test_pretrained_weights_load_strictly_into_the_trunk():
@@ -124,7 +131,7 @@ def test_config_is_read_strictly_and_errors_name_the_field():
     d = cfg.to_dict()
     with pytest.raises(ValueError, match=r"unknown trunk_options \['max_position'\]"):
         ModelConfig.from_dict({**d, "trunk_options": {**d["trunk_options"], "max_position": 3}})
-    with pytest.raises(ValueError, match="unknown trunk 'roberta'.*bert.*signal"):
+    with pytest.raises(ValueError, match="unknown trunk .roberta.; known: .*bert.*signal"):
         ModelConfig.from_dict({**d, "trunk": "roberta"})
     with pytest.raises(ValueError, match="stochastic_blocks"):
         ModelConfig.from_dict({**d, "stochastic_blocks": [0]})

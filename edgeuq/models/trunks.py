@@ -31,7 +31,7 @@ import copy
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, final
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, final
 
 import torch
 from torch import nn
@@ -43,7 +43,8 @@ from .scheme_slot import SCHEMES
 from .transformer import ClassifierHead, DeployableModel, SignalTransformer
 
 __all__ = ["Trunk", "TRUNKS", "register_trunk", "get_trunk", "BertOptions", "BertTransformer",
-           "DENSITY_FEATURES", "bert_config_of", "load_head_state"]
+           "DENSITY_FEATURES", "bert_config_of", "load_head_state",
+           "with_density_features"]
 
 
 def _check_trunk_name(name: str, value: Any = None) -> None:
@@ -55,17 +56,10 @@ def _check_trunk_name(name: str, value: Any = None) -> None:
 TRUNKS: Registry[Any] = Registry("trunk", instantiate=True, check=_check_trunk_name)
 
 
-def register_trunk(name: str):
-    """Class decorator: register one instance of the :class:`Trunk` subclass under ``name``."""
-    return TRUNKS.register(name)
-
-
-def get_trunk(name: str) -> "Trunk":
-    """The registered trunk ``name`` (the error names the known ones)."""
-    try:
-        return TRUNKS.get(name)
-    except LookupError as exc:
-        raise ValueError(f"invalid ModelConfig: unknown trunk {name!r}; available: {sorted(TRUNKS)}") from exc
+#: class decorator: register one instance of the :class:`Trunk` subclass under a name
+register_trunk = TRUNKS.register
+#: the registered trunk of a name (a LookupError, also a ValueError, names the known ones)
+get_trunk = TRUNKS.get
 
 
 @final
@@ -288,20 +282,7 @@ class BertTransformer(DeployableModel):
         mask = enc.mask(ids)
         if self.density_columns is None:
             return masked_mean_pool(enc.run_layers(enc.embeddings(ids), mask), mask)
-        bias = key_bias_from_mask(mask)
-        h = enc.embeddings(ids)
-        pooled = []
-        for layer in list(enc.layers)[:self.frozen_layers]:
-            h = layer(h, bias)
-            pooled.append(masked_mean_pool(h, mask))
-        tuned = h
-        for layer in list(enc.layers)[self.frozen_layers:]:
-            tuned = layer(tuned, bias)
-        for layer in self.pretrained_top:
-            h = layer(h, bias)
-            pooled.append(masked_mean_pool(h, mask))
-        density = pooled[-1] if self.density_features == "pretrained" else torch.stack(pooled, 0).mean(0)
-        return torch.cat([masked_mean_pool(tuned, mask), density], dim=-1)
+        return with_density_features(enc, self.pretrained_top, self.frozen_layers, self.density_features, ids)
 
     def head_forward(self, features: torch.Tensor, noise: Optional[NoiseDict] = None) -> torch.Tensor:
         if self.density_columns is not None:
@@ -313,6 +294,29 @@ class BertTransformer(DeployableModel):
 
     def feature_shape(self) -> Tuple[int, ...]:
         return (self.cfg.d_model if self.density_columns is None else 2 * self.cfg.d_model,)
+
+
+def with_density_features(encoder: BertEncoder, pretrained_top: Sequence[nn.Module], frozen_layers: int, kind: str,
+                          ids: torch.Tensor) -> torch.Tensor:
+    """[fine-tuned pooled features | density features] (B, 2d) (:class:`BertOptions`): ``encoder``'s
+    layers ``0..frozen_layers-1`` are the pretrained ones; ``pretrained_top`` continues them (empty
+    for ``frozen_avg``). ``frozen_avg`` / ``avgavg`` average the token means of the pretrained
+    layers run, ``pretrained`` takes the last one's."""
+    mask = encoder.mask(ids)
+    bias = key_bias_from_mask(mask)
+    h = encoder.embeddings(ids)
+    pooled = []
+    for layer in list(encoder.layers)[:frozen_layers]:
+        h = layer(h, bias)
+        pooled.append(masked_mean_pool(h, mask))
+    tuned = h
+    for layer in list(encoder.layers)[frozen_layers:]:
+        tuned = layer(tuned, bias)
+    for layer in pretrained_top:
+        h = layer(h, bias)
+        pooled.append(masked_mean_pool(h, mask))
+    density = pooled[-1] if kind == "pretrained" else torch.stack(pooled, 0).mean(0)
+    return torch.cat([masked_mean_pool(tuned, mask), density], dim=-1)
 
 
 def load_head_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:

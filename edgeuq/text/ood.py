@@ -220,24 +220,9 @@ class WithOODFeatures(torch.nn.Module):
         self.model.set_sampling(on)
 
     def trunk(self, ids: torch.Tensor) -> torch.Tensor:
-        from ..models.bert import masked_mean_pool
+        from ..models.trunks import with_density_features
 
-        enc = self.model.encoder
-        mask = enc.mask(ids)
-        bias = key_bias_from_mask(mask)
-        h = enc.embeddings(ids)
-        pooled = []
-        for layer in list(enc.layers)[:self.start]:
-            h = layer(h, bias)
-            pooled.append(masked_mean_pool(h, mask))
-        hf = h
-        for layer in list(enc.layers)[self.start:]:
-            hf = layer(hf, bias)
-        for layer in self.pre_top:
-            h = layer(h, bias)
-            pooled.append(masked_mean_pool(h, mask))
-        ood = pooled[-1] if self.kind == "pretrained" else torch.stack(pooled, 0).mean(0)  # frozen_avg: 1..start
-        return torch.cat([masked_mean_pool(hf, mask), ood], dim=-1)
+        return with_density_features(self.model.encoder, self.pre_top, self.start, self.kind, ids)
 
     def head_forward(self, feats: torch.Tensor, noise=None) -> torch.Tensor:
         return self.model.head_forward(feats[:, :self.model.feature_dim], noise)
