@@ -76,6 +76,9 @@ class Trunk(ABC):
     #: True for the trunk of configs written before trunks existed: ``to_dict`` omits ``trunk``
     #: (and its empty options) then, so those configs and their checkpoint digests are unchanged
     implicit: ClassVar[bool] = False
+    #: True when the model has the pre-norm ``blocks`` (per-block widths in ``ModelConfig.blocks``) that
+    #: Kwon et al.'s head/neuron pruning (``edgeuq.compress.kwon``) masks, measures and slices
+    kwon_blocks: ClassVar[bool] = False
 
     def options_from(self, value: Any) -> Any:
         """``value`` (None, a table or an instance) as :attr:`options_type`; unknown keys are refused."""
@@ -109,6 +112,7 @@ class Trunk(ABC):
 @register_trunk("signal")
 class SignalTrunk(Trunk):
     implicit = True
+    kwon_blocks = True
 
     def build(self, cfg: Any) -> DeployableModel:
         return SignalTransformer(cfg)
