@@ -216,7 +216,7 @@ def main(argv=None) -> int:
                                   batch_size=128, name="sst2-train")
     if a.student_only:  # the teacher artifact and results.json of an earlier run; only the student stage runs
         results = json.loads((a.out / "results.json").read_text())
-        results["student"] = _student(a, model, pre, tok, full_cache, ids_train, train.y, train.texts, val,
+        results["student"] = _student(a, art.load_model(a.student_teacher), pre, tok, full_cache, ids_train, train.y, train.texts, val,
                                       _features(model, tok.encode_batch(val.texts)), sst["test"],
                                       {"trec_test": trec_test}, teacher_dir)
         results["student"]["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -234,9 +234,9 @@ def main(argv=None) -> int:
     runtime_rows, bundles = {}, {}
     lat_texts = list(sst["test"].texts[:32])
     for scheme in art.bundles:  # the stage's heads (the Laplace posterior is in the artifact's weights)
-        with model.using(scheme):
-            rows[scheme] = _evaluate({k: sample_probs(model, f, a.samples, seed=2) for k, f in feats.items()},
-                                     sst["test"].y, ood)
+        head = art.load_model(scheme)  # the same weights with this scheme's head (built from the stored config)
+        rows[scheme] = _evaluate({k: sample_probs(head, f, a.samples, seed=2) for k, f in feats.items()},
+                                 sst["test"].y, ood)
         root = art.bundle_path(scheme)
         b = load_bundle(root)
         rt = UncertaintyRuntime(root, threads=1, seed=0)
@@ -254,7 +254,7 @@ def main(argv=None) -> int:
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
     if a.student:
-        results["student"] = _student(a, model, pre, tok, full_cache, ids_train, train.y, train.texts, val,
+        results["student"] = _student(a, art.load_model(a.student_teacher), pre, tok, full_cache, ids_train, train.y, train.texts, val,
                                       feats["val"], sst["test"], {"trec_test": trec_test, "trec_train": trec_train},
                                       teacher_dir)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -442,7 +442,6 @@ def _student(a, teacher, pre, tok, cache, ids_train, y_train, train_texts, val, 
 
     rng = np.random.default_rng(a.seed + 7)
     idx = np.sort(rng.permutation(len(cache))[:a.student_phrases])
-    teacher.scheme = a.student_teacher
     t0 = time.time()
     if a.reuse_student:
         return _student_rest(a, tok, None, None, idx, rng, ids_train, y_train, val, test, ood, None, None, teacher_dir)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import edgeuq_runtime.atomic as atomic
-from edgeuq.text.bert import BertConfig, BertEncoder
+from edgeuq.models.bert import BertConfig, BertEncoder
 from edgeuq.text.cache import cache_hidden
 
 TINY = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=12,

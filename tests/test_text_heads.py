@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeuq.text.bert import BertConfig
+from edgeuq.models.bert import BertConfig
 from edgeuq.text.classifier import POSTERIOR_SCHEMES, TEXT_SCHEMES, TextClassifier
 from edgeuq.text.heads import TEXT_HEADS, TextHead, text_head
 

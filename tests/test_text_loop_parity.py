@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeuq.text.bert import BertConfig
+from edgeuq.models.bert import BertConfig
 from edgeuq.text.cache import cache_hidden
 from edgeuq.text.classifier import TextClassifier
 from edgeuq.training import TrainConfig

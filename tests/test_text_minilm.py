@@ -13,7 +13,7 @@ from require_extras import require_extra
 
 transformers = require_extra("transformers", "text")
 
-from edgeuq.text.bert import BertConfig, BertEncoder, masked_mean_pool  # noqa: E402
+from edgeuq.models.bert import BertConfig, BertEncoder, masked_mean_pool  # noqa: E402
 
 TINY = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
                   max_position_embeddings=24)

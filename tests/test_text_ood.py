@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeuq.text.bert import BertConfig, BertEncoder
+from edgeuq.models.bert import BertConfig, BertEncoder
 from edgeuq.text.ood import avg_avg, energy_score, layer_pooled, shuffle_words, text_sentences, truncate_words
 from edgeuq_runtime.density import fit_density
 

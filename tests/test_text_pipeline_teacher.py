@@ -199,7 +199,7 @@ def test_a_failed_export_leaves_no_artifact_and_the_rerun_resumes(files, tmp_pat
     calls = []
 
     def failing(model, *a, **k):
-        calls.append(model.scheme)
+        calls.append(model.cfg.scheme)
         if len(calls) == 2:
             raise RuntimeError("simulated crash in the second export")
         return real(model, *a, **k)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeuq.text.bert import BertConfig, key_bias_from_mask, masked_mean_pool
+from edgeuq.models.bert import BertConfig, key_bias_from_mask, masked_mean_pool
 from edgeuq.text.classifier import TextClassifier
 from edgeuq.text.student import (FactorisedEmbeddings, StudentSpec, build_student, choose_layers, distil_student,
                                  DistilConfig, mask_fisher, masked_forward, prune_vocab)

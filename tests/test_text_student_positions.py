@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeuq.text.bert import BertConfig
+from edgeuq.models.bert import BertConfig
 from edgeuq.text.classifier import TextClassifier
 from edgeuq.text.student import StudentSpec, build_student, param_count
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeuq.text.bert import BertConfig, BertEncoder
+from edgeuq.models.bert import BertConfig, BertEncoder
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 POSITIVE = ["good", "great", "fun", "superb"]

@@ -72,7 +72,7 @@ def _transformer_structures(model: nn.Module) -> List[StructureSpec]:
         if linear(f"blocks.{i}.fc2"):
             specs.append(StructureSpec(f"blocks.{i}.ffn.neurons", "neuron", f"blocks.{i}.fc2", "input", cfg.ffn))
     if linear("head.fc2"):
-        specs.append(StructureSpec("head.fc1.neurons", "neuron", "head.fc2", "input", cfg.d_model))
+        specs.append(StructureSpec("head.fc1.neurons", "neuron", "head.fc2", "input", cfg.head_width))
     return specs
 
 

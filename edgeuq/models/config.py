@@ -1,13 +1,15 @@
 """Model configuration: architecture (per block), the stochastic scheme and its options."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Tuple, final
 
 from ..schemes.registry import get_scheme
 from ..settings import settings_from_dict
+from .trunks import get_trunk
 
-__all__ = ["ModelConfig", "BlockShape", "BLOCK_DROPOUT_POSITIONS", "HEAD_DROPOUT_POSITIONS"]
+__all__ = ["ModelConfig", "BlockShape", "bert_model_config", "BLOCK_DROPOUT_POSITIONS", "HEAD_DROPOUT_POSITIONS"]
 
 #: Dropout sites of an encoder block; ``attn_probs`` drops attention weights (opt-in).
 BLOCK_DROPOUT_POSITIONS = ("attn_probs", "attn_out", "ffn_hidden", "ffn_out")
@@ -84,6 +86,14 @@ class ModelConfig:
     * ``stochastic_tokens``: 0, or the number of tokens the stochastic blocks see: the trunk
       average-pools its token features (groups of ``tokens // stochastic_tokens`` neighbours)
       before the first stochastic block, so the part that runs S times costs that much less.
+    * ``trunk``: a registered trunk (:data:`edgeuq.models.trunks.TRUNKS`): ``signal`` (the
+      default: the transformer above) or ``bert`` (a pretrained post-norm BERT encoder whose widths
+      are ``d_model``/``heads``/``depth``/``ffn``/``vocab_size``, ``embed = "token"``, masked mean
+      pooling; only the head is stochastic), with ``trunk_options`` its own frozen options
+      dataclass (``[model.trunk_options]``; unknown keys refused). Omitted from :meth:`to_dict`
+      when ``signal``.
+    * ``head_hidden``: width of the head's hidden layer (0 = ``d_model``); ``head_dropout``: the
+      head's dropout rate (None = ``dropout``). Both omitted from :meth:`to_dict` at their defaults.
     """
 
     input_length: int
@@ -108,6 +118,10 @@ class ModelConfig:
     blocks: Tuple[BlockShape, ...] = ()
     ranks: Tuple[Tuple[str, int], ...] = ()
     stochastic_tokens: int = 0
+    trunk: str = "signal"
+    trunk_options: Any = None
+    head_hidden: int = 0
+    head_dropout: Any = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ranks", _normalise_ranks(self.ranks, self.depth))
@@ -119,6 +133,8 @@ class ModelConfig:
         object.__setattr__(self, "blocks", tuple(BlockShape.from_value(b) for b in self.blocks))
         scheme = get_scheme(self.scheme)
         object.__setattr__(self, "scheme_options", scheme.options_from(self.scheme_options))
+        trunk = get_trunk(self.trunk)
+        object.__setattr__(self, "trunk_options", trunk.options_from(self.trunk_options))
         problems = []
         if self.input_length <= 0 or self.patch <= 0 or self.input_length % self.patch:
             problems.append(f"input_length ({self.input_length}) must be a positive multiple of patch ({self.patch})")
@@ -140,6 +156,7 @@ class ModelConfig:
         if self.embed == "conv" and self.patch % 8:
             problems.append(f"the conv patch embedding needs patch divisible by 8, got {self.patch}")
         problems += self._common_problems()
+        problems += trunk.problems(self)
         problems += scheme.problems(self)
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
@@ -172,7 +189,23 @@ class ModelConfig:
             problems.append(f"pool must be 'mean' or 'max', got {self.pool!r}")
         if not self.temperature > 0:
             problems.append(f"temperature must be > 0, got {self.temperature}")
+        hh = self.head_hidden
+        if isinstance(hh, bool) or not isinstance(hh, int) or hh < 0:
+            problems.append(f"head_hidden must be an integer >= 0 (0 = d_model), got {hh!r}")
+        hd = self.head_dropout
+        if hd is not None and (isinstance(hd, bool) or not isinstance(hd, (int, float)) or not 0.0 <= hd < 1.0):
+            problems.append(f"head_dropout must be in [0, 1) (or omitted: dropout), got {hd!r}")
         return problems
+
+    @property
+    def head_width(self) -> int:
+        """Width of the head's hidden layer (``head_hidden``, or ``d_model`` when 0)."""
+        return self.head_hidden or self.d_model
+
+    @property
+    def head_p(self) -> float:
+        """Dropout rate of the head's dropout sites (``head_dropout``, or ``dropout``)."""
+        return float(self.dropout if self.head_dropout is None else self.head_dropout)
 
     def block_shape(self, index: int) -> BlockShape:
         """The effective widths of block ``index`` (the uniform default when ``blocks`` is empty)."""
@@ -213,12 +246,32 @@ class ModelConfig:
             d["ranks"] = dict(self.ranks)
         else:
             del d["ranks"]  # dense: configs (and checkpoint digests) read exactly as before ranks existed
+        if get_trunk(self.trunk).implicit and not dataclasses.asdict(self.trunk_options):
+            del d["trunk"], d["trunk_options"]  # likewise for configs from before trunks existed
+        else:
+            d["trunk_options"] = get_trunk(self.trunk).options_to_dict(self.trunk_options)
+        for name, default in (("head_hidden", 0), ("head_dropout", None)):
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> "ModelConfig":
         """From a recipe's ``[model]`` table or a checkpoint's config (unknown keys are refused)."""
         return settings_from_dict(cls, d, "model", **overrides)
+
+
+def bert_model_config(bert: Any, num_classes: int, max_length: int, **fields: Any) -> ModelConfig:
+    """The ModelConfig of a BERT trunk with ``bert``'s widths reading ``max_length`` token ids;
+    ``fields`` sets the others (``scheme``, ``head_hidden``, ``head_dropout``, ``dropout``, and
+    ``trunk_options`` entries such as ``density_features``)."""
+    opts = {"max_positions": bert.max_position_embeddings, "type_vocab_size": bert.type_vocab_size,
+            "layer_norm_eps": bert.layer_norm_eps, "pad_token_id": bert.pad_token_id,
+            **dict(fields.pop("trunk_options", None) or {})}
+    base = dict(input_length=int(max_length), num_classes=int(num_classes), patch=1, d_model=bert.hidden_size,
+                heads=bert.num_attention_heads, depth=bert.num_hidden_layers, ffn=bert.intermediate_size,
+                embed="token", vocab_size=bert.vocab_size, stochastic_blocks=(), stochastic_head=True)
+    return ModelConfig(**{**base, **fields}, trunk="bert", trunk_options=opts)
 
 
 def _normalise_ranks(value: Any, depth: Any) -> Tuple[Tuple[str, int], ...]:

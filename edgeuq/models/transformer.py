@@ -124,12 +124,12 @@ class ClassifierHead(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         scheme = get_scheme(cfg.scheme)
-        d = cfg.d_model
+        d, w = cfg.d_model, cfg.head_width
         self.drop_in = scheme.head_dropout(cfg, "head_in", (d,))
-        self.fc1 = scheme.head_linear(cfg, "fc1", d, d)
+        self.fc1 = scheme.head_linear(cfg, "fc1", d, w)
         self.act = nn.GELU()
-        self.drop_hidden = scheme.head_dropout(cfg, "head_hidden", (d,))
-        self.fc2 = scheme.head_output(cfg, d, cfg.num_classes)
+        self.drop_hidden = scheme.head_dropout(cfg, "head_hidden", (w,))
+        self.fc2 = scheme.head_output(cfg, w, cfg.num_classes)
 
     def forward(self, z: torch.Tensor, noise: Optional[NoiseDict] = None) -> torch.Tensor:
         h = self.act(apply_layer(self.fc1, self.drop_in(z, noise), noise))

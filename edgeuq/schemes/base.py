@@ -157,6 +157,9 @@ class Scheme(ABC):
     #: DDU, SNGP): export then accepts a model without stochastic layers (a head graph whose only
     #: input is the features) instead of refusing it as a forgotten stochastic site.
     deterministic_pass: ClassVar[bool] = False
+    #: True when the scheme builds layers inside the trunk (spectral-normalised block linears, whole
+    #: member networks): a trunk that does not take its layers from the scheme (``bert``) refuses it.
+    trunk_layers: ClassVar[bool] = False
 
     # -- options and validation -------------------------------------------------------
     def options_from(self, value: Any) -> Any:
@@ -192,7 +195,7 @@ class Scheme(ABC):
 
     def head_dropout(self, cfg: Any, site: str, shape: Tuple[int, ...]) -> nn.Module:
         """``site`` in head_in, head_hidden."""
-        return Dropout(cfg.dropout)
+        return Dropout(cfg.head_p)
 
     def head_linear(self, cfg: Any, site: str, n_in: int, n_out: int) -> nn.Module:
         """``site`` fc1 (or fc2 through :meth:`head_output`); noise shape (n_out,)."""
@@ -207,9 +210,10 @@ class Scheme(ABC):
         """Refuse a model class this scheme does not build (see :meth:`build_model`)."""
 
     def build_model(self, cfg: Any) -> nn.Module:
-        from ..models.transformer import SignalTransformer
+        """The model of ``cfg``'s trunk (:mod:`edgeuq.models.trunks`) with this scheme's layers."""
+        from ..models.trunks import get_trunk
 
-        return SignalTransformer(cfg)
+        return get_trunk(cfg.trunk).build(cfg)
 
     def noise_specs(self, model: nn.Module) -> Tuple[NoiseSpec, ...]:
         """One spec per stochastic layer, in registration order (= the head graph's noise inputs)."""

@@ -95,6 +95,7 @@ class DDUOptions:
 @register_scheme("ddu")
 class DDUScheme(Scheme):
     """Spectral-normalised encoder blocks, deterministic softmax head; uncertainty = feature density."""
+    trunk_layers = True
 
     options_type = DDUOptions
     deterministic_pass = True

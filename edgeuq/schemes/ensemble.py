@@ -98,6 +98,7 @@ class EnsembleTransformer(DeployableModel):
 @final
 @register_scheme("ensemble")
 class EnsembleScheme(Scheme):
+    trunk_layers = True
     options_type = EnsembleOptions
     def problems(self, cfg: Any) -> List[str]:
         problems = []

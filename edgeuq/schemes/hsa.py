@@ -97,6 +97,7 @@ class HsaOptions:
 @final
 @register_scheme("hsa")
 class HsaScheme(Scheme):
+    trunk_layers = True
     options_type = HsaOptions
     def problems(self, cfg: Any) -> List[str]:
         o: HsaOptions = cfg.scheme_options

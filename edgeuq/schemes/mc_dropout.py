@@ -58,8 +58,8 @@ def mc_block_dropout(cfg: Any, index: int, site: str, shape: Tuple[int, ...], st
 def mc_head_dropout(cfg: Any, site: str, shape: Tuple[int, ...]) -> nn.Module:
     """MC dropout at head ``site`` when the head is stochastic and the site is listed."""
     if cfg.stochastic_head and site in cfg.head_dropout_positions:
-        return MCDropout(site, cfg.dropout, shape)
-    return Dropout(cfg.dropout)
+        return MCDropout(site, cfg.head_p, shape)
+    return Dropout(cfg.head_p)
 
 
 @final

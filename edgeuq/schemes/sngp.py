@@ -117,6 +117,7 @@ class SNGPOptions:
 @register_scheme("sngp")
 class SNGPScheme(Scheme):
     """Spectral-normalised encoder blocks and a random-feature GP output layer (Laplace, mean-field)."""
+    trunk_layers = True
 
     options_type = SNGPOptions
     deterministic_pass = True

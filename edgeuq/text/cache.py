@@ -18,7 +18,7 @@ import torch
 
 from edgeuq_runtime.atomic import atomic_write
 
-from .bert import BertEncoder
+from ..models.bert import BertEncoder
 
 __all__ = ["HiddenCache", "cache_hidden", "cache_key", "length_buckets", "progress"]
 

@@ -22,7 +22,7 @@ the layers below are frozen and their outputs cached (``edgeuq.text.finetune``).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -30,9 +30,12 @@ from torch import nn
 from edgeuq_runtime.noise import NoiseSpec
 
 from ..models.layers import NoiseDict
+from ..models.transformer import DeployableModel, build_model
+from ..models.config import bert_model_config
+from ..models.trunks import load_head_state
 from ..schemes.laplace import LastLayerLaplace
 from ..schemes.mc_dropout import MCDropout
-from .bert import BertConfig, BertEncoder, masked_mean_pool
+from ..models.bert import BertConfig, BertEncoder, FactorisedEmbeddings, masked_mean_pool
 from .heads import TextHead, text_head, text_scheme_names
 
 __all__ = ["TextClassifier", "TEXT_SCHEMES", "POSTERIOR_SCHEMES"]
@@ -119,12 +122,40 @@ class TextClassifier(nn.Module):
         x = self.drop_hidden(nn.functional.gelu(self.fc1(x)), noise_of("drop_hidden"))
         return self.fc2(x, noise_of("fc2"))
 
+    @property
+    def last_layer(self) -> nn.Module:
+        return self.fc2
+
+    def head_parameters(self) -> List[nn.Parameter]:
+        """The head's trained parameters (fine-tuning's head group; the posterior factors are buffers)."""
+        return list(self.fc1.parameters()) + [self.fc2.weight, self.fc2.bias]
+
     def last_layer_input(self, feats: torch.Tensor) -> torch.Tensor:
         """Input of ``fc2`` in the deterministic pass (Laplace fitting)."""
         return nn.functional.gelu(self.fc1(feats))
 
     def forward(self, ids: torch.Tensor, noise: Optional[NoiseDict] = None) -> torch.Tensor:
         return self.head_forward(self.trunk(ids), noise)
+
+    # -- the same network as a ModelConfig trunk (edgeuq.models.trunks) -------------------
+    def model_config(self, max_length: int, **fields: Any):
+        """The :class:`~edgeuq.models.config.ModelConfig` (trunk ``bert``) of this classifier reading
+        ``max_length`` token ids; ``fields`` override (e.g. ``trunk_options``)."""
+        rank = self.encoder.embeddings.rank if isinstance(self.encoder.embeddings, FactorisedEmbeddings) else 0
+        opts = {"embedding_rank": rank, **dict(fields.pop("trunk_options", None) or {})}
+        return bert_model_config(self.cfg, self.num_classes, max_length, scheme=self.scheme, head_hidden=self.hidden,
+                                 head_dropout=self.head_dropout, trunk_options=opts, **fields)
+
+    def trunk_state(self) -> Dict[str, torch.Tensor]:
+        """This classifier's weights under the trunk model's names (``fc1``/``fc2`` -> ``head.fc1``/``head.fc2``)."""
+        return {("head." + k if k.startswith(("fc1.", "fc2.")) else k): v for k, v in self.state_dict().items()}
+
+    def as_model(self, max_length: int) -> DeployableModel:
+        """The same network, built from its ModelConfig by the scheme registry (:func:`build_model`),
+        with these weights (the posterior factors too, for a posterior scheme)."""
+        model = build_model(self.model_config(max_length))
+        load_head_state(model, self.trunk_state())
+        return model.eval()
 
     def config_json(self) -> dict:
         return {"bert": self.cfg.to_json(), "num_classes": self.num_classes, "hidden": self.hidden,

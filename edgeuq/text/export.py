@@ -1,73 +1,65 @@
-"""Export a :class:`~edgeuq.text.classifier.TextClassifier` with the project's
-conventions and bundle it for the device runtime.
+"""Export and bundle a text model through the common stages.
 
-trunk.onnx : tokens (B, T) int64 -> features (B, d)         (padding mask = ids != pad, inside the graph)
-head.onnx  : features (N, d), noise_k (N, *shape_k) -> logits (N, C)
+A text model is a ``bert``-trunk model (:mod:`edgeuq.models.trunks`, built from its
+:class:`~edgeuq.models.config.ModelConfig` by the scheme registry); a
+:class:`~edgeuq.text.classifier.TextClassifier` (or its
+:class:`~edgeuq.text.ood.WithOODFeatures` wrapper) is converted to one first (``as_model``).
+:func:`export_text_bundle` then runs the same three stages as a signal model:
 
-Noise are graph inputs (MC-dropout keep masks, or the Laplace ``standard_normal``
-eps), the head rows are s-major tiles, exactly as ``edgeuq.export`` does for
-signal models. The bundle ships the device WordPiece tokenizer JSON
-(``"kind": "wordpiece"``), so ``UncertaintyRuntime.predict_text`` reproduces the
-host's token ids. Export is verified: ONNX Runtime vs PyTorch on real and random
-ids with identical noise, failing loudly beyond ``atol``; nothing is left in
-``out_dir`` by a failed export (files are built in a temporary folder first).
+    save_checkpoint (with the WordPiece tokenizer.json beside the weights)
+      -> export_onnx  (edgeuq.export: trunk tokens (B, T) int64 -> features, head features,
+                       noise_k -> logits; ONNX Runtime == PyTorch on random padded ids, same noise)
+      -> build_bundle (edgeuq.bundle: manifest v1 through the runtime's write_bundle, verified)
+
+so the bundle keeps its single ``tokens`` input (the padding mask is computed inside the trunk)
+and ships the device WordPiece tokenizer (``"kind": "wordpiece"``), and
+``UncertaintyRuntime.predict_text`` reproduces the host's token ids. The export is also checked on
+the tokenized ``check_texts`` (real sentences), failing loudly beyond ``atol``; nothing is left in
+``out_dir`` by a failed export (the checkpoint and the graphs are built in a temporary folder).
 """
 from __future__ import annotations
 
-import json
-import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
-import onnx
 import torch
-from torch import nn
 
-from edgeuq_runtime.bundle import Bundle, load_bundle, write_bundle
-from edgeuq_runtime.manifest import GraphSpec, InputSpec, Manifest
+from edgeuq_runtime.bundle import Bundle
 from edgeuq_runtime.noise import sample_noise
 from edgeuq_runtime.wordpiece import WordPieceTokenizer
 
-from .classifier import TextClassifier
+from ..bundle import build_bundle
+from ..export import export_onnx
+from ..export.onnx_export import FEATURE_NAME as FEATURES
+from ..export.onnx_export import LOGITS_NAME as LOGITS
+from ..export.onnx_export import OPSET
+from ..export.onnx_export import TOKEN_INPUT_NAME as TOKEN_INPUT
+from ..export.onnx_export import TOKENIZER_FILE
+from ..models.transformer import DeployableModel
+from ..training import save_checkpoint
 
-__all__ = ["export_text_bundle", "max_export_difference", "TOKEN_INPUT", "FEATURES", "LOGITS", "OPSET"]
-
-TOKEN_INPUT, FEATURES, LOGITS = "tokens", "features", "logits"
-TOKENIZER_FILE = "tokenizer.json"
-OPSET = 17
-
-
-class _Trunk(nn.Module):
-    def __init__(self, model: TextClassifier) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.trunk(ids)
+__all__ = ["export_text_bundle", "max_export_difference", "as_text_model", "TOKEN_INPUT", "FEATURES", "LOGITS",
+           "OPSET"]
 
 
-class _Head(nn.Module):
-    def __init__(self, model: TextClassifier, names: Sequence[str]) -> None:
-        super().__init__()
-        self.model = model
-        self.names = tuple(names)
+def as_text_model(model: Any, max_length: int) -> DeployableModel:
+    """``model`` as a model built from its ModelConfig: a ``bert``-trunk model as it is, a
+    TextClassifier / WithOODFeatures through its ``as_model(max_length)``."""
+    if isinstance(model, DeployableModel):
+        return model
+    convert = getattr(model, "as_model", None)
+    if convert is None:
+        raise TypeError(f"cannot export a {type(model).__name__}: give a model built from a ModelConfig "
+                        f"(edgeuq.models.build_model) or a TextClassifier")
+    return convert(max_length)
 
-    def forward(self, feats: torch.Tensor, *noise: torch.Tensor) -> torch.Tensor:
-        return self.model.head_forward(feats, dict(zip(self.names, noise)))
 
-
-def _export(module: nn.Module, args: tuple, path: Path, inputs: list, outputs: list) -> None:
-    module.eval()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
-                          dynamic_axes={n: {0: "batch"} for n in inputs + outputs}, opset_version=OPSET,
-                          dynamo=False, do_constant_folding=True)
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+def _positions(model: Any) -> int:
+    cfg = model.cfg
+    opts = getattr(cfg, "trunk_options", None)
+    return int(opts.max_positions if opts is not None else cfg.max_position_embeddings)
 
 
 def _example_ids(tokenizer: WordPieceTokenizer, texts: Sequence[str], rng: np.random.Generator) -> np.ndarray:
@@ -77,7 +69,7 @@ def _example_ids(tokenizer: WordPieceTokenizer, texts: Sequence[str], rng: np.ra
     return np.concatenate([real, rand.astype(np.int64)])
 
 
-def max_export_difference(model: TextClassifier, trunk_path: Path, head_path: Path, ids: np.ndarray,
+def max_export_difference(model: Any, trunk_path: Path, head_path: Path, ids: np.ndarray,
                           samples: int = 4, seed: int = 1) -> Dict[str, float]:
     """Max |difference| of features and of logits, PyTorch vs ONNX Runtime, same noise."""
     import onnxruntime as ort
@@ -99,56 +91,41 @@ def max_export_difference(model: TextClassifier, trunk_path: Path, head_path: Pa
             "logit_scale": float(max(1.0, np.max(np.abs(z_pt.numpy()))))}
 
 
-def _density_columns(model) -> Dict[str, Any]:
-    """``{"density_columns": [A, B]}`` for a model whose trunk emits extra features for the density
-    (:class:`edgeuq.text.ood.WithOODFeatures`); ``edgeuq calibrate`` fits the density on those columns."""
-    cols = getattr(model, "density_columns", None)
-    return {} if cols is None else {"density_columns": [int(cols[0]), int(cols[1])]}
-
-
-def export_text_bundle(model: TextClassifier, tokenizer: WordPieceTokenizer, out_dir: Path, class_names: Sequence[str],
+def export_text_bundle(model: Any, tokenizer: WordPieceTokenizer, out_dir: Path, class_names: Sequence[str],
                        model_name: str, model_version: str = "1", default_samples: int = 32,
                        check_texts: Sequence[str] = (), atol: float = 1e-4,
                        metadata: Optional[Mapping[str, Any]] = None, overwrite: bool = False) -> Bundle:
-    """Export, verify against PyTorch, and write a verified bundle to ``out_dir``."""
-    if len(class_names) != model.num_classes:
-        raise ValueError(f"{len(class_names)} class names for a {model.num_classes}-class model")
-    if tokenizer.vocab_size != model.cfg.vocab_size:
-        raise ValueError(f"tokenizer vocab {tokenizer.vocab_size} != model vocab {model.cfg.vocab_size}")
-    if tokenizer.max_length > model.cfg.max_position_embeddings:
+    """Checkpoint, export (verified against PyTorch) and bundle ``model`` to ``out_dir`` through the
+    common stages (module docstring); returns the verified bundle."""
+    n_classes = int(model.num_classes)
+    if len(class_names) != n_classes:
+        raise ValueError(f"{len(class_names)} class names for a {n_classes}-class model")
+    if tokenizer.max_length > _positions(model):
         raise ValueError(f"tokenizer max_length {tokenizer.max_length} exceeds the model's "
-                         f"{model.cfg.max_position_embeddings} positions")
-    model.eval()
-    model.set_sampling(False)
-    specs = model.noise_specs()
-    names = [s.name for s in specs]
-    rng = np.random.default_rng(0)
-    ids = _example_ids(tokenizer, check_texts, rng)
+                         f"{_positions(model)} positions")
+    net = as_text_model(model, tokenizer.max_length)
+    cfg = net.cfg
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise ValueError(f"tokenizer vocab {tokenizer.vocab_size} != model vocab {cfg.vocab_size}")
+    if tokenizer.max_length != cfg.input_length:
+        raise ValueError(f"tokenizer max_length {tokenizer.max_length} != the model's input_length "
+                         f"{cfg.input_length}")
+    net.eval()
+    net.set_sampling(False)
+    ids = _example_ids(tokenizer, check_texts, np.random.default_rng(0))
     with tempfile.TemporaryDirectory(prefix="edgeuq-text-export-") as tmp:
         tmp = Path(tmp)
-        x = torch.from_numpy(ids[-2:])
-        with torch.no_grad():
-            feats = model.trunk(x)
-        noise = sample_noise(specs, 2, rng)
-        _export(_Trunk(model), (x,), tmp / "trunk.onnx", [TOKEN_INPUT], [FEATURES])
-        _export(_Head(model, names), (feats, *[torch.from_numpy(noise[n]) for n in names]), tmp / "head.onnx",
-                [FEATURES, *names], [LOGITS])
-        tokenizer.save(tmp / TOKENIZER_FILE)
-        diff = max_export_difference(model, tmp / "trunk.onnx", tmp / "head.onnx", ids)
+        (tmp / "checkpoint").mkdir()
+        tokenizer.save(tmp / "checkpoint" / TOKENIZER_FILE)  # export_onnx copies it into the export
+        ckpt = save_checkpoint(net, tmp / "checkpoint", tuple(class_names), sample_rate_hz=1.0, normalization="none")
+        art = export_onnx(ckpt, tmp / "onnx", model=net, atol=atol)
+        diff = max_export_difference(net, art.trunk_path, art.head_path, ids)
         if not (diff["features"] <= atol and diff["logits"] <= atol * diff["logit_scale"]):  # NaN-safe
             raise RuntimeError(f"exported graphs disagree with PyTorch: {diff} (tolerance {atol:g}, logits "
                                f"relative to max(1, |logit|))")
-        manifest = Manifest(
-            model_name=model_name, model_version=model_version,
-            input=InputSpec(name=TOKEN_INPUT, length=tokenizer.max_length, sample_rate_hz=1.0, dtype="int64",
-                            normalization="none", vocab_size=tokenizer.vocab_size, tokenizer=TOKENIZER_FILE),
-            class_names=tuple(class_names), default_samples=int(default_samples), noise=tuple(specs),
-            trunk=GraphSpec(file="trunk.onnx", inputs=(TOKEN_INPUT,), outputs=(FEATURES,)),
-            head=GraphSpec(file="head.onnx", inputs=(FEATURES, *names), outputs=(LOGITS,)),
-            feature_name=FEATURES, logits_name=LOGITS, backend="onnxruntime",
-            metadata={"created_by": "edgeuq.text", "opset": OPSET, "scheme": model.scheme,
-                      "export_max_abs_diff": diff, **_density_columns(model), **dict(metadata or {})},
-        )
-        write_bundle(Path(out_dir), manifest, {"trunk.onnx": tmp / "trunk.onnx", "head.onnx": tmp / "head.onnx",
-                                               TOKENIZER_FILE: tmp / TOKENIZER_FILE}, overwrite=overwrite)
-    return load_bundle(Path(out_dir), verify=True)
+        columns = getattr(net, "density_columns", None)
+        meta: Dict[str, Any] = {"scheme": cfg.scheme, "export_max_abs_diff": diff,
+                                **({} if columns is None else {"density_columns": [int(columns[0]), int(columns[1])]}),
+                                **dict(metadata or {})}
+        return build_bundle(art, Path(out_dir), model_name, model_version, default_samples=default_samples,
+                            metadata=meta, overwrite=overwrite)

@@ -27,7 +27,7 @@ from ..schemes.laplace import laplace_factors_kron
 from ..training.config import TrainConfig
 from ..training.loop import Batch, LossOut, StepTotals, run_steps, warmup_linear_decay
 from .cache import HiddenCache, length_buckets, progress as _progress
-from .classifier import TextClassifier
+from .classifier import TextClassifier  # or a bert-trunk model (edgeuq.models.trunks.BertTransformer): same methods
 
 __all__ = ["FinetuneConfig", "finetune", "fit_text_laplace", "features_from_cache", "sample_probs",
            "TEXT_PRIOR_GRID"]
@@ -86,7 +86,7 @@ def finetune(model: TextClassifier, train: HiddenCache, cfg: FinetuneConfig,
     enc_params = [p for layer in list(model.encoder.layers)[train.start:] for p in layer.parameters()]
     for p in enc_params:
         p.requires_grad_(True)
-    head_params = list(model.fc1.parameters()) + [model.fc2.weight, model.fc2.bias]
+    head_params = model.head_parameters()
     groups = [{"params": head_params, "lr": cfg.lr_head}]
     if enc_params:
         groups.append({"params": enc_params, "lr": tc.lr})
@@ -148,11 +148,11 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 def fit_text_laplace(model: TextClassifier, train_feats: np.ndarray, val_feats: np.ndarray, val_labels: np.ndarray,
                      grid: Optional[Sequence[float]] = None, samples: int = 64,
                      seed: int = 0) -> dict:
-    """K-FAC last-layer Laplace on ``fc2``: GGN from the training features, prior
+    """K-FAC last-layer Laplace on the last layer (``model.last_layer``): GGN from the training features, prior
     precision by validation NLL of the MC predictive (fixed eps, all grid points;
     default grid :data:`TEXT_PRIOR_GRID`)."""
     grid = TEXT_PRIOR_GRID if grid is None else tuple(grid)
-    layer = model.fc2
+    layer = model.last_layer
     phi_tr = model.last_layer_input(torch.from_numpy(train_feats)).double()
     phi_va = model.last_layer_input(torch.from_numpy(val_feats)).double()
     w, b = layer.weight.detach().double(), layer.bias.detach().double()

@@ -27,7 +27,7 @@ from typing import Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .bert import BertEncoder, key_bias_from_mask
+from ..models.bert import BertEncoder, key_bias_from_mask
 
 __all__ = ["layer_pooled", "avg_avg", "energy_score", "text_sentences", "shuffle_words", "truncate_words",
            "WithOODFeatures", "OOD_KINDS"]
@@ -202,28 +202,27 @@ class WithOODFeatures(torch.nn.Module):
     def noise_specs(self):
         return self.model.noise_specs()
 
+    def as_model(self, max_length: int):
+        """The same network as a ``bert``-trunk model built from its ModelConfig (the trunk option
+        ``density_features``; the pretrained copies become ``pretrained_top``)."""
+        from ..models.transformer import build_model
+        from ..models.trunks import load_head_state
+
+        cfg = self.model.model_config(max_length, trunk_options={"density_features": self.kind,
+                                                                  "frozen_layers": self.start})
+        state = dict(self.model.trunk_state())
+        state.update({"pretrained_top." + k: v for k, v in self.pre_top.state_dict().items()})
+        model = build_model(cfg)
+        load_head_state(model, state)
+        return model.eval()
+
     def set_sampling(self, on: bool) -> None:
         self.model.set_sampling(on)
 
     def trunk(self, ids: torch.Tensor) -> torch.Tensor:
-        from .bert import masked_mean_pool
+        from ..models.trunks import with_density_features
 
-        enc = self.model.encoder
-        mask = enc.mask(ids)
-        bias = key_bias_from_mask(mask)
-        h = enc.embeddings(ids)
-        pooled = []
-        for layer in list(enc.layers)[:self.start]:
-            h = layer(h, bias)
-            pooled.append(masked_mean_pool(h, mask))
-        hf = h
-        for layer in list(enc.layers)[self.start:]:
-            hf = layer(hf, bias)
-        for layer in self.pre_top:
-            h = layer(h, bias)
-            pooled.append(masked_mean_pool(h, mask))
-        ood = pooled[-1] if self.kind == "pretrained" else torch.stack(pooled, 0).mean(0)  # frozen_avg: 1..start
-        return torch.cat([masked_mean_pool(hf, mask), ood], dim=-1)
+        return with_density_features(self.model.encoder, self.pre_top, self.start, self.kind, ids)
 
     def head_forward(self, feats: torch.Tensor, noise=None) -> torch.Tensor:
         return self.model.head_forward(feats[:, :self.model.feature_dim], noise)

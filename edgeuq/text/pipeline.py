@@ -1,10 +1,16 @@
 """The text-teacher stage: a labelled text file in, a versioned artifact with device bundles out.
 
     pretrained MiniLM (edgeuq.text.pretrained) + train/val/test/OOD files (edgeuq.text.datasets)
+      -> the model: a ModelConfig with trunk "bert" (edgeuq.models.trunks), built by build_model,
+         the pretrained weights loaded strictly into its encoder
       -> WordPiece ids -> frozen lower layers cached (edgeuq.text.cache; reused on re-run)
-      -> fine-tune the top ``train_layers`` layers + head (edgeuq.text.finetune; a line per epoch)
-      -> last-layer Laplace posterior (K-FAC GGN, prior precision by validation NLL)
-      -> one device bundle per scheme (edgeuq.text.export; ONNX Runtime == PyTorch checked)
+      -> fine-tune the top ``train_layers`` layers + head (edgeuq.text.finetune on the shared
+         step loop; a line per epoch)
+      -> one model per scheme built from the same config (the scheme registry's head) on the
+         fine-tuned weights; a post-hoc posterior (last-layer Laplace, K-FAC GGN, prior precision
+         by validation NLL) fitted for the scheme that declares one
+      -> one device bundle per scheme through the common stages (edgeuq.text.export:
+         save_checkpoint -> export_onnx -> build_bundle; ONNX Runtime == PyTorch checked)
       -> metrics of each bundle on the device runtime (held-out accuracy, ECE, NLL; OOD AUROC)
       -> TextTeacher artifact (edgeuq.artifact: staged, fsynced, renamed; hashed; envelope last)
 
@@ -31,15 +37,21 @@ from edgeuq_runtime.atomic import atomic_write
 
 from ..artifact import Artifact, ArtifactWriter, cached, digest_of
 from ..data.sources import DataOptions
+from ..models.config import ModelConfig, bert_model_config
+from ..models.transformer import DeployableModel, build_model
+from ..models.trunks import load_head_state
 from ..profile.harness import StageTimer
-from .classifier import TEXT_SCHEMES, TextClassifier
+from .classifier import TEXT_SCHEMES
 from .datasets import TextSplits, text_splits
 from .heads import text_head
 
 __all__ = ["TeacherOptions", "TextTeacher", "train_text_teacher", "load_text_teacher", "TEACHER_FILE", "cache_path",
-           "seeded_rows"]
+           "seeded_rows", "teacher_model_config", "FINETUNE_SCHEME"]
 
 TEACHER_FILE = "teacher.pt"
+#: the head the network is fine-tuned with: MC dropout's dropouts at the head sites (as the text classifier
+#: always trained); every scheme's head is then built on the same weights
+FINETUNE_SCHEME = "mc_dropout"
 _TOKENIZER_FILE = "tokenizer.json"
 PathLike = Union[str, Path]
 
@@ -110,7 +122,7 @@ class TextTeacher(Artifact):
     and the metrics of each bundle on the device runtime."""
 
     KIND: ClassVar[str] = "text_teacher"
-    FORMAT_VERSION: ClassVar[int] = 1
+    FORMAT_VERSION: ClassVar[int] = 2  # 2: model_config is a ModelConfig (trunk "bert"), teacher.pt its state dict
     META_FILE: ClassVar[str] = "text_teacher.json"
 
     base: str
@@ -152,13 +164,14 @@ class TextTeacher(Artifact):
             raise KeyError(f"no {name!r} bundle in {self.directory} (has {sorted(self.bundles)})")
         return self.file_path(self.bundles[name])
 
-    def load_model(self, scheme: Optional[str] = None) -> TextClassifier:
-        """The fine-tuned classifier (Laplace posterior included), set to ``scheme``."""
-        cfg = dict(self.model_config)
+    def load_model(self, scheme: Optional[str] = None) -> DeployableModel:
+        """The fine-tuned model with the head of ``scheme`` (default: the first bundled scheme), built
+        from the stored ModelConfig by the scheme registry (a fitted posterior included)."""
+        cfg = ModelConfig.from_dict(self.model_config)
         if scheme is not None:
-            cfg["scheme"] = scheme
-        model = TextClassifier.from_config_json(cfg)
-        model.load_state_dict(torch.load(self.file_path(TEACHER_FILE), map_location="cpu", weights_only=True))
+            cfg = replace(cfg, scheme=scheme, scheme_options=None)
+        model = build_model(cfg)
+        load_head_state(model, torch.load(self.file_path(TEACHER_FILE), map_location="cpu", weights_only=True))
         return model.eval()
 
 
@@ -213,6 +226,20 @@ def _runtime_metrics(bundle_dir: Path, test, oods: Sequence, samples: int, threa
     return row
 
 
+def teacher_model_config(pre_config: Any, num_classes: int, options: TeacherOptions,
+                         scheme: str = FINETUNE_SCHEME) -> ModelConfig:
+    """The teacher's ModelConfig: the pretrained encoder as a ``bert`` trunk reading
+    ``options.max_length`` ids, a head ``options.hidden`` wide with dropout ``options.head_dropout``."""
+    return bert_model_config(pre_config, num_classes, options.max_length, scheme=scheme, head_hidden=options.hidden,
+                             head_dropout=options.head_dropout)
+
+
+def _trunk_names(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A fine-tuned state dict under the trunk model's names (weights cached by an earlier version
+    of the stage, a ``TextClassifier``'s, name the head ``fc1``/``fc2``)."""
+    return {("head." + k if k.startswith(("fc1.", "fc2.")) else k): v for k, v in state.items()}
+
+
 def _bundle_files(root: Path, folder: str) -> Tuple[str, ...]:
     return tuple(sorted(f"{folder}/{p.relative_to(root).as_posix()}" for p in root.rglob("*") if p.is_file()))
 
@@ -264,8 +291,8 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
 
     tok = wordpiece_from_tokenizer_json(pre.tokenizer_json, options.max_length)
     torch.manual_seed(options.seed)
-    teacher = TextClassifier(pre.config, num_classes=len(names), hidden=options.hidden,
-                             head_dropout=options.head_dropout, scheme="mc_dropout")
+    cfg = teacher_model_config(pre.config, len(names), options)
+    teacher = build_model(cfg)
     teacher.encoder.load_bert_state(pre.state)
     teacher.eval()
     start = pre.config.num_hidden_layers - options.train_layers
@@ -284,9 +311,9 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
     if options.train_subset and options.train_subset < len(train_cache):
         train_cache = train_cache.subset(seeded_rows(len(train_cache), options.train_subset, options.seed))
 
-    cfg = FinetuneConfig(train_layers=options.train_layers, lr_head=options.lr_head,
-                         train=replace(FINETUNE_TRAIN, epochs=options.epochs, batch_size=options.batch, lr=options.lr,
-                                       seed=options.seed))
+    ft = FinetuneConfig(train_layers=options.train_layers, lr_head=options.lr_head,
+                        train=replace(FINETUNE_TRAIN, epochs=options.epochs, batch_size=options.batch, lr=options.lr,
+                                      seed=options.seed))
     trained_on = {k: options.to_dict()[k] for k in ("train_layers", "epochs", "lr", "lr_head", "batch", "max_length",
                                                      "train_limit", "train_subset", "val_limit", "hidden",
                                                      "head_dropout", "seed")}
@@ -295,16 +322,22 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
     with timer.stage("train"):
         if tuned.is_file():
             saved = torch.load(tuned, map_location="cpu", weights_only=True)
-            teacher.load_state_dict(saved["state"])
+            load_head_state(teacher, _trunk_names(saved["state"]))
             history = json.loads(saved["history"])
             log(f"fine-tuned weights reused from {tuned}")
         else:
             log(f"fine-tuning layers {start}..{pre.config.num_hidden_layers - 1} + head on {len(train_cache)} rows, "
                 f"{options.epochs} epoch(s)")
-            history = finetune(teacher, train_cache, cfg, val=caches["val"])
+            history = finetune(teacher, train_cache, ft, val=caches["val"])
             _save_atomic({"state": teacher.state_dict(), "history": json.dumps(history)}, tuned)
     teacher.eval()
 
+    # one model per scheme, built from the same config by the scheme registry, on the fine-tuned weights
+    heads: Dict[str, DeployableModel] = {}
+    for scheme in options.schemes:
+        heads[scheme] = build_model(replace(cfg, scheme=scheme, scheme_options=None))
+        load_head_state(heads[scheme], teacher.state_dict())
+        heads[scheme].eval()
     val_feats = features_from_cache(teacher, caches["val"])
     laplace = None
     posterior = next((s for s in options.schemes if text_head(s).post_hoc_posterior), None)
@@ -312,35 +345,44 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
         fit_cache = train_cache
         if options.laplace_rows and options.laplace_rows < len(fit_cache):
             fit_cache = fit_cache.subset(seeded_rows(len(fit_cache), options.laplace_rows, options.seed + 1))
-        with teacher.using(posterior):
-            laplace = fit_text_laplace(teacher, features_from_cache(teacher, fit_cache), val_feats, splits.val.y,
-                                       seed=options.seed)
+        laplace = fit_text_laplace(heads[posterior], features_from_cache(teacher, fit_cache), val_feats,
+                                   splits.val.y, seed=options.seed)
         log(f"last-layer Laplace (K-FAC GGN on {len(fit_cache)} rows): prior precision "
             f"{laplace['prior_precision']:g} by validation NLL")
 
-    exported = teacher
+    density = {}
     if options.ood_features != "none":
-        from .ood import WithOODFeatures
-
         if options.ood_features == "frozen_avg" and start == 0:
             raise ValueError("ood_features 'frozen_avg' needs a frozen layer (train_layers < "
                              f"{pre.config.num_hidden_layers}); use 'avgavg', 'pretrained' or 'none'")
-        exported = WithOODFeatures(teacher, pre.encoder(), options.ood_features, start).eval()
+        density = {"density_features": options.ood_features, "frozen_layers": start}
         log(f"bundles: the trunk also emits {options.ood_features} features of the pretrained encoder "
             f"({options.train_layers} pretrained layer(s) run beside the fine-tuned ones) for the density score")
+
+    def exported(scheme: str) -> DeployableModel:
+        """The bundled model of ``scheme``: its config with the density trunk option, the same weights."""
+        if not density:
+            return heads[scheme]
+        m_cfg = replace(heads[scheme].cfg, trunk_options=replace(cfg.trunk_options, **density))
+        model = build_model(m_cfg)
+        # every weight from the scheme's model; pretrained_top (not in it) from the pretrained encoder
+        load_head_state(model, {**model.state_dict(), **heads[scheme].state_dict()})
+        model.install_pretrained_top(pre.encoder())
+        return model.eval()
+
+    stored = heads[posterior] if posterior is not None else teacher  # the posterior's factors travel with it
     with ArtifactWriter(out) as w:
         with timer.stage("export_eval"):
-            torch.save(teacher.state_dict(), w.path / TEACHER_FILE)
+            torch.save(stored.state_dict(), w.path / TEACHER_FILE)
             tok.save(w.path / _TOKENIZER_FILE)
             bundles, files, metrics = {}, [], {}
             check = list(splits.test.texts[:8])
             for scheme in options.schemes:
                 folder = f"bundle-{scheme}"
-                with teacher.using(scheme):
-                    b = export_text_bundle(exported, tok, w.path / folder, names, f"{name}-{scheme}",
-                                           default_samples=options.samples, check_texts=check,
-                                           metadata={"base": pre.name, "weights_sha256": pre.weights_sha256,
-                                                     "stage": "text_teacher"})
+                b = export_text_bundle(exported(scheme), tok, w.path / folder, names, f"{name}-{scheme}",
+                                       default_samples=options.samples, check_texts=check,
+                                       metadata={"base": pre.name, "weights_sha256": pre.weights_sha256,
+                                                 "stage": "text_teacher"})
                 bundles[scheme] = folder
                 files += _bundle_files(b.root, folder)
                 metrics[scheme] = _runtime_metrics(b.root, splits.test, splits.ood, options.samples, options.threads,
@@ -353,7 +395,8 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
                                                    "test": len(splits.test)},
                 "text_column": data_options.text_column, "label_column": data_options.label_column,
                 "label_map": dict(data_options.label_map)}
-        model_config = {**teacher.config_json(), "scheme": options.schemes[0]}  # load_model()'s default head
+        # load_model()'s default head: the first scheme
+        model_config = replace(cfg, scheme=options.schemes[0], scheme_options=None).to_dict()
         art = TextTeacher(base=pre.name, weights_sha256=pre.weights_sha256, model_config=model_config,
                           class_names=tuple(names), max_length=options.max_length, options=options.to_dict(),
                           data=data, history=history, laplace=laplace, metrics=metrics, bundles=bundles,

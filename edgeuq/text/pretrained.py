@@ -22,7 +22,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
-from .bert import BertConfig, BertEncoder
+from ..models.bert import BertConfig, BertEncoder
 
 __all__ = ["PretrainedText", "load_pretrained", "locate_packaged_model", "MINILM_PACKAGE", "TextExtraMissing"]
 

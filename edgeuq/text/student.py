@@ -34,7 +34,7 @@ from edgeuq_runtime.wordpiece import WordPieceTokenizer
 
 from ..training.config import TrainConfig
 from ..training.loop import warmup_linear_decay
-from .bert import BertConfig, BertEmbeddings, key_bias_from_mask, masked_mean_pool
+from ..models.bert import FactorisedEmbeddings, key_bias_from_mask, masked_mean_pool
 from .cache import length_buckets
 from .classifier import TextClassifier
 
@@ -145,36 +145,6 @@ def prune_vocab(tokenizer: WordPieceTokenizer, corpus_ids: np.ndarray) -> Tuple[
 
 
 # ----------------------------------------------------------------------------- embedding
-class FactorisedEmbeddings(BertEmbeddings):
-    """BERT embeddings whose word table is ``low (V, r) @ proj (r, d)``."""
-
-    def __init__(self, cfg: BertConfig, rank: int) -> None:
-        super().__init__(cfg)
-        del self.word_embeddings
-        self.rank = int(rank)
-        self.word_low = nn.Embedding(cfg.vocab_size, rank)
-        self.word_proj = nn.Linear(rank, cfg.hidden_size, bias=False)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        pos = self.positions(ids.shape[1])
-        typ = self.token_type_embeddings.weight[0]
-        return self.LayerNorm(self.word_proj(self.word_low(ids)) + pos + typ)
-
-    @torch.no_grad()
-    def init_svd(self, table: torch.Tensor) -> float:
-        """Best rank-r approximation of ``table`` (V, d); returns its relative Frobenius error."""
-        want = (self.word_low.num_embeddings, self.word_proj.out_features)
-        if tuple(table.shape) != want:
-            raise ValueError(f"embedding table has shape {tuple(table.shape)}, expected {want}")
-        if self.rank > min(want):
-            raise ValueError(f"rank {self.rank} exceeds min{want}")
-        u, s, vt = torch.linalg.svd(table.double(), full_matrices=False)
-        r = self.rank
-        self.word_low.weight.copy_((u[:, :r] * s[:r]).float())
-        self.word_proj.weight.copy_(vt[:r].T.float())
-        return float(torch.sqrt((s[r:] ** 2).sum() / (s ** 2).sum()))
-
-
 # ----------------------------------------------------------------------------- the student
 @dataclass(frozen=True)
 class StudentSpec:

@@ -10,6 +10,7 @@ from typing import Optional
 
 from torch import nn
 
+from ...models.trunks import get_trunk
 from ..prune import PruneConfig, fisher_scores_from_report, prune, save_prune_plan
 from . import COMPRESSION_STEPS, CompressionStep, StepData, StepResult
 
@@ -31,6 +32,9 @@ class Prune(CompressionStep):
     Options = PruneOptions
 
     def apply(self, model: nn.Module, data: StepData, options: PruneOptions) -> StepResult:
+        if not get_trunk(model.cfg.trunk).kwon_blocks:
+            raise ValueError(f"compression step 'prune' masks the pre-norm blocks of the signal trunk; trunk "
+                             f"{model.cfg.trunk!r} is not supported yet (no Kwon masks over its encoder)")
         if model.cfg.ranks:
             raise ValueError(f"compression step 'prune' works on dense blocks, but this model has factorised layers "
                              f"{[n for n, _ in model.cfg.ranks]}: prune before a factorising step")

@@ -1,0 +1,340 @@
+"""The trunks a :class:`~edgeuq.models.config.ModelConfig` can name (``ModelConfig.trunk``).
+
+A trunk is the deterministic part of the network that turns the input into the features the
+head sees; the head (and any stochastic layer) is built by the scheme
+(:class:`~edgeuq.models.transformer.ClassifierHead`), so every trunk gets every head-level scheme
+with the same :class:`~edgeuq.models.layers.StochasticLayer` noise inputs, and every trunk is
+built, checkpointed, exported, bundled and compressed by the same stages
+(:func:`~edgeuq.models.transformer.build_model` -> ``Scheme.build_model`` -> ``Trunk.build``).
+
+Built in:
+
+``signal`` (default)
+    :class:`~edgeuq.models.transformer.SignalTransformer`: conv / linear patch or token
+    embedding and pre-norm blocks, whose layers the scheme builds (stochastic blocks allowed).
+``bert``
+    :class:`BertTransformer`: a pretrained post-norm BERT encoder (:mod:`edgeuq.models.bert`,
+    transformers' parameter names, so a MiniLM/BERT state dict loads strictly into
+    ``model.encoder``) + masked mean pooling, then the scheme's head. Its widths are the
+    config's ``d_model`` (hidden size), ``heads``, ``depth`` (layers), ``ffn`` (intermediate
+    size) and ``vocab_size``; ``embed = "token"``, ``patch = 1``, ``input_length`` = the
+    tokenizer's ``max_length``; :class:`BertOptions` holds the rest. Only the head is
+    stochastic (``stochastic_blocks = []``), and a scheme that builds layers inside the trunk
+    (``Scheme.trunk_layers``: spectral norm, ensembles) is refused.
+
+A new trunk is one :class:`Trunk` subclass registered with ``@register_trunk("name")`` here or
+in another distribution (entry point group ``edgeuq.trunk``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, final
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+from .bert import BertConfig, BertEncoder, key_bias_from_mask, masked_mean_pool
+from .layers import NoiseDict, apply_layer
+from .scheme_slot import SCHEMES
+from .transformer import ClassifierHead, DeployableModel, SignalTransformer
+
+__all__ = ["Trunk", "TRUNKS", "register_trunk", "get_trunk", "BertOptions", "BertTransformer",
+           "DENSITY_FEATURES", "bert_config_of", "load_head_state",
+           "with_density_features"]
+
+
+def _check_trunk_name(name: str, value: Any = None) -> None:
+    if not name or not name.replace("_", "").isalnum() or name != name.lower():
+        raise ValueError(f"trunk names are lower-case identifiers, got {name!r}")
+
+
+#: name -> registered trunk instance (one per Trunk subclass); entry point group ``edgeuq.trunk``
+TRUNKS: Registry[Any] = Registry("trunk", instantiate=True, check=_check_trunk_name)
+
+
+#: class decorator: register one instance of the :class:`Trunk` subclass under a name
+register_trunk = TRUNKS.register
+#: the registered trunk of a name (a LookupError, also a ValueError, names the known ones)
+get_trunk = TRUNKS.get
+
+
+@final
+@dataclass(frozen=True)
+class NoTrunkOptions:
+    """Options of a trunk that has none."""
+
+
+class Trunk(ABC):
+    """A trunk plug-in: its options dataclass, its validation of a config and its model class."""
+
+    name: ClassVar[str] = ""
+    options_type: ClassVar[type] = NoTrunkOptions
+    #: True for the trunk of configs written before trunks existed: ``to_dict`` omits ``trunk``
+    #: (and its empty options) then, so those configs and their checkpoint digests are unchanged
+    implicit: ClassVar[bool] = False
+    #: True when the model has the pre-norm ``blocks`` (per-block widths in ``ModelConfig.blocks``) that
+    #: Kwon et al.'s head/neuron pruning (``edgeuq.compress.kwon``) masks, measures and slices
+    kwon_blocks: ClassVar[bool] = False
+
+    def options_from(self, value: Any) -> Any:
+        """``value`` (None, a table or an instance) as :attr:`options_type`; unknown keys are refused."""
+        if value is None:
+            return self.options_type()
+        if isinstance(value, self.options_type):
+            return value
+        if isinstance(value, Mapping):
+            known = {f.name for f in dataclasses.fields(self.options_type)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise ValueError(f"invalid ModelConfig: unknown trunk_options {unknown} for trunk {self.name!r}; "
+                                 f"known: {sorted(known)}")
+            return self.options_type(**value)
+        raise ValueError(f"invalid ModelConfig: trunk_options of trunk {self.name!r} must be a table "
+                         f"({self.options_type.__name__}), got {type(value).__name__}")
+
+    def options_to_dict(self, options: Any) -> Dict[str, Any]:
+        return dataclasses.asdict(options)
+
+    def problems(self, cfg: Any) -> List[str]:
+        """What is wrong with ``cfg`` for this trunk (empty when nothing)."""
+        return []
+
+    @abstractmethod
+    def build(self, cfg: Any) -> DeployableModel:
+        """The model of ``cfg`` (its head built by the scheme)."""
+
+
+@final
+@register_trunk("signal")
+class SignalTrunk(Trunk):
+    implicit = True
+    kwon_blocks = True
+
+    def build(self, cfg: Any) -> DeployableModel:
+        return SignalTransformer(cfg)
+
+
+#: what a BERT trunk may emit beside its classifier features, for the bundle's density score
+#: (``none``; ``frozen_avg``: the token mean averaged over layers 1..frozen_layers; ``avgavg``:
+#: over all layers of the pretrained encoder, Chen et al. 2022; ``pretrained``: the pretrained
+#: encoder's last layer, Uppaal et al. 2023)
+DENSITY_FEATURES = ("none", "frozen_avg", "avgavg", "pretrained")
+
+
+@final
+@dataclass(frozen=True)
+class BertOptions:
+    """The BERT trunk's fields that are not widths (``[model.trunk_options]``).
+
+    ``density_features`` / ``frozen_layers``: the trunk also emits features of the *pretrained*
+    encoder for the bundle's density score, ``(B, 2d)`` = [classifier features | density
+    features]; layers ``0..frozen_layers-1`` are shared with the fine-tuned encoder (they stay
+    pretrained), and for ``avgavg`` / ``pretrained`` the pretrained copies of the layers above run
+    beside the fine-tuned ones (``model.pretrained_top``). The head reads the first d columns;
+    :attr:`BertTransformer.density_columns` says where the others are.
+
+    ``embedding_rank`` > 0: the word table is stored factorised, (V, r) @ (r, d)
+    (:class:`~edgeuq.models.bert.FactorisedEmbeddings`)."""
+
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    density_features: str = "none"
+    frozen_layers: int = 0
+    embedding_rank: int = 0
+
+
+def _int_problem(name: str, value: Any, low: int) -> Optional[str]:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        return f"trunk_options.{name} must be an integer >= {low}, got {value!r}"
+    return None
+
+
+@final
+@register_trunk("bert")
+class BertTrunk(Trunk):
+    options_type = BertOptions
+
+    def problems(self, cfg: Any) -> List[str]:
+        o: BertOptions = cfg.trunk_options
+        problems = [p for p in (_int_problem("max_positions", o.max_positions, 1),
+                                _int_problem("type_vocab_size", o.type_vocab_size, 1),
+                                _int_problem("pad_token_id", o.pad_token_id, 0),
+                                _int_problem("frozen_layers", o.frozen_layers, 0),
+                                _int_problem("embedding_rank", o.embedding_rank, 0)) if p]
+        if isinstance(o.layer_norm_eps, bool) or not isinstance(o.layer_norm_eps, (int, float)) \
+                or not o.layer_norm_eps > 0:
+            problems.append(f"trunk_options.layer_norm_eps must be > 0, got {o.layer_norm_eps!r}")
+        if o.density_features not in DENSITY_FEATURES:
+            problems.append(f"trunk_options.density_features must be one of {list(DENSITY_FEATURES)}, "
+                            f"got {o.density_features!r}")
+        if not problems:
+            if o.frozen_layers > cfg.depth:
+                problems.append(f"trunk_options.frozen_layers ({o.frozen_layers}) exceeds depth ({cfg.depth})")
+            if o.density_features == "frozen_avg" and o.frozen_layers < 1:
+                problems.append("trunk_options.density_features 'frozen_avg' needs frozen_layers >= 1")
+            if cfg.input_length > o.max_positions:
+                problems.append(f"input_length ({cfg.input_length}) exceeds trunk_options.max_positions "
+                                f"({o.max_positions})")
+        if cfg.embed != "token":
+            problems.append(f"trunk 'bert' reads token ids: set embed = 'token', got {cfg.embed!r}")
+        if cfg.stochastic_blocks:
+            problems.append("trunk 'bert' is deterministic (only the head is stochastic): set stochastic_blocks = []")
+        if cfg.blocks:
+            problems.append("trunk 'bert' has uniform layers: per-block widths (blocks) are not supported")
+        if cfg.pool != "mean":
+            problems.append(f"trunk 'bert' pools by the masked mean: set pool = 'mean', got {cfg.pool!r}")
+        scheme = SCHEMES.get(cfg.scheme)
+        if scheme.trunk_layers:
+            problems.append(f"scheme {cfg.scheme!r} builds layers inside the trunk, which trunk 'bert' does not "
+                            f"take from schemes (use a head scheme such as mc_dropout or laplace)")
+        return problems
+
+    def build(self, cfg: Any) -> DeployableModel:
+        return BertTransformer(cfg)
+
+
+def bert_config_of(cfg: Any) -> BertConfig:
+    """The :class:`~edgeuq.models.bert.BertConfig` of a ``bert``-trunk ModelConfig."""
+    o: BertOptions = cfg.trunk_options
+    return BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.depth,
+                      num_attention_heads=cfg.heads, intermediate_size=cfg.ffn, max_position_embeddings=o.max_positions,
+                      type_vocab_size=o.type_vocab_size, layer_norm_eps=o.layer_norm_eps, pad_token_id=o.pad_token_id)
+
+
+@final
+class BertTransformer(DeployableModel):
+    """``encoder`` (all layers) + masked mean pooling = the trunk, run once; ``head`` (the
+    scheme's :class:`~edgeuq.models.transformer.ClassifierHead`: drop_in -> fc1 -> GELU ->
+    drop_hidden -> fc2) runs S times. The padding mask (ids != pad) is computed inside the trunk,
+    so the trunk graph has the one ``tokens`` input."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        SCHEMES.get(cfg.scheme).check_model_class(type(self))
+        self.cfg = cfg
+        bert = bert_config_of(cfg)
+        self.encoder = BertEncoder(bert, dropout=cfg.dropout, embedding_rank=cfg.trunk_options.embedding_rank)
+        self.head = ClassifierHead(cfg)
+        o: BertOptions = cfg.trunk_options
+        self.frozen_layers = int(o.frozen_layers)
+        extra = cfg.depth - o.frozen_layers if o.density_features in ("avgavg", "pretrained") else 0
+        #: pretrained copies of the layers above ``frozen_layers`` (``avgavg`` / ``pretrained`` density)
+        self.pretrained_top = nn.ModuleList(copy.deepcopy(self.encoder.layers[o.frozen_layers + i])
+                                            for i in range(extra))
+
+    # -- what the text stages read ----------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the classifier features (the head's input)."""
+        return self.cfg.d_model
+
+    @property
+    def density_features(self) -> str:
+        return self.cfg.trunk_options.density_features
+
+    @property
+    def density_columns(self) -> Optional[Tuple[int, int]]:
+        """Columns [A, B) of the trunk output that hold the density features (None: none)."""
+        d = self.cfg.d_model
+        return None if self.density_features == "none" else (d, 2 * d)
+
+    @property
+    def last_layer(self) -> nn.Module:
+        """The head's output layer (``head.fc2``; a fitted posterior lives there)."""
+        return self.head.fc2
+
+    def head_parameters(self) -> List[nn.Parameter]:
+        """The head's trained parameters (fine-tuning's head group)."""
+        return list(self.head.parameters())
+
+    @torch.no_grad()
+    def install_pretrained_top(self, pretrained: BertEncoder) -> None:
+        """Copy the pretrained encoder's layers ``frozen_layers..`` into :attr:`pretrained_top` (the
+        ``avgavg`` / ``pretrained`` density features); the layers below must be the pretrained ones."""
+        for a, b in ((self.encoder.embeddings, pretrained.embeddings),
+                     *zip(list(self.encoder.layers)[:self.frozen_layers], pretrained.layers)):
+            for (name, p), q in zip(a.named_parameters(), b.parameters()):
+                if p.shape != q.shape or not torch.equal(p, q):
+                    raise ValueError(f"layers below frozen_layers={self.frozen_layers} must be the pretrained ones; "
+                                     f"{name} differs")
+        for mine, theirs in zip(self.pretrained_top, list(pretrained.layers)[self.frozen_layers:]):
+            mine.load_state_dict(theirs.state_dict())
+
+    def last_layer_input(self, feats: torch.Tensor) -> torch.Tensor:
+        """Input of ``head.fc2`` in the deterministic pass (posterior fitting)."""
+        h = self.head
+        return h.act(apply_layer(h.fc1, h.drop_in(feats, None), None))
+
+    # -- deployment split ---------------------------------------------------------------
+    def trunk_from_hidden(self, h: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
+        """Classifier features (B, d) from the hidden states entering layer ``start`` (a cache of
+        the frozen layers below it)."""
+        return masked_mean_pool(self.encoder.run_layers(h, mask, start), mask)
+
+    def trunk(self, ids: torch.Tensor) -> torch.Tensor:
+        enc = self.encoder
+        mask = enc.mask(ids)
+        if self.density_columns is None:
+            return masked_mean_pool(enc.run_layers(enc.embeddings(ids), mask), mask)
+        return with_density_features(enc, self.pretrained_top, self.frozen_layers, self.density_features, ids)
+
+    def head_forward(self, features: torch.Tensor, noise: Optional[NoiseDict] = None) -> torch.Tensor:
+        if self.density_columns is not None:
+            features = features[:, :self.cfg.d_model]
+        logits = self.head(features, noise)
+        if self.cfg.temperature != 1.0:
+            logits = logits / self.cfg.temperature
+        return logits
+
+    def feature_shape(self) -> Tuple[int, ...]:
+        return (self.cfg.d_model if self.density_columns is None else 2 * self.cfg.d_model,)
+
+
+def with_density_features(encoder: BertEncoder, pretrained_top: Sequence[nn.Module], frozen_layers: int, kind: str,
+                          ids: torch.Tensor) -> torch.Tensor:
+    """[fine-tuned pooled features | density features] (B, 2d) (:class:`BertOptions`): ``encoder``'s
+    layers ``0..frozen_layers-1`` are the pretrained ones; ``pretrained_top`` continues them (empty
+    for ``frozen_avg``). ``frozen_avg`` / ``avgavg`` average the token means of the pretrained
+    layers run, ``pretrained`` takes the last one's."""
+    mask = encoder.mask(ids)
+    bias = key_bias_from_mask(mask)
+    h = encoder.embeddings(ids)
+    pooled = []
+    for layer in list(encoder.layers)[:frozen_layers]:
+        h = layer(h, bias)
+        pooled.append(masked_mean_pool(h, mask))
+    tuned = h
+    for layer in list(encoder.layers)[frozen_layers:]:
+        tuned = layer(tuned, bias)
+    for layer in pretrained_top:
+        h = layer(h, bias)
+        pooled.append(masked_mean_pool(h, mask))
+    density = pooled[-1] if kind == "pretrained" else torch.stack(pooled, 0).mean(0)
+    return torch.cat([masked_mean_pool(tuned, mask), density], dim=-1)
+
+
+def load_head_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load ``state`` into ``model`` strictly, except for the last layer's non-parameter tensors
+    (a fitted posterior's factors): a model of another head scheme on the same weights (the MAP
+    weights of a Laplace head, or an MC-dropout head from a Laplace model) loads them this way.
+    Every parameter must be there with its shape; anything else missing or left over is an error."""
+    own = model.state_dict()
+    params = {name for name, _ in model.named_parameters()}
+    last = "head.fc2."
+    unexpected = sorted(k for k in state if k not in own and not (k.startswith(last) and k not in params))
+    missing = sorted(k for k in own if k not in state and (k in params or not k.startswith(last)))
+    bad = sorted(k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape))
+    if unexpected or missing or bad:
+        raise ValueError(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                         f"other shapes {bad[:5]}")
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
