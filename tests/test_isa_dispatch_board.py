@@ -107,3 +107,41 @@ def test_isa_variants_argument(text, want):
 def test_bad_isa_variants_argument(text):
     with pytest.raises(ValueError, match="--isa-variants"):
         _isa_variants_arg(text)
+
+
+def test_remote_placement_times_the_library_the_board_would_run(tmp_path, monkeypatch):
+    """Over RPC the board's executor would pick a per-ISA library by the board's flags: the remote
+    measurer uploads that library and calls its bucket functions (an AVX2 board: the AVX2 variant's
+    ``main_b4``), the generic library on a board that names no flags -- never the host's choice."""
+    import numpy as np
+
+    from edgeuq.lower.base import CompiledGraph
+    from edgeuq.lower.placement import BoardCpu, Option, RemoteMeasurer
+    from edgeuq.lower.tvm.targets import X86_ISA_FLAGS
+    from edgeuq.profile import tvm_rpc
+
+    calls = []
+
+    def fake_time(session, library, arrays, *, entry, calls=1, **kw):     # what the board would be asked to run
+        seen.append((library.name, entry, arrays[0].shape[0], calls))
+        return "timed"
+
+    seen = calls
+    monkeypatch.setattr(tvm_rpc, "time_remote_library", fake_time)
+    opts = {"inputs": ["x"], "outputs": ["y"], "batch": None, "variants": [
+        {"file": "head.x86-64-avx512.so", "target": "x86-64-avx512", "requires": sorted(X86_ISA_FLAGS["x86-64-v4"]),
+         "batch": 32, "buckets": [1, 4, 16, 32]},
+        {"file": "head.x86-64-avx2.so", "target": "x86-64-avx2", "requires": sorted(X86_ISA_FLAGS["x86-64-v3"]),
+         "batch": 16, "buckets": [1, 4, 16]}]}
+    option = Option("tvm", "x86-64", "tvm", True, graph=CompiledGraph(tmp_path / "head.so", "tvm", opts),
+                    check="native", native=True)
+    feeds = {"x": np.zeros((3, 2), np.float32)}
+    for flags, want in ((X86_ISA_FLAGS["x86-64-v3"] | {"sse2"}, ("head.x86-64-avx2.so", "main_b4", 4, 1)),
+                        (X86_ISA_FLAGS["x86-64-v4"], ("head.x86-64-avx512.so", "main_b4", 4, 1)),
+                        (frozenset({"sse2"}), ("head.so", "main", 3, 1)),
+                        (None, ("head.so", "main", 3, 1))):
+        m = RemoteMeasurer(session=None, where="test")
+        m._board = BoardCpu("x86_64", flags, "test")
+        calls.clear()
+        assert m.measure("head", [option], feeds) == {option.key: "timed"}
+        assert calls == [want], (flags, calls)
