@@ -131,12 +131,23 @@ class GraphPlacement:
     executor: str
     lowering: str
     #: Other placements ``edgeuq compile`` may measure against this one (``candidates = [{target,
-    #: executor, lowering}, ...]``); this placement is the board's default (kept when not measured).
+    #: executor, lowering, isa_variants}, ...]``); this placement is the board's default (kept when not measured).
     candidates: tuple = ()
+    #: Higher ISA levels of the same CPU (other cpu targets of the board, e.g. ``["x86-64-avx2",
+    #: "x86-64-avx512"]`` next to a generic ``x86-64`` placement) compiled as well and shipped with the graph:
+    #: the executor runs the best library the board's CPU flags allow (run-time ISA dispatch), the
+    #: placement's own target only where none of them runs. Only a lowering that declares the capability
+    #: (``Lowerer.isa_dispatch``) accepts it.
+    isa_variants: tuple = ()
+
+    @property
+    def key(self) -> tuple:
+        """``(lowering, target)``: placements with one key are lowered together, once."""
+        return (self.lowering, self.target)
 
     def options(self) -> tuple:
         """Every placement to consider: this one (the default) first, then the candidates."""
-        return (GraphPlacement(self.target, self.executor, self.lowering),) + tuple(
+        return (GraphPlacement(self.target, self.executor, self.lowering, isa_variants=self.isa_variants),) + tuple(
             c for c in self.candidates if (c.target, c.executor, c.lowering) != (self.target, self.executor,
                                                                                    self.lowering))
 
@@ -338,6 +349,7 @@ _PLACEMENT_SPEC = {
     "executor": (_str, None),
     "lowering": (_str, None),
     "candidates": (_list, ()),
+    "isa_variants": (_str_list(nonempty=False), ()),
 }
 _CANDIDATE_SPEC = {k: v for k, v in _PLACEMENT_SPEC.items() if k != "candidates"}
 _POLICY_SPEC = {
@@ -414,12 +426,27 @@ def _make_placement(raw: Any, board: dict, role: str, src) -> GraphPlacement:
             raise DescriptorError(src, f"{c['target']!r} is not one of the board's targets {list(board['targets'])}",
                                   at + ".target")
         ex = c["executor"] or board["executor"]
-        cand = GraphPlacement(target=c["target"], executor=ex, lowering=c["lowering"] or ex)
-        if cand in candidates:
+        cand = GraphPlacement(target=c["target"], executor=ex, lowering=c["lowering"] or ex,
+                              isa_variants=_isa_variants(c, board, src, at))
+        if any((cand.target, cand.executor, cand.lowering) == (k.target, k.executor, k.lowering) for k in candidates):
             raise DescriptorError(src, f"duplicate candidate {cand.target}:{cand.executor}", at)
         candidates.append(cand)
     return GraphPlacement(target=p["target"], executor=executor, lowering=p["lowering"] or executor,
-                          candidates=tuple(candidates))
+                          candidates=tuple(candidates), isa_variants=_isa_variants(p, board, src, where))
+
+
+def _isa_variants(p: dict, board: dict, src, where: str) -> tuple:
+    """A placement's ``isa_variants``: other targets of the board (checked here); whether they are
+    higher ISA levels of the placement's CPU is checked by its lowering (``edgeuq compile``)."""
+    variants = p["isa_variants"]
+    for v in variants:
+        if v not in board["targets"]:
+            raise DescriptorError(src, f"{v!r} is not one of the board's targets {list(board['targets'])}",
+                                  where + ".isa_variants")
+        if v == p["target"]:
+            raise DescriptorError(src, f"{v!r} is the placement's own target: list only higher ISA levels",
+                                  where + ".isa_variants")
+    return variants
 
 
 def _make_board(raw: dict, src) -> Board:
@@ -430,6 +457,14 @@ def _make_board(raw: dict, src) -> Board:
     if unknown:
         raise DescriptorError(src, f"unknown graph (allowed: {', '.join(GRAPH_ROLES)})", f"graphs.{unknown[0]}")
     f["graphs"] = BoardGraphs(**{role: _make_placement(graphs.get(role), f, role, src) for role in GRAPH_ROLES})
+    seen: dict = {}
+    for role, placement in f["graphs"].items():
+        for i, p in enumerate(placement.options()):
+            at = f"graphs.{role}" if i == 0 else f"graphs.{role}.candidates"
+            if seen.setdefault(p.key, (p.isa_variants, at))[0] != p.isa_variants:
+                raise DescriptorError(src, f"{p.lowering} on {p.target} is lowered once for the whole board, but "
+                                      f"{seen[p.key][1]} declares isa_variants {list(seen[p.key][0])} and this "
+                                      f"one {list(p.isa_variants)}", at + ".isa_variants")
     f["placement"] = PlacementPolicy(**_parse(f["placement"] or {}, _POLICY_SPEC, src, prefix="placement."))
     return Board(**f, source=str(src))
 
@@ -619,8 +654,12 @@ def format_targets_table(targets: Optional[Mapping] = None) -> str:
                         "DESCRIPTION"], rows)
 
 
+def _placement_text(p: GraphPlacement) -> str:
+    return f"{p.target}:{p.executor}" + (f"(+{','.join(p.isa_variants)})" if p.isa_variants else "")
+
+
 def _graphs_text(b: Board) -> str:
-    return " ".join(f"{role}={p.target}:{p.executor}" + "".join(f"|{c.target}:{c.executor}" for c in p.candidates)
+    return " ".join(f"{role}={_placement_text(p)}" + "".join(f"|{_placement_text(c)}" for c in p.candidates)
                     for role, p in b.graphs.items())
 
 

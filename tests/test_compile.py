@@ -66,7 +66,7 @@ def test_cli_compiles_x86_host_from_checkpoint(tiny, tmp_path, capsys):
     out = tmp_path / "bundle"
     rc = main(["compile", "--board", "x86-host", "--checkpoint", str(ck.directory), "--out", str(out),
                "--samples", "4", "--json", str(tmp_path / "r.json"), "--quiet", "--tuning-db", str(tmp_path / "db"),
-               "--placement", "default"])
+               "--placement", "default", "--isa-variants", "x86-64-avx2"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "board x86-host" in text and "latency_ms" in text and "budgets met" in text
@@ -77,6 +77,16 @@ def test_cli_compiles_x86_host_from_checkpoint(tiny, tmp_path, capsys):
     assert lowered["compilers"]["tvm"].startswith("0.27") and lowered["tuning"] == "untuned"
     ev = Evidence.from_json(lowered["evidence"])
     assert ev.how == "native" and ev.max_error <= ev.tolerance < 1e-2 and ev.latency_ms > 0
+    # --isa-variants replaced the board's list (AVX2 + AVX-512): one AVX2 library per graph travels with the
+    # generic one, and the evidence names the library this host's executor ran
+    assert [(v["role"], v["target"]) for v in lowered["isa_variants"]] == [("trunk", "x86-64-avx2"),
+                                                                          ("head", "x86-64-avx2")]
+    assert {"trunk.x86-64-avx2.so", "head.x86-64-avx2.so"} <= set(m.files)
+    from edgeuq.lower.tvm.targets import X86_ISA_FLAGS
+    from edgeuq_runtime.hostcpu import cpu_flags
+
+    runs_avx2 = X86_ISA_FLAGS["x86-64-v3"] <= cpu_flags()
+    assert ev.detail["library"]["head"]["file"] == ("head.x86-64-avx2.so" if runs_avx2 else "head.so")
     report = json.loads((tmp_path / "r.json").read_text())["report"]
     assert report["mc_samples"] == {"used": 4, "budget": 16, "ok": True}
     # the reported latency is the runtime's own: an independent timing of the same call agrees in magnitude

@@ -48,7 +48,7 @@ def _x(n=6):
 def test_pruned_student_compiles_for_the_cpu_board_and_runs_like_pytorch(student, tmp_path):
     model, art = student
     res = compile_board("x86-host", art, tmp_path / "b", samples=4, tuning_root=tmp_path / "db",
-                        placement="default")
+                        placement="default", isa_variants=())
     m = load_bundle(res.bundle.root).manifest
     assert (m.trunk.backend, m.head.backend) == ("tvm", "tvm")
     ev = Evidence.from_json(m.metadata["lowering"]["tvm:x86-64"]["evidence"])

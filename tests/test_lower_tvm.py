@@ -120,7 +120,7 @@ def test_evidence_refuses_nan_and_inconsistent_records():
 def test_runtime_on_tvm_bundle_matches_onnxruntime_bundle(art, tmp_path):
     """UncertaintyRuntime unchanged on a bundle whose graphs say backend "tvm"."""
     res = compile_board("x86-host", art, tmp_path / "tvm", samples=8, tuning_root=tmp_path / "db",
-                        placement="default")
+                        placement="default", isa_variants=())
     assert res.bundle.manifest.trunk.backend == "tvm" and res.bundle.manifest.head.file == "head.so"
     ort = build_bundle(art, tmp_path / "ort", "tiny", "1.0.0", default_samples=8)
     x = np.random.default_rng(5).standard_normal((6, 128)).astype(np.float32)

@@ -43,7 +43,7 @@ def farm():
 
 def test_fleet_profile_reaches_every_free_board_once(onnx_art, farm, tmp_path, capsys):
     bundle = compile_board("x86-host", onnx_art, tmp_path / "bundle", samples=4, tuning_root=tmp_path / "db",
-                           placement="default").bundle.root
+                           placement="default", isa_variants=()).bundle.root
     ports = farm.server_ports["edgeuq-fleet"]
     farm.wait_free("edgeuq-fleet", 2)
     rc = main(["profile", "--bundle", str(bundle), "--tracker", farm.tracker_addr, "--key", "edgeuq-fleet", "--all",

@@ -33,7 +33,9 @@ def tvm_bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("profile-tvm")
     art = export_onnx(save_checkpoint(SignalTransformer(ModelConfig(**TINY)).eval(), root / "ck", ("a", "b", "c"),
                                       12000.0), root / "onnx")
-    res = compile_board("x86-host", art, root / "bundle", samples=4, tuning_root=root / "db", placement="default")
+    # one per-ISA variant (AVX2): remote profiling uploads the library the board's CPU would run
+    res = compile_board("x86-host", art, root / "bundle", samples=4, tuning_root=root / "db", placement="default",
+                        isa_variants=("x86-64-avx2",))
     return res.bundle.root
 
 
@@ -74,6 +76,16 @@ def test_remote_runs_the_uploaded_libraries(tvm_bundle, server):
     independent = (time.perf_counter() - t0) / 20 * 1e3
     assert 0.01 * independent <= times["4"]["head"]["median_ms"] <= 10 * independent
     assert any("not measured over RPC" in n for n in notes) and any("per-kernel" in n for n in notes)
+    # the graphs carry an AVX2 variant: the library timed is the one the board's CPU (named by its LLVM over
+    # RPC; this machine here) makes the executor pick, and the notes say so
+    from edgeuq.lower.tvm.targets import X86_ISA_FLAGS
+    from edgeuq.profile.tvm_rpc import rpc_board_cpu
+
+    _, flags, _ = rpc_board_cpu(session)
+    if flags is not None and X86_ISA_FLAGS["x86-64-v3"] <= flags:
+        assert any("the board runs head.x86-64-avx2.so" in n for n in notes), notes
+    else:
+        assert not any("the board runs" in n for n in notes), notes
 
 
 def test_cli_remote_report(tvm_bundle, server, tmp_path, capsys):

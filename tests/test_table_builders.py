@@ -13,9 +13,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCANNED = ("edgeuq", "bench", "scripts")
 PRIMITIVE = ROOT / "edgeuq" / "report.py"  # where results_table itself builds the dict
-# Files another helper of this round owns and converts on its own branch. Each must still hold a
-# hand-built table (a stale entry fails below), so the list only shrinks.
-PENDING = {"bench/backends.py": "helper h27"}
 KEYS = ("headers", "rows")
 
 
@@ -52,20 +49,9 @@ def test_no_table_is_built_by_hand():
     bad = []
     for p in _files():
         rel = p.relative_to(ROOT).as_posix()
-        if rel in PENDING:
-            continue
         bad += [f"{rel}:{line}: {form}" for line, form in hand_built_tables(p.read_text())]
     assert not bad, ("results tables built without edgeuq.report.results_table (build them with "
                      "results_table(headers, rows, **extra)):\n" + "\n".join(bad))
-
-
-@pytest.mark.parametrize("rel", sorted(PENDING))
-def test_pending_exemptions_are_not_stale(rel):
-    p = ROOT / rel
-    if not p.is_file():
-        pytest.fail(f"{rel} is listed as pending ({PENDING[rel]}) but does not exist: drop it from PENDING")
-    assert hand_built_tables(p.read_text()), (f"{rel} no longer builds a table by hand: drop it from PENDING "
-                                              f"({PENDING[rel]})")
 
 
 PLANTED = {
@@ -111,8 +97,8 @@ def test_scanner_accepts_results_table_and_reads():
 
 def test_scanner_sees_every_scanned_tree():
     # a scanner that silently read nothing would pass the first test: the trees must hold files,
-    # and the pending files must be among them
+    # among them the last one converted (bench/backends.py, whose exemption is gone)
     files = {p.relative_to(ROOT).as_posix() for p in _files()}
     for top in SCANNED:
         assert any(f.startswith(top + "/") for f in files), f"no Python file scanned under {top}/"
-    assert set(PENDING) <= files
+    assert "bench/backends.py" in files

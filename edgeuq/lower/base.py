@@ -190,6 +190,9 @@ class CompileSettings:
     progress: Optional[Callable[[str], None]] = None
     #: tune on boards: ``(tracker HOST:PORT, key)`` of a TVM RPC tracker whose servers time the candidates
     tune_rpc: Optional[Tuple[str, str]] = None
+    #: higher ISA levels of the target to compile as well, for run-time dispatch (the placement's
+    #: ``isa_variants`` or ``edgeuq compile --isa-variants``); only a lowering with ``isa_dispatch`` takes them
+    isa_variants: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,16 @@ class Lowerer(ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type]
+    #: Capability: the lowering can ship per-ISA libraries of a graph that the executor picks from at run
+    #: time (``CompileSettings.isa_variants``); it then implements :meth:`check_isa_variants`.
+    isa_dispatch: ClassVar[bool] = False
+
+    def check_isa_variants(self, target: Any, variants: Sequence[str]) -> None:
+        """Raise ValueError (saying why) unless every target in ``variants`` is a higher ISA level of
+        ``target``'s CPU that this lowering can ship next to ``target``'s own library."""
+        if variants:
+            raise ValueError(f"the {self.name} lowering does not ship per-ISA libraries (no run-time ISA "
+                             f"dispatch); it cannot take {list(variants)}")
 
     @abstractmethod
     def options_for(self, settings: CompileSettings, roles: Sequence[str]) -> Any:

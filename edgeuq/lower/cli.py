@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 __all__ = ["register", "summary_rows"]
 
@@ -97,7 +97,8 @@ def _compile(a: argparse.Namespace) -> int:
                         tuning_root=Path(a.tuning_db) if a.tuning_db else None, model_name=a.name,
                         model_version=a.version, workdir=Path(a.workdir) if a.workdir else None,
                         overwrite=a.overwrite, progress=say, precision=precision, placement=a.placement,
-                        remote=a.remote, tracker=a.tracker, key=a.key, measurer=measurer)
+                        remote=a.remote, tracker=a.tracker, key=a.key, measurer=measurer,
+                        isa_variants=_isa_variants_arg(a.isa_variants))
     m = res.bundle.manifest
     print(f"bundle {res.bundle.root} for board {res.board}: trunk={m.trunk.file} ({m.trunk.backend}), "
           f"head={m.head.file} ({m.head.backend}), {len(m.files)} files, S={m.default_samples}")
@@ -115,6 +116,18 @@ def _compile(a: argparse.Namespace) -> int:
     return 0
 
 
+def _isa_variants_arg(text: Optional[str]) -> Optional[tuple]:
+    """``--isa-variants``: None (not given: the board's), ``()`` for "none" or "", else the names."""
+    if text is None:
+        return None
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if names == ("none",):
+        return ()
+    if "none" in names or len(set(names)) != len(names):
+        raise ValueError(f"--isa-variants must be distinct target names separated by commas, or 'none'; got {text!r}")
+    return names
+
+
 def register(sub: Any) -> None:
     """Add the ``compile`` subcommand to the ``edgeuq`` parser."""
     c = sub.add_parser("compile", help="lower a model for a board (TVM / hls4ml) into one bundle")
@@ -127,6 +140,10 @@ def register(sub: Any) -> None:
                    help="MetaSchedule trials per graph (targets runnable here; default 0: untuned, or reuse the "
                         "target's tuning database when it has records for these graphs)")
     c.add_argument("--samples", type=int, help="MC samples S (default: the board's mc_samples budget)")
+    c.add_argument("--isa-variants", metavar="T1,T2|none",
+                   help="higher ISA levels to compile next to each TVM graph for run-time dispatch (the executor "
+                        "runs the best one the CPU allows), e.g. x86-64-avx2,x86-64-avx512; replaces the board's "
+                        "isa_variants; 'none' builds only the placement's own target (default: the board's)")
     c.add_argument("--tuning-db", help="folder of per-target tuning databases (default <toolchains>/tuning)")
     c.add_argument("--workdir", help="keep intermediate build files here (default: a temporary folder)")
     c.add_argument("--quant-plan", help="quant_plan.json (or a folder holding it) from `edgeuq quantize`: "

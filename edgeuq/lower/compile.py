@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
 from edgeuq_runtime.bundle import Bundle
 
 from ..bundle.build import BundleGraph, write_artifact_bundle
-from ..catalog import Board, get_board, get_target
+from ..catalog import Board, DescriptorError, get_board, get_target
 from ..profile import measure
 from .base import CompiledArtifact, CompiledGraph, CompileSettings, Evidence, Lowerer, LoweringNotAvailable, \
     get_lowerer
@@ -62,7 +62,7 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
                   progress: Optional[Callable[[str], None]] = None,
                   precision: Optional[Mapping[str, str]] = None, placement: str = "auto",
                   remote: Optional[str] = None, tracker: Optional[str] = None, key: Optional[str] = None,
-                  measurer: Any = None) -> CompileResult:
+                  measurer: Any = None, isa_variants: Optional[Sequence[str]] = None) -> CompileResult:
     """Lower ``art`` for every graph placement of ``board`` and write one bundle to ``out_dir``.
 
     ``precision`` (``{layer: "ap_fixed<W,I>"}``, e.g. from
@@ -74,6 +74,10 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
     only the board's default placements. ``remote``/``tracker``+``key``: a TVM RPC server on
     the board to time candidates there. ``measurer``: an :class:`edgeuq.lower.placement.Measurer`
     to use instead (tests inject one).
+
+    ``isa_variants``: None (default) compiles the per-ISA libraries each placement declares
+    (``isa_variants`` in the board, for run-time ISA dispatch); a list replaces them for every
+    placement whose lowering ships per-ISA libraries (``Lowerer.isa_dispatch``); ``()`` builds none.
     """
     from .placement import choose, graph_feeds, placement_record
 
@@ -96,6 +100,7 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
                 roles.append(role)
     defaults = {(p.lowering, p.target) for _, p in board.graphs.items()}
     lowerers = {name: _lowerer(name, board, roles) for (name, _), roles in groups.items()}
+    variants = _group_variants(board, plan, lowerers, isa_variants)
     tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="edgeuq-compile-")
     work = Path(workdir) if workdir is not None else Path(tmp.name)
     try:
@@ -106,7 +111,8 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
             say(f"[{board.name}] lowering {'+'.join(roles)} with {name} for {target_name}")
             lw = lowerers[name]
             try:
-                result = lw.lower(art, target, work / f"{name}-{target_name}", lw.options_for(settings, roles))
+                result = lw.lower(art, target, work / f"{name}-{target_name}",
+                                  lw.options_for(replace(settings, isa_variants=variants[name, target_name]), roles))
             except Exception as exc:  # a candidate that fails is recorded; the board's default must build
                 if (name, target_name) in defaults:
                     raise
@@ -167,6 +173,31 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
         if tmp is not None:
             tmp.cleanup()
     return CompileResult(board=board.name, bundle=bundle, report=report)
+
+
+def _group_variants(board: Board, plan: Mapping[str, Sequence[Any]], lowerers: Mapping[str, Lowerer],
+                    override: Optional[Sequence[str]]) -> Dict[tuple, tuple]:
+    """``{(lowering, target): ISA variants to compile}``: each placement's declared ``isa_variants``
+    (one list per (lowering, target): the catalog checks that), or ``override`` for every placement whose
+    lowering ships per-ISA libraries. Checked by the lowering before anything is compiled; an error names
+    the board file's field, or ``--isa-variants``."""
+    out: Dict[tuple, tuple] = {}
+    for role, opts in plan.items():
+        for i, p in enumerate(opts):
+            lw = lowerers[p.lowering]
+            names = tuple(p.isa_variants) if override is None else tuple(override) if lw.isa_dispatch else ()
+            if p.key in out:
+                continue
+            try:
+                lw.check_isa_variants(get_target(p.target), names)
+            except ValueError as exc:
+                if override is None:
+                    field = f"graphs.{role}" + ("" if i == 0 else ".candidates") + ".isa_variants"
+                    raise DescriptorError(board.source, f"{p.lowering} on {p.target}: {exc}", field) from exc
+                raise ValueError(f"--isa-variants (board {board.name!r}, {role} graph: {p.lowering} on {p.target}): "
+                                 f"{exc}") from exc
+            out[p.key] = names
+    return out
 
 
 def _option(p: Any, default: bool, lowered: Mapping[str, CompiledArtifact], failed: Mapping[str, str],

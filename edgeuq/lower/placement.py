@@ -3,9 +3,9 @@
 A board TOML may list, per graph, other placements besides its default::
 
     [graphs.trunk]
-    target = "x86-64"                     # the default: tvm (the board's executor) on x86-64
-    candidates = [{ executor = "onnxruntime", target = "x86-64" },
-                  { executor = "tvm", target = "x86-64-avx512" }]
+    target = "x86-64"                     # the default: tvm (the board's executor) on x86-64,
+    isa_variants = ["x86-64-avx2", "x86-64-avx512"]   # shipped with AVX2 / AVX-512 libraries (run-time dispatch)
+    candidates = [{ executor = "onnxruntime", target = "x86-64" }]
 
 ``edgeuq compile`` lowers every candidate (numerics checked by its lowering, as for the
 default), then times each candidate graph with the one latency harness on the graph's real
@@ -225,7 +225,9 @@ class RemoteMeasurer(Measurer):
             # call is timed as the first (largest) one: an over- not an under-estimate of the library's time
             from edgeuq_runtime.executors.tvm import call_plan
 
-            plan = call_plan(opts, rows)
+            # per-ISA variants: the library the board's executor would pick by the flags the board named
+            # (the graph's own, lowest-ISA library where it named none)
+            plan = call_plan(opts, rows, path=o.graph.file, flags=board.flags or frozenset())
             entry, per_call, calls = plan[0][0], plan[0][1], len(plan)
             names = list(opts.get("inputs") or feeds)
             dtypes = opts.get("dtypes") or {}
@@ -235,7 +237,7 @@ class RemoteMeasurer(Measurer):
                 if a.shape[0] < per_call:  # zero-padded like the executor does
                     a = np.concatenate([a, np.zeros((per_call - a.shape[0],) + a.shape[1:], a.dtype)])
                 arrays.append(np.ascontiguousarray(a, dtype=dtypes.get(n, str(a.dtype))))
-            out[o.key] = time_remote_library(self.session, o.graph.file, arrays, entry=entry,
+            out[o.key] = time_remote_library(self.session, o.graph.file.parent / plan.library, arrays, entry=entry,
                                              warmup=self.warmup, repeats=self.repeats, calls=calls,
                                              name=f"{role} {o.label}")
         return out

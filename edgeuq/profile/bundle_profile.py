@@ -31,14 +31,18 @@ def _tvm_operators(path: Path, role: str, spec: Any, feeds: Dict[str, np.ndarray
         return None
     from edgeuq_runtime.executors.tvm import call_plan
 
-    # one call as the executor makes it for S samples (fixed batch / shape buckets: the first call's rows)
-    entry, per_call, _ = call_plan(opts, samples if role == "head" else 1)[0]
-    s_rows = samples if opts.get("batch") is None else 1
-    b_rows = 1 if opts.get("batch") is None else per_call
+    # one call as the executor makes it for S samples (fixed batch / shape buckets: the first call's rows),
+    # in the library the executor picks on this host (a per-ISA variant, with its own batch and buckets)
+    plan = call_plan(opts, samples if role == "head" else 1, path=path)
+    entry, per_call, _ = plan[0]
+    fixed = plan.batch is not None
+    s_rows = 1 if fixed else samples
+    b_rows = per_call if fixed else 1
     arrays = graph_inputs(bundle, role, s_rows if role == "head" else 1, b_rows, seed)
-    rows, runs = tvm_kernel_table(path, arrays, warmup=warmup, repeats=repeats, entry=entry)
+    rows, runs = tvm_kernel_table(path.parent / plan.library, arrays, warmup=warmup, repeats=repeats, entry=entry)
     return rows, (f"TVM Relax VM instrument (vm.set_instrument, this host), {runs} runs after {warmup} "
-                  f"warm-up runs dropped; times include ~1 µs Python callback per VM instruction")
+                  f"warm-up runs dropped; times include ~1 µs Python callback per VM instruction; library "
+                  f"{plan.choice}")
 
 
 #: executor name -> per-operator profiler of its graphs on this host (no entry: no table, a note says so)

@@ -163,13 +163,13 @@ class RemoteProfile(dict):
     outputs: Dict[str, np.ndarray]
 
 
-def _fixed_batch_rows(opts: Mapping[str, Any], rows: int) -> Tuple[str, int, int]:
+def _fixed_batch_rows(opts: Mapping[str, Any], rows: int, flags: frozenset = frozenset()) -> Tuple[str, int, int]:
     """(function, rows per call, calls) for a library compiled for a fixed batch or shape buckets (the
-    executor chunks and pads: ``call_plan``); a plan that mixes buckets is timed as calls of its first
-    (largest) one, an over-estimate."""
+    executor chunks and pads: ``call_plan``, for the per-ISA library a board with CPU ``flags`` runs);
+    a plan that mixes buckets is timed as calls of its first (largest) one, an over-estimate."""
     from edgeuq_runtime.executors.tvm import call_plan
 
-    plan = call_plan(opts, rows)
+    plan = call_plan(opts, rows, flags=flags)
     return plan[0][0], plan[0][1], len(plan)
 
 
@@ -184,6 +184,7 @@ def profile_remote(session: Any, bundle_dir: Any, samples: Sequence[int], *, war
     backends = {"trunk": m.trunk.backend or m.backend, "head": m.head.backend or m.backend}
     notes: List[str] = list(REMOTE_NOTES)
     vms: Dict[str, Any] = {}
+    board_flags: Optional[frozenset] = None      # asked of the board only when a graph has per-ISA variants
     for role, spec in (("trunk", m.trunk), ("head", m.head)):
         if backends[role] not in RPC_EXECUTORS:
             notes.append(f"remote: the {role} graph runs on {backends[role]!r}, not a TVM library: not timed over "
@@ -194,6 +195,18 @@ def profile_remote(session: Any, bundle_dir: Any, samples: Sequence[int], *, war
                          "are timed over RPC here")
             continue
         path = bundle.listed_path(spec.file, f"{role} graph")
+        if (spec.options or {}).get("variants") and board_flags is None:
+            _, known, said = rpc_board_cpu(session)
+            board_flags = known if known is not None else frozenset()
+            if known is None:
+                notes.append(f"remote: {said}; per-ISA variants not chosen: the graphs' own (lowest-ISA) "
+                             "libraries are timed")
+        from edgeuq_runtime.executors.tvm import call_plan
+
+        chosen = call_plan(spec.options or {}, 1, path=path, flags=board_flags or frozenset())
+        if chosen.library != path.name:
+            notes.append(f"remote: {role}: the board runs {chosen.choice}")
+            path = bundle.listed_path(chosen.library, f"{role} graph ISA variant")
         session.upload(str(path), target=f"edgeuq-{role}-{path.name}")
         vms[role] = relax.VirtualMachine(session.load_module(f"edgeuq-{role}-{path.name}"), dev)
     if not vms:
@@ -207,7 +220,7 @@ def profile_remote(session: Any, bundle_dir: Any, samples: Sequence[int], *, war
             spec = m.trunk if role == "trunk" else m.head
             opts = spec.options or {}
             rows = batch if role == "trunk" else int(s) * batch
-            entry, per_call, calls = _fixed_batch_rows(opts, rows)
+            entry, per_call, calls = _fixed_batch_rows(opts, rows, board_flags or frozenset())
             if per_call == rows:
                 arrays = graph_inputs(bundle, role, int(s) if role == "head" else 1, batch, seed)
             else:  # a fixed-batch library: one call of its batch (values do not change its time)

@@ -378,6 +378,41 @@ def test_isa_variants_follow_the_host_isa_cap(tmp_path, graphs, bucket_heads, mo
         assert "variants" not in options and (options.get("buckets") is None) == (library == "head.so")
 
 
+def test_call_plan_names_the_isa_variant_the_executor_runs_and_its_buckets(tmp_path, graphs, bucket_heads,
+                                                                           monkeypatch):
+    """call_plan follows the library the executor picks (EDGEUQ_HOST_ISA caps a faked AVX-512
+    /proc/cpuinfo): it names that library and plans that library's buckets, call for call what the
+    loaded graph actually runs (recorded), not the graph's own library's plan."""
+    from edgeuq_runtime import hostcpu
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu " + " ".join(sorted(AVX512)) + "\n")
+    real = hostcpu.cpu_flags
+    monkeypatch.setattr(hostcpu, "cpu_flags", lambda *a: real(cpuinfo))
+    path, opts = _isa_variants(tmp_path / "b", graphs, bucket_heads)
+    rng = np.random.default_rng(4)
+    for cap, library, target in (("", "head.x86-64-avx512.so", "x86-64-avx512"),
+                                 ("avx2", "head.x86-64-avx2.so", "x86-64-avx2"), ("sse", "head.so", None)):
+        monkeypatch.setenv(hostcpu.HOST_ISA_ENV, cap)
+        g = load_graph("tvm", path, 1, opts)
+        g._vm = rec = _Recorder(g._vm)
+        for n in (1, 3, 16, 33):
+            plan = call_plan(opts, n, path=path)
+            assert (plan.library, plan.target) == (library, target), (cap, plan.choice)
+            assert plan.choice == g.library_choice and plan.buckets == g.buckets and plan.batch == g.batch
+            rec.calls.clear()
+            g.run({"features": rng.standard_normal((n, F)).astype(np.float32),
+                   "mask_0": rng.standard_normal((n, F)).astype(np.float32)})
+            assert [(fn, size) for fn, size, _ in plan] == rec.calls, (cap, n, list(plan), rec.calls)
+            assert sum(rows for _, _, rows in plan) == n
+        # the two variants plan differently from the generic library (so the check above can fail):
+        # AVX-512: 33 rows = 32 + 1; AVX2: 16 + 16 + 1; generic (any batch): one call of 33
+    monkeypatch.setenv(hostcpu.HOST_ISA_ENV, "")
+    assert [s for _, s, _ in call_plan(opts, 33, path=path)] == [32, 1]
+    assert [s for _, s, _ in call_plan(opts, 33, path=path, flags=AVX2)] == [16, 16, 1]
+    assert [s for _, s, _ in call_plan(opts, 33, path=path, flags=SSE)] == [33]
+
+
 def test_isa_variant_files_must_be_in_the_bundle(tmp_path, graphs, bucket_heads, windows):
     """A variant library is a file the executor opens: a bundle that does not list it is refused;
     listed, the bundle gives the ONNX Runtime bundle's samples."""

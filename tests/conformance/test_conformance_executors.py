@@ -28,7 +28,8 @@ def _tvm(art, root: Path) -> Path:
     require_extra("tvm", "tvm")
     from edgeuq.lower.compile import compile_board
 
-    res = compile_board("x86-host", art, root / "tvm", samples=S, tuning_root=root / "db", placement="default")
+    res = compile_board("x86-host", art, root / "tvm", samples=S, tuning_root=root / "db", placement="default",
+                        isa_variants=())
     return res.bundle.root
 
 

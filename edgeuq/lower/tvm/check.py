@@ -47,10 +47,15 @@ def _native(art: Any, builds: Mapping[str, Any], samples: int, atol: Optional[fl
     errors: Dict[str, float] = {}
     tols: Dict[str, float] = {}
     latency: Dict[str, Any] = {}
+    library: Dict[str, Any] = {}
     for role, b in builds.items():
         onnx_path = Path(art.trunk_path if role == "trunk" else art.head_path)
         ref = ort_outputs(onnx_path, feeds[role])
         graph = load_tvm(b.library, threads, b.options)
+        # which of the graph's libraries ran here (a per-ISA variant picked by this host's CPU flags) and
+        # the shape buckets the executor runs it with
+        library[role] = {"file": graph.path.name, "choice": graph.library_choice, "batch": graph.batch,
+                         "buckets": list(graph.buckets)}
         err, tol = max_error(graph.run(feeds[role]), ref), tolerance(ref, atol)
         errors[role], tols[role] = err, tol
         if not err <= tol:
@@ -63,7 +68,7 @@ def _native(art: Any, builds: Mapping[str, Any], samples: int, atol: Optional[fl
     worst, tol = _worst(errors, tols)
     return Evidence(how="native", reference=REFERENCE, max_error=worst, tolerance=tol, latency_ms=per_input,
                     reason="" if per_input is not None else "only one graph compiled: no per-input latency",
-                    detail={"max_abs_err": errors, "tolerance": tols,
+                    detail={"max_abs_err": errors, "tolerance": tols, "library": library,
                             "latency_ms": {**latency, "samples": samples,
                                            "how": f"this host, median of {LATENCY_REPEATS} runs"}})
 

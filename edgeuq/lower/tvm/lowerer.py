@@ -112,11 +112,15 @@ class TvmLowerer(Lowerer):
     """cpu and CUDA targets through TVM Relax (see the module docstring)."""
 
     Options = TvmOptions
+    isa_dispatch = True
 
     def options_for(self, settings: CompileSettings, roles: Sequence[str]) -> TvmOptions:
         return TvmOptions(graphs=tuple(roles), tune_trials=settings.tune_trials, samples=settings.samples,
                           tuning_root=settings.tuning_root, progress=settings.progress,
-                          tune_rpc=settings.tune_rpc)
+                          tune_rpc=settings.tune_rpc, isa_variants=tuple(settings.isa_variants))
+
+    def check_isa_variants(self, target: Any, variants: Sequence[str]) -> None:
+        _variant_targets(target, variants)
 
     def cpu_requirement(self, target: Any) -> CpuRequirement:
         """A TVM library is machine code for the target's CPU (a CUDA target's: its host CPU): that
@@ -127,6 +131,7 @@ class TvmLowerer(Lowerer):
         if target.kind not in ("cpu", "gpu") or not target.tvm:
             raise ValueError(f"target {target.name!r} is a {target.kind} target: TVM compiles cpu and CUDA "
                              "targets (FPGA targets are lowered by hls4ml)")
+        _variant_targets(target, options.isa_variants)    # a bad list is refused before anything compiles
         say = options.progress or (lambda msg: log.info(msg))
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -205,25 +210,10 @@ def _isa_variants(art: Any, target: Any, workdir: Path, builds: Dict[str, GraphB
     are not tuned here: they use their shipped/user databases (``tune_trials`` tunes the base target)."""
     import shutil
 
-    from ...catalog import get_target
-    from .targets import required_flags
-
     if not options.isa_variants:
         return []
-    base_flags = required_flags(target)
-    chosen = []
-    for name in options.isa_variants:
-        vt = get_target(name)
-        if vt.kind != "cpu" or vt.arch != target.arch or vt.cross_compiler != target.cross_compiler:
-            raise ValueError(f"isa_variants: {name!r} ({vt.kind}, {vt.arch}) is not a CPU target of the same "
-                             f"machine as {target.name!r} ({target.kind}, {target.arch})")
-        flags = required_flags(vt)
-        if not flags > base_flags:
-            raise ValueError(f"isa_variants: {name!r} needs no CPU flags beyond {target.name!r}'s: a variant must be "
-                             "a higher ISA level than the graph's own library (the fallback)")
-        chosen.append((len(flags), name, vt, flags))
     variants = []
-    for _, name, vt, flags in sorted(chosen, key=lambda c: (-c[0], c[1])):
+    for name, vt, flags in _variant_targets(target, options.isa_variants):
         vdir = workdir / f"isa-{name}"
         vdir.mkdir(parents=True, exist_ok=True)
         for role, base in builds.items():
@@ -236,6 +226,29 @@ def _isa_variants(art: Any, target: Any, workdir: Path, builds: Dict[str, GraphB
             variants.append({**entry, "role": role, "tuning": vb.tuning.get("state"),
                              "bytes": (workdir / file).stat().st_size})
     return variants
+
+
+def _variant_targets(target: Any, names: Sequence[str]) -> list:
+    """``[(name, ComputeTarget, required flags)]`` of the ISA variants ``names`` of ``target``, best
+    (most flags) first; ValueError unless each is a CPU target of the same machine needing more flags."""
+    from ...catalog import get_target
+
+    if target.kind != "cpu" and names:
+        raise ValueError(f"isa_variants: {target.name!r} is a {target.kind} target; per-ISA libraries are "
+                         "compiled for CPU targets only")
+    base_flags = required_flags(target)
+    chosen = []
+    for name in names:
+        vt = get_target(name)
+        if vt.kind != "cpu" or vt.arch != target.arch or vt.cross_compiler != target.cross_compiler:
+            raise ValueError(f"isa_variants: {name!r} ({vt.kind}, {vt.arch}) is not a CPU target of the same "
+                             f"machine as {target.name!r} ({target.kind}, {target.arch})")
+        flags = required_flags(vt)
+        if not flags > base_flags:
+            raise ValueError(f"isa_variants: {name!r} needs no CPU flags beyond {target.name!r}'s: a variant must be "
+                             "a higher ISA level than the graph's own library (the fallback)")
+        chosen.append((len(flags), name, vt, flags))
+    return [(name, vt, flags) for _, name, vt, flags in sorted(chosen, key=lambda c: (-c[0], c[1]))]
 
 
 def _shipped_record(target_name: str, shipped: Optional[Path], enabled: bool) -> Dict[str, Any]:

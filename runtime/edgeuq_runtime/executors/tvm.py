@@ -61,7 +61,7 @@ from ..batching import run_planned
 from ..errors import BackendError
 from . import COMPILED_LIBRARY, register_executor, register_executor_files
 
-__all__ = ["TvmGraph", "load_tvm", "OPTION_KEYS", "call_plan", "choose_library"]
+__all__ = ["TvmGraph", "load_tvm", "OPTION_KEYS", "CallPlan", "call_plan", "choose_library"]
 
 OPTION_KEYS = frozenset({"inputs", "outputs", "shapes", "dtypes", "batch", "buckets", "device", "cuda_kernels",
                          "entry", "variants"})
@@ -349,13 +349,38 @@ def _plan(buckets: Tuple[int, ...], batch: Optional[int], entry: str, n: int) ->
     return plan
 
 
-def call_plan(options: Mapping[str, Any], rows: int) -> List[Tuple[str, int, int]]:
+class CallPlan(list):
+    """How the executor runs one feed: ``(function, rows per call incl. zero padding, real rows)`` per
+    call, in order (a list of those tuples), plus which library of the graph runs them: ``library``
+    (its file name, relative to the graph's folder: a per-ISA variant's file, or the graph's own),
+    ``target`` (the variant's target, None for the graph's own library), that library's ``batch``
+    (None: any batch) and ``buckets`` (``()``: none), and ``choice`` (the sentence
+    :func:`choose_library` gives: which ran and why)."""
+
+    def __init__(self, calls: List[Tuple[str, int, int]], library: str, target: Optional[str], choice: str,
+                 batch: Optional[int] = None, buckets: Tuple[int, ...] = ()):
+        super().__init__(calls)
+        self.library, self.target, self.choice = library, target, choice
+        self.batch, self.buckets = batch, tuple(buckets)
+
+
+def call_plan(options: Mapping[str, Any], rows: int, *, path: Optional[Path] = None,
+              flags: Optional[frozenset] = None) -> CallPlan:
     """How the executor runs a feed of ``rows`` rows of a library with these graph ``options``:
-    one ``(function, rows per call incl. zero padding, real rows)`` per call, in order. For
-    tools that call a library without the executor (remote timing over RPC, profilers)."""
-    batch = options.get("batch")
-    buckets = tuple(options.get("buckets") or ())
-    return _plan(buckets, None if batch is None else int(batch), str(options.get("entry", "main")), int(rows))
+    one ``(function, rows per call incl. zero padding, real rows)`` per call, in order, for the
+    library the executor picks (:func:`choose_library`: the first per-ISA ``variants`` entry whose
+    CPU flags ``flags`` holds -- default: this host's, capped by ``EDGEUQ_HOST_ISA`` -- with *its*
+    ``batch`` and ``buckets``; else the graph's own). The returned :class:`CallPlan` names that
+    library. For tools that call a library without the executor (remote timing over RPC with the
+    board's flags, profilers); ``path``: the graph's own library (for its name)."""
+    path = Path(path) if path is not None else Path("graph.so")
+    chosen, opts, why = choose_library(path, options, flags)
+    target = next((v.get("target") for v in _variants(options.get("variants"), path)
+                   if chosen.name == v["file"]), None)
+    batch = None if opts.get("batch") is None else int(opts["batch"])
+    buckets = tuple(int(b) for b in opts.get("buckets") or ())
+    return CallPlan(_plan(buckets, batch, str(opts.get("entry", "main")), int(rows)), chosen.name, target, why,
+                    batch, buckets)
 
 
 def _buckets(value: Any, batch: Optional[int], path: Path) -> Tuple[int, ...]:
