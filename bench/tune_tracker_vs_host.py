@@ -137,8 +137,9 @@ def spread_verdict(tracker: tuple, spread: Optional[tuple]) -> str:
     ``(low, high)``); NaN bounds never overlap."""
     if spread is None:
         return "no host-vs-host spread measured"
-    lo, hi = max(tracker[0], spread[0]), min(tracker[1], spread[1])
-    return ("within the host-vs-host spread (the tracker/host 95% CI overlaps the host-2/host one)" if lo <= hi
+    finite = all(v == v for v in (*tracker, *spread))     # NaN != NaN
+    overlap = finite and tracker[0] <= spread[1] and spread[0] <= tracker[1]
+    return ("within the host-vs-host spread (the tracker/host 95% CI overlaps the host-2/host one)" if overlap
             else "not within the host-vs-host spread (the tracker/host 95% CI does not overlap the host-2/host one)")
 
 
