@@ -4,10 +4,11 @@ the host-vs-host spread" only when the two 95 % intervals overlap (checked again
 scan of a fine grid)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
+import runpy
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,10 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("tune_tracker_bench", ROOT / "bench" / "tune_tracker_vs_host.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    # the bench's functions, without running its main (run_name is not "__main__")
+    return SimpleNamespace(**runpy.run_path(str(ROOT / "bench" / "tune_tracker_vs_host.py"), run_name="bench"))
 
 
 def _record(workload: int, run_secs) -> str:
