@@ -79,7 +79,7 @@ BENCHES: List[Bench] = [
           quick="--trials 6 --pairs 1", full="", writes=("search_workers",)),
     Bench("tune_tracker_vs_host", "python bench/tune_tracker_vs_host.py --seed 0 "
                                   "--json results/tune_tracker_vs_host.json {mode}",
-          quick="--trials 16 --repeats 100", full="", writes=("tune_tracker_vs_host",)),
+          quick="--repeats 60", full="", writes=("tune_tracker_vs_host",)),
     Bench("shifts", f"python bench/shifts.py --data {CWRU} --work runs/bench/shifts {{mode}}", writes=("shifts",)),
     Bench("order_front_end", f"python bench/order_front_end.py --cwru {CWRU} --work runs/bench/order_front_end "
                              "--json results/order_front_end.json {mode}", writes=("order_front_end",)),

@@ -42,7 +42,7 @@ def test_shipped_database_is_packaged_small_and_pruned(name):
     prov = json.loads((d / "provenance.json").read_text())
     assert prov["target"] == name and prov["shipped_records"] == len(records) and prov["trials_per_task"]["max"] >= 1
     size = sum(f.stat().st_size for f in d.iterdir())
-    # each workload is stored with its TIR (~65 kB): one per task and shape bucket (S = 1, 4, 16: 46 for AVX-512)
+    # each workload is stored with its TIR (~65 kB): one per task and shape bucket (S = 1, 4, 8, 16: 54 for AVX-512)
     assert size < 4_000_000, f"{name}: shipped database is {size} bytes"
     assert shipped_dir("cortex-a72") is None
 
@@ -139,7 +139,7 @@ def test_executor_inputs_in_place_staged_or_read_only_give_the_same_results(demo
 def test_head_shape_buckets_are_the_tuned_ones_and_match_onnxruntime_for_any_samples(demo, shipped_builds, name):
     """The tuned head holds one function per shape bucket whose matmul kernels the shipped database
     covers (the metadata's coverage says which, independently recomputed here); the executor runs
-    S = 1, 3, 16, 33 in the smallest bucket holding them, and every S gives ONNX Runtime's output."""
+    S = 1, 3, 8, 16, 33 in the smallest bucket holding them, and every S gives ONNX Runtime's output."""
     from edgeuq.lower.tvm.numerics import max_error, ort_outputs, reference_feeds
     from edgeuq_runtime.executors.tvm import load_tvm
 
@@ -171,8 +171,9 @@ def test_head_shape_buckets_are_the_tuned_ones_and_match_onnxruntime_for_any_sam
     if name in ("x86-64-avx512", "x86-64-avx2"):
         assert 1 in head["buckets"], f"the shipped {name} database covers the S = 1 head (tuned for it)"
         assert 4 in head["buckets"], f"the shipped {name} database covers the S = 4 head (tuned for it)"
+        assert 8 in head["buckets"], f"the shipped {name} database covers the S = 8 head (tuned for it)"
     graph = load_tvm(res.head.file, 1, res.head.options)
-    for s in (1, 3, 16, 33):
+    for s in (1, 3, 8, 16, 33):
         feeds = reference_feeds(demo, batch=1, samples=s)["head"]
         ref = ort_outputs(demo.head_path, feeds)
         tol = 1e-4 + 1e-4 * max(float(np.max(np.abs(v))) for v in ref.values())
