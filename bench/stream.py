@@ -130,8 +130,9 @@ def stream_run(bundle: Path, base: np.ndarray, rate: float, seconds: float, hop:
 
 
 #: the pieces of one streaming decision, in the order ``Diagnoser.decide`` runs them
-PROFILE_PARTS = ("quality flags", "trunk (validate + normalise + trunk graph)", "density score",
-                 "noise + head (S draws)", "decomposition", "calibrated post (p-values, set, abstain)")
+PROFILE_PARTS = ("quality flags", "trunk (normalise + trunk graph)", "density score",
+                 "noise + head (S draws)", "decomposition (+ stopping rule when adaptive)",
+                 "calibrated post (p-values, set, abstain)")
 
 
 def profile_windows(bundle: Path, base: np.ndarray, windows: int, hop: int, adaptive: bool, samples: int) -> Dict:
@@ -145,7 +146,7 @@ def profile_windows(bundle: Path, base: np.ndarray, windows: int, hop: int, adap
     from edgeuq_runtime.adaptive import adaptive_predict, sample_logits
     from edgeuq_runtime.stream import Diagnoser
     from edgeuq_runtime.stream.quality import window_flags
-    from edgeuq_runtime.uncertainty import decompose, softmax
+    from edgeuq_runtime.uncertainty import decompose_logits
 
     rt = UncertaintyRuntime(bundle, threads=1)
     length = rt.manifest.input.length
@@ -164,7 +165,7 @@ def profile_windows(bundle: Path, base: np.ndarray, windows: int, hop: int, adap
         t = clock()
         flags = window_flags(w)
         t1 = clock(); acc[PROFILE_PARTS[0]] += t1 - t
-        features = rt.trunk_features(w[None, :])
+        features = diag._features(w[None, :])    # as decide: stream_features for a float32 window
         t2 = clock(); acc[PROFILE_PARTS[1]] += t2 - t1
         density = cal.density_score(features) if cal is not None else None
         t3 = clock(); acc[PROFILE_PARTS[2]] += t3 - t2
@@ -180,22 +181,25 @@ def profile_windows(bundle: Path, base: np.ndarray, windows: int, hop: int, adap
             mi_t, prob_t = diag._thresholds()
             res, used = adaptive_predict(draw, diag.cfg, diag.class_names, mi_t, prob_t)
         else:
-            res, used = decompose(softmax(np.asarray(draw(diag.samples), dtype=np.float64), axis=-1),
-                                  diag.class_names), diag.samples
+            res, used = decompose_logits(draw(diag.samples)), diag.samples
         t4 = clock()
         acc[PROFILE_PARTS[3]] += draw_s[0]
-        acc[PROFILE_PARTS[4]] += (t4 - t3) - draw_s[0]   # softmax + decomposition (+ adaptive stopping rule)
-        if cal is not None:   # as Diagnoser.decide: p-values once, reused by the combined score and the rule
+        # softmax + decomposition; adaptive: also the stopping rule at every look (settled(): per-sample
+        # margins and KL terms of all samples so far), so it costs more than fixed S's one decomposition
+        acc[PROFILE_PARTS[4]] += (t4 - t3) - draw_s[0]
+        if cal is not None:   # as Diagnoser.decide: p-values and their combination once, reused by the rule
             pv = cal.pvalues(res.epistemic, res.total, density, res.prediction)
+            pc = None
             if pv is not None:
-                -np.log10(cal.combined_pvalue(pv))
+                pc = cal.combined_pvalue(pv)
+                -np.log10(pc)
             else:
                 cal.combined_score(res.epistemic, density, res.total, res.prediction)
             cp = cal.cal.conformal
             size = None
             if cp is not None:
                 size = np.array([int(cp.sets(res.probs, rng=diag.rng)[0].sum())])
-            cal.abstain_reasons(size, res.epistemic, density, res.total, res.prediction, parts=pv)
+            cal.abstain_reasons(size, res.epistemic, density, res.total, res.prediction, parts=pv, combined=pc)
         acc[PROFILE_PARTS[5]] += clock() - t4
         mismatches += int(int(res.prediction[0]) != expect.class_index or used != expect.samples)
         used_sum += used

@@ -376,6 +376,29 @@ def _pvalues_sorted(c: np.ndarray, s: np.ndarray) -> np.ndarray:
     return (1.0 + ge) / (c.size + 1.0)
 
 
+#: largest (classes x distinct calibration scores) of a part's :func:`_rank_table` (8 bytes each)
+RANK_TABLE_MAX = 1 << 21
+
+
+def _rank_table(per: list) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Mondrian p-values of any rows in one lookup: ``(values, below, sizes)`` with ``values`` the
+    distinct calibration scores of all classes (sorted), ``below[k, i]`` the number of class ``k``'s
+    scores ``<= values[i - 1]`` (``below[k, 0] = 0``) and ``sizes[k]`` its number of scores. For a
+    score ``s`` and ``i = searchsorted(values, s, "left")``, the class-``k`` scores below ``s`` are
+    exactly those ``<= values[i - 1]`` (every calibration score is one of ``values``), so
+    ``sizes[k] - below[k, i]`` counts those ``>= s``: the ``ge`` of :func:`_pvalues_sorted` against
+    ``per[k]``. NaN and +inf scores (searched as +inf) give ``i = len(values)``, ``ge = 0``, as
+    there. None when the table would exceed :data:`RANK_TABLE_MAX` entries (rows are then ranked
+    per class)."""
+    values = np.unique(np.concatenate(per))
+    if len(per) * (values.size + 1) > RANK_TABLE_MAX:
+        return None
+    below = np.zeros((len(per), values.size + 1), dtype=np.int64)
+    for k, c in enumerate(per):
+        below[k, 1:] = np.searchsorted(c, values, side="right")
+    return values, below, np.array([c.size for c in per], dtype=np.int64)
+
+
 class Calibrated:
     """A bundle's calibration ready to use: density model loaded, scores and abstention."""
 
@@ -394,10 +417,15 @@ class Calibrated:
         # sorted once here, so that a window's p-values are one binary search per score (a stream's
         # hot path) instead of a sort of the calibration scores per call
         self._sorted: Dict[str, Tuple[list, np.ndarray]] = {}
+        self._ranks: Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for part, (per, pooled) in (pvalue_scores or {}).items():
             ps = np.sort(np.asarray(pooled, dtype=np.float64).ravel())
             self._sorted[part] = ([ps if v is None else np.sort(np.asarray(v, dtype=np.float64).ravel())
                                    for v in per], ps)
+            if cal.pvalues is not None and cal.pvalues.mondrian:
+                table = _rank_table(self._sorted[part][0])
+                if table is not None:
+                    self._ranks[part] = table
 
     @classmethod
     def from_bundle(cls, bundle: Any) -> Optional["Calibrated"]:
@@ -451,6 +479,13 @@ class Calibrated:
             v = np.asarray(v, dtype=np.float64).reshape(-1)
             if groups is None:
                 out[part] = _pvalues_sorted(pooled, v)
+            elif v.shape != g.shape:
+                raise InputError(f"the {part!r} scores must be one per predicted class ({g.size}), got {v.size}")
+            elif part in self._ranks:   # every row at once, whatever its class (see _rank_table)
+                values, below, sizes = self._ranks[part]
+                i = values.searchsorted(np.where(np.isnan(v), np.inf, v), side="left")
+                n = sizes[g]
+                out[part] = (1.0 + (n - below[g, i])) / (n + 1.0)
             elif len(set(groups)) == 1:
                 out[part] = _pvalues_sorted(per[groups[0]], v)
             elif len(groups) <= 16:
@@ -486,13 +521,16 @@ class Calibrated:
             z = np.maximum(z, (np.asarray(density, dtype=np.float64) - cb.density_mean) / cb.density_std)
         return z
 
-    def fired(self, parts: Mapping[str, np.ndarray]) -> list:
+    def fired(self, parts: Mapping[str, np.ndarray], combined: Optional[np.ndarray] = None) -> list:
         """Per input, the parts whose p-value makes the rule abstain (empty: no abstention).
         ``min``: every part with ``K p_k <= level``; ``fisher``: the smallest-p part when the
-        combined p-value is ``<= level``."""
+        combined p-value is ``<= level``. ``combined``: :meth:`combined_pvalue` of these ``parts``,
+        when the caller has it already."""
         pv = self.cal.pvalues
         P = np.stack([parts[p] for p in pv.parts], axis=1)
-        comb = combine_pvalues(P, pv.rule)
+        comb = combine_pvalues(P, pv.rule) if combined is None else np.asarray(combined).reshape(-1)
+        if comb.shape != (P.shape[0],):
+            raise InputError(f"combined p-values must have shape ({P.shape[0]},), got {comb.shape}")
         out = []
         for i in range(P.shape[0]):
             if not comb[i] <= pv.level:
@@ -506,12 +544,15 @@ class Calibrated:
     def abstain_reasons(self, set_size: Optional[np.ndarray], epistemic: np.ndarray,
                         density: Optional[np.ndarray], total: Optional[np.ndarray] = None,
                         prediction: Optional[np.ndarray] = None,
-                        parts: Optional[Mapping[str, np.ndarray]] = None) -> list:
+                        parts: Optional[Mapping[str, np.ndarray]] = None,
+                        combined: Optional[np.ndarray] = None) -> list:
         """Per input, the list of reasons to abstain (empty: answer): ``set_size`` (the conformal
         set is not one class); then, with a ``pvalues`` section, ``pvalue:<part>`` for each score
         that fired the combined conformal test; without one, ``epistemic`` / ``density`` (above
         its threshold; the two thresholds are calibrated jointly so that their union meets the
-        false-alarm rate). The combined score's threshold is stored for evaluation and alarms."""
+        false-alarm rate). The combined score's threshold is stored for evaluation and alarms.
+        ``parts`` / ``combined``: :meth:`pvalues` and :meth:`combined_pvalue` of these inputs, when the
+        caller has them already (``combined`` is used only with ``parts``)."""
         ab = self.cal.abstain
         n = len(epistemic)
         out = [[] for _ in range(n)]
@@ -528,8 +569,8 @@ class Calibrated:
                 out[i].append(name)
         if self.cal.pvalues is not None:
             if parts is None:   # ``parts``: the pvalues of these inputs, when the caller has them already
-                parts = self.pvalues(epistemic, total, density, prediction)
-            for i, fired in enumerate(self.fired(parts)):
+                parts, combined = self.pvalues(epistemic, total, density, prediction), None
+            for i, fired in enumerate(self.fired(parts, combined)):
                 out[i].extend(f"pvalue:{p}" for p in fired)
         return out
 

@@ -166,6 +166,8 @@ def _zscore_block_narrow(x: np.ndarray) -> np.ndarray:
     d = y - y.mean(axis=-1, keepdims=True)
     var = np.mean(d * d, axis=-1, keepdims=True)
     flat = (y.max(axis=-1, keepdims=True) == y.min(axis=-1, keepdims=True))
+    if not flat.any():   # the usual case: no masked writes over the whole block
+        return d / np.sqrt(var)
     var[flat] = 1.0
     out = d / np.sqrt(var)
     out[np.broadcast_to(flat, out.shape)] = 0.0

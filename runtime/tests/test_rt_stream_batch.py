@@ -250,3 +250,44 @@ def test_cli_deadline_batches_and_decides_the_same(tiny):
         assert (a["window"], a["class"], a["samples"], a["abstain"]) == (b["window"], b["class"], b["samples"],
                                                                          b["abstain"])
         assert abs(a["epistemic"] - b["epistemic"]) <= 1e-5 and abs(a["total"] - b["total"]) <= 1e-5
+
+
+@pytest.mark.parametrize("table", [True, False])
+def test_mondrian_pvalues_of_any_rows_equal_the_reference(monkeypatch, table):
+    """The rank table (every row in one lookup) and the per-class fallback equal ``mondrian_pvalues``:
+    ties with calibration scores, NaN / +-inf scores, a pooled class, one to many rows."""
+    import edgeuq_runtime.calibration as calmod
+    from test_rt_stream_calibration import _cal
+
+    from edgeuq_runtime.calibration import Calibrated, PValueSection
+
+    if not table:
+        monkeypatch.setattr(calmod, "RANK_TABLE_MAX", 0)
+    rng = np.random.default_rng(5)
+    parts = ("epistemic", "total", "density")
+    scores = {}
+    for part in parts:
+        per = [np.round(rng.standard_normal(n), 1) for n in (30, 7, 0, 55)]   # rounded: many ties
+        per[2] = None                                                       # class 2 uses the pooled scores
+        pooled = np.concatenate([c for c in per if c is not None] + [rng.standard_normal(9)])
+        scores[part] = (per, pooled)
+    pv = PValueSection("pvalues.npz", parts, "min", True, 0.1, 101, (2,))
+    cal = Calibrated(_cal(density=None, pvalues=pv), None, scores)
+    assert (set(cal._ranks) == set(parts)) == table
+    for n in (1, 3, 16, 17, 200):
+        pred = rng.integers(0, 4, n)
+        given = {}
+        for part in parts:
+            pool = scores[part][1]
+            v = np.where(rng.random(n) < 0.5, rng.choice(pool, n), rng.standard_normal(n) * 2)
+            v[rng.random(n) < 0.1] = np.nan
+            if n > 2:
+                v[1], v[2] = np.inf, -np.inf
+            given[part] = v
+        got = cal.pvalues(given["epistemic"], given["total"], given["density"], pred)
+        for part in parts:
+            ref = mondrian_pvalues(scores[part][0], scores[part][1], given[part], pred)
+            assert np.array_equal(got[part], ref), (part, n)
+    # the comparison can fail: another class's ranks differ
+    wrong = cal.pvalues(given["epistemic"], given["total"], given["density"], (pred + 1) % 4)
+    assert not np.array_equal(wrong["density"], got["density"])

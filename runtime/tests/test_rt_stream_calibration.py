@@ -15,7 +15,7 @@ from edgeuq_runtime.calibration import (
 )
 from edgeuq_runtime.conformal import ConformalPredictor
 from edgeuq_runtime.density import fit_density
-from edgeuq_runtime.errors import BundleError, ManifestError
+from edgeuq_runtime.errors import BundleError, InputError, ManifestError
 from edgeuq_runtime.stream import ArraySource, Diagnoser, run_stream
 
 
@@ -223,6 +223,14 @@ def test_given_pvalues_are_used_not_recomputed(tiny, tmp_path):
     ones = {k: np.ones_like(v) for k, v in own.items()}
     assert cal.abstain_reasons(None, r.epistemic, dens, r.total, r.prediction, parts=ones) == [[]] * len(x)
     assert np.all(cal.combined_score(r.epistemic, dens, r.total, r.prediction, parts=ones) == 0.0)
+    # the combined p-value given with them is used as given too: its own gives the recomputed answer,
+    # a combined p-value of 1 silences the rule, and a wrong shape is refused
+    pc = cal.combined_pvalue(own)
+    assert cal.abstain_reasons(None, r.epistemic, dens, r.total, r.prediction, parts=own, combined=pc) == recomputed
+    assert cal.abstain_reasons(None, r.epistemic, dens, r.total, r.prediction, parts=own,
+                               combined=np.ones_like(pc)) == [[]] * len(x)
+    with pytest.raises(InputError, match="combined p-values"):
+        cal.abstain_reasons(None, r.epistemic, dens, r.total, r.prediction, parts=own, combined=pc[:3])
 
 
 def test_pvalue_section_is_strict(tiny, tmp_path):

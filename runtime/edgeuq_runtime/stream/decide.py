@@ -11,7 +11,7 @@ import numpy as np
 
 from ..adaptive import AdaptiveConfig, adaptive_predict, sample_logits
 from ..calibration import Calibrated
-from ..uncertainty import decompose, softmax
+from ..uncertainty import decompose_logits
 from .quality import BLOCKING_FLAGS, window_flags, window_flags_batch
 
 __all__ = ["Decision", "Diagnoser", "bundle_digest"]
@@ -111,7 +111,7 @@ class Diagnoser:
         blocking = [f for f in flags if f in BLOCKING_FLAGS]
         if blocking:
             return Decision(None, None, None, None, None, None, None, None, None, True, list(blocking), flags, 0)
-        features = self.rt.trunk_features(window[None, :])
+        features = self._features(window[None, :])
         density = combined = None
         if self.cal is not None:
             d = self.cal.density_score(features)
@@ -121,7 +121,7 @@ class Diagnoser:
             mi_t, prob_t = self._thresholds()
             res, used = adaptive_predict(draw, self.cfg, self.class_names, mi_t, prob_t)
         else:
-            res = decompose(softmax(np.asarray(draw(self.samples), dtype=np.float64), axis=-1), self.class_names)
+            res = decompose_logits(draw(self.samples))   # = decompose(softmax(logits)), without the sample array
             used = self.samples
         reasons: List[str] = [f for f in flags]
         pset = None
@@ -129,6 +129,7 @@ class Diagnoser:
         if self.cal is not None:
             # the p-values once per window: the combined score and the abstention rule reuse them
             pvals = self.cal.pvalues(res.epistemic, res.total, density, res.prediction)
+            pc = None
             if pvals is not None:
                 pc = self.cal.combined_pvalue(pvals)
                 extra = {"pvalues": {k: float(v[0]) for k, v in pvals.items()}, "p_combined": float(pc[0])}
@@ -142,13 +143,23 @@ class Diagnoser:
                 pset = [self.class_names[i] for i in np.flatnonzero(member)]
                 size = np.array([len(pset)])
             reasons += self.cal.abstain_reasons(size, res.epistemic, density, res.total, res.prediction,
-                                                parts=pvals)[0]
+                                                parts=pvals, combined=pc)[0]
         i = int(res.prediction[0])
         return Decision(self.class_names[i], i, float(res.confidence[0]), float(res.total[0]),
                         float(res.aleatoric[0]), float(res.epistemic[0]),
                         None if density is None else float(density[0]),
                         None if combined is None else float(combined[0]), pset, bool(reasons), reasons, flags,
-                        used, [float(v) for v in res.probs[0]], extra)
+                        used, res.probs[0].tolist(), extra)
+
+    def _features(self, x: np.ndarray) -> np.ndarray:
+        """Trunk features of windows ``x`` (B, length) that passed the blocking quality flags (finite):
+        the runtime's ``stream_features`` (no second validation and input-quality pass; same front end,
+        normalisation and trunk, so the same features) for C-contiguous float32 windows, else its
+        ``trunk_features`` (other dtypes keep their own precision up to the normalisation)."""
+        stream_features = getattr(self.rt, "stream_features", None)
+        if stream_features is not None and x.dtype == np.float32 and x.flags.c_contiguous:
+            return stream_features(x)
+        return self.rt.trunk_features(x)
 
     # -- micro-batches ---------------------------------------------------------------------------
     def _draws_in_post(self) -> bool:
@@ -178,8 +189,7 @@ class Diagnoser:
         if not use:
             return out  # type: ignore[return-value]
         xu = x if len(use) == x.shape[0] else x[use]
-        stream_features = getattr(self.rt, "stream_features", None)
-        features = stream_features(xu) if stream_features is not None else self.rt.trunk_features(xu)
+        features = self._features(xu)
         density = self.cal.density_score(features) if self.cal is not None else None
         n = len(use)
         if self.adaptive:
@@ -201,9 +211,7 @@ class Diagnoser:
             else:
                 logits = np.concatenate([sample_logits(self.rt, features[j:j + 1], self.samples, self.rng)
                                          for j in range(n)], axis=1)
-            r = decompose(softmax(np.asarray(logits, dtype=np.float64), axis=-1), self.class_names)
-            probs, pred, conf, total, alea, epi = r.probs, r.prediction, r.confidence, r.total, r.aleatoric, \
-                r.epistemic
+            probs, pred, conf, total, alea, epi = decompose_logits(logits)
             used = [self.samples] * n
         combined = None
         pvals = None
@@ -222,7 +230,7 @@ class Diagnoser:
             if cp is not None:
                 sets = cp.sets(probs, rng=self.rng)
                 size = sets.sum(axis=1)
-            reasons = self.cal.abstain_reasons(size, epi, density, total, pred, parts=pvals)
+            reasons = self.cal.abstain_reasons(size, epi, density, total, pred, parts=pvals, combined=pc)
         names = self.class_names
         for j, i in enumerate(use):
             k = int(pred[j])
@@ -234,5 +242,5 @@ class Diagnoser:
             out[i] = Decision(names[k], k, float(conf[j]), float(total[j]), float(alea[j]), float(epi[j]),
                               None if density is None else float(density[j]),
                               None if combined is None else float(combined[j]), pset, bool(rs), rs, flags[i],
-                              used[j], [float(v) for v in probs[j]], extra)
+                              used[j], probs[j].tolist(), extra)
         return out  # type: ignore[return-value]
