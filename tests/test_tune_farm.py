@@ -48,6 +48,7 @@ def test_tuning_through_the_tracker_records_board_measurements(tmp_path):
     runs = json.loads((db / "farm_tuning.json").read_text())
     assert len(runs) == 1 and runs[0]["key"] == "edgeuq-tune" and runs[0]["tracker"] == farm.tracker_addr
     assert runs[0]["trials_requested"] == 8 and runs[0]["records_after"] == report.records_after
+    assert len(runs[0]["servers"]) == 2 and runs[0]["emulated"] is False   # the boards that measured
     # the tuned library is right: numpy is the reference
     vm = relax.VirtualMachine(ex, tvm.cpu())
     rng = np.random.default_rng(0)
@@ -55,6 +56,40 @@ def test_tuning_through_the_tracker_records_board_measurements(tmp_path):
     got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w)).numpy()
     err = float(np.max(np.abs(got - np.maximum(x @ w, 0))))
     assert err <= 1e-4, err
+
+
+def test_tuning_refuses_a_key_with_an_emulated_server(tmp_path):
+    """A qemu-aarch64 server in the key: MetaSchedule would store its times as board times, so the
+    tuning refuses the key before it starts, naming the emulated server; no database is written.
+    The control: the same tuning on a key of real servers only goes ahead (the test above)."""
+    from test_profile_emulated import _need_sysroot
+
+    from edgeuq.lower.tvm.tune import database_size, tune_and_compile
+    from edgeuq.profile.emulated import EmulatedServer
+
+    _need_sysroot()
+    import tvm
+    from tvm.script import ir as I
+    from tvm.script import relax as R
+
+    @I.ir_module
+    class Mod:
+        @R.function
+        def main(x: R.Tensor((4, 8), "float32"), w: R.Tensor((8, 8), "float32")):
+            with R.dataflow():
+                y = R.matmul(x, w)
+                R.output(y)
+            return y
+
+    db = tmp_path / "db"
+    with Farm() as farm:
+        farm.add_servers("edgeuq-tune-mixed", 1)
+        with EmulatedServer("cortex-a72", tracker=("127.0.0.1", farm.tracker_port), key="edgeuq-tune-mixed"):
+            farm.wait_free("edgeuq-tune-mixed", 2)
+            with pytest.raises(RuntimeError, match=r"1 of 2 server\(s\) are emulated.*qemu-aarch64"):
+                tune_and_compile(Mod, tvm.target.Target({"kind": "llvm", "num-cores": 1}), db, 8,
+                                 progress=lambda m: None, rpc=(farm.tracker_addr, "edgeuq-tune-mixed"))
+    assert database_size(db) == 0 and not (db / "farm_tuning.json").exists()
 
 
 def test_an_unnamed_handler_on_meta_schedules_logger_no_longer_breaks_its_logging_setup(tmp_path):

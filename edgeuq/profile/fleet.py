@@ -26,9 +26,7 @@ from __future__ import annotations
 import gc
 import json
 import re
-import socket
 import statistics
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,53 +36,8 @@ __all__ = ["FleetProfile", "profile_fleet", "profile_agent_fleet", "fleet_table"
            "remote_emulation"]
 
 from ..report import results_table  # noqa: E402
+from .tracker_boards import free_boards, request_board  # noqa: E402  (re-exported)
 from .tvm_rpc import EMULATED_FUNC, remote_emulation  # noqa: E402  (re-exported: where they live)
-
-
-def free_boards(tracker: str, key: str) -> int:
-    """How many servers of ``key`` the tracker lists as free now."""
-    from tvm import rpc
-
-    from .tvm_rpc import parse_address, tvm_server_key
-
-    host, port = parse_address(tracker, "--tracker")
-    tvm_server_key(key)
-    summary = rpc.connect_tracker(host, port).summary()
-    return int(summary.get("queue_info", {}).get(key, {}).get("free", 0))
-
-
-def request_board(tracker: str, key: str, session_timeout: int = 600,
-                  wait_s: float = 60.0) -> Tuple[Any, str]:
-    """One session on a free server of ``key`` through the tracker, and the server's address.
-
-    TVM's ``TrackerSession.request`` does the same but does not say which server answered; the
-    tracker's reply carries it (``[SUCCESS, [host, port, matchkey]]``), so this speaks the same
-    two messages and connects with ``rpc.connect(host, port, matchkey)``."""
-    from tvm import rpc
-    from tvm.rpc import base
-
-    from .tvm_rpc import parse_address, tvm_server_key
-
-    host, port = parse_address(tracker, "--tracker")
-    tvm_server_key(key)
-    sock = socket.create_connection((host, port), timeout=wait_s)
-    try:
-        sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
-        magic = struct.unpack("<i", base.recvall(sock, 4))[0]
-        if magic != base.RPC_TRACKER_MAGIC:
-            raise RuntimeError(f"{tracker} is not a TVM RPC tracker")
-        base.sendjson(sock, [base.TrackerCode.REQUEST, key, "", 1])
-        try:
-            value = base.recvjson(sock)
-        except socket.timeout as exc:
-            raise RuntimeError(f"tracker {tracker}: no free server of key {key!r} within {wait_s:g} s") from exc
-    finally:
-        sock.close()
-    if value[0] != base.TrackerCode.SUCCESS:
-        raise RuntimeError(f"tracker {tracker}: request for key {key!r} failed: {value!r}")
-    url, sport, matchkey = value[1]
-    return rpc.connect(url, sport, matchkey, session_timeout=session_timeout), f"{url}:{sport}"
-
 
 @dataclass(frozen=True)
 class FleetProfile:

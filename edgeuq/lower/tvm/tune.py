@@ -31,7 +31,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence
 
 __all__ = ["TuneReport", "tune_and_compile", "open_database", "database_size", "matching_records", "prepare_for_tuning",
            "shipped_dir", "heavy_coverage", "HEAVY_KERNELS", "SHIPPED_ROOT", "SHIPPED_STATE",
@@ -232,6 +232,7 @@ def tune_and_compile(mod: Any, target: Any, db_dir: Path, trials: int,
         shipped_tasks = sum(1 for t in tasks if _has_record(copy.db, t)) if copy is not None else 0
         if copy is not None:
             say(f"shipped tuning database {shipped}: records for {shipped_tasks} of {len(tasks)} tasks")
+        servers = _board_servers(rpc, say) if rpc is not None and trials > 0 and tunable else []
         executable = _tune_then_compile(ms, mod, target, db, db_dir, trials, tunable, tasks, before, say,
                                         copy.db if copy is not None and shipped_tasks else None, rpc)
     finally:
@@ -243,11 +244,30 @@ def tune_and_compile(mod: Any, target: Any, db_dir: Path, trials: int,
                         shipped_database=str(shipped) if shipped is not None else "")
     say(f"tuning state {report.state}: {report.records_after} records, {report.seconds:.1f} s")
     if rpc is not None and trials > 0 and tunable:
-        _record_farm_run(db_dir, rpc, trials, report, str(target))
+        _record_farm_run(db_dir, rpc, trials, report, str(target), servers)
     return executable, report
 
 
-def _record_farm_run(db_dir: Path, rpc: tuple, trials: int, report: Any, target: str) -> None:
+def _board_servers(rpc: tuple, say: Callable[[str], None]) -> List[str]:
+    """The addresses of the free servers of the tracker key ``rpc = (tracker, key)``, after
+    checking that none declares itself emulated: MetaSchedule stores every candidate's measured
+    time in the database as a board time, so a key with a qemu server (whose times say nothing
+    about a board) is refused before tuning starts."""
+    from ...profile.tracker_boards import survey_boards
+
+    found = survey_boards(rpc[0], rpc[1])
+    emulated = [f"{addr} ({label})" for addr, label in found if label is not None]
+    if emulated:
+        raise RuntimeError(f"tracker {rpc[0]} key {rpc[1]!r}: {len(emulated)} of {len(found)} server(s) are "
+                           f"emulated, not boards: {'; '.join(emulated)}. Tuning stores every measured time in the "
+                           "database as a board time, so it refuses this key: register emulated servers under a "
+                           "key of their own (edgeuq profile labels their reports emulated)")
+    say(f"tracker {rpc[0]} key {rpc[1]!r}: {len(found)} board(s), none emulated: {', '.join(a for a, _ in found)}")
+    return [addr for addr, _ in found]
+
+
+def _record_farm_run(db_dir: Path, rpc: tuple, trials: int, report: Any, target: str,
+                     servers: Sequence[str] = ()) -> None:
     """Append where a database's records were measured (the boards of a tracker key) to
     ``farm_tuning.json`` next to it: tuning databases ship with their provenance."""
     import json
@@ -255,6 +275,7 @@ def _record_farm_run(db_dir: Path, rpc: tuple, trials: int, report: Any, target:
     path = Path(db_dir) / "farm_tuning.json"
     runs = json.loads(path.read_text()) if path.is_file() else []
     runs.append({"tracker": rpc[0], "key": rpc[1], "measured_on": f"TVM RPC boards of key {rpc[1]!r}",
+                 "servers": list(servers), "emulated": False,
                  "target": target,
                  "trials_requested": trials, "records_before": report.records_before,
                  "records_after": report.records_after, "seconds": round(report.seconds, 1),
