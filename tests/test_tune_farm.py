@@ -92,6 +92,64 @@ def test_tuning_refuses_a_key_with_an_emulated_server(tmp_path):
     assert database_size(db) == 0 and not (db / "farm_tuning.json").exists()
 
 
+def test_an_aarch64_target_is_tuned_through_the_tracker_with_cross_exported_candidates(tmp_path):
+    """Tuning a board of another ISA: candidates are built here and exported with the target's cross
+    compiler, so the board's server loads them. Only a qemu-aarch64 server exists here, so the route is
+    taken with ``allow_emulated`` and the run is recorded as emulated (not board times); the tuned
+    library, exported the same way, computes what numpy computes on that server."""
+    from test_profile_emulated import _need_sysroot
+
+    from edgeuq.catalog import get_target
+    from edgeuq.lower.tvm.targets import cross_compiler, tvm_target
+    from edgeuq.lower.tvm.tune import open_database, tune_and_compile
+    from edgeuq.profile.emulated import EmulatedServer
+    from edgeuq.profile.tracker_boards import request_board
+
+    _need_sysroot()
+    import tvm
+    from tvm import relax
+    from tvm.script import ir as I
+    from tvm.script import relax as R
+
+    @I.ir_module
+    class Mod:
+        @R.function
+        def main(x: R.Tensor((4, 16), "float32"), w: R.Tensor((16, 16), "float32")):
+            with R.dataflow():
+                y = R.nn.relu(R.matmul(x, w))
+                R.output(y)
+            return y
+
+    a72 = get_target("cortex-a72")
+    cc = cross_compiler(a72)
+    assert cc, "cortex-a72 is cross-compiled from this host"
+    db = tmp_path / "db"
+    with Farm() as farm:
+        with EmulatedServer("cortex-a72", tracker=("127.0.0.1", farm.tracker_port), key="edgeuq-tune-a72"):
+            farm.wait_free("edgeuq-tune-a72", 1)
+            ex, report = tune_and_compile(Mod, tvm_target(a72, num_cores=1), db, 4, progress=lambda m: None,
+                                          rpc=(farm.tracker_addr, "edgeuq-tune-a72"), cc=cc, allow_emulated=True)
+            farm.wait_free("edgeuq-tune-a72", 1)
+            recs = open_database(db).get_all_tuning_records()
+            secs = [float(s) for r in recs for s in (r.run_secs or [])]
+            assert secs and all(0 < s < 1 for s in secs)   # measured by the aarch64 server, not build errors
+            lib = tmp_path / "tuned.so"
+            ex.export_library(str(lib), cc=cc)
+            session, _ = request_board(farm.tracker_addr, "edgeuq-tune-a72")
+            session.upload(str(lib))
+            vm = relax.VirtualMachine(session.load_module("tuned.so"), session.cpu())
+            rng = np.random.default_rng(0)
+            x, w = rng.standard_normal((4, 16)).astype("float32"), rng.standard_normal((16, 16)).astype("float32")
+            dev = session.cpu()
+            got = vm["main"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(w, dev)).numpy()
+            del vm, session
+    err = float(np.max(np.abs(got - np.maximum(x @ w, 0))))
+    assert err <= 1e-4, err
+    runs = json.loads((db / "farm_tuning.json").read_text())
+    assert runs[0]["emulated"] is True and "not board times" in runs[0]["measured_on"]
+    assert report.records_after > 0
+
+
 def test_an_unnamed_handler_on_meta_schedules_logger_no_longer_breaks_its_logging_setup(tmp_path):
     """MetaSchedule's set-up (run by every tuning call) lists the handlers on its logger by name;
     an unnamed one broke it ('NoneType' object has no attribute 'format') when another test or

@@ -128,7 +128,8 @@ def build_graph(role: str, onnx_path: Path, target: Any, workdir: Path, batch: O
     else:
         say(f"{role}: compiling for {target.name} (batch {batch}"
             + (f", shape buckets {list(buckets)}" if buckets else "") + f", {trials} tuning trials)")
-        ex, report = tune_and_compile(mod, tt, db_dir, trials, progress=say, shipped=shipped, rpc=rpc)
+        ex, report = tune_and_compile(mod, tt, db_dir, trials, progress=say, shipped=shipped, rpc=rpc,
+                                      cc=cross_compiler(target))
         tuning = report.to_json()
     lib = workdir / f"{role}.so"
     cc = cross_compiler(target)

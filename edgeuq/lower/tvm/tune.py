@@ -31,7 +31,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 __all__ = ["TuneReport", "tune_and_compile", "open_database", "database_size", "matching_records", "prepare_for_tuning",
            "shipped_dir", "heavy_coverage", "HEAVY_KERNELS", "SHIPPED_ROOT", "SHIPPED_STATE",
@@ -128,7 +128,9 @@ def _has_record(db: Any, task: Any) -> bool:
     return bool(db.has_workload(mod)) and len(db.get_top_k(db.commit_workload(mod), 1)) > 0
 
 
-def _make_in_process_builder() -> Any:
+def _make_in_process_builder(cc: Optional[str] = None) -> Any:
+    """MetaSchedule builder in this process; ``cc``: the target's cross compiler (an aarch64 board's
+    candidates are exported with it, so its RPC servers can load them), else the host's."""
     ms = _ms()
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
     from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
@@ -145,13 +147,21 @@ def _make_in_process_builder() -> Any:
                     with warnings.catch_warnings():  # default_build calls the deprecated tvm.build
                         warnings.simplefilter("ignore", DeprecationWarning)
                         lib = default_build(bi.mod, bi.target, None)
-                    out.append(BuilderResult(default_export(lib), None))
+                    out.append(BuilderResult(default_export(lib) if cc is None else _cross_export(lib, cc), None))
                 except Exception as exc:  # a failed candidate is a result, not a crash
                     out.append(BuilderResult(None, f"InProcessBuilder: {type(exc).__name__}: {exc}"))
             return out
 
     del ms
     return InProcessBuilder()
+
+
+def _cross_export(lib: Any, cc: str) -> str:
+    """Export a candidate with the target's cross compiler into a fresh temporary folder (what
+    MetaSchedule's ``default_export`` does with the host compiler); the runner uploads the file."""
+    path = Path(tempfile.mkdtemp(prefix="edgeuq-tune-")) / "candidate.so"
+    lib.export_library(str(path), cc=cc)
+    return str(path)
 
 
 def _make_in_process_runner(number: int = 3, repeat: int = 1, min_repeat_ms: int = 20) -> Any:
@@ -207,13 +217,17 @@ def prepare_for_tuning(mod: Any, target: Any) -> Any:
 
 def tune_and_compile(mod: Any, target: Any, db_dir: Path, trials: int,
                      progress: Optional[Callable[[str], None]] = None, shipped: Optional[Path] = None,
-                     rpc: Optional[tuple] = None) -> tuple:
+                     rpc: Optional[tuple] = None, cc: Optional[str] = None,
+                     allow_emulated: bool = False) -> tuple:
     """Tune ``mod`` (static shapes) for ``trials`` MetaSchedule trials (0: reuse the
     database only) and compile it with the database applied; ``shipped`` (a folder from
     :func:`shipped_dir`) is applied too, read-only: per task the faster record wins.
     ``rpc=(tracker HOST:PORT, key)``: candidates are built here and measured on the tracker's
     boards of that key (MetaSchedule's ``RPCRunner``, one worker per free board); the run is
-    appended to ``db_dir/farm_tuning.json`` (tracker, key, boards, trials, records, date).
+    appended to ``db_dir/farm_tuning.json`` (tracker, key, boards, trials, records, date). ``cc``:
+    the target's cross compiler, with which candidates are exported for the boards. A key with an
+    emulated (qemu) server is refused unless ``allow_emulated`` (tests of the route only): then the
+    run is recorded ``"emulated": true``, its times are not board times.
 
     Returns ``(executable, TuneReport)``. Functions with no record fall back to the
     default schedule (GPU: dlight rules).
@@ -232,9 +246,9 @@ def tune_and_compile(mod: Any, target: Any, db_dir: Path, trials: int,
         shipped_tasks = sum(1 for t in tasks if _has_record(copy.db, t)) if copy is not None else 0
         if copy is not None:
             say(f"shipped tuning database {shipped}: records for {shipped_tasks} of {len(tasks)} tasks")
-        servers = _board_servers(rpc, say) if rpc is not None and trials > 0 and tunable else []
+        servers = _board_servers(rpc, say, allow_emulated) if rpc is not None and trials > 0 and tunable else []
         executable = _tune_then_compile(ms, mod, target, db, db_dir, trials, tunable, tasks, before, say,
-                                        copy.db if copy is not None and shipped_tasks else None, rpc)
+                                        copy.db if copy is not None and shipped_tasks else None, rpc, cc)
     finally:
         if copy is not None:
             copy.close()
@@ -248,7 +262,7 @@ def tune_and_compile(mod: Any, target: Any, db_dir: Path, trials: int,
     return executable, report
 
 
-def _board_servers(rpc: tuple, say: Callable[[str], None]) -> List[str]:
+def _board_servers(rpc: tuple, say: Callable[[str], None], allow_emulated: bool = False) -> List[Tuple[str, bool]]:
     """The addresses of the free servers of the tracker key ``rpc = (tracker, key)``, after
     checking that none declares itself emulated: MetaSchedule stores every candidate's measured
     time in the database as a board time, so a key with a qemu server (whose times say nothing
@@ -257,25 +271,31 @@ def _board_servers(rpc: tuple, say: Callable[[str], None]) -> List[str]:
 
     found = survey_boards(rpc[0], rpc[1])
     emulated = [f"{addr} ({label})" for addr, label in found if label is not None]
-    if emulated:
+    if emulated and allow_emulated:
+        say(f"tracker {rpc[0]} key {rpc[1]!r}: EMULATED server(s) {'; '.join(emulated)}: their times are not "
+            "board times (the run is recorded as emulated)")
+    elif emulated:
         raise RuntimeError(f"tracker {rpc[0]} key {rpc[1]!r}: {len(emulated)} of {len(found)} server(s) are "
                            f"emulated, not boards: {'; '.join(emulated)}. Tuning stores every measured time in the "
                            "database as a board time, so it refuses this key: register emulated servers under a "
                            "key of their own (edgeuq profile labels their reports emulated)")
     say(f"tracker {rpc[0]} key {rpc[1]!r}: {len(found)} board(s), none emulated: {', '.join(a for a, _ in found)}")
-    return [addr for addr, _ in found]
+    return [(addr, label is not None) for addr, label in found]
 
 
 def _record_farm_run(db_dir: Path, rpc: tuple, trials: int, report: Any, target: str,
-                     servers: Sequence[str] = ()) -> None:
+                     servers: Sequence[Tuple[str, bool]] = ()) -> None:
     """Append where a database's records were measured (the boards of a tracker key) to
     ``farm_tuning.json`` next to it: tuning databases ship with their provenance."""
     import json
 
     path = Path(db_dir) / "farm_tuning.json"
     runs = json.loads(path.read_text()) if path.is_file() else []
-    runs.append({"tracker": rpc[0], "key": rpc[1], "measured_on": f"TVM RPC boards of key {rpc[1]!r}",
-                 "servers": list(servers), "emulated": False,
+    emulated = any(e for _, e in servers)
+    runs.append({"tracker": rpc[0], "key": rpc[1],
+                 "measured_on": (f"EMULATED (qemu) servers of key {rpc[1]!r}: not board times" if emulated
+                                 else f"TVM RPC boards of key {rpc[1]!r}"),
+                 "servers": [a for a, _ in servers], "emulated": emulated,
                  "target": target,
                  "trials_requested": trials, "records_before": report.records_before,
                  "records_after": report.records_after, "seconds": round(report.seconds, 1),
@@ -326,7 +346,7 @@ def drop_unnamed_meta_schedule_handlers() -> List[logging.Handler]:
 
 def _tune_then_compile(ms: Any, mod: Any, target: Any, db: Any, db_dir: Path, trials: int, tunable: list,
                        tasks: list, before: int, say: Callable[[str], None], shipped_db: Any,
-                       rpc: Optional[tuple] = None) -> Any:
+                       rpc: Optional[tuple] = None, cc: Optional[str] = None) -> Any:
     if trials > 0 and tunable:
         say(f"tuning {len(tunable)} of {len(tasks)} tasks, {trials} trials in all (database {db_dir}, "
             f"{before} records before)")
@@ -336,7 +356,7 @@ def _tune_then_compile(ms: Any, mod: Any, target: Any, db: Any, db_dir: Path, tr
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(db_dir), max_trials_global=trials,
             max_trials_per_task=max(8, -(-trials // len(tunable))), num_trials_per_iter=min(64, max(8, trials)),
-            builder=_make_in_process_builder(),
+            builder=_make_in_process_builder(cc),
             runner=_make_rpc_runner(rpc, say) if rpc is not None else _make_in_process_runner(), database=db,
             cost_model="xgb", task_scheduler="round-robin",
         )
