@@ -1,6 +1,6 @@
 """`edgeuq search --storage URL --workers N`: workers share one optuna study (a real PostgreSQL
 server on 127.0.0.1, started and stopped here, and a journal file); a worker killed mid-trial
-costs only that trial, which another worker runs again (heartbeat + RetryFailedTrialCallback)."""
+costs only that trial, which another worker runs again (heartbeat + RetryHeartbeatStaleTrialCallback)."""
 from __future__ import annotations
 
 import multiprocessing
@@ -85,7 +85,7 @@ def test_a_killed_worker_costs_one_trial_which_is_retried(pg):
     states = {t.number: t.state for t in study.trials}
     assert states[killed.number] == optuna.trial.TrialState.FAIL  # failed by the survivor, as stale
     retried = [t for t in done
-               if optuna.storages.RetryFailedTrialCallback.retried_trial_number(t) == killed.number]
+               if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number]
     assert killed.params == study.trials[killed.number].params and len(killed.params) == 5
     assert len(retried) == 1 and retried[0].params == killed.params  # the same configuration, run again
     assert "edgeuq" in storage_label(spec) and "127.0.0.1" in storage_label(spec)
