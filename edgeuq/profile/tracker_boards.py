@@ -4,11 +4,11 @@ profile (:mod:`edgeuq.profile.fleet`) and by tuning through a tracker (:mod:`edg
 which refuses a key with an emulated server."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import socket
-import struct
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 from .tvm_rpc import remote_emulation
 
@@ -17,13 +17,12 @@ __all__ = ["free_boards", "request_board", "survey_boards"]
 
 def free_boards(tracker: str, key: str) -> int:
     """How many servers of ``key`` the tracker lists as free now."""
-    from tvm import rpc
-
     from .tvm_rpc import parse_address, tvm_server_key
 
-    host, port = parse_address(tracker, "--tracker")
+    parse_address(tracker, "--tracker")
     tvm_server_key(key)
-    summary = rpc.connect_tracker(host, port).summary()
+    with _tracker(tracker, 10.0) as conn:
+        summary = conn.summary()
     return int(summary.get("queue_info", {}).get(key, {}).get("free", 0))
 
 
@@ -32,32 +31,33 @@ def request_board(tracker: str, key: str, session_timeout: int = 600,
     """One session on a free server of ``key`` through the tracker, and the server's address.
 
     TVM's ``TrackerSession.request`` does the same but does not say which server answered; the
-    tracker's reply carries it (``[SUCCESS, [host, port, matchkey]]``), so this speaks the same
-    two messages and connects with ``rpc.connect(host, port, matchkey)``."""
+    tracker's reply carries it (``[SUCCESS, [host, port, matchkey]]``), so this asks through the
+    runtime's tracker client (:class:`edgeuq_runtime.tracker.TrackerConnection`) and connects with
+    ``rpc.connect(host, port, matchkey)``."""
     from tvm import rpc
-    from tvm.rpc import base
 
     from .tvm_rpc import parse_address, tvm_server_key
 
-    host, port = parse_address(tracker, "--tracker")
+    parse_address(tracker, "--tracker")
     tvm_server_key(key)
-    sock = socket.create_connection((host, port), timeout=wait_s)
-    try:
-        sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
-        magic = struct.unpack("<i", base.recvall(sock, 4))[0]
-        if magic != base.RPC_TRACKER_MAGIC:
-            raise RuntimeError(f"{tracker} is not a TVM RPC tracker")
-        base.sendjson(sock, [base.TrackerCode.REQUEST, key, "", 1])
+    with _tracker(tracker, wait_s) as conn:
         try:
-            value = base.recvjson(sock)
+            url, sport, matchkey = conn.request(key, user="", priority=1, timeout_s=wait_s)
         except socket.timeout as exc:
             raise RuntimeError(f"tracker {tracker}: no free server of key {key!r} within {wait_s:g} s") from exc
-    finally:
-        sock.close()
-    if value[0] != base.TrackerCode.SUCCESS:
-        raise RuntimeError(f"tracker {tracker}: request for key {key!r} failed: {value!r}")
-    url, sport, matchkey = value[1]
     return rpc.connect(url, sport, matchkey, session_timeout=session_timeout), f"{url}:{sport}"
+
+
+@contextlib.contextmanager
+def _tracker(tracker: str, timeout_s: float) -> Iterator[Any]:
+    """The runtime's tracker client; its errors become RuntimeError (what these helpers raise)."""
+    from edgeuq_runtime.tracker import TrackerConnection, TrackerError
+
+    try:
+        with TrackerConnection(tracker, timeout_s=timeout_s) as conn:
+            yield conn
+    except TrackerError as exc:
+        raise RuntimeError(str(exc)) from exc
 
 
 def survey_boards(tracker: str, key: str, wait_s: float = 60.0,

@@ -307,14 +307,12 @@ def _record_farm_run(db_dir: Path, rpc: tuple, trials: int, report: Any, target:
 
 def _make_rpc_runner(rpc: tuple, say: Callable[[str], None]) -> Any:  # noqa: D401
     """MetaSchedule's RPCRunner on the free boards of a tracker key (one worker per board)."""
-    from tvm import rpc as tvm_rpc
-
-    from ...profile.tvm_rpc import parse_address, tvm_server_key
+    from ...profile.tracker_boards import free_boards
+    from ...profile.tvm_rpc import parse_address
 
     ms = _ms()
     host, port = parse_address(rpc[0], "--tracker")
-    tvm_server_key(rpc[1])
-    free = int(tvm_rpc.connect_tracker(host, port).summary().get("queue_info", {}).get(rpc[1], {}).get("free", 0))
+    free = free_boards(rpc[0], rpc[1])
     if free < 1:
         raise RuntimeError(f"tracker {rpc[0]}: no free board of key {rpc[1]!r} to tune on")
     say(f"tuning on {free} board(s) of key {rpc[1]!r} through tracker {rpc[0]} (built here, measured there)")
