@@ -1,6 +1,7 @@
-"""The text heads come from a registry keyed by scheme (issue 20): each head's stochastic sites
-and capabilities are declared there, the classifier reads them, and a new head is one registry
-entry (no scheme-name switch in edgeuq/text or bench/text_teacher.py)."""
+"""The text heads are a capability each scheme declares (issue 20): ``Scheme.text_head`` gives the
+head's stochastic sites and capabilities, the classifier reads them, and a scheme with a text head
+is one scheme class (no table keyed by scheme names in edgeuq/text, no scheme-name switch in
+bench/text_teacher.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,9 @@ import torch
 
 from edgeuq.models.bert import BertConfig
 from edgeuq.text.classifier import POSTERIOR_SCHEMES, TEXT_SCHEMES, TextClassifier
-from edgeuq.text.heads import TEXT_HEADS, TextHead, text_head
+from edgeuq.schemes import SCHEMES, get_scheme, register_scheme
+from edgeuq.schemes.base import Scheme
+from edgeuq.text.heads import TextHead, text_head, text_scheme_names
 
 TINY = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
                   max_position_embeddings=16)
@@ -23,11 +26,12 @@ def _model(scheme: str) -> TextClassifier:
 
 
 def test_builtin_heads_are_the_registered_text_schemes_with_their_capabilities():
-    assert TEXT_SCHEMES == ("mc_dropout", "laplace") == tuple(TEXT_HEADS)
+    assert set(TEXT_SCHEMES) == set(EXPECTED_NOISE) and len(TEXT_SCHEMES) == 2
+    assert TEXT_SCHEMES == tuple(n for n in SCHEMES if n in EXPECTED_NOISE)   # registry order
     assert POSTERIOR_SCHEMES == ("laplace",)
     for scheme, noise in EXPECTED_NOISE.items():
         model = _model(scheme)
-        assert model.head is text_head(scheme)
+        assert model.head is text_head(scheme) is get_scheme(scheme).text_head
         assert [s.name for s in model.noise_specs()] == noise
 
 
@@ -49,20 +53,29 @@ def test_unknown_or_headless_schemes_are_refused_by_name():
     with pytest.raises(ValueError, match="text scheme must be one of"):
         model.scheme = "nope"
     assert model.scheme == "mc_dropout"
-    with pytest.raises(ValueError, match="unknown stochastic scheme"):
-        TEXT_HEADS.add("nope", TextHead(sites=("fc2",)))
+    with pytest.raises(ValueError, match="text scheme must be one of"):
+        text_head("nope")                  # not a registered scheme at all
     with pytest.raises(ValueError, match="subset"):
         TextHead(sites=("fc1",))
     with pytest.raises(ValueError, match="fc2"):
         TextHead(sites=("drop_in",), post_hoc_posterior=True)
 
 
-def test_a_new_head_is_one_registry_entry_and_samples_only_its_sites():
-    """A toy head (input dropout only) under another registered scheme: the classifier samples
-    exactly that site; its logits equal the mc_dropout head's with a unit hidden-dropout mask."""
-    TEXT_HEADS.add("hsa", TextHead(sites=("drop_in",)))
+def test_a_new_head_is_declared_by_its_scheme_alone_and_samples_only_its_sites():
+    """A toy scheme (defined here, nothing else edited) declaring a head with input dropout only:
+    it becomes a text scheme, the classifier samples exactly that site, and its logits equal the
+    mc_dropout head's with a unit hidden-dropout mask."""
+
+    @register_scheme("test_text_in_drop")
+    class InDrop(Scheme):
+        text_head = TextHead(sites=("drop_in",))
+
+        def problems(self, cfg):
+            return []
+
     try:
-        toy = _model("hsa")
+        assert "test_text_in_drop" in text_scheme_names()
+        toy = _model("test_text_in_drop")
         assert [s.name for s in toy.noise_specs()] == ["head_in"]
         ref = _model("mc_dropout")
         ref.load_state_dict(toy.state_dict())
@@ -75,4 +88,5 @@ def test_a_new_head_is_one_registry_entry_and_samples_only_its_sites():
         err = float((got - want).abs().max())
         assert err <= 1e-6, err
     finally:
-        TEXT_HEADS.remove("hsa")
+        SCHEMES.remove("test_text_in_drop")
+    assert "test_text_in_drop" not in text_scheme_names()

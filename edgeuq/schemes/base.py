@@ -19,7 +19,10 @@ A scheme is a subclass of :class:`Scheme`, registered with
   :meth:`train` (training + post-hoc fitting: ensemble members, Laplace prior
   search) and :meth:`fit` (``train`` + temperature scaling when asked);
 * :meth:`noise_specs` (from its stochastic layers, in registration order) and
-  :meth:`uses_sampling` (whether predictions are a sampled predictive).
+  :meth:`uses_sampling` (whether predictions are a sampled predictive);
+* optionally ``text_head``: a :class:`TextHead` when the scheme has a stochastic head on the
+  text classifier (its sampled sites and capabilities), so a scheme with a text head is
+  declared in its own module only.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from ..models.layers import Dropout, is_stochastic_layer
 from ..training.config import UqConfig
 
 __all__ = ["Scheme", "NoOptions", "FitContext", "FitResult", "options_dataclass_from", "deterministic_config",
-           "train_metrics"]
+           "train_metrics", "TextHead", "TEXT_HEAD_SITES"]
 
 Log = Callable[[str], None]
 
@@ -144,6 +147,34 @@ def train_metrics(res: Any) -> Dict[str, Any]:
             "val_acc": res.history[res.best_epoch - 1].val_acc}
 
 
+#: the layers of the text classifier's head that can carry noise (``edgeuq.text.classifier.TextClassifier``)
+TEXT_HEAD_SITES = ("drop_in", "drop_hidden", "fc2")
+
+
+@final
+@dataclass(frozen=True)
+class TextHead:
+    """A scheme's head on the text classifier (the capability ``Scheme.text_head``).
+
+    ``sites``: the head attributes whose noise is a graph input (the others act only in
+    training); ``post_hoc_posterior``: the stochastic layer is a posterior fitted after training
+    (the last layer ``fc2``, a Laplace fit); the text teacher fits it once, and a distilled text
+    student of that scheme has its own posterior fitted after distillation.
+    """
+
+    sites: Tuple[str, ...]
+    post_hoc_posterior: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sites", tuple(self.sites))
+        bad = [s for s in self.sites if s not in TEXT_HEAD_SITES]
+        if bad or not self.sites:
+            raise ValueError(f"TextHead.sites must be a non-empty subset of {list(TEXT_HEAD_SITES)}, "
+                             f"got {list(self.sites)}")
+        if self.post_hoc_posterior and "fc2" not in self.sites:
+            raise ValueError("TextHead.post_hoc_posterior needs the last layer 'fc2' among its sites")
+
+
 class Scheme(ABC):
     """A stochastic scheme (one registered instance per subclass)."""
 
@@ -160,6 +191,8 @@ class Scheme(ABC):
     #: True when the scheme builds layers inside the trunk (spectral-normalised block linears, whole
     #: member networks): a trunk that does not take its layers from the scheme (``bert``) refuses it.
     trunk_layers: ClassVar[bool] = False
+    #: The scheme's head on the text classifier (:class:`TextHead`), or None when it has none.
+    text_head: ClassVar[Optional[TextHead]] = None
 
     # -- options and validation -------------------------------------------------------
     def options_from(self, value: Any) -> Any:

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.layers import NoiseDict, StochasticLayer
-from .base import FitContext, FitResult, Scheme, deterministic_config, train_metrics
+from .base import FitContext, FitResult, Scheme, TextHead, deterministic_config, train_metrics
 from .registry import register_scheme
 
 __all__ = [
@@ -266,6 +266,8 @@ class LaplaceOptions:
 @register_scheme("laplace")
 class LaplaceScheme(Scheme):
     options_type = LaplaceOptions
+    text_head = TextHead(sites=("fc2",), post_hoc_posterior=True)
+
     def problems(self, cfg: Any) -> List[str]:
         problems = []
         if cfg.stochastic_blocks or not cfg.stochastic_head:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..models.layers import Dropout, NoiseDict, StochasticLayer
-from .base import Scheme
+from .base import Scheme, TextHead
 from .registry import register_scheme
 
 __all__ = ["MCDropout", "McDropoutScheme", "mc_block_dropout", "mc_head_dropout"]
@@ -69,6 +69,7 @@ class McDropoutScheme(Scheme):
     ``block_dropout_positions`` / ``head_dropout_positions`` of the model config)."""
 
     relocatable_sites = True
+    text_head = TextHead(sites=("drop_in", "drop_hidden"))
 
     def problems(self, cfg: Any) -> List[str]:
         return []

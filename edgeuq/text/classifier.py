@@ -40,7 +40,7 @@ from .heads import TextHead, text_head, text_scheme_names
 
 __all__ = ["TextClassifier", "TEXT_SCHEMES", "POSTERIOR_SCHEMES"]
 
-#: Schemes with a text head (:data:`edgeuq.text.heads.TEXT_HEADS`; its sites are the stochastic layers).
+#: Schemes that declare a text head (``Scheme.text_head``; its sites are the stochastic layers).
 TEXT_SCHEMES = text_scheme_names()
 #: Schemes whose stochastic layer is a posterior fitted after training (the last layer, ``fc2``).
 POSTERIOR_SCHEMES = tuple(name for name in TEXT_SCHEMES if text_head(name).post_hoc_posterior)
