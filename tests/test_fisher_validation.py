@@ -138,11 +138,11 @@ def test_tiny_transformer_diagonal_averages_noise_like_brute_force(labels):
     assert rel_err(det["head.fc1.weight"], ref["head.fc1.weight"]) > 10 * RTOL
 
 
-def test_vmap_and_loop_backends_agree():
+def test_vmap_and_loop_per_sample_estimators_agree():
     model = make_tiny()
     x, y = data(5, 128, seed=2)
-    a = diagonal_fisher(model, x, y, FisherConfig(backend="vmap", noise_samples=2, progress=False))
-    b = diagonal_fisher(model, x, y, FisherConfig(backend="loop", noise_samples=2, progress=False))
+    a = diagonal_fisher(model, x, y, FisherConfig(per_sample="vmap", noise_samples=2, progress=False))
+    b = diagonal_fisher(model, x, y, FisherConfig(per_sample="loop", noise_samples=2, progress=False))
     for k in a.diag:
         assert rel_err(a.diag[k], b.diag[k]) < 1e-4, k
 

@@ -2,8 +2,9 @@
 
     F_ii = E_x E_ε E_{y ~ labels} [ (∂/∂θ_i log p(y | x, ε, θ))² ]
 
-Per-sample gradients come from ``torch.func`` (``vmap(grad(...))``, one batched
-pass) or, as a reference, from one backward pass per sample (``backend="loop"``).
+Per-sample gradients come from the estimator ``FisherConfig.per_sample`` names
+(:mod:`edgeuq.fisher.per_sample`): ``torch.func`` (``vmap(grad(...))``, one batched
+pass) or, as a reference, one backward pass per sample (``per_sample="loop"``).
 The trace of a layer is the sum of its diagonal, so Tr(F_l) needs no extra work.
 """
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import Dict, Mapping, Optional
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
 
-from ._target import FisherTarget, Noise, calibration_batches, check_labels_needed, label_draws, nll_terms, passes
+from ._target import FisherTarget, Noise, calibration_batches, check_labels_needed, label_draws, passes
 from .config import FisherConfig
+from .per_sample import DEFAULT_PER_SAMPLE, get_per_sample
 
 __all__ = ["DiagonalFisher", "diagonal_fisher", "per_sample_grads"]
 
@@ -41,38 +42,11 @@ class DiagonalFisher:
 
 
 def per_sample_grads(
-    target: FisherTarget, x: torch.Tensor, noise: Noise, labels: torch.Tensor, backend: str = "vmap"
+    target: FisherTarget, x: torch.Tensor, noise: Noise, labels: torch.Tensor, per_sample: str = DEFAULT_PER_SAMPLE
 ) -> Dict[str, torch.Tensor]:
-    """∂/∂θ (−log p(y_n | x_n, ε_n)) for every sample n: tensors of shape (B, *param.shape)."""
-    model = target.model
-    params = {k: v.detach() for k, v in target.named_params().items()}
-    if backend == "loop":
-        out: Dict[str, list] = {k: [] for k in params}
-        live = target.named_params()
-        for n in range(x.shape[0]):
-            nz = None if noise is None else {k: v[n : n + 1] for k, v in noise.items()}
-            loss = nll_terms(target.logits(x[n : n + 1], nz), labels[n : n + 1]).sum()
-            grads = torch.autograd.grad(loss, list(live.values()), allow_unused=True)
-            for (k, p), g in zip(live.items(), grads):
-                out[k].append(torch.zeros_like(p) if g is None else g)
-        return {k: torch.stack(v) for k, v in out.items()}
-    if backend != "vmap":
-        raise ValueError(f"unknown backend {backend!r}; use 'vmap' or 'loop'")
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-
-    if noise is None:
-        def loss_one(p, xi, yi):
-            logits = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
-            return nll_terms(logits, yi.unsqueeze(0)).sum()
-
-        return vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, labels)
-
-    def loss_one_noisy(p, xi, ni, yi):
-        nz = {k: v.unsqueeze(0) for k, v in ni.items()}
-        logits = functional_call(model, (p, buffers), (xi.unsqueeze(0), nz))
-        return nll_terms(logits, yi.unsqueeze(0)).sum()
-
-    return vmap(grad(loss_one_noisy), in_dims=(None, 0, 0, 0))(params, x, noise, labels)
+    """∂/∂θ (−log p(y_n | x_n, ε_n)) for every sample n: tensors of shape (B, *param.shape),
+    taken by the registered estimator ``per_sample`` (:data:`~edgeuq.fisher.per_sample.PER_SAMPLE_GRADIENTS`)."""
+    return get_per_sample(per_sample)(target, x, noise, labels)
 
 
 def diagonal_fisher(
@@ -92,7 +66,7 @@ def diagonal_fisher(
                 with torch.no_grad():
                     logits = target.logits(xb, noise)
                 for draw in label_draws(logits, yb, cfg, gen):
-                    g = per_sample_grads(target, xb, noise, draw.labels, cfg.resolved_backend)
+                    g = per_sample_grads(target, xb, noise, draw.labels, cfg.per_sample)
                     w = draw.weights
                     for k, gk in g.items():
                         acc[k] += torch.einsum("b,b...->...", w, gk.double() ** 2)

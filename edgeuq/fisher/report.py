@@ -65,7 +65,7 @@ class StructureScores:
 @dataclass(frozen=True, eq=False)
 class FisherReport(Artifact):
     KIND: ClassVar[str] = "fisher_report"
-    FORMAT_VERSION: ClassVar[int] = 2
+    FORMAT_VERSION: ClassVar[int] = 3  # 3: config.per_sample replaces config.backend
     META_FILE: ClassVar[str] = _JSON
 
     layers: Tuple[LayerFisher, ...]
