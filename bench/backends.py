@@ -209,9 +209,9 @@ def main(argv=None) -> int:
         for label, res in builds.items():
             g = getattr(res, role)
             # the rows compare compiled libraries (shape buckets, kernel table), as their executor declares
-            if COMPILED_LIBRARY not in executor_capabilities(g.backend) or label.startswith("no buckets"):
+            if COMPILED_LIBRARY not in executor_capabilities(g.executor) or label.startswith("no buckets"):
                 continue
-            graph = load_graph(g.backend, g.file, a.threads, g.options)
+            graph = load_graph(g.executor, g.file, a.threads, g.options)
             err = max_error(graph.run(feeds[role]), ref)
             if not err <= 1e-3:
                 failures.append(f"{label} {role} differs from ONNX Runtime by {err:.3g}")
@@ -305,7 +305,7 @@ def _dispatch(tuned_by_target, folder):
     from edgeuq.lower.tvm.targets import required_flags
 
     flags = {n: required_flags(get_target(n)) for n, res in tuned_by_target.items()
-             if all(COMPILED_LIBRARY in executor_capabilities(getattr(res, r).backend) for r in ("trunk", "head"))}
+             if all(COMPILED_LIBRARY in executor_capabilities(getattr(res, r).executor) for r in ("trunk", "head"))}
     if len(flags) < 2:
         return None
     base = min(flags, key=lambda n: len(flags[n]))
@@ -324,7 +324,7 @@ def _dispatch(tuned_by_target, folder):
                              "batch": g.options.get("batch"),
                              **({"buckets": list(g.options["buckets"])} if g.options.get("buckets") else {})})
         g = getattr(tuned_by_target[base], role)
-        graphs[role] = (folder / f"{role}.so", {**g.options, "variants": variants}, g.backend)
+        graphs[role] = (folder / f"{role}.so", {**g.options, "variants": variants}, g.executor)
     return f"tvm ISA dispatch ({base} + {', '.join(higher)})", base, graphs
 
 
@@ -383,9 +383,9 @@ def _sweep(a, art, model, builds, so, failures, sample_noise, measure_stages, pa
     sess = ort.InferenceSession(str(art.head_path), so, providers=["CPUExecutionProvider"])
     heads = {}
     for label, res in builds.items():
-        if "untuned" in label or COMPILED_LIBRARY not in executor_capabilities(res.head.backend):
+        if "untuned" in label or COMPILED_LIBRARY not in executor_capabilities(res.head.executor):
             continue
-        heads[label] = load_graph(res.head.backend, res.head.file, a.threads, res.head.options)
+        heads[label] = load_graph(res.head.executor, res.head.file, a.threads, res.head.options)
     if dispatch is not None:
         heads.update(_dispatch_graphs(dispatch, "head", a.threads, None))
     rng = np.random.default_rng(1)

@@ -124,7 +124,7 @@ class GraphPlacement:
 
     ``target``: one of the board's targets; ``executor``: the runtime executor
     named in the bundle manifest (``edgeuq_runtime.executors``); ``lowering``: the
-    lowering backend that produces it (``edgeuq.lower.LOWERERS``).
+    lowerer that produces it (``edgeuq.lower.LOWERERS``).
     """
 
     target: str
@@ -192,8 +192,8 @@ class Board:
     """A board: its compute targets, memory, runtime executor and budgets.
 
     ``graphs`` says which target runs the trunk and which the head, with which
-    executor and lowering backend. Without a ``[graphs]`` table both graphs run on
-    the first target with the board's ``executor``, lowered by the backend of
+    executor and lowerer. Without a ``[graphs]`` table both graphs run on
+    the first target with the board's ``executor``, lowered by the lowerer of
     the same name.
     """
 

@@ -16,7 +16,7 @@ target (labelled host / TVM RPC / emulated; "not measured" where no report cover
 the per-report stage table ``results/profiles.json`` (``<!-- table:profiles -->``).
 
 ``collect`` lowers the ``bearing-demo`` architecture (random weights: numerics and speed do
-not depend on training) for every (lowering backend, target) pair that some board in
+not depend on training) for every (lowerer, target) pair that some board in
 ``boards/`` places a graph on, and writes each lowering's typed evidence
 (:class:`edgeuq.lower.Evidence`), compile time and artifact size to
 ``results/lowering_evidence.json``. ``render`` turns that into the table JSON

@@ -1,5 +1,5 @@
 """`edgeuq compile --board B`: one bundle per board, per-graph placement from the descriptor,
-budgets reported, clear errors for missing lowering backends and mismatched executors."""
+budgets reported, clear errors for missing lowerers and mismatched executors."""
 from __future__ import annotations
 
 import json
@@ -120,7 +120,7 @@ def test_budgets_not_met_are_reported(tiny, tmp_path, user_board):
 def test_unregistered_lowering_is_a_clear_error(tiny, tmp_path, user_board):
     _, art = tiny
     name = user_board("b-nope", head='lowering = "no-such-backend"\nexecutor = "tvm"')
-    with pytest.raises(LoweringNotAvailable, match="needs lowering backend 'no-such-backend' for graphs \\['head'\\]"):
+    with pytest.raises(LoweringNotAvailable, match="needs lowerer 'no-such-backend' for graphs \\['head'\\]"):
         compile_board(name, art, tmp_path / "b")
 
 

@@ -93,8 +93,8 @@ def test_registered_and_head_goes_to_pynq(tiny):
     _, art, compiled, workdir = tiny
     assert isinstance(get_lowerer("hls4ml"), Hls4mlLowerer) and get_lowerer("hls4ml").Options is Hls4mlOptions
     assert compiled.target == "fpga-test"
-    assert compiled.trunk.backend == "onnxruntime" and Path(compiled.trunk.file) == art.trunk_path
-    assert compiled.head.backend == "pynq" and compiled.head.file == workdir / "head.fpga.json"
+    assert compiled.trunk.executor == "onnxruntime" and Path(compiled.trunk.file) == art.trunk_path
+    assert compiled.head.executor == "pynq" and compiled.head.file == workdir / "head.fpga.json"
     assert compiled.head.options == {"bitfile": "fpga/edgeuq_head.bit", "dma": "hier_0/axi_dma_0"}
     desc = json.loads(compiled.head.file.read_text())
     assert desc["format"] == "edgeuq-pynq-head"

@@ -60,7 +60,7 @@ def test_x86_untuned_is_dynamic_and_matches_onnxruntime(x86, art):
     assert ev.how == "native" and md["tuning"] == "untuned"
     for role in ("trunk", "head"):
         assert ev.detail["max_abs_err"][role] <= ev.detail["tolerance"][role] < 1e-2
-        assert getattr(x86, role).backend == "tvm" and getattr(x86, role).options["batch"] is None
+        assert getattr(x86, role).executor == "tvm" and getattr(x86, role).options["batch"] is None
         assert md["graphs"][role]["bytes"] > 10_000
     assert ev.max_error == max(ev.detail["max_abs_err"].values()) and ev.max_error <= ev.tolerance
     lat = ev.detail["latency_ms"]
@@ -162,7 +162,7 @@ def test_unknown_option_is_refused(art, tmp_path):
 def test_tuning_skipped_for_cross_targets(art, tmp_path):
     res = lower("tvm", art, get_target("cortex-a72"), tmp_path, tune_trials=8, check="none", graphs=["head"])
     assert res.metadata["tuning"] == "untuned" and "tuning skipped" in res.metadata["notes"][0]
-    assert res.trunk.backend == "onnxruntime"          # not compiled: passed through as ONNX
+    assert res.trunk.executor == "onnxruntime"          # not compiled: passed through as ONNX
     head = res.head.file.read_bytes()
     assert head[:4] == b"\x7fELF" and head[18] == 183     # cross-compiled: an aarch64 (EM_AARCH64) library
 
@@ -236,7 +236,7 @@ def test_isa_variants_travel_with_the_generic_library_and_the_runtime_picks_by_c
         assert "avx512f" not in v["requires"]
     from edgeuq.bundle.build import BundleGraph, write_artifact_bundle
 
-    graphs = {r: BundleGraph(g.bundle_file(r), g.file, g.backend, dict(g.options))
+    graphs = {r: BundleGraph(g.bundle_file(r), g.file, g.executor, dict(g.options))
               for r, g in (("trunk", res.trunk), ("head", res.head))}
     bundle = write_artifact_bundle(art, tmp_path / "b", "tiny", "1.0.0", 4, graphs=graphs,
                                    extra_files=res.extra_files, backend="tvm")

@@ -56,7 +56,7 @@ def _build_fixture(root: Path) -> Path:
         class_names=art.class_names, default_samples=8, noise=art.noise,
         trunk=GraphSpec("trunk.onnx", (art.input_name,), (art.feature_name,), backend="onnxruntime"),
         head=GraphSpec(head_file, (art.feature_name, *[n.name for n in art.noise]), (art.logits_name,),
-                       backend=compiled.head.backend, options=compiled.head.options),
+                       backend=compiled.head.executor, options=compiled.head.options),
         feature_name=art.feature_name, logits_name=art.logits_name,
         metadata={"target": compiled.target, "fpga": compiled.evidence.detail["checks"]},
     )

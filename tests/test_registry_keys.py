@@ -5,7 +5,7 @@ names are looked up in their registry, and callers read a declared capability (a
 
 The scanner reads the AST (comments and docstrings never count) and flags a comparison
 (``==``, ``!=``, ``in``, ``not in``) with a registered name as a string literal, alone or inside
-a tuple/list/set literal. Plug-ins themselves (the executor modules, the lowering backends,
+a tuple/list/set literal. Plug-ins themselves (the executor modules, the lowerers,
 data/sources.py where the sources are declared, the compression steps in edgeuq/compress/steps/)
 may name their own key.
 """

@@ -5,7 +5,7 @@ trunk.onnx : signal (B, L)                           -> features (B, *feature_sh
 head.onnx  : features (N, *feature_shape), noise_k (N, *shape_k) ... -> logits (N, C)
 
 N = S * B when the runtime stacks S samples (s-major). Dropout masks are plain
-``Mul`` inputs, so every backend (ONNX Runtime, TVM, hls4ml) runs the same graph.
+``Mul`` inputs, so every lowerer and executor (ONNX Runtime, TVM, hls4ml) runs the same graph.
 """
 from __future__ import annotations
 

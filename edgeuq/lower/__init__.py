@@ -1,6 +1,6 @@
-"""Lowering: OnnxArtifact + ComputeTarget -> CompiledArtifact, one registered :class:`Lowerer` per backend.
+"""Lowering: OnnxArtifact + ComputeTarget -> CompiledArtifact, one registered :class:`Lowerer` each.
 
-Backends: ``tvm/`` (cpu and CUDA targets), ``hls4ml/`` (FPGA head), ``onnxruntime.py``
+Lowerers: ``tvm/`` (cpu and CUDA targets), ``hls4ml/`` (FPGA head), ``onnxruntime.py``
 (no lowering). The plug-in point is :mod:`edgeuq.lower.base`; the toolchains they
 need (cross compilers, qemu, the armv7 TVM driver's C++ sources) live in ``toolchain/``.
 """

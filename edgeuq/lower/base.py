@@ -1,12 +1,13 @@
-"""The lowering plug-in point: a :class:`Lowerer` per backend, its frozen options, one evidence record.
+"""The lowering plug-in point: a :class:`Lowerer` (one per way of lowering), its frozen options, one
+evidence record. ("Backend" means the runtime executor only: a graph's ``executor``.)
 
-A backend is a subpackage or module ``edgeuq.lower.<name>`` that defines a
+A lowerer is a subpackage or module ``edgeuq.lower.<name>`` that defines a
 :class:`Lowerer` subclass and registers it with ``@register_lowerer``; the
 registry (an :class:`edgeuq.registry.Registry` with ``package="edgeuq.lower"``) imports
 ``edgeuq.lower.<name>`` the first time a board asks for ``lowering = "<name>"`` (heavy
-backends stay unimported until used; no backend named anywhere else); a backend in another
+lowerers stay unimported until used; no lowerer named anywhere else); a lowerer in another
 distribution declares an ``edgeuq.lowerer`` entry point.
-Copy ``edgeuq/lower/onnxruntime.py`` (the smallest backend) to add one.
+Copy ``edgeuq/lower/onnxruntime.py`` (the smallest lowerer) to add one.
 
 Every lowering returns a :class:`CompiledArtifact` whose :class:`Evidence` says
 how its numbers were checked (native / qemu / c-simulation / compile-only /
@@ -55,7 +56,7 @@ class Evidence:
     * ``reason``: why the evidence is not stronger (e.g. the missing emulator);
     * ``estimates``: numbers that are *estimates*, not measurements, each a mapping
       with ``fits`` (bool) and ``how`` (e.g. an FPGA resource estimate);
-    * ``detail``: backend-specific figures (per-graph errors, emulator, probe metrics).
+    * ``detail``: lowerer-specific figures (per-graph errors, emulator, probe metrics).
     """
 
     how: str
@@ -106,7 +107,7 @@ class CompiledGraph:
     """One compiled graph: the file the device loads, and how to load it."""
 
     file: Path                      # absolute path of the artifact on the host
-    backend: str                    # executor name in edgeuq_runtime.executors
+    executor: str                   # executor name in edgeuq_runtime.executors (the manifest's graph `backend`)
     options: Mapping[str, Any] = field(default_factory=dict)  # executor loader options (JSON values)
     suffix: Optional[str] = None    # bundle file name after the role, e.g. ".fpga.json" (default: the file's suffix)
 
@@ -116,20 +117,20 @@ class CompiledGraph:
 
 
 def _graph_json(g: CompiledGraph, role: str) -> Dict[str, Any]:
-    return {"file": g.bundle_file(role), "backend": g.backend, "options": dict(g.options), "suffix": g.suffix}
+    return {"file": g.bundle_file(role), "executor": g.executor, "options": dict(g.options), "suffix": g.suffix}
 
 
 @dataclass(frozen=True)
 class CompiledArtifact(Artifact):
     """The trunk and head compiled for one target, plus extra files for the bundle.
 
-    Returned by a lowering with its files where the backend wrote them; :meth:`save` makes it a
+    Returned by a lowering with its files where the lowerer wrote them; :meth:`save` makes it a
     stored artifact (versioned, hashed, written atomically, verified by
     ``CompiledArtifact.load``) holding its own copies of the graphs and extra files.
     """
 
     KIND: ClassVar[str] = "compiled"
-    FORMAT_VERSION: ClassVar[int] = 1
+    FORMAT_VERSION: ClassVar[int] = 2  # 2: a graph's "executor" (was "backend")
     META_FILE: ClassVar[str] = "compiled.json"
 
     target: str
@@ -155,7 +156,7 @@ class CompiledArtifact(Artifact):
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], **base: Any) -> "CompiledArtifact":
         root = Path(base["directory"])
-        graphs = {role: CompiledGraph(file=root / meta[role]["file"], backend=meta[role]["backend"],
+        graphs = {role: CompiledGraph(file=root / meta[role]["file"], executor=meta[role]["executor"],
                                       options=dict(meta[role]["options"]), suffix=meta[role]["suffix"])
                   for role in ("trunk", "head")}
         return cls(target=meta["target"], trunk=graphs["trunk"], head=graphs["head"],
@@ -209,7 +210,7 @@ O = TypeVar("O")
 
 
 class Lowerer(ABC):
-    """One lowering backend. Subclasses set ``name`` and ``Options`` (a frozen dataclass) and
+    """One lowerer. Subclasses set ``name`` and ``Options`` (a frozen dataclass) and
     implement :meth:`options_for` and :meth:`lower`."""
 
     name: ClassVar[str]
@@ -227,7 +228,7 @@ class Lowerer(ABC):
 
     @abstractmethod
     def options_for(self, settings: CompileSettings, roles: Sequence[str]) -> Any:
-        """This backend's options for lowering the graphs ``roles`` of a board."""
+        """This lowerer's options for lowering the graphs ``roles`` of a board."""
 
     @abstractmethod
     def lower(self, art: Any, target: Any, workdir: Path, options: Any) -> CompiledArtifact:
@@ -242,7 +243,7 @@ class Lowerer(ABC):
 
 
 class LoweringNotAvailable(LookupError, ValueError):
-    """A board names a lowering backend that is not registered (or cannot be imported)."""
+    """A board names a lowerer that is not registered (or cannot be imported)."""
 
 
 def _check_lowerer(name: str, lw: Any) -> None:
@@ -256,7 +257,7 @@ def _check_lowerer(name: str, lw: Any) -> None:
 #: name -> registered lowerer instance
 LOWERERS: Registry[Lowerer] = Registry("lowerer", instantiate=True, check=_check_lowerer,
                                        error=LoweringNotAvailable, package=__package__,
-                                       label="lowering backend")
+                                       label="lowerer")
 L = TypeVar("L", bound=Type[Lowerer])
 
 
@@ -278,25 +279,25 @@ def get_lowerer(name: str) -> Lowerer:
     except LoweringNotAvailable:
         raise
     except ImportError as exc:
-        raise LoweringNotAvailable(f"lowering backend {name!r} could not be imported: {exc}") from exc
+        raise LoweringNotAvailable(f"lowerer {name!r} could not be imported: {exc}") from exc
 
 
-def options_from_kwargs(options_cls: Type[O], backend: str, kwargs: Mapping[str, Any]) -> O:
+def options_from_kwargs(options_cls: Type[O], lowerer: str, kwargs: Mapping[str, Any]) -> O:
     """``options_cls(**kwargs)`` with a clear error naming unknown options."""
     known = {f.name for f in dataclasses.fields(options_cls)}
     unknown = sorted(set(kwargs) - known)
     if unknown:
-        raise TypeError(f"unknown {backend} lowering options {unknown}; known: {sorted(known)}")
+        raise TypeError(f"unknown {lowerer} lowering options {unknown}; known: {sorted(known)}")
     return options_cls(**kwargs)
 
 
-def lower(backend: str, art: Any, target: Any, workdir: Path, options: Any = None, **kwargs: Any) -> CompiledArtifact:
-    """Lower with backend ``backend``: ``options`` (its Options instance) or keyword options."""
-    lw = get_lowerer(backend)
+def lower(lowerer: str, art: Any, target: Any, workdir: Path, options: Any = None, **kwargs: Any) -> CompiledArtifact:
+    """Lower with the lowerer ``lowerer``: ``options`` (its Options instance) or keyword options."""
+    lw = get_lowerer(lowerer)
     if options is None:
-        options = options_from_kwargs(lw.Options, backend, kwargs)
+        options = options_from_kwargs(lw.Options, lowerer, kwargs)
     elif kwargs:
         raise TypeError("pass either an options object or keyword options, not both")
     elif not isinstance(options, lw.Options):
-        raise TypeError(f"{backend} lowering takes {lw.Options.__name__}, got {type(options).__name__}")
+        raise TypeError(f"{lowerer} lowering takes {lw.Options.__name__}, got {type(options).__name__}")
     return lw.lower(art, target, Path(workdir), options)

@@ -1,11 +1,11 @@
 """Board orchestrator: OnnxArtifact + Board -> one bundle with everything the board's runtime needs.
 
-For each graph (trunk, head) the board descriptor names a target, a lowering
-backend and a runtime executor (``[graphs.trunk]``, ``[graphs.head]``). Graphs that
-share a (backend, target) are lowered together by that backend's registered
+For each graph (trunk, head) the board descriptor names a target, a lowerer
+and a runtime executor (``[graphs.trunk]``, ``[graphs.head]``). Graphs that
+share a (lowerer, target) are lowered together by that registered
 :class:`~edgeuq.lower.base.Lowerer`, with its own options built from the
 :class:`~edgeuq.lower.base.CompileSettings`; each graph then comes from its own
-lowering. This module names no backend. The bundle's manifest records per graph the
+lowering. This module names no lowerer and no executor. The bundle's manifest records per graph the
 executor, its loader options, the target, and each lowering's metadata and
 :class:`~edgeuq.lower.base.Evidence`. Finally the result is compared with the board's
 budgets: weight bytes measured from the graphs' weights; latency measured end to end
@@ -52,7 +52,7 @@ def _lowerer(name: str, board: Board, roles: list) -> Lowerer:
     try:
         return get_lowerer(name)
     except LoweringNotAvailable as exc:
-        raise LoweringNotAvailable(f"board {board.name!r} needs lowering backend {name!r} for graphs {roles}, "
+        raise LoweringNotAvailable(f"board {board.name!r} needs lowerer {name!r} for graphs {roles}, "
                                    f"but {exc}") from exc
 
 
@@ -67,7 +67,7 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
 
     ``precision`` (``{layer: "ap_fixed<W,I>"}``, e.g. from
     :func:`edgeuq.quantize.plan_to_hls4ml_precision`) is handed to every lowering
-    through :class:`CompileSettings`; backends that quantize (the FPGA head) use it.
+    through :class:`CompileSettings`; lowerers that quantize (the FPGA head) use it.
 
     ``placement``: ``"auto"`` lowers and measures the board's candidate placements and keeps
     the fastest per graph (where measurable: see the module docstring); ``"default"`` builds
@@ -121,7 +121,7 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
                 continue
             for role in roles:
                 expected = {p.executor for p in plan[role] if (p.lowering, p.target) == (name, target_name)}
-                got = getattr(result, role).backend
+                got = getattr(result, role).executor
                 if got not in expected:
                     declared = " or ".join(map(repr, sorted(expected)))
                     raise ValueError(f"board {board.name!r}: lowering {name!r} produced the {role} graph for "
@@ -147,7 +147,7 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
         extra: Dict[str, Path] = {}
         for k in used:
             extra.update(lowered[k].extra_files)
-        bundle_graphs = {role: BundleGraph(g.bundle_file(role), g.file, g.backend, dict(g.options))
+        bundle_graphs = {role: BundleGraph(g.bundle_file(role), g.file, g.executor, dict(g.options))
                          for role, g in graphs.items()}
         files = [g.file for g in bundle_graphs.values()]
         clash = set(files) & set(extra)
@@ -156,13 +156,13 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
         records = {k: {**lowered[k].to_json(), "roles": roles} for k, roles in used.items()}
         metadata = {"board": board.name,
                     "targets": {role: {"target": lowered[k].target, "lowering": k.split(":", 1)[0],
-                                       "executor": graphs[role].backend} for role, k in pick.items()},
+                                       "executor": graphs[role].executor} for role, k in pick.items()},
                     "lowering": records}
         if overwrite and Path(out_dir).exists():
             shutil.rmtree(out_dir)
         bundle = write_artifact_bundle(art, Path(out_dir), model_name, model_version, samples, graphs=bundle_graphs,
                                        extra_files=extra, metadata=metadata,
-                                       backend=graphs["trunk"].backend if len({g.backend for g in graphs.values()}) == 1
+                                       backend=graphs["trunk"].executor if len({g.executor for g in graphs.values()}) == 1
                                        else board.executor,
                                        sections=section)
         say(f"[{board.name}] bundle {out_dir}: {len(bundle.manifest.files)} files")

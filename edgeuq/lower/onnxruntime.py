@@ -1,6 +1,6 @@
-"""The ``onnxruntime`` backend: no lowering, the exported ONNX graphs run as they are.
+"""The ``onnxruntime`` lowerer: no lowering, the exported ONNX graphs run as they are.
 
-This is the smallest complete backend; copy it to add one: a frozen ``Options``
+This is the smallest complete lowerer; copy it to add one: a frozen ``Options``
 dataclass, ``options_for`` (from the board/recipe/CLI settings), ``lower`` returning a
 :class:`~edgeuq.lower.base.CompiledArtifact` with its :class:`~edgeuq.lower.base.Evidence`.
 """
@@ -34,4 +34,4 @@ class OnnxRuntimeLowerer(Lowerer):
                                                  "already verified against PyTorch at export")
         return CompiledArtifact(target=target.name, trunk=CompiledGraph(Path(art.trunk_path), "onnxruntime"),
                                 head=CompiledGraph(Path(art.head_path), "onnxruntime"), evidence=evidence,
-                                metadata={"backend": "onnxruntime"})
+                                metadata={"lowerer": "onnxruntime"})

@@ -179,7 +179,7 @@ class HostMeasurer(Measurer):
     def measure(self, role: str, options: Sequence[Option], feeds: Mapping[str, np.ndarray]) -> Dict[tuple, Timing]:
         from edgeuq_runtime.executors import load_graph
 
-        runners = {o.key: load_graph(o.graph.backend, o.graph.file, self.threads, dict(o.graph.options))
+        runners = {o.key: load_graph(o.graph.executor, o.graph.file, self.threads, dict(o.graph.options))
                    for o in options}
         fns = {"/".join(k): (lambda r=r: r.run(dict(feeds))) for k, r in runners.items()}
         stats = measure_stages(fns, warmup=self.warmup, repeats=self.repeats)
@@ -216,8 +216,8 @@ class RemoteMeasurer(Measurer):
                 out[o.key] = unknown
                 continue
             opts = dict(o.graph.options)
-            if not rpc_timeable(o.graph.backend, opts):
-                out[o.key] = (f"not measured: the {o.graph.backend} graph is not a CPU TVM library, which is all "
+            if not rpc_timeable(o.graph.executor, opts):
+                out[o.key] = (f"not measured: the {o.graph.executor} graph is not a CPU TVM library, which is all "
                               "TVM RPC can time on the board (run `edgeuq profile --bundle B` there)")
                 continue
             # the executor's calls for these rows (fixed batch: chunks; shape buckets: the smallest bucket

@@ -61,7 +61,7 @@ class AgentMeasurer(Measurer):
 
         graphs = dict(default_graphs(self.art))
         g = option.graph
-        graphs[role] = BundleGraph(g.bundle_file(role), g.file, g.backend, dict(g.options))
+        graphs[role] = BundleGraph(g.bundle_file(role), g.file, g.executor, dict(g.options))
         other = "head" if role == "trunk" else "trunk"
         if graphs[other].file == graphs[role].file:
             raise ValueError(f"bundle file names collide: {graphs[role].file}")

@@ -80,7 +80,7 @@ class LatencyReport(Artifact):
     #: The compute target each graph was compiled for (``{"trunk": "x86-64", ...}``, from the bundle's
     #: manifest metadata; empty for bundles that do not record it).
     targets: Mapping[str, str] = field(default_factory=dict)
-    #: The lowering backend that produced each graph (``{"trunk": "tvm", ...}``), likewise.
+    #: The lowerer that produced each graph (``{"trunk": "tvm", ...}``), likewise.
     lowerings: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

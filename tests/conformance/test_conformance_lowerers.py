@@ -153,17 +153,17 @@ def test_lowerer_lowers_and_its_evidence_is_honest(name, exported, tmp_path, cap
     for role in ("trunk", "head"):
         graph = getattr(compiled, role)
         onnx_path = Path(art.trunk_path if role == "trunk" else art.head_path)
-        if graph.backend not in EXECUTORS:
+        if graph.executor not in EXECUTORS:
             with capsys.disabled():
-                print(f"\n[conformance] {name}: {role} graph runs on executor {graph.backend!r}, which this "
+                print(f"\n[conformance] {name}: {role} graph runs on executor {graph.executor!r}, which this "
                       f"environment does not load: not re-run here (evidence: {ev.how}, {ev.summary()})")
             assert ev.how != "native", "a graph this host cannot run cannot have native evidence"
             continue
         try:
-            runner = load_graph(graph.backend, graph.file, options=dict(graph.options))
+            runner = load_graph(graph.executor, graph.file, options=dict(graph.options))
         except (ImportError, BackendError) as exc:  # e.g. pynq is not installed in this environment
             with capsys.disabled():
-                print(f"\n[conformance] {name}: {role} graph not loadable here by executor {graph.backend!r} "
+                print(f"\n[conformance] {name}: {role} graph not loadable here by executor {graph.executor!r} "
                       f"({str(exc)[:160]}): not re-run (evidence: {ev.how}, {ev.summary()})")
             assert ev.how != "native", "a graph this host cannot load cannot have native evidence"
             continue

@@ -1,4 +1,4 @@
-"""The ``hls4ml`` lowering backend: the stochastic MLP head -> an AXI-stream IP for a Zynq FPGA.
+"""The ``hls4ml`` lowerer: the stochastic MLP head -> an AXI-stream IP for a Zynq FPGA.
 
 Modules: ``lowerer`` (the registered :class:`Hls4mlLowerer` and :class:`Hls4mlOptions`),
 ``head`` (head.onnx -> MLP spec, hardware module, fixed-point reference), ``fixed``

@@ -431,7 +431,7 @@ def _lower(art, target, workdir: Path, o: Hls4mlOptions) -> CompiledArtifact:
     extra["fpga/README.md"] = fpga / "README.md"
 
     metadata = {
-        "backend": "hls4ml", "hls4ml_version": hls4ml.__version__, "board_template": template,
+        "lowerer": "hls4ml", "hls4ml_version": hls4ml.__version__, "board_template": template,
         "template_part_adapted": adapted, "part": part, "clock_mhz": clock_mhz,
         "precision": types.to_json(), "precision_plan": dict(precision or {}), "reuse_factor": reuse,
         "activation": spec.activation,
@@ -451,8 +451,8 @@ def _lower(art, target, workdir: Path, o: Hls4mlOptions) -> CompiledArtifact:
         detail=json.loads(json.dumps({"checks": checks})))
     return CompiledArtifact(
         target=target.name, evidence=evidence,
-        trunk=CompiledGraph(file=Path(art.trunk_path), backend="onnxruntime"),
-        head=CompiledGraph(file=desc_path, backend="pynq", suffix=".fpga.json",
+        trunk=CompiledGraph(file=Path(art.trunk_path), executor="onnxruntime"),
+        head=CompiledGraph(file=desc_path, executor="pynq", suffix=".fpga.json",
                            options={"bitfile": descriptor["bitfile"], "dma": DMA_PATH}),
         extra_files=extra,
         metadata=json.loads(json.dumps(metadata)),

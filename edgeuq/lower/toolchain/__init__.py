@@ -1,4 +1,4 @@
-"""The local toolchain cache and the one "tool not found" error of every lowering backend.
+"""The local toolchain cache and the one "tool not found" error of every lowerer.
 
 This folder holds everything the lowering toolchains need besides Python packages:
 ``setup_toolchains.sh`` (cross compilers, qemu, the aarch64 Python sysroot, ptxas,

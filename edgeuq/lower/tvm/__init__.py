@@ -1,4 +1,4 @@
-"""The ``tvm`` lowering backend (Relax): cpu and CUDA targets -> one library per graph.
+"""The ``tvm`` lowerer (Relax): cpu and CUDA targets -> one library per graph.
 
 Modules: ``lowerer`` (the registered :class:`TvmLowerer` and its :class:`TvmOptions`),
 ``build`` (ONNX import, compile/tune, export), ``targets`` (TVM targets and cross

@@ -154,16 +154,16 @@ class TvmLowerer(Lowerer):
                          "(the check below ran the one this host chose; the others are compile-only here)")
         evidence = check_artifact(art, target, builds, mode=options.check, samples=samples, atol=options.atol,
                                   threads=options.threads, progress=say)
-        graphs = {role: (CompiledGraph(file=b.library, backend="tvm", options=b.options) if b is not None else
+        graphs = {role: (CompiledGraph(file=b.library, executor="tvm", options=b.options) if b is not None else
                          CompiledGraph(file=Path(art.trunk_path if role == "trunk" else art.head_path),
-                                       backend="onnxruntime"))
+                                       executor="onnxruntime"))
                   for role, b in ((r, builds.get(r)) for r in ROLES)}
         extra = {b.cuda["file"]: b.library.parent / b.cuda["file"] for b in builds.values() if b.cuda}
         extra.update({v["file"]: workdir / v["file"] for v in variants})
         cuda_versions = ({"cuda": sorted({b.cuda["compiler"] for b in builds.values() if b.cuda})}
                          if any(b.cuda for b in builds.values()) else {})
         metadata = {
-            "backend": "tvm", "target": target.name, "tvm_target": str(tvm_target(target)),
+            "lowerer": "tvm", "target": target.name, "tvm_target": str(tvm_target(target)),
             "compilers": compiler_versions(target, cuda_versions),
             "graphs": {r: {"batch": b.batch, "tuning": b.tuning, "cuda": b.cuda, "seconds": round(b.seconds, 2),
                            "bytes": b.library.stat().st_size,
