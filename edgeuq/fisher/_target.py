@@ -16,13 +16,13 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from edgeuq_runtime.noise import sample_noise
 
 from .config import EXACT_MAX_CLASSES, FisherConfig
+from .per_sample import nll_terms  # noqa: F401  (the loss, shared by every Fisher estimator)
 
 __all__ = ["FisherTarget", "LabelDraw", "label_draws", "calibration_batches", "LAYER_TYPES", "layer_kind"]
 
@@ -109,11 +109,6 @@ def label_draws(
         return [LabelDraw(torch.full((b,), k, dtype=torch.long), probs[:, k]) for k in range(c)]
     w = torch.full((b,), 1.0 / cfg.label_samples, dtype=torch.float64)
     return [LabelDraw(torch.multinomial(probs, 1, generator=gen).squeeze(1), w) for _ in range(cfg.label_samples)]
-
-
-def nll_terms(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-sample −log p(y|x), shape (B,)."""
-    return F.cross_entropy(logits, labels, reduction="none")
 
 
 def calibration_batches(

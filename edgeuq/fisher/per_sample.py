@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, final
 
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from ..registry import Registry
@@ -24,10 +25,15 @@ from ..registry import Registry
 if TYPE_CHECKING:  # pragma: no cover  (config.py imports this module, and _target.py imports config.py)
     from ._target import FisherTarget, Noise
 
-__all__ = ["PerSampleGradients", "PER_SAMPLE_GRADIENTS", "get_per_sample", "DEFAULT_PER_SAMPLE"]
+__all__ = ["PerSampleGradients", "PER_SAMPLE_GRADIENTS", "get_per_sample", "DEFAULT_PER_SAMPLE", "nll_terms"]
 
 #: the estimator a FisherConfig uses unless told otherwise
 DEFAULT_PER_SAMPLE = "vmap"
+
+
+def nll_terms(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample −log p(y|x), shape (B,): the loss every estimator differentiates."""
+    return F.cross_entropy(logits, labels, reduction="none")
 
 
 class PerSampleGradients(ABC):
@@ -64,8 +70,6 @@ class LoopGradients(PerSampleGradients):
 
     def __call__(self, target: FisherTarget, x: torch.Tensor, noise: Noise,
                  labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        from ._target import nll_terms
-
         live = target.named_params()
         out: Dict[str, list] = {k: [] for k in live}
         for n in range(x.shape[0]):
@@ -84,8 +88,6 @@ class VmapGradients(PerSampleGradients):
 
     def __call__(self, target: FisherTarget, x: torch.Tensor, noise: Noise,
                  labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        from ._target import nll_terms
-
         model = target.model
         params = {k: v.detach() for k, v in target.named_params().items()}
         buffers = {k: v.detach() for k, v in model.named_buffers()}
