@@ -4,7 +4,9 @@ One estimator per module, all streaming a calibration set in batches with a
 progress bar and sharing :class:`FisherConfig` (true Fisher by default,
 empirical on request; stochastic models averaged over noise draws):
 
-* :mod:`.diagonal`    per-parameter diagonal and per-layer traces (torch.func per-sample gradients)
+* :mod:`.diagonal`    per-parameter diagonal and per-layer traces (per-sample gradients)
+* :mod:`.per_sample` the per-sample gradient estimators (``FisherConfig.per_sample``: ``vmap`` | ``loop``,
+                     a registry)
 * :mod:`.activations` activation Fisher traces and ranges of each layer's input
 * :mod:`.structure`   attention-head / FFN-neuron / channel scores from mask gradients
 * :mod:`.kfac`        K-FAC factors of Linear layers
