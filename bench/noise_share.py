@@ -133,7 +133,8 @@ _MIXED_PLANS: Dict[int, tuple] = {}
 def _mixed_multiply_plan(specs) -> tuple:
     """(words per row, steps) of :func:`stream2_mixed_multiply_rows`, built once per spec tuple (as
     the runtime caches its plans), so the paired ratio times the decode alone, not layout work."""
-    from edgeuq_runtime.noise import _count, _decode, dropout_threshold, row_layout
+    from edgeuq_runtime import noise as N
+    from edgeuq_runtime.noise import _count, dropout_threshold, row_layout
 
     hit = _MIXED_PLANS.get(id(specs))
     if hit is not None and hit[0] is specs:
@@ -143,10 +144,9 @@ def _mixed_multiply_plan(specs) -> tuple:
     i = 0
     while i < len(specs):
         s, (off, _) = specs[i], layout[i]
-        if s.kind != "dropout_mask":
-            def plain(raw, views, rows, out, s=s, off=off):
-                out[s.name] = _decode(s, raw, off, rows)
-            steps.append(plain)
+        if s.kind != "dropout_mask":   # the shipped plan's own steps: only the dropout decode differs
+            steps.append(N._normal_step(s, off) if s.kind == "standard_normal" else
+                         N._uniform_step(s, off) if s.kind == "uniform" else N._plain_step(s, off))
             i += 1
             continue
         key = dropout_threshold(s.params["p"])
@@ -160,9 +160,9 @@ def _mixed_multiply_plan(specs) -> tuple:
         parts = tuple((specs[k].name, (-1,) + specs[k].shape, per_word * layout[k][0] - lo,
                        per_word * layout[k][0] - lo + _count(specs[k])) for k in range(i, j))
 
-        def step(raw, views, rows, out, bits=bits, lo=lo, hi=hi, t=t, parts=parts,
+        def step(views, rows, out, view=0 if bits == 8 else 1, lo=lo, hi=hi, t=t, parts=parts,
                  scale=np.float32(1.0 / (1.0 - p_eff))):
-            keep = np.greater_equal(views[bits][:, lo:hi], t)
+            keep = np.greater_equal(views[view][:, lo:hi], t)
             for name, shape, a, b in parts:
                 out[name] = np.multiply(keep[:, a:b], scale, dtype=np.float32).reshape(shape)
         steps.append(step)
@@ -175,17 +175,18 @@ def _mixed_multiply_plan(specs) -> tuple:
 def stream2_mixed_multiply_rows(specs, rows: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
     """Stream 2 decoded as the cached plans did before dropout runs cast and scaled in place: each
     run of dropout specs with one threshold compared once, then one mixed-type
-    ``np.multiply(keep slice, float32(1 / (1 - p_eff)), dtype=float32)`` per spec; other kinds as
-    ``noise._decode``; the steps built once per spec tuple. The same values as ``sample_noise_rows``
-    (tests/test_noise_share_bench.py), timed in the same rounds for a paired before/after of that change."""
+    ``np.multiply(keep slice, float32(1 / (1 - p_eff)), dtype=float32)`` per spec; other kinds by
+    the shipped plan's own steps; the steps built once per spec tuple. The same values as
+    ``sample_noise_rows`` (tests/test_noise_share_bench.py), timed in the same rounds for a paired
+    before/after of that change."""
     specs = tuple(specs)
     width, steps = _mixed_multiply_plan(specs)
     raw = rng.bit_generator.random_raw(rows * width).astype("<u8", copy=False).reshape(rows, width)
-    views = {8: raw.view("u1"), 16: raw.view("<u2")}
+    views = (raw.view("u1"), raw.view("<u2"), raw)
     out: Dict[str, np.ndarray] = {}
-    for step in steps:
-        step(raw, views, rows, out)
-    return {sp.name: out[sp.name] for sp in specs}
+    for step in steps:   # manifest order, as the shipped plan writes
+        step(views, rows, out)
+    return out
 
 
 def bootstrap(v: np.ndarray, rng: np.random.Generator, n: int = 2000) -> List[float]:

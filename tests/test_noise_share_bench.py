@@ -79,7 +79,8 @@ def test_mixed_multiply_comparator_decodes_the_streams_values():
 
     specs = (NoiseSpec("a", "dropout_mask", (3, 5), {"p": 0.1}), NoiseSpec("b", "dropout_mask", (7,), {"p": 0.1}),
              NoiseSpec("c", "dropout_mask", (4,), {"p": 0.3}), NoiseSpec("z", "standard_normal", (3,)),
-             NoiseSpec("e", "dropout_mask", (9,), {"p": 0.01}), NoiseSpec("f", "dropout_mask", (5,), {"p": 0.01}))
+             NoiseSpec("e", "dropout_mask", (9,), {"p": 0.01}), NoiseSpec("f", "dropout_mask", (5,), {"p": 0.01}),
+             NoiseSpec("u", "uniform", (2,)), NoiseSpec("k", "categorical", (3,), {"k": 3}))
     rows = 6
     got = _bench().stream2_mixed_multiply_rows(specs, rows, np.random.default_rng(11))
     ref = sample_noise_rows(specs, rows, np.random.default_rng(11))
