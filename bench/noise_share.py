@@ -15,10 +15,15 @@ the noise alone (CPU time).
 (``stream2_plain_rows``: ``noise._decode`` spec by spec, the same values), timed in the same rounds,
 alone and inside ``predict``, for a paired before/after of the plans within one run.
 
-Each round runs eight callables in a seeded random order (paired, interleaved): noise(before),
-noise(after), noise(stream 1), noise(per-spec decoder), predict with the before sampler patched
-into the session, predict with the per-spec decoder patched in, predict as shipped, and the
-in-graph draw below. Per round: share = noise / predict of the same sampler;
+"mixed-type multiply" is stream 2 decoded by the plans as they were before dropout runs cast each
+spec's keep slice to float32 and scaled it in place (``stream2_mixed_multiply_rows``: one
+``np.multiply(keep, scale, dtype=float32)`` per spec, the same values), timed alone and inside
+``predict`` in the same rounds: the paired before/after of that change.
+
+Each round runs ten callables in a seeded random order (paired, interleaved): noise(before),
+noise(after), noise(stream 1), noise(per-spec decoder), noise(mixed-type multiply), predict with
+the before sampler patched into the session, predict with the per-spec decoder patched in, predict
+with the mixed-type multiply patched in, predict as shipped, and the in-graph draw below. Per round: share = noise / predict of the same sampler;
 reported as the median with a bootstrap 95 % interval over rounds, in wall time and (a second
 column, less sensitive to a loaded machine) in this thread's CPU time (``time.thread_time``: numpy
 and ONNX Runtime with one thread both run in the calling thread).
@@ -42,6 +47,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -120,6 +126,69 @@ def stream2_plain_rows(specs, rows: int, rng: np.random.Generator) -> Dict[str, 
     width = sum(w for _, w in layout)
     raw = rng.bit_generator.random_raw(rows * width).astype("<u8", copy=False).reshape(rows, width)
     return {s.name: _decode(s, raw, off, rows) for s, (off, _) in zip(specs, layout)}
+
+
+_MIXED_PLANS: Dict[int, tuple] = {}
+
+
+def _mixed_multiply_plan(specs) -> tuple:
+    """(words per row, steps) of :func:`stream2_mixed_multiply_rows`, built once per spec tuple (as
+    the runtime caches its plans), so the paired ratio times the decode alone, not layout work."""
+    from edgeuq_runtime import noise as N
+    from edgeuq_runtime.noise import _count, dropout_threshold, row_layout
+
+    layout = row_layout(specs)
+    steps = []
+    i = 0
+    while i < len(specs):
+        s, (off, _) = specs[i], layout[i]
+        if s.kind != "dropout_mask":   # the shipped plan's own steps: only the dropout decode differs
+            steps.append(N._normal_step(s, off) if s.kind == "standard_normal" else
+                         N._uniform_step(s, off) if s.kind == "uniform" else N._plain_step(s, off))
+            i += 1
+            continue
+        key = dropout_threshold(s.params["p"])
+        j = i + 1
+        while j < len(specs) and specs[j].kind == "dropout_mask" and dropout_threshold(specs[j].params["p"]) == key:
+            j += 1
+        t, p_eff, bits = key
+        per_word = 64 // bits
+        lo = per_word * off
+        hi = per_word * layout[j - 1][0] + _count(specs[j - 1])
+        parts = tuple((specs[k].name, (-1,) + specs[k].shape, per_word * layout[k][0] - lo,
+                       per_word * layout[k][0] - lo + _count(specs[k])) for k in range(i, j))
+
+        def step(views, rows, out, view=0 if bits == 8 else 1, lo=lo, hi=hi, t=t, parts=parts,
+                 scale=np.float32(1.0 / (1.0 - p_eff))):
+            keep = np.greater_equal(views[view][:, lo:hi], t)
+            for name, shape, a, b in parts:
+                out[name] = np.multiply(keep[:, a:b], scale, dtype=np.float32).reshape(shape)
+        steps.append(step)
+        i = j
+    width = sum(w for _, w in layout)
+    _MIXED_PLANS[id(specs)] = (specs, width, tuple(steps))
+    return width, tuple(steps)
+
+
+def stream2_mixed_multiply_rows(specs, rows: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """Stream 2 decoded as the cached plans did before dropout runs cast and scaled in place: each
+    run of dropout specs with one threshold compared once, then one mixed-type
+    ``np.multiply(keep slice, float32(1 / (1 - p_eff)), dtype=float32)`` per spec; other kinds by
+    the shipped plan's own steps; the steps built once per spec tuple. The same values as
+    ``sample_noise_rows`` (tests/test_noise_share_bench.py), timed in the same rounds for a paired
+    before/after of that change."""
+    specs = tuple(specs)
+    hit = _MIXED_PLANS.get(id(specs))   # looked up first: a hit costs what the runtime's plan lookup costs
+    width, steps = (hit[1], hit[2]) if hit is not None and hit[0] is specs else _mixed_multiply_plan(specs)
+    raw = rng.bit_generator.random_raw(rows * width)
+    if sys.byteorder != "little":
+        raw = raw.astype("<u8")   # the stream reads words little-endian on every host
+    raw = raw.reshape(rows, width)
+    views = (raw.view("u1"), raw.view("<u2"), raw)
+    out: Dict[str, np.ndarray] = {}
+    for step in steps:   # manifest order, as the shipped plan writes
+        step(views, rows, out)
+    return out
 
 
 def bootstrap(v: np.ndarray, rng: np.random.Generator, n: int = 2000) -> List[float]:
@@ -201,6 +270,8 @@ def measure(bundle: str, batch: int, samples: int, rounds: int, seed: int) -> di
         "noise_after": lambda: sample_noise_rows(m.noise, rows, g),
         "noise_stream1": lambda: stream1_rows(m.noise, rows, g),
         "noise_plain": lambda: stream2_plain_rows(m.noise, rows, g),
+        "noise_mixed_multiply": lambda: stream2_mixed_multiply_rows(m.noise, rows, g),
+        "predict_mixed_multiply": patched(stream2_mixed_multiply_rows),
         "predict_before": patched(old_rows),
         "predict_plain": patched(stream2_plain_rows),
         "predict_after": lambda: rt.predict(x, samples=samples),
@@ -229,6 +300,9 @@ def measure(bundle: str, batch: int, samples: int, rounds: int, seed: int) -> di
     speed1 = cpu["noise_stream1"] / np.where(cpu["noise_after"] > 0, cpu["noise_after"], np.nan)
     plain = cpu["noise_plain"] / np.where(cpu["noise_after"] > 0, cpu["noise_after"], np.nan)
     share_plain = cpu["noise_plain"] / np.where(cpu["predict_plain"] > 0, cpu["predict_plain"], np.nan)
+    mixed = cpu["noise_mixed_multiply"] / np.where(cpu["noise_after"] > 0, cpu["noise_after"], np.nan)
+    share_mixed = cpu["noise_mixed_multiply"] / np.where(cpu["predict_mixed_multiply"] > 0,
+                                                         cpu["predict_mixed_multiply"], np.nan)
     ingraph = t["noise_ort_ingraph"] / t["noise_after"]
     br = np.random.default_rng(seed + 1)
     elems = sum(int(np.prod(s.shape)) for s in m.noise)
@@ -249,6 +323,11 @@ def measure(bundle: str, batch: int, samples: int, rounds: int, seed: int) -> di
                                       if cpu_ok and np.all(cpu["noise_after"] > 0) else None),
         "noise_share_plain_cpu": ({"median": float(np.median(share_plain)), "ci95": bootstrap(share_plain, br)}
                                   if cpu_ok and np.all(cpu["predict_plain"] > 0) else None),
+        "noise_mixed_multiply_over_plan_cpu": ({"median": float(np.nanmedian(mixed)), "ci95": bootstrap(mixed, br)}
+                                               if cpu_ok and np.all(cpu["noise_after"] > 0) else None),
+        "noise_share_mixed_multiply_cpu": ({"median": float(np.median(share_mixed)),
+                                            "ci95": bootstrap(share_mixed, br)}
+                                           if cpu_ok and np.all(cpu["predict_mixed_multiply"] > 0) else None),
         "ingraph_over_numpy_noise": {"median": float(np.median(ingraph)), "ci95": bootstrap(ingraph, br)},
         "predict_ratio_before_over_after": {"median": float(np.median(t["predict_before"] / t["predict_after"])),
                                             "ci95": bootstrap(t["predict_before"] / t["predict_after"], br)},
@@ -320,7 +399,8 @@ def table(results: List[dict]):
                "<= 10 % (wall and CPU)", "noise share % after, thread CPU time [95 % CI]",
                "in-graph ORT noise / numpy stream [95 % CI]",
                "noise CPU ms, stream 1 -> 2 (paired ratio [95 % CI])",
-               "noise share % CPU, per-spec decoder -> plan (noise paired ratio [95 % CI])"]
+               "noise share % CPU, per-spec decoder -> plan (noise paired ratio [95 % CI])",
+               "noise share % CPU, mixed-type multiply -> in-place cast (noise paired ratio [95 % CI])"]
     rows = []
     for r in results:
         ms = r["median_ms"]
@@ -337,6 +417,10 @@ def table(results: List[dict]):
                      (f"{_ci(r['noise_share_plain_cpu'])} -> {_ci(r['noise_share_after_cpu'])} "
                       f"({_ci(r['noise_plain_over_plan_cpu'], 1.0, 2)}x)")
                      if r.get("noise_plain_over_plan_cpu") and r.get("noise_share_plain_cpu")
+                     and r.get("noise_share_after_cpu") else "not measured",
+                     (f"{_ci(r['noise_share_mixed_multiply_cpu'])} -> {_ci(r['noise_share_after_cpu'])} "
+                      f"({_ci(r['noise_mixed_multiply_over_plan_cpu'], 1.0, 2)}x)")
+                     if r.get("noise_mixed_multiply_over_plan_cpu") and r.get("noise_share_mixed_multiply_cpu")
                      and r.get("noise_share_after_cpu") else "not measured"])
     return headers, rows
 
@@ -373,6 +457,10 @@ def main() -> None:
     for r in results:
         r["bundle"] = os.path.basename(r["bundle"].rstrip("/"))
     for r in results:
+        mixed = r["noise_share_mixed_multiply_cpu"]
+        mixed_share = _ci(mixed) if mixed else "n/a"
+        ratio = r["noise_mixed_multiply_over_plan_cpu"]
+        mixed_ratio = ratio["median"] if ratio else float("nan")
         print(f"{r['model']} ({', '.join(r['noise_kinds'])}; {r['noise_elements_per_row']} noise elements per row), "
               f"B={r['batch']} S={r['samples']}, {r['rounds']} rounds: predict {r['median_ms']['predict_before']:.3f}"
               f" -> {r['median_ms']['predict_after']:.3f} ms; noise {r['median_ms']['noise_before']:.3f} -> "
@@ -382,7 +470,9 @@ def main() -> None:
               f"in-graph ORT noise {r['median_ms']['noise_ort_ingraph']:.3f} ms "
               f"(x{r['ingraph_over_numpy_noise']['median']:.2f} the numpy stream); CPU share per-spec decoder -> "
               f"plan {_ci(r['noise_share_plain_cpu']) if r['noise_share_plain_cpu'] else 'n/a'} -> "
-              f"{_ci(r['noise_share_after_cpu']) if r['noise_share_after_cpu'] else 'n/a'} %")
+              f"{_ci(r['noise_share_after_cpu']) if r['noise_share_after_cpu'] else 'n/a'} %; CPU share mixed-type "
+              f"multiply -> in-place cast {mixed_share} -> "
+              f"{_ci(r['noise_share_after_cpu']) if r['noise_share_after_cpu'] else 'n/a'} % (noise x{mixed_ratio:.2f})")
     print(f"load average {os.getloadavg()}")
     if a.json:
         headers, rows = table(results)
@@ -392,8 +482,10 @@ def main() -> None:
                 f"{NOISE_STREAM} (8-bit dropout thresholds where p moves by <= 2 %, else 16; 16-bit midpoint "
                 "uniforms and normals from the table of 2**16 N(0, 1) cell means); stream 1 = the previous stream "
                 "(16-bit dropout thresholds, Box-Muller, 32-bit uniforms); 'after' decodes through the specs' cached "
-                "plan (one compare per run of dropout specs with one threshold, then one multiply per spec; normals "
-                "one gather per spec on a shaped index view), 'per-spec decoder' = the same stream-2 values decoded "
+                "plan (one compare per run of dropout specs with one threshold, then one float32 cast and in-place "
+                "scale per spec; normals one gather per spec on a shaped index view), 'mixed-type multiply' = the "
+                "plans before that (one np.multiply(keep, scale, dtype=float32) per spec, same values, predict with "
+                "it patched in, same rounds), 'per-spec decoder' = the same stream-2 values decoded "
                 "spec by spec as before the plans (predict with it patched in, same rounds); a model named "
                 "'(key = value)' is its recipe with that [model] override (stochastic_tokens = 0: without token "
                 "pooling, the recipe's model before it pooled); in-graph = the same noise drawn by ONNX "

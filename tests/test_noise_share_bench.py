@@ -67,3 +67,35 @@ def test_stream1_comparator_draws_the_previous_streams_words_and_distributions()
     assert stats.kstest(u, "uniform").statistic <= crit(u.size)
     d = out["d"].ravel()
     assert abs(np.mean(d == 0) - 0.1) <= 5 * math.sqrt(0.09 / d.size)
+
+
+def test_mixed_multiply_comparator_decodes_the_streams_values():
+    """The bench's paired before/after of the dropout decode ("mixed-type multiply": one
+    np.multiply(keep, scale, dtype=float32) per spec, the plans before they cast and scaled in place)
+    is only a fair comparison if it decodes the same stream: the same values as the runtime's
+    ``sample_noise_rows`` and as a plain-Python decode of the documented layout, for grouped 8-bit runs,
+    a threshold change, 16-bit masks and other kinds in between, and the same words consumed."""
+    from edgeuq_runtime.noise import sample_noise_rows, words_per_row
+
+    specs = (NoiseSpec("a", "dropout_mask", (3, 5), {"p": 0.1}), NoiseSpec("b", "dropout_mask", (7,), {"p": 0.1}),
+             NoiseSpec("c", "dropout_mask", (4,), {"p": 0.3}), NoiseSpec("z", "standard_normal", (3,)),
+             NoiseSpec("e", "dropout_mask", (9,), {"p": 0.01}), NoiseSpec("f", "dropout_mask", (5,), {"p": 0.01}),
+             NoiseSpec("u", "uniform", (2,)), NoiseSpec("k", "categorical", (3,), {"k": 3}))
+    rows = 6
+    got = _bench().stream2_mixed_multiply_rows(specs, rows, np.random.default_rng(11))
+    ref = sample_noise_rows(specs, rows, np.random.default_rng(11))
+    assert list(got) == [s.name for s in specs]
+    for s in specs:
+        assert got[s.name].shape == (rows, *s.shape) and got[s.name].dtype == np.float32, s.name
+        err = float(np.max(np.abs(got[s.name] - ref[s.name])))
+        assert err <= 0.0, (s.name, err)
+    # plain Python for the masks: 8 bits per element at p = 0.1 / 0.3 (t = 26 / 77), 16 bits at p = 0.01 (t = 655)
+    raw = np.random.default_rng(11).bit_generator.random_raw(rows * words_per_row(specs)).reshape(rows, -1)
+    width = {"a": (0, 15, 8, 26), "b": (2, 7, 8, 26), "c": (3, 4, 8, 77), "e": (5, 9, 16, 655), "f": (8, 5, 16, 655)}
+    for name, (word, n, bits, t) in width.items():
+        for r in range(rows):
+            data = b"".join(int(w).to_bytes(8, "little") for w in raw[r, word:])
+            vals = [int.from_bytes(data[i * bits // 8:(i + 1) * bits // 8], "little") for i in range(n)]
+            want = [2 ** bits / (2 ** bits - t) if v >= t else 0.0 for v in vals]
+            err = float(np.max(np.abs(got[name][r].ravel().astype(np.float64) - np.array(want))))
+            assert err <= 1e-6, (name, r, err)
