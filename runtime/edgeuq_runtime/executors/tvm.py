@@ -204,6 +204,7 @@ class TvmGraph:
         #: non-zero (a padded call zeroes only the rows the last call wrote beyond its own)
         self._staging: Dict[Tuple[int, Tuple[int, ...], str], List[Any]] = {}
         self._functions_cache: Dict[str, Any] = {}      # VM function handles, looked up once
+        self._plans: Dict[int, List[Tuple[str, int, int]]] = {}   # rows -> call plan (see _plan)
         self._inputs = _names(options, "inputs", path)
         self._outputs = _names(options, "outputs", path)
         entry = options.get("entry", "main")
@@ -359,7 +360,15 @@ class TvmGraph:
             if self.batch is None:
                 values = self._call(arrays)
             else:
-                values = run_planned(self._call, arrays, _plan(self.buckets, self.batch, self._entry, n), self._pad)
+                plan = self._plans.get(n)
+                if plan is None:
+                    if len(self._plans) >= _MAX_STAGING:
+                        self._plans.clear()
+                    plan = self._plans[n] = _plan(self.buckets, self.batch, self._entry, n)
+                if len(plan) == 1 and plan[0][1] == n:      # one call of exactly n rows: nothing to cut or pad
+                    values = self._call(arrays, plan[0][0])
+                else:
+                    values = run_planned(self._call, arrays, plan, self._pad)
         except BackendError:
             raise
         except Exception as exc:  # TVM raises its own error types
