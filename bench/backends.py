@@ -21,11 +21,15 @@ CPU from /proc/cpuinfo, e.g. ``x86-64-avx512``):
   MetaSchedule trials per graph added to it (default 0: the shipped database only). The row
   names its tuning state (``tuned (shipped database)``, ``tuned``, ``reused``).
 
-Shape buckets (``--sweep-samples``, default S = 1 4 16 32): the tuned head of every target
+Shape buckets (``--sweep-samples``, default S = 1 4 8 16 32): the tuned head of every target
 holds one function per shape bucket the databases cover (``TvmOptions.head_buckets``); per S,
 ONNX Runtime, every tuned TVM head, and the host target's head compiled without buckets
 (one batch of ``samples`` rows: what S < 16 paid before) are timed interleaved in random
 order on the same S-row inputs and paired against ONNX Runtime (``tables.buckets``). With
+them runs the host head's bucket function called straight on the Relax VM with its input
+tensors built once (no executor: no input staging, padding, output copies or Python around
+the call), so ``tables.overhead`` splits the executor's time per S into the VM call and the
+executor's own per-call overhead (paired per round), next to ONNX Runtime's whole call. With
 ``EDGEUQ_HOST_ISA=avx2`` the ``host`` target is the AVX2 one; ONNX Runtime has no ISA switch and
 keeps this CPU's kernels, so the rows of a lower-ISA target compare it with ONNX Runtime at
 this host's ISA. The ``tvm ISA dispatch`` rows (both graphs, and the head sweep) are the lowest-ISA
@@ -93,7 +97,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--sweep-samples", type=int, nargs="*", default=[1, 4, 16, 32],
+    p.add_argument("--sweep-samples", type=int, nargs="*", default=[1, 4, 8, 16, 32],
                    help="MC samples S of the head sweep (TVM shape buckets vs ONNX Runtime); none: no sweep")
     p.add_argument("--quick", action="store_true", help="fewer repeats (15); the JSON says mode quick")
     p.add_argument("--tuning-db", help="folder of per-target user databases (default: a fresh empty folder)")
@@ -245,8 +249,9 @@ def main(argv=None) -> int:
                                  "tvm_ms": round(stats[k].median_ms, 4),
                                  "onnxruntime_ms": round(stats[reference].median_ms, 4),
                                  "met": bool(r.median <= GENERIC_GOAL), "rows": rows_n if role == "head" else a.batch}
+    overhead_rows = []
     sweep_rows = _sweep(a, art, model, builds, so, failures, sample_noise, measure_stages, paired_ratio,
-                        max_error, dispatch, notes) if a.sweep_samples else []
+                        max_error, dispatch, notes, overhead_rows) if a.sweep_samples else []
     verdict = _generic_verdict(dispatch, generic, a.samples)
     if verdict is not None:
         notes.append(verdict["text"])
@@ -261,9 +266,14 @@ def main(argv=None) -> int:
     print()
     print(format_table(k_headers, kernel_rows))
     s_headers = ["S", "head", "buckets (rows)", "rows run", "median ms", "x ONNX Runtime (paired median [95 % CI])"]
+    o_headers = ["S", "head", "executor ms", "VM call ms (tensors prebuilt)", "executor overhead ms (paired)",
+                 "overhead share", "ONNX Runtime ms"]
     if sweep_rows:
         print()
         print(format_table(s_headers, sweep_rows))
+    if overhead_rows:
+        print()
+        print(format_table(o_headers, overhead_rows))
     print()
     for n in notes:
         print(n)
@@ -283,6 +293,14 @@ def main(argv=None) -> int:
                       f"Runtime; 'rows run' is what the executor runs (the smallest shape bucket holding S, "
                       f"chunks of the largest above it); load average before the run "
                       f"{run_prov.get('load_before')}"))}
+        if overhead_rows:
+            extra.setdefault("tables", {})["overhead"] = results_table(
+                o_headers, overhead_rows,
+                note=("where the TVM head's time goes per S: the executor's run() against its bucket function "
+                      "called on the Relax VM with input tensors built once (same inputs, timed interleaved with "
+                      "the sweep); overhead = executor - VM call per round (median, 95 % bootstrap CI): input "
+                      "staging (unaligned numpy arrays are copied to 64-byte-aligned buffers), padding, output "
+                      "copies and the Python around the call"))
         write_results(_out(a.json), results_table(headers, rows, note="; ".join(notes), **extra), command,
                       {**run_prov, "note": details})
     if a.kernels_json:
@@ -373,12 +391,15 @@ def _generic_verdict(dispatch, generic, samples):
 
 
 def _sweep(a, art, model, builds, so, failures, sample_noise, measure_stages, paired_ratio, max_error,
-           dispatch=None, notes=None):
+           dispatch=None, notes=None, overhead_rows=None):
     """TVM heads (shape buckets; the host head without buckets; the per-ISA dispatch head) vs ONNX
-    Runtime at each S, paired."""
+    Runtime at each S, paired; with ``overhead_rows`` (a list, filled) the host head's bucket function
+    on the bare Relax VM too (the executor's per-call overhead)."""
     import onnxruntime as ort
     import torch
+    from edgeuq_runtime.harness import bootstrap_median_ci
     from edgeuq_runtime.executors import COMPILED_LIBRARY, executor_capabilities, load_graph
+    from edgeuq_runtime.executors.tvm import call_plan
 
     sess = ort.InferenceSession(str(art.head_path), so, providers=["CPUExecutionProvider"])
     heads = {}
@@ -388,6 +409,15 @@ def _sweep(a, art, model, builds, so, failures, sample_noise, measure_stages, pa
         heads[label] = load_graph(res.head.executor, res.head.file, a.threads, res.head.options)
     if dispatch is not None:
         heads.update(_dispatch_graphs(dispatch, "head", a.threads, None))
+    # the last tuned bucketed head (the host target's): its bucket functions on a bare Relax VM
+    bare = next((label for label in reversed(list(heads)) if label in builds and heads[label].buckets), None)
+    vm = None
+    if overhead_rows is not None and bare is not None:
+        import tvm
+        from tvm import relax
+
+        head_opts = builds[bare].head.options
+        vm = relax.VirtualMachine(tvm.runtime.load_module(str(builds[bare].head.file)), tvm.cpu())
     rng = np.random.default_rng(1)
     x = rng.standard_normal((a.batch, art.input_length)).astype(np.float32)
     with torch.no_grad():
@@ -404,7 +434,25 @@ def _sweep(a, art, model, builds, so, failures, sample_noise, measure_stages, pa
             if not err <= 1e-3:
                 failures.append(f"{label} head at S={s} differs from ONNX Runtime by {err:.3g}")
             runs[label] = lambda gr=g, f=feeds: gr.run(f)
+        vm_label = None
+        plan = call_plan(head_opts, n) if vm is not None else []
+        if len(plan) == 1:          # one bucket call: the VM function on tensors built once, padded as planned
+            fn, size, _ = plan[0]
+            args = [tvm.runtime.tensor(np.ascontiguousarray(np.concatenate(
+                [feeds[k], np.zeros((size - n, *feeds[k].shape[1:]), np.float32)]))) for k in head_opts["inputs"]]
+            func = vm[fn]
+            vm_label = f"VM call only ({fn}, tensors prebuilt): {bare}"
+            runs[vm_label] = lambda f=func, x=args: f(*x)
         stats = measure_stages(runs, warmup=5, repeats=a.repeats, seed=s)
+        if vm_label is not None:
+            per_round = [e - v for e, v in zip(stats[bare].samples_ms, stats[vm_label].samples_ms)]
+            ci = bootstrap_median_ci(per_round)
+            over = float(np.median(per_round))
+            overhead_rows.append([str(s), bare, f"{stats[bare].median_ms:.3f}", f"{stats[vm_label].median_ms:.3f}",
+                                  f"{over:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]",
+                                  f"{100 * over / stats[bare].median_ms:.0f} %",
+                                  f"{stats[REFERENCE].median_ms:.3f}"])
+            del runs[vm_label]
         for label in runs:
             g = heads.get(label)
             plan = "-" if g is None else "+".join(str(g.bucket_for(min(n - r0, g.batch or n)))

@@ -273,3 +273,30 @@ def test_tuning_host_says_when_the_host_isa_is_wider_than_the_target(monkeypatch
     monkeypatch.setattr(hostcpu, "cpu_flags", lambda *a: avx2)
     assert tuning_host("x86-64-avx2").endswith("the target's own ISA level")
     assert "(AVX2, host target x86-64-avx2)" in tuning_host("x86-64-avx2")
+
+
+def test_tuning_search_knobs_reach_the_evolutionary_search(monkeypatch, tmp_path):
+    """``--population`` / ``--genetic-iters`` (a busy tuning host: less search CPU between measured
+    trials) become the evolutionary search's population and genetic iterations; without them TVM's
+    default strategy runs; values below 1 are refused by name."""
+    from types import SimpleNamespace
+
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgeuq.lower.tvm import shipped
+
+    made, passed = [], []
+    monkeypatch.setattr(ms.search_strategy, "EvolutionarySearch", lambda **kw: made.append(kw) or ("evo", kw))
+    monkeypatch.setattr(ms.relax_integration, "extracted_tasks_to_tune_contexts",
+                        lambda **kw: passed.append(kw["strategy"]) or ([], []))
+    monkeypatch.setattr(ms.tune, "tune_tasks", lambda **kw: None)
+    tasks = [SimpleNamespace(task_name="fused_matmul_add"), SimpleNamespace(task_name="softmax")]
+    shipped.tune_demo(tasks, tmp_path / "a", 4, 2, say=lambda m: None, population=64, genetic_iters=1)
+    assert made == [{"population_size": 64, "genetic_num_iters": 1}] * 2
+    assert passed == [("evo", made[0])] * 2
+    passed.clear()
+    shipped.tune_demo(tasks, tmp_path / "b", 4, 2, say=lambda m: None)
+    assert passed == ["evolutionary"] * 2 and len(made) == 2
+    for flag in ("--population", "--genetic-iters"):
+        with pytest.raises(SystemExit):
+            shipped.main(["--target", "x86-64", flag, "0", "--prune-only", "--work", str(tmp_path / "c")])

@@ -15,11 +15,14 @@ __all__ = ["run_fixed_batch", "run_planned"]
 
 
 def run_planned(call: Callable[[List[np.ndarray], Any], Sequence[np.ndarray]], arrays: Sequence[np.ndarray],
-                plan: Sequence[Tuple[Any, int, int]]) -> List[np.ndarray]:
+                plan: Sequence[Tuple[Any, int, int]],
+                pad: Optional[Callable[[int, np.ndarray, int], np.ndarray]] = None) -> List[np.ndarray]:
     """Run ``arrays`` through ``call(chunk, key)`` once per ``(key, size, rows)`` of ``plan``, in
     order: the next ``rows`` rows, zero-padded to ``size`` rows, the padded rows cut from every
     output. The plan's rows must add up to the arrays' rows (shape buckets of the ``tvm`` executor:
-    ``key`` names the bucket's function)."""
+    ``key`` names the bucket's function). ``pad(i, chunk, size)``, if given, returns input ``i``'s
+    ``chunk`` zero-padded to ``size`` rows (the ``tvm`` executor writes it straight into a reused
+    aligned buffer); the default concatenates zeros."""
     arrays = list(arrays)
     n = arrays[0].shape[0]
     if not plan:
@@ -34,7 +37,8 @@ def run_planned(call: Callable[[List[np.ndarray], Any], Sequence[np.ndarray]], a
         chunk = [a[r0:r0 + rows] for a in arrays]
         r0 += rows
         if size > rows:
-            chunk = [np.concatenate([c, np.zeros((size - rows, *c.shape[1:]), c.dtype)]) for c in chunk]
+            chunk = [np.concatenate([c, np.zeros((size - rows, *c.shape[1:]), c.dtype)]) if pad is None
+                     else pad(i, c, size) for i, c in enumerate(chunk)]
         parts.append([v[:rows] for v in call(chunk, key)])
     if len(parts) == 1:
         return parts[0]

@@ -71,9 +71,12 @@ def demo_tasks(art: Any, target: Any, samples: int = 16, batch: int = 1,
 
 
 def tune_demo(tasks: Sequence[Any], db_dir: Path, heavy_trials: int, light_trials: int,
-              say=print, heavy: Sequence[str] = HEAVY_KERNELS) -> None:
+              say=print, heavy: Sequence[str] = HEAVY_KERNELS, population: Optional[int] = None,
+              genetic_iters: Optional[int] = None) -> None:
     """Tune the heavy tasks (names containing one of ``heavy``), then the light ones, into the
-    JSON database ``db_dir``."""
+    JSON database ``db_dir``. ``population`` / ``genetic_iters``: the evolutionary search's
+    population size and genetic iterations per round (TVM's defaults 512 and 4 when None); smaller
+    ones spend less CPU searching between measured trials (a busy tuning host)."""
     from tvm.s_tir import meta_schedule as ms
 
     from .tune import _make_in_process_builder, _make_in_process_runner, open_database
@@ -88,8 +91,13 @@ def tune_demo(tasks: Sequence[Any], db_dir: Path, heavy_trials: int, light_trial
         say(f"{time.strftime('%H:%M:%S')} tuning {len(group)} tasks x {n} trials: "
             f"{sorted({t.task_name for t in group})}")
         drop_unnamed_meta_schedule_handlers()
+        strategy: Any = "evolutionary"
+        if population is not None or genetic_iters is not None:
+            knobs = {k: v for k, v in (("population_size", population), ("genetic_num_iters", genetic_iters))
+                     if v is not None}
+            strategy = ms.search_strategy.EvolutionarySearch(**knobs)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            extracted_tasks=group, work_dir=str(db_dir), space="post-order-apply", strategy="evolutionary", seed=0)
+            extracted_tasks=group, work_dir=str(db_dir), space="post-order-apply", strategy=strategy, seed=0)
         ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db_dir),
                            max_trials_global=n * len(group), max_trials_per_task=n, num_trials_per_iter=16,
                            builder=_make_in_process_builder(), runner=_make_in_process_runner(), database=db,
@@ -144,7 +152,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="graphs whose tasks are tuned (default both)")
     p.add_argument("--only", nargs="+", help="tune only tasks whose kernel name contains one of these (all "
                                              "get --trials-per-task)")
+    p.add_argument("--population", type=int, help="evolutionary search population per round (TVM default 512)")
+    p.add_argument("--genetic-iters", type=int, help="evolutionary search genetic iterations per round (default 4)")
     a = p.parse_args(argv)
+    for name in ("population", "genetic_iters"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     from ...catalog import get_target
     from .targets import tvm_target
 
@@ -177,9 +190,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{len(tasks)} tasks to tune: {sorted(t.task_name for t in tasks)}", flush=True)
             if a.only:
                 tasks = [t for t in tasks if any(k in t.task_name for k in a.only)]
-                tune_demo(tasks, work, a.trials_per_task, 0, heavy=tuple(a.only))
+                tune_demo(tasks, work, a.trials_per_task, 0, heavy=tuple(a.only), population=a.population,
+                          genetic_iters=a.genetic_iters)
             else:
-                tune_demo(tasks, work, a.trials_per_task, a.light_trials)
+                tune_demo(tasks, work, a.trials_per_task, a.light_trials, population=a.population,
+                          genetic_iters=a.genetic_iters)
     if database_size(work) == 0:
         print(f"no records in {work}", file=sys.stderr)
         return 1
