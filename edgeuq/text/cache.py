@@ -100,7 +100,7 @@ class TokenRows:
         self.embed.eval()
         try:
             with torch.no_grad():
-                h = self.embed(self.padded_ids(index))
+                h = self.embed(self.padded_ids(index).to(next(self.embed.parameters()).device))
         finally:
             self.embed.train(was)
         return h, self.mask(index)

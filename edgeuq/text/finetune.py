@@ -75,22 +75,24 @@ def _batches(cache: HiddenCache, batch_size: int, rng: Optional[np.random.Genera
 def features_from_cache(model: TextClassifier, cache: HiddenCache, batch_size: int = 128) -> np.ndarray:
     """Deterministic trunk features (N, d) from a cache."""
     model.eval()
+    dev = next(model.parameters()).device
     out = np.zeros((len(cache), model.feature_dim), dtype=np.float32)
     for idx in _batches(cache, batch_size, None):
         h, m = cache.batch(idx)
-        out[idx] = model.trunk_from_hidden(h, m, cache.start).numpy()
+        out[idx] = model.trunk_from_hidden(h.to(dev), m.to(dev), cache.start).cpu().numpy()
     return out
 
 
 def _val_accuracy(model: TextClassifier, val) -> float:
     feats = features_from_cache(model, val)
     with torch.no_grad():
-        pred = model.head_forward(torch.from_numpy(feats)).argmax(-1).numpy()
+        pred = model.head_forward(torch.from_numpy(feats).to(next(model.parameters()).device)).argmax(-1).cpu().numpy()
     return float(np.mean(pred == val.labels))
 
 
 def finetune(model: TextClassifier, train: HiddenCache, cfg: FinetuneConfig,
-             val: Optional[HiddenCache] = None, state_path: Optional[Path] = None) -> Dict[str, list]:
+             val: Optional[HiddenCache] = None, state_path: Optional[Path] = None,
+             device: Optional[str] = None) -> Dict[str, list]:
     """Train layers ``train.start``.. and the head with cross-entropy (AdamW, linear warm-up and
     decay). ``train``/``val``: a :class:`~edgeuq.text.cache.HiddenCache` of the frozen layers, or
     :class:`~edgeuq.text.cache.TokenRows` (``start`` 0: every layer trains, the embeddings stay frozen).
@@ -99,8 +101,12 @@ def finetune(model: TextClassifier, train: HiddenCache, cfg: FinetuneConfig,
     ``stopped`` (epoch, step) and, with ``state_path``, the whole training state (weights, optimiser,
     schedule, batch order, partial sums, best weights so far) is saved there atomically; a call with
     the same arguments and an existing ``state_path`` resumes at that step. ``cfg.keep_best`` loads
-    the weights of the epoch with the best validation accuracy at the end (``best_epoch``, 1-based)."""
+    the weights of the epoch with the best validation accuracy at the end (``best_epoch``, 1-based).
+    ``device`` (e.g. ``"cuda"``): the model is moved there and trained there (default: where it is)."""
     tc = cfg.train
+    if device is not None:
+        model.to(device)
+    dev = next(model.parameters()).device
     if tc.threads:
         torch.set_num_threads(tc.threads)
     if cfg.keep_best and val is None:
@@ -128,7 +134,7 @@ def finetune(model: TextClassifier, train: HiddenCache, cfg: FinetuneConfig,
     first_epoch, first_step, resumed_order, partial = 0, 0, None, (0.0, 0, 0)
     spent = 0.0  # training seconds of earlier (capped) calls
     if state_path is not None and Path(state_path).is_file():
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        st = torch.load(state_path, map_location=dev, weights_only=False)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
@@ -138,12 +144,12 @@ def finetune(model: TextClassifier, train: HiddenCache, cfg: FinetuneConfig,
         first_epoch, first_step, resumed_order = st["epoch"], st["step"], st["order"]
         partial = tuple(st["partial"])
         rng.bit_generator.state = st["rng"]
-        torch.set_rng_state(st["torch_rng"])
+        torch.set_rng_state(st["torch_rng"].cpu())
         spent = float(st["spent_s"])
         print(f"resumed from {state_path} at epoch {first_epoch + 1} step {first_step + 1}", flush=True)
 
     def loss_fn(m: TextClassifier, batch: Batch) -> LossOut:
-        logits = m.head_forward(m.trunk_from_hidden(batch.x, train.mask(batch.index.tolist()), start))
+        logits = m.head_forward(m.trunk_from_hidden(batch.x, train.mask(batch.index.tolist()).to(dev), start))
         return LossOut(nn.functional.cross_entropy(logits, batch.y), logits)
 
     t0 = time.time() - spent  # elapsed training time, earlier capped calls included
@@ -165,7 +171,8 @@ def finetune(model: TextClassifier, train: HiddenCache, cfg: FinetuneConfig,
                 if cfg.time_cap_s and time.time() - t_call > cfg.time_cap_s:
                     return
                 taken[0] += 1
-                yield Batch(train.batch(idx)[0], torch.from_numpy(train.labels[idx]), torch.from_numpy(idx))
+                yield Batch(train.batch(idx)[0].to(dev), torch.from_numpy(train.labels[idx]).to(dev),
+                            torch.from_numpy(idx))
 
         def on_step(b: int, t: StepTotals, epoch=epoch, n_batches=len(order), skip=skip) -> None:
             if (b + skip) % 100 == 0 and (sys.stdout.isatty() or extra):
