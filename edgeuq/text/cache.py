@@ -24,6 +24,14 @@ from ..models.bert import BertEncoder
 __all__ = ["HiddenCache", "TokenRows", "token_rows", "cache_hidden", "cache_key", "length_buckets", "progress"]
 
 
+def _take_rows(flat: np.ndarray, offsets: np.ndarray, index: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Rows ``index`` of a ragged array (``flat`` cut at ``offsets``): their concatenation and offsets."""
+    lengths = offsets[index + 1] - offsets[index]
+    new = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    taken = np.concatenate([flat[offsets[i]:offsets[i + 1]] for i in index]) if len(index) else flat[:0]
+    return taken, new
+
+
 @dataclass(frozen=True)
 class HiddenCache:
     """Hidden states entering layer ``start`` for N sentences, trimmed per sentence."""
@@ -38,10 +46,7 @@ class HiddenCache:
 
     def subset(self, index: Sequence[int]) -> "HiddenCache":
         index = np.asarray(index, dtype=np.int64)
-        lengths = self.offsets[index + 1] - self.offsets[index]
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        states = np.concatenate([self.states[self.offsets[i]:self.offsets[i + 1]] for i in index]) if len(index) \
-            else self.states[:0]
+        states, offsets = _take_rows(self.states, self.offsets, index)
         return HiddenCache(self.start, states, offsets, self.labels[index])
 
     def mask(self, index: Sequence[int]) -> torch.Tensor:
@@ -78,10 +83,7 @@ class TokenRows:
 
     def subset(self, index: Sequence[int]) -> "TokenRows":
         index = np.asarray(index, dtype=np.int64)
-        lengths = self.offsets[index + 1] - self.offsets[index]
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        ids = np.concatenate([self.ids[self.offsets[i]:self.offsets[i + 1]] for i in index]) if len(index) \
-            else self.ids[:0]
+        ids, offsets = _take_rows(self.ids, self.offsets, index)
         return TokenRows(ids, offsets, self.labels[index], self.embed, self.pad_id)
 
     mask = HiddenCache.mask
