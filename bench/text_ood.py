@@ -141,6 +141,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reuse-teacher", action="store_true", help="load OUT/teacher.pt instead of fine-tuning")
+    ap.add_argument("--teacher-dir", type=Path,
+                    help="score a TextTeacher artifact (edgeuq text-teacher --out DIR, e.g. the all-layers "
+                         "fine-tune) instead of fine-tuning here: its Laplace head, its train_layers")
     ap.add_argument("--json", type=Path, help="write the results JSON (with provenance) here")
     ap.add_argument("--quick", action="store_true", help="smoke size: 3,000 phrases fine-tune, 1,500 fit")
     a = ap.parse_args(argv)
@@ -175,6 +178,16 @@ def main(argv=None) -> int:
     trec = load_trec(a.data / "trec", "test")
     train = sst["train"]
     n_layers = pre.config.num_hidden_layers
+    art = None
+    if a.teacher_dir is not None:
+        from edgeuq.text.pipeline import load_text_teacher
+
+        art = load_text_teacher(a.teacher_dir)
+        a.train_layers = int(art.options["train_layers"])
+        a.train_subset = int(art.data["rows"]["train"])
+        a.epochs = int(art.options["epochs"])
+        if art.max_length != a.max_length:
+            tok = wordpiece_from_tokenizer_json(pre.tokenizer_json, art.max_length)
     start_layer = n_layers - a.train_layers
 
     # ---- the teacher (top train_layers fine-tuned on cached frozen states; Laplace head)
@@ -187,7 +200,29 @@ def main(argv=None) -> int:
     val = sst["dev"].subset(rng.permutation(len(sst["dev"]))[:2000])
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    if a.reuse_teacher:
+    if art is not None:  # a BertTransformer with the Laplace head and its fitted posterior (same methods)
+        model = art.load_model("laplace")
+        history, t_train = art.history, art.timings.get("train_s")
+        print(f"teacher: {a.teacher_dir} (top {a.train_layers} of {n_layers} layers fine-tuned on "
+              f"{a.train_subset} phrases, {a.epochs} epoch(s))", flush=True)
+        # OUT/teacher.pt as this bench's own runs leave it (a TextClassifier's state: the head's names
+        # without "head."), so bench/text_student_cut.py --teacher-dir OUT reads the artifact's teacher;
+        # checked: the same logits from both modules
+        tc_state = {(k[5:] if k.startswith("head.") else k): v for k, v in model.state_dict().items()}
+        clf = TextClassifier(pre.config, num_classes=2, hidden=model.cfg.head_hidden, scheme="laplace")
+        clf.load_state_dict(tc_state)
+        clf.eval()
+        clf.set_sampling(False)
+        probe = torch.from_numpy(tok.encode_batch(list(sst["dev"].texts[:32])))
+        with torch.no_grad():
+            want = model.head_forward(model.trunk(probe))
+            got = clf.head_forward(clf.trunk(probe))
+        err = float((got - want).abs().max())
+        if not err <= 1e-4:
+            raise SystemExit(f"the artifact's teacher as a TextClassifier differs by {err:.3g} in the logits")
+        a.out.mkdir(parents=True, exist_ok=True)
+        torch.save(tc_state, a.out / "teacher.pt")
+    elif a.reuse_teacher:
         model.load_state_dict(torch.load(a.out / "teacher.pt", weights_only=True))
         history, t_train = None, None
     else:
@@ -210,8 +245,11 @@ def main(argv=None) -> int:
         fit_text_laplace(model, features_from_cache(model, lap_cache), val_feats, val.y)
         torch.save(model.state_dict(), a.out / "teacher.pt")
         del cache
-    model.scheme = "laplace"
+    if art is None:
+        model.scheme = "laplace"
     model.eval()
+    # Avg-Avg over the frozen layers exists only while some layer stays frozen
+    frozen_kinds = ("frozen_avg",) if start_layer > 0 else ()
 
     # ---- the sets
     test = sst["test"]
@@ -251,15 +289,18 @@ def main(argv=None) -> int:
         probs_s = sample_probs(model, ft, a.samples, seed=7)
         r = decompose(probs_s)
         feats[name] = {"pretrained": lp[:, -1].astype(np.float64), "avgavg": avg_avg(lp),
-                       "frozen_avg": avg_avg(lp, range(1, start_layer + 1)), "finetuned": ft.astype(np.float64),
+                       "finetuned": ft.astype(np.float64),
                        "mi": r.epistemic, "total": r.total, "maxp": 1 - r.probs.max(-1),
                        "energy": energy_score(logits), "probs": r.probs}
-        for k in ("pretrained", "avgavg", "frozen_avg"):  # what a trunk emitting [fine-tuned | k] would give
+        if frozen_kinds:
+            feats[name]["frozen_avg"] = avg_avg(lp, range(1, start_layer + 1))
+        for k in ("pretrained", "avgavg", *frozen_kinds):  # what a trunk emitting [fine-tuned | k] would give
             feats[name][f"ft+{k}"] = np.concatenate([feats[name]["finetuned"], feats[name][k]], axis=1)
         print(f"features {name}: {len(tx)} ({time.time() - t0:.0f}s)", flush=True)
     t_feats = time.time() - t0
-    dens = {k: fit_density(feats["fit"][k], fit_y, 2) for k in ("finetuned", "pretrained", "avgavg", "frozen_avg",
-                                                                    "ft+pretrained", "ft+avgavg", "ft+frozen_avg")}
+    dens = {k: fit_density(feats["fit"][k], fit_y, 2)
+            for k in ("finetuned", "pretrained", "avgavg", *frozen_kinds, "ft+pretrained", "ft+avgavg",
+                      *(f"ft+{f}" for f in frozen_kinds))}
     for f in feats.values():
         for k, g in dens.items():
             f[f"density_{k}"] = g.score(f[k], "none")
@@ -302,6 +343,7 @@ def main(argv=None) -> int:
         "what": "text OOD scores of the MiniLM-L6 SST-2 teacher against held-out shifts (host PyTorch features, "
                 "numpy densities); AUROC, OOD positive",
         "teacher": {"train_layers": a.train_layers, "train_phrases": a.train_subset, "epochs": a.epochs,
+                    "artifact": str(a.teacher_dir) if art is not None else None,
                     "test_acc": acc, "test_ece": ece, "samples": a.samples, "history": history,
                     "train_s": t_train},
         "density_fit": {"rows": int(a.fit), "source": "SST-2 train phrases (random, with labels)"},

@@ -97,6 +97,8 @@ BENCHES: List[Bench] = [
                                  "{mode}", writes=("text_student_boards",), needs=("text_teacher",)),
     Bench("text_ood", f"python bench/text_ood.py --data {TEXT} --out runs/bench/text_ood --json results/text_ood.json "
                       "{mode}", writes=("text_ood",)),
+    Bench("text_teacher_full", f"python bench/text_teacher_full.py --data {TEXT} --out runs/bench/teacher-full "
+                               "--json results/text_teacher_full.json {mode}", writes=("text_teacher_full",)),
     Bench("text_student_cut", f"python bench/text_student_cut.py --data {TEXT} --teacher-dir runs/bench/text_ood "
                               "--out runs/bench/text_student_cut --json results/text_student_cut.json {mode}",
           quick="--transfer 2000 --max-seconds 120 --fisher 128 --fit 500",

@@ -15,12 +15,21 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from torch import nn
 
 from edgeuq_runtime.atomic import atomic_write
 
 from ..models.bert import BertEncoder
 
-__all__ = ["HiddenCache", "cache_hidden", "cache_key", "length_buckets", "progress"]
+__all__ = ["HiddenCache", "TokenRows", "token_rows", "cache_hidden", "cache_key", "length_buckets", "progress"]
+
+
+def _take_rows(flat: np.ndarray, offsets: np.ndarray, index: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Rows ``index`` of a ragged array (``flat`` cut at ``offsets``): their concatenation and offsets."""
+    lengths = offsets[index + 1] - offsets[index]
+    new = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    taken = np.concatenate([flat[offsets[i]:offsets[i + 1]] for i in index]) if len(index) else flat[:0]
+    return taken, new
 
 
 @dataclass(frozen=True)
@@ -37,10 +46,7 @@ class HiddenCache:
 
     def subset(self, index: Sequence[int]) -> "HiddenCache":
         index = np.asarray(index, dtype=np.int64)
-        lengths = self.offsets[index + 1] - self.offsets[index]
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        states = np.concatenate([self.states[self.offsets[i]:self.offsets[i + 1]] for i in index]) if len(index) \
-            else self.states[:0]
+        states, offsets = _take_rows(self.states, self.offsets, index)
         return HiddenCache(self.start, states, offsets, self.labels[index])
 
     def mask(self, index: Sequence[int]) -> torch.Tensor:
@@ -56,6 +62,62 @@ class HiddenCache:
         for row, (i, n) in enumerate(zip(index, lengths)):
             h[row, :n] = self.states[self.offsets[i]:self.offsets[i] + n]
         return torch.from_numpy(h), self.mask(index)
+
+
+@dataclass(frozen=True)
+class TokenRows:
+    """Token ids of N sentences, trimmed per sentence, for training every encoder layer: nothing
+    lies below layer 0 but the embeddings, so instead of a cache :meth:`batch` pads the rows of one
+    batch to its longest sentence and runs ``embed`` (the model's own embeddings, frozen: no
+    gradient, eval mode) on them. The same reading interface as :class:`HiddenCache` (``start`` 0)."""
+
+    ids: np.ndarray        # (sum of lengths,) int64
+    offsets: np.ndarray    # (N + 1,) int64
+    labels: np.ndarray     # (N,) int64
+    embed: nn.Module
+    pad_id: int = 0
+    start: int = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: Sequence[int]) -> "TokenRows":
+        index = np.asarray(index, dtype=np.int64)
+        ids, offsets = _take_rows(self.ids, self.offsets, index)
+        return TokenRows(ids, offsets, self.labels[index], self.embed, self.pad_id)
+
+    mask = HiddenCache.mask
+
+    def padded_ids(self, index: Sequence[int]) -> torch.Tensor:
+        """(B, T) ids of rows ``index``, right-padded with ``pad_id`` to the longest."""
+        lengths = [int(self.offsets[i + 1] - self.offsets[i]) for i in index]
+        out = np.full((len(index), max(lengths)), self.pad_id, dtype=np.int64)
+        for row, (i, n) in enumerate(zip(index, lengths)):
+            out[row, :n] = self.ids[self.offsets[i]:self.offsets[i] + n]
+        return torch.from_numpy(out)
+
+    def batch(self, index: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(embeddings (B, T, d) of the padded rows, computed without gradient, mask (B, T))."""
+        was = self.embed.training
+        self.embed.eval()
+        try:
+            with torch.no_grad():
+                h = self.embed(self.padded_ids(index).to(next(self.embed.parameters()).device))
+        finally:
+            self.embed.train(was)
+        return h, self.mask(index)
+
+
+def token_rows(ids: np.ndarray, labels: np.ndarray, embed: nn.Module, pad_id: int) -> TokenRows:
+    """:class:`TokenRows` of padded ids (N, T): each row trimmed at its first ``pad_id`` (the
+    tokenizer pads on the right; a row is its non-pad prefix)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    lengths = (ids != pad_id).sum(axis=1)
+    if len(ids) and not np.all((ids != pad_id) == (np.arange(ids.shape[1])[None, :] < lengths[:, None])):
+        raise ValueError("token_rows: ids must be right-padded with pad_id (a pad inside a row)")
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat = ids[ids != pad_id] if len(ids) else ids.reshape(-1)
+    return TokenRows(flat, offsets, np.asarray(labels, dtype=np.int64), embed, int(pad_id))
 
 
 def length_buckets(lengths: np.ndarray, batch_size: int, rng: Optional[np.random.Generator]) -> List[np.ndarray]:

@@ -83,7 +83,7 @@ def _cmd_teacher(a: argparse.Namespace) -> int:
                               train_subset=a.train_subset, val_limit=a.val_limit, laplace_rows=a.laplace_rows,
                               held_out=a.held_out,
                               seed=a.seed, samples=a.samples, schemes=tuple(a.scheme), threads=a.threads,
-                              ood_features=a.ood_features)
+                              ood_features=a.ood_features, time_cap_min=a.time_cap_min, keep_best=a.keep_best)
         classes = [c.strip() for c in a.classes.split(",") if c.strip()] if a.classes else None
         art = train_text_teacher(Path(a.train), Path(a.out), opts, val=a.val, test=a.test, ood=a.ood or (),
                                  class_names=classes, data_options=data_options(a), model=a.model, name=a.name,
@@ -133,6 +133,11 @@ def register(subparsers) -> None:
     m.add_argument("--max-length", type=int, default=64, help="WordPiece ids per text incl. [CLS]/[SEP]")
     m.add_argument("--laplace-rows", type=int, default=10000, help="training rows of the Laplace GGN (0 = all)")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--time-cap-min", type=float, default=0.0,
+                   help="stop fine-tuning at the first step after this many minutes, the state saved under "
+                        "OUT/cache (0 = no cap; --force with the same options resumes there)")
+    m.add_argument("--keep-best", action="store_true",
+                   help="keep the epoch with the best validation accuracy, not the last")
     u = t.add_argument_group("uncertainty and bundles")
     u.add_argument("--scheme", nargs="+", default=["laplace", "mc_dropout"],
                    help="one bundle per scheme: laplace, mc_dropout (default: both)")

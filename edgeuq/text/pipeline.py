@@ -78,6 +78,8 @@ class TeacherOptions:
     schemes: Tuple[str, ...] = ("laplace", "mc_dropout")
     threads: int = 1                # runtime threads in the evaluation
     ood_features: str = "frozen_avg"  # features the trunk emits for the density (edgeuq.text.ood; "none": off)
+    time_cap_min: float = 0.0       # stop fine-tuning at the first step after this many minutes (0: none; resumable)
+    keep_best: bool = False         # keep the epoch with the best validation accuracy, not the last
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "schemes", tuple(self.schemes))
@@ -90,6 +92,10 @@ class TeacherOptions:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 problems.append(f"{name} must be an integer >= 0, got {v!r}")
+        if not (isinstance(self.time_cap_min, (int, float)) and self.time_cap_min >= 0):  # NaN-safe
+            problems.append(f"time_cap_min must be >= 0 minutes, got {self.time_cap_min!r}")
+        if not isinstance(self.keep_best, bool):
+            problems.append(f"keep_best must be a bool, got {self.keep_best!r}")
         for name in ("lr", "lr_head"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 < v < 1):  # NaN-safe
@@ -110,9 +116,16 @@ class TeacherOptions:
         if problems:
             raise ValueError("invalid TeacherOptions: " + "; ".join(problems))
 
+    #: options added later: left out of :meth:`to_dict` at their defaults, so the keys of artifacts
+    #: and fine-tuned weights made before they existed still match
+    _LATER_DEFAULTS: ClassVar[Dict[str, Any]] = {"time_cap_min": 0.0, "keep_best": False}
+
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["schemes"] = list(self.schemes)
+        for k, v in self._LATER_DEFAULTS.items():
+            if d[k] == v:
+                del d[k]
         return d
 
 
@@ -252,7 +265,7 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
                        log: Callable[[str], None] = print, force: bool = False) -> TextTeacher:
     """Fine-tune the packaged MiniLM (or the model folder/zip ``model``) on a labelled text
     file and write a :class:`TextTeacher` artifact to ``out`` (see the module docstring)."""
-    from .cache import cache_hidden, cache_key
+    from .cache import cache_hidden, cache_key, token_rows
     from .export import export_text_bundle
     from .finetune import FINETUNE_TRAIN, FinetuneConfig, features_from_cache, finetune, fit_text_laplace
     from .pretrained import load_pretrained
@@ -271,6 +284,9 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
     if options.max_length > pre.config.max_position_embeddings:
         raise ValueError(f"max_length {options.max_length} exceeds the encoder's "
                          f"{pre.config.max_position_embeddings} positions")
+    if options.ood_features == "frozen_avg" and options.train_layers >= pre.config.num_hidden_layers:
+        raise ValueError("ood_features 'frozen_avg' needs a frozen layer (train_layers < "
+                         f"{pre.config.num_hidden_layers}); use 'avgavg', 'pretrained' or 'none'")
     key = digest_of("text_teacher", pre.weights_sha256, splits.sources, list(splits.class_names), options.to_dict(),
                     {"text_column": data_options.text_column, "label_column": data_options.label_column,
                      "label_map": dict(data_options.label_map)}, name)
@@ -302,23 +318,34 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
         for split, ds in (("train", train_ds), ("val", splits.val)):
             ids = tok.encode_batch(list(ds.texts))
             ck = cache_keys[split] = cache_key(teacher.encoder, ids, start)
-            caches[split] = cache_hidden(teacher.encoder, ids, ds.y, start, path=cache_path(out, split, ck),
-                                         name=f"{name} {split}")
+            if start == 0:  # every layer trains: nothing to cache; ids padded per batch, embeddings frozen
+                caches[split] = token_rows(ids, ds.y, teacher.encoder.embeddings, pre.config.pad_token_id)
+            else:
+                caches[split] = cache_hidden(teacher.encoder, ids, ds.y, start, path=cache_path(out, split, ck),
+                                             name=f"{name} {split}")
     t_cache = timer.seconds["cache"]
-    log(f"frozen layers 0..{start - 1}: cached {len(caches['train'])} + {len(caches['val'])} rows "
-        f"under {cache_dir} ({t_cache:.0f}s)")
+    if start == 0:
+        log(f"all {pre.config.num_hidden_layers} layers train (embeddings frozen): {len(caches['train'])} + "
+            f"{len(caches['val'])} rows as token ids, padded per length-bucketed batch")
+    else:
+        log(f"frozen layers 0..{start - 1}: cached {len(caches['train'])} + {len(caches['val'])} rows "
+            f"under {cache_dir} ({t_cache:.0f}s)")
     train_cache = caches["train"]
     if options.train_subset and options.train_subset < len(train_cache):
         train_cache = train_cache.subset(seeded_rows(len(train_cache), options.train_subset, options.seed))
 
     ft = FinetuneConfig(train_layers=options.train_layers, lr_head=options.lr_head,
+                        time_cap_s=60.0 * options.time_cap_min, keep_best=options.keep_best,
                         train=replace(FINETUNE_TRAIN, epochs=options.epochs, batch_size=options.batch, lr=options.lr,
                                       seed=options.seed))
     trained_on = {k: options.to_dict()[k] for k in ("train_layers", "epochs", "lr", "lr_head", "batch", "max_length",
                                                      "train_limit", "train_subset", "val_limit", "hidden",
                                                      "head_dropout", "seed")}
-    tuned = cache_dir / ("finetuned-" + digest_of(cache_keys, train_ds.y.tolist(), splits.val.y.tolist(),
-                                                  list(names), trained_on)[:16] + ".pt")
+    # keep_best changes the weights; the time cap does not (a capped run stores no finished weights)
+    trained_on.update({k: v for k, v in options.to_dict().items() if k == "keep_best"})
+    tuned_key = digest_of(cache_keys, train_ds.y.tolist(), splits.val.y.tolist(), list(names), trained_on)[:16]
+    tuned = cache_dir / f"finetuned-{tuned_key}.pt"
+    state = cache_dir / f"finetune-state-{tuned_key}.pt"  # a time-capped run's resumable state
     with timer.stage("train"):
         if tuned.is_file():
             saved = torch.load(tuned, map_location="cpu", weights_only=True)
@@ -328,8 +355,13 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
         else:
             log(f"fine-tuning layers {start}..{pre.config.num_hidden_layers - 1} + head on {len(train_cache)} rows, "
                 f"{options.epochs} epoch(s)")
-            history = finetune(teacher, train_cache, ft, val=caches["val"])
-            _save_atomic({"state": teacher.state_dict(), "history": json.dumps(history)}, tuned)
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            history = finetune(teacher, train_cache, ft, val=caches["val"], state_path=state)
+            if "stopped" in history:  # not a finished fine-tune: a re-run with --force resumes from `state`
+                log(f"fine-tuning stopped by the time cap at epoch {history['stopped'][0]} step "
+                    f"{history['stopped'][1]}; the artifact carries these weights and says so (history.stopped)")
+            else:
+                _save_atomic({"state": teacher.state_dict(), "history": json.dumps(history)}, tuned)
     teacher.eval()
 
     # one model per scheme, built from the same config by the scheme registry, on the fine-tuned weights
