@@ -31,7 +31,7 @@ import copy
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, final
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, final
 
 import torch
 from torch import nn
@@ -42,8 +42,11 @@ from .layers import NoiseDict, apply_layer
 from .scheme_slot import SCHEMES
 from .transformer import ClassifierHead, DeployableModel, SignalTransformer
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import BlockShape
+
 __all__ = ["Trunk", "TRUNKS", "register_trunk", "get_trunk", "BertOptions", "BertTransformer",
-           "DENSITY_FEATURES", "bert_config_of", "load_head_state",
+           "DENSITY_FEATURES", "bert_config_of", "load_head_state", "MaskableBlock", "bert_maskable_blocks",
            "with_density_features"]
 
 
@@ -76,9 +79,16 @@ class Trunk(ABC):
     #: True for the trunk of configs written before trunks existed: ``to_dict`` omits ``trunk``
     #: (and its empty options) then, so those configs and their checkpoint digests are unchanged
     implicit: ClassVar[bool] = False
-    #: True when the model has the pre-norm ``blocks`` (per-block widths in ``ModelConfig.blocks``) that
-    #: Kwon et al.'s head/neuron pruning (``edgeuq.compress.kwon``) masks, measures and slices
-    kwon_blocks: ClassVar[bool] = False
+    def maskable_blocks(self, model: nn.Module) -> List["MaskableBlock"]:
+        """The encoder blocks whose heads and FFN neurons Kwon et al.'s pruning
+        (:mod:`edgeuq.compress.kwon`) masks, tunes and slices, in network order; a trunk without
+        them refuses (the default)."""
+        raise ValueError(f"trunk {self.name!r} has no maskable attention/FFN blocks (Kwon et al. pruning)")
+
+    def sliced_config(self, cfg: Any, kept: Sequence[int], shapes: Sequence[BlockShape]) -> Any:
+        """The config of ``cfg``'s model keeping blocks ``kept`` (in order) with widths ``shapes``
+        (``ModelConfig.blocks``); the default refuses (see :meth:`maskable_blocks`)."""
+        raise ValueError(f"trunk {self.name!r} cannot be sliced (no maskable blocks)")
 
     def options_from(self, value: Any) -> Any:
         """``value`` (None, a table or an instance) as :attr:`options_type`; unknown keys are refused."""
@@ -109,13 +119,83 @@ class Trunk(ABC):
 
 
 @final
+@dataclass(frozen=True, eq=False)
+class MaskableBlock:
+    """One encoder block as Kwon et al.'s pruning sees it (:meth:`Trunk.maskable_blocks`).
+
+    Names are relative to ``prefix`` (the block's module path / state-dict prefix, with the dot).
+    ``head_rows``: the linears whose output rows are head-major (``parts`` > 1: a fused
+    projection of ``parts`` head-major stacks, e.g. q|k|v); ``head_proj``: the linear reading the
+    concatenated head outputs (a head mask scales its input columns); ``ffn_in`` / ``ffn_proj``:
+    the FFN's first linear (one row per neuron) and the linear reading the neurons (a neuron mask
+    scales its input). ``attn_sum`` / ``ffn_sum``: where the residual stream plus the output of
+    ``head_proj`` / ``ffn_proj`` is seen, as (module name, ``"input"`` or ``"output"``; name ""
+    = the block): a pre-norm block's next norm input and its output; a post-norm (BERT) layer's
+    LayerNorm inputs. Mask tuning (Kwon's step 3) fits the kept scales so these sums match the
+    unpruned model's."""
+
+    module: nn.Module
+    prefix: str
+    heads: int
+    head_dim: int
+    ffn: int
+    head_rows: Tuple[Tuple[str, int], ...]
+    head_proj: str
+    ffn_in: str
+    ffn_proj: str
+    attn_sum: Tuple[str, str]
+    ffn_sum: Tuple[str, str]
+
+    def sub(self, name: str) -> nn.Module:
+        return self.module.get_submodule(name) if name else self.module
+
+    def widths(self) -> Dict[str, int]:
+        return {"heads": self.heads, "head_dim": self.head_dim, "ffn": self.ffn}
+
+
+def _check_linear(blocks: Sequence[MaskableBlock]) -> List[MaskableBlock]:
+    """Refuse blocks whose masked linears are not plain ``nn.Linear`` (factorised, variational, HSA)."""
+    problems = []
+    for b in blocks:
+        for name in (*(n for n, _ in b.head_rows), b.head_proj, b.ffn_in, b.ffn_proj):
+            try:
+                m = b.module.get_submodule(name)
+            except AttributeError:
+                m = None
+            if type(m) is not nn.Linear:
+                problems.append(f"{b.prefix}{name} is {type(m).__name__}")
+    if problems:
+        raise ValueError("structured pruning needs plain nn.Linear attention and FFN layers (mc_dropout, ensemble "
+                         "members, laplace; dense, not factorised); " + "; ".join(problems))
+    return list(blocks)
+
+
+@final
 @register_trunk("signal")
 class SignalTrunk(Trunk):
     implicit = True
-    kwon_blocks = True
 
     def build(self, cfg: Any) -> DeployableModel:
         return SignalTransformer(cfg)
+
+    def maskable_blocks(self, model: nn.Module) -> List[MaskableBlock]:
+        """The pre-norm blocks: q|k|v fused in ``attn.qkv``, ``attn.proj``, ``fc1`` -> ``fc2``."""
+        out = []
+        for i, b in enumerate(model.blocks):
+            attn, fc2 = getattr(b, "attn", None), getattr(b, "fc2", None)
+            out.append(MaskableBlock(b, f"blocks.{i}.", int(getattr(attn, "heads", 0)),
+                                     int(getattr(attn, "head_dim", 0)), int(getattr(fc2, "in_features", 0)),
+                                     (("attn.qkv", 3),), "attn.proj", "fc1", "fc2", ("norm2", "input"), ("", "output")))
+        return _check_linear(out)
+
+    def sliced_config(self, cfg: Any, kept: Sequence[int], shapes: Sequence[BlockShape]) -> Any:
+        kept = [int(i) for i in kept]
+        if kept == list(range(cfg.depth)):
+            return dataclasses.replace(cfg, blocks=tuple(shapes))
+        if cfg.stochastic_blocks:
+            raise ValueError(f"removing blocks of a signal model with stochastic blocks {list(cfg.stochastic_blocks)} "
+                             f"is not supported (their noise inputs are named by block): keep every block")
+        return dataclasses.replace(cfg, depth=len(kept), blocks=tuple(shapes))
 
 
 #: what a BERT trunk may emit beside its classifier features, for the bundle's density score
@@ -185,8 +265,9 @@ class BertTrunk(Trunk):
             problems.append(f"trunk 'bert' reads token ids: set embed = 'token', got {cfg.embed!r}")
         if cfg.stochastic_blocks:
             problems.append("trunk 'bert' is deterministic (only the head is stochastic): set stochastic_blocks = []")
-        if cfg.blocks:
-            problems.append("trunk 'bert' has uniform layers: per-block widths (blocks) are not supported")
+        if cfg.blocks and o.density_features in ("avgavg", "pretrained"):
+            problems.append("trunk 'bert' with per-layer widths (blocks, a pruned encoder) has no pretrained copies "
+                            "of its layers: use density_features 'none' or 'frozen_avg'")
         if cfg.pool != "mean":
             problems.append(f"trunk 'bert' pools by the masked mean: set pool = 'mean', got {cfg.pool!r}")
         scheme = SCHEMES.get(cfg.scheme)
@@ -197,6 +278,36 @@ class BertTrunk(Trunk):
 
     def build(self, cfg: Any) -> DeployableModel:
         return BertTransformer(cfg)
+
+    def maskable_blocks(self, model: nn.Module) -> List[MaskableBlock]:
+        return bert_maskable_blocks(model.encoder, "encoder.")
+
+    def sliced_config(self, cfg: Any, kept: Sequence[int], shapes: Sequence[BlockShape]) -> Any:
+        """Embeddings (word, position, type) and the pooled head unchanged; ``depth`` = the layers
+        kept, ``blocks`` = their widths. A model emitting density features of frozen pretrained
+        layers is refused (removing or slicing those layers would change its density score)."""
+        o: BertOptions = cfg.trunk_options
+        if o.density_features != "none" or o.frozen_layers:
+            raise ValueError(f"slicing a bert trunk with density_features {o.density_features!r} / frozen_layers "
+                             f"{o.frozen_layers} is not supported (it would change the pretrained layers its density "
+                             f"score reads): prune a model with density_features 'none'")
+        return dataclasses.replace(cfg, depth=len(kept), blocks=tuple(shapes))
+
+
+def bert_maskable_blocks(encoder: BertEncoder, prefix: str = "") -> List[MaskableBlock]:
+    """The post-norm layers of a :class:`~edgeuq.models.bert.BertEncoder` whose module path is
+    ``prefix`` (``"encoder."`` in :class:`BertTransformer`): query/key/value rows per head,
+    ``attention.output.dense`` reads the heads, ``intermediate.dense`` -> ``output.dense`` the
+    neurons; the sums are the inputs of the two LayerNorms (Kwon et al. tune against exactly
+    these pre-LayerNorm outputs)."""
+    out = []
+    for i, layer in enumerate(encoder.layers):
+        out.append(MaskableBlock(layer, f"{prefix}encoder.layer.{i}.", int(layer.heads), int(layer.head_dim),
+                                 int(layer.output.dense.in_features),
+                                 (("attention.self.query", 1), ("attention.self.key", 1), ("attention.self.value", 1)),
+                                 "attention.output.dense", "intermediate.dense", "output.dense",
+                                 ("attention.output.LayerNorm", "input"), ("output.LayerNorm", "input")))
+    return _check_linear(out)
 
 
 def bert_config_of(cfg: Any) -> BertConfig:
@@ -219,7 +330,9 @@ class BertTransformer(DeployableModel):
         SCHEMES.get(cfg.scheme).check_model_class(type(self))
         self.cfg = cfg
         bert = bert_config_of(cfg)
-        self.encoder = BertEncoder(bert, dropout=cfg.dropout, embedding_rank=cfg.trunk_options.embedding_rank)
+        shapes = ([(b.heads, b.head_dim, b.ffn) for b in cfg.blocks] if cfg.blocks else None)
+        self.encoder = BertEncoder(bert, dropout=cfg.dropout, embedding_rank=cfg.trunk_options.embedding_rank,
+                                   shapes=shapes)
         self.head = ClassifierHead(cfg)
         o: BertOptions = cfg.trunk_options
         self.frozen_layers = int(o.frozen_layers)

@@ -34,7 +34,10 @@ from edgeuq_runtime.wordpiece import WordPieceTokenizer
 
 from ..training.config import TrainConfig
 from ..training.loop import warmup_linear_decay
+from ..compress.kwon import choose_layers as kwon_choose_layers, mask_gradients
+from ..compress.masks import apply_masks
 from ..models.bert import FactorisedEmbeddings, key_bias_from_mask, masked_mean_pool
+from ..models.trunks import bert_maskable_blocks
 from .cache import length_buckets
 from .classifier import TextClassifier
 
@@ -43,37 +46,21 @@ __all__ = ["MaskFisher", "mask_fisher", "choose_layers", "prune_vocab", "Factori
 
 
 # ----------------------------------------------------------------------------- mask Fisher
-def _masked_layer(layer, x: torch.Tensor, bias: torch.Tensor, head_mask: torch.Tensor,
-                  ffn_mask: torch.Tensor) -> torch.Tensor:
-    """``BertLayer.forward`` with a (heads,) mask on the attention context and an (ffn,) mask
-    on the FFN activations (eval mode: no dropout)."""
-    b, t, d = x.shape
-    a = layer.attention.self
-
-    def split(y):
-        return y.reshape(b, t, layer.heads, layer.head_dim).transpose(1, 2)
-
-    q, k, v = split(a.query(x)), split(a.key(x)), split(a.value(x))
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(layer.head_dim)) + bias
-    ctx = torch.softmax(scores, dim=-1) @ v * head_mask[None, :, None, None]
-    ctx = ctx.transpose(1, 2).reshape(b, t, d)
-    o = layer.attention.output
-    x = o.LayerNorm(x + o.dense(ctx))
-    h = nn.functional.gelu(layer.intermediate.dense(x)) * ffn_mask
-    return layer.output.LayerNorm(x + layer.output.dense(h))
+# One copy of the masks and their gradients: the compression stage's (edgeuq.compress.masks /
+# edgeuq.compress.kwon, over the encoder's maskable blocks); these are thin calls for the
+# TextClassifier callers.
+def _blocks(model: TextClassifier):
+    return bert_maskable_blocks(model.encoder, "encoder.")
 
 
 def masked_forward(model: TextClassifier, ids: torch.Tensor, layer_mask: torch.Tensor, head_mask: torch.Tensor,
                    ffn_mask: torch.Tensor) -> torch.Tensor:
-    """Deterministic logits with masks: layer l's output is ``h + m_l (layer(h) - h)``."""
-    enc = model.encoder
-    mask = enc.mask(ids)
-    bias = key_bias_from_mask(mask)
-    h = enc.embeddings(ids)
-    for i, layer in enumerate(enc.layers):
-        out = _masked_layer(layer, h, bias, head_mask[i], ffn_mask[i])
-        h = h + layer_mask[i] * (out - h)
-    return model.head_forward(masked_mean_pool(h, mask))
+    """Deterministic logits with masks (:func:`edgeuq.compress.masks.apply_masks`): layer l's output
+    is ``h + m_l (layer(h) - h)``, head masks scale the attention context, FFN masks the neurons."""
+    L = len(model.encoder.layers)
+    with apply_masks(model, [head_mask[i] for i in range(L)], [ffn_mask[i] for i in range(L)],
+                     [layer_mask[i] for i in range(L)], blocks=_blocks(model)):
+        return model(ids)
 
 
 @dataclass(frozen=True)
@@ -88,38 +75,31 @@ class MaskFisher:
 
 def mask_fisher(model: TextClassifier, ids: np.ndarray, batch_size: int = 8) -> MaskFisher:
     """Fisher of layer, head and FFN-neuron masks at 1, the loss being the cross-entropy
-    against the model's own predicted class (label-free: any unlabelled text works)."""
+    against the model's own predicted class (label-free: any unlabelled text works): the
+    compression stage's per-sample mask gradients (:func:`edgeuq.compress.kwon.mask_gradients`)
+    summed over each mini-batch (texts sorted by length), squared, summed over batches."""
     model.eval()
-    cfg = model.cfg
-    L, H, F = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size
-    masks = [torch.ones(L, requires_grad=True), torch.ones(L, H, requires_grad=True),
-             torch.ones(L, F, requires_grad=True)]
-    acc = [np.zeros(L), np.zeros((L, H)), np.zeros((L, F))]
-    pad = cfg.pad_token_id
+    blocks = _blocks(model)
+    pad = model.cfg.pad_token_id
     lengths = (ids != pad).sum(1)
     order = np.argsort(lengths, kind="stable")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        for i in range(0, len(ids), batch_size):
-            idx = order[i:i + batch_size]
-            x = torch.from_numpy(ids[idx, :int(lengths[idx].max())])
-            logits = masked_forward(model, x, *masks)
-            loss = nn.functional.cross_entropy(logits, logits.argmax(-1).detach(), reduction="sum")
-            grads = torch.autograd.grad(loss, masks)
-            for a, g in zip(acc, grads):
-                a += g.detach().double().numpy() ** 2
-    finally:
-        for p in model.parameters():
-            p.requires_grad_(True)
+    acc = None
+    for i in range(0, len(ids), batch_size):
+        idx = order[i:i + batch_size]
+        x = np.ascontiguousarray(ids[idx, :int(lengths[idx].max())])
+        with torch.no_grad():
+            pred = model(torch.from_numpy(x)).argmax(-1).numpy()
+        g = mask_gradients(model, x, pred, batch_size=len(x), blocks=blocks)
+        parts = [g.layers.sum(0) ** 2, np.stack([h.sum(0) for h in g.heads]) ** 2,
+                 np.stack([n.sum(0) for n in g.neurons]) ** 2]
+        acc = parts if acc is None else [a + p for a, p in zip(acc, parts)]
     return MaskFisher(acc[0], acc[1], acc[2], int(len(ids)))
 
 
 def choose_layers(fisher: MaskFisher, k: int) -> Tuple[int, ...]:
-    """The ``k`` layers of largest layer-mask Fisher, in network order."""
-    if not 1 <= k <= len(fisher.layers):
-        raise ValueError(f"k must lie in [1, {len(fisher.layers)}], got {k}")
-    return tuple(sorted(int(i) for i in np.argsort(-fisher.layers, kind="stable")[:k]))
+    """The ``k`` layers of largest layer-mask Fisher, in network order
+    (:func:`edgeuq.compress.kwon.choose_layers`)."""
+    return kwon_choose_layers(fisher.layers, k)
 
 
 # ----------------------------------------------------------------------------- vocabulary

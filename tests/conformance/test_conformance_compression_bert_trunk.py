@@ -2,8 +2,9 @@
 ``lowrank`` step factorises the encoder's and the head's linears, and its output goes the whole
 chain like a signal model's (step -> save_checkpoint -> load_checkpoint, the config alone rebuilding
 the factorised ranks -> ONNX export with the ``tokens`` input -> bundle -> device runtime, which agrees
-with the step's PyTorch model on the runtime's noise stream). ``prune`` (Kwon et al. masks over
-pre-norm blocks) refuses this trunk with a clear error until the encoder gets its masks."""
+with the step's PyTorch model on the runtime's noise stream). ``prune`` (Kwon et al.'s masks over
+the encoder's post-norm layers, layer choice by layer-mask Fisher) goes the same chain: its
+per-layer widths (``ModelConfig.blocks``) and kept depth rebuild from the checkpoint's config."""
 import numpy as np
 import pytest
 import torch
@@ -73,7 +74,39 @@ def test_lowrank_step_goes_the_whole_chain_on_a_bert_trunk(tmp_path):
     assert not max_err(want, torch_reference(model, art, x, S, SEED)) <= 1e-4
 
 
-def test_prune_refuses_the_bert_trunk_naming_it():
+def test_prune_step_goes_the_whole_chain_on_a_bert_trunk(tmp_path):
+    torch.manual_seed(1)
+    model = build_model(bert_model_config(BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=3,
+                                                     num_attention_heads=4, intermediate_size=64,
+                                                     max_position_embeddings=16),
+                                          len(CLASSES), LENGTH, scheme="mc_dropout", head_hidden=16)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = StepData(x=_ids(24, 0), y=np.arange(24) % len(CLASSES))
     step = get_step("prune")
-    with pytest.raises(ValueError, match="trunk 'bert' is not supported"):
-        step.apply(_model(), StepData(x=_ids(8, 1), y=np.arange(8) % 3), step_options(step, {"target_flops": 0.5}))
+    res = step.apply(model, data, step_options(step, {"target_flops": 0.5, "keep_layers": 2}))
+    out = res.model
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "prune changed its input"
+    assert out.cfg.depth == 2 and len(res.info["kept_layers"]) == 2 and len(res.info["layer_fisher"]) == 3
+    assert [b.heads for b in out.cfg.blocks] == res.info["heads_kept"] and out.cfg.blocks
+    assert res.info["block_macs_after"] <= 0.5 * res.info["block_macs_before"]
+    assert [s.to_json() for s in out.noise_specs()] == [s.to_json() for s in model.noise_specs()]
+
+    ck = save_checkpoint(out, tmp_path / "ck", CLASSES, 1.0, normalization="none")
+    loaded = load_checkpoint(tmp_path / "ck")
+    assert loaded.config == out.cfg and loaded.config.trunk == "bert"
+    back = loaded.load_model()
+    want, got = out.state_dict(), back.state_dict()
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+    art = export_onnx(loaded, tmp_path / "onnx")
+    assert art.input_name == "tokens" and art.input_dtype == "int64" and art.feature_shape == (32,)
+    bundle = build_bundle(art, tmp_path / "bundle", "bert-pruned", "0.1.0", default_samples=S).root
+    x = _ids(5, 2)
+    got = UncertaintyRuntime(bundle).predict(x, samples=S, seed=SEED).samples
+    want = torch_reference(out, art, x, S, SEED)
+    assert got.shape == want.shape == (S, 5, len(CLASSES))
+    err = max_err(got, want)
+    assert err <= TOL, err
+    assert not max_err(got, torch_reference(out, art, x, S, SEED + 1)) <= TOL  # another noise stream differs
+    # the pruned model is not the unpruned one (else the agreement above says nothing about the step)
+    assert not max_err(want, torch_reference(model, art, x, S, SEED)) <= 1e-4

@@ -32,12 +32,10 @@ class Prune(CompressionStep):
     Options = PruneOptions
 
     def apply(self, model: nn.Module, data: StepData, options: PruneOptions) -> StepResult:
-        if not get_trunk(model.cfg.trunk).kwon_blocks:
-            raise ValueError(f"compression step 'prune' masks the pre-norm blocks of the signal trunk; trunk "
-                             f"{model.cfg.trunk!r} is not supported yet (no Kwon masks over its encoder)")
         if model.cfg.ranks:
             raise ValueError(f"compression step 'prune' works on dense blocks, but this model has factorised layers "
                              f"{[n for n, _ in model.cfg.ranks]}: prune before a factorising step")
+        get_trunk(model.cfg.trunk).maskable_blocks(model)  # a trunk without maskable blocks refuses, naming itself
         scores = None
         if options.fisher:
             from ...fisher.report import load_fisher_report
