@@ -12,8 +12,16 @@
    lower value, kept only when it is lower.
 3. **Mask tuning** per layer, in order, by linear least squares (numpy): the
    kept heads' (neurons') scales are chosen so that the pruned model's residual
-   stream after the attention (FFN) sublayer matches the unpruned model's on
-   calibration windows; the scales are then folded into ``attn.proj`` / ``fc2``.
+   stream plus the attention (FFN) sublayer output matches the unpruned model's on
+   calibration windows (a pre-norm block's residual stream; a post-norm BERT
+   layer's LayerNorm input, as in the paper); the scales are then folded into the
+   block's head / neuron projection (``attn.proj`` / ``fc2``, ``attention.output.dense``
+   / ``output.dense``).
+
+The blocks are the trunk's :class:`~edgeuq.models.trunks.MaskableBlock` s
+(:meth:`~edgeuq.models.trunks.Trunk.maskable_blocks`), so the same code prunes the
+signal trunk and the BERT trunk. :func:`mask_gradients` also returns the gradients
+of whole-layer masks; :func:`choose_layers` keeps the layers of largest Fisher.
 """
 from __future__ import annotations
 

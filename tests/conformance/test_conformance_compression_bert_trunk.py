@@ -53,6 +53,12 @@ def test_lowrank_step_goes_the_whole_chain_on_a_bert_trunk(tmp_path):
     assert isinstance(out.get_submodule("encoder.encoder.layer.1.attention.self.query"), LowRankLinear)
     assert [s.to_json() for s in out.noise_specs()] == [s.to_json() for s in model.noise_specs()]
 
+    _whole_chain(model, out, tmp_path, "bert-lowrank")
+
+
+def _whole_chain(model, out, tmp_path, name: str) -> None:
+    """``out`` (a step's output from ``model``) -> checkpoint -> load_model -> ONNX -> bundle -> runtime,
+    which agrees with ``out`` in PyTorch on the runtime's noise stream and not with ``model``."""
     ck = save_checkpoint(out, tmp_path / "ck", CLASSES, 1.0, normalization="none")
     loaded = load_checkpoint(tmp_path / "ck")
     assert loaded.config == out.cfg and loaded.config.trunk == "bert"
@@ -62,7 +68,7 @@ def test_lowrank_step_goes_the_whole_chain_on_a_bert_trunk(tmp_path):
 
     art = export_onnx(loaded, tmp_path / "onnx")
     assert art.input_name == "tokens" and art.input_dtype == "int64" and art.feature_shape == (32,)
-    bundle = build_bundle(art, tmp_path / "bundle", "bert-lowrank", "0.1.0", default_samples=S).root
+    bundle = build_bundle(art, tmp_path / "bundle", name, "0.1.0", default_samples=S).root
     x = _ids(5, 2)
     got = UncertaintyRuntime(bundle).predict(x, samples=S, seed=SEED).samples
     want = torch_reference(out, art, x, S, SEED)
@@ -70,7 +76,7 @@ def test_lowrank_step_goes_the_whole_chain_on_a_bert_trunk(tmp_path):
     err = max_err(got, want)
     assert err <= TOL, err
     assert not max_err(got, torch_reference(out, art, x, S, SEED + 1)) <= TOL  # another noise stream differs
-    # the factorised model is not the dense one (else the agreement above says nothing about the step)
+    # the step's model is not its input (else the agreement above says nothing about the step)
     assert not max_err(want, torch_reference(model, art, x, S, SEED)) <= 1e-4
 
 
@@ -91,22 +97,4 @@ def test_prune_step_goes_the_whole_chain_on_a_bert_trunk(tmp_path):
     assert res.info["block_macs_after"] <= 0.5 * res.info["block_macs_before"]
     assert [s.to_json() for s in out.noise_specs()] == [s.to_json() for s in model.noise_specs()]
 
-    ck = save_checkpoint(out, tmp_path / "ck", CLASSES, 1.0, normalization="none")
-    loaded = load_checkpoint(tmp_path / "ck")
-    assert loaded.config == out.cfg and loaded.config.trunk == "bert"
-    back = loaded.load_model()
-    want, got = out.state_dict(), back.state_dict()
-    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
-
-    art = export_onnx(loaded, tmp_path / "onnx")
-    assert art.input_name == "tokens" and art.input_dtype == "int64" and art.feature_shape == (32,)
-    bundle = build_bundle(art, tmp_path / "bundle", "bert-pruned", "0.1.0", default_samples=S).root
-    x = _ids(5, 2)
-    got = UncertaintyRuntime(bundle).predict(x, samples=S, seed=SEED).samples
-    want = torch_reference(out, art, x, S, SEED)
-    assert got.shape == want.shape == (S, 5, len(CLASSES))
-    err = max_err(got, want)
-    assert err <= TOL, err
-    assert not max_err(got, torch_reference(out, art, x, S, SEED + 1)) <= TOL  # another noise stream differs
-    # the pruned model is not the unpruned one (else the agreement above says nothing about the step)
-    assert not max_err(want, torch_reference(model, art, x, S, SEED)) <= 1e-4
+    _whole_chain(model, out, tmp_path, "bert-pruned")

@@ -1,6 +1,8 @@
 """``prune``: Fisher-guided structured pruning of heads and neurons (Kwon et al. 2022), as a step
 (the algorithm is :func:`edgeuq.compress.prune.prune`; its options are :class:`PruneConfig` plus
-``fisher``). Its companion artifact ``plan`` is the :class:`PrunePlan` (masks, sizes)."""
+``fisher``; ``keep_layers``: layer choice by layer-mask Fisher first). Every trunk with maskable
+blocks is pruned (the signal trunk's pre-norm blocks, the BERT trunk's post-norm layers). Its
+companion artifact ``plan`` is the :class:`PrunePlan` (masks, sizes, layer Fisher, kept layers)."""
 from __future__ import annotations
 
 import dataclasses
