@@ -4,7 +4,7 @@ and mask tuning (step 3), and Fisher-chosen layers against the top layers. A qui
 minutes on 2 cores); prints a table, writes no results JSON.
 
     nice -n 10 .venv/bin/python bench/bert_prune_check.py [--data ../shared/data/text/sst2]
-        [--keep-layers 3] [--target-flops 0.6] [--calib 512] [--dev 500] [--head-train 4000]
+        [--keep-layers 3] [--target-flops 0.6] [--calib 512] [--dev 500] [--head-train 4000] [--max-length 32]
 
 The head: a tiny MLP (``head_hidden`` 64) fitted on the frozen MiniLM's pooled features of
 ``--head-train`` SST-2 training phrases (full-batch Adam); the calibration phrases for the Fisher
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calib", type=int, default=512)
     ap.add_argument("--dev", type=int, default=500)
     ap.add_argument("--head-train", type=int, default=4000)
-    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--max-length", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     if not (a.data / "train.tsv").exists():
