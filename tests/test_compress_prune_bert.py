@@ -18,6 +18,8 @@ from edgeuq.models import build_model
 from edgeuq.models.bert import BertConfig, key_bias_from_mask, masked_mean_pool
 from edgeuq.models.config import bert_model_config
 
+from text_teacher_support import padded_ids
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 BERT = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
@@ -26,11 +28,7 @@ LENGTH, H, DH, F, L = 12, 4, 8, 48, 3
 
 
 def _ids(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, BERT.vocab_size, size=(n, LENGTH))
-    for i in range(n):
-        ids[i, int(rng.integers(3, LENGTH + 1)):] = 0
-    return ids.astype(np.int64)
+    return padded_ids(n, BERT.vocab_size, LENGTH, seed)
 
 
 def _model(seed: int = 0):

@@ -75,3 +75,13 @@ def questions(n: int, seed: int):
 def write_tsv(path: Path, header, rows) -> Path:
     path.write_text("\t".join(header) + "\n" + "".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def padded_ids(n: int, vocab_size: int, length: int, seed: int) -> np.ndarray:
+    """(n, length) int64 random token ids 1..vocab_size-1, each row right-padded with 0 after a seeded
+    random length in [3, length]."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocab_size, size=(n, length))
+    for i in range(n):
+        ids[i, int(rng.integers(3, length + 1)):] = 0
+    return ids.astype(np.int64)

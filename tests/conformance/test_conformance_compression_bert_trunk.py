@@ -20,6 +20,7 @@ from edgeuq.training import load_checkpoint, save_checkpoint
 from edgeuq_runtime import UncertaintyRuntime
 
 from chain import max_err, torch_reference
+from text_teacher_support import padded_ids
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,11 +30,7 @@ LENGTH, CLASSES, S, SEED, TOL = 12, ("a", "b", "c"), 4, 3, 1e-5
 
 
 def _ids(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, BERT.vocab_size, size=(n, LENGTH))
-    for i in range(n):
-        ids[i, int(rng.integers(3, LENGTH + 1)):] = 0
-    return ids.astype(np.int64)
+    return padded_ids(n, BERT.vocab_size, LENGTH, seed)
 
 
 def _model():
