@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +77,8 @@ def test_pruned_vocabulary_gives_the_same_outputs_on_the_corpus_and_unk_elsewher
         b = student(torch.from_numpy(new_tok.encode_batch(texts)))
     err = float(torch.max(torch.abs(a - b)))
     assert err <= 1e-6, err                                    # same pieces, same rows: the same network
+    with pytest.raises(ValueError, match="longer than the position table"):   # trimmed to max_length
+        student(torch.ones(1, TOK.max_length + 1, dtype=torch.int64))
     # "great" was pruned: not a kept piece, its characters g + ##r... are not all kept -> [UNK]
     assert new_tok.tokens("great film") == ["[UNK]", "film"]
     assert TOK.tokens("great film") == ["great", "film"]
@@ -304,3 +305,13 @@ def test_rerun_of_the_text_student_reuses_every_step(student):
                                           ("posterior", "rows", 0), ("posterior", "samples", 8)],
                                log=log.append)
     assert all(r["cached"] for r in again.summary["steps"]) and again.checkpoint.digest == st.checkpoint.digest
+
+
+def test_the_recipes_transfer_set_table_is_read_strictly():
+    from edgeuq.text.student_chain import StudentOptions, student_options_from
+
+    assert student_options_from({"transfer": 5, "augment_copies": 1}) == StudentOptions(transfer=5, augment_copies=1)
+    with pytest.raises(ValueError, match=r"train\.transfr: unknown text student option"):
+        student_options_from({"transfr": 5})
+    with pytest.raises(ValueError, match="p_mask must lie in"):
+        StudentOptions(p_mask=1.5)

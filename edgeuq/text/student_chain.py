@@ -29,7 +29,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -55,14 +55,14 @@ PathLike = Union[str, Path]
 
 @dataclass(frozen=True)
 class StudentOptions:
-    """The transfer set and the bundle (a text recipe's ``[train]`` table, read strictly)."""
+    """The transfer set (a text recipe's ``[train]`` table, read strictly); the teacher's samples per
+    phrase are the ``distill`` step's ``teacher_samples``."""
 
     transfer: int = 0            # training phrases labelled by the teacher (a random N; 0 = all)
     augment_copies: int = 0      # augmented copies per transfer phrase (edgeuq.text.augment), teacher-labelled
     p_mask: float = 0.1
     p_ngram: float = 0.25
     val: int = 0                 # validation phrases (a random N; 0 = all): the distill step's validation
-    teacher_samples: int = 8     # S of the teacher's labels (the distill step's teacher_samples wins there)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -70,10 +70,6 @@ class StudentOptions:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"text student option {name} must be an integer >= 0, got {v!r}")
-        if isinstance(self.teacher_samples, bool) or not isinstance(self.teacher_samples, int) \
-                or self.teacher_samples < 2:
-            raise ValueError(f"text student option teacher_samples must be an integer >= 2, got "
-                             f"{self.teacher_samples!r}")
         for name in ("p_mask", "p_ngram"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
