@@ -230,7 +230,7 @@ def main(argv=None) -> int:
     results = {
         "what": "an edge student cut from the MiniLM-L6 SST-2 teacher by the compression chain (edgeuq text-student: "
                 + " -> ".join(steps) + "); teacher vs student",
-        "spec": {"choice": "prune step (mask Fisher)" if "prune" in steps else "all teacher layers (no prune step)",
+        "spec": {"choice": f"teacher layers {list(student.teacher_layers)} of {teacher.cfg.depth} (kept by the chain)",
                  "layers": list(student.teacher_layers), "ffn": int(cfg.ffn),
                  "rank": int(cfg.trunk_options.embedding_rank), "positions": int(cfg.trunk_options.max_positions),
                  "vocab": int(small_tok.vocab_size), "embedding_params": emb_params,

@@ -217,6 +217,11 @@ def test_posterior_step_refits_a_laplace_head_and_passes_other_heads_unchanged()
 
 
 # ----------------------------------------------------------------------------- end to end
+#: the recipe's chain without prune (its bert options come with the Kwon masks), sized for a tiny model
+STEPS = ["vocab", "distill", "posterior"]
+OVERRIDES = [("vocab", "rank", 8), ("distill", "epochs", 2), ("distill", "batch_size", 16),
+             ("distill", "teacher_samples", 4), ("distill", "student_samples", 2), ("posterior", "rows", 0),
+             ("posterior", "samples", 8)]
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
     from require_extras import require_extra
@@ -240,10 +245,7 @@ def student(tmp_path_factory):
                                  data_options=DataOptions(text_column="review", label_column="verdict"),
                                  log=lambda m: None)
     log = []
-    st = build_text_student(teacher.directory, d / "student", "text-student", steps=["vocab", "distill", "posterior"],
-                            overrides=[("vocab", "rank", 8), ("distill", "epochs", 2), ("distill", "batch_size", 16),
-                                       ("distill", "teacher_samples", 4), ("distill", "student_samples", 2),
-                                       ("posterior", "rows", 0), ("posterior", "samples", 8)],
+    st = build_text_student(teacher.directory, d / "student", "text-student", steps=STEPS, overrides=OVERRIDES,
                             log=log.append)
     return teacher, st, log, d
 
@@ -299,10 +301,7 @@ def test_rerun_of_the_text_student_reuses_every_step(student):
 
     teacher, st, _, d = student
     log = []
-    again = build_text_student(teacher.directory, d / "student", "text-student", steps=["vocab", "distill", "posterior"],
-                               overrides=[("vocab", "rank", 8), ("distill", "epochs", 2), ("distill", "batch_size", 16),
-                                          ("distill", "teacher_samples", 4), ("distill", "student_samples", 2),
-                                          ("posterior", "rows", 0), ("posterior", "samples", 8)],
+    again = build_text_student(teacher.directory, d / "student", "text-student", steps=STEPS, overrides=OVERRIDES,
                                log=log.append)
     assert all(r["cached"] for r in again.summary["steps"]) and again.checkpoint.digest == st.checkpoint.digest
 
