@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -314,3 +315,20 @@ def test_the_recipes_transfer_set_table_is_read_strictly():
         student_options_from({"transfr": 5})
     with pytest.raises(ValueError, match="p_mask must lie in"):
         StudentOptions(p_mask=1.5)
+
+
+def test_the_cli_runs_the_chain_it_is_given(student, capsys):
+    from edgeuq.cli import main
+
+    teacher, _, _, d = student
+    out = d / "cli"
+    assert main(["text-student", "--teacher", str(teacher.directory), "--out", str(out), "--steps", "vocab,posterior",
+                 "--option", "vocab.rank=8", "--option", "posterior.samples=8", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "text_student.json").read_text())
+    assert [r["step"] for r in summary["steps"]] == ["vocab", "posterior"] and "student bundle" in printed
+    assert summary["steps"][0]["options"]["rank"] == 8 and Path(summary["bundle"]).is_dir()
+    # an unknown option is refused by name before anything runs
+    assert main(["text-student", "--teacher", str(teacher.directory), "--out", str(d / "cli-bad"), "--steps", "vocab",
+                 "--option", "vocab.rnak=8"]) == 2
+    assert "rnak" in capsys.readouterr().err and not (d / "cli-bad").exists()
