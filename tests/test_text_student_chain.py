@@ -332,3 +332,19 @@ def test_the_cli_runs_the_chain_it_is_given(student, capsys):
     assert main(["text-student", "--teacher", str(teacher.directory), "--out", str(d / "cli-bad"), "--steps", "vocab",
                  "--option", "vocab.rnak=8"]) == 2
     assert "rnak" in capsys.readouterr().err and not (d / "cli-bad").exists()
+
+
+def test_distillation_trims_a_batch_to_its_real_tokens_without_changing_the_loss():
+    teacher = _teacher()
+    student = _cut(teacher, (1,))
+    ids = torch.from_numpy(TOK.encode_batch(["good movie", "bad film !"]))       # max_length 10, 5 real at most
+    assert student.trim_padding(ids).shape == (2, 5)
+    probs = torch.from_numpy(label_with_model(teacher, ids.numpy(), 2, 0))
+    y = torch.full((2,), -1)
+    cfg = DistillConfig(loss="kl", hidden_weight=1.0)
+    hidden = lambda x: teacher.hidden_states(x)[0]  # noqa: E731
+    with torch.no_grad():
+        trimmed = float(distill_loss(student, ids, probs, y, cfg, teacher_hidden=hidden))
+        student.trim_padding = lambda x: x                                        # the full padded batch
+        full = float(distill_loss(student, ids, probs, y, cfg, teacher_hidden=hidden))
+    assert abs(trimmed - full) <= 1e-5 * max(1.0, abs(full)), (trimmed, full)

@@ -165,6 +165,9 @@ def distill_loss(model: torch.nn.Module, x: torch.Tensor, teacher: torch.Tensor,
     ``teacher_features`` (B, d_t) and ``projection`` are given, plus ``cfg.hidden_weight`` times the
     hidden-state term when ``teacher_hidden`` (ids -> the teacher's hidden states) is given (the
     trunk runs once for all)."""
+    trim = getattr(model, "trim_padding", None)   # token models with a padding mask: the batch's real length
+    if trim is not None:
+        x = trim(x)
     hidden = cfg.hidden_weight > 0 and teacher_hidden is not None
     if hidden:
         states, mask = model.hidden_states(x)

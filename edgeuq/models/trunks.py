@@ -322,6 +322,12 @@ class BertTransformer(DeployableModel):
             out.append(h)
         return out, mask
 
+    def trim_padding(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids`` cut to its longest real row (at least one column): the padding mask makes the outputs
+        the same (padded keys get zero attention, pooling skips them), the work is that of the real tokens."""
+        real = (ids != self.cfg.trunk_options.pad_token_id).any(0).nonzero()
+        return ids[:, :max(1, int(real.max()) + 1 if len(real) else 1)]
+
     def features_from_hidden(self, hidden: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """:meth:`trunk`'s output from :meth:`hidden_states` (a trunk without density features)."""
         if self.density_columns is not None:
