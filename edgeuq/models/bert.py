@@ -78,7 +78,7 @@ class BertConfig:
 
 def position_rows(table: nn.Embedding, t: int) -> torch.Tensor:
     """Rows 0..t-1 of a position table, (1, t, d); input longer than the table is refused
-    (a student may keep only the positions its tokenizer emits, :class:`~edgeuq.text.student.StudentSpec`)."""
+    (a student may keep only the positions its tokenizer emits: the ``vocab`` compression step's ``trim_positions``)."""
     n = table.num_embeddings
     if t > n:
         raise ValueError(f"input of {t} tokens is longer than the position table ({n} positions); "

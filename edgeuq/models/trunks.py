@@ -218,7 +218,12 @@ class BertOptions:
     :attr:`BertTransformer.density_columns` says where the others are.
 
     ``embedding_rank`` > 0: the word table is stored factorised, (V, r) @ (r, d)
-    (:class:`~edgeuq.models.bert.FactorisedEmbeddings`)."""
+    (:class:`~edgeuq.models.bert.FactorisedEmbeddings`).
+
+    ``teacher_layers``: the provenance of a student cut from a teacher: layer ``j`` of this
+    encoder started as the teacher's layer ``teacher_layers[j]`` (empty: layer ``j`` is layer
+    ``j``). The ``distill`` step's hidden-state matching maps each layer to that teacher layer;
+    written by a step that keeps a subset of layers (omitted from the config dict when empty)."""
 
     max_positions: int = 512
     type_vocab_size: int = 2
@@ -227,6 +232,11 @@ class BertOptions:
     density_features: str = "none"
     frozen_layers: int = 0
     embedding_rank: int = 0
+    teacher_layers: Tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.teacher_layers, (list, tuple)):   # TOML / JSON arrays arrive as lists
+            object.__setattr__(self, "teacher_layers", tuple(self.teacher_layers))
 
 
 def _int_problem(name: str, value: Any, low: int) -> Optional[str]:
@@ -250,10 +260,18 @@ class BertTrunk(Trunk):
         if isinstance(o.layer_norm_eps, bool) or not isinstance(o.layer_norm_eps, (int, float)) \
                 or not o.layer_norm_eps > 0:
             problems.append(f"trunk_options.layer_norm_eps must be > 0, got {o.layer_norm_eps!r}")
+        tl = o.teacher_layers
+        if not isinstance(tl, tuple) or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in tl) \
+                or list(tl) != sorted(set(tl)):
+            problems.append(f"trunk_options.teacher_layers must be distinct teacher layer indices >= 0 in order, "
+                            f"got {tl!r}")
         if o.density_features not in DENSITY_FEATURES:
             problems.append(f"trunk_options.density_features must be one of {list(DENSITY_FEATURES)}, "
                             f"got {o.density_features!r}")
         if not problems:
+            if o.teacher_layers and len(o.teacher_layers) != cfg.depth:
+                problems.append(f"trunk_options.teacher_layers names {len(o.teacher_layers)} layers for depth "
+                                f"{cfg.depth}")
             if o.frozen_layers > cfg.depth:
                 problems.append(f"trunk_options.frozen_layers ({o.frozen_layers}) exceeds depth ({cfg.depth})")
             if o.density_features == "frozen_avg" and o.frozen_layers < 1:
@@ -275,6 +293,14 @@ class BertTrunk(Trunk):
             problems.append(f"scheme {cfg.scheme!r} builds layers inside the trunk, which trunk 'bert' does not "
                             f"take from schemes (use a head scheme such as mc_dropout or laplace)")
         return problems
+
+    def options_to_dict(self, options: Any) -> Dict[str, Any]:
+        d = dataclasses.asdict(options)
+        if not d["teacher_layers"]:      # configs written before the field existed keep their digests
+            del d["teacher_layers"]
+        else:
+            d["teacher_layers"] = list(d["teacher_layers"])
+        return d
 
     def build(self, cfg: Any) -> DeployableModel:
         return BertTransformer(cfg)
@@ -393,6 +419,38 @@ class BertTransformer(DeployableModel):
         """Classifier features (B, d) from the hidden states entering layer ``start`` (a cache of
         the frozen layers below it)."""
         return masked_mean_pool(self.encoder.run_layers(h, mask, start), mask)
+
+    def hidden_states(self, ids: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """([embedding output, output of layer 0, ..., of layer L-1] each (B, T, d), mask (B, T)):
+        what hidden-state distillation matches (transformers' ``output_hidden_states`` order).
+        The last one's masked mean is :meth:`trunk`'s output when the trunk emits no density
+        features."""
+        enc = self.encoder
+        mask = enc.mask(ids)
+        bias = key_bias_from_mask(mask)
+        h = enc.embeddings(ids)
+        out = [h]
+        for layer in enc.layers:
+            h = layer(h, bias)
+            out.append(h)
+        return out, mask
+
+    def trim_padding(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids`` cut to its longest real row (at least one column): the padding mask makes the outputs
+        the same (padded keys get zero attention, pooling skips them), the work is that of the real tokens."""
+        real = (ids != self.cfg.trunk_options.pad_token_id).any(0).nonzero()
+        return ids[:, :max(1, int(real.max()) + 1 if len(real) else 1)]
+
+    def features_from_hidden(self, hidden: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`trunk`'s output from :meth:`hidden_states` (a trunk without density features)."""
+        if self.density_columns is not None:
+            raise ValueError("features_from_hidden: this trunk also emits density features; use trunk()")
+        return masked_mean_pool(hidden[-1], mask)
+
+    @property
+    def teacher_layers(self) -> Tuple[int, ...]:
+        """The teacher layer each encoder layer started as (:class:`BertOptions`)."""
+        return tuple(self.cfg.trunk_options.teacher_layers) or tuple(range(self.cfg.depth))
 
     def trunk(self, ids: torch.Tensor) -> torch.Tensor:
         enc = self.encoder
