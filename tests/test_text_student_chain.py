@@ -19,7 +19,7 @@ from edgeuq.compress.distill import DistillConfig, distill_loss, distill_model
 from edgeuq.compress.steps import StepData, get_step, step_options
 from edgeuq.compress.steps.vocab import kept_token_ids
 from edgeuq.compress.transfer import TransferSet, label_with_model
-from edgeuq.models import ModelConfig, build_model, mc_sample_probs
+from edgeuq.models import ModelConfig, build_model
 from edgeuq.models.bert import BertConfig
 from edgeuq.models.config import bert_model_config
 from edgeuq.training.config import TrainConfig
@@ -228,23 +228,12 @@ def student(tmp_path_factory):
     from require_extras import require_extra
 
     require_extra("safetensors", "text")
-    from text_teacher_support import sentiment_rows, write_tiny_model, write_tsv
+    from text_teacher_support import tiny_text_teacher
 
-    from edgeuq.data.sources import DataOptions
-    from edgeuq.text.pipeline import TeacherOptions, train_text_teacher
     from edgeuq.text.student_chain import build_text_student
 
     d = tmp_path_factory.mktemp("text-student")
-    cols = ["review", "verdict"]
-    train = write_tsv(d / "train.tsv", cols, sentiment_rows(60, 0))
-    val = write_tsv(d / "val.tsv", cols, sentiment_rows(16, 1))
-    test = write_tsv(d / "test.tsv", cols, sentiment_rows(16, 2))
-    teacher = train_text_teacher(train, d / "teacher", TeacherOptions(train_layers=1, epochs=8, lr=3e-3, lr_head=3e-2,
-                                                                      batch=8, max_length=12, samples=8,
-                                                                      schemes=("laplace",), ood_features="none"),
-                                 val=val, test=test, model=write_tiny_model(d / "model"),
-                                 data_options=DataOptions(text_column="review", label_column="verdict"),
-                                 log=lambda m: None)
+    teacher = tiny_text_teacher(d)
     log = []
     st = build_text_student(teacher.directory, d / "student", "text-student", steps=STEPS, overrides=OVERRIDES,
                             log=log.append)
@@ -253,8 +242,7 @@ def student(tmp_path_factory):
 
 def test_text_student_chain_bundle_agrees_with_the_pytorch_student(student):
     from edgeuq.compress.chain import tokenizer_of
-    from edgeuq_runtime import UncertaintyRuntime
-    from edgeuq_runtime.noise import sample_noise_rows
+    from text_teacher_support import student_bundle_error
 
     teacher, st, _, _ = student
     assert [r["step"] for r in st.summary["steps"]] == ["vocab", "distill", "posterior"]
@@ -263,21 +251,10 @@ def test_text_student_chain_bundle_agrees_with_the_pytorch_student(student):
     tok = tokenizer_of(st.checkpoint)
     assert model.cfg.vocab_size == tok.vocab_size < teacher.load_model().cfg.vocab_size
     assert model.cfg.trunk_options.embedding_rank == 8
-    rt = UncertaintyRuntime(st.bundle)
-    texts = ["the film is good", "a very dull plot", "what city is the capital ?", "superb !"]
-    S, seed = 8, 5
-    ids = tok.encode_batch(texts)
-    assert np.array_equal(rt.tokenize(texts), ids)                         # the device tokenizer is the pruned one
-    got = rt.predict_text(texts, samples=S, seed=seed).samples
-    noise = sample_noise_rows(model.noise_specs(), S * len(texts), np.random.default_rng(seed))
-    with torch.no_grad():
-        want = mc_sample_probs(model, torch.from_numpy(ids), S, noise=noise).numpy()
-    err = float(np.max(np.abs(got - want)))
-    assert err <= 1e-5, err
-    other = sample_noise_rows(model.noise_specs(), S * len(texts), np.random.default_rng(seed + 1))
-    with torch.no_grad():
-        assert not float(np.max(np.abs(got - mc_sample_probs(model, torch.from_numpy(ids), S,
-                                                               noise=other).numpy()))) <= 1e-5
+    same, other = student_bundle_error(st, ["the film is good", "a very dull plot", "what city is the capital ?",
+                                            "superb !"])
+    assert same <= 1e-5, same
+    assert not other <= 1e-5, other                                         # the noise rows matter
 
 
 def test_a_word_outside_the_pruned_vocabulary_is_unk_on_the_device_and_on_the_host(student):

@@ -77,8 +77,11 @@ def mask_gradients(model: nn.Module, x: np.ndarray, y: Optional[np.ndarray] = No
     gh: List[List[np.ndarray]] = [[] for _ in bl]
     gn: List[List[np.ndarray]] = [[] for _ in bl]
     gl: List[np.ndarray] = []
+    trim = getattr(model, "trim_padding", None)   # token models with a padding mask: the batch's real length
     for start in range(0, len(x), batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
+        if trim is not None:
+            xb = trim(xb)
         b = len(xb)
         hm = [torch.ones(b, l.heads, requires_grad=True) for l in bl]
         nm = [torch.ones(b, l.ffn, requires_grad=True) for l in bl]

@@ -317,7 +317,13 @@ class BertTrunk(Trunk):
             raise ValueError(f"slicing a bert trunk with density_features {o.density_features!r} / frozen_layers "
                              f"{o.frozen_layers} is not supported (it would change the pretrained layers its density "
                              f"score reads): prune a model with density_features 'none'")
-        return dataclasses.replace(cfg, depth=len(kept), blocks=tuple(shapes))
+        kept = [int(i) for i in kept]
+        if kept != list(range(cfg.depth)):
+            # layer j of the sliced encoder started as layer kept[j] of this one, i.e. as the teacher layer
+            # this one's layer kept[j] came from (hidden-state matching in distill maps layers by it)
+            came_from = o.teacher_layers or tuple(range(cfg.depth))
+            o = dataclasses.replace(o, teacher_layers=tuple(int(came_from[i]) for i in kept))
+        return dataclasses.replace(cfg, depth=len(kept), blocks=tuple(shapes), trunk_options=o)
 
 
 def bert_maskable_blocks(encoder: BertEncoder, prefix: str = "") -> List[MaskableBlock]:
