@@ -78,6 +78,8 @@ def main(argv=None) -> int:
     ap.add_argument("--target-flops", type=float, help="prune.target_flops (default: the recipe's)")
     ap.add_argument("--rank", type=int, help="vocab.rank (default: the recipe's)")
     ap.add_argument("--epochs", type=int, help="distill.epochs (default: the recipe's)")
+    ap.add_argument("--prune-rows", type=int, help="prune.rows: calibration phrases (default: the recipe's)")
+    ap.add_argument("--posterior-rows", type=int, help="posterior.rows (default: the recipe's)")
     ap.add_argument("--transfer", type=int, help="training phrases in the transfer set (default: the recipe's)")
     ap.add_argument("--augment", type=int, help="augmented copies per phrase (default: the recipe's)")
     ap.add_argument("--val", type=int, help="validation phrases (default: the recipe's)")
@@ -122,7 +124,8 @@ def main(argv=None) -> int:
                                                           ("val", a.val)) if v is not None}, seed=a.seed)
     overrides = [(s, k, v) for s, k, v in (("prune", "keep_layers", a.keep_layers),
                                             ("prune", "target_flops", a.target_flops), ("vocab", "rank", a.rank),
-                                            ("distill", "epochs", a.epochs)) if v is not None]
+                                            ("distill", "epochs", a.epochs), ("prune", "rows", a.prune_rows),
+                                            ("posterior", "rows", a.posterior_rows)) if v is not None]
     steps, left_out = _runnable_steps(recipe, [n.strip() for n in a.steps.split(",")] if a.steps else None)
     for name, why in left_out.items():
         print(f"step {name!r} left out (it cannot run in this tree): {why}", file=sys.stderr, flush=True)
@@ -168,24 +171,18 @@ def main(argv=None) -> int:
         sets[name] = [sents[i] for i in np.sort(src_rng.permutation(len(sents))[:a.shift_rows])]
     shifts = [k for k in sets if k != "sst2"]
 
-    def feats_of(model, ids):
-        lengths = (ids != 0).sum(1)
-        order = np.argsort(lengths)
-        out = np.zeros((len(ids), model.feature_dim), np.float32)
-        with torch.no_grad():
-            for i in range(0, len(ids), 128):
-                idx = order[i:i + 128]
-                out[idx] = model.trunk(torch.from_numpy(ids[idx, :int(lengths[idx].max())])).numpy()
-        return out
-
     def scores_of(model, tokzr, runtime=None):
+        # one encoder pass per set: the per-layer pooled features (edgeuq.text.ood.layer_pooled); the
+        # trunk's pooled feature is the last layer's masked mean (BertTransformer.trunk without density
+        # features), the Avg-Avg feature their mean over the layers
         out = {}
-        fit_ids = tokzr.encode_batch(fit_texts)
-        dens = {"density": fit_density(feats_of(model, fit_ids).astype(np.float64), fit_y, 2),
-                "density_avgavg": fit_density(avg_avg(layer_pooled(model.encoder, fit_ids)), fit_y, 2)}
+        fit_lp = layer_pooled(model.encoder, tokzr.encode_batch(fit_texts))
+        dens = {"density": fit_density(fit_lp[:, -1].astype(np.float64), fit_y, 2),
+                "density_avgavg": fit_density(avg_avg(fit_lp), fit_y, 2)}
         for name, tx in sets.items():
             ids = tokzr.encode_batch(tx)
-            f = feats_of(model, ids)
+            lp = layer_pooled(model.encoder, ids)
+            f = lp[:, -1]
             if runtime is not None:
                 r = runtime.predict_text(tx, samples=a.samples, seed=3)
                 probs, mi, tot = r.probs, r.epistemic, r.total
@@ -194,8 +191,7 @@ def main(argv=None) -> int:
                 probs, mi, tot = rr.probs, rr.epistemic, rr.total
             out[name] = {"probs": probs, "mi": mi, "total": tot, "maxp": 1 - probs.max(-1),
                          "density": dens["density"].score(f.astype(np.float64), "none"),
-                         "density_avgavg": dens["density_avgavg"].score(avg_avg(layer_pooled(model.encoder, ids)),
-                                                                        "none")}
+                         "density_avgavg": dens["density_avgavg"].score(avg_avg(lp), "none")}
         return out
 
     def summary(sc, params, nbytes, lat=None, how=""):
