@@ -141,8 +141,8 @@ def test_mask_tuning_is_the_least_squares_fit_of_the_pre_layernorm_outputs_and_l
         w, bo = dense.weight.detach().double().numpy(), dense.bias.detach().double().numpy()
         contrib = np.einsum("btkd,okd->kbto", ctx.reshape(*ctx.shape[:2], H, DH), w.reshape(32, H, DH))
         kept = np.flatnonzero(masks.heads[0])
-        a = contrib.reshape(H, -1, 32)[kept]  # every token position (padding too, as the tuning sees them)
-        target = (s1 - x0 - bo).reshape(-1, 32)
+        a = contrib.reshape(H, -1, 32)[kept][:, valid]  # the real tokens (padding never reaches the output)
+        target = (s1 - x0 - bo).reshape(-1, 32)[valid]
         want = np.linalg.lstsq(a.reshape(len(kept), -1).T, target.reshape(-1), rcond=None)[0]
         assert np.allclose(tuned.heads[0][kept], want, rtol=1e-4, atol=1e-6), (tuned.heads[0][kept], want)
         # neurons of layer 0, given the tuned heads (the pruned model's own x1)
@@ -152,8 +152,8 @@ def test_mask_tuning_is_the_least_squares_fit_of_the_pre_layernorm_outputs_and_l
         out = model.encoder.layers[0].output.dense
         w2, b2 = out.weight.detach().double().numpy(), out.bias.detach().double().numpy()
         kn = np.flatnonzero(masks.neurons[0])
-        cols = hid.reshape(-1, F)[:, kn, None] * w2.T[None, kn, :]  # rows, kept, out
-        target = (full[0][5].double().numpy() - x1 - b2).reshape(-1, 32)
+        cols = hid.reshape(-1, F)[valid][:, kn, None] * w2.T[None, kn, :]  # rows, kept, out
+        target = (full[0][5].double().numpy() - x1 - b2).reshape(-1, 32)[valid]
         want = np.linalg.lstsq(cols.transpose(1, 0, 2).reshape(len(kn), -1).T, target.reshape(-1), rcond=None)[0]
         assert np.allclose(tuned.neurons[0][kn], want, rtol=1e-4, atol=1e-6)
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.trunks import MaskableBlock
+from ..models.trunks import MaskableBlock, get_trunk
 from .masks import LayerMasks, apply_masks, as_tensors, maskable_blocks
 
 __all__ = ["MaskGradients", "mask_gradients", "choose_layers", "block_costs", "search_masks", "rearrange_layer", "rearrange_masks",
@@ -294,7 +294,9 @@ def tune_masks(model: nn.Module, masks: LayerMasks, x: np.ndarray, batch_size: i
     For each sublayer the pruned model's residual stream plus the kept heads' (neurons')
     scaled contributions is fitted to the unpruned model's at the same point (the block's
     ``attn_sum`` / ``ffn_sum``: a pre-norm block's residual stream, a post-norm layer's
-    LayerNorm input), on calibration inputs ``x``, with the earlier blocks already tuned.
+    LayerNorm input), on calibration inputs ``x`` (their real positions: a token trunk's padding
+    is left out, :meth:`~edgeuq.models.trunks.Trunk.real_positions`), with the earlier blocks
+    already tuned.
     Returns masks whose nonzero entries are the tuned scales; a layer keeps its
     previous scales if the fit would not lower its calibration error. ``reference``: the
     unpruned model's captures on ``x`` kept across calls (:class:`TeacherCaptures`; a search
@@ -307,6 +309,9 @@ def tune_masks(model: nn.Module, masks: LayerMasks, x: np.ndarray, batch_size: i
     heads = [np.asarray(m, dtype=np.float64).copy() for m in masks.heads]
     neurons = [np.asarray(m, dtype=np.float64).copy() for m in masks.neurons]
     chunks = [torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    # rows fitted: every position, or (token trunks) the real tokens, padding left out
+    trunk = get_trunk(model.cfg.trunk) if blocks is None else None
+    real = [None if trunk is None else trunk.real_positions(model, xb) for xb in chunks]
     for i, l in enumerate(bl):
         dh = l.head_dim
         for part in ("attn", "ffn"):
@@ -323,14 +328,15 @@ def tune_masks(model: nn.Module, masks: LayerMasks, x: np.ndarray, batch_size: i
                 key = part + "_sum"
                 # residual stream of the pruned model at this point = its sum minus its sublayer output
                 resid = cur[key].double() - cur[part + "_out"].double()
-                r = (full[key].double() - resid - bias).reshape(-1, w.shape[0])
+                rows = slice(None) if real[j] is None else real[j].reshape(-1)
+                r = (full[key].double() - resid - bias).reshape(-1, w.shape[0])[rows]
                 if part == "attn":
-                    a = cur["heads"].double().reshape(-1, l.heads, dh)[:, kept]  # rows, k, dh
+                    a = cur["heads"].double().reshape(-1, l.heads, dh)[rows][:, kept]  # rows, k, dh
                     contrib = torch.einsum("rkd,okd->rko", a, w.reshape(-1, l.heads, dh)[:, kept])
                     gram += torch.einsum("rko,rlo->kl", contrib, contrib).numpy()
                     rhs += torch.einsum("rko,ro->k", contrib, r).numpy()
                 else:
-                    h = cur["hidden"].double().reshape(-1, l.ffn)[:, kept]
+                    h = cur["hidden"].double().reshape(-1, l.ffn)[rows][:, kept]
                     wk = w[:, kept]
                     gram += ((h.T @ h) * (wk.T @ wk)).numpy()
                     rhs += (h * (r @ wk)).sum(0).numpy()

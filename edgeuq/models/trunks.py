@@ -90,6 +90,11 @@ class Trunk(ABC):
         (``ModelConfig.blocks``); the default refuses (see :meth:`maskable_blocks`)."""
         raise ValueError(f"trunk {self.name!r} cannot be sliced (no maskable blocks)")
 
+    def real_positions(self, model: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """(B, T) bool: the block positions of input ``x`` that carry data (padding excluded),
+        or None when every position does (the default). Mask tuning fits only these rows."""
+        return None
+
     def options_from(self, value: Any) -> Any:
         """``value`` (None, a table or an instance) as :attr:`options_type`; unknown keys are refused."""
         if value is None:
@@ -307,6 +312,10 @@ class BertTrunk(Trunk):
 
     def maskable_blocks(self, model: nn.Module) -> List[MaskableBlock]:
         return bert_maskable_blocks(model.encoder, "encoder.")
+
+    def real_positions(self, model: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The non-padding tokens (the padded positions' hidden states never reach the pooled output)."""
+        return model.encoder.mask(x) > 0
 
     def sliced_config(self, cfg: Any, kept: Sequence[int], shapes: Sequence[BlockShape]) -> Any:
         """Embeddings (word, position, type) and the pooled head unchanged; ``depth`` = the layers

@@ -56,7 +56,7 @@ def test_lowrank_step_goes_the_whole_chain_on_a_bert_trunk(tmp_path):
 def _whole_chain(model, out, tmp_path, name: str) -> None:
     """``out`` (a step's output from ``model``) -> checkpoint -> load_model -> ONNX -> bundle -> runtime,
     which agrees with ``out`` in PyTorch on the runtime's noise stream and not with ``model``."""
-    ck = save_checkpoint(out, tmp_path / "ck", CLASSES, 1.0, normalization="none")
+    save_checkpoint(out, tmp_path / "ck", CLASSES, 1.0, normalization="none")
     loaded = load_checkpoint(tmp_path / "ck")
     assert loaded.config == out.cfg and loaded.config.trunk == "bert"
     back = loaded.load_model()
