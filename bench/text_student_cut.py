@@ -86,6 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--fit", type=int, default=3000, help="training phrases fitting the densities")
     ap.add_argument("--shift-rows", type=int, default=300, help="sentences per other-text shift")
+    ap.add_argument("--eval-rows", type=int, default=0,
+                    help="a seeded random N of the SST-2 test and TREC rows (0 = all; quick runs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
@@ -160,6 +162,10 @@ def main(argv=None) -> int:
     fit_texts = [train.texts[i] for i in fit_rows]
     fit_y = train.y[fit_rows]
     test = sst["test"]
+    if a.eval_rows and a.eval_rows < len(test):
+        test = test.subset(np.sort(np.random.default_rng(a.seed + 4).permutation(len(test))[:a.eval_rows]))
+    if a.eval_rows and a.eval_rows < len(trec):
+        trec = trec.subset(np.sort(np.random.default_rng(a.seed + 5).permutation(len(trec))[:a.eval_rows]))
     pools = {"python_docs": text_sentences(ood_bench.python_doc_texts()),
              "licenses": text_sentences(ood_bench.license_texts()),
              "sklearn_descr": text_sentences(ood_bench.sklearn_descr_texts())}
@@ -240,6 +246,7 @@ def main(argv=None) -> int:
                          "best_epoch": distill_rec.get("info", {}).get("best_epoch"),
                          "hidden_weight": distill_rec.get("options", {}).get("hidden_weight")},
         "laplace": {"prior_precision": records.get("posterior", {}).get("info", {}).get("prior_precision")},
+        "eval_rows": {"sst2_test": len(test), "trec": len(trec), "other_text": a.shift_rows},
         "teacher": t_row, "student": s_row, "eval_s": t_eval, "total_s": time.time() - t_start,
         "teacher_source": str(a.teacher_dir), "teacher_digest": teacher_art.digest,
     }
