@@ -234,6 +234,9 @@ def main(argv=None) -> int:
                 + " -> ".join(steps) + "); teacher vs student",
         "spec": {"choice": f"teacher layers {list(student.teacher_layers)} of {teacher.cfg.depth} (kept by the chain)",
                  "layers": list(student.teacher_layers), "ffn": int(cfg.ffn),
+                 # the widths each kept layer has after prune (``ffn`` above is the config's uniform default)
+                 "heads_per_layer": [int(cfg.block_shape(i).heads) for i in range(cfg.depth)],
+                 "ffn_per_layer": [int(cfg.block_shape(i).ffn) for i in range(cfg.depth)],
                  "rank": int(cfg.trunk_options.embedding_rank), "positions": int(cfg.trunk_options.max_positions),
                  "vocab": int(small_tok.vocab_size), "embedding_params": emb_params,
                  **{k: vocab_info[k] for k in ("embedding_svd_rel_error",) if k in vocab_info}},
@@ -262,7 +265,8 @@ def main(argv=None) -> int:
     results["tables"] = {"text_student_cut": results_table(heads, [
         trow(f"teacher ({teacher_art.base}, top {teacher_art.options.get('train_layers')} layers fine-tuned; host)",
              t_row),
-        trow(f"student ({' -> '.join(steps)}): layers {spec['layers']}, FFN {spec['ffn']}, vocab {spec['vocab']}, "
+        trow(f"student ({' -> '.join(steps)}): layers {spec['layers']}, heads {spec['heads_per_layer']}, "
+             f"FFN {spec['ffn_per_layer']}, vocab {spec['vocab']}, "
              f"rank {spec['rank']} (device runtime)", s_row)])}
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
