@@ -245,11 +245,13 @@ def run_chain(checkpoint: Checkpoint, chain: Sequence[ChainStep], data: StepData
                     metrics = {"compress_step": {"step": st.name, "index": i, "options": options,
                                                  "info": dict(res.info), "parent_digest": current.digest,
                                                  "parent_sha256": current.sha256, "companions": companions}}
-                    hit = save_checkpoint(res.model, where, current.class_names, current.sample_rate_hz,
-                                          current.normalization, metrics=metrics, inputs=inputs)
+                    # the input files first: the checkpoint's envelope, written last, then vouches for them too
+                    where.mkdir(parents=True, exist_ok=True)
                     for fname, write in res.files.items():
                         write(where / fname)
                     _input_files(Path(current.directory), where, tuple(res.files))
+                    hit = save_checkpoint(res.model, where, current.class_names, current.sample_rate_hz,
+                                          current.normalization, metrics=metrics, inputs=inputs)
             rec = {"step": st.name, "index": i, "options": options,
                    "info": dict(hit.metrics.get("compress_step", {}).get("info", {})),
                    "companions": dict(hit.metrics.get("compress_step", {}).get("companions", {})),
