@@ -26,7 +26,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "text"
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundle", type=Path, default=REPO / "runs" / "text_student_cut" / "bundle-laplace")
+    ap.add_argument("--bundle", type=Path, default=REPO / "runs" / "text_student_cut" / "bundle")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--json", type=Path)

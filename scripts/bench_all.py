@@ -99,17 +99,22 @@ BENCHES: List[Bench] = [
                       "{mode}", writes=("text_ood",)),
     Bench("text_teacher_full", f"python bench/text_teacher_full.py --data {TEXT} --out runs/bench/teacher-full "
                                "--json results/text_teacher_full.json {mode}", writes=("text_teacher_full",)),
-    Bench("text_student_cut", f"python bench/text_student_cut.py --data {TEXT} --teacher-dir runs/bench/text_ood "
-                              "--out runs/bench/text_student_cut --json results/text_student_cut.json {mode}",
-          quick="--transfer 2000 --max-seconds 120 --fisher 128 --fit 500",
-          full="--transfer 20000 --max-seconds 1200", writes=("text_student_cut",), needs=("text_ood",)),
-    Bench("text_student_cut_top", f"python bench/text_student_cut.py --data {TEXT} --teacher-dir runs/bench/text_ood "
-                                  "--choice top --out runs/bench/text_student_cut_top "
+    Bench("text_student_cut", f"python bench/text_student_cut.py --data {TEXT} --teacher-dir "
+                              "runs/bench/teacher-full --out runs/bench/text_student_cut "
+                              "--json results/text_student_cut.json {mode}",
+          quick="--transfer 2000 --epochs 1 --fit 500",
+          full="--transfer 14000 --epochs 1 --prune-rows 512 --posterior-rows 1500 --fit 2000",
+          writes=("text_student_cut",), needs=("text_teacher_full",)),
+    # ablation: the same chain without its prune step (every teacher layer kept: what prune contributes)
+    Bench("text_student_cut_top", f"python bench/text_student_cut.py --data {TEXT} --teacher-dir "
+                                  "runs/bench/teacher-full --steps vocab,distill,posterior "
+                                  "--out runs/bench/text_student_cut_noprune "
                                   "--json results/text_student_cut_top.json {mode}",
-          quick="--transfer 2000 --max-seconds 120 --fisher 128 --fit 500",
-          full="--transfer 20000 --max-seconds 1000", writes=("text_student_cut_top",), needs=("text_ood",)),
+          quick="--transfer 2000 --epochs 1 --fit 500",
+          full="--transfer 14000 --epochs 1 --posterior-rows 1500 --fit 2000",
+          writes=("text_student_cut_top",), needs=("text_teacher_full",)),
     Bench("text_student_int8", "python bench/text_student_int8.py --data ../shared/data/text "
-                               "--bundle runs/bench/text_student_cut/bundle-laplace "
+                               "--bundle runs/bench/text_student_cut/bundle "
                                "--json results/text_student_int8.json", quick="",
           writes=("text_student_int8",), needs=("text_student_cut",)),
     Bench("demo", "edgeuq demo --out runs/demo --no-progress && python scripts/render_tables.py --update "

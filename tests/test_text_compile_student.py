@@ -1,8 +1,9 @@
-"""The text student's recipe (compile/text-student.toml) compiles like any other bundle: a tiny
-token student of the recipe's architecture (int64 WordPiece ids, Gather embedding,
-MatMul/Softmax attention, MC-dropout head) through ``edgeuq compile`` for x86-host (TVM,
-checked natively), numerics against ONNX Runtime given the runtime's own noise, and
-its MLP head as the hls4ml IP of pynq-z2 (C simulation)."""
+"""A token student compiles like any other bundle: a tiny token transformer (int64 WordPiece ids,
+Gather embedding, MatMul/Softmax attention, MC-dropout head; the architecture of
+bench/text_teacher.py's from-scratch student) through ``edgeuq compile`` for x86-host (TVM,
+checked natively), numerics against ONNX Runtime given the runtime's own noise, and its MLP head
+as the hls4ml IP of pynq-z2 (C simulation). The text-student recipe itself (compile/text-student.toml)
+is the compression chain over the teacher (edgeuq.text.student_chain; its boards are checked here)."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,9 @@ from text_teacher_support import POSITIVE, tokenizer_json  # noqa: E402
 from edgeuq.export import TOKENIZER_FILE, export_onnx  # noqa: E402
 from edgeuq.lower import Evidence  # noqa: E402
 from edgeuq.models import build_model  # noqa: E402
-from edgeuq.text.recipe import text_distill_config, text_recipe, text_student_config  # noqa: E402
+from edgeuq.compress.chain import chain_from_table, chain_table  # noqa: E402
+from edgeuq.models import ModelConfig  # noqa: E402
+from edgeuq.text.recipe import text_recipe  # noqa: E402
 from edgeuq.text.wordpiece import wordpiece_from_tokenizer_json  # noqa: E402
 from edgeuq.training import save_checkpoint  # noqa: E402
 from edgeuq_runtime import UncertaintyRuntime, load_bundle  # noqa: E402
@@ -28,15 +31,21 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TEXTS = [f"the film is {w}" for w in POSITIVE] + ["what year ?", "a dull , boring plot", ""]
 
 
-def test_the_recipe_describes_a_head_only_stochastic_token_student():
-    cfg = text_student_config()
+def _token_student_config(vocab_size: int, max_length: int) -> ModelConfig:
+    """bench/text_teacher.py's from-scratch token student (edgeuq.text.distill.student_config's defaults)."""
+    return ModelConfig(input_length=max_length, num_classes=2, patch=1, embed="token", vocab_size=vocab_size,
+                       d_model=64, heads=4, depth=2, ffn=128, dropout=0.1, stochastic_blocks=(), stochastic_head=True,
+                       scheme="mc_dropout")
+
+
+def test_the_recipe_is_a_chain_over_the_teacher_for_the_boards():
     rec = text_recipe()
-    assert (cfg.embed, cfg.vocab_size, cfg.input_length, cfg.num_classes) == ("token", 30522, 64, 2)
-    assert cfg.stochastic_blocks == () and cfg.stochastic_head and cfg.scheme == "mc_dropout"
     assert set(rec.boards) >= {"x86-host", "pynq-z2"}
-    assert text_distill_config().loss == "kl+uq" and text_distill_config(epochs=1).train.epochs == 1
-    small = text_student_config(vocab_size=40, max_length=12, num_classes=3)
-    assert (small.vocab_size, small.input_length, small.num_classes, small.d_model) == (40, 12, 3, cfg.d_model)
+    names = [s["name"] for s in rec.compress["steps"]]
+    assert names == ["prune", "vocab", "distill", "posterior"]
+    # the steps after prune read strictly (prune's bert options land with the Kwon masks over the encoder)
+    chain = chain_from_table(chain_table(rec.compress, names[1:]))
+    assert [s.name for s in chain] == names[1:] and chain[1].options.hidden_weight > 0
     with pytest.raises(ValueError, match="not a text recipe"):
         text_recipe("bearing-demo")
 
@@ -44,7 +53,7 @@ def test_the_recipe_describes_a_head_only_stochastic_token_student():
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
     tok = wordpiece_from_tokenizer_json(tokenizer_json(), max_length=12)
-    cfg = text_student_config(vocab_size=tok.vocab_size, max_length=tok.max_length)
+    cfg = _token_student_config(tok.vocab_size, tok.max_length)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     with torch.no_grad():  # spread the logits like a trained head's

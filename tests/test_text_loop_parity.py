@@ -115,30 +115,3 @@ def test_run_epochs_on_run_steps_equals_the_old_loop():
     assert ra.best_epoch == rb.best_epoch == 4
     for ea, eb in zip(ra.history, rb.history):
         assert abs(ea.train_loss - eb.train_loss) <= 1e-7 and ea.train_acc == eb.train_acc
-
-
-
-def test_distil_student_with_shared_options_and_helpers_equals_the_old_one():
-    """distil_student now reads TrainConfig (DistilConfig.train) and uses the shared schedule and
-    length buckets; against its pre-change source (with its own flat DistilConfig), verbatim."""
-    from edgeuq.text.student import DistilConfig, StudentSpec, build_student, distil_student, mask_fisher
-
-    old = old_module("edgeuq/text/student.py", "edgeuq.text")
-    torch.manual_seed(0)
-    teacher = TextClassifier(TINY, num_classes=2, hidden=8, scheme="mc_dropout").eval()
-    spec = StudentSpec(layers=(0, 2), ffn=16, rank=4, max_length=10)
-    ids = _ids(np.random.default_rng(7), 48)
-    fisher = mask_fisher(teacher, ids[:8], batch_size=8)
-    s0, _ = build_student(teacher, spec, np.arange(TINY.vocab_size), fisher)
-    a, b = copy.deepcopy(s0), copy.deepcopy(s0)
-    ha = old.distil_student(a, teacher, spec, ids, ids, old.DistilConfig(epochs=3, batch_size=16, lr=3e-3, lr_head=2e-3,
-                                                                         seed=4), log=lambda m: None)
-    hb = distil_student(b, teacher, spec, ids, ids,
-                        DistilConfig(lr_head=2e-3, train=TrainConfig(epochs=3, batch_size=16, lr=3e-3, seed=4)),
-                        log=lambda m: None)
-    assert _max_param_diff(s0, b) > 1e-3  # it trained
-    err = _max_param_diff(a, b)
-    assert err <= 1e-6, err
-    for k in ("loss", "kl", "hidden"):
-        assert np.allclose(ha[k], hb[k], rtol=0, atol=1e-7), k
-

@@ -19,8 +19,8 @@ QUESTIONS = ["what", "where", "who", "city", "capital", "year", "?"]
 WORDS = POSITIVE + NEGATIVE + FILLER + QUESTIONS + ["##s", "!", ",", "."]
 
 
-def tiny_config(max_positions: int = 24) -> BertConfig:
-    return BertConfig(vocab_size=len(SPECIALS) + len(WORDS), hidden_size=32, num_hidden_layers=2,
+def tiny_config(max_positions: int = 24, layers: int = 2) -> BertConfig:
+    return BertConfig(vocab_size=len(SPECIALS) + len(WORDS), hidden_size=32, num_hidden_layers=layers,
                       num_attention_heads=4, intermediate_size=48, max_position_embeddings=max_positions)
 
 
@@ -41,12 +41,12 @@ def tokenizer_json() -> dict:
     }
 
 
-def write_tiny_model(folder: Path, seed: int = 0) -> Path:
+def write_tiny_model(folder: Path, seed: int = 0, layers: int = 2) -> Path:
     """A model folder ``load_pretrained(folder)`` reads (safetensors of a random encoder)."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = tiny_config()
+    cfg = tiny_config(layers=layers)
     torch.manual_seed(seed)
     enc = BertEncoder(cfg)
     (folder / "config.json").write_text(json.dumps(cfg.to_json()))
@@ -75,3 +75,55 @@ def questions(n: int, seed: int):
 def write_tsv(path: Path, header, rows) -> Path:
     path.write_text("\t".join(header) + "\n" + "".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def padded_ids(n: int, vocab_size: int, length: int, seed: int) -> np.ndarray:
+    """(n, length) int64 random token ids 1..vocab_size-1, each row right-padded with 0 after a seeded
+    random length in [3, length]."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocab_size, size=(n, length))
+    for i in range(n):
+        ids[i, int(rng.integers(3, length + 1)):] = 0
+    return ids.astype(np.int64)
+
+
+def tiny_text_teacher(d: Path, layers: int = 2):
+    """A TextTeacher artifact (Laplace head, no density features) fine-tuned on the tiny sentiment
+    corpus over a random tiny BERT of ``layers`` layers, in ``d / "teacher"``."""
+    from edgeuq.data.sources import DataOptions
+    from edgeuq.text.pipeline import TeacherOptions, train_text_teacher
+
+    cols = ["review", "verdict"]
+    train = write_tsv(d / "train.tsv", cols, sentiment_rows(60, 0))
+    val = write_tsv(d / "val.tsv", cols, sentiment_rows(16, 1))
+    test = write_tsv(d / "test.tsv", cols, sentiment_rows(16, 2))
+    return train_text_teacher(train, d / "teacher", TeacherOptions(train_layers=1, epochs=8, lr=3e-3, lr_head=3e-2,
+                                                                   batch=8, max_length=12, samples=8,
+                                                                   schemes=("laplace",), ood_features="none"),
+                              val=val, test=test, model=write_tiny_model(d / "model", layers=layers),
+                              data_options=DataOptions(text_column="review", label_column="verdict"),
+                              log=lambda m: None)
+
+
+def student_bundle_error(student, texts, samples: int = 8, seed: int = 5):
+    """(max |device predict_text samples - PyTorch mc_sample_probs| with the same noise rows,
+    the same with other noise rows) for a text student (:class:`edgeuq.text.student_chain.TextStudent`);
+    also checks that the device tokenizer is the student's."""
+    from edgeuq.compress.chain import tokenizer_of
+    from edgeuq.models import mc_sample_probs
+    from edgeuq_runtime import UncertaintyRuntime
+    from edgeuq_runtime.noise import sample_noise_rows
+
+    model = student.checkpoint.load_model().eval()
+    tok = tokenizer_of(student.checkpoint)
+    rt = UncertaintyRuntime(student.bundle)
+    ids = tok.encode_batch(texts)
+    assert np.array_equal(rt.tokenize(texts), ids)                         # the device tokenizer is the pruned one
+    got = rt.predict_text(texts, samples=samples, seed=seed).samples
+    errs = []
+    for s in (seed, seed + 1):
+        noise = sample_noise_rows(model.noise_specs(), samples * len(texts), np.random.default_rng(s))
+        with torch.no_grad():
+            want = mc_sample_probs(model, torch.from_numpy(ids), samples, noise=noise).numpy()
+        errs.append(float(np.max(np.abs(got - want))))
+    return errs[0], errs[1]

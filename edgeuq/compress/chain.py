@@ -25,19 +25,27 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from ..artifact import cached, digest_of
 from ..profile.harness import StageTimer
 from ..training import Checkpoint, save_checkpoint
+from ..training.checkpoint import TOKENIZER_FILE
 from .steps import COMPRESSION_STEPS, StepData, get_step, step_options
 
-__all__ = ["ChainStep", "ChainResult", "chain_from_table", "chain_table", "data_key", "run_chain"]
+__all__ = ["ChainStep", "ChainResult", "chain_from_table", "chain_table", "data_key", "run_chain",
+           "tokenizer_of", "data_in_vocabulary", "INPUT_FILES"]
+
+#: files beside a checkpoint that describe its input (not part of it): carried from each step's input to
+#: its output unless the step writes its own (``StepResult.files``)
+INPUT_FILES = (TOKENIZER_FILE,)
 
 _TABLE_KEYS = ("steps",)
 
@@ -143,6 +151,65 @@ def data_key(data: StepData, teacher: str = "") -> str:
     return digest_of([_array_digest(a) for a in (data.x, data.y, data.x_val, data.y_val)], teacher)
 
 
+def tokenizer_of(checkpoint: Checkpoint) -> Optional[Any]:
+    """The tokenizer kept beside ``checkpoint`` (``tokenizer.json``), None when there is none."""
+    from edgeuq_runtime.tokenizer import load_tokenizer
+
+    path = Path(checkpoint.directory) / TOKENIZER_FILE
+    return load_tokenizer(path) if path.is_file() else None
+
+
+def data_in_vocabulary(data: StepData, tokenizer: Optional[Any]) -> StepData:
+    """``data`` with its token ids in ``tokenizer``'s vocabulary (the model's after a step that
+    changed it): ``x`` / ``x_val`` mapped token by token, and the teacher's callables (labels,
+    features, hidden states) fed the ids mapped back into the vocabulary the teacher reads
+    (``data.tokenizer``'s). Unchanged when either tokenizer is unknown or both vocabularies are the
+    same. Every token of the windows must be in the new vocabulary (a ``vocab`` step keeps them), and
+    every token of the new vocabulary in the old one: else a ValueError says which."""
+    old = data.tokenizer
+    if old is None or tokenizer is None:
+        return data
+    if tuple(tokenizer.vocab) == tuple(old.vocab):
+        return dataclasses.replace(data, tokenizer=tokenizer)
+    new_index = {t: i for i, t in enumerate(tokenizer.vocab)}
+    old_index = {t: i for i, t in enumerate(old.vocab)}
+    fwd = np.array([new_index.get(t, -1) for t in old.vocab], dtype=np.int64)
+    inv = np.array([old_index.get(t, -1) for t in tokenizer.vocab], dtype=np.int64)
+    if (inv < 0).any():
+        raise ValueError(f"the model's vocabulary has tokens the data's tokenizer lacks, e.g. "
+                         f"{tokenizer.vocab[int(np.flatnonzero(inv < 0)[0])]!r}: the teacher cannot read them")
+
+    def forward(a: Optional[np.ndarray], what: str) -> Optional[np.ndarray]:
+        if a is None:
+            return None
+        out = fwd[np.asarray(a, dtype=np.int64)]
+        if (out < 0).any():
+            missing = old.vocab[int(np.asarray(a).ravel()[int(np.flatnonzero(out.ravel() < 0)[0])])]
+            raise ValueError(f"{what}: token {missing!r} is not in the model's vocabulary; tokenise the text with "
+                             f"the model's tokenizer instead")
+        return out
+
+    back = torch.from_numpy(inv)
+    t, f, h = data.teacher, data.features, data.teacher_hidden
+    return dataclasses.replace(
+        data, x=forward(data.x, "x"), x_val=forward(data.x_val, "x_val"), tokenizer=tokenizer,
+        teacher=None if t is None else (lambda x, s, seed: t(inv[np.asarray(x, dtype=np.int64)], s, seed)),
+        features=None if f is None else (lambda x: f(inv[np.asarray(x, dtype=np.int64)])),
+        teacher_hidden=None if h is None else (lambda ids: h(back[ids])))
+
+
+def _input_files(parent: Path, where: Path, written: Sequence[str]) -> None:
+    """Carry the parent's :data:`INPUT_FILES` that the step did not write into ``where``."""
+    for name in INPUT_FILES:
+        if name in written:
+            continue
+        src, dst = parent / name, where / name
+        if src.is_file():
+            shutil.copyfile(src, dst)
+        elif dst.exists():
+            dst.unlink()
+
+
 def run_chain(checkpoint: Checkpoint, chain: Sequence[ChainStep], data: StepData, out_dir: Path, key: str,
               progress: bool = True, log: Callable[[str], None] = print,
               folders: Optional[Sequence[str]] = None) -> ChainResult:
@@ -168,7 +235,8 @@ def run_chain(checkpoint: Checkpoint, chain: Sequence[ChainStep], data: StepData
                 hit = cached(Checkpoint, where, inputs)
                 was_cached = hit is not None
                 if hit is None:
-                    res = step.apply(current.load_model(), data, st.options)
+                    res = step.apply(current.load_model(), data_in_vocabulary(data, tokenizer_of(current)),
+                                     st.options)
                     companions = {}
                     for cname, write in res.companions.items():
                         cdir = out_dir / cname if folders is not None else where.with_name(f"{where.name}-{cname}")
@@ -177,6 +245,11 @@ def run_chain(checkpoint: Checkpoint, chain: Sequence[ChainStep], data: StepData
                     metrics = {"compress_step": {"step": st.name, "index": i, "options": options,
                                                  "info": dict(res.info), "parent_digest": current.digest,
                                                  "parent_sha256": current.sha256, "companions": companions}}
+                    # the input files first: the checkpoint's envelope, written last, then vouches for them too
+                    where.mkdir(parents=True, exist_ok=True)
+                    for fname, write in res.files.items():
+                        write(where / fname)
+                    _input_files(Path(current.directory), where, tuple(res.files))
                     hit = save_checkpoint(res.model, where, current.class_names, current.sample_rate_hz,
                                           current.normalization, metrics=metrics, inputs=inputs)
             rec = {"step": st.name, "index": i, "options": options,

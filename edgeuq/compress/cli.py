@@ -111,7 +111,8 @@ def _cmd_prune(a: argparse.Namespace) -> int:
 
         fisher_digest = load_fisher_report(Path(a.fisher)).digest
     options = {"target_flops": a.target_flops, "target_ms": a.target_ms, "labels": a.labels,
-               "rearrange": not a.no_rearrange, "tune": not a.no_tune, "seed": a.seed, "fisher": a.fisher}
+               "rearrange": not a.no_rearrange, "tune": not a.no_tune, "seed": a.seed, "fisher": a.fisher,
+               "keep_layers": a.keep_layers}
     out = Path(a.out)
     pruned_ck, rec = _one_step(ck, "prune", options, data, out, data_key(data, fisher_digest), not a.no_progress)
     print(f"pruned checkpoint: {pruned_ck.directory} (sha256 {pruned_ck.sha256[:12]}…); plan: {out / 'plan'}")
@@ -594,6 +595,9 @@ def register(subparsers) -> None:
                    help="Fisher with the data labels (Kwon et al.) or labels sampled from the model")
     p.add_argument("--no-rearrange", action="store_true")
     p.add_argument("--no-tune", action="store_true")
+    p.add_argument("--keep-layers", type=int, default=None,
+                   help="keep this many encoder blocks, chosen by the Fisher of whole-layer masks, before the "
+                        "head/neuron search (--target-flops is then a fraction of the kept blocks' MACs)")
     p.add_argument("--distill-epochs", type=int, default=0, help="then distil from the unpruned model (0: no)")
     _seed_and_progress(p, _cmd_prune)
 

@@ -8,6 +8,10 @@ stochastic part is its MC-dropout head — is trained on
     ce_weight · CE(labels)            (real training windows only)
   + τ² · KL(p̄_T^τ ‖ p̄_S^τ)            (mean predictive, temperature τ)
   + uq_weight · [(MI_T − MI_S)² + (E H_T − E H_S)²]     (loss ``kl+uq``)
+  + hidden_weight · mean_j MSE(h_S,j, h_T,map(j))   (optional hidden-state matching, TinyBERT:
+                                      each student hidden state — embedding output, every layer —
+                                      against the teacher layer it was cut from, the student's
+                                      ``teacher_layers``; token-masked)
   + feature_weight · D(P · f_S, f_T)   (optional feature distillation: the student's pooled trunk
                                       features f_S through a linear projection P against the
                                       teacher's f_T, D = relative MSE or 1 − cosine; P is refitted by
@@ -34,7 +38,7 @@ from tqdm.auto import tqdm
 
 from ..models import tile_samples
 from ..training.config import TrainConfig
-from .losses import FEATURE_LOSSES, feature_matching, mean_kl, uncertainty_matching
+from .losses import FEATURE_LOSSES, feature_matching, hidden_matching, mean_kl, uncertainty_matching
 from .transfer import TransferSet
 
 __all__ = ["DISTILL_TRAIN", "DistillConfig", "DistillResult", "LOSSES", "student_sample_logits", "distill_loss", "distill_model",
@@ -90,6 +94,9 @@ class DistillConfig:
     student_samples: int = 8
     feature_weight: float = 0.0   # > 0: feature distillation (needs the teacher's features in the transfer set)
     feature_loss: str = "mse"     # FEATURE_LOSSES
+    #: > 0: hidden-state matching (needs a student with ``hidden_states``, the bert trunk, and the
+    #: teacher's hidden states); 0 (default): off, the loss is unchanged
+    hidden_weight: float = 0.0
     train: TrainConfig = DISTILL_TRAIN
 
     def __post_init__(self) -> None:
@@ -102,8 +109,10 @@ class DistillConfig:
             raise ValueError(f"unknown distillation loss {self.loss!r}; available: {sorted(LOSSES)}")
         if self.feature_loss not in FEATURE_LOSSES:
             raise ValueError(f"unknown feature loss {self.feature_loss!r}; available: {list(FEATURE_LOSSES)}")
-        if not (math.isfinite(self.feature_weight) and self.feature_weight >= 0):
-            raise ValueError(f"feature_weight must be a finite number >= 0, got {self.feature_weight!r}")
+        for name in ("feature_weight", "hidden_weight"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if not self.temperature > 0 or self.uq_weight < 0 or self.ce_weight < 0:
             raise ValueError("temperature must be > 0 and the loss weights >= 0")
         if self.student_samples < 1:
@@ -150,15 +159,31 @@ def student_sample_logits(model: torch.nn.Module, x: torch.Tensor, samples: int)
 
 def distill_loss(model: torch.nn.Module, x: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
                  cfg: DistillConfig, teacher_features: Optional[torch.Tensor] = None,
-                 projection: Optional[torch.nn.Module] = None) -> torch.Tensor:
+                 projection: Optional[torch.nn.Module] = None,
+                 teacher_hidden: Optional[Callable[[torch.Tensor], Any]] = None) -> torch.Tensor:
     """The output loss ``cfg.loss``, plus ``cfg.feature_weight`` times the feature term when
-    ``teacher_features`` (B, d_t) and ``projection`` are given (the trunk runs once for both)."""
-    feats = model.trunk(x)
+    ``teacher_features`` (B, d_t) and ``projection`` are given, plus ``cfg.hidden_weight`` times the
+    hidden-state term when ``teacher_hidden`` (ids -> the teacher's hidden states) is given (the
+    trunk runs once for all)."""
+    trim = getattr(model, "trim_padding", None)   # token models with a padding mask: the batch's real length
+    if trim is not None:
+        x = trim(x)
+    hidden = cfg.hidden_weight > 0 and teacher_hidden is not None
+    if hidden:
+        states, mask = model.hidden_states(x)
+        feats = model.features_from_hidden(states, mask)
+    else:
+        feats = model.trunk(x)
     k = cfg.student_samples if model.cfg.is_stochastic else 1
     logits = model.head_forward(tile_samples(feats, k)).reshape(k, x.shape[0], -1)
     loss = LOSSES[cfg.loss](logits, teacher, labels, cfg)
     if cfg.feature_weight > 0 and teacher_features is not None and projection is not None:
         loss = loss + cfg.feature_weight * feature_matching(feats, teacher_features, projection, cfg.feature_loss)
+    if hidden:
+        with torch.no_grad():
+            target = teacher_hidden(x)
+        layer_map = [0, *(i + 1 for i in model.teacher_layers)]
+        loss = loss + cfg.hidden_weight * hidden_matching(states, target, mask, layer_map)
     return loss
 
 
@@ -204,7 +229,7 @@ def make_projection(student: torch.nn.Module, teacher_dim: int, seed: int = 0) -
 
 @torch.no_grad()
 def _evaluate(model: torch.nn.Module, ts: TransferSet, labels: np.ndarray, cfg: DistillConfig,
-              projection: Optional[torch.nn.Module] = None) -> float:
+              projection: Optional[torch.nn.Module] = None, teacher_hidden: Optional[Callable] = None) -> float:
     model.eval()
     model.set_sampling(True)
     state = torch.random.get_rng_state()
@@ -216,7 +241,7 @@ def _evaluate(model: torch.nn.Module, ts: TransferSet, labels: np.ndarray, cfg: 
             t = torch.from_numpy(np.ascontiguousarray(ts.probs[:, i : i + 256]))
             y = torch.from_numpy(labels[i : i + 256].astype(np.int64))
             tf = None if projection is None else torch.from_numpy(ts.features[i : i + 256])
-            total += float(distill_loss(model, x, t, y, cfg, tf, projection)) * len(x)
+            total += float(distill_loss(model, x, t, y, cfg, tf, projection, teacher_hidden)) * len(x)
             n += len(x)
     finally:
         torch.random.set_rng_state(state)
@@ -227,12 +252,14 @@ def _evaluate(model: torch.nn.Module, ts: TransferSet, labels: np.ndarray, cfg: 
 def distill_model(
     student: torch.nn.Module, train: TransferSet, train_labels: np.ndarray, val: TransferSet, val_labels: np.ndarray,
     cfg: DistillConfig = DistillConfig(), progress: bool = True, log: Optional[Callable[[str], None]] = None,
+    teacher_hidden: Optional[Callable[[torch.Tensor], Any]] = None,
 ) -> DistillResult:
     """Train ``student`` in place (AdamW, one-cycle, clipping; ``cfg.train`` sets the optimiser)
     and keep its best validation epoch.
 
     ``*_labels``: true class per transfer window, -1 where unknown (perturbed and
-    synthetic windows); they only feed the CE term.
+    synthetic windows); they only feed the CE term. ``teacher_hidden``: ids -> the teacher's hidden
+    states (embedding output, every layer), needed when ``cfg.hidden_weight`` > 0.
     """
     for name, ts, lab in (("training", train, train_labels), ("validation", val, val_labels)):
         if len(ts) == 0:
@@ -243,6 +270,14 @@ def distill_model(
             raise ValueError(f"{name}: teacher has {ts.probs.shape[2]} classes, student {student.cfg.num_classes}")
         if ts.x.shape[1] != student.cfg.input_length:
             raise ValueError(f"{name}: windows of {ts.x.shape[1]} samples, student expects {student.cfg.input_length}")
+    if cfg.hidden_weight > 0:
+        if teacher_hidden is None:
+            raise ValueError("hidden_weight > 0 needs the teacher's hidden states (teacher_hidden)")
+        if not (callable(getattr(student, "hidden_states", None)) and hasattr(student, "teacher_layers")):
+            raise ValueError(f"hidden_weight > 0 needs a student with per-layer hidden states (trunk 'bert'); "
+                             f"trunk {student.cfg.trunk!r} has none")
+    else:
+        teacher_hidden = None
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -276,7 +311,8 @@ def distill_model(
         bar = tqdm(range(steps), desc=f"distill epoch {epoch + 1}/{tc.epochs}", disable=not progress, leave=False)
         for step in bar:
             idx = perm[step * tc.batch_size : (step + 1) * tc.batch_size]
-            loss = distill_loss(student, xt[idx], pt[:, idx], yt[idx], cfg, None if ft is None else ft[idx], projection)
+            loss = distill_loss(student, xt[idx], pt[:, idx], yt[idx], cfg, None if ft is None else ft[idx], projection,
+                                teacher_hidden)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -284,7 +320,7 @@ def distill_model(
             sched.step()
             loss_sum += float(loss.detach()) * len(idx)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        val_loss = _evaluate(student, val, np.asarray(val_labels), cfg, projection)
+        val_loss = _evaluate(student, val, np.asarray(val_labels), cfg, projection, teacher_hidden)
         history.append((loss_sum / len(train), val_loss))
         if log is not None:
             log(f"distill epoch {epoch + 1:>2}: train loss {history[-1][0]:.4f} | val loss {val_loss:.4f}")

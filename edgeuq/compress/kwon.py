@@ -12,8 +12,16 @@
    lower value, kept only when it is lower.
 3. **Mask tuning** per layer, in order, by linear least squares (numpy): the
    kept heads' (neurons') scales are chosen so that the pruned model's residual
-   stream after the attention (FFN) sublayer matches the unpruned model's on
-   calibration windows; the scales are then folded into ``attn.proj`` / ``fc2``.
+   stream plus the attention (FFN) sublayer output matches the unpruned model's on
+   calibration windows (a pre-norm block's residual stream; a post-norm BERT
+   layer's LayerNorm input, as in the paper); the scales are then folded into the
+   block's head / neuron projection (``attn.proj`` / ``fc2``, ``attention.output.dense``
+   / ``output.dense``).
+
+The blocks are the trunk's :class:`~edgeuq.models.trunks.MaskableBlock` s
+(:meth:`~edgeuq.models.trunks.Trunk.maskable_blocks`), so the same code prunes the
+signal trunk and the BERT trunk. :func:`mask_gradients` also returns the gradients
+of whole-layer masks; :func:`choose_layers` keeps the layers of largest Fisher.
 """
 from __future__ import annotations
 
@@ -25,18 +33,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .masks import LayerMasks, apply_masks, as_tensors, prunable_layers
+from ..models.trunks import MaskableBlock, get_trunk
+from .masks import LayerMasks, apply_masks, as_tensors, maskable_blocks
 
-__all__ = ["MaskGradients", "mask_gradients", "block_costs", "search_masks", "rearrange_layer", "rearrange_masks",
+__all__ = ["MaskGradients", "mask_gradients", "choose_layers", "block_costs", "search_masks", "rearrange_layer", "rearrange_masks",
            "pruning_objective", "tune_masks", "TeacherCaptures"]
 
 
 @dataclass(frozen=True, eq=False)
 class MaskGradients:
-    """Per block: per-sample gradients of the loss w.r.t. head masks (N, H) and neuron masks (N, F)."""
+    """Per block: per-sample gradients of the loss w.r.t. head masks (N, H) and neuron masks (N, F);
+    ``layers`` (N, L): w.r.t. the layer masks (block output ``x + m (block(x) - x)`` at m = 1)."""
 
     heads: Sequence[np.ndarray]
     neurons: Sequence[np.ndarray]
+    layers: Optional[np.ndarray] = None
 
     def head_fisher(self) -> List[np.ndarray]:
         return [np.mean(g ** 2, axis=0) for g in self.heads]
@@ -44,38 +55,62 @@ class MaskGradients:
     def neuron_fisher(self) -> List[np.ndarray]:
         return [np.mean(g ** 2, axis=0) for g in self.neurons]
 
+    def layer_fisher(self) -> np.ndarray:
+        if self.layers is None:
+            raise ValueError("these mask gradients have no layer masks")
+        return np.mean(self.layers ** 2, axis=0)
+
 
 def mask_gradients(model: nn.Module, x: np.ndarray, y: Optional[np.ndarray] = None, batch_size: int = 64,
-                   seed: int = 0) -> MaskGradients:
+                   seed: int = 0, blocks: Optional[Sequence[MaskableBlock]] = None) -> MaskGradients:
     """Per-sample mask gradients of −log p(y | x) at all-ones masks, deterministic pass.
 
     ``y`` = the data labels (Kwon et al.; the empirical Fisher); ``None`` = labels
     sampled from the model's own prediction (the true Fisher, one draw per window).
     Each sample gets its own mask row (B, groups), so one backward gives every
-    sample's gradient exactly.
+    sample's gradient exactly; the same backward gives the layer masks' gradients.
+    ``blocks``: the maskable blocks when ``model`` has no trunk config (:func:`maskable_blocks`).
     """
-    layers = prunable_layers(model)
+    bl = maskable_blocks(model, blocks)
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    gh: List[List[np.ndarray]] = [[] for _ in layers]
-    gn: List[List[np.ndarray]] = [[] for _ in layers]
+    gh: List[List[np.ndarray]] = [[] for _ in bl]
+    gn: List[List[np.ndarray]] = [[] for _ in bl]
+    gl: List[np.ndarray] = []
+    trim = getattr(model, "trim_padding", None)   # token models with a padding mask: the batch's real length
     for start in range(0, len(x), batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
+        if trim is not None:
+            xb = trim(xb)
         b = len(xb)
-        hm = [torch.ones(b, l["heads"], requires_grad=True) for l in layers]
-        nm = [torch.ones(b, l["ffn"], requires_grad=True) for l in layers]
-        with apply_masks(model, hm, nm):
+        hm = [torch.ones(b, l.heads, requires_grad=True) for l in bl]
+        nm = [torch.ones(b, l.ffn, requires_grad=True) for l in bl]
+        lm = [torch.ones(b, requires_grad=True) for _ in bl]
+        with apply_masks(model, hm, nm, lm, blocks=bl):
             logits = model(xb)
         if y is None:
             with torch.no_grad():
                 target = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
         else:
             target = torch.from_numpy(np.asarray(y[start : start + batch_size], dtype=np.int64))
-        grads = torch.autograd.grad(F.cross_entropy(logits, target, reduction="sum"), hm + nm)
-        for i in range(len(layers)):
+        grads = torch.autograd.grad(F.cross_entropy(logits, target, reduction="sum"), hm + nm + lm)
+        L = len(bl)
+        for i in range(L):
             gh[i].append(grads[i].double().numpy())
-            gn[i].append(grads[len(layers) + i].double().numpy())
-    return MaskGradients(tuple(np.concatenate(g) for g in gh), tuple(np.concatenate(g) for g in gn))
+            gn[i].append(grads[L + i].double().numpy())
+        gl.append(torch.stack(grads[2 * L:], 1).double().numpy())
+    return MaskGradients(tuple(np.concatenate(g) for g in gh), tuple(np.concatenate(g) for g in gn),
+                         np.concatenate(gl))
+
+
+def choose_layers(layer_fisher: np.ndarray, k: int) -> Tuple[int, ...]:
+    """The ``k`` layers of largest layer-mask Fisher, in network order (not simply the top k)."""
+    layer_fisher = np.asarray(layer_fisher, dtype=np.float64)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(layer_fisher):
+        raise ValueError(f"keep_layers must be an integer in [1, {len(layer_fisher)}], got {k!r}")
+    if not np.all(np.isfinite(layer_fisher)):
+        raise ValueError(f"layer Fisher has non-finite entries: {layer_fisher.tolist()}")
+    return tuple(sorted(int(i) for i in np.argsort(-layer_fisher, kind="stable")[:k]))
 
 
 def block_costs(tokens: int, d_model: int, head_dim: int) -> Tuple[float, float]:
@@ -159,18 +194,29 @@ def rearrange_masks(masks: LayerMasks, grads: MaskGradients) -> LayerMasks:
 
 # --------------------------------------------------------------------- mask tuning
 class _Capture:
-    """Forward hooks recording, for one block, its input, the proj input, the norm2 input
-    (residual after attention), the fc2 input and the block output."""
+    """Forward hooks recording, for one block, the input of ``head_proj`` / ``ffn_proj`` (the
+    head outputs / FFN neurons, before any mask), their outputs (after the masks) and the two
+    sums residual + sublayer output (``attn_sum`` / ``ffn_sum``) where tuning matches the model."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, block: MaskableBlock) -> None:
         self.data: dict = {}
+
+        def put(key):
+            return lambda m, a: self.data.__setitem__(key, a[0].detach())
+
+        def put_out(key):
+            return lambda m, a, out: self.data.__setitem__(key, out.detach())
+
         self.handles = [
-            block.register_forward_pre_hook(lambda m, a: self.data.__setitem__("x_in", a[0].detach())),
-            block.attn.proj.register_forward_pre_hook(lambda m, a: self.data.__setitem__("heads", a[0].detach())),
-            block.norm2.register_forward_pre_hook(lambda m, a: self.data.__setitem__("x_mid", a[0].detach())),
-            block.fc2.register_forward_pre_hook(lambda m, a: self.data.__setitem__("hidden", a[0].detach())),
-            block.register_forward_hook(lambda m, a, out: self.data.__setitem__("x_out", out.detach())),
+            block.sub(block.head_proj).register_forward_pre_hook(put("heads")),
+            block.sub(block.ffn_proj).register_forward_pre_hook(put("hidden")),
         ]
+        for key, (name, where) in (("attn_sum", block.attn_sum), ("ffn_sum", block.ffn_sum)):
+            m = block.sub(name)
+            self.handles.append(m.register_forward_pre_hook(put(key)) if where == "input"
+                                else m.register_forward_hook(put_out(key)))
+        self.handles += [block.sub(block.head_proj).register_forward_hook(put_out("attn_out")),
+                         block.sub(block.ffn_proj).register_forward_hook(put_out("ffn_out"))]
 
     def remove(self) -> None:
         for h in self.handles:
@@ -182,18 +228,19 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def _capture(model: nn.Module, index: int, x: torch.Tensor, masks: Optional[LayerMasks]) -> dict:
-    cap = _Capture(model.blocks[index])  # registered before the mask hooks: sees pre-mask inputs
+def _capture(model: nn.Module, blocks: Sequence[MaskableBlock], index: int, x: torch.Tensor,
+             masks: Optional[LayerMasks]) -> dict:
+    cap = _Capture(blocks[index])  # registered before the mask hooks: sees pre-mask inputs
 
     def stop(m, a, out):  # after the block's output is recorded, skip the later blocks and the head
         raise _Stop
 
-    cap.handles.append(model.blocks[index].register_forward_hook(stop))
+    cap.handles.append(blocks[index].module.register_forward_hook(stop))
     try:
         if masks is None:
             model(x)
         else:
-            with apply_masks(model, *as_tensors(masks)):
+            with apply_masks(model, *as_tensors(masks), blocks=blocks):
                 model(x)
     except _Stop:
         pass
@@ -209,8 +256,10 @@ class TeacherCaptures:
     forward passes is run once per search instead of once per trial. Bound to one model and one
     calibration array (``tune_masks`` checks both)."""
 
-    def __init__(self, model: nn.Module, x: np.ndarray, batch_size: int = 128) -> None:
+    def __init__(self, model: nn.Module, x: np.ndarray, batch_size: int = 128,
+                 blocks: Optional[Sequence[MaskableBlock]] = None) -> None:
         self.model, self.x, self.batch_size = model, np.array(x, copy=True), int(batch_size)
+        self.blocks = maskable_blocks(model, blocks)
         self._data: dict = {}
         self.computed = 0  # reference captures run (one per block and chunk at most)
 
@@ -221,8 +270,8 @@ class TeacherCaptures:
     def get(self, index: int, chunk: int, xb: torch.Tensor) -> dict:
         key = (index, chunk)
         if key not in self._data:
-            full = _capture(self.model, index, xb, None)
-            self._data[key] = {"x_mid": full["x_mid"], "x_out": full["x_out"]}
+            full = _capture(self.model, self.blocks, index, xb, None)
+            self._data[key] = {"attn_sum": full["attn_sum"], "ffn_sum": full["ffn_sum"]}
             self.computed += 1
         return self._data[key]
 
@@ -238,9 +287,16 @@ def _residual_error(gram: np.ndarray, rhs: np.ndarray, rr: float, m: np.ndarray)
 
 def tune_masks(model: nn.Module, masks: LayerMasks, x: np.ndarray, batch_size: int = 128,
                log: Optional[Callable[[str], None]] = None,
-               reference: Optional[TeacherCaptures] = None) -> LayerMasks:
+               reference: Optional[TeacherCaptures] = None,
+               blocks: Optional[Sequence[MaskableBlock]] = None) -> LayerMasks:
     """Least-squares scales for the kept heads and neurons, block by block (deterministic pass).
 
+    For each sublayer the pruned model's residual stream plus the kept heads' (neurons')
+    scaled contributions is fitted to the unpruned model's at the same point (the block's
+    ``attn_sum`` / ``ffn_sum``: a pre-norm block's residual stream, a post-norm layer's
+    LayerNorm input), on calibration inputs ``x`` (their real positions: a token trunk's padding
+    is left out, :meth:`~edgeuq.models.trunks.Trunk.real_positions`), with the earlier blocks
+    already tuned.
     Returns masks whose nonzero entries are the tuned scales; a layer keeps its
     previous scales if the fit would not lower its calibration error. ``reference``: the
     unpruned model's captures on ``x`` kept across calls (:class:`TeacherCaptures`; a search
@@ -249,34 +305,39 @@ def tune_masks(model: nn.Module, masks: LayerMasks, x: np.ndarray, batch_size: i
     model.eval()
     if reference is not None:
         reference.check(model, x, batch_size)
-    layers = prunable_layers(model)
+    bl = maskable_blocks(model, blocks)
     heads = [np.asarray(m, dtype=np.float64).copy() for m in masks.heads]
     neurons = [np.asarray(m, dtype=np.float64).copy() for m in masks.neurons]
     chunks = [torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
-    for i, (block, l) in enumerate(zip(model.blocks, layers)):
-        dh = l["head_dim"]
-        w_proj = block.attn.proj.weight.detach().double()
-        b_proj = block.attn.proj.bias.detach().double() if block.attn.proj.bias is not None else 0.0
-        w2 = block.fc2.weight.detach().double()
-        b2 = block.fc2.bias.detach().double() if block.fc2.bias is not None else 0.0
+    # rows fitted: every position, or (token trunks) the real tokens, padding left out
+    trunk = get_trunk(model.cfg.trunk) if blocks is None else None
+    real = [None if trunk is None else trunk.real_positions(model, xb) for xb in chunks]
+    for i, l in enumerate(bl):
+        dh = l.head_dim
         for part in ("attn", "ffn"):
+            proj = l.sub(l.head_proj if part == "attn" else l.ffn_proj)
+            w = proj.weight.detach().double()
+            bias = proj.bias.detach().double() if proj.bias is not None else 0.0
             kept = np.flatnonzero(heads[i] if part == "attn" else neurons[i])
             gram = np.zeros((len(kept), len(kept)))
             rhs = np.zeros(len(kept))
             rr = 0.0
             for j, xb in enumerate(chunks):
-                full = _capture(model, i, xb, None) if reference is None else reference.get(i, j, xb)
-                cur = _capture(model, i, xb, LayerMasks(tuple(heads), tuple(neurons)))
+                full = _capture(model, bl, i, xb, None) if reference is None else reference.get(i, j, xb)
+                cur = _capture(model, bl, i, xb, LayerMasks(tuple(heads), tuple(neurons)))
+                key = part + "_sum"
+                # residual stream of the pruned model at this point = its sum minus its sublayer output
+                resid = cur[key].double() - cur[part + "_out"].double()
+                rows = slice(None) if real[j] is None else real[j].reshape(-1)
+                r = (full[key].double() - resid - bias).reshape(-1, w.shape[0])[rows]
                 if part == "attn":
-                    r = (full["x_mid"].double() - cur["x_in"].double() - b_proj).reshape(-1, w_proj.shape[0])
-                    a = cur["heads"].double().reshape(-1, l["heads"], dh)[:, kept]  # rows, k, dh
-                    contrib = torch.einsum("rkd,okd->rko", a, w_proj.reshape(-1, l["heads"], dh)[:, kept])
+                    a = cur["heads"].double().reshape(-1, l.heads, dh)[rows][:, kept]  # rows, k, dh
+                    contrib = torch.einsum("rkd,okd->rko", a, w.reshape(-1, l.heads, dh)[:, kept])
                     gram += torch.einsum("rko,rlo->kl", contrib, contrib).numpy()
                     rhs += torch.einsum("rko,ro->k", contrib, r).numpy()
                 else:
-                    r = (full["x_out"].double() - cur["x_mid"].double() - b2).reshape(-1, w2.shape[0])
-                    h = cur["hidden"].double().reshape(-1, l["ffn"])[:, kept]
-                    wk = w2[:, kept]
+                    h = cur["hidden"].double().reshape(-1, l.ffn)[rows][:, kept]
+                    wk = w[:, kept]
                     gram += ((h.T @ h) * (wk.T @ wk)).numpy()
                     rhs += (h * (r @ wk)).sum(0).numpy()
                 rr += float((r * r).sum())

@@ -15,6 +15,8 @@ probabilities ``(S, B, C)``.
 * :func:`feature_matching` — the student's pooled trunk features, mapped by a learned linear
   projection, against the teacher's (relative MSE or 1 − cosine): keeps the teacher's feature
   geometry, where the density (distance) score lives.
+* :func:`hidden_matching` — TinyBERT's hidden-state loss: the token-masked MSE of each student
+  hidden state (embedding output, every layer) against the teacher hidden state it maps to.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch
 __all__ = [
     "EPS", "entropy", "decompose", "mean_kl", "uncertainty_matching", "dirichlet_nll",
     "dirichlet_mutual_information", "check_teacher_probs", "feature_matching", "FEATURE_LOSSES",
+    "hidden_matching",
 ]
 
 #: Feature-distillation distances (:func:`feature_matching`).
@@ -127,3 +130,21 @@ def feature_matching(student_features: torch.Tensor, teacher_features: torch.Ten
     if kind == "mse":
         return ((z - teacher_features) ** 2).mean() / (teacher_features ** 2).mean().clamp_min(EPS)
     return (1.0 - torch.nn.functional.cosine_similarity(z, teacher_features, dim=-1, eps=EPS)).mean()
+
+
+def hidden_matching(student_hidden, teacher_hidden, mask: torch.Tensor, layer_map) -> torch.Tensor:
+    """Mean over ``j`` of the token-masked MSE between ``student_hidden[j]`` and
+    ``teacher_hidden[layer_map[j]]`` (each (B, T, d); ``mask`` (B, T) 1 for real tokens): the
+    squared error summed over real tokens and features, divided by (real tokens x d)."""
+    if len(layer_map) != len(student_hidden):
+        raise ValueError(f"hidden_matching: {len(student_hidden)} student hidden states, layer map of "
+                         f"{len(layer_map)}")
+    m = mask.unsqueeze(-1)
+    total = student_hidden[0].new_zeros(())
+    for s, i in zip(student_hidden, layer_map):
+        t = teacher_hidden[i]
+        if s.shape != t.shape:
+            raise ValueError(f"hidden_matching: student hidden state {tuple(s.shape)} vs teacher layer {i} "
+                             f"{tuple(t.shape)} (matching needs the teacher's width)")
+        total = total + ((s - t) ** 2 * m).sum() / (m.sum() * s.shape[-1]).clamp_min(1.0)
+    return total / len(layer_map)

@@ -1,22 +1,27 @@
-"""Head and FFN-neuron masks on a signal transformer, applied by forward pre-hooks.
+"""Head, FFN-neuron and layer masks on a trunk's encoder blocks, applied by forward hooks.
 
-A head mask multiplies head h's slice of the input of ``blocks[i].attn.proj``
-(the concatenated head outputs, head-major: head h = columns h·dh … (h+1)·dh);
-a neuron mask multiplies the input of ``blocks[i].fc2`` (the FFN hidden units,
-after activation and dropout). The model's own code is untouched. Masks may be
-per layer ``(groups,)`` or per sample ``(B, groups)`` (per-sample gradients).
+The blocks are the trunk's :class:`~edgeuq.models.trunks.MaskableBlock` s (the signal trunk's
+pre-norm blocks, the BERT trunk's post-norm layers). A head mask multiplies head h's slice of
+the input of the block's ``head_proj`` (``attn.proj`` / ``attention.output.dense``: the
+concatenated head outputs, head-major: head h = columns h·dh … (h+1)·dh); a neuron mask
+multiplies the input of ``ffn_proj`` (``fc2`` / ``output.dense``: the FFN hidden units, after
+activation and dropout); a layer mask m turns the block into ``x + m (block(x) - x)``. The
+model's own code is untouched. Masks may be per layer ``(groups,)`` or per sample ``(B, groups)``
+(per-sample gradients).
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Mapping, Sequence
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["LayerMasks", "prunable_layers", "apply_masks", "full_masks", "check_prunable"]
+from ..models.trunks import MaskableBlock, get_trunk
+
+__all__ = ["LayerMasks", "prunable_layers", "maskable_blocks", "apply_masks", "full_masks", "check_prunable"]
 
 
 @dataclass(frozen=True)
@@ -42,25 +47,24 @@ class LayerMasks:
                    tuple(np.asarray(n, dtype=np.float64) for n in d["neurons"]))
 
 
+def maskable_blocks(model: nn.Module, blocks: Optional[Sequence[MaskableBlock]] = None) -> List[MaskableBlock]:
+    """The model's maskable encoder blocks (its trunk's :meth:`~edgeuq.models.trunks.Trunk.maskable_blocks`),
+    or ``blocks`` when given (a model outside ``ModelConfig``, e.g. a BERT encoder inside another
+    module: :func:`~edgeuq.models.trunks.bert_maskable_blocks`)."""
+    if blocks is not None:
+        return list(blocks)
+    return get_trunk(model.cfg.trunk).maskable_blocks(model)
+
+
 def check_prunable(model: nn.Module) -> None:
-    """Refuse models whose attention/FFN linears are not plain ``nn.Linear`` (HSA, variational blocks)."""
-    problems = []
-    for i, block in enumerate(model.blocks):
-        attn = getattr(block, "attn", None)
-        for name, m in (("attn.qkv", getattr(attn, "qkv", None)), ("attn.proj", getattr(attn, "proj", None)),
-                        ("fc1", getattr(block, "fc1", None)), ("fc2", getattr(block, "fc2", None))):
-            if type(m) is not nn.Linear:
-                problems.append(f"blocks.{i}.{name} is {type(m).__name__}")
-    if problems:
-        raise ValueError("structured pruning needs plain nn.Linear attention and FFN layers (mc_dropout, ensemble "
-                         "members, laplace); " + "; ".join(problems))
+    """Refuse models whose attention/FFN linears are not plain ``nn.Linear`` (HSA, variational blocks,
+    factorised layers) or whose trunk has no maskable blocks."""
+    maskable_blocks(model)
 
 
-def prunable_layers(model: nn.Module) -> List[Dict[str, int]]:
+def prunable_layers(model: nn.Module, blocks: Optional[Sequence[MaskableBlock]] = None) -> List[Dict[str, int]]:
     """Per block: {"heads", "head_dim", "ffn"} read from the modules."""
-    check_prunable(model)
-    return [{"heads": int(b.attn.heads), "head_dim": int(b.attn.head_dim), "ffn": int(b.fc2.in_features)}
-            for b in model.blocks]
+    return [b.widths() for b in maskable_blocks(model, blocks)]
 
 
 def full_masks(model: nn.Module) -> LayerMasks:
@@ -79,20 +83,36 @@ def _hook(mask: torch.Tensor, repeat: int):
     return pre
 
 
+def _layer_hook(mask: torch.Tensor):
+    def post(module: nn.Module, args, out):
+        x = args[0]
+        m = mask if mask.dim() == 0 else mask.reshape(mask.shape[0], *([1] * (out.dim() - 1)))
+        return x + m.to(out.dtype) * (out - x)
+
+    return post
+
+
 @contextmanager
-def apply_masks(model: nn.Module, heads: Sequence[torch.Tensor], neurons: Sequence[torch.Tensor]) -> Iterator[None]:
-    """Within the block, ``model`` runs with these head / neuron masks (tensors, may require grad)."""
-    layers = prunable_layers(model)
-    if len(heads) != len(layers) or len(neurons) != len(layers):
-        raise ValueError(f"need masks for {len(layers)} blocks, got {len(heads)} head and {len(neurons)} neuron masks")
+def apply_masks(model: nn.Module, heads: Sequence[torch.Tensor], neurons: Sequence[torch.Tensor],
+                layers: Optional[Sequence[torch.Tensor]] = None,
+                blocks: Optional[Sequence[MaskableBlock]] = None) -> Iterator[None]:
+    """Within the block, ``model`` runs with these head / neuron masks (tensors, may require grad);
+    ``layers``: one mask per block, per sample (B,) or scalar, whose block output becomes
+    ``x + m (block(x) - x)`` (the layer mask whose gradient ranks whole layers)."""
+    bl = maskable_blocks(model, blocks)
+    if len(heads) != len(bl) or len(neurons) != len(bl) or (layers is not None and len(layers) != len(bl)):
+        raise ValueError(f"need masks for {len(bl)} blocks, got {len(heads)} head and {len(neurons)} neuron masks"
+                         + ("" if layers is None else f" and {len(layers)} layer masks"))
     handles = []
     try:
-        for i, (block, l) in enumerate(zip(model.blocks, layers)):
-            if heads[i].shape[-1] != l["heads"] or neurons[i].shape[-1] != l["ffn"]:
+        for i, b in enumerate(bl):
+            if heads[i].shape[-1] != b.heads or neurons[i].shape[-1] != b.ffn:
                 raise ValueError(f"block {i}: masks of width {heads[i].shape[-1]}/{neurons[i].shape[-1]}, "
-                                 f"layer has {l['heads']} heads / {l['ffn']} neurons")
-            handles.append(block.attn.proj.register_forward_pre_hook(_hook(heads[i], l["head_dim"])))
-            handles.append(block.fc2.register_forward_pre_hook(_hook(neurons[i], 1)))
+                                 f"layer has {b.heads} heads / {b.ffn} neurons")
+            handles.append(b.sub(b.head_proj).register_forward_pre_hook(_hook(heads[i], b.head_dim)))
+            handles.append(b.sub(b.ffn_proj).register_forward_pre_hook(_hook(neurons[i], 1)))
+            if layers is not None:
+                handles.append(b.module.register_forward_hook(_layer_hook(layers[i])))
         yield
     finally:
         for h in handles:

@@ -8,7 +8,9 @@
       ─prune_physically► smaller model (per-block widths), checkpoint + prune_plan.json
 
 The MACs budget (``target_flops``) is the fraction of the encoder blocks' MACs
-kept (the embedding and the head are not pruned). ``target_ms``: the largest
+kept (the embedding and the head are not pruned; with ``keep_layers``, of the kept blocks').
+Every trunk with maskable blocks (:meth:`~edgeuq.models.trunks.Trunk.maskable_blocks`:
+the signal trunk's pre-norm blocks, the BERT trunk's post-norm layers) is pruned this way. ``target_ms``: the largest
 budget whose pruned model's deterministic pass, measured on this host (PyTorch,
 one thread, median), is within ``target_ms`` — found by bisection on the budget.
 """
@@ -23,9 +25,9 @@ import torch
 from torch import nn
 
 from ..artifact import Artifact, ArtifactWriter
-from .kwon import block_costs, mask_gradients, rearrange_masks, search_masks, tune_masks
+from .kwon import block_costs, choose_layers, mask_gradients, rearrange_masks, search_masks, tune_masks
 from .masks import LayerMasks, prunable_layers
-from .slicing import count_macs, count_params, prune_physically
+from .slicing import count_macs, count_params, drop_layers, prune_physically
 
 __all__ = ["PruneConfig", "PruneResult", "PrunePlan", "prune", "fisher_scores_from_report", "save_prune_plan"]
 
@@ -38,8 +40,14 @@ class PruneConfig:
     rearrange: bool = True
     tune: bool = True
     seed: int = 0
+    #: keep this many encoder blocks, chosen by the Fisher of whole-layer masks (not simply the
+    #: top ones), before the head/neuron search; None = keep every block
+    keep_layers: Optional[int] = None
 
     def __post_init__(self) -> None:
+        k = self.keep_layers
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"keep_layers must be an integer >= 1 (or omitted), got {k!r}")
         if (self.target_flops is None) == (self.target_ms is None):
             raise ValueError("give exactly one of target_flops (fraction of block MACs kept) and target_ms")
         if self.target_flops is not None and not 0.0 < self.target_flops <= 1.0:
@@ -81,7 +89,7 @@ def _budget(model: nn.Module, layers, ratio: float) -> Tuple[list, list, float, 
 def _host_ms(model: nn.Module, repeats: int = 20) -> float:
     from ..profile import measure
 
-    x = torch.zeros(1, model.cfg.input_length)
+    x = torch.zeros(1, model.cfg.input_length, dtype=torch.int64 if model.cfg.embed == "token" else torch.float32)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -94,9 +102,32 @@ def _host_ms(model: nn.Module, repeats: int = 20) -> float:
 def prune(model: nn.Module, x: np.ndarray, y: Optional[np.ndarray], cfg: PruneConfig,
           scores: Optional[Tuple[Sequence[np.ndarray], Sequence[np.ndarray]]] = None,
           log: Callable[[str], None] = lambda s: None) -> PruneResult:
-    """Prune ``model`` (left unchanged) on calibration windows ``x`` (labels ``y``)."""
+    """Prune ``model`` (left unchanged) on calibration windows ``x`` (labels ``y``).
+
+    With ``cfg.keep_layers`` = k the k blocks of largest layer-mask Fisher are kept first
+    (:func:`~edgeuq.compress.slicing.drop_layers`); the head/neuron steps then run on that
+    model (its mask gradients recomputed, mask tuning matching it), and ``target_flops`` is
+    the fraction of *its* block MACs kept. ``info`` records the layer Fisher and the kept
+    indices; the masks index the kept blocks in order."""
+    labels = y if cfg.labels == "data" else None
+    grads = mask_gradients(model, x, labels, seed=cfg.seed)
+    layer_info: dict = {"layer_fisher": [float(v) for v in grads.layer_fisher()]}
+    n_blocks = len(grads.heads)
+    source = model
+    if cfg.keep_layers is not None and cfg.keep_layers != n_blocks:
+        if cfg.keep_layers > n_blocks:
+            raise ValueError(f"keep_layers ({cfg.keep_layers}) exceeds the model's {n_blocks} blocks")
+        if scores is not None:
+            raise ValueError("keep_layers with given Fisher scores (a report of the full model) is not supported: "
+                             "the head/neuron scores are recomputed on the kept layers")
+        kept = choose_layers(grads.layer_fisher(), cfg.keep_layers)
+        model = drop_layers(model, kept)
+        grads = mask_gradients(model, x, labels, seed=cfg.seed)
+        log(f"layer choice: layer Fisher {[f'{v:.3g}' for v in layer_info['layer_fisher']]}; kept {list(kept)}")
+    else:
+        kept = tuple(range(n_blocks))
+    layer_info["kept_layers"] = list(kept)
     layers = prunable_layers(model)
-    grads = mask_gradients(model, x, y if cfg.labels == "data" else None, seed=cfg.seed)
     hs, ns = scores if scores is not None else (grads.head_fisher(), grads.neuron_fisher())
     if len(hs) != len(layers) or any(len(h) != l["heads"] or len(n) != l["ffn"] for h, n, l in zip(hs, ns, layers)):
         raise ValueError("Fisher scores do not match the model's heads / neurons (another checkpoint's report?)")
@@ -144,11 +175,12 @@ def prune(model: nn.Module, x: np.ndarray, y: Optional[np.ndarray], cfg: PruneCo
                     for i, l in enumerate(layers))
     info = {
         "budget_ratio": ratio, "block_macs_before": total, "block_macs_after": float(kept_macs),
-        "model_macs_before": count_macs(model), "model_macs_after": count_macs(pruned),
-        "params_before": count_params(model), "params_after": count_params(pruned),
+        "model_macs_before": count_macs(source), "model_macs_after": count_macs(pruned),
+        "params_before": count_params(source), "params_after": count_params(pruned),
         "heads_kept": [int(np.count_nonzero(h)) for h in masks.heads],
         "neurons_kept": [int(np.count_nonzero(n)) for n in masks.neurons],
         "config": asdict(cfg),
+        **layer_info,
     }
     log(f"pruned: heads {info['heads_kept']} neurons {info['neurons_kept']}; model MACs "
         f"{info['model_macs_before']} -> {info['model_macs_after']}, params {info['params_before']} -> "

@@ -2,15 +2,16 @@
 
 The pruned model has ``ModelConfig.blocks`` = per-block :class:`BlockShape`
 (kept heads, same head_dim, kept neurons); its weights are the kept rows/columns
-of the original, with the masks' scales folded into ``attn.proj`` and ``fc2``
-columns, so its outputs equal the masked model's. Stochastic layers are rebuilt
+of the original, with the masks' scales folded into the columns of the block's
+``head_proj`` and ``ffn_proj`` (``attn.proj`` / ``fc2`` of the signal trunk,
+``attention.output.dense`` / ``output.dense`` of the BERT trunk), so its outputs equal
+the masked model's. :func:`drop_layers` removes whole blocks (layer choice). Stochastic layers are rebuilt
 from the new widths (their noise shapes follow); :func:`slice_noise` maps noise
 drawn for the original model onto the pruned one (the same masks on the kept units).
 """
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -18,57 +19,89 @@ from torch import nn
 
 from ..models import build_model
 from ..models.config import BlockShape
-from .masks import LayerMasks, prunable_layers
+from ..models.trunks import get_trunk
+from .masks import LayerMasks, maskable_blocks, prunable_layers
 
-__all__ = ["pruned_config", "prune_physically", "slice_noise", "count_macs", "count_params"]
+__all__ = ["pruned_config", "prune_physically", "drop_layers", "slice_noise", "count_macs", "count_params"]
 
 
 def pruned_config(cfg, masks: LayerMasks, layers) -> object:
+    """``cfg`` with the widths that ``masks`` keep (``ModelConfig.blocks``), through the trunk."""
     blocks = tuple(BlockShape(heads=int(np.count_nonzero(masks.heads[i])), head_dim=int(l["head_dim"]),
                               ffn=int(np.count_nonzero(masks.neurons[i]))) for i, l in enumerate(layers))
     for i, b in enumerate(blocks):
         if b.heads < 1 or b.ffn < 1:
             raise ValueError(f"block {i} would keep {b.heads} heads and {b.ffn} neurons; keep at least one of each")
-    return replace(cfg, blocks=blocks)
+    return get_trunk(cfg.trunk).sliced_config(cfg, range(len(blocks)), blocks)
 
 
-def _qkv_rows(heads: int, head_dim: int, kept: np.ndarray) -> np.ndarray:
+def _head_rows(heads: int, head_dim: int, kept: np.ndarray, parts: int) -> np.ndarray:
+    """Rows of a head-major linear (``parts`` stacks, e.g. fused q|k|v) belonging to heads ``kept``."""
     inner = heads * head_dim
-    return np.concatenate([p * inner + h * head_dim + np.arange(head_dim) for p in range(3) for h in kept])
+    return np.concatenate([p * inner + h * head_dim + np.arange(head_dim) for p in range(parts) for h in kept])
+
+
+def _finish(new: nn.Module, src: Mapping[str, torch.Tensor], state: Dict[str, torch.Tensor],
+            rename: Mapping[str, str] = {}) -> nn.Module:
+    """Load ``state`` + every other tensor of ``new`` from ``src`` (under its old name when renamed)."""
+    for k, v in new.state_dict().items():
+        if k in state:
+            continue
+        old = next((o + k[len(n):] for n, o in rename.items() if k.startswith(n)), k)
+        if old not in src or src[old].shape != v.shape:
+            raise RuntimeError(f"pruned model parameter {k} {tuple(v.shape)} has no counterpart of the same shape")
+        state[k] = src[old]
+    new.load_state_dict(state)
+    return new.eval()
 
 
 @torch.no_grad()
 def prune_physically(model: nn.Module, masks: LayerMasks) -> nn.Module:
-    """A new model without the pruned heads / neurons (scales folded in), in eval mode."""
-    layers = prunable_layers(model)
-    new = build_model(pruned_config(model.cfg, masks, layers))
+    """A new model without the pruned heads / neurons (scales folded in), in eval mode: for every
+    maskable block (:func:`~edgeuq.compress.masks.maskable_blocks`) the kept heads' rows of its
+    ``head_rows`` linears and columns of ``head_proj``, the kept neurons' rows of ``ffn_in`` and
+    columns of ``ffn_proj``; everything else (embeddings, norms, head) is copied."""
+    blocks = maskable_blocks(model)
+    new = build_model(pruned_config(model.cfg, masks, [b.widths() for b in blocks]))
     src = model.state_dict()
     state: Dict[str, torch.Tensor] = {}
-    for i, l in enumerate(layers):
+    for i, b in enumerate(blocks):
         kh, kn = masks.kept_heads(i), masks.kept_neurons(i)
-        p = f"blocks.{i}."
-        rows = torch.from_numpy(_qkv_rows(l["heads"], l["head_dim"], kh))
-        cols = torch.from_numpy(np.concatenate([h * l["head_dim"] + np.arange(l["head_dim"]) for h in kh]))
-        col_scale = torch.from_numpy(np.repeat(masks.heads[i][kh], l["head_dim"])).to(src[p + "attn.proj.weight"].dtype)
-        state[p + "attn.qkv.weight"] = src[p + "attn.qkv.weight"][rows]
-        if p + "attn.qkv.bias" in src:
-            state[p + "attn.qkv.bias"] = src[p + "attn.qkv.bias"][rows]
-        state[p + "attn.proj.weight"] = src[p + "attn.proj.weight"][:, cols] * col_scale
+        p, dh = b.prefix, b.head_dim
+        for name, parts in b.head_rows:
+            rows = torch.from_numpy(_head_rows(b.heads, dh, kh, parts))
+            state[f"{p}{name}.weight"] = src[f"{p}{name}.weight"][rows]
+            if f"{p}{name}.bias" in src:
+                state[f"{p}{name}.bias"] = src[f"{p}{name}.bias"][rows]
+        cols = torch.from_numpy(_head_rows(b.heads, dh, kh, 1))
+        w = src[f"{p}{b.head_proj}.weight"]
+        state[f"{p}{b.head_proj}.weight"] = w[:, cols] * torch.from_numpy(np.repeat(masks.heads[i][kh], dh)).to(w.dtype)
         nidx = torch.from_numpy(kn)
-        n_scale = torch.from_numpy(masks.neurons[i][kn]).to(src[p + "fc2.weight"].dtype)
-        state[p + "fc1.weight"] = src[p + "fc1.weight"][nidx]
-        if p + "fc1.bias" in src:
-            state[p + "fc1.bias"] = src[p + "fc1.bias"][nidx]
-        state[p + "fc2.weight"] = src[p + "fc2.weight"][:, nidx] * n_scale
-    target = new.state_dict()
-    for k, v in target.items():
-        if k in state:
-            continue
-        if k not in src or src[k].shape != v.shape:
-            raise RuntimeError(f"pruned model parameter {k} {tuple(v.shape)} has no counterpart of the same shape")
-        state[k] = src[k]
-    new.load_state_dict(state)
-    return new.eval()
+        state[f"{p}{b.ffn_in}.weight"] = src[f"{p}{b.ffn_in}.weight"][nidx]
+        if f"{p}{b.ffn_in}.bias" in src:
+            state[f"{p}{b.ffn_in}.bias"] = src[f"{p}{b.ffn_in}.bias"][nidx]
+        w2 = src[f"{p}{b.ffn_proj}.weight"]
+        state[f"{p}{b.ffn_proj}.weight"] = w2[:, nidx] * torch.from_numpy(masks.neurons[i][kn]).to(w2.dtype)
+    return _finish(new, src, state)
+
+
+@torch.no_grad()
+def drop_layers(model: nn.Module, kept: Sequence[int]) -> nn.Module:
+    """A new model with only the encoder blocks ``kept`` (in network order; renumbered 0..k-1), in
+    eval mode; embeddings, positions, norms outside the blocks and the head are copied unchanged
+    (the trunk's :meth:`~edgeuq.models.trunks.Trunk.sliced_config` says what else changes)."""
+    blocks = maskable_blocks(model)
+    kept = [int(i) for i in kept]
+    if not kept or kept != sorted(set(kept)) or not 0 <= kept[0] <= kept[-1] < len(blocks):
+        raise ValueError(f"kept layers must be distinct block indices in [0, {len(blocks)}) in order, got {kept}")
+    shapes = tuple(model.cfg.block_shape(i) for i in kept)
+    new = build_model(get_trunk(model.cfg.trunk).sliced_config(model.cfg, kept, shapes))
+    new_blocks = maskable_blocks(new)
+    src = model.state_dict()
+    old_prefixes = [b.prefix for b in blocks]
+    dropped = [p for i, p in enumerate(old_prefixes) if i not in kept]
+    src = {k: v for k, v in src.items() if not any(k.startswith(p) for p in dropped)}
+    return _finish(new, src, {}, {nb.prefix: blocks[i].prefix for nb, i in zip(new_blocks, kept)})
 
 
 def slice_noise(noise: Mapping[str, np.ndarray], model: nn.Module, masks: LayerMasks) -> Dict[str, np.ndarray]:

@@ -27,12 +27,12 @@ from ..hostcpu import host_ort_session
 from ..models import SignalTransformer
 from ..schemes import get_scheme
 from ..training import Checkpoint
+from ..training.checkpoint import TOKENIZER_FILE
 
 __all__ = ["OnnxArtifact", "export_onnx", "load_onnx_artifact", "INPUT_NAME", "FEATURE_NAME", "LOGITS_NAME"]
 
 INPUT_NAME = "signal"
 TOKEN_INPUT_NAME = "tokens"  # int64 token ids of text models (ModelConfig.embed == "token")
-TOKENIZER_FILE = "tokenizer.json"  # next to a text model's checkpoint; copied into the export and bundle
 FEATURE_NAME = "features"
 LOGITS_NAME = "logits"
 OPSET = 17

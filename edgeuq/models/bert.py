@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Mapping, Optional, Tuple, final
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, final
 
 import torch
 from torch import nn
@@ -78,7 +78,7 @@ class BertConfig:
 
 def position_rows(table: nn.Embedding, t: int) -> torch.Tensor:
     """Rows 0..t-1 of a position table, (1, t, d); input longer than the table is refused
-    (a student may keep only the positions its tokenizer emits, :class:`~edgeuq.text.student.StudentSpec`)."""
+    (a student may keep only the positions its tokenizer emits: the ``vocab`` compression step's ``trim_positions``)."""
     n = table.num_embeddings
     if t > n:
         raise ValueError(f"input of {t} tokens is longer than the position table ({n} positions); "
@@ -147,10 +147,9 @@ class FactorisedEmbeddings(nn.Module):
 
 @final
 class _SelfAttn(nn.Module):
-    def __init__(self, cfg: BertConfig) -> None:
+    def __init__(self, d: int, inner: int) -> None:
         super().__init__()
-        d = cfg.hidden_size
-        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.query, self.key, self.value = nn.Linear(d, inner), nn.Linear(d, inner), nn.Linear(d, inner)
 
 
 @final
@@ -163,31 +162,36 @@ class _DenseNorm(nn.Module):
 
 @final
 class _Attention(nn.Module):
-    def __init__(self, cfg: BertConfig) -> None:
+    def __init__(self, cfg: BertConfig, inner: int) -> None:
         super().__init__()
-        self.self = _SelfAttn(cfg)
-        self.output = _DenseNorm(cfg.hidden_size, cfg.hidden_size, cfg.layer_norm_eps)
+        self.self = _SelfAttn(cfg.hidden_size, inner)
+        self.output = _DenseNorm(inner, cfg.hidden_size, cfg.layer_norm_eps)
 
 
 @final
 class _Intermediate(nn.Module):
-    def __init__(self, cfg: BertConfig) -> None:
+    def __init__(self, cfg: BertConfig, ffn: int) -> None:
         super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.dense = nn.Linear(cfg.hidden_size, ffn)
 
 
 @final
 class BertLayer(nn.Module):
     """One post-norm encoder layer; ``dropout`` applies to the attention output and
-    the FFN output (as BERT's hidden dropout) during training only."""
+    the FFN output (as BERT's hidden dropout) during training only. ``shape`` = (heads,
+    head_dim, ffn) of a pruned layer (Kwon et al. pruning, :mod:`edgeuq.compress.kwon`): the
+    query/key/value rows and the attention output's columns of the kept heads, the FFN's kept
+    neurons; None = ``cfg``'s widths."""
 
-    def __init__(self, cfg: BertConfig, dropout: float = 0.1) -> None:
+    def __init__(self, cfg: BertConfig, dropout: float = 0.1, shape: Optional[Tuple[int, int, int]] = None) -> None:
         super().__init__()
-        self.heads = cfg.num_attention_heads
-        self.head_dim = cfg.head_dim
-        self.attention = _Attention(cfg)
-        self.intermediate = _Intermediate(cfg)
-        self.output = _DenseNorm(cfg.intermediate_size, cfg.hidden_size, cfg.layer_norm_eps)
+        heads, head_dim, ffn = shape if shape is not None else (cfg.num_attention_heads, cfg.head_dim,
+                                                                cfg.intermediate_size)
+        self.heads = int(heads)
+        self.head_dim = int(head_dim)
+        self.attention = _Attention(cfg, self.heads * self.head_dim)
+        self.intermediate = _Intermediate(cfg, int(ffn))
+        self.output = _DenseNorm(int(ffn), cfg.hidden_size, cfg.layer_norm_eps)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
@@ -199,7 +203,7 @@ class BertLayer(nn.Module):
 
         q, k, v = split(a.query(x)), split(a.key(x)), split(a.value(x))
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim)) + key_bias
-        ctx = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, t, d)
+        ctx = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, t, self.heads * self.head_dim)
         o = self.attention.output
         x = o.LayerNorm(x + self.drop(o.dense(ctx)))
         h = nn.functional.gelu(self.intermediate.dense(x))
@@ -208,9 +212,12 @@ class BertLayer(nn.Module):
 
 @final
 class _Layers(nn.Module):
-    def __init__(self, cfg: BertConfig, dropout: float) -> None:
+    def __init__(self, cfg: BertConfig, dropout: float, shapes: Optional[Sequence[Tuple[int, int, int]]] = None) -> None:
         super().__init__()
-        self.layer = nn.ModuleList([BertLayer(cfg, dropout) for _ in range(cfg.num_hidden_layers)])
+        if shapes is not None and len(shapes) != cfg.num_hidden_layers:
+            raise ValueError(f"{len(shapes)} layer shapes for {cfg.num_hidden_layers} layers")
+        self.layer = nn.ModuleList([BertLayer(cfg, dropout, None if shapes is None else tuple(shapes[i]))
+                                    for i in range(cfg.num_hidden_layers)])
 
 
 def key_bias_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -227,13 +234,15 @@ def masked_mean_pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 @final
 class BertEncoder(nn.Module):
     """Embeddings + ``num_hidden_layers`` layers; parameter names match ``BertModel``
-    (``embedding_rank`` > 0: the word table factorised, :class:`FactorisedEmbeddings`)."""
+    (``embedding_rank`` > 0: the word table factorised, :class:`FactorisedEmbeddings`; ``shapes``:
+    per-layer (heads, head_dim, ffn) of a pruned encoder, None = uniform ``cfg`` widths)."""
 
-    def __init__(self, cfg: BertConfig, dropout: float = 0.1, embedding_rank: int = 0) -> None:
+    def __init__(self, cfg: BertConfig, dropout: float = 0.1, embedding_rank: int = 0,
+                 shapes: Optional[Sequence[Tuple[int, int, int]]] = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.embeddings = FactorisedEmbeddings(cfg, embedding_rank) if embedding_rank else BertEmbeddings(cfg)
-        self.encoder = _Layers(cfg, dropout)
+        self.encoder = _Layers(cfg, dropout, shapes)
 
     @property
     def layers(self) -> nn.ModuleList:

@@ -31,7 +31,7 @@ import copy
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, final
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, final
 
 import torch
 from torch import nn
@@ -42,8 +42,11 @@ from .layers import NoiseDict, apply_layer
 from .scheme_slot import SCHEMES
 from .transformer import ClassifierHead, DeployableModel, SignalTransformer
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import BlockShape
+
 __all__ = ["Trunk", "TRUNKS", "register_trunk", "get_trunk", "BertOptions", "BertTransformer",
-           "DENSITY_FEATURES", "bert_config_of", "load_head_state",
+           "DENSITY_FEATURES", "bert_config_of", "load_head_state", "MaskableBlock", "bert_maskable_blocks",
            "with_density_features"]
 
 
@@ -76,9 +79,21 @@ class Trunk(ABC):
     #: True for the trunk of configs written before trunks existed: ``to_dict`` omits ``trunk``
     #: (and its empty options) then, so those configs and their checkpoint digests are unchanged
     implicit: ClassVar[bool] = False
-    #: True when the model has the pre-norm ``blocks`` (per-block widths in ``ModelConfig.blocks``) that
-    #: Kwon et al.'s head/neuron pruning (``edgeuq.compress.kwon``) masks, measures and slices
-    kwon_blocks: ClassVar[bool] = False
+    def maskable_blocks(self, model: nn.Module) -> List["MaskableBlock"]:
+        """The encoder blocks whose heads and FFN neurons Kwon et al.'s pruning
+        (:mod:`edgeuq.compress.kwon`) masks, tunes and slices, in network order; a trunk without
+        them refuses (the default)."""
+        raise ValueError(f"trunk {self.name!r} has no maskable attention/FFN blocks (Kwon et al. pruning)")
+
+    def sliced_config(self, cfg: Any, kept: Sequence[int], shapes: Sequence[BlockShape]) -> Any:
+        """The config of ``cfg``'s model keeping blocks ``kept`` (in order) with widths ``shapes``
+        (``ModelConfig.blocks``); the default refuses (see :meth:`maskable_blocks`)."""
+        raise ValueError(f"trunk {self.name!r} cannot be sliced (no maskable blocks)")
+
+    def real_positions(self, model: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """(B, T) bool: the block positions of input ``x`` that carry data (padding excluded),
+        or None when every position does (the default). Mask tuning fits only these rows."""
+        return None
 
     def options_from(self, value: Any) -> Any:
         """``value`` (None, a table or an instance) as :attr:`options_type`; unknown keys are refused."""
@@ -109,13 +124,83 @@ class Trunk(ABC):
 
 
 @final
+@dataclass(frozen=True, eq=False)
+class MaskableBlock:
+    """One encoder block as Kwon et al.'s pruning sees it (:meth:`Trunk.maskable_blocks`).
+
+    Names are relative to ``prefix`` (the block's module path / state-dict prefix, with the dot).
+    ``head_rows``: the linears whose output rows are head-major (``parts`` > 1: a fused
+    projection of ``parts`` head-major stacks, e.g. q|k|v); ``head_proj``: the linear reading the
+    concatenated head outputs (a head mask scales its input columns); ``ffn_in`` / ``ffn_proj``:
+    the FFN's first linear (one row per neuron) and the linear reading the neurons (a neuron mask
+    scales its input). ``attn_sum`` / ``ffn_sum``: where the residual stream plus the output of
+    ``head_proj`` / ``ffn_proj`` is seen, as (module name, ``"input"`` or ``"output"``; name ""
+    = the block): a pre-norm block's next norm input and its output; a post-norm (BERT) layer's
+    LayerNorm inputs. Mask tuning (Kwon's step 3) fits the kept scales so these sums match the
+    unpruned model's."""
+
+    module: nn.Module
+    prefix: str
+    heads: int
+    head_dim: int
+    ffn: int
+    head_rows: Tuple[Tuple[str, int], ...]
+    head_proj: str
+    ffn_in: str
+    ffn_proj: str
+    attn_sum: Tuple[str, str]
+    ffn_sum: Tuple[str, str]
+
+    def sub(self, name: str) -> nn.Module:
+        return self.module.get_submodule(name) if name else self.module
+
+    def widths(self) -> Dict[str, int]:
+        return {"heads": self.heads, "head_dim": self.head_dim, "ffn": self.ffn}
+
+
+def _check_linear(blocks: Sequence[MaskableBlock]) -> List[MaskableBlock]:
+    """Refuse blocks whose masked linears are not plain ``nn.Linear`` (factorised, variational, HSA)."""
+    problems = []
+    for b in blocks:
+        for name in (*(n for n, _ in b.head_rows), b.head_proj, b.ffn_in, b.ffn_proj):
+            try:
+                m = b.module.get_submodule(name)
+            except AttributeError:
+                m = None
+            if type(m) is not nn.Linear:
+                problems.append(f"{b.prefix}{name} is {type(m).__name__}")
+    if problems:
+        raise ValueError("structured pruning needs plain nn.Linear attention and FFN layers (mc_dropout, ensemble "
+                         "members, laplace; dense, not factorised); " + "; ".join(problems))
+    return list(blocks)
+
+
+@final
 @register_trunk("signal")
 class SignalTrunk(Trunk):
     implicit = True
-    kwon_blocks = True
 
     def build(self, cfg: Any) -> DeployableModel:
         return SignalTransformer(cfg)
+
+    def maskable_blocks(self, model: nn.Module) -> List[MaskableBlock]:
+        """The pre-norm blocks: q|k|v fused in ``attn.qkv``, ``attn.proj``, ``fc1`` -> ``fc2``."""
+        out = []
+        for i, b in enumerate(model.blocks):
+            attn, fc2 = getattr(b, "attn", None), getattr(b, "fc2", None)
+            out.append(MaskableBlock(b, f"blocks.{i}.", int(getattr(attn, "heads", 0)),
+                                     int(getattr(attn, "head_dim", 0)), int(getattr(fc2, "in_features", 0)),
+                                     (("attn.qkv", 3),), "attn.proj", "fc1", "fc2", ("norm2", "input"), ("", "output")))
+        return _check_linear(out)
+
+    def sliced_config(self, cfg: Any, kept: Sequence[int], shapes: Sequence[BlockShape]) -> Any:
+        kept = [int(i) for i in kept]
+        if kept == list(range(cfg.depth)):
+            return dataclasses.replace(cfg, blocks=tuple(shapes))
+        if cfg.stochastic_blocks:
+            raise ValueError(f"removing blocks of a signal model with stochastic blocks {list(cfg.stochastic_blocks)} "
+                             f"is not supported (their noise inputs are named by block): keep every block")
+        return dataclasses.replace(cfg, depth=len(kept), blocks=tuple(shapes))
 
 
 #: what a BERT trunk may emit beside its classifier features, for the bundle's density score
@@ -138,7 +223,12 @@ class BertOptions:
     :attr:`BertTransformer.density_columns` says where the others are.
 
     ``embedding_rank`` > 0: the word table is stored factorised, (V, r) @ (r, d)
-    (:class:`~edgeuq.models.bert.FactorisedEmbeddings`)."""
+    (:class:`~edgeuq.models.bert.FactorisedEmbeddings`).
+
+    ``teacher_layers``: the provenance of a student cut from a teacher: layer ``j`` of this
+    encoder started as the teacher's layer ``teacher_layers[j]`` (empty: layer ``j`` is layer
+    ``j``). The ``distill`` step's hidden-state matching maps each layer to that teacher layer;
+    written by a step that keeps a subset of layers (omitted from the config dict when empty)."""
 
     max_positions: int = 512
     type_vocab_size: int = 2
@@ -147,6 +237,11 @@ class BertOptions:
     density_features: str = "none"
     frozen_layers: int = 0
     embedding_rank: int = 0
+    teacher_layers: Tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.teacher_layers, (list, tuple)):   # TOML / JSON arrays arrive as lists
+            object.__setattr__(self, "teacher_layers", tuple(self.teacher_layers))
 
 
 def _int_problem(name: str, value: Any, low: int) -> Optional[str]:
@@ -170,10 +265,18 @@ class BertTrunk(Trunk):
         if isinstance(o.layer_norm_eps, bool) or not isinstance(o.layer_norm_eps, (int, float)) \
                 or not o.layer_norm_eps > 0:
             problems.append(f"trunk_options.layer_norm_eps must be > 0, got {o.layer_norm_eps!r}")
+        tl = o.teacher_layers
+        if not isinstance(tl, tuple) or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in tl) \
+                or list(tl) != sorted(set(tl)):
+            problems.append(f"trunk_options.teacher_layers must be distinct teacher layer indices >= 0 in order, "
+                            f"got {tl!r}")
         if o.density_features not in DENSITY_FEATURES:
             problems.append(f"trunk_options.density_features must be one of {list(DENSITY_FEATURES)}, "
                             f"got {o.density_features!r}")
         if not problems:
+            if o.teacher_layers and len(o.teacher_layers) != cfg.depth:
+                problems.append(f"trunk_options.teacher_layers names {len(o.teacher_layers)} layers for depth "
+                                f"{cfg.depth}")
             if o.frozen_layers > cfg.depth:
                 problems.append(f"trunk_options.frozen_layers ({o.frozen_layers}) exceeds depth ({cfg.depth})")
             if o.density_features == "frozen_avg" and o.frozen_layers < 1:
@@ -185,8 +288,9 @@ class BertTrunk(Trunk):
             problems.append(f"trunk 'bert' reads token ids: set embed = 'token', got {cfg.embed!r}")
         if cfg.stochastic_blocks:
             problems.append("trunk 'bert' is deterministic (only the head is stochastic): set stochastic_blocks = []")
-        if cfg.blocks:
-            problems.append("trunk 'bert' has uniform layers: per-block widths (blocks) are not supported")
+        if cfg.blocks and o.density_features in ("avgavg", "pretrained"):
+            problems.append("trunk 'bert' with per-layer widths (blocks, a pruned encoder) has no pretrained copies "
+                            "of its layers: use density_features 'none' or 'frozen_avg'")
         if cfg.pool != "mean":
             problems.append(f"trunk 'bert' pools by the masked mean: set pool = 'mean', got {cfg.pool!r}")
         scheme = SCHEMES.get(cfg.scheme)
@@ -195,8 +299,56 @@ class BertTrunk(Trunk):
                             f"take from schemes (use a head scheme such as mc_dropout or laplace)")
         return problems
 
+    def options_to_dict(self, options: Any) -> Dict[str, Any]:
+        d = dataclasses.asdict(options)
+        if not d["teacher_layers"]:      # configs written before the field existed keep their digests
+            del d["teacher_layers"]
+        else:
+            d["teacher_layers"] = list(d["teacher_layers"])
+        return d
+
     def build(self, cfg: Any) -> DeployableModel:
         return BertTransformer(cfg)
+
+    def maskable_blocks(self, model: nn.Module) -> List[MaskableBlock]:
+        return bert_maskable_blocks(model.encoder, "encoder.")
+
+    def real_positions(self, model: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The non-padding tokens (the padded positions' hidden states never reach the pooled output)."""
+        return model.encoder.mask(x) > 0
+
+    def sliced_config(self, cfg: Any, kept: Sequence[int], shapes: Sequence[BlockShape]) -> Any:
+        """Embeddings (word, position, type) and the pooled head unchanged; ``depth`` = the layers
+        kept, ``blocks`` = their widths. A model emitting density features of frozen pretrained
+        layers is refused (removing or slicing those layers would change its density score)."""
+        o: BertOptions = cfg.trunk_options
+        if o.density_features != "none" or o.frozen_layers:
+            raise ValueError(f"slicing a bert trunk with density_features {o.density_features!r} / frozen_layers "
+                             f"{o.frozen_layers} is not supported (it would change the pretrained layers its density "
+                             f"score reads): prune a model with density_features 'none'")
+        kept = [int(i) for i in kept]
+        if kept != list(range(cfg.depth)):
+            # layer j of the sliced encoder started as layer kept[j] of this one, i.e. as the teacher layer
+            # this one's layer kept[j] came from (hidden-state matching in distill maps layers by it)
+            came_from = o.teacher_layers or tuple(range(cfg.depth))
+            o = dataclasses.replace(o, teacher_layers=tuple(int(came_from[i]) for i in kept))
+        return dataclasses.replace(cfg, depth=len(kept), blocks=tuple(shapes), trunk_options=o)
+
+
+def bert_maskable_blocks(encoder: BertEncoder, prefix: str = "") -> List[MaskableBlock]:
+    """The post-norm layers of a :class:`~edgeuq.models.bert.BertEncoder` whose module path is
+    ``prefix`` (``"encoder."`` in :class:`BertTransformer`): query/key/value rows per head,
+    ``attention.output.dense`` reads the heads, ``intermediate.dense`` -> ``output.dense`` the
+    neurons; the sums are the inputs of the two LayerNorms (Kwon et al. tune against exactly
+    these pre-LayerNorm outputs)."""
+    out = []
+    for i, layer in enumerate(encoder.layers):
+        out.append(MaskableBlock(layer, f"{prefix}encoder.layer.{i}.", int(layer.heads), int(layer.head_dim),
+                                 int(layer.output.dense.in_features),
+                                 (("attention.self.query", 1), ("attention.self.key", 1), ("attention.self.value", 1)),
+                                 "attention.output.dense", "intermediate.dense", "output.dense",
+                                 ("attention.output.LayerNorm", "input"), ("output.LayerNorm", "input")))
+    return _check_linear(out)
 
 
 def bert_config_of(cfg: Any) -> BertConfig:
@@ -219,7 +371,9 @@ class BertTransformer(DeployableModel):
         SCHEMES.get(cfg.scheme).check_model_class(type(self))
         self.cfg = cfg
         bert = bert_config_of(cfg)
-        self.encoder = BertEncoder(bert, dropout=cfg.dropout, embedding_rank=cfg.trunk_options.embedding_rank)
+        shapes = ([(b.heads, b.head_dim, b.ffn) for b in cfg.blocks] if cfg.blocks else None)
+        self.encoder = BertEncoder(bert, dropout=cfg.dropout, embedding_rank=cfg.trunk_options.embedding_rank,
+                                   shapes=shapes)
         self.head = ClassifierHead(cfg)
         o: BertOptions = cfg.trunk_options
         self.frozen_layers = int(o.frozen_layers)
@@ -280,6 +434,38 @@ class BertTransformer(DeployableModel):
         """Classifier features (B, d) from the hidden states entering layer ``start`` (a cache of
         the frozen layers below it)."""
         return masked_mean_pool(self.encoder.run_layers(h, mask, start), mask)
+
+    def hidden_states(self, ids: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """([embedding output, output of layer 0, ..., of layer L-1] each (B, T, d), mask (B, T)):
+        what hidden-state distillation matches (transformers' ``output_hidden_states`` order).
+        The last one's masked mean is :meth:`trunk`'s output when the trunk emits no density
+        features."""
+        enc = self.encoder
+        mask = enc.mask(ids)
+        bias = key_bias_from_mask(mask)
+        h = enc.embeddings(ids)
+        out = [h]
+        for layer in enc.layers:
+            h = layer(h, bias)
+            out.append(h)
+        return out, mask
+
+    def trim_padding(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids`` cut to its longest real row (at least one column): the padding mask makes the outputs
+        the same (padded keys get zero attention, pooling skips them), the work is that of the real tokens."""
+        real = (ids != self.cfg.trunk_options.pad_token_id).any(0).nonzero()
+        return ids[:, :max(1, int(real.max()) + 1 if len(real) else 1)]
+
+    def features_from_hidden(self, hidden: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`trunk`'s output from :meth:`hidden_states` (a trunk without density features)."""
+        if self.density_columns is not None:
+            raise ValueError("features_from_hidden: this trunk also emits density features; use trunk()")
+        return masked_mean_pool(hidden[-1], mask)
+
+    @property
+    def teacher_layers(self) -> Tuple[int, ...]:
+        """The teacher layer each encoder layer started as (:class:`BertOptions`)."""
+        return tuple(self.cfg.trunk_options.teacher_layers) or tuple(range(self.cfg.depth))
 
     def trunk(self, ids: torch.Tensor) -> torch.Tensor:
         enc = self.encoder

@@ -99,6 +99,23 @@ def _cmd_teacher(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_student(a: argparse.Namespace) -> int:
+    from ..report import format_table
+    from .student_chain import build_text_student
+
+    names = None if a.steps is None else [n.strip() for n in a.steps.split(",") if n.strip()]
+    st = build_text_student(a.teacher, a.out, a.recipe, steps=names, overrides=a.option or (), train=a.train,
+                            val=a.val, progress=not a.no_progress)
+    rows = [(r["index"], r["step"], "cached" if r["cached"] else f"{r['seconds']:.1f} s", r["checkpoint"])
+            for r in st.summary["steps"]]
+    print()
+    print(format_table(("#", "step", "time", "checkpoint"), rows))
+    print(f"\nstudent bundle {st.bundle} ({st.summary['params'] / 1e6:.2f}M parameters, vocabulary "
+          f"{st.summary['vocab']}; teacher {st.summary['teacher_params'] / 1e6:.2f}M); summary "
+          f"{Path(a.out) / 'text_student.json'}")
+    return 0
+
+
 def register(subparsers) -> None:
     from ..cli_args import add_text_column_arguments
 
@@ -151,6 +168,23 @@ def register(subparsers) -> None:
     u.add_argument("--name", default="text-teacher", help="bundle model name prefix")
     u.add_argument("--force", action="store_true", help="recompute even when an artifact of the same inputs exists")
     t.set_defaults(func=_cmd_teacher)
+
+    from ..compress.cli import _option
+
+    s = subparsers.add_parser(
+        "text-student", help="the text teacher's edge student: the recipe's compression chain (prune, vocab, distill, "
+                             "posterior) over the teacher artifact, then its device bundle")
+    s.add_argument("--teacher", required=True, help="text_teacher artifact folder (edgeuq text-teacher --out)")
+    s.add_argument("--recipe", default="text-student", help="text recipe name or .toml (default: text-student)")
+    s.add_argument("--out", required=True, help="output folder (teacher checkpoint, chain/, bundle/; steps cached)")
+    s.add_argument("--train", help="labelled training texts (default: the file the teacher recorded)")
+    s.add_argument("--val", help="labelled validation texts (default: the teacher's)")
+    s.add_argument("--steps", help="comma-separated steps in order (replaces the recipe's chain; each step keeps "
+                                   "the recipe's options), e.g. vocab,distill,posterior")
+    s.add_argument("--option", action="append", type=_option, metavar="STEP.KEY=VALUE",
+                   help="set a step option (repeatable), e.g. --option distill.epochs=1")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_cmd_student)
 
     p = subparsers.add_parser("text-tokenizer", help="write (and check) the device WordPiece tokenizer of the "
                                                      "pretrained text encoder (text extra)")

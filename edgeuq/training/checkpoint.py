@@ -11,7 +11,11 @@ from ..artifact import Artifact, ArtifactWriter
 from ..models.config import ModelConfig
 from ..models.transformer import SignalTransformer, build_model
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "CHECKPOINT_FORMAT", "TOKENIZER_FILE"]
+
+#: a token model's tokenizer, kept next to its checkpoint (not part of it): the compression chain carries
+#: it from step to step (a step may replace it), ``export_onnx`` copies it into the export and the bundle
+TOKENIZER_FILE = "tokenizer.json"
 
 _WEIGHTS = "model.pt"
 

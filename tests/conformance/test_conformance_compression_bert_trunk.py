@@ -2,8 +2,9 @@
 ``lowrank`` step factorises the encoder's and the head's linears, and its output goes the whole
 chain like a signal model's (step -> save_checkpoint -> load_checkpoint, the config alone rebuilding
 the factorised ranks -> ONNX export with the ``tokens`` input -> bundle -> device runtime, which agrees
-with the step's PyTorch model on the runtime's noise stream). ``prune`` (Kwon et al. masks over
-pre-norm blocks) refuses this trunk with a clear error until the encoder gets its masks."""
+with the step's PyTorch model on the runtime's noise stream). ``prune`` (Kwon et al.'s masks over
+the encoder's post-norm layers, layer choice by layer-mask Fisher) goes the same chain: its
+per-layer widths (``ModelConfig.blocks``) and kept depth rebuild from the checkpoint's config."""
 import numpy as np
 import pytest
 import torch
@@ -19,6 +20,7 @@ from edgeuq.training import load_checkpoint, save_checkpoint
 from edgeuq_runtime import UncertaintyRuntime
 
 from chain import max_err, torch_reference
+from text_teacher_support import padded_ids
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -28,11 +30,7 @@ LENGTH, CLASSES, S, SEED, TOL = 12, ("a", "b", "c"), 4, 3, 1e-5
 
 
 def _ids(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, BERT.vocab_size, size=(n, LENGTH))
-    for i in range(n):
-        ids[i, int(rng.integers(3, LENGTH + 1)):] = 0
-    return ids.astype(np.int64)
+    return padded_ids(n, BERT.vocab_size, LENGTH, seed)
 
 
 def _model():
@@ -52,7 +50,13 @@ def test_lowrank_step_goes_the_whole_chain_on_a_bert_trunk(tmp_path):
     assert isinstance(out.get_submodule("encoder.encoder.layer.1.attention.self.query"), LowRankLinear)
     assert [s.to_json() for s in out.noise_specs()] == [s.to_json() for s in model.noise_specs()]
 
-    ck = save_checkpoint(out, tmp_path / "ck", CLASSES, 1.0, normalization="none")
+    _whole_chain(model, out, tmp_path, "bert-lowrank")
+
+
+def _whole_chain(model, out, tmp_path, name: str) -> None:
+    """``out`` (a step's output from ``model``) -> checkpoint -> load_model -> ONNX -> bundle -> runtime,
+    which agrees with ``out`` in PyTorch on the runtime's noise stream and not with ``model``."""
+    save_checkpoint(out, tmp_path / "ck", CLASSES, 1.0, normalization="none")
     loaded = load_checkpoint(tmp_path / "ck")
     assert loaded.config == out.cfg and loaded.config.trunk == "bert"
     back = loaded.load_model()
@@ -61,7 +65,7 @@ def test_lowrank_step_goes_the_whole_chain_on_a_bert_trunk(tmp_path):
 
     art = export_onnx(loaded, tmp_path / "onnx")
     assert art.input_name == "tokens" and art.input_dtype == "int64" and art.feature_shape == (32,)
-    bundle = build_bundle(art, tmp_path / "bundle", "bert-lowrank", "0.1.0", default_samples=S).root
+    bundle = build_bundle(art, tmp_path / "bundle", name, "0.1.0", default_samples=S).root
     x = _ids(5, 2)
     got = UncertaintyRuntime(bundle).predict(x, samples=S, seed=SEED).samples
     want = torch_reference(out, art, x, S, SEED)
@@ -69,11 +73,25 @@ def test_lowrank_step_goes_the_whole_chain_on_a_bert_trunk(tmp_path):
     err = max_err(got, want)
     assert err <= TOL, err
     assert not max_err(got, torch_reference(out, art, x, S, SEED + 1)) <= TOL  # another noise stream differs
-    # the factorised model is not the dense one (else the agreement above says nothing about the step)
+    # the step's model is not its input (else the agreement above says nothing about the step)
     assert not max_err(want, torch_reference(model, art, x, S, SEED)) <= 1e-4
 
 
-def test_prune_refuses_the_bert_trunk_naming_it():
+def test_prune_step_goes_the_whole_chain_on_a_bert_trunk(tmp_path):
+    torch.manual_seed(1)
+    model = build_model(bert_model_config(BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=3,
+                                                     num_attention_heads=4, intermediate_size=64,
+                                                     max_position_embeddings=16),
+                                          len(CLASSES), LENGTH, scheme="mc_dropout", head_hidden=16)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = StepData(x=_ids(24, 0), y=np.arange(24) % len(CLASSES))
     step = get_step("prune")
-    with pytest.raises(ValueError, match="trunk 'bert' is not supported"):
-        step.apply(_model(), StepData(x=_ids(8, 1), y=np.arange(8) % 3), step_options(step, {"target_flops": 0.5}))
+    res = step.apply(model, data, step_options(step, {"target_flops": 0.5, "keep_layers": 2}))
+    out = res.model
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "prune changed its input"
+    assert out.cfg.depth == 2 and len(res.info["kept_layers"]) == 2 and len(res.info["layer_fisher"]) == 3
+    assert [b.heads for b in out.cfg.blocks] == res.info["heads_kept"] and out.cfg.blocks
+    assert res.info["block_macs_after"] <= 0.5 * res.info["block_macs_before"]
+    assert [s.to_json() for s in out.noise_specs()] == [s.to_json() for s in model.noise_specs()]
+
+    _whole_chain(model, out, tmp_path, "bert-pruned")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Optional, Union
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from torch import nn
@@ -43,6 +43,12 @@ class StepData:
     #: (``{"teacher": source, "teacher_digest": digest}``, recorded with a kept transfer set)
     features: Optional[Callable[[np.ndarray], np.ndarray]] = None
     teacher_info: Mapping[str, Any] = field(default_factory=dict)
+    #: token windows: the tokenizer whose ids ``x`` / ``x_val`` are (a step that changes the vocabulary
+    #: reads it; :func:`~edgeuq.compress.chain.run_chain` sets it to the current model's and maps the ids)
+    tokenizer: Optional[Any] = None
+    #: the teacher's hidden states ``(ids (B, T) tensor) -> [embedding output, layer 0, ..., layer L-1]``
+    #: (each (B, T, d), no gradients) for hidden-state distillation (``distill``'s ``hidden_weight``)
+    teacher_hidden: Optional[Callable[[Any], Sequence[Any]]] = None
     progress: bool = False
     log: Callable[[str], None] = field(default=lambda s: None)
 
@@ -56,6 +62,9 @@ class StepResult:
     model: nn.Module
     info: Mapping[str, Any]
     companions: Mapping[str, Callable[[Any, Any], Any]] = field(default_factory=dict)
+    #: files describing the new model's input, written beside its checkpoint (``{name: write(path)}``,
+    #: e.g. a pruned ``tokenizer.json``); the chain otherwise carries the parent's such files along
+    files: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
 
 
 class CompressionStep:
@@ -64,6 +73,8 @@ class CompressionStep:
 
     name: ClassVar[str] = ""
     Options: ClassVar[type]
+    #: True for a step that reads token windows and their tokenizer (``StepData.tokenizer``)
+    needs_tokenizer: ClassVar[bool] = False
 
     def apply(self, model: nn.Module, data: StepData, options: Any) -> StepResult:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -101,8 +101,12 @@ class Distill(CompressionStep):
             train, val = with_teacher_features(train, data.features), with_teacher_features(val, data.features)
         student = copy.deepcopy(model)
         torch.manual_seed(cfg.train.seed)
+        if cfg.hidden_weight > 0 and data.teacher_hidden is None:
+            raise ValueError("compression step 'distill': hidden-state matching (hidden_weight > 0) needs the "
+                             "teacher's hidden states (StepData.teacher_hidden)")
         res = distill_model(student, train, _labels(data.y, len(data.x), len(x_tr)), val,
-                            _labels(data.y_val, len(data.x_val), len(x_va)), cfg, progress=data.progress, log=data.log)
+                            _labels(data.y_val, len(data.x_val), len(x_va)), cfg, progress=data.progress, log=data.log,
+                            teacher_hidden=data.teacher_hidden)
         companions = {}
         if options.keep_transfer:
             info = {**data.teacher_info, "transfer": options.transfer_config().to_dict()}

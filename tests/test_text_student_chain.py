@@ -1,0 +1,327 @@
+"""The text student through the compression chain (edgeuq.text.student_chain; steps vocab, distill
+with hidden-state matching, posterior), on tiny BERTs: each piece against an independent reference
+(set arithmetic for the kept vocabulary, the Eckart-Young error for the factorised table, a loop
+over tokens for the hidden-state loss), and one run end to end: tiny text teacher -> chain ->
+bundle -> the device runtime's predict_text agrees with the PyTorch student, and a word the
+vocabulary lost maps to [UNK] on the device as on the host."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeuq.compress.chain import data_in_vocabulary
+from edgeuq.compress.distill import DistillConfig, distill_loss, distill_model
+from edgeuq.compress.steps import StepData, get_step, step_options
+from edgeuq.compress.steps.vocab import kept_token_ids
+from edgeuq.compress.transfer import TransferSet, label_with_model
+from edgeuq.models import ModelConfig, build_model
+from edgeuq.models.bert import BertConfig
+from edgeuq.models.config import bert_model_config
+from edgeuq.training.config import TrainConfig
+from edgeuq_runtime.wordpiece import WordPieceTokenizer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+WORDS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "movie", "film", "plot", "great", "dull",
+         "awful", "the", "was", "a", "g", "o", "d", "##o", "##d", "##s", "!")
+TOK = WordPieceTokenizer(vocab=WORDS, max_length=10, special_tokens=WORDS[:5])
+CORPUS = ["good movie", "bad film", "the plot was dull", "a good film !", "the movie was bad"]
+
+
+def _signal_model():
+    return build_model(ModelConfig(input_length=32, num_classes=2, patch=8, d_model=8, heads=2, depth=1, ffn=8,
+                                   stochastic_blocks=(), stochastic_head=True))
+
+
+def _teacher(layers: int = 2, scheme: str = "mc_dropout", seed: int = 0):
+    bert = BertConfig(vocab_size=len(WORDS), hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                      intermediate_size=24, max_position_embeddings=16)
+    torch.manual_seed(seed)
+    return build_model(bert_model_config(bert, 2, TOK.max_length, scheme=scheme, head_hidden=8)).eval()
+
+
+def _vocab(model, rank=0, trim=False, corpus=CORPUS):
+    step = get_step("vocab")
+    x = TOK.encode_batch(corpus)
+    return step.apply(model, StepData(x=x, tokenizer=TOK), step_options(step, {"rank": rank, "trim_positions": trim}))
+
+
+def _new_tokenizer(res, tmp_path) -> WordPieceTokenizer:
+    res.files["tokenizer.json"](tmp_path / "tokenizer.json")
+    return WordPieceTokenizer.load(tmp_path / "tokenizer.json")
+
+
+def test_vocab_keeps_the_corpus_tokens_the_specials_and_the_single_characters():
+    ids = TOK.encode_batch(CORPUS)
+    used = {WORDS[i] for i in np.unique(ids)}
+    single = {t for t in WORDS if len(t) == 1 or (t.startswith("##") and len(t) == 3)}
+    want = [t for t in WORDS if t in used | single | set(WORDS[:5])]       # in the original order
+    assert [WORDS[i] for i in kept_token_ids(TOK, ids)] == want
+    assert "great" not in want and "awful" not in want and "good" in want  # the corpus decides
+
+
+def test_pruned_vocabulary_gives_the_same_outputs_on_the_corpus_and_unk_elsewhere(tmp_path):
+    teacher = _teacher()
+    res = _vocab(teacher, trim=True)
+    new_tok = _new_tokenizer(res, tmp_path)
+    student = res.model.eval()
+    assert student.cfg.vocab_size == new_tok.vocab_size < len(WORDS)
+    assert student.cfg.trunk_options.max_positions == TOK.max_length
+    texts = CORPUS + ["good plot !"]
+    with torch.no_grad():
+        a = teacher(torch.from_numpy(TOK.encode_batch(texts)))
+        b = student(torch.from_numpy(new_tok.encode_batch(texts)))
+    err = float(torch.max(torch.abs(a - b)))
+    assert err <= 1e-6, err                                    # same pieces, same rows: the same network
+    with pytest.raises(ValueError, match="longer than the position table"):   # trimmed to max_length
+        student(torch.ones(1, TOK.max_length + 1, dtype=torch.int64))
+    # "great" was pruned: not a kept piece, its characters g + ##r... are not all kept -> [UNK]
+    assert new_tok.tokens("great film") == ["[UNK]", "film"]
+    assert TOK.tokens("great film") == ["great", "film"]
+    assert new_tok.tokens("good") == ["good"] and new_tok.tokens("god") == ["g", "##o", "##d"]
+
+
+def test_factorised_word_table_is_the_best_rank_r_approximation_of_the_kept_rows():
+    teacher = _teacher()
+    r = 4
+    res = _vocab(teacher, rank=r)
+    e = res.model.encoder.embeddings
+    keep = kept_token_ids(TOK, TOK.encode_batch(CORPUS))
+    table = teacher.encoder.embeddings.word_embeddings.weight.detach().double().numpy()[keep]
+    approx = (e.word_low.weight.detach().double() @ e.word_proj.weight.detach().double().T).numpy()
+    s = np.linalg.svd(table, compute_uv=False)
+    eckart_young = float(np.sqrt((s[r:] ** 2).sum()))          # the least possible error at rank r
+    err = float(np.linalg.norm(table - approx))
+    assert abs(err - eckart_young) <= 1e-4 * max(1.0, eckart_young), (err, eckart_young)
+    assert abs(res.info["embedding_svd_rel_error"] - eckart_young / float(np.sqrt((s ** 2).sum()))) <= 1e-5
+    assert res.info["embedding_params_after"] < res.info["embedding_params_before"]
+    with pytest.raises(ValueError, match="rank"):
+        _vocab(teacher, rank=16)
+    with pytest.raises(ValueError, match="BERT token embedding"):
+        get_step("vocab").apply(_signal_model(), StepData(x=np.zeros((2, 32), np.float32), tokenizer=TOK),
+                                step_options(get_step("vocab"), {}))
+
+
+def test_the_chain_maps_ids_into_the_new_vocabulary_and_back_for_the_teacher(tmp_path):
+    res = _vocab(_teacher())
+    new_tok = _new_tokenizer(res, tmp_path)
+    x = TOK.encode_batch(CORPUS)
+    seen = []
+    data = StepData(x=x, x_val=x[:2], tokenizer=TOK, teacher=lambda ids, s, seed: seen.append(ids) or ids,
+                    teacher_hidden=lambda ids: seen.append(ids) or ids)
+    mapped = data_in_vocabulary(data, new_tok)
+    # brute force: token string by string
+    want = np.array([[new_tok.vocab.index(WORDS[i]) for i in row] for row in x])
+    assert np.array_equal(mapped.x, want) and mapped.tokenizer is new_tok
+    assert np.array_equal(mapped.teacher(mapped.x, 2, 0), x)              # the teacher reads its own ids
+    assert torch.equal(mapped.teacher_hidden(torch.from_numpy(mapped.x)), torch.from_numpy(x))
+    with pytest.raises(ValueError, match="'great' is not in the model's vocabulary"):
+        data_in_vocabulary(StepData(x=TOK.encode_batch(["great"]), tokenizer=TOK), new_tok)
+    assert data_in_vocabulary(data, TOK).x is x                            # same vocabulary: unchanged
+
+
+def _cut(teacher, keep):
+    """A student holding the teacher's layers ``keep`` (its provenance in trunk_options.teacher_layers)."""
+    cfg = dataclasses.replace(teacher.cfg, depth=len(keep),
+                              trunk_options=dataclasses.replace(teacher.cfg.trunk_options, teacher_layers=tuple(keep)))
+    student = build_model(cfg)
+    state = {k: v for k, v in teacher.state_dict().items() if ".encoder.layer." not in k}
+    for j, i in enumerate(keep):
+        state.update({k.replace(f".layer.{i}.", f".layer.{j}."): v for k, v in teacher.state_dict().items()
+                      if f".encoder.layer.{i}." in k})
+    student.load_state_dict(state, strict=True)
+    return student.eval()
+
+
+def test_hidden_matching_maps_each_student_layer_to_the_teacher_layer_it_was_cut_from():
+    teacher = _teacher(layers=3)
+    student = _cut(teacher, (2,))
+    with torch.no_grad():   # move the student off the teacher, so every term is non-zero
+        for p in student.encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ids = torch.from_numpy(TOK.encode_batch(CORPUS))
+    probs = torch.from_numpy(label_with_model(teacher, ids.numpy(), 2, 0))
+    y = torch.full((len(ids),), -1)
+    cfg = DistillConfig(loss="kl", hidden_weight=0.5)
+    hidden = lambda x: teacher.hidden_states(x)[0]  # noqa: E731
+    with torch.no_grad():
+        got = float(distill_loss(student, ids, probs, y, cfg, teacher_hidden=hidden)
+                    - distill_loss(student, ids, probs, y, dataclasses.replace(cfg, hidden_weight=0.0)))
+        s_h, _ = student.hidden_states(ids)
+        t_h, _ = teacher.hidden_states(ids)
+    # brute force: token by token; student [embeddings, layer 0] vs teacher [embeddings, layer 2]
+    terms = []
+    for s, t in ((s_h[0], t_h[0]), (s_h[1], t_h[3])):
+        sq, n = 0.0, 0
+        for b in range(len(ids)):
+            for tpos in range(ids.shape[1]):
+                if int(ids[b, tpos]) != 0:
+                    sq += float(((s[b, tpos] - t[b, tpos]) ** 2).sum())
+                    n += s.shape[-1]
+        terms.append(sq / n)
+    want = 0.5 * float(np.mean(terms))
+    assert abs(got - want) <= 1e-5 * max(1.0, want), (got, want)
+    assert student.teacher_layers == (2,) and teacher.teacher_layers == (0, 1, 2)
+
+
+def test_teacher_layers_round_trip_and_are_omitted_when_empty():
+    teacher = _teacher()
+    assert "teacher_layers" not in teacher.cfg.to_dict()["trunk_options"]   # older configs keep their digests
+    student = _cut(teacher, (1,))
+    d = student.cfg.to_dict()
+    assert d["trunk_options"]["teacher_layers"] == [1]
+    assert ModelConfig.from_dict(json.loads(json.dumps(d))) == student.cfg
+    with pytest.raises(ValueError, match="teacher_layers names 2 layers for depth 1"):
+        dataclasses.replace(student.cfg, trunk_options=dataclasses.replace(student.cfg.trunk_options,
+                                                                           teacher_layers=(0, 1)))
+
+
+def test_hidden_matching_is_off_by_default_and_refused_for_a_trunk_without_layers():
+    assert DistillConfig().hidden_weight == 0.0
+    from edgeuq.compress.steps.distill import Distill
+
+    assert Distill.Options().hidden_weight == 0.0
+    signal = _signal_model()
+    ts = TransferSet(np.zeros((4, 32), np.float32), np.full((2, 4, 2), 0.5, np.float32))
+    cfg = DistillConfig(hidden_weight=1.0, train=TrainConfig(epochs=1, batch_size=4))
+    with pytest.raises(ValueError, match="trunk 'signal' has none"):
+        distill_model(signal, ts, np.full(4, -1), ts, np.full(4, -1), cfg, progress=False,
+                      teacher_hidden=lambda x: [])
+    with pytest.raises(ValueError, match="teacher's hidden states"):
+        distill_model(signal, ts, np.full(4, -1), ts, np.full(4, -1), cfg, progress=False)
+
+
+def test_posterior_step_refits_a_laplace_head_and_passes_other_heads_unchanged():
+    step = get_step("posterior")
+    x = TOK.encode_batch(CORPUS * 4)
+    y = np.arange(len(x)) % 2
+    data = StepData(x=x, y=y, x_val=x[:8], y_val=y[:8])
+    mc = _teacher()
+    res = step.apply(mc, data, step_options(step, {}))
+    assert res.info["fitted"] is False
+    assert all(torch.equal(a, b) for a, b in zip(mc.state_dict().values(), res.model.state_dict().values()))
+    lap = _teacher(scheme="laplace")
+    before = {k: v.clone() for k, v in lap.state_dict().items()}
+    res = step.apply(lap, data, step_options(step, {"samples": 8}))
+    assert res.info["fitted"] is True and res.info["n_train"] == len(x)
+    nll = res.info["val_nll"]
+    assert res.info["prior_precision"] == res.info["grid"][int(np.nanargmin(nll))]   # chosen by validation NLL
+    after = res.model.state_dict()
+    changed = [k for k in after if not torch.equal(after[k], before[k])]
+    assert changed and all(k.startswith("head.fc2.") for k in changed), changed     # only the posterior moved
+    assert all(torch.equal(before[k], v) for k, v in lap.state_dict().items())       # its input untouched
+
+
+# ----------------------------------------------------------------------------- end to end
+#: the recipe's chain without prune (its bert options come with the Kwon masks), sized for a tiny model
+STEPS = ["vocab", "distill", "posterior"]
+OVERRIDES = [("vocab", "rank", 8), ("distill", "epochs", 2), ("distill", "batch_size", 16),
+             ("distill", "teacher_samples", 4), ("distill", "student_samples", 2), ("posterior", "rows", 0),
+             ("posterior", "samples", 8)]
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    from require_extras import require_extra
+
+    require_extra("safetensors", "text")
+    from text_teacher_support import tiny_text_teacher
+
+    from edgeuq.text.student_chain import build_text_student
+
+    d = tmp_path_factory.mktemp("text-student")
+    teacher = tiny_text_teacher(d)
+    log = []
+    st = build_text_student(teacher.directory, d / "student", "text-student", steps=STEPS, overrides=OVERRIDES,
+                            log=log.append)
+    return teacher, st, log, d
+
+
+def test_text_student_chain_bundle_agrees_with_the_pytorch_student(student):
+    from edgeuq.compress.chain import tokenizer_of
+    from text_teacher_support import student_bundle_error
+
+    teacher, st, _, _ = student
+    assert [r["step"] for r in st.summary["steps"]] == ["vocab", "distill", "posterior"]
+    assert st.summary["steps"][2]["info"]["fitted"] is True
+    model = st.checkpoint.load_model().eval()
+    tok = tokenizer_of(st.checkpoint)
+    assert model.cfg.vocab_size == tok.vocab_size < teacher.load_model().cfg.vocab_size
+    assert model.cfg.trunk_options.embedding_rank == 8
+    same, other = student_bundle_error(st, ["the film is good", "a very dull plot", "what city is the capital ?",
+                                            "superb !"])
+    assert same <= 1e-5, same
+    assert not other <= 1e-5, other                                         # the noise rows matter
+
+
+def test_a_word_outside_the_pruned_vocabulary_is_unk_on_the_device_and_on_the_host(student):
+    from edgeuq.compress.chain import tokenizer_of
+    from edgeuq_runtime import UncertaintyRuntime
+    from edgeuq_runtime.wordpiece import WordPieceTokenizer as WP
+
+    teacher, st, _, _ = student
+    full = WP.load(teacher.file_path("tokenizer.json"))
+    small = tokenizer_of(st.checkpoint)
+    # "capital" is in the teacher's vocabulary but no training phrase uses it
+    assert "capital" in full.vocab and "capital" not in small.vocab
+    text = ["the capital film"]
+    assert full.tokens(text[0])[1] == "capital"
+    host = small.encode_batch(text)
+    device = UncertaintyRuntime(st.bundle).tokenize(text)
+    assert np.array_equal(host, device) and int(host[0, 2]) == small.unk_id
+
+
+def test_rerun_of_the_text_student_reuses_every_step(student):
+    from edgeuq.text.student_chain import build_text_student
+
+    teacher, st, _, d = student
+    log = []
+    again = build_text_student(teacher.directory, d / "student", "text-student", steps=STEPS, overrides=OVERRIDES,
+                               log=log.append)
+    assert all(r["cached"] for r in again.summary["steps"]) and again.checkpoint.digest == st.checkpoint.digest
+
+
+def test_the_recipes_transfer_set_table_is_read_strictly():
+    from edgeuq.text.student_chain import StudentOptions, student_options_from
+
+    assert student_options_from({"transfer": 5, "augment_copies": 1}) == StudentOptions(transfer=5, augment_copies=1)
+    with pytest.raises(ValueError, match=r"train\.transfr: unknown text student option"):
+        student_options_from({"transfr": 5})
+    with pytest.raises(ValueError, match="p_mask must lie in"):
+        StudentOptions(p_mask=1.5)
+
+
+def test_the_cli_runs_the_chain_it_is_given(student, capsys):
+    from edgeuq.cli import main
+
+    teacher, _, _, d = student
+    out = d / "cli"
+    assert main(["text-student", "--teacher", str(teacher.directory), "--out", str(out), "--steps", "vocab,posterior",
+                 "--option", "vocab.rank=8", "--option", "posterior.samples=8", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "text_student.json").read_text())
+    assert [r["step"] for r in summary["steps"]] == ["vocab", "posterior"] and "student bundle" in printed
+    assert summary["steps"][0]["options"]["rank"] == 8 and Path(summary["bundle"]).is_dir()
+    # an unknown option is refused by name before anything runs
+    assert main(["text-student", "--teacher", str(teacher.directory), "--out", str(d / "cli-bad"), "--steps", "vocab",
+                 "--option", "vocab.rnak=8"]) == 2
+    assert "rnak" in capsys.readouterr().err and not (d / "cli-bad").exists()
+
+
+def test_distillation_trims_a_batch_to_its_real_tokens_without_changing_the_loss():
+    teacher = _teacher()
+    student = _cut(teacher, (1,))
+    ids = torch.from_numpy(TOK.encode_batch(["good movie", "bad film !"]))       # max_length 10, 5 real at most
+    assert student.trim_padding(ids).shape == (2, 5)
+    probs = torch.from_numpy(label_with_model(teacher, ids.numpy(), 2, 0))
+    y = torch.full((2,), -1)
+    cfg = DistillConfig(loss="kl", hidden_weight=1.0)
+    hidden = lambda x: teacher.hidden_states(x)[0]  # noqa: E731
+    with torch.no_grad():
+        trimmed = float(distill_loss(student, ids, probs, y, cfg, teacher_hidden=hidden))
+        student.trim_padding = lambda x: x                                        # the full padded batch
+        full = float(distill_loss(student, ids, probs, y, cfg, teacher_hidden=hidden))
+    assert abs(trimmed - full) <= 1e-5 * max(1.0, abs(full)), (trimmed, full)
