@@ -153,7 +153,7 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
         clash = set(files) & set(extra)
         if clash or len(set(files)) != 2:
             raise ValueError(f"bundle file names collide: {sorted(clash) or sorted(files)}")
-        records = {k: {**lowered[k].to_json(), "roles": roles} for k, roles in used.items()}
+        records = {k: _record_of_used_roles(lowered[k].to_json(), roles) for k, roles in used.items()}
         metadata = {"board": board.name,
                     "targets": {role: {"target": lowered[k].target, "lowering": k.split(":", 1)[0],
                                        "executor": graphs[role].executor} for role, k in pick.items()},
@@ -173,6 +173,15 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
         if tmp is not None:
             tmp.cleanup()
     return CompileResult(board=board.name, bundle=bundle, report=report)
+
+
+def _record_of_used_roles(record: Dict[str, Any], roles: Sequence[str]) -> Dict[str, Any]:
+    """A lowering's record in the bundle: the roles the placement took from it, and only their ISA
+    variants (a lowering compiles every role; placement may take one role from another executor)."""
+    out = {**record, "roles": list(roles)}
+    if isinstance(out.get("isa_variants"), list):
+        out["isa_variants"] = [v for v in out["isa_variants"] if v.get("role") in roles]
+    return out
 
 
 def _group_variants(board: Board, plan: Mapping[str, Sequence[Any]], lowerers: Mapping[str, Lowerer],
