@@ -124,6 +124,7 @@ def main(argv=None) -> int:
     ood = json.loads((ood_out / "results.json").read_text())
 
     torch.set_num_threads(1)
+    from edgeuq.compress.slicing import count_params
     from edgeuq.data.text import load_sst2
 
     test = load_sst2(sst)["test"]
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
     latency = _ratio_s32(art.bundle_path(timed_scheme), [test.texts[i] for i in pick], a.samples, a.rounds)
     ratio_cells = {timed_scheme: f"{latency['ratio']:.2f}"}
     model = art.load_model("laplace")
-    params = int(sum(p.numel() for p in model.parameters()))
+    params = count_params(model)
     bundle_bytes = {s: _bundle_bytes(art.bundle_path(s)) for s in art.bundles}
 
     m = art.metrics

@@ -40,6 +40,7 @@ from edgeuq_runtime.wordpiece import WordPieceTokenizer
 from ..artifact import cached, digest_of
 from ..catalog import Recipe, get_recipe
 from ..compress.chain import ChainResult, chain_from_table, chain_table, data_key, run_chain, tokenizer_of
+from ..compress.slicing import count_params
 from ..compress.steps import StepData
 from ..data.sources import DataOptions
 from ..models import mc_sample_probs
@@ -228,12 +229,12 @@ def build_text_student(teacher_dir: PathLike, out: PathLike, recipe: Union[str, 
                                           "teacher_digest": teacher.digest, "recipe": rec.name,
                                           "steps": [s.name for s in chain]},
                                 overwrite=True)
-    params = int(sum(p.numel() for p in student.parameters()))
+    params = count_params(student)
     summary = {"teacher": str(teacher.directory), "teacher_digest": teacher.digest, "recipe": rec.name,
                "options": dataclasses.asdict(opts), "transfer_rows": int(len(x)), "val_rows": int(len(x_val)),
                "data": dict(splits.sources), "steps": [dict(r) for r in res.records],
                "checkpoint": str(final.directory), "bundle": str(bundle.root), "params": params,
-               "teacher_params": int(sum(p.numel() for p in model.parameters())),
+               "teacher_params": count_params(model),
                "vocab": int(student_tok.vocab_size), "samples": samples}
     atomic_write(out / STUDENT_FILE, json.dumps(summary, indent=1, default=str).encode())
     log(f"text student -> {bundle.root} ({params / 1e6:.2f}M parameters, vocabulary {student_tok.vocab_size}; "

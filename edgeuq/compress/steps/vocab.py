@@ -33,6 +33,7 @@ from edgeuq_runtime.wordpiece import WordPieceTokenizer
 from ...models.bert import BertEncoder, FactorisedEmbeddings
 from ...models.transformer import build_model
 from ...training.checkpoint import TOKENIZER_FILE
+from ..slicing import count_params
 from . import COMPRESSION_STEPS, CompressionStep, StepData, StepResult
 
 __all__ = ["Vocab", "kept_token_ids"]
@@ -128,8 +129,8 @@ class Vocab(CompressionStep):
                                                   if n.startswith("encoder.embeddings.")))
         info["embedding_params_after"] = int(sum(p.numel() for n, p in new.named_parameters()
                                                  if n.startswith("encoder.embeddings.")))
-        info["params_before"] = int(sum(p.numel() for p in model.parameters()))
-        info["params_after"] = int(sum(p.numel() for p in new.parameters()))
+        info["params_before"] = count_params(model)
+        info["params_after"] = count_params(new)
         payload = _tokenizer_bytes(new_tok)
         return StepResult(new, info, files={TOKENIZER_FILE: lambda path: Path(path).write_bytes(payload)})
 
