@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict
 
 import numpy as np
@@ -131,15 +130,4 @@ class Vocab(CompressionStep):
                                                  if n.startswith("encoder.embeddings.")))
         info["params_before"] = count_params(model)
         info["params_after"] = count_params(new)
-        payload = _tokenizer_bytes(new_tok)
-        return StepResult(new, info, files={TOKENIZER_FILE: lambda path: Path(path).write_bytes(payload)})
-
-
-def _tokenizer_bytes(tok: WordPieceTokenizer) -> bytes:
-    """The tokenizer's JSON file, as :meth:`WordPieceTokenizer.save` writes it."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="edgeuq-vocab-") as tmp:
-        path = Path(tmp) / TOKENIZER_FILE
-        tok.save(path)
-        return path.read_bytes()
+        return StepResult(new, info, files={TOKENIZER_FILE: new_tok.save})
