@@ -186,6 +186,30 @@ def test_layer_mask_gradients_match_finite_differences():
         assert np.allclose(g.layers[:, i], fd, rtol=2e-2, atol=2e-4), (i, g.layers[:, i], fd)
 
 
+def test_head_and_neuron_mask_gradients_match_finite_differences():
+    """Per-sample head / FFN-neuron mask gradients on the bert trunk (the hooks) against central
+    differences of the plain-loop reference with explicit scales."""
+    model, ids = _model(4), _ids(6, 5)
+    x, y = torch.from_numpy(ids), np.arange(6) % 3
+    g = mask_gradients(model, ids, y, batch_size=4)
+    assert [h.shape for h in g.heads] == [(6, H)] * L and [n.shape for n in g.neurons] == [(6, F)] * L
+    eps = 1e-3
+
+    def loss(which, i, j, delta):
+        ones = LayerMasks(tuple(np.ones(H) for _ in range(L)), tuple(np.ones(F) for _ in range(L)))
+        groups = [list(ones.heads), list(ones.neurons)]
+        groups[which][i] = groups[which][i].copy()
+        groups[which][i][j] += delta
+        with torch.no_grad():
+            z = _ref_forward(model, x, masks=LayerMasks(tuple(groups[0]), tuple(groups[1])))[0].double()
+        return torch.nn.functional.cross_entropy(z, torch.from_numpy(y), reduction="none").numpy()
+
+    for which, i, j in ((0, 0, 1), (0, 2, 3), (1, 1, 5), (1, 2, 17)):
+        fd = (loss(which, i, j, eps) - loss(which, i, j, -eps)) / (2 * eps)
+        got = (g.heads if which == 0 else g.neurons)[i][:, j]
+        assert np.allclose(got, fd, rtol=2e-2, atol=2e-4), (which, i, j, got, fd)
+
+
 def _lower_layer_matters_model():
     """Layers 1 and 2 barely change their input: unit LayerNorms everywhere after layer 0's
     attention, and their sublayer outputs scaled by 1e-3; layer 0 is a full layer."""
