@@ -62,16 +62,15 @@ class MaskGradients:
 
 
 def mask_gradients(model: nn.Module, x: np.ndarray, y: Optional[np.ndarray] = None, batch_size: int = 64,
-                   seed: int = 0, blocks: Optional[Sequence[MaskableBlock]] = None) -> MaskGradients:
+                   seed: int = 0) -> MaskGradients:
     """Per-sample mask gradients of −log p(y | x) at all-ones masks, deterministic pass.
 
     ``y`` = the data labels (Kwon et al.; the empirical Fisher); ``None`` = labels
     sampled from the model's own prediction (the true Fisher, one draw per window).
     Each sample gets its own mask row (B, groups), so one backward gives every
     sample's gradient exactly; the same backward gives the layer masks' gradients.
-    ``blocks``: the maskable blocks when ``model`` has no trunk config (:func:`maskable_blocks`).
     """
-    bl = maskable_blocks(model, blocks)
+    bl = maskable_blocks(model)
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     gh: List[List[np.ndarray]] = [[] for _ in bl]
@@ -256,10 +255,9 @@ class TeacherCaptures:
     forward passes is run once per search instead of once per trial. Bound to one model and one
     calibration array (``tune_masks`` checks both)."""
 
-    def __init__(self, model: nn.Module, x: np.ndarray, batch_size: int = 128,
-                 blocks: Optional[Sequence[MaskableBlock]] = None) -> None:
+    def __init__(self, model: nn.Module, x: np.ndarray, batch_size: int = 128) -> None:
         self.model, self.x, self.batch_size = model, np.array(x, copy=True), int(batch_size)
-        self.blocks = maskable_blocks(model, blocks)
+        self.blocks = maskable_blocks(model)
         self._data: dict = {}
         self.computed = 0  # reference captures run (one per block and chunk at most)
 
@@ -287,8 +285,7 @@ def _residual_error(gram: np.ndarray, rhs: np.ndarray, rr: float, m: np.ndarray)
 
 def tune_masks(model: nn.Module, masks: LayerMasks, x: np.ndarray, batch_size: int = 128,
                log: Optional[Callable[[str], None]] = None,
-               reference: Optional[TeacherCaptures] = None,
-               blocks: Optional[Sequence[MaskableBlock]] = None) -> LayerMasks:
+               reference: Optional[TeacherCaptures] = None) -> LayerMasks:
     """Least-squares scales for the kept heads and neurons, block by block (deterministic pass).
 
     For each sublayer the pruned model's residual stream plus the kept heads' (neurons')
@@ -305,13 +302,13 @@ def tune_masks(model: nn.Module, masks: LayerMasks, x: np.ndarray, batch_size: i
     model.eval()
     if reference is not None:
         reference.check(model, x, batch_size)
-    bl = maskable_blocks(model, blocks)
+    bl = maskable_blocks(model)
     heads = [np.asarray(m, dtype=np.float64).copy() for m in masks.heads]
     neurons = [np.asarray(m, dtype=np.float64).copy() for m in masks.neurons]
     chunks = [torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
     # rows fitted: every position, or (token trunks) the real tokens, padding left out
-    trunk = get_trunk(model.cfg.trunk) if blocks is None else None
-    real = [None if trunk is None else trunk.real_positions(model, xb) for xb in chunks]
+    trunk = get_trunk(model.cfg.trunk)
+    real = [trunk.real_positions(model, xb) for xb in chunks]
     for i, l in enumerate(bl):
         dh = l.head_dim
         for part in ("attn", "ffn"):

@@ -47,12 +47,8 @@ class LayerMasks:
                    tuple(np.asarray(n, dtype=np.float64) for n in d["neurons"]))
 
 
-def maskable_blocks(model: nn.Module, blocks: Optional[Sequence[MaskableBlock]] = None) -> List[MaskableBlock]:
-    """The model's maskable encoder blocks (its trunk's :meth:`~edgeuq.models.trunks.Trunk.maskable_blocks`),
-    or ``blocks`` when given (a model outside ``ModelConfig``, e.g. a BERT encoder inside another
-    module: :func:`~edgeuq.models.trunks.bert_maskable_blocks`)."""
-    if blocks is not None:
-        return list(blocks)
+def maskable_blocks(model: nn.Module) -> List[MaskableBlock]:
+    """The model's maskable encoder blocks (its trunk's :meth:`~edgeuq.models.trunks.Trunk.maskable_blocks`)."""
     return get_trunk(model.cfg.trunk).maskable_blocks(model)
 
 
@@ -62,9 +58,9 @@ def check_prunable(model: nn.Module) -> None:
     maskable_blocks(model)
 
 
-def prunable_layers(model: nn.Module, blocks: Optional[Sequence[MaskableBlock]] = None) -> List[Dict[str, int]]:
+def prunable_layers(model: nn.Module) -> List[Dict[str, int]]:
     """Per block: {"heads", "head_dim", "ffn"} read from the modules."""
-    return [b.widths() for b in maskable_blocks(model, blocks)]
+    return [b.widths() for b in maskable_blocks(model)]
 
 
 def full_masks(model: nn.Module) -> LayerMasks:
@@ -98,8 +94,9 @@ def apply_masks(model: nn.Module, heads: Sequence[torch.Tensor], neurons: Sequen
                 blocks: Optional[Sequence[MaskableBlock]] = None) -> Iterator[None]:
     """Within the block, ``model`` runs with these head / neuron masks (tensors, may require grad);
     ``layers``: one mask per block, per sample (B,) or scalar, whose block output becomes
-    ``x + m (block(x) - x)`` (the layer mask whose gradient ranks whole layers)."""
-    bl = maskable_blocks(model, blocks)
+    ``x + m (block(x) - x)`` (the layer mask whose gradient ranks whole layers). ``blocks``: the
+    model's :func:`maskable_blocks` when the caller already holds them (read from the model otherwise)."""
+    bl = maskable_blocks(model) if blocks is None else list(blocks)
     if len(heads) != len(bl) or len(neurons) != len(bl) or (layers is not None and len(layers) != len(bl)):
         raise ValueError(f"need masks for {len(bl)} blocks, got {len(heads)} head and {len(neurons)} neuron masks"
                          + ("" if layers is None else f" and {len(layers)} layer masks"))

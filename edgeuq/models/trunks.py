@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import BlockShape
 
 __all__ = ["Trunk", "TRUNKS", "register_trunk", "get_trunk", "BertOptions", "BertTransformer",
-           "DENSITY_FEATURES", "bert_config_of", "load_head_state", "MaskableBlock", "bert_maskable_blocks",
+           "DENSITY_FEATURES", "bert_config_of", "load_head_state", "MaskableBlock",
            "with_density_features"]
 
 
@@ -311,7 +311,19 @@ class BertTrunk(Trunk):
         return BertTransformer(cfg)
 
     def maskable_blocks(self, model: nn.Module) -> List[MaskableBlock]:
-        return bert_maskable_blocks(model.encoder, "encoder.")
+        """The post-norm layers of the model's :class:`~edgeuq.models.bert.BertEncoder`:
+        query/key/value rows per head, ``attention.output.dense`` reads the heads,
+        ``intermediate.dense`` -> ``output.dense`` the neurons; the sums are the inputs of the two
+        LayerNorms (Kwon et al. tune against exactly these pre-LayerNorm outputs)."""
+        out = []
+        for i, layer in enumerate(model.encoder.layers):
+            out.append(MaskableBlock(layer, f"encoder.encoder.layer.{i}.", int(layer.heads), int(layer.head_dim),
+                                     int(layer.output.dense.in_features),
+                                     (("attention.self.query", 1), ("attention.self.key", 1),
+                                      ("attention.self.value", 1)),
+                                     "attention.output.dense", "intermediate.dense", "output.dense",
+                                     ("attention.output.LayerNorm", "input"), ("output.LayerNorm", "input")))
+        return _check_linear(out)
 
     def real_positions(self, model: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
         """The non-padding tokens (the padded positions' hidden states never reach the pooled output)."""
@@ -333,22 +345,6 @@ class BertTrunk(Trunk):
             came_from = o.teacher_layers or tuple(range(cfg.depth))
             o = dataclasses.replace(o, teacher_layers=tuple(int(came_from[i]) for i in kept))
         return dataclasses.replace(cfg, depth=len(kept), blocks=tuple(shapes), trunk_options=o)
-
-
-def bert_maskable_blocks(encoder: BertEncoder, prefix: str = "") -> List[MaskableBlock]:
-    """The post-norm layers of a :class:`~edgeuq.models.bert.BertEncoder` whose module path is
-    ``prefix`` (``"encoder."`` in :class:`BertTransformer`): query/key/value rows per head,
-    ``attention.output.dense`` reads the heads, ``intermediate.dense`` -> ``output.dense`` the
-    neurons; the sums are the inputs of the two LayerNorms (Kwon et al. tune against exactly
-    these pre-LayerNorm outputs)."""
-    out = []
-    for i, layer in enumerate(encoder.layers):
-        out.append(MaskableBlock(layer, f"{prefix}encoder.layer.{i}.", int(layer.heads), int(layer.head_dim),
-                                 int(layer.output.dense.in_features),
-                                 (("attention.self.query", 1), ("attention.self.key", 1), ("attention.self.value", 1)),
-                                 "attention.output.dense", "intermediate.dense", "output.dense",
-                                 ("attention.output.LayerNorm", "input"), ("output.LayerNorm", "input")))
-    return _check_linear(out)
 
 
 def bert_config_of(cfg: Any) -> BertConfig:
