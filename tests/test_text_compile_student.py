@@ -43,9 +43,10 @@ def test_the_recipe_is_a_chain_over_the_teacher_for_the_boards():
     assert set(rec.boards) >= {"x86-host", "pynq-z2"}
     names = [s["name"] for s in rec.compress["steps"]]
     assert names == ["prune", "vocab", "distill", "posterior"]
-    # the steps after prune read strictly (prune's bert options land with the Kwon masks over the encoder)
-    chain = chain_from_table(chain_table(rec.compress, names[1:]))
-    assert [s.name for s in chain] == names[1:] and chain[1].options.hidden_weight > 0
+    # every step's options read strictly (prune on the bert trunk included)
+    chain = chain_from_table(chain_table(rec.compress, names))
+    assert [s.name for s in chain] == names and chain[0].options.keep_layers == 3
+    assert chain[2].options.hidden_weight > 0
     with pytest.raises(ValueError, match="not a text recipe"):
         text_recipe("bearing-demo")
 

@@ -218,7 +218,7 @@ def test_posterior_step_refits_a_laplace_head_and_passes_other_heads_unchanged()
 
 
 # ----------------------------------------------------------------------------- end to end
-#: the recipe's chain without prune (its bert options come with the Kwon masks), sized for a tiny model
+#: the recipe's chain without prune (with prune: tests/test_text_student_prune_chain.py), sized for a tiny model
 STEPS = ["vocab", "distill", "posterior"]
 OVERRIDES = [("vocab", "rank", 8), ("distill", "epochs", 2), ("distill", "batch_size", 16),
              ("distill", "teacher_samples", 4), ("distill", "student_samples", 2), ("posterior", "rows", 0),
