@@ -25,6 +25,8 @@ from edgeuq.models.config import bert_model_config
 from edgeuq.training.config import TrainConfig
 from edgeuq_runtime.wordpiece import WordPieceTokenizer
 
+from text_teacher_support import TINY_CHAIN_OVERRIDES, tiny_text_student
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 WORDS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "movie", "film", "plot", "great", "dull",
@@ -220,39 +222,27 @@ def test_posterior_step_refits_a_laplace_head_and_passes_other_heads_unchanged()
 # ----------------------------------------------------------------------------- end to end
 #: the recipe's chain without prune (with prune: tests/test_text_student_prune_chain.py), sized for a tiny model
 STEPS = ["vocab", "distill", "posterior"]
-OVERRIDES = [("vocab", "rank", 8), ("distill", "epochs", 2), ("distill", "batch_size", 16),
-             ("distill", "teacher_samples", 4), ("distill", "student_samples", 2), ("posterior", "rows", 0),
-             ("posterior", "samples", 8)]
+OVERRIDES = list(TINY_CHAIN_OVERRIDES)
+
+
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
-    from require_extras import require_extra
-
-    require_extra("safetensors", "text")
-    from text_teacher_support import tiny_text_teacher
-
-    from edgeuq.text.student_chain import build_text_student
-
     d = tmp_path_factory.mktemp("text-student")
-    teacher = tiny_text_teacher(d)
-    log = []
-    st = build_text_student(teacher.directory, d / "student", "text-student", steps=STEPS, overrides=OVERRIDES,
-                            log=log.append)
-    return teacher, st, log, d
+    return (*tiny_text_student(d, STEPS, OVERRIDES), d)
 
 
 def test_text_student_chain_bundle_agrees_with_the_pytorch_student(student):
     from edgeuq.compress.chain import tokenizer_of
     from text_teacher_support import student_bundle_error
 
-    teacher, st, _, _ = student
+    teacher, st, _ = student
     assert [r["step"] for r in st.summary["steps"]] == ["vocab", "distill", "posterior"]
     assert st.summary["steps"][2]["info"]["fitted"] is True
     model = st.checkpoint.load_model().eval()
     tok = tokenizer_of(st.checkpoint)
     assert model.cfg.vocab_size == tok.vocab_size < teacher.load_model().cfg.vocab_size
     assert model.cfg.trunk_options.embedding_rank == 8
-    same, other = student_bundle_error(st, ["the film is good", "a very dull plot", "what city is the capital ?",
-                                            "superb !"])
+    same, other = student_bundle_error(st)
     assert same <= 1e-5, same
     assert not other <= 1e-5, other                                         # the noise rows matter
 
@@ -262,7 +252,7 @@ def test_a_word_outside_the_pruned_vocabulary_is_unk_on_the_device_and_on_the_ho
     from edgeuq_runtime import UncertaintyRuntime
     from edgeuq_runtime.wordpiece import WordPieceTokenizer as WP
 
-    teacher, st, _, _ = student
+    teacher, st, _ = student
     full = WP.load(teacher.file_path("tokenizer.json"))
     small = tokenizer_of(st.checkpoint)
     # "capital" is in the teacher's vocabulary but no training phrase uses it
@@ -277,10 +267,9 @@ def test_a_word_outside_the_pruned_vocabulary_is_unk_on_the_device_and_on_the_ho
 def test_rerun_of_the_text_student_reuses_every_step(student):
     from edgeuq.text.student_chain import build_text_student
 
-    teacher, st, _, d = student
-    log = []
+    teacher, st, d = student
     again = build_text_student(teacher.directory, d / "student", "text-student", steps=STEPS, overrides=OVERRIDES,
-                               log=log.append)
+                               log=lambda m: None)
     assert all(r["cached"] for r in again.summary["steps"]) and again.checkpoint.digest == st.checkpoint.digest
 
 
@@ -297,7 +286,7 @@ def test_the_recipes_transfer_set_table_is_read_strictly():
 def test_the_cli_runs_the_chain_it_is_given(student, capsys):
     from edgeuq.cli import main
 
-    teacher, _, _, d = student
+    teacher, _, d = student
     out = d / "cli"
     assert main(["text-student", "--teacher", str(teacher.directory), "--out", str(out), "--steps", "vocab,posterior",
                  "--option", "vocab.rank=8", "--option", "posterior.samples=8", "--no-progress"]) == 0

@@ -19,7 +19,7 @@ from edgeuq.models import build_model
 from edgeuq.models.bert import BertConfig
 from edgeuq.models.config import bert_model_config
 
-from text_teacher_support import padded_ids
+from text_teacher_support import TINY_CHAIN_OVERRIDES, padded_ids, tiny_text_student
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -87,31 +87,20 @@ def test_mask_gradients_of_trimmed_token_batches_equal_the_padded_ones():
 #: the recipe's chain, prune included, sized for a tiny 3-layer teacher
 STEPS = ["prune", "vocab", "distill", "posterior"]
 OVERRIDES = [("prune", "keep_layers", 2), ("prune", "target_flops", 0.6), ("prune", "rows", 40),
-             ("vocab", "rank", 8), ("distill", "epochs", 2), ("distill", "batch_size", 16),
-             ("distill", "teacher_samples", 4), ("distill", "student_samples", 2), ("posterior", "rows", 0),
-             ("posterior", "samples", 8)]
+             *TINY_CHAIN_OVERRIDES]
 
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
-    from require_extras import require_extra
+    from edgeuq.text.student_chain import StudentOptions
 
-    require_extra("safetensors", "text")
-    from text_teacher_support import tiny_text_teacher
-
-    from edgeuq.text.student_chain import StudentOptions, build_text_student
-
-    d = tmp_path_factory.mktemp("text-student-prune")
-    teacher = tiny_text_teacher(d, layers=3)
-    log = []
     # one augmented copy per phrase: unlabelled windows the prune step must leave out of its Fisher
-    st = build_text_student(teacher.directory, d / "student", "text-student", steps=STEPS, overrides=OVERRIDES,
-                            options=StudentOptions(augment_copies=1), log=log.append)
-    return teacher, st, log
+    return tiny_text_student(tmp_path_factory.mktemp("text-student-prune"), STEPS, OVERRIDES, layers=3,
+                             options=StudentOptions(augment_copies=1))
 
 
 def test_the_chain_keeps_layers_by_fisher_prunes_heads_and_neurons_and_records_the_layer_map(student):
-    teacher, st, _ = student
+    teacher, st = student
     assert [r["step"] for r in st.summary["steps"]] == STEPS
     info = st.summary["steps"][0]["info"]
     kept = info["kept_layers"]
@@ -133,8 +122,7 @@ def test_the_chain_keeps_layers_by_fisher_prunes_heads_and_neurons_and_records_t
 def test_the_pruned_students_bundle_agrees_with_the_pytorch_student(student):
     from text_teacher_support import student_bundle_error
 
-    _, st, _ = student
-    same, other = student_bundle_error(st, ["the film is good", "a very dull plot", "what city is the capital ?",
-                                            "superb !"])
+    _, st = student
+    same, other = student_bundle_error(st)
     assert same <= 1e-5, same
     assert not other <= 1e-5, other                                         # the noise rows matter

@@ -105,7 +105,30 @@ def tiny_text_teacher(d: Path, layers: int = 2):
                               log=lambda m: None)
 
 
-def student_bundle_error(student, texts, samples: int = 8, seed: int = 5):
+#: the vocab -> distill -> posterior options of the text-student recipe, sized for a tiny teacher
+TINY_CHAIN_OVERRIDES = (("vocab", "rank", 8), ("distill", "epochs", 2), ("distill", "batch_size", 16),
+                        ("distill", "teacher_samples", 4), ("distill", "student_samples", 2), ("posterior", "rows", 0),
+                        ("posterior", "samples", 8))
+
+#: phrases a student's bundle is checked on (:func:`student_bundle_error`)
+CHECK_TEXTS = ("the film is good", "a very dull plot", "what city is the capital ?", "superb !")
+
+
+def tiny_text_student(d: Path, steps, overrides, layers: int = 2, options=None):
+    """(TextTeacher, TextStudent): :func:`tiny_text_teacher` of ``layers`` layers in ``d``, then the
+    ``text-student`` recipe's chain with ``steps`` / ``overrides`` over it into ``d / "student"``
+    (quiet). Skips without the text extra."""
+    from require_extras import require_extra
+
+    require_extra("safetensors", "text")
+    from edgeuq.text.student_chain import build_text_student
+
+    teacher = tiny_text_teacher(d, layers=layers)
+    return teacher, build_text_student(teacher.directory, d / "student", "text-student", steps=steps,
+                                       overrides=overrides, options=options, log=lambda m: None)
+
+
+def student_bundle_error(student, texts=CHECK_TEXTS, samples: int = 8, seed: int = 5):
     """(max |device predict_text samples - PyTorch mc_sample_probs| with the same noise rows,
     the same with other noise rows) for a text student (:class:`edgeuq.text.student_chain.TextStudent`);
     also checks that the device tokenizer is the student's."""
@@ -114,6 +137,7 @@ def student_bundle_error(student, texts, samples: int = 8, seed: int = 5):
     from edgeuq_runtime import UncertaintyRuntime
     from edgeuq_runtime.noise import sample_noise_rows
 
+    texts = list(texts)
     model = student.checkpoint.load_model().eval()
     tok = tokenizer_of(student.checkpoint)
     rt = UncertaintyRuntime(student.bundle)
