@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._target import FisherTarget, calibration_batches, check_labels_needed, label_draws, nll_terms, passes
+from ._target import FisherTarget, calibration_batches, check_labels_needed, label_draws, passes
 from .config import FisherConfig
+from .per_sample import nll_terms
 
 __all__ = ["Tap", "io_taps", "Accumulator", "run_hooked_pass"]
 

@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from edgeuq_runtime.noise import sample_noise
 
 from .config import EXACT_MAX_CLASSES, FisherConfig
-from .per_sample import nll_terms  # noqa: F401  (the loss, shared by every Fisher estimator)
 
 __all__ = ["FisherTarget", "LabelDraw", "label_draws", "calibration_batches", "LAYER_TYPES", "layer_kind"]
 

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._target import FisherTarget, calibration_batches, nll_terms, passes
+from ._target import FisherTarget, calibration_batches, passes
 from .config import FisherConfig
+from .per_sample import nll_terms
 
 __all__ = ["hutchinson_trace"]
 
