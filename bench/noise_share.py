@@ -131,43 +131,30 @@ def stream2_plain_rows(specs, rows: int, rng: np.random.Generator) -> Dict[str, 
 _MIXED_PLANS: Dict[int, tuple] = {}
 
 
+def _mixed_multiply_run_step(members, bits: int, t: int, p_eff: float):
+    """The step of one run of dropout specs as the plans had it before: the run compared once, then
+    one mixed-type ``np.multiply(keep slice, scale, dtype=float32)`` per spec."""
+    from edgeuq_runtime.noise import _dropout_run_parts
+
+    view, lo, hi, parts = _dropout_run_parts(members, bits)
+    scale = np.float32(1.0 / (1.0 - p_eff))
+
+    def step(views, rows, out):
+        keep = np.greater_equal(views[view][:, lo:hi], t)
+        for name, shape, a, b in parts:
+            out[name] = np.multiply(keep[:, a:b], scale, dtype=np.float32).reshape(shape)
+    return step
+
+
 def _mixed_multiply_plan(specs) -> tuple:
-    """(words per row, steps) of :func:`stream2_mixed_multiply_rows`, built once per spec tuple (as
-    the runtime caches its plans), so the paired ratio times the decode alone, not layout work."""
-    from edgeuq_runtime import noise as N
-    from edgeuq_runtime.noise import _count, dropout_threshold, row_layout
+    """(words per row, steps) of :func:`stream2_mixed_multiply_rows`: the runtime's own plan builder
+    with only the dropout-run step replaced, built once per spec tuple (as the runtime caches its
+    plans), so the paired ratio times the decode alone, not layout work."""
+    from edgeuq_runtime.noise import _build_plan
 
-    layout = row_layout(specs)
-    steps = []
-    i = 0
-    while i < len(specs):
-        s, (off, _) = specs[i], layout[i]
-        if s.kind != "dropout_mask":   # the shipped plan's own steps: only the dropout decode differs
-            steps.append(N._normal_step(s, off) if s.kind == "standard_normal" else
-                         N._uniform_step(s, off) if s.kind == "uniform" else N._plain_step(s, off))
-            i += 1
-            continue
-        key = dropout_threshold(s.params["p"])
-        j = i + 1
-        while j < len(specs) and specs[j].kind == "dropout_mask" and dropout_threshold(specs[j].params["p"]) == key:
-            j += 1
-        t, p_eff, bits = key
-        per_word = 64 // bits
-        lo = per_word * off
-        hi = per_word * layout[j - 1][0] + _count(specs[j - 1])
-        parts = tuple((specs[k].name, (-1,) + specs[k].shape, per_word * layout[k][0] - lo,
-                       per_word * layout[k][0] - lo + _count(specs[k])) for k in range(i, j))
-
-        def step(views, rows, out, view=0 if bits == 8 else 1, lo=lo, hi=hi, t=t, parts=parts,
-                 scale=np.float32(1.0 / (1.0 - p_eff))):
-            keep = np.greater_equal(views[view][:, lo:hi], t)
-            for name, shape, a, b in parts:
-                out[name] = np.multiply(keep[:, a:b], scale, dtype=np.float32).reshape(shape)
-        steps.append(step)
-        i = j
-    width = sum(w for _, w in layout)
-    _MIXED_PLANS[id(specs)] = (specs, width, tuple(steps))
-    return width, tuple(steps)
+    width, steps = _build_plan(specs, _mixed_multiply_run_step)
+    _MIXED_PLANS[id(specs)] = (specs, width, steps)
+    return width, steps
 
 
 def stream2_mixed_multiply_rows(specs, rows: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:

@@ -356,7 +356,10 @@ _MAX_PLANS = 64
 _LITTLE = sys.byteorder == "little"
 
 
-def _dropout_run_step(members: Sequence[Tuple[NoiseSpec, int]], bits: int, t: int, p_eff: float) -> _Step:
+def _dropout_run_parts(members: Sequence[Tuple[NoiseSpec, int]], bits: int) -> Tuple[int, int, int, tuple]:
+    """Where a run of dropout specs (``(spec, word offset)``, ``bits`` per element) lies in a row:
+    (the view it reads, its first and end element in that view, per spec (name, output shape,
+    start, end) relative to the first)."""
     per_word = 64 // bits
     view = 0 if bits == 8 else 1
     first = members[0][1]
@@ -364,6 +367,11 @@ def _dropout_run_step(members: Sequence[Tuple[NoiseSpec, int]], bits: int, t: in
     lo, hi = per_word * first, per_word * last_off + _count(last_spec)
     parts = tuple((s.name, (-1,) + s.shape, per_word * off - lo, per_word * off - lo + _count(s))
                   for s, off in members)
+    return view, lo, hi, parts
+
+
+def _dropout_run_step(members: Sequence[Tuple[NoiseSpec, int]], bits: int, t: int, p_eff: float) -> _Step:
+    view, lo, hi, parts = _dropout_run_parts(members, bits)
     scale = np.float32(1.0 / (1.0 - p_eff))
 
     def step(views: _Views, rows: int, out: Dict[str, np.ndarray]) -> None:
@@ -400,7 +408,11 @@ def _plain_step(spec: NoiseSpec, off: int) -> _Step:
     return step
 
 
-def _build_plan(specs: Tuple[NoiseSpec, ...]) -> Tuple[int, Tuple[_Step, ...]]:
+def _build_plan(specs: Tuple[NoiseSpec, ...],
+                dropout_run_step: Callable[..., _Step] = _dropout_run_step) -> Tuple[int, Tuple[_Step, ...]]:
+    """(words per row, steps) of ``specs``; ``dropout_run_step(members, bits, t, p_eff)`` makes the
+    step of each run of dropout specs (bench/noise_share.py builds its before/after comparator
+    with another one)."""
     layout = row_layout(specs)
     steps: List[_Step] = []
     i = 0
@@ -413,7 +425,7 @@ def _build_plan(specs: Tuple[NoiseSpec, ...]) -> Tuple[int, Tuple[_Step, ...]]:
                     dropout_threshold(specs[j].params["p"]) == key:
                 j += 1
             t, p_eff, bits = key
-            steps.append(_dropout_run_step([(specs[k], layout[k][0]) for k in range(i, j)], bits, t, p_eff))
+            steps.append(dropout_run_step([(specs[k], layout[k][0]) for k in range(i, j)], bits, t, p_eff))
             i = j
             continue
         steps.append(_normal_step(spec, off) if spec.kind == "standard_normal" else
