@@ -38,18 +38,14 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "text"
 
 
 def _ratio_s32(bundle: Path, texts, samples: int, rounds: int) -> dict:
-    """Median paired ratio of S = ``samples`` over one deterministic pass (device runtime)."""
-    from edgeuq.profile import measure_stages, paired_ratio
+    """Median paired ratio of S = ``samples`` over one deterministic pass (device runtime), timed by
+    bench/text_teacher.py's ``_latency`` (the same rounds, the same pairing)."""
     from edgeuq_runtime import UncertaintyRuntime
+    from text_teacher import _latency
 
-    rt = UncertaintyRuntime(bundle, threads=1, seed=0)
-    ids = rt.tokenize(list(texts))
-    st = measure_stages({"one_pass": lambda: rt.deterministic(ids),
-                         "s": lambda: rt.predict(ids, samples=samples, seed=0)}, warmup=1, repeats=rounds)
-    r = paired_ratio(st["s"], st["one_pass"])
-    return {"samples": samples, "rows": len(texts), "rounds": rounds, "ratio": r.median,
-            "ratio_ci": [r.ci_low, r.ci_high], "one_pass_ms_per_row": st["one_pass"].median_ms / len(texts),
-            "s_ms_per_row": st["s"].median_ms / len(texts),
+    lat = _latency(UncertaintyRuntime(bundle, threads=1, seed=0), list(texts), samples, rounds)
+    return {"samples": samples, "rows": len(texts), "rounds": rounds, "ratio": lat["ratio"],
+            "ratio_ci": lat["ratio_ci"], "one_pass_ms_per_row": lat["det_ms"], "s_ms_per_row": lat["mc_ms"],
             "how": "device runtime, Laplace bundle, paired interleaved rounds, 1 thread"}
 
 
