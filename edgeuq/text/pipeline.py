@@ -338,11 +338,12 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
                         time_cap_s=60.0 * options.time_cap_min, keep_best=options.keep_best,
                         train=replace(FINETUNE_TRAIN, epochs=options.epochs, batch_size=options.batch, lr=options.lr,
                                       seed=options.seed))
-    trained_on = {k: options.to_dict()[k] for k in ("train_layers", "epochs", "lr", "lr_head", "batch", "max_length",
-                                                     "train_limit", "train_subset", "val_limit", "hidden",
-                                                     "head_dropout", "seed")}
-    # keep_best changes the weights; the time cap does not (a capped run stores no finished weights)
-    trained_on.update({k: v for k, v in options.to_dict().items() if k == "keep_best"})
+    # keep_best changes the weights (a key only when set: to_dict leaves it out at its default); the time cap
+    # does not (a capped run stores no finished weights)
+    recorded = options.to_dict()
+    trained_on = {k: recorded[k] for k in ("train_layers", "epochs", "lr", "lr_head", "batch", "max_length",
+                                           "train_limit", "train_subset", "val_limit", "hidden", "head_dropout",
+                                           "seed", "keep_best") if k in recorded}
     tuned_key = digest_of(cache_keys, train_ds.y.tolist(), splits.val.y.tolist(), list(names), trained_on)[:16]
     tuned = cache_dir / f"finetuned-{tuned_key}.pt"
     state = cache_dir / f"finetune-state-{tuned_key}.pt"  # a time-capped run's resumable state
