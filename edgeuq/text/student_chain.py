@@ -46,6 +46,7 @@ from ..data.sources import DataOptions
 from ..models import mc_sample_probs
 from ..training import Checkpoint, save_checkpoint
 from ..training.checkpoint import TOKENIZER_FILE
+from .cache import length_buckets
 
 __all__ = ["StudentOptions", "TextStudent", "build_text_student", "student_options_from", "label_ids",
            "STUDENT_FILE"]
@@ -95,24 +96,17 @@ class TextStudent:
     summary: Mapping[str, Any]
 
 
-def _lengths(ids: np.ndarray, pad: int) -> np.ndarray:
-    return (np.asarray(ids) != pad).sum(1)
-
-
 @torch.no_grad()
 def label_ids(model: torch.nn.Module, ids: np.ndarray, samples: int, seed: int = 0, chunk: int = 128) -> np.ndarray:
     """(S, N, C) sample probabilities of a token model on padded ids, in chunks of similar length
     trimmed to their longest row (the padding mask makes the trim exact), noise from the runtime's
     samplers seeded by ``seed``."""
     ids = np.asarray(ids, dtype=np.int64)
-    pad = int(model.cfg.trunk_options.pad_token_id)
-    lengths = _lengths(ids, pad)
-    order = np.argsort(lengths, kind="stable")
+    lengths = (ids != int(model.cfg.trunk_options.pad_token_id)).sum(1)
     rng = np.random.default_rng(seed)
     out = None
     model.eval()
-    for i in range(0, len(ids), chunk):
-        idx = order[i:i + chunk]
+    for idx in length_buckets(lengths, chunk, None):
         x = torch.from_numpy(np.ascontiguousarray(ids[idx, :max(1, int(lengths[idx].max()))]))
         p = mc_sample_probs(model, x, samples, rng=rng).numpy()
         if out is None:
