@@ -205,23 +205,6 @@ def main(argv=None) -> int:
         history, t_train = art.history, art.timings.get("train_s")
         print(f"teacher: {a.teacher_dir} (top {a.train_layers} of {n_layers} layers fine-tuned on "
               f"{a.train_subset} phrases, {a.epochs} epoch(s))", flush=True)
-        # OUT/teacher.pt as this bench's own runs leave it (a TextClassifier's state: the head's names
-        # without "head."), so bench/text_student_cut.py --teacher-dir OUT reads the artifact's teacher;
-        # checked: the same logits from both modules
-        tc_state = {(k[5:] if k.startswith("head.") else k): v for k, v in model.state_dict().items()}
-        clf = TextClassifier(pre.config, num_classes=2, hidden=model.cfg.head_hidden, scheme="laplace")
-        clf.load_state_dict(tc_state)
-        clf.eval()
-        clf.set_sampling(False)
-        probe = torch.from_numpy(tok.encode_batch(list(sst["dev"].texts[:32])))
-        with torch.no_grad():
-            want = model.head_forward(model.trunk(probe))
-            got = clf.head_forward(clf.trunk(probe))
-        err = float((got - want).abs().max())
-        if not err <= 1e-4:
-            raise SystemExit(f"the artifact's teacher as a TextClassifier differs by {err:.3g} in the logits")
-        a.out.mkdir(parents=True, exist_ok=True)
-        torch.save(tc_state, a.out / "teacher.pt")
     elif a.reuse_teacher:
         model.load_state_dict(torch.load(a.out / "teacher.pt", weights_only=True))
         history, t_train = None, None
