@@ -194,7 +194,7 @@ def main(argv=None) -> int:
     model = TextClassifier(pre.config, num_classes=2, scheme="mc_dropout")
     model.encoder.load_bert_state(pre.state)
     model.eval()
-    pretrained_enc = load_pretrained().encoder()
+    pretrained_enc = pre.encoder()   # the weights read above, not the package read a second time
     pretrained_enc.eval()
     # the training phrases' ids: only a fine-tune here reads them (60k phrases, ~19 s of tokenising)
     ids_train = tok.encode_batch(train.texts) if art is None and not a.reuse_teacher else None
