@@ -19,11 +19,10 @@ from __future__ import annotations
 
 from typing import Tuple
 
-from ..schemes.base import TEXT_HEAD_SITES as HEAD_SITES
 from ..schemes.base import TextHead
 from ..schemes.registry import SCHEMES
 
-__all__ = ["TextHead", "text_head", "text_scheme_names", "POSTERIOR_METRIC", "HEAD_SITES"]
+__all__ = ["TextHead", "text_head", "text_scheme_names", "POSTERIOR_METRIC"]
 
 #: the metrics key under which a fitted last-layer posterior is recorded (teacher artifact, student checkpoint)
 POSTERIOR_METRIC = "laplace"
