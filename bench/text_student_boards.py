@@ -16,7 +16,10 @@ fp32 weights where they fit the board's weight budget, int8 trunk weights where 
 each graph's executor, target and how it was checked (native run, qemu emulation, C simulation,
 compile only), the head's scheme, the weights and why, weight bytes against the budget, end-to-end
 latency where it could be measured on this host ("not measured" otherwise, never "met"), and the
-FPGA resource *estimate* where there is one. A board whose compile fails gets a row saying why.
+FPGA resource *estimate* where there is one, and for an FPGA head the runtime's pynq executor run on
+a simulated device over the lowering's canary rows (bench/pynq_head_check.py in .venv-pynq: exact
+against the C simulation, error against the float head). A board whose compile fails gets a row
+saying why.
 Default boards: the ``text-student`` recipe's.
 """
 from __future__ import annotations
@@ -33,7 +36,42 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 HEADERS = ["board", "trunk", "head", "weights", "weight bytes vs budget", "latency (1 input, S samples)",
-           "FPGA resources", "budgets"]
+           "FPGA resources", "FPGA head on the pynq executor (simulated device)", "budgets"]
+PYNQ_PYTHON = REPO / ".venv-pynq" / "bin" / "python"
+
+
+def pynq_sim_check(bundle) -> dict:
+    """The bundle's FPGA head through the runtime's pynq executor on a simulated device
+    (bench/pynq_head_check.py in .venv-pynq, where pynq lives); ``{"checked": False, "why": ...}``
+    when the head is not an FPGA head descriptor or the environment is missing."""
+    import json
+    import subprocess
+
+    from edgeuq.lower.hls4ml.lowerer import DESCRIPTOR_FORMAT
+
+    head = bundle.root / bundle.manifest.head.file
+    try:
+        fpga = json.loads(head.read_text()).get("format") == DESCRIPTOR_FORMAT
+    except (UnicodeDecodeError, ValueError):
+        fpga = False
+    if not fpga:
+        return {"checked": False, "why": "no FPGA head"}
+    if not PYNQ_PYTHON.is_file():
+        return {"checked": False, "why": f"not run: no {PYNQ_PYTHON.parent.parent} (scripts/setup_pynq_env.sh)"}
+    proc = subprocess.run([str(PYNQ_PYTHON), str(REPO / "bench" / "pynq_head_check.py"), str(bundle.root)],
+                          env={**os.environ, "PYTHONPATH": str(REPO / "runtime")}, capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode != 0:
+        return {"checked": False, "why": f"failed: {(proc.stderr or proc.stdout).strip()[-300:]}"}
+    return {"checked": True, **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def _sim_cell(check: dict) -> str:
+    if not check["checked"]:
+        return "–" if check["why"] == "no FPGA head" else check["why"]
+    same = "equal to" if check["equals_csim"] else "**differ from**"
+    return (f"{check['rows']} canary rows {same} the C simulation; max err vs float head "
+            f"{check['max_err_vs_float']:.2g}, argmax agreement {check['argmax_agreement']:.0%} (simulated, no timing)")
 
 
 def _graph_cell(report_meta: dict, role: str) -> str:
@@ -57,8 +95,8 @@ def _ok_cell(ok) -> str:
     return {True: "all met", False: "**missed**", None: "not all measured"}[ok]
 
 
-def row_for(sb) -> list:
-    """One table row for a :class:`edgeuq.text.boards.StudentOnBoard`."""
+def row_for(sb, sim: dict) -> list:
+    """One table row for a :class:`edgeuq.text.boards.StudentOnBoard` and its :func:`pynq_sim_check`."""
     rep = sb.result.report
     meta = dict(sb.result.bundle.manifest.metadata)
     w = rep["weight_bytes"]
@@ -71,7 +109,7 @@ def row_for(sb) -> list:
             f"{sb.weights}: {sb.weights_reason}",
             f"{w['measured']:,} / {w['budget']:,} " + ("within" if w["ok"] else "**over**"),
             lat_cell + ("" if s["ok"] else f"; S = {s['used']} over the board's {s['budget']}"),
-            _estimate_cell(rep), _ok_cell(rep.get("ok"))]
+            _estimate_cell(rep), _sim_cell(sim), _ok_cell(rep.get("ok"))]
 
 
 def main(argv=None) -> int:
@@ -106,18 +144,21 @@ def main(argv=None) -> int:
         t0 = time.time()
         print(f"[{board}] compiling ...", flush=True)
         try:
+            # workdir kept: hls4ml's C-simulation library reads its weights from the HLS project there
             sb = compile_text_student(ck, board, a.work / board, a.work / "work", samples=a.samples,
+                                      workdir=a.work / "lower" / board,
                                       log=lambda m: print("  " + m, flush=True),
                                       progress=lambda m: print("  " + m, flush=True))
-            rows.append(row_for(sb))
+            sim = pynq_sim_check(sb.result.bundle)
+            rows.append(row_for(sb, sim))
             raw[board] = {"head_scheme": sb.head_scheme, "head_reason": sb.head_reason, "weights": sb.weights,
                           "weights_reason": sb.weights_reason, "fp32_weight_bytes": sb.fp32_weight_bytes,
-                          "check_atol": sb.check_atol,
+                          "check_atol": sb.check_atol, "pynq_executor_simulated": sim,
                           "report": sb.result.report, "bundle": str(sb.result.bundle.root)}
         except Exception as exc:  # a row that says why, never a silent gap
             traceback.print_exc()
             rows.append([board, f"compile failed: {type(exc).__name__}: {str(exc)[:200]}", "–", "–", "–", "–", "–",
-                         "not compiled"])
+                         "–", "not compiled"])
             raw[board] = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"[{board}] {time.time() - t0:.0f}s", flush=True)
     print(format_table(HEADERS, rows))
