@@ -1,31 +1,77 @@
-"""Compile a trained text student for the boards, like any other bundle, and tabulate the result.
+"""Compile the text student for the boards, like any other bundle, and tabulate the result.
 
-    python bench/text_student_boards.py --checkpoint runs/text_teacher2/student/checkpoint \\
-        [--boards x86-host raspberry-pi-4 pynq-z2 ...] [--samples 32] [--json results/text_student_boards.json]
+    nice -n 10 python bench/text_student_boards.py --student /work/shared-runs/text-student \\
+        [--boards x86-host raspberry-pi-4 pynq-z2 ...] [--samples N] [--work runs/bench/text_student_boards] \\
+        [--json results/text_student_boards.json]
 
-The checkpoint folder must hold the student's ``tokenizer.json`` (the device WordPiece).
-For every board: ``edgeuq compile`` (``compile_board``, automatic per-graph placement where
-the board is this host) and one row: how each graph was checked (native run, qemu
-emulation, C simulation, compile only), weight bytes against the board's budget,
-end-to-end latency where it could be measured on this host ("not measured" otherwise,
-never "met"), and the FPGA resource *estimate* where there is one. A board whose
-compile fails gets a row saying why. Default boards: the ``text-student`` recipe's.
+``--student``: the output folder of the compression chain (``edgeuq text-student --out DIR`` /
+``bench/text_student_cut.py --out DIR``: its ``text_student.json`` names the last step's checkpoint,
+with the pruned ``tokenizer.json`` beside it), or a checkpoint folder with its ``tokenizer.json``.
+
+For every board, :func:`edgeuq.text.boards.compile_text_student` (the library path, nothing
+bench-only): the head the board's head lowering builds (the student's own, or its weights under
+another scheme's text head where the lowering takes other noise, e.g. MC dropout for the FPGA),
+fp32 weights where they fit the board's weight budget, int8 trunk weights where they do not, then
+``compile_board`` (automatic per-graph placement where the board is this host). One row per board:
+each graph's executor, target and how it was checked (native run, qemu emulation, C simulation,
+compile only), the head's scheme, the weights and why, weight bytes against the budget, end-to-end
+latency where it could be measured on this host ("not measured" otherwise, never "met"), and the
+FPGA resource *estimate* where there is one, and for an FPGA head the runtime's pynq executor run on
+a simulated device over the lowering's canary rows (bench/pynq_head_check.py in .venv-pynq: exact
+against the C simulation, error against the float head). A board whose compile fails gets a row
+saying why.
+Default boards: the ``text-student`` recipe's.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-HEADERS = ["board", "trunk", "head", "weight bytes vs budget", "latency (1 input, S samples)", "FPGA resources",
-           "budgets"]
+HEADERS = ["board", "trunk", "head", "weights", "weight bytes vs budget", "latency (1 input, S samples)",
+           "FPGA resources", "FPGA head on the pynq executor (simulated device)", "budgets"]
+PYNQ_PYTHON = REPO / ".venv-pynq" / "bin" / "python"
+
+
+def pynq_sim_check(bundle) -> dict:
+    """The bundle's FPGA head through the runtime's pynq executor on a simulated device
+    (bench/pynq_head_check.py in .venv-pynq, where pynq lives); ``{"checked": False, "why": ...}``
+    when the head is not an FPGA head descriptor or the environment is missing."""
+    import json
+    import subprocess
+
+    from edgeuq.lower.hls4ml.lowerer import DESCRIPTOR_FORMAT
+
+    head = bundle.root / bundle.manifest.head.file
+    try:
+        fpga = json.loads(head.read_text()).get("format") == DESCRIPTOR_FORMAT
+    except (UnicodeDecodeError, ValueError):
+        fpga = False
+    if not fpga:
+        return {"checked": False, "why": "no FPGA head"}
+    if not PYNQ_PYTHON.is_file():
+        return {"checked": False, "why": f"not run: no {PYNQ_PYTHON.parent.parent} (scripts/setup_pynq_env.sh)"}
+    proc = subprocess.run([str(PYNQ_PYTHON), str(REPO / "bench" / "pynq_head_check.py"), str(bundle.root)],
+                          env={**os.environ, "PYTHONPATH": str(REPO / "runtime")}, capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode != 0:
+        return {"checked": False, "why": f"failed: {(proc.stderr or proc.stdout).strip()[-300:]}"}
+    return {"checked": True, **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def _sim_cell(check: dict) -> str:
+    if not check["checked"]:
+        return "–" if check["why"] == "no FPGA head" else check["why"]
+    same = "equal to" if check["equals_csim"] else "**differ from**"
+    return (f"{check['rows']} canary rows {same} the C simulation; max err vs float head "
+            f"{check['max_err_vs_float']:.2g}, argmax agreement {check['argmax_agreement']:.0%} (simulated, no timing)")
 
 
 def _graph_cell(report_meta: dict, role: str) -> str:
@@ -49,70 +95,83 @@ def _ok_cell(ok) -> str:
     return {True: "all met", False: "**missed**", None: "not all measured"}[ok]
 
 
-def row_for(board: str, res) -> list:
-    rep = res.report
-    meta = dict(res.bundle.manifest.metadata)
+def row_for(sb, sim: dict) -> list:
+    """One table row for a :class:`edgeuq.text.boards.StudentOnBoard` and its :func:`pynq_sim_check`."""
+    rep = sb.result.report
+    meta = dict(sb.result.bundle.manifest.metadata)
     w = rep["weight_bytes"]
     lat = rep["latency_ms"]
     lat_cell = (f"{lat['measured']:.2f} ms (budget {lat['budget']:g}; measured on this host)"
                 if lat.get("measured") is not None else f"not measured (budget {lat['budget']:g}): "
                 f"{lat['how'].removeprefix('not measured: ')}")
     s = rep["mc_samples"]
-    return [board, _graph_cell(meta, "trunk"), _graph_cell(meta, "head"),
+    return [sb.board, _graph_cell(meta, "trunk"), f"{_graph_cell(meta, 'head')}; {sb.head_reason}",
+            f"{sb.weights}: {sb.weights_reason}",
             f"{w['measured']:,} / {w['budget']:,} " + ("within" if w["ok"] else "**over**"),
             lat_cell + ("" if s["ok"] else f"; S = {s['used']} over the board's {s['budget']}"),
-            _estimate_cell(rep), _ok_cell(rep.get("ok"))]
+            _estimate_cell(rep), _sim_cell(sim), _ok_cell(rep.get("ok"))]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, required=True, help="student checkpoint folder (with tokenizer.json)")
+    p.add_argument("--student", "--checkpoint", dest="student", type=Path, required=True,
+                   help="the chain's output folder (text_student.json) or a checkpoint folder with tokenizer.json")
     p.add_argument("--boards", nargs="+", help="boards (default: the text-student recipe's)")
     p.add_argument("--samples", type=int, help="S (default: each board's budget)")
+    p.add_argument("--work", type=Path, default=REPO / "runs" / "bench" / "text_student_boards",
+                   help="bundles, moved heads and exports (reused)")
     p.add_argument("--json", type=Path, help="write the table for scripts/render_tables.py")
     p.add_argument("--quick", action="store_true", help="only the recipe's first board (mode quick)")
     a = p.parse_args(argv)
 
-    from edgeuq.export import TOKENIZER_FILE, export_onnx
-    from edgeuq.lower.compile import compile_board
-    from edgeuq.report import format_table, results_table
-    from edgeuq.text.recipe import text_recipe
-    from edgeuq.training import load_checkpoint
-
     from edgeuq.provenance import command_line, start
+    from edgeuq.report import format_table, results_table
+    from edgeuq.text.boards import compile_text_student, student_checkpoint
+    from edgeuq.text.recipe import text_recipe
 
     prov = start("quick" if a.quick else "full", 1)
     command = command_line("bench/text_student_boards.py", argv)
-    ck = load_checkpoint(a.checkpoint)
-    if not (Path(ck.directory) / TOKENIZER_FILE).is_file():
-        print(f"{a.checkpoint}: no {TOKENIZER_FILE} next to the checkpoint (the device tokenizer)", file=sys.stderr)
+    try:
+        ck = student_checkpoint(a.student)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        print(f"{a.student}: not a text student ({exc})", file=sys.stderr)
         return 2
     boards = a.boards or list(text_recipe().boards)
     if a.quick and not a.boards:
         boards = boards[:1]
-    work = Path(tempfile.mkdtemp(prefix="edgeuq-text-boards-"))
-    art = export_onnx(ck, work / "onnx")
-    rows = []
+    rows, raw = [], {}
     for board in boards:
         t0 = time.time()
         print(f"[{board}] compiling ...", flush=True)
         try:
-            res = compile_board(board, art, work / board, samples=a.samples, overwrite=True,
-                                progress=lambda m: print("  " + m, flush=True))
-            rows.append(row_for(board, res))
+            # workdir kept: hls4ml's C-simulation library reads its weights from the HLS project there
+            sb = compile_text_student(ck, board, a.work / board, a.work / "work", samples=a.samples,
+                                      workdir=a.work / "lower" / board,
+                                      log=lambda m: print("  " + m, flush=True),
+                                      progress=lambda m: print("  " + m, flush=True))
+            sim = pynq_sim_check(sb.result.bundle)
+            rows.append(row_for(sb, sim))
+            raw[board] = {"head_scheme": sb.head_scheme, "head_reason": sb.head_reason, "weights": sb.weights,
+                          "weights_reason": sb.weights_reason, "fp32_weight_bytes": sb.fp32_weight_bytes,
+                          "check_atol": sb.check_atol, "pynq_executor_simulated": sim,
+                          "report": sb.result.report, "bundle": str(sb.result.bundle.root)}
         except Exception as exc:  # a row that says why, never a silent gap
             traceback.print_exc()
-            rows.append([board, f"compile failed: {type(exc).__name__}: {str(exc)[:160]}", "–", "–", "–", "–",
-                         "not compiled"])
+            rows.append([board, f"compile failed: {type(exc).__name__}: {str(exc)[:200]}", "–", "–", "–", "–", "–",
+                         "–", "not compiled"])
+            raw[board] = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"[{board}] {time.time() - t0:.0f}s", flush=True)
     print(format_table(HEADERS, rows))
     if a.json:
         from edgeuq.provenance import finish, write_results
 
         cfg = ck.config
-        note = (f"student d {cfg.d_model}, depth {cfg.depth}, {cfg.scheme} head, vocabulary {cfg.vocab_size}, ids of "
-                f"{cfg.input_length}; qemu and C simulation check numerics only, their times are not board times")
-        write_results(a.json, results_table(HEADERS, rows), command, finish(prov, note=note))
+        params = sum(p.numel() for p in ck.load_model().parameters())
+        note = (f"chain student {ck.directory} ({params / 1e6:.2f}M parameters, d {cfg.d_model}, depth {cfg.depth}, "
+                f"{cfg.scheme} head, vocabulary {cfg.vocab_size}, ids of {cfg.input_length}); latency only where "
+                f"every graph runs natively here; qemu and C simulation check numerics only, their times are not "
+                f"board times; FPGA resources are an analytic estimate (no synthesis)")
+        write_results(a.json, results_table(HEADERS, rows, boards=raw), command, finish(prov, note=note))
         print(f"table: {a.json}")
     return 0
 

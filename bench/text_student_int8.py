@@ -38,9 +38,8 @@ def main(argv=None) -> int:
     if not (a.bundle / "manifest.json").is_file() or not (a.data / "sst2" / "test.tsv").is_file():
         print(f"no bundle at {a.bundle} or no SST-2 under {a.data}", file=sys.stderr)
         return 2
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     from edgeuq.data.text import load_sst2, load_trec
+    from edgeuq.quantize.dynamic import DYNAMIC_INT8, dynamic_int8_graph
     from edgeuq.uq import auroc, expected_calibration_error
     from edgeuq_runtime import UncertaintyRuntime, load_bundle
     from edgeuq_runtime.bundle import write_bundle
@@ -49,10 +48,9 @@ def main(argv=None) -> int:
     out = a.bundle.with_name(a.bundle.name + "-int8")
     with tempfile.TemporaryDirectory(prefix="edgeuq-int8-") as tmp:
         q = Path(tmp) / b.manifest.trunk.file
-        quantize_dynamic(str(b.root / b.manifest.trunk.file), str(q), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gather"])
+        dynamic_int8_graph(b.root / b.manifest.trunk.file, q)
         sources = {f: (q if f == b.manifest.trunk.file else b.root / f) for f in b.manifest.files}
-        meta = {**dict(b.manifest.metadata), "trunk_weights": "int8 (onnxruntime quantize_dynamic: MatMul, Gather)"}
+        meta = {**dict(b.manifest.metadata), "trunk_weights": DYNAMIC_INT8}
         write_bundle(out, dataclasses.replace(b.manifest, metadata=meta, model_name=b.manifest.model_name + "-int8"),
                      sources, overwrite=True)
     sst = load_sst2(a.data / "sst2")

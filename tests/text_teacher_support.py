@@ -128,7 +128,7 @@ def tiny_text_student(d: Path, steps, overrides, layers: int = 2, options=None):
                                        overrides=overrides, options=options, log=lambda m: None)
 
 
-def student_bundle_error(student, texts=CHECK_TEXTS, samples: int = 8, seed: int = 5):
+def student_bundle_error(student, texts=CHECK_TEXTS, samples: int = 8, seed: int = 5, bundle=None):
     """(max |device predict_text samples - PyTorch mc_sample_probs| with the same noise rows,
     the same with other noise rows) for a text student (:class:`edgeuq.text.student_chain.TextStudent`);
     also checks that the device tokenizer is the student's."""
@@ -140,7 +140,7 @@ def student_bundle_error(student, texts=CHECK_TEXTS, samples: int = 8, seed: int
     texts = list(texts)
     model = student.checkpoint.load_model().eval()
     tok = tokenizer_of(student.checkpoint)
-    rt = UncertaintyRuntime(student.bundle)
+    rt = UncertaintyRuntime(student.bundle if bundle is None else bundle)
     ids = tok.encode_batch(texts)
     assert np.array_equal(rt.tokenize(texts), ids)                         # the device tokenizer is the pruned one
     got = rt.predict_text(texts, samples=samples, seed=seed).samples

@@ -21,7 +21,7 @@ import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 from ..artifact import Artifact, ArtifactWriter
 from ..registry import Registry
@@ -194,6 +194,9 @@ class CompileSettings:
     #: higher ISA levels of the target to compile as well, for run-time dispatch (the placement's
     #: ``isa_variants`` or ``edgeuq compile --isa-variants``); only a lowering with ``isa_dispatch`` takes them
     isa_variants: Tuple[str, ...] = ()
+    #: the largest |compiled - ONNX Runtime| a lowering's numeric check accepts (None: the lowering's own
+    #: default; a graph with dynamically quantised activations needs more, see edgeuq.text.boards)
+    check_atol: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,12 @@ class Lowerer(ABC):
     #: Capability: the lowering can ship per-ISA libraries of a graph that the executor picks from at run
     #: time (``CompileSettings.isa_variants``); it then implements :meth:`check_isa_variants`.
     isa_dispatch: ClassVar[bool] = False
+    #: Capability: the noise kinds (``NoiseSpec.kind``) a head graph this lowering builds may take;
+    #: None (the default): any, the graph runs as exported. An FPGA head that multiplies masks in
+    #: hardware takes only those; :func:`edgeuq.lower.compile.compile_board` refuses a head graph with
+    #: another kind before lowering, naming the kinds (a caller may first move the network onto a
+    #: scheme whose head draws them: the compression step ``rehead``).
+    noise_kinds: ClassVar[Optional[FrozenSet[str]]] = None
 
     def check_isa_variants(self, target: Any, variants: Sequence[str]) -> None:
         """Raise ValueError (saying why) unless every target in ``variants`` is a higher ISA level of

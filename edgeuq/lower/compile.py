@@ -37,7 +37,7 @@ from .base import CompiledArtifact, CompiledGraph, CompileSettings, Evidence, Lo
     get_lowerer
 
 __all__ = ["CompileResult", "compile_board", "LoweringNotAvailable", "budget_report", "weight_bytes",
-           "measure_bundle_latency"]
+           "measure_bundle_latency", "HeadNoiseError", "head_noise_problem"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
                   progress: Optional[Callable[[str], None]] = None,
                   precision: Optional[Mapping[str, str]] = None, placement: str = "auto",
                   remote: Optional[str] = None, tracker: Optional[str] = None, key: Optional[str] = None,
-                  measurer: Any = None, isa_variants: Optional[Sequence[str]] = None) -> CompileResult:
+                  measurer: Any = None, isa_variants: Optional[Sequence[str]] = None,
+                  check_atol: Optional[float] = None) -> CompileResult:
     """Lower ``art`` for every graph placement of ``board`` and write one bundle to ``out_dir``.
 
     ``precision`` (``{layer: "ap_fixed<W,I>"}``, e.g. from
@@ -78,6 +79,9 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
     ``isa_variants``: None (default) compiles the per-ISA libraries each placement declares
     (``isa_variants`` in the board, for run-time ISA dispatch); a list replaces them for every
     placement whose lowering ships per-ISA libraries (``Lowerer.isa_dispatch``); ``()`` builds none.
+
+    ``check_atol``: the tolerance of the lowerings' numeric checks against ONNX Runtime
+    (:attr:`CompileSettings.check_atol`; None: each lowering's default); recorded in the evidence.
     """
     from .placement import choose, graph_feeds, placement_record
 
@@ -89,7 +93,8 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
     settings = CompileSettings(samples=samples, tune_trials=int(tune_trials or 0),
                                tuning_root=Path(tuning_root) if tuning_root is not None else None,
                                precision=dict(precision) if precision else None, progress=say,
-                               tune_rpc=(tracker, key) if tracker is not None and int(tune_trials or 0) > 0 else None)
+                               tune_rpc=(tracker, key) if tracker is not None and int(tune_trials or 0) > 0 else None,
+                               check_atol=None if check_atol is None else float(check_atol))
     plan = {role: (p.options() if placement == "auto" else p.options()[:1]) for role, p in board.graphs.items()}
     choice = any(len(opts) > 1 for opts in plan.values())
     groups: Dict[tuple, list] = {}
@@ -101,6 +106,14 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
     defaults = {(p.lowering, p.target) for _, p in board.graphs.items()}
     lowerers = {name: _lowerer(name, board, roles) for (name, _), roles in groups.items()}
     variants = _group_variants(board, plan, lowerers, isa_variants)
+    refused = {}  # a head placement whose lowering cannot build the head's noise: the default fails now
+    for (name, target_name), roles in groups.items():
+        problem = head_noise_problem(lowerers[name], art.noise) if "head" in roles else None
+        if problem:
+            refused[name, target_name] = (f"board {board.name!r}, head graph on {target_name}: {problem} (move the "
+                                          f"network onto a scheme whose head draws those: compression step 'rehead')")
+            if (name, target_name) == board.graphs.head.key:
+                raise HeadNoiseError(refused[name, target_name])
     tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="edgeuq-compile-")
     work = Path(workdir) if workdir is not None else Path(tmp.name)
     try:
@@ -111,6 +124,8 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
             say(f"[{board.name}] lowering {'+'.join(roles)} with {name} for {target_name}")
             lw = lowerers[name]
             try:
+                if (name, target_name) in refused:
+                    raise HeadNoiseError(refused[name, target_name])
                 result = lw.lower(art, target, work / f"{name}-{target_name}",
                                   lw.options_for(replace(settings, isa_variants=variants[name, target_name]), roles))
             except Exception as exc:  # a candidate that fails is recorded; the board's default must build
@@ -173,6 +188,21 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
         if tmp is not None:
             tmp.cleanup()
     return CompileResult(board=board.name, bundle=bundle, report=report)
+
+
+class HeadNoiseError(ValueError):
+    """The head graph draws a noise kind the board's head lowering cannot build (``Lowerer.noise_kinds``)."""
+
+
+def head_noise_problem(lowerer: Lowerer, noise: Sequence[Any]) -> Optional[str]:
+    """Why ``lowerer`` cannot build a head graph whose noise inputs are ``noise`` (NoiseSpecs), or None
+    when it can (its ``noise_kinds`` capability is None, or holds every kind the head draws)."""
+    accepted = lowerer.noise_kinds
+    kinds = sorted({s.kind for s in noise})
+    extra = [k for k in kinds if accepted is not None and k not in accepted]
+    if not extra:
+        return None
+    return f"the {lowerer.name} lowering builds heads with noise {sorted(accepted)} only, not {extra}"
 
 
 def _record_of_used_roles(record: Dict[str, Any], roles: Sequence[str]) -> Dict[str, Any]:

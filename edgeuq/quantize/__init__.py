@@ -7,10 +7,12 @@
 * :mod:`.solver`      exact multiple-choice knapsack (Pareto DP)
 * :mod:`.plan`        QuantPlan artifact and :func:`allocate`
 * :mod:`.onnx_apply`  QDQ int8 (calibrated), MatMulNBits int4, fp16 on the ONNX graphs
+* :mod:`.dynamic`     uniform int8 trunk weights by ONNX Runtime dynamic quantisation (no calibration)
 * :mod:`.hls4ml`      the plan as hls4ml ``ap_fixed`` precisions
 * :mod:`.pipeline`    checkpoint + FisherReport + budget -> quantized runtime bundle
 """
 from .costs import LayerCosts, measure_costs, uniform_assignment
+from .dynamic import DYNAMIC_INT8, dynamic_int8_graph, dynamic_int8_trunk
 from .hls4ml import plan_to_hls4ml_precision
 from .layers import QuantLayer, discover_layers
 from .onnx_apply import CalibrationSet, apply_assignment, load_graphs
@@ -29,5 +31,6 @@ __all__ = [
     "solve_mckp", "Solution", "BudgetError", "Budget", "LayerChoice", "QuantPlan", "allocate", "load_quant_plan",
     "CalibrationSet", "apply_assignment", "load_graphs", "plan_to_hls4ml_precision", "PreparedModel",
     "prepare_model", "sensitivity_for", "plan_for", "plan_from_assignment", "make_plan", "build_quantized",
-    "QuantizeResult", "quantize_checkpoint", "PLAN_FILE", "HLS4ML_FILE",
+    "QuantizeResult", "quantize_checkpoint", "PLAN_FILE", "HLS4ML_FILE", "DYNAMIC_INT8", "dynamic_int8_graph",
+    "dynamic_int8_trunk",
 ]

@@ -42,6 +42,7 @@ OPTIONS = {
     "lowrank": {"rank_fraction": 0.25},
     "vocab": {"rank": 4, "trim_positions": True},
     "posterior": {"rows": 16, "samples": 8},
+    "rehead": {"scheme": SCHEME},          # the same scheme: the step must hand back the same network
 }
 
 

@@ -299,6 +299,8 @@ class Hls4mlLowerer(Lowerer):
     """The stochastic MLP head -> an hls4ml VivadoAccelerator IP (see the module docstring)."""
 
     Options = Hls4mlOptions
+    #: the hardware multiplies keep masks into the layer inputs (MC dropout); nothing else is sampled there
+    noise_kinds = frozenset({"dropout_mask"})
 
     def options_for(self, settings: CompileSettings, roles: Sequence[str]) -> Hls4mlOptions:
         return Hls4mlOptions(precision=dict(settings.precision) if settings.precision else None)
