@@ -149,6 +149,9 @@ def run_stream(diagnoser: Any, source: Source, emit: Emit, hop: Optional[int] = 
     hop_s = hop / rate
     budget = hop_s if deadline is None else float(deadline)
     batched = bool(getattr(diagnoser, "batched", False)) and hasattr(diagnoser, "decide_batch")
+    # a single window goes to ``decide`` where the diagnoser has a one-window fast path (HopPath;
+    # same decision as decide_batch of one row), else to decide_batch as any batch
+    one_by_one = not batched or getattr(diagnoser, "hop_path", None) is not None
     plan = BatchPlan(hop_s, budget, max_batch if batched else 1)
     win = Windower(length, hop, backlog=max(64, 2 * plan.max_batch))
     batch_buf = np.empty((plan.max_batch, length), dtype=np.float32)
@@ -204,7 +207,7 @@ def run_stream(diagnoser: Any, source: Source, emit: Emit, hop: Optional[int] = 
 
     def decide_pending(k: int) -> None:
         t0 = clock()
-        if k == 1 and not batched:
+        if k == 1 and one_by_one:
             first = win.next_index
             recs = [one(win.pop())]
         else:
