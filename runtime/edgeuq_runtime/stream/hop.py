@@ -190,20 +190,20 @@ class HopPath:
         """``GaussianDensity.score`` of one row of features (pooling ``none``/``auto`` of (1, d))."""
         zw = features[0].astype(np.float64) @ self._chol
         diff = zw - self._mean_w
-        ll = self._ll0 - 0.5 * (diff * diff).sum(axis=-1)
-        top = ll.max()
-        return float(-(top + np.log(np.exp(ll - top).sum())))
+        np.multiply(diff, diff, out=diff)
+        ll = (self._ll0 - 0.5 * np.add.reduce(diff, axis=-1)).tolist()   # log pi_c + log N(z; mu_c, Sigma)
+        top = max(ll)
+        return -(top + math.log(sum([math.exp(v - top) for v in ll])))   # left to right, as numpy sums 4
 
     def logits(self, features: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """S head draws on one window's features: (S, 1, C), the rows ``sample_logits`` draws."""
         self._rows[...] = features
-        noise = sample_noise_rows(self._noise, self.samples, rng)
         if self._run_head is None:
+            noise = sample_noise_rows(self._noise, self.samples, rng)
             noise[self._feat_name] = self._rows
             out = np.asarray(self._head.run(noise)[self._logits_name], dtype=np.float32)
-        else:
-            for name, buf in self._noise_buf.items():
-                np.copyto(buf, noise[name])
+        else:   # the noise rows written straight into the bound buffers
+            sample_noise_rows(self._noise, self.samples, rng, into=self._noise_buf)
             self._run_head()
             out = self._logits if self._logits.dtype == np.float32 else self._logits.astype(np.float32)
         return out.reshape(self.samples, 1, -1)
