@@ -90,7 +90,7 @@ class HopPath:
         if dens is not None:
             self._chol = dens._chol
             self._mean_w = dens._mean_w
-            self._ll0 = dens.log_priors + dens._const
+            self._ll0 = (dens.log_priors + dens._const).tolist()
         self._cal = cal
         pv = cal.cal.pvalues
         self._parts = parts
@@ -177,7 +177,7 @@ class HopPath:
             if var == 0.0:      # constant row (d is exactly 0 then): zeros, as zscore_windows
                 x.fill(0.0)
             else:
-                np.divide(y, np.sqrt(var), out=y)
+                np.divide(y, math.sqrt(var), out=y)      # sqrt is correctly rounded in both
                 np.copyto(x[0], y, casting="same_kind")
         else:
             np.copyto(x[0], window)
@@ -191,7 +191,8 @@ class HopPath:
         zw = features[0].astype(np.float64) @ self._chol
         diff = zw - self._mean_w
         np.multiply(diff, diff, out=diff)
-        ll = (self._ll0 - 0.5 * np.add.reduce(diff, axis=-1)).tolist()   # log pi_c + log N(z; mu_c, Sigma)
+        # log pi_c + log N(z; mu_c, Sigma), per class in Python floats (the same IEEE operations)
+        ll = [a - 0.5 * b for a, b in zip(self._ll0, np.add.reduce(diff, axis=-1).tolist())]
         top = max(ll)
         return -(top + math.log(sum([math.exp(v - top) for v in ll])))   # left to right, as numpy sums 4
 

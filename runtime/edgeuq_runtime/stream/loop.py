@@ -104,15 +104,15 @@ class BatchPlan:
             raise InputError(f"max_batch must be >= 1, got {max_batch}")
         self.hop_s, self.deadline_s, self.max_batch = float(hop_s), float(deadline_s), int(max_batch)
         self.safety, self.warmup = float(safety), int(warmup)
-        self._recent = np.zeros(int(memory))   # per-window cost of the last batches (a ring)
+        self._recent = [0.0] * int(memory)     # per-window cost of the last batches (a ring; a list: read every window)
         self._n = 0
         self.measured = 0
 
     @property
     def cost(self) -> float:
         """The per-window compute the plan assumes (s): the largest of the recent batches' costs."""
-        k = min(self._n, self._recent.size)
-        return float(self._recent[:k].max()) if k else math.inf
+        k = min(self._n, len(self._recent))
+        return float(max(self._recent[:k])) if k else math.inf
 
     def size(self) -> int:
         if self.measured < self.warmup or self.max_batch == 1:
@@ -122,7 +122,7 @@ class BatchPlan:
         return max(1, min(b, self.max_batch))
 
     def observe(self, windows: int, seconds: float) -> None:
-        self._recent[self._n % self._recent.size] = seconds / max(1, windows)
+        self._recent[self._n % len(self._recent)] = seconds / max(1, windows)
         self._n += 1
         self.measured += windows
 
