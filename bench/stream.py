@@ -140,8 +140,8 @@ PROFILE_PARTS = ("quality flags", "trunk (normalise + trunk graph)", "density sc
 
 
 def profile_windows(bundle: Path, base: np.ndarray, windows: int, hop: int, adaptive: bool, samples: int) -> Dict:
-    """Where one streaming decision's CPU time goes: ``Diagnoser.decide`` rebuilt from the same
-    public pieces, each timed with ``time.process_time`` around it, over ``windows`` consecutive
+    """Where one streaming decision's CPU time goes on the general path: ``Diagnoser.decide_general``
+    rebuilt from the same public pieces, each timed with ``time.process_time`` around it, over ``windows`` consecutive
     windows of ``base`` (pipeline order, one thread); the decisions are checked against ``decide``'s
     (same class, same S). Shares are of the pieces' sum; the stream's own CPU per window (a
     :func:`stream_run` over the same windows: the pieces plus the loop, ring buffer and records) is
@@ -154,8 +154,9 @@ def profile_windows(bundle: Path, base: np.ndarray, windows: int, hop: int, adap
 
     rt = UncertaintyRuntime(bundle, threads=1)
     length = rt.manifest.input.length
-    ref = Diagnoser(rt, adaptive=adaptive, samples=samples, seed=0)
-    diag = Diagnoser(rt, adaptive=adaptive, samples=samples, seed=0)
+    # the general path (fast=False): these are its pieces; the one-window path has its own profile_hop
+    ref = Diagnoser(rt, adaptive=adaptive, samples=samples, seed=0, fast=False)
+    diag = Diagnoser(rt, adaptive=adaptive, samples=samples, seed=0, fast=False)
     cal = diag.cal
     clock = time.process_time
     acc = dict.fromkeys(PROFILE_PARTS, 0.0)
@@ -209,7 +210,7 @@ def profile_windows(bundle: Path, base: np.ndarray, windows: int, hop: int, adap
         used_sum += used
         del flags
         n += 1
-    stream = stream_run(bundle, base, 12000.0, (n * hop + length) / 12000.0, hop, adaptive, samples)
+    stream = stream_run(bundle, base, 12000.0, (n * hop + length) / 12000.0, hop, adaptive, samples, fast=False)
     per = {k: 1e3 * v / n for k, v in acc.items()}
     total = sum(per.values())
     return {"mode": stream["mode"], "windows": n, "mean_S": used_sum / n, "mismatches_vs_decide": mismatches,
@@ -543,10 +544,10 @@ def bundle_main(a, prov, cmd, cwru: Path) -> int:
             tables[f"profile_{'adaptive' if p['mode'].startswith('adaptive') else 'fixed'}"] = results_table(
                 ["part", "cpu_ms_per_window", "share"],
                 [[q["part"], q["cpu_ms_per_window"], q["share"]] for q in p["parts"]],
-                note=f"{p['windows']} windows one at a time (the reference Diagnoser.decide's pieces), mean S "
+                note=f"{p['windows']} windows one at a time (the general path's pieces, Diagnoser.decide_general), mean S "
                         f"{p['mean_S']:.2f}, {p['mismatches_vs_decide']} mismatches vs decide; pieces "
-                        f"{p['pieces_cpu_ms_per_window']:.3f} ms, the whole stream {p['stream_cpu_ms_per_window']:.3f} ms "
-                     "per window")
+                        f"{p['pieces_cpu_ms_per_window']:.3f} ms, the whole stream on the general path "
+                        f"{p['stream_cpu_ms_per_window']:.3f} ms per window")
         if hop_profile is not None:
             tables["profile_hop"] = results_table(
                 ["part", "cpu_ms_per_window", "share"],
