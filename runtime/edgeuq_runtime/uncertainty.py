@@ -213,12 +213,13 @@ def decompose_logits(logits: np.ndarray) -> LogitSummary:
     z = np.array(logits, dtype=np.float64)                  # a copy: the steps below work in place
     if z.ndim != 3 or z.shape[0] < 1 or z.shape[2] < 2:
         raise ValueError(f"logits must have shape (S, batch, classes >= 2), got {z.shape}")
-    if not np.isfinite(z).all():
+    # the ufuncs' own reductions (what ``x.all()``, ``x.max()`` and ``x.mean()`` call; ``np.add.reduce(x, axis) / n``
+    # is what ``x.mean(axis)`` computes) and in-place steps: the same values as the whole-array
+    # expressions, fewer calls and temporaries
+    if not np.logical_and.reduce(np.isfinite(z), axis=None):
         raise ValueError("logits contain NaN or inf")
-    # the ufuncs' own reductions (``np.add.reduce(x, axis) / n`` is what ``x.mean(axis)`` computes)
-    # and in-place steps: the same values as the whole-array expressions, fewer calls and temporaries
     s = z.shape[0]
-    z -= z.max(axis=-1, keepdims=True)
+    z -= np.maximum.reduce(z, axis=-1, keepdims=True)
     e = np.exp(z)
     norm = np.add.reduce(e, axis=-1)                        # (S, B), >= 1
     e /= norm[..., None]                                    # p
@@ -228,5 +229,5 @@ def decompose_logits(logits: np.ndarray) -> LogitSummary:
     mean = np.add.reduce(e, axis=0) / s
     total = -np.add.reduce(mean * np.log(np.maximum(mean, _TINY)), axis=-1)
     prediction = mean.argmax(axis=-1)
-    return LogitSummary(mean, prediction, mean.max(axis=-1), total, aleatoric,
+    return LogitSummary(mean, prediction, np.maximum.reduce(mean, axis=-1), total, aleatoric,
                         np.maximum(total - aleatoric, 0.0))

@@ -81,6 +81,7 @@ class HopPath:
         self._zscore = m.input.normalization == "zscore"
         n = self._n = int(m.input.length)
         self._x = np.empty((1, n), dtype=np.float32)      # the trunk's input row
+        self._x0 = self._x[0]
         self._y = np.empty(n, dtype=np.float64)           # float64 work buffers of the z-score
         self._sq = np.empty(n, dtype=np.float64)
         self._bind_graphs()
@@ -177,8 +178,9 @@ class HopPath:
             if var == 0.0:      # constant row (d is exactly 0 then): zeros, as zscore_windows
                 x.fill(0.0)
             else:
-                np.divide(y, math.sqrt(var), out=y)      # sqrt is correctly rounded in both
-                np.copyto(x[0], y, casting="same_kind")
+                # divided in float64 and rounded to float32 on the way out (= divide, then astype);
+                # sqrt is correctly rounded in both math and numpy
+                np.divide(y, math.sqrt(var), out=self._x0, casting="same_kind")
         else:
             np.copyto(x[0], window)
         if self._run_trunk is None:

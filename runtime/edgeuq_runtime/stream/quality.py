@@ -23,7 +23,8 @@ def window_flags(x: np.ndarray, max_abs: float = 1e6, clip_count: int = 4) -> Li
     * ``clipped_input``: at least ``clip_count`` samples sit exactly on the window's
       peak magnitude (a saturated ADC or amplifier)."""
     x = np.asarray(x)
-    hi, lo = x.max(), x.min()              # NaN propagates, inf shows: then the masked path below
+    hi, lo = np.maximum.reduce(x, axis=None), np.minimum.reduce(x, axis=None)   # = x.max(), x.min(): NaN
+    # propagates, inf shows (then the masked path below)
     if not (math.isfinite(hi) and math.isfinite(lo)):
         return _window_flags_nonfinite(x, max_abs, clip_count)
     # finite: the peak magnitude and how many samples sit on it, from the extremes (no |x| array)
