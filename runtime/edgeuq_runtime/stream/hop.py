@@ -190,7 +190,7 @@ class HopPath:
 
     def density(self, features: np.ndarray) -> float:
         """``GaussianDensity.score`` of one row of features (pooling ``none``/``auto`` of (1, d))."""
-        zw = features[0].astype(np.float64) @ self._chol
+        zw = np.dot(features[0], self._chol)        # float32 row cast to float64 inside, as astype + @
         diff = zw - self._mean_w
         np.multiply(diff, diff, out=diff)
         # log pi_c + log N(z; mu_c, Sigma), per class in Python floats (the same IEEE operations)
@@ -250,6 +250,6 @@ class HopPath:
                 blocking = [f for f in flags if f in BLOCKING_FLAGS]
                 return self._decision(None, None, None, None, None, None, None, None, None, True, blocking, flags, 0)
         features = self.features(window)
-        dens = self.density(features) if self._density else None
-        s = decompose_logits(self.logits(features, self.d.rng))
-        return self.post(s, dens, flags)
+        logits = self.logits(features, self.d.rng)   # the head right after the trunk; the density (no
+        dens = self.density(features) if self._density else None   # noise drawn) after it: same values
+        return self.post(decompose_logits(logits), dens, flags)
