@@ -255,9 +255,9 @@ def profile_hop(bundle: Path, base: np.ndarray, windows: int, hop: int, samples:
         else:
             f = h.features(w)
             t2 = clock()
-            dens = h.density(f) if h._density else None
+            logits = h.logits(f, diag.rng)     # HopPath.decide's order (HOP_STAGES)
             t3 = clock()
-            logits = h.logits(f, diag.rng)
+            dens = h.density(f) if h._density else None
             t4 = clock()
             summ = decompose_logits(logits)
             t5 = clock()

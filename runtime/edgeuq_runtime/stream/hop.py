@@ -39,7 +39,7 @@ from .quality import BLOCKING_FLAGS, window_flags
 __all__ = ["HopPath", "HOP_STAGES"]
 
 #: the stages of :meth:`HopPath.decide`, in order (``bench/stream.py --profile`` times each)
-HOP_STAGES = ("quality flags", "normalise + trunk graph", "density score", "noise + head (S draws)",
+HOP_STAGES = ("quality flags", "normalise + trunk graph", "noise + head (S draws)", "density score",
               "decomposition", "calibrated post (p-values, set, abstain)")
 
 _INF = math.inf
