@@ -463,9 +463,8 @@ def sample_noise_rows(specs: Sequence[NoiseSpec], rows: int, rng: np.random.Gene
     if not specs:
         return {}
     width, steps = _plan(specs)
-    dest = None
+    dest = into
     if into is not None:
-        dest = dict(into)
         for spec in specs:
             d = dest.get(spec.name)
             if d is not None and (not isinstance(d, np.ndarray) or d.dtype != np.float32 or
