@@ -85,12 +85,15 @@ class LoopSource:
 
 
 def stream_run(bundle: Path, base: np.ndarray, rate: float, seconds: float, hop: int, adaptive: bool,
-               samples: int, deadline_ms: Optional[float] = None) -> Dict:
+               samples: int, deadline_ms: Optional[float] = None, fast: bool = True) -> Dict:
+    """One stream of ``seconds`` of ``base`` played in a loop; ``fast=False``: the diagnoser's general
+    path for every window (``Diagnoser(fast=False)``: single windows through ``decide_batch``, the
+    loop's path before the one-window HopPath), for a paired comparison."""
     from edgeuq_runtime import UncertaintyRuntime
     from edgeuq_runtime.stream import Diagnoser, Hysteresis, run_stream
 
     rt = UncertaintyRuntime(bundle, threads=1)
-    diag = Diagnoser(rt, adaptive=adaptive, samples=samples, seed=0)
+    diag = Diagnoser(rt, adaptive=adaptive, samples=samples, seed=0, fast=fast)
     state = {"n": 0, "rss_warm": None, "rss_max": 0}
     warm_at = 500
 
@@ -115,6 +118,7 @@ def stream_run(bundle: Path, base: np.ndarray, rate: float, seconds: float, hop:
     s = state["summary"]
     return {
         "mode": f"adaptive (S_max {diag.cfg.s_max})" if adaptive else f"fixed S = {samples}",
+        "path": "one-window HopPath" if diag.hop_path is not None else f"general ({diag.hop_path_reason})",
         "windows": s["windows"], "signal_hours": s["signal_seconds"] / 3600, "compute_s": s["compute_seconds"],
         "wall_s": wall, "rtf_compute": s["real_time_factor"], "rtf_wall": s["signal_seconds"] / wall,
         "cpu_s": cpu, "rtf_cpu": s["signal_seconds"] / cpu, "cpu_ms_per_window": 1e3 * cpu / max(1, s["windows"]),
@@ -136,8 +140,8 @@ PROFILE_PARTS = ("quality flags", "trunk (normalise + trunk graph)", "density sc
 
 
 def profile_windows(bundle: Path, base: np.ndarray, windows: int, hop: int, adaptive: bool, samples: int) -> Dict:
-    """Where one streaming decision's CPU time goes: ``Diagnoser.decide`` rebuilt from the same
-    public pieces, each timed with ``time.process_time`` around it, over ``windows`` consecutive
+    """Where one streaming decision's CPU time goes on the general path: ``Diagnoser.decide_general``
+    rebuilt from the same public pieces, each timed with ``time.process_time`` around it, over ``windows`` consecutive
     windows of ``base`` (pipeline order, one thread); the decisions are checked against ``decide``'s
     (same class, same S). Shares are of the pieces' sum; the stream's own CPU per window (a
     :func:`stream_run` over the same windows: the pieces plus the loop, ring buffer and records) is
@@ -150,8 +154,9 @@ def profile_windows(bundle: Path, base: np.ndarray, windows: int, hop: int, adap
 
     rt = UncertaintyRuntime(bundle, threads=1)
     length = rt.manifest.input.length
-    ref = Diagnoser(rt, adaptive=adaptive, samples=samples, seed=0)
-    diag = Diagnoser(rt, adaptive=adaptive, samples=samples, seed=0)
+    # the general path (fast=False): these are its pieces; the one-window path has its own profile_hop
+    ref = Diagnoser(rt, adaptive=adaptive, samples=samples, seed=0, fast=False)
+    diag = Diagnoser(rt, adaptive=adaptive, samples=samples, seed=0, fast=False)
     cal = diag.cal
     clock = time.process_time
     acc = dict.fromkeys(PROFILE_PARTS, 0.0)
@@ -205,13 +210,109 @@ def profile_windows(bundle: Path, base: np.ndarray, windows: int, hop: int, adap
         used_sum += used
         del flags
         n += 1
-    stream = stream_run(bundle, base, 12000.0, (n * hop + length) / 12000.0, hop, adaptive, samples)
+    stream = stream_run(bundle, base, 12000.0, (n * hop + length) / 12000.0, hop, adaptive, samples, fast=False)
     per = {k: 1e3 * v / n for k, v in acc.items()}
     total = sum(per.values())
     return {"mode": stream["mode"], "windows": n, "mean_S": used_sum / n, "mismatches_vs_decide": mismatches,
             "pieces_cpu_ms_per_window": total, "stream_cpu_ms_per_window": stream["cpu_ms_per_window"],
             "rtf_cpu": stream["rtf_cpu"],
             "parts": [{"part": k, "cpu_ms_per_window": v, "share": v / total} for k, v in per.items()]}
+
+
+def profile_hop(bundle: Path, base: np.ndarray, windows: int, hop: int, samples: int) -> Optional[Dict]:
+    """Where one window's CPU time goes on the one-window path (``HopPath``, fixed S): its stages
+    (``edgeuq_runtime.stream.hop.HOP_STAGES``) each timed with ``time.process_time`` over ``windows``
+    consecutive windows, the decisions checked against the general path's (``Diagnoser.decide_general``
+    from the same seed). None when the bundle's configuration has no HopPath."""
+    from edgeuq_runtime import UncertaintyRuntime
+    from edgeuq_runtime.stream import Diagnoser
+    from edgeuq_runtime.stream.hop import HOP_STAGES
+    from edgeuq_runtime.stream.quality import BLOCKING_FLAGS, window_flags
+    from edgeuq_runtime.uncertainty import decompose_logits
+
+    rt = UncertaintyRuntime(bundle, threads=1)
+    length = rt.manifest.input.length
+    ref = Diagnoser(rt, samples=samples, seed=0, fast=False)
+    diag = Diagnoser(rt, samples=samples, seed=0)
+    h = diag.hop_path
+    if h is None:
+        print(f"no one-window path for this bundle ({diag.hop_path_reason}): hop profile not measured")
+        return None
+    clock = time.process_time
+    acc = np.zeros(len(HOP_STAGES))
+    mismatches = n = 0
+    for start in range(0, len(base) - length + 1, hop):
+        if n >= windows:
+            break
+        w = np.ascontiguousarray(base[start:start + length], dtype=np.float32)
+        expect = ref.decide_general(w)
+        t0 = clock()
+        flags = window_flags(w)
+        t1 = clock()
+        if any(f in BLOCKING_FLAGS for f in flags):
+            got = diag.decide(w)
+            t2 = t3 = t4 = t5 = t6 = clock()
+        else:
+            f = h.features(w)
+            t2 = clock()
+            logits = h.logits(f, diag.rng)     # HopPath.decide's order (HOP_STAGES)
+            t3 = clock()
+            dens = h.density(f) if h._density else None
+            t4 = clock()
+            summ = decompose_logits(logits)
+            t5 = clock()
+            got = h.post(summ, dens, flags)
+            t6 = clock()
+        acc += np.diff([t0, t1, t2, t3, t4, t5, t6])
+        mismatches += int(got.to_json() != expect.to_json())
+        n += 1
+    per = 1e3 * acc / n
+    total = float(per.sum())
+    return {"mode": f"fixed S = {samples}, one-window HopPath", "windows": n, "mismatches_vs_general": mismatches,
+            "pieces_cpu_ms_per_window": total,
+            "parts": [{"part": k, "cpu_ms_per_window": float(v), "share": float(v) / total}
+                      for k, v in zip(HOP_STAGES, per)]}
+
+
+def paired_paths(bundle: Path, base: np.ndarray, hop: int, samples: int, rounds: int, windows: int) -> Dict:
+    """The one-window path against the general path, paired and interleaved: ``rounds`` rounds, each
+    streaming the next ``windows`` windows through each path (one ``run_stream`` per path, fixed S,
+    deadline one hop) in a seeded random order (``edgeuq_runtime.harness.measure_stages`` on
+    ``time.process_time``), and the median of the per-round CPU-time ratios with its bootstrap interval
+    (``paired_ratio``). Each path has its own runtime and diagnoser (seed 0), kept across rounds."""
+    from edgeuq_runtime import UncertaintyRuntime
+    from edgeuq_runtime.harness import measure_stages, paired_ratio
+    from edgeuq_runtime.stream import Diagnoser, run_stream
+
+    length = None
+    paths = {}
+    for name, fast in (("one-window HopPath", True), ("general path", False)):
+        rt = UncertaintyRuntime(bundle, threads=1)
+        length = rt.manifest.input.length
+        paths[name] = Diagnoser(rt, samples=samples, seed=0, fast=fast)
+    total = windows * hop + length - hop
+    decisions = {k: 0 for k in paths}
+
+    def one(name: str):
+        def run() -> None:
+            st = run_stream(paths[name], LoopSource(base, 12000.0, total, "paired"), lambda rec: None, hop=hop)
+            decisions[name] += st.windows
+        return run
+
+    stages = measure_stages({k: one(k) for k in paths}, warmup=1, repeats=rounds, clock=time.process_time)
+    names = list(paths)
+    r = paired_ratio(stages[names[0]], stages[names[1]], names=(names[0], names[1]))
+    return {"numerator": names[0], "denominator": names[1], "windows_per_round": windows, "rounds": r.rounds,
+            "ratio_median": r.median, "ratio_ci_low": r.ci_low, "ratio_ci_high": r.ci_high,
+            "numerator_cpu_ms_per_window": r.numerator_median_ms / windows,
+            "denominator_cpu_ms_per_window": r.denominator_median_ms / windows,
+            "numerator_rtf_cpu": hop / 12000.0 / (r.numerator_median_ms / windows / 1e3),
+            "denominator_rtf_cpu": hop / 12000.0 / (r.denominator_median_ms / windows / 1e3)}
+
+
+PAIRED_KEYS = ["numerator", "denominator", "windows_per_round", "rounds", "ratio_median", "ratio_ci_low",
+               "ratio_ci_high", "numerator_cpu_ms_per_window", "denominator_cpu_ms_per_window", "numerator_rtf_cpu",
+               "denominator_rtf_cpu"]
 
 
 def ood_rows(name_in: str, s_in, sets: Dict[str, object]) -> List[Dict]:
@@ -318,7 +419,7 @@ def demo_adaptive_rows(work: Path, samples: int, alpha: float, far: float) -> Li
 STREAM_KEYS = ["mode", "windows", "signal_hours", "rtf_compute", "rtf_wall", "rtf_cpu", "cpu_ms_per_window", "p50_ms",
                "p99_ms", "max_ms", "deadline_ms", "late", "mean_S", "abstained_frac", "errors", "rss_growth_mb"]
 #: the --bundle stream table: also the micro-batch the deadline allowed
-BUNDLE_STREAM_KEYS = ["mode", "deadline_ms", "mean_batch", "windows", "signal_hours", "rtf_cpu", "rtf_wall",
+BUNDLE_STREAM_KEYS = ["mode", "path", "deadline_ms", "mean_batch", "windows", "signal_hours", "rtf_cpu", "rtf_wall",
                       "cpu_ms_per_window", "p50_ms", "p99_ms", "max_ms", "late", "errors", "mean_S", "abstained_frac",
                       "rss_growth_mb"]
 OOD_KEYS = ["ood_set", "AUROC MI", "AUROC total entropy", "AUROC density", "AUROC combined", "FPR95 MI",
@@ -373,11 +474,15 @@ def _synthetic_signal(cwru: Path):
 STREAM_SIGNALS = {"synthetic": _synthetic_signal, "cwru": _cwru_signal}
 
 
-def bundle_main(a, prov, cmd, cwru: Path) -> int:
-    """``--bundle``: fixed and adaptive S streams of one bundle, and the per-window profile."""
-    import torch
+def _torch_note() -> str:
+    return "torch imported in the process" if "torch" in sys.modules else "torch not imported (as on the device)"
 
-    torch.set_num_threads(1)
+
+def bundle_main(a, prov, cmd, cwru: Path) -> int:
+    """``--bundle``: fixed and adaptive S streams of one bundle, and the per-window profile. Nothing
+    here needs torch, so it is not imported: the streams run in a process like the device's (the
+    runtime never imports torch; its heap would only add garbage-collection work to every stream).
+    OMP_NUM_THREADS=1 (set above) keeps any library that does import it to one thread."""
     from edgeuq.provenance import finish
 
     bundle = Path(a.bundle)
@@ -388,10 +493,13 @@ def bundle_main(a, prov, cmd, cwru: Path) -> int:
     streams, profiles = [], []
     deadlines = [None if d == "hop" else float(d) for d in a.deadlines_ms]
     for adaptive in (False, True):
-        for dl in deadlines:
-            r = stream_run(bundle, base, 12000.0, a.hours * 3600, a.hop, adaptive, a.samples, dl)
+        runs = [(dl, True) for dl in deadlines]
+        if not adaptive and None in deadlines:   # the general path at one hop, beside the one-window path
+            runs.insert(deadlines.index(None), (None, False))
+        for dl, fast in runs:
+            r = stream_run(bundle, base, 12000.0, a.hours * 3600, a.hop, adaptive, a.samples, dl, fast=fast)
             r["signal"] = what
-            print(f"stream {r['mode']}, deadline {r['deadline_ms']:g} ms (mean batch {r['mean_batch']}): "
+            print(f"stream {r['mode']} [{r['path']}], deadline {r['deadline_ms']:g} ms (mean batch {r['mean_batch']}): "
                   f"{r['windows']} windows ({r['signal_hours'] * 60:.1f} min of signal), RTF by CPU "
                   f"{r['rtf_cpu']:.1f}x, by wall {r['rtf_wall']:.1f}x, late {r['late']}, errors {r['errors']}, "
                   f"RSS growth {r['rss_growth_mb']:.3f} MB", flush=True)
@@ -407,11 +515,23 @@ def bundle_main(a, prov, cmd, cwru: Path) -> int:
                   f"{p['pieces_cpu_ms_per_window']:.3f} ms, the stream {p['stream_cpu_ms_per_window']:.3f} ms "
                   f"per window)\n")
             print(md(p["parts"], ["part", "cpu_ms_per_window", "share"]))
+    hop_profile = profile_hop(bundle, base, a.profile, a.hop, a.samples) if a.profile else None
+    if hop_profile is not None:
+        print(f"\n## Where a window's CPU time goes on the one-window path ({hop_profile['windows']} windows, "
+              f"{hop_profile['mismatches_vs_general']} decisions differing from the general path; stages "
+              f"{hop_profile['pieces_cpu_ms_per_window']:.3f} ms per window)\n")
+        print(md(hop_profile["parts"], ["part", "cpu_ms_per_window", "share"]))
+    paired = None
+    if a.paired_rounds:
+        paired = paired_paths(bundle, base, a.hop, a.samples, a.paired_rounds, a.paired_windows)
+        print(f"\n## One-window path / general path, CPU time, paired and interleaved ({paired['rounds']} rounds of "
+              f"{paired['windows_per_round']} windows)\n")
+        print(md([paired], PAIRED_KEYS))
     print(f"\n## Stream ({bundle}, one core, {a.hours * 60:g} min of 12 kHz signal per run, hop {a.hop})\n")
     print(md(streams, BUNDLE_STREAM_KEYS))
     doc = {"bench": "stream --bundle", "bundle": str(bundle), "signal": what, "minutes": a.hours * 60, "hop": a.hop,
-           "streams": streams, "profiles": profiles,
-           "provenance": finish(prov, note="one ORT thread, one torch thread"), "command": cmd,
+           "streams": streams, "profiles": profiles, "hop_profile": hop_profile, "paired": paired,
+           "provenance": finish(prov, note="one ORT thread; " + _torch_note()), "command": cmd,
            "notes": "rtf_cpu: signal seconds per CPU second of this process (user + sys); the machine's cores "
                     "are shared, so rtf_wall is pessimistic"}
     out = Path(a.out) if a.out else Path(a.work) / "stream_bundle.json"
@@ -428,12 +548,33 @@ def bundle_main(a, prov, cmd, cwru: Path) -> int:
             tables[f"profile_{'adaptive' if p['mode'].startswith('adaptive') else 'fixed'}"] = results_table(
                 ["part", "cpu_ms_per_window", "share"],
                 [[q["part"], q["cpu_ms_per_window"], q["share"]] for q in p["parts"]],
-                note=f"{p['windows']} windows one at a time (the reference Diagnoser.decide's pieces), mean S "
+                note=f"{p['windows']} windows one at a time (the general path's pieces, Diagnoser.decide_general), mean S "
                         f"{p['mean_S']:.2f}, {p['mismatches_vs_decide']} mismatches vs decide; pieces "
-                        f"{p['pieces_cpu_ms_per_window']:.3f} ms, the whole stream {p['stream_cpu_ms_per_window']:.3f} ms "
+                        f"{p['pieces_cpu_ms_per_window']:.3f} ms, the whole stream on the general path "
+                        f"{p['stream_cpu_ms_per_window']:.3f} ms per window")
+        if hop_profile is not None:
+            tables["profile_hop"] = results_table(
+                ["part", "cpu_ms_per_window", "share"],
+                [[q["part"], q["cpu_ms_per_window"], q["share"]] for q in hop_profile["parts"]],
+                note=f"{hop_profile['windows']} windows one at a time through HopPath's stages (fixed S = {a.samples}), "
+                     f"{hop_profile['mismatches_vs_general']} decisions differing from the general path "
+                     f"(Diagnoser.decide_general, same seed); stages {hop_profile['pieces_cpu_ms_per_window']:.3f} ms "
                      "per window")
-        tables = json.loads(json.dumps({"tables": tables}, default=float))
-        write_results(a.json, tables, cmd, finish(prov, note=f"one ORT thread; signal: {what}"))
+        if paired is not None:
+            tables["paired"] = results_table(PAIRED_KEYS, [[paired[k] for k in PAIRED_KEYS]],
+                                             note="CPU time (time.process_time) of the same number of windows per "
+                                                  "round through each path, rounds in a seeded random order; ratio "
+                                                  "< 1: the one-window path is faster (median of per-round ratios, "
+                                                  "95 % bootstrap interval)")
+        doc_out: Dict = {"tables": tables}
+        hop_rows = {r["path"]: r for r in streams if not r["mode"].startswith("adaptive") and r["mean_batch"] == 1.0}
+        fast_row = next((r for k, r in hop_rows.items() if k.startswith("one-window")), None)
+        if fast_row is not None:   # issue 23 item 6: >= 500x real time by CPU at one hop, as measured in this run
+            x = fast_row["rtf_cpu"]
+            doc_out["values"] = {"one_hop_target": f"{'met' if x >= 500 else 'not met'}: {x:.0f}x by CPU at one hop "
+                                                   f"({'>=' if x >= 500 else '<'} 500x) in this run"}
+        tables = json.loads(json.dumps(doc_out, default=float))
+        write_results(a.json, tables, cmd, finish(prov, note=f"one ORT thread; {_torch_note()}; signal: {what}"))
         print(f"tables: {a.json}")
     return 0
 
@@ -460,6 +601,9 @@ def main(argv=None) -> int:
                     help="with --bundle: the signal played in a loop (synthetic: the demo's generator, SIMULATED)")
     ap.add_argument("--minutes", type=float, help="signal minutes per streaming run (overrides --hours)")
     ap.add_argument("--profile", type=int, default=2000, help="with --bundle: windows of the per-window profile")
+    ap.add_argument("--paired-rounds", type=int, default=20,
+                    help="with --bundle: rounds of the paired one-window vs general path comparison (0: skip)")
+    ap.add_argument("--paired-windows", type=int, default=300, help="with --bundle: windows per path per round")
     ap.add_argument("--deadlines-ms", nargs="+", default=["hop"],
                     help="with --bundle: one stream per deadline per mode; 'hop' = hop / rate (one window per model "
                          "call); a longer deadline lets the loop decide consecutive windows together (a micro-batch "

@@ -29,7 +29,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -350,7 +350,7 @@ def _decode(spec: NoiseSpec, raw: np.ndarray, off: int, rows: int) -> np.ndarray
 #  * a uniform spec is ``u16 * 2**-16 + 2**-17`` (exact in float32: the same cell midpoints);
 #  * a categorical spec uses :func:`_decode`.
 _Views = Tuple[np.ndarray, np.ndarray, np.ndarray]
-_Step = Callable[[_Views, int, Dict[str, np.ndarray]], None]
+_Step = Callable[..., None]   # (views, rows, out, into=None)
 _PLANS: Dict[Any, Tuple[Tuple[NoiseSpec, ...], int, Tuple[_Step, ...]]] = {}
 _MAX_PLANS = 64
 _LITTLE = sys.byteorder == "little"
@@ -374,19 +374,26 @@ def _dropout_run_step(members: Sequence[Tuple[NoiseSpec, int]], bits: int, t: in
     view, lo, hi, parts = _dropout_run_parts(members, bits)
     scale = np.float32(1.0 / (1.0 - p_eff))
 
-    def step(views: _Views, rows: int, out: Dict[str, np.ndarray]) -> None:
+    def step(views: _Views, rows: int, out: Dict[str, np.ndarray], into: Any = None) -> None:
         keep = np.greater_equal(views[view][:, lo:hi], t)
         for name, shape, a, b in parts:
-            arr = keep[:, a:b].astype(np.float32)   # an unbuffered cast, then an in-place scale:
-            arr *= scale                            # cheaper than one mixed-type multiply, same values
-            out[name] = arr.reshape(shape)
+            dest = None if into is None else into.get(name)
+            if dest is None:
+                arr = keep[:, a:b].astype(np.float32)   # an unbuffered cast, then an in-place scale:
+                arr *= scale                            # cheaper than one mixed-type multiply, same values
+                out[name] = arr.reshape(shape)
+            else:   # the same cast and scale, written into the caller's array
+                flat = dest.reshape(rows, b - a)
+                np.copyto(flat, keep[:, a:b])
+                flat *= scale
+                out[name] = dest
     return step
 
 
 def _normal_step(spec: NoiseSpec, off: int) -> _Step:
     name, shape, a, b, table = spec.name, spec.shape, 4 * off, 4 * off + _count(spec), normal_table()
 
-    def step(views: _Views, rows: int, out: Dict[str, np.ndarray]) -> None:
+    def step(views: _Views, rows: int, out: Dict[str, np.ndarray], into: Any = None) -> None:
         # the index view (rows, *shape) gives the output its shape; u16 < 2**16: "wrap" never wraps
         out[name] = table.take(views[1][:, a:b].reshape((rows,) + shape), mode="wrap")
     return step
@@ -395,7 +402,7 @@ def _normal_step(spec: NoiseSpec, off: int) -> _Step:
 def _uniform_step(spec: NoiseSpec, off: int) -> _Step:
     name, shape, a, b = spec.name, (-1,) + spec.shape, 4 * off, 4 * off + _count(spec)
 
-    def step(views: _Views, rows: int, out: Dict[str, np.ndarray]) -> None:
+    def step(views: _Views, rows: int, out: Dict[str, np.ndarray], into: Any = None) -> None:
         arr = np.multiply(views[1][:, a:b], np.float32(2.0 ** -16), dtype=np.float32)   # exact
         arr += np.float32(2.0 ** -17)
         out[name] = arr.reshape(shape)
@@ -403,7 +410,7 @@ def _uniform_step(spec: NoiseSpec, off: int) -> _Step:
 
 
 def _plain_step(spec: NoiseSpec, off: int) -> _Step:
-    def step(views: _Views, rows: int, out: Dict[str, np.ndarray]) -> None:
+    def step(views: _Views, rows: int, out: Dict[str, np.ndarray], into: Any = None) -> None:
         out[spec.name] = _decode(spec, views[2], off, rows)
     return step
 
@@ -456,15 +463,27 @@ def _plan(specs: Sequence[NoiseSpec]) -> Tuple[int, Tuple[_Step, ...]]:
     return width, steps
 
 
-def sample_noise_rows(specs: Sequence[NoiseSpec], rows: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+def sample_noise_rows(specs: Sequence[NoiseSpec], rows: int, rng: np.random.Generator,
+                      into: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
     """The next ``rows`` head rows of the runtime's noise stream (see above), every spec,
     shape ``(rows, *spec.shape)`` float32, C-contiguous: one ``random_raw`` draw, decoded by the
-    specs' cached plan (the values of :func:`_decode`, spec by spec)."""
+    specs' cached plan (the values of :func:`_decode`, spec by spec). ``into``: float32 C-contiguous
+    arrays of those shapes (some or all specs, by name) that receive the values and are returned
+    instead of new arrays (for a caller that feeds the same buffers every time, e.g. a bound graph)."""
     if rows <= 0:
         raise ValueError(f"number of noise rows must be positive, got {rows}")
     if not specs:
         return {}
     width, steps = _plan(specs)
+    dest = into
+    if into is not None:
+        for spec in specs:
+            d = dest.get(spec.name)
+            if d is not None and (not isinstance(d, np.ndarray) or d.dtype != np.float32 or
+                                  d.shape != (rows,) + spec.shape or not d.flags.c_contiguous):
+                raise ValueError(f"into[{spec.name!r}] must be a C-contiguous float32 array of shape "
+                                 f"{(rows,) + spec.shape}, got {getattr(d, 'dtype', type(d).__name__)} "
+                                 f"{getattr(d, 'shape', '')}")
     raw = rng.bit_generator.random_raw(rows * width)
     if not _LITTLE:
         raw = raw.astype("<u8")   # the stream reads words little-endian on every host
@@ -472,7 +491,12 @@ def sample_noise_rows(specs: Sequence[NoiseSpec], rows: int, rng: np.random.Gene
     views = (raw.view("u1"), raw.view("<u2"), raw)
     decoded: Dict[str, np.ndarray] = {}
     for step in steps:   # the steps write the specs in manifest order
-        step(views, rows, decoded)
+        step(views, rows, decoded, dest)
+    if dest is not None:   # specs whose step has no in-place form: copied into the caller's array
+        for name, d in dest.items():
+            if name in decoded and decoded[name] is not d:
+                np.copyto(d, decoded[name])
+                decoded[name] = d
     return decoded
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -79,6 +79,37 @@ class OrtGraph:
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BackendError(f"graph {self.path.name!r} ({self.path}) failed to run: {exc}") from exc
         return dict(zip(self._outputs, values))
+
+    def bind(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> Callable[[], None]:
+        """A run of this graph on fixed buffers (ONNX Runtime IO binding), for a caller that runs the
+        same shapes again and again (a stream's hop): each call of the returned function reads the
+        current contents of ``inputs`` and writes every output into its array in ``outputs``, with
+        no feed dictionary, output allocation or output-name lookup per run. The arrays must be
+        C-contiguous and stay alive (the returned function holds them); an output's array must have
+        the graph's output shape and dtype for these inputs, or the run raises BackendError."""
+        names = set(self._inputs)
+        if set(inputs) != names or set(outputs) - set(self._outputs) or not outputs:
+            raise BackendError(f"graph {self.path.name!r}: bind needs exactly the inputs {sorted(names)} and some of "
+                               f"the outputs {list(self._outputs)}, got {sorted(inputs)} and {sorted(outputs)}")
+        held = {k: v for k, v in {**inputs, **outputs}.items()}
+        for name, arr in held.items():
+            if not isinstance(arr, np.ndarray) or not arr.flags.c_contiguous:
+                raise BackendError(f"graph {self.path.name!r}: bind needs C-contiguous numpy arrays, {name!r} is not")
+        binding = self._session.io_binding()
+        for name, arr in inputs.items():
+            binding.bind_cpu_input(name, arr)
+        for name, arr in outputs.items():
+            binding.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+        session, path = self._session, self.path
+
+        def run() -> None:
+            try:
+                session.run_with_iobinding(binding)
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise BackendError(f"graph {path.name!r} ({path}) failed to run: {exc}") from exc
+
+        run.held = held  # type: ignore[attr-defined]  # the bound buffers live as long as the function
+        return run
 
     def __repr__(self) -> str:
         return f"OrtGraph({str(self.path)!r}, inputs={list(self._inputs)}, outputs={list(self._outputs)})"

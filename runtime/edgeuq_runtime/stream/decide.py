@@ -12,6 +12,7 @@ import numpy as np
 from ..adaptive import AdaptiveConfig, adaptive_predict, sample_logits
 from ..calibration import Calibrated
 from ..uncertainty import decompose_logits
+from .hop import HopPath
 from .quality import BLOCKING_FLAGS, window_flags, window_flags_batch
 
 __all__ = ["Decision", "Diagnoser", "bundle_digest"]
@@ -68,11 +69,17 @@ class Diagnoser:
     ``adaptive``: sample until settled (``calibration.adaptive`` or ``adaptive_config``,
     S_max from it), else a fixed ``samples`` (default: the calibration's S, else the
     manifest's). Without a calibration section there is no density score, set or
-    calibrated abstention: only the quality flags abstain."""
+    calibrated abstention: only the quality flags abstain.
+
+    ``fast`` (default): where :meth:`HopPath.build <edgeuq_runtime.stream.hop.HopPath.build>` covers
+    the configuration (fixed S, the p-value rule, a LAC set or none, no front end), :meth:`decide`
+    runs one float32 window through :class:`~edgeuq_runtime.stream.hop.HopPath`: the same decision
+    in fewer calls (``hop_path_reason`` says why not where it does not). ``fast=False`` keeps the
+    general path (:meth:`decide_general`) for every window."""
 
     def __init__(self, rt: Any, adaptive: bool = False, samples: Optional[int] = None, seed: Any = 0,
                  calibrated: Optional[Calibrated] = None, adaptive_config: Optional[AdaptiveConfig] = None,
-                 use_calibration: bool = True) -> None:
+                 use_calibration: bool = True, fast: bool = True) -> None:
         self.rt = rt
         self.cal = calibrated if calibrated is not None else (Calibrated.from_bundle(rt.bundle) if use_calibration
                                                               else None)
@@ -88,13 +95,23 @@ class Diagnoser:
         self.rng = np.random.default_rng(seed)
         self.class_names = tuple(rt.class_names)
         self.digest = bundle_digest(rt)
+        self._hop: Optional[HopPath] = None
+        self.hop_path_reason = "fast=False"
+        if fast:
+            if type(self)._features is not Diagnoser._features or type(self).decide_general is not \
+                    Diagnoser.decide_general:
+                self.hop_path_reason = "a subclass changes the features or the decision"
+            else:
+                self._hop, self.hop_path_reason = HopPath.build(self)
+        self._hop_shape = None if self._hop is None else (int(rt.input_length),)
 
     @property
     def batched(self) -> bool:
         """Whether :meth:`decide_batch` decides exactly what :meth:`decide` does for this object: true
         for a plain Diagnoser; a subclass that overrides ``decide`` alone is decided window by window."""
         cls = type(self)
-        return cls.decide is Diagnoser.decide or cls.decide_batch is not Diagnoser.decide_batch
+        return (cls.decide is Diagnoser.decide and cls.decide_general is Diagnoser.decide_general) \
+            or cls.decide_batch is not Diagnoser.decide_batch
 
     def _thresholds(self):
         if self.cal is None:
@@ -106,7 +123,23 @@ class Diagnoser:
             prob_t = 1.0 - cp.qhat[0]
         return mi_t, prob_t
 
+    @property
+    def hop_path(self) -> Optional[HopPath]:
+        """The one-window fast path :meth:`decide` uses for float32 windows (None: the general path)."""
+        return self._hop
+
     def decide(self, window: np.ndarray) -> Decision:
+        """The decision of one raw window (length ``input_length``): :class:`HopPath` for a float32
+        window where the diagnoser has one, else :meth:`decide_general` (same decision)."""
+        hop = self._hop
+        if hop is not None and isinstance(window, np.ndarray) and window.dtype == np.float32 \
+                and window.shape == self._hop_shape:
+            return hop.decide(window)
+        return self.decide_general(window)
+
+    def decide_general(self, window: np.ndarray) -> Decision:
+        """The decision of one window through the general path (any configuration): the reference
+        that :class:`HopPath` and :meth:`decide_batch` are checked against."""
         flags = window_flags(window)
         blocking = [f for f in flags if f in BLOCKING_FLAGS]
         if blocking:

@@ -28,11 +28,12 @@ class LatencyHistogram:
 
     def __init__(self, lo: float = 1e-6, hi: float = 100.0, ratio: float = 1.005) -> None:
         self._lo, self._lr = lo, math.log(ratio)
-        self._counts = np.zeros(int(math.ceil(math.log(hi / lo) / self._lr)) + 2, dtype=np.int64)
+        # a list (constant length): one increment per window costs less than a numpy item update
+        self._counts = [0] * (int(math.ceil(math.log(hi / lo) / self._lr)) + 2)
         self.n, self.max, self.sum = 0, 0.0, 0.0
 
     def add(self, seconds: float) -> None:
-        i = 0 if seconds <= self._lo else min(int(math.log(seconds / self._lo) / self._lr) + 1, self._counts.size - 1)
+        i = 0 if seconds <= self._lo else min(int(math.log(seconds / self._lo) / self._lr) + 1, len(self._counts) - 1)
         self._counts[i] += 1
         self.n += 1
         self.sum += seconds
@@ -42,7 +43,7 @@ class LatencyHistogram:
         """Upper edge of the bin holding the q-quantile (overestimates by < 0.5 %)."""
         if self.n == 0:
             return math.nan
-        i = int(np.searchsorted(np.cumsum(self._counts), math.ceil(q * self.n)))
+        i = int(np.searchsorted(np.cumsum(np.asarray(self._counts, dtype=np.int64)), math.ceil(q * self.n)))
         return min(self._lo * math.exp(self._lr * i), self.max)
 
 
@@ -104,15 +105,15 @@ class BatchPlan:
             raise InputError(f"max_batch must be >= 1, got {max_batch}")
         self.hop_s, self.deadline_s, self.max_batch = float(hop_s), float(deadline_s), int(max_batch)
         self.safety, self.warmup = float(safety), int(warmup)
-        self._recent = np.zeros(int(memory))   # per-window cost of the last batches (a ring)
+        self._recent = [0.0] * int(memory)     # per-window cost of the last batches (a ring; a list: read every window)
         self._n = 0
         self.measured = 0
 
     @property
     def cost(self) -> float:
         """The per-window compute the plan assumes (s): the largest of the recent batches' costs."""
-        k = min(self._n, self._recent.size)
-        return float(self._recent[:k].max()) if k else math.inf
+        k = min(self._n, len(self._recent))
+        return float(max(self._recent[:k])) if k else math.inf
 
     def size(self) -> int:
         if self.measured < self.warmup or self.max_batch == 1:
@@ -122,7 +123,7 @@ class BatchPlan:
         return max(1, min(b, self.max_batch))
 
     def observe(self, windows: int, seconds: float) -> None:
-        self._recent[self._n % self._recent.size] = seconds / max(1, windows)
+        self._recent[self._n % len(self._recent)] = seconds / max(1, windows)
         self._n += 1
         self.measured += windows
 
@@ -148,7 +149,11 @@ def run_stream(diagnoser: Any, source: Source, emit: Emit, hop: Optional[int] = 
     hop = int(hop or length)
     hop_s = hop / rate
     budget = hop_s if deadline is None else float(deadline)
+    budget_ms = round(budget * 1e3, 4)
     batched = bool(getattr(diagnoser, "batched", False)) and hasattr(diagnoser, "decide_batch")
+    # a single window goes to ``decide`` where the diagnoser has a one-window fast path (HopPath;
+    # same decision as decide_batch of one row), else to decide_batch as any batch
+    one_by_one = not batched or getattr(diagnoser, "hop_path", None) is not None
     plan = BatchPlan(hop_s, budget, max_batch if batched else 1)
     win = Windower(length, hop, backlog=max(64, 2 * plan.max_batch))
     batch_buf = np.empty((plan.max_batch, length), dtype=np.float32)
@@ -167,10 +172,14 @@ def run_stream(diagnoser: Any, source: Source, emit: Emit, hop: Optional[int] = 
         stats.latency.add(latency)
         t_sig = win.window_end(index) / rate
         stats.signal_seconds = t_sig
-        if per_window:
-            rec.update({"type": "decision", "window": index, "t_signal": round(t_sig, 6),
-                        "time": wall(), "latency_ms": round(latency * 1e3, 4),
-                        "deadline_ms": round(budget * 1e3, 4), "late": late})
+        if per_window:   # the record's keys in this order (as one update of these keys would add them)
+            rec["type"] = "decision"
+            rec["window"] = index
+            rec["t_signal"] = round(t_sig, 6)
+            rec["time"] = wall()
+            rec["latency_ms"] = round(latency * 1e3, 4)
+            rec["deadline_ms"] = budget_ms
+            rec["late"] = late
             if digest:
                 rec["bundle_digest"] = digest
             if simulated:
@@ -204,7 +213,7 @@ def run_stream(diagnoser: Any, source: Source, emit: Emit, hop: Optional[int] = 
 
     def decide_pending(k: int) -> None:
         t0 = clock()
-        if k == 1 and not batched:
+        if k == 1 and one_by_one:
             first = win.next_index
             recs = [one(win.pop())]
         else:

@@ -2,6 +2,7 @@
 implausible magnitudes (typically the wrong sample format, e.g. int16 bytes read as float32)."""
 from __future__ import annotations
 
+import math
 from typing import List
 
 import numpy as np
@@ -21,13 +22,34 @@ def window_flags(x: np.ndarray, max_abs: float = 1e6, clip_count: int = 4) -> Li
     * ``flatline_input``: every sample equal (stuck or disconnected sensor);
     * ``clipped_input``: at least ``clip_count`` samples sit exactly on the window's
       peak magnitude (a saturated ADC or amplifier)."""
+    x = np.asarray(x)
+    hi, lo = np.maximum.reduce(x, axis=None), np.minimum.reduce(x, axis=None)   # = x.max(), x.min(): NaN
+    # propagates, inf shows (then the masked path below)
+    if not (math.isfinite(hi) and math.isfinite(lo)):
+        return _window_flags_nonfinite(x, max_abs, clip_count)
+    # finite: the peak magnitude and how many samples sit on it, from the extremes (no |x| array)
+    hi, lo = float(hi), float(lo)
+    peak = max(hi, -lo)
+    if hi == peak and lo == -peak:
+        at_peak = int(np.count_nonzero(x == hi)) + (int(np.count_nonzero(x == lo)) if peak > 0 else 0)
+    else:
+        at_peak = int(np.count_nonzero(x == hi)) if hi == peak else int(np.count_nonzero(x == lo))
     flags: List[str] = []
-    finite = np.isfinite(x)
-    if not finite.all():
-        flags.append("nonfinite_input")
-        x = x[finite]
-        if x.size == 0:
-            return flags
+    if peak > max_abs or (peak > 0 and peak < 1e-20):
+        flags.append("implausible_values")
+    if at_peak == x.size and not flags:    # every |x| equals the peak magnitude
+        flags.append("flatline_input")
+    elif peak > 0 and at_peak >= clip_count:
+        flags.append("clipped_input")
+    return flags
+
+
+def _window_flags_nonfinite(x: np.ndarray, max_abs: float, clip_count: int) -> List[str]:
+    """:func:`window_flags` of a window holding NaN or inf: the rules on its finite samples."""
+    flags: List[str] = ["nonfinite_input"]
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return flags
     a = np.abs(x)
     peak = float(a.max())
     if peak > max_abs or (peak > 0 and peak < 1e-20):
