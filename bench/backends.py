@@ -20,6 +20,10 @@ CPU from /proc/cpuinfo, e.g. ``x86-64-avx512``):
   plus the records in ``--tuning-db`` (default: a fresh empty folder) and ``--trials`` new
   MetaSchedule trials per graph added to it (default 0: the shipped database only). The row
   names its tuning state (``tuned (shipped database)``, ``tuned``, ``reused``).
+* ``tvm tuned (database DIR)`` (with ``--compare-database DIR``): the same build with the tuning
+  database in ``DIR/<target>/`` *instead of* the shipped one (no shipped records, no new trials),
+  e.g. the database shipped before a retune (``git show``), so old and new database are timed
+  interleaved and paired in one run (both graphs and every S of the head sweep).
 
 Shape buckets (``--sweep-samples``, default S = 1 4 8 16 32): the tuned head of every target
 holds one function per shape bucket the databases cover (``TvmOptions.head_buckets``); per S,
@@ -101,6 +105,9 @@ def main(argv=None) -> int:
                    help="MC samples S of the head sweep (TVM shape buckets vs ONNX Runtime); none: no sweep")
     p.add_argument("--quick", action="store_true", help="fewer repeats (15); the JSON says mode quick")
     p.add_argument("--tuning-db", help="folder of per-target user databases (default: a fresh empty folder)")
+    p.add_argument("--compare-database", help="folder of per-target databases (DIR/<target>/) built instead of the "
+                                              "shipped one for a 'tvm tuned (database DIR)' row per target that "
+                                              "has one (e.g. the previously shipped database: before vs after)")
     p.add_argument("--json", default="results/backends.json", help="latency table JSON ('' to skip)")
     p.add_argument("--kernels-json", default="results/backends_kernels.json",
                    help="where-the-TVM-time-goes table JSON ('' to skip)")
@@ -159,6 +166,14 @@ def main(argv=None) -> int:
                                               batch=a.batch, check="none", tuning_root=work / "no-db",
                                               shipped_database=False)
         notes.append(f"tvm untuned {name}: compiled in {time.perf_counter() - t0:.1f} s")
+        if a.compare_database and (Path(a.compare_database) / name).is_dir():
+            t0 = time.perf_counter()   # before the tuned build: the sweep's bare-VM row stays the tuned host head
+            builds[f"tvm tuned (database {a.compare_database}) {name}"] = lower(
+                "tvm", art, target, work / f"compare-{name}", samples=a.samples, batch=a.batch, check="none",
+                tuning_root=Path(a.compare_database), shipped_database=False)
+            notes.append(f"tvm tuned (database {a.compare_database}) {name}: the database in "
+                         f"{Path(a.compare_database) / name} instead of the shipped one, compiled in "
+                         f"{time.perf_counter() - t0:.1f} s")
         t0 = time.perf_counter()
         tuned = lower("tvm", art, target, work / f"tuned-{name}", samples=a.samples, batch=a.batch,
                       tune_trials=a.trials, tuning_root=db, check="none",

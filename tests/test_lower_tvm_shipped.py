@@ -300,3 +300,27 @@ def test_tuning_search_knobs_reach_the_evolutionary_search(monkeypatch, tmp_path
     for flag in ("--population", "--genetic-iters"):
         with pytest.raises(SystemExit):
             shipped.main(["--target", "x86-64", flag, "0", "--prune-only", "--work", str(tmp_path / "c")])
+
+
+def test_prune_exclude_leaves_out_only_the_named_kernels_records(tmp_path):
+    """``--exclude softmax``: the shipped copy has no record for a softmax workload (it compiles with
+    TVM's default schedule) and every other workload's best record is still there."""
+    from edgeuq.lower.tvm.tune import open_database
+
+    src = shipped_dir("x86-64")
+    assert src is not None
+
+    def by_kind(folder):
+        out = {}
+        for rec in open_database(folder).get_all_tuning_records():
+            text = rec.workload.mod.script()
+            out.setdefault("softmax" in text, []).append(round(float(np.mean([float(t) for t in rec.run_secs])), 12))
+        return {k: sorted(v) for k, v in out.items()}
+
+    before = by_kind(src)
+    assert before.get(True), "the x86-64 database has softmax records (else this test cannot fail)"
+    n = prune_into(src, tmp_path / "out", exclude=["softmax"])
+    after = by_kind(tmp_path / "out")
+    assert True not in after, "a softmax record was shipped"
+    assert after[False] == before[False] and n == len(before[False])
+    assert prune_into(src, tmp_path / "all") == len(before[False]) + len(before[True])

@@ -1,7 +1,7 @@
 """Regenerate the tuning database that ships with the package for the demo architecture.
 
     python -m edgeuq.lower.tvm.shipped --target x86-64-avx512 [--trials-per-task 64] [--light-trials 8]
-                                       [--work DIR] [--prune-only]
+                                       [--work DIR] [--prune-only] [--exclude softmax]
 
 The demo architecture (recipe ``bearing-demo``: conv patch embedding, d=64, 3 blocks,
 last block + head stochastic) is exported with random weights (tuning tasks depend on
@@ -19,6 +19,10 @@ best record per task (``Database.dump_pruned``), a few hundred kB, in
 
 Tuning is CPU-heavy (about 1.5 s per trial on one core): run it with ``nice`` and
 ``timeout``; records are written as they are measured, then run ``--prune-only``.
+``--exclude WORD...`` (with the pruning) ships no record for the workloads whose TIR mentions a
+word: where a paired timing of the compiled graph finds a kernel's tuned schedules slower than
+TVM's default one (16 trials of ``softmax`` on a busy host did, ``docs/targets.md``), it compiles
+with the default again; the work database keeps every record.
 """
 from __future__ import annotations
 
@@ -104,8 +108,11 @@ def tune_demo(tasks: Sequence[Any], db_dir: Path, heavy_trials: int, light_trial
                            cost_model="xgb", task_scheduler="round-robin")
 
 
-def prune_into(work_db: Path, dest: Path) -> int:
-    """Write the best record per workload of ``work_db`` to ``dest`` (replaced); returns its size."""
+def prune_into(work_db: Path, dest: Path, exclude: Sequence[str] = ()) -> int:
+    """Write the best record per workload of ``work_db`` to ``dest`` (replaced); returns its size.
+    ``exclude``: leave out the records of every workload whose TIR mentions one of these words (e.g.
+    ``softmax``, where a paired timing found the tuned kernels slower than TVM's default schedule:
+    a workload with no record compiles with the default one). The work database keeps them."""
     from .tune import open_database
 
     import json
@@ -124,6 +131,19 @@ def prune_into(work_db: Path, dest: Path) -> int:
                 continue
             lines.append(line)
         (source / name).write_text("".join(line + "\n" for line in lines))
+    if exclude:
+        from tvm.s_tir import meta_schedule as ms
+
+        full, kept = open_database(source), Path(tempfile.mkdtemp(prefix="edgeuq-work-db-"))
+        for name in ("database_workload.json", "database_tuning_record.json"):
+            (kept / name).write_text("")
+        out = open_database(kept)
+        for rec in full.get_all_tuning_records():
+            if not any(word in rec.workload.mod.script() for word in exclude):
+                out.commit_tuning_record(ms.database.TuningRecord(rec.trace, out.commit_workload(rec.workload.mod),
+                                                                  rec.run_secs, rec.target, rec.args_info))
+        shutil.rmtree(source, ignore_errors=True)
+        source = kept
     open_database(source).dump_pruned(open_database(staging))
     shutil.rmtree(source, ignore_errors=True)
     dest.mkdir(parents=True, exist_ok=True)
@@ -152,6 +172,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="graphs whose tasks are tuned (default both)")
     p.add_argument("--only", nargs="+", help="tune only tasks whose kernel name contains one of these (all "
                                              "get --trials-per-task)")
+    p.add_argument("--exclude", nargs="+", default=[],
+                   help="ship no record for workloads whose TIR mentions one of these words (e.g. softmax: "
+                        "TVM's default schedule where the tuned ones measured slower); the work database keeps them")
     p.add_argument("--population", type=int, help="evolutionary search population per round (TVM default 512)")
     p.add_argument("--genetic-iters", type=int, help="evolutionary search genetic iterations per round (default 4)")
     a = p.parse_args(argv)
@@ -198,7 +221,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if database_size(work) == 0:
         print(f"no records in {work}", file=sys.stderr)
         return 1
-    n = prune_into(work, SHIPPED_ROOT / a.target)
+    n = prune_into(work, SHIPPED_ROOT / a.target, exclude=a.exclude)
     write_provenance(work, SHIPPED_ROOT / a.target, a.target, previous=previous, samples=a.samples,
                      command=command_line_of(a, argv))
     print(f"{SHIPPED_ROOT / a.target}: {n} records (best per task) from {database_size(work)} in {work}")
