@@ -274,6 +274,44 @@ def test_a_word_outside_the_pruned_vocabulary_is_unk_on_the_device_and_on_the_ho
     assert np.array_equal(host, device) and int(host[0, 2]) == small.unk_id
 
 
+def test_the_bundled_student_also_emits_the_avg_avg_feature_of_all_its_layers(student):
+    """The recipe's ``ood_features = "frozen_avg"``: the bundle's trunk output is [classifier features |
+    mean over every student layer of its masked token mean], against edgeuq.text.ood's own pooling loop
+    (layer_pooled + avg_avg) on the chain's last checkpoint; the deploy checkpoint is that network."""
+    from edgeuq.compress.chain import tokenizer_of
+    from edgeuq.text.ood import avg_avg, layer_pooled
+    from edgeuq.text.student_chain import DEPLOY_DIR
+    from edgeuq.training import load_checkpoint
+    from edgeuq_runtime import UncertaintyRuntime
+
+    _, st, _, d = student
+    model = st.checkpoint.load_model().eval()
+    tok = tokenizer_of(st.checkpoint)
+    texts = ["the film is good", "a very dull plot", "what city is the capital ?", "superb !"]
+    ids = tok.encode_batch(texts)
+    lp = layer_pooled(model.encoder, ids)
+    want = np.concatenate([lp[:, -1], avg_avg(lp)], axis=1)
+    rt = UncertaintyRuntime(st.bundle)
+    got = rt.trunk_features(ids)
+    assert got.shape == want.shape and rt.manifest.metadata["density_columns"] == [lp.shape[-1], 2 * lp.shape[-1]]
+    err = float(np.max(np.abs(got - want)))
+    assert err <= 1e-5, err
+    assert not float(np.max(np.abs(avg_avg(lp[:, :-1]) - want[:, lp.shape[-1]:]))) <= 1e-5   # every layer counts
+    deploy = load_checkpoint(d / "student" / DEPLOY_DIR)
+    assert st.summary["deploy_checkpoint"] == str(deploy.directory)
+    assert (deploy.directory / "tokenizer.json").is_file()
+    with torch.no_grad():
+        dep = deploy.load_model().eval().trunk(torch.from_numpy(ids)).numpy()
+    assert float(np.max(np.abs(dep - want))) <= 1e-5
+
+
+def test_the_student_refuses_density_features_it_has_no_layers_for():
+    from edgeuq.text.student_chain import StudentOptions
+
+    with pytest.raises(ValueError, match="ood_features must be one of"):
+        StudentOptions(ood_features="avgavg")          # a pruned encoder has no pretrained copies of its layers
+
+
 def test_rerun_of_the_text_student_reuses_every_step(student):
     from edgeuq.text.student_chain import build_text_student
 

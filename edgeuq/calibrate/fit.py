@@ -91,6 +91,7 @@ class CalibrationOptions:
     allow_fit_overlap: bool = False                  # warn (loudly, recorded) instead of refusing
     density_from_calibration: bool = False           # old behaviour: fit density on a random half of x_cal
     fit_source: str = "fit data passed to calibrate_bundle"
+    threads: Optional[int] = None                    # the runtime's thread pool (None: the backend's default)
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,7 +122,7 @@ def calibrate_bundle(bundle_dir: Path, x_cal: np.ndarray, y_cal: np.ndarray, x_f
     o = options
     bundle_dir = Path(bundle_dir)
     out = Path(out_dir) if out_dir is not None else bundle_dir
-    rt = UncertaintyRuntime(bundle_dir, seed=o.seed)
+    rt = UncertaintyRuntime(bundle_dir, threads=o.threads, seed=o.seed)
     m = rt.manifest
     s = int(o.samples or m.default_samples)
     y_cal = np.asarray(y_cal)
