@@ -210,21 +210,19 @@ def main(argv=None) -> int:
     cal_texts, cal_y = [val.texts[i] for i in cal_rows], np.asarray(val.y)[cal_rows]
 
     def calibrated_copy(root: Path, dest: Path) -> dict:
-        from edgeuq.calibrate.fit import CalibrationOptions, calibrate_bundle, window_hashes
+        from edgeuq.calibrate.fit import CalibrationOptions, calibrate_text_bundle
 
-        r0 = UncertaintyRuntime(root, threads=1, seed=0)
-        x_cal, x_fit = r0.tokenize(cal_texts), r0.tokenize(fit_texts)
-        # SST-2 repeats phrases: a fit phrase equal to a calibration phrase is dropped from the fit
-        keep = ~np.isin(window_hashes(x_fit), window_hashes(x_cal))
-        res = calibrate_bundle(root, x_cal, cal_y, x_fit[keep], fit_y[keep],
-                               CalibrationOptions(samples=a.samples, threads=1, seed=a.seed,
-                                                  fit_source=f"{int(keep.sum())} SST-2 training phrases"),
-                               out_dir=dest, log=lambda m: print(m, flush=True))
-        return {"bundle": str(dest), "fit_rows": int(keep.sum()), "fit_dropped_as_calibration": int((~keep).sum()),
+        res, dropped = calibrate_text_bundle(
+            root, cal_texts, cal_y, fit_texts, fit_y,
+            CalibrationOptions(samples=a.samples, threads=1, seed=a.seed,
+                               fit_source=f"SST-2 training phrases (--fit {len(fit_texts)})"),
+            out_dir=dest, log=lambda m: print(m, flush=True))
+        c = res.calibration
+        return {"bundle": str(dest), "fit_rows": len(fit_texts) - dropped, "fit_dropped_as_calibration": dropped,
                 "calibration_rows": len(cal_y), "calibration_source": "SST-2 dev.tsv (held out of the transfer set)",
-                "density_pooling": None if res.calibration.density is None else res.calibration.density.pooling,
-                "pvalue_parts": list(res.calibration.pvalues.parts) if res.calibration.pvalues else None,
-                "pvalue_rule": res.calibration.pvalues.rule if res.calibration.pvalues else None}
+                "density_pooling": None if c.density is None else c.density.pooling,
+                "pvalue_parts": list(c.pvalues.parts) if c.pvalues else None,
+                "pvalue_rule": c.pvalues.rule if c.pvalues else None}
 
     def scores_of(bundle_root: Path, model, tokzr):
         """Runtime scores through the calibrated bundle (score_windows: one trunk pass, S head draws,

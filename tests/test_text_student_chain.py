@@ -305,6 +305,33 @@ def test_the_bundled_student_also_emits_the_avg_avg_feature_of_all_its_layers(st
     assert float(np.max(np.abs(dep - want))) <= 1e-5
 
 
+def test_calibrating_a_text_bundle_leaves_fit_texts_equal_to_a_calibration_text_out(student, tmp_path):
+    """SST-2 repeats phrases: calibrate_text_bundle drops the fit texts whose ids equal a calibration
+    text's (counted by a brute-force comparison of the tokenized rows; one differs only in case, so
+    only its ids show the repeat) instead of raising; calibrate_bundle on the same rows refuses."""
+    from text_teacher_support import sentiment_rows
+
+    from edgeuq.calibrate.fit import FitOverlapError, calibrate_bundle, calibrate_text_bundle
+    from edgeuq_runtime import UncertaintyRuntime
+
+    _, st, _, _ = student
+    cal = sentiment_rows(20, 31)
+    fit = sentiment_rows(40, 32) + [cal[0], cal[3], (cal[5][0].upper(), cal[5][1])]
+    label = {"thumbs down": 0, "Thumbs-Up": 1}
+    cal_t, cal_y = [t for t, _ in cal], [label[y] for _, y in cal]
+    fit_t, fit_y = [t for t, _ in fit], [label[y] for _, y in fit]
+    rt = UncertaintyRuntime(st.bundle)
+    cal_rows = {tuple(r) for r in rt.tokenize(cal_t).tolist()}
+    want = sum(tuple(r) in cal_rows for r in rt.tokenize(fit_t).tolist())
+    assert want >= 3
+    res, dropped = calibrate_text_bundle(st.bundle, cal_t, cal_y, fit_t, fit_y, out_dir=tmp_path / "cal")
+    assert dropped == want
+    assert res.calibration.density_fit.n == len(fit_t) - want and res.calibration.density_fit.overlap == 0
+    with pytest.raises(FitOverlapError):
+        calibrate_bundle(st.bundle, rt.tokenize(cal_t), np.array(cal_y), rt.tokenize(fit_t), np.array(fit_y),
+                         out_dir=tmp_path / "refused")
+
+
 def test_the_student_refuses_density_features_it_has_no_layers_for():
     from edgeuq.text.student_chain import StudentOptions
 
