@@ -206,7 +206,13 @@ def main(argv=None) -> int:
     #    pretrained Avg-Avg features); the student's trunk emits its own layers' Avg-Avg features
     #    (StudentOptions.ood_features) when the chain was asked to.
     val = sst["dev"]
-    cal_rows = np.sort(np.random.default_rng(a.seed + 6).permutation(len(val))[:a.calib])
+    # the dev.tsv rows the distill step validated on are left out of the calibration rows
+    seen = (set(st.summary.get("val_row_index", ())) if st.summary.get("val_split_rows") == len(val) else None)
+    if seen is None:
+        print("WARNING: the student's validation split is not dev.tsv row for row: its rows are not excluded from "
+              "the calibration rows", file=sys.stderr, flush=True)
+    free = np.array([i for i in range(len(val)) if not seen or i not in seen])
+    cal_rows = np.sort(np.random.default_rng(a.seed + 6).permutation(free)[:a.calib])
     cal_texts, cal_y = [val.texts[i] for i in cal_rows], np.asarray(val.y)[cal_rows]
 
     def calibrated_copy(root: Path, dest: Path) -> dict:
@@ -219,7 +225,9 @@ def main(argv=None) -> int:
             out_dir=dest, log=lambda m: print(m, flush=True))
         c = res.calibration
         return {"bundle": str(dest), "fit_rows": len(fit_texts) - dropped, "fit_dropped_as_calibration": dropped,
-                "calibration_rows": len(cal_y), "calibration_source": "SST-2 dev.tsv (held out of the transfer set)",
+                "calibration_rows": len(cal_y),
+                "calibration_source": "SST-2 dev.tsv rows the distill step did not validate on" if seen is not None
+                else "SST-2 dev.tsv (the distill step's validation rows NOT excluded)",
                 "density_pooling": None if c.density is None else c.density.pooling,
                 "pvalue_parts": list(c.pvalues.parts) if c.pvalues else None,
                 "pvalue_rule": c.pvalues.rule if c.pvalues else None}

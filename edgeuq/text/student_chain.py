@@ -267,6 +267,9 @@ def build_text_student(teacher_dir: PathLike, out: PathLike, recipe: Union[str, 
     params = int(sum(p.numel() for p in student.parameters()))
     summary = {"teacher": str(teacher.directory), "teacher_digest": teacher.digest, "recipe": rec.name,
                "options": dataclasses.asdict(opts), "transfer_rows": int(len(x)), "val_rows": int(len(x_val)),
+               # which rows of the validation split (file order) the distill step saw: a later calibration
+               # on the same file can leave them out
+               "val_split_rows": int(len(splits.val)), "val_row_index": [int(i) for i in va_rows],
                "data": dict(splits.sources), "steps": [dict(r) for r in res.records],
                "checkpoint": str(final.directory), "deploy_checkpoint": str(deploy.directory),
                "bundle": str(bundle.root), "params": params,
