@@ -390,3 +390,58 @@ def test_distillation_trims_a_batch_to_its_real_tokens_without_changing_the_loss
         student.trim_padding = lambda x: x                                        # the full padded batch
         full = float(distill_loss(student, ids, probs, y, cfg, teacher_hidden=hidden))
     assert abs(trimmed - full) <= 1e-5 * max(1.0, abs(full)), (trimmed, full)
+
+
+def test_length_buckets_batch_rows_of_similar_length_and_keep_every_row_once():
+    """epoch_batches: without buckets exactly the slices of the seeded permutation (the old batches);
+    with buckets every row once, ceil(n / batch) batches, each batch a run of its group's rows sorted
+    by length (brute force: the group of rows it came from, sorted), and far less padding."""
+    from edgeuq.compress.distill import epoch_batches
+
+    rng = np.random.default_rng(7)
+    lengths = rng.integers(1, 60, size=1000)
+    n, bs, k = len(lengths), 32, 5
+    plain = epoch_batches(n, bs, np.random.default_rng(3), lengths, 0)
+    perm = np.random.default_rng(3).permutation(n)
+    assert len(plain) == -(-n // bs) and all(np.array_equal(b, perm[i * bs:(i + 1) * bs]) for i, b in enumerate(plain))
+    got = epoch_batches(n, bs, np.random.default_rng(3), lengths, k)
+    assert len(got) == -(-n // bs)
+    assert sorted(np.concatenate(got).tolist()) == list(range(n))
+    want = []
+    for g in range(0, n, k * bs):
+        grp = sorted(perm[g:g + k * bs].tolist(), key=lambda i: lengths[i])   # stable, as argsort(kind="stable")
+        want += [tuple(grp[i:i + bs]) for i in range(0, len(grp), bs)]
+    assert sorted(tuple(b.tolist()) for b in got) == sorted(want)
+    assert [tuple(b.tolist()) for b in got] != want                          # the batches are shuffled
+
+    def work(batches):
+        return sum(len(b) * lengths[b].max() for b in batches)
+
+    assert work(got) < 0.7 * work(plain)
+
+
+def test_distillation_with_length_buckets_trains_on_every_row(monkeypatch):
+    """distill_model with length_buckets: the batches it trains on are epoch_batches' over the
+    student's real lengths (recorded through distill_loss)."""
+    import edgeuq.compress.distill as dmod
+    from edgeuq.compress.distill import epoch_batches
+
+    teacher = _teacher(layers=1)
+    x = TOK.encode_batch(CORPUS * 8)
+    ts = TransferSet(x, label_with_model(teacher, x, 4))
+    seen = []
+    real = dmod.distill_loss
+
+    def spy(model, xb, *args, **kw):
+        seen.append(xb.clone())
+        return real(model, xb, *args, **kw)
+
+    monkeypatch.setattr(dmod, "distill_loss", spy)
+    cfg = DistillConfig(loss="kl", length_buckets=2, train=TrainConfig(epochs=1, batch_size=4, lr=1e-3, patience=1))
+    distill_model(_teacher(layers=1, seed=1), ts, np.full(len(x), -1), ts, np.full(len(x), -1), cfg)
+    steps = -(-len(x) // 4)
+    # the reference: epoch_batches over the lengths counted here, with the loop's seeded generator
+    want = epoch_batches(len(x), 4, np.random.default_rng(cfg.train.seed), (x != 0).sum(1), 2)
+    assert len(seen) > steps                             # training calls first, then validation
+    for got, idx in zip(seen[:steps], want):
+        assert torch.equal(got, torch.from_numpy(x[idx]))
