@@ -112,6 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-rows", type=int, default=0,
                     help="a seeded random N of the SST-2 test and TREC rows (0 = all; quick runs)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--progress", action="store_true", help="progress bars (labelling, distillation) on stderr")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     from edgeuq.provenance import command_line, finish, start, write_results
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     st = build_text_student(a.teacher_dir, a.out, recipe, steps=steps, overrides=overrides, options=opts,
                             train=a.data / "sst2" / "train.tsv", val=a.data / "sst2" / "dev.tsv",
-                            log=lambda m: print(m, flush=True))
+                            log=lambda m: print(m, flush=True), progress=a.progress)
     t_chain = time.time() - t0
     records = {r["step"]: r for r in st.summary["steps"]}
     student = st.checkpoint.load_model().eval()
