@@ -49,10 +49,13 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "text"
 #: the scores measured for teacher and student (higher = more unusual): the runtime's (MI, total
 #: entropy, 1 - max probability, the calibrated bundle's density and combined score) and two host-side
 #: densities on the model's own per-layer pooled features (last layer; Avg-Avg over its layers)
-SCORES = ("mi", "total", "maxp", "density", "combined", "host_density_avgavg", "host_density_last")
+#: ``combined``: the device rule's score, -log10 of the min-rule (Bonferroni) combination of the MI, entropy
+#: and density conformal p-values per predicted class; ``combined_z``: the calibration's other combined
+#: score, max(z of log MI, z of density) (what the runtime reports for a bundle calibrated without p-values)
+SCORES = ("mi", "total", "maxp", "density", "combined", "combined_z", "host_density_avgavg", "host_density_last")
 SCORE_LABELS = {"mi": "MI", "total": "total H", "maxp": "1 - max p", "density": "density (bundle)",
-                "combined": "combined (calibrated)", "host_density_avgavg": "Avg-Avg density (host)",
-                "host_density_last": "last-layer density (host)"}
+                "combined": "combined (calibrated p-values)", "combined_z": "combined (calibrated z-max)",
+                "host_density_avgavg": "Avg-Avg density (host)", "host_density_last": "last-layer density (host)"}
 
 
 def _onnx_bytes(root: Path) -> int:
@@ -242,6 +245,8 @@ def main(argv=None) -> int:
 
         runtime = UncertaintyRuntime(bundle_root, threads=1, seed=0)
         cal = Calibrated.from_bundle(runtime.bundle)
+        # the same calibration without its p-value rule: the z-max combined score of its ``combined`` section
+        cal_z = Calibrated(dataclasses.replace(cal.cal, pvalues=None), cal.density)
         fit_lp = layer_pooled(model.encoder, tokzr.encode_batch(fit_texts))
         dens = {"host_density_last": fit_density(fit_lp[:, -1].astype(np.float64), fit_y, 2),
                 "host_density_avgavg": fit_density(avg_avg(fit_lp), fit_y, 2)}
@@ -251,6 +256,7 @@ def main(argv=None) -> int:
             lp = layer_pooled(model.encoder, tokzr.encode_batch(tx))
             out[name] = {"probs": w.probs, "mi": w.epistemic, "total": w.total, "maxp": 1 - w.probs.max(-1),
                          "density": w.density, "combined": w.combined,
+                         "combined_z": cal_z.combined_score(w.epistemic, w.density),
                          "host_density_last": dens["host_density_last"].score(lp[:, -1].astype(np.float64), "none"),
                          "host_density_avgavg": dens["host_density_avgavg"].score(avg_avg(lp), "none")}
         return out
