@@ -14,10 +14,17 @@ SST-2/TREC under --data. Steps, all measured in this run:
      (the same ``run_chain`` as ``edgeuq compress`` / ``edgeuq text-student``; each step's info and
      time recorded); a step the recipe names that cannot run in this tree (``prune`` before its
      options for the bert trunk exist) is left out and the JSON says so (``chain.left_out``);
-  2. the student's bundle (device WordPiece with the pruned vocabulary) evaluated through the device
-     runtime: SST-2 test accuracy, ECE, AUROC per score vs TREC and the constructed shifts of
-     bench/text_ood.py, S = 32 vs one deterministic pass (paired, interleaved); the teacher's numbers
-     from host PyTorch in the same run.
+  2. both bundles calibrated (``edgeuq.calibrate.calibrate_bundle`` on copies: the density model fitted
+     on --fit SST-2 training phrases, the combined score's conformal p-values on --calib dev.tsv
+     phrases; never on the rows scored): the student's (device WordPiece with the pruned vocabulary;
+     its trunk also emits the Avg-Avg feature of its own layers with ``ood_features = "frozen_avg"``)
+     and the teacher's bundle of the same head scheme (its trunk emits the pretrained Avg-Avg feature);
+  3. both evaluated through the device runtime (``edgeuq.calibrate.scores.score_windows``): SST-2 test
+     (= GLUE dev) accuracy, ECE, NLL, AUROC of every score the runtime offers (MI, total entropy,
+     1 - max p, the bundle's density, the calibrated combined score) plus two host-side densities on
+     each model's per-layer pooled features, vs TREC and the constructed shifts of bench/text_ood.py;
+     the retained ratio (student AUROC / teacher AUROC) per score and shift; S = 32 vs one
+     deterministic pass of the student (paired, interleaved).
 """
 from __future__ import annotations
 
@@ -38,6 +45,21 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "text"
+
+#: the scores measured for teacher and student (higher = more unusual): the runtime's (MI, total
+#: entropy, 1 - max probability, the calibrated bundle's density and combined score) and two host-side
+#: densities on the model's own per-layer pooled features (last layer; Avg-Avg over its layers)
+#: ``combined``: the device rule's score, -log10 of the min-rule (Bonferroni) combination of the MI, entropy
+#: and density conformal p-values per predicted class; ``combined_z``: the calibration's other combined
+#: score, max(z of log MI, z of density) (what the runtime reports for a bundle calibrated without p-values)
+SCORES = ("mi", "total", "maxp", "density", "combined", "combined_z", "host_density_avgavg", "host_density_last")
+SCORE_LABELS = {"mi": "MI", "total": "total H", "maxp": "1 - max p", "density": "density (bundle)",
+                "combined": "combined (calibrated p-values)", "combined_z": "combined (calibrated z-max)",
+                "host_density_avgavg": "Avg-Avg density (host)", "host_density_last": "last-layer density (host)"}
+
+
+def _onnx_bytes(root: Path) -> int:
+    return int(sum(p.stat().st_size for p in Path(root).rglob("*.onnx")))
 
 
 def _latency(rt, texts, samples: int, repeats: int = 5) -> dict:
@@ -83,12 +105,17 @@ def main(argv=None) -> int:
     ap.add_argument("--transfer", type=int, help="training phrases in the transfer set (default: the recipe's)")
     ap.add_argument("--augment", type=int, help="augmented copies per phrase (default: the recipe's)")
     ap.add_argument("--val", type=int, help="validation phrases (default: the recipe's)")
+    ap.add_argument("--ood-features", choices=("none", "frozen_avg"),
+                    help="what the student's trunk emits for the density score (default: the recipe's)")
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--fit", type=int, default=3000, help="training phrases fitting the densities")
+    ap.add_argument("--calib", type=int, default=1000,
+                    help="SST-2 dev.tsv phrases calibrating the bundles (the combined score's p-values)")
     ap.add_argument("--shift-rows", type=int, default=300, help="sentences per other-text shift")
     ap.add_argument("--eval-rows", type=int, default=0,
                     help="a seeded random N of the SST-2 test and TREC rows (0 = all; quick runs)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--progress", action="store_true", help="progress bars (labelling, distillation) on stderr")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     from edgeuq.provenance import command_line, finish, start, write_results
@@ -110,11 +137,10 @@ def main(argv=None) -> int:
     from edgeuq.catalog import get_recipe
     from edgeuq.compress.chain import tokenizer_of
     from edgeuq.data.text import load_sst2, load_trec
-    from edgeuq.text.finetune import sample_probs
     from edgeuq.text.ood import avg_avg, layer_pooled, shuffle_words, text_sentences, truncate_words
     from edgeuq.text.pipeline import load_text_teacher
     from edgeuq.text.student_chain import build_text_student, student_options_from
-    from edgeuq.uq import auroc, decompose, expected_calibration_error
+    from edgeuq.uq import auroc, expected_calibration_error
     from edgeuq_runtime import UncertaintyRuntime
     from edgeuq_runtime.density import fit_density
     from edgeuq_runtime.wordpiece import WordPieceTokenizer
@@ -123,7 +149,7 @@ def main(argv=None) -> int:
     recipe = get_recipe(a.recipe)
     opts = student_options_from(recipe.train, f"recipe {recipe.name} [train]")
     opts = dataclasses.replace(opts, **{k: v for k, v in (("transfer", a.transfer), ("augment_copies", a.augment),
-                                                          ("val", a.val)) if v is not None}, seed=a.seed)
+                                                          ("val", a.val), ("ood_features", a.ood_features)) if v is not None}, seed=a.seed)
     overrides = [(s, k, v) for s, k, v in (("prune", "keep_layers", a.keep_layers),
                                             ("prune", "target_flops", a.target_flops), ("vocab", "rank", a.rank),
                                             ("distill", "epochs", a.epochs), ("prune", "rows", a.prune_rows),
@@ -143,7 +169,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     st = build_text_student(a.teacher_dir, a.out, recipe, steps=steps, overrides=overrides, options=opts,
                             train=a.data / "sst2" / "train.tsv", val=a.data / "sst2" / "dev.tsv",
-                            log=lambda m: print(m, flush=True))
+                            log=lambda m: print(m, flush=True), progress=a.progress)
     t_chain = time.time() - t0
     records = {r["step"]: r for r in st.summary["steps"]}
     student = st.checkpoint.load_model().eval()
@@ -177,36 +203,75 @@ def main(argv=None) -> int:
         sets[name] = [sents[i] for i in np.sort(src_rng.permutation(len(sents))[:a.shift_rows])]
     shifts = [k for k in sets if k != "sst2"]
 
-    def scores_of(model, tokzr, runtime=None):
-        # one encoder pass per set: the per-layer pooled features (edgeuq.text.ood.layer_pooled); the
-        # trunk's pooled feature is the last layer's masked mean (BertTransformer.trunk without density
-        # features), the Avg-Avg feature their mean over the layers
-        out = {}
+    # 3. every score the runtime offers, on calibrated copies of both bundles (edgeuq.calibrate): the
+    #    density model fitted on --fit training phrases, the conformal p-values of the combined score on
+    #    --calib validation phrases (dev.tsv); the scored sets (SST-2 test = GLUE dev, TREC, shifts) are
+    #    neither. The teacher's bundle is the one of the student's head scheme (its trunk also emits the
+    #    pretrained Avg-Avg features); the student's trunk emits its own layers' Avg-Avg features
+    #    (StudentOptions.ood_features) when the chain was asked to.
+    val = sst["dev"]
+    # the dev.tsv rows the distill step validated on are left out of the calibration rows
+    seen = (set(st.summary.get("val_row_index", ())) if st.summary.get("val_split_rows") == len(val) else None)
+    if seen is None:
+        print("WARNING: the student's validation split is not dev.tsv row for row: its rows are not excluded from "
+              "the calibration rows", file=sys.stderr, flush=True)
+    free = np.array([i for i in range(len(val)) if not seen or i not in seen])
+    cal_rows = np.sort(np.random.default_rng(a.seed + 6).permutation(free)[:a.calib])
+    cal_texts, cal_y = [val.texts[i] for i in cal_rows], np.asarray(val.y)[cal_rows]
+
+    def calibrated_copy(root: Path, dest: Path) -> dict:
+        from edgeuq.calibrate.fit import CalibrationOptions, calibrate_text_bundle
+
+        res, dropped = calibrate_text_bundle(
+            root, cal_texts, cal_y, fit_texts, fit_y,
+            CalibrationOptions(samples=a.samples, threads=1, seed=a.seed,
+                               fit_source=f"SST-2 training phrases (--fit {len(fit_texts)})"),
+            out_dir=dest, log=lambda m: print(m, flush=True))
+        c = res.calibration
+        return {"bundle": str(dest), "fit_rows": len(fit_texts) - dropped, "fit_dropped_as_calibration": dropped,
+                "calibration_rows": len(cal_y),
+                "calibration_source": "SST-2 dev.tsv rows the distill step did not validate on" if seen is not None
+                else "SST-2 dev.tsv (the distill step's validation rows NOT excluded)",
+                "density_pooling": None if c.density is None else c.density.pooling,
+                "pvalue_parts": list(c.pvalues.parts) if c.pvalues else None,
+                "pvalue_rule": c.pvalues.rule if c.pvalues else None}
+
+    def scores_of(bundle_root: Path, model, tokzr):
+        """Runtime scores through the calibrated bundle (score_windows: one trunk pass, S head draws,
+        density and combined from the calibration) + host-side densities on the model's per-layer pooled
+        features (edgeuq.text.ood.layer_pooled; fitted on the --fit training phrases)."""
+        from edgeuq.calibrate.scores import score_windows
+        from edgeuq_runtime.calibration import Calibrated
+
+        runtime = UncertaintyRuntime(bundle_root, threads=1, seed=0)
+        cal = Calibrated.from_bundle(runtime.bundle)
+        # the same calibration without its p-value rule: the z-max combined score of its ``combined`` section
+        cal_z = Calibrated(dataclasses.replace(cal.cal, pvalues=None), cal.density)
         fit_lp = layer_pooled(model.encoder, tokzr.encode_batch(fit_texts))
-        dens = {"density": fit_density(fit_lp[:, -1].astype(np.float64), fit_y, 2),
-                "density_avgavg": fit_density(avg_avg(fit_lp), fit_y, 2)}
+        dens = {"host_density_last": fit_density(fit_lp[:, -1].astype(np.float64), fit_y, 2),
+                "host_density_avgavg": fit_density(avg_avg(fit_lp), fit_y, 2)}
+        out = {}
         for name, tx in sets.items():
-            ids = tokzr.encode_batch(tx)
-            lp = layer_pooled(model.encoder, ids)
-            f = lp[:, -1]
-            if runtime is not None:
-                r = runtime.predict_text(tx, samples=a.samples, seed=3)
-                probs, mi, tot = r.probs, r.epistemic, r.total
-            else:
-                rr = decompose(sample_probs(model, f, a.samples, seed=3))
-                probs, mi, tot = rr.probs, rr.epistemic, rr.total
-            out[name] = {"probs": probs, "mi": mi, "total": tot, "maxp": 1 - probs.max(-1),
-                         "density": dens["density"].score(f.astype(np.float64), "none"),
-                         "density_avgavg": dens["density_avgavg"].score(avg_avg(lp), "none")}
+            w = score_windows(runtime, runtime.tokenize(tx), a.samples, seed=3, calibrated=cal)
+            lp = layer_pooled(model.encoder, tokzr.encode_batch(tx))
+            out[name] = {"probs": w.probs, "mi": w.epistemic, "total": w.total, "maxp": 1 - w.probs.max(-1),
+                         "density": w.density, "combined": w.combined,
+                         "combined_z": cal_z.combined_score(w.epistemic, w.density),
+                         "host_density_last": dens["host_density_last"].score(lp[:, -1].astype(np.float64), "none"),
+                         "host_density_avgavg": dens["host_density_avgavg"].score(avg_avg(lp), "none")}
         return out
 
     def summary(sc, params, nbytes, lat=None, how=""):
         y = test.y
-        row = {"params": params, "bytes": nbytes, "acc": float(np.mean(sc["sst2"]["probs"].argmax(-1) == y)),
-               "ece": float(expected_calibration_error(sc["sst2"]["probs"], y)), "how": how}
-        for s in ("mi", "total", "maxp", "density", "density_avgavg"):
+        p = sc["sst2"]["probs"]
+        row = {"params": params, "bytes": nbytes, "acc": float(np.mean(p.argmax(-1) == y)),
+               "ece": float(expected_calibration_error(p, y)),
+               "nll": float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)))), "how": how}
+        for s in SCORES:
             for sh in shifts:
-                row[f"auroc_{sh}_{s}"] = float(auroc(sc["sst2"][s], sc[sh][s]))
+                v = sc["sst2"][s]
+                # a score the bundle does not offer (no calibration density) is recorded as not measured
+                row[f"auroc_{sh}_{s}"] = None if v is None else float(auroc(v, sc[sh][s]))
         if lat:
             row.update(lat)
         return row
@@ -215,13 +280,26 @@ def main(argv=None) -> int:
         return int(sum(p.numel() for p in m.parameters()))
 
     t0 = time.time()
+    t_bundle = a.teacher_dir / teacher_art.bundles[student.cfg.scheme]
+    calibration = {"student": calibrated_copy(b_root, a.out / "calibrated" / "student"),
+                   "teacher": calibrated_copy(t_bundle, a.out / "calibrated" / "teacher")}
+    t_cal = time.time() - t0
+    t0 = time.time()
     lat_texts = list(test.texts[:32])
-    s_row = summary(scores_of(student, small_tok, runtime=rt), param_count(student), weight_bytes,
-                    _latency(rt, lat_texts, a.samples),
-                    "device runtime (UncertaintyRuntime.predict_text, S = 32) on the bundle; densities host-side")
+    s_row = summary(scores_of(a.out / "calibrated" / "student", student, small_tok), param_count(student),
+                    weight_bytes, _latency(rt, lat_texts, a.samples),
+                    "device runtime on the calibrated bundle (edgeuq.calibrate.scores.score_windows, S = 32); "
+                    "host_* densities host-side")
     s_row["bundle_bytes"] = bundle_bytes
-    t_row = summary(scores_of(teacher, tok), param_count(teacher), int(param_count(teacher) * 4), None,
-                    "host PyTorch (float32 weights: 4 bytes a parameter), S = 32")
+    t_row = summary(scores_of(a.out / "calibrated" / "teacher", teacher, tok), param_count(teacher),
+                    int(param_count(teacher) * 4), None,
+                    "device runtime on the teacher's calibrated bundle (S = 32); bytes: float32 weights of the "
+                    "model (4 bytes a parameter; its bundle also runs pretrained copies for the density features); "
+                    "host_* densities host-side")
+    t_row["bundle_bytes"] = _onnx_bytes(t_bundle)
+    retained = {f"{sh}_{s}": (None if t_row[f"auroc_{sh}_{s}"] is None or s_row[f"auroc_{sh}_{s}"] is None
+                              else s_row[f"auroc_{sh}_{s}"] / t_row[f"auroc_{sh}_{s}"])
+                for s in SCORES for sh in shifts}
     t_eval = time.time() - t0
 
     cfg = student.cfg
@@ -233,11 +311,12 @@ def main(argv=None) -> int:
         "what": "an edge student cut from the MiniLM-L6 SST-2 teacher by the compression chain (edgeuq text-student: "
                 + " -> ".join(steps) + "); teacher vs student",
         "spec": {"choice": f"teacher layers {list(student.teacher_layers)} of {teacher.cfg.depth} (kept by the chain)",
-                 "layers": list(student.teacher_layers), "ffn": int(cfg.ffn),
-                 # the widths each kept layer has after prune (``ffn`` above is the config's uniform default)
+                 "layers": list(student.teacher_layers),
+                 # the widths each kept layer has after prune (the config's ``ffn`` is only its uniform default)
                  "heads_per_layer": [int(cfg.block_shape(i).heads) for i in range(cfg.depth)],
                  "ffn_per_layer": [int(cfg.block_shape(i).ffn) for i in range(cfg.depth)],
                  "rank": int(cfg.trunk_options.embedding_rank), "positions": int(cfg.trunk_options.max_positions),
+                 "density_features": str(st.summary["options"].get("ood_features", "none")),  # the bundle's trunk
                  "vocab": int(small_tok.vocab_size), "embedding_params": emb_params,
                  **{k: vocab_info[k] for k in ("embedding_svd_rel_error",) if k in vocab_info}},
         "chain": {"recipe": recipe.name, "steps": steps, "left_out": left_out, "seconds": t_chain,
@@ -250,24 +329,33 @@ def main(argv=None) -> int:
                          "hidden_weight": distill_rec.get("options", {}).get("hidden_weight")},
         "laplace": {"prior_precision": records.get("posterior", {}).get("info", {}).get("prior_precision")},
         "eval_rows": {"sst2_test": len(test), "trec": len(trec), "other_text": a.shift_rows},
-        "teacher": t_row, "student": s_row, "eval_s": t_eval, "total_s": time.time() - t_start,
+        "teacher": t_row, "student": s_row, "retained": retained, "scores": list(SCORES), "shifts": shifts,
+        "calibration": calibration, "calibrate_s": t_cal, "eval_s": t_eval, "total_s": time.time() - t_start,
         "teacher_source": str(a.teacher_dir), "teacher_digest": teacher_art.digest,
     }
-    heads = ["model", "params", "weight MB", "SST-2 acc", "ECE", *[f"AUROC MI {sh}" for sh in shifts],
-             "AUROC density TREC", "AUROC Avg-Avg density TREC", "S=32 / 1 pass"]
+    def f3(v):
+        return "not measured" if v is None else f"{v:.3f}"
+
+    heads = ["model", "params", "weight MB", "SST-2 acc", "ECE", *[f"AUROC TREC {SCORE_LABELS[s]}" for s in SCORES],
+             "S=32 / 1 pass"]
 
     def trow(name, r):
         return [name, f"{r['params'] / 1e6:.2f}M", f"{r['bytes'] / 1e6:.1f}", f"{r['acc']:.4f}", f"{r['ece']:.4f}",
-                *[f"{r[f'auroc_{sh}_mi']:.3f}" for sh in shifts], f"{r['auroc_trec_density']:.3f}",
-                f"{r['auroc_trec_density_avgavg']:.3f}", f"{r['ratio']:.2f}" if "ratio" in r else None]
+                *[f3(r[f"auroc_trec_{s}"]) for s in SCORES], f"{r['ratio']:.2f}" if "ratio" in r else None]
 
     spec = results["spec"]
-    results["tables"] = {"text_student_cut": results_table(heads, [
-        trow(f"teacher ({teacher_art.base}, top {teacher_art.options.get('train_layers')} layers fine-tuned; host)",
-             t_row),
-        trow(f"student ({' -> '.join(steps)}): layers {spec['layers']}, heads {spec['heads_per_layer']}, "
-             f"FFN {spec['ffn_per_layer']}, vocab {spec['vocab']}, "
-             f"rank {spec['rank']} (device runtime)", s_row)])}
+    results["tables"] = {
+        "text_student_cut": results_table(heads, [
+            trow(f"teacher ({teacher_art.base}, top {teacher_art.options.get('train_layers')} layers fine-tuned)",
+                 t_row),
+            trow(f"student ({' -> '.join(steps)}): layers {spec['layers']}, heads {spec['heads_per_layer']}, "
+                 f"FFN {spec['ffn_per_layer']}, vocab {spec['vocab']}, rank {spec['rank']}", s_row),
+            ["retained (student AUROC / teacher AUROC)", None, None, None, None,
+             *[f3(retained[f"trec_{s}"]) for s in SCORES], None]]),
+        # every score against every shift: teacher / student (retained)
+        "text_student_cut_shifts": results_table(["score", *shifts], [
+            [SCORE_LABELS[s], *[f"{f3(t_row[f'auroc_{sh}_{s}'])} / {f3(s_row[f'auroc_{sh}_{s}'])} "
+                                f"({f3(retained[f'{sh}_{s}'])})" for sh in shifts]] for s in SCORES])}
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print(json.dumps({k: results[k] for k in ("spec", "teacher", "student")}, indent=1))

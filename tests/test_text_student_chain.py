@@ -264,6 +264,71 @@ def test_a_word_outside_the_pruned_vocabulary_is_unk_on_the_device_and_on_the_ho
     assert np.array_equal(host, device) and int(host[0, 2]) == small.unk_id
 
 
+def test_the_bundled_student_also_emits_the_avg_avg_feature_of_all_its_layers(student):
+    """The recipe's ``ood_features = "frozen_avg"``: the bundle's trunk output is [classifier features |
+    mean over every student layer of its masked token mean], against edgeuq.text.ood's own pooling loop
+    (layer_pooled + avg_avg) on the chain's last checkpoint; the deploy checkpoint is that network."""
+    from edgeuq.compress.chain import tokenizer_of
+    from edgeuq.text.ood import avg_avg, layer_pooled
+    from edgeuq.text.student_chain import DEPLOY_DIR
+    from edgeuq.training import load_checkpoint
+    from edgeuq_runtime import UncertaintyRuntime
+
+    _, st, _, d = student
+    model = st.checkpoint.load_model().eval()
+    tok = tokenizer_of(st.checkpoint)
+    texts = ["the film is good", "a very dull plot", "what city is the capital ?", "superb !"]
+    ids = tok.encode_batch(texts)
+    lp = layer_pooled(model.encoder, ids)
+    want = np.concatenate([lp[:, -1], avg_avg(lp)], axis=1)
+    rt = UncertaintyRuntime(st.bundle)
+    got = rt.trunk_features(ids)
+    assert got.shape == want.shape and rt.manifest.metadata["density_columns"] == [lp.shape[-1], 2 * lp.shape[-1]]
+    err = float(np.max(np.abs(got - want)))
+    assert err <= 1e-5, err
+    assert not float(np.max(np.abs(avg_avg(lp[:, :-1]) - want[:, lp.shape[-1]:]))) <= 1e-5   # every layer counts
+    deploy = load_checkpoint(d / "student" / DEPLOY_DIR)
+    assert st.summary["deploy_checkpoint"] == str(deploy.directory)
+    assert (deploy.directory / "tokenizer.json").is_file()
+    with torch.no_grad():
+        dep = deploy.load_model().eval().trunk(torch.from_numpy(ids)).numpy()
+    assert float(np.max(np.abs(dep - want))) <= 1e-5
+
+
+def test_calibrating_a_text_bundle_leaves_fit_texts_equal_to_a_calibration_text_out(student, tmp_path):
+    """SST-2 repeats phrases: calibrate_text_bundle drops the fit texts whose ids equal a calibration
+    text's (counted by a brute-force comparison of the tokenized rows; one differs only in case, so
+    only its ids show the repeat) instead of raising; calibrate_bundle on the same rows refuses."""
+    from text_teacher_support import sentiment_rows
+
+    from edgeuq.calibrate.fit import FitOverlapError, calibrate_bundle, calibrate_text_bundle
+    from edgeuq_runtime import UncertaintyRuntime
+
+    _, st, _, _ = student
+    cal = sentiment_rows(20, 31)
+    fit = sentiment_rows(40, 32) + [cal[0], cal[3], (cal[5][0].upper(), cal[5][1])]
+    label = {"thumbs down": 0, "Thumbs-Up": 1}
+    cal_t, cal_y = [t for t, _ in cal], [label[y] for _, y in cal]
+    fit_t, fit_y = [t for t, _ in fit], [label[y] for _, y in fit]
+    rt = UncertaintyRuntime(st.bundle)
+    cal_rows = {tuple(r) for r in rt.tokenize(cal_t).tolist()}
+    want = sum(tuple(r) in cal_rows for r in rt.tokenize(fit_t).tolist())
+    assert want >= 3
+    res, dropped = calibrate_text_bundle(st.bundle, cal_t, cal_y, fit_t, fit_y, out_dir=tmp_path / "cal")
+    assert dropped == want
+    assert res.calibration.density_fit.n == len(fit_t) - want and res.calibration.density_fit.overlap == 0
+    with pytest.raises(FitOverlapError):
+        calibrate_bundle(st.bundle, rt.tokenize(cal_t), np.array(cal_y), rt.tokenize(fit_t), np.array(fit_y),
+                         out_dir=tmp_path / "refused")
+
+
+def test_the_student_refuses_density_features_it_has_no_layers_for():
+    from edgeuq.text.student_chain import StudentOptions
+
+    with pytest.raises(ValueError, match="ood_features must be one of"):
+        StudentOptions(ood_features="avgavg")          # a pruned encoder has no pretrained copies of its layers
+
+
 def test_rerun_of_the_text_student_reuses_every_step(student):
     from edgeuq.text.student_chain import build_text_student
 
@@ -314,3 +379,58 @@ def test_distillation_trims_a_batch_to_its_real_tokens_without_changing_the_loss
         student.trim_padding = lambda x: x                                        # the full padded batch
         full = float(distill_loss(student, ids, probs, y, cfg, teacher_hidden=hidden))
     assert abs(trimmed - full) <= 1e-5 * max(1.0, abs(full)), (trimmed, full)
+
+
+def test_length_buckets_batch_rows_of_similar_length_and_keep_every_row_once():
+    """epoch_batches: without buckets exactly the slices of the seeded permutation (the old batches);
+    with buckets every row once, ceil(n / batch) batches, each batch a run of its group's rows sorted
+    by length (brute force: the group of rows it came from, sorted), and far less padding."""
+    from edgeuq.compress.distill import epoch_batches
+
+    rng = np.random.default_rng(7)
+    lengths = rng.integers(1, 60, size=1000)
+    n, bs, k = len(lengths), 32, 5
+    plain = epoch_batches(n, bs, np.random.default_rng(3), lengths, 0)
+    perm = np.random.default_rng(3).permutation(n)
+    assert len(plain) == -(-n // bs) and all(np.array_equal(b, perm[i * bs:(i + 1) * bs]) for i, b in enumerate(plain))
+    got = epoch_batches(n, bs, np.random.default_rng(3), lengths, k)
+    assert len(got) == -(-n // bs)
+    assert sorted(np.concatenate(got).tolist()) == list(range(n))
+    want = []
+    for g in range(0, n, k * bs):
+        grp = sorted(perm[g:g + k * bs].tolist(), key=lambda i: lengths[i])   # stable, as argsort(kind="stable")
+        want += [tuple(grp[i:i + bs]) for i in range(0, len(grp), bs)]
+    assert sorted(tuple(b.tolist()) for b in got) == sorted(want)
+    assert [tuple(b.tolist()) for b in got] != want                          # the batches are shuffled
+
+    def work(batches):
+        return sum(len(b) * lengths[b].max() for b in batches)
+
+    assert work(got) < 0.7 * work(plain)
+
+
+def test_distillation_with_length_buckets_trains_on_every_row(monkeypatch):
+    """distill_model with length_buckets: the batches it trains on are epoch_batches' over the
+    student's real lengths (recorded through distill_loss)."""
+    import edgeuq.compress.distill as dmod
+    from edgeuq.compress.distill import epoch_batches
+
+    teacher = _teacher(layers=1)
+    x = TOK.encode_batch(CORPUS * 8)
+    ts = TransferSet(x, label_with_model(teacher, x, 4))
+    seen = []
+    real = dmod.distill_loss
+
+    def spy(model, xb, *args, **kw):
+        seen.append(xb.clone())
+        return real(model, xb, *args, **kw)
+
+    monkeypatch.setattr(dmod, "distill_loss", spy)
+    cfg = DistillConfig(loss="kl", length_buckets=2, train=TrainConfig(epochs=1, batch_size=4, lr=1e-3, patience=1))
+    distill_model(_teacher(layers=1, seed=1), ts, np.full(len(x), -1), ts, np.full(len(x), -1), cfg)
+    steps = -(-len(x) // 4)
+    # the reference: epoch_batches over the lengths counted here, with the loop's seeded generator
+    want = epoch_batches(len(x), 4, np.random.default_rng(cfg.train.seed), (x != 0).sum(1), 2)
+    assert len(seen) > steps                             # training calls first, then validation
+    for got, idx in zip(seen[:steps], want):
+        assert torch.equal(got, torch.from_numpy(x[idx]))

@@ -46,8 +46,8 @@ from edgeuq_runtime.density import fit_density
 
 from .scores import WindowScores, score_windows, trunk_pooled
 
-__all__ = ["CalibrationOptions", "CalibrationResult", "calibrate_bundle", "DENSITY_FILE", "PVALUE_FILE",
-           "window_hashes", "windows_digest", "FitOverlapError"]
+__all__ = ["CalibrationOptions", "CalibrationResult", "calibrate_bundle", "calibrate_text_bundle", "DENSITY_FILE",
+           "PVALUE_FILE", "window_hashes", "windows_digest", "FitOverlapError"]
 
 DENSITY_FILE = "density.npz"
 PVALUE_FILE = "pvalues.npz"
@@ -91,6 +91,7 @@ class CalibrationOptions:
     allow_fit_overlap: bool = False                  # warn (loudly, recorded) instead of refusing
     density_from_calibration: bool = False           # old behaviour: fit density on a random half of x_cal
     fit_source: str = "fit data passed to calibrate_bundle"
+    threads: Optional[int] = None                    # the runtime's thread pool (None: the backend's default)
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,7 +122,7 @@ def calibrate_bundle(bundle_dir: Path, x_cal: np.ndarray, y_cal: np.ndarray, x_f
     o = options
     bundle_dir = Path(bundle_dir)
     out = Path(out_dir) if out_dir is not None else bundle_dir
-    rt = UncertaintyRuntime(bundle_dir, seed=o.seed)
+    rt = UncertaintyRuntime(bundle_dir, threads=o.threads, seed=o.seed)
     m = rt.manifest
     s = int(o.samples or m.default_samples)
     y_cal = np.asarray(y_cal)
@@ -210,3 +211,21 @@ def calibrate_bundle(bundle_dir: Path, x_cal: np.ndarray, y_cal: np.ndarray, x_f
         f"density > {abstain.density}, combined > {abstain.combined}; device rule: {o.combine} of conformal "
         f"p-values of {'/'.join(parts)}{' per predicted class' if o.mondrian else ''} <= {far:g}")
     return CalibrationResult(out, cal, scores, 0 if x_fit is None or not o.density else len(x_fit))
+
+
+def calibrate_text_bundle(bundle_dir: Path, cal_texts, y_cal, fit_texts, y_fit,
+                          options: CalibrationOptions = CalibrationOptions(), out_dir: Optional[Path] = None,
+                          log: Log = lambda s: None) -> Tuple[CalibrationResult, int]:
+    """:func:`calibrate_bundle` for a bundle that ships a tokenizer: the texts are tokenized by the
+    bundle's own tokenizer, and a fit text whose ids equal a calibration text's is dropped from the
+    fit (a corpus that repeats phrases, as SST-2 does, would otherwise raise :class:`FitOverlapError`).
+    Returns the result and how many fit texts were dropped."""
+    rt = UncertaintyRuntime(bundle_dir, threads=options.threads, seed=options.seed)
+    x_cal, x_fit = rt.tokenize(list(cal_texts)), rt.tokenize(list(fit_texts))
+    keep = ~np.isin(window_hashes(x_fit), window_hashes(x_cal))
+    dropped = int((~keep).sum())
+    if dropped:
+        log(f"{dropped} fit texts equal a calibration text (after tokenization): left out of the density fit")
+    res = calibrate_bundle(bundle_dir, x_cal, np.asarray(y_cal), x_fit[keep], np.asarray(y_fit)[keep], options,
+                           out_dir=out_dir, log=log)
+    return res, dropped

@@ -41,7 +41,7 @@ from ..training.config import TrainConfig
 from .losses import FEATURE_LOSSES, feature_matching, hidden_matching, mean_kl, uncertainty_matching
 from .transfer import TransferSet
 
-__all__ = ["DISTILL_TRAIN", "DistillConfig", "DistillResult", "LOSSES", "student_sample_logits", "distill_loss", "distill_model",
+__all__ = ["DISTILL_TRAIN", "DistillConfig", "DistillResult", "LOSSES", "epoch_batches", "student_sample_logits", "distill_loss", "distill_model",
            "make_projection", "fit_projection"]
 
 LossTerms = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "DistillConfig"], torch.Tensor]
@@ -97,6 +97,11 @@ class DistillConfig:
     #: > 0: hidden-state matching (needs a student with ``hidden_states``, the bert trunk, and the
     #: teacher's hidden states); 0 (default): off, the loss is unchanged
     hidden_weight: float = 0.0
+    #: > 0: length-bucketed batches (token models): each epoch's shuffled rows are cut into groups of
+    #: ``length_buckets`` batches, sorted by real length inside a group, and the batches shuffled, so a
+    #: batch trimmed to its longest row carries little padding (every row still once an epoch);
+    #: 0 (default): plain shuffled batches
+    length_buckets: int = 0
     train: TrainConfig = DISTILL_TRAIN
 
     def __post_init__(self) -> None:
@@ -117,6 +122,9 @@ class DistillConfig:
             raise ValueError("temperature must be > 0 and the loss weights >= 0")
         if self.student_samples < 1:
             raise ValueError(f"student_samples must be >= 1, got {self.student_samples}")
+        if isinstance(self.length_buckets, bool) or not isinstance(self.length_buckets, int) \
+                or self.length_buckets < 0:
+            raise ValueError(f"length_buckets must be an integer >= 0, got {self.length_buckets!r}")
 
     @classmethod
     def from_flat(cls, d: Mapping[str, Any], train: TrainConfig = DISTILL_TRAIN) -> "DistillConfig":
@@ -147,6 +155,25 @@ class DistillResult:
     def to_dict(self) -> dict:
         return {"best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss,
                 "history": [list(h) for h in self.history]}
+
+
+def epoch_batches(n: int, batch_size: int, rng: np.random.Generator, lengths: Optional[np.ndarray] = None,
+                  buckets: int = 0) -> List[np.ndarray]:
+    """One epoch's batches of row indices ``0..n-1``, each row once: ``rng.permutation(n)`` cut in
+    order (``buckets`` 0 or no ``lengths``), or cut into groups of ``buckets`` batches, each group's
+    rows sorted by ``lengths`` (stable) and cut into batches, the batches then shuffled
+    (:attr:`DistillConfig.length_buckets`). Either way ``ceil(n / batch_size)`` batches."""
+    perm = rng.permutation(n)
+    if not buckets or lengths is None:
+        return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    lengths = np.asarray(lengths)
+    group = buckets * batch_size
+    batches: List[np.ndarray] = []
+    for g in range(0, n, group):
+        idx = perm[g:g + group]
+        idx = idx[np.argsort(lengths[idx], kind="stable")]
+        batches += [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def student_sample_logits(model: torch.nn.Module, x: torch.Tensor, samples: int) -> torch.Tensor:
@@ -300,17 +327,19 @@ def distill_model(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.epochs * steps, pct_start=0.15)
     xt, pt = torch.from_numpy(np.ascontiguousarray(train.x)), torch.from_numpy(np.ascontiguousarray(train.probs))
     yt = torch.from_numpy(np.asarray(train_labels, dtype=np.int64))
+    real_lengths = getattr(student, "real_lengths", None)   # token models: non-padding tokens per row
+    lengths = real_lengths(xt).numpy() if cfg.length_buckets and real_lengths is not None else None
     best_state, best, best_epoch, bad = None, math.inf, 0, 0
     history: List[Tuple[float, float]] = []
     for epoch in range(tc.epochs):
         if projection is not None:
             fit_projection(student, projection, train.x, train.features)
         student.train()
-        perm = torch.from_numpy(order.permutation(len(train)))
+        batches = epoch_batches(len(train), tc.batch_size, order, lengths, cfg.length_buckets)
         loss_sum = 0.0
         bar = tqdm(range(steps), desc=f"distill epoch {epoch + 1}/{tc.epochs}", disable=not progress, leave=False)
         for step in bar:
-            idx = perm[step * tc.batch_size : (step + 1) * tc.batch_size]
+            idx = torch.from_numpy(batches[step])
             loss = distill_loss(student, xt[idx], pt[:, idx], yt[idx], cfg, None if ft is None else ft[idx], projection,
                                 teacher_hidden)
             opt.zero_grad(set_to_none=True)

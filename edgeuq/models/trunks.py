@@ -446,6 +446,10 @@ class BertTransformer(DeployableModel):
             out.append(h)
         return out, mask
 
+    def real_lengths(self, ids: torch.Tensor) -> torch.Tensor:
+        """Non-padding tokens per row (B,) (length-bucketed batching, edgeuq.compress.distill)."""
+        return (ids != self.cfg.trunk_options.pad_token_id).sum(1)
+
     def trim_padding(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids`` cut to its longest real row (at least one column): the padding mask makes the outputs
         the same (padded keys get zero attention, pooling skips them), the work is that of the real tokens."""

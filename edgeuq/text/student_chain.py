@@ -49,9 +49,13 @@ from ..training.checkpoint import TOKENIZER_FILE
 from .cache import length_buckets
 
 __all__ = ["StudentOptions", "TextStudent", "build_text_student", "student_options_from", "label_ids",
-           "STUDENT_FILE"]
+           "STUDENT_FILE", "STUDENT_OOD_FEATURES", "DEPLOY_DIR", "with_ood_features"]
 
 STUDENT_FILE = "text_student.json"
+#: the student's density features (a pruned encoder has no pretrained copies of its layers)
+STUDENT_OOD_FEATURES = ("none", "frozen_avg")
+#: OUT/<DEPLOY_DIR>: the bundled student as a checkpoint (+ tokenizer.json), density features included
+DEPLOY_DIR = "student"
 PathLike = Union[str, Path]
 
 
@@ -66,12 +70,20 @@ class StudentOptions:
     p_ngram: float = 0.25
     val: int = 0                 # validation phrases (a random N; 0 = all): the distill step's validation
     seed: int = 0
+    #: what the bundle's trunk emits beside the classifier features for the density score:
+    #: ``none``, or ``frozen_avg`` = the token means of *every* student layer averaged (the student's
+    #: own Avg-Avg feature, Chen et al. 2022; the trunk option ``frozen_avg`` with ``frozen_layers`` =
+    #: depth). The head reads the classifier features only, so predictions do not change.
+    ood_features: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("transfer", "augment_copies", "val", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"text student option {name} must be an integer >= 0, got {v!r}")
+        if self.ood_features not in STUDENT_OOD_FEATURES:
+            raise ValueError(f"text student option ood_features must be one of {list(STUDENT_OOD_FEATURES)}, "
+                             f"got {self.ood_features!r}")
         for name in ("p_mask", "p_ngram"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
@@ -113,6 +125,23 @@ def label_ids(model: torch.nn.Module, ids: np.ndarray, samples: int, seed: int =
             out = np.zeros((samples, len(ids), p.shape[-1]), np.float32)
         out[:, idx] = p
     return out
+
+
+def with_ood_features(model: torch.nn.Module, kind: str) -> torch.nn.Module:
+    """``model`` (a ``bert``-trunk student) whose trunk also emits ``kind`` density features
+    (:data:`STUDENT_OOD_FEATURES`; ``frozen_avg``: the mean over all its layers), same weights;
+    ``model`` itself for ``none``."""
+    from ..models import build_model
+
+    if kind == "none":
+        return model
+    if kind not in STUDENT_OOD_FEATURES:
+        raise ValueError(f"ood_features must be one of {list(STUDENT_OOD_FEATURES)}, got {kind!r}")
+    cfg = model.cfg
+    out = build_model(dataclasses.replace(cfg, trunk_options=dataclasses.replace(
+        cfg.trunk_options, density_features=kind, frozen_layers=int(cfg.depth))))
+    out.load_state_dict(model.state_dict())
+    return out.eval()
 
 
 def _teacher_hidden(model: torch.nn.Module) -> Callable[[torch.Tensor], Sequence[torch.Tensor]]:
@@ -213,7 +242,14 @@ def build_text_student(teacher_dir: PathLike, out: PathLike, recipe: Union[str, 
                     log=log)
     final = res.checkpoint
     student_tok = tokenizer_of(final)
-    student = final.load_model().eval()
+    student = with_ood_features(final.load_model().eval(), opts.ood_features)
+    deploy = final
+    if opts.ood_features != "none":
+        # the bundled network as a checkpoint of its own (what a board compile reads)
+        deploy = save_checkpoint(student, out / DEPLOY_DIR, tuple(teacher.class_names), 1.0, "none",
+                                 metrics={"from": str(final.directory), "ood_features": opts.ood_features},
+                                 inputs=digest_of("text_student_deploy", final.digest, opts.ood_features))
+        student_tok.save(out / DEPLOY_DIR / TOKENIZER_FILE)
     samples = int(rec.uq.get("samples", 32))
     bundle = export_text_bundle(student, student_tok, out / "bundle", tuple(teacher.class_names),
                                 str(rec.bundle.get("model_name", rec.name)),
@@ -226,8 +262,12 @@ def build_text_student(teacher_dir: PathLike, out: PathLike, recipe: Union[str, 
     params = count_params(student)
     summary = {"teacher": str(teacher.directory), "teacher_digest": teacher.digest, "recipe": rec.name,
                "options": dataclasses.asdict(opts), "transfer_rows": int(len(x)), "val_rows": int(len(x_val)),
+               # which rows of the validation split (file order) the distill step saw: a later calibration
+               # on the same file can leave them out
+               "val_split_rows": int(len(splits.val)), "val_row_index": [int(i) for i in va_rows],
                "data": dict(splits.sources), "steps": [dict(r) for r in res.records],
-               "checkpoint": str(final.directory), "bundle": str(bundle.root), "params": params,
+               "checkpoint": str(final.directory), "deploy_checkpoint": str(deploy.directory),
+               "bundle": str(bundle.root), "params": params,
                "teacher_params": count_params(model),
                "vocab": int(student_tok.vocab_size), "samples": samples}
     atomic_write(out / STUDENT_FILE, json.dumps(summary, indent=1, default=str).encode())
