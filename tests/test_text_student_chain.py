@@ -274,7 +274,7 @@ def test_the_bundled_student_also_emits_the_avg_avg_feature_of_all_its_layers(st
     from edgeuq.training import load_checkpoint
     from edgeuq_runtime import UncertaintyRuntime
 
-    _, st, _, d = student
+    _, st, d = student
     model = st.checkpoint.load_model().eval()
     tok = tokenizer_of(st.checkpoint)
     texts = ["the film is good", "a very dull plot", "what city is the capital ?", "superb !"]
@@ -304,7 +304,7 @@ def test_calibrating_a_text_bundle_leaves_fit_texts_equal_to_a_calibration_text_
     from edgeuq.calibrate.fit import FitOverlapError, calibrate_bundle, calibrate_text_bundle
     from edgeuq_runtime import UncertaintyRuntime
 
-    _, st, _, _ = student
+    _, st, _ = student
     cal = sentiment_rows(20, 31)
     fit = sentiment_rows(40, 32) + [cal[0], cal[3], (cal[5][0].upper(), cal[5][1])]
     label = {"thumbs down": 0, "Thumbs-Up": 1}
