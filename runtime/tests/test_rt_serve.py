@@ -455,3 +455,22 @@ def test_serve_shows_the_ota_slot_and_trial_state_read_only(tiny160, tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0
+
+
+def test_a_server_stopped_before_it_started_stops_at_once():
+    """Ctrl-C during start-up reaches ``LiveServer.stop`` before ``start``: socketserver's ``shutdown``
+    waits for a ``serve_forever`` loop that never ran (the CLI hung on SIGINT); stop must return
+    and close the socket, and a started server must still stop."""
+    s = LiveServer(Hub(history=4), "127.0.0.1", 0)
+    t = threading.Thread(target=s.stop, daemon=True)
+    t.start()
+    t.join(5.0)
+    assert not t.is_alive(), "stop() of a never-started server hangs"
+    assert s.socket.fileno() == -1                               # the listening socket is closed
+    s2 = LiveServer(Hub(history=4), "127.0.0.1", 0)
+    s2.start()
+    assert raw_request("127.0.0.1", s2.port, "/healthz")[0] == 200
+    t2 = threading.Thread(target=s2.stop, daemon=True)
+    t2.start()
+    t2.join(5.0)
+    assert not t2.is_alive()

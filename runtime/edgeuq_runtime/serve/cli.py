@@ -81,12 +81,13 @@ def run_serve_command(args: argparse.Namespace) -> int:
     hub = Hub(history=args.history)
     server = LiveServer(hub, host, port, token=token)
     shown = server.url() if token is None else server.url().split("?")[0] + "?token=…"
-    print(f"live view on {shown} (read-only; Ctrl-C stops)", file=sys.stderr, flush=True)
     feed = LiveFeed(hub, diag, opener, hop=args.hop, alarm=Hysteresis(k, n, normal), ota_root=ota_root,
                     bundle_path=Path(bundle), reopen=args.reopen, max_windows=args.max_windows)
     try:
         feed.prepare()
         server.start()
+        # the address once it answers (opening the source first can take a while on a slow device)
+        print(f"live view on {shown} (read-only; Ctrl-C stops)", file=sys.stderr, flush=True)
         feed.run()
         if not args.exit_when_done:
             print("stream ended; still serving the last state (Ctrl-C stops)", file=sys.stderr, flush=True)

@@ -242,9 +242,13 @@ class LiveServer(ThreadingHTTPServer):
         t = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="edgeuq-live-http",
                              daemon=True)
         t.start()
+        self._serving = t
         return t
 
     def stop(self) -> None:
+        """Stop serving and close the socket; also right after construction or a Ctrl-C during
+        start-up (``shutdown`` waits for a ``serve_forever`` loop, so it is only asked of a started one)."""
         self.stopping.set()
-        self.shutdown()
+        if getattr(self, "_serving", None) is not None:
+            self.shutdown()
         self.server_close()
