@@ -73,3 +73,26 @@ def test_diagnose_checks_its_options_as_the_device_stream_does(calibrated, tmp_p
     assert main(["diagnose", "--bundle", str(dest), "--source", "sim:normal", "--max-seconds", "0.5",
                  "--alarm", "3-5"]) == 2
     assert "--alarm must be K/N" in capsys.readouterr().err
+
+
+def test_hop_path_on_token_features_decides_as_the_general_path(calibrated):
+    """The one-window stream path (HopPath) on a bundle whose trunk emits token features (1, T, d):
+    its density goes through the calibration's pooling, and every decision equals the general
+    path's (Diagnoser.decide_general, the reference) on the same windows and noise seed."""
+    from edgeuq_runtime import UncertaintyRuntime
+    from edgeuq_runtime.stream import Diagnoser
+
+    dest, _ = calibrated
+    fast = Diagnoser(UncertaintyRuntime(dest), samples=8, seed=5)
+    ref = Diagnoser(UncertaintyRuntime(dest), samples=8, seed=5, fast=False)
+    assert fast.hop_path is not None, fast.hop_path_reason
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((24, fast.rt.input_length)) * rng.uniform(0.2, 3.0, (24, 1))).astype(np.float32)
+    assert fast.hop_path.features(x[0]).ndim == 3          # the case this test is about
+    for w in x:
+        a, b = fast.decide(w).to_json(), ref.decide_general(w).to_json()
+        assert b["density"] is not None
+        for k in ("class", "abstain", "reasons", "flags", "set", "samples"):
+            assert a[k] == b[k], (k, a[k], b[k])
+        for k in ("density", "combined", "total", "epistemic", "confidence"):
+            assert abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(b[k])), (k, a[k], b[k])

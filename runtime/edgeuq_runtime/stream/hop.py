@@ -189,7 +189,11 @@ class HopPath:
         return self._feat
 
     def density(self, features: np.ndarray) -> float:
-        """``GaussianDensity.score`` of one row of features (pooling ``none``/``auto`` of (1, d))."""
+        """``GaussianDensity.score`` of one row of features (pooling ``none``/``auto`` of (1, d)); token
+        features (1, T, d) go through the calibration's own ``density_score`` (its pooling), as on the
+        general path."""
+        if features.ndim != 2:
+            return float(self._cal.density_score(features)[0])
         zw = np.dot(features[0], self._chol)        # float32 row cast to float64 inside, as astype + @
         diff = zw - self._mean_w
         np.multiply(diff, diff, out=diff)
