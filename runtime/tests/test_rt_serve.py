@@ -368,11 +368,20 @@ def test_stalled_source_and_restarted_producer(tiny160):
         reader_srv.stop()
 
 
+def _foreground_signals():
+    """In the child before exec: SIGINT as in a foreground terminal (default disposition, not blocked),
+    whatever this test process inherited or a library set in it (an ignored or blocked SIGINT is
+    inherited across exec, and the CLI then cannot be stopped the way these tests stop it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _start_cli(args, env=None):
     e = dict(os.environ, PYTHONPATH=str(RUNTIME_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     e.update(env or {})
     return subprocess.Popen([sys.executable, "-m", "edgeuq_runtime", "serve", *args], cwd=RUNTIME_DIR, env=e,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_foreground_signals)
 
 
 def _url_from(proc):
