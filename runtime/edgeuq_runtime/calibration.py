@@ -24,13 +24,16 @@ Two optional sections added by issue 19:
       "pvalues":     {"file": "pvalues.npz", "parts": ["epistemic", "total", "density"], "rule": "min",
                       "mondrian": true, "level": 0.05, "n": 812, "pooled_classes": []}
 
+With ``"rule": "weighted"`` the section also holds ``"weights": {"epistemic": 0.05, "total": 0.05,
+"density": 0.9}`` (one per part, each > 0, summing to 1): weighted Bonferroni ``min_k p_k / w_k``.
+
 ``density_fit`` records what the density model was fitted on (a digest of the sorted sha256 of
 every fit window's float32 bytes) and how many calibration windows were found among them.
 ``pvalues`` makes abstention a conformal test: each score (mutual information ``epistemic``,
 predictive entropy ``total``, ``density``) gets the p-value ``(1 + #{cal >= s}) / (n + 1)`` against
 the calibration scores *of the predicted class* (Mondrian; classes with too few calibration
 windows, listed in ``pooled_classes``, use all of them), the p-values are combined by ``rule``
-(``min``: Bonferroni ``K min p``; ``fisher``), and a window abstains when the combined p-value is
+(``min``: Bonferroni ``K min p``; ``weighted``: ``min p_k / w_k``; ``fisher``), and a window abstains when the combined p-value is
 ``<= level``; the reason names the score(s) that fired (``pvalue:density``). The sorted calibration
 scores live in ``file`` (arrays ``<part>`` pooled, ``<part>__c<k>`` per class), hashed like every file.
 
@@ -56,7 +59,7 @@ import numpy as np
 
 from . import _checks as c
 from .adaptive import AdaptiveConfig
-from .conformal import COMBINE_RULES, ConformalPredictor, combine_pvalues
+from .conformal import COMBINE_RULES, ConformalPredictor, check_weights, combine_pvalues
 from .density import POOLINGS, GaussianDensity, check_pooling
 from .errors import BundleError, InputError
 
@@ -116,6 +119,8 @@ class PValueSection:
     level: float
     n: int
     pooled_classes: Tuple[int, ...] = ()
+    #: the ``weighted`` rule's weight of each part (in the order of ``parts``); None for other rules
+    weights: Optional[Tuple[float, ...]] = None
 
 
 @dataclass(frozen=True)
@@ -218,8 +223,8 @@ def parse_calibration(obj: Any, where: str = SECTION) -> Calibration:
     pvalues = None
     if top.get("pvalues") is not None:
         w = f"{where}.pvalues"
-        keys = {"file", "parts", "rule", "mondrian", "level", "n", "pooled_classes"}
-        pv = _obj(w, top["pvalues"], keys, keys - {"pooled_classes"})
+        keys = {"file", "parts", "rule", "mondrian", "level", "n", "pooled_classes", "weights"}
+        pv = _obj(w, top["pvalues"], keys, keys - {"pooled_classes", "weights"})
         fname = _text(f"{w}.file", pv["file"])
         if fname.startswith("/") or ".." in fname.split("/"):
             raise _fail(f"{w}.file", f"must be a relative path inside the bundle, got {fname!r}")
@@ -236,9 +241,10 @@ def parse_calibration(obj: Any, where: str = SECTION) -> Calibration:
         pooled = pv.get("pooled_classes", [])
         if not isinstance(pooled, list):
             raise _fail(f"{w}.pooled_classes", f"must be a list of class indices, got {pooled!r}")
+        weights = _parse_weights(f"{w}.weights", pv.get("weights"), parts, rule)
         pvalues = PValueSection(fname, tuple(parts), rule, _bool(f"{w}.mondrian", pv["mondrian"]),
                                 _num(f"{w}.level", pv["level"], 0, 1, True, True), _int(f"{w}.n", pv["n"], 1),
-                                tuple(_int(f"{w}.pooled_classes[{i}]", v) for i, v in enumerate(pooled)))
+                                tuple(_int(f"{w}.pooled_classes[{i}]", v) for i, v in enumerate(pooled)), weights)
     density_fit = None
     if top.get("density_fit") is not None:
         w = f"{where}.density_fit"
@@ -254,6 +260,28 @@ def parse_calibration(obj: Any, where: str = SECTION) -> Calibration:
                         "windows but overlap_allowed is false")
     return Calibration(samples, _int(f"{where}.seed", top["seed"]), _int(f"{where}.n", top["n"], 1), adaptive,
                        abstain, conformal, density, combined, digest, pvalues, density_fit)
+
+
+def _parse_weights(where: str, obj: Any, parts: list, rule: str) -> Optional[Tuple[float, ...]]:
+    """The ``weighted`` rule's ``{part: weight}`` as a tuple in the order of ``parts`` (None otherwise)."""
+    if rule != "weighted":
+        if obj is not None:
+            raise _fail(where, f"weights are only for the 'weighted' rule, not {rule!r}")
+        return None
+    if not isinstance(obj, dict):
+        raise _fail(where, f"the 'weighted' rule needs an object {{part: weight}} for the parts {parts}, got {obj!r}")
+    unknown = [k for k in obj if k not in parts]
+    if unknown:
+        raise _fail(where, f"names parts that are not in pvalues.parts {parts}: {unknown}")
+    missing = [p for p in parts if p not in obj]
+    if missing:
+        raise _fail(where, f"lacks the weight of {missing} (one per part of {parts})")
+    out = tuple(_num(f"{where}.{p}", obj[p], 0, open_lo=True) for p in parts)
+    try:
+        check_weights(out, len(parts))      # the same check as the combination's (sum to 1 within tolerance)
+    except InputError as exc:
+        raise _fail(where, str(exc)) from None
+    return out
 
 
 def calibration_to_json(cal: Calibration) -> Dict[str, Any]:
@@ -280,6 +308,11 @@ def calibration_to_json(cal: Calibration) -> Dict[str, Any]:
         pv = cal.pvalues
         out["pvalues"] = {"file": pv.file, "parts": list(pv.parts), "rule": pv.rule, "mondrian": pv.mondrian,
                           "level": pv.level, "n": pv.n, "pooled_classes": list(pv.pooled_classes)}
+        if pv.weights is not None:
+            if len(pv.weights) != len(pv.parts):
+                raise _fail(f"{SECTION}.pvalues.weights", f"{len(pv.weights)} weights for the {len(pv.parts)} parts "
+                            f"{list(pv.parts)}")
+            out["pvalues"]["weights"] = {p: float(v) for p, v in zip(pv.parts, pv.weights)}
     if cal.density_fit is not None:
         df = cal.density_fit
         out["density_fit"] = {"n": df.n, "source": df.source, "windows_sha256": df.windows_sha256,
@@ -501,7 +534,7 @@ class Calibrated:
 
     def combined_pvalue(self, parts: Mapping[str, np.ndarray]) -> np.ndarray:
         pv = self.cal.pvalues
-        return combine_pvalues(np.stack([parts[p] for p in pv.parts], axis=1), pv.rule)
+        return combine_pvalues(np.stack([parts[p] for p in pv.parts], axis=1), pv.rule, pv.weights)
 
     def combined_score(self, epistemic: np.ndarray, density: Optional[np.ndarray], total: Optional[np.ndarray] = None,
                        prediction: Optional[np.ndarray] = None,
@@ -523,12 +556,12 @@ class Calibrated:
 
     def fired(self, parts: Mapping[str, np.ndarray], combined: Optional[np.ndarray] = None) -> list:
         """Per input, the parts whose p-value makes the rule abstain (empty: no abstention).
-        ``min``: every part with ``K p_k <= level``; ``fisher``: the smallest-p part when the
-        combined p-value is ``<= level``. ``combined``: :meth:`combined_pvalue` of these ``parts``,
+        ``min``: every part with ``K p_k <= level``; ``weighted``: every part with ``p_k / w_k <= level``;
+        ``fisher``: the smallest-p part when the combined p-value is ``<= level``. ``combined``: :meth:`combined_pvalue` of these ``parts``,
         when the caller has it already."""
         pv = self.cal.pvalues
         P = np.stack([parts[p] for p in pv.parts], axis=1)
-        comb = combine_pvalues(P, pv.rule) if combined is None else np.asarray(combined).reshape(-1)
+        comb = combine_pvalues(P, pv.rule, pv.weights) if combined is None else np.asarray(combined).reshape(-1)
         if comb.shape != (P.shape[0],):
             raise InputError(f"combined p-values must have shape ({P.shape[0]},), got {comb.shape}")
         out = []
@@ -537,6 +570,8 @@ class Calibrated:
                 out.append([])
             elif pv.rule == "min":
                 out.append([p for j, p in enumerate(pv.parts) if len(pv.parts) * P[i, j] <= pv.level])
+            elif pv.weights is not None:
+                out.append([p for j, p in enumerate(pv.parts) if P[i, j] / pv.weights[j] <= pv.level])
             else:
                 out.append([pv.parts[int(np.argmin(P[i]))]])
         return out
@@ -586,8 +621,10 @@ def calibration_summary(cal: Calibration) -> Tuple[str, ...]:
                  f"{ab.density}, combined > {ab.combined}")
     if cal.pvalues is not None:
         pv = cal.pvalues
+        shown = (pv.parts if pv.weights is None else
+                 [f"{p} (w {v:.3g})" for p, v in zip(pv.parts, pv.weights)])
         lines.append(f"device rule: abstain when the {pv.rule} combination of conformal p-values of "
-                     f"{'/'.join(pv.parts)} ({'Mondrian by predicted class' if pv.mondrian else 'marginal'}, "
+                     f"{'/'.join(shown)} ({'Mondrian by predicted class' if pv.mondrian else 'marginal'}, "
                      f"n={pv.n}) is <= {pv.level:g}")
     if cal.density_fit is not None:
         df = cal.density_fit

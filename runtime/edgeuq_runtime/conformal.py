@@ -26,11 +26,13 @@ from .errors import InputError
 
 __all__ = ["METHODS", "conformal_quantile", "class_scores", "label_scores", "prediction_sets",
            "ConformalPredictor", "fit_conformal", "AdaptiveConformal", "conformal_pvalues", "mondrian_pvalues",
-           "COMBINE_RULES", "combine_pvalues", "chi2_sf_even"]
+           "COMBINE_RULES", "combine_pvalues", "chi2_sf_even", "check_weights", "WEIGHT_SUM_TOL"]
 
 METHODS = ("lac", "aps")
 #: how per-score conformal p-values are combined into one (see :func:`combine_pvalues`)
-COMBINE_RULES = ("min", "fisher")
+COMBINE_RULES = ("min", "fisher", "weighted")
+#: how far from 1 the weights of the ``weighted`` rule may sum
+WEIGHT_SUM_TOL = 1e-9
 
 
 def _probs(probs: np.ndarray) -> np.ndarray:
@@ -274,20 +276,45 @@ def chi2_sf_even(x: np.ndarray, dof: int) -> np.ndarray:
     return np.minimum(1.0, np.exp(-h) * total)
 
 
-def combine_pvalues(pvalues: np.ndarray, rule: str = "min") -> np.ndarray:
+def check_weights(weights, k: int) -> np.ndarray:
+    """The ``k`` weights of the ``weighted`` rule as float64 ``(k,)``: each finite and > 0, summing to 1
+    within :data:`WEIGHT_SUM_TOL` (else :class:`InputError`)."""
+    if weights is None:
+        raise InputError("the 'weighted' combination rule needs one weight per p-value")
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w.shape != (k,):
+        raise InputError(f"the 'weighted' rule needs {k} weights (one per p-value), got {w.size}")
+    if not np.all(np.isfinite(w)) or not np.all(w > 0):
+        raise InputError(f"weights must be finite and > 0, got {w.tolist()}")
+    if not abs(float(w.sum()) - 1.0) <= WEIGHT_SUM_TOL:
+        raise InputError(f"weights must sum to 1 (within {WEIGHT_SUM_TOL:g}), got {w.tolist()} (sum {w.sum()!r})")
+    return w
+
+
+def combine_pvalues(pvalues: np.ndarray, rule: str = "min", weights=None) -> np.ndarray:
     """Combine per-score p-values ``(N, K)`` into one ``(N,)``.
 
     * ``"min"`` (Bonferroni): ``min(1, K * min_k p_k)``. Valid whatever the dependence between
       the scores: ``P(K min p <= a) <= sum_k P(p_k <= a / K) <= a`` when each ``p_k`` is valid.
+    * ``"weighted"`` (weighted Bonferroni): ``min(1, min_k p_k / w_k)`` with ``weights`` ``w_k > 0``
+      summing to 1 (:func:`check_weights`). Valid whatever the dependence too:
+      ``P(min_k p_k / w_k <= a) <= sum_k P(p_k <= w_k a) <= sum_k w_k a = a``. Equal weights
+      ``1 / K`` are ``"min"``; a larger weight spends more of the level on that score.
     * ``"fisher"``: ``chi2_sf(-2 sum_k log p_k, 2K)``. Exact only when the ``p_k`` are
       independent; mutual information and total entropy are not, so on in-distribution data
-      Fisher's p-value is typically *anti*-conservative (see ``docs/shifts.md``)."""
+      Fisher's p-value is typically *anti*-conservative (see ``docs/shifts.md``).
+
+    ``weights`` only with ``"weighted"``."""
     p = np.asarray(pvalues, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] < 1:
         raise InputError(f"p-values must have shape (N, K >= 1), got {p.shape}")
     if rule not in COMBINE_RULES:
         raise InputError(f"combination rule must be one of {list(COMBINE_RULES)}, got {rule!r}")
     k = p.shape[1]
+    if rule == "weighted":
+        return np.minimum(1.0, (p / check_weights(weights, k)).min(axis=1))
+    if weights is not None:
+        raise InputError(f"weights are only for the 'weighted' rule, not {rule!r}")
     if rule == "min":
         return np.minimum(1.0, k * p.min(axis=1))
     return chi2_sf_even(-2.0 * np.log(np.clip(p, 1e-300, 1.0)).sum(axis=1), 2 * k)

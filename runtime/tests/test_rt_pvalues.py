@@ -100,3 +100,79 @@ def test_combination_rules_validity_under_dependence():
     assert (combine_pvalues(dep, "fisher") <= a).mean() > 2 * a
     with pytest.raises(InputError):
         combine_pvalues(ind, "max")
+
+
+def _tight_pvalues(M: int, weights) -> np.ndarray:
+    """Valid, strongly dependent p-values (all functions of one index ``i`` uniform on ``0..M-1``) on
+    which the union bound of the weighted rule is *tight*: ``p_k = ((i - S_k) mod M + 1) / M`` (each a
+    permutation of the grid ``1/M .. 1``, so a valid discrete p-value) with offsets ``S_k = M sum_{j<k}
+    w_j`` that make the events ``{p_k <= w_k a}`` disjoint for every ``a <= 1``: the rate is
+    ``sum_k floor(w_k a M) / M``, i.e. ``a`` up to the grid."""
+    s = np.round(M * np.concatenate([[0.0], np.cumsum(weights)[:-1]])).astype(np.int64)
+    i = np.arange(M)
+    return (np.mod(i[:, None] - s[None, :], M) + 1.0) / M
+
+
+def test_weighted_rule_false_alarm_guarantee_brute_force_and_simulated():
+    """P(min_k p_k / w_k <= a) <= a whatever the dependence: (1) exactly, by enumerating every point of
+    a discrete uniform law (``u = (i + 1) / M``, each ``p_k`` a valid discrete p-value) for p-values that
+    are perfectly dependent, tight (disjoint rejection regions) and anti-monotone; (2) by simulation of
+    dependent Gaussian-copula p-values. The tight case is at the bound, so a rule spending more than the
+    level (weights summing to 1.5) is caught by the same check."""
+    M = 20_000
+    u = (np.arange(M) + 1.0) / M
+    for w in ((0.1, 0.1, 0.8), (0.05, 0.05, 0.9), (0.5, 0.5), (1 / 3, 1 / 3, 1 / 3)):
+        cases = {"identical": np.stack([u] * len(w), 1), "tight": _tight_pvalues(M, w),
+                 "anti": np.stack([u if k % 2 == 0 else 1.0 + 1.0 / M - u for k in range(len(w))], 1)}
+        for name, P in cases.items():
+            # each part is a valid p-value: P(p_k <= t) <= t for every t on the grid (exact count)
+            for k in range(P.shape[1]):
+                t = np.sort(P[:, k])
+                assert np.all(np.arange(1, M + 1) / M <= t + 1e-12), (w, name, k)
+            comb = combine_pvalues(P, "weighted", w)
+            for a in (0.01, 0.05, 0.1, 0.25):
+                rate = np.count_nonzero(comb <= a) / M
+                assert rate <= a + 1e-9, (w, name, a, rate)
+                if name == "tight":   # at the bound (up to the grid), so the check above can fail
+                    assert rate >= a - len(w) / M, (w, a, rate)
+                    over = np.minimum(1.0, (P / (1.5 * np.asarray(w))).min(1))    # weights summing to 1.5
+                    assert np.count_nonzero(over <= a) / M > 1.4 * a
+    rng = np.random.default_rng(11)
+    m, a = 200_000, 0.05
+    tol = 4 * math.sqrt(a * (1 - a) / m)
+    z = rng.standard_normal((m, 1))
+    corr = np.concatenate([z, 0.9 * z + math.sqrt(1 - 0.81) * rng.standard_normal((m, 1)),
+                           -0.5 * z + math.sqrt(0.75) * rng.standard_normal((m, 1))], 1)
+    P = 0.5 * np.vectorize(math.erfc)(corr / math.sqrt(2))         # upper-tail normal p-values: each uniform
+    for w in ((0.1, 0.1, 0.8), (0.6, 0.2, 0.2)):
+        assert (combine_pvalues(P, "weighted", w) <= a).mean() <= a + tol
+
+
+def test_weighted_rule_equal_weights_is_bonferroni_min():
+    """Equal weights 1/K give min(1, K min_k p_k) (closed form), within float round-off of p / (1 / K)."""
+    rng = np.random.default_rng(2)
+    for k in (1, 2, 3, 5):
+        P = rng.random((5000, k)) ** 3
+        P[:7] = 1.0
+        closed = np.minimum(1.0, k * P.min(axis=1))
+        got = combine_pvalues(P, "weighted", [1.0 / k] * k)
+        err = float(np.max(np.abs(got - closed) / closed))
+        assert err <= 4e-16, (k, err)
+        assert np.array_equal(combine_pvalues(P, "min"), closed)
+        # unequal weights do change it (the check above can tell the rules apart)
+        if k > 1:
+            w = np.full(k, 0.1 / (k - 1))
+            w[-1] = 0.9
+            assert np.max(np.abs(combine_pvalues(P, "weighted", w) - closed)) > 0.01
+
+
+def test_weighted_rule_refuses_bad_weights():
+    P = np.random.default_rng(0).random((4, 3))
+    for w, msg in ((None, "needs one weight"), ((0.5, 0.5), "needs 3 weights"), ((0.5, 0.6, -0.1), "> 0"),
+                   ((0.5, 0.5, 0.0), "> 0"), ((0.3, 0.3, 0.3), "sum to 1"), ((0.2, 0.2, 0.6 + 2e-9), "sum to 1"),
+                   ((0.2, 0.2, float("nan")), "finite")):
+        with pytest.raises(InputError, match=msg):
+            combine_pvalues(P, "weighted", w)
+    assert combine_pvalues(P, "weighted", (0.2, 0.2, 0.6 + 5e-10)).shape == (4,)     # within 1e-9
+    with pytest.raises(InputError, match="only for the 'weighted' rule"):
+        combine_pvalues(P, "min", (0.2, 0.2, 0.6))

@@ -136,9 +136,14 @@ def test_tampered_density_file_and_stale_calibration_are_refused(tiny, tmp_path)
         UncertaintyRuntime(tiny.dir)
 
 
+#: the weights of the tiny bundle's ``weighted`` rule (epistemic, total, density): most of the level on density
+TINY_WEIGHTS = (0.15, 0.05, 0.8)
+
+
 def _calibrate_tiny_pvalues(tiny, tmp_path, rule="min"):
     """The tiny bundle with a p-value rule: per-predicted-class calibration scores of MI, total
-    entropy and density from 400 in-distribution windows (density fitted on 300 other windows)."""
+    entropy and density from 400 in-distribution windows (density fitted on 300 other windows);
+    the ``weighted`` rule with :data:`TINY_WEIGHTS`."""
     from edgeuq_runtime.calibration import DensityFitSection, PValueSection, save_pvalue_scores
 
     rt = UncertaintyRuntime(tiny.dir)
@@ -151,7 +156,8 @@ def _calibrate_tiny_pvalues(tiny, tmp_path, rule="min"):
     d_cal = dens.score(rt.trunk_features(x_cal), "none")
     scores = {"epistemic": r.epistemic, "total": r.total, "density": d_cal}
     pfile, pooled = save_pvalue_scores(tmp_path / "pvalues.npz", scores, r.prediction, 3, 20)
-    pv = PValueSection("pvalues.npz", ("epistemic", "total", "density"), rule, True, 0.1, 400, pooled)
+    pv = PValueSection("pvalues.npz", ("epistemic", "total", "density"), rule, True, 0.1, 400, pooled,
+                       TINY_WEIGHTS if rule == "weighted" else None)
     cal = _cal(density=DensitySection("density.npz", "none", dens.dim), graphs_digest=graphs_digest(rt.manifest),
                pvalues=pv, density_fit=DensityFitSection(300, "300 random windows", "ab" * 32, 400, 0))
     b = load_bundle(tiny.dir)
@@ -163,7 +169,7 @@ def _calibrate_tiny_pvalues(tiny, tmp_path, rule="min"):
     return cal, scores, r.prediction
 
 
-@pytest.mark.parametrize("rule", ["min", "fisher"])
+@pytest.mark.parametrize("rule", ["min", "fisher", "weighted"])
 def test_pvalue_rule_decisions_name_the_score_that_fired(tiny, tmp_path, rule):
     cal, scores, pred_cal = _calibrate_tiny_pvalues(tiny, tmp_path, rule)
     b = load_bundle(tiny.dir)
@@ -190,6 +196,11 @@ def test_pvalue_rule_decisions_name_the_score_that_fired(tiny, tmp_path, rule):
         if rule == "min":
             pc = min(1.0, 3 * P.min())
             fired = [f"pvalue:{n}" for n, v in p.items() if 3 * v <= 0.1]
+        elif rule == "weighted":    # weighted Bonferroni, in closed form with the weights written
+            w = dict(zip(("epistemic", "total", "density"), TINY_WEIGHTS))
+            pc = min(1.0, min(v / w[n] for n, v in p.items()))
+            fired = [f"pvalue:{n}" for n, v in p.items() if v / w[n] <= 0.1]
+            assert doc["pvalues"]["weights"] == w
         else:
             stat = -2 * np.log(P).sum()
             pc = float(np.exp(-stat / 2) * (1 + stat / 2 + (stat / 2) ** 2 / 2))
@@ -248,3 +259,43 @@ def test_pvalue_section_is_strict(tiny, tmp_path):
     (tiny.dir / "pvalues.npz").write_bytes(b"x")
     with pytest.raises(BundleError):
         UncertaintyRuntime(tiny.dir)
+
+
+def test_pvalue_weights_round_trip_and_are_strict(tiny, tmp_path):
+    """The weighted rule's weights survive the manifest JSON round trip (and the bundle's), and every
+    malformed weights object is refused naming calibration.pvalues.weights: missing, unknown part,
+    negative or zero, not summing to 1 within 1e-9, weights without the weighted rule."""
+    cal, _, _ = _calibrate_tiny_pvalues(tiny, tmp_path, "weighted")
+    doc = calibration_to_json(cal)
+    assert doc["pvalues"]["weights"] == dict(zip(cal.pvalues.parts, TINY_WEIGHTS))
+    back = parse_calibration(json.loads(json.dumps(doc)))
+    assert back == cal and back.pvalues.weights == TINY_WEIGHTS
+    assert load_bundle(tiny.dir).manifest.sections["calibration"].pvalues.weights == TINY_WEIGHTS
+    # the other rules write no weights (their JSON is unchanged)
+    assert "weights" not in calibration_to_json(dataclasses.replace(
+        cal, pvalues=dataclasses.replace(cal.pvalues, rule="min", weights=None)))["pvalues"]
+    ok = {"epistemic": 0.15, "total": 0.05, "density": 0.8 + 5e-10}       # within 1e-9 of 1: accepted
+    for weights, rule, msg in (
+            (None, "weighted", "needs an object"),
+            ({"epistemic": 0.15, "density": 0.85}, "weighted", r"lacks the weight of \['total'\]"),
+            ({**ok, "bogus": 0.0}, "weighted", r"not in pvalues\.parts.*'bogus'"),
+            ({"epistemic": -0.15, "total": 0.35, "density": 0.8}, "weighted", r"\.epistemic: must lie in"),
+            ({"epistemic": 0.0, "total": 0.2, "density": 0.8}, "weighted", r"\.epistemic: must lie in"),
+            ({"epistemic": 0.15, "total": 0.05, "density": 0.7}, "weighted", "sum to 1"),
+            ({"epistemic": 0.15, "total": 0.05, "density": 0.8 + 2e-9}, "weighted", "sum to 1"),
+            ({"epistemic": 0.15, "total": 0.05, "density": "0.8"}, "weighted", r"\.density: must be a number"),
+            (ok, "min", "only for the 'weighted' rule")):
+        bad = json.loads(json.dumps(doc))
+        bad["pvalues"]["rule"] = rule
+        if weights is None:
+            del bad["pvalues"]["weights"]
+        else:
+            bad["pvalues"]["weights"] = weights
+        with pytest.raises(ManifestError, match=r"calibration\.pvalues\.weights.*" + msg):
+            parse_calibration(bad)
+    good = json.loads(json.dumps(doc))
+    good["pvalues"]["weights"] = ok
+    assert parse_calibration(good).pvalues.weights[2] == pytest.approx(0.8, abs=1e-9)
+    # a section built in code with weights that do not match its parts is refused when written
+    with pytest.raises(ManifestError, match=r"pvalues\.weights"):
+        calibration_to_json(dataclasses.replace(cal, pvalues=dataclasses.replace(cal.pvalues, weights=(0.5, 0.5))))

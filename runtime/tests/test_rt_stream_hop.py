@@ -48,7 +48,8 @@ def _rewrite_pvalues(tiny, **changes):
                  overwrite=True)
 
 
-@pytest.mark.parametrize("rule,mondrian", [("min", True), ("fisher", True), ("min", False)])
+@pytest.mark.parametrize("rule,mondrian", [("min", True), ("fisher", True), ("min", False), ("weighted", True),
+                                           ("weighted", False)])
 def test_hop_path_decides_as_the_general_path(tiny, tmp_path, rule, mondrian):
     _calibrate_tiny_pvalues(tiny, tmp_path, rule)
     if not mondrian:
@@ -66,6 +67,9 @@ def test_hop_path_decides_as_the_general_path(tiny, tmp_path, rule, mondrian):
     assert any(r.startswith("pvalue:") for r in reasons)
     assert any(not d.abstain for d in expect) and any(d.samples == 0 for d in expect)
     assert all(d.extra.get("pvalues") for d in got if d.samples)
+    if rule == "weighted":   # the weights matter here: some window's combined p-value is not Bonferroni min's
+        assert any(abs(d.extra["p_combined"] - min(1.0, 3 * min(d.extra["pvalues"].values()))) > 1e-6
+                   for d in expect if d.samples)
 
 
 def test_hop_path_stream_equals_general_stream_records_and_accounting(tiny, tmp_path):

@@ -98,6 +98,8 @@ class HopPath:
         self._k = len(pv.parts)
         self._rule_min = pv.rule == "min"
         self._rule = pv.rule
+        # the weighted rule's weight of each part, in the order of self._parts (= pv.parts)
+        self._weights = None if pv.weights is None else tuple(float(v) for v in pv.weights)
         self._level = float(pv.level)
         cp = cal.cal.conformal
         self._lac: Optional[Tuple[float, ...]] = None
@@ -223,6 +225,8 @@ class HopPath:
         pvals = {p.name: p.pvalue(given[p.name], k) for p in self._parts}
         if self._rule_min:
             pc = min(1.0, self._k * min(pvals.values()))
+        elif self._weights is not None:     # weighted Bonferroni: min(1, min_k p_k / w_k), as combine_pvalues
+            pc = min(1.0, min([pvals[p.name] / w for p, w in zip(self._parts, self._weights)]))
         else:
             from ..conformal import combine_pvalues
 
@@ -237,6 +241,9 @@ class HopPath:
         if pc <= self._level:
             if self._rule_min:
                 reasons.extend(f"pvalue:{p.name}" for p in self._parts if self._k * pvals[p.name] <= self._level)
+            elif self._weights is not None:
+                reasons.extend(f"pvalue:{p.name}" for p, w in zip(self._parts, self._weights)
+                               if pvals[p.name] / w <= self._level)
             else:
                 best = min(range(self._k), key=lambda j: (pvals[self._parts[j].name], j))
                 reasons.append(f"pvalue:{self._parts[best].name}")
