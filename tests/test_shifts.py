@@ -97,7 +97,8 @@ def test_picked_rule_never_loses_to_its_best_part_where_one_part_is_noise():
         def pv(d):
             return {k: conformal_pvalues(cal[k], d[k]) for k in parts}
 
-        chosen, rule, table = pick_rule(pv(vi), pv(vo), parts)
+        pick = pick_rule(pv(vi), pv(vo), parts)
+        chosen, rule, table = pick.parts, pick.rule, pick.table
         # on validation the pick is at least its best single part, exactly
         best_val = max(t["auroc"] for t in table if len(t["parts"]) == 1)
         assert max(t["auroc"] for t in table) >= best_val

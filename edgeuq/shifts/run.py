@@ -86,7 +86,9 @@ def suite_tables(doc: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
     for m in doc["models"]:
         r = m["device_rule"]
         best = max(r["validation"], key=lambda t: t["auroc"])["auroc"] if r["validation"] else None
-        rules.append([m["model"], f"{r['rule']} of {' + '.join(r['parts'])}", _f(best), m["samples"],
+        w = r.get("weights")     # the weighted rule's {part: weight}
+        shown = r["parts"] if not w else [f"{p} ({w[p]:.3g})" for p in r["parts"]]
+        rules.append([m["model"], f"{r['rule']} of {' + '.join(shown)}", _f(best), m["samples"],
                       m["calibration_n"], m["density_fit"]["n"] if m["density_fit"] else None,
                       m["density_fit"]["overlap"] if m["density_fit"] else None])
         for row in m["generalise"]:

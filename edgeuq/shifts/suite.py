@@ -4,8 +4,10 @@ Per model: the bundle is copied and calibrated through the device runtime with t
 data -- density fitted on the *training* windows, conformal sets and p-values on the *cal*
 windows (in-distribution only) -- then the device rule (which scores' p-values, combined how) is
 picked on the *validation* sets (val windows vs. the validation shifts, none of them reported)
-from every subset of {MI, total entropy, density} and both combinations; a single score is a
-candidate, so on validation the pick is never worse than its best part. Then every set is scored
+from every subset of {MI, total entropy, density} with the combinations of
+``SuiteOptions.device_rules`` (:mod:`edgeuq.calibrate.rule`: Bonferroni ``min`` by default; ``weighted``
+adds weighted Bonferroni candidates); a single score is a candidate, so on validation the pick is
+never worse than its best part. Then every set is scored
 with every score side by side: MI, total entropy, density, the old ``max z`` combination, the
 min-p and Fisher combinations of all three, and the device rule (its abstentions as the stream's
 ``Diagnoser`` decides them: quality flags, conformal set size, the p-value rule).
@@ -13,7 +15,6 @@ min-p and Fisher combinations of all three, and the device rule (its abstentions
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import shutil
 from dataclasses import dataclass
@@ -22,13 +23,14 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgeuq_runtime import UncertaintyRuntime, load_bundle
+from edgeuq_runtime import UncertaintyRuntime
 from edgeuq_runtime.calibration import Calibrated
 from edgeuq_runtime.conformal import combine_pvalues, conformal_pvalues
 from edgeuq_runtime.preprocess import zscore_windows
 from edgeuq_runtime.stream.quality import window_flags
 
 from ..calibrate import CalibrationOptions, calibrate_bundle, score_windows
+from ..calibrate.rule import pick_rule, rule_candidates, set_device_rule
 from ..uq import auroc, fpr_at_95_tpr
 from .protocol import ProtocolData, assert_leak_free
 from .sets import ShiftSet, Skipped
@@ -47,40 +49,9 @@ class SuiteOptions:
     false_alarm_rate: float = 0.05    # the device rule's level
     seed: int = 0
     progress: bool = False
-    device_rules: Tuple[str, ...] = ("min",)   # combinations the device rule may use (min: FAR guaranteed)
-
-
-def rule_candidates(parts: Sequence[str], rules: Sequence[str] = ("min",)) -> List[Tuple[Tuple[str, ...], str]]:
-    """Every non-empty subset of ``parts`` with each of ``rules`` (singletons once). The default
-    keeps only Bonferroni ``min``, the combination whose false-alarm rate is guaranteed whatever
-    the dependence between the scores; Fisher is reported as a score, not offered to the device."""
-    out = []
-    for k in range(1, len(parts) + 1):
-        for sub in itertools.combinations(parts, k):
-            out += [(sub, rules[0])] if k == 1 else [(sub, r) for r in rules]
-    return out
-
-
-def pick_rule(p_in: Mapping[str, np.ndarray], p_out: Mapping[str, np.ndarray], parts: Sequence[str],
-              rules: Sequence[str] = ("min",)) -> Tuple[Tuple[str, ...], str, List[Dict[str, Any]]]:
-    """The (parts, rule) with the highest validation AUROC of ``-log`` its combined p-value
-    (in-distribution p-values ``p_in``, shifted ``p_out``, per part); ties: fewer parts, then min."""
-    table = []
-    for sub, rule in rule_candidates(parts, rules):
-        s_in = -np.log(combine_pvalues(np.stack([p_in[p] for p in sub], 1), rule))
-        s_out = -np.log(combine_pvalues(np.stack([p_out[p] for p in sub], 1), rule))
-        table.append({"parts": list(sub), "rule": rule, "auroc": float(auroc(s_in, s_out))})
-    best = max(table, key=lambda r: (round(r["auroc"], 12), -len(r["parts"]), r["rule"] == "min"))
-    return tuple(best["parts"]), best["rule"], table
-
-
-def set_device_rule(bundle_dir: Path, parts: Sequence[str], rule: str) -> None:
-    """Rewrite the bundle's ``calibration.pvalues`` to use ``parts`` combined by ``rule`` (the stored
-    calibration scores hold every part)."""
-    b = load_bundle(bundle_dir, verify=True)
-    cal = b.manifest.sections["calibration"]
-    cal = dataclasses.replace(cal, pvalues=dataclasses.replace(cal.pvalues, parts=tuple(parts), rule=rule))
-    b.amend(sections={"calibration": cal})
+    # combinations the device rule may use (min: FAR guaranteed; "weighted" adds weighted Bonferroni candidates,
+    # edgeuq.calibrate.rule.rule_candidates)
+    device_rules: Tuple[str, ...] = ("min",)
 
 
 def _scores(rt: UncertaintyRuntime, cal: Calibrated, x: np.ndarray, s: int, seed: int) -> Dict[str, np.ndarray]:
@@ -161,10 +132,11 @@ def evaluate_model(name: str, bundle_dir: Path, data: ProtocolData, sets: Sequen
     v_out = [_scores(rt, cal, x.x, s, o.seed + 101 + i) for i, x in enumerate(vsets)]
     if v_out:
         p_out = {p: np.concatenate([v["pv"][p] for v in v_out]) for p in parts}
-        chosen, rule, table = pick_rule(val_sc["pv"], p_out, parts, o.device_rules)
+        pick = pick_rule(val_sc["pv"], p_out, parts, o.device_rules)
+        chosen, rule, weights, table = pick.parts, pick.rule, pick.weights, pick.table
     else:
-        chosen, rule, table = parts, "min", []
-    set_device_rule(dest, chosen, rule)
+        chosen, rule, weights, table = parts, "min", None, []
+    set_device_rule(dest, chosen, rule, weights)
     rt = UncertaintyRuntime(dest, seed=o.seed)
     cal2 = Calibrated.from_bundle(rt.bundle)     # as the device loads it
     log(f"{name}: device rule = {rule} of {'/'.join(chosen)} (validation AUROC "
@@ -201,7 +173,9 @@ def evaluate_model(name: str, bundle_dir: Path, data: ProtocolData, sets: Sequen
         else:
             rows_gen.append(row)
     return {"model": name, "bundle": str(bundle_dir), "samples": s, "classes": list(data.class_names),
-            "device_rule": {"parts": list(chosen), "rule": rule, "level": o.false_alarm_rate,
+            "device_rule": {"parts": list(chosen), "rule": rule,
+                            **({} if weights is None else {"weights": dict(zip(chosen, weights))}),
+                            "level": o.false_alarm_rate,
                             "mondrian": cal2.cal.pvalues.mondrian, "validation": table,
                             "validation_sets": [v.name for v in vsets]},
             "density_fit": dataclasses.asdict(cal2.cal.density_fit) if cal2.cal.density_fit else None,
