@@ -19,10 +19,15 @@ SST-2/TREC under --data. Steps, all measured in this run:
      phrases; never on the rows scored): the student's (device WordPiece with the pruned vocabulary;
      its trunk also emits the Avg-Avg feature of its own layers with ``ood_features = "frozen_avg"``)
      and the teacher's bundle of the same head scheme (its trunk emits the pretrained Avg-Avg feature);
+     then each bundle's device rule is picked (``edgeuq.calibrate.rule.pick_text_rule``: every subset of
+     MI / entropy / density with Bonferroni min and weighted Bonferroni) on validation rows -- --rule-val
+     dev.tsv phrases used neither for the fit, the calibration nor the report, against other rows of the
+     constructed shifts -- and written into the bundle; TREC is never used for it (a held-out report);
   3. both evaluated through the device runtime (``edgeuq.calibrate.scores.score_windows``): SST-2 test
      (= GLUE dev) accuracy, ECE, NLL, AUROC of every score the runtime offers (MI, total entropy,
-     1 - max p, the bundle's density, the calibrated combined score) plus two host-side densities on
-     each model's per-layer pooled features, vs TREC and the constructed shifts of bench/text_ood.py;
+     1 - max p, the bundle's density, the calibrated combined score, the picked device rule) plus two
+     host-side densities on each model's per-layer pooled features, vs TREC and the constructed shifts of
+     bench/text_ood.py;
      the retained ratio (student AUROC / teacher AUROC) per score and shift; S = 32 vs one
      deterministic pass of the student (paired, interleaved).
 """
@@ -51,10 +56,16 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "text"
 #: densities on the model's own per-layer pooled features (last layer; Avg-Avg over its layers)
 #: ``combined``: the device rule's score, -log10 of the min-rule (Bonferroni) combination of the MI, entropy
 #: and density conformal p-values per predicted class; ``combined_z``: the calibration's other combined
-#: score, max(z of log MI, z of density) (what the runtime reports for a bundle calibrated without p-values)
-SCORES = ("mi", "total", "maxp", "density", "combined", "combined_z", "host_density_avgavg", "host_density_last")
+#: score, max(z of log MI, z of density) (what the runtime reports for a bundle calibrated without p-values);
+#: ``device``: -log10 of the combined p-value of the device rule written into the bundle, picked
+#: (edgeuq.calibrate.rule.pick_text_rule: parts x {min, weighted Bonferroni}) on validation rows -- SST-2
+#: dev.tsv phrases used neither for the density fit, the calibration nor the report, against other rows of
+#: the constructed shifts (shuffled, truncated, other text); never on TREC, which stays a held-out report
+SCORES = ("mi", "total", "maxp", "density", "combined", "combined_z", "device", "host_density_avgavg",
+          "host_density_last")
 SCORE_LABELS = {"mi": "MI", "total": "total H", "maxp": "1 - max p", "density": "density (bundle)",
                 "combined": "combined (calibrated p-values)", "combined_z": "combined (calibrated z-max)",
+                "device": "device rule, picked on constructed shifts; TREC held out",
                 "host_density_avgavg": "Avg-Avg density (host)", "host_density_last": "last-layer density (host)"}
 
 
@@ -112,6 +123,9 @@ def main(argv=None) -> int:
     ap.add_argument("--calib", type=int, default=1000,
                     help="SST-2 dev.tsv phrases calibrating the bundles (the combined score's p-values)")
     ap.add_argument("--shift-rows", type=int, default=300, help="sentences per other-text shift")
+    ap.add_argument("--rule-val", type=int, default=1000,
+                    help="SST-2 dev.tsv phrases (neither calibration nor fit nor reported) on which, against other "
+                         "rows of the constructed shifts (not TREC), the device rule is picked")
     ap.add_argument("--eval-rows", type=int, default=0,
                     help="a seeded random N of the SST-2 test and TREC rows (0 = all; quick runs)")
     ap.add_argument("--seed", type=int, default=0)
@@ -199,8 +213,12 @@ def main(argv=None) -> int:
     sets = {"sst2": list(test.texts), "trec": list(trec.texts),
             "shuffled": shuffle_words(list(test.texts), np.random.default_rng(a.seed + 3)),
             "truncated": truncate_words(list(test.texts))}
+    rule_shift = {}    # the device rule's shifted validation rows: other sentences of the same sources
     for name, sents in pools.items():
-        sets[name] = [sents[i] for i in np.sort(src_rng.permutation(len(sents))[:a.shift_rows])]
+        perm = src_rng.permutation(len(sents))
+        sets[name] = [sents[i] for i in np.sort(perm[:a.shift_rows])]
+        taken = set(sets[name])
+        rule_shift[name] = [sents[i] for i in np.sort(perm[a.shift_rows:2 * a.shift_rows]) if sents[i] not in taken]
     shifts = [k for k in sets if k != "sst2"]
 
     # 3. every score the runtime offers, on calibrated copies of both bundles (edgeuq.calibrate): the
@@ -218,6 +236,24 @@ def main(argv=None) -> int:
     free = np.array([i for i in range(len(val)) if not seen or i not in seen])
     cal_rows = np.sort(np.random.default_rng(a.seed + 6).permutation(free)[:a.calib])
     cal_texts, cal_y = [val.texts[i] for i in cal_rows], np.asarray(val.y)[cal_rows]
+    # the device rule's validation rows (never TREC, never a reported row): in-distribution = other dev.tsv
+    # phrases than the calibration ones (and not equal to a fit, calibration or reported text); shuffled and
+    # truncated = two more disjoint draws of them, shuffled / cut as the reported shifts are
+    reported = {t for k in sets for t in sets[k]}
+    used = reported | set(cal_texts) | set(fit_texts)
+    rest = [i for i in np.random.default_rng(a.seed + 7).permutation(np.setdiff1d(free, cal_rows))
+            if val.texts[i] not in used]
+    n_sh = a.shift_rows
+    rule_in = [val.texts[i] for i in rest[:a.rule_val]]
+    rule_shift["shuffled"] = shuffle_words([val.texts[i] for i in rest[a.rule_val:a.rule_val + n_sh]],
+                                           np.random.default_rng(a.seed + 8))
+    rule_shift["truncated"] = truncate_words([val.texts[i] for i in rest[a.rule_val + n_sh:a.rule_val + 2 * n_sh]])
+    rule_shift = {k: [t for t in v if t not in reported] for k, v in rule_shift.items()}
+    rule_shift = {k: rule_shift[k] for k in ("shuffled", "truncated", *pools) if rule_shift.get(k)}
+    rule_rows = {"in_distribution": len(rule_in), **{k: len(v) for k, v in rule_shift.items()},
+                 "source": "SST-2 dev.tsv rows neither calibrating nor validating the distillation nor equal to a fit "
+                           "or reported text; shifted: other rows of the constructed shifts (TREC not used)"}
+    print(f"device-rule validation rows: {rule_rows}", flush=True)
 
     def calibrated_copy(root: Path, dest: Path) -> dict:
         from edgeuq.calibrate.fit import CalibrationOptions, calibrate_text_bundle
@@ -228,7 +264,12 @@ def main(argv=None) -> int:
                                fit_source=f"SST-2 training phrases (--fit {len(fit_texts)})"),
             out_dir=dest, log=lambda m: print(m, flush=True))
         c = res.calibration
+        from edgeuq.calibrate.rule import RulePickOptions, pick_text_rule
+
+        pick = pick_text_rule(dest, rule_in, rule_shift, RulePickOptions(samples=a.samples, seed=a.seed, threads=1),
+                              log=lambda m: print(m, flush=True))
         return {"bundle": str(dest), "fit_rows": len(fit_texts) - dropped, "fit_dropped_as_calibration": dropped,
+                "device_rule": pick.to_json(), "device_rule_rows": rule_rows,
                 "calibration_rows": len(cal_y),
                 "calibration_source": "SST-2 dev.tsv rows the distill step did not validate on" if seen is not None
                 else "SST-2 dev.tsv (the distill step's validation rows NOT excluded)",
@@ -240,11 +281,14 @@ def main(argv=None) -> int:
         """Runtime scores through the calibrated bundle (score_windows: one trunk pass, S head draws,
         density and combined from the calibration) + host-side densities on the model's per-layer pooled
         features (edgeuq.text.ood.layer_pooled; fitted on the --fit training phrases)."""
+        from edgeuq.calibrate.rule import all_parts_calibrated
         from edgeuq.calibrate.scores import score_windows
         from edgeuq_runtime.calibration import Calibrated
 
         runtime = UncertaintyRuntime(bundle_root, threads=1, seed=0)
-        cal = Calibrated.from_bundle(runtime.bundle)
+        # "combined": the min rule of every part the calibration stored; "device": the rule picked into the bundle
+        cal = all_parts_calibrated(runtime.bundle)
+        cal_dev = Calibrated.from_bundle(runtime.bundle)
         # the same calibration without its p-value rule: the z-max combined score of its ``combined`` section
         cal_z = Calibrated(dataclasses.replace(cal.cal, pvalues=None), cal.density)
         fit_lp = layer_pooled(model.encoder, tokzr.encode_batch(fit_texts))
@@ -254,8 +298,10 @@ def main(argv=None) -> int:
         for name, tx in sets.items():
             w = score_windows(runtime, runtime.tokenize(tx), a.samples, seed=3, calibrated=cal)
             lp = layer_pooled(model.encoder, tokzr.encode_batch(tx))
+            pv = cal.pvalues(w.epistemic, w.total, w.density, w.prediction)
+            dev = -np.log10(cal_dev.combined_pvalue({p: pv[p] for p in cal_dev.cal.pvalues.parts}))
             out[name] = {"probs": w.probs, "mi": w.epistemic, "total": w.total, "maxp": 1 - w.probs.max(-1),
-                         "density": w.density, "combined": w.combined,
+                         "density": w.density, "combined": w.combined, "device": dev,
                          "combined_z": cal_z.combined_score(w.epistemic, w.density),
                          "host_density_last": dens["host_density_last"].score(lp[:, -1].astype(np.float64), "none"),
                          "host_density_avgavg": dens["host_density_avgavg"].score(avg_avg(lp), "none")}
@@ -329,6 +375,7 @@ def main(argv=None) -> int:
                          "hidden_weight": distill_rec.get("options", {}).get("hidden_weight")},
         "laplace": {"prior_precision": records.get("posterior", {}).get("info", {}).get("prior_precision")},
         "eval_rows": {"sst2_test": len(test), "trec": len(trec), "other_text": a.shift_rows},
+        "device_rule_rows": rule_rows,
         "teacher": t_row, "student": s_row, "retained": retained, "scores": list(SCORES), "shifts": shifts,
         "calibration": calibration, "calibrate_s": t_cal, "eval_s": t_eval, "total_s": time.time() - t_start,
         "teacher_source": str(a.teacher_dir), "teacher_digest": teacher_art.digest,

@@ -434,3 +434,126 @@ def test_distillation_with_length_buckets_trains_on_every_row(monkeypatch):
     assert len(seen) > steps                             # training calls first, then validation
     for got, idx in zip(seen[:steps], want):
         assert torch.equal(got, torch.from_numpy(x[idx]))
+
+
+def test_picking_a_text_bundles_device_rule_on_validation_texts(student, tmp_path):
+    """calibrate_text_bundle, then pick_text_rule on validation texts (other sentiment rows vs. questions and
+    shuffled / cut rows, none of them calibration or fit texts): every candidate's AUROC equals a brute-force
+    recomputation (Mondrian p-values counted against the stored per-class calibration scores, the combination
+    in closed form, a pairwise Mann-Whitney count), the pick is the best of them, and the bundle then runs it
+    (its calibration's parts / rule / weights; Calibrated's combined p-value = the candidate's)."""
+    from text_teacher_support import questions, sentiment_rows
+
+    from edgeuq.calibrate.fit import CalibrationOptions, calibrate_text_bundle
+    from edgeuq.calibrate.rule import RulePickOptions, all_parts_calibrated, pick_text_rule, rule_candidates
+    from edgeuq.calibrate.scores import score_windows
+    from edgeuq_runtime import UncertaintyRuntime
+    from edgeuq_runtime.calibration import Calibrated
+
+    _, st, _ = student
+    label = {"thumbs down": 0, "Thumbs-Up": 1}
+    cal, fit, val = sentiment_rows(60, 41), sentiment_rows(80, 42), sentiment_rows(40, 43)
+    dest = tmp_path / "cal"
+    res, _ = calibrate_text_bundle(st.bundle, [t for t, _ in cal], [label[y] for _, y in cal],
+                                   [t for t, _ in fit], [label[y] for _, y in fit],
+                                   CalibrationOptions(samples=4, min_per_class=10), out_dir=dest)
+    parts = res.calibration.pvalues.parts
+    assert parts == ("epistemic", "total", "density")
+    used = {t for t, _ in cal + fit}
+    val_t = [t for t, _ in val if t not in used]
+    rng = np.random.default_rng(0)
+    shifted = {"questions": questions(30, 44),
+               "shuffled": [" ".join(rng.permutation(t.split()[::-1])) + " ?" for t, _ in sentiment_rows(30, 45)]}
+    opts = RulePickOptions(samples=4, seed=3)
+    pick = pick_text_rule(dest, val_t, shifted, opts)
+
+    # brute force from the stored calibration scores (the same seeds as the pick: seed + 11, + 12, + 13)
+    rt = UncertaintyRuntime(dest)
+    allc = all_parts_calibrated(rt.bundle)
+    cal_sc = {p: allc.pvalue_scores[p] for p in parts}
+
+    def brute_p(texts, seed):
+        sc = score_windows(rt, rt.tokenize(texts), 4, seed, calibrated=allc)
+        given = {"epistemic": sc.epistemic, "total": sc.total, "density": sc.density}
+        out = {}
+        for p in parts:
+            per, pooled = cal_sc[p]
+            out[p] = np.array([(1 + np.sum((pooled if per[k] is None else per[k]) >= v))
+                               / ((pooled if per[k] is None else per[k]).size + 1)
+                               for v, k in zip(given[p], sc.prediction)])
+        return out
+
+    p_in = brute_p(val_t, 3 + 11)
+    outs = [brute_p(shifted["questions"], 3 + 12), brute_p(shifted["shuffled"], 3 + 13)]
+    p_out = {p: np.concatenate([o[p] for o in outs]) for p in parts}
+
+    def combine(c, pv):
+        P = np.stack([pv[p] for p in c.parts], 1)
+        if c.rule == "min":
+            return np.minimum(1.0, len(c.parts) * P.min(1))
+        return np.minimum(1.0, (P / np.array(c.weights)).min(1))
+
+    def brute_auroc(a, b):
+        d = b[:, None] - a[None, :]
+        return float(((d > 0).sum() + 0.5 * (d == 0).sum()) / d.size)
+
+    cands = rule_candidates(parts, ("min", "weighted"))
+    assert [r["parts"] for r in pick.table] == [list(c.parts) for c in cands]
+    aurocs = [brute_auroc(-np.log(combine(c, p_in)), -np.log(combine(c, p_out))) for c in cands]
+    for row, want in zip(pick.table, aurocs):
+        assert abs(row["auroc"] - want) <= 1e-9, (row, want)
+    assert abs(pick.auroc - max(aurocs)) <= 1e-9 and set(pick.per_set) == set(shifted)
+    assert max(aurocs) - min(aurocs) > 0.01    # the candidates differ, so the brute-force comparison can fail
+    # the bundle runs the pick
+    pv = Calibrated.from_bundle(UncertaintyRuntime(dest).bundle).cal.pvalues
+    assert pv.parts == pick.parts and pv.rule == pick.rule and pv.weights == pick.weights
+    dev = Calibrated.from_bundle(UncertaintyRuntime(dest).bundle)
+    got = dev.combined_pvalue({p: p_in[p] for p in pick.parts})
+    assert float(np.max(np.abs(got - combine(pick.candidate, p_in)))) <= 1e-12
+    # a weighted pick can be forced (rules = weighted only, beyond the singletons) and is written with its weights
+    forced = pick_text_rule(dest, val_t, shifted, RulePickOptions(rules=("weighted",), samples=4, seed=3))
+    pv2 = load_calibration_pvalues(dest)
+    assert pv2.rule == forced.rule and pv2.weights == forced.weights
+    if forced.rule == "weighted":
+        assert abs(sum(pv2.weights) - 1.0) <= 1e-9 and dict(zip(pv2.parts, pv2.weights))["density"] in (0.5, 0.7, 0.8,
+                                                                                                      0.9, 0.95)
+
+
+def load_calibration_pvalues(root):
+    from edgeuq_runtime import load_bundle
+
+    return load_bundle(root).manifest.sections["calibration"].pvalues
+
+
+def test_calibrate_cli_picks_the_device_rule_on_validation_texts(student, tmp_path, capsys):
+    """`edgeuq calibrate --rule-val VAL --rule-shift FILE` on a text bundle writes the picked rule into the
+    bundle (and the JSON); validation texts that are calibration texts are refused."""
+    from text_teacher_support import questions, sentiment_rows, write_tsv
+
+    from edgeuq.cli import main
+
+    _, st, _ = student
+    rows, seen = [], set()
+    for t, y in sentiment_rows(400, 51):
+        if t not in seen:
+            seen.add(t)
+            rows.append((t, {"thumbs down": "0", "Thumbs-Up": "1"}[y]))
+    assert len(rows) >= 140
+    cal = write_tsv(tmp_path / "cal.tsv", ["sentence", "label"], rows[:50])
+    fit = write_tsv(tmp_path / "fit.tsv", ["sentence", "label"], rows[50:110])
+    val = tmp_path / "val.txt"
+    val.write_text("".join(t + "\n" for t, _ in rows[110:140]))
+    q = tmp_path / "questions.txt"
+    q.write_text("".join(t + "\n" for t in questions(30, 52)))
+    out, js = tmp_path / "bundle", tmp_path / "cal.json"
+    args = ["calibrate", "--bundle", str(st.bundle), "--data", str(cal), "--fit-data", str(fit), "--samples", "4",
+            "--no-progress", "--out", str(out), "--rule-shift", str(q), "--json", str(js)]
+    assert main(args + ["--rule-val", str(val)]) == 0
+    doc = json.loads(js.read_text())
+    pv = load_calibration_pvalues(out)
+    assert list(pv.parts) == doc["device_rule"]["parts"] and pv.rule == doc["device_rule"]["rule"]
+    assert doc["calibration"]["pvalues"]["parts"] == list(pv.parts)
+    assert "device rule picked on validation" in capsys.readouterr().out
+    val.write_text("".join(t + "\n" for t, _ in rows[:5]))            # calibration texts: refused
+    assert main(args + ["--rule-val", str(val), "--out", str(tmp_path / "refused")]) == 2
+    assert "are calibration inputs" in capsys.readouterr().err

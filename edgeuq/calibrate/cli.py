@@ -59,17 +59,57 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
                               allow_fit_overlap=a.allow_fit_overlap, fit_source=fit_source or "none")
     res = calibrate_bundle(Path(a.bundle), cal_in.x, cal_in.y, x_fit, y_fit, opts,
                            out_dir=Path(a.out) if a.out else None, progress=not a.no_progress, log=print)
-    for line in calibration_summary(res.calibration):
+    pick = _pick_rule(a, res.bundle, cal_in.x) if a.rule_val else None
+    cal = res.calibration if pick is None else _read_calibration(res.bundle)
+    for line in calibration_summary(cal):
         print("  " + line)
     print(f"bundle rewritten: {res.bundle} (manifest section 'calibration'"
           f"{', density.npz' if res.calibration.density else ''}"
           f"{', pvalues.npz' if res.calibration.pvalues else ''})")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps({**res.to_json(), "data": cal_in.description,
-                                            "mean_epistemic": float(res.scores.epistemic.mean())}, indent=2))
+        doc = {**res.to_json(), "data": cal_in.description, "mean_epistemic": float(res.scores.epistemic.mean())}
+        if pick is not None:
+            from edgeuq_runtime.calibration import calibration_to_json
+
+            doc.update(calibration=calibration_to_json(cal), device_rule=pick.to_json())
+        Path(a.json).write_text(json.dumps(doc, indent=2))
         print(f"json: {a.json}")
     return 0
+
+
+def _read_calibration(root: Path):
+    from edgeuq_runtime import load_bundle
+
+    return load_bundle(root).manifest.sections["calibration"]
+
+
+def _pick_rule(a: argparse.Namespace, root: Path, x_cal):
+    """--rule-val / --rule-shift: pick the device rule on validation data and write it into the bundle."""
+    import numpy as np
+
+    from edgeuq_runtime import UncertaintyRuntime
+
+    from ..evaluate import load_eval_inputs
+    from .fit import window_hashes
+    from .rule import RulePickOptions, pick_bundle_rule
+
+    if not a.rule_shift:
+        raise ValueError("--rule-val needs --rule-shift (constructed shifted validation data, never a set you report)")
+    rt = UncertaintyRuntime(root)
+    val = load_eval_inputs(Path(a.rule_val), rt, fs=a.fs, key=a.key, hop=a.hop, allow_unknown=True, split="all")
+    same = int(np.isin(window_hashes(val.x), window_hashes(x_cal)).sum())
+    if same:
+        raise ValueError(f"--rule-val {a.rule_val}: {same} of its inputs are calibration inputs; pick the rule on "
+                         "in-distribution data that neither calibrated the bundle nor is reported")
+    shifted = {}
+    for path in a.rule_shift:
+        s = load_eval_inputs(Path(path), rt, fs=a.fs, key=a.key, hop=a.hop, allow_unknown=True, split="all")
+        shifted[s.name] = s.x
+    print(f"device rule validation: {val.description}; shifted: {', '.join(shifted)}")
+    opts = RulePickOptions(rules=tuple(r.strip() for r in a.rule_candidates.split(",") if r.strip()),
+                           samples=a.samples, seed=a.seed)
+    return pick_bundle_rule(root, val.x, shifted, opts, log=print)
 
 
 def _cmd_diagnose(a: argparse.Namespace) -> int:
@@ -141,6 +181,16 @@ def register(sub) -> None:
     c.add_argument("--pvalue-parts", help="comma-separated scores for the device rule, from epistemic,total,"
                                           "density (default: all available)")
     c.add_argument("--no-mondrian", action="store_true", help="one pool of calibration scores, not per class")
+    c.add_argument("--rule-val", metavar="DATA",
+                   help="pick the device rule (which scores, min or weighted Bonferroni) on this in-distribution "
+                        "validation data (as --data; neither calibration nor fit data, nor anything you report) "
+                        "against --rule-shift, and write it into the bundle")
+    c.add_argument("--rule-shift", nargs="+", metavar="DATA",
+                   help="constructed shifted validation data for --rule-val (files `edgeuq evaluate --ood` reads; "
+                        "a text file of one sentence a line for a text bundle); never a held-out set you report")
+    c.add_argument("--rule-candidates", default="min,weighted",
+                   help="combinations --rule-val may pick: min (Bonferroni), weighted (density weight 0.5-0.95), "
+                        "fisher (no false-alarm guarantee under dependence) (default: min,weighted)")
     c.add_argument("--fs", type=float)
     c.add_argument("--key")
     c.add_argument("--hop", type=int)

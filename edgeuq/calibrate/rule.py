@@ -107,7 +107,7 @@ def _weighted(sub: Tuple[str, ...], emphasis: str, grid: Sequence[float]) -> Lis
     for w in grid:
         if not 0.0 < w < 1.0:
             raise ValueError(f"weights of the emphasised part must lie in (0, 1), got {w!r}")
-        rest = (1.0 - w) / (len(sub) - 1)
+        rest = round((1.0 - w) / (len(sub) - 1), 12)    # 0.2, not 0.19999999999999996 (still sums to 1)
         out.append(RuleCandidate(sub, "weighted", tuple(w if p == emphasis else rest for p in sub)))
     return out
 
