@@ -13,6 +13,7 @@ from edgeuq.catalog import Recipe
 from edgeuq_runtime import UncertaintyRuntime, load_bundle
 from edgeuq_runtime.calibration import Calibrated
 from edgeuq_runtime.density import pool_features
+from edgeuq_runtime.errors import ManifestError
 from edgeuq_runtime.uncertainty import decompose, softmax
 
 TINY = dict(
@@ -236,3 +237,41 @@ def test_device_pvalue_rule_false_alarm_rate(trained, calibrated):
               for p, v in (("epistemic", sc.epistemic), ("total", sc.total), ("density", sc.density))}
         fired = [f"pvalue:{p}" for p in pv.parts if 3 * ps[p] <= far]
         assert reasons[i] == fired, (i, reasons[i], ps)
+
+
+def test_weighted_device_rule_from_calibrate_options(trained, tmp_path):
+    """combine="weighted" with pvalue_weights writes the weights into the bundle; the device abstains on
+    held-out in-distribution windows at most at the false-alarm rate (binomial tolerance), and its reasons
+    are the parts with p_k / w_k <= level, recomputed by brute force from the stored calibration scores.
+    A weighted rule without weights (or with the wrong number) is refused before anything is written."""
+    from edgeuq.calibrate import score_windows
+
+    root, sp, _, _ = trained
+    w = (0.1, 0.1, 0.8)
+    res = calibrate_bundle(root, sp.val.x, sp.val.y, sp.train.x, sp.train.y,
+                           CalibrationOptions(false_alarm_rate=0.1, samples=8, combine="weighted", pvalue_weights=w),
+                           out_dir=tmp_path / "w")
+    rt = UncertaintyRuntime(tmp_path / "w")
+    cal = Calibrated.from_bundle(rt.bundle)
+    pv = cal.cal.pvalues
+    assert pv.rule == "weighted" and pv.weights == w and pv.parts == ("epistemic", "total", "density")
+    sc = score_windows(rt, sp.test.x, 8, seed=11, calibrated=cal)
+    reasons = cal.abstain_reasons(None, sc.epistemic, sc.density, sc.total, sc.prediction)
+    alarms = np.array([any(r.startswith("pvalue:") for r in rs) for rs in reasons])
+    far, m = pv.level, len(alarms)
+    assert alarms.mean() <= far + 3 * np.sqrt(far * (1 - far) / m) + 2 / pv.n, alarms.mean()
+    assert alarms.any()     # some windows fire, so the brute-force comparison of reasons below can fail
+    cs = {"epistemic": res.scores.epistemic, "total": res.scores.total, "density": res.scores.density}
+    pred_cal = res.scores.prediction
+    for i in range(m):
+        k = sc.prediction[i]
+        same = pred_cal == k if k not in pv.pooled_classes else np.ones_like(pred_cal, bool)
+        ps = {p: (1 + np.sum(cs[p][same] >= v[i])) / (same.sum() + 1)
+              for p, v in (("epistemic", sc.epistemic), ("total", sc.total), ("density", sc.density))}
+        assert reasons[i] == [f"pvalue:{p}" for p, wk in zip(pv.parts, w) if ps[p] / wk <= far], (i, reasons[i], ps)
+    for bad in (None, (0.5, 0.5)):
+        with pytest.raises(ManifestError, match=r"pvalues\.weights"):
+            calibrate_bundle(root, sp.val.x, sp.val.y, sp.train.x, sp.train.y,
+                             CalibrationOptions(samples=4, combine="weighted", pvalue_weights=bad),
+                             out_dir=tmp_path / "bad")
+        assert not (tmp_path / "bad" / "manifest.json").exists()

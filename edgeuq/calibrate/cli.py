@@ -55,6 +55,8 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
     opts = CalibrationOptions(alpha=a.alpha, method=a.method, class_conditional=a.class_conditional,
                               false_alarm_rate=a.false_alarm_rate, samples=a.samples, seed=a.seed,
                               density=not a.no_density, combine=a.combine, mondrian=not a.no_mondrian,
+                              pvalue_weights=(tuple(float(w) for w in a.pvalue_weights.split(","))
+                                              if a.pvalue_weights else None),
                               pvalue_parts=tuple(a.pvalue_parts.split(",")) if a.pvalue_parts else None,
                               allow_fit_overlap=a.allow_fit_overlap, fit_source=fit_source or "none")
     res = calibrate_bundle(Path(a.bundle), cal_in.x, cal_in.y, x_fit, y_fit, opts,
@@ -176,8 +178,11 @@ def register(sub) -> None:
     c.add_argument("--allow-fit-overlap", action="store_true",
                    help="proceed (with a loud warning, recorded in the manifest) when fit and calibration "
                         "windows overlap; refused by default")
-    c.add_argument("--combine", default="min", choices=("min", "fisher"),
-                   help="how the device combines the conformal p-values of its scores (min = Bonferroni)")
+    c.add_argument("--combine", default="min", choices=("min", "weighted", "fisher"),
+                   help="how the device combines the conformal p-values of its scores (min = Bonferroni; weighted = "
+                        "weighted Bonferroni min_k p_k / w_k with --pvalue-weights)")
+    c.add_argument("--pvalue-weights", help="--combine weighted: comma-separated weights, one per --pvalue-parts "
+                                            "entry (in its order), each > 0, summing to 1")
     c.add_argument("--pvalue-parts", help="comma-separated scores for the device rule, from epistemic,total,"
                                           "density (default: all available)")
     c.add_argument("--no-mondrian", action="store_true", help="one pool of calibration scores, not per class")

@@ -15,7 +15,8 @@ whole ``far``. The combined score's threshold is its ``(1 - far)`` quantile.
 The **device rule** (issue 19) is a conformal test: the calibration scores of each part
 (``pvalue_parts``: mutual information, total entropy, density) are stored per predicted class
 (``pvalues.npz``); a window's p-value per part is its rank among them, the parts are combined
-with ``combine`` (``min``: Bonferroni, valid whatever their dependence; ``fisher``) and the window
+with ``combine`` (``min``: Bonferroni, valid whatever their dependence; ``weighted``: weighted
+Bonferroni with ``pvalue_weights``, valid likewise; ``fisher``) and the window
 abstains when the combined p-value is ``<= far``. Calibration data only: no shifted data is used.
 
 **Honest density fitting.** The density model is fitted on ``x_fit`` (training windows), never on
@@ -85,7 +86,8 @@ class CalibrationOptions:
     z: float = 2.576
     mi_tol: float = 0.02
     pvalue_parts: Optional[Tuple[str, ...]] = None   # default: every part available (MI, entropy, density)
-    combine: str = "min"                             # "min" (Bonferroni) or "fisher"
+    combine: str = "min"                             # "min" (Bonferroni), "weighted" or "fisher"
+    pvalue_weights: Optional[Tuple[float, ...]] = None   # "weighted": one per part (of pvalue_parts), summing to 1
     mondrian: bool = True                            # p-values per predicted class
     min_per_class: int = 20                          # fewer calibration windows: the class uses the pooled scores
     allow_fit_overlap: bool = False                  # warn (loudly, recorded) instead of refusing
@@ -196,7 +198,8 @@ def calibrate_bundle(bundle_dir: Path, x_cal: np.ndarray, y_cal: np.ndarray, x_f
         pv_path, pooled = save_pvalue_scores(Path(tmp) / PVALUE_FILE, {p: available[p] for p in parts},
                                              sc.prediction, m.num_classes, o.min_per_class)
         sources[PVALUE_FILE] = pv_path
-        pv_section = PValueSection(PVALUE_FILE, parts, o.combine, bool(o.mondrian), far, len(y_cal), pooled)
+        pv_section = PValueSection(PVALUE_FILE, parts, o.combine, bool(o.mondrian), far, len(y_cal), pooled,
+                                   None if o.pvalue_weights is None else tuple(float(w) for w in o.pvalue_weights))
         cal = dataclasses.replace(draft, abstain=abstain, pvalues=pv_section, density_fit=fit_section)
         calibration_to_json(cal)  # validates before anything is written
         cald = Calibrated(cal, density, load_pvalue_scores(pv_path, pv_section, m.num_classes))
