@@ -100,9 +100,9 @@ def _graph_cell(report_meta: dict, role: str) -> str:
     err, acc = c.get("max_error"), c.get("accepted")
     if err is None:
         return f"{t['executor']} {t['target']} ({c['how']})"
-    rule = (f"float tol {c['float_tolerance']:.2g} + rounding-flip allowance {c['flip_allowance']:.2g}"
-            if "flip_allowance" in c else "float tol")
-    return f"{t['executor']} {t['target']} ({c['how']}, max err {err:.2g} <= {acc:.2g}: {rule})"
+    rule = (f": float tol {c['float_tolerance']:.2g} + rounding-flip allowance {c['flip_allowance']:.2g}"
+            if "flip_allowance" in c else ": float tol" if "float_tolerance" in c else "")
+    return f"{t['executor']} {t['target']} ({c['how']}, max err {err:.2g} <= {acc:.2g}{rule})"
 
 
 def _density_cell(sb) -> str:

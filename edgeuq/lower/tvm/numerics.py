@@ -9,8 +9,9 @@ flips the rounding of the activations that sit near a rounding boundary, and one
 row of the next MatMul's output by a quantisation step times a weight row: no fixed float tolerance
 separates that from a bug. For such a graph the check measures what rounding flips do on its own
 inputs: ONNX Runtime runs the graph :data:`FLIP_DRAWS` more times with every quantised activation
-moved by a random relative error of at most :data:`FLIP_NOISE` (2^-16, above the float32 arithmetic
-differences of two correct implementations, ~2^-20 for these dot products) before it is rounded;
+moved by a random relative error of at most :data:`FLIP_NOISE` (2^-16: above the float32 arithmetic
+differences of two correct implementations, estimated at ~2^-20 = sqrt(K) 2^-24 for K ~ 1,500-term
+sums in another order) before it is rounded;
 the largest deviation of those runs from the reference is the flip allowance, and the compiled
 library must stay within the float tolerance + that allowance. A lowering bug that moves the outputs
 by more than such flips do fails (a small weight error in an early layer does: see
