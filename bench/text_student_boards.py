@@ -5,8 +5,10 @@
         [--json results/text_student_boards.json]
 
 ``--student``: the output folder of the compression chain (``edgeuq text-student --out DIR`` /
-``bench/text_student_cut.py --out DIR``: its ``text_student.json`` names the last step's checkpoint,
-with the pruned ``tokenizer.json`` beside it), or a checkpoint folder with its ``tokenizer.json``.
+``bench/text_student_cut.py --out DIR``: its ``text_student.json`` names the deployed network,
+``DIR/student``: the last step's checkpoint whose trunk also emits the student's Avg-Avg density
+feature, with the pruned ``tokenizer.json`` beside it; the last step's checkpoint where the chain
+wrote none), or a checkpoint folder with its ``tokenizer.json``.
 
 For every board, :func:`edgeuq.text.boards.compile_text_student` (the library path, nothing
 bench-only): the head the board's head lowering builds (the student's own, or its weights under
@@ -14,7 +16,9 @@ another scheme's text head where the lowering takes other noise, e.g. MC dropout
 fp32 weights where they fit the board's weight budget, int8 trunk weights where they do not, then
 ``compile_board`` (automatic per-graph placement where the board is this host). One row per board:
 each graph's executor, target and how it was checked (native run, qemu emulation, C simulation,
-compile only), the head's scheme, the weights and why, weight bytes against the budget, end-to-end
+compile only; the accepted error and its rule: the float tolerance, + the rounding-flip allowance
+for an int8 trunk), the density feature's trunk columns (what ``edgeuq calibrate`` fits the density
+score on), the head's scheme, the weights and why, weight bytes against the budget, end-to-end
 latency where it could be measured on this host ("not measured" otherwise, never "met"), and the
 FPGA resource *estimate* where there is one, and for an FPGA head the runtime's pynq executor run on
 a simulated device over the lowering's canary rows (bench/pynq_head_check.py in .venv-pynq: exact
@@ -35,8 +39,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-HEADERS = ["board", "trunk", "head", "weights", "weight bytes vs budget", "latency (1 input, S samples)",
-           "FPGA resources", "FPGA head on the pynq executor (simulated device)", "budgets"]
+HEADERS = ["board", "trunk", "head", "weights", "density feature", "weight bytes vs budget",
+           "latency (1 input, S samples)", "FPGA resources", "FPGA head on the pynq executor (simulated device)",
+           "budgets"]
 PYNQ_PYTHON = REPO / ".venv-pynq" / "bin" / "python"
 
 
@@ -74,13 +79,38 @@ def _sim_cell(check: dict) -> str:
             f"{check['max_err_vs_float']:.2g}, argmax agreement {check['argmax_agreement']:.0%} (simulated, no timing)")
 
 
+def check_rules(report_meta: dict) -> dict:
+    """Per graph role: how its numeric check ran and the rule it met (max error, accepted error, the
+    float tolerance and, for dynamically quantised activations, the rounding-flip allowance)."""
+    out = {}
+    for role in ("trunk", "head"):
+        rec = next((r for r in report_meta["lowering"].values() if role in r.get("roles", ())), {})
+        ev = rec.get("evidence", {})
+        det = ev.get("detail") or {}
+        rule = (det.get("rule") or {}).get(role) or {}
+        out[role] = {"how": ev.get("label") or ev.get("how") or "?",
+                     "max_error": (det.get("max_abs_err") or {}).get(role, ev.get("max_error")),
+                     "accepted": (det.get("tolerance") or {}).get(role, ev.get("tolerance")), **rule}
+    return out
+
+
 def _graph_cell(report_meta: dict, role: str) -> str:
     t = report_meta["targets"][role]
-    rec = next((r for r in report_meta["lowering"].values() if role in r.get("roles", ())), {})
-    ev = rec.get("evidence", {})
-    how = ev.get("label") or ev.get("how") or "?"
-    err = ev.get("max_error")
-    return f"{t['executor']} {t['target']} ({how}" + (f", max err {err:.2g})" if err is not None else ")")
+    c = check_rules(report_meta)[role]
+    err, acc = c.get("max_error"), c.get("accepted")
+    if err is None:
+        return f"{t['executor']} {t['target']} ({c['how']})"
+    rule = (f": float tol {c['float_tolerance']:.2g} + rounding-flip allowance {c['flip_allowance']:.2g}"
+            if "flip_allowance" in c else ": float tol" if "float_tolerance" in c else "")
+    return f"{t['executor']} {t['target']} ({c['how']}, max err {err:.2g} <= {acc:.2g}{rule})"
+
+
+def _density_cell(sb) -> str:
+    cols = sb.density_columns
+    if not cols:
+        return "none (the network emits no density feature)"
+    return (f"trunk columns {cols[0]}:{cols[1]} (the student's Avg-Avg over its layers; manifest density_columns, "
+            f"edgeuq calibrate fits the density on them)")
 
 
 def _estimate_cell(report: dict) -> str:
@@ -106,7 +136,7 @@ def row_for(sb, sim: dict) -> list:
                 f"{lat['how'].removeprefix('not measured: ')}")
     s = rep["mc_samples"]
     return [sb.board, _graph_cell(meta, "trunk"), f"{_graph_cell(meta, 'head')}; {sb.head_reason}",
-            f"{sb.weights}: {sb.weights_reason}",
+            f"{sb.weights}: {sb.weights_reason}", _density_cell(sb),
             f"{w['measured']:,} / {w['budget']:,} " + ("within" if w["ok"] else "**over**"),
             lat_cell + ("" if s["ok"] else f"; S = {s['used']} over the board's {s['budget']}"),
             _estimate_cell(rep), _sim_cell(sim), _ok_cell(rep.get("ok"))]
@@ -151,14 +181,23 @@ def main(argv=None) -> int:
                                       progress=lambda m: print("  " + m, flush=True))
             sim = pynq_sim_check(sb.result.bundle)
             rows.append(row_for(sb, sim))
-            raw[board] = {"head_scheme": sb.head_scheme, "head_reason": sb.head_reason, "weights": sb.weights,
+            meta = dict(sb.result.bundle.manifest.metadata)
+            checks = check_rules(meta)
+            for role, c in checks.items():
+                print(f"  {role} check: {c}", flush=True)
+            print(f"  density feature: columns {list(sb.density_columns) if sb.density_columns else None}; manifest "
+                  f"density_columns {meta.get('density_columns')}", flush=True)
+            raw[board] = {"checkpoint": str(sb.checkpoint.directory), "head_scheme": sb.head_scheme,
+                          "head_reason": sb.head_reason, "weights": sb.weights,
                           "weights_reason": sb.weights_reason, "fp32_weight_bytes": sb.fp32_weight_bytes,
-                          "check_atol": sb.check_atol, "pynq_executor_simulated": sim,
+                          "density_columns": list(sb.density_columns) if sb.density_columns else None,
+                          "manifest_density_columns": meta.get("density_columns"),
+                          "checks": checks, "pynq_executor_simulated": sim,
                           "report": sb.result.report, "bundle": str(sb.result.bundle.root)}
         except Exception as exc:  # a row that says why, never a silent gap
             traceback.print_exc()
             rows.append([board, f"compile failed: {type(exc).__name__}: {str(exc)[:200]}", "–", "–", "–", "–", "–",
-                         "–", "not compiled"])
+                         "–", "–", "not compiled"])
             raw[board] = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"[{board}] {time.time() - t0:.0f}s", flush=True)
     print(format_table(HEADERS, rows))
@@ -167,8 +206,12 @@ def main(argv=None) -> int:
 
         cfg = ck.config
         params = sum(p.numel() for p in ck.load_model().parameters())
-        note = (f"chain student {ck.directory} ({params / 1e6:.2f}M parameters, d {cfg.d_model}, depth {cfg.depth}, "
-                f"{cfg.scheme} head, vocabulary {cfg.vocab_size}, ids of {cfg.input_length}); latency only where "
+        dens = getattr(cfg.trunk_options, "density_features", "none")
+        what = ("the deployed network: the chain's last checkpoint whose trunk also emits the "
+                f"'{dens}' density feature" if dens != "none" else "no density feature")
+        note = (f"chain student {ck.directory} ({what}; {params / 1e6:.2f}M parameters, d {cfg.d_model}, depth "
+                f"{cfg.depth}, {cfg.scheme} head, vocabulary {cfg.vocab_size}, ids of {cfg.input_length}); int8 trunks "
+                f"checked by the float tolerance + the rounding-flip allowance (edgeuq.lower.tvm.numerics); latency only where "
                 f"every graph runs natively here; qemu and C simulation check numerics only, their times are not "
                 f"board times; FPGA resources are an analytic estimate (no synthesis)")
         write_results(a.json, results_table(HEADERS, rows, boards=raw), command, finish(prov, note=note))

@@ -393,3 +393,59 @@ def test_trunk_pytorch_frontend_does_not_convert(tmp_path):
                 setattr(mod, name, torch.nn.ReLU())
     with pytest.raises(Exception, match="Unsupported function transpose"):
         convert(Trunk(model).eval(), tmp_path / "b")
+
+
+class _SlicedHead(torch.nn.Module):
+    """A text trunk's head: features [classifier | density] (2d), the head reads columns [lo, hi)."""
+
+    def __init__(self, d: int = 6, hidden: int = 5, lo: int = 0, hi: int = 6) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.lo, self.hi = torch.nn.Linear(hi - lo, hidden), torch.nn.Linear(hidden, 3), lo, hi
+
+    def forward(self, features, m_in, m_hidden):
+        h = torch.nn.functional.gelu(self.fc1(features[:, self.lo:self.hi] * m_in))
+        return self.fc2(h * m_hidden)
+
+
+def _sliced_head_onnx(path: Path, lo: int = 0, hi: int = 6, d: int = 6) -> Path:
+    torch.manual_seed(0)
+    args = (torch.randn(2, 2 * d), torch.ones(2, hi - lo), torch.ones(2, 5))
+    torch.onnx.export(_SlicedHead(d, 5, lo, hi), args, str(path), input_names=["features", "m_in", "m_hidden"],
+                      output_names=["logits"], dynamic_axes={n: {0: "b"} for n in ("features", "m_in", "m_hidden",
+                                                                                      "logits")},
+                      opset_version=17, dynamo=False)
+    return path
+
+
+def test_a_head_reading_the_leading_feature_columns_streams_all_and_uses_those(tmp_path):
+    """The deployed text student's head slices its classifier columns off [classifier | density]: the FPGA
+    stream carries the whole feature row (the runtime packs what the trunk emits) and the hardware
+    selects the leading columns; checked against ONNX Runtime and against the float head on those columns,
+    with large values in the density columns (a hardware that read them would be far off)."""
+    import onnxruntime as ort
+
+    from edgeuq.lower.hls4ml.head import float_forward, pack_rows, verify_spec
+
+    path = _sliced_head_onnx(tmp_path / "head.onnx")
+    spec = read_head_spec(path, "features", ["m_in", "m_hidden"], "logits")
+    assert (spec.feature_size, spec.feature_columns, spec.input_sizes()) == (12, 6, (12, 6, 5))
+    assert verify_spec(spec, path) <= 1e-4
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((7, 12)).astype(np.float32)
+    feats[:, 6:] *= 100.0
+    feeds = {"features": feats, "m_in": (rng.random((7, 6)) > 0.3).astype(np.float32) / 0.7,
+             "m_hidden": (rng.random((7, 5)) > 0.3).astype(np.float32) / 0.7}
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
+    assert float(np.max(np.abs(float_forward(spec, feeds) - ref))) <= 1e-4
+    module, _ = build_hardware_module(spec)
+    with torch.no_grad():
+        hw = module(torch.from_numpy(pack_rows(spec, feeds))).numpy()
+    assert float(np.max(np.abs(hw - float_forward(spec, feeds, gelu_approx=True)))) <= 1e-4
+    assert float(np.max(np.abs(hw - ref))) <= 0.1          # GELU approximation only (about 0.02 per unit)
+
+
+@pytest.mark.parametrize("lo, hi", [(1, 7), (6, 12)])
+def test_a_head_reading_other_feature_columns_is_refused(tmp_path, lo, hi):
+    path = _sliced_head_onnx(tmp_path / "head.onnx", lo, hi)
+    with pytest.raises(HeadStructureError, match="Slice"):
+        read_head_spec(path, "features", ["m_in", "m_hidden"], "logits")

@@ -77,7 +77,10 @@ def manifest_for(art: OnnxArtifact, model_name: str, model_version: str, default
         feature_name=art.feature_name,
         logits_name=art.logits_name,
         backend=backend,
-        metadata={"created_by": f"edgeuq {__version__}", "opset": art.opset, **dict(metadata or {})},
+        metadata={"created_by": f"edgeuq {__version__}", "opset": art.opset,
+                  # where the trunk's density features are (edgeuq calibrate's density pooling reads them)
+                  **({} if art.density_columns is None else {"density_columns": list(art.density_columns)}),
+                  **dict(metadata or {})},
         sections=dict(sections or {}),
     )
 

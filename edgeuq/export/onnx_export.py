@@ -44,7 +44,7 @@ class OnnxArtifact(Artifact):
     """The exported trunk/head graph pair (``export.json`` is the envelope)."""
 
     KIND: ClassVar[str] = "onnx_export"
-    FORMAT_VERSION: ClassVar[int] = 2
+    FORMAT_VERSION: ClassVar[int] = 3   # 3: density_columns
     META_FILE: ClassVar[str] = _META
 
     trunk_file: str
@@ -62,6 +62,9 @@ class OnnxArtifact(Artifact):
     input_dtype: str = "float32"
     vocab_size: Optional[int] = None
     tokenizer_file: Optional[str] = None
+    #: columns [A, B) of the trunk's features that are density features, not the head's input (a text
+    #: trunk with ``density_features``; None: none); every bundle made from the export records them
+    density_columns: Optional[Tuple[int, int]] = None
 
     @property
     def sha256(self) -> Mapping[str, str]:
@@ -91,6 +94,7 @@ class OnnxArtifact(Artifact):
             "normalization": self.normalization, "opset": self.opset,
             "input_name": self.input_name, "feature_name": self.feature_name, "logits_name": self.logits_name,
             "input_dtype": self.input_dtype, "vocab_size": self.vocab_size, "tokenizer_file": self.tokenizer_file,
+            "density_columns": None if self.density_columns is None else list(self.density_columns),
         }
 
     @classmethod
@@ -101,7 +105,9 @@ class OnnxArtifact(Artifact):
             class_names=tuple(m["class_names"]), sample_rate_hz=float(m["sample_rate_hz"]),
             normalization=m["normalization"], opset=int(m["opset"]), input_name=m["input_name"],
             feature_name=m["feature_name"], logits_name=m["logits_name"], input_dtype=m["input_dtype"],
-            vocab_size=m["vocab_size"], tokenizer_file=m["tokenizer_file"], **base,
+            vocab_size=m["vocab_size"], tokenizer_file=m["tokenizer_file"],
+            density_columns=None if m["density_columns"] is None else tuple(int(c) for c in m["density_columns"]),
+            **base,
         )
 
 
@@ -185,11 +191,13 @@ def export_onnx(
             if src.is_file():
                 shutil.copyfile(src, w.path / TOKENIZER_FILE)
                 token_fields["tokenizer_file"] = TOKENIZER_FILE
+        columns = getattr(model, "density_columns", None)
         art = OnnxArtifact(
             trunk_file="trunk.onnx", head_file="head.onnx", input_length=cfg.input_length,
             feature_shape=tuple(model.feature_shape()), noise=specs, class_names=checkpoint.class_names,
             sample_rate_hz=checkpoint.sample_rate_hz, normalization=checkpoint.normalization,
             directory=w.path, inputs=checkpoint.digest, **token_fields,
+            density_columns=None if columns is None else (int(columns[0]), int(columns[1])),
         )
         if verify:  # before anything reaches out_dir: a failed export leaves nothing that loads
             err = max_abs_difference(model, art, batch=3, samples=4, seed=1, relative=True)

@@ -194,9 +194,6 @@ class CompileSettings:
     #: higher ISA levels of the target to compile as well, for run-time dispatch (the placement's
     #: ``isa_variants`` or ``edgeuq compile --isa-variants``); only a lowering with ``isa_dispatch`` takes them
     isa_variants: Tuple[str, ...] = ()
-    #: the largest |compiled - ONNX Runtime| a lowering's numeric check accepts (None: the lowering's own
-    #: default; a graph with dynamically quantised activations needs more, see edgeuq.text.boards)
-    check_atol: Optional[float] = None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,10 @@
 """The text student on a board: the chain student (``edgeuq text-student --out DIR``) compiled by
 :func:`~edgeuq.lower.compile.compile_board`, with the two choices a board forces made here, each with
-its reason:
+its reason. What is compiled is the *deployed* student network (``DIR/student``, the chain's last
+checkpoint whose trunk also emits the student's own Avg-Avg density feature:
+:data:`~edgeuq.text.student_chain.DEPLOY_DIR`), so every board bundle carries the density columns
+(``density_columns`` in its manifest) and ``edgeuq calibrate`` can fit the density score on it; the
+chain's last checkpoint only when the chain wrote no deploy checkpoint (``ood_features = "none"``).
 
 head
     The board's head lowering declares the noise kinds it can build (``Lowerer.noise_kinds``; the
@@ -14,8 +18,10 @@ head
 weights
     fp32 when the exported graphs' weights fit ``budgets.weight_bytes``; otherwise int8 trunk
     weights (:func:`edgeuq.quantize.dynamic.dynamic_int8_trunk`: ONNX Runtime dynamic quantisation of
-    every MatMul and Gather weight), whether or not that fits (the report then says "over"); the compiled
-    graphs' numeric check then accepts what int8 itself moves (:func:`int8_check_tolerance`).
+    every MatMul and Gather weight), whether or not that fits (the report then says "over"). The
+    compiled int8 trunk is checked against ONNX Runtime's int8 graph by the lowerings' own rule, which
+    admits the rare rounding flips of per-call activation quantisation and nothing more
+    (:func:`edgeuq.lower.tvm.numerics.judge`).
 """
 from __future__ import annotations
 
@@ -38,8 +44,7 @@ from ..training import Checkpoint, load_checkpoint
 from .heads import text_head, text_scheme_names
 from .student_chain import STUDENT_FILE
 
-__all__ = ["StudentOnBoard", "student_checkpoint", "head_for_board", "weights_for_board", "int8_check_tolerance",
-           "compile_text_student"]
+__all__ = ["StudentOnBoard", "student_checkpoint", "head_for_board", "weights_for_board", "compile_text_student"]
 
 PathLike = Union[str, Path]
 
@@ -57,21 +62,31 @@ class StudentOnBoard:
     weights: str                 # "fp32" or "int8"
     weights_reason: str
     fp32_weight_bytes: int
-    check_atol: Optional[float]  # the numeric checks' tolerance (None: the lowerings' default)
+    #: trunk output columns [A, B) of the density feature (None: the network emits none)
+    density_columns: Optional[Tuple[int, int]]
 
 
 def student_checkpoint(path: PathLike) -> Checkpoint:
     """The student's checkpoint from the output folder of ``edgeuq text-student --out DIR`` /
-    ``bench/text_student_cut.py --out DIR`` (its ``text_student.json`` names the last chain step's
-    folder, under ``DIR/chain/``), or from a checkpoint folder itself. It must hold ``tokenizer.json``."""
+    ``bench/text_student_cut.py --out DIR`` (its ``text_student.json`` names the deployed network,
+    ``deploy_checkpoint`` = ``DIR/student``, the last chain step's checkpoint with the density feature;
+    without one, the last chain step's folder under ``DIR/chain/``), or from a checkpoint folder itself.
+    It must hold ``tokenizer.json``."""
     from ..training.checkpoint import TOKENIZER_FILE
+    from .student_chain import DEPLOY_DIR
 
     path = Path(path)
     summary = path / STUDENT_FILE
     if summary.is_file():
-        recorded = Path(json.loads(summary.read_text())["checkpoint"])
-        # the recorded path may be relative to where the chain ran: the step folder is under DIR/chain
-        where = recorded if (recorded / "checkpoint.json").is_file() else path / "chain" / recorded.name
+        rec = json.loads(summary.read_text())
+        deploy = rec.get("deploy_checkpoint")
+        # a recorded path may be relative to where the chain ran: the folders are under DIR
+        if deploy:
+            recorded, beside = Path(deploy), path / DEPLOY_DIR
+        else:
+            recorded = Path(rec["checkpoint"])
+            beside = path / "chain" / recorded.name
+        where = recorded if (recorded / "checkpoint.json").is_file() else beside
     else:
         where = path
     ck = load_checkpoint(where)
@@ -117,42 +132,16 @@ def _export(ck: Checkpoint, where: Path) -> OnnxArtifact:
     return cached(OnnxArtifact, where, ck.digest) or export_onnx(ck, where)
 
 
-def int8_check_tolerance(fp32: OnnxArtifact, int8: OnnxArtifact, rows: int = 16, seed: int = 1) -> Tuple[float, float]:
-    """(tolerance, int8's own error) for the compiled int8 trunk's check against ONNX Runtime. Dynamic
-    quantisation rounds each activation to uint8 per call, so a compiled library whose float arithmetic
-    differs in the last bits flips some roundings: a fixed float tolerance does not apply. The check
-    accepts a library no further from ONNX Runtime's int8 graph than that graph is from the fp32 one:
-    tolerance = the default (1e-4 + 1e-4 * max |features|) + max |int8 - fp32 features| of ONNX Runtime
-    on ``rows`` random id rows (as the lowerings' own check feeds)."""
-    import onnxruntime as ort
-
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, int(fp32.vocab_size or 2), size=(rows, fp32.input_length)).astype(fp32.input_dtype)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    out = []
-    for art in (fp32, int8):
-        sess = ort.InferenceSession(str(art.trunk_path), opts, providers=["CPUExecutionProvider"])
-        out.append(sess.run([art.feature_name], {art.input_name: ids})[0].astype(np.float64))
-    own = float(np.max(np.abs(out[1] - out[0])))
-    return 1e-4 + 1e-4 * float(np.max(np.abs(out[0]))) + own, own
-
-
-def weights_for_board(art: OnnxArtifact, board: Board, work: Path
-                      ) -> Tuple[OnnxArtifact, str, str, int, Optional[float]]:
-    """(the graphs to compile, "fp32" or "int8", why, fp32 weight bytes, the check tolerance or None for
-    the lowerings' default): fp32 when they fit the board's weight budget, else int8 trunk weights
-    (module docstring) checked within :func:`int8_check_tolerance`."""
+def weights_for_board(art: OnnxArtifact, board: Board, work: Path) -> Tuple[OnnxArtifact, str, str, int]:
+    """(the graphs to compile, "fp32" or "int8", why, fp32 weight bytes): fp32 when they fit the board's
+    weight budget, else int8 trunk weights (module docstring)."""
     fp32 = weight_bytes(art)
     budget = board.budgets.weight_bytes
     if fp32 <= budget:
-        return art, "fp32", f"fp32 fits ({fp32:,} B <= {budget:,} B)", fp32, None
+        return art, "fp32", f"fp32 fits ({fp32:,} B <= {budget:,} B)", fp32
     where = Path(work) / f"int8-{art.digest[:16]}"
     int8 = cached(OnnxArtifact, where, art.digest) or dynamic_int8_trunk(art, where)
-    tol, own = int8_check_tolerance(art, int8)
-    return int8, "int8", (f"fp32 {fp32:,} B over the {budget:,} B budget: trunk weights {DYNAMIC_INT8}; "
-                          f"compiled graphs checked within {tol:.2g} (int8's own error vs fp32 {own:.2g} + the "
-                          f"default)"), fp32, tol
+    return int8, "int8", f"fp32 {fp32:,} B over the {budget:,} B budget: trunk weights {DYNAMIC_INT8}", fp32
 
 
 def compile_text_student(student: Union[PathLike, Checkpoint], board: Any, out_dir: PathLike, work: PathLike, *,
@@ -167,8 +156,9 @@ def compile_text_student(student: Union[PathLike, Checkpoint], board: Any, out_d
     work = Path(work)
     head_ck, head_reason = head_for_board(ck, board, work, log)
     art32 = _export(head_ck, work / f"onnx-{head_ck.digest[:16]}")
-    art, weights, weights_reason, fp32, atol = weights_for_board(art32, board, work)
-    log(f"[{board.name}] head: {head_reason}; weights: {weights_reason}")
-    res = compile_board(board, art, Path(out_dir), overwrite=True, check_atol=atol, **compile_options)
+    art, weights, weights_reason, fp32 = weights_for_board(art32, board, work)
+    log(f"[{board.name}] head: {head_reason}; weights: {weights_reason}; density columns "
+        f"{list(art.density_columns) if art.density_columns else 'none'}")
+    res = compile_board(board, art, Path(out_dir), overwrite=True, **compile_options)
     return StudentOnBoard(board.name, res, head_ck, art, head_ck.config.scheme, head_reason, weights,
-                          weights_reason, fp32, atol)
+                          weights_reason, fp32, art.density_columns)

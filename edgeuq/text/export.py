@@ -123,9 +123,7 @@ def export_text_bundle(model: Any, tokenizer: WordPieceTokenizer, out_dir: Path,
         if not (diff["features"] <= atol and diff["logits"] <= atol * diff["logit_scale"]):  # NaN-safe
             raise RuntimeError(f"exported graphs disagree with PyTorch: {diff} (tolerance {atol:g}, logits "
                                f"relative to max(1, |logit|))")
-        columns = getattr(net, "density_columns", None)
-        meta: Dict[str, Any] = {"scheme": cfg.scheme, "export_max_abs_diff": diff,
-                                **({} if columns is None else {"density_columns": [int(columns[0]), int(columns[1])]}),
-                                **dict(metadata or {})}
+        # the export records the density columns (art.density_columns); the bundle's manifest carries them
+        meta: Dict[str, Any] = {"scheme": cfg.scheme, "export_max_abs_diff": diff, **dict(metadata or {})}
         return build_bundle(art, Path(out_dir), model_name, model_version, default_samples=default_samples,
                             metadata=meta, overwrite=overwrite)

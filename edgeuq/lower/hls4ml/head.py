@@ -71,9 +71,18 @@ class HeadSpec:
     layers: Tuple[DenseLayer, ...]
     masks: Tuple[Tuple[str, int], ...]  # (noise input name, index of the Dense whose input it multiplies)
     activation: str
+    #: width of the features input when the head reads only its leading ``layers[0].n_in`` columns (a
+    #: text trunk's [classifier features | density features]; the head graph slices them); 0: the same
+    feature_width: int = 0
 
     @property
     def feature_size(self) -> int:
+        """Width of the features input (what travels on the stream)."""
+        return self.feature_width or self.layers[0].n_in
+
+    @property
+    def feature_columns(self) -> int:
+        """The leading feature columns the head reads."""
         return self.layers[0].n_in
 
     @property
@@ -126,9 +135,12 @@ def read_head_spec(head_path: Path, feature_name: str, noise_names: Sequence[str
             "blocks (features are tokens): set ModelConfig(stochastic_blocks=()) to put only the head on the FPGA")
 
     dense: List[Tuple[object, DenseLayer]] = []
+    read_columns = 0  # a leading Slice of the features: the head reads columns [0, read_columns)
     for n in g.node:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-        if n.op_type == "Gemm":
+        if n.op_type == "Slice":
+            read_columns = _leading_columns(n, feature_name, {**inits, **consts}, head_path.name)
+        elif n.op_type == "Gemm":
             if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or attrs.get("transA", 0):
                 raise HeadStructureError(f"{head_path.name}: Gemm {n.name!r} with alpha/beta/transA is not supported")
             w = inits.get(n.input[1])
@@ -171,7 +183,30 @@ def read_head_spec(head_path: Path, feature_name: str, noise_names: Sequence[str
     if [m[0] for m in masks] != list(noise_names):
         raise HeadStructureError(f"{head_path.name}: noise inputs {list(noise_names)} are not in layer order "
                                  f"({[m[0] for m in masks]}); the stream layout follows the graph inputs")
-    return HeadSpec(feature_name, logits_name, tuple(d for _, d in dense), tuple(masks), activation or "relu")
+    width = int(shape[1])
+    if read_columns and dense[0][1].n_in != min(read_columns, width):
+        raise HeadStructureError(f"{head_path.name}: the head slices {read_columns} feature columns but its first "
+                                 f"Linear layer takes {dense[0][1].n_in}")
+    if not read_columns and width and width != dense[0][1].n_in:
+        raise HeadStructureError(f"{head_path.name}: features of width {width}, first Linear layer takes "
+                                 f"{dense[0][1].n_in}")
+    return HeadSpec(feature_name, logits_name, tuple(d for _, d in dense), tuple(masks), activation or "relu",
+                    feature_width=width if read_columns and width != dense[0][1].n_in else 0)
+
+
+def _leading_columns(node, feature_name: str, constants: Mapping[str, np.ndarray], graph: str) -> int:
+    """``k`` for a Slice that keeps the leading ``k`` columns of the features input (``features[:, :k]``,
+    a text trunk's classifier columns ahead of its density columns); any other Slice is refused."""
+    args = [constants.get(i) if i else None for i in node.input[1:]]
+    starts, ends, axes, steps = (list(args) + [None] * 4)[:4]
+    ok = (node.input[0] == feature_name and starts is not None and ends is not None
+          and np.asarray(starts).tolist() == [0] and (axes is None or np.asarray(axes).tolist() in ([1], [-1]))
+          and (steps is None or np.asarray(steps).tolist() == [1]) and np.asarray(ends).size == 1
+          and int(np.asarray(ends).reshape(-1)[0]) > 0)
+    if not ok:
+        raise HeadStructureError(f"{graph}: Slice {node.name!r} is not features[:, :k] of the input {feature_name!r} "
+                                 "(the only slice an FPGA head reads: the leading classifier columns)")
+    return int(np.asarray(ends).reshape(-1)[0])
 
 
 def _layer_name(weight_name: str, index: int) -> str:
@@ -209,7 +244,7 @@ def _gelu(z: np.ndarray, approx: bool) -> np.ndarray:
 
 def float_forward(spec: HeadSpec, feeds: Mapping[str, np.ndarray], gelu_approx: bool = False) -> np.ndarray:
     """Float64 forward pass of the head; ``gelu_approx`` uses the hardware's GELU approximation."""
-    h = np.asarray(feeds[spec.feature_name], np.float64)
+    h = np.asarray(feeds[spec.feature_name], np.float64)[:, :spec.feature_columns]
     for k, layer in enumerate(spec.layers):
         for name, at in spec.masks:
             if at == k:
@@ -297,7 +332,7 @@ def quantized_reference(spec: HeadSpec, types: HeadTypes, feeds: Mapping[str, np
     x = q(pack_rows(spec, feeds).astype(np.float64), types.data)
     sizes = np.cumsum((0,) + spec.input_sizes())
     part = {name: x[:, sizes[i]:sizes[i + 1]] for i, name in enumerate(spec.input_names)}
-    h = part[spec.feature_name]
+    h = part[spec.feature_name][:, :spec.feature_columns]
     for k, layer in enumerate(spec.layers):
         t = types.dense[layer.name]
         for name, at in spec.masks:
@@ -339,10 +374,12 @@ def build_hardware_module(spec: HeadSpec):
             super().__init__()
             self._plan: List[Tuple[str, str]] = []
             for i, name in enumerate(spec.input_names):
-                sel = nn.Linear(d_in, sizes[i + 1] - sizes[i], bias=False)
+                # the features' selector keeps the columns the head reads (density columns pass by)
+                width = spec.feature_columns if i == 0 else sizes[i + 1] - sizes[i]
+                sel = nn.Linear(d_in, width, bias=False)
                 with torch.no_grad():
                     w = torch.zeros(sel.weight.shape)
-                    w[:, sizes[i]:sizes[i + 1]] = torch.eye(sizes[i + 1] - sizes[i])
+                    w[:, sizes[i]:sizes[i] + width] = torch.eye(width)
                     sel.weight.copy_(w)
                 setattr(self, f"sel_{_ident(name)}", sel)
                 roles[f"sel_{_ident(name)}"] = "select"

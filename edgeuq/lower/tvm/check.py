@@ -23,7 +23,7 @@ import numpy as np
 from ...profile import measure
 from ..base import Evidence
 from ..toolchain import ToolchainError
-from .numerics import TvmNumericsError, max_error, ort_outputs, reference_feeds, tolerance
+from .numerics import TvmNumericsError, judge, ort_outputs, reference_feeds
 from .qemu import check_under_qemu
 from .targets import is_native
 
@@ -46,6 +46,7 @@ def _native(art: Any, builds: Mapping[str, Any], samples: int, atol: Optional[fl
     feeds = reference_feeds(art)
     errors: Dict[str, float] = {}
     tols: Dict[str, float] = {}
+    rules: Dict[str, Any] = {}
     latency: Dict[str, Any] = {}
     library: Dict[str, Any] = {}
     for role, b in builds.items():
@@ -56,11 +57,11 @@ def _native(art: Any, builds: Mapping[str, Any], samples: int, atol: Optional[fl
         # the shape buckets the executor runs it with
         library[role] = {"file": graph.path.name, "choice": graph.library_choice, "batch": graph.batch,
                          "buckets": list(graph.buckets)}
-        err, tol = max_error(graph.run(feeds[role]), ref), tolerance(ref, atol)
-        errors[role], tols[role] = err, tol
-        if not err <= tol:
-            raise TvmNumericsError(f"{role} library {b.library.name} differs from ONNX Runtime by {err:.3g} "
-                                   f"> tolerance {tol:.3g}")
+        j = judge(onnx_path, feeds[role], graph.run(feeds[role]), ref, atol)
+        errors[role], tols[role], rules[role] = j.max_error, j.tolerance, dict(j.detail)
+        if not j.ok:
+            raise TvmNumericsError(f"{role} library {b.library.name} differs from ONNX Runtime: max {j.max_error:.3g} "
+                                   f"(accepted up to {j.tolerance:.3g}); {dict(j.detail)}")
         rows = 1 if role == "trunk" else samples
         timed = {k: np.ascontiguousarray(np.resize(v, (rows, *v.shape[1:]))) for k, v in feeds[role].items()}
         latency[role] = measure(lambda: graph.run(timed), warmup=3, repeats=LATENCY_REPEATS, name=role).median_ms
@@ -68,7 +69,7 @@ def _native(art: Any, builds: Mapping[str, Any], samples: int, atol: Optional[fl
     worst, tol = _worst(errors, tols)
     return Evidence(how="native", reference=REFERENCE, max_error=worst, tolerance=tol, latency_ms=per_input,
                     reason="" if per_input is not None else "only one graph compiled: no per-input latency",
-                    detail={"max_abs_err": errors, "tolerance": tols, "library": library,
+                    detail={"max_abs_err": errors, "tolerance": tols, "rule": rules, "library": library,
                             "latency_ms": {**latency, "samples": samples,
                                            "how": f"this host, median of {LATENCY_REPEATS} runs"}})
 

@@ -31,7 +31,7 @@ from edgeuq_runtime.batching import run_fixed_batch
 
 from ..base import Evidence
 from ..toolchain import ToolchainError, require_tool, toolchains_dir
-from .numerics import TvmNumericsError, max_error, ort_outputs, reference_feeds, tolerance
+from .numerics import TvmNumericsError, judge, ort_outputs, reference_feeds
 
 __all__ = ["check_under_qemu", "aarch64_sysroot", "run_aarch64", "run_armv7_graph", "ARMV7_GAP", "QEMU_TIMEOUT_S",
            "QEMU_AARCH64_CPUS", "qemu_cpu"]
@@ -161,16 +161,18 @@ def check_under_qemu(art: Any, target: Any, builds: Mapping[str, Any], atol: Opt
             outs = run_aarch64(graphs, Path(tmp), cpu)
     errors: Dict[str, float] = {}
     tols: Dict[str, float] = {}
+    rules: Dict[str, Any] = {}
     for (role, b), got in zip(builds.items(), outs):
-        ref = ort_outputs(Path(art.trunk_path if role == "trunk" else art.head_path), feeds[role])
-        err, tol = max_error(got, ref), tolerance(ref, atol)
-        errors[role], tols[role] = err, tol
-        if not err <= tol:
+        path = Path(art.trunk_path if role == "trunk" else art.head_path)
+        j = judge(path, feeds[role], got, ort_outputs(path, feeds[role]), atol)
+        errors[role], tols[role], rules[role] = j.max_error, j.tolerance, dict(j.detail)
+        if not j.ok:
             raise TvmNumericsError(f"{role} library {b.library.name} for {target.name} differs under qemu from "
-                                   f"ONNX Runtime by {err:.3g} > tolerance {tol:.3g}")
+                                   f"ONNX Runtime: max {j.max_error:.3g} (accepted up to {j.tolerance:.3g}); "
+                                   f"{dict(j.detail)}")
     worst = max(errors, key=lambda r: errors[r] / tols[r] if tols[r] else errors[r])
     detail: Dict[str, Any] = {"arch": arch, "emulator": target.qemu, "qemu_cpu": cpu, "max_abs_err": errors,
-                              "tolerance": tols}
+                              "tolerance": tols, "rule": rules}
     if arch == "armv7":
         detail["runner"] = "tvm_vm_driver (TVM C++ runtime cross-built from the wheels' sources)"
     return Evidence(how="qemu", reference="ONNX Runtime (same inputs and noise)", max_error=errors[worst],
