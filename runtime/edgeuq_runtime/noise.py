@@ -37,7 +37,7 @@ from .errors import ManifestError
 
 __all__ = ["NoiseSpec", "NOISE_SAMPLERS", "NOISE_MEANS", "sample_noise", "mean_noise", "noise_specs_from_json",
            "sample_noise_for_sample", "sample_noise_samples", "sample_noise_tiled", "sample_noise_rows",
-           "row_layout", "words_per_row", "dropout_threshold", "normal_table", "prepare_noise",
+           "noise_writer", "row_layout", "words_per_row", "dropout_threshold", "normal_table", "prepare_noise",
            "DROPOUT_8BIT_REL_TOL", "MAX_NOISE_ELEMENTS", "NOISE_STREAM"]
 
 #: Bounds on one noise input: elements per row and axes (a manifest asking for more is refused).
@@ -390,6 +390,56 @@ def _dropout_run_step(members: Sequence[Tuple[NoiseSpec, int]], bits: int, t: in
     return step
 
 
+def _joint_block(members: Sequence[Tuple[NoiseSpec, int]], parts: tuple, rows: int,
+                 into: Mapping[str, np.ndarray]) -> Optional[np.ndarray]:
+    """The (n, rows, count) float32 block that holds the arrays ``into`` has for a run of ``n >= 2``
+    dropout specs of ``count`` elements each, where the run's elements lie back to back in a row and
+    the arrays are consecutive slabs ``block[0], block[1], ...`` of one C-contiguous array (a caller
+    that allocated them so); else None."""
+    n = len(members)
+    if n < 2:
+        return None
+    count = _count(members[0][0])
+    if any(_count(spec) != count for spec, _ in members) or \
+            any((a, b) != (i * count, (i + 1) * count) for i, (_, _, a, b) in enumerate(parts)):
+        return None
+    dests = [into.get(spec.name) for spec, _ in members]
+    base = dests[0].base if dests[0] is not None else None
+    if not isinstance(base, np.ndarray) or base.dtype != np.float32 or not base.flags.c_contiguous:
+        return None
+    slab = rows * count * 4
+    first = dests[0].ctypes.data - base.ctypes.data
+    if first % slab or first + n * slab > base.nbytes:
+        return None
+    for i, d in enumerate(dests):
+        if d is None or d.base is not base or d.ctypes.data != base.ctypes.data + first + i * slab:
+            return None
+    block = base.reshape(-1)[first // 4:first // 4 + n * rows * count].reshape(n, rows, count)
+    return block if np.shares_memory(block, dests[0]) else None
+
+
+def _joint_run_step(members: Sequence[Tuple[NoiseSpec, int]], bits: int, t: int, p_eff: float, rows: int,
+                    into: Mapping[str, np.ndarray]) -> _Step:
+    """:func:`_dropout_run_step` for a caller's arrays laid out as one block (:func:`_joint_block`):
+    the run's keep mask is cast into the whole block at once and scaled in place (the same values,
+    two numpy calls instead of two per spec); any other layout gets the per-spec step."""
+    view, lo, hi, parts = _dropout_run_parts(members, bits)
+    block = _joint_block(members, parts, rows, into)
+    if block is None:
+        return _dropout_run_step(members, bits, t, p_eff)
+    scale = np.float32(1.0 / (1.0 - p_eff))
+    n, count = block.shape[0], block.shape[2]
+    named = tuple((spec.name, into[spec.name]) for spec, _ in members)
+
+    def step(views: _Views, rows_: int, out: Dict[str, np.ndarray], into_: Any = None) -> None:
+        keep = np.greater_equal(views[view][:, lo:hi], t)
+        np.copyto(block, keep.reshape(rows, n, count).transpose(1, 0, 2))
+        np.multiply(block, scale, out=block)
+        for name, d in named:
+            out[name] = d
+    return step
+
+
 def _normal_step(spec: NoiseSpec, off: int) -> _Step:
     name, shape, a, b, table = spec.name, spec.shape, 4 * off, 4 * off + _count(spec), normal_table()
 
@@ -463,27 +513,20 @@ def _plan(specs: Sequence[NoiseSpec]) -> Tuple[int, Tuple[_Step, ...]]:
     return width, steps
 
 
-def sample_noise_rows(specs: Sequence[NoiseSpec], rows: int, rng: np.random.Generator,
-                      into: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
-    """The next ``rows`` head rows of the runtime's noise stream (see above), every spec,
-    shape ``(rows, *spec.shape)`` float32, C-contiguous: one ``random_raw`` draw, decoded by the
-    specs' cached plan (the values of :func:`_decode`, spec by spec). ``into``: float32 C-contiguous
-    arrays of those shapes (some or all specs, by name) that receive the values and are returned
-    instead of new arrays (for a caller that feeds the same buffers every time, e.g. a bound graph)."""
-    if rows <= 0:
-        raise ValueError(f"number of noise rows must be positive, got {rows}")
-    if not specs:
-        return {}
-    width, steps = _plan(specs)
-    dest = into
-    if into is not None:
-        for spec in specs:
-            d = dest.get(spec.name)
-            if d is not None and (not isinstance(d, np.ndarray) or d.dtype != np.float32 or
-                                  d.shape != (rows,) + spec.shape or not d.flags.c_contiguous):
-                raise ValueError(f"into[{spec.name!r}] must be a C-contiguous float32 array of shape "
-                                 f"{(rows,) + spec.shape}, got {getattr(d, 'dtype', type(d).__name__)} "
-                                 f"{getattr(d, 'shape', '')}")
+def _check_into(specs: Sequence[NoiseSpec], rows: int, into: Mapping[str, np.ndarray]) -> None:
+    for spec in specs:
+        d = into.get(spec.name)
+        if d is not None and (not isinstance(d, np.ndarray) or d.dtype != np.float32 or
+                              d.shape != (rows,) + spec.shape or not d.flags.c_contiguous):
+            raise ValueError(f"into[{spec.name!r}] must be a C-contiguous float32 array of shape "
+                             f"{(rows,) + spec.shape}, got {getattr(d, 'dtype', type(d).__name__)} "
+                             f"{getattr(d, 'shape', '')}")
+
+
+def _draw_rows(width: int, steps: Tuple[_Step, ...], rows: int, rng: np.random.Generator,
+               dest: Optional[Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    """One ``random_raw`` draw of ``rows`` rows decoded by ``steps`` (the specs' plan), written into
+    ``dest``'s arrays where it has them (already checked by :func:`_check_into`)."""
     raw = rng.bit_generator.random_raw(rows * width)
     if not _LITTLE:
         raw = raw.astype("<u8")   # the stream reads words little-endian on every host
@@ -498,6 +541,50 @@ def sample_noise_rows(specs: Sequence[NoiseSpec], rows: int, rng: np.random.Gene
                 np.copyto(d, decoded[name])
                 decoded[name] = d
     return decoded
+
+
+def sample_noise_rows(specs: Sequence[NoiseSpec], rows: int, rng: np.random.Generator,
+                      into: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+    """The next ``rows`` head rows of the runtime's noise stream (see above), every spec,
+    shape ``(rows, *spec.shape)`` float32, C-contiguous: one ``random_raw`` draw, decoded by the
+    specs' cached plan (the values of :func:`_decode`, spec by spec). ``into``: float32 C-contiguous
+    arrays of those shapes (some or all specs, by name) that receive the values and are returned
+    instead of new arrays (for a caller that feeds the same buffers every time, e.g. a bound graph;
+    :func:`noise_writer` checks them once for such a caller)."""
+    if rows <= 0:
+        raise ValueError(f"number of noise rows must be positive, got {rows}")
+    if not specs:
+        return {}
+    width, steps = _plan(specs)
+    if into is not None:
+        _check_into(specs, rows, into)
+    return _draw_rows(width, steps, rows, rng, into)
+
+
+def noise_writer(specs: Sequence[NoiseSpec], rows: int,
+                 into: Mapping[str, np.ndarray]) -> Callable[[np.random.Generator], None]:
+    """``sample_noise_rows(specs, rows, rng, into=into)`` for a caller that draws into the same
+    arrays every time (a stream's hop): the plan is built and the arrays are checked once, here,
+    instead of at every draw. Each call of the returned function draws the next ``rows`` rows of
+    ``rng``'s stream into the arrays (one for every spec, by name; they must stay alive and keep
+    their shapes). Consecutive dropout specs of one threshold and size whose arrays are consecutive
+    slabs of one array (``block[0], block[1], ...``) are written together (:func:`_joint_run_step`)."""
+    if rows <= 0:
+        raise ValueError(f"number of noise rows must be positive, got {rows}")
+    missing = [s.name for s in specs if s.name not in into]
+    if missing:
+        raise ValueError(f"noise_writer needs an array for every noise input, missing {missing}")
+    _check_into(specs, rows, into)
+    if not specs:
+        return lambda rng: None
+    dest = {s.name: into[s.name] for s in specs}
+    # the plan of _plan, except that a run of dropout specs whose arrays are one block is written at once
+    width, steps = _build_plan(tuple(specs), lambda members, bits, t, p_eff:
+                               _joint_run_step(members, bits, t, p_eff, rows, dest))
+
+    def draw(rng: np.random.Generator) -> None:
+        _draw_rows(width, steps, rows, rng, dest)
+    return draw
 
 
 def sample_noise_for_sample(specs: Sequence[NoiseSpec], batch: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ from test_rt_stream_calibration import _calibrate_tiny, _calibrate_tiny_pvalues
 
 from edgeuq_runtime import UncertaintyRuntime, load_bundle, write_bundle
 from edgeuq_runtime.errors import BackendError
-from edgeuq_runtime.noise import NoiseSpec, sample_noise_rows
+from edgeuq_runtime.noise import NoiseSpec, noise_writer, sample_noise_rows
 from edgeuq_runtime.preprocess import normalize
 from edgeuq_runtime.stream import ArraySource, Diagnoser, run_stream, window_flags
 from edgeuq_runtime.stream.hop import HopPath
@@ -191,6 +191,72 @@ def test_noise_rows_into_given_arrays_equal_new_arrays():
     assert all(np.array_equal(partial[n], expect[n]) for n in expect)
     with pytest.raises(ValueError, match="into"):
         sample_noise_rows(specs, 7, np.random.default_rng(9), into={"a": np.zeros((7, 5), np.float32)})
+
+
+
+@pytest.mark.parametrize("specs", [
+    (NoiseSpec("a", "dropout_mask", (6,), {"p": 0.3}), NoiseSpec("b", "standard_normal", (2, 3)),
+     NoiseSpec("c", "dropout_mask", (5,), {"p": 0.3})),
+    # a 16-bit dropout threshold, a uniform and a categorical spec (no in-place step: copied into the array)
+    (NoiseSpec("d", "dropout_mask", (4,), {"p": 0.123456}), NoiseSpec("u", "uniform", (3,)),
+     NoiseSpec("k", "categorical", (2, 3), {"k": 3})),
+])
+def test_noise_writer_draws_what_sample_noise_rows_draws(specs):
+    """A bound writer (arrays checked once) draws the same stream as sample_noise_rows, call after call."""
+    ref_rng, rng = np.random.default_rng(4), np.random.default_rng(4)
+    into = {s.name: np.full((7,) + s.shape, -1.0, np.float32) for s in specs}
+    held = dict(into)
+    draw = noise_writer(specs, 7, into)
+    for _ in range(3):
+        expect = sample_noise_rows(specs, 7, ref_rng)
+        draw(rng)
+        for name in expect:
+            assert into[name] is held[name]
+            assert np.array_equal(into[name], expect[name]), name
+    with pytest.raises(ValueError, match="missing"):
+        noise_writer(specs, 7, {specs[0].name: into[specs[0].name]})
+    with pytest.raises(ValueError, match="into"):
+        noise_writer(specs, 7, {**into, specs[0].name: np.zeros((7, 99), np.float32)})
+
+
+
+def _blocked(specs, rows, order=None):
+    """Arrays for ``specs`` as consecutive slabs of one block (in ``order`` of the specs, default theirs)."""
+    order = list(range(len(specs))) if order is None else order
+    block = np.full((len(specs), rows) + specs[0].shape, -1.0, np.float32)
+    return {specs[j].name: block[i] for i, j in enumerate(order)}
+
+
+@pytest.mark.parametrize("case", ["block", "three in a block", "gaps in the row", "swapped slabs", "mixed kinds"])
+def test_noise_writer_writes_a_block_of_dropout_inputs_as_the_specs_do(case):
+    """Dropout inputs whose arrays are slabs of one block (as HopPath allocates them) are written in one
+    go where the layout allows it, and the values are sample_noise_rows' in every case; the layouts that
+    do not allow it (elements not back to back in a row, slabs out of order, another kind between) keep
+    the per-spec step."""
+    from edgeuq_runtime.noise import _dropout_run_parts, _joint_block, row_layout
+
+    p = {"p": 0.2}
+    specs = {"block": (NoiseSpec("a", "dropout_mask", (16,), p), NoiseSpec("b", "dropout_mask", (16,), p)),
+             "three in a block": tuple(NoiseSpec(n, "dropout_mask", (2, 8), p) for n in "abc"),
+             "gaps in the row": (NoiseSpec("a", "dropout_mask", (5,), p), NoiseSpec("b", "dropout_mask", (5,), p)),
+             "swapped slabs": (NoiseSpec("a", "dropout_mask", (16,), p), NoiseSpec("b", "dropout_mask", (16,), p)),
+             "mixed kinds": (NoiseSpec("a", "dropout_mask", (16,), p), NoiseSpec("n", "standard_normal", (16,)),
+                             NoiseSpec("b", "dropout_mask", (16,), p))}[case]
+    rows = 6
+    into = _blocked(specs, rows, [1, 0] if case == "swapped slabs" else None)
+    joint = case in ("block", "three in a block")
+    layout = row_layout(specs)
+    members = [(sp, layout[i][0]) for i, sp in enumerate(specs) if sp.kind == "dropout_mask"]
+    run = members if case != "mixed kinds" else members[:1]      # a normal spec ends the run
+    parts = _dropout_run_parts(run, 8)[3]
+    assert (_joint_block(run, parts, rows, into) is not None) == joint
+    ref_rng, rng = np.random.default_rng(8), np.random.default_rng(8)
+    draw = noise_writer(specs, rows, into)
+    for _ in range(3):
+        expect = sample_noise_rows(specs, rows, ref_rng)
+        draw(rng)
+        for name in expect:
+            assert np.array_equal(into[name], expect[name]), (case, name)
 
 
 def _flags_brute(x, max_abs=1e6, clip_count=4):

@@ -10,7 +10,11 @@ What it does differently is only how many Python and numpy calls a hop costs:
   kept between hops; the same operations as :func:`~edgeuq_runtime.preprocess.zscore_windows` on
   one row, so the same values);
 * the head's S rows of features are a preallocated (S, d) buffer filled by broadcasting, not a
-  new ``np.tile`` per hop; the noise is the runtime's own :func:`~edgeuq_runtime.noise.sample_noise_rows`;
+  new ``np.tile`` per hop; the noise is the runtime's own stream, drawn by a
+  :func:`~edgeuq_runtime.noise.noise_writer` straight into the bound head's input buffers (checked
+  once when the path is built; noise inputs of one shape are slabs of one block, so a run of
+  dropout masks is written by two numpy calls, not two per input); the logits are read through a
+  fixed (S, 1, C) view of the bound output;
 * the density score is the runtime's :class:`~edgeuq_runtime.density.GaussianDensity` formula on
   one row (no pooling checks);
 * the p-values, their combination, the LAC set and the abstention rule are scalar Python on one
@@ -31,7 +35,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..noise import sample_noise_rows
+from ..noise import noise_writer, sample_noise_rows
 from ..session import UncertaintyRuntime
 from ..uncertainty import decompose_logits
 from .quality import BLOCKING_FLAGS, window_flags
@@ -158,7 +162,12 @@ class HopPath:
         self._feat = np.empty(f.shape, dtype=f.dtype)
         self._rows = np.empty((s,) + f.shape[1:], dtype=np.float32)
         self._rows[...] = f
-        self._noise_buf = {spec.name: np.ones((s,) + spec.shape, dtype=np.float32) for spec in self._noise}
+        shapes = {spec.shape for spec in self._noise}
+        if len(self._noise) > 1 and len(shapes) == 1:   # one block, one slab per input: noise_writer can
+            block = np.ones((len(self._noise), s) + shapes.pop(), dtype=np.float32)   # fill runs at once
+            self._noise_buf = {spec.name: block[i] for i, spec in enumerate(self._noise)}
+        else:
+            self._noise_buf = {spec.name: np.ones((s,) + spec.shape, dtype=np.float32) for spec in self._noise}
         feeds = {self._feat_name: self._rows, **self._noise_buf}
         out = np.asarray(self._head.run(feeds)[self._logits_name])
         self._logits = np.empty(out.shape, dtype=out.dtype)
@@ -166,6 +175,10 @@ class HopPath:
         self._run_trunk = None if bind_t is None else bind_t({self._in_name: self._x}, {self._feat_name: self._feat})
         self._run_head = None if bind_h is None else bind_h(feeds, {self._logits_name: self._logits})
         self.bound = self._run_trunk is not None and self._run_head is not None
+        # bound head: the noise rows are drawn straight into its input buffers (checked once, here),
+        # and its float32 logits are read through a fixed (S, 1, C) view of the output buffer
+        self._draw = None if self._run_head is None else noise_writer(self._noise, s, self._noise_buf)
+        self._logits3 = self._logits.reshape(s, 1, -1) if self._logits.dtype == np.float32 else None
 
     # -- the stages -------------------------------------------------------------------------
     def features(self, window: np.ndarray) -> np.ndarray:
@@ -212,9 +225,11 @@ class HopPath:
             noise[self._feat_name] = self._rows
             out = np.asarray(self._head.run(noise)[self._logits_name], dtype=np.float32)
         else:   # the noise rows written straight into the bound buffers
-            sample_noise_rows(self._noise, self.samples, rng, into=self._noise_buf)
+            self._draw(rng)
             self._run_head()
-            out = self._logits if self._logits.dtype == np.float32 else self._logits.astype(np.float32)
+            if self._logits3 is not None:
+                return self._logits3
+            out = self._logits.astype(np.float32)
         return out.reshape(self.samples, 1, -1)
 
     def post(self, s: Any, density: Optional[float], flags: List[str]) -> Any:
