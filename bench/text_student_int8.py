@@ -9,7 +9,9 @@ the float32 bundle on SST-2 test (accuracy, ECE) and TREC (AUROC of MI, total en
 bundle's density and the calibrated combined score), both through the device runtime with S = 32
 and the same seeds. Each bundle is calibrated as deployed (edgeuq.calibrate.calibrate_text_bundle on
 a copy): the density on --fit SST-2 training phrases, the combined score's p-values on --calib dev.tsv
-phrases; never on the rows scored.
+phrases; never on the rows scored. ``--rule-from DIR``: a calibrated bundle whose device rule (which
+p-values, combined how: ``edgeuq.calibrate.rule``, picked on constructed shifts, never on TREC) both
+copies then run too; its AUROC vs TREC is the ``device`` column (the rule is not re-picked here).
 """
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ def main(argv=None) -> int:
     ap.add_argument("--fit", type=int, default=2000, help="SST-2 training phrases fitting the density")
     ap.add_argument("--calib", type=int, default=1000, help="SST-2 dev.tsv phrases calibrating the p-values")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rule-from", type=Path,
+                    help="a calibrated bundle whose device rule (pvalues parts, rule, weights) the copies also run, "
+                         "e.g. bench/text_student_cut.py's OUT/calibrated/student")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     from edgeuq.provenance import command_line, finish, start, write_results
@@ -46,6 +51,7 @@ def main(argv=None) -> int:
         print(f"no bundle at {a.bundle} or no SST-2 under {a.data}", file=sys.stderr)
         return 2
     from edgeuq.calibrate.fit import CalibrationOptions, calibrate_text_bundle
+    from edgeuq.calibrate.rule import set_device_rule
     from edgeuq.calibrate.scores import score_windows
     from edgeuq.data.text import load_sst2, load_trec
     from edgeuq.quantize.dynamic import DYNAMIC_INT8, dynamic_int8_graph
@@ -54,6 +60,12 @@ def main(argv=None) -> int:
     from edgeuq_runtime.bundle import write_bundle
     from edgeuq_runtime.calibration import Calibrated
 
+    rule = None
+    if a.rule_from is not None:
+        rule = load_bundle(a.rule_from, verify=True).manifest.sections["calibration"].pvalues
+        if rule is None:
+            print(f"{a.rule_from}: no calibrated p-value rule", file=sys.stderr)
+            return 2
     b = load_bundle(a.bundle, verify=True)
     out = a.bundle.with_name(a.bundle.name + "-int8")
     with tempfile.TemporaryDirectory(prefix="edgeuq-int8-") as tmp:
@@ -96,10 +108,24 @@ def main(argv=None) -> int:
             v, w = getattr(r, part), getattr(o, part)
             return None if v is None else float(auroc(v, w))
 
+        device = None
+        if rule is not None:       # the same scores under the picked rule: -log of its combined p-value
+            set_device_rule(cal_dir / name, rule.parts, rule.rule, rule.weights)
+            dcal = Calibrated.from_bundle(load_bundle(cal_dir / name, verify=True))
+
+            def dev(sc):
+                return -np.log(dcal.combined_pvalue(dcal.pvalues(sc.epistemic, sc.total, sc.density, sc.prediction)))
+
+            device = float(auroc(dev(r), dev(o)))
+
         rows[name] = {"acc": float(np.mean(r.prediction == test.y)),
                       "ece": float(expected_calibration_error(r.probs, test.y)),
                       "auroc_trec_mi": au("epistemic"), "auroc_trec_total": au("total"),
                       "auroc_trec_density": au("density"), "auroc_trec_combined": au("combined"),
+                      "auroc_trec_device": device,
+                      "device_rule": None if rule is None else {"parts": list(rule.parts), "rule": rule.rule,
+                                                                "weights": None if rule.weights is None
+                                                                else list(rule.weights), "from": str(a.rule_from)},
                       "fit_rows": a.fit - dropped, "calibration_rows": len(cal_y),
                       "calibration_excludes_distill_validation_rows": bool(seen),
                       "graph_bytes": int(sum((root / f).stat().st_size for f in graphs)),
@@ -113,9 +139,9 @@ def main(argv=None) -> int:
            "bundle": str(a.bundle), "rows": rows,
            "tables": {"text_student_int8": results_table(
                ["weights", "SST-2 acc", "ECE", "AUROC MI (TREC)", "AUROC total H (TREC)", "AUROC density (TREC)",
-                "AUROC combined, calibrated (TREC)", "graph MB"],
+                "AUROC combined, calibrated (TREC)", "AUROC device rule (TREC)", "graph MB"],
                [[k, f"{v['acc']:.4f}", f"{v['ece']:.4f}", f3(v["auroc_trec_mi"]), f3(v["auroc_trec_total"]),
-                 f3(v["auroc_trec_density"]), f3(v["auroc_trec_combined"]), f"{v['graph_bytes'] / 1e6:.2f}"]
+                 f3(v["auroc_trec_density"]), f3(v["auroc_trec_combined"]), f3(v.get("auroc_trec_device")), f"{v['graph_bytes'] / 1e6:.2f}"]
                 for k, v in rows.items()])}}
     if a.json:
         write_results(a.json, doc, command_line("bench/text_student_int8.py", argv), finish(prov))
