@@ -254,6 +254,12 @@ def main(argv=None) -> int:
                  "source": "SST-2 dev.tsv rows neither calibrating nor validating the distillation nor equal to a fit "
                            "or reported text; shifted: other rows of the constructed shifts (TREC not used)"}
     print(f"device-rule validation rows: {rule_rows}", flush=True)
+    # the rows themselves, so that another copy of a bundle (bench/text_student_int8.py --rule-rows) picks its
+    # own rule on exactly these
+    from edgeuq.calibrate.rule import RULE_ROWS_FILE, TextRuleRows, save_text_rule_rows
+
+    save_text_rule_rows(a.out / RULE_ROWS_FILE, TextRuleRows(tuple(rule_in), {k: tuple(v) for k, v in rule_shift.items()},
+                                                             rule_rows["source"]))
 
     def calibrated_copy(root: Path, dest: Path) -> dict:
         from edgeuq.calibrate.fit import CalibrationOptions, calibrate_text_bundle

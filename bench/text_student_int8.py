@@ -12,6 +12,9 @@ a copy): the density on --fit SST-2 training phrases, the combined score's p-val
 phrases; never on the rows scored. ``--rule-from DIR``: a calibrated bundle whose device rule (which
 p-values, combined how: ``edgeuq.calibrate.rule``, picked on constructed shifts, never on TREC) both
 copies then run too; its AUROC vs TREC is the ``device`` column (the rule is not re-picked here).
+``--rule-rows FILE`` instead: each copy picks its own rule (``edgeuq.calibrate.rule.pick_text_rule``) on
+the validation rows bench/text_student_cut.py picked the float32 student's on (``OUT/device_rule_rows.json``:
+constructed shifts, never TREC, none of them scored here).
 """
 from __future__ import annotations
 
@@ -41,8 +44,13 @@ def main(argv=None) -> int:
     ap.add_argument("--rule-from", type=Path,
                     help="a calibrated bundle whose device rule (pvalues parts, rule, weights) the copies also run, "
                          "e.g. bench/text_student_cut.py's OUT/calibrated/student")
+    ap.add_argument("--rule-rows", type=Path,
+                    help="validation rows (bench/text_student_cut.py's OUT/device_rule_rows.json) on which each copy "
+                         "picks its own device rule")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
+    if a.rule_from is not None and a.rule_rows is not None:
+        ap.error("--rule-from and --rule-rows are alternatives: run a given rule, or pick one per copy")
     from edgeuq.provenance import command_line, finish, start, write_results
     from edgeuq.report import results_table
 
@@ -51,7 +59,7 @@ def main(argv=None) -> int:
         print(f"no bundle at {a.bundle} or no SST-2 under {a.data}", file=sys.stderr)
         return 2
     from edgeuq.calibrate.fit import CalibrationOptions, calibrate_text_bundle
-    from edgeuq.calibrate.rule import set_device_rule
+    from edgeuq.calibrate.rule import RulePickOptions, load_text_rule_rows, pick_text_rule, set_device_rule
     from edgeuq.calibrate.scores import score_windows
     from edgeuq.data.text import load_sst2, load_trec
     from edgeuq.quantize.dynamic import DYNAMIC_INT8, dynamic_int8_graph
@@ -66,6 +74,7 @@ def main(argv=None) -> int:
         if rule is None:
             print(f"{a.rule_from}: no calibrated p-value rule", file=sys.stderr)
             return 2
+    rule_rows = None if a.rule_rows is None else load_text_rule_rows(a.rule_rows)
     b = load_bundle(a.bundle, verify=True)
     out = a.bundle.with_name(a.bundle.name + "-int8")
     with tempfile.TemporaryDirectory(prefix="edgeuq-int8-") as tmp:
@@ -108,9 +117,14 @@ def main(argv=None) -> int:
             v, w = getattr(r, part), getattr(o, part)
             return None if v is None else float(auroc(v, w))
 
-        device = None
-        if rule is not None:       # the same scores under the picked rule: -log of its combined p-value
-            set_device_rule(cal_dir / name, rule.parts, rule.rule, rule.weights)
+        device, picked = None, None
+        if rule_rows is not None:  # this copy's own rule, picked on the validation rows (never on TREC)
+            pick = pick_text_rule(cal_dir / name, rule_rows.in_distribution, rule_rows.shifted,
+                                  RulePickOptions(samples=a.samples, seed=a.seed, threads=1), log=print)
+            picked = pick.to_json()
+        if rule is not None or rule_rows is not None:   # the same scores under the rule: -log of its combined p
+            if rule is not None:
+                set_device_rule(cal_dir / name, rule.parts, rule.rule, rule.weights)
             dcal = Calibrated.from_bundle(load_bundle(cal_dir / name, verify=True))
 
             def dev(sc):
@@ -123,9 +137,9 @@ def main(argv=None) -> int:
                       "auroc_trec_mi": au("epistemic"), "auroc_trec_total": au("total"),
                       "auroc_trec_density": au("density"), "auroc_trec_combined": au("combined"),
                       "auroc_trec_device": device,
-                      "device_rule": None if rule is None else {"parts": list(rule.parts), "rule": rule.rule,
-                                                                "weights": None if rule.weights is None
-                                                                else list(rule.weights), "from": str(a.rule_from)},
+                      "device_rule": picked if picked is not None else None if rule is None else {
+                          "parts": list(rule.parts), "rule": rule.rule,
+                          "weights": None if rule.weights is None else list(rule.weights), "from": str(a.rule_from)},
                       "fit_rows": a.fit - dropped, "calibration_rows": len(cal_y),
                       "calibration_excludes_distill_validation_rows": bool(seen),
                       "graph_bytes": int(sum((root / f).stat().st_size for f in graphs)),

@@ -73,3 +73,19 @@ def test_pick_is_the_brute_force_best_with_the_tie_breaks_and_weighted_helps_a_s
     same_out = {"epistemic": p_out["density"], "total": p_out["total"], "density": p_out["density"]}
     tie = pick_rule(same, same_out, ("epistemic", "density"), ("min", "weighted"))
     assert len(tie.parts) == 1 and tie.rule == "min"
+
+
+def test_text_rule_rows_round_trip_and_refuse_what_is_not_one(tmp_path):
+    from edgeuq.calibrate.rule import TextRuleRows, load_text_rule_rows, save_text_rule_rows
+
+    rows = TextRuleRows(("a fine film", "dull"), {"shuffled": ("film fine a",), "licenses": ("MIT licence", "GPL")},
+                        "dev rows; constructed shifts")
+    back = load_text_rule_rows(save_text_rule_rows(tmp_path / "rows.json", rows))
+    assert back.in_distribution == rows.in_distribution and back.source == rows.source
+    assert dict(back.shifted) == dict(rows.shifted)
+    (tmp_path / "empty.json").write_text('{"in_distribution": ["x"], "shifted": {"s": []}}')
+    (tmp_path / "numbers.json").write_text('{"in_distribution": [1], "shifted": {"s": ["y"]}}')
+    (tmp_path / "list.json").write_text('["x"]')
+    for bad in ("empty.json", "numbers.json", "list.json"):
+        with pytest.raises(ValueError, match="not a device-rule rows file"):
+            load_text_rule_rows(tmp_path / bad)

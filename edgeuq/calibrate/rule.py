@@ -39,12 +39,16 @@ from ..uq import auroc
 from .scores import score_windows
 
 __all__ = ["DENSITY_WEIGHTS", "RuleCandidate", "RulePick", "RulePickOptions", "rule_candidates", "pick_rule",
-           "set_device_rule", "all_parts_calibrated", "pick_bundle_rule", "pick_text_rule"]
+           "set_device_rule", "all_parts_calibrated", "pick_bundle_rule", "pick_text_rule", "RULE_ROWS_FILE",
+           "TextRuleRows", "save_text_rule_rows", "load_text_rule_rows"]
 
 #: the weights the ``weighted`` candidates give the emphasised part (the rest split evenly over the others)
 DENSITY_WEIGHTS = (0.5, 0.7, 0.8, 0.9, 0.95)
 
 Log = Callable[[str], None]
+#: where a bench keeps the text validation rows it picked a rule on (so another copy of the bundle, e.g.
+#: its int8 twin, picks its own rule on exactly those rows)
+RULE_ROWS_FILE = "device_rule_rows.json"
 
 
 @dataclass(frozen=True)
@@ -221,3 +225,37 @@ def pick_text_rule(bundle_dir: Path, in_texts: Sequence[str], shifted_texts: Map
     rt = UncertaintyRuntime(Path(bundle_dir), threads=options.threads, seed=options.seed)
     return pick_bundle_rule(bundle_dir, rt.tokenize(list(in_texts)),
                             {k: rt.tokenize(list(v)) for k, v in shifted_texts.items()}, options, write, log)
+
+
+@dataclass(frozen=True)
+class TextRuleRows:
+    """The validation texts a text bundle's rule is picked on: in-distribution, and shifted per set."""
+
+    in_distribution: Tuple[str, ...]
+    shifted: Mapping[str, Tuple[str, ...]]
+    source: str = ""
+
+
+def save_text_rule_rows(path: Path, rows: TextRuleRows) -> Path:
+    from edgeuq_runtime.atomic import atomic_write
+    import json
+
+    return atomic_write(Path(path), json.dumps({"in_distribution": list(rows.in_distribution),
+                                                "shifted": {k: list(v) for k, v in rows.shifted.items()},
+                                                "source": rows.source}).encode())
+
+
+def load_text_rule_rows(path: Path) -> TextRuleRows:
+    """:func:`save_text_rule_rows`'s file, checked: texts only, at least one in-distribution text and one
+    non-empty shifted set (ValueError naming the file otherwise)."""
+    import json
+
+    d = json.loads(Path(path).read_text())
+    ok = (isinstance(d, dict) and isinstance(d.get("in_distribution"), list) and isinstance(d.get("shifted"), dict)
+          and all(isinstance(t, str) for t in d["in_distribution"])
+          and all(isinstance(v, list) and all(isinstance(t, str) for t in v) for v in d["shifted"].values()))
+    if not ok or not d["in_distribution"] or not any(d["shifted"].values()):
+        raise ValueError(f"{path}: not a device-rule rows file (in_distribution: [texts], shifted: {{set: [texts]}}, "
+                         "both non-empty)")
+    return TextRuleRows(tuple(d["in_distribution"]), {k: tuple(v) for k, v in d["shifted"].items() if v},
+                        str(d.get("source", "")))
