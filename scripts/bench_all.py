@@ -122,8 +122,13 @@ BENCHES: List[Bench] = [
           writes=("text_student_cut_top",), needs=("text_teacher_full",)),
     Bench("text_student_int8", "python bench/text_student_int8.py --data ../shared/data/text "
                                "--bundle runs/bench/text_student_cut/bundle "
+                               "--rule-rows runs/bench/text_student_cut/device_rule_rows.json "
                                "--json results/text_student_int8.json", quick="",
           writes=("text_student_int8",), needs=("text_student_cut",)),
+    # the student's density score against its fit (rows x ridge), picked on validation, TREC reported
+    Bench("text_density_fit", "python bench/text_density_fit.py --data ../shared/data/text "
+                              "--student runs/bench/text_student_cut --json results/text_density_fit.json {mode}",
+          quick="--rows 500 1000 --ridges 1e-4 1e-2", writes=("text_density_fit",), needs=("text_student_cut",)),
     # the chain-built student compiled for the recipe's boards (head and weights chosen per board)
     Bench("text_student_boards", "python bench/text_student_boards.py --student runs/bench/text_student_cut "
                                  "--work runs/bench/text_student_boards --json results/text_student_boards.json "
