@@ -111,6 +111,9 @@ def main(argv=None) -> int:
     ap.add_argument("--target-flops", type=float, help="prune.target_flops (default: the recipe's)")
     ap.add_argument("--rank", type=int, help="vocab.rank (default: the recipe's)")
     ap.add_argument("--epochs", type=int, help="distill.epochs (default: the recipe's)")
+    ap.add_argument("--density-weight", type=float,
+                    help="distill.density_weight: match the student's Avg-Avg to the teacher's density feature "
+                         "(default: the recipe's)")
     ap.add_argument("--prune-rows", type=int, help="prune.rows: calibration phrases (default: the recipe's)")
     ap.add_argument("--posterior-rows", type=int, help="posterior.rows (default: the recipe's)")
     ap.add_argument("--transfer", type=int, help="training phrases in the transfer set (default: the recipe's)")
@@ -167,7 +170,8 @@ def main(argv=None) -> int:
     overrides = [(s, k, v) for s, k, v in (("prune", "keep_layers", a.keep_layers),
                                             ("prune", "target_flops", a.target_flops), ("vocab", "rank", a.rank),
                                             ("distill", "epochs", a.epochs), ("prune", "rows", a.prune_rows),
-                                            ("posterior", "rows", a.posterior_rows)) if v is not None]
+                                            ("posterior", "rows", a.posterior_rows),
+                                            ("distill", "density_weight", a.density_weight)) if v is not None]
     steps, left_out = _runnable_steps(recipe, [n.strip() for n in a.steps.split(",")] if a.steps else None)
     for name, why in left_out.items():
         print(f"step {name!r} left out (it cannot run in this tree): {why}", file=sys.stderr, flush=True)

@@ -100,6 +100,7 @@ def test_defaults_and_the_flat_form_are_the_pre_change_ones():
     assert flat_new.pop("threads") == 0  # a new key: TrainConfig's, 0 = torch's default threads
     assert flat_new.pop("hidden_weight") == 0.0  # a new key: hidden-state matching, off by default
     assert flat_new.pop("length_buckets") == 0  # a new key: length-bucketed batches, off by default
+    assert flat_new.pop("density_weight") == 0.0  # a new key: density-feature matching, off by default
     assert flat_new == flat_old
     assert DistillConfig.from_flat(flat_old) == DistillConfig()
     assert DistillConfig.from_flat({"epochs": 3, "loss": "kl"}) == DistillConfig(
@@ -118,6 +119,7 @@ def test_the_step_keeps_its_strict_option_keys_and_defaults():
     want["teacher_samples"] = 8
     want["hidden_weight"] = 0.0   # hidden-state matching (bert-trunk students of a bert teacher): off by default
     want["length_buckets"] = 0    # length-bucketed batches (token students): off by default
+    want["density_weight"] = 0.0  # density-feature matching (token students of a teacher with one): off
     # the transfer-set options (added when `edgeuq distill` became a one-step chain): off by default,
     # so the step distils on its windows as before
     from edgeuq.compress.transfer import AUGMENTATIONS

@@ -96,6 +96,10 @@ def test_density_features_option_emits_the_pretrained_layers_pooled(kind):
                 "pretrained": per_layer[1]}[kind]
         err = max(float((got[:, :32] - ref.trunk(x)).abs().max()), float((got[:, 32:] - want).abs().max()))
     assert err <= 1e-5, err
+    # the density columns alone (distillation's target) without the fine-tuned layers: the same values
+    with torch.no_grad():
+        alone = float((model.density_feature(x) - want).abs().max())
+    assert alone <= 1e-5, alone
     # the density columns are not the classifier's (else the check above could not tell them apart)
     assert float((got[:, :32] - got[:, 32:]).abs().max()) > 1e-3
     ids = x.numpy()

@@ -171,6 +171,60 @@ def test_hidden_matching_maps_each_student_layer_to_the_teacher_layer_it_was_cut
     assert student.teacher_layers == (2,) and teacher.teacher_layers == (0, 1, 2)
 
 
+def test_density_matching_pulls_the_mean_of_the_student_layers_token_means_to_the_teacher_feature():
+    teacher = _teacher(layers=3)
+    student = _cut(teacher, (0, 2))
+    with torch.no_grad():
+        for p in student.encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ids = torch.from_numpy(TOK.encode_batch(CORPUS))
+    probs = torch.from_numpy(label_with_model(teacher, ids.numpy(), 2, 0))
+    y = torch.full((len(ids),), -1)
+    target = torch.randn(len(ids), 16, generator=torch.Generator().manual_seed(3))
+    cfg = DistillConfig(loss="kl", density_weight=0.7)
+    with torch.no_grad():
+        got = float(distill_loss(student, ids, probs, y, cfg, teacher_density=lambda x: target[:len(x)])
+                    - distill_loss(student, ids, probs, y, dataclasses.replace(cfg, density_weight=0.0)))
+        s_h, _ = student.hidden_states(ids)
+    # brute force: per row, the token mean of each layer output (not the embeddings), averaged over layers
+    sq = 0.0
+    for b in range(len(ids)):
+        real = [t for t in range(ids.shape[1]) if int(ids[b, t]) != 0]
+        z = sum(s_h[j][b, real].mean(0) for j in (1, 2)) / 2
+        sq += float(((z - target[b]) ** 2).sum())
+    spread = float(((target - target.mean(0)) ** 2).sum()) / len(ids)
+    want = 0.7 * (sq / len(ids)) / spread
+    assert abs(got - want) <= 1e-5 * max(1.0, want), (got, want)
+    # it is what the deployed student's density feature (frozen_avg over all its layers) emits
+    from edgeuq.text.student_chain import with_ood_features
+
+    with torch.no_grad():
+        emitted = with_ood_features(student, "frozen_avg").trunk(ids)[:, 16:]
+        z_all = torch.stack([torch.stack([s_h[j][b, [t for t in range(ids.shape[1]) if int(ids[b, t]) != 0]].mean(0)
+                                          for b in range(len(ids))]) for j in (1, 2)]).mean(0)
+    assert float((emitted - z_all).abs().max()) <= 1e-5
+
+
+def test_density_matching_is_off_by_default_and_needs_the_teacher_feature():
+    assert DistillConfig().density_weight == 0.0
+    from edgeuq.compress.steps.distill import Distill
+
+    assert Distill.Options().density_weight == 0.0
+    with pytest.raises(ValueError, match="density_weight must be a finite number"):
+        DistillConfig(density_weight=float("nan"))
+    teacher = _teacher()
+    x = TOK.encode_batch(CORPUS)
+    ts = TransferSet(x, label_with_model(teacher, x, 2, 0))
+    cfg = DistillConfig(density_weight=1.0, train=TrainConfig(epochs=1, batch_size=4))
+    with pytest.raises(ValueError, match="teacher's density feature"):
+        distill_model(_cut(teacher, (1,)), ts, np.full(len(x), -1), ts, np.full(len(x), -1), cfg, progress=False)
+    step = get_step("distill")
+    data = StepData(x=x, y=np.full(len(x), -1), x_val=x, y_val=np.full(len(x), -1), tokenizer=TOK,
+                    teacher=lambda ids, s, seed: label_with_model(teacher, ids, s, seed))
+    with pytest.raises(ValueError, match="StepData.teacher_density"):
+        step.apply(_cut(teacher, (1,)), data, step_options(step, {"density_weight": 1.0, "epochs": 1}))
+
+
 def test_teacher_layers_round_trip_and_are_omitted_when_empty():
     teacher = _teacher()
     assert "teacher_layers" not in teacher.cfg.to_dict()["trunk_options"]   # older configs keep their digests

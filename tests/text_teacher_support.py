@@ -87,9 +87,10 @@ def padded_ids(n: int, vocab_size: int, length: int, seed: int) -> np.ndarray:
     return ids.astype(np.int64)
 
 
-def tiny_text_teacher(d: Path, layers: int = 2):
-    """A TextTeacher artifact (Laplace head, no density features) fine-tuned on the tiny sentiment
-    corpus over a random tiny BERT of ``layers`` layers, in ``d / "teacher"``."""
+def tiny_text_teacher(d: Path, layers: int = 2, ood_features: str = "none"):
+    """A TextTeacher artifact (Laplace head, density features ``ood_features``, default none) fine-tuned
+    on the tiny sentiment corpus over a random tiny BERT of ``layers`` layers (its top layer), in
+    ``d / "teacher"``; the pretrained model folder is ``d / "model"``."""
     from edgeuq.data.sources import DataOptions
     from edgeuq.text.pipeline import TeacherOptions, train_text_teacher
 
@@ -99,7 +100,7 @@ def tiny_text_teacher(d: Path, layers: int = 2):
     test = write_tsv(d / "test.tsv", cols, sentiment_rows(16, 2))
     return train_text_teacher(train, d / "teacher", TeacherOptions(train_layers=1, epochs=8, lr=3e-3, lr_head=3e-2,
                                                                    batch=8, max_length=12, samples=8,
-                                                                   schemes=("laplace",), ood_features="none"),
+                                                                   schemes=("laplace",), ood_features=ood_features),
                               val=val, test=test, model=write_tiny_model(d / "model", layers=layers),
                               data_options=DataOptions(text_column="review", label_column="verdict"),
                               log=lambda m: None)

@@ -190,12 +190,13 @@ def data_in_vocabulary(data: StepData, tokenizer: Optional[Any]) -> StepData:
         return out
 
     back = torch.from_numpy(inv)
-    t, f, h = data.teacher, data.features, data.teacher_hidden
+    t, f, h, g = data.teacher, data.features, data.teacher_hidden, data.teacher_density
     return dataclasses.replace(
         data, x=forward(data.x, "x"), x_val=forward(data.x_val, "x_val"), tokenizer=tokenizer,
         teacher=None if t is None else (lambda x, s, seed: t(inv[np.asarray(x, dtype=np.int64)], s, seed)),
         features=None if f is None else (lambda x: f(inv[np.asarray(x, dtype=np.int64)])),
-        teacher_hidden=None if h is None else (lambda ids: h(back[ids])))
+        teacher_hidden=None if h is None else (lambda ids: h(back[ids])),
+        teacher_density=None if g is None else (lambda ids: g(back[ids])))
 
 
 def _input_files(parent: Path, where: Path, written: Sequence[str]) -> None:

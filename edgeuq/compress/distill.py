@@ -12,6 +12,11 @@ stochastic part is its MC-dropout head — is trained on
                                       each student hidden state — embedding output, every layer —
                                       against the teacher layer it was cut from, the student's
                                       ``teacher_layers``; token-masked)
+  + density_weight · ‖ā_S − ā_T‖² / Var(ā_T)   (optional density-feature matching: the mean over
+                                      the student's layers of their token means (its Avg-Avg density
+                                      feature, Chen et al. 2022) against the teacher's density feature
+                                      (e.g. its pretrained encoder's Avg-Avg), relative to that
+                                      feature's variance over the batch; token models)
   + feature_weight · D(P · f_S, f_T)   (optional feature distillation: the student's pooled trunk
                                       features f_S through a linear projection P against the
                                       teacher's f_T, D = relative MSE or 1 − cosine; P is refitted by
@@ -38,7 +43,7 @@ from tqdm.auto import tqdm
 
 from ..models import tile_samples
 from ..training.config import TrainConfig
-from .losses import FEATURE_LOSSES, feature_matching, hidden_matching, mean_kl, uncertainty_matching
+from .losses import FEATURE_LOSSES, density_matching, feature_matching, hidden_matching, mean_kl, uncertainty_matching
 from .transfer import TransferSet
 
 __all__ = ["DISTILL_TRAIN", "DistillConfig", "DistillResult", "LOSSES", "epoch_batches", "student_sample_logits", "distill_loss", "distill_model",
@@ -97,6 +102,9 @@ class DistillConfig:
     #: > 0: hidden-state matching (needs a student with ``hidden_states``, the bert trunk, and the
     #: teacher's hidden states); 0 (default): off, the loss is unchanged
     hidden_weight: float = 0.0
+    #: > 0: density-feature matching (needs a student with ``hidden_states`` and the teacher's
+    #: density feature, ``teacher_density``); 0 (default): off
+    density_weight: float = 0.0
     #: > 0: length-bucketed batches (token models): each epoch's shuffled rows are cut into groups of
     #: ``length_buckets`` batches, sorted by real length inside a group, and the batches shuffled, so a
     #: batch trimmed to its longest row carries little padding (every row still once an epoch);
@@ -114,7 +122,7 @@ class DistillConfig:
             raise ValueError(f"unknown distillation loss {self.loss!r}; available: {sorted(LOSSES)}")
         if self.feature_loss not in FEATURE_LOSSES:
             raise ValueError(f"unknown feature loss {self.feature_loss!r}; available: {list(FEATURE_LOSSES)}")
-        for name in ("feature_weight", "hidden_weight"):
+        for name in ("feature_weight", "hidden_weight", "density_weight"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -187,16 +195,19 @@ def student_sample_logits(model: torch.nn.Module, x: torch.Tensor, samples: int)
 def distill_loss(model: torch.nn.Module, x: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
                  cfg: DistillConfig, teacher_features: Optional[torch.Tensor] = None,
                  projection: Optional[torch.nn.Module] = None,
-                 teacher_hidden: Optional[Callable[[torch.Tensor], Any]] = None) -> torch.Tensor:
+                 teacher_hidden: Optional[Callable[[torch.Tensor], Any]] = None,
+                 teacher_density: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """The output loss ``cfg.loss``, plus ``cfg.feature_weight`` times the feature term when
     ``teacher_features`` (B, d_t) and ``projection`` are given, plus ``cfg.hidden_weight`` times the
-    hidden-state term when ``teacher_hidden`` (ids -> the teacher's hidden states) is given (the
-    trunk runs once for all)."""
+    hidden-state term when ``teacher_hidden`` (ids -> the teacher's hidden states) is given, plus
+    ``cfg.density_weight`` times the density-feature term when ``teacher_density`` (ids -> (B, d))
+    is given (the trunk runs once for all)."""
     trim = getattr(model, "trim_padding", None)   # token models with a padding mask: the batch's real length
     if trim is not None:
         x = trim(x)
     hidden = cfg.hidden_weight > 0 and teacher_hidden is not None
-    if hidden:
+    density = cfg.density_weight > 0 and teacher_density is not None
+    if hidden or density:
         states, mask = model.hidden_states(x)
         feats = model.features_from_hidden(states, mask)
     else:
@@ -211,6 +222,10 @@ def distill_loss(model: torch.nn.Module, x: torch.Tensor, teacher: torch.Tensor,
             target = teacher_hidden(x)
         layer_map = [0, *(i + 1 for i in model.teacher_layers)]
         loss = loss + cfg.hidden_weight * hidden_matching(states, target, mask, layer_map)
+    if density:
+        with torch.no_grad():
+            target = teacher_density(x)
+        loss = loss + cfg.density_weight * density_matching(states[1:], mask, target)
     return loss
 
 
@@ -256,7 +271,8 @@ def make_projection(student: torch.nn.Module, teacher_dim: int, seed: int = 0) -
 
 @torch.no_grad()
 def _evaluate(model: torch.nn.Module, ts: TransferSet, labels: np.ndarray, cfg: DistillConfig,
-              projection: Optional[torch.nn.Module] = None, teacher_hidden: Optional[Callable] = None) -> float:
+              projection: Optional[torch.nn.Module] = None, teacher_hidden: Optional[Callable] = None,
+              teacher_density: Optional[Callable] = None) -> float:
     model.eval()
     model.set_sampling(True)
     state = torch.random.get_rng_state()
@@ -268,7 +284,7 @@ def _evaluate(model: torch.nn.Module, ts: TransferSet, labels: np.ndarray, cfg: 
             t = torch.from_numpy(np.ascontiguousarray(ts.probs[:, i : i + 256]))
             y = torch.from_numpy(labels[i : i + 256].astype(np.int64))
             tf = None if projection is None else torch.from_numpy(ts.features[i : i + 256])
-            total += float(distill_loss(model, x, t, y, cfg, tf, projection, teacher_hidden)) * len(x)
+            total += float(distill_loss(model, x, t, y, cfg, tf, projection, teacher_hidden, teacher_density)) * len(x)
             n += len(x)
     finally:
         torch.random.set_rng_state(state)
@@ -280,13 +296,15 @@ def distill_model(
     student: torch.nn.Module, train: TransferSet, train_labels: np.ndarray, val: TransferSet, val_labels: np.ndarray,
     cfg: DistillConfig = DistillConfig(), progress: bool = True, log: Optional[Callable[[str], None]] = None,
     teacher_hidden: Optional[Callable[[torch.Tensor], Any]] = None,
+    teacher_density: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> DistillResult:
     """Train ``student`` in place (AdamW, one-cycle, clipping; ``cfg.train`` sets the optimiser)
     and keep its best validation epoch.
 
     ``*_labels``: true class per transfer window, -1 where unknown (perturbed and
     synthetic windows); they only feed the CE term. ``teacher_hidden``: ids -> the teacher's hidden
-    states (embedding output, every layer), needed when ``cfg.hidden_weight`` > 0.
+    states (embedding output, every layer), needed when ``cfg.hidden_weight`` > 0; ``teacher_density``:
+    ids -> the teacher's density feature (B, d), needed when ``cfg.density_weight`` > 0.
     """
     for name, ts, lab in (("training", train, train_labels), ("validation", val, val_labels)):
         if len(ts) == 0:
@@ -305,6 +323,14 @@ def distill_model(
                              f"trunk {student.cfg.trunk!r} has none")
     else:
         teacher_hidden = None
+    if cfg.density_weight > 0:
+        if teacher_density is None:
+            raise ValueError("density_weight > 0 needs the teacher's density feature (teacher_density)")
+        if not callable(getattr(student, "hidden_states", None)):
+            raise ValueError(f"density_weight > 0 needs a student with per-layer hidden states (trunk 'bert'); "
+                             f"trunk {student.cfg.trunk!r} has none")
+    else:
+        teacher_density = None
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -341,7 +367,7 @@ def distill_model(
         for step in bar:
             idx = torch.from_numpy(batches[step])
             loss = distill_loss(student, xt[idx], pt[:, idx], yt[idx], cfg, None if ft is None else ft[idx], projection,
-                                teacher_hidden)
+                                teacher_hidden, teacher_density)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -349,7 +375,7 @@ def distill_model(
             sched.step()
             loss_sum += float(loss.detach()) * len(idx)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        val_loss = _evaluate(student, val, np.asarray(val_labels), cfg, projection, teacher_hidden)
+        val_loss = _evaluate(student, val, np.asarray(val_labels), cfg, projection, teacher_hidden, teacher_density)
         history.append((loss_sum / len(train), val_loss))
         if log is not None:
             log(f"distill epoch {epoch + 1:>2}: train loss {history[-1][0]:.4f} | val loss {val_loss:.4f}")

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import torch
 
+from ..models.bert import masked_mean_pool
+
 __all__ = [
     "EPS", "entropy", "decompose", "mean_kl", "uncertainty_matching", "dirichlet_nll",
     "dirichlet_mutual_information", "check_teacher_probs", "feature_matching", "FEATURE_LOSSES",
-    "hidden_matching",
+    "hidden_matching", "density_matching",
 ]
 
 #: Feature-distillation distances (:func:`feature_matching`).
@@ -148,3 +150,20 @@ def hidden_matching(student_hidden, teacher_hidden, mask: torch.Tensor, layer_ma
                              f"{tuple(t.shape)} (matching needs the teacher's width)")
         total = total + ((s - t) ** 2 * m).sum() / (m.sum() * s.shape[-1]).clamp_min(1.0)
     return total / len(layer_map)
+
+
+def density_matching(student_layers, mask: torch.Tensor, teacher_density: torch.Tensor) -> torch.Tensor:
+    """Squared error between the student's density feature -- the mean over ``student_layers`` (each
+    (B, T, d), the outputs of its layers; ``mask`` (B, T) 1 for real tokens) of their token means,
+    the feature a ``frozen_avg`` trunk over all its layers emits -- and ``teacher_density`` (B, d),
+    summed over features, averaged over rows, divided by the teacher feature's summed variance over
+    the batch (so 1 is the error of predicting the batch mean; a Mahalanobis density reads
+    exactly that spread)."""
+    if len(student_layers) == 0:
+        raise ValueError("density_matching: no student layers")
+    z = torch.stack([masked_mean_pool(h, mask) for h in student_layers], 0).mean(0)
+    if z.shape != teacher_density.shape:
+        raise ValueError(f"density_matching: student feature {tuple(z.shape)} vs teacher {tuple(teacher_density.shape)} "
+                         f"(matching needs the teacher's width)")
+    spread = ((teacher_density - teacher_density.mean(0, keepdim=True)) ** 2).sum(1).mean()
+    return ((z - teacher_density) ** 2).sum(1).mean() / spread.clamp_min(EPS)

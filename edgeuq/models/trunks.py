@@ -474,6 +474,14 @@ class BertTransformer(DeployableModel):
             return masked_mean_pool(enc.run_layers(enc.embeddings(ids), mask), mask)
         return with_density_features(enc, self.pretrained_top, self.frozen_layers, self.density_features, ids)
 
+    def density_feature(self, ids: torch.Tensor) -> torch.Tensor:
+        """The density columns of :meth:`trunk` alone (B, d), without running the fine-tuned layers
+        above ``frozen_layers`` (what the ``distill`` step's ``density_weight`` matches a student to)."""
+        if self.density_columns is None:
+            raise ValueError("density_feature: this trunk emits no density features (density_features 'none')")
+        return with_density_features(self.encoder, self.pretrained_top, self.frozen_layers, self.density_features,
+                                     ids, tuned=False)
+
     def head_forward(self, features: torch.Tensor, noise: Optional[NoiseDict] = None) -> torch.Tensor:
         if self.density_columns is not None:
             features = features[:, :self.cfg.d_model]
@@ -487,11 +495,12 @@ class BertTransformer(DeployableModel):
 
 
 def with_density_features(encoder: BertEncoder, pretrained_top: Sequence[nn.Module], frozen_layers: int, kind: str,
-                          ids: torch.Tensor) -> torch.Tensor:
+                          ids: torch.Tensor, tuned: bool = True) -> torch.Tensor:
     """[fine-tuned pooled features | density features] (B, 2d) (:class:`BertOptions`): ``encoder``'s
     layers ``0..frozen_layers-1`` are the pretrained ones; ``pretrained_top`` continues them (empty
     for ``frozen_avg``). ``frozen_avg`` / ``avgavg`` average the token means of the pretrained
-    layers run, ``pretrained`` takes the last one's."""
+    layers run, ``pretrained`` takes the last one's. ``tuned=False``: the density features alone
+    (B, d); the fine-tuned layers above ``frozen_layers`` do not run."""
     mask = encoder.mask(ids)
     bias = key_bias_from_mask(mask)
     h = encoder.embeddings(ids)
@@ -499,14 +508,16 @@ def with_density_features(encoder: BertEncoder, pretrained_top: Sequence[nn.Modu
     for layer in list(encoder.layers)[:frozen_layers]:
         h = layer(h, bias)
         pooled.append(masked_mean_pool(h, mask))
-    tuned = h
-    for layer in list(encoder.layers)[frozen_layers:]:
-        tuned = layer(tuned, bias)
+    below = h
     for layer in pretrained_top:
         h = layer(h, bias)
         pooled.append(masked_mean_pool(h, mask))
     density = pooled[-1] if kind == "pretrained" else torch.stack(pooled, 0).mean(0)
-    return torch.cat([masked_mean_pool(tuned, mask), density], dim=-1)
+    if not tuned:
+        return density
+    for layer in list(encoder.layers)[frozen_layers:]:
+        below = layer(below, bias)
+    return torch.cat([masked_mean_pool(below, mask), density], dim=-1)
 
 
 def load_head_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:

@@ -177,6 +177,23 @@ class TextTeacher(Artifact):
             raise KeyError(f"no {name!r} bundle in {self.directory} (has {sorted(self.bundles)})")
         return self.file_path(self.bundles[name])
 
+    def load_density_model(self, scheme: Optional[str] = None,
+                           pretrained: Optional[PathLike] = None) -> DeployableModel:
+        """:meth:`load_model` whose trunk also emits the bundles' density features (the teacher's
+        ``ood_features``), the pretrained layers from the encoder this teacher was fine-tuned from
+        (``pretrained``: its folder or zip; default the packaged one), checked by its weights' SHA-256."""
+        from .pretrained import load_pretrained
+
+        kind = str(self.options.get("ood_features", "none"))
+        if kind == "none":
+            raise ValueError(f"{self.directory}: this teacher's bundles carry no density features (ood_features 'none')")
+        pre = load_pretrained(pretrained)
+        if pre.weights_sha256 != self.weights_sha256:
+            raise ValueError(f"{self.directory}: fine-tuned from {self.base} ({self.weights_sha256[:12]}), the "
+                             f"encoder given is {pre.name} ({pre.weights_sha256[:12]}): pass the one it came from")
+        frozen = pre.config.num_hidden_layers - int(self.options["train_layers"])
+        return with_pretrained_density(self.load_model(scheme), pre.encoder(), kind, frozen)
+
     def load_model(self, scheme: Optional[str] = None) -> DeployableModel:
         """The fine-tuned model with the head of ``scheme`` (default: the first bundled scheme), built
         from the stored ModelConfig by the scheme registry (a fitted posterior included)."""
@@ -186,6 +203,20 @@ class TextTeacher(Artifact):
         model = build_model(cfg)
         load_head_state(model, torch.load(self.file_path(TEACHER_FILE), map_location="cpu", weights_only=True))
         return model.eval()
+
+
+def with_pretrained_density(model: DeployableModel, pretrained: Any, density_features: str,
+                            frozen_layers: int) -> DeployableModel:
+    """``model`` (a fine-tuned ``bert``-trunk model) whose trunk also emits ``density_features`` of
+    the ``pretrained`` encoder (layers below ``frozen_layers`` shared): the same weights, the
+    pretrained copies of the layers above from ``pretrained``."""
+    m_cfg = replace(model.cfg, trunk_options=replace(model.cfg.trunk_options, density_features=density_features,
+                                                     frozen_layers=int(frozen_layers)))
+    out = build_model(m_cfg)
+    # every weight from the fine-tuned model; pretrained_top (not in it) from the pretrained encoder
+    load_head_state(out, {**out.state_dict(), **model.state_dict()})
+    out.install_pretrained_top(pretrained)
+    return out.eval()
 
 
 def load_text_teacher(path: PathLike, verify: bool = True) -> TextTeacher:
@@ -396,12 +427,7 @@ def train_text_teacher(train: PathLike, out: PathLike, options: TeacherOptions =
         """The bundled model of ``scheme``: its config with the density trunk option, the same weights."""
         if not density:
             return heads[scheme]
-        m_cfg = replace(heads[scheme].cfg, trunk_options=replace(cfg.trunk_options, **density))
-        model = build_model(m_cfg)
-        # every weight from the scheme's model; pretrained_top (not in it) from the pretrained encoder
-        load_head_state(model, {**model.state_dict(), **heads[scheme].state_dict()})
-        model.install_pretrained_top(pre.encoder())
-        return model.eval()
+        return with_pretrained_density(heads[scheme], pre.encoder(), **density)
 
     stored = heads[posterior] if posterior is not None else teacher  # the posterior's factors travel with it
     with ArtifactWriter(out) as w:

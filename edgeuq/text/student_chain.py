@@ -155,6 +155,29 @@ def _teacher_hidden(model: torch.nn.Module) -> Callable[[torch.Tensor], Sequence
     return hidden
 
 
+def _teacher_density(teacher: Any, weight: float,
+                     pretrained: Optional[PathLike] = None) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """ids -> the teacher's density feature (its bundles' density columns: e.g. the pretrained
+    encoder's Avg-Avg); None when no ``distill`` step matches it (``weight`` 0) or the teacher has none."""
+    if not weight > 0 or str(teacher.options.get("ood_features", "none")) == "none":
+        return None
+    model = teacher.load_density_model(pretrained=pretrained)
+
+    def density(ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            out = model.density_feature(ids)
+            model.train(was)
+        return out
+    return density
+
+
+def _density_weight(chain: Sequence[Any]) -> float:
+    """The largest ``density_weight`` a step of ``chain`` declares (0: none matches the density feature)."""
+    return max((float(getattr(s.options, "density_weight", 0.0)) for s in chain), default=0.0)
+
+
 def _teacher_checkpoint(teacher: Any, model: torch.nn.Module, tok: WordPieceTokenizer, out: Path) -> Checkpoint:
     where = out / "teacher"
     key = digest_of("text_student_teacher", teacher.digest, model.cfg.to_dict())
@@ -201,9 +224,11 @@ def build_text_student(teacher_dir: PathLike, out: PathLike, recipe: Union[str, 
                        steps: Optional[Sequence[str]] = None, overrides: Sequence[Tuple[str, str, Any]] = (),
                        options: Optional[StudentOptions] = None, train: Optional[PathLike] = None,
                        val: Optional[PathLike] = None, log: Callable[[str], None] = print,
-                       progress: bool = False) -> TextStudent:
+                       progress: bool = False, pretrained: Optional[PathLike] = None) -> TextStudent:
     """Run the recipe's compression chain over the text teacher in ``teacher_dir`` and bundle the
-    student (module docstring). ``steps`` / ``overrides``: as ``edgeuq compress --steps / --option``."""
+    student (module docstring). ``steps`` / ``overrides``: as ``edgeuq compress --steps / --option``.
+    ``pretrained``: the encoder the teacher was fine-tuned from (default the packaged one), read only
+    when a ``distill`` step matches the teacher's density feature (``density_weight`` > 0)."""
     from .augment import AugmentConfig, augment_texts
     from .export import export_text_bundle
     from .pipeline import load_text_teacher
@@ -236,6 +261,7 @@ def build_text_student(teacher_dir: PathLike, out: PathLike, recipe: Union[str, 
     data = StepData(x=x, y=y, x_val=x_val, y_val=np.asarray(splits.val.y)[va_rows],
                     teacher=lambda ids, s, seed: label_ids(model, ids, s, seed), tokenizer=tok,
                     teacher_hidden=_teacher_hidden(model),
+                    teacher_density=_teacher_density(teacher, _density_weight(chain), pretrained),
                     teacher_info={"teacher": str(teacher.directory), "teacher_digest": teacher.digest},
                     progress=progress, log=log)
     res = run_chain(teacher_ck, chain, data, out / "chain", data_key(data, teacher.digest), progress=progress,

@@ -49,6 +49,9 @@ class StepData:
     #: the teacher's hidden states ``(ids (B, T) tensor) -> [embedding output, layer 0, ..., layer L-1]``
     #: (each (B, T, d), no gradients) for hidden-state distillation (``distill``'s ``hidden_weight``)
     teacher_hidden: Optional[Callable[[Any], Sequence[Any]]] = None
+    #: the teacher's density feature ``(ids (B, T) tensor) -> (B, d)`` (no gradients), e.g. its
+    #: pretrained encoder's Avg-Avg, for density-feature matching (``distill``'s ``density_weight``)
+    teacher_density: Optional[Callable[[Any], Any]] = None
     progress: bool = False
     log: Callable[[str], None] = field(default=lambda s: None)
 

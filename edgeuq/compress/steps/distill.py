@@ -104,9 +104,13 @@ class Distill(CompressionStep):
         if cfg.hidden_weight > 0 and data.teacher_hidden is None:
             raise ValueError("compression step 'distill': hidden-state matching (hidden_weight > 0) needs the "
                              "teacher's hidden states (StepData.teacher_hidden)")
+        if cfg.density_weight > 0 and data.teacher_density is None:
+            raise ValueError("compression step 'distill': density-feature matching (density_weight > 0) needs the "
+                             "teacher's density feature (StepData.teacher_density; a text teacher with "
+                             "ood_features other than 'none')")
         res = distill_model(student, train, _labels(data.y, len(data.x), len(x_tr)), val,
                             _labels(data.y_val, len(data.x_val), len(x_va)), cfg, progress=data.progress, log=data.log,
-                            teacher_hidden=data.teacher_hidden)
+                            teacher_hidden=data.teacher_hidden, teacher_density=data.teacher_density)
         companions = {}
         if options.keep_transfer:
             info = {**data.teacher_info, "transfer": options.transfer_config().to_dict()}
