@@ -228,7 +228,6 @@ def profile_hop(bundle: Path, base: np.ndarray, windows: int, hop: int, samples:
     from edgeuq_runtime.stream import Diagnoser
     from edgeuq_runtime.stream.hop import HOP_STAGES
     from edgeuq_runtime.stream.quality import BLOCKING_FLAGS, window_flags
-    from edgeuq_runtime.uncertainty import decompose_logits
 
     rt = UncertaintyRuntime(bundle, threads=1)
     length = rt.manifest.input.length
@@ -259,7 +258,7 @@ def profile_hop(bundle: Path, base: np.ndarray, windows: int, hop: int, samples:
             t3 = clock()
             dens = h.density(f) if h._density else None
             t4 = clock()
-            summ = decompose_logits(logits)
+            summ = h.summary(logits)
             t5 = clock()
             got = h.post(summ, dens, flags)
             t6 = clock()
@@ -272,6 +271,40 @@ def profile_hop(bundle: Path, base: np.ndarray, windows: int, hop: int, samples:
             "pieces_cpu_ms_per_window": total,
             "parts": [{"part": k, "cpu_ms_per_window": float(v), "share": float(v) / total}
                       for k, v in zip(HOP_STAGES, per)]}
+
+
+def loop_split(bundle: Path, base: np.ndarray, windows: int, hop: int, samples: int) -> Dict:
+    """Where a stream's CPU time goes between the decisions and the loop around them, in one run: a
+    stream of ``windows`` windows as :func:`stream_run` runs it (fixed S, deadline one hop, 3-of-5
+    alarm, every record emitted; here dropped) with ``Diagnoser.decide`` timed by ``time.process_time``
+    around each call; the rest of the stream's CPU time is the loop's (ring buffer, source, records,
+    alarm, latency bookkeeping; the two clock readings per window included)."""
+    from edgeuq_runtime import UncertaintyRuntime
+    from edgeuq_runtime.stream import Diagnoser, Hysteresis, run_stream
+
+    rt = UncertaintyRuntime(bundle, threads=1)
+    diag = Diagnoser(rt, samples=samples, seed=0)
+    clock = time.process_time
+    inside = [0.0]
+    decide = diag.decide
+
+    def timed(window):
+        t = clock()
+        try:
+            return decide(window)
+        finally:
+            inside[0] += clock() - t
+
+    diag.decide = timed     # an instance attribute: the loop's calls go through it
+    length = rt.manifest.input.length
+    src = LoopSource(base, 12000.0, windows * hop + length - hop, "loop split")
+    c0 = clock()
+    st = run_stream(diag, src, lambda rec: None, hop=hop, alarm=Hysteresis(3, 5, "normal"))
+    total = clock() - c0
+    n = max(1, st.windows)
+    return {"windows": st.windows, "path": "one-window HopPath" if diag.hop_path is not None else "general",
+            "stream_cpu_ms_per_window": 1e3 * total / n, "decide_cpu_ms_per_window": 1e3 * inside[0] / n,
+            "loop_cpu_ms_per_window": 1e3 * (total - inside[0]) / n}
 
 
 def paired_paths(bundle: Path, base: np.ndarray, hop: int, samples: int, rounds: int, windows: int) -> Dict:
@@ -516,7 +549,12 @@ def bundle_main(a, prov, cmd, cwru: Path) -> int:
                   f"per window)\n")
             print(md(p["parts"], ["part", "cpu_ms_per_window", "share"]))
     hop_profile = profile_hop(bundle, base, a.profile, a.hop, a.samples) if a.profile else None
-    if hop_profile is not None:
+    if hop_profile is not None:   # the stream of as many windows right after, split into decisions and loop
+        hop_profile["loop_split"] = loop_split(bundle, base, hop_profile["windows"], a.hop, a.samples)
+        ls = hop_profile["loop_split"]
+        print(f"stream of the same number of windows ({ls['path']}): {ls['stream_cpu_ms_per_window']:.3f} ms CPU per "
+              f"window, {ls['decide_cpu_ms_per_window']:.3f} in Diagnoser.decide, {ls['loop_cpu_ms_per_window']:.3f} in "
+              "the loop around it (ring buffer, source, records, alarm)")
         print(f"\n## Where a window's CPU time goes on the one-window path ({hop_profile['windows']} windows, "
               f"{hop_profile['mismatches_vs_general']} decisions differing from the general path; stages "
               f"{hop_profile['pieces_cpu_ms_per_window']:.3f} ms per window)\n")
@@ -559,7 +597,11 @@ def bundle_main(a, prov, cmd, cwru: Path) -> int:
                 note=f"{hop_profile['windows']} windows one at a time through HopPath's stages (fixed S = {a.samples}), "
                      f"{hop_profile['mismatches_vs_general']} decisions differing from the general path "
                      f"(Diagnoser.decide_general, same seed); stages {hop_profile['pieces_cpu_ms_per_window']:.3f} ms "
-                     "per window")
+                     "per window; a stream of as many windows right after (measured, one run, decide timed around "
+                     f"each call): {hop_profile['loop_split']['stream_cpu_ms_per_window']:.3f} ms per window, "
+                     f"{hop_profile['loop_split']['decide_cpu_ms_per_window']:.3f} in Diagnoser.decide, "
+                     f"{hop_profile['loop_split']['loop_cpu_ms_per_window']:.3f} in the loop around it (ring buffer, "
+                     "source, records, alarm, latency bookkeeping)")
         if paired is not None:
             tables["paired"] = results_table(PAIRED_KEYS, [[paired[k] for k in PAIRED_KEYS]],
                                              note="CPU time (time.process_time) of the same number of windows per "

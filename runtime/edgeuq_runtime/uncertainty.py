@@ -10,12 +10,13 @@ Entropies are in nats.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["UncertaintyResult", "entropy", "softmax", "decompose", "decompose_logits", "LogitSummary", "NO_PREDICTION"]
+__all__ = ["UncertaintyResult", "entropy", "softmax", "decompose", "decompose_logits", "LogitDecomposer", "LogitSummary", "NO_PREDICTION"]
 
 #: ``prediction`` of a flagged row (not a class index).
 NO_PREDICTION = -1
@@ -209,25 +210,79 @@ def decompose_logits(logits: np.ndarray) -> LogitSummary:
     Each sample's entropy comes from its log-softmax, ``H[p_s] = log sum_c e^{z_c} - sum_c p_c z_c``
     (``z`` = logits minus their row maximum), so no logarithm of a probability is taken and no
     ``0 log 0`` needs masking; only ``H[p_bar]`` takes ``log max(p_bar, tiny)``. Non-finite logits
-    are a ValueError, as in :func:`decompose`."""
-    z = np.array(logits, dtype=np.float64)                  # a copy: the steps below work in place
-    if z.ndim != 3 or z.shape[0] < 1 or z.shape[2] < 2:
-        raise ValueError(f"logits must have shape (S, batch, classes >= 2), got {z.shape}")
-    # the ufuncs' own reductions (what ``x.all()``, ``x.max()`` and ``x.mean()`` call; ``np.add.reduce(x, axis) / n``
-    # is what ``x.mean(axis)`` computes) and in-place steps: the same values as the whole-array
-    # expressions, fewer calls and temporaries
-    if not np.logical_and.reduce(np.isfinite(z), axis=None):
-        raise ValueError("logits contain NaN or inf")
-    s = z.shape[0]
-    z -= np.maximum.reduce(z, axis=-1, keepdims=True)
-    e = np.exp(z)
-    norm = np.add.reduce(e, axis=-1)                        # (S, B), >= 1
-    e /= norm[..., None]                                    # p
-    h = np.log(norm)
-    h -= np.add.reduce(e * z, axis=-1)                      # H[p_s]
-    aleatoric = np.add.reduce(h, axis=0) / s
-    mean = np.add.reduce(e, axis=0) / s
-    total = -np.add.reduce(mean * np.log(np.maximum(mean, _TINY)), axis=-1)
-    prediction = mean.argmax(axis=-1)
-    return LogitSummary(mean, prediction, np.maximum.reduce(mean, axis=-1), total, aleatoric,
-                        np.maximum(total - aleatoric, 0.0))
+    are a ValueError, as in :func:`decompose`. The steps are :class:`LogitDecomposer`'s (one copy)."""
+    return LogitDecomposer(np.shape(logits)).summary(logits)
+
+
+class LogitDecomposer:
+    """:func:`decompose_logits` for logits of one fixed shape (S, B, C), into float64 buffers kept
+    between calls (a stream's one-window path decomposes the same (S, 1, C) logits every hop): the
+    same operations on the same shapes as :func:`decompose_logits` (which runs through a fresh one),
+    so the same values, without a new temporary per step.
+
+    :meth:`summary` returns a :class:`LogitSummary` whose arrays are this object's buffers (the
+    next call overwrites them); :meth:`one` returns the one window's values (B = 1) as Python
+    floats and ints."""
+
+    def __init__(self, shape: Tuple[int, ...]) -> None:
+        shape = tuple(int(v) for v in shape)
+        if len(shape) != 3 or shape[0] < 1 or shape[2] < 2:
+            raise ValueError(f"logits must have shape (S, batch, classes >= 2), got {shape}")
+        s, b, c = shape
+        self.shape, self._s = shape, s
+        self._z, self._e, self._ez = (np.empty(shape) for _ in range(3))
+        self._m = np.empty((s, b, 1))
+        self._norm, self._h, self._t = (np.empty((s, b)) for _ in range(3))
+        self._norm3 = self._norm[..., None]
+        self._hsum, self._total = np.empty(b), np.empty(b)
+        self._mean, self._lm = np.empty((b, c)), np.empty((b, c))
+
+    def _run(self, logits: np.ndarray) -> None:
+        """The steps up to ``sum_s H[p_s]`` (in ``_hsum``), ``p_bar`` (``_mean``) and ``-H[p_bar]``
+        (``_total``): the ufuncs' own reductions (what ``x.max()``, ``x.mean()`` call;
+        ``np.add.reduce(x, axis) / n`` is what ``x.mean(axis)`` computes) and in-place steps."""
+        if np.shape(logits) != self.shape:   # (copyto would broadcast)
+            raise ValueError(f"logits of shape {np.shape(logits)}, this decomposer is for {self.shape}")
+        z = self._z
+        np.copyto(z, logits)                   # float32 -> float64 exact (= np.array(logits, float64))
+        # float32 logits (a graph's output): one reduction, their float64 sum is finite exactly when every
+        # entry is (an inf or NaN makes it inf or NaN; float32 magnitudes cannot overflow it); other
+        # dtypes: entry by entry
+        if getattr(logits, "dtype", None) == np.float32:
+            finite = math.isfinite(np.add.reduce(z, axis=None))
+        else:
+            finite = np.logical_and.reduce(np.isfinite(z), axis=None)
+        if not finite:
+            raise ValueError("logits contain NaN or inf")
+        s = self._s
+        np.subtract(z, np.maximum.reduce(z, axis=-1, keepdims=True, out=self._m), out=z)
+        e = np.exp(z, out=self._e)
+        norm = np.add.reduce(e, axis=-1, out=self._norm)          # (S, B), >= 1
+        np.divide(e, self._norm3, out=e)                           # p
+        h = np.log(norm, out=self._h)
+        np.subtract(h, np.add.reduce(np.multiply(e, z, out=self._ez), axis=-1, out=self._t), out=h)   # H[p_s]
+        np.add.reduce(h, axis=0, out=self._hsum)
+        mean = np.divide(np.add.reduce(e, axis=0, out=self._mean), s, out=self._mean)
+        lm = np.log(np.maximum(mean, _TINY, out=self._lm), out=self._lm)
+        np.add.reduce(np.multiply(mean, lm, out=lm), axis=-1, out=self._total)     # -H[p_bar]
+
+    def summary(self, logits: np.ndarray) -> LogitSummary:
+        """:func:`decompose_logits` of ``logits`` (arrays: this object's buffers)."""
+        self._run(logits)
+        total = np.negative(self._total, out=self._total)
+        aleatoric = np.divide(self._hsum, self._s, out=self._hsum)
+        mean = self._mean
+        return LogitSummary(mean, mean.argmax(axis=-1), np.maximum.reduce(mean, axis=-1), total, aleatoric,
+                            np.maximum(total - aleatoric, 0.0))
+
+    def one(self, logits: np.ndarray) -> Tuple[list, int, float, float, float, float]:
+        """``(probs, prediction, confidence, total, aleatoric, epistemic)`` of one window's logits
+        (S, 1, C), as :meth:`summary`'s row 0 gives them (``probs`` a list): the last steps on Python
+        floats are the same IEEE operations (a negation, a division by S, a max, a first argmax)."""
+        self._run(logits)
+        probs = self._mean[0].tolist()
+        conf = max(probs)
+        total = -float(self._total[0])
+        aleatoric = float(self._hsum[0]) / self._s
+        epi = total - aleatoric
+        return probs, probs.index(conf), conf, total, aleatoric, (epi if epi >= 0.0 else 0.0)

@@ -2,11 +2,12 @@
 Python floats (math.exp / math.log per entry, 0 log 0 = 0), including logits whose softmax
 underflows to exact zeros, and against ``decompose(softmax(...))``."""
 import math
+import warnings
 
 import numpy as np
 import pytest
 
-from edgeuq_runtime.uncertainty import decompose, decompose_logits, softmax
+from edgeuq_runtime.uncertainty import LogitDecomposer, decompose, decompose_logits, softmax
 
 
 def _brute(logits):
@@ -81,3 +82,64 @@ def test_decompose_logits_refuses_wrong_shapes():
     for shape in ((4, 3), (0, 2, 3), (4, 2, 1)):
         with pytest.raises(ValueError, match="shape"):
             decompose_logits(np.zeros(shape))
+
+
+def test_a_kept_decomposer_gives_decompose_logits_values_call_after_call():
+    """``LogitDecomposer`` (buffers kept between calls, the stream's one-window path) against a fresh
+    ``decompose_logits`` and the brute force, on a sequence of different logits of one shape: no value
+    of an earlier call leaks into a later one; ``one`` (B = 1, Python values) equals row 0 of ``summary``."""
+    rng = np.random.default_rng(3)
+    for shape in ((32, 1, 4), (5, 1, 2), (16, 3, 6)):
+        dec = LogitDecomposer(shape)
+        for i in range(12):
+            scale = (0.1, 1.0, 8.0, 300.0)[i % 4]            # 300: softmax rows underflowing to exact zeros
+            logits = (rng.standard_normal(shape) * scale).astype(np.float32)
+            ref = decompose_logits(logits)
+            probs, pred, total, alea, epi = _brute(logits.astype(np.float64))
+            got = dec.summary(logits)
+            assert np.array_equal(got.prediction, ref.prediction) and np.array_equal(got.prediction, pred)
+            for field, b in (("probs", probs), ("total", total), ("aleatoric", alea), ("epistemic", epi),
+                             ("confidence", probs.max(1))):
+                assert np.max(np.abs(getattr(got, field) - getattr(ref, field))) <= 1e-12, (shape, i, field)
+                assert np.max(np.abs(getattr(got, field) - b)) <= 1e-11, (shape, i, field)
+            if shape[1] == 1:
+                p, k, conf, tot, al, ep = dec.one(logits)
+                assert isinstance(k, int) and k == int(ref.prediction[0])
+                assert max(abs(a - b) for a, b in zip(p, ref.probs[0].tolist())) <= 1e-12
+                for a, b in ((conf, ref.confidence[0]), (tot, ref.total[0]), (al, ref.aleatoric[0]),
+                             (ep, ref.epistemic[0])):
+                    assert abs(a - float(b)) <= 1e-12, (shape, i)
+                assert ep >= 0.0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_kept_decomposer_refuses_non_finite_logits(bad):
+    dec = LogitDecomposer((8, 1, 3))
+    logits = np.random.default_rng(4).standard_normal((8, 1, 3)).astype(np.float32)
+    dec.one(logits)
+    logits[5, 0, 1] = bad
+    for call in (dec.one, dec.summary, decompose_logits):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            call(logits)
+
+
+def test_finite_logits_whose_sum_overflows_are_decomposed():
+    """The finiteness check of float32 logits sums them (in float64); float64 logits near the largest
+    double, whose sum overflows, are checked entry by entry: decomposed, not refused, no warning."""
+    logits = np.full((4, 1, 2), 1e308)
+    logits[:, 0, 1] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = LogitDecomposer(logits.shape).one(logits)
+    assert got[1] == 0 and abs(got[0][0] - 1.0) <= 1e-12 and got[3] >= 0.0
+    assert int(decompose_logits(logits).prediction[0]) == 0
+
+
+def test_a_kept_decomposer_refuses_another_shape():
+    dec = LogitDecomposer((8, 1, 3))
+    with pytest.raises(ValueError, match="decomposer is for"):
+        dec.one(np.zeros((8, 1, 4), np.float32))
+    with pytest.raises(ValueError, match="decomposer is for"):
+        dec.one(np.zeros((1, 1, 3), np.float32))   # would broadcast into the buffers
+    with pytest.raises(ValueError, match="classes >= 2"):
+        LogitDecomposer((8, 1, 1))

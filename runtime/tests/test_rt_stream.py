@@ -388,3 +388,50 @@ def test_latency_histogram_quantiles_match_numpy():
         got = h.quantile(q)
         assert ref <= got <= ref * 1.0051, (q, ref, got)           # upper bin edge, bins 0.5 % wide
     assert h.n == lat.size and h.max == lat.max()
+
+
+def _to_json_reference(d):
+    """Decision.to_json as first written (a rounding helper per field), the reference of its
+    written-out form and of ``record``."""
+    r = lambda v: None if v is None else round(float(v), 6)  # noqa: E731
+    out = {"class": d.label, "class_index": d.class_index, "confidence": r(d.confidence), "total": r(d.total),
+           "aleatoric": r(d.aleatoric), "epistemic": r(d.epistemic), "density": r(d.density),
+           "combined": r(d.combined), "set": d.prediction_set, "abstain": d.abstain, "reasons": d.reasons,
+           "flags": d.flags, "samples": d.samples}
+    if "pvalues" in d.extra:
+        out["pvalues"] = {k: r(v) for k, v in d.extra["pvalues"].items()}
+        out["p_combined"] = r(d.extra["p_combined"])
+    return out
+
+
+def test_decision_record_equals_the_reference_record_in_order():
+    rng = np.random.default_rng(7)
+    cases = [Decision(None, None, None, None, None, None, None, None, None, True, ["flatline_input"],
+                      ["flatline_input"], 0)]
+    for i in range(20):
+        v = [float(x) for x in rng.standard_normal(6) * 10.0 ** rng.integers(-8, 4, 6)]
+        if i % 3 == 0:
+            v = [np.float64(x) for x in v]           # numpy scalars become Python floats
+        extra = {} if i % 4 == 0 else {"pvalues": {"epistemic": v[0] ** 2 / 7, "density": np.float32(0.3),
+                                                   "total": 1 / 3}, "p_combined": v[1] ** 2 / 11}
+        cases.append(Decision("ball", 2, v[0], v[1], v[2], v[3], None if i % 5 == 0 else v[4], v[5],
+                              ["ball"] if i % 2 else None, bool(i % 2), ["set_size"] * (i % 2), [], 32,
+                              [0.1, 0.9], extra))
+    for d in cases:
+        ref = _to_json_reference(d)
+        got = d.record({"status": "ok"})
+        assert list(got) == ["status"] + list(ref) and got == {"status": "ok", **ref}
+        assert all(type(v) is float for v in got.values() if isinstance(v, float))
+        assert d.to_json() == ref and list(d.to_json()) == list(ref)
+    # control: the records do round (to 6 decimals, not 5)
+    d = Decision("ball", 2, 0.1234567, 0.5, 0.25, 0.25, None, None, None, False, [], [], 32)
+    assert d.record({})["confidence"] == round(0.1234567, 6) != round(0.1234567, 5)
+
+
+def test_ring_buffer_push_flattens_what_it_is_given():
+    a, b = RingBuffer(50), RingBuffer(50)
+    x = np.arange(24, dtype=np.float64).reshape(2, 3, 4)
+    a.push(x)
+    b.push(x.reshape(-1).astype(np.float32))
+    assert a.total == b.total == 24 and np.array_equal(a.get(24, 24), b.get(24, 24))
+    assert a.get(24, 24).dtype == np.float32

@@ -87,6 +87,10 @@ def test_hop_path_stream_equals_general_stream_records_and_accounting(tiny, tmp_
     assert sf.windows == sg.windows == 30 and sf.late == sg.late == 30
     assert (sf.decided, sf.abstained, sf.flagged, sf.errors, sf.samples_sum) == \
         (sg.decided, sg.abstained, sg.flagged, sg.errors, sg.samples_sum)
+    # the one-window branch of the loop (HopPath) and the batch branch (the general path: decide_batch of
+    # one window) read the clock alike: the same latencies to the step clock's microsecond
+    assert [r["latency_ms"] for r in rf] == [r["latency_ms"] for r in rg]
+    assert all(r["latency_ms"] >= 1e3 for r in rf)     # at least the decision's own 1 s step
     drop = ("time", "latency_ms")
     for a, b in zip(rf, rg):
         a = {k: v for k, v in a.items() if k not in drop}

@@ -52,14 +52,31 @@ class Decision:
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> Dict[str, Any]:
-        r = lambda v: None if v is None else round(float(v), 6)  # noqa: E731
-        out = {"class": self.label, "class_index": self.class_index, "confidence": r(self.confidence),
-               "total": r(self.total), "aleatoric": r(self.aleatoric), "epistemic": r(self.epistemic),
-               "density": r(self.density), "combined": r(self.combined), "set": self.prediction_set,
-               "abstain": self.abstain, "reasons": self.reasons, "flags": self.flags, "samples": self.samples}
-        if "pvalues" in self.extra:
-            out["pvalues"] = {k: r(v) for k, v in self.extra["pvalues"].items()}
-            out["p_combined"] = r(self.extra["p_combined"])
+        return self.record({})
+
+    def record(self, out: Dict[str, Any]) -> Dict[str, Any]:
+        """:meth:`to_json`'s keys added to ``out`` in order (a stream record starts with its status):
+        every float rounded to 6 decimals (``round(float(v), 6)``, written out: this runs every hop)."""
+        v = self.confidence
+        c = None if v is None else round(float(v), 6)
+        v = self.total
+        t = None if v is None else round(float(v), 6)
+        v = self.aleatoric
+        a = None if v is None else round(float(v), 6)
+        v = self.epistemic
+        e = None if v is None else round(float(v), 6)
+        v = self.density
+        d = None if v is None else round(float(v), 6)
+        v = self.combined
+        out.update({"class": self.label, "class_index": self.class_index, "confidence": c, "total": t,
+                    "aleatoric": a, "epistemic": e, "density": d,
+                    "combined": None if v is None else round(float(v), 6), "set": self.prediction_set,
+                    "abstain": self.abstain, "reasons": self.reasons, "flags": self.flags, "samples": self.samples})
+        extra = self.extra
+        if "pvalues" in extra:
+            out["pvalues"] = {k: None if v is None else round(float(v), 6) for k, v in extra["pvalues"].items()}
+            v = extra["p_combined"]
+            out["p_combined"] = None if v is None else round(float(v), 6)
         return out
 
 

@@ -15,6 +15,9 @@ What it does differently is only how many Python and numpy calls a hop costs:
   once when the path is built; noise inputs of one shape are slabs of one block, so a run of
   dropout masks is written by two numpy calls, not two per input); the logits are read through a
   fixed (S, 1, C) view of the bound output;
+* the decomposition is :func:`~edgeuq_runtime.uncertainty.decompose_logits`'s steps into float64
+  buffers kept between hops (:class:`~edgeuq_runtime.uncertainty.LogitDecomposer`), its one row
+  read out as Python floats;
 * the density score is the runtime's :class:`~edgeuq_runtime.density.GaussianDensity` formula on
   one row (no pooling checks);
 * the p-values, their combination, the LAC set and the abstention rule are scalar Python on one
@@ -37,7 +40,7 @@ import numpy as np
 
 from ..noise import noise_writer, sample_noise_rows
 from ..session import UncertaintyRuntime
-from ..uncertainty import decompose_logits
+from ..uncertainty import LogitDecomposer
 from .quality import BLOCKING_FLAGS, window_flags
 
 __all__ = ["HopPath", "HOP_STAGES"]
@@ -179,6 +182,8 @@ class HopPath:
         # and its float32 logits are read through a fixed (S, 1, C) view of the output buffer
         self._draw = None if self._run_head is None else noise_writer(self._noise, s, self._noise_buf)
         self._logits3 = self._logits.reshape(s, 1, -1) if self._logits.dtype == np.float32 else None
+        # decompose_logits' steps into buffers kept between hops (the logits' shape never changes)
+        self._decompose = LogitDecomposer((s, 1, int(np.prod(out.shape)) // s)).one
 
     # -- the stages -------------------------------------------------------------------------
     def features(self, window: np.ndarray) -> np.ndarray:
@@ -232,10 +237,17 @@ class HopPath:
             out = self._logits.astype(np.float32)
         return out.reshape(self.samples, 1, -1)
 
-    def post(self, s: Any, density: Optional[float], flags: List[str]) -> Any:
-        """p-values, their combination, the LAC set and the abstention rule of one window."""
-        k = int(s.prediction[0])
-        epi, tot = float(s.epistemic[0]), float(s.total[0])
+    def summary(self, logits: np.ndarray) -> Tuple[list, int, float, float, float, float]:
+        """``decompose_logits(logits)`` of the window as Python values: ``(probs, prediction,
+        confidence, total, aleatoric, epistemic)`` (:meth:`LogitDecomposer.one
+        <edgeuq_runtime.uncertainty.LogitDecomposer.one>`: the same steps into kept buffers)."""
+        return self._decompose(logits)
+
+    def post(self, s: Tuple[list, int, float, float, float, float], density: Optional[float],
+             flags: List[str]) -> Any:
+        """p-values, their combination, the LAC set and the abstention rule of one window (``s``:
+        :meth:`summary`'s values)."""
+        probs, k, conf, tot, alea, epi = s
         given = {"epistemic": epi, "total": tot, "density": density}
         pvals = {p.name: p.pvalue(given[p.name], k) for p in self._parts}
         if self._rule_min:
@@ -246,7 +258,6 @@ class HopPath:
             from ..conformal import combine_pvalues
 
             pc = float(combine_pvalues(np.array([[pvals[p.name] for p in self._parts]]), self._rule)[0])
-        probs = s.probs[0].tolist()
         reasons = list(flags)
         pset = None
         if self._lac is not None:
@@ -263,7 +274,7 @@ class HopPath:
                 best = min(range(self._k), key=lambda j: (pvals[self._parts[j].name], j))
                 reasons.append(f"pvalue:{self._parts[best].name}")
         combined = float(-np.log10(pc))
-        return self._decision(self._names[k], k, float(s.confidence[0]), tot, float(s.aleatoric[0]), epi, density,
+        return self._decision(self._names[k], k, conf, tot, alea, epi, density,
                         combined, pset, bool(reasons), reasons, flags, self.samples, probs,
                         {"pvalues": pvals, "p_combined": pc})
 
@@ -278,4 +289,4 @@ class HopPath:
         features = self.features(window)
         logits = self.logits(features, self.d.rng)   # the head right after the trunk; the density (no
         dens = self.density(features) if self._density else None   # noise drawn) after it: same values
-        return self.post(decompose_logits(logits), dens, flags)
+        return self.post(self._decompose(logits), dens, flags)

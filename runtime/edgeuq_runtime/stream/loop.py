@@ -193,7 +193,7 @@ def run_stream(diagnoser: Any, source: Source, emit: Emit, hop: Optional[int] = 
                       "time": wall(), "rule": f"{alarm.k} of {alarm.n}"})
 
     def record(d: Any) -> Dict[str, Any]:
-        rec = {"status": "ok", **d.to_json()}
+        rec = d.record({"status": "ok"})
         if d.flags:
             stats.flagged += 1
         if d.samples:
@@ -213,16 +213,22 @@ def run_stream(diagnoser: Any, source: Source, emit: Emit, hop: Optional[int] = 
 
     def decide_pending(k: int) -> None:
         t0 = clock()
-        if k == 1 and one_by_one:
+        if k == 1 and one_by_one:   # one window (a deadline of one hop: every window): no batch lists
             first = win.next_index
-            recs = [one(win.pop())]
-        else:
-            rows = batch_buf[:k]
-            first = win.pop_into(rows)
-            try:
-                recs = [record(d) for d in diagnoser.decide_batch(rows)]
-            except Exception:  # noqa: BLE001 - the batch failed: decide its windows one by one (errors counted each)
-                recs = [one(w) for w in rows]
+            rec = one(win.pop())
+            t1 = clock()
+            stats.compute_seconds += t1 - t0
+            stats.batches += 1
+            plan.observe(1, t1 - t0)
+            finish(first, rec, max(t1 - min(avail[0], t0), t1 - t0))   # waited: its own compute
+            del avail[0]
+            return
+        rows = batch_buf[:k]
+        first = win.pop_into(rows)
+        try:
+            recs = [record(d) for d in diagnoser.decide_batch(rows)]
+        except Exception:  # noqa: BLE001 - the batch failed: decide its windows one by one (errors counted each)
+            recs = [one(w) for w in rows]
         t1 = clock()
         stats.compute_seconds += t1 - t0
         stats.batches += 1

@@ -25,7 +25,9 @@ class RingBuffer:
         return self._cap
 
     def push(self, samples: np.ndarray) -> None:
-        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        x = np.asarray(samples, dtype=np.float32)
+        if x.ndim != 1:
+            x = x.reshape(-1)
         if x.size >= self._cap:  # only the newest capacity samples survive
             self.total += x.size
             pos = np.arange(self.total - self._cap, self.total) % self._cap
@@ -50,7 +52,8 @@ class RingBuffer:
         start = (end - length) % self._cap
         k = min(length, self._cap - start)
         out[:k] = self._buf[start:start + k]
-        out[k:] = self._buf[: length - k]
+        if k < length:   # the window wraps around the end of the buffer
+            out[k:] = self._buf[: length - k]
         return out
 
 
