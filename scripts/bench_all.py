@@ -104,13 +104,21 @@ BENCHES: List[Bench] = [
           full="--keep-layers 3 --target-flops 0.6 --rank 112 --transfer 0 --augment 0 --epochs 2 --val 500 "
                "--prune-rows 512 --posterior-rows 3000 --fit 2000 --calib 1000 --shift-rows 300",
           writes=("text_student_cut",), needs=("text_teacher_full",)),
+    # the density-feature matching lever: the same student distilled without it (density_weight 0)
+    Bench("text_student_cut_nodens", f"python bench/text_student_cut.py --data {TEXT} --teacher-dir "
+                                     "runs/bench/teacher-full --out runs/bench/text_student_cut_nodens "
+                                     "--json results/text_student_cut_nodens.json {mode}",
+          quick="--transfer 2000 --epochs 1 --fit 500 --calib 300 --density-weight 0",
+          full="--keep-layers 3 --target-flops 0.6 --rank 112 --transfer 0 --augment 0 --epochs 2 --val 500 "
+               "--prune-rows 512 --posterior-rows 3000 --fit 2000 --calib 1000 --shift-rows 300 --density-weight 0",
+          writes=("text_student_cut_nodens",), needs=("text_teacher_full",)),
     # the transfer-set lever: 40,000 phrases at rank 128
     Bench("text_student_cut_40k", f"python bench/text_student_cut.py --data {TEXT} --teacher-dir "
                                   "runs/bench/teacher-full --out runs/bench/text_student_cut_40k "
                                   "--json results/text_student_cut_40k.json {mode}",
           quick="--transfer 2000 --epochs 1 --fit 500 --calib 300",
           full="--keep-layers 3 --target-flops 0.6 --rank 128 --transfer 40000 --augment 0 --epochs 1 --val 500 "
-               "--prune-rows 512 --posterior-rows 3000 --fit 2000 --calib 1000 --shift-rows 300",
+               "--prune-rows 512 --posterior-rows 3000 --fit 2000 --calib 1000 --shift-rows 300 --density-weight 0",
           writes=("text_student_cut_40k",), needs=("text_teacher_full",)),
     # ablation: the same chain without its prune step (every teacher layer kept: what prune contributes)
     Bench("text_student_cut_top", f"python bench/text_student_cut.py --data {TEXT} --teacher-dir "

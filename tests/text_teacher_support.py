@@ -108,6 +108,7 @@ def tiny_text_teacher(d: Path, layers: int = 2, ood_features: str = "none"):
 
 #: the vocab -> distill -> posterior options of the text-student recipe, sized for a tiny teacher
 TINY_CHAIN_OVERRIDES = (("vocab", "rank", 8), ("distill", "epochs", 2), ("distill", "batch_size", 16),
+                        ("distill", "density_weight", 0.0),   # the tiny teachers carry no density feature
                         ("distill", "teacher_samples", 4), ("distill", "student_samples", 2), ("posterior", "rows", 0),
                         ("posterior", "samples", 8))
 

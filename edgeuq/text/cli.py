@@ -105,7 +105,7 @@ def _cmd_student(a: argparse.Namespace) -> int:
 
     names = None if a.steps is None else [n.strip() for n in a.steps.split(",") if n.strip()]
     st = build_text_student(a.teacher, a.out, a.recipe, steps=names, overrides=a.option or (), train=a.train,
-                            val=a.val, progress=not a.no_progress)
+                            val=a.val, progress=not a.no_progress, pretrained=a.pretrained)
     rows = [(r["index"], r["step"], "cached" if r["cached"] else f"{r['seconds']:.1f} s", r["checkpoint"])
             for r in st.summary["steps"]]
     print()
@@ -183,6 +183,9 @@ def register(subparsers) -> None:
                                    "the recipe's options), e.g. vocab,distill,posterior")
     s.add_argument("--option", action="append", type=_option, metavar="STEP.KEY=VALUE",
                    help="set a step option (repeatable), e.g. --option distill.epochs=1")
+    s.add_argument("--pretrained", help="the encoder folder or .zip the teacher was fine-tuned from (text-teacher "
+                                        "--model; default: the packaged all-MiniLM-L6-v2), read when the distill step "
+                                        "matches the teacher's density feature (density_weight > 0)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_student)
 
