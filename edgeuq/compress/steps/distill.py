@@ -107,7 +107,7 @@ class Distill(CompressionStep):
         if cfg.density_weight > 0 and data.teacher_density is None:
             raise ValueError("compression step 'distill': density-feature matching (density_weight > 0) needs the "
                              "teacher's density feature (StepData.teacher_density; a text teacher with "
-                             "ood_features other than 'none')")
+                             "ood_features other than 'none'), or set the option distill.density_weight = 0")
         res = distill_model(student, train, _labels(data.y, len(data.x), len(x_tr)), val,
                             _labels(data.y_val, len(data.x_val), len(x_va)), cfg, progress=data.progress, log=data.log,
                             teacher_hidden=data.teacher_hidden, teacher_density=data.teacher_density)
