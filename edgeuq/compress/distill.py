@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..models import tile_samples
+from ..models.eval_mode import evaluating
 from ..training.config import TrainConfig
 from .losses import FEATURE_LOSSES, density_matching, feature_matching, hidden_matching, mean_kl, uncertainty_matching
 from .transfer import TransferSet
@@ -236,13 +237,11 @@ def fit_projection(student: torch.nn.Module, projection: torch.nn.Linear, x: np.
     features of ``x`` (eval mode) to ``teacher_features``; returns it. The ridge (``ridge`` times
     the mean eigenvalue of the Gram matrix) bounds the map where the student's features are
     nearly degenerate (a fresh student), so the feature term cannot amplify its gradients."""
-    was = student.training
-    student.eval()
     parts = []
-    for i in range(0, len(x), chunk):
-        f = student.trunk(torch.from_numpy(np.ascontiguousarray(x[i : i + chunk])))
-        parts.append((f.mean(1) if f.dim() == 3 else f).double())
-    student.train(was)
+    with evaluating(student):
+        for i in range(0, len(x), chunk):
+            f = student.trunk(torch.from_numpy(np.ascontiguousarray(x[i : i + chunk])))
+            parts.append((f.mean(1) if f.dim() == 3 else f).double())
     a = torch.cat([torch.cat(parts), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
     t = torch.from_numpy(np.asarray(teacher_features, dtype=np.float64))
     gram = a.T @ a
@@ -255,11 +254,8 @@ def fit_projection(student: torch.nn.Module, projection: torch.nn.Linear, x: np.
 
 def make_projection(student: torch.nn.Module, teacher_dim: int, seed: int = 0) -> torch.nn.Linear:
     """A linear map from the student's pooled trunk features to the teacher's ``teacher_dim``."""
-    with torch.no_grad():
-        was = student.training
-        student.eval()
+    with evaluating(student):
         f = student.trunk(torch.zeros(1, student.cfg.input_length, dtype=torch.float32))
-        student.train(was)
     d_s = int(f.shape[-1])
     gen = torch.Generator().manual_seed(seed)
     proj = torch.nn.Linear(d_s, int(teacher_dim))

@@ -212,14 +212,13 @@ def features_with_model(model, x: np.ndarray, chunk: int = 256) -> np.ndarray:
     runtime's density does), in eval mode (no sampling: the trunk is deterministic)."""
     import torch
 
-    was = model.training
-    model.eval()
+    from ..models.eval_mode import evaluating
+
     parts = []
-    with torch.no_grad():
+    with evaluating(model):
         for i in range(0, len(x), chunk):
             f = model.trunk(torch.from_numpy(np.ascontiguousarray(x[i : i + chunk])))
             parts.append((f.mean(1) if f.dim() == 3 else f).numpy())
-    model.train(was)
     return np.concatenate(parts).astype(np.float32)
 
 

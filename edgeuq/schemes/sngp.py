@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.eval_mode import evaluating
 from .base import FitContext, FitResult, Scheme
 from .ddu import SpectralLinear, finish_power_iterations, spectral_problems
 from .registry import register_scheme
@@ -71,17 +72,14 @@ class RandomFeatureGP(nn.Module):
 def gp_inputs(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Inputs of the GP layer (``head.fc2``) in the deterministic pass, (N, d)."""
     layer = model.head.fc2
-    was = model.training
-    model.eval()
     captured = []
     hook = layer.register_forward_hook(lambda mod, args, out: captured.append(args[0].detach().clone()))
     try:
-        with torch.no_grad():
+        with evaluating(model):
             for i in range(0, len(x), batch_size):
                 model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])))
     finally:
         hook.remove()
-        model.train(was)
     return torch.cat(captured).numpy().astype(np.float64)
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from edgeuq_runtime.atomic import atomic_write
 
 from ..models.bert import BertEncoder
+from ..models.eval_mode import evaluating
 
 __all__ = ["HiddenCache", "TokenRows", "token_rows", "cache_hidden", "cache_key", "length_buckets", "progress"]
 
@@ -98,13 +99,8 @@ class TokenRows:
 
     def batch(self, index: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(embeddings (B, T, d) of the padded rows, computed without gradient, mask (B, T))."""
-        was = self.embed.training
-        self.embed.eval()
-        try:
-            with torch.no_grad():
-                h = self.embed(self.padded_ids(index).to(next(self.embed.parameters()).device))
-        finally:
-            self.embed.train(was)
+        with evaluating(self.embed):
+            h = self.embed(self.padded_ids(index).to(next(self.embed.parameters()).device))
         return h, self.mask(index)
 
 

@@ -44,6 +44,7 @@ from ..compress.slicing import count_params
 from ..compress.steps import StepData
 from ..data.sources import DataOptions
 from ..models import mc_sample_probs
+from ..models.eval_mode import frozen_call
 from ..training import Checkpoint, save_checkpoint
 from ..training.checkpoint import TOKENIZER_FILE
 from .cache import length_buckets
@@ -145,14 +146,8 @@ def with_ood_features(model: torch.nn.Module, kind: str) -> torch.nn.Module:
 
 
 def _teacher_hidden(model: torch.nn.Module) -> Callable[[torch.Tensor], Sequence[torch.Tensor]]:
-    def hidden(ids: torch.Tensor) -> Sequence[torch.Tensor]:
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            states, _ = model.hidden_states(ids)
-            model.train(was)
-        return states
-    return hidden
+    """ids -> the teacher's hidden states (eval mode, no gradient)."""
+    return frozen_call(model, lambda ids: model.hidden_states(ids)[0])
 
 
 def _teacher_density(teacher: Any, weight: float,
@@ -162,15 +157,7 @@ def _teacher_density(teacher: Any, weight: float,
     if not weight > 0 or str(teacher.options.get("ood_features", "none")) == "none":
         return None
     model = teacher.load_density_model(pretrained=pretrained)
-
-    def density(ids: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            out = model.density_feature(ids)
-            model.train(was)
-        return out
-    return density
+    return frozen_call(model, model.density_feature)
 
 
 def _density_weight(chain: Sequence[Any]) -> float:
