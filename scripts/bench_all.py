@@ -96,6 +96,10 @@ BENCHES: List[Bench] = [
                       "{mode}", writes=("text_ood",)),
     Bench("text_teacher_full", f"python bench/text_teacher_full.py --data {TEXT} --out runs/bench/teacher-full "
                                "--json results/text_teacher_full.json {mode}", writes=("text_teacher_full",)),
+    # the teacher's second epoch (its >= 90 % goal); the students below are cut from the one-epoch teacher above
+    Bench("text_teacher_full_2ep", f"python bench/text_teacher_full.py --data {TEXT} --out runs/bench/teacher-full-2ep "
+                                   "--json results/text_teacher_full_2ep.json {mode}",
+          full="--epochs 2 --time-cap-min 62", writes=("text_teacher_full_2ep",)),
     Bench("text_student_cut", f"python bench/text_student_cut.py --data {TEXT} --teacher-dir "
                               "runs/bench/teacher-full --out runs/bench/text_student_cut "
                               "--json results/text_student_cut.json {mode}",
