@@ -100,6 +100,13 @@ BENCHES: List[Bench] = [
     Bench("text_teacher_full_2ep", f"python bench/text_teacher_full.py --data {TEXT} --out runs/bench/teacher-full-2ep "
                                    "--json results/text_teacher_full_2ep.json {mode}",
           full="--epochs 2 --time-cap-min 62", writes=("text_teacher_full_2ep",)),
+    # and one epoch at higher learning rates (picked by the phrases' validation accuracy, never by GLUE dev)
+    Bench("text_teacher_full_lr1e4", f"python bench/text_teacher_full.py --data {TEXT} --out runs/bench/teacher-full-lr1e4 "
+                                     "--json results/text_teacher_full_lr1e4.json {mode}",
+          full="--epochs 1 --lr 1e-4 --time-cap-min 30", writes=("text_teacher_full_lr1e4",)),
+    Bench("text_teacher_full_lr2e4", f"python bench/text_teacher_full.py --data {TEXT} --out runs/bench/teacher-full-lr2e4 "
+                                     "--json results/text_teacher_full_lr2e4.json {mode}",
+          full="--epochs 1 --lr 2e-4 --time-cap-min 30", writes=("text_teacher_full_lr2e4",)),
     Bench("text_student_cut", f"python bench/text_student_cut.py --data {TEXT} --teacher-dir "
                               "runs/bench/teacher-full --out runs/bench/text_student_cut "
                               "--json results/text_student_cut.json {mode}",
