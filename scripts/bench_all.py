@@ -107,6 +107,10 @@ BENCHES: List[Bench] = [
     Bench("text_teacher_full_lr2e4", f"python bench/text_teacher_full.py --data {TEXT} --out runs/bench/teacher-full-lr2e4 "
                                      "--json results/text_teacher_full_lr2e4.json {mode}",
           full="--epochs 1 --lr 2e-4 --time-cap-min 30", writes=("text_teacher_full_lr2e4",)),
+    # trained vs frozen embeddings, paired (the two arms side by side, one core each)
+    Bench("text_teacher_embeddings", f"python bench/text_teacher_embeddings.py --data {TEXT} "
+                                     "--json results/text_teacher_embeddings.json {mode}",
+          writes=("text_teacher_embeddings",)),
     Bench("text_student_cut", f"python bench/text_student_cut.py --data {TEXT} --teacher-dir "
                               "runs/bench/teacher-full --out runs/bench/text_student_cut "
                               "--json results/text_student_cut.json {mode}",

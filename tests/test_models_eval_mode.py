@@ -58,3 +58,36 @@ def test_frozen_call_runs_each_call_in_eval_mode_without_gradient():
     assert seen == [(False, False), (False, False)]
     assert torch.equal(a, b) and a.grad_fn is None  # no dropout: the same output twice
     assert net.training
+
+
+class _Sampler(nn.Module):
+    """A sampling site (``sampling`` flag, as the stochastic layers have) inside a dropout net."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sampling = True
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(self.drop(x))
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("grad", [True, False])
+def test_fisher_target_evaluating_turns_sampling_off_keeps_the_callers_grad_and_restores_both(train, grad):
+    from edgeuq.fisher._target import FisherTarget
+
+    net = _Sampler().train(train)
+    target = FisherTarget(net)
+    with torch.set_grad_enabled(grad):
+        with target.evaluating():
+            assert not net.training and not net.drop.training and net.sampling is False
+            assert torch.is_grad_enabled() is grad
+            x = torch.ones(4, 3)
+            assert torch.equal(net(x), net.fc(x))          # dropout off: the linear alone
+        assert net.training is train and net.drop.training is train and net.sampling is True
+    with pytest.raises(RuntimeError):
+        with target.evaluating():
+            raise RuntimeError("boom")
+    assert net.training is train and net.sampling is True

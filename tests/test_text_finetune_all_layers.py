@@ -107,6 +107,31 @@ def test_all_layers_train_and_the_embeddings_stay_frozen():
     assert len(hist["train_loss"]) == 1 and np.isfinite(hist["train_loss"][0])
 
 
+def test_train_embeddings_trains_the_tables_with_the_layers_and_refuses_a_frozen_layer_cache():
+    m = _model()
+    ids, y = _data(64, 1)
+    rows = token_rows(ids, y, m.encoder.embeddings, 0)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    cfg = _config(epochs=1, train_embeddings=True)
+    finetune(m, rows, replace(cfg, train=replace(cfg.train, weight_decay=0.0)))
+    after = m.state_dict()
+    # the word table: only rows of tokens that occur can move (a second check of where the gradient
+    # goes; without weight decay, AdamW leaves a row with no gradient where it is)
+    word = next(k for k in before if k.startswith("encoder.embeddings.") and "word" in k)
+    seen = np.unique(ids[ids != 0])
+    moved = np.flatnonzero((before[word] != after[word]).any(dim=1).numpy())
+    assert len(moved) and set(moved.tolist()) <= set(seen.tolist()) | {0}, "unseen token rows moved"
+    emb = [k for k in before if k.startswith("encoder.embeddings.")]
+    assert all(not torch.equal(before[k], after[k]) for k in emb if "LayerNorm" in k or "norm" in k.lower())
+    assert not rows.trainable, "the caller's rows were changed"
+    # the frozen default is the earlier test's; a frozen-layer cache (start > 0) cannot train the tables
+    cache = types.SimpleNamespace(start=1, labels=y)
+    with pytest.raises(ValueError, match="train_embeddings needs every layer"):
+        finetune(_model(), cache, _config(train_embeddings=True))
+    with pytest.raises(ValueError, match="train_embeddings must be a bool"):
+        _config(train_embeddings="yes")
+
+
 def test_keep_best_returns_the_weights_of_the_best_validation_epoch():
     m = _model()
     ids, y = _data(64, 2)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from edgeuq_runtime.noise import sample_noise
 
+from ..models.eval_mode import evaluating
 from .config import EXACT_MAX_CLASSES, FisherConfig
 
 __all__ = ["FisherTarget", "LabelDraw", "label_draws", "calibration_batches", "LAYER_TYPES", "layer_kind"]
@@ -71,16 +72,15 @@ class FisherTarget:
 
     @contextmanager
     def evaluating(self) -> Iterator[None]:
-        """Eval mode, MC sampling off (noise comes in explicitly); restored on exit."""
-        was_training = self.model.training
+        """Eval mode (:func:`edgeuq.models.eval_mode.evaluating`, the caller's gradient mode kept), MC
+        sampling off (noise comes in explicitly); both restored on exit."""
         sampling = [(m, m.sampling) for m in self.model.modules() if hasattr(m, "sampling")]
-        self.model.eval()
         for m, _ in sampling:
             m.sampling = False
         try:
-            yield
+            with evaluating(self.model, grad=torch.is_grad_enabled()):
+                yield
         finally:
-            self.model.train(was_training)
             for m, s in sampling:
                 m.sampling = s
 

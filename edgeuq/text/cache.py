@@ -9,7 +9,7 @@ import io
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -70,7 +70,9 @@ class TokenRows:
     """Token ids of N sentences, trimmed per sentence, for training every encoder layer: nothing
     lies below layer 0 but the embeddings, so instead of a cache :meth:`batch` pads the rows of one
     batch to its longest sentence and runs ``embed`` (the model's own embeddings, frozen: no
-    gradient, eval mode) on them. The same reading interface as :class:`HiddenCache` (``start`` 0)."""
+    gradient, eval mode) on them. The same reading interface as :class:`HiddenCache` (``start`` 0).
+    ``trainable`` (:meth:`with_trainable_embed`): ``embed`` runs as it is (its mode, the caller's
+    gradient mode), so the embeddings train with the layers."""
 
     ids: np.ndarray        # (sum of lengths,) int64
     offsets: np.ndarray    # (N + 1,) int64
@@ -78,6 +80,7 @@ class TokenRows:
     embed: nn.Module
     pad_id: int = 0
     start: int = 0
+    trainable: bool = False
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -85,7 +88,11 @@ class TokenRows:
     def subset(self, index: Sequence[int]) -> "TokenRows":
         index = np.asarray(index, dtype=np.int64)
         ids, offsets = _take_rows(self.ids, self.offsets, index)
-        return TokenRows(ids, offsets, self.labels[index], self.embed, self.pad_id)
+        return TokenRows(ids, offsets, self.labels[index], self.embed, self.pad_id, trainable=self.trainable)
+
+    def with_trainable_embed(self, on: bool = True) -> "TokenRows":
+        """The same rows with ``embed`` run in its own mode and with gradient (``on``) or frozen."""
+        return replace(self, trainable=bool(on))
 
     mask = HiddenCache.mask
 
@@ -98,9 +105,13 @@ class TokenRows:
         return torch.from_numpy(out)
 
     def batch(self, index: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(embeddings (B, T, d) of the padded rows, computed without gradient, mask (B, T))."""
+        """(embeddings (B, T, d) of the padded rows, mask (B, T)); computed without gradient in eval
+        mode unless ``trainable``."""
+        ids = self.padded_ids(index).to(next(self.embed.parameters()).device)
+        if self.trainable:
+            return self.embed(ids), self.mask(index)
         with evaluating(self.embed):
-            h = self.embed(self.padded_ids(index).to(next(self.embed.parameters()).device))
+            h = self.embed(ids)
         return h, self.mask(index)
 
 

@@ -52,6 +52,9 @@ class FinetuneConfig:
     time_cap_s: float = 0.0
     #: keep the weights of the epoch with the best validation accuracy (needs ``val``), not the last
     keep_best: bool = False
+    #: train the embeddings too (word, position and type tables and their LayerNorm, at ``train.lr``);
+    #: only with every layer trained (token rows, ``start`` 0: a frozen-layer cache sits above them)
+    train_embeddings: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.train_layers, bool) or not isinstance(self.train_layers, int) or self.train_layers < 0:
@@ -60,6 +63,8 @@ class FinetuneConfig:
             raise ValueError(f"time_cap_s must be >= 0 seconds, got {self.time_cap_s!r}")
         if not isinstance(self.keep_best, bool):
             raise ValueError(f"keep_best must be a bool, got {self.keep_best!r}")
+        if not isinstance(self.train_embeddings, bool):
+            raise ValueError(f"train_embeddings must be a bool, got {self.train_embeddings!r}")
         if not (isinstance(self.lr_head, (int, float)) and self.lr_head > 0):  # NaN-safe
             raise ValueError(f"lr_head must be > 0, got {self.lr_head!r}")
         if not isinstance(self.train, TrainConfig):
@@ -95,7 +100,8 @@ def finetune(model: TextClassifier, train: HiddenCache, cfg: FinetuneConfig,
              device: Optional[str] = None) -> Dict[str, list]:
     """Train layers ``train.start``.. and the head with cross-entropy (AdamW, linear warm-up and
     decay). ``train``/``val``: a :class:`~edgeuq.text.cache.HiddenCache` of the frozen layers, or
-    :class:`~edgeuq.text.cache.TokenRows` (``start`` 0: every layer trains, the embeddings stay frozen).
+    :class:`~edgeuq.text.cache.TokenRows` (``start`` 0: every layer trains, the embeddings stay frozen
+    unless ``cfg.train_embeddings``).
 
     ``cfg.time_cap_s`` stops at the first step after the cap; the history then carries
     ``stopped`` (epoch, step) and, with ``state_path``, the whole training state (weights, optimiser,
@@ -111,11 +117,18 @@ def finetune(model: TextClassifier, train: HiddenCache, cfg: FinetuneConfig,
         torch.set_num_threads(tc.threads)
     if cfg.keep_best and val is None:
         raise ValueError("keep_best needs validation data (val)")
+    if cfg.train_embeddings:
+        if train.start != 0 or not hasattr(train, "with_trainable_embed"):
+            raise ValueError("train_embeddings needs every layer trained: token rows (start 0), not a cache of "
+                             f"frozen layers (start {train.start})")
+        train = train.with_trainable_embed()
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
     for p in model.encoder.parameters():
         p.requires_grad_(False)
     enc_params = [p for layer in list(model.encoder.layers)[train.start:] for p in layer.parameters()]
+    if cfg.train_embeddings:
+        enc_params = list(model.encoder.embeddings.parameters()) + enc_params
     for p in enc_params:
         p.requires_grad_(True)
     head_params = model.head_parameters()
@@ -158,7 +171,8 @@ def finetune(model: TextClassifier, train: HiddenCache, cfg: FinetuneConfig,
     for epoch in range(first_epoch, tc.epochs):
         t_epoch = time.time()
         model.train()
-        model.encoder.embeddings.eval()
+        if not cfg.train_embeddings:
+            model.encoder.embeddings.eval()
         if epoch == first_epoch and resumed_order is not None:
             order = [np.asarray(o) for o in resumed_order]
         else:
