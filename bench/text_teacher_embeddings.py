@@ -22,7 +22,6 @@ the table says so.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import sys
@@ -36,7 +35,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from edgeuq.provenance import command_line, finish, start, write_results  # noqa: E402
-from edgeuq.report import results_table  # noqa: E402
+from edgeuq.report import format_table, results_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -158,11 +157,8 @@ def main(argv=None) -> int:
                   f"trained minus frozen: val {delta_val * 100:+.2f} points, GLUE dev {delta_dev * 100:+.2f} points "
                   f"(one pair: a GLUE dev difference of one sentence is {100 / n_dev:.2f} points)"))},
     }
-    for name, t in results["tables"].items():
-        print(f"\n{name}\n" + " | ".join(t["headers"]))
-        for r in t["rows"]:
-            print(" | ".join(str(c) for c in r))
-        print(t.get("note", ""))
+    table = results["tables"]["text_teacher_embeddings"]
+    print("\n" + format_table(table["headers"], table["rows"]) + "\n" + table["note"])
     if a.json:
         write_results(a.json, results, command, finish(prov))
         print(f"results: {a.json}")
