@@ -111,6 +111,9 @@ BENCHES: List[Bench] = [
     Bench("text_teacher_embeddings", f"python bench/text_teacher_embeddings.py --data {TEXT} "
                                      "--json results/text_teacher_embeddings.json {mode}",
           writes=("text_teacher_embeddings",)),
+    Bench("text_teacher_embeddings_seed1", f"python bench/text_teacher_embeddings.py --data {TEXT} --seed 1 "
+                                           "--json results/text_teacher_embeddings_seed1.json {mode}",
+          writes=("text_teacher_embeddings_seed1",)),
     Bench("text_student_cut", f"python bench/text_student_cut.py --data {TEXT} --teacher-dir "
                               "runs/bench/teacher-full --out runs/bench/text_student_cut "
                               "--json results/text_student_cut.json {mode}",
