@@ -55,3 +55,29 @@ def test_agent_with_a_wrong_token_fails_loudly(ort_bundle, agent, tmp_path, monk
     assert rc != 0
     assert "refused the request (401)" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("pause_s", [0.0, 0.3])
+def test_a_tvm_rpc_client_gets_the_key_mismatch_answer_even_when_its_key_arrives_late(agent, pause_s):
+    """TVM's client sends the RPC magic, then the key's length and the key, then reads a code. The agent
+    must read the whole handshake before it answers: answering after the magic alone and closing with
+    the key unread resets the connection, and the client sees a broken pipe, not the answer (a race
+    that failed CI once). The pause makes the late key certain; TVM's own server is the reference
+    order (magic, key length, key, then the answer)."""
+    import socket
+    import struct
+    import time
+
+    from edgeuq_runtime.tracker import RPC_CODE_MISMATCH, RPC_MAGIC
+
+    host, port = agent.rsplit(":", 1)
+    key = b"edgeuq-agent.k:some-matchkey"
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(struct.pack("<i", RPC_MAGIC))
+        time.sleep(pause_s)
+        s.sendall(struct.pack("<i", len(key)))
+        time.sleep(pause_s)
+        s.sendall(key)
+        answer = s.recv(4, socket.MSG_WAITALL)
+        assert len(answer) == 4 and struct.unpack("<i", answer)[0] == RPC_CODE_MISMATCH
+        assert s.recv(1) == b""                 # then a clean close (FIN, not a reset)

@@ -57,7 +57,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .cpuinfo import cpu_flags as board_cpu_flags
 from .errors import InputError, RuntimeUQError
-from .tracker import RPC_CODE_MISMATCH, RPC_MAGIC, TrackerLink, agent_pool_key
+from .tracker import RPC_CODE_MISMATCH, RPC_MAGIC, TrackerLink, agent_pool_key, recv_exact
 
 __all__ = ["AgentServer", "agent_in_thread", "agent_token", "profile_bundle_bytes", "DEFAULT_AGENT_BIND", "TOKEN_ENV",
            "MATCH_HEADER", "MAX_REPEATS", "MAX_WARMUP"]
@@ -67,6 +67,8 @@ TOKEN_ENV = "EDGEUQ_AGENT_TOKEN"
 MAX_REPEATS = 10_000
 MAX_WARMUP = 1_000
 _MAX_BODY = 512 << 20
+_RPC_HANDSHAKE_S = 5.0  # seconds a TVM RPC client has to send its key before it is answered
+_RPC_KEY_MAX = 4096     # longest key read from a TVM RPC client's handshake (TVM's keys are short)
 MATCH_HEADER = "X-Edgeuq-Match"   # the tracker's matchkey, in pool mode
 
 
@@ -145,12 +147,26 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             return
         if head == struct.pack("<i", RPC_MAGIC):
-            with contextlib.suppress(OSError):
-                self.connection.sendall(struct.pack("<i", RPC_CODE_MISMATCH))
+            self._refuse_rpc_client()
             if self.server.verbose:
                 self.log_message("refused a TVM RPC client: this is an edgeuq timing agent, not an RPC server")
             return
         super().handle()
+
+    def _refuse_rpc_client(self) -> None:
+        """Read the client's whole handshake (magic, key length, key: what TVM's own server reads),
+        then answer "key mismatch" and close the sending side. Answering before the key has arrived
+        and closing with the client's bytes unread resets the connection: the client then sees a
+        broken pipe instead of the answer."""
+        conn = self.connection
+        with contextlib.suppress(OSError):
+            conn.settimeout(_RPC_HANDSHAKE_S)
+            recv_exact(conn, 4, "the TVM RPC client")                     # the magic, peeked so far
+            keylen = struct.unpack("<i", recv_exact(conn, 4, "the TVM RPC client"))[0]
+            if 0 <= keylen <= _RPC_KEY_MAX:
+                recv_exact(conn, keylen, "the TVM RPC client")
+            conn.sendall(struct.pack("<i", RPC_CODE_MISMATCH))
+            conn.shutdown(socket.SHUT_WR)
 
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet unless asked
         if self.server.verbose:

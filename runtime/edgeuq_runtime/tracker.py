@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .errors import InputError, RuntimeUQError
 
 __all__ = ["AGENT_KEY_PREFIX", "TRACKER_MAGIC", "RPC_MAGIC", "RPC_CODE_MISMATCH", "Code", "TrackerError",
-           "TrackerConnection", "TrackerLink", "agent_pool_key", "is_agent_pool_key", "parse_tracker"]
+           "TrackerConnection", "TrackerLink", "agent_pool_key", "is_agent_pool_key", "parse_tracker", "recv_exact"]
 
 TRACKER_MAGIC = 0x2F271   # the tracker's (control plane) handshake
 RPC_MAGIC = 0xFF271       # a TVM RPC session's (data plane) handshake
@@ -68,6 +68,18 @@ class Code:
 
 class TrackerError(RuntimeUQError):
     """The tracker could not be reached, answered out of protocol, or had no free resource in time."""
+
+
+def recv_exact(sock: socket.socket, n: int, peer: str = "the peer") -> bytes:
+    """Exactly ``n`` bytes from ``sock`` (ConnectionResetError naming ``peer`` if it closes first)."""
+    parts, got = [], 0
+    while got < n:
+        chunk = sock.recv(min(n - got, 65536))
+        if not chunk:
+            raise ConnectionResetError(f"{peer} closed the connection")
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
 def parse_tracker(text: str, what: str = "--tracker") -> Tuple[str, int]:
@@ -130,14 +142,7 @@ class TrackerConnection:
         self.sock.settimeout(timeout_s)
 
     def _recv(self, n: int) -> bytes:
-        parts, got = [], 0
-        while got < n:
-            chunk = self.sock.recv(min(n - got, 65536))
-            if not chunk:
-                raise ConnectionResetError("the tracker closed the connection")
-            parts.append(chunk)
-            got += len(chunk)
-        return b"".join(parts)
+        return recv_exact(self.sock, n, "the tracker")
 
     def call(self, *msg: Any) -> Any:
         """Send ``[code, args...]``, return the tracker's answer (socket errors propagate as OSError)."""
