@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("safetensors")
+from require_extras import require_extra  # noqa: E402
+
+require_extra("safetensors", "text")
 sys.path.insert(0, str(Path(__file__).parent))
 from text_teacher_support import questions, sentiment_rows, write_tiny_model, write_tsv  # noqa: E402
 

@@ -16,8 +16,10 @@ import time
 
 import pytest
 
-pytest.importorskip("tvm")
-pytest.importorskip("tornado")
+from require_extras import require_extra  # noqa: E402
+
+require_extra("tvm", "tvm")
+require_extra("tornado", "tvm")
 
 from rpc_farm import Farm, free_port, stop_process  # noqa: E402
 from test_profile_agent import ort_bundle  # noqa: E402,F401  (the tiny ONNX Runtime bundle fixture)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-ort = pytest.importorskip("onnxruntime")
-onnx = pytest.importorskip("onnx")
+from require_extras import require_extra  # noqa: E402
+
+ort = require_extra("onnxruntime")
+onnx = require_extra("onnx")
 
 
 def _relu_model(path):

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from require_extras import require_extra
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +19,7 @@ def _bench():
 
 
 def test_every_ratio_is_paired_names_its_effect_and_the_json_carries_provenance(tmp_path, capsys):
-    pytest.importorskip("onnxruntime")
+    require_extra("onnxruntime")
     bench = _bench()
     out = tmp_path / "mc.json"
     assert bench.main(["--samples", "2", "4", "--repeats", "4", "--warmup", "0", "--json", str(out)]) == 0

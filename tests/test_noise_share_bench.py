@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime")
-stats = pytest.importorskip("scipy.stats")
+from require_extras import require_extra  # noqa: E402
+
+require_extra("onnxruntime")
+stats = require_extra("scipy.stats")
 
 from edgeuq_runtime.noise import NoiseSpec  # noqa: E402
 

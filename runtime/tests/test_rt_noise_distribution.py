@@ -8,8 +8,9 @@ import math
 
 import numpy as np
 import pytest
+from rt_helpers import require_extra
 
-scipy_stats = pytest.importorskip("scipy.stats")
+scipy_stats = require_extra("scipy.stats", "scipy: the runtime's test reference (a main dependency of edgeuq; make test installs it)")
 
 from edgeuq_runtime.noise import NoiseSpec, _decode, dropout_threshold, row_layout, sample_noise_rows  # noqa: E402
 

@@ -13,6 +13,7 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
+from rt_helpers import require_extra
 
 from edgeuq_runtime.noise import NoiseSpec, normal_table, sample_noise_rows
 
@@ -75,7 +76,7 @@ def _phi(x):
 
 
 def test_stream_normals_and_uniforms_pass_chi_square_and_controls_fail():
-    pytest.importorskip("scipy")
+    require_extra("scipy", "scipy: the runtime's test reference (a main dependency of edgeuq; make test installs it)")
     specs = [NoiseSpec("z", "standard_normal", (50, 20)), NoiseSpec("u", "uniform", (100, 7))]
     d = sample_noise_rows(specs, 400, np.random.default_rng(21))
     z = d["z"].ravel().astype(np.float64)
@@ -101,7 +102,7 @@ def _cell_mean_coarse(v: int, cells: int = 256) -> float:
 def test_fine_bins_show_the_stream_normal_is_not_coarsely_quantised():
     """On 1000 equiprobable bins the stream's normals still fit Phi (2**16 atoms spread over every
     bin); the 256-atom control above fails the same test."""
-    pytest.importorskip("scipy")
+    require_extra("scipy", "scipy: the runtime's test reference (a main dependency of edgeuq; make test installs it)")
     z = sample_noise_rows([NoiseSpec("z", "standard_normal", (1000,))], 400, np.random.default_rng(22))["z"]
     chi2 = _chi2_equiprobable(z.ravel().astype(np.float64), _phi, bins=1000)
     assert not chi2 > 1000 + 5 * math.sqrt(2 * 999)

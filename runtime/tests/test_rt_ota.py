@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from rt_helpers import require_extra
 
 from edgeuq_runtime import load_bundle, sha256_file
 from edgeuq_runtime.ota import boot, core, current_bundle, mark_good, record_window, rollback
@@ -242,7 +243,7 @@ def test_delta_header_table(patch, length, ok):
 
 def test_delta_header_matches_bsdiff4():
     """Our header parser agrees with bsdiff4's own encoder (an independent implementation)."""
-    bsdiff4 = pytest.importorskip("bsdiff4")
+    bsdiff4 = require_extra("bsdiff4", "bsdiff4: the ota extra (make test installs it)")
     a, b = b"hello world " * 50, b"hello there " * 60
     patch = bsdiff4.diff(a, b)
     control, diff, out = core.check_delta_header(patch, len(b), len(patch))

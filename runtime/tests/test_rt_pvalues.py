@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from rt_helpers import require_extra
 
 from edgeuq_runtime.conformal import chi2_sf_even, combine_pvalues, conformal_pvalues, mondrian_pvalues
 from edgeuq_runtime.errors import InputError
@@ -78,7 +79,7 @@ def test_chi2_sf_even_closed_form():
     x = np.array([0.0, 0.5, 3.0, 10.0, 40.0])
     assert np.allclose(chi2_sf_even(x, 2), np.exp(-x / 2))
     assert np.allclose(chi2_sf_even(x, 4), np.exp(-x / 2) * (1 + x / 2))
-    stats = pytest.importorskip("scipy.stats")
+    stats = require_extra("scipy.stats", "scipy: the runtime's test reference (a main dependency of edgeuq; make test installs it)")
     for dof in (2, 4, 6, 10):
         assert np.allclose(chi2_sf_even(x, dof), stats.chi2.sf(x, dof), rtol=1e-10, atol=1e-15)
     with pytest.raises(InputError):
