@@ -20,6 +20,10 @@ CPU from /proc/cpuinfo, e.g. ``x86-64-avx512``):
   plus the records in ``--tuning-db`` (default: a fresh empty folder) and ``--trials`` new
   MetaSchedule trials per graph added to it (default 0: the shipped database only). The row
   names its tuning state (``tuned (shipped database)``, ``tuned``, ``reused``).
+* ``tvm tuned (shipped database, not the <vendor> copy)``: where the package ships a copy of the
+  target's database retuned on this CPU's vendor (``tuning/<target>@<vendor>``, which the tuned
+  row uses), the same build from the target's own database (``tuning_vendor=""``), so the two
+  are timed interleaved and paired in one run.
 * ``tvm tuned (database DIR)`` (with ``--compare-database DIR``): the same build with the tuning
   database in ``DIR/<target>/`` *instead of* the shipped one (no shipped records, no new trials),
   e.g. the database shipped before a retune (``git show``), so old and new database are timed
@@ -57,6 +61,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -129,6 +134,7 @@ def main(argv=None) -> int:
     from edgeuq.export import export_onnx
     from edgeuq.lower import lower
     from edgeuq.lower.tvm.numerics import max_error
+    from edgeuq.lower.tvm.lowerer import TvmOptions, database_vendor
     from edgeuq.lower.tvm.targets import detect_host_target
     from edgeuq.lower.tvm.tune import shipped_dir
     from edgeuq.models import ModelConfig, SignalTransformer
@@ -174,6 +180,15 @@ def main(argv=None) -> int:
             notes.append(f"tvm tuned (database {a.compare_database}) {name}: the database in "
                          f"{Path(a.compare_database) / name} instead of the shipped one, compiled in "
                          f"{time.perf_counter() - t0:.1f} s")
+        vendor = database_vendor(target, TvmOptions())
+        if vendor and shipped_dir(name, vendor) != shipped_dir(name):
+            t0 = time.perf_counter()   # the target's own database where the tuned build takes this CPU vendor's copy
+            builds[f"tvm tuned (shipped database, not the {vendor} copy) {name}"] = lower(
+                "tvm", art, target, work / f"novendor-{name}", samples=a.samples, batch=a.batch, check="none",
+                tuning_root=db, tuning_vendor="")
+            notes.append(f"tvm tuned (shipped database, not the {vendor} copy) {name}: the shipped {name} database "
+                         f"itself, where the tuned row takes its copy for {vendor} CPUs ({shipped_dir(name, vendor).name}), "
+                         f"compiled in {time.perf_counter() - t0:.1f} s")
         t0 = time.perf_counter()
         tuned = lower("tvm", art, target, work / f"tuned-{name}", samples=a.samples, batch=a.batch,
                       tune_trials=a.trials, tuning_root=db, check="none",
@@ -195,17 +210,24 @@ def main(argv=None) -> int:
                                                    graphs=["head"], head_buckets=())
             notes.append(f"no buckets: {label}: head compiled for {a.samples * a.batch} rows only, "
                          f"{time.perf_counter() - t0:.1f} s")
-        sd = shipped_dir(name)
+        sd = shipped_dir(name, vendor)
         if sd is not None and (sd / "provenance.json").is_file():
             prov = json.loads((sd / "provenance.json").read_text())
             tpt = prov.get("trials_per_task", {})
-            notes.append(f"shipped database {name}: tuned {prov.get('tuned')} on {prov.get('cpu')}, "
-                         f"{prov.get('records_measured')} trials over {prov.get('tasks')} tasks "
-                         f"({tpt.get('min')}-{tpt.get('max')} per task), {prov.get('shipped_records')} records shipped")
+            note = (f"shipped database {sd.name}: tuned {prov.get('tuned')} on {prov.get('cpu')}, "
+                    f"{prov.get('records_measured')} trials over {prov.get('tasks')} tasks "
+                    f"({tpt.get('min')}-{tpt.get('max')} per task), {prov.get('shipped_records')} records shipped")
+            if prov.get("vendor"):
+                base = prov.get("base") or {}
+                note += (f"; a copy for {prov['vendor']} CPUs of the {name} database (tuned {base.get('tuned')} on "
+                         f"{base.get('cpu')}): {base.get('default_schedules_timed_here')} tasks re-timed on the "
+                         f"tuning host against TVM's default schedule, {base.get('default_schedule_won_here')} of them "
+                         "fastest with the default")
+            notes.append(note)
         graphs = tuned.metadata["graphs"]
         notes.append(f"{label}: compiled in {tuned_s:.1f} s; " + ", ".join(
             f"{r} batch {m['batch']}, {m['tuning'].get('shipped_tasks', 0)} of {m['tuning'].get('tasks', '?')} tasks "
-            f"from the shipped database ({'yes' if shipped_dir(name) else 'none'}), "
+            f"from the shipped database ({sd.name if sd is not None else 'none'}), "
             f"{m['tuning'].get('records', 0)} user records" for r, m in graphs.items()))
 
     rng = np.random.default_rng(0)
@@ -300,6 +322,10 @@ def main(argv=None) -> int:
             extra["generic_vs_onnxruntime"] = verdict
             extra["values"] = {f"generic_{role}_x_ort": f"{v['ratio']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]"
                                for role, v in verdict["graphs"].items()}
+        # every tuned row's paired ratio, for prose (e.g. a vendor copy against the target's own database)
+        extra.setdefault("values", {}).update({
+            f"{graph}_x_ort_" + re.sub(r"[^A-Za-z0-9]+", "_", backend).strip("_"): ratio
+            for graph, backend, _, ratio in rows if backend.startswith("tvm tuned")})
         if sweep_rows:
             extra["tables"] = {"buckets": results_table(
                 s_headers, sweep_rows,

@@ -19,6 +19,16 @@ from edgeuq.lower.tvm.targets import detect_host_target, is_native  # noqa: E402
 from edgeuq.lower.tvm.tune import SHIPPED_ROOT, SHIPPED_STATE, database_size, shipped_dir  # noqa: E402
 
 SHIPPED_TARGETS = ("x86-64", "x86-64-avx2", "x86-64-avx512")
+#: every shipped folder: the targets' own databases and the copies retuned on one CPU vendor's machines
+SHIPPED_FOLDERS = SHIPPED_TARGETS + ("x86-64@intel", "x86-64-avx2@intel", "x86-64-avx512@intel")
+
+
+def expected_dir(name):
+    """The shipped folder a lowering for ``name`` on this host consults (the host vendor's copy when
+    the package ships one and the target runs here)."""
+    from edgeuq.lower.tvm.lowerer import TvmOptions, database_vendor
+
+    return shipped_dir(name, database_vendor(get_target(name), TvmOptions()))
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +40,11 @@ def demo(tmp_path_factory):
     return demo_graphs(tmp_path_factory.mktemp("demo"))
 
 
-@pytest.mark.parametrize("name", SHIPPED_TARGETS)
-def test_shipped_database_is_packaged_small_and_pruned(name):
-    d = shipped_dir(name)
-    assert d is not None and d.parent == SHIPPED_ROOT, f"no shipped database for {name} in {SHIPPED_ROOT}"
+@pytest.mark.parametrize("folder", SHIPPED_FOLDERS)
+def test_shipped_database_is_packaged_small_and_pruned(folder):
+    name, _, vendor = folder.partition("@")
+    d = shipped_dir(name, vendor or None)
+    assert d is not None and d == SHIPPED_ROOT / folder, f"no shipped database {folder} in {SHIPPED_ROOT}"
     workloads = [json.loads(line) for line in (d / "database_workload.json").read_text().splitlines() if line]
     records = [json.loads(line) for line in (d / "database_tuning_record.json").read_text().splitlines() if line]
     assert len(records) == database_size(d) >= 10
@@ -41,6 +52,11 @@ def test_shipped_database_is_packaged_small_and_pruned(name):
     assert sorted(r[0] for r in records) == list(range(len(workloads)))
     prov = json.loads((d / "provenance.json").read_text())
     assert prov["target"] == name and prov["shipped_records"] == len(records) and prov["trials_per_task"]["max"] >= 1
+    assert prov.get("vendor") == (vendor or None)
+    if vendor:      # a vendor's copy: the target's database with tasks re-timed or retuned there, none lost
+        base = {json.dumps(w[1]) for w in map(json.loads, (SHIPPED_ROOT / name / "database_workload.json")
+                                              .read_text().splitlines()) if w}
+        assert {json.dumps(w[1]) for w in workloads} >= base and prov["base"]["folder"] == name
     size = sum(f.stat().st_size for f in d.iterdir())
     # each workload is stored with its TIR (~65 kB): one per task and shape bucket (S = 1, 4, 8, 16: 54 for AVX-512)
     assert size < 4_000_000, f"{name}: shipped database is {size} bytes"
@@ -56,7 +72,9 @@ def test_pyproject_ships_the_databases_as_package_data():
     assert "edgeuq.lower.tvm.tuning" in setup["packages"]
     patterns = setup["package-data"]["edgeuq.lower.tvm.tuning"]
     shipped = {p for pat in patterns for p in SHIPPED_ROOT.glob(pat)}
-    for name in SHIPPED_TARGETS:
+    assert sorted(p.name for p in SHIPPED_ROOT.iterdir() if p.is_dir() and p.name != "__pycache__") == \
+        sorted(SHIPPED_FOLDERS)
+    for name in SHIPPED_FOLDERS:
         files = set((SHIPPED_ROOT / name).iterdir())
         assert files and files <= shipped, (sorted(files - shipped), patterns)
 
@@ -84,12 +102,13 @@ def test_shipped_database_applied_to_demo_graphs_and_matches_onnxruntime(demo, s
     for role, rows in (("trunk", 1), ("head", 16)):
         tuning = md["graphs"][role]["tuning"]
         assert tuning["state"] == SHIPPED_STATE and tuning["records"] == 0 and tuning["trials"] == 0
-        assert tuning["shipped_database"] == str(shipped_dir(name))
+        assert tuning["shipped_database"] == str(expected_dir(name))
         assert tuning["shipped_tasks"] >= 8 and tuning["shipped_tasks"] <= tuning["tasks"]
         opts = getattr(res, role).options                           # static shapes the database was tuned for
         assert opts["batch"] == max(opts.get("buckets") or [rows]) and rows in (opts.get("buckets") or [rows])
     shipped = md["shipped_database"]        # which database: the one tuned for exactly this target
-    assert shipped["used"] and shipped["target"] == name == shipped["folder"] and shipped["records_measured"] > 0
+    assert shipped["used"] and shipped["target"] == name and shipped["folder"] == expected_dir(name).name
+    assert shipped["records_measured"] > 0 and shipped["folder"].startswith(name)
     ev = res.evidence
     assert is_native(target) and ev.how == "native"
     for role in ("trunk", "head"):
@@ -156,7 +175,7 @@ def test_head_shape_buckets_are_the_tuned_ones_and_match_onnxruntime_for_any_sam
     from edgeuq.lower.tvm.targets import tvm_target
     from edgeuq.lower.tvm.tune import _ReadOnlyCopy, _has_record
 
-    copy = _ReadOnlyCopy(shipped_dir(name))
+    copy = _ReadOnlyCopy(expected_dir(name))
     try:
         expect = [16]
         for s in (1, 4, 8, 32):

@@ -1,5 +1,5 @@
 """The CPU's feature flags as the kernel reports them (``flags`` line of ``/proc/cpuinfo``): one
-reader for the board's timing agent (it tells the host which ISA the board runs, so placement
+reader (flags and vendor) for the board's timing agent (it tells the host which ISA the board runs, so placement
 skips libraries compiled for an ISA the board lacks) and for the host's own view
 (:mod:`edgeuq.hostcpu`, which adds the ``EDGEUQ_HOST_ISA`` cap)."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["cpu_flags"]
+__all__ = ["cpu_flags", "cpu_vendor"]
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[frozenset]:
@@ -21,4 +21,23 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[frozenset]:
         for line in text.splitlines():
             if line.split(":", 1)[0].strip() == key and ":" in line:
                 return frozenset(line.split(":", 1)[1].split())
+    return None
+
+
+#: ``vendor_id`` of /proc/cpuinfo -> the short name tuning databases are kept under.
+CPU_VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd", "HygonGenuine": "hygon"}
+
+
+def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[str]:
+    """The x86 CPU's vendor as a short lower-case name (``intel``, ``amd``, ``hygon``; another
+    ``vendor_id`` lower-cased), from the first ``vendor_id`` line of ``cpuinfo``; None when the
+    file is unreadable or has none (not x86, not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.split(":", 1)[0].strip() == "vendor_id" and ":" in line:
+            raw = line.split(":", 1)[1].strip()
+            return CPU_VENDORS.get(raw, raw.lower() or None)
     return None

@@ -47,8 +47,9 @@ from ..base import (CompiledArtifact, CompiledGraph, CompileSettings, CpuRequire
                     register_lowerer)
 from .build import ROLES, GraphBuild, build_graph, has_records, overall_state, tuned_buckets
 from .check import CHECK_MODES, check_artifact
+from ...hostcpu import cpu_vendor
 from .targets import compiler_versions, host_target, is_native, required_flags, tuning_dir, tvm_target
-from .tune import shipped_dir
+from .tune import shipped_dir, vendor_folder
 
 __all__ = ["TvmLowerer", "TvmOptions", "compile_tvm"]
 
@@ -86,6 +87,12 @@ class TvmOptions:
     isa_variants: Tuple[str, ...] = ()
     #: ``(tracker HOST:PORT, key)``: MetaSchedule measures candidates on the tracker's boards (RPCRunner)
     tune_rpc: Optional[Tuple[str, str]] = None
+    #: Which CPU vendor's retuned copy of the shipped database to prefer (``tuning/<target>@<vendor>``,
+    #: e.g. ``intel``) where the package ships one: ``"auto"`` the vendor of this host's CPU when the
+    #: target's code runs on it natively and nothing is tuned on remote boards (the x86 host board),
+    #: no vendor otherwise; ``""`` the target's own database only; or a vendor name (compiling here
+    #: for another machine whose vendor you know).
+    tuning_vendor: str = "auto"
 
     def __post_init__(self) -> None:
         graphs = tuple(self.graphs or ROLES)
@@ -105,6 +112,10 @@ class TvmOptions:
         object.__setattr__(self, "isa_variants", variants)
         if self.check not in CHECK_MODES:
             raise ValueError(f"check must be one of {CHECK_MODES}, got {self.check!r}")
+        if not isinstance(self.tuning_vendor, str):
+            raise ValueError(f"tuning_vendor must be 'auto', '' or a vendor name, got {self.tuning_vendor!r}")
+        if self.tuning_vendor not in ("auto", ""):
+            vendor_folder("target", self.tuning_vendor)    # a bad name is refused here, not at compile time
 
 
 @register_lowerer("tvm")
@@ -143,7 +154,8 @@ class TvmLowerer(Lowerer):
                          "RPC runner on the device); default schedules used")
             say(notes[-1])
             trials = 0
-        shipped = shipped_dir(target.name) if options.shipped_database else None
+        vendor = database_vendor(target, options)
+        shipped = shipped_dir(target.name, vendor) if options.shipped_database else None
         builds: Dict[str, GraphBuild] = {}
         for role in options.graphs:
             builds[role] = _build_role(role, art, target, workdir, options, trials, say)
@@ -173,7 +185,7 @@ class TvmLowerer(Lowerer):
                        for r, b in builds.items()},
             "tuning": overall_state(builds), "notes": notes,
             **({"isa_variants": variants} if variants else {}),
-            "shipped_database": _shipped_record(target.name, shipped, options.shipped_database),
+            "shipped_database": _shipped_record(target.name, shipped, options.shipped_database, vendor),
         }
         return CompiledArtifact(target=target.name, trunk=graphs["trunk"], head=graphs["head"], evidence=evidence,
                                 extra_files=extra, metadata=metadata)
@@ -185,7 +197,7 @@ def _build_role(role: str, art: Any, target: Any, workdir: Path, options: TvmOpt
     tuning records cover it, else dynamic batch."""
     samples, trunk_batch = options.samples, options.batch
     db_dir = tuning_dir(target.name, options.tuning_root)
-    shipped = shipped_dir(target.name) if options.shipped_database else None
+    shipped = shipped_dir(target.name, database_vendor(target, options)) if options.shipped_database else None
     onnx_path = Path(art.trunk_path if role == "trunk" else art.head_path)
     batch: Optional[int] = trunk_batch if role == "trunk" else samples * trunk_batch
     if trials == 0 and not has_records(onnx_path, target, db_dir, batch, shipped):
@@ -251,9 +263,22 @@ def _variant_targets(target: Any, names: Sequence[str]) -> list:
     return [(name, vt, flags) for _, name, vt, flags in sorted(chosen, key=lambda c: (-c[0], c[1]))]
 
 
-def _shipped_record(target_name: str, shipped: Optional[Path], enabled: bool) -> Dict[str, Any]:
+def database_vendor(target: Any, options: TvmOptions) -> Optional[str]:
+    """The CPU vendor whose retuned shipped database ``target`` prefers (``TvmOptions.tuning_vendor``):
+    with ``"auto"``, this host's vendor when the target's code runs here natively and no remote
+    board is tuned (what the code will run on is this CPU), else None."""
+    if options.tuning_vendor != "auto":
+        return options.tuning_vendor or None
+    if target.kind != "cpu" or options.tune_rpc is not None or not is_native(target):
+        return None
+    return cpu_vendor()
+
+
+def _shipped_record(target_name: str, shipped: Optional[Path], enabled: bool,
+                    vendor: Optional[str] = None) -> Dict[str, Any]:
     """Which shipped tuning database the build consulted: its target (the ISA it was tuned for, which
-    must be this target's), when, where and how many trials; or why none."""
+    must be this target's), the CPU vendor it was retuned for (if any), when, where and how many
+    trials; or why none."""
     if not enabled:
         return {"used": False, "why": "switched off (shipped_database=False)"}
     if shipped is None:
@@ -262,7 +287,10 @@ def _shipped_record(target_name: str, shipped: Optional[Path], enabled: bool) ->
     prov = json.loads(prov_file.read_text()) if prov_file.is_file() else {}
     if prov.get("target", target_name) != target_name:
         raise ValueError(f"shipped database {shipped} was tuned for {prov.get('target')!r}, not {target_name!r}")
+    if prov.get("vendor") and prov["vendor"] != vendor:
+        raise ValueError(f"shipped database {shipped} was retuned for {prov['vendor']!r} CPUs, not {vendor!r}")
     return {"used": True, "target": target_name, "folder": Path(shipped).name,
+            "vendor": prov.get("vendor"), "vendor_wanted": vendor,
             **{k: prov[k] for k in ("tuned", "cpu", "records_measured", "tasks") if k in prov}}
 
 

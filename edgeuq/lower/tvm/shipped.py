@@ -1,7 +1,7 @@
 """Regenerate the tuning database that ships with the package for the demo architecture.
 
     python -m edgeuq.lower.tvm.shipped --target x86-64-avx512 [--trials-per-task 64] [--light-trials 8]
-                                       [--work DIR] [--prune-only] [--exclude softmax]
+                                       [--work DIR] [--prune-only] [--exclude softmax] [--vendor intel]
 
 The demo architecture (recipe ``bearing-demo``: conv patch embedding, d=64, 3 blocks,
 last block + head stochastic) is exported with random weights (tuning tasks depend on
@@ -23,6 +23,15 @@ Tuning is CPU-heavy (about 1.5 s per trial on one core): run it with ``nice`` an
 word: where a paired timing of the compiled graph finds a kernel's tuned schedules slower than
 TVM's default one (16 trials of ``softmax`` on a busy host did, ``docs/targets.md``), it compiles
 with the default again; the work database keeps every record.
+
+``--vendor NAME`` (``intel``, ``amd``: :func:`edgeuq.hostcpu.cpu_vendor`, and it must be this
+host's) writes a copy of the target's database for that vendor's CPUs instead,
+``tuning/<target>@<vendor>/`` (:func:`overlay_into`): every task this run measured takes the
+best record measured here, the others keep the target's shipped record, and ``--exclude``
+drops words from the whole copy. ``--retime-base`` first times the target's shipped record and
+TVM's default schedule of every task on this host (:func:`remeasure_into`), so what competes per
+task was all measured on this CPU. The lowering prefers the copy on CPUs of that vendor
+(``TvmOptions.tuning_vendor``); the target's own database is left as it is.
 """
 from __future__ import annotations
 
@@ -35,9 +44,10 @@ from typing import Any, List, Optional, Sequence
 
 from edgeuq_runtime.atomic import atomic_write
 
-from .tune import HEAVY_KERNELS, SHIPPED_ROOT, database_size, drop_unnamed_meta_schedule_handlers
+from .tune import HEAVY_KERNELS, SHIPPED_ROOT, database_size, drop_unnamed_meta_schedule_handlers, vendor_folder
 
-__all__ = ["HEAVY_KERNELS", "demo_graphs", "demo_tasks", "tune_demo", "prune_into", "write_provenance", "main"]
+__all__ = ["HEAVY_KERNELS", "demo_graphs", "demo_tasks", "tune_demo", "prune_into", "overlay_into", "remeasure_into",
+           "write_provenance", "main"]
 
 
 
@@ -108,6 +118,23 @@ def tune_demo(tasks: Sequence[Any], db_dir: Path, heavy_trials: int, light_trial
                            cost_model="xgb", task_scheduler="round-robin")
 
 
+def _copy_whole_lines(work_db: Path, dest: Path) -> None:
+    """Copy a JSON database, whole lines only (a tuning run stopped by ``timeout`` may leave a
+    half-written last line)."""
+    import json
+
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    for name in ("database_workload.json", "database_tuning_record.json"):
+        lines = []
+        for line in (Path(work_db) / name).read_text().splitlines():
+            try:
+                json.loads(line)
+            except ValueError:
+                continue
+            lines.append(line)
+        (Path(dest) / name).write_text("".join(line + "\n" for line in lines))
+
+
 def prune_into(work_db: Path, dest: Path, exclude: Sequence[str] = ()) -> int:
     """Write the best record per workload of ``work_db`` to ``dest`` (replaced); returns its size.
     ``exclude``: leave out the records of every workload whose TIR mentions one of these words (e.g.
@@ -121,16 +148,7 @@ def prune_into(work_db: Path, dest: Path, exclude: Sequence[str] = ()) -> int:
     dest = Path(dest)
     staging = Path(tempfile.mkdtemp(prefix=".shipped-", dir=dest.parent if dest.parent.is_dir() else None))
     source = Path(tempfile.mkdtemp(prefix="edgeuq-work-db-"))
-    for name in ("database_workload.json", "database_tuning_record.json"):
-        # a tuning run stopped by `timeout` may leave a half-written last line: keep whole lines only
-        lines = []
-        for line in (Path(work_db) / name).read_text().splitlines():
-            try:
-                json.loads(line)
-            except ValueError:
-                continue
-            lines.append(line)
-        (source / name).write_text("".join(line + "\n" for line in lines))
+    _copy_whole_lines(work_db, source)
     if exclude:
         from tvm.s_tir import meta_schedule as ms
 
@@ -151,6 +169,115 @@ def prune_into(work_db: Path, dest: Path, exclude: Sequence[str] = ()) -> int:
         (staging / name).replace(dest / name)
     staging.rmdir()
     return database_size(dest)
+
+
+def remeasure_into(base: Path, work_db: Path, target: Any, only: Sequence[str] = (), repeat: int = 3,
+                   say=print) -> dict:
+    """Time, on this host, ``base``'s record of each workload (those whose TIR mentions a word of
+    ``only``, or all) and TVM's default schedule of it (a trace that only looks up the root block:
+    what a workload without a record compiles to; MetaSchedule's queries skip records with an empty
+    trace, so the default must be a real record to win and to count as covered, e.g. for the head's
+    shape buckets), and commit both to ``work_db`` with the times measured here. Records
+    tuned here, the base's and the default then compete in one database measured on one CPU: its
+    best record per workload is the fastest here, whatever the base's own times said (they were
+    measured on the CPU where the base was tuned). Returns counts of what was timed and failed."""
+    from tvm.s_tir import Schedule
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+    from tvm.s_tir.meta_schedule.runner import RunnerInput
+
+    from .tune import _make_in_process_builder, _make_in_process_runner, _ReadOnlyCopy, open_database
+
+    builder, runner = _make_in_process_builder(), _make_in_process_runner(number=3, repeat=repeat)
+    work, copy = open_database(work_db), _ReadOnlyCopy(Path(base))
+    counts = {"timed": 0, "failed": 0}
+    try:
+        recs = [r for r in copy.db.get_all_tuning_records()
+                if not only or any(word in r.workload.mod.script() for word in only)]
+        for i, rec in enumerate(recs):
+            for label, trace in (("base record", rec.trace), ("default schedule", None)):
+                sch = Schedule(rec.workload.mod)
+                if trace is None:       # the default: a trace that only looks up the root block changes nothing
+                    sch.get_sblock("root")
+                    trace = sch.trace
+                else:
+                    trace.apply_to_schedule(sch, remove_postproc=False)
+                built = builder.build([BuilderInput(sch.mod, target)])[0]
+                result = None if built.error_msg else runner.run(
+                    [RunnerInput(built.artifact_path, "cpu", rec.args_info)])[0].result()
+                if result is None or result.error_msg or not result.run_secs:
+                    counts["failed"] += 1
+                    say(f"workload {i + 1}/{len(recs)} {label}: not timed "
+                        f"({built.error_msg or (result.error_msg if result is not None else 'no result')})")
+                    continue
+                work.commit_tuning_record(ms.database.TuningRecord(trace, work.commit_workload(rec.workload.mod),
+                                                                   result.run_secs, target, rec.args_info))
+                counts["timed"] += 1
+            say(f"{time.strftime('%H:%M:%S')} re-timed workload {i + 1}/{len(recs)} here")
+    finally:
+        copy.close()
+    return counts
+
+
+def is_default_trace(trace: Any) -> bool:
+    """True for a trace that changes nothing (block look-ups only): TVM's default schedule."""
+    return all(inst.kind.name in ("GetSBlock", "GetBlock") for inst in trace.insts)
+
+
+def overlay_into(base: Path, work_db: Path, dest: Path, exclude: Sequence[str] = ()) -> dict:
+    """Write ``dest`` (replaced): for every workload ``work_db`` measured, its fastest record there
+    (which may be TVM's default schedule, :func:`remeasure_into`); ``base``'s record for every
+    other workload; ``exclude`` as in :func:`prune_into`, over the whole result. Neither input is
+    changed. Returns how many workloads each side decided (``default_here``: of those measured
+    here, the default schedule won), and how many default schedules the work database timed."""
+    import math
+    import shutil
+
+    import tvm_ffi   # comes with TVM (tvm.ir has no structural_hash in TVM 0.27)
+    from tvm.s_tir import meta_schedule as ms
+
+    from .tune import _ReadOnlyCopy, open_database
+
+    tmp = Path(tempfile.mkdtemp(prefix="edgeuq-overlay-db-"))
+    base_copy = _ReadOnlyCopy(Path(base)) if database_size(base) > 0 else None
+    try:
+        _copy_whole_lines(work_db, tmp / "work")
+        merged = tmp / "merged"
+        merged.mkdir()
+        for name in ("database_workload.json", "database_tuning_record.json"):
+            (merged / name).write_text("")
+        out, work = open_database(merged), open_database(tmp / "work")
+        counts = {"measured_here": 0, "default_here": 0, "from_base": 0}
+        defaults_timed = 0
+        best: dict = {}            # workload hash -> (mean seconds here, record)
+        for rec in work.get_all_tuning_records():
+            secs = [float(v) for v in rec.run_secs] if rec.run_secs is not None else []
+            t = sum(secs) / len(secs) if secs else math.inf
+            key = int(tvm_ffi.structural_hash(rec.workload.mod))
+            defaults_timed += is_default_trace(rec.trace)
+            if math.isfinite(t) and (key not in best or t < best[key][0]):
+                best[key] = (t, rec)
+
+        def commit(rec: Any) -> bool:
+            if any(word in rec.workload.mod.script() for word in exclude):
+                return False
+            out.commit_tuning_record(ms.database.TuningRecord(rec.trace, out.commit_workload(rec.workload.mod),
+                                                              rec.run_secs, rec.target, rec.args_info))
+            return True
+
+        for _, rec in best.values():
+            if commit(rec):
+                counts["measured_here"] += 1
+                counts["default_here"] += is_default_trace(rec.trace)
+        for rec in (base_copy.db.get_all_tuning_records() if base_copy is not None else []):
+            if int(tvm_ffi.structural_hash(rec.workload.mod)) not in best:
+                counts["from_base"] += commit(rec)
+        prune_into(merged, dest)
+        return {**counts, "default_schedules_timed": defaults_timed}
+    finally:
+        if base_copy is not None:
+            base_copy.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -177,14 +304,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "TVM's default schedule where the tuned ones measured slower); the work database keeps them")
     p.add_argument("--population", type=int, help="evolutionary search population per round (TVM default 512)")
     p.add_argument("--genetic-iters", type=int, help="evolutionary search genetic iterations per round (default 4)")
+    p.add_argument("--vendor", help="write the copy for this CPU vendor's machines (tuning/<target>@<vendor>/: the "
+                                    "tasks measured here over the target's shipped database); must be this host's "
+                                    "vendor")
+    p.add_argument("--retime-base", action="store_true",
+                   help="with --vendor: first time the target's shipped record of every task and TVM's default "
+                        "schedule of it on this host, into the work database, so the fastest measured here wins "
+                        "per task (a record tuned here, the shipped one, or none: the default schedule)")
     a = p.parse_args(argv)
+    if a.retime_base and not a.vendor:
+        p.error("--retime-base compares the target's shipped records on this host: it writes a vendor's copy "
+                "(--vendor)")
+    if a.vendor:
+        from ...hostcpu import cpu_vendor
+
+        try:
+            vendor_folder(a.target, a.vendor)
+        except ValueError as exc:
+            p.error(str(exc))
+        if cpu_vendor() != a.vendor:
+            p.error(f"--vendor {a.vendor}: this host's CPU is {cpu_vendor() or 'of unknown vendor'}; a vendor's "
+                    "database holds records measured on that vendor's CPUs")
+        if a.seed_from_shipped:
+            p.error("--vendor keeps the target's shipped records for the tasks it does not measure; "
+                    "--seed-from-shipped would mix records measured on other CPUs into the comparison")
     for name in ("population", "genetic_iters"):
         if getattr(a, name) is not None and getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     from ...catalog import get_target
     from .targets import tvm_target
 
-    work = Path(a.work) if a.work else Path(tempfile.gettempdir()) / f"edgeuq-tune-{a.target}"
+    folder = vendor_folder(a.target, a.vendor) if a.vendor else a.target
+    work = Path(a.work) if a.work else Path(tempfile.gettempdir()) / f"edgeuq-tune-{folder}"
     previous = None
     if a.seed_from_shipped:
         previous = seed_work_database(work, SHIPPED_ROOT / a.target)
@@ -218,13 +369,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             else:
                 tune_demo(tasks, work, a.trials_per_task, a.light_trials, population=a.population,
                           genetic_iters=a.genetic_iters)
+    retimed = None
+    if a.retime_base:
+        from ...catalog import get_target
+        from .targets import tvm_target
+
+        work.mkdir(parents=True, exist_ok=True)
+        retimed = remeasure_into(SHIPPED_ROOT / a.target, work, tvm_target(get_target(a.target), num_cores=1))
+        print(f"re-timed here: {retimed['timed']} (shipped records and default schedules), {retimed['failed']} failed")
     if database_size(work) == 0:
         print(f"no records in {work}", file=sys.stderr)
         return 1
-    n = prune_into(work, SHIPPED_ROOT / a.target, exclude=a.exclude)
-    write_provenance(work, SHIPPED_ROOT / a.target, a.target, previous=previous, samples=a.samples,
-                     command=command_line_of(a, argv))
-    print(f"{SHIPPED_ROOT / a.target}: {n} records (best per task) from {database_size(work)} in {work}")
+    dest = SHIPPED_ROOT / folder
+    if a.vendor:
+        counts = overlay_into(SHIPPED_ROOT / a.target, work, dest, exclude=a.exclude)
+        base_prov = SHIPPED_ROOT / a.target / "provenance.json"
+        import json
+
+        write_provenance(work, dest, a.target, samples=a.samples, command=command_line_of(a, argv), vendor=a.vendor,
+                         base={"folder": a.target, "records_kept": counts["from_base"], "excluded": list(a.exclude),
+                               "default_schedule_won_here": counts["default_here"],
+                               "default_schedules_timed_here": counts["default_schedules_timed"],
+                               **({k: v for k, v in json.loads(base_prov.read_text()).items()
+                                   if k in ("tuned", "cpu", "records_measured", "tasks")}
+                                  if base_prov.is_file() else {})})
+    else:
+        prune_into(work, dest, exclude=a.exclude)
+        write_provenance(work, dest, a.target, previous=previous, samples=a.samples, command=command_line_of(a, argv))
+    print(f"{dest}: {database_size(dest)} records (best per task) from {database_size(work)} in {work}")
     return 0
 
 
@@ -289,10 +461,12 @@ def tuning_host(target: str) -> str:
 
 
 def write_provenance(work_db: Path, dest: Path, target: str, previous: Optional[dict] = None,
-                     samples: Sequence[int] = (16,), command: Optional[str] = None) -> dict:
+                     samples: Sequence[int] = (16,), command: Optional[str] = None, vendor: Optional[str] = None,
+                     base: Optional[dict] = None) -> dict:
     """``provenance.json`` next to a shipped database: when, where, and how many trials per task.
     With ``previous`` (the provenance of the database the work database was seeded from), the
-    earlier run's trials are added and it is kept under ``history``."""
+    earlier run's trials are added and it is kept under ``history``. A vendor's copy
+    (``vendor``) says which base database filled the tasks it did not measure (``base``)."""
     import json
     import os
     from collections import Counter
@@ -325,6 +499,14 @@ def write_provenance(work_db: Path, dest: Path, target: str, previous: Optional[
            "note": "trials are timed on the tuning host while it runs whatever else it runs; the load average when "
                    "the database was written says how busy it was (tasks absent here use TVM's default schedules)",
            "load_average_when_written": [round(v, 2) for v in os.getloadavg()]}
+    if vendor:
+        doc["vendor"] = vendor
+        doc["base"] = dict(base or {})
+        doc["note"] += (f"; a copy for {vendor} CPUs: records_measured and trials count only the records measured "
+                        "on this host (tuning trials, and with --retime-base the target's shipped records and TVM's "
+                        "default schedules re-timed here; a record whose trace only looks up the root block is "
+                        f"the default schedule, measured fastest here), the other {doc['base'].get('records_kept', 0)} records (base) "
+                        "are the target's shipped ones, measured where that database was tuned")
     if previous:
         doc["history"] = [*previous.get("history", []), {k: v for k, v in previous.items() if k != "history"}]
         doc["note"] += ("; this database was seeded from the earlier shipped one (history): its records were kept, "

@@ -20,7 +20,10 @@ are keyed by the structure of the fused kernels, not by weights, so it applies t
 trained model of that architecture; compiling applies it together with the user's
 database (the faster record per task wins) and reports state ``tuned (shipped
 database)`` when only shipped records matched. Regenerate it with
-``python -m edgeuq.lower.tvm.shipped`` (see that module).
+``python -m edgeuq.lower.tvm.shipped`` (see that module). A target may also ship copies retuned
+on one CPU vendor's machines, ``tuning/<target>@<vendor>/`` (schedules tuned on an AMD EPYC can
+be slower than TVM's default on an Intel Xeon of the same ISA): the lowering prefers the copy of
+the vendor of the CPU that runs the code (``TvmOptions.tuning_vendor``).
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 __all__ = ["TuneReport", "tune_and_compile", "open_database", "database_size", "matching_records", "prepare_for_tuning",
-           "shipped_dir", "heavy_coverage", "HEAVY_KERNELS", "SHIPPED_ROOT", "SHIPPED_STATE",
+           "shipped_dir", "vendor_folder", "heavy_coverage", "HEAVY_KERNELS", "SHIPPED_ROOT", "SHIPPED_STATE",
            "META_SCHEDULE_LOGGER", "drop_unnamed_meta_schedule_handlers"]
 
 #: Kernel-name fragments of the tasks that dominate the time (matmul and conv: 80-90 % of the
@@ -103,10 +106,25 @@ def database_size(db_dir: Path) -> int:
     return sum(1 for line in path.read_text().splitlines() if line.strip())
 
 
-def shipped_dir(target_name: str) -> Optional[Path]:
-    """The shipped database folder of a target, or None when the package has none for it."""
-    d = SHIPPED_ROOT / str(target_name)
-    return d if database_size(d) > 0 and (d / "database_workload.json").is_file() else None
+def shipped_dir(target_name: str, vendor: Optional[str] = None) -> Optional[Path]:
+    """The shipped database folder of a target, or None when the package has none for it.
+
+    With ``vendor`` (``intel``, ``amd``, ...: :func:`edgeuq.hostcpu.cpu_vendor`), that vendor's
+    copy ``<target>@<vendor>`` where the package ships one (the target's database with the tasks
+    retuned on that vendor's CPUs, :func:`.shipped.overlay_into`), else the target's own."""
+    names = ([vendor_folder(target_name, vendor)] if vendor else []) + [str(target_name)]
+    for name in names:
+        d = SHIPPED_ROOT / name
+        if database_size(d) > 0 and (d / "database_workload.json").is_file():
+            return d
+    return None
+
+
+def vendor_folder(target_name: str, vendor: str) -> str:
+    """The folder name of a target's database retuned on one CPU vendor's machines."""
+    if not vendor or not vendor.replace("-", "").isalnum() or vendor != vendor.lower():
+        raise ValueError(f"CPU vendor must be a lower-case name such as 'intel' or 'amd', got {vendor!r}")
+    return f"{target_name}@{vendor}"
 
 
 class _ReadOnlyCopy:
