@@ -10,18 +10,25 @@ from typing import Optional
 __all__ = ["cpu_flags", "cpu_vendor"]
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[frozenset]:
-    """The first ``flags`` line of ``cpuinfo`` as a set; None when the file is unreadable or has no
-    such line (not Linux, or an ARM kernel, which says ``Features``: read that line instead)."""
+def _first_field(cpuinfo: Path, keys: tuple) -> Optional[str]:
+    """The value of the first line of ``cpuinfo`` whose key is ``keys[0]`` (else ``keys[1]``, ...);
+    None when the file is unreadable or has no such line."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
         return None
-    for key in ("flags", "Features"):
+    for key in keys:
         for line in text.splitlines():
             if line.split(":", 1)[0].strip() == key and ":" in line:
-                return frozenset(line.split(":", 1)[1].split())
+                return line.split(":", 1)[1]
     return None
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[frozenset]:
+    """The first ``flags`` line of ``cpuinfo`` as a set; None when the file is unreadable or has no
+    such line (not Linux, or an ARM kernel, which says ``Features``: read that line instead)."""
+    value = _first_field(cpuinfo, ("flags", "Features"))
+    return None if value is None else frozenset(value.split())
 
 
 #: ``vendor_id`` of /proc/cpuinfo -> the short name tuning databases are kept under.
@@ -32,12 +39,8 @@ def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[str]:
     """The x86 CPU's vendor as a short lower-case name (``intel``, ``amd``, ``hygon``; another
     ``vendor_id`` lower-cased), from the first ``vendor_id`` line of ``cpuinfo``; None when the
     file is unreadable or has none (not x86, not Linux)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
+    value = _first_field(cpuinfo, ("vendor_id",))
+    if value is None:
         return None
-    for line in text.splitlines():
-        if line.split(":", 1)[0].strip() == "vendor_id" and ":" in line:
-            raw = line.split(":", 1)[1].strip()
-            return CPU_VENDORS.get(raw, raw.lower() or None)
-    return None
+    raw = value.strip()
+    return CPU_VENDORS.get(raw, raw.lower() or None)

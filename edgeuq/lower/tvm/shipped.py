@@ -230,10 +230,8 @@ def overlay_into(base: Path, work_db: Path, dest: Path, exclude: Sequence[str] =
     other workload; ``exclude`` as in :func:`prune_into`, over the whole result. Neither input is
     changed. Returns how many workloads each side decided (``default_here``: of those measured
     here, the default schedule won), and how many default schedules the work database timed."""
-    import math
     import shutil
 
-    import tvm_ffi   # comes with TVM (tvm.ir has no structural_hash in TVM 0.27)
     from tvm.s_tir import meta_schedule as ms
 
     from .tune import _ReadOnlyCopy, open_database
@@ -242,21 +240,14 @@ def overlay_into(base: Path, work_db: Path, dest: Path, exclude: Sequence[str] =
     base_copy = _ReadOnlyCopy(Path(base)) if database_size(base) > 0 else None
     try:
         _copy_whole_lines(work_db, tmp / "work")
+        defaults_timed = sum(is_default_trace(r.trace) for r in open_database(tmp / "work").get_all_tuning_records())
+        prune_into(tmp / "work", tmp / "best")     # the fastest record per workload measured here
         merged = tmp / "merged"
         merged.mkdir()
         for name in ("database_workload.json", "database_tuning_record.json"):
             (merged / name).write_text("")
-        out, work = open_database(merged), open_database(tmp / "work")
+        out, best = open_database(merged), open_database(tmp / "best")
         counts = {"measured_here": 0, "default_here": 0, "from_base": 0}
-        defaults_timed = 0
-        best: dict = {}            # workload hash -> (mean seconds here, record)
-        for rec in work.get_all_tuning_records():
-            secs = [float(v) for v in rec.run_secs] if rec.run_secs is not None else []
-            t = sum(secs) / len(secs) if secs else math.inf
-            key = int(tvm_ffi.structural_hash(rec.workload.mod))
-            defaults_timed += is_default_trace(rec.trace)
-            if math.isfinite(t) and (key not in best or t < best[key][0]):
-                best[key] = (t, rec)
 
         def commit(rec: Any) -> bool:
             if any(word in rec.workload.mod.script() for word in exclude):
@@ -265,12 +256,12 @@ def overlay_into(base: Path, work_db: Path, dest: Path, exclude: Sequence[str] =
                                                               rec.run_secs, rec.target, rec.args_info))
             return True
 
-        for _, rec in best.values():
+        for rec in best.get_all_tuning_records():
             if commit(rec):
                 counts["measured_here"] += 1
                 counts["default_here"] += is_default_trace(rec.trace)
         for rec in (base_copy.db.get_all_tuning_records() if base_copy is not None else []):
-            if int(tvm_ffi.structural_hash(rec.workload.mod)) not in best:
+            if not best.has_workload(rec.workload.mod):
                 counts["from_base"] += commit(rec)
         prune_into(merged, dest)
         return {**counts, "default_schedules_timed": defaults_timed}
@@ -371,9 +362,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           genetic_iters=a.genetic_iters)
     retimed = None
     if a.retime_base:
-        from ...catalog import get_target
-        from .targets import tvm_target
-
         work.mkdir(parents=True, exist_ok=True)
         retimed = remeasure_into(SHIPPED_ROOT / a.target, work, tvm_target(get_target(a.target), num_cores=1))
         print(f"re-timed here: {retimed['timed']} (shipped records and default schedules), {retimed['failed']} failed")
