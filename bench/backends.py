@@ -223,6 +223,9 @@ def main(argv=None) -> int:
                          f"{base.get('cpu')}): {base.get('default_schedules_timed_here')} tasks re-timed on the "
                          f"tuning host against TVM's default schedule, {base.get('default_schedule_won_here')} of them "
                          "fastest with the default")
+                if base.get("hand_written_softmax_timed_here"):
+                    note += (f", {base['hand_written_softmax_timed_here']} against the hand-written softmax schedule, "
+                             f"{base.get('hand_written_softmax_won_here')} fastest with it")
             notes.append(note)
         graphs = tuned.metadata["graphs"]
         notes.append(f"{label}: compiled in {tuned_s:.1f} s; " + ", ".join(

@@ -58,8 +58,9 @@ def test_shipped_database_is_packaged_small_and_pruned(folder):
                                               .read_text().splitlines()) if w}
         assert {json.dumps(w[1]) for w in workloads} >= base and prov["base"]["folder"] == name
     size = sum(f.stat().st_size for f in d.iterdir())
-    # each workload is stored with its TIR (~65 kB): one per task and shape bucket (S = 1, 4, 8, 16: 54 for AVX-512)
-    assert size < 4_000_000, f"{name}: shipped database is {size} bytes"
+    # each workload is stored with its TIR (~65 kB): one per task and shape bucket (S = 1, 4, 8, 16: 54 for AVX-512;
+    # a vendor's copy also keeps every base workload and adds the tasks it timed that the base lacks)
+    assert size < 4_500_000, f"{name}: shipped database is {size} bytes"
     assert shipped_dir("cortex-a72") is None
 
 

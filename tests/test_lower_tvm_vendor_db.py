@@ -128,28 +128,35 @@ def test_overlay_takes_records_measured_here_and_the_base_for_the_rest(tmp_path)
         copy.close()
     counts = overlay_into(base, work, tmp_path / "out")
     got = _records(tmp_path / "out")
-    assert counts == {"measured_here": 2, "default_here": 0, "from_base": len(base_times) - 2,
-                      "default_schedules_timed": 0}
+    assert counts == {"measured_here": 2, "default_here": 0, "hand_written_here": 0, "from_base": len(base_times) - 2,
+                      "default_schedules_timed": 0, "hand_written_timed": 0}
     assert set(got) == set(base_times)
     assert got[plain_key] == pytest.approx(0.25) and got[soft_key] == pytest.approx(0.125)
     assert all(got[k] == pytest.approx(v) for k, v in base_times.items() if k not in (plain_key, soft_key))
     assert _records(base) == base_times                         # the base is left as it was
     counts = overlay_into(base, work, tmp_path / "out-nosoftmax", exclude=["softmax"])
     kept = _records(tmp_path / "out-nosoftmax")
-    assert counts == {"measured_here": 1, "default_here": 0, "from_base": len(kept) - 1,
-                      "default_schedules_timed": 0}
+    assert counts == {"measured_here": 1, "default_here": 0, "hand_written_here": 0, "from_base": len(kept) - 1,
+                      "default_schedules_timed": 0, "hand_written_timed": 0}
     assert set(kept) == {k for k in base_times if "softmax" not in k} and soft_key not in kept
     assert kept[plain_key] == pytest.approx(0.25)
 
 
-def test_retimed_base_records_and_default_schedules_compete_and_the_fastest_measured_here_wins(tmp_path):
-    """``remeasure_into`` times the base's record and TVM's default schedule (empty trace) of each
-    chosen workload on this host into the work database; the overlay then keeps, per workload,
-    the record with the smallest time among those measured here (brute force over the work
-    database), and the base's record for the workloads nobody re-timed."""
+def test_retimed_base_records_default_and_hand_written_schedules_compete_and_the_fastest_measured_here_wins(
+        tmp_path):
+    """``remeasure_into`` times the base's record, TVM's default schedule (empty trace) and the
+    hand-written row schedule (softmax) of each chosen workload on this host into the work
+    database, plus the default and hand-written schedules of a workload the base has no record of;
+    the overlay then keeps, per workload, the record with the smallest time among those measured
+    here (brute force over the work database), and the base's record for the workloads nobody
+    re-timed."""
     require_extra("tvm", "tvm")
+    import tvm
+    from tvm import te, topi
+
     from edgeuq.catalog import get_target
-    from edgeuq.lower.tvm.shipped import overlay_into, remeasure_into
+    from edgeuq.lower.tvm.shipped import is_hand_written, overlay_into, remeasure_into
+    from edgeuq.lower.tvm.softmax_schedule import schedule_softmax_rows
     from edgeuq.lower.tvm.targets import tvm_target
     from edgeuq.lower.tvm.tune import open_database, shipped_dir
 
@@ -157,33 +164,53 @@ def test_retimed_base_records_and_default_schedules_compete_and_the_fastest_meas
     base_times = _records(base)
     chosen = {k for k in base_times if "softmax" in k}
     assert chosen, "the shipped database has softmax records"
+    x = te.placeholder((2, 4, 16, 32), name="x")
+    extra = tvm.IRModule({"main": te.create_prim_func([x, topi.nn.fast_softmax(x, -1)])})
+    other = te.placeholder((2, 8), name="y")       # not mentioning softmax: left out by only=
+    unwanted = tvm.IRModule({"main": te.create_prim_func([other, topi.exp(other)])})
     counts = remeasure_into(base, tmp_path / "work", tvm_target(get_target("x86-64-avx512"), num_cores=1),
-                            only=["softmax"], say=lambda msg: None)
-    assert counts == {"timed": 2 * len(chosen), "failed": 0}
+                            only=["softmax"], say=lambda msg: None, workloads=[extra, unwanted])
+    fits = {k for k in chosen if k in {r.workload.mod.script() for r in _base_records(base)
+                                       if schedule_softmax_rows(r.workload.mod, 16) is not None}}
+    assert fits, "the row schedule fits the shipped softmax workloads"
+    assert counts == {"timed": 2 * len(chosen) + len(fits) + 2, "failed": 0, "hand_written_timed": len(fits) + 1}
     from tvm.s_tir import Schedule
 
     per = {}
     for rec in open_database(tmp_path / "work").get_all_tuning_records():
         t = sum(float(v) for v in rec.run_secs) / len(rec.run_secs)
         assert 0 < t < 1, t
-        default = [i.kind.name for i in rec.trace.insts] == ["GetSBlock"]
-        if default:                     # applied, the default's trace leaves the TIR as it was
+        kind = ("default" if [i.kind.name for i in rec.trace.insts] == ["GetSBlock"] else
+                "hand" if is_hand_written(rec.trace, rec.workload.mod, 16) else "base")
+        if kind == "default":           # applied, the default's trace leaves the TIR as it was
             sch = Schedule(rec.workload.mod)
             rec.trace.apply_to_schedule(sch, remove_postproc=False)
             assert sch.mod.script() == rec.workload.mod.script()
-        per.setdefault(rec.workload.mod.script(), []).append((t, default))
-    assert set(per) == chosen
-    for key, timed in per.items():      # one default and one scheduled record each
-        assert sorted(d for _, d in timed) == [False, True], key
-    counts = overlay_into(base, tmp_path / "work", tmp_path / "out")
+        per.setdefault(rec.workload.mod.script(), []).append((t, kind))
+    assert set(per) == chosen | {extra.script()}
+    for key, timed in per.items():
+        want = (["base"] if key in chosen else []) + ["default"] + (["hand"] if key in fits | {extra.script()} else [])
+        assert sorted(k for _, k in timed) == sorted(want), key
+    counts = overlay_into(base, tmp_path / "work", tmp_path / "out", lanes=16)
     got = _records(tmp_path / "out")
-    defaults = {k for k in chosen if min(per[k])[1]}      # the default schedule was fastest here
-    assert set(got) == set(base_times)
-    assert counts == {"measured_here": len(chosen), "default_here": len(defaults),
-                      "from_base": len(base_times) - len(chosen), "default_schedules_timed": len(chosen)}
-    for key in chosen:
+    assert set(got) == set(base_times) | {extra.script()}
+    assert counts == {"measured_here": len(per), "from_base": len(base_times) - len(chosen),
+                      "default_here": sum(min(v)[1] == "default" for v in per.values()),
+                      "hand_written_here": sum(min(v)[1] == "hand" for v in per.values()),
+                      "default_schedules_timed": len(per), "hand_written_timed": len(fits) + 1}
+    for key in per:
         assert got[key] == pytest.approx(min(per[key])[0])
     assert all(got[k] == pytest.approx(v) for k, v in base_times.items() if k not in chosen)
+
+
+def _base_records(db_dir):
+    from edgeuq.lower.tvm.tune import _ReadOnlyCopy
+
+    copy = _ReadOnlyCopy(db_dir)
+    try:
+        return list(copy.db.get_all_tuning_records())
+    finally:
+        copy.close()
 
 
 def test_a_vendor_copy_is_written_only_on_that_vendors_cpu_and_retiming_needs_a_vendor(monkeypatch, capsys):
@@ -206,3 +233,40 @@ def test_a_vendor_copy_is_written_only_on_that_vendors_cpu_and_retiming_needs_a_
             shipped.main(["--target", "x86-64-avx512", "--prune-only", *argv])
         assert exc.value.code == 2 and why in capsys.readouterr().err, argv
     assert wrote == []
+
+
+def test_cpu_vendor_option_reaches_the_tvm_lowering_from_the_command_line(tmp_path, monkeypatch):
+    """``edgeuq compile --cpu-vendor``: auto (or absent) keeps the lowering's own choice, none means
+    the targets' own databases, a name selects that vendor's copies; bad names are refused before
+    anything compiles; compile_board hands the value to every lowering's options."""
+    from edgeuq.lower import compile as compile_mod
+    from edgeuq.lower.base import CompileSettings
+    from edgeuq.lower.cli import _cpu_vendor_arg
+    from edgeuq.lower.tvm.lowerer import TvmLowerer
+
+    assert [_cpu_vendor_arg(v) for v in (None, "auto", "none", "amd", "hygon")] == [None, None, "", "amd", "hygon"]
+    for bad in ("Intel", "genuine intel", "", "amd/../x"):
+        with pytest.raises(ValueError, match="--cpu-vendor"):
+            _cpu_vendor_arg(bad)
+    lw = TvmLowerer()
+    assert lw.options_for(CompileSettings(), ["head"]).tuning_vendor == "auto"
+    assert lw.options_for(CompileSettings(cpu_vendor=""), ["head"]).tuning_vendor == ""
+    assert lw.options_for(CompileSettings(cpu_vendor="amd"), ["head"]).tuning_vendor == "amd"
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def options_for(self, settings, roles):
+        seen.append(settings.cpu_vendor)
+        raise Stop
+
+    monkeypatch.setattr(TvmLowerer, "options_for", options_for)
+    from types import SimpleNamespace
+
+    art = SimpleNamespace(noise=())       # nothing of the model is read before the options are built
+    for vendor in ("amd", "", None):
+        with pytest.raises(Stop):
+            compile_mod.compile_board("x86-host", art, tmp_path / "out", placement="default", cpu_vendor=vendor)
+    assert seen == ["amd", "", None]

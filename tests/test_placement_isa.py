@@ -42,8 +42,9 @@ def _option(executor, target, default=False):
 @pytest.fixture
 def fake_agent(monkeypatch):
     """The real agent on 127.0.0.1, reporting the CPU set in ``state`` (flags, machine)."""
-    state = {"flags": AVX2_ONLY, "machine": "x86_64", "profiles": 0}
+    state = {"flags": AVX2_ONLY, "machine": "x86_64", "profiles": 0, "vendor": "amd"}
     monkeypatch.setattr(agent_mod, "board_cpu_flags", lambda: state["flags"])
+    monkeypatch.setattr(agent_mod, "board_cpu_vendor", lambda: state["vendor"])
     monkeypatch.setattr(agent_mod.platform, "machine", lambda: state["machine"])
     real = agent_mod.profile_bundle_bytes
 
@@ -71,6 +72,21 @@ def test_agent_reports_the_board_cpu_and_avx512_is_excluded(fake_agent):
     assert m.exclusion(_option("tvm", "x86-64-avx2")) is None       # x86-64-v3: all on the board
     assert m.exclusion(_option("tvm", "x86-64")) is None
     assert m.exclusion(_option("onnxruntime", "x86-64-avx512")) is None  # an ONNX graph: ORT dispatches per CPU
+
+
+@pytest.mark.parametrize("vendor", ["amd", None])
+def test_the_board_vendor_the_agent_reports_picks_the_tvm_tuning_copy(fake_agent, vendor):
+    """``--cpu-vendor auto`` with ``--agent``: the vendor in the agent's ``/v1/health`` (read from the
+    board's /proc/cpuinfo) is the one TVM builds take, whatever this host's is; an agent that reports
+    none leaves the lowering's own choice (None), and the console says which."""
+    from edgeuq.lower.cli import _agent_vendor
+
+    fake_agent["vendor"] = vendor
+    board = AgentMeasurer(None, fake_agent["address"], TOKEN, 4).board_cpu()
+    assert board.vendor == vendor
+    said = []
+    assert _agent_vendor(board, said.append) == vendor
+    assert len(said) == 1 and (f"board CPU vendor: {vendor}" if vendor else "not reported") in said[0]
 
 
 def test_choose_records_the_skip_and_never_times_it(fake_agent):

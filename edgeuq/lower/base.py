@@ -194,6 +194,9 @@ class CompileSettings:
     #: higher ISA levels of the target to compile as well, for run-time dispatch (the placement's
     #: ``isa_variants`` or ``edgeuq compile --isa-variants``); only a lowering with ``isa_dispatch`` takes them
     isa_variants: Tuple[str, ...] = ()
+    #: the board CPU's vendor (``intel``, ``amd``, ...) where tuning data kept per vendor should follow
+    #: it; ``""``: no vendor's; None (default): this host's when the code runs on this host
+    cpu_vendor: Optional[str] = None
 
 
 @dataclass(frozen=True)

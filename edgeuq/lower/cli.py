@@ -74,6 +74,7 @@ def _compile(a: argparse.Namespace) -> int:
     from ..report import format_table
     from .compile import compile_board
 
+    cpu_vendor = _cpu_vendor_arg(getattr(a, "cpu_vendor", None))    # refused before anything is exported
     say = _progress(a.quiet)
     art = _onnx_artifact(a, say)
     precision = None
@@ -93,12 +94,14 @@ def _compile(a: argparse.Namespace) -> int:
                                                                 else None),
                                  int(a.samples or b.budgets.mc_samples), warmup=b.placement.warmup,
                                  repeats=b.placement.repeats)
+        if cpu_vendor is None:       # auto: the board's vendor, as its agent reports it
+            cpu_vendor = _agent_vendor(measurer.board_cpu(), say)
     res = compile_board(a.board, art, Path(a.out), tune_trials=a.tune, samples=a.samples,
                         tuning_root=Path(a.tuning_db) if a.tuning_db else None, model_name=a.name,
                         model_version=a.version, workdir=Path(a.workdir) if a.workdir else None,
                         overwrite=a.overwrite, progress=say, precision=precision, placement=a.placement,
                         remote=a.remote, tracker=a.tracker, key=a.key, measurer=measurer,
-                        isa_variants=_isa_variants_arg(a.isa_variants))
+                        isa_variants=_isa_variants_arg(a.isa_variants), cpu_vendor=cpu_vendor)
     m = res.bundle.manifest
     print(f"bundle {res.bundle.root} for board {res.board}: trunk={m.trunk.file} ({m.trunk.backend}), "
           f"head={m.head.file} ({m.head.backend}), {len(m.files)} files, S={m.default_samples}")
@@ -128,6 +131,30 @@ def _isa_variants_arg(text: Optional[str]) -> Optional[tuple]:
     return names
 
 
+def _agent_vendor(board: Any, say: Any) -> Optional[str]:
+    """``--cpu-vendor auto`` with ``--agent``: the vendor the board's agent reports, else None (the
+    lowering's own choice), said either way."""
+    if board.vendor:
+        say(f"board CPU vendor: {board.vendor} ({board.source}); TVM builds take the tuning databases "
+            f"re-timed on {board.vendor} CPUs where there are any")
+        return board.vendor
+    say(f"board CPU vendor: not reported ({board.source}); TVM builds take this host's choice "
+        "(--cpu-vendor to set it)")
+    return None
+
+
+def _cpu_vendor_arg(text: Optional[str]) -> Optional[str]:
+    """``--cpu-vendor``: None ("auto" or not given), ``""`` for "none", else a lower-case vendor name."""
+    if text is None or text == "auto":
+        return None
+    if text == "none":
+        return ""
+    if not text.replace("-", "").isalnum() or text != text.lower():
+        raise ValueError(f"--cpu-vendor must be auto, none or a lower-case vendor name such as intel or amd; "
+                         f"got {text!r}")
+    return text
+
+
 def register(sub: Any) -> None:
     """Add the ``compile`` subcommand to the ``edgeuq`` parser."""
     c = sub.add_parser("compile", help="lower a model for a board (TVM / hls4ml) into one bundle")
@@ -144,6 +171,11 @@ def register(sub: Any) -> None:
                    help="higher ISA levels to compile next to each TVM graph for run-time dispatch (the executor "
                         "runs the best one the CPU allows), e.g. x86-64-avx2,x86-64-avx512; replaces the board's "
                         "isa_variants; 'none' builds only the placement's own target (default: the board's)")
+    c.add_argument("--cpu-vendor", metavar="auto|none|VENDOR",
+                   help="the board CPU's vendor (intel, amd, ...: /proc/cpuinfo's vendor_id there), so TVM builds "
+                        "use the shipped tuning database re-timed on that vendor's CPUs (tuning/<target>@<vendor>/) "
+                        "where there is one; none: the targets' own databases; auto (default): this host's vendor "
+                        "for code that runs on this host, none otherwise")
     c.add_argument("--tuning-db", help="folder of per-target tuning databases (default <toolchains>/tuning)")
     c.add_argument("--workdir", help="keep intermediate build files here (default: a temporary folder)")
     c.add_argument("--quant-plan", help="quant_plan.json (or a folder holding it) from `edgeuq quantize`: "

@@ -62,7 +62,8 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
                   progress: Optional[Callable[[str], None]] = None,
                   precision: Optional[Mapping[str, str]] = None, placement: str = "auto",
                   remote: Optional[str] = None, tracker: Optional[str] = None, key: Optional[str] = None,
-                  measurer: Any = None, isa_variants: Optional[Sequence[str]] = None) -> CompileResult:
+                  measurer: Any = None, isa_variants: Optional[Sequence[str]] = None,
+                  cpu_vendor: Optional[str] = None) -> CompileResult:
     """Lower ``art`` for every graph placement of ``board`` and write one bundle to ``out_dir``.
 
     ``precision`` (``{layer: "ap_fixed<W,I>"}``, e.g. from
@@ -78,6 +79,9 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
     ``isa_variants``: None (default) compiles the per-ISA libraries each placement declares
     (``isa_variants`` in the board, for run-time ISA dispatch); a list replaces them for every
     placement whose lowering ships per-ISA libraries (``Lowerer.isa_dispatch``); ``()`` builds none.
+
+    ``cpu_vendor``: the board CPU's vendor, for tuning databases kept per vendor (TVM's
+    ``tuning/<target>@<vendor>/``); ``""`` none; None (default): this host's where the code runs here.
     """
     from .placement import choose, graph_feeds, placement_record
 
@@ -89,7 +93,8 @@ def compile_board(board: Any, art: Any, out_dir: Path, *, tune_trials: int = 0, 
     settings = CompileSettings(samples=samples, tune_trials=int(tune_trials or 0),
                                tuning_root=Path(tuning_root) if tuning_root is not None else None,
                                precision=dict(precision) if precision else None, progress=say,
-                               tune_rpc=(tracker, key) if tracker is not None and int(tune_trials or 0) > 0 else None)
+                               tune_rpc=(tracker, key) if tracker is not None and int(tune_trials or 0) > 0 else None,
+                               cpu_vendor=cpu_vendor)
     plan = {role: (p.options() if placement == "auto" else p.options()[:1]) for role, p in board.graphs.items()}
     choice = any(len(opts) > 1 for opts in plan.values())
     groups: Dict[tuple, list] = {}

@@ -77,11 +77,13 @@ class Option:
 class BoardCpu:
     """What the board said about its CPU: ``machine`` (``platform.machine()`` there; None: not
     said), ``flags`` (its CPU feature flags, ``/proc/cpuinfo`` names; None: not said) and
-    ``source`` (who said it, for the evidence)."""
+    ``source`` (who said it, for the evidence); ``vendor``: its CPU vendor (``intel``, ``amd``:
+    ``vendor_id`` there; None: not said)."""
 
     machine: Optional[str]
     flags: Optional[frozenset]
     source: str
+    vendor: Optional[str] = None
 
 
 _MACHINE_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}

@@ -51,9 +51,11 @@ class AgentMeasurer(Measurer):
                 self._board = BoardCpu(None, None, f"{source} not answered: {exc}")
             else:
                 flags = doc.get("cpu_flags")
+                vendor = doc.get("cpu_vendor")
                 self._board = BoardCpu(doc.get("machine") or None,
                                        None if flags is None else frozenset(map(str, flags)),
-                                       source if flags is not None else f"{source}: no cpu_flags (an older agent?)")
+                                       source if flags is not None else f"{source}: no cpu_flags (an older agent?)",
+                                       vendor=str(vendor) if isinstance(vendor, str) and vendor else None)
         return self._board
 
     def _bundle(self, role: str, option: Option, root: Path) -> Path:

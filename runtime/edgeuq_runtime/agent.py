@@ -25,9 +25,10 @@ Protocol: ``POST /v1/profile?samples=1,8,32&warmup=5&repeats=50&seed=0&digest=SH
 tar as body (``raw=1``: each stage's statistics also list every timed call, ``samples_ms``) -> ``200`` and the JSON report (``stages``, ``end_to_end``, ``backends``,
 ``notes``, ``environment``, ``bundle_digest``); errors are JSON ``{"error": ...}`` with
 401 (token), 413 (too large), 422 (bundle refused / bad parameters), 404 (route).
-``GET /v1/health`` -> ``{"ok", "agent", "machine", "hostname", "cpu_flags", "pool"}``: the board's CPU
-feature flags (``/proc/cpuinfo``; null where unreadable), so the host's placement skips
-candidates compiled for an ISA the board lacks; ``pool``: ``{"tracker", "key"}`` when the agent
+``GET /v1/health`` -> ``{"ok", "agent", "machine", "hostname", "cpu_flags", "cpu_vendor", "pool"}``: the
+board's CPU feature flags and vendor (``/proc/cpuinfo``; null where unreadable), so the host's
+placement skips candidates compiled for an ISA the board lacks and its TVM builds take the tuning
+database re-timed on that vendor's CPUs; ``pool``: ``{"tracker", "key"}`` when the agent
 serves a tracker's pool, else null.
 
 Board farm (``--tracker HOST:PORT --key KEY``): the agent also joins the TVM RPC tracker's pool
@@ -56,6 +57,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from .cpuinfo import cpu_flags as board_cpu_flags
+from .cpuinfo import cpu_vendor as board_cpu_vendor
 from .errors import InputError, RuntimeUQError
 from .tracker import RPC_CODE_MISMATCH, RPC_MAGIC, TrackerLink, agent_pool_key, recv_exact
 
@@ -196,6 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, {"ok": True, "agent": "edgeuq_runtime", "machine": platform.machine(),
                                     "hostname": socket.gethostname(),
                                     "cpu_flags": None if flags is None else sorted(flags),
+                                    "cpu_vendor": board_cpu_vendor(),
                                     "pool": None if pool is None else {"tracker": pool.tracker, "key": pool.key}})
         return self._send(404, {"error": "no such route"})
 

@@ -119,10 +119,11 @@ def build_graph(role: str, onnx_path: Path, target: Any, workdir: Path, batch: O
     if batch is None:
         say(f"{role}: compiling for {target.name} (default schedules, dynamic batch)")
         if target.kind == "cpu":
-            from .fastmath import fast_math_legalize
+            from .softmax_schedule import softmax_rows_pass
+            from .tune import prepare_for_tuning
 
-            with tt:
-                mod = fast_math_legalize()(mod)
+            with tt:      # fast transcendental functions, fused kernels, the row schedule for softmax
+                mod = softmax_rows_pass()(prepare_for_tuning(mod, tt))
         ex = tvm.compile(mod, target=tt)
         tuning = {"state": "untuned", "trials": 0}
     else:

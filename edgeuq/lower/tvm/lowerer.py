@@ -128,7 +128,8 @@ class TvmLowerer(Lowerer):
     def options_for(self, settings: CompileSettings, roles: Sequence[str]) -> TvmOptions:
         return TvmOptions(graphs=tuple(roles), tune_trials=settings.tune_trials, samples=settings.samples,
                           tuning_root=settings.tuning_root, progress=settings.progress,
-                          tune_rpc=settings.tune_rpc, isa_variants=tuple(settings.isa_variants))
+                          tune_rpc=settings.tune_rpc, isa_variants=tuple(settings.isa_variants),
+                          tuning_vendor="auto" if settings.cpu_vendor is None else settings.cpu_vendor)
 
     def check_isa_variants(self, target: Any, variants: Sequence[str]) -> None:
         _variant_targets(target, variants)

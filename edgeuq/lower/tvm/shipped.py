@@ -28,9 +28,10 @@ with the default again; the work database keeps every record.
 host's) writes a copy of the target's database for that vendor's CPUs instead,
 ``tuning/<target>@<vendor>/`` (:func:`overlay_into`): every task this run measured takes the
 best record measured here, the others keep the target's shipped record, and ``--exclude``
-drops words from the whole copy. ``--retime-base`` first times the target's shipped record and
-TVM's default schedule of every task on this host (:func:`remeasure_into`), so what competes per
-task was all measured on this CPU. The lowering prefers the copy on CPUs of that vendor
+drops words from the whole copy. ``--retime-base`` first times the target's shipped record,
+TVM's default schedule and (softmax) the hand-written row schedule of every task on this host
+(:func:`remeasure_into`; ``--retime-only WORD...`` narrows it to some workloads), so what competes
+per task was all measured on this CPU. The lowering prefers the copy on CPUs of that vendor
 (``TvmOptions.tuning_vendor``); the target's own database is left as it is.
 """
 from __future__ import annotations
@@ -81,6 +82,22 @@ def demo_tasks(art: Any, target: Any, samples: int = 16, batch: int = 1,
     for path, rows in (chosen[g] for g in graphs):
         mod = prepare_for_tuning(import_onnx(path, graph_io(path)[0], rows), target)
         tasks += [t for t in ms.relax_integration.extract_tasks(mod, target) if _tunable(t)]
+    return tasks
+
+
+def unique_demo_tasks(art: Any, target: Any, samples: Sequence[int], graphs: Sequence[str]) -> List[Any]:
+    """The demo graphs' tuning tasks for every head size in ``samples`` (the trunk once), each
+    kernel at each shape once."""
+    import tvm_ffi   # comes with TVM (tvm.ir has no structural_hash in TVM 0.27)
+
+    tasks, seen = [], set()
+    for rows in samples:
+        for t in demo_tasks(art, target, samples=rows, graphs=graphs if rows == samples[0]
+                            else [g for g in graphs if g == "head"]):
+            key = int(tvm_ffi.structural_hash(t.dispatched[0]))
+            if key not in seen:       # the same kernel at the same shape: one task
+                seen.add(key)
+                tasks.append(t)
     return tasks
 
 
@@ -172,51 +189,82 @@ def prune_into(work_db: Path, dest: Path, exclude: Sequence[str] = ()) -> int:
 
 
 def remeasure_into(base: Path, work_db: Path, target: Any, only: Sequence[str] = (), repeat: int = 3,
-                   say=print) -> dict:
+                   say=print, workloads: Sequence[Any] = ()) -> dict:
     """Time, on this host, ``base``'s record of each workload (those whose TIR mentions a word of
-    ``only``, or all) and TVM's default schedule of it (a trace that only looks up the root block:
+    ``only``, or all), TVM's default schedule of it (a trace that only looks up the root block:
     what a workload without a record compiles to; MetaSchedule's queries skip records with an empty
     trace, so the default must be a real record to win and to count as covered, e.g. for the head's
-    shape buckets), and commit both to ``work_db`` with the times measured here. Records
-    tuned here, the base's and the default then compete in one database measured on one CPU: its
-    best record per workload is the fastest here, whatever the base's own times said (they were
-    measured on the CPU where the base was tuned). Returns counts of what was timed and failed."""
+    shape buckets) and, for a row softmax, the hand-written schedule of :mod:`.softmax_schedule`,
+    and commit them to ``work_db`` with the times measured here. ``workloads`` (IRModules of
+    tuning tasks, e.g. the demo's) adds those the base has no record of: their default and
+    hand-written schedules. Records tuned here, the base's, the default and the hand-written one
+    then compete in one database measured on one CPU: its best record per workload is the fastest
+    here, whatever the base's own times said (they were measured on the CPU where the base was
+    tuned). Returns counts of what was timed and failed."""
     from tvm.s_tir import Schedule
     from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
     from tvm.s_tir.meta_schedule.builder import BuilderInput
     from tvm.s_tir.meta_schedule.runner import RunnerInput
 
+    from .softmax_schedule import float32_lanes
     from .tune import _make_in_process_builder, _make_in_process_runner, _ReadOnlyCopy, open_database
 
     builder, runner = _make_in_process_builder(), _make_in_process_runner(number=3, repeat=repeat)
     work, copy = open_database(work_db), _ReadOnlyCopy(Path(base))
-    counts = {"timed": 0, "failed": 0}
+    counts = {"timed": 0, "failed": 0, "hand_written_timed": 0}
+    wanted = (lambda mod: not only or any(word in mod.script() for word in only))
     try:
-        recs = [r for r in copy.db.get_all_tuning_records()
-                if not only or any(word in r.workload.mod.script() for word in only)]
-        for i, rec in enumerate(recs):
-            for label, trace in (("base record", rec.trace), ("default schedule", None)):
-                sch = Schedule(rec.workload.mod)
-                if trace is None:       # the default: a trace that only looks up the root block changes nothing
-                    sch.get_sblock("root")
-                    trace = sch.trace
-                else:
-                    trace.apply_to_schedule(sch, remove_postproc=False)
+        items = [(r.workload.mod, r.args_info, r.trace) for r in copy.db.get_all_tuning_records()
+                 if wanted(r.workload.mod)]
+        for mod in workloads:
+            if wanted(mod) and not copy.db.has_workload(mod):
+                items.append((mod, ArgInfo.from_prim_func(mod["main"]), None))
+        for i, (mod, args_info, trace) in enumerate(items):
+            for label, sch in _candidates(mod, trace, Schedule, float32_lanes(target)):
                 built = builder.build([BuilderInput(sch.mod, target)])[0]
                 result = None if built.error_msg else runner.run(
-                    [RunnerInput(built.artifact_path, "cpu", rec.args_info)])[0].result()
+                    [RunnerInput(built.artifact_path, "cpu", args_info)])[0].result()
                 if result is None or result.error_msg or not result.run_secs:
                     counts["failed"] += 1
-                    say(f"workload {i + 1}/{len(recs)} {label}: not timed "
+                    say(f"workload {i + 1}/{len(items)} {label}: not timed "
                         f"({built.error_msg or (result.error_msg if result is not None else 'no result')})")
                     continue
-                work.commit_tuning_record(ms.database.TuningRecord(trace, work.commit_workload(rec.workload.mod),
-                                                                   result.run_secs, target, rec.args_info))
+                work.commit_tuning_record(ms.database.TuningRecord(sch.trace, work.commit_workload(mod),
+                                                                   result.run_secs, target, args_info))
                 counts["timed"] += 1
-            say(f"{time.strftime('%H:%M:%S')} re-timed workload {i + 1}/{len(recs)} here")
+                counts["hand_written_timed"] += label == "hand-written schedule"
+            say(f"{time.strftime('%H:%M:%S')} re-timed workload {i + 1}/{len(items)} here")
     finally:
         copy.close()
     return counts
+
+
+def _candidates(mod: Any, trace: Any, schedule: Any, lanes: int) -> Any:
+    """``(label, schedule)`` of each candidate :func:`remeasure_into` times for the workload
+    ``mod``: the base's record (``trace``, when there is one), TVM's default schedule (a trace that
+    only looks up the root block changes nothing) and, for a row softmax, the hand-written schedule
+    (:mod:`.softmax_schedule`)."""
+    from .softmax_schedule import schedule_softmax_rows
+
+    if trace is not None:
+        sch = schedule(mod)
+        trace.apply_to_schedule(sch, remove_postproc=False)
+        yield "base record", sch
+    sch = schedule(mod)
+    sch.get_sblock("root")
+    yield "default schedule", sch
+    hand = schedule_softmax_rows(mod, lanes)
+    if hand is not None:
+        yield "hand-written schedule", hand
+
+
+def is_hand_written(trace: Any, workload: Any, lanes: int) -> bool:
+    """True when ``trace`` is :mod:`.softmax_schedule`'s row schedule of ``workload``."""
+    from .softmax_schedule import schedule_softmax_rows
+
+    hand = schedule_softmax_rows(workload, lanes)
+    return hand is not None and str(hand.trace) == str(trace)
 
 
 def is_default_trace(trace: Any) -> bool:
@@ -224,12 +272,14 @@ def is_default_trace(trace: Any) -> bool:
     return all(inst.kind.name in ("GetSBlock", "GetBlock") for inst in trace.insts)
 
 
-def overlay_into(base: Path, work_db: Path, dest: Path, exclude: Sequence[str] = ()) -> dict:
+def overlay_into(base: Path, work_db: Path, dest: Path, exclude: Sequence[str] = (),
+                 lanes: Optional[int] = None) -> dict:
     """Write ``dest`` (replaced): for every workload ``work_db`` measured, its fastest record there
     (which may be TVM's default schedule, :func:`remeasure_into`); ``base``'s record for every
     other workload; ``exclude`` as in :func:`prune_into`, over the whole result. Neither input is
     changed. Returns how many workloads each side decided (``default_here``: of those measured
-    here, the default schedule won), and how many default schedules the work database timed."""
+    here, the default schedule won; ``hand_written_here``, with the target's vector ``lanes``: the
+    hand-written softmax schedule won), and how many of each the work database timed."""
     import shutil
 
     from tvm.s_tir import meta_schedule as ms
@@ -240,14 +290,16 @@ def overlay_into(base: Path, work_db: Path, dest: Path, exclude: Sequence[str] =
     base_copy = _ReadOnlyCopy(Path(base)) if database_size(base) > 0 else None
     try:
         _copy_whole_lines(work_db, tmp / "work")
-        defaults_timed = sum(is_default_trace(r.trace) for r in open_database(tmp / "work").get_all_tuning_records())
+        work_recs = open_database(tmp / "work").get_all_tuning_records()
+        defaults_timed = sum(is_default_trace(r.trace) for r in work_recs)
+        hand_timed = sum(is_hand_written(r.trace, r.workload.mod, lanes) for r in work_recs) if lanes else 0
         prune_into(tmp / "work", tmp / "best")     # the fastest record per workload measured here
         merged = tmp / "merged"
         merged.mkdir()
         for name in ("database_workload.json", "database_tuning_record.json"):
             (merged / name).write_text("")
         out, best = open_database(merged), open_database(tmp / "best")
-        counts = {"measured_here": 0, "default_here": 0, "from_base": 0}
+        counts = {"measured_here": 0, "default_here": 0, "hand_written_here": 0, "from_base": 0}
 
         def commit(rec: Any) -> bool:
             if any(word in rec.workload.mod.script() for word in exclude):
@@ -260,11 +312,12 @@ def overlay_into(base: Path, work_db: Path, dest: Path, exclude: Sequence[str] =
             if commit(rec):
                 counts["measured_here"] += 1
                 counts["default_here"] += is_default_trace(rec.trace)
+                counts["hand_written_here"] += bool(lanes) and is_hand_written(rec.trace, rec.workload.mod, lanes)
         for rec in (base_copy.db.get_all_tuning_records() if base_copy is not None else []):
             if not best.has_workload(rec.workload.mod):
                 counts["from_base"] += commit(rec)
         prune_into(merged, dest)
-        return {**counts, "default_schedules_timed": defaults_timed}
+        return {**counts, "default_schedules_timed": defaults_timed, "hand_written_timed": hand_timed}
     finally:
         if base_copy is not None:
             base_copy.close()
@@ -299,10 +352,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                     "tasks measured here over the target's shipped database); must be this host's "
                                     "vendor")
     p.add_argument("--retime-base", action="store_true",
-                   help="with --vendor: first time the target's shipped record of every task and TVM's default "
-                        "schedule of it on this host, into the work database, so the fastest measured here wins "
-                        "per task (a record tuned here, the shipped one, or none: the default schedule)")
+                   help="with --vendor: first time the target's shipped record of every task, TVM's default "
+                        "schedule of it and (softmax) the hand-written row schedule on this host, into the work "
+                        "database, so the fastest measured here wins per task (a record tuned here, the shipped "
+                        "one, the hand-written one, or none: the default schedule)")
+    p.add_argument("--retime-only", nargs="+", default=[],
+                   help="with --retime-base: re-time only the workloads whose TIR mentions one of these words "
+                        "(e.g. softmax; the work database keeps what earlier runs timed of the others)")
     a = p.parse_args(argv)
+    if a.retime_only and not a.retime_base:
+        p.error("--retime-only narrows --retime-base")
     if a.retime_base and not a.vendor:
         p.error("--retime-base compares the target's shipped records on this host: it writes a vendor's copy "
                 "(--vendor)")
@@ -330,23 +389,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     previous = None
     if a.seed_from_shipped:
         previous = seed_work_database(work, SHIPPED_ROOT / a.target)
-    if not a.prune_only:
+    if not a.prune_only or a.retime_base:
         work.mkdir(parents=True, exist_ok=True)
-        with open(work / "commands.txt", "a", encoding="utf-8") as f:   # every tuning run into this work database
-            f.write(command_line_of(a, argv) + "\n")
+        with open(work / "commands.txt", "a", encoding="utf-8") as f:   # every run that measures into it
+            f.write("python -m edgeuq.lower.tvm.shipped " + " ".join(sys.argv[1:] if argv is None else argv) + "\n")
+    if not a.prune_only:
         target = tvm_target(get_target(a.target), num_cores=1)
         with tempfile.TemporaryDirectory(prefix="edgeuq-demo-") as tmp:
-            import tvm_ffi   # comes with TVM (tvm.ir has no structural_hash in TVM 0.27)
-
-            art = demo_graphs(Path(tmp))
-            tasks, seen = [], set()
-            for samples in a.samples:
-                for t in demo_tasks(art, target, samples=samples, graphs=a.graphs if samples == a.samples[0]
-                                    else [g for g in a.graphs if g == "head"]):
-                    key = int(tvm_ffi.structural_hash(t.dispatched[0]))
-                    if key not in seen:       # the same kernel at the same shape: one task
-                        seen.add(key)
-                        tasks.append(t)
+            tasks = unique_demo_tasks(demo_graphs(Path(tmp)), target, a.samples, a.graphs)
             if a.missing_only:
                 from .tune import _has_record, open_database
 
@@ -363,14 +413,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     retimed = None
     if a.retime_base:
         work.mkdir(parents=True, exist_ok=True)
-        retimed = remeasure_into(SHIPPED_ROOT / a.target, work, tvm_target(get_target(a.target), num_cores=1))
-        print(f"re-timed here: {retimed['timed']} (shipped records and default schedules), {retimed['failed']} failed")
+        target = tvm_target(get_target(a.target), num_cores=1)
+        with tempfile.TemporaryDirectory(prefix="edgeuq-demo-") as tmp:   # tasks the base has no record of, too
+            demo = [t.dispatched[0] for t in unique_demo_tasks(demo_graphs(Path(tmp)), target, a.samples, a.graphs)]
+        retimed = remeasure_into(SHIPPED_ROOT / a.target, work, target, only=a.retime_only, workloads=demo)
+        print(f"re-timed here: {retimed['timed']} (shipped records, default schedules, "
+              f"{retimed['hand_written_timed']} hand-written softmax schedules), {retimed['failed']} failed")
     if database_size(work) == 0:
         print(f"no records in {work}", file=sys.stderr)
         return 1
     dest = SHIPPED_ROOT / folder
     if a.vendor:
-        counts = overlay_into(SHIPPED_ROOT / a.target, work, dest, exclude=a.exclude)
+        from .softmax_schedule import float32_lanes
+
+        counts = overlay_into(SHIPPED_ROOT / a.target, work, dest, exclude=a.exclude,
+                              lanes=float32_lanes(tvm_target(get_target(a.target), num_cores=1)))
         base_prov = SHIPPED_ROOT / a.target / "provenance.json"
         import json
 
@@ -378,6 +435,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          base={"folder": a.target, "records_kept": counts["from_base"], "excluded": list(a.exclude),
                                "default_schedule_won_here": counts["default_here"],
                                "default_schedules_timed_here": counts["default_schedules_timed"],
+                               "hand_written_softmax_won_here": counts["hand_written_here"],
+                               "hand_written_softmax_timed_here": counts["hand_written_timed"],
                                **({k: v for k, v in json.loads(base_prov.read_text()).items()
                                    if k in ("tuned", "cpu", "records_measured", "tasks")}
                                   if base_prov.is_file() else {})})
@@ -409,13 +468,14 @@ def seed_work_database(work: Path, shipped: Path) -> Optional[dict]:
 
 
 def command_line_of(a: Any, argv: Optional[Sequence[str]]) -> str:
-    """This run's command line; for ``--prune-only``, the tuning runs recorded in the work database
-    (``commands.txt``) followed by it."""
+    """This run's command line; for ``--prune-only`` and ``--retime-base``, the runs recorded in the
+    work database (``commands.txt``) followed by it (once)."""
     args = list(sys.argv[1:] if argv is None else argv)
     this = "python -m edgeuq.lower.tvm.shipped " + " ".join(args)
     runs = Path(a.work) / "commands.txt" if a.work else None
-    if a.prune_only and runs is not None and runs.is_file():
-        return " ; ".join([*(line for line in runs.read_text().splitlines() if line.strip()), this])
+    if (a.prune_only or a.retime_base) and runs is not None and runs.is_file():
+        lines = [line for line in runs.read_text().splitlines() if line.strip()]
+        return " ; ".join(lines if lines and lines[-1] == this else [*lines, this])
     return this
 
 

@@ -380,8 +380,11 @@ def _tune_then_compile(ms: Any, mod: Any, target: Any, db: Any, db_dir: Path, tr
     from tvm import relax
 
     apply = ms.database.UnionDatabase(db, shipped_db) if shipped_db is not None else db
+    from .softmax_schedule import softmax_rows_pass
+
     with target, apply, tvm.transform.PassContext(opt_level=3):
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        mod = softmax_rows_pass()(mod)    # softmax kernels no record scheduled (CPU targets)
     return tvm.compile(mod, target=target)
 
 
