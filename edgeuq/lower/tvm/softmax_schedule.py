@@ -6,16 +6,18 @@ demo head (16 x 4 x 64 x 64, one thread, Intel Xeon) it took 0.60 ms against 0.2
 Runtime's softmax of the same shape, and MetaSchedule could not tune it here (its candidates took
 more than 20 s each to build). dlight's CPU ``Reduction`` rule gave 0.51 ms.
 
-What: one row at a time, the maximum, the exponentials, their sum
-and the division all computed into that row; the exponentials and the division vectorized over
-the row; each reduction split into ``lanes`` partial results (``rfactor``) that are vectorized,
-then combined. 0.25 ms on that shape (AVX-512), 0.23 ms AVX2, 0.74 ms generic x86-64 (SSE2 has no
-vector ``floor``), measured by ``bench/backends.py``'s kernel table and docs/targets.md.
+What: one row at a time, the maximum, the exponentials, their sum and the division all computed
+inside the loop over rows; the exponentials and the division vectorized over the row; each
+reduction split into ``lanes`` partial results (``rfactor``) that are vectorized, then combined.
+Timed alone on that shape with MetaSchedule's in-process runner: 0.24 ms AVX-512, 0.23 ms AVX2
+(default 0.45 ms), 0.62-0.74 ms generic x86-64 (see docs/targets.md; the whole-graph effect is in
+``bench/backends.py``'s paired tables and kernel table).
 
 :func:`schedule_softmax_rows` returns the schedule, or None for any function that is not exactly
-this softmax (other block names, another axis, a row of odd or symbolic length; a row that is
-not a multiple of ``lanes`` takes the widest power-of-two fraction of it that divides the row). :func:`softmax_rows_pass` applies it to the functions of a Relax module that no tuning
-record scheduled; :mod:`.shipped` also times it as a candidate record per softmax task, so a
+this softmax (other block names, another axis, a row of odd or symbolic length; a row that is not
+a multiple of ``lanes`` takes the widest power-of-two fraction of it that divides the row).
+:func:`softmax_rows_pass` applies it to the functions of a Relax module that no tuning record
+scheduled; :mod:`.shipped` also times it as a candidate record per softmax task, so a vendor's
 tuning database keeps it only where it measured fastest.
 """
 from __future__ import annotations
