@@ -8,9 +8,9 @@ import sys
 
 # One copy, shared with the device runtime (the ``tvm`` executor's per-ISA library choice).
 from edgeuq_runtime.hostcpu import HOST_ISA_ENV, X86_ISA_FLAGS, cpu_flags  # noqa: F401
-from edgeuq_runtime.cpuinfo import cpu_vendor  # noqa: F401
+from edgeuq_runtime.cpuinfo import check_vendor_name, cpu_vendor  # noqa: F401
 
-__all__ = ["X86_ISA_FLAGS", "HOST_ISA_ENV", "cpu_flags", "cpu_vendor", "cpu_model", "isa_name", "host_threads",
+__all__ = ["X86_ISA_FLAGS", "HOST_ISA_ENV", "cpu_flags", "cpu_vendor", "check_vendor_name", "cpu_model", "isa_name", "host_threads",
            "host_ort_session"]
 
 

@@ -270,3 +270,29 @@ def test_cpu_vendor_option_reaches_the_tvm_lowering_from_the_command_line(tmp_pa
         with pytest.raises(Stop):
             compile_mod.compile_board("x86-host", art, tmp_path / "out", placement="default", cpu_vendor=vendor)
     assert seen == ["amd", "", None]
+
+
+@pytest.mark.parametrize("name, ok", [("intel", True), ("amd", True), ("hygon", True), ("centaur-hauls", True),
+                                      ("Intel", False), ("genuine intel", False), ("", False), ("amd/../x", False),
+                                      (None, False)])
+def test_one_vendor_name_check_serves_the_folder_the_options_and_the_command_line(name, ok):
+    """``check_vendor_name`` is the one rule for vendor names; the database folder, ``TvmOptions``
+    and ``--cpu-vendor`` accept and refuse exactly what it does (``TvmOptions(tuning_vendor="")``
+    means "no vendor" and ``--cpu-vendor`` takes no None: those two cases are theirs alone)."""
+    from edgeuq.hostcpu import check_vendor_name
+    from edgeuq.lower.cli import _cpu_vendor_arg
+    from edgeuq.lower.tvm.lowerer import TvmOptions
+    from edgeuq.lower.tvm.tune import vendor_folder
+
+    callers = [check_vendor_name, lambda v: vendor_folder("x86-64", v), lambda v: TvmOptions(tuning_vendor=v),
+               _cpu_vendor_arg]
+    for i, call in enumerate(callers):
+        if (i == 2 and name == "") or (i == 3 and name is None):
+            continue
+        if ok:
+            call(name)
+        else:
+            with pytest.raises(ValueError):
+                call(name)
+    if ok:
+        assert vendor_folder("x86-64", name) == f"x86-64@{name}" and _cpu_vendor_arg(name) == name

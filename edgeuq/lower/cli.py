@@ -149,10 +149,12 @@ def _cpu_vendor_arg(text: Optional[str]) -> Optional[str]:
         return None
     if text == "none":
         return ""
-    if not text.replace("-", "").isalnum() or text != text.lower():
-        raise ValueError(f"--cpu-vendor must be auto, none or a lower-case vendor name such as intel or amd; "
-                         f"got {text!r}")
-    return text
+    from ..hostcpu import check_vendor_name
+
+    try:
+        return check_vendor_name(text)
+    except ValueError as exc:
+        raise ValueError(f"--cpu-vendor must be auto, none or a vendor name: {exc}") from None
 
 
 def register(sub: Any) -> None:

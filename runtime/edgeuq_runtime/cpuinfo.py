@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["cpu_flags", "cpu_vendor"]
+__all__ = ["cpu_flags", "cpu_vendor", "check_vendor_name"]
 
 
 def _first_field(cpuinfo: Path, keys: tuple) -> Optional[str]:
@@ -44,3 +44,12 @@ def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[str]:
         return None
     raw = value.strip()
     return CPU_VENDORS.get(raw, raw.lower() or None)
+
+
+def check_vendor_name(vendor: str) -> str:
+    """``vendor`` if it is a CPU vendor's short name as :func:`cpu_vendor` gives them (lower case,
+    letters, digits and dashes: ``intel``, ``amd``), else ValueError: such names become folder
+    names (``tuning/<target>@<vendor>``)."""
+    if not isinstance(vendor, str) or not vendor or not vendor.replace("-", "").isalnum() or vendor != vendor.lower():
+        raise ValueError(f"CPU vendor must be a lower-case name such as 'intel' or 'amd', got {vendor!r}")
+    return vendor

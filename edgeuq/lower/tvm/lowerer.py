@@ -47,9 +47,9 @@ from ..base import (CompiledArtifact, CompiledGraph, CompileSettings, CpuRequire
                     register_lowerer)
 from .build import ROLES, GraphBuild, build_graph, has_records, overall_state, tuned_buckets
 from .check import CHECK_MODES, check_artifact
-from ...hostcpu import cpu_vendor
+from ...hostcpu import check_vendor_name, cpu_vendor
 from .targets import compiler_versions, host_target, is_native, required_flags, tuning_dir, tvm_target
-from .tune import shipped_dir, vendor_folder
+from .tune import shipped_dir
 
 __all__ = ["TvmLowerer", "TvmOptions", "compile_tvm"]
 
@@ -115,7 +115,7 @@ class TvmOptions:
         if not isinstance(self.tuning_vendor, str):
             raise ValueError(f"tuning_vendor must be 'auto', '' or a vendor name, got {self.tuning_vendor!r}")
         if self.tuning_vendor not in ("auto", ""):
-            vendor_folder("target", self.tuning_vendor)    # a bad name is refused here, not at compile time
+            check_vendor_name(self.tuning_vendor)    # a bad name is refused here, not at compile time
 
 
 @register_lowerer("tvm")

@@ -384,6 +384,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ...catalog import get_target
     from .targets import tvm_target
 
+    target = tvm_target(get_target(a.target), num_cores=1)
     folder = vendor_folder(a.target, a.vendor) if a.vendor else a.target
     work = Path(a.work) if a.work else Path(tempfile.gettempdir()) / f"edgeuq-tune-{folder}"
     previous = None
@@ -394,7 +395,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with open(work / "commands.txt", "a", encoding="utf-8") as f:   # every run that measures into it
             f.write("python -m edgeuq.lower.tvm.shipped " + " ".join(sys.argv[1:] if argv is None else argv) + "\n")
     if not a.prune_only:
-        target = tvm_target(get_target(a.target), num_cores=1)
         with tempfile.TemporaryDirectory(prefix="edgeuq-demo-") as tmp:
             tasks = unique_demo_tasks(demo_graphs(Path(tmp)), target, a.samples, a.graphs)
             if a.missing_only:
@@ -413,7 +413,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     retimed = None
     if a.retime_base:
         work.mkdir(parents=True, exist_ok=True)
-        target = tvm_target(get_target(a.target), num_cores=1)
         with tempfile.TemporaryDirectory(prefix="edgeuq-demo-") as tmp:   # tasks the base has no record of, too
             demo = [t.dispatched[0] for t in unique_demo_tasks(demo_graphs(Path(tmp)), target, a.samples, a.graphs)]
         retimed = remeasure_into(SHIPPED_ROOT / a.target, work, target, only=a.retime_only, workloads=demo)
@@ -427,7 +426,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .softmax_schedule import float32_lanes
 
         counts = overlay_into(SHIPPED_ROOT / a.target, work, dest, exclude=a.exclude,
-                              lanes=float32_lanes(tvm_target(get_target(a.target), num_cores=1)))
+                              lanes=float32_lanes(target))
         base_prov = SHIPPED_ROOT / a.target / "provenance.json"
         import json
 
@@ -551,10 +550,11 @@ def write_provenance(work_db: Path, dest: Path, target: str, previous: Optional[
         doc["vendor"] = vendor
         doc["base"] = dict(base or {})
         doc["note"] += (f"; a copy for {vendor} CPUs: records_measured and trials count only the records measured "
-                        "on this host (tuning trials, and with --retime-base the target's shipped records and TVM's "
-                        "default schedules re-timed here; a record whose trace only looks up the root block is "
-                        f"the default schedule, measured fastest here), the other {doc['base'].get('records_kept', 0)} records (base) "
-                        "are the target's shipped ones, measured where that database was tuned")
+                        "on this host (tuning trials, and with --retime-base the target's shipped records, TVM's "
+                        "default schedules and the hand-written softmax schedules re-timed here; a record whose "
+                        "trace only looks up the root block is the default schedule, measured fastest here), "
+                        f"the other {doc['base'].get('records_kept', 0)} records (base) are the target's shipped "
+                        "ones, measured where that database was tuned")
     if previous:
         doc["history"] = [*previous.get("history", []), {k: v for k, v in previous.items() if k != "history"}]
         doc["note"] += ("; this database was seeded from the earlier shipped one (history): its records were kept, "

@@ -122,9 +122,9 @@ def shipped_dir(target_name: str, vendor: Optional[str] = None) -> Optional[Path
 
 def vendor_folder(target_name: str, vendor: str) -> str:
     """The folder name of a target's database retuned on one CPU vendor's machines."""
-    if not vendor or not vendor.replace("-", "").isalnum() or vendor != vendor.lower():
-        raise ValueError(f"CPU vendor must be a lower-case name such as 'intel' or 'amd', got {vendor!r}")
-    return f"{target_name}@{vendor}"
+    from ...hostcpu import check_vendor_name
+
+    return f"{target_name}@{check_vendor_name(vendor)}"
 
 
 class _ReadOnlyCopy:
@@ -379,9 +379,9 @@ def _tune_then_compile(ms: Any, mod: Any, target: Any, db: Any, db_dir: Path, tr
     import tvm
     from tvm import relax
 
-    apply = ms.database.UnionDatabase(db, shipped_db) if shipped_db is not None else db
     from .softmax_schedule import softmax_rows_pass
 
+    apply = ms.database.UnionDatabase(db, shipped_db) if shipped_db is not None else db
     with target, apply, tvm.transform.PassContext(opt_level=3):
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
         mod = softmax_rows_pass()(mod)    # softmax kernels no record scheduled (CPU targets)
